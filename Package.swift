@@ -1,0 +1,91 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+let package = Package(
+    name: "walship",
+    platforms: [.macOS(.v14)],
+    products: [
+        .executable(name: "walship", targets: ["walship"])
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
+        .package(url: "https://github.com/apple/swift-nio-ssl.git", from: "2.37.6"),
+        .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
+        .package(url: "https://github.com/apple/swift-metrics.git", from: "2.13.0"),
+        .package(url: "https://github.com/swift-server/swift-prometheus.git", from: "2.4.1"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
+        .package(url: "https://github.com/hummingbird-project/hummingbird.git", from: "2.28.1"),
+    ],
+    targets: [
+        .systemLibrary(name: "CLibPQ", pkgConfig: "libpq", providers: [.apt(["libpq-dev"])]),
+        .systemLibrary(name: "CLZ4", pkgConfig: "liblz4", providers: [.apt(["liblz4-dev"])]),
+        .target(name: "WALCore"),
+        .target(
+            name: "PGReplication",
+            dependencies: ["CLibPQ", "WALCore", .product(name: "Logging", package: "swift-log")]
+        ),
+        .target(
+            name: "ShipProtocol",
+            dependencies: ["CLZ4", "WALCore", .product(name: "NIOCore", package: "swift-nio")]
+        ),
+        .target(
+            name: "Spool",
+            dependencies: ["WALCore", "ShipProtocol", .product(name: "Logging", package: "swift-log")]
+        ),
+        .target(
+            name: "Monitor",
+            dependencies: [
+                "WALCore",
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        .target(
+            name: "Sender",
+            dependencies: [
+                "PGReplication", "ShipProtocol", "WALCore", "Monitor",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        .target(
+            name: "Receiver",
+            dependencies: [
+                "ShipProtocol", "Spool", "WALCore", "Monitor",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        .executableTarget(
+            name: "walship",
+            dependencies: [
+                "Sender", "Receiver", "Spool", "WALCore", "Monitor",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+            ]
+        ),
+        .testTarget(name: "WALCoreTests", dependencies: ["WALCore"]),
+        .testTarget(
+            name: "ShipProtocolTests",
+            dependencies: [
+                "ShipProtocol", "WALCore",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOTestUtils", package: "swift-nio"),
+            ]
+        ),
+        .testTarget(name: "SpoolTests", dependencies: ["Spool", "WALCore", "ShipProtocol"]),
+        .testTarget(name: "PGReplicationTests", dependencies: ["PGReplication", "WALCore"]),
+        .testTarget(
+            name: "IntegrationTests",
+            dependencies: ["WALCore", "ShipProtocol"],
+            path: "Integration"
+        ),
+    ]
+)

@@ -1,0 +1,89 @@
+import CLZ4
+import NIOCore
+
+/// Thin wrapper over liblz4: blocks for the wire, frames for spool files.
+public enum LZ4 {
+    /// Compresses one independent block (`LZ4_compress_default`).
+    public static func compressBlock(_ input: ByteBuffer, allocator: ByteBufferAllocator = ByteBufferAllocator()) -> ByteBuffer {
+        let bound = Int(LZ4_compressBound(Int32(input.readableBytes)))
+        var out = allocator.buffer(capacity: bound)
+        input.withUnsafeReadableBytes { src in
+            out.writeWithUnsafeMutableBytes(minimumWritableBytes: bound) { dst in
+                Int(LZ4_compress_default(src.baseAddress?.assumingMemoryBound(to: CChar.self),
+                                         dst.baseAddress!.assumingMemoryBound(to: CChar.self),
+                                         Int32(src.count), Int32(dst.count)))
+            }
+        }
+        return out
+    }
+
+    /// Decompresses one block with the bounds-checked decoder; nil unless it yields exactly `uncompressedLength` bytes.
+    public static func decompressBlock(_ input: ByteBuffer, uncompressedLength: Int,
+                                       allocator: ByteBufferAllocator = ByteBufferAllocator()) -> ByteBuffer? {
+        var out = allocator.buffer(capacity: uncompressedLength)
+        var ok = false
+        input.withUnsafeReadableBytes { src in
+            out.writeWithUnsafeMutableBytes(minimumWritableBytes: uncompressedLength) { dst in
+                let n = LZ4_decompress_safe(src.baseAddress?.assumingMemoryBound(to: CChar.self),
+                                            dst.baseAddress!.assumingMemoryBound(to: CChar.self),
+                                            Int32(src.count), Int32(uncompressedLength))
+                ok = n == Int32(uncompressedLength)
+                return ok ? Int(n) : 0
+            }
+        }
+        return ok ? out : nil
+    }
+
+    /// Compresses `input` into one standard LZ4 frame (64 KiB linked blocks, content size and content
+    /// checksum recorded), so `lz4 -d` restores the input exactly and detects corruption.
+    public static func compressFrame(_ input: UnsafeRawBufferPointer) -> [UInt8] {
+        var prefs = LZ4F_preferences_t()
+        prefs.frameInfo.blockSizeID = LZ4F_max64KB
+        prefs.frameInfo.blockMode = LZ4F_blockLinked
+        prefs.frameInfo.contentChecksumFlag = LZ4F_contentChecksumEnabled
+        prefs.frameInfo.contentSize = UInt64(input.count)
+        let bound = LZ4F_compressFrameBound(input.count, &prefs)
+        var out = [UInt8](repeating: 0, count: bound)
+        let written = out.withUnsafeMutableBytes { dst in
+            LZ4F_compressFrame(dst.baseAddress, dst.count, input.baseAddress, input.count, &prefs)
+        }
+        precondition(LZ4F_isError(written) == 0, "LZ4F_compressFrame cannot fail with a bound-sized buffer")
+        out.removeSubrange(written...)
+        return out
+    }
+
+    public struct FrameError: Error, CustomStringConvertible {
+        public let description: String
+    }
+
+    /// Decompresses a whole LZ4 frame, refusing output beyond `maxOutputBytes`.
+    public static func decompressFrame(_ input: UnsafeRawBufferPointer, maxOutputBytes: Int) throws(FrameError) -> [UInt8] {
+        var context: OpaquePointer?
+        guard LZ4F_isError(LZ4F_createDecompressionContext(&context, UInt32(LZ4F_VERSION))) == 0 else {
+            throw FrameError(description: "cannot create LZ4 decompression context")
+        }
+        defer { LZ4F_freeDecompressionContext(context) }
+        var out = [UInt8]()
+        var chunk = [UInt8](repeating: 0, count: 256 << 10)
+        var consumed = 0
+        while true {
+            var srcSize = input.count - consumed
+            var dstSize = chunk.count
+            let hint = chunk.withUnsafeMutableBytes { dst in
+                LZ4F_decompress(context, dst.baseAddress, &dstSize, input.baseAddress.map { $0 + consumed }, &srcSize, nil)
+            }
+            if LZ4F_isError(hint) != 0 {
+                throw FrameError(description: "corrupt LZ4 frame: " + String(cString: LZ4F_getErrorName(hint)))
+            }
+            consumed += srcSize
+            out.append(contentsOf: chunk[0..<dstSize])
+            guard out.count <= maxOutputBytes else { throw FrameError(description: "LZ4 frame expands past \(maxOutputBytes) bytes") }
+            if hint == 0 { break }
+            if srcSize == 0 && dstSize == 0 {
+                throw FrameError(description: "LZ4 frame is truncated")
+            }
+        }
+        guard consumed == input.count else { throw FrameError(description: "trailing bytes after the LZ4 frame") }
+        return out
+    }
+}

@@ -1,0 +1,216 @@
+import NIOCore
+import WALCore
+
+/// Version of the framed protocol between `walship send` and `walship receive` (docs/ship-protocol.md).
+public let shipProtocolVersion: UInt16 = 1
+
+/// Every message of the ship link. One case per frame kind; see docs/ship-protocol.md for the layout.
+public enum ShipMessage: Hashable, Sendable {
+    case hello(Hello)
+    case welcome(Welcome)
+    case refusal(Refusal)
+    case walData(WALData)
+    case ack(Ack)
+    case keepalive(Keepalive)
+    case history(HistoryFile)
+
+    public enum Kind: UInt8, Sendable {
+        case hello = 0x01
+        case welcome = 0x02
+        case refusal = 0x03
+        case walData = 0x10
+        case ack = 0x11
+        case keepalive = 0x12
+        case history = 0x13
+    }
+
+    public var kind: Kind {
+        switch self {
+        case .hello: .hello
+        case .welcome: .welcome
+        case .refusal: .refusal
+        case .walData: .walData
+        case .ack: .ack
+        case .keepalive: .keepalive
+        case .history: .history
+        }
+    }
+}
+
+/// What a link is for. A receiver allows one streaming link per system; other roles run alongside it.
+public enum LinkRole: UInt8, Sendable {
+    case stream = 1
+    case backup = 2
+}
+
+/// Sender → receiver, first frame: who is shipping what.
+public struct Hello: Hashable, Sendable {
+    public var protocolVersion: UInt16
+    public var role: LinkRole
+    /// The sender runs in synchronous mode: the primary's commits wait for our acks.
+    public var synchronous: Bool
+    public var systemIdentifier: UInt64
+    public var timeline: TimeLineID
+    public var walSegmentSize: UInt32
+    public var senderName: String
+
+    public init(
+        protocolVersion: UInt16 = shipProtocolVersion, role: LinkRole, synchronous: Bool, systemIdentifier: UInt64,
+        timeline: TimeLineID, walSegmentSize: UInt32, senderName: String
+    ) {
+        self.protocolVersion = protocolVersion
+        self.role = role
+        self.synchronous = synchronous
+        self.systemIdentifier = systemIdentifier
+        self.timeline = timeline
+        self.walSegmentSize = walSegmentSize
+        self.senderName = senderName
+    }
+}
+
+/// Receiver → sender: accepted; stream from `resumeLSN` on `resumeTimeline` (both 0 when the spool is empty).
+public struct Welcome: Hashable, Sendable {
+    public var protocolVersion: UInt16
+    public var resumeLSN: LSN
+    public var resumeTimeline: TimeLineID
+    public var receiverName: String
+
+    public init(protocolVersion: UInt16 = shipProtocolVersion, resumeLSN: LSN, resumeTimeline: TimeLineID,
+                receiverName: String) {
+        self.protocolVersion = protocolVersion
+        self.resumeLSN = resumeLSN
+        self.resumeTimeline = resumeTimeline
+        self.receiverName = receiverName
+    }
+}
+
+/// Either side: the link is refused or ended, with a stable code and a readable reason.
+public struct Refusal: Hashable, Sendable, Error, CustomStringConvertible {
+    public struct Code: RawRepresentable, Hashable, Sendable {
+        public var rawValue: UInt16
+        public init(rawValue: UInt16) { self.rawValue = rawValue }
+        public static let unsupportedVersion = Code(rawValue: 1)
+        public static let wrongSegmentSize = Code(rawValue: 2)
+        public static let streamAlreadyActive = Code(rawValue: 3)
+        public static let invalidWAL = Code(rawValue: 4)
+        public static let notContiguous = Code(rawValue: 5)
+        public static let spoolFailure = Code(rawValue: 6)
+        public static let protocolViolation = Code(rawValue: 7)
+        public static let timelineUnsupported = Code(rawValue: 8)
+        public static let shuttingDown = Code(rawValue: 9)
+    }
+
+    public var code: Code
+    public var message: String
+
+    public init(code: Code, message: String) {
+        self.code = code
+        self.message = message
+    }
+
+    public var description: String { message }
+}
+
+public enum WALCompression: UInt8, Sendable {
+    case none = 0
+    /// One independent LZ4 block (`LZ4_compress_default`) per frame.
+    case lz4Block = 1
+}
+
+/// Sender → receiver: contiguous WAL bytes from `startLSN`, compressed as `compression` says.
+public struct WALData: Hashable, Sendable {
+    public var timeline: TimeLineID
+    public var startLSN: LSN
+    /// The primary's WAL end (`walEnd` of the last XLogData) when these bytes were read.
+    public var primaryEndLSN: LSN
+    /// The primary's send time of the last XLogData these bytes came from.
+    public var primarySendTime: PostgresTimestamp
+    public var compression: WALCompression
+    public var uncompressedLength: UInt32
+    public var payload: ByteBuffer
+
+    public init(timeline: TimeLineID, startLSN: LSN, primaryEndLSN: LSN, primarySendTime: PostgresTimestamp,
+                compression: WALCompression, uncompressedLength: UInt32, payload: ByteBuffer) {
+        self.timeline = timeline
+        self.startLSN = startLSN
+        self.primaryEndLSN = primaryEndLSN
+        self.primarySendTime = primarySendTime
+        self.compression = compression
+        self.uncompressedLength = uncompressedLength
+        self.payload = payload
+    }
+
+    public var endLSN: LSN { startLSN.advanced(by: UInt64(uncompressedLength)) }
+
+    /// Compresses `wal` into a frame when that saves bytes; stores it raw otherwise.
+    public static func make(timeline: TimeLineID, startLSN: LSN, primaryEndLSN: LSN,
+                            primarySendTime: PostgresTimestamp, wal: ByteBuffer,
+                            allocator: ByteBufferAllocator = ByteBufferAllocator()) -> WALData {
+        let compressed = LZ4.compressBlock(wal, allocator: allocator)
+        let useLZ4 = compressed.readableBytes < wal.readableBytes
+        return WALData(timeline: timeline, startLSN: startLSN, primaryEndLSN: primaryEndLSN,
+                       primarySendTime: primarySendTime, compression: useLZ4 ? .lz4Block : .none,
+                       uncompressedLength: UInt32(wal.readableBytes), payload: useLZ4 ? compressed : wal)
+    }
+
+    /// The WAL bytes, decompressed and checked against the declared length.
+    public func walBytes(allocator: ByteBufferAllocator = ByteBufferAllocator()) throws(ShipProtocolError) -> ByteBuffer {
+        switch compression {
+        case .none:
+            guard payload.readableBytes == Int(uncompressedLength) else {
+                throw .invalidField(kind: .walData, reason: "raw payload length differs from declared length")
+            }
+            return payload
+        case .lz4Block:
+            guard let bytes = LZ4.decompressBlock(payload, uncompressedLength: Int(uncompressedLength),
+                                                  allocator: allocator)
+            else { throw .invalidField(kind: .walData, reason: "LZ4 block does not decompress to declared length") }
+            return bytes
+        }
+    }
+}
+
+/// Receiver → sender: how far WAL is written and how far it is durable (fsynced) in the spool.
+public struct Ack: Hashable, Sendable {
+    public var timeline: TimeLineID
+    public var writtenLSN: LSN
+    public var durableLSN: LSN
+    /// What the DR standby has replayed, when known (0 otherwise); reported to the primary as `apply`.
+    public var replayedLSN: LSN
+    public var replayTime: PostgresTimestamp
+    public var receiverTime: PostgresTimestamp
+
+    public init(timeline: TimeLineID, writtenLSN: LSN, durableLSN: LSN, replayedLSN: LSN = .invalid,
+                replayTime: PostgresTimestamp = PostgresTimestamp(rawValue: 0), receiverTime: PostgresTimestamp) {
+        self.timeline = timeline
+        self.writtenLSN = writtenLSN
+        self.durableLSN = durableLSN
+        self.replayedLSN = replayedLSN
+        self.replayTime = replayTime
+        self.receiverTime = receiverTime
+    }
+}
+
+/// Sender → receiver when no WAL flows: proof of life, and the primary's position for the lag monitor.
+public struct Keepalive: Hashable, Sendable {
+    public var primaryEndLSN: LSN
+    public var sendTime: PostgresTimestamp
+    public var replyRequested: Bool
+
+    public init(primaryEndLSN: LSN, sendTime: PostgresTimestamp, replyRequested: Bool) {
+        self.primaryEndLSN = primaryEndLSN
+        self.sendTime = sendTime
+        self.replyRequested = replyRequested
+    }
+}
+
+/// Sender → receiver: a timeline history file, byte for byte as the primary has it.
+public struct HistoryFile: Hashable, Sendable {
+    public var timeline: TimeLineID
+    public var content: ByteBuffer
+
+    public init(timeline: TimeLineID, content: ByteBuffer) {
+        self.timeline = timeline
+        self.content = content
+    }
+}

@@ -1,0 +1,58 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Logging
+import Synchronization
+import WALCore
+
+/// The receiver's spool directory: one subdirectory per source system, and a lock so that only one
+/// `walship receive` writes to it.
+public final class Spool: Sendable {
+    public let root: String
+    private let lockFD: Int32
+    private let logger: Logger
+    private let systems = Mutex<[UInt64: SystemSpool]>([:])
+
+    public init(root: String, logger: Logger) throws {
+        self.root = root
+        self.logger = logger
+        if !FileIO.isDirectory(root) {
+            do { try FileIO.makeDirectory(root) } catch {
+                throw SpoolError(.io, "\(error) (hint: create the spool directory, owned by the user walship runs as)")
+            }
+        }
+        guard access(root, W_OK) == 0 else {
+            throw SpoolError(.io, "spool directory \"\(root)\" is not writable by this user (hint: chown it to the user running walship receive)")
+        }
+        let lockPath = root + "/.walship.lock"
+        let fd = try FileIO.open(lockPath, O_RDWR | O_CREAT)
+        guard flock(fd, LOCK_EX | LOCK_NB) == 0 else {
+            FileIO.close(fd)
+            throw SpoolError(.locked, "spool \"\(root)\" is in use by another walship receive (hint: stop it, or give this one its own --spool)")
+        }
+        lockFD = fd
+    }
+
+    deinit { FileIO.close(lockFD) }
+
+    /// Opens (recovering) or creates the spool of one source system.
+    public func system(_ systemIdentifier: UInt64, segmentSize: WALSegmentSize) throws -> SystemSpool {
+        try systems.withLock { systems in
+            if let existing = systems[systemIdentifier] {
+                guard existing.segmentSize == segmentSize else {
+                    throw SpoolError(.mismatch, "system \(systemIdentifier) uses \(existing.segmentSize) segments in this spool, the sender says \(segmentSize)")
+                }
+                return existing
+            }
+            let opened = try SystemSpool(root: root, systemIdentifier: systemIdentifier, segmentSize: segmentSize, logger: logger)
+            systems[systemIdentifier] = opened
+            return opened
+        }
+    }
+
+    /// Systems already opened in this process.
+    public var openSystems: [SystemSpool] { systems.withLock { Array($0.values) } }
+
+    /// Free and total bytes of the spool's filesystem.
+    public var capacity: (free: UInt64, total: UInt64)? { FileIO.capacity(of: root) }
+}

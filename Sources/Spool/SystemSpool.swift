@@ -1,0 +1,257 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Logging
+import ShipProtocol
+import Synchronization
+import WALCore
+
+/// Where a system's WAL stands in the spool.
+public struct SpoolPosition: Hashable, Sendable {
+    /// Timeline of the newest WAL; 0 while the spool is empty.
+    public var timeline: TimeLineID
+    /// End of WAL written to the spool's files (not necessarily fsynced).
+    public var written: LSN
+    /// End of WAL known to be on disk. Only this is ever acknowledged.
+    public var durable: LSN
+
+    public static let empty = SpoolPosition(timeline: 0, written: .invalid, durable: .invalid)
+}
+
+/// The WAL of one source system: `ROOT/<system-identifier>/wal/`.
+///
+/// Completed segments are `NAME.lz4` (one LZ4 frame, byte-identical to the primary's segment once
+/// decompressed); the in-progress one is `NAME.partial` (see `PartialSegment`); history files are stored as is.
+/// Mutating methods are called from one writer at a time (the receiver's spool thread for this system);
+/// `position` may be read from anywhere.
+public final class SystemSpool: @unchecked Sendable {
+    public let systemIdentifier: UInt64
+    public let segmentSize: WALSegmentSize
+    public let directory: String
+    public let walDirectory: String
+    private let logger: Logger
+
+    private let positionBox = Mutex(SpoolPosition.empty)
+    public var position: SpoolPosition { positionBox.withLock { $0 } }
+
+    private var current: PartialSegmentWriter?
+    /// The current segment's bytes from its start: page validation needs headers split across chunks,
+    /// and completion compresses from memory.
+    private var segmentBuffer: [UInt8] = []
+    private var validator: WALPageValidator?
+    /// Set after an fsync failure: nothing written since the last good fsync can be trusted.
+    private var failure: SpoolError?
+
+    init(root: String, systemIdentifier: UInt64, segmentSize: WALSegmentSize, logger: Logger) throws {
+        self.systemIdentifier = systemIdentifier
+        self.segmentSize = segmentSize
+        self.directory = root + "/" + String(systemIdentifier)
+        self.walDirectory = directory + "/wal"
+        var logger = logger
+        logger[metadataKey: "walship.system"] = "\(systemIdentifier)"
+        self.logger = logger
+        try FileIO.makeDirectory(directory)
+        try FileIO.makeDirectory(walDirectory)
+        try checkOrWriteSystemFile()
+        try recover()
+    }
+
+    // MARK: - Writing
+
+    /// Validates and writes `bytes`, which must continue exactly where the spool's WAL ends. Not durable until `sync()`.
+    /// A brand-new spool must start at a segment boundary, so every stored segment is whole.
+    public func append(timeline tli: TimeLineID, startLSN: LSN, bytes: UnsafeRawBufferPointer) throws {
+        if let failure { throw failure }
+        var pos = position
+        if pos.timeline == 0 {
+            guard segmentSize.offset(of: startLSN) == 0 else {
+                throw SpoolError(.notContiguous, "the first WAL for an empty spool must start at a segment boundary, got \(startLSN)")
+            }
+            pos = SpoolPosition(timeline: tli, written: startLSN, durable: startLSN)
+            positionBox.withLock { $0 = pos }
+        }
+        guard tli == pos.timeline else {
+            throw SpoolError(.mismatch, "WAL for timeline \(tli) arrived while the spool holds timeline \(pos.timeline); timeline switches are not supported yet")
+        }
+        guard startLSN == pos.written else {
+            throw SpoolError(.notContiguous, "WAL from \(startLSN) does not continue the spool, which ends at \(pos.written)")
+        }
+        var consumed = 0
+        var lsn = startLSN
+        while consumed < bytes.count {
+            if current == nil { try openSegment(SegmentName(timeline: tli, containing: lsn, segmentSize: segmentSize)) }
+            let offset = Int(segmentSize.offset(of: lsn))
+            precondition(offset == segmentBuffer.count, "segment buffer out of step with the spool position")
+            let n = min(bytes.count - consumed, Int(segmentSize.bytes) - offset)
+            let slice = UnsafeRawBufferPointer(rebasing: bytes[consumed..<consumed + n])
+            segmentBuffer.append(contentsOf: slice)
+            do {
+                try validatePages(previousLength: offset, segmentStart: segmentSize.segmentStart(of: lsn))
+                try current!.append(offset: offset, slice)
+            } catch {
+                segmentBuffer.removeSubrange(offset...)
+                throw error
+            }
+            consumed += n
+            lsn = lsn.advanced(by: UInt64(n))
+            positionBox.withLock { $0.written = lsn }
+            if segmentBuffer.count == Int(segmentSize.bytes) { try finishSegment() }
+        }
+    }
+
+    /// Makes everything written durable and returns the new durable end.
+    @discardableResult
+    public func sync() throws -> LSN {
+        if let failure { throw failure }
+        do {
+            try current?.sync()
+        } catch let error as SpoolError {
+            if error.kind == .fsyncFailed { failure = error }
+            throw error
+        }
+        return positionBox.withLock {
+            $0.durable = $0.written
+            return $0.durable
+        }
+    }
+
+    /// Stores a timeline history file atomically; an existing file must be identical.
+    public func storeHistory(timeline tli: TimeLineID, content: [UInt8]) throws {
+        let path = walDirectory + "/" + historyFileName(timeline: tli)
+        if FileIO.exists(path) {
+            let existing = try FileIO.readWholeFile(path, maxBytes: 1 << 20)
+            guard existing == content else {
+                throw SpoolError(.mismatch, "\(historyFileName(timeline: tli)) differs from the copy already in the spool")
+            }
+            return
+        }
+        guard let text = String(validating: content, as: UTF8.self), (try? parseTimelineHistory(text)) != nil else {
+            throw SpoolError(.invalidWAL, "\(historyFileName(timeline: tli)) is not a valid timeline history file")
+        }
+        try content.withUnsafeBytes { try FileIO.writeAtomically($0, to: path, directory: walDirectory) }
+    }
+
+    private func openSegment(_ segment: SegmentName) throws {
+        let path = walDirectory + "/\(segment).partial"
+        current = try PartialSegmentWriter(
+            creating: path, header: .init(systemIdentifier: systemIdentifier, segment: segment), directory: walDirectory)
+        segmentBuffer.removeAll(keepingCapacity: true)
+        segmentBuffer.reserveCapacity(Int(segmentSize.bytes))
+        validator = WALPageValidator(systemIdentifier: systemIdentifier, segmentSize: segmentSize,
+                                     timeline: segment.timeline)
+    }
+
+    /// The segment is full: make its journal durable, store it as `NAME.lz4`, then drop the journal.
+    /// A crash at any point leaves either the journal or the finished file (or both; recovery keeps the latter).
+    private func finishSegment() throws {
+        guard let writer = current else { return }
+        try writer.sync()
+        try storeCompleted(writer.header.segment, wal: segmentBuffer)
+        current = nil
+        try FileIO.remove(writer.path)
+        try FileIO.syncDirectory(walDirectory)
+        segmentBuffer.removeAll(keepingCapacity: true)
+        positionBox.withLock { $0.durable = $0.written }
+        logger.info("segment completed", metadata: ["walship.segment": "\(writer.header.segment)"])
+    }
+
+    private func storeCompleted(_ segment: SegmentName, wal: [UInt8]) throws {
+        let frame = wal.withUnsafeBytes { LZ4.compressFrame($0) }
+        try frame.withUnsafeBytes {
+            try FileIO.writeAtomically($0, to: walDirectory + "/\(segment).lz4", directory: walDirectory)
+        }
+    }
+
+    private func validatePages(previousLength: Int, segmentStart: LSN) throws {
+        let pageSize = Int(WALPage.size)
+        var page = previousLength / pageSize * pageSize
+        try segmentBuffer.withUnsafeBytes { raw in
+            while true {
+                let address = segmentStart.advanced(by: UInt64(page))
+                let headerLength = WALPage.headerLength(at: address, segmentSize: segmentSize)
+                if page + headerLength <= previousLength {
+                    page += pageSize
+                    continue
+                }
+                if page + headerLength > raw.count { break }
+                do {
+                    try validator!.validate(header: UnsafeRawBufferPointer(rebasing: raw[page..<page + headerLength]),
+                                            pageAddress: address)
+                } catch {
+                    throw SpoolError(.invalidWAL, "refused WAL that failed validation: \(error)")
+                }
+                page += pageSize
+            }
+        }
+    }
+
+    // MARK: - Recovery
+
+    private func checkOrWriteSystemFile() throws {
+        let path = directory + "/system.conf"
+        let expected = "system_identifier = \(systemIdentifier)\nwal_segment_size = \(segmentSize.bytes)\n"
+        if FileIO.exists(path) {
+            let text = String(decoding: try FileIO.readWholeFile(path, maxBytes: 4096), as: UTF8.self)
+            guard text == expected else {
+                throw SpoolError(.mismatch, "\(path) does not match this system (expected:\n\(expected)found:\n\(text))")
+            }
+            return
+        }
+        try Array(expected.utf8).withUnsafeBytes { try FileIO.writeAtomically($0, to: path, directory: directory) }
+    }
+
+    /// Finds where the spool ends after a restart or crash: leftover temp files are removed, a partial whose
+    /// finished `.lz4` exists is dropped, a full journal is finished, and a torn journal tail is cut.
+    private func recover() throws {
+        var completed: [SegmentName] = []
+        var partials: [SegmentName] = []
+        for name in try FileIO.listDirectory(walDirectory) {
+            if name.hasSuffix(".tmp") {
+                try FileIO.remove(walDirectory + "/" + name)
+                logger.notice("removed unfinished temporary file", metadata: ["walship.file": "\(name)"])
+            } else if name.hasSuffix(".lz4"), let seg = SegmentName(name.dropLast(4), segmentSize: segmentSize) {
+                completed.append(seg)
+            } else if name.hasSuffix(".partial"), let seg = SegmentName(name.dropLast(8), segmentSize: segmentSize) {
+                partials.append(seg)
+            }
+        }
+        for seg in partials where completed.contains(seg) {
+            try FileIO.remove(walDirectory + "/\(seg).partial")
+            logger.notice("removed journal of a segment that was already completed", metadata: ["walship.segment": "\(seg)"])
+        }
+        partials.removeAll { completed.contains($0) }
+        try FileIO.syncDirectory(walDirectory)
+
+        let newestCompleted = completed.max()
+        if let partial = partials.max(), newestCompleted.map({ partial > $0 }) ?? true {
+            try resume(from: partial)
+        } else if let last = newestCompleted {
+            positionBox.withLock { $0 = SpoolPosition(timeline: last.timeline, written: last.endLSN, durable: last.endLSN) }
+        }
+        let pos = position
+        logger.info("spool opened", metadata: [
+            "walship.timeline": "\(pos.timeline)", "walship.durable_lsn": "\(pos.durable)",
+            "walship.completed_segments": "\(completed.count)",
+        ])
+    }
+
+    private func resume(from segment: SegmentName) throws {
+        let path = walDirectory + "/\(segment).partial"
+        let contents = try PartialSegment.read(path: path)
+        guard contents.header.systemIdentifier == systemIdentifier, contents.header.segment == segment else {
+            throw SpoolError(.corrupt, "\(path) belongs to \(contents.header.systemIdentifier)/\(contents.header.segment), not to this file name")
+        }
+        if contents.hadTornTail {
+            logger.notice("cut a torn tail from the in-progress segment (it was never acknowledged)",
+                          metadata: ["walship.segment": "\(segment)", "walship.valid_bytes": "\(contents.wal.count)"])
+        }
+        segmentBuffer = contents.wal
+        segmentBuffer.reserveCapacity(Int(segmentSize.bytes))
+        validator = WALPageValidator(systemIdentifier: systemIdentifier, segmentSize: segmentSize, timeline: segment.timeline)
+        try validatePages(previousLength: 0, segmentStart: segment.startLSN)
+        let end = segment.startLSN.advanced(by: UInt64(contents.wal.count))
+        positionBox.withLock { $0 = SpoolPosition(timeline: segment.timeline, written: end, durable: end) }
+        current = try PartialSegmentWriter(reopening: path, contents: contents)
+        if segmentBuffer.count == Int(segmentSize.bytes) { try finishSegment() }
+    }
+}
