@@ -23,7 +23,12 @@ let package = Package(
         .target(name: "WALCore"),
         .target(
             name: "PGReplication",
-            dependencies: ["CLibPQ", "WALCore", .product(name: "Logging", package: "swift-log")]
+            dependencies: [
+                "CLibPQ", "WALCore",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+            ]
         ),
         .target(
             name: "ShipProtocol",

@@ -88,15 +88,15 @@ enum FileIO {
     /// Data (and the size, if it changed) reaches the disk; after a failure nothing since the last success is trusted.
     static func syncData(_ fd: Int32, path: String) throws {
         guard fdatasync(fd) == 0 else {
-            let e = SpoolError.errno("fsync", path)
-            throw SpoolError(e.kind == .diskFull ? .diskFull : .fsyncFailed, e.message)
+            // Any fsync failure is fatal, ENOSPC included: the kernel may already have dropped the dirty pages.
+            throw SpoolError(.fsyncFailed, SpoolError.errno("fsync", path).message)
         }
     }
 
     static func syncFile(_ fd: Int32, path: String) throws {
         guard fsync(fd) == 0 else {
-            let e = SpoolError.errno("fsync", path)
-            throw SpoolError(e.kind == .diskFull ? .diskFull : .fsyncFailed, e.message)
+            // Any fsync failure is fatal, ENOSPC included: the kernel may already have dropped the dirty pages.
+            throw SpoolError(.fsyncFailed, SpoolError.errno("fsync", path).message)
         }
     }
 

@@ -1,0 +1,238 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Logging
+import NIOCore
+import NIOPosix
+import Synchronization
+import WALCore
+
+/// What the primary's system looks like (IDENTIFY_SYSTEM plus the segment size).
+public struct SystemIdentity: Sendable, Hashable {
+    public var systemIdentifier: UInt64
+    public var timeline: TimeLineID
+    public var flushLSN: LSN
+    public var segmentSize: WALSegmentSize
+    public var serverVersion: Int
+}
+
+/// A physical replication slot as READ_REPLICATION_SLOT reports it.
+public struct SlotInfo: Sendable, Hashable {
+    public var restartLSN: LSN?
+    public var restartTimeline: TimeLineID?
+}
+
+/// Positions the sender reports to the primary in standby status updates.
+public struct StreamFeedback: Sendable, Hashable {
+    /// WAL the receiver reports written.
+    public var written: LSN
+    /// WAL the receiver reports fsynced. Never anything only held in our memory.
+    public var flushed: LSN
+    /// WAL the DR standby has replayed, when known.
+    public var applied: LSN
+
+    public init(written: LSN = .invalid, flushed: LSN = .invalid, applied: LSN = .invalid) {
+        self.written = written
+        self.flushed = flushed
+        self.applied = applied
+    }
+}
+
+/// One contiguous run of WAL read from the primary.
+public struct WALChunk: Sendable {
+    public var start: LSN
+    public var bytes: ByteBuffer
+    public var walEnd: LSN
+    public var sendTime: PostgresTimestamp
+    public var end: LSN { start.advanced(by: UInt64(bytes.readableBytes)) }
+}
+
+public enum StreamEvent: Sendable {
+    case wal(WALChunk)
+    /// The primary is idle or asks for a reply; carries its end of WAL for the lag monitor.
+    case keepalive(walEnd: LSN, sendTime: PostgresTimestamp)
+    /// The primary ended our timeline (it was promoted away from it); the stream is over.
+    case endOfTimeline(nextTimeline: TimeLineID, nextStart: LSN)
+}
+
+public typealias StreamEvents = NIOThrowingAsyncSequenceProducer<
+    StreamEvent, any Error, NIOAsyncSequenceProducerBackPressureStrategies.HighLowWatermark, StreamGate
+>
+
+/// Connects the replication thread with async code: feedback to report, stop requests, and the
+/// consumer's demand. Any change wakes the thread through a pipe, so it reacts within microseconds.
+public final class StreamGate: NIOAsyncSequenceProducerDelegate, Sendable {
+    struct State {
+        var feedback = StreamFeedback()
+        var feedbackChanged = false
+        var demand = true
+        /// Counts produceMore() calls, so a pause decided after a yield never misses one that raced with it.
+        var demandGeneration = 0
+        var stopRequested = false
+    }
+
+    let state = Mutex(State())
+    let wakeRead: Int32
+    let wakeWrite: Int32
+
+    public init() {
+        var fds: [Int32] = [0, 0]
+        precondition(pipe(&fds) == 0, "cannot create a wake-up pipe")
+        for fd in fds { _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK) }
+        wakeRead = fds[0]
+        wakeWrite = fds[1]
+    }
+
+    deinit {
+        close(wakeRead)
+        close(wakeWrite)
+    }
+
+    /// The receiver's latest acknowledgement; the thread reports it to the primary at once.
+    public func report(_ feedback: StreamFeedback) {
+        state.withLock {
+            $0.feedback = feedback
+            $0.feedbackChanged = true
+        }
+        wake()
+    }
+
+    public func requestStop() {
+        state.withLock { $0.stopRequested = true }
+        wake()
+    }
+
+    public func produceMore() {
+        state.withLock {
+            $0.demand = true
+            $0.demandGeneration &+= 1
+        }
+        wake()
+    }
+
+    public func didTerminate() { requestStop() }
+
+    func wake() {
+        var byte: UInt8 = 1
+        _ = write(wakeWrite, &byte, 1)
+    }
+
+    func drainWakeups() {
+        var buffer = [UInt8](repeating: 0, count: 64)
+        while read(wakeRead, &buffer, 64) > 0 {}
+    }
+}
+
+/// A replication connection to the primary, owned by its own thread: every libpq call runs there.
+public final class ReplicationSession: @unchecked Sendable {
+    // Only touched inside `thread` closures.
+    private var connection: PGConnection?
+    private let thread = NIOThreadPool(numberOfThreads: 1)
+    private let logger: Logger
+    public let conninfo: Conninfo
+
+    public init(conninfo: Conninfo, logger: Logger) {
+        self.conninfo = conninfo
+        self.logger = logger
+        thread.start()
+    }
+
+    /// Connects as a physical walsender client and identifies the system.
+    public func connect(applicationName: String?) async throws -> SystemIdentity {
+        try await thread.runIfActive { [self] in
+            let conn = try PGConnection(conninfo, replication: true, applicationName: applicationName)
+            connection = conn
+            let rows = try conn.query("IDENTIFY_SYSTEM")
+            guard rows.count == 1, rows[0].count >= 3, let sysidText = rows[0][0], let sysid = UInt64(sysidText),
+                let tliText = rows[0][1], let tli = UInt32(tliText), let posText = rows[0][2], let pos = LSN(posText)
+            else { throw PostgresError("IDENTIFY_SYSTEM returned an unexpected result: \(rows)") }
+            let sizeRows = try conn.query("SHOW wal_segment_size")
+            guard let sizeText = sizeRows.first?.first ?? nil, let size = WALSegmentSize(showValue: sizeText) else {
+                throw PostgresError("could not read wal_segment_size from the primary")
+            }
+            return SystemIdentity(systemIdentifier: sysid, timeline: tli, flushLSN: pos, segmentSize: size,
+                                  serverVersion: conn.serverVersion)
+        }
+    }
+
+    /// READ_REPLICATION_SLOT; nil when the slot does not exist. A logical slot is refused with a clear error.
+    public func readSlot(_ name: String) async throws -> SlotInfo? {
+        try await thread.runIfActive { [self] in
+            let rows: [[String?]]
+            do {
+                rows = try requireConnection().query("READ_REPLICATION_SLOT \(quoteIdentifier(name))")
+            } catch let error as PostgresError where error.message.contains("logical") {
+                throw PostgresError("replication slot \"\(name)\" is a logical slot; walship needs a physical slot (hint: choose another --slot name)")
+            }
+            guard let row = rows.first, row.count >= 3 else { throw PostgresError("READ_REPLICATION_SLOT returned no row") }
+            guard let type = row[0] else { return nil }
+            guard type == "physical" else {
+                throw PostgresError("replication slot \"\(name)\" is a \(type) slot; walship needs a physical slot (hint: choose another --slot name)")
+            }
+            return SlotInfo(restartLSN: row[1].flatMap { LSN($0) }, restartTimeline: row[2].flatMap { UInt32($0) })
+        }
+    }
+
+    /// Creates a physical slot that reserves WAL immediately.
+    public func createSlot(_ name: String) async throws {
+        try await thread.runIfActive { [self] in
+            _ = try requireConnection().query("CREATE_REPLICATION_SLOT \(quoteIdentifier(name)) PHYSICAL RESERVE_WAL")
+        }
+    }
+
+    /// TIMELINE_HISTORY for `timeline`: the file name and its raw content.
+    public func timelineHistory(_ timeline: TimeLineID) async throws -> (name: String, content: [UInt8]) {
+        try await thread.runIfActive { [self] in
+            let rows = try requireConnection().query("TIMELINE_HISTORY \(timeline)")
+            guard rows.count == 1, rows[0].count == 2, let name = rows[0][0], let content = rows[0][1] else {
+                throw PostgresError("TIMELINE_HISTORY \(timeline) returned an unexpected result")
+            }
+            return (name, Array(content.utf8))
+        }
+    }
+
+    /// Streams WAL from `start` into `source` until stopped, the connection fails, or the timeline ends.
+    /// Runs the whole loop on the connection's thread; cancellation of the calling task stops it.
+    public func stream(slot: String?, start: LSN, timeline: TimeLineID, gate: StreamGate,
+                       source: StreamEvents.Source, statusInterval: Duration = .seconds(10)) async throws {
+        try await withTaskCancellationHandler {
+            try await thread.runIfActive { [self] in
+                do {
+                    var loop = try StreamLoop(connection: requireConnection(), gate: gate, source: source, logger: logger,
+                                              statusInterval: statusInterval, expectedStart: start)
+                    let slotClause = slot.map { "SLOT \(quoteIdentifier($0)) " } ?? ""
+                    try loop.connection.startCopyBoth("START_REPLICATION \(slotClause)PHYSICAL \(start) TIMELINE \(timeline)")
+                    try loop.run()
+                    source.finish()
+                } catch {
+                    source.finish(error)
+                    throw error
+                }
+            }
+        } onCancel: {
+            gate.requestStop()
+        }
+    }
+
+    /// Closes the connection and ends the thread.
+    public func close() async {
+        _ = try? await thread.runIfActive { [self] in connection = nil }
+        try? await thread.shutdownGracefully()
+    }
+
+    private func requireConnection() throws -> PGConnection {
+        guard let connection else { throw PostgresError("not connected to the primary") }
+        return connection
+    }
+}
+
+/// Double-quotes an identifier for a replication command.
+func quoteIdentifier(_ name: String) -> String { "\"" + name.replacingAll("\"", with: "\"\"") + "\"" }
+
+extension String {
+    func replacingAll(_ target: Character, with replacement: String) -> String {
+        var out = ""
+        for c in self { if c == target { out += replacement } else { out.append(c) } }
+        return out
+    }
+}

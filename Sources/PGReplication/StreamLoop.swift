@@ -1,0 +1,176 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Logging
+import NIOCore
+import WALCore
+
+/// The receive loop of one replication connection, run on the connection's thread (receivelog.c's shape):
+/// drain everything libpq has buffered, hand it on in chunks, report status, then poll the socket and the
+/// wake-up pipe. When the consumer has enough, it stops reading; the walsender then blocks on a full
+/// socket while the slot keeps the WAL, which is the back-pressure we want.
+struct StreamLoop {
+    let connection: PGConnection
+    let gate: StreamGate
+    let source: StreamEvents.Source
+    let logger: Logger
+    let statusInterval: Duration
+    let maxChunkBytes: Int
+    private var expectedNext: LSN
+    private var chunk: ByteBuffer?
+    private var chunkStart = LSN.invalid
+    private var lastWalEnd = LSN.invalid
+    private var lastSendTime = PostgresTimestamp(rawValue: 0)
+    private var mustReply = false
+    private var outputPending = false
+    private var lastStatusSent: ContinuousClock.Instant
+    private var finished: StreamEvent?
+
+    init(connection: PGConnection, gate: StreamGate, source: StreamEvents.Source, logger: Logger,
+         statusInterval: Duration, expectedStart: LSN, maxChunkBytes: Int = 1 << 20) {
+        self.connection = connection
+        self.gate = gate
+        self.source = source
+        self.logger = logger
+        self.statusInterval = statusInterval
+        self.expectedNext = expectedStart
+        self.maxChunkBytes = maxChunkBytes
+        self.lastStatusSent = .now - statusInterval
+    }
+
+    mutating func run() throws {
+        while true {
+            let (stop, demand, feedback, changed) = gate.state.withLock { s in
+                defer { s.feedbackChanged = false }
+                return (s.stopRequested, s.demand, s.feedback, s.feedbackChanged)
+            }
+            if stop {
+                try? sendStatus(feedback)
+                _ = try? connection.flush()
+                return
+            }
+            if demand { try readAvailable() }
+            if let finished {
+                _ = source.yield(finished)
+                return
+            }
+            if changed || mustReply || ContinuousClock.now - lastStatusSent >= statusInterval {
+                try sendStatus(feedback)
+            }
+            if outputPending { outputPending = !(try connection.flush()) }
+            try waitForActivity(reading: gate.state.withLock { $0.demand })
+        }
+    }
+
+    private mutating func waitForActivity(reading: Bool) throws {
+        let socket = connection.socket
+        var fds = [pollfd(fd: gate.wakeRead, events: Int16(POLLIN), revents: 0)]
+        var events: Int16 = 0
+        if reading { events |= Int16(POLLIN) }
+        if outputPending { events |= Int16(POLLOUT) }
+        if events != 0 { fds.append(pollfd(fd: socket, events: events, revents: 0)) }
+        let untilStatus = statusInterval - (ContinuousClock.now - lastStatusSent)
+        let timeoutMs = max(1, min(1000, Int32(untilStatus.components.seconds * 1000
+            + untilStatus.components.attoseconds / 1_000_000_000_000_000)))
+        let rc = poll(&fds, nfds_t(fds.count), timeoutMs)
+        if rc < 0 && errno != EINTR { throw PostgresError("poll failed: \(String(cString: strerror(errno)))") }
+        gate.drainWakeups()
+        if fds.count > 1 && fds[1].revents & Int16(POLLIN | POLLHUP | POLLERR) != 0 { try connection.consumeInput() }
+    }
+
+    private mutating func readAvailable() throws {
+        while finished == nil {
+            switch try connection.readCopyData() {
+            case .message(let pointer, let length):
+                defer { connection.freeCopyData(pointer) }
+                let raw = UnsafeRawBufferPointer(start: pointer, count: length)
+                let paused: Bool
+                do {
+                    paused = try handle(try ReplicationMessage.decode(raw), raw)
+                } catch let error as ReplicationMessage.DecodeError {
+                    throw PostgresError("the primary sent an invalid replication message: \(error)")
+                }
+                if paused { return }
+            case .wouldBlock:
+                _ = emitChunk()
+                return
+            case .copyDone:
+                _ = emitChunk()
+                let rows = try connection.finishCopy()
+                guard rows.count == 1, rows[0].count >= 2, let tliText = rows[0][0], let next = UInt32(tliText),
+                    let startText = rows[0][1], let nextStart = LSN(startText)
+                else {
+                    throw PostgresError("the primary ended replication (it may be shutting down)", connectionLost: true)
+                }
+                finished = .endOfTimeline(nextTimeline: next, nextStart: nextStart)
+            }
+        }
+    }
+
+    /// Returns true when the consumer asked us to pause.
+    private mutating func handle(_ message: ReplicationMessage, _ raw: UnsafeRawBufferPointer) throws -> Bool {
+        switch message {
+        case .xLogData(let x):
+            guard x.dataStart == expectedNext else {
+                throw PostgresError("the primary sent WAL from \(x.dataStart), expected \(expectedNext)")
+            }
+            lastWalEnd = max(lastWalEnd, x.walEnd)
+            lastSendTime = x.sendTime
+            var offset = x.dataOffset
+            var paused = false
+            while offset < raw.count {
+                if let c = chunk, c.readableBytes >= maxChunkBytes { paused = emitChunk() || paused }
+                if chunk == nil {
+                    chunk = ByteBufferAllocator().buffer(capacity: maxChunkBytes)
+                    chunkStart = expectedNext
+                }
+                let n = min(raw.count - offset, maxChunkBytes - chunk!.readableBytes)
+                chunk!.writeBytes(UnsafeRawBufferPointer(rebasing: raw[offset..<offset + n]))
+                offset += n
+                expectedNext = expectedNext.advanced(by: UInt64(n))
+            }
+            if let c = chunk, c.readableBytes + 131_072 > maxChunkBytes { paused = emitChunk() || paused }
+            return paused
+        case .keepalive(let k):
+            lastWalEnd = max(lastWalEnd, k.walEnd)
+            if k.replyRequested { mustReply = true }
+            let paused = emitChunk()
+            return emit(.keepalive(walEnd: k.walEnd, sendTime: k.sendTime)) || paused
+        }
+    }
+
+    /// Hands the pending chunk on; returns true when the consumer asked us to pause.
+    private mutating func emitChunk() -> Bool {
+        guard let c = chunk, c.readableBytes > 0 else { return false }
+        chunk = nil
+        return emit(.wal(WALChunk(start: chunkStart, bytes: c, walEnd: max(lastWalEnd, expectedNext),
+                                  sendTime: lastSendTime)))
+    }
+
+    private func emit(_ event: StreamEvent) -> Bool {
+        let generation = gate.state.withLock { $0.demandGeneration }
+        switch source.yield(event) {
+        case .produceMore:
+            return false
+        case .stopProducing:
+            // Only pause if no produceMore() arrived since we yielded, or we would wait for a wake-up already spent.
+            return gate.state.withLock { s in
+                if s.demandGeneration == generation { s.demand = false }
+                return !s.demand
+            }
+        case .dropped:
+            gate.state.withLock { $0.stopRequested = true }
+            return true
+        }
+    }
+
+    private mutating func sendStatus(_ feedback: StreamFeedback) throws {
+        let update = StandbyStatusUpdate(write: feedback.written, flush: feedback.flushed, apply: feedback.applied,
+                                         sendTime: .now(), replyRequested: false)
+        if try connection.putCopyData(update.encoded()) {
+            mustReply = false
+            lastStatusSent = .now
+        }
+        outputPending = !(try connection.flush())
+    }
+}
