@@ -142,6 +142,9 @@ public struct WALData: Hashable, Sendable {
 
     public var endLSN: LSN { startLSN.advanced(by: UInt64(uncompressedLength)) }
 
+    /// Bytes a WAL frame adds around its payload: frame header, fixed fields, CRC.
+    public static let frameOverheadBytes = ShipFrame.headerLength + 33 + ShipFrame.trailerLength
+
     /// Compresses `wal` into a frame when that saves bytes; stores it raw otherwise.
     public static func make(timeline: TimeLineID, startLSN: LSN, primaryEndLSN: LSN,
                             primarySendTime: PostgresTimestamp, wal: ByteBuffer,

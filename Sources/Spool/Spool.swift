@@ -50,6 +50,22 @@ public final class Spool: Sendable {
         }
     }
 
+    /// Opens (and so recovers) every system already in the spool; returns them.
+    @discardableResult
+    public func openExistingSystems() throws -> [SystemSpool] {
+        var opened: [SystemSpool] = []
+        for name in try FileIO.listDirectory(root) {
+            guard let systemIdentifier = UInt64(name), FileIO.exists(root + "/" + name + "/system.conf") else { continue }
+            let text = String(decoding: try FileIO.readWholeFile(root + "/" + name + "/system.conf", maxBytes: 4096), as: UTF8.self)
+            let sizeLine = text.split(separator: "\n").first { $0.hasPrefix("wal_segment_size = ") }
+            guard let sizeText = sizeLine?.split(separator: " ").last, let bytes = UInt64(sizeText),
+                let size = WALSegmentSize(bytes: bytes)
+            else { throw SpoolError(.corrupt, "\(root)/\(name)/system.conf is damaged (no valid wal_segment_size)") }
+            opened.append(try system(systemIdentifier, segmentSize: size))
+        }
+        return opened
+    }
+
     /// Systems already opened in this process.
     public var openSystems: [SystemSpool] { systems.withLock { Array($0.values) } }
 

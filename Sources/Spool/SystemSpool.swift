@@ -38,7 +38,7 @@ public final class SystemSpool: @unchecked Sendable {
     /// The current segment's bytes from its start: page validation needs headers split across chunks,
     /// and completion compresses from memory.
     private var segmentBuffer: [UInt8] = []
-    private var validator: WALPageValidator?
+    private var validator: WALSegmentValidator?
     /// Set after an fsync failure: nothing written since the last good fsync can be trusted.
     private var failure: SpoolError?
 
@@ -86,7 +86,7 @@ public final class SystemSpool: @unchecked Sendable {
             let slice = UnsafeRawBufferPointer(rebasing: bytes[consumed..<consumed + n])
             segmentBuffer.append(contentsOf: slice)
             do {
-                try validatePages(previousLength: offset, segmentStart: segmentSize.segmentStart(of: lsn))
+                try validatePages(previousLength: offset)
                 try current!.append(offset: offset, slice)
             } catch {
                 segmentBuffer.removeSubrange(offset...)
@@ -137,8 +137,8 @@ public final class SystemSpool: @unchecked Sendable {
             creating: path, header: .init(systemIdentifier: systemIdentifier, segment: segment), directory: walDirectory)
         segmentBuffer.removeAll(keepingCapacity: true)
         segmentBuffer.reserveCapacity(Int(segmentSize.bytes))
-        validator = WALPageValidator(systemIdentifier: systemIdentifier, segmentSize: segmentSize,
-                                     timeline: segment.timeline)
+        validator = WALSegmentValidator(systemIdentifier: systemIdentifier, segmentSize: segmentSize,
+                                        timeline: segment.timeline, segmentStart: segment.startLSN)
     }
 
     /// The segment is full: make its journal durable, store it as `NAME.lz4`, then drop the journal.
@@ -162,27 +162,18 @@ public final class SystemSpool: @unchecked Sendable {
         }
     }
 
-    private func validatePages(previousLength: Int, segmentStart: LSN) throws {
-        let pageSize = Int(WALPage.size)
-        var page = previousLength / pageSize * pageSize
-        try segmentBuffer.withUnsafeBytes { raw in
-            while true {
-                let address = segmentStart.advanced(by: UInt64(page))
-                let headerLength = WALPage.headerLength(at: address, segmentSize: segmentSize)
-                if page + headerLength <= previousLength {
-                    page += pageSize
-                    continue
-                }
-                if page + headerLength > raw.count { break }
-                do {
-                    try validator!.validate(header: UnsafeRawBufferPointer(rebasing: raw[page..<page + headerLength]),
-                                            pageAddress: address)
-                } catch {
-                    throw SpoolError(.invalidWAL, "refused WAL that failed validation: \(error)")
-                }
-                page += pageSize
+    private func validatePages(previousLength: Int) throws {
+        var checker = validator!
+        let failure = segmentBuffer.withUnsafeBytes { raw -> WALSegmentValidator.Failure? in
+            do throws(WALSegmentValidator.Failure) {
+                try checker.validate(segment: raw, previousLength: previousLength)
+                return nil
+            } catch {
+                return error
             }
         }
+        if let failure { throw SpoolError(.invalidWAL, "refused WAL that failed validation: \(failure)") }
+        validator = checker
     }
 
     // MARK: - Recovery
@@ -247,8 +238,9 @@ public final class SystemSpool: @unchecked Sendable {
         }
         segmentBuffer = contents.wal
         segmentBuffer.reserveCapacity(Int(segmentSize.bytes))
-        validator = WALPageValidator(systemIdentifier: systemIdentifier, segmentSize: segmentSize, timeline: segment.timeline)
-        try validatePages(previousLength: 0, segmentStart: segment.startLSN)
+        validator = WALSegmentValidator(systemIdentifier: systemIdentifier, segmentSize: segmentSize,
+                                        timeline: segment.timeline, segmentStart: segment.startLSN)
+        try validatePages(previousLength: 0)
         let end = segment.startLSN.advanced(by: UInt64(contents.wal.count))
         positionBox.withLock { $0 = SpoolPosition(timeline: segment.timeline, written: end, durable: end) }
         current = try PartialSegmentWriter(reopening: path, contents: contents)

@@ -123,3 +123,63 @@ public struct WALPageValidator: Sendable {
 func readLE<T: FixedWidthInteger>(_ bytes: UnsafeRawBufferPointer, _ offset: Int, as: T.Type) -> T {
     T(littleEndian: bytes.loadUnaligned(fromByteOffset: offset, as: T.self))
 }
+
+/// Validates a segment as its bytes arrive, page header by page header. After a WAL switch PostgreSQL 15
+/// zero-fills the rest of the segment (pages without headers); an all-zero header is accepted as the start
+/// of that fill, and from then on every byte of the segment must be zero.
+public struct WALSegmentValidator: Sendable {
+    public private(set) var pages: WALPageValidator
+    public let segmentStart: LSN
+    /// Offset where the zero fill began, once seen.
+    public private(set) var zeroFillStart: Int?
+
+    public init(systemIdentifier: UInt64, segmentSize: WALSegmentSize, timeline: TimeLineID, segmentStart: LSN) {
+        pages = WALPageValidator(systemIdentifier: systemIdentifier, segmentSize: segmentSize, timeline: timeline)
+        self.segmentStart = segmentStart
+    }
+
+    public enum Failure: Error, Hashable, CustomStringConvertible {
+        case page(WALPageError)
+        case dataAfterZeroFill(at: LSN)
+
+        public var description: String {
+            switch self {
+            case .page(let error): error.description
+            case .dataAfterZeroFill(let lsn): "non-zero WAL at \(lsn) after the segment's end-of-WAL zero fill"
+            }
+        }
+    }
+
+    /// Checks `segment[previousLength...]`, given that `segment[..<previousLength]` was accepted before.
+    /// On failure the validator is unchanged.
+    public mutating func validate(segment: UnsafeRawBufferPointer, previousLength: Int) throws(Failure) {
+        var next = self
+        try next.check(segment, previousLength)
+        self = next
+    }
+
+    private mutating func check(_ segment: UnsafeRawBufferPointer, _ previousLength: Int) throws(Failure) {
+        let pageSize = Int(WALPage.size)
+        var page = previousLength / pageSize * pageSize
+        while zeroFillStart == nil {
+            let address = segmentStart.advanced(by: UInt64(page))
+            let headerLength = WALPage.headerLength(at: address, segmentSize: pages.segmentSize)
+            if page + headerLength > segment.count { break }
+            if page + headerLength > previousLength {
+                let header = UnsafeRawBufferPointer(rebasing: segment[page..<page + headerLength])
+                if page > 0 && header.allSatisfy({ $0 == 0 }) {
+                    zeroFillStart = page
+                    break
+                }
+                do { try pages.validate(header: header, pageAddress: address) } catch { throw .page(error) }
+            }
+            page += pageSize
+        }
+        if let fill = zeroFillStart {
+            let from = max(fill, previousLength)
+            if let index = segment[from...].firstIndex(where: { $0 != 0 }) {
+                throw .dataAfterZeroFill(at: segmentStart.advanced(by: UInt64(index)))
+            }
+        }
+    }
+}

@@ -1,0 +1,36 @@
+import NIOPosix
+
+/// An ordinary (non-replication) connection for monitoring queries, on its own thread.
+/// Connects lazily and reconnects after a failure.
+public final class SQLSession: @unchecked Sendable {
+    // Only touched inside `thread` closures.
+    private var connection: PGConnection?
+    private let thread = NIOThreadPool(numberOfThreads: 1)
+    private let conninfo: Conninfo
+    private let applicationName: String
+
+    public init(conninfo: Conninfo, applicationName: String) {
+        self.conninfo = conninfo
+        self.applicationName = applicationName
+        thread.start()
+    }
+
+    public func query(_ sql: String, _ parameters: [String] = []) async throws -> [[String?]] {
+        try await thread.runIfActive { [self] in
+            if connection == nil || !(connection!.isConnected) {
+                connection = try PGConnection(conninfo, replication: false, applicationName: applicationName)
+            }
+            do {
+                return try connection!.query(sql, parameters)
+            } catch let error as PostgresError where error.connectionLost {
+                connection = nil
+                throw error
+            }
+        }
+    }
+
+    public func close() async {
+        _ = try? await thread.runIfActive { [self] in connection = nil }
+        try? await thread.shutdownGracefully()
+    }
+}

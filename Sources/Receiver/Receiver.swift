@@ -1,0 +1,366 @@
+import Foundation
+import Logging
+import NIOCore
+import NIOPosix
+import ShipProtocol
+import Spool
+import Synchronization
+import WALCore
+
+public struct ReceiverConfiguration: Sendable {
+    public var listenHost: String
+    public var listenPort: Int
+    public var spoolRoot: String
+    /// Silence on a link for this long means the sender is dead; only then may another link take its place.
+    public var linkTimeout: Duration = .seconds(30)
+    public var name: String
+    /// Most WAL bytes queued between the link reader and the spool writer of one link.
+    public var maxQueuedBytes = 16 << 20
+
+    public init(listenHost: String, listenPort: Int, spoolRoot: String, name: String) {
+        self.listenHost = listenHost
+        self.listenPort = listenPort
+        self.spoolRoot = spoolRoot
+        self.name = name
+    }
+}
+
+/// The DR-site end of the link: validates WAL, stores it durably in the spool, and acknowledges only
+/// what is on disk.
+public final class Receiver: Sendable {
+    let config: ReceiverConfiguration
+    let logger: Logger
+    public let spool: Spool
+    private let links = Mutex<[UInt64: ActiveLink]>([:])
+    private let writers = Mutex<[UInt64: NIOThreadPool]>([:])
+    private let primaries = Mutex<[UInt64: PrimaryProgress]>([:])
+    private let nextLinkID = Atomic<Int>(1)
+    /// The address actually bound (differs from the configuration when port 0 was asked for).
+    public let boundAddress = Mutex<SocketAddress?>(nil)
+
+    struct ActiveLink {
+        var id: Int
+        var peer: String
+        var senderName: String
+        var synchronous: Bool
+        var channel: Channel
+        var connectedAt: Date
+        var lastFrame: ContinuousClock.Instant
+    }
+
+    struct PrimaryProgress {
+        var primaryLSN: LSN
+        var primarySendTime: PostgresTimestamp
+        var receivedAt: Date
+    }
+
+    public init(configuration: ReceiverConfiguration, logger: Logger) throws {
+        self.config = configuration
+        self.logger = logger
+        self.spool = try Spool(root: configuration.spoolRoot, logger: logger)
+        try spool.openExistingSystems()
+    }
+
+    public func run() async throws {
+        let timeout = TimeAmount.nanoseconds(Int64(config.linkTimeout.components.seconds) * 1_000_000_000)
+        let server: NIOAsyncChannel<ShipAsyncChannel, Never>
+        do {
+            server = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+                .serverChannelOption(.backlog, value: 64)
+                .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+                .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+                .bind(host: config.listenHost, port: config.listenPort) { channel in
+                    channel.eventLoop.makeCompletedFuture { try ShipChannel.configure(channel, linkTimeout: timeout) }
+                }
+        } catch {
+            throw ReceiverStartError("cannot listen on \(config.listenHost):\(config.listenPort): \(error) (hint: is another process using the port? choose another --listen)")
+        }
+        boundAddress.withLock { $0 = server.channel.localAddress }
+        logger.notice("receiver listening", metadata: [
+            "walship.listen": "\(server.channel.localAddress.map { "\($0)" } ?? "?")", "walship.spool": "\(config.spoolRoot)",
+        ])
+        defer {
+            for pool in writers.withLock({ Array($0.values) }) { pool.shutdownGracefully { _ in } }
+        }
+        try await withThrowingDiscardingTaskGroup { group in
+            try await server.executeThenClose { connections in
+                for try await connection in connections {
+                    group.addTask { await self.handle(connection) }
+                }
+            }
+        }
+    }
+
+    // MARK: - One link
+
+    private enum Work: Sendable {
+        case wal(timeline: TimeLineID, start: LSN, bytes: ByteBuffer)
+        case history(timeline: TimeLineID, content: ByteBuffer)
+    }
+
+    private func handle(_ connection: ShipAsyncChannel) async {
+        let peer = connection.channel.remoteAddress.map { "\($0)" } ?? "unknown peer"
+        var linkLogger = logger
+        linkLogger[metadataKey: "walship.peer"] = "\(peer)"
+        do {
+            try await connection.executeThenClose { inbound, outbound in
+                var iterator = inbound.makeAsyncIterator()
+                guard let first = try await iterator.next() else { return }
+                guard case .hello(let hello) = first else {
+                    throw Refusal(code: .protocolViolation, message: "expected a hello frame first, got \(first.kind)")
+                }
+                linkLogger[metadataKey: "walship.system"] = "\(hello.systemIdentifier)"
+                do {
+                    try await serve(hello: hello, peer: peer, channel: connection.channel, iterator: iterator,
+                                    outbound: outbound, logger: linkLogger)
+                } catch let refusal as Refusal {
+                    try? await outbound.write(.refusal(refusal))
+                    throw refusal
+                }
+            }
+        } catch let refusal as Refusal {
+            linkLogger.error("link refused or ended", metadata: ["walship.error": "\(refusal.message)"])
+        } catch is LinkEnded {
+            linkLogger.notice("sender disconnected")
+        } catch is CancellationError {
+        } catch {
+            linkLogger.warning("link closed", metadata: ["walship.error": "\(error)"])
+        }
+    }
+
+    private func serve(hello: Hello, peer: String, channel: Channel,
+                       iterator: NIOAsyncChannelInboundStream<ShipMessage>.AsyncIterator,
+                       outbound: NIOAsyncChannelOutboundWriter<ShipMessage>, logger: Logger) async throws {
+        guard hello.protocolVersion == shipProtocolVersion else {
+            throw Refusal(code: .unsupportedVersion, message: "the receiver speaks ship protocol version \(shipProtocolVersion), the sender \(hello.protocolVersion); run the same walship release at both sites")
+        }
+        guard let segmentSize = WALSegmentSize(bytes: UInt64(hello.walSegmentSize)) else {
+            throw Refusal(code: .wrongSegmentSize, message: "invalid WAL segment size \(hello.walSegmentSize)")
+        }
+        guard hello.role == .stream else {
+            throw Refusal(code: .protocolViolation, message: "link role \(hello.role) is not supported by this receiver")
+        }
+        let system: SystemSpool
+        do {
+            system = try spool.system(hello.systemIdentifier, segmentSize: segmentSize)
+        } catch {
+            throw Refusal(code: .spoolFailure, message: "cannot open the spool for system \(hello.systemIdentifier): \(error)")
+        }
+        let linkID = try claim(hello: hello, peer: peer, channel: channel, logger: logger)
+        defer { release(system: hello.systemIdentifier, linkID: linkID) }
+
+        let writer = writerThread(for: hello.systemIdentifier)
+        // Anything written by an earlier link but not yet synced is made durable before we name a resume point.
+        let position: SpoolPosition
+        do {
+            position = try await writer.runIfActive { try system.sync(); return system.position }
+        } catch {
+            throw Refusal(code: .spoolFailure, message: "the spool for system \(hello.systemIdentifier) cannot be written: \(error)")
+        }
+        try await outbound.write(.welcome(Welcome(resumeLSN: position.durable, resumeTimeline: position.timeline,
+                                                  receiverName: config.name)))
+        logger.notice("sender connected", metadata: [
+            "walship.sender": "\(hello.senderName)", "walship.synchronous": "\(hello.synchronous)",
+            "walship.resume_lsn": "\(position.durable)", "walship.timeline": "\(position.timeline)",
+        ])
+
+        let queue = BatchQueue<Work>(maxBytes: config.maxQueuedBytes)
+        var iterator = iterator
+        try await ShipChannel.runLink(
+            channel: channel,
+            workers: [{ try await self.writeBatches(queue, system: system, writer: writer, outbound: outbound) }],
+            onEnd: { queue.finish($0) },
+            reader: {
+                try await self.readFrames(&iterator, queue: queue, system: system, linkID: linkID, outbound: outbound)
+            })
+    }
+
+    private func readFrames(_ iterator: inout NIOAsyncChannelInboundStream<ShipMessage>.AsyncIterator, queue: BatchQueue<Work>,
+                            system: SystemSpool, linkID: Int, outbound: NIOAsyncChannelOutboundWriter<ShipMessage>) async throws {
+        let allocator = ByteBufferAllocator()
+        while let message = try await iterator.next() {
+            touch(system: system.systemIdentifier, linkID: linkID)
+            switch message {
+            case .walData(let data):
+                let bytes: ByteBuffer
+                do { bytes = try data.walBytes(allocator: allocator) } catch {
+                    throw Refusal(code: .invalidWAL, message: "refused a WAL frame at \(data.startLSN): \(error)")
+                }
+                notePrimary(system.systemIdentifier, lsn: data.primaryEndLSN, sendTime: data.primarySendTime)
+                try await queue.push(.wal(timeline: data.timeline, start: data.startLSN, bytes: bytes), bytes: bytes.readableBytes)
+            case .keepalive(let keepalive):
+                if keepalive.primaryEndLSN.isValid {
+                    notePrimary(system.systemIdentifier, lsn: keepalive.primaryEndLSN, sendTime: keepalive.sendTime)
+                }
+                if keepalive.replyRequested {
+                    let p = system.position
+                    try await outbound.write(.ack(Ack(timeline: p.timeline, writtenLSN: p.written, durableLSN: p.durable,
+                                                      receiverTime: .now())))
+                }
+            case .history(let history):
+                try await queue.push(.history(timeline: history.timeline, content: history.content), bytes: history.content.readableBytes)
+            case .refusal(let refusal):
+                throw Refusal(code: refusal.code, message: "the sender ended the link: \(refusal.message)")
+            case .hello, .welcome, .ack:
+                throw Refusal(code: .protocolViolation, message: "unexpected \(message.kind) frame from the sender")
+            }
+        }
+    }
+
+    /// Applies queued work in batches: append everything, one fsync, then one ack with the durable end.
+    private func writeBatches(_ queue: BatchQueue<Work>, system: SystemSpool, writer: NIOThreadPool,
+                              outbound: NIOAsyncChannelOutboundWriter<ShipMessage>) async throws {
+        while true {
+            let batch = try await queue.takeAll()
+            let position: SpoolPosition
+            do {
+                position = try await writer.runIfActive {
+                    do {
+                        for work in batch {
+                            switch work {
+                            case .wal(let timeline, let start, let bytes):
+                                try bytes.withUnsafeReadableBytes { try system.append(timeline: timeline, startLSN: start, bytes: $0) }
+                            case .history(let timeline, let content):
+                                try system.storeHistory(timeline: timeline, content: Array(content.readableBytesView))
+                            }
+                        }
+                    } catch {
+                        // Keep what was good: make the valid prefix of this batch durable before giving up.
+                        _ = try? system.sync()
+                        throw error
+                    }
+                    try system.sync()
+                    return system.position
+                }
+            } catch let error as SpoolError {
+                let code: Refusal.Code = switch error.kind {
+                case .invalidWAL: .invalidWAL
+                case .notContiguous: .notContiguous
+                case .mismatch: .timelineUnsupported
+                case .io, .fsyncFailed, .diskFull, .corrupt, .locked: .spoolFailure
+                }
+                if error.kind == .fsyncFailed {
+                    logger.critical("fsync failed: this system's spool stops acknowledging until walship receive is restarted",
+                                    metadata: ["walship.system": "\(system.systemIdentifier)", "walship.error": "\(error)"])
+                }
+                throw Refusal(code: code, message: error.message)
+            }
+            try await outbound.write(.ack(Ack(timeline: position.timeline, writtenLSN: position.written,
+                                              durableLSN: position.durable, receiverTime: .now())))
+        }
+    }
+
+    // MARK: - Link registry
+
+    /// One streaming link per system. A newcomer replaces the current link only once that link has been
+    /// silent past the link timeout (proven dead); otherwise it is refused.
+    private func claim(hello: Hello, peer: String, channel: Channel, logger: Logger) throws -> Int {
+        let id = nextLinkID.wrappingAdd(1, ordering: .relaxed).oldValue
+        let now = ContinuousClock.now
+        let outcome: Result<Channel?, Refusal> = links.withLock { links in
+            if let existing = links[hello.systemIdentifier] {
+                let silence = now - existing.lastFrame
+                if silence < config.linkTimeout {
+                    return .failure(Refusal(code: .streamAlreadyActive, message: "system \(hello.systemIdentifier) is already streaming from \(existing.peer) (last frame \(silence.components.seconds) s ago); a new link is accepted once that one has been silent for \(config.linkTimeout.components.seconds) s"))
+                }
+            }
+            let stale = links[hello.systemIdentifier]?.channel
+            links[hello.systemIdentifier] = ActiveLink(id: id, peer: peer, senderName: hello.senderName,
+                                                       synchronous: hello.synchronous, channel: channel,
+                                                       connectedAt: Date(), lastFrame: now)
+            return .success(stale)
+        }
+        switch outcome {
+        case .failure(let refusal): throw refusal
+        case .success(let stale):
+            if let stale {
+                logger.warning("replacing a silent link that exceeded the link timeout")
+                stale.close(promise: nil)
+            }
+            return id
+        }
+    }
+
+    private func release(system: UInt64, linkID: Int) {
+        links.withLock { links in
+            if links[system]?.id == linkID { links[system] = nil }
+        }
+    }
+
+    private func touch(system: UInt64, linkID: Int) {
+        let now = ContinuousClock.now
+        links.withLock { links in
+            if links[system]?.id == linkID { links[system]?.lastFrame = now }
+        }
+    }
+
+    private func notePrimary(_ system: UInt64, lsn: LSN, sendTime: PostgresTimestamp) {
+        primaries.withLock { $0[system] = PrimaryProgress(primaryLSN: lsn, primarySendTime: sendTime, receivedAt: Date()) }
+    }
+
+    private func writerThread(for system: UInt64) -> NIOThreadPool {
+        writers.withLock { writers in
+            if let pool = writers[system] { return pool }
+            let pool = NIOThreadPool(numberOfThreads: 1)
+            pool.start()
+            writers[system] = pool
+            return pool
+        }
+    }
+
+    // MARK: - Status
+
+    public var status: ReceiverStatus {
+        let capacity = spool.capacity
+        let links = self.links.withLock { $0 }
+        let primaries = self.primaries.withLock { $0 }
+        let systems = spool.openSystems.sorted { $0.systemIdentifier < $1.systemIdentifier }.map { system in
+            let p = system.position
+            let link = links[system.systemIdentifier]
+            let primary = primaries[system.systemIdentifier]
+            return ReceiverStatus.SystemStatus(
+                systemIdentifier: String(system.systemIdentifier), timeline: p.timeline,
+                writtenLSN: p.written.description, durableLSN: p.durable.description,
+                primaryLSN: primary?.primaryLSN.description,
+                bytesBehindPrimary: primary.map { $0.primaryLSN.bytesAfter(p.durable) },
+                link: link.map { .init(peer: $0.peer, senderName: $0.senderName, synchronous: $0.synchronous,
+                                       connectedAt: $0.connectedAt) },
+                lastPrimaryProgressAt: primary?.receivedAt)
+        }
+        return ReceiverStatus(listen: "\(config.listenHost):\(config.listenPort)", spool: config.spoolRoot,
+                              spoolFreeBytes: capacity?.free, spoolTotalBytes: capacity?.total, systems: systems)
+    }
+}
+
+public struct ReceiverStartError: Error, CustomStringConvertible {
+    public let description: String
+    init(_ description: String) { self.description = description }
+}
+
+/// What `walship receive` reports on `GET /status`.
+public struct ReceiverStatus: Codable, Sendable {
+    public var role = "receiver"
+    public var listen: String
+    public var spool: String
+    public var spoolFreeBytes: UInt64?
+    public var spoolTotalBytes: UInt64?
+    public var systems: [SystemStatus]
+
+    public struct SystemStatus: Codable, Sendable {
+        public var systemIdentifier: String
+        public var timeline: UInt32
+        public var writtenLSN: String
+        public var durableLSN: String
+        public var primaryLSN: String?
+        public var bytesBehindPrimary: UInt64?
+        public var link: Link?
+        public var lastPrimaryProgressAt: Date?
+    }
+
+    public struct Link: Codable, Sendable {
+        public var peer: String
+        public var senderName: String
+        public var synchronous: Bool
+        public var connectedAt: Date
+    }
+}

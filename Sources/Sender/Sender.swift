@@ -1,0 +1,408 @@
+import Foundation
+import Logging
+import NIOCore
+import NIOPosix
+import PGReplication
+import ShipProtocol
+import Synchronization
+import WALCore
+
+public struct SenderConfiguration: Sendable {
+    public var source: Conninfo
+    public var receiverHost: String
+    public var receiverPort: Int
+    public var slot: String
+    public var createSlot: Bool
+    public var applicationName: String
+    public var synchronous: Bool
+    /// Silence on the link for this long means the receiver is dead or the network stalled.
+    public var linkTimeout: Duration = .seconds(30)
+    public var keepaliveInterval: Duration = .seconds(5)
+    /// Longest gap between standby status updates to the primary.
+    public var statusInterval: Duration = .seconds(10)
+    public var slotCheckInterval: Duration = .seconds(10)
+    public var maxBackoff: Duration = .seconds(30)
+
+    public init(source: Conninfo, receiverHost: String, receiverPort: Int, slot: String, createSlot: Bool,
+                applicationName: String, synchronous: Bool) {
+        self.source = source
+        self.receiverHost = receiverHost
+        self.receiverPort = receiverPort
+        self.slot = slot
+        self.createSlot = createSlot
+        self.applicationName = applicationName
+        self.synchronous = synchronous
+    }
+}
+
+/// A condition retrying cannot fix; the sender stops with this message.
+public struct SenderFatalError: Error, CustomStringConvertible {
+    public let description: String
+    public init(_ description: String) { self.description = description }
+}
+
+/// The sidecar beside the primary: streams WAL from a replication slot to the receiver and reports to the
+/// primary only what the receiver acknowledged (written, and durable as flush).
+public final class Sender: Sendable {
+    let config: SenderConfiguration
+    let logger: Logger
+    let statusBox: Mutex<SenderStatus>
+    private let problems = Mutex<[String: String]>([:])
+
+    public init(configuration: SenderConfiguration, logger: Logger) {
+        self.config = configuration
+        self.logger = logger
+        self.statusBox = Mutex(SenderStatus(
+            source: configuration.source.description,
+            receiver: "\(configuration.receiverHost):\(configuration.receiverPort)",
+            synchronous: configuration.synchronous, applicationName: configuration.applicationName,
+            slot: .init(name: configuration.slot)))
+    }
+
+    public var status: SenderStatus { statusBox.withLock { $0 } }
+
+    /// Runs until cancelled or a fatal condition (invalidated slot, gap, wrong server version...).
+    public func run() async throws {
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask { try await self.watchSlot() }
+            group.addTask { try await self.streamWithRetries() }
+            try await group.next()
+            group.cancelAll()
+        }
+    }
+
+    // MARK: - Streaming with reconnects
+
+    private func streamWithRetries() async throws {
+        var backoff = Duration.seconds(1)
+        var everStreamed = false
+        while true {
+            try Task.checkCancellation()
+            do {
+                try await streamOnce {
+                    everStreamed = true
+                    backoff = .seconds(1)
+                }
+            } catch let error as SenderFatalError {
+                setState("failed", error: error.description)
+                throw error
+            } catch is CancellationError {
+                throw CancellationError()
+            } catch let error as PostgresError where !everStreamed && Self.isConfigurationError(error) {
+                // At start-up a refused login or missing privilege is a set-up mistake: say so and stop.
+                let fatal = SenderFatalError("\(error.message) (hint: check the --source conninfo, the role's REPLICATION attribute and pg_hba.conf's 'replication' lines)")
+                setState("failed", error: fatal.description)
+                throw fatal
+            } catch {
+                if Task.isCancelled { throw CancellationError() }
+                let text = "\(error)"
+                noteProblem("stream", text, "streaming stopped; retrying with backoff")
+                setState("retrying", error: text)
+                try await Task.sleep(for: backoff)
+                backoff = min(backoff * 2, config.maxBackoff)
+            }
+        }
+    }
+
+    static func isConfigurationError(_ error: PostgresError) -> Bool {
+        let m = error.message
+        return m.contains("authentication failed") || m.contains("no pg_hba.conf entry")
+            || (m.contains("role") && m.contains("does not exist")) || m.contains("must be superuser or replication role")
+            || m.contains("permission denied")
+    }
+
+    /// One session: connect to the primary and the receiver, agree on a start, stream until something fails.
+    private func streamOnce(onStreaming: () -> Void) async throws {
+        let session = ReplicationSession(conninfo: config.source, logger: logger)
+        do {
+            try await streamSession(session, onStreaming: onStreaming)
+            await session.close()
+        } catch {
+            await session.close()
+            throw error
+        }
+    }
+
+    private func streamSession(_ session: ReplicationSession, onStreaming: () -> Void) async throws {
+        setState("connecting to primary")
+        let identity = try await session.connect(applicationName: config.applicationName)
+        guard identity.serverVersion / 10000 == 15 else {
+            throw SenderFatalError("the primary runs PostgreSQL \(identity.serverVersion / 10000); this walship supports PostgreSQL 15")
+        }
+        if let known = status.systemIdentifier, known != String(identity.systemIdentifier) {
+            throw SenderFatalError("the source is now database system \(identity.systemIdentifier), not \(known) as before; refusing to mix two systems' WAL (hint: restart the sender if the source was deliberately replaced)")
+        }
+        statusBox.withLock {
+            $0.systemIdentifier = String(identity.systemIdentifier)
+            $0.timeline = identity.timeline
+            $0.primaryLSN = identity.flushLSN.description
+        }
+        clearProblem("stream", "connected to the primary", metadata: [
+            "walship.system": "\(identity.systemIdentifier)", "walship.timeline": "\(identity.timeline)",
+        ])
+        var slot = try await session.readSlot(config.slot)
+        if slot == nil {
+            guard config.createSlot else {
+                throw SenderFatalError("replication slot \"\(config.slot)\" does not exist on the primary (hint: pass --create-slot, or run SELECT pg_create_physical_replication_slot('\(config.slot)', true);)")
+            }
+            try await session.createSlot(config.slot)
+            logger.notice("created physical replication slot", metadata: ["walship.slot": "\(config.slot)"])
+            slot = try await session.readSlot(config.slot)
+        }
+
+        setState("connecting to receiver")
+        let channel = try await connectReceiver()
+        try await channel.executeThenClose { inbound, outbound in
+            try await outbound.write(.hello(Hello(
+                role: .stream, synchronous: config.synchronous, systemIdentifier: identity.systemIdentifier,
+                timeline: identity.timeline, walSegmentSize: UInt32(identity.segmentSize.bytes),
+                senderName: config.applicationName)))
+            var iterator = inbound.makeAsyncIterator()
+            guard let first = try await iterator.next() else {
+                throw LinkError("the receiver closed the link during the handshake")
+            }
+            let welcome: Welcome
+            switch first {
+            case .welcome(let w): welcome = w
+            case .refusal(let r):
+                if r.code == .unsupportedVersion { throw SenderFatalError("the receiver refused us: \(r.message)") }
+                throw LinkError("the receiver refused the link: \(r.message)")
+            default: throw LinkError("the receiver answered the handshake with \(first.kind)")
+            }
+            let (start, timeline) = try startPoint(welcome: welcome, identity: identity, slot: slot ?? nil)
+            clearProblem("stream", "connected to the receiver; streaming", metadata: [
+                "walship.start_lsn": "\(start)", "walship.timeline": "\(timeline)",
+                "walship.receiver_durable_lsn": "\(welcome.resumeLSN)",
+            ])
+            onStreaming()
+            try await stream(session: session, start: start, timeline: timeline, resume: welcome.resumeLSN,
+                             channel: channel.channel, iterator: iterator, outbound: outbound)
+        }
+    }
+
+    /// The receiver's durable end wins over the slot, so nothing it lacks is skipped; an empty spool starts at
+    /// the start of the segment holding the slot's restart_lsn, so every stored segment is whole.
+    private func startPoint(welcome: Welcome, identity: SystemIdentity, slot: SlotInfo?) throws -> (LSN, TimeLineID) {
+        if welcome.resumeLSN.isValid {
+            guard welcome.resumeTimeline == identity.timeline else {
+                throw LinkError("the spool holds timeline \(welcome.resumeTimeline) but the primary is on timeline \(identity.timeline); following a timeline switch is not supported by this version")
+            }
+            guard welcome.resumeLSN <= identity.flushLSN else {
+                throw LinkError("the receiver holds WAL up to \(welcome.resumeLSN) but the primary's WAL ends at \(identity.flushLSN); is the source the same database system as before?")
+            }
+            return (welcome.resumeLSN, welcome.resumeTimeline)
+        }
+        let anchor = slot?.restartLSN ?? identity.flushLSN
+        return (identity.segmentSize.segmentStart(of: anchor), identity.timeline)
+    }
+
+    private func stream(session: ReplicationSession, start: LSN, timeline: TimeLineID, resume: LSN, channel: Channel,
+                        iterator: NIOAsyncChannelInboundStream<ShipMessage>.AsyncIterator,
+                        outbound: NIOAsyncChannelOutboundWriter<ShipMessage>) async throws {
+        let gate = StreamGate()
+        if resume.isValid { gate.report(StreamFeedback(written: resume, flushed: resume)) }
+        let producer = StreamEvents.makeSequence(
+            backPressureStrategy: .init(lowWatermark: 2, highWatermark: 8), finishOnDeinit: false, delegate: gate)
+        let source = producer.source
+        let events = producer.sequence
+        setState("streaming")
+        statusBox.withLock { $0.sentLSN = start.description }
+        var iterator = iterator
+        try await ShipChannel.runLink(
+            channel: channel,
+            workers: [
+                {
+                    try await session.stream(slot: self.config.slot, start: start, timeline: timeline, gate: gate,
+                                             source: source, statusInterval: self.config.statusInterval)
+                },
+                { try await self.forward(events, timeline: timeline, to: outbound) },
+                { try await self.sendKeepalives(outbound) },
+            ],
+            onEnd: { _ in gate.requestStop() },
+            reader: { try await self.readAcks(&iterator, gate: gate) })
+    }
+
+    private func forward(_ events: StreamEvents, timeline: TimeLineID,
+                         to outbound: NIOAsyncChannelOutboundWriter<ShipMessage>) async throws {
+        let allocator = ByteBufferAllocator()
+        for try await event in events {
+            switch event {
+            case .wal(let chunk):
+                let frame = WALData.make(timeline: timeline, startLSN: chunk.start, primaryEndLSN: chunk.walEnd,
+                                         primarySendTime: chunk.sendTime, wal: chunk.bytes, allocator: allocator)
+                try await outbound.write(.walData(frame))
+                statusBox.withLock {
+                    $0.sentLSN = chunk.end.description
+                    $0.primaryLSN = chunk.walEnd.description
+                    $0.primaryLastMessageAt = Date()
+                    $0.walBytesSent += UInt64(chunk.bytes.readableBytes)
+                    $0.wireBytesSent += UInt64(frame.payload.readableBytes + WALData.frameOverheadBytes)
+                }
+            case .keepalive(let walEnd, let sendTime):
+                statusBox.withLock {
+                    $0.primaryLSN = walEnd.description
+                    $0.primaryLastMessageAt = Date()
+                }
+                try await outbound.write(.keepalive(Keepalive(primaryEndLSN: walEnd, sendTime: sendTime, replyRequested: false)))
+            case .endOfTimeline(let next, let nextStart):
+                throw LinkError("the primary ended timeline \(timeline) at \(nextStart) and moved to timeline \(next); following a timeline switch is not supported by this version")
+            }
+        }
+        throw LinkError("the replication stream from the primary ended")
+    }
+
+    private func readAcks(_ iterator: inout NIOAsyncChannelInboundStream<ShipMessage>.AsyncIterator, gate: StreamGate) async throws {
+        var last = Ack(timeline: 0, writtenLSN: .invalid, durableLSN: .invalid, receiverTime: .now())
+        while let message = try await iterator.next() {
+            switch message {
+            case .ack(let ack):
+                guard ack.durableLSN <= ack.writtenLSN else {
+                    throw LinkError("the receiver reported durable \(ack.durableLSN) beyond written \(ack.writtenLSN)")
+                }
+                if ack.durableLSN < last.durableLSN || ack.writtenLSN < last.writtenLSN {
+                    throw LinkError("the receiver's acknowledged position went backwards (\(last.durableLSN) → \(ack.durableLSN))")
+                }
+                last = ack
+                gate.report(StreamFeedback(written: ack.writtenLSN, flushed: ack.durableLSN, applied: ack.replayedLSN))
+                statusBox.withLock {
+                    $0.receiverWrittenLSN = ack.writtenLSN.description
+                    $0.receiverDurableLSN = ack.durableLSN.description
+                    $0.replayedLSN = ack.replayedLSN.isValid ? ack.replayedLSN.description : nil
+                    $0.receiverLastAckAt = Date()
+                }
+            case .refusal(let r):
+                throw LinkError("the receiver ended the link: \(r.message)")
+            default:
+                throw LinkError("unexpected \(message.kind) frame from the receiver")
+            }
+        }
+        throw LinkError("the receiver closed the link")
+    }
+
+    private func sendKeepalives(_ outbound: NIOAsyncChannelOutboundWriter<ShipMessage>) async throws {
+        while true {
+            try await Task.sleep(for: config.keepaliveInterval)
+            let primary = statusBox.withLock { $0.primaryLSN.flatMap { LSN($0) } } ?? .invalid
+            try await outbound.write(.keepalive(Keepalive(primaryEndLSN: primary, sendTime: .now(), replyRequested: true)))
+        }
+    }
+
+    private func connectReceiver() async throws -> ShipAsyncChannel {
+        let timeout = TimeAmount.nanoseconds(Int64(config.linkTimeout.components.seconds) * 1_000_000_000)
+        do {
+            return try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+                .connectTimeout(.seconds(10))
+                .channelOption(.socketOption(.tcp_nodelay), value: 1)
+                .connect(host: config.receiverHost, port: config.receiverPort) { channel in
+                    channel.eventLoop.makeCompletedFuture { try ShipChannel.configure(channel, linkTimeout: timeout) }
+                }
+        } catch {
+            throw LinkError("receiver \(config.receiverHost):\(config.receiverPort) is unreachable: \(error)")
+        }
+    }
+
+    // MARK: - Slot retention
+
+    /// Watches the slot through an ordinary SQL connection, also while the receiver is unreachable: the
+    /// primary keeps WAL for us and its disk is the hospital's lifeline.
+    private func watchSlot() async throws {
+        let sql = SQLSession(conninfo: config.source, applicationName: config.applicationName + "_monitor")
+        defer { Task { await sql.close() } }
+        var lastWALStatus: String?
+        var warnedSync = false
+        while true {
+            do {
+                let rows = try await sql.query("""
+                    SELECT s.wal_status, s.safe_wal_size::text, s.restart_lsn::text,
+                           CASE WHEN pg_is_in_recovery() OR s.restart_lsn IS NULL THEN NULL
+                                ELSE pg_wal_lsn_diff(pg_current_wal_lsn(), s.restart_lsn)::bigint::text END,
+                           s.active::text, current_setting('synchronous_standby_names')
+                    FROM pg_replication_slots s WHERE s.slot_name = $1
+                    """, [config.slot])
+                clearProblem("slot", "watching the replication slot again")
+                if let row = rows.first {
+                    let walStatus = row[0]
+                    statusBox.withLock {
+                        $0.slot.walStatus = walStatus
+                        $0.slot.safeWALSizeBytes = row[1].flatMap { Int64($0) }
+                        $0.slot.restartLSN = row[2]
+                        $0.slot.retainedBytes = row[3].flatMap { Int64($0) }
+                        $0.slot.active = row[4] == "true"
+                        $0.slot.checkedAt = Date()
+                    }
+                    if walStatus != lastWALStatus {
+                        logSlotStatus(walStatus, retained: row[3], safe: row[1])
+                        lastWALStatus = walStatus
+                    }
+                    if walStatus == "lost" {
+                        throw SenderFatalError("replication slot \"\(config.slot)\" was invalidated (max_slot_wal_keep_size): the primary removed WAL the DR site never received. walship cannot continue without a gap: take a new base backup and re-seed the DR site (docs/runbook.md)")
+                    }
+                    if config.synchronous && !warnedSync, let names = row[5] {
+                        warnedSync = true
+                        if !Self.synchronousNamesInclude(names, config.applicationName) {
+                            logger.warning("--sync is set but the primary's synchronous_standby_names does not name this sender; commits will not wait for the DR site", metadata: [
+                                "walship.synchronous_standby_names": "\(names)",
+                                "walship.hint": "ALTER SYSTEM SET synchronous_standby_names = '\(config.applicationName)'; SELECT pg_reload_conf();",
+                            ])
+                        }
+                    }
+                }
+            } catch let error as SenderFatalError {
+                throw error
+            } catch {
+                noteProblem("slot", "\(error)", "cannot read the slot's retention from the primary")
+            }
+            try await Task.sleep(for: config.slotCheckInterval)
+        }
+    }
+
+    private func logSlotStatus(_ walStatus: String?, retained: String?, safe: String?) {
+        let metadata: Logger.Metadata = [
+            "walship.slot": "\(config.slot)", "walship.wal_status": "\(walStatus ?? "none")",
+            "walship.retained_bytes": "\(retained ?? "unknown")", "walship.safe_wal_size": "\(safe ?? "unlimited")",
+        ]
+        switch walStatus {
+        case "reserved", nil: logger.info("replication slot retention", metadata: metadata)
+        case "lost": logger.critical("replication slot invalidated", metadata: metadata)
+        default: logger.warning("replication slot is retaining more WAL than max_wal_size; the primary's disk is filling", metadata: metadata)
+        }
+    }
+
+    /// Whether `synchronous_standby_names` can select `name` (names are case-insensitive; `*` matches all).
+    static func synchronousNamesInclude(_ setting: String, _ name: String) -> Bool {
+        let separators = CharacterSet(charactersIn: " ,()\t")
+        let tokens = setting.components(separatedBy: separators).map { $0.trimmingCharacters(in: CharacterSet(charactersIn: "\"")) }
+        return tokens.contains { $0 == "*" || $0.lowercased() == name.lowercased() }
+    }
+
+    // MARK: - State and logging
+
+    func setState(_ state: String, error: String? = nil) {
+        statusBox.withLock {
+            if $0.state != state { $0.stateSince = Date() }
+            $0.state = state
+            if let error { $0.lastError = error }
+        }
+    }
+
+    /// Logs a problem the first time it appears (and when it changes), not on every retry.
+    private func noteProblem(_ area: String, _ text: String, _ message: Logger.Message) {
+        let isNew = problems.withLock { p in
+            defer { p[area] = text }
+            return p[area] != text
+        }
+        if isNew { logger.error(message, metadata: ["walship.error": "\(text)"]) }
+    }
+
+    /// Logs recovery from a problem once; logs `message` at info level either way.
+    private func clearProblem(_ area: String, _ message: Logger.Message, metadata: Logger.Metadata = [:]) {
+        let hadProblem = problems.withLock { $0.removeValue(forKey: area) != nil }
+        if hadProblem || area == "stream" { logger.notice(message, metadata: metadata) }
+    }
+}
+
+/// The link to the receiver failed; the sender reconnects.
+struct LinkError: Error, CustomStringConvertible {
+    let description: String
+    init(_ description: String) { self.description = description }
+}

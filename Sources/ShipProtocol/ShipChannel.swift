@@ -1,0 +1,92 @@
+import NIOCore
+import Synchronization
+
+public typealias ShipAsyncChannel = NIOAsyncChannel<ShipMessage, ShipMessage>
+
+/// The link went quiet for longer than the link timeout: the peer is dead or the network is stalled.
+public struct LinkTimeoutError: Error, CustomStringConvertible {
+    public let seconds: Int64
+    public var description: String { "no frame from the peer for \(seconds) s; the link is considered dead" }
+}
+
+public enum ShipChannel {
+    /// Installs the frame codec and a read timeout on a fresh channel and wraps it for async use.
+    /// Both ends send keepalives well inside `linkTimeout`, so silence means a dead peer or a stalled network.
+    public static func configure(_ channel: Channel, linkTimeout: TimeAmount) throws -> ShipAsyncChannel {
+        let operations = channel.pipeline.syncOperations
+        try operations.addHandler(IdleStateHandler(readTimeout: linkTimeout))
+        try operations.addHandler(LinkTimeoutHandler(timeout: linkTimeout))
+        try operations.addHandler(ByteToMessageHandler(ShipFrameDecoder()))
+        try operations.addHandler(MessageToByteHandler(ShipFrameEncoder()))
+        return try ShipAsyncChannel(
+            wrappingChannelSynchronously: channel,
+            configuration: .init(backPressureStrategy: .init(lowWatermark: 4, highWatermark: 16)))
+    }
+}
+
+final class LinkTimeoutHandler: ChannelInboundHandler, Sendable {
+    typealias InboundIn = ByteBuffer
+    typealias InboundOut = ByteBuffer
+    let timeout: TimeAmount
+
+    init(timeout: TimeAmount) { self.timeout = timeout }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if let idle = event as? IdleStateHandler.IdleStateEvent, idle == .read {
+            context.fireErrorCaught(LinkTimeoutError(seconds: timeout.nanoseconds / 1_000_000_000))
+            context.close(promise: nil)
+            return
+        }
+        context.fireUserInboundEventTriggered(event)
+    }
+}
+
+/// The link ended without an error of its own (the peer closed it, or a worker returned).
+public struct LinkEnded: Error, CustomStringConvertible {
+    public init() {}
+    public var description: String { "the link was closed" }
+}
+
+extension ShipChannel {
+    /// Runs one link: `reader` in the current task (an inbound iterator must not leave its task) and each
+    /// worker as a child task. The first failure anywhere, reader or worker, ends all of them (the channel is
+    /// closed, `onEnd` wakes anything parked elsewhere) and is the error rethrown; a link always ends with one.
+    public static func runLink(
+        channel: Channel,
+        workers: [@Sendable () async throws -> Void],
+        onEnd: @escaping @Sendable (any Error) -> Void = { _ in },
+        reader: () async throws -> Void
+    ) async throws -> Never {
+        let first = FirstError()
+        await withTaskGroup(of: Void.self) { group in
+            for worker in workers {
+                group.addTask {
+                    do {
+                        try await worker()
+                        first.record(LinkEnded())
+                    } catch {
+                        first.record(error)
+                    }
+                    onEnd(first.error!)
+                    channel.close(promise: nil)
+                }
+            }
+            do {
+                try await reader()
+                first.record(LinkEnded())
+            } catch {
+                first.record(error)
+            }
+            onEnd(first.error!)
+            group.cancelAll()
+            channel.close(promise: nil)
+        }
+        throw first.error!
+    }
+}
+
+final class FirstError: Sendable {
+    private let box = Mutex<(any Error)?>(nil)
+    func record(_ error: any Error) { box.withLock { if $0 == nil { $0 = error } } }
+    var error: (any Error)? { box.withLock { $0 } }
+}

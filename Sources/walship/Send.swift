@@ -1,0 +1,91 @@
+import ArgumentParser
+import Logging
+import Monitor
+import PGReplication
+import Sender
+
+struct Send: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Stream WAL from the primary to the receiver (runs beside the primary).",
+        discussion: """
+            Connects to the primary with a physical replication slot, ships WAL LZ4-compressed to the receiver, and
+            reports to the primary only what the receiver has written and fsynced. With --sync and the primary's
+            synchronous_standby_names naming --application-name, commits wait until their WAL is on the DR site's disk.
+            Example:
+              walship send --source "host=/var/run/postgresql user=walship" --to dr.example:7000 --slot walship --create-slot --insecure
+            """)
+
+    @Option(help: "libpq connection string of the primary (PG* environment variables are honoured).")
+    var source: String
+
+    @Option(help: "The receiver, HOST:PORT.")
+    var to: String
+
+    @Option(help: "Physical replication slot on the primary.")
+    var slot: String
+
+    @Flag(help: "Create the physical slot if it is missing (reuses an existing physical slot).")
+    var createSlot = false
+
+    @Option(help: "Name this sender shows in pg_stat_replication; what synchronous_standby_names must name for --sync.")
+    var applicationName = "walship"
+
+    @Flag(help: "Synchronous mode: the DR site fsyncs each batch at once so the primary's commits can wait for it.")
+    var sync = false
+
+    @Flag(help: "Ship without TLS (plaintext). Required on both ends for plaintext links; use only on a trusted network.")
+    var insecure = false
+
+    @Option(help: "Serve status on HOST:PORT (GET /status). Read-only; bind to loopback unless you need it remote.")
+    var statusListen: String?
+
+    @Option(help: "Seconds of silence after which the link to the receiver is considered dead.")
+    var linkTimeout = 30
+
+    @Option(help: "Seconds between checks of the slot's retained WAL on the primary.")
+    var slotCheckInterval = 10
+
+    @OptionGroup var logging: LoggingOptions
+
+    func validate() throws {
+        _ = try parseEndpoint(to, option: "--to")
+        if let statusListen { _ = try parseEndpoint(statusListen, option: "--status-listen") }
+        guard insecure else {
+            throw ValidationError("TLS for the ship link is not available in this release; pass --insecure on both ends to ship in plaintext over a network you trust")
+        }
+        guard !slot.isEmpty, slot.allSatisfy({ $0.isLetter && $0.isLowercase || $0.isNumber || $0 == "_" }), slot.first?.isNumber == false else {
+            throw ValidationError("--slot \"\(slot)\" is not a valid slot name (lower-case letters, digits and underscores)")
+        }
+        guard (5...3600).contains(linkTimeout) else { throw ValidationError("--link-timeout must be 5...3600 seconds") }
+    }
+
+    func run() async throws {
+        let logger = logging.bootstrap(label: "walship.send")
+        let conninfo: Conninfo
+        do { conninfo = try Conninfo(source) } catch { throw fail("send", error) }
+        let receiver = try parseEndpoint(to, option: "--to")
+        logger.warning("ship link runs without TLS (--insecure): WAL crosses the network in plaintext")
+        var configuration = SenderConfiguration(
+            source: conninfo, receiverHost: receiver.host, receiverPort: receiver.port, slot: slot,
+            createSlot: createSlot, applicationName: applicationName, synchronous: sync)
+        configuration.linkTimeout = .seconds(linkTimeout)
+        configuration.keepaliveInterval = .seconds(max(1, linkTimeout / 6))
+        configuration.slotCheckInterval = .seconds(max(1, slotCheckInterval))
+        let sender = Sender(configuration: configuration, logger: logger)
+        do {
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                group.addTask { try await sender.run() }
+                if let statusListen {
+                    let endpoint = try parseEndpoint(statusListen, option: "--status-listen")
+                    group.addTask {
+                        try await StatusServer(host: endpoint.host, port: endpoint.port, logger: logger) { sender.status }.run()
+                    }
+                }
+                try await group.next()
+                group.cancelAll()
+            }
+        } catch {
+            throw fail("send", error)
+        }
+    }
+}
