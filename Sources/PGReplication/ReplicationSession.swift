@@ -162,13 +162,11 @@ public final class ReplicationSession: @unchecked Sendable {
             do {
                 rows = try requireConnection().query("READ_REPLICATION_SLOT \(quoteIdentifier(name))")
             } catch let error as PostgresError where error.message.contains("logical") {
-                throw PostgresError("replication slot \"\(name)\" is a logical slot; walship needs a physical slot (hint: choose another --slot name)")
+                throw WrongSlotTypeError(slot: name, type: "logical")
             }
             guard let row = rows.first, row.count >= 3 else { throw PostgresError("READ_REPLICATION_SLOT returned no row") }
             guard let type = row[0] else { return nil }
-            guard type == "physical" else {
-                throw PostgresError("replication slot \"\(name)\" is a \(type) slot; walship needs a physical slot (hint: choose another --slot name)")
-            }
+            guard type == "physical" else { throw WrongSlotTypeError(slot: name, type: type) }
             return SlotInfo(restartLSN: row[1].flatMap { LSN($0) }, restartTimeline: row[2].flatMap { UInt32($0) })
         }
     }
@@ -223,6 +221,15 @@ public final class ReplicationSession: @unchecked Sendable {
     private func requireConnection() throws -> PGConnection {
         guard let connection else { throw PostgresError("not connected to the primary") }
         return connection
+    }
+}
+
+/// The slot exists but is not a physical slot; retrying cannot help.
+public struct WrongSlotTypeError: Error, CustomStringConvertible {
+    public let slot: String
+    public let type: String
+    public var description: String {
+        "replication slot \"\(slot)\" is a \(type) slot; walship needs a physical slot (hint: choose another --slot name)"
     }
 }
 

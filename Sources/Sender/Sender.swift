@@ -137,10 +137,15 @@ public final class Sender: Sendable {
             $0.timeline = identity.timeline
             $0.primaryLSN = identity.flushLSN.description
         }
-        clearProblem("stream", "connected to the primary", metadata: [
+        logger.debug("connected to the primary", metadata: [
             "walship.system": "\(identity.systemIdentifier)", "walship.timeline": "\(identity.timeline)",
         ])
-        var slot = try await session.readSlot(config.slot)
+        var slot: SlotInfo?
+        do {
+            slot = try await session.readSlot(config.slot)
+        } catch let error as WrongSlotTypeError {
+            throw SenderFatalError(error.description)
+        }
         if slot == nil {
             guard config.createSlot else {
                 throw SenderFatalError("replication slot \"\(config.slot)\" does not exist on the primary (hint: pass --create-slot, or run SELECT pg_create_physical_replication_slot('\(config.slot)', true);)")
@@ -170,9 +175,9 @@ public final class Sender: Sendable {
             default: throw LinkError("the receiver answered the handshake with \(first.kind)")
             }
             let (start, timeline) = try startPoint(welcome: welcome, identity: identity, slot: slot ?? nil)
-            clearProblem("stream", "connected to the receiver; streaming", metadata: [
-                "walship.start_lsn": "\(start)", "walship.timeline": "\(timeline)",
-                "walship.receiver_durable_lsn": "\(welcome.resumeLSN)",
+            clearProblem("stream", "streaming from the primary to the receiver", metadata: [
+                "walship.system": "\(identity.systemIdentifier)", "walship.start_lsn": "\(start)",
+                "walship.timeline": "\(timeline)", "walship.receiver_durable_lsn": "\(welcome.resumeLSN)",
             ])
             onStreaming()
             try await stream(session: session, start: start, timeline: timeline, resume: welcome.resumeLSN,
@@ -339,7 +344,7 @@ public final class Sender: Sendable {
                     }
                     if config.synchronous && !warnedSync, let names = row[5] {
                         warnedSync = true
-                        if !Self.synchronousNamesInclude(names, config.applicationName) {
+                        if !SynchronousStandbyNames.includes(names, name: config.applicationName) {
                             logger.warning("--sync is set but the primary's synchronous_standby_names does not name this sender; commits will not wait for the DR site", metadata: [
                                 "walship.synchronous_standby_names": "\(names)",
                                 "walship.hint": "ALTER SYSTEM SET synchronous_standby_names = '\(config.applicationName)'; SELECT pg_reload_conf();",
@@ -366,13 +371,6 @@ public final class Sender: Sendable {
         case "lost": logger.critical("replication slot invalidated", metadata: metadata)
         default: logger.warning("replication slot is retaining more WAL than max_wal_size; the primary's disk is filling", metadata: metadata)
         }
-    }
-
-    /// Whether `synchronous_standby_names` can select `name` (names are case-insensitive; `*` matches all).
-    static func synchronousNamesInclude(_ setting: String, _ name: String) -> Bool {
-        let separators = CharacterSet(charactersIn: " ,()\t")
-        let tokens = setting.components(separatedBy: separators).map { $0.trimmingCharacters(in: CharacterSet(charactersIn: "\"")) }
-        return tokens.contains { $0 == "*" || $0.lowercased() == name.lowercased() }
     }
 
     // MARK: - State and logging

@@ -42,6 +42,9 @@ struct Send: AsyncParsableCommand {
     @Option(help: "Seconds of silence after which the link to the receiver is considered dead.")
     var linkTimeout = 30
 
+    @Option(help: "Longest wait, in seconds, between reconnection attempts (the wait doubles from 1 s).")
+    var retryMaxSeconds = 30
+
     @Option(help: "Seconds between checks of the slot's retained WAL on the primary.")
     var slotCheckInterval = 10
 
@@ -71,6 +74,7 @@ struct Send: AsyncParsableCommand {
         configuration.linkTimeout = .seconds(linkTimeout)
         configuration.keepaliveInterval = .seconds(max(1, linkTimeout / 6))
         configuration.slotCheckInterval = .seconds(max(1, slotCheckInterval))
+        configuration.maxBackoff = .seconds(max(1, retryMaxSeconds))
         let sender = Sender(configuration: configuration, logger: logger)
         do {
             try await withThrowingTaskGroup(of: Void.self) { group in

@@ -1,0 +1,255 @@
+import Foundation
+import Testing
+
+/// The ship path against real PostgreSQL 15: primary → walship send → walship receive → spool.
+struct ShipTopology {
+    let fixture: Fixture
+    let primary: Cluster
+    let archive: String
+    let spool: String
+    let receiverPort = IT.freePort()
+    let receiverStatusPort = IT.freePort()
+    let senderStatusPort = IT.freePort()
+    var receiver: Daemon?
+    var sender: Daemon?
+    var senderArguments: [String] = []
+
+    init(_ fixture: Fixture, primarySettings: [String: String] = [:]) throws {
+        self.fixture = fixture
+        archive = try fixture.postgresDirectory("archive")
+        spool = fixture.directory + "/spool"
+        var settings = ["archive_mode": "on", "archive_command": "'cp %p \(archive)/%f'"]
+        settings.merge(primarySettings) { $1 }
+        primary = try fixture.cluster("primary", settings: settings)
+        try primary.start()
+    }
+
+    mutating func startReceiver() throws {
+        receiver = try fixture.walship("receiver", [
+            "receive", "--listen", "127.0.0.1:\(receiverPort)", "--spool", spool, "--insecure",
+            "--status-listen", "127.0.0.1:\(receiverStatusPort)", "--link-timeout", "10",
+        ])
+        try waitUntil("the receiver's status endpoint", timeout: 30) {
+            (((try? fetchStatus(port: receiverStatusPort)) != nil), receiver!.log)
+        }
+    }
+
+    mutating func startSender(extra: [String] = []) throws {
+        senderArguments = [
+            "send", "--source", primary.conninfo, "--to", "127.0.0.1:\(receiverPort)", "--slot", "walship_it",
+            "--create-slot", "--insecure", "--status-listen", "127.0.0.1:\(senderStatusPort)", "--link-timeout", "10",
+            "--retry-max-seconds", "2",
+        ] + extra
+        sender = try fixture.walship("sender", senderArguments)
+        try waitUntilStreaming()
+    }
+
+    func waitUntilStreaming() throws {
+        try waitUntil("the sender to stream", timeout: 60) {
+            let state = (try? fetchStatus(port: senderStatusPort))?["state"] as? String
+            return (state == "streaming", "state=\(state ?? "nil")\n\(sender?.log.suffix(2000) ?? "")")
+        }
+    }
+
+    /// The receiver's durable end for the only system in the spool.
+    func durable() throws -> UInt64 {
+        let status = try fetchStatus(port: receiverStatusPort)
+        guard let systems = status["systems"] as? [[String: Any]], let first = systems.first,
+            let text = first["durableLSN"] as? String, let value = lsn(text)
+        else { return 0 }
+        return value
+    }
+
+    var walDirectory: String {
+        let systems = (try? FileManager.default.contentsOfDirectory(atPath: spool))?.filter { UInt64($0) != nil } ?? []
+        return spool + "/" + (systems.first ?? "none") + "/wal"
+    }
+
+    /// Switches WAL and waits until the switched segment is completed in the spool; returns its name.
+    @discardableResult
+    func switchAndWait() throws -> String {
+        let name = try primary.sql("SELECT pg_walfile_name(pg_switch_wal())")
+        try waitUntil("segment \(name) to be completed in the spool", timeout: 120) {
+            (FileManager.default.fileExists(atPath: walDirectory + "/\(name).lz4"),
+             "durable=\((try? durable()).map { String($0, radix: 16) } ?? "?")")
+        }
+        return name
+    }
+
+    /// Every completed segment decompresses (with the lz4 tool) to the primary's archived copy, the
+    /// segment numbers have no gap, and pg_waldump reads the whole range. Returns how many segments.
+    func verifySpool(through last: String) throws -> Int {
+        let names = try FileManager.default.contentsOfDirectory(atPath: walDirectory)
+            .filter { $0.hasSuffix(".lz4") }.map { String($0.dropLast(4)) }.sorted()
+        #expect(!names.isEmpty)
+        let plain = fixture.directory + "/plain"
+        try FileManager.default.createDirectory(atPath: plain, withIntermediateDirectories: true)
+        var previous: UInt64?
+        for name in names {
+            let number = UInt64(name.suffix(16).prefix(8), radix: 16)! * 256 + UInt64(name.suffix(8), radix: 16)!
+            if let previous { #expect(number == previous + 1, "gap in the spool before \(name)") }
+            previous = number
+            try waitUntil("\(name) to be archived by the primary", timeout: 60) {
+                (FileManager.default.fileExists(atPath: archive + "/" + name), "")
+            }
+            try run("/usr/bin/lz4", ["-dqf", walDirectory + "/\(name).lz4", plain + "/" + name])
+            let ours = try Data(contentsOf: URL(fileURLWithPath: plain + "/" + name))
+            let theirs = try Data(contentsOf: URL(fileURLWithPath: archive + "/" + name))
+            #expect(ours.count == 16 << 20, "\(name) is \(ours.count) bytes")
+            #expect(ours == theirs, "\(name) differs from the primary's copy")
+        }
+        #expect(names.last! >= last)
+        if names.count >= 2 {
+            let firstStart = segmentStart(names.first!)
+            let lastStart = segmentStart(names.last!)
+            let dump = try run(primary.bin + "/pg_waldump", ["-p", plain, "-s", firstStart, "-e", lastStart, "-q"], check: false)
+            #expect(dump.status == 0, "pg_waldump failed: \(dump.error)")
+        }
+        return names.count
+    }
+
+    func segmentStart(_ name: String) -> String {
+        let high = UInt64(name.suffix(16).prefix(8), radix: 16)!
+        let low = UInt64(name.suffix(8), radix: 16)!
+        return String(high, radix: 16, uppercase: true) + "/" + String(low << 24, radix: 16, uppercase: true)
+    }
+}
+
+@Suite(.serialized, .enabled(if: IT.pgBin != nil, "PostgreSQL 15 server binaries are required"))
+struct ShipPathTests {
+    @Test func shipsByteIdenticalSegmentsUnderLoad() throws {
+        let fixture = try Fixture("ship-identical")
+        defer { fixture.tearDown() }
+        var topology = try ShipTopology(fixture, primarySettings: ["wal_level": "logical"])
+        try topology.startReceiver()
+        try topology.startSender()
+        try topology.primary.pgbench(["-i", "-s", "5", "-q"])
+        try topology.primary.pgbench(["-T", "5", "-c", "4", "-j", "2"])
+        let last = try topology.switchAndWait()
+        let count = try topology.verifySpool(through: last)
+        #expect(count >= 4)
+
+        // The primary sees what the receiver has written and fsynced, nothing more.
+        let row = try topology.primary.sql("SELECT write_lsn IS NOT NULL, flush_lsn IS NOT NULL, sync_state FROM pg_stat_replication WHERE application_name = 'walship'")
+        #expect(row == "t|t|async")
+        let flush = try topology.primary.sql("SELECT flush_lsn FROM pg_stat_replication WHERE application_name = 'walship'")
+        #expect(lsn(flush)! <= (try topology.durable()))
+        // The slot follows the flush position, so the primary recycles what is safe offsite.
+        try waitUntil("the slot's restart_lsn to pass the switched segment", timeout: 30) {
+            let restart = try topology.primary.sql("SELECT restart_lsn FROM pg_replication_slots WHERE slot_name = 'walship_it'")
+            return ((lsn(restart) ?? 0) >= (lsn(topology.segmentStart(last)) ?? .max), restart)
+        }
+        // LZ4 on the wire pays for itself on pgbench WAL.
+        let status = try fetchStatus(port: topology.senderStatusPort)
+        let wal = (status["walBytesSent"] as? NSNumber)?.doubleValue ?? 0
+        let wire = (status["wireBytesSent"] as? NSNumber)?.doubleValue ?? 0
+        #expect(wal > 0 && wire < wal / 2, "wire \(wire) vs WAL \(wal)")
+        // Status never carries secrets or the password key.
+        #expect(!(status["source"] as? String ?? "").contains("password"))
+    }
+
+    @Test func slotProblemsAreClearErrors() throws {
+        let fixture = try Fixture("ship-slots")
+        defer { fixture.tearDown() }
+        var topology = try ShipTopology(fixture, primarySettings: ["wal_level": "logical"])
+        try topology.startReceiver()
+        try topology.primary.sql("SELECT pg_create_logical_replication_slot('logical_one', 'test_decoding')")
+        let base = ["send", "--source", topology.primary.conninfo, "--to", "127.0.0.1:\(topology.receiverPort)", "--insecure"]
+
+        let logical = try run(IT.walshipBinary, base + ["--slot", "logical_one", "--create-slot"], timeout: 60, check: false)
+        #expect(logical.status != 0)
+        #expect(logical.error.contains("logical slot"), "\(logical.error)")
+
+        let missing = try run(IT.walshipBinary, base + ["--slot", "not_there"], timeout: 60, check: false)
+        #expect(missing.status != 0)
+        #expect(missing.error.contains("does not exist") && missing.error.contains("--create-slot"), "\(missing.error)")
+
+        let badConninfo = try run(IT.walshipBinary, ["send", "--source", "host=127.0.0.1 port=", "--to", "127.0.0.1:1",
+                                                     "--slot", "x", "--insecure"], timeout: 30, check: false)
+        #expect(badConninfo.status != 0)
+        #expect(badConninfo.error.contains("hint"), "\(badConninfo.error)")
+
+        let plaintext = try run(IT.walshipBinary, base.filter { $0 != "--insecure" } + ["--slot", "x"], timeout: 30, check: false)
+        #expect(plaintext.status != 0)
+        #expect(plaintext.error.contains("--insecure"), "\(plaintext.error)")
+
+        // --create-slot twice reuses the physical slot.
+        try topology.startSender()
+        topology.sender?.stop()
+        try topology.startSender()
+        #expect(try topology.primary.sql("SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'walship_it' AND slot_type = 'physical'") == "1")
+    }
+
+    @Test func killsOfSenderAndReceiverLeaveNoGap() throws {
+        let fixture = try Fixture("ship-kills")
+        defer { fixture.tearDown() }
+        var topology = try ShipTopology(fixture)
+        try topology.startReceiver()
+        try topology.startSender()
+        try topology.primary.pgbench(["-i", "-s", "3", "-q"])
+        let load = try fixture.daemon("pgbench", topology.primary.bin + "/pgbench", [
+            "-h", "127.0.0.1", "-p", "\(topology.primary.port)", "-U", "postgres", "-T", "40", "-c", "2", "postgres",
+        ])
+
+        func waitForProgress(_ what: String) throws {
+            let before = try topology.durable()
+            try waitUntil("durable WAL to advance \(what)", timeout: 60) {
+                let now = try topology.durable()
+                return (now > before + (4 << 20), String(now, radix: 16))
+            }
+        }
+
+        try waitForProgress("under load")
+        topology.sender!.kill9()
+        topology.sender = try fixture.walship("sender", topology.senderArguments)
+        try topology.waitUntilStreaming()
+        try waitForProgress("after the sender was killed")
+
+        topology.receiver!.kill9()
+        try topology.startReceiver()
+        try topology.waitUntilStreaming()
+        try waitForProgress("after the receiver was killed")
+
+        load.stop()
+        let last = try topology.switchAndWait()
+        let count = try topology.verifySpool(through: last)
+        #expect(count >= 3)
+    }
+
+    @Test func syncModeCommitsWaitForTheOffsiteFsync() throws {
+        let fixture = try Fixture("ship-sync")
+        defer { fixture.tearDown() }
+        var topology = try ShipTopology(fixture, primarySettings: ["synchronous_standby_names": "'walship_sync'"])
+        try topology.startReceiver()
+        try topology.startSender(extra: ["--sync", "--application-name", "walship_sync"])
+        try waitUntil("sync_state = sync", timeout: 60) {
+            let state = try topology.primary.sql("SELECT sync_state FROM pg_stat_replication WHERE application_name = 'walship_sync'")
+            return (state == "sync", state)
+        }
+        try topology.primary.sql("CREATE TABLE acknowledged (id int PRIMARY KEY)", timeout: 30)
+        for id in 1...20 {
+            let before = try topology.primary.sql(
+                "SELECT pg_current_wal_insert_lsn(); INSERT INTO acknowledged VALUES (\(id))", timeout: 30)
+            // The commit returned, so its WAL is on the receiver's disk.
+            #expect(try topology.durable() > lsn(before.split(separator: "\n")[0].description)!)
+        }
+
+        topology.receiver!.kill9()
+        let blocked = try fixture.daemon("blocked-commit", "/usr/bin/psql", [
+            "-h", "127.0.0.1", "-p", "\(topology.primary.port)", "-U", "postgres", "-d", "postgres", "-AtX",
+            "-c", "INSERT INTO acknowledged VALUES (1000)",
+        ])
+        try waitUntil("the commit to wait for the DR site", timeout: 30) {
+            let waiting = try topology.primary.sql("SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'SyncRep'")
+            return (waiting == "1", waiting)
+        }
+        #expect(blocked.isRunning)
+
+        try topology.startReceiver()
+        try waitUntil("the blocked commit to return once the receiver is back", timeout: 60) {
+            (!blocked.isRunning, topology.sender!.log.suffix(1500).description)
+        }
+        #expect(blocked.exitStatus == 0)
+        #expect(try topology.primary.sql("SELECT count(*) FROM acknowledged") == "21")
+    }
+}

@@ -1,0 +1,334 @@
+import Foundation
+import Testing
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Helpers for integration tests: real PostgreSQL 15 clusters on free loopback ports, real walship
+/// processes, waits with deadlines, and cleanup that also runs when a test fails.
+
+enum IT {
+    static let repositoryRoot: String = {
+        var url = URL(fileURLWithPath: #filePath)
+        url.deleteLastPathComponent()
+        url.deleteLastPathComponent()
+        return url.path
+    }()
+
+    static let walshipBinary: String = {
+        if let path = ProcessInfo.processInfo.environment["WALSHIP_BIN"] { return path }
+        return repositoryRoot + "/.build/debug/walship"
+    }()
+
+    static let pgBin: String? = {
+        if let path = ProcessInfo.processInfo.environment["PG_BINDIR"] { return path }
+        for candidate in ["/usr/lib/postgresql/15/bin"] where FileManager.default.fileExists(atPath: candidate + "/initdb") {
+            return candidate
+        }
+        return nil
+    }()
+
+    static var isRoot: Bool { getuid() == 0 }
+
+    /// Where logs of a test run go; kept after the run for diagnosis.
+    static let outputRoot: String = {
+        let path = repositoryRoot + "/test-output"
+        try? FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
+        return path
+    }()
+
+    static func freePort() -> Int {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(fd) }
+        var addr = sockaddr_in()
+        addr.sin_family = sa_family_t(AF_INET)
+        addr.sin_addr.s_addr = inet_addr("127.0.0.1")
+        addr.sin_port = 0
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        _ = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) } }
+        _ = withUnsafeMutablePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) } }
+        return Int(UInt16(bigEndian: addr.sin_port))
+    }
+}
+
+struct CommandResult {
+    var status: Int32
+    var output: String
+    var error: String
+}
+
+struct TestFailure: Error, CustomStringConvertible {
+    let description: String
+    init(_ description: String) { self.description = description }
+}
+
+/// A child process started with posix_spawn; reaped with waitpid, so its state is always exact.
+final class Child {
+    let pid: pid_t
+    private(set) var exitStatus: Int32?
+
+    init(_ executable: String, _ arguments: [String], stdout: String, stderr: String,
+         environment: [String: String] = [:]) throws {
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
+        posix_spawn_file_actions_addopen(&actions, 1, stdout, O_WRONLY | O_CREAT | O_APPEND, 0o644)
+        posix_spawn_file_actions_addopen(&actions, 2, stderr, O_WRONLY | O_CREAT | O_APPEND, 0o644)
+        var env = ProcessInfo.processInfo.environment
+        env.merge(environment) { $1 }
+        let argv = ([executable] + arguments).map { strdup($0) } + [nil]
+        let envp = env.map { strdup("\($0.key)=\($0.value)") } + [nil]
+        defer {
+            argv.forEach { free($0) }
+            envp.forEach { free($0) }
+        }
+        // The test runner's threads block signals; a child must start with none blocked and default
+        // handlers, or pgbench -T never sees its SIGALRM.
+        var attributes = posix_spawnattr_t()
+        posix_spawnattr_init(&attributes)
+        defer { posix_spawnattr_destroy(&attributes) }
+        var empty = sigset_t()
+        sigemptyset(&empty)
+        var all = sigset_t()
+        sigfillset(&all)
+        posix_spawnattr_setsigmask(&attributes, &empty)
+        posix_spawnattr_setsigdefault(&attributes, &all)
+        posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
+        var pid: pid_t = 0
+        let rc = posix_spawn(&pid, executable, &actions, &attributes, argv, envp)
+        guard rc == 0 else { throw TestFailure("cannot start \(executable): \(String(cString: strerror(rc)))") }
+        self.pid = pid
+    }
+
+    var isRunning: Bool {
+        if exitStatus != nil { return false }
+        var status: Int32 = 0
+        let rc = waitpid(pid, &status, WNOHANG)
+        if rc == pid {
+            // WIFEXITED ? WEXITSTATUS : 128 + signal
+            exitStatus = (status & 0x7F) == 0 ? (status >> 8) & 0xFF : 128 + (status & 0x7F)
+            return false
+        }
+        return rc == 0
+    }
+
+    /// Waits up to `timeout` seconds; true when the process has exited.
+    func wait(timeout: Double) -> Bool {
+        let deadline = Date().addingTimeInterval(timeout)
+        while isRunning {
+            if Date() >= deadline { return false }
+            usleep(10_000)
+        }
+        return true
+    }
+
+    func signal(_ signal: Int32) { if isRunning { kill(pid, signal) } }
+}
+
+/// Runs a command to completion (with a hard timeout) and captures its output.
+@discardableResult
+func run(_ executable: String, _ arguments: [String], asPostgres: Bool = false, timeout: Double = 120,
+         environment: [String: String] = [:], check: Bool = true) throws -> CommandResult {
+    var executable = executable
+    var arguments = arguments
+    if asPostgres && IT.isRoot {
+        arguments = ["-u", "postgres", "--", executable] + arguments
+        executable = "/usr/sbin/runuser"
+    }
+    // Output goes to files, not pipes: a daemon started by the command (pg_ctl start) would keep a pipe open.
+    let outPath = NSTemporaryDirectory() + "walship-it-\(UUID().uuidString).out"
+    let errPath = outPath + ".err"
+    defer {
+        unlink(outPath)
+        unlink(errPath)
+    }
+    let child = try Child(executable, arguments, stdout: outPath, stderr: errPath, environment: environment)
+    if !child.wait(timeout: timeout) {
+        child.signal(SIGKILL)
+        _ = child.wait(timeout: 10)
+        throw TestFailure("\(executable) \(arguments.joined(separator: " ")) did not finish within \(timeout) s")
+    }
+    let result = CommandResult(status: child.exitStatus ?? -1,
+                               output: (try? String(contentsOfFile: outPath, encoding: .utf8)) ?? "",
+                               error: (try? String(contentsOfFile: errPath, encoding: .utf8)) ?? "")
+    if check && result.status != 0 {
+        throw TestFailure("\(executable) \(arguments.joined(separator: " ")) exited \(result.status): \(result.error)\(result.output)")
+    }
+    return result
+}
+
+/// Polls `probe` every 100 ms until it returns true; fails with `what` and the last observation at the deadline.
+func waitUntil(_ what: String, timeout: Double = 60, _ probe: () throws -> (Bool, String)) throws {
+    let deadline = Date().addingTimeInterval(timeout)
+    var last = ""
+    while Date() < deadline {
+        do {
+            let (done, observed) = try probe()
+            if done { return }
+            last = observed
+        } catch {
+            last = "\(error)"
+        }
+        usleep(100_000)
+    }
+    throw TestFailure("timed out after \(timeout) s waiting for \(what); last observed: \(last)")
+}
+
+/// A long-running process (walship, pgbench) with its output in a log file.
+final class Daemon {
+    let name: String
+    let child: Child
+    let logPath: String
+
+    init(name: String, executable: String, arguments: [String], logDirectory: String) throws {
+        self.name = name
+        logPath = logDirectory + "/\(name).log"
+        child = try Child(executable, arguments, stdout: logPath, stderr: logPath)
+    }
+
+    var isRunning: Bool { child.isRunning }
+    var exitStatus: Int32? { child.exitStatus }
+    var log: String { (try? String(contentsOfFile: logPath, encoding: .utf8)) ?? "" }
+
+    func kill9() {
+        child.signal(SIGKILL)
+        _ = child.wait(timeout: 10)
+    }
+
+    func stop() {
+        child.signal(SIGTERM)
+        if !child.wait(timeout: 5) { kill9() }
+    }
+}
+
+/// A PostgreSQL 15 cluster owned by one test.
+final class Cluster {
+    let name: String
+    let dataDirectory: String
+    let port: Int
+    let socketDirectory: String
+    let bin: String
+    private(set) var running = false
+
+    init(name: String, in directory: String, settings: [String: String] = [:]) throws {
+        guard let bin = IT.pgBin else { throw TestFailure("PostgreSQL 15 server binaries not found (install postgresql-15 or set PG_BINDIR)") }
+        self.bin = bin
+        self.name = name
+        dataDirectory = directory + "/" + name
+        socketDirectory = directory
+        port = IT.freePort()
+        try run(bin + "/initdb", ["-D", dataDirectory, "-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8"],
+                asPostgres: true)
+        var conf = [
+            "port": "\(port)", "listen_addresses": "'127.0.0.1'", "unix_socket_directories": "'\(socketDirectory)'",
+            "wal_level": "replica", "max_wal_senders": "10", "fsync": "on", "shared_buffers": "32MB",
+            "wal_sender_timeout": "'20s'",
+        ]
+        conf.merge(settings) { $1 }
+        let text = conf.sorted { $0.key < $1.key }.map { "\($0.key) = \($0.value)" }.joined(separator: "\n") + "\n"
+        let handle = FileHandle(forWritingAtPath: dataDirectory + "/postgresql.conf")!
+        handle.seekToEndOfFile()
+        handle.write(Data(text.utf8))
+        handle.closeFile()
+    }
+
+    func start() throws {
+        try run(bin + "/pg_ctl", ["-D", dataDirectory, "-l", dataDirectory + "/server.log", "-w", "-t", "60", "start"],
+                asPostgres: true)
+        running = true
+    }
+
+    /// Stops immediately (crash-like); safe to call twice.
+    func stopImmediately() {
+        guard running || FileManager.default.fileExists(atPath: dataDirectory + "/postmaster.pid") else { return }
+        _ = try? run(bin + "/pg_ctl", ["-D", dataDirectory, "-m", "immediate", "-w", "stop"], asPostgres: true,
+                     timeout: 60, check: false)
+        running = false
+    }
+
+    var conninfo: String { "host=127.0.0.1 port=\(port) user=postgres" }
+
+    /// Runs SQL through psql and returns the unaligned, tuples-only output.
+    @discardableResult
+    func sql(_ statement: String, timeout: Double = 60) throws -> String {
+        let r = try run("/usr/bin/psql", ["-h", "127.0.0.1", "-p", "\(port)", "-U", "postgres", "-d", "postgres",
+                                          "-AtX", "-v", "ON_ERROR_STOP=1", "-c", statement], timeout: timeout)
+        return r.output.trimmingCharacters(in: .whitespacesAndNewlines)
+    }
+
+    func pgbench(_ arguments: [String], timeout: Double = 300) throws {
+        try run(bin + "/pgbench", ["-h", "127.0.0.1", "-p", "\(port)", "-U", "postgres"] + arguments + ["postgres"],
+                timeout: timeout)
+    }
+}
+
+/// Everything one test starts, torn down in reverse order whatever happens.
+final class Fixture {
+    let directory: String
+    let logDirectory: String
+    private var clusters: [Cluster] = []
+    private var daemons: [Daemon] = []
+
+    init(_ testName: String) throws {
+        directory = "/tmp/walship-it-\(testName)-\(getpid())"
+        logDirectory = IT.outputRoot + "/\(testName)"
+        _ = try? run("/bin/rm", ["-rf", directory, logDirectory])
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        try FileManager.default.createDirectory(atPath: logDirectory, withIntermediateDirectories: true)
+        if IT.isRoot { try run("/bin/chown", ["postgres:postgres", directory]) }
+    }
+
+    func cluster(_ name: String, settings: [String: String] = [:]) throws -> Cluster {
+        let c = try Cluster(name: name, in: directory, settings: settings)
+        clusters.append(c)
+        return c
+    }
+
+    /// A directory the postgres OS user can write (for archive_command).
+    func postgresDirectory(_ name: String) throws -> String {
+        let path = directory + "/" + name
+        try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
+        if IT.isRoot { try run("/bin/chown", ["postgres:postgres", path]) }
+        return path
+    }
+
+    func walship(_ name: String, _ arguments: [String]) throws -> Daemon {
+        let d = try Daemon(name: name, executable: IT.walshipBinary, arguments: arguments, logDirectory: logDirectory)
+        daemons.append(d)
+        return d
+    }
+
+    func daemon(_ name: String, _ executable: String, _ arguments: [String]) throws -> Daemon {
+        let d = try Daemon(name: name, executable: executable, arguments: arguments, logDirectory: logDirectory)
+        daemons.append(d)
+        return d
+    }
+
+    /// Copies server logs next to the walship logs, then stops everything and removes the data.
+    func tearDown() {
+        for d in daemons.reversed() { d.stop() }
+        for c in clusters.reversed() {
+            c.stopImmediately()
+            _ = try? run("/bin/cp", [c.dataDirectory + "/server.log", logDirectory + "/\(c.name)-server.log"], check: false)
+        }
+        _ = try? run("/bin/rm", ["-rf", directory], check: false)
+    }
+}
+
+/// Reads a JSON status document from a walship `--status-listen` endpoint.
+func fetchStatus(port: Int) throws -> [String: Any] {
+    let r = try run("/usr/bin/curl", ["-sf", "--max-time", "5", "http://127.0.0.1:\(port)/status"], timeout: 10)
+    guard let object = try JSONSerialization.jsonObject(with: Data(r.output.utf8)) as? [String: Any] else {
+        throw TestFailure("status is not a JSON object: \(r.output)")
+    }
+    return object
+}
+
+/// Parses `X/X`.
+func lsn(_ text: String) -> UInt64? {
+    let parts = text.split(separator: "/")
+    guard parts.count == 2, let hi = UInt64(parts[0], radix: 16), let lo = UInt64(parts[1], radix: 16) else { return nil }
+    return hi << 32 | lo
+}

@@ -1,0 +1,188 @@
+import NIOCore
+import NIOTestUtils
+import Testing
+import WALCore
+@testable import ShipProtocol
+
+@Suite struct FrameCodecTests {
+    static let samples: [ShipMessage] = [
+        .hello(Hello(role: .stream, synchronous: true, systemIdentifier: 7_711_355_351_252_201_643, timeline: 3,
+                     walSegmentSize: 16 << 20, senderName: "walship-é")),
+        .welcome(Welcome(resumeLSN: LSN("1/A0000000")!, resumeTimeline: 3, receiverName: "dr-site")),
+        .refusal(Refusal(code: .streamAlreadyActive, message: "busy")),
+        .walData(WALData.make(timeline: 1, startLSN: LSN("0/3000000")!, primaryEndLSN: LSN("0/3002000")!,
+                              primarySendTime: PostgresTimestamp(rawValue: 123_456), wal: ByteBuffer(repeating: 7, count: 8192))),
+        .walData(WALData(timeline: 1, startLSN: LSN("0/3000000")!, primaryEndLSN: LSN("0/3000005")!,
+                         primarySendTime: PostgresTimestamp(rawValue: 1), compression: .none, uncompressedLength: 5,
+                         payload: ByteBuffer(bytes: [1, 2, 3, 4, 5]))),
+        .ack(Ack(timeline: 1, writtenLSN: LSN(200), durableLSN: LSN(100), replayedLSN: LSN(50),
+                 replayTime: PostgresTimestamp(rawValue: 9), receiverTime: PostgresTimestamp(rawValue: 10))),
+        .keepalive(Keepalive(primaryEndLSN: LSN(77), sendTime: PostgresTimestamp(rawValue: -5), replyRequested: true)),
+        .history(HistoryFile(timeline: 2, content: ByteBuffer(string: "1\t0/5000060\tno recovery target specified\n"))),
+    ]
+
+    func encode(_ message: ShipMessage) throws -> ByteBuffer {
+        var buffer = ByteBuffer()
+        try ShipFrameEncoder().encode(data: message, out: &buffer)
+        return buffer
+    }
+
+    func decodeAll(_ buffer: ByteBuffer) throws -> [ShipMessage] {
+        var buffer = buffer
+        var decoder = ShipFrameDecoder()
+        var out: [ShipMessage] = []
+        while let message = try decoder.decode(buffer: &buffer) { out.append(message) }
+        return out
+    }
+
+    @Test func everyFrameRoundTripsByteByByteAndInBulk() throws {
+        let pairs = try Self.samples.map { (try encode($0), [$0]) }
+        try ByteToMessageDecoderVerifier.verifyDecoder(
+            inputOutputPairs: pairs, decoderFactory: { ShipFrameDecoder() })
+    }
+
+    @Test func walDataDecompressesToItsBytes() throws {
+        let wal = ByteBuffer(bytes: (0..<100_000).map { UInt8(truncatingIfNeeded: $0 % 251) })
+        let frame = WALData.make(timeline: 1, startLSN: LSN(0), primaryEndLSN: LSN(0), primarySendTime: .now(), wal: wal)
+        #expect(frame.compression == .lz4Block)
+        #expect(frame.payload.readableBytes < wal.readableBytes)
+        #expect(try frame.walBytes() == wal)
+        #expect(frame.endLSN == LSN(100_000))
+    }
+
+    @Test func incompressibleWALTravelsRaw() throws {
+        var seed: UInt32 = 1
+        let noise = ByteBuffer(bytes: (0..<4096).map { _ in
+            seed = seed &* 1_664_525 &+ 1_013_904_223
+            return UInt8(truncatingIfNeeded: seed >> 24)
+        })
+        let frame = WALData.make(timeline: 1, startLSN: LSN(0), primaryEndLSN: LSN(0), primarySendTime: .now(), wal: noise)
+        #expect(frame.compression == .none)
+        #expect(try frame.walBytes() == noise)
+    }
+
+    @Test func badMagicIsRefusedAtOnce() throws {
+        var buffer = try encode(Self.samples[0])
+        buffer.setInteger(UInt16(0x4854), at: 0)  // "HT", as from an HTTP client
+        #expect(throws: ShipProtocolError.badMagic(0x4854)) { try decodeAll(buffer) }
+    }
+
+    @Test func oversizedLengthIsRefusedFromTheHeaderAlone() {
+        var header = ByteBuffer()
+        header.writeInteger(ShipFrame.magic)
+        header.writeInteger(ShipMessage.Kind.walData.rawValue)
+        header.writeInteger(UInt8(0))
+        header.writeInteger(UInt32(ShipFrame.maxPayloadLength + 1))
+        #expect(throws: ShipProtocolError.frameTooLarge(length: ShipFrame.maxPayloadLength + 1, max: ShipFrame.maxPayloadLength)) {
+            try decodeAll(header)
+        }
+    }
+
+    @Test func unknownKindIsRefused() throws {
+        var buffer = try encode(Self.samples[0])
+        buffer.setInteger(UInt8(0x7F), at: 2)
+        #expect(throws: ShipProtocolError.unknownKind(0x7F)) { try decodeAll(buffer) }
+    }
+
+    @Test func flippedPayloadBitFailsTheChecksum() throws {
+        var buffer = try encode(Self.samples[3])
+        let index = ShipFrame.headerLength + 20
+        buffer.setInteger(buffer.getInteger(at: index, as: UInt8.self)! ^ 0x01, at: index)
+        #expect(throws: ShipProtocolError.self) { try decodeAll(buffer) }
+        do {
+            _ = try decodeAll(buffer)
+        } catch let error as ShipProtocolError {
+            guard case .checksumMismatch = error else { Issue.record("expected a checksum error, got \(error)"); return }
+        }
+    }
+
+    @Test func truncatedFrameWaitsThenFailsAtEndOfStream() throws {
+        let full = try encode(Self.samples[1])
+        var partial = full.getSlice(at: 0, length: full.readableBytes - 3)!
+        var decoder = ShipFrameDecoder()
+        #expect(try decoder.decode(buffer: &partial) == nil)
+        #expect(throws: ShipProtocolError.unexpectedEndOfStream(bufferedBytes: full.readableBytes - 3)) {
+            _ = try decoder.decodeLast(buffer: &partial, seenEOF: true)
+        }
+    }
+
+    /// A frame whose checksum is right but whose payload is not what its kind promises.
+    func forged(_ kind: ShipMessage.Kind, payload: [UInt8]) -> ByteBuffer {
+        var buffer = ByteBuffer()
+        buffer.writeInteger(ShipFrame.magic)
+        buffer.writeInteger(kind.rawValue)
+        buffer.writeInteger(UInt8(0))
+        buffer.writeInteger(UInt32(payload.count))
+        buffer.writeBytes(payload)
+        let crc = buffer.withUnsafeReadableBytes { CRC32C.update(0, $0) }
+        buffer.writeInteger(crc)
+        return buffer
+    }
+
+    @Test func shortPayloadIsTruncatedNotATrap() {
+        #expect(throws: ShipProtocolError.truncated(kind: .ack)) { try decodeAll(forged(.ack, payload: [0, 0, 0, 1, 2])) }
+        #expect(throws: ShipProtocolError.truncated(kind: .hello)) { try decodeAll(forged(.hello, payload: [])) }
+    }
+
+    @Test func trailingBytesAreRefused() throws {
+        var payload = ByteBuffer()
+        ShipFrameEncoder.writePayload(Self.samples[6], into: &payload)
+        let bytes = Array(payload.readableBytesView) + [0xEE]
+        #expect(throws: ShipProtocolError.trailingBytes(kind: .keepalive, count: 1)) { try decodeAll(forged(.keepalive, payload: bytes)) }
+    }
+
+    @Test func inconsistentFieldsAreRefused() throws {
+        // Hello with an unknown role.
+        var hello = ByteBuffer()
+        ShipFrameEncoder.writePayload(Self.samples[0], into: &hello)
+        var helloBytes = Array(hello.readableBytesView)
+        helloBytes[2] = 9
+        #expect(throws: ShipProtocolError.self) { try decodeAll(forged(.hello, payload: helloBytes)) }
+
+        // WAL chunk claiming zero or too many bytes.
+        for length in [UInt32(0), UInt32(ShipFrame.maxWALChunkBytes + 1)] {
+            var wal = ByteBuffer()
+            wal.writeInteger(UInt32(1))
+            wal.writeInteger(UInt64(0))
+            wal.writeInteger(UInt64(0))
+            wal.writeInteger(Int64(0))
+            wal.writeInteger(UInt8(0))
+            wal.writeInteger(length)
+            #expect(throws: ShipProtocolError.self) { try decodeAll(forged(.walData, payload: Array(wal.readableBytesView))) }
+        }
+
+        // A non-UTF-8 name.
+        #expect(throws: ShipProtocolError.self) {
+            try decodeAll(forged(.refusal, payload: [0, 1, 0, 2, 0xC3, 0x28]))
+        }
+    }
+
+    @Test func lyingLZ4BlockIsCaught() {
+        let frame = WALData(timeline: 1, startLSN: LSN(0), primaryEndLSN: LSN(0), primarySendTime: .now(),
+                            compression: .lz4Block, uncompressedLength: 1000, payload: ByteBuffer(bytes: [0xFF, 0x00, 0x01]))
+        #expect(throws: ShipProtocolError.self) { try frame.walBytes() }
+        let short = WALData(timeline: 1, startLSN: LSN(0), primaryEndLSN: LSN(0), primarySendTime: .now(),
+                            compression: .none, uncompressedLength: 10, payload: ByteBuffer(bytes: [1]))
+        #expect(throws: ShipProtocolError.self) { try short.walBytes() }
+    }
+}
+
+@Suite struct LZ4FrameTests {
+    @Test func frameRoundTripsAndIsStandard() throws {
+        let input = (0..<(1 << 20)).map { UInt8(truncatingIfNeeded: ($0 / 7) % 13) }
+        let frame = input.withUnsafeBytes { LZ4.compressFrame($0) }
+        #expect(Array(frame.prefix(4)) == [0x04, 0x22, 0x4D, 0x18])  // LZ4 frame magic
+        let back = try frame.withUnsafeBytes { try LZ4.decompressFrame($0, maxOutputBytes: 1 << 20) }
+        #expect(back == input)
+    }
+
+    @Test func corruptOrOversizedFramesAreErrors() {
+        let input = [UInt8](repeating: 42, count: 100_000)
+        var frame = input.withUnsafeBytes { LZ4.compressFrame($0) }
+        #expect(throws: LZ4.FrameError.self) { try frame.withUnsafeBytes { try LZ4.decompressFrame($0, maxOutputBytes: 1000) } }
+        frame[frame.count - 2] ^= 0xFF  // content checksum
+        #expect(throws: LZ4.FrameError.self) { try frame.withUnsafeBytes { try LZ4.decompressFrame($0, maxOutputBytes: 1 << 20) } }
+        let truncated = Array(frame.prefix(frame.count / 2))
+        #expect(throws: LZ4.FrameError.self) { try truncated.withUnsafeBytes { try LZ4.decompressFrame($0, maxOutputBytes: 1 << 20) } }
+    }
+}

@@ -1,0 +1,225 @@
+import Foundation
+import Logging
+import ShipProtocol
+import Testing
+import WALCore
+@testable import Spool
+
+/// WAL pages with valid headers for a 1 MiB segment size (small and fast, same rules as 16 MiB).
+enum TestWAL {
+    static let size = WALSegmentSize(bytes: 1 << 20)!
+    static let sysid: UInt64 = 7_711_355_351_252_201_643
+
+    static func segment(_ number: UInt64, count: Int = 1 << 20, systemIdentifier: UInt64 = sysid) -> [UInt8] {
+        var bytes = [UInt8](repeating: 0, count: count)
+        var seed = UInt32(truncatingIfNeeded: number &* 2_654_435_761 &+ 1)
+        for i in 0..<count {
+            seed = seed &* 1_664_525 &+ 1_013_904_223
+            bytes[i] = UInt8(truncatingIfNeeded: seed >> 24)
+        }
+        var page = 0
+        while page < count {
+            var h: [UInt8] = []
+            func le<T: FixedWidthInteger>(_ v: T) { withUnsafeBytes(of: v.littleEndian) { h.append(contentsOf: $0) } }
+            le(UInt16(0xD110))
+            le(UInt16(page == 0 ? 2 : 0))
+            le(UInt32(1))
+            le(size.startLSN(ofSegment: number).rawValue + UInt64(page))
+            le(UInt64(0))
+            if page == 0 {
+                le(systemIdentifier)
+                le(UInt32(size.bytes))
+                le(UInt32(8192))
+            }
+            for (i, b) in h.enumerated() where page + i < count { bytes[page + i] = b }
+            page += 8192
+        }
+        return bytes
+    }
+}
+
+final class TempSpool {
+    let root: String
+    let logger = Logger(label: "test", factory: { _ in SwiftLogNoOpLogHandler() })
+
+    init() {
+        root = NSTemporaryDirectory() + "walship-spool-test-\(UUID().uuidString)"
+    }
+
+    deinit { try? FileManager.default.removeItem(atPath: root) }
+
+    func open() throws -> (Spool, SystemSpool) {
+        let spool = try Spool(root: root, logger: logger)
+        return (spool, try spool.system(TestWAL.sysid, segmentSize: TestWAL.size))
+    }
+
+    var walDirectory: String { root + "/\(TestWAL.sysid)/wal" }
+
+    func files() throws -> [String] { try FileManager.default.contentsOfDirectory(atPath: walDirectory).sorted() }
+}
+
+func append(_ system: SystemSpool, _ bytes: [UInt8], at lsn: LSN, timeline: TimeLineID = 1) throws {
+    try bytes.withUnsafeBytes { try system.append(timeline: timeline, startLSN: lsn, bytes: $0) }
+}
+
+@Suite struct SpoolTests {
+    let size = TestWAL.size
+
+    @Test func completedSegmentIsOneLZ4FrameOfTheExactBytes() throws {
+        let temp = TempSpool()
+        let (_, system) = try temp.open()
+        let seg5 = TestWAL.segment(5)
+        let seg6 = TestWAL.segment(6, count: 100_000)
+        // One write crossing the segment boundary, as XLogData may.
+        try append(system, Array(seg5[0..<700_000]), at: size.startLSN(ofSegment: 5))
+        try append(system, Array(seg5[700_000...]) + seg6, at: size.startLSN(ofSegment: 5).advanced(by: 700_000))
+        let durable = try system.sync()
+        #expect(durable == size.startLSN(ofSegment: 6).advanced(by: 100_000))
+        #expect(try temp.files() == ["000000010000000000000005.lz4", "000000010000000000000006.partial"])
+        let frame = try Data(contentsOf: URL(fileURLWithPath: temp.walDirectory + "/000000010000000000000005.lz4"))
+        let restored = try Array(frame).withUnsafeBytes { try LZ4.decompressFrame($0, maxOutputBytes: 1 << 20) }
+        #expect(restored == seg5)
+        let partial = try PartialSegment.read(path: temp.walDirectory + "/000000010000000000000006.partial")
+        #expect(partial.wal == seg6)
+        #expect(!partial.hadTornTail)
+    }
+
+    @Test func reopeningResumesExactlyAtTheDurableEnd() throws {
+        let temp = TempSpool()
+        let seg = TestWAL.segment(2)
+        do {
+            let (_, system) = try temp.open()
+            try append(system, Array(seg[0..<300_000]), at: size.startLSN(ofSegment: 2))
+            try system.sync()
+        }
+        let (_, system) = try temp.open()
+        let resumed = system.position
+        #expect(resumed.durable == size.startLSN(ofSegment: 2).advanced(by: 300_000))
+        #expect(resumed.timeline == 1)
+        try append(system, Array(seg[300_000...]), at: resumed.durable)
+        try system.sync()
+        #expect(try temp.files() == ["000000010000000000000002.lz4"])
+    }
+
+    @Test func tornTailIsCutAndNeverServed() throws {
+        let temp = TempSpool()
+        let seg = TestWAL.segment(3)
+        let path = temp.walDirectory + "/000000010000000000000003.partial"
+        do {
+            let (_, system) = try temp.open()
+            try append(system, Array(seg[0..<200_000]), at: size.startLSN(ofSegment: 3))
+            try system.sync()
+            try append(system, Array(seg[200_000..<260_000]), at: size.startLSN(ofSegment: 3).advanced(by: 200_000))
+        }
+        // A crash mid-write: the last record's data is half garbage.
+        let journal = try PartialSegment.read(path: path)
+        let handle = try #require(FileHandle(forUpdatingAtPath: path))
+        handle.seek(toFileOffset: UInt64(journal.journalLength - 1000))
+        handle.write(Data(repeating: 0xAB, count: 500))
+        handle.closeFile()
+
+        let (_, system) = try temp.open()
+        #expect(system.position.durable == size.startLSN(ofSegment: 3).advanced(by: 200_000))
+        let recovered = try PartialSegment.read(path: path)
+        #expect(recovered.wal == Array(seg[0..<200_000]))
+        #expect(!recovered.hadTornTail)  // the cut tail was zeroed on disk
+        try append(system, Array(seg[200_000...]), at: system.position.durable)
+        try system.sync()
+        let frame = try Data(contentsOf: URL(fileURLWithPath: temp.walDirectory + "/000000010000000000000003.lz4"))
+        #expect(try Array(frame).withUnsafeBytes { try LZ4.decompressFrame($0, maxOutputBytes: 1 << 20) } == seg)
+    }
+
+    @Test func crashLeftoversAreResolved() throws {
+        let temp = TempSpool()
+        let seg = TestWAL.segment(7)
+        do {
+            let (_, system) = try temp.open()
+            try append(system, seg, at: size.startLSN(ofSegment: 7))
+            try system.sync()
+        }
+        // Crash after the .lz4 rename but before the journal was removed, plus a temp file of an unfinished write.
+        let header = PartialSegment.Header(systemIdentifier: TestWAL.sysid,
+                                           segment: SegmentName(timeline: 1, number: 7, segmentSize: size))
+        _ = try PartialSegmentWriter(creating: temp.walDirectory + "/000000010000000000000007.partial", header: header,
+                                     directory: temp.walDirectory)
+        FileManager.default.createFile(atPath: temp.walDirectory + "/000000010000000000000008.lz4.tmp", contents: Data([1, 2, 3]))
+        let (_, system) = try temp.open()
+        #expect(try temp.files() == ["000000010000000000000007.lz4"])
+        #expect(system.position.durable == size.startLSN(ofSegment: 8))
+    }
+
+    @Test func fullJournalWithoutItsLZ4IsFinishedOnStart() throws {
+        let temp = TempSpool()
+        let seg = TestWAL.segment(9)
+        try FileManager.default.createDirectory(atPath: temp.walDirectory, withIntermediateDirectories: true)
+        let header = PartialSegment.Header(systemIdentifier: TestWAL.sysid,
+                                           segment: SegmentName(timeline: 1, number: 9, segmentSize: size))
+        let writer = try PartialSegmentWriter(creating: temp.walDirectory + "/000000010000000000000009.partial",
+                                              header: header, directory: temp.walDirectory)
+        try seg.withUnsafeBytes { try writer.append(offset: 0, $0) }
+        try writer.sync()
+        let (_, system) = try temp.open()
+        #expect(try temp.files() == ["000000010000000000000009.lz4"])
+        #expect(system.position.durable == size.startLSN(ofSegment: 10))
+    }
+
+    @Test func invalidWALIsRefusedAndNothingIsStored() throws {
+        let temp = TempSpool()
+        let (_, system) = try temp.open()
+        let foreign = TestWAL.segment(4, count: 50_000, systemIdentifier: 42)
+        #expect(throws: SpoolError.self) { try append(system, foreign, at: size.startLSN(ofSegment: 4)) }
+        // Good bytes, then a page whose address is wrong: the good part stays, the bad page never lands.
+        var seg = TestWAL.segment(4, count: 40_000)
+        try append(system, Array(seg[0..<16_384]), at: size.startLSN(ofSegment: 4))
+        seg[16_384 + 8] ^= 0x40
+        do {
+            try append(system, Array(seg[16_384...]), at: size.startLSN(ofSegment: 4).advanced(by: 16_384))
+            Issue.record("corrupt page accepted")
+        } catch let error as SpoolError {
+            #expect(error.kind == .invalidWAL)
+            #expect(error.message.contains("claims address"))
+        }
+        try system.sync()
+        #expect(system.position.durable == size.startLSN(ofSegment: 4).advanced(by: 16_384))
+        let stored = try PartialSegment.read(path: temp.walDirectory + "/000000010000000000000004.partial")
+        #expect(stored.wal.count == 16_384)
+    }
+
+    @Test func gapsAndMisalignedStartsAreRefused() throws {
+        let temp = TempSpool()
+        let (_, system) = try temp.open()
+        let seg = TestWAL.segment(1, count: 30_000)
+        #expect(throws: SpoolError.self) { try append(system, Array(seg[100...]), at: size.startLSN(ofSegment: 1).advanced(by: 100)) }
+        try append(system, Array(seg[0..<10_000]), at: size.startLSN(ofSegment: 1))
+        do {
+            try append(system, Array(seg[12_000...]), at: size.startLSN(ofSegment: 1).advanced(by: 12_000))
+            Issue.record("gap accepted")
+        } catch let error as SpoolError {
+            #expect(error.kind == .notContiguous)
+        }
+        #expect(system.position.written == size.startLSN(ofSegment: 1).advanced(by: 10_000))
+    }
+
+    @Test func oneReceiverPerSpool() throws {
+        let temp = TempSpool()
+        let (first, _) = try temp.open()
+        do {
+            _ = try Spool(root: temp.root, logger: temp.logger)
+            Issue.record("second spool opened")
+        } catch let error as SpoolError {
+            #expect(error.kind == .locked)
+        }
+        withExtendedLifetime(first) {}
+    }
+
+    @Test func historyFilesAreStoredOnceAndChecked() throws {
+        let temp = TempSpool()
+        let (_, system) = try temp.open()
+        let history = Array("1\t0/5000060\tno recovery target specified\n".utf8)
+        try system.storeHistory(timeline: 2, content: history)
+        try system.storeHistory(timeline: 2, content: history)
+        #expect(throws: SpoolError.self) { try system.storeHistory(timeline: 2, content: Array("1\t0/6000000\tother\n".utf8)) }
+        #expect(throws: SpoolError.self) { try system.storeHistory(timeline: 3, content: Array("garbage".utf8)) }
+        #expect(try Data(contentsOf: URL(fileURLWithPath: temp.walDirectory + "/00000002.history")) == Data(history))
+    }
+}
