@@ -164,10 +164,15 @@ struct ShipPathTests {
         #expect(missing.status != 0)
         #expect(missing.error.contains("does not exist") && missing.error.contains("--create-slot"), "\(missing.error)")
 
-        let badConninfo = try run(IT.walshipBinary, ["send", "--source", "host=127.0.0.1 port=", "--to", "127.0.0.1:1",
+        let badConninfo = try run(IT.walshipBinary, ["send", "--source", "host=127.0.0.1 nonsense", "--to", "127.0.0.1:1",
                                                      "--slot", "x", "--insecure"], timeout: 30, check: false)
         #expect(badConninfo.status != 0)
-        #expect(badConninfo.error.contains("hint"), "\(badConninfo.error)")
+        #expect(badConninfo.error.contains("invalid connection string") && badConninfo.error.contains("hint"), "\(badConninfo.error)")
+
+        let unreachable = try run(IT.walshipBinary, ["send", "--source", "host=127.0.0.1 port=\(IT.freePort()) user=postgres",
+                                                     "--to", "127.0.0.1:1", "--slot", "x", "--insecure"], timeout: 60, check: false)
+        #expect(unreachable.status != 0)
+        #expect(unreachable.error.contains("could not connect") && unreachable.error.contains("hint"), "\(unreachable.error)")
 
         let plaintext = try run(IT.walshipBinary, base.filter { $0 != "--insecure" } + ["--slot", "x"], timeout: 30, check: false)
         #expect(plaintext.status != 0)

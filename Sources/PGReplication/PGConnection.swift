@@ -50,10 +50,9 @@ public final class PGConnection {
         }
         guard let connection else { throw PostgresError("libpq could not allocate a connection") }
         conn = connection
+        // All stored properties are set, so deinit (PQfinish) runs when this throws.
         guard PQstatus(conn) == CONNECTION_OK else {
-            let message = Self.lastError(conn)
-            PQfinish(conn)
-            throw PostgresError("could not connect to \(conninfo): \(message)", connectionLost: true)
+            throw PostgresError("could not connect to \(conninfo): \(Self.lastError(conn))", connectionLost: true)
         }
     }
 

@@ -75,12 +75,11 @@ public final class Sender: Sendable {
 
     private func streamWithRetries() async throws {
         var backoff = Duration.seconds(1)
-        var everStreamed = false
+        var everConnected = false
         while true {
             try Task.checkCancellation()
             do {
-                try await streamOnce {
-                    everStreamed = true
+                try await streamOnce(onConnected: { everConnected = true }) {
                     backoff = .seconds(1)
                 }
             } catch let error as SenderFatalError {
@@ -88,9 +87,10 @@ public final class Sender: Sendable {
                 throw error
             } catch is CancellationError {
                 throw CancellationError()
-            } catch let error as PostgresError where !everStreamed && Self.isConfigurationError(error) {
-                // At start-up a refused login or missing privilege is a set-up mistake: say so and stop.
-                let fatal = SenderFatalError("\(error.message) (hint: check the --source conninfo, the role's REPLICATION attribute and pg_hba.conf's 'replication' lines)")
+            } catch let error as PostgresError where !everConnected && (error.connectionLost || Self.isConfigurationError(error)) {
+                // At start-up an unreachable source, a refused login or a missing privilege is a set-up
+                // mistake: say so and stop. Once connected, the same failures mean a restart: retry.
+                let fatal = SenderFatalError("\(error.message) (hint: check that PostgreSQL is running and reachable with the --source conninfo, that the role has the REPLICATION attribute, and that pg_hba.conf has a 'replication' line for it)")
                 setState("failed", error: fatal.description)
                 throw fatal
             } catch {
@@ -112,10 +112,10 @@ public final class Sender: Sendable {
     }
 
     /// One session: connect to the primary and the receiver, agree on a start, stream until something fails.
-    private func streamOnce(onStreaming: () -> Void) async throws {
+    private func streamOnce(onConnected: () -> Void, onStreaming: () -> Void) async throws {
         let session = ReplicationSession(conninfo: config.source, logger: logger)
         do {
-            try await streamSession(session, onStreaming: onStreaming)
+            try await streamSession(session, onConnected: onConnected, onStreaming: onStreaming)
             await session.close()
         } catch {
             await session.close()
@@ -123,9 +123,10 @@ public final class Sender: Sendable {
         }
     }
 
-    private func streamSession(_ session: ReplicationSession, onStreaming: () -> Void) async throws {
+    private func streamSession(_ session: ReplicationSession, onConnected: () -> Void, onStreaming: () -> Void) async throws {
         setState("connecting to primary")
         let identity = try await session.connect(applicationName: config.applicationName)
+        onConnected()
         guard identity.serverVersion / 10000 == 15 else {
             throw SenderFatalError("the primary runs PostgreSQL \(identity.serverVersion / 10000); this walship supports PostgreSQL 15")
         }

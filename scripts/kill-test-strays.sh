@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Stops anything an interrupted test run may have left: postmasters of test clusters and walship processes
+# started from this checkout's debug build. Normal runs clean up after themselves; this is the safety net.
+pkill -9 -f 'postgres -D /tmp/walship-it-' 2>/dev/null || true
+pkill -9 -f "$(pwd)/.build/debug/walship" 2>/dev/null || true
+rm -rf /tmp/walship-it-* 2>/dev/null || true
+exit 0
