@@ -10,6 +10,7 @@ struct ShipTopology {
     let receiverPort = IT.freePort()
     let receiverStatusPort = IT.freePort()
     let senderStatusPort = IT.freePort()
+    let systemIdentifier: String
     var receiver: Daemon?
     var sender: Daemon?
     var senderArguments: [String] = []
@@ -22,23 +23,24 @@ struct ShipTopology {
         settings.merge(primarySettings) { $1 }
         primary = try fixture.cluster("primary", settings: settings)
         try primary.start()
+        systemIdentifier = try primary.sql("SELECT system_identifier FROM pg_control_system()")
     }
 
-    mutating func startReceiver() throws {
+    mutating func startReceiver(linkTimeout: Int = 10) throws {
         receiver = try fixture.walship("receiver", [
             "receive", "--listen", "127.0.0.1:\(receiverPort)", "--spool", spool, "--insecure",
-            "--status-listen", "127.0.0.1:\(receiverStatusPort)", "--link-timeout", "10",
+            "--status-listen", "127.0.0.1:\(receiverStatusPort)", "--link-timeout", "\(linkTimeout)",
         ])
         try waitUntil("the receiver's status endpoint", timeout: 30) {
             (((try? fetchStatus(port: receiverStatusPort)) != nil), receiver!.log)
         }
     }
 
-    mutating func startSender(extra: [String] = []) throws {
+    mutating func startSender(extra: [String] = [], slot: String = "walship_it") throws {
         senderArguments = [
-            "send", "--source", primary.conninfo, "--to", "127.0.0.1:\(receiverPort)", "--slot", "walship_it",
+            "send", "--source", primary.conninfo, "--to", "127.0.0.1:\(receiverPort)", "--slot", slot,
             "--create-slot", "--insecure", "--status-listen", "127.0.0.1:\(senderStatusPort)", "--link-timeout", "10",
-            "--retry-max-seconds", "2",
+            "--retry-max-seconds", "2", "--slot-check-interval", "2",
         ] + extra
         sender = try fixture.walship("sender", senderArguments)
         try waitUntilStreaming()
@@ -51,19 +53,19 @@ struct ShipTopology {
         }
     }
 
-    /// The receiver's durable end for the only system in the spool.
+
+    /// The receiver's durable end for this primary's system.
     func durable() throws -> UInt64 {
         let status = try fetchStatus(port: receiverStatusPort)
-        guard let systems = status["systems"] as? [[String: Any]], let first = systems.first,
-            let text = first["durableLSN"] as? String, let value = lsn(text)
+        let id = systemIdentifier
+        guard let systems = status["systems"] as? [[String: Any]],
+            let mine = systems.first(where: { $0["systemIdentifier"] as? String == id }),
+            let text = mine["durableLSN"] as? String, let value = lsn(text)
         else { return 0 }
         return value
     }
 
-    var walDirectory: String {
-        let systems = (try? FileManager.default.contentsOfDirectory(atPath: spool))?.filter { UInt64($0) != nil } ?? []
-        return spool + "/" + (systems.first ?? "none") + "/wal"
-    }
+    var walDirectory: String { spool + "/" + systemIdentifier + "/wal" }
 
     /// Switches WAL and waits until the switched segment is completed in the spool; returns its name.
     @discardableResult
@@ -146,6 +148,11 @@ struct ShipPathTests {
         #expect(wal > 0 && wire < wal / 2, "wire \(wire) vs WAL \(wal)")
         // Status never carries secrets or the password key.
         #expect(!(status["source"] as? String ?? "").contains("password"))
+        // The slot's retention on the primary is exposed.
+        try waitUntil("the slot's retention in the sender's status", timeout: 30) {
+            let slot = (try fetchStatus(port: topology.senderStatusPort))["slot"] as? [String: Any]
+            return (slot?["walStatus"] as? String == "reserved" && slot?["retainedBytes"] != nil, "\(slot ?? [:])")
+        }
     }
 
     @Test func slotProblemsAreClearErrors() throws {
@@ -256,5 +263,100 @@ struct ShipPathTests {
         }
         #expect(blocked.exitStatus == 0)
         #expect(try topology.primary.sql("SELECT count(*) FROM acknowledged") == "21")
+    }
+
+    @Test func primaryRestartAndIdlePeriodsKeepTheStreamHealthy() throws {
+        let fixture = try Fixture("ship-restart")
+        defer { fixture.tearDown() }
+        var topology = try ShipTopology(fixture, primarySettings: ["wal_sender_timeout": "'3s'"])
+        try topology.startReceiver()
+        try topology.startSender()
+        let pid = try topology.primary.sql("SELECT pid FROM pg_stat_replication WHERE application_name = 'walship'")
+        #expect(!pid.isEmpty)
+        // Idle for more than twice wal_sender_timeout: the walsender must never time us out.
+        let idleUntil = Date().addingTimeInterval(7)
+        while Date() < idleUntil {
+            let now = try topology.primary.sql("SELECT pid FROM pg_stat_replication WHERE application_name = 'walship'")
+            #expect(now == pid, "the walsender was replaced while idle: \(topology.sender!.log.suffix(800))")
+            if now != pid { break }
+            usleep(200_000)
+        }
+        #expect(!topology.primary.dataDirectory.isEmpty)
+        try topology.primary.sql("CREATE TABLE before_restart AS SELECT generate_series(1, 10000) AS id")
+        try topology.primary.restart()
+        try waitUntil("the sender to stream again after the primary's restart", timeout: 90) {
+            let count = try topology.primary.sql("SELECT count(*) FROM pg_stat_replication WHERE application_name = 'walship' AND state = 'streaming'")
+            return (count == "1", topology.sender!.log.suffix(800).description)
+        }
+        try topology.primary.sql("CREATE TABLE after_restart AS SELECT generate_series(1, 10000) AS id")
+        let last = try topology.switchAndWait()
+        #expect(try topology.verifySpool(through: last) >= 1)
+    }
+
+    @Test func invalidatedSlotStopsTheSenderWithReseedAdvice() throws {
+        let fixture = try Fixture("ship-invalidated")
+        defer { fixture.tearDown() }
+        var topology = try ShipTopology(fixture, primarySettings: ["max_slot_wal_keep_size": "'16MB'"])
+        try topology.startReceiver()
+        try topology.startSender()
+        try topology.switchAndWait()
+        topology.receiver!.kill9()
+        // With the DR site away, the primary writes far more than max_slot_wal_keep_size.
+        try waitUntil("the slot to be invalidated", timeout: 120) {
+            try topology.primary.sql("CREATE TABLE IF NOT EXISTS filler (x text); INSERT INTO filler SELECT repeat('x', 1000) FROM generate_series(1, 20000)")
+            try topology.primary.sql("SELECT pg_switch_wal()")
+            try topology.primary.sql("CHECKPOINT")
+            let status = try topology.primary.sql("SELECT wal_status FROM pg_replication_slots WHERE slot_name = 'walship_it'")
+            return (status == "lost", status)
+        }
+        try waitUntil("the sender to stop", timeout: 60) { (!topology.sender!.isRunning, topology.sender!.log.suffix(800).description) }
+        #expect(topology.sender!.exitStatus != 0)
+        #expect(topology.sender!.log.contains("re-seed"), "\(topology.sender!.log.suffix(1500))")
+    }
+
+    @Test func oneReceiverServesSeveralSystemsAndReplacesOnlyADeadLink() throws {
+        let fixture = try Fixture("ship-systems")
+        defer { fixture.tearDown() }
+        var a = try ShipTopology(fixture)
+        try a.startReceiver(linkTimeout: 5)
+        try a.startSender(slot: "sender_a1")
+        let other = try fixture.cluster("other")
+        try other.start()
+        let otherStatus = IT.freePort()
+        let senderB = try fixture.walship("sender-other", [
+            "send", "--source", other.conninfo, "--to", "127.0.0.1:\(a.receiverPort)", "--slot", "sender_b", "--create-slot",
+            "--insecure", "--status-listen", "127.0.0.1:\(otherStatus)", "--retry-max-seconds", "2",
+        ])
+        try waitUntil("the second system to stream", timeout: 60) {
+            ((try? fetchStatus(port: otherStatus))?["state"] as? String == "streaming", senderB.log.suffix(800).description)
+        }
+        let systemA = try a.primary.sql("SELECT system_identifier FROM pg_control_system()")
+        let systemB = try other.sql("SELECT system_identifier FROM pg_control_system()")
+        #expect(systemA != systemB)
+        try a.switchAndWait()
+        let segmentB = try other.sql("SELECT pg_walfile_name(pg_switch_wal())")
+        try waitUntil("the second system's segment in its own directory", timeout: 60) {
+            (FileManager.default.fileExists(atPath: a.spool + "/\(systemB)/wal/\(segmentB).lz4"), "")
+        }
+
+        // A second sender for system A is refused while the first is alive...
+        let a2Status = IT.freePort()
+        let a2 = try fixture.walship("sender-a2", [
+            "send", "--source", a.primary.conninfo, "--to", "127.0.0.1:\(a.receiverPort)", "--slot", "sender_a2", "--create-slot",
+            "--insecure", "--status-listen", "127.0.0.1:\(a2Status)", "--retry-max-seconds", "2",
+        ])
+        try waitUntil("the duplicate sender to be refused", timeout: 30) {
+            (a2.log.contains("already streaming"), a2.log.suffix(800).description)
+        }
+        #expect(a.sender!.isRunning)
+        // ...and accepted once the first has been silent past the link timeout (stopped, socket still open).
+        a.sender!.child.signal(SIGSTOP)
+        defer { a.sender!.child.signal(SIGCONT) }
+        try waitUntil("the duplicate sender to take over the dead link", timeout: 60) {
+            ((try? fetchStatus(port: a2Status))?["state"] as? String == "streaming", a2.log.suffix(800).description)
+        }
+        try a.primary.sql("CREATE TABLE after_takeover AS SELECT generate_series(1, 50000) AS id")
+        let last = try a.switchAndWait()
+        #expect(try a.verifySpool(through: last) >= 2)
     }
 }

@@ -240,6 +240,12 @@ final class Cluster {
         running = true
     }
 
+    /// A clean restart (`-m fast`), as a DBA's maintenance would do.
+    func restart() throws {
+        try run(bin + "/pg_ctl", ["-D", dataDirectory, "-l", dataDirectory + "/server.log", "-m", "fast", "-w", "-t", "60",
+                                  "restart"], asPostgres: true, timeout: 120)
+    }
+
     /// Stops immediately (crash-like); safe to call twice.
     func stopImmediately() {
         guard running || FileManager.default.fileExists(atPath: dataDirectory + "/postmaster.pid") else { return }

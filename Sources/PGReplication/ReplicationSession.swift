@@ -123,23 +123,47 @@ public final class StreamGate: NIOAsyncSequenceProducerDelegate, Sendable {
     }
 }
 
-/// A replication connection to the primary, owned by its own thread: every libpq call runs there.
-public final class ReplicationSession: @unchecked Sendable {
-    // Only touched inside `thread` closures.
+/// One libpq connection and the only thread allowed to touch it (libpq connections are not thread-safe).
+final class ConnectionThread: @unchecked Sendable {
+    // Only touched inside `thread` closures: that is the invariant that makes this class Sendable.
     private var connection: PGConnection?
     private let thread = NIOThreadPool(numberOfThreads: 1)
+
+    init() { thread.start() }
+
+    /// Runs `body` on the connection's thread with the connection slot (nil until someone connects).
+    func run<T: Sendable>(_ body: @escaping @Sendable (inout PGConnection?) throws -> T) async throws -> T {
+        try await thread.runIfActive { try body(&self.connection) }
+    }
+
+    /// Closes the connection and ends the thread.
+    func close() async {
+        _ = try? await run { $0 = nil }
+        try? await thread.shutdownGracefully()
+    }
+}
+
+extension Optional where Wrapped == PGConnection {
+    func required() throws -> PGConnection {
+        guard let self else { throw PostgresError("not connected to the primary") }
+        return self
+    }
+}
+
+/// A replication connection to the primary, owned by its own thread: every libpq call runs there.
+public final class ReplicationSession: Sendable {
+    private let owner = ConnectionThread()
     private let logger: Logger
     public let conninfo: Conninfo
 
     public init(conninfo: Conninfo, logger: Logger) {
         self.conninfo = conninfo
         self.logger = logger
-        thread.start()
     }
 
     /// Connects as a physical walsender client and identifies the system.
     public func connect(applicationName: String?) async throws -> SystemIdentity {
-        try await thread.runIfActive { [self] in
+        try await owner.run { [conninfo] connection in
             let conn = try PGConnection(conninfo, replication: true, applicationName: applicationName)
             connection = conn
             let rows = try conn.query("IDENTIFY_SYSTEM")
@@ -157,10 +181,10 @@ public final class ReplicationSession: @unchecked Sendable {
 
     /// READ_REPLICATION_SLOT; nil when the slot does not exist. A logical slot is refused with a clear error.
     public func readSlot(_ name: String) async throws -> SlotInfo? {
-        try await thread.runIfActive { [self] in
+        try await owner.run { connection in
             let rows: [[String?]]
             do {
-                rows = try requireConnection().query("READ_REPLICATION_SLOT \(quoteIdentifier(name))")
+                rows = try connection.required().query("READ_REPLICATION_SLOT \(quoteIdentifier(name))")
             } catch let error as PostgresError where error.message.contains("logical") {
                 throw WrongSlotTypeError(slot: name, type: "logical")
             }
@@ -173,15 +197,15 @@ public final class ReplicationSession: @unchecked Sendable {
 
     /// Creates a physical slot that reserves WAL immediately.
     public func createSlot(_ name: String) async throws {
-        try await thread.runIfActive { [self] in
-            _ = try requireConnection().query("CREATE_REPLICATION_SLOT \(quoteIdentifier(name)) PHYSICAL RESERVE_WAL")
+        try await owner.run { connection in
+            _ = try connection.required().query("CREATE_REPLICATION_SLOT \(quoteIdentifier(name)) PHYSICAL RESERVE_WAL")
         }
     }
 
     /// TIMELINE_HISTORY for `timeline`: the file name and its raw content.
     public func timelineHistory(_ timeline: TimeLineID) async throws -> (name: String, content: [UInt8]) {
-        try await thread.runIfActive { [self] in
-            let rows = try requireConnection().query("TIMELINE_HISTORY \(timeline)")
+        try await owner.run { connection in
+            let rows = try connection.required().query("TIMELINE_HISTORY \(timeline)")
             guard rows.count == 1, rows[0].count == 2, let name = rows[0][0], let content = rows[0][1] else {
                 throw PostgresError("TIMELINE_HISTORY \(timeline) returned an unexpected result")
             }
@@ -194,9 +218,9 @@ public final class ReplicationSession: @unchecked Sendable {
     public func stream(slot: String?, start: LSN, timeline: TimeLineID, gate: StreamGate,
                        source: StreamEvents.Source, statusInterval: Duration = .seconds(10)) async throws {
         try await withTaskCancellationHandler {
-            try await thread.runIfActive { [self] in
+            try await owner.run { [logger] connection in
                 do {
-                    var loop = try StreamLoop(connection: requireConnection(), gate: gate, source: source, logger: logger,
+                    var loop = try StreamLoop(connection: connection.required(), gate: gate, source: source, logger: logger,
                                               statusInterval: statusInterval, expectedStart: start)
                     let slotClause = slot.map { "SLOT \(quoteIdentifier($0)) " } ?? ""
                     try loop.connection.startCopyBoth("START_REPLICATION \(slotClause)PHYSICAL \(start) TIMELINE \(timeline)")
@@ -213,15 +237,7 @@ public final class ReplicationSession: @unchecked Sendable {
     }
 
     /// Closes the connection and ends the thread.
-    public func close() async {
-        _ = try? await thread.runIfActive { [self] in connection = nil }
-        try? await thread.shutdownGracefully()
-    }
-
-    private func requireConnection() throws -> PGConnection {
-        guard let connection else { throw PostgresError("not connected to the primary") }
-        return connection
-    }
+    public func close() async { await owner.close() }
 }
 
 /// The slot exists but is not a physical slot; retrying cannot help.

@@ -1,22 +1,17 @@
-import NIOPosix
-
 /// An ordinary (non-replication) connection for monitoring queries, on its own thread.
 /// Connects lazily and reconnects after a failure.
-public final class SQLSession: @unchecked Sendable {
-    // Only touched inside `thread` closures.
-    private var connection: PGConnection?
-    private let thread = NIOThreadPool(numberOfThreads: 1)
+public final class SQLSession: Sendable {
+    private let owner = ConnectionThread()
     private let conninfo: Conninfo
     private let applicationName: String
 
     public init(conninfo: Conninfo, applicationName: String) {
         self.conninfo = conninfo
         self.applicationName = applicationName
-        thread.start()
     }
 
     public func query(_ sql: String, _ parameters: [String] = []) async throws -> [[String?]] {
-        try await thread.runIfActive { [self] in
+        try await owner.run { [conninfo, applicationName] connection in
             if connection == nil || !(connection!.isConnected) {
                 connection = try PGConnection(conninfo, replication: false, applicationName: applicationName)
             }
@@ -29,8 +24,5 @@ public final class SQLSession: @unchecked Sendable {
         }
     }
 
-    public func close() async {
-        _ = try? await thread.runIfActive { [self] in connection = nil }
-        try? await thread.shutdownGracefully()
-    }
+    public func close() async { await owner.close() }
 }

@@ -7,7 +7,7 @@ public enum LZ4 {
     public static func compressBlock(_ input: ByteBuffer, allocator: ByteBufferAllocator = ByteBufferAllocator()) -> ByteBuffer {
         let bound = Int(LZ4_compressBound(Int32(input.readableBytes)))
         var out = allocator.buffer(capacity: bound)
-        input.withUnsafeReadableBytes { src in
+        _ = input.withUnsafeReadableBytes { src in
             out.writeWithUnsafeMutableBytes(minimumWritableBytes: bound) { dst in
                 Int(LZ4_compress_default(src.baseAddress?.assumingMemoryBound(to: CChar.self),
                                          dst.baseAddress!.assumingMemoryBound(to: CChar.self),
@@ -22,7 +22,7 @@ public enum LZ4 {
                                        allocator: ByteBufferAllocator = ByteBufferAllocator()) -> ByteBuffer? {
         var out = allocator.buffer(capacity: uncompressedLength)
         var ok = false
-        input.withUnsafeReadableBytes { src in
+        _ = input.withUnsafeReadableBytes { src in
             out.writeWithUnsafeMutableBytes(minimumWritableBytes: uncompressedLength) { dst in
                 let n = LZ4_decompress_safe(src.baseAddress?.assumingMemoryBound(to: CChar.self),
                                             dst.baseAddress!.assumingMemoryBound(to: CChar.self),

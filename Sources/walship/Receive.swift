@@ -48,21 +48,10 @@ struct Receive: AsyncParsableCommand {
         var configuration = ReceiverConfiguration(listenHost: endpoint.host, listenPort: endpoint.port, spoolRoot: root,
                                                   name: ProcessInfo.processInfo.hostName)
         configuration.linkTimeout = .seconds(linkTimeout)
-        do {
-            let receiver = try Receiver(configuration: configuration, logger: logger)
-            try await withThrowingTaskGroup(of: Void.self) { group in
-                group.addTask { try await receiver.run() }
-                if let statusListen {
-                    let status = try parseEndpoint(statusListen, option: "--status-listen")
-                    group.addTask {
-                        try await StatusServer(host: status.host, port: status.port, logger: logger) { receiver.status }.run()
-                    }
-                }
-                try await group.next()
-                group.cancelAll()
-            }
-        } catch {
-            throw fail("receive", error)
+        let receiver: Receiver
+        do { receiver = try Receiver(configuration: configuration, logger: logger) } catch { throw fail("receive", error) }
+        try await runService("receive", statusListen: statusListen, logger: logger, status: { receiver.status }) {
+            try await receiver.run()
         }
     }
 }

@@ -30,7 +30,7 @@ struct Send: AsyncParsableCommand {
     @Option(help: "Name this sender shows in pg_stat_replication; what synchronous_standby_names must name for --sync.")
     var applicationName = "walship"
 
-    @Flag(help: "Synchronous mode: the DR site fsyncs each batch at once so the primary's commits can wait for it.")
+    @Flag(help: "Synchronous mode: checks that the primary's synchronous_standby_names names --application-name (so commits wait until their WAL is fsynced at the DR site) and warns if not.")
     var sync = false
 
     @Flag(help: "Ship without TLS (plaintext). Required on both ends for plaintext links; use only on a trusted network.")
@@ -76,20 +76,8 @@ struct Send: AsyncParsableCommand {
         configuration.slotCheckInterval = .seconds(max(1, slotCheckInterval))
         configuration.maxBackoff = .seconds(max(1, retryMaxSeconds))
         let sender = Sender(configuration: configuration, logger: logger)
-        do {
-            try await withThrowingTaskGroup(of: Void.self) { group in
-                group.addTask { try await sender.run() }
-                if let statusListen {
-                    let endpoint = try parseEndpoint(statusListen, option: "--status-listen")
-                    group.addTask {
-                        try await StatusServer(host: endpoint.host, port: endpoint.port, logger: logger) { sender.status }.run()
-                    }
-                }
-                try await group.next()
-                group.cancelAll()
-            }
-        } catch {
-            throw fail("send", error)
+        try await runService("send", statusListen: statusListen, logger: logger, status: { sender.status }) {
+            try await sender.run()
         }
     }
 }

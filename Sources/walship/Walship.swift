@@ -39,6 +39,25 @@ func fail(_ command: String, _ error: any Error) -> ExitCode {
     return ExitCode(1)
 }
 
+/// Runs a command's main service, and the status endpoint beside it when `--status-listen` is given;
+/// the first to fail ends both, reported as one clear line.
+func runService(_ command: String, statusListen: String?, logger: Logger, status: @escaping @Sendable () -> any Encodable & Sendable,
+                _ service: @escaping @Sendable () async throws -> Void) async throws {
+    do {
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask { try await service() }
+            if let statusListen {
+                let endpoint = try parseEndpoint(statusListen, option: "--status-listen")
+                group.addTask { try await StatusServer(host: endpoint.host, port: endpoint.port, logger: logger, status: status).run() }
+            }
+            try await group.next()
+            group.cancelAll()
+        }
+    } catch {
+        throw fail(command, error)
+    }
+}
+
 func parseEndpoint(_ text: String, option: String) throws -> (host: String, port: Int) {
     guard let endpoint = Monitor.parseHostPort(text) else {
         throw ValidationError("\(option) expects HOST:PORT (for example 127.0.0.1:5433), got \"\(text)\"")
