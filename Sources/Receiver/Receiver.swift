@@ -31,21 +31,16 @@ public final class Receiver: Sendable {
     let config: ReceiverConfiguration
     let logger: Logger
     public let spool: Spool
-    private let links = Mutex<[UInt64: ActiveLink]>([:])
+    private let links: Mutex<StreamLinkRegistry<Channel>>
+    private let linkDetails = Mutex<[Int: LinkDetails]>([:])
     private let writers = Mutex<[UInt64: NIOThreadPool]>([:])
     private let primaries = Mutex<[UInt64: PrimaryProgress]>([:])
     private let nextLinkID = Atomic<Int>(1)
     /// The address actually bound (differs from the configuration when port 0 was asked for).
     public let boundAddress = Mutex<SocketAddress?>(nil)
 
-    struct ActiveLink {
-        var id: Int
-        var peer: String
-        var senderName: String
-        var synchronous: Bool
-        var channel: Channel
+    struct LinkDetails {
         var connectedAt: Date
-        var lastFrame: ContinuousClock.Instant
     }
 
     struct PrimaryProgress {
@@ -57,6 +52,7 @@ public final class Receiver: Sendable {
     public init(configuration: ReceiverConfiguration, logger: Logger) throws {
         self.config = configuration
         self.logger = logger
+        self.links = Mutex(StreamLinkRegistry(timeout: configuration.linkTimeout))
         self.spool = try Spool(root: configuration.spoolRoot, logger: logger)
         try spool.openExistingSystems()
     }
@@ -131,14 +127,10 @@ public final class Receiver: Sendable {
     private func serve(hello: Hello, peer: String, channel: Channel,
                        iterator: NIOAsyncChannelInboundStream<ShipMessage>.AsyncIterator,
                        outbound: NIOAsyncChannelOutboundWriter<ShipMessage>, logger: Logger) async throws {
-        guard hello.protocolVersion == shipProtocolVersion else {
-            throw Refusal(code: .unsupportedVersion, message: "the receiver speaks ship protocol version \(shipProtocolVersion), the sender \(hello.protocolVersion); run the same walship release at both sites")
-        }
-        guard let segmentSize = WALSegmentSize(bytes: UInt64(hello.walSegmentSize)) else {
-            throw Refusal(code: .wrongSegmentSize, message: "invalid WAL segment size \(hello.walSegmentSize)")
-        }
-        guard hello.role == .stream else {
-            throw Refusal(code: .protocolViolation, message: "link role \(hello.role) is not supported by this receiver")
+        let segmentSize: WALSegmentSize
+        switch ReceiverHandshake.validate(hello) {
+        case .success(let size): segmentSize = size
+        case .failure(let refusal): throw refusal
         }
         let system: SystemSpool
         do {
@@ -252,27 +244,15 @@ public final class Receiver: Sendable {
 
     // MARK: - Link registry
 
-    /// One streaming link per system. A newcomer replaces the current link only once that link has been
-    /// silent past the link timeout (proven dead); otherwise it is refused.
     private func claim(hello: Hello, peer: String, channel: Channel, logger: Logger) throws -> Int {
         let id = nextLinkID.wrappingAdd(1, ordering: .relaxed).oldValue
-        let now = ContinuousClock.now
-        let outcome: Result<Channel?, Refusal> = links.withLock { links in
-            if let existing = links[hello.systemIdentifier] {
-                let silence = now - existing.lastFrame
-                if silence < config.linkTimeout {
-                    return .failure(Refusal(code: .streamAlreadyActive, message: "system \(hello.systemIdentifier) is already streaming from \(existing.peer) (last frame \(silence.components.seconds) s ago); a new link is accepted once that one has been silent for \(config.linkTimeout.components.seconds) s"))
-                }
-            }
-            let stale = links[hello.systemIdentifier]?.channel
-            links[hello.systemIdentifier] = ActiveLink(id: id, peer: peer, senderName: hello.senderName,
-                                                       synchronous: hello.synchronous, channel: channel,
-                                                       connectedAt: Date(), lastFrame: now)
-            return .success(stale)
-        }
-        switch outcome {
-        case .failure(let refusal): throw refusal
-        case .success(let stale):
+        let link = StreamLinkRegistry<Channel>.Link(id: id, peer: peer, senderName: hello.senderName,
+                                                     synchronous: hello.synchronous, handle: channel, lastFrame: .now)
+        switch links.withLock({ $0.claim(system: hello.systemIdentifier, link: link, now: .now) }) {
+        case .refused(let refusal):
+            throw refusal
+        case .accepted(let stale):
+            linkDetails.withLock { $0[id] = LinkDetails(connectedAt: Date()) }
             if let stale {
                 logger.warning("replacing a silent link that exceeded the link timeout")
                 stale.close(promise: nil)
@@ -282,16 +262,13 @@ public final class Receiver: Sendable {
     }
 
     private func release(system: UInt64, linkID: Int) {
-        links.withLock { links in
-            if links[system]?.id == linkID { links[system] = nil }
-        }
+        links.withLock { $0.release(system: system, id: linkID) }
+        linkDetails.withLock { $0[linkID] = nil }
     }
 
     private func touch(system: UInt64, linkID: Int) {
         let now = ContinuousClock.now
-        links.withLock { links in
-            if links[system]?.id == linkID { links[system]?.lastFrame = now }
-        }
+        links.withLock { $0.touch(system: system, id: linkID, now: now) }
     }
 
     private func notePrimary(_ system: UInt64, lsn: LSN, sendTime: PostgresTimestamp) {
@@ -312,7 +289,8 @@ public final class Receiver: Sendable {
 
     public var status: ReceiverStatus {
         let capacity = spool.capacity
-        let links = self.links.withLock { $0 }
+        let links = self.links.withLock { $0.links }
+        let details = self.linkDetails.withLock { $0 }
         let primaries = self.primaries.withLock { $0 }
         let systems = spool.openSystems.sorted { $0.systemIdentifier < $1.systemIdentifier }.map { system in
             let p = system.position
@@ -324,7 +302,7 @@ public final class Receiver: Sendable {
                 primaryLSN: primary?.primaryLSN.description,
                 bytesBehindPrimary: primary.map { $0.primaryLSN.bytesAfter(p.durable) },
                 link: link.map { .init(peer: $0.peer, senderName: $0.senderName, synchronous: $0.synchronous,
-                                       connectedAt: $0.connectedAt) },
+                                       connectedAt: details[$0.id]?.connectedAt ?? Date()) },
                 lastPrimaryProgressAt: primary?.receivedAt)
         }
         return ReceiverStatus(listen: "\(config.listenHost):\(config.listenPort)", spool: config.spoolRoot,

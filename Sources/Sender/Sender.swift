@@ -1,5 +1,6 @@
 import Foundation
 import Logging
+import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
 import PGReplication
@@ -167,42 +168,26 @@ public final class Sender: Sendable {
             guard let first = try await iterator.next() else {
                 throw LinkError("the receiver closed the link during the handshake")
             }
-            let welcome: Welcome
-            switch first {
-            case .welcome(let w): welcome = w
-            case .refusal(let r):
-                if r.code == .unsupportedVersion { throw SenderFatalError("the receiver refused us: \(r.message)") }
-                throw LinkError("the receiver refused the link: \(r.message)")
-            default: throw LinkError("the receiver answered the handshake with \(first.kind)")
+            var machine = SenderLinkStateMachine()
+            let primary = PrimaryIdentity(systemIdentifier: identity.systemIdentifier, timeline: identity.timeline,
+                                          flushLSN: identity.flushLSN, segmentSize: identity.segmentSize)
+            let start: LSN, timeline: TimeLineID, resume: LSN
+            switch machine.firstMessageReceived(first, primary: primary, slotRestartLSN: slot?.restartLSN) {
+            case .startStreaming(let s, let t, let r): (start, timeline, resume) = (s, t, r)
+            case .close(let reason, let fatal): throw fatal ? SenderFatalError(reason) as any Error : LinkError(reason)
+            case .reportFeedback, .none: throw LinkError("unexpected handshake outcome")
             }
-            let (start, timeline) = try startPoint(welcome: welcome, identity: identity, slot: slot ?? nil)
             clearProblem("stream", "streaming from the primary to the receiver", metadata: [
                 "walship.system": "\(identity.systemIdentifier)", "walship.start_lsn": "\(start)",
-                "walship.timeline": "\(timeline)", "walship.receiver_durable_lsn": "\(welcome.resumeLSN)",
+                "walship.timeline": "\(timeline)", "walship.receiver_durable_lsn": "\(resume)",
             ])
             onStreaming()
-            try await stream(session: session, start: start, timeline: timeline, resume: welcome.resumeLSN,
+            try await stream(session: session, machine: NIOLockedValueBox(machine), start: start, timeline: timeline, resume: resume,
                              channel: channel.channel, iterator: iterator, outbound: outbound)
         }
     }
 
-    /// The receiver's durable end wins over the slot, so nothing it lacks is skipped; an empty spool starts at
-    /// the start of the segment holding the slot's restart_lsn, so every stored segment is whole.
-    private func startPoint(welcome: Welcome, identity: SystemIdentity, slot: SlotInfo?) throws -> (LSN, TimeLineID) {
-        if welcome.resumeLSN.isValid {
-            guard welcome.resumeTimeline == identity.timeline else {
-                throw LinkError("the spool holds timeline \(welcome.resumeTimeline) but the primary is on timeline \(identity.timeline); following a timeline switch is not supported by this version")
-            }
-            guard welcome.resumeLSN <= identity.flushLSN else {
-                throw LinkError("the receiver holds WAL up to \(welcome.resumeLSN) but the primary's WAL ends at \(identity.flushLSN); is the source the same database system as before?")
-            }
-            return (welcome.resumeLSN, welcome.resumeTimeline)
-        }
-        let anchor = slot?.restartLSN ?? identity.flushLSN
-        return (identity.segmentSize.segmentStart(of: anchor), identity.timeline)
-    }
-
-    private func stream(session: ReplicationSession, start: LSN, timeline: TimeLineID, resume: LSN, channel: Channel,
+    private func stream(session: ReplicationSession, machine: NIOLockedValueBox<SenderLinkStateMachine>, start: LSN, timeline: TimeLineID, resume: LSN, channel: Channel,
                         iterator: NIOAsyncChannelInboundStream<ShipMessage>.AsyncIterator,
                         outbound: NIOAsyncChannelOutboundWriter<ShipMessage>) async throws {
         let gate = StreamGate()
@@ -221,14 +206,14 @@ public final class Sender: Sendable {
                     try await session.stream(slot: self.config.slot, start: start, timeline: timeline, gate: gate,
                                              source: source, statusInterval: self.config.statusInterval)
                 },
-                { try await self.forward(events, timeline: timeline, to: outbound) },
+                { try await self.forward(events, timeline: timeline, machine: machine, to: outbound) },
                 { try await self.sendKeepalives(outbound) },
             ],
             onEnd: { _ in gate.requestStop() },
-            reader: { try await self.readAcks(&iterator, gate: gate) })
+            reader: { try await self.readAcks(&iterator, machine: machine, gate: gate) })
     }
 
-    private func forward(_ events: StreamEvents, timeline: TimeLineID,
+    private func forward(_ events: StreamEvents, timeline: TimeLineID, machine: NIOLockedValueBox<SenderLinkStateMachine>,
                          to outbound: NIOAsyncChannelOutboundWriter<ShipMessage>) async throws {
         let allocator = ByteBufferAllocator()
         for try await event in events {
@@ -236,6 +221,8 @@ public final class Sender: Sendable {
             case .wal(let chunk):
                 let frame = WALData.make(timeline: timeline, startLSN: chunk.start, primaryEndLSN: chunk.walEnd,
                                          primarySendTime: chunk.sendTime, wal: chunk.bytes, allocator: allocator)
+                // Recorded before the write, so an ack can never outrun what we believe we sent.
+                machine.withLockedValue { $0.walSent(upTo: chunk.end) }
                 try await outbound.write(.walData(frame))
                 statusBox.withLock {
                     $0.sentLSN = chunk.end.description
@@ -257,29 +244,22 @@ public final class Sender: Sendable {
         throw LinkError("the replication stream from the primary ended")
     }
 
-    private func readAcks(_ iterator: inout NIOAsyncChannelInboundStream<ShipMessage>.AsyncIterator, gate: StreamGate) async throws {
-        var last = Ack(timeline: 0, writtenLSN: .invalid, durableLSN: .invalid, receiverTime: .now())
+    private func readAcks(_ iterator: inout NIOAsyncChannelInboundStream<ShipMessage>.AsyncIterator,
+                          machine: NIOLockedValueBox<SenderLinkStateMachine>, gate: StreamGate) async throws {
         while let message = try await iterator.next() {
-            switch message {
-            case .ack(let ack):
-                guard ack.durableLSN <= ack.writtenLSN else {
-                    throw LinkError("the receiver reported durable \(ack.durableLSN) beyond written \(ack.writtenLSN)")
-                }
-                if ack.durableLSN < last.durableLSN || ack.writtenLSN < last.writtenLSN {
-                    throw LinkError("the receiver's acknowledged position went backwards (\(last.durableLSN) → \(ack.durableLSN))")
-                }
-                last = ack
-                gate.report(StreamFeedback(written: ack.writtenLSN, flushed: ack.durableLSN, applied: ack.replayedLSN))
+            switch machine.withLockedValue({ $0.messageReceived(message) }) {
+            case .reportFeedback(let written, let durable, let replayed):
+                gate.report(StreamFeedback(written: written, flushed: durable, applied: replayed))
                 statusBox.withLock {
-                    $0.receiverWrittenLSN = ack.writtenLSN.description
-                    $0.receiverDurableLSN = ack.durableLSN.description
-                    $0.replayedLSN = ack.replayedLSN.isValid ? ack.replayedLSN.description : nil
+                    $0.receiverWrittenLSN = written.description
+                    $0.receiverDurableLSN = durable.description
+                    $0.replayedLSN = replayed.isValid ? replayed.description : nil
                     $0.receiverLastAckAt = Date()
                 }
-            case .refusal(let r):
-                throw LinkError("the receiver ended the link: \(r.message)")
-            default:
-                throw LinkError("unexpected \(message.kind) frame from the receiver")
+            case .close(let reason, _):
+                throw LinkError(reason)
+            case .startStreaming, .none:
+                throw LinkError("unexpected frame from the receiver")
             }
         }
         throw LinkError("the receiver closed the link")

@@ -1,0 +1,122 @@
+import NIOCore
+import Testing
+import WALCore
+@testable import ShipProtocol
+
+@Suite struct SenderLinkStateMachineTests {
+    let primary = PrimaryIdentity(systemIdentifier: 42, timeline: 1, flushLSN: LSN("0/9000100")!, segmentSize: .default)
+
+    func welcome(_ lsn: String, timeline: TimeLineID = 1) -> ShipMessage {
+        .welcome(Welcome(resumeLSN: LSN(lsn)!, resumeTimeline: timeline, receiverName: "dr"))
+    }
+
+    func ack(written: String, durable: String) -> ShipMessage {
+        .ack(Ack(timeline: 1, writtenLSN: LSN(written)!, durableLSN: LSN(durable)!, receiverTime: .now()))
+    }
+
+    @Test func emptySpoolStartsAtTheSlotsSegment() {
+        var m = SenderLinkStateMachine()
+        #expect(m.firstMessageReceived(welcome("0/0", timeline: 0), primary: primary, slotRestartLSN: LSN("0/7A31C8")!)
+            == .startStreaming(start: LSN("0/0")!, timeline: 1, resume: .invalid))
+        var n = SenderLinkStateMachine()
+        #expect(n.firstMessageReceived(welcome("0/0", timeline: 0), primary: primary, slotRestartLSN: LSN("0/5A31C80")!)
+            == .startStreaming(start: LSN("0/5000000")!, timeline: 1, resume: .invalid))
+        // Without a reserved position, the primary's current segment.
+        var o = SenderLinkStateMachine()
+        #expect(o.firstMessageReceived(welcome("0/0", timeline: 0), primary: primary, slotRestartLSN: nil)
+            == .startStreaming(start: LSN("0/9000000")!, timeline: 1, resume: .invalid))
+    }
+
+    @Test func receiversDurableEndWinsOverTheSlot() {
+        var m = SenderLinkStateMachine()
+        #expect(m.firstMessageReceived(welcome("0/8123456"), primary: primary, slotRestartLSN: LSN("0/8FFFFFF")!)
+            == .startStreaming(start: LSN("0/8123456")!, timeline: 1, resume: LSN("0/8123456")!))
+    }
+
+    @Test func impossibleResumePointsClose() {
+        var ahead = SenderLinkStateMachine()
+        guard case .close(let reason, false) = ahead.firstMessageReceived(welcome("0/9000200"), primary: primary, slotRestartLSN: nil)
+        else { Issue.record("a spool ahead of the primary was accepted"); return }
+        #expect(reason.contains("same database system"))
+        var otherTimeline = SenderLinkStateMachine()
+        guard case .close(_, false) = otherTimeline.firstMessageReceived(welcome("0/8000000", timeline: 2), primary: primary, slotRestartLSN: nil)
+        else { Issue.record("timeline mismatch accepted"); return }
+        var refused = SenderLinkStateMachine()
+        #expect(refused.firstMessageReceived(.refusal(Refusal(code: .unsupportedVersion, message: "v9")), primary: primary, slotRestartLSN: nil)
+            == .close(reason: "the receiver refused the link: v9", fatal: true))
+        #expect(refused.state == .closed)
+        var wrong = SenderLinkStateMachine()
+        guard case .close = wrong.firstMessageReceived(ack(written: "0/1", durable: "0/1"), primary: primary, slotRestartLSN: nil)
+        else { Issue.record("an ack as handshake was accepted"); return }
+    }
+
+    @Test func acksBecomeFeedbackOnlyWhenConsistent() {
+        var m = SenderLinkStateMachine()
+        _ = m.firstMessageReceived(welcome("0/8000000"), primary: primary, slotRestartLSN: nil)
+        m.walSent(upTo: LSN("0/8100000")!)
+        #expect(m.messageReceived(ack(written: "0/8080000", durable: "0/8040000"))
+            == .reportFeedback(written: LSN("0/8080000")!, durable: LSN("0/8040000")!, replayed: .invalid))
+        // Durable beyond written, beyond what was sent, or going backwards: the link is closed.
+        var a = m
+        guard case .close = a.messageReceived(ack(written: "0/8080000", durable: "0/8090000")) else { Issue.record("durable > written"); return }
+        var b = m
+        guard case .close = b.messageReceived(ack(written: "0/8200000", durable: "0/8200000")) else { Issue.record("ack beyond sent"); return }
+        var c = m
+        guard case .close = c.messageReceived(ack(written: "0/8080000", durable: "0/8000000")) else { Issue.record("went backwards"); return }
+        var d = m
+        guard case .close = d.messageReceived(.hello(Hello(role: .stream, synchronous: false, systemIdentifier: 1, timeline: 1,
+                                                             walSegmentSize: 1 << 24, senderName: "x")))
+        else { Issue.record("hello mid-stream"); return }
+    }
+}
+
+@Suite struct ReceiverHandshakeTests {
+    func hello(version: UInt16 = shipProtocolVersion, size: UInt32 = 16 << 20, role: LinkRole = .stream, system: UInt64 = 42) -> Hello {
+        Hello(protocolVersion: version, role: role, synchronous: false, systemIdentifier: system, timeline: 1,
+              walSegmentSize: size, senderName: "s")
+    }
+
+    @Test func acceptsAndRefuses() {
+        #expect((try? ReceiverHandshake.validate(hello()).get()) == .default)
+        for (bad, code) in [(hello(version: 2), Refusal.Code.unsupportedVersion), (hello(size: 3 << 20), .wrongSegmentSize),
+                            (hello(role: .backup), .protocolViolation), (hello(system: 0), .protocolViolation)] {
+            guard case .failure(let refusal) = ReceiverHandshake.validate(bad) else { Issue.record("accepted \(bad)"); continue }
+            #expect(refusal.code == code)
+        }
+    }
+}
+
+@Suite struct StreamLinkRegistryTests {
+    typealias Registry = StreamLinkRegistry<String>
+
+    func link(_ id: Int, at t: ContinuousClock.Instant) -> Registry.Link {
+        Registry.Link(id: id, peer: "peer\(id)", senderName: "s", synchronous: true, handle: "h\(id)", lastFrame: t)
+    }
+
+    @Test func secondLinkIsRefusedWhileTheFirstIsAliveAndReplacesItOnceSilent() {
+        var r = Registry(timeout: .seconds(30))
+        let t0 = ContinuousClock.now
+        guard case .accepted(nil) = r.claim(system: 7, link: link(1, at: t0), now: t0) else { Issue.record("first refused"); return }
+        guard case .refused(let refusal) = r.claim(system: 7, link: link(2, at: t0 + .seconds(10)), now: t0 + .seconds(10)) else {
+            Issue.record("second accepted while the first is alive"); return
+        }
+        #expect(refusal.code == .streamAlreadyActive)
+        // Another system is independent.
+        guard case .accepted(nil) = r.claim(system: 8, link: link(3, at: t0), now: t0) else { Issue.record("other system refused"); return }
+        // Frames keep the first alive...
+        r.touch(system: 7, id: 1, now: t0 + .seconds(25))
+        guard case .refused = r.claim(system: 7, link: link(2, at: t0 + .seconds(50)), now: t0 + .seconds(50)) else {
+            Issue.record("replaced a live link"); return
+        }
+        // ...silence past the timeout proves it dead.
+        guard case .accepted(let replaced) = r.claim(system: 7, link: link(2, at: t0 + .seconds(56)), now: t0 + .seconds(56)) else {
+            Issue.record("dead link not replaced"); return
+        }
+        #expect(replaced == "h1")
+        // The replaced link's release does not remove its successor.
+        r.release(system: 7, id: 1)
+        #expect(r.links[7]?.id == 2)
+        r.release(system: 7, id: 2)
+        #expect(r.links[7] == nil)
+    }
+}
