@@ -15,10 +15,15 @@ struct ShipTopology {
     var sender: Daemon?
     var senderArguments: [String] = []
 
-    init(_ fixture: Fixture, primarySettings: [String: String] = [:]) throws {
+    /// The receiver runs as the postgres OS user when `spoolOwnedByPostgres`, as a DR site that serves
+    /// restore_command does, so PostgreSQL can read the spool.
+    let receiverAsPostgres: Bool
+
+    init(_ fixture: Fixture, primarySettings: [String: String] = [:], spoolOwnedByPostgres: Bool = false) throws {
         self.fixture = fixture
         archive = try fixture.postgresDirectory("archive")
-        spool = fixture.directory + "/spool"
+        spool = spoolOwnedByPostgres ? try fixture.postgresDirectory("spool") : fixture.directory + "/spool"
+        receiverAsPostgres = spoolOwnedByPostgres && IT.isRoot
         var settings = ["archive_mode": "on", "archive_command": "'cp %p \(archive)/%f'"]
         settings.merge(primarySettings) { $1 }
         primary = try fixture.cluster("primary", settings: settings)
@@ -27,10 +32,14 @@ struct ShipTopology {
     }
 
     mutating func startReceiver(linkTimeout: Int = 10) throws {
-        receiver = try fixture.walship("receiver", [
+        let arguments = [
             "receive", "--listen", "127.0.0.1:\(receiverPort)", "--spool", spool, "--insecure",
             "--status-listen", "127.0.0.1:\(receiverStatusPort)", "--link-timeout", "\(linkTimeout)",
-        ])
+        ]
+        receiver = receiverAsPostgres
+            ? try fixture.daemon("receiver", "/usr/bin/setpriv",
+                                 ["--reuid=postgres", "--regid=postgres", "--init-groups", "--", IT.walshipBinary] + arguments)
+            : try fixture.walship("receiver", arguments)
         try waitUntil("the receiver's status endpoint", timeout: 30) {
             (((try? fetchStatus(port: receiverStatusPort)) != nil), receiver!.log)
         }

@@ -212,6 +212,16 @@ final class Cluster {
     let bin: String
     private(set) var running = false
 
+    /// A data directory made by someone else (pg_basebackup), configured by the test.
+    init(name: String, dataDirectory: String, port: Int, socketDirectory: String) throws {
+        guard let bin = IT.pgBin else { throw TestFailure("PostgreSQL 15 server binaries not found") }
+        self.bin = bin
+        self.name = name
+        self.dataDirectory = dataDirectory
+        self.port = port
+        self.socketDirectory = socketDirectory
+    }
+
     init(name: String, in directory: String, settings: [String: String] = [:]) throws {
         guard let bin = IT.pgBin else { throw TestFailure("PostgreSQL 15 server binaries not found (install postgresql-15 or set PG_BINDIR)") }
         self.bin = bin
@@ -288,6 +298,12 @@ final class Fixture {
 
     func cluster(_ name: String, settings: [String: String] = [:]) throws -> Cluster {
         let c = try Cluster(name: name, in: directory, settings: settings)
+        clusters.append(c)
+        return c
+    }
+
+    func adoptCluster(name: String, dataDirectory: String, port: Int) throws -> Cluster {
+        let c = try Cluster(name: name, dataDirectory: dataDirectory, port: port, socketDirectory: directory)
         clusters.append(c)
         return c
     }

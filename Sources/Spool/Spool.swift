@@ -56,11 +56,7 @@ public final class Spool: Sendable {
         var opened: [SystemSpool] = []
         for name in try FileIO.listDirectory(root) {
             guard let systemIdentifier = UInt64(name), FileIO.exists(root + "/" + name + "/system.conf") else { continue }
-            let text = String(decoding: try FileIO.readWholeFile(root + "/" + name + "/system.conf", maxBytes: 4096), as: UTF8.self)
-            let sizeLine = text.split(separator: "\n").first { $0.hasPrefix("wal_segment_size = ") }
-            guard let sizeText = sizeLine?.split(separator: " ").last, let bytes = UInt64(sizeText),
-                let size = WALSegmentSize(bytes: bytes)
-            else { throw SpoolError(.corrupt, "\(root)/\(name)/system.conf is damaged (no valid wal_segment_size)") }
+            let size = try SystemConfiguration.read(directory: root + "/" + name).segmentSize
             opened.append(try system(systemIdentifier, segmentSize: size))
         }
         return opened

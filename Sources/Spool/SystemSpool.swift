@@ -179,16 +179,17 @@ public final class SystemSpool: @unchecked Sendable {
     // MARK: - Recovery
 
     private func checkOrWriteSystemFile() throws {
-        let path = directory + "/system.conf"
-        let expected = "system_identifier = \(systemIdentifier)\nwal_segment_size = \(segmentSize.bytes)\n"
-        if FileIO.exists(path) {
-            let text = String(decoding: try FileIO.readWholeFile(path, maxBytes: 4096), as: UTF8.self)
-            guard text == expected else {
-                throw SpoolError(.mismatch, "\(path) does not match this system (expected:\n\(expected)found:\n\(text))")
+        let expected = SystemConfiguration(systemIdentifier: systemIdentifier, segmentSize: segmentSize)
+        if FileIO.exists(directory + "/system.conf") {
+            let found = try SystemConfiguration.read(directory: directory)
+            guard found == expected else {
+                throw SpoolError(.mismatch, "\(directory)/system.conf says system \(found.systemIdentifier) with \(found.segmentSize) segments, expected \(systemIdentifier) with \(segmentSize)")
             }
             return
         }
-        try Array(expected.utf8).withUnsafeBytes { try FileIO.writeAtomically($0, to: path, directory: directory) }
+        try Array(expected.text.utf8).withUnsafeBytes {
+            try FileIO.writeAtomically($0, to: directory + "/system.conf", directory: directory)
+        }
     }
 
     /// Finds where the spool ends after a restart or crash: leftover temp files are removed, a partial whose

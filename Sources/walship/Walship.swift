@@ -12,7 +12,7 @@ struct Walship: AsyncParsableCommand {
             DR site, which stores it durably in a spool. See docs/runbook.md.
             """,
         version: "0.1.0",
-        subcommands: [Send.self, Receive.self])
+        subcommands: [Send.self, Receive.self, RestoreWAL.self])
 }
 
 /// Options every long-running command shares.

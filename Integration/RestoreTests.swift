@@ -1,0 +1,78 @@
+import Foundation
+import Testing
+
+/// A stock PostgreSQL 15 recovers from the spool through `restore_command = 'walship restore-wal ...'`.
+@Suite(.serialized, .enabled(if: IT.pgBin != nil, "PostgreSQL 15 server binaries are required"))
+struct RestoreTests {
+    @Test func archiveRecoveryFromTheSpoolReplaysEveryCommittedRow() throws {
+        let fixture = try Fixture("restore-wal")
+        defer { fixture.tearDown() }
+        var topology = try ShipTopology(fixture, spoolOwnedByPostgres: true)
+        try topology.startReceiver()
+        try topology.startSender()
+
+        // A base backup taken from the primary while walship ships its WAL (BASE_BACKUP through the link
+        // comes later; pg_basebackup without WAL leaves the spool as the only WAL source).
+        let copy = fixture.directory + "/recovered"
+        try run(topology.primary.bin + "/pg_basebackup", ["-h", "127.0.0.1", "-p", "\(topology.primary.port)", "-U", "postgres",
+                                                          "-D", copy, "-X", "none", "-c", "fast", "--no-sync"], asPostgres: true)
+        try topology.primary.sql("CREATE TABLE records (id int PRIMARY KEY, note text)")
+        try topology.primary.pgbench(["-i", "-s", "2", "-q"])
+        for batch in 0..<5 {
+            try topology.primary.sql("INSERT INTO records SELECT g, md5(g::text) FROM generate_series(\(batch * 1000 + 1), \((batch + 1) * 1000)) g")
+        }
+        let expected = try topology.primary.sql("SELECT count(*), sum(hashtext(note)) FROM records")
+        let accounts = try topology.primary.sql("SELECT sum(abalance), count(*) FROM pgbench_accounts")
+        let end = try lsn(topology.primary.sql("SELECT pg_current_wal_lsn()"))!
+        try waitUntil("everything to be durable at the receiver", timeout: 60) {
+            let d = try topology.durable()
+            return (d >= end, String(d, radix: 16))
+        }
+        // Disaster: the primary is gone. The last rows are only in the spool's in-progress segment.
+        topology.primary.stopImmediately()
+
+        let port = IT.freePort()
+        let conf = """
+            port = \(port)
+            listen_addresses = '127.0.0.1'
+            unix_socket_directories = '\(fixture.directory)'
+            archive_mode = off
+            restore_command = '\(IT.walshipBinary) restore-wal --spool \(topology.spool) %f %p'
+            recovery_target_action = 'promote'
+            """
+        let handle = try #require(FileHandle(forWritingAtPath: copy + "/postgresql.conf"))
+        handle.seekToEndOfFile()
+        handle.write(Data(("\n" + conf + "\n").utf8))
+        handle.closeFile()
+        try run("/usr/bin/touch", [copy + "/recovery.signal"], asPostgres: true)
+        let recovered = try fixture.adoptCluster(name: "recovered", dataDirectory: copy, port: port)
+        try recovered.start()
+        try waitUntil("recovery to finish and the copy to accept writes", timeout: 120) {
+            let inRecovery = try recovered.sql("SELECT pg_is_in_recovery()")
+            return (inRecovery == "f", inRecovery)
+        }
+        #expect(try recovered.sql("SELECT count(*), sum(hashtext(note)) FROM records") == expected)
+        #expect(try recovered.sql("SELECT sum(abalance), count(*) FROM pgbench_accounts") == accounts)
+        try recovered.sql("INSERT INTO records VALUES (-1, 'after recovery')")
+        #expect(try recovered.sql("SELECT note FROM records WHERE id = -1") == "after recovery")
+    }
+
+    @Test func restoreWALExitCodes() throws {
+        let fixture = try Fixture("restore-wal-codes")
+        defer { fixture.tearDown() }
+        var topology = try ShipTopology(fixture)
+        try topology.startReceiver()
+        try topology.startSender()
+        let name = try topology.switchAndWait()
+        let target = fixture.directory + "/restored"
+        let ok = try run(IT.walshipBinary, ["restore-wal", "--spool", topology.spool, name, target], check: false)
+        #expect(ok.status == 0)
+        #expect(try Data(contentsOf: URL(fileURLWithPath: target)) == Data(contentsOf: URL(fileURLWithPath: topology.archive + "/" + name)))
+        let absent = try run(IT.walshipBinary, ["restore-wal", "--spool", topology.spool, "0000000100000000000000FF", target + "2"], check: false)
+        #expect(absent.status == 1)
+        #expect(absent.error.isEmpty && absent.output.isEmpty)
+        let broken = try run(IT.walshipBinary, ["restore-wal", "--spool", fixture.directory + "/nothing", name, target + "3"], check: false)
+        #expect(broken.status == 126)
+        #expect(broken.error.contains("restore-wal: error"))
+    }
+}

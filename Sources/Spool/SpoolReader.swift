@@ -1,0 +1,112 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import ShipProtocol
+import WALCore
+
+/// Read-only access to a spool, for `walship restore-wal` (run by PostgreSQL as its OS user, possibly while the
+/// receiver writes). It takes no lock and changes nothing.
+public struct SpoolReader: Sendable {
+    public let systemIdentifier: UInt64
+    public let segmentSize: WALSegmentSize
+    public let walDirectory: String
+
+    /// Opens the spool of `system`, or of the only system in the spool when `system` is nil.
+    public init(root: String, system: UInt64?) throws {
+        let candidates = try FileIO.listDirectory(root).compactMap(UInt64.init)
+            .filter { FileIO.exists(root + "/\($0)/system.conf") }
+        let chosen: UInt64
+        if let system {
+            guard candidates.contains(system) else {
+                throw SpoolError(.io, "spool \"\(root)\" holds no WAL of system \(system) (it holds: \(candidates.map(String.init).joined(separator: ", ")))")
+            }
+            chosen = system
+        } else {
+            guard candidates.count == 1 else {
+                throw SpoolError(.io, candidates.isEmpty
+                    ? "spool \"\(root)\" holds no WAL yet"
+                    : "spool \"\(root)\" holds several systems (\(candidates.map(String.init).joined(separator: ", "))); name one with --system")
+            }
+            chosen = candidates[0]
+        }
+        systemIdentifier = chosen
+        segmentSize = try SystemConfiguration.read(directory: root + "/\(chosen)").segmentSize
+        walDirectory = root + "/\(chosen)/wal"
+    }
+
+    /// The bytes PostgreSQL should get for `name` (a segment or history file name), or nil when the spool
+    /// does not have it. A completed segment is decompressed and must be exactly one segment long. The
+    /// in-progress segment is served only when it is the newest timeline's tail, zero-padded to the full
+    /// segment size: a short file would mean "not yet" to a standby and is fatal in archive recovery.
+    public func contents(of name: String) throws -> [UInt8]? {
+        if timeline(ofHistoryFileName: name) != nil {
+            let path = walDirectory + "/" + name
+            return FileIO.exists(path) ? try FileIO.readWholeFile(path, maxBytes: 1 << 20) : nil
+        }
+        guard let segment = SegmentName(name, segmentSize: segmentSize) else { return nil }
+        let completed = walDirectory + "/\(name).lz4"
+        if FileIO.exists(completed) {
+            let frame = try FileIO.readWholeFile(completed, maxBytes: Int(segmentSize.bytes) + (1 << 20))
+            let wal: [UInt8]
+            do {
+                wal = try frame.withUnsafeBytes { try LZ4.decompressFrame($0, maxOutputBytes: Int(segmentSize.bytes)) }
+            } catch {
+                throw SpoolError(.corrupt, "\(completed) is damaged: \(error)")
+            }
+            guard wal.count == Int(segmentSize.bytes) else {
+                throw SpoolError(.corrupt, "\(completed) holds \(wal.count) bytes, not a whole segment")
+            }
+            return wal
+        }
+        let partial = walDirectory + "/\(name).partial"
+        guard FileIO.exists(partial), try segment.timeline == newestTimeline() else { return nil }
+        var wal = try PartialSegment.read(path: partial).wal
+        guard !wal.isEmpty else { return nil }
+        wal.append(contentsOf: repeatElement(0, count: Int(segmentSize.bytes) - wal.count))
+        return wal
+    }
+
+    /// The highest timeline the spool knows, from segment and history file names.
+    public func newestTimeline() throws -> TimeLineID {
+        var newest: TimeLineID = 0
+        for name in try FileIO.listDirectory(walDirectory) {
+            if let tli = timeline(ofHistoryFileName: name) {
+                newest = max(newest, tli)
+            } else if name.count >= 24, let segment = SegmentName(name.prefix(24), segmentSize: segmentSize) {
+                newest = max(newest, segment.timeline)
+            }
+        }
+        return newest
+    }
+}
+
+/// `ROOT/<system>/system.conf`: the facts a spool directory must agree with.
+struct SystemConfiguration: Equatable {
+    var systemIdentifier: UInt64
+    var segmentSize: WALSegmentSize
+
+    var text: String { "system_identifier = \(systemIdentifier)\nwal_segment_size = \(segmentSize.bytes)\n" }
+
+    static func read(directory: String) throws -> SystemConfiguration {
+        let path = directory + "/system.conf"
+        let text = String(decoding: try FileIO.readWholeFile(path, maxBytes: 4096), as: UTF8.self)
+        var values: [String: String] = [:]
+        for line in text.split(separator: "\n") {
+            let parts = line.split(separator: "=", maxSplits: 1).map { $0.trimmingCharacters(in: " ") }
+            if parts.count == 2 { values[parts[0]] = parts[1] }
+        }
+        guard let id = values["system_identifier"].flatMap({ UInt64($0) }),
+            let size = values["wal_segment_size"].flatMap({ UInt64($0) }).flatMap({ WALSegmentSize(bytes: $0) })
+        else { throw SpoolError(.corrupt, "\(path) is damaged (expected system_identifier and wal_segment_size)") }
+        return SystemConfiguration(systemIdentifier: id, segmentSize: size)
+    }
+}
+
+extension Substring {
+    fileprivate func trimmingCharacters(in set: String) -> String {
+        var s = self
+        while let f = s.first, set.contains(f) { s = s.dropFirst() }
+        while let l = s.last, set.contains(l) { s = s.dropLast() }
+        return String(s)
+    }
+}
