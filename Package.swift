@@ -37,6 +37,15 @@ let package = Package(
             dependencies: ["WALCore", "ShipProtocol", .product(name: "Logging", package: "swift-log")]
         ),
         .target(
+            name: "WalSenderServer",
+            dependencies: [
+                "Spool", "WALCore", "PGReplication",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        .target(
             name: "Monitor",
             dependencies: [
                 "WALCore",
@@ -68,7 +77,7 @@ let package = Package(
         .executableTarget(
             name: "walship",
             dependencies: [
-                "Sender", "Receiver", "Spool", "WALCore", "Monitor",
+                "Sender", "Receiver", "Spool", "WALCore", "Monitor", "WalSenderServer",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
@@ -86,6 +95,10 @@ let package = Package(
         ),
         .testTarget(name: "SpoolTests", dependencies: ["Spool", "WALCore", "ShipProtocol"]),
         .testTarget(name: "PGReplicationTests", dependencies: ["PGReplication", "WALCore"]),
+        .testTarget(
+            name: "WalSenderServerTests",
+            dependencies: ["WalSenderServer", "WALCore", .product(name: "NIOCore", package: "swift-nio")]
+        ),
         .testTarget(
             name: "IntegrationTests",
             dependencies: ["WALCore", "ShipProtocol"],

@@ -14,6 +14,7 @@ struct ShipTopology {
     var receiver: Daemon?
     var sender: Daemon?
     var senderArguments: [String] = []
+    var receiverExtra: [String] = []
 
     /// The receiver runs as the postgres OS user when `spoolOwnedByPostgres`, as a DR site that serves
     /// restore_command does, so PostgreSQL can read the spool.
@@ -35,7 +36,7 @@ struct ShipTopology {
         let arguments = [
             "receive", "--listen", "127.0.0.1:\(receiverPort)", "--spool", spool, "--insecure",
             "--status-listen", "127.0.0.1:\(receiverStatusPort)", "--link-timeout", "\(linkTimeout)",
-        ]
+        ] + receiverExtra
         receiver = receiverAsPostgres
             ? try fixture.daemon("receiver", "/usr/bin/setpriv",
                                  ["--reuid=postgres", "--regid=postgres", "--init-groups", "--", IT.walshipBinary] + arguments)

@@ -36,6 +36,9 @@ public final class Receiver: Sendable {
     private let writers = Mutex<[UInt64: NIOThreadPool]>([:])
     private let primaries = Mutex<[UInt64: PrimaryProgress]>([:])
     private let nextLinkID = Atomic<Int>(1)
+    /// What the DR standby has replayed, per system, when a standby endpoint runs; sent back in acks so the
+    /// primary's pg_stat_replication.replay_lsn shows the DR replica's position.
+    private let replayed = Mutex<(@Sendable (UInt64) -> (LSN, PostgresTimestamp)?)?>(nil)
     /// The address actually bound (differs from the configuration when port 0 was asked for).
     public let boundAddress = Mutex<SocketAddress?>(nil)
 
@@ -184,11 +187,7 @@ public final class Receiver: Sendable {
                 if keepalive.primaryEndLSN.isValid {
                     notePrimary(system.systemIdentifier, lsn: keepalive.primaryEndLSN, sendTime: keepalive.sendTime)
                 }
-                if keepalive.replyRequested {
-                    let p = system.position
-                    try await outbound.write(.ack(Ack(timeline: p.timeline, writtenLSN: p.written, durableLSN: p.durable,
-                                                      receiverTime: .now())))
-                }
+                if keepalive.replyRequested { try await outbound.write(.ack(ack(for: system, at: system.position))) }
             case .history(let history):
                 try await queue.push(.history(timeline: history.timeline, content: history.content), bytes: history.content.readableBytes)
             case .refusal(let refusal):
@@ -237,9 +236,19 @@ public final class Receiver: Sendable {
                 }
                 throw Refusal(code: code, message: error.message)
             }
-            try await outbound.write(.ack(Ack(timeline: position.timeline, writtenLSN: position.written,
-                                              durableLSN: position.durable, receiverTime: .now())))
+            try await outbound.write(.ack(ack(for: system, at: position)))
         }
+    }
+
+    public func setReplayedProvider(_ provider: @escaping @Sendable (UInt64) -> (LSN, PostgresTimestamp)?) {
+        replayed.withLock { $0 = provider }
+    }
+
+    private func ack(for system: SystemSpool, at position: SpoolPosition) -> Ack {
+        let replay = replayed.withLock { $0 }?(system.systemIdentifier)
+        return Ack(timeline: position.timeline, writtenLSN: position.written, durableLSN: position.durable,
+                   replayedLSN: replay?.0 ?? .invalid, replayTime: replay?.1 ?? PostgresTimestamp(rawValue: 0),
+                   receiverTime: .now())
     }
 
     // MARK: - Link registry

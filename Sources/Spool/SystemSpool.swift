@@ -34,6 +34,12 @@ public final class SystemSpool: @unchecked Sendable {
     private let positionBox = Mutex(SpoolPosition.empty)
     public var position: SpoolPosition { positionBox.withLock { $0 } }
 
+    private struct Waiters {
+        var next = 0
+        var continuations: [Int: CheckedContinuation<Void, Never>] = [:]
+    }
+    private let waiters = Mutex(Waiters())
+
     private var current: PartialSegmentWriter?
     /// The current segment's bytes from its start: page validation needs headers split across chunks,
     /// and completion compresses from memory.
@@ -109,10 +115,50 @@ public final class SystemSpool: @unchecked Sendable {
             if error.kind == .fsyncFailed { failure = error }
             throw error
         }
-        return positionBox.withLock {
+        let durable = positionBox.withLock {
             $0.durable = $0.written
             return $0.durable
         }
+        notifyDurable()
+        return durable
+    }
+
+    /// Suspends until the durable end passes `lsn` or `timeout` elapses; returns the durable end then.
+    /// Readers (the standby endpoint) wake at once on each fsync instead of polling.
+    public func waitForDurable(beyond lsn: LSN, timeout: Duration) async -> LSN {
+        if position.durable > lsn { return position.durable }
+        let id = waiters.withLock { w in
+            defer { w.next += 1 }
+            return w.next
+        }
+        await withTaskGroup(of: Void.self) { group in
+            group.addTask {
+                await withTaskCancellationHandler {
+                    await withCheckedContinuation { continuation in
+                        let resumeNow = self.waiters.withLock { w -> Bool in
+                            if self.position.durable > lsn || Task.isCancelled { return true }
+                            w.continuations[id] = continuation
+                            return false
+                        }
+                        if resumeNow { continuation.resume() }
+                    }
+                } onCancel: {
+                    self.waiters.withLock { $0.continuations.removeValue(forKey: id) }?.resume()
+                }
+            }
+            group.addTask { try? await Task.sleep(for: timeout) }
+            await group.next()
+            group.cancelAll()
+        }
+        return position.durable
+    }
+
+    private func notifyDurable() {
+        let ready = waiters.withLock { w in
+            defer { w.continuations.removeAll() }
+            return Array(w.continuations.values)
+        }
+        ready.forEach { $0.resume() }
     }
 
     /// Stores a timeline history file atomically; an existing file must be identical.
@@ -152,6 +198,7 @@ public final class SystemSpool: @unchecked Sendable {
         try FileIO.syncDirectory(walDirectory)
         segmentBuffer.removeAll(keepingCapacity: true)
         positionBox.withLock { $0.durable = $0.written }
+        notifyDurable()
         logger.info("segment completed", metadata: ["walship.segment": "\(writer.header.segment)"])
     }
 

@@ -3,6 +3,7 @@ import Foundation
 import Logging
 import Monitor
 import Receiver
+import WalSenderServer
 
 struct Receive: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
@@ -26,6 +27,15 @@ struct Receive: AsyncParsableCommand {
     @Option(help: "Serve status on HOST:PORT (GET /status). Read-only; bind to loopback unless you need it remote.")
     var statusListen: String?
 
+    @Option(help: "Serve WAL to stock PostgreSQL standbys on HOST:PORT (their primary_conninfo points here).")
+    var standbyListen: String?
+
+    @Flag(help: "Let standbys connect without a password. Only allowed when --standby-listen is a loopback address.")
+    var standbyTrust = false
+
+    @Option(help: "File holding the password standbys must give (the password in their primary_conninfo or .pgpass).")
+    var standbyPasswordFile: String?
+
     @Option(help: "Seconds of silence after which a sender's link is considered dead and may be replaced.")
     var linkTimeout = 30
 
@@ -38,6 +48,33 @@ struct Receive: AsyncParsableCommand {
             throw ValidationError("TLS for the ship link is not available in this release; pass --insecure on both ends to receive plaintext over a network you trust")
         }
         guard (5...3600).contains(linkTimeout) else { throw ValidationError("--link-timeout must be 5...3600 seconds") }
+        if let standbyListen {
+            let endpoint = try parseEndpoint(standbyListen, option: "--standby-listen")
+            switch (standbyTrust, standbyPasswordFile) {
+            case (false, nil):
+                throw ValidationError("--standby-listen needs --standby-password-file FILE (or --standby-trust on a loopback address)")
+            case (true, .some):
+                throw ValidationError("--standby-trust and --standby-password-file exclude each other")
+            case (true, nil):
+                guard ["127.0.0.1", "localhost", "::1"].contains(endpoint.host) || endpoint.host.hasPrefix("127.") else {
+                    throw ValidationError("--standby-trust is allowed only on a loopback --standby-listen address, not \(endpoint.host); use --standby-password-file")
+                }
+            case (false, .some):
+                break
+            }
+        } else if standbyTrust || standbyPasswordFile != nil {
+            throw ValidationError("--standby-trust and --standby-password-file need --standby-listen")
+        }
+    }
+
+    func standbyAuthentication() throws -> StandbyAuthentication {
+        guard let standbyPasswordFile else { return .trust }
+        guard let text = try? String(contentsOfFile: standbyPasswordFile, encoding: .utf8) else {
+            throw ValidationError("cannot read --standby-password-file \(standbyPasswordFile) (hint: check that it exists and this user can read it)")
+        }
+        let password = text.trimmingCharacters(in: .newlines)
+        guard !password.isEmpty else { throw ValidationError("--standby-password-file \(standbyPasswordFile) is empty") }
+        return .password(password)
     }
 
     func run() async throws {
@@ -49,9 +86,26 @@ struct Receive: AsyncParsableCommand {
                                                   name: ProcessInfo.processInfo.hostName)
         configuration.linkTimeout = .seconds(linkTimeout)
         let receiver: Receiver
-        do { receiver = try Receiver(configuration: configuration, logger: logger) } catch { throw fail("receive", error) }
+        var standbyServer: WalSenderServer?
+        do {
+            receiver = try Receiver(configuration: configuration, logger: logger)
+            if let standbyListen {
+                let endpoint = try parseEndpoint(standbyListen, option: "--standby-listen")
+                standbyServer = WalSenderServer(host: endpoint.host, port: endpoint.port, spool: receiver.spool,
+                                                authentication: try standbyAuthentication(), logger: logger)
+            }
+        } catch {
+            throw fail("receive", error)
+        }
+        let standbys = standbyServer
+        receiver.setReplayedProvider { system in standbys?.replayed(system: system) }
         try await runService("receive", statusListen: statusListen, logger: logger, status: { receiver.status }) {
-            try await receiver.run()
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                group.addTask { try await receiver.run() }
+                if let standbys { group.addTask { try await standbys.run() } }
+                try await group.next()
+                group.cancelAll()
+            }
         }
     }
 }

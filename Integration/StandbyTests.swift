@@ -1,0 +1,125 @@
+import Foundation
+import Testing
+
+/// A stock PostgreSQL 15 standby streams from the receiver's standby endpoint.
+@Suite(.serialized, .enabled(if: IT.pgBin != nil, "PostgreSQL 15 server binaries are required"))
+struct StandbyTests {
+    /// A standby made from a base backup of the primary, streaming from walship, not from the primary.
+    func makeStandby(_ fixture: Fixture, _ topology: ShipTopology, standbyPort: Int, password: String? = nil) throws -> Cluster {
+        let data = fixture.directory + "/standby"
+        try run(topology.primary.bin + "/pg_basebackup", ["-h", "127.0.0.1", "-p", "\(topology.primary.port)", "-U", "postgres",
+                                                          "-D", data, "-X", "none", "-c", "fast", "--no-sync"], asPostgres: true)
+        let port = IT.freePort()
+        let conf = """
+            port = \(port)
+            listen_addresses = '127.0.0.1'
+            unix_socket_directories = '\(fixture.directory)'
+            archive_mode = off
+            primary_conninfo = 'host=127.0.0.1 port=\(standbyPort) user=postgres application_name=dr_replica\(password.map { " password=\($0)" } ?? "")'
+            wal_retrieve_retry_interval = '1s'
+            hot_standby = on
+            """
+        let handle = try #require(FileHandle(forWritingAtPath: data + "/postgresql.conf"))
+        handle.seekToEndOfFile()
+        handle.write(Data(("\n" + conf + "\n").utf8))
+        handle.closeFile()
+        try run("/usr/bin/touch", [data + "/standby.signal"], asPostgres: true)
+        let standby = try fixture.adoptCluster(name: "standby", dataDirectory: data, port: port)
+        try standby.start()
+        return standby
+    }
+
+    func waitForReplay(_ standby: Cluster, _ primary: Cluster, _ what: String) throws {
+        let target = try lsn(primary.sql("SELECT pg_current_wal_lsn()"))!
+        try waitUntil("the standby to replay \(what)", timeout: 120) {
+            let replayed = try standby.sql("SELECT pg_last_wal_replay_lsn()")
+            return ((lsn(replayed) ?? 0) >= target, "\(replayed) < \(String(target, radix: 16))")
+        }
+    }
+
+    @Test func stockStandbyReplaysContinuouslyThroughTheReceiver() throws {
+        let fixture = try Fixture("standby-stream")
+        defer { fixture.tearDown() }
+        var topology = try ShipTopology(fixture)
+        let standbyPort = IT.freePort()
+        topology.receiverExtra = ["--standby-listen", "127.0.0.1:\(standbyPort)", "--standby-trust"]
+        try topology.startReceiver()
+        try topology.startSender()
+        let standby = try makeStandby(fixture, topology, standbyPort: standbyPort)
+
+        try topology.primary.pgbench(["-i", "-s", "2", "-q"])
+        try topology.primary.sql("CREATE TABLE patients (id int PRIMARY KEY, name text); INSERT INTO patients SELECT g, 'p' || g FROM generate_series(1, 5000) g")
+        try topology.primary.pgbench(["-T", "3", "-c", "2"])
+        try waitForReplay(standby, topology.primary, "pgbench and DDL")
+        let checks = [
+            "SELECT sum(abalance), count(*) FROM pgbench_accounts", "SELECT sum(bbalance) FROM pgbench_branches",
+            "SELECT count(*), sum(delta) FROM pgbench_history", "SELECT count(*), max(name) FROM patients",
+        ]
+        for q in checks { #expect(try standby.sql(q) == topology.primary.sql(q), "\(q)") }
+
+        // The primary sees the DR replica's replay position.
+        try waitUntil("pg_stat_replication.replay_lsn to show the DR replica", timeout: 60) {
+            let replay = try topology.primary.sql("SELECT replay_lsn FROM pg_stat_replication WHERE application_name = 'walship'")
+            return ((lsn(replay) ?? 0) >= (lsn(try standby.sql("SELECT pg_last_wal_replay_lsn()")) ?? .max), replay)
+        }
+
+        // A commit reaches the standby quickly: no polling interval in the way.
+        try topology.primary.sql("CREATE TABLE marker (at timestamptz)")
+        let start = Date()
+        try topology.primary.sql("INSERT INTO marker VALUES (now())")
+        try waitUntil("the marker row on the standby", timeout: 30) {
+            (try standby.sql("SELECT count(*) FROM marker") == "1", "")
+        }
+        #expect(Date().timeIntervalSince(start) < 5)
+
+        // The standby survives a receiver restart.
+        topology.receiver!.kill9()
+        try topology.startReceiver()
+        try topology.waitUntilStreaming()
+        try topology.primary.sql("INSERT INTO patients SELECT g, 'q' || g FROM generate_series(5001, 6000) g")
+        try waitForReplay(standby, topology.primary, "after the receiver restarted")
+        #expect(try standby.sql("SELECT count(*) FROM patients") == "6000")
+        #expect(try standby.sql("SELECT pg_is_in_recovery()") == "t")
+    }
+
+    @Test func standbyEndpointAuthenticatesAndAnswersLikeAWalsender() throws {
+        let fixture = try Fixture("standby-auth")
+        defer { fixture.tearDown() }
+        var topology = try ShipTopology(fixture)
+        let standbyPort = IT.freePort()
+        let passwordFile = fixture.directory + "/standby-password"
+        try "correct horse\n".write(toFile: passwordFile, atomically: true, encoding: .utf8)
+        topology.receiverExtra = ["--standby-listen", "127.0.0.1:\(standbyPort)", "--standby-password-file", passwordFile]
+        try topology.startReceiver()
+        try topology.startSender()
+        try topology.switchAndWait()
+
+        func replication(_ password: String, _ command: String) throws -> CommandResult {
+            try run("/usr/bin/psql", ["-AtX", "-c", command,
+                                      "host=127.0.0.1 port=\(standbyPort) user=postgres replication=true password='\(password)'"],
+                    timeout: 30, check: false)
+        }
+        let wrong = try replication("wrong", "IDENTIFY_SYSTEM")
+        #expect(wrong.status != 0)
+        #expect(wrong.error.contains("password authentication failed"), "\(wrong.error)")
+        let right = try replication("correct horse", "IDENTIFY_SYSTEM")
+        #expect(right.status == 0, "\(right.error)")
+        #expect(right.output.hasPrefix(topology.systemIdentifier + "|1|"), "\(right.output)")
+        #expect(try replication("correct horse", "SHOW wal_segment_size").output.trimmingCharacters(in: .whitespacesAndNewlines) == "16MB")
+        let tooOld = try replication("correct horse", "START_REPLICATION 0/0 TIMELINE 1")
+        #expect(tooOld.error.contains("has already been removed"), "\(tooOld.error)")
+        let wrongTimeline = try replication("correct horse", "START_REPLICATION 0/1000000 TIMELINE 7")
+        #expect(wrongTimeline.error.contains("not in this server's history"), "\(wrongTimeline.error)")
+        let notReplication = try run("/usr/bin/psql", ["-AtX", "-c", "SELECT 1", "host=127.0.0.1 port=\(standbyPort) user=postgres password='correct horse'"],
+                                     timeout: 30, check: false)
+        #expect(notReplication.status != 0)
+
+        // Without a password file or trust, the endpoint refuses to start; trust only on loopback.
+        let noAuth = try run(IT.walshipBinary, ["receive", "--listen", "127.0.0.1:1", "--spool", fixture.directory + "/s2", "--insecure",
+                                                "--standby-listen", "127.0.0.1:2"], timeout: 30, check: false)
+        #expect(noAuth.status != 0 && noAuth.error.contains("--standby-password-file"), "\(noAuth.error)")
+        let remoteTrust = try run(IT.walshipBinary, ["receive", "--listen", "127.0.0.1:1", "--spool", fixture.directory + "/s2", "--insecure",
+                                                     "--standby-listen", "0.0.0.0:2", "--standby-trust"], timeout: 30, check: false)
+        #expect(remoteTrust.status != 0 && remoteTrust.error.contains("loopback"), "\(remoteTrust.error)")
+    }
+}
