@@ -11,11 +11,8 @@ struct RestoreTests {
         try topology.startReceiver()
         try topology.startSender()
 
-        // A base backup taken from the primary while walship ships its WAL (BASE_BACKUP through the link
-        // comes later; pg_basebackup without WAL leaves the spool as the only WAL source).
-        let copy = fixture.directory + "/recovered"
-        try run(topology.primary.bin + "/pg_basebackup", ["-h", "127.0.0.1", "-p", "\(topology.primary.port)", "-U", "postgres",
-                                                          "-D", copy, "-X", "none", "-c", "fast", "--no-sync"], asPostgres: true)
+        // The base backup is taken while walship ships; the copy will find all later WAL only in the spool.
+        try fixture.baseBackup(of: topology.primary, name: "recovered")
         try topology.primary.sql("CREATE TABLE records (id int PRIMARY KEY, note text)")
         try topology.primary.pgbench(["-i", "-s", "2", "-q"])
         for batch in 0..<5 {
@@ -31,22 +28,10 @@ struct RestoreTests {
         // Disaster: the primary is gone. The last rows are only in the spool's in-progress segment.
         topology.primary.stopImmediately()
 
-        let port = IT.freePort()
-        let conf = """
-            port = \(port)
-            listen_addresses = '127.0.0.1'
-            unix_socket_directories = '\(fixture.directory)'
-            archive_mode = off
-            restore_command = '\(IT.walshipBinary) restore-wal --spool \(topology.spool) %f %p'
-            recovery_target_action = 'promote'
-            """
-        let handle = try #require(FileHandle(forWritingAtPath: copy + "/postgresql.conf"))
-        handle.seekToEndOfFile()
-        handle.write(Data(("\n" + conf + "\n").utf8))
-        handle.closeFile()
-        try run("/usr/bin/touch", [copy + "/recovery.signal"], asPostgres: true)
-        let recovered = try fixture.adoptCluster(name: "recovered", dataDirectory: copy, port: port)
-        try recovered.start()
+        let recovered = try fixture.startCopy(name: "recovered", signal: "recovery.signal", settings: [
+            "restore_command = '\(IT.walshipBinary) restore-wal --spool \(topology.spool) %f %p'",
+            "recovery_target_action = 'promote'",
+        ])
         try waitUntil("recovery to finish and the copy to accept writes", timeout: 120) {
             let inRecovery = try recovered.sql("SELECT pg_is_in_recovery()")
             return (inRecovery == "f", inRecovery)

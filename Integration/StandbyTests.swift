@@ -5,28 +5,12 @@ import Testing
 @Suite(.serialized, .enabled(if: IT.pgBin != nil, "PostgreSQL 15 server binaries are required"))
 struct StandbyTests {
     /// A standby made from a base backup of the primary, streaming from walship, not from the primary.
-    func makeStandby(_ fixture: Fixture, _ topology: ShipTopology, standbyPort: Int, password: String? = nil) throws -> Cluster {
-        let data = fixture.directory + "/standby"
-        try run(topology.primary.bin + "/pg_basebackup", ["-h", "127.0.0.1", "-p", "\(topology.primary.port)", "-U", "postgres",
-                                                          "-D", data, "-X", "none", "-c", "fast", "--no-sync"], asPostgres: true)
-        let port = IT.freePort()
-        let conf = """
-            port = \(port)
-            listen_addresses = '127.0.0.1'
-            unix_socket_directories = '\(fixture.directory)'
-            archive_mode = off
-            primary_conninfo = 'host=127.0.0.1 port=\(standbyPort) user=postgres application_name=dr_replica\(password.map { " password=\($0)" } ?? "")'
-            wal_retrieve_retry_interval = '1s'
-            hot_standby = on
-            """
-        let handle = try #require(FileHandle(forWritingAtPath: data + "/postgresql.conf"))
-        handle.seekToEndOfFile()
-        handle.write(Data(("\n" + conf + "\n").utf8))
-        handle.closeFile()
-        try run("/usr/bin/touch", [data + "/standby.signal"], asPostgres: true)
-        let standby = try fixture.adoptCluster(name: "standby", dataDirectory: data, port: port)
-        try standby.start()
-        return standby
+    func makeStandby(_ fixture: Fixture, _ topology: ShipTopology, standbyPort: Int) throws -> Cluster {
+        try fixture.baseBackup(of: topology.primary, name: "standby")
+        return try fixture.startCopy(name: "standby", signal: "standby.signal", settings: [
+            "primary_conninfo = 'host=127.0.0.1 port=\(standbyPort) user=postgres application_name=dr_replica'",
+            "wal_retrieve_retry_interval = '1s'", "hot_standby = on",
+        ])
     }
 
     func waitForReplay(_ standby: Cluster, _ primary: Cluster, _ what: String) throws {

@@ -302,6 +302,29 @@ final class Fixture {
         return c
     }
 
+    /// A base backup of `primary` into `name`, without WAL, so the spool is the only WAL source.
+    func baseBackup(of primary: Cluster, name: String) throws {
+        try run(primary.bin + "/pg_basebackup", ["-h", "127.0.0.1", "-p", "\(primary.port)", "-U", "postgres",
+                                                 "-D", directory + "/" + name, "-X", "none", "-c", "fast", "--no-sync"],
+                asPostgres: true)
+    }
+
+    /// Configures the copy made by `baseBackup` (its own port, `settings`, the given signal file) and starts it.
+    func startCopy(name: String, signal: String, settings: [String]) throws -> Cluster {
+        let data = directory + "/" + name
+        let port = IT.freePort()
+        let conf = ["port = \(port)", "listen_addresses = '127.0.0.1'", "unix_socket_directories = '\(directory)'",
+                    "archive_mode = off"] + settings
+        let handle = FileHandle(forWritingAtPath: data + "/postgresql.conf")!
+        handle.seekToEndOfFile()
+        handle.write(Data(("\n" + conf.joined(separator: "\n") + "\n").utf8))
+        handle.closeFile()
+        try run("/usr/bin/touch", [data + "/" + signal], asPostgres: true)
+        let c = try adoptCluster(name: name, dataDirectory: data, port: port)
+        try c.start()
+        return c
+    }
+
     func adoptCluster(name: String, dataDirectory: String, port: Int) throws -> Cluster {
         let c = try Cluster(name: name, dataDirectory: dataDirectory, port: port, socketDirectory: directory)
         clusters.append(c)

@@ -9,8 +9,7 @@ struct Receive: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Receive WAL at the DR site and store it durably in the spool.",
         discussion: """
-            Accepts links from senders (one streaming link per source system), validates every WAL page, stores
-            completed segments as DIR/<system-identifier>/wal/NAME.lz4 and acknowledges only what is fsynced.
+            Accepts links from senders (one streaming link per source system), validates every WAL page, stores completed segments as DIR/<system-identifier>/wal/NAME.lz4 and acknowledges only what is fsynced.
             Example:
               walship receive --listen 0.0.0.0:7000 --spool /var/lib/walship --insecure
             """)
@@ -21,11 +20,7 @@ struct Receive: AsyncParsableCommand {
     @Option(help: "Spool directory (created if missing; one walship receive per spool).")
     var spool: String
 
-    @Flag(help: "Accept plaintext links (no TLS). Required on both ends for plaintext; use only on a trusted network.")
-    var insecure = false
 
-    @Option(help: "Serve status on HOST:PORT (GET /status). Read-only; bind to loopback unless you need it remote.")
-    var statusListen: String?
 
     @Option(help: "Serve WAL to stock PostgreSQL standbys on HOST:PORT (their primary_conninfo points here).")
     var standbyListen: String?
@@ -36,18 +31,12 @@ struct Receive: AsyncParsableCommand {
     @Option(help: "File holding the password standbys must give (the password in their primary_conninfo or .pgpass).")
     var standbyPasswordFile: String?
 
-    @Option(help: "Seconds of silence after which a sender's link is considered dead and may be replaced.")
-    var linkTimeout = 30
 
+    @OptionGroup var link: LinkOptions
     @OptionGroup var logging: LoggingOptions
 
     func validate() throws {
         _ = try parseEndpoint(listen, option: "--listen")
-        if let statusListen { _ = try parseEndpoint(statusListen, option: "--status-listen") }
-        guard insecure else {
-            throw ValidationError("TLS for the ship link is not available in this release; pass --insecure on both ends to receive plaintext over a network you trust")
-        }
-        guard (5...3600).contains(linkTimeout) else { throw ValidationError("--link-timeout must be 5...3600 seconds") }
         if let standbyListen {
             let endpoint = try parseEndpoint(standbyListen, option: "--standby-listen")
             switch (standbyTrust, standbyPasswordFile) {
@@ -81,10 +70,10 @@ struct Receive: AsyncParsableCommand {
         let logger = logging.bootstrap(label: "walship.receive")
         let endpoint = try parseEndpoint(listen, option: "--listen")
         let root = spool.hasPrefix("/") ? spool : FileManager.default.currentDirectoryPath + "/" + spool
-        logger.warning("ship link runs without TLS (--insecure): WAL crosses the network in plaintext")
+        link.warnIfPlaintext(logger)
         var configuration = ReceiverConfiguration(listenHost: endpoint.host, listenPort: endpoint.port, spoolRoot: root,
                                                   name: ProcessInfo.processInfo.hostName)
-        configuration.linkTimeout = .seconds(linkTimeout)
+        configuration.linkTimeout = .seconds(link.linkTimeout)
         let receiver: Receiver
         var standbyServer: WalSenderServer?
         do {
@@ -99,7 +88,7 @@ struct Receive: AsyncParsableCommand {
         }
         let standbys = standbyServer
         receiver.setReplayedProvider { system in standbys?.replayed(system: system) }
-        try await runService("receive", statusListen: statusListen, logger: logger, status: { receiver.status }) {
+        try await runService("receive", statusListen: link.statusListen, logger: logger, status: { receiver.status }) {
             try await withThrowingTaskGroup(of: Void.self) { group in
                 group.addTask { try await receiver.run() }
                 if let standbys { group.addTask { try await standbys.run() } }

@@ -8,9 +8,7 @@ struct RestoreWAL: ParsableCommand {
         abstract: "Copy a WAL segment or history file from the spool, for PostgreSQL's restore_command.",
         discussion: """
             restore_command = 'walship restore-wal --spool /var/lib/walship %f %p'
-            Exit status: 0 restored; 1 the spool does not have the file (routine, prints nothing);
-            126 the spool has the file but it is damaged or unreadable (PostgreSQL then stops recovery
-            rather than ending it early as if the WAL had run out).
+            Exit status: 0 restored; 1 the spool does not have the file (routine, prints nothing); 126 the spool has the file but it is damaged or unreadable (PostgreSQL then stops recovery rather than ending it early as if the WAL had run out).
             """)
 
     @Option(help: "Spool directory of walship receive.")

@@ -8,9 +8,7 @@ struct Send: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Stream WAL from the primary to the receiver (runs beside the primary).",
         discussion: """
-            Connects to the primary with a physical replication slot, ships WAL LZ4-compressed to the receiver, and
-            reports to the primary only what the receiver has written and fsynced. With --sync and the primary's
-            synchronous_standby_names naming --application-name, commits wait until their WAL is on the DR site's disk.
+            Connects to the primary with a physical replication slot, ships WAL LZ4-compressed to the receiver, and reports to the primary only what the receiver has written and fsynced. With --sync and the primary's synchronous_standby_names naming --application-name, commits wait until their WAL is on the DR site's disk.
             Example:
               walship send --source "host=/var/run/postgresql user=walship" --to dr.example:7000 --slot walship --create-slot --insecure
             """)
@@ -33,14 +31,8 @@ struct Send: AsyncParsableCommand {
     @Flag(help: "Synchronous mode: checks that the primary's synchronous_standby_names names --application-name (so commits wait until their WAL is fsynced at the DR site) and warns if not.")
     var sync = false
 
-    @Flag(help: "Ship without TLS (plaintext). Required on both ends for plaintext links; use only on a trusted network.")
-    var insecure = false
 
-    @Option(help: "Serve status on HOST:PORT (GET /status). Read-only; bind to loopback unless you need it remote.")
-    var statusListen: String?
 
-    @Option(help: "Seconds of silence after which the link to the receiver is considered dead.")
-    var linkTimeout = 30
 
     @Option(help: "Longest wait, in seconds, between reconnection attempts (the wait doubles from 1 s).")
     var retryMaxSeconds = 30
@@ -48,18 +40,14 @@ struct Send: AsyncParsableCommand {
     @Option(help: "Seconds between checks of the slot's retained WAL on the primary.")
     var slotCheckInterval = 10
 
+    @OptionGroup var link: LinkOptions
     @OptionGroup var logging: LoggingOptions
 
     func validate() throws {
         _ = try parseEndpoint(to, option: "--to")
-        if let statusListen { _ = try parseEndpoint(statusListen, option: "--status-listen") }
-        guard insecure else {
-            throw ValidationError("TLS for the ship link is not available in this release; pass --insecure on both ends to ship in plaintext over a network you trust")
-        }
         guard !slot.isEmpty, slot.allSatisfy({ $0.isLetter && $0.isLowercase || $0.isNumber || $0 == "_" }), slot.first?.isNumber == false else {
             throw ValidationError("--slot \"\(slot)\" is not a valid slot name (lower-case letters, digits and underscores)")
         }
-        guard (5...3600).contains(linkTimeout) else { throw ValidationError("--link-timeout must be 5...3600 seconds") }
     }
 
     func run() async throws {
@@ -67,16 +55,16 @@ struct Send: AsyncParsableCommand {
         let conninfo: Conninfo
         do { conninfo = try Conninfo(source) } catch { throw fail("send", error) }
         let receiver = try parseEndpoint(to, option: "--to")
-        logger.warning("ship link runs without TLS (--insecure): WAL crosses the network in plaintext")
+        link.warnIfPlaintext(logger)
         var configuration = SenderConfiguration(
             source: conninfo, receiverHost: receiver.host, receiverPort: receiver.port, slot: slot,
             createSlot: createSlot, applicationName: applicationName, synchronous: sync)
-        configuration.linkTimeout = .seconds(linkTimeout)
-        configuration.keepaliveInterval = .seconds(max(1, linkTimeout / 6))
+        configuration.linkTimeout = .seconds(link.linkTimeout)
+        configuration.keepaliveInterval = .seconds(max(1, link.linkTimeout / 6))
         configuration.slotCheckInterval = .seconds(max(1, slotCheckInterval))
         configuration.maxBackoff = .seconds(max(1, retryMaxSeconds))
         let sender = Sender(configuration: configuration, logger: logger)
-        try await runService("send", statusListen: statusListen, logger: logger, status: { sender.status }) {
+        try await runService("send", statusListen: link.statusListen, logger: logger, status: { sender.status }) {
             try await sender.run()
         }
     }

@@ -8,8 +8,7 @@ struct Walship: AsyncParsableCommand {
         commandName: "walship",
         abstract: "Keep a PostgreSQL disaster-recovery site current to the last commit.",
         discussion: """
-            The sender runs beside the primary and streams WAL through a replication slot to the receiver at the
-            DR site, which stores it durably in a spool. See docs/runbook.md.
+            The sender runs beside the primary and streams WAL through a replication slot to the receiver at the DR site, which stores it durably in a spool. See docs/runbook.md.
             """,
         version: "0.1.0",
         subcommands: [Send.self, Receive.self, RestoreWAL.self])
@@ -32,6 +31,30 @@ struct LoggingOptions: ParsableArguments {
 }
 
 extension Logger.Level: @retroactive ExpressibleByArgument {}
+
+/// Options of both ends of the ship link. Their names are a contract shared by `send` and `receive`.
+struct LinkOptions: ParsableArguments {
+    @Flag(help: "No TLS on the ship link (plaintext). Required on both ends for a plaintext link; use only on a trusted network.")
+    var insecure = false
+
+    @Option(help: "Serve status on HOST:PORT (GET /status). Read-only; bind to loopback unless you need it remote.")
+    var statusListen: String?
+
+    @Option(help: "Seconds of silence after which the link is considered dead (and, at the receiver, may be replaced).")
+    var linkTimeout = 30
+
+    func validate() throws {
+        if let statusListen { _ = try parseEndpoint(statusListen, option: "--status-listen") }
+        guard insecure else {
+            throw ValidationError("TLS for the ship link is not available in this release; pass --insecure on both ends to ship in plaintext over a network you trust")
+        }
+        guard (5...3600).contains(linkTimeout) else { throw ValidationError("--link-timeout must be 5...3600 seconds") }
+    }
+
+    func warnIfPlaintext(_ logger: Logger) {
+        if insecure { logger.warning("ship link runs without TLS (--insecure): WAL crosses the network in plaintext") }
+    }
+}
 
 /// Prints one clear line for a failure and exits non-zero, instead of a stack of wrapped errors.
 func fail(_ command: String, _ error: any Error) -> ExitCode {
