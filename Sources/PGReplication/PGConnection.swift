@@ -112,6 +112,43 @@ public final class PGConnection {
                              connectionLost: PQstatus(conn) != CONNECTION_OK)
     }
 
+    // MARK: - Multi-result commands (BASE_BACKUP)
+
+    public enum Step {
+        case rows([[String?]])
+        case commandOK
+        case copyOut
+        case done
+    }
+
+    public func send(_ command: String) throws {
+        guard PQsendQuery(conn, command) == 1 else { throw PostgresError(errorMessage, connectionLost: !isConnected) }
+    }
+
+    /// The next result of a command sent with `send(_:)`.
+    public func nextResult() throws -> Step {
+        guard let result = PQgetResult(conn) else { return .done }
+        defer { PQclear(result) }
+        switch PQresultStatus(result) {
+        case PGRES_TUPLES_OK: return .rows(Self.rows(result))
+        case PGRES_COMMAND_OK: return .commandOK
+        case PGRES_COPY_OUT: return .copyOut
+        default: throw Self.error(from: result, conn: conn)
+        }
+    }
+
+    /// Blocking read of one CopyData message during COPY OUT; nil at the end of the copy.
+    public func readCopyOut() throws -> [UInt8]? {
+        var buffer: UnsafeMutablePointer<CChar>?
+        let n = PQgetCopyData(conn, &buffer, 0)
+        if n > 0, let buffer {
+            defer { PQfreemem(buffer) }
+            return Array(UnsafeRawBufferPointer(start: buffer, count: Int(n)))
+        }
+        if n == -1 { return nil }
+        throw PostgresError("base backup stream failed: \(errorMessage)", connectionLost: !isConnected)
+    }
+
     // MARK: - COPY BOTH streaming
 
     /// Sends START_REPLICATION and expects CopyBoth.

@@ -152,7 +152,7 @@ extension Optional where Wrapped == PGConnection {
 
 /// A replication connection to the primary, owned by its own thread: every libpq call runs there.
 public final class ReplicationSession: Sendable {
-    private let owner = ConnectionThread()
+    let owner = ConnectionThread()
     private let logger: Logger
     public let conninfo: Conninfo
 

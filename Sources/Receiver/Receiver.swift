@@ -141,6 +141,9 @@ public final class Receiver: Sendable {
         } catch {
             throw Refusal(code: .spoolFailure, message: "cannot open the spool for system \(hello.systemIdentifier): \(error)")
         }
+        if hello.role == .backup {
+            return try await serveBackup(system: system, iterator: iterator, outbound: outbound, logger: logger)
+        }
         let linkID = try claim(hello: hello, peer: peer, channel: channel, logger: logger)
         defer { release(system: hello.systemIdentifier, linkID: linkID) }
 
@@ -170,6 +173,67 @@ public final class Receiver: Sendable {
             })
     }
 
+    /// A backup link: store the archive and manifest as they come, make the backup visible when whole, and
+    /// declare it complete once the stream has brought the spool's durable WAL to its stop LSN.
+    private func serveBackup(system: SystemSpool, iterator: NIOAsyncChannelInboundStream<ShipMessage>.AsyncIterator,
+                             outbound: NIOAsyncChannelOutboundWriter<ShipMessage>, logger: Logger) async throws {
+        let position = system.position
+        try await outbound.write(.welcome(Welcome(resumeLSN: position.durable, resumeTimeline: position.timeline,
+                                                  receiverName: config.name)))
+        var iterator = iterator
+        var writer: BackupWriter?
+        defer { writer?.abort() }
+        let allocator = ByteBufferAllocator()
+        while let message = try await iterator.next() {
+            switch message {
+            case .backupStart(let start):
+                guard writer == nil else { throw Refusal(code: .protocolViolation, message: "a second backup start on one link") }
+                writer = try BackupWriter(system: system, start: start)
+                logger.notice("backup started", metadata: ["walship.backup": "\(writer!.id)", "walship.start_lsn": "\(start.startLSN)"])
+            case .backupData(let data):
+                guard let writer else { throw Refusal(code: .protocolViolation, message: "backup data before its start") }
+                let bytes: ByteBuffer
+                do { bytes = try data.bytes(allocator: allocator) } catch {
+                    throw Refusal(code: .protocolViolation, message: "refused backup data: \(error)")
+                }
+                try bytes.withUnsafeReadableBytes {
+                    switch data.part {
+                    case .archive: try writer.appendArchive($0)
+                    case .manifest: try writer.appendManifest($0)
+                    }
+                }
+            case .backupEnd(let end):
+                guard let active = writer else { throw Refusal(code: .protocolViolation, message: "backup end before its start") }
+                let info = try active.finish(stop: end, durable: system.position.durable)
+                writer = nil
+                logger.notice("backup stored", metadata: ["walship.backup": "\(info.id)", "walship.stop_lsn": "\(info.stopLSN)",
+                                                          "walship.status": "\(info.status.rawValue)"])
+                try await awaitWAL(for: info, stop: end.stopLSN, system: system, outbound: outbound, logger: logger)
+                return
+            case .keepalive(let keepalive):
+                if keepalive.replyRequested { try await outbound.write(.ack(ack(for: system, at: system.position))) }
+            case .hello, .welcome, .refusal, .walData, .ack, .history, .backupStatus:
+                throw Refusal(code: .protocolViolation, message: "unexpected \(message.kind) frame on a backup link")
+            }
+        }
+        throw LinkEnded()
+    }
+
+    private func awaitWAL(for info: BackupInfo, stop: LSN, system: SystemSpool,
+                          outbound: NIOAsyncChannelOutboundWriter<ShipMessage>, logger: Logger) async throws {
+        var durable = system.position.durable
+        while durable < stop {
+            try await outbound.write(.backupStatus(BackupStatus(backupID: info.id, state: .waitingForWAL, durableLSN: durable)))
+            durable = await system.waitForDurable(beyond: durable, timeout: .seconds(5))
+            try Task.checkCancellation()
+        }
+        if info.status != .complete {
+            _ = try BackupCatalog.markComplete(systemDirectory: system.directory, id: info.id)
+        }
+        logger.notice("backup complete: the spool holds all WAL it needs", metadata: ["walship.backup": "\(info.id)"])
+        try await outbound.write(.backupStatus(BackupStatus(backupID: info.id, state: .complete, durableLSN: durable)))
+    }
+
     private func readFrames(_ iterator: inout NIOAsyncChannelInboundStream<ShipMessage>.AsyncIterator, queue: BatchQueue<Work>,
                             system: SystemSpool, linkID: Int, outbound: NIOAsyncChannelOutboundWriter<ShipMessage>) async throws {
         let allocator = ByteBufferAllocator()
@@ -192,8 +256,8 @@ public final class Receiver: Sendable {
                 try await queue.push(.history(timeline: history.timeline, content: history.content), bytes: history.content.readableBytes)
             case .refusal(let refusal):
                 throw Refusal(code: refusal.code, message: "the sender ended the link: \(refusal.message)")
-            case .hello, .welcome, .ack:
-                throw Refusal(code: .protocolViolation, message: "unexpected \(message.kind) frame from the sender")
+            case .hello, .welcome, .ack, .backupStart, .backupData, .backupEnd, .backupStatus:
+                throw Refusal(code: .protocolViolation, message: "unexpected \(message.kind) frame on a streaming link")
             }
         }
     }

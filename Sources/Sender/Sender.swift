@@ -274,17 +274,7 @@ public final class Sender: Sendable {
     }
 
     private func connectReceiver() async throws -> ShipAsyncChannel {
-        let timeout = TimeAmount.nanoseconds(Int64(config.linkTimeout.components.seconds) * 1_000_000_000)
-        do {
-            return try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
-                .connectTimeout(.seconds(10))
-                .channelOption(.tcpOption(.tcp_nodelay), value: 1)
-                .connect(host: config.receiverHost, port: config.receiverPort) { channel in
-                    channel.eventLoop.makeCompletedFuture { try ShipChannel.configure(channel, linkTimeout: timeout) }
-                }
-        } catch {
-            throw LinkError("receiver \(config.receiverHost):\(config.receiverPort) is unreachable: \(error)")
-        }
+        try await connectToReceiver(host: config.receiverHost, port: config.receiverPort, linkTimeout: config.linkTimeout)
     }
 
     // MARK: - Slot retention
@@ -377,6 +367,21 @@ public final class Sender: Sendable {
     private func clearProblem(_ area: String, _ message: Logger.Message, metadata: Logger.Metadata = [:]) {
         let hadProblem = problems.withLock { $0.removeValue(forKey: area) != nil }
         if hadProblem || area == "stream" { logger.notice(message, metadata: metadata) }
+    }
+}
+
+/// Opens a ship link to the receiver.
+func connectToReceiver(host: String, port: Int, linkTimeout: Duration) async throws -> ShipAsyncChannel {
+    let timeout = TimeAmount.nanoseconds(Int64(linkTimeout.components.seconds) * 1_000_000_000)
+    do {
+        return try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+            .connectTimeout(.seconds(10))
+            .channelOption(.tcpOption(.tcp_nodelay), value: 1)
+            .connect(host: host, port: port) { channel in
+                channel.eventLoop.makeCompletedFuture { try ShipChannel.configure(channel, linkTimeout: timeout) }
+            }
+    } catch {
+        throw LinkError("receiver \(host):\(port) is unreachable: \(error)")
     }
 }
 

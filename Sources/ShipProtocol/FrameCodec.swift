@@ -85,6 +85,24 @@ public struct ShipFrameEncoder: MessageToByteEncoder, Sendable {
             out.writeInteger(h.timeline)
             var content = h.content
             out.writeBuffer(&content)
+        case .backupStart(let b):
+            out.writeInteger(b.startLSN.rawValue)
+            out.writeInteger(b.timeline)
+            out.writeInteger(b.estimatedBytes)
+            out.writeShortString(b.label)
+        case .backupData(let d):
+            out.writeInteger(d.part.rawValue)
+            out.writeInteger(d.compression.rawValue)
+            out.writeInteger(d.uncompressedLength)
+            var payload = d.payload
+            out.writeBuffer(&payload)
+        case .backupEnd(let e):
+            out.writeInteger(e.stopLSN.rawValue)
+            out.writeInteger(e.timeline)
+        case .backupStatus(let st):
+            out.writeShortString(st.backupID)
+            out.writeInteger(st.state.rawValue)
+            out.writeInteger(st.durableLSN.rawValue)
         }
     }
 }
@@ -195,6 +213,33 @@ public struct ShipFrameDecoder: NIOSingleStepByteToMessageDecoder, Sendable {
             let timeline: UInt32 = try int()
             let content = p.readSlice(length: p.readableBytes)!
             return .history(HistoryFile(timeline: timeline, content: content))
+        case .backupStart:
+            return .backupStart(BackupStart(startLSN: LSN(try int(UInt64.self)), timeline: try int(),
+                                            estimatedBytes: try int(), label: try string()))
+        case .backupData:
+            let rawPart = try int(UInt8.self)
+            guard let part = BackupData.Part(rawValue: rawPart) else {
+                throw .invalidField(kind: kind, reason: "unknown backup part \(rawPart)")
+            }
+            let rawCompression = try int(UInt8.self)
+            guard let compression = WALCompression(rawValue: rawCompression) else {
+                throw .invalidField(kind: kind, reason: "unknown compression \(rawCompression)")
+            }
+            let length: UInt32 = try int()
+            guard length > 0, Int(length) <= ShipFrame.maxWALChunkBytes else {
+                throw .invalidField(kind: kind, reason: "backup chunk of \(length) bytes is outside 1...\(ShipFrame.maxWALChunkBytes)")
+            }
+            return .backupData(BackupData(part: part, compression: compression, uncompressedLength: length,
+                                          payload: p.readSlice(length: p.readableBytes)!))
+        case .backupEnd:
+            return .backupEnd(BackupEnd(stopLSN: LSN(try int(UInt64.self)), timeline: try int()))
+        case .backupStatus:
+            let id = try string()
+            let rawState = try int(UInt8.self)
+            guard let state = BackupStatus.State(rawValue: rawState) else {
+                throw .invalidField(kind: kind, reason: "unknown backup state \(rawState)")
+            }
+            return .backupStatus(BackupStatus(backupID: id, state: state, durableLSN: LSN(try int(UInt64.self))))
         }
     }
 }

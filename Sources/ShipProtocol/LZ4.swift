@@ -52,6 +52,48 @@ public enum LZ4 {
         return out
     }
 
+    /// Compresses a stream into one LZ4 frame piece by piece (for files too large to hold in memory).
+    public final class FrameWriter {
+        private var context: OpaquePointer?
+        private var preferences = LZ4F_preferences_t()
+        private var buffer: [UInt8] = []
+
+        public init() {
+            precondition(LZ4F_isError(LZ4F_createCompressionContext(&context, UInt32(LZ4F_VERSION))) == 0,
+                         "cannot create an LZ4 compression context")
+            preferences.frameInfo.blockSizeID = LZ4F_max64KB
+            preferences.frameInfo.blockMode = LZ4F_blockLinked
+            preferences.frameInfo.contentChecksumFlag = LZ4F_contentChecksumEnabled
+        }
+
+        deinit { LZ4F_freeCompressionContext(context) }
+
+        /// The frame header; call once, first.
+        public func begin() -> [UInt8] {
+            buffer = [UInt8](repeating: 0, count: 32)
+            let n = buffer.withUnsafeMutableBytes { LZ4F_compressBegin(context, $0.baseAddress, $0.count, &preferences) }
+            precondition(LZ4F_isError(n) == 0, "LZ4F_compressBegin failed")
+            return Array(buffer[0..<n])
+        }
+
+        public func update(_ input: UnsafeRawBufferPointer) -> [UInt8] {
+            let bound = LZ4F_compressBound(input.count, &preferences)
+            if buffer.count < bound { buffer = [UInt8](repeating: 0, count: bound) }
+            let n = buffer.withUnsafeMutableBytes { LZ4F_compressUpdate(context, $0.baseAddress, $0.count, input.baseAddress, input.count, nil) }
+            precondition(LZ4F_isError(n) == 0, "LZ4F_compressUpdate cannot fail with a bound-sized buffer")
+            return Array(buffer[0..<n])
+        }
+
+        /// The rest of the frame: buffered data, end mark and content checksum.
+        public func end() -> [UInt8] {
+            let bound = LZ4F_compressBound(0, &preferences) + 16
+            if buffer.count < bound { buffer = [UInt8](repeating: 0, count: bound) }
+            let n = buffer.withUnsafeMutableBytes { LZ4F_compressEnd(context, $0.baseAddress, $0.count, nil) }
+            precondition(LZ4F_isError(n) == 0, "LZ4F_compressEnd failed")
+            return Array(buffer[0..<n])
+        }
+    }
+
     public struct FrameError: Error, CustomStringConvertible {
         public let description: String
     }

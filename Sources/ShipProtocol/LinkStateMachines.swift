@@ -62,7 +62,7 @@ public struct SenderLinkStateMachine: Sendable {
             return .startStreaming(start: start, timeline: primary.timeline, resume: .invalid)
         case .refusal(let refusal):
             return close("the receiver refused the link: \(refusal.message)", fatal: refusal.code == .unsupportedVersion)
-        case .hello, .walData, .ack, .keepalive, .history:
+        case .hello, .walData, .ack, .keepalive, .history, .backupStart, .backupData, .backupEnd, .backupStatus:
             return close("the receiver answered the handshake with \(message.kind)")
         }
     }
@@ -93,7 +93,7 @@ public struct SenderLinkStateMachine: Sendable {
             return .reportFeedback(written: ack.writtenLSN, durable: ack.durableLSN, replayed: ack.replayedLSN)
         case .refusal(let refusal):
             return close("the receiver ended the link: \(refusal.message)")
-        case .hello, .welcome, .walData, .keepalive, .history:
+        case .hello, .welcome, .walData, .keepalive, .history, .backupStart, .backupData, .backupEnd, .backupStatus:
             return close("unexpected \(message.kind) frame from the receiver")
         }
     }
@@ -112,9 +112,6 @@ public enum ReceiverHandshake {
         }
         guard let size = WALSegmentSize(bytes: UInt64(hello.walSegmentSize)) else {
             return .failure(Refusal(code: .wrongSegmentSize, message: "invalid WAL segment size \(hello.walSegmentSize)"))
-        }
-        guard hello.role == .stream else {
-            return .failure(Refusal(code: .protocolViolation, message: "link role \(hello.role) is not supported by this receiver"))
         }
         guard hello.systemIdentifier != 0 else {
             return .failure(Refusal(code: .protocolViolation, message: "system identifier 0 is not a PostgreSQL system"))

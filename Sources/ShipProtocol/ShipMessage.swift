@@ -13,6 +13,10 @@ public enum ShipMessage: Hashable, Sendable {
     case ack(Ack)
     case keepalive(Keepalive)
     case history(HistoryFile)
+    case backupStart(BackupStart)
+    case backupData(BackupData)
+    case backupEnd(BackupEnd)
+    case backupStatus(BackupStatus)
 
     public enum Kind: UInt8, Sendable {
         case hello = 0x01
@@ -22,6 +26,10 @@ public enum ShipMessage: Hashable, Sendable {
         case ack = 0x11
         case keepalive = 0x12
         case history = 0x13
+        case backupStart = 0x20
+        case backupData = 0x21
+        case backupEnd = 0x22
+        case backupStatus = 0x23
     }
 
     public var kind: Kind {
@@ -33,6 +41,10 @@ public enum ShipMessage: Hashable, Sendable {
         case .ack: .ack
         case .keepalive: .keepalive
         case .history: .history
+        case .backupStart: .backupStart
+        case .backupData: .backupData
+        case .backupEnd: .backupEnd
+        case .backupStatus: .backupStatus
         }
     }
 }
@@ -215,5 +227,94 @@ public struct HistoryFile: Hashable, Sendable {
     public init(timeline: TimeLineID, content: ByteBuffer) {
         self.timeline = timeline
         self.content = content
+    }
+}
+
+/// Sender → receiver on a backup link: BASE_BACKUP started at `startLSN`.
+public struct BackupStart: Hashable, Sendable {
+    public var startLSN: LSN
+    public var timeline: TimeLineID
+    /// Size the server estimated (PROGRESS), in bytes; 0 when unknown.
+    public var estimatedBytes: UInt64
+    public var label: String
+
+    public init(startLSN: LSN, timeline: TimeLineID, estimatedBytes: UInt64, label: String) {
+        self.startLSN = startLSN
+        self.timeline = timeline
+        self.estimatedBytes = estimatedBytes
+        self.label = label
+    }
+}
+
+/// A piece of the backup: the data directory's tar archive, or the backup manifest.
+public struct BackupData: Hashable, Sendable {
+    public enum Part: UInt8, Sendable {
+        case archive = 1
+        case manifest = 2
+    }
+
+    public var part: Part
+    public var compression: WALCompression
+    public var uncompressedLength: UInt32
+    public var payload: ByteBuffer
+
+    public init(part: Part, compression: WALCompression, uncompressedLength: UInt32, payload: ByteBuffer) {
+        self.part = part
+        self.compression = compression
+        self.uncompressedLength = uncompressedLength
+        self.payload = payload
+    }
+
+    public static func make(part: Part, bytes: ByteBuffer, allocator: ByteBufferAllocator = ByteBufferAllocator()) -> BackupData {
+        let compressed = LZ4.compressBlock(bytes, allocator: allocator)
+        let useLZ4 = compressed.readableBytes < bytes.readableBytes
+        return BackupData(part: part, compression: useLZ4 ? .lz4Block : .none, uncompressedLength: UInt32(bytes.readableBytes),
+                          payload: useLZ4 ? compressed : bytes)
+    }
+
+    public func bytes(allocator: ByteBufferAllocator = ByteBufferAllocator()) throws(ShipProtocolError) -> ByteBuffer {
+        switch compression {
+        case .none:
+            guard payload.readableBytes == Int(uncompressedLength) else {
+                throw .invalidField(kind: .backupData, reason: "raw payload length differs from declared length")
+            }
+            return payload
+        case .lz4Block:
+            guard let out = LZ4.decompressBlock(payload, uncompressedLength: Int(uncompressedLength), allocator: allocator) else {
+                throw .invalidField(kind: .backupData, reason: "LZ4 block does not decompress to declared length")
+            }
+            return out
+        }
+    }
+}
+
+/// Sender → receiver: BASE_BACKUP finished; WAL up to `stopLSN` makes it consistent.
+public struct BackupEnd: Hashable, Sendable {
+    public var stopLSN: LSN
+    public var timeline: TimeLineID
+
+    public init(stopLSN: LSN, timeline: TimeLineID) {
+        self.stopLSN = stopLSN
+        self.timeline = timeline
+    }
+}
+
+/// Receiver → sender: where the stored backup stands.
+public struct BackupStatus: Hashable, Sendable {
+    public enum State: UInt8, Sendable {
+        /// Stored durably; waiting for the stream to bring WAL up to the stop LSN.
+        case waitingForWAL = 1
+        /// Restorable: the spool durably holds all WAL from start to stop.
+        case complete = 2
+    }
+
+    public var backupID: String
+    public var state: State
+    public var durableLSN: LSN
+
+    public init(backupID: String, state: State, durableLSN: LSN) {
+        self.backupID = backupID
+        self.state = state
+        self.durableLSN = durableLSN
     }
 }

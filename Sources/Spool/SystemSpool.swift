@@ -59,6 +59,7 @@ public final class SystemSpool: @unchecked Sendable {
         try FileIO.makeDirectory(directory)
         try FileIO.makeDirectory(walDirectory)
         try checkOrWriteSystemFile()
+        try BackupCatalog.removeUnfinished(systemDirectory: directory)
         try recover()
     }
 

@@ -19,6 +19,11 @@ import WALCore
                  replayTime: PostgresTimestamp(rawValue: 9), receiverTime: PostgresTimestamp(rawValue: 10))),
         .keepalive(Keepalive(primaryEndLSN: LSN(77), sendTime: PostgresTimestamp(rawValue: -5), replyRequested: true)),
         .history(HistoryFile(timeline: 2, content: ByteBuffer(string: "1\t0/5000060\tno recovery target specified\n"))),
+        .backupStart(BackupStart(startLSN: LSN("0/2000028")!, timeline: 1, estimatedBytes: 123_456_789, label: "walship")),
+        .backupData(BackupData.make(part: .archive, bytes: ByteBuffer(repeating: 0, count: 10_000))),
+        .backupData(BackupData.make(part: .manifest, bytes: ByteBuffer(string: "{\"PostgreSQL-Backup-Manifest-Version\": 1}"))),
+        .backupEnd(BackupEnd(stopLSN: LSN("0/2000100")!, timeline: 1)),
+        .backupStatus(BackupStatus(backupID: "20261123T190000Z", state: .complete, durableLSN: LSN("0/3000000")!)),
     ]
 
     func encode(_ message: ShipMessage) throws -> ByteBuffer {

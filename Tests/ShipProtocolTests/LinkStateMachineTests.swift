@@ -78,8 +78,9 @@ import WALCore
 
     @Test func acceptsAndRefuses() {
         #expect((try? ReceiverHandshake.validate(hello()).get()) == .default)
+        #expect((try? ReceiverHandshake.validate(hello(role: .backup)).get()) == .default)
         for (bad, code) in [(hello(version: 2), Refusal.Code.unsupportedVersion), (hello(size: 3 << 20), .wrongSegmentSize),
-                            (hello(role: .backup), .protocolViolation), (hello(system: 0), .protocolViolation)] {
+                            (hello(system: 0), .protocolViolation)] {
             guard case .failure(let refusal) = ReceiverHandshake.validate(bad) else { Issue.record("accepted \(bad)"); continue }
             #expect(refusal.code == code)
         }

@@ -1,0 +1,82 @@
+import Foundation
+import Testing
+
+/// Base backups through the link, then `walship restore` as a streaming DR standby and as a PITR target.
+@Suite(.serialized, .enabled(if: IT.pgBin != nil, "PostgreSQL 15 server binaries are required"))
+struct BackupRestoreTests {
+    @Test func backupThroughTheLinkRestoresAStandbyAndAPointInTime() throws {
+        let fixture = try Fixture("backup-restore")
+        defer { fixture.tearDown() }
+        var topology = try ShipTopology(fixture, spoolOwnedByPostgres: true)
+        let standbyPort = IT.freePort()
+        topology.receiverExtra = ["--standby-listen", "127.0.0.1:\(standbyPort)", "--standby-trust"]
+        try topology.startReceiver()
+        try topology.startSender()
+        try topology.primary.pgbench(["-i", "-s", "2", "-q"])
+
+        let backup = try run(IT.walshipBinary, ["backup", "--source", topology.primary.conninfo, "--to", "127.0.0.1:\(topology.receiverPort)",
+                                                "--insecure", "--label", "integration"], timeout: 300, check: false)
+        #expect(backup.status == 0, "\(backup.error)")
+        #expect(backup.output.contains("complete"), "\(backup.output)")
+        let listing = try run(IT.walshipBinary, ["backups", "--spool", topology.spool, "--json"])
+        let backups = try #require(try JSONSerialization.jsonObject(with: Data(listing.output.utf8)) as? [[String: Any]])
+        #expect(backups.count == 1)
+        #expect(backups.first?["status"] as? String == "complete")
+        #expect(backups.first?["label"] as? String == "integration")
+
+        // A DR standby built from that backup streams from the receiver.
+        let standbyData = fixture.directory + "/dr"
+        let restored = try run(IT.walshipBinary, ["restore", "--spool", topology.spool, "--pgdata", standbyData, "--standby",
+                                                  "--primary-conninfo", "host=127.0.0.1 port=\(standbyPort) user=postgres application_name=dr"],
+                               check: false)
+        #expect(restored.status == 0, "\(restored.error)")
+        let verify = try run(topology.primary.bin + "/pg_verifybackup", ["-n", standbyData], asPostgres: true, check: false)
+        #expect(verify.status == 0, "pg_verifybackup: \(verify.error)\(verify.output)")
+        let again = try run(IT.walshipBinary, ["restore", "--spool", topology.spool, "--pgdata", standbyData], check: false)
+        #expect(again.status != 0 && again.error.contains("not empty"), "\(again.error)")
+
+        let standby = try fixture.startCopy(name: "dr", signal: "standby.signal", settings: ["hot_standby = on", "wal_retrieve_retry_interval = '1s'"])
+        try topology.primary.sql("CREATE TABLE visits (id int PRIMARY KEY, at timestamptz DEFAULT now())")
+        try topology.primary.sql("INSERT INTO visits SELECT g FROM generate_series(1, 1000) g")
+        let before = try topology.primary.sql("SELECT now()")
+        try topology.primary.pgbench(["-T", "2", "-c", "2"])
+        try topology.primary.sql("INSERT INTO visits SELECT g FROM generate_series(1001, 3000) g")
+        let target = try lsn(topology.primary.sql("SELECT pg_current_wal_lsn()"))!
+        try waitUntil("the DR standby to catch up", timeout: 120) {
+            let replayed = try standby.sql("SELECT pg_last_wal_replay_lsn()")
+            return ((lsn(replayed) ?? 0) >= target, replayed)
+        }
+        for q in ["SELECT count(*) FROM visits", "SELECT sum(abalance), count(*) FROM pgbench_accounts", "SELECT count(*) FROM pgbench_history"] {
+            #expect(try standby.sql(q) == topology.primary.sql(q), "\(q)")
+        }
+
+        // Point in time: only the rows committed before the target time.
+        try waitUntil("the spool to hold everything", timeout: 60) { (try topology.durable() >= target, "") }
+        let pitrData = fixture.directory + "/pitr"
+        let pitr = try run(IT.walshipBinary, ["restore", "--spool", topology.spool, "--pgdata", pitrData, "--target-time", before,
+                                              "--target-action", "promote"], check: false)
+        #expect(pitr.status == 0, "\(pitr.error)")
+        let copy = try fixture.startCopy(name: "pitr", signal: "recovery.signal", settings: [])
+        try waitUntil("the point-in-time copy to promote", timeout: 120) {
+            let state = try copy.sql("SELECT pg_is_in_recovery()")
+            return (state == "f", state)
+        }
+        #expect(try copy.sql("SELECT count(*) FROM visits") == "1000")
+    }
+
+    @Test func restoreRefusesClearly() throws {
+        let fixture = try Fixture("restore-refusals")
+        defer { fixture.tearDown() }
+        var topology = try ShipTopology(fixture)
+        try topology.startReceiver()
+        try topology.startSender()
+        try topology.switchAndWait()
+        let none = try run(IT.walshipBinary, ["restore", "--spool", topology.spool, "--pgdata", fixture.directory + "/x"], check: false)
+        #expect(none.status != 0 && none.error.contains("no complete base backup"), "\(none.error)")
+        let conflicting = try run(IT.walshipBinary, ["restore", "--spool", topology.spool, "--pgdata", fixture.directory + "/x",
+                                                     "--standby", "--primary-conninfo", "host=x", "--target-lsn", "0/1"], check: false)
+        #expect(conflicting.status != 0 && conflicting.error.contains("does not go with --standby"), "\(conflicting.error)")
+        let noSpool = try run(IT.walshipBinary, ["backups", "--spool", fixture.directory + "/missing"], check: false)
+        #expect(noSpool.status != 0)
+    }
+}

@@ -1,0 +1,194 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Foundation
+import ShipProtocol
+import WALCore
+
+/// One stored base backup: `ROOT/<system>/base/<id>/` with `base.tar.lz4` (the data directory as
+/// BASE_BACKUP sent it, one LZ4 frame), `backup_manifest`, and `backup.json` (this record).
+public struct BackupInfo: Codable, Sendable, Equatable {
+    public enum Status: String, Codable, Sendable {
+        /// Stored, but the spool does not yet hold all WAL up to the stop LSN: not restorable yet.
+        case waitingForWAL = "waiting-for-wal"
+        case complete
+    }
+
+    public var id: String
+    public var label: String
+    public var systemIdentifier: String
+    public var createdAt: Date
+    public var startLSN: String
+    public var stopLSN: String
+    public var timeline: UInt32
+    /// Uncompressed size of the data directory archive.
+    public var archiveBytes: UInt64
+    /// CRC-32C of the uncompressed archive, checked again at restore.
+    public var archiveCRC32C: String
+    public var storedBytes: UInt64
+    public var status: Status
+}
+
+/// Writes one backup as it arrives. Nothing looks like a backup until `finish` renames the directory into
+/// place; an interrupted backup leaves only `<id>.partial`, which the receiver removes on start.
+public final class BackupWriter {
+    public let id: String
+    let baseDirectory: String
+    let partialDirectory: String
+    let start: BackupStart
+    let systemIdentifier: UInt64
+    private let archive: AppendFile
+    private let manifest: AppendFile
+    private let frame = LZ4.FrameWriter()
+    private var archiveBytes: UInt64 = 0
+    private var archiveCRC: UInt32 = 0
+    private var finished = false
+
+    public init(system: SystemSpool, start: BackupStart, now: Date = Date()) throws {
+        baseDirectory = system.directory + "/base"
+        try FileIO.makeDirectory(baseDirectory)
+        systemIdentifier = system.systemIdentifier
+        self.start = start
+        var candidate = Self.formatID(now)
+        var n = 2
+        while FileIO.exists(baseDirectory + "/" + candidate) || FileIO.exists(baseDirectory + "/" + candidate + ".partial") {
+            candidate = Self.formatID(now) + "-\(n)"
+            n += 1
+        }
+        id = candidate
+        partialDirectory = baseDirectory + "/" + id + ".partial"
+        try FileIO.makeDirectory(partialDirectory)
+        archive = try AppendFile(partialDirectory + "/base.tar.lz4")
+        manifest = try AppendFile(partialDirectory + "/backup_manifest")
+        try frame.begin().withUnsafeBytes { try archive.append($0) }
+    }
+
+    deinit { if !finished { abort() } }
+
+    static func formatID(_ date: Date) -> String {
+        var t = time_t(date.timeIntervalSince1970)
+        var parts = tm()
+        gmtime_r(&t, &parts)
+        return String(format: "%04d%02d%02dT%02d%02d%02dZ", parts.tm_year + 1900, parts.tm_mon + 1, parts.tm_mday,
+                      parts.tm_hour, parts.tm_min, parts.tm_sec)
+    }
+
+    public func appendArchive(_ bytes: UnsafeRawBufferPointer) throws {
+        archiveBytes += UInt64(bytes.count)
+        archiveCRC = CRC32C.update(archiveCRC, bytes)
+        try frame.update(bytes).withUnsafeBytes { try archive.append($0) }
+    }
+
+    public func appendManifest(_ bytes: UnsafeRawBufferPointer) throws { try manifest.append(bytes) }
+
+    /// Makes the backup durable and visible: files fsynced, record written, directory renamed into place.
+    public func finish(stop: BackupEnd, durable: LSN) throws -> BackupInfo {
+        try frame.end().withUnsafeBytes { try archive.append($0) }
+        try archive.sync()
+        try manifest.sync()
+        let info = BackupInfo(
+            id: id, label: start.label, systemIdentifier: String(systemIdentifier), createdAt: Date(),
+            startLSN: start.startLSN.description, stopLSN: stop.stopLSN.description, timeline: stop.timeline,
+            archiveBytes: archiveBytes, archiveCRC32C: String(archiveCRC, radix: 16), storedBytes: UInt64(archive.length),
+            status: durable >= stop.stopLSN ? .complete : .waitingForWAL)
+        try BackupCatalog.write(info, to: partialDirectory)
+        guard rename(partialDirectory, baseDirectory + "/" + id) == 0 else {
+            throw SpoolError.errno("rename backup directory", partialDirectory)
+        }
+        try FileIO.syncDirectory(baseDirectory)
+        finished = true
+        return info
+    }
+
+    /// Drops an unfinished backup.
+    public func abort() {
+        finished = true
+        for name in (try? FileIO.listDirectory(partialDirectory)) ?? [] { try? FileIO.remove(partialDirectory + "/" + name) }
+        rmdir(partialDirectory)
+    }
+}
+
+/// Stored backups of one system.
+public enum BackupCatalog {
+    public static func list(systemDirectory: String) throws -> [BackupInfo] {
+        let base = systemDirectory + "/base"
+        guard FileIO.isDirectory(base) else { return [] }
+        return try FileIO.listDirectory(base).filter { !$0.hasSuffix(".partial") }.compactMap { name in
+            let path = base + "/" + name + "/backup.json"
+            guard FileIO.exists(path) else { return nil }
+            return try read(path)
+        }.sorted { $0.id < $1.id }
+    }
+
+    static func read(_ path: String) throws -> BackupInfo {
+        let data = Data(try FileIO.readWholeFile(path, maxBytes: 1 << 20))
+        do {
+            return try JSONDecoder.walship.decode(BackupInfo.self, from: data)
+        } catch {
+            throw SpoolError(.corrupt, "\(path) is damaged: \(error)")
+        }
+    }
+
+    static func write(_ info: BackupInfo, to directory: String) throws {
+        let data = try JSONEncoder.walship.encode(info)
+        try Array(data).withUnsafeBytes { try FileIO.writeAtomically($0, to: directory + "/backup.json", directory: directory) }
+    }
+
+    /// Marks a stored backup complete once the spool durably holds its WAL.
+    public static func markComplete(systemDirectory: String, id: String) throws -> BackupInfo {
+        let directory = systemDirectory + "/base/" + id
+        var info = try read(directory + "/backup.json")
+        info.status = .complete
+        try write(info, to: directory)
+        return info
+    }
+
+    /// Removes what interrupted backups left; they were never visible as backups.
+    public static func removeUnfinished(systemDirectory: String) throws {
+        let base = systemDirectory + "/base"
+        guard FileIO.isDirectory(base) else { return }
+        for name in try FileIO.listDirectory(base) where name.hasSuffix(".partial") {
+            let path = base + "/" + name
+            for file in try FileIO.listDirectory(path) { try FileIO.remove(path + "/" + file) }
+            rmdir(path)
+        }
+    }
+}
+
+extension JSONEncoder {
+    static var walship: JSONEncoder {
+        let e = JSONEncoder()
+        e.outputFormatting = [.prettyPrinted, .sortedKeys]
+        e.dateEncodingStrategy = .iso8601
+        return e
+    }
+}
+
+extension JSONDecoder {
+    static var walship: JSONDecoder {
+        let d = JSONDecoder()
+        d.dateDecodingStrategy = .iso8601
+        return d
+    }
+}
+
+/// A file written front to back.
+final class AppendFile {
+    let path: String
+    private let fd: Int32
+    private(set) var length = 0
+
+    init(_ path: String) throws {
+        self.path = path
+        fd = try FileIO.open(path, O_WRONLY | O_CREAT | O_TRUNC)
+    }
+
+    deinit { FileIO.close(fd) }
+
+    func append(_ bytes: UnsafeRawBufferPointer) throws {
+        try FileIO.pwriteAll(fd, bytes, at: length, path: path)
+        length += bytes.count
+    }
+
+    func sync() throws { try FileIO.syncFile(fd, path: path) }
+}

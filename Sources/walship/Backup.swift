@@ -1,0 +1,150 @@
+import ArgumentParser
+import Foundation
+import Logging
+import PGReplication
+import Sender
+import Spool
+import Synchronization
+import WALCore
+
+struct Backup: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Take a base backup of the primary and store it at the receiver, through the link.",
+        discussion: """
+            Runs BASE_BACKUP on the primary and ships the data directory LZ4-compressed to the receiver, which stores it under SPOOL/<system-identifier>/base/<backup-id>/. The backup is complete once the spool durably holds the WAL from its start to its stop LSN, which the running walship send delivers; this command waits for that.
+            Example:
+              walship backup --source "host=/var/run/postgresql user=walship" --to dr.example:7000 --insecure
+            """)
+
+    @Option(help: "libpq connection string of the primary.")
+    var source: String
+
+    @Option(help: "The receiver, HOST:PORT.")
+    var to: String
+
+    @Option(help: "Label recorded in the backup.")
+    var label = "walship base backup"
+
+    @OptionGroup var link: LinkOptions
+    @OptionGroup var logging: LoggingOptions
+
+    func validate() throws { _ = try parseEndpoint(to, option: "--to") }
+
+    func run() async throws {
+        let logger = logging.bootstrap(label: "walship.backup")
+        link.warnIfPlaintext(logger)
+        let receiver = try parseEndpoint(to, option: "--to")
+        do {
+            var shipper = BackupShipper(source: try Conninfo(source), receiverHost: receiver.host, receiverPort: receiver.port,
+                                        label: label, logger: logger)
+            shipper.linkTimeout = .seconds(link.linkTimeout)
+            let display = ProgressDisplay(terminal: isatty(STDOUT_FILENO) == 1)
+            let outcome = try await shipper.run { display.show($0) }
+            display.finish()
+            print("backup \(outcome.id) complete: start \(outcome.start), stop \(outcome.stop), \(formatBytes(outcome.archiveBytes)) of data directory")
+        } catch {
+            throw fail("backup", error)
+        }
+    }
+}
+
+/// A progress bar with rate and ETA on a terminal; a plain line every 10 % otherwise.
+final class ProgressDisplay: Sendable {
+    let terminal: Bool
+    private let state = Mutex<(startedAt: Date, lastDecile: Int, lastDraw: Date)>((Date(), -1, .distantPast))
+
+    init(terminal: Bool) { self.terminal = terminal }
+
+    func show(_ progress: BackupShipper.Progress) {
+        switch progress {
+        case .started(let start, let estimated):
+            state.withLock { $0.startedAt = Date() }
+            print("backup started at \(start); about \(formatBytes(estimated)) to copy")
+        case .sent(let bytes, let estimated):
+            let (startedAt, lastDecile, lastDraw) = state.withLock { ($0.startedAt, $0.lastDecile, $0.lastDraw) }
+            let fraction = estimated > 0 ? min(1, Double(bytes) / Double(estimated)) : 0
+            let elapsed = max(0.001, Date().timeIntervalSince(startedAt))
+            let rate = Double(bytes) / elapsed
+            let eta = rate > 0 && estimated > bytes ? Double(estimated - bytes) / rate : 0
+            if terminal {
+                guard Date().timeIntervalSince(lastDraw) > 0.2 || fraction >= 1 else { return }
+                state.withLock { $0.lastDraw = Date() }
+                let width = 30
+                let filled = Int(fraction * Double(width))
+                let bar = String(repeating: "#", count: filled) + String(repeating: "-", count: width - filled)
+                let line = String(format: "\r[%@] %3.0f%%  %@/s  ETA %d:%02d", bar, fraction * 100, formatBytes(UInt64(rate)),
+                                  Int(eta) / 60, Int(eta) % 60)
+                FileHandle.standardOutput.write(Data(line.utf8))
+            } else {
+                let decile = Int(fraction * 10)
+                guard decile > lastDecile else { return }
+                state.withLock { $0.lastDecile = decile }
+                print("\(decile * 10)% (\(formatBytes(bytes)) of \(formatBytes(estimated)), \(formatBytes(UInt64(rate)))/s)")
+            }
+        case .waitingForWAL(let durable, let stop):
+            if terminal { FileHandle.standardOutput.write(Data("\n".utf8)) }
+            print("stored; waiting for the stream to bring WAL to \(stop) (the spool is durable to \(durable))")
+        case .stored:
+            break
+        }
+    }
+
+    func finish() { if terminal { FileHandle.standardOutput.write(Data("\n".utf8)) } }
+}
+
+func formatBytes(_ bytes: UInt64) -> String {
+    let units = ["B", "kB", "MB", "GB", "TB"]
+    var value = Double(bytes)
+    var unit = 0
+    while value >= 1024 && unit < units.count - 1 {
+        value /= 1024
+        unit += 1
+    }
+    return unit == 0 ? "\(bytes) B" : String(format: "%.1f %@", value, units[unit])
+}
+
+struct Backups: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "List the base backups stored in a spool.")
+
+    @Option(help: "Spool directory of walship receive.")
+    var spool: String
+
+    @Option(help: "Only this system identifier.")
+    var system: UInt64?
+
+    @Flag(help: "JSON for scripts.")
+    var json = false
+
+    func run() throws {
+        do {
+            let systems = try FileManager.default.contentsOfDirectory(atPath: spool).compactMap(UInt64.init).sorted()
+                .filter { system == nil || $0 == system }
+            var all: [BackupInfo] = []
+            for id in systems { all += try BackupCatalog.list(systemDirectory: spool + "/\(id)") }
+            if json {
+                let encoder = JSONEncoder()
+                encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+                encoder.dateEncodingStrategy = .iso8601
+                print(String(decoding: try encoder.encode(all), as: UTF8.self))
+                return
+            }
+            if all.isEmpty {
+                print("no base backups in \(spool) (hint: walship backup --source ... --to RECEIVER)")
+                return
+            }
+            print("ID                  SYSTEM               TIME                  SIZE       START        STOP         TLI  STATUS")
+            let time = ISO8601DateFormatter()
+            for b in all {
+                print([b.id.padding(19), b.systemIdentifier.padding(20), time.string(from: b.createdAt).padding(21),
+                       formatBytes(b.archiveBytes).padding(10), b.startLSN.padding(12), b.stopLSN.padding(12),
+                       String(b.timeline).padding(4), b.status.rawValue].joined(separator: " "))
+            }
+        } catch {
+            throw fail("backups", error)
+        }
+    }
+}
+
+extension String {
+    func padding(_ width: Int) -> String { count >= width ? self : self + String(repeating: " ", count: width - count) }
+}

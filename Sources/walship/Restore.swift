@@ -1,0 +1,182 @@
+import ArgumentParser
+import Foundation
+import Spool
+import WALCore
+
+struct Restore: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Build a PostgreSQL data directory from a stored base backup and the spool's WAL.",
+        discussion: """
+            With --standby the result is a streaming standby of the receiver (give --primary-conninfo pointing at walship receive --standby-listen); otherwise it is a recovery target that replays the spool's WAL up to --target-time, --target-lsn or --target-name (or to the end), then does --target-action. restore_command always points at walship restore-wal. Start the server afterwards with pg_ctl.
+            Example:
+              walship restore --spool /var/lib/walship --pgdata /var/lib/postgresql/15/dr --standby --primary-conninfo "host=127.0.0.1 port=7010 user=replicator"
+            """)
+
+    @Option(help: "Spool directory of walship receive.")
+    var spool: String
+
+    @Option(help: "Data directory to create (must not exist, or be empty).")
+    var pgdata: String
+
+    @Option(help: "Backup ID (walship backups); the newest complete backup by default.")
+    var backup: String?
+
+    @Option(help: "System identifier, when the spool holds more than one system.")
+    var system: UInt64?
+
+    @Flag(help: "Make a streaming standby (standby.signal) instead of a recovery target (recovery.signal).")
+    var standby = false
+
+    @Option(help: "primary_conninfo for --standby: the receiver's standby endpoint.")
+    var primaryConninfo: String?
+
+    @Option(help: "Recover up to this time (PostgreSQL timestamp, e.g. '2026-11-23 10:15:00+00').")
+    var targetTime: String?
+
+    @Option(help: "Recover up to this LSN.")
+    var targetLsn: String?
+
+    @Option(help: "Recover up to this restore point (pg_create_restore_point).")
+    var targetName: String?
+
+    @Option(help: "What to do at the recovery target: pause, promote or shutdown.")
+    var targetAction = "pause"
+
+    @Option(help: "The PostgreSQL OS user that will run the server and restore_command.")
+    var osUser = "postgres"
+
+    @Option(help: "Path of the walship binary restore_command should run (the running binary by default).")
+    var walshipPath: String?
+
+    func validate() throws {
+        let targets = [targetTime, targetLsn, targetName].compactMap { $0 }
+        if standby {
+            guard primaryConninfo != nil else { throw ValidationError("--standby needs --primary-conninfo (the receiver's --standby-listen endpoint)") }
+            guard targets.isEmpty else { throw ValidationError("a recovery target does not go with --standby") }
+        } else if primaryConninfo != nil {
+            throw ValidationError("--primary-conninfo goes with --standby")
+        }
+        guard targets.count <= 1 else { throw ValidationError("give at most one of --target-time, --target-lsn, --target-name") }
+        if let targetLsn, LSN(targetLsn) == nil { throw ValidationError("--target-lsn expects X/X, got \(targetLsn)") }
+        guard ["pause", "promote", "shutdown"].contains(targetAction) else {
+            throw ValidationError("--target-action is pause, promote or shutdown")
+        }
+    }
+
+    func run() throws {
+        do {
+            try restore()
+        } catch let error as ExitCode {
+            throw error
+        } catch {
+            throw fail("restore", error)
+        }
+    }
+
+    private func restore() throws {
+        let spoolRoot = absolute(spool)
+        let dataDirectory = absolute(pgdata)
+        let reader = try SpoolReader(root: spoolRoot, system: system)
+        let systemDirectory = spoolRoot + "/\(reader.systemIdentifier)"
+        let backups = try BackupCatalog.list(systemDirectory: systemDirectory)
+        guard let chosen = backup.map({ id in backups.first { $0.id == id } }) ?? backups.last(where: { $0.status == .complete }) else {
+            throw RestoreError(backup.map { "no backup \($0) for system \(reader.systemIdentifier) (hint: walship backups --spool \(spool))" }
+                ?? "no complete base backup for system \(reader.systemIdentifier) in \(spool) (hint: walship backup --source ... --to RECEIVER)")
+        }
+        guard chosen.status == .complete else {
+            throw RestoreError("backup \(chosen.id) is not complete: the spool does not yet hold WAL up to \(chosen.stopLSN)")
+        }
+        let fm = FileManager.default
+        if fm.fileExists(atPath: dataDirectory) {
+            guard (try fm.contentsOfDirectory(atPath: dataDirectory)).isEmpty else {
+                throw RestoreError("\(dataDirectory) is not empty; walship restore never overwrites a data directory (hint: choose a new --pgdata)")
+            }
+        }
+        let walship = walshipPath ?? ((try? fm.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0])
+        try checkOSUser(walship: walship, walDirectory: reader.walDirectory)
+
+        try fm.createDirectory(atPath: dataDirectory, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+        let backupDirectory = systemDirectory + "/base/" + chosen.id
+        try shell("lz4 -dc \(quote(backupDirectory + "/base.tar.lz4")) | tar -xf - -C \(quote(dataDirectory))",
+                  what: "unpack backup \(chosen.id)")
+        try fm.copyItem(atPath: backupDirectory + "/backup_manifest", toPath: dataDirectory + "/backup_manifest")
+
+        var settings = [
+            "# Written by walship restore from backup \(chosen.id) (start \(chosen.startLSN), stop \(chosen.stopLSN))",
+            "restore_command = '\(escape("\(walship) restore-wal --spool \(spoolRoot) --system \(reader.systemIdentifier) %f %p"))'",
+            "recovery_target_timeline = 'latest'",
+        ]
+        if standby {
+            settings.append("primary_conninfo = '\(escape(primaryConninfo!))'")
+        } else {
+            if let targetTime { settings.append("recovery_target_time = '\(escape(targetTime))'") }
+            if let targetLsn { settings.append("recovery_target_lsn = '\(escape(targetLsn))'") }
+            if let targetName { settings.append("recovery_target_name = '\(escape(targetName))'") }
+            settings.append("recovery_target_action = '\(targetAction)'")
+        }
+        let autoConf = dataDirectory + "/postgresql.auto.conf"
+        let existing = (try? String(contentsOfFile: autoConf, encoding: .utf8)) ?? ""
+        try (existing + "\n" + settings.joined(separator: "\n") + "\n").write(toFile: autoConf, atomically: true, encoding: .utf8)
+        fm.createFile(atPath: dataDirectory + "/" + (standby ? "standby.signal" : "recovery.signal"), contents: nil)
+        if getuid() == 0 { try shell("chown -R \(quote(osUser)): \(quote(dataDirectory))", what: "give the data directory to \(osUser)") }
+        try fm.setAttributes([.posixPermissions: 0o700], ofItemAtPath: dataDirectory)
+
+        print("restored backup \(chosen.id) (system \(reader.systemIdentifier), start \(chosen.startLSN), stop \(chosen.stopLSN)) into \(dataDirectory)")
+        print(standby ? "configured as a streaming standby of \(primaryConninfo!)" :
+              "configured for recovery \([targetTime.map { "to time \($0)" }, targetLsn.map { "to LSN \($0)" }, targetName.map { "to restore point \($0)" }].compactMap { $0 }.first ?? "to the end of the spool's WAL"), then \(targetAction)")
+        print("start it: pg_ctl -D \(dataDirectory) start   (as \(osUser), after setting port and listen_addresses as needed)")
+    }
+
+    /// restore_command runs as the PostgreSQL OS user: it must be able to execute walship and read the spool.
+    private func checkOSUser(walship: String, walDirectory: String) throws {
+        guard getuid() == 0, osUser != "root" else { return }
+        let canExecute = (try? runQuietly(["/usr/sbin/runuser", "-u", osUser, "--", walship, "--version"])) == 0
+        guard canExecute else {
+            throw RestoreError("the PostgreSQL OS user \(osUser) cannot execute \(walship) (hint: make install puts walship in /usr/local/bin with mode 0755, then pass --walship-path /usr/local/bin/walship)")
+        }
+        let canRead = (try? runQuietly(["/usr/sbin/runuser", "-u", osUser, "--", "/usr/bin/test", "-r", walDirectory, "-a", "-x", walDirectory])) == 0
+        guard canRead else {
+            throw RestoreError("the PostgreSQL OS user \(osUser) cannot read the spool \(walDirectory) (hint: run walship receive as \(osUser), or give both a common group; the spool is created 0750/0640)")
+        }
+    }
+
+    private func absolute(_ path: String) -> String {
+        path.hasPrefix("/") ? path : FileManager.default.currentDirectoryPath + "/" + path
+    }
+}
+
+struct RestoreError: Error, CustomStringConvertible {
+    let description: String
+    init(_ description: String) { self.description = description }
+}
+
+/// Quotes a value for postgresql.conf.
+func escape(_ value: String) -> String { value.replacingOccurrences(of: "'", with: "''") }
+
+/// Quotes a word for the shell.
+func quote(_ word: String) -> String { "'" + word.replacingOccurrences(of: "'", with: "'\\''") + "'" }
+
+func runQuietly(_ arguments: [String]) throws -> Int32 {
+    let process = Process()
+    process.executableURL = URL(fileURLWithPath: arguments[0])
+    process.arguments = Array(arguments.dropFirst())
+    process.standardOutput = FileHandle.nullDevice
+    process.standardError = FileHandle.nullDevice
+    try process.run()
+    process.waitUntilExit()
+    return process.terminationStatus
+}
+
+func shell(_ command: String, what: String) throws {
+    let process = Process()
+    process.executableURL = URL(fileURLWithPath: "/bin/bash")
+    process.arguments = ["-o", "pipefail", "-c", command]
+    let errors = Pipe()
+    process.standardError = errors
+    try process.run()
+    let message = String(decoding: errors.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+    process.waitUntilExit()
+    guard process.terminationStatus == 0 else {
+        throw RestoreError("could not \(what): \(message.trimmingCharacters(in: .whitespacesAndNewlines))")
+    }
+}
