@@ -79,4 +79,54 @@ struct BackupRestoreTests {
         let noSpool = try run(IT.walshipBinary, ["backups", "--spool", fixture.directory + "/missing"], check: false)
         #expect(noSpool.status != 0)
     }
+
+    @Test func retentionKeepsWhatRecoveryNeeds() throws {
+        let fixture = try Fixture("retention")
+        defer { fixture.tearDown() }
+        var topology = try ShipTopology(fixture, spoolOwnedByPostgres: true)
+        topology.receiverExtra = ["--retain-backups", "1"]
+        try topology.startReceiver()
+        try topology.startSender()
+        try topology.primary.pgbench(["-i", "-s", "1", "-q"])
+        func backup() throws -> String {
+            let r = try run(IT.walshipBinary, ["backup", "--source", topology.primary.conninfo, "--to", "127.0.0.1:\(topology.receiverPort)",
+                                               "--insecure"], timeout: 300)
+            // The last line reads "backup <id> complete: ...".
+            let line = r.output.split(separator: "\n").last { $0.hasPrefix("backup ") && $0.contains(" complete:") } ?? ""
+            return String(line.split(separator: " ").dropFirst().first ?? "")
+        }
+        let first = try backup()
+        for _ in 0..<3 {
+            try topology.primary.pgbench(["-T", "1", "-c", "2"])
+            try topology.switchAndWait()
+        }
+        let second = try backup()
+        #expect(first != second)
+
+        // The receiver pruned after the second backup completed: the first backup and the WAL before the second's start are gone.
+        let listing = try run(IT.walshipBinary, ["backups", "--spool", topology.spool, "--json"])
+        let ids = try #require(try JSONSerialization.jsonObject(with: Data(listing.output.utf8)) as? [[String: Any]]).compactMap { $0["id"] as? String }
+        #expect(ids == [second], "\(ids)")
+        // Completed segments and the in-progress one: the first left must be the kept backup's start segment.
+        let kept = try FileManager.default.contentsOfDirectory(atPath: topology.walDirectory)
+            .filter { $0.hasSuffix(".lz4") || $0.hasSuffix(".partial") }.map { String($0.prefix(24)) }.sorted()
+        let info = try #require(try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath:
+            topology.spool + "/\(topology.systemIdentifier)/base/\(second)/backup.json"))) as? [String: Any])
+        let startSegment = try topology.primary.sql("SELECT pg_walfile_name('\(info["startLSN"] as! String)')")
+        #expect(kept.first == startSegment, "\(kept.prefix(3)) vs \(startSegment)")
+        let dry = try run(IT.walshipBinary, ["prune", "--spool", topology.spool, "--retain-backups", "1", "--dry-run"])
+        #expect(dry.output.contains("nothing to remove"), "\(dry.output)")
+
+        // A restore from the oldest kept backup still reaches the newest WAL.
+        try topology.primary.sql("CREATE TABLE newest AS SELECT generate_series(1, 4321) AS id")
+        let end = try lsn(topology.primary.sql("SELECT pg_current_wal_lsn()"))!
+        try waitUntil("the newest WAL in the spool", timeout: 60) { (try topology.durable() >= end, "") }
+        let expected = try topology.primary.sql("SELECT sum(delta), count(*) FROM pgbench_history")
+        topology.primary.stopImmediately()
+        try run(IT.walshipBinary, ["restore", "--spool", topology.spool, "--pgdata", fixture.directory + "/from-kept", "--target-action", "promote"])
+        let copy = try fixture.startCopy(name: "from-kept", signal: "recovery.signal", settings: [])
+        try waitUntil("the copy to finish recovery", timeout: 120) { (try copy.sql("SELECT pg_is_in_recovery()") == "f", "") }
+        #expect(try copy.sql("SELECT count(*) FROM newest") == "4321")
+        #expect(try copy.sql("SELECT sum(delta), count(*) FROM pgbench_history") == expected)
+    }
 }

@@ -16,6 +16,9 @@ public struct ReceiverConfiguration: Sendable {
     public var name: String
     /// Most WAL bytes queued between the link reader and the spool writer of one link.
     public var maxQueuedBytes = 16 << 20
+    /// Complete base backups to keep; older backups and WAL nothing needs are pruned (see `RetentionPlan`).
+    public var retainBackups = 2
+    public var pruneInterval: Duration = .seconds(60)
 
     public init(listenHost: String, listenPort: Int, spoolRoot: String, name: String) {
         self.listenHost = listenHost
@@ -82,10 +85,37 @@ public final class Receiver: Sendable {
             for pool in writers.withLock({ Array($0.values) }) { pool.shutdownGracefully { _ in } }
         }
         try await withThrowingDiscardingTaskGroup { group in
+            group.addTask { try await self.pruneRegularly() }
             try await server.executeThenClose { connections in
                 for try await connection in connections {
                     group.addTask { await self.handle(connection) }
                 }
+            }
+        }
+    }
+
+    /// Applies retention to every system now and then; a failure is logged, never fatal to receiving.
+    private func pruneRegularly() async throws {
+        while true {
+            pruneAll()
+            try await Task.sleep(for: config.pruneInterval)
+        }
+    }
+
+    func pruneAll() {
+        for system in spool.openSystems {
+            do {
+                let plan = try Pruner.prune(systemDirectory: system.directory, segmentSize: system.segmentSize,
+                                            retainBackups: config.retainBackups, dryRun: false)
+                if !plan.removeBackups.isEmpty || !plan.removeSegments.isEmpty {
+                    logger.notice("pruned the spool", metadata: [
+                        "walship.system": "\(system.systemIdentifier)", "walship.removed_backups": "\(plan.removeBackups)",
+                        "walship.removed_segments": "\(plan.removeSegments.count)",
+                        "walship.keep_from": "\(plan.keepFrom.map { "\($0)" } ?? "-")",
+                    ])
+                }
+            } catch {
+                logger.error("pruning failed", metadata: ["walship.system": "\(system.systemIdentifier)", "walship.error": "\(error)"])
             }
         }
     }
@@ -231,6 +261,7 @@ public final class Receiver: Sendable {
             _ = try BackupCatalog.markComplete(systemDirectory: system.directory, id: info.id)
         }
         logger.notice("backup complete: the spool holds all WAL it needs", metadata: ["walship.backup": "\(info.id)"])
+        pruneAll()
         try await outbound.write(.backupStatus(BackupStatus(backupID: info.id, state: .complete, durableLSN: durable)))
     }
 

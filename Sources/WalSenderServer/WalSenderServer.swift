@@ -234,18 +234,22 @@ struct StandbySession {
                 return
             }
             Backend.result(columns: [(name, 25)], rows: [[Array(system.segmentSize.description.utf8)]], tag: "SHOW", &out)
-        case .readReplicationSlot:
-            Backend.result(columns: [("slot_type", 25), ("restart_lsn", 25), ("restart_tli", 20)], rows: [[nil, nil, nil]],
+        case .readReplicationSlot(let slot):
+            let record = (try? StandbyRegistry.list(systemDirectory: system.directory))?.first { $0.viaSlot && $0.name == slot }
+            let row: [[UInt8]?] = record.map { [Array("physical".utf8), Array($0.replayedLSN.utf8), Array(String(position.timeline).utf8)] }
+                ?? [nil, nil, nil]
+            Backend.result(columns: [("slot_type", 25), ("restart_lsn", 25), ("restart_tli", 20)], rows: [row],
                            tag: "READ_REPLICATION_SLOT", &out)
-        case .startReplication(_, let start, let timeline):
-            try await startReplication(system: system, start: start, timeline: timeline ?? position.timeline, inbound: &inbound)
+        case .startReplication(let slot, let start, let timeline):
+            try await startReplication(system: system, slot: slot, start: start, timeline: timeline ?? position.timeline,
+                                       inbound: &inbound)
             return
         }
         Backend.readyForQuery(&out)
         try await outbound.write(out)
     }
 
-    private mutating func startReplication(system: SystemSpool, start: LSN, timeline: TimeLineID,
+    private mutating func startReplication(system: SystemSpool, slot: String?, start: LSN, timeline: TimeLineID,
                                            inbound: inout NIOAsyncChannelInboundStream<FrontendMessage>.AsyncIterator) async throws {
         let position = system.position
         guard timeline == position.timeline else {
@@ -272,6 +276,12 @@ struct StandbySession {
         let name = applicationName
         let server = self.server
         let outbound = self.outbound
+        // The standby is remembered (by slot, else by application_name) so retention keeps what it still needs,
+        // also while it is down. Saved at most every few seconds, and when streaming ends.
+        var record = StandbyRecord(name: slot ?? name, viaSlot: slot != nil, replayedLSN: start, updatedAt: Date())
+        var lastSaved = ContinuousClock.now
+        try? StandbyRegistry.save(record, systemDirectory: system.directory)
+        defer { try? StandbyRegistry.save(record, systemDirectory: system.directory) }
         try await withThrowingTaskGroup(of: Void.self) { group in
             group.addTask {
                 try await Self.stream(system: system, reader: WALRangeReader(spool: system), timeline: timeline, from: start,
@@ -288,6 +298,14 @@ struct StandbySession {
                             server.record(system: system.systemIdentifier, StandbyProgress(
                                 applicationName: name, written: update.write, flushed: update.flush, applied: update.apply,
                                 reportedAt: update.sendTime))
+                            if update.apply.isValid {
+                                record.replayedLSN = update.apply.description
+                                record.updatedAt = Date()
+                                if ContinuousClock.now - lastSaved >= .seconds(5) {
+                                    try? StandbyRegistry.save(record, systemDirectory: system.directory)
+                                    lastSaved = .now
+                                }
+                            }
                             if update.replyRequested { try await outbound.write(Self.keepalive(system, replyRequested: false)) }
                         }
                     }

@@ -32,11 +32,15 @@ struct Receive: AsyncParsableCommand {
     var standbyPasswordFile: String?
 
 
+    @Option(help: "Complete base backups to keep; older ones, and WAL neither a kept backup nor a known standby needs, are pruned.")
+    var retainBackups = 2
+
     @OptionGroup var link: LinkOptions
     @OptionGroup var logging: LoggingOptions
 
     func validate() throws {
         _ = try parseEndpoint(listen, option: "--listen")
+        try validateRetention()
         if let standbyListen {
             let endpoint = try parseEndpoint(standbyListen, option: "--standby-listen")
             switch (standbyTrust, standbyPasswordFile) {
@@ -54,6 +58,10 @@ struct Receive: AsyncParsableCommand {
         } else if standbyTrust || standbyPasswordFile != nil {
             throw ValidationError("--standby-trust and --standby-password-file need --standby-listen")
         }
+    }
+
+    func validateRetention() throws {
+        guard retainBackups >= 1 else { throw ValidationError("--retain-backups must be at least 1") }
     }
 
     func standbyAuthentication() throws -> StandbyAuthentication {
@@ -74,6 +82,7 @@ struct Receive: AsyncParsableCommand {
         var configuration = ReceiverConfiguration(listenHost: endpoint.host, listenPort: endpoint.port, spoolRoot: root,
                                                   name: ProcessInfo.processInfo.hostName)
         configuration.linkTimeout = .seconds(link.linkTimeout)
+        configuration.retainBackups = retainBackups
         let receiver: Receiver
         var standbyServer: WalSenderServer?
         do {

@@ -11,7 +11,7 @@ struct Walship: AsyncParsableCommand {
             The sender runs beside the primary and streams WAL through a replication slot to the receiver at the DR site, which stores it durably in a spool. See docs/runbook.md.
             """,
         version: "0.1.0",
-        subcommands: [Send.self, Receive.self, Backup.self, Backups.self, Restore.self, RestoreWAL.self])
+        subcommands: [Send.self, Receive.self, Backup.self, Backups.self, Restore.self, RestoreWAL.self, Prune.self])
 }
 
 /// Options every long-running command shares.
