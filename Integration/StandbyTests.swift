@@ -47,6 +47,13 @@ struct StandbyTests {
             return ((lsn(replay) ?? 0) >= (lsn(try standby.sql("SELECT pg_last_wal_replay_lsn()")) ?? .max), replay)
         }
 
+        // The receiver remembers the standby and shows it.
+        try waitUntil("the standby in the receiver's status", timeout: 30) {
+            let systems = (try fetchStatus(port: topology.receiverStatusPort))["systems"] as? [[String: Any]]
+            let standbys = systems?.first?["standbys"] as? [[String: Any]] ?? []
+            return (standbys.contains { $0["name"] as? String == "dr_replica" }, "\(standbys)")
+        }
+
         // A commit reaches the standby quickly: no polling interval in the way.
         try topology.primary.sql("CREATE TABLE marker (at timestamptz)")
         let start = Date()

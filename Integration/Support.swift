@@ -16,9 +16,26 @@ enum IT {
         return url.path
     }()
 
+    /// The walship under test, copied to a 0755 location outside the checkout: the receiver and
+    /// restore_command run as the postgres OS user, who may not be able to enter the checkout (a clone under
+    /// /root, say). This is what `make install` gives a real DR host.
     static let walshipBinary: String = {
         if let path = ProcessInfo.processInfo.environment["WALSHIP_BIN"] { return path }
-        return repositoryRoot + "/.build/debug/walship"
+        let built = repositoryRoot + "/.build/debug/walship"
+        let directory = "/tmp/walship-it-bin-\(getpid())"
+        let installed = directory + "/walship"
+        // Written with O_CLOEXEC: a process spawned meanwhile by a parallel test must not inherit the write
+        // descriptor, or exec of the copy fails with "Text file busy" for as long as that process lives.
+        guard (try? FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true,
+                                                        attributes: [.posixPermissions: 0o755])) != nil,
+            let bytes = FileManager.default.contents(atPath: built)
+        else { return built }
+        let fd = open(installed, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o755)
+        guard fd >= 0 else { return built }
+        let written = bytes.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+        close(fd)
+        chmod(installed, 0o755)
+        return written == bytes.count ? installed : built
     }()
 
     static let pgBin: String? = {

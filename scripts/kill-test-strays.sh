@@ -3,5 +3,6 @@
 # started from this checkout's debug build. Normal runs clean up after themselves; this is the safety net.
 pkill -9 -f 'postgres -D /tmp/walship-it-' 2>/dev/null || true
 pkill -9 -f "$(pwd)/.build/debug/walship" 2>/dev/null || true
+pkill -9 -f '/tmp/walship-it-bin-' 2>/dev/null || true
 rm -rf /tmp/walship-it-* 2>/dev/null || true
 exit 0

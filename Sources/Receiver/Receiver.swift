@@ -107,6 +107,9 @@ public final class Receiver: Sendable {
             do {
                 let plan = try Pruner.prune(systemDirectory: system.directory, segmentSize: system.segmentSize,
                                             retainBackups: config.retainBackups, dryRun: false)
+                for warning in plan.reasons where warning.hasPrefix("WARNING") {
+                    logger.warning("\(warning)", metadata: ["walship.system": "\(system.systemIdentifier)"])
+                }
                 if !plan.removeBackups.isEmpty || !plan.removeSegments.isEmpty {
                     logger.notice("pruned the spool", metadata: [
                         "walship.system": "\(system.systemIdentifier)", "walship.removed_backups": "\(plan.removeBackups)",
@@ -407,7 +410,10 @@ public final class Receiver: Sendable {
                 bytesBehindPrimary: primary.map { $0.primaryLSN.bytesAfter(p.durable) },
                 link: link.map { .init(peer: $0.peer, senderName: $0.senderName, synchronous: $0.synchronous,
                                        connectedAt: details[$0.id]?.connectedAt ?? Date()) },
-                lastPrimaryProgressAt: primary?.receivedAt)
+                lastPrimaryProgressAt: primary?.receivedAt,
+                standbys: ((try? StandbyRegistry.list(systemDirectory: system.directory)) ?? []).map {
+                    .init(name: $0.name, viaSlot: $0.viaSlot, replayedLSN: $0.replayedLSN, updatedAt: $0.updatedAt)
+                })
         }
         return ReceiverStatus(listen: "\(config.listenHost):\(config.listenPort)", spool: config.spoolRoot,
                               spoolFreeBytes: capacity?.free, spoolTotalBytes: capacity?.total, systems: systems)
@@ -437,6 +443,15 @@ public struct ReceiverStatus: Codable, Sendable {
         public var bytesBehindPrimary: UInt64?
         public var link: Link?
         public var lastPrimaryProgressAt: Date?
+        /// Standbys this receiver has served, with their last reported replay position.
+        public var standbys: [Standby]
+    }
+
+    public struct Standby: Codable, Sendable {
+        public var name: String
+        public var viaSlot: Bool
+        public var replayedLSN: String
+        public var updatedAt: Date
     }
 
     public struct Link: Codable, Sendable {

@@ -66,6 +66,9 @@ public struct RetentionPlan: Sendable, Equatable {
     public var keepFrom: LSN?
     public var reasons: [String]
 
+    /// A standby holding back more than this is reported.
+    public static let holdBackWarningBytes: UInt64 = 1 << 30
+
     public static func compute(backups: [BackupInfo], segments: [SegmentName], standbys: [StandbyRecord], retainBackups: Int,
                                segmentSize: WALSegmentSize) -> RetentionPlan {
         let complete = backups.filter { $0.status == .complete }.sorted { $0.id < $1.id }
@@ -76,6 +79,10 @@ public struct RetentionPlan: Sendable, Equatable {
         var keepFrom = segmentSize.segmentStart(of: backupStart)
         var reasons = ["keeping the newest \(retainBackups) complete backup(s); the oldest kept, \(oldestKept.id), starts at \(backupStart)"]
         for standby in standbys where standby.replayed.isValid && segmentSize.segmentStart(of: standby.replayed) < keepFrom {
+            let held = keepFrom.bytesAfter(segmentSize.segmentStart(of: standby.replayed))
+            if held > holdBackWarningBytes {
+                reasons.append("WARNING: standby \(standby.name) (last seen \(standby.updatedAt)) holds back \(held >> 20) MiB of WAL; if it is gone for good, remove its file in standbys/")
+            }
             keepFrom = segmentSize.segmentStart(of: standby.replayed)
             reasons.append("standby \(standby.name) has replayed only to \(standby.replayedLSN); its WAL is kept")
         }
