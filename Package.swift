@@ -40,6 +40,7 @@ let package = Package(
             name: "WalSenderServer",
             dependencies: [
                 "Spool", "WALCore", "PGReplication",
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),

@@ -46,9 +46,9 @@ struct ShipTopology {
         }
     }
 
-    mutating func startSender(extra: [String] = [], slot: String = "walship_it") throws {
+    mutating func startSender(extra: [String] = [], slot: String = "walship_it", source: String? = nil) throws {
         senderArguments = [
-            "send", "--source", primary.conninfo, "--to", "127.0.0.1:\(receiverPort)", "--slot", slot,
+            "send", "--source", source ?? primary.conninfo, "--to", "127.0.0.1:\(receiverPort)", "--slot", slot,
             "--create-slot", "--insecure", "--status-listen", "127.0.0.1:\(senderStatusPort)", "--link-timeout", "10",
             "--retry-max-seconds", "2", "--slot-check-interval", "2",
         ] + extra

@@ -88,6 +88,11 @@ public final class Sender: Sendable {
                 throw error
             } catch is CancellationError {
                 throw CancellationError()
+            } catch let ended as TimelineEnded {
+                // Not a failure: reconnect at once; the handshake moves the spool to the next timeline.
+                logger.notice("the primary ended our timeline; switching", metadata: [
+                    "walship.timeline": "\(ended.timeline)", "walship.next_timeline": "\(ended.next)", "walship.at": "\(ended.at)",
+                ])
             } catch let error as PostgresError where !everConnected && (error.connectionLost || Self.isConfigurationError(error)) {
                 // At start-up an unreachable source, a refused login or a missing privilege is a set-up
                 // mistake: say so and stop. Once connected, the same failures mean a restart: retry.
@@ -171,9 +176,29 @@ public final class Sender: Sendable {
             var machine = SenderLinkStateMachine()
             let primary = PrimaryIdentity(systemIdentifier: identity.systemIdentifier, timeline: identity.timeline,
                                           flushLSN: identity.flushLSN, segmentSize: identity.segmentSize)
+            var history: [TimelineHistoryEntry] = []
+            if case .welcome(let w) = first, w.resumeLSN.isValid, w.resumeTimeline < identity.timeline {
+                history = try parseTimelineHistory(String(decoding: try await session.timelineHistory(identity.timeline).content, as: UTF8.self))
+            }
             let start: LSN, timeline: TimeLineID, resume: LSN
-            switch machine.firstMessageReceived(first, primary: primary, slotRestartLSN: slot?.restartLSN) {
+            switch machine.firstMessageReceived(first, primary: primary, slotRestartLSN: slot?.restartLSN, history: history) {
             case .startStreaming(let s, let t, let r): (start, timeline, resume) = (s, t, r)
+            case .switchTimeline(let to, let s, let fork, let beyondFork):
+                guard case .welcome(let w) = first else { throw LinkError("unexpected handshake outcome") }
+                // The spool needs every history file from its timeline to the new one before that timeline's WAL.
+                for tli in (w.resumeTimeline + 1)...to {
+                    let file = try await session.timelineHistory(tli)
+                    try await outbound.write(.history(HistoryFile(timeline: tli, content: ByteBuffer(bytes: file.content))))
+                }
+                logger.notice("following the primary to a new timeline", metadata: [
+                    "walship.from_timeline": "\(w.resumeTimeline)", "walship.timeline": "\(to)", "walship.fork_lsn": "\(fork)",
+                ])
+                if beyondFork > 0 {
+                    logger.critical("the DR site holds WAL beyond the fork that the new primary never had; it is kept aside and not served on the new timeline", metadata: [
+                        "walship.bytes_beyond_fork": "\(beyondFork)", "walship.fork_lsn": "\(fork)", "walship.spool_end": "\(w.resumeLSN)",
+                    ])
+                }
+                (start, timeline, resume) = (s, to, .invalid)
             case .close(let reason, let fatal): throw fatal ? SenderFatalError(reason) as any Error : LinkError(reason)
             case .reportFeedback, .none: throw LinkError("unexpected handshake outcome")
             }
@@ -238,7 +263,7 @@ public final class Sender: Sendable {
                 }
                 try await outbound.write(.keepalive(Keepalive(primaryEndLSN: walEnd, sendTime: sendTime, replyRequested: false)))
             case .endOfTimeline(let next, let nextStart):
-                throw LinkError("the primary ended timeline \(timeline) at \(nextStart) and moved to timeline \(next); following a timeline switch is not supported by this version")
+                throw TimelineEnded(timeline: timeline, next: next, at: nextStart)
             }
         }
         throw LinkError("the replication stream from the primary ended")
@@ -258,7 +283,9 @@ public final class Sender: Sendable {
                 }
             case .close(let reason, _):
                 throw LinkError(reason)
-            case .startStreaming, .none:
+            case .none:
+                continue
+            case .startStreaming, .switchTimeline:
                 throw LinkError("unexpected frame from the receiver")
             }
         }
@@ -383,6 +410,13 @@ func connectToReceiver(host: String, port: Int, linkTimeout: Duration) async thr
     } catch {
         throw LinkError("receiver \(host):\(port) is unreachable: \(error)")
     }
+}
+
+/// The primary ended the timeline we streamed (it, or an ancestor, was promoted away from it).
+struct TimelineEnded: Error {
+    let timeline: TimeLineID
+    let next: TimeLineID
+    let at: LSN
 }
 
 /// The link to the receiver failed; the sender reconnects.

@@ -26,6 +26,8 @@ public struct SenderLinkStateMachine: Sendable {
     public enum Action: Hashable, Sendable {
         /// Start replication at `start` on `timeline`; report `resume` as written/flushed until the first ack.
         case startStreaming(start: LSN, timeline: TimeLineID, resume: LSN)
+        /// Send the history files up to `to`, then start replication at `start` on timeline `to`.
+        case switchTimeline(to: TimeLineID, start: LSN, fork: LSN, beyondFork: UInt64)
         /// Report these positions to the primary (write, flush, apply).
         case reportFeedback(written: LSN, durable: LSN, replayed: LSN)
         case none
@@ -39,7 +41,8 @@ public struct SenderLinkStateMachine: Sendable {
 
     /// The receiver's first answer. Its durable end wins over the slot, so nothing it lacks is skipped; an empty
     /// spool starts at the start of the segment holding the slot's restart_lsn, so every stored segment is whole.
-    public mutating func firstMessageReceived(_ message: ShipMessage, primary: PrimaryIdentity, slotRestartLSN: LSN?) -> Action {
+    public mutating func firstMessageReceived(_ message: ShipMessage, primary: PrimaryIdentity, slotRestartLSN: LSN?,
+                                              history: [TimelineHistoryEntry] = []) -> Action {
         guard case .awaitingWelcome = state else { return close("unexpected handshake in state \(state)") }
         switch message {
         case .welcome(let welcome):
@@ -47,8 +50,11 @@ public struct SenderLinkStateMachine: Sendable {
                 return close("the receiver speaks ship protocol version \(welcome.protocolVersion), we speak \(shipProtocolVersion)", fatal: true)
             }
             if welcome.resumeLSN.isValid {
+                if welcome.resumeTimeline < primary.timeline {
+                    return followTimeline(welcome: welcome, primary: primary, history: history)
+                }
                 guard welcome.resumeTimeline == primary.timeline else {
-                    return close("the spool holds timeline \(welcome.resumeTimeline) but the primary is on timeline \(primary.timeline); following a timeline switch is not supported by this version")
+                    return close("the spool holds timeline \(welcome.resumeTimeline), newer than the primary's timeline \(primary.timeline); is the source the right server?", fatal: true)
                 }
                 guard welcome.resumeLSN <= primary.flushLSN else {
                     return close("the receiver holds WAL up to \(welcome.resumeLSN) but the primary's WAL ends at \(primary.flushLSN); is the source the same database system as before?")
@@ -67,6 +73,29 @@ public struct SenderLinkStateMachine: Sendable {
         }
     }
 
+    /// The primary moved to a newer timeline (a failover at the primary site). `history` is the primary's
+    /// history file for its current timeline. While the spool lacks WAL of its own timeline up to the fork,
+    /// stream that timeline (the server ends it at the fork); once it has it, continue on the child timeline
+    /// from the start of the fork's segment. WAL the spool holds beyond the fork was never on the new primary:
+    /// the spool keeps it aside, and it is never served on the new timeline.
+    private mutating func followTimeline(welcome: Welcome, primary: PrimaryIdentity, history: [TimelineHistoryEntry]) -> Action {
+        guard let index = history.firstIndex(where: { $0.parent == welcome.resumeTimeline }) else {
+            return close("the spool's timeline \(welcome.resumeTimeline) is not in the history of the primary's timeline \(primary.timeline); the DR site needs a re-seed from this primary", fatal: true)
+        }
+        let fork = history[index].switchPoint
+        if welcome.resumeLSN < fork {
+            state = .streaming(timeline: welcome.resumeTimeline, sent: welcome.resumeLSN, written: welcome.resumeLSN,
+                               durable: welcome.resumeLSN)
+            return .startStreaming(start: welcome.resumeLSN, timeline: welcome.resumeTimeline, resume: welcome.resumeLSN)
+        }
+        let child = index + 1 < history.count ? history[index + 1].parent : primary.timeline
+        let start = primary.segmentSize.segmentStart(of: fork)
+        // Positions restart on the child timeline below what the receiver acknowledged before: report nothing
+        // until its first ack on the new timeline.
+        state = .streaming(timeline: child, sent: start, written: .invalid, durable: .invalid)
+        return .switchTimeline(to: child, start: start, fork: fork, beyondFork: welcome.resumeLSN.bytesAfter(fork))
+    }
+
     /// WAL up to `end` was handed to the link.
     public mutating func walSent(upTo end: LSN) {
         guard case .streaming(let tli, let sent, let written, let durable) = state, end > sent else { return }
@@ -80,6 +109,12 @@ public struct SenderLinkStateMachine: Sendable {
         }
         switch message {
         case .ack(let ack):
+            // Positions only compare within one timeline; an ack still naming the timeline we just left says
+            // nothing about the new one.
+            if ack.timeline < tli { return .none }
+            guard ack.timeline == tli else {
+                return close("the receiver acknowledged timeline \(ack.timeline) while we stream timeline \(tli)")
+            }
             guard ack.durableLSN <= ack.writtenLSN else {
                 return close("the receiver reported durable \(ack.durableLSN) beyond written \(ack.writtenLSN)")
             }

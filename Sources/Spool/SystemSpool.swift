@@ -77,8 +77,9 @@ public final class SystemSpool: @unchecked Sendable {
             pos = SpoolPosition(timeline: tli, written: startLSN, durable: startLSN)
             positionBox.withLock { $0 = pos }
         }
-        guard tli == pos.timeline else {
-            throw SpoolError(.mismatch, "WAL for timeline \(tli) arrived while the spool holds timeline \(pos.timeline); timeline switches are not supported yet")
+        if tli != pos.timeline {
+            try switchTimeline(to: tli, startLSN: startLSN, from: pos)
+            pos = position
         }
         guard startLSN == pos.written else {
             throw SpoolError(.notContiguous, "WAL from \(startLSN) does not continue the spool, which ends at \(pos.written)")
@@ -104,6 +105,46 @@ public final class SystemSpool: @unchecked Sendable {
             positionBox.withLock { $0.written = lsn }
             if segmentBuffer.count == Int(segmentSize.bytes) { try finishSegment() }
         }
+    }
+
+    /// The primary site failed over: continue on the child timeline `tli`, whose history file must already be
+    /// stored. The spool must hold its own timeline up to the fork, and the child's WAL starts at the fork's
+    /// segment start (PostgreSQL copies the fork segment's prefix into the child's first segment). WAL beyond the
+    /// fork stays in the old timeline's `.partial`, which is never served under a plain segment name.
+    private func switchTimeline(to tli: TimeLineID, startLSN: LSN, from pos: SpoolPosition) throws {
+        guard tli > pos.timeline else {
+            throw SpoolError(.mismatch, "WAL for timeline \(tli) arrived while the spool holds the newer timeline \(pos.timeline)")
+        }
+        let path = walDirectory + "/" + historyFileName(timeline: tli)
+        guard FileIO.exists(path) else {
+            throw SpoolError(.mismatch, "WAL for timeline \(tli) arrived before its history file")
+        }
+        let entries = try parseTimelineHistory(String(decoding: try FileIO.readWholeFile(path, maxBytes: 1 << 20), as: UTF8.self))
+        guard let index = entries.firstIndex(where: { $0.parent == pos.timeline }),
+            (index + 1 < entries.count ? entries[index + 1].parent : tli) == tli
+        else {
+            throw SpoolError(.mismatch, "timeline \(tli) does not branch off the spool's timeline \(pos.timeline)")
+        }
+        let fork = entries[index].switchPoint
+        guard pos.written >= fork else {
+            throw SpoolError(.notContiguous, "the spool ends at \(pos.written) on timeline \(pos.timeline), before its fork at \(fork); that timeline's WAL up to the fork is needed first")
+        }
+        guard startLSN == segmentSize.segmentStart(of: fork) else {
+            throw SpoolError(.notContiguous, "timeline \(tli) must start at \(segmentSize.segmentStart(of: fork)), the start of the fork's segment, not \(startLSN)")
+        }
+        try current?.sync()
+        current = nil
+        segmentBuffer.removeAll(keepingCapacity: true)
+        if pos.written > fork {
+            logger.critical("WAL beyond the fork is kept aside in the old timeline's partial segment and never served on the new timeline", metadata: [
+                "walship.timeline": "\(pos.timeline)", "walship.fork_lsn": "\(fork)",
+                "walship.bytes_beyond_fork": "\(pos.written.bytesAfter(fork))",
+            ])
+        }
+        positionBox.withLock { $0 = SpoolPosition(timeline: tli, written: startLSN, durable: startLSN) }
+        logger.notice("switched to a new timeline", metadata: [
+            "walship.from_timeline": "\(pos.timeline)", "walship.timeline": "\(tli)", "walship.fork_lsn": "\(fork)",
+        ])
     }
 
     /// Makes everything written durable and returns the new durable end.

@@ -1,5 +1,6 @@
 import Foundation
 import Logging
+import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
 import PGReplication
@@ -86,7 +87,7 @@ public final class WalSenderServer: Sendable {
         log[metadataKey: "walship.standby"] = "\(connection.channel.remoteAddress.map { "\($0)" } ?? "?")"
         do {
             try await connection.executeThenClose { inbound, outbound in
-                var session = StandbySession(server: self, outbound: outbound, logger: log)
+                var session = StandbySession(server: self, channel: connection.channel, outbound: outbound, logger: log)
                 var iterator = inbound.makeAsyncIterator()
                 try await session.run(&iterator)
             }
@@ -110,12 +111,14 @@ public struct StandbyEndpointError: Error, CustomStringConvertible {
 /// The conversation with one standby, from startup to the end of streaming.
 struct StandbySession {
     let server: WalSenderServer
+    let channel: Channel
     let outbound: NIOAsyncChannelOutboundWriter<ByteBuffer>
     let logger: Logger
     var applicationName = "walreceiver"
 
-    init(server: WalSenderServer, outbound: NIOAsyncChannelOutboundWriter<ByteBuffer>, logger: Logger) {
+    init(server: WalSenderServer, channel: Channel, outbound: NIOAsyncChannelOutboundWriter<ByteBuffer>, logger: Logger) {
         self.server = server
+        self.channel = channel
         self.outbound = outbound
         self.logger = logger
     }
@@ -252,21 +255,32 @@ struct StandbySession {
     private mutating func startReplication(system: SystemSpool, slot: String?, start: LSN, timeline: TimeLineID,
                                            inbound: inout NIOAsyncChannelInboundStream<FrontendMessage>.AsyncIterator) async throws {
         let position = system.position
-        guard timeline == position.timeline else {
-            try await sendError(code: "58P01", "requested timeline \(timeline) is not in this server's history")
-            return
+        var end: TimelineEnd?
+        if timeline != position.timeline {
+            guard let found = historicEnd(of: timeline, system: system, current: position.timeline) else {
+                try await sendError(code: "58P01", "requested timeline \(timeline) is not in this server's history")
+                return
+            }
+            guard start <= found.switchPoint else {
+                try await sendError(code: "58P01", "requested starting point \(start) on timeline \(timeline) is not in this server's history")
+                return
+            }
+            end = found
         }
-        guard start <= position.durable else {
+        guard start <= position.durable || end != nil else {
             try await sendError(code: "58P01", "requested starting point \(start) is ahead of the WAL flush position of this server \(position.durable)")
             return
         }
-        do {
-            // Check the start is in the spool before COPY starts, so the standby gets a plain error.
-            _ = try WALRangeReader(spool: system).read(timeline: timeline, from: start, durableEnd: position.durable, maxBytes: 0)
+        // Check the start is in the spool before COPY starts, so the standby gets a plain error. A start at the
+        // spool's end (whose segment may not exist yet) just waits for WAL.
+        if start < (end?.switchPoint ?? position.durable) {
+          do {
+            _ = try WALRangeReader(spool: system).read(timeline: timeline, from: start, durableEnd: end?.switchPoint ?? position.durable, maxBytes: 0)
         } catch {
             logger.warning("standby asked for WAL the spool does not have", metadata: ["walship.start_lsn": "\(start)", "walship.error": "\(error)"])
             try await sendError(code: "58P01", "\(error)")
             return
+          }
         }
         var out = ByteBuffer()
         Backend.copyBothResponse(&out)
@@ -282,10 +296,26 @@ struct StandbySession {
         var lastSaved = ContinuousClock.now
         try? StandbyRegistry.save(record, systemDirectory: system.directory)
         defer { try? StandbyRegistry.save(record, systemDirectory: system.directory) }
+        let streamEnded = NIOLockedValueBox(false)
+        let channel = self.channel
+        let historicEnd = end
         try await withThrowingTaskGroup(of: Void.self) { group in
             group.addTask {
-                try await Self.stream(system: system, reader: WALRangeReader(spool: system), timeline: timeline, from: start,
-                                      keepaliveInterval: server.keepaliveInterval, outbound: outbound)
+                do {
+                    try await Self.stream(system: system, reader: WALRangeReader(spool: system), timeline: timeline, from: start,
+                                          until: historicEnd?.switchPoint, keepaliveInterval: server.keepaliveInterval, outbound: outbound)
+                    // A historic timeline is fully sent: end COPY as a PostgreSQL walsender does. Marked first:
+                    // the standby's CopyDone may arrive before this write returns.
+                    streamEnded.withLockedValue { $0 = true }
+                    var done = ByteBuffer()
+                    Backend.copyDone(&done)
+                    try await outbound.write(done)
+                } catch is CancellationError {
+                } catch {
+                    // Nothing more can be sent: close, so the standby reconnects instead of waiting.
+                    channel.close(promise: nil)
+                    throw error
+                }
             }
             // Standby messages: status updates carry its replay position back towards the primary.
             defer { group.cancelAll() }
@@ -309,7 +339,24 @@ struct StandbySession {
                             if update.replyRequested { try await outbound.write(Self.keepalive(system, replyRequested: false)) }
                         }
                     }
-                case .copyDone, .terminate:
+                case .copyDone:
+                    guard let historicEnd, streamEnded.withLockedValue({ $0 }) else {
+                        throw StandbyEndpointError("standby ended streaming")
+                    }
+                    // End of timeline: tell the standby where its next timeline starts, then take commands again.
+                    var out = ByteBuffer()
+                    Backend.result(columns: [("next_tli", 20), ("next_tli_startpos", 25)],
+                                   rows: [[Array(String(historicEnd.next).utf8), Array(historicEnd.switchPoint.description.utf8)]],
+                                   tag: "START_STREAMING", &out)
+                    Backend.commandComplete("START_REPLICATION", &out)
+                    Backend.readyForQuery(&out)
+                    try await outbound.write(out)
+                    logger.notice("standby reached the end of its timeline", metadata: [
+                        "walship.timeline": "\(timeline)", "walship.next_timeline": "\(historicEnd.next)",
+                        "walship.switch_lsn": "\(historicEnd.switchPoint)",
+                    ])
+                    return
+                case .terminate:
                     throw StandbyEndpointError("standby ended streaming")
                 default:
                     throw StandbyEndpointError("unexpected message while streaming")
@@ -319,19 +366,43 @@ struct StandbySession {
         }
     }
 
+    struct TimelineEnd {
+        var switchPoint: LSN
+        var next: TimeLineID
+    }
+
+    /// Where `timeline` ended and which timeline followed it, from the history file of `current`.
+    private func historicEnd(of timeline: TimeLineID, system: SystemSpool, current: TimeLineID) -> TimelineEnd? {
+        guard timeline < current,
+            let bytes = try? SpoolReader(root: server.spool.root, system: system.systemIdentifier).contents(of: historyFileName(timeline: current)),
+            let entries = try? parseTimelineHistory(String(decoding: bytes, as: UTF8.self)),
+            let index = entries.firstIndex(where: { $0.parent == timeline })
+        else { return nil }
+        return TimelineEnd(switchPoint: entries[index].switchPoint,
+                           next: index + 1 < entries.count ? entries[index + 1].parent : current)
+    }
+
     /// Sends WAL as soon as it is durable in the spool; keepalives while there is none.
-    private static func stream(system: SystemSpool, reader: WALRangeReader, timeline: TimeLineID, from start: LSN,
+    private static func stream(system: SystemSpool, reader: WALRangeReader, timeline: TimeLineID, from start: LSN, until end: LSN?,
                                keepaliveInterval: Duration, outbound: NIOAsyncChannelOutboundWriter<ByteBuffer>) async throws {
         var position = start
         var lastSent = ContinuousClock.now
+        var end = end
         while true {
-            let durable = system.position.durable
-            if position < durable {
-                let bytes = try reader.read(timeline: timeline, from: position, durableEnd: durable, maxBytes: 128 * 1024)
-                guard !bytes.isEmpty else { throw StandbyEndpointError("no WAL readable at \(position)") }
+            let current = system.position
+            if end == nil && current.timeline != timeline {
+                // The spool moved to a newer timeline while we streamed this one: finish at its switch point.
+                end = Self.switchPoint(of: timeline, system: system, current: current.timeline)
+                guard end != nil else { throw StandbyEndpointError("timeline \(timeline) is no longer in the spool's history") }
+            }
+            if let end, position >= end { return }
+            let available = end ?? current.durable
+            if position < available {
+                let bytes = try reader.read(timeline: timeline, from: position, durableEnd: available, maxBytes: 128 * 1024)
+                guard !bytes.isEmpty else { throw StandbyEndpointError("no WAL readable at \(position) on timeline \(timeline)") }
                 var out = ByteBuffer()
                 Backend.copyData(&out) {
-                    $0.writeBytes(ReplicationMessage.encodeXLogDataHeader(dataStart: position, walEnd: durable, sendTime: .now()))
+                    $0.writeBytes(ReplicationMessage.encodeXLogDataHeader(dataStart: position, walEnd: available, sendTime: .now()))
                     $0.writeBytes(bytes)
                 }
                 try await outbound.write(out)
@@ -346,6 +417,12 @@ struct StandbySession {
                 lastSent = .now
             }
         }
+    }
+
+    private static func switchPoint(of timeline: TimeLineID, system: SystemSpool, current: TimeLineID) -> LSN? {
+        let path = system.walDirectory + "/" + historyFileName(timeline: current)
+        guard let text = try? String(contentsOfFile: path, encoding: .utf8), let entries = try? parseTimelineHistory(text) else { return nil }
+        return entries.first { $0.parent == timeline }?.switchPoint
     }
 
     private static func keepalive(_ system: SystemSpool, replyRequested: Bool) -> ByteBuffer {

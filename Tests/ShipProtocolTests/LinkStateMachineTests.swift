@@ -39,8 +39,8 @@ import WALCore
         else { Issue.record("a spool ahead of the primary was accepted"); return }
         #expect(reason.contains("same database system"))
         var otherTimeline = SenderLinkStateMachine()
-        guard case .close(_, false) = otherTimeline.firstMessageReceived(welcome("0/8000000", timeline: 2), primary: primary, slotRestartLSN: nil)
-        else { Issue.record("timeline mismatch accepted"); return }
+        guard case .close(_, true) = otherTimeline.firstMessageReceived(welcome("0/8000000", timeline: 2), primary: primary, slotRestartLSN: nil)
+        else { Issue.record("a spool on a newer timeline than the primary was accepted"); return }
         var refused = SenderLinkStateMachine()
         #expect(refused.firstMessageReceived(.refusal(Refusal(code: .unsupportedVersion, message: "v9")), primary: primary, slotRestartLSN: nil)
             == .close(reason: "the receiver refused the link: v9", fatal: true))
@@ -67,6 +67,48 @@ import WALCore
         guard case .close = d.messageReceived(.hello(Hello(role: .stream, synchronous: false, systemIdentifier: 1, timeline: 1,
                                                              walSegmentSize: 1 << 24, senderName: "x")))
         else { Issue.record("hello mid-stream"); return }
+    }
+}
+
+@Suite struct TimelineFollowingTests {
+    let primary = PrimaryIdentity(systemIdentifier: 42, timeline: 2, flushLSN: LSN("0/9000000")!, segmentSize: .default)
+    let history = [TimelineHistoryEntry(parent: 1, switchPoint: LSN("0/4046CA0")!, reason: "no recovery target specified")]
+
+    func welcome(_ lsn: String) -> ShipMessage { .welcome(Welcome(resumeLSN: LSN(lsn)!, resumeTimeline: 1, receiverName: "dr")) }
+
+    @Test func finishesTheOldTimelineFirst() {
+        var m = SenderLinkStateMachine()
+        #expect(m.firstMessageReceived(welcome("0/3000000"), primary: primary, slotRestartLSN: nil, history: history)
+            == .startStreaming(start: LSN("0/3000000")!, timeline: 1, resume: LSN("0/3000000")!))
+    }
+
+    @Test func switchesAtTheForkSegmentAndReportsWALBeyondTheFork() {
+        var m = SenderLinkStateMachine()
+        #expect(m.firstMessageReceived(welcome("0/4046CA0"), primary: primary, slotRestartLSN: nil, history: history)
+            == .switchTimeline(to: 2, start: LSN("0/4000000")!, fork: LSN("0/4046CA0")!, beyondFork: 0))
+        var n = SenderLinkStateMachine()
+        #expect(n.firstMessageReceived(welcome("0/4050000"), primary: primary, slotRestartLSN: nil, history: history)
+            == .switchTimeline(to: 2, start: LSN("0/4000000")!, fork: LSN("0/4046CA0")!, beyondFork: 0x9360))
+        // After the switch, an ack naming the old timeline is ignored; acks on the new one count from scratch.
+        m.walSent(upTo: LSN("0/4100000")!)
+        #expect(m.messageReceived(.ack(Ack(timeline: 1, writtenLSN: LSN("0/4046CA0")!, durableLSN: LSN("0/4046CA0")!, receiverTime: .now()))) == .none)
+        #expect(m.messageReceived(.ack(Ack(timeline: 2, writtenLSN: LSN("0/4020000")!, durableLSN: LSN("0/4020000")!, receiverTime: .now())))
+            == .reportFeedback(written: LSN("0/4020000")!, durable: LSN("0/4020000")!, replayed: .invalid))
+        guard case .close = m.messageReceived(.ack(Ack(timeline: 3, writtenLSN: LSN("0/4030000")!, durableLSN: LSN("0/4030000")!, receiverTime: .now())))
+        else { Issue.record("an ack for a future timeline was accepted"); return }
+    }
+
+    @Test func aSpoolOffThePrimarysHistoryNeedsAReseed() {
+        var m = SenderLinkStateMachine()
+        let foreign = [TimelineHistoryEntry(parent: 3, switchPoint: LSN("0/1")!, reason: "")]
+        guard case .close(let reason, true) = m.firstMessageReceived(welcome("0/3000000"), primary: primary, slotRestartLSN: nil, history: foreign)
+        else { Issue.record("a spool off the history was accepted"); return }
+        #expect(reason.contains("re-seed"))
+        var newer = SenderLinkStateMachine()
+        let ahead = ShipMessage.welcome(Welcome(resumeLSN: LSN("0/3000000")!, resumeTimeline: 3, receiverName: "dr"))
+        guard case .close(_, true) = newer.firstMessageReceived(ahead, primary: primary, slotRestartLSN: nil) else {
+            Issue.record("a spool on a newer timeline was accepted"); return
+        }
     }
 }
 

@@ -223,3 +223,60 @@ func append(_ system: SystemSpool, _ bytes: [UInt8], at lsn: LSN, timeline: Time
         #expect(try Data(contentsOf: URL(fileURLWithPath: temp.walDirectory + "/00000002.history")) == Data(history))
     }
 }
+
+@Suite struct TimelineSwitchTests {
+    let size = TestWAL.size
+
+    /// A segment on timeline 2 whose pages claim timeline 1 up to `copiedPrefix`, as PostgreSQL writes the
+    /// first segment of a new timeline; timeline 2 afterwards.
+    func newTimelineSegment(_ number: UInt64, count: Int) -> [UInt8] {
+        var bytes = TestWAL.segment(number, count: count)
+        var page = 8192
+        while page < count {
+            bytes[page + 4] = 2  // xlp_tli = 2 from the second page on
+            page += 8192
+        }
+        return bytes
+    }
+
+    @Test func switchesOnlyAtTheForkWithItsHistory() throws {
+        let temp = TempSpool()
+        try switchOnce(temp)
+        // After a restart the spool resumes on timeline 2.
+        let (_, reopened) = try temp.open()
+        #expect(reopened.position.timeline == 2)
+    }
+
+    func switchOnce(_ temp: TempSpool) throws {
+        let (_, system) = try temp.open()
+        try append(system, TestWAL.segment(3, count: 300_000), at: size.startLSN(ofSegment: 3))
+        try system.sync()
+        let fork = size.startLSN(ofSegment: 3).advanced(by: 250_000)
+        let childStart = size.startLSN(ofSegment: 3)
+        // Without the history file, WAL of timeline 2 is refused.
+        #expect(throws: SpoolError.self) { try append(system, newTimelineSegment(3, count: 20_000), at: childStart, timeline: 2) }
+        try system.storeHistory(timeline: 2, content: Array("1\t\(fork)\tno recovery target specified\n".utf8))
+        // Not at the fork segment's start: refused.
+        #expect(throws: SpoolError.self) {
+            try append(system, Array(newTimelineSegment(3, count: 20_000)[8192...]), at: childStart.advanced(by: 8192), timeline: 2)
+        }
+        try append(system, newTimelineSegment(3, count: 400_000), at: childStart, timeline: 2)
+        try system.sync()
+        #expect(system.position == SpoolPosition(timeline: 2, written: childStart.advanced(by: 400_000), durable: childStart.advanced(by: 400_000)))
+        // The old timeline's tail (with 50 000 bytes beyond the fork) stays aside and is never served.
+        #expect(try temp.files() == ["000000010000000000000003.partial", "00000002.history", "000000020000000000000003.partial"])
+        let reader = try SpoolReader(root: temp.root, system: nil)
+        #expect(try reader.contents(of: "000000010000000000000003") == nil)
+        #expect(try reader.contents(of: "000000020000000000000003")?.count == Int(size.bytes))
+    }
+
+    @Test func aGapBeforeTheForkIsRefused() throws {
+        let temp = TempSpool()
+        let (_, system) = try temp.open()
+        try append(system, TestWAL.segment(3, count: 100_000), at: size.startLSN(ofSegment: 3))
+        try system.storeHistory(timeline: 2, content: Array("1\t\(size.startLSN(ofSegment: 3).advanced(by: 200_000))\tx\n".utf8))
+        #expect(throws: SpoolError.self) {
+            try append(system, newTimelineSegment(3, count: 20_000), at: size.startLSN(ofSegment: 3), timeline: 2)
+        }
+    }
+}
