@@ -87,7 +87,8 @@ public final class BackupWriter {
         try archive.sync()
         try manifest.sync()
         let info = BackupInfo(
-            id: id, label: start.label, systemIdentifier: String(systemIdentifier), createdAt: Date(),
+            id: id, label: start.label, systemIdentifier: String(systemIdentifier),
+            createdAt: Date(timeIntervalSince1970: Date().timeIntervalSince1970.rounded(.down)),
             startLSN: start.startLSN.description, stopLSN: stop.stopLSN.description, timeline: stop.timeline,
             archiveBytes: archiveBytes, archiveCRC32C: String(archiveCRC, radix: 16), storedBytes: UInt64(archive.length),
             status: durable >= stop.stopLSN ? .complete : .waitingForWAL)
