@@ -108,19 +108,20 @@ public struct StandbyEndpointError: Error, CustomStringConvertible {
     public init(_ description: String) { self.description = description }
 }
 
-/// The conversation with one standby, from startup to the end of streaming.
+/// The conversation with one standby: performs what `WalSenderStateMachine` decides and streams the WAL.
 struct StandbySession {
     let server: WalSenderServer
     let channel: Channel
     let outbound: NIOAsyncChannelOutboundWriter<ByteBuffer>
     let logger: Logger
-    var applicationName = "walreceiver"
+    var machine: WalSenderStateMachine
 
     init(server: WalSenderServer, channel: Channel, outbound: NIOAsyncChannelOutboundWriter<ByteBuffer>, logger: Logger) {
         self.server = server
         self.channel = channel
         self.outbound = outbound
         self.logger = logger
+        self.machine = WalSenderStateMachine(authentication: server.authentication)
     }
 
     mutating func run(_ inbound: inout NIOAsyncChannelInboundStream<FrontendMessage>.AsyncIterator) async throws {
@@ -129,75 +130,37 @@ struct StandbySession {
         while let message = try await inbound.next() {
             switch message {
             case .query(let text):
-                try await command(text, system: system, inbound: &inbound)
+                try await perform(machine.query(text, spool: snapshot(system)), system: system, inbound: &inbound)
             case .terminate:
                 return
             case .copyData, .copyDone, .copyFail, .password, .startup, .sslRequest, .gssEncryptionRequest, .cancelRequest:
-                try await sendError(code: "08P01", "unexpected message outside of a command")
+                try await send(.error(code: "08P01", message: "unexpected message outside of a command", fatal: true))
                 return
             }
         }
     }
 
-    // MARK: Startup and authentication
-
     private mutating func startup(_ inbound: inout NIOAsyncChannelInboundStream<FrontendMessage>.AsyncIterator) async throws {
         while let message = try await inbound.next() {
-            switch message {
-            case .sslRequest, .gssEncryptionRequest:
-                try await outbound.write(ByteBuffer(string: "N"))
-            case .cancelRequest:
-                throw StandbyEndpointError("cancel request (not supported)")
-            case .startup(let parameters):
-                guard parameters["replication"].map({ ["true", "on", "yes", "1"].contains($0.lowercased()) }) == true else {
-                    try await sendError(code: "08P01", "walship serves physical replication connections only (replication=true)", fatal: true)
-                    throw StandbyEndpointError("refused a non-replication connection")
-                }
-                applicationName = parameters["application_name"] ?? "walreceiver"
-                try await authenticate(user: parameters["user"] ?? "", &inbound)
-                var out = ByteBuffer()
-                Backend.authenticationOk(&out)
-                for (name, value) in [
-                    ("server_version", "15.0 (walship)"), ("server_encoding", "UTF8"), ("client_encoding", "UTF8"),
-                    ("DateStyle", "ISO, MDY"), ("integer_datetimes", "on"), ("standard_conforming_strings", "on"),
-                    ("TimeZone", "UTC"), ("in_hot_standby", "off"), ("default_transaction_read_only", "off"),
-                    ("application_name", applicationName), ("is_superuser", "off"),
-                ] { Backend.parameterStatus(name, value, &out) }
-                Backend.backendKeyData(pid: UInt32(getpid()), key: UInt32.random(in: 1...UInt32.max), &out)
-                Backend.readyForQuery(&out)
-                try await outbound.write(out)
-                logger.info("standby connected", metadata: ["walship.application_name": "\(applicationName)"])
+            let action = machine.startupMessage(message)
+            try await send(action)
+            switch action {
+            case .accept:
+                logger.info("standby connected", metadata: ["walship.application_name": "\(machine.applicationName)"])
                 return
-            default:
-                throw StandbyEndpointError("unexpected message before startup")
+            case .error(_, let text, _):
+                throw StandbyEndpointError(text)
+            case .close(let reason):
+                throw StandbyEndpointError(reason)
+            case .refuseEncryption, .requestPassword, .result, .startStreaming, .endOfTimeline:
+                continue
             }
         }
         throw StandbyEndpointError("connection closed before startup")
     }
 
-    private func authenticate(user: String, _ inbound: inout NIOAsyncChannelInboundStream<FrontendMessage>.AsyncIterator) async throws {
-        switch server.authentication {
-        case .trust:
-            return
-        case .password(let expected):
-            var out = ByteBuffer()
-            Backend.authenticationCleartextPassword(&out)
-            try await outbound.write(out)
-            guard case .password(var bytes) = try await inbound.next() else {
-                throw StandbyEndpointError("no password from the standby")
-            }
-            if bytes.last == 0 { bytes.removeLast() }
-            guard constantTimeEqual(bytes, Array(expected.utf8)) else {
-                try await sendError(code: "28P01", "password authentication failed for user \"\(user)\"", fatal: true)
-                throw StandbyEndpointError("wrong password from a standby (user \"\(user)\")")
-            }
-        }
-    }
-
     private func openSystem() throws -> SystemSpool {
-        guard let system = server.spool.openSystems.sorted(by: { $0.systemIdentifier < $1.systemIdentifier }).first,
-            server.spool.openSystems.count == 1
-        else {
+        guard let system = server.spool.openSystems.first, server.spool.openSystems.count == 1 else {
             throw StandbyEndpointError(server.spool.openSystems.isEmpty
                 ? "the spool holds no WAL yet; a standby can connect once a sender has shipped some"
                 : "the spool holds several systems; serving standbys needs one system per receiver in this release")
@@ -205,89 +168,92 @@ struct StandbySession {
         return system
     }
 
-    // MARK: Commands
-
-    private mutating func command(_ text: String, system: SystemSpool,
-                                  inbound: inout NIOAsyncChannelInboundStream<FrontendMessage>.AsyncIterator) async throws {
-        let command: ReplicationCommand
-        do { command = try ReplicationCommand.parse(text) } catch {
-            try await sendError(code: "42601", error.description)
-            return
-        }
-        var out = ByteBuffer()
+    private func snapshot(_ system: SystemSpool) -> SpoolSnapshot {
         let position = system.position
-        switch command {
-        case .identifySystem:
-            Backend.result(columns: [("systemid", 25), ("timeline", 23), ("xlogpos", 25), ("dbname", 25)],
-                           rows: [[Array(String(system.systemIdentifier).utf8), Array(String(position.timeline).utf8),
-                                   Array(position.durable.description.utf8), nil]],
-                           tag: "IDENTIFY_SYSTEM", &out)
-        case .timelineHistory(let tli):
-            let name = historyFileName(timeline: tli)
-            guard let content = try? SpoolReader(root: server.spool.root, system: system.systemIdentifier).contents(of: name) else {
-                try await sendError(code: "58P01", "could not open file \"pg_wal/\(name)\": No such file or directory")
-                return
+        var histories: [TimeLineID: [UInt8]] = [:]
+        if position.timeline >= 2, let reader = try? SpoolReader(root: server.spool.root, system: system.systemIdentifier) {
+            for tli in 2...position.timeline {
+                if let bytes = try? reader.contents(of: historyFileName(timeline: tli)) { histories[tli] = bytes }
             }
-            // Raw bytes as text (OID 25), exactly as PostgreSQL sends them: never bytea-escaped.
-            Backend.result(columns: [("filename", 25), ("content", 25)], rows: [[Array(name.utf8), content]],
-                           tag: "TIMELINE_HISTORY", &out)
-        case .show(let name):
-            guard name == "wal_segment_size" else {
-                try await sendError(code: "42704", "unrecognized configuration parameter \"\(name)\"")
-                return
-            }
-            Backend.result(columns: [(name, 25)], rows: [[Array(system.segmentSize.description.utf8)]], tag: "SHOW", &out)
-        case .readReplicationSlot(let slot):
-            let record = (try? StandbyRegistry.list(systemDirectory: system.directory))?.first { $0.viaSlot && $0.name == slot }
-            let row: [[UInt8]?] = record.map { [Array("physical".utf8), Array($0.replayedLSN.utf8), Array(String(position.timeline).utf8)] }
-                ?? [nil, nil, nil]
-            Backend.result(columns: [("slot_type", 25), ("restart_lsn", 25), ("restart_tli", 20)], rows: [row],
-                           tag: "READ_REPLICATION_SLOT", &out)
-        case .startReplication(let slot, let start, let timeline):
-            try await startReplication(system: system, slot: slot, start: start, timeline: timeline ?? position.timeline,
-                                       inbound: &inbound)
+        }
+        let slots = ((try? StandbyRegistry.list(systemDirectory: system.directory)) ?? [])
+            .filter(\.viaSlot).reduce(into: [String: LSN]()) { $0[$1.name] = $1.replayed }
+        return SpoolSnapshot(systemIdentifier: system.systemIdentifier, timeline: position.timeline, durable: position.durable,
+                             segmentSize: system.segmentSize, historyFiles: histories, slots: slots)
+    }
+
+    /// Writes what an action says to send (streaming is started by `perform`).
+    private func send(_ action: WalSenderStateMachine.Action) async throws {
+        var out = ByteBuffer()
+        switch action {
+        case .refuseEncryption:
+            out.writeString("N")
+        case .requestPassword:
+            Backend.authenticationCleartextPassword(&out)
+        case .accept(let applicationName):
+            Backend.authenticationOk(&out)
+            for (name, value) in [
+                ("server_version", "15.0 (walship)"), ("server_encoding", "UTF8"), ("client_encoding", "UTF8"),
+                ("DateStyle", "ISO, MDY"), ("integer_datetimes", "on"), ("standard_conforming_strings", "on"),
+                ("TimeZone", "UTC"), ("in_hot_standby", "off"), ("default_transaction_read_only", "off"),
+                ("application_name", applicationName), ("is_superuser", "off"),
+            ] { Backend.parameterStatus(name, value, &out) }
+            Backend.backendKeyData(pid: UInt32(getpid()), key: UInt32.random(in: 1...UInt32.max), &out)
+            Backend.readyForQuery(&out)
+        case .result(let columns, let rows, let tag):
+            Backend.result(columns: columns.map { ($0.name, $0.typeOID) }, rows: rows, tag: tag, &out)
+            Backend.readyForQuery(&out)
+        case .error(let code, let message, let fatal):
+            Backend.error(code: code, message: message, severity: fatal ? "FATAL" : "ERROR", &out)
+            if !fatal { Backend.readyForQuery(&out) }
+        case .endOfTimeline(let end):
+            Backend.result(columns: [("next_tli", 20), ("next_tli_startpos", 25)],
+                           rows: [[Array(String(end.next).utf8), Array(end.switchPoint.description.utf8)]], tag: "START_STREAMING", &out)
+            Backend.commandComplete("START_REPLICATION", &out)
+            Backend.readyForQuery(&out)
+        case .startStreaming, .close:
             return
         }
-        Backend.readyForQuery(&out)
         try await outbound.write(out)
     }
 
+    private mutating func perform(_ action: WalSenderStateMachine.Action, system: SystemSpool,
+                                  inbound: inout NIOAsyncChannelInboundStream<FrontendMessage>.AsyncIterator) async throws {
+        switch action {
+        case .startStreaming(let slot, let start, let timeline, let end):
+            try await startReplication(system: system, slot: slot, start: start, timeline: timeline, end: end, inbound: &inbound)
+        case .close(let reason):
+            throw StandbyEndpointError(reason)
+        case .error(_, let text, true):
+            try await send(action)
+            throw StandbyEndpointError(text)
+        case .refuseEncryption, .requestPassword, .accept, .result, .error, .endOfTimeline:
+            try await send(action)
+        }
+    }
+
     private mutating func startReplication(system: SystemSpool, slot: String?, start: LSN, timeline: TimeLineID,
+                                           end: WalSenderStateMachine.TimelineEnd?,
                                            inbound: inout NIOAsyncChannelInboundStream<FrontendMessage>.AsyncIterator) async throws {
-        let position = system.position
-        var end: TimelineEnd?
-        if timeline != position.timeline {
-            guard let found = historicEnd(of: timeline, system: system, current: position.timeline) else {
-                try await sendError(code: "58P01", "requested timeline \(timeline) is not in this server's history")
-                return
-            }
-            guard start <= found.switchPoint else {
-                try await sendError(code: "58P01", "requested starting point \(start) on timeline \(timeline) is not in this server's history")
-                return
-            }
-            end = found
-        }
-        guard start <= position.durable || end != nil else {
-            try await sendError(code: "58P01", "requested starting point \(start) is ahead of the WAL flush position of this server \(position.durable)")
-            return
-        }
-        // Check the start is in the spool before COPY starts, so the standby gets a plain error. A start at the
+        let available = end?.switchPoint ?? system.position.durable
+        // The start must be in the spool before COPY starts, so the standby gets a plain error. A start at the
         // spool's end (whose segment may not exist yet) just waits for WAL.
-        if start < (end?.switchPoint ?? position.durable) {
-          do {
-            _ = try WALRangeReader(spool: system).read(timeline: timeline, from: start, durableEnd: end?.switchPoint ?? position.durable, maxBytes: 0)
-        } catch {
-            logger.warning("standby asked for WAL the spool does not have", metadata: ["walship.start_lsn": "\(start)", "walship.error": "\(error)"])
-            try await sendError(code: "58P01", "\(error)")
-            return
-          }
+        if start < available {
+            do {
+                _ = try WALRangeReader(spool: system).read(timeline: timeline, from: start, durableEnd: available, maxBytes: 0)
+            } catch {
+                logger.warning("standby asked for WAL the spool does not have", metadata: ["walship.start_lsn": "\(start)", "walship.error": "\(error)"])
+                machine.streamingRefused()
+                try await send(.error(code: "58P01", message: "\(error)", fatal: false))
+                return
+            }
         }
         var out = ByteBuffer()
         Backend.copyBothResponse(&out)
         try await outbound.write(out)
-        logger.notice("standby streaming", metadata: ["walship.application_name": "\(applicationName)",
+        let name = machine.applicationName
+        logger.notice("standby streaming", metadata: ["walship.application_name": "\(name)",
                                                       "walship.start_lsn": "\(start)", "walship.timeline": "\(timeline)"])
-        let name = applicationName
         let server = self.server
         let outbound = self.outbound
         // The standby is remembered (by slot, else by application_name) so retention keeps what it still needs,
@@ -298,12 +264,11 @@ struct StandbySession {
         defer { try? StandbyRegistry.save(record, systemDirectory: system.directory) }
         let streamEnded = NIOLockedValueBox(false)
         let channel = self.channel
-        let historicEnd = end
         try await withThrowingTaskGroup(of: Void.self) { group in
             group.addTask {
                 do {
                     try await Self.stream(system: system, reader: WALRangeReader(spool: system), timeline: timeline, from: start,
-                                          until: historicEnd?.switchPoint, keepaliveInterval: server.keepaliveInterval, outbound: outbound)
+                                          until: end?.switchPoint, keepaliveInterval: server.keepaliveInterval, outbound: outbound)
                     // A historic timeline is fully sent: end COPY as a PostgreSQL walsender does. Marked first:
                     // the standby's CopyDone may arrive before this write returns.
                     streamEnded.withLockedValue { $0 = true }
@@ -340,20 +305,14 @@ struct StandbySession {
                         }
                     }
                 case .copyDone:
-                    guard let historicEnd, streamEnded.withLockedValue({ $0 }) else {
-                        throw StandbyEndpointError("standby ended streaming")
-                    }
+                    if streamEnded.withLockedValue({ $0 }) { machine.historicTimelineSent() }
+                    let action = machine.copyDoneReceived()
+                    guard case .endOfTimeline(let ended) = action else { throw StandbyEndpointError("standby ended streaming") }
                     // End of timeline: tell the standby where its next timeline starts, then take commands again.
-                    var out = ByteBuffer()
-                    Backend.result(columns: [("next_tli", 20), ("next_tli_startpos", 25)],
-                                   rows: [[Array(String(historicEnd.next).utf8), Array(historicEnd.switchPoint.description.utf8)]],
-                                   tag: "START_STREAMING", &out)
-                    Backend.commandComplete("START_REPLICATION", &out)
-                    Backend.readyForQuery(&out)
-                    try await outbound.write(out)
+                    try await send(action)
                     logger.notice("standby reached the end of its timeline", metadata: [
-                        "walship.timeline": "\(timeline)", "walship.next_timeline": "\(historicEnd.next)",
-                        "walship.switch_lsn": "\(historicEnd.switchPoint)",
+                        "walship.timeline": "\(timeline)", "walship.next_timeline": "\(ended.next)",
+                        "walship.switch_lsn": "\(ended.switchPoint)",
                     ])
                     return
                 case .terminate:
@@ -364,22 +323,6 @@ struct StandbySession {
             }
             throw StandbyEndpointError("standby closed the connection")
         }
-    }
-
-    struct TimelineEnd {
-        var switchPoint: LSN
-        var next: TimeLineID
-    }
-
-    /// Where `timeline` ended and which timeline followed it, from the history file of `current`.
-    private func historicEnd(of timeline: TimeLineID, system: SystemSpool, current: TimeLineID) -> TimelineEnd? {
-        guard timeline < current,
-            let bytes = try? SpoolReader(root: server.spool.root, system: system.systemIdentifier).contents(of: historyFileName(timeline: current)),
-            let entries = try? parseTimelineHistory(String(decoding: bytes, as: UTF8.self)),
-            let index = entries.firstIndex(where: { $0.parent == timeline })
-        else { return nil }
-        return TimelineEnd(switchPoint: entries[index].switchPoint,
-                           next: index + 1 < entries.count ? entries[index + 1].parent : current)
     }
 
     /// Sends WAL as soon as it is durable in the spool; keepalives while there is none.
@@ -434,12 +377,6 @@ struct StandbySession {
         return out
     }
 
-    private func sendError(code: String, _ message: String, fatal: Bool = false) async throws {
-        var out = ByteBuffer()
-        Backend.error(code: code, message: message, severity: fatal ? "FATAL" : "ERROR", &out)
-        if !fatal { Backend.readyForQuery(&out) }
-        try await outbound.write(out)
-    }
 }
 
 func constantTimeEqual(_ a: [UInt8], _ b: [UInt8]) -> Bool {
