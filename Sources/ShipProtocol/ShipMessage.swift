@@ -161,25 +161,38 @@ public struct WALData: Hashable, Sendable {
     public static func make(timeline: TimeLineID, startLSN: LSN, primaryEndLSN: LSN,
                             primarySendTime: PostgresTimestamp, wal: ByteBuffer,
                             allocator: ByteBufferAllocator = ByteBufferAllocator()) -> WALData {
-        let compressed = LZ4.compressBlock(wal, allocator: allocator)
-        let useLZ4 = compressed.readableBytes < wal.readableBytes
+        let packed = FramePayload.pack(wal, allocator: allocator)
         return WALData(timeline: timeline, startLSN: startLSN, primaryEndLSN: primaryEndLSN,
-                       primarySendTime: primarySendTime, compression: useLZ4 ? .lz4Block : .none,
-                       uncompressedLength: UInt32(wal.readableBytes), payload: useLZ4 ? compressed : wal)
+                       primarySendTime: primarySendTime, compression: packed.compression,
+                       uncompressedLength: UInt32(wal.readableBytes), payload: packed.payload)
     }
 
     /// The WAL bytes, decompressed and checked against the declared length.
     public func walBytes(allocator: ByteBufferAllocator = ByteBufferAllocator()) throws(ShipProtocolError) -> ByteBuffer {
+        try FramePayload.unpack(payload, compression: compression, length: uncompressedLength, kind: .walData, allocator: allocator)
+    }
+}
+
+/// A frame's data as it travels: one LZ4 block when that saves bytes, raw otherwise; unpacked with the
+/// bounds-checked decoder to exactly the declared length.
+enum FramePayload {
+    static func pack(_ bytes: ByteBuffer, allocator: ByteBufferAllocator) -> (compression: WALCompression, payload: ByteBuffer) {
+        let compressed = LZ4.compressBlock(bytes, allocator: allocator)
+        return compressed.readableBytes < bytes.readableBytes ? (.lz4Block, compressed) : (.none, bytes)
+    }
+
+    static func unpack(_ payload: ByteBuffer, compression: WALCompression, length: UInt32, kind: ShipMessage.Kind,
+                       allocator: ByteBufferAllocator) throws(ShipProtocolError) -> ByteBuffer {
         switch compression {
         case .none:
-            guard payload.readableBytes == Int(uncompressedLength) else {
-                throw .invalidField(kind: .walData, reason: "raw payload length differs from declared length")
+            guard payload.readableBytes == Int(length) else {
+                throw .invalidField(kind: kind, reason: "raw payload length differs from declared length")
             }
             return payload
         case .lz4Block:
-            guard let bytes = LZ4.decompressBlock(payload, uncompressedLength: Int(uncompressedLength),
-                                                  allocator: allocator)
-            else { throw .invalidField(kind: .walData, reason: "LZ4 block does not decompress to declared length") }
+            guard let bytes = LZ4.decompressBlock(payload, uncompressedLength: Int(length), allocator: allocator) else {
+                throw .invalidField(kind: kind, reason: "LZ4 block does not decompress to declared length")
+            }
             return bytes
         }
     }
@@ -266,25 +279,13 @@ public struct BackupData: Hashable, Sendable {
     }
 
     public static func make(part: Part, bytes: ByteBuffer, allocator: ByteBufferAllocator = ByteBufferAllocator()) -> BackupData {
-        let compressed = LZ4.compressBlock(bytes, allocator: allocator)
-        let useLZ4 = compressed.readableBytes < bytes.readableBytes
-        return BackupData(part: part, compression: useLZ4 ? .lz4Block : .none, uncompressedLength: UInt32(bytes.readableBytes),
-                          payload: useLZ4 ? compressed : bytes)
+        let packed = FramePayload.pack(bytes, allocator: allocator)
+        return BackupData(part: part, compression: packed.compression, uncompressedLength: UInt32(bytes.readableBytes),
+                          payload: packed.payload)
     }
 
     public func bytes(allocator: ByteBufferAllocator = ByteBufferAllocator()) throws(ShipProtocolError) -> ByteBuffer {
-        switch compression {
-        case .none:
-            guard payload.readableBytes == Int(uncompressedLength) else {
-                throw .invalidField(kind: .backupData, reason: "raw payload length differs from declared length")
-            }
-            return payload
-        case .lz4Block:
-            guard let out = LZ4.decompressBlock(payload, uncompressedLength: Int(uncompressedLength), allocator: allocator) else {
-                throw .invalidField(kind: .backupData, reason: "LZ4 block does not decompress to declared length")
-            }
-            return out
-        }
+        try FramePayload.unpack(payload, compression: compression, length: uncompressedLength, kind: .backupData, allocator: allocator)
     }
 }
 
