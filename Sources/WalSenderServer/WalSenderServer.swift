@@ -227,7 +227,10 @@ struct StandbySession {
         case .error(_, let text, true):
             try await send(action)
             throw StandbyEndpointError(text)
-        case .refuseEncryption, .requestPassword, .accept, .result, .error, .endOfTimeline:
+        case .error(let code, let text, false):
+            logger.warning("refused a standby's request", metadata: ["walship.sqlstate": "\(code)", "walship.error": "\(text)"])
+            try await send(action)
+        case .refuseEncryption, .requestPassword, .accept, .result, .endOfTimeline:
             try await send(action)
         }
     }
