@@ -325,7 +325,7 @@ public final class Receiver: Sendable {
                 let code: Refusal.Code = switch error.kind {
                 case .invalidWAL: .invalidWAL
                 case .notContiguous: .notContiguous
-                case .mismatch: .timelineUnsupported
+                case .mismatch: .timelineMismatch
                 case .io, .fsyncFailed, .diskFull, .corrupt, .locked: .spoolFailure
                 }
                 if error.kind == .fsyncFailed {

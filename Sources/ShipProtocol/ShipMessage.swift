@@ -108,7 +108,7 @@ public struct Refusal: Hashable, Sendable, Error, CustomStringConvertible {
         public static let notContiguous = Code(rawValue: 5)
         public static let spoolFailure = Code(rawValue: 6)
         public static let protocolViolation = Code(rawValue: 7)
-        public static let timelineUnsupported = Code(rawValue: 8)
+        public static let timelineMismatch = Code(rawValue: 8)
         public static let shuttingDown = Code(rawValue: 9)
     }
 
