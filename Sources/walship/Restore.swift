@@ -117,7 +117,10 @@ struct Restore: ParsableCommand {
         let autoConf = dataDirectory + "/postgresql.auto.conf"
         let existing = (try? String(contentsOfFile: autoConf, encoding: .utf8)) ?? ""
         try (existing + "\n" + settings.joined(separator: "\n") + "\n").write(toFile: autoConf, atomically: true, encoding: .utf8)
-        fm.createFile(atPath: dataDirectory + "/" + (standby ? "standby.signal" : "recovery.signal"), contents: nil)
+        let signal = dataDirectory + "/" + (standby ? "standby.signal" : "recovery.signal")
+        guard fm.createFile(atPath: signal, contents: nil) else {
+            throw RestoreError("could not create \(signal); without it PostgreSQL would start as a primary, not recover")
+        }
         if getuid() == 0 { try shell("chown -R \(quote(osUser)): \(quote(dataDirectory))", what: "give the data directory to \(osUser)") }
         try fm.setAttributes([.posixPermissions: 0o700], ofItemAtPath: dataDirectory)
 
