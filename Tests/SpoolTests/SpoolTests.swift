@@ -142,7 +142,7 @@ func append(_ system: SystemSpool, _ bytes: [UInt8], at lsn: LSN, timeline: Time
                                            segment: SegmentName(timeline: 1, number: 7, segmentSize: size))
         _ = try PartialSegmentWriter(creating: temp.walDirectory + "/000000010000000000000007.partial", header: header,
                                      directory: temp.walDirectory)
-        FileManager.default.createFile(atPath: temp.walDirectory + "/000000010000000000000008.lz4.tmp", contents: Data([1, 2, 3]))
+        #expect(FileManager.default.createFile(atPath: temp.walDirectory + "/000000010000000000000008.lz4.tmp", contents: Data([1, 2, 3])))
         let (_, system) = try temp.open()
         #expect(try temp.files() == ["000000010000000000000007.lz4"])
         #expect(system.position.durable == size.startLSN(ofSegment: 8))
