@@ -79,16 +79,14 @@ public struct SenderLinkStateMachine: Sendable {
     /// from the start of the fork's segment. WAL the spool holds beyond the fork was never on the new primary:
     /// the spool keeps it aside, and it is never served on the new timeline.
     private mutating func followTimeline(welcome: Welcome, primary: PrimaryIdentity, history: [TimelineHistoryEntry]) -> Action {
-        guard let index = history.firstIndex(where: { $0.parent == welcome.resumeTimeline }) else {
+        guard let (fork, child) = timelineEnd(of: welcome.resumeTimeline, history: history, current: primary.timeline) else {
             return close("the spool's timeline \(welcome.resumeTimeline) is not in the history of the primary's timeline \(primary.timeline); the DR site needs a re-seed from this primary", fatal: true)
         }
-        let fork = history[index].switchPoint
         if welcome.resumeLSN < fork {
             state = .streaming(timeline: welcome.resumeTimeline, sent: welcome.resumeLSN, written: welcome.resumeLSN,
                                durable: welcome.resumeLSN)
             return .startStreaming(start: welcome.resumeLSN, timeline: welcome.resumeTimeline, resume: welcome.resumeLSN)
         }
-        let child = index + 1 < history.count ? history[index + 1].parent : primary.timeline
         let start = primary.segmentSize.segmentStart(of: fork)
         // Positions restart on the child timeline below what the receiver acknowledged before: report nothing
         // until its first ack on the new timeline.

@@ -104,8 +104,7 @@ public final class BackupWriter {
     /// Drops an unfinished backup.
     public func abort() {
         finished = true
-        for name in (try? FileIO.listDirectory(partialDirectory)) ?? [] { try? FileIO.remove(partialDirectory + "/" + name) }
-        rmdir(partialDirectory)
+        try? FileIO.removeDirectory(partialDirectory)
     }
 }
 
@@ -149,9 +148,7 @@ public enum BackupCatalog {
         let base = systemDirectory + "/base"
         guard FileIO.isDirectory(base) else { return }
         for name in try FileIO.listDirectory(base) where name.hasSuffix(".partial") {
-            let path = base + "/" + name
-            for file in try FileIO.listDirectory(path) { try FileIO.remove(path + "/" + file) }
-            rmdir(path)
+            try FileIO.removeDirectory(base + "/" + name)
         }
     }
 }

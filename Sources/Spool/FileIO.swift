@@ -168,6 +168,12 @@ enum FileIO {
         return names.sorted()
     }
 
+    /// Removes a directory of plain files (a backup), its files first.
+    static func removeDirectory(_ path: String) throws {
+        for name in try listDirectory(path) { try remove(path + "/" + name) }
+        guard rmdir(path) == 0 || errno == ENOENT else { throw SpoolError.errno("remove directory", path) }
+    }
+
     static func remove(_ path: String) throws {
         guard unlink(path) == 0 || errno == ENOENT else { throw SpoolError.errno("remove", path) }
     }

@@ -105,9 +105,7 @@ public enum Pruner {
                                          retainBackups: retainBackups, segmentSize: segmentSize)
         guard !dryRun else { return plan }
         for id in plan.removeBackups {
-            let path = systemDirectory + "/base/" + id
-            for file in try FileIO.listDirectory(path) { try FileIO.remove(path + "/" + file) }
-            guard rmdir(path) == 0 else { throw SpoolError.errno("remove backup directory", path) }
+            try FileIO.removeDirectory(systemDirectory + "/base/" + id)
         }
         for segment in plan.removeSegments { try FileIO.remove(walDirectory + "/\(segment).lz4") }
         if !plan.removeSegments.isEmpty { try FileIO.syncDirectory(walDirectory) }

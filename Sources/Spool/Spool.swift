@@ -50,16 +50,18 @@ public final class Spool: Sendable {
         }
     }
 
+    /// The source systems a spool directory holds (subdirectories named by identifier, with a system.conf).
+    public static func systemIdentifiers(root: String) throws -> [UInt64] {
+        try FileIO.listDirectory(root).compactMap(UInt64.init)
+            .filter { FileIO.exists(root + "/\($0)/system.conf") }.sorted()
+    }
+
     /// Opens (and so recovers) every system already in the spool; returns them.
     @discardableResult
     public func openExistingSystems() throws -> [SystemSpool] {
-        var opened: [SystemSpool] = []
-        for name in try FileIO.listDirectory(root) {
-            guard let systemIdentifier = UInt64(name), FileIO.exists(root + "/" + name + "/system.conf") else { continue }
-            let size = try SystemConfiguration.read(directory: root + "/" + name).segmentSize
-            opened.append(try system(systemIdentifier, segmentSize: size))
+        try Self.systemIdentifiers(root: root).map { id in
+            try system(id, segmentSize: SystemConfiguration.read(directory: root + "/\(id)").segmentSize)
         }
-        return opened
     }
 
     /// Systems already opened in this process.

@@ -13,8 +13,7 @@ public struct SpoolReader: Sendable {
 
     /// Opens the spool of `system`, or of the only system in the spool when `system` is nil.
     public init(root: String, system: UInt64?) throws {
-        let candidates = try FileIO.listDirectory(root).compactMap(UInt64.init)
-            .filter { FileIO.exists(root + "/\($0)/system.conf") }
+        let candidates = try Spool.systemIdentifiers(root: root)
         let chosen: UInt64
         if let system {
             guard candidates.contains(system) else {

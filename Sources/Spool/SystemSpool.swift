@@ -120,12 +120,9 @@ public final class SystemSpool: @unchecked Sendable {
             throw SpoolError(.mismatch, "WAL for timeline \(tli) arrived before its history file")
         }
         let entries = try parseTimelineHistory(String(decoding: try FileIO.readWholeFile(path, maxBytes: 1 << 20), as: UTF8.self))
-        guard let index = entries.firstIndex(where: { $0.parent == pos.timeline }),
-            (index + 1 < entries.count ? entries[index + 1].parent : tli) == tli
-        else {
+        guard let (fork, child) = timelineEnd(of: pos.timeline, history: entries, current: tli), child == tli else {
             throw SpoolError(.mismatch, "timeline \(tli) does not branch off the spool's timeline \(pos.timeline)")
         }
-        let fork = entries[index].switchPoint
         guard pos.written >= fork else {
             throw SpoolError(.notContiguous, "the spool ends at \(pos.written) on timeline \(pos.timeline), before its fork at \(fork); that timeline's WAL up to the fork is needed first")
         }

@@ -52,8 +52,6 @@ public final class WalSenderServer: Sendable {
         progress.withLock { $0[system]?.values.max { $0.applied < $1.applied } }.map { ($0.applied, $0.reportedAt) }
     }
 
-    public var standbys: [UInt64: [StandbyProgress]] { progress.withLock { $0.mapValues { Array($0.values) } } }
-
     public func run() async throws {
         let server: NIOAsyncChannel<NIOAsyncChannel<FrontendMessage, ByteBuffer>, Never>
         do {
@@ -368,7 +366,7 @@ struct StandbySession {
     private static func switchPoint(of timeline: TimeLineID, system: SystemSpool, current: TimeLineID) -> LSN? {
         let path = system.walDirectory + "/" + historyFileName(timeline: current)
         guard let text = try? String(contentsOfFile: path, encoding: .utf8), let entries = try? parseTimelineHistory(text) else { return nil }
-        return entries.first { $0.parent == timeline }?.switchPoint
+        return timelineEnd(of: timeline, history: entries, current: current)?.switchPoint
     }
 
     private static func keepalive(_ system: SystemSpool, replyRequested: Bool) -> ByteBuffer {

@@ -25,10 +25,9 @@ public struct SpoolSnapshot: Sendable {
     func end(of timeline: TimeLineID) -> WalSenderStateMachine.TimelineEnd? {
         guard timeline < self.timeline, let bytes = historyFiles[self.timeline],
             let entries = try? parseTimelineHistory(String(decoding: bytes, as: UTF8.self)),
-            let index = entries.firstIndex(where: { $0.parent == timeline })
+            let end = timelineEnd(of: timeline, history: entries, current: self.timeline)
         else { return nil }
-        return .init(switchPoint: entries[index].switchPoint,
-                     next: index + 1 < entries.count ? entries[index + 1].parent : self.timeline)
+        return .init(switchPoint: end.switchPoint, next: end.next)
     }
 }
 

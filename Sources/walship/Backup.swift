@@ -117,8 +117,7 @@ struct Backups: ParsableCommand {
 
     func run() throws {
         do {
-            let systems = try FileManager.default.contentsOfDirectory(atPath: spool).compactMap(UInt64.init).sorted()
-                .filter { system == nil || $0 == system }
+            let systems = try Spool.systemIdentifiers(root: spool).filter { system == nil || $0 == system }
             var all: [BackupInfo] = []
             for id in systems { all += try BackupCatalog.list(systemDirectory: spool + "/\(id)") }
             if json {

@@ -27,8 +27,7 @@ struct Prune: ParsableCommand {
 
     func run() throws {
         do {
-            let systems = try FileManager.default.contentsOfDirectory(atPath: spool).compactMap(UInt64.init).sorted()
-                .filter { system == nil || $0 == system }
+            let systems = try Spool.systemIdentifiers(root: spool).filter { system == nil || $0 == system }
             for id in systems {
                 let directory = spool + "/\(id)"
                 let plan = try Pruner.prune(systemDirectory: directory, segmentSize: try Pruner.segmentSize(systemDirectory: directory),
