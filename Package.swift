@@ -96,6 +96,7 @@ let package = Package(
         ),
         .testTarget(name: "SpoolTests", dependencies: ["Spool", "WALCore", "ShipProtocol"]),
         .testTarget(name: "PGReplicationTests", dependencies: ["PGReplication", "WALCore"]),
+        .testTarget(name: "MonitorTests", dependencies: ["Monitor", "WALCore"]),
         .testTarget(
             name: "WalSenderServerTests",
             dependencies: ["WalSenderServer", "WALCore", .product(name: "NIOCore", package: "swift-nio")]

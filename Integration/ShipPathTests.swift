@@ -70,7 +70,7 @@ struct ShipTopology {
         let id = systemIdentifier
         guard let systems = status["systems"] as? [[String: Any]],
             let mine = systems.first(where: { $0["systemIdentifier"] as? String == id }),
-            let text = mine["durableLSN"] as? String, let value = lsn(text)
+            let value = stageLSN(mine, "durable")
         else { return 0 }
         return value
     }
@@ -153,14 +153,15 @@ struct ShipPathTests {
         }
         // LZ4 on the wire pays for itself on pgbench WAL.
         let status = try fetchStatus(port: topology.senderStatusPort)
-        let wal = (status["walBytesSent"] as? NSNumber)?.doubleValue ?? 0
-        let wire = (status["wireBytesSent"] as? NSNumber)?.doubleValue ?? 0
+        let sender = status["sender"] as? [String: Any] ?? [:]
+        let wal = (sender["walBytesSent"] as? NSNumber)?.doubleValue ?? 0
+        let wire = (sender["wireBytesSent"] as? NSNumber)?.doubleValue ?? 0
         #expect(wal > 0 && wire < wal / 2, "wire \(wire) vs WAL \(wal)")
         // Status never carries secrets or the password key.
-        #expect(!(status["source"] as? String ?? "").contains("password"))
+        #expect(!(sender["source"] as? String ?? "").contains("password"))
         // The slot's retention on the primary is exposed.
         try waitUntil("the slot's retention in the sender's status", timeout: 30) {
-            let slot = (try fetchStatus(port: topology.senderStatusPort))["slot"] as? [String: Any]
+            let slot = ((try fetchStatus(port: topology.senderStatusPort))["sender"] as? [String: Any])?["slot"] as? [String: Any]
             return (slot?["walStatus"] as? String == "reserved" && slot?["retainedBytes"] != nil, "\(slot ?? [:])")
         }
     }

@@ -388,6 +388,12 @@ func fetchStatus(port: Int) throws -> [String: Any] {
     return object
 }
 
+/// The LSN of `stage` ("primary", "sent", "received", "durable", "replayed") in a status system entry.
+func stageLSN(_ system: [String: Any]?, _ stage: String) -> UInt64? {
+    let chain = system?["chain"] as? [[String: Any]] ?? []
+    return (chain.first { $0["name"] as? String == stage }?["lsn"] as? String).flatMap(lsn)
+}
+
 /// Parses `X/X`.
 func lsn(_ text: String) -> UInt64? {
     let parts = text.split(separator: "/")

@@ -47,7 +47,7 @@ struct TimelineTests {
             let status = try fetchStatus(port: topology.receiverStatusPort)
             let system = (status["systems"] as? [[String: Any]])?.first
             let timeline = system?["timeline"] as? Int ?? 0
-            let durable = lsn(system?["durableLSN"] as? String ?? "") ?? 0
+            let durable = stageLSN(system, "durable") ?? 0
             return (timeline == 2 && durable >= afterFailover, "timeline \(timeline), durable \(String(durable, radix: 16)); sender: \(topology.sender!.log.suffix(600))")
         }
         #expect(FileManager.default.fileExists(atPath: topology.walDirectory + "/00000002.history"))

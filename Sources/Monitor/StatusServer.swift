@@ -18,15 +18,16 @@ public func parseHostPort(_ text: String, defaultHost: String = "127.0.0.1") -> 
     return (host, port)
 }
 
-/// Read-only HTTP endpoint for `--status-listen`: `GET /status` returns the process's status as JSON.
-/// It never exposes secrets: callers build the status from redacted values only.
+/// Read-only HTTP endpoint for `--status-listen`: `GET /` the dashboard, `GET /status` JSON,
+/// `GET /metrics` Prometheus text. It never exposes secrets: the status is built from redacted values only.
 public struct StatusServer: Sendable {
     public let host: String
     public let port: Int
     let logger: Logger
-    let status: @Sendable () -> any Encodable & Sendable
+    let status: @Sendable () -> StatusDocument
+    let metrics = MetricsPublisher()
 
-    public init(host: String, port: Int, logger: Logger, status: @escaping @Sendable () -> any Encodable & Sendable) {
+    public init(host: String, port: Int, logger: Logger, status: @escaping @Sendable () -> StatusDocument) {
         self.host = host
         self.port = port
         self.logger = logger
@@ -36,16 +37,32 @@ public struct StatusServer: Sendable {
     public func run() async throws {
         let router = Router()
         let status = self.status
+        let metrics = self.metrics
         router.get("status") { _, _ -> Response in
-            let encoder = JSONEncoder()
-            encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
-            encoder.dateEncodingStrategy = .iso8601
-            let data = try encoder.encode(status())
-            return Response(status: .ok, headers: [.contentType: "application/json"],
+            let data = try StatusDocument.encoder().encode(status())
+            return Response(status: .ok, headers: [.contentType: "application/json", .cacheControl: "no-store"],
                             body: .init(byteBuffer: ByteBuffer(bytes: data)))
         }
-        let app = Application(router: router, configuration: .init(address: .hostname(host, port: port)),
-                              logger: logger)
-        try await app.runService()
+        router.get("metrics") { _, _ -> Response in
+            Response(status: .ok, headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"],
+                     body: .init(byteBuffer: ByteBuffer(string: metrics.render(status()))))
+        }
+        router.get("/") { _, _ -> Response in
+            Response(status: .ok, headers: [.contentType: "text/html; charset=utf-8", .cacheControl: "no-store"],
+                     body: .init(byteBuffer: ByteBuffer(string: DashboardPage.html)))
+        }
+        var quiet = logger
+        quiet.logLevel = .warning
+        let app = Application(router: router, configuration: .init(address: .hostname(host, port: port)), logger: quiet)
+        do {
+            try await app.runService()
+        } catch {
+            throw StatusServerError("cannot serve status on \(host):\(port): \(error) (hint: is the port in use? choose another --status-listen)")
+        }
     }
+}
+
+public struct StatusServerError: Error, CustomStringConvertible {
+    public let description: String
+    init(_ description: String) { self.description = description }
 }

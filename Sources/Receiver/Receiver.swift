@@ -1,5 +1,6 @@
 import Foundation
 import Logging
+import Monitor
 import NIOCore
 import NIOPosix
 import ShipProtocol
@@ -19,6 +20,11 @@ public struct ReceiverConfiguration: Sendable {
     /// Complete base backups to keep; older backups and WAL nothing needs are pruned (see `RetentionPlan`).
     public var retainBackups = 2
     public var pruneInterval: Duration = .seconds(60)
+    /// Where standbys are served (recorded in the spool so `walship promote` can recognise a walship replica).
+    public var standbyListen: String?
+    /// Accept WAL for systems whose DR replica was promoted (fenced). For operators who know the old
+    /// primary's WAL is wanted, e.g. after a drill done by hand.
+    public var acceptFenced = false
 
     public init(listenHost: String, listenPort: Int, spoolRoot: String, name: String) {
         self.listenHost = listenHost
@@ -37,11 +43,12 @@ public final class Receiver: Sendable {
     private let links: Mutex<StreamLinkRegistry<Channel>>
     private let linkDetails = Mutex<[Int: LinkDetails]>([:])
     private let writers = Mutex<[UInt64: NIOThreadPool]>([:])
-    private let primaries = Mutex<[UInt64: PrimaryProgress]>([:])
     private let nextLinkID = Atomic<Int>(1)
-    /// What the DR standby has replayed, per system, when a standby endpoint runs; sent back in acks so the
-    /// primary's pg_stat_replication.replay_lsn shows the DR replica's position.
-    private let replayed = Mutex<(@Sendable (UInt64) -> (LSN, PostgresTimestamp)?)?>(nil)
+    /// What the standbys of each system replayed, when a standby endpoint runs; the furthest is sent back in
+    /// acks so the primary's pg_stat_replication.replay_lsn shows the DR replica's position.
+    private let standbyReports = Mutex<(@Sendable (UInt64) -> [StandbyReport])?>(nil)
+    private let monitor: Mutex<[UInt64: SystemMonitor]>
+    let startedAt = Date()
     /// The address actually bound (differs from the configuration when port 0 was asked for).
     public let boundAddress = Mutex<SocketAddress?>(nil)
 
@@ -49,10 +56,18 @@ public final class Receiver: Sendable {
         var connectedAt: Date
     }
 
-    struct PrimaryProgress {
-        var primaryLSN: LSN
-        var primarySendTime: PostgresTimestamp
-        var receivedAt: Date
+    /// Per system: the primary's reported positions (for lag), the link's ups and downs, what was acknowledged.
+    struct SystemMonitor {
+        var lag = LagTracker()
+        var primaryTime: PostgresTimestamp?
+        var primaryReportedAt: ContinuousClock.Instant?
+        var disconnectedSince: Date?
+        var acknowledged: LSN = .invalid
+        var acknowledgedAt: Date?
+        var senderName: String?
+        var synchronous: Bool?
+        var fenceRefusedAt: Date?
+        var savedProgress: PrimaryProgressRecord?
     }
 
     public init(configuration: ReceiverConfiguration, logger: Logger) throws {
@@ -60,7 +75,10 @@ public final class Receiver: Sendable {
         self.logger = logger
         self.links = Mutex(StreamLinkRegistry(timeout: configuration.linkTimeout))
         self.spool = try Spool(root: configuration.spoolRoot, logger: logger)
-        try spool.openExistingSystems()
+        let start = Date()
+        self.monitor = Mutex(Dictionary(uniqueKeysWithValues: try spool.openExistingSystems().map {
+            ($0.systemIdentifier, SystemMonitor(disconnectedSince: start))
+        }))
     }
 
     public func run() async throws {
@@ -78,6 +96,12 @@ public final class Receiver: Sendable {
             throw ReceiverStartError("cannot listen on \(config.listenHost):\(config.listenPort): \(error) (hint: is another process using the port? choose another --listen)")
         }
         boundAddress.withLock { $0 = server.channel.localAddress }
+        do {
+            try ReceiverRecord(listen: "\(config.listenHost):\(config.listenPort)", standbyListen: config.standbyListen,
+                               pid: ProcessInfo.processInfo.processIdentifier, startedAt: startedAt).save(root: config.spoolRoot)
+        } catch {
+            logger.warning("cannot record the receiver's addresses in the spool", metadata: ["walship.error": "\(error)"])
+        }
         logger.notice("receiver listening", metadata: [
             "walship.listen": "\(server.channel.localAddress.map { "\($0)" } ?? "?")", "walship.spool": "\(config.spoolRoot)",
         ])
@@ -86,6 +110,7 @@ public final class Receiver: Sendable {
         }
         try await withThrowingDiscardingTaskGroup { group in
             group.addTask { try await self.pruneRegularly() }
+            group.addTask { try await self.recordProgressRegularly() }
             try await server.executeThenClose { connections in
                 for try await connection in connections {
                     group.addTask { await self.handle(connection) }
@@ -98,6 +123,7 @@ public final class Receiver: Sendable {
     private func pruneRegularly() async throws {
         while true {
             pruneAll()
+            measureDiskUsage()
             try await Task.sleep(for: config.pruneInterval)
         }
     }
@@ -177,6 +203,7 @@ public final class Receiver: Sendable {
         if hello.role == .backup {
             return try await serveBackup(system: system, iterator: iterator, outbound: outbound, logger: logger)
         }
+        try checkFence(system: system, hello: hello, logger: logger)
         let linkID = try claim(hello: hello, peer: peer, channel: channel, logger: logger)
         defer { release(system: hello.systemIdentifier, linkID: linkID) }
 
@@ -279,11 +306,11 @@ public final class Receiver: Sendable {
                 do { bytes = try data.walBytes(allocator: allocator) } catch {
                     throw Refusal(code: .invalidWAL, message: "refused a WAL frame at \(data.startLSN): \(error)")
                 }
-                notePrimary(system.systemIdentifier, lsn: data.primaryEndLSN, sendTime: data.primarySendTime)
+                notePrimary(system, lsn: data.primaryEndLSN, sendTime: data.primarySendTime)
                 try await queue.push(.wal(timeline: data.timeline, start: data.startLSN, bytes: bytes), bytes: bytes.readableBytes)
             case .keepalive(let keepalive):
                 if keepalive.primaryEndLSN.isValid {
-                    notePrimary(system.systemIdentifier, lsn: keepalive.primaryEndLSN, sendTime: keepalive.sendTime)
+                    notePrimary(system, lsn: keepalive.primaryEndLSN, sendTime: keepalive.sendTime)
                 }
                 if keepalive.replyRequested { try await outbound.write(.ack(ack(for: system, at: system.position))) }
             case .history(let history):
@@ -338,15 +365,42 @@ public final class Receiver: Sendable {
         }
     }
 
-    public func setReplayedProvider(_ provider: @escaping @Sendable (UInt64) -> (LSN, PostgresTimestamp)?) {
-        replayed.withLock { $0 = provider }
+    public func setStandbyProvider(_ provider: @escaping @Sendable (UInt64) -> [StandbyReport]) {
+        standbyReports.withLock { $0 = provider }
+    }
+
+    private func standbys(of system: UInt64) -> [StandbyReport] {
+        standbyReports.withLock { $0 }?(system) ?? []
     }
 
     private func ack(for system: SystemSpool, at position: SpoolPosition) -> Ack {
-        let replay = replayed.withLock { $0 }?(system.systemIdentifier)
+        let replay = standbys(of: system.systemIdentifier).max { $0.replayed < $1.replayed }
+        monitor.withLock {
+            $0[system.systemIdentifier, default: SystemMonitor()].acknowledged = position.durable
+            $0[system.systemIdentifier, default: SystemMonitor()].acknowledgedAt = Date()
+        }
         return Ack(timeline: position.timeline, writtenLSN: position.written, durableLSN: position.durable,
-                   replayedLSN: replay?.0 ?? .invalid, replayTime: replay?.1 ?? PostgresTimestamp(rawValue: 0),
+                   replayedLSN: replay?.replayed ?? .invalid, replayTime: replay?.reportedAt ?? PostgresTimestamp(rawValue: 0),
                    receiverTime: .now())
+    }
+
+    // MARK: - Fencing
+
+    /// After a promotion at the DR site the old primary must not extend the old timeline here.
+    private func checkFence(system: SystemSpool, hello: Hello, logger: Logger) throws {
+        let fence: FenceRecord?
+        do { fence = try FenceRecord.load(systemDirectory: system.directory) } catch {
+            throw Refusal(code: .spoolFailure, message: "cannot read the fence of system \(hello.systemIdentifier): \(error)")
+        }
+        guard let fence else { return }
+        if config.acceptFenced {
+            logger.warning("accepting WAL for a fenced system because of --force", metadata: [
+                "walship.promoted_at": "\(formatISO8601(fence.promotedAt))",
+            ])
+            return
+        }
+        monitor.withLock { $0[hello.systemIdentifier, default: SystemMonitor()].fenceRefusedAt = Date() }
+        throw Refusal(code: .fenced, message: "system \(hello.systemIdentifier) was promoted at the DR site at \(formatISO8601(fence.promotedAt)) (timeline \(fence.promotedTimeline.map(String.init) ?? "?")); WAL from the old primary (sender \(hello.senderName), timeline \(hello.timeline)) is refused. Hint: re-seed the DR site and remove \(FenceRecord.path(system.directory)), or restart walship receive with --force to accept it anyway")
     }
 
     // MARK: - Link registry
@@ -360,6 +414,11 @@ public final class Receiver: Sendable {
             throw refusal
         case .accepted(let stale):
             linkDetails.withLock { $0[id] = LinkDetails(connectedAt: Date()) }
+            monitor.withLock {
+                $0[hello.systemIdentifier, default: SystemMonitor()].disconnectedSince = nil
+                $0[hello.systemIdentifier, default: SystemMonitor()].senderName = hello.senderName
+                $0[hello.systemIdentifier, default: SystemMonitor()].synchronous = hello.synchronous
+            }
             if let stale {
                 logger.warning("replacing a silent link that exceeded the link timeout")
                 stale.close(promise: nil)
@@ -371,6 +430,9 @@ public final class Receiver: Sendable {
     private func release(system: UInt64, linkID: Int) {
         links.withLock { $0.release(system: system, id: linkID) }
         linkDetails.withLock { $0[linkID] = nil }
+        if links.withLock({ $0.links[system] == nil }) {
+            monitor.withLock { $0[system, default: SystemMonitor()].disconnectedSince = Date() }
+        }
     }
 
     private func touch(system: UInt64, linkID: Int) {
@@ -378,8 +440,58 @@ public final class Receiver: Sendable {
         links.withLock { $0.touch(system: system, id: linkID, now: now) }
     }
 
-    private func notePrimary(_ system: UInt64, lsn: LSN, sendTime: PostgresTimestamp) {
-        primaries.withLock { $0[system] = PrimaryProgress(primaryLSN: lsn, primarySendTime: sendTime, receivedAt: Date()) }
+    private func notePrimary(_ system: SystemSpool, lsn: LSN, sendTime: PostgresTimestamp) {
+        let now = ContinuousClock.now
+        let wall = Date().timeIntervalSince1970
+        monitor.withLock {
+            $0[system.systemIdentifier, default: SystemMonitor()].lag
+                .primaryReported(lsn: lsn, primaryTime: sendTime.unixSeconds, arrivedAt: now, localWallClock: wall)
+            $0[system.systemIdentifier, default: SystemMonitor()].primaryTime = sendTime
+            $0[system.systemIdentifier, default: SystemMonitor()].primaryReportedAt = now
+        }
+    }
+
+    /// Writes each system's primary.json about once a second when it changed (what promote measures RPO
+    /// against), forgets lag points every stage has passed, and cuts links of systems fenced meanwhile.
+    private func recordProgressRegularly() async throws {
+        while true {
+            try await Task.sleep(for: .seconds(1))
+            for system in spool.openSystems {
+                recordProgress(system)
+            }
+        }
+    }
+
+    private func recordProgress(_ system: SystemSpool) {
+        let id = system.systemIdentifier
+        let position = system.position
+        let replayed = standbys(of: id).map(\.replayed).min()
+        let (record, saved) = monitor.withLock { monitors -> (PrimaryProgressRecord, PrimaryProgressRecord?) in
+            var m = monitors[id, default: SystemMonitor()]
+            m.lag.forget(upTo: min(position.durable, replayed ?? position.durable))
+            let record = PrimaryProgressRecord(
+                primaryLSN: m.lag.primaryLSN.isValid ? m.lag.primaryLSN.description : nil,
+                primaryTime: m.primaryTime.map { Date(timeIntervalSince1970: $0.unixSeconds) }, timeline: position.timeline,
+                acknowledgedLSN: m.acknowledged.isValid ? m.acknowledged.description : nil, acknowledgedAt: m.acknowledgedAt,
+                senderName: m.senderName, synchronous: m.synchronous, updatedAt: m.savedProgress?.updatedAt ?? Date())
+            monitors[id] = m
+            return (record, m.savedProgress)
+        }
+        if record != saved {
+            var fresh = record
+            fresh.updatedAt = Date()
+            do {
+                try fresh.save(systemDirectory: system.directory)
+                monitor.withLock { $0[id]?.savedProgress = fresh }
+            } catch {
+                logger.warning("cannot record the primary's progress", metadata: ["walship.system": "\(id)", "walship.error": "\(error)"])
+            }
+        }
+        if !config.acceptFenced, FenceRecord.exists(systemDirectory: system.directory),
+           let link = links.withLock({ $0.links[id] }) {
+            logger.warning("the system was fenced by a promotion; closing the old primary's link", metadata: ["walship.system": "\(id)"])
+            link.handle.close(promise: nil)
+        }
     }
 
     private func writerThread(for system: UInt64) -> NIOThreadPool {
@@ -394,70 +506,86 @@ public final class Receiver: Sendable {
 
     // MARK: - Status
 
-    public var status: ReceiverStatus {
+    private let diskUsage = Mutex<UInt64?>(nil)
+
+    /// The status document (without alerts and health, which the monitor adds).
+    public var status: StatusDocument {
+        let now = ContinuousClock.now
+        let wallNow = Date()
         let capacity = spool.capacity
         let links = self.links.withLock { $0.links }
         let details = self.linkDetails.withLock { $0 }
-        let primaries = self.primaries.withLock { $0 }
+        let monitors = self.monitor.withLock { $0 }
         let systems = spool.openSystems.sorted { $0.systemIdentifier < $1.systemIdentifier }.map { system in
+            let id = system.systemIdentifier
             let p = system.position
-            let link = links[system.systemIdentifier]
-            let primary = primaries[system.systemIdentifier]
-            return ReceiverStatus.SystemStatus(
-                systemIdentifier: String(system.systemIdentifier), timeline: p.timeline,
-                writtenLSN: p.written.description, durableLSN: p.durable.description,
-                primaryLSN: primary?.primaryLSN.description,
-                bytesBehindPrimary: primary.map { $0.primaryLSN.bytesAfter(p.durable) },
-                link: link.map { .init(peer: $0.peer, senderName: $0.senderName, synchronous: $0.synchronous,
-                                       connectedAt: details[$0.id]?.connectedAt ?? Date()) },
-                lastPrimaryProgressAt: primary?.receivedAt,
-                standbys: ((try? StandbyRegistry.list(systemDirectory: system.directory)) ?? []).map {
-                    .init(name: $0.name, viaSlot: $0.viaSlot, replayedLSN: $0.replayedLSN, updatedAt: $0.updatedAt)
-                })
+            let link = links[id]
+            let m = monitors[id] ?? SystemMonitor(disconnectedSince: startedAt)
+            let reports = standbys(of: id)
+            let replayed = reports.map(\.replayed).max() ?? .invalid
+            func stage(_ name: StatusDocument.StageName, _ lsn: LSN) -> StatusDocument.Stage {
+                .init(name: name.rawValue, lsn: lsn.isValid ? lsn.description : nil,
+                      bytesBehind: m.lag.bytesBehind(lsn), secondsBehind: m.lag.secondsBehind(lsn, at: now))
+            }
+            var standbys = reports.map {
+                StatusDocument.Standby(name: $0.name, connected: $0.connected, replayedLSN: $0.replayed.description,
+                                       updatedAt: Date(timeIntervalSince1970: $0.reportedAt.unixSeconds))
+            }
+            // Standbys served before this process started, as recorded in the spool.
+            for record in (try? StandbyRegistry.list(systemDirectory: system.directory)) ?? []
+            where !standbys.contains(where: { $0.name == record.name }) {
+                standbys.append(.init(name: record.name, connected: false, replayedLSN: record.replayedLSN, updatedAt: record.updatedAt))
+            }
+            var fence: StatusDocument.Fence?
+            if let record = try? FenceRecord.load(systemDirectory: system.directory) {
+                fence = .init(promotedAt: record.promotedAt, promotedTimeline: record.promotedTimeline,
+                              replayedLSN: record.replayedLSN, lastRefusedAt: m.fenceRefusedAt)
+            }
+            return StatusDocument.SystemStatus(
+                systemIdentifier: String(id), timeline: p.timeline,
+                link: .init(connected: link != nil, peer: link?.peer, senderName: link?.senderName ?? m.senderName,
+                            synchronous: link?.synchronous ?? m.synchronous,
+                            connectedAt: link.flatMap { details[$0.id]?.connectedAt },
+                            disconnectedSince: link == nil ? m.disconnectedSince : nil,
+                            lastMessageAgeSeconds: link.map { roundedSeconds(now - $0.lastFrame) },
+                            lastPrimaryMessageAgeSeconds: m.primaryReportedAt.map { roundedSeconds(now - $0) }),
+                chain: [stage(.primary, m.lag.primaryLSN), .init(name: "sent", lsn: nil, bytesBehind: nil, secondsBehind: nil),
+                        stage(.received, p.written), stage(.durable, p.durable), stage(.replayed, replayed)],
+                clockSkewSeconds: m.lag.clockSkewSeconds, fence: fence, standbys: standbys)
         }
-        return ReceiverStatus(listen: "\(config.listenHost):\(config.listenPort)", spool: config.spoolRoot,
-                              spoolFreeBytes: capacity?.free, spoolTotalBytes: capacity?.total, systems: systems)
+        return StatusDocument(
+            role: "receiver", version: walshipVersion, host: ProcessInfo.processInfo.hostName, generatedAt: wallNow,
+            process: .init(pid: ProcessInfo.processInfo.processIdentifier, startedAt: startedAt,
+                           residentMemoryBytes: residentMemoryBytes()),
+            state: "listening", stateSince: startedAt, systems: systems,
+            spool: .init(path: config.spoolRoot, totalBytes: capacity?.total, freeBytes: capacity?.free,
+                         usedBytes: diskUsage.withLock { $0 }),
+            receiver: .init(listen: "\(config.listenHost):\(config.listenPort)", standbyListen: config.standbyListen))
+    }
+
+    func measureDiskUsage() {
+        let used = spool.diskUsage()
+        diskUsage.withLock { $0 = used }
+    }
+}
+
+/// One standby's reported progress, as the standby endpoint tracks it.
+public struct StandbyReport: Sendable {
+    public var name: String
+    public var connected: Bool
+    public var replayed: LSN
+    /// The standby's clock when it reported.
+    public var reportedAt: PostgresTimestamp
+
+    public init(name: String, connected: Bool, replayed: LSN, reportedAt: PostgresTimestamp) {
+        self.name = name
+        self.connected = connected
+        self.replayed = replayed
+        self.reportedAt = reportedAt
     }
 }
 
 public struct ReceiverStartError: Error, CustomStringConvertible {
     public let description: String
     init(_ description: String) { self.description = description }
-}
-
-/// What `walship receive` reports on `GET /status`.
-public struct ReceiverStatus: Codable, Sendable {
-    public var role = "receiver"
-    public var listen: String
-    public var spool: String
-    public var spoolFreeBytes: UInt64?
-    public var spoolTotalBytes: UInt64?
-    public var systems: [SystemStatus]
-
-    public struct SystemStatus: Codable, Sendable {
-        public var systemIdentifier: String
-        public var timeline: UInt32
-        public var writtenLSN: String
-        public var durableLSN: String
-        public var primaryLSN: String?
-        public var bytesBehindPrimary: UInt64?
-        public var link: Link?
-        public var lastPrimaryProgressAt: Date?
-        /// Standbys this receiver has served, with their last reported replay position.
-        public var standbys: [Standby]
-    }
-
-    public struct Standby: Codable, Sendable {
-        public var name: String
-        public var viaSlot: Bool
-        public var replayedLSN: String
-        public var updatedAt: Date
-    }
-
-    public struct Link: Codable, Sendable {
-        public var peer: String
-        public var senderName: String
-        public var synchronous: Bool
-        public var connectedAt: Date
-    }
 }

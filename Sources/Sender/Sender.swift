@@ -1,5 +1,6 @@
 import Foundation
 import Logging
+import Monitor
 import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
@@ -47,20 +48,37 @@ public struct SenderFatalError: Error, CustomStringConvertible {
 public final class Sender: Sendable {
     let config: SenderConfiguration
     let logger: Logger
-    let statusBox: Mutex<SenderStatus>
+    let statusBox: Mutex<SenderState>
+    let startedAt = Date()
     private let problems = Mutex<[String: String]>([:])
 
     public init(configuration: SenderConfiguration, logger: Logger) {
         self.config = configuration
         self.logger = logger
-        self.statusBox = Mutex(SenderStatus(
-            source: configuration.source.description,
-            receiver: "\(configuration.receiverHost):\(configuration.receiverPort)",
-            synchronous: configuration.synchronous, applicationName: configuration.applicationName,
-            slot: .init(name: configuration.slot)))
+        self.statusBox = Mutex(SenderState(slot: configuration.slot))
     }
 
-    public var status: SenderStatus { statusBox.withLock { $0 } }
+    /// The status document (without alerts and health, which the monitor adds).
+    public var status: StatusDocument {
+        let now = ContinuousClock.now
+        let s = statusBox.withLock { $0 }
+        let system = StatusDocument.SystemStatus(
+            systemIdentifier: s.systemIdentifier, timeline: s.timeline,
+            link: .init(connected: s.state == "streaming", peer: "\(config.receiverHost):\(config.receiverPort)",
+                        senderName: config.applicationName, synchronous: config.synchronous, connectedAt: s.connectedSince,
+                        disconnectedSince: s.disconnectedSince,
+                        lastMessageAgeSeconds: s.receiverLastAckAt.map { roundedSeconds(now - $0) },
+                        lastPrimaryMessageAgeSeconds: s.primaryLastMessageAt.map { roundedSeconds(now - $0) }),
+            chain: s.chain(now: now), clockSkewSeconds: s.lag.clockSkewSeconds)
+        return StatusDocument(
+            role: "sender", version: walshipVersion, host: ProcessInfo.processInfo.hostName, generatedAt: Date(),
+            process: .init(pid: ProcessInfo.processInfo.processIdentifier, startedAt: startedAt,
+                           residentMemoryBytes: residentMemoryBytes()),
+            state: s.state, stateSince: s.stateSince, lastError: s.lastError, systems: [system],
+            sender: .init(source: config.source.description, receiver: "\(config.receiverHost):\(config.receiverPort)",
+                          synchronous: config.synchronous, applicationName: config.applicationName,
+                          walBytesSent: s.walBytesSent, wireBytesSent: s.wireBytesSent, slot: s.slot))
+    }
 
     /// Runs until cancelled or a fatal condition (invalidated slot, gap, wrong server version...).
     public func run() async throws {
@@ -136,13 +154,12 @@ public final class Sender: Sendable {
         guard identity.serverVersion / 10000 == 15 else {
             throw SenderFatalError("the primary runs PostgreSQL \(identity.serverVersion / 10000); this walship supports PostgreSQL 15")
         }
-        if let known = status.systemIdentifier, known != String(identity.systemIdentifier) {
+        if let known = statusBox.withLock({ $0.systemIdentifier }), known != String(identity.systemIdentifier) {
             throw SenderFatalError("the source is now database system \(identity.systemIdentifier), not \(known) as before; refusing to mix two systems' WAL (hint: restart the sender if the source was deliberately replaced)")
         }
         statusBox.withLock {
             $0.systemIdentifier = String(identity.systemIdentifier)
             $0.timeline = identity.timeline
-            $0.primaryLSN = identity.flushLSN.description
         }
         logger.debug("connected to the primary", metadata: [
             "walship.system": "\(identity.systemIdentifier)", "walship.timeline": "\(identity.timeline)",
@@ -222,7 +239,7 @@ public final class Sender: Sendable {
         let source = producer.source
         let events = producer.sequence
         setState("streaming")
-        statusBox.withLock { $0.sentLSN = start.description }
+        statusBox.withLock { $0.sent = start }
         var iterator = iterator
         try await ShipChannel.runLink(
             channel: channel,
@@ -250,17 +267,13 @@ public final class Sender: Sendable {
                 machine.withLockedValue { $0.walSent(upTo: chunk.end) }
                 try await outbound.write(.walData(frame))
                 statusBox.withLock {
-                    $0.sentLSN = chunk.end.description
-                    $0.primaryLSN = chunk.walEnd.description
-                    $0.primaryLastMessageAt = Date()
+                    $0.sent = chunk.end
+                    $0.primaryReported(chunk.walEnd, at: chunk.sendTime)
                     $0.walBytesSent += UInt64(chunk.bytes.readableBytes)
                     $0.wireBytesSent += UInt64(frame.payload.readableBytes + WALData.frameOverheadBytes)
                 }
             case .keepalive(let walEnd, let sendTime):
-                statusBox.withLock {
-                    $0.primaryLSN = walEnd.description
-                    $0.primaryLastMessageAt = Date()
-                }
+                statusBox.withLock { $0.primaryReported(walEnd, at: sendTime) }
                 try await outbound.write(.keepalive(Keepalive(primaryEndLSN: walEnd, sendTime: sendTime, replyRequested: false)))
             case .endOfTimeline(let next, let nextStart):
                 throw TimelineEnded(timeline: timeline, next: next, at: nextStart)
@@ -276,10 +289,11 @@ public final class Sender: Sendable {
             case .reportFeedback(let written, let durable, let replayed):
                 gate.report(StreamFeedback(written: written, flushed: durable, applied: replayed))
                 statusBox.withLock {
-                    $0.receiverWrittenLSN = written.description
-                    $0.receiverDurableLSN = durable.description
-                    $0.replayedLSN = replayed.isValid ? replayed.description : nil
-                    $0.receiverLastAckAt = Date()
+                    $0.receiverWritten = written
+                    $0.receiverDurable = durable
+                    if replayed.isValid { $0.replayed = replayed }
+                    $0.receiverLastAckAt = .now
+                    $0.forgetPassedPoints()
                 }
             case .close(let reason, _):
                 throw LinkError(reason)
@@ -295,8 +309,9 @@ public final class Sender: Sendable {
     private func sendKeepalives(_ outbound: NIOAsyncChannelOutboundWriter<ShipMessage>) async throws {
         while true {
             try await Task.sleep(for: config.keepaliveInterval)
-            let primary = statusBox.withLock { $0.primaryLSN.flatMap { LSN($0) } } ?? .invalid
-            try await outbound.write(.keepalive(Keepalive(primaryEndLSN: primary, sendTime: .now(), replyRequested: true)))
+            // The primary's position and clock (not ours), so the receiver's lag stays in the primary's time.
+            let (primary, now) = statusBox.withLock { ($0.primaryLSN, $0.primaryNow) }
+            try await outbound.write(.keepalive(Keepalive(primaryEndLSN: primary, sendTime: now, replyRequested: true)))
         }
     }
 
@@ -319,7 +334,9 @@ public final class Sender: Sendable {
                     SELECT s.wal_status, s.safe_wal_size::text, s.restart_lsn::text,
                            CASE WHEN pg_is_in_recovery() OR s.restart_lsn IS NULL THEN NULL
                                 ELSE pg_wal_lsn_diff(pg_current_wal_lsn(), s.restart_lsn)::bigint::text END,
-                           s.active::text, current_setting('synchronous_standby_names')
+                           s.active::text, current_setting('synchronous_standby_names'),
+                           CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_current_wal_lsn()::text END,
+                           (extract(epoch FROM clock_timestamp()) * 1000000)::bigint::text
                     FROM pg_replication_slots s WHERE s.slot_name = $1
                     """, [config.slot])
                 clearProblem("slot", "watching the replication slot again")
@@ -332,6 +349,10 @@ public final class Sender: Sendable {
                         $0.slot.retainedBytes = row[3].flatMap { Int64($0) }
                         $0.slot.active = row[4] == "true"
                         $0.slot.checkedAt = Date()
+                        // The primary's current LSN and clock, also while the stream is down.
+                        if let lsn = row[6].flatMap({ LSN($0) }), let micros = row[7].flatMap({ Int64($0) }) {
+                            $0.primaryReported(lsn, at: PostgresTimestamp(unixMicroseconds: micros))
+                        }
                     }
                     if walStatus != lastWALStatus {
                         logSlotStatus(walStatus, retained: row[3], safe: row[1])
@@ -374,11 +395,7 @@ public final class Sender: Sendable {
     // MARK: - State and logging
 
     func setState(_ state: String, error: String? = nil) {
-        statusBox.withLock {
-            if $0.state != state { $0.stateSince = Date() }
-            $0.state = state
-            if let error { $0.lastError = error }
-        }
+        statusBox.withLock { $0.setState(state, error: error) }
     }
 
     /// Logs a problem the first time it appears (and when it changes), not on every retry.

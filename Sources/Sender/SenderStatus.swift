@@ -1,40 +1,71 @@
 import Foundation
+import Monitor
+import WALCore
 
-/// What `walship send` reports on `GET /status`. Only redacted values: no passwords, no keys.
-public struct SenderStatus: Codable, Sendable {
-    public var role = "sender"
-    public var state = "starting"
-    public var stateSince = Date()
-    public var lastError: String?
-    public var source: String
-    public var receiver: String
-    public var synchronous: Bool
-    public var applicationName: String
-    public var systemIdentifier: String?
-    public var timeline: UInt32?
-    /// The primary's end of WAL as last seen (XLogData walEnd or keepalive).
-    public var primaryLSN: String?
-    public var primaryLastMessageAt: Date?
+/// What the sender knows about the chain; `Sender.status` turns it into the shared status document.
+struct SenderState: Sendable {
+    var state = "starting"
+    var stateSince = Date()
+    var lastError: String?
+    var systemIdentifier: String?
+    var timeline: UInt32?
+    var primaryLastMessageAt: ContinuousClock.Instant?
     /// End of WAL handed to the link.
-    public var sentLSN: String?
-    public var receiverWrittenLSN: String?
-    public var receiverDurableLSN: String?
-    public var replayedLSN: String?
-    public var receiverLastAckAt: Date?
-    public var walBytesSent: UInt64 = 0
-    public var wireBytesSent: UInt64 = 0
-    public var slot: SlotStatus
+    var sent: LSN = .invalid
+    var receiverWritten: LSN = .invalid
+    var receiverDurable: LSN = .invalid
+    var replayed: LSN = .invalid
+    var receiverLastAckAt: ContinuousClock.Instant?
+    var connectedSince: Date?
+    /// The link has been down since; starts at process start so "never connected" also counts.
+    var disconnectedSince: Date? = Date()
+    var walBytesSent: UInt64 = 0
+    var wireBytesSent: UInt64 = 0
+    var slot: StatusDocument.Slot
+    var lag = LagTracker()
 
-    public struct SlotStatus: Codable, Sendable {
-        public var name: String
-        /// `pg_replication_slots.wal_status`: reserved, extended, unreserved or lost.
-        public var walStatus: String?
-        public var restartLSN: String?
-        /// WAL the primary keeps for this slot (current LSN − restart_lsn).
-        public var retainedBytes: Int64?
-        /// Bytes that can still be written before the slot is in danger of invalidation (NULL = unlimited).
-        public var safeWALSizeBytes: Int64?
-        public var active: Bool?
-        public var checkedAt: Date?
+    init(slot: String) { self.slot = StatusDocument.Slot(name: slot) }
+
+    var primaryLSN: LSN { lag.primaryLSN }
+
+    mutating func primaryReported(_ lsn: LSN, at time: PostgresTimestamp) {
+        primaryLastMessageAt = .now
+        lag.primaryReported(lsn: lsn, primaryTime: time.unixSeconds, arrivedAt: .now,
+                            localWallClock: Date().timeIntervalSince1970)
+    }
+
+    /// The primary's clock now, for keepalives to the receiver: its lag arithmetic stays in one clock.
+    var primaryNow: PostgresTimestamp {
+        guard let seconds = lag.primaryNow(at: .now) else { return .now() }
+        return PostgresTimestamp(unixMicroseconds: Int64(seconds * 1_000_000))
+    }
+
+    mutating func setState(_ new: String, error: String?) {
+        if state != new { stateSince = Date() }
+        if new == "streaming" {
+            if connectedSince == nil { connectedSince = Date() }
+            disconnectedSince = nil
+        } else if state == "streaming" || connectedSince != nil {
+            connectedSince = nil
+            if disconnectedSince == nil { disconnectedSince = Date() }
+        }
+        state = new
+        if let error { lastError = error } else if new == "streaming" { lastError = nil }
+    }
+
+    func chain(now: ContinuousClock.Instant) -> [StatusDocument.Stage] {
+        let stages: [(StatusDocument.StageName, LSN)] = [
+            (.primary, primaryLSN), (.sent, sent), (.received, receiverWritten), (.durable, receiverDurable), (.replayed, replayed),
+        ]
+        return stages.map { name, lsn in
+            StatusDocument.Stage(name: name.rawValue, lsn: lsn.isValid ? lsn.description : nil,
+                                 bytesBehind: lag.bytesBehind(lsn), secondsBehind: lag.secondsBehind(lsn, at: now))
+        }
+    }
+
+    /// Forgets lag points every stage has passed (the slowest stage bounds what is still needed).
+    mutating func forgetPassedPoints() {
+        let slowest = [sent, receiverWritten, receiverDurable, replayed].filter(\.isValid).min() ?? .invalid
+        if slowest.isValid { lag.forget(upTo: slowest) }
     }
 }

@@ -110,6 +110,8 @@ public struct Refusal: Hashable, Sendable, Error, CustomStringConvertible {
         public static let protocolViolation = Code(rawValue: 7)
         public static let timelineMismatch = Code(rawValue: 8)
         public static let shuttingDown = Code(rawValue: 9)
+        /// The DR replica of this system was promoted; the old primary's WAL is refused.
+        public static let fenced = Code(rawValue: 10)
     }
 
     public var code: Code

@@ -23,6 +23,8 @@ public struct StandbyProgress: Sendable {
     public var flushed: LSN
     public var applied: LSN
     public var reportedAt: PostgresTimestamp
+    /// False once the standby's connection ended (its last position stays known).
+    public var connected = true
 }
 
 /// Speaks enough of PostgreSQL's replication protocol that a stock PostgreSQL 15 standby streams from the
@@ -50,6 +52,11 @@ public final class WalSenderServer: Sendable {
     /// The furthest replay position any standby of `system` reported, to carry back to the primary.
     public func replayed(system: UInt64) -> (LSN, PostgresTimestamp)? {
         progress.withLock { $0[system]?.values.max { $0.applied < $1.applied } }.map { ($0.applied, $0.reportedAt) }
+    }
+
+    /// Every standby of `system` that reported since this process started, connected or not.
+    public func standbys(system: UInt64) -> [StandbyProgress] {
+        progress.withLock { $0[system].map { Array($0.values) } ?? [] }.sorted { $0.applicationName < $1.applicationName }
     }
 
     public func run() async throws {
@@ -98,6 +105,10 @@ public final class WalSenderServer: Sendable {
 
     func record(system: UInt64, _ update: StandbyProgress) {
         progress.withLock { $0[system, default: [:]][update.applicationName] = update }
+    }
+
+    func markDisconnected(system: UInt64, name: String) {
+        progress.withLock { $0[system]?[name]?.connected = false }
     }
 }
 
@@ -262,7 +273,10 @@ struct StandbySession {
         var record = StandbyRecord(name: slot ?? name, viaSlot: slot != nil, replayedLSN: start, updatedAt: Date())
         var lastSaved = ContinuousClock.now
         try? StandbyRegistry.save(record, systemDirectory: system.directory)
-        defer { try? StandbyRegistry.save(record, systemDirectory: system.directory) }
+        defer {
+            try? StandbyRegistry.save(record, systemDirectory: system.directory)
+            server.markDisconnected(system: system.systemIdentifier, name: name)
+        }
         let streamEnded = NIOLockedValueBox(false)
         let channel = self.channel
         try await withThrowingTaskGroup(of: Void.self) { group in

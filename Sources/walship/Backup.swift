@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import Logging
+import Monitor
 import PGReplication
 import Sender
 import Spool
@@ -90,17 +91,6 @@ final class ProgressDisplay: Sendable {
     }
 
     func finish() { if terminal { FileHandle.standardOutput.write(Data("\n".utf8)) } }
-}
-
-func formatBytes(_ bytes: UInt64) -> String {
-    let units = ["B", "kB", "MB", "GB", "TB"]
-    var value = Double(bytes)
-    var unit = 0
-    while value >= 1024 && unit < units.count - 1 {
-        value /= 1024
-        unit += 1
-    }
-    return unit == 0 ? "\(bytes) B" : String(format: "%.1f %@", value, units[unit])
 }
 
 struct Backups: ParsableCommand {

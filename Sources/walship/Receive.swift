@@ -35,12 +35,26 @@ struct Receive: AsyncParsableCommand {
     @Option(help: "Complete base backups to keep; older ones, and WAL neither a kept backup nor a known standby needs, are pruned.")
     var retainBackups = 2
 
+    @Flag(help: "Accept WAL for systems fenced by a promotion at the DR site (the old primary would extend the old timeline here). Only after deciding the fence is obsolete.")
+    var force = false
+
+    @Option(help: "Alert when the DR site (replayed, else durable WAL) is this many seconds behind the primary.")
+    var alertLagSeconds: Double?
+
+    @Option(help: "Alert when the DR site is this many bytes of WAL behind the primary.")
+    var alertLagBytes: UInt64?
+
+    @Option(help: "Alert when the spool's file system has less than this percentage free.")
+    var alertSpoolFreePercent: Double?
+
     @OptionGroup var link: LinkOptions
+    @OptionGroup var alerts: AlertOptions
     @OptionGroup var logging: LoggingOptions
 
     func validate() throws {
         _ = try parseEndpoint(listen, option: "--listen")
         try validateRetention()
+        try validateAlerts()
         if let standbyListen {
             let endpoint = try parseEndpoint(standbyListen, option: "--standby-listen")
             switch (standbyTrust, standbyPasswordFile) {
@@ -58,6 +72,11 @@ struct Receive: AsyncParsableCommand {
         } else if standbyTrust || standbyPasswordFile != nil {
             throw ValidationError("--standby-trust and --standby-password-file need --standby-listen")
         }
+    }
+
+    func validateAlerts() throws {
+        if let p = alertSpoolFreePercent, !(0...100).contains(p) { throw ValidationError("--alert-spool-free-percent must be 0...100") }
+        if let s = alertLagSeconds, s <= 0 { throw ValidationError("--alert-lag-seconds must be positive") }
     }
 
     func validateRetention() throws {
@@ -83,6 +102,8 @@ struct Receive: AsyncParsableCommand {
                                                   name: ProcessInfo.processInfo.hostName)
         configuration.linkTimeout = .seconds(link.linkTimeout)
         configuration.retainBackups = retainBackups
+        configuration.standbyListen = standbyListen
+        configuration.acceptFenced = force
         let receiver: Receiver
         var standbyServer: WalSenderServer?
         do {
@@ -96,8 +117,17 @@ struct Receive: AsyncParsableCommand {
             throw fail("receive", error)
         }
         let standbys = standbyServer
-        receiver.setReplayedProvider { system in standbys?.replayed(system: system) }
-        try await runService("receive", statusListen: link.statusListen, logger: logger, status: { receiver.status }) {
+        receiver.setStandbyProvider { system in
+            (standbys?.standbys(system: system) ?? []).map {
+                StandbyReport(name: $0.applicationName, connected: $0.connected, replayed: $0.applied, reportedAt: $0.reportedAt)
+            }
+        }
+        let thresholds = AlertThresholds(lagSeconds: alertLagSeconds, lagBytes: alertLagBytes,
+                                         disconnectSeconds: alerts.alertDisconnectSeconds,
+                                         spoolFreePercent: alertSpoolFreePercent, memoryMB: alerts.alertMemoryMb)
+        let monitor = StatusMonitor(role: "receiver", thresholds: thresholds, notifier: alerts.notifier(logger),
+                                    recoverAfterSeconds: alerts.alertRecoverySeconds, base: { receiver.status })
+        try await runService("receive", statusListen: link.statusListen, logger: logger, monitor: monitor) {
             try await withThrowingTaskGroup(of: Void.self) { group in
                 group.addTask { try await receiver.run() }
                 if let standbys { group.addTask { try await standbys.run() } }

@@ -74,38 +74,7 @@ struct Restore: ParsableCommand {
     }
 
     private func restore() throws {
-        let spoolRoot = absolute(spool)
-        let dataDirectory = absolute(pgdata)
-        let reader = try SpoolReader(root: spoolRoot, system: system)
-        let systemDirectory = spoolRoot + "/\(reader.systemIdentifier)"
-        let backups = try BackupCatalog.list(systemDirectory: systemDirectory)
-        guard let chosen = backup.map({ id in backups.first { $0.id == id } }) ?? backups.last(where: { $0.status == .complete }) else {
-            throw RestoreError(backup.map { "no backup \($0) for system \(reader.systemIdentifier) (hint: walship backups --spool \(spool))" }
-                ?? "no complete base backup for system \(reader.systemIdentifier) in \(spool) (hint: walship backup --source ... --to RECEIVER)")
-        }
-        guard chosen.status == .complete else {
-            throw RestoreError("backup \(chosen.id) is not complete: the spool does not yet hold WAL up to \(chosen.stopLSN)")
-        }
-        let fm = FileManager.default
-        if fm.fileExists(atPath: dataDirectory) {
-            guard (try fm.contentsOfDirectory(atPath: dataDirectory)).isEmpty else {
-                throw RestoreError("\(dataDirectory) is not empty; walship restore never overwrites a data directory (hint: choose a new --pgdata)")
-            }
-        }
-        let walship = walshipPath ?? ((try? fm.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0])
-        try checkOSUser(walship: walship, walDirectory: reader.walDirectory)
-
-        try fm.createDirectory(atPath: dataDirectory, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
-        let backupDirectory = systemDirectory + "/base/" + chosen.id
-        try shell("lz4 -dc \(quote(backupDirectory + "/base.tar.lz4")) | tar -xf - -C \(quote(dataDirectory))",
-                  what: "unpack backup \(chosen.id)")
-        try fm.copyItem(atPath: backupDirectory + "/backup_manifest", toPath: dataDirectory + "/backup_manifest")
-
-        var settings = [
-            "# Written by walship restore from backup \(chosen.id) (start \(chosen.startLSN), stop \(chosen.stopLSN))",
-            "restore_command = '\(escape("\(walship) restore-wal --spool \(spoolRoot) --system \(reader.systemIdentifier) %f %p"))'",
-            "recovery_target_timeline = 'latest'",
-        ]
+        var settings: [String] = []
         if standby {
             settings.append("primary_conninfo = '\(escape(primaryConninfo!))'")
         } else {
@@ -114,37 +83,82 @@ struct Restore: ParsableCommand {
             if let targetName { settings.append("recovery_target_name = '\(escape(targetName))'") }
             settings.append("recovery_target_action = '\(targetAction)'")
         }
-        let autoConf = dataDirectory + "/postgresql.auto.conf"
-        let existing = (try? String(contentsOfFile: autoConf, encoding: .utf8)) ?? ""
-        try (existing + "\n" + settings.joined(separator: "\n") + "\n").write(toFile: autoConf, atomically: true, encoding: .utf8)
-        let signal = dataDirectory + "/" + (standby ? "standby.signal" : "recovery.signal")
-        guard fm.createFile(atPath: signal, contents: nil) else {
-            throw RestoreError("could not create \(signal); without it PostgreSQL would start as a primary, not recover")
-        }
-        if getuid() == 0 { try shell("chown -R \(quote(osUser)): \(quote(dataDirectory))", what: "give the data directory to \(osUser)") }
-        try fm.setAttributes([.posixPermissions: 0o700], ofItemAtPath: dataDirectory)
-
-        print("restored backup \(chosen.id) (system \(reader.systemIdentifier), start \(chosen.startLSN), stop \(chosen.stopLSN)) into \(dataDirectory)")
+        let restored = try restoreFromBackup(spool: spool, system: system, backup: backup, pgdata: pgdata, settings: settings,
+                                             signal: standby ? "standby.signal" : "recovery.signal", osUser: osUser,
+                                             walshipPath: walshipPath)
+        let chosen = restored.backup
+        print("restored backup \(chosen.id) (system \(restored.systemIdentifier), start \(chosen.startLSN), stop \(chosen.stopLSN)) into \(restored.dataDirectory)")
         print(standby ? "configured as a streaming standby of \(primaryConninfo!)" :
               "configured for recovery \([targetTime.map { "to time \($0)" }, targetLsn.map { "to LSN \($0)" }, targetName.map { "to restore point \($0)" }].compactMap { $0 }.first ?? "to the end of the spool's WAL"), then \(targetAction)")
-        print("start it: pg_ctl -D \(dataDirectory) start   (as \(osUser), after setting port and listen_addresses as needed)")
+        print("start it: pg_ctl -D \(restored.dataDirectory) start   (as \(osUser), after setting port and listen_addresses as needed)")
     }
+}
 
-    /// restore_command runs as the PostgreSQL OS user: it must be able to execute walship and read the spool.
-    private func checkOSUser(walship: String, walDirectory: String) throws {
-        guard getuid() == 0, osUser != "root" else { return }
-        let canExecute = (try? runQuietly(["/usr/sbin/runuser", "-u", osUser, "--", walship, "--version"])) == 0
-        guard canExecute else {
-            throw RestoreError("the PostgreSQL OS user \(osUser) cannot execute \(walship) (hint: make install puts walship in /usr/local/bin with mode 0755, then pass --walship-path /usr/local/bin/walship)")
-        }
-        let canRead = (try? runQuietly(["/usr/sbin/runuser", "-u", osUser, "--", "/usr/bin/test", "-r", walDirectory, "-a", "-x", walDirectory])) == 0
-        guard canRead else {
-            throw RestoreError("the PostgreSQL OS user \(osUser) cannot read the spool \(walDirectory) (hint: run walship receive as \(osUser), or give both a common group; the spool is created 0750/0640)")
+struct RestoredDirectory {
+    var dataDirectory: String
+    var systemIdentifier: UInt64
+    var backup: BackupInfo
+}
+
+/// Unpacks a stored base backup into a new data directory and configures recovery from the spool:
+/// restore_command runs walship restore-wal (read-only), `settings` are appended to postgresql.auto.conf,
+/// and `signal` (standby.signal or recovery.signal) is created. The directory ends owned by `osUser`.
+func restoreFromBackup(spool: String, system: UInt64?, backup: String?, pgdata: String, settings: [String], signal: String,
+                       osUser: String, walshipPath: String?) throws -> RestoredDirectory {
+    let spoolRoot = absolutePath(spool)
+    let dataDirectory = absolutePath(pgdata)
+    let reader = try SpoolReader(root: spoolRoot, system: system)
+    let systemDirectory = reader.systemDirectory
+    let backups = try BackupCatalog.list(systemDirectory: systemDirectory)
+    guard let chosen = backup.map({ id in backups.first { $0.id == id } }) ?? backups.last(where: { $0.status == .complete }) else {
+        throw RestoreError(backup.map { "no backup \($0) for system \(reader.systemIdentifier) (hint: walship backups --spool \(spool))" }
+            ?? "no complete base backup for system \(reader.systemIdentifier) in \(spool) (hint: walship backup --source ... --to RECEIVER)")
+    }
+    guard chosen.status == .complete else {
+        throw RestoreError("backup \(chosen.id) is not complete: the spool does not yet hold WAL up to \(chosen.stopLSN)")
+    }
+    let fm = FileManager.default
+    if fm.fileExists(atPath: dataDirectory) {
+        guard (try fm.contentsOfDirectory(atPath: dataDirectory)).isEmpty else {
+            throw RestoreError("\(dataDirectory) is not empty; walship never overwrites a data directory (hint: choose a new --pgdata)")
         }
     }
+    let walship = walshipPath ?? ((try? fm.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0])
+    try checkOSUser(osUser, walship: walship, walDirectory: reader.walDirectory)
 
-    private func absolute(_ path: String) -> String {
-        path.hasPrefix("/") ? path : FileManager.default.currentDirectoryPath + "/" + path
+    try fm.createDirectory(atPath: dataDirectory, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+    let backupDirectory = systemDirectory + "/base/" + chosen.id
+    try shell("lz4 -dc \(quote(backupDirectory + "/base.tar.lz4")) | tar -xf - -C \(quote(dataDirectory))",
+              what: "unpack backup \(chosen.id)")
+    try fm.copyItem(atPath: backupDirectory + "/backup_manifest", toPath: dataDirectory + "/backup_manifest")
+
+    let lines = [
+        "# Written by walship from backup \(chosen.id) (start \(chosen.startLSN), stop \(chosen.stopLSN))",
+        "restore_command = '\(escape("\(walship) restore-wal --spool \(spoolRoot) --system \(reader.systemIdentifier) %f %p"))'",
+        "recovery_target_timeline = 'latest'",
+    ] + settings
+    let autoConf = dataDirectory + "/postgresql.auto.conf"
+    let existing = (try? String(contentsOfFile: autoConf, encoding: .utf8)) ?? ""
+    try (existing + "\n" + lines.joined(separator: "\n") + "\n").write(toFile: autoConf, atomically: true, encoding: .utf8)
+    let signalPath = dataDirectory + "/" + signal
+    guard fm.createFile(atPath: signalPath, contents: nil) else {
+        throw RestoreError("could not create \(signalPath); without it PostgreSQL would start as a primary, not recover")
+    }
+    if getuid() == 0 { try shell("chown -R \(quote(osUser)): \(quote(dataDirectory))", what: "give the data directory to \(osUser)") }
+    try fm.setAttributes([.posixPermissions: 0o700], ofItemAtPath: dataDirectory)
+    return RestoredDirectory(dataDirectory: dataDirectory, systemIdentifier: reader.systemIdentifier, backup: chosen)
+}
+
+/// restore_command runs as the PostgreSQL OS user: it must be able to execute walship and read the spool.
+private func checkOSUser(_ osUser: String, walship: String, walDirectory: String) throws {
+    guard getuid() == 0, osUser != "root" else { return }
+    let canExecute = (try? runQuietly(["/usr/sbin/runuser", "-u", osUser, "--", walship, "--version"])) == 0
+    guard canExecute else {
+        throw RestoreError("the PostgreSQL OS user \(osUser) cannot execute \(walship) (hint: make install puts walship in /usr/local/bin with mode 0755, then pass --walship-path /usr/local/bin/walship)")
+    }
+    let canRead = (try? runQuietly(["/usr/sbin/runuser", "-u", osUser, "--", "/usr/bin/test", "-r", walDirectory, "-a", "-x", walDirectory])) == 0
+    guard canRead else {
+        throw RestoreError("the PostgreSQL OS user \(osUser) cannot read the spool \(walDirectory) (hint: run walship receive as \(osUser), or give both a common group; the spool is created 0750/0640)")
     }
 }
 

@@ -40,7 +40,11 @@ struct Send: AsyncParsableCommand {
     @Option(help: "Seconds between checks of the slot's retained WAL on the primary.")
     var slotCheckInterval = 10
 
+    @Option(help: "Alert when the primary holds more than this many bytes of WAL for the slot (a full pg_wal stops the primary).")
+    var alertSlotRetainedBytes: Int64?
+
     @OptionGroup var link: LinkOptions
+    @OptionGroup var alerts: AlertOptions
     @OptionGroup var logging: LoggingOptions
 
     func validate() throws {
@@ -64,7 +68,11 @@ struct Send: AsyncParsableCommand {
         configuration.slotCheckInterval = .seconds(max(1, slotCheckInterval))
         configuration.maxBackoff = .seconds(max(1, retryMaxSeconds))
         let sender = Sender(configuration: configuration, logger: logger)
-        try await runService("send", statusListen: link.statusListen, logger: logger, status: { sender.status }) {
+        let thresholds = AlertThresholds(disconnectSeconds: alerts.alertDisconnectSeconds, memoryMB: alerts.alertMemoryMb,
+                                         slotRetainedBytes: alertSlotRetainedBytes)
+        let monitor = StatusMonitor(role: "sender", thresholds: thresholds, notifier: alerts.notifier(logger),
+                                    recoverAfterSeconds: alerts.alertRecoverySeconds, base: { sender.status })
+        try await runService("send", statusListen: link.statusListen, logger: logger, monitor: monitor) {
             try await sender.run()
         }
     }

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import Logging
+import Monitor
 
 @main
 struct Walship: AsyncParsableCommand {
@@ -10,8 +11,9 @@ struct Walship: AsyncParsableCommand {
         discussion: """
             The sender runs beside the primary and streams WAL through a replication slot to the receiver at the DR site, which stores it durably in a spool. See docs/runbook.md.
             """,
-        version: "0.1.0",
-        subcommands: [Send.self, Receive.self, Backup.self, Backups.self, Restore.self, RestoreWAL.self, Prune.self])
+        version: walshipVersion,
+        subcommands: [Send.self, Receive.self, Status.self, Promote.self, Drill.self, Backup.self, Backups.self, Restore.self,
+                      RestoreWAL.self, Prune.self])
 }
 
 /// Options every long-running command shares.
@@ -37,7 +39,7 @@ struct LinkOptions: ParsableArguments {
     @Flag(help: "No TLS on the ship link (plaintext). Required on both ends for a plaintext link; use only on a trusted network.")
     var insecure = false
 
-    @Option(help: "Serve status on HOST:PORT (GET /status). Read-only; bind to loopback unless you need it remote.")
+    @Option(help: "Serve the dashboard (GET /), status JSON (GET /status) and Prometheus metrics (GET /metrics) on HOST:PORT. Read-only; bind to loopback unless you need it remote.")
     var statusListen: String?
 
     @Option(help: "Seconds of silence after which the link is considered dead (and, at the receiver, may be replaced).")
@@ -62,16 +64,53 @@ func fail(_ command: String, _ error: any Error) -> ExitCode {
     return ExitCode(1)
 }
 
-/// Runs a command's main service, and the status endpoint beside it when `--status-listen` is given;
-/// the first to fail ends both, reported as one clear line.
-func runService(_ command: String, statusListen: String?, logger: Logger, status: @escaping @Sendable () -> any Encodable & Sendable,
+/// Where alerts go and the thresholds both long-running commands share (see docs/monitoring.md).
+struct AlertOptions: ParsableArguments {
+    @Option(help: "Run this shell command for every alert event; it gets the event as JSON on stdin.")
+    var alertCommand: String?
+
+    @Option(help: "POST every alert event as JSON to this http(s) URL.")
+    var alertWebhook: String?
+
+    @Option(help: "Alert when the link has been down this many seconds.")
+    var alertDisconnectSeconds: Double?
+
+    @Option(help: "Alert when this process uses more memory (resident) than this, in MB.")
+    var alertMemoryMb: Double?
+
+    @Option(help: "Seconds a condition must stay clear before its recovery notice is sent (one incident, not a flood).")
+    var alertRecoverySeconds: Double = 30
+
+    func validate() throws {
+        if let alertWebhook {
+            guard let url = URL(string: alertWebhook), ["http", "https"].contains(url.scheme?.lowercased() ?? ""), url.host != nil else {
+                throw ValidationError("--alert-webhook expects an http:// or https:// URL")
+            }
+        }
+        for (name, value) in [("--alert-disconnect-seconds", alertDisconnectSeconds), ("--alert-memory-mb", alertMemoryMb)] {
+            if let value, value <= 0 { throw ValidationError("\(name) must be positive") }
+        }
+        guard alertRecoverySeconds >= 0 else { throw ValidationError("--alert-recovery-seconds cannot be negative") }
+    }
+
+    func notifier(_ logger: Logger) -> AlertNotifier {
+        AlertNotifier(command: alertCommand, webhook: alertWebhook.flatMap { URL(string: $0) }, logger: logger)
+    }
+}
+
+/// Runs a command's main service beside its monitor (alerts), and the status endpoint when
+/// `--status-listen` is given; the first to fail ends all, reported as one clear line.
+func runService(_ command: String, statusListen: String?, logger: Logger, monitor: StatusMonitor,
                 _ service: @escaping @Sendable () async throws -> Void) async throws {
     do {
         try await withThrowingTaskGroup(of: Void.self) { group in
             group.addTask { try await service() }
+            group.addTask { try await monitor.run() }
             if let statusListen {
                 let endpoint = try parseEndpoint(statusListen, option: "--status-listen")
-                group.addTask { try await StatusServer(host: endpoint.host, port: endpoint.port, logger: logger, status: status).run() }
+                group.addTask {
+                    try await StatusServer(host: endpoint.host, port: endpoint.port, logger: logger, status: { monitor.current() }).run()
+                }
             }
             try await group.next()
             group.cancelAll()
@@ -88,4 +127,3 @@ func parseEndpoint(_ text: String, option: String) throws -> (host: String, port
     return endpoint
 }
 
-import Monitor

@@ -1,0 +1,267 @@
+import Foundation
+
+/// One condition as the monitor sees it right now, e.g. "lag_seconds for system 7301…: 42 s > 30 s".
+public struct AlertObservation: Sendable, Equatable {
+    public var condition: String
+    public var system: String?
+    public var firing: Bool
+    public var severity: AlertSeverity
+    public var message: String
+    public var value: Double?
+    public var threshold: Double?
+
+    public init(condition: String, system: String? = nil, firing: Bool, severity: AlertSeverity = .warning,
+                message: String, value: Double? = nil, threshold: Double? = nil) {
+        self.condition = condition
+        self.system = system
+        self.firing = firing
+        self.severity = severity
+        self.message = message
+        self.value = value
+        self.threshold = threshold
+    }
+
+    var key: AlertKey { AlertKey(condition: condition, system: system) }
+}
+
+public enum AlertSeverity: String, Codable, Sendable, Comparable {
+    case info, warning, critical
+    var rank: Int { switch self { case .info: 0; case .warning: 1; case .critical: 2 } }
+    public static func < (a: Self, b: Self) -> Bool { a.rank < b.rank }
+}
+
+struct AlertKey: Hashable, Sendable {
+    var condition: String
+    var system: String?
+}
+
+/// What reaches `--alert-command` (on stdin) and `--alert-webhook` (POST body), as JSON.
+public struct AlertEvent: Codable, Sendable, Equatable {
+    public enum Kind: String, Codable, Sendable {
+        /// A condition began (sent once per incident).
+        case firing
+        /// It ended and stayed clear for the recovery period.
+        case resolved
+        /// A drill or backup finished well / badly.
+        case success, failure
+    }
+
+    public var source = "walship"
+    public var event: Kind
+    public var condition: String
+    public var severity: AlertSeverity
+    public var role: String
+    public var host: String
+    public var system: String?
+    public var message: String
+    public var value: Double?
+    public var threshold: Double?
+    public var startedAt: Date
+    public var at: Date
+    /// For resolved events: how long the incident lasted.
+    public var durationSeconds: Double?
+    /// For drills and backups: where the evidence report is, its figures.
+    public var details: [String: String]?
+
+    public init(event: Kind, condition: String, severity: AlertSeverity, role: String, host: String, system: String?,
+                message: String, value: Double? = nil, threshold: Double? = nil, startedAt: Date, at: Date,
+                durationSeconds: Double? = nil, details: [String: String]? = nil) {
+        self.event = event
+        self.condition = condition
+        self.severity = severity
+        self.role = role
+        self.host = host
+        self.system = system
+        self.message = message
+        self.value = value
+        self.threshold = threshold
+        self.startedAt = startedAt
+        self.at = at
+        self.durationSeconds = durationSeconds
+        self.details = details
+    }
+}
+
+/// Decides when to notify: once when a condition starts, once when it has been clear for `recoverAfter`
+/// seconds. A condition that flaps around its threshold stays one incident instead of a flood.
+public struct AlertStateMachine: Sendable {
+    struct Incident: Sendable {
+        var observation: AlertObservation
+        var startedAt: Date
+        var clearSince: Date?
+    }
+
+    public let role: String
+    public let host: String
+    public let recoverAfter: Double
+    private var incidents: [AlertKey: Incident] = [:]
+
+    public init(role: String, host: String, recoverAfterSeconds: Double = 30) {
+        self.role = role
+        self.host = host
+        self.recoverAfter = recoverAfterSeconds
+    }
+
+    /// Feeds one round of observations; returns the notifications to send. Conditions absent from the
+    /// round count as clear.
+    public mutating func evaluate(_ observations: [AlertObservation], now: Date) -> [AlertEvent] {
+        var events: [AlertEvent] = []
+        var seen = Set<AlertKey>()
+        for observation in observations where observation.firing {
+            seen.insert(observation.key)
+            if var incident = incidents[observation.key] {
+                incident.clearSince = nil
+                // Keep the latest figures for the status page; escalation to critical is news worth sending.
+                let escalated = observation.severity > incident.observation.severity
+                incident.observation = observation
+                incidents[observation.key] = incident
+                if escalated { events.append(event(.firing, observation, startedAt: incident.startedAt, now: now)) }
+            } else {
+                incidents[observation.key] = Incident(observation: observation, startedAt: now)
+                events.append(event(.firing, observation, startedAt: now, now: now))
+            }
+        }
+        for (key, var incident) in incidents where !seen.contains(key) {
+            let clearSince = incident.clearSince ?? now
+            if now.timeIntervalSince(clearSince) >= recoverAfter {
+                incidents[key] = nil
+                var resolved = event(.resolved, incident.observation, startedAt: incident.startedAt, now: now)
+                resolved.durationSeconds = (now.timeIntervalSince(incident.startedAt) * 10).rounded() / 10
+                if let clear = observations.first(where: { $0.key == key }) {
+                    resolved.message = clear.message
+                    resolved.value = clear.value
+                }
+                events.append(resolved)
+            } else {
+                incident.clearSince = clearSince
+                incidents[key] = incident
+            }
+        }
+        return events
+    }
+
+    /// Incidents open now (including those clearing but not yet resolved).
+    public var active: [StatusDocument.ActiveAlert] {
+        incidents.values.sorted { ($0.startedAt, $0.observation.condition) < ($1.startedAt, $1.observation.condition) }.map {
+            StatusDocument.ActiveAlert(condition: $0.observation.condition, severity: $0.observation.severity.rawValue,
+                                       system: $0.observation.system, since: $0.startedAt, message: $0.observation.message)
+        }
+    }
+
+    private func event(_ kind: AlertEvent.Kind, _ o: AlertObservation, startedAt: Date, now: Date) -> AlertEvent {
+        AlertEvent(event: kind, condition: o.condition, severity: o.severity, role: role, host: host, system: o.system,
+                   message: o.message, value: o.value, threshold: o.threshold, startedAt: startedAt, at: now)
+    }
+}
+
+/// Thresholds from the command line; nil means "not watched".
+public struct AlertThresholds: Sendable, Equatable {
+    public var lagSeconds: Double?
+    public var lagBytes: UInt64?
+    public var disconnectSeconds: Double?
+    public var spoolFreePercent: Double?
+    public var memoryMB: Double?
+    public var slotRetainedBytes: Int64?
+
+    public init(lagSeconds: Double? = nil, lagBytes: UInt64? = nil, disconnectSeconds: Double? = nil,
+                spoolFreePercent: Double? = nil, memoryMB: Double? = nil, slotRetainedBytes: Int64? = nil) {
+        self.lagSeconds = lagSeconds
+        self.lagBytes = lagBytes
+        self.disconnectSeconds = disconnectSeconds
+        self.spoolFreePercent = spoolFreePercent
+        self.memoryMB = memoryMB
+        self.slotRetainedBytes = slotRetainedBytes
+    }
+}
+
+/// Which conditions each process raises, so nothing fires twice: the receiver watches lag, the sender's
+/// link and the spool; the sender watches the primary's side (slot retention, wal_status, the receiver
+/// being unreachable). Both watch their own memory.
+public enum AlertRules {
+    public static func observe(_ status: StatusDocument, thresholds t: AlertThresholds, now: Date,
+                               extra: [AlertObservation] = []) -> [AlertObservation] {
+        var out: [AlertObservation] = []
+        if let limit = t.memoryMB, let rss = status.process.residentMemoryBytes {
+            let mb = Double(rss) / 1_048_576
+            out.append(.init(condition: "memory", firing: mb > limit,
+                             message: "walship \(status.role) uses \(format(mb)) MB of memory (alert above \(format(limit)) MB)",
+                             value: mb, threshold: limit))
+        }
+        switch status.role {
+        case "receiver":
+            for system in status.systems {
+                let id = system.systemIdentifier
+                if let limit = t.lagSeconds, let stage = system.lastStage, let s = stage.secondsBehind {
+                    out.append(.init(condition: "lag_seconds", system: id, firing: s > limit,
+                                     message: "the DR site's \(stage.name) WAL is \(format(s)) s behind the primary (alert above \(format(limit)) s)",
+                                     value: s, threshold: limit))
+                }
+                if let limit = t.lagBytes, let stage = system.lastStage, let b = stage.bytesBehind {
+                    out.append(.init(condition: "lag_bytes", system: id, firing: b > limit,
+                                     message: "the DR site's \(stage.name) WAL is \(formatBytes(b)) behind the primary (alert above \(formatBytes(limit)))",
+                                     value: Double(b), threshold: Double(limit)))
+                }
+                if let fence = system.fence {
+                    let refusedRecently = fence.lastRefusedAt.map { now.timeIntervalSince($0) < 120 } ?? false
+                    out.append(.init(condition: "fenced_primary_refused", system: id, firing: refusedRecently, severity: .critical,
+                                     message: refusedRecently
+                                        ? "the old primary tried to ship WAL after the DR replica was promoted; it was refused (fence set \(formatISO8601(fence.promotedAt)))"
+                                        : "the old primary has stopped trying to ship WAL"))
+                }
+                if let limit = t.disconnectSeconds, system.fence == nil {
+                    let down = system.link.connected ? 0 : system.link.disconnectedSince.map { now.timeIntervalSince($0) } ?? 0
+                    out.append(.init(condition: "sender_disconnected", system: id, firing: down > limit, severity: .critical,
+                                     message: system.link.connected
+                                        ? "the sender is connected again"
+                                        : "no sender has been connected for \(format(down)) s (alert after \(format(limit)) s); the DR site is not receiving WAL",
+                                     value: down, threshold: limit))
+                }
+            }
+            if let limit = t.spoolFreePercent, let free = status.spool?.freePercent {
+                out.append(.init(condition: "spool_free", firing: free < limit, severity: .critical,
+                                 message: "the spool's file system has \(format(free)) % free (alert below \(format(limit)) %)",
+                                 value: free, threshold: limit))
+            }
+        case "sender":
+            if let slot = status.sender?.slot {
+                if let limit = t.slotRetainedBytes, let retained = slot.retainedBytes {
+                    out.append(.init(condition: "slot_retained_bytes", firing: retained > limit, severity: .critical,
+                                     message: "the primary holds \(formatBytes(UInt64(max(0, retained)))) of WAL for slot \(slot.name) (alert above \(formatBytes(UInt64(limit)))); a full pg_wal stops the primary",
+                                     value: Double(retained), threshold: Double(limit)))
+                }
+                if let walStatus = slot.walStatus {
+                    let bad = ["extended", "unreserved", "lost"].contains(walStatus)
+                    out.append(.init(condition: "slot_wal_status", firing: bad, severity: walStatus == "extended" ? .warning : .critical,
+                                     message: "slot \(slot.name) wal_status is \(walStatus)" + (bad ? " (the primary retains more WAL than max_wal_size for the DR site)" : "")))
+                }
+            }
+            if let limit = t.disconnectSeconds, let system = status.systems.first {
+                let down = system.link.connected ? 0 : system.link.disconnectedSince.map { now.timeIntervalSince($0) } ?? 0
+                out.append(.init(condition: "receiver_unreachable", firing: down > limit, severity: .critical,
+                                 message: system.link.connected
+                                    ? "the receiver is reachable again"
+                                    : "the receiver has been unreachable for \(format(down)) s (alert after \(format(limit)) s)\(status.lastError.map { ": \($0)" } ?? "")",
+                                 value: down, threshold: limit))
+            }
+        default:
+            break
+        }
+        return out + extra
+    }
+}
+
+func format(_ value: Double) -> String {
+    value >= 100 ? String(Int(value.rounded())) : String(format: "%.1f", value)
+}
+
+/// 1.5 MB, 320.0 kB, 12 B: binary multiples with pg_size_pretty's unit names.
+public func formatBytes(_ bytes: UInt64) -> String {
+    let units = ["B", "kB", "MB", "GB", "TB"]
+    var value = Double(bytes)
+    var unit = 0
+    while value >= 1024 && unit < units.count - 1 {
+        value /= 1024
+        unit += 1
+    }
+    return unit == 0 ? "\(bytes) B" : String(format: "%.1f", value) + " " + units[unit]
+}

@@ -1,0 +1,90 @@
+import CoreMetrics
+import Foundation
+import Prometheus
+import Synchronization
+import WALCore
+
+/// Publishes a status document as Prometheus metrics (`GET /metrics`) through swift-metrics. Values are
+/// refreshed from the status at each scrape, so the metrics and `/status` never disagree.
+public final class MetricsPublisher: Sendable {
+    private let registry = PrometheusCollectorRegistry()
+    private let factory: PrometheusMetricsFactory
+    /// Last published totals, so counters advance by the difference.
+    private let totals = Mutex<[String: Double]>([:])
+
+    public init() {
+        factory = PrometheusMetricsFactory(registry: registry)
+    }
+
+    /// The Prometheus text exposition of `status`.
+    public func render(_ status: StatusDocument) -> String {
+        publish(status)
+        return registry.emitToString()
+    }
+
+    func publish(_ s: StatusDocument) {
+        gauge("walship_up", ["role": s.role], 1)
+        gauge("walship_start_time_seconds", ["role": s.role], s.process.startedAt.timeIntervalSince1970)
+        if let rss = s.process.residentMemoryBytes { gauge("walship_resident_memory_bytes", ["role": s.role], Double(rss)) }
+        gauge("walship_health_status", ["role": s.role], Double(HealthCheck.Code(label: s.health.status).rawValue))
+        for alert in s.alerts {
+            gauge("walship_alert_active", ["condition": alert.condition, "system": alert.system ?? ""], 1)
+        }
+        for system in s.systems {
+            let id = system.systemIdentifier ?? "unknown"
+            gauge("walship_link_connected", ["system": id], system.link.connected ? 1 : 0)
+            if let age = system.link.lastMessageAgeSeconds { gauge("walship_link_last_message_age_seconds", ["system": id], age) }
+            if let age = system.link.lastPrimaryMessageAgeSeconds {
+                gauge("walship_primary_last_message_age_seconds", ["system": id], age)
+            }
+            if let timeline = system.timeline { gauge("walship_timeline", ["system": id], Double(timeline)) }
+            if let skew = system.clockSkewSeconds { gauge("walship_clock_skew_seconds", ["system": id], skew) }
+            gauge("walship_fenced", ["system": id], system.fence == nil ? 0 : 1)
+            gauge("walship_standbys_connected", ["system": id], Double(system.standbys.filter(\.connected).count))
+            for stage in system.chain {
+                let labels = ["system": id, "stage": stage.name]
+                if let lsn = stage.lsn.flatMap({ LSN($0) }) { gauge("walship_wal_position_bytes", labels, Double(lsn.rawValue)) }
+                if let bytes = stage.bytesBehind { gauge("walship_lag_bytes", labels, Double(bytes)) }
+                if let seconds = stage.secondsBehind { gauge("walship_lag_seconds", labels, seconds) }
+            }
+        }
+        if let spool = s.spool {
+            if let free = spool.freeBytes { gauge("walship_spool_free_bytes", [:], Double(free)) }
+            if let total = spool.totalBytes { gauge("walship_spool_size_bytes", [:], Double(total)) }
+            if let used = spool.usedBytes { gauge("walship_spool_used_bytes", [:], Double(used)) }
+        }
+        if let sender = s.sender {
+            let id = s.systems.first?.systemIdentifier ?? "unknown"
+            total("walship_wal_sent_bytes_total", ["system": id], Double(sender.walBytesSent))
+            total("walship_wire_sent_bytes_total", ["system": id], Double(sender.wireBytesSent))
+            let slot = ["slot": sender.slot.name]
+            if let retained = sender.slot.retainedBytes { gauge("walship_slot_retained_bytes", slot, Double(retained)) }
+            if let safe = sender.slot.safeWALSizeBytes { gauge("walship_slot_safe_wal_size_bytes", slot, Double(safe)) }
+            for state in ["reserved", "extended", "unreserved", "lost"] {
+                gauge("walship_slot_wal_status", ["slot": sender.slot.name, "wal_status": state], sender.slot.walStatus == state ? 1 : 0)
+            }
+        }
+    }
+
+    private func gauge(_ name: String, _ labels: [String: String], _ value: Double) {
+        Gauge(label: name, dimensions: labels.sorted { $0.key < $1.key }, factory: factory).record(value)
+    }
+
+    private func total(_ name: String, _ labels: [String: String], _ value: Double) {
+        let key = name + labels.sorted { $0.key < $1.key }.description
+        let delta = totals.withLock { totals -> Double in
+            let last = totals[key] ?? 0
+            totals[key] = max(last, value)
+            return max(0, value - last)
+        }
+        FloatingPointCounter(label: name, dimensions: labels.sorted { $0.key < $1.key }, factory: factory).increment(by: delta)
+    }
+}
+
+/// This process's resident memory, from /proc (nil where /proc is not available).
+public func residentMemoryBytes() -> UInt64? {
+    guard let text = try? String(contentsOfFile: "/proc/self/statm", encoding: .utf8) else { return nil }
+    let fields = text.split(separator: " ")
+    guard fields.count > 1, let pages = UInt64(fields[1]) else { return nil }
+    return pages * UInt64(sysconf(Int32(_SC_PAGESIZE)))
+}

@@ -1,0 +1,315 @@
+import Foundation
+
+/// What `GET /status` returns, for the sender and the receiver alike (docs/monitoring.md documents every
+/// field). Built from redacted values only: no passwords, keys or conninfo secrets.
+public struct StatusDocument: Codable, Sendable, Equatable {
+    /// Bumped when a field changes meaning or disappears; new fields do not bump it.
+    public var schemaVersion = 1
+    /// "sender" or "receiver".
+    public var role: String
+    public var version: String
+    public var host: String
+    public var generatedAt: Date
+    public var process: ProcessStatus
+    /// What the process is doing, e.g. "streaming", "retrying", "listening".
+    public var state: String
+    public var stateSince: Date
+    public var lastError: String?
+    /// Overall verdict, the same one `walship status` turns into its exit code.
+    public var health: Health
+    /// Conditions currently firing (see docs/monitoring.md for the list).
+    public var alerts: [ActiveAlert]
+    public var systems: [SystemStatus]
+    /// Receiver only: the spool's file system.
+    public var spool: SpoolUsage?
+    /// Sender only.
+    public var sender: SenderDetails?
+    /// Receiver only.
+    public var receiver: ReceiverDetails?
+
+    public init(role: String, version: String, host: String, generatedAt: Date, process: ProcessStatus, state: String,
+                stateSince: Date, lastError: String? = nil, health: Health = Health(), alerts: [ActiveAlert] = [],
+                systems: [SystemStatus] = [], spool: SpoolUsage? = nil, sender: SenderDetails? = nil,
+                receiver: ReceiverDetails? = nil) {
+        self.role = role
+        self.version = version
+        self.host = host
+        self.generatedAt = generatedAt
+        self.process = process
+        self.state = state
+        self.stateSince = stateSince
+        self.lastError = lastError
+        self.health = health
+        self.alerts = alerts
+        self.systems = systems
+        self.spool = spool
+        self.sender = sender
+        self.receiver = receiver
+    }
+
+    public struct ProcessStatus: Codable, Sendable, Equatable {
+        public var pid: Int32
+        public var startedAt: Date
+        public var residentMemoryBytes: UInt64?
+        public init(pid: Int32, startedAt: Date, residentMemoryBytes: UInt64?) {
+            self.pid = pid
+            self.startedAt = startedAt
+            self.residentMemoryBytes = residentMemoryBytes
+        }
+    }
+
+    public struct Health: Codable, Sendable, Equatable {
+        /// "ok", "warning", "critical" or "unknown".
+        public var status: String
+        public var reasons: [String]
+        public init(status: String = "ok", reasons: [String] = []) {
+            self.status = status
+            self.reasons = reasons
+        }
+    }
+
+    public struct ActiveAlert: Codable, Sendable, Equatable {
+        public var condition: String
+        public var severity: String
+        public var system: String?
+        public var since: Date
+        public var message: String
+        public init(condition: String, severity: String, system: String?, since: Date, message: String) {
+            self.condition = condition
+            self.severity = severity
+            self.system = system
+            self.since = since
+            self.message = message
+        }
+    }
+
+    public struct SystemStatus: Codable, Sendable, Equatable {
+        public var systemIdentifier: String?
+        public var timeline: UInt32?
+        public var link: LinkStatus
+        /// primary → sent → received → durable → replayed, in that order; a stage this process cannot see
+        /// has no LSN.
+        public var chain: [Stage]
+        /// Seconds the primary's clock is ahead of ours (negative: behind), from the newest WAL timestamp.
+        /// Lag in seconds is computed in the primary's clock, so skew does not distort it.
+        public var clockSkewSeconds: Double?
+        /// Set once the DR replica of this system was promoted: the receiver refuses the old primary's WAL.
+        public var fence: Fence?
+        public var standbys: [Standby]
+        /// Recent lag of the furthest stage this process sees (replayed if any standby reports, else durable).
+        public var history: [LagPoint]
+
+        public init(systemIdentifier: String?, timeline: UInt32?, link: LinkStatus, chain: [Stage],
+                    clockSkewSeconds: Double? = nil, fence: Fence? = nil, standbys: [Standby] = [], history: [LagPoint] = []) {
+            self.systemIdentifier = systemIdentifier
+            self.timeline = timeline
+            self.link = link
+            self.chain = chain
+            self.clockSkewSeconds = clockSkewSeconds
+            self.fence = fence
+            self.standbys = standbys
+            self.history = history
+        }
+
+        public func stage(_ name: StageName) -> Stage? { chain.first { $0.name == name.rawValue } }
+
+        /// The furthest stage with a position: what a disaster would leave at the DR site right now.
+        public var lastStage: Stage? {
+            for name in [StageName.replayed, .durable] {
+                if let stage = stage(name), stage.lsn != nil { return stage }
+            }
+            return nil
+        }
+    }
+
+    public enum StageName: String, Codable, Sendable, CaseIterable {
+        case primary, sent, received, durable, replayed
+    }
+
+    public struct Stage: Codable, Sendable, Equatable {
+        public var name: String
+        public var lsn: String?
+        public var bytesBehind: UInt64?
+        public var secondsBehind: Double?
+        public init(name: String, lsn: String?, bytesBehind: UInt64?, secondsBehind: Double?) {
+            self.name = name
+            self.lsn = lsn
+            self.bytesBehind = bytesBehind
+            self.secondsBehind = secondsBehind
+        }
+    }
+
+    public struct LinkStatus: Codable, Sendable, Equatable {
+        public var connected: Bool
+        public var peer: String?
+        public var senderName: String?
+        public var synchronous: Bool?
+        public var connectedAt: Date?
+        /// Since when the link is down (nil while connected, or when it never came up in this process).
+        public var disconnectedSince: Date?
+        /// Seconds since the last frame from the other end (link) and from the primary (WAL or keepalive).
+        public var lastMessageAgeSeconds: Double?
+        public var lastPrimaryMessageAgeSeconds: Double?
+        public init(connected: Bool, peer: String? = nil, senderName: String? = nil, synchronous: Bool? = nil,
+                    connectedAt: Date? = nil, disconnectedSince: Date? = nil, lastMessageAgeSeconds: Double? = nil,
+                    lastPrimaryMessageAgeSeconds: Double? = nil) {
+            self.connected = connected
+            self.peer = peer
+            self.senderName = senderName
+            self.synchronous = synchronous
+            self.connectedAt = connectedAt
+            self.disconnectedSince = disconnectedSince
+            self.lastMessageAgeSeconds = lastMessageAgeSeconds
+            self.lastPrimaryMessageAgeSeconds = lastPrimaryMessageAgeSeconds
+        }
+    }
+
+    public struct Fence: Codable, Sendable, Equatable {
+        public var promotedAt: Date
+        public var promotedTimeline: UInt32?
+        public var replayedLSN: String?
+        /// When the old primary's sender was last turned away.
+        public var lastRefusedAt: Date?
+        public init(promotedAt: Date, promotedTimeline: UInt32?, replayedLSN: String?, lastRefusedAt: Date? = nil) {
+            self.promotedAt = promotedAt
+            self.promotedTimeline = promotedTimeline
+            self.replayedLSN = replayedLSN
+            self.lastRefusedAt = lastRefusedAt
+        }
+    }
+
+    public struct Standby: Codable, Sendable, Equatable {
+        public var name: String
+        public var connected: Bool
+        public var replayedLSN: String
+        public var updatedAt: Date
+        public init(name: String, connected: Bool, replayedLSN: String, updatedAt: Date) {
+            self.name = name
+            self.connected = connected
+            self.replayedLSN = replayedLSN
+            self.updatedAt = updatedAt
+        }
+    }
+
+    public struct LagPoint: Codable, Sendable, Equatable {
+        public var at: Date
+        public var bytes: UInt64
+        public var seconds: Double
+        public init(at: Date, bytes: UInt64, seconds: Double) {
+            self.at = at
+            self.bytes = bytes
+            self.seconds = seconds
+        }
+    }
+
+    public struct SpoolUsage: Codable, Sendable, Equatable {
+        public var path: String
+        public var totalBytes: UInt64?
+        public var freeBytes: UInt64?
+        public var freePercent: Double?
+        /// Bytes the spool's files take (WAL, backups, journals).
+        public var usedBytes: UInt64?
+        public init(path: String, totalBytes: UInt64?, freeBytes: UInt64?, usedBytes: UInt64?) {
+            self.path = path
+            self.totalBytes = totalBytes
+            self.freeBytes = freeBytes
+            self.usedBytes = usedBytes
+            if let totalBytes, let freeBytes, totalBytes > 0 {
+                self.freePercent = (Double(freeBytes) / Double(totalBytes) * 1000).rounded() / 10
+            }
+        }
+    }
+
+    public struct SenderDetails: Codable, Sendable, Equatable {
+        /// The primary's conninfo with any password removed.
+        public var source: String
+        public var receiver: String
+        public var synchronous: Bool
+        public var applicationName: String
+        public var walBytesSent: UInt64
+        public var wireBytesSent: UInt64
+        /// WAL bytes per byte on the wire (LZ4 and framing).
+        public var compressionRatio: Double?
+        public var slot: Slot
+        public init(source: String, receiver: String, synchronous: Bool, applicationName: String, walBytesSent: UInt64,
+                    wireBytesSent: UInt64, slot: Slot) {
+            self.source = source
+            self.receiver = receiver
+            self.synchronous = synchronous
+            self.applicationName = applicationName
+            self.walBytesSent = walBytesSent
+            self.wireBytesSent = wireBytesSent
+            self.compressionRatio = wireBytesSent > 0 ? (Double(walBytesSent) / Double(wireBytesSent) * 100).rounded() / 100 : nil
+            self.slot = slot
+        }
+    }
+
+    public struct Slot: Codable, Sendable, Equatable {
+        public var name: String
+        /// `pg_replication_slots.wal_status`: reserved, extended, unreserved or lost.
+        public var walStatus: String?
+        public var restartLSN: String?
+        /// WAL the primary keeps for this slot (its current LSN − restart_lsn).
+        public var retainedBytes: Int64?
+        /// Bytes that can still be written before the slot is in danger of invalidation (nil: no limit).
+        public var safeWALSizeBytes: Int64?
+        public var active: Bool?
+        public var checkedAt: Date?
+        public init(name: String, walStatus: String? = nil, restartLSN: String? = nil, retainedBytes: Int64? = nil,
+                    safeWALSizeBytes: Int64? = nil, active: Bool? = nil, checkedAt: Date? = nil) {
+            self.name = name
+            self.walStatus = walStatus
+            self.restartLSN = restartLSN
+            self.retainedBytes = retainedBytes
+            self.safeWALSizeBytes = safeWALSizeBytes
+            self.active = active
+            self.checkedAt = checkedAt
+        }
+    }
+
+    public struct ReceiverDetails: Codable, Sendable, Equatable {
+        public var listen: String
+        public var standbyListen: String?
+        public init(listen: String, standbyListen: String?) {
+            self.listen = listen
+            self.standbyListen = standbyListen
+        }
+    }
+}
+
+extension StatusDocument {
+    /// The JSON encoding used on the wire and in reports: ISO 8601 dates, sorted keys.
+    public static func encoder(pretty: Bool = true) -> JSONEncoder {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = pretty ? [.prettyPrinted, .sortedKeys] : [.sortedKeys]
+        encoder.dateEncodingStrategy = .custom { date, encoder in
+            var container = encoder.singleValueContainer()
+            try container.encode(formatISO8601(date))
+        }
+        return encoder
+    }
+
+    public static func decoder() -> JSONDecoder {
+        let decoder = JSONDecoder()
+        decoder.dateDecodingStrategy = .custom { decoder in
+            let text = try decoder.singleValueContainer().decode(String.self)
+            guard let date = parseISO8601(text) else {
+                throw DecodingError.dataCorrupted(.init(codingPath: decoder.codingPath, debugDescription: "not an ISO 8601 date: \(text)"))
+            }
+            return date
+        }
+        return decoder
+    }
+}
+
+/// ISO 8601 with milliseconds in UTC, e.g. 2026-11-23T10:15:02.120Z.
+public func formatISO8601(_ date: Date) -> String {
+    date.formatted(Date.ISO8601FormatStyle(includingFractionalSeconds: true))
+}
+
+public func parseISO8601(_ text: String) -> Date? {
+    (try? Date.ISO8601FormatStyle(includingFractionalSeconds: true).parse(text)) ?? (try? Date.ISO8601FormatStyle().parse(text))
+}
+
+/// The release, as `walship --version` and every status document report it.
+public let walshipVersion = "0.1.0"

@@ -1,0 +1,148 @@
+import Foundation
+import WALCore
+
+/// `ROOT/<system>/primary.json`: what the receiver last knew of the primary and of its own
+/// acknowledgements. Written about once a second (not on the WAL path), read by `walship promote` and
+/// `walship drill` to measure RPO after the primary is gone.
+public struct PrimaryProgressRecord: Codable, Sendable, Equatable {
+    /// The primary's end of WAL as last reported (WAL frames and keepalives).
+    public var primaryLSN: String?
+    /// The primary's clock at that report.
+    public var primaryTime: Date?
+    public var timeline: UInt32
+    /// The durable position the receiver last acknowledged: the sender can have told the primary no more.
+    public var acknowledgedLSN: String?
+    public var acknowledgedAt: Date?
+    public var senderName: String?
+    public var synchronous: Bool?
+    public var updatedAt: Date
+
+    public init(primaryLSN: String?, primaryTime: Date?, timeline: UInt32, acknowledgedLSN: String?, acknowledgedAt: Date?,
+                senderName: String?, synchronous: Bool?, updatedAt: Date) {
+        self.primaryLSN = primaryLSN
+        self.primaryTime = primaryTime
+        self.timeline = timeline
+        self.acknowledgedLSN = acknowledgedLSN
+        self.acknowledgedAt = acknowledgedAt
+        self.senderName = senderName
+        self.synchronous = synchronous
+        self.updatedAt = updatedAt
+    }
+
+    static func path(_ systemDirectory: String) -> String { systemDirectory + "/primary.json" }
+
+    public static func load(systemDirectory: String) throws -> PrimaryProgressRecord? {
+        try loadJSON(path(systemDirectory))
+    }
+
+    public func save(systemDirectory: String) throws {
+        try saveJSON(self, to: Self.path(systemDirectory), directory: systemDirectory)
+    }
+}
+
+/// `ROOT/<system>/FENCED`: the DR replica of this system was promoted. The receiver refuses WAL from the
+/// old primary (which must not extend the old timeline at the DR site) until the file is removed after
+/// re-seeding, or `walship receive --force` is given.
+public struct FenceRecord: Codable, Sendable, Equatable {
+    public var promotedAt: Date
+    public var promotedTimeline: UInt32?
+    public var replayedLSN: String?
+    /// Who promoted: "walship promote" and the data directory.
+    public var by: String
+
+    public init(promotedAt: Date, promotedTimeline: UInt32?, replayedLSN: String?, by: String) {
+        self.promotedAt = promotedAt
+        self.promotedTimeline = promotedTimeline
+        self.replayedLSN = replayedLSN
+        self.by = by
+    }
+
+    public static func path(_ systemDirectory: String) -> String { systemDirectory + "/FENCED" }
+
+    public static func exists(systemDirectory: String) -> Bool { FileIO.exists(path(systemDirectory)) }
+
+    public static func load(systemDirectory: String) throws -> FenceRecord? {
+        try loadJSON(path(systemDirectory))
+    }
+
+    public func save(systemDirectory: String) throws {
+        try saveJSON(self, to: Self.path(systemDirectory), directory: systemDirectory)
+    }
+}
+
+/// `ROOT/receiver.json`: where the receiver serves standbys, so `walship promote` can tell a walship
+/// replica from any other standby.
+public struct ReceiverRecord: Codable, Sendable, Equatable {
+    public var listen: String
+    public var standbyListen: String?
+    public var pid: Int32
+    public var startedAt: Date
+
+    public init(listen: String, standbyListen: String?, pid: Int32, startedAt: Date) {
+        self.listen = listen
+        self.standbyListen = standbyListen
+        self.pid = pid
+        self.startedAt = startedAt
+    }
+
+    static func path(_ root: String) -> String { root + "/receiver.json" }
+
+    public static func load(root: String) throws -> ReceiverRecord? { try loadJSON(path(root)) }
+
+    public func save(root: String) throws { try saveJSON(self, to: Self.path(root), directory: root) }
+}
+
+func loadJSON<T: Decodable>(_ path: String) throws -> T? {
+    guard FileIO.exists(path) else { return nil }
+    let bytes = try FileIO.readWholeFile(path, maxBytes: 1 << 16)
+    do { return try JSONDecoder.walship.decode(T.self, from: Data(bytes)) } catch {
+        throw SpoolError(.corrupt, "\(path) is damaged: \(error)")
+    }
+}
+
+func saveJSON<T: Encodable>(_ value: T, to path: String, directory: String) throws {
+    let data = try JSONEncoder.walship.encode(value)
+    try Array(data).withUnsafeBytes { try FileIO.writeAtomically($0, to: path, directory: directory, mode: 0o644) }
+}
+
+extension SpoolReader {
+    /// The end of the WAL the spool holds on its newest timeline, including the in-progress segment:
+    /// everything a standby fed from this spool can replay.
+    public func end() throws -> (timeline: TimeLineID, lsn: LSN) {
+        let timeline = try newestTimeline()
+        var best: (number: UInt64, partial: Bool)?
+        for name in try FileIO.listDirectory(walDirectory) where name.count > 24 {
+            guard let segment = SegmentName(name.prefix(24), segmentSize: segmentSize), segment.timeline == timeline else { continue }
+            let partial = name.hasSuffix(".partial")
+            guard partial || name.hasSuffix(".lz4") else { continue }
+            if best == nil || segment.number > best!.number || (segment.number == best!.number && !partial) {
+                best = (segment.number, partial)
+            }
+        }
+        guard let best else { return (timeline, .invalid) }
+        let segment = SegmentName(timeline: timeline, number: best.number, segmentSize: segmentSize)
+        if best.partial {
+            let wal = try PartialSegment.read(path: walDirectory + "/\(segment).partial").wal
+            return (timeline, segment.startLSN.advanced(by: UInt64(wal.count)))
+        }
+        return (timeline, segment.startLSN.advanced(by: segmentSize.bytes))
+    }
+
+    /// The system's directory in the spool.
+    public var systemDirectory: String { String(walDirectory.dropLast("/wal".count)) }
+}
+
+extension Spool {
+    /// Bytes the spool's files take on disk (a walk of the tree: call it now and then, not per request).
+    public func diskUsage() -> UInt64 {
+        var total: UInt64 = 0
+        guard let walker = FileManager.default.enumerator(atPath: root) else { return 0 }
+        while let name = walker.nextObject() as? String {
+            var st = stat()
+            if lstat(root + "/" + name, &st) == 0, (st.st_mode & S_IFMT) == S_IFREG {
+                total += UInt64(st.st_blocks) * 512
+            }
+        }
+        return total
+    }
+}

@@ -1,0 +1,76 @@
+import Foundation
+import Monitor
+import PGReplication
+import Spool
+import WALCore
+
+/// The steps `walship promote` and `walship drill` share: wait for replay, promote, wait for the first
+/// accepted write, and read back what was replayed.
+struct PromotionSteps {
+    let session: SQLSession
+    let report: (String) -> Void
+
+    struct ReplayState {
+        var inRecovery: Bool
+        var replayed: LSN
+        var received: LSN
+        var lastCommit: Date?
+    }
+
+    func replayState() async throws -> ReplayState {
+        let row = try await session.query("""
+            SELECT pg_is_in_recovery()::text, pg_last_wal_replay_lsn()::text, pg_last_wal_receive_lsn()::text,
+                   (extract(epoch FROM pg_last_xact_replay_timestamp()) * 1000000)::bigint::text
+            """)[0]
+        return ReplayState(inRecovery: row[0] == "true", replayed: row[1].flatMap { LSN($0) } ?? .invalid,
+                           received: row[2].flatMap { LSN($0) } ?? .invalid,
+                           lastCommit: row[3].flatMap { Double($0) }.map { Date(timeIntervalSince1970: $0 / 1_000_000) })
+    }
+
+    /// Waits until replay reaches `target()` (re-read each round: the spool may still grow) or `deadline`.
+    /// Returns the last state; the caller decides what a shortfall means.
+    func waitForReplay(target: () async throws -> LSN, deadline: ContinuousClock.Instant) async throws -> (ReplayState, LSN) {
+        var lastNote = ContinuousClock.now
+        while true {
+            let goal = try await target()
+            let state = try await replayState()
+            if !state.inRecovery || state.replayed >= goal || ContinuousClock.now >= deadline { return (state, goal) }
+            if ContinuousClock.now - lastNote >= .seconds(5) {
+                report("  waiting: replayed \(state.replayed), the spool holds up to \(goal) (\(formatBytes(goal.bytesAfter(state.replayed))) to go)")
+                lastNote = .now
+            }
+            try await Task.sleep(for: .milliseconds(100))
+        }
+    }
+
+    /// pg_promote, then retries a real write (an assigned transaction ID, committed) until one is accepted.
+    func promote(deadline: ContinuousClock.Instant) async throws -> (timeline: UInt32?, firstWriteAt: Date) {
+        let seconds = max(1, Int((deadline - .now).components.seconds))
+        let promoted = try await session.query("SELECT pg_promote(true, $1::int)::text", [String(seconds)])
+        guard promoted.first?[0] == "true" else {
+            throw PromoteError("pg_promote did not finish within \(seconds) s (hint: check the server log)")
+        }
+        while true {
+            do {
+                // Assigning a transaction ID and committing it is a real write, refused until recovery has ended.
+                _ = try await session.query("SELECT pg_current_xact_id()")
+                let firstWriteAt = Date()
+                let tli = try await session.query("SELECT substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8)")
+                return (tli.first?[0].flatMap { UInt32($0, radix: 16) }, firstWriteAt)
+            } catch let error as PostgresError where !error.connectionLost && ContinuousClock.now < deadline {
+                try await Task.sleep(for: .milliseconds(20))
+            }
+        }
+    }
+}
+
+/// Where to write a report when `--report` is not given.
+func defaultReportBase(kind: String, directory: String) -> String {
+    let stamp = formatISO8601(Date()).replacingOccurrences(of: ":", with: "").replacingOccurrences(of: "-", with: "")
+    return directory + "/walship-\(kind)-\(stamp.prefix(15))"
+}
+
+/// Reads what the receiver recorded about the primary and its acknowledgements.
+func primaryProgress(systemDirectory: String) -> PrimaryProgressRecord? {
+    try? PrimaryProgressRecord.load(systemDirectory: systemDirectory)
+}

@@ -1,0 +1,131 @@
+import ArgumentParser
+import Foundation
+#if canImport(FoundationNetworking)
+import FoundationNetworking
+#endif
+import Monitor
+
+struct Status: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Show the lag chain of a running sender or receiver; exit codes follow the Nagios plugin convention.",
+        discussion: """
+            Reads GET /status from a walship send or walship receive started with --status-listen.
+            Exit status: 0 OK, 1 WARNING (lagging), 2 CRITICAL (link down, far behind, or a critical alert), 3 UNKNOWN (status unreadable).
+            Examples:
+              walship status --url http://127.0.0.1:7001
+              walship status --url http://dr.example:7001 --json | jq .systems[0].chain
+              walship status --url http://127.0.0.1:7001 --watch
+            """)
+
+    @Option(help: "Status endpoint of walship send or receive (its --status-listen), e.g. http://127.0.0.1:7001.")
+    var url: String
+
+    @Flag(help: "Print the status JSON as served (the exit code still reflects the verdict).")
+    var json = false
+
+    @Flag(help: "Refresh in place every --interval seconds until interrupted.")
+    var watch = false
+
+    @Option(help: "Seconds between refreshes with --watch.")
+    var interval: Double = 2
+
+    @Option(help: "Seconds to wait for the endpoint.")
+    var timeout: Double = 5
+
+    @Option(help: "WARNING when the DR site is more than this many seconds behind.")
+    var warningLagSeconds: Double = 60
+    @Option(help: "CRITICAL when more than this many seconds behind.")
+    var criticalLagSeconds: Double = 600
+    @Option(help: "WARNING when more than this many bytes behind.")
+    var warningLagBytes: UInt64 = 64 << 20
+    @Option(help: "CRITICAL when more than this many bytes behind.")
+    var criticalLagBytes: UInt64 = 1 << 30
+
+    func validate() throws {
+        guard statusURL != nil else { throw ValidationError("--url expects http://HOST:PORT (the --status-listen of walship send or receive), got \"\(url)\"") }
+        guard interval >= 0.2 else { throw ValidationError("--interval must be at least 0.2 seconds") }
+        guard warningLagSeconds <= criticalLagSeconds, warningLagBytes <= criticalLagBytes else {
+            throw ValidationError("warning thresholds must not exceed critical ones")
+        }
+    }
+
+    /// Accepts `http://host:port`, `host:port` and a URL already ending in /status.
+    var statusURL: URL? {
+        var text = url.contains("://") ? url : "http://" + url
+        while text.hasSuffix("/") { text.removeLast() }
+        if !text.hasSuffix("/status") { text += "/status" }
+        guard let u = URL(string: text), ["http", "https"].contains(u.scheme ?? ""), u.host != nil else { return nil }
+        return u
+    }
+
+    var thresholds: StatusThresholds {
+        StatusThresholds(warningLagSeconds: warningLagSeconds, criticalLagSeconds: criticalLagSeconds,
+                         warningLagBytes: warningLagBytes, criticalLagBytes: criticalLagBytes)
+    }
+
+    func run() async throws {
+        if !watch {
+            let (text, verdict) = await once()
+            print(text)
+            throw ExitCode(verdict.code.rawValue)
+        }
+        let terminal = isatty(STDOUT_FILENO) == 1
+        var lastCode = HealthCheck.Code.unknown
+        while !Task.isCancelled {
+            let (text, verdict) = await once()
+            lastCode = verdict.code
+            // Home and clear-to-end keep the screen steady instead of scrolling.
+            print((terminal ? "\u{1B}[H\u{1B}[2J" : "") + text + (terminal ? "\n\n(refreshing every \(interval) s; Ctrl-C to stop)" : ""))
+            fflush(nil)
+            try? await Task.sleep(for: .milliseconds(Int(interval * 1000)))
+        }
+        throw ExitCode(lastCode.rawValue)
+    }
+
+    /// One reading: the text to show and the verdict.
+    func once() async -> (String, HealthCheck.Verdict) {
+        guard let statusURL else { return ("", HealthCheck.unreadable("bad --url")) }
+        let data: Data
+        do {
+            data = try await fetch(statusURL)
+        } catch {
+            let verdict = HealthCheck.unreadable("cannot read \(statusURL): \(error) (hint: is walship running with --status-listen at that address?)")
+            return (json ? #"{"error": "\#(jsonEscape(verdict.reasons[0]))"}"# : verdict.summary, verdict)
+        }
+        let document: StatusDocument
+        do {
+            document = try StatusDocument.decoder().decode(StatusDocument.self, from: data)
+        } catch {
+            let verdict = HealthCheck.unreadable("\(statusURL) did not return a walship status document: \(error)")
+            return (json ? String(decoding: data, as: UTF8.self) : verdict.summary, verdict)
+        }
+        let verdict = HealthCheck.evaluate(document, thresholds: thresholds, now: Date())
+        if json { return (String(decoding: data, as: UTF8.self), verdict) }
+        return (StatusTable.render(document, verdict: verdict), verdict)
+    }
+
+    func fetch(_ url: URL) async throws -> Data {
+        var request = URLRequest(url: url, timeoutInterval: timeout)
+        request.cachePolicy = .reloadIgnoringLocalCacheData
+        let result: Result<Data, any Error> = await withCheckedContinuation { continuation in
+            URLSession.shared.dataTask(with: request) { data, response, error in
+                if let error { return continuation.resume(returning: .failure(error)) }
+                let code = (response as? HTTPURLResponse)?.statusCode ?? 0
+                guard code == 200, let data else {
+                    return continuation.resume(returning: .failure(StatusFetchError(description: "HTTP \(code)")))
+                }
+                continuation.resume(returning: .success(data))
+            }.resume()
+        }
+        return try result.get()
+    }
+}
+
+struct StatusFetchError: Error, CustomStringConvertible {
+    let description: String
+}
+
+func jsonEscape(_ text: String) -> String {
+    let data = (try? JSONEncoder().encode(text)) ?? Data("\"\"".utf8)
+    return String(decoding: data.dropFirst().dropLast(), as: UTF8.self)
+}

@@ -1,0 +1,168 @@
+import Foundation
+import Testing
+@testable import Monitor
+
+func sampleReceiver(connected: Bool = true, durableBehindBytes: UInt64 = 0, seconds: Double = 0.2,
+                    alerts: [StatusDocument.ActiveAlert] = []) -> StatusDocument {
+    let at = Date(timeIntervalSince1970: 1_800_000_000)
+    let chain: [StatusDocument.Stage] = [
+        .init(name: "primary", lsn: "0/5000000", bytesBehind: 0, secondsBehind: 0),
+        .init(name: "sent", lsn: nil, bytesBehind: nil, secondsBehind: nil),
+        .init(name: "received", lsn: "0/5000000", bytesBehind: 0, secondsBehind: 0),
+        .init(name: "durable", lsn: "0/4F00000", bytesBehind: durableBehindBytes, secondsBehind: seconds),
+        .init(name: "replayed", lsn: nil, bytesBehind: nil, secondsBehind: nil),
+    ]
+    return StatusDocument(
+        role: "receiver", version: walshipVersion, host: "dr", generatedAt: at,
+        process: .init(pid: 42, startedAt: at.addingTimeInterval(-3600), residentMemoryBytes: 30 << 20),
+        state: "listening", stateSince: at.addingTimeInterval(-3600), alerts: alerts,
+        systems: [.init(systemIdentifier: "7301", timeline: 1,
+                        link: .init(connected: connected, peer: "10.0.0.1:4000", senderName: "walship", synchronous: true,
+                                    disconnectedSince: connected ? nil : at.addingTimeInterval(-90)),
+                        chain: chain)],
+        spool: .init(path: "/spool", totalBytes: 1000, freeBytes: 250, usedBytes: 100))
+}
+
+@Suite struct StatusDocumentTests {
+    @Test func roundTripsThroughJSON() throws {
+        let document = sampleReceiver()
+        let data = try StatusDocument.encoder().encode(document)
+        let decoded = try StatusDocument.decoder().decode(StatusDocument.self, from: data)
+        #expect(decoded == document)
+        let text = String(decoding: data, as: UTF8.self)
+        #expect(text.contains(#""schemaVersion" : 1"#))
+        #expect(text.contains(#""freePercent" : 25"#))
+    }
+
+    @Test func lastStagePrefersReplayed() {
+        var document = sampleReceiver()
+        #expect(document.systems[0].lastStage?.name == "durable")
+        document.systems[0].chain[4] = .init(name: "replayed", lsn: "0/4000000", bytesBehind: 1 << 20, secondsBehind: 3)
+        #expect(document.systems[0].lastStage?.name == "replayed")
+    }
+
+    @Test func rejectsGarbage() {
+        #expect(throws: (any Error).self) { try StatusDocument.decoder().decode(StatusDocument.self, from: Data("{}".utf8)) }
+        #expect(throws: (any Error).self) { try StatusDocument.decoder().decode(StatusDocument.self, from: Data("<html>".utf8)) }
+    }
+
+    @Test func metricsNameUnitsAndLabels() {
+        let text = MetricsPublisher().render(sampleReceiver(durableBehindBytes: 1_048_576, seconds: 1.5))
+        #expect(text.contains(#"walship_lag_bytes{stage="durable",system="7301"} 1048576"#))
+        #expect(text.contains(#"walship_lag_seconds{stage="durable",system="7301"} 1.5"#))
+        #expect(text.contains(#"walship_link_connected{system="7301"} 1"#))
+        #expect(text.contains("walship_spool_free_bytes 250"))
+        #expect(text.contains("# TYPE walship_lag_bytes gauge"))
+        // Every metric carries the walship_ prefix.
+        for line in text.split(separator: "\n") where !line.hasPrefix("#") {
+            #expect(line.hasPrefix("walship_"))
+        }
+    }
+
+    @Test func tableShowsTheChain() {
+        let document = sampleReceiver(durableBehindBytes: 2048, seconds: 1.5)
+        let verdict = HealthCheck.evaluate(document, thresholds: .init(), now: document.generatedAt)
+        let text = StatusTable.render(document, verdict: verdict, now: document.generatedAt)
+        #expect(text.contains("durable"))
+        #expect(text.contains("2.0 kB"))
+        #expect(text.contains("1.5 s"))
+        #expect(text.hasSuffix(verdict.summary))
+    }
+}
+
+@Suite struct HealthCheckTests {
+    let thresholds = StatusThresholds(warningLagSeconds: 10, criticalLagSeconds: 100, warningLagBytes: 1000, criticalLagBytes: 100_000)
+
+    func code(_ document: StatusDocument) -> HealthCheck.Code {
+        HealthCheck.evaluate(document, thresholds: thresholds, now: document.generatedAt).code
+    }
+
+    @Test func exitCodesFollowNagios() {
+        #expect(HealthCheck.Code.ok.rawValue == 0)
+        #expect(HealthCheck.Code.warning.rawValue == 1)
+        #expect(HealthCheck.Code.critical.rawValue == 2)
+        #expect(HealthCheck.Code.unknown.rawValue == 3)
+    }
+
+    @Test func verdicts() {
+        #expect(code(sampleReceiver()) == .ok)
+        #expect(code(sampleReceiver(seconds: 11)) == .warning)
+        #expect(code(sampleReceiver(durableBehindBytes: 5000)) == .warning)
+        #expect(code(sampleReceiver(seconds: 101)) == .critical)
+        #expect(code(sampleReceiver(durableBehindBytes: 200_000)) == .critical)
+        #expect(code(sampleReceiver(connected: false)) == .critical)
+        let alert = StatusDocument.ActiveAlert(condition: "spool_free", severity: "critical", system: nil, since: Date(), message: "full")
+        #expect(code(sampleReceiver(alerts: [alert])) == .critical)
+        var empty = sampleReceiver()
+        empty.systems = []
+        #expect(code(empty) == .unknown)
+        #expect(HealthCheck.unreadable("down").summary == "UNKNOWN: down")
+    }
+
+    @Test func criticalOutranksUnknownOutranksWarning() {
+        #expect([HealthCheck.Code.warning, .unknown].max() == .unknown)
+        #expect([HealthCheck.Code.unknown, .critical].max() == .critical)
+    }
+
+    @Test func senderNotStreamingIsCritical() {
+        var document = sampleReceiver()
+        document.role = "sender"
+        document.state = "retrying"
+        document.lastError = "receiver 10.0.0.2:7000 is unreachable"
+        let verdict = HealthCheck.evaluate(document, thresholds: thresholds, now: document.generatedAt)
+        #expect(verdict.code == .critical)
+        #expect(verdict.summary.contains("unreachable"))
+    }
+
+    @Test func alertRulesBelongToOneProcess() {
+        let t = AlertThresholds(lagSeconds: 1, lagBytes: 1, disconnectSeconds: 1, spoolFreePercent: 50, memoryMB: 1, slotRetainedBytes: 1)
+        let receiver = AlertRules.observe(sampleReceiver(connected: false, durableBehindBytes: 10, seconds: 5), thresholds: t,
+                                          now: Date(timeIntervalSince1970: 1_800_000_000))
+        #expect(Set(receiver.filter(\.firing).map(\.condition)) == ["memory", "lag_seconds", "lag_bytes", "sender_disconnected", "spool_free"])
+        var sender = sampleReceiver()
+        sender.role = "sender"
+        sender.spool = nil
+        sender.sender = .init(source: "host=p", receiver: "dr:7000", synchronous: true, applicationName: "walship", walBytesSent: 10,
+                              wireBytesSent: 2, slot: .init(name: "walship", walStatus: "extended", retainedBytes: 10))
+        let senderConditions = AlertRules.observe(sender, thresholds: t, now: Date()).filter(\.firing).map(\.condition)
+        #expect(Set(senderConditions) == ["memory", "slot_retained_bytes", "slot_wal_status"])
+    }
+}
+
+@Suite struct PromotionReportTests {
+    func report(replayed: String, acknowledged: String?, spoolEnd: String?, primary: String?) -> PromotionReport {
+        var r = PromotionReport(kind: "promote", host: "dr", startedAt: Date(timeIntervalSince1970: 0), dataDirectory: "/dr")
+        r.lastReplayedLSN = replayed
+        r.lastReplayedCommitTime = Date(timeIntervalSince1970: 100)
+        r.lastAcknowledgedLSN = acknowledged
+        r.lastAcknowledgedAt = Date(timeIntervalSince1970: 103)
+        r.spoolEndLSN = spoolEnd
+        r.primaryLastKnownLSN = primary
+        r.primaryLastKnownAt = Date(timeIntervalSince1970: 104)
+        r.measureRecoveryPoint()
+        return r
+    }
+
+    @Test func everythingAcknowledgedReplayedIsZero() {
+        let r = report(replayed: "0/5000100", acknowledged: "0/5000000", spoolEnd: "0/5000100", primary: "0/5000300")
+        #expect(r.rpo?.bytes == 0 && r.rpo?.seconds == 0)
+        #expect(r.unacknowledgedTail?.bytes == 0x200)
+        #expect(r.unacknowledgedTail?.seconds == 4)
+    }
+
+    @Test func shortfallIsMeasured() {
+        let r = report(replayed: "0/5000000", acknowledged: "0/5000100", spoolEnd: "0/5000080", primary: nil)
+        #expect(r.rpo?.bytes == 0x100)
+        #expect(r.rpo?.seconds == 3)
+        #expect(r.unacknowledgedTail == nil)
+    }
+
+    @Test func markdownListsChecks() {
+        var r = report(replayed: "0/1", acknowledged: "0/1", spoolEnd: "0/1", primary: "0/1")
+        r.check("promoted", true, "timeline 2")
+        r.check("fence written", false, "no permission")
+        #expect(r.markdown.contains("- [x] **promoted**: timeline 2"))
+        #expect(r.markdown.contains("- [ ] **fence written**: no permission"))
+        #expect(r.markdown.contains("RPO"))
+    }
+}
