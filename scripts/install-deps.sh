@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Installs the system packages walship builds and tests against, only when some are missing.
+# Installs the system packages walship builds and tests against (chromium: the dashboard test renders the
+# page headless), only when some are missing.
 # Safe to run repeatedly; needs root (or sudo) only when it has something to install.
 set -euo pipefail
 
-packages=(libpq-dev liblz4-dev lz4 postgresql postgresql-contrib pkg-config curl)
+packages=(libpq-dev liblz4-dev lz4 postgresql postgresql-contrib pkg-config curl chromium)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -157,7 +157,7 @@ public final class Receiver: Sendable {
     }
 
     private func handle(_ connection: ShipAsyncChannel) async {
-        let peer = connection.channel.remoteAddress.map { "\($0)" } ?? "unknown peer"
+        let peer = connection.channel.remoteAddress.map(describe) ?? "unknown peer"
         var linkLogger = logger
         linkLogger[metadataKey: "walship.peer"] = "\(peer)"
         do {
@@ -567,6 +567,12 @@ public final class Receiver: Sendable {
         let used = spool.diskUsage()
         diskUsage.withLock { $0 = used }
     }
+}
+
+/// `10.0.0.5:54012` or `[::1]:54012`, not NIO's `[IPv4]10.0.0.5/10.0.0.5:54012`.
+func describe(_ address: SocketAddress) -> String {
+    guard let ip = address.ipAddress, let port = address.port else { return "\(address)" }
+    return ip.contains(":") ? "[\(ip)]:\(port)" : "\(ip):\(port)"
 }
 
 /// One standby's reported progress, as the standby endpoint tracks it.

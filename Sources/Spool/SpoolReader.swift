@@ -59,10 +59,12 @@ public struct SpoolReader: Sendable {
         }
         let partial = walDirectory + "/\(name).partial"
         guard FileIO.exists(partial), try segment.timeline == newestTimeline() else { return nil }
-        var wal = try PartialSegment.read(path: partial).wal
+        let wal = try PartialSegment.read(path: partial).wal
         guard !wal.isEmpty else { return nil }
-        wal.append(contentsOf: repeatElement(0, count: Int(segmentSize.bytes) - wal.count))
-        return wal
+        // A zeroed segment with the WAL copied in (bulk operations: this runs on every restore_command call).
+        var padded = [UInt8](repeating: 0, count: Int(segmentSize.bytes))
+        padded.withUnsafeMutableBytes { target in wal.withUnsafeBytes { target.copyMemory(from: $0) } }
+        return padded
     }
 
     /// The highest timeline the spool knows, from segment and history file names.

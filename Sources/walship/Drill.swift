@@ -83,7 +83,7 @@ struct Drill: AsyncParsableCommand {
         }
         if let server {
             if keep {
-                print("the promoted copy keeps running: psql -h \(base) -p \(server.port) -U \(osUser) postgres   (stop: pg_ctl -D \(dataDirectory) stop -m fast, then rm -rf \(base))")
+                say("the promoted copy keeps running: psql -h \(base) -p \(server.port) -U \(osUser) postgres   (stop: pg_ctl -D \(dataDirectory) stop -m fast, then rm -rf \(base))")
             } else {
                 server.stop()
             }
@@ -98,8 +98,8 @@ struct Drill: AsyncParsableCommand {
         do { written = try evidence.write(base: reportBase) } catch {
             FileHandle.standardError.write(Data("walship drill: warning: cannot write the report to \(reportBase): \(error)\n".utf8))
         }
-        print(Promote.summary(evidence))
-        if let written { print("report: \(written.json), \(written.markdown)") }
+        say(Promote.summary(evidence))
+        if let written { say("report: \(written.json), \(written.markdown)") }
         if notifier.hasDestination {
             let message = failure.map { "disaster-recovery drill failed: \($0)" }
                 ?? "disaster-recovery drill passed: RPO \(evidence.rpo.map { "\(formatBytes($0.bytes)) / \($0.seconds) s" } ?? "?"), RTO \(evidence.rtoSeconds.map { "\($0) s" } ?? "?")"
@@ -113,7 +113,7 @@ struct Drill: AsyncParsableCommand {
             FileHandle.standardError.write(Data("walship drill: error: \(failure)\n".utf8))
             throw ExitCode(1)
         }
-        print("drill passed")
+        say("drill passed")
     }
 
     private func drill(spoolRoot: String, base: String, evidence: inout PromotionReport,
@@ -126,7 +126,7 @@ struct Drill: AsyncParsableCommand {
         try fm.createDirectory(atPath: base, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
         if getuid() == 0 { try shell("chown \(quote(osUser)): \(quote(base))", what: "give \(base) to \(osUser)") }
 
-        print("== restoring a throwaway copy into \(base) (port \(port))")
+        say("== restoring a throwaway copy (\(elapsed(clockStart))) into \(base) (port \(port))")
         // Recovery through restore_command only: nothing here can write to the spool or reach the primary.
         let restored = try restoreFromBackup(
             spool: spoolRoot, system: reader.systemIdentifier, backup: backup, pgdata: evidence.dataDirectory,
@@ -156,10 +156,13 @@ struct Drill: AsyncParsableCommand {
         try await cluster.connect(session)
         evidence.check("connects", true, "the copy accepts connections on port \(port)")
 
-        print("== recovering to the end of the spool")
-        let steps = PromotionSteps(session: session) { print($0) }
+        say("== recovering to the end of the spool (\(elapsed(clockStart)))")
+        let steps = PromotionSteps(session: session) { say($0) }
         let deadline = clockStart + .seconds(timeout)
-        let (state, goal) = try await steps.waitForReplay(target: { try reader.end().lsn }, deadline: deadline)
+        // The live stream keeps the spool growing: recover to its end as of now, then promote, and measure
+        // the RPO against what was acknowledged by then.
+        let goalNow = try reader.end().lsn
+        let (state, goal) = try await steps.waitForReplay(target: { goalNow }, deadline: deadline)
         let reached = state.replayed >= goal
         evidence.check("replayed the spool", reached, reached ? "replayed \(state.replayed) ≥ spool end \(goal)"
                        : "replayed only \(state.replayed) of \(goal) within \(timeout) s")
@@ -170,8 +173,8 @@ struct Drill: AsyncParsableCommand {
         evidence.lastReplayedCommitTime = state.lastCommit
         evidence.spoolEndLSN = goal.description
 
-        print("== promoting the copy")
-        let (timeline, firstWriteAt) = try await steps.promote(deadline: deadline + .seconds(30))
+        say("== promoting the copy (\(elapsed(clockStart)))")
+        let (timeline, firstWriteAt) = try await steps.promote(deadline: deadline + .seconds(30), evidence: &evidence)
         evidence.rtoSeconds = roundedSeconds(ContinuousClock.now - clockStart)
         evidence.firstWriteAt = firstWriteAt
         evidence.promotedTimeline = timeline
@@ -185,7 +188,7 @@ struct Drill: AsyncParsableCommand {
         }
         evidence.measureRecoveryPoint()
 
-        print("== sanity checks")
+        say("== sanity checks (\(elapsed(clockStart)))")
         do {
             _ = try await session.query("CREATE TABLE walship_drill_check (checked_at timestamptz DEFAULT now())")
             _ = try await session.query("INSERT INTO walship_drill_check DEFAULT VALUES")
@@ -225,17 +228,23 @@ struct DrillServer {
     let osUser: String
     let bindir: String
 
+    var log: String { dataDirectory + "/drill.log" }
+
     func start() throws {
-        try shell(asUser("\(quote(bindir + "/pg_ctl")) -D \(quote(dataDirectory)) -l \(quote(dataDirectory + "/drill.log")) -w -t 120 start"),
-                  what: "start the drill copy (see \(dataDirectory)/drill.log)")
+        // No pipes: the server started by pg_ctl would hold them open after pg_ctl returns.
+        let status = try runQuietly(asUser([bindir + "/pg_ctl", "-D", dataDirectory, "-l", log, "-w", "-t", "120", "start"]))
+        guard status == 0 else {
+            let tail = ((try? String(contentsOfFile: log, encoding: .utf8)) ?? "").split(separator: "\n").suffix(5).joined(separator: "\n")
+            throw PromoteError("the drill copy did not start (pg_ctl exit \(status)); \(log) ends with:\n\(tail)")
+        }
     }
 
     func stop() {
-        try? shell(asUser("\(quote(bindir + "/pg_ctl")) -D \(quote(dataDirectory)) -m fast -w stop"), what: "stop the drill copy")
+        _ = try? runQuietly(asUser([bindir + "/pg_ctl", "-D", dataDirectory, "-m", "fast", "-w", "stop"]))
     }
 
-    private func asUser(_ command: String) -> String {
-        getuid() == 0 && osUser != "root" ? "/usr/sbin/runuser -u \(quote(osUser)) -- /bin/sh -c \(quote(command)) >/dev/null" : command + " >/dev/null"
+    private func asUser(_ command: [String]) -> [String] {
+        getuid() == 0 && osUser != "root" ? ["/usr/sbin/runuser", "-u", osUser, "--"] + command : command
     }
 }
 

@@ -79,7 +79,7 @@ struct Promote: AsyncParsableCommand {
 
     private func promote(session: SQLSession, evidence: inout PromotionReport, reportBase: inout String?,
                          clockStart: ContinuousClock.Instant) async throws {
-        let steps = PromotionSteps(session: session) { print($0) }
+        let steps = PromotionSteps(session: session) { say($0) }
         let deadline = clockStart + .seconds(timeout)
         let facts = try await session.query("""
             SELECT pg_is_in_recovery()::text, (SELECT system_identifier FROM pg_control_system())::text,
@@ -130,7 +130,7 @@ struct Promote: AsyncParsableCommand {
             }
         } else {
             evidence.check("spool given", false, "without --spool the RPO cannot be measured and the receiver cannot be fenced")
-            print("warning: no --spool: waiting only for what the standby has received; no RPO figures, no fence")
+            say("warning: no --spool: waiting only for what the standby has received; no RPO figures, no fence")
         }
         if reportBase == nil { reportBase = defaultReportBase(kind: "promote", directory: FileManager.default.currentDirectoryPath) }
 
@@ -139,8 +139,11 @@ struct Promote: AsyncParsableCommand {
             if let reader { return try reader.end().lsn }
             return .invalid
         }
-        print("== waiting for the standby to replay all WAL the receiver holds")
-        var (state, goal) = try await steps.waitForReplay(target: target, deadline: deadline)
+        say("== waiting for the standby to replay all WAL the receiver holds (\(elapsed(clockStart)))")
+        // First up to the end as it is now: if the old primary still ships, chasing a moving end could
+        // take forever. The fence below stops it; then the rest.
+        let firstGoal = try await target()
+        var (state, goal) = try await steps.waitForReplay(target: { firstGoal }, deadline: deadline)
         if reader == nil {
             // No spool: settle for what the standby itself received.
             (state, goal) = try await steps.waitForReplay(target: { try await awaitReceived(session) }, deadline: deadline)
@@ -153,7 +156,7 @@ struct Promote: AsyncParsableCommand {
             guard force else {
                 throw PromoteError("the standby replayed up to \(state.replayed) but the spool holds WAL up to \(goal); it cannot reach the received WAL within \(timeout) s. Not promoted. (hint: is walship receive running with --standby-listen, and the standby connected to it? see its log; --force promotes anyway, losing the difference)")
             }
-            print("warning: promoting with \(formatBytes(goal.bytesAfter(state.replayed))) of received WAL not replayed (--force)")
+            say("warning: promoting with \(formatBytes(goal.bytesAfter(state.replayed))) of received WAL not replayed (--force)")
         }
 
         // 2. Fence first: from now on the receiver refuses the old primary, so the spool stops growing.
@@ -164,7 +167,7 @@ struct Promote: AsyncParsableCommand {
                 evidence.check("fence written", true, FenceRecord.path(reader.systemDirectory))
             } catch {
                 evidence.check("fence written", false, "\(error)")
-                print("warning: could not fence the system: \(error)")
+                say("warning: could not fence the system: \(error)")
             }
             // Anything that landed between the wait and the fence is replayed too.
             (state, goal) = try await steps.waitForReplay(target: target, deadline: min(deadline, .now + .seconds(10)))
@@ -180,8 +183,8 @@ struct Promote: AsyncParsableCommand {
         }
 
         // 3. Promote and wait for the first accepted write.
-        print("== promoting")
-        let (timeline, firstWriteAt) = try await steps.promote(deadline: deadline + .seconds(30))
+        say("== promoting (\(elapsed(clockStart)))")
+        let (timeline, firstWriteAt) = try await steps.promote(deadline: deadline + .seconds(30), evidence: &evidence)
         let rto = roundedSeconds(ContinuousClock.now - clockStart)
         evidence.promotedTimeline = timeline
         evidence.firstWriteAt = firstWriteAt
@@ -208,8 +211,8 @@ struct Promote: AsyncParsableCommand {
         do { written = try evidence.write(base: base) } catch {
             FileHandle.standardError.write(Data("walship promote: warning: cannot write the report to \(base): \(error)\n".utf8))
         }
-        print(Self.summary(evidence))
-        if let written { print("report: \(written.json), \(written.markdown)") }
+        say(Self.summary(evidence))
+        if let written { say("report: \(written.json), \(written.markdown)") }
         if notifier.hasDestination {
             await StatusMonitor.notice(evidence.outcome == "promoted" ? .success : .failure, condition: "promote", role: "promote",
                                        system: evidence.systemIdentifier, message: Self.headline(evidence, failure: failure),
@@ -273,6 +276,11 @@ struct Promote: AsyncParsableCommand {
 /// What the standby's WAL receiver has received (its own view, when no spool is given).
 private func awaitReceived(_ session: SQLSession) async throws -> LSN {
     LSN(try await session.query("SELECT pg_last_wal_receive_lsn()::text")[0][0] ?? "") ?? .invalid
+}
+
+/// Seconds since `start`, for progress headings.
+func elapsed(_ start: ContinuousClock.Instant) -> String {
+    String(format: "%.1f s", roundedSeconds(ContinuousClock.now - start))
 }
 
 func absolutePath(_ path: String) -> String {

@@ -44,23 +44,37 @@ struct PromotionSteps {
     }
 
     /// pg_promote, then retries a real write (an assigned transaction ID, committed) until one is accepted.
-    func promote(deadline: ContinuousClock.Instant) async throws -> (timeline: UInt32?, firstWriteAt: Date) {
+    /// A promoted replica has no synchronous standby of its own: synchronous_standby_names inherited from
+    /// the old primary would make every commit wait forever, so it is cleared (and recorded).
+    func promote(deadline: ContinuousClock.Instant, evidence: inout PromotionReport) async throws -> (timeline: UInt32?, firstWriteAt: Date) {
+        // Our own probe never waits for a synchronous standby.
+        _ = try await session.query("SET synchronous_commit TO local")
         let seconds = max(1, Int((deadline - .now).components.seconds))
         let promoted = try await session.query("SELECT pg_promote(true, $1::int)::text", [String(seconds)])
         guard promoted.first?[0] == "true" else {
             throw PromoteError("pg_promote did not finish within \(seconds) s (hint: check the server log)")
         }
+        var firstWriteAt: Date
         while true {
             do {
                 // Assigning a transaction ID and committing it is a real write, refused until recovery has ended.
                 _ = try await session.query("SELECT pg_current_xact_id()")
-                let firstWriteAt = Date()
-                let tli = try await session.query("SELECT substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8)")
-                return (tli.first?[0].flatMap { UInt32($0, radix: 16) }, firstWriteAt)
+                firstWriteAt = Date()
+                break
             } catch let error as PostgresError where !error.connectionLost && ContinuousClock.now < deadline {
                 try await Task.sleep(for: .milliseconds(20))
             }
         }
+        let names = try await session.query("SELECT current_setting('synchronous_standby_names')").first?[0] ?? ""
+        if !names.isEmpty {
+            _ = try await session.query("ALTER SYSTEM SET synchronous_standby_names = ''")
+            _ = try await session.query("SELECT pg_reload_conf()")
+            evidence.check("synchronous_standby_names cleared", true,
+                           "was '\(names)', inherited from the old primary; commits would wait forever for a standby that is gone (ALTER SYSTEM; set it again once a new standby runs)")
+            report("  cleared synchronous_standby_names (was '\(names)'): the promoted server has no synchronous standby yet")
+        }
+        let tli = try await session.query("SELECT substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8)")
+        return (tli.first?[0].flatMap { UInt32($0, radix: 16) }, firstWriteAt)
     }
 }
 
@@ -73,4 +87,9 @@ func defaultReportBase(kind: String, directory: String) -> String {
 /// Reads what the receiver recorded about the primary and its acknowledgements.
 func primaryProgress(systemDirectory: String) -> PrimaryProgressRecord? {
     try? PrimaryProgressRecord.load(systemDirectory: systemDirectory)
+}
+
+/// Prints a line at once, also when stdout is a file or pipe (a long promotion or drill shows progress).
+func say(_ line: String) {
+    FileHandle.standardOutput.write(Data((line + "\n").utf8))
 }

@@ -1,0 +1,141 @@
+import Foundation
+import Testing
+
+/// The lag monitor against real movement: a paused DR standby makes lag rise, alerts fire once and
+/// recover, `walship status` exit codes follow, the dashboard renders in a real browser.
+@Suite(.serialized, .enabled(if: IT.pgBin != nil, "PostgreSQL 15 server binaries are required"))
+struct MonitorTests {
+    /// Every alert event the alert command received, one JSON object per line.
+    func alertEvents(_ path: String) -> [[String: Any]] {
+        let text = (try? String(contentsOfFile: path, encoding: .utf8)) ?? ""
+        return text.split(separator: "\n").compactMap { try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any] }
+    }
+
+    func events(_ path: String, _ condition: String, _ kind: String) -> Int {
+        alertEvents(path).filter { $0["condition"] as? String == condition && $0["event"] as? String == kind }.count
+    }
+
+    func replayedStage(_ port: Int) throws -> [String: Any] {
+        let system = (try fetchStatus(port: port)["systems"] as? [[String: Any]])?.first
+        let chain = system?["chain"] as? [[String: Any]] ?? []
+        return chain.first { $0["name"] as? String == "replayed" } ?? [:]
+    }
+
+    func statusExit(_ port: Int, _ extra: [String] = []) throws -> CommandResult {
+        try run(IT.walshipBinary, ["status", "--url", "http://127.0.0.1:\(port)"] + extra, check: false)
+    }
+
+    @Test func lagAlertsStatusAndDashboardFollowRealMovement() throws {
+        let fixture = try Fixture("monitor")
+        defer { fixture.tearDown() }
+        var topology = try ShipTopology(fixture)
+        let standbyPort = IT.freePort()
+        let alerts = fixture.directory + "/alerts.jsonl"
+        topology.receiverExtra = [
+            "--standby-listen", "127.0.0.1:\(standbyPort)", "--standby-trust",
+            "--alert-command", "cat >> \(alerts); echo >> \(alerts)", "--alert-lag-bytes", "4000000",
+            "--alert-disconnect-seconds", "2", "--alert-recovery-seconds", "2", "--alert-spool-free-percent", "0.001",
+        ]
+        try topology.startReceiver()
+        try topology.startSender()
+        try fixture.baseBackup(of: topology.primary, name: "dr")
+        let standby = try fixture.startCopy(name: "dr", signal: "standby.signal", settings: [
+            "primary_conninfo = 'host=127.0.0.1 port=\(standbyPort) user=postgres application_name=dr_replica'",
+            "hot_standby = on", "wal_retrieve_retry_interval = '1s'",
+        ])
+        try topology.primary.sql("CREATE TABLE observations (id serial PRIMARY KEY, value text)")
+        try waitUntil("the replayed stage in the receiver's status", timeout: 60) {
+            let stage = try replayedStage(topology.receiverStatusPort)
+            return (stage["lsn"] is String && (stage["bytesBehind"] as? Int) == 0, "\(stage)")
+        }
+        // The new standby catching up from its base backup may have raised (and cleared) a lag alert.
+        var ok = try statusExit(topology.receiverStatusPort)
+        try waitUntil("walship status to report OK", timeout: 30) {
+            ok = try statusExit(topology.receiverStatusPort)
+            return (ok.status == 0, ok.output)
+        }
+        #expect(ok.output.contains("replayed") && ok.output.contains("OK"), "\(ok.output)")
+        let lagFirings = events(alerts, "lag_bytes", "firing")
+        #expect(try statusExit(topology.senderStatusPort).status == 0)
+
+        // Pause replay and write: lag in bytes and seconds rises, one alert fires.
+        try standby.sql("SELECT pg_wal_replay_pause()")
+        try topology.primary.pgbench(["-i", "-s", "2", "-q"])
+        try topology.primary.sql("INSERT INTO observations (value) SELECT repeat('x', 100) FROM generate_series(1, 20000)")
+        try waitUntil("lag to rise past the alert threshold", timeout: 60) {
+            let stage = try replayedStage(topology.receiverStatusPort)
+            let bytes = stage["bytesBehind"] as? Int ?? 0
+            let seconds = (stage["secondsBehind"] as? NSNumber)?.doubleValue ?? 0
+            return (bytes > 4_000_000 && seconds > 0 && events(alerts, "lag_bytes", "firing") == lagFirings + 1, "\(stage), alerts: \(alertEvents(alerts))")
+        }
+        let firstSeconds = (try replayedStage(topology.receiverStatusPort)["secondsBehind"] as? NSNumber)?.doubleValue ?? 0
+        try waitUntil("lag in seconds to keep rising while replay is paused", timeout: 30) {
+            let now = (try replayedStage(topology.receiverStatusPort)["secondsBehind"] as? NSNumber)?.doubleValue ?? 0
+            return (now >= firstSeconds + 1, "\(firstSeconds) → \(now)")
+        }
+        let metrics = try run("/usr/bin/curl", ["-sf", "http://127.0.0.1:\(topology.receiverStatusPort)/metrics"]).output
+        let lagLine = metrics.split(separator: "\n").first { $0.hasPrefix("walship_lag_bytes{") && $0.contains(#"stage="replayed""#) }
+        #expect(lagLine.map { (Double($0.split(separator: " ").last ?? "") ?? 0) > 4_000_000 } == true, "\(metrics)")
+        #expect(metrics.contains(#"walship_alert_active{condition="lag_bytes""#))
+        let warning = try statusExit(topology.receiverStatusPort, ["--warning-lag-bytes", "1000000"])
+        #expect(warning.status == 1, "\(warning.output)")
+        #expect(warning.output.contains("WARNING"), "\(warning.output)")
+        // The sender does not raise lag alerts: each condition has one owner.
+        #expect(!(try String(contentsOfFile: topology.sender!.logPath, encoding: .utf8)).contains("lag_bytes"))
+
+        // The dashboard renders the chain with real values in a real browser.
+        try renderDashboard(port: topology.receiverStatusPort, into: fixture.logDirectory)
+
+        // Resume: lag falls to zero, the recovery notice comes once, status is OK again.
+        try standby.sql("SELECT pg_wal_replay_resume()")
+        try waitUntil("lag to fall and the alert to recover", timeout: 90) {
+            let stage = try replayedStage(topology.receiverStatusPort)
+            return ((stage["bytesBehind"] as? Int) == 0 && events(alerts, "lag_bytes", "resolved") == lagFirings + 1, "\(stage), alerts: \(alertEvents(alerts))")
+        }
+        #expect(events(alerts, "lag_bytes", "firing") == lagFirings + 1)
+        ok = try statusExit(topology.receiverStatusPort, ["--json"])
+        #expect(ok.status == 0, "\(ok.output)")
+        #expect((try? JSONSerialization.jsonObject(with: Data(ok.output.utf8))) != nil)
+
+        // The sender dies: the receiver raises one disconnect alert and status turns CRITICAL.
+        topology.sender!.kill9()
+        try waitUntil("the disconnect alert", timeout: 30) {
+            (events(alerts, "sender_disconnected", "firing") == 1, "\(alertEvents(alerts))")
+        }
+        #expect(try statusExit(topology.receiverStatusPort).status == 2)
+        try topology.startSender()
+        try waitUntil("the disconnect alert to recover", timeout: 30) {
+            (events(alerts, "sender_disconnected", "resolved") == 1, "\(alertEvents(alerts))")
+        }
+        #expect(events(alerts, "sender_disconnected", "firing") == 1)
+        // Nothing else fired: no flood, no alert without cause.
+        let conditions = Set(alertEvents(alerts).compactMap { $0["condition"] as? String })
+        #expect(conditions == ["lag_bytes", "sender_disconnected"], "\(alertEvents(alerts))")
+        // Each alert is also in the receiver's log.
+        #expect(topology.receiver!.log.contains("alert firing"))
+
+        // Nothing listening: UNKNOWN.
+        #expect(try statusExit(IT.freePort()).status == 3)
+    }
+
+    /// Loads the dashboard in headless Chromium (virtual time lets its scripts fetch /status and draw),
+    /// keeps a screenshot in the test output, and checks the chain shows real values.
+    func renderDashboard(port: Int, into directory: String) throws {
+        let chromium = ["/usr/bin/chromium", "/usr/bin/chromium-browser"].first { FileManager.default.isExecutableFile(atPath: $0) }
+        let browser = try #require(chromium, "headless Chromium is needed to check the dashboard (make deps installs it)")
+        let common = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
+                      "--user-data-dir=\(directory)/chromium-profile", "--virtual-time-budget=8000", "--window-size=1200,1000"]
+        let url = "http://127.0.0.1:\(port)/"
+        let dom = try run(browser, common + ["--dump-dom", url], timeout: 90, check: false)
+        #expect(dom.output.contains(#"data-loaded="true""#), "dashboard did not load: \(dom.error.suffix(800))")
+        #expect(dom.output.contains(#"data-stage="replayed""#))
+        let lagValues = dom.output.components(separatedBy: #"class="lag-bytes""#).dropFirst().compactMap { chunk -> String? in
+            guard let start = chunk.firstIndex(of: ">"), let end = chunk.firstIndex(of: "<") else { return nil }
+            return String(chunk[chunk.index(after: start)..<end])
+        }
+        #expect(lagValues.contains { $0.hasSuffix("B") }, "lag values on the page: \(lagValues)")
+        let shot = directory + "/dashboard.png"
+        _ = try run(browser, common + ["--screenshot=\(shot)", url], timeout: 90, check: false)
+        #expect(FileManager.default.fileExists(atPath: shot), "no screenshot at \(shot)")
+    }
+}

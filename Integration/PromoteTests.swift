@@ -1,0 +1,123 @@
+import Foundation
+import Testing
+
+/// Disaster and rehearsal: a drill on a throwaway copy leaves the DR standby replaying; then the primary is
+/// killed in synchronous mode and `walship promote` brings up the DR replica with every acknowledged
+/// commit, reports RPO 0 and RTO, and fences the old primary.
+@Suite(.serialized, .enabled(if: IT.pgBin != nil, "PostgreSQL 15 server binaries are required"))
+struct PromoteTests {
+    @Test func drillThenPromoteAfterThePrimaryDies() throws {
+        let fixture = try Fixture("promote")
+        defer { fixture.tearDown() }
+        var topology = try ShipTopology(fixture, primarySettings: ["synchronous_standby_names": "'walship'"],
+                                        spoolOwnedByPostgres: true)
+        let standbyPort = IT.freePort()
+        let notices = fixture.directory + "/notices.jsonl"
+        topology.receiverExtra = ["--standby-listen", "127.0.0.1:\(standbyPort)", "--standby-trust"]
+        try topology.startReceiver()
+        try topology.startSender(extra: ["--sync"])
+        try topology.primary.sql("""
+            CREATE TABLE patients (id int PRIMARY KEY, name text);
+            CREATE TABLE acknowledged (id int PRIMARY KEY, at timestamptz DEFAULT clock_timestamp());
+            INSERT INTO patients SELECT g, 'patient ' || g FROM generate_series(1, 500) g
+            """)
+        let backup = try run(IT.walshipBinary, ["backup", "--source", topology.primary.conninfo, "--to", "127.0.0.1:\(topology.receiverPort)",
+                                                "--insecure"], timeout: 300, check: false)
+        try #require(backup.status == 0, "\(backup.error)")
+        let dr = fixture.directory + "/dr"
+        _ = try run(IT.walshipBinary, ["restore", "--spool", topology.spool, "--pgdata", dr, "--standby",
+                                       "--primary-conninfo", "host=127.0.0.1 port=\(standbyPort) user=postgres application_name=dr_replica"])
+        let standby = try fixture.startCopy(name: "dr", signal: "standby.signal", settings: ["hot_standby = on", "wal_retrieve_retry_interval = '1s'"])
+
+        // A steady writer that records each id only after its commit returned (synchronous: offsite fsynced).
+        let ackedFile = fixture.directory + "/acked.txt"
+        let writer = try fixture.daemon("writer", "/bin/bash", ["-c", """
+            for i in $(seq 1 1000000); do
+              psql -h 127.0.0.1 -p \(topology.primary.port) -U postgres -d postgres -qAtX -v ON_ERROR_STOP=1 \
+                -c "INSERT INTO acknowledged (id) VALUES ($i)" >/dev/null 2>&1 && echo $i >> \(ackedFile) || sleep 0.05
+            done
+            """])
+        try waitUntil("the writer to commit", timeout: 60) {
+            let n = ((try? String(contentsOfFile: ackedFile, encoding: .utf8)) ?? "").split(separator: "\n").count
+            return (n >= 20, "\(n) commits")
+        }
+
+        // The drill: a throwaway copy recovers from the spool alone and is promoted; the spool gains no
+        // history file, the real DR standby keeps replaying.
+        let historiesBefore = try FileManager.default.contentsOfDirectory(atPath: topology.walDirectory).filter { $0.hasSuffix(".history") }
+        let drillReport = fixture.logDirectory + "/drill-report"
+        let drill = try fixture.walship("drill", ["drill", "--spool", topology.spool, "--check-sql", "SELECT count(*) FROM patients",
+                                                  "--report", drillReport, "--timeout", "120",
+                                                  "--alert-command", "cat >> \(notices); echo >> \(notices)"])
+        try waitUntil("the drill to finish", timeout: 240) { (!drill.isRunning, drill.log.suffix(1500).description) }
+        #expect(drill.exitStatus == 0, "drill: \(drill.log)")
+        let drillJSON = try #require(try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: drillReport + ".json"))) as? [String: Any])
+        #expect(drillJSON["outcome"] as? String == "promoted")
+        let checks = drillJSON["checks"] as? [[String: Any]] ?? []
+        #expect(!checks.isEmpty && checks.allSatisfy { $0["passed"] as? Bool == true }, "\(checks)")
+        #expect(((drillJSON["drill"] as? [String: Any])?["checkResult"] as? [[String]])?.first == ["500"])
+        #expect((drillJSON["rtoSeconds"] as? NSNumber) != nil)
+        #expect(FileManager.default.fileExists(atPath: drillReport + ".md"))
+        let historiesAfter = try FileManager.default.contentsOfDirectory(atPath: topology.walDirectory).filter { $0.hasSuffix(".history") }
+        #expect(historiesAfter == historiesBefore, "the drill must not add history files to the spool")
+        #expect(((try? String(contentsOfFile: notices, encoding: .utf8)) ?? "").contains(#""event":"success""#))
+        let replayedBefore = try lsn(standby.sql("SELECT pg_last_wal_replay_lsn()"))!
+        try waitUntil("the DR standby to keep replaying after the drill", timeout: 60) {
+            let now = try lsn(standby.sql("SELECT pg_last_wal_replay_lsn()")) ?? 0
+            let inRecovery = try standby.sql("SELECT pg_is_in_recovery()")
+            return (now > replayedBefore && inRecovery == "t", "\(now)")
+        }
+
+        // Disaster: the primary dies with -9 in the middle of the writer's stream.
+        let postmaster = try String(contentsOfFile: topology.primary.dataDirectory + "/postmaster.pid", encoding: .utf8)
+            .split(separator: "\n").first.flatMap { Int32($0) }
+        kill(try #require(postmaster), SIGKILL)
+        usleep(300_000)
+        writer.kill9()
+        topology.sender!.kill9()
+        let acked = ((try? String(contentsOfFile: ackedFile, encoding: .utf8)) ?? "").split(separator: "\n").compactMap { Int($0) }
+        let lastAcked = try #require(acked.max())
+
+        let report = fixture.logDirectory + "/promote-report"
+        let promote = try run(IT.walshipBinary, ["promote", "--pgdata", standby.dataDirectory, "--spool", topology.spool,
+                                                 "--report", report, "--timeout", "120"], timeout: 200, check: false)
+        #expect(promote.status == 0, "promote: \(promote.output)\(promote.error)")
+        #expect(promote.output.contains("RPO"), "\(promote.output)")
+        let json = try #require(try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: report + ".json"))) as? [String: Any])
+        #expect(json["outcome"] as? String == "promoted")
+        let rpo = json["rpo"] as? [String: Any]
+        #expect(rpo?["bytes"] as? Int == 0, "\(json)")
+        #expect((rpo?["seconds"] as? NSNumber)?.doubleValue == 0)
+        #expect(json["unacknowledgedTail"] != nil)
+        #expect(((json["rtoSeconds"] as? NSNumber)?.doubleValue ?? 99) < 60)
+        #expect((json["promotedTimeline"] as? Int ?? 0) >= 2)
+
+        // Every acknowledged commit is on the promoted replica, which accepts writes.
+        #expect(try standby.sql("SELECT pg_is_in_recovery()") == "f")
+        #expect(try standby.sql("SELECT count(*) FROM acknowledged WHERE id <= \(lastAcked)") == "\(lastAcked)")
+        try standby.sql("INSERT INTO patients VALUES (100000, 'after the disaster')")
+
+        // Fencing: the old primary comes back with its sender; the receiver refuses its WAL and says why.
+        let fence = topology.spool + "/" + topology.systemIdentifier + "/FENCED"
+        #expect(FileManager.default.fileExists(atPath: fence))
+        // Its orphaned backends exit once they notice the postmaster died; until then it cannot start.
+        try waitUntil("the old primary to start again", timeout: 60) {
+            do { try topology.primary.start(); return (true, "") } catch { return (false, "\(error)") }
+        }
+        topology.sender = try fixture.walship("sender-old-primary", topology.senderArguments)
+        try waitUntil("the receiver to refuse the old primary", timeout: 60) {
+            let status = try fetchStatus(port: topology.receiverStatusPort)
+            let system = (status["systems"] as? [[String: Any]])?.first
+            let alerts = (status["alerts"] as? [[String: Any]] ?? []).compactMap { $0["condition"] as? String }
+            return (system?["fence"] != nil && alerts.contains("fenced_primary_refused")
+                    && topology.sender!.log.contains("promoted at the DR site"), "\(alerts); sender: \(topology.sender!.log.suffix(400))")
+        }
+        #expect(topology.receiver!.log.contains("refused"))
+
+        // Promoting again is refused clearly.
+        let again = try run(IT.walshipBinary, ["promote", "--pgdata", standby.dataDirectory, "--spool", topology.spool,
+                                               "--report", fixture.logDirectory + "/again"], check: false)
+        #expect(again.status == 1)
+        #expect(again.error.contains("already promoted"), "\(again.error)")
+    }
+}
