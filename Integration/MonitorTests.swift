@@ -118,6 +118,44 @@ struct MonitorTests {
         #expect(try statusExit(IT.freePort()).status == 3)
     }
 
+    /// The sender owns "receiver unreachable": posted once to a webhook when the receiver dies, once more
+    /// when it is back.
+    @Test func senderPostsReceiverUnreachableToAWebhook() throws {
+        let fixture = try Fixture("monitor-webhook")
+        defer { fixture.tearDown() }
+        let hookPort = IT.freePort()
+        let posted = fixture.directory + "/posted.jsonl"
+        let server = fixture.directory + "/hook.py"
+        try """
+            import http.server, sys
+            class Hook(http.server.BaseHTTPRequestHandler):
+                def do_POST(self):
+                    body = self.rfile.read(int(self.headers['Content-Length']))
+                    with open(sys.argv[2], 'ab') as f: f.write(body + b'\\n')
+                    self.send_response(204); self.end_headers()
+                def log_message(self, *args): pass
+            http.server.HTTPServer(('127.0.0.1', int(sys.argv[1])), Hook).serve_forever()
+            """.write(toFile: server, atomically: true, encoding: .utf8)
+        _ = try fixture.daemon("webhook", "/usr/bin/python3", [server, "\(hookPort)", posted])
+        var topology = try ShipTopology(fixture)
+        try topology.startReceiver()
+        try topology.startSender(extra: ["--alert-webhook", "http://127.0.0.1:\(hookPort)/walship", "--alert-disconnect-seconds", "2",
+                                         "--alert-recovery-seconds", "1"])
+        topology.receiver!.kill9()
+        try waitUntil("the webhook to get receiver_unreachable", timeout: 40) {
+            (events(posted, "receiver_unreachable", "firing") == 1, "\(alertEvents(posted)); sender: \(topology.sender!.log.suffix(500))")
+        }
+        let statusWhileDown = try statusExit(topology.senderStatusPort)
+        #expect(statusWhileDown.status == 2, "\(statusWhileDown.output)")
+        try topology.startReceiver()
+        try waitUntil("the webhook to get the recovery", timeout: 60) {
+            (events(posted, "receiver_unreachable", "resolved") == 1, "\(alertEvents(posted))")
+        }
+        #expect(events(posted, "receiver_unreachable", "firing") == 1)
+        let event = try #require(alertEvents(posted).first)
+        #expect(event["role"] as? String == "sender" && event["source"] as? String == "walship")
+    }
+
     /// Loads the dashboard in headless Chromium (virtual time lets its scripts fetch /status and draw),
     /// keeps a screenshot in the test output, and checks the chain shows real values.
     func renderDashboard(port: Int, into directory: String) throws {

@@ -51,7 +51,6 @@ port = $PGPORT
 listen_addresses = '127.0.0.1'
 unix_socket_directories = '$DEMO'
 wal_level = replica
-synchronous_standby_names = 'walship_demo'
 CONF
 as_postgres "$PG_BINDIR/pg_ctl" -D "$DEMO/primary" -l "$DEMO/primary.log" -w start >/dev/null
 PGDATABASE=postgres psql_q "CREATE DATABASE hospital" >/dev/null
@@ -86,6 +85,7 @@ step "3. The sender beside the primary, synchronous: a commit returns once its W
     --slot walship_demo --create-slot --sync --application-name walship_demo --insecure \
     --status-listen "127.0.0.1:$SENDER_STATUS" >"$DEMO/sender.log" 2>&1 &
 SENDER_PID=$!
+psql_q "ALTER SYSTEM SET synchronous_standby_names = 'walship_demo'" >/dev/null; psql_q "SELECT pg_reload_conf()" >/dev/null
 wait_for 60 "sync_state = sync" bash -c "[ \"\$(psql -AtX -c \"SELECT sync_state FROM pg_stat_replication WHERE application_name='walship_demo'\")\" = sync ]"
 psql -X -c "SELECT application_name, state, sync_state, flush_lsn FROM pg_stat_replication"
 
@@ -93,7 +93,7 @@ step "4. A steady writer: every observation it records as acknowledged has retur
 : > "$DEMO/acknowledged.txt"
 (
     for i in $(seq 1 1000000); do
-        id=$(psql -AtX -v ON_ERROR_STOP=1 -c "INSERT INTO observations (encounter_id, code, value) VALUES (1 + $i % 500, 'HR', 60 + $i % 40) RETURNING id" 2>/dev/null) \
+        id=$(psql -qAtX -v ON_ERROR_STOP=1 -c "INSERT INTO observations (encounter_id, code, value) VALUES (1 + $i % 500, 'HR', 60 + $i % 40) RETURNING id" 2>/dev/null) \
             && echo "$id" >> "$DEMO/acknowledged.txt" || sleep 0.1
     done
 ) &
@@ -129,12 +129,12 @@ step "8. walship promote: replay everything the DR site holds, fence the old pri
 "$WALSHIP" promote --pgdata "$DEMO/dr" --spool "$DEMO/spool" --report "$DEMO/promotion"
 echo
 echo "--- the evidence report ($DEMO/promotion.md) ---"
-sed -n '1,30p' "$DEMO/promotion.md"
+cat "$DEMO/promotion.md"
 
 step "9. The last acknowledged observation is on the promoted DR replica"
 found=$(psql -p "$DR_PORT" -AtX -c "SELECT count(*) FROM observations WHERE id = $last_acked")
 missing=$(psql -p "$DR_PORT" -AtX -c "SELECT count(*) FROM unnest(ARRAY[$(paste -sd, "$DEMO/acknowledged.txt")]::bigint[]) a(id) WHERE NOT EXISTS (SELECT 1 FROM observations o WHERE o.id = a.id)")
 echo "observation $last_acked present: $([ "$found" = 1 ] && echo yes || echo NO); acknowledged observations missing: $missing"
 [ "$found" = 1 ] && [ "$missing" = 0 ] || { echo "an acknowledged commit is missing" >&2; exit 1; }
-psql -p "$DR_PORT" -AtX -c "INSERT INTO encounters (patient_id, ward) VALUES (1, 'ER') RETURNING 'the DR replica accepts writes: encounter ' || id"
+psql -p "$DR_PORT" -qAtX -c "INSERT INTO encounters (patient_id, ward) VALUES (1, 'ER') RETURNING 'the DR replica accepts writes: encounter ' || id"
 echo; echo "demo complete in $((SECONDS - started)) s"

@@ -27,6 +27,7 @@ struct Backup: AsyncParsableCommand {
     var label = "walship base backup"
 
     @OptionGroup var link: LinkOptions
+    @OptionGroup var notice: NoticeOptions
     @OptionGroup var logging: LoggingOptions
 
     func validate() throws { _ = try parseEndpoint(to, option: "--to") }
@@ -42,8 +43,13 @@ struct Backup: AsyncParsableCommand {
             let display = ProgressDisplay(terminal: isatty(STDOUT_FILENO) == 1)
             let outcome = try await shipper.run { display.show($0) }
             display.finish()
-            print("backup \(outcome.id) complete: start \(outcome.start), stop \(outcome.stop), \(formatBytes(outcome.archiveBytes)) of data directory")
+            let message = "backup \(outcome.id) complete: start \(outcome.start), stop \(outcome.stop), \(formatBytes(outcome.archiveBytes)) of data directory"
+            print(message)
+            await StatusMonitor.notice(.success, condition: "backup", role: "backup", system: nil, message: message,
+                                       details: ["backup": outcome.id, "stop_lsn": outcome.stop.description], notifier: notice.notifier("walship.backup"))
         } catch {
+            await StatusMonitor.notice(.failure, condition: "backup", role: "backup", system: nil, message: "backup failed: \(error)",
+                                       details: [:], notifier: notice.notifier("walship.backup"))
             throw fail("backup", error)
         }
     }

@@ -48,11 +48,7 @@ struct Drill: AsyncParsableCommand {
     @Option(help: "Path of the walship binary restore_command should run (the running binary by default).")
     var walshipPath: String?
 
-    @Option(help: "Run this shell command with the outcome as JSON on stdin (a success or failure notice).")
-    var alertCommand: String?
-
-    @Option(help: "POST the outcome as JSON to this URL.")
-    var alertWebhook: String?
+    @OptionGroup var notice: NoticeOptions
 
     func validate() throws {
         guard timeout >= 10 else { throw ValidationError("--timeout must be at least 10 seconds") }
@@ -65,7 +61,7 @@ struct Drill: AsyncParsableCommand {
         let dataDirectory = base + "/pgdata"
         var evidence = PromotionReport(kind: "drill", host: ProcessInfo.processInfo.hostName, startedAt: Date(), dataDirectory: dataDirectory)
         let reportBase = report.map(absolutePath) ?? defaultReportBase(kind: "drill", directory: FileManager.default.currentDirectoryPath)
-        let notifier = AlertNotifier(command: alertCommand, webhook: alertWebhook.flatMap { URL(string: $0) }, logger: .init(label: "walship.drill"))
+        let notifier = notice.notifier("walship.drill")
         var server: DrillServer?
         var failure: String?
         do {

@@ -36,11 +36,7 @@ struct Promote: AsyncParsableCommand {
     @Flag(help: "Promote even if the standby does not look like a walship replica, cannot reach all received WAL, or the fence cannot be written.")
     var force = false
 
-    @Option(help: "Run this shell command with the outcome as JSON on stdin (as an alert event).")
-    var alertCommand: String?
-
-    @Option(help: "POST the outcome as JSON to this URL.")
-    var alertWebhook: String?
+    @OptionGroup var notice: NoticeOptions
 
     func validate() throws {
         guard timeout >= 1 else { throw ValidationError("--timeout must be at least 1 second") }
@@ -52,8 +48,7 @@ struct Promote: AsyncParsableCommand {
         var evidence = PromotionReport(kind: "promote", host: ProcessInfo.processInfo.hostName, startedAt: Date(),
                                        dataDirectory: dataDirectory)
         var reportBase = report.map(absolutePath)
-        let notifier = AlertNotifier(command: alertCommand, webhook: alertWebhook.flatMap { URL(string: $0) },
-                                     logger: .init(label: "walship.promote"))
+        let notifier = notice.notifier("walship.promote")
         let session: SQLSession
         do {
             let cluster = try LocalCluster(dataDirectory: dataDirectory)

@@ -98,6 +98,27 @@ struct AlertOptions: ParsableArguments {
     }
 }
 
+/// Where one-shot commands (backup, drill, promote) send their success or failure notice.
+struct NoticeOptions: ParsableArguments {
+    @Option(help: "Run this shell command with the outcome as JSON on stdin (a success or failure notice, as alert events are).")
+    var alertCommand: String?
+
+    @Option(help: "POST the outcome as JSON to this http(s) URL.")
+    var alertWebhook: String?
+
+    func validate() throws {
+        if let alertWebhook {
+            guard let url = URL(string: alertWebhook), ["http", "https"].contains(url.scheme?.lowercased() ?? ""), url.host != nil else {
+                throw ValidationError("--alert-webhook expects an http:// or https:// URL")
+            }
+        }
+    }
+
+    func notifier(_ label: String) -> AlertNotifier {
+        AlertNotifier(command: alertCommand, webhook: alertWebhook.flatMap { URL(string: $0) }, logger: Logger(label: label))
+    }
+}
+
 /// Runs a command's main service beside its monitor (alerts), and the status endpoint when
 /// `--status-listen` is given; the first to fail ends all, reported as one clear line.
 func runService(_ command: String, statusListen: String?, logger: Logger, monitor: StatusMonitor,
