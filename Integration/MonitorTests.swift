@@ -116,7 +116,29 @@ struct MonitorTests {
 
         // Nothing listening: UNKNOWN.
         #expect(try statusExit(IT.freePort()).status == 3)
+
+        // promote refuses, promoting nothing, a standby that streams from elsewhere...
+        try standby.sql("ALTER SYSTEM SET primary_conninfo = '\(topology.primary.conninfo)'")
+        try standby.sql("SELECT pg_reload_conf()")
+        let elsewhere = try run(IT.walshipBinary, ["promote", "--pgdata", standby.dataDirectory, "--spool", topology.spool,
+                                                   "--report", fixture.logDirectory + "/refused-elsewhere"], check: false)
+        #expect(elsewhere.status == 1 && elsewhere.error.contains("does not replicate from this walship receiver"), "\(output(elsewhere))")
+        try standby.sql("ALTER SYSTEM RESET primary_conninfo")
+        try standby.sql("SELECT pg_reload_conf()")
+        // ...and one that cannot reach WAL the receiver holds (replay paused here).
+        try standby.sql("SELECT pg_wal_replay_pause()")
+        try topology.primary.sql("INSERT INTO observations (value) SELECT 'late' FROM generate_series(1, 1000)")
+        let late = try lsn(topology.primary.sql("SELECT pg_current_wal_lsn()"))!
+        try waitUntil("the spool to hold the late rows", timeout: 30) { (try topology.durable() >= late, "") }
+        let behind = try run(IT.walshipBinary, ["promote", "--pgdata", standby.dataDirectory, "--spool", topology.spool, "--timeout", "3",
+                                                "--report", fixture.logDirectory + "/refused-behind"], check: false)
+        #expect(behind.status == 1 && behind.error.contains("cannot reach the received WAL"), "\(output(behind))")
+        #expect(try standby.sql("SELECT pg_is_in_recovery()") == "t")
+        #expect(!FileManager.default.fileExists(atPath: topology.spool + "/" + topology.systemIdentifier + "/FENCED"))
+        try standby.sql("SELECT pg_wal_replay_resume()")
     }
+
+    func output(_ r: CommandResult) -> String { r.output + r.error }
 
     /// The sender owns "receiver unreachable": posted once to a webhook when the receiver dies, once more
     /// when it is back.

@@ -42,13 +42,9 @@ public final class StatusMonitor: Sendable {
         return status
     }
 
-    /// Lag thresholds for the health verdict: the alert thresholds when given (as warnings), else defaults.
-    var healthThresholds: StatusThresholds {
-        var t = StatusThresholds()
-        if let s = thresholds.lagSeconds { t.warningLagSeconds = s; t.criticalLagSeconds = max(t.criticalLagSeconds, s * 10) }
-        if let b = thresholds.lagBytes { t.warningLagBytes = b; t.criticalLagBytes = max(t.criticalLagBytes, b * 16) }
-        return t
-    }
+    /// The health verdict uses `walship status`'s default lag thresholds; the process's own alert
+    /// thresholds already count through its active alerts.
+    var healthThresholds: StatusThresholds { StatusThresholds() }
 
     /// One round: observe, decide, notify. Returns the events sent (for tests and logs).
     @discardableResult

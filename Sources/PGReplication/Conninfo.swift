@@ -41,6 +41,25 @@ public struct Conninfo: Sendable, CustomStringConvertible {
     }
 
     static let secretKeys: Set<String> = ["password", "sslpassword", "sslkey"]
+
+    /// Whether one of this conninfo's hosts is `host`:`port` (a server listening on `host`). A wildcard
+    /// listener (0.0.0.0, ::) matches any host; loopback names match each other; `localNames` are this
+    /// machine's names.
+    public func reaches(host: String, port: Int, localNames: [String] = []) -> Bool {
+        let ports = (self["port"] ?? "5432").split(separator: ",").map(String.init)
+        let hosts = (self["host"] ?? self["hostaddr"] ?? "localhost").split(separator: ",").map(String.init)
+        let loopback: Set<String> = ["127.0.0.1", "localhost", "::1"]
+        for (index, candidate) in hosts.enumerated() {
+            // libpq pairs hosts and ports by position; a single port applies to every host.
+            let candidatePort = ports.count == hosts.count ? ports[index] : ports[0]
+            guard candidatePort == String(port) else { continue }
+            if candidate == host || host == "0.0.0.0" || host == "::" || localNames.contains(candidate)
+                || (loopback.contains(host) && loopback.contains(candidate)) {
+                return true
+            }
+        }
+        return false
+    }
 }
 
 extension String {

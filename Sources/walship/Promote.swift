@@ -249,13 +249,7 @@ struct Promote: AsyncParsableCommand {
     static func pointsAt(primaryConninfo: String, standbyListen: String?) -> Bool {
         guard let standbyListen, let endpoint = parseHostPort(standbyListen),
               let conninfo = try? Conninfo(primaryConninfo) else { return false }
-        let ports = (conninfo["port"] ?? "5432").split(separator: ",").map(String.init)
-        guard ports.contains(String(endpoint.port)) else { return false }
-        let hosts = (conninfo["host"] ?? conninfo["hostaddr"] ?? "").split(separator: ",").map(String.init)
-        let loopback: Set<String> = ["127.0.0.1", "localhost", "::1"]
-        return hosts.contains(endpoint.host) || endpoint.host == "0.0.0.0" || endpoint.host == "::"
-            || (loopback.contains(endpoint.host) && hosts.contains { loopback.contains($0) })
-            || hosts.contains(ProcessInfo.processInfo.hostName)
+        return conninfo.reaches(host: endpoint.host, port: endpoint.port, localNames: [ProcessInfo.processInfo.hostName])
     }
 
     static func cannotWrite(directory: String) -> String? {

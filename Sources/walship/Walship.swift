@@ -66,11 +66,7 @@ func fail(_ command: String, _ error: any Error) -> ExitCode {
 
 /// Where alerts go and the thresholds both long-running commands share (see docs/monitoring.md).
 struct AlertOptions: ParsableArguments {
-    @Option(help: "Run this shell command for every alert event; it gets the event as JSON on stdin.")
-    var alertCommand: String?
-
-    @Option(help: "POST every alert event as JSON to this http(s) URL.")
-    var alertWebhook: String?
+    @OptionGroup var destinations: NoticeOptions
 
     @Option(help: "Alert when the link has been down this many seconds.")
     var alertDisconnectSeconds: Double?
@@ -82,28 +78,21 @@ struct AlertOptions: ParsableArguments {
     var alertRecoverySeconds: Double = 30
 
     func validate() throws {
-        if let alertWebhook {
-            guard let url = URL(string: alertWebhook), ["http", "https"].contains(url.scheme?.lowercased() ?? ""), url.host != nil else {
-                throw ValidationError("--alert-webhook expects an http:// or https:// URL")
-            }
-        }
         for (name, value) in [("--alert-disconnect-seconds", alertDisconnectSeconds), ("--alert-memory-mb", alertMemoryMb)] {
             if let value, value <= 0 { throw ValidationError("\(name) must be positive") }
         }
         guard alertRecoverySeconds >= 0 else { throw ValidationError("--alert-recovery-seconds cannot be negative") }
     }
 
-    func notifier(_ logger: Logger) -> AlertNotifier {
-        AlertNotifier(command: alertCommand, webhook: alertWebhook.flatMap { URL(string: $0) }, logger: logger)
-    }
+    func notifier(_ logger: Logger) -> AlertNotifier { destinations.notifier(logger) }
 }
 
-/// Where one-shot commands (backup, drill, promote) send their success or failure notice.
+/// Where alerts and the success or failure notices of backup, drill and promote go.
 struct NoticeOptions: ParsableArguments {
-    @Option(help: "Run this shell command with the outcome as JSON on stdin (a success or failure notice, as alert events are).")
+    @Option(help: "Run this shell command for every alert or notice; it gets the event as JSON on stdin.")
     var alertCommand: String?
 
-    @Option(help: "POST the outcome as JSON to this http(s) URL.")
+    @Option(help: "POST every alert or notice as JSON to this http(s) URL.")
     var alertWebhook: String?
 
     func validate() throws {
@@ -114,8 +103,10 @@ struct NoticeOptions: ParsableArguments {
         }
     }
 
-    func notifier(_ label: String) -> AlertNotifier {
-        AlertNotifier(command: alertCommand, webhook: alertWebhook.flatMap { URL(string: $0) }, logger: Logger(label: label))
+    func notifier(_ label: String) -> AlertNotifier { notifier(Logger(label: label)) }
+
+    func notifier(_ logger: Logger) -> AlertNotifier {
+        AlertNotifier(command: alertCommand, webhook: alertWebhook.flatMap { URL(string: $0) }, logger: logger)
     }
 }
 

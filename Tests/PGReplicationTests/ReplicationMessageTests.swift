@@ -62,6 +62,17 @@ import WALCore
         #expect(uri["port"] == "5433")
     }
 
+    @Test func recognisesTheServerItConnectsTo() throws {
+        #expect(try Conninfo("host=127.0.0.1 port=7010 user=postgres").reaches(host: "127.0.0.1", port: 7010))
+        #expect(try Conninfo("host=localhost port=7010").reaches(host: "127.0.0.1", port: 7010))
+        #expect(try Conninfo("host=dr1 port=7010").reaches(host: "0.0.0.0", port: 7010))
+        #expect(try Conninfo("host=db1,dr1 port=5432,7010").reaches(host: "dr1", port: 7010))
+        #expect(try !Conninfo("host=db1,dr1 port=7010,5432").reaches(host: "dr1", port: 7010))
+        #expect(try !Conninfo("host=127.0.0.1 port=5432").reaches(host: "127.0.0.1", port: 7010))
+        #expect(try !Conninfo("host=primary.example port=7010").reaches(host: "127.0.0.1", port: 7010))
+        #expect(try Conninfo("host=drhost port=7010").reaches(host: "10.0.0.5", port: 7010, localNames: ["drhost"]))
+    }
+
     @Test func invalidConninfoHasAHint() {
         #expect(throws: Conninfo.ParseError.self) { try Conninfo("host=db1 nonsense") }
         do {
