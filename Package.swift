@@ -14,6 +14,10 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-metrics.git", from: "2.13.0"),
         .package(url: "https://github.com/swift-server/swift-prometheus.git", from: "2.4.1"),
         .package(url: "https://github.com/hummingbird-project/hummingbird.git", from: "2.28.1"),
+        .package(url: "https://github.com/apple/swift-nio-ssl.git", from: "2.37.6"),
+        .package(url: "https://github.com/apple/swift-certificates.git", from: "1.21.1"),
+        .package(url: "https://github.com/apple/swift-crypto.git", "3.12.3"..<"5.0.0"),
+        .package(url: "https://github.com/apple/swift-asn1.git", from: "1.7.4"),
     ],
     targets: [
         .systemLibrary(name: "CLibPQ", pkgConfig: "libpq", providers: [.apt(["libpq-dev"])]),
@@ -31,6 +35,15 @@ let package = Package(
         .target(
             name: "ShipProtocol",
             dependencies: ["CLZ4", "WALCore", .product(name: "NIOCore", package: "swift-nio")]
+        ),
+        .target(
+            name: "ShipTLS",
+            dependencies: [
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+                .product(name: "X509", package: "swift-certificates"),
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "SwiftASN1", package: "swift-asn1"),
+            ]
         ),
         .target(
             name: "Spool",
@@ -59,7 +72,8 @@ let package = Package(
         .target(
             name: "Sender",
             dependencies: [
-                "PGReplication", "ShipProtocol", "WALCore", "Monitor",
+                "PGReplication", "ShipProtocol", "ShipTLS", "WALCore", "Monitor",
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
@@ -69,7 +83,8 @@ let package = Package(
         .target(
             name: "Receiver",
             dependencies: [
-                "ShipProtocol", "Spool", "WALCore", "Monitor",
+                "ShipProtocol", "ShipTLS", "Spool", "WALCore", "Monitor",
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
@@ -78,7 +93,7 @@ let package = Package(
         .executableTarget(
             name: "walship",
             dependencies: [
-                "Sender", "Receiver", "Spool", "WALCore", "Monitor", "WalSenderServer",
+                "Sender", "Receiver", "Spool", "WALCore", "Monitor", "WalSenderServer", "ShipTLS",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
@@ -97,6 +112,10 @@ let package = Package(
         .testTarget(name: "SpoolTests", dependencies: ["Spool", "WALCore", "ShipProtocol"]),
         .testTarget(name: "PGReplicationTests", dependencies: ["PGReplication", "WALCore"]),
         .testTarget(name: "MonitorTests", dependencies: ["Monitor", "WALCore"]),
+        .testTarget(
+            name: "ShipTLSTests",
+            dependencies: ["ShipTLS", .product(name: "NIOSSL", package: "swift-nio-ssl"), .product(name: "X509", package: "swift-certificates")]
+        ),
         .testTarget(
             name: "WalSenderServerTests",
             dependencies: ["WalSenderServer", "WALCore", .product(name: "NIOCore", package: "swift-nio")]

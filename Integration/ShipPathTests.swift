@@ -15,6 +15,8 @@ struct ShipTopology {
     var sender: Daemon?
     var senderArguments: [String] = []
     var receiverExtra: [String] = []
+    /// The link's security arguments for one end ("receiver" or "sender"); plaintext unless a test sets TLS.
+    var linkArguments: (String) -> [String] = { _ in ["--insecure"] }
 
     /// The receiver runs as the postgres OS user when `spoolOwnedByPostgres`, as a DR site that serves
     /// restore_command does, so PostgreSQL can read the spool.
@@ -34,7 +36,8 @@ struct ShipTopology {
 
     mutating func startReceiver(linkTimeout: Int = 10) throws {
         let arguments = [
-            "receive", "--listen", "127.0.0.1:\(receiverPort)", "--spool", spool, "--insecure",
+            "receive", "--listen", "127.0.0.1:\(receiverPort)", "--spool", spool,
+        ] + linkArguments("receiver") + [
             "--status-listen", "127.0.0.1:\(receiverStatusPort)", "--link-timeout", "\(linkTimeout)",
         ] + receiverExtra
         receiver = receiverAsPostgres
@@ -49,9 +52,9 @@ struct ShipTopology {
     mutating func startSender(extra: [String] = [], slot: String = "walship_it", source: String? = nil) throws {
         senderArguments = [
             "send", "--source", source ?? primary.conninfo, "--to", "127.0.0.1:\(receiverPort)", "--slot", slot,
-            "--create-slot", "--insecure", "--status-listen", "127.0.0.1:\(senderStatusPort)", "--link-timeout", "10",
+            "--create-slot", "--status-listen", "127.0.0.1:\(senderStatusPort)", "--link-timeout", "10",
             "--retry-max-seconds", "2", "--slot-check-interval", "2",
-        ] + extra
+        ] + linkArguments("sender") + extra
         sender = try fixture.walship("sender", senderArguments)
         try waitUntilStreaming()
     }

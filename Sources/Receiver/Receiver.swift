@@ -3,7 +3,9 @@ import Logging
 import Monitor
 import NIOCore
 import NIOPosix
+import NIOSSL
 import ShipProtocol
+import ShipTLS
 import Spool
 import Synchronization
 import WALCore
@@ -25,6 +27,10 @@ public struct ReceiverConfiguration: Sendable {
     /// Accept WAL for systems whose DR replica was promoted (fenced). For operators who know the old
     /// primary's WAL is wanted, e.g. after a drill done by hand.
     public var acceptFenced = false
+    /// Mutual TLS; nil only for a deliberately plaintext link (--insecure).
+    public var tls: NIOSSLContext?
+    /// `--allow-source CERTNAME=SYSTEMID`: when set, a client certificate name may ship only its system.
+    public var allowedSources: [String: UInt64] = [:]
 
     public init(listenHost: String, listenPort: Int, spoolRoot: String, name: String) {
         self.listenHost = listenHost
@@ -89,8 +95,11 @@ public final class Receiver: Sendable {
                 .serverChannelOption(.backlog, value: 64)
                 .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
                 .childChannelOption(.tcpOption(.tcp_nodelay), value: 1)
-                .bind(host: config.listenHost, port: config.listenPort) { channel in
-                    channel.eventLoop.makeCompletedFuture { try ShipChannel.configure(channel, linkTimeout: timeout) }
+                .bind(host: config.listenHost, port: config.listenPort) { [tls = config.tls] channel in
+                    channel.eventLoop.makeCompletedFuture {
+                        if let tls { try channel.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: tls)) }
+                        return try ShipChannel.configure(channel, linkTimeout: timeout)
+                    }
                 }
         } catch {
             throw ReceiverStartError("cannot listen on \(config.listenHost):\(config.listenPort): \(error) (hint: is another process using the port? choose another --listen)")
@@ -168,6 +177,7 @@ public final class Receiver: Sendable {
                 }
                 linkLogger[metadataKey: "walship.system"] = "\(hello.systemIdentifier)"
                 do {
+                    try await checkSource(hello, channel: connection.channel, logger: &linkLogger)
                     try await serve(hello: hello, peer: peer, channel: connection.channel, iterator: iterator,
                                     outbound: outbound, logger: linkLogger)
                 } catch let refusal as Refusal {
@@ -180,8 +190,28 @@ public final class Receiver: Sendable {
         } catch is LinkEnded {
             linkLogger.notice("sender disconnected")
         } catch is CancellationError {
+        } catch let error where tlsFailure(error) != nil {
+            linkLogger.error("TLS handshake with a sender failed; link refused", metadata: [
+                "walship.error": "\(tlsFailure(error)!)",
+                "walship.hint": "a sender without TLS (--insecure), or a certificate not signed by this receiver's --tls-ca",
+            ])
         } catch {
             linkLogger.warning("link closed", metadata: ["walship.error": "\(error)"])
+        }
+    }
+
+    /// `--allow-source`: the client certificate's name must be listed, bound to the system it ships.
+    private func checkSource(_ hello: Hello, channel: Channel, logger: inout Logger) async throws {
+        guard config.tls != nil else { return }
+        let certificate = try await channel.nioSSL_peerCertificate().get()
+        let name = certificate.flatMap(certificateName)
+        logger[metadataKey: "walship.certificate"] = "\(name ?? "?")"
+        guard !config.allowedSources.isEmpty else { return }
+        guard let name, let bound = config.allowedSources[name] else {
+            throw Refusal(code: .sourceNotAllowed, message: "the sender's certificate \"\(name ?? "without a name")\" is not allowed to ship here (hint: add --allow-source \(name ?? "NAME")=\(hello.systemIdentifier) to walship receive)")
+        }
+        guard bound == hello.systemIdentifier else {
+            throw Refusal(code: .sourceNotAllowed, message: "the sender's certificate \"\(name)\" may ship system \(bound) only, but it offered system \(hello.systemIdentifier) (hint: is this sender pointed at the right primary? else fix --allow-source \(name)=\(hello.systemIdentifier))")
         }
     }
 

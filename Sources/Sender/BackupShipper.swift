@@ -3,6 +3,7 @@ import Logging
 import NIOCore
 import PGReplication
 import ShipProtocol
+import ShipTLS
 import Synchronization
 import WALCore
 
@@ -15,6 +16,7 @@ public struct BackupShipper: Sendable {
     public var receiverPort: Int
     public var label: String
     public var linkTimeout: Duration = .seconds(30)
+    public var tls: ClientTLS?
     let logger: Logger
 
     public init(source: Conninfo, receiverHost: String, receiverPort: Int, label: String, logger: Logger) {
@@ -56,7 +58,7 @@ public struct BackupShipper: Sendable {
         guard identity.serverVersion / 10000 == 15 else {
             throw BackupError("the primary runs PostgreSQL \(identity.serverVersion / 10000); this walship supports PostgreSQL 15")
         }
-        let channel = try await connectToReceiver(host: receiverHost, port: receiverPort, linkTimeout: linkTimeout)
+        let channel = try await connectToReceiver(host: receiverHost, port: receiverPort, linkTimeout: linkTimeout, tls: tls)
         return try await channel.executeThenClose { inbound, outbound in
             try await outbound.write(.hello(Hello(role: .backup, synchronous: false, systemIdentifier: identity.systemIdentifier,
                                                   timeline: identity.timeline, walSegmentSize: UInt32(identity.segmentSize.bytes),

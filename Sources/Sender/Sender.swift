@@ -4,8 +4,10 @@ import Monitor
 import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
+import NIOSSL
 import PGReplication
 import ShipProtocol
+import ShipTLS
 import Synchronization
 import WALCore
 
@@ -24,6 +26,8 @@ public struct SenderConfiguration: Sendable {
     public var statusInterval: Duration = .seconds(10)
     public var slotCheckInterval: Duration = .seconds(10)
     public var maxBackoff: Duration = .seconds(30)
+    /// Mutual TLS on the link; nil only for a deliberately plaintext link (--insecure).
+    public var tls: ClientTLS?
 
     public init(source: Conninfo, receiverHost: String, receiverPort: Int, slot: String, createSlot: Bool,
                 applicationName: String, synchronous: Bool) {
@@ -95,11 +99,13 @@ public final class Sender: Sendable {
     private func streamWithRetries() async throws {
         var backoff = Duration.seconds(1)
         var everConnected = false
+        var everLinked = false
         while true {
             try Task.checkCancellation()
             do {
                 try await streamOnce(onConnected: { everConnected = true }) {
                     backoff = .seconds(1)
+                    everLinked = true
                 }
             } catch let error as SenderFatalError {
                 setState("failed", error: error.description)
@@ -115,6 +121,15 @@ public final class Sender: Sendable {
                 // At start-up an unreachable source, a refused login or a missing privilege is a set-up
                 // mistake: say so and stop. Once connected, the same failures mean a restart: retry.
                 let fatal = SenderFatalError("\(error.message) (hint: check that PostgreSQL is running and reachable with the --source conninfo, that the role has the REPLICATION attribute, and that pg_hba.conf has a 'replication' line for it)")
+                setState("failed", error: fatal.description)
+                throw fatal
+            } catch ShipProtocolError.peerSpeaksTLS where !everLinked {
+                let fatal = SenderFatalError("the receiver \(config.receiverHost):\(config.receiverPort) requires TLS, and this sender runs with --insecure (hint: give it --tls-cert, --tls-key and --tls-ca; walship certs init makes them)")
+                setState("failed", error: fatal.description)
+                throw fatal
+            } catch let error where !everLinked && tlsFailure(error) != nil {
+                // A certificate the receiver rejects, or one we reject, is a set-up mistake: say so and stop.
+                let fatal = SenderFatalError("TLS with the receiver \(config.receiverHost):\(config.receiverPort) failed: \(tlsFailure(error)!) (hint: --tls-ca must be the CA that signed the receiver's certificate, the receiver's certificate must name the host in --to (or pass --tls-server-name), and the receiver must trust the CA of --tls-cert)")
                 setState("failed", error: fatal.description)
                 throw fatal
             } catch {
@@ -188,7 +203,9 @@ public final class Sender: Sendable {
                 senderName: config.applicationName)))
             var iterator = inbound.makeAsyncIterator()
             guard let first = try await iterator.next() else {
-                throw LinkError("the receiver closed the link during the handshake")
+                throw LinkError(config.tls == nil
+                    ? "the receiver closed the link during the handshake (hint: if the receiver uses TLS, give this sender --tls-cert, --tls-key and --tls-ca instead of --insecure)"
+                    : "the receiver closed the link during the handshake (hint: does the receiver trust the CA of --tls-cert, and does --allow-source there name this certificate?)")
             }
             var machine = SenderLinkStateMachine()
             let primary = PrimaryIdentity(systemIdentifier: identity.systemIdentifier, timeline: identity.timeline,
@@ -316,7 +333,7 @@ public final class Sender: Sendable {
     }
 
     private func connectReceiver() async throws -> ShipAsyncChannel {
-        try await connectToReceiver(host: config.receiverHost, port: config.receiverPort, linkTimeout: config.linkTimeout)
+        try await connectToReceiver(host: config.receiverHost, port: config.receiverPort, linkTimeout: config.linkTimeout, tls: config.tls)
     }
 
     // MARK: - Slot retention
@@ -414,15 +431,21 @@ public final class Sender: Sendable {
     }
 }
 
-/// Opens a ship link to the receiver.
-func connectToReceiver(host: String, port: Int, linkTimeout: Duration) async throws -> ShipAsyncChannel {
+/// Opens a ship link to the receiver, with mutual TLS unless `tls` is nil.
+func connectToReceiver(host: String, port: Int, linkTimeout: Duration, tls: ClientTLS?) async throws -> ShipAsyncChannel {
     let timeout = TimeAmount.nanoseconds(Int64(linkTimeout.components.seconds) * 1_000_000_000)
     do {
         return try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
             .connectTimeout(.seconds(10))
             .channelOption(.tcpOption(.tcp_nodelay), value: 1)
             .connect(host: host, port: port) { channel in
-                channel.eventLoop.makeCompletedFuture { try ShipChannel.configure(channel, linkTimeout: timeout) }
+                channel.eventLoop.makeCompletedFuture {
+                    if let tls {
+                        try channel.pipeline.syncOperations.addHandler(
+                            try NIOSSLClientHandler(context: tls.context, serverHostname: tls.serverName(connectingTo: host)))
+                    }
+                    return try ShipChannel.configure(channel, linkTimeout: timeout)
+                }
             }
     } catch {
         throw LinkError("receiver \(host):\(port) is unreachable: \(error)")

@@ -146,6 +146,11 @@ public struct ShipFrameDecoder: NIOSingleStepByteToMessageDecoder, Sendable {
     public mutating func decodeLast(buffer: inout ByteBuffer, seenEOF: Bool) throws -> ShipMessage? {
         if let message = try decode(buffer: &buffer) { return message }
         if seenEOF && buffer.readableBytes > 0 {
+            // A TLS record (alert 0x15 or handshake 0x16, version 3.x): the peer speaks TLS and we do not.
+            if let type = buffer.getInteger(at: buffer.readerIndex, as: UInt8.self), type == 0x15 || type == 0x16,
+               buffer.getInteger(at: buffer.readerIndex + 1, as: UInt8.self) == 0x03 {
+                throw ShipProtocolError.peerSpeaksTLS
+            }
             throw ShipProtocolError.unexpectedEndOfStream(bufferedBytes: buffer.readableBytes)
         }
         return nil

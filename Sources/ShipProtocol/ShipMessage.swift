@@ -112,6 +112,8 @@ public struct Refusal: Hashable, Sendable, Error, CustomStringConvertible {
         public static let shuttingDown = Code(rawValue: 9)
         /// The DR replica of this system was promoted; the old primary's WAL is refused.
         public static let fenced = Code(rawValue: 10)
+        /// The client certificate may not ship this system (`--allow-source`).
+        public static let sourceNotAllowed = Code(rawValue: 11)
     }
 
     public var code: Code

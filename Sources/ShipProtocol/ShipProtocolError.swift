@@ -8,6 +8,8 @@ public enum ShipProtocolError: Error, Hashable, CustomStringConvertible {
     case trailingBytes(kind: ShipMessage.Kind, count: Int)
     case invalidField(kind: ShipMessage.Kind, reason: String)
     case unexpectedEndOfStream(bufferedBytes: Int)
+    /// The peer answered with a TLS record on a plaintext link.
+    case peerSpeaksTLS
 
     public var description: String {
         switch self {
@@ -21,6 +23,7 @@ public enum ShipProtocolError: Error, Hashable, CustomStringConvertible {
         case .trailingBytes(let kind, let count): "frame \(kind) has \(count) unexpected trailing bytes"
         case .invalidField(let kind, let reason): "frame \(kind): \(reason)"
         case .unexpectedEndOfStream(let n): "link closed in the middle of a frame (\(n) bytes buffered)"
+        case .peerSpeaksTLS: "the peer answered with TLS, but this end runs without it (--insecure)"
         }
     }
 }

@@ -4,6 +4,7 @@ import Logging
 import Monitor
 import PGReplication
 import Sender
+import ShipTLS
 import Spool
 import Synchronization
 import WALCore
@@ -14,7 +15,7 @@ struct Backup: AsyncParsableCommand {
         discussion: """
             Runs BASE_BACKUP on the primary and ships the data directory LZ4-compressed to the receiver, which stores it under SPOOL/<system-identifier>/base/<backup-id>/. The backup is complete once the spool durably holds the WAL from its start to its stop LSN, which the running walship send delivers; this command waits for that.
             Example:
-              walship backup --source "host=/var/run/postgresql user=walship" --to dr.example:7000 --insecure
+              walship backup --source "host=/var/run/postgresql user=walship" --to dr.example:7000 --tls-cert sender.crt --tls-key sender.key --tls-ca ca.crt
             """)
 
     @Option(help: "libpq connection string of the primary.")
@@ -40,6 +41,7 @@ struct Backup: AsyncParsableCommand {
             var shipper = BackupShipper(source: try Conninfo(source), receiverHost: receiver.host, receiverPort: receiver.port,
                                         label: label, logger: logger)
             shipper.linkTimeout = .seconds(link.linkTimeout)
+            shipper.tls = try link.tlsFiles.map { ClientTLS(context: try $0.clientContext(), serverName: nil) }
             let display = ProgressDisplay(terminal: isatty(STDOUT_FILENO) == 1)
             let outcome = try await shipper.run { display.show($0) }
             display.finish()

@@ -11,7 +11,8 @@ struct Receive: AsyncParsableCommand {
         discussion: """
             Accepts links from senders (one streaming link per source system), validates every WAL page, stores completed segments as DIR/<system-identifier>/wal/NAME.lz4 and acknowledges only what is fsynced.
             Example:
-              walship receive --listen 0.0.0.0:7000 --spool /var/lib/walship --insecure
+              walship receive --listen 0.0.0.0:7000 --spool /var/lib/walship \\
+                --tls-cert /etc/walship/receiver.crt --tls-key /etc/walship/receiver.key --tls-ca /etc/walship/ca.crt
             """)
 
     @Option(help: "Address to accept senders on, HOST:PORT.")
@@ -35,6 +36,9 @@ struct Receive: AsyncParsableCommand {
     @Option(help: "Complete base backups to keep; older ones, and WAL neither a kept backup nor a known standby needs, are pruned.")
     var retainBackups = 2
 
+    @Option(help: "CERTNAME=SYSTEMID: the sender whose certificate is named CERTNAME may ship database system SYSTEMID only (repeatable; with any given, unlisted certificates are refused).")
+    var allowSource: [String] = []
+
     @Flag(help: "Accept WAL for systems fenced by a promotion at the DR site (the old primary would extend the old timeline here). Only after deciding the fence is obsolete.")
     var force = false
 
@@ -55,6 +59,10 @@ struct Receive: AsyncParsableCommand {
         _ = try parseEndpoint(listen, option: "--listen")
         try validateRetention()
         try validateAlerts()
+        _ = try allowedSources()
+        if !allowSource.isEmpty && link.insecure {
+            throw ValidationError("--allow-source needs TLS: certificate names are only known with --tls-cert/--tls-key/--tls-ca")
+        }
         if let standbyListen {
             let endpoint = try parseEndpoint(standbyListen, option: "--standby-listen")
             switch (standbyTrust, standbyPasswordFile) {
@@ -72,6 +80,19 @@ struct Receive: AsyncParsableCommand {
         } else if standbyTrust || standbyPasswordFile != nil {
             throw ValidationError("--standby-trust and --standby-password-file need --standby-listen")
         }
+    }
+
+    func allowedSources() throws -> [String: UInt64] {
+        var bound: [String: UInt64] = [:]
+        for entry in allowSource {
+            let parts = entry.split(separator: "=", maxSplits: 1).map(String.init)
+            guard parts.count == 2, !parts[0].isEmpty, let system = UInt64(parts[1]) else {
+                throw ValidationError("--allow-source expects CERTNAME=SYSTEMID (the system identifier from pg_control_system()), got \"\(entry)\"")
+            }
+            guard bound[parts[0]] == nil else { throw ValidationError("--allow-source names \(parts[0]) twice") }
+            bound[parts[0]] = system
+        }
+        return bound
     }
 
     func validateAlerts() throws {
@@ -104,6 +125,12 @@ struct Receive: AsyncParsableCommand {
         configuration.retainBackups = retainBackups
         configuration.standbyListen = standbyListen
         configuration.acceptFenced = force
+        configuration.allowedSources = try allowedSources()
+        do {
+            configuration.tls = try link.tlsFiles?.serverContext()
+        } catch {
+            throw fail("receive", error)
+        }
         let receiver: Receiver
         var standbyServer: WalSenderServer?
         do {

@@ -3,6 +3,7 @@ import Logging
 import Monitor
 import PGReplication
 import Sender
+import ShipTLS
 
 struct Send: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
@@ -10,7 +11,8 @@ struct Send: AsyncParsableCommand {
         discussion: """
             Connects to the primary with a physical replication slot, ships WAL LZ4-compressed to the receiver, and reports to the primary only what the receiver has written and fsynced. With --sync and the primary's synchronous_standby_names naming --application-name, commits wait until their WAL is on the DR site's disk.
             Example:
-              walship send --source "host=/var/run/postgresql user=walship" --to dr.example:7000 --slot walship --create-slot --insecure
+              walship send --source "host=/var/run/postgresql user=walship" --to dr.example:7000 --slot walship --create-slot \\
+                --tls-cert /etc/walship/sender.crt --tls-key /etc/walship/sender.key --tls-ca /etc/walship/ca.crt
             """)
 
     @Option(help: "libpq connection string of the primary (PG* environment variables are honoured).")
@@ -43,6 +45,9 @@ struct Send: AsyncParsableCommand {
     @Option(help: "Alert when the primary holds more than this many bytes of WAL for the slot (a full pg_wal stops the primary).")
     var alertSlotRetainedBytes: Int64?
 
+    @Option(help: "The name the receiver's certificate must carry, when it differs from the host in --to.")
+    var tlsServerName: String?
+
     @OptionGroup var link: LinkOptions
     @OptionGroup var alerts: AlertOptions
     @OptionGroup var logging: LoggingOptions
@@ -67,6 +72,11 @@ struct Send: AsyncParsableCommand {
         configuration.keepaliveInterval = .seconds(max(1, link.linkTimeout / 6))
         configuration.slotCheckInterval = .seconds(max(1, slotCheckInterval))
         configuration.maxBackoff = .seconds(max(1, retryMaxSeconds))
+        do {
+            configuration.tls = try link.tlsFiles.map { ClientTLS(context: try $0.clientContext(), serverName: tlsServerName) }
+        } catch {
+            throw fail("send", error)
+        }
         let sender = Sender(configuration: configuration, logger: logger)
         let thresholds = AlertThresholds(disconnectSeconds: alerts.alertDisconnectSeconds, memoryMB: alerts.alertMemoryMb,
                                          slotRetainedBytes: alertSlotRetainedBytes)

@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import Logging
 import Monitor
+import ShipTLS
 
 @main
 struct Walship: AsyncParsableCommand {
@@ -12,7 +13,7 @@ struct Walship: AsyncParsableCommand {
             The sender runs beside the primary and streams WAL through a replication slot to the receiver at the DR site, which stores it durably in a spool. See docs/runbook.md.
             """,
         version: walshipVersion,
-        subcommands: [Send.self, Receive.self, Status.self, Promote.self, Drill.self, Backup.self, Backups.self, Restore.self,
+        subcommands: [Send.self, Receive.self, Status.self, Certs.self, Promote.self, Drill.self, Backup.self, Backups.self, Restore.self,
                       RestoreWAL.self, Prune.self])
 }
 
@@ -36,6 +37,15 @@ extension Logger.Level: @retroactive ExpressibleByArgument {}
 
 /// Options of both ends of the ship link. Their names are a contract shared by `send` and `receive`.
 struct LinkOptions: ParsableArguments {
+    @Option(help: "This end's certificate (PEM), signed by the CA of --tls-ca. walship certs init makes one for each end.")
+    var tlsCert: String?
+
+    @Option(help: "The private key of --tls-cert (PEM).")
+    var tlsKey: String?
+
+    @Option(name: .customLong("tls-ca"), help: "The CA (PEM) the other end's certificate must be signed by.")
+    var tlsCA: String?
+
     @Flag(help: "No TLS on the ship link (plaintext). Required on both ends for a plaintext link; use only on a trusted network.")
     var insecure = false
 
@@ -47,10 +57,23 @@ struct LinkOptions: ParsableArguments {
 
     func validate() throws {
         if let statusListen { _ = try parseEndpoint(statusListen, option: "--status-listen") }
-        guard insecure else {
-            throw ValidationError("TLS for the ship link is not available in this release; pass --insecure on both ends to ship in plaintext over a network you trust")
+        let given = [tlsCert, tlsKey, tlsCA].compactMap { $0 }
+        if insecure {
+            guard given.isEmpty else { throw ValidationError("--insecure and --tls-cert/--tls-key/--tls-ca exclude each other: choose TLS or plaintext") }
+        } else {
+            guard given.count == 3 else {
+                throw ValidationError(given.isEmpty
+                    ? "the ship link uses mutual TLS: pass --tls-cert, --tls-key and --tls-ca (walship certs init DIR makes a set), or --insecure for plaintext on a network you trust"
+                    : "TLS needs all three of --tls-cert, --tls-key and --tls-ca")
+            }
         }
         guard (5...3600).contains(linkTimeout) else { throw ValidationError("--link-timeout must be 5...3600 seconds") }
+    }
+
+    /// The TLS files, or nil for a plaintext link.
+    var tlsFiles: TLSFiles? {
+        guard let tlsCert, let tlsKey, let tlsCA else { return nil }
+        return TLSFiles(certificate: tlsCert, privateKey: tlsKey, authority: tlsCA)
     }
 
     func warnIfPlaintext(_ logger: Logger) {

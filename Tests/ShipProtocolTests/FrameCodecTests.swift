@@ -111,6 +111,14 @@ import WALCore
         }
     }
 
+    @Test func aTLSAlertOnAPlaintextLinkIsNamed() throws {
+        // The 7 bytes of a TLS 1.2-framed fatal alert (handshake_failure).
+        var alert = ByteBuffer(bytes: [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x28])
+        var decoder = ShipFrameDecoder()
+        #expect(try decoder.decode(buffer: &alert) == nil)
+        #expect(throws: ShipProtocolError.peerSpeaksTLS) { _ = try decoder.decodeLast(buffer: &alert, seenEOF: true) }
+    }
+
     /// A frame whose checksum is right but whose payload is not what its kind promises.
     func forged(_ kind: ShipMessage.Kind, payload: [UInt8]) -> ByteBuffer {
         var buffer = ByteBuffer()

@@ -1,0 +1,238 @@
+import Crypto
+import Foundation
+import NIOSSL
+import SwiftASN1
+import X509
+
+/// The three files of one end of a mutually authenticated ship link (`--tls-cert`, `--tls-key`, `--tls-ca`).
+public struct TLSFiles: Sendable, Equatable {
+    public var certificate: String
+    public var privateKey: String
+    public var authority: String
+
+    public init(certificate: String, privateKey: String, authority: String) {
+        self.certificate = certificate
+        self.privateKey = privateKey
+        self.authority = authority
+    }
+
+    /// The receiver's side: TLS 1.3 only; a client must present a certificate signed by the CA.
+    public func serverContext() throws -> NIOSSLContext {
+        var configuration = TLSConfiguration.makeServerConfigurationWithMTLS(
+            certificateChain: try chain(), privateKey: .privateKey(try key()), trustRoots: .certificates(try authorities()))
+        configuration.minimumTLSVersion = .tlsv13
+        return try context(configuration)
+    }
+
+    /// The sender's side: TLS 1.3 only; the receiver's certificate must be signed by the CA and name the
+    /// host connected to (or `serverName`).
+    public func clientContext() throws -> NIOSSLContext {
+        var configuration = TLSConfiguration.makeClientConfiguration()
+        configuration.minimumTLSVersion = .tlsv13
+        configuration.certificateChain = try chain()
+        configuration.privateKey = .privateKey(try key())
+        configuration.trustRoots = .certificates(try authorities())
+        configuration.certificateVerification = .fullVerification
+        return try context(configuration)
+    }
+
+    private func chain() throws -> [NIOSSLCertificateSource] {
+        try load("--tls-cert", certificate) { try NIOSSLCertificate.fromPEMFile($0).map { .certificate($0) } }
+    }
+
+    private func key() throws -> NIOSSLPrivateKey {
+        try load("--tls-key", privateKey) { try NIOSSLPrivateKey(file: $0, format: .pem) }
+    }
+
+    private func authorities() throws -> [NIOSSLCertificate] {
+        try load("--tls-ca", authority) { try NIOSSLCertificate.fromPEMFile($0) }
+    }
+
+    private func context(_ configuration: TLSConfiguration) throws -> NIOSSLContext {
+        do { return try NIOSSLContext(configuration: configuration) } catch {
+            throw TLSSetupError("the TLS files do not fit together (\(error)) (hint: --tls-key must be the key of --tls-cert; walship certs init makes a matching set)")
+        }
+    }
+
+    private func load<T>(_ option: String, _ path: String, _ body: (String) throws -> T) throws -> T {
+        guard FileManager.default.isReadableFile(atPath: path) else {
+            throw TLSSetupError("cannot read \(option) \(path) (hint: check the path and that this user may read it; walship certs init creates the files)")
+        }
+        do {
+            let value = try body(path)
+            if let list = value as? [Any], list.isEmpty { throw TLSSetupError("no certificate in it") }
+            return value
+        } catch {
+            throw TLSSetupError("\(option) \(path) is not a PEM \(option == "--tls-key" ? "private key" : "certificate"): \(error)")
+        }
+    }
+}
+
+public struct TLSSetupError: Error, CustomStringConvertible {
+    public let description: String
+    public init(_ description: String) { self.description = description }
+}
+
+/// The sender's TLS: its context and the name the receiver's certificate must carry.
+public struct ClientTLS: Sendable {
+    public let context: NIOSSLContext
+    /// Overrides the host of `--to` as the name to verify (`--tls-server-name`).
+    public let serverName: String?
+
+    public init(context: NIOSSLContext, serverName: String?) {
+        self.context = context
+        self.serverName = serverName
+    }
+
+    /// SNI and verification name: an address is verified against the certificate's IP addresses (no SNI).
+    public func serverName(connectingTo host: String) -> String? {
+        if let serverName { return serverName }
+        var v4 = in_addr(), v6 = in6_addr()
+        return inet_pton(AF_INET, host, &v4) == 1 || inet_pton(AF_INET6, host, &v6) == 1 ? nil : host
+    }
+}
+
+/// A readable account of a TLS failure, or nil when `error` is not one.
+public func tlsFailure(_ error: any Error) -> String? {
+    let text: String
+    if let ssl = error as? NIOSSLError {
+        switch ssl {
+        case .handshakeFailed(let inner): text = "handshake failed: \(inner)"
+        default: text = "\(ssl)"
+        }
+    } else if error is NIOSSLExtraError || error is BoringSSLError {
+        text = "\(error)"
+    } else {
+        return nil
+    }
+    return readableTLSReason(text)
+}
+
+/// BoringSSL's reason (e.g. CERTIFICATE_VERIFY_FAILED) with a plain-words gloss, instead of its whole
+/// error stack with source paths.
+func readableTLSReason(_ text: String) -> String {
+    let glosses = [
+        "CERTIFICATE_VERIFY_FAILED": "the other end's certificate is not signed by our --tls-ca, has expired, or does not carry the expected name",
+        "TLSV1_ALERT_UNKNOWN_CA": "the other end does not trust the CA that signed our certificate",
+        "TLSV1_ALERT_CERTIFICATE_EXPIRED": "the other end says our certificate has expired",
+        "TLSV1_ALERT_BAD_CERTIFICATE": "the other end rejected our certificate",
+        "CERTIFICATE_REQUIRED": "the other end requires a client certificate",
+        "TLSV1_CERTIFICATE_REQUIRED": "the other end requires a client certificate",
+        "WRONG_VERSION_NUMBER": "the other end does not speak TLS (a plaintext peer, --insecure)",
+        "HTTP_REQUEST": "the other end sent plain HTTP",
+        "UNSUPPORTED_PROTOCOL": "the other end does not offer TLS 1.3",
+        "TLSV1_ALERT_PROTOCOL_VERSION": "the other end does not offer TLS 1.3",
+    ]
+    for (reason, gloss) in glosses where text.contains(reason) {
+        return "\(reason): \(gloss)"
+    }
+    if let range = text.range(of: "OPENSSL_internal:") {
+        let rest = text[range.upperBound...]
+        return String(rest.prefix { $0.isLetter || $0.isNumber || $0 == "_" })
+    }
+    return text
+}
+
+/// The name a peer's certificate goes by: its subject common name, else its first DNS name.
+public func certificateName(_ certificate: NIOSSLCertificate) -> String? {
+    guard let der = try? certificate.toDERBytes(), let parsed = try? Certificate(derEncoded: der) else { return nil }
+    for rdn in parsed.subject {
+        for attribute in rdn where attribute.type == .RDNAttributeType.commonName {
+            if let name = String(attribute.value) { return name }
+        }
+    }
+    if let names = try? parsed.extensions.subjectAlternativeNames {
+        for name in names { if case .dnsName(let dns) = name { return dns } }
+    }
+    return nil
+}
+
+/// `walship certs init`: a small CA and one key pair for each end of the link.
+public enum CertificateAuthority {
+    public struct Created: Sendable {
+        public var files: [String]
+    }
+
+    /// Writes ca.crt, ca.key, receiver.crt, receiver.key, sender.crt, sender.key into `directory`, all 0600.
+    /// `receiverNames` go into the receiver certificate's subject alternative names (DNS names or IP
+    /// addresses: what senders connect to).
+    public static func create(in directory: String, receiverNames: [String], senderName: String, validDays: Int,
+                              now: Date = Date()) throws -> Created {
+        let fm = FileManager.default
+        try fm.createDirectory(atPath: directory, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+        let names = ["ca.crt", "ca.key", "receiver.crt", "receiver.key", "sender.crt", "sender.key"]
+        if let existing = names.first(where: { fm.fileExists(atPath: directory + "/" + $0) }) {
+            throw TLSSetupError("\(directory)/\(existing) exists; walship certs init never overwrites keys (hint: choose an empty directory)")
+        }
+        let notBefore = now.addingTimeInterval(-300)
+        let notAfter = now.addingTimeInterval(Double(validDays) * 86400)
+
+        let caKey = P256.Signing.PrivateKey()
+        let caName = try DistinguishedName {
+            OrganizationName("walship")
+            CommonName("walship link CA")
+        }
+        let ca = try Certificate(
+            version: .v3, serialNumber: .init(), publicKey: .init(caKey.publicKey), notValidBefore: notBefore,
+            notValidAfter: notAfter, issuer: caName, subject: caName, signatureAlgorithm: .ecdsaWithSHA256,
+            extensions: try Certificate.Extensions {
+                Critical(BasicConstraints.isCertificateAuthority(maxPathLength: 0))
+                Critical(KeyUsage(keyCertSign: true, cRLSign: true))
+                SubjectKeyIdentifier(hash: .init(caKey.publicKey))
+            },
+            issuerPrivateKey: .init(caKey))
+
+        func leaf(_ commonName: String, usage: ExtendedKeyUsage.Usage, alternativeNames: [GeneralName]) throws -> (Certificate, P256.Signing.PrivateKey) {
+            let key = P256.Signing.PrivateKey()
+            let certificate = try Certificate(
+                version: .v3, serialNumber: .init(), publicKey: .init(key.publicKey), notValidBefore: notBefore,
+                notValidAfter: notAfter, issuer: caName,
+                subject: try DistinguishedName {
+                    OrganizationName("walship")
+                    CommonName(commonName)
+                },
+                signatureAlgorithm: .ecdsaWithSHA256,
+                extensions: try Certificate.Extensions {
+                    Critical(BasicConstraints.notCertificateAuthority)
+                    Critical(KeyUsage(digitalSignature: true))
+                    try ExtendedKeyUsage([usage])
+                    SubjectAlternativeNames(alternativeNames)
+                    AuthorityKeyIdentifier(keyIdentifier: try SubjectKeyIdentifier(hash: .init(caKey.publicKey)).keyIdentifier)
+                },
+                issuerPrivateKey: .init(caKey))
+            return (certificate, key)
+        }
+        let receiver = try leaf(receiverNames.first ?? "walship-receiver", usage: .serverAuth,
+                                alternativeNames: receiverNames.map(generalName))
+        let sender = try leaf(senderName, usage: .clientAuth, alternativeNames: [.dnsName(senderName)])
+
+        var written: [String] = []
+        func write(_ name: String, _ text: String) throws {
+            let path = directory + "/" + name
+            guard fm.createFile(atPath: path, contents: Data(text.utf8), attributes: [.posixPermissions: 0o600]) else {
+                throw TLSSetupError("cannot write \(path)")
+            }
+            written.append(path)
+        }
+        try write("ca.crt", try ca.serializeAsPEM().pemString + "\n")
+        try write("ca.key", caKey.pemRepresentation + "\n")
+        try write("receiver.crt", try receiver.0.serializeAsPEM().pemString + "\n")
+        try write("receiver.key", receiver.1.pemRepresentation + "\n")
+        try write("sender.crt", try sender.0.serializeAsPEM().pemString + "\n")
+        try write("sender.key", sender.1.pemRepresentation + "\n")
+        return Created(files: written)
+    }
+
+    /// An IP address where the text is one (senders connecting by address), else a DNS name.
+    static func generalName(_ text: String) -> GeneralName {
+        var v4 = in_addr()
+        if inet_pton(AF_INET, text, &v4) == 1 {
+            return .ipAddress(ASN1OctetString(contentBytes: withUnsafeBytes(of: &v4) { ArraySlice($0) }))
+        }
+        var v6 = in6_addr()
+        if inet_pton(AF_INET6, text, &v6) == 1 {
+            return .ipAddress(ASN1OctetString(contentBytes: withUnsafeBytes(of: &v6) { ArraySlice($0) }))
+        }
+        return .dnsName(text)
+    }
+}
