@@ -53,6 +53,7 @@ let package = Package(
             name: "WalSenderServer",
             dependencies: [
                 "Spool", "WALCore", "PGReplication",
+                .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),

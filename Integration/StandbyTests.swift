@@ -112,5 +112,29 @@ struct StandbyTests {
         let remoteTrust = try run(IT.walshipBinary, ["receive", "--listen", "127.0.0.1:1", "--spool", fixture.directory + "/s2", "--insecure",
                                                      "--standby-listen", "0.0.0.0:2", "--standby-trust"], timeout: 30, check: false)
         #expect(remoteTrust.status != 0 && remoteTrust.error.contains("loopback"), "\(remoteTrust.error)")
+
+        // A stored SCRAM verifier, taken from pg_authid, instead of a password on the DR host: a stock
+        // standby with the password in its primary_conninfo authenticates with SCRAM-SHA-256 and replays.
+        try topology.primary.sql("SET password_encryption = 'scram-sha-256'; CREATE ROLE dr_login LOGIN PASSWORD 'stored-secret'")
+        let verifier = try topology.primary.sql("SELECT rolpassword FROM pg_authid WHERE rolname = 'dr_login'")
+        #expect(verifier.hasPrefix("SCRAM-SHA-256$"))
+        let verifierFile = fixture.directory + "/standby-verifier"
+        try (verifier + "\n").write(toFile: verifierFile, atomically: true, encoding: .utf8)
+        topology.receiver!.stop()
+        topology.receiverExtra = ["--standby-listen", "127.0.0.1:\(standbyPort)", "--standby-password-file", verifierFile]
+        try topology.startReceiver()
+        #expect(try replication("correct horse", "IDENTIFY_SYSTEM").status != 0)
+        try fixture.baseBackup(of: topology.primary, name: "scram-standby")
+        let standby = try fixture.startCopy(name: "scram-standby", signal: "standby.signal", settings: [
+            "primary_conninfo = 'host=127.0.0.1 port=\(standbyPort) user=postgres password=stored-secret application_name=dr_scram'",
+            "hot_standby = on", "wal_retrieve_retry_interval = '1s'",
+        ])
+        try topology.primary.sql("CREATE TABLE scram_check AS SELECT 42 AS answer")
+        let target = try lsn(topology.primary.sql("SELECT pg_current_wal_lsn()"))!
+        try waitUntil("the SCRAM-authenticated standby to replay", timeout: 90) {
+            let replayed = try standby.sql("SELECT pg_last_wal_replay_lsn()")
+            return ((lsn(replayed) ?? 0) >= target, replayed)
+        }
+        #expect(try standby.sql("SELECT answer FROM scram_check") == "42")
     }
 }

@@ -63,11 +63,19 @@ INSERT INTO patients (mrn, name, born)
   SELECT 'MRN' || lpad(g::text, 6, '0'), 'Patient ' || g, date '1940-01-01' + (g * 37 % 30000) FROM generate_series(1, 2000) g;
 INSERT INTO encounters (patient_id, ward) SELECT 1 + g % 2000, (ARRAY['ICU','ER','Cardiology','Maternity'])[1 + g % 4] FROM generate_series(1, 500) g;
 SQL
-echo "primary up: system identifier $(psql_q 'SELECT system_identifier FROM pg_control_system()'), 2000 patients"
+echo "primary up, 2000 patients"
 
-step "2. The DR site: walship receive on 127.0.0.1:$RECEIVER_PORT, serving standbys on 127.0.0.1:$STANDBY_PORT"
+step "2. Certificates for the link (mutual TLS): walship certs init"
+"$WALSHIP_BIN" certs init "$DEMO/certs" --receiver-name 127.0.0.1 --sender-name hospital-primary | tail -1
+[ "$(id -u)" -eq 0 ] && chown -R postgres:postgres "$DEMO/certs"
+tls() { echo --tls-cert "$DEMO/certs/$1.crt" --tls-key "$DEMO/certs/$1.key" --tls-ca "$DEMO/certs/ca.crt"; }
+SYSID=$(psql_q 'SELECT system_identifier FROM pg_control_system()')
+
+step "3. The DR site: walship receive on 127.0.0.1:$RECEIVER_PORT, serving standbys on 127.0.0.1:$STANDBY_PORT"
 # Runs as the PostgreSQL OS user, as on a real DR host: the standby's restore_command reads the spool.
-receiver_cmd=("$WALSHIP_BIN" receive --listen "127.0.0.1:$RECEIVER_PORT" --spool "$DEMO/spool" --insecure
+# shellcheck disable=SC2046
+receiver_cmd=("$WALSHIP_BIN" receive --listen "127.0.0.1:$RECEIVER_PORT" --spool "$DEMO/spool" $(tls receiver)
+    --allow-source "hospital-primary=$SYSID"
     --standby-listen "127.0.0.1:$STANDBY_PORT" --standby-trust --status-listen "127.0.0.1:$RECEIVER_STATUS"
     --alert-lag-seconds 30 --alert-disconnect-seconds 10 --alert-command "cat >> $DEMO/alerts.jsonl; echo >> $DEMO/alerts.jsonl")
 if [ "$(id -u)" -eq 0 ]; then
@@ -80,16 +88,17 @@ RECEIVER_PID=$!
 WALSHIP=${receiver_cmd[0]}
 wait_for 30 "the receiver" curl -sf "http://127.0.0.1:$RECEIVER_STATUS/status"
 
-step "3. The sender beside the primary, synchronous: a commit returns once its WAL is fsynced at the DR site"
+step "4. The sender beside the primary, synchronous: a commit returns once its WAL is fsynced at the DR site"
+# shellcheck disable=SC2046
 "$WALSHIP" send --source "host=127.0.0.1 port=$PGPORT user=postgres" --to "127.0.0.1:$RECEIVER_PORT" \
-    --slot walship_demo --create-slot --sync --application-name walship_demo --insecure \
+    --slot walship_demo --create-slot --sync --application-name walship_demo $(tls sender) \
     --status-listen "127.0.0.1:$SENDER_STATUS" >"$DEMO/sender.log" 2>&1 &
 SENDER_PID=$!
 psql_q "ALTER SYSTEM SET synchronous_standby_names = 'walship_demo'" >/dev/null; psql_q "SELECT pg_reload_conf()" >/dev/null
 wait_for 60 "sync_state = sync" bash -c "[ \"\$(psql -AtX -c \"SELECT sync_state FROM pg_stat_replication WHERE application_name='walship_demo'\")\" = sync ]"
 psql -X -c "SELECT application_name, state, sync_state, flush_lsn FROM pg_stat_replication"
 
-step "4. A steady writer: every observation it records as acknowledged has returned from COMMIT"
+step "5. A steady writer: every observation it records as acknowledged has returned from COMMIT"
 : > "$DEMO/acknowledged.txt"
 (
     for i in $(seq 1 1000000); do
@@ -100,8 +109,9 @@ step "4. A steady writer: every observation it records as acknowledged has retur
 WRITER_PID=$!
 wait_for 30 "the first acknowledged observations" test -s "$DEMO/acknowledged.txt"
 
-step "5. A DR standby built through the link: a base backup shipped to the receiver, restored as a stock standby"
-"$WALSHIP" backup --source "host=127.0.0.1 port=$PGPORT user=postgres" --to "127.0.0.1:$RECEIVER_PORT" --insecure | tail -1
+step "6. A DR standby built through the link: a base backup shipped to the receiver, restored as a stock standby"
+# shellcheck disable=SC2046
+"$WALSHIP" backup --source "host=127.0.0.1 port=$PGPORT user=postgres" --to "127.0.0.1:$RECEIVER_PORT" $(tls sender) | tail -1
 "$WALSHIP" restore --spool "$DEMO/spool" --pgdata "$DEMO/dr" --standby --walship-path "$WALSHIP" \
     --primary-conninfo "host=127.0.0.1 port=$STANDBY_PORT user=postgres application_name=dr_replica" | head -1
 cat >> "$DEMO/dr/postgresql.conf" <<CONF
@@ -113,11 +123,11 @@ as_postgres "$PG_BINDIR/pg_ctl" -D "$DEMO/dr" -l "$DEMO/dr.log" -w start >/dev/n
 wait_for 60 "the DR standby to replay" bash -c "[ -n \"\$(psql -p $DR_PORT -AtX -c 'SELECT pg_last_wal_replay_lsn()')\" ]"
 echo "DR standby up on port $DR_PORT, replaying from walship"
 
-step "6. The lag chain, live (walship status --watch), while the writer keeps committing"
+step "7. The lag chain, live (walship status --watch), while the writer keeps committing"
 timeout 6 "$WALSHIP" status --url "http://127.0.0.1:$RECEIVER_STATUS" --watch --interval 1.5 || true
 echo "dashboard: http://127.0.0.1:$RECEIVER_STATUS/   metrics: http://127.0.0.1:$RECEIVER_STATUS/metrics"
 
-step "7. Disaster: the primary is killed (kill -9) in the middle of the writer's stream"
+step "8. Disaster: the primary is killed (kill -9) in the middle of the writer's stream"
 kill -9 "$(head -1 "$DEMO/primary/postmaster.pid")"
 sleep 0.5
 kill "$WRITER_PID" 2>/dev/null || true; wait "$WRITER_PID" 2>/dev/null || true; WRITER_PID=
@@ -125,13 +135,13 @@ kill "$SENDER_PID" 2>/dev/null || true; SENDER_PID=
 last_acked=$(tail -1 "$DEMO/acknowledged.txt")
 echo "$(wc -l < "$DEMO/acknowledged.txt") observations were acknowledged to the writer; the last one is id $last_acked"
 
-step "8. walship promote: replay everything the DR site holds, fence the old primary, promote, measure"
+step "9. walship promote: replay everything the DR site holds, fence the old primary, promote, measure"
 "$WALSHIP" promote --pgdata "$DEMO/dr" --spool "$DEMO/spool" --report "$DEMO/promotion"
 echo
 echo "--- the evidence report ($DEMO/promotion.md) ---"
 cat "$DEMO/promotion.md"
 
-step "9. The last acknowledged observation is on the promoted DR replica"
+step "10. The last acknowledged observation is on the promoted DR replica"
 found=$(psql -p "$DR_PORT" -AtX -c "SELECT count(*) FROM observations WHERE id = $last_acked")
 missing=$(psql -p "$DR_PORT" -AtX -c "SELECT count(*) FROM unnest(ARRAY[$(paste -sd, "$DEMO/acknowledged.txt")]::bigint[]) a(id) WHERE NOT EXISTS (SELECT 1 FROM observations o WHERE o.id = a.id)")
 echo "observation $last_acked present: $([ "$found" = 1 ] && echo yes || echo NO); acknowledged observations missing: $missing"

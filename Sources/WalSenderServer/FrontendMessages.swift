@@ -102,7 +102,22 @@ public enum Backend {
     }
 
     public static func authenticationOk(_ out: inout ByteBuffer) { message("R", into: &out) { $0.writeInteger(UInt32(0)) } }
-    public static func authenticationCleartextPassword(_ out: inout ByteBuffer) { message("R", into: &out) { $0.writeInteger(UInt32(3)) } }
+    /// AuthenticationSASL: the mechanisms offered, each a C string, then an empty one.
+    public static func authenticationSASL(mechanisms: [String], _ out: inout ByteBuffer) {
+        message("R", into: &out) {
+            $0.writeInteger(UInt32(10))
+            for mechanism in mechanisms { $0.writeNullTerminatedString(mechanism) }
+            $0.writeInteger(UInt8(0))
+        }
+    }
+
+    /// AuthenticationSASLContinue (11) or AuthenticationSASLFinal (12) with their data.
+    public static func authentication(code: UInt32, data: [UInt8], _ out: inout ByteBuffer) {
+        message("R", into: &out) {
+            $0.writeInteger(code)
+            $0.writeBytes(data)
+        }
+    }
 
     public static func parameterStatus(_ name: String, _ value: String, _ out: inout ByteBuffer) {
         message("S", into: &out) {

@@ -8,12 +8,12 @@ import Spool
 import Synchronization
 import WALCore
 
-/// How standbys prove who they are. SCRAM arrives with the security work; these keep their meaning.
+/// How standbys prove who they are.
 public enum StandbyAuthentication: Sendable {
     /// Anyone who can reach the (loopback-only) endpoint.
     case trust
-    /// A password checked in the clear over the connection (cleartext password message).
-    case password(String)
+    /// SCRAM-SHA-256 against a verifier (from a stored pg_authid-style verifier, or derived from a password).
+    case scram(SCRAMVerifier)
 }
 
 /// The replay position a standby last reported, per system.
@@ -161,7 +161,7 @@ struct StandbySession {
                 throw StandbyEndpointError(text)
             case .close(let reason):
                 throw StandbyEndpointError(reason)
-            case .refuseEncryption, .requestPassword, .result, .startStreaming, .endOfTimeline:
+            case .refuseEncryption, .requestSASL, .saslContinue, .result, .startStreaming, .endOfTimeline:
                 continue
             }
         }
@@ -197,9 +197,12 @@ struct StandbySession {
         switch action {
         case .refuseEncryption:
             out.writeString("N")
-        case .requestPassword:
-            Backend.authenticationCleartextPassword(&out)
-        case .accept(let applicationName):
+        case .requestSASL:
+            Backend.authenticationSASL(mechanisms: ["SCRAM-SHA-256"], &out)
+        case .saslContinue(let data):
+            Backend.authentication(code: 11, data: Array(data.utf8), &out)
+        case .accept(let applicationName, let saslFinal):
+            if let saslFinal { Backend.authentication(code: 12, data: Array(saslFinal.utf8), &out) }
             Backend.authenticationOk(&out)
             for (name, value) in [
                 ("server_version", "15.0 (walship)"), ("server_encoding", "UTF8"), ("client_encoding", "UTF8"),
@@ -239,7 +242,7 @@ struct StandbySession {
         case .error(let code, let text, false):
             logger.warning("refused a standby's request", metadata: ["walship.sqlstate": "\(code)", "walship.error": "\(text)"])
             try await send(action)
-        case .refuseEncryption, .requestPassword, .accept, .result, .endOfTimeline:
+        case .refuseEncryption, .requestSASL, .saslContinue, .accept, .result, .endOfTimeline:
             try await send(action)
         }
     }

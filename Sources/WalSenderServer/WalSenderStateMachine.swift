@@ -1,3 +1,4 @@
+import Foundation
 import WALCore
 
 /// What the standby endpoint knows of the spool when it answers a command.
@@ -47,7 +48,8 @@ public struct WalSenderStateMachine: Sendable {
 
     public enum State: Hashable, Sendable {
         case awaitingStartup
-        case awaitingPassword(user: String)
+        case awaitingSASLInitial(user: String)
+        case awaitingSASLResponse(user: String, exchange: SCRAMServer)
         case ready
         case streaming(timeline: TimeLineID, end: TimelineEnd?, endReached: Bool)
         case closed
@@ -56,9 +58,13 @@ public struct WalSenderStateMachine: Sendable {
     public enum Action: Hashable, Sendable {
         /// Answer an SSL or GSS encryption request with `N`.
         case refuseEncryption
-        case requestPassword
-        /// AuthenticationOk, parameter status, BackendKeyData, ReadyForQuery.
-        case accept(applicationName: String)
+        /// AuthenticationSASL offering SCRAM-SHA-256.
+        case requestSASL
+        /// AuthenticationSASLContinue with the server-first-message.
+        case saslContinue(String)
+        /// (AuthenticationSASLFinal with the server signature, when SCRAM was used,) AuthenticationOk,
+        /// parameter status, BackendKeyData, ReadyForQuery.
+        case accept(applicationName: String, saslFinal: String? = nil)
         /// A result set and ReadyForQuery.
         case result(columns: [Column], rows: [[[UInt8]?]], tag: String)
         /// ErrorResponse; ReadyForQuery follows unless fatal, after which the connection closes.
@@ -72,14 +78,17 @@ public struct WalSenderStateMachine: Sendable {
 
     public private(set) var state = State.awaitingStartup
     public private(set) var applicationName = "walreceiver"
-    /// Nil for trust; otherwise the password a standby must give.
-    let password: [UInt8]?
+    /// Nil for trust; otherwise the credential a standby must prove it knows.
+    let verifier: SCRAMVerifier?
+    let serverNonce: String
 
-    public init(authentication: StandbyAuthentication) {
+    /// `serverNonce` is random unless a test fixes it.
+    public init(authentication: StandbyAuthentication, serverNonce: String? = nil) {
         switch authentication {
-        case .trust: password = nil
-        case .password(let text): password = Array(text.utf8)
+        case .trust: verifier = nil
+        case .scram(let v): verifier = v
         }
+        self.serverNonce = serverNonce ?? Data((0..<18).map { _ in UInt8.random(in: 0...255) }).base64EncodedString()
     }
 
     // MARK: Startup
@@ -94,20 +103,41 @@ public struct WalSenderStateMachine: Sendable {
                 return .error(code: "08P01", message: "walship serves physical replication connections only (replication=true)", fatal: true)
             }
             applicationName = parameters["application_name"] ?? "walreceiver"
-            guard password != nil else {
+            guard verifier != nil else {
                 state = .ready
                 return .accept(applicationName: applicationName)
             }
-            state = .awaitingPassword(user: parameters["user"] ?? "")
-            return .requestPassword
-        case (.awaitingPassword(let user), .password(var given)):
-            if given.last == 0 { given.removeLast() }
-            guard let password, constantTimeEqual(given, password) else {
+            state = .awaitingSASLInitial(user: parameters["user"] ?? "")
+            return .requestSASL
+        case (.awaitingSASLInitial(let user), .password(let body)):
+            // SASLInitialResponse: mechanism (C string), data length (Int32, -1 for none), data.
+            guard let verifier, let nul = body.firstIndex(of: 0), body.count >= nul + 5,
+                  String(decoding: body[..<nul], as: UTF8.self) == "SCRAM-SHA-256" else {
+                state = .closed
+                return .error(code: "28000", message: "SCRAM-SHA-256 authentication expected for user \"\(user)\"", fatal: true)
+            }
+            let data = String(decoding: body[(nul + 5)...], as: UTF8.self)
+            var exchange = SCRAMServer(verifier: verifier, serverNonce: serverNonce)
+            do {
+                let serverFirst = try exchange.clientFirst(data)
+                state = .awaitingSASLResponse(user: user, exchange: exchange)
+                return .saslContinue(serverFirst)
+            } catch {
+                state = .closed
+                return .error(code: "08P01", message: "\(error)", fatal: true)
+            }
+        case (.awaitingSASLResponse(let user, let exchange), .password(let body)):
+            do {
+                let serverFinal = try exchange.clientFinal(String(decoding: body, as: UTF8.self))
+                state = .ready
+                return .accept(applicationName: applicationName, saslFinal: serverFinal)
+            } catch SCRAMServer.Failure.wrongProof {
                 state = .closed
                 return .error(code: "28P01", message: "password authentication failed for user \"\(user)\"", fatal: true)
+            } catch {
+                state = .closed
+                return .error(code: "08P01", message: "\(error)", fatal: true)
             }
-            state = .ready
-            return .accept(applicationName: applicationName)
         case (.awaitingStartup, .cancelRequest):
             state = .closed
             return .close(reason: "cancel requests are not supported")

@@ -29,7 +29,7 @@ struct Receive: AsyncParsableCommand {
     @Flag(help: "Let standbys connect without a password. Only allowed when --standby-listen is a loopback address.")
     var standbyTrust = false
 
-    @Option(help: "File holding the password standbys must give (the password in their primary_conninfo or .pgpass).")
+    @Option(help: "File holding the standbys' credential, checked with SCRAM-SHA-256: a verifier as in pg_authid (SCRAM-SHA-256$4096:...), or a password (what their primary_conninfo or .pgpass gives).")
     var standbyPasswordFile: String?
 
 
@@ -104,14 +104,22 @@ struct Receive: AsyncParsableCommand {
         guard retainBackups >= 1 else { throw ValidationError("--retain-backups must be at least 1") }
     }
 
+    /// The standby credential: a file holding a SCRAM-SHA-256 verifier as pg_authid stores it (so no
+    /// plaintext password sits on the DR host), or a password from which one is derived at start.
     func standbyAuthentication() throws -> StandbyAuthentication {
         guard let standbyPasswordFile else { return .trust }
         guard let text = try? String(contentsOfFile: standbyPasswordFile, encoding: .utf8) else {
             throw ValidationError("cannot read --standby-password-file \(standbyPasswordFile) (hint: check that it exists and this user can read it)")
         }
-        let password = text.trimmingCharacters(in: .newlines)
-        guard !password.isEmpty else { throw ValidationError("--standby-password-file \(standbyPasswordFile) is empty") }
-        return .password(password)
+        let secret = text.trimmingCharacters(in: .newlines)
+        guard !secret.isEmpty else { throw ValidationError("--standby-password-file \(standbyPasswordFile) is empty") }
+        if secret.hasPrefix("SCRAM-SHA-256$") {
+            guard let verifier = SCRAMVerifier(parsing: secret) else {
+                throw ValidationError("--standby-password-file \(standbyPasswordFile) holds a malformed SCRAM-SHA-256 verifier (expected SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>, as in pg_authid)")
+            }
+            return .scram(verifier)
+        }
+        return .scram(SCRAMVerifier(password: secret, salt: (0..<16).map { _ in UInt8.random(in: 0...255) }))
     }
 
     func run() async throws {

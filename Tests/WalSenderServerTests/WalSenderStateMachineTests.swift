@@ -1,3 +1,4 @@
+import Foundation
 import Testing
 import WALCore
 @testable import WalSenderServer
@@ -23,14 +24,63 @@ import WALCore
         #expect(m.state == .ready)
     }
 
-    @Test func passwordIsCheckedAndNonReplicationConnectionsRefused() {
-        var m = WalSenderStateMachine(authentication: .password("s3cret"))
-        #expect(m.startupMessage(.startup(parameters: ["user": "u", "replication": "on"])) == .requestPassword)
-        #expect(m.startupMessage(.password(Array("s3cret".utf8) + [0])) == .accept(applicationName: "walreceiver"))
-        var wrong = WalSenderStateMachine(authentication: .password("s3cret"))
+    /// RFC 7677's example exchange (user "user", password "pencil"), carried in PostgreSQL's SASL messages.
+    static let rfcVerifier = SCRAMVerifier(password: "pencil", salt: Array(Data(base64Encoded: "W22ZaJ0SNY7soEsUEjb6gQ==")!))
+    static let rfcServerNonce = "%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0"
+
+    func saslInitial(_ data: String) -> FrontendMessage {
+        let bytes = Array(data.utf8)
+        return .password(Array("SCRAM-SHA-256".utf8) + [0] + withUnsafeBytes(of: Int32(bytes.count).bigEndian, Array.init) + bytes)
+    }
+
+    @Test func scramFollowsTheRFCExample() {
+        var m = WalSenderStateMachine(authentication: .scram(Self.rfcVerifier), serverNonce: Self.rfcServerNonce)
+        #expect(m.startupMessage(.startup(parameters: ["user": "user", "replication": "on"])) == .requestSASL)
+        #expect(m.startupMessage(saslInitial("n,,n=user,r=rOprNGfwEbeRWgbNEkqO"))
+            == .saslContinue("r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096"))
+        let final = "c=biws,r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,p=dHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7AndVQ="
+        #expect(m.startupMessage(.password(Array(final.utf8)))
+            == .accept(applicationName: "walreceiver", saslFinal: "v=6rriTRBi23WpRR/wtup+mMhUZUn/dB5nLTJRsjl95G4="))
+        #expect(m.state == .ready)
+    }
+
+    @Test func scramRefusesAWrongProofAndMalformedMessages() {
+        var wrong = WalSenderStateMachine(authentication: .scram(Self.rfcVerifier), serverNonce: Self.rfcServerNonce)
         _ = wrong.startupMessage(.startup(parameters: ["user": "u", "replication": "true"]))
-        #expect(wrong.startupMessage(.password(Array("guess".utf8))) == .error(code: "28P01", message: "password authentication failed for user \"u\"", fatal: true))
+        _ = wrong.startupMessage(saslInitial("n,,n=,r=rOprNGfwEbeRWgbNEkqO"))
+        let forged = "c=biws,r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,p=" + Data(repeating: 7, count: 32).base64EncodedString()
+        #expect(wrong.startupMessage(.password(Array(forged.utf8)))
+            == .error(code: "28P01", message: "password authentication failed for user \"u\"", fatal: true))
         #expect(wrong.state == .closed)
+        for bad in ["p=tls-server-end-point,,n=,r=abc", "n,,n=,r=", "garbage", ""] {
+            var m = WalSenderStateMachine(authentication: .scram(Self.rfcVerifier), serverNonce: "x")
+            _ = m.startupMessage(.startup(parameters: ["user": "u", "replication": "true"]))
+            guard case .error(_, _, true) = m.startupMessage(saslInitial(bad)) else { Issue.record("accepted \(bad)"); continue }
+        }
+        var mechanism = WalSenderStateMachine(authentication: .scram(Self.rfcVerifier), serverNonce: "x")
+        _ = mechanism.startupMessage(.startup(parameters: ["user": "u", "replication": "true"]))
+        guard case .error(_, _, true) = mechanism.startupMessage(.password(Array("cleartext".utf8) + [0])) else {
+            Issue.record("a cleartext password was taken for SASL"); return
+        }
+        var replayedNonce = WalSenderStateMachine(authentication: .scram(Self.rfcVerifier), serverNonce: "fresh")
+        _ = replayedNonce.startupMessage(.startup(parameters: ["user": "u", "replication": "true"]))
+        _ = replayedNonce.startupMessage(saslInitial("n,,n=,r=rOprNGfwEbeRWgbNEkqO"))
+        let old = "c=biws,r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,p=dHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7AndVQ="
+        guard case .error(_, _, true) = replayedNonce.startupMessage(.password(Array(old.utf8))) else {
+            Issue.record("a final message with another nonce was accepted"); return
+        }
+    }
+
+    @Test func storedVerifiersParse() throws {
+        let text = Self.rfcVerifier.text
+        #expect(text.hasPrefix("SCRAM-SHA-256$4096:W22ZaJ0SNY7soEsUEjb6gQ==$"))
+        #expect(SCRAMVerifier(parsing: text) == Self.rfcVerifier)
+        for bad in ["", "md5abc", "SCRAM-SHA-256$x:salt$a:b", "SCRAM-SHA-256$4096:c2FsdA==$c3RvcmVk:c2VydmVy", "SCRAM-SHA-256$4096:c2FsdA=="] {
+            #expect(SCRAMVerifier(parsing: bad) == nil, "\(bad)")
+        }
+    }
+
+    @Test func nonReplicationConnectionsRefused() {
         var sql = WalSenderStateMachine(authentication: .trust)
         guard case .error(_, _, true) = sql.startupMessage(.startup(parameters: ["user": "u", "database": "postgres"])) else {
             Issue.record("a non-replication connection was accepted"); return
