@@ -5,7 +5,7 @@ PG_BINDIR ?= $(shell pg_config --bindir 2>/dev/null || echo /usr/lib/postgresql/
 PREFIX ?= /usr/local
 export PG_BINDIR
 
-.PHONY: all deps build release test unit integration demo install clean fuzz fuzz-seeds
+.PHONY: all deps build release test unit integration demo install clean fuzz fuzz-seeds drills
 
 all: build
 
@@ -39,18 +39,27 @@ integration: deps
 demo: release
 	@WALSHIP_BIN=$(CURDIR)/.build/release/walship scripts/demo.sh
 
-# Coverage-guided fuzzing (libFuzzer) of the frame decoder, the standby endpoint's message decoder and
+# The fault drills, long: ROUNDS rounds of every fault (kill -9 of each process, link cut/stall/slow),
+# then promotion and the check that no acknowledged commit is lost; prints the table. SEED repeats an order.
+ROUNDS ?= 50
+drills: deps
+	@scripts/kill-test-strays.sh
+	$(SWIFT) build --build-tests
+	@status=0; WALSHIP_DRILL_ROUNDS=$(ROUNDS) $(if $(SEED),WALSHIP_DRILL_SEED=$(SEED)) $(SWIFT) test --skip-build \
+		--filter FaultDrillTests || status=$$?; scripts/kill-test-strays.sh; exit $$status
+
+# Coverage-guided fuzzing (libFuzzer; a release build, which does not rename main) of the frame decoder, the standby endpoint's message decoder and
 # WAL page validation. The instrumented build lives only in .build-fuzz; new crashes land in
 # Fuzz/crashes/TARGET/ and `make test` replays them (and the corpus) on the normal build.
 FUZZ_SECONDS ?= 60
 FUZZ_TARGETS ?= frames frontend walpage
 fuzz: deps
-	$(SWIFT) build --build-path .build-fuzz --product walship-fuzz -Xswiftc -sanitize=fuzzer,address \
+	$(SWIFT) build -c release --build-path .build-fuzz --product walship-fuzz -Xswiftc -sanitize=fuzzer,address \
 		-Xswiftc -parse-as-library -Xswiftc -DFUZZING
 	@set -e; for t in $(FUZZ_TARGETS); do \
 		mkdir -p Fuzz/crashes/$$t .build-fuzz/corpus/$$t; \
 		echo "== fuzzing $$t for $(FUZZ_SECONDS) s"; \
-		WALSHIP_FUZZ_TARGET=$$t .build-fuzz/debug/walship-fuzz .build-fuzz/corpus/$$t Fuzz/corpus/$$t \
+		WALSHIP_FUZZ_TARGET=$$t .build-fuzz/release/walship-fuzz .build-fuzz/corpus/$$t Fuzz/corpus/$$t \
 			-max_total_time=$(FUZZ_SECONDS) -max_len=65536 -timeout=10 -rss_limit_mb=2048 \
 			-artifact_prefix=Fuzz/crashes/$$t/ -print_final_stats=1 2>&1 | tail -15; \
 	done

@@ -37,14 +37,9 @@ struct PromoteTests {
 
         // A steady writer that records each id only after its commit returned (synchronous: offsite fsynced).
         let ackedFile = fixture.directory + "/acked.txt"
-        let writer = try fixture.daemon("writer", "/bin/bash", ["-c", """
-            for i in $(seq 1 1000000); do
-              psql -h 127.0.0.1 -p \(topology.primary.port) -U postgres -d postgres -qAtX -v ON_ERROR_STOP=1 \
-                -c "INSERT INTO acknowledged (id) VALUES ($i)" >/dev/null 2>&1 && echo $i >> \(ackedFile) || sleep 0.05
-            done
-            """])
+        let writer = try startAcknowledgedWriter(fixture, primary: topology.primary, table: "acknowledged", file: ackedFile)
         try waitUntil("the writer to commit", timeout: 60) {
-            let n = ((try? String(contentsOfFile: ackedFile, encoding: .utf8)) ?? "").split(separator: "\n").count
+            let n = acknowledgedIDs(ackedFile).count
             return (n >= 20, "\(n) commits")
         }
 
@@ -81,7 +76,7 @@ struct PromoteTests {
         usleep(300_000)
         writer.kill9()
         topology.sender!.kill9()
-        let acked = ((try? String(contentsOfFile: ackedFile, encoding: .utf8)) ?? "").split(separator: "\n").compactMap { Int($0) }
+        let acked = acknowledgedIDs(ackedFile)
         let lastAcked = try #require(acked.max())
 
         let report = fixture.logDirectory + "/promote-report"

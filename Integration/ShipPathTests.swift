@@ -15,6 +15,8 @@ struct ShipTopology {
     var sender: Daemon?
     var senderArguments: [String] = []
     var receiverExtra: [String] = []
+    /// Where the sender connects, when not straight to the receiver (a fault proxy).
+    var senderTargetPort: Int?
     /// The link's security arguments for one end ("receiver" or "sender"); plaintext unless a test sets TLS.
     var linkArguments: (String) -> [String] = { _ in ["--insecure"] }
 
@@ -51,7 +53,7 @@ struct ShipTopology {
 
     mutating func startSender(extra: [String] = [], slot: String = "walship_it", source: String? = nil) throws {
         senderArguments = [
-            "send", "--source", source ?? primary.conninfo, "--to", "127.0.0.1:\(receiverPort)", "--slot", slot,
+            "send", "--source", source ?? primary.conninfo, "--to", "127.0.0.1:\(senderTargetPort ?? receiverPort)", "--slot", slot,
             "--create-slot", "--status-listen", "127.0.0.1:\(senderStatusPort)", "--link-timeout", "10",
             "--retry-max-seconds", "2", "--slot-check-interval", "2",
         ] + linkArguments("sender") + extra

@@ -400,3 +400,19 @@ func lsn(_ text: String) -> UInt64? {
     guard parts.count == 2, let hi = UInt64(parts[0], radix: 16), let lo = UInt64(parts[1], radix: 16) else { return nil }
     return hi << 32 | lo
 }
+
+/// A steady writer: inserts ids 1, 2, 3… into `table` (id int PRIMARY KEY) one transaction at a time and
+/// appends each id to `file` only after its COMMIT returned, i.e. was acknowledged to the client.
+func startAcknowledgedWriter(_ fixture: Fixture, primary: Cluster, table: String, file: String, from first: Int = 1) throws -> Daemon {
+    try fixture.daemon("writer", "/bin/bash", ["-c", """
+        for i in $(seq \(first) 10000000); do
+          psql -h 127.0.0.1 -p \(primary.port) -U postgres -d postgres -qAtX -v ON_ERROR_STOP=1 \\
+            -c "INSERT INTO \(table) (id) VALUES ($i)" >/dev/null 2>&1 && echo $i >> \(file) || sleep 0.05
+        done
+        """])
+}
+
+/// The ids `startAcknowledgedWriter` recorded.
+func acknowledgedIDs(_ file: String) -> [Int] {
+    ((try? String(contentsOfFile: file, encoding: .utf8)) ?? "").split(separator: "\n").compactMap { Int($0) }
+}
