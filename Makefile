@@ -48,14 +48,16 @@ drills: deps
 	@status=0; WALSHIP_DRILL_ROUNDS=$(ROUNDS) $(if $(SEED),WALSHIP_DRILL_SEED=$(SEED)) $(SWIFT) test --skip-build \
 		--filter FaultDrillTests || status=$$?; scripts/kill-test-strays.sh; exit $$status
 
-# Coverage-guided fuzzing (libFuzzer; a release build, which does not rename main) of the frame decoder, the standby endpoint's message decoder and
+# Coverage-guided fuzzing (libFuzzer, AddressSanitizer) of the frame decoder, the standby endpoint's message decoder and
 # WAL page validation. The instrumented build lives only in .build-fuzz; new crashes land in
 # Fuzz/crashes/TARGET/ and `make test` replays them (and the corpus) on the normal build.
 FUZZ_SECONDS ?= 60
+FUZZER_RUNTIME ?= $(firstword $(wildcard $(dir $(shell readlink -f $$(command -v swiftc)))../lib/clang/*/lib/linux/libclang_rt.fuzzer_no_main-x86_64.a))
 FUZZ_TARGETS ?= frames frontend walpage
 fuzz: deps
-	$(SWIFT) build -c release --build-path .build-fuzz --product walship-fuzz -Xswiftc -sanitize=fuzzer,address \
-		-Xswiftc -parse-as-library -Xswiftc -DFUZZING
+	$(SWIFT) build -c release --build-path .build-fuzz --product walship-fuzz -Xswiftc -sanitize=address \
+		-Xswiftc -sanitize-coverage=edge,trace-cmp,indirect-calls -Xswiftc -DFUZZING \
+		-Xlinker $(FUZZER_RUNTIME) -Xlinker -lstdc++
 	@set -e; for t in $(FUZZ_TARGETS); do \
 		mkdir -p Fuzz/crashes/$$t .build-fuzz/corpus/$$t; \
 		echo "== fuzzing $$t for $(FUZZ_SECONDS) s"; \

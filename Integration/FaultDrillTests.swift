@@ -122,6 +122,65 @@ struct FaultDrillTests {
         #expect(acked.count > 50)
     }
 
+    /// The spool on a small tmpfs fills up under synchronous load: the receiver stops acknowledging (commits
+    /// wait), says so and alerts; once space returns it resumes by itself, and the spool holds every
+    /// segment intact.
+    @Test func aFullSpoolStopsAcknowledgingAndResumesWhenSpaceReturns() throws {
+        let fixture = try Fixture("fault-disk-full")
+        let spool = fixture.directory + "/spool"
+        try FileManager.default.createDirectory(atPath: spool, withIntermediateDirectories: true)
+        let mounted = try run("/bin/mount", ["-t", "tmpfs", "-o", "size=128m", "tmpfs", spool], check: false)
+        defer {
+            fixture.tearDown()
+            _ = try? run("/bin/umount", ["-l", spool], check: false)
+            _ = try? run("/bin/rm", ["-rf", fixture.directory], check: false)
+        }
+        try #require(mounted.status == 0, "this test needs a small tmpfs for the spool (mount -t tmpfs, as root): \(mounted.error)")
+        let filler = spool + "/filler"
+        _ = try run("/usr/bin/fallocate", ["-l", "100M", filler])
+
+        var topology = try ShipTopology(fixture, primarySettings: ["synchronous_standby_names": "'walship'"])
+        let alerts = fixture.directory + "/alerts.jsonl"
+        topology.receiverExtra = ["--alert-spool-free-percent", "30", "--alert-recovery-seconds", "1",
+                                  "--alert-command", "cat >> \(alerts); echo >> \(alerts)"]
+        try topology.startReceiver()
+        try topology.startSender(extra: ["--sync"])
+        try topology.primary.sql("CREATE TABLE acknowledged (id int PRIMARY KEY)")
+        let ackedFile = fixture.directory + "/acked.txt"
+        _ = try startAcknowledgedWriter(fixture, primary: topology.primary, table: "acknowledged", file: ackedFile)
+        // Random bytes: WAL that LZ4 cannot shrink, about 60 MB of it.
+        try topology.primary.sql("CREATE EXTENSION pgcrypto")
+        let load = try fixture.daemon("load", "/usr/bin/psql", [
+            "-h", "127.0.0.1", "-p", "\(topology.primary.port)", "-U", "postgres", "-d", "postgres", "-v", "ON_ERROR_STOP=1", "-c",
+            "CREATE TABLE blobs AS SELECT g, gen_random_bytes(1000) AS b FROM generate_series(1, 60000) g",
+        ])
+
+        try waitUntil("the spool to fill up", timeout: 180) {
+            let log = topology.receiver!.log
+            return (log.contains("No space left"), log.suffix(600).description)
+        }
+        try waitUntil("the spool_free alert", timeout: 30) {
+            let text = (try? String(contentsOfFile: alerts, encoding: .utf8)) ?? ""
+            return (text.contains(#""condition":"spool_free""#) && text.contains(#""event":"firing""#), text)
+        }
+        // Nothing more is acknowledged while the disk is full: synchronous commits wait.
+        let stalled = acknowledgedIDs(ackedFile).count
+        usleep(3_000_000)
+        #expect(acknowledgedIDs(ackedFile).count <= stalled + 1, "commits were acknowledged with a full spool")
+
+        // Space returns; everything resumes by itself.
+        try FileManager.default.removeItem(atPath: filler)
+        try waitUntil("the load to finish once space returned", timeout: 300) { (!load.isRunning, load.log.suffix(300).description) }
+        #expect(load.exitStatus == 0, "\(load.log)")
+        try waitUntil("commits to flow again", timeout: 60) { (acknowledgedIDs(ackedFile).count > stalled + 5, "") }
+        let last = try topology.switchAndWait()
+        #expect(try topology.verifySpool(through: last) >= 3)
+        try waitUntil("the spool_free alert to recover", timeout: 30) {
+            let text = (try? String(contentsOfFile: alerts, encoding: .utf8)) ?? ""
+            return (text.contains(#""event":"resolved""#), text)
+        }
+    }
+
     func postmasterPID(_ cluster: Cluster) throws -> Int32 {
         let text = try String(contentsOfFile: cluster.dataDirectory + "/postmaster.pid", encoding: .utf8)
         return try #require(text.split(separator: "\n").first.flatMap { Int32($0) })

@@ -86,6 +86,9 @@ public final class SystemSpool: @unchecked Sendable {
         }
         var consumed = 0
         var lsn = startLSN
+        // A whole segment whose completion failed earlier (disk full, say) is still in its journal:
+        // complete it first. Until that works nothing more is accepted, so nothing more is acknowledged.
+        if current != nil && segmentBuffer.count == Int(segmentSize.bytes) { try finishSegment() }
         while consumed < bytes.count {
             if current == nil { try openSegment(SegmentName(timeline: tli, containing: lsn, segmentSize: segmentSize)) }
             let offset = Int(segmentSize.offset(of: lsn))

@@ -1,16 +1,26 @@
 import FuzzHarness
 import Foundation
 
-// Two builds of one program. `make fuzz` compiles it with -sanitize=fuzzer and -D FUZZING: libFuzzer
-// supplies main and drives `LLVMFuzzerTestOneInput` for the target named by WALSHIP_FUZZ_TARGET. The
+// Two builds of one program. `make fuzz` compiles it with coverage instrumentation, AddressSanitizer and
+// -D FUZZING, linked with libFuzzer's runtime without its main: the entry point SwiftPM expects of an
+// executable hands over to libFuzzer's driver, which runs the target named by WALSHIP_FUZZ_TARGET. The
 // normal build replays files (`walship-fuzz TARGET FILE...`) and writes seeds (`walship-fuzz seeds DIR`).
 #if FUZZING
 let fuzzTarget = FuzzTarget(rawValue: ProcessInfo.processInfo.environment["WALSHIP_FUZZ_TARGET"] ?? "") ?? .frames
 
-@_cdecl("LLVMFuzzerTestOneInput")
-public func fuzzOne(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
-    fuzzTarget.run(UnsafeRawBufferPointer(start: data, count: size))
-    return 0
+@_silgen_name("LLVMFuzzerRunDriver")
+func LLVMFuzzerRunDriver(
+    _ argc: UnsafeMutablePointer<Int32>, _ argv: UnsafeMutablePointer<UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?>,
+    _ callback: @convention(c) (UnsafePointer<UInt8>?, Int) -> Int32) -> Int32
+
+@_cdecl("walship_fuzz_main")
+public func walshipFuzzMain(_ argc: Int32, _ argv: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?) -> Int32 {
+    var count = argc
+    var values = argv
+    return LLVMFuzzerRunDriver(&count, &values) { data, size in
+        fuzzTarget.run(UnsafeRawBufferPointer(start: data, count: size))
+        return 0
+    }
 }
 #else
 @main
