@@ -52,13 +52,11 @@ drills: deps
 # WAL page validation. The instrumented build lives only in .build-fuzz; new crashes land in
 # Fuzz/crashes/TARGET/ and `make test` replays them (and the corpus) on the normal build.
 FUZZ_SECONDS ?= 60
-FUZZER_RUNTIME ?= $(firstword $(wildcard $(dir $(shell readlink -f $$(command -v swiftc)))../lib/clang/*/lib/linux/libclang_rt.fuzzer_no_main-x86_64.a))
 FUZZ_TARGETS ?= frames frontend walpage
 fuzz: deps
-	$(SWIFT) build -c release --build-path .build-fuzz --product walship-fuzz -Xswiftc -sanitize=address \
-		-Xswiftc -sanitize-coverage=edge,trace-cmp,indirect-calls -Xswiftc -DFUZZING \
-		-Xlinker $(FUZZER_RUNTIME) -Xlinker -lstdc++
-	@set -e; for t in $(FUZZ_TARGETS); do \
+	$(SWIFT) build -c release --build-path .build-fuzz --product walship-fuzz -Xswiftc -sanitize=fuzzer,address -Xswiftc -use-ld=lld \
+		-Xswiftc -DFUZZING
+	@set -eo pipefail; for t in $(FUZZ_TARGETS); do \
 		mkdir -p Fuzz/crashes/$$t .build-fuzz/corpus/$$t; \
 		echo "== fuzzing $$t for $(FUZZ_SECONDS) s"; \
 		WALSHIP_FUZZ_TARGET=$$t .build-fuzz/release/walship-fuzz .build-fuzz/corpus/$$t Fuzz/corpus/$$t \

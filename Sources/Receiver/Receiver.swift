@@ -186,7 +186,12 @@ public final class Receiver: Sendable {
                 }
             }
         } catch let refusal as Refusal {
-            linkLogger.error("link refused or ended", metadata: ["walship.error": "\(refusal.message)"])
+            // A sender retrying into the same refusal (a full disk, a fence) is logged once a minute, not per try.
+            if isNewRefusal(refusal.message) {
+                linkLogger.error("link refused or ended", metadata: ["walship.error": "\(refusal.message)"])
+            } else {
+                linkLogger.debug("link refused again", metadata: ["walship.error": "\(refusal.message)"])
+            }
         } catch is LinkEnded {
             linkLogger.notice("sender disconnected")
         } catch is CancellationError {
@@ -197,6 +202,18 @@ public final class Receiver: Sendable {
             ])
         } catch {
             linkLogger.warning("link closed", metadata: ["walship.error": "\(error)"])
+        }
+    }
+
+    private let recentRefusals = Mutex<[String: ContinuousClock.Instant]>([:])
+
+    private func isNewRefusal(_ message: String) -> Bool {
+        let now = ContinuousClock.now
+        return recentRefusals.withLock { recent in
+            recent = recent.filter { now - $0.value < .seconds(60) }
+            guard recent[message] == nil else { return false }
+            recent[message] = now
+            return true
         }
     }
 

@@ -1,9 +1,9 @@
 import FuzzHarness
 import Foundation
 
-// Two builds of one program. `make fuzz` compiles it with coverage instrumentation, AddressSanitizer and
-// -D FUZZING, linked with libFuzzer's runtime without its main: the entry point SwiftPM expects of an
-// executable hands over to libFuzzer's driver, which runs the target named by WALSHIP_FUZZ_TARGET. The
+// Two builds of one program. `make fuzz` compiles it with -sanitize=fuzzer,address and -D FUZZING: the
+// entry point SwiftPM expects of an executable hands over to libFuzzer's driver, which runs the target
+// named by WALSHIP_FUZZ_TARGET. The
 // normal build replays files (`walship-fuzz TARGET FILE...`) and writes seeds (`walship-fuzz seeds DIR`).
 #if FUZZING
 let fuzzTarget = FuzzTarget(rawValue: ProcessInfo.processInfo.environment["WALSHIP_FUZZ_TARGET"] ?? "") ?? .frames
