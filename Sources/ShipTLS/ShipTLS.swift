@@ -87,8 +87,7 @@ public struct ClientTLS: Sendable {
     /// SNI and verification name: an address is verified against the certificate's IP addresses (no SNI).
     public func serverName(connectingTo host: String) -> String? {
         if let serverName { return serverName }
-        var v4 = in_addr(), v6 = in6_addr()
-        return inet_pton(AF_INET, host, &v4) == 1 || inet_pton(AF_INET6, host, &v6) == 1 ? nil : host
+        return ipAddressBytes(host) == nil ? host : nil
     }
 }
 
@@ -225,14 +224,16 @@ public enum CertificateAuthority {
 
     /// An IP address where the text is one (senders connecting by address), else a DNS name.
     static func generalName(_ text: String) -> GeneralName {
-        var v4 = in_addr()
-        if inet_pton(AF_INET, text, &v4) == 1 {
-            return .ipAddress(ASN1OctetString(contentBytes: withUnsafeBytes(of: &v4) { ArraySlice($0) }))
-        }
-        var v6 = in6_addr()
-        if inet_pton(AF_INET6, text, &v6) == 1 {
-            return .ipAddress(ASN1OctetString(contentBytes: withUnsafeBytes(of: &v6) { ArraySlice($0) }))
-        }
+        if let bytes = ipAddressBytes(text) { return .ipAddress(ASN1OctetString(contentBytes: bytes)) }
         return .dnsName(text)
     }
+}
+
+/// The network-order bytes of an IPv4 or IPv6 address, or nil when `text` is a host name.
+func ipAddressBytes(_ text: String) -> ArraySlice<UInt8>? {
+    var v4 = in_addr()
+    if inet_pton(AF_INET, text, &v4) == 1 { return withUnsafeBytes(of: &v4) { ArraySlice($0) } }
+    var v6 = in6_addr()
+    if inet_pton(AF_INET6, text, &v6) == 1 { return withUnsafeBytes(of: &v6) { ArraySlice($0) } }
+    return nil
 }
