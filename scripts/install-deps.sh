@@ -4,7 +4,7 @@
 # Safe to run repeatedly; needs root (or sudo) only when it has something to install.
 set -euo pipefail
 
-packages=(libpq-dev liblz4-dev lz4 postgresql postgresql-contrib pkg-config curl chromium)
+packages=(libpq-dev liblz4-dev lz4 postgresql postgresql-contrib pkg-config curl chromium python3-yaml)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
