@@ -17,8 +17,10 @@ public final class Spool: Sendable {
         self.root = root
         self.logger = logger
         if !FileIO.isDirectory(root) {
-            do { try FileIO.makeDirectory(root) } catch {
-                throw SpoolError(.io, "\(error) (hint: create the spool directory, owned by the user walship runs as)")
+            do { try FileIO.makeDirectory(root) } catch let error as SpoolError {
+                // FileIO's message already carries a hint for permission problems.
+                throw error.message.contains("(hint:") ? error
+                    : SpoolError(.io, "\(error) (hint: create the spool directory, owned by the user walship runs as)")
             }
         }
         guard access(root, W_OK) == 0 else {
