@@ -90,25 +90,10 @@ struct Drill: AsyncParsableCommand {
         evidence.finishedAt = Date()
         evidence.outcome = failure == nil ? "promoted" : "failed"
         if let failure { evidence.check("completed", false, failure) }
-        var written: (json: String, markdown: String)?
-        do { written = try evidence.write(base: reportBase) } catch {
-            FileHandle.standardError.write(Data("walship drill: warning: cannot write the report to \(reportBase): \(error)\n".utf8))
-        }
-        say(Promote.summary(evidence))
-        if let written { say("report: \(written.json), \(written.markdown)") }
-        if notifier.hasDestination {
-            let message = failure.map { "disaster-recovery drill failed: \($0)" }
-                ?? "disaster-recovery drill passed: RPO \(evidence.rpo.map { "\(formatBytes($0.bytes)) / \($0.seconds) s" } ?? "?"), RTO \(evidence.rtoSeconds.map { "\($0) s" } ?? "?")"
-            await StatusMonitor.notice(failure == nil ? .success : .failure, condition: "drill", role: "drill",
-                                       system: evidence.systemIdentifier, message: message,
-                                       details: ["report": written?.json ?? "", "rpo_bytes": evidence.rpo.map { String($0.bytes) } ?? "",
-                                                 "rto_seconds": evidence.rtoSeconds.map { String($0) } ?? ""],
-                                       notifier: notifier)
-        }
-        if let failure {
-            FileHandle.standardError.write(Data("walship drill: error: \(failure)\n".utf8))
-            throw ExitCode(1)
-        }
+        let headline = failure.map { "disaster-recovery drill failed: \($0)" }
+            ?? "disaster-recovery drill passed: RPO \(evidence.rpo.map { "\(formatBytes($0.bytes)) / \($0.seconds) s" } ?? "?"), RTO \(evidence.rtoSeconds.map { "\($0) s" } ?? "?")"
+        try await conclude(evidence, command: "drill", base: reportBase, success: failure == nil, failure: failure,
+                           headline: headline, notifier: notifier)
         say("drill passed")
     }
 
@@ -176,12 +161,7 @@ struct Drill: AsyncParsableCommand {
         evidence.promotedTimeline = timeline
         evidence.check("promoted", true, "timeline \(timeline.map(String.init) ?? "?"), first write accepted at \(formatISO8601(firstWriteAt))")
         // RPO against the live stream: what the receiver had acknowledged by the time the copy took over.
-        if let progress = primaryProgress(systemDirectory: reader.systemDirectory) {
-            evidence.lastAcknowledgedLSN = progress.acknowledgedLSN
-            evidence.lastAcknowledgedAt = progress.acknowledgedAt
-            evidence.primaryLastKnownLSN = progress.primaryLSN
-            evidence.primaryLastKnownAt = progress.primaryTime
-        }
+        recordPrimaryProgress(into: &evidence, systemDirectory: reader.systemDirectory)
         evidence.measureRecoveryPoint()
 
         say("== sanity checks (\(elapsed(clockStart)))")

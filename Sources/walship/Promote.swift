@@ -170,12 +170,7 @@ struct Promote: AsyncParsableCommand {
         evidence.lastReplayedLSN = state.replayed.description
         evidence.lastReplayedCommitTime = state.lastCommit
         evidence.spoolEndLSN = reader == nil ? nil : goal.description
-        if let reader, let progress = primaryProgress(systemDirectory: reader.systemDirectory) {
-            evidence.lastAcknowledgedLSN = progress.acknowledgedLSN
-            evidence.lastAcknowledgedAt = progress.acknowledgedAt
-            evidence.primaryLastKnownLSN = progress.primaryLSN
-            evidence.primaryLastKnownAt = progress.primaryTime
-        }
+        if let reader { recordPrimaryProgress(into: &evidence, systemDirectory: reader.systemDirectory) }
 
         // 3. Promote and wait for the first accepted write.
         say("== promoting (\(elapsed(clockStart)))")
@@ -201,24 +196,10 @@ struct Promote: AsyncParsableCommand {
             evidence.outcome = evidence.outcome == "promoted" ? "promoted" : (evidence.checks.contains { !$0.passed } ? "refused" : "failed")
             evidence.check("completed", false, failure)
         }
-        let base = base ?? defaultReportBase(kind: "promote", directory: FileManager.default.currentDirectoryPath)
-        var written: (json: String, markdown: String)?
-        do { written = try evidence.write(base: base) } catch {
-            FileHandle.standardError.write(Data("walship promote: warning: cannot write the report to \(base): \(error)\n".utf8))
-        }
-        say(Self.summary(evidence))
-        if let written { say("report: \(written.json), \(written.markdown)") }
-        if notifier.hasDestination {
-            await StatusMonitor.notice(evidence.outcome == "promoted" ? .success : .failure, condition: "promote", role: "promote",
-                                       system: evidence.systemIdentifier, message: Self.headline(evidence, failure: failure),
-                                       details: ["report": written?.json ?? "", "rpo_bytes": evidence.rpo.map { String($0.bytes) } ?? "",
-                                                 "rto_seconds": evidence.rtoSeconds.map { String($0) } ?? ""],
-                                       notifier: notifier)
-        }
-        if let failure {
-            FileHandle.standardError.write(Data("walship promote: error: \(failure)\n".utf8))
-            throw ExitCode(1)
-        }
+        try await conclude(evidence, command: "promote",
+                           base: base ?? defaultReportBase(kind: "promote", directory: FileManager.default.currentDirectoryPath),
+                           success: evidence.outcome == "promoted", failure: failure,
+                           headline: Self.headline(evidence, failure: failure), notifier: notifier)
     }
 
     static func headline(_ r: PromotionReport, failure: String?) -> String {
