@@ -107,6 +107,12 @@ public struct LagTracker: Sendable {
     }
 
     var pointCount: Int { points.count }
+
+    /// One stage of the lag chain at `lsn` (invalid: a stage this process cannot see).
+    public func stage(_ name: StatusDocument.StageName, at lsn: LSN, now: ContinuousClock.Instant) -> StatusDocument.Stage {
+        StatusDocument.Stage(name: name.rawValue, lsn: lsn.isValid ? lsn.description : nil,
+                             bytesBehind: bytesBehind(lsn), secondsBehind: secondsBehind(lsn, at: now))
+    }
 }
 
 func seconds(_ duration: Duration) -> Double {

@@ -112,7 +112,7 @@ public final class Receiver: Sendable {
             logger.warning("cannot record the receiver's addresses in the spool", metadata: ["walship.error": "\(error)"])
         }
         logger.notice("receiver listening", metadata: [
-            "walship.listen": "\(server.channel.localAddress.map { "\($0)" } ?? "?")", "walship.spool": "\(config.spoolRoot)",
+            "walship.listen": "\(server.channel.localAddress.map(describe) ?? "?")", "walship.spool": "\(config.spoolRoot)",
         ])
         defer {
             for pool in writers.withLock({ Array($0.values) }) { pool.shutdownGracefully { _ in } }
@@ -573,10 +573,6 @@ public final class Receiver: Sendable {
             let m = monitors[id] ?? SystemMonitor(disconnectedSince: startedAt)
             let reports = standbys(of: id)
             let replayed = reports.map(\.replayed).max() ?? .invalid
-            func stage(_ name: StatusDocument.StageName, _ lsn: LSN) -> StatusDocument.Stage {
-                .init(name: name.rawValue, lsn: lsn.isValid ? lsn.description : nil,
-                      bytesBehind: m.lag.bytesBehind(lsn), secondsBehind: m.lag.secondsBehind(lsn, at: now))
-            }
             var standbys = reports.map {
                 StatusDocument.Standby(name: $0.name, connected: $0.connected, replayedLSN: $0.replayed.description,
                                        updatedAt: Date(timeIntervalSince1970: $0.reportedAt.unixSeconds))
@@ -599,8 +595,9 @@ public final class Receiver: Sendable {
                             disconnectedSince: link == nil ? m.disconnectedSince : nil,
                             lastMessageAgeSeconds: link.map { roundedSeconds(now - $0.lastFrame) },
                             lastPrimaryMessageAgeSeconds: m.primaryReportedAt.map { roundedSeconds(now - $0) }),
-                chain: [stage(.primary, m.lag.primaryLSN), .init(name: "sent", lsn: nil, bytesBehind: nil, secondsBehind: nil),
-                        stage(.received, p.written), stage(.durable, p.durable), stage(.replayed, replayed)],
+                // The receiver cannot see what the sender has sent: that stage has no position here.
+                chain: [(StatusDocument.StageName.primary, m.lag.primaryLSN), (.sent, LSN.invalid), (.received, p.written),
+                        (.durable, p.durable), (.replayed, replayed)].map { m.lag.stage($0, at: $1, now: now) },
                 clockSkewSeconds: m.lag.clockSkewSeconds, fence: fence, standbys: standbys)
         }
         return StatusDocument(

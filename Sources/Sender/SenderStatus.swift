@@ -57,10 +57,7 @@ struct SenderState: Sendable {
         let stages: [(StatusDocument.StageName, LSN)] = [
             (.primary, primaryLSN), (.sent, sent), (.received, receiverWritten), (.durable, receiverDurable), (.replayed, replayed),
         ]
-        return stages.map { name, lsn in
-            StatusDocument.Stage(name: name.rawValue, lsn: lsn.isValid ? lsn.description : nil,
-                                 bytesBehind: lag.bytesBehind(lsn), secondsBehind: lag.secondsBehind(lsn, at: now))
-        }
+        return stages.map { lag.stage($0, at: $1, now: now) }
     }
 
     /// Forgets lag points every stage has passed (the slowest stage bounds what is still needed).
