@@ -49,11 +49,6 @@ public final class WalSenderServer: Sendable {
         self.keepaliveInterval = keepaliveInterval
     }
 
-    /// The furthest replay position any standby of `system` reported, to carry back to the primary.
-    public func replayed(system: UInt64) -> (LSN, PostgresTimestamp)? {
-        progress.withLock { $0[system]?.values.max { $0.applied < $1.applied } }.map { ($0.applied, $0.reportedAt) }
-    }
-
     /// Every standby of `system` that reported since this process started, connected or not.
     public func standbys(system: UInt64) -> [StandbyProgress] {
         progress.withLock { $0[system].map { Array($0.values) } ?? [] }.sorted { $0.applicationName < $1.applicationName }
