@@ -18,7 +18,7 @@ struct PromoteTests {
         let certs = fixture.directory + "/certs"
         _ = try run(IT.walshipBinary, ["certs", "init", certs, "--receiver-name", "127.0.0.1"])
         if IT.isRoot { _ = try run("/bin/chown", ["-R", "postgres:postgres", certs]) }
-        let tls = { (end: String) in ["--tls-cert", "\(certs)/\(end).crt", "--tls-key", "\(certs)/\(end).key", "--tls-ca", "\(certs)/ca.crt"] }
+        let tls = { (end: String) in tlsArguments(certs, end) }
         topology.linkArguments = tls
         try topology.startReceiver()
         try topology.startSender(extra: ["--sync"])

@@ -416,3 +416,8 @@ func startAcknowledgedWriter(_ fixture: Fixture, primary: Cluster, table: String
 func acknowledgedIDs(_ file: String) -> [Int] {
     ((try? String(contentsOfFile: file, encoding: .utf8)) ?? "").split(separator: "\n").compactMap { Int($0) }
 }
+
+/// The three TLS options of one end ("receiver" or "sender") for a set made by `walship certs init DIRECTORY`.
+func tlsArguments(_ directory: String, _ end: String) -> [String] {
+    ["--tls-cert", "\(directory)/\(end).crt", "--tls-key", "\(directory)/\(end).key", "--tls-ca", "\(directory)/ca.crt"]
+}

@@ -12,10 +12,6 @@ struct TLSTests {
         return directory
     }
 
-    func tls(_ directory: String, _ end: String) -> [String] {
-        ["--tls-cert", "\(directory)/\(end).crt", "--tls-key", "\(directory)/\(end).key", "--tls-ca", "\(directory)/ca.crt"]
-    }
-
     @Test func mutualTLSAdmitsOnlyTheRightPeer() throws {
         let fixture = try Fixture("tls")
         defer { fixture.tearDown() }
@@ -24,7 +20,7 @@ struct TLSTests {
         let expired = try certs(fixture, "expired", ["--days", "1", "--backdate-days", "10"])
         let named = try certs(fixture, "named", receiverName: "dr.hospital.example")
         var topology = try ShipTopology(fixture)
-        topology.linkArguments = { tls(good, $0) }
+        topology.linkArguments = { tlsArguments(good, $0) }
         topology.receiverExtra = ["--allow-source", "pg-main=\(topology.systemIdentifier)"]
         try topology.startReceiver()
         try topology.startSender()
@@ -34,28 +30,28 @@ struct TLSTests {
         #expect(topology.receiver!.log.contains("walship.certificate=pg-main"))
 
         let base = ["send", "--source", topology.primary.conninfo, "--to", "127.0.0.1:\(topology.receiverPort)", "--create-slot"]
-        let wrongCA = try run(IT.walshipBinary, base + ["--slot", "foreign"] + tls(foreign, "sender"), timeout: 60, check: false)
+        let wrongCA = try run(IT.walshipBinary, base + ["--slot", "foreign"] + tlsArguments(foreign, "sender"), timeout: 60, check: false)
         #expect(wrongCA.status == 1 && wrongCA.error.contains("CERTIFICATE_VERIFY_FAILED"), "\(wrongCA.error)")
         let plaintext = try run(IT.walshipBinary, base + ["--slot", "plain", "--insecure"], timeout: 60, check: false)
         #expect(plaintext.status == 1 && plaintext.error.contains("requires TLS"), "\(plaintext.error)")
-        let both = try run(IT.walshipBinary, base + ["--slot", "both", "--insecure"] + tls(good, "sender"), timeout: 30, check: false)
+        let both = try run(IT.walshipBinary, base + ["--slot", "both", "--insecure"] + tlsArguments(good, "sender"), timeout: 30, check: false)
         #expect(both.status != 0 && both.error.contains("exclude each other"), "\(both.error)")
         #expect(topology.receiver!.log.contains("TLS handshake with a sender failed"))
 
         // An expired pair is refused even though the CA matches.
         let expiredPort = IT.freePort()
         _ = try fixture.walship("receiver-expired", ["receive", "--listen", "127.0.0.1:\(expiredPort)", "--spool", fixture.directory + "/spool-expired"]
-                                + tls(expired, "receiver"))
+                                + tlsArguments(expired, "receiver"))
         let stale = try run(IT.walshipBinary, ["send", "--source", topology.primary.conninfo, "--to", "127.0.0.1:\(expiredPort)",
-                                               "--create-slot", "--slot", "stale"] + tls(expired, "sender"), timeout: 60, check: false)
+                                               "--create-slot", "--slot", "stale"] + tlsArguments(expired, "sender"), timeout: 60, check: false)
         #expect(stale.status == 1 && stale.error.contains("CERTIFICATE_VERIFY_FAILED"), "\(stale.error)")
 
         // A receiver certificate naming another host than the one the sender expects is refused.
         let namedPort = IT.freePort()
         _ = try fixture.walship("receiver-named", ["receive", "--listen", "127.0.0.1:\(namedPort)", "--spool", fixture.directory + "/spool-named"]
-                                + tls(named, "receiver"))
+                                + tlsArguments(named, "receiver"))
         let wrongName = try run(IT.walshipBinary, ["send", "--source", topology.primary.conninfo, "--to", "127.0.0.1:\(namedPort)", "--create-slot",
-                                                   "--slot", "misnamed", "--tls-server-name", "dr.elsewhere.example"] + tls(named, "sender"),
+                                                   "--slot", "misnamed", "--tls-server-name", "dr.elsewhere.example"] + tlsArguments(named, "sender"),
                                 timeout: 60, check: false)
         #expect(wrongName.status == 1 && wrongName.error.contains("TLS with the receiver"), "\(wrongName.error)")
 
@@ -64,7 +60,7 @@ struct TLSTests {
         try other.start()
         let otherSystem = try other.sql("SELECT system_identifier FROM pg_control_system()")
         let impostor = try fixture.walship("sender-other", ["send", "--source", other.conninfo, "--to", "127.0.0.1:\(topology.receiverPort)",
-                                                            "--create-slot", "--slot", "other", "--retry-max-seconds", "2"] + tls(good, "sender"))
+                                                            "--create-slot", "--slot", "other", "--retry-max-seconds", "2"] + tlsArguments(good, "sender"))
         try waitUntil("the receiver to refuse the other system", timeout: 60) {
             (topology.receiver!.log.contains("may ship system \(topology.systemIdentifier) only, but it offered system \(otherSystem)"),
              impostor.log.suffix(500).description)
