@@ -73,7 +73,7 @@ let package = Package(
         .target(
             name: "Sender",
             dependencies: [
-                "PGReplication", "ShipProtocol", "ShipTLS", "WALCore", "Monitor",
+                "PGReplication", "ShipProtocol", "ShipTLS", "WALCore", "Monitor", "Spool",
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "NIOCore", package: "swift-nio"),
@@ -118,6 +118,7 @@ let package = Package(
         .testTarget(name: "SpoolTests", dependencies: ["Spool", "WALCore", "ShipProtocol"]),
         .testTarget(name: "PGReplicationTests", dependencies: ["PGReplication", "WALCore"]),
         .testTarget(name: "MonitorTests", dependencies: ["Monitor", "WALCore"]),
+        .testTarget(name: "SenderTests", dependencies: ["Sender", "Spool", "WALCore"]),
         .testTarget(name: "FuzzReplayTests", dependencies: ["FuzzHarness"]),
         .testTarget(
             name: "ShipTLSTests",

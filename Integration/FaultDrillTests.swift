@@ -181,6 +181,117 @@ struct FaultDrillTests {
         }
     }
 
+    /// `--on-receiver-loss degrade-after`: with the DR site gone, commits wait only the allowed time, then are
+    /// acknowledged from the sender's local buffer with the RPO exposure shown and alerted. When the receiver
+    /// returns the buffer is shipped (byte-identical to the primary's archive) and acknowledgement is synchronous
+    /// again. In a disaster while degraded, what is lost is bounded by the exposure reported at that moment.
+    @Test func degradeAfterKeepsCommittingAndTheLossStaysWithinTheReportedExposure() throws {
+        let fixture = try Fixture("fault-degrade")
+        defer { fixture.tearDown() }
+        var topology = try ShipTopology(fixture, primarySettings: ["synchronous_standby_names": "'walship'", "wal_sender_timeout": "'5s'"])
+        let standbyPort = IT.freePort()
+        let buffer = fixture.directory + "/buffer"
+        topology.receiverExtra = ["--standby-listen", "127.0.0.1:\(standbyPort)", "--standby-trust"]
+        try topology.startReceiver(linkTimeout: 5)
+        try topology.startSender(extra: ["--sync", "--link-timeout", "5", "--on-receiver-loss", "degrade-after=3s",
+                                         "--buffer-dir", buffer, "--alert-recovery-seconds", "1"])
+        try fixture.baseBackup(of: topology.primary, name: "dr")
+        let standby = try fixture.startCopy(name: "dr", signal: "standby.signal", settings: [
+            "primary_conninfo = 'host=127.0.0.1 port=\(standbyPort) user=postgres application_name=dr_replica'",
+            "hot_standby = on", "wal_retrieve_retry_interval = '1s'", "wal_receiver_timeout = '5s'",
+        ])
+        try topology.primary.sql("CREATE TABLE acknowledged (id int PRIMARY KEY)")
+        let ackedFile = fixture.directory + "/acked.txt"
+        let writer = try startAcknowledgedWriter(fixture, primary: topology.primary, table: "acknowledged", file: ackedFile)
+        func commits(_ more: Int, _ what: String, timeout: Double = 60) throws {
+            let before = acknowledgedIDs(ackedFile).count
+            try waitUntil("\(more) commits \(what)", timeout: timeout) {
+                let now = acknowledgedIDs(ackedFile).count
+                return (now >= before + more, "\(now - before) new; sender: \(topology.sender!.log.suffix(600))")
+            }
+        }
+        func sender() throws -> [String: Any] { try fetchStatus(port: topology.senderStatusPort) }
+        func details(_ status: [String: Any]) -> [String: Any] { status["sender"] as? [String: Any] ?? [:] }
+        func firing(_ status: [String: Any]) -> [String] {
+            (status["alerts"] as? [[String: Any]] ?? []).compactMap { $0["condition"] as? String }
+        }
+        try commits(10, "in synchronous mode")
+        #expect(details(try sender())["degraded"] as? Bool == false)
+        #expect(details(try sender())["receiverLossPolicy"] as? String == "degrade-after=3s")
+
+        // The DR site goes away: commits stop for about the allowed time, then continue, degraded.
+        topology.receiver!.kill9()
+        try commits(20, "acknowledged from the local buffer", timeout: 60)
+        let degraded = try sender()
+        let exposure = try #require(details(degraded)["rpoExposure"] as? [String: Any], "\(degraded)")
+        #expect((exposure["bytes"] as? Int ?? 0) > 0)
+        #expect(details(degraded)["degraded"] as? Bool == true)
+        try waitUntil("the rpo_exposure alert", timeout: 30) {
+            let status = try sender()
+            return (firing(status).contains("rpo_exposure"), "\(status["alerts"] ?? "")")
+        }
+        let audit = try String(contentsOfFile: buffer + "/audit.log", encoding: .utf8)
+        #expect(audit.contains(#""event":"degraded""#), "\(audit)")
+        #expect(topology.sender!.log.contains("acknowledging commits from the local buffer"))
+
+        // It returns: the buffer is shipped and acknowledgement is synchronous again, by itself.
+        try topology.startReceiver(linkTimeout: 5)
+        try waitUntil("synchronous acknowledgement again", timeout: 90) {
+            let status = try sender()
+            let d = details(status)
+            return (d["degraded"] as? Bool == false && d["rpoExposure"] == nil && !firing(status).contains("rpo_exposure"),
+                    "\(d)\n\(topology.sender!.log.suffix(1500))")
+        }
+        #expect(try String(contentsOfFile: buffer + "/audit.log", encoding: .utf8).contains(#""event":"synchronous""#))
+        #expect(!FileManager.default.fileExists(atPath: buffer + "/" + topology.systemIdentifier))
+        try commits(5, "after returning to synchronous mode")
+        let shippedFromBuffer = Set(acknowledgedIDs(ackedFile))
+        // The WAL shipped from the buffer is the primary's, byte for byte, without a gap.
+        let last = try topology.switchAndWait()
+        #expect(try topology.verifySpool(through: last) >= 2)
+
+        // A second outage, and this time the primary site is lost while degraded.
+        topology.receiver!.kill9()
+        try commits(10, "acknowledged from the local buffer again", timeout: 60)
+        // The sender crashes while degraded: it comes back to the buffer and the exposure it recorded.
+        topology.sender!.kill9()
+        topology.sender = try fixture.walship("sender", topology.senderArguments)
+        try commits(10, "acknowledged from the local buffer after the sender's restart", timeout: 60)
+        writer.kill9()
+        let lastWritten = acknowledgedIDs(ackedFile).count
+        try waitUntil("the writer to stop", timeout: 10) { (!writer.isRunning, "") }
+        #expect(acknowledgedIDs(ackedFile).count == lastWritten)
+        let atDisaster = try sender()
+        let reported = try #require(details(atDisaster)["rpoExposure"] as? [String: Any], "\(atDisaster)")
+        let exposedBytes = UInt64(reported["bytes"] as? Int ?? 0)
+        let offsite = try #require(lsn(reported["offsiteDurableLSN"] as? String ?? ""))
+        let acknowledgedEnd = try #require(lsn(reported["acknowledgedLSN"] as? String ?? ""))
+        #expect(acknowledgedEnd - offsite == exposedBytes)
+        #expect((reported["seconds"] as? Double ?? 0) > 0, "\(reported)")
+        kill(try postmasterPID(topology.primary), SIGKILL)
+        topology.sender!.kill9()
+
+        try topology.startReceiver(linkTimeout: 5)
+        let promote = try run(IT.walshipBinary, ["promote", "--pgdata", standby.dataDirectory, "--spool", topology.spool,
+                                                 "--report", fixture.logDirectory + "/promotion"], timeout: 200, check: false)
+        #expect(promote.status == 0, "\(promote.output)\(promote.error)")
+        let present = Set(try standby.sql("SELECT id FROM acknowledged").split(separator: "\n").compactMap { Int($0) })
+        let acked = acknowledgedIDs(ackedFile)
+        let lost = Set(acked).subtracting(present)
+        // Everything acknowledged while synchronous, and everything shipped from the buffer, survived.
+        #expect(shippedFromBuffer.isSubset(of: present), "lost after being shipped: \(shippedFromBuffer.subtracting(present).sorted().prefix(20))")
+        // The loss is real (the test can fail) and exactly the newest commits, those acknowledged without the DR site.
+        #expect(!lost.isEmpty, "nothing was lost although commits were acknowledged without the DR site")
+        if let firstLost = lost.min() { #expect(acked.filter { $0 >= firstLost }.allSatisfy(lost.contains)) }
+        // The promoted replica replayed at least to the offsite end reported, so the WAL lost is at most
+        // the acknowledged end minus that: the exposure reported at the moment of the disaster.
+        let history = try String(contentsOfFile: standby.dataDirectory + "/pg_wal/00000002.history", encoding: .utf8)
+        let recoveryEnd = try #require(history.split(separator: "\n").first.flatMap { line in lsn(String(line.split(separator: "\t")[1])) }, "\(history)")
+        #expect(recoveryEnd >= offsite, "recovery ended at \(String(recoveryEnd, radix: 16)), before the reported offsite end")
+        print("degrade drill: \(acked.count) acknowledged, \(lost.count) lost; exposure reported \(exposedBytes) B / \(reported["seconds"] ?? "?") s; WAL lost \(acknowledgedEnd > recoveryEnd ? acknowledgedEnd - recoveryEnd : 0) B")
+        #expect(acknowledgedEnd - min(acknowledgedEnd, recoveryEnd) <= exposedBytes)
+    }
+
     func postmasterPID(_ cluster: Cluster) throws -> Int32 {
         let text = try String(contentsOfFile: cluster.dataDirectory + "/postmaster.pid", encoding: .utf8)
         return try #require(text.split(separator: "\n").first.flatMap { Int32($0) })

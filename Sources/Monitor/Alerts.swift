@@ -235,6 +235,15 @@ public enum AlertRules {
                                      message: "slot \(slot.name) wal_status is \(walStatus)" + (bad ? " (the primary retains more WAL than max_wal_size for the DR site)" : "")))
                 }
             }
+            if let details = status.sender, details.degraded != nil {
+                // Always watched under degrade-after: acknowledging without the DR site is never routine.
+                let exposure = details.rpoExposure
+                out.append(.init(condition: "rpo_exposure", firing: exposure != nil, severity: .critical,
+                                 message: exposure.map { e in
+                                     "commits are acknowledged without the DR site (\(details.receiverLossPolicy ?? "degrade-after")): \(formatBytes(e.bytes))\(e.seconds.map { " / \(format($0)) s" } ?? "") of acknowledged WAL is not offsite"
+                                 } ?? "every acknowledged commit is at the DR site again; synchronous acknowledgement restored",
+                                 value: exposure.map { Double($0.bytes) }, threshold: 0))
+            }
             if let limit = t.disconnectSeconds, let system = status.systems.first {
                 let down = system.link.connected ? 0 : system.link.disconnectedSince.map { now.timeIntervalSince($0) } ?? 0
                 out.append(.init(condition: "receiver_unreachable", firing: down > limit, severity: .critical,

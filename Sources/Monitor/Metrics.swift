@@ -63,6 +63,11 @@ public final class MetricsPublisher: Sendable {
             for state in ["reserved", "extended", "unreserved", "lost"] {
                 gauge("walship_slot_wal_status", ["slot": sender.slot.name, "wal_status": state], sender.slot.walStatus == state ? 1 : 0)
             }
+            if let degraded = sender.degraded {
+                gauge("walship_degraded", ["system": id], degraded ? 1 : 0)
+                gauge("walship_rpo_exposure_bytes", ["system": id], Double(sender.rpoExposure?.bytes ?? 0))
+                gauge("walship_rpo_exposure_seconds", ["system": id], sender.rpoExposure.map { $0.seconds ?? 0 } ?? 0)
+            }
         }
     }
 

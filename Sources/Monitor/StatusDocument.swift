@@ -231,8 +231,20 @@ public struct StatusDocument: Codable, Sendable, Equatable {
         /// WAL bytes per byte on the wire (LZ4 and framing).
         public var compressionRatio: Double?
         public var slot: Slot
+        /// `block` or `degrade-after=DURATION` (--on-receiver-loss).
+        public var receiverLossPolicy: String?
+        /// Commits are being acknowledged from the sender's local buffer: the DR site is unreachable.
+        public var degraded: Bool?
+        public var degradedSince: Date?
+        /// WAL acknowledged to the primary that the DR site does not have on disk yet; nil when there is none.
+        public var rpoExposure: RPOExposure?
         public init(source: String, receiver: String, synchronous: Bool, applicationName: String, walBytesSent: UInt64,
-                    wireBytesSent: UInt64, slot: Slot) {
+                    wireBytesSent: UInt64, slot: Slot, receiverLossPolicy: String? = nil, degraded: Bool? = nil,
+                    degradedSince: Date? = nil, rpoExposure: RPOExposure? = nil) {
+            self.receiverLossPolicy = receiverLossPolicy
+            self.degraded = degraded
+            self.degradedSince = degradedSince
+            self.rpoExposure = rpoExposure
             self.source = source
             self.receiver = receiver
             self.synchronous = synchronous
@@ -241,6 +253,23 @@ public struct StatusDocument: Codable, Sendable, Equatable {
             self.wireBytesSent = wireBytesSent
             self.compressionRatio = wireBytesSent > 0 ? (Double(walBytesSent) / Double(wireBytesSent) * 100).rounded() / 100 : nil
             self.slot = slot
+        }
+    }
+
+    /// What a disaster at the primary site would lose right now although the primary reported it committed.
+    public struct RPOExposure: Codable, Sendable, Equatable {
+        public var bytes: UInt64
+        /// The primary's time between the two positions (nil until the sender has timestamps for both).
+        public var seconds: Double?
+        /// End of the WAL acknowledged to the primary (from the local buffer).
+        public var acknowledgedLSN: String
+        /// End of the WAL durable at the DR site.
+        public var offsiteDurableLSN: String
+        public init(bytes: UInt64, seconds: Double?, acknowledgedLSN: String, offsiteDurableLSN: String) {
+            self.bytes = bytes
+            self.seconds = seconds
+            self.acknowledgedLSN = acknowledgedLSN
+            self.offsiteDurableLSN = offsiteDurableLSN
         }
     }
 

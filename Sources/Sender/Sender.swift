@@ -8,6 +8,7 @@ import NIOSSL
 import PGReplication
 import ShipProtocol
 import ShipTLS
+import Spool
 import Synchronization
 import WALCore
 
@@ -28,6 +29,12 @@ public struct SenderConfiguration: Sendable {
     public var maxBackoff: Duration = .seconds(30)
     /// Mutual TLS on the link; nil only for a deliberately plaintext link (--insecure).
     public var tls: ClientTLS?
+    /// What synchronous mode does while the DR site cannot take WAL.
+    public var receiverLoss: ReceiverLossPolicy = .block
+    /// The local durable buffer for `.degradeAfter`.
+    public var bufferDirectory: String?
+    /// How often a degraded sender tries to reach the receiver again.
+    public var receiverProbeInterval: Duration = .seconds(2)
 
     public init(source: Conninfo, receiverHost: String, receiverPort: Int, slot: String, createSlot: Bool,
                 applicationName: String, synchronous: Bool) {
@@ -55,11 +62,24 @@ public final class Sender: Sendable {
     let statusBox: Mutex<SenderState>
     let startedAt = Date()
     private let problems = Mutex<[String: String]>([:])
+    /// Present with `--on-receiver-loss degrade-after`.
+    let buffer: LocalBuffer?
 
-    public init(configuration: SenderConfiguration, logger: Logger) {
+    public init(configuration: SenderConfiguration, logger: Logger) throws {
         self.config = configuration
         self.logger = logger
         self.statusBox = Mutex(SenderState(slot: configuration.slot))
+        if case .degradeAfter = configuration.receiverLoss {
+            guard configuration.synchronous else {
+                throw SenderFatalError("--on-receiver-loss degrade-after only applies to synchronous mode (hint: add --sync, or drop the option: without --sync commits never wait for the DR site)")
+            }
+            guard let directory = configuration.bufferDirectory else {
+                throw SenderFatalError("--on-receiver-loss degrade-after needs --buffer-dir DIR, a directory on durable local storage where WAL acknowledged without the DR site is kept until the receiver has it")
+            }
+            buffer = try LocalBuffer(directory: directory, logger: logger)
+        } else {
+            buffer = nil
+        }
     }
 
     /// The status document (without alerts and health, which the monitor adds).
@@ -81,7 +101,10 @@ public final class Sender: Sendable {
             state: s.state, stateSince: s.stateSince, lastError: s.lastError, systems: [system],
             sender: .init(source: config.source.description, receiver: "\(config.receiverHost):\(config.receiverPort)",
                           synchronous: config.synchronous, applicationName: config.applicationName,
-                          walBytesSent: s.walBytesSent, wireBytesSent: s.wireBytesSent, slot: s.slot))
+                          walBytesSent: s.walBytesSent, wireBytesSent: s.wireBytesSent, slot: s.slot,
+                          receiverLossPolicy: config.synchronous ? config.receiverLoss.description : nil,
+                          degraded: buffer == nil ? nil : s.degradedSince != nil, degradedSince: s.degradedSince,
+                          rpoExposure: s.rpoExposure(now: now)))
     }
 
     /// Runs until cancelled or a fatal condition (invalidated slot, gap, wrong server version...).
@@ -100,12 +123,15 @@ public final class Sender: Sendable {
         var backoff = Duration.seconds(1)
         var everConnected = false
         var everLinked = false
+        /// When the DR site stopped taking WAL (for --on-receiver-loss degrade-after).
+        var receiverLostAt: ContinuousClock.Instant?
         while true {
             try Task.checkCancellation()
             do {
                 try await streamOnce(onConnected: { everConnected = true }) {
                     backoff = .seconds(1)
                     everLinked = true
+                    receiverLostAt = nil
                 }
             } catch let error as SenderFatalError {
                 setState("failed", error: error.description)
@@ -136,11 +162,135 @@ public final class Sender: Sendable {
                 if Task.isCancelled { throw CancellationError() }
                 let text = "\(error)"
                 noteProblem("stream", text, "streaming stopped; retrying with backoff")
-                setState("retrying", error: text)
-                try await Task.sleep(for: backoff)
+                setState(statusBox.withLock { $0.degradedSince } == nil ? "retrying" : "degraded", error: text)
+                var wait = backoff
+                if case .degradeAfter(let after) = config.receiverLoss, buffer != nil, !(error is PostgresError) {
+                    // The DR site is not taking WAL. Past the allowed time, acknowledge from the local buffer
+                    // until it can be reached again.
+                    let lostAt = receiverLostAt ?? .now
+                    receiverLostAt = lostAt
+                    let remaining = after - (ContinuousClock.now - lostAt)
+                    if remaining <= .zero {
+                        do {
+                            // Waits `backoff` before probing the receiver, so a receiver that accepts
+                            // connections but refuses the link is not retried in a tight loop.
+                            try await runDegraded(firstProbeAfter: backoff)
+                            backoff = min(backoff * 2, config.maxBackoff)
+                            continue
+                        } catch let error as SenderFatalError {
+                            setState("failed", error: error.description)
+                            throw error
+                        } catch is CancellationError {
+                            throw CancellationError()
+                        } catch {
+                            noteProblem("degraded", "\(error)", "cannot acknowledge from the local buffer; commits wait")
+                        }
+                    }
+                    wait = min(wait, max(remaining, .milliseconds(100)))
+                }
+                try await Task.sleep(for: wait)
                 backoff = min(backoff * 2, config.maxBackoff)
             }
         }
+    }
+
+    // MARK: - Degraded: acknowledging from the local buffer
+
+    /// Streams from the primary into the local buffer and acknowledges what is durable there, until the
+    /// receiver can be reached again. Returns then, and the normal session ships the buffer first.
+    private func runDegraded(firstProbeAfter: Duration) async throws {
+        guard let buffer else { return }
+        let session = ReplicationSession(conninfo: config.source, logger: logger)
+        defer { Task { await session.close() } }
+        let identity = try await session.connect(applicationName: config.applicationName)
+        if let known = statusBox.withLock({ $0.systemIdentifier }), known != String(identity.systemIdentifier) {
+            throw SenderFatalError("the source is now database system \(identity.systemIdentifier), not \(known) as before; refusing to mix two systems' WAL (hint: restart the sender if the source was deliberately replaced)")
+        }
+        guard let slot = try await session.readSlot(config.slot) else {
+            throw SenderFatalError("replication slot \"\(config.slot)\" disappeared from the primary")
+        }
+        let system = identity.systemIdentifier
+        var opened = try buffer.open(system: system, segmentSize: identity.segmentSize)
+        let restart = slot.restartLSN ?? identity.flushLSN
+        let held = opened.position
+        if held.timeline != 0 && (held.timeline != identity.timeline || held.durable < restart) {
+            // Left from an earlier outage and all shipped since (the slot moved past it): start afresh.
+            try buffer.discard(system: system)
+            opened = try buffer.open(system: system, segmentSize: identity.segmentSize)
+        }
+        let buffered = opened
+        let start = buffered.position.timeline == 0 ? identity.segmentSize.segmentStart(of: restart) : buffered.position.durable
+
+        let offsite = statusBox.withLock { $0.receiverDurable.isValid ? $0.receiverDurable : .invalid }
+        let known = offsite.isValid ? offsite : (buffer.lastRecordedOffsite() ?? restart)
+        let entering = statusBox.withLock { s -> Bool in
+            s.systemIdentifier = String(system)
+            s.timeline = identity.timeline
+            if !s.receiverDurable.isValid { s.receiverDurable = known }
+            defer { if s.degradedSince == nil { s.degradedSince = Date() } }
+            return s.degradedSince == nil
+        }
+        if entering {
+            let policy = config.receiverLoss.description
+            try buffer.audit(["event": "degraded", "policy": policy, "system": "\(system)",
+                              "receiver": "\(config.receiverHost):\(config.receiverPort)",
+                              "offsite_durable_lsn": "\(known)", "reason": statusBox.withLock { $0.lastError } ?? "receiver unreachable"])
+            logger.critical("the DR site is unreachable: acknowledging commits from the local buffer (RPO is no longer zero); see /status rpo_exposure", metadata: [
+                "walship.policy": "\(policy)", "walship.buffer": "\(buffer.directory)", "walship.offsite_durable_lsn": "\(known)",
+            ])
+        }
+        setState("degraded")
+
+        let gate = StreamGate()
+        let producer = StreamEvents.makeSequence(
+            backPressureStrategy: .init(lowWatermark: 2, highWatermark: 8), finishOnDeinit: false, delegate: gate)
+        let source = producer.source
+        let events = producer.sequence
+        let timeline = identity.timeline
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask {
+                try await session.stream(slot: self.config.slot, start: start, timeline: timeline, gate: gate,
+                                         source: source, statusInterval: self.config.statusInterval)
+            }
+            group.addTask {
+                for try await event in events {
+                    switch event {
+                    case .wal(let chunk):
+                        try chunk.bytes.withUnsafeReadableBytes {
+                            try buffered.append(timeline: timeline, startLSN: chunk.start, bytes: $0)
+                        }
+                        let durable = try buffered.sync()
+                        let replayed = self.statusBox.withLock { s -> LSN in
+                            s.acknowledgedFromBuffer = max(s.acknowledgedFromBuffer, durable)
+                            s.primaryReported(chunk.walEnd, at: chunk.sendTime)
+                            return s.replayed
+                        }
+                        gate.report(StreamFeedback(written: durable, flushed: durable, applied: replayed))
+                    case .keepalive(let walEnd, let sendTime):
+                        self.statusBox.withLock { $0.primaryReported(walEnd, at: sendTime) }
+                    case .endOfTimeline:
+                        throw LinkError("the primary ended its timeline while the DR site was unreachable; commits wait for the receiver")
+                    }
+                }
+            }
+            group.addTask {
+                try await Task.sleep(for: firstProbeAfter)
+                while !(await self.receiverAnswers()) {
+                    try await Task.sleep(for: self.config.receiverProbeInterval)
+                }
+                self.logger.notice("the receiver answers again; shipping the local buffer")
+            }
+            defer { gate.requestStop() }
+            try await group.next()
+            group.cancelAll()
+        }
+    }
+
+    /// Whether a TCP (and TLS) connection to the receiver opens; it is closed at once.
+    private func receiverAnswers() async -> Bool {
+        guard let channel = try? await connectReceiver() else { return false }
+        try? await channel.channel.close()
+        return true
     }
 
     static func isConfigurationError(_ error: PostgresError) -> Bool {
@@ -236,21 +386,68 @@ public final class Sender: Sendable {
             case .close(let reason, let fatal): throw fatal ? SenderFatalError(reason) as any Error : LinkError(reason)
             case .reportFeedback, .none: throw LinkError("unexpected handshake outcome")
             }
+            let replay = try bufferedWAL(from: start, system: identity.systemIdentifier, segmentSize: identity.segmentSize, timeline: timeline)
             clearProblem("stream", "streaming from the primary to the receiver", metadata: [
                 "walship.system": "\(identity.systemIdentifier)", "walship.start_lsn": "\(start)",
                 "walship.timeline": "\(timeline)", "walship.receiver_durable_lsn": "\(resume)",
             ])
             onStreaming()
             try await stream(session: session, machine: NIOLockedValueBox(machine), start: start, timeline: timeline, resume: resume,
-                             channel: channel.channel, iterator: iterator, outbound: outbound)
+                             replay: replay, channel: channel.channel, iterator: iterator, outbound: outbound)
         }
     }
 
-    private func stream(session: ReplicationSession, machine: NIOLockedValueBox<SenderLinkStateMachine>, start: LSN, timeline: TimeLineID, resume: LSN, channel: Channel,
+    /// WAL the receiver needs from `start` that only the local buffer still has (the primary's slot moved on
+    /// when it was acknowledged from there), or nil.
+    private func bufferedWAL(from start: LSN, system: UInt64, segmentSize: WALSegmentSize, timeline: TimeLineID) throws -> BufferedWAL? {
+        guard let buffer, let held = try buffer.range(system: system, segmentSize: segmentSize, timeline: timeline) else { return nil }
+        statusBox.withLock { $0.acknowledgedFromBuffer = max($0.acknowledgedFromBuffer, held.upperBound) }
+        if held.upperBound <= start {
+            leaveDegraded(system: system)
+            return nil
+        }
+        guard held.lowerBound <= start else {
+            throw SenderFatalError("the receiver's WAL ends at \(start), but the local buffer in \(buffer.directory) only starts at \(held.lowerBound): the WAL between was acknowledged to the primary and is in neither place (hint: the DR site needs a re-seed; see docs/runbook.md)")
+        }
+        logger.notice("shipping WAL acknowledged from the local buffer", metadata: [
+            "walship.from": "\(start)", "walship.to": "\(held.upperBound)", "walship.bytes": "\(held.upperBound.bytesAfter(start))",
+        ])
+        return BufferedWAL(spool: try buffer.open(system: system, segmentSize: segmentSize), range: start..<held.upperBound)
+    }
+
+    /// The receiver has everything acknowledged from the buffer: drop it and say so.
+    private func leaveDegraded(system: UInt64) {
+        guard let buffer else { return }
+        let (since, acknowledged) = statusBox.withLock { s in
+            defer {
+                s.degradedSince = nil
+                s.acknowledgedFromBuffer = .invalid
+            }
+            return (s.degradedSince, s.acknowledgedFromBuffer)
+        }
+        do {
+            try buffer.discard(system: system)
+            try buffer.audit(["event": "synchronous", "system": "\(system)", "acknowledged_lsn": "\(acknowledged)",
+                              "degraded_seconds": since.map { String(Int(Date().timeIntervalSince($0).rounded())) } ?? "0"])
+        } catch {
+            logger.error("cannot tidy the local buffer", metadata: ["walship.error": "\(error)"])
+        }
+        if since != nil {
+            logger.notice("the DR site holds every acknowledged commit again; back to synchronous acknowledgement", metadata: [
+                "walship.acknowledged_lsn": "\(acknowledged)",
+            ])
+        }
+    }
+
+    private func stream(session: ReplicationSession, machine: NIOLockedValueBox<SenderLinkStateMachine>, start: LSN, timeline: TimeLineID, resume: LSN,
+                        replay: BufferedWAL?, channel: Channel,
                         iterator: NIOAsyncChannelInboundStream<ShipMessage>.AsyncIterator,
                         outbound: NIOAsyncChannelOutboundWriter<ShipMessage>) async throws {
         let gate = StreamGate()
-        if resume.isValid { gate.report(StreamFeedback(written: resume, flushed: resume)) }
+        let floor = statusBox.withLock { $0.acknowledgedFromBuffer }
+        if resume.isValid || floor.isValid { gate.report(StreamFeedback(written: max(resume, floor), flushed: max(resume, floor))) }
+        // WAL the buffer holds comes from there; the primary continues where it ends.
+        let live = replay?.range.upperBound ?? start
         let producer = StreamEvents.makeSequence(
             backPressureStrategy: .init(lowWatermark: 2, highWatermark: 8), finishOnDeinit: false, delegate: gate)
         let source = producer.source
@@ -262,14 +459,40 @@ public final class Sender: Sendable {
             channel: channel,
             workers: [
                 {
-                    try await session.stream(slot: self.config.slot, start: start, timeline: timeline, gate: gate,
+                    try await session.stream(slot: self.config.slot, start: live, timeline: timeline, gate: gate,
                                              source: source, statusInterval: self.config.statusInterval)
                 },
-                { try await self.forward(events, timeline: timeline, machine: machine, to: outbound) },
+                {
+                    if let replay { try await self.ship(replay, timeline: timeline, machine: machine, to: outbound) }
+                    try await self.forward(events, timeline: timeline, machine: machine, to: outbound)
+                },
                 { try await self.sendKeepalives(outbound) },
             ],
             onEnd: { _ in gate.requestStop() },
             reader: { try await self.readAcks(&iterator, machine: machine, gate: gate) })
+    }
+
+    private func ship(_ replay: BufferedWAL, timeline: TimeLineID, machine: NIOLockedValueBox<SenderLinkStateMachine>,
+                      to outbound: NIOAsyncChannelOutboundWriter<ShipMessage>) async throws {
+        let reader = WALRangeReader(spool: replay.spool)
+        let allocator = ByteBufferAllocator()
+        var at = replay.range.lowerBound
+        while at < replay.range.upperBound {
+            let bytes = try reader.read(timeline: timeline, from: at, durableEnd: replay.range.upperBound, maxBytes: 128 * 1024)
+            guard !bytes.isEmpty else { throw LinkError("the local buffer has no WAL at \(at)") }
+            let end = at.advanced(by: UInt64(bytes.count))
+            let (primaryEnd, primaryNow) = statusBox.withLock { (max($0.primaryLSN, replay.range.upperBound), $0.primaryNow) }
+            let frame = WALData.make(timeline: timeline, startLSN: at, primaryEndLSN: primaryEnd, primarySendTime: primaryNow,
+                                     wal: ByteBuffer(bytes: bytes), allocator: allocator)
+            machine.withLockedValue { $0.walSent(upTo: end) }
+            try await outbound.write(.walData(frame))
+            statusBox.withLock {
+                $0.sent = end
+                $0.walBytesSent += UInt64(bytes.count)
+                $0.wireBytesSent += UInt64(frame.payload.readableBytes + WALData.frameOverheadBytes)
+            }
+            at = end
+        }
     }
 
     private func forward(_ events: StreamEvents, timeline: TimeLineID, machine: NIOLockedValueBox<SenderLinkStateMachine>,
@@ -304,7 +527,12 @@ public final class Sender: Sendable {
         while let message = try await iterator.next() {
             switch machine.withLockedValue({ $0.messageReceived(message) }) {
             case .reportFeedback(let written, let durable, let replayed):
-                gate.report(StreamFeedback(written: written, flushed: durable, applied: replayed))
+                // Never report less than was acknowledged from the local buffer: the primary has let that go.
+                let floor = statusBox.withLock { $0.acknowledgedFromBuffer }
+                gate.report(StreamFeedback(written: max(written, floor), flushed: max(durable, floor), applied: replayed))
+                if floor.isValid && durable >= floor, let system = statusBox.withLock({ $0.systemIdentifier.flatMap(UInt64.init) }) {
+                    leaveDegraded(system: system)
+                }
                 statusBox.withLock {
                     $0.receiverWritten = written
                     $0.receiverDurable = durable
@@ -450,6 +678,12 @@ func connectToReceiver(host: String, port: Int, linkTimeout: Duration, tls: Clie
     } catch {
         throw LinkError("receiver \(host):\(port) is unreachable: \(error)")
     }
+}
+
+/// WAL to send from the local buffer before the primary's stream.
+struct BufferedWAL {
+    let spool: SystemSpool
+    let range: Range<LSN>
 }
 
 /// The primary ended the timeline we streamed (it, or an ancestor, was promoted away from it).

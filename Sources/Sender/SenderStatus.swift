@@ -23,6 +23,10 @@ struct SenderState: Sendable {
     var wireBytesSent: UInt64 = 0
     var slot: StatusDocument.Slot
     var lag = LagTracker()
+    /// Highest position acknowledged to the primary from the local buffer; .invalid when none is outstanding.
+    var acknowledgedFromBuffer: LSN = .invalid
+    /// Set while commits are (or were, until the receiver has them all) acknowledged from the local buffer.
+    var degradedSince: Date?
 
     init(slot: String) { self.slot = StatusDocument.Slot(name: slot) }
 
@@ -60,9 +64,20 @@ struct SenderState: Sendable {
         return stages.map { lag.stage($0, at: $1, now: now) }
     }
 
+    /// WAL acknowledged to the primary but not durable at the DR site.
+    func rpoExposure(now: ContinuousClock.Instant) -> StatusDocument.RPOExposure? {
+        guard acknowledgedFromBuffer.isValid, acknowledgedFromBuffer > receiverDurable else { return nil }
+        var seconds: Double?
+        if let offsite = lag.secondsBehind(receiverDurable, at: now), let acknowledged = lag.secondsBehind(acknowledgedFromBuffer, at: now) {
+            seconds = max(0, ((offsite - acknowledged) * 1000).rounded() / 1000)
+        }
+        return .init(bytes: acknowledgedFromBuffer.bytesAfter(receiverDurable), seconds: seconds,
+                     acknowledgedLSN: "\(acknowledgedFromBuffer)", offsiteDurableLSN: "\(receiverDurable)")
+    }
+
     /// Forgets lag points every stage has passed (the slowest stage bounds what is still needed).
     mutating func forgetPassedPoints() {
-        let slowest = [sent, receiverWritten, receiverDurable, replayed].filter(\.isValid).min() ?? .invalid
+        let slowest = [sent, receiverWritten, receiverDurable, replayed, acknowledgedFromBuffer].filter(\.isValid).min() ?? .invalid
         if slowest.isValid { lag.forget(upTo: slowest) }
     }
 }

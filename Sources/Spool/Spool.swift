@@ -66,6 +66,21 @@ public final class Spool: Sendable {
         }
     }
 
+    /// Forgets a system and deletes its WAL and files. Only for spools whose content is a copy held
+    /// elsewhere too (the sender's local buffer once the DR site has it all); never for the receiver's spool.
+    public func removeSystem(_ systemIdentifier: UInt64) throws {
+        try systems.withLock { systems in
+            systems.removeValue(forKey: systemIdentifier)
+            let directory = root + "/\(systemIdentifier)"
+            guard FileIO.isDirectory(directory) else { return }
+            for name in try FileIO.listDirectory(directory) where FileIO.isDirectory(directory + "/" + name) {
+                try FileIO.removeDirectory(directory + "/" + name)
+            }
+            try FileIO.removeDirectory(directory)
+            try FileIO.syncDirectory(root)
+        }
+    }
+
     /// Systems already opened in this process.
     public var openSystems: [SystemSpool] { systems.withLock { Array($0.values) } }
 

@@ -63,6 +63,17 @@ public final class SystemSpool: @unchecked Sendable {
         try recover()
     }
 
+    /// Where the oldest WAL stored for the current timeline starts, or nil while the spool is empty.
+    public func oldestLSN() throws -> LSN? {
+        let pos = position
+        guard pos.timeline != 0 else { return nil }
+        let stored = try FileIO.listDirectory(walDirectory).compactMap { name -> SegmentName? in
+            guard let dot = name.firstIndex(of: ".") else { return nil }
+            return SegmentName(name[..<dot], segmentSize: segmentSize)
+        }
+        return stored.filter { $0.timeline == pos.timeline }.min()?.startLSN
+    }
+
     // MARK: - Writing
 
     /// Validates and writes `bytes`, which must continue exactly where the spool's WAL ends. Not durable until `sync()`.

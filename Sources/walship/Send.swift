@@ -48,6 +48,12 @@ struct Send: AsyncParsableCommand {
     @Option(help: "The name the receiver's certificate must carry, when it differs from the host in --to.")
     var tlsServerName: String?
 
+    @Option(help: ArgumentHelp("With --sync, what happens while the DR site cannot take WAL: block (commits wait, RPO stays 0) or degrade-after=DURATION (e.g. 30s, 5m: then commits are acknowledged from --buffer-dir so the primary keeps working; RPO exposure is reported and alerted).", valueName: "policy"))
+    var onReceiverLoss = "block"
+
+    @Option(help: "Local durable buffer for --on-receiver-loss degrade-after: WAL acknowledged while the DR site is unreachable is kept here until the receiver has it. Put it on durable storage, ideally not the primary's pg_wal disk.")
+    var bufferDir: String?
+
     @OptionGroup var link: LinkOptions
     @OptionGroup var alerts: AlertOptions
     @OptionGroup var logging: LoggingOptions
@@ -56,6 +62,14 @@ struct Send: AsyncParsableCommand {
         _ = try parseEndpoint(to, option: "--to")
         guard !slot.isEmpty, slot.allSatisfy({ $0.isLetter && $0.isLowercase || $0.isNumber || $0 == "_" }), slot.first?.isNumber == false else {
             throw ValidationError("--slot \"\(slot)\" is not a valid slot name (lower-case letters, digits and underscores)")
+        }
+        let policy: ReceiverLossPolicy
+        do { policy = try ReceiverLossPolicy(parsing: onReceiverLoss) } catch { throw ValidationError("--on-receiver-loss: \(error)") }
+        if case .degradeAfter = policy {
+            guard sync else { throw ValidationError("--on-receiver-loss degrade-after only applies with --sync: without it commits never wait for the DR site") }
+            guard bufferDir != nil else { throw ValidationError("--on-receiver-loss degrade-after needs --buffer-dir DIR, durable local storage for WAL acknowledged while the DR site is unreachable") }
+        } else if bufferDir != nil {
+            throw ValidationError("--buffer-dir is only used with --on-receiver-loss degrade-after=DURATION")
         }
     }
 
@@ -72,12 +86,15 @@ struct Send: AsyncParsableCommand {
         configuration.keepaliveInterval = .seconds(max(1, link.linkTimeout / 6))
         configuration.slotCheckInterval = .seconds(max(1, slotCheckInterval))
         configuration.maxBackoff = .seconds(max(1, retryMaxSeconds))
+        configuration.receiverLoss = try ReceiverLossPolicy(parsing: onReceiverLoss)
+        configuration.bufferDirectory = bufferDir
         do {
             configuration.tls = try link.tlsFiles.map { ClientTLS(context: try $0.clientContext(), serverName: tlsServerName) }
         } catch {
             throw fail("send", error)
         }
-        let sender = Sender(configuration: configuration, logger: logger)
+        let sender: Sender
+        do { sender = try Sender(configuration: configuration, logger: logger) } catch { throw fail("send", error) }
         let thresholds = AlertThresholds(disconnectSeconds: alerts.alertDisconnectSeconds, memoryMB: alerts.alertMemoryMb,
                                          slotRetainedBytes: alertSlotRetainedBytes)
         let monitor = StatusMonitor(role: "sender", thresholds: thresholds, notifier: alerts.notifier(logger),

@@ -127,6 +127,30 @@ func sampleReceiver(connected: Bool = true, durableBehindBytes: UInt64 = 0, seco
         let senderConditions = AlertRules.observe(sender, thresholds: t, now: Date()).filter(\.firing).map(\.condition)
         #expect(Set(senderConditions) == ["memory", "slot_retained_bytes", "slot_wal_status"])
     }
+
+    @Test func rpoExposureFiresOnlyUnderDegradeAndWhileAcknowledgedWALIsNotOffsite() throws {
+        var sender = sampleReceiver()
+        sender.role = "sender"
+        sender.spool = nil
+        sender.sender = .init(source: "host=p", receiver: "dr:7000", synchronous: true, applicationName: "walship", walBytesSent: 10,
+                              wireBytesSent: 2, slot: .init(name: "walship"), receiverLossPolicy: "block")
+        let none = AlertThresholds()
+        #expect(!AlertRules.observe(sender, thresholds: none, now: Date()).contains { $0.condition == "rpo_exposure" })
+
+        sender.sender?.receiverLossPolicy = "degrade-after=30s"
+        sender.sender?.degraded = false
+        let calm = try #require(AlertRules.observe(sender, thresholds: none, now: Date()).first { $0.condition == "rpo_exposure" })
+        #expect(!calm.firing)
+
+        sender.sender?.degraded = true
+        sender.sender?.rpoExposure = .init(bytes: 3 * 1_048_576, seconds: 42, acknowledgedLSN: "0/5300000", offsiteDurableLSN: "0/5000000")
+        let exposed = try #require(AlertRules.observe(sender, thresholds: none, now: Date()).first { $0.condition == "rpo_exposure" })
+        #expect(exposed.firing && exposed.severity == .critical)
+        #expect(exposed.message.contains("3.0 MB") && exposed.message.contains("42.0 s"))
+
+        let data = try JSONEncoder().encode(sender)
+        #expect(try JSONDecoder().decode(StatusDocument.self, from: data) == sender)
+    }
 }
 
 @Suite struct PromotionReportTests {

@@ -279,4 +279,19 @@ func append(_ system: SystemSpool, _ bytes: [UInt8], at lsn: LSN, timeline: Time
             try append(system, newTimelineSegment(3, count: 20_000), at: size.startLSN(ofSegment: 3), timeline: 2)
         }
     }
+
+    @Test func oldestStoredPositionAndRemovingASystem() throws {
+        let temp = TempSpool()
+        let (spool, system) = try temp.open()
+        #expect(try system.oldestLSN() == nil)
+        let start = size.startLSN(ofSegment: 3)
+        try append(system, TestWAL.segment(3), at: start)
+        try append(system, Array(TestWAL.segment(4)[0..<20_000]), at: size.startLSN(ofSegment: 4))
+        try system.sync()
+        #expect(try system.oldestLSN() == start)
+        try spool.removeSystem(TestWAL.sysid)
+        #expect(!FileManager.default.fileExists(atPath: temp.root + "/\(TestWAL.sysid)"))
+        let reopened = try spool.system(TestWAL.sysid, segmentSize: size)
+        #expect(reopened.position == .empty)
+    }
 }

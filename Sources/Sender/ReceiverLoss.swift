@@ -1,0 +1,116 @@
+import Foundation
+import Logging
+import Spool
+import WALCore
+
+/// What a synchronous sender does while the DR site cannot take WAL (`--on-receiver-loss`).
+public enum ReceiverLossPolicy: Sendable, Equatable, CustomStringConvertible {
+    /// Keep PostgreSQL's guarantee: commits wait until the DR site has their WAL on disk.
+    case block
+    /// After the DR site has been unreachable this long, acknowledge commits from the sender's local durable
+    /// buffer so the primary keeps accepting writes; what is acknowledged but not offsite is the RPO exposure.
+    case degradeAfter(Duration)
+
+    /// Parses `block` or `degrade-after=DURATION`, DURATION as `90`, `90s`, `5m` or `1h`.
+    public init(parsing text: String) throws {
+        if text == "block" {
+            self = .block
+            return
+        }
+        let prefix = "degrade-after="
+        guard text.hasPrefix(prefix) else {
+            throw PolicyError("unknown receiver-loss policy \"\(text)\" (hint: use block, or degrade-after=DURATION such as degrade-after=30s)")
+        }
+        let amount = text.dropFirst(prefix.count)
+        let units: [(Character, Int64)] = [("s", 1), ("m", 60), ("h", 3600)]
+        var digits = Substring(amount)
+        var multiplier: Int64 = 1
+        if let last = amount.last, let unit = units.first(where: { $0.0 == last }) {
+            digits = amount.dropLast()
+            multiplier = unit.1
+        }
+        guard let value = Int64(digits), value > 0, value <= 86_400 / multiplier else {
+            throw PolicyError("\"\(amount)\" is not a duration between 1 s and 24 h (hint: degrade-after=30s, degrade-after=5m)")
+        }
+        self = .degradeAfter(.seconds(value * multiplier))
+    }
+
+    public var description: String {
+        switch self {
+        case .block: "block"
+        case .degradeAfter(let d): "degrade-after=\(d.components.seconds)s"
+        }
+    }
+
+    public struct PolicyError: Error, CustomStringConvertible {
+        public let description: String
+        init(_ description: String) { self.description = description }
+    }
+}
+
+/// The sender's local durable buffer (`--buffer-dir`): WAL acknowledged to the primary while the DR site was
+/// unreachable, kept until the receiver has it on disk. It is a spool of its own, in the receiver's format,
+/// so durability, page validation and crash recovery are the receiver's code, and reading it back for the
+/// receiver is the standby endpoint's reader.
+final class LocalBuffer: Sendable {
+    let directory: String
+    private let spool: Spool
+    private let auditPath: String
+
+    init(directory: String, logger: Logger) throws {
+        self.directory = directory
+        var logger = logger
+        logger[metadataKey: "walship.buffer"] = "\(directory)"
+        do {
+            spool = try Spool(root: directory, logger: logger)
+        } catch {
+            throw SenderFatalError("cannot use --buffer-dir \(directory): \(error)")
+        }
+        auditPath = directory + "/audit.log"
+    }
+
+    func open(system: UInt64, segmentSize: WALSegmentSize) throws -> SystemSpool {
+        try spool.system(system, segmentSize: segmentSize)
+    }
+
+    /// The WAL the buffer holds on `timeline`, or nil when it holds none there.
+    func range(system: UInt64, segmentSize: WALSegmentSize, timeline: TimeLineID) throws -> Range<LSN>? {
+        guard try Spool.systemIdentifiers(root: directory).contains(system) else { return nil }
+        let buffered = try open(system: system, segmentSize: segmentSize)
+        let position = buffered.position
+        guard position.timeline == timeline, let oldest = try buffered.oldestLSN(), oldest < position.durable else { return nil }
+        return oldest..<position.durable
+    }
+
+    /// Drops the buffered WAL of a system: the receiver has all of it on disk.
+    func discard(system: UInt64) throws {
+        try spool.removeSystem(system)
+    }
+
+    /// The DR site's durable end as recorded when the sender last degraded: after a restart while degraded it is
+    /// what the exposure is measured from, the receiver being out of reach to ask.
+    func lastRecordedOffsite() -> LSN? {
+        guard let text = try? String(contentsOfFile: auditPath, encoding: .utf8) else { return nil }
+        for line in text.split(separator: "\n").reversed() {
+            guard let object = try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: String],
+                  object["event"] == "degraded", let lsn = object["offsite_durable_lsn"].flatMap(LSN.init) else { continue }
+            return lsn
+        }
+        return nil
+    }
+
+    /// Appends one line to `audit.log` in the buffer directory and makes it durable: the record of when
+    /// commits were acknowledged without the DR site, which outlives logs that rotate.
+    func audit(_ fields: [String: String]) throws {
+        var record = fields
+        record["at"] = ISO8601DateFormatter().string(from: Date())
+        let data = try JSONSerialization.data(withJSONObject: record, options: [.sortedKeys]) + Data("\n".utf8)
+        let fd = Glibc.open(auditPath, O_WRONLY | O_CREAT | O_APPEND, 0o640)
+        guard fd >= 0 else { throw SenderFatalError("cannot open \(auditPath): \(String(cString: strerror(errno)))") }
+        defer { Glibc.close(fd) }
+        let written = data.withUnsafeBytes { Glibc.write(fd, $0.baseAddress, $0.count) }
+        guard written == data.count, fsync(fd) == 0 else {
+            throw SenderFatalError("cannot write \(auditPath): \(String(cString: strerror(errno)))")
+        }
+    }
+}
