@@ -137,4 +137,49 @@ struct StandbyTests {
         }
         #expect(try standby.sql("SELECT answer FROM scram_check") == "42")
     }
+
+    /// With --standby-tls-cert/--standby-tls-key the endpoint requires TLS: a plaintext standby is refused with a
+    /// hint, libpq's verify-full accepts the receiver's certificate, and a stock standby streams over TLS with
+    /// SCRAM. The ship link runs over mutual TLS too.
+    @Test func standbysMustUseTLSWhenTheEndpointServesIt() throws {
+        let fixture = try Fixture("standby-tls")
+        defer { fixture.tearDown() }
+        var topology = try ShipTopology(fixture)
+        let certs = fixture.directory + "/certs"
+        _ = try run(IT.walshipBinary, ["certs", "init", certs, "--receiver-name", "127.0.0.1"])
+        if IT.isRoot { _ = try run("/bin/chown", ["-R", "postgres:postgres", certs]) }
+        topology.linkArguments = { tlsArguments(certs, $0) }
+        let standbyPort = IT.freePort()
+        let passwordFile = fixture.directory + "/standby-password"
+        try "tls secret\n".write(toFile: passwordFile, atomically: true, encoding: .utf8)
+        topology.receiverExtra = ["--standby-listen", "127.0.0.1:\(standbyPort)", "--standby-password-file", passwordFile,
+                                  "--standby-tls-cert", certs + "/receiver.crt", "--standby-tls-key", certs + "/receiver.key"]
+        try topology.startReceiver()
+        try topology.startSender()
+        try topology.switchAndWait()
+
+        func identify(_ ssl: String) throws -> CommandResult {
+            try run("/usr/bin/psql", ["-AtX", "-c", "IDENTIFY_SYSTEM",
+                                      "host=127.0.0.1 port=\(standbyPort) user=postgres replication=true password='tls secret' \(ssl)"],
+                    timeout: 30, check: false)
+        }
+        let plaintext = try identify("sslmode=disable")
+        #expect(plaintext.status != 0 && plaintext.error.contains("requires TLS"), "\(plaintext.error)")
+        let verified = try identify("sslmode=verify-full sslrootcert=\(certs)/ca.crt")
+        #expect(verified.status == 0 && verified.output.contains(topology.systemIdentifier), "\(verified.output)\(verified.error)")
+        let otherCA = fixture.directory + "/other-certs"
+        _ = try run(IT.walshipBinary, ["certs", "init", otherCA, "--receiver-name", "127.0.0.1"])
+        let wrongCA = try identify("sslmode=verify-full sslrootcert=\(otherCA)/ca.crt")
+        #expect(wrongCA.status != 0 && wrongCA.error.contains("certificate verify failed"), "\(wrongCA.error)")
+
+        try fixture.baseBackup(of: topology.primary, name: "tls-standby")
+        let standby = try fixture.startCopy(name: "tls-standby", signal: "standby.signal", settings: [
+            "primary_conninfo = 'host=127.0.0.1 port=\(standbyPort) user=postgres password=''tls secret'' sslmode=verify-full sslrootcert=\(certs)/ca.crt application_name=dr_tls'",
+            "hot_standby = on", "wal_retrieve_retry_interval = '1s'",
+        ])
+        try topology.primary.sql("CREATE TABLE tls_check AS SELECT 7 AS answer")
+        try waitForReplay(standby, topology.primary, "WAL served over TLS")
+        #expect(try standby.sql("SELECT answer FROM tls_check") == "7")
+        #expect(try standby.sql("SELECT status FROM pg_stat_wal_receiver") == "streaming")
+    }
 }

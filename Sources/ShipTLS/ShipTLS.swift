@@ -36,25 +36,39 @@ public struct TLSFiles: Sendable, Equatable {
         return try context(configuration)
     }
 
+    /// The standby endpoint's side (`--standby-tls-cert`, `--standby-tls-key`): TLS 1.2 or newer, as libpq
+    /// negotiates it; no client certificate, standbys prove who they are with SCRAM inside the session.
+    public static func standbyServerContext(certificate: String, privateKey: String) throws -> NIOSSLContext {
+        let chain = try load("--standby-tls-cert", certificate) { try NIOSSLCertificate.fromPEMFile($0).map { NIOSSLCertificateSource.certificate($0) } }
+        let key = try load("--standby-tls-key", privateKey) { try NIOSSLPrivateKey(file: $0, format: .pem) }
+        var configuration = TLSConfiguration.makeServerConfiguration(certificateChain: chain, privateKey: .privateKey(key))
+        configuration.minimumTLSVersion = .tlsv12
+        return try context(configuration, keyOption: "--standby-tls-key", certificateOption: "--standby-tls-cert")
+    }
+
     private func chain() throws -> [NIOSSLCertificateSource] {
-        try load("--tls-cert", certificate) { try NIOSSLCertificate.fromPEMFile($0).map { .certificate($0) } }
+        try Self.load("--tls-cert", certificate) { try NIOSSLCertificate.fromPEMFile($0).map { .certificate($0) } }
     }
 
     private func key() throws -> NIOSSLPrivateKey {
-        try load("--tls-key", privateKey) { try NIOSSLPrivateKey(file: $0, format: .pem) }
+        try Self.load("--tls-key", privateKey) { try NIOSSLPrivateKey(file: $0, format: .pem) }
     }
 
     private func authorities() throws -> [NIOSSLCertificate] {
-        try load("--tls-ca", authority) { try NIOSSLCertificate.fromPEMFile($0) }
+        try Self.load("--tls-ca", authority) { try NIOSSLCertificate.fromPEMFile($0) }
     }
 
     private func context(_ configuration: TLSConfiguration) throws -> NIOSSLContext {
+        try Self.context(configuration, keyOption: "--tls-key", certificateOption: "--tls-cert")
+    }
+
+    private static func context(_ configuration: TLSConfiguration, keyOption: String, certificateOption: String) throws -> NIOSSLContext {
         do { return try NIOSSLContext(configuration: configuration) } catch {
-            throw TLSSetupError("the TLS files do not fit together (\(error)) (hint: --tls-key must be the key of --tls-cert; walship certs init makes a matching set)")
+            throw TLSSetupError("the TLS files do not fit together (\(error)) (hint: \(keyOption) must be the key of \(certificateOption); walship certs init makes a matching set)")
         }
     }
 
-    private func load<T>(_ option: String, _ path: String, _ body: (String) throws -> T) throws -> T {
+    private static func load<T>(_ option: String, _ path: String, _ body: (String) throws -> T) throws -> T {
         guard FileManager.default.isReadableFile(atPath: path) else {
             throw TLSSetupError("cannot read \(option) \(path) (hint: check the path and that this user may read it; walship certs init creates the files)")
         }
@@ -63,7 +77,7 @@ public struct TLSFiles: Sendable, Equatable {
             if let list = value as? [Any], list.isEmpty { throw TLSSetupError("no certificate in it") }
             return value
         } catch {
-            throw TLSSetupError("\(option) \(path) is not a PEM \(option == "--tls-key" ? "private key" : "certificate"): \(error)")
+            throw TLSSetupError("\(option) \(path) is not a PEM \(option.hasSuffix("-key") ? "private key" : "certificate"): \(error)")
         }
     }
 }

@@ -3,6 +3,7 @@ import Logging
 import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
+import NIOSSL
 import PGReplication
 import Spool
 import Synchronization
@@ -37,10 +38,13 @@ public final class WalSenderServer: Sendable {
     let authentication: StandbyAuthentication
     let logger: Logger
     let keepaliveInterval: Duration
+    /// When set, standbys must use TLS (`sslmode=require` or stricter in their primary_conninfo).
+    let tls: NIOSSLContext?
     private let progress = Mutex<[UInt64: [String: StandbyProgress]]>([:])
 
-    public init(host: String, port: Int, spool: Spool, authentication: StandbyAuthentication, logger: Logger,
-                keepaliveInterval: Duration = .seconds(10)) {
+    public init(host: String, port: Int, spool: Spool, authentication: StandbyAuthentication, tls: NIOSSLContext? = nil,
+                logger: Logger, keepaliveInterval: Duration = .seconds(10)) {
+        self.tls = tls
         self.host = host
         self.port = port
         self.spool = spool
@@ -125,7 +129,7 @@ struct StandbySession {
         self.channel = channel
         self.outbound = outbound
         self.logger = logger
-        self.machine = WalSenderStateMachine(authentication: server.authentication)
+        self.machine = WalSenderStateMachine(authentication: server.authentication, requireTLS: server.tls != nil)
     }
 
     mutating func run(_ inbound: inout NIOAsyncChannelInboundStream<FrontendMessage>.AsyncIterator) async throws {
@@ -156,7 +160,7 @@ struct StandbySession {
                 throw StandbyEndpointError(text)
             case .close(let reason):
                 throw StandbyEndpointError(reason)
-            case .refuseEncryption, .requestSASL, .saslContinue, .result, .startStreaming, .endOfTimeline:
+            case .refuseEncryption, .acceptEncryption, .requestSASL, .saslContinue, .result, .startStreaming, .endOfTimeline:
                 continue
             }
         }
@@ -192,6 +196,17 @@ struct StandbySession {
         switch action {
         case .refuseEncryption:
             out.writeString("N")
+        case .acceptEncryption:
+            // `S` goes out in plaintext; the TLS handler joins the pipeline in the same event-loop turn, before
+            // the standby (which waits for the `S`) can send its ClientHello.
+            guard let context = server.tls else { throw StandbyEndpointError("TLS accepted without a TLS context") }
+            let channel = channel
+            try await channel.eventLoop.flatSubmit {
+                channel.writeAndFlush(ByteBuffer(string: "S")).flatMapThrowing {
+                    try channel.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: context), position: .first)
+                }
+            }.get()
+            return
         case .requestSASL:
             Backend.authenticationSASL(mechanisms: ["SCRAM-SHA-256"], &out)
         case .saslContinue(let data):
@@ -237,7 +252,7 @@ struct StandbySession {
         case .error(let code, let text, false):
             logger.warning("refused a standby's request", metadata: ["walship.sqlstate": "\(code)", "walship.error": "\(text)"])
             try await send(action)
-        case .refuseEncryption, .requestSASL, .saslContinue, .accept, .result, .endOfTimeline:
+        case .refuseEncryption, .acceptEncryption, .requestSASL, .saslContinue, .accept, .result, .endOfTimeline:
             try await send(action)
         }
     }

@@ -58,6 +58,8 @@ public struct WalSenderStateMachine: Sendable {
     public enum Action: Hashable, Sendable {
         /// Answer an SSL or GSS encryption request with `N`.
         case refuseEncryption
+        /// Answer an SSL request with `S` and start the TLS handshake; the startup packet follows inside TLS.
+        case acceptEncryption
         /// AuthenticationSASL offering SCRAM-SHA-256.
         case requestSASL
         /// AuthenticationSASLContinue with the server-first-message.
@@ -81,9 +83,13 @@ public struct WalSenderStateMachine: Sendable {
     /// Nil for trust; otherwise the credential a standby must prove it knows.
     let verifier: SCRAMVerifier?
     let serverNonce: String
+    /// The endpoint serves TLS and requires it: a standby must ask for it before its startup packet.
+    let requireTLS: Bool
+    public private(set) var encrypted = false
 
     /// `serverNonce` is random unless a test fixes it.
-    public init(authentication: StandbyAuthentication, serverNonce: String? = nil) {
+    public init(authentication: StandbyAuthentication, requireTLS: Bool = false, serverNonce: String? = nil) {
+        self.requireTLS = requireTLS
         switch authentication {
         case .trust: verifier = nil
         case .scram(let v): verifier = v
@@ -95,8 +101,14 @@ public struct WalSenderStateMachine: Sendable {
 
     public mutating func startupMessage(_ message: FrontendMessage) -> Action {
         switch (state, message) {
+        case (.awaitingStartup, .sslRequest) where requireTLS && !encrypted:
+            encrypted = true
+            return .acceptEncryption
         case (.awaitingStartup, .sslRequest), (.awaitingStartup, .gssEncryptionRequest):
             return .refuseEncryption
+        case (.awaitingStartup, .startup) where requireTLS && !encrypted:
+            state = .closed
+            return .error(code: "28000", message: "this walship standby endpoint requires TLS (hint: add sslmode=require, or verify-full with sslrootcert, to the standby's primary_conninfo)", fatal: true)
         case (.awaitingStartup, .startup(let parameters)):
             guard parameters["replication"].map({ ["true", "on", "yes", "1"].contains($0.lowercased()) }) == true else {
                 state = .closed

@@ -3,6 +3,7 @@ import Foundation
 import Logging
 import Monitor
 import Receiver
+import ShipTLS
 import WalSenderServer
 
 struct Receive: AsyncParsableCommand {
@@ -31,6 +32,12 @@ struct Receive: AsyncParsableCommand {
 
     @Option(help: "File holding the standbys' credential, checked with SCRAM-SHA-256: a verifier as in pg_authid (SCRAM-SHA-256$4096:...), or a password (what their primary_conninfo or .pgpass gives).")
     var standbyPasswordFile: String?
+
+    @Option(help: "Serve standbys over TLS with this certificate (PEM) and require it: their primary_conninfo then needs sslmode=require, or verify-full with sslrootcert. The receiver's own certificate from walship certs init will do.")
+    var standbyTlsCert: String?
+
+    @Option(help: "The private key of --standby-tls-cert (PEM).")
+    var standbyTlsKey: String?
 
 
     @Option(help: "Complete base backups to keep; older ones, and WAL neither a kept backup nor a known standby needs, are pruned.")
@@ -77,8 +84,11 @@ struct Receive: AsyncParsableCommand {
             case (false, .some):
                 break
             }
-        } else if standbyTrust || standbyPasswordFile != nil {
-            throw ValidationError("--standby-trust and --standby-password-file need --standby-listen")
+        } else if standbyTrust || standbyPasswordFile != nil || standbyTlsCert != nil || standbyTlsKey != nil {
+            throw ValidationError("--standby-trust, --standby-password-file and --standby-tls-cert/--standby-tls-key need --standby-listen")
+        }
+        guard (standbyTlsCert == nil) == (standbyTlsKey == nil) else {
+            throw ValidationError("standby TLS needs both --standby-tls-cert and --standby-tls-key")
         }
     }
 
@@ -145,8 +155,9 @@ struct Receive: AsyncParsableCommand {
             receiver = try Receiver(configuration: configuration, logger: logger)
             if let standbyListen {
                 let endpoint = try parseEndpoint(standbyListen, option: "--standby-listen")
+                let tls = try standbyTlsCert.map { try TLSFiles.standbyServerContext(certificate: $0, privateKey: standbyTlsKey ?? "") }
                 standbyServer = WalSenderServer(host: endpoint.host, port: endpoint.port, spool: receiver.spool,
-                                                authentication: try standbyAuthentication(), logger: logger)
+                                                authentication: try standbyAuthentication(), tls: tls, logger: logger)
             }
         } catch {
             throw fail("receive", error)

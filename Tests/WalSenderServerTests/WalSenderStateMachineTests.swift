@@ -19,9 +19,29 @@ import WALCore
         var m = WalSenderStateMachine(authentication: .trust)
         #expect(m.startupMessage(.sslRequest) == .refuseEncryption)
         #expect(m.startupMessage(.gssEncryptionRequest) == .refuseEncryption)
+        #expect(!m.encrypted)
         #expect(m.startupMessage(.startup(parameters: ["user": "u", "replication": "true", "application_name": "dr"]))
             == .accept(applicationName: "dr"))
         #expect(m.state == .ready)
+    }
+
+    @Test func requiredTLSIsAcceptedOnceAndAPlaintextStartupIsRefused() {
+        var m = WalSenderStateMachine(authentication: .trust, requireTLS: true)
+        #expect(m.startupMessage(.gssEncryptionRequest) == .refuseEncryption)
+        #expect(m.startupMessage(.sslRequest) == .acceptEncryption)
+        #expect(m.encrypted)
+        // A second request inside TLS is answered like PostgreSQL does outside it: no.
+        #expect(m.startupMessage(.sslRequest) == .refuseEncryption)
+        #expect(m.startupMessage(.startup(parameters: ["user": "u", "replication": "true", "application_name": "dr"]))
+            == .accept(applicationName: "dr"))
+
+        var plaintext = WalSenderStateMachine(authentication: .trust, requireTLS: true)
+        guard case .error(let code, let message, let fatal) = plaintext.startupMessage(.startup(parameters: ["user": "u", "replication": "true"])) else {
+            Issue.record("a plaintext startup was not refused")
+            return
+        }
+        #expect(code == "28000" && fatal && message.contains("sslmode=require"))
+        #expect(plaintext.state == .closed)
     }
 
     /// RFC 7677's example exchange (user "user", password "pencil"), carried in PostgreSQL's SASL messages.
