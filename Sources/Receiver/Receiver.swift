@@ -14,6 +14,8 @@ public struct ReceiverConfiguration: Sendable {
     public var listenHost: String
     public var listenPort: Int
     public var spoolRoot: String
+    /// `--spool-max-bytes`: nil lets the spool use its whole filesystem.
+    public var spoolQuota: UInt64?
     /// Silence on a link for this long means the sender is dead; only then may another link take its place.
     public var linkTimeout: Duration = .seconds(30)
     public var name: String
@@ -80,7 +82,7 @@ public final class Receiver: Sendable {
         self.config = configuration
         self.logger = logger
         self.links = Mutex(StreamLinkRegistry(timeout: configuration.linkTimeout))
-        self.spool = try Spool(root: configuration.spoolRoot, logger: logger)
+        self.spool = try Spool(root: configuration.spoolRoot, quota: configuration.spoolQuota, logger: logger)
         let start = Date()
         self.monitor = Mutex(Dictionary(uniqueKeysWithValues: try spool.openExistingSystems().map {
             ($0.systemIdentifier, SystemMonitor(disconnectedSince: start))

@@ -12,9 +12,14 @@ public final class Spool: Sendable {
     private let lockFD: Int32
     private let logger: Logger
     private let systems = Mutex<[UInt64: SystemSpool]>([:])
+    /// Most bytes the spool may take (`--spool-max-bytes`): for a spool sharing a filesystem with other data.
+    public let quota: UInt64?
+    /// The last walk of the tree (`diskUsage()`), for status between walks.
+    let measuredUsage = Mutex<UInt64?>(nil)
 
-    public init(root: String, logger: Logger) throws {
+    public init(root: String, quota: UInt64? = nil, logger: Logger) throws {
         self.root = root
+        self.quota = quota
         self.logger = logger
         if !FileIO.isDirectory(root) {
             do { try FileIO.makeDirectory(root) } catch let error as SpoolError {
@@ -39,14 +44,19 @@ public final class Spool: Sendable {
 
     /// Opens (recovering) or creates the spool of one source system.
     public func system(_ systemIdentifier: UInt64, segmentSize: WALSegmentSize) throws -> SystemSpool {
-        try systems.withLock { systems in
+        var reserve: (@Sendable (UInt64) throws -> Void)?
+        if quota != nil {
+            reserve = { [weak self] bytes in try self?.reserveSpace(bytes) }
+        }
+        return try systems.withLock { systems in
             if let existing = systems[systemIdentifier] {
                 guard existing.segmentSize == segmentSize else {
                     throw SpoolError(.mismatch, "system \(systemIdentifier) uses \(existing.segmentSize) segments in this spool, the sender says \(segmentSize)")
                 }
                 return existing
             }
-            let opened = try SystemSpool(root: root, systemIdentifier: systemIdentifier, segmentSize: segmentSize, logger: logger)
+            let opened = try SystemSpool(root: root, systemIdentifier: systemIdentifier, segmentSize: segmentSize, logger: logger,
+                                         reserve: reserve)
             systems[systemIdentifier] = opened
             return opened
         }
@@ -84,6 +94,21 @@ public final class Spool: Sendable {
     /// Systems already opened in this process.
     public var openSystems: [SystemSpool] { systems.withLock { Array($0.values) } }
 
-    /// Free and total bytes of the spool's filesystem.
-    public var capacity: (free: UInt64, total: UInt64)? { FileIO.capacity(of: root) }
+    /// Free and total bytes for the spool: its filesystem's, or within the quota when there is one.
+    public var capacity: (free: UInt64, total: UInt64)? {
+        guard let filesystem = FileIO.capacity(of: root) else { return nil }
+        guard let quota else { return filesystem }
+        let used = measuredUsage.withLock { $0 } ?? diskUsage()
+        return (min(filesystem.free, quota - min(used, quota)), min(filesystem.total, quota))
+    }
+
+    /// Before a new segment: refuses, like a full disk, when the journal and its compressed copy (both exist
+    /// while it is completed) would not fit in the quota. Checking once per segment keeps the walk rare.
+    func reserveSpace(_ segmentBytes: UInt64) throws {
+        guard let quota else { return }
+        let used = diskUsage()
+        guard used + 2 * segmentBytes <= quota else {
+            throw SpoolError(.diskFull, "the spool has reached its quota: \(used) bytes used of --spool-max-bytes \(quota), and a new segment needs \(2 * segmentBytes) (hint: raise --spool-max-bytes, lower --keep-backups or check that the DR standby replays so old WAL can be pruned; walship resumes by itself once there is room)")
+        }
+    }
 }

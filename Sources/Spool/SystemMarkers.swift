@@ -143,6 +143,7 @@ extension Spool {
                 total += UInt64(st.st_blocks) * 512
             }
         }
+        measuredUsage.withLock { $0 = total }
         return total
     }
 }

@@ -47,8 +47,12 @@ public final class SystemSpool: @unchecked Sendable {
     private var validator: WALSegmentValidator?
     /// Set after an fsync failure: nothing written since the last good fsync can be trusted.
     private var failure: SpoolError?
+    /// Asked before each new segment (the spool's quota).
+    private let reserve: (@Sendable (UInt64) throws -> Void)?
 
-    init(root: String, systemIdentifier: UInt64, segmentSize: WALSegmentSize, logger: Logger) throws {
+    init(root: String, systemIdentifier: UInt64, segmentSize: WALSegmentSize, logger: Logger,
+         reserve: (@Sendable (UInt64) throws -> Void)? = nil) throws {
+        self.reserve = reserve
         self.systemIdentifier = systemIdentifier
         self.segmentSize = segmentSize
         self.directory = root + "/" + String(systemIdentifier)
@@ -231,6 +235,7 @@ public final class SystemSpool: @unchecked Sendable {
     }
 
     private func openSegment(_ segment: SegmentName) throws {
+        try reserve?(segmentSize.bytes)
         let path = walDirectory + "/\(segment).partial"
         current = try PartialSegmentWriter(
             creating: path, header: .init(systemIdentifier: systemIdentifier, segment: segment), directory: walDirectory)

@@ -22,6 +22,9 @@ struct Receive: AsyncParsableCommand {
     @Option(help: "Spool directory (created if missing; one walship receive per spool).")
     var spool: String
 
+    @Option(help: ArgumentHelp("Most space the spool may take, e.g. 500G or 128M (binary units; plain bytes also work). When a new segment would not fit, the receiver stops acknowledging as on a full disk, alerts (spool_free is then measured against this), and resumes once there is room. Default: the whole filesystem.", valueName: "size"))
+    var spoolMaxBytes: String?
+
 
 
     @Option(help: "Serve WAL to stock PostgreSQL standbys on HOST:PORT (their primary_conninfo points here).")
@@ -64,6 +67,7 @@ struct Receive: AsyncParsableCommand {
 
     func validate() throws {
         _ = try parseEndpoint(listen, option: "--listen")
+        if let spoolMaxBytes { _ = try parseSize(spoolMaxBytes, option: "--spool-max-bytes") }
         try validateRetention()
         try validateAlerts()
         _ = try allowedSources()
@@ -141,6 +145,7 @@ struct Receive: AsyncParsableCommand {
                                                   name: ProcessInfo.processInfo.hostName)
         configuration.linkTimeout = .seconds(link.linkTimeout)
         configuration.retainBackups = retainBackups
+        configuration.spoolQuota = try spoolMaxBytes.map { try parseSize($0, option: "--spool-max-bytes") }
         configuration.standbyListen = standbyListen
         configuration.acceptFenced = force
         configuration.allowedSources = try allowedSources()

@@ -82,6 +82,21 @@ struct LinkOptions: ParsableArguments {
 }
 
 /// Prints one clear line for a failure and exits non-zero, instead of a stack of wrapped errors.
+/// `1048576`, `512k`, `128M`, `500G`, `2T` (binary multiples) as bytes.
+func parseSize(_ text: String, option: String) throws -> UInt64 {
+    let units: [Character: UInt64] = ["k": 1 << 10, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40]
+    var digits = Substring(text)
+    var multiplier: UInt64 = 1
+    if let last = text.last, let unit = units[last] {
+        digits = text.dropLast()
+        multiplier = unit
+    }
+    guard let value = UInt64(digits), value > 0, value <= UInt64.max / multiplier else {
+        throw ValidationError("\(option) expects a size such as 128M, 500G or a number of bytes, got \"\(text)\"")
+    }
+    return value * multiplier
+}
+
 func fail(_ command: String, _ error: any Error) -> ExitCode {
     FileHandle.standardError.write(Data("walship \(command): error: \(error)\n".utf8))
     return ExitCode(1)

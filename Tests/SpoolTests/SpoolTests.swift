@@ -294,4 +294,25 @@ func append(_ system: SystemSpool, _ bytes: [UInt8], at lsn: LSN, timeline: Time
         let reopened = try spool.system(TestWAL.sysid, segmentSize: size)
         #expect(reopened.position == .empty)
     }
+
+    @Test func aQuotaRefusesANewSegmentLikeAFullDiskAndAllowsItOnceThereIsRoom() throws {
+        let temp = TempSpool()
+        let spool = try Spool(root: temp.root, quota: 5 * (1 << 19), logger: temp.logger)
+        let system = try spool.system(TestWAL.sysid, segmentSize: size)
+        try append(system, TestWAL.segment(1), at: size.startLSN(ofSegment: 1))
+        try system.sync()
+        let next = size.startLSN(ofSegment: 2)
+        #expect {
+            try append(system, Array(TestWAL.segment(2)[0..<8192]), at: next)
+        } throws: { error in
+            (error as? SpoolError)?.kind == .diskFull && "\(error)".contains("--spool-max-bytes")
+        }
+        let capacity = try #require(spool.capacity)
+        #expect(capacity.total == 5 * (1 << 19) && capacity.free < 2 * (1 << 20))
+        // Room again (the completed segment pruned): the same append goes through.
+        let completed = temp.walDirectory + "/" + SegmentName(timeline: 1, containing: size.startLSN(ofSegment: 1), segmentSize: size).description + ".lz4"
+        try FileManager.default.removeItem(atPath: completed)
+        try append(system, Array(TestWAL.segment(2)[0..<8192]), at: next)
+        #expect(system.position.written == next.advanced(by: 8192))
+    }
 }
