@@ -18,6 +18,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-certificates.git", from: "1.21.1"),
         .package(url: "https://github.com/apple/swift-crypto.git", "3.12.3"..<"5.0.0"),
         .package(url: "https://github.com/apple/swift-asn1.git", from: "1.7.4"),
+        .package(url: "https://github.com/LebJe/TOMLKit.git", from: "0.6.0"),
     ],
     targets: [
         .systemLibrary(name: "CLibPQ", pkgConfig: "libpq", providers: [.apt(["libpq-dev"])]),
@@ -93,6 +94,13 @@ let package = Package(
             ]
         ),
         .target(
+            name: "WalshipConfig",
+            dependencies: [
+                .product(name: "TOMLKit", package: "TOMLKit"),
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]
+        ),
+        .target(
             name: "FuzzHarness",
             dependencies: ["ShipProtocol", "WALCore", "WalSenderServer", .product(name: "NIOCore", package: "swift-nio")]
         ),
@@ -100,7 +108,8 @@ let package = Package(
         .executableTarget(
             name: "walship",
             dependencies: [
-                "Sender", "Receiver", "Spool", "WALCore", "Monitor", "WalSenderServer", "ShipTLS",
+                "Sender", "Receiver", "Spool", "WALCore", "Monitor", "WalSenderServer", "ShipTLS", "WalshipConfig",
+                "PGReplication", "ShipProtocol",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
@@ -121,6 +130,10 @@ let package = Package(
         .testTarget(name: "MonitorTests", dependencies: ["Monitor", "WALCore"]),
         .testTarget(name: "SenderTests", dependencies: ["Sender", "Spool", "WALCore"]),
         .testTarget(name: "FuzzReplayTests", dependencies: ["FuzzHarness"]),
+        .testTarget(
+            name: "WalshipConfigTests",
+            dependencies: ["WalshipConfig", .product(name: "ArgumentParser", package: "swift-argument-parser")]
+        ),
         .testTarget(
             name: "ShipTLSTests",
             dependencies: ["ShipTLS", .product(name: "NIOSSL", package: "swift-nio-ssl"), .product(name: "X509", package: "swift-certificates")]

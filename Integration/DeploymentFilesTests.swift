@@ -69,17 +69,56 @@ import Testing
         for file in ["walship-receive.service", "walship-send.service", "receive.env.example", "send.env.example"] {
             let text = try String(contentsOfFile: Self.root + "/contrib/systemd/" + file, encoding: .utf8)
                 .replacingOccurrences(of: "\\\n", with: " ")
+            let command = file.contains("receive") ? "receive" : "send"
             if file.hasSuffix(".service") {
                 #expect(text.contains("Restart=always") && text.contains("EnvironmentFile=") && text.contains("NoNewPrivileges=yes"))
+                #expect(text.contains("walship \(command) --config /etc/walship/walship.toml"))
                 checked += try checkCommandLines(in: text, source: file)
             } else {
-                // The *_OPTIONS lines are handed to the command of the matching unit.
-                let command = file.hasPrefix("receive") ? "receive" : "send"
-                for line in text.split(separator: "\n") where line.contains("_OPTIONS=") {
-                    checked += try checkCommandLines(in: "walship \(command) " + line.split(separator: "=", maxSplits: 1)[1], source: file)
+                // Every WALSHIP_ variable, set or commented out, overrides an option the unit's command has.
+                let known = try options([command])
+                for match in text.matches(of: /WALSHIP_([A-Z0-9_]+)=/) {
+                    let option = "--" + match.output.1.lowercased().replacingOccurrences(of: "_", with: "-")
+                    #expect(known.contains(option), "\(file): walship \(command) has no option \(option)")
+                    checked += 1
                 }
             }
         }
-        #expect(checked > 20, "only \(checked) options checked")
+        #expect(checked >= 6, "only \(checked) options checked")
+    }
+
+    /// The shipped example configuration uses only real keys (each table's keys are options of its command,
+    /// top-level keys options of both) and is accepted whole by the commands that read it.
+    @Test func exampleConfigurationUsesRealKeys() throws {
+        let path = Self.root + "/contrib/walship.toml.example"
+        let r = try run("/usr/bin/python3", ["-c", "import sys, json, tomllib; print(json.dumps(tomllib.load(open(sys.argv[1], 'rb'))))", path])
+        let document = try #require(try JSONSerialization.jsonObject(with: Data(r.output.utf8)) as? [String: Any])
+        let send = try options(["send"]), receive = try options(["receive"])
+        var checked = 0
+        for (key, value) in document {
+            if let table = value as? [String: Any] {
+                let known = key == "send" ? send : key == "receive" ? receive : []
+                #expect(!known.isEmpty, "unknown table [\(key)]")
+                for option in table.keys {
+                    #expect(known.contains("--" + option), "[\(key)] \(option) is not an option of walship \(key)")
+                    checked += 1
+                }
+            } else {
+                #expect(send.contains("--" + key) && receive.contains("--" + key), "top-level \(key) is not an option of both commands")
+                checked += 1
+            }
+        }
+        #expect(checked >= 20, "only \(checked) keys checked")
+
+        // walship check parses it as the commands do (their own validation included); the endpoints are
+        // pointed at closed loopback ports so nothing leaves this machine.
+        let check = try run(IT.walshipBinary, ["check", "--config", path, "--role", "send"], timeout: 60,
+                            environment: ["WALSHIP_SOURCE": "host=127.0.0.1 port=1 connect_timeout=5", "WALSHIP_TO": "127.0.0.1:1"], check: false)
+        #expect(check.output.hasPrefix("ok    configuration: \(path) gives walship send"), "\(check.output)\(check.error)")
+        #expect(check.status == 1 && check.output.contains("FAIL  source:"), "\(check.output)")
+        for role in ["send", "receive"] {
+            let help = try run(IT.walshipBinary, [role, "--config", path, "--help"], timeout: 30, check: false)
+            #expect(help.status == 0, "walship \(role) --config rejects the example: \(help.error)")
+        }
     }
 }

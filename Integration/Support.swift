@@ -199,10 +199,10 @@ final class Daemon {
     let child: Child
     let logPath: String
 
-    init(name: String, executable: String, arguments: [String], logDirectory: String) throws {
+    init(name: String, executable: String, arguments: [String], logDirectory: String, environment: [String: String] = [:]) throws {
         self.name = name
         logPath = logDirectory + "/\(name).log"
-        child = try Child(executable, arguments, stdout: logPath, stderr: logPath)
+        child = try Child(executable, arguments, stdout: logPath, stderr: logPath, environment: environment)
     }
 
     var isRunning: Bool { child.isRunning }
@@ -356,8 +356,9 @@ final class Fixture {
         return path
     }
 
-    func walship(_ name: String, _ arguments: [String]) throws -> Daemon {
-        let d = try Daemon(name: name, executable: IT.walshipBinary, arguments: arguments, logDirectory: logDirectory)
+    func walship(_ name: String, _ arguments: [String], environment: [String: String] = [:]) throws -> Daemon {
+        let d = try Daemon(name: name, executable: IT.walshipBinary, arguments: arguments, logDirectory: logDirectory,
+                           environment: environment)
         daemons.append(d)
         return d
     }

@@ -64,6 +64,7 @@ struct Receive: AsyncParsableCommand {
     @OptionGroup var link: LinkOptions
     @OptionGroup var alerts: AlertOptions
     @OptionGroup var logging: LoggingOptions
+    @OptionGroup var configFile: ConfigFileOptions
 
     func validate() throws {
         _ = try parseEndpoint(listen, option: "--listen")

@@ -57,6 +57,7 @@ struct Send: AsyncParsableCommand {
     @OptionGroup var link: LinkOptions
     @OptionGroup var alerts: AlertOptions
     @OptionGroup var logging: LoggingOptions
+    @OptionGroup var configFile: ConfigFileOptions
 
     func validate() throws {
         _ = try parseEndpoint(to, option: "--to")

@@ -1,0 +1,81 @@
+import ArgumentParser
+import Foundation
+import WalshipConfig
+
+/// `--config FILE` of `send` and `receive`. The file has been read into the command line before parsing
+/// (see `Walship.main`); the option is declared so that help lists it and parsing accepts it.
+struct ConfigFileOptions: ParsableArguments {
+    @Option(help: ArgumentHelp(
+        "TOML file with the options of this command ([send] or [receive] table; see docs/deployment.md). Precedence: command line, then WALSHIP_<OPTION> environment variables, then the file.",
+        valueName: "file"))
+    var config: String?
+}
+
+enum WalshipConfiguration {
+    /// The commands a configuration file configures, with the options they take.
+    static let schema = ConfigSchema(
+        roles: ["send": OptionSchema.options(of: Send.self), "receive": OptionSchema.options(of: Receive.self)],
+        exclusions: [
+            [["insecure"], ["tls-cert", "tls-key", "tls-ca"]],
+            [["standby-trust"], ["standby-password-file"]],
+        ],
+        secrets: ["source", "alert-webhook"])
+
+    /// The configuration file named by `--config` in `arguments`, else by WALSHIP_CONFIG.
+    static func path(in arguments: [String], environment: [String: String]) -> String? {
+        for (index, token) in arguments.enumerated() {
+            if token == "--" { break }
+            if token == "--config", index + 1 < arguments.count { return arguments[index + 1] }
+            if token.hasPrefix("--config=") { return String(token.dropFirst("--config=".count)) }
+        }
+        if let path = environment["WALSHIP_CONFIG"], !path.isEmpty { return path }
+        return nil
+    }
+
+    /// A command's arguments with the configuration file's and the environment's values added.
+    static func expand(role: String, arguments: [String], environment: [String: String]) throws -> Expansion {
+        let file = try path(in: arguments, environment: environment).map { try ConfigFile.load(path: $0) }
+        return try Layering.expand(arguments: arguments, role: role, schema: schema, file: file, environment: environment)
+    }
+}
+
+extension Walship {
+    /// ArgumentParser's entry point, with the configuration file and WALSHIP_* variables layered under the
+    /// command line of `send` and `receive` before it parses, so the commands' own validation judges the
+    /// result, and an error about a value that came from the file or the environment says so.
+    static func main() async {
+        var arguments = Array(CommandLine.arguments.dropFirst())
+        var expansion: Expansion?
+        if let role = arguments.first, WalshipConfiguration.schema.roles[role] != nil {
+            do {
+                let expanded = try WalshipConfiguration.expand(role: role, arguments: Array(arguments.dropFirst()),
+                                                               environment: ProcessInfo.processInfo.environment)
+                arguments = [role] + expanded.arguments
+                expansion = expanded
+            } catch {
+                FileHandle.standardError.write(Data("walship \(role): error: \(error)\n".utf8))
+                Foundation.exit(64)
+            }
+        }
+        let command: any ParsableCommand
+        do {
+            command = try parseAsRoot(arguments)
+        } catch {
+            let code = exitCode(for: error)
+            guard code != .success, let expansion else { exit(withError: error) }
+            let message = expansion.annotate(fullMessage(for: error))
+            FileHandle.standardError.write(Data((message.hasSuffix("\n") ? message : message + "\n").utf8))
+            Foundation.exit(code.rawValue)
+        }
+        do {
+            if var asyncCommand = command as? any AsyncParsableCommand {
+                try await asyncCommand.run()
+            } else {
+                var syncCommand = command
+                try syncCommand.run()
+            }
+        } catch {
+            exit(withError: error)
+        }
+    }
+}
