@@ -15,7 +15,7 @@ struct BackupRestoreTests {
         try topology.primary.pgbench(["-i", "-s", "2", "-q"])
 
         let backup = try run(IT.walshipBinary, ["backup", "--source", topology.primary.conninfo, "--to", "127.0.0.1:\(topology.receiverPort)",
-                                                "--insecure", "--label", "integration"], timeout: 300, check: false)
+                                                "--label", "integration"] + topology.linkArguments("sender"), timeout: 300, check: false)
         #expect(backup.status == 0, "\(backup.error)")
         #expect(backup.output.contains("complete"), "\(backup.output)")
         let listing = try run(IT.walshipBinary, ["backups", "--spool", topology.spool, "--json"])
@@ -89,8 +89,8 @@ struct BackupRestoreTests {
         try topology.startSender()
         try topology.primary.pgbench(["-i", "-s", "1", "-q"])
         func backup() throws -> String {
-            let r = try run(IT.walshipBinary, ["backup", "--source", topology.primary.conninfo, "--to", "127.0.0.1:\(topology.receiverPort)",
-                                               "--insecure"], timeout: 300)
+            let r = try run(IT.walshipBinary, ["backup", "--source", topology.primary.conninfo, "--to", "127.0.0.1:\(topology.receiverPort)"]
+                                + topology.linkArguments("sender"), timeout: 300)
             // The last line reads "backup <id> complete: ...".
             let line = r.output.split(separator: "\n").last { $0.hasPrefix("backup ") && $0.contains(" complete:") } ?? ""
             return String(line.split(separator: " ").dropFirst().first ?? "")

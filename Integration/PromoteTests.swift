@@ -14,12 +14,7 @@ struct PromoteTests {
         let standbyPort = IT.freePort()
         let notices = fixture.directory + "/notices.jsonl"
         topology.receiverExtra = ["--standby-listen", "127.0.0.1:\(standbyPort)", "--standby-trust"]
-        // The link runs with mutual TLS, as it would between two sites; the receiver (as postgres) reads its files.
-        let certs = fixture.directory + "/certs"
-        _ = try run(IT.walshipBinary, ["certs", "init", certs, "--receiver-name", "127.0.0.1"])
-        if IT.isRoot { _ = try run("/bin/chown", ["-R", "postgres:postgres", certs]) }
-        let tls = { (end: String) in tlsArguments(certs, end) }
-        topology.linkArguments = tls
+        // The link runs with mutual TLS (the topology's default), as it would between two sites.
         try topology.startReceiver()
         try topology.startSender(extra: ["--sync"])
         try topology.primary.sql("""
@@ -28,7 +23,7 @@ struct PromoteTests {
             INSERT INTO patients SELECT g, 'patient ' || g FROM generate_series(1, 500) g
             """)
         let backup = try run(IT.walshipBinary, ["backup", "--source", topology.primary.conninfo, "--to", "127.0.0.1:\(topology.receiverPort)"]
-                                                + tls("sender"), timeout: 300, check: false)
+                                                + topology.linkArguments("sender"), timeout: 300, check: false)
         try #require(backup.status == 0, "\(backup.error)")
         let dr = fixture.directory + "/dr"
         _ = try run(IT.walshipBinary, ["restore", "--spool", topology.spool, "--pgdata", dr, "--standby",

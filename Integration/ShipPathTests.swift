@@ -17,8 +17,10 @@ struct ShipTopology {
     var receiverExtra: [String] = []
     /// Where the sender connects, when not straight to the receiver (a fault proxy).
     var senderTargetPort: Int?
-    /// The link's security arguments for one end ("receiver" or "sender"); plaintext unless a test sets TLS.
-    var linkArguments: (String) -> [String] = { _ in ["--insecure"] }
+    /// The link's security arguments for one end ("receiver" or "sender"): mutual TLS, as deployed, with a
+    /// certificate set made for this fixture by `walship certs init`.
+    var linkArguments: (String) -> [String]
+    let certificates: String
 
     /// The receiver runs as the postgres OS user when `spoolOwnedByPostgres`, as a DR site that serves
     /// restore_command does, so PostgreSQL can read the spool.
@@ -31,6 +33,13 @@ struct ShipTopology {
         receiverAsPostgres = spoolOwnedByPostgres && IT.isRoot
         var settings = ["archive_mode": "on", "archive_command": "'cp %p \(archive)/%f'"]
         settings.merge(primarySettings) { $1 }
+        certificates = fixture.directory + "/certs"
+        if !FileManager.default.fileExists(atPath: certificates + "/ca.crt") {
+            _ = try run(IT.walshipBinary, ["certs", "init", certificates, "--receiver-name", "127.0.0.1"])
+            // Readable by a receiver that runs as the postgres OS user.
+            if IT.isRoot { _ = try run("/bin/chown", ["-R", "postgres:postgres", certificates]) }
+        }
+        linkArguments = { [certificates] in tlsArguments(certificates, $0) }
         primary = try fixture.cluster("primary", settings: settings)
         try primary.start()
         systemIdentifier = try primary.sql("SELECT system_identifier FROM pg_control_system()")
@@ -177,7 +186,8 @@ struct ShipPathTests {
         var topology = try ShipTopology(fixture, primarySettings: ["wal_level": "logical"])
         try topology.startReceiver()
         try topology.primary.sql("SELECT pg_create_logical_replication_slot('logical_one', 'test_decoding')")
-        let base = ["send", "--source", topology.primary.conninfo, "--to", "127.0.0.1:\(topology.receiverPort)", "--insecure"]
+        let plain = ["send", "--source", topology.primary.conninfo, "--to", "127.0.0.1:\(topology.receiverPort)"]
+        let base = plain + topology.linkArguments("sender")
 
         let logical = try run(IT.walshipBinary, base + ["--slot", "logical_one", "--create-slot"], timeout: 60, check: false)
         #expect(logical.status != 0)
@@ -197,7 +207,7 @@ struct ShipPathTests {
         #expect(unreachable.status != 0)
         #expect(unreachable.error.contains("could not connect") && unreachable.error.contains("hint"), "\(unreachable.error)")
 
-        let plaintext = try run(IT.walshipBinary, base.filter { $0 != "--insecure" } + ["--slot", "x"], timeout: 30, check: false)
+        let plaintext = try run(IT.walshipBinary, plain + ["--slot", "x"], timeout: 30, check: false)
         #expect(plaintext.status != 0)
         #expect(plaintext.error.contains("--insecure"), "\(plaintext.error)")
 
@@ -341,8 +351,8 @@ struct ShipPathTests {
         let otherStatus = IT.freePort()
         let senderB = try fixture.walship("sender-other", [
             "send", "--source", other.conninfo, "--to", "127.0.0.1:\(a.receiverPort)", "--slot", "sender_b", "--create-slot",
-            "--insecure", "--status-listen", "127.0.0.1:\(otherStatus)", "--retry-max-seconds", "2",
-        ])
+            "--status-listen", "127.0.0.1:\(otherStatus)", "--retry-max-seconds", "2",
+        ] + a.linkArguments("sender"))
         try waitUntil("the second system to stream", timeout: 60) {
             ((try? fetchStatus(port: otherStatus))?["state"] as? String == "streaming", senderB.log.suffix(800).description)
         }
@@ -359,8 +369,8 @@ struct ShipPathTests {
         let a2Status = IT.freePort()
         let a2 = try fixture.walship("sender-a2", [
             "send", "--source", a.primary.conninfo, "--to", "127.0.0.1:\(a.receiverPort)", "--slot", "sender_a2", "--create-slot",
-            "--insecure", "--status-listen", "127.0.0.1:\(a2Status)", "--retry-max-seconds", "2",
-        ])
+            "--status-listen", "127.0.0.1:\(a2Status)", "--retry-max-seconds", "2",
+        ] + a.linkArguments("sender"))
         try waitUntil("the duplicate sender to be refused", timeout: 30) {
             (a2.log.contains("already streaming"), a2.log.suffix(800).description)
         }

@@ -145,10 +145,7 @@ struct StandbyTests {
         let fixture = try Fixture("standby-tls")
         defer { fixture.tearDown() }
         var topology = try ShipTopology(fixture)
-        let certs = fixture.directory + "/certs"
-        _ = try run(IT.walshipBinary, ["certs", "init", certs, "--receiver-name", "127.0.0.1"])
-        if IT.isRoot { _ = try run("/bin/chown", ["-R", "postgres:postgres", certs]) }
-        topology.linkArguments = { tlsArguments(certs, $0) }
+        let certs = topology.certificates
         let standbyPort = IT.freePort()
         let passwordFile = fixture.directory + "/standby-password"
         try "tls secret\n".write(toFile: passwordFile, atomically: true, encoding: .utf8)
