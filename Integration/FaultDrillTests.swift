@@ -42,11 +42,7 @@ struct FaultDrillTests {
         topology.senderTargetPort = proxyPort
         try topology.startReceiver(linkTimeout: 5)
         try topology.startSender(extra: ["--sync", "--link-timeout", "5"])
-        try fixture.baseBackup(of: topology.primary, name: "dr")
-        var standby = try fixture.startCopy(name: "dr", signal: "standby.signal", settings: [
-            "primary_conninfo = 'host=127.0.0.1 port=\(standbyPort) user=postgres application_name=dr_replica'",
-            "hot_standby = on", "wal_retrieve_retry_interval = '1s'", "wal_receiver_timeout = '5s'",
-        ])
+        var standby = try startDRStandby(fixture, topology, port: standbyPort)
         try topology.primary.sql("CREATE TABLE acknowledged (id int PRIMARY KEY)")
         let ackedFile = fixture.directory + "/acked.txt"
         var writer = try startAcknowledgedWriter(fixture, primary: topology.primary, table: "acknowledged", file: ackedFile)
@@ -208,11 +204,7 @@ struct FaultDrillTests {
         try topology.startReceiver(linkTimeout: 5)
         try topology.startSender(extra: ["--sync", "--link-timeout", "5", "--on-receiver-loss", "degrade-after=3s",
                                          "--buffer-dir", buffer, "--alert-recovery-seconds", "1"])
-        try fixture.baseBackup(of: topology.primary, name: "dr")
-        let standby = try fixture.startCopy(name: "dr", signal: "standby.signal", settings: [
-            "primary_conninfo = 'host=127.0.0.1 port=\(standbyPort) user=postgres application_name=dr_replica'",
-            "hot_standby = on", "wal_retrieve_retry_interval = '1s'", "wal_receiver_timeout = '5s'",
-        ])
+        let standby = try startDRStandby(fixture, topology, port: standbyPort)
         try topology.primary.sql("CREATE TABLE acknowledged (id int PRIMARY KEY)")
         let ackedFile = fixture.directory + "/acked.txt"
         let writer = try startAcknowledgedWriter(fixture, primary: topology.primary, table: "acknowledged", file: ackedFile)
@@ -303,6 +295,15 @@ struct FaultDrillTests {
         #expect(recoveryEnd >= offsite, "recovery ended at \(String(recoveryEnd, radix: 16)), before the reported offsite end")
         print("degrade drill: \(acked.count) acknowledged, \(lost.count) lost; exposure reported \(exposedBytes) B / \(reported["seconds"] ?? "?") s; WAL lost \(acknowledgedEnd > recoveryEnd ? acknowledgedEnd - recoveryEnd : 0) B")
         #expect(acknowledgedEnd - min(acknowledgedEnd, recoveryEnd) <= exposedBytes)
+    }
+
+    /// The DR standby, from a base backup of the primary, streaming from the receiver's standby endpoint.
+    func startDRStandby(_ fixture: Fixture, _ topology: ShipTopology, port: Int) throws -> Cluster {
+        try fixture.baseBackup(of: topology.primary, name: "dr")
+        return try fixture.startCopy(name: "dr", signal: "standby.signal", settings: [
+            "primary_conninfo = 'host=127.0.0.1 port=\(port) user=postgres application_name=dr_replica'",
+            "hot_standby = on", "wal_retrieve_retry_interval = '1s'", "wal_receiver_timeout = '5s'",
+        ])
     }
 
     func postmasterPID(_ cluster: Cluster) throws -> Int32 {

@@ -44,6 +44,7 @@ extension Walship {
     /// command line of `send` and `receive` before it parses, so the commands' own validation judges the
     /// result, and an error about a value that came from the file or the environment says so.
     static func main() async {
+        limitAllocatorFootprint()
         var arguments = Array(CommandLine.arguments.dropFirst())
         var expansion: Expansion?
         if let role = arguments.first, WalshipConfiguration.schema.roles[role] != nil {
@@ -79,3 +80,22 @@ extension Walship {
         }
     }
 }
+
+/// glibc gives threads that allocate their own arenas, and after a large block is freed it raises its mmap
+/// threshold, so later 16 MB segment buffers come from the heap and stay resident once freed. Two arenas and
+/// a fixed 1 MB threshold keep the resident set close to what is in use. (MALLOC_ARENA_MAX and
+/// MALLOC_MMAP_THRESHOLD_ in the environment still win: glibc reads them first.)
+func limitAllocatorFootprint() {
+    #if os(Linux)
+    let environment = ProcessInfo.processInfo.environment
+    if environment["MALLOC_ARENA_MAX"] == nil { _ = glibcMallopt(mallocArenaMax, 2) }
+    if environment["MALLOC_MMAP_THRESHOLD_"] == nil { _ = glibcMallopt(mallocMmapThreshold, 1 << 20) }
+    #endif
+}
+
+#if os(Linux)
+// <malloc.h> is not part of the Glibc module; these are its M_ARENA_MAX and M_MMAP_THRESHOLD.
+private let mallocArenaMax: Int32 = -8
+private let mallocMmapThreshold: Int32 = -3
+@_silgen_name("mallopt") private func glibcMallopt(_ parameter: Int32, _ value: Int32) -> Int32
+#endif
