@@ -41,9 +41,14 @@ public final class SystemSpool: @unchecked Sendable {
     private let waiters = Mutex(Waiters())
 
     private var current: PartialSegmentWriter?
-    /// The current segment's bytes from its start: page validation needs headers split across chunks,
-    /// and completion compresses from memory.
-    private var segmentBuffer: [UInt8] = []
+    /// Bytes of the current segment written so far.
+    private var segmentLength = 0
+    /// The current segment's bytes from the start of the page its end is in: validation of the next chunk needs
+    /// a page header that may be split across chunks, and nothing before it. Memory stays at a page, not a segment.
+    private var pageTail: [UInt8] = []
+    /// Compresses the current segment into `NAME.lz4.tmp` as it arrives, so completion is a rename; nil after
+    /// a write failure, and then completion compresses from the journal instead.
+    private var compressor: SegmentCompressor?
     private var validator: WALSegmentValidator?
     /// Set after an fsync failure: nothing written since the last good fsync can be trusted.
     private var failure: SpoolError?
@@ -103,25 +108,26 @@ public final class SystemSpool: @unchecked Sendable {
         var lsn = startLSN
         // A whole segment whose completion failed earlier (disk full, say) is still in its journal:
         // complete it first. Until that works nothing more is accepted, so nothing more is acknowledged.
-        if current != nil && segmentBuffer.count == Int(segmentSize.bytes) { try finishSegment() }
+        if current != nil && segmentLength == Int(segmentSize.bytes) { try finishSegment() }
         while consumed < bytes.count {
             if current == nil { try openSegment(SegmentName(timeline: tli, containing: lsn, segmentSize: segmentSize)) }
             let offset = Int(segmentSize.offset(of: lsn))
-            precondition(offset == segmentBuffer.count, "segment buffer out of step with the spool position")
+            precondition(offset == segmentLength, "segment length out of step with the spool position")
             let n = min(bytes.count - consumed, Int(segmentSize.bytes) - offset)
             let slice = UnsafeRawBufferPointer(rebasing: bytes[consumed..<consumed + n])
-            segmentBuffer.append(contentsOf: slice)
-            do {
-                try validatePages(previousLength: offset)
-                try current!.append(offset: offset, slice)
-            } catch {
-                segmentBuffer.removeSubrange(offset...)
-                throw error
-            }
+            let pageStart = offset - pageTail.count
+            var window = pageTail
+            window.append(contentsOf: slice)
+            try validatePages(window: window, windowStart: pageStart, previousLength: offset)
+            try current!.append(offset: offset, slice)
+            compress(slice)
+            segmentLength = offset + n
+            let nextPageStart = segmentLength / Int(WALPage.size) * Int(WALPage.size)
+            pageTail = Array(window[(nextPageStart - pageStart)...])
             consumed += n
             lsn = lsn.advanced(by: UInt64(n))
             positionBox.withLock { $0.written = lsn }
-            if segmentBuffer.count == Int(segmentSize.bytes) { try finishSegment() }
+            if segmentLength == Int(segmentSize.bytes) { try finishSegment() }
         }
     }
 
@@ -149,7 +155,7 @@ public final class SystemSpool: @unchecked Sendable {
         }
         try current?.sync()
         current = nil
-        segmentBuffer.removeAll(keepingCapacity: true)
+        resetSegmentState()
         if pos.written > fork {
             logger.critical("WAL beyond the fork is kept aside in the old timeline's partial segment and never served on the new timeline", metadata: [
                 "walship.timeline": "\(pos.timeline)", "walship.fork_lsn": "\(fork)",
@@ -239,8 +245,8 @@ public final class SystemSpool: @unchecked Sendable {
         let path = walDirectory + "/\(segment).partial"
         current = try PartialSegmentWriter(
             creating: path, header: .init(systemIdentifier: systemIdentifier, segment: segment), directory: walDirectory)
-        segmentBuffer.removeAll(keepingCapacity: true)
-        segmentBuffer.reserveCapacity(Int(segmentSize.bytes))
+        resetSegmentState()
+        startCompressor(segment)
         validator = WALSegmentValidator(systemIdentifier: systemIdentifier, segmentSize: segmentSize,
                                         timeline: segment.timeline, segmentStart: segment.startLSN)
     }
@@ -250,11 +256,24 @@ public final class SystemSpool: @unchecked Sendable {
     private func finishSegment() throws {
         guard let writer = current else { return }
         try writer.sync()
-        try storeCompleted(writer.header.segment, wal: segmentBuffer)
+        let segment = writer.header.segment
+        let completed = walDirectory + "/\(segment).lz4"
+        if let compressor {
+            do { try compressor.finish(as: completed) } catch {
+                // The frame's end is spent: the next attempt compresses from the journal.
+                compressor.abandon()
+                self.compressor = nil
+                throw error
+            }
+            try FileIO.syncDirectory(walDirectory)
+        } else {
+            try storeCompleted(segment, wal: PartialSegment.read(path: writer.path).wal)
+        }
+        compressor = nil
         current = nil
         try FileIO.remove(writer.path)
         try FileIO.syncDirectory(walDirectory)
-        segmentBuffer.removeAll(keepingCapacity: true)
+        resetSegmentState()
         positionBox.withLock { $0.durable = $0.written }
         notifyDurable()
         logger.info("segment completed", metadata: ["walship.segment": "\(writer.header.segment)"])
@@ -267,11 +286,39 @@ public final class SystemSpool: @unchecked Sendable {
         }
     }
 
-    private func validatePages(previousLength: Int) throws {
+    private func resetSegmentState() {
+        segmentLength = 0
+        pageTail = []
+        compressor?.abandon()
+        compressor = nil
+    }
+
+    private func startCompressor(_ segment: SegmentName) {
+        do {
+            compressor = try SegmentCompressor(path: walDirectory + "/\(segment).lz4.tmp", contentSize: segmentSize.bytes)
+        } catch {
+            compressor = nil
+            logger.warning("cannot compress the segment as it arrives; it will be compressed at completion", metadata: [
+                "walship.segment": "\(segment)", "walship.error": "\(error)",
+            ])
+        }
+    }
+
+    private func compress(_ bytes: UnsafeRawBufferPointer) {
+        guard let compressor else { return }
+        do { try compressor.add(bytes) } catch {
+            compressor.abandon()
+            self.compressor = nil
+            logger.warning("stopped compressing the segment as it arrives; it will be compressed at completion",
+                           metadata: ["walship.error": "\(error)"])
+        }
+    }
+
+    private func validatePages(window: [UInt8], windowStart: Int, previousLength: Int) throws {
         var checker = validator!
-        let failure = segmentBuffer.withUnsafeBytes { raw -> WALSegmentValidator.Failure? in
+        let failure = window.withUnsafeBytes { raw -> WALSegmentValidator.Failure? in
             do throws(WALSegmentValidator.Failure) {
-                try checker.validate(segment: raw, previousLength: previousLength)
+                try checker.validate(window: raw, windowStart: windowStart, previousLength: previousLength)
                 return nil
             } catch {
                 return error
@@ -342,14 +389,62 @@ public final class SystemSpool: @unchecked Sendable {
             logger.notice("cut a torn tail from the in-progress segment (it was never acknowledged)",
                           metadata: ["walship.segment": "\(segment)", "walship.valid_bytes": "\(contents.wal.count)"])
         }
-        segmentBuffer = contents.wal
-        segmentBuffer.reserveCapacity(Int(segmentSize.bytes))
         validator = WALSegmentValidator(systemIdentifier: systemIdentifier, segmentSize: segmentSize,
                                         timeline: segment.timeline, segmentStart: segment.startLSN)
-        try validatePages(previousLength: 0)
+        try validatePages(window: contents.wal, windowStart: 0, previousLength: 0)
         let end = segment.startLSN.advanced(by: UInt64(contents.wal.count))
         positionBox.withLock { $0 = SpoolPosition(timeline: segment.timeline, written: end, durable: end) }
         current = try PartialSegmentWriter(reopening: path, contents: contents)
-        if segmentBuffer.count == Int(segmentSize.bytes) { try finishSegment() }
+        resetSegmentState()
+        segmentLength = contents.wal.count
+        pageTail = Array(contents.wal[(segmentLength / Int(WALPage.size) * Int(WALPage.size))...])
+        startCompressor(segment)
+        contents.wal.withUnsafeBytes { compress($0) }
+        if segmentLength == Int(segmentSize.bytes) { try finishSegment() }
+    }
+}
+
+/// One segment's LZ4 frame, written to `NAME.lz4.tmp` piece by piece as the WAL arrives; `finish` fsyncs it
+/// and renames it into place. A crash leaves only the `.tmp`, which recovery removes.
+final class SegmentCompressor {
+    let path: String
+    private var fd: Int32
+    private let writer: LZ4.FrameWriter
+    private var length = 0
+
+    init(path: String, contentSize: UInt64) throws {
+        self.path = path
+        fd = try FileIO.open(path, O_WRONLY | O_CREAT | O_TRUNC)
+        writer = LZ4.FrameWriter(contentSize: contentSize)
+        do { try write(writer.begin()) } catch {
+            abandon()
+            throw error
+        }
+    }
+
+    deinit { if fd >= 0 { FileIO.close(fd) } }
+
+    func add(_ bytes: UnsafeRawBufferPointer) throws { try write(writer.update(bytes)) }
+
+    /// Ends the frame, makes it durable and renames it to `completedPath` (the directory is synced by the caller).
+    func finish(as completedPath: String) throws {
+        try write(writer.end())
+        try FileIO.syncFile(fd, path: path)
+        FileIO.close(fd)
+        fd = -1
+        guard rename(path, completedPath) == 0 else { throw SpoolError.errno("rename to", completedPath) }
+    }
+
+    /// Drops the unfinished frame.
+    func abandon() {
+        if fd >= 0 { FileIO.close(fd) }
+        fd = -1
+        try? FileIO.remove(path)
+    }
+
+    private func write(_ bytes: [UInt8]) throws {
+        guard !bytes.isEmpty else { return }
+        try bytes.withUnsafeBytes { try FileIO.pwriteAll(fd, $0, at: length, path: path) }
+        length += bytes.count
     }
 }

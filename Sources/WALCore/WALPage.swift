@@ -153,20 +153,29 @@ public struct WALSegmentValidator: Sendable {
     /// Checks `segment[previousLength...]`, given that `segment[..<previousLength]` was accepted before.
     /// On failure the validator is unchanged.
     public mutating func validate(segment: UnsafeRawBufferPointer, previousLength: Int) throws(Failure) {
+        try validate(window: segment, windowStart: 0, previousLength: previousLength)
+    }
+
+    /// The same for a window of the segment: `window` holds the segment's bytes from `windowStart`, which must
+    /// be at or before the start of the page holding `previousLength`, to the end of what has arrived. So a
+    /// writer need only keep the current page's bytes, not the whole segment.
+    public mutating func validate(window: UnsafeRawBufferPointer, windowStart: Int, previousLength: Int) throws(Failure) {
+        precondition(windowStart <= previousLength / Int(WALPage.size) * Int(WALPage.size), "the window must start at or before the current page")
         var next = self
-        try next.check(segment, previousLength)
+        try next.check(window, windowStart, previousLength)
         self = next
     }
 
-    private mutating func check(_ segment: UnsafeRawBufferPointer, _ previousLength: Int) throws(Failure) {
+    private mutating func check(_ window: UnsafeRawBufferPointer, _ base: Int, _ previousLength: Int) throws(Failure) {
         let pageSize = Int(WALPage.size)
+        let end = base + window.count
         var page = previousLength / pageSize * pageSize
         while zeroFillStart == nil {
             let address = segmentStart.advanced(by: UInt64(page))
             let headerLength = WALPage.headerLength(at: address, segmentSize: pages.segmentSize)
-            if page + headerLength > segment.count { break }
+            if page + headerLength > end { break }
             if page + headerLength > previousLength {
-                let header = UnsafeRawBufferPointer(rebasing: segment[page..<page + headerLength])
+                let header = UnsafeRawBufferPointer(rebasing: window[(page - base)..<(page - base + headerLength)])
                 if page > 0 && header.allSatisfy({ $0 == 0 }) {
                     zeroFillStart = page
                     break
@@ -177,8 +186,8 @@ public struct WALSegmentValidator: Sendable {
         }
         if let fill = zeroFillStart {
             let from = max(fill, previousLength)
-            if let index = segment[from...].firstIndex(where: { $0 != 0 }) {
-                throw .dataAfterZeroFill(at: segmentStart.advanced(by: UInt64(index)))
+            if from < end, let index = window[(from - base)...].firstIndex(where: { $0 != 0 }) {
+                throw .dataAfterZeroFill(at: segmentStart.advanced(by: UInt64(base + index)))
             }
         }
     }

@@ -55,7 +55,10 @@ final class TempSpool {
 
     var walDirectory: String { root + "/\(TestWAL.sysid)/wal" }
 
-    func files() throws -> [String] { try FileManager.default.contentsOfDirectory(atPath: walDirectory).sorted() }
+    /// The spool's files, without the in-progress segment's compressed copy (`NAME.lz4.tmp`).
+    func files() throws -> [String] {
+        try FileManager.default.contentsOfDirectory(atPath: walDirectory).filter { !$0.hasSuffix(".lz4.tmp") }.sorted()
+    }
 }
 
 func append(_ system: SystemSpool, _ bytes: [UInt8], at lsn: LSN, timeline: TimeLineID = 1) throws {
@@ -76,6 +79,9 @@ func append(_ system: SystemSpool, _ bytes: [UInt8], at lsn: LSN, timeline: Time
         let durable = try system.sync()
         #expect(durable == size.startLSN(ofSegment: 6).advanced(by: 100_000))
         #expect(try temp.files() == ["000000010000000000000005.lz4", "000000010000000000000006.partial"])
+        // The segment in progress is compressed as it arrives; the finished one's temporary copy is gone.
+        let all = try FileManager.default.contentsOfDirectory(atPath: temp.walDirectory)
+        #expect(all.filter { $0.hasSuffix(".tmp") } == ["000000010000000000000006.lz4.tmp"])
         let frame = try Data(contentsOf: URL(fileURLWithPath: temp.walDirectory + "/000000010000000000000005.lz4"))
         let restored = try Array(frame).withUnsafeBytes { try LZ4.decompressFrame($0, maxOutputBytes: 1 << 20) }
         #expect(restored == seg5)
@@ -314,5 +320,24 @@ func append(_ system: SystemSpool, _ bytes: [UInt8], at lsn: LSN, timeline: Time
         try FileManager.default.removeItem(atPath: completed)
         try append(system, Array(TestWAL.segment(2)[0..<8192]), at: next)
         #expect(system.position.written == next.advanced(by: 8192))
+    }
+
+    @Test func aSegmentWhoseStreamingCompressionFailedIsCompressedFromItsJournal() throws {
+        let temp = TempSpool()
+        let (_, system) = try temp.open()
+        let seg7 = TestWAL.segment(7)
+        try append(system, Array(seg7[0..<300_000]), at: size.startLSN(ofSegment: 7))
+        // The compressed copy in progress disappears (an operator's clean-up, say): completing it fails once...
+        try FileManager.default.removeItem(atPath: temp.walDirectory + "/000000010000000000000007.lz4.tmp")
+        #expect(throws: SpoolError.self) {
+            try append(system, Array(seg7[300_000...]), at: size.startLSN(ofSegment: 7).advanced(by: 300_000))
+        }
+        #expect(system.position.durable < size.startLSN(ofSegment: 8))
+        // ...and the next write completes it from the journal before going on.
+        try append(system, TestWAL.segment(8, count: 8192), at: size.startLSN(ofSegment: 8))
+        try system.sync()
+        let frame = try Data(contentsOf: URL(fileURLWithPath: temp.walDirectory + "/000000010000000000000007.lz4"))
+        #expect(try Array(frame).withUnsafeBytes { try LZ4.decompressFrame($0, maxOutputBytes: 1 << 20) } == seg7)
+        #expect(try temp.files() == ["000000010000000000000007.lz4", "000000010000000000000008.partial"])
     }
 }
