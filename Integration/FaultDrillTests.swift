@@ -293,6 +293,11 @@ struct FaultDrillTests {
         let history = try String(contentsOfFile: standby.dataDirectory + "/pg_wal/00000002.history", encoding: .utf8)
         let recoveryEnd = try #require(history.split(separator: "\n").first.flatMap { line in lsn(String(line.split(separator: "\t")[1])) }, "\(history)")
         #expect(recoveryEnd >= offsite, "recovery ended at \(String(recoveryEnd, radix: 16)), before the reported offsite end")
+        // Each lost commit lies past the offsite end reported (its recorded position is just before its commit
+        // record, so within one small transaction of it): nothing older than the exposure was lost.
+        let lostCommits = acknowledgedCommits(ackedFile).filter { lost.contains($0.id) }
+        #expect(lostCommits.allSatisfy { $0.lsn + 512 > offsite && $0.lsn < acknowledgedEnd },
+                "lost commits at \(lostCommits.prefix(5).map { String($0.lsn, radix: 16) }) vs offsite \(String(offsite, radix: 16))")
         print("degrade drill: \(acked.count) acknowledged, \(lost.count) lost; exposure reported \(exposedBytes) B / \(reported["seconds"] ?? "?") s; WAL lost \(acknowledgedEnd > recoveryEnd ? acknowledgedEnd - recoveryEnd : 0) B")
         #expect(acknowledgedEnd - min(acknowledgedEnd, recoveryEnd) <= exposedBytes)
     }

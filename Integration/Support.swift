@@ -403,20 +403,29 @@ func lsn(_ text: String) -> UInt64? {
 }
 
 /// A steady writer: inserts ids 1, 2, 3… into `table` (id int PRIMARY KEY) one transaction at a time and
-/// appends each id to `file` only after its COMMIT returned, i.e. was acknowledged to the client.
+/// appends "id LSN" to `file` only after its COMMIT returned, i.e. was acknowledged to the client. The LSN is
+/// the primary's insert position after the row, read in the same transaction: just before its commit record.
 func startAcknowledgedWriter(_ fixture: Fixture, primary: Cluster, table: String, file: String, from first: Int = 1) throws -> Daemon {
     try fixture.daemon("writer", "/bin/bash", ["-c", """
         for i in $(seq \(first) 10000000); do
-          psql -h 127.0.0.1 -p \(primary.port) -U postgres -d postgres -qAtX -v ON_ERROR_STOP=1 \\
-            -c "INSERT INTO \(table) (id) VALUES ($i)" >/dev/null 2>&1 && echo $i >> \(file) || sleep 0.05
+          lsn=$(psql -h 127.0.0.1 -p \(primary.port) -U postgres -d postgres -qAtX -v ON_ERROR_STOP=1 \\
+            -c "INSERT INTO \(table) (id) VALUES ($i); SELECT pg_current_wal_insert_lsn()" 2>/dev/null) \\
+            && echo "$i $lsn" >> \(file) || sleep 0.05
         done
         """])
 }
 
-/// The ids `startAcknowledgedWriter` recorded.
-func acknowledgedIDs(_ file: String) -> [Int] {
-    ((try? String(contentsOfFile: file, encoding: .utf8)) ?? "").split(separator: "\n").compactMap { Int($0) }
+/// The commits `startAcknowledgedWriter` recorded: id and the insert position just before its commit record.
+func acknowledgedCommits(_ file: String) -> [(id: Int, lsn: UInt64)] {
+    ((try? String(contentsOfFile: file, encoding: .utf8)) ?? "").split(separator: "\n").compactMap { line in
+        let fields = line.split(separator: " ")
+        guard fields.count == 2, let id = Int(fields[0]), let position = lsn(String(fields[1])) else { return nil }
+        return (id, position)
+    }
 }
+
+/// The ids `startAcknowledgedWriter` recorded.
+func acknowledgedIDs(_ file: String) -> [Int] { acknowledgedCommits(file).map(\.id) }
 
 /// The three TLS options of one end ("receiver" or "sender") for a set made by `walship certs init DIRECTORY`.
 func tlsArguments(_ directory: String, _ end: String) -> [String] {

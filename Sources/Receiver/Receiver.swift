@@ -19,8 +19,9 @@ public struct ReceiverConfiguration: Sendable {
     /// Silence on a link for this long means the sender is dead; only then may another link take its place.
     public var linkTimeout: Duration = .seconds(30)
     public var name: String
-    /// Most WAL bytes queued between the link reader and the spool writer of one link.
-    public var maxQueuedBytes = 16 << 20
+    /// Most WAL bytes queued between the link reader and the spool writer of one link: enough for a few of the
+    /// sender's chunks (up to 1 MiB each) to wait out an fsync, small enough for the memory budget.
+    public var maxQueuedBytes = 4 << 20
     /// Complete base backups to keep; older backups and WAL nothing needs are pruned (see `RetentionPlan`).
     public var retainBackups = 2
     public var pruneInterval: Duration = .seconds(60)
@@ -54,7 +55,9 @@ public final class Receiver: Sendable {
     private let nextLinkID = Atomic<Int>(1)
     /// What the standbys of each system replayed, when a standby endpoint runs; the furthest is sent back in
     /// acks so the primary's pg_stat_replication.replay_lsn shows the DR replica's position.
-    private let standbyReports = Mutex<(@Sendable (UInt64) -> [StandbyReport])?>(nil)
+    /// Boxed: a closure stored directly in a Mutex came back wrapped in one more reabstraction thunk on every
+    /// read, so each acknowledgement cost more than the last (the benchmark's synchronous rounds found it).
+    private let standbyReports = Mutex<StandbyProvider?>(nil)
     private let monitor: Mutex<[UInt64: SystemMonitor]>
     let startedAt = Date()
     /// The address actually bound (differs from the configuration when port 0 was asked for).
@@ -414,11 +417,11 @@ public final class Receiver: Sendable {
     }
 
     public func setStandbyProvider(_ provider: @escaping @Sendable (UInt64) -> [StandbyReport]) {
-        standbyReports.withLock { $0 = provider }
+        standbyReports.withLock { $0 = StandbyProvider(reports: provider) }
     }
 
     private func standbys(of system: UInt64) -> [StandbyReport] {
-        standbyReports.withLock { $0 }?(system) ?? []
+        standbyReports.withLock { $0 }?.reports(system) ?? []
     }
 
     private func ack(for system: SystemSpool, at position: SpoolPosition) -> Ack {
@@ -625,6 +628,11 @@ func describe(_ address: SocketAddress) -> String {
 }
 
 /// One standby's reported progress, as the standby endpoint tracks it.
+final class StandbyProvider: Sendable {
+    let reports: @Sendable (UInt64) -> [StandbyReport]
+    init(reports: @escaping @Sendable (UInt64) -> [StandbyReport]) { self.reports = reports }
+}
+
 public struct StandbyReport: Sendable {
     public var name: String
     public var connected: Bool
