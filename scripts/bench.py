@@ -146,12 +146,14 @@ def proc_sample(pid):
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     cpu = (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
-    hwm = 0
+    memory = {}
     with open(f"/proc/{pid}/status") as f:
         for line in f:
-            if line.startswith("VmHWM:"):
-                hwm = int(line.split()[1]) * 1024
-    return {"cpu_seconds": cpu, "max_rss_bytes": hwm}
+            key = line.split(":")[0]
+            if key in ("VmHWM", "VmRSS", "RssAnon", "RssFile"):
+                memory[key] = int(line.split()[1]) * 1024
+    return {"cpu_seconds": cpu, "max_rss_bytes": memory.get("VmHWM", 0), "rss_bytes": memory.get("VmRSS", 0),
+            "rss_anon_bytes": memory.get("RssAnon", 0), "rss_file_bytes": memory.get("RssFile", 0)}
 
 
 def wait_for(what, condition, timeout, interval=0.1, alive=()):
@@ -347,6 +349,10 @@ class Walship:
         self.sender_status = status_port
         wait_for("the sender's status endpoint", lambda: status(status_port), 30, alive=[self.sender])
 
+    def sample(self):
+        """CPU seconds so far and current/peak RSS of both processes (from /proc)."""
+        return {"sender": proc_sample(self.sender.pid), "receiver": proc_sample(self.receiver.pid)}
+
     def durable_lsn(self):
         return chain_lsn(status(self.receiver_status), "durable")
 
@@ -445,6 +451,7 @@ def catchup_walship(walship, primary_port, slot, start, end, insecure, wan=None)
         "rss_sender_bytes": max(peak["sender"], sample["sender"]["max_rss_bytes"]),
         "rss_receiver_bytes": max(peak["receiver"], sample["receiver"]["max_rss_bytes"]),
         "wal_bytes_sent": counters.get("walBytesSent"), "wire_bytes_sent": counters.get("wireBytesSent"),
+        "memory_at_done": sample,
     }
     result["cpu_seconds_per_gb"] = result["cpu_seconds"] / (wal / 1024 ** 3)
     # Wire bytes per WAL byte: the proxy's count where the link runs through it (TLS records included),
@@ -606,17 +613,29 @@ def pgbench_tps(port, seconds, tag):
     raise RuntimeError("pgbench printed no tps line")
 
 
-def sync_rounds(primary_port, contenders, tag):
-    """TPS for each synchronous_standby_names setting, interleaved over SYNC_ROUNDS rounds; the median."""
+def sync_rounds(primary_port, contenders, tag, walship):
+    """TPS for each synchronous_standby_names setting, interleaved over SYNC_ROUNDS rounds; the median. For
+    walship's rounds also the sender's and receiver's CPU per commit and the receiver's RSS after each round."""
     results = {name: [] for name in contenders}
+    per_commit = []
     for round_number in range(SYNC_ROUNDS):
         for name, standby_name in contenders.items():
             set_sync_standby(primary_port, standby_name)
+            before = walship.sample()
+            commits = int(sql(primary_port, "SELECT xact_commit FROM pg_stat_database WHERE datname = 'bench'"))
             tps = pgbench_tps(primary_port, SYNC_SECONDS, f"sync-{tag}-{name}")
+            commits = int(sql(primary_port, "SELECT xact_commit FROM pg_stat_database WHERE datname = 'bench'")) - commits
+            after = walship.sample()
             log(f"  sync round {round_number + 1} {name}: {tps:.0f} tps")
             results[name].append(tps)
+            if standby_name == "walship_bench":
+                per_commit.append({role: {"cpu_ms_per_commit": (after[role]["cpu_seconds"] - before[role]["cpu_seconds"])
+                                          * 1000 / max(commits, 1), "rss_bytes_after": after[role]["rss_bytes"]}
+                                   for role in after})
     set_sync_standby(primary_port, "")
-    return {name: {"tps": statistics.median(values), "rounds": values} for name, values in results.items()}
+    summary = {name: {"tps": statistics.median(values), "rounds": values} for name, values in results.items()}
+    summary["walship_per_round"] = per_commit
+    return summary
 
 
 # ---------------------------------------------------------------- 4. promote
@@ -735,7 +754,7 @@ def main():
 
     log(f"sync TPS, TLS: {SYNC_ROUNDS} rounds of {SYNC_SECONDS} s, {SYNC_CLIENTS} clients")
     results["sync"]["tls"] = sync_rounds(primary_port, {"none": "", "native": "native_replica",
-                                                        "walship": "walship_bench"}, "tls")
+                                                        "walship": "walship_bench"}, "tls", walship)
 
     # WAN lag: the walship link and the native standby's replication connection each through a proxy.
     log("WAN lag: sender and native standby through the WAN proxy")
@@ -769,7 +788,7 @@ def main():
              lambda: try_sql(primary_port, "SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'") == "2",
              60)
     results["sync"]["plaintext"] = sync_rounds(primary_port, {"none": "", "native": "native_replica",
-                                                              "walship": "walship_bench"}, "plain")
+                                                              "walship": "walship_bench"}, "plain", walship)
     results["streaming_rss"] = {"tls": usage_tls, "wan": usage_wan}
 
     # 4. Promote: both standbys caught up with an idle primary, then each promoted and timed to a first write.
@@ -850,6 +869,10 @@ def verdicts(r):
             s["walship"]["tps"], s["native"]["tps"], ratio, "≥ 0.95×", ratio >= 0.95)
         row(f"  (no synchronous standby, same block: {s['none']['tps']:.0f} tps)", s["walship"]["tps"],
             s["none"]["tps"], s["walship"]["tps"] / s["none"]["tps"], "(info)", None)
+    rounds = r["sync"]["tls"]["walship_per_round"]  # one receiver process through all TLS rounds
+    first, last = rounds[0]["receiver"]["cpu_ms_per_commit"], rounds[-1]["receiver"]["cpu_ms_per_commit"]
+    row("receiver CPU ms per sync commit (TLS), last round vs first", last, first, last / max(first, 1e-9),
+        "(info)", None)
     for label, lag in (("loopback", r["lag"]["loopback"]), ("WAN", r["wan"]["lag"])):
         w, n = lag["walship"], lag["native"]
         for p in ("p50", "p99", "max"):
