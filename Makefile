@@ -5,7 +5,7 @@ PG_BINDIR ?= $(shell pg_config --bindir 2>/dev/null || echo /usr/lib/postgresql/
 PREFIX ?= /usr/local
 export PG_BINDIR
 
-.PHONY: all deps build release test unit integration demo install clean fuzz fuzz-seeds drills
+.PHONY: all deps build release test unit integration demo bench install clean fuzz fuzz-seeds drills
 
 all: build
 
@@ -38,6 +38,12 @@ integration: deps
 # The ship path end to end on loopback, with a local primary, in synchronous mode.
 demo: release
 	@WALSHIP_BIN=$(CURDIR)/.build/release/walship scripts/demo.sh
+
+# The performance benchmark: walship against pg_receivewal and native streaming/synchronous standbys on
+# its own PostgreSQL 15 clusters, ratios measured in one run; the table is printed and written to
+# bench/results/. Sizes and durations: BENCH_* variables (docs/performance.md), e.g. BENCH_WAL_MB=1024.
+bench: release
+	@WALSHIP_BIN=$(CURDIR)/.build/release/walship scripts/bench.py
 
 # The fault drills, long: ROUNDS rounds of every fault (kill -9 of each process, link cut/stall/slow),
 # then promotion and the check that no acknowledged commit is lost; prints the table. SEED repeats an order.

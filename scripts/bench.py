@@ -1,0 +1,957 @@
+#!/usr/bin/env python3
+"""walship performance benchmark (make bench): starts its own PostgreSQL 15 clusters on loopback, measures
+walship against PostgreSQL's own tools in the same run, prints one table of ratios and writes it as JSON
+under bench/results/. Method and knobs: docs/performance.md. Standard library only."""
+import atexit
+import datetime
+import json
+import os
+import platform
+import pwd
+import shutil
+import signal
+import socket
+import statistics
+import struct
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+WALSHIP_BIN = os.environ.get("WALSHIP_BIN", os.path.join(REPO, ".build/release/walship"))
+PG_BINDIR = os.environ.get("PG_BINDIR") or "/usr/lib/postgresql/15/bin"
+
+
+def knob(name, default, kind=int):
+    return kind(os.environ.get(name, default))
+
+
+WAL_MB = knob("BENCH_WAL_MB", 512)              # the catch-up backlog
+WAN_WAL_MB = knob("BENCH_WAN_WAL_MB", 128)      # a second backlog, shipped through the WAN proxy
+WAN_DELAY_MS = knob("BENCH_WAN_DELAY_MS", 30, float)  # one-way, each direction
+WAN_MBIT = knob("BENCH_WAN_MBIT", 100, float)
+PGBENCH_SCALE = knob("BENCH_SCALE", 20)
+LAG_SECONDS = knob("BENCH_LAG_SECONDS", 60)
+LAG_RATE = knob("BENCH_LAG_RATE", 200)          # pgbench -R transactions per second during the lag probe
+PROBE_INTERVAL = knob("BENCH_PROBE_INTERVAL_MS", 100) / 1000
+SYNC_SECONDS = knob("BENCH_SYNC_SECONDS", 20)
+SYNC_ROUNDS = knob("BENCH_SYNC_ROUNDS", 3)
+SYNC_CLIENTS = knob("BENCH_SYNC_CLIENTS", 8)
+KEEP = bool(os.environ.get("BENCH_KEEP"))
+# Profile mode: only the loopback catch-up (walship over TLS, pg_receivewal --no-sync) under perf record,
+# reports written to this directory; no table.
+PERF_DIR = os.environ.get("BENCH_PERF")
+RESULTS_DIR = os.environ.get("BENCH_RESULTS_DIR", os.path.join(REPO, "bench/results"))
+
+AS_ROOT = os.geteuid() == 0
+# PostgreSQL refuses to run as root; setpriv execs (no fork), so the child's PID is the program's own.
+AS_POSTGRES = ["setpriv", "--reuid=postgres", "--regid=postgres", "--init-groups", "--"] if AS_ROOT else []
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+MiB = 1024 * 1024
+
+workdir = None
+children = []          # every Popen started, stopped at exit
+clusters = []          # data directories of started postmasters
+
+
+def log(message):
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+# ---------------------------------------------------------------- processes and cleanup
+
+def cleanup():
+    for child in reversed(children):
+        if child.poll() is None:
+            try:
+                child.terminate()
+            except OSError:
+                pass
+    deadline = time.monotonic() + 5
+    for child in children:
+        try:
+            child.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
+    children.clear()
+    for pgdata in clusters:
+        stop_cluster(pgdata)
+    clusters.clear()
+    if workdir and not KEEP:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def stop_cluster(pgdata, mode="immediate"):
+    pidfile = os.path.join(pgdata, "postmaster.pid")
+    if not os.path.exists(pidfile):
+        return
+    subprocess.run(AS_POSTGRES + [f"{PG_BINDIR}/pg_ctl", "-D", pgdata, "-m", mode, "-w", "-t", "30", "stop"],
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:  # pg_ctl failed (or timed out): the postmaster's own PID, never a name pattern
+        with open(pidfile) as f:
+            pid = int(f.readline())
+        os.kill(pid, signal.SIGKILL)
+    except (OSError, ValueError):
+        pass
+
+
+def on_signal(signum, _frame):
+    raise SystemExit(128 + signum)
+
+
+def spawn(argv, logname, env=None):
+    out = open(os.path.join(workdir, logname), "ab")
+    child = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env)
+    out.close()
+    children.append(child)
+    return child
+
+
+def reap(child):
+    """The child's resource usage (CPU, peak RSS) from wait4 once it has exited, else None. Popen.poll() would
+    reap it without the usage, so exits are collected here."""
+    if child.returncode is not None:
+        return getattr(child, "usage", {"cpu_seconds": 0.0, "max_rss_bytes": 0})
+    pid, status, rusage = os.wait4(child.pid, os.WNOHANG)
+    if pid != child.pid:
+        return None
+    child.returncode = os.waitstatus_to_exitcode(status)
+    child.usage = {"cpu_seconds": rusage.ru_utime + rusage.ru_stime, "max_rss_bytes": rusage.ru_maxrss * 1024}
+    if child in children:
+        children.remove(child)
+    return child.usage
+
+
+def stop(child, sig=signal.SIGTERM, timeout=15):
+    """Stops a child and returns its resource usage."""
+    if child.returncode is None:
+        try:
+            os.kill(child.pid, sig)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + timeout
+    while (usage := reap(child)) is None:
+        if time.monotonic() > deadline:
+            os.kill(child.pid, signal.SIGKILL)
+            deadline = time.monotonic() + 5
+        time.sleep(0.05)
+    return usage
+
+
+def proc_sample(pid):
+    """CPU seconds so far (utime+stime) and peak RSS (VmHWM) of a running process, from /proc."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    cpu = (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    memory = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            key = line.split(":")[0]
+            if key in ("VmHWM", "VmRSS", "RssAnon", "RssFile"):
+                memory[key] = int(line.split()[1]) * 1024
+    return {"cpu_seconds": cpu, "max_rss_bytes": memory.get("VmHWM", 0), "rss_bytes": memory.get("VmRSS", 0),
+            "rss_anon_bytes": memory.get("RssAnon", 0), "rss_file_bytes": memory.get("RssFile", 0)}
+
+
+def wait_for(what, condition, timeout, interval=0.1, alive=()):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        for child in alive:
+            if reap(child) is not None:
+                raise RuntimeError(f"{what}: a process it needs exited (status {child.returncode}, see {workdir})")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(interval)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run(argv, **kwargs):
+    return subprocess.run(argv, check=True, **kwargs)
+
+
+# ---------------------------------------------------------------- LSNs and a minimal PostgreSQL client
+
+def parse_lsn(text):
+    high, low = text.split("/")
+    return (int(high, 16) << 32) | int(low, 16)
+
+
+def format_lsn(value):
+    return f"{value >> 32:X}/{value & 0xFFFFFFFF:X}"
+
+
+class PG:
+    """The simple query protocol over TCP with trust authentication: enough to time a probe to the
+    millisecond, which a psql process per query cannot."""
+
+    def __init__(self, port, database="postgres", timeout=10):
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.stream = self.sock.makefile("rb")
+        body = struct.pack("!I", 196608) + b"user\0postgres\0database\0" + database.encode() + b"\0\0"
+        self.sock.sendall(struct.pack("!I", len(body) + 4) + body)
+        self._until_ready()
+
+    def _message(self):
+        header = self.stream.read(5)
+        if len(header) < 5:
+            raise ConnectionError("server closed the connection")
+        kind, length = header[:1], struct.unpack("!I", header[1:])[0]
+        return kind, self.stream.read(length - 4)
+
+    def _until_ready(self):
+        rows, error = [], None
+        while True:
+            kind, payload = self._message()
+            if kind == b"R" and struct.unpack("!I", payload[:4])[0] != 0:
+                raise RuntimeError("the benchmark's client supports trust authentication only")
+            if kind == b"D":
+                count = struct.unpack("!H", payload[:2])[0]
+                offset, row = 2, []
+                for _ in range(count):
+                    size = struct.unpack("!i", payload[offset:offset + 4])[0]
+                    offset += 4
+                    row.append(None if size < 0 else payload[offset:offset + size].decode())
+                    offset += max(size, 0)
+                rows.append(row)
+            elif kind == b"E":
+                fields = dict((p[:1], p[1:].decode(errors="replace")) for p in payload.split(b"\0") if p)
+                error = fields.get(b"M", "error")
+            elif kind == b"Z":
+                if error:
+                    raise RuntimeError(error)
+                return rows
+
+    def query(self, sql):
+        body = sql.encode() + b"\0"
+        self.sock.sendall(b"Q" + struct.pack("!I", len(body) + 4) + body)
+        return self._until_ready()
+
+    def value(self, sql):
+        rows = self.query(sql)
+        return rows[0][0] if rows else None
+
+    def close(self):
+        try:
+            self.sock.sendall(b"X\0\0\0\4")
+        except OSError:
+            pass
+        self.sock.close()
+
+
+def sql(port, statement, database="postgres"):
+    connection = PG(port, database)
+    try:
+        return connection.value(statement)
+    finally:
+        connection.close()
+
+
+def try_sql(port, statement, database="postgres"):
+    try:
+        return sql(port, statement, database)
+    except (OSError, RuntimeError, ConnectionError):
+        return None
+
+
+# ---------------------------------------------------------------- clusters
+
+def chown_to_postgres(path):
+    if AS_ROOT:
+        run(["chown", "-R", "postgres:postgres", path])
+
+
+def start_cluster(pgdata, port, extra_conf=""):
+    with open(os.path.join(pgdata, "postgresql.conf"), "a") as f:
+        f.write(f"\nport = {port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{workdir}'\n{extra_conf}\n")
+    clusters.append(pgdata)
+    run(AS_POSTGRES + [f"{PG_BINDIR}/pg_ctl", "-D", pgdata, "-l", pgdata + ".log", "-w", "-t", "120", "start"],
+        stdout=subprocess.DEVNULL)
+
+
+def make_primary(name):
+    pgdata = os.path.join(workdir, name)
+    run(AS_POSTGRES + [f"{PG_BINDIR}/initdb", "-D", pgdata, "-A", "trust", "-U", "postgres"], stdout=subprocess.DEVNULL)
+    port = free_port()
+    start_cluster(pgdata, port, """wal_level = replica
+max_wal_senders = 20
+max_replication_slots = 20
+shared_buffers = 256MB
+max_wal_size = 1GB
+checkpoint_timeout = 1min
+wal_keep_size = 0
+synchronous_standby_names = ''""")
+    return pgdata, port
+
+
+def pgbench_env(port, **options):
+    env = dict(os.environ, PGHOST="127.0.0.1", PGPORT=str(port), PGUSER="postgres", PGDATABASE="bench")
+    if options:
+        env["PGOPTIONS"] = " ".join(f"-c {k}={v}" for k, v in options.items())
+    return env
+
+
+def set_sync_standby(port, name):
+    sql(port, f"ALTER SYSTEM SET synchronous_standby_names = '{name}'")
+    sql(port, "SELECT pg_reload_conf()")
+    if name:
+        wait_for(f"{name} to be the synchronous standby",
+                 lambda: try_sql(port, f"SELECT 1 FROM pg_stat_replication WHERE application_name = '{name}' "
+                                       "AND sync_state = 'sync'"), 60)
+    else:
+        wait_for("no synchronous standby", lambda: try_sql(port, "SHOW synchronous_standby_names") == "", 10)
+
+
+# ---------------------------------------------------------------- walship processes
+
+class Walship:
+    """A receiver and a sender, TLS or plaintext, with their status endpoints."""
+
+    def __init__(self, binary, certs):
+        self.binary, self.certs = binary, certs
+        self.receiver = self.sender = None
+
+    def tls(self, end, insecure):
+        if insecure:
+            return ["--insecure"]
+        return ["--tls-cert", f"{self.certs}/{end}.crt", "--tls-key", f"{self.certs}/{end}.key",
+                "--tls-ca", f"{self.certs}/ca.crt"]
+
+    def start_receiver(self, spool, port, status_port, insecure=False, standby_port=None, tag="receiver"):
+        argv = AS_POSTGRES + [self.binary, "receive", "--listen", f"127.0.0.1:{port}", "--spool", spool,
+                              "--status-listen", f"127.0.0.1:{status_port}"] + self.tls("receiver", insecure)
+        if standby_port:
+            argv += ["--standby-listen", f"127.0.0.1:{standby_port}", "--standby-trust"]
+        self.receiver = spawn(argv, tag + ".log")
+        self.receiver_status = status_port
+        wait_for("the receiver's status endpoint", lambda: status(status_port), 30, alive=[self.receiver])
+
+    def start_sender(self, primary_port, to_port, slot, status_port, insecure=False, sync=False,
+                     application_name="walship_bench", tag="sender"):
+        argv = AS_POSTGRES + [self.binary, "send", "--source", f"host=127.0.0.1 port={primary_port} user=postgres",
+                              "--to", f"127.0.0.1:{to_port}", "--slot", slot, "--create-slot",
+                              "--application-name", application_name,
+                              "--status-listen", f"127.0.0.1:{status_port}"] + self.tls("sender", insecure)
+        if sync:
+            argv.append("--sync")
+        self.sender = spawn(argv, tag + ".log")
+        self.sender_status = status_port
+        wait_for("the sender's status endpoint", lambda: status(status_port), 30, alive=[self.sender])
+
+    def sample(self):
+        """CPU seconds so far and current/peak RSS of both processes (from /proc)."""
+        return {"sender": proc_sample(self.sender.pid), "receiver": proc_sample(self.receiver.pid)}
+
+    def durable_lsn(self):
+        return chain_lsn(status(self.receiver_status), "durable")
+
+    def stop(self):
+        usage = {}
+        if self.sender:
+            usage["sender"] = stop(self.sender)
+        if self.receiver:
+            usage["receiver"] = stop(self.receiver)
+        self.sender = self.receiver = None
+        return usage
+
+
+def status(port):
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/status", timeout=2) as response:
+            return json.load(response)
+    except (OSError, ValueError):
+        return None
+
+
+def chain_lsn(document, stage):
+    for system in (document or {}).get("systems", []):
+        for entry in system.get("chain", []):
+            if entry.get("name") == stage and entry.get("lsn"):
+                return parse_lsn(entry["lsn"])
+    return 0
+
+
+# ---------------------------------------------------------------- 1. catch-up
+
+def generate_backlog(port, slots, megabytes):
+    """A pgbench WAL backlog of `megabytes`, held by one slot per contender, all created at the same LSN. The
+    backlog ends where the primary's WAL ends, so a contender never ships (or a proxy counts) WAL beyond it."""
+    sql(port, "CHECKPOINT")
+    names = ",".join(f"'{s}'" for s in slots)
+    sql(port, f"SELECT count(*) FROM unnest(ARRAY[{names}]) s, pg_create_physical_replication_slot(s, true)")
+    # A physical slot reserves from the last checkpoint's redo pointer, so all of them start together.
+    starts = {sql(port, f"SELECT restart_lsn FROM pg_replication_slots WHERE slot_name = '{s}'") for s in slots}
+    if len(starts) != 1:
+        raise RuntimeError(f"the contenders' slots start at different LSNs: {starts}")
+    start = parse_lsn(starts.pop())
+    segment_start = start - start % (16 * MiB)  # both walship and pg_receivewal start at the segment's start
+    log(f"generating {megabytes} MiB of pgbench WAL from {format_lsn(start)}")
+    writer = spawn([f"{PG_BINDIR}/pgbench", "-n", "-M", "prepared", "-c", "4", "-j", "2", "-T", "3600"], "pgbench-backlog.log",
+                   env=pgbench_env(port, synchronous_commit="off"))
+    wait_for("the backlog", lambda: parse_lsn(sql(port, "SELECT pg_current_wal_lsn()")) >= segment_start + megabytes * MiB,
+             1800, interval=0.2, alive=[writer])
+    stop(writer, signal.SIGINT, timeout=30)
+    end = parse_lsn(sql(port, "SELECT pg_current_wal_lsn()"))
+    wait_for("the backlog flushed", lambda: parse_lsn(sql(port, "SELECT pg_current_wal_flush_lsn()")) >= end, 30)
+    log(f"backlog {format_lsn(segment_start)} .. {format_lsn(end)} ({(end - segment_start) / MiB:.0f} MiB)")
+    return segment_start, end
+
+
+def catchup_walship(walship, primary_port, slot, start, end, insecure, wan=None):
+    spool = os.path.join(workdir, f"spool-{slot}")
+    os.makedirs(spool)
+    chown_to_postgres(spool)
+    receiver_port, receiver_status, sender_status = free_port(), free_port(), free_port()
+    proxy = None
+    to_port = receiver_port
+    if wan:
+        to_port, proxy, stats_file = start_wan_proxy(receiver_port, f"proxy-{slot}")
+    walship.start_receiver(spool, receiver_port, receiver_status, insecure=insecure, tag=f"receiver-{slot}")
+    started = time.monotonic()
+    walship.start_sender(primary_port, to_port, slot, sender_status, insecure=insecure, tag=f"sender-{slot}")
+    profilers = [perf_record(walship.sender.pid, f"walship-send-{slot}"),
+                 perf_record(walship.receiver.pid, f"walship-receive-{slot}")] if PERF_DIR else []
+    peak = {"sender": 0, "receiver": 0}
+
+    def done():
+        for role, child in (("sender", walship.sender), ("receiver", walship.receiver)):
+            peak[role] = max(peak[role], proc_sample(child.pid)["max_rss_bytes"])
+        return walship.durable_lsn() >= end
+
+    wait_for(f"walship ({slot}) to hold the backlog durably", done, 3600, interval=0.05,
+             alive=[walship.sender, walship.receiver])
+    elapsed = time.monotonic() - started
+    sample = {"sender": proc_sample(walship.sender.pid), "receiver": proc_sample(walship.receiver.pid)}
+    sender_doc = status(sender_status) or {}
+    for profiler in profilers:
+        stop(profiler, signal.SIGINT, timeout=120)
+    walship.stop()
+    wire = None
+    if proxy:
+        stop(proxy)  # writes its final count
+        with open(stats_file) as f:
+            wire = json.load(f)["up"]
+    counters = sender_doc.get("sender", {})
+    wal = end - start
+    result = {
+        "seconds": elapsed, "wal_bytes": wal, "mb_per_s": wal / MiB / elapsed,
+        "cpu_seconds": sample["sender"]["cpu_seconds"] + sample["receiver"]["cpu_seconds"],
+        "cpu_seconds_sender": sample["sender"]["cpu_seconds"], "cpu_seconds_receiver": sample["receiver"]["cpu_seconds"],
+        "rss_sender_bytes": max(peak["sender"], sample["sender"]["max_rss_bytes"]),
+        "rss_receiver_bytes": max(peak["receiver"], sample["receiver"]["max_rss_bytes"]),
+        "wal_bytes_sent": counters.get("walBytesSent"), "wire_bytes_sent": counters.get("wireBytesSent"),
+        "memory_at_done": sample,
+    }
+    result["cpu_seconds_per_gb"] = result["cpu_seconds"] / (wal / 1024 ** 3)
+    # Wire bytes per WAL byte: the proxy's count where the link runs through it (TLS records included),
+    # else walship's own counters (frame bytes, before TLS).
+    if wire is not None:
+        result["wire_per_wal"] = wire / wal
+        result["wire_counted_by"] = "proxy"
+    elif counters.get("walBytesSent"):
+        result["wire_per_wal"] = counters["wireBytesSent"] / counters["walBytesSent"]
+        result["wire_counted_by"] = "walship counters"
+    shutil.rmtree(spool, ignore_errors=True)
+    sql(primary_port, f"SELECT pg_drop_replication_slot('{slot}')")
+    return result
+
+
+def catchup_receivewal(primary_port, slot, start, end, durable, wan=False):
+    directory = os.path.join(workdir, f"receivewal-{slot}")
+    os.makedirs(directory)
+    chown_to_postgres(directory)
+    port, proxy = primary_port, None
+    if wan:
+        port, proxy, stats_file = start_wan_proxy(primary_port, f"proxy-{slot}")
+    argv = AS_POSTGRES + [f"{PG_BINDIR}/pg_receivewal", "-D", directory, "--slot", slot, "--compress=lz4",
+                          "-E", format_lsn(end), "--no-loop", "-h", "127.0.0.1", "-p", str(port), "-U", "postgres"]
+    if not durable:
+        argv.append("--no-sync")
+    started = time.monotonic()
+    child = spawn(argv, f"pg_receivewal-{slot}.log")
+    profiler = perf_record(child.pid, f"pg_receivewal-{slot}") if PERF_DIR else None
+    peak = 0
+    while (usage := reap(child)) is None:  # VmHWM is read while the process lives
+        try:
+            peak = max(peak, proc_sample(child.pid)["max_rss_bytes"])
+        except OSError:
+            pass
+        time.sleep(0.02)
+        if time.monotonic() - started > 3600:
+            raise RuntimeError("pg_receivewal did not reach the end of the backlog")
+    elapsed = time.monotonic() - started
+    if profiler:
+        stop(profiler, signal.SIGINT, timeout=120)
+    if child.returncode != 0:
+        raise RuntimeError(f"pg_receivewal failed (status {child.returncode}); see {workdir}/pg_receivewal-{slot}.log")
+    wal = end - start
+    wire = None
+    if proxy:
+        stop(proxy)
+        with open(stats_file) as f:
+            wire = json.load(f)["down"]
+    stored = sum(os.path.getsize(os.path.join(directory, n)) for n in os.listdir(directory))
+    shutil.rmtree(directory, ignore_errors=True)
+    sql(primary_port, f"SELECT pg_drop_replication_slot('{slot}')")
+    return {"seconds": elapsed, "wal_bytes": wal, "mb_per_s": wal / MiB / elapsed,
+            "cpu_seconds": usage["cpu_seconds"], "cpu_seconds_per_gb": usage["cpu_seconds"] / (wal / 1024 ** 3),
+            "rss_bytes": max(peak, usage["max_rss_bytes"]), "stored_bytes": stored,
+            # The replication protocol carries WAL uncompressed; --compress only shrinks the files.
+            "wire_per_wal": (wire / wal) if wire is not None else 1.0,
+            "wire_counted_by": "proxy" if wire is not None else "protocol (uncompressed XLogData)"}
+
+
+def perf_record(pid, name):
+    """perf record of one process with call graphs; stopped with SIGINT, reported by perf_report."""
+    os.makedirs(PERF_DIR, exist_ok=True)
+    return spawn(["perf", "record", "-F", "999", "-g", "-o", os.path.join(PERF_DIR, name + ".data"), "-p", str(pid)],
+                 f"perf-{name}.log")
+
+
+def perf_report():
+    for name in sorted(os.listdir(PERF_DIR)):
+        if name.endswith(".data"):
+            data = os.path.join(PERF_DIR, name)
+            with open(data[:-5] + ".txt", "w") as out:
+                subprocess.run(["perf", "report", "-i", data, "--no-children", "--sort", "dso,symbol",
+                                "--percent-limit", "0.5", "--stdio", "-g", "none"],
+                               stdout=out, stderr=subprocess.DEVNULL)
+            log(f"profile: {data[:-5]}.txt")
+
+
+def start_wan_proxy(target_port, name):
+    port = free_port()
+    stats_file = os.path.join(workdir, name + ".json")
+    proxy = spawn([sys.executable, os.path.join(REPO, "scripts/wan-proxy.py"), str(port), str(target_port),
+                   "--delay-ms", str(WAN_DELAY_MS), "--mbit", str(WAN_MBIT), "--stats", stats_file], name + ".log")
+    wait_for("the WAN proxy", lambda: os.path.exists(stats_file), 10, alive=[proxy])
+    return port, proxy, stats_file
+
+
+# ---------------------------------------------------------------- 2. streaming lag
+
+def probe_lag(primary_port, standbys, seconds, rate, tag):
+    """Commits a marker row every PROBE_INTERVAL under pgbench -R load and times, from the moment the INSERT
+    is sent, its appearance on each standby (polled every 0.5 ms by one thread per standby)."""
+    load = spawn([f"{PG_BINDIR}/pgbench", "-n", "-c", "4", "-j", "2", "-R", str(rate), "-T", str(seconds + 5)],
+                 f"pgbench-lag-{tag}.log", env=pgbench_env(primary_port))
+    time.sleep(2)  # let the load settle
+    primary = PG(primary_port, "bench")
+    watchers = {name: PG(port, "bench") for name, port in standbys.items()}
+    latencies = {name: [] for name in standbys}
+    try:
+        deadline = time.monotonic() + seconds
+        marker = int(time.time() * 1000) % 1_000_000_000
+        while time.monotonic() < deadline:
+            marker += 1
+            sent = [0.0]
+            seen = {}
+            armed = threading.Event()
+
+            def watch(name, connection, marker=marker):
+                armed.wait()
+                query = f"SELECT 1 FROM bench_probe WHERE id = {marker}"
+                give_up = time.monotonic() + 30
+                while time.monotonic() < give_up:
+                    if connection.query(query):
+                        seen[name] = time.monotonic() - sent[0]
+                        return
+                    time.sleep(0.0005)
+
+            threads = [threading.Thread(target=watch, args=item) for item in watchers.items()]
+            for t in threads:
+                t.start()
+            sent[0] = time.monotonic()
+            armed.set()
+            primary.query(f"INSERT INTO bench_probe (id) VALUES ({marker})")
+            for t in threads:
+                t.join()
+            for name in standbys:
+                if name not in seen:
+                    raise RuntimeError(f"probe row {marker} never appeared on the {name} standby")
+                latencies[name].append(seen[name] * 1000)
+            time.sleep(max(0.0, PROBE_INTERVAL - (time.monotonic() - sent[0])))
+    finally:
+        primary.close()
+        for connection in watchers.values():
+            connection.close()
+        stop(load, signal.SIGINT)
+    return {name: summarize(values) for name, values in latencies.items()}
+
+
+def summarize(values):
+    ordered = sorted(values)
+
+    def percentile(p):
+        return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
+
+    return {"samples": len(ordered), "p50_ms": percentile(50), "p99_ms": percentile(99), "max_ms": ordered[-1],
+            "mean_ms": statistics.fmean(ordered)}
+
+
+# ---------------------------------------------------------------- 3. synchronous cost
+
+def pgbench_tps(port, seconds, tag):
+    output = subprocess.run([f"{PG_BINDIR}/pgbench", "-n", "-c", str(SYNC_CLIENTS), "-j", "2", "-T", str(seconds)],
+                            env=pgbench_env(port), capture_output=True, text=True, check=True).stdout
+    with open(os.path.join(workdir, f"pgbench-{tag}.log"), "a") as f:
+        f.write(output)
+    for line in output.splitlines():
+        if line.startswith("tps = "):
+            return float(line.split()[2])
+    raise RuntimeError("pgbench printed no tps line")
+
+
+def sync_rounds(primary_port, contenders, tag, walship):
+    """TPS for each synchronous_standby_names setting, interleaved over SYNC_ROUNDS rounds; the median. For
+    walship's rounds also the sender's and receiver's CPU per commit and the receiver's RSS after each round."""
+    results = {name: [] for name in contenders}
+    per_commit = []
+    for round_number in range(SYNC_ROUNDS):
+        for name, standby_name in contenders.items():
+            set_sync_standby(primary_port, standby_name)
+            before = walship.sample()
+            commits = int(sql(primary_port, "SELECT xact_commit FROM pg_stat_database WHERE datname = 'bench'"))
+            tps = pgbench_tps(primary_port, SYNC_SECONDS, f"sync-{tag}-{name}")
+            commits = int(sql(primary_port, "SELECT xact_commit FROM pg_stat_database WHERE datname = 'bench'")) - commits
+            after = walship.sample()
+            log(f"  sync round {round_number + 1} {name}: {tps:.0f} tps")
+            results[name].append(tps)
+            if standby_name == "walship_bench":
+                per_commit.append({role: {"cpu_ms_per_commit": (after[role]["cpu_seconds"] - before[role]["cpu_seconds"])
+                                          * 1000 / max(commits, 1), "rss_bytes_after": after[role]["rss_bytes"]}
+                                   for role in after})
+    set_sync_standby(primary_port, "")
+    summary = {name: {"tps": statistics.median(values), "rounds": values} for name, values in results.items()}
+    summary["walship_per_round"] = per_commit
+    return summary
+
+
+# ---------------------------------------------------------------- 4. promote
+
+def first_write(port, started, timeout=60):
+    def attempt():
+        try:
+            sql(port, "INSERT INTO bench_probe (id) VALUES (-1) ON CONFLICT DO NOTHING", "bench")
+            return time.monotonic()
+        except (OSError, RuntimeError, ConnectionError):
+            return None
+    return wait_for("the first accepted write", attempt, timeout, interval=0.01) - started
+
+
+# ---------------------------------------------------------------- the run
+
+def main():
+    global workdir
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, on_signal)
+    atexit.register(cleanup)
+    if not os.access(WALSHIP_BIN, os.X_OK):
+        sys.exit(f"no walship binary at {WALSHIP_BIN} (make release)")
+    workdir = os.path.join(os.environ.get("BENCH_DIR", "/tmp"), f"walship-bench-{os.getpid()}")
+    os.makedirs(workdir)
+    chown_to_postgres(workdir)
+    os.chmod(workdir, 0o755)
+    binary = os.path.join(workdir, "walship")  # readable by the postgres OS user, like a DR host's install
+    shutil.copy(WALSHIP_BIN, binary)
+    os.chmod(binary, 0o755)
+    certs = os.path.join(workdir, "certs")
+    run([binary, "certs", "init", certs, "--receiver-name", "127.0.0.1", "--sender-name", "bench-primary"],
+        stdout=subprocess.DEVNULL)
+    chown_to_postgres(certs)
+    walship = Walship(binary, certs)
+    results = {"facts": machine_facts(), "knobs": knobs(), "catchup": {}, "wan": {}, "lag": {}, "sync": {}, "promote": {}}
+    begun = time.monotonic()
+    log(f"working in {workdir}")
+
+    primary, primary_port = make_primary("primary")
+    results["facts"]["postgresql"] = sql(primary_port, "SHOW server_version")
+    log(f"pgbench -i -s {PGBENCH_SCALE}")
+    sql(primary_port, "CREATE DATABASE bench")
+    run([f"{PG_BINDIR}/pgbench", "-i", "-q", "-s", str(PGBENCH_SCALE)], env=pgbench_env(primary_port),
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    sql(primary_port, "CREATE TABLE bench_probe (id bigint PRIMARY KEY, at timestamptz DEFAULT clock_timestamp())",
+        "bench")
+
+    # 1. Catch-up, loopback: each contender ships the identical backlog through its own slot.
+    start, end = generate_backlog(primary_port, ["walship_tls", "walship_plain", "receivewal_sync",
+                                                 "receivewal_nosync"], WAL_MB)
+    results["catchup_backlog"] = {"start": format_lsn(start), "end": format_lsn(end), "bytes": end - start}
+    catchup = results["catchup"]
+    log("catch-up: walship, TLS")
+    catchup["walship_tls"] = catchup_walship(walship, primary_port, "walship_tls", start, end, insecure=False)
+    if not PERF_DIR:
+        log("catch-up: walship, plaintext")
+        catchup["walship_plain"] = catchup_walship(walship, primary_port, "walship_plain", start, end, insecure=True)
+        log("catch-up: pg_receivewal --compress=lz4 (its default fsyncs)")
+        catchup["receivewal_sync"] = catchup_receivewal(primary_port, "receivewal_sync", start, end, durable=True)
+    log("catch-up: pg_receivewal --compress=lz4 --no-sync")
+    catchup["receivewal_nosync"] = catchup_receivewal(primary_port, "receivewal_nosync", start, end, durable=False)
+    for name, r in catchup.items():
+        log(f"  {name}: {r['mb_per_s']:.1f} MB/s, {r['cpu_seconds_per_gb']:.1f} CPU s/GB, wire {r['wire_per_wal']:.3f}")
+    if PERF_DIR:
+        perf_report()
+        return
+
+    # The WAN link: a smaller backlog of its own through the delay line, both tools.
+    start, end = generate_backlog(primary_port, ["walship_wan", "receivewal_wan"], WAN_WAL_MB)
+    results["wan"]["backlog"] = {"start": format_lsn(start), "end": format_lsn(end), "bytes": end - start}
+    log(f"WAN catch-up ({WAN_DELAY_MS:g} ms one way, {WAN_MBIT:g} Mbit/s): walship, TLS")
+    results["wan"]["catchup_walship"] = catchup_walship(walship, primary_port, "walship_wan", start, end,
+                                                       insecure=False, wan=True)
+    log("WAN catch-up: pg_receivewal --compress=lz4 --no-sync")
+    results["wan"]["catchup_receivewal"] = catchup_receivewal(primary_port, "receivewal_wan", start, end,
+                                                             durable=False, wan=True)
+
+    # 2-4. Streaming: a native standby and a walship chain with its DR standby, side by side.
+    standby_port, native_port, dr_port = free_port(), free_port(), free_port()
+    receiver_port, receiver_status, sender_status = free_port(), free_port(), free_port()
+    native = os.path.join(workdir, "native")
+    log("native standby: pg_basebackup")
+    run(AS_POSTGRES + [f"{PG_BINDIR}/pg_basebackup", "-D", native, "-X", "stream", "-c", "fast",
+                       "-h", "127.0.0.1", "-p", str(primary_port), "-U", "postgres"], stdout=subprocess.DEVNULL)
+    open(os.path.join(native, "standby.signal"), "w").close()
+    chown_to_postgres(native)
+    start_cluster(native, native_port, f"primary_conninfo = 'host=127.0.0.1 port={primary_port} user=postgres "
+                                       "application_name=native_replica'\nwal_retrieve_retry_interval = 1s")
+    spool = os.path.join(workdir, "spool")
+    os.makedirs(spool)
+    chown_to_postgres(spool)
+    log("walship chain: receive, send, backup, restore")
+    walship.start_receiver(spool, receiver_port, receiver_status, standby_port=standby_port)
+    walship.start_sender(primary_port, receiver_port, "walship_bench", sender_status, sync=True)
+    with open(os.path.join(workdir, "backup.log"), "w") as backup_log:
+        run([binary, "backup", "--source", f"host=127.0.0.1 port={primary_port} user=postgres",
+             "--to", f"127.0.0.1:{receiver_port}"] + walship.tls("sender", False), stdout=backup_log,
+            stderr=subprocess.STDOUT)
+    dr = os.path.join(workdir, "dr")
+    run([binary, "restore", "--spool", spool, "--pgdata", dr, "--standby", "--walship-path", binary,
+         "--primary-conninfo", f"host=127.0.0.1 port={standby_port} user=postgres application_name=dr_replica"],
+        stdout=subprocess.DEVNULL)
+    start_cluster(dr, dr_port, "archive_mode = off\nwal_retrieve_retry_interval = 1s")
+    standbys = {"walship": dr_port, "native": native_port}
+    for name, port in standbys.items():
+        wait_for(f"the {name} standby to replay the probe table",
+                 lambda port=port: try_sql(port, "SELECT count(*) FROM bench_probe", "bench") is not None, 120)
+    wait_for("both standbys in pg_stat_replication / the receiver",
+             lambda: try_sql(primary_port, "SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'") == "2"
+             and standbys_connected(receiver_status), 60)
+
+    log(f"lag: probe every {PROBE_INTERVAL * 1000:g} ms for {LAG_SECONDS} s under pgbench -R {LAG_RATE}")
+    results["lag"]["loopback"] = probe_lag(primary_port, standbys, LAG_SECONDS, LAG_RATE, "loopback")
+    log(f"  {results['lag']['loopback']}")
+
+    log(f"sync TPS, TLS: {SYNC_ROUNDS} rounds of {SYNC_SECONDS} s, {SYNC_CLIENTS} clients")
+    results["sync"]["tls"] = sync_rounds(primary_port, {"none": "", "native": "native_replica",
+                                                        "walship": "walship_bench"}, "tls", walship)
+
+    # WAN lag: the walship link and the native standby's replication connection each through a proxy.
+    log("WAN lag: sender and native standby through the WAN proxy")
+    usage_tls = walship.stop()
+    to_port, proxy_walship, _ = start_wan_proxy(receiver_port, "proxy-lag-walship")
+    native_via, proxy_native, _ = start_wan_proxy(primary_port, "proxy-lag-native")
+    walship.start_receiver(spool, receiver_port, receiver_status, standby_port=standby_port, tag="receiver-wan")
+    walship.start_sender(primary_port, to_port, "walship_bench", sender_status, sync=True, tag="sender-wan")
+    sql(native_port, f"ALTER SYSTEM SET primary_conninfo = 'host=127.0.0.1 port={native_via} user=postgres "
+                     "application_name=native_replica'")
+    sql(native_port, "SELECT pg_reload_conf()")
+    wait_for("both standbys streaming through the proxies",
+             lambda: try_sql(native_port, "SELECT 1 FROM pg_stat_wal_receiver WHERE status = 'streaming' "
+                                          f"AND conninfo LIKE '%port={native_via}%'") == "1"
+             and chain_lsn(status(sender_status), "sent") > 0 and standbys_connected(receiver_status), 60)
+    results["wan"]["lag"] = probe_lag(primary_port, standbys, LAG_SECONDS, LAG_RATE, "wan")
+    log(f"  {results['wan']['lag']}")
+    usage_wan = walship.stop()
+    stop(proxy_walship)
+    sql(native_port, f"ALTER SYSTEM SET primary_conninfo = 'host=127.0.0.1 port={primary_port} user=postgres "
+                     "application_name=native_replica'")
+    sql(native_port, "SELECT pg_reload_conf()")
+    stop(proxy_native)
+
+    log("sync TPS, plaintext link")
+    walship.start_receiver(spool, receiver_port, receiver_status, insecure=True, standby_port=standby_port,
+                           tag="receiver-plain")
+    walship.start_sender(primary_port, receiver_port, "walship_bench", sender_status, insecure=True, sync=True,
+                         tag="sender-plain")
+    wait_for("both standbys streaming on loopback",
+             lambda: try_sql(primary_port, "SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'") == "2",
+             60)
+    results["sync"]["plaintext"] = sync_rounds(primary_port, {"none": "", "native": "native_replica",
+                                                              "walship": "walship_bench"}, "plain", walship)
+    results["streaming_rss"] = {"tls": usage_tls, "wan": usage_wan}
+
+    # 4. Promote: both standbys caught up with an idle primary, then each promoted and timed to a first write.
+    target = parse_lsn(sql(primary_port, "SELECT pg_current_wal_lsn()"))
+    for name, port in standbys.items():
+        wait_for(f"the {name} standby to replay everything",
+                 lambda port=port: parse_lsn(sql(port, "SELECT pg_last_wal_replay_lsn()")) >= target, 60)
+    log("promote: pg_promote() on the native standby")
+    started = time.monotonic()
+    try_sql(native_port, "SELECT pg_promote(true, 60)")
+    results["promote"]["native_seconds"] = first_write(native_port, started)
+    log("promote: walship promote")
+    report = os.path.join(workdir, "promotion")
+    outside = {}
+    started = time.monotonic()
+    watcher = threading.Thread(target=lambda: outside.update(seconds=first_write(dr_port, started)))
+    watcher.start()
+    promote = subprocess.run([binary, "promote", "--pgdata", dr, "--spool", spool, "--report", report],
+                             capture_output=True, text=True)
+    finished = time.monotonic()
+    watcher.join()
+    with open(os.path.join(workdir, "promote.log"), "w") as f:
+        f.write(promote.stdout + promote.stderr)
+    if promote.returncode != 0:
+        raise RuntimeError(f"walship promote failed: {promote.stdout}{promote.stderr}")
+    with open(report + ".json") as f:
+        reported = json.load(f)
+    results["promote"]["walship_reported_rto_seconds"] = reported.get("rtoSeconds")
+    results["promote"]["walship_command_seconds"] = finished - started
+    results["promote"]["walship_external_first_write_seconds"] = outside.get("seconds")
+    usage_plain = walship.stop()
+    results["streaming_rss"]["plaintext"] = usage_plain
+    results["total_seconds"] = time.monotonic() - begun
+
+    rows = verdicts(results)
+    results["table"] = rows
+    print_table(rows)
+    write_results(results)
+
+
+def standbys_connected(receiver_status):
+    document = status(receiver_status) or {}
+    return any(s.get("connected") for system in document.get("systems", []) for s in system.get("standbys", []))
+
+
+# ---------------------------------------------------------------- the table
+
+def verdicts(r):
+    c, rows = r["catchup"], []
+
+    def row(metric, walship, baseline, ratio, target, met, unit=""):
+        rows.append({"metric": metric, "walship": walship, "baseline": baseline, "ratio": ratio,
+                     "target": target, "met": met, "unit": unit})
+
+    bar = c["receivewal_nosync"]
+    for name, label in (("walship_tls", "TLS"), ("walship_plain", "plaintext")):
+        w = c[name]
+        ratio = w["mb_per_s"] / bar["mb_per_s"]
+        row(f"catch-up MB/s, durable, {label} vs pg_receivewal --no-sync", w["mb_per_s"], bar["mb_per_s"], ratio,
+            "≥ 0.8×", ratio >= 0.8)
+        ratio = w["cpu_seconds_per_gb"] / bar["cpu_seconds_per_gb"]
+        row(f"catch-up CPU s/GB (sender+receiver), {label} vs pg_receivewal --no-sync", w["cpu_seconds_per_gb"],
+            bar["cpu_seconds_per_gb"], ratio, "≤ 1.0×", ratio <= 1.0)
+    w, d = c["walship_tls"], c["receivewal_sync"]
+    row("catch-up MB/s, durable, TLS vs pg_receivewal (default fsyncs)", w["mb_per_s"], d["mb_per_s"],
+        w["mb_per_s"] / d["mb_per_s"], "(info)", None)
+    row("wire bytes per WAL byte (pgbench)", w["wire_per_wal"], bar["wire_per_wal"],
+        w["wire_per_wal"] / bar["wire_per_wal"], "walship ≤ 0.2", w["wire_per_wal"] <= 0.2)
+    for role in ("sender", "receiver"):
+        rss = max([c[name][f"rss_{role}_bytes"] for name in ("walship_tls", "walship_plain")] +
+                  [phase[role]["max_rss_bytes"] for phase in r["streaming_rss"].values()]) / MiB
+        row(f"peak RSS MiB, walship {role} (catch-up and streaming) vs pg_receivewal", rss, bar["rss_bytes"] / MiB,
+            rss / (bar["rss_bytes"] / MiB), "≤ 64 MiB", rss <= 64)
+    for mode in ("tls", "plaintext"):
+        s = r["sync"][mode]
+        ratio = s["walship"]["tps"] / s["native"]["tps"]
+        row(f"sync TPS, walship --sync ({'TLS' if mode == 'tls' else 'plaintext'}) vs native sync standby",
+            s["walship"]["tps"], s["native"]["tps"], ratio, "≥ 0.95×", ratio >= 0.95)
+        row(f"  (no synchronous standby, same block: {s['none']['tps']:.0f} tps)", s["walship"]["tps"],
+            s["none"]["tps"], s["walship"]["tps"] / s["none"]["tps"], "(info)", None)
+    rounds = r["sync"]["tls"]["walship_per_round"]  # one receiver process through all TLS rounds
+    first, last = rounds[0]["receiver"]["cpu_ms_per_commit"], rounds[-1]["receiver"]["cpu_ms_per_commit"]
+    row("receiver CPU ms per sync commit (TLS), last round vs first", last, first, last / max(first, 1e-9),
+        "(info)", None)
+    for label, lag in (("loopback", r["lag"]["loopback"]), ("WAN", r["wan"]["lag"])):
+        w, n = lag["walship"], lag["native"]
+        for p in ("p50", "p99", "max"):
+            met = (w["p99_ms"] <= n["p99_ms"] + 5) if (p == "p99" and label == "loopback") else None
+            row(f"commit→replay {p} ms, {label}", w[f"{p}_ms"], n[f"{p}_ms"], w[f"{p}_ms"] / max(n[f"{p}_ms"], 1e-9),
+                "≤ native + 5 ms" if met is not None else "(info)", met)
+    ww, wr = r["wan"]["catchup_walship"], r["wan"]["catchup_receivewal"]
+    row("WAN catch-up MB/s, TLS vs pg_receivewal --no-sync", ww["mb_per_s"], wr["mb_per_s"],
+        ww["mb_per_s"] / wr["mb_per_s"], "(info)", None)
+    row("WAN wire bytes per WAL byte (proxy count)", ww["wire_per_wal"], wr["wire_per_wal"],
+        ww["wire_per_wal"] / wr["wire_per_wal"], "walship ≤ 0.2", ww["wire_per_wal"] <= 0.2)
+    p = r["promote"]
+    rto = p["walship_reported_rto_seconds"] or p["walship_external_first_write_seconds"]
+    row("promote RTO s (walship promote's report) vs pg_promote()", rto, p["native_seconds"],
+        rto / p["native_seconds"], "≤ 3 s", rto <= 3)
+    row("  promote, measured outside: start → first accepted write", p["walship_external_first_write_seconds"],
+        p["native_seconds"], p["walship_external_first_write_seconds"] / p["native_seconds"], "(info)", None)
+    return rows
+
+
+def print_table(rows):
+    def number(value):
+        return "" if value is None else (f"{value:.3f}" if abs(value) < 10 else f"{value:.1f}")
+
+    width = max(len(r["metric"]) for r in rows)
+    header = f"{'metric':<{width}}  {'walship':>9}  {'baseline':>9}  {'ratio':>7}  {'target':<15}  met?"
+    print()
+    print(header)
+    print("-" * len(header))
+    for r in rows:
+        met = {True: "yes", False: "NO", None: ""}[r["met"]]
+        print(f"{r['metric']:<{width}}  {number(r['walship']):>9}  {number(r['baseline']):>9}  "
+              f"{number(r['ratio']):>7}  {r['target']:<15}  {met}")
+    print()
+
+
+def machine_facts():
+    def output(argv):
+        try:
+            return subprocess.run(argv, capture_output=True, text=True, cwd=REPO).stdout.strip()
+        except OSError:
+            return None
+
+    model = None
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    with open("/proc/meminfo") as f:
+        memory = int(f.readline().split()[1]) * 1024
+    return {"nproc": os.cpu_count(), "cpu": model, "memory_bytes": memory, "kernel": platform.release(),
+            "walship_commit": output(["git", "rev-parse", "HEAD"]),
+            "walship_dirty": bool(output(["git", "status", "--porcelain", "--untracked-files=no"])),
+            "walship_version": output([WALSHIP_BIN, "--version"]),
+            "python": platform.python_version(), "as_root": AS_ROOT,
+            "utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
+
+
+def knobs():
+    return {"BENCH_WAL_MB": WAL_MB, "BENCH_WAN_WAL_MB": WAN_WAL_MB, "BENCH_WAN_DELAY_MS": WAN_DELAY_MS,
+            "BENCH_WAN_MBIT": WAN_MBIT, "BENCH_SCALE": PGBENCH_SCALE, "BENCH_LAG_SECONDS": LAG_SECONDS,
+            "BENCH_LAG_RATE": LAG_RATE, "BENCH_PROBE_INTERVAL_MS": PROBE_INTERVAL * 1000,
+            "BENCH_SYNC_SECONDS": SYNC_SECONDS, "BENCH_SYNC_ROUNDS": SYNC_ROUNDS, "BENCH_SYNC_CLIENTS": SYNC_CLIENTS}
+
+
+def write_results(results):
+    os.makedirs(RESULTS_DIR, exist_ok=True)
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    path = os.path.join(RESULTS_DIR, f"{stamp}.json")
+    with open(path, "w") as f:
+        json.dump(results, f, indent=2)
+        f.write("\n")
+    shutil.copy(path, os.path.join(RESULTS_DIR, "latest.json"))
+    log(f"results: {path}")
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    finally:
+        cleanup()
