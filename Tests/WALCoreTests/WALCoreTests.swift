@@ -78,6 +78,23 @@ import Testing
         #expect(split == CRC32C.checksum(long))
     }
 
+    @Test func crc32cMatchesTheBitwiseDefinitionAtEveryLengthAndAlignment() {
+        func bitwise(_ bytes: ArraySlice<UInt8>) -> UInt32 {
+            var crc: UInt32 = 0xFFFF_FFFF
+            for byte in bytes {
+                crc ^= UInt32(byte)
+                for _ in 0..<8 { crc = crc & 1 == 1 ? (crc >> 1) ^ 0x82F6_3B78 : crc >> 1 }
+            }
+            return ~crc
+        }
+        let data = (0..<80).map { UInt8(truncatingIfNeeded: $0 &* 131 &+ 17) }
+        for start in 0..<8 {
+            for end in start...data.count {
+                #expect(CRC32C.checksum(data[start..<end]) == bitwise(data[start..<end]))
+            }
+        }
+    }
+
     @Test func postgresEpoch() {
         #expect(PostgresTimestamp(unixMicroseconds: 946_684_800_000_000).rawValue == 0)
         let a = PostgresTimestamp(rawValue: 5_000_000)
