@@ -96,6 +96,45 @@ public enum LZ4 {
         }
     }
 
+    /// Decompresses one LZ4 frame piece by piece, so a reader holds what it needs next, not the whole content.
+    public final class FrameReader {
+        private var context: OpaquePointer?
+        /// The frame's end mark (and content checksum) has been read and checked.
+        public private(set) var finished = false
+
+        public init() throws(FrameError) {
+            guard LZ4F_isError(LZ4F_createDecompressionContext(&context, UInt32(LZ4F_VERSION))) == 0 else {
+                throw FrameError(description: "cannot create LZ4 decompression context")
+            }
+        }
+
+        deinit { LZ4F_freeDecompressionContext(context) }
+
+        /// Decompresses from `input`, appending at most `maxOutput` bytes to `output`; returns how many input
+        /// bytes it consumed (the caller passes the rest again, with more appended).
+        public func read(_ input: UnsafeRawBufferPointer, into output: inout [UInt8], maxOutput: Int) throws(FrameError) -> Int {
+            var consumed = 0
+            var produced = 0
+            var chunk = [UInt8](repeating: 0, count: min(max(maxOutput, 1), 256 << 10))
+            while !finished && produced < maxOutput {
+                var srcSize = input.count - consumed
+                var dstSize = min(chunk.count, maxOutput - produced)
+                let hint = chunk.withUnsafeMutableBytes { dst in
+                    LZ4F_decompress(context, dst.baseAddress, &dstSize, input.baseAddress.map { $0 + consumed }, &srcSize, nil)
+                }
+                if LZ4F_isError(hint) != 0 {
+                    throw FrameError(description: "corrupt LZ4 frame: " + String(cString: LZ4F_getErrorName(hint)))
+                }
+                consumed += srcSize
+                produced += dstSize
+                output.append(contentsOf: chunk[0..<dstSize])
+                if hint == 0 { finished = true }
+                if srcSize == 0 && dstSize == 0 { break }
+            }
+            return consumed
+        }
+    }
+
     public struct FrameError: Error, CustomStringConvertible {
         public let description: String
     }
