@@ -289,7 +289,8 @@ public final class Sender: Sendable {
     /// Whether a TCP (and TLS) connection to the receiver opens; it is closed at once.
     private func receiverAnswers() async -> Bool {
         guard let channel = try? await connectReceiver() else { return false }
-        try? await channel.channel.close()
+        // executeThenClose finishes the channel's writer; dropping it unfinished traps in NIO.
+        try? await channel.executeThenClose { _, _ in }
         return true
     }
 
