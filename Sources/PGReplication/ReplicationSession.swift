@@ -45,6 +45,13 @@ public struct WALChunk: Sendable {
     public var walEnd: LSN
     public var sendTime: PostgresTimestamp
     public var end: LSN { start.advanced(by: UInt64(bytes.readableBytes)) }
+
+    public init(start: LSN, bytes: ByteBuffer, walEnd: LSN, sendTime: PostgresTimestamp) {
+        self.start = start
+        self.bytes = bytes
+        self.walEnd = walEnd
+        self.sendTime = sendTime
+    }
 }
 
 public enum StreamEvent: Sendable {

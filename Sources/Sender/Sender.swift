@@ -203,9 +203,7 @@ public final class Sender: Sendable {
         let session = ReplicationSession(conninfo: config.source, logger: logger)
         defer { Task { await session.close() } }
         let identity = try await session.connect(applicationName: config.applicationName)
-        if let known = statusBox.withLock({ $0.systemIdentifier }), known != String(identity.systemIdentifier) {
-            throw SenderFatalError("the source is now database system \(identity.systemIdentifier), not \(known) as before; refusing to mix two systems' WAL (hint: restart the sender if the source was deliberately replaced)")
-        }
+        try checkPrimary(identity)
         guard let slot = try await session.readSlot(config.slot) else {
             throw SenderFatalError("replication slot \"\(config.slot)\" disappeared from the primary")
         }
@@ -221,11 +219,9 @@ public final class Sender: Sendable {
         let buffered = opened
         let start = buffered.position.timeline == 0 ? identity.segmentSize.segmentStart(of: restart) : buffered.position.durable
 
-        let offsite = statusBox.withLock { $0.receiverDurable.isValid ? $0.receiverDurable : .invalid }
+        let offsite = statusBox.withLock { $0.receiverDurable }
         let known = offsite.isValid ? offsite : (buffer.lastRecordedOffsite() ?? restart)
         let entering = statusBox.withLock { s -> Bool in
-            s.systemIdentifier = String(system)
-            s.timeline = identity.timeline
             if !s.receiverDurable.isValid { s.receiverDurable = known }
             defer { if s.degradedSince == nil { s.degradedSince = Date() } }
             return s.degradedSince == nil
@@ -242,10 +238,7 @@ public final class Sender: Sendable {
         setState("degraded")
 
         let gate = StreamGate()
-        let producer = StreamEvents.makeSequence(
-            backPressureStrategy: .init(lowWatermark: 2, highWatermark: 8), finishOnDeinit: false, delegate: gate)
-        let source = producer.source
-        let events = producer.sequence
+        let (source, events) = Self.eventStream(gate)
         let timeline = identity.timeline
         try await withThrowingTaskGroup(of: Void.self) { group in
             group.addTask {
@@ -294,6 +287,20 @@ public final class Sender: Sendable {
         return true
     }
 
+    /// A primary this sender may stream from: PostgreSQL 15, and the same system as before. Records it.
+    private func checkPrimary(_ identity: SystemIdentity) throws {
+        guard identity.serverVersion / 10000 == 15 else {
+            throw SenderFatalError("the primary runs PostgreSQL \(identity.serverVersion / 10000); this walship supports PostgreSQL 15")
+        }
+        if let known = statusBox.withLock({ $0.systemIdentifier }), known != String(identity.systemIdentifier) {
+            throw SenderFatalError("the source is now database system \(identity.systemIdentifier), not \(known) as before; refusing to mix two systems' WAL (hint: restart the sender if the source was deliberately replaced)")
+        }
+        statusBox.withLock {
+            $0.systemIdentifier = String(identity.systemIdentifier)
+            $0.timeline = identity.timeline
+        }
+    }
+
     static func isConfigurationError(_ error: PostgresError) -> Bool {
         let m = error.message
         return m.contains("authentication failed") || m.contains("no pg_hba.conf entry")
@@ -317,16 +324,7 @@ public final class Sender: Sendable {
         setState("connecting to primary")
         let identity = try await session.connect(applicationName: config.applicationName)
         onConnected()
-        guard identity.serverVersion / 10000 == 15 else {
-            throw SenderFatalError("the primary runs PostgreSQL \(identity.serverVersion / 10000); this walship supports PostgreSQL 15")
-        }
-        if let known = statusBox.withLock({ $0.systemIdentifier }), known != String(identity.systemIdentifier) {
-            throw SenderFatalError("the source is now database system \(identity.systemIdentifier), not \(known) as before; refusing to mix two systems' WAL (hint: restart the sender if the source was deliberately replaced)")
-        }
-        statusBox.withLock {
-            $0.systemIdentifier = String(identity.systemIdentifier)
-            $0.timeline = identity.timeline
-        }
+        try checkPrimary(identity)
         logger.debug("connected to the primary", metadata: [
             "walship.system": "\(identity.systemIdentifier)", "walship.timeline": "\(identity.timeline)",
         ])
@@ -449,10 +447,7 @@ public final class Sender: Sendable {
         if resume.isValid || floor.isValid { gate.report(StreamFeedback(written: max(resume, floor), flushed: max(resume, floor))) }
         // WAL the buffer holds comes from there; the primary continues where it ends.
         let live = replay?.range.upperBound ?? start
-        let producer = StreamEvents.makeSequence(
-            backPressureStrategy: .init(lowWatermark: 2, highWatermark: 8), finishOnDeinit: false, delegate: gate)
-        let source = producer.source
-        let events = producer.sequence
+        let (source, events) = Self.eventStream(gate)
         setState("streaming")
         statusBox.withLock { $0.sent = start }
         var iterator = iterator
@@ -481,18 +476,10 @@ public final class Sender: Sendable {
         while at < replay.range.upperBound {
             let bytes = try reader.read(timeline: timeline, from: at, durableEnd: replay.range.upperBound, maxBytes: 128 * 1024)
             guard !bytes.isEmpty else { throw LinkError("the local buffer has no WAL at \(at)") }
-            let end = at.advanced(by: UInt64(bytes.count))
             let (primaryEnd, primaryNow) = statusBox.withLock { (max($0.primaryLSN, replay.range.upperBound), $0.primaryNow) }
-            let frame = WALData.make(timeline: timeline, startLSN: at, primaryEndLSN: primaryEnd, primarySendTime: primaryNow,
-                                     wal: ByteBuffer(bytes: bytes), allocator: allocator)
-            machine.withLockedValue { $0.walSent(upTo: end) }
-            try await outbound.write(.walData(frame))
-            statusBox.withLock {
-                $0.sent = end
-                $0.walBytesSent += UInt64(bytes.count)
-                $0.wireBytesSent += UInt64(frame.payload.readableBytes + WALData.frameOverheadBytes)
-            }
-            at = end
+            let chunk = WALChunk(start: at, bytes: ByteBuffer(bytes: bytes), walEnd: primaryEnd, sendTime: primaryNow)
+            try await send(chunk, timeline: timeline, machine: machine, to: outbound, allocator: allocator)
+            at = chunk.end
         }
     }
 
@@ -502,17 +489,8 @@ public final class Sender: Sendable {
         for try await event in events {
             switch event {
             case .wal(let chunk):
-                let frame = WALData.make(timeline: timeline, startLSN: chunk.start, primaryEndLSN: chunk.walEnd,
-                                         primarySendTime: chunk.sendTime, wal: chunk.bytes, allocator: allocator)
-                // Recorded before the write, so an ack can never outrun what we believe we sent.
-                machine.withLockedValue { $0.walSent(upTo: chunk.end) }
-                try await outbound.write(.walData(frame))
-                statusBox.withLock {
-                    $0.sent = chunk.end
-                    $0.primaryReported(chunk.walEnd, at: chunk.sendTime)
-                    $0.walBytesSent += UInt64(chunk.bytes.readableBytes)
-                    $0.wireBytesSent += UInt64(frame.payload.readableBytes + WALData.frameOverheadBytes)
-                }
+                try await send(chunk, timeline: timeline, machine: machine, to: outbound, allocator: allocator)
+                statusBox.withLock { $0.primaryReported(chunk.walEnd, at: chunk.sendTime) }
             case .keepalive(let walEnd, let sendTime):
                 statusBox.withLock { $0.primaryReported(walEnd, at: sendTime) }
                 try await outbound.write(.keepalive(Keepalive(primaryEndLSN: walEnd, sendTime: sendTime, replyRequested: false)))
@@ -521,6 +499,28 @@ public final class Sender: Sendable {
             }
         }
         throw LinkError("the replication stream from the primary ended")
+    }
+
+    /// One WAL frame to the receiver, from the primary's stream or the local buffer.
+    private func send(_ chunk: WALChunk, timeline: TimeLineID, machine: NIOLockedValueBox<SenderLinkStateMachine>,
+                      to outbound: NIOAsyncChannelOutboundWriter<ShipMessage>, allocator: ByteBufferAllocator) async throws {
+        let frame = WALData.make(timeline: timeline, startLSN: chunk.start, primaryEndLSN: chunk.walEnd,
+                                 primarySendTime: chunk.sendTime, wal: chunk.bytes, allocator: allocator)
+        // Recorded before the write, so an ack can never outrun what we believe we sent.
+        machine.withLockedValue { $0.walSent(upTo: chunk.end) }
+        try await outbound.write(.walData(frame))
+        statusBox.withLock {
+            $0.sent = chunk.end
+            $0.walBytesSent += UInt64(chunk.bytes.readableBytes)
+            $0.wireBytesSent += UInt64(frame.payload.readableBytes + WALData.frameOverheadBytes)
+        }
+    }
+
+    /// The bounded hand-over from the replication thread to async code: at most 8 chunks wait.
+    private static func eventStream(_ gate: StreamGate) -> (StreamEvents.Source, StreamEvents) {
+        let producer = StreamEvents.makeSequence(
+            backPressureStrategy: .init(lowWatermark: 2, highWatermark: 8), finishOnDeinit: false, delegate: gate)
+        return (producer.source, producer.sequence)
     }
 
     private func readAcks(_ iterator: inout NIOAsyncChannelInboundStream<ShipMessage>.AsyncIterator,
