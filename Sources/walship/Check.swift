@@ -78,7 +78,7 @@ struct Check: AsyncParsableCommand {
             } else {
                 let receive = try Receive.parse(expansion.arguments)
                 report.ok("configuration: \(source) gives walship receive \(expansion.origins.count) options")
-                ReceiverChecks(receive: receive).run(&report)
+                await ReceiverChecks(receive: receive).run(&report)
             }
         } catch {
             let message = expansion.annotate(Send.message(for: error)).trimmingCharacters(in: .whitespacesAndNewlines)
@@ -257,7 +257,7 @@ struct SenderChecks {
 struct ReceiverChecks {
     let receive: Receive
 
-    func run(_ report: inout CheckReport) {
+    func run(_ report: inout CheckReport) async {
         if let files = receive.link.tlsFiles {
             let findings = files.inspect()
             findings.forEach { report.add($0) }
@@ -268,7 +268,7 @@ struct ReceiverChecks {
             report.warn("certificates: none; the link runs in plaintext (insecure = true)")
         }
         spool(&report)
-        let running = runningReceiver()
+        let running = await runningReceiver()
         listen("listen", receive.listen, running: running, &report)
         if let standbyListen = receive.standbyListen { listen("standby-listen", standbyListen, running: running, &report) }
         if let statusListen = receive.link.statusListen { listen("status-listen", statusListen, running: running, &report) }
@@ -325,24 +325,25 @@ struct ReceiverChecks {
     }
 
     /// The status document of a receiver already serving this configuration, when its status endpoint answers.
-    func runningReceiver() -> [String: Any]? {
+    func runningReceiver() async -> StatusDocument? {
         guard let statusListen = receive.link.statusListen, let endpoint = Monitor.parseHostPort(statusListen) else { return nil }
         let host = ["0.0.0.0", "::"].contains(endpoint.host) ? "127.0.0.1" : endpoint.host
-        guard let body = NetworkProbe.httpGet(host: host, port: endpoint.port, path: "/status", timeout: 5),
-            let object = try? JSONSerialization.jsonObject(with: Data(body.utf8)) as? [String: Any],
-            object["role"] as? String == "receiver"
+        guard let url = URL(string: "http://\(host.contains(":") ? "[\(host)]" : host):\(endpoint.port)/status"),
+            let data = try? await fetchStatusData(url, timeout: 5),
+            let document = try? StatusDocument.decoder().decode(StatusDocument.self, from: data),
+            document.role == "receiver"
         else { return nil }
-        return object
+        return document
     }
 
-    func listen(_ option: String, _ address: String, running: [String: Any]?, _ report: inout CheckReport) {
+    func listen(_ option: String, _ address: String, running: StatusDocument?, _ report: inout CheckReport) {
         guard let endpoint = Monitor.parseHostPort(address) else { return }
         switch NetworkProbe.bind(host: endpoint.host, port: endpoint.port) {
         case nil:
             report.ok("\(option): \(address) is free to bind")
         case EADDRINUSE?:
             if let running {
-                let pid = ((running["process"] as? [String: Any])?["pid"] as? Int).map { " (pid \($0))" } ?? ""
+                let pid = " (pid \(running.process.pid))"
                 report.ok("\(option): \(address) is in use by the running walship receive\(pid), whose status endpoint answers at \(receive.link.statusListen ?? "")")
             } else {
                 report.fail("\(option): \(address) is in use, and no walship receive answers at status-listen to claim it (hint: ss -ltnp 'sport = :\(endpoint.port)' shows which program holds it)")
@@ -428,34 +429,5 @@ enum NetworkProbe {
             if rc == 0 { return nil }
         }
         return last
-    }
-
-    /// The body of a plain HTTP GET, or nil.
-    static func httpGet(host: String, port: Int, path: String, timeout: Int) -> String? {
-        let candidates = addresses(host: host, port: port, passive: false)
-        defer { candidates.forEach { $0.ai_addr.deallocate() } }
-        guard let address = candidates.first else { return nil }
-        let fd = socket(address.ai_family, address.ai_socktype, 0)
-        guard fd >= 0 else { return nil }
-        defer { close(fd) }
-        var limit = timeval(tv_sec: timeout, tv_usec: 0)
-        setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &limit, socklen_t(MemoryLayout<timeval>.size))
-        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &limit, socklen_t(MemoryLayout<timeval>.size))
-        guard Glibc.connect(fd, address.ai_addr, address.ai_addrlen) == 0 else { return nil }
-        let request = Array("GET \(path) HTTP/1.0\r\nHost: \(host)\r\nConnection: close\r\n\r\n".utf8)
-        guard write(fd, request, request.count) == request.count else { return nil }
-        var response: [UInt8] = []
-        var buffer = [UInt8](repeating: 0, count: 65536)
-        while true {
-            let n = read(fd, &buffer, buffer.count)
-            if n <= 0 { break }
-            response += buffer[0..<n]
-            if response.count > 8 << 20 { break }
-        }
-        let text = String(decoding: response, as: UTF8.self)
-        guard text.hasPrefix("HTTP/1."), text.split(separator: " ").dropFirst().first == "200",
-            let split = text.range(of: "\r\n\r\n")
-        else { return nil }
-        return String(text[split.upperBound...])
     }
 }

@@ -87,7 +87,7 @@ struct Status: AsyncParsableCommand {
         guard let statusURL else { return ("", HealthCheck.unreadable("bad --url")) }
         let data: Data
         do {
-            data = try await fetch(statusURL)
+            data = try await fetchStatusData(statusURL, timeout: timeout)
         } catch {
             let verdict = HealthCheck.unreadable("cannot read \(statusURL): \(error) (hint: is walship running with --status-listen at that address?)")
             return (json ? #"{"error": "\#(jsonEscape(verdict.reasons[0]))"}"# : verdict.summary, verdict)
@@ -104,21 +104,23 @@ struct Status: AsyncParsableCommand {
         return (StatusTable.render(document, verdict: verdict), verdict)
     }
 
-    func fetch(_ url: URL) async throws -> Data {
-        var request = URLRequest(url: url, timeoutInterval: timeout)
-        request.cachePolicy = .reloadIgnoringLocalCacheData
-        let result: Result<Data, any Error> = await withCheckedContinuation { continuation in
-            URLSession.shared.dataTask(with: request) { data, response, error in
-                if let error { return continuation.resume(returning: .failure(error)) }
-                let code = (response as? HTTPURLResponse)?.statusCode ?? 0
-                guard code == 200, let data else {
-                    return continuation.resume(returning: .failure(StatusFetchError(description: "HTTP \(code)")))
-                }
-                continuation.resume(returning: .success(data))
-            }.resume()
-        }
-        return try result.get()
+}
+
+/// The body of a status endpoint's `GET /status` (HTTP 200 only).
+func fetchStatusData(_ url: URL, timeout: Double) async throws -> Data {
+    var request = URLRequest(url: url, timeoutInterval: timeout)
+    request.cachePolicy = .reloadIgnoringLocalCacheData
+    let result: Result<Data, any Error> = await withCheckedContinuation { continuation in
+        URLSession.shared.dataTask(with: request) { data, response, error in
+            if let error { return continuation.resume(returning: .failure(error)) }
+            let code = (response as? HTTPURLResponse)?.statusCode ?? 0
+            guard code == 200, let data else {
+                return continuation.resume(returning: .failure(StatusFetchError(description: "HTTP \(code)")))
+            }
+            continuation.resume(returning: .success(data))
+        }.resume()
     }
+    return try result.get()
 }
 
 struct StatusFetchError: Error, CustomStringConvertible {
