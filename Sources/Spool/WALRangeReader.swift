@@ -43,19 +43,13 @@ public final class WALRangeReader {
         // Reads go forward; a read before the window (a standby restarting its stream) starts the segment over.
         if name != segment || offset < windowStart { try open(name) }
         let wanted = min(maxBytes, Int(durableEnd.rawValue - start.rawValue), Int(segmentSize.bytes) - offset)
-        // Forget what lies before this read.
-        if offset > windowStart {
-            let drop = min(offset - windowStart, window.count)
-            window.removeFirst(drop)
-            windowStart += drop
-            if windowStart < offset { try skip(to: offset) }
-        }
+        try moveWindow(to: offset)
         let target = offset + wanted
         if windowEnd < target { try fill(upTo: target) }
         if windowEnd < target, case .journal = source, FileIO.exists(walDirectory + "/\(name).lz4") {
             // Completed since: the finished file has everything.
             try open(name)
-            try skip(to: offset)
+            try moveWindow(to: offset)
             try fill(upTo: target)
         }
         let end = min(windowEnd, target)
@@ -67,7 +61,6 @@ public final class WALRangeReader {
     private func fill(upTo target: Int) throws {
         switch source {
         case .completed(let compressed):
-            // Skip to the window's start (after a reopen), then decompress what the read needs.
             while windowEnd < target, !compressed.finished {
                 try compressed.read(into: &window, maxOutput: target - windowEnd)
                 if windowStart + window.count > Int(segmentSize.bytes) {
@@ -79,6 +72,15 @@ public final class WALRangeReader {
         case nil:
             break
         }
+    }
+
+    /// Starts the window at `offset` (at or after its start), forgetting what lies before.
+    private func moveWindow(to offset: Int) throws {
+        guard offset > windowStart else { return }
+        let drop = min(offset - windowStart, window.count)
+        window.removeFirst(drop)
+        windowStart += drop
+        if windowStart < offset { try skip(to: offset) }
     }
 
     /// Moves an empty window forward to `offset` without keeping what lies before it.
