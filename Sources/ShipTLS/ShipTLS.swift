@@ -39,19 +39,23 @@ public struct TLSFiles: Sendable, Equatable {
     /// The standby endpoint's side (`--standby-tls-cert`, `--standby-tls-key`): TLS 1.2 or newer, as libpq
     /// negotiates it; no client certificate, standbys prove who they are with SCRAM inside the session.
     public static func standbyServerContext(certificate: String, privateKey: String) throws -> NIOSSLContext {
-        let chain = try load("--standby-tls-cert", certificate) { try NIOSSLCertificate.fromPEMFile($0).map { NIOSSLCertificateSource.certificate($0) } }
-        let key = try load("--standby-tls-key", privateKey) { try NIOSSLPrivateKey(file: $0, format: .pem) }
-        var configuration = TLSConfiguration.makeServerConfiguration(certificateChain: chain, privateKey: .privateKey(key))
+        var configuration = TLSConfiguration.makeServerConfiguration(
+            certificateChain: try chain(certificate, option: "--standby-tls-cert"),
+            privateKey: .privateKey(try key(privateKey, option: "--standby-tls-key")))
         configuration.minimumTLSVersion = .tlsv12
         return try context(configuration, keyOption: "--standby-tls-key", certificateOption: "--standby-tls-cert")
     }
 
-    private func chain() throws -> [NIOSSLCertificateSource] {
-        try Self.load("--tls-cert", certificate) { try NIOSSLCertificate.fromPEMFile($0).map { .certificate($0) } }
+    private func chain() throws -> [NIOSSLCertificateSource] { try Self.chain(certificate, option: "--tls-cert") }
+
+    private func key() throws -> NIOSSLPrivateKey { try Self.key(privateKey, option: "--tls-key") }
+
+    private static func chain(_ path: String, option: String) throws -> [NIOSSLCertificateSource] {
+        try load(option, path) { try NIOSSLCertificate.fromPEMFile($0).map { .certificate($0) } }
     }
 
-    private func key() throws -> NIOSSLPrivateKey {
-        try Self.load("--tls-key", privateKey) { try NIOSSLPrivateKey(file: $0, format: .pem) }
+    private static func key(_ path: String, option: String) throws -> NIOSSLPrivateKey {
+        try load(option, path) { try NIOSSLPrivateKey(file: $0, format: .pem) }
     }
 
     private func authorities() throws -> [NIOSSLCertificate] {
