@@ -627,12 +627,13 @@ func describe(_ address: SocketAddress) -> String {
     return ip.contains(":") ? "[\(ip)]:\(port)" : "\(ip):\(port)"
 }
 
-/// One standby's reported progress, as the standby endpoint tracks it.
+/// The standby endpoint's reports of one system's standbys, behind a class so the closure is stored once.
 final class StandbyProvider: Sendable {
     let reports: @Sendable (UInt64) -> [StandbyReport]
     init(reports: @escaping @Sendable (UInt64) -> [StandbyReport]) { self.reports = reports }
 }
 
+/// One standby's reported progress, as the standby endpoint tracks it.
 public struct StandbyReport: Sendable {
     public var name: String
     public var connected: Bool
