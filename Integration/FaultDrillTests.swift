@@ -49,13 +49,9 @@ struct FaultDrillTests {
 
         /// Waits until the writer has `more` commits beyond what it had; returns the seconds it took.
         func resumed(after fault: Fault, more: Int = 5) throws -> Double {
-            let start = Date()
-            let before = acknowledgedIDs(ackedFile).count
-            try waitUntil("commits to resume after \(fault.rawValue)", timeout: 90) {
-                let now = acknowledgedIDs(ackedFile).count
-                return (now >= before + more, "\(now - before) new commits; sender: \(topology.sender!.log.suffix(300))")
+            try waitForMoreCommits(more, in: ackedFile, "commits to resume after \(fault.rawValue)", timeout: 90) {
+                "sender: \(topology.sender!.log.suffix(300))"
             }
-            return Date().timeIntervalSince(start)
         }
         _ = try resumed(after: .cutLink, more: 10)
 
@@ -209,10 +205,8 @@ struct FaultDrillTests {
         let ackedFile = fixture.directory + "/acked.txt"
         let writer = try startAcknowledgedWriter(fixture, primary: topology.primary, table: "acknowledged", file: ackedFile)
         func commits(_ more: Int, _ what: String, timeout: Double = 60) throws {
-            let before = acknowledgedIDs(ackedFile).count
-            try waitUntil("\(more) commits \(what)", timeout: timeout) {
-                let now = acknowledgedIDs(ackedFile).count
-                return (now >= before + more, "\(now - before) new; sender: \(topology.sender!.log.suffix(600))")
+            try waitForMoreCommits(more, in: ackedFile, "\(more) commits \(what)", timeout: timeout) {
+                "sender: \(topology.sender!.log.suffix(600))"
             }
         }
         func sender() throws -> [String: Any] { try fetchStatus(port: topology.senderStatusPort) }

@@ -424,6 +424,19 @@ func acknowledgedCommits(_ file: String) -> [(id: Int, lsn: UInt64)] {
     }
 }
 
+/// Waits until the writer recording to `file` has acknowledged `more` commits beyond those it had; returns
+/// the seconds that took. `log` is shown when the deadline passes.
+@discardableResult
+func waitForMoreCommits(_ more: Int, in file: String, _ what: String, timeout: Double, log: () -> String) throws -> Double {
+    let start = Date()
+    let before = acknowledgedIDs(file).count
+    try waitUntil(what, timeout: timeout) {
+        let now = acknowledgedIDs(file).count
+        return (now >= before + more, "\(now - before) new commits; \(log())")
+    }
+    return Date().timeIntervalSince(start)
+}
+
 /// The ids `startAcknowledgedWriter` recorded.
 func acknowledgedIDs(_ file: String) -> [Int] { acknowledgedCommits(file).map(\.id) }
 
