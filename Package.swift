@@ -23,7 +23,8 @@ let package = Package(
     targets: [
         .systemLibrary(name: "CLibPQ", pkgConfig: "libpq", providers: [.apt(["libpq-dev"])]),
         .systemLibrary(name: "CLZ4", pkgConfig: "liblz4", providers: [.apt(["liblz4-dev"])]),
-        .target(name: "WALCore"),
+        .target(name: "CCRC32C"),
+        .target(name: "WALCore", dependencies: ["CCRC32C"]),
         .target(
             name: "PGReplication",
             dependencies: [

@@ -1,7 +1,12 @@
+import CCRC32C
+
 /// CRC-32C (Castagnoli), the checksum PostgreSQL uses for WAL records; here it guards ship frames and
-/// spool journal records. Slicing-by-8 over one flat table, eight bytes per step with one unaligned load,
-/// keeps it well above link speed without a C dependency.
+/// spool journal records. The CPU's CRC-32C instruction when it has one; otherwise slicing-by-8 over one
+/// flat table, eight bytes per step with one unaligned load.
 public enum CRC32C {
+    /// Whether `update` uses the CPU's instruction on this machine.
+    public static let usesHardware: Bool = walship_crc32c_hw_available() == 1
+
     /// Eight 256-entry tables, one after another: entry `t * 256 + i`.
     private nonisolated(unsafe) static let table: UnsafePointer<UInt32> = {
         let t = UnsafeMutablePointer<UInt32>.allocate(capacity: 8 * 256)
@@ -22,10 +27,15 @@ public enum CRC32C {
     /// Continues a running checksum; start with `0`.
     public static func update(_ crc: UInt32, _ bytes: UnsafeRawBufferPointer) -> UInt32 {
         guard let base = bytes.baseAddress else { return crc }
+        if usesHardware { return ~walship_crc32c_hw_update(~crc, base, bytes.count) }
+        return softwareUpdate(crc, base, bytes.count)
+    }
+
+    /// The table implementation; public to tests so both paths are checked against each other.
+    public static func softwareUpdate(_ crc: UInt32, _ base: UnsafeRawPointer, _ count: Int) -> UInt32 {
         let t = table
         var c = ~crc
         var index = 0
-        let count = bytes.count
         while count - index >= 8 {
             let word = UInt64(littleEndian: base.loadUnaligned(fromByteOffset: index, as: UInt64.self)) ^ UInt64(c)
             c = t[7 * 256 + Int(word & 0xFF)] ^ t[6 * 256 + Int((word >> 8) & 0xFF)]

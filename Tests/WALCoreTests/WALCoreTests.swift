@@ -1,3 +1,4 @@
+import Foundation
 import Testing
 @testable import WALCore
 
@@ -91,7 +92,17 @@ import Testing
         for start in 0..<8 {
             for end in start...data.count {
                 #expect(CRC32C.checksum(data[start..<end]) == bitwise(data[start..<end]))
+                let table = data[start..<end].withUnsafeBytes { CRC32C.softwareUpdate(0, $0.baseAddress!, $0.count) }
+                #expect(table == bitwise(data[start..<end]))
             }
+        }
+    }
+
+    @Test func theCPUInstructionIsUsedWhereTheMachineHasIt() throws {
+        // Guards against a build that silently falls back to the table on the machines we measure on.
+        let flags = (try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8)) ?? ""
+        if flags.contains(" sse4_2") || flags.contains(" crc32") {
+            #expect(CRC32C.usesHardware)
         }
     }
 
