@@ -1,7 +1,4 @@
 import Foundation
-#if canImport(FoundationNetworking)
-import FoundationNetworking
-#endif
 import Logging
 
 /// Delivers alert events: logs each one, pipes it as JSON to `--alert-command` (run by /bin/sh) and POSTs
@@ -83,16 +80,12 @@ public final class AlertNotifier: Sendable {
     }
 
     private func post(_ body: Data, to url: URL, event: AlertEvent) async {
-        var request = URLRequest(url: url, timeoutInterval: Double(timeout.components.seconds))
-        request.httpMethod = "POST"
-        request.httpBody = body
-        request.setValue("application/json", forHTTPHeaderField: "Content-Type")
-        request.setValue("walship", forHTTPHeaderField: "User-Agent")
-        let outcome: Result<Int, any Error> = await withCheckedContinuation { continuation in
-            URLSession.shared.dataTask(with: request) { _, response, error in
-                if let error { continuation.resume(returning: .failure(error)) }
-                else { continuation.resume(returning: .success((response as? HTTPURLResponse)?.statusCode ?? 0)) }
-            }.resume()
+        let outcome: Result<Int, any Error>
+        do {
+            outcome = .success(try await HTTPRequest.send(.POST, url, body: Array(body), contentType: "application/json",
+                                                          timeout: timeout).status)
+        } catch {
+            outcome = .failure(error)
         }
         switch outcome {
         case .success(let code) where (200..<300).contains(code): break

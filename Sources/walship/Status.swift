@@ -1,8 +1,5 @@
 import ArgumentParser
 import Foundation
-#if canImport(FoundationNetworking)
-import FoundationNetworking
-#endif
 import Monitor
 
 struct Status: AsyncParsableCommand {
@@ -108,19 +105,9 @@ struct Status: AsyncParsableCommand {
 
 /// The body of a status endpoint's `GET /status` (HTTP 200 only).
 func fetchStatusData(_ url: URL, timeout: Double) async throws -> Data {
-    var request = URLRequest(url: url, timeoutInterval: timeout)
-    request.cachePolicy = .reloadIgnoringLocalCacheData
-    let result: Result<Data, any Error> = await withCheckedContinuation { continuation in
-        URLSession.shared.dataTask(with: request) { data, response, error in
-            if let error { return continuation.resume(returning: .failure(error)) }
-            let code = (response as? HTTPURLResponse)?.statusCode ?? 0
-            guard code == 200, let data else {
-                return continuation.resume(returning: .failure(StatusFetchError(description: "HTTP \(code)")))
-            }
-            continuation.resume(returning: .success(data))
-        }.resume()
-    }
-    return try result.get()
+    let response = try await HTTPRequest.send(.GET, url, timeout: .milliseconds(Int64(timeout * 1000)))
+    guard response.status == 200 else { throw StatusFetchError(description: "HTTP \(response.status)") }
+    return Data(response.body)
 }
 
 struct StatusFetchError: Error, CustomStringConvertible {
