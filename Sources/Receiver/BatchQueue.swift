@@ -48,6 +48,9 @@ final class BatchQueue<Item: Sendable>: Sendable {
         consumer?.resume(returning: [item])
     }
 
+    /// Nothing is waiting to be taken (a producer may be about to push).
+    var isEmpty: Bool { state.withLock { $0.items.isEmpty } }
+
     /// Everything queued, waiting for at least one item.
     func takeAll() async throws -> [Item] {
         try await withCheckedThrowingContinuation { continuation in

@@ -22,6 +22,12 @@ public struct ReceiverConfiguration: Sendable {
     /// Most WAL bytes queued between the link reader and the spool writer of one link: enough for a few of the
     /// sender's chunks (up to 1 MiB each) to wait out an fsync, small enough for the memory budget.
     public var maxQueuedBytes = 4 << 20
+    /// An asynchronous sender that is catching up waits for no commit, so while more WAL is already queued the
+    /// writer goes on writing and syncs at most this far and this long apart (and always when it has caught
+    /// up). Each fsync then covers several batches instead of stalling the link after every one. A synchronous
+    /// sender's batches are synced one by one: a commit is waiting on each.
+    public var asyncSyncBytes = 16 << 20
+    public var asyncSyncInterval: Duration = .milliseconds(200)
     /// Complete base backups to keep; older backups and WAL nothing needs are pruned (see `RetentionPlan`).
     public var retainBackups = 2
     public var pruneInterval: Duration = .seconds(60)
@@ -277,7 +283,10 @@ public final class Receiver: Sendable {
         var iterator = iterator
         try await ShipChannel.runLink(
             channel: channel,
-            workers: [{ try await self.writeBatches(queue, system: system, writer: writer, outbound: outbound) }],
+            workers: [{
+                try await self.writeBatches(queue, system: system, writer: writer, synchronous: hello.synchronous,
+                                            outbound: outbound)
+            }],
             onEnd: { queue.finish($0) },
             reader: {
                 try await self.readFrames(&iterator, queue: queue, system: system, linkID: linkID, outbound: outbound)
@@ -374,12 +383,17 @@ public final class Receiver: Sendable {
         }
     }
 
-    /// Applies queued work in batches: append everything, one fsync, then one ack with the durable end.
-    private func writeBatches(_ queue: BatchQueue<Work>, system: SystemSpool, writer: NIOThreadPool,
+    /// Applies queued work in batches: append everything, fsync (see `asyncSyncBytes`), then one ack with the
+    /// written and durable ends.
+    private func writeBatches(_ queue: BatchQueue<Work>, system: SystemSpool, writer: NIOThreadPool, synchronous: Bool,
                               outbound: NIOAsyncChannelOutboundWriter<ShipMessage>) async throws {
+        let syncBytes = UInt64(config.asyncSyncBytes)
+        let syncInterval = config.asyncSyncInterval
+        var lastSync = ContinuousClock.now
         while true {
             let batch = try await queue.takeAll()
             let position: SpoolPosition
+            let syncDue = lastSync.duration(to: .now) >= syncInterval
             do {
                 position = try await writer.runIfActive {
                     do {
@@ -396,9 +410,11 @@ public final class Receiver: Sendable {
                         _ = try? system.sync()
                         throw error
                     }
-                    try system.sync()
+                    let unsynced = system.position.written.bytesAfter(system.position.durable)
+                    if synchronous || syncDue || queue.isEmpty || unsynced >= syncBytes { try system.sync() }
                     return system.position
                 }
+                if position.durable == position.written { lastSync = .now }
             } catch let error as SpoolError {
                 let code: Refusal.Code = switch error.kind {
                 case .invalidWAL: .invalidWAL

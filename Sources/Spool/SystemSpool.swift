@@ -251,11 +251,12 @@ public final class SystemSpool: @unchecked Sendable {
                                         timeline: segment.timeline, segmentStart: segment.startLSN)
     }
 
-    /// The segment is full: make its journal durable, store it as `NAME.lz4`, then drop the journal.
-    /// A crash at any point leaves either the journal or the finished file (or both; recovery keeps the latter).
+    /// The segment is full: store it durably as `NAME.lz4`, then drop the journal.
+    /// The journal itself needs no fsync first: what it holds beyond the last sync was never acknowledged, and
+    /// the durable end moves only once the `.lz4` and its directory entry are on disk. Nor does the journal's
+    /// removal: a crash that brings it back leaves it beside the finished file, and recovery keeps the latter.
     private func finishSegment() throws {
         guard let writer = current else { return }
-        try writer.sync()
         let segment = writer.header.segment
         let completed = walDirectory + "/\(segment).lz4"
         if let compressor {
@@ -272,7 +273,6 @@ public final class SystemSpool: @unchecked Sendable {
         compressor = nil
         current = nil
         try FileIO.remove(writer.path)
-        try FileIO.syncDirectory(walDirectory)
         resetSegmentState()
         positionBox.withLock { $0.durable = $0.written }
         notifyDurable()
