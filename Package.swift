@@ -130,7 +130,7 @@ let package = Package(
                 .product(name: "NIOTestUtils", package: "swift-nio"),
             ]
         ),
-        .testTarget(name: "SpoolTests", dependencies: ["Spool", "WALCore", "ShipProtocol"]),
+        .testTarget(name: "SpoolTests", dependencies: ["Spool", "WALCore", "ShipProtocol", .product(name: "NIOCore", package: "swift-nio")]),
         .testTarget(name: "PGReplicationTests", dependencies: ["PGReplication", "WALCore"]),
         .testTarget(name: "MonitorTests", dependencies: ["Monitor", "WALCore"]),
         .testTarget(name: "SenderTests", dependencies: ["Sender", "Spool", "WALCore"]),

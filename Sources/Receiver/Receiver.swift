@@ -171,7 +171,8 @@ public final class Receiver: Sendable {
     // MARK: - One link
 
     private enum Work: Sendable {
-        case wal(timeline: TimeLineID, start: LSN, bytes: ByteBuffer)
+        /// `block`: the sender's LZ4 block of `bytes`, kept so the spool can store it instead of compressing again.
+        case wal(timeline: TimeLineID, start: LSN, bytes: ByteBuffer, block: ByteBuffer?)
         case history(timeline: TimeLineID, content: ByteBuffer)
     }
 
@@ -367,7 +368,9 @@ public final class Receiver: Sendable {
                     throw Refusal(code: .invalidWAL, message: "refused a WAL frame at \(data.startLSN): \(error)")
                 }
                 notePrimary(system, lsn: data.primaryEndLSN, sendTime: data.primarySendTime)
-                try await queue.push(.wal(timeline: data.timeline, start: data.startLSN, bytes: bytes), bytes: bytes.readableBytes)
+                let block = data.compression == .lz4Block ? data.payload : nil
+                try await queue.push(.wal(timeline: data.timeline, start: data.startLSN, bytes: bytes, block: block),
+                                     bytes: bytes.readableBytes + (block?.readableBytes ?? 0))
             case .keepalive(let keepalive):
                 if keepalive.primaryEndLSN.isValid {
                     notePrimary(system, lsn: keepalive.primaryEndLSN, sendTime: keepalive.sendTime)
@@ -399,8 +402,13 @@ public final class Receiver: Sendable {
                     do {
                         for work in batch {
                             switch work {
-                            case .wal(let timeline, let start, let bytes):
-                                try bytes.withUnsafeReadableBytes { try system.append(timeline: timeline, startLSN: start, bytes: $0) }
+                            case .wal(let timeline, let start, let bytes, let block):
+                                try bytes.withUnsafeReadableBytes { raw in
+                                    guard let block else { return try system.append(timeline: timeline, startLSN: start, bytes: raw) }
+                                    try block.withUnsafeReadableBytes {
+                                        try system.append(timeline: timeline, startLSN: start, bytes: raw, compressedBlock: $0)
+                                    }
+                                }
                             case .history(let timeline, let content):
                                 try system.storeHistory(timeline: timeline, content: Array(content.readableBytesView))
                             }

@@ -96,6 +96,101 @@ public enum LZ4 {
         }
     }
 
+    /// Writes one LZ4 frame of independent blocks of up to 1 MiB, built from two kinds of input: blocks the
+    /// sender already compressed, stored as they came, and raw bytes, compressed here. A segment arriving in
+    /// the sender's large catch-up chunks is thus compressed once, at the primary's site, instead of again in
+    /// the receiver; small chunks (synchronous commits) are gathered into full blocks so the file still
+    /// compresses well. The frame records the content size and its XXH32 checksum, so `lz4 -d` checks it.
+    public final class BlockFrameWriter {
+        public static let maxBlockBytes = 1 << 20
+        /// Below this a sender's block is not worth keeping as is: small independent blocks compress worse.
+        public static let minStoredBlockBytes = 64 << 10
+        /// Raw input is compressed in blocks of this size: LZ4's window is 64 KiB, so larger blocks would
+        /// compress barely better and hold more memory.
+        public static let gatheredBlockBytes = 256 << 10
+        private let contentSize: UInt64
+        private var checksum = XXH32()
+        // Kept between calls: each is about a block long, and allocating that much afresh costs page faults.
+        private var pending: [UInt8] = []
+        private var scratch: [UInt8] = []
+        private var output: [UInt8] = []
+
+        public init(contentSize: UInt64) { self.contentSize = contentSize }
+
+        /// The frame header; call once, first.
+        public func begin() -> [UInt8] {
+            // Version 01, independent blocks, content size and content checksum present; 1 MiB blocks.
+            var descriptor: [UInt8] = [0x6C, 0x60]
+            withUnsafeBytes(of: contentSize.littleEndian) { descriptor.append(contentsOf: $0) }
+            let headerChecksum = UInt8(truncatingIfNeeded: XXH32.hash(descriptor) >> 8)
+            return [0x04, 0x22, 0x4D, 0x18] + descriptor + [headerChecksum]
+        }
+
+        /// Adds raw bytes; returns whatever frame bytes are complete.
+        public func add(_ raw: UnsafeRawBufferPointer) -> [UInt8] {
+            output.removeAll(keepingCapacity: true)
+            checksum.update(raw)
+            var index = 0
+            while index < raw.count {
+                if pending.isEmpty { pending.reserveCapacity(Self.gatheredBlockBytes) }
+                let n = min(raw.count - index, Self.gatheredBlockBytes - pending.count)
+                pending.append(contentsOf: UnsafeRawBufferPointer(rebasing: raw[index..<index + n]))
+                index += n
+                if pending.count == Self.gatheredBlockBytes { flushPending() }
+            }
+            return output
+        }
+
+        /// Adds `raw`, whose LZ4 block (`LZ4_compress_default` output, decompressing to exactly `raw`) the
+        /// caller already has: stored as is when it is a block worth keeping, else treated like `add(_:)`.
+        public func add(_ raw: UnsafeRawBufferPointer, compressedBlock: UnsafeRawBufferPointer) -> [UInt8] {
+            guard raw.count >= Self.minStoredBlockBytes, raw.count <= Self.maxBlockBytes,
+                  compressedBlock.count < raw.count else { return add(raw) }
+            output.removeAll(keepingCapacity: true)
+            checksum.update(raw)
+            flushPending()
+            appendBlock(compressedBlock, compressed: true)
+            return output
+        }
+
+        /// The rest of the frame: pending bytes, the end mark and the content checksum.
+        public func end() -> [UInt8] {
+            output.removeAll(keepingCapacity: true)
+            flushPending()
+            appendLE(0)
+            appendLE(checksum.digest())
+            return output
+        }
+
+        private func flushPending() {
+            guard !pending.isEmpty else { return }
+            let bound = Int(LZ4_compressBound(Int32(pending.count)))
+            if scratch.count < bound { scratch = [UInt8](repeating: 0, count: bound) }
+            let n = pending.withUnsafeBytes { src in
+                scratch.withUnsafeMutableBytes { dst in
+                    Int(LZ4_compress_default(src.baseAddress!.assumingMemoryBound(to: CChar.self),
+                                             dst.baseAddress!.assumingMemoryBound(to: CChar.self),
+                                             Int32(src.count), Int32(dst.count)))
+                }
+            }
+            if n > 0 && n < pending.count {
+                scratch.withUnsafeBytes { appendBlock(UnsafeRawBufferPointer(rebasing: $0[0..<n]), compressed: true) }
+            } else {
+                pending.withUnsafeBytes { appendBlock($0, compressed: false) }
+            }
+            pending.removeAll(keepingCapacity: true)
+        }
+
+        private func appendBlock(_ data: UnsafeRawBufferPointer, compressed: Bool) {
+            appendLE(UInt32(data.count) | (compressed ? 0 : 0x8000_0000))
+            output.append(contentsOf: data)
+        }
+
+        private func appendLE(_ value: UInt32) {
+            withUnsafeBytes(of: value.littleEndian) { output.append(contentsOf: $0) }
+        }
+    }
+
     /// Decompresses one LZ4 frame piece by piece, so a reader holds what it needs next, not the whole content.
     public final class FrameReader {
         private var context: OpaquePointer?

@@ -87,7 +87,10 @@ public final class SystemSpool: @unchecked Sendable {
 
     /// Validates and writes `bytes`, which must continue exactly where the spool's WAL ends. Not durable until `sync()`.
     /// A brand-new spool must start at a segment boundary, so every stored segment is whole.
-    public func append(timeline tli: TimeLineID, startLSN: LSN, bytes: UnsafeRawBufferPointer) throws {
+    /// `compressedBlock`, when given, is the LZ4 block `bytes` came in (the sender's); it is stored in the
+    /// segment's `.lz4` instead of compressing `bytes` again, if they lie within one segment.
+    public func append(timeline tli: TimeLineID, startLSN: LSN, bytes: UnsafeRawBufferPointer,
+                       compressedBlock: UnsafeRawBufferPointer? = nil) throws {
         if let failure { throw failure }
         var pos = position
         if pos.timeline == 0 {
@@ -120,7 +123,7 @@ public final class SystemSpool: @unchecked Sendable {
             window.append(contentsOf: slice)
             try validatePages(window: window, windowStart: pageStart, previousLength: offset)
             try current!.append(offset: offset, slice)
-            compress(slice)
+            compress(slice, block: n == bytes.count ? compressedBlock : nil)
             segmentLength = offset + n
             let nextPageStart = segmentLength / Int(WALPage.size) * Int(WALPage.size)
             pageTail = Array(window[(nextPageStart - pageStart)...])
@@ -304,9 +307,9 @@ public final class SystemSpool: @unchecked Sendable {
         }
     }
 
-    private func compress(_ bytes: UnsafeRawBufferPointer) {
+    private func compress(_ bytes: UnsafeRawBufferPointer, block: UnsafeRawBufferPointer? = nil) {
         guard let compressor else { return }
-        do { try compressor.add(bytes) } catch {
+        do { try compressor.add(bytes, block: block) } catch {
             compressor.abandon()
             self.compressor = nil
             logger.warning("stopped compressing the segment as it arrives; it will be compressed at completion",
@@ -409,13 +412,13 @@ public final class SystemSpool: @unchecked Sendable {
 final class SegmentCompressor {
     let path: String
     private var fd: Int32
-    private let writer: LZ4.FrameWriter
+    private let writer: LZ4.BlockFrameWriter
     private var length = 0
 
     init(path: String, contentSize: UInt64) throws {
         self.path = path
         fd = try FileIO.open(path, O_WRONLY | O_CREAT | O_TRUNC)
-        writer = LZ4.FrameWriter(contentSize: contentSize)
+        writer = LZ4.BlockFrameWriter(contentSize: contentSize)
         do { try write(writer.begin()) } catch {
             abandon()
             throw error
@@ -424,7 +427,9 @@ final class SegmentCompressor {
 
     deinit { if fd >= 0 { FileIO.close(fd) } }
 
-    func add(_ bytes: UnsafeRawBufferPointer) throws { try write(writer.update(bytes)) }
+    func add(_ bytes: UnsafeRawBufferPointer, block: UnsafeRawBufferPointer?) throws {
+        if let block { try write(writer.add(bytes, compressedBlock: block)) } else { try write(writer.add(bytes)) }
+    }
 
     /// Ends the frame, makes it durable and renames it to `completedPath` (the directory is synced by the caller).
     func finish(as completedPath: String) throws {

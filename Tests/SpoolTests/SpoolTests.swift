@@ -1,5 +1,6 @@
 import Foundation
 import Logging
+import NIOCore
 import ShipProtocol
 import Testing
 import WALCore
@@ -88,6 +89,38 @@ func append(_ system: SystemSpool, _ bytes: [UInt8], at lsn: LSN, timeline: Time
         let partial = try PartialSegment.read(path: temp.walDirectory + "/000000010000000000000006.partial")
         #expect(partial.wal == seg6)
         #expect(!partial.hadTornTail)
+    }
+
+    @Test func theSendersBlocksAreStoredAsTheyCameAndTheSegmentIsStillExact() throws {
+        let temp = TempSpool()
+        let (_, system) = try temp.open()
+        // Compressible, as WAL is: most of each page after its header is zero.
+        func compressible(_ bytes: [UInt8]) -> [UInt8] {
+            bytes.enumerated().map { $0.offset % 8192 < 40 || $0.offset % 512 < 64 ? $0.element : 0 }
+        }
+        let seg5 = compressible(TestWAL.segment(5))
+        let seg6 = compressible(TestWAL.segment(6, count: 300_000))
+        var blocks: [[UInt8]] = []
+        func appendBlock(_ bytes: [UInt8], at lsn: LSN) throws {
+            let block = LZ4.compressBlock(ByteBuffer(bytes: bytes))
+            blocks.append(Array(block.readableBytesView))
+            try bytes.withUnsafeBytes { raw in
+                try block.withUnsafeReadableBytes { try system.append(timeline: 1, startLSN: lsn, bytes: raw, compressedBlock: $0) }
+            }
+        }
+        let start = size.startLSN(ofSegment: 5)
+        // Blocks within the segment are stored; a block crossing into the next segment is compressed again.
+        try append(system, Array(seg5[0..<10_000]), at: start)
+        try appendBlock(Array(seg5[10_000..<600_000]), at: start.advanced(by: 10_000))
+        try appendBlock(Array(seg5[600_000...]) + seg6[0..<100_000], at: start.advanced(by: 600_000))
+        try appendBlock(Array(seg6[100_000...]), at: size.startLSN(ofSegment: 6).advanced(by: 100_000))
+        try system.sync()
+        let frame = try Array(Data(contentsOf: URL(fileURLWithPath: temp.walDirectory + "/000000010000000000000005.lz4")))
+        #expect(try frame.withUnsafeBytes { try LZ4.decompressFrame($0, maxOutputBytes: 1 << 20) } == seg5)
+        #expect(try PartialSegment.read(path: temp.walDirectory + "/000000010000000000000006.partial").wal == seg6)
+        // The first block is in the file byte for byte, right after its 4-byte size; the crossing one is not.
+        #expect(frame.firstRange(of: blocks[0]) != nil)
+        #expect(frame.firstRange(of: blocks[1]) == nil)
     }
 
     @Test func reopeningResumesExactlyAtTheDurableEnd() throws {
