@@ -28,6 +28,8 @@ struct StreamLoop {
 
     init(connection: PGConnection, gate: StreamGate, source: StreamEvents.Source, logger: Logger,
          statusInterval: Duration, expectedStart: LSN, maxChunkBytes: Int = 1 << 20) {
+        precondition(maxChunkBytes > 0 && maxChunkBytes & (maxChunkBytes - 1) == 0 && maxChunkBytes <= 1 << 20,
+                     "chunks must align to a power of two no larger than the smallest WAL segment")
         self.connection = connection
         self.gate = gate
         self.source = source
@@ -118,18 +120,21 @@ struct StreamLoop {
             lastSendTime = x.sendTime
             var offset = x.dataOffset
             var paused = false
+            // Chunks end at multiples of maxChunkBytes (a power of two no larger than any WAL segment), so a
+            // chunk never spans two segments and the receiver can store its LZ4 block in the segment's file.
+            let alignment = UInt64(maxChunkBytes)
             while offset < raw.count {
-                if let c = chunk, c.readableBytes >= maxChunkBytes { paused = emitChunk() || paused }
                 if chunk == nil {
                     chunk = ByteBufferAllocator().buffer(capacity: maxChunkBytes)
                     chunkStart = expectedNext
                 }
-                let n = min(raw.count - offset, maxChunkBytes - chunk!.readableBytes)
+                let toBoundary = Int(alignment - expectedNext.rawValue % alignment)
+                let n = min(raw.count - offset, toBoundary)
                 chunk!.writeBytes(UnsafeRawBufferPointer(rebasing: raw[offset..<offset + n]))
                 offset += n
                 expectedNext = expectedNext.advanced(by: UInt64(n))
+                if expectedNext.rawValue % alignment == 0 { paused = emitChunk() || paused }
             }
-            if let c = chunk, c.readableBytes + 131_072 > maxChunkBytes { paused = emitChunk() || paused }
             return paused
         case .keepalive(let k):
             lastWalEnd = max(lastWalEnd, k.walEnd)

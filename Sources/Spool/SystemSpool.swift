@@ -43,9 +43,9 @@ public final class SystemSpool: @unchecked Sendable {
     private var current: PartialSegmentWriter?
     /// Bytes of the current segment written so far.
     private var segmentLength = 0
-    /// The current segment's bytes from the start of the page its end is in: validation of the next chunk needs
-    /// a page header that may be split across chunks, and nothing before it. Memory stays at a page, not a segment.
-    private var pageTail: [UInt8] = []
+    /// The current segment's bytes from the start of the page its end is in, up to a page header's length:
+    /// validation of the next chunk needs a page header that may be split across chunks, and nothing else.
+    private var pageHead: [UInt8] = []
     /// Compresses the current segment into `NAME.lz4.tmp` as it arrives, so completion is a rename; nil after
     /// a write failure, and then completion compresses from the journal instead.
     private var compressor: SegmentCompressor?
@@ -118,15 +118,11 @@ public final class SystemSpool: @unchecked Sendable {
             precondition(offset == segmentLength, "segment length out of step with the spool position")
             let n = min(bytes.count - consumed, Int(segmentSize.bytes) - offset)
             let slice = UnsafeRawBufferPointer(rebasing: bytes[consumed..<consumed + n])
-            let pageStart = offset - pageTail.count
-            var window = pageTail
-            window.append(contentsOf: slice)
-            try validatePages(window: window, windowStart: pageStart, previousLength: offset)
+            try validate(slice, at: offset)
             try current!.append(offset: offset, slice)
             compress(slice, block: n == bytes.count ? compressedBlock : nil)
             segmentLength = offset + n
-            let nextPageStart = segmentLength / Int(WALPage.size) * Int(WALPage.size)
-            pageTail = Array(window[(nextPageStart - pageStart)...])
+            keepPageHead(slice, at: offset)
             consumed += n
             lsn = lsn.advanced(by: UInt64(n))
             positionBox.withLock { $0.written = lsn }
@@ -291,7 +287,7 @@ public final class SystemSpool: @unchecked Sendable {
 
     private func resetSegmentState() {
         segmentLength = 0
-        pageTail = []
+        pageHead = []
         compressor?.abandon()
         compressor = nil
     }
@@ -317,15 +313,42 @@ public final class SystemSpool: @unchecked Sendable {
         }
     }
 
-    private func validatePages(window: [UInt8], windowStart: Int, previousLength: Int) throws {
+    /// Validates `slice`, the segment's bytes from `offset`, in place: only a page header split between the
+    /// previous chunk and this one is put together in a small buffer.
+    private func validate(_ slice: UnsafeRawBufferPointer, at offset: Int) throws {
+        let pageStart = offset / Int(WALPage.size) * Int(WALPage.size)
+        let headerEnd = pageStart + WALPage.longHeaderLength
+        var checked = 0
+        if offset > pageStart && offset < headerEnd {
+            checked = min(slice.count, headerEnd - offset)
+            var head = pageHead
+            head.append(contentsOf: UnsafeRawBufferPointer(rebasing: slice[0..<checked]))
+            try head.withUnsafeBytes { try validatePages(window: $0, windowStart: pageStart, previousLength: offset) }
+        }
+        if checked < slice.count {
+            try validatePages(window: UnsafeRawBufferPointer(rebasing: slice[checked...]), windowStart: offset + checked,
+                              previousLength: offset + checked)
+        }
+    }
+
+    private func keepPageHead(_ slice: UnsafeRawBufferPointer, at offset: Int) {
+        let pageStart = segmentLength / Int(WALPage.size) * Int(WALPage.size)
+        if pageStart >= offset {
+            let from = pageStart - offset
+            pageHead = Array(UnsafeRawBufferPointer(rebasing: slice[from..<min(slice.count, from + WALPage.longHeaderLength)]))
+        } else if pageHead.count < WALPage.longHeaderLength {
+            pageHead.append(contentsOf: UnsafeRawBufferPointer(rebasing: slice[0..<min(slice.count, WALPage.longHeaderLength - pageHead.count)]))
+        }
+    }
+
+    private func validatePages(window: UnsafeRawBufferPointer, windowStart: Int, previousLength: Int) throws {
         var checker = validator!
-        let failure = window.withUnsafeBytes { raw -> WALSegmentValidator.Failure? in
-            do throws(WALSegmentValidator.Failure) {
-                try checker.validate(window: raw, windowStart: windowStart, previousLength: previousLength)
-                return nil
-            } catch {
-                return error
-            }
+        let failure: WALSegmentValidator.Failure?
+        do throws(WALSegmentValidator.Failure) {
+            try checker.validate(window: window, windowStart: windowStart, previousLength: previousLength)
+            failure = nil
+        } catch {
+            failure = error
         }
         if let failure { throw SpoolError(.invalidWAL, "refused WAL that failed validation: \(failure)") }
         validator = checker
@@ -394,13 +417,14 @@ public final class SystemSpool: @unchecked Sendable {
         }
         validator = WALSegmentValidator(systemIdentifier: systemIdentifier, segmentSize: segmentSize,
                                         timeline: segment.timeline, segmentStart: segment.startLSN)
-        try validatePages(window: contents.wal, windowStart: 0, previousLength: 0)
+        try contents.wal.withUnsafeBytes { try validatePages(window: $0, windowStart: 0, previousLength: 0) }
         let end = segment.startLSN.advanced(by: UInt64(contents.wal.count))
         positionBox.withLock { $0 = SpoolPosition(timeline: segment.timeline, written: end, durable: end) }
         current = try PartialSegmentWriter(reopening: path, contents: contents)
         resetSegmentState()
         segmentLength = contents.wal.count
-        pageTail = Array(contents.wal[(segmentLength / Int(WALPage.size) * Int(WALPage.size))...])
+        let pageStart = segmentLength / Int(WALPage.size) * Int(WALPage.size)
+        pageHead = Array(contents.wal[pageStart..<min(segmentLength, pageStart + WALPage.longHeaderLength)])
         startCompressor(segment)
         contents.wal.withUnsafeBytes { compress($0) }
         if segmentLength == Int(segmentSize.bytes) { try finishSegment() }

@@ -156,11 +156,15 @@ public struct WALSegmentValidator: Sendable {
         try validate(window: segment, windowStart: 0, previousLength: previousLength)
     }
 
-    /// The same for a window of the segment: `window` holds the segment's bytes from `windowStart`, which must
-    /// be at or before the start of the page holding `previousLength`, to the end of what has arrived. So a
-    /// writer need only keep the current page's bytes, not the whole segment.
+    /// The same for a window of the segment: `window` holds the segment's bytes from `windowStart` to the end
+    /// of what has arrived. `windowStart` must be at or before the start of the page holding `previousLength`
+    /// while that page's header is not wholly before `previousLength`, and at or before `previousLength`
+    /// otherwise. So a writer keeps at most a page header's bytes, and validates new bytes where they lie.
     public mutating func validate(window: UnsafeRawBufferPointer, windowStart: Int, previousLength: Int) throws(Failure) {
-        precondition(windowStart <= previousLength / Int(WALPage.size) * Int(WALPage.size), "the window must start at or before the current page")
+        let page = previousLength / Int(WALPage.size) * Int(WALPage.size)
+        let headerEnd = page + WALPage.headerLength(at: segmentStart.advanced(by: UInt64(page)), segmentSize: pages.segmentSize)
+        precondition(windowStart <= (headerEnd > previousLength ? page : previousLength),
+                     "the window must hold the current page's header unless it was accepted before")
         var next = self
         try next.check(window, windowStart, previousLength)
         self = next

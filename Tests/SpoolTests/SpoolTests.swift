@@ -202,6 +202,33 @@ func append(_ system: SystemSpool, _ bytes: [UInt8], at lsn: LSN, timeline: Time
         #expect(system.position.durable == size.startLSN(ofSegment: 10))
     }
 
+    @Test func pageHeadersSplitAcrossChunksAreCheckedWhereverTheSplitFalls() throws {
+        let start = size.startLSN(ofSegment: 3)
+        // Splits inside the long header of page 0, inside short headers, right after them and mid-page.
+        let cuts = [0, 3, 17, 39, 40, 41, 8192 + 5, 8192 + 23, 8192 + 24, 3 * 8192 + 1, 3 * 8192 + 30, 5 * 8192, 50_000]
+        let seg = TestWAL.segment(3, count: 50_000)
+        let temp = TempSpool()
+        let (_, system) = try temp.open()
+        for (from, to) in zip(cuts, cuts.dropFirst()) {
+            try append(system, Array(seg[from..<to]), at: start.advanced(by: UInt64(from)))
+        }
+        try system.sync()
+        #expect(try PartialSegment.read(path: temp.walDirectory + "/000000010000000000000003.partial").wal == seg)
+
+        // A damaged field of a header whose bytes arrive in two chunks is refused, whichever chunk holds it.
+        for (cut, damaged) in [(8192 + 5, 8192 + 2), (8192 + 5, 8192 + 9), (3 * 8192 + 1, 3 * 8192 + 12)] {
+            let other = TempSpool()
+            let (_, fresh) = try other.open()
+            var bad = seg
+            bad[damaged] ^= 0x40
+            try append(fresh, Array(bad[0..<cut - 30]), at: start)
+            #expect(throws: SpoolError.self) {
+                try append(fresh, Array(bad[(cut - 30)..<cut]), at: start.advanced(by: UInt64(cut - 30)))
+                try append(fresh, Array(bad[cut..<cut + 100]), at: start.advanced(by: UInt64(cut)))
+            }
+        }
+    }
+
     @Test func invalidWALIsRefusedAndNothingIsStored() throws {
         let temp = TempSpool()
         let (_, system) = try temp.open()
