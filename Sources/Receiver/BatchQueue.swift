@@ -1,34 +1,45 @@
+import Foundation
+import NIOCore
+import ShipProtocol
 import Synchronization
 
-/// A bounded hand-off from the link reader to the spool writer. The writer takes everything queued at
-/// once, so one fsync covers a whole batch (group commit) while the reader keeps receiving; the reader
-/// waits when `maxBytes` are queued, which stops reading from the socket and slows the sender.
-final class BatchQueue<Item: Sendable>: Sendable {
-    private struct State {
-        var items: [Item] = []
-        var bytes = 0
-        var finished: (any Error)?
-        var consumer: CheckedContinuation<[Item], any Error>?
-        var producers: [CheckedContinuation<Void, any Error>] = []
-    }
-
-    private let state = Mutex(State())
+/// A bounded hand-off from the link reader (async) to the spool writer (its own thread). The writer takes
+/// everything queued at once, so one fsync covers a whole batch (group commit) while the reader keeps
+/// receiving; the reader waits when `maxBytes` are queued, which stops reading from the socket and slows the
+/// sender.
+///
+/// The writer blocks on a condition variable rather than awaiting: it lives on the system's spool thread for
+/// the whole link, so a synchronous commit's WAL goes from the reader straight to the thread that writes and
+/// fsyncs it, and the acknowledgement leaves from there, without two more hops through the task pool.
+final class BatchQueue<Item: Sendable>: @unchecked Sendable {
+    // Guarded by `condition`.
+    private var items: [Item] = []
+    private var bytes = 0
+    private var finished: (any Error)?
+    private var producers: [CheckedContinuation<Void, any Error>] = []
+    private let condition = NSCondition()
     let maxBytes: Int
 
     init(maxBytes: Int) { self.maxBytes = maxBytes }
 
-    func push(_ item: Item, bytes: Int) async throws {
+    private func locked<T>(_ body: () throws -> T) rethrows -> T {
+        condition.lock()
+        defer { condition.unlock() }
+        return try body()
+    }
+
+    func push(_ item: Item, bytes count: Int) async throws {
         while true {
-            let admitted: Bool = try state.withLock { s in
-                if let error = s.finished { throw error }
-                return s.bytes < maxBytes
+            let admitted: Bool = try locked {
+                if let error = finished { throw error }
+                return bytes < maxBytes
             }
             if admitted { break }
             try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
-                let resumeNow: (any Error)?? = state.withLock { s in
-                    if let error = s.finished { return .some(error) }
-                    if s.bytes < maxBytes { return .some(nil) }
-                    s.producers.append(continuation)
+                let resumeNow: (any Error)?? = locked {
+                    if let error = finished { return .some(error) }
+                    if bytes < maxBytes { return .some(nil) }
+                    producers.append(continuation)
                     return nil
                 }
                 if let outcome = resumeNow {
@@ -36,53 +47,65 @@ final class BatchQueue<Item: Sendable>: Sendable {
                 }
             }
         }
-        let consumer: CheckedContinuation<[Item], any Error>? = state.withLock { s in
-            if let consumer = s.consumer {
-                s.consumer = nil
-                return consumer
-            }
-            s.items.append(item)
-            s.bytes += bytes
-            return nil
+        locked {
+            items.append(item)
+            bytes += count
+            condition.signal()
         }
-        consumer?.resume(returning: [item])
     }
 
     /// Nothing is waiting to be taken (a producer may be about to push).
-    var isEmpty: Bool { state.withLock { $0.items.isEmpty } }
+    var isEmpty: Bool { locked { items.isEmpty } }
 
-    /// Everything queued, waiting for at least one item.
-    func takeAll() async throws -> [Item] {
-        try await withCheckedThrowingContinuation { continuation in
-            let (batch, producers, error): ([Item]?, [CheckedContinuation<Void, any Error>], (any Error)?) = state.withLock { s in
-                if !s.items.isEmpty {
-                    let batch = s.items
-                    s.items.removeAll()
-                    s.bytes = 0
-                    let producers = s.producers
-                    s.producers.removeAll()
-                    return (batch, producers, nil)
-                }
-                if let error = s.finished { return (nil, [], error) }
-                s.consumer = continuation
-                return (nil, [], nil)
+    /// Everything queued, blocking the calling thread until there is at least one item; throws once the
+    /// queue is finished and empty.
+    func takeAllBlocking() throws -> [Item] {
+        let (batch, waiting): ([Item], [CheckedContinuation<Void, any Error>]) = try locked {
+            while items.isEmpty {
+                if let error = finished { throw error }
+                condition.wait()
             }
-            producers.forEach { $0.resume() }
-            if let batch { continuation.resume(returning: batch) } else if let error { continuation.resume(throwing: error) }
+            defer {
+                items.removeAll()
+                bytes = 0
+                producers.removeAll()
+            }
+            return (items, producers)
         }
+        waiting.forEach { $0.resume() }
+        return batch
     }
 
     /// Wakes everyone with `error`; later calls fail with it.
     func finish(_ error: any Error) {
-        let (consumer, producers) = state.withLock { s in
-            s.finished = s.finished ?? error
-            defer {
-                s.consumer = nil
-                s.producers.removeAll()
-            }
-            return (s.consumer, s.producers)
+        let waiting: [CheckedContinuation<Void, any Error>] = locked {
+            finished = finished ?? error
+            condition.broadcast()
+            defer { producers.removeAll() }
+            return producers
         }
-        consumer?.resume(throwing: error)
-        producers.forEach { $0.resume(throwing: error) }
+        waiting.forEach { $0.resume(throwing: error) }
+    }
+}
+
+/// Sends a link's acks in order and never one that goes back, though two threads send them: the spool thread
+/// after each batch and the reader for keepalive replies. The sender closes a link whose acks regress.
+final class AckSender: Sendable {
+    private let channel: any Channel
+    private let last = Mutex<Ack?>(nil)
+
+    init(channel: any Channel) { self.channel = channel }
+
+    func send(_ ack: Ack) {
+        last.withLock { previous in
+            var ack = ack
+            if let previous, previous.timeline == ack.timeline {
+                ack.writtenLSN = max(ack.writtenLSN, previous.writtenLSN)
+                ack.durableLSN = max(ack.durableLSN, previous.durableLSN)
+            }
+            previous = ack
+            // Inside the lock: writes from other threads reach the event loop in the order they are made.
+            channel.writeAndFlush(NIOAny(ShipMessage.ack(ack)), promise: nil)
+        }
     }
 }

@@ -281,16 +281,16 @@ public final class Receiver: Sendable {
         ])
 
         let queue = BatchQueue<Work>(maxBytes: config.maxQueuedBytes)
+        let acks = AckSender(channel: channel)
         var iterator = iterator
         try await ShipChannel.runLink(
             channel: channel,
             workers: [{
-                try await self.writeBatches(queue, system: system, writer: writer, synchronous: hello.synchronous,
-                                            outbound: outbound)
+                try await self.writeBatches(queue, system: system, writer: writer, synchronous: hello.synchronous, acks: acks)
             }],
             onEnd: { queue.finish($0) },
             reader: {
-                try await self.readFrames(&iterator, queue: queue, system: system, linkID: linkID, outbound: outbound)
+                try await self.readFrames(&iterator, queue: queue, system: system, linkID: linkID, acks: acks)
             })
     }
 
@@ -357,7 +357,7 @@ public final class Receiver: Sendable {
     }
 
     private func readFrames(_ iterator: inout NIOAsyncChannelInboundStream<ShipMessage>.AsyncIterator, queue: BatchQueue<Work>,
-                            system: SystemSpool, linkID: Int, outbound: NIOAsyncChannelOutboundWriter<ShipMessage>) async throws {
+                            system: SystemSpool, linkID: Int, acks: AckSender) async throws {
         let allocator = ByteBufferAllocator()
         while let message = try await iterator.next() {
             touch(system: system.systemIdentifier, linkID: linkID)
@@ -375,7 +375,7 @@ public final class Receiver: Sendable {
                 if keepalive.primaryEndLSN.isValid {
                     notePrimary(system, lsn: keepalive.primaryEndLSN, sendTime: keepalive.sendTime)
                 }
-                if keepalive.replyRequested { try await outbound.write(.ack(ack(for: system, at: system.position))) }
+                if keepalive.replyRequested { acks.send(ack(for: system, at: system.position)) }
             case .history(let history):
                 try await queue.push(.history(timeline: history.timeline, content: history.content), bytes: history.content.readableBytes)
             case .refusal(let refusal):
@@ -386,19 +386,17 @@ public final class Receiver: Sendable {
         }
     }
 
-    /// Applies queued work in batches: append everything, fsync (see `asyncSyncBytes`), then one ack with the
-    /// written and durable ends.
+    /// Applies queued work in batches on the system's spool thread, for the whole link: append everything,
+    /// fsync (see `asyncSyncBytes`), then one ack with the written and durable ends, sent from that thread.
     private func writeBatches(_ queue: BatchQueue<Work>, system: SystemSpool, writer: NIOThreadPool, synchronous: Bool,
-                              outbound: NIOAsyncChannelOutboundWriter<ShipMessage>) async throws {
+                              acks: AckSender) async throws {
         let syncBytes = UInt64(config.asyncSyncBytes)
         let syncInterval = config.asyncSyncInterval
-        var lastSync = ContinuousClock.now
-        while true {
-            let batch = try await queue.takeAll()
-            let position: SpoolPosition
-            let syncDue = lastSync.duration(to: .now) >= syncInterval
-            do {
-                position = try await writer.runIfActive {
+        do {
+            try await writer.runIfActive { () throws -> Void in
+                var lastSync = ContinuousClock.now
+                while true {
+                    let batch = try queue.takeAllBlocking()
                     do {
                         for work in batch {
                             switch work {
@@ -419,24 +417,25 @@ public final class Receiver: Sendable {
                         throw error
                     }
                     let unsynced = system.position.written.bytesAfter(system.position.durable)
-                    if synchronous || syncDue || queue.isEmpty || unsynced >= syncBytes { try system.sync() }
-                    return system.position
+                    if synchronous || queue.isEmpty || unsynced >= syncBytes || lastSync.duration(to: .now) >= syncInterval {
+                        try system.sync()
+                        lastSync = .now
+                    }
+                    acks.send(self.ack(for: system, at: system.position))
                 }
-                if position.durable == position.written { lastSync = .now }
-            } catch let error as SpoolError {
-                let code: Refusal.Code = switch error.kind {
-                case .invalidWAL: .invalidWAL
-                case .notContiguous: .notContiguous
-                case .mismatch: .timelineMismatch
-                case .io, .fsyncFailed, .diskFull, .corrupt, .locked: .spoolFailure
-                }
-                if error.kind == .fsyncFailed {
-                    logger.critical("fsync failed: this system's spool stops acknowledging until walship receive is restarted",
-                                    metadata: ["walship.system": "\(system.systemIdentifier)", "walship.error": "\(error)"])
-                }
-                throw Refusal(code: code, message: error.message)
             }
-            try await outbound.write(.ack(ack(for: system, at: position)))
+        } catch let error as SpoolError {
+            let code: Refusal.Code = switch error.kind {
+            case .invalidWAL: .invalidWAL
+            case .notContiguous: .notContiguous
+            case .mismatch: .timelineMismatch
+            case .io, .fsyncFailed, .diskFull, .corrupt, .locked: .spoolFailure
+            }
+            if error.kind == .fsyncFailed {
+                logger.critical("fsync failed: this system's spool stops acknowledging until walship receive is restarted",
+                                metadata: ["walship.system": "\(system.systemIdentifier)", "walship.error": "\(error)"])
+            }
+            throw Refusal(code: code, message: error.message)
         }
     }
 
