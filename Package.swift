@@ -128,6 +128,7 @@ let package = Package(
                 "ShipProtocol", "WALCore",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOTestUtils", package: "swift-nio"),
+                .product(name: "NIOEmbedded", package: "swift-nio"),
             ]
         ),
         .testTarget(name: "SpoolTests", dependencies: ["Spool", "WALCore", "ShipProtocol", .product(name: "NIOCore", package: "swift-nio")]),

@@ -450,6 +450,7 @@ public final class Sender: Sendable {
         let (source, events) = Self.eventStream(gate)
         setState("streaming")
         statusBox.withLock { $0.sent = start }
+        try await ShipChannel.setTap(on: channel) { [self] in acknowledgeOnEventLoop($0, machine: machine, gate: gate) }
         var iterator = iterator
         try await ShipChannel.runLink(
             channel: channel,
@@ -534,13 +535,7 @@ public final class Sender: Sendable {
                 if floor.isValid && durable >= floor, let system = statusBox.withLock({ $0.systemIdentifier.flatMap(UInt64.init) }) {
                     leaveDegraded(system: system)
                 }
-                statusBox.withLock {
-                    $0.receiverWritten = written
-                    $0.receiverDurable = durable
-                    if replayed.isValid { $0.replayed = replayed }
-                    $0.receiverLastAckAt = .now
-                    $0.forgetPassedPoints()
-                }
+                noteAck(written: written, durable: durable, replayed: replayed)
             case .close(let reason, _):
                 throw LinkError(reason)
             case .none:
@@ -550,6 +545,36 @@ public final class Sender: Sendable {
             }
         }
         throw LinkError("the receiver closed the link")
+    }
+
+    private func noteAck(written: LSN, durable: LSN, replayed: LSN) {
+        statusBox.withLock {
+            $0.receiverWritten = written
+            $0.receiverDurable = durable
+            if replayed.isValid { $0.replayed = replayed }
+            $0.receiverLastAckAt = .now
+            $0.forgetPassedPoints()
+        }
+    }
+
+    /// Acks handled on the event loop as they arrive, so the primary hears of an offsite fsync without a hop
+    /// through a task (a thread switch per synchronous commit). While WAL acknowledged from the local buffer is
+    /// outstanding, acks go to `readAcks`, which may have to tidy the buffer (file I/O, not for the event loop).
+    private func acknowledgeOnEventLoop(_ message: ShipMessage, machine: NIOLockedValueBox<SenderLinkStateMachine>,
+                                        gate: StreamGate) -> TapVerdict {
+        guard case .ack = message, !statusBox.withLock({ $0.acknowledgedFromBuffer.isValid }) else { return .forward }
+        switch machine.withLockedValue({ $0.messageReceived(message) }) {
+        case .reportFeedback(let written, let durable, let replayed):
+            gate.report(StreamFeedback(written: written, flushed: durable, applied: replayed))
+            noteAck(written: written, durable: durable, replayed: replayed)
+            return .consumed
+        case .none:
+            return .consumed
+        case .close(let reason, _):
+            return .fail(LinkError(reason))
+        case .startStreaming, .switchTimeline:
+            return .fail(LinkError("unexpected frame from the receiver"))
+        }
     }
 
     private func sendKeepalives(_ outbound: NIOAsyncChannelOutboundWriter<ShipMessage>) async throws {

@@ -18,9 +18,56 @@ public enum ShipChannel {
         try operations.addHandler(LinkTimeoutHandler(timeout: linkTimeout))
         try operations.addHandler(ByteToMessageHandler(ShipFrameDecoder()))
         try operations.addHandler(MessageToByteHandler(ShipFrameEncoder()))
+        try operations.addHandler(InboundTapHandler())
         return try ShipAsyncChannel(
             wrappingChannelSynchronously: channel,
             configuration: .init(backPressureStrategy: .init(lowWatermark: 4, highWatermark: 16)))
+    }
+}
+
+/// What a tap does with an inbound message.
+public enum TapVerdict: Sendable {
+    /// Pass it on to the channel's async reader.
+    case forward
+    /// Handled on the event loop; the reader never sees it.
+    case consumed
+    /// End the link with this error (the reader's next read throws it).
+    case fail(any Error)
+}
+
+extension ShipChannel {
+    /// Lets `body` see each inbound message on the event loop before the async reader does. For the hot path
+    /// of a link, acks to a synchronous sender, where a hop to a task costs a thread switch per commit.
+    /// `body` must not block. Pass nil to remove it.
+    public static func setTap(on channel: Channel, _ body: (@Sendable (ShipMessage) -> TapVerdict)?) async throws {
+        let box = body.map(TapBox.init)
+        try await channel.eventLoop.submit {
+            try channel.pipeline.syncOperations.handler(type: InboundTapHandler.self).tap = box
+        }.get()
+    }
+}
+
+/// Boxed: a closure kept directly in mutable storage and read back repeatedly can grow reabstraction thunks.
+final class TapBox: Sendable {
+    let body: @Sendable (ShipMessage) -> TapVerdict
+    init(_ body: @escaping @Sendable (ShipMessage) -> TapVerdict) { self.body = body }
+}
+
+/// Event-loop-confined: `tap` is only read and written on the channel's event loop.
+final class InboundTapHandler: ChannelInboundHandler {
+    typealias InboundIn = ShipMessage
+    typealias InboundOut = ShipMessage
+    var tap: TapBox?
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        guard let tap else { return context.fireChannelRead(data) }
+        switch tap.body(unwrapInboundIn(data)) {
+        case .forward: context.fireChannelRead(data)
+        case .consumed: break
+        case .fail(let error):
+            context.fireErrorCaught(error)
+            context.close(promise: nil)
+        }
     }
 }
 

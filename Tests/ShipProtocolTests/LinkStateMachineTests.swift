@@ -1,4 +1,6 @@
 import NIOCore
+import NIOEmbedded
+import Synchronization
 import Testing
 import WALCore
 @testable import ShipProtocol
@@ -161,5 +163,37 @@ import WALCore
         #expect(r.links[7]?.id == 2)
         r.release(system: 7, id: 2)
         #expect(r.links[7] == nil)
+    }
+}
+
+@Suite struct InboundTapTests {
+    struct Stop: Error {}
+
+    @Test func theTapSeesMessagesFirstAndForwardsConsumesOrFails() async throws {
+        let channel = EmbeddedChannel()
+        let handler = InboundTapHandler()
+        try channel.pipeline.syncOperations.addHandler(handler)
+        let ack = ShipMessage.ack(Ack(timeline: 1, writtenLSN: LSN(100), durableLSN: LSN(50), receiverTime: .now()))
+        let keepalive = ShipMessage.keepalive(Keepalive(primaryEndLSN: LSN(7), sendTime: .now(), replyRequested: false))
+
+        // Without a tap everything passes.
+        try channel.writeInbound(ack)
+        #expect(try channel.readInbound(as: ShipMessage.self) == ack)
+
+        let seen = Mutex<[ShipMessage.Kind]>([])
+        handler.tap = TapBox { message in
+            seen.withLock { $0.append(message.kind) }
+            if case .ack(let a) = message { return a.durableLSN == LSN(50) ? .consumed : .fail(Stop()) }
+            return .forward
+        }
+        try channel.writeInbound(ack)
+        #expect(try channel.readInbound(as: ShipMessage.self) == nil)
+        try channel.writeInbound(keepalive)
+        #expect(try channel.readInbound(as: ShipMessage.self) == keepalive)
+        #expect(seen.withLock { $0 } == [ShipMessage.Kind.ack, .keepalive])
+
+        let regressing = ShipMessage.ack(Ack(timeline: 1, writtenLSN: LSN(100), durableLSN: LSN(40), receiverTime: .now()))
+        #expect(throws: Stop.self) { try channel.writeInbound(regressing) }
+        #expect(!channel.isActive)
     }
 }
