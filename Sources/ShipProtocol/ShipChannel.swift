@@ -19,9 +19,11 @@ public enum ShipChannel {
         try operations.addHandler(ByteToMessageHandler(ShipFrameDecoder()))
         try operations.addHandler(MessageToByteHandler(ShipFrameEncoder()))
         try operations.addHandler(InboundTapHandler())
+        // A few frames suffice: the receiver's reader moves them on to its own bounded queue at once, and each
+        // frame held here can be a 1 MiB chunk's block.
         return try ShipAsyncChannel(
             wrappingChannelSynchronously: channel,
-            configuration: .init(backPressureStrategy: .init(lowWatermark: 4, highWatermark: 16)))
+            configuration: .init(backPressureStrategy: .init(lowWatermark: 2, highWatermark: 4)))
     }
 }
 
