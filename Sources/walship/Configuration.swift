@@ -85,19 +85,24 @@ extension Walship {
 /// threshold, so later 16 MB segment buffers come from the heap and stay resident once freed. Two arenas and
 /// a fixed 4 MB threshold keep the resident set close to what is in use, while the 1 MiB chunk buffers the
 /// link cycles through still come from the heap: mapped one by one, each cost an mmap, page faults and an
-/// munmap with a TLB flush on every CPU. (MALLOC_ARENA_MAX and MALLOC_MMAP_THRESHOLD_ in the environment
+/// munmap with a TLB flush on every CPU. For the same reason free memory at the top of the heap is kept up
+/// to 8 MiB instead of 128 KiB: trimming it after each chunk and faulting it back in for the next cost the
+/// sender about a tenth of its catch-up CPU. The peak resident set is unchanged (it holds that memory while
+/// in use anyway). (MALLOC_ARENA_MAX, MALLOC_MMAP_THRESHOLD_ and MALLOC_TRIM_THRESHOLD_ in the environment
 /// still win: glibc reads them first.)
 func limitAllocatorFootprint() {
     #if os(Linux)
     let environment = ProcessInfo.processInfo.environment
     if environment["MALLOC_ARENA_MAX"] == nil { _ = glibcMallopt(mallocArenaMax, 2) }
     if environment["MALLOC_MMAP_THRESHOLD_"] == nil { _ = glibcMallopt(mallocMmapThreshold, 4 << 20) }
+    if environment["MALLOC_TRIM_THRESHOLD_"] == nil { _ = glibcMallopt(mallocTrimThreshold, 8 << 20) }
     #endif
 }
 
 #if os(Linux)
-// <malloc.h> is not part of the Glibc module; these are its M_ARENA_MAX and M_MMAP_THRESHOLD.
+// <malloc.h> is not part of the Glibc module; these are its M_ARENA_MAX, M_MMAP_THRESHOLD and M_TRIM_THRESHOLD.
 private let mallocArenaMax: Int32 = -8
 private let mallocMmapThreshold: Int32 = -3
+private let mallocTrimThreshold: Int32 = -1
 @_silgen_name("mallopt") private func glibcMallopt(_ parameter: Int32, _ value: Int32) -> Int32
 #endif
