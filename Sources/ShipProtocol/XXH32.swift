@@ -1,6 +1,7 @@
-/// XXH32, the checksum the LZ4 frame format uses for its header byte and its content checksum. liblz4 keeps
-/// its copy private, and a segment frame assembled from the sender's blocks (`LZ4.BlockFrameWriter`) has to
-/// compute both itself. Streaming: feed any split of the input, the result is the same.
+/// XXH32, the checksum the LZ4 frame format uses for its header byte and its block and content checksums.
+/// liblz4 keeps its copy private, and a segment frame assembled from the sender's blocks
+/// (`LZ4.BlockFrameWriter`) has to compute them itself. Streaming: feed any split of the input, the result
+/// is the same.
 public struct XXH32 {
     private static let prime1: UInt32 = 2_654_435_761
     private static let prime2: UInt32 = 2_246_822_519

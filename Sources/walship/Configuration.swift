@@ -44,8 +44,8 @@ extension Walship {
     /// command line of `send` and `receive` before it parses, so the commands' own validation judges the
     /// result, and an error about a value that came from the file or the environment says so.
     static func main() async {
-        limitAllocatorFootprint()
         var arguments = Array(CommandLine.arguments.dropFirst())
+        limitAllocatorFootprint(keepFreeHeap: arguments.first == "send")
         var expansion: Expansion?
         if let role = arguments.first, WalshipConfiguration.schema.roles[role] != nil {
             do {
@@ -85,17 +85,17 @@ extension Walship {
 /// threshold, so later 16 MB segment buffers come from the heap and stay resident once freed. Two arenas and
 /// a fixed 4 MB threshold keep the resident set close to what is in use, while the 1 MiB chunk buffers the
 /// link cycles through still come from the heap: mapped one by one, each cost an mmap, page faults and an
-/// munmap with a TLB flush on every CPU. For the same reason free memory at the top of the heap is kept up
-/// to 8 MiB instead of 128 KiB: trimming it after each chunk and faulting it back in for the next cost the
-/// sender about a tenth of its catch-up CPU. The peak resident set is unchanged (it holds that memory while
-/// in use anyway). (MALLOC_ARENA_MAX, MALLOC_MMAP_THRESHOLD_ and MALLOC_TRIM_THRESHOLD_ in the environment
-/// still win: glibc reads them first.)
-func limitAllocatorFootprint() {
+/// munmap with a TLB flush on every CPU. For the same reason the sender (`keepFreeHeap`) keeps up to 8 MiB
+/// free at the top of the heap instead of 128 KiB: trimming it after each chunk and faulting it back in for
+/// the next cost about a tenth of its catch-up CPU. It costs about 8 MiB of peak resident memory, which the
+/// sender can spare and the receiver, whose page faults cost less, cannot. (MALLOC_ARENA_MAX,
+/// MALLOC_MMAP_THRESHOLD_ and MALLOC_TRIM_THRESHOLD_ in the environment still win: glibc reads them first.)
+func limitAllocatorFootprint(keepFreeHeap: Bool) {
     #if os(Linux)
     let environment = ProcessInfo.processInfo.environment
     if environment["MALLOC_ARENA_MAX"] == nil { _ = glibcMallopt(mallocArenaMax, 2) }
     if environment["MALLOC_MMAP_THRESHOLD_"] == nil { _ = glibcMallopt(mallocMmapThreshold, 4 << 20) }
-    if environment["MALLOC_TRIM_THRESHOLD_"] == nil { _ = glibcMallopt(mallocTrimThreshold, 8 << 20) }
+    if keepFreeHeap && environment["MALLOC_TRIM_THRESHOLD_"] == nil { _ = glibcMallopt(mallocTrimThreshold, 8 << 20) }
     #endif
 }
 
