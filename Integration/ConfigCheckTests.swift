@@ -70,9 +70,26 @@ struct ConfigCheckTests {
         for expected in ["ok    configuration: \(sendFile) gives walship send", "ok    certificates: tls-key", "ok    certificates: tls-cert is signed by tls-ca",
                          "ok    source: ", "PostgreSQL 15.", "system \(topology.systemIdentifier)", "ok    slot: physical slot \"walship_it\" present",
                          "ok    receiver: 127.0.0.1:\(topology.receiverPort) answered the handshake over mutual TLS", "its spool resumes at",
-                         "clock: the primary is", "clock: the receiver is"] {
+                         "clock: the primary is", "clock: the receiver is",
+                         "ok    synchronous: asynchronous shipping; synchronous_standby_names (empty) does not name \"walship\""] {
             #expect(send.output.contains(expected), "missing \"\(expected)\" in:\n\(send.output)")
         }
+        // sync = true is held against the primary's synchronous_standby_names, both ways round.
+        let syncFile = try write(fixture, "send-sync.toml", senderConfig(topology, certs: good, slot: "walship_it", extra: "sync = true"))
+        let unnamed = try check(["--config", syncFile])
+        #expect(unnamed.status == 0, "\(unnamed.output)\(unnamed.error)")
+        #expect(unnamed.output.contains("WARN  synchronous: sync = true, but synchronous_standby_names (empty) does not name \"walship\": commits will not wait"), "\(unnamed.output)")
+        try topology.primary.sql("ALTER SYSTEM SET synchronous_standby_names = 'walship'")
+        try topology.primary.sql("SELECT pg_reload_conf()")
+        try waitUntil("the primary to name walship as its synchronous standby", timeout: 30) {
+            (try topology.primary.sql("SELECT sync_state FROM pg_stat_replication WHERE application_name = 'walship'") == "sync", "")
+        }
+        let named = try check(["--config", syncFile])
+        #expect(named.output.contains("ok    synchronous: synchronous_standby_names ('walship') names \"walship\": commits wait"), "\(named.output)")
+        let asynchronous = try check(["--config", sendFile])
+        #expect(asynchronous.output.contains("WARN  synchronous: synchronous_standby_names ('walship') names \"walship\", but sync = false"), "\(asynchronous.output)")
+        try topology.primary.sql("ALTER SYSTEM RESET synchronous_standby_names")
+        try topology.primary.sql("SELECT pg_reload_conf()")
         // The running sender was not disturbed: same walsender, still streaming, and WAL still arrives.
         #expect(try topology.primary.sql("SELECT pid FROM pg_stat_replication WHERE application_name = 'walship'") == before)
         try topology.primary.sql("CREATE TABLE after_check AS SELECT g FROM generate_series(1, 1000) g")

@@ -17,7 +17,7 @@ struct Check: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Validate a configuration file and test what the configured command needs, one line per check.",
         discussion: """
-            The file is read exactly as walship send/receive --config read it (with WALSHIP_* environment overrides). For send: the source is reachable as a replication connection, the slot is present (or will be created), the receiver answers a handshake, the certificates are valid, and the clocks of this host, the primary and the receiver agree. For receive: the spool is writable, the listen addresses are free or held by the running receiver, the certificates and the standby credential are valid. Nothing is left behind. Exit status 0 when every check passes (warnings allowed), 1 otherwise.
+            The file is read exactly as walship send/receive --config read it (with WALSHIP_* environment overrides). For send: the source is reachable as a replication connection, the slot is present (or will be created), the receiver answers a handshake, the certificates are valid, the clocks of this host, the primary and the receiver agree, and the primary's synchronous_standby_names matches sync. For receive: the spool is writable, the listen addresses are free or held by the running receiver, the certificates and the standby credential are valid. Nothing is left behind. Exit status 0 when every check passes (warnings allowed), 1 otherwise.
             Example:
               walship check --config /etc/walship/walship.toml
             """)
@@ -174,7 +174,7 @@ struct SenderChecks {
         await session.close()
 
         if identity != nil {
-            primaryClock(conninfo, &report)
+            primarySettings(conninfo, &report)
         }
         if !tlsUsable {
             report.fail("receiver: \(send.to) not tried: the TLS files cannot be loaded (see above)")
@@ -185,23 +185,42 @@ struct SenderChecks {
         }
     }
 
-    /// The primary's clock through an ordinary SQL connection (a physical replication connection runs no
-    /// SQL). Such a connection needs a database and a pg_hba line; without them the skew is not measured.
-    func primaryClock(_ conninfo: Conninfo, _ report: inout CheckReport) {
+    /// The primary's clock and synchronous_standby_names through an ordinary SQL connection (a physical
+    /// replication connection runs no SQL). Such a connection needs a database and a pg_hba line; without them
+    /// neither is checked.
+    func primarySettings(_ conninfo: Conninfo, _ report: inout CheckReport) {
         var sql = conninfo
         if sql["dbname"] == nil { sql["dbname"] = "postgres" }
         do {
             let connection = try PGConnection(sql, replication: false, applicationName: "walship check")
             let before = Date().timeIntervalSince1970
-            let rows = try connection.query("SELECT extract(epoch FROM clock_timestamp())::text")
+            let rows = try connection.query(
+                "SELECT extract(epoch FROM clock_timestamp())::text, current_setting('synchronous_standby_names')")
             let after = Date().timeIntervalSince1970
-            guard let text = rows.first?.first ?? nil, let primary = Double(text) else {
+            if let text = rows.first?.first ?? nil, let primary = Double(text) {
+                clockLine("the primary", offset: primary - (before + after) / 2, &report)
+            } else {
                 report.warn("clock: the primary returned no time")
-                return
             }
-            clockLine("the primary", offset: primary - (before + after) / 2, &report)
+            if let row = rows.first, row.count > 1, let names = row[1] { synchronousLine(names, &report) }
         } catch {
             report.warn("clock: skew to the primary not measured: no SQL connection (\(error)) (hint: the check needs a database the role may connect to: add dbname=… to source, or a pg_hba.conf line for it)")
+        }
+    }
+
+    /// Whether the primary's commits will wait for this sender, against what `sync` says they should do.
+    func synchronousLine(_ names: String, _ report: inout CheckReport) {
+        let named = SynchronousStandbyNames.includes(names, name: send.applicationName)
+        let shown = names.isEmpty ? "empty" : "'\(names)'"
+        switch (send.sync, named) {
+        case (true, true):
+            report.ok("synchronous: synchronous_standby_names (\(shown)) names \"\(send.applicationName)\": commits wait until their WAL is fsynced at the DR site")
+        case (true, false):
+            report.warn("synchronous: sync = true, but synchronous_standby_names (\(shown)) does not name \"\(send.applicationName)\": commits will not wait for the DR site (hint: once walship send streams, ALTER SYSTEM SET synchronous_standby_names = '\(send.applicationName)'; SELECT pg_reload_conf(); — set it before, and commits wait for a standby that is not there yet)")
+        case (false, true):
+            report.warn("synchronous: synchronous_standby_names (\(shown)) names \"\(send.applicationName)\", but sync = false: commits wait for the DR site, while the receiver batches fsyncs as for an asynchronous sender (hint: set sync = true)")
+        case (false, false):
+            report.ok("synchronous: asynchronous shipping; synchronous_standby_names (\(shown)) does not name \"\(send.applicationName)\"")
         }
     }
 
