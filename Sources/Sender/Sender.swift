@@ -527,33 +527,35 @@ public final class Sender: Sendable {
     private func readAcks(_ iterator: inout NIOAsyncChannelInboundStream<ShipMessage>.AsyncIterator,
                           machine: NIOLockedValueBox<SenderLinkStateMachine>, gate: StreamGate) async throws {
         while let message = try await iterator.next() {
-            switch machine.withLockedValue({ $0.messageReceived(message) }) {
-            case .reportFeedback(let written, let durable, let replayed):
-                // Never report less than was acknowledged from the local buffer: the primary has let that go.
-                let floor = statusBox.withLock { $0.acknowledgedFromBuffer }
-                gate.report(StreamFeedback(written: max(written, floor), flushed: max(durable, floor), applied: replayed))
-                if floor.isValid && durable >= floor, let system = statusBox.withLock({ $0.systemIdentifier.flatMap(UInt64.init) }) {
-                    leaveDegraded(system: system)
-                }
-                noteAck(written: written, durable: durable, replayed: replayed)
-            case .close(let reason, _):
-                throw LinkError(reason)
-            case .none:
-                continue
-            case .startStreaming, .switchTimeline:
-                throw LinkError("unexpected frame from the receiver")
-            }
+            try received(message, machine: machine, gate: gate)
         }
         throw LinkError("the receiver closed the link")
     }
 
-    private func noteAck(written: LSN, durable: LSN, replayed: LSN) {
-        statusBox.withLock {
-            $0.receiverWritten = written
-            $0.receiverDurable = durable
-            if replayed.isValid { $0.replayed = replayed }
-            $0.receiverLastAckAt = .now
-            $0.forgetPassedPoints()
+    /// One frame from the receiver through the link's state machine: an ack is reported to the primary and
+    /// recorded; anything else that is not allowed ends the link.
+    private func received(_ message: ShipMessage, machine: NIOLockedValueBox<SenderLinkStateMachine>, gate: StreamGate) throws {
+        switch machine.withLockedValue({ $0.messageReceived(message) }) {
+        case .reportFeedback(let written, let durable, let replayed):
+            // Never report less than was acknowledged from the local buffer: the primary has let that go.
+            let floor = statusBox.withLock { $0.acknowledgedFromBuffer }
+            gate.report(StreamFeedback(written: max(written, floor), flushed: max(durable, floor), applied: replayed))
+            if floor.isValid && durable >= floor, let system = statusBox.withLock({ $0.systemIdentifier.flatMap(UInt64.init) }) {
+                leaveDegraded(system: system)
+            }
+            statusBox.withLock {
+                $0.receiverWritten = written
+                $0.receiverDurable = durable
+                if replayed.isValid { $0.replayed = replayed }
+                $0.receiverLastAckAt = .now
+                $0.forgetPassedPoints()
+            }
+        case .close(let reason, _):
+            throw LinkError(reason)
+        case .none:
+            break
+        case .startStreaming, .switchTimeline:
+            throw LinkError("unexpected frame from the receiver")
         }
     }
 
@@ -563,17 +565,11 @@ public final class Sender: Sendable {
     private func acknowledgeOnEventLoop(_ message: ShipMessage, machine: NIOLockedValueBox<SenderLinkStateMachine>,
                                         gate: StreamGate) -> TapVerdict {
         guard case .ack = message, !statusBox.withLock({ $0.acknowledgedFromBuffer.isValid }) else { return .forward }
-        switch machine.withLockedValue({ $0.messageReceived(message) }) {
-        case .reportFeedback(let written, let durable, let replayed):
-            gate.report(StreamFeedback(written: written, flushed: durable, applied: replayed))
-            noteAck(written: written, durable: durable, replayed: replayed)
+        do {
+            try received(message, machine: machine, gate: gate)
             return .consumed
-        case .none:
-            return .consumed
-        case .close(let reason, _):
-            return .fail(LinkError(reason))
-        case .startStreaming, .switchTimeline:
-            return .fail(LinkError("unexpected frame from the receiver"))
+        } catch {
+            return .fail(error)
         }
     }
 
