@@ -58,14 +58,12 @@ public enum LZ4 {
         private var preferences = LZ4F_preferences_t()
         private var buffer: [UInt8] = []
 
-        /// `contentSize`, when known, is recorded in the frame header as `compressFrame` does.
-        public init(contentSize: UInt64 = 0) {
+        public init() {
             precondition(LZ4F_isError(LZ4F_createCompressionContext(&context, UInt32(LZ4F_VERSION))) == 0,
                          "cannot create an LZ4 compression context")
             preferences.frameInfo.blockSizeID = LZ4F_max64KB
             preferences.frameInfo.blockMode = LZ4F_blockLinked
             preferences.frameInfo.contentChecksumFlag = LZ4F_contentChecksumEnabled
-            preferences.frameInfo.contentSize = contentSize
         }
 
         deinit { LZ4F_freeCompressionContext(context) }

@@ -9,25 +9,51 @@ public struct XXH32 {
     private static let prime4: UInt32 = 668_265_263
     private static let prime5: UInt32 = 374_761_393
 
-    private var v1: UInt32, v2: UInt32, v3: UInt32, v4: UInt32
+    private var lanes: Lanes
     private let seed: UInt32
     private var totalLength: UInt64 = 0
-    /// Input not yet consumed by a 16-byte stripe.
+    /// Input not yet consumed by a 16-byte stripe (fewer than 16 bytes).
     private var pending: [UInt8] = []
+
+    private struct Lanes {
+        var a, b, c, d: UInt32
+
+        init(seed: UInt32) {
+            a = seed &+ XXH32.prime1 &+ XXH32.prime2
+            b = seed &+ XXH32.prime2
+            c = seed
+            d = seed &- XXH32.prime1
+        }
+
+        /// Consumes the whole 16-byte stripes of `bytes`; returns how many bytes that was.
+        mutating func consumeStripes(_ bytes: UnsafeRawBufferPointer) -> Int {
+            guard let base = bytes.baseAddress else { return 0 }
+            var a = self.a, b = self.b, c = self.c, d = self.d
+            var index = 0
+            while bytes.count - index >= 16 {
+                let p = base + index
+                a = XXH32.round(a, UInt32(littleEndian: p.loadUnaligned(as: UInt32.self)))
+                b = XXH32.round(b, UInt32(littleEndian: p.loadUnaligned(fromByteOffset: 4, as: UInt32.self)))
+                c = XXH32.round(c, UInt32(littleEndian: p.loadUnaligned(fromByteOffset: 8, as: UInt32.self)))
+                d = XXH32.round(d, UInt32(littleEndian: p.loadUnaligned(fromByteOffset: 12, as: UInt32.self)))
+                index += 16
+            }
+            self.a = a; self.b = b; self.c = c; self.d = d
+            return index
+        }
+    }
 
     public init(seed: UInt32 = 0) {
         self.seed = seed
-        v1 = seed &+ Self.prime1 &+ Self.prime2
-        v2 = seed &+ Self.prime2
-        v3 = seed
-        v4 = seed &- Self.prime1
-        pending.reserveCapacity(16)
+        lanes = Lanes(seed: seed)
     }
 
+    /// One buffer's hash, computed in place (no copy of its tail).
     public static func hash(_ bytes: UnsafeRawBufferPointer, seed: UInt32 = 0) -> UInt32 {
-        var state = XXH32(seed: seed)
-        state.update(bytes)
-        return state.digest()
+        var lanes = Lanes(seed: seed)
+        let consumed = lanes.consumeStripes(bytes)
+        return finish(lanes, seed: seed, totalLength: UInt64(bytes.count),
+                      tail: UnsafeRawBufferPointer(rebasing: bytes[consumed...]))
     }
 
     public static func hash(_ bytes: [UInt8], seed: UInt32 = 0) -> UInt32 {
@@ -43,57 +69,44 @@ public struct XXH32 {
     private static func rotate(_ value: UInt32, _ bits: UInt32) -> UInt32 { (value << bits) | (value >> (32 - bits)) }
 
     public mutating func update(_ bytes: UnsafeRawBufferPointer) {
-        guard let base = bytes.baseAddress, bytes.count > 0 else { return }
+        guard bytes.count > 0 else { return }
         totalLength += UInt64(bytes.count)
         var index = 0
         if !pending.isEmpty {
-            let take = min(16 - pending.count, bytes.count)
-            pending.append(contentsOf: UnsafeRawBufferPointer(rebasing: bytes[0..<take]))
-            index = take
+            index = min(16 - pending.count, bytes.count)
+            pending.append(contentsOf: UnsafeRawBufferPointer(rebasing: bytes[0..<index]))
             guard pending.count == 16 else { return }
-            pending.withUnsafeBytes { stripe(at: $0.baseAddress!) }
+            _ = pending.withUnsafeBytes { lanes.consumeStripes($0) }
             pending.removeAll(keepingCapacity: true)
         }
-        var a = v1, b = v2, c = v3, d = v4
-        while bytes.count - index >= 16 {
-            let p = base + index
-            a = Self.round(a, UInt32(littleEndian: p.loadUnaligned(as: UInt32.self)))
-            b = Self.round(b, UInt32(littleEndian: p.loadUnaligned(fromByteOffset: 4, as: UInt32.self)))
-            c = Self.round(c, UInt32(littleEndian: p.loadUnaligned(fromByteOffset: 8, as: UInt32.self)))
-            d = Self.round(d, UInt32(littleEndian: p.loadUnaligned(fromByteOffset: 12, as: UInt32.self)))
-            index += 16
-        }
-        v1 = a; v2 = b; v3 = c; v4 = d
+        index += lanes.consumeStripes(UnsafeRawBufferPointer(rebasing: bytes[index...]))
         if index < bytes.count { pending.append(contentsOf: UnsafeRawBufferPointer(rebasing: bytes[index...])) }
     }
 
-    private mutating func stripe(at p: UnsafeRawPointer) {
-        v1 = Self.round(v1, UInt32(littleEndian: p.loadUnaligned(as: UInt32.self)))
-        v2 = Self.round(v2, UInt32(littleEndian: p.loadUnaligned(fromByteOffset: 4, as: UInt32.self)))
-        v3 = Self.round(v3, UInt32(littleEndian: p.loadUnaligned(fromByteOffset: 8, as: UInt32.self)))
-        v4 = Self.round(v4, UInt32(littleEndian: p.loadUnaligned(fromByteOffset: 12, as: UInt32.self)))
+    public func digest() -> UInt32 {
+        pending.withUnsafeBytes { Self.finish(lanes, seed: seed, totalLength: totalLength, tail: $0) }
     }
 
-    public func digest() -> UInt32 {
+    /// The hash from the lanes after the last whole stripe and the fewer than 16 bytes after it.
+    private static func finish(_ lanes: Lanes, seed: UInt32, totalLength: UInt64, tail: UnsafeRawBufferPointer) -> UInt32 {
         var h: UInt32 = totalLength >= 16
-            ? Self.rotate(v1, 1) &+ Self.rotate(v2, 7) &+ Self.rotate(v3, 12) &+ Self.rotate(v4, 18)
-            : seed &+ Self.prime5
+            ? rotate(lanes.a, 1) &+ rotate(lanes.b, 7) &+ rotate(lanes.c, 12) &+ rotate(lanes.d, 18)
+            : seed &+ prime5
         h = h &+ UInt32(truncatingIfNeeded: totalLength)
         var index = 0
-        while pending.count - index >= 4 {
-            let lane = UInt32(pending[index]) | UInt32(pending[index + 1]) << 8 | UInt32(pending[index + 2]) << 16
-                | UInt32(pending[index + 3]) << 24
-            h = Self.rotate(h &+ lane &* Self.prime3, 17) &* Self.prime4
+        while tail.count - index >= 4 {
+            let lane = UInt32(littleEndian: tail.loadUnaligned(fromByteOffset: index, as: UInt32.self))
+            h = rotate(h &+ lane &* prime3, 17) &* prime4
             index += 4
         }
-        while index < pending.count {
-            h = Self.rotate(h &+ UInt32(pending[index]) &* Self.prime5, 11) &* Self.prime1
+        while index < tail.count {
+            h = rotate(h &+ UInt32(tail[index]) &* prime5, 11) &* prime1
             index += 1
         }
         h ^= h >> 15
-        h = h &* Self.prime2
+        h = h &* prime2
         h ^= h >> 13
-        h = h &* Self.prime3
+        h = h &* prime3
         h ^= h >> 16
         return h
     }
