@@ -423,10 +423,11 @@ public final class SystemSpool: @unchecked Sendable {
         current = try PartialSegmentWriter(reopening: path, contents: contents)
         resetSegmentState()
         segmentLength = contents.wal.count
-        let pageStart = segmentLength / Int(WALPage.size) * Int(WALPage.size)
-        pageHead = Array(contents.wal[pageStart..<min(segmentLength, pageStart + WALPage.longHeaderLength)])
         startCompressor(segment)
-        contents.wal.withUnsafeBytes { compress($0) }
+        contents.wal.withUnsafeBytes {
+            keepPageHead($0, at: 0)
+            compress($0)
+        }
         if segmentLength == Int(segmentSize.bytes) { try finishSegment() }
     }
 }
