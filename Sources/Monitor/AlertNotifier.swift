@@ -80,18 +80,13 @@ public final class AlertNotifier: Sendable {
     }
 
     private func post(_ body: Data, to url: URL, event: AlertEvent) async {
-        let outcome: Result<Int, any Error>
         do {
-            outcome = .success(try await HTTPRequest.send(.POST, url, body: Array(body), contentType: "application/json",
-                                                          timeout: timeout).status)
+            let code = try await HTTPRequest.send(.POST, url, body: Array(body), contentType: "application/json",
+                                                  timeout: timeout).status
+            if !(200..<300).contains(code) {
+                logger.error("--alert-webhook answered HTTP \(code)", metadata: ["walship.alert": "\(event.condition)"])
+            }
         } catch {
-            outcome = .failure(error)
-        }
-        switch outcome {
-        case .success(let code) where (200..<300).contains(code): break
-        case .success(let code):
-            logger.error("--alert-webhook answered HTTP \(code)", metadata: ["walship.alert": "\(event.condition)"])
-        case .failure(let error):
             logger.error("--alert-webhook unreachable", metadata: ["walship.error": "\(error)", "walship.alert": "\(event.condition)"])
         }
     }

@@ -54,20 +54,20 @@ public enum HTTPRequest {
         let channel: NIOAsyncChannel<HTTPClientResponsePart, HTTPClientRequestPart>
         do {
             channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
-            .connectTimeout(connectTimeout)
-            .connect(host: host, port: port) { channel in
-                channel.eventLoop.makeCompletedFuture {
-                    if let tls {
-                        try channel.pipeline.syncOperations.addHandler(
-                            try NIOSSLClientHandler(context: tls, serverHostname: isIPAddress(host) ? nil : host))
+                .connectTimeout(connectTimeout)
+                .connect(host: host, port: port) { channel in
+                    channel.eventLoop.makeCompletedFuture {
+                        if let tls {
+                            try channel.pipeline.syncOperations.addHandler(
+                                try NIOSSLClientHandler(context: tls, serverHostname: isIPAddress(host) ? nil : host))
+                        }
+                        try channel.pipeline.syncOperations.addHTTPClientHandlers()
+                        return try NIOAsyncChannel<HTTPClientResponsePart, HTTPClientRequestPart>(wrappingChannelSynchronously: channel)
                     }
-                    try channel.pipeline.syncOperations.addHTTPClientHandlers()
-                    return try NIOAsyncChannel<HTTPClientResponsePart, HTTPClientRequestPart>(wrappingChannelSynchronously: channel)
                 }
-            }
         } catch let error as NIOConnectionError {
-            let reasons = error.connectionErrors.map { "\($0.error)" }
-            throw Failure(description: "cannot connect to \(host):\(port): \(reasons.first ?? "\(error)")")
+            let reason = error.connectionErrors.first.map { "\($0.error)" } ?? "\(error)"
+            throw Failure(description: "cannot connect to \(host):\(port): \(reason)")
         }
         do {
             return try await talk(over: channel, host: host, port: port, method: method, target: target, body: body,

@@ -416,7 +416,8 @@ public final class Receiver: Sendable {
                         _ = try? system.sync()
                         throw error
                     }
-                    let unsynced = system.position.written.bytesAfter(system.position.durable)
+                    let position = system.position
+                    let unsynced = position.written.bytesAfter(position.durable)
                     if synchronous || queue.isEmpty || unsynced >= syncBytes || lastSync.duration(to: .now) >= syncInterval {
                         try system.sync()
                         lastSync = .now
