@@ -5,8 +5,17 @@ import NIOCore
 public enum LZ4 {
     /// Compresses one independent block (`LZ4_compress_default`).
     public static func compressBlock(_ input: ByteBuffer, allocator: ByteBufferAllocator = ByteBufferAllocator()) -> ByteBuffer {
-        let bound = Int(LZ4_compressBound(Int32(input.readableBytes)))
-        var out = allocator.buffer(capacity: bound)
+        var out = allocator.buffer(capacity: compressBound(input.readableBytes))
+        compressBlock(input, into: &out)
+        return out
+    }
+
+    /// The most one block of `count` bytes can compress to.
+    public static func compressBound(_ count: Int) -> Int { Int(LZ4_compressBound(Int32(count))) }
+
+    /// Compresses one independent block, appended to `out`.
+    public static func compressBlock(_ input: ByteBuffer, into out: inout ByteBuffer) {
+        let bound = compressBound(input.readableBytes)
         _ = input.withUnsafeReadableBytes { src in
             out.writeWithUnsafeMutableBytes(minimumWritableBytes: bound) { dst in
                 Int(LZ4_compress_default(src.baseAddress?.assumingMemoryBound(to: CChar.self),
@@ -14,13 +23,18 @@ public enum LZ4 {
                                          Int32(src.count), Int32(dst.count)))
             }
         }
-        return out
     }
 
     /// Decompresses one block with the bounds-checked decoder; nil unless it yields exactly `uncompressedLength` bytes.
     public static func decompressBlock(_ input: ByteBuffer, uncompressedLength: Int,
                                        allocator: ByteBufferAllocator = ByteBufferAllocator()) -> ByteBuffer? {
         var out = allocator.buffer(capacity: uncompressedLength)
+        return decompressBlock(input, uncompressedLength: uncompressedLength, into: &out) ? out : nil
+    }
+
+    /// Decompresses one block, appended to `out`; false (and nothing appended) unless it yields exactly
+    /// `uncompressedLength` bytes.
+    public static func decompressBlock(_ input: ByteBuffer, uncompressedLength: Int, into out: inout ByteBuffer) -> Bool {
         var ok = false
         _ = input.withUnsafeReadableBytes { src in
             out.writeWithUnsafeMutableBytes(minimumWritableBytes: uncompressedLength) { dst in
@@ -31,7 +45,25 @@ public enum LZ4 {
                 return ok ? Int(n) : 0
             }
         }
-        return ok ? out : nil
+        return ok
+    }
+
+    /// Decompresses one block and appends the result to `output`; false (and `output` unchanged) unless it
+    /// yields exactly `uncompressedLength` bytes.
+    public static func decompressBlock(_ input: UnsafeRawBufferPointer, uncompressedLength: Int,
+                                       appendingTo output: inout [UInt8]) -> Bool {
+        guard uncompressedLength > 0 else { return false }
+        let before = output.count
+        var ok = false
+        output.append(contentsOf: repeatElement(0, count: uncompressedLength))
+        output.withUnsafeMutableBytes { dst in
+            let n = LZ4_decompress_safe(input.baseAddress?.assumingMemoryBound(to: CChar.self),
+                                        dst.baseAddress!.advanced(by: before).assumingMemoryBound(to: CChar.self),
+                                        Int32(input.count), Int32(uncompressedLength))
+            ok = n == Int32(uncompressedLength)
+        }
+        if !ok { output.removeLast(uncompressedLength) }
+        return ok
     }
 
     /// Compresses `input` into one standard LZ4 frame (64 KiB linked blocks, content size and content

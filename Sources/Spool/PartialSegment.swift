@@ -1,31 +1,46 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import ShipProtocol
 import WALCore
 
 /// The in-progress segment, `NAME.partial`: an append-only journal so that a crash leaves a tail we can
 /// recognise and cut, never bytes we cannot tell apart from WAL. Layout (little-endian), see docs/architecture.md:
 ///
-///     header  (48 bytes) "WSPJ", version 1, system identifier, segment size, timeline, segment number, CRC-32C
-///     record* (16 + n)   "WSPR", segment offset, length n, CRC-32C over the record header fields and data; data
+///     header  (48 bytes) "WSPJ", version, system identifier, segment size, timeline, segment number, CRC-32C
+///     record  (16 + n)   "WSPR", segment offset, length n, CRC-32C over the record header fields and data; data
+///     record  (20 + m)   "WSPZ", segment offset, WAL length n, block length m, CRC-32C over the record header
+///                        fields and block; one LZ4 block (the sender's) that decompresses to the n WAL bytes
 ///
-/// Records are contiguous in segment offsets starting at 0. The first record that is incomplete, fails its CRC,
-/// or does not continue the previous one ends the journal: everything before it was fsynced in order.
+/// Version 2 journals hold either kind of record; version 1 journals (older receivers) only "WSPR". Records are
+/// contiguous in segment offsets starting at 0. The first record that is incomplete, fails its CRC, or does not
+/// continue the previous one ends the journal: everything before it was fsynced in order.
 public enum PartialSegment {
     static let headerLength = 48
     static let recordHeaderLength = 16
+    static let blockRecordHeaderLength = 20
     static let headerMagic: [UInt8] = Array("WSPJ".utf8)
     static let recordMagic: [UInt8] = Array("WSPR".utf8)
-    static let version: UInt32 = 1
+    static let blockRecordMagic: [UInt8] = Array("WSPZ".utf8)
+    /// Written in new journals; 1 is still read (and continued with raw records only).
+    public static let version: UInt32 = 2
 
     public struct Header: Hashable, Sendable {
         public var systemIdentifier: UInt64
         public var segment: SegmentName
+        /// The journal's format version: block records only from version 2.
+        public var version: UInt32
+
+        public init(systemIdentifier: UInt64, segment: SegmentName, version: UInt32 = PartialSegment.version) {
+            self.systemIdentifier = systemIdentifier
+            self.segment = segment
+            self.version = version
+        }
     }
 
     static func encodeHeader(_ header: Header) -> [UInt8] {
         var out = headerMagic
-        out.appendLE(version)
+        out.appendLE(header.version)
         out.appendLE(header.systemIdentifier)
         out.appendLE(header.segment.segmentSize.bytes)
         out.appendLE(header.segment.timeline)
@@ -44,24 +59,97 @@ public enum PartialSegment {
         guard bytes.readLE(40, UInt32.self) == CRC32C.checksum(bytes[0..<40]) else {
             throw SpoolError(.corrupt, "\"\(path)\" has a damaged header (CRC mismatch)")
         }
-        guard bytes.readLE(4, UInt32.self) == version else {
-            throw SpoolError(.corrupt, "\"\(path)\" has unknown partial format version \(bytes.readLE(4, UInt32.self))")
+        let version = bytes.readLE(4, UInt32.self)
+        guard (1...Self.version).contains(version) else {
+            throw SpoolError(.corrupt, "\"\(path)\" has unknown partial format version \(version); it was written by a newer walship")
         }
         guard let size = WALSegmentSize(bytes: bytes.readLE(16, UInt64.self)) else {
             throw SpoolError(.corrupt, "\"\(path)\" names an invalid segment size")
         }
         let segment = SegmentName(timeline: bytes.readLE(24, UInt32.self), number: bytes.readLE(32, UInt64.self),
                                   segmentSize: size)
-        return Header(systemIdentifier: bytes.readLE(8, UInt64.self), segment: segment)
+        return Header(systemIdentifier: bytes.readLE(8, UInt64.self), segment: segment, version: version)
     }
 
+    /// The header of a record holding `data` as it is.
     static func encodeRecordHeader(offset: UInt32, data: UnsafeRawBufferPointer) -> [UInt8] {
         var head = recordMagic
         head.appendLE(offset)
         head.appendLE(UInt32(data.count))
-        let crc = CRC32C.update(head.withUnsafeBytes { CRC32C.update(0, $0) }, data)
-        head.appendLE(crc)
+        head.appendLE(CRC32C.update(head.withUnsafeBytes { CRC32C.update(0, $0) }, data))
         return head
+    }
+
+    /// The header of a record holding `walLength` WAL bytes as the LZ4 block `block`.
+    static func encodeBlockRecordHeader(offset: UInt32, walLength: Int, block: UnsafeRawBufferPointer) -> [UInt8] {
+        var head = blockRecordMagic
+        head.appendLE(offset)
+        head.appendLE(UInt32(walLength))
+        head.appendLE(UInt32(block.count))
+        head.appendLE(CRC32C.update(head.withUnsafeBytes { CRC32C.update(0, $0) }, block))
+        return head
+    }
+
+    /// One record's header, as read from the file.
+    struct Record {
+        /// Where the record's WAL starts in the segment, and how many WAL bytes it holds.
+        var offset: Int
+        var walLength: Int
+        var headerLength: Int
+        /// Bytes stored after the header: `walLength` for a raw record, the block's length for a block record.
+        var storedLength: Int
+        var compressed: Bool
+        var crc: UInt32
+
+        var totalLength: Int { headerLength + storedLength }
+
+        /// Parses the header at the start of `bytes`; nil when it is not a record header or is cut short.
+        init?(header bytes: UnsafeRawBufferPointer) {
+            guard bytes.count >= PartialSegment.recordHeaderLength else { return nil }
+            let magic = Array(bytes[0..<4])
+            if magic == PartialSegment.recordMagic {
+                compressed = false
+                headerLength = PartialSegment.recordHeaderLength
+                walLength = Int(bytes.readLE(8, UInt32.self))
+                storedLength = walLength
+                crc = bytes.readLE(12, UInt32.self)
+            } else if magic == PartialSegment.blockRecordMagic, bytes.count >= PartialSegment.blockRecordHeaderLength {
+                compressed = true
+                headerLength = PartialSegment.blockRecordHeaderLength
+                walLength = Int(bytes.readLE(8, UInt32.self))
+                storedLength = Int(bytes.readLE(12, UInt32.self))
+                crc = bytes.readLE(16, UInt32.self)
+            } else {
+                return nil
+            }
+            offset = Int(bytes.readLE(4, UInt32.self))
+        }
+
+        /// Checks the CRC over the header's fields (`header`, at least `headerLength` bytes) and `stored`, and
+        /// appends the record's WAL from segment offset `from` on to `wal`. False if the CRC fails (a torn write).
+        /// A block that passes its CRC but does not decompress was damaged before it was written: that throws.
+        func appendWAL(header: UnsafeRawBufferPointer, stored: UnsafeRawBufferPointer, from: Int,
+                       to wal: inout [UInt8], path: String) throws -> Bool {
+            let fieldsCRC = CRC32C.update(0, UnsafeRawBufferPointer(rebasing: header[0..<headerLength - 4]))
+            guard stored.count == storedLength, CRC32C.update(fieldsCRC, stored) == crc else { return false }
+            let skip = from - offset
+            guard compressed else {
+                wal.append(contentsOf: UnsafeRawBufferPointer(rebasing: stored[skip...]))
+                return true
+            }
+            if skip == 0 {
+                guard LZ4.decompressBlock(stored, uncompressedLength: walLength, appendingTo: &wal) else {
+                    throw SpoolError(.corrupt, "\"\(path)\": the LZ4 block for segment offset \(offset) does not decompress to its \(walLength) bytes")
+                }
+            } else {
+                var block: [UInt8] = []
+                guard LZ4.decompressBlock(stored, uncompressedLength: walLength, appendingTo: &block) else {
+                    throw SpoolError(.corrupt, "\"\(path)\": the LZ4 block for segment offset \(offset) does not decompress to its \(walLength) bytes")
+                }
+                wal.append(contentsOf: block[skip...])
+            }
+            return true
+        }
     }
 
     /// What a partial file holds: its header, the WAL bytes from the segment start, and where the journal's
@@ -85,21 +173,16 @@ public enum PartialSegment {
         var wal: [UInt8] = []
         wal.reserveCapacity(segmentBytes)
         var position = headerLength
-        while position + recordHeaderLength <= file.count {
-            guard Array(file[position..<position + 4]) == recordMagic else { break }
-            let offset = Int(file.readLE(position + 4, UInt32.self))
-            let length = Int(file.readLE(position + 8, UInt32.self))
-            let crc = file.readLE(position + 12, UInt32.self)
-            let dataStart = position + recordHeaderLength
-            guard offset == wal.count, length > 0, offset + length <= segmentBytes, dataStart + length <= file.count
-            else { break }
-            let computed = file.withUnsafeBytes { raw in
-                CRC32C.update(CRC32C.update(0, UnsafeRawBufferPointer(rebasing: raw[position..<position + 12])),
-                              UnsafeRawBufferPointer(rebasing: raw[dataStart..<dataStart + length]))
+        try file.withUnsafeBytes { raw in
+            while let record = Record(header: UnsafeRawBufferPointer(rebasing: raw[position...])),
+                  header.version >= 2 || !record.compressed,
+                  record.offset == wal.count, record.walLength > 0, record.offset + record.walLength <= segmentBytes,
+                  position + record.totalLength <= file.count,
+                  try record.appendWAL(header: UnsafeRawBufferPointer(rebasing: raw[position...]),
+                                       stored: UnsafeRawBufferPointer(rebasing: raw[position + record.headerLength..<position + record.totalLength]),
+                                       from: record.offset, to: &wal, path: path) {
+                position += record.totalLength
             }
-            guard computed == crc else { break }
-            wal.append(contentsOf: file[dataStart..<dataStart + length])
-            position = dataStart + length
         }
         let tail = file[position..<min(file.count, position + 64 * 1024)]
         return Contents(header: header, wal: wal, journalLength: position, hadTornTail: tail.contains { $0 != 0 })
@@ -159,16 +242,24 @@ final class PartialSegmentWriter {
         return PartialSegment.headerLength + segment + segment / 16
     }
 
-    /// Writes one record (not yet durable).
-    func append(offset: Int, _ data: UnsafeRawBufferPointer) throws {
-        let head = PartialSegment.encodeRecordHeader(offset: UInt32(offset), data: data)
-        let needed = journalLength + head.count + data.count
+    /// Writes one record (not yet durable): `data` as the LZ4 block `block` decompresses to, when given and the
+    /// journal's version allows it (a quarter of the bytes to write and checksum), else as it is.
+    func append(offset: Int, _ data: UnsafeRawBufferPointer, block: UnsafeRawBufferPointer? = nil) throws {
+        if let block, header.version >= 2 {
+            try write(PartialSegment.encodeBlockRecordHeader(offset: UInt32(offset), walLength: data.count, block: block), block)
+        } else {
+            try write(PartialSegment.encodeRecordHeader(offset: UInt32(offset), data: data), data)
+        }
+    }
+
+    private func write(_ head: [UInt8], _ stored: UnsafeRawBufferPointer) throws {
+        let needed = journalLength + head.count + stored.count
         if needed > preallocated {
             preallocated = needed + Int(header.segment.segmentSize.bytes) / 16
             try FileIO.preallocate(fd, bytes: preallocated, path: path)
         }
         try head.withUnsafeBytes { (raw) in try FileIO.pwriteAll(fd, raw, at: journalLength, path: path) }
-        try FileIO.pwriteAll(fd, data, at: journalLength + head.count, path: path)
+        try FileIO.pwriteAll(fd, stored, at: journalLength + head.count, path: path)
         journalLength = needed
     }
 

@@ -87,8 +87,8 @@ public final class SystemSpool: @unchecked Sendable {
 
     /// Validates and writes `bytes`, which must continue exactly where the spool's WAL ends. Not durable until `sync()`.
     /// A brand-new spool must start at a segment boundary, so every stored segment is whole.
-    /// `compressedBlock`, when given, is the LZ4 block `bytes` came in (the sender's); it is stored in the
-    /// segment's `.lz4` instead of compressing `bytes` again, if they lie within one segment.
+    /// `compressedBlock`, when given, is the LZ4 block `bytes` came in (the sender's); if they lie within one
+    /// segment it is what the journal records and what the segment's `.lz4` stores, instead of `bytes` again.
     public func append(timeline tli: TimeLineID, startLSN: LSN, bytes: UnsafeRawBufferPointer,
                        compressedBlock: UnsafeRawBufferPointer? = nil) throws {
         if let failure { throw failure }
@@ -119,8 +119,9 @@ public final class SystemSpool: @unchecked Sendable {
             let n = min(bytes.count - consumed, Int(segmentSize.bytes) - offset)
             let slice = UnsafeRawBufferPointer(rebasing: bytes[consumed..<consumed + n])
             try validate(slice, at: offset)
-            try current!.append(offset: offset, slice)
-            compress(slice, block: n == bytes.count ? compressedBlock : nil)
+            let block = n == bytes.count ? compressedBlock : nil
+            try current!.append(offset: offset, slice, block: block)
+            compress(slice, block: block)
             segmentLength = offset + n
             keepPageHead(slice, at: offset)
             consumed += n

@@ -170,13 +170,14 @@ final class CompressedSegment {
 final class JournalFollower {
     let fd: Int32
     let path: String
+    private let version: UInt32
     private var offset = PartialSegment.headerLength
 
     init(path: String) throws {
         self.path = path
         fd = try FileIO.open(path, O_RDONLY)
         let header = try FileIO.preadAll(fd, count: PartialSegment.headerLength, at: 0, path: path)
-        do { _ = try PartialSegment.decodeHeader(header, path: path) } catch {
+        do { version = try PartialSegment.decodeHeader(header, path: path).version } catch {
             FileIO.close(fd)
             throw error
         }
@@ -188,23 +189,24 @@ final class JournalFollower {
     /// until it reaches `target` (or, without one, all of them). Stops at the first incomplete record.
     func catchUp(into wal: inout [UInt8], base: Int = 0, until target: Int = .max) throws {
         while base + wal.count < target {
-            let head = try FileIO.preadAll(fd, count: PartialSegment.recordHeaderLength, at: offset, path: path)
-            guard head.count == PartialSegment.recordHeaderLength, Array(head[0..<4]) == PartialSegment.recordMagic
+            let head = try FileIO.preadAll(fd, count: PartialSegment.blockRecordHeaderLength, at: offset, path: path)
+            guard let record = head.withUnsafeBytes({ PartialSegment.Record(header: $0) }),
+                  version >= 2 || !record.compressed
             else { return }
-            let recordOffset = Int(head.readLE(4, UInt32.self))
-            let length = Int(head.readLE(8, UInt32.self))
             // After a reopen the window may start inside a record: skip records wholly before it.
-            if recordOffset + length <= base + wal.count {
-                offset += PartialSegment.recordHeaderLength + length
+            if record.offset + record.walLength <= base + wal.count {
+                offset += record.totalLength
                 continue
             }
-            guard recordOffset <= base + wal.count else { return }
-            let data = try FileIO.preadAll(fd, count: length, at: offset + PartialSegment.recordHeaderLength, path: path)
-            guard data.count == length else { return }
-            let crc = data.withUnsafeBytes { CRC32C.update(head.withUnsafeBytes { CRC32C.update(0, UnsafeRawBufferPointer(rebasing: $0[0..<12])) }, $0) }
-            guard crc == head.readLE(12, UInt32.self) else { return }
-            wal.append(contentsOf: data[(base + wal.count - recordOffset)...])
-            offset += PartialSegment.recordHeaderLength + length
+            guard record.offset <= base + wal.count else { return }
+            let stored = try FileIO.preadAll(fd, count: record.storedLength, at: offset + record.headerLength, path: path)
+            let complete = try head.withUnsafeBytes { header in
+                try stored.withUnsafeBytes { data in
+                    try record.appendWAL(header: header, stored: data, from: base + wal.count, to: &wal, path: path)
+                }
+            }
+            guard complete else { return }
+            offset += record.totalLength
         }
     }
 }
