@@ -222,13 +222,15 @@ public final class ReplicationSession: Sendable {
 
     /// Streams WAL from `start` into `source` until stopped, the connection fails, or the timeline ends.
     /// Runs the whole loop on the connection's thread; cancellation of the calling task stops it.
+    /// `chunkBuffer` provides the buffers WAL is gathered in (by default, freshly allocated ones).
     public func stream(slot: String?, start: LSN, timeline: TimeLineID, gate: StreamGate,
-                       source: StreamEvents.Source, statusInterval: Duration = .seconds(10)) async throws {
+                       source: StreamEvents.Source, statusInterval: Duration = .seconds(10),
+                       chunkBuffer: @escaping @Sendable (Int) -> ByteBuffer = { ByteBufferAllocator().buffer(capacity: $0) }) async throws {
         try await withTaskCancellationHandler {
             try await owner.run { [logger] connection in
                 do {
                     var loop = try StreamLoop(connection: connection.required(), gate: gate, source: source, logger: logger,
-                                              statusInterval: statusInterval, expectedStart: start)
+                                              statusInterval: statusInterval, expectedStart: start, chunkBuffer: chunkBuffer)
                     let slotClause = slot.map { "SLOT \(quoteIdentifier($0)) " } ?? ""
                     try loop.connection.startCopyBoth("START_REPLICATION \(slotClause)PHYSICAL \(start) TIMELINE \(timeline)")
                     try loop.run()

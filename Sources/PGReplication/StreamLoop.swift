@@ -16,6 +16,8 @@ struct StreamLoop {
     let logger: Logger
     let statusInterval: Duration
     let maxChunkBytes: Int
+    /// Where chunk buffers come from (a pool the consumer recycles them to, or plain allocation).
+    let chunkBuffer: @Sendable (Int) -> ByteBuffer
     private var expectedNext: LSN
     private var chunk: ByteBuffer?
     private var chunkStart = LSN.invalid
@@ -25,9 +27,14 @@ struct StreamLoop {
     private var outputPending = false
     private var lastStatusSent: ContinuousClock.Instant
     private var finished: StreamEvent?
+    /// When the pending chunk was first left waiting for more WAL the primary said it has (see `readAvailable`).
+    private var chunkHeldSince: ContinuousClock.Instant?
+    /// The longest a chunk waits for the rest of a backlog before it goes as it is.
+    static let maxChunkHold: Duration = .milliseconds(20)
 
     init(connection: PGConnection, gate: StreamGate, source: StreamEvents.Source, logger: Logger,
-         statusInterval: Duration, expectedStart: LSN, maxChunkBytes: Int = 1 << 20) {
+         statusInterval: Duration, expectedStart: LSN, maxChunkBytes: Int = 1 << 20,
+         chunkBuffer: @escaping @Sendable (Int) -> ByteBuffer = { ByteBufferAllocator().buffer(capacity: $0) }) {
         precondition(maxChunkBytes > 0 && maxChunkBytes & (maxChunkBytes - 1) == 0 && maxChunkBytes <= 1 << 20,
                      "chunks must align to a power of two no larger than the smallest WAL segment")
         self.connection = connection
@@ -37,6 +44,7 @@ struct StreamLoop {
         self.statusInterval = statusInterval
         self.expectedNext = expectedStart
         self.maxChunkBytes = maxChunkBytes
+        self.chunkBuffer = chunkBuffer
         self.lastStatusSent = .now - statusInterval
     }
 
@@ -56,6 +64,7 @@ struct StreamLoop {
                 _ = source.yield(finished)
                 return
             }
+            if let held = chunkHeldSince, ContinuousClock.now - held >= Self.maxChunkHold { _ = emitChunk() }
             if changed || mustReply || ContinuousClock.now - lastStatusSent >= statusInterval {
                 try sendStatus(feedback)
             }
@@ -71,9 +80,10 @@ struct StreamLoop {
         if reading { events |= Int16(POLLIN) }
         if outputPending { events |= Int16(POLLOUT) }
         if events != 0 { fds.append(pollfd(fd: socket, events: events, revents: 0)) }
-        let untilStatus = statusInterval - (ContinuousClock.now - lastStatusSent)
-        let timeoutMs = max(1, min(1000, Int32(untilStatus.components.seconds * 1000
-            + untilStatus.components.attoseconds / 1_000_000_000_000_000)))
+        var wait = statusInterval - (ContinuousClock.now - lastStatusSent)
+        if let held = chunkHeldSince { wait = min(wait, Self.maxChunkHold - (ContinuousClock.now - held)) }
+        let timeoutMs = max(1, min(1000, Int32(wait.components.seconds * 1000
+            + wait.components.attoseconds / 1_000_000_000_000_000)))
         let rc = poll(&fds, nfds_t(fds.count), timeoutMs)
         if rc < 0 && errno != EINTR { throw PostgresError("poll failed: \(String(cString: strerror(errno)))") }
         gate.drainWakeups()
@@ -94,7 +104,15 @@ struct StreamLoop {
                 }
                 if paused { return }
             case .wouldBlock:
-                _ = emitChunk()
+                // Nothing more has arrived yet. If the primary had more WAL than it has sent us so far (its
+                // messages carry at most 128 kB), the rest is on its way: keep filling the chunk, so a backlog
+                // travels in full 1 MiB chunks (compressed as whole blocks, one frame each). Once we hold all
+                // it had, the chunk goes now: a synchronous commit waits on it.
+                if expectedNext >= lastWalEnd {
+                    _ = emitChunk()
+                } else if chunk != nil && chunkHeldSince == nil {
+                    chunkHeldSince = .now
+                }
                 return
             case .copyDone:
                 _ = emitChunk()
@@ -125,7 +143,7 @@ struct StreamLoop {
             let alignment = UInt64(maxChunkBytes)
             while offset < raw.count {
                 if chunk == nil {
-                    chunk = ByteBufferAllocator().buffer(capacity: maxChunkBytes)
+                    chunk = chunkBuffer(maxChunkBytes)
                     chunkStart = expectedNext
                 }
                 let toBoundary = Int(alignment - expectedNext.rawValue % alignment)
@@ -148,6 +166,7 @@ struct StreamLoop {
     private mutating func emitChunk() -> Bool {
         guard let c = chunk, c.readableBytes > 0 else { return false }
         chunk = nil
+        chunkHeldSince = nil
         return emit(.wal(WALChunk(start: chunkStart, bytes: c, walEnd: max(lastWalEnd, expectedNext),
                                   sendTime: lastSendTime)))
     }

@@ -282,15 +282,18 @@ public final class Receiver: Sendable {
 
         let queue = BatchQueue<Work>(maxBytes: config.maxQueuedBytes)
         let acks = AckSender(channel: channel)
+        // Decompressed chunks go round between the reader and the spool thread; as many as the queue holds.
+        let buffers = BufferPool(maxIdle: max(2, config.maxQueuedBytes / ShipFrame.maxWALChunkBytes))
         var iterator = iterator
         try await ShipChannel.runLink(
             channel: channel,
             workers: [{
-                try await self.writeBatches(queue, system: system, writer: writer, synchronous: hello.synchronous, acks: acks)
+                try await self.writeBatches(queue, system: system, writer: writer, synchronous: hello.synchronous, acks: acks,
+                                            buffers: buffers)
             }],
             onEnd: { queue.finish($0) },
             reader: {
-                try await self.readFrames(&iterator, queue: queue, system: system, linkID: linkID, acks: acks)
+                try await self.readFrames(&iterator, queue: queue, system: system, linkID: linkID, acks: acks, buffers: buffers)
             })
     }
 
@@ -357,14 +360,14 @@ public final class Receiver: Sendable {
     }
 
     private func readFrames(_ iterator: inout NIOAsyncChannelInboundStream<ShipMessage>.AsyncIterator, queue: BatchQueue<Work>,
-                            system: SystemSpool, linkID: Int, acks: AckSender) async throws {
+                            system: SystemSpool, linkID: Int, acks: AckSender, buffers: BufferPool) async throws {
         let allocator = ByteBufferAllocator()
         while let message = try await iterator.next() {
             touch(system: system.systemIdentifier, linkID: linkID)
             switch message {
             case .walData(let data):
                 let bytes: ByteBuffer
-                do { bytes = try data.walBytes(allocator: allocator) } catch {
+                do { bytes = try data.walBytes(allocator: allocator, pool: buffers) } catch {
                     throw Refusal(code: .invalidWAL, message: "refused a WAL frame at \(data.startLSN): \(error)")
                 }
                 notePrimary(system, lsn: data.primaryEndLSN, sendTime: data.primarySendTime)
@@ -389,16 +392,19 @@ public final class Receiver: Sendable {
     /// Applies queued work in batches on the system's spool thread, for the whole link: append everything,
     /// fsync (see `asyncSyncBytes`), then one ack with the written and durable ends, sent from that thread.
     private func writeBatches(_ queue: BatchQueue<Work>, system: SystemSpool, writer: NIOThreadPool, synchronous: Bool,
-                              acks: AckSender) async throws {
+                              acks: AckSender, buffers: BufferPool) async throws {
         let syncBytes = UInt64(config.asyncSyncBytes)
         let syncInterval = config.asyncSyncInterval
         do {
             try await writer.runIfActive { () throws -> Void in
                 var lastSync = ContinuousClock.now
                 while true {
-                    let batch = try queue.takeAllBlocking()
+                    // Taken off the batch one by one, so a stored chunk's buffer is referenced only here when
+                    // it goes back to the pool.
+                    var batch = try queue.takeAllBlocking()
+                    batch.reverse()
                     do {
-                        for work in batch {
+                        while let work = batch.popLast() {
                             switch work {
                             case .wal(let timeline, let start, let bytes, let block):
                                 try bytes.withUnsafeReadableBytes { raw in
@@ -407,6 +413,7 @@ public final class Receiver: Sendable {
                                         try system.append(timeline: timeline, startLSN: start, bytes: raw, compressedBlock: $0)
                                     }
                                 }
+                                if block != nil { buffers.recycle(bytes) }  // else `bytes` is the frame's payload
                             case .history(let timeline, let content):
                                 try system.storeHistory(timeline: timeline, content: Array(content.readableBytesView))
                             }

@@ -448,6 +448,9 @@ public final class Sender: Sendable {
         // WAL the buffer holds comes from there; the primary continues where it ends.
         let live = replay?.range.upperBound ?? start
         let (source, events) = Self.eventStream(gate)
+        // Chunk and compressed-payload buffers go round instead of being allocated per frame; the event stream
+        // holds at most 8 chunks.
+        let buffers = WALBuffers(chunks: BufferPool(maxIdle: 8), payloads: BufferPool(maxIdle: 8))
         setState("streaming")
         statusBox.withLock { $0.sent = start }
         try await ShipChannel.setTap(on: channel) { [self] in acknowledgeOnEventLoop($0, machine: machine, gate: gate) }
@@ -457,11 +460,12 @@ public final class Sender: Sendable {
             workers: [
                 {
                     try await session.stream(slot: self.config.slot, start: live, timeline: timeline, gate: gate,
-                                             source: source, statusInterval: self.config.statusInterval)
+                                             source: source, statusInterval: self.config.statusInterval,
+                                             chunkBuffer: { buffers.chunks.take(capacity: $0) })
                 },
                 {
                     if let replay { try await self.ship(replay, timeline: timeline, machine: machine, to: outbound) }
-                    try await self.forward(events, timeline: timeline, machine: machine, to: outbound)
+                    try await self.forward(events, timeline: timeline, machine: machine, to: outbound, buffers: buffers)
                 },
                 { try await self.sendKeepalives(outbound) },
             ],
@@ -485,12 +489,12 @@ public final class Sender: Sendable {
     }
 
     private func forward(_ events: StreamEvents, timeline: TimeLineID, machine: NIOLockedValueBox<SenderLinkStateMachine>,
-                         to outbound: NIOAsyncChannelOutboundWriter<ShipMessage>) async throws {
+                         to outbound: NIOAsyncChannelOutboundWriter<ShipMessage>, buffers: WALBuffers) async throws {
         let allocator = ByteBufferAllocator()
         for try await event in events {
             switch event {
             case .wal(let chunk):
-                try await send(chunk, timeline: timeline, machine: machine, to: outbound, allocator: allocator)
+                try await send(chunk, timeline: timeline, machine: machine, to: outbound, allocator: allocator, buffers: buffers)
                 statusBox.withLock { $0.primaryReported(chunk.walEnd, at: chunk.sendTime) }
             case .keepalive(let walEnd, let sendTime):
                 statusBox.withLock { $0.primaryReported(walEnd, at: sendTime) }
@@ -504,17 +508,28 @@ public final class Sender: Sendable {
 
     /// One WAL frame to the receiver, from the primary's stream or the local buffer.
     private func send(_ chunk: WALChunk, timeline: TimeLineID, machine: NIOLockedValueBox<SenderLinkStateMachine>,
-                      to outbound: NIOAsyncChannelOutboundWriter<ShipMessage>, allocator: ByteBufferAllocator) async throws {
+                      to outbound: NIOAsyncChannelOutboundWriter<ShipMessage>, allocator: ByteBufferAllocator,
+                      buffers: WALBuffers? = nil) async throws {
         let frame = WALData.make(timeline: timeline, startLSN: chunk.start, primaryEndLSN: chunk.walEnd,
-                                 primarySendTime: chunk.sendTime, wal: chunk.bytes, allocator: allocator)
+                                 primarySendTime: chunk.sendTime, wal: chunk.bytes, allocator: allocator, pool: buffers?.payloads)
         // Recorded before the write, so an ack can never outrun what we believe we sent.
         machine.withLockedValue { $0.walSent(upTo: chunk.end) }
         try await outbound.write(.walData(frame))
+        if let buffers, frame.compression == .lz4Block {  // else the chunk itself is the payload
+            buffers.chunks.recycle(chunk.bytes)
+            buffers.payloads.recycle(frame.payload)
+        }
         statusBox.withLock {
             $0.sent = chunk.end
             $0.walBytesSent += UInt64(chunk.bytes.readableBytes)
             $0.wireBytesSent += UInt64(frame.payload.readableBytes + WALData.frameOverheadBytes)
         }
+    }
+
+    /// The buffers of one stream's forward path.
+    private struct WALBuffers: Sendable {
+        let chunks: BufferPool
+        let payloads: BufferPool
     }
 
     /// The bounded hand-over from the replication thread to async code: at most 8 chunks wait.

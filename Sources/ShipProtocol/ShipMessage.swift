@@ -162,31 +162,40 @@ public struct WALData: Hashable, Sendable {
     public static let frameOverheadBytes = ShipFrame.headerLength + 33 + ShipFrame.trailerLength
 
     /// Compresses `wal` into a frame when that saves bytes; stores it raw otherwise.
+    /// With a `pool`, the compressed payload goes into one of its buffers.
     public static func make(timeline: TimeLineID, startLSN: LSN, primaryEndLSN: LSN,
                             primarySendTime: PostgresTimestamp, wal: ByteBuffer,
-                            allocator: ByteBufferAllocator = ByteBufferAllocator()) -> WALData {
-        let packed = FramePayload.pack(wal, allocator: allocator)
+                            allocator: ByteBufferAllocator = ByteBufferAllocator(), pool: BufferPool? = nil) -> WALData {
+        let packed = FramePayload.pack(wal, allocator: allocator, pool: pool)
         return WALData(timeline: timeline, startLSN: startLSN, primaryEndLSN: primaryEndLSN,
                        primarySendTime: primarySendTime, compression: packed.compression,
                        uncompressedLength: UInt32(wal.readableBytes), payload: packed.payload)
     }
 
     /// The WAL bytes, decompressed and checked against the declared length.
-    public func walBytes(allocator: ByteBufferAllocator = ByteBufferAllocator()) throws(ShipProtocolError) -> ByteBuffer {
-        try FramePayload.unpack(payload, compression: compression, length: uncompressedLength, kind: .walData, allocator: allocator)
+    /// With a `pool`, a compressed payload is decompressed into one of its buffers.
+    public func walBytes(allocator: ByteBufferAllocator = ByteBufferAllocator(), pool: BufferPool? = nil) throws(ShipProtocolError) -> ByteBuffer {
+        try FramePayload.unpack(payload, compression: compression, length: uncompressedLength, kind: .walData,
+                                allocator: allocator, pool: pool)
     }
 }
 
 /// A frame's data as it travels: one LZ4 block when that saves bytes, raw otherwise; unpacked with the
 /// bounds-checked decoder to exactly the declared length.
 enum FramePayload {
-    static func pack(_ bytes: ByteBuffer, allocator: ByteBufferAllocator) -> (compression: WALCompression, payload: ByteBuffer) {
-        let compressed = LZ4.compressBlock(bytes, allocator: allocator)
-        return compressed.readableBytes < bytes.readableBytes ? (.lz4Block, compressed) : (.none, bytes)
+    static func pack(_ bytes: ByteBuffer, allocator: ByteBufferAllocator, pool: BufferPool? = nil) -> (compression: WALCompression, payload: ByteBuffer) {
+        let bound = LZ4.compressBound(bytes.readableBytes)
+        var compressed = pool?.take(capacity: bound) ?? allocator.buffer(capacity: bound)
+        LZ4.compressBlock(bytes, into: &compressed)
+        guard compressed.readableBytes < bytes.readableBytes else {
+            pool?.recycle(compressed)
+            return (.none, bytes)
+        }
+        return (.lz4Block, compressed)
     }
 
     static func unpack(_ payload: ByteBuffer, compression: WALCompression, length: UInt32, kind: ShipMessage.Kind,
-                       allocator: ByteBufferAllocator) throws(ShipProtocolError) -> ByteBuffer {
+                       allocator: ByteBufferAllocator, pool: BufferPool? = nil) throws(ShipProtocolError) -> ByteBuffer {
         switch compression {
         case .none:
             guard payload.readableBytes == Int(length) else {
@@ -194,7 +203,9 @@ enum FramePayload {
             }
             return payload
         case .lz4Block:
-            guard let bytes = LZ4.decompressBlock(payload, uncompressedLength: Int(length), allocator: allocator) else {
+            var bytes = pool?.take(capacity: Int(length)) ?? allocator.buffer(capacity: Int(length))
+            guard LZ4.decompressBlock(payload, uncompressedLength: Int(length), into: &bytes) else {
+                pool?.recycle(bytes)
                 throw .invalidField(kind: kind, reason: "LZ4 block does not decompress to declared length")
             }
             return bytes
