@@ -448,9 +448,9 @@ public final class Sender: Sendable {
         // WAL the buffer holds comes from there; the primary continues where it ends.
         let live = replay?.range.upperBound ?? start
         let (source, events) = Self.eventStream(gate)
-        // Chunk and compressed-payload buffers go round instead of being allocated per frame; the event stream
-        // holds at most 8 chunks.
-        let buffers = WALBuffers(chunks: BufferPool(maxIdle: 8), payloads: BufferPool(maxIdle: 8))
+        // Chunk and compressed-payload buffers go round instead of being allocated per frame. Only idle ones
+        // count against the pools; during a catch-up most are in the event stream or being written.
+        let buffers = WALBuffers(chunks: BufferPool(maxIdle: 4), payloads: BufferPool(maxIdle: 4))
         setState("streaming")
         statusBox.withLock { $0.sent = start }
         try await ShipChannel.setTap(on: channel) { [self] in acknowledgeOnEventLoop($0, machine: machine, gate: gate) }
@@ -532,10 +532,10 @@ public final class Sender: Sendable {
         let payloads: BufferPool
     }
 
-    /// The bounded hand-over from the replication thread to async code: at most 8 chunks wait.
+    /// The bounded hand-over from the replication thread to async code: at most 4 chunks (4 MiB in a catch-up) wait.
     private static func eventStream(_ gate: StreamGate) -> (StreamEvents.Source, StreamEvents) {
         let producer = StreamEvents.makeSequence(
-            backPressureStrategy: .init(lowWatermark: 2, highWatermark: 8), finishOnDeinit: false, delegate: gate)
+            backPressureStrategy: .init(lowWatermark: 2, highWatermark: 4), finishOnDeinit: false, delegate: gate)
         return (producer.source, producer.sequence)
     }
 

@@ -11,20 +11,29 @@ public final class BufferPool: Sendable {
     private let idle = Mutex<[ByteBuffer]>([])
     /// Buffers kept while idle; more are released as usual.
     public let maxIdle: Int
+    /// Smaller requests and buffers bypass the pool: a synchronous commit's few kilobytes should not pin a
+    /// 1 MiB buffer, and small allocations are cheap anyway.
+    public let minimumCapacity: Int
     private let allocator = ByteBufferAllocator()
 
-    public init(maxIdle: Int) { self.maxIdle = maxIdle }
+    public init(maxIdle: Int, minimumCapacity: Int = 64 << 10) {
+        self.maxIdle = maxIdle
+        self.minimumCapacity = minimumCapacity
+    }
 
-    /// An empty buffer with room for at least `capacity` bytes: the one recycled longest ago (the likeliest to
-    /// be no longer referenced by a write still in flight).
+    /// An empty buffer with room for at least `capacity` bytes: for a large one, the buffer recycled longest
+    /// ago (the likeliest to be no longer referenced by a write still in flight).
     public func take(capacity: Int) -> ByteBuffer {
-        guard var buffer = idle.withLock({ $0.isEmpty ? nil : $0.removeFirst() }) else { return allocator.buffer(capacity: capacity) }
+        guard capacity >= minimumCapacity, var buffer = idle.withLock({ $0.isEmpty ? nil : $0.removeFirst() }) else {
+            return allocator.buffer(capacity: capacity)
+        }
         buffer.clear(minimumCapacity: capacity)
         return buffer
     }
 
     /// Hands `buffer` back for a later `take`; the caller drops its own references to it.
     public func recycle(_ buffer: ByteBuffer) {
+        guard buffer.capacity >= minimumCapacity else { return }
         idle.withLock { buffers in
             if buffers.count < maxIdle { buffers.append(buffer) }
         }

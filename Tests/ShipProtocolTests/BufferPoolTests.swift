@@ -14,7 +14,7 @@ import Testing
         let storage = address(first)
         pool.recycle(first)
         first = ByteBuffer()  // the caller's reference is gone
-        var again = pool.take(capacity: 4096)
+        var again = pool.take(capacity: 100_000)
         #expect(again.readableBytes == 0)
         #expect(again.capacity >= 1 << 20)
         again.writeBytes([9])
@@ -23,7 +23,7 @@ import Testing
     }
 
     @Test func aBufferStillReferencedElsewhereIsNeverWrittenThrough() {
-        let pool = BufferPool(maxIdle: 2)
+        let pool = BufferPool(maxIdle: 2, minimumCapacity: 0)
         var buffer = pool.take(capacity: 64)
         buffer.writeBytes([1, 2, 3, 4])
         let inFlight = buffer  // e.g. a frame payload a write still holds
@@ -36,7 +36,7 @@ import Testing
     }
 
     @Test func idleBuffersAreBoundedAndTakenOldestFirst() {
-        let pool = BufferPool(maxIdle: 2)
+        let pool = BufferPool(maxIdle: 2, minimumCapacity: 0)
         var buffers = (0..<3).map { i -> ByteBuffer in
             var b = pool.take(capacity: 16)
             b.writeInteger(UInt8(i))
@@ -49,6 +49,20 @@ import Testing
         var taken = pool.take(capacity: 16)
         taken.writeInteger(UInt8(0))
         #expect(address(taken) == oldest)
+    }
+
+    @Test func smallRequestsAndBuffersBypassThePool() {
+        let pool = BufferPool(maxIdle: 2, minimumCapacity: 64 << 10)
+        let big = pool.take(capacity: 1 << 20)
+        pool.recycle(big)
+        #expect(pool.idleCount == 1)
+        // A synchronous commit's few kilobytes get a small buffer of their own and leave the big one idle...
+        let small = pool.take(capacity: 4096)
+        #expect(small.capacity < 64 << 10)
+        #expect(pool.idleCount == 1)
+        // ...and are not kept when recycled.
+        pool.recycle(small)
+        #expect(pool.idleCount == 1)
     }
 
     @Test func compressingAndDecompressingIntoPooledBuffersRoundTrips() throws {
