@@ -926,7 +926,9 @@ def machine_facts():
         memory = int(f.readline().split()[1]) * 1024
     return {"nproc": os.cpu_count(), "cpu": model, "memory_bytes": memory, "kernel": platform.release(),
             "walship_commit": output(["git", "rev-parse", "HEAD"]),
-            "walship_dirty": bool(output(["git", "status", "--porcelain", "--untracked-files=no"])),
+            # Uncommitted changes to anything but earlier results (latest.json is rewritten by every run).
+            "walship_dirty": bool(output(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
+                                          ":(exclude)bench/results"])),
             "walship_version": output([WALSHIP_BIN, "--version"]),
             "python": platform.python_version(), "as_root": AS_ROOT,
             "utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}

@@ -22,9 +22,15 @@ public final class BufferPool: Sendable {
     }
 
     /// An empty buffer with room for at least `capacity` bytes: for a large one, the buffer recycled longest
-    /// ago (the likeliest to be no longer referenced by a write still in flight).
+    /// ago (the likeliest to be no longer referenced by a write still in flight). A small request means the
+    /// stream has caught up: the idle buffers are released, so a link that streams commits after a catch-up
+    /// does not keep megabytes it no longer uses.
     public func take(capacity: Int) -> ByteBuffer {
-        guard capacity >= minimumCapacity, var buffer = idle.withLock({ $0.isEmpty ? nil : $0.removeFirst() }) else {
+        guard capacity >= minimumCapacity else {
+            idle.withLock { if !$0.isEmpty { $0.removeAll() } }
+            return allocator.buffer(capacity: capacity)
+        }
+        guard var buffer = idle.withLock({ $0.isEmpty ? nil : $0.removeFirst() }) else {
             return allocator.buffer(capacity: capacity)
         }
         buffer.clear(minimumCapacity: capacity)
