@@ -21,7 +21,7 @@ public struct ReceiverConfiguration: Sendable {
     public var name: String
     /// Most WAL bytes queued between the link reader and the spool writer of one link: enough for a few of the
     /// sender's chunks (up to 1 MiB each) to wait out an fsync, small enough for the memory budget.
-    public var maxQueuedBytes = 4 << 20
+    public var maxQueuedBytes = 3 << 20
     /// An asynchronous sender that is catching up waits for no commit, so while more WAL is already queued the
     /// writer goes on writing and syncs at most this far and this long apart (and always when it has caught
     /// up). Each fsync then covers several batches instead of stalling the link after every one. A synchronous
