@@ -137,17 +137,12 @@ public enum PartialSegment {
                 wal.append(contentsOf: UnsafeRawBufferPointer(rebasing: stored[skip...]))
                 return true
             }
-            if skip == 0 {
-                guard LZ4.decompressBlock(stored, uncompressedLength: walLength, appendingTo: &wal) else {
-                    throw SpoolError(.corrupt, "\"\(path)\": the LZ4 block for segment offset \(offset) does not decompress to its \(walLength) bytes")
-                }
-            } else {
-                var block: [UInt8] = []
-                guard LZ4.decompressBlock(stored, uncompressedLength: walLength, appendingTo: &block) else {
-                    throw SpoolError(.corrupt, "\"\(path)\": the LZ4 block for segment offset \(offset) does not decompress to its \(walLength) bytes")
-                }
-                wal.append(contentsOf: block[skip...])
+            // From inside the record only when a reader resumes mid-record: rare, so the prefix is cut after.
+            let before = wal.count
+            guard LZ4.decompressBlock(stored, uncompressedLength: walLength, appendingTo: &wal) else {
+                throw SpoolError(.corrupt, "\"\(path)\": the LZ4 block for segment offset \(offset) does not decompress to its \(walLength) bytes")
             }
+            if skip > 0 { wal.removeSubrange(before..<before + skip) }
             return true
         }
     }
