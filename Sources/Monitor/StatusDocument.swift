@@ -227,6 +227,8 @@ public struct StatusDocument: Codable, Sendable, Equatable {
         public var synchronous: Bool
         public var applicationName: String
         public var walBytesSent: UInt64
+        /// WAL frames those bytes went in (a backlog travels in frames of up to 1 MiB); absent from older senders.
+        public var walFramesSent: UInt64?
         public var wireBytesSent: UInt64
         /// WAL bytes per byte on the wire (LZ4 and framing).
         public var compressionRatio: Double?
@@ -239,7 +241,7 @@ public struct StatusDocument: Codable, Sendable, Equatable {
         /// WAL acknowledged to the primary that the DR site does not have on disk yet; nil when there is none.
         public var rpoExposure: RPOExposure?
         public init(source: String, receiver: String, synchronous: Bool, applicationName: String, walBytesSent: UInt64,
-                    wireBytesSent: UInt64, slot: Slot, receiverLossPolicy: String? = nil, degraded: Bool? = nil,
+                    walFramesSent: UInt64? = nil, wireBytesSent: UInt64, slot: Slot, receiverLossPolicy: String? = nil, degraded: Bool? = nil,
                     degradedSince: Date? = nil, rpoExposure: RPOExposure? = nil) {
             self.receiverLossPolicy = receiverLossPolicy
             self.degraded = degraded
@@ -250,6 +252,7 @@ public struct StatusDocument: Codable, Sendable, Equatable {
             self.synchronous = synchronous
             self.applicationName = applicationName
             self.walBytesSent = walBytesSent
+            self.walFramesSent = walFramesSent
             self.wireBytesSent = wireBytesSent
             self.compressionRatio = wireBytesSent > 0 ? (Double(walBytesSent) / Double(wireBytesSent) * 100).rounded() / 100 : nil
             self.slot = slot

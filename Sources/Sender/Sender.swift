@@ -101,7 +101,8 @@ public final class Sender: Sendable {
             state: s.state, stateSince: s.stateSince, lastError: s.lastError, systems: [system],
             sender: .init(source: config.source.description, receiver: "\(config.receiverHost):\(config.receiverPort)",
                           synchronous: config.synchronous, applicationName: config.applicationName,
-                          walBytesSent: s.walBytesSent, wireBytesSent: s.wireBytesSent, slot: s.slot,
+                          walBytesSent: s.walBytesSent, walFramesSent: s.walFramesSent, wireBytesSent: s.wireBytesSent,
+                          slot: s.slot,
                           receiverLossPolicy: config.synchronous ? config.receiverLoss.description : nil,
                           degraded: buffer == nil ? nil : s.degradedSince != nil, degradedSince: s.degradedSince,
                           rpoExposure: s.rpoExposure(now: now)))
@@ -522,6 +523,7 @@ public final class Sender: Sendable {
         statusBox.withLock {
             $0.sent = chunk.end
             $0.walBytesSent += UInt64(chunk.bytes.readableBytes)
+            $0.walFramesSent += 1
             $0.wireBytesSent += UInt64(frame.payload.readableBytes + WALData.frameOverheadBytes)
         }
     }

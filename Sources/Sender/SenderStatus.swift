@@ -20,6 +20,7 @@ struct SenderState: Sendable {
     /// The link has been down since; starts at process start so "never connected" also counts.
     var disconnectedSince: Date? = Date()
     var walBytesSent: UInt64 = 0
+    var walFramesSent: UInt64 = 0
     var wireBytesSent: UInt64 = 0
     var slot: StatusDocument.Slot
     var lag = LagTracker()
