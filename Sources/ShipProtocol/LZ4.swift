@@ -17,19 +17,8 @@ public enum LZ4 {
     public static func compressBlock(_ input: ByteBuffer, into out: inout ByteBuffer) {
         let bound = compressBound(input.readableBytes)
         _ = input.withUnsafeReadableBytes { src in
-            out.writeWithUnsafeMutableBytes(minimumWritableBytes: bound) { dst in
-                Int(LZ4_compress_default(src.baseAddress?.assumingMemoryBound(to: CChar.self),
-                                         dst.baseAddress!.assumingMemoryBound(to: CChar.self),
-                                         Int32(src.count), Int32(dst.count)))
-            }
+            out.writeWithUnsafeMutableBytes(minimumWritableBytes: bound) { compress(src, into: $0) }
         }
-    }
-
-    /// Decompresses one block with the bounds-checked decoder; nil unless it yields exactly `uncompressedLength` bytes.
-    public static func decompressBlock(_ input: ByteBuffer, uncompressedLength: Int,
-                                       allocator: ByteBufferAllocator = ByteBufferAllocator()) -> ByteBuffer? {
-        var out = allocator.buffer(capacity: uncompressedLength)
-        return decompressBlock(input, uncompressedLength: uncompressedLength, into: &out) ? out : nil
     }
 
     /// Decompresses one block, appended to `out`; false (and nothing appended) unless it yields exactly
@@ -38,11 +27,8 @@ public enum LZ4 {
         var ok = false
         _ = input.withUnsafeReadableBytes { src in
             out.writeWithUnsafeMutableBytes(minimumWritableBytes: uncompressedLength) { dst in
-                let n = LZ4_decompress_safe(src.baseAddress?.assumingMemoryBound(to: CChar.self),
-                                            dst.baseAddress!.assumingMemoryBound(to: CChar.self),
-                                            Int32(src.count), Int32(uncompressedLength))
-                ok = n == Int32(uncompressedLength)
-                return ok ? Int(n) : 0
+                ok = decompress(src, into: dst, count: uncompressedLength)
+                return ok ? uncompressedLength : 0
             }
         }
         return ok
@@ -54,16 +40,27 @@ public enum LZ4 {
                                        appendingTo output: inout [UInt8]) -> Bool {
         guard uncompressedLength > 0 else { return false }
         let before = output.count
-        var ok = false
         output.append(contentsOf: repeatElement(0, count: uncompressedLength))
-        output.withUnsafeMutableBytes { dst in
-            let n = LZ4_decompress_safe(input.baseAddress?.assumingMemoryBound(to: CChar.self),
-                                        dst.baseAddress!.advanced(by: before).assumingMemoryBound(to: CChar.self),
-                                        Int32(input.count), Int32(uncompressedLength))
-            ok = n == Int32(uncompressedLength)
+        let ok = output.withUnsafeMutableBytes {
+            decompress(input, into: UnsafeMutableRawBufferPointer(rebasing: $0[before...]), count: uncompressedLength)
         }
         if !ok { output.removeLast(uncompressedLength) }
         return ok
+    }
+
+    /// `LZ4_compress_default` of `src` into `dst`: the block's length, 0 if it did not fit.
+    static func compress(_ src: UnsafeRawBufferPointer, into dst: UnsafeMutableRawBufferPointer) -> Int {
+        Int(LZ4_compress_default(src.baseAddress?.assumingMemoryBound(to: CChar.self),
+                                 dst.baseAddress!.assumingMemoryBound(to: CChar.self),
+                                 Int32(src.count), Int32(dst.count)))
+    }
+
+    /// The bounds-checked `LZ4_decompress_safe` of `src` into `dst` (at least `count` bytes); true only if the
+    /// block yields exactly `count` bytes.
+    static func decompress(_ src: UnsafeRawBufferPointer, into dst: UnsafeMutableRawBufferPointer, count: Int) -> Bool {
+        LZ4_decompress_safe(src.baseAddress?.assumingMemoryBound(to: CChar.self),
+                            dst.baseAddress!.assumingMemoryBound(to: CChar.self),
+                            Int32(src.count), Int32(count)) == Int32(count)
     }
 
     /// Compresses `input` into one standard LZ4 frame (64 KiB linked blocks, content size and content
@@ -191,15 +188,9 @@ public enum LZ4 {
 
         private func flushPending() {
             guard !pending.isEmpty else { return }
-            let bound = Int(LZ4_compressBound(Int32(pending.count)))
+            let bound = LZ4.compressBound(pending.count)
             if scratch.count < bound { scratch = [UInt8](repeating: 0, count: bound) }
-            let n = pending.withUnsafeBytes { src in
-                scratch.withUnsafeMutableBytes { dst in
-                    Int(LZ4_compress_default(src.baseAddress!.assumingMemoryBound(to: CChar.self),
-                                             dst.baseAddress!.assumingMemoryBound(to: CChar.self),
-                                             Int32(src.count), Int32(dst.count)))
-                }
-            }
+            let n = pending.withUnsafeBytes { src in scratch.withUnsafeMutableBytes { LZ4.compress(src, into: $0) } }
             if n > 0 && n < pending.count {
                 scratch.withUnsafeBytes { appendBlock(UnsafeRawBufferPointer(rebasing: $0[0..<n]), compressed: true) }
             } else {

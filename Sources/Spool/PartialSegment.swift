@@ -103,8 +103,9 @@ public enum PartialSegment {
 
         var totalLength: Int { headerLength + storedLength }
 
-        /// Parses the header at the start of `bytes`; nil when it is not a record header or is cut short.
-        init?(header bytes: UnsafeRawBufferPointer) {
+        /// Parses the header at the start of `bytes`; nil when it is not a record header, is cut short, or is a
+        /// block record in a version 1 journal (which cannot hold one).
+        init?(header bytes: UnsafeRawBufferPointer, journalVersion: UInt32) {
             guard bytes.count >= PartialSegment.recordHeaderLength else { return nil }
             let magic = Array(bytes[0..<4])
             if magic == PartialSegment.recordMagic {
@@ -113,7 +114,8 @@ public enum PartialSegment {
                 walLength = Int(bytes.readLE(8, UInt32.self))
                 storedLength = walLength
                 crc = bytes.readLE(12, UInt32.self)
-            } else if magic == PartialSegment.blockRecordMagic, bytes.count >= PartialSegment.blockRecordHeaderLength {
+            } else if magic == PartialSegment.blockRecordMagic, journalVersion >= 2,
+                      bytes.count >= PartialSegment.blockRecordHeaderLength {
                 compressed = true
                 headerLength = PartialSegment.blockRecordHeaderLength
                 walLength = Int(bytes.readLE(8, UInt32.self))
@@ -169,8 +171,7 @@ public enum PartialSegment {
         wal.reserveCapacity(segmentBytes)
         var position = headerLength
         try file.withUnsafeBytes { raw in
-            while let record = Record(header: UnsafeRawBufferPointer(rebasing: raw[position...])),
-                  header.version >= 2 || !record.compressed,
+            while let record = Record(header: UnsafeRawBufferPointer(rebasing: raw[position...]), journalVersion: header.version),
                   record.offset == wal.count, record.walLength > 0, record.offset + record.walLength <= segmentBytes,
                   position + record.totalLength <= file.count,
                   try record.appendWAL(header: UnsafeRawBufferPointer(rebasing: raw[position...]),

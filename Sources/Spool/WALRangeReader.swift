@@ -190,9 +190,7 @@ final class JournalFollower {
     func catchUp(into wal: inout [UInt8], base: Int = 0, until target: Int = .max) throws {
         while base + wal.count < target {
             let head = try FileIO.preadAll(fd, count: PartialSegment.blockRecordHeaderLength, at: offset, path: path)
-            guard let record = head.withUnsafeBytes({ PartialSegment.Record(header: $0) }),
-                  version >= 2 || !record.compressed
-            else { return }
+            guard let record = head.withUnsafeBytes({ PartialSegment.Record(header: $0, journalVersion: version) }) else { return }
             // After a reopen the window may start inside a record: skip records wholly before it.
             if record.offset + record.walLength <= base + wal.count {
                 offset += record.totalLength
