@@ -193,22 +193,27 @@ final class PartialSegmentWriter {
     private(set) var journalLength: Int
     private var preallocated: Int
 
-    /// Creates a new, empty journal, durable before it is used: a crash right after leaves a valid empty journal.
+    /// Creates a new, empty journal, durable before it is used. It is prepared as `NAME.partial.tmp` and renamed
+    /// into place, so a crash leaves either a valid empty journal or a temporary file that recovery removes,
+    /// never a `.partial` without its header.
     init(creating path: String, header: PartialSegment.Header, directory: String) throws {
         self.path = path
         self.header = header
-        fd = try FileIO.open(path, O_RDWR | O_CREAT | O_TRUNC)
+        let tmp = path + ".tmp"
+        fd = try FileIO.open(tmp, O_RDWR | O_CREAT | O_TRUNC)
         journalLength = PartialSegment.headerLength
         preallocated = Self.preallocationSize(header)
         do {
-            try FileIO.preallocate(fd, bytes: preallocated, path: path)
+            try FileIO.preallocate(fd, bytes: preallocated, path: tmp)
             try PartialSegment.encodeHeader(header).withUnsafeBytes { (raw) in
-                try FileIO.pwriteAll(fd, raw, at: 0, path: path)
+                try FileIO.pwriteAll(fd, raw, at: 0, path: tmp)
             }
-            try FileIO.syncFile(fd, path: path)
+            try FileIO.syncFile(fd, path: tmp)
+            guard rename(tmp, path) == 0 else { throw SpoolError.errno("rename to", path) }
             try FileIO.syncDirectory(directory)
         } catch {
             FileIO.close(fd)
+            try? FileIO.remove(tmp)
             throw error
         }
     }

@@ -130,6 +130,8 @@ func append(_ system: SystemSpool, _ bytes: [UInt8], at lsn: LSN, timeline: Time
             let (_, system) = try temp.open()
             try append(system, Array(seg[0..<300_000]), at: size.startLSN(ofSegment: 2))
             try system.sync()
+            // The journal was prepared under a temporary name and renamed into place.
+            #expect(try temp.files() == ["000000010000000000000002.partial"])
         }
         let (_, system) = try temp.open()
         let resumed = system.position
@@ -182,6 +184,9 @@ func append(_ system: SystemSpool, _ bytes: [UInt8], at lsn: LSN, timeline: Time
         _ = try PartialSegmentWriter(creating: temp.walDirectory + "/000000010000000000000007.partial", header: header,
                                      directory: temp.walDirectory)
         #expect(FileManager.default.createFile(atPath: temp.walDirectory + "/000000010000000000000008.lz4.tmp", contents: Data([1, 2, 3])))
+        // And a journal whose creation was cut short: preallocated, its header not yet written.
+        #expect(FileManager.default.createFile(atPath: temp.walDirectory + "/000000010000000000000008.partial.tmp",
+                                               contents: Data(repeating: 0, count: 4096)))
         let (_, system) = try temp.open()
         #expect(try temp.files() == ["000000010000000000000007.lz4"])
         #expect(system.position.durable == size.startLSN(ofSegment: 8))
