@@ -3,24 +3,31 @@ import NIOCore
 import ShipProtocol
 import Synchronization
 
-/// A bounded hand-off from the link reader (async) to the spool writer (its own thread). The writer takes
+/// A bounded hand-off from the link's reader to the spool writer (its own thread). The writer takes
 /// everything queued at once, so one fsync covers a whole batch (group commit) while the reader keeps
-/// receiving; the reader waits when `maxBytes` are queued, which stops reading from the socket and slows the
-/// sender.
+/// receiving. Once `maxBytes` are queued the reader stops reading from the socket, which slows the sender:
+/// an async reader waits in `push`; the event loop, which must not wait, queues with `pushNow` and pauses
+/// its reads until `producerMayResume` runs.
 ///
 /// The writer blocks on a condition variable rather than awaiting: it lives on the system's spool thread for
-/// the whole link, so a synchronous commit's WAL goes from the reader straight to the thread that writes and
-/// fsyncs it, and the acknowledgement leaves from there, without two more hops through the task pool.
+/// the whole link, so a synchronous commit's WAL goes from the event loop straight to the thread that writes
+/// and fsyncs it, and the acknowledgement leaves from there, without hops through the task pool.
 final class BatchQueue<Item: Sendable>: @unchecked Sendable {
     // Guarded by `condition`.
     private var items: [Item] = []
     private var bytes = 0
     private var finished: (any Error)?
     private var producers: [CheckedContinuation<Void, any Error>] = []
+    private var producerPaused = false
     private let condition = NSCondition()
     let maxBytes: Int
+    /// Called (on the writer's thread) when the writer took a batch after `pushNow` reported the queue full.
+    private let producerMayResume: @Sendable () -> Void
 
-    init(maxBytes: Int) { self.maxBytes = maxBytes }
+    init(maxBytes: Int, producerMayResume: @escaping @Sendable () -> Void = {}) {
+        self.maxBytes = maxBytes
+        self.producerMayResume = producerMayResume
+    }
 
     private func locked<T>(_ body: () throws -> T) rethrows -> T {
         condition.lock()
@@ -54,13 +61,26 @@ final class BatchQueue<Item: Sendable>: @unchecked Sendable {
         }
     }
 
+    /// Queues `item` without waiting; returns true when the queue is now full and the producer should pause
+    /// until `producerMayResume` is called.
+    func pushNow(_ item: Item, bytes count: Int) throws -> Bool {
+        try locked {
+            if let error = finished { throw error }
+            items.append(item)
+            bytes += count
+            condition.signal()
+            if bytes >= maxBytes { producerPaused = true }
+            return producerPaused
+        }
+    }
+
     /// Nothing is waiting to be taken (a producer may be about to push).
     var isEmpty: Bool { locked { items.isEmpty } }
 
     /// Everything queued, blocking the calling thread until there is at least one item; throws once the
     /// queue is finished and empty.
     func takeAllBlocking() throws -> [Item] {
-        let (batch, waiting): ([Item], [CheckedContinuation<Void, any Error>]) = try locked {
+        let (batch, waiting, resumePaused): ([Item], [CheckedContinuation<Void, any Error>], Bool) = try locked {
             while items.isEmpty {
                 if let error = finished { throw error }
                 condition.wait()
@@ -69,10 +89,12 @@ final class BatchQueue<Item: Sendable>: @unchecked Sendable {
                 items.removeAll()
                 bytes = 0
                 producers.removeAll()
+                producerPaused = false
             }
-            return (items, producers)
+            return (items, producers, producerPaused)
         }
         waiting.forEach { $0.resume() }
+        if resumePaused { producerMayResume() }
         return batch
     }
 
@@ -105,7 +127,7 @@ final class AckSender: Sendable {
             }
             previous = ack
             // Inside the lock: writes from other threads reach the event loop in the order they are made.
-            channel.writeAndFlush(NIOAny(ShipMessage.ack(ack)), promise: nil)
+            channel.writeAndFlush(ShipMessage.ack(ack), promise: nil)
         }
     }
 }

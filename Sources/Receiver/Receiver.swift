@@ -273,6 +273,24 @@ public final class Receiver: Sendable {
         } catch {
             throw Refusal(code: .spoolFailure, message: "the spool for system \(hello.systemIdentifier) cannot be written: \(error)")
         }
+
+        let queue = BatchQueue<Work>(maxBytes: config.maxQueuedBytes) { ShipChannel.resumeReading(channel) }
+        let acks = AckSender(channel: channel)
+        // Decompressed chunks go round between the event loop and the spool thread; as many as the queue holds.
+        let buffers = BufferPool(maxIdle: max(2, config.maxQueuedBytes / ShipFrame.maxWALChunkBytes))
+        // Frames are taken on the event loop and queued for the spool thread directly: a synchronous commit's
+        // WAL reaches the thread that fsyncs it without a hop through a task. Set before the welcome, so no
+        // frame of this link can reach the async reader first.
+        try await ShipChannel.setTap(on: channel) { [self] message in
+            do {
+                guard let (work, bytes) = try interpret(message, system: system, linkID: linkID, acks: acks, buffers: buffers) else {
+                    return .consumed
+                }
+                return try queue.pushNow(work, bytes: bytes) ? .consumedAndPause : .consumed
+            } catch {
+                return .fail(error)
+            }
+        }
         try await outbound.write(.welcome(Welcome(resumeLSN: position.durable, resumeTimeline: position.timeline,
                                                   receiverName: config.name)))
         logger.notice("sender connected", metadata: [
@@ -280,10 +298,6 @@ public final class Receiver: Sendable {
             "walship.resume_lsn": "\(position.durable)", "walship.timeline": "\(position.timeline)",
         ])
 
-        let queue = BatchQueue<Work>(maxBytes: config.maxQueuedBytes)
-        let acks = AckSender(channel: channel)
-        // Decompressed chunks go round between the reader and the spool thread; as many as the queue holds.
-        let buffers = BufferPool(maxIdle: max(2, config.maxQueuedBytes / ShipFrame.maxWALChunkBytes))
         var iterator = iterator
         try await ShipChannel.runLink(
             channel: channel,
@@ -293,7 +307,13 @@ public final class Receiver: Sendable {
             }],
             onEnd: { queue.finish($0) },
             reader: {
-                try await self.readFrames(&iterator, queue: queue, system: system, linkID: linkID, acks: acks, buffers: buffers)
+                // The tap takes every frame; this only waits for the link to end (and would take a frame the
+                // tap let through).
+                while let message = try await iterator.next() {
+                    if let (work, bytes) = try self.interpret(message, system: system, linkID: linkID, acks: acks, buffers: buffers) {
+                        try await queue.push(work, bytes: bytes)
+                    }
+                }
             })
     }
 
@@ -359,33 +379,33 @@ public final class Receiver: Sendable {
         try await outbound.write(.backupStatus(BackupStatus(backupID: info.id, state: .complete, durableLSN: durable)))
     }
 
-    private func readFrames(_ iterator: inout NIOAsyncChannelInboundStream<ShipMessage>.AsyncIterator, queue: BatchQueue<Work>,
-                            system: SystemSpool, linkID: Int, acks: AckSender, buffers: BufferPool) async throws {
-        let allocator = ByteBufferAllocator()
-        while let message = try await iterator.next() {
-            touch(system: system.systemIdentifier, linkID: linkID)
-            switch message {
-            case .walData(let data):
-                let bytes: ByteBuffer
-                do { bytes = try data.walBytes(allocator: allocator, pool: buffers) } catch {
-                    throw Refusal(code: .invalidWAL, message: "refused a WAL frame at \(data.startLSN): \(error)")
-                }
-                notePrimary(system, lsn: data.primaryEndLSN, sendTime: data.primarySendTime)
-                let block = data.compression == .lz4Block ? data.payload : nil
-                try await queue.push(.wal(timeline: data.timeline, start: data.startLSN, bytes: bytes, block: block),
-                                     bytes: bytes.readableBytes + (block?.readableBytes ?? 0))
-            case .keepalive(let keepalive):
-                if keepalive.primaryEndLSN.isValid {
-                    notePrimary(system, lsn: keepalive.primaryEndLSN, sendTime: keepalive.sendTime)
-                }
-                if keepalive.replyRequested { acks.send(ack(for: system, at: system.position)) }
-            case .history(let history):
-                try await queue.push(.history(timeline: history.timeline, content: history.content), bytes: history.content.readableBytes)
-            case .refusal(let refusal):
-                throw Refusal(code: refusal.code, message: "the sender ended the link: \(refusal.message)")
-            case .hello, .welcome, .ack, .backupStart, .backupData, .backupEnd, .backupStatus:
-                throw Refusal(code: .protocolViolation, message: "unexpected \(message.kind) frame on a streaming link")
+    /// What one frame on a streaming link asks of the spool thread, if anything; the rest (keepalives,
+    /// the link's liveness, the primary's position) is dealt with here. Throws the refusal that ends the link.
+    private func interpret(_ message: ShipMessage, system: SystemSpool, linkID: Int, acks: AckSender,
+                           buffers: BufferPool) throws -> (Work, bytes: Int)? {
+        touch(system: system.systemIdentifier, linkID: linkID)
+        switch message {
+        case .walData(let data):
+            let bytes: ByteBuffer
+            do { bytes = try data.walBytes(pool: buffers) } catch {
+                throw Refusal(code: .invalidWAL, message: "refused a WAL frame at \(data.startLSN): \(error)")
             }
+            notePrimary(system, lsn: data.primaryEndLSN, sendTime: data.primarySendTime)
+            let block = data.compression == .lz4Block ? data.payload : nil
+            return (.wal(timeline: data.timeline, start: data.startLSN, bytes: bytes, block: block),
+                    bytes.readableBytes + (block?.readableBytes ?? 0))
+        case .keepalive(let keepalive):
+            if keepalive.primaryEndLSN.isValid {
+                notePrimary(system, lsn: keepalive.primaryEndLSN, sendTime: keepalive.sendTime)
+            }
+            if keepalive.replyRequested { acks.send(ack(for: system, at: system.position)) }
+            return nil
+        case .history(let history):
+            return (.history(timeline: history.timeline, content: history.content), history.content.readableBytes)
+        case .refusal(let refusal):
+            throw Refusal(code: refusal.code, message: "the sender ended the link: \(refusal.message)")
+        case .hello, .welcome, .ack, .backupStart, .backupData, .backupEnd, .backupStatus:
+            throw Refusal(code: .protocolViolation, message: "unexpected \(message.kind) frame on a streaming link")
         }
     }
 

@@ -33,19 +33,37 @@ public enum TapVerdict: Sendable {
     case forward
     /// Handled on the event loop; the reader never sees it.
     case consumed
-    /// End the link with this error (the reader's next read throws it).
+    /// Handled on the event loop, and whoever took it has no room for more: read nothing more from the socket
+    /// until `ShipChannel.resumeReading(_:)`. The peer then blocks on its full socket, as with a slow reader.
+    case consumedAndPause
+    /// End the link with this error (the reader's next read throws it). A `Refusal` is sent to the peer first.
     case fail(any Error)
 }
 
 extension ShipChannel {
     /// Lets `body` see each inbound message on the event loop before the async reader does. For the hot path
-    /// of a link, acks to a synchronous sender, where a hop to a task costs a thread switch per commit.
-    /// `body` must not block. Pass nil to remove it.
+    /// of a link (acks to a synchronous sender, WAL into the receiver's spool queue), where a hop to a task
+    /// costs a thread switch per commit. `body` must not block. Pass nil to remove it.
     public static func setTap(on channel: Channel, _ body: (@Sendable (ShipMessage) -> TapVerdict)?) async throws {
         let box = body.map(TapBox.init)
         try await channel.eventLoop.submit {
             try channel.pipeline.syncOperations.handler(type: InboundTapHandler.self).tap = box
         }.get()
+    }
+
+    /// Calls `body` on the event loop each time the channel becomes writable again (its queue of unsent bytes
+    /// fell below the low-water mark): how a thread that writes into the channel directly learns to go on.
+    public static func whenWritable(_ channel: Channel, _ body: @escaping @Sendable () -> Void) async throws {
+        try await channel.eventLoop.submit {
+            try channel.pipeline.syncOperations.handler(type: InboundTapHandler.self).whenWritable = WritableBox(body)
+        }.get()
+    }
+
+    /// Reads again after a tap paused reading (`TapVerdict.consumedAndPause`); callable from any thread.
+    public static func resumeReading(_ channel: Channel) {
+        channel.eventLoop.execute {
+            try? channel.pipeline.syncOperations.handler(type: InboundTapHandler.self).resumeReading()
+        }
     }
 }
 
@@ -55,20 +73,56 @@ final class TapBox: Sendable {
     init(_ body: @escaping @Sendable (ShipMessage) -> TapVerdict) { self.body = body }
 }
 
-/// Event-loop-confined: `tap` is only read and written on the channel's event loop.
-final class InboundTapHandler: ChannelInboundHandler {
+final class WritableBox: Sendable {
+    let body: @Sendable () -> Void
+    init(_ body: @escaping @Sendable () -> Void) { self.body = body }
+}
+
+/// Event-loop-confined: everything here is only read and written on the channel's event loop.
+/// While paused it holds back the pipeline's read requests (the async reader's and auto-read's alike).
+final class InboundTapHandler: ChannelDuplexHandler {
     typealias InboundIn = ShipMessage
     typealias InboundOut = ShipMessage
+    typealias OutboundIn = ShipMessage
+    typealias OutboundOut = ShipMessage
     var tap: TapBox?
+    var whenWritable: WritableBox?
+    private var context: ChannelHandlerContext?
+    private var paused = false
+    private var readHeldBack = false
+
+    func handlerAdded(context: ChannelHandlerContext) { self.context = context }
+    func handlerRemoved(context: ChannelHandlerContext) { self.context = nil }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         guard let tap else { return context.fireChannelRead(data) }
         switch tap.body(unwrapInboundIn(data)) {
         case .forward: context.fireChannelRead(data)
         case .consumed: break
+        case .consumedAndPause: paused = true
         case .fail(let error):
+            if let refusal = error as? Refusal {
+                context.writeAndFlush(wrapOutboundOut(.refusal(refusal)), promise: nil)
+            }
             context.fireErrorCaught(error)
             context.close(promise: nil)
+        }
+    }
+
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        if context.channel.isWritable { whenWritable?.body() }
+        context.fireChannelWritabilityChanged()
+    }
+
+    func read(context: ChannelHandlerContext) {
+        if paused { readHeldBack = true } else { context.read() }
+    }
+
+    func resumeReading() {
+        paused = false
+        if readHeldBack, let context {
+            readHeldBack = false
+            context.read()
         }
     }
 }

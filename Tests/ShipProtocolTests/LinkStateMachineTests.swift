@@ -196,4 +196,79 @@ import WALCore
         #expect(throws: Stop.self) { try channel.writeInbound(regressing) }
         #expect(!channel.isActive)
     }
+
+    /// Counts the read requests that get past the tap (it sits between this and the channel's head).
+    final class ReadCounter: ChannelOutboundHandler {
+        typealias OutboundIn = ShipMessage
+        var reads = 0
+        func read(context: ChannelHandlerContext) {
+            reads += 1
+            context.read()
+        }
+    }
+
+    @Test func aPausingTapHoldsBackReadsUntilResumed() throws {
+        let channel = EmbeddedChannel()
+        let counter = ReadCounter()
+        let handler = InboundTapHandler()
+        try channel.pipeline.syncOperations.addHandler(counter)
+        try channel.pipeline.syncOperations.addHandler(handler)
+        let full = Mutex(false)
+        handler.tap = TapBox { _ in full.withLock { $0 } ? .consumedAndPause : .consumed }
+        let keepalive = ShipMessage.keepalive(Keepalive(primaryEndLSN: LSN(7), sendTime: .now(), replyRequested: false))
+
+        try channel.writeInbound(keepalive)
+        channel.read()
+        #expect(counter.reads == 1)
+
+        full.withLock { $0 = true }
+        try channel.writeInbound(keepalive)
+        channel.read()
+        channel.read()
+        #expect(counter.reads == 1, "no read may reach the socket while the taker is full")
+
+        ShipChannel.resumeReading(channel)
+        #expect(counter.reads == 1, "resuming happens on the event loop")
+        channel.embeddedEventLoop.run()
+        #expect(counter.reads == 2, "the held-back reads go on as one")
+        channel.read()
+        #expect(counter.reads == 3)
+        ShipChannel.resumeReading(channel)
+        channel.embeddedEventLoop.run()
+        #expect(counter.reads == 3, "resuming without a held-back read reads nothing")
+    }
+
+    @Test func aRefusalFromTheTapIsToldToThePeerBeforeTheLinkCloses() throws {
+        let channel = EmbeddedChannel()
+        let handler = InboundTapHandler()
+        try channel.pipeline.syncOperations.addHandler(handler)
+        let refusal = Refusal(code: .invalidWAL, message: "refused a WAL frame at 0/100")
+        handler.tap = TapBox { _ in .fail(refusal) }
+        let keepalive = ShipMessage.keepalive(Keepalive(primaryEndLSN: LSN(7), sendTime: .now(), replyRequested: false))
+        #expect(throws: Refusal.self) { try channel.writeInbound(keepalive) }
+        #expect(try channel.readOutbound(as: ShipMessage.self) == .refusal(refusal))
+        #expect(!channel.isActive)
+
+        // Any other error closes the link without a frame.
+        let other = EmbeddedChannel()
+        let second = InboundTapHandler()
+        try other.pipeline.syncOperations.addHandler(second)
+        second.tap = TapBox { _ in .fail(Stop()) }
+        #expect(throws: Stop.self) { try other.writeInbound(keepalive) }
+        #expect(try other.readOutbound(as: ShipMessage.self) == nil)
+    }
+
+    @Test func writabilityRegainedIsReportedAndPassedOn() throws {
+        let channel = EmbeddedChannel()
+        let handler = InboundTapHandler()
+        try channel.pipeline.syncOperations.addHandler(handler)
+        let calls = Mutex(0)
+        handler.whenWritable = WritableBox { calls.withLock { $0 += 1 } }
+        channel.isWritable = false
+        channel.pipeline.fireChannelWritabilityChanged()
+        #expect(calls.withLock { $0 } == 0)
+        channel.isWritable = true
+        channel.pipeline.fireChannelWritabilityChanged()
+        #expect(calls.withLock { $0 } == 1)
+    }
 }

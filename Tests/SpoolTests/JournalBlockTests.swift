@@ -190,7 +190,7 @@ import WALCore
         let journalEnd = try #require(ends.keys.max())
         let cut = temp.walDirectory + "/cut.partial"
         for length in stride(from: PartialSegment.headerLength, through: journalEnd, by: 2999) + [journalEnd - 1, journalEnd] {
-            FileManager.default.createFile(atPath: cut, contents: Data(whole[0..<length]))
+            _ = FileManager.default.createFile(atPath: cut, contents: Data(whole[0..<length]))
             let contents = try PartialSegment.read(path: cut)
             let expected = try #require(ends.filter { $0.key <= length }.max { $0.key < $1.key })
             #expect(contents.journalLength == expected.key)
