@@ -66,6 +66,40 @@ public typealias StreamEvents = NIOThrowingAsyncSequenceProducer<
     StreamEvent, any Error, NIOAsyncSequenceProducerBackPressureStrategies.HighLowWatermark, StreamGate
 >
 
+/// Whether the replication thread may go on reading after handing over an event.
+public enum StreamDemand: Sendable {
+    case more
+    /// Stop reading until the gate's `produceMore()`.
+    case pause
+    /// The consumer is gone: end the stream.
+    case stop
+}
+
+/// Where the replication thread puts what it reads. Both calls come on that thread, in order, so a sink can
+/// do its work right there (compress, write to a channel) instead of waking another thread per event.
+public protocol StreamSink: Sendable {
+    func deliver(_ event: StreamEvent) -> StreamDemand
+    /// The stream is over: it ended (nil) or failed.
+    func finish(_ error: (any Error)?)
+}
+
+/// A sink that hands events to async code through a bounded sequence (its back-pressure is the gate's demand).
+struct AsyncSequenceSink: StreamSink {
+    let source: StreamEvents.Source
+
+    func deliver(_ event: StreamEvent) -> StreamDemand {
+        switch source.yield(event) {
+        case .produceMore: .more
+        case .stopProducing: .pause
+        case .dropped: .stop
+        }
+    }
+
+    func finish(_ error: (any Error)?) {
+        if let error { source.finish(error) } else { source.finish() }
+    }
+}
+
 /// Connects the replication thread with async code: feedback to report, stop requests, and the
 /// consumer's demand. Any change wakes the thread through a pipe, so it reacts within microseconds.
 public final class StreamGate: NIOAsyncSequenceProducerDelegate, Sendable {
@@ -226,17 +260,26 @@ public final class ReplicationSession: Sendable {
     public func stream(slot: String?, start: LSN, timeline: TimeLineID, gate: StreamGate,
                        source: StreamEvents.Source, statusInterval: Duration = .seconds(10),
                        chunkBuffer: @escaping @Sendable (Int) -> ByteBuffer = { ByteBufferAllocator().buffer(capacity: $0) }) async throws {
+        try await stream(slot: slot, start: start, timeline: timeline, gate: gate, sink: AsyncSequenceSink(source: source),
+                         statusInterval: statusInterval, chunkBuffer: chunkBuffer)
+    }
+
+    /// As above, handing each event to `sink` on the connection's thread. Returns when the stream ended
+    /// (stopped through the gate, or the timeline ended: the sink saw `.endOfTimeline` then).
+    public func stream(slot: String?, start: LSN, timeline: TimeLineID, gate: StreamGate,
+                       sink: some StreamSink, statusInterval: Duration = .seconds(10),
+                       chunkBuffer: @escaping @Sendable (Int) -> ByteBuffer = { ByteBufferAllocator().buffer(capacity: $0) }) async throws {
         try await withTaskCancellationHandler {
             try await owner.run { [logger] connection in
                 do {
-                    var loop = try StreamLoop(connection: connection.required(), gate: gate, source: source, logger: logger,
+                    var loop = try StreamLoop(connection: connection.required(), gate: gate, sink: sink, logger: logger,
                                               statusInterval: statusInterval, expectedStart: start, chunkBuffer: chunkBuffer)
                     let slotClause = slot.map { "SLOT \(quoteIdentifier($0)) " } ?? ""
                     try loop.connection.startCopyBoth("START_REPLICATION \(slotClause)PHYSICAL \(start) TIMELINE \(timeline)")
                     try loop.run()
-                    source.finish()
+                    sink.finish(nil)
                 } catch {
-                    source.finish(error)
+                    sink.finish(error)
                     throw error
                 }
             }

@@ -12,7 +12,7 @@ import WALCore
 struct StreamLoop {
     let connection: PGConnection
     let gate: StreamGate
-    let source: StreamEvents.Source
+    let sink: any StreamSink
     let logger: Logger
     let statusInterval: Duration
     let maxChunkBytes: Int
@@ -32,14 +32,14 @@ struct StreamLoop {
     /// The longest a chunk waits for the rest of a backlog before it goes as it is.
     static let maxChunkHold: Duration = .milliseconds(20)
 
-    init(connection: PGConnection, gate: StreamGate, source: StreamEvents.Source, logger: Logger,
+    init(connection: PGConnection, gate: StreamGate, sink: any StreamSink, logger: Logger,
          statusInterval: Duration, expectedStart: LSN, maxChunkBytes: Int = 1 << 20,
          chunkBuffer: @escaping @Sendable (Int) -> ByteBuffer = { ByteBufferAllocator().buffer(capacity: $0) }) {
         precondition(maxChunkBytes > 0 && maxChunkBytes & (maxChunkBytes - 1) == 0 && maxChunkBytes <= 1 << 20,
                      "chunks must align to a power of two no larger than the smallest WAL segment")
         self.connection = connection
         self.gate = gate
-        self.source = source
+        self.sink = sink
         self.logger = logger
         self.statusInterval = statusInterval
         self.expectedNext = expectedStart
@@ -61,7 +61,7 @@ struct StreamLoop {
             }
             if demand { try readAvailable() }
             if let finished {
-                _ = source.yield(finished)
+                _ = sink.deliver(finished)
                 return
             }
             if let held = chunkHeldSince, ContinuousClock.now - held >= Self.maxChunkHold { _ = emitChunk() }
@@ -173,16 +173,16 @@ struct StreamLoop {
 
     private func emit(_ event: StreamEvent) -> Bool {
         let generation = gate.state.withLock { $0.demandGeneration }
-        switch source.yield(event) {
-        case .produceMore:
+        switch sink.deliver(event) {
+        case .more:
             return false
-        case .stopProducing:
+        case .pause:
             // Only pause if no produceMore() arrived since we yielded, or we would wait for a wake-up already spent.
             return gate.state.withLock { s in
                 if s.demandGeneration == generation { s.demand = false }
                 return !s.demand
             }
-        case .dropped:
+        case .stop:
             gate.state.withLock { $0.stopRequested = true }
             return true
         }

@@ -448,25 +448,27 @@ public final class Sender: Sendable {
         if resume.isValid || floor.isValid { gate.report(StreamFeedback(written: max(resume, floor), flushed: max(resume, floor))) }
         // WAL the buffer holds comes from there; the primary continues where it ends.
         let live = replay?.range.upperBound ?? start
-        let (source, events) = Self.eventStream(gate)
         // Chunk and compressed-payload buffers go round instead of being allocated per frame. Only idle ones
-        // count against the pools; during a catch-up most are in the event stream or being written.
+        // count against the pools; during a catch-up most payloads are queued in the channel.
         let buffers = WALBuffers(chunks: BufferPool(maxIdle: 4), payloads: BufferPool(maxIdle: 4))
+        let link = LinkSink(sender: self, channel: channel, timeline: timeline, machine: machine, buffers: buffers)
         setState("streaming")
         statusBox.withLock { $0.sent = start }
         try await ShipChannel.setTap(on: channel) { [self] in acknowledgeOnEventLoop($0, machine: machine, gate: gate) }
+        try await ShipChannel.whenWritable(channel) { gate.produceMore() }
         var iterator = iterator
         try await ShipChannel.runLink(
             channel: channel,
             workers: [
                 {
-                    try await session.stream(slot: self.config.slot, start: live, timeline: timeline, gate: gate,
-                                             source: source, statusInterval: self.config.statusInterval,
-                                             chunkBuffer: { buffers.chunks.take(capacity: $0) })
-                },
-                {
+                    // Written through the async writer: its frames enter the channel before any the
+                    // replication thread writes after this returns.
                     if let replay { try await self.ship(replay, timeline: timeline, machine: machine, to: outbound) }
-                    try await self.forward(events, timeline: timeline, machine: machine, to: outbound, buffers: buffers)
+                    try await session.stream(slot: self.config.slot, start: live, timeline: timeline, gate: gate,
+                                             sink: link, statusInterval: self.config.statusInterval,
+                                             chunkBuffer: { buffers.chunks.take(capacity: $0) })
+                    if let ended = link.timelineEnded { throw ended }
+                    throw LinkError("the replication stream from the primary ended")
                 },
                 { try await self.sendKeepalives(outbound) },
             ],
@@ -477,64 +479,42 @@ public final class Sender: Sendable {
     private func ship(_ replay: BufferedWAL, timeline: TimeLineID, machine: NIOLockedValueBox<SenderLinkStateMachine>,
                       to outbound: NIOAsyncChannelOutboundWriter<ShipMessage>) async throws {
         let reader = WALRangeReader(spool: replay.spool)
-        let allocator = ByteBufferAllocator()
         var at = replay.range.lowerBound
         while at < replay.range.upperBound {
             let bytes = try reader.read(timeline: timeline, from: at, durableEnd: replay.range.upperBound, maxBytes: 128 * 1024)
             guard !bytes.isEmpty else { throw LinkError("the local buffer has no WAL at \(at)") }
             let (primaryEnd, primaryNow) = statusBox.withLock { (max($0.primaryLSN, replay.range.upperBound), $0.primaryNow) }
             let chunk = WALChunk(start: at, bytes: ByteBuffer(bytes: bytes), walEnd: primaryEnd, sendTime: primaryNow)
-            try await send(chunk, timeline: timeline, machine: machine, to: outbound, allocator: allocator)
+            try await outbound.write(.walData(frame(for: chunk, timeline: timeline, machine: machine, pool: nil)))
             at = chunk.end
         }
     }
 
-    private func forward(_ events: StreamEvents, timeline: TimeLineID, machine: NIOLockedValueBox<SenderLinkStateMachine>,
-                         to outbound: NIOAsyncChannelOutboundWriter<ShipMessage>, buffers: WALBuffers) async throws {
-        let allocator = ByteBufferAllocator()
-        for try await event in events {
-            switch event {
-            case .wal(let chunk):
-                try await send(chunk, timeline: timeline, machine: machine, to: outbound, allocator: allocator, buffers: buffers)
-                statusBox.withLock { $0.primaryReported(chunk.walEnd, at: chunk.sendTime) }
-            case .keepalive(let walEnd, let sendTime):
-                statusBox.withLock { $0.primaryReported(walEnd, at: sendTime) }
-                try await outbound.write(.keepalive(Keepalive(primaryEndLSN: walEnd, sendTime: sendTime, replyRequested: false)))
-            case .endOfTimeline(let next, let nextStart):
-                throw TimelineEnded(timeline: timeline, next: next, at: nextStart)
-            }
-        }
-        throw LinkError("the replication stream from the primary ended")
-    }
-
-    /// One WAL frame to the receiver, from the primary's stream or the local buffer.
-    private func send(_ chunk: WALChunk, timeline: TimeLineID, machine: NIOLockedValueBox<SenderLinkStateMachine>,
-                      to outbound: NIOAsyncChannelOutboundWriter<ShipMessage>, allocator: ByteBufferAllocator,
-                      buffers: WALBuffers? = nil) async throws {
+    /// The WAL frame for `chunk`, recorded as sent: before it is written, so an ack can never outrun what we
+    /// believe we sent.
+    fileprivate func frame(for chunk: WALChunk, timeline: TimeLineID, machine: NIOLockedValueBox<SenderLinkStateMachine>,
+                           pool: BufferPool?) -> WALData {
         let frame = WALData.make(timeline: timeline, startLSN: chunk.start, primaryEndLSN: chunk.walEnd,
-                                 primarySendTime: chunk.sendTime, wal: chunk.bytes, allocator: allocator, pool: buffers?.payloads)
-        // Recorded before the write, so an ack can never outrun what we believe we sent.
+                                 primarySendTime: chunk.sendTime, wal: chunk.bytes, pool: pool)
         machine.withLockedValue { $0.walSent(upTo: chunk.end) }
-        try await outbound.write(.walData(frame))
-        if let buffers, frame.compression == .lz4Block {  // else the chunk itself is the payload
-            buffers.chunks.recycle(chunk.bytes)
-            buffers.payloads.recycle(frame.payload)
-        }
         statusBox.withLock {
             $0.sent = chunk.end
             $0.walBytesSent += UInt64(chunk.bytes.readableBytes)
             $0.walFramesSent += 1
             $0.wireBytesSent += UInt64(frame.payload.readableBytes + WALData.frameOverheadBytes)
+            $0.primaryReported(chunk.walEnd, at: chunk.sendTime)
         }
+        return frame
     }
 
     /// The buffers of one stream's forward path.
-    private struct WALBuffers: Sendable {
+    fileprivate struct WALBuffers: Sendable {
         let chunks: BufferPool
         let payloads: BufferPool
     }
 
-    /// The bounded hand-over from the replication thread to async code: at most 4 chunks (4 MiB in a catch-up) wait.
+    /// The bounded hand-over from the replication thread to async code (in degraded mode): at most 4 chunks
+    /// (4 MiB in a catch-up) wait.
     private static func eventStream(_ gate: StreamGate) -> (StreamEvents.Source, StreamEvents) {
         let producer = StreamEvents.makeSequence(
             backPressureStrategy: .init(lowWatermark: 2, highWatermark: 4), finishOnDeinit: false, delegate: gate)
@@ -705,6 +685,8 @@ func connectToReceiver(host: String, port: Int, linkTimeout: Duration, tls: Clie
         return try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
             .connectTimeout(.seconds(10))
             .channelOption(.tcpOption(.tcp_nodelay), value: 1)
+            // The replication thread writes frames of up to 1 MiB and pauses while more than this is unsent.
+            .channelOption(.writeBufferWaterMark, value: .init(low: 1 << 20, high: 2 << 20))
             .connect(host: host, port: port) { channel in
                 channel.eventLoop.makeCompletedFuture {
                     if let tls {
@@ -736,4 +718,54 @@ struct TimelineEnded: Error {
 struct LinkError: Error, CustomStringConvertible {
     let description: String
     init(_ description: String) { self.description = description }
+}
+
+/// Ships the primary's stream from the replication thread itself: each chunk is compressed there and its frame
+/// written into the link, so a synchronous commit's WAL reaches the event loop without a hop through a task.
+/// The thread pauses while the link's queue of unsent bytes is above its high-water mark and goes on when the
+/// channel is writable again (`ShipChannel.whenWritable`).
+private final class LinkSink: StreamSink {
+    let sender: Sender
+    let channel: Channel
+    let timeline: TimeLineID
+    let machine: NIOLockedValueBox<SenderLinkStateMachine>
+    let buffers: Sender.WALBuffers
+    private let ended = Mutex<TimelineEnded?>(nil)
+
+    init(sender: Sender, channel: Channel, timeline: TimeLineID, machine: NIOLockedValueBox<SenderLinkStateMachine>,
+         buffers: Sender.WALBuffers) {
+        self.sender = sender
+        self.channel = channel
+        self.timeline = timeline
+        self.machine = machine
+        self.buffers = buffers
+    }
+
+    /// Set when the primary ended our timeline.
+    var timelineEnded: TimelineEnded? { ended.withLock { $0 } }
+
+    func deliver(_ event: StreamEvent) -> StreamDemand {
+        switch event {
+        case .wal(let chunk):
+            let frame = sender.frame(for: chunk, timeline: timeline, machine: machine, pool: buffers.payloads)
+            guard frame.compression == .lz4Block else {  // the chunk itself is the payload
+                channel.writeAndFlush(ShipMessage.walData(frame), promise: nil)
+                break
+            }
+            buffers.chunks.recycle(chunk.bytes)
+            let written = channel.eventLoop.makePromise(of: Void.self)
+            channel.writeAndFlush(ShipMessage.walData(frame), promise: written)
+            written.futureResult.whenComplete { [payloads = buffers.payloads] _ in payloads.recycle(frame.payload) }
+        case .keepalive(let walEnd, let sendTime):
+            sender.statusBox.withLock { $0.primaryReported(walEnd, at: sendTime) }
+            channel.writeAndFlush(ShipMessage.keepalive(Keepalive(primaryEndLSN: walEnd, sendTime: sendTime, replyRequested: false)),
+                                  promise: nil)
+        case .endOfTimeline(let next, let nextStart):
+            ended.withLock { $0 = TimelineEnded(timeline: timeline, next: next, at: nextStart) }
+            return .stop
+        }
+        return channel.isWritable ? .more : .pause
+    }
+
+    func finish(_ error: (any Error)?) {}
 }
