@@ -54,7 +54,7 @@ public enum PartialSegment {
 
     static func decodeHeader(_ bytes: [UInt8], path: String) throws -> Header {
         guard bytes.count >= headerLength, Array(bytes[0..<4]) == headerMagic else {
-            throw SpoolError(.corrupt, "\"\(path)\" is not a walship partial segment (bad header)")
+            throw SpoolError(.corrupt, "\"\(path)\" is not a walship partial segment (bad header; hint: if it is not walship's, move it out of the spool; if it is, the disk damaged it: keep a copy and check the disk)")
         }
         guard bytes.readLE(40, UInt32.self) == CRC32C.checksum(bytes[0..<40]) else {
             throw SpoolError(.corrupt, "\"\(path)\" has a damaged header (CRC mismatch)")
@@ -157,6 +157,22 @@ public enum PartialSegment {
         public var journalLength: Int
         /// Bytes after the valid journal that were not zero: a torn write from a crash.
         public var hadTornTail: Bool
+    }
+
+    /// Whether the file at `path` holds nothing but zeros: a journal preallocated by a walship that was stopped
+    /// before it wrote the header (versions before `.partial.tmp`). Records follow only a durable header, so
+    /// such a file never held WAL anyone acknowledged.
+    static func neverWritten(path: String) throws -> Bool {
+        let fd = try FileIO.open(path, O_RDONLY)
+        defer { FileIO.close(fd) }
+        let size = try FileIO.fileSize(fd, path: path)
+        var offset = 0
+        while offset < size {
+            let piece = try FileIO.preadAll(fd, count: min(1 << 20, size - offset), at: offset, path: path)
+            guard piece.allSatisfy({ $0 == 0 }) else { return false }
+            offset += piece.count
+        }
+        return true
     }
 
     /// Reads a partial file without changing it (also used by `restore-wal`, possibly as another OS user).

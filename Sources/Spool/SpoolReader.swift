@@ -57,14 +57,25 @@ public struct SpoolReader: Sendable {
             }
             return wal
         }
-        let partial = walDirectory + "/\(name).partial"
-        guard FileIO.exists(partial), try segment.timeline == newestTimeline() else { return nil }
-        let wal = try PartialSegment.read(path: partial).wal
-        guard !wal.isEmpty else { return nil }
-        // A zeroed segment with the WAL copied in (bulk operations: this runs on every restore_command call).
-        var padded = [UInt8](repeating: 0, count: Int(segmentSize.bytes))
-        padded.withUnsafeMutableBytes { target in wal.withUnsafeBytes { target.copyMemory(from: $0) } }
-        return padded
+        guard try segment.timeline == newestTimeline(), let wal = try journalWAL(of: segment), !wal.isEmpty else { return nil }
+        return padded(wal)
+    }
+
+    /// The WAL a segment's journal (`NAME.partial`) holds, from the segment's start, on any timeline: also
+    /// an old timeline's tail kept aside after a failover, which `contents(of:)` never serves. Nil when there
+    /// is no journal for it.
+    public func journalWAL(of segment: SegmentName) throws -> [UInt8]? {
+        let partial = walDirectory + "/\(segment).partial"
+        guard FileIO.exists(partial) else { return nil }
+        return try PartialSegment.read(path: partial).wal
+    }
+
+    /// A zeroed segment with `wal` copied in at its start: what PostgreSQL and pg_waldump read as a segment
+    /// whose WAL ends early. Bulk operations: this runs on every restore_command call for the tail.
+    public func padded(_ wal: [UInt8]) -> [UInt8] {
+        var segment = [UInt8](repeating: 0, count: Int(segmentSize.bytes))
+        segment.withUnsafeMutableBytes { target in wal.withUnsafeBytes { target.copyMemory(from: $0) } }
+        return segment
     }
 
     /// The highest timeline the spool knows, from segment and history file names.

@@ -372,7 +372,8 @@ public final class SystemSpool: @unchecked Sendable {
     }
 
     /// Finds where the spool ends after a restart or crash: leftover temp files are removed, a partial whose
-    /// finished `.lz4` exists is dropped, a full journal is finished, and a torn journal tail is cut.
+    /// finished `.lz4` exists is dropped, as is an all-zero one (see `PartialSegment.neverWritten`), a full
+    /// journal is finished, and a torn journal tail is cut.
     private func recover() throws {
         var completed: [SegmentName] = []
         var partials: [SegmentName] = []
@@ -391,6 +392,12 @@ public final class SystemSpool: @unchecked Sendable {
             logger.notice("removed journal of a segment that was already completed", metadata: ["walship.segment": "\(seg)"])
         }
         partials.removeAll { completed.contains($0) }
+        for seg in partials where try PartialSegment.neverWritten(path: walDirectory + "/\(seg).partial") {
+            try FileIO.remove(walDirectory + "/\(seg).partial")
+            logger.notice("removed a journal whose header was never written (a receiver stopped while creating it; it held no WAL)",
+                          metadata: ["walship.segment": "\(seg)"])
+        }
+        partials.removeAll { !FileIO.exists(walDirectory + "/\($0).partial") }
         try FileIO.syncDirectory(walDirectory)
 
         let newestCompleted = completed.max()

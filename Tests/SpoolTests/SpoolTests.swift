@@ -192,6 +192,35 @@ func append(_ system: SystemSpool, _ bytes: [UInt8], at lsn: LSN, timeline: Time
         #expect(system.position.durable == size.startLSN(ofSegment: 8))
     }
 
+    @Test func aJournalLeftHeaderlessByAnOlderReceiverIsRemovedAndAnythingElseIsRefused() throws {
+        let temp = TempSpool()
+        let seg = TestWAL.segment(7)
+        do {
+            let (_, system) = try temp.open()
+            try append(system, seg, at: size.startLSN(ofSegment: 7))
+            try system.sync()
+        }
+        // Older receivers created the journal in place: stopped before its header, it stays all zeros.
+        let blank = temp.walDirectory + "/000000010000000000000008.partial"
+        #expect(FileManager.default.createFile(atPath: blank, contents: Data(repeating: 0, count: 3 << 20)))
+        do {
+            let (_, system) = try temp.open()
+            #expect(try temp.files() == ["000000010000000000000007.lz4"])
+            #expect(system.position.durable == size.startLSN(ofSegment: 8))
+        }
+        // One non-zero byte anywhere and it is not ours to delete: start-up stops and says what to do.
+        var damaged = Data(repeating: 0, count: 3 << 20)
+        damaged[(2 << 20) + 17] = 1
+        #expect(FileManager.default.createFile(atPath: blank, contents: damaged))
+        do {
+            _ = try temp.open()
+            Issue.record("a damaged journal must stop start-up")
+        } catch let error as SpoolError {
+            #expect(error.message.contains("bad header") && error.message.contains("hint:"), "\(error.message)")
+        }
+        #expect(FileManager.default.fileExists(atPath: blank))
+    }
+
     @Test func fullJournalWithoutItsLZ4IsFinishedOnStart() throws {
         let temp = TempSpool()
         let seg = TestWAL.segment(9)
@@ -339,6 +368,9 @@ func append(_ system: SystemSpool, _ bytes: [UInt8], at lsn: LSN, timeline: Time
         let reader = try SpoolReader(root: temp.root, system: nil)
         #expect(try reader.contents(of: "000000010000000000000003") == nil)
         #expect(try reader.contents(of: "000000020000000000000003")?.count == Int(size.bytes))
+        // What was kept aside can still be read out (walship extract-partial).
+        let aside = try reader.journalWAL(of: SegmentName(timeline: 1, number: 3, segmentSize: size))
+        #expect(aside == Array(TestWAL.segment(3, count: 300_000)))
     }
 
     @Test func aGapBeforeTheForkIsRefused() throws {
