@@ -59,5 +59,26 @@ struct RestoreTests {
         let broken = try run(IT.walshipBinary, ["restore-wal", "--spool", fixture.directory + "/nothing", name, target + "3"], check: false)
         #expect(broken.status == 126)
         #expect(broken.error.contains("restore-wal: error"))
+
+        // extract-partial writes the WAL of the segment in progress (a journal) as a segment pg_waldump reads.
+        try topology.primary.sql("CREATE TABLE aside_probe AS SELECT g FROM generate_series(1, 1000) g")
+        let written = lsn(try topology.primary.sql("SELECT pg_current_wal_lsn()"))!
+        try waitUntil("the probe's WAL to be durable in the spool") {
+            let durable = try topology.durable()
+            return (durable >= written, "durable \(String(durable, radix: 16)), waiting for \(String(written, radix: 16))")
+        }
+        let journal = try FileManager.default.contentsOfDirectory(atPath: topology.walDirectory)
+            .filter { $0.hasSuffix(".partial") }.map { String($0.dropLast(8)) }.max()!
+        try FileManager.default.createDirectory(atPath: fixture.directory + "/aside", withIntermediateDirectories: true)
+        let extracted = fixture.directory + "/aside/" + journal
+        let extract = try run(IT.walshipBinary, ["extract-partial", "--spool", topology.spool, journal + ".partial", extracted])
+        #expect(extract.output.contains("wrote \(extracted): WAL of timeline 1 from "), "\(extract.output)")
+        #expect(try FileManager.default.attributesOfItem(atPath: extracted)[.size] as? Int == 16 << 20)
+        let dump = try run(topology.primary.bin + "/pg_waldump", ["-n", "3", extracted], check: false)
+        #expect(dump.status == 0 && dump.output.contains("rmgr:"), "pg_waldump: \(dump.output) \(dump.error)")
+        let again = try run(IT.walshipBinary, ["extract-partial", "--spool", topology.spool, journal, extracted], check: false)
+        #expect(again.status != 0 && again.error.contains("exists"), "\(again.error)")
+        let none = try run(IT.walshipBinary, ["extract-partial", "--spool", topology.spool, name, extracted + "2"], check: false)
+        #expect(none.status != 0 && none.error.contains("no journal \(name).partial"), "\(none.error)")
     }
 }
