@@ -17,11 +17,7 @@ struct ExtractPartial: ParsableCommand {
             It reads the spool only and may run while walship receive does.
             """)
 
-    @Option(help: "Spool directory of walship receive.")
-    var spool: String
-
-    @Option(help: "System identifier, when the spool holds more than one system.")
-    var system: UInt64?
+    @OptionGroup var selection: SpoolSelection
 
     @Argument(help: "Segment name (24 hexadecimal digits), as in NAME.partial.")
     var segment: String
@@ -30,7 +26,7 @@ struct ExtractPartial: ParsableCommand {
     var destination: String
 
     func run() throws {
-        let reader = try SpoolReader(root: spool, system: system)
+        let reader = try selection.reader()
         let name = segment.hasSuffix(".partial") ? String(segment.dropLast(8)) : segment
         guard let parsed = SegmentName(name, segmentSize: reader.segmentSize) else {
             throw ValidationError("\"\(segment)\" is not a WAL segment name for \(reader.segmentSize) segments (hint: ls \(reader.walDirectory)/*.partial)")

@@ -11,11 +11,7 @@ struct RestoreWAL: ParsableCommand {
             Exit status: 0 restored; 1 the spool does not have the file (routine, prints nothing); 126 the spool has the file but it is damaged or unreadable (PostgreSQL then stops recovery rather than ending it early as if the WAL had run out).
             """)
 
-    @Option(help: "Spool directory of walship receive.")
-    var spool: String
-
-    @Option(help: "System identifier to restore from, when the spool holds more than one system.")
-    var system: UInt64?
+    @OptionGroup var selection: SpoolSelection
 
     @Argument(help: "File name PostgreSQL asks for (%f).")
     var fileName: String
@@ -26,7 +22,7 @@ struct RestoreWAL: ParsableCommand {
     func run() throws {
         let bytes: [UInt8]?
         do {
-            bytes = try SpoolReader(root: spool, system: system).contents(of: fileName)
+            bytes = try selection.reader().contents(of: fileName)
         } catch {
             FileHandle.standardError.write(Data("walship restore-wal: error: \(error)\n".utf8))
             throw ExitCode(126)
@@ -45,4 +41,15 @@ struct RestoreWAL: ParsableCommand {
             throw ExitCode(126)
         }
     }
+}
+
+/// `--spool DIR [--system ID]`: which spool, and which system in it, a read-only command reads.
+struct SpoolSelection: ParsableArguments {
+    @Option(help: "Spool directory of walship receive.")
+    var spool: String
+
+    @Option(help: "System identifier, when the spool holds more than one system.")
+    var system: UInt64?
+
+    func reader() throws -> SpoolReader { try SpoolReader(root: spool, system: system) }
 }

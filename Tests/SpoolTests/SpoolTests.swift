@@ -170,14 +170,16 @@ func append(_ system: SystemSpool, _ bytes: [UInt8], at lsn: LSN, timeline: Time
         #expect(try Array(frame).withUnsafeBytes { try LZ4.decompressFrame($0, maxOutputBytes: 1 << 20) } == seg)
     }
 
+    /// A spool holding segment `number`, completed, and closed again.
+    func storeWholeSegment(_ number: UInt64, in temp: TempSpool) throws {
+        let (_, system) = try temp.open()
+        try append(system, TestWAL.segment(number), at: size.startLSN(ofSegment: number))
+        try system.sync()
+    }
+
     @Test func crashLeftoversAreResolved() throws {
         let temp = TempSpool()
-        let seg = TestWAL.segment(7)
-        do {
-            let (_, system) = try temp.open()
-            try append(system, seg, at: size.startLSN(ofSegment: 7))
-            try system.sync()
-        }
+        try storeWholeSegment(7, in: temp)
         // Crash after the .lz4 rename but before the journal was removed, plus a temp file of an unfinished write.
         let header = PartialSegment.Header(systemIdentifier: TestWAL.sysid,
                                            segment: SegmentName(timeline: 1, number: 7, segmentSize: size))
@@ -194,12 +196,7 @@ func append(_ system: SystemSpool, _ bytes: [UInt8], at lsn: LSN, timeline: Time
 
     @Test func aJournalLeftHeaderlessByAnOlderReceiverIsRemovedAndAnythingElseIsRefused() throws {
         let temp = TempSpool()
-        let seg = TestWAL.segment(7)
-        do {
-            let (_, system) = try temp.open()
-            try append(system, seg, at: size.startLSN(ofSegment: 7))
-            try system.sync()
-        }
+        try storeWholeSegment(7, in: temp)
         // Older receivers created the journal in place: stopped before its header, it stays all zeros.
         let blank = temp.walDirectory + "/000000010000000000000008.partial"
         #expect(FileManager.default.createFile(atPath: blank, contents: Data(repeating: 0, count: 3 << 20)))
