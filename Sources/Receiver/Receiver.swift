@@ -327,7 +327,9 @@ public final class Receiver: Sendable {
         var iterator = iterator
         var writer: BackupWriter?
         defer { writer?.abort() }
-        let allocator = ByteBufferAllocator()
+        // Each piece (up to 1 MiB) is decompressed into a buffer that goes round, as on the WAL path, instead of
+        // a fresh allocation per piece.
+        let buffers = BufferPool(maxIdle: 2)
         while let message = try await iterator.next() {
             switch message {
             case .backupStart(let start):
@@ -337,7 +339,7 @@ public final class Receiver: Sendable {
             case .backupData(let data):
                 guard let writer else { throw Refusal(code: .protocolViolation, message: "backup data before its start") }
                 let bytes: ByteBuffer
-                do { bytes = try data.bytes(allocator: allocator) } catch {
+                do { bytes = try data.bytes(pool: buffers) } catch {
                     throw Refusal(code: .protocolViolation, message: "refused backup data: \(error)")
                 }
                 try bytes.withUnsafeReadableBytes {
@@ -346,6 +348,7 @@ public final class Receiver: Sendable {
                     case .manifest: try writer.appendManifest($0)
                     }
                 }
+                if data.compression == .lz4Block { buffers.recycle(bytes) }  // else `bytes` is the frame's payload
             case .backupEnd(let end):
                 guard let active = writer else { throw Refusal(code: .protocolViolation, message: "backup end before its start") }
                 let info = try active.finish(stop: end, durable: system.position.durable)

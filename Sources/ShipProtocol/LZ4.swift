@@ -106,11 +106,17 @@ public enum LZ4 {
         }
 
         public func update(_ input: UnsafeRawBufferPointer) -> [UInt8] {
+            update(input) { Array($0) }
+        }
+
+        /// Compresses `input` and hands the output to `body` straight from the writer's buffer (valid only
+        /// during the call): a backup's 1 MiB pieces then cost no array of their own.
+        public func update<T>(_ input: UnsafeRawBufferPointer, _ body: (UnsafeRawBufferPointer) throws -> T) rethrows -> T {
             let bound = LZ4F_compressBound(input.count, &preferences)
             if buffer.count < bound { buffer = [UInt8](repeating: 0, count: bound) }
             let n = buffer.withUnsafeMutableBytes { LZ4F_compressUpdate(context, $0.baseAddress, $0.count, input.baseAddress, input.count, nil) }
             precondition(LZ4F_isError(n) == 0, "LZ4F_compressUpdate cannot fail with a bound-sized buffer")
-            return Array(buffer[0..<n])
+            return try buffer.withUnsafeBytes { try body(UnsafeRawBufferPointer(rebasing: $0[0..<n])) }
         }
 
         /// The rest of the frame: buffered data, end mark and content checksum.

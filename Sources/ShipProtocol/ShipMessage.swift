@@ -299,8 +299,10 @@ public struct BackupData: Hashable, Sendable {
                           payload: packed.payload)
     }
 
-    public func bytes(allocator: ByteBufferAllocator = ByteBufferAllocator()) throws(ShipProtocolError) -> ByteBuffer {
-        try FramePayload.unpack(payload, compression: compression, length: uncompressedLength, kind: .backupData, allocator: allocator)
+    /// With a `pool`, a compressed payload is decompressed into one of its buffers.
+    public func bytes(allocator: ByteBufferAllocator = ByteBufferAllocator(), pool: BufferPool? = nil) throws(ShipProtocolError) -> ByteBuffer {
+        try FramePayload.unpack(payload, compression: compression, length: uncompressedLength, kind: .backupData,
+                                allocator: allocator, pool: pool)
     }
 }
 

@@ -76,7 +76,7 @@ public final class BackupWriter {
     public func appendArchive(_ bytes: UnsafeRawBufferPointer) throws {
         archiveBytes += UInt64(bytes.count)
         archiveCRC = CRC32C.update(archiveCRC, bytes)
-        try frame.update(bytes).withUnsafeBytes { try archive.append($0) }
+        try frame.update(bytes) { try archive.append($0) }
     }
 
     public func appendManifest(_ bytes: UnsafeRawBufferPointer) throws { try manifest.append(bytes) }
