@@ -502,7 +502,6 @@ public final class Sender: Sendable {
             $0.walBytesSent += UInt64(chunk.bytes.readableBytes)
             $0.walFramesSent += 1
             $0.wireBytesSent += UInt64(frame.payload.readableBytes + WALData.frameOverheadBytes)
-            $0.primaryReported(chunk.walEnd, at: chunk.sendTime)
         }
         return frame
     }
@@ -748,6 +747,7 @@ private final class LinkSink: StreamSink {
         switch event {
         case .wal(let chunk):
             let frame = sender.frame(for: chunk, timeline: timeline, machine: machine, pool: buffers.payloads)
+            sender.statusBox.withLock { $0.primaryReported(chunk.walEnd, at: chunk.sendTime) }
             guard frame.compression == .lz4Block else {  // the chunk itself is the payload
                 channel.writeAndFlush(ShipMessage.walData(frame), promise: nil)
                 break

@@ -166,11 +166,14 @@ public enum PartialSegment {
         let fd = try FileIO.open(path, O_RDONLY)
         defer { FileIO.close(fd) }
         let size = try FileIO.fileSize(fd, path: path)
+        // The header first: a journal that has one answers after reading a few bytes.
         var offset = 0
+        var pieceLength = headerLength
         while offset < size {
-            let piece = try FileIO.preadAll(fd, count: min(1 << 20, size - offset), at: offset, path: path)
+            let piece = try FileIO.preadAll(fd, count: min(pieceLength, size - offset), at: offset, path: path)
             guard piece.allSatisfy({ $0 == 0 }) else { return false }
             offset += piece.count
+            pieceLength = 1 << 20
         }
         return true
     }

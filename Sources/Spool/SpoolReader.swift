@@ -57,7 +57,9 @@ public struct SpoolReader: Sendable {
             }
             return wal
         }
-        guard try segment.timeline == newestTimeline(), let wal = try journalWAL(of: segment), !wal.isEmpty else { return nil }
+        // Cheapest test first: PostgreSQL asks for many files that do not exist yet.
+        guard FileIO.exists(journalPath(segment)), try segment.timeline == newestTimeline(),
+              let wal = try journalWAL(of: segment), !wal.isEmpty else { return nil }
         return padded(wal)
     }
 
@@ -65,10 +67,12 @@ public struct SpoolReader: Sendable {
     /// an old timeline's tail kept aside after a failover, which `contents(of:)` never serves. Nil when there
     /// is no journal for it.
     public func journalWAL(of segment: SegmentName) throws -> [UInt8]? {
-        let partial = walDirectory + "/\(segment).partial"
+        let partial = journalPath(segment)
         guard FileIO.exists(partial) else { return nil }
         return try PartialSegment.read(path: partial).wal
     }
+
+    private func journalPath(_ segment: SegmentName) -> String { walDirectory + "/\(segment).partial" }
 
     /// A zeroed segment with `wal` copied in at its start: what PostgreSQL and pg_waldump read as a segment
     /// whose WAL ends early. Bulk operations: this runs on every restore_command call for the tail.
