@@ -17,8 +17,12 @@ build: deps
 
 # The release binary carries the Swift runtime and Foundation (statically linked): hosts need only libpq5,
 # liblz4-1 and lz4, and each process maps about 3.5 MiB less than with the shared runtime libraries.
+# Linked by lld without exporting the executable's own symbols (the static runtime's link arguments ask for
+# that; nothing loads symbols from walship) and with packed relative relocations (glibc 2.36+): the loader
+# then no longer touches 2.3 MiB of symbol tables and 3 MiB of relocations, ~5.5 MiB less RSS per process.
+RELEASE_LINK_FLAGS = -Xswiftc -use-ld=lld -Xlinker --no-export-dynamic -Xlinker -z -Xlinker pack-relative-relocs
 release: deps
-	$(SWIFT) build -c release --static-swift-stdlib
+	$(SWIFT) build -c release --static-swift-stdlib $(RELEASE_LINK_FLAGS)
 
 # Unit and integration tests on one debug build. Integration tests start their own PostgreSQL 15
 # clusters on free loopback ports; strays from an interrupted run are removed before and after.
