@@ -58,6 +58,11 @@ struct TimelineTests {
             return (replayed >= afterFailover, String(replayed, radix: 16))
         }
         #expect(try drStandby.sql("SELECT count(*) FROM admissions") == "1500")
+        // It learnt of the switch over its stream (the end of timeline 1, then timeline 2's history), not only
+        // through restore_command.
+        let receiverLog = topology.receiver?.log ?? ""
+        #expect(receiverLog.contains("standby reached the end of its timeline"),
+                "\(receiverLog.split(separator: "\n").filter { $0.contains("standby") }.suffix(20).joined(separator: "\n"))")
         #expect(try drStandby.sql("SELECT pg_is_in_recovery()") == "t")
 
         // A copy recovered from the spool alone follows timeline 2 and has every row.

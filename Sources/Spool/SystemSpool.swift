@@ -37,6 +37,7 @@ public final class SystemSpool: @unchecked Sendable {
     private struct Waiters {
         var next = 0
         var continuations: [Int: CheckedContinuation<Void, Never>] = [:]
+        var observers: [Int: DurableObserver] = [:]
     }
     private let waiters = Mutex(Waiters())
 
@@ -163,6 +164,7 @@ public final class SystemSpool: @unchecked Sendable {
             ])
         }
         positionBox.withLock { $0 = SpoolPosition(timeline: tli, written: startLSN, durable: startLSN) }
+        notifyDurable()  // a standby streaming the old timeline learns that it ends
         logger.notice("switched to a new timeline", metadata: [
             "walship.from_timeline": "\(pos.timeline)", "walship.timeline": "\(tli)", "walship.fork_lsn": "\(fork)",
         ])
@@ -216,12 +218,28 @@ public final class SystemSpool: @unchecked Sendable {
         return position.durable
     }
 
+    /// Calls `body` after each advance of the durable end and each timeline switch, on the thread that made it
+    /// (the spool's writer, in the middle of its work): `body` must only hand the news on. Until
+    /// `stopObserving(_:)` with the returned id.
+    public func observeDurable(_ body: @escaping @Sendable () -> Void) -> Int {
+        waiters.withLock { w in
+            defer { w.next += 1 }
+            w.observers[w.next] = DurableObserver(body)
+            return w.next
+        }
+    }
+
+    public func stopObserving(_ id: Int) {
+        _ = waiters.withLock { $0.observers.removeValue(forKey: id) }
+    }
+
     private func notifyDurable() {
-        let ready = waiters.withLock { w in
+        let (ready, observers) = waiters.withLock { w in
             defer { w.continuations.removeAll() }
-            return Array(w.continuations.values)
+            return (Array(w.continuations.values), Array(w.observers.values))
         }
         ready.forEach { $0.resume() }
+        observers.forEach { $0.body() }
     }
 
     /// Stores a timeline history file atomically; an existing file must be identical.
@@ -485,4 +503,10 @@ final class SegmentCompressor {
         try bytes.withUnsafeBytes { try FileIO.pwriteAll(fd, $0, at: length, path: path) }
         length += bytes.count
     }
+}
+
+/// Boxed: a closure kept in a dictionary behind a lock and called from another thread.
+final class DurableObserver: Sendable {
+    let body: @Sendable () -> Void
+    init(_ body: @escaping @Sendable () -> Void) { self.body = body }
 }

@@ -68,6 +68,7 @@ public final class WalSenderServer: Sendable {
                 .bind(host: host, port: port) { channel in
                     channel.eventLoop.makeCompletedFuture {
                         try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(FrontendMessageDecoder()))
+                        try channel.pipeline.syncOperations.addHandler(StandbyInboundTap())
                         return try NIOAsyncChannel<FrontendMessage, ByteBuffer>(wrappingChannelSynchronously: channel)
                     }
                 }
@@ -273,67 +274,43 @@ struct StandbySession {
                 return
             }
         }
-        var out = ByteBuffer()
-        Backend.copyBothResponse(&out)
-        try await outbound.write(out)
         let name = machine.applicationName
         logger.notice("standby streaming", metadata: ["walship.application_name": "\(name)",
                                                       "walship.start_lsn": "\(start)", "walship.timeline": "\(timeline)"])
-        let server = self.server
-        let outbound = self.outbound
         // The standby is remembered (by slot, else by application_name) so retention keeps what it still needs,
         // also while it is down. Saved at most every few seconds, and when streaming ends.
-        var record = StandbyRecord(name: slot ?? name, viaSlot: slot != nil, replayedLSN: start, updatedAt: Date())
-        var lastSaved = ContinuousClock.now
-        try? StandbyRegistry.save(record, systemDirectory: system.directory)
+        let initial = StandbyRecord(name: slot ?? name, viaSlot: slot != nil, replayedLSN: start, updatedAt: Date())
+        try? StandbyRegistry.save(initial, systemDirectory: system.directory)
+        let server = self.server
+        let streamer = StandbyStreamer(channel: channel, system: system, server: server, applicationName: name, record: initial,
+                                       timeline: timeline, start: start, end: end,
+                                       keepaliveInterval: server.keepaliveInterval)
         defer {
-            try? StandbyRegistry.save(record, systemDirectory: system.directory)
+            try? StandbyRegistry.save(streamer.replay.withLock { $0 }, systemDirectory: system.directory)
             server.markDisconnected(system: system.systemIdentifier, name: name)
         }
-        let streamEnded = NIOLockedValueBox(false)
-        let channel = self.channel
         try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask { try await streamer.run() }
             group.addTask {
-                do {
-                    try await Self.stream(system: system, reader: WALRangeReader(spool: system), timeline: timeline, from: start,
-                                          until: end?.switchPoint, keepaliveInterval: server.keepaliveInterval, outbound: outbound)
-                    // A historic timeline is fully sent: end COPY as a PostgreSQL walsender does. Marked first:
-                    // the standby's CopyDone may arrive before this write returns.
-                    streamEnded.withLockedValue { $0 = true }
-                    var done = ByteBuffer()
-                    Backend.copyDone(&done)
-                    try await outbound.write(done)
-                } catch is CancellationError {
-                } catch {
-                    // Nothing more can be sent: close, so the standby reconnects instead of waiting.
-                    channel.close(promise: nil)
-                    throw error
+                var saved = initial
+                while true {
+                    try await Task.sleep(for: .seconds(5))
+                    let record = streamer.replay.withLock { $0 }
+                    if record != saved {
+                        try? StandbyRegistry.save(record, systemDirectory: system.directory)
+                        saved = record
+                    }
                 }
             }
-            // Standby messages: status updates carry its replay position back towards the primary.
             defer { group.cancelAll() }
+            // Status updates are taken by the streamer on the event loop; what reaches this task ends streaming.
             while let message = try await inbound.next() {
                 switch message {
-                case .copyData(var data):
-                    guard let type = data.getInteger(at: data.readerIndex, as: UInt8.self) else { continue }
-                    if type == UInt8(ascii: "r"), let bytes = data.readBytes(length: data.readableBytes) {
-                        if let update = try? bytes.withUnsafeBytes({ try StandbyStatusUpdate.decode($0) }) {
-                            server.record(system: system.systemIdentifier, StandbyProgress(
-                                applicationName: name, written: update.write, flushed: update.flush, applied: update.apply,
-                                reportedAt: update.sendTime))
-                            if update.apply.isValid {
-                                record.replayedLSN = update.apply.description
-                                record.updatedAt = Date()
-                                if ContinuousClock.now - lastSaved >= .seconds(5) {
-                                    try? StandbyRegistry.save(record, systemDirectory: system.directory)
-                                    lastSaved = .now
-                                }
-                            }
-                            if update.replyRequested { try await outbound.write(Self.keepalive(system, replyRequested: false)) }
-                        }
-                    }
+                case .copyData:
+                    continue  // one the tap let through while it was being set up or taken away
                 case .copyDone:
-                    if streamEnded.withLockedValue({ $0 }) { machine.historicTimelineSent() }
+                    await StandbyStreamer.detach(from: channel)
+                    if let sent = streamer.sentEnd.withLock({ $0 }) { machine.historicTimelineSent(sent) }
                     let action = machine.copyDoneReceived()
                     guard case .endOfTimeline(let ended) = action else { throw StandbyEndpointError("standby ended streaming") }
                     // End of timeline: tell the standby where its next timeline starts, then take commands again.
@@ -352,59 +329,6 @@ struct StandbySession {
             throw StandbyEndpointError("standby closed the connection")
         }
     }
-
-    /// Sends WAL as soon as it is durable in the spool; keepalives while there is none.
-    private static func stream(system: SystemSpool, reader: WALRangeReader, timeline: TimeLineID, from start: LSN, until end: LSN?,
-                               keepaliveInterval: Duration, outbound: NIOAsyncChannelOutboundWriter<ByteBuffer>) async throws {
-        var position = start
-        var lastSent = ContinuousClock.now
-        var end = end
-        while true {
-            let current = system.position
-            if end == nil && current.timeline != timeline {
-                // The spool moved to a newer timeline while we streamed this one: finish at its switch point.
-                end = Self.switchPoint(of: timeline, system: system, current: current.timeline)
-                guard end != nil else { throw StandbyEndpointError("timeline \(timeline) is no longer in the spool's history") }
-            }
-            if let end, position >= end { return }
-            let available = end ?? current.durable
-            if position < available {
-                let bytes = try reader.read(timeline: timeline, from: position, durableEnd: available, maxBytes: 128 * 1024)
-                guard !bytes.isEmpty else { throw StandbyEndpointError("no WAL readable at \(position) on timeline \(timeline)") }
-                var out = ByteBuffer()
-                Backend.copyData(&out) {
-                    $0.writeBytes(ReplicationMessage.encodeXLogDataHeader(dataStart: position, walEnd: available, sendTime: .now()))
-                    $0.writeBytes(bytes)
-                }
-                try await outbound.write(out)
-                position = position.advanced(by: UInt64(bytes.count))
-                lastSent = .now
-                continue
-            }
-            _ = await system.waitForDurable(beyond: position, timeout: keepaliveInterval)
-            try Task.checkCancellation()
-            if ContinuousClock.now - lastSent >= keepaliveInterval {
-                try await outbound.write(keepalive(system, replyRequested: true))
-                lastSent = .now
-            }
-        }
-    }
-
-    private static func switchPoint(of timeline: TimeLineID, system: SystemSpool, current: TimeLineID) -> LSN? {
-        let path = system.walDirectory + "/" + historyFileName(timeline: current)
-        guard let text = try? String(contentsOfFile: path, encoding: .utf8), let entries = try? parseTimelineHistory(text) else { return nil }
-        return timelineEnd(of: timeline, history: entries, current: current)?.switchPoint
-    }
-
-    private static func keepalive(_ system: SystemSpool, replyRequested: Bool) -> ByteBuffer {
-        var out = ByteBuffer()
-        Backend.copyData(&out) {
-            $0.writeBytes(ReplicationMessage.encodeKeepalive(.init(walEnd: system.position.durable, sendTime: .now(),
-                                                                   replyRequested: replyRequested)))
-        }
-        return out
-    }
-
 }
 
 func constantTimeEqual(_ a: [UInt8], _ b: [UInt8]) -> Bool {

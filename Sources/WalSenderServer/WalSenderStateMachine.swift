@@ -223,8 +223,8 @@ public struct WalSenderStateMachine: Sendable {
     // MARK: Streaming
 
     /// Everything of the historic timeline was sent, followed by our CopyDone.
-    public mutating func historicTimelineSent() {
-        if case .streaming(let tli, let end?, _) = state { state = .streaming(timeline: tli, end: end, endReached: true) }
+    public mutating func historicTimelineSent(_ sent: TimelineEnd) {
+        if case .streaming(let tli, let end, _) = state { state = .streaming(timeline: tli, end: end ?? sent, endReached: true) }
     }
 
     /// The standby's CopyDone.

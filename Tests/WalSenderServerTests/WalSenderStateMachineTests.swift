@@ -156,11 +156,24 @@ import WALCore
         // A CopyDone before everything was sent is the standby quitting.
         var early = m
         guard case .close = early.copyDoneReceived() else { Issue.record("early CopyDone treated as end of timeline"); return }
-        m.historicTimelineSent()
+        m.historicTimelineSent(end)
         #expect(m.copyDoneReceived() == .endOfTimeline(end))
         #expect(m.state == .ready)
         // The standby then asks for the new timeline as a stock one does.
         #expect(m.query("START_REPLICATION 0/5000000 TIMELINE 2", spool: spool)
             == .startStreaming(slot: nil, start: LSN("0/5000000")!, timeline: 2, end: nil))
+    }
+
+    @Test func aLiveTimelineThatEndsWhileStreamingEndsWithTheNextTimeline() {
+        // Streaming starts while timeline 1 is the spool's newest; a failover upstream ends it mid-stream.
+        let live = SpoolSnapshot(systemIdentifier: spool.systemIdentifier, timeline: 1, durable: LSN("0/5000060")!,
+                                 segmentSize: .default)
+        var m = ready()
+        #expect(m.query("START_REPLICATION 0/5000000 TIMELINE 1", spool: live)
+            == .startStreaming(slot: nil, start: LSN("0/5000000")!, timeline: 1, end: nil))
+        let found = WalSenderStateMachine.TimelineEnd(switchPoint: LSN("0/5000060")!, next: 2)
+        m.historicTimelineSent(found)
+        #expect(m.copyDoneReceived() == .endOfTimeline(found))
+        #expect(m.state == .ready)
     }
 }

@@ -1,0 +1,218 @@
+import Foundation
+import NIOCore
+import PGReplication
+import Spool
+import Synchronization
+import WALCore
+
+/// Streams one timeline's WAL to a standby from its channel's event loop, as soon as the spool has made it
+/// durable, and takes the standby's status updates there too (`StandbyInboundTap`). Each fsync of the spool
+/// costs one hop to the event loop and no task switches: with a synchronous sender every commit is an fsync,
+/// and a task woken per fsync and per status update cost the receiver about as much CPU as receiving the WAL.
+///
+/// Event-loop-confined, except `wake()`, `run()`, `streamEnded` and `replay`.
+final class StandbyStreamer: @unchecked Sendable {
+    private let channel: Channel
+    private let system: SystemSpool
+    private let server: WalSenderServer
+    private let applicationName: String
+    private let reader: WALRangeReader
+    private let timeline: TimeLineID
+    private var end: WalSenderStateMachine.TimelineEnd?
+    private var position: LSN
+    private let keepaliveInterval: TimeAmount
+    private var lastSent = NIODeadline.now()
+    private let finished: EventLoopPromise<Void>
+    private var done = false
+    private var keepaliveCheck: RepeatedTask?
+    private var observer: Int?
+    private let wakePending = Atomic<Bool>(false)
+    /// Set once the whole timeline was sent and our CopyDone written (the standby's CopyDone answers it): where
+    /// it ended and what follows, also when the spool switched timelines while this one streamed.
+    let sentEnd = Mutex<WalSenderStateMachine.TimelineEnd?>(nil)
+    /// The newest replay position the standby reported, for the registry (saved by the session's task).
+    let replay: Mutex<StandbyRecord>
+    /// Largest XLogData payload; a standby far behind gets it in pieces, with the socket's backpressure between.
+    static let maxMessageBytes = 128 * 1024
+
+    init(channel: Channel, system: SystemSpool, server: WalSenderServer, applicationName: String, record: StandbyRecord,
+         timeline: TimeLineID, start: LSN, end: WalSenderStateMachine.TimelineEnd?, keepaliveInterval: Duration) {
+        self.channel = channel
+        self.system = system
+        self.server = server
+        self.applicationName = applicationName
+        self.replay = Mutex(record)
+        self.reader = WALRangeReader(spool: system)
+        self.timeline = timeline
+        self.position = start
+        self.end = end
+        self.keepaliveInterval = .nanoseconds(Int64(keepaliveInterval.components.seconds) * 1_000_000_000
+                                              + keepaliveInterval.components.attoseconds / 1_000_000_000)
+        self.finished = channel.eventLoop.makePromise()
+    }
+
+    /// Starts COPY BOTH and streams until the timeline's end has been sent (a historic timeline) or the task is
+    /// cancelled; throws what stopped it otherwise (the channel is closed then).
+    func run() async throws {
+        let loop = channel.eventLoop
+        loop.execute { self.start() }
+        try await withTaskCancellationHandler {
+            try await finished.futureResult.get()
+        } onCancel: {
+            loop.execute { self.finish(.failure(CancellationError())) }
+        }
+    }
+
+    /// Called by the spool's writer after each fsync: one hop to the event loop, however many fsyncs meanwhile.
+    func wake() {
+        guard !wakePending.exchange(true, ordering: .acquiringAndReleasing) else { return }
+        channel.eventLoop.execute {
+            self.wakePending.store(false, ordering: .releasing)
+            self.pump()
+        }
+    }
+
+    private func start() {
+        guard !done else { return }
+        do {
+            try channel.pipeline.syncOperations.handler(type: StandbyInboundTap.self).streamer = self
+        } catch {
+            return finish(.failure(error))
+        }
+        var out = ByteBuffer()
+        Backend.copyBothResponse(&out)
+        channel.write(out, promise: nil)
+        observer = system.observeDurable { [weak self] in self?.wake() }
+        // Checked a few times per interval, so a quiet stream's keepalives are at most a quarter late.
+        let check = TimeAmount.nanoseconds(max(keepaliveInterval.nanoseconds / 4, 1_000_000))
+        keepaliveCheck = channel.eventLoop.scheduleRepeatedTask(initialDelay: check, delay: check) { [weak self] _ in
+            self?.keepaliveIfQuiet()
+        }
+        pump()
+        channel.flush()
+    }
+
+    /// Sends what is durable and not yet sent, while the channel takes more; resumed by `wake()` and when the
+    /// channel becomes writable again.
+    func pump() {
+        guard !done else { return }
+        var wrote = false
+        defer { if wrote { channel.flush() } }
+        do {
+            while channel.isWritable {
+                let current = system.position
+                if end == nil && current.timeline != timeline {
+                    // The spool moved to a newer timeline while we streamed this one: finish at its switch point.
+                    end = Self.end(of: timeline, system: system, current: current.timeline)
+                    guard end != nil else { throw StandbyEndpointError("timeline \(timeline) is no longer in the spool's history") }
+                }
+                if let end, position >= end.switchPoint {
+                    // The timeline is fully sent: end COPY as a PostgreSQL walsender does. Marked first: the
+                    // standby's CopyDone may arrive before this write is flushed.
+                    sentEnd.withLock { $0 = end }
+                    var out = ByteBuffer()
+                    Backend.copyDone(&out)
+                    channel.write(out, promise: nil)
+                    wrote = true
+                    return finish(.success(()))
+                }
+                let available = end?.switchPoint ?? current.durable
+                guard position < available else { return }
+                let bytes = try reader.read(timeline: timeline, from: position, durableEnd: available, maxBytes: Self.maxMessageBytes)
+                guard !bytes.isEmpty else { throw StandbyEndpointError("no WAL readable at \(position) on timeline \(timeline)") }
+                var out = channel.allocator.buffer(capacity: bytes.count + 32)
+                Backend.copyData(&out) {
+                    $0.writeBytes(ReplicationMessage.encodeXLogDataHeader(dataStart: position, walEnd: available, sendTime: .now()))
+                    $0.writeBytes(bytes)
+                }
+                channel.write(out, promise: nil)
+                wrote = true
+                position = position.advanced(by: UInt64(bytes.count))
+                lastSent = .now()
+            }
+        } catch {
+            // Nothing more can be sent: close, so the standby reconnects instead of waiting.
+            finish(.failure(error))
+            channel.close(promise: nil)
+        }
+    }
+
+    /// A CopyData from the standby, taken on the event loop: status updates carry its replay position back
+    /// towards the primary; anything else (hot-standby feedback) is not used.
+    func standbyMessage(_ data: ByteBuffer) {
+        guard data.getInteger(at: data.readerIndex, as: UInt8.self) == UInt8(ascii: "r"),
+              let update = data.withUnsafeReadableBytes({ try? StandbyStatusUpdate.decode($0) }) else { return }
+        server.record(system: system.systemIdentifier, StandbyProgress(
+            applicationName: applicationName, written: update.write, flushed: update.flush, applied: update.apply,
+            reportedAt: update.sendTime))
+        if update.apply.isValid {
+            replay.withLock {
+                $0.replayedLSN = update.apply.description
+                $0.updatedAt = Date()
+            }
+        }
+        if update.replyRequested {
+            channel.writeAndFlush(Self.keepalive(system, replyRequested: false), promise: nil)
+        }
+    }
+
+    private func keepaliveIfQuiet() {
+        guard !done, NIODeadline.now() - lastSent >= keepaliveInterval else { return }
+        channel.writeAndFlush(Self.keepalive(system, replyRequested: true), promise: nil)
+        lastSent = .now()
+    }
+
+    private func finish(_ result: Result<Void, any Error>) {
+        guard !done else { return }
+        done = true
+        keepaliveCheck?.cancel()
+        if let observer { system.stopObserving(observer) }
+        finished.completeWith(result)
+    }
+
+    /// Ends the taking of status updates on the event loop (after the standby's CopyDone, or the stream's end).
+    static func detach(from channel: Channel) async {
+        try? await channel.eventLoop.submit {
+            try channel.pipeline.syncOperations.handler(type: StandbyInboundTap.self).streamer = nil
+        }.get()
+    }
+
+    static func keepalive(_ system: SystemSpool, replyRequested: Bool) -> ByteBuffer {
+        var out = ByteBuffer()
+        Backend.copyData(&out) {
+            $0.writeBytes(ReplicationMessage.encodeKeepalive(.init(walEnd: system.position.durable, sendTime: .now(),
+                                                                   replyRequested: replyRequested)))
+        }
+        return out
+    }
+
+    private static func end(of timeline: TimeLineID, system: SystemSpool, current: TimeLineID) -> WalSenderStateMachine.TimelineEnd? {
+        let path = system.walDirectory + "/" + historyFileName(timeline: current)
+        guard let text = try? String(contentsOfFile: path, encoding: .utf8), let entries = try? parseTimelineHistory(text),
+              let end = timelineEnd(of: timeline, history: entries, current: current) else { return nil }
+        return .init(switchPoint: end.switchPoint, next: end.next)
+    }
+}
+
+/// Sits after the frontend-message decoder. While a standby streams, its CopyData messages (status updates)
+/// are handled on the event loop by the streamer, and the channel's regained writability resumes the stream;
+/// everything else (CopyDone, Terminate, queries) goes on to the session's task.
+final class StandbyInboundTap: ChannelDuplexHandler {
+    typealias InboundIn = FrontendMessage
+    typealias InboundOut = FrontendMessage
+    typealias OutboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
+    var streamer: StandbyStreamer?
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        if let streamer, case .copyData(let bytes) = unwrapInboundIn(data) {
+            return streamer.standbyMessage(bytes)
+        }
+        context.fireChannelRead(data)
+    }
+
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        if context.channel.isWritable { streamer?.pump() }
+        context.fireChannelWritabilityChanged()
+    }
+}
