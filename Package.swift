@@ -131,7 +131,10 @@ let package = Package(
                 .product(name: "NIOEmbedded", package: "swift-nio"),
             ]
         ),
-        .testTarget(name: "SpoolTests", dependencies: ["Spool", "WALCore", "ShipProtocol", .product(name: "NIOCore", package: "swift-nio")]),
+        // Synthetic WAL with valid page headers, for the test targets that store or serve it.
+        .target(name: "WALTestSupport", dependencies: ["WALCore"], path: "Tests/WALTestSupport"),
+        .testTarget(name: "SpoolTests", dependencies: ["Spool", "WALCore", "WALTestSupport", "ShipProtocol",
+                                                       .product(name: "NIOCore", package: "swift-nio")]),
         .testTarget(name: "PGReplicationTests", dependencies: ["PGReplication", "WALCore"]),
         .testTarget(name: "MonitorTests", dependencies: ["Monitor", "WALCore"]),
         .testTarget(name: "SenderTests", dependencies: ["Sender", "Spool", "WALCore"]),
@@ -147,7 +150,9 @@ let package = Package(
         ),
         .testTarget(
             name: "WalSenderServerTests",
-            dependencies: ["WalSenderServer", "WALCore", .product(name: "NIOCore", package: "swift-nio")]
+            dependencies: ["WalSenderServer", "WALCore", "WALTestSupport", "Spool", "PGReplication",
+                           .product(name: "NIOCore", package: "swift-nio"), .product(name: "NIOEmbedded", package: "swift-nio"),
+                           .product(name: "Logging", package: "swift-log")]
         ),
         .testTarget(
             name: "IntegrationTests",

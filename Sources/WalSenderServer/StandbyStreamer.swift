@@ -21,7 +21,7 @@ final class StandbyStreamer: @unchecked Sendable {
     private var end: WalSenderStateMachine.TimelineEnd?
     private var position: LSN
     private let keepaliveInterval: TimeAmount
-    private var lastSent = NIODeadline.now()
+    private var lastSent: NIODeadline
     private let finished: EventLoopPromise<Void>
     private var done = false
     private var keepaliveCheck: RepeatedTask?
@@ -30,6 +30,9 @@ final class StandbyStreamer: @unchecked Sendable {
     /// Set once the whole timeline was sent and our CopyDone written (the standby's CopyDone answers it): where
     /// it ended and what follows, also when the spool switched timelines while this one streamed.
     let sentEnd = Mutex<WalSenderStateMachine.TimelineEnd?>(nil)
+    /// What ended the stream from this side (a read of the spool failed), for the session to report: the
+    /// standby only sees its connection close.
+    let failure = Mutex<(any Error)?>(nil)
     /// The newest replay position the standby reported, for the registry (saved by the session's task).
     let replay: Mutex<StandbyRecord>
     /// Largest XLogData payload; a standby far behind gets it in pieces, with the socket's backpressure between.
@@ -49,6 +52,7 @@ final class StandbyStreamer: @unchecked Sendable {
         self.keepaliveInterval = .nanoseconds(Int64(keepaliveInterval.components.seconds) * 1_000_000_000
                                               + keepaliveInterval.components.attoseconds / 1_000_000_000)
         self.finished = channel.eventLoop.makePromise()
+        self.lastSent = channel.eventLoop.now
     }
 
     /// Starts COPY BOTH and streams until the timeline's end has been sent (a historic timeline) or the task is
@@ -128,10 +132,11 @@ final class StandbyStreamer: @unchecked Sendable {
                 channel.write(out, promise: nil)
                 wrote = true
                 position = position.advanced(by: UInt64(bytes.count))
-                lastSent = .now()
+                lastSent = channel.eventLoop.now
             }
         } catch {
             // Nothing more can be sent: close, so the standby reconnects instead of waiting.
+            failure.withLock { $0 = error }
             finish(.failure(error))
             channel.close(promise: nil)
         }
@@ -157,9 +162,9 @@ final class StandbyStreamer: @unchecked Sendable {
     }
 
     private func keepaliveIfQuiet() {
-        guard !done, NIODeadline.now() - lastSent >= keepaliveInterval else { return }
+        guard !done, channel.eventLoop.now - lastSent >= keepaliveInterval else { return }
         channel.writeAndFlush(Self.keepalive(system, replyRequested: true), promise: nil)
-        lastSent = .now()
+        lastSent = channel.eventLoop.now
     }
 
     private func finish(_ result: Result<Void, any Error>) {

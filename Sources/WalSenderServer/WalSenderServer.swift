@@ -326,6 +326,7 @@ struct StandbySession {
                     throw StandbyEndpointError("unexpected message while streaming")
                 }
             }
+            if let failure = streamer.failure.withLock({ $0 }) { throw StandbyEndpointError("streaming stopped: \(failure)") }
             throw StandbyEndpointError("standby closed the connection")
         }
     }

@@ -3,6 +3,7 @@ import NIOCore
 import ShipProtocol
 import Testing
 import WALCore
+import WALTestSupport
 @testable import Spool
 
 /// Journals that record the sender's LZ4 blocks (format version 2), and version 1 journals left by older receivers.

@@ -1,6 +1,7 @@
 import Foundation
 import Testing
 import WALCore
+import WALTestSupport
 @testable import Spool
 
 @Suite struct WALRangeReaderTests {
