@@ -24,6 +24,7 @@ final class StandbyStreamer: @unchecked Sendable {
     private var lastSent: NIODeadline
     private let finished: EventLoopPromise<Void>
     private var done = false
+    private var pumping = false
     private var keepaliveCheck: RepeatedTask?
     private var observer: Int?
     private let wakePending = Atomic<Bool>(false)
@@ -37,6 +38,8 @@ final class StandbyStreamer: @unchecked Sendable {
     let replay: Mutex<StandbyRecord>
     /// Largest XLogData payload; a standby far behind gets it in pieces, with the socket's backpressure between.
     static let maxMessageBytes = 128 * 1024
+    /// The most one turn on the event loop sends before it lets the loop serve others.
+    static let maxBytesPerTurn = 1 << 20
 
     init(channel: Channel, system: SystemSpool, server: WalSenderServer, applicationName: String, record: StandbyRecord,
          timeline: TimeLineID, start: LSN, end: WalSenderStateMachine.TimelineEnd?, keepaliveInterval: Duration) {
@@ -85,7 +88,7 @@ final class StandbyStreamer: @unchecked Sendable {
         }
         var out = ByteBuffer()
         Backend.copyBothResponse(&out)
-        channel.write(out, promise: nil)
+        channel.writeAndFlush(out, promise: nil)
         observer = system.observeDurable { [weak self] in self?.wake() }
         // Checked a few times per interval, so a quiet stream's keepalives are at most a quarter late.
         let check = TimeAmount.nanoseconds(max(keepaliveInterval.nanoseconds / 4, 1_000_000))
@@ -93,17 +96,24 @@ final class StandbyStreamer: @unchecked Sendable {
             self?.keepaliveIfQuiet()
         }
         pump()
-        channel.flush()
     }
 
     /// Sends what is durable and not yet sent, while the channel takes more; resumed by `wake()` and when the
     /// channel becomes writable again.
     func pump() {
-        guard !done else { return }
-        var wrote = false
-        defer { if wrote { channel.flush() } }
+        // A flush can change the channel's writability, and the tap calls back in here from inside it: the
+        // running loop goes on by itself, and its position must not move under it.
+        guard !done, !pumping else { return }
+        pumping = true
+        defer { pumping = false }
+        var budget = Self.maxBytesPerTurn
         do {
             while channel.isWritable {
+                guard budget > 0 else {
+                    // A standby far behind gets its backlog in turns: other connections on this event loop (a
+                    // sender's link among them) are served in between.
+                    return channel.eventLoop.execute { self.pump() }
+                }
                 let current = system.position
                 if end == nil && current.timeline != timeline {
                     // The spool moved to a newer timeline while we streamed this one: finish at its switch point.
@@ -116,8 +126,7 @@ final class StandbyStreamer: @unchecked Sendable {
                     sentEnd.withLock { $0 = end }
                     var out = ByteBuffer()
                     Backend.copyDone(&out)
-                    channel.write(out, promise: nil)
-                    wrote = true
+                    channel.writeAndFlush(out, promise: nil)
                     return finish(.success(()))
                 }
                 let available = end?.switchPoint ?? current.durable
@@ -129,10 +138,12 @@ final class StandbyStreamer: @unchecked Sendable {
                     $0.writeBytes(ReplicationMessage.encodeXLogDataHeader(dataStart: position, walEnd: available, sendTime: .now()))
                     $0.writeBytes(bytes)
                 }
-                channel.write(out, promise: nil)
-                wrote = true
                 position = position.advanced(by: UInt64(bytes.count))
+                budget -= bytes.count
                 lastSent = channel.eventLoop.now
+                // Flushed one by one: a TLS handler holds unflushed writes where the channel's writability does
+                // not count them, so a standby far behind would otherwise get its whole backlog buffered here.
+                channel.writeAndFlush(out, promise: nil)
             }
         } catch {
             // Nothing more can be sent: close, so the standby reconnects instead of waiting.

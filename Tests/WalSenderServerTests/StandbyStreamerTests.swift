@@ -4,13 +4,14 @@ import NIOCore
 import NIOEmbedded
 import PGReplication
 import Spool
+import Synchronization
 import Testing
 import WALCore
 import WALTestSupport
 @testable import WalSenderServer
 
 /// The standby stream on its event loop, against a real spool in a temporary directory and a testing channel.
-@Suite struct StandbyStreamerTests {
+@Suite(.timeLimit(.minutes(1))) struct StandbyStreamerTests {
     final class Fixture {
         let root = NSTemporaryDirectory() + "walship-streamer-test-\(UUID().uuidString)"
         let spool: Spool
@@ -149,6 +150,36 @@ import WALTestSupport
         await #expect(throws: CancellationError.self) { try await task.value }
     }
 
+    @Test func aBacklogGoesOutOneFlushedMessageAtATime() async throws {
+        let f = try Fixture()
+        let counter = WritesPerFlush()
+        let channel = f.channel
+        try await channel.testingEventLoop.executeInContext {
+            try channel.pipeline.syncOperations.addHandler(counter)
+            try channel.pipeline.syncOperations.addHandler(StandbyInboundTap())
+        }
+        try f.append(0..<(1 << 20))  // the whole segment: completed, then read from its LZ4 frame
+        try f.system.sync()
+        let streamer = f.streamer()
+        let task = Task { try await streamer.run() }
+
+        #expect(try await f.nextMessage().type == "W")
+        var received: [UInt8] = []
+        while received.count < 1 << 20 {
+            let message = try await f.nextXLogData()
+            #expect(message.start == f.start.advanced(by: UInt64(received.count)))
+            #expect(message.wal.count <= StandbyStreamer.maxMessageBytes)
+            received += message.wal
+        }
+        #expect(received == f.wal)
+        // Behind a TLS handler only flushed bytes count against the channel's writability. (And the
+        // writability changes signalled from inside each flush sent nothing twice: checked above.)
+        #expect(counter.most.withLock { $0 } == 1)
+
+        task.cancel()
+        await #expect(throws: CancellationError.self) { try await task.value }
+    }
+
     @Test func aTimelineEndsWithCopyDoneAtItsSwitchPoint() async throws {
         let f = try Fixture()
         try await f.installTap()
@@ -164,5 +195,27 @@ import WALTestSupport
         #expect(try await f.nextMessage().type == "c")
         try await task.value
         #expect(streamer.sentEnd.withLock { $0 } == end)
+    }
+}
+
+/// Counts the writes between flushes, as a handler that buffers until flush (TLS) would hold them; and, as a
+/// socket whose buffer filled and drained within the flush would, signals a writability change from inside it.
+final class WritesPerFlush: ChannelDuplexHandler, @unchecked Sendable {
+    typealias InboundIn = NIOAny
+    typealias OutboundIn = ByteBuffer
+    private var pending = 0
+    let most = Mutex(0)
+
+    func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
+        pending += 1
+        context.write(data, promise: promise)
+    }
+
+    func flush(context: ChannelHandlerContext) {
+        let count = pending
+        most.withLock { $0 = max($0, count) }
+        pending = 0
+        context.flush()
+        context.fireChannelWritabilityChanged()
     }
 }
