@@ -45,10 +45,27 @@ import WALTestSupport
             }
         }
 
-        func streamer(end: WalSenderStateMachine.TimelineEnd? = nil) -> StandbyStreamer {
-            StandbyStreamer(channel: channel, system: system, server: server, applicationName: "dr",
-                            record: StandbyRecord(name: "dr", viaSlot: false, replayedLSN: start, updatedAt: Date()),
-                            timeline: 1, start: start, end: end, keepaliveInterval: .seconds(10))
+        /// Appends the segment's bytes `range` and makes them durable.
+        func appendDurably(_ range: Range<Int>) throws {
+            try append(range)
+            try system.sync()
+        }
+
+        /// Streams timeline 1 from the segment's start; returns once the CopyBothResponse went out.
+        func startStreaming(end: WalSenderStateMachine.TimelineEnd? = nil) async throws -> (StandbyStreamer, Task<Void, any Error>) {
+            let streamer = StandbyStreamer(
+                channel: channel, system: system, server: server, applicationName: "dr",
+                record: StandbyRecord(name: "dr", viaSlot: false, replayedLSN: start, updatedAt: Date()),
+                timeline: 1, start: start, end: end, keepaliveInterval: .seconds(10))
+            let task = Task { try await streamer.run() }
+            #expect(try await nextMessage().type == "W")  // CopyBothResponse
+            return (streamer, task)
+        }
+
+        /// Cancels the stream's task, which ends by the cancellation.
+        func stop(_ task: Task<Void, any Error>) async {
+            task.cancel()
+            await #expect(throws: CancellationError.self) { try await task.value }
         }
 
         /// The next backend message written: its type and body.
@@ -75,13 +92,9 @@ import WALTestSupport
     @Test func sendsOnlyDurableWALAndWakesOnEachFsync() async throws {
         let f = try Fixture()
         try await f.installTap()
-        try f.append(0..<65536)
-        try f.system.sync()
+        try f.appendDurably(0..<65536)
         try f.append(65536..<98304)  // written, not yet durable
-        let streamer = f.streamer()
-        let task = Task { try await streamer.run() }
-
-        #expect(try await f.nextMessage().type == "W")  // CopyBothResponse
+        let (_, task) = try await f.startStreaming()
         let first = try await f.nextXLogData()
         #expect(first.start == f.start)
         #expect(first.walEnd == f.start.advanced(by: 65536))
@@ -94,41 +107,32 @@ import WALTestSupport
         #expect(second.start == f.start.advanced(by: 65536))
         #expect(second.wal == Array(f.wal[65536..<98304]))
 
-        task.cancel()
-        await #expect(throws: CancellationError.self) { try await task.value }
+        await f.stop(task)
     }
 
     @Test func waitsWhileTheChannelIsFullAndGoesOnWhenItDrains() async throws {
         let f = try Fixture()
         try await f.installTap()
-        try f.append(0..<32768)
-        try f.system.sync()
-        let streamer = f.streamer()
-        let task = Task { try await streamer.run() }
-        #expect(try await f.nextMessage().type == "W")
+        try f.appendDurably(0..<32768)
+        let (_, task) = try await f.startStreaming()
         #expect(try await f.nextXLogData().wal == Array(f.wal[0..<32768]))
 
         f.channel.isWritable = false
-        try f.append(32768..<65536)
-        try f.system.sync()
+        try f.appendDurably(32768..<65536)
         await f.channel.testingEventLoop.run()
         #expect(try await f.channel.readOutbound(as: ByteBuffer.self) == nil, "nothing written into a full channel")
         f.channel.isWritable = true
         f.channel.pipeline.fireChannelWritabilityChanged()
         #expect(try await f.nextXLogData().wal == Array(f.wal[32768..<65536]))
 
-        task.cancel()
-        await #expect(throws: CancellationError.self) { try await task.value }
+        await f.stop(task)
     }
 
     @Test func statusUpdatesAreRecordedAndAnsweredOnTheEventLoop() async throws {
         let f = try Fixture()
         try await f.installTap()
-        try f.append(0..<8192)
-        try f.system.sync()
-        let streamer = f.streamer()
-        let task = Task { try await streamer.run() }
-        #expect(try await f.nextMessage().type == "W")
+        try f.appendDurably(0..<8192)
+        let (streamer, task) = try await f.startStreaming()
         #expect(try await f.nextXLogData().wal == Array(f.wal[0..<8192]))
 
         let applied = f.start.advanced(by: 8192)
@@ -146,8 +150,7 @@ import WALTestSupport
         let keepalive = try await f.nextMessage()
         #expect(keepalive.body.first == UInt8(ascii: "k") && keepalive.body.last == 1)
 
-        task.cancel()
-        await #expect(throws: CancellationError.self) { try await task.value }
+        await f.stop(task)
     }
 
     @Test func aBacklogGoesOutOneFlushedMessageAtATime() async throws {
@@ -160,10 +163,7 @@ import WALTestSupport
         }
         try f.append(0..<(1 << 20))  // the whole segment: completed, then read from its LZ4 frame
         try f.system.sync()
-        let streamer = f.streamer()
-        let task = Task { try await streamer.run() }
-
-        #expect(try await f.nextMessage().type == "W")
+        let (_, task) = try await f.startStreaming()
         var received: [UInt8] = []
         while received.count < 1 << 20 {
             let message = try await f.nextXLogData()
@@ -176,20 +176,15 @@ import WALTestSupport
         // writability changes signalled from inside each flush sent nothing twice: checked above.)
         #expect(counter.most.withLock { $0 } == 1)
 
-        task.cancel()
-        await #expect(throws: CancellationError.self) { try await task.value }
+        await f.stop(task)
     }
 
     @Test func aTimelineEndsWithCopyDoneAtItsSwitchPoint() async throws {
         let f = try Fixture()
         try await f.installTap()
-        try f.append(0..<65536)
-        try f.system.sync()
+        try f.appendDurably(0..<65536)
         let end = WalSenderStateMachine.TimelineEnd(switchPoint: f.start.advanced(by: 40000), next: 2)
-        let streamer = f.streamer(end: end)
-        let task = Task { try await streamer.run() }
-
-        #expect(try await f.nextMessage().type == "W")
+        let (streamer, task) = try await f.startStreaming(end: end)
         let sent = try await f.nextXLogData()
         #expect(sent.wal == Array(f.wal[0..<40000]), "up to the switch point, not the spool's durable end")
         #expect(try await f.nextMessage().type == "c")
