@@ -25,11 +25,16 @@ release: deps
 	$(SWIFT) build -c release --static-swift-stdlib $(RELEASE_LINK_FLAGS)
 
 # Unit and integration tests on one debug build. Integration tests start their own PostgreSQL 15
-# clusters on free loopback ports; strays from an interrupted run are removed before and after.
+# clusters on free loopback ports; strays from an interrupted run are removed before and after. Unit tests
+# run first, on their own: the integration tests block the concurrency pool's threads (one per core) while
+# they wait on PostgreSQL, and async unit tests running beside them could starve until their time limit.
 test: deps
 	@scripts/kill-test-strays.sh
 	$(SWIFT) build --build-tests
-	@set -o pipefail; status=0; $(SWIFT) test --skip-build 2>&1 | tee test-output.log || status=$$?; \
+	@set -o pipefail; status=0; \
+		( $(SWIFT) test --skip-build --skip IntegrationTests; unit=$$?; \
+		  $(SWIFT) test --skip-build --filter IntegrationTests; integration=$$?; \
+		  [ $$unit -eq 0 ] && [ $$integration -eq 0 ] ) 2>&1 | tee test-output.log || status=$$?; \
 		scripts/kill-test-strays.sh; exit $$status
 
 unit: deps
