@@ -10,7 +10,7 @@ import WALCore
 /// costs one hop to the event loop and no task switches: with a synchronous sender every commit is an fsync,
 /// and a task woken per fsync and per status update cost the receiver about as much CPU as receiving the WAL.
 ///
-/// Event-loop-confined, except `wake()`, `run()`, `streamEnded` and `replay`.
+/// Event-loop-confined, except `wake()`, `run()` and the locked `sentEnd`, `failure` and `replay`.
 final class StandbyStreamer: @unchecked Sendable {
     private let channel: Channel
     private let system: SystemSpool
@@ -52,8 +52,7 @@ final class StandbyStreamer: @unchecked Sendable {
         self.timeline = timeline
         self.position = start
         self.end = end
-        self.keepaliveInterval = .nanoseconds(Int64(keepaliveInterval.components.seconds) * 1_000_000_000
-                                              + keepaliveInterval.components.attoseconds / 1_000_000_000)
+        self.keepaliveInterval = TimeAmount(keepaliveInterval)
         self.finished = channel.eventLoop.makePromise()
         self.lastSent = channel.eventLoop.now
     }
@@ -186,7 +185,7 @@ final class StandbyStreamer: @unchecked Sendable {
         finished.completeWith(result)
     }
 
-    /// Ends the taking of status updates on the event loop (after the standby's CopyDone, or the stream's end).
+    /// Ends the taking of status updates on the event loop, once the standby's CopyDone ended streaming.
     static func detach(from channel: Channel) async {
         try? await channel.eventLoop.submit {
             try channel.pipeline.syncOperations.handler(type: StandbyInboundTap.self).streamer = nil
@@ -204,20 +203,17 @@ final class StandbyStreamer: @unchecked Sendable {
 
     private static func end(of timeline: TimeLineID, system: SystemSpool, current: TimeLineID) -> WalSenderStateMachine.TimelineEnd? {
         let path = system.walDirectory + "/" + historyFileName(timeline: current)
-        guard let text = try? String(contentsOfFile: path, encoding: .utf8), let entries = try? parseTimelineHistory(text),
-              let end = timelineEnd(of: timeline, history: entries, current: current) else { return nil }
-        return .init(switchPoint: end.switchPoint, next: end.next)
+        guard let text = try? String(contentsOfFile: path, encoding: .utf8) else { return nil }
+        return .init(of: timeline, history: text, current: current)
     }
 }
 
 /// Sits after the frontend-message decoder. While a standby streams, its CopyData messages (status updates)
 /// are handled on the event loop by the streamer, and the channel's regained writability resumes the stream;
 /// everything else (CopyDone, Terminate, queries) goes on to the session's task.
-final class StandbyInboundTap: ChannelDuplexHandler {
+final class StandbyInboundTap: ChannelInboundHandler {
     typealias InboundIn = FrontendMessage
     typealias InboundOut = FrontendMessage
-    typealias OutboundIn = ByteBuffer
-    typealias OutboundOut = ByteBuffer
     var streamer: StandbyStreamer?
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {

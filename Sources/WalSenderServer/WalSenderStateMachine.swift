@@ -24,11 +24,8 @@ public struct SpoolSnapshot: Sendable {
 
     /// Where `timeline` ended and which timeline followed it, from the newest history file.
     func end(of timeline: TimeLineID) -> WalSenderStateMachine.TimelineEnd? {
-        guard timeline < self.timeline, let bytes = historyFiles[self.timeline],
-            let entries = try? parseTimelineHistory(String(decoding: bytes, as: UTF8.self)),
-            let end = timelineEnd(of: timeline, history: entries, current: self.timeline)
-        else { return nil }
-        return .init(switchPoint: end.switchPoint, next: end.next)
+        guard timeline < self.timeline, let bytes = historyFiles[self.timeline] else { return nil }
+        return .init(of: timeline, history: String(decoding: bytes, as: UTF8.self), current: self.timeline)
     }
 }
 
@@ -39,6 +36,18 @@ public struct WalSenderStateMachine: Sendable {
     public struct TimelineEnd: Hashable, Sendable {
         public var switchPoint: LSN
         public var next: TimeLineID
+
+        public init(switchPoint: LSN, next: TimeLineID) {
+            self.switchPoint = switchPoint
+            self.next = next
+        }
+
+        /// Where `timeline` ended and which timeline followed it, from the history file of timeline `current`.
+        init?(of timeline: TimeLineID, history: String, current: TimeLineID) {
+            guard let entries = try? parseTimelineHistory(history),
+                  let end = timelineEnd(of: timeline, history: entries, current: current) else { return nil }
+            self.init(switchPoint: end.switchPoint, next: end.next)
+        }
     }
 
     public struct Column: Hashable, Sendable {
@@ -222,7 +231,8 @@ public struct WalSenderStateMachine: Sendable {
 
     // MARK: Streaming
 
-    /// Everything of the historic timeline was sent, followed by our CopyDone.
+    /// Everything of the timeline was sent, followed by our CopyDone: a historic timeline to the end known at
+    /// the start, or a live one to the end `sent` the stream found when the spool switched timelines.
     public mutating func historicTimelineSent(_ sent: TimelineEnd) {
         if case .streaming(let tli, let end, _) = state { state = .streaming(timeline: tli, end: end ?? sent, endReached: true) }
     }
