@@ -34,6 +34,22 @@ import Testing
         return try JSONSerialization.jsonObject(with: Data(r.output.utf8))
     }
 
+    @Test func dockerfileBuildsWhatMakeReleaseBuilds() throws {
+        let dockerfile = try String(contentsOfFile: Self.root + "/compose/Dockerfile", encoding: .utf8)
+        let makefile = try String(contentsOfFile: Self.root + "/Makefile", encoding: .utf8)
+        let manifest = try String(contentsOfFile: Self.root + "/Package.swift", encoding: .utf8)
+        // SwiftPM checks every target's directory before building even one product: all must be copied in.
+        var directories: Set<String> = ["Sources", "Tests"]
+        for custom in manifest.matches(of: /path: "([^"\/]+)/) { directories.insert(String(custom.output.1)) }
+        let copied = Set(dockerfile.matches(of: #/(?m)^COPY (\S+) /#).map { String($0.output.1) })
+        #expect(copied.isSuperset(of: directories), "compose/Dockerfile does not copy \(directories.subtracting(copied).sorted())")
+        // The same link flags as `make release`.
+        let flags = try #require(makefile.firstMatch(of: /(?m)^RELEASE_LINK_FLAGS = (.+)$/)).output.1
+        let joined = dockerfile.replacing(/\s*\\\n\s*/, with: " ")
+        #expect(joined.contains("swift build -c release --static-swift-stdlib --product walship \(flags)"),
+                "compose/Dockerfile's build differs from make release's flags: \(flags)")
+    }
+
     @Test func composeStackUsesRealOptions() throws {
         let compose = try #require(try yamlAsJSON(Self.root + "/compose/compose.yaml") as? [String: Any])
         let services = try #require(compose["services"] as? [String: [String: Any]])
