@@ -35,7 +35,7 @@ test: deps
 		( $(SWIFT) test --skip-build --skip IntegrationTests; unit=$$?; \
 		  $(SWIFT) test --skip-build --filter IntegrationTests; integration=$$?; \
 		  [ $$unit -eq 0 ] && [ $$integration -eq 0 ] ) 2>&1 | tee test-output.log || status=$$?; \
-		scripts/kill-test-strays.sh; exit $$status
+		scripts/kill-test-strays.sh; [ $$status -eq 0 ] || scripts/test-failures.sh test-output.log; exit $$status
 
 unit: deps
 	$(SWIFT) build --build-tests
