@@ -198,6 +198,24 @@ import WALCore
         let truncated = Array(frame.prefix(frame.count / 2))
         #expect(throws: LZ4.FrameError.self) { try truncated.withUnsafeBytes { try LZ4.decompressFrame($0, maxOutputBytes: 1 << 20) } }
     }
+
+    @Test func aBlockIsAppendedWholeOrNotAtAll() {
+        let input = (0..<200_000).map { UInt8(truncatingIfNeeded: ($0 / 5) % 11) }
+        var block = [UInt8](repeating: 0, count: 220_000)
+        let length = input.withUnsafeBytes { src in block.withUnsafeMutableBytes { LZ4.compress(src, into: $0) } }
+        block.removeLast(block.count - length)
+        var output: [UInt8] = [7, 8, 9]
+        #expect(block.withUnsafeBytes { LZ4.decompressBlock($0, uncompressedLength: input.count, appendingTo: &output) })
+        #expect(output == [7, 8, 9] + input)
+        // A length the block does not yield, a cut block, no block: false, and the output as it was.
+        for (bytes, claimed) in [(block, input.count - 1), (block, input.count + 1), (Array(block.prefix(length / 2)), input.count),
+                                 ([], input.count), (block, 0)] {
+            var kept: [UInt8] = [7, 8, 9]
+            #expect(!bytes.withUnsafeBytes { LZ4.decompressBlock($0, uncompressedLength: claimed, appendingTo: &kept) },
+                    "claimed \(claimed) from \(bytes.count) bytes")
+            #expect(kept == [7, 8, 9])
+        }
+    }
 }
 
 @Suite struct BlockFrameWriterTests {
