@@ -142,9 +142,16 @@ public final class Receiver: Sendable {
     /// Applies retention to every system now and then; a failure is logged, never fatal to receiving.
     private func pruneRegularly() async throws {
         while true {
-            pruneAll()
+            try await offThePool { self.pruneAll() }
             try await Task.sleep(for: config.pruneInterval)
         }
+    }
+
+    /// Runs file work that may wait on the disk (fsyncs of small records, directory walks, removals) on NIO's
+    /// blocking pool. On the concurrency pool (one thread per core) an fsync stuck behind a busy disk held up
+    /// every task of the process, the status endpoint's requests among them.
+    private func offThePool<T: Sendable>(_ work: @escaping @Sendable () throws -> T) async throws -> T {
+        try await NIOThreadPool.singleton.runIfActive(work)
     }
 
     func pruneAll() {
@@ -351,7 +358,9 @@ public final class Receiver: Sendable {
                 if data.compression == .lz4Block { buffers.recycle(bytes) }  // else `bytes` is the frame's payload
             case .backupEnd(let end):
                 guard let active = writer else { throw Refusal(code: .protocolViolation, message: "backup end before its start") }
-                let info = try active.finish(stop: end, durable: system.position.durable)
+                // Its fsyncs and rename on the blocking pool; this task waits for them and owns the writer again after.
+                nonisolated(unsafe) let finishing = active
+                let info = try await offThePool { try finishing.finish(stop: end, durable: system.position.durable) }
                 writer = nil
                 logger.notice("backup stored", metadata: ["walship.backup": "\(info.id)", "walship.stop_lsn": "\(info.stopLSN)",
                                                           "walship.status": "\(info.status.rawValue)"])
@@ -375,10 +384,10 @@ public final class Receiver: Sendable {
             try Task.checkCancellation()
         }
         if info.status != .complete {
-            _ = try BackupCatalog.markComplete(systemDirectory: system.directory, id: info.id)
+            _ = try await offThePool { try BackupCatalog.markComplete(systemDirectory: system.directory, id: info.id) }
         }
         logger.notice("backup complete: the spool holds all WAL it needs", metadata: ["walship.backup": "\(info.id)"])
-        pruneAll()
+        try await offThePool { self.pruneAll() }
         try await outbound.write(.backupStatus(BackupStatus(backupID: info.id, state: .complete, durableLSN: durable)))
     }
 
@@ -562,11 +571,12 @@ public final class Receiver: Sendable {
         var round = 0
         while true {
             // The spool's own size, every 15 s: a directory walk, kept off the status request path.
-            if round % 15 == 0 { measureDiskUsage() }
+            if round % 15 == 0 { try await offThePool { self.measureDiskUsage() } }
             round += 1
             try await Task.sleep(for: .seconds(1))
-            for system in spool.openSystems {
-                recordProgress(system)
+            // primary.json is written and fsynced: off the concurrency pool.
+            try await offThePool {
+                for system in self.spool.openSystems { self.recordProgress(system) }
             }
         }
     }

@@ -280,15 +280,34 @@ struct StandbySession {
         // The standby is remembered (by slot, else by application_name) so retention keeps what it still needs,
         // also while it is down. Saved at most every few seconds, and when streaming ends.
         let initial = StandbyRecord(name: slot ?? name, viaSlot: slot != nil, replayedLSN: start, updatedAt: Date())
-        try? StandbyRegistry.save(initial, systemDirectory: system.directory)
+        await Self.remember(initial, in: system)
         let server = self.server
         let streamer = StandbyStreamer(channel: channel, system: system, server: server, applicationName: name, record: initial,
                                        timeline: timeline, start: start, end: end,
                                        keepaliveInterval: server.keepaliveInterval)
-        defer {
-            try? StandbyRegistry.save(streamer.replay.withLock { $0 }, systemDirectory: system.directory)
-            server.markDisconnected(system: system.systemIdentifier, name: name)
+        defer { server.markDisconnected(system: system.systemIdentifier, name: name) }
+        let outcome: Result<Void, any Error>
+        do {
+            try await stream(streamer, system: system, initial: initial, timeline: timeline, inbound: &inbound)
+            outcome = .success(())
+        } catch {
+            outcome = .failure(error)
         }
+        await Self.remember(streamer.replay.withLock { $0 }, in: system)
+        try outcome.get()
+    }
+
+    /// Saves a standby's record on NIO's blocking pool: the save fsyncs, and on the concurrency pool a slow
+    /// disk would hold up every task of the receiver. A failed save is retried with the next one.
+    private static func remember(_ record: StandbyRecord, in system: SystemSpool) async {
+        try? await NIOThreadPool.singleton.runIfActive {
+            try StandbyRegistry.save(record, systemDirectory: system.directory)
+        }
+    }
+
+    /// Streams until the standby ends the timeline with CopyDone (returns) or anything else ends streaming (throws).
+    private mutating func stream(_ streamer: StandbyStreamer, system: SystemSpool, initial: StandbyRecord, timeline: TimeLineID,
+                                 inbound: inout NIOAsyncChannelInboundStream<FrontendMessage>.AsyncIterator) async throws {
         try await withThrowingTaskGroup(of: Void.self) { group in
             group.addTask { try await streamer.run() }
             group.addTask {
@@ -297,7 +316,7 @@ struct StandbySession {
                     try await Task.sleep(for: .seconds(5))
                     let record = streamer.replay.withLock { $0 }
                     if record != saved {
-                        try? StandbyRegistry.save(record, systemDirectory: system.directory)
+                        await Self.remember(record, in: system)
                         saved = record
                     }
                 }
