@@ -114,6 +114,9 @@ public func tlsFailure(_ error: any Error) -> String? {
     let text: String
     if let ssl = error as? NIOSSLError {
         switch ssl {
+        // The peer's socket closed without a TLS close: a process killed or a cut network, at any point of the
+        // link. Not a certificate problem: reported as a disconnect, and retried.
+        case .uncleanShutdown: return nil
         case .handshakeFailed(let inner): text = "handshake failed: \(inner)"
         default: text = "\(ssl)"
         }

@@ -81,4 +81,11 @@ import X509
         #expect(readableTLSReason("error:1000:SSL routines:OPENSSL_internal:SOMETHING_NEW at /x").hasPrefix("SOMETHING_NEW"))
         #expect(readableTLSReason("plain words") == "plain words")
     }
+
+    @Test func aDroppedConnectionIsNotATLSFailure() {
+        #expect(tlsFailure(NIOSSLError.uncleanShutdown) == nil)
+        #expect(tlsFailure(NIOSSLError.handshakeFailed(.sslError([]))) != nil)
+        struct Other: Error {}
+        #expect(tlsFailure(Other()) == nil)
+    }
 }
