@@ -148,8 +148,8 @@ public final class Receiver: Sendable {
     }
 
     /// Runs file work that may wait on the disk (fsyncs of small records, directory walks, removals) on NIO's
-    /// blocking pool. On the concurrency pool (one thread per core) an fsync stuck behind a busy disk held up
-    /// every task of the process, the status endpoint's requests among them.
+    /// blocking pool. On the concurrency pool (one thread per core) an fsync stuck behind a busy disk would hold
+    /// up every task of the process, the status endpoint's requests among them.
     private func offThePool<T: Sendable>(_ work: @escaping @Sendable () throws -> T) async throws -> T {
         try await NIOThreadPool.singleton.runIfActive(work)
     }
