@@ -179,66 +179,41 @@ public enum PartialSegment {
     }
 
     /// Reads a partial file without changing it (also used by `restore-wal`, possibly as another OS user).
-    /// The file is read a window at a time: it is preallocated beyond the segment's size, and reading it whole
-    /// cost the receiver 17 MiB of memory at each start on top of the segment's WAL.
-    public static func read(path: String) throws -> Contents { try read(path: path, windowBytes: 1 << 20) }
-
-    /// `windowBytes`: how much is read at once at least (tests use small windows to cross their edges often).
-    static func read(path: String, windowBytes: Int) throws -> Contents {
+    /// Record by record, as `JournalFollower` does: the file is preallocated beyond the segment's size, and
+    /// reading it whole cost the receiver 17 MiB of memory at each start on top of the segment's WAL.
+    public static func read(path: String) throws -> Contents {
         let fd = try FileIO.open(path, O_RDONLY)
         defer { FileIO.close(fd) }
-        var file = FileWindow(fd: fd, size: try FileIO.fileSize(fd, path: path), minimumRead: windowBytes, path: path)
-        let header = try decodeHeader(try file.copy(at: 0, count: headerLength), path: path)
+        let size = try FileIO.fileSize(fd, path: path)
+        let header = try decodeHeader(try FileIO.preadAll(fd, count: headerLength, at: 0, path: path), path: path)
         let segmentBytes = Int(header.segment.segmentSize.bytes)
         var wal: [UInt8] = []
         wal.reserveCapacity(segmentBytes)
         var position = headerLength
-        while let record = try file.bytes(at: position, count: blockRecordHeaderLength, {
-            Record(header: $0, journalVersion: header.version)
-        }), record.offset == wal.count, record.walLength > 0, record.offset + record.walLength <= segmentBytes,
-            position + record.totalLength <= file.size,
-            try file.bytes(at: position, count: record.totalLength, { whole in
-                try record.appendWAL(header: whole, stored: UnsafeRawBufferPointer(rebasing: whole[record.headerLength...]),
-                                     from: record.offset, to: &wal, path: path)
-            }) == true {
-            position += record.totalLength
+        while let found = try recordHeader(fd: fd, at: position, version: header.version, path: path),
+              found.record.offset == wal.count, found.record.walLength > 0, found.record.offset + found.record.walLength <= segmentBytes,
+              position + found.record.totalLength <= size,
+              try appendRecord(found.record, head: found.head, fd: fd, at: position, from: found.record.offset, to: &wal, path: path) {
+            position += found.record.totalLength
         }
-        let tail = try file.copy(at: position, count: 64 * 1024)
+        let tail = try FileIO.preadAll(fd, count: 64 * 1024, at: position, path: path)
         return Contents(header: header, wal: wal, journalLength: position, hadTornTail: tail.contains { $0 != 0 })
     }
 
-    /// Reads a file through a window of at least `minimumRead` bytes that moves to where it is asked for bytes.
-    struct FileWindow {
-        let fd: Int32
-        let size: Int
-        let minimumRead: Int
-        let path: String
-        private var buffer: [UInt8] = []
-        private var start = 0
+    /// The record header at `offset` of a journal open as `fd`, with its bytes; nil where no record begins.
+    static func recordHeader(fd: Int32, at offset: Int, version: UInt32, path: String) throws -> (record: Record, head: [UInt8])? {
+        let head = try FileIO.preadAll(fd, count: blockRecordHeaderLength, at: offset, path: path)
+        guard let record = head.withUnsafeBytes({ Record(header: $0, journalVersion: version) }) else { return nil }
+        return (record, head)
+    }
 
-        init(fd: Int32, size: Int, minimumRead: Int, path: String) {
-            self.fd = fd
-            self.size = size
-            self.minimumRead = minimumRead
-            self.path = path
-        }
-
-        /// `body` of the file's bytes from `offset`: `count` of them, fewer at the end of the file.
-        mutating func bytes<T>(at offset: Int, count: Int, _ body: (UnsafeRawBufferPointer) throws -> T) throws -> T {
-            let end = min(offset + count, size)
-            guard offset < end else { return try body(UnsafeRawBufferPointer(start: nil, count: 0)) }
-            if offset < start || end > start + buffer.count {
-                buffer = try FileIO.preadAll(fd, count: min(max(end - offset, minimumRead), size - offset), at: offset, path: path)
-                start = offset
-            }
-            let available = min(end, start + buffer.count)
-            return try buffer.withUnsafeBytes {
-                try body(UnsafeRawBufferPointer(rebasing: $0[(offset - start)..<max(offset, available) - start]))
-            }
-        }
-
-        mutating func copy(at offset: Int, count: Int) throws -> [UInt8] {
-            try bytes(at: offset, count: count) { Array($0) }
+    /// Reads the stored bytes of the record at `offset` and appends its WAL from segment offset `from` to `wal`;
+    /// false (nothing appended) when they are not all there or fail their CRC.
+    static func appendRecord(_ record: Record, head: [UInt8], fd: Int32, at offset: Int, from: Int,
+                             to wal: inout [UInt8], path: String) throws -> Bool {
+        let stored = try FileIO.preadAll(fd, count: record.storedLength, at: offset + record.headerLength, path: path)
+        return try head.withUnsafeBytes { header in
+            try stored.withUnsafeBytes { try record.appendWAL(header: header, stored: $0, from: from, to: &wal, path: path) }
         }
     }
 }

@@ -189,21 +189,15 @@ final class JournalFollower {
     /// until it reaches `target` (or, without one, all of them). Stops at the first incomplete record.
     func catchUp(into wal: inout [UInt8], base: Int = 0, until target: Int = .max) throws {
         while base + wal.count < target {
-            let head = try FileIO.preadAll(fd, count: PartialSegment.blockRecordHeaderLength, at: offset, path: path)
-            guard let record = head.withUnsafeBytes({ PartialSegment.Record(header: $0, journalVersion: version) }) else { return }
+            guard let (record, head) = try PartialSegment.recordHeader(fd: fd, at: offset, version: version, path: path) else { return }
             // After a reopen the window may start inside a record: skip records wholly before it.
             if record.offset + record.walLength <= base + wal.count {
                 offset += record.totalLength
                 continue
             }
             guard record.offset <= base + wal.count else { return }
-            let stored = try FileIO.preadAll(fd, count: record.storedLength, at: offset + record.headerLength, path: path)
-            let complete = try head.withUnsafeBytes { header in
-                try stored.withUnsafeBytes { data in
-                    try record.appendWAL(header: header, stored: data, from: base + wal.count, to: &wal, path: path)
-                }
-            }
-            guard complete else { return }
+            guard try PartialSegment.appendRecord(record, head: head, fd: fd, at: offset, from: base + wal.count, to: &wal, path: path)
+            else { return }
             offset += record.totalLength
         }
     }
