@@ -60,11 +60,11 @@ public struct BackupShipper: Sendable {
         }
         let channel = try await connectToReceiver(host: receiverHost, port: receiverPort, linkTimeout: linkTimeout, tls: tls)
         return try await channel.executeThenClose { inbound, outbound in
-            try await outbound.write(.hello(Hello(role: .backup, synchronous: false, systemIdentifier: identity.systemIdentifier,
-                                                  timeline: identity.timeline, walSegmentSize: UInt32(identity.segmentSize.bytes),
-                                                  senderName: "walship backup")))
             var iterator = inbound.makeAsyncIterator()
-            switch try await iterator.next() {
+            let hello = Hello(role: .backup, synchronous: false, systemIdentifier: identity.systemIdentifier,
+                              timeline: identity.timeline, walSegmentSize: UInt32(identity.segmentSize.bytes),
+                              senderName: "walship backup")
+            switch try await exchangeHello(hello, outbound: outbound, inbound: &iterator) {
             case .welcome: break
             case .refusal(let r): throw BackupError("the receiver refused the backup: \(r.message)")
             case let other?: throw BackupError("the receiver answered the backup handshake with \(other.kind)")

@@ -36,11 +36,11 @@ public func probeReceiver(host: String, port: Int, tls: ClientTLS?, systemIdenti
     }
     do {
         return try await channel.executeThenClose { inbound, outbound in
-            try await outbound.write(.hello(Hello(role: .backup, synchronous: false, systemIdentifier: systemIdentifier,
-                                                  timeline: timeline, walSegmentSize: walSegmentSize, senderName: senderName)))
             var iterator = inbound.makeAsyncIterator()
+            let hello = Hello(role: .backup, synchronous: false, systemIdentifier: systemIdentifier,
+                              timeline: timeline, walSegmentSize: walSegmentSize, senderName: senderName)
             let welcome: Welcome
-            switch try await iterator.next() {
+            switch try await exchangeHello(hello, outbound: outbound, inbound: &iterator) {
             case .welcome(let w)?: welcome = w
             case .refusal(let refusal)?: throw ReceiverProbeError(stage: .refused, description: "the receiver refused: \(refusal.message)")
             case let other?: throw ReceiverProbeError(stage: .handshake, description: "the receiver answered the hello with \(other.kind)")

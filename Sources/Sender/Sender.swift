@@ -347,12 +347,11 @@ public final class Sender: Sendable {
         setState("connecting to receiver")
         let channel = try await connectReceiver()
         try await channel.executeThenClose { inbound, outbound in
-            try await outbound.write(.hello(Hello(
-                role: .stream, synchronous: config.synchronous, systemIdentifier: identity.systemIdentifier,
-                timeline: identity.timeline, walSegmentSize: UInt32(identity.segmentSize.bytes),
-                senderName: config.applicationName)))
             var iterator = inbound.makeAsyncIterator()
-            guard let first = try await iterator.next() else {
+            let hello = Hello(role: .stream, synchronous: config.synchronous, systemIdentifier: identity.systemIdentifier,
+                              timeline: identity.timeline, walSegmentSize: UInt32(identity.segmentSize.bytes),
+                              senderName: config.applicationName)
+            guard let first = try await exchangeHello(hello, outbound: outbound, inbound: &iterator) else {
                 throw LinkError(config.tls == nil
                     ? "the receiver closed the link during the handshake (hint: if the receiver uses TLS, give this sender --tls-cert, --tls-key and --tls-ca instead of --insecure)"
                     : "the receiver closed the link during the handshake (hint: does the receiver trust the CA of --tls-cert, and does --allow-source there name this certificate?)")
@@ -678,6 +677,21 @@ public final class Sender: Sendable {
 }
 
 /// Opens a ship link to the receiver, with mutual TLS unless `tls` is nil.
+/// Sends `hello` and returns the receiver's answer, nil if it closed the link. A receiver that refuses our
+/// certificate closes the connection right after the TLS handshake, and the hello's write may then fail with
+/// a closed channel before the TLS alert that says why has been read: the alert, or a refusal, is looked for
+/// inbound first, so the user is told the reason and not "I/O on closed channel".
+func exchangeHello(_ hello: Hello, outbound: NIOAsyncChannelOutboundWriter<ShipMessage>,
+                   inbound iterator: inout NIOAsyncChannelInboundStream<ShipMessage>.AsyncIterator) async throws -> ShipMessage? {
+    do {
+        try await outbound.write(.hello(hello))
+    } catch {
+        if let answer = try await iterator.next() { return answer }
+        throw error
+    }
+    return try await iterator.next()
+}
+
 func connectToReceiver(host: String, port: Int, linkTimeout: Duration, tls: ClientTLS?) async throws -> ShipAsyncChannel {
     let timeout = TimeAmount.nanoseconds(Int64(linkTimeout.components.seconds) * 1_000_000_000)
     do {
