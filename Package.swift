@@ -138,7 +138,9 @@ let package = Package(
         .testTarget(name: "PGReplicationTests", dependencies: ["PGReplication", "WALCore"]),
         .testTarget(name: "MonitorTests", dependencies: ["Monitor", "WALCore"]),
         .testTarget(name: "SenderTests", dependencies: ["Sender", "Spool", "WALCore"]),
-        .testTarget(name: "ReceiverTests", dependencies: ["Receiver"]),
+        .testTarget(name: "ReceiverTests", dependencies: [
+            "Receiver", "ShipProtocol", "WALCore", .product(name: "NIOEmbedded", package: "swift-nio"),
+        ]),
         .testTarget(name: "FuzzReplayTests", dependencies: ["FuzzHarness"]),
         .testTarget(
             name: "WalshipConfigTests",

@@ -102,7 +102,7 @@ public final class Receiver: Sendable {
         let timeout = TimeAmount.nanoseconds(Int64(config.linkTimeout.components.seconds) * 1_000_000_000)
         let server: NIOAsyncChannel<ShipAsyncChannel, Never>
         do {
-            server = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+            server = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton, childGroup: ShipLinkLoops.group)
                 .serverChannelOption(.backlog, value: 64)
                 .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
                 .childChannelOption(.tcpOption(.tcp_nodelay), value: 1)
@@ -137,6 +137,12 @@ public final class Receiver: Sendable {
                 }
             }
         }
+    }
+
+    /// Event loops for ship links alone. A synchronous link's loop may wait on the spool's fsync (`writeNow`);
+    /// the status endpoint and the standbys, on NIO's shared loops, never wait behind it.
+    enum ShipLinkLoops {
+        static let group = MultiThreadedEventLoopGroup(numberOfThreads: System.coreCount)
     }
 
     /// Applies retention to every system now and then; a failure is logged, never fatal to receiving.
@@ -177,7 +183,7 @@ public final class Receiver: Sendable {
 
     // MARK: - One link
 
-    private enum Work: Sendable {
+    fileprivate enum Work: Sendable {
         /// `block`: the sender's LZ4 block of `bytes`, kept so the spool can store it instead of compressing again.
         case wal(timeline: TimeLineID, start: LSN, bytes: ByteBuffer, block: ByteBuffer?)
         case history(timeline: TimeLineID, content: ByteBuffer)
@@ -288,16 +294,38 @@ public final class Receiver: Sendable {
         // Frames are taken on the event loop and queued for the spool thread directly: a synchronous commit's
         // WAL reaches the thread that fsyncs it without a hop through a task. Set before the welcome, so no
         // frame of this link can reach the async reader first.
-        try await ShipChannel.setTap(on: channel) { [self] message in
+        let borrowed = BorrowedWriter(queue: queue)
+        try await ShipChannel.setTap(on: channel, { [self] message in
             do {
                 guard let (work, bytes) = try interpret(message, system: system, linkID: linkID, acks: acks, buffers: buffers) else {
+                    return .consumed
+                }
+                // A synchronous link's frame that brings us to the primary's end (a commit waits on it) is written
+                // here if the spool thread is idle, and so is everything after it in the same socket read. Frames
+                // of a backlog go through the queue, where decoding goes on while the spool thread writes.
+                if borrowed.held || hello.synchronous && borrowed.borrowIfCaughtUp(message, work) {
+                    try writeInBorrowedRole(work, system: system, buffers: buffers, borrowed: borrowed)
                     return .consumed
                 }
                 return try queue.pushNow(work, bytes: bytes) ? .consumedAndPause : .consumed
             } catch {
                 return .fail(error)
             }
-        }
+        }, afterReads: { [self] in
+            // One fsync and one ack for all the read brought: group commit, as the spool thread's batches.
+            guard borrowed.held else { return nil }
+            do {
+                defer { borrowed.giveBack() }
+                try system.sync()
+            } catch let error as SpoolError {
+                return refusal(for: error, system: system)
+            } catch {
+                return error
+            }
+            // Also run when the link closes; then there is no one to tell.
+            if channel.isActive { acks.send(ack(for: system, at: system.position)) }
+            return nil
+        })
         try await outbound.write(.welcome(Welcome(resumeLSN: position.durable, resumeTimeline: position.timeline,
                                                   receiverName: config.name)))
         logger.notice("sender connected", metadata: [
@@ -436,20 +464,7 @@ public final class Receiver: Sendable {
                     var batch = try queue.takeAllBlocking()
                     batch.reverse()
                     do {
-                        while let work = batch.popLast() {
-                            switch work {
-                            case .wal(let timeline, let start, let bytes, let block):
-                                try bytes.withUnsafeReadableBytes { raw in
-                                    guard let block else { return try system.append(timeline: timeline, startLSN: start, bytes: raw) }
-                                    try block.withUnsafeReadableBytes {
-                                        try system.append(timeline: timeline, startLSN: start, bytes: raw, compressedBlock: $0)
-                                    }
-                                }
-                                if block != nil { buffers.recycle(bytes) }  // else `bytes` is the frame's payload
-                            case .history(let timeline, let content):
-                                try system.storeHistory(timeline: timeline, content: Array(content.readableBytesView))
-                            }
-                        }
+                        while let work = batch.popLast() { try self.apply(work, to: system, buffers: buffers) }
                     } catch {
                         // Keep what was good: make the valid prefix of this batch durable before giving up.
                         _ = try? system.sync()
@@ -465,18 +480,54 @@ public final class Receiver: Sendable {
                 }
             }
         } catch let error as SpoolError {
-            let code: Refusal.Code = switch error.kind {
-            case .invalidWAL: .invalidWAL
-            case .notContiguous: .notContiguous
-            case .mismatch: .timelineMismatch
-            case .io, .fsyncFailed, .diskFull, .corrupt, .locked: .spoolFailure
-            }
-            if error.kind == .fsyncFailed {
-                logger.critical("fsync failed: this system's spool stops acknowledging until walship receive is restarted",
-                                metadata: ["walship.system": "\(system.systemIdentifier)", "walship.error": "\(error)"])
-            }
-            throw Refusal(code: code, message: error.message)
+            throw refusal(for: error, system: system)
         }
+    }
+
+    /// Appends one item of a synchronous link right here, on the event loop, in the role of the spool thread it
+    /// borrowed; the fsync and the ack follow once the socket read is through (`afterReads` in `serve`). The
+    /// commit's acknowledgement then leaves without two thread switches through the spool thread. Ship links
+    /// have event loops of their own (`ShipLinkLoops`), so the fsync holds up no status request or standby.
+    private func writeInBorrowedRole(_ work: Work, system: SystemSpool, buffers: BufferPool, borrowed: BorrowedWriter) throws {
+        do {
+            try apply(work, to: system, buffers: buffers)
+        } catch {
+            _ = try? system.sync()  // keep the valid prefix, as the spool thread does
+            borrowed.giveBack()
+            if let error = error as? SpoolError { throw refusal(for: error, system: system) }
+            throw error
+        }
+    }
+
+    /// One queued item into the spool (not yet durable).
+    private func apply(_ work: Work, to system: SystemSpool, buffers: BufferPool) throws {
+        switch work {
+        case .wal(let timeline, let start, let bytes, let block):
+            try bytes.withUnsafeReadableBytes { raw in
+                guard let block else { return try system.append(timeline: timeline, startLSN: start, bytes: raw) }
+                try block.withUnsafeReadableBytes {
+                    try system.append(timeline: timeline, startLSN: start, bytes: raw, compressedBlock: $0)
+                }
+            }
+            if block != nil { buffers.recycle(bytes) }  // else `bytes` is the frame's payload
+        case .history(let timeline, let content):
+            try system.storeHistory(timeline: timeline, content: Array(content.readableBytesView))
+        }
+    }
+
+    /// What the sender is told when the spool refuses or fails.
+    private func refusal(for error: SpoolError, system: SystemSpool) -> Refusal {
+        let code: Refusal.Code = switch error.kind {
+        case .invalidWAL: .invalidWAL
+        case .notContiguous: .notContiguous
+        case .mismatch: .timelineMismatch
+        case .io, .fsyncFailed, .diskFull, .corrupt, .locked: .spoolFailure
+        }
+        if error.kind == .fsyncFailed {
+            logger.critical("fsync failed: this system's spool stops acknowledging until walship receive is restarted",
+                            metadata: ["walship.system": "\(system.systemIdentifier)", "walship.error": "\(error)"])
+        }
+        return Refusal(code: code, message: error.message)
     }
 
     public func setStandbyProvider(_ provider: @escaping @Sendable (UInt64) -> [StandbyReport]) {
@@ -716,4 +767,29 @@ public struct StandbyReport: Sendable {
 public struct ReceiverStartError: Error, CustomStringConvertible {
     public let description: String
     init(_ description: String) { self.description = description }
+}
+
+/// A link's hold on its spool thread's role (`BatchQueue.borrowIdleWriter`), taken by the event loop for the
+/// frames of one socket read. Only touched on the link's event loop.
+private final class BorrowedWriter: @unchecked Sendable {
+    private let queue: BatchQueue<Receiver.Work>
+    private(set) var held = false
+
+    init(queue: BatchQueue<Receiver.Work>) { self.queue = queue }
+
+    /// Borrows the role for a WAL frame that ends at or past the primary's end of WAL, if the spool thread is
+    /// parked with nothing queued.
+    func borrowIfCaughtUp(_ message: ShipMessage, _ work: Receiver.Work) -> Bool {
+        guard case .walData(let data) = message, case .wal(_, let start, let wal, _) = work,
+              start.advanced(by: UInt64(wal.readableBytes)) >= data.primaryEndLSN, queue.borrowIdleWriter()
+        else { return false }
+        held = true
+        return true
+    }
+
+    func giveBack() {
+        guard held else { return }
+        held = false
+        queue.returnWriter()
+    }
 }

@@ -43,9 +43,15 @@ public enum TapVerdict: Sendable {
 extension ShipChannel {
     /// Lets `body` see each inbound message on the event loop before the async reader does. For the hot path
     /// of a link (acks to a synchronous sender, WAL into the receiver's spool queue), where a hop to a task
-    /// costs a thread switch per commit. `body` must not block. Pass nil to remove it.
-    public static func setTap(on channel: Channel, _ body: (@Sendable (ShipMessage) -> TapVerdict)?) async throws {
-        let box = body.map(TapBox.init)
+    /// costs a thread switch per commit. `body` must not block, unless the channel's event loop serves links
+    /// alone and waiting there is the point (the receiver's fsync of a synchronous commit). Pass nil to remove it.
+    ///
+    /// `afterReads` runs on the event loop once the messages of one socket read have all been through `body`,
+    /// and once more when the channel closes: where a tap that took several messages finishes what they
+    /// share (one fsync for all of them). An error it returns ends the link as `.fail` does.
+    public static func setTap(on channel: Channel, _ body: (@Sendable (ShipMessage) -> TapVerdict)?,
+                              afterReads: (@Sendable () -> (any Error)?)? = nil) async throws {
+        let box = body.map { TapBox($0, afterReads: afterReads) }
         try await channel.eventLoop.submit {
             try channel.pipeline.syncOperations.handler(type: InboundTapHandler.self).tap = box
         }.get()
@@ -70,7 +76,11 @@ extension ShipChannel {
 /// Boxed: a closure kept directly in mutable storage and read back repeatedly can grow reabstraction thunks.
 final class TapBox: Sendable {
     let body: @Sendable (ShipMessage) -> TapVerdict
-    init(_ body: @escaping @Sendable (ShipMessage) -> TapVerdict) { self.body = body }
+    let afterReads: (@Sendable () -> (any Error)?)?
+    init(_ body: @escaping @Sendable (ShipMessage) -> TapVerdict, afterReads: (@Sendable () -> (any Error)?)? = nil) {
+        self.body = body
+        self.afterReads = afterReads
+    }
 }
 
 final class WritableBox: Sendable {
@@ -100,13 +110,26 @@ final class InboundTapHandler: ChannelDuplexHandler {
         case .forward: context.fireChannelRead(data)
         case .consumed: break
         case .consumedAndPause: paused = true
-        case .fail(let error):
-            if let refusal = error as? Refusal {
-                context.writeAndFlush(wrapOutboundOut(.refusal(refusal)), promise: nil)
-            }
-            context.fireErrorCaught(error)
-            context.close(promise: nil)
+        case .fail(let error): fail(context: context, error)
         }
+    }
+
+    func channelReadComplete(context: ChannelHandlerContext) {
+        if let error = tap?.afterReads?() { fail(context: context, error) }
+        context.fireChannelReadComplete()
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        _ = tap?.afterReads?()
+        context.fireChannelInactive()
+    }
+
+    private func fail(context: ChannelHandlerContext, _ error: any Error) {
+        if let refusal = error as? Refusal {
+            context.writeAndFlush(wrapOutboundOut(.refusal(refusal)), promise: nil)
+        }
+        context.fireErrorCaught(error)
+        context.close(promise: nil)
     }
 
     func channelWritabilityChanged(context: ChannelHandlerContext) {

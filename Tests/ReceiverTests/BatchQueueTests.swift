@@ -44,4 +44,79 @@ import Testing
         #expect(try queue.takeAllBlocking() == [1])
         #expect(throws: Ended.self) { try queue.takeAllBlocking() }
     }
+
+    /// The writer's thread, parked in `takeAllBlocking`; `outcome` is set when it returns or throws.
+    final class ParkedWriter: @unchecked Sendable {
+        let outcome = Mutex<Result<[Int], any Error>?>(nil)
+        let queue: BatchQueue<Int>
+
+        init(_ queue: BatchQueue<Int>) {
+            self.queue = queue
+            Thread.detachNewThread { [self] in
+                let result = Result { try queue.takeAllBlocking() }
+                outcome.withLock { $0 = result }
+            }
+        }
+
+        var finished: Bool { outcome.withLock { $0 != nil } }
+
+        /// Borrows the role as soon as the thread has parked (within a deadline).
+        func borrowOnceParked() -> Bool {
+            let deadline = ContinuousClock.now + .seconds(10)
+            while ContinuousClock.now < deadline {
+                if queue.borrowIdleWriter() { return true }
+                Thread.sleep(forTimeInterval: 0.001)
+            }
+            return false
+        }
+
+        func waitForOutcome() -> Result<[Int], any Error>? {
+            let deadline = ContinuousClock.now + .seconds(10)
+            while ContinuousClock.now < deadline {
+                if let outcome = outcome.withLock({ $0 }) { return outcome }
+                Thread.sleep(forTimeInterval: 0.001)
+            }
+            return nil
+        }
+    }
+
+    @Test func theWritersRoleIsLentOnlyWhileItWaitsWithNothingQueued() throws {
+        let queue = BatchQueue<Int>(maxBytes: 100)
+        #expect(!queue.borrowIdleWriter(), "no writer is parked yet")
+        _ = try queue.pushNow(1, bytes: 1)
+        let writer = ParkedWriter(queue)
+        #expect(try writer.waitForOutcome()?.get() == [1], "the queued item goes to the writer")
+
+        let second = ParkedWriter(queue)
+        #expect(second.borrowOnceParked())
+        #expect(!queue.borrowIdleWriter(), "lent once at a time")
+        // Whatever is queued while the role is lent waits for its return: it comes after the borrowed write.
+        _ = try queue.pushNow(2, bytes: 1)
+        Thread.sleep(forTimeInterval: 0.05)
+        #expect(!second.finished, "the writer stays parked while its role is lent")
+        queue.returnWriter()
+        #expect(try second.waitForOutcome()?.get() == [2])
+
+        _ = try queue.pushNow(3, bytes: 1)
+        let third = ParkedWriter(queue)
+        #expect(try third.waitForOutcome()?.get() == [3])
+        let fourth = ParkedWriter(queue)
+        #expect(fourth.borrowOnceParked())
+        queue.returnWriter()
+        _ = try queue.pushNow(4, bytes: 1)
+        #expect(try fourth.waitForOutcome()?.get() == [4])
+        #expect(!queue.borrowIdleWriter(), "something queued and no writer parked: not lent")
+    }
+
+    @Test func anEndWhileTheRoleIsLentWaitsForItsReturn() throws {
+        let queue = BatchQueue<Int>(maxBytes: 100)
+        let writer = ParkedWriter(queue)
+        #expect(writer.borrowOnceParked())
+        queue.finish(Ended())
+        Thread.sleep(forTimeInterval: 0.05)
+        #expect(!writer.finished, "the writer's thread is not given up while another thread writes in its role")
+        queue.returnWriter()
+        #expect(throws: Ended.self) { try writer.waitForOutcome()?.get() }
+        #expect(!queue.borrowIdleWriter(), "a finished queue lends nothing")
+    }
 }

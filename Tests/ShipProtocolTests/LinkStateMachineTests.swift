@@ -258,6 +258,35 @@ import WALCore
         #expect(try other.readOutbound(as: ShipMessage.self) == nil)
     }
 
+    @Test func whatATapStartedInOneReadIsFinishedAfterItAndAtClose() throws {
+        let channel = EmbeddedChannel()
+        let handler = InboundTapHandler()
+        try channel.pipeline.syncOperations.addHandler(handler)
+        let events = Mutex<[String]>([])
+        let failNext = Mutex(false)
+        handler.tap = TapBox({ message in
+            events.withLock { $0.append("\(message.kind)") }
+            return .consumed
+        }, afterReads: {
+            events.withLock { $0.append("after") }
+            return failNext.withLock { $0 } ? Refusal(code: .spoolFailure, message: "fsync failed") : nil
+        })
+        let keepalive = ShipMessage.keepalive(Keepalive(primaryEndLSN: LSN(7), sendTime: .now(), replyRequested: false))
+        channel.pipeline.fireChannelRead(keepalive)
+        channel.pipeline.fireChannelRead(keepalive)
+        channel.pipeline.fireChannelReadComplete()
+        #expect(events.withLock { $0 } == ["keepalive", "keepalive", "after"], "once per read, after its messages")
+
+        failNext.withLock { $0 = true }
+        channel.pipeline.fireChannelRead(keepalive)
+        channel.pipeline.fireChannelReadComplete()
+        #expect(throws: Refusal.self) { try channel.throwIfErrorCaught() }
+        #expect(try channel.readOutbound(as: ShipMessage.self) == .refusal(Refusal(code: .spoolFailure, message: "fsync failed")),
+                "an error after the read is told to the peer")
+        #expect(!channel.isActive)
+        #expect(events.withLock { $0 }.suffix(3) == ["keepalive", "after", "after"], "and the close finishes once more")
+    }
+
     @Test func writabilityRegainedIsReportedAndPassedOn() throws {
         let channel = EmbeddedChannel()
         let handler = InboundTapHandler()
