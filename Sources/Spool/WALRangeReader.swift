@@ -171,13 +171,20 @@ final class JournalFollower {
     let fd: Int32
     let path: String
     private let version: UInt32
+    private let segmentBytes: Int
     private var offset = PartialSegment.headerLength
+    /// The file's size when last looked at; it only grows while the writer appends.
+    private var knownSize = 0
 
     init(path: String) throws {
         self.path = path
         fd = try FileIO.open(path, O_RDONLY)
         let header = try FileIO.preadAll(fd, count: PartialSegment.headerLength, at: 0, path: path)
-        do { version = try PartialSegment.decodeHeader(header, path: path).version } catch {
+        do {
+            let decoded = try PartialSegment.decodeHeader(header, path: path)
+            version = decoded.version
+            segmentBytes = Int(decoded.segment.segmentSize.bytes)
+        } catch {
             FileIO.close(fd)
             throw error
         }
@@ -196,9 +203,17 @@ final class JournalFollower {
                 continue
             }
             guard record.offset <= base + wal.count else { return }
+            // A damaged header's lengths are not believed (nor allocated for) before the CRC has had its say:
+            // they must fit the segment and the file, as when a journal is read whole.
+            guard record.walLength > 0, record.offset + record.walLength <= segmentBytes, try fits(record) else { return }
             guard try PartialSegment.appendRecord(record, head: head, fd: fd, at: offset, from: base + wal.count, to: &wal, path: path)
             else { return }
             offset += record.totalLength
         }
+    }
+
+    private func fits(_ record: PartialSegment.Record) throws -> Bool {
+        if offset + record.totalLength > knownSize { knownSize = try FileIO.fileSize(fd, path: path) }
+        return offset + record.totalLength <= knownSize
     }
 }

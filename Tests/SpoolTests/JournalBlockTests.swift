@@ -170,6 +170,38 @@ import WALTestSupport
             == Array(seg[333_333..<338_333]))
     }
 
+    /// A record header whose stored length was damaged on disk (here: 4 GiB) must not be believed before its CRC
+    /// is checked: the standby reader stops at it without reading, or allocating, gigabytes.
+    @Test func theStandbyReaderStopsAtADamagedRecordWithoutBelievingItsLength() throws {
+        let temp = TempSpool()
+        let (_, system) = try temp.open()
+        let seg = Self.compressibleSegment(11)
+        let start = size.startLSN(ofSegment: 11)
+        for piece in stride(from: 0, to: 300_000, by: 100_000) {
+            try Self.appendBlock(system, Array(seg[piece..<piece + 100_000]), at: start.advanced(by: UInt64(piece)))
+        }
+        let durable = try system.sync()
+        let path = temp.walDirectory + "/00000001000000000000000B.partial"
+        let third = try #require(Self.fileBytes(path).ranges(of: Array("WSPZ".utf8)).dropFirst(2).first).lowerBound
+        let file = try #require(FileHandle(forUpdatingAtPath: path))
+        try file.seek(toOffset: UInt64(third + 12))
+        try file.write(contentsOf: [0xF0, 0xFF, 0xFF, 0xFF])  // stored length, little-endian
+        try file.close()
+
+        let peakBefore = Self.peakResidentKiB()
+        let reader = WALRangeReader(spool: system)
+        #expect(try reader.read(timeline: 1, from: start, durableEnd: durable, maxBytes: 200_000) == Array(seg[0..<200_000]))
+        let beyond = try? reader.read(timeline: 1, from: start.advanced(by: 200_000), durableEnd: durable, maxBytes: 100_000)
+        #expect(beyond?.isEmpty ?? true, "nothing of the damaged record is served")
+        #expect(Self.peakResidentKiB() - peakBefore < 512 * 1024, "no allocation the size of the damaged length")
+    }
+
+    static func peakResidentKiB() -> Int {
+        var usage = rusage()
+        getrusage(RUSAGE_SELF.rawValue, &usage)
+        return usage.ru_maxrss
+    }
+
     @Test func aJournalCutAnywhereReadsAsAPrefixOfWholeRecords() throws {
         let temp = TempSpool()
         let seg = Self.compressibleSegment(10)
