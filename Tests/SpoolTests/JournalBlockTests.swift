@@ -145,15 +145,22 @@ import WALTestSupport
         }
     }
 
-    @Test func theStandbyReaderFollowsBlockRecordsFromAnyOffset() throws {
+    /// A spool whose journal for `segment` holds `length` bytes of WAL as 100 kB block records, all durable.
+    func blockJournal(segment: UInt64, length: Int) throws
+        -> (temp: TempSpool, system: SystemSpool, seg: [UInt8], start: LSN, durable: LSN) {
         let temp = TempSpool()
         let (_, system) = try temp.open()
-        let seg = Self.compressibleSegment(9)
-        let start = size.startLSN(ofSegment: 9)
-        for piece in stride(from: 0, to: 700_000, by: 100_000) {
+        let seg = Self.compressibleSegment(segment)
+        let start = size.startLSN(ofSegment: segment)
+        for piece in stride(from: 0, to: length, by: 100_000) {
             try Self.appendBlock(system, Array(seg[piece..<piece + 100_000]), at: start.advanced(by: UInt64(piece)))
         }
-        let durable = try system.sync()
+        return (temp, system, seg, start, try system.sync())
+    }
+
+    @Test func theStandbyReaderFollowsBlockRecordsFromAnyOffset() throws {
+        let (temp, system, seg, start, durable) = try blockJournal(segment: 9, length: 700_000)
+        defer { withExtendedLifetime(temp) {} }  // its directory goes with it
         let reader = WALRangeReader(spool: system)
         var read: [UInt8] = []
         var position = start
@@ -173,14 +180,8 @@ import WALTestSupport
     /// A record header whose stored length was damaged on disk (here: 4 GiB) must not be believed before its CRC
     /// is checked: the standby reader stops at it without reading, or allocating, gigabytes.
     @Test func theStandbyReaderStopsAtADamagedRecordWithoutBelievingItsLength() throws {
-        let temp = TempSpool()
-        let (_, system) = try temp.open()
-        let seg = Self.compressibleSegment(11)
-        let start = size.startLSN(ofSegment: 11)
-        for piece in stride(from: 0, to: 300_000, by: 100_000) {
-            try Self.appendBlock(system, Array(seg[piece..<piece + 100_000]), at: start.advanced(by: UInt64(piece)))
-        }
-        let durable = try system.sync()
+        let (temp, system, seg, start, durable) = try blockJournal(segment: 11, length: 300_000)
+        defer { withExtendedLifetime(temp) {} }  // its directory goes with it
         let path = temp.walDirectory + "/00000001000000000000000B.partial"
         let third = try #require(Self.fileBytes(path).ranges(of: Array("WSPZ".utf8)).dropFirst(2).first).lowerBound
         let file = try #require(FileHandle(forUpdatingAtPath: path))
