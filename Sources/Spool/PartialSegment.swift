@@ -184,16 +184,15 @@ public enum PartialSegment {
     public static func read(path: String) throws -> Contents {
         let fd = try FileIO.open(path, O_RDONLY)
         defer { FileIO.close(fd) }
-        let size = try FileIO.fileSize(fd, path: path)
         let header = try decodeHeader(try FileIO.preadAll(fd, count: headerLength, at: 0, path: path), path: path)
         let segmentBytes = Int(header.segment.segmentSize.bytes)
         var wal: [UInt8] = []
         wal.reserveCapacity(segmentBytes)
         var position = headerLength
         while let found = try recordHeader(fd: fd, at: position, version: header.version, path: path),
-              found.record.offset == wal.count, found.record.walLength > 0, found.record.offset + found.record.walLength <= segmentBytes,
-              position + found.record.totalLength <= size,
-              try appendRecord(found.record, head: found.head, fd: fd, at: position, from: found.record.offset, to: &wal, path: path) {
+              found.record.offset == wal.count,
+              try appendRecord(found.record, head: found.head, fd: fd, at: position, segmentBytes: segmentBytes,
+                               from: found.record.offset, to: &wal, path: path) {
             position += found.record.totalLength
         }
         let tail = try FileIO.preadAll(fd, count: 64 * 1024, at: position, path: path)
@@ -208,9 +207,13 @@ public enum PartialSegment {
     }
 
     /// Reads the stored bytes of the record at `offset` and appends its WAL from segment offset `from` to `wal`;
-    /// false (nothing appended) when they are not all there or fail their CRC.
-    static func appendRecord(_ record: Record, head: [UInt8], fd: Int32, at offset: Int, from: Int,
+    /// false (nothing appended) when they are not all there or fail their CRC. A damaged header's lengths are
+    /// not believed, nor allocated for, before the CRC has had its say: the record must fit the segment
+    /// (`segmentBytes`) and the file.
+    static func appendRecord(_ record: Record, head: [UInt8], fd: Int32, at offset: Int, segmentBytes: Int, from: Int,
                              to wal: inout [UInt8], path: String) throws -> Bool {
+        guard record.walLength > 0, record.offset + record.walLength <= segmentBytes,
+              offset + record.totalLength <= (try FileIO.fileSize(fd, path: path)) else { return false }
         let stored = try FileIO.preadAll(fd, count: record.storedLength, at: offset + record.headerLength, path: path)
         return try head.withUnsafeBytes { header in
             try stored.withUnsafeBytes { try record.appendWAL(header: header, stored: $0, from: from, to: &wal, path: path) }

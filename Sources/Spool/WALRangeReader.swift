@@ -173,8 +173,6 @@ final class JournalFollower {
     private let version: UInt32
     private let segmentBytes: Int
     private var offset = PartialSegment.headerLength
-    /// The file's size when last looked at; it only grows while the writer appends.
-    private var knownSize = 0
 
     init(path: String) throws {
         self.path = path
@@ -202,18 +200,11 @@ final class JournalFollower {
                 offset += record.totalLength
                 continue
             }
-            guard record.offset <= base + wal.count else { return }
-            // A damaged header's lengths are not believed (nor allocated for) before the CRC has had its say:
-            // they must fit the segment and the file, as when a journal is read whole.
-            guard record.walLength > 0, record.offset + record.walLength <= segmentBytes, try fits(record) else { return }
-            guard try PartialSegment.appendRecord(record, head: head, fd: fd, at: offset, from: base + wal.count, to: &wal, path: path)
+            guard record.offset <= base + wal.count,
+                  try PartialSegment.appendRecord(record, head: head, fd: fd, at: offset, segmentBytes: segmentBytes,
+                                                  from: base + wal.count, to: &wal, path: path)
             else { return }
             offset += record.totalLength
         }
-    }
-
-    private func fits(_ record: PartialSegment.Record) throws -> Bool {
-        if offset + record.totalLength > knownSize { knownSize = try FileIO.fileSize(fd, path: path) }
-        return offset + record.totalLength <= knownSize
     }
 }
