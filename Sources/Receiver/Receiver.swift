@@ -139,8 +139,8 @@ public final class Receiver: Sendable {
         }
     }
 
-    /// Event loops for ship links alone. A synchronous link's loop may wait on the spool's fsync (`writeNow`);
-    /// the status endpoint and the standbys, on NIO's shared loops, never wait behind it.
+    /// Event loops for ship links alone. A synchronous link's loop may wait on the spool's fsync (`afterReads`
+    /// in `serve`); the status endpoint and the standbys, on NIO's shared loops, never wait behind it.
     enum ShipLinkLoops {
         static let group = MultiThreadedEventLoopGroup(numberOfThreads: System.coreCount)
     }

@@ -676,7 +676,6 @@ public final class Sender: Sendable {
     }
 }
 
-/// Opens a ship link to the receiver, with mutual TLS unless `tls` is nil.
 /// Sends `hello` and returns the receiver's answer, nil if it closed the link. A receiver that refuses our
 /// certificate closes the connection right after the TLS handshake, and the hello's write may then fail with
 /// a closed channel before the TLS alert that says why has been read: the alert, or a refusal, is looked for
@@ -692,6 +691,7 @@ func exchangeHello(_ hello: Hello, outbound: NIOAsyncChannelOutboundWriter<ShipM
     return try await iterator.next()
 }
 
+/// Opens a ship link to the receiver, with mutual TLS unless `tls` is nil.
 func connectToReceiver(host: String, port: Int, linkTimeout: Duration, tls: ClientTLS?) async throws -> ShipAsyncChannel {
     let timeout = TimeAmount.nanoseconds(Int64(linkTimeout.components.seconds) * 1_000_000_000)
     do {
