@@ -62,18 +62,18 @@ import Testing
 
         /// Borrows the role as soon as the thread has parked (within a deadline).
         func borrowOnceParked() -> Bool {
-            let deadline = ContinuousClock.now + .seconds(10)
-            while ContinuousClock.now < deadline {
-                if queue.borrowIdleWriter() { return true }
-                Thread.sleep(forTimeInterval: 0.001)
-            }
-            return false
+            Self.poll { queue.borrowIdleWriter() ? true : nil } ?? false
         }
 
         func waitForOutcome() -> Result<[Int], any Error>? {
+            Self.poll { outcome.withLock { $0 } }
+        }
+
+        /// `probe`'s first answer, asked every millisecond for up to 10 s.
+        static func poll<T>(_ probe: () -> T?) -> T? {
             let deadline = ContinuousClock.now + .seconds(10)
             while ContinuousClock.now < deadline {
-                if let outcome = outcome.withLock({ $0 }) { return outcome }
+                if let answer = probe() { return answer }
                 Thread.sleep(forTimeInterval: 0.001)
             }
             return nil
