@@ -205,6 +205,39 @@ struct ShipPathTests {
         #expect(try topology.verifySpool(through: last) >= 4)
     }
 
+    @Test func aBacklogBehindASlowLinkIsCompressedHarder() throws {
+        let fixture = try Fixture("ship-slow-link")
+        defer { fixture.tearDown() }
+        var topology = try ShipTopology(fixture, primarySettings: ["synchronous_commit": "off"])
+        _ = try topology.primary.sql("SELECT pg_create_physical_replication_slot('walship_it', true)")
+        // Updates after a checkpoint: full-page images, WAL that compresses about as production WAL does (a
+        // freshly loaded table alone compresses so well that socket buffers would hold the whole backlog).
+        try topology.primary.pgbench(["-i", "-s", "5", "-q"])
+        _ = try topology.primary.sql("CHECKPOINT")
+        try topology.primary.pgbench(["-T", "8", "-c", "4", "-j", "2"])
+        let end = try #require(lsn(try topology.primary.sql("SELECT pg_current_wal_lsn()")))
+        // A 16 Mbit/s link with a short queue, so the socket takes frames at the link's pace.
+        let proxyPort = IT.freePort()
+        _ = try fixture.daemon("wan-proxy", "/usr/bin/python3", [IT.repositoryRoot + "/scripts/wan-proxy.py", "\(proxyPort)",
+                                                                 "\(topology.receiverPort)", "--delay-ms", "5", "--mbit", "16",
+                                                                 "--queue-kib", "256"])
+        topology.senderTargetPort = proxyPort
+        try topology.startReceiver()
+        try topology.startSender()
+        try waitUntil("the receiver to hold the backlog durably", timeout: 180) {
+            (try topology.durable() >= end, "durable=\(String(try topology.durable(), radix: 16)) end=\(String(end, radix: 16))")
+        }
+        let sender = try fetchStatus(port: topology.senderStatusPort)["sender"] as? [String: Any] ?? [:]
+        let high = (sender["walFramesHighCompression"] as? NSNumber)?.intValue ?? -1
+        let frames = (sender["walFramesSent"] as? NSNumber)?.intValue ?? 0
+        #expect(sender["compression"] as? String == "auto")
+        #expect(high > 0 && high <= frames, "\(high) of \(frames) frames with high effort\n\(topology.sender?.log.suffix(2000) ?? "")")
+        // The harder-compressed blocks are stored as they came: the spool's segments are still the primary's
+        // byte for byte (lz4 -d against the archive).
+        let last = try topology.switchAndWait()
+        #expect(try topology.verifySpool(through: last) >= 4)
+    }
+
     @Test func slotProblemsAreClearErrors() throws {
         let fixture = try Fixture("ship-slots")
         defer { fixture.tearDown() }

@@ -115,7 +115,8 @@ public struct LagTracker: Sendable {
     }
 }
 
-func seconds(_ duration: Duration) -> Double {
+/// A duration in (fractional) seconds.
+public func seconds(_ duration: Duration) -> Double {
     Double(duration.components.seconds) + Double(duration.components.attoseconds) / 1e18
 }
 

@@ -57,6 +57,9 @@ public final class MetricsPublisher: Sendable {
             let id = s.systems.first?.systemIdentifier ?? "unknown"
             total("walship_wal_sent_bytes_total", ["system": id], Double(sender.walBytesSent))
             total("walship_wire_sent_bytes_total", ["system": id], Double(sender.wireBytesSent))
+            if let high = sender.walFramesHighCompression {
+                total("walship_wal_frames_high_compression_total", ["system": id], Double(high))
+            }
             let slot = ["slot": sender.slot.name]
             if let retained = sender.slot.retainedBytes { gauge("walship_slot_retained_bytes", slot, Double(retained)) }
             if let safe = sender.slot.safeWALSizeBytes { gauge("walship_slot_safe_wal_size_bytes", slot, Double(safe)) }

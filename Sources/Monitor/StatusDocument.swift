@@ -232,6 +232,10 @@ public struct StatusDocument: Codable, Sendable, Equatable {
         public var wireBytesSent: UInt64
         /// WAL bytes per byte on the wire (LZ4 and framing).
         public var compressionRatio: Double?
+        /// `auto`, `fast` or `high` (--compression); absent from older senders.
+        public var compression: String?
+        /// WAL frames compressed with high effort (LZ4HC): under `auto`, those sent while a slow link was the bottleneck.
+        public var walFramesHighCompression: UInt64?
         public var slot: Slot
         /// `block` or `degrade-after=DURATION` (--on-receiver-loss).
         public var receiverLossPolicy: String?
@@ -241,8 +245,11 @@ public struct StatusDocument: Codable, Sendable, Equatable {
         /// WAL acknowledged to the primary that the DR site does not have on disk yet; nil when there is none.
         public var rpoExposure: RPOExposure?
         public init(source: String, receiver: String, synchronous: Bool, applicationName: String, walBytesSent: UInt64,
-                    walFramesSent: UInt64? = nil, wireBytesSent: UInt64, slot: Slot, receiverLossPolicy: String? = nil, degraded: Bool? = nil,
+                    walFramesSent: UInt64? = nil, wireBytesSent: UInt64, compression: String? = nil,
+                    walFramesHighCompression: UInt64? = nil, slot: Slot, receiverLossPolicy: String? = nil, degraded: Bool? = nil,
                     degradedSince: Date? = nil, rpoExposure: RPOExposure? = nil) {
+            self.compression = compression
+            self.walFramesHighCompression = walFramesHighCompression
             self.receiverLossPolicy = receiverLossPolicy
             self.degraded = degraded
             self.degradedSince = degradedSince

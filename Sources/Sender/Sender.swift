@@ -35,6 +35,8 @@ public struct SenderConfiguration: Sendable {
     public var bufferDirectory: String?
     /// How often a degraded sender tries to reach the receiver again.
     public var receiverProbeInterval: Duration = .seconds(2)
+    /// How hard WAL frames are compressed (--compression).
+    public var compression: CompressionPolicy.Mode = .auto
 
     public init(source: Conninfo, receiverHost: String, receiverPort: Int, slot: String, createSlot: Bool,
                 applicationName: String, synchronous: Bool) {
@@ -102,6 +104,7 @@ public final class Sender: Sendable {
             sender: .init(source: config.source.description, receiver: "\(config.receiverHost):\(config.receiverPort)",
                           synchronous: config.synchronous, applicationName: config.applicationName,
                           walBytesSent: s.walBytesSent, walFramesSent: s.walFramesSent, wireBytesSent: s.wireBytesSent,
+                          compression: config.compression.description, walFramesHighCompression: s.walFramesHighCompression,
                           slot: s.slot,
                           receiverLossPolicy: config.synchronous ? config.receiverLoss.description : nil,
                           degraded: buffer == nil ? nil : s.degradedSince != nil, degradedSince: s.degradedSince,
@@ -450,7 +453,8 @@ public final class Sender: Sendable {
         // Chunk and compressed-payload buffers go round instead of being allocated per frame. Only idle ones
         // count against the pools; during a catch-up most payloads are queued in the channel.
         let buffers = WALBuffers(chunks: BufferPool(maxIdle: 4), payloads: BufferPool(maxIdle: 4))
-        let link = LinkSink(sender: self, channel: channel, timeline: timeline, machine: machine, buffers: buffers)
+        let link = LinkSink(sender: self, channel: channel, timeline: timeline, machine: machine, buffers: buffers,
+                            compression: config.compression)
         setState("streaming")
         statusBox.withLock { $0.sent = start }
         try await ShipChannel.setTap(on: channel) { [self] in acknowledgeOnEventLoop($0, machine: machine, gate: gate) }
@@ -492,14 +496,15 @@ public final class Sender: Sendable {
     /// The WAL frame for `chunk`, recorded as sent: before it is written, so an ack can never outrun what we
     /// believe we sent.
     fileprivate func frame(for chunk: WALChunk, timeline: TimeLineID, machine: NIOLockedValueBox<SenderLinkStateMachine>,
-                           pool: BufferPool?) -> WALData {
+                           pool: BufferPool?, effort: CompressionEffort = .fast) -> WALData {
         let frame = WALData.make(timeline: timeline, startLSN: chunk.start, primaryEndLSN: chunk.walEnd,
-                                 primarySendTime: chunk.sendTime, wal: chunk.bytes, pool: pool)
+                                 primarySendTime: chunk.sendTime, wal: chunk.bytes, pool: pool, effort: effort)
         machine.withLockedValue { $0.walSent(upTo: chunk.end) }
         statusBox.withLock {
             $0.sent = chunk.end
             $0.walBytesSent += UInt64(chunk.bytes.readableBytes)
             $0.walFramesSent += 1
+            if effort == .high { $0.walFramesHighCompression += 1 }
             $0.wireBytesSent += UInt64(frame.payload.readableBytes + WALData.frameOverheadBytes)
         }
         return frame
@@ -736,7 +741,8 @@ struct LinkError: Error, CustomStringConvertible {
 /// Ships the primary's stream from the replication thread itself: each chunk is compressed there and its frame
 /// written into the link, so a synchronous commit's WAL reaches the event loop without a hop through a task.
 /// The thread pauses while the link's queue of unsent bytes is above its high-water mark and goes on when the
-/// channel is writable again (`ShipChannel.whenWritable`).
+/// channel is writable again (`ShipChannel.whenWritable`). How hard each chunk is compressed follows the link
+/// (`CompressionPolicy`), which times each compression and how fast the socket takes the frames.
 private final class LinkSink: StreamSink {
     let sender: Sender
     let channel: Channel
@@ -744,14 +750,17 @@ private final class LinkSink: StreamSink {
     let machine: NIOLockedValueBox<SenderLinkStateMachine>
     let buffers: Sender.WALBuffers
     private let ended = Mutex<TimelineEnded?>(nil)
+    /// Written on the replication thread, taken by the socket on the event loop.
+    private let compression: Mutex<CompressionPolicy>
 
     init(sender: Sender, channel: Channel, timeline: TimeLineID, machine: NIOLockedValueBox<SenderLinkStateMachine>,
-         buffers: Sender.WALBuffers) {
+         buffers: Sender.WALBuffers, compression: CompressionPolicy.Mode) {
         self.sender = sender
         self.channel = channel
         self.timeline = timeline
         self.machine = machine
         self.buffers = buffers
+        self.compression = Mutex(CompressionPolicy(mode: compression))
     }
 
     /// Set when the primary ended our timeline.
@@ -760,16 +769,21 @@ private final class LinkSink: StreamSink {
     func deliver(_ event: StreamEvent) -> StreamDemand {
         switch event {
         case .wal(let chunk):
-            let frame = sender.frame(for: chunk, timeline: timeline, machine: machine, pool: buffers.payloads)
+            let started = ContinuousClock.now
+            let effort = compression.withLock { $0.effort(now: started) }
+            let frame = sender.frame(for: chunk, timeline: timeline, machine: machine, pool: buffers.payloads, effort: effort)
+            let written = ContinuousClock.now
+            let walBytes = chunk.bytes.readableBytes
+            compression.withLock { $0.frameWritten(walBytes: walBytes, compressedIn: written - started, effort: effort) }
             sender.statusBox.withLock { $0.primaryReported(chunk.walEnd, at: chunk.sendTime) }
-            guard frame.compression == .lz4Block else {  // the chunk itself is the payload
-                channel.writeAndFlush(ShipMessage.walData(frame), promise: nil)
-                break
+            let compressed = frame.compression == .lz4Block
+            if compressed { buffers.chunks.recycle(chunk.bytes) }  // else the chunk itself is the payload
+            let taken = channel.eventLoop.makePromise(of: Void.self)
+            channel.writeAndFlush(ShipMessage.walData(frame), promise: taken)
+            taken.futureResult.whenComplete { [self] _ in
+                if compressed { buffers.payloads.recycle(frame.payload) }
+                compression.withLock { $0.frameTaken(walBytes: walBytes, writtenAt: written, now: .now) }
             }
-            buffers.chunks.recycle(chunk.bytes)
-            let written = channel.eventLoop.makePromise(of: Void.self)
-            channel.writeAndFlush(ShipMessage.walData(frame), promise: written)
-            written.futureResult.whenComplete { [payloads = buffers.payloads] _ in payloads.recycle(frame.payload) }
         case .keepalive(let walEnd, let sendTime):
             sender.statusBox.withLock { $0.primaryReported(walEnd, at: sendTime) }
             channel.writeAndFlush(ShipMessage.keepalive(Keepalive(primaryEndLSN: walEnd, sendTime: sendTime, replyRequested: false)),

@@ -21,6 +21,8 @@ struct SenderState: Sendable {
     var disconnectedSince: Date? = Date()
     var walBytesSent: UInt64 = 0
     var walFramesSent: UInt64 = 0
+    /// Frames compressed with high effort (LZ4HC) because the link was the bottleneck.
+    var walFramesHighCompression: UInt64 = 0
     var wireBytesSent: UInt64 = 0
     var slot: StatusDocument.Slot
     var lag = LagTracker()

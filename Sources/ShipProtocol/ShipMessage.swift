@@ -165,8 +165,9 @@ public struct WALData: Hashable, Sendable {
     /// With a `pool`, the compressed payload goes into one of its buffers.
     public static func make(timeline: TimeLineID, startLSN: LSN, primaryEndLSN: LSN,
                             primarySendTime: PostgresTimestamp, wal: ByteBuffer,
-                            allocator: ByteBufferAllocator = ByteBufferAllocator(), pool: BufferPool? = nil) -> WALData {
-        let packed = FramePayload.pack(wal, allocator: allocator, pool: pool)
+                            allocator: ByteBufferAllocator = ByteBufferAllocator(), pool: BufferPool? = nil,
+                            effort: CompressionEffort = .fast) -> WALData {
+        let packed = FramePayload.pack(wal, allocator: allocator, pool: pool, effort: effort)
         return WALData(timeline: timeline, startLSN: startLSN, primaryEndLSN: primaryEndLSN,
                        primarySendTime: primarySendTime, compression: packed.compression,
                        uncompressedLength: UInt32(wal.readableBytes), payload: packed.payload)
@@ -183,10 +184,11 @@ public struct WALData: Hashable, Sendable {
 /// A frame's data as it travels: one LZ4 block when that saves bytes, raw otherwise; unpacked with the
 /// bounds-checked decoder to exactly the declared length.
 enum FramePayload {
-    static func pack(_ bytes: ByteBuffer, allocator: ByteBufferAllocator, pool: BufferPool? = nil) -> (compression: WALCompression, payload: ByteBuffer) {
+    static func pack(_ bytes: ByteBuffer, allocator: ByteBufferAllocator, pool: BufferPool? = nil,
+                     effort: CompressionEffort = .fast) -> (compression: WALCompression, payload: ByteBuffer) {
         let bound = LZ4.compressBound(bytes.readableBytes)
         var compressed = pool?.take(capacity: bound) ?? allocator.buffer(capacity: bound)
-        LZ4.compressBlock(bytes, into: &compressed)
+        LZ4.compressBlock(bytes, into: &compressed, effort: effort)
         guard compressed.readableBytes < bytes.readableBytes else {
             pool?.recycle(compressed)
             return (.none, bytes)

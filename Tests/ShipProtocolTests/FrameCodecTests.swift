@@ -55,6 +55,30 @@ import WALCore
         #expect(frame.endLSN == LSN(100_000))
     }
 
+    @Test func highEffortMakesAnOrdinaryBlockWithFewerBytes() throws {
+        // Table rows as in pgbench's full-page images: numbers that differ, padding that repeats.
+        var seed: UInt64 = 7
+        var rows: [UInt8] = []
+        while rows.count < 1 << 20 {
+            seed = seed &* 6_364_136_223_846_793_005 &+ 1_442_695_040_888_963_407
+            rows += Array("\(rows.count / 97)|\(seed >> 50)|\(Int64(bitPattern: seed) % 5000)|".utf8) + Array(repeating: 0x20, count: 84)
+        }
+        let wal = ByteBuffer(bytes: rows)
+        let fast = WALData.make(timeline: 1, startLSN: LSN(0), primaryEndLSN: LSN(0), primarySendTime: .now(), wal: wal)
+        let high = WALData.make(timeline: 1, startLSN: LSN(0), primaryEndLSN: LSN(0), primarySendTime: .now(), wal: wal,
+                                effort: .high)
+        #expect(high.compression == .lz4Block)
+        #expect(high.payload.readableBytes < fast.payload.readableBytes,
+                "high \(high.payload.readableBytes) vs fast \(fast.payload.readableBytes) bytes")
+        #expect(try high.walBytes() == wal)
+        // Stored as the receiver stores a sender's block, it is part of a standard frame (what lz4 -d reads).
+        let writer = LZ4.BlockFrameWriter(contentSize: UInt64(rows.count))
+        var file = writer.begin()
+        file += rows.withUnsafeBytes { raw in high.payload.withUnsafeReadableBytes { writer.add(raw, compressedBlock: $0) } }
+        file += writer.end()
+        #expect(try file.withUnsafeBytes { try LZ4.decompressFrame($0, maxOutputBytes: 2 << 20) } == rows)
+    }
+
     @Test func incompressibleWALTravelsRaw() throws {
         var seed: UInt32 = 1
         let noise = ByteBuffer(bytes: (0..<4096).map { _ in
