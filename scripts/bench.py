@@ -338,13 +338,14 @@ class Walship:
         wait_for("the receiver's status endpoint", lambda: status(status_port), 30, alive=[self.receiver])
 
     def start_sender(self, primary_port, to_port, slot, status_port, insecure=False, sync=False,
-                     application_name="walship_bench", tag="sender"):
+                     application_name="walship_bench", tag="sender", extra=()):
         argv = AS_POSTGRES + [self.binary, "send", "--source", f"host=127.0.0.1 port={primary_port} user=postgres",
                               "--to", f"127.0.0.1:{to_port}", "--slot", slot, "--create-slot",
                               "--application-name", application_name,
                               "--status-listen", f"127.0.0.1:{status_port}"] + self.tls("sender", insecure)
         if sync:
             argv.append("--sync")
+        argv += list(extra)
         self.sender = spawn(argv, tag + ".log")
         self.sender_status = status_port
         wait_for("the sender's status endpoint", lambda: status(status_port), 30, alive=[self.sender])
@@ -408,7 +409,7 @@ def generate_backlog(port, slots, megabytes):
     return segment_start, end
 
 
-def catchup_walship(walship, primary_port, slot, start, end, insecure, wan=None):
+def catchup_walship(walship, primary_port, slot, start, end, insecure, wan=None, sender_extra=()):
     spool = os.path.join(workdir, f"spool-{slot}")
     os.makedirs(spool)
     chown_to_postgres(spool)
@@ -419,7 +420,8 @@ def catchup_walship(walship, primary_port, slot, start, end, insecure, wan=None)
         to_port, proxy, stats_file = start_wan_proxy(receiver_port, f"proxy-{slot}")
     walship.start_receiver(spool, receiver_port, receiver_status, insecure=insecure, tag=f"receiver-{slot}")
     started = time.monotonic()
-    walship.start_sender(primary_port, to_port, slot, sender_status, insecure=insecure, tag=f"sender-{slot}")
+    walship.start_sender(primary_port, to_port, slot, sender_status, insecure=insecure, tag=f"sender-{slot}",
+                         extra=sender_extra)
     profilers = [perf_record(walship.sender.pid, f"walship-send-{slot}"),
                  perf_record(walship.receiver.pid, f"walship-receive-{slot}")] if PERF_DIR else []
     peak = {"sender": 0, "receiver": 0}
@@ -451,6 +453,8 @@ def catchup_walship(walship, primary_port, slot, start, end, insecure, wan=None)
         "rss_sender_bytes": max(peak["sender"], sample["sender"]["max_rss_bytes"]),
         "rss_receiver_bytes": max(peak["receiver"], sample["receiver"]["max_rss_bytes"]),
         "wal_bytes_sent": counters.get("walBytesSent"), "wire_bytes_sent": counters.get("wireBytesSent"),
+        "compression": counters.get("compression"), "wal_frames": counters.get("walFramesSent"),
+        "wal_frames_high_compression": counters.get("walFramesHighCompression"),
         "memory_at_done": sample,
     }
     result["cpu_seconds_per_gb"] = result["cpu_seconds"] / (wal / 1024 ** 3)
@@ -699,17 +703,28 @@ def main():
     log("catch-up: pg_receivewal --compress=lz4 --no-sync")
     catchup["receivewal_nosync"] = catchup_receivewal(primary_port, "receivewal_nosync", start, end, durable=False)
     for name, r in catchup.items():
-        log(f"  {name}: {r['mb_per_s']:.1f} MB/s, {r['cpu_seconds_per_gb']:.1f} CPU s/GB, wire {r['wire_per_wal']:.3f}")
+        high = f", {r['wal_frames_high_compression']} of {r['wal_frames']} frames LZ4HC" if r.get("wal_frames") else ""
+        log(f"  {name}: {r['mb_per_s']:.1f} MB/s, {r['cpu_seconds_per_gb']:.1f} CPU s/GB, wire {r['wire_per_wal']:.3f}{high}")
     if PERF_DIR:
         perf_report()
         return
 
     # The WAN link: a smaller backlog of its own through the delay line, both tools.
-    start, end = generate_backlog(primary_port, ["walship_wan", "receivewal_wan"], WAN_WAL_MB)
+    start, end = generate_backlog(primary_port, ["walship_wan", "walship_wan_fast", "receivewal_wan"], WAN_WAL_MB)
     results["wan"]["backlog"] = {"start": format_lsn(start), "end": format_lsn(end), "bytes": end - start}
     log(f"WAN catch-up ({WAN_DELAY_MS:g} ms one way, {WAN_MBIT:g} Mbit/s): walship, TLS")
     results["wan"]["catchup_walship"] = catchup_walship(walship, primary_port, "walship_wan", start, end,
                                                        insecure=False, wan=True)
+    # The same backlog with LZ4HC ruled out: what the sender's adaptive compression (--compression auto,
+    # the default) gains on a slow link.
+    log("WAN catch-up: walship, TLS, --compression fast")
+    results["wan"]["catchup_walship_fast"] = catchup_walship(walship, primary_port, "walship_wan_fast", start, end,
+                                                            insecure=False, wan=True,
+                                                            sender_extra=["--compression", "fast"])
+    for name in ("catchup_walship", "catchup_walship_fast"):
+        w = results["wan"][name]
+        log(f"  {name}: {w['mb_per_s']:.1f} MB/s, wire {w['wire_per_wal']:.3f}, "
+            f"{w['wal_frames_high_compression']} of {w['wal_frames']} frames LZ4HC, {w['cpu_seconds_sender']:.2f} s sender CPU")
     log("WAN catch-up: pg_receivewal --compress=lz4 --no-sync")
     results["wan"]["catchup_receivewal"] = catchup_receivewal(primary_port, "receivewal_wan", start, end,
                                                              durable=False, wan=True)
@@ -884,6 +899,15 @@ def verdicts(r):
         ww["mb_per_s"] / wr["mb_per_s"], "(info)", None)
     row("WAN wire bytes per WAL byte (proxy count)", ww["wire_per_wal"], wr["wire_per_wal"],
         ww["wire_per_wal"] / wr["wire_per_wal"], "walship ≤ 0.2", ww["wire_per_wal"] <= 0.2)
+    wf = r["wan"].get("catchup_walship_fast")
+    if wf:
+        row("WAN catch-up MB/s, --compression auto vs fast", ww["mb_per_s"], wf["mb_per_s"],
+            ww["mb_per_s"] / wf["mb_per_s"], "(info)", None)
+        row("WAN wire bytes per WAL byte, --compression auto vs fast", ww["wire_per_wal"], wf["wire_per_wal"],
+            ww["wire_per_wal"] / wf["wire_per_wal"], "(info)", None)
+        row("WAN sender CPU s/GB, --compression auto vs fast", ww["cpu_seconds_sender"] / (ww["wal_bytes"] / 1024 ** 3),
+            wf["cpu_seconds_sender"] / (wf["wal_bytes"] / 1024 ** 3), ww["cpu_seconds_sender"] / max(wf["cpu_seconds_sender"], 1e-9),
+            "(info)", None)
     p = r["promote"]
     rto = p["walship_reported_rto_seconds"] or p["walship_external_first_write_seconds"]
     row("promote RTO s (walship promote's report) vs pg_promote()", rto, p["native_seconds"],
