@@ -57,7 +57,7 @@ extension ReplicationSession {
                 if demand { return }
                 var fd = pollfd(fd: gate.wakeRead, events: Int16(POLLIN), revents: 0)
                 _ = poll(&fd, 1, 1000)
-                gate.drainWakeups()
+                gate.drainWakeups(fd.revents)
             }
         }
 

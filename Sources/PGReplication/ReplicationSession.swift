@@ -158,9 +158,13 @@ public final class StreamGate: NIOAsyncSequenceProducerDelegate, Sendable {
         _ = write(wakeWrite, &byte, 1)
     }
 
-    func drainWakeups() {
-        var buffer = [UInt8](repeating: 0, count: 64)
-        while read(wakeRead, &buffer, 64) > 0 {}
+    /// Empties the wake-up pipe after `poll` said it is readable. A read shorter than the buffer emptied it,
+    /// so a synchronous commit's wake-up costs one read, not a second one that fails with EAGAIN.
+    func drainWakeups(_ revents: Int16) {
+        guard revents & Int16(POLLIN | POLLHUP | POLLERR) != 0 else { return }
+        withUnsafeTemporaryAllocation(of: UInt8.self, capacity: 64) { buffer in
+            while read(wakeRead, buffer.baseAddress, buffer.count) == buffer.count {}
+        }
     }
 }
 

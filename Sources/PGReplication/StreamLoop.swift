@@ -86,7 +86,7 @@ struct StreamLoop {
             + wait.components.attoseconds / 1_000_000_000_000_000)))
         let rc = poll(&fds, nfds_t(fds.count), timeoutMs)
         if rc < 0 && errno != EINTR { throw PostgresError("poll failed: \(String(cString: strerror(errno)))") }
-        gate.drainWakeups()
+        gate.drainWakeups(fds[0].revents)
         if fds.count > 1 && fds[1].revents & Int16(POLLIN | POLLHUP | POLLERR) != 0 { try connection.consumeInput() }
     }
 
