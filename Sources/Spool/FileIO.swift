@@ -63,6 +63,26 @@ enum FileIO {
         }
     }
 
+    /// `head` then `body` at `offset` in one system call (a journal record's header and its data); what a
+    /// short write leaves goes the ordinary way.
+    static func pwriteAll(_ fd: Int32, _ head: UnsafeRawBufferPointer, _ body: UnsafeRawBufferPointer, at offset: Int,
+                          path: String) throws {
+        var vectors = [iovec(iov_base: UnsafeMutableRawPointer(mutating: head.baseAddress), iov_len: head.count),
+                       iovec(iov_base: UnsafeMutableRawPointer(mutating: body.baseAddress), iov_len: body.count)]
+        var written: Int
+        repeat {
+            written = pwritev(fd, &vectors, 2, off_t(offset))
+        } while written < 0 && errno == EINTR
+        if written < 0 { throw SpoolError.errno("write", path) }
+        if written == 0 && head.count + body.count > 0 { throw SpoolError.errno("write", path, ENOSPC) }
+        if written < head.count {
+            try pwriteAll(fd, UnsafeRawBufferPointer(rebasing: head[written...]), at: offset + written, path: path)
+            try pwriteAll(fd, body, at: offset + head.count, path: path)
+        } else if written < head.count + body.count {
+            try pwriteAll(fd, UnsafeRawBufferPointer(rebasing: body[(written - head.count)...]), at: offset + written, path: path)
+        }
+    }
+
     static func preadAll(_ fd: Int32, count: Int, at offset: Int, path: String) throws -> [UInt8] {
         var out = [UInt8](repeating: 0, count: count)
         var done = 0

@@ -295,8 +295,7 @@ final class PartialSegmentWriter {
             preallocated = needed + Int(header.segment.segmentSize.bytes) / 16
             try FileIO.preallocate(fd, bytes: preallocated, path: path)
         }
-        try head.withUnsafeBytes { (raw) in try FileIO.pwriteAll(fd, raw, at: journalLength, path: path) }
-        try FileIO.pwriteAll(fd, stored, at: journalLength + head.count, path: path)
+        try head.withUnsafeBytes { (raw) in try FileIO.pwriteAll(fd, raw, stored, at: journalLength, path: path) }
         journalLength = needed
     }
 
