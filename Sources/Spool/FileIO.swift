@@ -74,13 +74,10 @@ enum FileIO {
             written = pwritev(fd, &vectors, 2, off_t(offset))
         } while written < 0 && errno == EINTR
         if written < 0 { throw SpoolError.errno("write", path) }
-        if written == 0 && head.count + body.count > 0 { throw SpoolError.errno("write", path, ENOSPC) }
-        if written < head.count {
-            try pwriteAll(fd, UnsafeRawBufferPointer(rebasing: head[written...]), at: offset + written, path: path)
-            try pwriteAll(fd, body, at: offset + head.count, path: path)
-        } else if written < head.count + body.count {
-            try pwriteAll(fd, UnsafeRawBufferPointer(rebasing: body[(written - head.count)...]), at: offset + written, path: path)
-        }
+        // Either rest may be empty; pwriteAll then writes nothing (and reports a write of 0 as a full disk).
+        let headDone = min(written, head.count), bodyDone = written - headDone
+        try pwriteAll(fd, UnsafeRawBufferPointer(rebasing: head[headDone...]), at: offset + headDone, path: path)
+        try pwriteAll(fd, UnsafeRawBufferPointer(rebasing: body[bodyDone...]), at: offset + head.count + bodyDone, path: path)
     }
 
     static func preadAll(_ fd: Int32, count: Int, at offset: Int, path: String) throws -> [UInt8] {
