@@ -36,9 +36,13 @@ PGBENCH_SCALE = knob("BENCH_SCALE", 20)
 LAG_SECONDS = knob("BENCH_LAG_SECONDS", 60)
 LAG_RATE = knob("BENCH_LAG_RATE", 200)          # pgbench -R transactions per second during the lag probe
 PROBE_INTERVAL = knob("BENCH_PROBE_INTERVAL_MS", 100) / 1000
-SYNC_SECONDS = knob("BENCH_SYNC_SECONDS", 20)
+SYNC_SECONDS = knob("BENCH_SYNC_SECONDS", 15)
 SYNC_ROUNDS = knob("BENCH_SYNC_ROUNDS", 3)
-SYNC_CLIENTS = knob("BENCH_SYNC_CLIENTS", 8)
+# One client is bound by the commit's round trip; eight keep both cores of the benchmark machine busy.
+SYNC_CLIENTS = [int(c) for c in os.environ.get("BENCH_SYNC_CLIENTS", "1,8").split(",")]
+# Set: every standby streams in every synchronous round (the method up to the eighth round of
+# performance.md) instead of only the one under test.
+SYNC_NEIGHBOURS = bool(os.environ.get("BENCH_SYNC_NEIGHBOURS"))
 KEEP = bool(os.environ.get("BENCH_KEEP"))
 # Profile mode: only the loopback catch-up (walship over TLS, pg_receivewal --no-sync) under perf record,
 # reports written to this directory; no table.
@@ -321,6 +325,7 @@ class Walship:
     def __init__(self, binary, certs):
         self.binary, self.certs = binary, certs
         self.receiver = self.sender = None
+        self.paused_sender_usage = []  # senders stopped by pause_sender since the last stop
 
     def tls(self, end, insecure):
         if insecure:
@@ -346,9 +351,19 @@ class Walship:
         if sync:
             argv.append("--sync")
         argv += list(extra)
-        self.sender = spawn(argv, tag + ".log")
+        self.sender_argv, self.sender_log = argv, tag + ".log"
+        self.sender = spawn(argv, self.sender_log)
         self.sender_status = status_port
         wait_for("the sender's status endpoint", lambda: status(status_port), 30, alive=[self.sender])
+
+    def pause_sender(self):
+        """Stops the sender; its slot keeps the WAL for resume_sender."""
+        self.paused_sender_usage.append(stop(self.sender))
+        self.sender = None
+
+    def resume_sender(self):
+        self.sender = spawn(self.sender_argv, self.sender_log)
+        wait_for("the sender's status endpoint", lambda: status(self.sender_status), 30, alive=[self.sender])
 
     def sample(self):
         """CPU seconds so far and current/peak RSS of both processes (from /proc)."""
@@ -359,11 +374,13 @@ class Walship:
 
     def stop(self):
         usage = {}
-        if self.sender:
-            usage["sender"] = stop(self.sender)
+        senders = self.paused_sender_usage + ([stop(self.sender)] if self.sender else [])
+        if senders:
+            usage["sender"] = max(senders, key=lambda u: u["max_rss_bytes"])
         if self.receiver:
             usage["receiver"] = stop(self.receiver)
         self.sender = self.receiver = None
+        self.paused_sender_usage = []
         return usage
 
 
@@ -606,8 +623,9 @@ def summarize(values):
 
 # ---------------------------------------------------------------- 3. synchronous cost
 
-def pgbench_tps(port, seconds, tag):
-    output = subprocess.run([f"{PG_BINDIR}/pgbench", "-n", "-c", str(SYNC_CLIENTS), "-j", "2", "-T", str(seconds)],
+def pgbench_tps(port, seconds, tag, clients):
+    output = subprocess.run([f"{PG_BINDIR}/pgbench", "-n", "-c", str(clients), "-j", str(min(clients, 2)),
+                             "-T", str(seconds)],
                             env=pgbench_env(port), capture_output=True, text=True, check=True).stdout
     with open(os.path.join(workdir, f"pgbench-{tag}.log"), "a") as f:
         f.write(output)
@@ -617,28 +635,108 @@ def pgbench_tps(port, seconds, tag):
     raise RuntimeError("pgbench printed no tps line")
 
 
-def sync_rounds(primary_port, contenders, tag, walship):
-    """TPS for each synchronous_standby_names setting, interleaved over SYNC_ROUNDS rounds; the median. For
-    walship's rounds also the sender's and receiver's CPU per commit and the receiver's RSS after each round."""
-    results = {name: [] for name in contenders}
-    per_commit = []
+class Streaming:
+    """Which standbys stream in a synchronous round: only what the configuration under test needs (the walship
+    chain with its DR standby, or the native standby; nothing for the round without a synchronous standby).
+    All of them live on this one machine, so a standby streaming beside the one under test would share its
+    disk and cores, which two sites do not: the later of two fsyncs on one disk waits for the earlier, and
+    the walship chain, three hops from the primary, always fsyncs later than a native standby (ninth round
+    in performance.md)."""
+
+    NEEDS = {"none": set(), "native": {"native"}, "walship": {"walship", "dr"}, "walship_without_dr": {"walship"}}
+
+    def __init__(self, primary_port, walship, standbys):
+        self.primary_port, self.walship = primary_port, walship
+        self.standbys = standbys  # "native"/"dr": (port, conninfo)
+        self.on = {"native": True, "walship": True, "dr": True}
+
+    def only(self, contender):
+        wanted = set(self.on) if SYNC_NEIGHBOURS else self.NEEDS[contender]
+        for name in self.on:  # stop first, then start
+            if self.on[name] and name not in wanted:
+                self.switch(name, False)
+        for name in ("walship", "dr", "native"):
+            if not self.on[name] and name in wanted:
+                self.switch(name, True)
+
+    def all(self):
+        for name in ("walship", "dr", "native"):
+            if not self.on[name]:
+                self.switch(name, True)
+
+    def switch(self, name, on):
+        self.on[name] = on
+        if name == "walship":
+            self.walship.resume_sender() if on else self.walship.pause_sender()
+        else:
+            port, conninfo = self.standbys[name]
+            sql(port, f"ALTER SYSTEM SET primary_conninfo = '{conninfo if on else ''}'")
+            sql(port, "SELECT pg_reload_conf()")
+        if name == "dr":
+            self.wait_for_dr(on)
+            return
+        primary = self.primary_port
+        application = "native_replica" if name == "native" else "walship_bench"
+        if not on:
+            wait_for(f"the {name} standby to stop streaming",
+                     lambda: try_sql(primary, "SELECT count(*) FROM pg_stat_replication "
+                                              f"WHERE application_name = '{application}'") == "0", 60)
+            return
+        # Caught up with what the primary wrote meanwhile, so the round measures commits, not a catch-up.
+        target = parse_lsn(sql(primary, "SELECT pg_current_wal_lsn()"))
+        if name == "native":
+            def flushed():
+                lsn = try_sql(primary, "SELECT flush_lsn FROM pg_stat_replication WHERE application_name = "
+                                       "'native_replica' AND state = 'streaming'")
+                return bool(lsn) and parse_lsn(lsn) >= target
+            wait_for("the native standby to catch up", flushed, 300)
+        else:
+            wait_for("the walship chain to catch up", lambda: self.walship.durable_lsn() >= target, 300,
+                     alive=[self.walship.sender, self.walship.receiver])
+
+    def wait_for_dr(self, on):
+        port, _ = self.standbys["dr"]
+        if not on:
+            wait_for("the DR standby to disconnect", lambda: not standbys_connected(self.walship.receiver_status), 60)
+            return
+        target = self.walship.durable_lsn()
+        def received():
+            lsn = try_sql(port, "SELECT pg_last_wal_receive_lsn()")
+            return standbys_connected(self.walship.receiver_status) and bool(lsn) and parse_lsn(lsn) >= target
+        wait_for("the DR standby to catch up", received, 300)
+
+
+def sync_rounds(primary_port, contenders, tag, walship, streaming):
+    """TPS for each synchronous_standby_names setting and client count, interleaved over SYNC_ROUNDS rounds;
+    the median. For walship's rounds also the sender's and receiver's CPU per commit and the receiver's RSS
+    after each round."""
+    summary = {"method": "all standbys streaming" if SYNC_NEIGHBOURS else "only the standby under test streaming"}
+    results = {clients: {name: [] for name in contenders} for clients in SYNC_CLIENTS}
+    per_commit = {clients: [] for clients in SYNC_CLIENTS}
     for round_number in range(SYNC_ROUNDS):
-        for name, standby_name in contenders.items():
-            set_sync_standby(primary_port, standby_name)
-            before = walship.sample()
-            commits = int(sql(primary_port, "SELECT xact_commit FROM pg_stat_database WHERE datname = 'bench'"))
-            tps = pgbench_tps(primary_port, SYNC_SECONDS, f"sync-{tag}-{name}")
-            commits = int(sql(primary_port, "SELECT xact_commit FROM pg_stat_database WHERE datname = 'bench'")) - commits
-            after = walship.sample()
-            log(f"  sync round {round_number + 1} {name}: {tps:.0f} tps")
-            results[name].append(tps)
-            if standby_name == "walship_bench":
-                per_commit.append({role: {"cpu_ms_per_commit": (after[role]["cpu_seconds"] - before[role]["cpu_seconds"])
-                                          * 1000 / max(commits, 1), "rss_bytes_after": after[role]["rss_bytes"]}
-                                   for role in after})
+        for clients in SYNC_CLIENTS:
+            for name, standby_name in contenders.items():
+                streaming.only(name)
+                set_sync_standby(primary_port, standby_name)
+                measured = name == "walship"
+                before = walship.sample() if measured else None
+                commits = int(sql(primary_port, "SELECT xact_commit FROM pg_stat_database WHERE datname = 'bench'"))
+                tps = pgbench_tps(primary_port, SYNC_SECONDS, f"sync-{tag}-{name}-c{clients}", clients)
+                commits = int(sql(primary_port, "SELECT xact_commit FROM pg_stat_database WHERE datname = 'bench'")) - commits
+                log(f"  sync round {round_number + 1}, {clients} client(s), {name}: {tps:.0f} tps")
+                results[clients][name].append(tps)
+                if measured:
+                    after = walship.sample()
+                    per_commit[clients].append(
+                        {role: {"cpu_ms_per_commit": (after[role]["cpu_seconds"] - before[role]["cpu_seconds"])
+                                * 1000 / max(commits, 1), "rss_bytes_after": after[role]["rss_bytes"]}
+                         for role in after})
     set_sync_standby(primary_port, "")
-    summary = {name: {"tps": statistics.median(values), "rounds": values} for name, values in results.items()}
-    summary["walship_per_round"] = per_commit
+    streaming.all()
+    for clients in SYNC_CLIENTS:
+        block = {name: {"tps": statistics.median(values), "rounds": values} for name, values in results[clients].items()}
+        block["walship_per_round"] = per_commit[clients]
+        summary[str(clients)] = block
     return summary
 
 
@@ -738,8 +836,8 @@ def main():
                        "-h", "127.0.0.1", "-p", str(primary_port), "-U", "postgres"], stdout=subprocess.DEVNULL)
     open(os.path.join(native, "standby.signal"), "w").close()
     chown_to_postgres(native)
-    start_cluster(native, native_port, f"primary_conninfo = 'host=127.0.0.1 port={primary_port} user=postgres "
-                                       "application_name=native_replica'\nwal_retrieve_retry_interval = 1s")
+    native_conninfo = f"host=127.0.0.1 port={primary_port} user=postgres application_name=native_replica"
+    start_cluster(native, native_port, f"primary_conninfo = '{native_conninfo}'\nwal_retrieve_retry_interval = 1s")
     spool = os.path.join(workdir, "spool")
     os.makedirs(spool)
     chown_to_postgres(spool)
@@ -751,8 +849,9 @@ def main():
              "--to", f"127.0.0.1:{receiver_port}"] + walship.tls("sender", False), stdout=backup_log,
             stderr=subprocess.STDOUT)
     dr = os.path.join(workdir, "dr")
+    dr_conninfo = f"host=127.0.0.1 port={standby_port} user=postgres application_name=dr_replica"
     run([binary, "restore", "--spool", spool, "--pgdata", dr, "--standby", "--walship-path", binary,
-         "--primary-conninfo", f"host=127.0.0.1 port={standby_port} user=postgres application_name=dr_replica"],
+         "--primary-conninfo", dr_conninfo],
         stdout=subprocess.DEVNULL)
     start_cluster(dr, dr_port, "archive_mode = off\nwal_retrieve_retry_interval = 1s")
     standbys = {"walship": dr_port, "native": native_port}
@@ -767,9 +866,14 @@ def main():
     results["lag"]["loopback"] = probe_lag(primary_port, standbys, LAG_SECONDS, LAG_RATE, "loopback")
     log(f"  {results['lag']['loopback']}")
 
-    log(f"sync TPS, TLS: {SYNC_ROUNDS} rounds of {SYNC_SECONDS} s, {SYNC_CLIENTS} clients")
-    results["sync"]["tls"] = sync_rounds(primary_port, {"none": "", "native": "native_replica",
-                                                        "walship": "walship_bench"}, "tls", walship)
+    streaming = Streaming(primary_port, walship, {
+        "native": (native_port, native_conninfo),
+        "dr": (dr_port, dr_conninfo)})
+    contenders = {"none": "", "native": "native_replica", "walship": "walship_bench",
+                  "walship_without_dr": "walship_bench"}
+    log(f"sync TPS, TLS: {SYNC_ROUNDS} rounds of {SYNC_SECONDS} s, clients {SYNC_CLIENTS}, "
+        f"{'all standbys streaming' if SYNC_NEIGHBOURS else 'each standby alone'}")
+    results["sync"]["tls"] = sync_rounds(primary_port, contenders, "tls", walship, streaming)
 
     # WAN lag: the walship link and the native standby's replication connection each through a proxy.
     log("WAN lag: sender and native standby through the WAN proxy")
@@ -789,8 +893,7 @@ def main():
     log(f"  {results['wan']['lag']}")
     usage_wan = walship.stop()
     stop(proxy_walship)
-    sql(native_port, f"ALTER SYSTEM SET primary_conninfo = 'host=127.0.0.1 port={primary_port} user=postgres "
-                     "application_name=native_replica'")
+    sql(native_port, f"ALTER SYSTEM SET primary_conninfo = '{native_conninfo}'")
     sql(native_port, "SELECT pg_reload_conf()")
     stop(proxy_native)
 
@@ -802,8 +905,7 @@ def main():
     wait_for("both standbys streaming on loopback",
              lambda: try_sql(primary_port, "SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'") == "2",
              60)
-    results["sync"]["plaintext"] = sync_rounds(primary_port, {"none": "", "native": "native_replica",
-                                                              "walship": "walship_bench"}, "plain", walship)
+    results["sync"]["plaintext"] = sync_rounds(primary_port, contenders, "plain", walship, streaming)
     results["streaming_rss"] = {"tls": usage_tls, "wan": usage_wan}
 
     # 4. Promote: both standbys caught up with an idle primary, then each promoted and timed to a first write.
@@ -877,17 +979,23 @@ def verdicts(r):
                   [phase[role]["max_rss_bytes"] for phase in r["streaming_rss"].values()]) / MiB
         row(f"peak RSS MiB, walship {role} (catch-up and streaming) vs pg_receivewal", rss, bar["rss_bytes"] / MiB,
             rss / (bar["rss_bytes"] / MiB), "≤ 64 MiB", rss <= 64)
+    counts = sorted(int(k) for k in r["sync"]["tls"] if k.isdigit())
     for mode in ("tls", "plaintext"):
-        s = r["sync"][mode]
-        ratio = s["walship"]["tps"] / s["native"]["tps"]
-        row(f"sync TPS, walship --sync ({'TLS' if mode == 'tls' else 'plaintext'}) vs native sync standby",
-            s["walship"]["tps"], s["native"]["tps"], ratio, "≥ 0.95×", ratio >= 0.95)
-        row(f"  (no synchronous standby, same block: {s['none']['tps']:.0f} tps)", s["walship"]["tps"],
-            s["none"]["tps"], s["walship"]["tps"] / s["none"]["tps"], "(info)", None)
-    rounds = r["sync"]["tls"]["walship_per_round"]  # one receiver process through all TLS rounds
+        for clients in counts:
+            s = r["sync"][mode][str(clients)]
+            link = "TLS" if mode == "tls" else "plaintext"
+            for name, label in (("walship", "walship + DR standby"), ("walship_without_dr", "walship, DR paused,")):
+                if name not in s:
+                    continue
+                ratio = s[name]["tps"] / s["native"]["tps"]
+                row(f"sync TPS, {clients} client{'s' if clients > 1 else ''}, {link}: {label} vs native",
+                    s[name]["tps"], s["native"]["tps"], ratio, "≥ 0.95×", ratio >= 0.95)
+            row(f"  (no synchronous standby, same block: {s['none']['tps']:.0f} tps)", s["walship"]["tps"],
+                s["none"]["tps"], s["walship"]["tps"] / s["none"]["tps"], "(info)", None)
+    rounds = r["sync"]["tls"][str(counts[-1])]["walship_per_round"]  # one receiver process through all TLS rounds
     first, last = rounds[0]["receiver"]["cpu_ms_per_commit"], rounds[-1]["receiver"]["cpu_ms_per_commit"]
-    row("receiver CPU ms per sync commit (TLS), last round vs first", last, first, last / max(first, 1e-9),
-        "(info)", None)
+    row(f"receiver CPU ms per sync commit (TLS, {counts[-1]} clients), last round vs first", last, first,
+        last / max(first, 1e-9), "(info)", None)
     for label, lag in (("loopback", r["lag"]["loopback"]), ("WAN", r["wan"]["lag"])):
         w, n = lag["walship"], lag["native"]
         for p in ("p50", "p99", "max"):
@@ -962,7 +1070,8 @@ def knobs():
     return {"BENCH_WAL_MB": WAL_MB, "BENCH_WAN_WAL_MB": WAN_WAL_MB, "BENCH_WAN_DELAY_MS": WAN_DELAY_MS,
             "BENCH_WAN_MBIT": WAN_MBIT, "BENCH_SCALE": PGBENCH_SCALE, "BENCH_LAG_SECONDS": LAG_SECONDS,
             "BENCH_LAG_RATE": LAG_RATE, "BENCH_PROBE_INTERVAL_MS": PROBE_INTERVAL * 1000,
-            "BENCH_SYNC_SECONDS": SYNC_SECONDS, "BENCH_SYNC_ROUNDS": SYNC_ROUNDS, "BENCH_SYNC_CLIENTS": SYNC_CLIENTS}
+            "BENCH_SYNC_SECONDS": SYNC_SECONDS, "BENCH_SYNC_ROUNDS": SYNC_ROUNDS, "BENCH_SYNC_CLIENTS": SYNC_CLIENTS,
+            "BENCH_SYNC_NEIGHBOURS": SYNC_NEIGHBOURS}
 
 
 def write_results(results):
