@@ -306,6 +306,12 @@ def pgbench_env(port, **options):
     return env
 
 
+def set_primary_conninfo(port, conninfo):
+    """Points a standby elsewhere without a restart; an empty conninfo stops its walreceiver."""
+    sql(port, f"ALTER SYSTEM SET primary_conninfo = '{conninfo}'")
+    sql(port, "SELECT pg_reload_conf()")
+
+
 def set_sync_standby(port, name):
     sql(port, f"ALTER SYSTEM SET synchronous_standby_names = '{name}'")
     sql(port, "SELECT pg_reload_conf()")
@@ -651,27 +657,28 @@ class Streaming:
         self.on = {"native": True, "walship": True, "dr": True}
 
     def only(self, contender):
-        wanted = set(self.on) if SYNC_NEIGHBOURS else self.NEEDS[contender]
+        self.exactly(set(self.on) if SYNC_NEIGHBOURS else self.NEEDS[contender])
+
+    def all(self):
+        self.exactly(set(self.on))
+
+    def exactly(self, wanted):
         for name in self.on:  # stop first, then start
             if self.on[name] and name not in wanted:
                 self.switch(name, False)
-        for name in ("walship", "dr", "native"):
+        for name in ("walship", "dr", "native"):  # the DR standby streams from the running chain
             if not self.on[name] and name in wanted:
-                self.switch(name, True)
-
-    def all(self):
-        for name in ("walship", "dr", "native"):
-            if not self.on[name]:
                 self.switch(name, True)
 
     def switch(self, name, on):
         self.on[name] = on
-        if name == "walship":
-            self.walship.resume_sender() if on else self.walship.pause_sender()
-        else:
+        if name != "walship":
             port, conninfo = self.standbys[name]
-            sql(port, f"ALTER SYSTEM SET primary_conninfo = '{conninfo if on else ''}'")
-            sql(port, "SELECT pg_reload_conf()")
+            set_primary_conninfo(port, conninfo if on else "")
+        elif on:
+            self.walship.resume_sender()
+        else:
+            self.walship.pause_sender()
         if name == "dr":
             self.wait_for_dr(on)
             return
@@ -883,9 +890,7 @@ def main():
     native_via, proxy_native, _ = start_wan_proxy(primary_port, "proxy-lag-native")
     walship.start_receiver(spool, receiver_port, receiver_status, standby_port=standby_port, tag="receiver-wan")
     walship.start_sender(primary_port, to_port, "walship_bench", sender_status, sync=True, tag="sender-wan")
-    sql(native_port, f"ALTER SYSTEM SET primary_conninfo = 'host=127.0.0.1 port={native_via} user=postgres "
-                     "application_name=native_replica'")
-    sql(native_port, "SELECT pg_reload_conf()")
+    set_primary_conninfo(native_port, f"host=127.0.0.1 port={native_via} user=postgres application_name=native_replica")
     wait_for("both standbys streaming through the proxies",
              lambda: try_sql(native_port, "SELECT 1 FROM pg_stat_wal_receiver WHERE status = 'streaming' "
                                           f"AND conninfo LIKE '%port={native_via}%'") == "1"
@@ -894,8 +899,7 @@ def main():
     log(f"  {results['wan']['lag']}")
     usage_wan = walship.stop()
     stop(proxy_walship)
-    sql(native_port, f"ALTER SYSTEM SET primary_conninfo = '{native_conninfo}'")
-    sql(native_port, "SELECT pg_reload_conf()")
+    set_primary_conninfo(native_port, native_conninfo)
     stop(proxy_native)
 
     log("sync TPS, plaintext link")
