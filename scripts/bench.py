@@ -280,6 +280,11 @@ def start_cluster(pgdata, port, extra_conf=""):
     with open(os.path.join(pgdata, "postgresql.conf"), "a") as f:
         f.write(f"\nport = {port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{workdir}'\n{extra_conf}\n")
     clusters.append(pgdata)
+    restart_cluster(pgdata)
+
+
+def restart_cluster(pgdata):
+    """Starts a configured cluster again (after stop_cluster)."""
     run(AS_POSTGRES + [f"{PG_BINDIR}/pg_ctl", "-D", pgdata, "-l", pgdata + ".log", "-w", "-t", "120", "start"],
         stdout=subprocess.DEVNULL)
 
@@ -642,18 +647,20 @@ def pgbench_tps(port, seconds, tag, clients):
 
 
 class Streaming:
-    """Which standbys stream in a synchronous round: only what the configuration under test needs (the walship
+    """Which standbys run in a synchronous round: only what the configuration under test needs (the walship
     chain with its DR standby, or the native standby; nothing for the round without a synchronous standby).
-    All of them live on this one machine, so a standby streaming beside the one under test would share its
+    All of them live on this one machine, so a standby running beside the one under test would share its
     disk and cores, which two sites do not: the later of two fsyncs on one disk waits for the earlier, and
     the walship chain, three hops from the primary, always fsyncs later than a native standby (ninth round
-    in performance.md)."""
+    in performance.md). A standby that is off is shut down, not only cut off from its upstream: the DR
+    standby's restore_command would otherwise restore the spool's growing segment again every retry
+    interval, 20-40 MB/s of writes on the disk the synchronous standby fsyncs on (tenth round)."""
 
     NEEDS = {"none": set(), "native": {"native"}, "walship": {"walship", "dr"}, "walship_without_dr": {"walship"}}
 
     def __init__(self, primary_port, walship, standbys):
         self.primary_port, self.walship = primary_port, walship
-        self.standbys = standbys  # "native"/"dr": (port, conninfo)
+        self.standbys = standbys  # "native"/"dr": (port, data directory)
         self.on = {"native": True, "walship": True, "dr": True}
 
     def only(self, contender):
@@ -673,8 +680,11 @@ class Streaming:
     def switch(self, name, on):
         self.on[name] = on
         if name != "walship":
-            port, conninfo = self.standbys[name]
-            set_primary_conninfo(port, conninfo if on else "")
+            port, pgdata = self.standbys[name]
+            if on:
+                restart_cluster(pgdata)
+            else:
+                stop_cluster(pgdata, "fast")
         elif on:
             self.walship.resume_sender()
         else:
@@ -873,9 +883,7 @@ def main():
     results["lag"]["loopback"] = probe_lag(primary_port, standbys, LAG_SECONDS, LAG_RATE, "loopback")
     log(f"  {results['lag']['loopback']}")
 
-    streaming = Streaming(primary_port, walship, {
-        "native": (native_port, native_conninfo),
-        "dr": (dr_port, dr_conninfo)})
+    streaming = Streaming(primary_port, walship, {"native": (native_port, native), "dr": (dr_port, dr)})
     contenders = {"none": "", "native": "native_replica", "walship": "walship_bench"}
     if not SYNC_NEIGHBOURS:  # with every standby streaming there is no round without the DR standby
         contenders["walship_without_dr"] = "walship_bench"
@@ -989,7 +997,7 @@ def verdicts(r):
         for clients in counts:
             s = r["sync"][mode][str(clients)]
             link = "TLS" if mode == "tls" else "plaintext"
-            for name, label in (("walship", "walship + DR standby"), ("walship_without_dr", "walship, DR paused,")):
+            for name, label in (("walship", "walship + DR standby"), ("walship_without_dr", "walship, DR standby stopped,")):
                 if name not in s:
                     continue
                 ratio = s[name]["tps"] / s["native"]["tps"]
