@@ -42,6 +42,63 @@ struct RestoreTests {
         #expect(try recovered.sql("SELECT note FROM records WHERE id = -1") == "after recovery")
     }
 
+    /// A standby fed by restore_command alone asks for the in-progress segment again at every retry. What it
+    /// already holds is not written again, the zeros after the WAL are never written, and new WAL still arrives.
+    @Test func anArchiveFedStandbyIsNotRewrittenWhileNothingNewArrives() throws {
+        let fixture = try Fixture("restore-wal-standby")
+        defer { fixture.tearDown() }
+        var topology = try ShipTopology(fixture, spoolOwnedByPostgres: true)
+        try topology.startReceiver()
+        try topology.startSender()
+        try fixture.baseBackup(of: topology.primary, name: "standby")
+        try topology.primary.sql("CREATE TABLE fed (id int PRIMARY KEY)")
+        try topology.primary.sql("INSERT INTO fed SELECT generate_series(1, 1000)")
+        let end = try lsn(topology.primary.sql("SELECT pg_current_wal_lsn()"))!
+        let tail = try topology.primary.sql("SELECT pg_walfile_name(pg_current_wal_lsn())")
+        try waitUntil("the rows to be durable at the receiver", timeout: 60) {
+            let d = try topology.durable()
+            return (d >= end, String(d, radix: 16))
+        }
+        let calls = try fixture.postgresDirectory("calls") + "/restore_command"
+        let standby = try fixture.startCopy(name: "standby", signal: "standby.signal", settings: [
+            "restore_command = 'echo %f >> \(calls); \(IT.walshipBinary) restore-wal --spool \(topology.spool) %f %p'",
+            "wal_retrieve_retry_interval = '100ms'", "hot_standby = on",
+        ])
+        try waitUntil("the standby to replay the rows from the spool", timeout: 120) {
+            let replayed = try standby.sql("SELECT pg_last_wal_replay_lsn()")
+            return ((lsn(replayed) ?? 0) >= end, replayed)
+        }
+        // PostgreSQL keeps what restore_command gave it under the segment's name in pg_wal.
+        let kept = standby.dataDirectory + "/pg_wal/" + tail
+        var first = stat()
+        #expect(stat(kept, &first) == 0, "\(kept) is missing")
+        #expect(Int(first.st_size) == 16 << 20)
+        #expect(Int(first.st_blocks) * 512 < 8 << 20, "the zero tail takes disk blocks: \(Int(first.st_blocks) * 512) bytes")
+        func requests() -> Int {
+            ((try? String(contentsOfFile: calls, encoding: .utf8)) ?? "").split(separator: "\n").filter { $0 == tail }.count
+        }
+        let before = requests()
+        try waitUntil("the standby to ask for \(tail) three more times", timeout: 60) {
+            (requests() >= before + 3, "\(requests() - before) more requests")
+        }
+        var now = stat()
+        #expect(stat(kept, &now) == 0)
+        #expect(now.st_ino == first.st_ino && now.st_mtim.tv_sec == first.st_mtim.tv_sec
+                && now.st_mtim.tv_nsec == first.st_mtim.tv_nsec, "\(tail) was written again with nothing new in it")
+
+        // New WAL in the same segment is served at the next retry.
+        try topology.primary.sql("INSERT INTO fed SELECT generate_series(1001, 1500)")
+        let later = try lsn(topology.primary.sql("SELECT pg_current_wal_lsn()"))!
+        try waitUntil("the new rows to be durable at the receiver", timeout: 60) {
+            let d = try topology.durable()
+            return (d >= later, String(d, radix: 16))
+        }
+        try waitUntil("the standby to replay the new rows", timeout: 60) {
+            let count = try standby.sql("SELECT count(*) FROM fed")
+            return (count == "1500", count)
+        }
+    }
+
     @Test func restoreWALExitCodes() throws {
         let fixture = try Fixture("restore-wal-codes")
         defer { fixture.tearDown() }

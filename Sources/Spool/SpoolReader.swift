@@ -33,14 +33,14 @@ public struct SpoolReader: Sendable {
         walDirectory = root + "/\(chosen)/wal"
     }
 
-    /// The bytes PostgreSQL should get for `name` (a segment or history file name), or nil when the spool
-    /// does not have it. A completed segment is decompressed and must be exactly one segment long. The
-    /// in-progress segment is served only when it is the newest timeline's tail, zero-padded to the full
+    /// The file PostgreSQL should get for `name` (a segment or history file name), or nil when the spool does
+    /// not have it. A completed segment is decompressed and must be exactly one segment long. The in-progress
+    /// segment is served only when it is the newest timeline's tail, its WAL followed by zeros up to the full
     /// segment size: a short file would mean "not yet" to a standby and is fatal in archive recovery.
-    public func contents(of name: String) throws -> [UInt8]? {
+    public func contents(of name: String) throws -> ServedFile? {
         if timeline(ofHistoryFileName: name) != nil {
             let path = walDirectory + "/" + name
-            return FileIO.exists(path) ? try FileIO.readWholeFile(path, maxBytes: 1 << 20) : nil
+            return FileIO.exists(path) ? ServedFile(whole: try FileIO.readWholeFile(path, maxBytes: 1 << 20)) : nil
         }
         guard let segment = SegmentName(name, segmentSize: segmentSize) else { return nil }
         let completed = walDirectory + "/\(name).lz4"
@@ -55,12 +55,12 @@ public struct SpoolReader: Sendable {
             guard wal.count == Int(segmentSize.bytes) else {
                 throw SpoolError(.corrupt, "\(completed) holds \(wal.count) bytes, not a whole segment")
             }
-            return wal
+            return ServedFile(whole: wal)
         }
         // Cheapest test first: PostgreSQL asks for many files that do not exist yet.
         guard FileIO.exists(journalPath(segment)), try segment.timeline == newestTimeline(),
               let wal = try journalWAL(of: segment), !wal.isEmpty else { return nil }
-        return padded(wal)
+        return segmentFile(wal)
     }
 
     /// The WAL a segment's journal (`NAME.partial`) holds, from the segment's start, on any timeline: also
@@ -74,13 +74,9 @@ public struct SpoolReader: Sendable {
 
     private func journalPath(_ segment: SegmentName) -> String { walDirectory + "/\(segment).partial" }
 
-    /// A zeroed segment with `wal` copied in at its start: what PostgreSQL and pg_waldump read as a segment
-    /// whose WAL ends early. Bulk operations: this runs on every restore_command call for the tail.
-    public func padded(_ wal: [UInt8]) -> [UInt8] {
-        var segment = [UInt8](repeating: 0, count: Int(segmentSize.bytes))
-        segment.withUnsafeMutableBytes { target in wal.withUnsafeBytes { target.copyMemory(from: $0) } }
-        return segment
-    }
+    /// A segment whose WAL ends early: `wal` from its start, zeros after it, which is what PostgreSQL and
+    /// pg_waldump read as a segment whose WAL ends there.
+    public func segmentFile(_ wal: [UInt8]) -> ServedFile { ServedFile(bytes: wal, size: Int(segmentSize.bytes)) }
 
     /// The highest timeline the spool knows, from segment and history file names.
     public func newestTimeline() throws -> TimeLineID {

@@ -182,7 +182,7 @@ struct StandbySession {
         var histories: [TimeLineID: [UInt8]] = [:]
         if position.timeline >= 2, let reader = try? SpoolReader(root: server.spool.root, system: system.systemIdentifier) {
             for tli in 2...position.timeline {
-                if let bytes = try? reader.contents(of: historyFileName(timeline: tli)) { histories[tli] = bytes }
+                if let file = try? reader.contents(of: historyFileName(timeline: tli)) { histories[tli] = file.bytes }
             }
         }
         let slots = ((try? StandbyRegistry.list(systemDirectory: system.directory)) ?? [])

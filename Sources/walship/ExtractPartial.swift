@@ -37,8 +37,10 @@ struct ExtractPartial: ParsableCommand {
         guard !FileManager.default.fileExists(atPath: destination) else {
             throw ValidationError("\(destination) exists; choose a new file")
         }
-        guard FileManager.default.createFile(atPath: destination, contents: Data(reader.padded(wal))) else {
-            throw ValidationError("cannot write \(destination)")
+        do {
+            try reader.segmentFile(wal).write(to: destination, exclusive: true, mode: 0o644)
+        } catch {
+            throw ValidationError("cannot write \(destination): \(error)")
         }
         let end = parsed.startLSN.advanced(by: UInt64(wal.count))
         print("wrote \(destination): WAL of timeline \(parsed.timeline) from \(parsed.startLSN) to \(end) (\(wal.count) bytes), zero-padded to \(reader.segmentSize)")

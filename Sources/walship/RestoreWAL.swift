@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import Spool
+import WALCore
 
 struct RestoreWAL: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -8,7 +9,7 @@ struct RestoreWAL: ParsableCommand {
         abstract: "Copy a WAL segment or history file from the spool, for PostgreSQL's restore_command.",
         discussion: """
             restore_command = 'walship restore-wal --spool /var/lib/walship %f %p'
-            Exit status: 0 restored; 1 the spool does not have the file (routine, prints nothing); 126 the spool has the file but it is damaged or unreadable (PostgreSQL then stops recovery rather than ending it early as if the WAL had run out).
+            Exit status: 0 restored; 1 the spool does not have the file, or nothing more of it than the copy already in the destination's directory (routine, prints nothing); 126 the spool has the file but it is damaged or unreadable (PostgreSQL then stops recovery rather than ending it early as if the WAL had run out).
             """)
 
     @OptionGroup var selection: SpoolSelection
@@ -20,18 +21,26 @@ struct RestoreWAL: ParsableCommand {
     var destination: String
 
     func run() throws {
-        let bytes: [UInt8]?
+        let file: ServedFile?
         do {
-            bytes = try selection.reader().contents(of: fileName)
+            file = try selection.reader().contents(of: fileName)
         } catch {
             FileHandle.standardError.write(Data("walship restore-wal: error: \(error)\n".utf8))
             throw ExitCode(126)
         }
-        guard let bytes else { throw ExitCode(1) }
+        guard let file else { throw ExitCode(1) }
+        // A standby whose stream is down asks for the in-progress segment again at every retry
+        // (wal_retrieve_retry_interval). When pg_wal, where %p lies, already holds the segment with all the WAL
+        // the spool has of it (restored at an earlier retry and kept by PostgreSQL, or streamed), there is nothing
+        // new: PostgreSQL reads its own copy when restore_command has none, and the copy is not written again.
+        let held = (destination as NSString).deletingLastPathComponent
+        if timeline(ofHistoryFileName: fileName) == nil, file.isHeld(by: held.isEmpty ? fileName : held + "/" + fileName) {
+            throw ExitCode(1)
+        }
         // Written beside the destination and renamed, so PostgreSQL never sees a half-written file.
         let temporary = destination + ".walship-partial"
         do {
-            try Data(bytes).write(to: URL(fileURLWithPath: temporary))
+            try file.write(to: temporary)
             guard rename(temporary, destination) == 0 else {
                 throw CocoaError(.fileWriteUnknown, userInfo: [NSFilePathErrorKey: destination])
             }

@@ -15,11 +15,11 @@ import WALTestSupport
         try append(system, seg1 + seg2, at: size.startLSN(ofSegment: 1))
         try system.sync()
         let reader = try SpoolReader(root: temp.root, system: nil)
-        #expect(try reader.contents(of: "000000010000000000000001") == seg1)
+        #expect(try reader.contents(of: "000000010000000000000001") == ServedFile(whole: seg1))
         let tail = try #require(try reader.contents(of: "000000010000000000000002"))
-        #expect(tail.count == Int(size.bytes))
-        #expect(Array(tail[0..<70_000]) == seg2)
-        #expect(tail[70_000...].allSatisfy { $0 == 0 })
+        #expect(tail.size == Int(size.bytes) && tail.isPadded)
+        #expect(tail.bytes == seg2)
+        #expect(tail.contents.count == Int(size.bytes) && tail.contents[70_000...].allSatisfy { $0 == 0 })
         #expect(try reader.contents(of: "000000010000000000000003") == nil)
         #expect(try reader.contents(of: "000000010000000000000002.partial") == nil)
         #expect(try reader.contents(of: "00000002.history") == nil)
@@ -35,7 +35,7 @@ import WALTestSupport
         let reader = try SpoolReader(root: temp.root, system: TestWAL.sysid)
         #expect(try reader.newestTimeline() == 2)
         #expect(try reader.contents(of: "000000010000000000000004") == nil)
-        #expect(try reader.contents(of: "00000002.history") == Array("1\t0/430000\tno recovery target specified\n".utf8))
+        #expect(try reader.contents(of: "00000002.history") == ServedFile(whole: Array("1\t0/430000\tno recovery target specified\n".utf8)))
     }
 
     @Test func damagedSegmentIsAnErrorNotAbsence() throws {

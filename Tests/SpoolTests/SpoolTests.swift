@@ -332,7 +332,7 @@ func append(_ system: SystemSpool, _ bytes: [UInt8], at lsn: LSN, timeline: Time
         #expect(try temp.files() == ["000000010000000000000003.partial", "00000002.history", "000000020000000000000003.partial"])
         let reader = try SpoolReader(root: temp.root, system: nil)
         #expect(try reader.contents(of: "000000010000000000000003") == nil)
-        #expect(try reader.contents(of: "000000020000000000000003")?.count == Int(size.bytes))
+        #expect(try reader.contents(of: "000000020000000000000003")?.size == Int(size.bytes))
         // What was kept aside can still be read out (walship extract-partial).
         let aside = try reader.journalWAL(of: SegmentName(timeline: 1, number: 3, segmentSize: size))
         #expect(aside == Array(TestWAL.segment(3, count: 300_000)))
