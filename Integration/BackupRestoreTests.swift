@@ -64,6 +64,28 @@ struct BackupRestoreTests {
         #expect(try copy.sql("SELECT count(*) FROM visits") == "1000")
     }
 
+    /// A backup that takes longer than the link timeout (over a slow link here; a large database anywhere)
+    /// completes: each end hears from the other at the keepalive interval all along.
+    @Test func aBackupLongerThanTheLinkTimeoutCompletes() throws {
+        let fixture = try Fixture("backup-long")
+        defer { fixture.tearDown() }
+        var topology = try ShipTopology(fixture, spoolOwnedByPostgres: true)
+        try topology.startReceiver(linkTimeout: 5)
+        try topology.startSender()
+        try topology.primary.pgbench(["-i", "-s", "2", "-q"])
+        let proxyPort = try fixture.slowLink(to: topology.receiverPort, mbit: 4)
+        let started = Date()
+        let backup = try run(IT.walshipBinary, ["backup", "--source", topology.primary.conninfo, "--to", "127.0.0.1:\(proxyPort)",
+                                                "--link-timeout", "5"] + topology.linkArguments("sender"), timeout: 300, check: false)
+        let seconds = Date().timeIntervalSince(started)
+        #expect(backup.status == 0, "\(backup.error)")
+        #expect(backup.output.contains("complete"), "\(backup.output)")
+        #expect(seconds > 10, "the backup took \(seconds) s, not twice the link timeout: this test would not show a timeout")
+        let listing = try run(IT.walshipBinary, ["backups", "--spool", topology.spool, "--json"])
+        let backups = try #require(try JSONSerialization.jsonObject(with: Data(listing.output.utf8)) as? [[String: Any]])
+        #expect(backups.first?["status"] as? String == "complete")
+    }
+
     @Test func restoreRefusesClearly() throws {
         let fixture = try Fixture("restore-refusals")
         defer { fixture.tearDown() }

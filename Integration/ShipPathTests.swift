@@ -216,13 +216,8 @@ struct ShipPathTests {
         _ = try topology.primary.sql("CHECKPOINT")
         try topology.primary.pgbench(["-T", "8", "-c", "4", "-j", "2"])
         let end = try #require(lsn(try topology.primary.sql("SELECT pg_current_wal_lsn()")))
-        // A 16 Mbit/s link with a short queue, so the socket takes frames at the link's pace.
-        let proxyPort = IT.freePort()
-        _ = try fixture.daemon("wan-proxy", "/usr/bin/python3", [IT.repositoryRoot + "/scripts/wan-proxy.py", "\(proxyPort)",
-                                                                 "\(topology.receiverPort)", "--delay-ms", "5", "--mbit", "16",
-                                                                 "--queue-kib", "256"])
-        topology.senderTargetPort = proxyPort
         try topology.startReceiver()
+        topology.senderTargetPort = try fixture.slowLink(to: topology.receiverPort)
         try topology.startSender()
         try waitUntil("the receiver to hold the backlog durably", timeout: 180) {
             (try topology.durable() >= end, "durable=\(String(try topology.durable(), radix: 16)) end=\(String(end, radix: 16))")

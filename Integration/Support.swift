@@ -55,6 +55,17 @@ enum IT {
         return path
     }()
 
+    /// Whether a socket listens on `port` (IPv4), from /proc/net/tcp: without connecting, which a proxy would pass
+    /// on to its target as a connection that ends at once.
+    static func listening(port: Int) -> Bool {
+        let table = (try? String(contentsOfFile: "/proc/net/tcp", encoding: .utf8)) ?? ""
+        let local = String(format: ":%04X", port)
+        return table.split(separator: "\n").dropFirst().contains { line in
+            let fields = line.split(separator: " ")
+            return fields.count > 3 && fields[1].hasSuffix(local) && fields[3] == "0A"  // TCP_LISTEN
+        }
+    }
+
     static func freePort() -> Int {
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         defer { close(fd) }
@@ -367,6 +378,16 @@ final class Fixture {
         let d = try Daemon(name: name, executable: executable, arguments: arguments, logDirectory: logDirectory)
         daemons.append(d)
         return d
+    }
+
+    /// A WAN-like link to `target` (scripts/wan-proxy.py: `mbit` each way, 5 ms delay, a short queue so that a
+    /// socket writing into it is taken at the link's pace); returns the port to connect to once it listens.
+    func slowLink(to target: Int, mbit: Int = 16) throws -> Int {
+        let port = IT.freePort()
+        let proxy = try daemon("wan-proxy", "/usr/bin/python3", [IT.repositoryRoot + "/scripts/wan-proxy.py", "\(port)", "\(target)",
+                                                                "--delay-ms", "5", "--mbit", "\(mbit)", "--queue-kib", "256"])
+        try waitUntil("the WAN proxy to listen on \(port)", timeout: 30) { (IT.listening(port: port), proxy.log) }
+        return port
     }
 
     /// Copies server logs next to the walship logs, then stops everything and removes the data.

@@ -359,6 +359,25 @@ public final class Receiver: Sendable {
         let position = system.position
         try await outbound.write(.welcome(Welcome(resumeLSN: position.durable, resumeTimeline: position.timeline,
                                                   receiverName: config.name)))
+        // While the data arrives, and while it is fsynced, this end has nothing to say; a backup takes far longer
+        // than the link timeout, so an ack goes back at the keepalive interval to show the sender this end is alive
+        // (an ack is what any walship backup accepts here). Sent from its own task: an answer to the sender's
+        // keepalives would queue behind the data, and not come at all during a long fsync.
+        let interval = Duration.seconds(max(1, config.linkTimeout.components.seconds / 6))
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask {
+                while true {
+                    try await Task.sleep(for: interval)
+                    try await outbound.write(.ack(self.ack(for: system, at: system.position)))
+                }
+            }
+            defer { group.cancelAll() }
+            try await storeBackup(system: system, iterator: iterator, outbound: outbound, logger: logger)
+        }
+    }
+
+    private func storeBackup(system: SystemSpool, iterator: NIOAsyncChannelInboundStream<ShipMessage>.AsyncIterator,
+                             outbound: NIOAsyncChannelOutboundWriter<ShipMessage>, logger: Logger) async throws {
         var iterator = iterator
         var writer: BackupWriter?
         defer { writer?.abort() }

@@ -81,6 +81,9 @@ public struct BackupShipper: Sendable {
                     channel: channel.channel,
                     workers: [
                         {
+                            // Keepalives for the whole link, not only once the data is sent: BASE_BACKUP's checkpoint
+                            // may keep the data from starting for longer than the receiver's link timeout.
+                            async let keepalives: Void = keepAlive(outbound)
                             // BASE_BACKUP runs on the connection's thread while this task ships what it produces.
                             async let produced: Void = session.baseBackup(label: label, gate: gate, source: source)
                             let allocator = ByteBufferAllocator()
@@ -106,12 +109,8 @@ public struct BackupShipper: Sendable {
                                 }
                             }
                             try await produced
-                            // Keep the link alive while the receiver waits for the stream to bring the WAL.
-                            while true {
-                                try await Task.sleep(for: .seconds(max(1, linkTimeout.components.seconds / 6)))
-                                try await outbound.write(.keepalive(Keepalive(primaryEndLSN: .invalid, sendTime: .now(),
-                                                                              replyRequested: false)))
-                            }
+                            // The receiver now waits for the stream to bring the WAL; the keepalives go on.
+                            try await keepalives
                         },
                     ],
                     reader: {
@@ -139,6 +138,16 @@ public struct BackupShipper: Sendable {
                 if let outcome = state.withLock({ $0.outcome }) { return outcome }
                 throw error
             }
+        }
+    }
+}
+
+extension BackupShipper {
+    /// A keepalive every sixth of the link timeout until cancelled.
+    func keepAlive(_ outbound: NIOAsyncChannelOutboundWriter<ShipMessage>) async throws {
+        while true {
+            try await Task.sleep(for: .seconds(max(1, linkTimeout.components.seconds / 6)))
+            try await outbound.write(.keepalive(Keepalive(primaryEndLSN: .invalid, sendTime: .now(), replyRequested: false)))
         }
     }
 }
