@@ -64,6 +64,35 @@ struct BackupRestoreTests {
         #expect(try copy.sql("SELECT count(*) FROM visits") == "1000")
     }
 
+    /// `--compression high` sends every piece of the backup LZ4HC (`auto`, the default, does so only while pieces
+    /// queue behind a link slower than the sender: the compression policy's tests and the slow-link WAL test cover
+    /// that), and the stored backup restores to files that match the backup's manifest.
+    @Test func aBackupCompressedHarderRestoresExactly() throws {
+        let fixture = try Fixture("backup-high")
+        defer { fixture.tearDown() }
+        var topology = try ShipTopology(fixture, spoolOwnedByPostgres: true)
+        try topology.startReceiver()
+        try topology.startSender()
+        try topology.primary.pgbench(["-i", "-s", "2", "-q"])
+        let arguments = ["backup", "--source", topology.primary.conninfo, "--to", "127.0.0.1:\(topology.receiverPort)"]
+            + topology.linkArguments("sender")
+        let refused = try run(IT.walshipBinary, arguments + ["--compression", "best"], check: false)
+        #expect(refused.status != 0 && refused.error.contains("--compression must be auto, fast or high, not \"best\""),
+                "\(refused.error)")
+        let backup = try run(IT.walshipBinary, arguments + ["--compression", "high"], timeout: 300, check: false)
+        #expect(backup.status == 0, "\(backup.error)")
+        let counts = backup.output.firstMatch(of: /sent as .+ \((\d+) of (\d+) pieces LZ4HC\)/)
+        let high = counts.flatMap { Int($0.1) } ?? -1
+        let pieces = counts.flatMap { Int($0.2) } ?? 0
+        #expect(pieces > 0 && high == pieces, "\(backup.output)")
+
+        let copy = fixture.directory + "/copy"
+        let restored = try run(IT.walshipBinary, ["restore", "--spool", topology.spool, "--pgdata", copy], check: false)
+        #expect(restored.status == 0, "\(restored.error)")
+        let verify = try run(topology.primary.bin + "/pg_verifybackup", ["-n", copy], asPostgres: true, check: false)
+        #expect(verify.status == 0, "pg_verifybackup: \(verify.error)\(verify.output)")
+    }
+
     /// A backup that takes longer than the link timeout (over a slow link here; a large database anywhere)
     /// completes: each end hears from the other at the keepalive interval all along.
     @Test func aBackupLongerThanTheLinkTimeoutCompletes() throws {

@@ -295,8 +295,9 @@ public struct BackupData: Hashable, Sendable {
         self.payload = payload
     }
 
-    public static func make(part: Part, bytes: ByteBuffer, allocator: ByteBufferAllocator = ByteBufferAllocator()) -> BackupData {
-        let packed = FramePayload.pack(bytes, allocator: allocator)
+    public static func make(part: Part, bytes: ByteBuffer, allocator: ByteBufferAllocator = ByteBufferAllocator(),
+                            effort: CompressionEffort = .fast) -> BackupData {
+        let packed = FramePayload.pack(bytes, allocator: allocator, effort: effort)
         return BackupData(part: part, compression: packed.compression, uncompressedLength: UInt32(bytes.readableBytes),
                           payload: packed.payload)
     }

@@ -27,11 +27,17 @@ struct Backup: AsyncParsableCommand {
     @Option(help: "Label recorded in the backup.")
     var label = "walship base backup"
 
+    @Option(help: ArgumentHelp("How hard the data directory is compressed for the link: auto (LZ4HC, about a tenth fewer bytes at several times the CPU, only while pieces queue behind a link slower than this machine compresses; fast LZ4 otherwise), fast or high.", valueName: "auto|fast|high"))
+    var compression = "auto"
+
     @OptionGroup var link: LinkOptions
     @OptionGroup var notice: NoticeOptions
     @OptionGroup var logging: LoggingOptions
 
-    func validate() throws { _ = try parseEndpoint(to, option: "--to") }
+    func validate() throws {
+        _ = try parseEndpoint(to, option: "--to")
+        _ = try compressionMode(compression)
+    }
 
     func run() async throws {
         let logger = logging.bootstrap(label: "walship.backup")
@@ -41,11 +47,13 @@ struct Backup: AsyncParsableCommand {
             var shipper = BackupShipper(source: try Conninfo(source), receiverHost: receiver.host, receiverPort: receiver.port,
                                         label: label, logger: logger)
             shipper.linkTimeout = .seconds(link.linkTimeout)
+            shipper.compression = try compressionMode(compression)
             shipper.tls = try link.tlsFiles.map { ClientTLS(context: try $0.clientContext(), serverName: nil) }
             let display = ProgressDisplay(terminal: isatty(STDOUT_FILENO) == 1)
             let outcome = try await shipper.run { display.show($0) }
             display.finish()
             let message = "backup \(outcome.id) complete: start \(outcome.start), stop \(outcome.stop), \(formatBytes(outcome.archiveBytes)) of data directory"
+                + " sent as \(formatBytes(outcome.compressedBytes)) (\(outcome.highCompressionPieces) of \(outcome.pieces) pieces LZ4HC)"
             print(message)
             await StatusMonitor.notice(.success, condition: "backup", role: "backup", system: nil, message: message,
                                        details: ["backup": outcome.id, "stop_lsn": outcome.stop.description], notifier: notice.notifier("walship.backup"))

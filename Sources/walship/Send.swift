@@ -67,9 +67,7 @@ struct Send: AsyncParsableCommand {
         guard !slot.isEmpty, slot.allSatisfy({ $0.isLetter && $0.isLowercase || $0.isNumber || $0 == "_" }), slot.first?.isNumber == false else {
             throw ValidationError("--slot \"\(slot)\" is not a valid slot name (lower-case letters, digits and underscores)")
         }
-        guard CompressionPolicy.Mode(rawValue: compression) != nil else {
-            throw ValidationError("--compression must be auto, fast or high, not \"\(compression)\"")
-        }
+        _ = try compressionMode(compression)
         let policy: ReceiverLossPolicy
         do { policy = try ReceiverLossPolicy(parsing: onReceiverLoss) } catch { throw ValidationError("--on-receiver-loss: \(error)") }
         if case .degradeAfter = policy {
@@ -95,7 +93,7 @@ struct Send: AsyncParsableCommand {
         configuration.maxBackoff = .seconds(max(1, retryMaxSeconds))
         configuration.receiverLoss = try ReceiverLossPolicy(parsing: onReceiverLoss)
         configuration.bufferDirectory = bufferDir
-        configuration.compression = CompressionPolicy.Mode(rawValue: compression) ?? .auto
+        configuration.compression = try compressionMode(compression)
         do {
             configuration.tls = try link.tlsFiles.map { ClientTLS(context: try $0.clientContext(), serverName: tlsServerName) }
         } catch {
@@ -111,4 +109,12 @@ struct Send: AsyncParsableCommand {
             try await sender.run()
         }
     }
+}
+
+/// `--compression` of send and backup.
+func compressionMode(_ text: String) throws -> CompressionPolicy.Mode {
+    guard let mode = CompressionPolicy.Mode(rawValue: text) else {
+        throw ValidationError("--compression must be auto, fast or high, not \"\(text)\"")
+    }
+    return mode
 }
