@@ -12,6 +12,64 @@ struct TLSTests {
         return directory
     }
 
+    /// Certificates close to their end raise certificate_expiry at both ends; walship certs renew issues new ones
+    /// from the same CA, and each end changes over on its own restart while the other still has the old pair.
+    @Test func certificatesAreRenewedOneEndAtATime() throws {
+        let fixture = try Fixture("tls-renew")
+        defer { fixture.tearDown() }
+        let issued = try certs(fixture, "issued", ["--days", "10"])
+        // The DR site's copy: ca.crt, receiver.crt and receiver.key, as the runbook has them copied.
+        let drSite = fixture.directory + "/dr-site"
+        try FileManager.default.createDirectory(atPath: drSite, withIntermediateDirectories: true)
+        func copyToDRSite() throws {
+            for name in ["ca.crt", "receiver.crt", "receiver.key"] {
+                try? FileManager.default.removeItem(atPath: drSite + "/" + name)
+                try FileManager.default.copyItem(atPath: issued + "/" + name, toPath: drSite + "/" + name)
+            }
+        }
+        try copyToDRSite()
+        var topology = try ShipTopology(fixture)
+        topology.linkArguments = { tlsArguments($0 == "receiver" ? drSite : issued, $0) }
+        try topology.startReceiver()
+        try topology.startSender()
+
+        func expiryAlert(_ port: Int) throws -> [String: Any]? {
+            let alerts = try fetchStatus(port: port)["alerts"] as? [[String: Any]] ?? []
+            return alerts.first { $0["condition"] as? String == "certificate_expiry" }
+        }
+        for (end, port) in [("sender", topology.senderStatusPort), ("receiver", topology.receiverStatusPort)] {
+            try waitUntil("the \(end) to warn of its certificate's end", timeout: 30) {
+                let alert = try expiryAlert(port)
+                return (alert?["severity"] as? String == "warning", "\(alert ?? [:])")
+            }
+            let certificates = try fetchStatus(port: port)["certificates"] as? [[String: Any]] ?? []
+            #expect(Set(certificates.compactMap { $0["use"] as? String }) == ["link", "link CA"], "\(certificates)")
+        }
+
+        let renewed = try run(IT.walshipBinary, ["certs", "renew", issued])
+        #expect(renewed.output.contains("the replaced files are in \(issued)/replaced-"), "\(renewed.output)")
+        func shipped(_ what: String) throws {
+            try topology.primary.sql("CREATE TABLE IF NOT EXISTS renewal (step text); INSERT INTO renewal VALUES ('\(what)')")
+            let target = try lsn(topology.primary.sql("SELECT pg_current_wal_lsn()"))!
+            try waitUntil("WAL after \(what) to be durable", timeout: 60) {
+                let durable = try topology.durable()
+                return (durable >= target, String(durable, radix: 16))
+            }
+        }
+        // The sender changes over first: its new certificate against the receiver's old one, one CA behind both.
+        topology.sender?.stop()
+        try topology.startSender()
+        try shipped("the sender renewed")
+        #expect(try expiryAlert(topology.senderStatusPort) == nil)
+        // Then the DR site.
+        try copyToDRSite()
+        topology.receiver?.stop()
+        try topology.startReceiver()
+        try topology.waitUntilStreaming()
+        try shipped("the receiver renewed")
+        #expect(try expiryAlert(topology.receiverStatusPort) == nil)
+    }
+
     @Test func mutualTLSAdmitsOnlyTheRightPeer() throws {
         let fixture = try Fixture("tls")
         defer { fixture.tearDown() }

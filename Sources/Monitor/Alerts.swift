@@ -162,15 +162,19 @@ public struct AlertThresholds: Sendable, Equatable {
     public var spoolFreePercent: Double?
     public var memoryMB: Double?
     public var slotRetainedBytes: Int64?
+    /// Days before a certificate of this process expires that `certificate_expiry` fires.
+    public var certificateDays: Double?
 
     public init(lagSeconds: Double? = nil, lagBytes: UInt64? = nil, disconnectSeconds: Double? = nil,
-                spoolFreePercent: Double? = nil, memoryMB: Double? = nil, slotRetainedBytes: Int64? = nil) {
+                spoolFreePercent: Double? = nil, memoryMB: Double? = nil, slotRetainedBytes: Int64? = nil,
+                certificateDays: Double? = nil) {
         self.lagSeconds = lagSeconds
         self.lagBytes = lagBytes
         self.disconnectSeconds = disconnectSeconds
         self.spoolFreePercent = spoolFreePercent
         self.memoryMB = memoryMB
         self.slotRetainedBytes = slotRetainedBytes
+        self.certificateDays = certificateDays
     }
 }
 
@@ -186,6 +190,17 @@ public enum AlertRules {
             out.append(.init(condition: "memory", firing: mb > limit,
                              message: "walship \(status.role) uses \(format(mb)) MB of memory (alert above \(format(limit)) MB)",
                              value: mb, threshold: limit))
+        }
+        // The certificate that expires first: once one has, a link or the standby endpoint stops working.
+        if let days = t.certificateDays, let first = status.certificates?.min(by: { $0.notValidAfter < $1.notValidAfter }) {
+            let left = first.notValidAfter.timeIntervalSince(now) / 86400
+            let expired = left <= 0
+            out.append(.init(condition: "certificate_expiry", firing: left < days, severity: left < 7 ? .critical : .warning,
+                             message: left >= days
+                                ? "the TLS certificates are valid for \(format(left)) more days"
+                                : "the \(first.use) certificate \(first.path) (\(first.subject)) \(expired ? "expired" : "expires") at \(formatISO8601(first.notValidAfter))"
+                                    + (expired ? "" : ", in \(format(left)) days") + " (hint: walship certs renew, then restart each end in turn; docs/security.md)",
+                             value: left, threshold: days))
         }
         switch status.role {
         case "receiver":

@@ -27,6 +27,10 @@ public final class MetricsPublisher: Sendable {
         gauge("walship_start_time_seconds", ["role": s.role], s.process.startedAt.timeIntervalSince1970)
         if let rss = s.process.residentMemoryBytes { gauge("walship_resident_memory_bytes", ["role": s.role], Double(rss)) }
         gauge("walship_health_status", ["role": s.role], Double(HealthCheck.Code(label: s.health.status).rawValue))
+        for certificate in s.certificates ?? [] {
+            gauge("walship_tls_certificate_expiry_timestamp_seconds", ["use": certificate.use, "path": certificate.path],
+                  certificate.notValidAfter.timeIntervalSince1970)
+        }
         for alert in s.alerts {
             gauge("walship_alert_active", ["condition": alert.condition, "system": alert.system ?? ""], 1)
         }

@@ -26,6 +26,8 @@ public struct StatusDocument: Codable, Sendable, Equatable {
     public var sender: SenderDetails?
     /// Receiver only.
     public var receiver: ReceiverDetails?
+    /// The TLS certificates this process uses (read at its start), with their expiry. Absent without TLS.
+    public var certificates: [CertificateStatus]?
 
     public init(role: String, version: String, host: String, generatedAt: Date, process: ProcessStatus, state: String,
                 stateSince: Date, lastError: String? = nil, health: Health = Health(), alerts: [ActiveAlert] = [],
@@ -45,6 +47,20 @@ public struct StatusDocument: Codable, Sendable, Equatable {
         self.spool = spool
         self.sender = sender
         self.receiver = receiver
+    }
+
+    public struct CertificateStatus: Codable, Sendable, Equatable {
+        /// "link" (--tls-cert), "link CA" (--tls-ca), "standby endpoint" (--standby-tls-cert).
+        public var use: String
+        public var path: String
+        public var subject: String
+        public var notValidAfter: Date
+        public init(use: String, path: String, subject: String, notValidAfter: Date) {
+            self.use = use
+            self.path = path
+            self.subject = subject
+            self.notValidAfter = notValidAfter
+        }
     }
 
     public struct ProcessStatus: Codable, Sendable, Equatable {

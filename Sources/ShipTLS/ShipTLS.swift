@@ -167,26 +167,31 @@ public func certificateName(_ certificate: NIOSSLCertificate) -> String? {
     return nil
 }
 
-/// `walship certs init`: a small CA and one key pair for each end of the link.
+/// `walship certs init`: a small CA and one key pair for each end of the link; `walship certs renew`: new key
+/// pairs for both ends from the same CA, so each end can change over on its own.
 public enum CertificateAuthority {
     public struct Created: Sendable {
         public var files: [String]
+        /// When the new certificates stop being valid (`renew`: never after the CA).
+        public var notValidAfter: Date
+        /// `renew`: the directory the replaced certificates and keys were moved to.
+        public var replaced: String?
     }
+
+    static let leafFiles = ["receiver.crt", "receiver.key", "sender.crt", "sender.key"]
 
     /// Writes ca.crt, ca.key, receiver.crt, receiver.key, sender.crt, sender.key into `directory`, all 0600.
     /// `receiverNames` go into the receiver certificate's subject alternative names (DNS names or IP
-    /// addresses: what senders connect to).
+    /// addresses: what senders connect to). The CA outlives the certificates (`caValidDays`), so that they can
+    /// be renewed from it (`renew`) one end at a time.
     public static func create(in directory: String, receiverNames: [String], senderName: String, validDays: Int,
-                              now: Date = Date()) throws -> Created {
+                              caValidDays: Int? = nil, now: Date = Date()) throws -> Created {
         let fm = FileManager.default
         try fm.createDirectory(atPath: directory, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
-        let names = ["ca.crt", "ca.key", "receiver.crt", "receiver.key", "sender.crt", "sender.key"]
-        if let existing = names.first(where: { fm.fileExists(atPath: directory + "/" + $0) }) {
-            throw TLSSetupError("\(directory)/\(existing) exists; walship certs init never overwrites keys (hint: choose an empty directory)")
+        if let existing = (["ca.crt", "ca.key"] + leafFiles).first(where: { fm.fileExists(atPath: directory + "/" + $0) }) {
+            throw TLSSetupError("\(directory)/\(existing) exists; walship certs init never overwrites keys (hint: choose an empty directory; walship certs renew makes new certificates from an existing CA)")
         }
         let notBefore = now.addingTimeInterval(-300)
-        let notAfter = now.addingTimeInterval(Double(validDays) * 86400)
-
         let caKey = P256.Signing.PrivateKey()
         let caName = try DistinguishedName {
             OrganizationName("walship")
@@ -194,53 +199,137 @@ public enum CertificateAuthority {
         }
         let ca = try Certificate(
             version: .v3, serialNumber: .init(), publicKey: .init(caKey.publicKey), notValidBefore: notBefore,
-            notValidAfter: notAfter, issuer: caName, subject: caName, signatureAlgorithm: .ecdsaWithSHA256,
+            notValidAfter: now.addingTimeInterval(Double(max(caValidDays ?? validDays, validDays)) * 86400),
+            issuer: caName, subject: caName, signatureAlgorithm: .ecdsaWithSHA256,
             extensions: try Certificate.Extensions {
                 Critical(BasicConstraints.isCertificateAuthority(maxPathLength: 0))
                 Critical(KeyUsage(keyCertSign: true, cRLSign: true))
                 SubjectKeyIdentifier(hash: .init(caKey.publicKey))
             },
             issuerPrivateKey: .init(caKey))
+        let issuer = Issuer(certificate: ca, key: .init(caKey))
+        let notAfter = now.addingTimeInterval(Double(validDays) * 86400)
+        let receiver = try issuer.leaf(subject: try name(receiverNames.first ?? "walship-receiver"), usage: .serverAuth,
+                                       alternativeNames: SubjectAlternativeNames(receiverNames.map(generalName)),
+                                       notBefore: notBefore, notAfter: notAfter)
+        let sender = try issuer.leaf(subject: try name(senderName), usage: .clientAuth,
+                                     alternativeNames: SubjectAlternativeNames([.dnsName(senderName)]),
+                                     notBefore: notBefore, notAfter: notAfter)
+        var written: [String] = []
+        try write(try ca.serializeAsPEM().pemString + "\n", to: directory + "/ca.crt", into: &written)
+        try write(caKey.pemRepresentation + "\n", to: directory + "/ca.key", into: &written)
+        try writeLeaves(receiver: receiver, sender: sender, in: directory, into: &written)
+        return Created(files: written, notValidAfter: notAfter, replaced: nil)
+    }
 
-        func leaf(_ commonName: String, usage: ExtendedKeyUsage.Usage, alternativeNames: [GeneralName]) throws -> (Certificate, P256.Signing.PrivateKey) {
-            let key = P256.Signing.PrivateKey()
-            let certificate = try Certificate(
-                version: .v3, serialNumber: .init(), publicKey: .init(key.publicKey), notValidBefore: notBefore,
-                notValidAfter: notAfter, issuer: caName,
-                subject: try DistinguishedName {
-                    OrganizationName("walship")
-                    CommonName(commonName)
-                },
-                signatureAlgorithm: .ecdsaWithSHA256,
+    /// New key pairs for both ends, signed by the CA in `directory` (its ca.crt and ca.key), with the names and
+    /// uses of the certificates they replace; those, with their keys, move to `directory/replaced-<time>/`.
+    /// Valid `validDays`, but never beyond the CA. A CA that expires within `minimumDays` is refused: only a new
+    /// CA (certs init) helps then, and both ends must change over to it together.
+    public static func renew(in directory: String, validDays: Int, minimumDays: Int = 30, now: Date = Date()) throws -> Created {
+        func read(_ name: String) throws -> String {
+            let path = directory + "/" + name
+            guard let data = FileManager.default.contents(atPath: path) else {
+                throw TLSSetupError("cannot read \(path) (hint: give the directory walship certs init wrote, with ca.key)")
+            }
+            return String(decoding: data, as: UTF8.self)
+        }
+        func certificate(_ name: String) throws -> Certificate {
+            do { return try Certificate(pemEncoded: try read(name)) } catch let error as TLSSetupError { throw error } catch {
+                throw TLSSetupError("\(directory)/\(name) is not a PEM certificate")
+            }
+        }
+        let ca = try certificate("ca.crt")
+        let caKey: Certificate.PrivateKey
+        do { caKey = try Certificate.PrivateKey(pemEncoded: try read("ca.key")) } catch let error as TLSSetupError { throw error } catch {
+            throw TLSSetupError("\(directory)/ca.key is not a PEM private key")
+        }
+        guard caKey.publicKey == ca.publicKey else {
+            throw TLSSetupError("\(directory)/ca.key is not the key of \(directory)/ca.crt")
+        }
+        guard ca.notValidAfter.timeIntervalSince(now) >= Double(minimumDays) * 86400 else {
+            throw TLSSetupError("the CA in \(directory)/ca.crt \(ca.notValidAfter < now ? "expired" : "expires") at \(ca.notValidAfter); certificates renewed from it would not last (hint: walship certs init makes a new CA; both ends then change over together)")
+        }
+        let oldReceiver = try certificate("receiver.crt")
+        let oldSender = try certificate("sender.crt")
+        for (name, old) in [("receiver.crt", oldReceiver), ("sender.crt", oldSender)] {
+            guard old.issuer == ca.subject, ca.publicKey.isValidSignature(old.signature, for: old) else {
+                throw TLSSetupError("\(directory)/\(name) was not issued by \(directory)/ca.crt; renew only what this CA signed")
+            }
+        }
+        let notBefore = now.addingTimeInterval(-300)
+        let notAfter = min(now.addingTimeInterval(Double(validDays) * 86400), ca.notValidAfter)
+        let issuer = Issuer(certificate: ca, key: caKey)
+        let receiver = try issuer.leaf(subject: oldReceiver.subject, usage: .serverAuth,
+                                       alternativeNames: try oldReceiver.extensions.subjectAlternativeNames ?? SubjectAlternativeNames([]),
+                                       notBefore: notBefore, notAfter: notAfter)
+        let sender = try issuer.leaf(subject: oldSender.subject, usage: .clientAuth,
+                                     alternativeNames: try oldSender.extensions.subjectAlternativeNames ?? SubjectAlternativeNames([]),
+                                     notBefore: notBefore, notAfter: notAfter)
+
+        let formatter = DateFormatter()
+        formatter.locale = Locale(identifier: "en_US_POSIX")
+        formatter.timeZone = TimeZone(identifier: "UTC")
+        formatter.dateFormat = "yyyyMMdd'T'HHmmss'Z'"
+        let replaced = directory + "/replaced-" + formatter.string(from: now)
+        let fm = FileManager.default
+        do {
+            try fm.createDirectory(atPath: replaced, withIntermediateDirectories: false, attributes: [.posixPermissions: 0o700])
+            for name in leafFiles where fm.fileExists(atPath: directory + "/" + name) {
+                try fm.moveItem(atPath: directory + "/" + name, toPath: replaced + "/" + name)
+            }
+        } catch {
+            throw TLSSetupError("cannot move the old certificates to \(replaced): \(error)")
+        }
+        var written: [String] = []
+        try writeLeaves(receiver: receiver, sender: sender, in: directory, into: &written)
+        return Created(files: written, notValidAfter: notAfter, replaced: replaced)
+    }
+
+    /// A CA certificate and its key, issuing the certificates of the two ends.
+    struct Issuer {
+        let certificate: Certificate
+        let key: Certificate.PrivateKey
+
+        func leaf(subject: DistinguishedName, usage: ExtendedKeyUsage.Usage, alternativeNames: SubjectAlternativeNames,
+                  notBefore: Date, notAfter: Date) throws -> (Certificate, P256.Signing.PrivateKey) {
+            let leafKey = P256.Signing.PrivateKey()
+            let leaf = try Certificate(
+                version: .v3, serialNumber: .init(), publicKey: .init(leafKey.publicKey), notValidBefore: notBefore,
+                notValidAfter: notAfter, issuer: certificate.subject, subject: subject, signatureAlgorithm: .ecdsaWithSHA256,
                 extensions: try Certificate.Extensions {
                     Critical(BasicConstraints.notCertificateAuthority)
                     Critical(KeyUsage(digitalSignature: true))
                     try ExtendedKeyUsage([usage])
-                    SubjectAlternativeNames(alternativeNames)
-                    AuthorityKeyIdentifier(keyIdentifier: try SubjectKeyIdentifier(hash: .init(caKey.publicKey)).keyIdentifier)
+                    alternativeNames
+                    AuthorityKeyIdentifier(keyIdentifier: SubjectKeyIdentifier(hash: certificate.publicKey).keyIdentifier)
                 },
-                issuerPrivateKey: .init(caKey))
-            return (certificate, key)
+                issuerPrivateKey: key)
+            return (leaf, leafKey)
         }
-        let receiver = try leaf(receiverNames.first ?? "walship-receiver", usage: .serverAuth,
-                                alternativeNames: receiverNames.map(generalName))
-        let sender = try leaf(senderName, usage: .clientAuth, alternativeNames: [.dnsName(senderName)])
+    }
 
-        var written: [String] = []
-        func write(_ name: String, _ text: String) throws {
-            let path = directory + "/" + name
-            guard fm.createFile(atPath: path, contents: Data(text.utf8), attributes: [.posixPermissions: 0o600]) else {
-                throw TLSSetupError("cannot write \(path)")
-            }
-            written.append(path)
+    static func name(_ commonName: String) throws -> DistinguishedName {
+        try DistinguishedName {
+            OrganizationName("walship")
+            CommonName(commonName)
         }
-        try write("ca.crt", try ca.serializeAsPEM().pemString + "\n")
-        try write("ca.key", caKey.pemRepresentation + "\n")
-        try write("receiver.crt", try receiver.0.serializeAsPEM().pemString + "\n")
-        try write("receiver.key", receiver.1.pemRepresentation + "\n")
-        try write("sender.crt", try sender.0.serializeAsPEM().pemString + "\n")
-        try write("sender.key", sender.1.pemRepresentation + "\n")
-        return Created(files: written)
+    }
+
+    static func writeLeaves(receiver: (Certificate, P256.Signing.PrivateKey), sender: (Certificate, P256.Signing.PrivateKey),
+                            in directory: String, into written: inout [String]) throws {
+        try write(try receiver.0.serializeAsPEM().pemString + "\n", to: directory + "/receiver.crt", into: &written)
+        try write(receiver.1.pemRepresentation + "\n", to: directory + "/receiver.key", into: &written)
+        try write(try sender.0.serializeAsPEM().pemString + "\n", to: directory + "/sender.crt", into: &written)
+        try write(sender.1.pemRepresentation + "\n", to: directory + "/sender.key", into: &written)
+    }
+
+    /// A new file, 0600; never over an existing one.
+    static func write(_ text: String, to path: String, into written: inout [String]) throws {
+        guard !FileManager.default.fileExists(atPath: path),
+              FileManager.default.createFile(atPath: path, contents: Data(text.utf8), attributes: [.posixPermissions: 0o600])
+        else { throw TLSSetupError("cannot write \(path)") }
+        written.append(path)
     }
 
     /// An IP address where the text is one (senders connecting by address), else a DNS name.

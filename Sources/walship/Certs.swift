@@ -5,7 +5,7 @@ import ShipTLS
 struct Certs: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Certificates for the ship link.",
-        subcommands: [CertsInit.self])
+        subcommands: [CertsInit.self, CertsRenew.self])
 }
 
 struct CertsInit: ParsableCommand {
@@ -13,7 +13,7 @@ struct CertsInit: ParsableCommand {
         commandName: "init",
         abstract: "Create a small CA and a key pair for each end of the link (files 0600).",
         discussion: """
-            Writes DIR/ca.crt, ca.key, receiver.crt, receiver.key, sender.crt, sender.key. Copy ca.crt, receiver.crt and receiver.key to the DR site, ca.crt, sender.crt and sender.key beside the primary; keep ca.key offline.
+            Writes DIR/ca.crt, ca.key, receiver.crt, receiver.key, sender.crt, sender.key. Copy ca.crt, receiver.crt and receiver.key to the DR site, ca.crt, sender.crt and sender.key beside the primary; keep ca.key offline: walship certs renew makes new certificates from it before these expire.
             Example:
               walship certs init /etc/walship/certs --receiver-name dr.hospital.example --sender-name pg-main
             """)
@@ -30,12 +30,16 @@ struct CertsInit: ParsableCommand {
     @Option(help: "Days the certificates stay valid.")
     var days = 825
 
+    @Option(help: "Days the CA stays valid (at least --days): certs renew issues new certificates from it until then.")
+    var caDays = 3650
+
     /// Start validity this many days ago (tests use it to make expired certificates).
     @Option(help: .hidden)
     var backdateDays = 0
 
     func validate() throws {
         guard (1...3650).contains(days) else { throw ValidationError("--days must be 1...3650") }
+        guard (days...7300).contains(caDays) else { throw ValidationError("--ca-days must be --days (\(days)) to 7300") }
         guard !senderName.isEmpty else { throw ValidationError("--sender-name cannot be empty") }
     }
 
@@ -43,11 +47,46 @@ struct CertsInit: ParsableCommand {
         let names = receiverName.isEmpty ? ["localhost", "127.0.0.1"] : receiverName
         do {
             let created = try CertificateAuthority.create(in: directory, receiverNames: names, senderName: senderName, validDays: days,
-                                                       now: Date().addingTimeInterval(-Double(backdateDays) * 86400))
+                                                       caValidDays: caDays, now: Date().addingTimeInterval(-Double(backdateDays) * 86400))
             for file in created.files { print(file) }
-            print("receiver certificate names: \(names.joined(separator: ", ")); sender certificate name: \(senderName); valid \(days) days")
+            print("receiver certificate names: \(names.joined(separator: ", ")); sender certificate name: \(senderName); valid \(days) days, the CA \(caDays)")
         } catch {
             throw fail("certs init", error)
+        }
+    }
+}
+
+struct CertsRenew: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "renew",
+        abstract: "New certificates and keys for both ends, from the CA in DIR (before the old ones expire).",
+        discussion: """
+            Reads DIR/ca.crt and ca.key, issues receiver.crt/receiver.key and sender.crt/sender.key with the names of the ones they replace, and moves those to DIR/replaced-<time>/. Both generations come from one CA, so each end changes over on its own: copy receiver.crt and receiver.key to the DR site and restart walship receive, copy sender.crt and sender.key beside the primary and restart walship send (and use them for walship backup). walship send and receive alert 30 days before a certificate they use expires (--alert-certificate-days).
+            Example:
+              walship certs renew /root/walship-certs
+            """)
+
+    @Argument(help: "The directory walship certs init wrote (with ca.key).")
+    var directory: String
+
+    @Option(help: "Days the new certificates stay valid (never beyond the CA).")
+    var days = 825
+
+    func validate() throws {
+        guard (1...3650).contains(days) else { throw ValidationError("--days must be 1...3650") }
+    }
+
+    func run() throws {
+        do {
+            let renewed = try CertificateAuthority.renew(in: directory, validDays: days)
+            for file in renewed.files { print(file) }
+            let until = ISO8601DateFormatter().string(from: renewed.notValidAfter)
+            let requested = Date().addingTimeInterval(Double(days) * 86400)
+            print("valid until \(until)" + (renewed.notValidAfter < requested.addingTimeInterval(-86400) ? " (the CA's end; walship certs init makes a new CA before then)" : "")
+                  + "; the replaced files are in \(renewed.replaced ?? directory)")
+            print("next: copy receiver.crt and receiver.key to the DR site and restart walship receive; copy sender.crt and sender.key beside the primary and restart walship send, one end after the other")
+        } catch {
+            throw fail("certs renew", error)
         }
     }
 }

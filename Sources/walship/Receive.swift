@@ -174,11 +174,18 @@ struct Receive: AsyncParsableCommand {
                 StandbyReport(name: $0.applicationName, connected: $0.connected, replayed: $0.applied, reportedAt: $0.reportedAt)
             }
         }
+        let certificates: [StatusDocument.CertificateStatus]?
+        do { certificates = try link.certificates(standbyCertificate: standbyTlsCert) } catch { throw fail("receive", error) }
         let thresholds = AlertThresholds(lagSeconds: alertLagSeconds, lagBytes: alertLagBytes,
                                          disconnectSeconds: alerts.alertDisconnectSeconds,
-                                         spoolFreePercent: alertSpoolFreePercent, memoryMB: alerts.alertMemoryMb)
+                                         spoolFreePercent: alertSpoolFreePercent, memoryMB: alerts.alertMemoryMb,
+                                         certificateDays: alerts.certificateDays)
         let monitor = StatusMonitor(role: "receiver", thresholds: thresholds, notifier: alerts.notifier(logger),
-                                    recoverAfterSeconds: alerts.alertRecoverySeconds, base: { receiver.status })
+                                    recoverAfterSeconds: alerts.alertRecoverySeconds, base: {
+                                        var status = receiver.status
+                                        status.certificates = certificates
+                                        return status
+                                    })
         try await runService("receive", statusListen: link.statusListen, logger: logger, monitor: monitor) {
             try await withThrowingTaskGroup(of: Void.self) { group in
                 group.addTask { try await receiver.run() }

@@ -101,10 +101,16 @@ struct Send: AsyncParsableCommand {
         }
         let sender: Sender
         do { sender = try Sender(configuration: configuration, logger: logger) } catch { throw fail("send", error) }
+        let certificates: [StatusDocument.CertificateStatus]?
+        do { certificates = try link.certificates() } catch { throw fail("send", error) }
         let thresholds = AlertThresholds(disconnectSeconds: alerts.alertDisconnectSeconds, memoryMB: alerts.alertMemoryMb,
-                                         slotRetainedBytes: alertSlotRetainedBytes)
+                                         slotRetainedBytes: alertSlotRetainedBytes, certificateDays: alerts.certificateDays)
         let monitor = StatusMonitor(role: "sender", thresholds: thresholds, notifier: alerts.notifier(logger),
-                                    recoverAfterSeconds: alerts.alertRecoverySeconds, base: { sender.status })
+                                    recoverAfterSeconds: alerts.alertRecoverySeconds, base: {
+                                        var status = sender.status
+                                        status.certificates = certificates
+                                        return status
+                                    })
         try await runService("send", statusListen: link.statusListen, logger: logger, monitor: monitor) {
             try await sender.run()
         }

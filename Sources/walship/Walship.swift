@@ -76,6 +76,13 @@ struct LinkOptions: ParsableArguments {
         return TLSFiles(certificate: tlsCert, privateKey: tlsKey, authority: tlsCA)
     }
 
+    /// The certificates the process uses (the link's, and the standby endpoint's if given), read once at start
+    /// for its status and the certificate_expiry alert; nil when it uses none.
+    func certificates(standbyCertificate: String? = nil) throws -> [StatusDocument.CertificateStatus]? {
+        let all = try (tlsFiles?.validity() ?? []) + (standbyCertificate.map { [try CertificateValidity(use: "standby endpoint", path: $0)] } ?? [])
+        return all.isEmpty ? nil : all.map { .init(use: $0.use, path: $0.path, subject: $0.subject, notValidAfter: $0.notValidAfter) }
+    }
+
     func warnIfPlaintext(_ logger: Logger) {
         if insecure { logger.warning("ship link runs without TLS (--insecure): WAL crosses the network in plaintext") }
     }
@@ -115,12 +122,18 @@ struct AlertOptions: ParsableArguments {
     @Option(help: "Seconds a condition must stay clear before its recovery notice is sent (one incident, not a flood).")
     var alertRecoverySeconds: Double = 30
 
+    @Option(help: "Alert when a TLS certificate this process uses expires within this many days (critical within 7); 0: never.")
+    var alertCertificateDays: Double = 30
+
     func validate() throws {
         for (name, value) in [("--alert-disconnect-seconds", alertDisconnectSeconds), ("--alert-memory-mb", alertMemoryMb)] {
             if let value, value <= 0 { throw ValidationError("\(name) must be positive") }
         }
         guard alertRecoverySeconds >= 0 else { throw ValidationError("--alert-recovery-seconds cannot be negative") }
+        guard alertCertificateDays >= 0 else { throw ValidationError("--alert-certificate-days cannot be negative") }
     }
+
+    var certificateDays: Double? { alertCertificateDays > 0 ? alertCertificateDays : nil }
 
     func notifier(_ logger: Logger) -> AlertNotifier { destinations.notifier(logger) }
 }

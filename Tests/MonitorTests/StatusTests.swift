@@ -128,6 +128,41 @@ func sampleReceiver(connected: Bool = true, durableBehindBytes: UInt64 = 0, seco
         #expect(Set(senderConditions) == ["memory", "slot_retained_bytes", "slot_wal_status"])
     }
 
+    /// The certificate that expires first decides: quiet while it has more days than the threshold, a warning
+    /// within it, critical in its last week and once expired; not watched without a threshold or certificates.
+    @Test func certificateExpiryWarnsThenEscalates() throws {
+        let now = Date(timeIntervalSince1970: 1_800_000_000)
+        var status = sampleReceiver()
+        func certificates(_ days: Double...) -> [StatusDocument.CertificateStatus] {
+            days.enumerated().map { .init(use: $0.offset == 0 ? "link" : "link CA", path: "/certs/\($0.offset).crt",
+                                          subject: "CN=dr", notValidAfter: now.addingTimeInterval($0.element * 86400)) }
+        }
+        func observed(_ t: AlertThresholds = AlertThresholds(certificateDays: 30)) -> AlertObservation? {
+            AlertRules.observe(status, thresholds: t, now: now).first { $0.condition == "certificate_expiry" }
+        }
+        #expect(observed() == nil)  // no TLS: nothing to watch
+        status.certificates = certificates(400, 3650)
+        let calm = try #require(observed())
+        #expect(!calm.firing)
+        status.certificates = certificates(3650, 20)
+        let soon = try #require(observed())
+        #expect(soon.firing && soon.severity == .warning)
+        #expect(soon.message.contains("link CA certificate /certs/1.crt") && soon.message.contains("in 20.0 days"), "\(soon.message)")
+        #expect(soon.message.contains("walship certs renew"))
+        status.certificates = certificates(5)
+        #expect(observed()?.severity == .critical)
+        status.certificates = certificates(-1)
+        let expired = try #require(observed())
+        #expect(expired.firing && expired.severity == .critical && expired.message.contains("expired at"), "\(expired.message)")
+        #expect(observed(AlertThresholds()) == nil)
+        // The status carries the certificates, and the metrics their expiry.
+        let data = try StatusDocument.encoder().encode(status)
+        #expect(try StatusDocument.decoder().decode(StatusDocument.self, from: data) == status)
+        let text = MetricsPublisher().render(status)
+        #expect(text.contains("walship_tls_certificate_expiry_timestamp_seconds{"), "\(text)")
+        #expect(text.contains("use=\"link\""))
+    }
+
     @Test func rpoExposureFiresOnlyUnderDegradeAndWhileAcknowledgedWALIsNotOffsite() throws {
         var sender = sampleReceiver()
         sender.role = "sender"

@@ -61,6 +61,82 @@ import X509
         #expect(throws: TLSSetupError.self) { _ = try notPEM.serverContext() }
     }
 
+    /// The CA outlives the two ends' certificates, so they can be renewed from it.
+    @Test func theCAOutlivesTheCertificates() throws {
+        let directory = temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let now = Date()
+        let created = try CertificateAuthority.create(in: directory, receiverNames: ["dr.example"], senderName: "pg-main",
+                                                      validDays: 30, caValidDays: 3650, now: now)
+        let ca = try CertificateValidity(use: "link CA", path: directory + "/ca.crt")
+        let receiver = try CertificateValidity(use: "link", path: directory + "/receiver.crt")
+        #expect(abs(ca.notValidAfter.timeIntervalSince(now) - 3650 * 86400) < 60)
+        #expect(abs(receiver.notValidAfter.timeIntervalSince(now) - 30 * 86400) < 60)
+        #expect(abs(created.notValidAfter.timeIntervalSince(receiver.notValidAfter)) < 1)  // certificates keep whole seconds
+        #expect(receiver.subject.contains("dr.example"))
+    }
+
+    /// Renewed certificates: new keys, the same names and uses, signed by the same CA (so an end with the old
+    /// pair and an end with the new one still trust each other), and the old files kept aside.
+    @Test func renewIssuesNewPairsFromTheSameCA() throws {
+        let directory = temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let now = Date()
+        _ = try CertificateAuthority.create(in: directory, receiverNames: ["dr.example", "10.20.0.5"], senderName: "pg-main",
+                                            validDays: 10, caValidDays: 400, now: now)
+        let oldReceiver = try Certificate(pemEncoded: String(contentsOfFile: directory + "/receiver.crt", encoding: .utf8))
+        let oldKey = try String(contentsOfFile: directory + "/sender.key", encoding: .utf8)
+        let renewed = try CertificateAuthority.renew(in: directory, validDays: 825, now: now)
+        #expect(renewed.files.map { ($0 as NSString).lastPathComponent } == ["receiver.crt", "receiver.key", "sender.crt", "sender.key"])
+        // Never beyond the CA.
+        #expect(abs(renewed.notValidAfter.timeIntervalSince(now) - 400 * 86400) < 600)
+        let replaced = try #require(renewed.replaced)
+        #expect(try String(contentsOfFile: replaced + "/sender.key", encoding: .utf8) == oldKey)
+        #expect(try String(contentsOfFile: directory + "/sender.key", encoding: .utf8) != oldKey)
+        for path in renewed.files {
+            let mode = (try FileManager.default.attributesOfItem(atPath: path)[.posixPermissions] as? NSNumber)?.intValue
+            #expect(mode == 0o600, "\(path)")
+        }
+        let newReceiver = try Certificate(pemEncoded: String(contentsOfFile: directory + "/receiver.crt", encoding: .utf8))
+        #expect(newReceiver.subject == oldReceiver.subject)
+        #expect(try newReceiver.extensions.subjectAlternativeNames == oldReceiver.extensions.subjectAlternativeNames)
+        #expect(newReceiver.publicKey != oldReceiver.publicKey)
+        // Every mix of old and new pairs checks out against the one CA.
+        for end in ["receiver", "sender"] {
+            for folder in [directory, replaced] {
+                let findings = TLSFiles(certificate: folder + "/\(end).crt", privateKey: folder + "/\(end).key",
+                                        authority: directory + "/ca.crt").inspect(now: now, warnDays: 5)
+                #expect(findings.allSatisfy { $0.level == .ok }, "\(findings)")
+            }
+        }
+        _ = try TLSFiles(certificate: directory + "/receiver.crt", privateKey: directory + "/receiver.key",
+                         authority: directory + "/ca.crt").serverContext()
+        _ = try TLSFiles(certificate: directory + "/sender.crt", privateKey: directory + "/sender.key",
+                         authority: directory + "/ca.crt").clientContext()
+    }
+
+    @Test func renewRefusesACAThatIsEndingOrMissing() throws {
+        let directory = temporaryDirectory(), other = temporaryDirectory()
+        defer {
+            try? FileManager.default.removeItem(atPath: directory)
+            try? FileManager.default.removeItem(atPath: other)
+        }
+        let now = Date()
+        _ = try CertificateAuthority.create(in: directory, receiverNames: ["a"], senderName: "b", validDays: 20, caValidDays: 20, now: now)
+        let ending = #expect(throws: TLSSetupError.self) { _ = try CertificateAuthority.renew(in: directory, validDays: 825, now: now) }
+        #expect(ending?.description.contains("certs init makes a new CA") == true, "\(String(describing: ending))")
+        #expect(FileManager.default.fileExists(atPath: directory + "/receiver.crt"))  // nothing moved
+        // Certificates of another CA are not renewed by this one.
+        _ = try CertificateAuthority.create(in: other, receiverNames: ["a"], senderName: "b", validDays: 20, caValidDays: 400, now: now)
+        try FileManager.default.removeItem(atPath: other + "/receiver.crt")
+        try FileManager.default.copyItem(atPath: directory + "/receiver.crt", toPath: other + "/receiver.crt")
+        let foreign = #expect(throws: TLSSetupError.self) { _ = try CertificateAuthority.renew(in: other, validDays: 825, now: now) }
+        #expect(foreign?.description.contains("was not issued by") == true, "\(String(describing: foreign))")
+        try FileManager.default.removeItem(atPath: other + "/ca.key")
+        let missing = #expect(throws: TLSSetupError.self) { _ = try CertificateAuthority.renew(in: other, validDays: 825, now: now) }
+        #expect(missing?.description.contains("ca.key") == true, "\(String(describing: missing))")
+    }
+
     @Test func addressesAreVerifiedWithoutSNI() throws {
         let directory = temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: directory) }
