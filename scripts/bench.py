@@ -727,7 +727,7 @@ def sync_rounds(primary_port, contenders, tag, walship, streaming):
     """TPS for each synchronous_standby_names setting and client count, interleaved over SYNC_ROUNDS rounds;
     the median. For walship's rounds also the sender's and receiver's CPU per commit and the receiver's RSS
     after each round."""
-    summary = {"method": "all standbys streaming" if SYNC_NEIGHBOURS else "only what the configuration needs streaming"}
+    summary = {"method": "all standbys streaming" if SYNC_NEIGHBOURS else "only what the configuration needs running (the other standbys shut down)"}
     results = {clients: {name: [] for name in contenders} for clients in SYNC_CLIENTS}
     per_commit = {clients: [] for clients in SYNC_CLIENTS}
     for round_number in range(SYNC_ROUNDS):
