@@ -1,6 +1,5 @@
 import Foundation
 import Logging
-import NIOConcurrencyHelpers
 import NIOCore
 import PGReplication
 import ShipProtocol
@@ -184,7 +183,7 @@ struct BackupPieceWriter {
 
     static let maxPendingBytes = 2 << 20
     let channel: Channel
-    private let policy: NIOLockedValueBox<CompressionPolicy>
+    private let policy: SharedCompressionPolicy
     private let allocator = ByteBufferAllocator()
     private var pending: [(taken: EventLoopFuture<Void>, bytes: Int)] = []
     private var pendingBytes = 0
@@ -192,24 +191,20 @@ struct BackupPieceWriter {
 
     init(channel: Channel, compression: CompressionPolicy.Mode) {
         self.channel = channel
-        policy = NIOLockedValueBox(CompressionPolicy(mode: compression))
+        policy = SharedCompressionPolicy(mode: compression)
     }
 
     mutating func send(_ part: BackupData.Part, _ bytes: ByteBuffer) async throws {
-        let started = ContinuousClock.now
-        let effort = policy.withLockedValue { $0.effort(now: started) }
-        let data = BackupData.make(part: part, bytes: bytes, allocator: allocator, effort: effort)
-        let written = ContinuousClock.now
         let length = bytes.readableBytes
-        policy.withLockedValue { $0.frameWritten(walBytes: length, compressedIn: written - started, effort: effort) }
+        let (data, effort, written) = policy.compress(walBytes: length) { [allocator] in
+            BackupData.make(part: part, bytes: bytes, allocator: allocator, effort: $0)
+        }
         counts.pieces += 1
         if effort == .high && data.compression == .lz4Block { counts.highCompressionPieces += 1 }
         counts.compressedBytes += UInt64(data.payload.readableBytes)
         let taken = channel.eventLoop.makePromise(of: Void.self)
         channel.writeAndFlush(ShipMessage.backupData(data), promise: taken)
-        taken.futureResult.whenComplete { [policy] _ in
-            policy.withLockedValue { $0.frameTaken(walBytes: length, writtenAt: written, now: .now) }
-        }
+        taken.futureResult.whenComplete { [policy] _ in policy.taken(walBytes: length, writtenAt: written) }
         pending.append((taken.futureResult, data.payload.readableBytes))
         pendingBytes += data.payload.readableBytes
         while pendingBytes > Self.maxPendingBytes { try await takeOldest() }

@@ -1,4 +1,5 @@
 import Monitor
+import Synchronization
 import ShipProtocol
 
 /// Chooses how hard each WAL frame is compressed. Fast LZ4 outruns any network; LZ4HC puts about 15 % fewer
@@ -105,5 +106,29 @@ public struct CompressionPolicy: Sendable {
 
     static func average(_ old: Double?, _ sample: Double) -> Double {
         old.map { $0 + smoothing * (sample - $0) } ?? sample
+    }
+}
+
+/// A policy shared by the code that compresses frames and the event loop that sees the socket take them: each
+/// frame is compressed at the effort the policy picks for it, timed, and reported when taken.
+public final class SharedCompressionPolicy: Sendable {
+    private let policy: Mutex<CompressionPolicy>
+
+    public init(mode: CompressionPolicy.Mode) { policy = Mutex(CompressionPolicy(mode: mode)) }
+
+    /// A frame of `walBytes` from `compress` at the effort chosen now; when it was written (for `taken`).
+    public func compress<Frame>(walBytes: Int, _ compress: (CompressionEffort) -> Frame)
+        -> (frame: Frame, effort: CompressionEffort, writtenAt: ContinuousClock.Instant) {
+        let started = ContinuousClock.now
+        let effort = policy.withLock { $0.effort(now: started) }
+        let frame = compress(effort)
+        let written = ContinuousClock.now
+        policy.withLock { $0.frameWritten(walBytes: walBytes, compressedIn: written - started, effort: effort) }
+        return (frame, effort, written)
+    }
+
+    /// The socket took the frame of `walBytes` written at `writtenAt`.
+    public func taken(walBytes: Int, writtenAt: ContinuousClock.Instant) {
+        policy.withLock { $0.frameTaken(walBytes: walBytes, writtenAt: writtenAt, now: .now) }
     }
 }

@@ -751,7 +751,7 @@ private final class LinkSink: StreamSink {
     let buffers: Sender.WALBuffers
     private let ended = Mutex<TimelineEnded?>(nil)
     /// Written on the replication thread, taken by the socket on the event loop.
-    private let compression: Mutex<CompressionPolicy>
+    private let compression: SharedCompressionPolicy
 
     init(sender: Sender, channel: Channel, timeline: TimeLineID, machine: NIOLockedValueBox<SenderLinkStateMachine>,
          buffers: Sender.WALBuffers, compression: CompressionPolicy.Mode) {
@@ -760,7 +760,7 @@ private final class LinkSink: StreamSink {
         self.timeline = timeline
         self.machine = machine
         self.buffers = buffers
-        self.compression = Mutex(CompressionPolicy(mode: compression))
+        self.compression = SharedCompressionPolicy(mode: compression)
     }
 
     /// Set when the primary ended our timeline.
@@ -769,12 +769,10 @@ private final class LinkSink: StreamSink {
     func deliver(_ event: StreamEvent) -> StreamDemand {
         switch event {
         case .wal(let chunk):
-            let started = ContinuousClock.now
-            let effort = compression.withLock { $0.effort(now: started) }
-            let frame = sender.frame(for: chunk, timeline: timeline, machine: machine, pool: buffers.payloads, effort: effort)
-            let written = ContinuousClock.now
             let walBytes = chunk.bytes.readableBytes
-            compression.withLock { $0.frameWritten(walBytes: walBytes, compressedIn: written - started, effort: effort) }
+            let (frame, _, written) = compression.compress(walBytes: walBytes) {
+                sender.frame(for: chunk, timeline: timeline, machine: machine, pool: buffers.payloads, effort: $0)
+            }
             sender.statusBox.withLock { $0.primaryReported(chunk.walEnd, at: chunk.sendTime) }
             let compressed = frame.compression == .lz4Block
             if compressed { buffers.chunks.recycle(chunk.bytes) }  // else the chunk itself is the payload
@@ -782,7 +780,7 @@ private final class LinkSink: StreamSink {
             channel.writeAndFlush(ShipMessage.walData(frame), promise: taken)
             taken.futureResult.whenComplete { [self] _ in
                 if compressed { buffers.payloads.recycle(frame.payload) }
-                compression.withLock { $0.frameTaken(walBytes: walBytes, writtenAt: written, now: .now) }
+                compression.taken(walBytes: walBytes, writtenAt: written)
             }
         case .keepalive(let walEnd, let sendTime):
             sender.statusBox.withLock { $0.primaryReported(walEnd, at: sendTime) }
