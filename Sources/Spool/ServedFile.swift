@@ -22,8 +22,9 @@ public struct ServedFile: Sendable, Equatable {
     /// The whole file in memory, zeros included.
     public var contents: [UInt8] { bytes + [UInt8](repeating: 0, count: size - bytes.count) }
 
-    /// Writes the file at `path`: a new file when `exclusive`, else created or truncated. The zeros after the
-    /// bytes are left as a hole (read back as zeros, as PostgreSQL does with the segments it creates itself when
+    /// Writes the file at `path`: a new file when `exclusive`, else created or truncated. (Not through `FileIO`,
+    /// whose errors give hints about the spool: this file goes to PostgreSQL's pg_wal or a DBA's directory.)
+    /// The zeros after the bytes are left as a hole (read back as zeros, as PostgreSQL does with the segments it creates itself when
     /// `wal_init_zero` is off): a standby that falls back to restore_command fetches the in-progress segment again
     /// at every retry, and the zeros would otherwise be 16 MiB of disk writes each time. `mode` is narrowed by
     /// the umask, which for restore_command is the postmaster's (PostgreSQL's own file modes).
@@ -45,20 +46,10 @@ public struct ServedFile: Sendable, Equatable {
     /// Whether the file at `path` already holds this WAL: `size` bytes long and beginning with `bytes`, whatever
     /// follows them (more WAL that a standby streamed, or zeros). False when it is missing or unreadable.
     public func isHeld(by path: String) -> Bool {
-        let fd = Glibc.open(path, O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else { return false }
-        defer { Glibc.close(fd) }
-        var status = stat()
-        guard fstat(fd, &status) == 0, status.st_size == off_t(size) else { return false }
-        var held = [UInt8](repeating: 0, count: bytes.count)
-        var read = 0
-        while read < held.count {
-            let n = held.withUnsafeMutableBytes { pread(fd, $0.baseAddress! + read, $0.count - read, off_t(read)) }
-            if n < 0 && errno == EINTR { continue }
-            guard n > 0 else { return false }
-            read += n
-        }
-        return held == bytes
+        guard let fd = try? FileIO.open(path, O_RDONLY) else { return false }
+        defer { FileIO.close(fd) }
+        guard (try? FileIO.fileSize(fd, path: path)) == size else { return false }
+        return (try? FileIO.preadAll(fd, count: bytes.count, at: 0, path: path)) == bytes
     }
 
     private static func error(_ what: String, _ path: String, code: Int32 = errno) -> SpoolError {
