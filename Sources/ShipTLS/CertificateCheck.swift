@@ -55,33 +55,16 @@ extension TLSFiles {
     }
 }
 
-/// What a running process reports of a certificate it uses: whose it is and when it stops being valid.
-public struct CertificateValidity: Sendable, Equatable {
-    public var use: String
-    public var path: String
-    public var subject: String
-    public var notValidAfter: Date
-
-    /// Reads the first PEM certificate in `path`.
-    public init(use: String, path: String) throws {
-        guard let data = FileManager.default.contents(atPath: path) else {
-            throw TLSSetupError("cannot read the \(use) certificate \(path) (hint: check the path and that this user may read it)")
-        }
-        guard let certificate = try? Certificate(pemEncoded: String(decoding: data, as: UTF8.self)) else {
-            throw TLSSetupError("the \(use) certificate \(path) is not a PEM certificate")
-        }
-        self.use = use
-        self.path = path
-        subject = certificate.subject.description
-        notValidAfter = certificate.notValidAfter
+/// Whose the first PEM certificate in `path` is and when it stops being valid: what a running process reports
+/// of each certificate it uses (its `use`, e.g. "link CA", names it in errors).
+public func certificateValidity(use: String, path: String) throws -> (subject: String, notValidAfter: Date) {
+    guard let data = FileManager.default.contents(atPath: path) else {
+        throw TLSSetupError("cannot read the \(use) certificate \(path) (hint: check the path and that this user may read it)")
     }
-}
-
-extension TLSFiles {
-    /// This end's certificate and the CA it trusts, as `CertificateValidity`.
-    public func validity() throws -> [CertificateValidity] {
-        [try CertificateValidity(use: "link", path: certificate), try CertificateValidity(use: "link CA", path: authority)]
+    guard let certificate = try? Certificate(pemEncoded: String(decoding: data, as: UTF8.self)) else {
+        throw TLSSetupError("the \(use) certificate \(path) is not a PEM certificate")
     }
+    return (certificate.subject.description, certificate.notValidAfter)
 }
 
 private func iso(_ date: Date) -> String {

@@ -79,8 +79,13 @@ struct LinkOptions: ParsableArguments {
     /// The certificates the process uses (the link's, and the standby endpoint's if given), read once at start
     /// for its status and the certificate_expiry alert; nil when it uses none.
     func certificates(standbyCertificate: String? = nil) throws -> [StatusDocument.CertificateStatus]? {
-        let all = try (tlsFiles?.validity() ?? []) + (standbyCertificate.map { [try CertificateValidity(use: "standby endpoint", path: $0)] } ?? [])
-        return all.isEmpty ? nil : all.map { .init(use: $0.use, path: $0.path, subject: $0.subject, notValidAfter: $0.notValidAfter) }
+        let files = (tlsFiles.map { [("link", $0.certificate), ("link CA", $0.authority)] } ?? [])
+            + (standbyCertificate.map { [("standby endpoint", $0)] } ?? [])
+        guard !files.isEmpty else { return nil }
+        return try files.map { use, path in
+            let validity = try certificateValidity(use: use, path: path)
+            return .init(use: use, path: path, subject: validity.subject, notValidAfter: validity.notValidAfter)
+        }
     }
 
     func warnIfPlaintext(_ logger: Logger) {

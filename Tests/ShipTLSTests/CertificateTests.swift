@@ -68,8 +68,8 @@ import X509
         let now = Date()
         let created = try CertificateAuthority.create(in: directory, receiverNames: ["dr.example"], senderName: "pg-main",
                                                       validDays: 30, caValidDays: 3650, now: now)
-        let ca = try CertificateValidity(use: "link CA", path: directory + "/ca.crt")
-        let receiver = try CertificateValidity(use: "link", path: directory + "/receiver.crt")
+        let ca = try certificateValidity(use: "link CA", path: directory + "/ca.crt")
+        let receiver = try certificateValidity(use: "link", path: directory + "/receiver.crt")
         #expect(abs(ca.notValidAfter.timeIntervalSince(now) - 3650 * 86400) < 60)
         #expect(abs(receiver.notValidAfter.timeIntervalSince(now) - 30 * 86400) < 60)
         #expect(abs(created.notValidAfter.timeIntervalSince(receiver.notValidAfter)) < 1)  // certificates keep whole seconds
