@@ -175,7 +175,8 @@ public final class PGConnection {
         throw PostgresError("replication stream failed: \(errorMessage)", connectionLost: !isConnected)
     }
 
-    public func freeCopyData(_ buffer: UnsafeMutablePointer<CChar>) { PQfreemem(buffer) }
+    /// Frees a message from `readCopyData()`; needs no connection, so any thread may call it.
+    public static func freeCopyData(_ buffer: UnsafeMutablePointer<CChar>) { PQfreemem(buffer) }
 
     /// Reads what the socket has into libpq's buffer; call after poll says readable.
     public func consumeInput() throws {

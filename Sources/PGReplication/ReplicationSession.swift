@@ -101,7 +101,8 @@ struct AsyncSequenceSink: StreamSink {
 }
 
 /// Connects the replication thread with async code: feedback to report, stop requests, and the
-/// consumer's demand. Any change wakes the thread through a pipe, so it reacts within microseconds.
+/// consumer's demand. Any change wakes the thread through a pipe, so it reacts within microseconds; feedback
+/// goes out from the reporting thread instead when it can (`StreamingConnection`).
 public final class StreamGate: NIOAsyncSequenceProducerDelegate, Sendable {
     struct State {
         var feedback = StreamFeedback()
@@ -110,6 +111,8 @@ public final class StreamGate: NIOAsyncSequenceProducerDelegate, Sendable {
         /// Counts produceMore() calls, so a pause decided after a yield never misses one that raced with it.
         var demandGeneration = 0
         var stopRequested = false
+        /// While WAL streams: how a report can reach the primary without waking the replication thread.
+        var direct: (any DirectFeedback)?
     }
 
     let state = Mutex(State())
@@ -129,13 +132,33 @@ public final class StreamGate: NIOAsyncSequenceProducerDelegate, Sendable {
         close(wakeWrite)
     }
 
-    /// The receiver's latest acknowledgement; the thread reports it to the primary at once.
+    /// The receiver's latest acknowledgement, reported to the primary at once: from the calling thread when the
+    /// connection is free (`StreamingConnection`), else by the replication thread, woken for it.
     public func report(_ feedback: StreamFeedback) {
-        state.withLock {
+        let direct = state.withLock {
             $0.feedback = feedback
             $0.feedbackChanged = true
+            return $0.direct
         }
+        if let direct, direct.sendIfFree() { return }
         wake()
+    }
+
+    /// The feedback to send, and whether it changed since it was last taken.
+    func takeFeedback() -> (feedback: StreamFeedback, changed: Bool) {
+        state.withLock { s in
+            defer { s.feedbackChanged = false }
+            return (s.feedback, s.feedbackChanged)
+        }
+    }
+
+    /// The latest feedback did not go out after all: the replication thread must send it.
+    func markFeedbackChanged() {
+        state.withLock { $0.feedbackChanged = true }
+    }
+
+    func attach(_ direct: (any DirectFeedback)?) {
+        state.withLock { $0.direct = direct }
     }
 
     public func requestStop() {
@@ -276,10 +299,11 @@ public final class ReplicationSession: Sendable {
         try await withTaskCancellationHandler {
             try await owner.run { [logger] connection in
                 do {
-                    var loop = try StreamLoop(connection: connection.required(), gate: gate, sink: sink, logger: logger,
-                                              statusInterval: statusInterval, expectedStart: start, chunkBuffer: chunkBuffer)
+                    let conn = try connection.required()
+                    var loop = StreamLoop(connection: conn, gate: gate, sink: sink, logger: logger,
+                                          statusInterval: statusInterval, expectedStart: start, chunkBuffer: chunkBuffer)
                     let slotClause = slot.map { "SLOT \(quoteIdentifier($0)) " } ?? ""
-                    try loop.connection.startCopyBoth("START_REPLICATION \(slotClause)PHYSICAL \(start) TIMELINE \(timeline)")
+                    try conn.startCopyBoth("START_REPLICATION \(slotClause)PHYSICAL \(start) TIMELINE \(timeline)")
                     try loop.run()
                     sink.finish(nil)
                 } catch {

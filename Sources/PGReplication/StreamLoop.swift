@@ -10,11 +10,11 @@ import WALCore
 /// wake-up pipe. When the consumer has enough, it stops reading; the walsender then blocks on a full
 /// socket while the slot keeps the WAL, which is the back-pressure we want.
 struct StreamLoop {
-    let connection: PGConnection
+    /// The connection, shared with the thread that reports the receiver's acknowledgements.
+    let link: StreamingConnection<PGConnection>
     let gate: StreamGate
     let sink: any StreamSink
     let logger: Logger
-    let statusInterval: Duration
     let maxChunkBytes: Int
     /// Where chunk buffers come from (a pool the consumer recycles them to, or plain allocation).
     let chunkBuffer: @Sendable (Int) -> ByteBuffer
@@ -23,9 +23,6 @@ struct StreamLoop {
     private var chunkStart = LSN.invalid
     private var lastWalEnd = LSN.invalid
     private var lastSendTime = PostgresTimestamp(rawValue: 0)
-    private var mustReply = false
-    private var outputPending = false
-    private var lastStatusSent: ContinuousClock.Instant
     private var finished: StreamEvent?
     /// When the pending chunk was first left waiting for more WAL the primary said it has (see `readAvailable`).
     private var chunkHeldSince: ContinuousClock.Instant?
@@ -37,26 +34,27 @@ struct StreamLoop {
          chunkBuffer: @escaping @Sendable (Int) -> ByteBuffer = { ByteBufferAllocator().buffer(capacity: $0) }) {
         precondition(maxChunkBytes > 0 && maxChunkBytes & (maxChunkBytes - 1) == 0 && maxChunkBytes <= 1 << 20,
                      "chunks must align to a power of two no larger than the smallest WAL segment")
-        self.connection = connection
+        self.link = StreamingConnection(connection, gate: gate, statusInterval: statusInterval)
         self.gate = gate
         self.sink = sink
         self.logger = logger
-        self.statusInterval = statusInterval
         self.expectedNext = expectedStart
         self.maxChunkBytes = maxChunkBytes
         self.chunkBuffer = chunkBuffer
-        self.lastStatusSent = .now - statusInterval
     }
 
+    /// Streams until stopped, the timeline ends or something fails. While it runs, the gate's reports may be
+    /// sent by the thread that makes them (`StreamingConnection`).
     mutating func run() throws {
+        gate.attach(link)
+        defer {
+            gate.attach(nil)
+            link.close()
+        }
         while true {
-            let (stop, demand, feedback, changed) = gate.state.withLock { s in
-                defer { s.feedbackChanged = false }
-                return (s.stopRequested, s.demand, s.feedback, s.feedbackChanged)
-            }
+            let (stop, demand) = gate.state.withLock { ($0.stopRequested, $0.demand) }
             if stop {
-                try? sendStatus(feedback)
-                _ = try? connection.flush()
+                try? link.reportIfDue(force: true)
                 return
             }
             if demand { try readAvailable() }
@@ -65,36 +63,33 @@ struct StreamLoop {
                 return
             }
             if let held = chunkHeldSince, ContinuousClock.now - held >= Self.maxChunkHold { _ = emitChunk() }
-            if changed || mustReply || ContinuousClock.now - lastStatusSent >= statusInterval {
-                try sendStatus(feedback)
-            }
-            if outputPending { outputPending = !(try connection.flush()) }
+            try link.reportIfDue()
             try waitForActivity(reading: gate.state.withLock { $0.demand })
         }
     }
 
     private mutating func waitForActivity(reading: Bool) throws {
-        let socket = connection.socket
+        let socket = try link.withConnection { $0.socket }
         var fds = [pollfd(fd: gate.wakeRead, events: Int16(POLLIN), revents: 0)]
         var events: Int16 = 0
         if reading { events |= Int16(POLLIN) }
-        if outputPending { events |= Int16(POLLOUT) }
+        if link.outputPending { events |= Int16(POLLOUT) }
         if events != 0 { fds.append(pollfd(fd: socket, events: events, revents: 0)) }
-        var wait = statusInterval - (ContinuousClock.now - lastStatusSent)
+        var wait = link.nextStatusDue - ContinuousClock.now
         if let held = chunkHeldSince { wait = min(wait, Self.maxChunkHold - (ContinuousClock.now - held)) }
         let timeoutMs = max(1, min(1000, Int32(wait.components.seconds * 1000
             + wait.components.attoseconds / 1_000_000_000_000_000)))
         let rc = poll(&fds, nfds_t(fds.count), timeoutMs)
         if rc < 0 && errno != EINTR { throw PostgresError("poll failed: \(String(cString: strerror(errno)))") }
         gate.drainWakeups(fds[0].revents)
-        if fds.count > 1 && fds[1].revents & Int16(POLLIN | POLLHUP | POLLERR) != 0 { try connection.consumeInput() }
+        if fds.count > 1 && fds[1].revents & Int16(POLLIN | POLLHUP | POLLERR) != 0 { try link.withConnection { try $0.consumeInput() } }
     }
 
     private mutating func readAvailable() throws {
         while finished == nil {
-            switch try connection.readCopyData() {
+            switch try link.withConnection({ try $0.readCopyData() }) {
             case .message(let pointer, let length):
-                defer { connection.freeCopyData(pointer) }
+                defer { PGConnection.freeCopyData(pointer) }
                 let raw = UnsafeRawBufferPointer(start: pointer, count: length)
                 let paused: Bool
                 do {
@@ -116,7 +111,8 @@ struct StreamLoop {
                 return
             case .copyDone:
                 _ = emitChunk()
-                let rows = try connection.finishCopy()
+                link.close()
+                let rows = try link.withConnection { try $0.finishCopy() }
                 guard rows.count == 1, rows[0].count >= 2, let tliText = rows[0][0], let next = UInt32(tliText),
                     let startText = rows[0][1], let nextStart = LSN(startText)
                 else {
@@ -156,7 +152,7 @@ struct StreamLoop {
             return paused
         case .keepalive(let k):
             lastWalEnd = max(lastWalEnd, k.walEnd)
-            if k.replyRequested { mustReply = true }
+            if k.replyRequested { link.replyRequested() }
             let paused = emitChunk()
             return emit(.keepalive(walEnd: k.walEnd, sendTime: k.sendTime)) || paused
         }
@@ -186,15 +182,5 @@ struct StreamLoop {
             gate.state.withLock { $0.stopRequested = true }
             return true
         }
-    }
-
-    private mutating func sendStatus(_ feedback: StreamFeedback) throws {
-        let update = StandbyStatusUpdate(write: feedback.written, flush: feedback.flushed, apply: feedback.applied,
-                                         sendTime: .now(), replyRequested: false)
-        if try connection.putCopyData(update.encoded()) {
-            mustReply = false
-            lastStatusSent = .now
-        }
-        outputPending = !(try connection.flush())
     }
 }
