@@ -62,18 +62,26 @@ final class StreamingConnection<Connection: CopyBothOutput>: DirectFeedback, @un
 
     var outputPending: Bool { shared.withLock { $0.outputPending } }
 
-    /// When the next periodic status update is due.
-    var nextStatusDue: ContinuousClock.Instant { shared.withLock { $0.lastSent } + statusInterval }
+    /// What the replication thread's poll needs: whether output waits for the socket, and when the next
+    /// periodic update is due. Another thread's send may change both before the poll; one that leaves output
+    /// queued wakes the thread, and a later due time only means one turn early.
+    struct PollHints {
+        var outputPending: Bool
+        var nextStatusDue: ContinuousClock.Instant
+    }
 
     /// On the replication thread: sends a status update if there is new feedback, the primary asked for one,
-    /// the interval passed, or `force`; then goes on with any output still queued.
-    func reportIfDue(force: Bool = false) throws {
+    /// the interval passed, or `force`; then goes on with any output still queued. One lock for all of it:
+    /// the event loop may be sending, and every wait for the lock is a thread switch.
+    @discardableResult
+    func reportIfDue(force: Bool = false) throws -> PollHints {
         try shared.withLock { s in
             let (feedback, changed) = gate.takeFeedback()
             if force || changed || s.mustReply || ContinuousClock.now - s.lastSent >= statusInterval {
                 try send(feedback, &s)
             }
             if s.outputPending { s.outputPending = !(try connection.flush()) }
+            return PollHints(outputPending: s.outputPending, nextStatusDue: s.lastSent + statusInterval)
         }
     }
 

@@ -13,6 +13,8 @@ struct StreamLoop {
     /// The connection, shared with the thread that reports the receiver's acknowledgements.
     let link: StreamingConnection<PGConnection>
     let gate: StreamGate
+    /// The connection's socket, for poll (it stays the same while connected).
+    let socket: Int32
     let sink: any StreamSink
     let logger: Logger
     let maxChunkBytes: Int
@@ -35,6 +37,7 @@ struct StreamLoop {
         precondition(maxChunkBytes > 0 && maxChunkBytes & (maxChunkBytes - 1) == 0 && maxChunkBytes <= 1 << 20,
                      "chunks must align to a power of two no larger than the smallest WAL segment")
         self.link = StreamingConnection(connection, gate: gate, statusInterval: statusInterval)
+        self.socket = connection.socket
         self.gate = gate
         self.sink = sink
         self.logger = logger
@@ -63,19 +66,18 @@ struct StreamLoop {
                 return
             }
             if let held = chunkHeldSince, ContinuousClock.now - held >= Self.maxChunkHold { _ = emitChunk() }
-            try link.reportIfDue()
-            try waitForActivity(reading: gate.state.withLock { $0.demand })
+            let hints = try link.reportIfDue()
+            try waitForActivity(reading: gate.state.withLock { $0.demand }, hints)
         }
     }
 
-    private mutating func waitForActivity(reading: Bool) throws {
-        let socket = try link.withConnection { $0.socket }
+    private mutating func waitForActivity(reading: Bool, _ hints: StreamingConnection<PGConnection>.PollHints) throws {
         var fds = [pollfd(fd: gate.wakeRead, events: Int16(POLLIN), revents: 0)]
         var events: Int16 = 0
         if reading { events |= Int16(POLLIN) }
-        if link.outputPending { events |= Int16(POLLOUT) }
+        if hints.outputPending { events |= Int16(POLLOUT) }
         if events != 0 { fds.append(pollfd(fd: socket, events: events, revents: 0)) }
-        var wait = link.nextStatusDue - ContinuousClock.now
+        var wait = hints.nextStatusDue - ContinuousClock.now
         if let held = chunkHeldSince { wait = min(wait, Self.maxChunkHold - (ContinuousClock.now - held)) }
         let timeoutMs = max(1, min(1000, Int32(wait.components.seconds * 1000
             + wait.components.attoseconds / 1_000_000_000_000_000)))
