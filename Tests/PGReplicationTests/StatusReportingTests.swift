@@ -8,7 +8,7 @@ import WALCore
 @testable import PGReplication
 
 /// Records the status updates a connection would send; `flushCompletes` false plays a socket that is full.
-private final class RecordingOutput: CopyBothOutput, @unchecked Sendable {
+fileprivate final class RecordingOutput: CopyBothOutput, @unchecked Sendable {
     var updates: [StandbyStatusUpdate] = []
     var flushCompletes = true
     var failing = false
@@ -43,11 +43,16 @@ private final class RecordingOutput: CopyBothOutput, @unchecked Sendable {
         done.wait()
     }
 
-    @Test func anAcknowledgementGoesOutFromTheReportingThreadWhenTheConnectionIsFree() throws {
+    /// A gate with a streaming connection over `output` attached, as the replication thread sets it up.
+    fileprivate func attached(_ output: RecordingOutput = RecordingOutput()) -> (StreamGate, RecordingOutput, StreamingConnection<RecordingOutput>) {
         let gate = StreamGate()
-        let output = RecordingOutput()
         let link = StreamingConnection(output, gate: gate, statusInterval: .seconds(10))
         gate.attach(link)
+        return (gate, output, link)
+    }
+
+    @Test func anAcknowledgementGoesOutFromTheReportingThreadWhenTheConnectionIsFree() throws {
+        let (gate, output, link) = attached()
         gate.report(feedback(0x100))
         #expect(output.updates.map(\.flush) == [LSN(0x100)])
         #expect(!woken(gate), "the replication thread was woken for an update already sent")
@@ -57,10 +62,7 @@ private final class RecordingOutput: CopyBothOutput, @unchecked Sendable {
     }
 
     @Test func whileTheReplicationThreadHoldsTheConnectionItIsWokenAndSendsTheLatest() throws {
-        let gate = StreamGate()
-        let output = RecordingOutput()
-        let link = StreamingConnection(output, gate: gate, statusInterval: .seconds(10))
-        gate.attach(link)
+        let (gate, output, link) = attached()
         try link.withConnection { _ in
             onAnotherThread {
                 gate.report(feedback(0x100))
@@ -90,11 +92,8 @@ private final class RecordingOutput: CopyBothOutput, @unchecked Sendable {
     }
 
     @Test func aPartialSendWakesTheThreadToFinishIt() throws {
-        let gate = StreamGate()
-        let output = RecordingOutput()
+        let (gate, output, link) = attached()
         output.flushCompletes = false
-        let link = StreamingConnection(output, gate: gate, statusInterval: .seconds(10))
-        gate.attach(link)
         gate.report(feedback(0x100))
         #expect(output.updates.count == 1)
         #expect(link.outputPending)
@@ -106,11 +105,8 @@ private final class RecordingOutput: CopyBothOutput, @unchecked Sendable {
     }
 
     @Test func aFailedSendLeavesTheUpdateToTheReplicationThread() throws {
-        let gate = StreamGate()
-        let output = RecordingOutput()
+        let (gate, output, link) = attached()
         output.failing = true
-        let link = StreamingConnection(output, gate: gate, statusInterval: .seconds(10))
-        gate.attach(link)
         gate.report(feedback(0x100))
         #expect(woken(gate))
         // The thread tries again itself, and meets the failure (which ends the stream).
@@ -118,10 +114,7 @@ private final class RecordingOutput: CopyBothOutput, @unchecked Sendable {
     }
 
     @Test func aReplyThePrimaryAskedForGoesOutEvenWithoutNewFeedback() throws {
-        let gate = StreamGate()
-        let output = RecordingOutput()
-        let link = StreamingConnection(output, gate: gate, statusInterval: .seconds(10))
-        gate.attach(link)
+        let (gate, output, link) = attached()
         gate.report(feedback(0x100))
         try link.reportIfDue()
         #expect(output.updates.count == 1)
