@@ -1,3 +1,4 @@
+import Foundation
 import NIOCore
 import NIOTestUtils
 import Testing
@@ -53,6 +54,47 @@ import WALCore
         #expect(frame.payload.readableBytes < wal.readableBytes)
         #expect(try frame.walBytes() == wal)
         #expect(frame.endLSN == LSN(100_000))
+    }
+
+    /// Each thread reuses one compression state for block after block; every block must still decode on its
+    /// own, with no reference into the bytes of the one before (which the sender has recycled by then).
+    @Test func blocksFromAReusedStateEachDecodeAlone() throws {
+        let base = (0..<40_000).map { UInt8(truncatingIfNeeded: $0 % 253) }
+        // The same content again and again: a block that reached back into its predecessor would be tiny.
+        let inputs = [base, base, Array(base.reversed()), [UInt8](repeating: 9, count: 3000), base + base, base]
+        var sizes: [Int] = []
+        for input in inputs {
+            let block = LZ4.compressBlock(ByteBuffer(bytes: input))
+            sizes.append(block.readableBytes)
+            var out = ByteBuffer()
+            #expect(LZ4.decompressBlock(block, uncompressedLength: input.count, into: &out))
+            #expect(Array(out.readableBytesView) == input)
+        }
+        #expect(sizes[1] == sizes[0] && sizes[5] == sizes[0], "a repeated input compressed differently: \(sizes)")
+    }
+
+    @Test func threadsCompressAtOnceWithStatesOfTheirOwn() async throws {
+        try await withThrowingTaskGroup(of: Bool.self) { group in
+            for t in 0..<4 {
+                group.addTask {
+                    // On threads of their own, so the four compress at the same time.
+                    let input = (0..<200_000).map { UInt8(truncatingIfNeeded: ($0 / (t + 1)) % 241) }
+                    return try await withCheckedThrowingContinuation { done in
+                        Thread {
+                            var ok = true
+                            for _ in 0..<20 {
+                                let block = LZ4.compressBlock(ByteBuffer(bytes: input))
+                                var out = ByteBuffer()
+                                ok = ok && LZ4.decompressBlock(block, uncompressedLength: input.count, into: &out)
+                                    && Array(out.readableBytesView) == input
+                            }
+                            done.resume(returning: ok)
+                        }.start()
+                    }
+                }
+            }
+            for try await ok in group { #expect(ok) }
+        }
     }
 
     @Test func highEffortMakesAnOrdinaryBlockWithFewerBytes() throws {
