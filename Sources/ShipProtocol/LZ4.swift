@@ -4,7 +4,7 @@ import Glibc
 import CLZ4
 import NIOCore
 
-/// How hard a block is compressed: `LZ4_compress_default`, or LZ4HC for fewer bytes at several times the CPU.
+/// How hard a block is compressed: fast LZ4 (`LZ4.compress`), or LZ4HC for fewer bytes at several times the CPU.
 public enum CompressionEffort: String, Sendable, Hashable, CaseIterable {
     case fast
     case high
@@ -12,7 +12,7 @@ public enum CompressionEffort: String, Sendable, Hashable, CaseIterable {
 
 /// Thin wrapper over liblz4: blocks for the wire, frames for spool files.
 public enum LZ4 {
-    /// Compresses one independent block (`LZ4_compress_default`).
+    /// Compresses one independent block with fast LZ4.
     public static func compressBlock(_ input: ByteBuffer, allocator: ByteBufferAllocator = ByteBufferAllocator()) -> ByteBuffer {
         var out = allocator.buffer(capacity: compressBound(input.readableBytes))
         compressBlock(input, into: &out)

@@ -129,7 +129,7 @@ public struct Refusal: Hashable, Sendable, Error, CustomStringConvertible {
 
 public enum WALCompression: UInt8, Sendable {
     case none = 0
-    /// One independent LZ4 block (`LZ4_compress_default`) per frame.
+    /// One independent LZ4 block per frame (fast LZ4 or LZ4HC; `LZ4_decompress_safe` reads either).
     case lz4Block = 1
 }
 
