@@ -94,8 +94,7 @@ final class StreamingConnection<Connection: CopyBothOutput>: DirectFeedback, @un
         let sent = shared.withLockIfAvailable { s -> Bool in
             guard s.open else { return false }
             do {
-                try send(gate.takeFeedback().feedback, &s)
-                return !s.outputPending
+                return try send(gate.takeFeedback().feedback, &s) && !s.outputPending
             } catch {
                 // The replication thread meets the same failure on its next libpq call and ends the stream.
                 gate.markFeedbackChanged()
@@ -105,15 +104,20 @@ final class StreamingConnection<Connection: CopyBothOutput>: DirectFeedback, @un
         return sent ?? false
     }
 
-    private func send(_ feedback: StreamFeedback, _ s: inout Shared) throws {
+    /// Queues the update and flushes what libpq holds; false when libpq could not take the update, which the
+    /// replication thread must then send on its next turn.
+    @discardableResult
+    private func send(_ feedback: StreamFeedback, _ s: inout Shared) throws -> Bool {
         let update = StandbyStatusUpdate(write: feedback.written, flush: feedback.flushed, apply: feedback.applied,
                                          sendTime: .now(), replyRequested: false)
-        if try connection.putCopyData(update.encoded()) {
+        let queued = try connection.putCopyData(update.encoded())
+        if queued {
             s.mustReply = false
             s.lastSent = .now
         } else {
             gate.markFeedbackChanged()
         }
         s.outputPending = !(try connection.flush())
+        return queued
     }
 }

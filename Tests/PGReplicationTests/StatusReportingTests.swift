@@ -12,9 +12,12 @@ fileprivate final class RecordingOutput: CopyBothOutput, @unchecked Sendable {
     var updates: [StandbyStatusUpdate] = []
     var flushCompletes = true
     var failing = false
+    /// False plays libpq's output buffer refusing the message.
+    var accepting = true
 
     func putCopyData(_ bytes: [UInt8]) throws -> Bool {
         if failing { throw PostgresError("connection lost", connectionLost: true) }
+        guard accepting else { return false }
         updates.append(try bytes.withUnsafeBytes { try StandbyStatusUpdate.decode($0) })
         return true
     }
@@ -102,6 +105,17 @@ fileprivate final class RecordingOutput: CopyBothOutput, @unchecked Sendable {
         try link.reportIfDue()
         #expect(!link.outputPending)
         #expect(output.updates.count == 1)
+    }
+
+    @Test func anUpdateLibpqCouldNotTakeIsLeftToTheReplicationThread() throws {
+        let (gate, output, link) = attached()
+        output.accepting = false
+        gate.report(feedback(0x100))
+        #expect(output.updates.isEmpty)
+        #expect(woken(gate), "nobody would send the update until the next periodic one")
+        output.accepting = true
+        try link.reportIfDue()
+        #expect(output.updates.map(\.flush) == [LSN(0x100)])
     }
 
     @Test func aFailedSendLeavesTheUpdateToTheReplicationThread() throws {
