@@ -41,6 +41,7 @@ LAG_RATE = knob("BENCH_LAG_RATE", 200)          # pgbench -R transactions per se
 PROBE_INTERVAL = knob("BENCH_PROBE_INTERVAL_MS", 100) / 1000
 SYNC_SECONDS = knob("BENCH_SYNC_SECONDS", 15)
 SYNC_ROUNDS = knob("BENCH_SYNC_ROUNDS", 3)
+SYNC_CHECKPOINT = knob("BENCH_SYNC_CHECKPOINT", 1)  # a CHECKPOINT before each synchronous round
 # One client is bound by the commit's round trip; eight keep both cores of the benchmark machine busy.
 SYNC_CLIENTS = [int(c) for c in os.environ.get("BENCH_SYNC_CLIENTS", "1,8").split(",")]
 # Set: every standby streams in every synchronous round (the method up to the eighth round of
@@ -743,14 +744,23 @@ def sync_rounds(primary_port, contenders, tag, walship, streaming):
     """TPS for each synchronous_standby_names setting and client count, interleaved over SYNC_ROUNDS rounds;
     the median. For walship's rounds also the sender's and receiver's CPU per commit and the receiver's RSS
     after each round."""
-    summary = {"method": "all standbys streaming" if SYNC_NEIGHBOURS else "only what the configuration needs running (the other standbys shut down)"}
+    summary = {"method": ("all standbys streaming" if SYNC_NEIGHBOURS else "only what the configuration needs running (the other standbys shut down)")
+               + "; contenders in reverse order every other round" + ("; a CHECKPOINT before each" if SYNC_CHECKPOINT else "")}
     results = {clients: {name: [] for name in contenders} for clients in SYNC_CLIENTS}
     per_commit = {clients: [] for clients in SYNC_CLIENTS}
     for round_number in range(SYNC_ROUNDS):
         for clients in SYNC_CLIENTS:
-            for name, standby_name in contenders.items():
+            # Every other round in reverse, so no contender always follows the same one.
+            order = list(contenders.items())
+            if round_number % 2:
+                order.reverse()
+            for name, standby_name in order:
                 streaming.only(name)
                 set_sync_standby(primary_port, standby_name)
+                if SYNC_CHECKPOINT:
+                    # Each round starts right after a checkpoint, so each writes the same share of full-page
+                    # images instead of whatever the 1-minute checkpoint cycle happens to be at.
+                    sql(primary_port, "CHECKPOINT")
                 measured = name == "walship"
                 before = walship.sample() if measured else None
                 commits = int(sql(primary_port, "SELECT xact_commit FROM pg_stat_database WHERE datname = 'bench'"))
@@ -1110,7 +1120,7 @@ def knobs():
             "BENCH_WAN_MBIT": WAN_MBIT, "BENCH_SCALE": PGBENCH_SCALE, "BENCH_LAG_SECONDS": LAG_SECONDS,
             "BENCH_LAG_RATE": LAG_RATE, "BENCH_PROBE_INTERVAL_MS": PROBE_INTERVAL * 1000,
             "BENCH_SYNC_SECONDS": SYNC_SECONDS, "BENCH_SYNC_ROUNDS": SYNC_ROUNDS, "BENCH_SYNC_CLIENTS": SYNC_CLIENTS,
-            "BENCH_SYNC_NEIGHBOURS": SYNC_NEIGHBOURS}
+            "BENCH_SYNC_NEIGHBOURS": SYNC_NEIGHBOURS, "BENCH_SYNC_CHECKPOINT": SYNC_CHECKPOINT}
 
 
 def write_results(results):
