@@ -885,12 +885,16 @@ def main():
     receiver_port, receiver_status, sender_status = free_port(), free_port(), free_port()
     native = os.path.join(workdir, "native")
     log("native standby: pg_basebackup")
+    # With a slot, as a DBA would give a standby that is sometimes shut down: the synchronous rounds stop it
+    # while the primary writes and checkpoints, which would otherwise remove WAL it still needs.
     run(AS_POSTGRES + [f"{PG_BINDIR}/pg_basebackup", "-D", native, "-X", "stream", "-c", "fast",
+                       "-C", "-S", "native_replica",
                        "-h", "127.0.0.1", "-p", str(primary_port), "-U", "postgres"], stdout=subprocess.DEVNULL)
     open(os.path.join(native, "standby.signal"), "w").close()
     chown_to_postgres(native)
     native_conninfo = f"host=127.0.0.1 port={primary_port} user=postgres application_name=native_replica"
-    start_cluster(native, native_port, f"primary_conninfo = '{native_conninfo}'\nwal_retrieve_retry_interval = 1s")
+    start_cluster(native, native_port, f"primary_conninfo = '{native_conninfo}'\nprimary_slot_name = 'native_replica'\n"
+                                       "wal_retrieve_retry_interval = 1s")
     spool = os.path.join(workdir, "spool")
     os.makedirs(spool)
     chown_to_postgres(spool)
