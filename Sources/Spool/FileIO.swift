@@ -126,6 +126,18 @@ enum FileIO {
     }
 
     /// Reserves real blocks so later writes and fdatasync need no allocation (the pre-padding trick of pg_receivewal).
+    /// Writes zeros over `range` of the file.
+    static func writeZeros(_ fd: Int32, _ range: Range<Int>, path: String) throws {
+        var offset = range.lowerBound
+        while offset < range.upperBound {
+            let n = min(range.upperBound - offset, zeros.count)
+            try zeros.withUnsafeBytes { try pwriteAll(fd, UnsafeRawBufferPointer(rebasing: $0[0..<n]), at: offset, path: path) }
+            offset += n
+        }
+    }
+
+    private static let zeros = [UInt8](repeating: 0, count: 256 << 10)
+
     static func preallocate(_ fd: Int32, bytes: Int, path: String) throws {
         let rc = posix_fallocate(fd, 0, off_t(bytes))
         guard rc == 0 else { throw SpoolError.errno("preallocate", path, rc) }
