@@ -126,6 +126,12 @@ enum FileIO {
     }
 
     /// Reserves real blocks so later writes and fdatasync need no allocation (the pre-padding trick of pg_receivewal).
+    /// On ext4 and XFS the blocks stay unwritten until first written (see `ZeroFill` in the journal).
+    static func preallocate(_ fd: Int32, bytes: Int, path: String) throws {
+        let rc = posix_fallocate(fd, 0, off_t(bytes))
+        guard rc == 0 else { throw SpoolError.errno("preallocate", path, rc) }
+    }
+
     /// Writes zeros over `range` of the file.
     static func writeZeros(_ fd: Int32, _ range: Range<Int>, path: String) throws {
         var offset = range.lowerBound
@@ -137,11 +143,6 @@ enum FileIO {
     }
 
     private static let zeros = [UInt8](repeating: 0, count: 256 << 10)
-
-    static func preallocate(_ fd: Int32, bytes: Int, path: String) throws {
-        let rc = posix_fallocate(fd, 0, off_t(bytes))
-        guard rc == 0 else { throw SpoolError.errno("preallocate", path, rc) }
-    }
 
     static func truncate(_ fd: Int32, to bytes: Int, path: String) throws {
         guard ftruncate(fd, off_t(bytes)) == 0 else { throw SpoolError.errno("truncate", path) }
