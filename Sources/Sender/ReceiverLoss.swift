@@ -87,6 +87,20 @@ final class LocalBuffer: Sendable {
         try spool.removeSystem(system)
     }
 
+    /// Where the buffered WAL of a system ends, or nil when the buffer holds none of it.
+    func position(system: UInt64, segmentSize: WALSegmentSize) throws -> SpoolPosition? {
+        guard try Spool.systemIdentifiers(root: directory).contains(system) else { return nil }
+        let position = try open(system: system, segmentSize: segmentSize).position
+        return position.timeline == 0 ? nil : position
+    }
+
+    /// Moves the buffered WAL of a system out of the buffer's way, into `DIR/NAME`, which it returns.
+    func setAside(system: UInt64, timeline: TimeLineID) throws -> String {
+        let name = "\(system).timeline-\(timeline).set-aside-\(Int(Date().timeIntervalSince1970))"
+        try spool.setSystemAside(system, as: name)
+        return directory + "/" + name
+    }
+
     /// The DR site's durable end as recorded when the sender last degraded: after a restart while degraded it is
     /// what the exposure is measured from, the receiver being out of reach to ask.
     func lastRecordedOffsite() -> LSN? {
@@ -112,5 +126,43 @@ final class LocalBuffer: Sendable {
         guard written == data.count, fsync(fd) == 0 else {
             throw SenderFatalError("cannot write \(auditPath): \(String(cString: strerror(errno)))")
         }
+    }
+}
+
+/// What becomes of WAL the local buffer still holds from an earlier outage. Decided apart from the files, so
+/// that each rule is tested on its own; `Sender` carries the verdict out.
+enum LeftoverBuffer: Equatable {
+    /// Keep it: degrading appends to it, a link ships it first.
+    case keep
+    /// Drop it: the DR site has all of it.
+    case discard
+    /// Move it aside: the DR site has it up to the fork of the buffer's timeline, and the `bytesBeyondFork`
+    /// after that (acknowledged to the old primary; nil when the fork is unknown) can never be shipped, but are
+    /// kept for a person to see.
+    case setAside(bytesBeyondFork: UInt64?)
+    /// Do not acknowledge from the buffer now: that would need dropping WAL the DR site may lack.
+    case refuseToDegrade(String)
+
+    /// When degrading: the buffer ends at `held`, the primary is on `primaryTimeline` and its slot starts at
+    /// `slotRestart`.
+    static func whenDegrading(held: SpoolPosition, primaryTimeline: TimeLineID, slotRestart: LSN) -> LeftoverBuffer {
+        guard held.timeline != 0 else { return .keep }
+        guard held.timeline == primaryTimeline else {
+            // Nothing tells from here what the DR site has of the buffer's timeline: keep all of it for the
+            // receiver, and let commits wait until it can be asked.
+            return .refuseToDegrade("the local buffer holds WAL of timeline \(held.timeline) up to \(held.durable), acknowledged while the DR site was unreachable, and the primary is now on timeline \(primaryTimeline): the buffer is kept for the receiver, and commits wait until the receiver is back")
+        }
+        // The slot moved past the buffer's end: the receiver acknowledged all of it since.
+        return held.durable < slotRestart ? .discard : .keep
+    }
+
+    /// On a link to a receiver whose spool is on `receiverTimeline`: `fork` is where the buffer's timeline
+    /// ends in the primary's history, nil when the primary's history does not say.
+    static func whenLinked(held: SpoolPosition, receiverTimeline: TimeLineID, fork: LSN?) -> LeftoverBuffer {
+        // A spool moves to a child timeline only once it holds its own timeline up to the fork (SystemSpool),
+        // one timeline at a time: a spool on a later timeline has the buffer's WAL up to the fork.
+        guard held.timeline != 0, receiverTimeline > held.timeline else { return .keep }
+        guard let fork else { return .setAside(bytesBeyondFork: nil) }
+        return held.durable > fork ? .setAside(bytesBeyondFork: held.durable.bytesAfter(fork)) : .discard
     }
 }

@@ -214,11 +214,15 @@ public final class Sender: Sendable {
         let system = identity.systemIdentifier
         var opened = try buffer.open(system: system, segmentSize: identity.segmentSize)
         let restart = slot.restartLSN ?? identity.flushLSN
-        let held = opened.position
-        if held.timeline != 0 && (held.timeline != identity.timeline || held.durable < restart) {
+        switch LeftoverBuffer.whenDegrading(held: opened.position, primaryTimeline: identity.timeline, slotRestart: restart) {
+        case .keep:
+            break
+        case .discard, .setAside:
             // Left from an earlier outage and all shipped since (the slot moved past it): start afresh.
             try buffer.discard(system: system)
             opened = try buffer.open(system: system, segmentSize: identity.segmentSize)
+        case .refuseToDegrade(let reason):
+            throw LinkError(reason)
         }
         let buffered = opened
         let start = buffered.position.timeline == 0 ? identity.segmentSize.segmentStart(of: restart) : buffered.position.durable
@@ -366,6 +370,9 @@ public final class Sender: Sendable {
             if case .welcome(let w) = first, w.resumeLSN.isValid, w.resumeTimeline < identity.timeline {
                 history = try parseTimelineHistory(String(decoding: try await session.timelineHistory(identity.timeline).content, as: UTF8.self))
             }
+            if let buffer, case .welcome(let w) = first, w.resumeLSN.isValid {
+                try await settleLeftoverBuffer(buffer, receiverTimeline: w.resumeTimeline, identity: identity, session: session)
+            }
             let start: LSN, timeline: TimeLineID, resume: LSN
             switch machine.firstMessageReceived(first, primary: primary, slotRestartLSN: slot?.restartLSN, history: history) {
             case .startStreaming(let s, let t, let r): (start, timeline, resume) = (s, t, r)
@@ -415,6 +422,42 @@ public final class Sender: Sendable {
             "walship.from": "\(start)", "walship.to": "\(held.upperBound)", "walship.bytes": "\(held.upperBound.bytesAfter(start))",
         ])
         return BufferedWAL(spool: try buffer.open(system: system, segmentSize: segmentSize), range: start..<held.upperBound)
+    }
+
+    /// A buffer left on an older timeline than the receiver's spool can no longer be shipped: the spool holds
+    /// that timeline up to its fork. The buffer is dropped when it ends there, else moved aside with what lies
+    /// beyond the fork (commits acknowledged to the old primary that neither the new primary nor the DR site has).
+    private func settleLeftoverBuffer(_ buffer: LocalBuffer, receiverTimeline: TimeLineID, identity: SystemIdentity,
+                                      session: ReplicationSession) async throws {
+        let system = identity.systemIdentifier
+        guard let held = try buffer.position(system: system, segmentSize: identity.segmentSize),
+              held.timeline < receiverTimeline else { return }
+        var fork: LSN?
+        if held.timeline < identity.timeline {
+            let history = try parseTimelineHistory(String(decoding: try await session.timelineHistory(identity.timeline).content, as: UTF8.self))
+            fork = timelineEnd(of: held.timeline, history: history, current: identity.timeline)?.switchPoint
+        }
+        switch LeftoverBuffer.whenLinked(held: held, receiverTimeline: receiverTimeline, fork: fork) {
+        case .keep, .refuseToDegrade:
+            return
+        case .discard:
+            statusBox.withLock { $0.acknowledgedFromBuffer = max($0.acknowledgedFromBuffer, held.durable) }
+            leaveDegraded(system: system)
+        case .setAside(let beyond):
+            let path = try buffer.setAside(system: system, timeline: held.timeline)
+            let beyondText = beyond.map(String.init) ?? "unknown"
+            try buffer.audit(["event": "set-aside", "system": "\(system)", "timeline": "\(held.timeline)",
+                              "acknowledged_lsn": "\(held.durable)", "fork_lsn": fork.map { "\($0)" } ?? "unknown",
+                              "bytes_beyond_fork": beyondText, "path": path])
+            statusBox.withLock {
+                $0.degradedSince = nil
+                $0.acknowledgedFromBuffer = .invalid
+            }
+            logger.critical("the local buffer held WAL of an older timeline that the DR site can no longer take; it is kept aside, not shipped: commits acknowledged from it beyond the fork are on neither the new primary nor the DR site", metadata: [
+                "walship.path": "\(path)", "walship.timeline": "\(held.timeline)", "walship.acknowledged_lsn": "\(held.durable)",
+                "walship.fork_lsn": "\(fork.map { "\($0)" } ?? "unknown")", "walship.bytes_beyond_fork": "\(beyondText)",
+            ])
+        }
     }
 
     /// The receiver has everything acknowledged from the buffer: drop it and say so.

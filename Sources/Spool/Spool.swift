@@ -91,6 +91,19 @@ public final class Spool: Sendable {
         }
     }
 
+    /// Forgets a system and renames its directory to `name`, which must not parse as a system identifier: its
+    /// files stay for a person to look at, and this spool no longer sees them.
+    public func setSystemAside(_ systemIdentifier: UInt64, as name: String) throws {
+        precondition(UInt64(name) == nil, "a name set aside must not look like a system identifier")
+        try systems.withLock { systems in
+            systems.removeValue(forKey: systemIdentifier)
+            let directory = root + "/\(systemIdentifier)"
+            guard FileIO.isDirectory(directory) else { return }
+            guard rename(directory, root + "/" + name) == 0 else { throw SpoolError.errno("rename to", root + "/" + name) }
+            try FileIO.syncDirectory(root)
+        }
+    }
+
     /// Systems already opened in this process.
     public var openSystems: [SystemSpool] { systems.withLock { Array($0.values) } }
 

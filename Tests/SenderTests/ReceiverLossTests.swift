@@ -1,6 +1,7 @@
 import Foundation
 import Logging
 import Testing
+import Spool
 import WALCore
 @testable import Sender
 
@@ -61,11 +62,77 @@ import WALCore
         try buffer.discard(system: 42)
     }
 
+    @Test func aBufferSetAsideLeavesTheBufferAndKeepsItsFiles() throws {
+        let directory = temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let buffer = try LocalBuffer(directory: directory, logger: logger)
+        let size = try #require(WALSegmentSize(bytes: 1 << 20))
+        _ = try buffer.open(system: 42, segmentSize: size)
+        #expect(try buffer.position(system: 42, segmentSize: size) == nil)  // empty: nothing held
+        let path = try buffer.setAside(system: 42, timeline: 3)
+        #expect(path.hasPrefix(directory + "/42.timeline-3.set-aside-"))
+        #expect(FileManager.default.fileExists(atPath: path + "/system.conf"))
+        #expect(!FileManager.default.fileExists(atPath: directory + "/42"))
+        #expect(try Spool.systemIdentifiers(root: directory).isEmpty)
+        // The buffer starts afresh for the same system.
+        _ = try buffer.open(system: 42, segmentSize: size)
+        #expect(try Spool.systemIdentifiers(root: directory) == [42])
+    }
+
     @Test func aSecondSenderCannotShareTheBuffer() throws {
         let directory = temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: directory) }
         let first = try LocalBuffer(directory: directory, logger: logger)
         #expect(throws: SenderFatalError.self) { _ = try LocalBuffer(directory: directory, logger: logger) }
         _ = first
+    }
+}
+
+/// The rules for WAL the local buffer holds from an earlier outage: nothing acknowledged from it is dropped
+/// while the DR site may lack it.
+@Suite struct LeftoverBufferTests {
+    func held(_ timeline: TimeLineID, _ end: String) -> SpoolPosition {
+        var position = SpoolPosition.empty
+        position.timeline = timeline
+        position.written = LSN(end)!
+        position.durable = LSN(end)!
+        return position
+    }
+
+    @Test func degradingOnTheSameTimelineCarriesOnUnlessTheSlotMovedPast() {
+        #expect(LeftoverBuffer.whenDegrading(held: .empty, primaryTimeline: 2, slotRestart: LSN("0/5000000")!) == .keep)
+        #expect(LeftoverBuffer.whenDegrading(held: held(2, "0/5000000"), primaryTimeline: 2, slotRestart: LSN("0/5000000")!) == .keep)
+        #expect(LeftoverBuffer.whenDegrading(held: held(2, "0/5000000"), primaryTimeline: 2, slotRestart: LSN("0/4000000")!) == .keep)
+        #expect(LeftoverBuffer.whenDegrading(held: held(2, "0/5000000"), primaryTimeline: 2, slotRestart: LSN("0/6000000")!) == .discard)
+    }
+
+    @Test func degradingOnAnotherTimelineRefusesAndKeepsTheBuffer() {
+        // Also when the slot is far beyond it: the slot is the new timeline's, and says nothing of what the
+        // DR site has of the old one.
+        for restart in ["0/1000000", "0/9000000"] {
+            let verdict = LeftoverBuffer.whenDegrading(held: held(1, "0/5000000"), primaryTimeline: 2, slotRestart: LSN(restart)!)
+            guard case .refuseToDegrade(let reason) = verdict else {
+                Issue.record("expected a refusal, got \(verdict)")
+                continue
+            }
+            #expect(reason.contains("timeline 1") && reason.contains("commits wait"))
+        }
+    }
+
+    @Test func aLinkToAReceiverOnTheSameOrAnOlderTimelineKeepsTheBufferToShipIt() {
+        #expect(LeftoverBuffer.whenLinked(held: held(2, "0/5000000"), receiverTimeline: 2, fork: nil) == .keep)
+        #expect(LeftoverBuffer.whenLinked(held: held(2, "0/5000000"), receiverTimeline: 1, fork: nil) == .keep)
+        #expect(LeftoverBuffer.whenLinked(held: .empty, receiverTimeline: 3, fork: nil) == .keep)
+    }
+
+    @Test func aLinkToAReceiverOnALaterTimelineDropsWhatItHasAndSetsAsideTheRest() {
+        // The buffer ends at or before the fork: the receiver's spool holds all of it.
+        #expect(LeftoverBuffer.whenLinked(held: held(1, "0/5000000"), receiverTimeline: 2, fork: LSN("0/5000000")!) == .discard)
+        #expect(LeftoverBuffer.whenLinked(held: held(1, "0/4000000"), receiverTimeline: 3, fork: LSN("0/5000000")!) == .discard)
+        // Beyond the fork: kept aside, with how much.
+        #expect(LeftoverBuffer.whenLinked(held: held(1, "0/5000100"), receiverTimeline: 2, fork: LSN("0/5000000")!)
+                == .setAside(bytesBeyondFork: 0x100))
+        // The primary's history does not name the buffer's timeline: kept aside, amount unknown.
+        #expect(LeftoverBuffer.whenLinked(held: held(1, "0/5000000"), receiverTimeline: 2, fork: nil) == .setAside(bytesBeyondFork: nil))
     }
 }
