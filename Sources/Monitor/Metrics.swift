@@ -11,6 +11,9 @@ public final class MetricsPublisher: Sendable {
     private let factory: PrometheusMetricsFactory
     /// Last published totals, so counters advance by the difference.
     private let totals = Mutex<[String: Double]>([:])
+    /// The gauge series of the last scrape. One that is not published again (an alert that cleared, a lag
+    /// that became unknown) is removed, so it does not go on showing its last value.
+    private let lastGauges = Mutex<Set<GaugeSeries>>([])
 
     public init() {
         factory = PrometheusMetricsFactory(registry: registry)
@@ -23,6 +26,10 @@ public final class MetricsPublisher: Sendable {
     }
 
     func publish(_ s: StatusDocument) {
+        var gauges: [GaugeSeries: Double] = [:]
+        func gauge(_ name: String, _ labels: [String: String], _ value: Double) {
+            gauges[GaugeSeries(name: name, labels: labels)] = value
+        }
         gauge("walship_up", ["role": s.role], 1)
         gauge("walship_start_time_seconds", ["role": s.role], s.process.startedAt.timeIntervalSince1970)
         if let rss = s.process.residentMemoryBytes { gauge("walship_resident_memory_bytes", ["role": s.role], Double(rss)) }
@@ -76,10 +83,12 @@ public final class MetricsPublisher: Sendable {
                 gauge("walship_rpo_exposure_seconds", ["system": id], sender.rpoExposure.map { $0.seconds ?? 0 } ?? 0)
             }
         }
-    }
-
-    private func gauge(_ name: String, _ labels: [String: String], _ value: Double) {
-        Gauge(label: name, dimensions: labels.sorted { $0.key < $1.key }, factory: factory).record(value)
+        let gone = lastGauges.withLock { last in
+            defer { last = Set(gauges.keys) }
+            return last.subtracting(gauges.keys)
+        }
+        for series in gone { Gauge(label: series.name, dimensions: series.dimensions, factory: factory).destroy() }
+        for (series, value) in gauges { Gauge(label: series.name, dimensions: series.dimensions, factory: factory).record(value) }
     }
 
     private func total(_ name: String, _ labels: [String: String], _ value: Double) {
@@ -90,6 +99,29 @@ public final class MetricsPublisher: Sendable {
             return max(0, value - last)
         }
         FloatingPointCounter(label: name, dimensions: labels.sorted { $0.key < $1.key }, factory: factory).increment(by: delta)
+    }
+}
+
+/// One gauge time series: a metric name and its labels.
+struct GaugeSeries: Hashable {
+    let name: String
+    let dimensions: [(String, String)]
+
+    init(name: String, labels: [String: String]) {
+        self.name = name
+        dimensions = labels.sorted { $0.key < $1.key }
+    }
+
+    static func == (a: GaugeSeries, b: GaugeSeries) -> Bool {
+        a.name == b.name && a.dimensions.elementsEqual(b.dimensions) { $0 == $1 }
+    }
+
+    func hash(into hasher: inout Hasher) {
+        hasher.combine(name)
+        for (key, value) in dimensions {
+            hasher.combine(key)
+            hasher.combine(value)
+        }
     }
 }
 

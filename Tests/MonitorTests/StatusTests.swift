@@ -59,6 +59,23 @@ func sampleReceiver(connected: Bool = true, durableBehindBytes: UInt64 = 0, seco
         }
     }
 
+    @Test func seriesThatAreNoLongerPublishedDisappear() {
+        let metrics = MetricsPublisher()
+        let alert = StatusDocument.ActiveAlert(condition: "lag", severity: "warning", system: "7301", since: Date(), message: "behind")
+        let firing = metrics.render(sampleReceiver(durableBehindBytes: 1 << 20, seconds: 1.5, alerts: [alert]))
+        #expect(firing.contains(#"walship_alert_active{condition="lag",system="7301"} 1"#), "\(firing)")
+        #expect(firing.contains(#"walship_lag_seconds{stage="durable",system="7301"} 1.5"#))
+        var calm = sampleReceiver()
+        calm.systems[0].chain[3] = .init(name: "durable", lsn: nil, bytesBehind: nil, secondsBehind: nil)
+        let cleared = metrics.render(calm)
+        #expect(!cleared.contains("walship_alert_active{"), "a cleared alert must not stay at 1: \(cleared)")
+        #expect(!cleared.contains(#"walship_lag_seconds{stage="durable""#), "an unknown lag must not repeat the last value")
+        #expect(cleared.contains(#"walship_lag_seconds{stage="received",system="7301"} 0"#))
+        #expect(cleared.contains(#"walship_link_connected{system="7301"} 1"#))
+        // And back again.
+        #expect(metrics.render(sampleReceiver(alerts: [alert])).contains(#"walship_alert_active{condition="lag",system="7301"} 1"#))
+    }
+
     @Test func tableShowsTheChain() {
         let document = sampleReceiver(durableBehindBytes: 2048, seconds: 1.5)
         let verdict = HealthCheck.evaluate(document, thresholds: .init(), now: document.generatedAt)
