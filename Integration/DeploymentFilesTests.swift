@@ -80,6 +80,38 @@ import Testing
         }
     }
 
+    /// What the compose stack's first start sets up also works on every later start, and lets the other
+    /// containers in: run here with a directory standing in for each volume.
+    @Test func composeStartsAgainAndThePrimaryTakesReplicationConnections() throws {
+        let compose = try #require(try yamlAsJSON(Self.root + "/compose/compose.yaml") as? [String: Any])
+        let services = try #require(compose["services"] as? [String: [String: Any]])
+        let scratch = NSTemporaryDirectory() + "walship-compose-\(UUID().uuidString)"
+        defer { try? FileManager.default.removeItem(atPath: scratch) }
+        try FileManager.default.createDirectory(atPath: scratch + "/bin", withIntermediateDirectories: true)
+        try FileManager.default.createSymbolicLink(atPath: scratch + "/bin/walship", withDestinationPath: IT.walshipBinary)
+        let path = scratch + "/bin:" + (ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin")
+
+        // The certificates: made on the first start, left alone on the next (certs init refuses to overwrite).
+        let entrypoint = try #require(services["certs"]?["entrypoint"] as? [String])
+        #expect(entrypoint.first == "sh" && entrypoint.count == 3)
+        let script = entrypoint[2].replacingOccurrences(of: "/certs", with: scratch + "/certs")
+        _ = try run("/bin/sh", ["-c", script], environment: ["PATH": path])
+        let ca = try String(contentsOfFile: scratch + "/certs/link/ca.crt", encoding: .utf8)
+        let again = try run("/bin/sh", ["-c", script], environment: ["PATH": path], check: false)
+        #expect(again.status == 0, "the certs service fails on a second start: \(again.error)")
+        #expect(try String(contentsOfFile: scratch + "/certs/link/ca.crt", encoding: .utf8) == ca)
+
+        // The primary's init script adds a replication line to the pg_hba.conf the image creates.
+        let volumes = try #require(services["primary"]?["volumes"] as? [String])
+        let mount = try #require(volumes.first { $0.contains("/docker-entrypoint-initdb.d/") })
+        let local = Self.root + "/compose/" + String(mount.split(separator: ":")[0].dropFirst(2))
+        try FileManager.default.createDirectory(atPath: scratch + "/pgdata", withIntermediateDirectories: true)
+        try "host all all all scram-sha-256\n".write(toFile: scratch + "/pgdata/pg_hba.conf", atomically: true, encoding: .utf8)
+        _ = try run("/bin/sh", ["-c", ". \"$0\"", local], environment: ["PGDATA": scratch + "/pgdata"])
+        let hba = try String(contentsOfFile: scratch + "/pgdata/pg_hba.conf", encoding: .utf8)
+        #expect(hba.contains(/(?m)^host\s+replication\s+all\s+all\s+scram-sha-256$/), "\(hba)")
+    }
+
     @Test func systemdUnitsUseRealOptions() throws {
         var checked = 0
         for file in ["walship-receive.service", "walship-send.service", "receive.env.example", "send.env.example"] {
