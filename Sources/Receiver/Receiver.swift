@@ -542,9 +542,12 @@ public final class Receiver: Sendable {
         case .mismatch: .timelineMismatch
         case .io, .fsyncFailed, .diskFull, .corrupt, .locked: .spoolFailure
         }
-        if error.kind == .fsyncFailed {
-            logger.critical("fsync failed: this system's spool stops acknowledging until walship receive is restarted",
+        if error.kind == .fsyncFailed && system.stoppedByFsyncFailure {
+            logger.critical("fsync of the journal failed: this system's spool stops acknowledging until walship receive is restarted (hint: check the disk and the kernel log)",
                             metadata: ["walship.system": "\(system.systemIdentifier)", "walship.error": "\(error)"])
+        } else if error.kind == .fsyncFailed {
+            logger.error("fsync failed while completing a segment: its journal still holds the WAL, and completion is tried again with the next WAL (hint: check the disk and the kernel log)",
+                         metadata: ["walship.system": "\(system.systemIdentifier)", "walship.error": "\(error)"])
         }
         return Refusal(code: code, message: error.message)
     }

@@ -53,6 +53,10 @@ public final class SystemSpool: @unchecked Sendable {
     private var validator: WALSegmentValidator?
     /// Set after an fsync failure: nothing written since the last good fsync can be trusted.
     private var failure: SpoolError?
+    /// Whether a failed fsync of the journal stopped this spool: it refuses WAL until the process restarts and
+    /// re-reads the journal. For the spool's writer (a failed fsync while completing a segment does not stop it:
+    /// the journal still holds the WAL, and completion is tried again).
+    public var stoppedByFsyncFailure: Bool { failure != nil }
     /// Asked before each new segment (the spool's quota).
     private let reserve: (@Sendable (UInt64) throws -> Void)?
 

@@ -17,7 +17,7 @@ struct Check: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Validate a configuration file and test what the configured command needs, one line per check.",
         discussion: """
-            The file is read exactly as walship send/receive --config read it (with WALSHIP_* environment overrides). For send: the source is reachable as a replication connection, the slot is present (or will be created), the receiver answers a handshake, the certificates are valid, the clocks of this host, the primary and the receiver agree, and the primary's synchronous_standby_names matches sync. For receive: the spool is writable, the listen addresses are free or held by the running receiver, the certificates and the standby credential are valid. Nothing is left behind. Exit status 0 when every check passes (warnings allowed), 1 otherwise.
+            The file is read exactly as walship send/receive --config read it (with WALSHIP_* environment overrides). For send: the source is reachable as a replication connection, the slot is present (or will be created), the receiver answers a handshake, the certificates are valid, the clocks of this host, the primary and the receiver agree, and the primary's synchronous_standby_names matches sync. For receive: the spool is writable, the listen addresses are free or held by the running receiver, the certificates and the standby credential are valid. Nothing is left behind, except the empty spool directory of a database system the receiver had not heard of (as its first sender would make it). Exit status 0 when every check passes (warnings allowed), 1 otherwise.
             Example:
               walship check --config /etc/walship/walship.toml
             """)
