@@ -188,6 +188,11 @@ public final class Sender: Sendable {
                             throw CancellationError()
                         } catch {
                             noteProblem("degraded", "\(error)", "cannot acknowledge from the local buffer; commits wait")
+                            // Not at once again: each attempt opens connections to the primary, and a refusal
+                            // (a buffer kept for the receiver) lasts until the receiver is back.
+                            try await Task.sleep(for: min(backoff, .seconds(5)))
+                            backoff = min(backoff * 2, config.maxBackoff)
+                            continue
                         }
                     }
                     wait = min(wait, max(remaining, .milliseconds(100)))
@@ -370,9 +375,6 @@ public final class Sender: Sendable {
             if case .welcome(let w) = first, w.resumeLSN.isValid, w.resumeTimeline < identity.timeline {
                 history = try parseTimelineHistory(String(decoding: try await session.timelineHistory(identity.timeline).content, as: UTF8.self))
             }
-            if let buffer, case .welcome(let w) = first, w.resumeLSN.isValid {
-                try await settleLeftoverBuffer(buffer, receiverTimeline: w.resumeTimeline, identity: identity, session: session)
-            }
             let start: LSN, timeline: TimeLineID, resume: LSN
             switch machine.firstMessageReceived(first, primary: primary, slotRestartLSN: slot?.restartLSN, history: history) {
             case .startStreaming(let s, let t, let r): (start, timeline, resume) = (s, t, r)
@@ -394,6 +396,13 @@ public final class Sender: Sendable {
                 (start, timeline, resume) = (s, to, .invalid)
             case .close(let reason, let fatal): throw fatal ? SenderFatalError(reason) as any Error : LinkError(reason)
             case .reportFeedback, .none: throw LinkError("unexpected handshake outcome")
+            }
+            // Only once the handshake is accepted: a receiver on a timeline this primary does not lead to ends the
+            // link above, and must not get the buffer moved aside first. The link's timeline counts as the
+            // receiver's: a spool moved on to it holds its own timeline up to the fork.
+            if let buffer, case .welcome(let w) = first, w.resumeLSN.isValid {
+                try await settleLeftoverBuffer(buffer, receiverTimeline: max(w.resumeTimeline, timeline), identity: identity,
+                                               session: session)
             }
             let replay = try bufferedWAL(from: start, system: identity.systemIdentifier, segmentSize: identity.segmentSize, timeline: timeline)
             clearProblem("stream", "streaming from the primary to the receiver", metadata: [
@@ -424,8 +433,8 @@ public final class Sender: Sendable {
         return BufferedWAL(spool: try buffer.open(system: system, segmentSize: segmentSize), range: start..<held.upperBound)
     }
 
-    /// A buffer left on an older timeline than the receiver's spool can no longer be shipped: the spool holds
-    /// that timeline up to its fork. The buffer is dropped when it ends there, else moved aside with what lies
+    /// A buffer left on an older timeline than the receiver's spool (or the timeline the link moves it to) can
+    /// no longer be shipped: the spool holds that timeline up to its fork. The buffer is dropped when it ends there, else moved aside with what lies
     /// beyond the fork (commits acknowledged to the old primary that neither the new primary nor the DR site has).
     private func settleLeftoverBuffer(_ buffer: LocalBuffer, receiverTimeline: TimeLineID, identity: SystemIdentity,
                                       session: ReplicationSession) async throws {
