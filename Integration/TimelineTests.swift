@@ -74,4 +74,86 @@ struct TimelineTests {
         #expect(try copy.sql("SELECT count(*), count(*) FILTER (WHERE site = 'after') FROM admissions") == "1500|500")
         #expect(try copy.sql("SELECT timeline_id FROM pg_control_checkpoint()") != "1")
     }
+
+    /// `--on-receiver-loss degrade-after`, and the primary site fails over while the DR site is unreachable,
+    /// to a partner that never received the last commits acknowledged from the sender's local buffer. The
+    /// buffer is kept (commits wait rather than being acknowledged on the new timeline over it); when the
+    /// receiver returns it gets those commits on the old timeline, where its spool keeps them aside, and then
+    /// follows the new primary.
+    @Test func commitsAcknowledgedFromTheBufferOutliveAFailoverAtThePrimarySite() throws {
+        let fixture = try Fixture("timeline-degraded")
+        defer { fixture.tearDown() }
+        var topology = try ShipTopology(fixture, primarySettings: ["hot_standby": "on", "synchronous_standby_names": "'walship'",
+                                                                   "wal_sender_timeout": "'5s'"], spoolOwnedByPostgres: true)
+        try topology.startReceiver(linkTimeout: 5)
+        let local = fixture.directory + "/local"
+        try run(topology.primary.bin + "/pg_basebackup", ["-h", "127.0.0.1", "-p", "\(topology.primary.port)", "-U", "postgres",
+                                                          "-D", local, "-X", "stream", "-R", "-c", "fast", "--no-sync"], asPostgres: true)
+        let partner = try fixture.startCopy(name: "local", signal: "standby.signal", settings: ["hot_standby = on"])
+        let multiHost = "host=127.0.0.1,127.0.0.1 port=\(topology.primary.port),\(partner.port) user=postgres target_session_attrs=read-write"
+        let buffer = fixture.directory + "/buffer"
+        try topology.startSender(extra: ["--sync", "--link-timeout", "5", "--on-receiver-loss", "degrade-after=2s", "--buffer-dir", buffer],
+                                 source: multiHost)
+        try topology.primary.sql("CREATE TABLE admissions (id int PRIMARY KEY)")
+        try topology.primary.sql("INSERT INTO admissions SELECT generate_series(1, 100)")
+        // A fresh segment, which the partner reaches and then stops following.
+        let switchedAt = try lsn(topology.primary.sql("SELECT pg_switch_wal()"))!
+        let segmentStart = (switchedAt / (16 << 20) + 1) * (16 << 20)
+        try topology.primary.sql("INSERT INTO admissions VALUES (101)")
+        let synchronousEnd = try lsn(topology.primary.sql("SELECT pg_current_wal_lsn()"))!
+        try waitUntil("the partner and the DR site to have everything", timeout: 60) {
+            let replayed = lsn(try partner.sql("SELECT pg_last_wal_replay_lsn()")) ?? 0
+            let durable = try topology.durable()
+            return (replayed >= synchronousEnd && durable >= synchronousEnd, "")
+        }
+        try partner.sql("ALTER SYSTEM SET primary_conninfo = ''")
+        try partner.sql("SELECT pg_reload_conf()")
+        try waitUntil("the partner to stop streaming", timeout: 30) { (try partner.sql("SELECT count(*) FROM pg_stat_wal_receiver") == "0", "") }
+
+        // The DR site goes away; after 2 s commits are acknowledged from the buffer alone.
+        topology.receiver!.kill9()
+        for id in 102...131 { try topology.primary.sql("INSERT INTO admissions VALUES (\(id))") }
+        let acknowledgedEnd = try lsn(topology.primary.sql("SELECT pg_current_wal_flush_lsn()"))!
+        #expect(acknowledgedEnd / (16 << 20) == segmentStart / (16 << 20), "the test expects one segment")
+        let degraded = try fetchStatus(port: topology.senderStatusPort)
+        #expect((degraded["sender"] as? [String: Any])?["degraded"] as? Bool == true, "\(degraded)")
+
+        // The primary site fails over to the partner, which never had commits 102-131.
+        topology.primary.stopImmediately()
+        try run(partner.bin + "/pg_ctl", ["-D", partner.dataDirectory, "-w", "promote"], asPostgres: true)
+        try waitUntil("the partner to accept writes", timeout: 60) { (try partner.sql("SELECT pg_is_in_recovery()") == "f", "") }
+        #expect(try partner.sql("SELECT count(*) FROM admissions") == "101")
+        // On the new timeline the sender does not degrade over the buffer: it is kept, and commits wait.
+        try waitUntil("the sender to keep the buffer for the receiver", timeout: 60) {
+            (topology.sender!.log.contains("the local buffer holds WAL of timeline 1"), String(topology.sender!.log.suffix(1500)))
+        }
+        #expect(FileManager.default.fileExists(atPath: buffer + "/" + topology.systemIdentifier + "/system.conf"))
+        try partner.sql("ALTER SYSTEM SET synchronous_standby_names = ''")
+        try partner.sql("SELECT pg_reload_conf()")
+        try partner.sql("INSERT INTO admissions SELECT generate_series(1001, 1100)")
+        let afterFailover = try lsn(partner.sql("SELECT pg_current_wal_lsn()"))!
+
+        // The DR site returns: it gets the buffered commits on timeline 1, then follows timeline 2.
+        try topology.startReceiver(linkTimeout: 5)
+        try waitUntil("the spool to follow timeline 2", timeout: 120) {
+            let status = try fetchStatus(port: topology.receiverStatusPort)
+            let system = (status["systems"] as? [[String: Any]])?.first
+            let timeline = system?["timeline"] as? Int ?? 0
+            let durable = stageLSN(system, "durable") ?? 0
+            return (timeline == 2 && durable >= afterFailover, "timeline \(timeline), durable \(String(durable, radix: 16)); sender: \(topology.sender!.log.suffix(1500))")
+        }
+        // Timeline 1's last segment, kept aside in the spool, holds every commit acknowledged from the buffer:
+        // pg_waldump reads it through to the acknowledged end.
+        let segment = String(format: "00000001%08X%08X", UInt32(truncatingIfNeeded: segmentStart >> 32),
+                             UInt32(truncatingIfNeeded: (segmentStart & 0xFFFF_FFFF) / (16 << 20)))
+        let aside = try fixture.postgresDirectory("aside")
+        _ = try run(IT.walshipBinary, ["extract-partial", "--spool", topology.spool, segment, aside + "/" + segment])
+        let start = String(format: "%X/%X", UInt32(truncatingIfNeeded: segmentStart >> 32), UInt32(truncatingIfNeeded: segmentStart))
+        let end = String(format: "%X/%X", UInt32(truncatingIfNeeded: acknowledgedEnd >> 32), UInt32(truncatingIfNeeded: acknowledgedEnd))
+        let dump = try run(topology.primary.bin + "/pg_waldump", ["-p", aside, "-t", "1", "-s", start, "-e", end], check: false)
+        #expect(dump.status == 0, "\(dump.output.suffix(800))\(dump.error)")
+        #expect(dump.output.components(separatedBy: "INSERT").count - 1 >= 30, "\(dump.output.suffix(800))")
+        // And nothing of it is left to lose in the buffer: shipped, then dropped or kept aside.
+        #expect(!FileManager.default.fileExists(atPath: buffer + "/" + topology.systemIdentifier + "/system.conf"))
+    }
 }

@@ -156,12 +156,17 @@ enum LeftoverBuffer: Equatable {
         return held.durable < slotRestart ? .discard : .keep
     }
 
-    /// On a link to a receiver whose spool is on `receiverTimeline`: `fork` is where the buffer's timeline
-    /// ends in the primary's history, nil when the primary's history does not say.
-    static func whenLinked(held: SpoolPosition, receiverTimeline: TimeLineID, fork: LSN?) -> LeftoverBuffer {
+    /// On a link to a receiver whose spool ends at `receiverEnd` and is on, or about to move to,
+    /// `receiverTimeline`: `fork` is where the buffer's timeline ends in the primary's history, nil when the
+    /// primary's history does not say.
+    static func whenLinked(held: SpoolPosition, receiverEnd: (timeline: TimeLineID, lsn: LSN), receiverTimeline: TimeLineID,
+                           fork: LSN?) -> LeftoverBuffer {
+        guard held.timeline != 0 else { return .keep }
+        // The spool holds all the buffer holds (shipped before the link that acknowledged it ended).
+        if receiverEnd.timeline == held.timeline && receiverEnd.lsn >= held.durable { return .discard }
         // A spool moves to a child timeline only once it holds its own timeline up to the fork (SystemSpool),
         // one timeline at a time: a spool on a later timeline has the buffer's WAL up to the fork.
-        guard held.timeline != 0, receiverTimeline > held.timeline else { return .keep }
+        guard receiverTimeline > held.timeline else { return .keep }
         guard let fork else { return .setAside(bytesBeyondFork: nil) }
         return held.durable > fork ? .setAside(bytesBeyondFork: held.durable.bytesAfter(fork)) : .discard
     }

@@ -213,8 +213,15 @@ public final class Sender: Sendable {
         defer { Task { await session.close() } }
         let identity = try await session.connect(applicationName: config.applicationName)
         try checkPrimary(identity)
-        guard let slot = try await session.readSlot(config.slot) else {
-            throw SenderFatalError("replication slot \"\(config.slot)\" disappeared from the primary")
+        var found = try await session.readSlot(config.slot)
+        if found == nil && config.createSlot {
+            // A primary new since the outage began (a failover at the primary site) has no slot yet.
+            try await session.createSlot(config.slot)
+            logger.notice("created physical replication slot", metadata: ["walship.slot": "\(config.slot)"])
+            found = try await session.readSlot(config.slot)
+        }
+        guard let slot = found else {
+            throw SenderFatalError("replication slot \"\(config.slot)\" disappeared from the primary (hint: pass --create-slot to have it created again)")
         }
         let system = identity.systemIdentifier
         var opened = try buffer.open(system: system, segmentSize: identity.segmentSize)
@@ -375,8 +382,17 @@ public final class Sender: Sendable {
             if case .welcome(let w) = first, w.resumeLSN.isValid, w.resumeTimeline < identity.timeline {
                 history = try parseTimelineHistory(String(decoding: try await session.timelineHistory(identity.timeline).content, as: UTF8.self))
             }
+            // WAL of the spool's timeline that the local buffer holds: after a failover at the primary site it may
+            // reach past where the new primary's copy of that timeline ends.
+            var bufferedEnd: LSN?
+            if let buffer, case .welcome(let w) = first, w.resumeLSN.isValid,
+               let held = try buffer.position(system: identity.systemIdentifier, segmentSize: identity.segmentSize),
+               held.timeline == w.resumeTimeline {
+                bufferedEnd = held.durable
+            }
             let start: LSN, timeline: TimeLineID, resume: LSN
-            switch machine.firstMessageReceived(first, primary: primary, slotRestartLSN: slot?.restartLSN, history: history) {
+            switch machine.firstMessageReceived(first, primary: primary, slotRestartLSN: slot?.restartLSN, history: history,
+                                                bufferedEnd: bufferedEnd) {
             case .startStreaming(let s, let t, let r): (start, timeline, resume) = (s, t, r)
             case .switchTimeline(let to, let s, let fork, let beyondFork):
                 guard case .welcome(let w) = first else { throw LinkError("unexpected handshake outcome") }
@@ -401,17 +417,26 @@ public final class Sender: Sendable {
             // link above, and must not get the buffer moved aside first. The link's timeline counts as the
             // receiver's: a spool moved on to it holds its own timeline up to the fork.
             if let buffer, case .welcome(let w) = first, w.resumeLSN.isValid {
-                try await settleLeftoverBuffer(buffer, receiverTimeline: max(w.resumeTimeline, timeline), identity: identity,
-                                               session: session)
+                try await settleLeftoverBuffer(buffer, receiverEnd: (w.resumeTimeline, w.resumeLSN),
+                                               receiverTimeline: max(w.resumeTimeline, timeline), identity: identity, session: session)
             }
             let replay = try bufferedWAL(from: start, system: identity.systemIdentifier, segmentSize: identity.segmentSize, timeline: timeline)
+            // On a timeline the primary has left, WAL the buffer holds may reach past where the primary's copy of
+            // it ends (commits the old primary acknowledged from the buffer after the new one forked off): the
+            // link then ends after the buffer, and the next handshake moves the spool on.
+            var endsAfterReplay: TimelineEnded?
+            if let replay, timeline < identity.timeline,
+               let end = timelineEnd(of: timeline, history: history, current: identity.timeline), replay.range.upperBound >= end.switchPoint {
+                endsAfterReplay = TimelineEnded(timeline: timeline, next: end.next, at: end.switchPoint)
+            }
             clearProblem("stream", "streaming from the primary to the receiver", metadata: [
                 "walship.system": "\(identity.systemIdentifier)", "walship.start_lsn": "\(start)",
                 "walship.timeline": "\(timeline)", "walship.receiver_durable_lsn": "\(resume)",
             ])
             onStreaming()
             try await stream(session: session, machine: NIOLockedValueBox(machine), start: start, timeline: timeline, resume: resume,
-                             replay: replay, channel: channel.channel, iterator: iterator, outbound: outbound)
+                             replay: replay, endsAfterReplay: endsAfterReplay, channel: channel.channel, iterator: iterator,
+                             outbound: outbound)
         }
     }
 
@@ -436,17 +461,18 @@ public final class Sender: Sendable {
     /// A buffer left on an older timeline than the receiver's spool (or the timeline the link moves it to) can
     /// no longer be shipped: the spool holds that timeline up to its fork. The buffer is dropped when it ends there, else moved aside with what lies
     /// beyond the fork (commits acknowledged to the old primary that neither the new primary nor the DR site has).
-    private func settleLeftoverBuffer(_ buffer: LocalBuffer, receiverTimeline: TimeLineID, identity: SystemIdentity,
-                                      session: ReplicationSession) async throws {
+    private func settleLeftoverBuffer(_ buffer: LocalBuffer, receiverEnd: (timeline: TimeLineID, lsn: LSN), receiverTimeline: TimeLineID,
+                                      identity: SystemIdentity, session: ReplicationSession) async throws {
         let system = identity.systemIdentifier
         guard let held = try buffer.position(system: system, segmentSize: identity.segmentSize),
-              held.timeline < receiverTimeline else { return }
+              held.timeline < receiverTimeline || (held.timeline == receiverEnd.timeline && held.durable <= receiverEnd.lsn)
+        else { return }
         var fork: LSN?
         if held.timeline < identity.timeline {
             let history = try parseTimelineHistory(String(decoding: try await session.timelineHistory(identity.timeline).content, as: UTF8.self))
             fork = timelineEnd(of: held.timeline, history: history, current: identity.timeline)?.switchPoint
         }
-        switch LeftoverBuffer.whenLinked(held: held, receiverTimeline: receiverTimeline, fork: fork) {
+        switch LeftoverBuffer.whenLinked(held: held, receiverEnd: receiverEnd, receiverTimeline: receiverTimeline, fork: fork) {
         case .keep, .refuseToDegrade:
             return
         case .discard:
@@ -494,7 +520,7 @@ public final class Sender: Sendable {
     }
 
     private func stream(session: ReplicationSession, machine: NIOLockedValueBox<SenderLinkStateMachine>, start: LSN, timeline: TimeLineID, resume: LSN,
-                        replay: BufferedWAL?, channel: Channel,
+                        replay: BufferedWAL?, endsAfterReplay: TimelineEnded?, channel: Channel,
                         iterator: NIOAsyncChannelInboundStream<ShipMessage>.AsyncIterator,
                         outbound: NIOAsyncChannelOutboundWriter<ShipMessage>) async throws {
         let gate = StreamGate()
@@ -519,6 +545,7 @@ public final class Sender: Sendable {
                     // Written through the async writer: its frames enter the channel before any the
                     // replication thread writes after this returns.
                     if let replay { try await self.ship(replay, timeline: timeline, machine: machine, to: outbound) }
+                    if let endsAfterReplay { throw endsAfterReplay }
                     try await session.stream(slot: self.config.slot, start: live, timeline: timeline, gate: gate,
                                              sink: link, statusInterval: self.config.statusInterval,
                                              chunkBuffer: { buffers.chunks.take(capacity: $0) })

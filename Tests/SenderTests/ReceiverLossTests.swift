@@ -120,19 +120,22 @@ import WALCore
     }
 
     @Test func aLinkToAReceiverOnTheSameOrAnOlderTimelineKeepsTheBufferToShipIt() {
-        #expect(LeftoverBuffer.whenLinked(held: held(2, "0/5000000"), receiverTimeline: 2, fork: nil) == .keep)
-        #expect(LeftoverBuffer.whenLinked(held: held(2, "0/5000000"), receiverTimeline: 1, fork: nil) == .keep)
-        #expect(LeftoverBuffer.whenLinked(held: .empty, receiverTimeline: 3, fork: nil) == .keep)
+        #expect(LeftoverBuffer.whenLinked(held: held(2, "0/5000000"), receiverEnd: (2, LSN("0/4000000")!), receiverTimeline: 2, fork: nil) == .keep)
+        #expect(LeftoverBuffer.whenLinked(held: held(2, "0/5000000"), receiverEnd: (1, LSN("0/6000000")!), receiverTimeline: 1, fork: nil) == .keep)
+        #expect(LeftoverBuffer.whenLinked(held: .empty, receiverEnd: (3, LSN("0/6000000")!), receiverTimeline: 3, fork: nil) == .keep)
     }
 
     @Test func aLinkToAReceiverOnALaterTimelineDropsWhatItHasAndSetsAsideTheRest() {
         // The buffer ends at or before the fork: the receiver's spool holds all of it.
-        #expect(LeftoverBuffer.whenLinked(held: held(1, "0/5000000"), receiverTimeline: 2, fork: LSN("0/5000000")!) == .discard)
-        #expect(LeftoverBuffer.whenLinked(held: held(1, "0/4000000"), receiverTimeline: 3, fork: LSN("0/5000000")!) == .discard)
+        #expect(LeftoverBuffer.whenLinked(held: held(1, "0/5000000"), receiverEnd: (2, LSN("0/6000000")!), receiverTimeline: 2, fork: LSN("0/5000000")!) == .discard)
+        #expect(LeftoverBuffer.whenLinked(held: held(1, "0/4000000"), receiverEnd: (3, LSN("0/6000000")!), receiverTimeline: 3, fork: LSN("0/5000000")!) == .discard)
         // Beyond the fork: kept aside, with how much.
-        #expect(LeftoverBuffer.whenLinked(held: held(1, "0/5000100"), receiverTimeline: 2, fork: LSN("0/5000000")!)
+        #expect(LeftoverBuffer.whenLinked(held: held(1, "0/5000100"), receiverEnd: (1, LSN("0/5000000")!), receiverTimeline: 2, fork: LSN("0/5000000")!)
                 == .setAside(bytesBeyondFork: 0x100))
         // The primary's history does not name the buffer's timeline: kept aside, amount unknown.
-        #expect(LeftoverBuffer.whenLinked(held: held(1, "0/5000000"), receiverTimeline: 2, fork: nil) == .setAside(bytesBeyondFork: nil))
+        #expect(LeftoverBuffer.whenLinked(held: held(1, "0/5000000"), receiverEnd: (1, LSN("0/4000000")!), receiverTimeline: 2, fork: nil) == .setAside(bytesBeyondFork: nil))
+        // The spool already holds all of it on the buffer's timeline, beyond the fork included: dropped.
+        #expect(LeftoverBuffer.whenLinked(held: held(1, "0/5000100"), receiverEnd: (1, LSN("0/5000100")!), receiverTimeline: 2, fork: LSN("0/5000000")!) == .discard)
+        #expect(LeftoverBuffer.whenLinked(held: held(2, "0/5000000"), receiverEnd: (2, LSN("0/5000000")!), receiverTimeline: 2, fork: nil) == .discard)
     }
 }
