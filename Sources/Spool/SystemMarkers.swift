@@ -102,7 +102,7 @@ func loadJSON<T: Decodable>(_ path: String) throws -> T? {
 
 func saveJSON<T: Encodable>(_ value: T, to path: String, directory: String) throws {
     let data = try JSONEncoder.walship.encode(value)
-    try Array(data).withUnsafeBytes { try FileIO.writeAtomically($0, to: path, directory: directory) }
+    try Array(data).withUnsafeBytes { try FileIO.writeAtomically($0, to: path, directory: directory, mode: 0o644) }
 }
 
 extension SpoolReader {
