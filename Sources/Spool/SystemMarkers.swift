@@ -100,6 +100,8 @@ func loadJSON<T: Decodable>(_ path: String) throws -> T? {
     }
 }
 
+/// Mode 0644: `FENCED` is written by `walship promote`, often as root, and must stay readable by a receiver
+/// running as the PostgreSQL OS user; the spool directory's 0750 keeps others out all the same.
 func saveJSON<T: Encodable>(_ value: T, to path: String, directory: String) throws {
     let data = try JSONEncoder.walship.encode(value)
     try Array(data).withUnsafeBytes { try FileIO.writeAtomically($0, to: path, directory: directory, mode: 0o644) }
