@@ -12,12 +12,7 @@ struct TimelineTests {
         topology.receiverExtra = ["--standby-listen", "127.0.0.1:\(standbyPort)", "--standby-trust"]
         try topology.startReceiver()
 
-        // The local HA partner: a native streaming standby of the primary.
-        let local = fixture.directory + "/local"
-        try run(topology.primary.bin + "/pg_basebackup", ["-h", "127.0.0.1", "-p", "\(topology.primary.port)", "-U", "postgres",
-                                                          "-D", local, "-X", "stream", "-R", "-c", "fast", "--no-sync"], asPostgres: true)
-        let partner = try fixture.startCopy(name: "local", signal: "standby.signal", settings: ["hot_standby = on"])
-        let multiHost = "host=127.0.0.1,127.0.0.1 port=\(topology.primary.port),\(partner.port) user=postgres target_session_attrs=read-write"
+        let (partner, multiHost) = try startLocalPartner(fixture, topology)
         try topology.startSender(source: multiHost)
         // Taken while walship ships (its slot holds the WAL): the DR copy's starting point, restored later from
         // the spool alone, and a continuously replaying DR standby.
@@ -31,11 +26,7 @@ struct TimelineTests {
         try topology.primary.sql("CREATE TABLE admissions (id int PRIMARY KEY, site text)")
         try topology.primary.sql("INSERT INTO admissions SELECT g, 'before' FROM generate_series(1, 1000) g")
         let beforeFailover = try lsn(topology.primary.sql("SELECT pg_current_wal_lsn()"))!
-        try waitUntil("the partner and the DR site to have everything", timeout: 60) {
-            let replayed = lsn(try partner.sql("SELECT pg_last_wal_replay_lsn()")) ?? 0
-            let durable = try topology.durable()
-            return (replayed >= beforeFailover && durable >= beforeFailover, "")
-        }
+        try waitForPartnerAndDRSite(partner, topology, through: beforeFailover)
 
         topology.primary.stopImmediately()
         try run(partner.bin + "/pg_ctl", ["-D", partner.dataDirectory, "-w", "promote"], asPostgres: true)
@@ -78,19 +69,15 @@ struct TimelineTests {
     /// `--on-receiver-loss degrade-after`, and the primary site fails over while the DR site is unreachable,
     /// to a partner that never received the last commits acknowledged from the sender's local buffer. The
     /// buffer is kept (commits wait rather than being acknowledged on the new timeline over it); when the
-    /// receiver returns it gets those commits on the old timeline, where its spool keeps them aside, and then
-    /// follows the new primary.
+    /// receiver returns it gets the buffer up to the fork and follows the new primary, and the buffer, with the
+    /// commits the new primary never had, is set aside for the DBA.
     @Test func commitsAcknowledgedFromTheBufferOutliveAFailoverAtThePrimarySite() throws {
         let fixture = try Fixture("timeline-degraded")
         defer { fixture.tearDown() }
         var topology = try ShipTopology(fixture, primarySettings: ["hot_standby": "on", "synchronous_standby_names": "'walship'",
                                                                    "wal_sender_timeout": "'5s'"], spoolOwnedByPostgres: true)
         try topology.startReceiver(linkTimeout: 5)
-        let local = fixture.directory + "/local"
-        try run(topology.primary.bin + "/pg_basebackup", ["-h", "127.0.0.1", "-p", "\(topology.primary.port)", "-U", "postgres",
-                                                          "-D", local, "-X", "stream", "-R", "-c", "fast", "--no-sync"], asPostgres: true)
-        let partner = try fixture.startCopy(name: "local", signal: "standby.signal", settings: ["hot_standby = on"])
-        let multiHost = "host=127.0.0.1,127.0.0.1 port=\(topology.primary.port),\(partner.port) user=postgres target_session_attrs=read-write"
+        let (partner, multiHost) = try startLocalPartner(fixture, topology)
         let buffer = fixture.directory + "/buffer"
         try topology.startSender(extra: ["--sync", "--link-timeout", "5", "--on-receiver-loss", "degrade-after=2s", "--buffer-dir", buffer],
                                  source: multiHost)
@@ -101,11 +88,7 @@ struct TimelineTests {
         let segmentStart = (switchedAt / (16 << 20) + 1) * (16 << 20)
         try topology.primary.sql("INSERT INTO admissions VALUES (101)")
         let synchronousEnd = try lsn(topology.primary.sql("SELECT pg_current_wal_lsn()"))!
-        try waitUntil("the partner and the DR site to have everything", timeout: 60) {
-            let replayed = lsn(try partner.sql("SELECT pg_last_wal_replay_lsn()")) ?? 0
-            let durable = try topology.durable()
-            return (replayed >= synchronousEnd && durable >= synchronousEnd, "")
-        }
+        try waitForPartnerAndDRSite(partner, topology, through: synchronousEnd)
         try partner.sql("ALTER SYSTEM SET primary_conninfo = ''")
         try partner.sql("SELECT pg_reload_conf()")
         try waitUntil("the partner to stop streaming", timeout: 30) { (try partner.sql("SELECT count(*) FROM pg_stat_wal_receiver") == "0", "") }
@@ -133,7 +116,7 @@ struct TimelineTests {
         try partner.sql("INSERT INTO admissions SELECT generate_series(1001, 1100)")
         let afterFailover = try lsn(partner.sql("SELECT pg_current_wal_lsn()"))!
 
-        // The DR site returns: it gets the buffered commits on timeline 1, then follows timeline 2.
+        // The DR site returns: it gets the buffered WAL up to the fork on timeline 1, then follows timeline 2.
         try topology.startReceiver(linkTimeout: 5)
         try waitUntil("the spool to follow timeline 2", timeout: 120) {
             let status = try fetchStatus(port: topology.receiverStatusPort)
@@ -142,18 +125,50 @@ struct TimelineTests {
             let durable = stageLSN(system, "durable") ?? 0
             return (timeline == 2 && durable >= afterFailover, "timeline \(timeline), durable \(String(durable, radix: 16)); sender: \(topology.sender!.log.suffix(1500))")
         }
-        // Timeline 1's last segment, kept aside in the spool, holds every commit acknowledged from the buffer:
-        // pg_waldump reads it through to the acknowledged end.
+        // Commits 102-131 were acknowledged after the partner forked off: the new timeline never had them, and a
+        // DR standby that replayed them could not follow it. The buffer that holds them is set aside, not dropped.
+        try waitUntil("the buffer to be set aside", timeout: 30) {
+            let audit = (try? String(contentsOfFile: buffer + "/audit.log", encoding: .utf8)) ?? ""
+            return (audit.contains(#""event":"set-aside""#), audit)
+        }
+        #expect(!FileManager.default.fileExists(atPath: buffer + "/" + topology.systemIdentifier + "/system.conf"))
+        let keptName = try #require(try FileManager.default.contentsOfDirectory(atPath: buffer)
+            .first { $0.hasPrefix(topology.systemIdentifier + ".timeline-1.set-aside-") })
         let segment = String(format: "00000001%08X%08X", UInt32(truncatingIfNeeded: segmentStart >> 32),
                              UInt32(truncatingIfNeeded: (segmentStart & 0xFFFF_FFFF) / (16 << 20)))
-        let aside = try fixture.postgresDirectory("aside")
-        _ = try run(IT.walshipBinary, ["extract-partial", "--spool", topology.spool, segment, aside + "/" + segment])
         let start = String(format: "%X/%X", UInt32(truncatingIfNeeded: segmentStart >> 32), UInt32(truncatingIfNeeded: segmentStart))
         let end = String(format: "%X/%X", UInt32(truncatingIfNeeded: acknowledgedEnd >> 32), UInt32(truncatingIfNeeded: acknowledgedEnd))
-        let dump = try run(topology.primary.bin + "/pg_waldump", ["-p", aside, "-t", "1", "-s", start, "-e", end], check: false)
-        #expect(dump.status == 0, "\(dump.output.suffix(800))\(dump.error)")
-        #expect(dump.output.components(separatedBy: "INSERT").count - 1 >= 30, "\(dump.output.suffix(800))")
-        // And nothing of it is left to lose in the buffer: shipped, then dropped or kept aside.
-        #expect(!FileManager.default.fileExists(atPath: buffer + "/" + topology.systemIdentifier + "/system.conf"))
+        /// The segment's WAL as `walship extract-partial` reads it from `spool`, then `pg_waldump` up to the acknowledged end.
+        func dumpThroughAcknowledgedEnd(spool: String, _ name: String) throws -> CommandResult {
+            let out = try fixture.postgresDirectory(name)
+            _ = try run(IT.walshipBinary, ["extract-partial", "--spool", spool, segment, out + "/" + segment])
+            return try run(topology.primary.bin + "/pg_waldump", ["-p", out, "-t", "1", "-s", start, "-e", end], check: false)
+        }
+        let keptRoot = try fixture.postgresDirectory("kept-root")
+        try FileManager.default.createSymbolicLink(atPath: keptRoot + "/" + topology.systemIdentifier, withDestinationPath: buffer + "/" + keptName)
+        let kept = try dumpThroughAcknowledgedEnd(spool: keptRoot, "kept")
+        #expect(kept.status == 0, "\(kept.output.suffix(800))\(kept.error)")
+        #expect(kept.output.components(separatedBy: "INSERT").count - 1 >= 30, "\(kept.output.suffix(800))")
+        // The DR site's timeline 1 ends at the fork.
+        let spooled = try dumpThroughAcknowledgedEnd(spool: topology.spool, "spooled")
+        #expect(spooled.status != 0 && spooled.output.contains("desc: INSERT off 101"), "\(spooled.output.suffix(800))\(spooled.error)")
+    }
+
+    /// The local HA partner, a native streaming standby of the primary, and a conninfo that finds whichever
+    /// of the two accepts writes.
+    func startLocalPartner(_ fixture: Fixture, _ topology: ShipTopology) throws -> (Cluster, String) {
+        _ = try run(topology.primary.bin + "/pg_basebackup", ["-h", "127.0.0.1", "-p", "\(topology.primary.port)", "-U", "postgres",
+                                                              "-D", fixture.directory + "/local", "-X", "stream", "-R", "-c", "fast",
+                                                              "--no-sync"], asPostgres: true)
+        let partner = try fixture.startCopy(name: "local", signal: "standby.signal", settings: ["hot_standby = on"])
+        return (partner, "host=127.0.0.1,127.0.0.1 port=\(topology.primary.port),\(partner.port) user=postgres target_session_attrs=read-write")
+    }
+
+    func waitForPartnerAndDRSite(_ partner: Cluster, _ topology: ShipTopology, through end: UInt64) throws {
+        try waitUntil("the partner and the DR site to have everything", timeout: 60) {
+            let replayed = lsn(try partner.sql("SELECT pg_last_wal_replay_lsn()")) ?? 0
+            let durable = try topology.durable()
+            return (replayed >= end && durable >= end, "")
+        }
     }
 }

@@ -144,8 +144,8 @@ enum LeftoverBuffer: Equatable {
     case refuseToDegrade(String)
 
     /// When degrading: the buffer ends at `held`, the primary is on `primaryTimeline` and its slot starts at
-    /// `slotRestart`.
-    static func whenDegrading(held: SpoolPosition, primaryTimeline: TimeLineID, slotRestart: LSN) -> LeftoverBuffer {
+    /// `slotRestart` (nil when that says nothing: a slot just created, or one without a restart position).
+    static func whenDegrading(held: SpoolPosition, primaryTimeline: TimeLineID, slotRestart: LSN?) -> LeftoverBuffer {
         guard held.timeline != 0 else { return .keep }
         guard held.timeline == primaryTimeline else {
             // Nothing tells from here what the DR site has of the buffer's timeline: keep all of it for the
@@ -153,6 +153,7 @@ enum LeftoverBuffer: Equatable {
             return .refuseToDegrade("the local buffer holds WAL of timeline \(held.timeline) up to \(held.durable), acknowledged while the DR site was unreachable, and the primary is now on timeline \(primaryTimeline): the buffer is kept for the receiver, and commits wait until the receiver is back")
         }
         // The slot moved past the buffer's end: the receiver acknowledged all of it since.
+        guard let slotRestart else { return .keep }
         return held.durable < slotRestart ? .discard : .keep
     }
 

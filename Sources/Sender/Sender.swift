@@ -186,13 +186,15 @@ public final class Sender: Sendable {
                             throw error
                         } catch is CancellationError {
                             throw CancellationError()
-                        } catch {
-                            noteProblem("degraded", "\(error)", "cannot acknowledge from the local buffer; commits wait")
-                            // Not at once again: each attempt opens connections to the primary, and a refusal
-                            // (a buffer kept for the receiver) lasts until the receiver is back.
+                        } catch let kept as BufferKeptForReceiver {
+                            noteProblem("degraded", "\(kept)", "cannot acknowledge from the local buffer; commits wait")
+                            // Not at once again: each attempt opens connections to the primary, and this lasts
+                            // until the receiver is back.
                             try await Task.sleep(for: min(backoff, .seconds(5)))
                             backoff = min(backoff * 2, config.maxBackoff)
                             continue
+                        } catch {
+                            noteProblem("degraded", "\(error)", "cannot acknowledge from the local buffer; commits wait")
                         }
                     }
                     wait = min(wait, max(remaining, .milliseconds(100)))
@@ -214,6 +216,7 @@ public final class Sender: Sendable {
         let identity = try await session.connect(applicationName: config.applicationName)
         try checkPrimary(identity)
         var found = try await session.readSlot(config.slot)
+        let slotIsNew = found == nil
         if found == nil && config.createSlot {
             // A primary new since the outage began (a failover at the primary site) has no slot yet.
             try await session.createSlot(config.slot)
@@ -226,15 +229,24 @@ public final class Sender: Sendable {
         let system = identity.systemIdentifier
         var opened = try buffer.open(system: system, segmentSize: identity.segmentSize)
         let restart = slot.restartLSN ?? identity.flushLSN
-        switch LeftoverBuffer.whenDegrading(held: opened.position, primaryTimeline: identity.timeline, slotRestart: restart) {
+        // Only a slot that was already there says how far the primary got confirmation: a new one starts at the
+        // primary's current position whatever the DR site has.
+        let held = opened.position
+        switch LeftoverBuffer.whenDegrading(held: held, primaryTimeline: identity.timeline, slotRestart: slotIsNew ? nil : slot.restartLSN) {
         case .keep:
             break
         case .discard, .setAside:
             // Left from an earlier outage and all shipped since (the slot moved past it): start afresh.
             try buffer.discard(system: system)
+            try buffer.audit(["event": "discarded", "system": "\(system)", "timeline": "\(held.timeline)",
+                              "acknowledged_lsn": "\(held.durable)", "slot_restart_lsn": "\(restart)",
+                              "reason": "the primary's slot moved past the buffer: the DR site acknowledged all of it"])
+            logger.notice("dropped a local buffer the DR site had acknowledged in full", metadata: [
+                "walship.buffer_end": "\(held.durable)", "walship.slot_restart_lsn": "\(restart)",
+            ])
             opened = try buffer.open(system: system, segmentSize: identity.segmentSize)
         case .refuseToDegrade(let reason):
-            throw LinkError(reason)
+            throw BufferKeptForReceiver(description: reason)
         }
         let buffered = opened
         let start = buffered.position.timeline == 0 ? identity.segmentSize.segmentStart(of: restart) : buffered.position.durable
@@ -382,17 +394,8 @@ public final class Sender: Sendable {
             if case .welcome(let w) = first, w.resumeLSN.isValid, w.resumeTimeline < identity.timeline {
                 history = try parseTimelineHistory(String(decoding: try await session.timelineHistory(identity.timeline).content, as: UTF8.self))
             }
-            // WAL of the spool's timeline that the local buffer holds: after a failover at the primary site it may
-            // reach past where the new primary's copy of that timeline ends.
-            var bufferedEnd: LSN?
-            if let buffer, case .welcome(let w) = first, w.resumeLSN.isValid,
-               let held = try buffer.position(system: identity.systemIdentifier, segmentSize: identity.segmentSize),
-               held.timeline == w.resumeTimeline {
-                bufferedEnd = held.durable
-            }
             let start: LSN, timeline: TimeLineID, resume: LSN
-            switch machine.firstMessageReceived(first, primary: primary, slotRestartLSN: slot?.restartLSN, history: history,
-                                                bufferedEnd: bufferedEnd) {
+            switch machine.firstMessageReceived(first, primary: primary, slotRestartLSN: slot?.restartLSN, history: history) {
             case .startStreaming(let s, let t, let r): (start, timeline, resume) = (s, t, r)
             case .switchTimeline(let to, let s, let fork, let beyondFork):
                 guard case .welcome(let w) = first else { throw LinkError("unexpected handshake outcome") }
@@ -416,19 +419,21 @@ public final class Sender: Sendable {
             // Only once the handshake is accepted: a receiver on a timeline this primary does not lead to ends the
             // link above, and must not get the buffer moved aside first. The link's timeline counts as the
             // receiver's: a spool moved on to it holds its own timeline up to the fork.
-            if let buffer, case .welcome(let w) = first, w.resumeLSN.isValid {
+            if let buffer, case .welcome(let w) = first {
                 try await settleLeftoverBuffer(buffer, receiverEnd: (w.resumeTimeline, w.resumeLSN),
                                                receiverTimeline: max(w.resumeTimeline, timeline), identity: identity, session: session)
             }
-            let replay = try bufferedWAL(from: start, system: identity.systemIdentifier, segmentSize: identity.segmentSize, timeline: timeline)
-            // On a timeline the primary has left, WAL the buffer holds may reach past where the primary's copy of
-            // it ends (commits the old primary acknowledged from the buffer after the new one forked off): the
-            // link then ends after the buffer, and the next handshake moves the spool on.
-            var endsAfterReplay: TimelineEnded?
-            if let replay, timeline < identity.timeline,
-               let end = timelineEnd(of: timeline, history: history, current: identity.timeline), replay.range.upperBound >= end.switchPoint {
-                endsAfterReplay = TimelineEnded(timeline: timeline, next: end.next, at: end.switchPoint)
+            // On a timeline the primary has left, the buffer is shipped up to where that timeline ends: what it holds
+            // beyond (commits the old primary acknowledged from it after the new primary forked off) was never on
+            // the new primary, and a DR standby that replayed it could not follow the new timeline. It stays in the
+            // buffer, which is set aside once the spool has moved on (`settleLeftoverBuffer`).
+            var timelineEnds: TimelineEnded?
+            if timeline < identity.timeline, let end = timelineEnd(of: timeline, history: history, current: identity.timeline) {
+                timelineEnds = TimelineEnded(timeline: timeline, next: end.next, at: end.switchPoint)
             }
+            let replay = try bufferedWAL(from: start, system: identity.systemIdentifier, segmentSize: identity.segmentSize,
+                                         timeline: timeline, endingAt: timelineEnds?.at)
+            let endsAfterReplay = replay.flatMap { replay in timelineEnds.flatMap { replay.range.upperBound >= $0.at ? $0 : nil } }
             clearProblem("stream", "streaming from the primary to the receiver", metadata: [
                 "walship.system": "\(identity.systemIdentifier)", "walship.start_lsn": "\(start)",
                 "walship.timeline": "\(timeline)", "walship.receiver_durable_lsn": "\(resume)",
@@ -442,20 +447,23 @@ public final class Sender: Sendable {
 
     /// WAL the receiver needs from `start` that only the local buffer still has (the primary's slot moved on
     /// when it was acknowledged from there), or nil.
-    private func bufferedWAL(from start: LSN, system: UInt64, segmentSize: WALSegmentSize, timeline: TimeLineID) throws -> BufferedWAL? {
+    private func bufferedWAL(from start: LSN, system: UInt64, segmentSize: WALSegmentSize, timeline: TimeLineID,
+                             endingAt timelineEnd: LSN? = nil) throws -> BufferedWAL? {
         guard let buffer, let held = try buffer.range(system: system, segmentSize: segmentSize, timeline: timeline) else { return nil }
         statusBox.withLock { $0.acknowledgedFromBuffer = max($0.acknowledgedFromBuffer, held.upperBound) }
         if held.upperBound <= start {
             leaveDegraded(system: system)
             return nil
         }
+        let end = min(held.upperBound, timelineEnd ?? held.upperBound)
+        guard end > start else { return nil }
         guard held.lowerBound <= start else {
             throw SenderFatalError("the receiver's WAL ends at \(start), but the local buffer in \(buffer.directory) only starts at \(held.lowerBound): the WAL between was acknowledged to the primary and is in neither place (hint: the DR site needs a re-seed; see docs/runbook.md)")
         }
         logger.notice("shipping WAL acknowledged from the local buffer", metadata: [
-            "walship.from": "\(start)", "walship.to": "\(held.upperBound)", "walship.bytes": "\(held.upperBound.bytesAfter(start))",
+            "walship.from": "\(start)", "walship.to": "\(end)", "walship.bytes": "\(end.bytesAfter(start))",
         ])
-        return BufferedWAL(spool: try buffer.open(system: system, segmentSize: segmentSize), range: start..<held.upperBound)
+        return BufferedWAL(spool: try buffer.open(system: system, segmentSize: segmentSize), range: start..<end)
     }
 
     /// A buffer left on an older timeline than the receiver's spool (or the timeline the link moves it to) can
@@ -545,7 +553,7 @@ public final class Sender: Sendable {
                     // Written through the async writer: its frames enter the channel before any the
                     // replication thread writes after this returns.
                     if let replay { try await self.ship(replay, timeline: timeline, machine: machine, to: outbound) }
-                    if let endsAfterReplay { throw endsAfterReplay }
+                    if let endsAfterReplay { try await self.awaitDurable(endsAfterReplay.at); throw endsAfterReplay }
                     try await session.stream(slot: self.config.slot, start: live, timeline: timeline, gate: gate,
                                              sink: link, statusInterval: self.config.statusInterval,
                                              chunkBuffer: { buffers.chunks.take(capacity: $0) })
@@ -556,6 +564,18 @@ public final class Sender: Sendable {
             ],
             onEnd: { _ in gate.requestStop() },
             reader: { try await self.readAcks(&iterator, machine: machine, gate: gate) })
+    }
+
+    /// Waits until the receiver acknowledges WAL up to `end` as durable, at most the link timeout: so a link that
+    /// ends on purpose after shipping it does not end before the receiver has it.
+    private func awaitDurable(_ end: LSN) async throws {
+        let deadline = ContinuousClock.now + config.linkTimeout
+        while statusBox.withLock({ $0.receiverDurable }) < end {
+            guard ContinuousClock.now < deadline else {
+                throw LinkError("the receiver did not acknowledge the WAL up to \(end) within the link timeout")
+            }
+            try await Task.sleep(for: .milliseconds(10))
+        }
     }
 
     private func ship(_ replay: BufferedWAL, timeline: TimeLineID, machine: NIOLockedValueBox<SenderLinkStateMachine>,
@@ -809,6 +829,11 @@ struct TimelineEnded: Error {
     let timeline: TimeLineID
     let next: TimeLineID
     let at: LSN
+}
+
+/// Degrading would mean dropping a buffer of another timeline that the DR site may lack: commits wait instead.
+struct BufferKeptForReceiver: Error, CustomStringConvertible {
+    let description: String
 }
 
 /// The link to the receiver failed; the sender reconnects.

@@ -41,10 +41,8 @@ public struct SenderLinkStateMachine: Sendable {
 
     /// The receiver's first answer. Its durable end wins over the slot, so nothing it lacks is skipped; an empty
     /// spool starts at the start of the segment holding the slot's restart_lsn, so every stored segment is whole.
-    /// `bufferedEnd`: where the sender's local buffer ends, when it holds WAL of the spool's timeline (the
-    /// primary may no longer have all of it, after a failover at the primary site).
     public mutating func firstMessageReceived(_ message: ShipMessage, primary: PrimaryIdentity, slotRestartLSN: LSN?,
-                                              history: [TimelineHistoryEntry] = [], bufferedEnd: LSN? = nil) -> Action {
+                                              history: [TimelineHistoryEntry] = []) -> Action {
         guard case .awaitingWelcome = state else { return close("unexpected handshake in state \(state)") }
         switch message {
         case .welcome(let welcome):
@@ -53,7 +51,7 @@ public struct SenderLinkStateMachine: Sendable {
             }
             if welcome.resumeLSN.isValid {
                 if welcome.resumeTimeline < primary.timeline {
-                    return followTimeline(welcome: welcome, primary: primary, history: history, bufferedEnd: bufferedEnd)
+                    return followTimeline(welcome: welcome, primary: primary, history: history)
                 }
                 guard welcome.resumeTimeline == primary.timeline else {
                     return close("the spool holds timeline \(welcome.resumeTimeline), newer than the primary's timeline \(primary.timeline); is the source the right server?", fatal: true)
@@ -79,15 +77,12 @@ public struct SenderLinkStateMachine: Sendable {
     /// history file for its current timeline. While the spool lacks WAL of its own timeline up to the fork,
     /// stream that timeline (the server ends it at the fork); once it has it, continue on the child timeline
     /// from the start of the fork's segment. WAL the spool holds beyond the fork was never on the new primary:
-    /// the spool keeps it aside, and it is never served on the new timeline. WAL of the old timeline that only
-    /// the sender's local buffer still has (up to `bufferedEnd`, possibly beyond the fork) goes first, so the
-    /// spool keeps that aside too instead of it being lost.
-    private mutating func followTimeline(welcome: Welcome, primary: PrimaryIdentity, history: [TimelineHistoryEntry],
-                                         bufferedEnd: LSN?) -> Action {
+    /// the spool keeps it aside, and it is never served on the new timeline.
+    private mutating func followTimeline(welcome: Welcome, primary: PrimaryIdentity, history: [TimelineHistoryEntry]) -> Action {
         guard let (fork, child) = timelineEnd(of: welcome.resumeTimeline, history: history, current: primary.timeline) else {
             return close("the spool's timeline \(welcome.resumeTimeline) is not in the history of the primary's timeline \(primary.timeline); the DR site needs a re-seed from this primary", fatal: true)
         }
-        if welcome.resumeLSN < max(fork, bufferedEnd ?? .invalid) {
+        if welcome.resumeLSN < fork {
             state = .streaming(timeline: welcome.resumeTimeline, sent: welcome.resumeLSN, written: welcome.resumeLSN,
                                durable: welcome.resumeLSN)
             return .startStreaming(start: welcome.resumeLSN, timeline: welcome.resumeTimeline, resume: welcome.resumeLSN)

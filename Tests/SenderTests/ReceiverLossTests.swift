@@ -104,6 +104,8 @@ import WALCore
         #expect(LeftoverBuffer.whenDegrading(held: held(2, "0/5000000"), primaryTimeline: 2, slotRestart: LSN("0/5000000")!) == .keep)
         #expect(LeftoverBuffer.whenDegrading(held: held(2, "0/5000000"), primaryTimeline: 2, slotRestart: LSN("0/4000000")!) == .keep)
         #expect(LeftoverBuffer.whenDegrading(held: held(2, "0/5000000"), primaryTimeline: 2, slotRestart: LSN("0/6000000")!) == .discard)
+        // A slot just created (or without a restart position) is no evidence: the buffer is kept.
+        #expect(LeftoverBuffer.whenDegrading(held: held(2, "0/5000000"), primaryTimeline: 2, slotRestart: nil) == .keep)
     }
 
     @Test func degradingOnAnotherTimelineRefusesAndKeepsTheBuffer() {

@@ -100,24 +100,6 @@ import WALCore
         else { Issue.record("an ack for a future timeline was accepted"); return }
     }
 
-    @Test func walOnlyTheLocalBufferHoldsGoesBeforeTheSwitch() {
-        // The spool is at the fork; the sender's buffer holds the old timeline beyond it: that goes first.
-        var m = SenderLinkStateMachine()
-        #expect(m.firstMessageReceived(welcome("0/4046CA0"), primary: primary, slotRestartLSN: nil, history: history,
-                                       bufferedEnd: LSN("0/4050000")!)
-            == .startStreaming(start: LSN("0/4046CA0")!, timeline: 1, resume: LSN("0/4046CA0")!))
-        // Once the spool has it, the switch follows, reporting what lies beyond the fork.
-        var n = SenderLinkStateMachine()
-        #expect(n.firstMessageReceived(welcome("0/4050000"), primary: primary, slotRestartLSN: nil, history: history,
-                                       bufferedEnd: LSN("0/4050000")!)
-            == .switchTimeline(to: 2, start: LSN("0/4000000")!, fork: LSN("0/4046CA0")!, beyondFork: 0x9360))
-        // A buffer that ends before the fork changes nothing.
-        var o = SenderLinkStateMachine()
-        #expect(o.firstMessageReceived(welcome("0/4046CA0"), primary: primary, slotRestartLSN: nil, history: history,
-                                       bufferedEnd: LSN("0/4000000")!)
-            == .switchTimeline(to: 2, start: LSN("0/4000000")!, fork: LSN("0/4046CA0")!, beyondFork: 0))
-    }
-
     @Test func aSpoolOffThePrimarysHistoryNeedsAReseed() {
         var m = SenderLinkStateMachine()
         let foreign = [TimelineHistoryEntry(parent: 3, switchPoint: LSN("0/1")!, reason: "")]
