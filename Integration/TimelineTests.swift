@@ -34,13 +34,7 @@ struct TimelineTests {
         try partner.sql("INSERT INTO admissions SELECT g, 'after' FROM generate_series(1001, 1500) g")
         let afterFailover = try lsn(partner.sql("SELECT pg_current_wal_lsn()"))!
 
-        try waitUntil("the spool to follow timeline 2", timeout: 120) {
-            let status = try fetchStatus(port: topology.receiverStatusPort)
-            let system = (status["systems"] as? [[String: Any]])?.first
-            let timeline = system?["timeline"] as? Int ?? 0
-            let durable = stageLSN(system, "durable") ?? 0
-            return (timeline == 2 && durable >= afterFailover, "timeline \(timeline), durable \(String(durable, radix: 16)); sender: \(topology.sender!.log.suffix(600))")
-        }
+        try waitForTheSpoolOnTimeline2(topology, through: afterFailover)
         #expect(FileManager.default.fileExists(atPath: topology.walDirectory + "/00000002.history"))
 
         // The DR standby follows to timeline 2 and keeps replaying.
@@ -118,13 +112,7 @@ struct TimelineTests {
 
         // The DR site returns: it gets the buffered WAL up to the fork on timeline 1, then follows timeline 2.
         try topology.startReceiver(linkTimeout: 5)
-        try waitUntil("the spool to follow timeline 2", timeout: 120) {
-            let status = try fetchStatus(port: topology.receiverStatusPort)
-            let system = (status["systems"] as? [[String: Any]])?.first
-            let timeline = system?["timeline"] as? Int ?? 0
-            let durable = stageLSN(system, "durable") ?? 0
-            return (timeline == 2 && durable >= afterFailover, "timeline \(timeline), durable \(String(durable, radix: 16)); sender: \(topology.sender!.log.suffix(1500))")
-        }
+        try waitForTheSpoolOnTimeline2(topology, through: afterFailover)
         // Commits 102-131 were acknowledged after the partner forked off: the new timeline never had them, and a
         // DR standby that replayed them could not follow it. The buffer that holds them is set aside, not dropped.
         try waitUntil("the buffer to be set aside", timeout: 30) {
@@ -169,6 +157,16 @@ struct TimelineTests {
             let replayed = lsn(try partner.sql("SELECT pg_last_wal_replay_lsn()")) ?? 0
             let durable = try topology.durable()
             return (replayed >= end && durable >= end, "")
+        }
+    }
+
+    func waitForTheSpoolOnTimeline2(_ topology: ShipTopology, through end: UInt64) throws {
+        try waitUntil("the spool to follow timeline 2", timeout: 120) {
+            let status = try fetchStatus(port: topology.receiverStatusPort)
+            let system = (status["systems"] as? [[String: Any]])?.first
+            let timeline = system?["timeline"] as? Int ?? 0
+            let durable = stageLSN(system, "durable") ?? 0
+            return (timeline == 2 && durable >= end, "timeline \(timeline), durable \(String(durable, radix: 16)); sender: \(topology.sender!.log.suffix(1500))")
         }
     }
 }
