@@ -105,6 +105,10 @@ struct TimelineTests {
             (topology.sender!.log.contains("the local buffer holds WAL of timeline 1"), String(topology.sender!.log.suffix(1500)))
         }
         #expect(FileManager.default.fileExists(atPath: buffer + "/" + topology.systemIdentifier + "/system.conf"))
+        try waitUntil("the sender to say it no longer acknowledges", timeout: 30) {
+            let status = try fetchStatus(port: topology.senderStatusPort)
+            return (status["state"] as? String == "retrying" && (status["sender"] as? [String: Any])?["rpoExposure"] != nil, "\(status)")
+        }
         try partner.sql("ALTER SYSTEM SET synchronous_standby_names = ''")
         try partner.sql("SELECT pg_reload_conf()")
         try partner.sql("INSERT INTO admissions SELECT generate_series(1001, 1100)")

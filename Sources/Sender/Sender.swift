@@ -129,6 +129,8 @@ public final class Sender: Sendable {
         var everLinked = false
         /// When the DR site stopped taking WAL (for --on-receiver-loss degrade-after).
         var receiverLostAt: ContinuousClock.Instant?
+        /// The last attempt to degrade was refused: commits wait, though the exposure from before remains.
+        var degradingRefused = false
         while true {
             try Task.checkCancellation()
             do {
@@ -136,6 +138,7 @@ public final class Sender: Sendable {
                     backoff = .seconds(1)
                     everLinked = true
                     receiverLostAt = nil
+                    degradingRefused = false
                 }
             } catch let error as SenderFatalError {
                 setState("failed", error: error.description)
@@ -166,7 +169,7 @@ public final class Sender: Sendable {
                 if Task.isCancelled { throw CancellationError() }
                 let text = "\(error)"
                 noteProblem("stream", text, "streaming stopped; retrying with backoff")
-                setState(statusBox.withLock { $0.degradedSince } == nil ? "retrying" : "degraded", error: text)
+                setState(statusBox.withLock { $0.degradedSince } == nil || degradingRefused ? "retrying" : "degraded", error: text)
                 var wait = backoff
                 if case .degradeAfter(let after) = config.receiverLoss, buffer != nil, !(error is PostgresError) {
                     // The DR site is not taking WAL. Past the allowed time, acknowledge from the local buffer
@@ -178,6 +181,7 @@ public final class Sender: Sendable {
                         do {
                             // Waits `backoff` before probing the receiver, so a receiver that accepts
                             // connections but refuses the link is not retried in a tight loop.
+                            degradingRefused = false
                             try await runDegraded(firstProbeAfter: backoff)
                             backoff = min(backoff * 2, config.maxBackoff)
                             continue
@@ -188,6 +192,10 @@ public final class Sender: Sendable {
                             throw CancellationError()
                         } catch let kept as BufferKeptForReceiver {
                             noteProblem("degraded", "\(kept)", "cannot acknowledge from the local buffer; commits wait")
+                            // Not acknowledging any more, though what was acknowledged from the buffer is still
+                            // not offsite (the exposure stays reported).
+                            degradingRefused = true
+                            setState("retrying", error: kept.description)
                             // Not at once again: each attempt opens connections to the primary, and this lasts
                             // until the receiver is back.
                             try await Task.sleep(for: min(backoff, .seconds(5)))
