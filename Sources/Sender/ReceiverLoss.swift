@@ -75,10 +75,9 @@ final class LocalBuffer: Sendable {
 
     /// The WAL the buffer holds on `timeline`, or nil when it holds none there.
     func range(system: UInt64, segmentSize: WALSegmentSize, timeline: TimeLineID) throws -> Range<LSN>? {
-        guard try Spool.systemIdentifiers(root: directory).contains(system) else { return nil }
-        let buffered = try open(system: system, segmentSize: segmentSize)
-        let position = buffered.position
-        guard position.timeline == timeline, let oldest = try buffered.oldestLSN(), oldest < position.durable else { return nil }
+        guard let position = try position(system: system, segmentSize: segmentSize), position.timeline == timeline,
+              let oldest = try open(system: system, segmentSize: segmentSize).oldestLSN(), oldest < position.durable
+        else { return nil }
         return oldest..<position.durable
     }
 

@@ -480,11 +480,9 @@ public final class Sender: Sendable {
     private func settleLeftoverBuffer(_ buffer: LocalBuffer, receiverEnd: (timeline: TimeLineID, lsn: LSN), receiverTimeline: TimeLineID,
                                       identity: SystemIdentity, session: ReplicationSession) async throws {
         let system = identity.systemIdentifier
-        guard let held = try buffer.position(system: system, segmentSize: identity.segmentSize),
-              held.timeline < receiverTimeline || (held.timeline == receiverEnd.timeline && held.durable <= receiverEnd.lsn)
-        else { return }
+        guard let held = try buffer.position(system: system, segmentSize: identity.segmentSize) else { return }
         var fork: LSN?
-        if held.timeline < identity.timeline {
+        if held.timeline < receiverTimeline && held.timeline < identity.timeline {
             let history = try parseTimelineHistory(String(decoding: try await session.timelineHistory(identity.timeline).content, as: UTF8.self))
             fork = timelineEnd(of: held.timeline, history: history, current: identity.timeline)?.switchPoint
         }
