@@ -429,7 +429,8 @@ public final class Sender: Sendable {
             // receiver's: a spool moved on to it holds its own timeline up to the fork.
             if let buffer, case .welcome(let w) = first {
                 try await settleLeftoverBuffer(buffer, receiverEnd: (w.resumeTimeline, w.resumeLSN),
-                                               receiverTimeline: max(w.resumeTimeline, timeline), identity: identity, session: session)
+                                               receiverTimeline: max(w.resumeTimeline, timeline), identity: identity,
+                                               history: history, session: session)
             }
             // On a timeline the primary has left, the buffer is shipped up to where that timeline ends: what it holds
             // beyond (commits the old primary acknowledged from it after the new primary forked off) was never on
@@ -475,16 +476,20 @@ public final class Sender: Sendable {
     }
 
     /// A buffer left on an older timeline than the receiver's spool (or the timeline the link moves it to) can
-    /// no longer be shipped: the spool holds that timeline up to its fork. The buffer is dropped when it ends there, else moved aside with what lies
-    /// beyond the fork (commits acknowledged to the old primary that neither the new primary nor the DR site has).
+    /// no longer be shipped: the spool holds that timeline up to its fork. The buffer is dropped when it ends
+    /// there, else moved aside with what lies beyond the fork (commits acknowledged to the old primary that
+    /// neither the new primary nor the DR site has). `history` is the primary's history file when the handshake
+    /// read it already; it is read here only if needed and not.
     private func settleLeftoverBuffer(_ buffer: LocalBuffer, receiverEnd: (timeline: TimeLineID, lsn: LSN), receiverTimeline: TimeLineID,
-                                      identity: SystemIdentity, session: ReplicationSession) async throws {
+                                      identity: SystemIdentity, history: [TimelineHistoryEntry], session: ReplicationSession) async throws {
         let system = identity.systemIdentifier
         guard let held = try buffer.position(system: system, segmentSize: identity.segmentSize) else { return }
         var fork: LSN?
         if held.timeline < receiverTimeline && held.timeline < identity.timeline {
-            let history = try parseTimelineHistory(String(decoding: try await session.timelineHistory(identity.timeline).content, as: UTF8.self))
-            fork = timelineEnd(of: held.timeline, history: history, current: identity.timeline)?.switchPoint
+            let entries = history.isEmpty
+                ? try parseTimelineHistory(String(decoding: try await session.timelineHistory(identity.timeline).content, as: UTF8.self))
+                : history
+            fork = timelineEnd(of: held.timeline, history: entries, current: identity.timeline)?.switchPoint
         }
         switch LeftoverBuffer.whenLinked(held: held, receiverEnd: receiverEnd, receiverTimeline: receiverTimeline, fork: fork) {
         case .keep, .refuseToDegrade:
