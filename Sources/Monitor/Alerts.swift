@@ -223,6 +223,10 @@ public enum AlertRules {
                                         ? "the old primary tried to ship WAL after the DR replica was promoted; it was refused (fence set \(formatISO8601(fence.promotedAt)))"
                                         : "the old primary has stopped trying to ship WAL"))
                 }
+                // Always watched: a spool that acknowledges nothing more blocks every synchronous commit.
+                out.append(.init(condition: "spool_failure", system: id, firing: system.spoolFailure != nil, severity: .critical,
+                                 message: system.spoolFailure.map { "this system's spool takes no WAL: \($0)" }
+                                    ?? "this system's spool takes WAL again"))
                 if let limit = t.disconnectSeconds, system.fence == nil {
                     let down = system.link.connected ? 0 : system.link.disconnectedSince.map { now.timeIntervalSince($0) } ?? 0
                     out.append(.init(condition: "sender_disconnected", system: id, firing: down > limit, severity: .critical,

@@ -114,6 +114,9 @@ public struct StatusDocument: Codable, Sendable, Equatable {
         public var standbys: [Standby]
         /// Recent lag of the furthest stage this process sees (replayed if any standby reports, else durable).
         public var history: [LagPoint]
+        /// Set while this system's spool takes and acknowledges no WAL: a failed fsync stopped it, or it lacks
+        /// WAL it had acknowledged and was not started. What happened, with a hint.
+        public var spoolFailure: String?
 
         public init(systemIdentifier: String?, timeline: UInt32?, link: LinkStatus, chain: [Stage],
                     clockSkewSeconds: Double? = nil, fence: Fence? = nil, standbys: [Standby] = [], history: [LagPoint] = []) {

@@ -540,7 +540,7 @@ public final class Receiver: Sendable {
         case .invalidWAL: .invalidWAL
         case .notContiguous: .notContiguous
         case .mismatch: .timelineMismatch
-        case .io, .fsyncFailed, .diskFull, .corrupt, .locked: .spoolFailure
+        case .io, .fsyncFailed, .diskFull, .corrupt, .locked, .acknowledgedWALMissing: .spoolFailure
         }
         if error.kind == .fsyncFailed && system.stoppedByFsyncFailure {
             logger.critical("fsync of the journal failed: this system's spool stops acknowledging until walship receive is restarted (hint: check the disk and the kernel log)",
@@ -729,7 +729,7 @@ public final class Receiver: Sendable {
                 fence = .init(promotedAt: record.promotedAt, promotedTimeline: record.promotedTimeline,
                               replayedLSN: record.replayedLSN, lastRefusedAt: m.fenceRefusedAt)
             }
-            return StatusDocument.SystemStatus(
+            var status = StatusDocument.SystemStatus(
                 systemIdentifier: String(id), timeline: p.timeline,
                 link: .init(connected: link != nil, peer: link?.peer, senderName: link?.senderName ?? m.senderName,
                             synchronous: link?.synchronous ?? m.synchronous,
@@ -741,6 +741,15 @@ public final class Receiver: Sendable {
                 chain: [(StatusDocument.StageName.primary, m.lag.primaryLSN), (.sent, LSN.invalid), (.received, p.written),
                         (.durable, p.durable), (.replayed, replayed)].map { m.lag.stage($0, at: $1, now: now) },
                 clockSkewSeconds: m.lag.clockSkewSeconds, fence: fence, standbys: standbys)
+            status.spoolFailure = system.fsyncFailure.map {
+                "\($0) (hint: check the disk and the kernel log, then restart walship receive: it re-reads the spool from disk)"
+            }
+            return status
+        } + spool.refusedSystems.sorted { $0.key < $1.key }.map { id, error in
+            var status = StatusDocument.SystemStatus(
+                systemIdentifier: String(id), timeline: nil, link: .init(connected: false, disconnectedSince: startedAt), chain: [])
+            status.spoolFailure = error.message
+            return status
         }
         return StatusDocument(
             role: "receiver", version: walshipVersion, host: ProcessInfo.processInfo.hostName, generatedAt: wallNow,

@@ -118,12 +118,10 @@ final class LocalBuffer: Sendable {
         var record = fields
         record["at"] = ISO8601DateFormatter().string(from: Date())
         let data = try JSONSerialization.data(withJSONObject: record, options: [.sortedKeys]) + Data("\n".utf8)
-        let fd = Glibc.open(auditPath, O_WRONLY | O_CREAT | O_APPEND, 0o640)
-        guard fd >= 0 else { throw SenderFatalError("cannot open \(auditPath): \(String(cString: strerror(errno)))") }
-        defer { Glibc.close(fd) }
-        let written = data.withUnsafeBytes { Glibc.write(fd, $0.baseAddress, $0.count) }
-        guard written == data.count, fsync(fd) == 0 else {
-            throw SenderFatalError("cannot write \(auditPath): \(String(cString: strerror(errno)))")
+        do {
+            try spool.appendDurably(Array(data), toFileNamed: "audit.log")
+        } catch {
+            throw SenderFatalError("cannot write \(auditPath): \(error)")
         }
     }
 }

@@ -37,6 +37,7 @@ public final class BackupWriter {
     let partialDirectory: String
     let start: BackupStart
     let systemIdentifier: UInt64
+    private let io: FileIO
     private let archive: AppendFile
     private let manifest: AppendFile
     private let frame = LZ4.FrameWriter()
@@ -45,21 +46,22 @@ public final class BackupWriter {
     private var finished = false
 
     public init(system: SystemSpool, start: BackupStart, now: Date = Date()) throws {
+        io = system.io
         baseDirectory = system.directory + "/base"
-        try FileIO.makeDirectory(baseDirectory)
+        try io.makeDirectory(baseDirectory, retry: .rewrittenOnRetry)
         systemIdentifier = system.systemIdentifier
         self.start = start
         var candidate = Self.formatID(now)
         var n = 2
-        while FileIO.exists(baseDirectory + "/" + candidate) || FileIO.exists(baseDirectory + "/" + candidate + ".partial") {
+        while io.exists(baseDirectory + "/" + candidate) || io.exists(baseDirectory + "/" + candidate + ".partial") {
             candidate = Self.formatID(now) + "-\(n)"
             n += 1
         }
         id = candidate
         partialDirectory = baseDirectory + "/" + id + ".partial"
-        try FileIO.makeDirectory(partialDirectory)
-        archive = try AppendFile(partialDirectory + "/base.tar.lz4")
-        manifest = try AppendFile(partialDirectory + "/backup_manifest")
+        try io.makeDirectory(partialDirectory, retry: .rewrittenOnRetry)
+        archive = try AppendFile(partialDirectory + "/base.tar.lz4", io: io)
+        manifest = try AppendFile(partialDirectory + "/backup_manifest", io: io)
         try frame.begin().withUnsafeBytes { try archive.append($0) }
     }
 
@@ -92,11 +94,9 @@ public final class BackupWriter {
             startLSN: start.startLSN.description, stopLSN: stop.stopLSN.description, timeline: stop.timeline,
             archiveBytes: archiveBytes, archiveCRC32C: String(archiveCRC, radix: 16), storedBytes: UInt64(archive.length),
             status: durable >= stop.stopLSN ? .complete : .waitingForWAL)
-        try BackupCatalog.write(info, to: partialDirectory)
-        guard rename(partialDirectory, baseDirectory + "/" + id) == 0 else {
-            throw SpoolError.errno("rename backup directory", partialDirectory)
-        }
-        try FileIO.syncDirectory(baseDirectory)
+        try BackupCatalog.write(info, to: partialDirectory, io: io)
+        try io.rename(partialDirectory, to: baseDirectory + "/" + id)
+        try io.syncDirectory(baseDirectory, retry: .rewrittenOnRetry)
         finished = true
         return info
     }
@@ -104,7 +104,7 @@ public final class BackupWriter {
     /// Drops an unfinished backup.
     public func abort() {
         finished = true
-        try? FileIO.removeDirectory(partialDirectory)
+        try? io.removeDirectory(partialDirectory)
     }
 }
 
@@ -129,9 +129,11 @@ public enum BackupCatalog {
         }
     }
 
-    static func write(_ info: BackupInfo, to directory: String) throws {
+    static func write(_ info: BackupInfo, to directory: String, io: FileIO = .posix) throws {
         let data = try JSONEncoder.walship.encode(info)
-        try Array(data).withUnsafeBytes { try FileIO.writeAtomically($0, to: directory + "/backup.json", directory: directory) }
+        try Array(data).withUnsafeBytes {
+            try io.writeAtomically($0, to: directory + "/backup.json", directory: directory, retry: .rewrittenOnRetry)
+        }
     }
 
     /// Marks a stored backup complete once the spool durably holds its WAL.
@@ -144,11 +146,11 @@ public enum BackupCatalog {
     }
 
     /// Removes what interrupted backups left; they were never visible as backups.
-    public static func removeUnfinished(systemDirectory: String) throws {
+    public static func removeUnfinished(systemDirectory: String, io: FileIO = .posix) throws {
         let base = systemDirectory + "/base"
-        guard FileIO.isDirectory(base) else { return }
-        for name in try FileIO.listDirectory(base) where name.hasSuffix(".partial") {
-            try FileIO.removeDirectory(base + "/" + name)
+        guard io.isDirectory(base) else { return }
+        for name in try io.listDirectory(base) where name.hasSuffix(".partial") {
+            try io.removeDirectory(base + "/" + name)
         }
     }
 }
@@ -182,23 +184,25 @@ extension JSONDecoder {
     }
 }
 
-/// A file written front to back.
+/// A file written front to back. A failed fsync ends the backup (it is taken again), not the WAL spool.
 final class AppendFile {
     let path: String
+    private let io: FileIO
     private let fd: Int32
     private(set) var length = 0
 
-    init(_ path: String) throws {
+    init(_ path: String, io: FileIO) throws {
         self.path = path
-        fd = try FileIO.open(path, O_WRONLY | O_CREAT | O_TRUNC)
+        self.io = io
+        fd = try io.open(path, O_WRONLY | O_CREAT | O_TRUNC)
     }
 
-    deinit { FileIO.close(fd) }
+    deinit { io.close(fd) }
 
     func append(_ bytes: UnsafeRawBufferPointer) throws {
-        try FileIO.pwriteAll(fd, bytes, at: length, path: path)
+        try io.pwriteAll(fd, bytes, at: length, path: path)
         length += bytes.count
     }
 
-    func sync() throws { try FileIO.syncFile(fd, path: path) }
+    func sync() throws { try io.syncFile(fd, path: path, retry: .rewrittenOnRetry) }
 }

@@ -3,6 +3,7 @@ import Glibc
 #elseif canImport(Darwin)
 import Darwin
 #endif
+import Synchronization
 
 /// A spool operation that failed, with the path and the system's reason. Never contains secrets.
 public struct SpoolError: Error, CustomStringConvertible, Sendable {
@@ -17,6 +18,8 @@ public struct SpoolError: Error, CustomStringConvertible, Sendable {
         case notContiguous
         case locked
         case mismatch
+        /// The spool ends below a position it acknowledged (see `SystemSpool`'s recovery): it is not started.
+        case acknowledgedWALMissing
     }
 
     public let kind: Kind
@@ -39,23 +42,64 @@ public struct SpoolError: Error, CustomStringConvertible, Sendable {
     }
 }
 
-/// Thin POSIX layer. Every durability step names the crash it protects against.
-enum FileIO {
-    static func open(_ path: String, _ flags: Int32, mode: mode_t = 0o640) throws -> Int32 {
-        let fd = Glibc.open(path, flags | O_CLOEXEC, mode)
-        guard fd >= 0 else { throw SpoolError.errno("open", path) }
-        return fd
+/// Remembers the first failed fsync of a file that gates acknowledgements (a journal, a timeline switch, the
+/// local buffer). From then on every such fsync through the same `FileIO` fails with it: Linux reports a
+/// writeback error once and drops the dirty pages, so a retried fsync would succeed for data that never
+/// reached the disk. Only re-reading the files in a new spool object (a restart or `Spool.reopen`) clears it.
+public final class SyncFailureLatch: Sendable {
+    private let failure = Mutex<SpoolError?>(nil)
+
+    public init() {}
+
+    public var error: SpoolError? { failure.withLock { $0 } }
+
+    func check() throws {
+        if let error = failure.withLock({ $0 }) { throw error }
     }
 
-    static func close(_ fd: Int32) { _ = Glibc.close(fd) }
+    func record(_ error: SpoolError) {
+        failure.withLock { if $0 == nil { $0 = error } }
+    }
+}
 
-    static func pwriteAll(_ fd: Int32, _ bytes: UnsafeRawBufferPointer, at offset: Int, path: String) throws {
+/// The spool's way to the file system: every call goes through `fs`, and every fsync through `sync`, the one
+/// place that enforces the rule after a failed fsync (see `SyncFailureLatch`). Every durability step names
+/// the crash it protects against.
+public struct FileIO: Sendable {
+    public let fs: any FileSystem
+    /// Shared by the files of one system's spool; nil for read-only users.
+    public let latch: SyncFailureLatch?
+
+    public init(_ fs: any FileSystem = PosixFileSystem(), latch: SyncFailureLatch? = nil) {
+        self.fs = fs
+        self.latch = latch
+    }
+
+    /// The real file system, for readers that change nothing (`restore-wal`, the standby endpoint's reads).
+    public static let posix = FileIO(PosixFileSystem())
+
+    /// The same file system with a latch of its own: one system's spool.
+    func latched() -> FileIO { FileIO(fs, latch: SyncFailureLatch()) }
+
+    /// Whether a retry of the fsync may be trusted: true only where the retry writes the data again into a
+    /// new file (a segment's completion from the fsynced journal); false where an acknowledgement follows.
+    enum SyncRetry {
+        case gatesAcknowledgement
+        case rewrittenOnRetry
+    }
+
+    func open(_ path: String, _ flags: Int32, mode: mode_t = 0o640) throws -> Int32 {
+        do { return try fs.open(path, flags: flags, mode: mode) } catch { throw SpoolError.errno("open", path, error.code) }
+    }
+
+    func close(_ fd: Int32) { fs.close(fd) }
+
+    func pwriteAll(_ fd: Int32, _ bytes: UnsafeRawBufferPointer, at offset: Int, path: String) throws {
         var done = 0
         while done < bytes.count {
-            let n = pwrite(fd, bytes.baseAddress! + done, bytes.count - done, off_t(offset + done))
-            if n < 0 {
-                if errno == EINTR { continue }
-                throw SpoolError.errno("write", path)
+            let n: Int
+            do { n = try fs.pwrite(fd, UnsafeRawBufferPointer(rebasing: bytes[done...]), at: offset + done) } catch {
+                throw SpoolError.errno("write", path, error.code)
             }
             // A zero-length write without an error means the filesystem is out of space.
             if n == 0 { throw SpoolError.errno("write", path, ENOSPC) }
@@ -65,29 +109,29 @@ enum FileIO {
 
     /// `head` then `body` at `offset` in one system call (a journal record's header and its data); what a
     /// short write leaves goes the ordinary way.
-    static func pwriteAll(_ fd: Int32, _ head: UnsafeRawBufferPointer, _ body: UnsafeRawBufferPointer, at offset: Int,
-                          path: String) throws {
-        var vectors = [iovec(iov_base: UnsafeMutableRawPointer(mutating: head.baseAddress), iov_len: head.count),
-                       iovec(iov_base: UnsafeMutableRawPointer(mutating: body.baseAddress), iov_len: body.count)]
-        var written: Int
-        repeat {
-            written = pwritev(fd, &vectors, 2, off_t(offset))
-        } while written < 0 && errno == EINTR
-        if written < 0 { throw SpoolError.errno("write", path) }
+    func pwriteAll(_ fd: Int32, _ head: UnsafeRawBufferPointer, _ body: UnsafeRawBufferPointer, at offset: Int,
+                   path: String) throws {
+        let written: Int
+        do { written = try fs.pwrite(fd, head, body, at: offset) } catch { throw SpoolError.errno("write", path, error.code) }
         // Either rest may be empty; pwriteAll then writes nothing (and reports a write of 0 as a full disk).
         let headDone = min(written, head.count), bodyDone = written - headDone
         try pwriteAll(fd, UnsafeRawBufferPointer(rebasing: head[headDone...]), at: offset + headDone, path: path)
         try pwriteAll(fd, UnsafeRawBufferPointer(rebasing: body[bodyDone...]), at: offset + head.count + bodyDone, path: path)
     }
 
-    static func preadAll(_ fd: Int32, count: Int, at offset: Int, path: String) throws -> [UInt8] {
+    func preadAll(_ fd: Int32, count: Int, at offset: Int, path: String) throws -> [UInt8] {
         var out = [UInt8](repeating: 0, count: count)
         var done = 0
         while done < count {
-            let n = out.withUnsafeMutableBytes { pread(fd, $0.baseAddress! + done, count - done, off_t(offset + done)) }
-            if n < 0 {
-                if errno == EINTR { continue }
-                throw SpoolError.errno("read", path)
+            let result = out.withUnsafeMutableBytes { buffer in
+                Result { () throws(SystemCallError) in
+                    try fs.pread(fd, into: UnsafeMutableRawBufferPointer(rebasing: buffer[done...]), at: offset + done)
+                }
+            }
+            let n: Int
+            switch result {
+            case .success(let count): n = count
+            case .failure(let error): throw SpoolError.errno("read", path, error.code)
             }
             if n == 0 { break }
             done += n
@@ -96,76 +140,81 @@ enum FileIO {
         return out
     }
 
-    static func fileSize(_ fd: Int32, path: String) throws -> Int {
-        var st = stat()
-        guard fstat(fd, &st) == 0 else { throw SpoolError.errno("stat", path) }
-        return Int(st.st_size)
+    func fileSize(_ fd: Int32, path: String) throws -> Int {
+        do { return try fs.size(fd) } catch { throw SpoolError.errno("stat", path, error.code) }
     }
 
-    /// Data (and the size, if it changed) reaches the disk; after a failure nothing since the last success is trusted.
-    static func syncData(_ fd: Int32, path: String) throws {
-        guard fdatasync(fd) == 0 else {
-            // Any fsync failure is fatal, ENOSPC included: the kernel may already have dropped the dirty pages.
-            throw SpoolError(.fsyncFailed, SpoolError.errno("fsync", path).message)
+    /// The chokepoint of every fsync. After a failure nothing written since the last success is trusted, and
+    /// where an acknowledgement follows, the latch keeps every later fsync of the spool failing.
+    private func sync(_ what: String, _ path: String, _ retry: SyncRetry, _ call: () throws(SystemCallError) -> Void) throws {
+        if retry == .gatesAcknowledgement { try latch?.check() }
+        do { try call() } catch {
+            // Any fsync failure counts, ENOSPC included: the kernel may already have dropped the dirty pages.
+            let failure = SpoolError(.fsyncFailed, SpoolError.errno(what, path, error.code).message)
+            if retry == .gatesAcknowledgement { latch?.record(failure) }
+            throw failure
         }
     }
 
-    static func syncFile(_ fd: Int32, path: String) throws {
-        guard fsync(fd) == 0 else {
-            // Any fsync failure is fatal, ENOSPC included: the kernel may already have dropped the dirty pages.
-            throw SpoolError(.fsyncFailed, SpoolError.errno("fsync", path).message)
-        }
+    /// Data (and the size, if it changed) reaches the disk.
+    func syncData(_ fd: Int32, path: String, retry: SyncRetry = .gatesAcknowledgement) throws {
+        try sync("fsync", path, retry) { () throws(SystemCallError) in try fs.fdatasync(fd) }
+    }
+
+    func syncFile(_ fd: Int32, path: String, retry: SyncRetry = .gatesAcknowledgement) throws {
+        try sync("fsync", path, retry) { () throws(SystemCallError) in try fs.fsync(fd) }
     }
 
     /// Makes creations, renames and unlinks in `path` survive a crash.
-    static func syncDirectory(_ path: String) throws {
-        let fd = Glibc.open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-        guard fd >= 0 else { throw SpoolError.errno("open directory", path) }
-        defer { Glibc.close(fd) }
-        guard fsync(fd) == 0 else { throw SpoolError(.fsyncFailed, SpoolError.errno("fsync directory", path).message) }
+    func syncDirectory(_ path: String, retry: SyncRetry = .gatesAcknowledgement) throws {
+        try sync("fsync directory", path, retry) { () throws(SystemCallError) in try fs.fsyncDirectory(path) }
     }
 
     /// Reserves real blocks so later writes and fdatasync need no allocation (the pre-padding trick of pg_receivewal).
     /// On ext4 and XFS the blocks stay unwritten until first written (see `ZeroFill` in the journal).
-    static func preallocate(_ fd: Int32, bytes: Int, path: String) throws {
-        let rc = posix_fallocate(fd, 0, off_t(bytes))
-        guard rc == 0 else { throw SpoolError.errno("preallocate", path, rc) }
+    func preallocate(_ fd: Int32, bytes: Int, path: String) throws {
+        do { try fs.allocate(fd, bytes: bytes) } catch { throw SpoolError.errno("preallocate", path, error.code) }
     }
 
     /// Writes zeros over `range` of the file.
-    static func writeZeros(_ fd: Int32, _ range: Range<Int>, path: String) throws {
+    func writeZeros(_ fd: Int32, _ range: Range<Int>, path: String) throws {
         var offset = range.lowerBound
         while offset < range.upperBound {
-            let n = min(range.upperBound - offset, zeros.count)
-            try zeros.withUnsafeBytes { try pwriteAll(fd, UnsafeRawBufferPointer(rebasing: $0[0..<n]), at: offset, path: path) }
+            let n = min(range.upperBound - offset, Self.zeros.count)
+            try Self.zeros.withUnsafeBytes { try pwriteAll(fd, UnsafeRawBufferPointer(rebasing: $0[0..<n]), at: offset, path: path) }
             offset += n
         }
     }
 
     private static let zeros = [UInt8](repeating: 0, count: 256 << 10)
 
-    static func truncate(_ fd: Int32, to bytes: Int, path: String) throws {
-        guard ftruncate(fd, off_t(bytes)) == 0 else { throw SpoolError.errno("truncate", path) }
+    func truncate(_ fd: Int32, to bytes: Int, path: String) throws {
+        do { try fs.truncate(fd, to: bytes) } catch { throw SpoolError.errno("truncate", path, error.code) }
+    }
+
+    func rename(_ from: String, to: String) throws {
+        do { try fs.rename(from, to: to) } catch { throw SpoolError.errno("rename to", to, error.code) }
     }
 
     /// temp file → fsync → rename → fsync directory: after a crash the file is either absent or whole.
-    static func writeAtomically(_ bytes: UnsafeRawBufferPointer, to path: String, directory: String, mode: mode_t = 0o640) throws {
+    func writeAtomically(_ bytes: UnsafeRawBufferPointer, to path: String, directory: String, mode: mode_t = 0o640,
+                         retry: SyncRetry = .gatesAcknowledgement) throws {
         let tmp = path + ".tmp"
         let fd = try open(tmp, O_WRONLY | O_CREAT | O_TRUNC, mode: mode)
         do {
             try pwriteAll(fd, bytes, at: 0, path: tmp)
-            try syncFile(fd, path: tmp)
+            try syncFile(fd, path: tmp, retry: retry)
         } catch {
             close(fd)
-            unlink(tmp)
+            try? fs.unlink(tmp)
             throw error
         }
         close(fd)
-        guard rename(tmp, path) == 0 else { throw SpoolError.errno("rename to", path) }
-        try syncDirectory(directory)
+        try rename(tmp, to: path)
+        try syncDirectory(directory, retry: retry)
     }
 
-    static func readWholeFile(_ path: String, maxBytes: Int) throws -> [UInt8] {
+    func readWholeFile(_ path: String, maxBytes: Int) throws -> [UInt8] {
         let fd = try open(path, O_RDONLY)
         defer { close(fd) }
         let size = try fileSize(fd, path: path)
@@ -173,45 +222,77 @@ enum FileIO {
         return try preadAll(fd, count: size, at: 0, path: path)
     }
 
-    static func exists(_ path: String) -> Bool { access(path, F_OK) == 0 }
+    func exists(_ path: String) -> Bool { fs.exists(path) }
 
-    static func isDirectory(_ path: String) -> Bool {
-        var st = stat()
-        return stat(path, &st) == 0 && (st.st_mode & S_IFMT) == S_IFDIR
-    }
+    func isDirectory(_ path: String) -> Bool { fs.isDirectory(path) }
 
-    static func makeDirectory(_ path: String, mode: mode_t = 0o750) throws {
+    /// Creates a directory and makes its entry durable in the parent (fsync of the parent): WAL fsynced into a
+    /// directory whose own entry a crash takes away would be lost with it.
+    func makeDirectory(_ path: String, mode: mode_t = 0o750, retry: SyncRetry = .gatesAcknowledgement) throws {
         if isDirectory(path) { return }
-        guard mkdir(path, mode) == 0 || errno == EEXIST else { throw SpoolError.errno("create directory", path) }
+        do { try fs.mkdir(path, mode: mode) } catch {
+            guard error.code == EEXIST else { throw SpoolError.errno("create directory", path, error.code) }
+            return
+        }
+        try syncDirectory(parentDirectory(of: path), retry: retry)
     }
 
-    static func listDirectory(_ path: String) throws -> [String] {
-        guard let dir = opendir(path) else { throw SpoolError.errno("list directory", path) }
-        defer { closedir(dir) }
-        var names: [String] = []
-        while let entry = readdir(dir) {
-            let name = withUnsafeBytes(of: entry.pointee.d_name) { raw in
-                String(cString: raw.baseAddress!.assumingMemoryBound(to: CChar.self))
-            }
-            if name != "." && name != ".." { names.append(name) }
-        }
-        return names.sorted()
+    func listDirectory(_ path: String) throws -> [String] {
+        do { return try fs.list(path).sorted() } catch { throw SpoolError.errno("list directory", path, error.code) }
     }
 
     /// Removes a directory of plain files (a backup), its files first.
-    static func removeDirectory(_ path: String) throws {
+    func removeDirectory(_ path: String) throws {
         for name in try listDirectory(path) { try remove(path + "/" + name) }
-        guard rmdir(path) == 0 || errno == ENOENT else { throw SpoolError.errno("remove directory", path) }
+        do { try fs.rmdir(path) } catch {
+            guard error.code == ENOENT else { throw SpoolError.errno("remove directory", path, error.code) }
+        }
     }
 
-    static func remove(_ path: String) throws {
-        guard unlink(path) == 0 || errno == ENOENT else { throw SpoolError.errno("remove", path) }
+    func remove(_ path: String) throws {
+        do { try fs.unlink(path) } catch {
+            guard error.code == ENOENT else { throw SpoolError.errno("remove", path, error.code) }
+        }
     }
 
+    /// Appends `line` to the file at `path` and makes it durable; the first time it creates the file, its
+    /// directory entry too. For audit logs, which must outlive a crash as much as the WAL they describe.
+    func appendDurably(_ line: [UInt8], to path: String) throws {
+        let created = !exists(path)
+        let fd = try open(path, O_WRONLY | O_CREAT | O_APPEND)
+        defer { close(fd) }
+        try line.withUnsafeBytes { try pwriteAll(fd, $0, at: try fileSize(fd, path: path), path: path) }
+        try syncFile(fd, path: path)
+        if created { try syncDirectory(parentDirectory(of: path)) }
+    }
+
+    func capacity(of path: String) -> (free: UInt64, total: UInt64)? { fs.capacity(path) }
+}
+
+func parentDirectory(of path: String) -> String {
+    guard let slash = path.lastIndex(of: "/") else { return "." }
+    return slash == path.startIndex ? "/" : String(path[..<slash])
+}
+
+/// The same calls on the real file system, for code that reads a spool without owning it.
+extension FileIO {
+    static func open(_ path: String, _ flags: Int32, mode: mode_t = 0o640) throws -> Int32 { try posix.open(path, flags, mode: mode) }
+    static func close(_ fd: Int32) { posix.close(fd) }
+    static func preadAll(_ fd: Int32, count: Int, at offset: Int, path: String) throws -> [UInt8] {
+        try posix.preadAll(fd, count: count, at: offset, path: path)
+    }
+    static func fileSize(_ fd: Int32, path: String) throws -> Int { try posix.fileSize(fd, path: path) }
+    static func readWholeFile(_ path: String, maxBytes: Int) throws -> [UInt8] { try posix.readWholeFile(path, maxBytes: maxBytes) }
+    static func exists(_ path: String) -> Bool { posix.exists(path) }
+    static func isDirectory(_ path: String) -> Bool { posix.isDirectory(path) }
+    static func listDirectory(_ path: String) throws -> [String] { try posix.listDirectory(path) }
+    static func remove(_ path: String) throws { try posix.remove(path) }
+    static func removeDirectory(_ path: String) throws { try posix.removeDirectory(path) }
+    static func makeDirectory(_ path: String, mode: mode_t = 0o750) throws { try posix.makeDirectory(path, mode: mode) }
+    static func syncDirectory(_ path: String) throws { try posix.syncDirectory(path) }
+    static func writeAtomically(_ bytes: UnsafeRawBufferPointer, to path: String, directory: String, mode: mode_t = 0o640) throws {
+        try posix.writeAtomically(bytes, to: path, directory: directory, mode: mode)
+    }
     /// Free and total bytes of the filesystem holding `path`.
-    public static func capacity(of path: String) -> (free: UInt64, total: UInt64)? {
-        var st = statvfs()
-        guard statvfs(path, &st) == 0 else { return nil }
-        return (UInt64(st.f_bavail) * UInt64(st.f_frsize), UInt64(st.f_blocks) * UInt64(st.f_frsize))
-    }
+    public static func capacity(of path: String) -> (free: UInt64, total: UInt64)? { posix.capacity(of: path) }
 }

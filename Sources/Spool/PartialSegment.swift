@@ -162,15 +162,15 @@ public enum PartialSegment {
     /// Whether the file at `path` holds nothing but zeros: a journal preallocated by a walship that was stopped
     /// before it wrote the header (versions before `.partial.tmp`). Records follow only a durable header, so
     /// such a file never held WAL anyone acknowledged.
-    static func neverWritten(path: String) throws -> Bool {
-        let fd = try FileIO.open(path, O_RDONLY)
-        defer { FileIO.close(fd) }
-        let size = try FileIO.fileSize(fd, path: path)
+    static func neverWritten(path: String, io: FileIO = .posix) throws -> Bool {
+        let fd = try io.open(path, O_RDONLY)
+        defer { io.close(fd) }
+        let size = try io.fileSize(fd, path: path)
         // The header first: a journal that has one answers after reading a few bytes.
         var offset = 0
         var pieceLength = headerLength
         while offset < size {
-            let piece = try FileIO.preadAll(fd, count: min(pieceLength, size - offset), at: offset, path: path)
+            let piece = try io.preadAll(fd, count: min(pieceLength, size - offset), at: offset, path: path)
             guard piece.allSatisfy({ $0 == 0 }) else { return false }
             offset += piece.count
             pieceLength = 1 << 20
@@ -181,27 +181,29 @@ public enum PartialSegment {
     /// Reads a partial file without changing it (also used by `restore-wal`, possibly as another OS user).
     /// Record by record, as `JournalFollower` does: the file is preallocated beyond the segment's size, and
     /// reading it whole cost the receiver 17 MiB of memory at each start on top of the segment's WAL.
-    public static func read(path: String) throws -> Contents {
-        let fd = try FileIO.open(path, O_RDONLY)
-        defer { FileIO.close(fd) }
-        let header = try decodeHeader(try FileIO.preadAll(fd, count: headerLength, at: 0, path: path), path: path)
+    public static func read(path: String, io: FileIO = .posix) throws -> Contents {
+        let fd = try io.open(path, O_RDONLY)
+        defer { io.close(fd) }
+        let header = try decodeHeader(try io.preadAll(fd, count: headerLength, at: 0, path: path), path: path)
         let segmentBytes = Int(header.segment.segmentSize.bytes)
         var wal: [UInt8] = []
         wal.reserveCapacity(segmentBytes)
         var position = headerLength
-        while let found = try recordHeader(fd: fd, at: position, version: header.version, path: path),
+        while let found = try recordHeader(fd: fd, at: position, version: header.version, path: path, io: io),
               found.record.offset == wal.count,
               try appendRecord(found.record, head: found.head, fd: fd, at: position, segmentBytes: segmentBytes,
-                               from: found.record.offset, to: &wal, path: path) {
+                               from: found.record.offset, to: &wal, path: path, io: io) {
             position += found.record.totalLength
         }
-        let tail = try FileIO.preadAll(fd, count: 64 * 1024, at: position, path: path)
+        let tail = try io.preadAll(fd, count: 64 * 1024, at: position, path: path)
         return Contents(header: header, wal: wal, journalLength: position, hadTornTail: tail.contains { $0 != 0 })
     }
 
     /// The record header at `offset` of a journal open as `fd`, with its bytes; nil where no record begins.
-    static func recordHeader(fd: Int32, at offset: Int, version: UInt32, path: String) throws -> (record: Record, head: [UInt8])? {
-        let head = try FileIO.preadAll(fd, count: blockRecordHeaderLength, at: offset, path: path)
+    static func recordHeader(fd: Int32, at offset: Int, version: UInt32, path: String, io: FileIO = .posix) throws
+        -> (record: Record, head: [UInt8])?
+    {
+        let head = try io.preadAll(fd, count: blockRecordHeaderLength, at: offset, path: path)
         guard let record = head.withUnsafeBytes({ Record(header: $0, journalVersion: version) }) else { return nil }
         return (record, head)
     }
@@ -211,10 +213,10 @@ public enum PartialSegment {
     /// not believed, nor allocated for, before the CRC has had its say: the record must fit the segment
     /// (`segmentBytes`) and the file.
     static func appendRecord(_ record: Record, head: [UInt8], fd: Int32, at offset: Int, segmentBytes: Int, from: Int,
-                             to wal: inout [UInt8], path: String) throws -> Bool {
+                             to wal: inout [UInt8], path: String, io: FileIO = .posix) throws -> Bool {
         guard record.walLength > 0, record.offset + record.walLength <= segmentBytes,
-              offset + record.totalLength <= (try FileIO.fileSize(fd, path: path)) else { return false }
-        let stored = try FileIO.preadAll(fd, count: record.storedLength, at: offset + record.headerLength, path: path)
+              offset + record.totalLength <= (try io.fileSize(fd, path: path)) else { return false }
+        let stored = try io.preadAll(fd, count: record.storedLength, at: offset + record.headerLength, path: path)
         return try head.withUnsafeBytes { header in
             try stored.withUnsafeBytes { try record.appendWAL(header: header, stored: $0, from: from, to: &wal, path: path) }
         }
@@ -224,6 +226,7 @@ public enum PartialSegment {
 /// Appends journal records to one `.partial` file. Owned by the spool's writer; not thread-safe.
 final class PartialSegmentWriter {
     let path: String
+    private let io: FileIO
     let header: PartialSegment.Header
     private let fd: Int32
     private(set) var journalLength: Int
@@ -235,49 +238,65 @@ final class PartialSegmentWriter {
     /// Creates a new, empty journal, durable before it is used. It is prepared as `NAME.partial.tmp` and renamed
     /// into place, so a crash leaves either a valid empty journal or a temporary file that recovery removes,
     /// never a `.partial` without its header.
-    init(creating path: String, header: PartialSegment.Header, directory: String) throws {
+    init(creating path: String, header: PartialSegment.Header, directory: String, io: FileIO) throws {
         self.path = path
+        self.io = io
         self.header = header
         let tmp = path + ".tmp"
-        fd = try FileIO.open(tmp, O_RDWR | O_CREAT | O_TRUNC)
+        fd = try io.open(tmp, O_RDWR | O_CREAT | O_TRUNC)
         journalLength = PartialSegment.headerLength
         preallocated = Self.preallocationSize(header)
         initializedEnd = journalLength
         do {
-            try FileIO.preallocate(fd, bytes: preallocated, path: tmp)
+            try io.preallocate(fd, bytes: preallocated, path: tmp)
             try PartialSegment.encodeHeader(header).withUnsafeBytes { (raw) in
-                try FileIO.pwriteAll(fd, raw, at: 0, path: tmp)
+                try io.pwriteAll(fd, raw, at: 0, path: tmp)
             }
-            try FileIO.syncFile(fd, path: tmp)
-            guard rename(tmp, path) == 0 else { throw SpoolError.errno("rename to", path) }
-            try FileIO.syncDirectory(directory)
+            try io.syncFile(fd, path: tmp)
+            try io.rename(tmp, to: path)
+            try io.syncDirectory(directory)
         } catch {
-            FileIO.close(fd)
-            try? FileIO.remove(tmp)
+            io.close(fd)
+            try? io.remove(tmp)
             throw error
         }
     }
 
-    /// Reopens a recovered journal; everything after `journalLength` is cut and re-zeroed so a torn
-    /// tail can never be mistaken for records later.
-    init(reopening path: String, contents: PartialSegment.Contents) throws {
+    /// Reopens a recovered journal. Its valid part is written anew into a new file (fsynced, renamed into
+    /// place, directory fsynced) before anything in it is acknowledged again: what recovery read may have come
+    /// from the page cache, holding pages a failed fsync dropped that never reached the disk. Everything after
+    /// the valid part, a torn tail included, is left behind with the old file.
+    init(reopening path: String, contents: PartialSegment.Contents, directory: String, io: FileIO) throws {
         self.path = path
+        self.io = io
         header = contents.header
-        fd = try FileIO.open(path, O_RDWR)
         journalLength = contents.journalLength
-        preallocated = Self.preallocationSize(header)
+        preallocated = max(Self.preallocationSize(header), journalLength)
         initializedEnd = journalLength
+        let tmp = path + ".tmp"
+        let source = try io.open(path, O_RDONLY)
+        defer { io.close(source) }
+        fd = try io.open(tmp, O_RDWR | O_CREAT | O_TRUNC)
         do {
-            try FileIO.truncate(fd, to: journalLength, path: path)
-            try FileIO.preallocate(fd, bytes: max(preallocated, journalLength), path: path)
-            try FileIO.syncFile(fd, path: path)
+            try io.preallocate(fd, bytes: preallocated, path: tmp)
+            var copied = 0
+            while copied < journalLength {
+                let piece = try io.preadAll(source, count: min(1 << 20, journalLength - copied), at: copied, path: path)
+                guard !piece.isEmpty else { throw SpoolError(.corrupt, "\"\(path)\" became shorter while it was recovered") }
+                try piece.withUnsafeBytes { try io.pwriteAll(fd, $0, at: copied, path: tmp) }
+                copied += piece.count
+            }
+            try io.syncFile(fd, path: tmp)
+            try io.rename(tmp, to: path)
+            try io.syncDirectory(directory)
         } catch {
-            FileIO.close(fd)
+            io.close(fd)
+            try? io.remove(tmp)
             throw error
         }
     }
 
-    deinit { FileIO.close(fd) }
+    deinit { io.close(fd) }
 
     private static func preallocationSize(_ header: PartialSegment.Header) -> Int {
         let segment = Int(header.segment.segmentSize.bytes)
@@ -298,19 +317,19 @@ final class PartialSegmentWriter {
         let needed = journalLength + head.count + stored.count
         if needed > preallocated {
             preallocated = needed + Int(header.segment.segmentSize.bytes) / 16
-            try FileIO.preallocate(fd, bytes: preallocated, path: path)
+            try io.preallocate(fd, bytes: preallocated, path: path)
         }
         if let zeros = ZeroFill.range(recordStart: journalLength, recordEnd: needed, initializedEnd: initializedEnd,
                                       reservedEnd: preallocated) {
-            try FileIO.writeZeros(fd, zeros, path: path)
+            try io.writeZeros(fd, zeros, path: path)
             initializedEnd = zeros.upperBound
         }
-        try head.withUnsafeBytes { (raw) in try FileIO.pwriteAll(fd, raw, stored, at: journalLength, path: path) }
+        try head.withUnsafeBytes { (raw) in try io.pwriteAll(fd, raw, stored, at: journalLength, path: path) }
         journalLength = needed
         initializedEnd = max(initializedEnd, needed)
     }
 
-    func sync() throws { try FileIO.syncData(fd, path: path) }
+    func sync() throws { try io.syncData(fd, path: path) }
 }
 
 /// Zeroes the journal's space ahead of small records. The journal's space is reserved with `posix_fallocate`,

@@ -12,35 +12,40 @@ public final class Spool: Sendable {
     private let lockFD: Int32
     private let logger: Logger
     private let systems = Mutex<[UInt64: SystemSpool]>([:])
+    private let refusals = Mutex<[UInt64: SpoolError]>([:])
     /// Most bytes the spool may take (`--spool-max-bytes`): for a spool sharing a filesystem with other data.
     public let quota: UInt64?
+    /// The file system the spool's files are on (the real one but in tests).
+    public let io: FileIO
     /// The last walk of the tree (`diskUsage()`), for status between walks.
     let measuredUsage = Mutex<UInt64?>(nil)
 
-    public init(root: String, quota: UInt64? = nil, logger: Logger) throws {
+    public init(root: String, quota: UInt64? = nil, logger: Logger, fileSystem: any FileSystem = PosixFileSystem()) throws {
+        let io = FileIO(fileSystem)
+        self.io = io
         self.root = root
         self.quota = quota
         self.logger = logger
-        if !FileIO.isDirectory(root) {
-            do { try FileIO.makeDirectory(root) } catch let error as SpoolError {
+        if !io.isDirectory(root) {
+            do { try io.makeDirectory(root) } catch let error as SpoolError {
                 // FileIO's message already carries a hint for permission problems.
                 throw error.message.contains("(hint:") ? error
                     : SpoolError(.io, "\(error) (hint: create the spool directory, owned by the user walship runs as)")
             }
         }
-        guard access(root, W_OK) == 0 else {
+        guard io.fs.isWritable(root) else {
             throw SpoolError(.io, "spool directory \"\(root)\" is not writable by this user (hint: chown it to the user running walship receive)")
         }
         let lockPath = root + "/.walship.lock"
-        let fd = try FileIO.open(lockPath, O_RDWR | O_CREAT)
-        guard flock(fd, LOCK_EX | LOCK_NB) == 0 else {
-            FileIO.close(fd)
+        do {
+            lockFD = try io.fs.lockExclusively(lockPath)
+        } catch {
+            guard error.code == EWOULDBLOCK else { throw SpoolError.errno("lock", lockPath, error.code) }
             throw SpoolError(.locked, "spool \"\(root)\" is in use by another walship receive (hint: stop it, or give this one its own --spool)")
         }
-        lockFD = fd
     }
 
-    deinit { FileIO.close(lockFD) }
+    deinit { io.close(lockFD) }
 
     /// Opens (recovering) or creates the spool of one source system.
     public func system(_ systemIdentifier: UInt64, segmentSize: WALSegmentSize) throws -> SystemSpool {
@@ -55,26 +60,44 @@ public final class Spool: Sendable {
                 }
                 return existing
             }
-            let opened = try SystemSpool(root: root, systemIdentifier: systemIdentifier, segmentSize: segmentSize, logger: logger,
-                                         reserve: reserve)
+            let opened: SystemSpool
+            do {
+                opened = try SystemSpool(root: root, systemIdentifier: systemIdentifier, segmentSize: segmentSize, logger: logger,
+                                         io: io.latched(), reserve: reserve)
+            } catch let error as SpoolError where error.kind == .acknowledgedWALMissing {
+                refusals.withLock { $0[systemIdentifier] = error }
+                throw error
+            }
+            refusals.withLock { _ = $0.removeValue(forKey: systemIdentifier) }
             systems[systemIdentifier] = opened
             return opened
         }
     }
 
     /// The source systems a spool directory holds (subdirectories named by identifier, with a system.conf).
-    public static func systemIdentifiers(root: String) throws -> [UInt64] {
-        try FileIO.listDirectory(root).compactMap(UInt64.init)
-            .filter { FileIO.exists(root + "/\($0)/system.conf") }.sorted()
+    public static func systemIdentifiers(root: String, io: FileIO = .posix) throws -> [UInt64] {
+        try io.listDirectory(root).compactMap(UInt64.init)
+            .filter { io.exists(root + "/\($0)/system.conf") }.sorted()
     }
 
-    /// Opens (and so recovers) every system already in the spool; returns them.
+    /// Opens (and so recovers) every system already in the spool; returns them. A system whose spool lacks WAL
+    /// it acknowledged is not opened (see `refusedSystems`); the others are.
     @discardableResult
     public func openExistingSystems() throws -> [SystemSpool] {
-        try Self.systemIdentifiers(root: root).map { id in
-            try system(id, segmentSize: SystemConfiguration.read(directory: root + "/\(id)").segmentSize)
+        try Self.systemIdentifiers(root: root, io: io).compactMap { id in
+            do {
+                return try system(id, segmentSize: SystemConfiguration.read(directory: root + "/\(id)", io: io).segmentSize)
+            } catch let error as SpoolError where error.kind == .acknowledgedWALMissing {
+                logger.critical("a system's spool lacks WAL it acknowledged; that system is not started", metadata: [
+                    "walship.system": "\(id)", "walship.error": "\(error)",
+                ])
+                return nil
+            }
         }
     }
+
+    /// Systems this process refused to open, and why: their spool lacks WAL they acknowledged.
+    public var refusedSystems: [UInt64: SpoolError] { refusals.withLock { $0 } }
 
     /// Forgets a system and deletes its WAL and files. Only for spools whose content is a copy held
     /// elsewhere too (the sender's local buffer once the DR site has it all); never for the receiver's spool.
@@ -82,12 +105,12 @@ public final class Spool: Sendable {
         try systems.withLock { systems in
             systems.removeValue(forKey: systemIdentifier)
             let directory = root + "/\(systemIdentifier)"
-            guard FileIO.isDirectory(directory) else { return }
-            for name in try FileIO.listDirectory(directory) where FileIO.isDirectory(directory + "/" + name) {
-                try FileIO.removeDirectory(directory + "/" + name)
+            guard io.isDirectory(directory) else { return }
+            for name in try io.listDirectory(directory) where io.isDirectory(directory + "/" + name) {
+                try io.removeDirectory(directory + "/" + name)
             }
-            try FileIO.removeDirectory(directory)
-            try FileIO.syncDirectory(root)
+            try io.removeDirectory(directory)
+            try io.syncDirectory(root)
         }
     }
 
@@ -98,10 +121,30 @@ public final class Spool: Sendable {
         try systems.withLock { systems in
             systems.removeValue(forKey: systemIdentifier)
             let directory = root + "/\(systemIdentifier)"
-            guard FileIO.isDirectory(directory) else { return }
-            guard rename(directory, root + "/" + name) == 0 else { throw SpoolError.errno("rename to", root + "/" + name) }
-            try FileIO.syncDirectory(root)
+            guard io.isDirectory(directory) else { return }
+            try io.rename(directory, to: root + "/" + name)
+            try io.syncDirectory(root)
         }
+    }
+
+    /// Opens a system anew from its files, dropping the object this process had: the one way back after a
+    /// failed fsync stopped it (its files are re-read and re-validated; see `SyncFailureLatch`). The old
+    /// object must no longer be used.
+    @discardableResult
+    public func reopen(_ systemIdentifier: UInt64) throws -> SystemSpool? {
+        let segmentSize = try systems.withLock { systems -> WALSegmentSize? in
+            guard let old = systems.removeValue(forKey: systemIdentifier) else { return nil }
+            old.close()
+            return old.segmentSize
+        }
+        guard let segmentSize else { return nil }
+        return try system(systemIdentifier, segmentSize: segmentSize)
+    }
+
+    /// Appends a line to the file `name` in the spool's directory and makes it durable, its directory entry
+    /// too when the file is new (an audit log).
+    public func appendDurably(_ line: [UInt8], toFileNamed name: String) throws {
+        try io.appendDurably(line, to: root + "/" + name)
     }
 
     /// Systems already opened in this process.
@@ -109,7 +152,7 @@ public final class Spool: Sendable {
 
     /// Free and total bytes for the spool: its filesystem's, or within the quota when there is one.
     public var capacity: (free: UInt64, total: UInt64)? {
-        guard let filesystem = FileIO.capacity(of: root) else { return nil }
+        guard let filesystem = io.capacity(of: root) else { return nil }
         guard let quota else { return filesystem }
         let used = measuredUsage.withLock { $0 } ?? diskUsage()
         return (min(filesystem.free, quota - min(used, quota)), min(filesystem.total, quota))

@@ -78,17 +78,12 @@ public struct SpoolReader: Sendable {
     /// pg_waldump read as a segment whose WAL ends there.
     public func segmentFile(_ wal: [UInt8]) -> ServedFile { ServedFile(bytes: wal, size: Int(segmentSize.bytes)) }
 
-    /// The highest timeline the spool knows, from segment and history file names.
+    /// The highest timeline the spool knows: the one its WAL ends on (see `SpoolEnd`), or a newer one whose
+    /// history file arrived ahead of its WAL. A journal of an older timeline is then never served as a tail.
     public func newestTimeline() throws -> TimeLineID {
-        var newest: TimeLineID = 0
-        for name in try FileIO.listDirectory(walDirectory) {
-            if let tli = timeline(ofHistoryFileName: name) {
-                newest = max(newest, tli)
-            } else if name.count >= 24, let segment = SegmentName(name.prefix(24), segmentSize: segmentSize) {
-                newest = max(newest, segment.timeline)
-            }
-        }
-        return newest
+        let names = try FileIO.listDirectory(walDirectory)
+        let ending = SpoolEnd(fileNames: names, segmentSize: segmentSize)?.timeline ?? 0
+        return max(ending, names.compactMap { timeline(ofHistoryFileName: $0) }.max() ?? 0)
     }
 }
 
@@ -99,9 +94,9 @@ struct SystemConfiguration: Equatable {
 
     var text: String { "system_identifier = \(systemIdentifier)\nwal_segment_size = \(segmentSize.bytes)\n" }
 
-    static func read(directory: String) throws -> SystemConfiguration {
+    static func read(directory: String, io: FileIO = .posix) throws -> SystemConfiguration {
         let path = directory + "/system.conf"
-        let text = String(decoding: try FileIO.readWholeFile(path, maxBytes: 4096), as: UTF8.self)
+        let text = String(decoding: try io.readWholeFile(path, maxBytes: 4096), as: UTF8.self)
         var values: [String: String] = [:]
         for line in text.split(separator: "\n") {
             let parts = line.split(separator: "=", maxSplits: 1).map { $0.trimmingCharacters(in: " ") }

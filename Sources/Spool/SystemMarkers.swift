@@ -31,12 +31,12 @@ public struct PrimaryProgressRecord: Codable, Sendable, Equatable {
 
     static func path(_ systemDirectory: String) -> String { systemDirectory + "/primary.json" }
 
-    public static func load(systemDirectory: String) throws -> PrimaryProgressRecord? {
-        try loadJSON(path(systemDirectory))
+    public static func load(systemDirectory: String, io: FileIO = .posix) throws -> PrimaryProgressRecord? {
+        try loadJSON(path(systemDirectory), io: io)
     }
 
-    public func save(systemDirectory: String) throws {
-        try saveJSON(self, to: Self.path(systemDirectory), directory: systemDirectory)
+    public func save(systemDirectory: String, io: FileIO = .posix) throws {
+        try saveJSON(self, to: Self.path(systemDirectory), directory: systemDirectory, io: io)
     }
 }
 
@@ -92,9 +92,9 @@ public struct ReceiverRecord: Codable, Sendable, Equatable {
     public func save(root: String) throws { try saveJSON(self, to: Self.path(root), directory: root) }
 }
 
-func loadJSON<T: Decodable>(_ path: String) throws -> T? {
-    guard FileIO.exists(path) else { return nil }
-    let bytes = try FileIO.readWholeFile(path, maxBytes: 1 << 16)
+func loadJSON<T: Decodable>(_ path: String, io: FileIO = .posix) throws -> T? {
+    guard io.exists(path) else { return nil }
+    let bytes = try io.readWholeFile(path, maxBytes: 1 << 16)
     do { return try JSONDecoder.walship.decode(T.self, from: Data(bytes)) } catch {
         throw SpoolError(.corrupt, "\(path) is damaged: \(error)")
     }
@@ -102,32 +102,21 @@ func loadJSON<T: Decodable>(_ path: String) throws -> T? {
 
 /// Mode 0644: `FENCED` is written by `walship promote`, often as root, and must stay readable by a receiver
 /// running as the PostgreSQL OS user; the spool directory's 0750 keeps others out all the same.
-func saveJSON<T: Encodable>(_ value: T, to path: String, directory: String) throws {
+func saveJSON<T: Encodable>(_ value: T, to path: String, directory: String, io: FileIO = .posix) throws {
     let data = try JSONEncoder.walship.encode(value)
-    try Array(data).withUnsafeBytes { try FileIO.writeAtomically($0, to: path, directory: directory, mode: 0o644) }
+    try Array(data).withUnsafeBytes { try io.writeAtomically($0, to: path, directory: directory, mode: 0o644) }
 }
 
 extension SpoolReader {
     /// The end of the WAL the spool holds on its newest timeline, including the in-progress segment:
     /// everything a standby fed from this spool can replay.
     public func end() throws -> (timeline: TimeLineID, lsn: LSN) {
-        let timeline = try newestTimeline()
-        var best: (number: UInt64, partial: Bool)?
-        for name in try FileIO.listDirectory(walDirectory) where name.count > 24 {
-            guard let segment = SegmentName(name.prefix(24), segmentSize: segmentSize), segment.timeline == timeline else { continue }
-            let partial = name.hasSuffix(".partial")
-            guard partial || name.hasSuffix(".lz4") else { continue }
-            if best == nil || segment.number > best!.number || (segment.number == best!.number && !partial) {
-                best = (segment.number, partial)
-            }
+        guard let end = SpoolEnd(fileNames: try FileIO.listDirectory(walDirectory), segmentSize: segmentSize) else {
+            return (try newestTimeline(), .invalid)
         }
-        guard let best else { return (timeline, .invalid) }
-        let segment = SegmentName(timeline: timeline, number: best.number, segmentSize: segmentSize)
-        if best.partial {
-            let wal = try PartialSegment.read(path: walDirectory + "/\(segment).partial").wal
-            return (timeline, segment.startLSN.advanced(by: UInt64(wal.count)))
-        }
-        return (timeline, segment.startLSN.advanced(by: segmentSize.bytes))
+        guard end.inJournal else { return (end.timeline, end.segment.endLSN) }
+        let wal = try PartialSegment.read(path: walDirectory + "/\(end.segment).partial").wal
+        return (end.timeline, end.segment.startLSN.advanced(by: UInt64(wal.count)))
     }
 
     /// The system's directory in the spool.
@@ -137,14 +126,7 @@ extension SpoolReader {
 extension Spool {
     /// Bytes the spool's files take on disk (a walk of the tree: call it now and then, not per request).
     public func diskUsage() -> UInt64 {
-        var total: UInt64 = 0
-        guard let walker = FileManager.default.enumerator(atPath: root) else { return 0 }
-        while let name = walker.nextObject() as? String {
-            var st = stat()
-            if lstat(root + "/" + name, &st) == 0, (st.st_mode & S_IFMT) == S_IFREG {
-                total += UInt64(st.st_blocks) * 512
-            }
-        }
+        let total = io.fs.diskUsage(root)
         measuredUsage.withLock { $0 = total }
         return total
     }

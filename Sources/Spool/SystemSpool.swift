@@ -30,6 +30,8 @@ public final class SystemSpool: @unchecked Sendable {
     public let directory: String
     public let walDirectory: String
     private let logger: Logger
+    /// This system's way to the file system; its latch stops the spool after a failed fsync.
+    let io: FileIO
 
     private let positionBox = Mutex(SpoolPosition.empty)
     public var position: SpoolPosition { positionBox.withLock { $0 } }
@@ -51,17 +53,19 @@ public final class SystemSpool: @unchecked Sendable {
     /// a write failure, and then completion compresses from the journal instead.
     private var compressor: SegmentCompressor?
     private var validator: WALSegmentValidator?
-    /// Set after an fsync failure: nothing written since the last good fsync can be trusted.
-    private var failure: SpoolError?
-    /// Whether a failed fsync of the journal stopped this spool: it refuses WAL until the process restarts and
-    /// re-reads the journal. For the spool's writer (a failed fsync while completing a segment does not stop it:
-    /// the journal still holds the WAL, and completion is tried again).
-    public var stoppedByFsyncFailure: Bool { failure != nil }
+    /// Whether a failed fsync stopped this spool: it refuses WAL and acknowledges nothing more until its files
+    /// are read again (a restart, or `Spool.reopen`). A failed fsync while completing a segment does not stop
+    /// it: the journal, fsynced before, still holds the WAL, and completion is tried again.
+    public var stoppedByFsyncFailure: Bool { io.latch?.error != nil }
+
+    /// The failed fsync that stopped this spool, if one did.
+    public var fsyncFailure: SpoolError? { io.latch?.error }
     /// Asked before each new segment (the spool's quota).
     private let reserve: (@Sendable (UInt64) throws -> Void)?
 
-    init(root: String, systemIdentifier: UInt64, segmentSize: WALSegmentSize, logger: Logger,
+    init(root: String, systemIdentifier: UInt64, segmentSize: WALSegmentSize, logger: Logger, io: FileIO,
          reserve: (@Sendable (UInt64) throws -> Void)? = nil) throws {
+        self.io = io
         self.reserve = reserve
         self.systemIdentifier = systemIdentifier
         self.segmentSize = segmentSize
@@ -70,10 +74,10 @@ public final class SystemSpool: @unchecked Sendable {
         var logger = logger
         logger[metadataKey: "walship.system"] = "\(systemIdentifier)"
         self.logger = logger
-        try FileIO.makeDirectory(directory)
-        try FileIO.makeDirectory(walDirectory)
+        try io.makeDirectory(directory)
+        try io.makeDirectory(walDirectory)
         try checkOrWriteSystemFile()
-        try BackupCatalog.removeUnfinished(systemDirectory: directory)
+        try BackupCatalog.removeUnfinished(systemDirectory: directory, io: io)
         try recover()
     }
 
@@ -81,7 +85,7 @@ public final class SystemSpool: @unchecked Sendable {
     public func oldestLSN() throws -> LSN? {
         let pos = position
         guard pos.timeline != 0 else { return nil }
-        let stored = try FileIO.listDirectory(walDirectory).compactMap { name -> SegmentName? in
+        let stored = try io.listDirectory(walDirectory).compactMap { name -> SegmentName? in
             guard let dot = name.firstIndex(of: ".") else { return nil }
             return SegmentName(name[..<dot], segmentSize: segmentSize)
         }
@@ -96,7 +100,7 @@ public final class SystemSpool: @unchecked Sendable {
     /// segment it is what the journal records and what the segment's `.lz4` stores, instead of `bytes` again.
     public func append(timeline tli: TimeLineID, startLSN: LSN, bytes: UnsafeRawBufferPointer,
                        compressedBlock: UnsafeRawBufferPointer? = nil) throws {
-        if let failure { throw failure }
+        try io.latch?.check()
         var pos = position
         if pos.timeline == 0 {
             guard segmentSize.offset(of: startLSN) == 0 else {
@@ -123,9 +127,16 @@ public final class SystemSpool: @unchecked Sendable {
             precondition(offset == segmentLength, "segment length out of step with the spool position")
             let n = min(bytes.count - consumed, Int(segmentSize.bytes) - offset)
             let slice = UnsafeRawBufferPointer(rebasing: bytes[consumed..<consumed + n])
+            let validated = validator
             try validate(slice, at: offset)
             let block = n == bytes.count ? compressedBlock : nil
-            try current!.append(offset: offset, slice, block: block)
+            do {
+                try current!.append(offset: offset, slice, block: block)
+            } catch {
+                // Not stored: the same WAL comes again, and must be checked against the pages before it.
+                validator = validated
+                throw error
+            }
             compress(slice, block: block)
             segmentLength = offset + n
             keepPageHead(slice, at: offset)
@@ -145,10 +156,10 @@ public final class SystemSpool: @unchecked Sendable {
             throw SpoolError(.mismatch, "WAL for timeline \(tli) arrived while the spool holds the newer timeline \(pos.timeline)")
         }
         let path = walDirectory + "/" + historyFileName(timeline: tli)
-        guard FileIO.exists(path) else {
+        guard io.exists(path) else {
             throw SpoolError(.mismatch, "WAL for timeline \(tli) arrived before its history file")
         }
-        let entries = try parseTimelineHistory(String(decoding: try FileIO.readWholeFile(path, maxBytes: 1 << 20), as: UTF8.self))
+        let entries = try parseTimelineHistory(String(decoding: try io.readWholeFile(path, maxBytes: 1 << 20), as: UTF8.self))
         guard let (fork, child) = timelineEnd(of: pos.timeline, history: entries, current: tli), child == tli else {
             throw SpoolError(.mismatch, "timeline \(tli) does not branch off the spool's timeline \(pos.timeline)")
         }
@@ -159,8 +170,9 @@ public final class SystemSpool: @unchecked Sendable {
             throw SpoolError(.notContiguous, "timeline \(tli) must start at \(segmentSize.segmentStart(of: fork)), the start of the fork's segment, not \(startLSN)")
         }
         try current?.sync()
-        current = nil
-        resetSegmentState()
+        // The new timeline's journal exists durably before the position says so: an acknowledgement on the new
+        // timeline must survive a crash. Until then the old journal stays current.
+        try openSegment(SegmentName(timeline: tli, containing: startLSN, segmentSize: segmentSize))
         if pos.written > fork {
             logger.critical("WAL beyond the fork is kept aside in the old timeline's partial segment and never served on the new timeline", metadata: [
                 "walship.timeline": "\(pos.timeline)", "walship.fork_lsn": "\(fork)",
@@ -177,13 +189,8 @@ public final class SystemSpool: @unchecked Sendable {
     /// Makes everything written durable and returns the new durable end.
     @discardableResult
     public func sync() throws -> LSN {
-        if let failure { throw failure }
-        do {
-            try current?.sync()
-        } catch let error as SpoolError {
-            if error.kind == .fsyncFailed { failure = error }
-            throw error
-        }
+        try io.latch?.check()
+        try current?.sync()
         let durable = positionBox.withLock {
             $0.durable = $0.written
             return $0.durable
@@ -222,6 +229,12 @@ public final class SystemSpool: @unchecked Sendable {
         return position.durable
     }
 
+    /// Lets go of the files this object has open; for `Spool.reopen`.
+    func close() {
+        current = nil
+        resetSegmentState()
+    }
+
     /// Calls `body` after each advance of the durable end and each timeline switch, on the thread that made it
     /// (the spool's writer, in the middle of its work): `body` must only hand the news on. Until
     /// `stopObserving(_:)` with the returned id.
@@ -249,8 +262,8 @@ public final class SystemSpool: @unchecked Sendable {
     /// Stores a timeline history file atomically; an existing file must be identical.
     public func storeHistory(timeline tli: TimeLineID, content: [UInt8]) throws {
         let path = walDirectory + "/" + historyFileName(timeline: tli)
-        if FileIO.exists(path) {
-            let existing = try FileIO.readWholeFile(path, maxBytes: 1 << 20)
+        if io.exists(path) {
+            let existing = try io.readWholeFile(path, maxBytes: 1 << 20)
             guard existing == content else {
                 throw SpoolError(.mismatch, "\(historyFileName(timeline: tli)) differs from the copy already in the spool")
             }
@@ -259,14 +272,14 @@ public final class SystemSpool: @unchecked Sendable {
         guard let text = String(validating: content, as: UTF8.self), (try? parseTimelineHistory(text)) != nil else {
             throw SpoolError(.invalidWAL, "\(historyFileName(timeline: tli)) is not a valid timeline history file")
         }
-        try content.withUnsafeBytes { try FileIO.writeAtomically($0, to: path, directory: walDirectory) }
+        try content.withUnsafeBytes { try io.writeAtomically($0, to: path, directory: walDirectory) }
     }
 
     private func openSegment(_ segment: SegmentName) throws {
         try reserve?(segmentSize.bytes)
         let path = walDirectory + "/\(segment).partial"
         current = try PartialSegmentWriter(
-            creating: path, header: .init(systemIdentifier: systemIdentifier, segment: segment), directory: walDirectory)
+            creating: path, header: .init(systemIdentifier: systemIdentifier, segment: segment), directory: walDirectory, io: io)
         resetSegmentState()
         startCompressor(segment)
         validator = WALSegmentValidator(systemIdentifier: systemIdentifier, segmentSize: segmentSize,
@@ -288,13 +301,13 @@ public final class SystemSpool: @unchecked Sendable {
                 self.compressor = nil
                 throw error
             }
-            try FileIO.syncDirectory(walDirectory)
+            try io.syncDirectory(walDirectory, retry: .rewrittenOnRetry)
         } else {
-            try storeCompleted(segment, wal: PartialSegment.read(path: writer.path).wal)
+            try storeCompleted(segment, wal: PartialSegment.read(path: writer.path, io: io).wal)
         }
         compressor = nil
         current = nil
-        try FileIO.remove(writer.path)
+        try io.remove(writer.path)
         resetSegmentState()
         positionBox.withLock { $0.durable = $0.written }
         notifyDurable()
@@ -304,7 +317,7 @@ public final class SystemSpool: @unchecked Sendable {
     private func storeCompleted(_ segment: SegmentName, wal: [UInt8]) throws {
         let frame = wal.withUnsafeBytes { LZ4.compressFrame($0) }
         try frame.withUnsafeBytes {
-            try FileIO.writeAtomically($0, to: walDirectory + "/\(segment).lz4", directory: walDirectory)
+            try io.writeAtomically($0, to: walDirectory + "/\(segment).lz4", directory: walDirectory, retry: .rewrittenOnRetry)
         }
     }
 
@@ -317,7 +330,7 @@ public final class SystemSpool: @unchecked Sendable {
 
     private func startCompressor(_ segment: SegmentName) {
         do {
-            compressor = try SegmentCompressor(path: walDirectory + "/\(segment).lz4.tmp", contentSize: segmentSize.bytes)
+            compressor = try SegmentCompressor(path: walDirectory + "/\(segment).lz4.tmp", contentSize: segmentSize.bytes, io: io)
         } catch {
             compressor = nil
             logger.warning("cannot compress the segment as it arrives; it will be compressed at completion", metadata: [
@@ -381,15 +394,15 @@ public final class SystemSpool: @unchecked Sendable {
 
     private func checkOrWriteSystemFile() throws {
         let expected = SystemConfiguration(systemIdentifier: systemIdentifier, segmentSize: segmentSize)
-        if FileIO.exists(directory + "/system.conf") {
-            let found = try SystemConfiguration.read(directory: directory)
+        if io.exists(directory + "/system.conf") {
+            let found = try SystemConfiguration.read(directory: directory, io: io)
             guard found == expected else {
                 throw SpoolError(.mismatch, "\(directory)/system.conf says system \(found.systemIdentifier) with \(found.segmentSize) segments, expected \(systemIdentifier) with \(segmentSize)")
             }
             return
         }
         try Array(expected.text.utf8).withUnsafeBytes {
-            try FileIO.writeAtomically($0, to: directory + "/system.conf", directory: directory)
+            try io.writeAtomically($0, to: directory + "/system.conf", directory: directory)
         }
     }
 
@@ -399,9 +412,9 @@ public final class SystemSpool: @unchecked Sendable {
     private func recover() throws {
         var completed: [SegmentName] = []
         var partials: [SegmentName] = []
-        for name in try FileIO.listDirectory(walDirectory) {
+        for name in try io.listDirectory(walDirectory) {
             if name.hasSuffix(".tmp") {
-                try FileIO.remove(walDirectory + "/" + name)
+                try io.remove(walDirectory + "/" + name)
                 logger.notice("removed unfinished temporary file", metadata: ["walship.file": "\(name)"])
             } else if name.hasSuffix(".lz4"), let seg = SegmentName(name.dropLast(4), segmentSize: segmentSize) {
                 completed.append(seg)
@@ -410,23 +423,30 @@ public final class SystemSpool: @unchecked Sendable {
             }
         }
         for seg in partials where completed.contains(seg) {
-            try FileIO.remove(walDirectory + "/\(seg).partial")
+            try io.remove(walDirectory + "/\(seg).partial")
             logger.notice("removed journal of a segment that was already completed", metadata: ["walship.segment": "\(seg)"])
         }
         partials.removeAll { completed.contains($0) }
-        for seg in partials where try PartialSegment.neverWritten(path: walDirectory + "/\(seg).partial") {
-            try FileIO.remove(walDirectory + "/\(seg).partial")
+        for seg in partials where try PartialSegment.neverWritten(path: walDirectory + "/\(seg).partial", io: io) {
+            try io.remove(walDirectory + "/\(seg).partial")
             logger.notice("removed a journal whose header was never written (a receiver stopped while creating it; it held no WAL)",
                           metadata: ["walship.segment": "\(seg)"])
         }
-        partials.removeAll { !FileIO.exists(walDirectory + "/\($0).partial") }
-        try FileIO.syncDirectory(walDirectory)
+        partials.removeAll { !io.exists(walDirectory + "/\($0).partial") }
+        try io.syncDirectory(walDirectory)
 
-        let newestCompleted = completed.max()
-        if let partial = partials.max(), newestCompleted.map({ partial > $0 }) ?? true {
-            try resume(from: partial)
-        } else if let last = newestCompleted {
-            positionBox.withLock { $0 = SpoolPosition(timeline: last.timeline, written: last.endLSN, durable: last.endLSN) }
+        if let end = SpoolEnd(fileNames: try io.listDirectory(walDirectory), segmentSize: segmentSize) {
+            if end.inJournal {
+                let contents = try readJournal(end.segment)
+                try checkAcknowledgedWALIsPresent()
+                try resume(end.segment, contents)
+            } else {
+                let last = end.segment
+                positionBox.withLock { $0 = SpoolPosition(timeline: last.timeline, written: last.endLSN, durable: last.endLSN) }
+                try checkAcknowledgedWALIsPresent()
+            }
+        } else {
+            try checkAcknowledgedWALIsPresent()
         }
         let pos = position
         logger.info("spool opened", metadata: [
@@ -435,9 +455,31 @@ public final class SystemSpool: @unchecked Sendable {
         ])
     }
 
-    private func resume(from segment: SegmentName) throws {
+    /// Refuses a spool that ends below what it is known to have acknowledged: a journal cut short by damage
+    /// looks like a torn tail, but WAL a sender was told is durable must never be dropped in silence.
+    /// `primary.json` keeps a lower bound of the acknowledged position and its timeline; a spool on an older
+    /// timeline than that lost the newer one. (After a fork a newer timeline may end below an older one's
+    /// acknowledgement, so only the same timeline's are compared.)
+    private func checkAcknowledgedWALIsPresent() throws {
+        guard let record = try PrimaryProgressRecord.load(systemDirectory: directory, io: io),
+              let acknowledged = record.acknowledgedLSN.flatMap(LSN.init), acknowledged.isValid else { return }
+        let pos = position
+        let lost: Bool
+        if record.timeline == pos.timeline {
+            lost = pos.durable < acknowledged
+        } else {
+            lost = record.timeline > pos.timeline
+        }
+        guard lost else { return }
+        let found = pos.timeline == 0 ? "holds no WAL" : "ends at \(pos.durable) on timeline \(pos.timeline)"
+        throw SpoolError(.acknowledgedWALMissing, "the spool of system \(systemIdentifier) \(found), but it had acknowledged WAL up to \(acknowledged) on timeline \(record.timeline) (primary.json): acknowledged WAL is missing from \(walDirectory), damaged or lost by the disk, and this system is not started (hint: keep a copy of the directory; docs/runbook.md, \"Acknowledged WAL missing\", says how to re-ship it from the primary's slot or re-seed)")
+    }
+
+    /// Reads and validates the journal the spool ends in, and takes its end as the spool's position; nothing is
+    /// written yet.
+    private func readJournal(_ segment: SegmentName) throws -> PartialSegment.Contents {
         let path = walDirectory + "/\(segment).partial"
-        let contents = try PartialSegment.read(path: path)
+        let contents = try PartialSegment.read(path: path, io: io)
         guard contents.header.systemIdentifier == systemIdentifier, contents.header.segment == segment else {
             throw SpoolError(.corrupt, "\(path) belongs to \(contents.header.systemIdentifier)/\(contents.header.segment), not to this file name")
         }
@@ -450,7 +492,14 @@ public final class SystemSpool: @unchecked Sendable {
         try contents.wal.withUnsafeBytes { try validatePages(window: $0, windowStart: 0, previousLength: 0) }
         let end = segment.startLSN.advanced(by: UInt64(contents.wal.count))
         positionBox.withLock { $0 = SpoolPosition(timeline: segment.timeline, written: end, durable: end) }
-        current = try PartialSegmentWriter(reopening: path, contents: contents)
+        return contents
+    }
+
+    /// Continues the journal `readJournal` read: written anew (see `PartialSegmentWriter(reopening:)`), then
+    /// completed if it is whole.
+    private func resume(_ segment: SegmentName, _ contents: PartialSegment.Contents) throws {
+        let path = walDirectory + "/\(segment).partial"
+        current = try PartialSegmentWriter(reopening: path, contents: contents, directory: walDirectory, io: io)
         resetSegmentState()
         segmentLength = contents.wal.count
         startCompressor(segment)
@@ -466,13 +515,15 @@ public final class SystemSpool: @unchecked Sendable {
 /// and renames it into place. A crash leaves only the `.tmp`, which recovery removes.
 final class SegmentCompressor {
     let path: String
+    private let io: FileIO
     private var fd: Int32
     private let writer: LZ4.BlockFrameWriter
     private var length = 0
 
-    init(path: String, contentSize: UInt64) throws {
+    init(path: String, contentSize: UInt64, io: FileIO) throws {
         self.path = path
-        fd = try FileIO.open(path, O_WRONLY | O_CREAT | O_TRUNC)
+        self.io = io
+        fd = try io.open(path, O_WRONLY | O_CREAT | O_TRUNC)
         writer = LZ4.BlockFrameWriter(contentSize: contentSize)
         do { try write(writer.begin()) } catch {
             abandon()
@@ -480,7 +531,7 @@ final class SegmentCompressor {
         }
     }
 
-    deinit { if fd >= 0 { FileIO.close(fd) } }
+    deinit { if fd >= 0 { io.close(fd) } }
 
     func add(_ bytes: UnsafeRawBufferPointer, block: UnsafeRawBufferPointer?) throws {
         if let block { try write(writer.add(bytes, compressedBlock: block)) } else { try write(writer.add(bytes)) }
@@ -489,22 +540,22 @@ final class SegmentCompressor {
     /// Ends the frame, makes it durable and renames it to `completedPath` (the directory is synced by the caller).
     func finish(as completedPath: String) throws {
         try write(writer.end())
-        try FileIO.syncFile(fd, path: path)
-        FileIO.close(fd)
+        try io.syncFile(fd, path: path, retry: .rewrittenOnRetry)
+        io.close(fd)
         fd = -1
-        guard rename(path, completedPath) == 0 else { throw SpoolError.errno("rename to", completedPath) }
+        try io.rename(path, to: completedPath)
     }
 
     /// Drops the unfinished frame.
     func abandon() {
-        if fd >= 0 { FileIO.close(fd) }
+        if fd >= 0 { io.close(fd) }
         fd = -1
-        try? FileIO.remove(path)
+        try? io.remove(path)
     }
 
     private func write(_ bytes: [UInt8]) throws {
         guard !bytes.isEmpty else { return }
-        try bytes.withUnsafeBytes { try FileIO.pwriteAll(fd, $0, at: length, path: path) }
+        try bytes.withUnsafeBytes { try io.pwriteAll(fd, $0, at: length, path: path) }
         length += bytes.count
     }
 }

@@ -91,7 +91,7 @@ import WALTestSupport
         try FileManager.default.createDirectory(atPath: temp.walDirectory, withIntermediateDirectories: true)
         let path = temp.walDirectory + "/000000010000000000000006.partial"
         let header = PartialSegment.Header(systemIdentifier: TestWAL.sysid, segment: SegmentName(timeline: 1, number: 6, segmentSize: size))
-        let writer = try PartialSegmentWriter(creating: path, header: header, directory: temp.walDirectory)
+        let writer = try PartialSegmentWriter(creating: path, header: header, directory: temp.walDirectory, io: .posix)
         let wal = Self.compressibleSegment(6, count: 8192)
         // Not an LZ4 block of 8192 bytes, yet recorded with a valid CRC (as a bug or bad memory would write it).
         let garbage = [UInt8](repeating: 0xFF, count: 64)
@@ -113,7 +113,7 @@ import WALTestSupport
         let header = PartialSegment.Header(systemIdentifier: TestWAL.sysid,
                                            segment: SegmentName(timeline: 1, number: 7, segmentSize: size), version: 1)
         do {
-            let writer = try PartialSegmentWriter(creating: path, header: header, directory: temp.walDirectory)
+            let writer = try PartialSegmentWriter(creating: path, header: header, directory: temp.walDirectory, io: .posix)
             try seg[0..<100_000].withUnsafeBytes { try writer.append(offset: 0, $0) }
             try writer.sync()
         }
@@ -137,7 +137,7 @@ import WALTestSupport
         let path = temp.walDirectory + "/000000010000000000000008.partial"
         let header = PartialSegment.Header(systemIdentifier: TestWAL.sysid,
                                            segment: SegmentName(timeline: 1, number: 8, segmentSize: size), version: 3)
-        _ = try PartialSegmentWriter(creating: path, header: header, directory: temp.walDirectory)
+        _ = try PartialSegmentWriter(creating: path, header: header, directory: temp.walDirectory, io: .posix)
         #expect {
             _ = try temp.open()
         } throws: { error in

@@ -152,7 +152,7 @@ func append(_ system: SystemSpool, _ bytes: [UInt8], at lsn: LSN, timeline: Time
         let header = PartialSegment.Header(systemIdentifier: TestWAL.sysid,
                                            segment: SegmentName(timeline: 1, number: 7, segmentSize: size))
         _ = try PartialSegmentWriter(creating: temp.walDirectory + "/000000010000000000000007.partial", header: header,
-                                     directory: temp.walDirectory)
+                                     directory: temp.walDirectory, io: .posix)
         #expect(FileManager.default.createFile(atPath: temp.walDirectory + "/000000010000000000000008.lz4.tmp", contents: Data([1, 2, 3])))
         // And a journal whose creation was cut short: preallocated, its header not yet written.
         #expect(FileManager.default.createFile(atPath: temp.walDirectory + "/000000010000000000000008.partial.tmp",
@@ -193,7 +193,7 @@ func append(_ system: SystemSpool, _ bytes: [UInt8], at lsn: LSN, timeline: Time
         let header = PartialSegment.Header(systemIdentifier: TestWAL.sysid,
                                            segment: SegmentName(timeline: 1, number: 9, segmentSize: size))
         let writer = try PartialSegmentWriter(creating: temp.walDirectory + "/000000010000000000000009.partial",
-                                              header: header, directory: temp.walDirectory)
+                                              header: header, directory: temp.walDirectory, io: .posix)
         try seg.withUnsafeBytes { try writer.append(offset: 0, $0) }
         try writer.sync()
         let (_, system) = try temp.open()

@@ -35,7 +35,7 @@ import WALTestSupport
         let header = PartialSegment.Header(systemIdentifier: TestWAL.sysid,
                                            segment: SegmentName(timeline: 1, number: 3, segmentSize: TestWAL.size))
         let wal = TestWAL.segment(3, count: 700_000)
-        let writer = try PartialSegmentWriter(creating: path, header: header, directory: temp.walDirectory)
+        let writer = try PartialSegmentWriter(creating: path, header: header, directory: temp.walDirectory, io: .posix)
         let sizeBefore = try fileSize(path)
         // Commit-sized records, across more than two zeroing steps; then one large record.
         var offset = 0
