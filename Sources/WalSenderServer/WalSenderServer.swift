@@ -58,10 +58,16 @@ public final class WalSenderServer: Sendable {
         progress.withLock { $0[system].map { Array($0.values) } ?? [] }.sorted { $0.applicationName < $1.applicationName }
     }
 
+    /// Event loops of the standby endpoint alone: streaming reads WAL and history files on them, which may wait
+    /// on the disk; `/status` (on NIO's shared loops) never waits behind those reads.
+    enum StandbyEndpointLoops {
+        static let group = MultiThreadedEventLoopGroup(numberOfThreads: System.coreCount)
+    }
+
     public func run() async throws {
         let server: NIOAsyncChannel<NIOAsyncChannel<FrontendMessage, ByteBuffer>, Never>
         do {
-            server = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+            server = try await ServerBootstrap(group: StandbyEndpointLoops.group)
                 .serverChannelOption(.backlog, value: 16)
                 .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
                 .childChannelOption(.tcpOption(.tcp_nodelay), value: 1)
