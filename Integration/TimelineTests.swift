@@ -146,6 +146,87 @@ struct TimelineTests {
         #expect(spooled.status != 0 && spooled.output.contains("desc: INSERT off 101"), "\(spooled.output.suffix(800))\(spooled.error)")
     }
 
+    /// A failover at the primary site to a partner that lagged several segments: the spool's old timeline reaches
+    /// far beyond the fork. A receiver restarted right after the switch, with no sender connected, must reopen on
+    /// timeline 2 by itself (its status and its standby endpoint say so before any sender returns), then follow
+    /// it; the DR standby replays it, and a copy recovered from the spool alone matches the new primary.
+    @Test func aReceiverRestartedAfterAFailoverBehindTheSpoolsEndReopensOnTheNewTimeline() throws {
+        let fixture = try Fixture("timeline-restart")
+        defer { fixture.tearDown() }
+        var topology = try ShipTopology(fixture, primarySettings: ["hot_standby": "on"], spoolOwnedByPostgres: true)
+        let standbyPort = IT.freePort()
+        topology.receiverExtra = ["--standby-listen", "127.0.0.1:\(standbyPort)", "--standby-trust"]
+        try topology.startReceiver()
+        let (partner, multiHost) = try startLocalPartner(fixture, topology)
+        try topology.startSender(source: multiHost)
+        try fixture.baseBackup(of: topology.primary, name: "dr")
+        try fixture.baseBackup(of: topology.primary, name: "drstandby")
+        try topology.primary.sql("CREATE TABLE admissions (id int PRIMARY KEY, site text)")
+        try topology.primary.sql("INSERT INTO admissions SELECT g, 'before' FROM generate_series(1, 1000) g")
+        let partnerEnd = try lsn(topology.primary.sql("SELECT pg_current_wal_lsn()"))!
+        try waitForPartnerAndDRSite(partner, topology, through: partnerEnd)
+        try partner.sql("ALTER SYSTEM SET primary_conninfo = ''")
+        try partner.sql("SELECT pg_reload_conf()")
+        try waitUntil("the partner to stop streaming", timeout: 30) { (try partner.sql("SELECT count(*) FROM pg_stat_wal_receiver") == "0", "") }
+
+        // The DR site gets four more segments of timeline 1 that the partner never sees.
+        for _ in 1...4 {
+            try topology.primary.sql("INSERT INTO admissions SELECT g, 'lost' FROM generate_series((SELECT max(id) + 1 FROM admissions), (SELECT max(id) + 100 FROM admissions)) g")
+            try topology.primary.sql("SELECT pg_switch_wal()")
+        }
+        try topology.primary.sql("INSERT INTO admissions VALUES (100000, 'lost')")
+        let oldEnd = try lsn(topology.primary.sql("SELECT pg_current_wal_lsn()"))!
+        #expect(oldEnd / (16 << 20) >= partnerEnd / (16 << 20) + 4)
+        try waitUntil("the DR site to hold timeline 1's end", timeout: 60) { (try topology.durable() >= oldEnd, "") }
+
+        topology.primary.stopImmediately()
+        try run(partner.bin + "/pg_ctl", ["-D", partner.dataDirectory, "-w", "promote"], asPostgres: true)
+        try waitUntil("the partner to accept writes", timeout: 60) { (try partner.sql("SELECT pg_is_in_recovery()") == "f", "") }
+        try partner.sql("INSERT INTO admissions SELECT g, 'after' FROM generate_series(2001, 2500) g")
+        let afterFailover = try lsn(partner.sql("SELECT pg_current_wal_lsn()"))!
+        try waitForTheSpoolOnTimeline2(topology, through: afterFailover)
+
+        // No sender; the receiver restarts.
+        topology.sender!.kill9()
+        topology.receiver!.kill9()
+        try topology.startReceiver()
+        let reopened = try fetchStatus(port: topology.receiverStatusPort)
+        let system = (reopened["systems"] as? [[String: Any]])?.first
+        #expect(system?["timeline"] as? Int == 2, "\(reopened)")
+        #expect((stageLSN(system, "durable") ?? 0) >= afterFailover)
+        let identify = try run(topology.primary.bin + "/psql", [
+            "host=127.0.0.1 port=\(standbyPort) user=postgres replication=true", "-XAtc", "IDENTIFY_SYSTEM",
+        ], asPostgres: true)
+        #expect(identify.output.split(separator: "|").dropFirst().first == "2", "\(identify.output)\(identify.error)")
+        let restartLog = topology.receiver?.log ?? ""
+        #expect(!restartLog.contains("kept aside"), "\(restartLog.suffix(1500))")
+
+        // The DR standby starts now, from the spool's endpoint alone, and the sender returns.
+        let drStandby = try fixture.startCopy(name: "drstandby", signal: "standby.signal", settings: [
+            "primary_conninfo = 'host=127.0.0.1 port=\(standbyPort) user=postgres application_name=dr'",
+            "restore_command = '\(IT.walshipBinary) restore-wal --spool \(topology.spool) %f %p'",
+            "recovery_target_timeline = 'latest'", "wal_retrieve_retry_interval = '1s'", "hot_standby = on",
+        ])
+        try topology.startSender(source: multiHost)
+        try partner.sql("INSERT INTO admissions SELECT g, 'later' FROM generate_series(3001, 3100) g")
+        let later = try lsn(partner.sql("SELECT pg_current_wal_lsn()"))!
+        try waitForTheSpoolOnTimeline2(topology, through: later)
+        try waitUntil("the DR standby to replay timeline 2", timeout: 120) {
+            let replayed = lsn(try drStandby.sql("SELECT pg_last_wal_replay_lsn()")) ?? 0
+            return (replayed >= later, String(replayed, radix: 16))
+        }
+        let expected = try partner.sql("SELECT count(*), count(*) FILTER (WHERE site = 'lost') FROM admissions")
+        #expect(expected == "1600|0")
+        #expect(try drStandby.sql("SELECT count(*), count(*) FILTER (WHERE site = 'lost') FROM admissions") == expected)
+
+        let copy = try fixture.startCopy(name: "dr", signal: "recovery.signal", settings: [
+            "restore_command = '\(IT.walshipBinary) restore-wal --spool \(topology.spool) %f %p'",
+            "recovery_target_timeline = 'latest'", "recovery_target_action = 'promote'",
+        ])
+        try waitUntil("the DR copy to finish recovery", timeout: 120) { (try copy.sql("SELECT pg_is_in_recovery()") == "f", "") }
+        #expect(try copy.sql("SELECT count(*), count(*) FILTER (WHERE site = 'lost') FROM admissions") == expected)
+    }
+
     /// The local HA partner, a native streaming standby of the primary, and a conninfo that finds whichever
     /// of the two accepts writes.
     func startLocalPartner(_ fixture: Fixture, _ topology: ShipTopology) throws -> (Cluster, String) {
