@@ -103,20 +103,20 @@ struct ReceiverLinkStateMachine: Sendable {
         }
     }
 
-    /// The system's spool is open; `fence` is its FENCED record, if any. After a promotion at the DR site the old
-    /// primary must not extend the old timeline here.
+    /// The system's spool is open; `fence` is its FENCED record, if any. Every link, backups included, passes
+    /// the fence: after a promotion nothing from the old primary may land in the spool.
     mutating func spoolOpened(fence: Fence?) -> Action {
         guard case .openingSpool(let hello) = state else { return outOfOrder("spool opened") }
+        if let fence, !acceptFenced {
+            return refuse(.fenced, "system \(hello.systemIdentifier) was promoted at the DR site at \(fence.promotedAt) (timeline \(fence.promotedTimeline.map(String.init) ?? "?")); \(hello.role == .backup ? "a base backup" : "WAL") from the old primary (sender \(hello.senderName), timeline \(hello.timeline)) is refused. Hint: re-seed the DR site and remove \(fence.recordPath), or restart walship receive with --force to accept it anyway")
+        }
         switch hello.role {
         case .stream:
-            if let fence, !acceptFenced {
-                return refuse(.fenced, "system \(hello.systemIdentifier) was promoted at the DR site at \(fence.promotedAt) (timeline \(fence.promotedTimeline.map(String.init) ?? "?")); WAL from the old primary (sender \(hello.senderName), timeline \(hello.timeline)) is refused. Hint: re-seed the DR site and remove \(fence.recordPath), or restart walship receive with --force to accept it anyway")
-            }
             state = .claimingStream(hello)
             return .claimStream(acceptedFence: fence)
         case .backup:
             state = .findingResumePoint(hello)
-            return .findResumePoint(makeDurableFirst: false, acceptedFence: nil)
+            return .findResumePoint(makeDurableFirst: false, acceptedFence: fence)
         }
     }
 

@@ -104,10 +104,23 @@ import WALCore
         #expect(m.state == .closed)
     }
 
+    @Test func aFencedSystemRefusesBackupsToo() {
+        var m = machine()
+        _ = m.firstFrameReceived(hello(.backup), certificateName: nil)
+        let answer = refusal(m.spoolOpened(fence: fence))
+        #expect(answer?.code == .fenced)
+        #expect(answer?.message.hasPrefix("system 42 was promoted at the DR site at 2026-12-01T10:00:00Z (timeline 2); a base backup from the old primary (sender primary-a, timeline 1) is refused.") == true,
+                "\(answer?.message ?? "no refusal")")
+        #expect(m.state == .closed)
+    }
+
     @Test func forceAcceptsAFencedSystemAndSaysSo() {
         var stream = machine(acceptFenced: true)
         _ = stream.firstFrameReceived(hello(), certificateName: nil)
         #expect(stream.spoolOpened(fence: fence) == .claimStream(acceptedFence: fence))
+        var backup = machine(acceptFenced: true)
+        _ = backup.firstFrameReceived(hello(.backup), certificateName: nil)
+        #expect(backup.spoolOpened(fence: fence) == .findResumePoint(makeDurableFirst: false, acceptedFence: fence))
     }
 
     @Test func aLiveStreamKeepsTheSystem() {
