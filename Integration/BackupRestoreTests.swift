@@ -91,6 +91,29 @@ struct BackupRestoreTests {
         #expect(restored.status == 0, "\(restored.error)")
         let verify = try run(topology.primary.bin + "/pg_verifybackup", ["-n", copy], asPostgres: true, check: false)
         #expect(verify.status == 0, "pg_verifybackup: \(verify.error)\(verify.output)")
+
+        // One flipped byte in the stored archive: restore and drill refuse the backup, naming the damage, before
+        // anything is unpacked or started from it.
+        let base = topology.spool + "/\(topology.systemIdentifier)/base"
+        let id = try #require(try FileManager.default.contentsOfDirectory(atPath: base).first { !$0.hasSuffix(".partial") })
+        let archive = base + "/" + id + "/base.tar.lz4"
+        var stored = try Data(contentsOf: URL(fileURLWithPath: archive))
+        stored[stored.count / 2] ^= 0x01
+        try stored.write(to: URL(fileURLWithPath: archive))
+        let damagedCopy = fixture.directory + "/damaged"
+        let damaged = try run(IT.walshipBinary, ["restore", "--spool", topology.spool, "--pgdata", damagedCopy], check: false)
+        #expect(damaged.status != 0, "\(damaged.output)")
+        #expect(damaged.error.contains("backup \(id) is damaged: \(archive)") && damaged.error.contains("expected CRC-32C")
+                && damaged.error.contains("walship backups --spool"), "\(damaged.error)")
+        #expect(!FileManager.default.fileExists(atPath: damagedCopy + "/postmaster.pid"))
+        #expect(!FileManager.default.fileExists(atPath: damagedCopy + "/PG_VERSION"), "the damaged archive was unpacked")
+        let drillDirectory = fixture.directory + "/drill"
+        let drill = try run(IT.walshipBinary, ["drill", "--spool", topology.spool, "--workdir", drillDirectory, "--keep",
+                                               "--report", fixture.logDirectory + "/damaged-drill", "--timeout", "30"],
+                            timeout: 180, check: false)
+        #expect(drill.status != 0, "\(drill.output)")
+        #expect((drill.output + drill.error).contains("backup \(id) is damaged"), "\(drill.output)\(drill.error)")
+        #expect(!FileManager.default.fileExists(atPath: drillDirectory + "/pgdata/postmaster.pid"), "the drill started a server")
     }
 
     /// A backup that takes longer than the link timeout (over a slow link here; a large database anywhere)

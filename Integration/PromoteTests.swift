@@ -115,5 +115,14 @@ struct PromoteTests {
                                                "--report", fixture.logDirectory + "/again"], check: false)
         #expect(again.status == 1)
         #expect(again.error.contains("already promoted"), "\(again.error)")
+
+        // A base backup of the old primary is refused as well: nothing of it may land in the fenced spool.
+        let oldBackup = try run(IT.walshipBinary, ["backup", "--source", topology.primary.conninfo,
+                                                   "--to", "127.0.0.1:\(topology.receiverPort)"] + topology.linkArguments("sender"),
+                                timeout: 60, check: false)
+        #expect(oldBackup.status != 0 && oldBackup.error.contains("refused the backup: system \(topology.systemIdentifier) was promoted at the DR site")
+                && oldBackup.error.contains("a base backup from the old primary"), "\(oldBackup.error)\(oldBackup.output)")
+        let stored = try FileManager.default.contentsOfDirectory(atPath: topology.spool + "/" + topology.systemIdentifier + "/base")
+        #expect(stored.count == 1, "only the backup taken before the promotion is stored: \(stored)")
     }
 }

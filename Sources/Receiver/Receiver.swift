@@ -197,14 +197,21 @@ public final class Receiver: Sendable {
             try await connection.executeThenClose { inbound, outbound in
                 var iterator = inbound.makeAsyncIterator()
                 guard let first = try await iterator.next() else { return }
+                var machine = ReceiverLinkStateMachine(allowedSources: config.tls == nil ? [:] : config.allowedSources,
+                                                       acceptFenced: config.acceptFenced, receiverName: config.name)
                 guard case .hello(let hello) = first else {
-                    throw Refusal(code: .protocolViolation, message: "expected a hello frame first, got \(first.kind)")
+                    // Refused without a refusal frame: a peer that does not begin with a hello may not speak the protocol.
+                    if case .closeWithoutAnswer(let refusal) = machine.firstFrameReceived(first, certificateName: nil) {
+                        throw refusal
+                    }
+                    return
                 }
                 linkLogger[metadataKey: "walship.system"] = "\(hello.systemIdentifier)"
                 do {
-                    try await checkSource(hello, channel: connection.channel, logger: &linkLogger)
-                    try await serve(hello: hello, peer: peer, channel: connection.channel, iterator: iterator,
-                                    outbound: outbound, logger: linkLogger)
+                    let certificateName = try await peerCertificateName(channel: connection.channel, logger: &linkLogger)
+                    let action = machine.firstFrameReceived(first, certificateName: certificateName)
+                    try await serve(hello: hello, action, machine: machine, peer: peer, channel: connection.channel,
+                                    iterator: iterator, outbound: outbound, logger: linkLogger)
                 } catch let refusal as Refusal {
                     try? await outbound.write(.refusal(refusal))
                     throw refusal
@@ -242,51 +249,94 @@ public final class Receiver: Sendable {
         }
     }
 
-    /// `--allow-source`: the client certificate's name must be listed, bound to the system it ships.
-    private func checkSource(_ hello: Hello, channel: Channel, logger: inout Logger) async throws {
-        guard config.tls != nil else { return }
-        let certificate = try await channel.nioSSL_peerCertificate().get()
-        let name = certificate.flatMap(certificateName)
+    /// The client certificate's name, which `--allow-source` binds to a system, when the link runs TLS.
+    private func peerCertificateName(channel: Channel, logger: inout Logger) async throws -> String? {
+        guard config.tls != nil else { return nil }
+        let name = try await channel.nioSSL_peerCertificate().get().flatMap(certificateName)
         logger[metadataKey: "walship.certificate"] = "\(name ?? "?")"
-        guard !config.allowedSources.isEmpty else { return }
-        guard let name, let bound = config.allowedSources[name] else {
-            throw Refusal(code: .sourceNotAllowed, message: "the sender's certificate \"\(name ?? "without a name")\" is not allowed to ship here (hint: add --allow-source \(name ?? "NAME")=\(hello.systemIdentifier) to walship receive)")
+        return name
+    }
+
+    /// Carries out the handshake the link's state machine asks for (open the spool, read its fence, claim the
+    /// system's stream, find the resume point), then serves the link as a stream or as a backup.
+    private func serve(hello: Hello, _ firstAction: ReceiverLinkStateMachine.Action, machine: ReceiverLinkStateMachine,
+                       peer: String, channel: Channel, iterator: NIOAsyncChannelInboundStream<ShipMessage>.AsyncIterator,
+                       outbound: NIOAsyncChannelOutboundWriter<ShipMessage>, logger: Logger) async throws {
+        var machine = machine
+        var action = firstAction
+        var opened: SystemSpool?
+        var claimed: Int?
+        defer { if let claimed { release(system: hello.systemIdentifier, linkID: claimed) } }
+        let welcome: Welcome
+        handshake: while true {
+            switch action {
+            case .openSpool(let id, let segmentSize):
+                let system: SystemSpool
+                do { system = try spool.system(id, segmentSize: segmentSize) } catch {
+                    action = machine.spoolFailed(.open, error: "\(error)")
+                    continue handshake
+                }
+                opened = system
+                do { action = machine.spoolOpened(fence: try fence(of: system)) } catch {
+                    action = machine.spoolFailed(.readFence, error: "\(error)")
+                }
+            case .claimStream(let acceptedFence):
+                if let acceptedFence { warnAcceptingFenced(acceptedFence, role: hello.role, logger: logger) }
+                do {
+                    claimed = try claim(hello: hello, peer: peer, channel: channel, logger: logger)
+                    action = machine.streamClaimed()
+                } catch let refusal as Refusal {
+                    action = machine.streamClaimRefused(refusal)
+                }
+            case .findResumePoint(let makeDurableFirst, let acceptedFence):
+                if let acceptedFence { warnAcceptingFenced(acceptedFence, role: hello.role, logger: logger) }
+                guard let system = opened else { preconditionFailure("a resume point before the spool is open") }
+                guard makeDurableFirst else {
+                    let position = system.position
+                    action = machine.resumePointFound(durable: position.durable, timeline: position.timeline)
+                    continue handshake
+                }
+                // Anything written by an earlier link but not yet synced is made durable before we name a resume point.
+                do {
+                    let position = try await writerThread(for: hello.systemIdentifier).runIfActive {
+                        try system.sync()
+                        return system.position
+                    }
+                    action = machine.resumePointFound(durable: position.durable, timeline: position.timeline)
+                } catch {
+                    action = machine.spoolFailed(.makeDurable, error: "\(error)")
+                }
+            case .welcome(let answer):
+                welcome = answer
+                break handshake
+            case .refuse(let refusal), .closeWithoutAnswer(let refusal):
+                if refusal.code == .fenced {
+                    monitor.withLock { $0[hello.systemIdentifier, default: SystemMonitor()].fenceRefusedAt = Date() }
+                }
+                throw refusal
+            case .queueWAL, .queueHistory, .keepalive, .beginBackup, .storeBackupData, .finishBackup, .none:
+                preconditionFailure("\(action) during the handshake")
+            }
         }
-        guard bound == hello.systemIdentifier else {
-            throw Refusal(code: .sourceNotAllowed, message: "the sender's certificate \"\(name)\" may ship system \(bound) only, but it offered system \(hello.systemIdentifier) (hint: is this sender pointed at the right primary? else fix --allow-source \(name)=\(hello.systemIdentifier))")
+        guard let system = opened else { preconditionFailure("a welcome before the spool is open") }
+        switch hello.role {
+        case .backup:
+            try await serveBackup(welcome, machine: machine, system: system, iterator: iterator, outbound: outbound,
+                                  logger: logger)
+        case .stream:
+            guard let linkID = claimed else { preconditionFailure("a stream link welcomed without its claim") }
+            try await serveStream(welcome, machine: machine, hello: hello, system: system, linkID: linkID, channel: channel,
+                                  iterator: iterator, outbound: outbound, logger: logger)
         }
     }
 
-    private func serve(hello: Hello, peer: String, channel: Channel,
-                       iterator: NIOAsyncChannelInboundStream<ShipMessage>.AsyncIterator,
-                       outbound: NIOAsyncChannelOutboundWriter<ShipMessage>, logger: Logger) async throws {
-        let segmentSize: WALSegmentSize
-        switch ReceiverHandshake.validate(hello) {
-        case .success(let size): segmentSize = size
-        case .failure(let refusal): throw refusal
-        }
-        let system: SystemSpool
-        do {
-            system = try spool.system(hello.systemIdentifier, segmentSize: segmentSize)
-        } catch {
-            throw Refusal(code: .spoolFailure, message: "cannot open the spool for system \(hello.systemIdentifier): \(error)")
-        }
-        if hello.role == .backup {
-            return try await serveBackup(system: system, iterator: iterator, outbound: outbound, logger: logger)
-        }
-        try checkFence(system: system, hello: hello, logger: logger)
-        let linkID = try claim(hello: hello, peer: peer, channel: channel, logger: logger)
-        defer { release(system: hello.systemIdentifier, linkID: linkID) }
-
+    /// A stream link: frames are checked and queued on the event loop, written and synced on the system's spool
+    /// thread, and acknowledged once durable.
+    private func serveStream(_ welcome: Welcome, machine: ReceiverLinkStateMachine, hello: Hello, system: SystemSpool,
+                             linkID: Int, channel: Channel, iterator: NIOAsyncChannelInboundStream<ShipMessage>.AsyncIterator,
+                             outbound: NIOAsyncChannelOutboundWriter<ShipMessage>, logger: Logger) async throws {
         let writer = writerThread(for: hello.systemIdentifier)
-        // Anything written by an earlier link but not yet synced is made durable before we name a resume point.
-        let position: SpoolPosition
-        do {
-            position = try await writer.runIfActive { try system.sync(); return system.position }
-        } catch {
-            throw Refusal(code: .spoolFailure, message: "the spool for system \(hello.systemIdentifier) cannot be written: \(error)")
-        }
-
+        let rules = SharedLinkStateMachine(machine)
         let queue = BatchQueue<Work>(maxBytes: config.maxQueuedBytes) { ShipChannel.resumeReading(channel) }
         let acks = AckSender(channel: channel)
         // Decompressed chunks go round between the event loop and the spool thread; as many as the queue holds.
@@ -297,7 +347,8 @@ public final class Receiver: Sendable {
         let borrowed = BorrowedWriter(queue: queue)
         try await ShipChannel.setTap(on: channel, { [self] message in
             do {
-                guard let (work, bytes) = try interpret(message, system: system, linkID: linkID, acks: acks, buffers: buffers) else {
+                guard let (work, bytes) = try interpret(message, rules: rules, system: system, linkID: linkID, acks: acks,
+                                                        buffers: buffers) else {
                     return .consumed
                 }
                 // A synchronous link's frame that brings us to the primary's end (a commit waits on it) is written
@@ -326,11 +377,10 @@ public final class Receiver: Sendable {
             if channel.isActive { acks.send(ack(for: system, at: system.position)) }
             return nil
         })
-        try await outbound.write(.welcome(Welcome(resumeLSN: position.durable, resumeTimeline: position.timeline,
-                                                  receiverName: config.name)))
+        try await outbound.write(.welcome(welcome))
         logger.notice("sender connected", metadata: [
             "walship.sender": "\(hello.senderName)", "walship.synchronous": "\(hello.synchronous)",
-            "walship.resume_lsn": "\(position.durable)", "walship.timeline": "\(position.timeline)",
+            "walship.resume_lsn": "\(welcome.resumeLSN)", "walship.timeline": "\(welcome.resumeTimeline)",
         ])
 
         var iterator = iterator
@@ -345,7 +395,8 @@ public final class Receiver: Sendable {
                 // The tap takes every frame; this only waits for the link to end (and would take a frame the
                 // tap let through).
                 while let message = try await iterator.next() {
-                    if let (work, bytes) = try self.interpret(message, system: system, linkID: linkID, acks: acks, buffers: buffers) {
+                    if let (work, bytes) = try self.interpret(message, rules: rules, system: system, linkID: linkID, acks: acks,
+                                                              buffers: buffers) {
                         try await queue.push(work, bytes: bytes)
                     }
                 }
@@ -354,11 +405,10 @@ public final class Receiver: Sendable {
 
     /// A backup link: store the archive and manifest as they come, make the backup visible when whole, and
     /// declare it complete once the stream has brought the spool's durable WAL to its stop LSN.
-    private func serveBackup(system: SystemSpool, iterator: NIOAsyncChannelInboundStream<ShipMessage>.AsyncIterator,
+    private func serveBackup(_ welcome: Welcome, machine: ReceiverLinkStateMachine, system: SystemSpool,
+                             iterator: NIOAsyncChannelInboundStream<ShipMessage>.AsyncIterator,
                              outbound: NIOAsyncChannelOutboundWriter<ShipMessage>, logger: Logger) async throws {
-        let position = system.position
-        try await outbound.write(.welcome(Welcome(resumeLSN: position.durable, resumeTimeline: position.timeline,
-                                                  receiverName: config.name)))
+        try await outbound.write(.welcome(welcome))
         // While the data arrives, and while it is fsynced, this end has nothing to say; a backup takes far longer
         // than the link timeout, so an ack goes back at the keepalive interval to show the sender this end is alive
         // (an ack is what any walship backup accepts here). Sent from its own task: an answer to the sender's
@@ -372,12 +422,14 @@ public final class Receiver: Sendable {
                 }
             }
             defer { group.cancelAll() }
-            try await storeBackup(system: system, iterator: iterator, outbound: outbound, logger: logger)
+            try await storeBackup(machine: machine, system: system, iterator: iterator, outbound: outbound, logger: logger)
         }
     }
 
-    private func storeBackup(system: SystemSpool, iterator: NIOAsyncChannelInboundStream<ShipMessage>.AsyncIterator,
+    private func storeBackup(machine: ReceiverLinkStateMachine, system: SystemSpool,
+                             iterator: NIOAsyncChannelInboundStream<ShipMessage>.AsyncIterator,
                              outbound: NIOAsyncChannelOutboundWriter<ShipMessage>, logger: Logger) async throws {
+        var machine = machine
         var iterator = iterator
         var writer: BackupWriter?
         defer { writer?.abort() }
@@ -385,12 +437,11 @@ public final class Receiver: Sendable {
         // a fresh allocation per piece.
         let buffers = BufferPool(maxIdle: 2)
         while let message = try await iterator.next() {
-            switch message {
-            case .backupStart(let start):
-                guard writer == nil else { throw Refusal(code: .protocolViolation, message: "a second backup start on one link") }
+            switch machine.frameReceived(message) {
+            case .beginBackup(let start):
                 writer = try BackupWriter(system: system, start: start)
                 logger.notice("backup started", metadata: ["walship.backup": "\(writer!.id)", "walship.start_lsn": "\(start.startLSN)"])
-            case .backupData(let data):
+            case .storeBackupData(let data):
                 guard let writer else { throw Refusal(code: .protocolViolation, message: "backup data before its start") }
                 let bytes: ByteBuffer
                 do { bytes = try data.bytes(pool: buffers) } catch {
@@ -403,7 +454,7 @@ public final class Receiver: Sendable {
                     }
                 }
                 if data.compression == .lz4Block { buffers.recycle(bytes) }  // else `bytes` is the frame's payload
-            case .backupEnd(let end):
+            case .finishBackup(let end):
                 guard let active = writer else { throw Refusal(code: .protocolViolation, message: "backup end before its start") }
                 // Its fsyncs and rename on the blocking pool; this task waits for them and owns the writer again after.
                 nonisolated(unsafe) let finishing = active
@@ -413,10 +464,12 @@ public final class Receiver: Sendable {
                                                           "walship.status": "\(info.status.rawValue)"])
                 try await awaitWAL(for: info, stop: end.stopLSN, system: system, outbound: outbound, logger: logger)
                 return
-            case .keepalive(let keepalive):
-                if keepalive.replyRequested { try await outbound.write(.ack(ack(for: system, at: system.position))) }
-            case .hello, .welcome, .refusal, .walData, .ack, .history, .backupStatus:
-                throw Refusal(code: .protocolViolation, message: "unexpected \(message.kind) frame on a backup link")
+            case .keepalive(_, _, let sendAck):
+                if sendAck { try await outbound.write(.ack(ack(for: system, at: system.position))) }
+            case .refuse(let refusal), .closeWithoutAnswer(let refusal):
+                throw refusal
+            case .openSpool, .claimStream, .findResumePoint, .welcome, .queueWAL, .queueHistory, .none:
+                continue
             }
         }
         throw LinkEnded()
@@ -440,11 +493,11 @@ public final class Receiver: Sendable {
 
     /// What one frame on a streaming link asks of the spool thread, if anything; the rest (keepalives,
     /// the link's liveness, the primary's position) is dealt with here. Throws the refusal that ends the link.
-    private func interpret(_ message: ShipMessage, system: SystemSpool, linkID: Int, acks: AckSender,
-                           buffers: BufferPool) throws -> (Work, bytes: Int)? {
+    private func interpret(_ message: ShipMessage, rules: SharedLinkStateMachine, system: SystemSpool, linkID: Int,
+                           acks: AckSender, buffers: BufferPool) throws -> (Work, bytes: Int)? {
         touch(system: system.systemIdentifier, linkID: linkID)
-        switch message {
-        case .walData(let data):
+        switch rules.frameReceived(message) {
+        case .queueWAL(let data):
             let bytes: ByteBuffer
             do { bytes = try data.walBytes(pool: buffers) } catch {
                 throw Refusal(code: .invalidWAL, message: "refused a WAL frame at \(data.startLSN): \(error)")
@@ -453,18 +506,16 @@ public final class Receiver: Sendable {
             let block = data.compression == .lz4Block ? data.payload : nil
             return (.wal(timeline: data.timeline, start: data.startLSN, bytes: bytes, block: block),
                     bytes.readableBytes + (block?.readableBytes ?? 0))
-        case .keepalive(let keepalive):
-            if keepalive.primaryEndLSN.isValid {
-                notePrimary(system, lsn: keepalive.primaryEndLSN, sendTime: keepalive.sendTime)
-            }
-            if keepalive.replyRequested { acks.send(ack(for: system, at: system.position)) }
+        case .keepalive(let primaryEnd, let sendTime, let sendAck):
+            if let primaryEnd { notePrimary(system, lsn: primaryEnd, sendTime: sendTime) }
+            if sendAck { acks.send(ack(for: system, at: system.position)) }
             return nil
-        case .history(let history):
+        case .queueHistory(let history):
             return (.history(timeline: history.timeline, content: history.content), history.content.readableBytes)
-        case .refusal(let refusal):
-            throw Refusal(code: refusal.code, message: "the sender ended the link: \(refusal.message)")
-        case .hello, .welcome, .ack, .backupStart, .backupData, .backupEnd, .backupStatus:
-            throw Refusal(code: .protocolViolation, message: "unexpected \(message.kind) frame on a streaming link")
+        case .refuse(let refusal), .closeWithoutAnswer(let refusal):
+            throw refusal
+        case .openSpool, .claimStream, .findResumePoint, .welcome, .beginBackup, .storeBackupData, .finishBackup, .none:
+            return nil
         }
     }
 
@@ -573,21 +624,17 @@ public final class Receiver: Sendable {
 
     // MARK: - Fencing
 
-    /// After a promotion at the DR site the old primary must not extend the old timeline here.
-    private func checkFence(system: SystemSpool, hello: Hello, logger: Logger) throws {
-        let fence: FenceRecord?
-        do { fence = try FenceRecord.load(systemDirectory: system.directory) } catch {
-            throw Refusal(code: .spoolFailure, message: "cannot read the fence of system \(hello.systemIdentifier): \(error)")
+    /// The system's FENCED record (left by a promotion at the DR site), as the link's state machine sees it.
+    private func fence(of system: SystemSpool) throws -> ReceiverLinkStateMachine.Fence? {
+        try FenceRecord.load(systemDirectory: system.directory).map {
+            .init(promotedAt: formatISO8601($0.promotedAt), promotedTimeline: $0.promotedTimeline,
+                  recordPath: FenceRecord.path(system.directory))
         }
-        guard let fence else { return }
-        if config.acceptFenced {
-            logger.warning("accepting WAL for a fenced system because of --force", metadata: [
-                "walship.promoted_at": "\(formatISO8601(fence.promotedAt))",
-            ])
-            return
-        }
-        monitor.withLock { $0[hello.systemIdentifier, default: SystemMonitor()].fenceRefusedAt = Date() }
-        throw Refusal(code: .fenced, message: "system \(hello.systemIdentifier) was promoted at the DR site at \(formatISO8601(fence.promotedAt)) (timeline \(fence.promotedTimeline.map(String.init) ?? "?")); WAL from the old primary (sender \(hello.senderName), timeline \(hello.timeline)) is refused. Hint: re-seed the DR site and remove \(FenceRecord.path(system.directory)), or restart walship receive with --force to accept it anyway")
+    }
+
+    private func warnAcceptingFenced(_ fence: ReceiverLinkStateMachine.Fence, role: LinkRole, logger: Logger) {
+        logger.warning("accepting \(role == .backup ? "a base backup" : "WAL") for a fenced system because of --force",
+                       metadata: ["walship.promoted_at": "\(fence.promotedAt)"])
     }
 
     // MARK: - Link registry
@@ -822,5 +869,16 @@ private final class BorrowedWriter: @unchecked Sendable {
         guard held else { return }
         held = false
         queue.returnWriter()
+    }
+}
+
+/// A stream link's state machine, shared by the event loop's tap and the link's reader task.
+private final class SharedLinkStateMachine: Sendable {
+    private let machine: Mutex<ReceiverLinkStateMachine>
+
+    init(_ machine: ReceiverLinkStateMachine) { self.machine = Mutex(machine) }
+
+    func frameReceived(_ message: ShipMessage) -> ReceiverLinkStateMachine.Action {
+        machine.withLock { $0.frameReceived(message) }
     }
 }

@@ -125,6 +125,12 @@ func restoreFromBackup(spool: String, system: UInt64?, backup: String?, pgdata: 
     }
     let walship = walshipPath ?? ((try? fm.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0])
     try checkOSUser(osUser, walship: walship, walDirectory: reader.walDirectory)
+    // Checked before the data directory exists: a damaged archive must never become a server that starts.
+    do {
+        try BackupVerification.verify(chosen, systemDirectory: systemDirectory)
+    } catch let error as SpoolError where error.kind == .corrupt {
+        throw RestoreError("\(error.message) (hint: use another backup: walship backups --spool \(spool) lists them, then --backup ID; or take a new one with walship backup)")
+    }
 
     try fm.createDirectory(atPath: dataDirectory, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
     let backupDirectory = systemDirectory + "/base/" + chosen.id

@@ -1,0 +1,227 @@
+import ShipProtocol
+import WALCore
+
+/// The receiver's side of one link, as a pure state machine: events in, actions out, no I/O. It holds the
+/// link's rules (who may ship what, the fence, which frame is allowed when); `Receiver` opens the spool, claims
+/// the system's stream, writes frames and logs, and reports back what happened.
+///
+///     awaitingHello ─hello─▶ openingSpool ─fence passed─▶ claimingStream (stream links) ─▶ findingResumePoint
+///                                        └──────────────────────────────────────────────▶ (backup links)
+///     findingResumePoint ─welcome─▶ streaming | receivingBackup ─backup end─▶ backupStored
+///
+/// Every refusal ends in `closed`.
+struct ReceiverLinkStateMachine: Sendable {
+    /// A promotion recorded at the DR site (the spool's FENCED record), in the words the refusal uses.
+    struct Fence: Hashable, Sendable {
+        /// ISO 8601.
+        var promotedAt: String
+        var promotedTimeline: UInt32?
+        /// Where the record lies: removing it (after a re-seed) lifts the fence.
+        var recordPath: String
+    }
+
+    /// The spool step that failed during the handshake.
+    enum SpoolStep: Hashable, Sendable {
+        case open
+        case readFence
+        /// Making what an earlier link wrote durable before naming the resume point.
+        case makeDurable
+    }
+
+    enum State: Hashable, Sendable {
+        case awaitingHello
+        /// The hello passed; the spool of its system is being opened and its fence read.
+        case openingSpool(Hello)
+        /// A stream link passed the fence and waits for the system's single stream.
+        case claimingStream(Hello)
+        case findingResumePoint(Hello)
+        case streaming(Hello)
+        case receivingBackup(Hello, started: Bool)
+        /// The backup is stored; the link only waits for the spool to hold its WAL and reads no more frames.
+        case backupStored(Hello)
+        case closed
+    }
+
+    enum Action: Hashable, Sendable {
+        case openSpool(system: UInt64, segmentSize: WALSegmentSize)
+        /// Take the system's single stream (`StreamLinkRegistry`); `acceptedFence` is a fence `--force` overrode.
+        case claimStream(acceptedFence: Fence?)
+        /// Find the resume point to welcome the sender with; a stream link first makes earlier WAL durable.
+        case findResumePoint(makeDurableFirst: Bool, acceptedFence: Fence?)
+        case welcome(Welcome)
+        case queueWAL(WALData)
+        case queueHistory(HistoryFile)
+        /// Note the primary's end of WAL (stream links), and answer with an ack if the sender asked.
+        case keepalive(primaryEnd: LSN?, sendTime: PostgresTimestamp, sendAck: Bool)
+        case beginBackup(BackupStart)
+        case storeBackupData(BackupData)
+        case finishBackup(BackupEnd)
+        /// Send the refusal frame, then close.
+        case refuse(Refusal)
+        /// Close without a frame: a peer that did not begin with a hello may not speak the protocol at all.
+        case closeWithoutAnswer(Refusal)
+        case none
+    }
+
+    /// `--allow-source` (only with TLS): a client certificate name may ship only the system bound to it.
+    let allowedSources: [String: UInt64]
+    /// `--force`: accept WAL and backups of a fenced system.
+    let acceptFenced: Bool
+    let receiverName: String
+    private(set) var state = State.awaitingHello
+
+    init(allowedSources: [String: UInt64], acceptFenced: Bool, receiverName: String) {
+        self.allowedSources = allowedSources
+        self.acceptFenced = acceptFenced
+        self.receiverName = receiverName
+    }
+
+    // MARK: - Handshake
+
+    /// The link's first frame; `certificateName` is the client certificate's name when the link runs TLS.
+    mutating func firstFrameReceived(_ message: ShipMessage, certificateName: String?) -> Action {
+        guard case .awaitingHello = state else { return refuse(.protocolViolation, "a second hello on one link") }
+        guard case .hello(let hello) = message else {
+            state = .closed
+            return .closeWithoutAnswer(Refusal(code: .protocolViolation, message: "expected a hello frame first, got \(message.kind)"))
+        }
+        if !allowedSources.isEmpty {
+            guard let name = certificateName, let bound = allowedSources[name] else {
+                return refuse(.sourceNotAllowed, "the sender's certificate \"\(certificateName ?? "without a name")\" is not allowed to ship here (hint: add --allow-source \(certificateName ?? "NAME")=\(hello.systemIdentifier) to walship receive)")
+            }
+            guard bound == hello.systemIdentifier else {
+                return refuse(.sourceNotAllowed, "the sender's certificate \"\(name)\" may ship system \(bound) only, but it offered system \(hello.systemIdentifier) (hint: is this sender pointed at the right primary? else fix --allow-source \(name)=\(hello.systemIdentifier))")
+            }
+        }
+        switch ReceiverHandshake.validate(hello) {
+        case .failure(let refusal):
+            state = .closed
+            return .refuse(refusal)
+        case .success(let segmentSize):
+            state = .openingSpool(hello)
+            return .openSpool(system: hello.systemIdentifier, segmentSize: segmentSize)
+        }
+    }
+
+    /// The system's spool is open; `fence` is its FENCED record, if any. Every link, backups included, passes
+    /// the fence: after a promotion nothing from the old primary may land in the spool.
+    mutating func spoolOpened(fence: Fence?) -> Action {
+        guard case .openingSpool(let hello) = state else { return outOfOrder("spool opened") }
+        if let fence, !acceptFenced {
+            return refuse(.fenced, "system \(hello.systemIdentifier) was promoted at the DR site at \(fence.promotedAt) (timeline \(fence.promotedTimeline.map(String.init) ?? "?")); \(hello.role == .backup ? "a base backup" : "WAL") from the old primary (sender \(hello.senderName), timeline \(hello.timeline)) is refused. Hint: re-seed the DR site and remove \(fence.recordPath), or restart walship receive with --force to accept it anyway")
+        }
+        switch hello.role {
+        case .stream:
+            state = .claimingStream(hello)
+            return .claimStream(acceptedFence: fence)
+        case .backup:
+            state = .findingResumePoint(hello)
+            return .findResumePoint(makeDurableFirst: false, acceptedFence: fence)
+        }
+    }
+
+    /// The system's single stream is this link's now.
+    mutating func streamClaimed() -> Action {
+        guard case .claimingStream(let hello) = state else { return outOfOrder("stream claimed") }
+        state = .findingResumePoint(hello)
+        return .findResumePoint(makeDurableFirst: true, acceptedFence: nil)
+    }
+
+    /// Another link holds the system's stream and is alive.
+    mutating func streamClaimRefused(_ refusal: Refusal) -> Action {
+        guard case .claimingStream = state else { return outOfOrder("stream claim refused") }
+        state = .closed
+        return .refuse(refusal)
+    }
+
+    mutating func resumePointFound(durable: LSN, timeline: TimeLineID) -> Action {
+        guard case .findingResumePoint(let hello) = state else { return outOfOrder("resume point found") }
+        switch hello.role {
+        case .stream: state = .streaming(hello)
+        case .backup: state = .receivingBackup(hello, started: false)
+        }
+        return .welcome(Welcome(resumeLSN: durable, resumeTimeline: timeline, receiverName: receiverName))
+    }
+
+    mutating func spoolFailed(_ step: SpoolStep, error: String) -> Action {
+        let system: UInt64
+        switch state {
+        case .openingSpool(let hello), .claimingStream(let hello), .findingResumePoint(let hello): system = hello.systemIdentifier
+        case .awaitingHello, .streaming, .receivingBackup, .backupStored, .closed: return outOfOrder("spool failure")
+        }
+        let message = switch step {
+        case .open: "cannot open the spool for system \(system): \(error)"
+        case .readFence: "cannot read the fence of system \(system): \(error)"
+        case .makeDurable: "the spool for system \(system) cannot be written: \(error)"
+        }
+        return refuse(.spoolFailure, message)
+    }
+
+    // MARK: - Frames
+
+    /// Any frame after the welcome.
+    mutating func frameReceived(_ message: ShipMessage) -> Action {
+        switch state {
+        case .streaming:
+            return streamFrame(message)
+        case .receivingBackup(let hello, let started):
+            return backupFrame(message, hello: hello, started: started)
+        case .backupStored, .closed:
+            return .none
+        case .awaitingHello, .openingSpool, .claimingStream, .findingResumePoint:
+            return refuse(.protocolViolation, "unexpected \(message.kind) frame before the receiver's welcome")
+        }
+    }
+
+    private mutating func streamFrame(_ message: ShipMessage) -> Action {
+        switch message {
+        case .walData(let data):
+            return .queueWAL(data)
+        case .keepalive(let keepalive):
+            return .keepalive(primaryEnd: keepalive.primaryEndLSN.isValid ? keepalive.primaryEndLSN : nil,
+                              sendTime: keepalive.sendTime, sendAck: keepalive.replyRequested)
+        case .history(let history):
+            return .queueHistory(history)
+        case .refusal(let refusal):
+            return refuse(refusal.code, "the sender ended the link: \(refusal.message)")
+        case .hello, .welcome, .ack, .backupStart, .backupData, .backupEnd, .backupStatus:
+            return refuse(.protocolViolation, "unexpected \(message.kind) frame on a streaming link")
+        }
+    }
+
+    private mutating func backupFrame(_ message: ShipMessage, hello: Hello, started: Bool) -> Action {
+        switch message {
+        case .backupStart(let start):
+            guard !started else { return refuse(.protocolViolation, "a second backup start on one link") }
+            state = .receivingBackup(hello, started: true)
+            return .beginBackup(start)
+        case .backupData(let data):
+            guard started else { return refuse(.protocolViolation, "backup data before its start") }
+            return .storeBackupData(data)
+        case .backupEnd(let end):
+            guard started else { return refuse(.protocolViolation, "backup end before its start") }
+            state = .backupStored(hello)
+            return .finishBackup(end)
+        case .keepalive(let keepalive):
+            // The stream link reports the primary's position; a backup link's keepalive only asks for life.
+            return .keepalive(primaryEnd: nil, sendTime: keepalive.sendTime, sendAck: keepalive.replyRequested)
+        case .hello, .welcome, .refusal, .walData, .ack, .history, .backupStatus:
+            return refuse(.protocolViolation, "unexpected \(message.kind) frame on a backup link")
+        }
+    }
+
+    /// The connection ended (the sender closed it, the link timed out, or the receiver closed it).
+    mutating func linkEnded() {
+        state = .closed
+    }
+
+    private mutating func refuse(_ code: Refusal.Code, _ message: String) -> Action {
+        state = .closed
+        return .refuse(Refusal(code: code, message: message))
+    }
+
+    private mutating func outOfOrder(_ event: String) -> Action {
+        if case .closed = state { return .none }
+        return refuse(.protocolViolation, "internal error: \(event) while \(state)")
+    }
+}
