@@ -66,6 +66,8 @@ public final class Sender: Sendable {
     private let problems = Mutex<[String: String]>([:])
     /// Present with `--on-receiver-loss degrade-after`.
     let buffer: LocalBuffer?
+    /// The latest file job on the local buffer handed off by the event loop; each job waits for the one before.
+    private let bufferChores = Mutex<Task<Void, Never>?>(nil)
 
     public init(configuration: SenderConfiguration, logger: Logger) throws {
         self.config = configuration
@@ -220,6 +222,7 @@ public final class Sender: Sendable {
     /// receiver can be reached again. Returns then, and the normal session ships the buffer first.
     private func runDegraded(firstProbeAfter: Duration, onAcknowledging: () -> Void) async throws {
         guard let buffer else { return }
+        await bufferChoresDone()
         let session = ReplicationSession(conninfo: config.source, logger: logger)
         defer { Task { await session.close() } }
         let identity = try await session.connect(applicationName: config.applicationName)
@@ -362,6 +365,7 @@ public final class Sender: Sendable {
     }
 
     private func streamSession(_ session: ReplicationSession, onConnected: () -> Void, onStreaming: () -> Void) async throws {
+        await bufferChoresDone()
         let identity = try await session.connect(applicationName: config.applicationName)
         onConnected()
         try checkPrimary(identity)
@@ -430,6 +434,7 @@ public final class Sender: Sendable {
                 try await settleLeftoverBuffer(buffer, receiverEnd: (w.resumeTimeline, w.resumeLSN),
                                                receiverTimeline: max(w.resumeTimeline, timeline), identity: identity,
                                                history: history, session: session)
+                await bufferChoresDone()
             }
             // On a timeline the primary has left, the buffer is shipped up to where that timeline ends: what it holds
             // beyond (commits the old primary acknowledged from it after the new primary forked off) was never on
@@ -513,7 +518,9 @@ public final class Sender: Sendable {
         }
     }
 
-    /// The receiver has everything acknowledged from the buffer: drop it and say so.
+    /// The receiver has everything acknowledged from the buffer: acknowledgement is synchronous again from here on.
+    /// Dropping the buffer and auditing it (file I/O, fsync) is handed to a task, since this may run on the event
+    /// loop; whatever looks at the buffer next waits for it (`bufferChoresDone`).
     private func leaveDegraded(system: UInt64) {
         guard let buffer else { return }
         let (since, acknowledged) = statusBox.withLock { s in
@@ -523,6 +530,21 @@ public final class Sender: Sendable {
             }
             return (s.degradedSince, s.acknowledgedFromBuffer)
         }
+        bufferChores.withLock { latest in
+            let previous = latest
+            latest = Task {
+                await previous?.value
+                self.dropBuffer(buffer, system: system, degradedSince: since, acknowledged: acknowledged)
+            }
+        }
+    }
+
+    /// Waits until the file jobs on the local buffer handed off so far are done.
+    func bufferChoresDone() async {
+        await bufferChores.withLock { $0 }?.value
+    }
+
+    private func dropBuffer(_ buffer: LocalBuffer, system: UInt64, degradedSince since: Date?, acknowledged: LSN) {
         do {
             try buffer.discard(system: system)
             try buffer.audit(["event": "synchronous", "system": "\(system)", "acknowledged_lsn": "\(acknowledged)",
@@ -572,7 +594,7 @@ public final class Sender: Sendable {
                 { try await self.sendKeepalives(outbound) },
             ],
             onEnd: { _ in gate.requestStop() },
-            reader: { try await self.readAcks(&iterator, machine: machine, gate: gate) })
+            reader: { try await self.readUntilClosed(&iterator, machine: machine, gate: gate) })
     }
 
     /// Waits until the receiver acknowledges WAL up to `end` as durable, at most the link timeout: so a link that
@@ -632,9 +654,13 @@ public final class Sender: Sendable {
         return (producer.source, producer.sequence)
     }
 
-    private func readAcks(_ iterator: inout NIOAsyncChannelInboundStream<ShipMessage>.AsyncIterator,
-                          machine: NIOLockedValueBox<SenderLinkStateMachine>, gate: StreamGate) async throws {
+    /// Frames other than acks (the tap takes those), until the link ends. An ack that still gets here arrived
+    /// before the tap was set, when no WAL had been sent on this link: it says nothing new, and taken now it could
+    /// come after a newer one the tap handled.
+    private func readUntilClosed(_ iterator: inout NIOAsyncChannelInboundStream<ShipMessage>.AsyncIterator,
+                                 machine: NIOLockedValueBox<SenderLinkStateMachine>, gate: StreamGate) async throws {
         while let message = try await iterator.next() {
+            if case .ack = message { continue }
             try received(message, machine: machine, gate: gate)
         }
         throw LinkError("the receiver closed the link")
@@ -642,7 +668,7 @@ public final class Sender: Sendable {
 
     /// One frame from the receiver through the link's state machine: an ack is reported to the primary and
     /// recorded; anything else that is not allowed ends the link.
-    private func received(_ message: ShipMessage, machine: NIOLockedValueBox<SenderLinkStateMachine>, gate: StreamGate) throws {
+    func received(_ message: ShipMessage, machine: NIOLockedValueBox<SenderLinkStateMachine>, gate: StreamGate) throws {
         switch machine.withLockedValue({ $0.messageReceived(message) }) {
         case .reportFeedback(let written, let durable, let replayed):
             // Never report less than was acknowledged from the local buffer: the primary has let that go.
@@ -667,12 +693,13 @@ public final class Sender: Sendable {
         }
     }
 
-    /// Acks handled on the event loop as they arrive, so the primary hears of an offsite fsync without a hop
-    /// through a task (a thread switch per synchronous commit). While WAL acknowledged from the local buffer is
-    /// outstanding, acks go to `readAcks`, which may have to tidy the buffer (file I/O, not for the event loop).
-    private func acknowledgeOnEventLoop(_ message: ShipMessage, machine: NIOLockedValueBox<SenderLinkStateMachine>,
-                                        gate: StreamGate) -> TapVerdict {
-        guard case .ack = message, !statusBox.withLock({ $0.acknowledgedFromBuffer.isValid }) else { return .forward }
+    /// Every ack is handled here, on the event loop, in the order it arrived: so the primary hears of an offsite
+    /// fsync without a hop through a task (a thread switch per synchronous commit), and no ack can overtake an
+    /// older one, which would take the feedback backwards or end the link. At the end of a degraded episode the
+    /// buffer's tidying goes to a task (`leaveDegraded`).
+    func acknowledgeOnEventLoop(_ message: ShipMessage, machine: NIOLockedValueBox<SenderLinkStateMachine>,
+                                gate: StreamGate) -> TapVerdict {
+        guard case .ack = message else { return .forward }
         do {
             try received(message, machine: machine, gate: gate)
             return .consumed
