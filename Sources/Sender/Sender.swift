@@ -66,6 +66,8 @@ public final class Sender: Sendable {
     private let problems = Mutex<[String: String]>([:])
     /// Present with `--on-receiver-loss degrade-after`.
     let buffer: LocalBuffer?
+    /// The latest file job on the local buffer handed off by the event loop; each job waits for the one before.
+    private let bufferChores = Mutex<Task<Void, Never>?>(nil)
 
     public init(configuration: SenderConfiguration, logger: Logger) throws {
         self.config = configuration
@@ -90,7 +92,7 @@ public final class Sender: Sendable {
         let s = statusBox.withLock { $0 }
         let system = StatusDocument.SystemStatus(
             systemIdentifier: s.systemIdentifier, timeline: s.timeline,
-            link: .init(connected: s.state == "streaming", peer: "\(config.receiverHost):\(config.receiverPort)",
+            link: .init(connected: s.state == .streaming, peer: "\(config.receiverHost):\(config.receiverPort)",
                         senderName: config.applicationName, synchronous: config.synchronous, connectedAt: s.connectedSince,
                         disconnectedSince: s.disconnectedSince,
                         lastMessageAgeSeconds: s.receiverLastAckAt.map { roundedSeconds(now - $0) },
@@ -100,7 +102,7 @@ public final class Sender: Sendable {
             role: "sender", version: walshipVersion, host: ProcessInfo.processInfo.hostName, generatedAt: Date(),
             process: .init(pid: ProcessInfo.processInfo.processIdentifier, startedAt: startedAt,
                            residentMemoryBytes: residentMemoryBytes()),
-            state: s.state, stateSince: s.stateSince, lastError: s.lastError, systems: [system],
+            state: s.state.rawValue, stateSince: s.stateSince, lastError: s.lastError, systems: [system],
             sender: .init(source: config.source.description, receiver: "\(config.receiverHost):\(config.receiverPort)",
                           synchronous: config.synchronous, applicationName: config.applicationName,
                           walBytesSent: s.walBytesSent, walFramesSent: s.walFramesSent, wireBytesSent: s.wireBytesSent,
@@ -123,102 +125,104 @@ public final class Sender: Sendable {
 
     // MARK: - Streaming with reconnects
 
+    /// Carries out what `SenderSupervisor` decides, and tells it what happened.
     private func streamWithRetries() async throws {
-        var backoff = Duration.seconds(1)
-        var everConnected = false
-        var everLinked = false
-        /// When the DR site stopped taking WAL (for --on-receiver-loss degrade-after).
-        var receiverLostAt: ContinuousClock.Instant?
-        /// The last attempt to degrade was refused: commits wait, though the exposure from before remains.
-        var degradingRefused = false
+        var supervisor = SenderSupervisor(receiverLoss: config.receiverLoss, hasBuffer: buffer != nil, maxBackoff: config.maxBackoff)
+        var action = supervisor.start()
+        publish(supervisor.state)
         while true {
             try Task.checkCancellation()
-            do {
-                try await streamOnce(onConnected: { everConnected = true }) {
-                    backoff = .seconds(1)
-                    everLinked = true
-                    receiverLostAt = nil
-                    degradingRefused = false
+            switch action {
+            case .reconnectNow:
+                do {
+                    try await streamOnce(onConnected: { advance(&supervisor, .connected) },
+                                         onStreaming: { advance(&supervisor, .linked) })
+                    action = advance(&supervisor, .linkLost(setUpMistake: nil, stillExposed: stillExposed, now: .now),
+                                     error: "the session ended")
+                } catch let error as SenderFatalError {
+                    action = advance(&supervisor, .fatal(reason: error.description), error: error.description)
+                } catch is CancellationError {
+                    throw CancellationError()
+                } catch let ended as TimelineEnded {
+                    logger.notice("the primary ended our timeline; switching", metadata: [
+                        "walship.timeline": "\(ended.timeline)", "walship.next_timeline": "\(ended.next)", "walship.at": "\(ended.at)",
+                    ])
+                    action = advance(&supervisor, .timelineEnded)
+                } catch {
+                    if Task.isCancelled { throw CancellationError() }
+                    let text = "\(error)"
+                    action = advance(&supervisor, sessionFailure(error), error: text)
+                    if case .stop = action {} else { noteProblem("stream", text, "streaming stopped; retrying with backoff") }
                 }
-            } catch let error as SenderFatalError {
-                setState("failed", error: error.description)
-                throw error
-            } catch is CancellationError {
-                throw CancellationError()
-            } catch let ended as TimelineEnded {
-                // Not a failure: reconnect at once; the handshake moves the spool to the next timeline.
-                logger.notice("the primary ended our timeline; switching", metadata: [
-                    "walship.timeline": "\(ended.timeline)", "walship.next_timeline": "\(ended.next)", "walship.at": "\(ended.at)",
-                ])
-            } catch let error as PostgresError where !everConnected && (error.connectionLost || Self.isConfigurationError(error)) {
-                // At start-up an unreachable source, a refused login or a missing privilege is a set-up
-                // mistake: say so and stop. Once connected, the same failures mean a restart: retry.
-                let fatal = SenderFatalError("\(error.message) (hint: check that PostgreSQL is running and reachable with the --source conninfo, that the role has the REPLICATION attribute, and that pg_hba.conf has a 'replication' line for it)")
-                setState("failed", error: fatal.description)
-                throw fatal
-            } catch ShipProtocolError.peerSpeaksTLS where !everLinked {
-                let fatal = SenderFatalError("the receiver \(config.receiverHost):\(config.receiverPort) requires TLS, and this sender runs with --insecure (hint: give it --tls-cert, --tls-key and --tls-ca; walship certs init makes them)")
-                setState("failed", error: fatal.description)
-                throw fatal
-            } catch let error where !everLinked && tlsFailure(error) != nil {
-                // A certificate the receiver rejects, or one we reject, is a set-up mistake: say so and stop.
-                let fatal = SenderFatalError("TLS with the receiver \(config.receiverHost):\(config.receiverPort) failed: \(tlsFailure(error)!) (hint: --tls-ca must be the CA that signed the receiver's certificate, the receiver's certificate must name the host in --to (or pass --tls-server-name), and the receiver must trust the CA of --tls-cert)")
-                setState("failed", error: fatal.description)
-                throw fatal
-            } catch {
-                if Task.isCancelled { throw CancellationError() }
-                let text = "\(error)"
-                noteProblem("stream", text, "streaming stopped; retrying with backoff")
-                setState(statusBox.withLock { $0.degradedSince } == nil || degradingRefused ? "retrying" : "degraded", error: text)
-                var wait = backoff
-                if case .degradeAfter(let after) = config.receiverLoss, buffer != nil, !(error is PostgresError) {
-                    // The DR site is not taking WAL. Past the allowed time, acknowledge from the local buffer
-                    // until it can be reached again.
-                    let lostAt = receiverLostAt ?? .now
-                    receiverLostAt = lostAt
-                    let remaining = after - (ContinuousClock.now - lostAt)
-                    if remaining <= .zero {
-                        do {
-                            // Waits `backoff` before probing the receiver, so a receiver that accepts
-                            // connections but refuses the link is not retried in a tight loop.
-                            degradingRefused = false
-                            try await runDegraded(firstProbeAfter: backoff)
-                            backoff = min(backoff * 2, config.maxBackoff)
-                            continue
-                        } catch let error as SenderFatalError {
-                            setState("failed", error: error.description)
-                            throw error
-                        } catch is CancellationError {
-                            throw CancellationError()
-                        } catch let kept as BufferKeptForReceiver {
-                            noteProblem("degraded", "\(kept)", "cannot acknowledge from the local buffer; commits wait")
-                            // Not acknowledging any more, though what was acknowledged from the buffer is still
-                            // not offsite (the exposure stays reported).
-                            degradingRefused = true
-                            setState("retrying", error: kept.description)
-                            // Not at once again: each attempt opens connections to the primary, and this lasts
-                            // until the receiver is back.
-                            try await Task.sleep(for: min(backoff, .seconds(5)))
-                            backoff = min(backoff * 2, config.maxBackoff)
-                            continue
-                        } catch {
-                            noteProblem("degraded", "\(error)", "cannot acknowledge from the local buffer; commits wait")
-                        }
-                    }
-                    wait = min(wait, max(remaining, .milliseconds(100)))
+            case .wait(let duration):
+                try await Task.sleep(for: duration)
+                action = advance(&supervisor, .timePassed(now: .now))
+            case .enterDegraded(let firstProbeAfter):
+                do {
+                    try await runDegraded(firstProbeAfter: firstProbeAfter) { advance(&supervisor, .acknowledgingFromBuffer(now: .now)) }
+                    action = advance(&supervisor, .receiverBack)
+                } catch let error as SenderFatalError {
+                    action = advance(&supervisor, .fatal(reason: error.description), error: error.description)
+                } catch is CancellationError {
+                    throw CancellationError()
+                } catch let kept as BufferKeptForReceiver {
+                    noteProblem("degraded", "\(kept)", "cannot acknowledge from the local buffer; commits wait")
+                    action = advance(&supervisor, .degradeRefused, error: kept.description)
+                } catch {
+                    noteProblem("degraded", "\(error)", "cannot acknowledge from the local buffer; commits wait")
+                    action = advance(&supervisor, .degradeFailed(now: .now))
                 }
-                try await Task.sleep(for: wait)
-                backoff = min(backoff * 2, config.maxBackoff)
+            case .stop(let reason):
+                throw SenderFatalError(reason)
+            case .none:
+                preconditionFailure("the supervisor left the sender with nothing to do in state \(supervisor.state)")
             }
         }
+    }
+
+    /// WAL acknowledged to the primary from the local buffer is not offsite yet.
+    private var stillExposed: Bool { statusBox.withLock { $0.degradedSince != nil } }
+
+    /// What a failed session means to the supervisor. At start-up an unreachable source, a refused login, a missing
+    /// privilege or TLS set up wrongly is a set-up mistake: it says so and stops. Later the same failures mean a
+    /// restart: retry.
+    private func sessionFailure(_ error: any Error) -> SenderSupervisor.Event {
+        let now = ContinuousClock.now
+        if let error = error as? PostgresError {
+            let mistake = error.connectionLost || Self.isConfigurationError(error)
+                ? "\(error.message) (hint: check that PostgreSQL is running and reachable with the --source conninfo, that the role has the REPLICATION attribute, and that pg_hba.conf has a 'replication' line for it)"
+                : nil
+            return .primaryLost(setUpMistake: mistake, stillExposed: stillExposed, now: now)
+        }
+        var mistake: String?
+        if case ShipProtocolError.peerSpeaksTLS = error {
+            mistake = "the receiver \(config.receiverHost):\(config.receiverPort) requires TLS, and this sender runs with --insecure (hint: give it --tls-cert, --tls-key and --tls-ca; walship certs init makes them)"
+        } else if let failure = tlsFailure(error) {
+            mistake = "TLS with the receiver \(config.receiverHost):\(config.receiverPort) failed: \(failure) (hint: --tls-ca must be the CA that signed the receiver's certificate, the receiver's certificate must name the host in --to (or pass --tls-server-name), and the receiver must trust the CA of --tls-cert)"
+        }
+        return .linkLost(setUpMistake: mistake, stillExposed: stillExposed, now: now)
+    }
+
+    /// Feeds `event` to the supervisor and shows its new state in the status, with `error` as the last error (a
+    /// failure's own reason when it stops).
+    @discardableResult
+    private func advance(_ supervisor: inout SenderSupervisor, _ event: SenderSupervisor.Event, error: String? = nil) -> SenderSupervisor.Action {
+        let action = supervisor.handle(event)
+        if case .failed(let reason) = supervisor.state {
+            publish(supervisor.state, error: reason)
+        } else {
+            publish(supervisor.state, error: error)
+        }
+        return action
     }
 
     // MARK: - Degraded: acknowledging from the local buffer
 
     /// Streams from the primary into the local buffer and acknowledges what is durable there, until the
     /// receiver can be reached again. Returns then, and the normal session ships the buffer first.
-    private func runDegraded(firstProbeAfter: Duration) async throws {
+    private func runDegraded(firstProbeAfter: Duration, onAcknowledging: () -> Void) async throws {
         guard let buffer else { return }
+        await bufferChoresDone()
         let session = ReplicationSession(conninfo: config.source, logger: logger)
         defer { Task { await session.close() } }
         let identity = try await session.connect(applicationName: config.applicationName)
@@ -275,7 +279,7 @@ public final class Sender: Sendable {
                 "walship.policy": "\(policy)", "walship.buffer": "\(buffer.directory)", "walship.offsite_durable_lsn": "\(known)",
             ])
         }
-        setState("degraded")
+        onAcknowledging()
 
         let gate = StreamGate()
         let (source, events) = Self.eventStream(gate)
@@ -361,7 +365,7 @@ public final class Sender: Sendable {
     }
 
     private func streamSession(_ session: ReplicationSession, onConnected: () -> Void, onStreaming: () -> Void) async throws {
-        setState("connecting to primary")
+        await bufferChoresDone()
         let identity = try await session.connect(applicationName: config.applicationName)
         onConnected()
         try checkPrimary(identity)
@@ -383,7 +387,6 @@ public final class Sender: Sendable {
             slot = try await session.readSlot(config.slot)
         }
 
-        setState("connecting to receiver")
         let channel = try await connectReceiver()
         try await channel.executeThenClose { inbound, outbound in
             var iterator = inbound.makeAsyncIterator()
@@ -431,6 +434,7 @@ public final class Sender: Sendable {
                 try await settleLeftoverBuffer(buffer, receiverEnd: (w.resumeTimeline, w.resumeLSN),
                                                receiverTimeline: max(w.resumeTimeline, timeline), identity: identity,
                                                history: history, session: session)
+                await bufferChoresDone()
             }
             // On a timeline the primary has left, the buffer is shipped up to where that timeline ends: what it holds
             // beyond (commits the old primary acknowledged from it after the new primary forked off) was never on
@@ -514,7 +518,9 @@ public final class Sender: Sendable {
         }
     }
 
-    /// The receiver has everything acknowledged from the buffer: drop it and say so.
+    /// The receiver has everything acknowledged from the buffer: acknowledgement is synchronous again from here on.
+    /// Dropping the buffer and auditing it (file I/O, fsync) is handed to a task, since this may run on the event
+    /// loop; whatever looks at the buffer next waits for it (`bufferChoresDone`).
     private func leaveDegraded(system: UInt64) {
         guard let buffer else { return }
         let (since, acknowledged) = statusBox.withLock { s in
@@ -524,6 +530,21 @@ public final class Sender: Sendable {
             }
             return (s.degradedSince, s.acknowledgedFromBuffer)
         }
+        bufferChores.withLock { latest in
+            let previous = latest
+            latest = Task {
+                await previous?.value
+                self.dropBuffer(buffer, system: system, degradedSince: since, acknowledged: acknowledged)
+            }
+        }
+    }
+
+    /// Waits until the file jobs on the local buffer handed off so far are done.
+    func bufferChoresDone() async {
+        await bufferChores.withLock { $0 }?.value
+    }
+
+    private func dropBuffer(_ buffer: LocalBuffer, system: UInt64, degradedSince since: Date?, acknowledged: LSN) {
         do {
             try buffer.discard(system: system)
             try buffer.audit(["event": "synchronous", "system": "\(system)", "acknowledged_lsn": "\(acknowledged)",
@@ -552,7 +573,6 @@ public final class Sender: Sendable {
         let buffers = WALBuffers(chunks: BufferPool(maxIdle: 4), payloads: BufferPool(maxIdle: 4))
         let link = LinkSink(sender: self, channel: channel, timeline: timeline, machine: machine, buffers: buffers,
                             compression: config.compression)
-        setState("streaming")
         statusBox.withLock { $0.sent = start }
         try await ShipChannel.setTap(on: channel) { [self] in acknowledgeOnEventLoop($0, machine: machine, gate: gate) }
         try await ShipChannel.whenWritable(channel) { gate.produceMore() }
@@ -574,7 +594,7 @@ public final class Sender: Sendable {
                 { try await self.sendKeepalives(outbound) },
             ],
             onEnd: { _ in gate.requestStop() },
-            reader: { try await self.readAcks(&iterator, machine: machine, gate: gate) })
+            reader: { try await self.readUntilClosed(&iterator, machine: machine, gate: gate) })
     }
 
     /// Waits until the receiver acknowledges WAL up to `end` as durable, at most the link timeout: so a link that
@@ -634,9 +654,13 @@ public final class Sender: Sendable {
         return (producer.source, producer.sequence)
     }
 
-    private func readAcks(_ iterator: inout NIOAsyncChannelInboundStream<ShipMessage>.AsyncIterator,
-                          machine: NIOLockedValueBox<SenderLinkStateMachine>, gate: StreamGate) async throws {
+    /// Frames other than acks (the tap takes those), until the link ends. An ack that still gets here arrived
+    /// before the tap was set, when no WAL had been sent on this link: it says nothing new, and taken now it could
+    /// come after a newer one the tap handled.
+    private func readUntilClosed(_ iterator: inout NIOAsyncChannelInboundStream<ShipMessage>.AsyncIterator,
+                                 machine: NIOLockedValueBox<SenderLinkStateMachine>, gate: StreamGate) async throws {
         while let message = try await iterator.next() {
+            if case .ack = message { continue }
             try received(message, machine: machine, gate: gate)
         }
         throw LinkError("the receiver closed the link")
@@ -644,7 +668,7 @@ public final class Sender: Sendable {
 
     /// One frame from the receiver through the link's state machine: an ack is reported to the primary and
     /// recorded; anything else that is not allowed ends the link.
-    private func received(_ message: ShipMessage, machine: NIOLockedValueBox<SenderLinkStateMachine>, gate: StreamGate) throws {
+    func received(_ message: ShipMessage, machine: NIOLockedValueBox<SenderLinkStateMachine>, gate: StreamGate) throws {
         switch machine.withLockedValue({ $0.messageReceived(message) }) {
         case .reportFeedback(let written, let durable, let replayed):
             // Never report less than was acknowledged from the local buffer: the primary has let that go.
@@ -669,12 +693,13 @@ public final class Sender: Sendable {
         }
     }
 
-    /// Acks handled on the event loop as they arrive, so the primary hears of an offsite fsync without a hop
-    /// through a task (a thread switch per synchronous commit). While WAL acknowledged from the local buffer is
-    /// outstanding, acks go to `readAcks`, which may have to tidy the buffer (file I/O, not for the event loop).
-    private func acknowledgeOnEventLoop(_ message: ShipMessage, machine: NIOLockedValueBox<SenderLinkStateMachine>,
-                                        gate: StreamGate) -> TapVerdict {
-        guard case .ack = message, !statusBox.withLock({ $0.acknowledgedFromBuffer.isValid }) else { return .forward }
+    /// Every ack is handled here, on the event loop, in the order it arrived: so the primary hears of an offsite
+    /// fsync without a hop through a task (a thread switch per synchronous commit), and no ack can overtake an
+    /// older one, which would take the feedback backwards or end the link. At the end of a degraded episode the
+    /// buffer's tidying goes to a task (`leaveDegraded`).
+    func acknowledgeOnEventLoop(_ message: ShipMessage, machine: NIOLockedValueBox<SenderLinkStateMachine>,
+                                gate: StreamGate) -> TapVerdict {
+        guard case .ack = message else { return .forward }
         do {
             try received(message, machine: machine, gate: gate)
             return .consumed
@@ -771,8 +796,9 @@ public final class Sender: Sendable {
 
     // MARK: - State and logging
 
-    func setState(_ state: String, error: String? = nil) {
-        statusBox.withLock { $0.setState(state, error: error) }
+    /// Shows the supervisor's state in the status document.
+    func publish(_ state: SenderSupervisor.State, error: String? = nil) {
+        statusBox.withLock { $0.setState(state.status, error: error) }
     }
 
     /// Logs a problem the first time it appears (and when it changes), not on every retry.

@@ -4,7 +4,7 @@ import WALCore
 
 /// What the sender knows about the chain; `Sender.status` turns it into the shared status document.
 struct SenderState: Sendable {
-    var state = "starting"
+    var state = SenderSupervisor.Status.starting
     var stateSince = Date()
     var lastError: String?
     var systemIdentifier: String?
@@ -47,17 +47,17 @@ struct SenderState: Sendable {
         return PostgresTimestamp(unixMicroseconds: Int64(seconds * 1_000_000))
     }
 
-    mutating func setState(_ new: String, error: String?) {
+    mutating func setState(_ new: SenderSupervisor.Status, error: String?) {
         if state != new { stateSince = Date() }
-        if new == "streaming" {
+        if new == .streaming {
             if connectedSince == nil { connectedSince = Date() }
             disconnectedSince = nil
-        } else if state == "streaming" || connectedSince != nil {
+        } else if state == .streaming || connectedSince != nil {
             connectedSince = nil
             if disconnectedSince == nil { disconnectedSince = Date() }
         }
         state = new
-        if let error { lastError = error } else if new == "streaming" { lastError = nil }
+        if let error { lastError = error } else if new == .streaming { lastError = nil }
     }
 
     func chain(now: ContinuousClock.Instant) -> [StatusDocument.Stage] {
