@@ -106,6 +106,8 @@ public final class SystemSpool: @unchecked Sendable {
             guard segmentSize.offset(of: startLSN) == 0 else {
                 throw SpoolError(.notContiguous, "the first WAL for an empty spool must start at a segment boundary, got \(startLSN)")
             }
+            // The first journal exists durably before the position names a timeline (see `switchTimeline`).
+            try openSegment(SegmentName(timeline: tli, containing: startLSN, segmentSize: segmentSize))
             pos = SpoolPosition(timeline: tli, written: startLSN, durable: startLSN)
             positionBox.withLock { $0 = pos }
         }

@@ -364,8 +364,9 @@ struct FaultSimulation {
 @Suite struct FaultSimulationTests {
     /// Seeds that found something once, kept so it stays fixed: an acknowledgement on a new timeline whose
     /// journal a crash then took away (1796619217119, step 30); valid WAL refused after a failed journal write
-    /// had left the page validator ahead (1796619542297, step 74).
-    static let regressionSeeds: [UInt64] = [1_796_619_217_119, 1_796_619_542_297]
+    /// had left the page validator ahead (1796619542297, step 74); a first acknowledgement of an empty spool whose
+    /// journal was never created (1796619942110, step 31).
+    static let regressionSeeds: [UInt64] = [1_796_619_217_119, 1_796_619_542_297, 1_796_619_942_110]
 
     @Test func seededFaultSimulation() throws {
         let environment = ProcessInfo.processInfo.environment
