@@ -58,6 +58,12 @@ public final class Receiver: Sendable {
     private let links: Mutex<StreamLinkRegistry<Channel>>
     private let linkDetails = Mutex<[Int: LinkDetails]>([:])
     private let writers = Mutex<[UInt64: NIOThreadPool]>([:])
+    /// Per system, a thread for its file work besides WAL (backups, primary.json, retention): a slow disk of one
+    /// system then holds up nothing of another's.
+    private let housekeepers = Mutex<[UInt64: NIOThreadPool]>([:])
+    /// Per ship-link event loop, the systems whose links it carries (and how many): a link may fsync on its loop
+    /// only while the loop is its system's alone.
+    private let loopSystems = Mutex<[ObjectIdentifier: [UInt64: Int]]>([:])
     private let nextLinkID = Atomic<Int>(1)
     /// What the standbys of each system replayed, when a standby endpoint runs; the furthest is sent back in
     /// acks so the primary's pg_stat_replication.replay_lsn shows the DR replica's position.
@@ -126,7 +132,9 @@ public final class Receiver: Sendable {
             "walship.listen": "\(server.channel.localAddress.map(describe) ?? "?")", "walship.spool": "\(config.spoolRoot)",
         ])
         defer {
-            for pool in writers.withLock({ Array($0.values) }) { pool.shutdownGracefully { _ in } }
+            for pool in writers.withLock({ Array($0.values) }) + housekeepers.withLock({ Array($0.values) }) {
+                pool.shutdownGracefully { _ in }
+            }
         }
         try await withThrowingDiscardingTaskGroup { group in
             group.addTask { try await self.pruneRegularly() }
@@ -145,12 +153,44 @@ public final class Receiver: Sendable {
         static let group = MultiThreadedEventLoopGroup(numberOfThreads: System.coreCount)
     }
 
+    private func occupy(_ loop: EventLoop, system: UInt64) {
+        loopSystems.withLock { $0[ObjectIdentifier(loop), default: [:]][system, default: 0] += 1 }
+    }
+
+    private func vacate(_ loop: EventLoop, system: UInt64) {
+        loopSystems.withLock { loops in
+            let key = ObjectIdentifier(loop)
+            loops[key]?[system, default: 1] -= 1
+            if loops[key]?[system] == 0 { loops[key]?.removeValue(forKey: system) }
+        }
+    }
+
+    /// Whether `loop` carries links of `system` only, so its fsync there delays no other system's commits.
+    private func loop(_ loop: EventLoop, isAlone system: UInt64) -> Bool {
+        loopSystems.withLock { $0[ObjectIdentifier(loop)].map { Array($0.keys) == [system] } ?? false }
+    }
+
     /// Applies retention to every system now and then; a failure is logged, never fatal to receiving.
     private func pruneRegularly() async throws {
         while true {
-            try await offThePool { self.pruneAll() }
+            try await eachSystemOnItsThread { self.prune($0) }
             try await Task.sleep(for: config.pruneInterval)
         }
+    }
+
+    /// Runs `work` for every open system at once, each on that system's housekeeping thread.
+    private func eachSystemOnItsThread(_ work: @escaping @Sendable (SystemSpool) -> Void) async throws {
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            for system in spool.openSystems {
+                group.addTask { try await self.onItsThread(system) { work(system) } }
+            }
+            try await group.waitForAll()
+        }
+    }
+
+    /// File work of one system that may wait on its disk, on that system's housekeeping thread.
+    private func onItsThread<T: Sendable>(_ system: SystemSpool, _ work: @escaping @Sendable () throws -> T) async throws -> T {
+        try await housekeeper(for: system.systemIdentifier).runIfActive(work)
     }
 
     /// Runs file work that may wait on the disk (fsyncs of small records, directory walks, removals) on NIO's
@@ -161,7 +201,10 @@ public final class Receiver: Sendable {
     }
 
     func pruneAll() {
-        for system in spool.openSystems {
+        for system in spool.openSystems { prune(system) }
+    }
+
+    private func prune(_ system: SystemSpool) {
             do {
                 let plan = try Pruner.prune(systemDirectory: system.directory, segmentSize: system.segmentSize,
                                             retainBackups: config.retainBackups, dryRun: false)
@@ -178,7 +221,6 @@ public final class Receiver: Sendable {
             } catch {
                 logger.error("pruning failed", metadata: ["walship.system": "\(system.systemIdentifier)", "walship.error": "\(error)"])
             }
-        }
     }
 
     // MARK: - One link
@@ -345,6 +387,8 @@ public final class Receiver: Sendable {
         // WAL reaches the thread that fsyncs it without a hop through a task. Set before the welcome, so no
         // frame of this link can reach the async reader first.
         let borrowed = BorrowedWriter(queue: queue)
+        occupy(channel.eventLoop, system: hello.systemIdentifier)
+        defer { vacate(channel.eventLoop, system: hello.systemIdentifier) }
         try await ShipChannel.setTap(on: channel, { [self] message in
             do {
                 guard let (work, bytes) = try interpret(message, rules: rules, system: system, linkID: linkID, acks: acks,
@@ -354,7 +398,8 @@ public final class Receiver: Sendable {
                 // A synchronous link's frame that brings us to the primary's end (a commit waits on it) is written
                 // here if the spool thread is idle, and so is everything after it in the same socket read. Frames
                 // of a backlog go through the queue, where decoding goes on while the spool thread writes.
-                if borrowed.held || hello.synchronous && borrowed.borrowIfCaughtUp(message, work) {
+                if borrowed.held || hello.synchronous && loop(channel.eventLoop, isAlone: hello.systemIdentifier)
+                    && borrowed.borrowIfCaughtUp(message, work) {
                     try writeInBorrowedRole(work, system: system, buffers: buffers, borrowed: borrowed)
                     return .consumed
                 }
@@ -458,7 +503,7 @@ public final class Receiver: Sendable {
                 guard let active = writer else { throw Refusal(code: .protocolViolation, message: "backup end before its start") }
                 // Its fsyncs and rename on the blocking pool; this task waits for them and owns the writer again after.
                 nonisolated(unsafe) let finishing = active
-                let info = try await offThePool { try finishing.finish(stop: end, durable: system.position.durable) }
+                let info = try await onItsThread(system) { try finishing.finish(stop: end, durable: system.position.durable) }
                 writer = nil
                 logger.notice("backup stored", metadata: ["walship.backup": "\(info.id)", "walship.stop_lsn": "\(info.stopLSN)",
                                                           "walship.status": "\(info.status.rawValue)"])
@@ -484,10 +529,10 @@ public final class Receiver: Sendable {
             try Task.checkCancellation()
         }
         if info.status != .complete {
-            _ = try await offThePool { try BackupCatalog.markComplete(systemDirectory: system.directory, id: info.id) }
+            _ = try await onItsThread(system) { try BackupCatalog.markComplete(systemDirectory: system.directory, id: info.id) }
         }
         logger.notice("backup complete: the spool holds all WAL it needs", metadata: ["walship.backup": "\(info.id)"])
-        try await offThePool { self.pruneAll() }
+        try await onItsThread(system) { self.prune(system) }
         try await outbound.write(.backupStatus(BackupStatus(backupID: info.id, state: .complete, durableLSN: durable)))
     }
 
@@ -556,8 +601,9 @@ public final class Receiver: Sendable {
 
     /// Appends one item of a synchronous link right here, on the event loop, in the role of the spool thread it
     /// borrowed; the fsync and the ack follow once the socket read is through (`afterReads` in `serve`). The
-    /// commit's acknowledgement then leaves without two thread switches through the spool thread. Ship links
-    /// have event loops of their own (`ShipLinkLoops`), so the fsync holds up no status request or standby.
+    /// commit's acknowledgement then leaves without two thread switches through the spool thread. Only while the
+    /// loop carries this system's links alone: another system's link on it would wait behind this disk. Ship
+    /// links have event loops of their own (`ShipLinkLoops`), so the fsync holds up no status request or standby.
     private func writeInBorrowedRole(_ work: Work, system: SystemSpool, buffers: BufferPool, borrowed: BorrowedWriter) throws {
         do {
             try apply(work, to: system, buffers: buffers)
@@ -694,10 +740,8 @@ public final class Receiver: Sendable {
             if round % 15 == 0 { try await offThePool { self.measureDiskUsage() } }
             round += 1
             try await Task.sleep(for: .seconds(1))
-            // primary.json is written and fsynced: off the concurrency pool.
-            try await offThePool {
-                for system in self.spool.openSystems { self.recordProgress(system) }
-            }
+            // primary.json is written and fsynced: off the concurrency pool, each system on its own thread.
+            try await eachSystemOnItsThread { self.recordProgress($0) }
         }
     }
 
@@ -733,12 +777,16 @@ public final class Receiver: Sendable {
         }
     }
 
-    private func writerThread(for system: UInt64) -> NIOThreadPool {
-        writers.withLock { writers in
-            if let pool = writers[system] { return pool }
+    private func writerThread(for system: UInt64) -> NIOThreadPool { Self.thread(for: system, in: writers) }
+
+    private func housekeeper(for system: UInt64) -> NIOThreadPool { Self.thread(for: system, in: housekeepers) }
+
+    private static func thread(for system: UInt64, in pools: borrowing Mutex<[UInt64: NIOThreadPool]>) -> NIOThreadPool {
+        pools.withLock { pools in
+            if let pool = pools[system] { return pool }
             let pool = NIOThreadPool(numberOfThreads: 1)
             pool.start()
-            writers[system] = pool
+            pools[system] = pool
             return pool
         }
     }
