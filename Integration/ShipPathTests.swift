@@ -278,8 +278,9 @@ struct ShipPathTests {
         try topology.startReceiver()
         try topology.startSender()
         try topology.primary.pgbench(["-i", "-s", "3", "-q"])
+        // Runs until stopped below: each phase waits for more WAL, however long the phases before took on a busy host.
         let load = try fixture.daemon("pgbench", topology.primary.bin + "/pgbench", [
-            "-h", "127.0.0.1", "-p", "\(topology.primary.port)", "-U", "postgres", "-T", "40", "-c", "2", "postgres",
+            "-h", "127.0.0.1", "-p", "\(topology.primary.port)", "-U", "postgres", "-T", "600", "-c", "2", "postgres",
         ])
 
         func waitForProgress(_ what: String) throws {
