@@ -63,7 +63,7 @@ public final class Receiver: Sendable {
     private let housekeepers = Mutex<[UInt64: NIOThreadPool]>([:])
     /// Per ship-link event loop, the systems whose links it carries (and how many): a link may fsync on its loop
     /// only while the loop is its system's alone.
-    private let loopSystems = Mutex<[ObjectIdentifier: [UInt64: Int]]>([:])
+    private let loopSystems = Mutex(LoopOccupancy())
     private let nextLinkID = Atomic<Int>(1)
     /// What the standbys of each system replayed, when a standby endpoint runs; the furthest is sent back in
     /// acks so the primary's pg_stat_replication.replay_lsn shows the DR replica's position.
@@ -154,20 +154,15 @@ public final class Receiver: Sendable {
     }
 
     private func occupy(_ loop: EventLoop, system: UInt64) {
-        loopSystems.withLock { $0[ObjectIdentifier(loop), default: [:]][system, default: 0] += 1 }
+        loopSystems.withLock { $0.linkStarted(on: ObjectIdentifier(loop), system: system) }
     }
 
     private func vacate(_ loop: EventLoop, system: UInt64) {
-        loopSystems.withLock { loops in
-            let key = ObjectIdentifier(loop)
-            loops[key]?[system, default: 1] -= 1
-            if loops[key]?[system] == 0 { loops[key]?.removeValue(forKey: system) }
-        }
+        loopSystems.withLock { $0.linkEnded(on: ObjectIdentifier(loop), system: system) }
     }
 
-    /// Whether `loop` carries links of `system` only, so its fsync there delays no other system's commits.
     private func loop(_ loop: EventLoop, isAlone system: UInt64) -> Bool {
-        loopSystems.withLock { $0[ObjectIdentifier(loop)].map { Array($0.keys) == [system] } ?? false }
+        loopSystems.withLock { $0.carriesOnly(system, on: ObjectIdentifier(loop)) }
     }
 
     /// Applies retention to every system now and then; a failure is logged, never fatal to receiving.
@@ -928,5 +923,26 @@ private final class SharedLinkStateMachine: Sendable {
 
     func frameReceived(_ message: ShipMessage) -> ReceiverLinkStateMachine.Action {
         machine.withLock { $0.frameReceived(message) }
+    }
+}
+
+/// Which systems' links each ship-link event loop carries, and how many of each: a link may write and fsync
+/// on its loop only while the loop is its system's alone, so no other system's frames wait behind its disk.
+struct LoopOccupancy {
+    private var systems: [ObjectIdentifier: [UInt64: Int]] = [:]
+
+    mutating func linkStarted(on loop: ObjectIdentifier, system: UInt64) {
+        systems[loop, default: [:]][system, default: 0] += 1
+    }
+
+    mutating func linkEnded(on loop: ObjectIdentifier, system: UInt64) {
+        guard let count = systems[loop]?[system] else { return }
+        systems[loop]?[system] = count > 1 ? count - 1 : nil
+        if systems[loop]?.isEmpty == true { systems[loop] = nil }
+    }
+
+    /// Whether `loop` carries links of `system` and of no other.
+    func carriesOnly(_ system: UInt64, on loop: ObjectIdentifier) -> Bool {
+        systems[loop].map { Array($0.keys) == [system] } ?? false
     }
 }
