@@ -34,9 +34,10 @@ let package = Package(
                 .product(name: "NIOPosix", package: "swift-nio"),
             ]
         ),
+        .target(name: "LZ4Codec", dependencies: ["CLZ4", .product(name: "NIOCore", package: "swift-nio")]),
         .target(
             name: "ShipProtocol",
-            dependencies: ["CLZ4", "WALCore", .product(name: "NIOCore", package: "swift-nio")]
+            dependencies: ["LZ4Codec", "WALCore", .product(name: "NIOCore", package: "swift-nio")]
         ),
         .target(
             name: "ShipTLS",
@@ -49,7 +50,7 @@ let package = Package(
         ),
         .target(
             name: "Spool",
-            dependencies: ["WALCore", "ShipProtocol", .product(name: "Logging", package: "swift-log")]
+            dependencies: ["WALCore", "LZ4Codec", .product(name: "Logging", package: "swift-log")]
         ),
         .target(
             name: "WalSenderServer",
@@ -80,7 +81,7 @@ let package = Package(
         .target(
             name: "Sender",
             dependencies: [
-                "PGReplication", "ShipProtocol", "ShipTLS", "WALCore", "Monitor", "Spool",
+                "PGReplication", "ShipProtocol", "LZ4Codec", "ShipTLS", "WALCore", "Monitor", "Spool",
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "NIOCore", package: "swift-nio"),
@@ -122,10 +123,11 @@ let package = Package(
             ]
         ),
         .testTarget(name: "WALCoreTests", dependencies: ["WALCore"]),
+        .testTarget(name: "LZ4CodecTests", dependencies: ["LZ4Codec", .product(name: "NIOCore", package: "swift-nio")]),
         .testTarget(
             name: "ShipProtocolTests",
             dependencies: [
-                "ShipProtocol", "WALCore",
+                "ShipProtocol", "LZ4Codec", "WALCore",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOTestUtils", package: "swift-nio"),
                 .product(name: "NIOEmbedded", package: "swift-nio"),
@@ -133,7 +135,7 @@ let package = Package(
         ),
         // Synthetic WAL with valid page headers, for the test targets that store or serve it.
         .target(name: "WALTestSupport", dependencies: ["WALCore"], path: "Tests/WALTestSupport"),
-        .testTarget(name: "SpoolTests", dependencies: ["Spool", "WALCore", "WALTestSupport", "ShipProtocol",
+        .testTarget(name: "SpoolTests", dependencies: ["Spool", "WALCore", "WALTestSupport", "LZ4Codec",
                                                        .product(name: "NIOCore", package: "swift-nio")]),
         .testTarget(name: "PGReplicationTests", dependencies: ["PGReplication", "WALCore"]),
         .testTarget(name: "MonitorTests", dependencies: ["Monitor", "WALCore"]),

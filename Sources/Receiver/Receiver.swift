@@ -439,7 +439,7 @@ public final class Receiver: Sendable {
         while let message = try await iterator.next() {
             switch machine.frameReceived(message) {
             case .beginBackup(let start):
-                writer = try BackupWriter(system: system, start: start)
+                writer = try BackupWriter(system: system, label: start.label, startLSN: start.startLSN)
                 logger.notice("backup started", metadata: ["walship.backup": "\(writer!.id)", "walship.start_lsn": "\(start.startLSN)"])
             case .storeBackupData(let data):
                 guard let writer else { throw Refusal(code: .protocolViolation, message: "backup data before its start") }
@@ -458,7 +458,7 @@ public final class Receiver: Sendable {
                 guard let active = writer else { throw Refusal(code: .protocolViolation, message: "backup end before its start") }
                 // Its fsyncs and rename on the blocking pool; this task waits for them and owns the writer again after.
                 nonisolated(unsafe) let finishing = active
-                let info = try await offThePool { try finishing.finish(stop: end, durable: system.position.durable) }
+                let info = try await offThePool { try finishing.finish(stopLSN: end.stopLSN, timeline: end.timeline, durable: system.position.durable) }
                 writer = nil
                 logger.notice("backup stored", metadata: ["walship.backup": "\(info.id)", "walship.stop_lsn": "\(info.stopLSN)",
                                                           "walship.status": "\(info.status.rawValue)"])

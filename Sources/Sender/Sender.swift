@@ -1,4 +1,5 @@
 import Foundation
+import LZ4Codec
 import Logging
 import Monitor
 import NIOConcurrencyHelpers
