@@ -25,10 +25,11 @@ let package = Package(
         .systemLibrary(name: "CLZ4", pkgConfig: "liblz4", providers: [.apt(["liblz4-dev"])]),
         .target(name: "CCRC32C"),
         .target(name: "WALCore", dependencies: ["CCRC32C"]),
+        .target(name: "PGProtocol", dependencies: ["WALCore"]),
         .target(
             name: "PGReplication",
             dependencies: [
-                "CLibPQ", "WALCore",
+                "CLibPQ", "PGProtocol", "WALCore",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
@@ -55,7 +56,7 @@ let package = Package(
         .target(
             name: "WalSenderServer",
             dependencies: [
-                "Spool", "WALCore", "PGReplication",
+                "Spool", "WALCore", "PGProtocol",
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
@@ -137,7 +138,8 @@ let package = Package(
         .target(name: "WALTestSupport", dependencies: ["WALCore"], path: "Tests/WALTestSupport"),
         .testTarget(name: "SpoolTests", dependencies: ["Spool", "WALCore", "WALTestSupport", "LZ4Codec",
                                                        .product(name: "NIOCore", package: "swift-nio")]),
-        .testTarget(name: "PGReplicationTests", dependencies: ["PGReplication", "WALCore"]),
+        .testTarget(name: "PGProtocolTests", dependencies: ["PGProtocol", "WALCore"]),
+        .testTarget(name: "PGReplicationTests", dependencies: ["PGReplication", "PGProtocol", "WALCore"]),
         .testTarget(name: "MonitorTests", dependencies: ["Monitor", "WALCore"]),
         .testTarget(name: "SenderTests", dependencies: ["Sender", "Spool", "WALCore"]),
         .testTarget(name: "ReceiverTests", dependencies: [
@@ -154,7 +156,7 @@ let package = Package(
         ),
         .testTarget(
             name: "WalSenderServerTests",
-            dependencies: ["WalSenderServer", "WALCore", "WALTestSupport", "Spool", "PGReplication",
+            dependencies: ["WalSenderServer", "WALCore", "WALTestSupport", "Spool", "PGProtocol",
                            .product(name: "NIOCore", package: "swift-nio"), .product(name: "NIOEmbedded", package: "swift-nio"),
                            .product(name: "Logging", package: "swift-log")]
         ),
