@@ -65,10 +65,11 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
+        .target(name: "StatusModel", dependencies: ["WALCore"]),
         .target(
             name: "Monitor",
             dependencies: [
-                "WALCore",
+                "StatusModel", "WALCore",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
@@ -82,7 +83,7 @@ let package = Package(
         .target(
             name: "Sender",
             dependencies: [
-                "PGReplication", "ShipProtocol", "LZ4Codec", "ShipTLS", "WALCore", "Monitor", "Spool",
+                "PGReplication", "ShipProtocol", "LZ4Codec", "ShipTLS", "WALCore", "StatusModel", "Spool",
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "NIOCore", package: "swift-nio"),
@@ -93,7 +94,7 @@ let package = Package(
         .target(
             name: "Receiver",
             dependencies: [
-                "ShipProtocol", "ShipTLS", "Spool", "WALCore", "Monitor",
+                "ShipProtocol", "ShipTLS", "Spool", "WALCore", "StatusModel",
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
@@ -115,7 +116,7 @@ let package = Package(
         .executableTarget(
             name: "walship",
             dependencies: [
-                "Sender", "Receiver", "Spool", "WALCore", "Monitor", "WalSenderServer", "ShipTLS", "WalshipConfig",
+                "Sender", "Receiver", "Spool", "WALCore", "Monitor", "StatusModel", "WalSenderServer", "ShipTLS", "WalshipConfig",
                 "PGReplication", "ShipProtocol",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
@@ -140,7 +141,10 @@ let package = Package(
                                                        .product(name: "NIOCore", package: "swift-nio")]),
         .testTarget(name: "PGProtocolTests", dependencies: ["PGProtocol", "WALCore"]),
         .testTarget(name: "PGReplicationTests", dependencies: ["PGReplication", "PGProtocol", "WALCore"]),
-        .testTarget(name: "MonitorTests", dependencies: ["Monitor", "WALCore"]),
+        // A receiver's status document, for the tests of the model and of what publishes it.
+        .target(name: "StatusTestSupport", dependencies: ["StatusModel"], path: "Tests/StatusTestSupport"),
+        .testTarget(name: "StatusModelTests", dependencies: ["StatusModel", "StatusTestSupport", "WALCore"]),
+        .testTarget(name: "MonitorTests", dependencies: ["Monitor", "StatusModel", "StatusTestSupport"]),
         .testTarget(name: "SenderTests", dependencies: ["Sender", "Spool", "WALCore"]),
         .testTarget(name: "ReceiverTests", dependencies: [
             "Receiver", "ShipProtocol", "WALCore", .product(name: "NIOEmbedded", package: "swift-nio"),

@@ -1,12 +1,12 @@
 import Foundation
 import Logging
-import Monitor
 import NIOCore
 import NIOPosix
 import NIOSSL
 import ShipProtocol
 import ShipTLS
 import Spool
+import StatusModel
 import Synchronization
 import WALCore
 

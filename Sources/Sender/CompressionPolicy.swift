@@ -1,5 +1,5 @@
 import LZ4Codec
-import Monitor
+import StatusModel
 import Synchronization
 import ShipProtocol
 

@@ -1,7 +1,6 @@
 import Foundation
 import LZ4Codec
 import Logging
-import Monitor
 import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
@@ -10,6 +9,7 @@ import PGReplication
 import ShipProtocol
 import ShipTLS
 import Spool
+import StatusModel
 import Synchronization
 import WALCore
 

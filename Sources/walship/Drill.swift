@@ -1,8 +1,8 @@
 import ArgumentParser
 import Foundation
-import Monitor
 import PGReplication
 import Spool
+import StatusModel
 import WALCore
 
 struct Drill: AsyncParsableCommand {

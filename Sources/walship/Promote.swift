@@ -3,6 +3,7 @@ import Foundation
 import Monitor
 import PGReplication
 import Spool
+import StatusModel
 import WALCore
 
 struct Promote: AsyncParsableCommand {
