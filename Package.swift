@@ -113,11 +113,13 @@ let package = Package(
             dependencies: ["ShipProtocol", "WALCore", "WalSenderServer", .product(name: "NIOCore", package: "swift-nio")]
         ),
         .executableTarget(name: "walship-fuzz", dependencies: ["FuzzHarness"]),
+        // What the commands do, apart from parsing and printing: restore.
+        .target(name: "Operations", dependencies: ["Spool"]),
         .executableTarget(
             name: "walship",
             dependencies: [
                 "Sender", "Receiver", "Spool", "WALCore", "Monitor", "StatusModel", "WalSenderServer", "ShipTLS", "WalshipConfig",
-                "PGReplication", "ShipProtocol",
+                "PGReplication", "ShipProtocol", "Operations",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
