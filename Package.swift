@@ -25,18 +25,20 @@ let package = Package(
         .systemLibrary(name: "CLZ4", pkgConfig: "liblz4", providers: [.apt(["liblz4-dev"])]),
         .target(name: "CCRC32C"),
         .target(name: "WALCore", dependencies: ["CCRC32C"]),
+        .target(name: "PGProtocol", dependencies: ["WALCore"]),
         .target(
             name: "PGReplication",
             dependencies: [
-                "CLibPQ", "WALCore",
+                "CLibPQ", "PGProtocol", "WALCore",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
             ]
         ),
+        .target(name: "LZ4Codec", dependencies: ["CLZ4", .product(name: "NIOCore", package: "swift-nio")]),
         .target(
             name: "ShipProtocol",
-            dependencies: ["CLZ4", "WALCore", .product(name: "NIOCore", package: "swift-nio")]
+            dependencies: ["LZ4Codec", "WALCore", .product(name: "NIOCore", package: "swift-nio")]
         ),
         .target(
             name: "ShipTLS",
@@ -49,12 +51,12 @@ let package = Package(
         ),
         .target(
             name: "Spool",
-            dependencies: ["WALCore", "ShipProtocol", .product(name: "Logging", package: "swift-log")]
+            dependencies: ["WALCore", "LZ4Codec", .product(name: "Logging", package: "swift-log")]
         ),
         .target(
             name: "WalSenderServer",
             dependencies: [
-                "Spool", "WALCore", "PGReplication",
+                "Spool", "WALCore", "PGProtocol",
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
@@ -63,10 +65,11 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
+        .target(name: "StatusModel", dependencies: ["WALCore"]),
         .target(
             name: "Monitor",
             dependencies: [
-                "WALCore",
+                "StatusModel", "WALCore",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
@@ -80,7 +83,7 @@ let package = Package(
         .target(
             name: "Sender",
             dependencies: [
-                "PGReplication", "ShipProtocol", "ShipTLS", "WALCore", "Monitor", "Spool",
+                "PGReplication", "ShipProtocol", "LZ4Codec", "ShipTLS", "WALCore", "StatusModel", "Spool",
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "NIOCore", package: "swift-nio"),
@@ -91,7 +94,7 @@ let package = Package(
         .target(
             name: "Receiver",
             dependencies: [
-                "ShipProtocol", "ShipTLS", "Spool", "WALCore", "Monitor",
+                "ShipProtocol", "ShipTLS", "Spool", "WALCore", "StatusModel",
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
@@ -110,11 +113,13 @@ let package = Package(
             dependencies: ["ShipProtocol", "WALCore", "WalSenderServer", .product(name: "NIOCore", package: "swift-nio")]
         ),
         .executableTarget(name: "walship-fuzz", dependencies: ["FuzzHarness"]),
+        // What the commands do, apart from parsing and printing: restore.
+        .target(name: "Operations", dependencies: ["Spool"]),
         .executableTarget(
             name: "walship",
             dependencies: [
-                "Sender", "Receiver", "Spool", "WALCore", "Monitor", "WalSenderServer", "ShipTLS", "WalshipConfig",
-                "PGReplication", "ShipProtocol",
+                "Sender", "Receiver", "Spool", "WALCore", "Monitor", "StatusModel", "WalSenderServer", "ShipTLS", "WalshipConfig",
+                "PGReplication", "ShipProtocol", "Operations",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
@@ -122,10 +127,11 @@ let package = Package(
             ]
         ),
         .testTarget(name: "WALCoreTests", dependencies: ["WALCore"]),
+        .testTarget(name: "LZ4CodecTests", dependencies: ["LZ4Codec", .product(name: "NIOCore", package: "swift-nio")]),
         .testTarget(
             name: "ShipProtocolTests",
             dependencies: [
-                "ShipProtocol", "WALCore",
+                "ShipProtocol", "LZ4Codec", "WALCore",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOTestUtils", package: "swift-nio"),
                 .product(name: "NIOEmbedded", package: "swift-nio"),
@@ -133,10 +139,14 @@ let package = Package(
         ),
         // Synthetic WAL with valid page headers, for the test targets that store or serve it.
         .target(name: "WALTestSupport", dependencies: ["WALCore"], path: "Tests/WALTestSupport"),
-        .testTarget(name: "SpoolTests", dependencies: ["Spool", "WALCore", "WALTestSupport", "ShipProtocol",
+        .testTarget(name: "SpoolTests", dependencies: ["Spool", "WALCore", "WALTestSupport", "LZ4Codec",
                                                        .product(name: "NIOCore", package: "swift-nio")]),
-        .testTarget(name: "PGReplicationTests", dependencies: ["PGReplication", "WALCore"]),
-        .testTarget(name: "MonitorTests", dependencies: ["Monitor", "WALCore"]),
+        .testTarget(name: "PGProtocolTests", dependencies: ["PGProtocol", "WALCore"]),
+        .testTarget(name: "PGReplicationTests", dependencies: ["PGReplication", "PGProtocol", "WALCore"]),
+        // A receiver's status document, for the tests of the model and of what publishes it.
+        .target(name: "StatusTestSupport", dependencies: ["StatusModel"], path: "Tests/StatusTestSupport"),
+        .testTarget(name: "StatusModelTests", dependencies: ["StatusModel", "StatusTestSupport", "WALCore"]),
+        .testTarget(name: "MonitorTests", dependencies: ["Monitor", "StatusModel", "StatusTestSupport"]),
         .testTarget(name: "SenderTests", dependencies: ["Sender", "Spool", "WALCore"]),
         .testTarget(name: "ReceiverTests", dependencies: [
             "Receiver", "ShipProtocol", "WALCore", .product(name: "NIOEmbedded", package: "swift-nio"),
@@ -152,7 +162,7 @@ let package = Package(
         ),
         .testTarget(
             name: "WalSenderServerTests",
-            dependencies: ["WalSenderServer", "WALCore", "WALTestSupport", "Spool", "PGReplication",
+            dependencies: ["WalSenderServer", "WALCore", "WALTestSupport", "Spool", "PGProtocol",
                            .product(name: "NIOCore", package: "swift-nio"), .product(name: "NIOEmbedded", package: "swift-nio"),
                            .product(name: "Logging", package: "swift-log")]
         ),

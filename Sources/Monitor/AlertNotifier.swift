@@ -1,5 +1,6 @@
 import Foundation
 import Logging
+import StatusModel
 
 /// Delivers alert events: logs each one, pipes it as JSON to `--alert-command` (run by /bin/sh) and POSTs
 /// it to `--alert-webhook`. A failing destination is logged, never fatal: monitoring must not stop

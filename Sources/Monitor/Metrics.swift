@@ -1,6 +1,7 @@
 import CoreMetrics
 import Foundation
 import Prometheus
+import StatusModel
 import Synchronization
 import WALCore
 
@@ -123,12 +124,4 @@ struct GaugeSeries: Hashable {
             hasher.combine(value)
         }
     }
-}
-
-/// This process's resident memory, from /proc (nil where /proc is not available).
-public func residentMemoryBytes() -> UInt64? {
-    guard let text = try? String(contentsOfFile: "/proc/self/statm", encoding: .utf8) else { return nil }
-    let fields = text.split(separator: " ")
-    guard fields.count > 1, let pages = UInt64(fields[1]) else { return nil }
-    return pages * UInt64(sysconf(Int32(_SC_PAGESIZE)))
 }

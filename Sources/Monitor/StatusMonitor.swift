@@ -1,5 +1,6 @@
 import Foundation
 import Logging
+import StatusModel
 import Synchronization
 
 /// Completes a process's status with what the monitor knows (active alerts, health, lag history) and

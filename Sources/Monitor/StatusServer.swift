@@ -1,6 +1,7 @@
 import Foundation
 import Hummingbird
 import Logging
+import StatusModel
 
 /// Parses `HOST:PORT` (or `[v6]:PORT`); a bare `:PORT` or `PORT` means loopback.
 public func parseHostPort(_ text: String, defaultHost: String = "127.0.0.1") -> (host: String, port: Int)? {

@@ -1,3 +1,4 @@
+import PGProtocol
 import Synchronization
 
 /// What a standby status update needs from a connection in COPY BOTH: `PGConnection`, or a stand-in in tests.

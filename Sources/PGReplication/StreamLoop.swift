@@ -3,6 +3,7 @@ import Glibc
 #endif
 import Logging
 import NIOCore
+import PGProtocol
 import WALCore
 
 /// The receive loop of one replication connection, run on the connection's thread (receivelog.c's shape):

@@ -1,12 +1,12 @@
 import Foundation
 import Logging
-import Monitor
 import NIOCore
 import NIOPosix
 import NIOSSL
 import ShipProtocol
 import ShipTLS
 import Spool
+import StatusModel
 import Synchronization
 import WALCore
 
@@ -479,7 +479,7 @@ public final class Receiver: Sendable {
         while let message = try await iterator.next() {
             switch machine.frameReceived(message) {
             case .beginBackup(let start):
-                writer = try BackupWriter(system: system, start: start)
+                writer = try BackupWriter(system: system, label: start.label, startLSN: start.startLSN)
                 logger.notice("backup started", metadata: ["walship.backup": "\(writer!.id)", "walship.start_lsn": "\(start.startLSN)"])
             case .storeBackupData(let data):
                 guard let writer else { throw Refusal(code: .protocolViolation, message: "backup data before its start") }
@@ -496,9 +496,11 @@ public final class Receiver: Sendable {
                 if data.compression == .lz4Block { buffers.recycle(bytes) }  // else `bytes` is the frame's payload
             case .finishBackup(let end):
                 guard let active = writer else { throw Refusal(code: .protocolViolation, message: "backup end before its start") }
-                // Its fsyncs and rename on the blocking pool; this task waits for them and owns the writer again after.
+                // Its fsyncs and rename on the system's housekeeping thread; this task waits for them and owns the writer again after.
                 nonisolated(unsafe) let finishing = active
-                let info = try await onItsThread(system) { try finishing.finish(stop: end, durable: system.position.durable) }
+                let info = try await onItsThread(system) {
+                    try finishing.finish(stopLSN: end.stopLSN, timeline: end.timeline, durable: system.position.durable)
+                }
                 writer = nil
                 logger.notice("backup stored", metadata: ["walship.backup": "\(info.id)", "walship.stop_lsn": "\(info.stopLSN)",
                                                           "walship.status": "\(info.status.rawValue)"])

@@ -1,4 +1,5 @@
-import Monitor
+import LZ4Codec
+import StatusModel
 import Synchronization
 import ShipProtocol
 

@@ -1,6 +1,6 @@
 import Foundation
+import LZ4Codec
 import Logging
-import Monitor
 import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
@@ -9,6 +9,7 @@ import PGReplication
 import ShipProtocol
 import ShipTLS
 import Spool
+import StatusModel
 import Synchronization
 import WALCore
 

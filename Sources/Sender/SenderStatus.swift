@@ -1,5 +1,5 @@
 import Foundation
-import Monitor
+import StatusModel
 import WALCore
 
 /// What the sender knows about the chain; `Sender.status` turns it into the shared status document.

@@ -1,3 +1,4 @@
+import LZ4Codec
 import NIOCore
 import WALCore
 

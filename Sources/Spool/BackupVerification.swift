@@ -1,7 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
-import ShipProtocol
+import LZ4Codec
 import WALCore
 
 /// Checks a stored backup's archive against the size and CRC-32C recorded when it was stored, so a damaged

@@ -2,7 +2,7 @@
 import Glibc
 #endif
 import Foundation
-import ShipProtocol
+import LZ4Codec
 import WALCore
 
 /// One stored base backup: `ROOT/<system>/base/<id>/` with `base.tar.lz4` (the data directory as
@@ -35,7 +35,8 @@ public final class BackupWriter {
     public let id: String
     let baseDirectory: String
     let partialDirectory: String
-    let start: BackupStart
+    let label: String
+    let startLSN: LSN
     let systemIdentifier: UInt64
     private let io: FileIO
     private let archive: AppendFile
@@ -45,12 +46,13 @@ public final class BackupWriter {
     private var archiveCRC: UInt32 = 0
     private var finished = false
 
-    public init(system: SystemSpool, start: BackupStart, now: Date = Date()) throws {
+    public init(system: SystemSpool, label: String, startLSN: LSN, now: Date = Date()) throws {
         io = system.io
         baseDirectory = system.directory + "/base"
         try io.makeDirectory(baseDirectory, retry: .rewrittenOnRetry)
         systemIdentifier = system.systemIdentifier
-        self.start = start
+        self.label = label
+        self.startLSN = startLSN
         var candidate = Self.formatID(now)
         var n = 2
         while io.exists(baseDirectory + "/" + candidate) || io.exists(baseDirectory + "/" + candidate + ".partial") {
@@ -84,16 +86,16 @@ public final class BackupWriter {
     public func appendManifest(_ bytes: UnsafeRawBufferPointer) throws { try manifest.append(bytes) }
 
     /// Makes the backup durable and visible: files fsynced, record written, directory renamed into place.
-    public func finish(stop: BackupEnd, durable: LSN) throws -> BackupInfo {
+    public func finish(stopLSN: LSN, timeline: TimeLineID, durable: LSN) throws -> BackupInfo {
         try frame.end().withUnsafeBytes { try archive.append($0) }
         try archive.sync()
         try manifest.sync()
         let info = BackupInfo(
-            id: id, label: start.label, systemIdentifier: String(systemIdentifier),
+            id: id, label: label, systemIdentifier: String(systemIdentifier),
             createdAt: Date(timeIntervalSince1970: Date().timeIntervalSince1970.rounded(.down)),
-            startLSN: start.startLSN.description, stopLSN: stop.stopLSN.description, timeline: stop.timeline,
+            startLSN: startLSN.description, stopLSN: stopLSN.description, timeline: timeline,
             archiveBytes: archiveBytes, archiveCRC32C: String(archiveCRC, radix: 16), storedBytes: UInt64(archive.length),
-            status: durable >= stop.stopLSN ? .complete : .waitingForWAL)
+            status: durable >= stopLSN ? .complete : .waitingForWAL)
         try BackupCatalog.write(info, to: partialDirectory, io: io)
         try io.rename(partialDirectory, to: baseDirectory + "/" + id)
         try io.syncDirectory(baseDirectory, retry: .rewrittenOnRetry)

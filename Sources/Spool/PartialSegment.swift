@@ -1,7 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
-import ShipProtocol
+import LZ4Codec
 import WALCore
 
 /// The in-progress segment, `NAME.partial`: an append-only journal so that a crash leaves a tail we can

@@ -1,7 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
-import ShipProtocol
+import LZ4Codec
 import WALCore
 
 /// Read-only access to a spool, for `walship restore-wal` (run by PostgreSQL as its OS user, possibly while the

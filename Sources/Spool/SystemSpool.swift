@@ -1,8 +1,8 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import LZ4Codec
 import Logging
-import ShipProtocol
 import Synchronization
 import WALCore
 

@@ -1,7 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
-import ShipProtocol
+import LZ4Codec
 import WALCore
 
 /// Reads WAL by LSN range from a system's spool: completed segments by decompressing their LZ4 frames as

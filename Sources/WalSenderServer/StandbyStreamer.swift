@@ -1,6 +1,6 @@
 import Foundation
 import NIOCore
-import PGReplication
+import PGProtocol
 import Spool
 import Synchronization
 import WALCore

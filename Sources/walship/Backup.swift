@@ -6,6 +6,7 @@ import PGReplication
 import Sender
 import ShipTLS
 import Spool
+import StatusModel
 import Synchronization
 import WALCore
 

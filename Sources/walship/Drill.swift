@@ -1,8 +1,9 @@
 import ArgumentParser
 import Foundation
-import Monitor
+import Operations
 import PGReplication
 import Spool
+import StatusModel
 import WALCore
 
 struct Drill: AsyncParsableCommand {

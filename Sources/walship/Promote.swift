@@ -1,8 +1,10 @@
 import ArgumentParser
 import Foundation
 import Monitor
+import Operations
 import PGReplication
 import Spool
+import StatusModel
 import WALCore
 
 struct Promote: AsyncParsableCommand {
@@ -251,8 +253,4 @@ private func awaitReceived(_ session: SQLSession) async throws -> LSN {
 /// Seconds since `start`, for progress headings.
 func elapsed(_ start: ContinuousClock.Instant) -> String {
     String(format: "%.1f s", roundedSeconds(ContinuousClock.now - start))
-}
-
-func absolutePath(_ path: String) -> String {
-    path.hasPrefix("/") ? path : FileManager.default.currentDirectoryPath + "/" + path
 }

@@ -3,6 +3,7 @@ import Foundation
 import Monitor
 import PGReplication
 import Spool
+import StatusModel
 import WALCore
 
 /// The steps `walship promote` and `walship drill` share: wait for replay, promote, wait for the first

@@ -4,6 +4,7 @@ import Logging
 import Monitor
 import Receiver
 import ShipTLS
+import StatusModel
 import WalSenderServer
 
 struct Receive: AsyncParsableCommand {

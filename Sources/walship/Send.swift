@@ -4,6 +4,7 @@ import Monitor
 import PGReplication
 import Sender
 import ShipTLS
+import StatusModel
 
 struct Send: AsyncParsableCommand {
     static let configuration = CommandConfiguration(

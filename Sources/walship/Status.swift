@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import Monitor
+import StatusModel
 
 struct Status: AsyncParsableCommand {
     static let configuration = CommandConfiguration(

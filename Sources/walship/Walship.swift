@@ -3,6 +3,7 @@ import Foundation
 import Logging
 import Monitor
 import ShipTLS
+import StatusModel
 
 @main
 struct Walship: AsyncParsableCommand {

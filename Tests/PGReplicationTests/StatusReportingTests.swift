@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import Foundation
+import PGProtocol
 import Synchronization
 import Testing
 import WALCore

@@ -1,16 +1,14 @@
 import Foundation
-import ShipProtocol
+import LZ4Codec
 import Testing
 import WALCore
 @testable import Spool
 
 @Suite struct BackupStoreTests {
-    func start() -> BackupStart { BackupStart(startLSN: LSN("0/2000028")!, timeline: 1, estimatedBytes: 0, label: "unit") }
-
     @Test func finishedBackupIsVisibleWithItsRecordAndRestorableArchive() throws {
         let temp = TempSpool()
         let (_, system) = try temp.open()
-        let writer = try BackupWriter(system: system, start: start(), now: Date(timeIntervalSince1970: 1_795_000_000))
+        let writer = try BackupWriter(system: system, label: "unit", startLSN: LSN("0/2000028")!, now: Date(timeIntervalSince1970: 1_795_000_000))
         let archive = (0..<300_000).map { UInt8(truncatingIfNeeded: $0 % 97) }
         try archive.withUnsafeBytes { try writer.appendArchive(UnsafeRawBufferPointer(rebasing: $0[0..<100_000])) }
         try archive.withUnsafeBytes { try writer.appendArchive(UnsafeRawBufferPointer(rebasing: $0[100_000...])) }
@@ -18,7 +16,7 @@ import WALCore
         try manifest.withUnsafeBytes { try writer.appendManifest($0) }
         // Not visible before it is finished.
         #expect(try BackupCatalog.list(systemDirectory: system.directory).isEmpty)
-        let info = try writer.finish(stop: BackupEnd(stopLSN: LSN("0/2000100")!, timeline: 1), durable: LSN("0/2000000")!)
+        let info = try writer.finish(stopLSN: LSN("0/2000100")!, timeline: 1, durable: LSN("0/2000000")!)
         #expect(info.status == .waitingForWAL)
         #expect(info.archiveBytes == 300_000)
         #expect(info.archiveCRC32C == String(CRC32C.checksum(archive), radix: 16))
@@ -36,7 +34,7 @@ import WALCore
         let temp = TempSpool()
         do {
             let (_, system) = try temp.open()
-            let writer = try BackupWriter(system: system, start: start())
+            let writer = try BackupWriter(system: system, label: "unit", startLSN: LSN("0/2000028")!)
             try [UInt8](repeating: 1, count: 1000).withUnsafeBytes { try writer.appendArchive($0) }
             #expect(FileManager.default.fileExists(atPath: system.directory + "/base/\(writer.id).partial"))
             // The link dies here: the writer is dropped without finishing.

@@ -1,5 +1,5 @@
 import Foundation
-import ShipProtocol
+import LZ4Codec
 import Testing
 import WALCore
 @testable import Spool
@@ -9,8 +9,7 @@ import WALCore
     /// flipped byte there changes the content rather than the frame's structure.
     func storedBackup(in temp: TempSpool) throws -> (systemDirectory: String, info: BackupInfo) {
         let (_, system) = try temp.open()
-        let writer = try BackupWriter(system: system, start: BackupStart(startLSN: LSN("0/2000028")!, timeline: 1,
-                                                                         estimatedBytes: 0, label: "unit"))
+        let writer = try BackupWriter(system: system, label: "unit", startLSN: LSN("0/2000028")!)
         // xorshift64: incompressible enough for LZ4, and quick in a debug build.
         var state: UInt64 = 0x9E37_79B9_7F4A_7C15
         var archive = [UInt8](repeating: 0, count: 2_500_000)
@@ -24,7 +23,7 @@ import WALCore
         }
         try archive.withUnsafeBytes { try writer.appendArchive($0) }
         try Array("{}\n".utf8).withUnsafeBytes { try writer.appendManifest($0) }
-        let info = try writer.finish(stop: BackupEnd(stopLSN: LSN("0/2000100")!, timeline: 1), durable: LSN("0/2000100")!)
+        let info = try writer.finish(stopLSN: LSN("0/2000100")!, timeline: 1, durable: LSN("0/2000100")!)
         return (system.directory, info)
     }
 

@@ -1,6 +1,6 @@
 import Foundation
+import LZ4Codec
 import Logging
-import ShipProtocol
 import Synchronization
 import Testing
 import WALCore

@@ -1,6 +1,6 @@
 import Foundation
+import LZ4Codec
 import NIOCore
-import ShipProtocol
 import Testing
 import WALCore
 import WALTestSupport

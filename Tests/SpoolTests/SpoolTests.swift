@@ -1,7 +1,7 @@
 import Foundation
+import LZ4Codec
 import Logging
 import NIOCore
-import ShipProtocol
 import Testing
 import WALCore
 import WALTestSupport

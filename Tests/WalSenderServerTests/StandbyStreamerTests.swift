@@ -2,7 +2,7 @@ import Foundation
 import Logging
 import NIOCore
 import NIOEmbedded
-import PGReplication
+import PGProtocol
 import Spool
 import Synchronization
 import Testing

@@ -1,6 +1,6 @@
 import Foundation
 import Testing
-@testable import Monitor
+@testable import StatusModel
 import WALCore
 
 @Suite struct LagTrackerTests {

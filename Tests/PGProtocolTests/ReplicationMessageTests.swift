@@ -1,6 +1,6 @@
 import Testing
 import WALCore
-@testable import PGReplication
+@testable import PGProtocol
 
 @Suite struct ReplicationMessageTests {
     func decode(_ bytes: [UInt8]) throws -> ReplicationMessage {
@@ -48,46 +48,5 @@ import WALCore
         #expect(throws: ReplicationMessage.DecodeError.self) {
             try Array(bytes.dropLast()).withUnsafeBytes { try StandbyStatusUpdate.decode($0) }
         }
-    }
-}
-
-@Suite struct ConninfoTests {
-    @Test func redactsSecrets() throws {
-        let info = try Conninfo("host=db1 port=5433 user=walship password=s3cret sslpassword=x")
-        #expect(info["host"] == "db1")
-        #expect(!info.description.contains("s3cret"))
-        #expect(!info.description.contains("password"))
-        let uri = try Conninfo("postgresql://walship:hunter2@db1:5433/postgres")
-        #expect(!uri.description.contains("hunter2"))
-        #expect(uri["port"] == "5433")
-    }
-
-    @Test func recognisesTheServerItConnectsTo() throws {
-        #expect(try Conninfo("host=127.0.0.1 port=7010 user=postgres").reaches(host: "127.0.0.1", port: 7010))
-        #expect(try Conninfo("host=localhost port=7010").reaches(host: "127.0.0.1", port: 7010))
-        #expect(try Conninfo("host=dr1 port=7010").reaches(host: "0.0.0.0", port: 7010))
-        #expect(try Conninfo("host=db1,dr1 port=5432,7010").reaches(host: "dr1", port: 7010))
-        #expect(try !Conninfo("host=db1,dr1 port=7010,5432").reaches(host: "dr1", port: 7010))
-        #expect(try !Conninfo("host=127.0.0.1 port=5432").reaches(host: "127.0.0.1", port: 7010))
-        #expect(try !Conninfo("host=primary.example port=7010").reaches(host: "127.0.0.1", port: 7010))
-        #expect(try Conninfo("host=drhost port=7010").reaches(host: "10.0.0.5", port: 7010, localNames: ["drhost"]))
-    }
-
-    @Test func invalidConninfoHasAHint() {
-        #expect(throws: Conninfo.ParseError.self) { try Conninfo("host=db1 nonsense") }
-        do {
-            _ = try Conninfo("host='unterminated")
-            Issue.record("expected an error")
-        } catch {
-            #expect("\(error)".contains("hint"))
-        }
-    }
-
-    @Test func synchronousStandbyNames() {
-        #expect(SynchronousStandbyNames.includes("walship", name: "walship"))
-        #expect(SynchronousStandbyNames.includes("FIRST 1 (other, \"WalShip\")", name: "walship"))
-        #expect(SynchronousStandbyNames.includes("ANY 2 (*)", name: "walship"))
-        #expect(!SynchronousStandbyNames.includes("walship2, other", name: "walship"))
-        #expect(!SynchronousStandbyNames.includes("", name: "walship"))
     }
 }

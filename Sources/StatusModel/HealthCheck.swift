@@ -31,7 +31,7 @@ public enum HealthCheck {
             }
         }
 
-        init(label: String) {
+        public init(label: String) {
             switch label.lowercased() {
             case "ok": self = .ok
             case "warning": self = .warning

@@ -1,27 +1,7 @@
 import Foundation
+import StatusTestSupport
 import Testing
-@testable import Monitor
-
-func sampleReceiver(connected: Bool = true, durableBehindBytes: UInt64 = 0, seconds: Double = 0.2,
-                    alerts: [StatusDocument.ActiveAlert] = []) -> StatusDocument {
-    let at = Date(timeIntervalSince1970: 1_800_000_000)
-    let chain: [StatusDocument.Stage] = [
-        .init(name: "primary", lsn: "0/5000000", bytesBehind: 0, secondsBehind: 0),
-        .init(name: "sent", lsn: nil, bytesBehind: nil, secondsBehind: nil),
-        .init(name: "received", lsn: "0/5000000", bytesBehind: 0, secondsBehind: 0),
-        .init(name: "durable", lsn: "0/4F00000", bytesBehind: durableBehindBytes, secondsBehind: seconds),
-        .init(name: "replayed", lsn: nil, bytesBehind: nil, secondsBehind: nil),
-    ]
-    return StatusDocument(
-        role: "receiver", version: walshipVersion, host: "dr", generatedAt: at,
-        process: .init(pid: 42, startedAt: at.addingTimeInterval(-3600), residentMemoryBytes: 30 << 20),
-        state: "listening", stateSince: at.addingTimeInterval(-3600), alerts: alerts,
-        systems: [.init(systemIdentifier: "7301", timeline: 1,
-                        link: .init(connected: connected, peer: "10.0.0.1:4000", senderName: "walship", synchronous: true,
-                                    disconnectedSince: connected ? nil : at.addingTimeInterval(-90)),
-                        chain: chain)],
-        spool: .init(path: "/spool", totalBytes: 1000, freeBytes: 250, usedBytes: 100))
-}
+@testable import StatusModel
 
 @Suite struct StatusDocumentTests {
     @Test func roundTripsThroughJSON() throws {
@@ -44,36 +24,6 @@ func sampleReceiver(connected: Bool = true, durableBehindBytes: UInt64 = 0, seco
     @Test func rejectsGarbage() {
         #expect(throws: (any Error).self) { try StatusDocument.decoder().decode(StatusDocument.self, from: Data("{}".utf8)) }
         #expect(throws: (any Error).self) { try StatusDocument.decoder().decode(StatusDocument.self, from: Data("<html>".utf8)) }
-    }
-
-    @Test func metricsNameUnitsAndLabels() {
-        let text = MetricsPublisher().render(sampleReceiver(durableBehindBytes: 1_048_576, seconds: 1.5))
-        #expect(text.contains(#"walship_lag_bytes{stage="durable",system="7301"} 1048576"#))
-        #expect(text.contains(#"walship_lag_seconds{stage="durable",system="7301"} 1.5"#))
-        #expect(text.contains(#"walship_link_connected{system="7301"} 1"#))
-        #expect(text.contains("walship_spool_free_bytes 250"))
-        #expect(text.contains("# TYPE walship_lag_bytes gauge"))
-        // Every metric carries the walship_ prefix.
-        for line in text.split(separator: "\n") where !line.hasPrefix("#") {
-            #expect(line.hasPrefix("walship_"))
-        }
-    }
-
-    @Test func seriesThatAreNoLongerPublishedDisappear() {
-        let metrics = MetricsPublisher()
-        let alert = StatusDocument.ActiveAlert(condition: "lag", severity: "warning", system: "7301", since: Date(), message: "behind")
-        let firing = metrics.render(sampleReceiver(durableBehindBytes: 1 << 20, seconds: 1.5, alerts: [alert]))
-        #expect(firing.contains(#"walship_alert_active{condition="lag",system="7301"} 1"#), "\(firing)")
-        #expect(firing.contains(#"walship_lag_seconds{stage="durable",system="7301"} 1.5"#))
-        var calm = sampleReceiver()
-        calm.systems[0].chain[3] = .init(name: "durable", lsn: nil, bytesBehind: nil, secondsBehind: nil)
-        let cleared = metrics.render(calm)
-        #expect(!cleared.contains("walship_alert_active{"), "a cleared alert must not stay at 1: \(cleared)")
-        #expect(!cleared.contains(#"walship_lag_seconds{stage="durable""#), "an unknown lag must not repeat the last value")
-        #expect(cleared.contains(#"walship_lag_seconds{stage="received",system="7301"} 0"#))
-        #expect(cleared.contains(#"walship_link_connected{system="7301"} 1"#))
-        // And back again.
-        #expect(metrics.render(sampleReceiver(alerts: [alert])).contains(#"walship_alert_active{condition="lag",system="7301"} 1"#))
     }
 
     @Test func tableShowsTheChain() {
@@ -172,12 +122,9 @@ func sampleReceiver(connected: Bool = true, durableBehindBytes: UInt64 = 0, seco
         let expired = try #require(observed())
         #expect(expired.firing && expired.severity == .critical && expired.message.contains("expired at"), "\(expired.message)")
         #expect(observed(AlertThresholds()) == nil)
-        // The status carries the certificates, and the metrics their expiry.
+        // The status carries the certificates (and the metrics their expiry: MonitorTests).
         let data = try StatusDocument.encoder().encode(status)
         #expect(try StatusDocument.decoder().decode(StatusDocument.self, from: data) == status)
-        let text = MetricsPublisher().render(status)
-        #expect(text.contains("walship_tls_certificate_expiry_timestamp_seconds{"), "\(text)")
-        #expect(text.contains("use=\"link\""))
     }
 
     @Test func rpoExposureFiresOnlyUnderDegradeAndWhileAcknowledgedWALIsNotOffsite() throws {
