@@ -57,9 +57,10 @@ public final class StorageFaultFileSystem: FileSystem {
             }) else { return nil }
             state.faults[index].remaining -= 1
             let fault = state.faults[index]
-            // One line per fault for small counts; for long ones (a full disk) the first and the last call only.
+            // Small counts are reported call by call; long ones (a full disk) when the file was just read and at the end.
             if fault.remaining < 3 || message != nil {
-                message = (message.map { $0 + "; " } ?? "") + "injected \(call) error \(fault.code) on \"\(path)\" (\(fault.remaining) left)"
+                let injected = "injected \(call) error \(fault.code) on \"\(path)\" (\(fault.remaining) left)"
+                message = message.map { $0 + "; " + injected } ?? injected
             }
             return fault.code
         }

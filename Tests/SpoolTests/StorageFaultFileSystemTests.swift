@@ -52,7 +52,8 @@ import Glibc
     }
 
     @Test func unknownLinesAreIgnored() {
-        let faults = StorageFaultFileSystem.parse("fdatasync EIO 2\nread EIO 1\nwrite EBADF 1\nwrite ENOSPC many\nfsync EDQUOT 3 .conf\n")
+        let faults = StorageFaultFileSystem.parse(
+            "fdatasync EIO 2\nread EIO 1\nwrite EBADF 1\nwrite ENOSPC many\nfsync EDQUOT 3 .conf\n")
         #expect(faults.map(\.call) == ["fdatasync", "fsync"])
         #expect(faults.last?.pathSuffix == ".conf")
         #expect(faults.first?.remaining == 2)
