@@ -128,7 +128,7 @@ struct FaultDrillTests {
                     try "write ENOSPC 100000000\n".write(toFile: storageFaults, atomically: true, encoding: .utf8)
                     try waitUntil("the receiver to meet the full disk", timeout: 30) {
                         let log = String(decoding: topology.receiver!.log.utf8.dropFirst(logBefore), as: UTF8.self)
-                        return (log.contains("No space left"), log.suffix(600).description)
+                        return (log.contains("injected write error \(ENOSPC)"), log.suffix(600).description)
                     }
                     expectCommitsWait(3, during: fault)
                     try "".write(toFile: storageFaults, atomically: true, encoding: .utf8)

@@ -19,6 +19,7 @@ public final class StorageFaultFileSystem: FileSystem {
         var code: Int32
         var remaining: Int
         var pathSuffix: String?
+        var injected = 0
     }
 
     struct State {
@@ -56,9 +57,10 @@ public final class StorageFaultFileSystem: FileSystem {
                 $0.call == call && $0.remaining > 0 && ($0.pathSuffix.map { path.hasSuffix($0) } ?? true)
             }) else { return nil }
             state.faults[index].remaining -= 1
+            state.faults[index].injected += 1
             let fault = state.faults[index]
-            // Small counts are reported call by call; long ones (a full disk) when the file was just read and at the end.
-            if fault.remaining < 3 || message != nil {
+            // Small counts are reported call by call; long ones (a full disk) at the first call and the last few.
+            if fault.injected == 1 || fault.remaining < 3 {
                 let injected = "injected \(call) error \(fault.code) on \"\(path)\" (\(fault.remaining) left)"
                 message = message.map { $0 + "; " + injected } ?? injected
             }
