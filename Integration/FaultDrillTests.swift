@@ -5,9 +5,9 @@ import Testing
 /// acknowledged (hundreds a second, so commits are in flight when a fault lands): kill -9 of the sender, the
 /// receiver, the DR standby and the primary; a link cut, stalled (no bytes, no FIN) and slowed through a TCP
 /// proxy; the spool's storage failing (a journal's fdatasync fails with EIO; the disk is full for a while),
-/// injected by the test build's `StorageFaultFileSystem`. After each fault the stream must resume by itself, but
-/// after the failed fsync, which needs the receiver restarted as a DBA would; at the end the primary dies, the
-/// DR replica is promoted and every acknowledged id must be there.
+/// injected by the test build's `StorageFaultFileSystem`. After each fault the stream must resume by itself (after
+/// the failed fsync, once the receiver is restarted, as a DBA would); at the end the primary dies, the DR replica
+/// is promoted and every acknowledged id must be there.
 /// `make test` runs one round of each fault; `make drills ROUNDS=N` runs N rounds and prints the table.
 @Suite(.serialized, .enabled(if: IT.pgBin != nil, "PostgreSQL 15 server binaries are required"))
 struct FaultDrillTests {
