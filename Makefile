@@ -56,8 +56,9 @@ demo: release
 bench: release
 	@WALSHIP_BIN=$(CURDIR)/.build/release/walship scripts/bench.py
 
-# The fault drills, long: ROUNDS rounds of every fault (kill -9 of each process, link cut/stall/slow),
-# then promotion and the check that no acknowledged commit is lost; prints the table. SEED repeats an order.
+# The fault drills, long: ROUNDS rounds of every fault (kill -9 of each process, link cut/stall/slow, failed
+# journal fdatasync, full disk) under load from 8 sessions, then promotion and the check that no acknowledged
+# commit is lost; prints the table. SEED repeats an order.
 ROUNDS ?= 50
 drills: deps
 	@scripts/kill-test-strays.sh

@@ -1,10 +1,13 @@
 import Foundation
 import Testing
 
-/// Faults a DR site meets, in synchronous mode, with a writer that records every commit the primary
-/// acknowledged: kill -9 of the sender, the receiver, the DR standby and the primary; a link cut, stalled
-/// (no bytes, no FIN) and slowed through a TCP proxy. After each fault the stream must resume by itself;
-/// at the end the primary dies, the DR replica is promoted and every acknowledged id must be there.
+/// Faults a DR site meets, in synchronous mode, under load from 8 sessions that record every commit the primary
+/// acknowledged (hundreds a second, so commits are in flight when a fault lands): kill -9 of the sender, the
+/// receiver, the DR standby and the primary; a link cut, stalled (no bytes, no FIN) and slowed through a TCP
+/// proxy; the spool's storage failing (a journal's fdatasync fails with EIO; the disk is full for a while),
+/// injected by the test build's `StorageFaultFileSystem`. After each fault the stream must resume by itself (after
+/// the failed fsync, once the receiver is restarted, as a DBA would); at the end the primary dies, the DR replica
+/// is promoted and every acknowledged id must be there.
 /// `make test` runs one round of each fault; `make drills ROUNDS=N` runs N rounds and prints the table.
 @Suite(.serialized, .enabled(if: IT.pgBin != nil, "PostgreSQL 15 server binaries are required"))
 struct FaultDrillTests {
@@ -16,6 +19,8 @@ struct FaultDrillTests {
         case cutLink = "link cut"
         case stallLink = "link stalled"
         case slowLink = "link slowed (300 ms)"
+        case journalSyncFailure = "journal fdatasync EIO"
+        case spoolDiskFull = "spool disk full (ENOSPC)"
     }
 
     struct Tally {
@@ -40,20 +45,41 @@ struct FaultDrillTests {
                                                              "\(topology.receiverPort)", control])
         topology.receiverExtra = ["--standby-listen", "127.0.0.1:\(standbyPort)", "--standby-trust"]
         topology.senderTargetPort = proxyPort
+        let storageFaults = fixture.directory + "/storage-faults"
+        try "".write(toFile: storageFaults, atomically: true, encoding: .utf8)
+        topology.receiverEnvironment = ["WALSHIP_TEST_STORAGE_FAULTS": storageFaults]
         try topology.startReceiver(linkTimeout: 5)
         try topology.startSender(extra: ["--sync", "--link-timeout", "5"])
         var standby = try startDRStandby(fixture, topology, port: standbyPort)
         try topology.primary.sql("CREATE TABLE acknowledged (id int PRIMARY KEY)")
         let ackedFile = fixture.directory + "/acked.txt"
-        var writer = try startAcknowledgedWriter(fixture, primary: topology.primary, table: "acknowledged", file: ackedFile)
+        let writer = try startAcknowledgedLoad(fixture, primary: topology.primary, table: "acknowledged", file: ackedFile)
+        let loadStarted = Date()
 
-        /// Waits until the writer has `more` commits beyond what it had; returns the seconds it took.
-        func resumed(after fault: Fault, more: Int = 5) throws -> Double {
+        /// Waits until `more` commits beyond those acknowledged so far (more than the 8 that may have been in flight at
+        /// the fault); returns the seconds it took.
+        func resumed(after fault: Fault, more: Int = 50) throws -> Double {
             try waitForMoreCommits(more, in: ackedFile, "commits to resume after \(fault.rawValue)", timeout: 90) {
                 "sender: \(topology.sender!.log.suffix(300))"
             }
         }
         _ = try resumed(after: .cutLink, more: 10)
+        let steadyCount = acknowledgedIDs(ackedFile).count
+        usleep(5_000_000)
+        let steadyRate = Double(acknowledgedIDs(ackedFile).count - steadyCount) / 5
+        print(String(format: "fault drills: %.0f acknowledged commits/s from 8 sessions before the faults", steadyRate))
+
+        /// Expects no commit to be acknowledged for `seconds` (but those already in flight, one per session).
+        func expectCommitsWait(_ seconds: Double, during fault: Fault) {
+            let before = acknowledgedIDs(ackedFile).count
+            usleep(UInt32(seconds * 1_000_000))
+            let after = acknowledgedIDs(ackedFile).count
+            #expect(after <= before + 8, "\(after - before) commits acknowledged during \(fault.rawValue)")
+        }
+        func receiverSystem() throws -> [String: Any] {
+            let systems = try fetchStatus(port: topology.receiverStatusPort)["systems"] as? [[String: Any]] ?? []
+            return systems.first { $0["systemIdentifier"] as? String == topology.systemIdentifier } ?? [:]
+        }
 
         var tally: [Fault: Tally] = [:]
         for _ in 0..<rounds {
@@ -69,14 +95,11 @@ struct FaultDrillTests {
                     kill(try postmasterPID(standby), SIGKILL)
                     standby = try restart(standby, fixture: fixture)
                 case .killPrimary:
+                    // The writer's sessions reconnect by themselves; ids in flight at the crash are not used again.
                     kill(try postmasterPID(topology.primary), SIGKILL)
-                    writer.kill9()
                     try waitUntil("the primary to restart after its crash", timeout: 60) {
                         do { try topology.primary.start(); return (true, "") } catch { return (false, "\(error)") }
                     }
-                    // The id in flight at the crash may or may not be committed: carry on after the last acknowledged one.
-                    writer = try startAcknowledgedWriter(fixture, primary: topology.primary, table: "acknowledged", file: ackedFile,
-                                                         from: (acknowledgedIDs(ackedFile).max() ?? 0) + 2)
                 case .cutLink:
                     try "cut".write(toFile: control, atomically: true, encoding: .utf8)
                 case .stallLink:
@@ -87,6 +110,28 @@ struct FaultDrillTests {
                     try "delay:300".write(toFile: control, atomically: true, encoding: .utf8)
                     usleep(3_000_000)
                     try "pass".write(toFile: control, atomically: true, encoding: .utf8)
+                case .journalSyncFailure:
+                    // The spool stops acknowledging for good and says so; a DBA checks the disk and restarts the receiver.
+                    try "fdatasync EIO 1 .partial\n".write(toFile: storageFaults, atomically: true, encoding: .utf8)
+                    try waitUntil("the receiver to report the failed fsync", timeout: 30) {
+                        let system = try receiverSystem()
+                        return (system["spoolFailure"] != nil, "\(system)\n\(topology.receiver!.log.suffix(600))")
+                    }
+                    expectCommitsWait(2, during: fault)
+                    #expect(try receiverSystem()["spoolFailure"] != nil, "the spool failure went away without a restart")
+                    try "".write(toFile: storageFaults, atomically: true, encoding: .utf8)
+                    topology.receiver!.kill9()
+                    try topology.startReceiver(linkTimeout: 5)
+                case .spoolDiskFull:
+                    // Every write fails until the file is rewritten: commits wait, then resume by themselves.
+                    let logBefore = topology.receiver!.log.utf8.count
+                    try "write ENOSPC 100000000\n".write(toFile: storageFaults, atomically: true, encoding: .utf8)
+                    try waitUntil("the receiver to meet the full disk", timeout: 30) {
+                        let log = String(decoding: topology.receiver!.log.utf8.dropFirst(logBefore), as: UTF8.self)
+                        return (log.contains("injected write error \(ENOSPC)"), log.suffix(600).description)
+                    }
+                    expectCommitsWait(3, during: fault)
+                    try "".write(toFile: storageFaults, atomically: true, encoding: .utf8)
                 }
                 let seconds = try resumed(after: fault)
                 tally[fault, default: Tally()].rounds += 1
@@ -98,6 +143,7 @@ struct FaultDrillTests {
         kill(try postmasterPID(topology.primary), SIGKILL)
         usleep(300_000)
         writer.kill9()
+        let loadSeconds = Date().timeIntervalSince(loadStarted)
         topology.sender!.kill9()
         let acked = Set(acknowledgedIDs(ackedFile))
         let promote = try run(IT.walshipBinary, ["promote", "--pgdata", standby.dataDirectory, "--spool", topology.spool,
@@ -110,6 +156,8 @@ struct FaultDrillTests {
             let t = tally[fault] ?? Tally()
             print(fault.rawValue.padding(toLength: 31, withPad: " ", startingAt: 0) + String(format: "%6d  %12d  %4d  %14.1f", t.rounds, acked.count, lost.count, t.maxResume))
         }
+        print(String(format: "fault drills: %d commits acknowledged in %.0f s, %.0f/s through the faults, %.0f/s before them",
+                     acked.count, loadSeconds, Double(acked.count) / loadSeconds, steadyRate))
         #expect(lost.isEmpty, "acknowledged commits missing on the promoted DR replica: \(lost.sorted().prefix(20)) (seed \(seed))")
         #expect(acked.count > 50)
     }

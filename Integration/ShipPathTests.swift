@@ -15,6 +15,8 @@ struct ShipTopology {
     var sender: Daemon?
     var senderArguments: [String] = []
     var receiverExtra: [String] = []
+    /// Extra environment of the receiver (a storage fault control file).
+    var receiverEnvironment: [String: String] = [:]
     /// Where the sender connects, when not straight to the receiver (a fault proxy).
     var senderTargetPort: Int?
     /// The link's security arguments for one end ("receiver" or "sender"): mutual TLS, as deployed, with a
@@ -54,7 +56,7 @@ struct ShipTopology {
         receiver = receiverAsPostgres
             ? try fixture.daemon("receiver", "/usr/bin/setpriv",
                                  ["--reuid=postgres", "--regid=postgres", "--init-groups", "--", IT.walshipBinary] + arguments)
-            : try fixture.walship("receiver", arguments)
+            : try fixture.walship("receiver", arguments, environment: receiverEnvironment)
         try waitUntil("the receiver's status endpoint", timeout: 30) {
             (((try? fetchStatus(port: receiverStatusPort)) != nil), receiver!.log)
         }

@@ -436,6 +436,16 @@ func startAcknowledgedWriter(_ fixture: Fixture, primary: Cluster, table: String
         """])
 }
 
+/// Load for the fault drills: `sessions` concurrent sessions committing as fast as the primary acknowledges (hundreds
+/// a second), recording to `file` exactly as `startAcknowledgedWriter` does; ids are unique but, across sessions, not
+/// in commit order. The sessions reconnect by themselves after a crash of the primary (scripts/acknowledged-writer.py).
+func startAcknowledgedLoad(_ fixture: Fixture, primary: Cluster, table: String, file: String, sessions: Int = 8)
+    throws -> Daemon
+{
+    try fixture.daemon("load-writer", "/usr/bin/python3", [IT.repositoryRoot + "/scripts/acknowledged-writer.py",
+                                                          "\(primary.port)", table, file, "--sessions", "\(sessions)"])
+}
+
 /// The commits `startAcknowledgedWriter` recorded: id and the insert position just before its commit record.
 func acknowledgedCommits(_ file: String) -> [(id: Int, lsn: UInt64)] {
     ((try? String(contentsOfFile: file, encoding: .utf8)) ?? "").split(separator: "\n").compactMap { line in

@@ -40,6 +40,8 @@ public struct ReceiverConfiguration: Sendable {
     public var tls: NIOSSLContext?
     /// `--allow-source CERTNAME=SYSTEMID`: when set, a client certificate name may ship only its system.
     public var allowedSources: [String: UInt64] = [:]
+    /// Where the spool's files are: the real file system but in tests (see `StorageFaultFileSystem`).
+    public var fileSystem: any FileSystem = PosixFileSystem()
 
     public init(listenHost: String, listenPort: Int, spoolRoot: String, name: String) {
         self.listenHost = listenHost
@@ -97,7 +99,8 @@ public final class Receiver: Sendable {
         self.config = configuration
         self.logger = logger
         self.links = Mutex(StreamLinkRegistry(timeout: configuration.linkTimeout))
-        self.spool = try Spool(root: configuration.spoolRoot, quota: configuration.spoolQuota, logger: logger)
+        self.spool = try Spool(root: configuration.spoolRoot, quota: configuration.spoolQuota, logger: logger,
+                               fileSystem: configuration.fileSystem)
         let start = Date()
         self.monitor = Mutex(Dictionary(uniqueKeysWithValues: try spool.openExistingSystems().map {
             ($0.systemIdentifier, SystemMonitor(disconnectedSince: start))

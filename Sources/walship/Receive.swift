@@ -5,6 +5,9 @@ import Monitor
 import Receiver
 import ShipTLS
 import StatusModel
+#if DEBUG
+import Spool
+#endif
 import WalSenderServer
 
 struct Receive: AsyncParsableCommand {
@@ -151,6 +154,12 @@ struct Receive: AsyncParsableCommand {
         configuration.standbyListen = standbyListen
         configuration.acceptFenced = force
         configuration.allowedSources = try allowedSources()
+        #if DEBUG
+        if let faults = StorageFaultFileSystem.fromEnvironment(report: { logger.warning("test storage fault: \($0)") }) {
+            logger.warning("test build: the spool's storage fails as \(StorageFaultFileSystem.environmentVariable) says")
+            configuration.fileSystem = faults
+        }
+        #endif
         do {
             configuration.tls = try link.tlsFiles?.serverContext()
         } catch {
