@@ -5,7 +5,7 @@ PG_BINDIR ?= $(shell pg_config --bindir 2>/dev/null || echo /usr/lib/postgresql/
 PREFIX ?= /usr/local
 export PG_BINDIR
 
-.PHONY: all deps build release test unit integration demo bench install clean fuzz fuzz-seeds drills simulate
+.PHONY: all deps build release test unit integration demo bench install clean fuzz fuzz-seeds drills simulate lint format
 
 all: build
 
@@ -28,7 +28,7 @@ release: deps
 # clusters on free loopback ports; strays from an interrupted run are removed before and after. Unit tests
 # run first, on their own: the integration tests block the concurrency pool's threads (one per core) while
 # they wait on PostgreSQL, and async unit tests running beside them could starve until their time limit.
-test: deps
+test: deps lint
 	@scripts/kill-test-strays.sh
 	$(SWIFT) build --build-tests
 	@set -o pipefail; status=0; \
@@ -36,6 +36,14 @@ test: deps
 		  $(SWIFT) test --skip-build --filter IntegrationTests; integration=$$?; \
 		  [ $$unit -eq 0 ] && [ $$integration -eq 0 ] ) 2>&1 | tee test-output.log || status=$$?; \
 		scripts/kill-test-strays.sh; [ $$status -eq 0 ] || scripts/test-failures.sh test-output.log; exit $$status
+
+# House style: .swift-format (swift format ships with the toolchain). `make format` rewrites in place.
+FORMAT_PATHS = Package.swift Sources Tests Integration
+lint:
+	$(SWIFT) format lint --strict --recursive --parallel $(FORMAT_PATHS)
+
+format:
+	$(SWIFT) format --in-place --recursive --parallel $(FORMAT_PATHS)
 
 unit: deps
 	$(SWIFT) build --build-tests
