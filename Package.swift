@@ -139,8 +139,12 @@ let package = Package(
         ),
         // Synthetic WAL with valid page headers, for the test targets that store or serve it.
         .target(name: "WALTestSupport", dependencies: ["WALCore"], path: "Tests/WALTestSupport"),
-        .testTarget(name: "SpoolTests", dependencies: ["Spool", "WALCore", "WALTestSupport", "LZ4Codec",
-                                                       .product(name: "NIOCore", package: "swift-nio")]),
+        .testTarget(
+            name: "SpoolTests",
+            dependencies: [
+                "Spool", "WALCore", "WALTestSupport", "LZ4Codec",
+                .product(name: "NIOCore", package: "swift-nio"),
+            ]),
         .testTarget(name: "PGProtocolTests", dependencies: ["PGProtocol", "WALCore"]),
         .testTarget(name: "PGReplicationTests", dependencies: ["PGReplication", "PGProtocol", "WALCore"]),
         // A receiver's status document, for the tests of the model and of what publishes it.
@@ -148,9 +152,11 @@ let package = Package(
         .testTarget(name: "StatusModelTests", dependencies: ["StatusModel", "StatusTestSupport", "WALCore"]),
         .testTarget(name: "MonitorTests", dependencies: ["Monitor", "StatusModel", "StatusTestSupport"]),
         .testTarget(name: "SenderTests", dependencies: ["Sender", "Spool", "WALCore"]),
-        .testTarget(name: "ReceiverTests", dependencies: [
-            "Receiver", "ShipProtocol", "WALCore", .product(name: "NIOEmbedded", package: "swift-nio"),
-        ]),
+        .testTarget(
+            name: "ReceiverTests",
+            dependencies: [
+                "Receiver", "ShipProtocol", "WALCore", .product(name: "NIOEmbedded", package: "swift-nio"),
+            ]),
         .testTarget(name: "FuzzReplayTests", dependencies: ["FuzzHarness"]),
         .testTarget(
             name: "WalshipConfigTests",
@@ -158,13 +164,18 @@ let package = Package(
         ),
         .testTarget(
             name: "ShipTLSTests",
-            dependencies: ["ShipTLS", .product(name: "NIOSSL", package: "swift-nio-ssl"), .product(name: "X509", package: "swift-certificates")]
+            dependencies: [
+                "ShipTLS", .product(name: "NIOSSL", package: "swift-nio-ssl"),
+                .product(name: "X509", package: "swift-certificates"),
+            ]
         ),
         .testTarget(
             name: "WalSenderServerTests",
-            dependencies: ["WalSenderServer", "WALCore", "WALTestSupport", "Spool", "PGProtocol",
-                           .product(name: "NIOCore", package: "swift-nio"), .product(name: "NIOEmbedded", package: "swift-nio"),
-                           .product(name: "Logging", package: "swift-log")]
+            dependencies: [
+                "WalSenderServer", "WALCore", "WALTestSupport", "Spool", "PGProtocol",
+                .product(name: "NIOCore", package: "swift-nio"), .product(name: "NIOEmbedded", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
         ),
         .testTarget(
             name: "IntegrationTests",

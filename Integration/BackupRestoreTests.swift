@@ -14,8 +14,12 @@ struct BackupRestoreTests {
         try topology.startSender()
         try topology.primary.pgbench(["-i", "-s", "2", "-q"])
 
-        let backup = try run(IT.walshipBinary, ["backup", "--source", topology.primary.conninfo, "--to", "127.0.0.1:\(topology.receiverPort)",
-                                                "--label", "integration"] + topology.linkArguments("sender"), timeout: 300, check: false)
+        let backup = try run(
+            IT.walshipBinary,
+            [
+                "backup", "--source", topology.primary.conninfo, "--to", "127.0.0.1:\(topology.receiverPort)",
+                "--label", "integration",
+            ] + topology.linkArguments("sender"), timeout: 300, check: false)
         #expect(backup.status == 0, "\(backup.error)")
         #expect(backup.output.contains("complete"), "\(backup.output)")
         let listing = try run(IT.walshipBinary, ["backups", "--spool", topology.spool, "--json"])
@@ -26,16 +30,21 @@ struct BackupRestoreTests {
 
         // A DR standby built from that backup streams from the receiver.
         let standbyData = fixture.directory + "/dr"
-        let restored = try run(IT.walshipBinary, ["restore", "--spool", topology.spool, "--pgdata", standbyData, "--standby",
-                                                  "--primary-conninfo", "host=127.0.0.1 port=\(standbyPort) user=postgres application_name=dr"],
-                               check: false)
+        let restored = try run(
+            IT.walshipBinary,
+            [
+                "restore", "--spool", topology.spool, "--pgdata", standbyData, "--standby",
+                "--primary-conninfo", "host=127.0.0.1 port=\(standbyPort) user=postgres application_name=dr",
+            ],
+            check: false)
         #expect(restored.status == 0, "\(restored.error)")
         let verify = try run(topology.primary.bin + "/pg_verifybackup", ["-n", standbyData], asPostgres: true, check: false)
         #expect(verify.status == 0, "pg_verifybackup: \(verify.error)\(verify.output)")
         let again = try run(IT.walshipBinary, ["restore", "--spool", topology.spool, "--pgdata", standbyData], check: false)
         #expect(again.status != 0 && again.error.contains("not empty"), "\(again.error)")
 
-        let standby = try fixture.startCopy(name: "dr", signal: "standby.signal", settings: ["hot_standby = on", "wal_retrieve_retry_interval = '1s'"])
+        let standby = try fixture.startCopy(
+            name: "dr", signal: "standby.signal", settings: ["hot_standby = on", "wal_retrieve_retry_interval = '1s'"])
         try topology.primary.sql("CREATE TABLE visits (id int PRIMARY KEY, at timestamptz DEFAULT now())")
         try topology.primary.sql("INSERT INTO visits SELECT g FROM generate_series(1, 1000) g")
         let before = try topology.primary.sql("SELECT now()")
@@ -46,15 +55,22 @@ struct BackupRestoreTests {
             let replayed = try standby.sql("SELECT pg_last_wal_replay_lsn()")
             return ((lsn(replayed) ?? 0) >= target, replayed)
         }
-        for q in ["SELECT count(*) FROM visits", "SELECT sum(abalance), count(*) FROM pgbench_accounts", "SELECT count(*) FROM pgbench_history"] {
+        for q in [
+            "SELECT count(*) FROM visits", "SELECT sum(abalance), count(*) FROM pgbench_accounts",
+            "SELECT count(*) FROM pgbench_history",
+        ] {
             #expect(try standby.sql(q) == topology.primary.sql(q), "\(q)")
         }
 
         // Point in time: only the rows committed before the target time.
         try waitUntil("the spool to hold everything", timeout: 60) { (try topology.durable() >= target, "") }
         let pitrData = fixture.directory + "/pitr"
-        let pitr = try run(IT.walshipBinary, ["restore", "--spool", topology.spool, "--pgdata", pitrData, "--target-time", before,
-                                              "--target-action", "promote"], check: false)
+        let pitr = try run(
+            IT.walshipBinary,
+            [
+                "restore", "--spool", topology.spool, "--pgdata", pitrData, "--target-time", before,
+                "--target-action", "promote",
+            ], check: false)
         #expect(pitr.status == 0, "\(pitr.error)")
         let copy = try fixture.startCopy(name: "pitr", signal: "recovery.signal", settings: [])
         try waitUntil("the point-in-time copy to promote", timeout: 120) {
@@ -74,11 +90,13 @@ struct BackupRestoreTests {
         try topology.startReceiver()
         try topology.startSender()
         try topology.primary.pgbench(["-i", "-s", "2", "-q"])
-        let arguments = ["backup", "--source", topology.primary.conninfo, "--to", "127.0.0.1:\(topology.receiverPort)"]
+        let arguments =
+            ["backup", "--source", topology.primary.conninfo, "--to", "127.0.0.1:\(topology.receiverPort)"]
             + topology.linkArguments("sender")
         let refused = try run(IT.walshipBinary, arguments + ["--compression", "best"], check: false)
-        #expect(refused.status != 0 && refused.error.contains("--compression must be auto, fast or high, not \"best\""),
-                "\(refused.error)")
+        #expect(
+            refused.status != 0 && refused.error.contains("--compression must be auto, fast or high, not \"best\""),
+            "\(refused.error)")
         let backup = try run(IT.walshipBinary, arguments + ["--compression", "high"], timeout: 300, check: false)
         #expect(backup.status == 0, "\(backup.error)")
         let counts = backup.output.firstMatch(of: /sent as .+ \((\d+) of (\d+) pieces LZ4HC\)/)
@@ -103,14 +121,19 @@ struct BackupRestoreTests {
         let damagedCopy = fixture.directory + "/damaged"
         let damaged = try run(IT.walshipBinary, ["restore", "--spool", topology.spool, "--pgdata", damagedCopy], check: false)
         #expect(damaged.status != 0, "\(damaged.output)")
-        #expect(damaged.error.contains("backup \(id) is damaged: \(archive)") && damaged.error.contains("expected CRC-32C")
+        #expect(
+            damaged.error.contains("backup \(id) is damaged: \(archive)") && damaged.error.contains("expected CRC-32C")
                 && damaged.error.contains("walship backups --spool"), "\(damaged.error)")
         #expect(!FileManager.default.fileExists(atPath: damagedCopy + "/postmaster.pid"))
         #expect(!FileManager.default.fileExists(atPath: damagedCopy + "/PG_VERSION"), "the damaged archive was unpacked")
         let drillDirectory = fixture.directory + "/drill"
-        let drill = try run(IT.walshipBinary, ["drill", "--spool", topology.spool, "--workdir", drillDirectory, "--keep",
-                                               "--report", fixture.logDirectory + "/damaged-drill", "--timeout", "30"],
-                            timeout: 180, check: false)
+        let drill = try run(
+            IT.walshipBinary,
+            [
+                "drill", "--spool", topology.spool, "--workdir", drillDirectory, "--keep",
+                "--report", fixture.logDirectory + "/damaged-drill", "--timeout", "30",
+            ],
+            timeout: 180, check: false)
         #expect(drill.status != 0, "\(drill.output)")
         #expect((drill.output + drill.error).contains("backup \(id) is damaged"), "\(drill.output)\(drill.error)")
         #expect(!FileManager.default.fileExists(atPath: drillDirectory + "/pgdata/postmaster.pid"), "the drill started a server")
@@ -127,8 +150,12 @@ struct BackupRestoreTests {
         try topology.primary.pgbench(["-i", "-s", "2", "-q"])
         let proxyPort = try fixture.slowLink(to: topology.receiverPort, mbit: 4)
         let started = Date()
-        let backup = try run(IT.walshipBinary, ["backup", "--source", topology.primary.conninfo, "--to", "127.0.0.1:\(proxyPort)",
-                                                "--link-timeout", "5"] + topology.linkArguments("sender"), timeout: 300, check: false)
+        let backup = try run(
+            IT.walshipBinary,
+            [
+                "backup", "--source", topology.primary.conninfo, "--to", "127.0.0.1:\(proxyPort)",
+                "--link-timeout", "5",
+            ] + topology.linkArguments("sender"), timeout: 300, check: false)
         let seconds = Date().timeIntervalSince(started)
         #expect(backup.status == 0, "\(backup.error)")
         #expect(backup.output.contains("complete"), "\(backup.output)")
@@ -145,10 +172,15 @@ struct BackupRestoreTests {
         try topology.startReceiver()
         try topology.startSender()
         try topology.switchAndWait()
-        let none = try run(IT.walshipBinary, ["restore", "--spool", topology.spool, "--pgdata", fixture.directory + "/x"], check: false)
+        let none = try run(
+            IT.walshipBinary, ["restore", "--spool", topology.spool, "--pgdata", fixture.directory + "/x"], check: false)
         #expect(none.status != 0 && none.error.contains("no complete base backup"), "\(none.error)")
-        let conflicting = try run(IT.walshipBinary, ["restore", "--spool", topology.spool, "--pgdata", fixture.directory + "/x",
-                                                     "--standby", "--primary-conninfo", "host=x", "--target-lsn", "0/1"], check: false)
+        let conflicting = try run(
+            IT.walshipBinary,
+            [
+                "restore", "--spool", topology.spool, "--pgdata", fixture.directory + "/x",
+                "--standby", "--primary-conninfo", "host=x", "--target-lsn", "0/1",
+            ], check: false)
         #expect(conflicting.status != 0 && conflicting.error.contains("does not go with --standby"), "\(conflicting.error)")
         let noSpool = try run(IT.walshipBinary, ["backups", "--spool", fixture.directory + "/missing"], check: false)
         #expect(noSpool.status != 0)
@@ -163,8 +195,10 @@ struct BackupRestoreTests {
         try topology.startSender()
         try topology.primary.pgbench(["-i", "-s", "1", "-q"])
         func backup() throws -> String {
-            let r = try run(IT.walshipBinary, ["backup", "--source", topology.primary.conninfo, "--to", "127.0.0.1:\(topology.receiverPort)"]
-                                + topology.linkArguments("sender"), timeout: 300)
+            let r = try run(
+                IT.walshipBinary,
+                ["backup", "--source", topology.primary.conninfo, "--to", "127.0.0.1:\(topology.receiverPort)"]
+                    + topology.linkArguments("sender"), timeout: 300)
             // The last line reads "backup <id> complete: ...".
             let line = r.output.split(separator: "\n").last { $0.hasPrefix("backup ") && $0.contains(" complete:") } ?? ""
             return String(line.split(separator: " ").dropFirst().first ?? "")
@@ -179,13 +213,19 @@ struct BackupRestoreTests {
 
         // The receiver pruned after the second backup completed: the first backup and the WAL before the second's start are gone.
         let listing = try run(IT.walshipBinary, ["backups", "--spool", topology.spool, "--json"])
-        let ids = try #require(try JSONSerialization.jsonObject(with: Data(listing.output.utf8)) as? [[String: Any]]).compactMap { $0["id"] as? String }
+        let ids = try #require(try JSONSerialization.jsonObject(with: Data(listing.output.utf8)) as? [[String: Any]]).compactMap {
+            $0["id"] as? String
+        }
         #expect(ids == [second], "\(ids)")
         // Completed segments and the in-progress one: the first left must be the kept backup's start segment.
         let kept = try FileManager.default.contentsOfDirectory(atPath: topology.walDirectory)
             .filter { $0.hasSuffix(".lz4") || $0.hasSuffix(".partial") }.map { String($0.prefix(24)) }.sorted()
-        let info = try #require(try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath:
-            topology.spool + "/\(topology.systemIdentifier)/base/\(second)/backup.json"))) as? [String: Any])
+        let info = try #require(
+            try JSONSerialization.jsonObject(
+                with: Data(
+                    contentsOf: URL(
+                        fileURLWithPath:
+                            topology.spool + "/\(topology.systemIdentifier)/base/\(second)/backup.json"))) as? [String: Any])
         let startSegment = try topology.primary.sql("SELECT pg_walfile_name('\(info["startLSN"] as! String)')")
         #expect(kept.first == startSegment, "\(kept.prefix(3)) vs \(startSegment)")
         let dry = try run(IT.walshipBinary, ["prune", "--spool", topology.spool, "--retain-backups", "1", "--dry-run"])
@@ -197,7 +237,9 @@ struct BackupRestoreTests {
         try waitUntil("the newest WAL in the spool", timeout: 60) { (try topology.durable() >= end, "") }
         let expected = try topology.primary.sql("SELECT sum(delta), count(*) FROM pgbench_history")
         topology.primary.stopImmediately()
-        try run(IT.walshipBinary, ["restore", "--spool", topology.spool, "--pgdata", fixture.directory + "/from-kept", "--target-action", "promote"])
+        try run(
+            IT.walshipBinary,
+            ["restore", "--spool", topology.spool, "--pgdata", fixture.directory + "/from-kept", "--target-action", "promote"])
         let copy = try fixture.startCopy(name: "from-kept", signal: "recovery.signal", settings: [])
         try waitUntil("the copy to finish recovery", timeout: 120) { (try copy.sql("SELECT pg_is_in_recovery()") == "f", "") }
         #expect(try copy.sql("SELECT count(*) FROM newest") == "4321")

@@ -27,8 +27,10 @@ struct ConfigCheckTests {
         return path
     }
 
-    func senderConfig(_ topology: ShipTopology, certs: String, ca: String? = nil, slot: String, createSlot: Bool = false,
-                      to: String? = nil, extra: String = "") -> String {
+    func senderConfig(
+        _ topology: ShipTopology, certs: String, ca: String? = nil, slot: String, createSlot: Bool = false,
+        to: String? = nil, extra: String = ""
+    ) -> String {
         """
         # test configuration
         tls-ca = "\(ca ?? certs)/ca.crt"
@@ -46,7 +48,8 @@ struct ConfigCheckTests {
     }
 
     func check(_ arguments: [String], environment: [String: String] = [:], asPostgres: Bool = false) throws -> CommandResult {
-        try run(IT.walshipBinary, ["check"] + arguments, asPostgres: asPostgres, timeout: 90, environment: environment, check: false)
+        try run(
+            IT.walshipBinary, ["check"] + arguments, asPostgres: asPostgres, timeout: 90, environment: environment, check: false)
     }
 
     func lines(_ result: CommandResult, _ level: String) -> [String] {
@@ -67,27 +70,43 @@ struct ConfigCheckTests {
         let send = try check(["--config", sendFile])
         #expect(send.status == 0, "\(send.output)\(send.error)")
         #expect(lines(send, "FAIL").isEmpty, "\(send.output)")
-        for expected in ["ok    configuration: \(sendFile) gives walship send", "ok    certificates: tls-key", "ok    certificates: tls-cert is signed by tls-ca",
-                         "ok    source: ", "PostgreSQL 15.", "system \(topology.systemIdentifier)", "ok    slot: physical slot \"walship_it\" present",
-                         "ok    receiver: 127.0.0.1:\(topology.receiverPort) answered the handshake over mutual TLS", "its spool resumes at",
-                         "clock: the primary is", "clock: the receiver is",
-                         "ok    synchronous: asynchronous shipping; synchronous_standby_names (empty) does not name \"walship\""] {
+        for expected in [
+            "ok    configuration: \(sendFile) gives walship send", "ok    certificates: tls-key",
+            "ok    certificates: tls-cert is signed by tls-ca",
+            "ok    source: ", "PostgreSQL 15.", "system \(topology.systemIdentifier)",
+            "ok    slot: physical slot \"walship_it\" present",
+            "ok    receiver: 127.0.0.1:\(topology.receiverPort) answered the handshake over mutual TLS", "its spool resumes at",
+            "clock: the primary is", "clock: the receiver is",
+            "ok    synchronous: asynchronous shipping; synchronous_standby_names (empty) does not name \"walship\"",
+        ] {
             #expect(send.output.contains(expected), "missing \"\(expected)\" in:\n\(send.output)")
         }
         // sync = true is held against the primary's synchronous_standby_names, both ways round.
-        let syncFile = try write(fixture, "send-sync.toml", senderConfig(topology, certs: good, slot: "walship_it", extra: "sync = true"))
+        let syncFile = try write(
+            fixture, "send-sync.toml", senderConfig(topology, certs: good, slot: "walship_it", extra: "sync = true"))
         let unnamed = try check(["--config", syncFile])
         #expect(unnamed.status == 0, "\(unnamed.output)\(unnamed.error)")
-        #expect(unnamed.output.contains("WARN  synchronous: sync = true, but synchronous_standby_names (empty) does not name \"walship\": commits will not wait"), "\(unnamed.output)")
+        #expect(
+            unnamed.output.contains(
+                "WARN  synchronous: sync = true, but synchronous_standby_names (empty) does not name \"walship\": commits will not wait"
+            ), "\(unnamed.output)")
         try topology.primary.sql("ALTER SYSTEM SET synchronous_standby_names = 'walship'")
         try topology.primary.sql("SELECT pg_reload_conf()")
         try waitUntil("the primary to name walship as its synchronous standby", timeout: 30) {
-            (try topology.primary.sql("SELECT sync_state FROM pg_stat_replication WHERE application_name = 'walship'") == "sync", "")
+            (
+                try topology.primary.sql("SELECT sync_state FROM pg_stat_replication WHERE application_name = 'walship'")
+                    == "sync", ""
+            )
         }
         let named = try check(["--config", syncFile])
-        #expect(named.output.contains("ok    synchronous: synchronous_standby_names ('walship') names \"walship\": commits wait"), "\(named.output)")
+        #expect(
+            named.output.contains("ok    synchronous: synchronous_standby_names ('walship') names \"walship\": commits wait"),
+            "\(named.output)")
         let asynchronous = try check(["--config", sendFile])
-        #expect(asynchronous.output.contains("WARN  synchronous: synchronous_standby_names ('walship') names \"walship\", but sync = false"), "\(asynchronous.output)")
+        #expect(
+            asynchronous.output.contains(
+                "WARN  synchronous: synchronous_standby_names ('walship') names \"walship\", but sync = false"),
+            "\(asynchronous.output)")
         try topology.primary.sql("ALTER SYSTEM RESET synchronous_standby_names")
         try topology.primary.sql("SELECT pg_reload_conf()")
         // The running sender was not disturbed: same walsender, still streaming, and WAL still arrives.
@@ -97,11 +116,14 @@ struct ConfigCheckTests {
         try waitUntil("WAL after the check to be durable", timeout: 60) { (try topology.durable() >= target, "") }
         #expect(topology.sender!.isRunning)
         // The probe's application name is not left behind on the primary.
-        #expect(try topology.primary.sql("SELECT count(*) FROM pg_stat_replication WHERE application_name = 'walship check'") == "0")
+        #expect(
+            try topology.primary.sql("SELECT count(*) FROM pg_stat_replication WHERE application_name = 'walship check'") == "0")
 
         // The receiver's side, against the receiver that runs: its ports are held by it, and that is fine.
         let spoolBefore = try FileManager.default.contentsOfDirectory(atPath: topology.spool).sorted()
-        let receiveFile = try write(fixture, "receive.toml", """
+        let receiveFile = try write(
+            fixture, "receive.toml",
+            """
             tls-ca = "\(good)/ca.crt"
             [receive]
             listen = "127.0.0.1:\(topology.receiverPort)"
@@ -112,14 +134,25 @@ struct ConfigCheckTests {
             """)
         let receive = try check(["--config", receiveFile])
         #expect(receive.status == 0, "\(receive.output)\(receive.error)")
-        #expect(receive.output.contains("ok    spool: \(topology.spool) is writable and fsyncs (systems \(topology.systemIdentifier)"), "\(receive.output)")
-        #expect(receive.output.contains("ok    listen: 127.0.0.1:\(topology.receiverPort) is in use by the running walship receive"), "\(receive.output)")
-        #expect(try FileManager.default.contentsOfDirectory(atPath: topology.spool).sorted() == spoolBefore, "the check left a file in the spool")
+        #expect(
+            receive.output.contains(
+                "ok    spool: \(topology.spool) is writable and fsyncs (systems \(topology.systemIdentifier)"),
+            "\(receive.output)")
+        #expect(
+            receive.output.contains("ok    listen: 127.0.0.1:\(topology.receiverPort) is in use by the running walship receive"),
+            "\(receive.output)")
+        #expect(
+            try FileManager.default.contentsOfDirectory(atPath: topology.spool).sorted() == spoolBefore,
+            "the check left a file in the spool")
 
         // One file with both tables needs --role; WALSHIP_CONFIG names the file when --config does not.
-        let both = try write(fixture, "both.toml", try String(contentsOfFile: sendFile, encoding: .utf8) + "\n[receive]\nlisten = \"127.0.0.1:1\"\nspool = \"/tmp\"\n")
+        let both = try write(
+            fixture, "both.toml",
+            try String(contentsOfFile: sendFile, encoding: .utf8) + "\n[receive]\nlisten = \"127.0.0.1:1\"\nspool = \"/tmp\"\n")
         let ambiguous = try check([], environment: ["WALSHIP_CONFIG": both])
-        #expect(ambiguous.status == 1 && ambiguous.output.contains("configures receive and send (hint: pass --role"), "\(ambiguous.output)")
+        #expect(
+            ambiguous.status == 1 && ambiguous.output.contains("configures receive and send (hint: pass --role"),
+            "\(ambiguous.output)")
         let chosen = try check(["--role", "send"], environment: ["WALSHIP_CONFIG": both])
         #expect(chosen.status == 0, "\(chosen.output)")
     }
@@ -134,38 +167,69 @@ struct ConfigCheckTests {
         try topology.startReceiver()
 
         // A slot that is missing, and send would not create.
-        let missing = try check(["--config", try write(fixture, "missing-slot.toml", senderConfig(topology, certs: good, slot: "nosuch"))])
+        let missing = try check([
+            "--config", try write(fixture, "missing-slot.toml", senderConfig(topology, certs: good, slot: "nosuch")),
+        ])
         #expect(missing.status == 1, "\(missing.output)")
-        #expect(lines(missing, "FAIL") == ["FAIL  slot: \"nosuch\" does not exist on the primary (hint: set create-slot = true, or run SELECT pg_create_physical_replication_slot('nosuch', true);)"], "\(missing.output)")
+        #expect(
+            lines(missing, "FAIL") == [
+                "FAIL  slot: \"nosuch\" does not exist on the primary (hint: set create-slot = true, or run SELECT pg_create_physical_replication_slot('nosuch', true);)"
+            ], "\(missing.output)")
         // With create-slot it passes, and the check does not create it.
-        let creatable = try check(["--config", try write(fixture, "create-slot.toml", senderConfig(topology, certs: good, slot: "nosuch", createSlot: true))])
+        let creatable = try check([
+            "--config",
+            try write(fixture, "create-slot.toml", senderConfig(topology, certs: good, slot: "nosuch", createSlot: true)),
+        ])
         #expect(creatable.status == 0 && creatable.output.contains("walship send creates it"), "\(creatable.output)")
         #expect(try topology.primary.sql("SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'nosuch'") == "0")
 
         // Nothing listens on the receiver port.
         let closedPort = IT.freePort()
-        let wrongPort = try check(["--config", try write(fixture, "wrong-port.toml", senderConfig(topology, certs: good, slot: "nosuch", createSlot: true,
-                                                                                                   to: "127.0.0.1:\(closedPort)"))])
+        let wrongPort = try check([
+            "--config",
+            try write(
+                fixture, "wrong-port.toml",
+                senderConfig(
+                    topology, certs: good, slot: "nosuch", createSlot: true,
+                    to: "127.0.0.1:\(closedPort)")),
+        ])
         #expect(wrongPort.status == 1, "\(wrongPort.output)")
         let portFailure = lines(wrongPort, "FAIL")
-        #expect(portFailure.count == 1 && portFailure[0].hasPrefix("FAIL  receiver: 127.0.0.1:\(closedPort): receiver 127.0.0.1:\(closedPort) is unreachable")
+        #expect(
+            portFailure.count == 1
+                && portFailure[0].hasPrefix(
+                    "FAIL  receiver: 127.0.0.1:\(closedPort): receiver 127.0.0.1:\(closedPort) is unreachable")
                 && portFailure[0].contains("hint: is walship receive running there"), "\(wrongPort.output)")
 
         // A whole certificate set from another CA: each file is fine, the receiver refuses it.
-        let otherCA = try check(["--config", try write(fixture, "foreign.toml", senderConfig(topology, certs: foreign, slot: "nosuch", createSlot: true))])
+        let otherCA = try check([
+            "--config",
+            try write(fixture, "foreign.toml", senderConfig(topology, certs: foreign, slot: "nosuch", createSlot: true)),
+        ])
         #expect(otherCA.status == 1, "\(otherCA.output)")
-        #expect(lines(otherCA, "FAIL").count == 1 && otherCA.output.contains("FAIL  receiver: 127.0.0.1:\(topology.receiverPort): TLS with the receiver failed"),
-                "\(otherCA.output)")
+        #expect(
+            lines(otherCA, "FAIL").count == 1
+                && otherCA.output.contains("FAIL  receiver: 127.0.0.1:\(topology.receiverPort): TLS with the receiver failed"),
+            "\(otherCA.output)")
         // Our certificate with a CA that did not sign it: found before any connection.
-        let mixed = try check(["--config", try write(fixture, "mixed.toml", senderConfig(topology, certs: good, ca: foreign, slot: "nosuch", createSlot: true))])
-        #expect(mixed.status == 1 && mixed.output.contains("FAIL  certificates: tls-cert \(good)/sender.crt is not signed by tls-ca \(foreign)/ca.crt"),
-                "\(mixed.output)")
+        let mixed = try check([
+            "--config",
+            try write(fixture, "mixed.toml", senderConfig(topology, certs: good, ca: foreign, slot: "nosuch", createSlot: true)),
+        ])
+        #expect(
+            mixed.status == 1
+                && mixed.output.contains(
+                    "FAIL  certificates: tls-cert \(good)/sender.crt is not signed by tls-ca \(foreign)/ca.crt"),
+            "\(mixed.output)")
 
         // A spool this user cannot write (as root, checked as the postgres OS user the receiver runs as).
         let locked = fixture.directory + "/locked-spool"
-        try FileManager.default.createDirectory(atPath: locked, withIntermediateDirectories: true, attributes: [.posixPermissions: IT.isRoot ? 0o755 : 0o555])
+        try FileManager.default.createDirectory(
+            atPath: locked, withIntermediateDirectories: true, attributes: [.posixPermissions: IT.isRoot ? 0o755 : 0o555])
         defer { chmod(locked, 0o755) }
-        let receiveFile = try write(fixture, "locked.toml", """
+        let receiveFile = try write(
+            fixture, "locked.toml",
+            """
             insecure = true
             [receive]
             listen = "127.0.0.1:\(IT.freePort())"
@@ -173,17 +237,29 @@ struct ConfigCheckTests {
             """)
         let unwritable = try check(["--config", receiveFile], asPostgres: IT.isRoot)
         #expect(unwritable.status == 1, "\(unwritable.output)\(unwritable.error)")
-        #expect(unwritable.output.contains("FAIL  spool: \(locked) is not writable for this user: Permission denied"), "\(unwritable.output)")
+        #expect(
+            unwritable.output.contains("FAIL  spool: \(locked) is not writable for this user: Permission denied"),
+            "\(unwritable.output)")
         #expect(unwritable.output.contains("WARN  certificates: none"), "\(unwritable.output)")
 
         // The configuration itself: an unknown key, with the nearest one as hint, and a bad value traced to its source.
-        let typo = try check(["--config", try write(fixture, "typo.toml", senderConfig(topology, certs: good, slot: "walship_it", extra: "slott = \"x\""))])
-        #expect(typo.status == 1 && typo.output.contains("FAIL  configuration: \(fixture.directory)/typo.toml: [send] has an unknown key slott (hint: did you mean slot?"),
-                "\(typo.output)")
-        let badValue = try check(["--config", try write(fixture, "bad.toml", senderConfig(topology, certs: good, slot: "walship_it"))],
-                                 environment: ["WALSHIP_LINK_TIMEOUT": "soon"])
-        #expect(badValue.status == 1 && badValue.output.contains("--link-timeout") && badValue.output.contains("note: --link-timeout came from the environment variable WALSHIP_LINK_TIMEOUT"),
-                "\(badValue.output)")
+        let typo = try check([
+            "--config",
+            try write(fixture, "typo.toml", senderConfig(topology, certs: good, slot: "walship_it", extra: "slott = \"x\"")),
+        ])
+        #expect(
+            typo.status == 1
+                && typo.output.contains(
+                    "FAIL  configuration: \(fixture.directory)/typo.toml: [send] has an unknown key slott (hint: did you mean slot?"
+                ),
+            "\(typo.output)")
+        let badValue = try check(
+            ["--config", try write(fixture, "bad.toml", senderConfig(topology, certs: good, slot: "walship_it"))],
+            environment: ["WALSHIP_LINK_TIMEOUT": "soon"])
+        #expect(
+            badValue.status == 1 && badValue.output.contains("--link-timeout")
+                && badValue.output.contains("note: --link-timeout came from the environment variable WALSHIP_LINK_TIMEOUT"),
+            "\(badValue.output)")
     }
 
     @Test func sendWithConfigStreamsWithFlagsOverEnvironmentOverFile() throws {
@@ -193,16 +269,23 @@ struct ConfigCheckTests {
         var topology = try ShipTopology(fixture)
         topology.linkArguments = { tlsArguments(good, $0) }
         try topology.startReceiver()
-        let file = try write(fixture, "walship.toml", senderConfig(topology, certs: good, slot: "from_file", createSlot: true, extra: """
-            application-name = "name_from_file"
-            status-listen = "127.0.0.1:\(topology.senderStatusPort)"
-            retry-max-seconds = 2
-            """))
+        let file = try write(
+            fixture, "walship.toml",
+            senderConfig(
+                topology, certs: good, slot: "from_file", createSlot: true,
+                extra: """
+                    application-name = "name_from_file"
+                    status-listen = "127.0.0.1:\(topology.senderStatusPort)"
+                    retry-max-seconds = 2
+                    """))
         // The slot comes from the environment over the file; the application name from the flag over both.
-        topology.sender = try fixture.walship("sender", ["send", "--config", file, "--application-name", "name_from_flag"],
-                                              environment: ["WALSHIP_SLOT": "from_env", "WALSHIP_APPLICATION_NAME": "name_from_env"])
+        topology.sender = try fixture.walship(
+            "sender", ["send", "--config", file, "--application-name", "name_from_flag"],
+            environment: ["WALSHIP_SLOT": "from_env", "WALSHIP_APPLICATION_NAME": "name_from_env"])
         try topology.waitUntilStreaming()
-        #expect(try topology.primary.sql("SELECT string_agg(slot_name, ',' ORDER BY slot_name) FROM pg_replication_slots") == "from_env")
+        #expect(
+            try topology.primary.sql("SELECT string_agg(slot_name, ',' ORDER BY slot_name) FROM pg_replication_slots")
+                == "from_env")
         #expect(try topology.primary.sql("SELECT string_agg(application_name, ',') FROM pg_stat_replication") == "name_from_flag")
         try topology.primary.sql("CREATE TABLE shipped AS SELECT g FROM generate_series(1, 1000) g")
         let target = try lsn(topology.primary.sql("SELECT pg_current_wal_lsn()"))!
@@ -211,6 +294,9 @@ struct ConfigCheckTests {
         // A bad file stops the command before it starts, naming key and file.
         let bad = try write(fixture, "bad.toml", "[send]\nslot = \"s\"\ntls-certt = \"x\"\n")
         let refused = try run(IT.walshipBinary, ["send", "--config", bad], timeout: 30, check: false)
-        #expect(refused.status != 0 && refused.error.contains("\(bad): [send] has an unknown key tls-certt (hint: did you mean tls-cert?"), "\(refused.error)")
+        #expect(
+            refused.status != 0
+                && refused.error.contains("\(bad): [send] has an unknown key tls-certt (hint: did you mean tls-cert?"),
+            "\(refused.error)")
     }
 }

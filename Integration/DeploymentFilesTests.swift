@@ -30,7 +30,8 @@ import Testing
     }
 
     func yamlAsJSON(_ path: String) throws -> Any {
-        let r = try run("/usr/bin/python3", ["-c", "import sys, json, yaml; print(json.dumps(yaml.safe_load(open(sys.argv[1]))))", path])
+        let r = try run(
+            "/usr/bin/python3", ["-c", "import sys, json, yaml; print(json.dumps(yaml.safe_load(open(sys.argv[1]))))", path])
         return try JSONSerialization.jsonObject(with: Data(r.output.utf8))
     }
 
@@ -42,12 +43,14 @@ import Testing
         var directories: Set<String> = ["Sources", "Tests"]
         for custom in manifest.matches(of: /path: "([^"\/]+)/) { directories.insert(String(custom.output.1)) }
         let copied = Set(dockerfile.matches(of: #/(?m)^COPY (\S+) /#).map { String($0.output.1) })
-        #expect(copied.isSuperset(of: directories), "compose/Dockerfile does not copy \(directories.subtracting(copied).sorted())")
+        #expect(
+            copied.isSuperset(of: directories), "compose/Dockerfile does not copy \(directories.subtracting(copied).sorted())")
         // The same link flags as `make release`.
         let flags = try #require(makefile.firstMatch(of: /(?m)^RELEASE_LINK_FLAGS = (.+)$/)).output.1
         let joined = dockerfile.replacing(/\s*\\\n\s*/, with: " ")
-        #expect(joined.contains("swift build -c release --static-swift-stdlib --product walship \(flags)"),
-                "compose/Dockerfile's build differs from make release's flags: \(flags)")
+        #expect(
+            joined.contains("swift build -c release --static-swift-stdlib --product walship \(flags)"),
+            "compose/Dockerfile's build differs from make release's flags: \(flags)")
     }
 
     @Test func composeStackUsesRealOptions() throws {
@@ -58,7 +61,8 @@ import Testing
         for (name, service) in services {
             // Services built from the walship image run `walship COMMAND…` (their entrypoint).
             if let command = service["command"] as? [String], (service["image"] as? String) == "walship:local" {
-                checked += try checkCommandLines(in: "walship " + command.joined(separator: " "), source: "compose service \(name)")
+                checked += try checkCommandLines(
+                    in: "walship " + command.joined(separator: " "), source: "compose service \(name)")
             }
             if let entrypoint = service["entrypoint"] as? [String] {
                 checked += try checkCommandLines(in: entrypoint.joined(separator: " "), source: "compose service \(name)")
@@ -68,12 +72,14 @@ import Testing
         let rules = try #require(try yamlAsJSON(Self.root + "/compose/alert-rules.yml") as? [String: Any])
         #expect((rules["groups"] as? [[String: Any]])?.first?["rules"] != nil)
         _ = try yamlAsJSON(Self.root + "/compose/prometheus.yml")
-        let dashboard = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: Self.root + "/compose/grafana/dashboards/walship.json")))
+        let dashboard = try JSONSerialization.jsonObject(
+            with: Data(contentsOf: URL(fileURLWithPath: Self.root + "/compose/grafana/dashboards/walship.json")))
         #expect((dashboard as? [String: Any])?["panels"] != nil)
 
         // Every metric the rules and the dashboard query is one walship documents (docs/monitoring.md).
         let documented = try String(contentsOfFile: Self.root + "/docs/monitoring.md", encoding: .utf8)
-        let queried = try String(contentsOfFile: Self.root + "/compose/alert-rules.yml", encoding: .utf8)
+        let queried =
+            try String(contentsOfFile: Self.root + "/compose/alert-rules.yml", encoding: .utf8)
             + String(contentsOfFile: Self.root + "/compose/grafana/dashboards/walship.json", encoding: .utf8)
         for metric in Set(queried.matches(of: /walship_[a-z_]+/).map { String($0.output) }) {
             #expect(documented.contains("`\(metric)`"), "\(metric) is queried but not a documented metric")
@@ -119,7 +125,8 @@ import Testing
                 .replacingOccurrences(of: "\\\n", with: " ")
             let command = file.contains("receive") ? "receive" : "send"
             if file.hasSuffix(".service") {
-                #expect(text.contains("Restart=always") && text.contains("EnvironmentFile=") && text.contains("NoNewPrivileges=yes"))
+                #expect(
+                    text.contains("Restart=always") && text.contains("EnvironmentFile=") && text.contains("NoNewPrivileges=yes"))
                 #expect(text.contains("walship \(command) --config /etc/walship/walship.toml"))
                 checked += try checkCommandLines(in: text, source: file)
             } else {
@@ -139,7 +146,9 @@ import Testing
     /// top-level keys options of both) and is accepted whole by the commands that read it.
     @Test func exampleConfigurationUsesRealKeys() throws {
         let path = Self.root + "/contrib/walship.toml.example"
-        let r = try run("/usr/bin/python3", ["-c", "import sys, json, tomllib; print(json.dumps(tomllib.load(open(sys.argv[1], 'rb'))))", path])
+        let r = try run(
+            "/usr/bin/python3",
+            ["-c", "import sys, json, tomllib; print(json.dumps(tomllib.load(open(sys.argv[1], 'rb'))))", path])
         let document = try #require(try JSONSerialization.jsonObject(with: Data(r.output.utf8)) as? [String: Any])
         let send = try options(["send"]), receive = try options(["receive"])
         var checked = 0
@@ -152,7 +161,9 @@ import Testing
                     checked += 1
                 }
             } else {
-                #expect(send.contains("--" + key) && receive.contains("--" + key), "top-level \(key) is not an option of both commands")
+                #expect(
+                    send.contains("--" + key) && receive.contains("--" + key),
+                    "top-level \(key) is not an option of both commands")
                 checked += 1
             }
         }
@@ -160,8 +171,9 @@ import Testing
 
         // walship check parses it as the commands do (their own validation included); the endpoints are
         // pointed at closed loopback ports so nothing leaves this machine.
-        let check = try run(IT.walshipBinary, ["check", "--config", path, "--role", "send"], timeout: 60,
-                            environment: ["WALSHIP_SOURCE": "host=127.0.0.1 port=1 connect_timeout=5", "WALSHIP_TO": "127.0.0.1:1"], check: false)
+        let check = try run(
+            IT.walshipBinary, ["check", "--config", path, "--role", "send"], timeout: 60,
+            environment: ["WALSHIP_SOURCE": "host=127.0.0.1 port=1 connect_timeout=5", "WALSHIP_TO": "127.0.0.1:1"], check: false)
         #expect(check.output.hasPrefix("ok    configuration: \(path) gives walship send"), "\(check.output)\(check.error)")
         #expect(check.status == 1 && check.output.contains("FAIL  source:"), "\(check.output)")
         for role in ["send", "receive"] {

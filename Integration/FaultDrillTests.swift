@@ -36,13 +36,18 @@ struct FaultDrillTests {
 
         let fixture = try Fixture("fault-drills")
         defer { fixture.tearDown() }
-        var topology = try ShipTopology(fixture, primarySettings: ["synchronous_standby_names": "'walship'", "wal_sender_timeout": "'5s'"])
+        var topology = try ShipTopology(
+            fixture, primarySettings: ["synchronous_standby_names": "'walship'", "wal_sender_timeout": "'5s'"])
         let standbyPort = IT.freePort()
         let proxyPort = IT.freePort()
         let control = fixture.directory + "/proxy-mode"
         try "pass".write(toFile: control, atomically: true, encoding: .utf8)
-        _ = try fixture.daemon("proxy", "/usr/bin/python3", [IT.repositoryRoot + "/scripts/fault-proxy.py", "\(proxyPort)",
-                                                             "\(topology.receiverPort)", control])
+        _ = try fixture.daemon(
+            "proxy", "/usr/bin/python3",
+            [
+                IT.repositoryRoot + "/scripts/fault-proxy.py", "\(proxyPort)",
+                "\(topology.receiverPort)", control,
+            ])
         topology.receiverExtra = ["--standby-listen", "127.0.0.1:\(standbyPort)", "--standby-trust"]
         topology.senderTargetPort = proxyPort
         let storageFaults = fixture.directory + "/storage-faults"
@@ -98,7 +103,10 @@ struct FaultDrillTests {
                     // The writer's sessions reconnect by themselves; ids in flight at the crash are not used again.
                     kill(try postmasterPID(topology.primary), SIGKILL)
                     try waitUntil("the primary to restart after its crash", timeout: 60) {
-                        do { try topology.primary.start(); return (true, "") } catch { return (false, "\(error)") }
+                        do {
+                            try topology.primary.start()
+                            return (true, "")
+                        } catch { return (false, "\(error)") }
                     }
                 case .cutLink:
                     try "cut".write(toFile: control, atomically: true, encoding: .utf8)
@@ -146,19 +154,28 @@ struct FaultDrillTests {
         let loadSeconds = Date().timeIntervalSince(loadStarted)
         topology.sender!.kill9()
         let acked = Set(acknowledgedIDs(ackedFile))
-        let promote = try run(IT.walshipBinary, ["promote", "--pgdata", standby.dataDirectory, "--spool", topology.spool,
-                                                 "--report", fixture.logDirectory + "/promotion"], timeout: 200, check: false)
+        let promote = try run(
+            IT.walshipBinary,
+            [
+                "promote", "--pgdata", standby.dataDirectory, "--spool", topology.spool,
+                "--report", fixture.logDirectory + "/promotion",
+            ], timeout: 200, check: false)
         #expect(promote.status == 0, "\(promote.output)\(promote.error)")
         let present = Set(try standby.sql("SELECT id FROM acknowledged").split(separator: "\n").compactMap { Int($0) })
         let lost = acked.subtracting(present)
         print("fault                          rounds  acknowledged  lost  max resume (s)")
         for fault in Fault.allCases {
             let t = tally[fault] ?? Tally()
-            print(fault.rawValue.padding(toLength: 31, withPad: " ", startingAt: 0) + String(format: "%6d  %12d  %4d  %14.1f", t.rounds, acked.count, lost.count, t.maxResume))
+            print(
+                fault.rawValue.padding(toLength: 31, withPad: " ", startingAt: 0)
+                    + String(format: "%6d  %12d  %4d  %14.1f", t.rounds, acked.count, lost.count, t.maxResume))
         }
-        print(String(format: "fault drills: %d commits acknowledged in %.0f s, %.0f/s through the faults, %.0f/s before them",
-                     acked.count, loadSeconds, Double(acked.count) / loadSeconds, steadyRate))
-        #expect(lost.isEmpty, "acknowledged commits missing on the promoted DR replica: \(lost.sorted().prefix(20)) (seed \(seed))")
+        print(
+            String(
+                format: "fault drills: %d commits acknowledged in %.0f s, %.0f/s through the faults, %.0f/s before them",
+                acked.count, loadSeconds, Double(acked.count) / loadSeconds, steadyRate))
+        #expect(
+            lost.isEmpty, "acknowledged commits missing on the promoted DR replica: \(lost.sorted().prefix(20)) (seed \(seed))")
         #expect(acked.count > 50)
     }
 
@@ -178,7 +195,9 @@ struct FaultDrillTests {
             let mounted = try run("/bin/mount", ["-t", "tmpfs", "-o", "size=128m", "tmpfs", spool], check: false)
             mountedTmpfs = mounted.status == 0
             if !mountedTmpfs {
-                print("disk-full drill: mounting a 128 MB tmpfs was refused (\(mounted.error.trimmingCharacters(in: .whitespacesAndNewlines))); falling back to --spool-max-bytes 160M")
+                print(
+                    "disk-full drill: mounting a 128 MB tmpfs was refused (\(mounted.error.trimmingCharacters(in: .whitespacesAndNewlines))); falling back to --spool-max-bytes 160M"
+                )
                 useQuota = true
             }
         }
@@ -192,8 +211,11 @@ struct FaultDrillTests {
 
         var topology = try ShipTopology(fixture, primarySettings: ["synchronous_standby_names": "'walship'"])
         let alerts = fixture.directory + "/alerts.jsonl"
-        topology.receiverExtra = ["--alert-spool-free-percent", "30", "--alert-recovery-seconds", "1",
-                                  "--alert-command", "cat >> \(alerts); echo >> \(alerts)"]
+        topology.receiverExtra =
+            [
+                "--alert-spool-free-percent", "30", "--alert-recovery-seconds", "1",
+                "--alert-command", "cat >> \(alerts); echo >> \(alerts)",
+            ]
             // The quota keeps room for a journal and its compressed copy: 160M leaves about what the 128 MB tmpfs does.
             + (useQuota ? ["--spool-max-bytes", "160M"] : [])
         try topology.startReceiver()
@@ -203,10 +225,13 @@ struct FaultDrillTests {
         _ = try startAcknowledgedWriter(fixture, primary: topology.primary, table: "acknowledged", file: ackedFile)
         // Random bytes: WAL that LZ4 cannot shrink, about 60 MB of it.
         try topology.primary.sql("CREATE EXTENSION pgcrypto")
-        let load = try fixture.daemon("load", "/usr/bin/psql", [
-            "-h", "127.0.0.1", "-p", "\(topology.primary.port)", "-U", "postgres", "-d", "postgres", "-v", "ON_ERROR_STOP=1", "-c",
-            "CREATE TABLE blobs AS SELECT g, gen_random_bytes(1000) AS b FROM generate_series(1, 60000) g",
-        ])
+        let load = try fixture.daemon(
+            "load", "/usr/bin/psql",
+            [
+                "-h", "127.0.0.1", "-p", "\(topology.primary.port)", "-U", "postgres", "-d", "postgres", "-v", "ON_ERROR_STOP=1",
+                "-c",
+                "CREATE TABLE blobs AS SELECT g, gen_random_bytes(1000) AS b FROM generate_series(1, 60000) g",
+            ])
 
         try waitUntil("the spool to fill up", timeout: 180) {
             let log = topology.receiver!.log
@@ -223,7 +248,9 @@ struct FaultDrillTests {
 
         // Space returns; everything resumes by itself.
         try FileManager.default.removeItem(atPath: filler)
-        try waitUntil("the load to finish once space returned", timeout: 300) { (!load.isRunning, load.log.suffix(300).description) }
+        try waitUntil("the load to finish once space returned", timeout: 300) {
+            (!load.isRunning, load.log.suffix(300).description)
+        }
         #expect(load.exitStatus == 0, "\(load.log)")
         try waitUntil("commits to flow again", timeout: 60) { (acknowledgedIDs(ackedFile).count > stalled + 5, "") }
         let last = try topology.switchAndWait()
@@ -241,13 +268,16 @@ struct FaultDrillTests {
     @Test func degradeAfterKeepsCommittingAndTheLossStaysWithinTheReportedExposure() throws {
         let fixture = try Fixture("fault-degrade")
         defer { fixture.tearDown() }
-        var topology = try ShipTopology(fixture, primarySettings: ["synchronous_standby_names": "'walship'", "wal_sender_timeout": "'5s'"])
+        var topology = try ShipTopology(
+            fixture, primarySettings: ["synchronous_standby_names": "'walship'", "wal_sender_timeout": "'5s'"])
         let standbyPort = IT.freePort()
         let buffer = fixture.directory + "/buffer"
         topology.receiverExtra = ["--standby-listen", "127.0.0.1:\(standbyPort)", "--standby-trust"]
         try topology.startReceiver(linkTimeout: 5)
-        try topology.startSender(extra: ["--sync", "--link-timeout", "5", "--on-receiver-loss", "degrade-after=3s",
-                                         "--buffer-dir", buffer, "--alert-recovery-seconds", "1"])
+        try topology.startSender(extra: [
+            "--sync", "--link-timeout", "5", "--on-receiver-loss", "degrade-after=3s",
+            "--buffer-dir", buffer, "--alert-recovery-seconds", "1",
+        ])
         let standby = try startDRStandby(fixture, topology, port: standbyPort)
         try topology.primary.sql("CREATE TABLE acknowledged (id int PRIMARY KEY)")
         let ackedFile = fixture.directory + "/acked.txt"
@@ -286,8 +316,10 @@ struct FaultDrillTests {
         try waitUntil("synchronous acknowledgement again", timeout: 90) {
             let status = try sender()
             let d = details(status)
-            return (d["degraded"] as? Bool == false && d["rpoExposure"] == nil && !firing(status).contains("rpo_exposure"),
-                    "\(d)\n\(topology.sender!.log.suffix(1500))")
+            return (
+                d["degraded"] as? Bool == false && d["rpoExposure"] == nil && !firing(status).contains("rpo_exposure"),
+                "\(d)\n\(topology.sender!.log.suffix(1500))"
+            )
         }
         #expect(try String(contentsOfFile: buffer + "/audit.log", encoding: .utf8).contains(#""event":"synchronous""#))
         #expect(!FileManager.default.fileExists(atPath: buffer + "/" + topology.systemIdentifier))
@@ -319,38 +351,50 @@ struct FaultDrillTests {
         topology.sender!.kill9()
 
         try topology.startReceiver(linkTimeout: 5)
-        let promote = try run(IT.walshipBinary, ["promote", "--pgdata", standby.dataDirectory, "--spool", topology.spool,
-                                                 "--report", fixture.logDirectory + "/promotion"], timeout: 200, check: false)
+        let promote = try run(
+            IT.walshipBinary,
+            [
+                "promote", "--pgdata", standby.dataDirectory, "--spool", topology.spool,
+                "--report", fixture.logDirectory + "/promotion",
+            ], timeout: 200, check: false)
         #expect(promote.status == 0, "\(promote.output)\(promote.error)")
         let present = Set(try standby.sql("SELECT id FROM acknowledged").split(separator: "\n").compactMap { Int($0) })
         let acked = acknowledgedIDs(ackedFile)
         let lost = Set(acked).subtracting(present)
         // Everything acknowledged while synchronous, and everything shipped from the buffer, survived.
-        #expect(shippedFromBuffer.isSubset(of: present), "lost after being shipped: \(shippedFromBuffer.subtracting(present).sorted().prefix(20))")
+        #expect(
+            shippedFromBuffer.isSubset(of: present),
+            "lost after being shipped: \(shippedFromBuffer.subtracting(present).sorted().prefix(20))")
         // The loss is real (the test can fail) and exactly the newest commits, those acknowledged without the DR site.
         #expect(!lost.isEmpty, "nothing was lost although commits were acknowledged without the DR site")
         if let firstLost = lost.min() { #expect(acked.filter { $0 >= firstLost }.allSatisfy(lost.contains)) }
         // The promoted replica replayed at least to the offsite end reported, so the WAL lost is at most
         // the acknowledged end minus that: the exposure reported at the moment of the disaster.
         let history = try String(contentsOfFile: standby.dataDirectory + "/pg_wal/00000002.history", encoding: .utf8)
-        let recoveryEnd = try #require(history.split(separator: "\n").first.flatMap { line in lsn(String(line.split(separator: "\t")[1])) }, "\(history)")
+        let recoveryEnd = try #require(
+            history.split(separator: "\n").first.flatMap { line in lsn(String(line.split(separator: "\t")[1])) }, "\(history)")
         #expect(recoveryEnd >= offsite, "recovery ended at \(String(recoveryEnd, radix: 16)), before the reported offsite end")
         // Each lost commit lies past the offsite end reported (its recorded position is just before its commit
         // record, so within one small transaction of it): nothing older than the exposure was lost.
         let lostCommits = acknowledgedCommits(ackedFile).filter { lost.contains($0.id) }
-        #expect(lostCommits.allSatisfy { $0.lsn + 512 > offsite && $0.lsn < acknowledgedEnd },
-                "lost commits at \(lostCommits.prefix(5).map { String($0.lsn, radix: 16) }) vs offsite \(String(offsite, radix: 16))")
-        print("degrade drill: \(acked.count) acknowledged, \(lost.count) lost; exposure reported \(exposedBytes) B / \(reported["seconds"] ?? "?") s; WAL lost \(acknowledgedEnd > recoveryEnd ? acknowledgedEnd - recoveryEnd : 0) B")
+        #expect(
+            lostCommits.allSatisfy { $0.lsn + 512 > offsite && $0.lsn < acknowledgedEnd },
+            "lost commits at \(lostCommits.prefix(5).map { String($0.lsn, radix: 16) }) vs offsite \(String(offsite, radix: 16))")
+        print(
+            "degrade drill: \(acked.count) acknowledged, \(lost.count) lost; exposure reported \(exposedBytes) B / \(reported["seconds"] ?? "?") s; WAL lost \(acknowledgedEnd > recoveryEnd ? acknowledgedEnd - recoveryEnd : 0) B"
+        )
         #expect(acknowledgedEnd - min(acknowledgedEnd, recoveryEnd) <= exposedBytes)
     }
 
     /// The DR standby, from a base backup of the primary, streaming from the receiver's standby endpoint.
     func startDRStandby(_ fixture: Fixture, _ topology: ShipTopology, port: Int) throws -> Cluster {
         try fixture.baseBackup(of: topology.primary, name: "dr")
-        return try fixture.startCopy(name: "dr", signal: "standby.signal", settings: [
-            "primary_conninfo = 'host=127.0.0.1 port=\(port) user=postgres application_name=dr_replica'",
-            "hot_standby = on", "wal_retrieve_retry_interval = '1s'", "wal_receiver_timeout = '5s'",
-        ])
+        return try fixture.startCopy(
+            name: "dr", signal: "standby.signal",
+            settings: [
+                "primary_conninfo = 'host=127.0.0.1 port=\(port) user=postgres application_name=dr_replica'",
+                "hot_standby = on", "wal_retrieve_retry_interval = '1s'", "wal_receiver_timeout = '5s'",
+            ])
     }
 
     func postmasterPID(_ cluster: Cluster) throws -> Int32 {
@@ -360,7 +404,10 @@ struct FaultDrillTests {
 
     func restart(_ cluster: Cluster, fixture: Fixture) throws -> Cluster {
         try waitUntil("\(cluster.name) to restart after its crash", timeout: 60) {
-            do { try cluster.start(); return (true, "") } catch { return (false, "\(error)") }
+            do {
+                try cluster.start()
+                return (true, "")
+            } catch { return (false, "\(error)") }
         }
         return cluster
     }

@@ -39,10 +39,12 @@ struct MonitorTests {
         try topology.startReceiver()
         try topology.startSender()
         try fixture.baseBackup(of: topology.primary, name: "dr")
-        let standby = try fixture.startCopy(name: "dr", signal: "standby.signal", settings: [
-            "primary_conninfo = 'host=127.0.0.1 port=\(standbyPort) user=postgres application_name=dr_replica'",
-            "hot_standby = on", "wal_retrieve_retry_interval = '1s'",
-        ])
+        let standby = try fixture.startCopy(
+            name: "dr", signal: "standby.signal",
+            settings: [
+                "primary_conninfo = 'host=127.0.0.1 port=\(standbyPort) user=postgres application_name=dr_replica'",
+                "hot_standby = on", "wal_retrieve_retry_interval = '1s'",
+            ])
         try topology.primary.sql("CREATE TABLE observations (id serial PRIMARY KEY, value text)")
         try waitUntil("the replayed stage in the receiver's status", timeout: 60) {
             let stage = try replayedStage(topology.receiverStatusPort)
@@ -66,7 +68,10 @@ struct MonitorTests {
             let stage = try replayedStage(topology.receiverStatusPort)
             let bytes = stage["bytesBehind"] as? Int ?? 0
             let seconds = (stage["secondsBehind"] as? NSNumber)?.doubleValue ?? 0
-            return (bytes > 4_000_000 && seconds > 0 && events(alerts, "lag_bytes", "firing") == lagFirings + 1, "\(stage), alerts: \(alertEvents(alerts))")
+            return (
+                bytes > 4_000_000 && seconds > 0 && events(alerts, "lag_bytes", "firing") == lagFirings + 1,
+                "\(stage), alerts: \(alertEvents(alerts))"
+            )
         }
         let firstSeconds = (try replayedStage(topology.receiverStatusPort)["secondsBehind"] as? NSNumber)?.doubleValue ?? 0
         try waitUntil("lag in seconds to keep rising while replay is paused", timeout: 30) {
@@ -74,7 +79,9 @@ struct MonitorTests {
             return (now >= firstSeconds + 1, "\(firstSeconds) → \(now)")
         }
         let metrics = try run("/usr/bin/curl", ["-sf", "http://127.0.0.1:\(topology.receiverStatusPort)/metrics"]).output
-        let lagLine = metrics.split(separator: "\n").first { $0.hasPrefix("walship_lag_bytes{") && $0.contains(#"stage="replayed""#) }
+        let lagLine = metrics.split(separator: "\n").first {
+            $0.hasPrefix("walship_lag_bytes{") && $0.contains(#"stage="replayed""#)
+        }
         #expect(lagLine.map { (Double($0.split(separator: " ").last ?? "") ?? 0) > 4_000_000 } == true, "\(metrics)")
         #expect(metrics.contains(#"walship_alert_active{condition="lag_bytes""#))
         let warning = try statusExit(topology.receiverStatusPort, ["--warning-lag-bytes", "1000000"])
@@ -90,7 +97,10 @@ struct MonitorTests {
         try resumeReplay(standby)
         try waitUntil("lag to fall and the alert to recover", timeout: 90) {
             let stage = try replayedStage(topology.receiverStatusPort)
-            return ((stage["bytesBehind"] as? Int) == 0 && events(alerts, "lag_bytes", "resolved") == lagFirings + 1, "\(stage), alerts: \(alertEvents(alerts))")
+            return (
+                (stage["bytesBehind"] as? Int) == 0 && events(alerts, "lag_bytes", "resolved") == lagFirings + 1,
+                "\(stage), alerts: \(alertEvents(alerts))"
+            )
         }
         #expect(events(alerts, "lag_bytes", "firing") == lagFirings + 1)
         ok = try statusExit(topology.receiverStatusPort, ["--json"])
@@ -120,9 +130,15 @@ struct MonitorTests {
         // promote refuses, promoting nothing, a standby that streams from elsewhere...
         try standby.sql("ALTER SYSTEM SET primary_conninfo = '\(topology.primary.conninfo)'")
         try standby.sql("SELECT pg_reload_conf()")
-        let elsewhere = try run(IT.walshipBinary, ["promote", "--pgdata", standby.dataDirectory, "--spool", topology.spool,
-                                                   "--report", fixture.logDirectory + "/refused-elsewhere"], check: false)
-        #expect(elsewhere.status == 1 && elsewhere.error.contains("does not replicate from this walship receiver"), "\(output(elsewhere))")
+        let elsewhere = try run(
+            IT.walshipBinary,
+            [
+                "promote", "--pgdata", standby.dataDirectory, "--spool", topology.spool,
+                "--report", fixture.logDirectory + "/refused-elsewhere",
+            ], check: false)
+        #expect(
+            elsewhere.status == 1 && elsewhere.error.contains("does not replicate from this walship receiver"),
+            "\(output(elsewhere))")
         try standby.sql("ALTER SYSTEM RESET primary_conninfo")
         try standby.sql("SELECT pg_reload_conf()")
         // ...and one that cannot reach WAL the receiver holds (replay paused here).
@@ -130,8 +146,12 @@ struct MonitorTests {
         try topology.primary.sql("INSERT INTO observations (value) SELECT 'late' FROM generate_series(1, 1000)")
         let late = try lsn(topology.primary.sql("SELECT pg_current_wal_lsn()"))!
         try waitUntil("the spool to hold the late rows", timeout: 30) { (try topology.durable() >= late, "") }
-        let behind = try run(IT.walshipBinary, ["promote", "--pgdata", standby.dataDirectory, "--spool", topology.spool, "--timeout", "3",
-                                                "--report", fixture.logDirectory + "/refused-behind"], check: false)
+        let behind = try run(
+            IT.walshipBinary,
+            [
+                "promote", "--pgdata", standby.dataDirectory, "--spool", topology.spool, "--timeout", "3",
+                "--report", fixture.logDirectory + "/refused-behind",
+            ], check: false)
         #expect(behind.status == 1 && behind.error.contains("cannot reach the received WAL"), "\(output(behind))")
         #expect(try standby.sql("SELECT pg_is_in_recovery()") == "t")
         #expect(!FileManager.default.fileExists(atPath: topology.spool + "/" + topology.systemIdentifier + "/FENCED"))
@@ -146,7 +166,7 @@ struct MonitorTests {
     func resumeReplay(_ standby: Cluster) throws {
         do {
             try standby.sql("SELECT pg_wal_replay_resume()")
-        } catch where "\(error)".contains("conflict with recovery") {}
+        } catch  where "\(error)".contains("conflict with recovery") {}
         #expect(try standby.sql("SELECT pg_get_wal_replay_pause_state()") == "not paused")
     }
 
@@ -159,23 +179,28 @@ struct MonitorTests {
         let posted = fixture.directory + "/posted.jsonl"
         let server = fixture.directory + "/hook.py"
         try """
-            import http.server, sys
-            class Hook(http.server.BaseHTTPRequestHandler):
-                def do_POST(self):
-                    body = self.rfile.read(int(self.headers['Content-Length']))
-                    with open(sys.argv[2], 'ab') as f: f.write(body + b'\\n')
-                    self.send_response(204); self.end_headers()
-                def log_message(self, *args): pass
-            http.server.HTTPServer(('127.0.0.1', int(sys.argv[1])), Hook).serve_forever()
-            """.write(toFile: server, atomically: true, encoding: .utf8)
+        import http.server, sys
+        class Hook(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers['Content-Length']))
+                with open(sys.argv[2], 'ab') as f: f.write(body + b'\\n')
+                self.send_response(204); self.end_headers()
+            def log_message(self, *args): pass
+        http.server.HTTPServer(('127.0.0.1', int(sys.argv[1])), Hook).serve_forever()
+        """.write(toFile: server, atomically: true, encoding: .utf8)
         _ = try fixture.daemon("webhook", "/usr/bin/python3", [server, "\(hookPort)", posted])
         var topology = try ShipTopology(fixture)
         try topology.startReceiver()
-        try topology.startSender(extra: ["--alert-webhook", "http://127.0.0.1:\(hookPort)/walship", "--alert-disconnect-seconds", "2",
-                                         "--alert-recovery-seconds", "1"])
+        try topology.startSender(extra: [
+            "--alert-webhook", "http://127.0.0.1:\(hookPort)/walship", "--alert-disconnect-seconds", "2",
+            "--alert-recovery-seconds", "1",
+        ])
         topology.receiver!.kill9()
         try waitUntil("the webhook to get receiver_unreachable", timeout: 40) {
-            (events(posted, "receiver_unreachable", "firing") == 1, "\(alertEvents(posted)); sender: \(topology.sender!.log.suffix(500))")
+            (
+                events(posted, "receiver_unreachable", "firing") == 1,
+                "\(alertEvents(posted)); sender: \(topology.sender!.log.suffix(500))"
+            )
         }
         let statusWhileDown = try statusExit(topology.senderStatusPort)
         #expect(statusWhileDown.status == 2, "\(statusWhileDown.output)")
@@ -191,10 +216,14 @@ struct MonitorTests {
     /// Loads the dashboard in headless Chromium (virtual time lets its scripts fetch /status and draw),
     /// keeps a screenshot in the test output, and checks the chain shows real values.
     func renderDashboard(port: Int, into directory: String) throws {
-        let chromium = ["/usr/bin/chromium", "/usr/bin/chromium-browser"].first { FileManager.default.isExecutableFile(atPath: $0) }
+        let chromium = ["/usr/bin/chromium", "/usr/bin/chromium-browser"].first {
+            FileManager.default.isExecutableFile(atPath: $0)
+        }
         let browser = try #require(chromium, "headless Chromium is needed to check the dashboard (make deps installs it)")
-        let common = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
-                      "--user-data-dir=\(directory)/chromium-profile", "--virtual-time-budget=8000", "--window-size=1200,1000"]
+        let common = [
+            "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
+            "--user-data-dir=\(directory)/chromium-profile", "--virtual-time-budget=8000", "--window-size=1200,1000",
+        ]
         let url = "http://127.0.0.1:\(port)/"
         let dom = try run(browser, common + ["--dump-dom", url], timeout: 90, check: false)
         #expect(dom.output.contains(#"data-loaded="true""#), "dashboard did not load: \(dom.error.suffix(800))")

@@ -9,26 +9,35 @@ struct PromoteTests {
     @Test func drillThenPromoteAfterThePrimaryDies() throws {
         let fixture = try Fixture("promote")
         defer { fixture.tearDown() }
-        var topology = try ShipTopology(fixture, primarySettings: ["synchronous_standby_names": "'walship'"],
-                                        spoolOwnedByPostgres: true)
+        var topology = try ShipTopology(
+            fixture, primarySettings: ["synchronous_standby_names": "'walship'"],
+            spoolOwnedByPostgres: true)
         let standbyPort = IT.freePort()
         let notices = fixture.directory + "/notices.jsonl"
         topology.receiverExtra = ["--standby-listen", "127.0.0.1:\(standbyPort)", "--standby-trust"]
         // The link runs with mutual TLS (the topology's default), as it would between two sites.
         try topology.startReceiver()
         try topology.startSender(extra: ["--sync"])
-        try topology.primary.sql("""
+        try topology.primary.sql(
+            """
             CREATE TABLE patients (id int PRIMARY KEY, name text);
             CREATE TABLE acknowledged (id int PRIMARY KEY, at timestamptz DEFAULT clock_timestamp());
             INSERT INTO patients SELECT g, 'patient ' || g FROM generate_series(1, 500) g
             """)
-        let backup = try run(IT.walshipBinary, ["backup", "--source", topology.primary.conninfo, "--to", "127.0.0.1:\(topology.receiverPort)"]
-                                                + topology.linkArguments("sender"), timeout: 300, check: false)
+        let backup = try run(
+            IT.walshipBinary,
+            ["backup", "--source", topology.primary.conninfo, "--to", "127.0.0.1:\(topology.receiverPort)"]
+                + topology.linkArguments("sender"), timeout: 300, check: false)
         try #require(backup.status == 0, "\(backup.error)")
         let dr = fixture.directory + "/dr"
-        _ = try run(IT.walshipBinary, ["restore", "--spool", topology.spool, "--pgdata", dr, "--standby",
-                                       "--primary-conninfo", "host=127.0.0.1 port=\(standbyPort) user=postgres application_name=dr_replica"])
-        let standby = try fixture.startCopy(name: "dr", signal: "standby.signal", settings: ["hot_standby = on", "wal_retrieve_retry_interval = '1s'"])
+        _ = try run(
+            IT.walshipBinary,
+            [
+                "restore", "--spool", topology.spool, "--pgdata", dr, "--standby",
+                "--primary-conninfo", "host=127.0.0.1 port=\(standbyPort) user=postgres application_name=dr_replica",
+            ])
+        let standby = try fixture.startCopy(
+            name: "dr", signal: "standby.signal", settings: ["hot_standby = on", "wal_retrieve_retry_interval = '1s'"])
 
         // A steady writer that records each id only after its commit returned (synchronous: offsite fsynced).
         let ackedFile = fixture.directory + "/acked.txt"
@@ -40,21 +49,31 @@ struct PromoteTests {
 
         // The drill: a throwaway copy recovers from the spool alone and is promoted; the spool gains no
         // history file, the real DR standby keeps replaying.
-        let historiesBefore = try FileManager.default.contentsOfDirectory(atPath: topology.walDirectory).filter { $0.hasSuffix(".history") }
+        let historiesBefore = try FileManager.default.contentsOfDirectory(atPath: topology.walDirectory).filter {
+            $0.hasSuffix(".history")
+        }
         let drillReport = fixture.logDirectory + "/drill-report"
-        let drill = try fixture.walship("drill", ["drill", "--spool", topology.spool, "--check-sql", "SELECT count(*) FROM patients",
-                                                  "--report", drillReport, "--timeout", "120",
-                                                  "--alert-command", "cat >> \(notices); echo >> \(notices)"])
+        let drill = try fixture.walship(
+            "drill",
+            [
+                "drill", "--spool", topology.spool, "--check-sql", "SELECT count(*) FROM patients",
+                "--report", drillReport, "--timeout", "120",
+                "--alert-command", "cat >> \(notices); echo >> \(notices)",
+            ])
         try waitUntil("the drill to finish", timeout: 240) { (!drill.isRunning, drill.log.suffix(1500).description) }
         #expect(drill.exitStatus == 0, "drill: \(drill.log)")
-        let drillJSON = try #require(try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: drillReport + ".json"))) as? [String: Any])
+        let drillJSON = try #require(
+            try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: drillReport + ".json")))
+                as? [String: Any])
         #expect(drillJSON["outcome"] as? String == "promoted")
         let checks = drillJSON["checks"] as? [[String: Any]] ?? []
         #expect(!checks.isEmpty && checks.allSatisfy { $0["passed"] as? Bool == true }, "\(checks)")
         #expect(((drillJSON["drill"] as? [String: Any])?["checkResult"] as? [[String]])?.first == ["500"])
         #expect((drillJSON["rtoSeconds"] as? NSNumber) != nil)
         #expect(FileManager.default.fileExists(atPath: drillReport + ".md"))
-        let historiesAfter = try FileManager.default.contentsOfDirectory(atPath: topology.walDirectory).filter { $0.hasSuffix(".history") }
+        let historiesAfter = try FileManager.default.contentsOfDirectory(atPath: topology.walDirectory).filter {
+            $0.hasSuffix(".history")
+        }
         #expect(historiesAfter == historiesBefore, "the drill must not add history files to the spool")
         #expect(((try? String(contentsOfFile: notices, encoding: .utf8)) ?? "").contains(#""event":"success""#))
         let replayedBefore = try lsn(standby.sql("SELECT pg_last_wal_replay_lsn()"))!
@@ -75,11 +94,16 @@ struct PromoteTests {
         let lastAcked = try #require(acked.max())
 
         let report = fixture.logDirectory + "/promote-report"
-        let promote = try run(IT.walshipBinary, ["promote", "--pgdata", standby.dataDirectory, "--spool", topology.spool,
-                                                 "--report", report, "--timeout", "120"], timeout: 200, check: false)
+        let promote = try run(
+            IT.walshipBinary,
+            [
+                "promote", "--pgdata", standby.dataDirectory, "--spool", topology.spool,
+                "--report", report, "--timeout", "120",
+            ], timeout: 200, check: false)
         #expect(promote.status == 0, "promote: \(promote.output)\(promote.error)")
         #expect(promote.output.contains("RPO"), "\(promote.output)")
-        let json = try #require(try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: report + ".json"))) as? [String: Any])
+        let json = try #require(
+            try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: report + ".json"))) as? [String: Any])
         #expect(json["outcome"] as? String == "promoted")
         let rpo = json["rpo"] as? [String: Any]
         #expect(rpo?["bytes"] as? Int == 0, "\(json)")
@@ -98,31 +122,48 @@ struct PromoteTests {
         #expect(FileManager.default.fileExists(atPath: fence))
         // Its orphaned backends exit once they notice the postmaster died; until then it cannot start.
         try waitUntil("the old primary to start again", timeout: 60) {
-            do { try topology.primary.start(); return (true, "") } catch { return (false, "\(error)") }
+            do {
+                try topology.primary.start()
+                return (true, "")
+            } catch { return (false, "\(error)") }
         }
         topology.sender = try fixture.walship("sender-old-primary", topology.senderArguments)
         try waitUntil("the receiver to refuse the old primary", timeout: 60) {
             let status = try fetchStatus(port: topology.receiverStatusPort)
             let system = (status["systems"] as? [[String: Any]])?.first
             let alerts = (status["alerts"] as? [[String: Any]] ?? []).compactMap { $0["condition"] as? String }
-            return (system?["fence"] != nil && alerts.contains("fenced_primary_refused")
-                    && topology.sender!.log.contains("promoted at the DR site"), "\(alerts); sender: \(topology.sender!.log.suffix(400))")
+            return (
+                system?["fence"] != nil && alerts.contains("fenced_primary_refused")
+                    && topology.sender!.log.contains("promoted at the DR site"),
+                "\(alerts); sender: \(topology.sender!.log.suffix(400))"
+            )
         }
         #expect(topology.receiver!.log.contains("refused"))
 
         // Promoting again is refused clearly.
-        let again = try run(IT.walshipBinary, ["promote", "--pgdata", standby.dataDirectory, "--spool", topology.spool,
-                                               "--report", fixture.logDirectory + "/again"], check: false)
+        let again = try run(
+            IT.walshipBinary,
+            [
+                "promote", "--pgdata", standby.dataDirectory, "--spool", topology.spool,
+                "--report", fixture.logDirectory + "/again",
+            ], check: false)
         #expect(again.status == 1)
         #expect(again.error.contains("already promoted"), "\(again.error)")
 
         // A base backup of the old primary is refused as well: nothing of it may land in the fenced spool.
-        let oldBackup = try run(IT.walshipBinary, ["backup", "--source", topology.primary.conninfo,
-                                                   "--to", "127.0.0.1:\(topology.receiverPort)"] + topology.linkArguments("sender"),
-                                timeout: 60, check: false)
-        #expect(oldBackup.status != 0 && oldBackup.error.contains("refused the backup: system \(topology.systemIdentifier) was promoted at the DR site")
+        let oldBackup = try run(
+            IT.walshipBinary,
+            [
+                "backup", "--source", topology.primary.conninfo,
+                "--to", "127.0.0.1:\(topology.receiverPort)",
+            ] + topology.linkArguments("sender"),
+            timeout: 60, check: false)
+        #expect(
+            oldBackup.status != 0
+                && oldBackup.error.contains("refused the backup: system \(topology.systemIdentifier) was promoted at the DR site")
                 && oldBackup.error.contains("a base backup from the old primary"), "\(oldBackup.error)\(oldBackup.output)")
-        let stored = try FileManager.default.contentsOfDirectory(atPath: topology.spool + "/" + topology.systemIdentifier + "/base")
+        let stored = try FileManager.default.contentsOfDirectory(
+            atPath: topology.spool + "/" + topology.systemIdentifier + "/base")
         #expect(stored.count == 1, "only the backup taken before the promotion is stored: \(stored)")
     }
 }

@@ -16,7 +16,8 @@ struct RestoreTests {
         try topology.primary.sql("CREATE TABLE records (id int PRIMARY KEY, note text)")
         try topology.primary.pgbench(["-i", "-s", "2", "-q"])
         for batch in 0..<5 {
-            try topology.primary.sql("INSERT INTO records SELECT g, md5(g::text) FROM generate_series(\(batch * 1000 + 1), \((batch + 1) * 1000)) g")
+            try topology.primary.sql(
+                "INSERT INTO records SELECT g, md5(g::text) FROM generate_series(\(batch * 1000 + 1), \((batch + 1) * 1000)) g")
         }
         let expected = try topology.primary.sql("SELECT count(*), sum(hashtext(note)) FROM records")
         let accounts = try topology.primary.sql("SELECT sum(abalance), count(*) FROM pgbench_accounts")
@@ -28,10 +29,12 @@ struct RestoreTests {
         // Disaster: the primary is gone. The last rows are only in the spool's in-progress segment.
         topology.primary.stopImmediately()
 
-        let recovered = try fixture.startCopy(name: "recovered", signal: "recovery.signal", settings: [
-            "restore_command = '\(IT.walshipBinary) restore-wal --spool \(topology.spool) %f %p'",
-            "recovery_target_action = 'promote'",
-        ])
+        let recovered = try fixture.startCopy(
+            name: "recovered", signal: "recovery.signal",
+            settings: [
+                "restore_command = '\(IT.walshipBinary) restore-wal --spool \(topology.spool) %f %p'",
+                "recovery_target_action = 'promote'",
+            ])
         try waitUntil("recovery to finish and the copy to accept writes", timeout: 120) {
             let inRecovery = try recovered.sql("SELECT pg_is_in_recovery()")
             return (inRecovery == "f", inRecovery)
@@ -60,10 +63,12 @@ struct RestoreTests {
             return (d >= end, String(d, radix: 16))
         }
         let calls = try fixture.postgresDirectory("calls") + "/restore_command"
-        let standby = try fixture.startCopy(name: "standby", signal: "standby.signal", settings: [
-            "restore_command = 'echo %f >> \(calls); \(IT.walshipBinary) restore-wal --spool \(topology.spool) %f %p'",
-            "wal_retrieve_retry_interval = '100ms'", "hot_standby = on",
-        ])
+        let standby = try fixture.startCopy(
+            name: "standby", signal: "standby.signal",
+            settings: [
+                "restore_command = 'echo %f >> \(calls); \(IT.walshipBinary) restore-wal --spool \(topology.spool) %f %p'",
+                "wal_retrieve_retry_interval = '100ms'", "hot_standby = on",
+            ])
         try waitUntil("the standby to replay the rows from the spool", timeout: 120) {
             let replayed = try standby.sql("SELECT pg_last_wal_replay_lsn()")
             return ((lsn(replayed) ?? 0) >= end, replayed)
@@ -83,7 +88,8 @@ struct RestoreTests {
         }
         var now = stat()
         #expect(stat(kept, &now) == 0)
-        #expect(now.st_ino == first.st_ino && now.st_mtim.tv_sec == first.st_mtim.tv_sec
+        #expect(
+            now.st_ino == first.st_ino && now.st_mtim.tv_sec == first.st_mtim.tv_sec
                 && now.st_mtim.tv_nsec == first.st_mtim.tv_nsec, "\(tail) was written again with nothing new in it")
 
         // New WAL in the same segment is served at the next retry.
@@ -109,11 +115,15 @@ struct RestoreTests {
         let target = fixture.directory + "/restored"
         let ok = try run(IT.walshipBinary, ["restore-wal", "--spool", topology.spool, name, target], check: false)
         #expect(ok.status == 0)
-        #expect(try Data(contentsOf: URL(fileURLWithPath: target)) == Data(contentsOf: URL(fileURLWithPath: topology.archive + "/" + name)))
-        let absent = try run(IT.walshipBinary, ["restore-wal", "--spool", topology.spool, "0000000100000000000000FF", target + "2"], check: false)
+        #expect(
+            try Data(contentsOf: URL(fileURLWithPath: target))
+                == Data(contentsOf: URL(fileURLWithPath: topology.archive + "/" + name)))
+        let absent = try run(
+            IT.walshipBinary, ["restore-wal", "--spool", topology.spool, "0000000100000000000000FF", target + "2"], check: false)
         #expect(absent.status == 1)
         #expect(absent.error.isEmpty && absent.output.isEmpty)
-        let broken = try run(IT.walshipBinary, ["restore-wal", "--spool", fixture.directory + "/nothing", name, target + "3"], check: false)
+        let broken = try run(
+            IT.walshipBinary, ["restore-wal", "--spool", fixture.directory + "/nothing", name, target + "3"], check: false)
         #expect(broken.status == 126)
         #expect(broken.error.contains("restore-wal: error"))
 

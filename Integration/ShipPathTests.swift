@@ -48,14 +48,17 @@ struct ShipTopology {
     }
 
     mutating func startReceiver(linkTimeout: Int = 10) throws {
-        let arguments = [
-            "receive", "--listen", "127.0.0.1:\(receiverPort)", "--spool", spool,
-        ] + linkArguments("receiver") + [
-            "--status-listen", "127.0.0.1:\(receiverStatusPort)", "--link-timeout", "\(linkTimeout)",
-        ] + receiverExtra
-        receiver = receiverAsPostgres
-            ? try fixture.daemon("receiver", "/usr/bin/setpriv",
-                                 ["--reuid=postgres", "--regid=postgres", "--init-groups", "--", IT.walshipBinary] + arguments)
+        let arguments =
+            [
+                "receive", "--listen", "127.0.0.1:\(receiverPort)", "--spool", spool,
+            ] + linkArguments("receiver") + [
+                "--status-listen", "127.0.0.1:\(receiverStatusPort)", "--link-timeout", "\(linkTimeout)",
+            ] + receiverExtra
+        receiver =
+            receiverAsPostgres
+            ? try fixture.daemon(
+                "receiver", "/usr/bin/setpriv",
+                ["--reuid=postgres", "--regid=postgres", "--init-groups", "--", IT.walshipBinary] + arguments)
             : try fixture.walship("receiver", arguments, environment: receiverEnvironment)
         try waitUntil("the receiver's status endpoint", timeout: 30) {
             (((try? fetchStatus(port: receiverStatusPort)) != nil), receiver!.log)
@@ -63,11 +66,13 @@ struct ShipTopology {
     }
 
     mutating func startSender(extra: [String] = [], slot: String = "walship_it", source: String? = nil) throws {
-        senderArguments = [
-            "send", "--source", source ?? primary.conninfo, "--to", "127.0.0.1:\(senderTargetPort ?? receiverPort)", "--slot", slot,
-            "--create-slot", "--status-listen", "127.0.0.1:\(senderStatusPort)", "--link-timeout", "10",
-            "--retry-max-seconds", "2", "--slot-check-interval", "2",
-        ] + linkArguments("sender") + extra
+        senderArguments =
+            [
+                "send", "--source", source ?? primary.conninfo, "--to", "127.0.0.1:\(senderTargetPort ?? receiverPort)", "--slot",
+                slot,
+                "--create-slot", "--status-listen", "127.0.0.1:\(senderStatusPort)", "--link-timeout", "10",
+                "--retry-max-seconds", "2", "--slot-check-interval", "2",
+            ] + linkArguments("sender") + extra
         sender = try fixture.walship("sender", senderArguments)
         try waitUntilStreaming()
     }
@@ -78,7 +83,6 @@ struct ShipTopology {
             return (state == "streaming", "state=\(state ?? "nil")\n\(sender?.log.suffix(2000) ?? "")")
         }
     }
-
 
     /// The receiver's durable end for this primary's system.
     func durable() throws -> UInt64 {
@@ -98,8 +102,10 @@ struct ShipTopology {
     func switchAndWait() throws -> String {
         let name = try primary.sql("SELECT pg_walfile_name(pg_switch_wal())")
         try waitUntil("segment \(name) to be completed in the spool", timeout: 120) {
-            (FileManager.default.fileExists(atPath: walDirectory + "/\(name).lz4"),
-             "durable=\((try? durable()).map { String($0, radix: 16) } ?? "?")")
+            (
+                FileManager.default.fileExists(atPath: walDirectory + "/\(name).lz4"),
+                "durable=\((try? durable()).map { String($0, radix: 16) } ?? "?")"
+            )
         }
         return name
     }
@@ -158,7 +164,9 @@ struct ShipPathTests {
         #expect(count >= 4)
 
         // The primary sees what the receiver has written and fsynced, nothing more.
-        let row = try topology.primary.sql("SELECT write_lsn IS NOT NULL, flush_lsn IS NOT NULL, sync_state FROM pg_stat_replication WHERE application_name = 'walship'")
+        let row = try topology.primary.sql(
+            "SELECT write_lsn IS NOT NULL, flush_lsn IS NOT NULL, sync_state FROM pg_stat_replication WHERE application_name = 'walship'"
+        )
         #expect(row == "t|t|async")
         let flush = try topology.primary.sql("SELECT flush_lsn FROM pg_stat_replication WHERE application_name = 'walship'")
         #expect(lsn(flush)! <= (try topology.durable()))
@@ -228,7 +236,9 @@ struct ShipPathTests {
         let high = (sender["walFramesHighCompression"] as? NSNumber)?.intValue ?? -1
         let frames = (sender["walFramesSent"] as? NSNumber)?.intValue ?? 0
         #expect(sender["compression"] as? String == "auto")
-        #expect(high > 0 && high <= frames, "\(high) of \(frames) frames with high effort\n\(topology.sender?.log.suffix(2000) ?? "")")
+        #expect(
+            high > 0 && high <= frames, "\(high) of \(frames) frames with high effort\n\(topology.sender?.log.suffix(2000) ?? "")"
+        )
         // The harder-compressed blocks are stored as they came: the spool's segments are still the primary's
         // byte for byte (lz4 -d against the archive).
         let last = try topology.switchAndWait()
@@ -252,13 +262,22 @@ struct ShipPathTests {
         #expect(missing.status != 0)
         #expect(missing.error.contains("does not exist") && missing.error.contains("--create-slot"), "\(missing.error)")
 
-        let badConninfo = try run(IT.walshipBinary, ["send", "--source", "host=127.0.0.1 nonsense", "--to", "127.0.0.1:1",
-                                                     "--slot", "x", "--insecure"], timeout: 30, check: false)
+        let badConninfo = try run(
+            IT.walshipBinary,
+            [
+                "send", "--source", "host=127.0.0.1 nonsense", "--to", "127.0.0.1:1",
+                "--slot", "x", "--insecure",
+            ], timeout: 30, check: false)
         #expect(badConninfo.status != 0)
-        #expect(badConninfo.error.contains("invalid connection string") && badConninfo.error.contains("hint"), "\(badConninfo.error)")
+        #expect(
+            badConninfo.error.contains("invalid connection string") && badConninfo.error.contains("hint"), "\(badConninfo.error)")
 
-        let unreachable = try run(IT.walshipBinary, ["send", "--source", "host=127.0.0.1 port=\(IT.freePort()) user=postgres",
-                                                     "--to", "127.0.0.1:1", "--slot", "x", "--insecure"], timeout: 60, check: false)
+        let unreachable = try run(
+            IT.walshipBinary,
+            [
+                "send", "--source", "host=127.0.0.1 port=\(IT.freePort()) user=postgres",
+                "--to", "127.0.0.1:1", "--slot", "x", "--insecure",
+            ], timeout: 60, check: false)
         #expect(unreachable.status != 0)
         #expect(unreachable.error.contains("could not connect") && unreachable.error.contains("hint"), "\(unreachable.error)")
 
@@ -270,7 +289,9 @@ struct ShipPathTests {
         try topology.startSender()
         topology.sender?.stop()
         try topology.startSender()
-        #expect(try topology.primary.sql("SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'walship_it' AND slot_type = 'physical'") == "1")
+        #expect(
+            try topology.primary.sql(
+                "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'walship_it' AND slot_type = 'physical'") == "1")
     }
 
     @Test func killsOfSenderAndReceiverLeaveNoGap() throws {
@@ -281,9 +302,11 @@ struct ShipPathTests {
         try topology.startSender()
         try topology.primary.pgbench(["-i", "-s", "3", "-q"])
         // Runs until stopped below: each phase waits for more WAL, however long the phases before took on a busy host.
-        let load = try fixture.daemon("pgbench", topology.primary.bin + "/pgbench", [
-            "-h", "127.0.0.1", "-p", "\(topology.primary.port)", "-U", "postgres", "-T", "600", "-c", "2", "postgres",
-        ])
+        let load = try fixture.daemon(
+            "pgbench", topology.primary.bin + "/pgbench",
+            [
+                "-h", "127.0.0.1", "-p", "\(topology.primary.port)", "-U", "postgres", "-T", "600", "-c", "2", "postgres",
+            ])
 
         func waitForProgress(_ what: String) throws {
             let before = try topology.durable()
@@ -317,7 +340,8 @@ struct ShipPathTests {
         try topology.startReceiver()
         try topology.startSender(extra: ["--sync", "--application-name", "walship_sync"])
         try waitUntil("sync_state = sync", timeout: 60) {
-            let state = try topology.primary.sql("SELECT sync_state FROM pg_stat_replication WHERE application_name = 'walship_sync'")
+            let state = try topology.primary.sql(
+                "SELECT sync_state FROM pg_stat_replication WHERE application_name = 'walship_sync'")
             return (state == "sync", state)
         }
         try topology.primary.sql("CREATE TABLE acknowledged (id int PRIMARY KEY)", timeout: 30)
@@ -329,10 +353,12 @@ struct ShipPathTests {
         }
 
         topology.receiver!.kill9()
-        let blocked = try fixture.daemon("blocked-commit", "/usr/bin/psql", [
-            "-h", "127.0.0.1", "-p", "\(topology.primary.port)", "-U", "postgres", "-d", "postgres", "-AtX",
-            "-c", "INSERT INTO acknowledged VALUES (1000)",
-        ])
+        let blocked = try fixture.daemon(
+            "blocked-commit", "/usr/bin/psql",
+            [
+                "-h", "127.0.0.1", "-p", "\(topology.primary.port)", "-U", "postgres", "-d", "postgres", "-AtX",
+                "-c", "INSERT INTO acknowledged VALUES (1000)",
+            ])
         try waitUntil("the commit to wait for the DR site", timeout: 30) {
             let waiting = try topology.primary.sql("SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'SyncRep'")
             return (waiting == "1", waiting)
@@ -367,7 +393,8 @@ struct ShipPathTests {
         try topology.primary.sql("CREATE TABLE before_restart AS SELECT generate_series(1, 10000) AS id")
         try topology.primary.restart()
         try waitUntil("the sender to stream again after the primary's restart", timeout: 90) {
-            let count = try topology.primary.sql("SELECT count(*) FROM pg_stat_replication WHERE application_name = 'walship' AND state = 'streaming'")
+            let count = try topology.primary.sql(
+                "SELECT count(*) FROM pg_stat_replication WHERE application_name = 'walship' AND state = 'streaming'")
             return (count == "1", topology.sender!.log.suffix(800).description)
         }
         try topology.primary.sql("CREATE TABLE after_restart AS SELECT generate_series(1, 10000) AS id")
@@ -385,13 +412,17 @@ struct ShipPathTests {
         topology.receiver!.kill9()
         // With the DR site away, the primary writes far more than max_slot_wal_keep_size.
         try waitUntil("the slot to be invalidated", timeout: 120) {
-            try topology.primary.sql("CREATE TABLE IF NOT EXISTS filler (x text); INSERT INTO filler SELECT repeat('x', 1000) FROM generate_series(1, 20000)")
+            try topology.primary.sql(
+                "CREATE TABLE IF NOT EXISTS filler (x text); INSERT INTO filler SELECT repeat('x', 1000) FROM generate_series(1, 20000)"
+            )
             try topology.primary.sql("SELECT pg_switch_wal()")
             try topology.primary.sql("CHECKPOINT")
             let status = try topology.primary.sql("SELECT wal_status FROM pg_replication_slots WHERE slot_name = 'walship_it'")
             return (status == "lost", status)
         }
-        try waitUntil("the sender to stop", timeout: 60) { (!topology.sender!.isRunning, topology.sender!.log.suffix(800).description) }
+        try waitUntil("the sender to stop", timeout: 60) {
+            (!topology.sender!.isRunning, topology.sender!.log.suffix(800).description)
+        }
         #expect(topology.sender!.exitStatus != 0)
         #expect(topology.sender!.log.contains("re-seed"), "\(topology.sender!.log.suffix(1500))")
     }
@@ -405,10 +436,12 @@ struct ShipPathTests {
         let other = try fixture.cluster("other")
         try other.start()
         let otherStatus = IT.freePort()
-        let senderB = try fixture.walship("sender-other", [
-            "send", "--source", other.conninfo, "--to", "127.0.0.1:\(a.receiverPort)", "--slot", "sender_b", "--create-slot",
-            "--status-listen", "127.0.0.1:\(otherStatus)", "--retry-max-seconds", "2",
-        ] + a.linkArguments("sender"))
+        let senderB = try fixture.walship(
+            "sender-other",
+            [
+                "send", "--source", other.conninfo, "--to", "127.0.0.1:\(a.receiverPort)", "--slot", "sender_b", "--create-slot",
+                "--status-listen", "127.0.0.1:\(otherStatus)", "--retry-max-seconds", "2",
+            ] + a.linkArguments("sender"))
         try waitUntil("the second system to stream", timeout: 60) {
             ((try? fetchStatus(port: otherStatus))?["state"] as? String == "streaming", senderB.log.suffix(800).description)
         }
@@ -423,10 +456,13 @@ struct ShipPathTests {
 
         // A second sender for system A is refused while the first is alive...
         let a2Status = IT.freePort()
-        let a2 = try fixture.walship("sender-a2", [
-            "send", "--source", a.primary.conninfo, "--to", "127.0.0.1:\(a.receiverPort)", "--slot", "sender_a2", "--create-slot",
-            "--status-listen", "127.0.0.1:\(a2Status)", "--retry-max-seconds", "2",
-        ] + a.linkArguments("sender"))
+        let a2 = try fixture.walship(
+            "sender-a2",
+            [
+                "send", "--source", a.primary.conninfo, "--to", "127.0.0.1:\(a.receiverPort)", "--slot", "sender_a2",
+                "--create-slot",
+                "--status-listen", "127.0.0.1:\(a2Status)", "--retry-max-seconds", "2",
+            ] + a.linkArguments("sender"))
         try waitUntil("the duplicate sender to be refused", timeout: 30) {
             (a2.log.contains("already streaming"), a2.log.suffix(800).description)
         }

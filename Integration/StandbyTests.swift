@@ -7,10 +7,12 @@ struct StandbyTests {
     /// A standby made from a base backup of the primary, streaming from walship, not from the primary.
     func makeStandby(_ fixture: Fixture, _ topology: ShipTopology, standbyPort: Int) throws -> Cluster {
         try fixture.baseBackup(of: topology.primary, name: "standby")
-        return try fixture.startCopy(name: "standby", signal: "standby.signal", settings: [
-            "primary_conninfo = 'host=127.0.0.1 port=\(standbyPort) user=postgres application_name=dr_replica'",
-            "wal_retrieve_retry_interval = '1s'", "hot_standby = on",
-        ])
+        return try fixture.startCopy(
+            name: "standby", signal: "standby.signal",
+            settings: [
+                "primary_conninfo = 'host=127.0.0.1 port=\(standbyPort) user=postgres application_name=dr_replica'",
+                "wal_retrieve_retry_interval = '1s'", "hot_standby = on",
+            ])
     }
 
     func waitForReplay(_ standby: Cluster, _ primary: Cluster, _ what: String) throws {
@@ -32,7 +34,9 @@ struct StandbyTests {
         let standby = try makeStandby(fixture, topology, standbyPort: standbyPort)
 
         try topology.primary.pgbench(["-i", "-s", "2", "-q"])
-        try topology.primary.sql("CREATE TABLE patients (id int PRIMARY KEY, name text); INSERT INTO patients SELECT g, 'p' || g FROM generate_series(1, 5000) g")
+        try topology.primary.sql(
+            "CREATE TABLE patients (id int PRIMARY KEY, name text); INSERT INTO patients SELECT g, 'p' || g FROM generate_series(1, 5000) g"
+        )
         try topology.primary.pgbench(["-T", "3", "-c", "2"])
         try waitForReplay(standby, topology.primary, "pgbench and DDL")
         let checks = [
@@ -86,9 +90,13 @@ struct StandbyTests {
         try topology.switchAndWait()
 
         func replication(_ password: String, _ command: String) throws -> CommandResult {
-            try run("/usr/bin/psql", ["-AtX", "-c", command,
-                                      "host=127.0.0.1 port=\(standbyPort) user=postgres replication=true password='\(password)'"],
-                    timeout: 30, check: false)
+            try run(
+                "/usr/bin/psql",
+                [
+                    "-AtX", "-c", command,
+                    "host=127.0.0.1 port=\(standbyPort) user=postgres replication=true password='\(password)'",
+                ],
+                timeout: 30, check: false)
         }
         let wrong = try replication("wrong", "IDENTIFY_SYSTEM")
         #expect(wrong.status != 0)
@@ -96,21 +104,33 @@ struct StandbyTests {
         let right = try replication("correct horse", "IDENTIFY_SYSTEM")
         #expect(right.status == 0, "\(right.error)")
         #expect(right.output.hasPrefix(topology.systemIdentifier + "|1|"), "\(right.output)")
-        #expect(try replication("correct horse", "SHOW wal_segment_size").output.trimmingCharacters(in: .whitespacesAndNewlines) == "16MB")
+        #expect(
+            try replication("correct horse", "SHOW wal_segment_size").output.trimmingCharacters(in: .whitespacesAndNewlines)
+                == "16MB")
         let tooOld = try replication("correct horse", "START_REPLICATION 0/0 TIMELINE 1")
         #expect(tooOld.error.contains("has already been removed"), "\(tooOld.error)")
         let wrongTimeline = try replication("correct horse", "START_REPLICATION 0/1000000 TIMELINE 7")
         #expect(wrongTimeline.error.contains("not in this server's history"), "\(wrongTimeline.error)")
-        let notReplication = try run("/usr/bin/psql", ["-AtX", "-c", "SELECT 1", "host=127.0.0.1 port=\(standbyPort) user=postgres password='correct horse'"],
-                                     timeout: 30, check: false)
+        let notReplication = try run(
+            "/usr/bin/psql",
+            ["-AtX", "-c", "SELECT 1", "host=127.0.0.1 port=\(standbyPort) user=postgres password='correct horse'"],
+            timeout: 30, check: false)
         #expect(notReplication.status != 0)
 
         // Without a password file or trust, the endpoint refuses to start; trust only on loopback.
-        let noAuth = try run(IT.walshipBinary, ["receive", "--listen", "127.0.0.1:1", "--spool", fixture.directory + "/s2", "--insecure",
-                                                "--standby-listen", "127.0.0.1:2"], timeout: 30, check: false)
+        let noAuth = try run(
+            IT.walshipBinary,
+            [
+                "receive", "--listen", "127.0.0.1:1", "--spool", fixture.directory + "/s2", "--insecure",
+                "--standby-listen", "127.0.0.1:2",
+            ], timeout: 30, check: false)
         #expect(noAuth.status != 0 && noAuth.error.contains("--standby-password-file"), "\(noAuth.error)")
-        let remoteTrust = try run(IT.walshipBinary, ["receive", "--listen", "127.0.0.1:1", "--spool", fixture.directory + "/s2", "--insecure",
-                                                     "--standby-listen", "0.0.0.0:2", "--standby-trust"], timeout: 30, check: false)
+        let remoteTrust = try run(
+            IT.walshipBinary,
+            [
+                "receive", "--listen", "127.0.0.1:1", "--spool", fixture.directory + "/s2", "--insecure",
+                "--standby-listen", "0.0.0.0:2", "--standby-trust",
+            ], timeout: 30, check: false)
         #expect(remoteTrust.status != 0 && remoteTrust.error.contains("loopback"), "\(remoteTrust.error)")
 
         // A stored SCRAM verifier, taken from pg_authid, instead of a password on the DR host: a stock
@@ -125,10 +145,12 @@ struct StandbyTests {
         try topology.startReceiver()
         #expect(try replication("correct horse", "IDENTIFY_SYSTEM").status != 0)
         try fixture.baseBackup(of: topology.primary, name: "scram-standby")
-        let standby = try fixture.startCopy(name: "scram-standby", signal: "standby.signal", settings: [
-            "primary_conninfo = 'host=127.0.0.1 port=\(standbyPort) user=postgres password=stored-secret application_name=dr_scram'",
-            "hot_standby = on", "wal_retrieve_retry_interval = '1s'",
-        ])
+        let standby = try fixture.startCopy(
+            name: "scram-standby", signal: "standby.signal",
+            settings: [
+                "primary_conninfo = 'host=127.0.0.1 port=\(standbyPort) user=postgres password=stored-secret application_name=dr_scram'",
+                "hot_standby = on", "wal_retrieve_retry_interval = '1s'",
+            ])
         try topology.primary.sql("CREATE TABLE scram_check AS SELECT 42 AS answer")
         let target = try lsn(topology.primary.sql("SELECT pg_current_wal_lsn()"))!
         try waitUntil("the SCRAM-authenticated standby to replay", timeout: 90) {
@@ -149,31 +171,40 @@ struct StandbyTests {
         let standbyPort = IT.freePort()
         let passwordFile = fixture.directory + "/standby-password"
         try "tls secret\n".write(toFile: passwordFile, atomically: true, encoding: .utf8)
-        topology.receiverExtra = ["--standby-listen", "127.0.0.1:\(standbyPort)", "--standby-password-file", passwordFile,
-                                  "--standby-tls-cert", certs + "/receiver.crt", "--standby-tls-key", certs + "/receiver.key"]
+        topology.receiverExtra = [
+            "--standby-listen", "127.0.0.1:\(standbyPort)", "--standby-password-file", passwordFile,
+            "--standby-tls-cert", certs + "/receiver.crt", "--standby-tls-key", certs + "/receiver.key",
+        ]
         try topology.startReceiver()
         try topology.startSender()
         try topology.switchAndWait()
 
         func identify(_ ssl: String) throws -> CommandResult {
-            try run("/usr/bin/psql", ["-AtX", "-c", "IDENTIFY_SYSTEM",
-                                      "host=127.0.0.1 port=\(standbyPort) user=postgres replication=true password='tls secret' \(ssl)"],
-                    timeout: 30, check: false)
+            try run(
+                "/usr/bin/psql",
+                [
+                    "-AtX", "-c", "IDENTIFY_SYSTEM",
+                    "host=127.0.0.1 port=\(standbyPort) user=postgres replication=true password='tls secret' \(ssl)",
+                ],
+                timeout: 30, check: false)
         }
         let plaintext = try identify("sslmode=disable")
         #expect(plaintext.status != 0 && plaintext.error.contains("requires TLS"), "\(plaintext.error)")
         let verified = try identify("sslmode=verify-full sslrootcert=\(certs)/ca.crt")
-        #expect(verified.status == 0 && verified.output.contains(topology.systemIdentifier), "\(verified.output)\(verified.error)")
+        #expect(
+            verified.status == 0 && verified.output.contains(topology.systemIdentifier), "\(verified.output)\(verified.error)")
         let otherCA = fixture.directory + "/other-certs"
         _ = try run(IT.walshipBinary, ["certs", "init", otherCA, "--receiver-name", "127.0.0.1"])
         let wrongCA = try identify("sslmode=verify-full sslrootcert=\(otherCA)/ca.crt")
         #expect(wrongCA.status != 0 && wrongCA.error.contains("certificate verify failed"), "\(wrongCA.error)")
 
         try fixture.baseBackup(of: topology.primary, name: "tls-standby")
-        let standby = try fixture.startCopy(name: "tls-standby", signal: "standby.signal", settings: [
-            "primary_conninfo = 'host=127.0.0.1 port=\(standbyPort) user=postgres password=''tls secret'' sslmode=verify-full sslrootcert=\(certs)/ca.crt application_name=dr_tls'",
-            "hot_standby = on", "wal_retrieve_retry_interval = '1s'",
-        ])
+        let standby = try fixture.startCopy(
+            name: "tls-standby", signal: "standby.signal",
+            settings: [
+                "primary_conninfo = 'host=127.0.0.1 port=\(standbyPort) user=postgres password=''tls secret'' sslmode=verify-full sslrootcert=\(certs)/ca.crt application_name=dr_tls'",
+                "hot_standby = on", "wal_retrieve_retry_interval = '1s'",
+            ])
         try topology.primary.sql("CREATE TABLE tls_check AS SELECT 7 AS answer")
         try waitForReplay(standby, topology.primary, "WAL served over TLS")
         #expect(try standby.sql("SELECT answer FROM tls_check") == "7")

@@ -26,8 +26,10 @@ enum IT {
         let installed = directory + "/walship"
         // Written with O_CLOEXEC: a process spawned meanwhile by a parallel test must not inherit the write
         // descriptor, or exec of the copy fails with "Text file busy" for as long as that process lives.
-        guard (try? FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true,
-                                                        attributes: [.posixPermissions: 0o755])) != nil,
+        guard
+            (try? FileManager.default.createDirectory(
+                atPath: directory, withIntermediateDirectories: true,
+                attributes: [.posixPermissions: 0o755])) != nil,
             let bytes = FileManager.default.contents(atPath: built)
         else { return built }
         let fd = open(installed, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o755)
@@ -75,7 +77,9 @@ enum IT {
         addr.sin_port = 0
         var length = socklen_t(MemoryLayout<sockaddr_in>.size)
         _ = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) } }
-        _ = withUnsafeMutablePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) } }
+        _ = withUnsafeMutablePointer(to: &addr) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) }
+        }
         return Int(UInt16(bigEndian: addr.sin_port))
     }
 }
@@ -96,8 +100,10 @@ final class Child {
     let pid: pid_t
     private(set) var exitStatus: Int32?
 
-    init(_ executable: String, _ arguments: [String], stdout: String, stderr: String,
-         environment: [String: String] = [:]) throws {
+    init(
+        _ executable: String, _ arguments: [String], stdout: String, stderr: String,
+        environment: [String: String] = [:]
+    ) throws {
         var actions = posix_spawn_file_actions_t()
         posix_spawn_file_actions_init(&actions)
         defer { posix_spawn_file_actions_destroy(&actions) }
@@ -157,8 +163,10 @@ final class Child {
 
 /// Runs a command to completion (with a hard timeout) and captures its output.
 @discardableResult
-func run(_ executable: String, _ arguments: [String], asPostgres: Bool = false, timeout: Double = 120,
-         environment: [String: String] = [:], check: Bool = true) throws -> CommandResult {
+func run(
+    _ executable: String, _ arguments: [String], asPostgres: Bool = false, timeout: Double = 120,
+    environment: [String: String] = [:], check: Bool = true
+) throws -> CommandResult {
     var executable = executable
     var arguments = arguments
     if asPostgres && IT.isRoot {
@@ -178,11 +186,13 @@ func run(_ executable: String, _ arguments: [String], asPostgres: Bool = false, 
         _ = child.wait(timeout: 10)
         throw TestFailure("\(executable) \(arguments.joined(separator: " ")) did not finish within \(timeout) s")
     }
-    let result = CommandResult(status: child.exitStatus ?? -1,
-                               output: (try? String(contentsOfFile: outPath, encoding: .utf8)) ?? "",
-                               error: (try? String(contentsOfFile: errPath, encoding: .utf8)) ?? "")
+    let result = CommandResult(
+        status: child.exitStatus ?? -1,
+        output: (try? String(contentsOfFile: outPath, encoding: .utf8)) ?? "",
+        error: (try? String(contentsOfFile: errPath, encoding: .utf8)) ?? "")
     if check && result.status != 0 {
-        throw TestFailure("\(executable) \(arguments.joined(separator: " ")) exited \(result.status): \(result.error)\(result.output)")
+        throw TestFailure(
+            "\(executable) \(arguments.joined(separator: " ")) exited \(result.status): \(result.error)\(result.output)")
     }
     return result
 }
@@ -210,7 +220,8 @@ final class Daemon {
     let child: Child
     let logPath: String
 
-    init(name: String, executable: String, arguments: [String], logDirectory: String, environment: [String: String] = [:]) throws {
+    init(name: String, executable: String, arguments: [String], logDirectory: String, environment: [String: String] = [:]) throws
+    {
         self.name = name
         logPath = logDirectory + "/\(name).log"
         child = try Child(executable, arguments, stdout: logPath, stderr: logPath, environment: environment)
@@ -251,14 +262,17 @@ final class Cluster {
     }
 
     init(name: String, in directory: String, settings: [String: String] = [:]) throws {
-        guard let bin = IT.pgBin else { throw TestFailure("PostgreSQL 15 server binaries not found (install postgresql-15 or set PG_BINDIR)") }
+        guard let bin = IT.pgBin else {
+            throw TestFailure("PostgreSQL 15 server binaries not found (install postgresql-15 or set PG_BINDIR)")
+        }
         self.bin = bin
         self.name = name
         dataDirectory = directory + "/" + name
         socketDirectory = directory
         port = IT.freePort()
-        try run(bin + "/initdb", ["-D", dataDirectory, "-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8"],
-                asPostgres: true)
+        try run(
+            bin + "/initdb", ["-D", dataDirectory, "-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8"],
+            asPostgres: true)
         var conf = [
             "port": "\(port)", "listen_addresses": "'127.0.0.1'", "unix_socket_directories": "'\(socketDirectory)'",
             "wal_level": "replica", "max_wal_senders": "10", "fsync": "on", "shared_buffers": "32MB",
@@ -273,22 +287,28 @@ final class Cluster {
     }
 
     func start() throws {
-        try run(bin + "/pg_ctl", ["-D", dataDirectory, "-l", dataDirectory + "/server.log", "-w", "-t", "60", "start"],
-                asPostgres: true)
+        try run(
+            bin + "/pg_ctl", ["-D", dataDirectory, "-l", dataDirectory + "/server.log", "-w", "-t", "60", "start"],
+            asPostgres: true)
         running = true
     }
 
     /// A clean restart (`-m fast`), as a DBA's maintenance would do.
     func restart() throws {
-        try run(bin + "/pg_ctl", ["-D", dataDirectory, "-l", dataDirectory + "/server.log", "-m", "fast", "-w", "-t", "60",
-                                  "restart"], asPostgres: true, timeout: 120)
+        try run(
+            bin + "/pg_ctl",
+            [
+                "-D", dataDirectory, "-l", dataDirectory + "/server.log", "-m", "fast", "-w", "-t", "60",
+                "restart",
+            ], asPostgres: true, timeout: 120)
     }
 
     /// Stops immediately (crash-like); safe to call twice.
     func stopImmediately() {
         guard running || FileManager.default.fileExists(atPath: dataDirectory + "/postmaster.pid") else { return }
-        _ = try? run(bin + "/pg_ctl", ["-D", dataDirectory, "-m", "immediate", "-w", "stop"], asPostgres: true,
-                     timeout: 60, check: false)
+        _ = try? run(
+            bin + "/pg_ctl", ["-D", dataDirectory, "-m", "immediate", "-w", "stop"], asPostgres: true,
+            timeout: 60, check: false)
         running = false
     }
 
@@ -297,14 +317,19 @@ final class Cluster {
     /// Runs SQL through psql and returns the unaligned, tuples-only output.
     @discardableResult
     func sql(_ statement: String, timeout: Double = 60) throws -> String {
-        let r = try run("/usr/bin/psql", ["-h", "127.0.0.1", "-p", "\(port)", "-U", "postgres", "-d", "postgres",
-                                          "-AtX", "-v", "ON_ERROR_STOP=1", "-c", statement], timeout: timeout)
+        let r = try run(
+            "/usr/bin/psql",
+            [
+                "-h", "127.0.0.1", "-p", "\(port)", "-U", "postgres", "-d", "postgres",
+                "-AtX", "-v", "ON_ERROR_STOP=1", "-c", statement,
+            ], timeout: timeout)
         return r.output.trimmingCharacters(in: .whitespacesAndNewlines)
     }
 
     func pgbench(_ arguments: [String], timeout: Double = 300) throws {
-        try run(bin + "/pgbench", ["-h", "127.0.0.1", "-p", "\(port)", "-U", "postgres"] + arguments + ["postgres"],
-                timeout: timeout)
+        try run(
+            bin + "/pgbench", ["-h", "127.0.0.1", "-p", "\(port)", "-U", "postgres"] + arguments + ["postgres"],
+            timeout: timeout)
     }
 }
 
@@ -332,17 +357,24 @@ final class Fixture {
 
     /// A base backup of `primary` into `name`, without WAL, so the spool is the only WAL source.
     func baseBackup(of primary: Cluster, name: String) throws {
-        try run(primary.bin + "/pg_basebackup", ["-h", "127.0.0.1", "-p", "\(primary.port)", "-U", "postgres",
-                                                 "-D", directory + "/" + name, "-X", "none", "-c", "fast", "--no-sync"],
-                asPostgres: true)
+        try run(
+            primary.bin + "/pg_basebackup",
+            [
+                "-h", "127.0.0.1", "-p", "\(primary.port)", "-U", "postgres",
+                "-D", directory + "/" + name, "-X", "none", "-c", "fast", "--no-sync",
+            ],
+            asPostgres: true)
     }
 
     /// Configures the copy made by `baseBackup` (its own port, `settings`, the given signal file) and starts it.
     func startCopy(name: String, signal: String, settings: [String]) throws -> Cluster {
         let data = directory + "/" + name
         let port = IT.freePort()
-        let conf = ["port = \(port)", "listen_addresses = '127.0.0.1'", "unix_socket_directories = '\(directory)'",
-                    "archive_mode = off"] + settings
+        let conf =
+            [
+                "port = \(port)", "listen_addresses = '127.0.0.1'", "unix_socket_directories = '\(directory)'",
+                "archive_mode = off",
+            ] + settings
         let handle = FileHandle(forWritingAtPath: data + "/postgresql.conf")!
         handle.seekToEndOfFile()
         handle.write(Data(("\n" + conf.joined(separator: "\n") + "\n").utf8))
@@ -368,8 +400,9 @@ final class Fixture {
     }
 
     func walship(_ name: String, _ arguments: [String], environment: [String: String] = [:]) throws -> Daemon {
-        let d = try Daemon(name: name, executable: IT.walshipBinary, arguments: arguments, logDirectory: logDirectory,
-                           environment: environment)
+        let d = try Daemon(
+            name: name, executable: IT.walshipBinary, arguments: arguments, logDirectory: logDirectory,
+            environment: environment)
         daemons.append(d)
         return d
     }
@@ -384,8 +417,12 @@ final class Fixture {
     /// socket writing into it is taken at the link's pace); returns the port to connect to once it listens.
     func slowLink(to target: Int, mbit: Int = 16) throws -> Int {
         let port = IT.freePort()
-        let proxy = try daemon("wan-proxy", "/usr/bin/python3", [IT.repositoryRoot + "/scripts/wan-proxy.py", "\(port)", "\(target)",
-                                                                "--delay-ms", "5", "--mbit", "\(mbit)", "--queue-kib", "256"])
+        let proxy = try daemon(
+            "wan-proxy", "/usr/bin/python3",
+            [
+                IT.repositoryRoot + "/scripts/wan-proxy.py", "\(port)", "\(target)",
+                "--delay-ms", "5", "--mbit", "\(mbit)", "--queue-kib", "256",
+            ])
         try waitUntil("the WAN proxy to listen on \(port)", timeout: 30) { (IT.listening(port: port), proxy.log) }
         return port
     }
@@ -426,24 +463,37 @@ func lsn(_ text: String) -> UInt64? {
 /// A steady writer: inserts ids 1, 2, 3… into `table` (id int PRIMARY KEY) one transaction at a time and
 /// appends "id LSN" to `file` only after its COMMIT returned, i.e. was acknowledged to the client. The LSN is
 /// the primary's insert position after the row, read in the same transaction: just before its commit record.
-func startAcknowledgedWriter(_ fixture: Fixture, primary: Cluster, table: String, file: String, from first: Int = 1) throws -> Daemon {
-    try fixture.daemon("writer", "/bin/bash", ["-c", """
-        for i in $(seq \(first) 10000000); do
-          lsn=$(psql -h 127.0.0.1 -p \(primary.port) -U postgres -d postgres -qAtX -v ON_ERROR_STOP=1 \\
-            -c "INSERT INTO \(table) (id) VALUES ($i); SELECT pg_current_wal_insert_lsn()" 2>/dev/null) \\
-            && echo "$i $lsn" >> \(file) || sleep 0.05
-        done
-        """])
+func startAcknowledgedWriter(
+    _ fixture: Fixture, primary: Cluster, table: String, file: String, from first: Int = 1
+) throws -> Daemon {
+    try fixture.daemon(
+        "writer", "/bin/bash",
+        [
+            "-c",
+            """
+            for i in $(seq \(first) 10000000); do
+              lsn=$(psql -h 127.0.0.1 -p \(primary.port) -U postgres -d postgres -qAtX -v ON_ERROR_STOP=1 \\
+                -c "INSERT INTO \(table) (id) VALUES ($i); SELECT pg_current_wal_insert_lsn()" 2>/dev/null) \\
+                && echo "$i $lsn" >> \(file) || sleep 0.05
+            done
+            """,
+        ])
 }
 
 /// Load for the fault drills: `sessions` concurrent sessions committing as fast as the primary acknowledges (hundreds
 /// a second), recording to `file` exactly as `startAcknowledgedWriter` does; ids are unique but, across sessions, not
 /// in commit order. The sessions reconnect by themselves after a crash of the primary (scripts/acknowledged-writer.py).
-func startAcknowledgedLoad(_ fixture: Fixture, primary: Cluster, table: String, file: String, sessions: Int = 8)
+func startAcknowledgedLoad(
+    _ fixture: Fixture, primary: Cluster, table: String, file: String, sessions: Int = 8
+)
     throws -> Daemon
 {
-    try fixture.daemon("load-writer", "/usr/bin/python3", [IT.repositoryRoot + "/scripts/acknowledged-writer.py",
-                                                          "\(primary.port)", table, file, "--sessions", "\(sessions)"])
+    try fixture.daemon(
+        "load-writer", "/usr/bin/python3",
+        [
+            IT.repositoryRoot + "/scripts/acknowledged-writer.py",
+            "\(primary.port)", table, file, "--sessions", "\(sessions)",
+        ])
 }
 
 /// The commits `startAcknowledgedWriter` recorded: id and the insert position just before its commit record.

@@ -8,7 +8,8 @@ import Testing
 struct TLSTests {
     func certs(_ fixture: Fixture, _ name: String, receiverName: String = "127.0.0.1", _ extra: [String] = []) throws -> String {
         let directory = fixture.directory + "/" + name
-        _ = try run(IT.walshipBinary, ["certs", "init", directory, "--receiver-name", receiverName, "--sender-name", "pg-main"] + extra)
+        _ = try run(
+            IT.walshipBinary, ["certs", "init", directory, "--receiver-name", receiverName, "--sender-name", "pg-main"] + extra)
         return directory
     }
 
@@ -88,43 +89,65 @@ struct TLSTests {
         #expect(topology.receiver!.log.contains("walship.certificate=pg-main"))
 
         let base = ["send", "--source", topology.primary.conninfo, "--to", "127.0.0.1:\(topology.receiverPort)", "--create-slot"]
-        let wrongCA = try run(IT.walshipBinary, base + ["--slot", "foreign"] + tlsArguments(foreign, "sender"), timeout: 60, check: false)
+        let wrongCA = try run(
+            IT.walshipBinary, base + ["--slot", "foreign"] + tlsArguments(foreign, "sender"), timeout: 60, check: false)
         #expect(wrongCA.status == 1 && wrongCA.error.contains("CERTIFICATE_VERIFY_FAILED"), "\(wrongCA.error)")
         let plaintext = try run(IT.walshipBinary, base + ["--slot", "plain", "--insecure"], timeout: 60, check: false)
         #expect(plaintext.status == 1 && plaintext.error.contains("requires TLS"), "\(plaintext.error)")
-        let both = try run(IT.walshipBinary, base + ["--slot", "both", "--insecure"] + tlsArguments(good, "sender"), timeout: 30, check: false)
+        let both = try run(
+            IT.walshipBinary, base + ["--slot", "both", "--insecure"] + tlsArguments(good, "sender"), timeout: 30, check: false)
         #expect(both.status != 0 && both.error.contains("exclude each other"), "\(both.error)")
         #expect(topology.receiver!.log.contains("TLS handshake with a sender failed"))
 
         // An expired pair is refused even though the CA matches.
         let expiredPort = IT.freePort()
-        _ = try fixture.walship("receiver-expired", ["receive", "--listen", "127.0.0.1:\(expiredPort)", "--spool", fixture.directory + "/spool-expired"]
-                                + tlsArguments(expired, "receiver"))
-        let stale = try run(IT.walshipBinary, ["send", "--source", topology.primary.conninfo, "--to", "127.0.0.1:\(expiredPort)",
-                                               "--create-slot", "--slot", "stale"] + tlsArguments(expired, "sender"), timeout: 60, check: false)
+        _ = try fixture.walship(
+            "receiver-expired",
+            ["receive", "--listen", "127.0.0.1:\(expiredPort)", "--spool", fixture.directory + "/spool-expired"]
+                + tlsArguments(expired, "receiver"))
+        let stale = try run(
+            IT.walshipBinary,
+            [
+                "send", "--source", topology.primary.conninfo, "--to", "127.0.0.1:\(expiredPort)",
+                "--create-slot", "--slot", "stale",
+            ] + tlsArguments(expired, "sender"), timeout: 60, check: false)
         #expect(stale.status == 1 && stale.error.contains("CERTIFICATE_VERIFY_FAILED"), "\(stale.error)")
 
         // A receiver certificate naming another host than the one the sender expects is refused.
         let namedPort = IT.freePort()
-        _ = try fixture.walship("receiver-named", ["receive", "--listen", "127.0.0.1:\(namedPort)", "--spool", fixture.directory + "/spool-named"]
-                                + tlsArguments(named, "receiver"))
-        let wrongName = try run(IT.walshipBinary, ["send", "--source", topology.primary.conninfo, "--to", "127.0.0.1:\(namedPort)", "--create-slot",
-                                                   "--slot", "misnamed", "--tls-server-name", "dr.elsewhere.example"] + tlsArguments(named, "sender"),
-                                timeout: 60, check: false)
+        _ = try fixture.walship(
+            "receiver-named",
+            ["receive", "--listen", "127.0.0.1:\(namedPort)", "--spool", fixture.directory + "/spool-named"]
+                + tlsArguments(named, "receiver"))
+        let wrongName = try run(
+            IT.walshipBinary,
+            [
+                "send", "--source", topology.primary.conninfo, "--to", "127.0.0.1:\(namedPort)", "--create-slot",
+                "--slot", "misnamed", "--tls-server-name", "dr.elsewhere.example",
+            ] + tlsArguments(named, "sender"),
+            timeout: 60, check: false)
         #expect(wrongName.status == 1 && wrongName.error.contains("TLS with the receiver"), "\(wrongName.error)")
 
         // The right certificate for the wrong system: refused, naming both.
         let other = try fixture.cluster("other")
         try other.start()
         let otherSystem = try other.sql("SELECT system_identifier FROM pg_control_system()")
-        let impostor = try fixture.walship("sender-other", ["send", "--source", other.conninfo, "--to", "127.0.0.1:\(topology.receiverPort)",
-                                                            "--create-slot", "--slot", "other", "--retry-max-seconds", "2"] + tlsArguments(good, "sender"))
+        let impostor = try fixture.walship(
+            "sender-other",
+            [
+                "send", "--source", other.conninfo, "--to", "127.0.0.1:\(topology.receiverPort)",
+                "--create-slot", "--slot", "other", "--retry-max-seconds", "2",
+            ] + tlsArguments(good, "sender"))
         try waitUntil("the receiver to refuse the other system", timeout: 60) {
-            (topology.receiver!.log.contains("may ship system \(topology.systemIdentifier) only, but it offered system \(otherSystem)"),
-             impostor.log.suffix(500).description)
+            (
+                topology.receiver!.log.contains(
+                    "may ship system \(topology.systemIdentifier) only, but it offered system \(otherSystem)"),
+                impostor.log.suffix(500).description
+            )
         }
         #expect(!FileManager.default.fileExists(atPath: topology.spool + "/" + otherSystem))
         // Slots this test created on the primary would hold WAL: drop them.
-        try topology.primary.sql("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name <> 'walship_it' AND NOT active")
+        try topology.primary.sql(
+            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name <> 'walship_it' AND NOT active")
     }
 }

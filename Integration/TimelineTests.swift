@@ -18,11 +18,13 @@ struct TimelineTests {
         // the spool alone, and a continuously replaying DR standby.
         try fixture.baseBackup(of: topology.primary, name: "dr")
         try fixture.baseBackup(of: topology.primary, name: "drstandby")
-        let drStandby = try fixture.startCopy(name: "drstandby", signal: "standby.signal", settings: [
-            "primary_conninfo = 'host=127.0.0.1 port=\(standbyPort) user=postgres application_name=dr'",
-            "restore_command = '\(IT.walshipBinary) restore-wal --spool \(topology.spool) %f %p'",
-            "recovery_target_timeline = 'latest'", "wal_retrieve_retry_interval = '1s'", "hot_standby = on",
-        ])
+        let drStandby = try fixture.startCopy(
+            name: "drstandby", signal: "standby.signal",
+            settings: [
+                "primary_conninfo = 'host=127.0.0.1 port=\(standbyPort) user=postgres application_name=dr'",
+                "restore_command = '\(IT.walshipBinary) restore-wal --spool \(topology.spool) %f %p'",
+                "recovery_target_timeline = 'latest'", "wal_retrieve_retry_interval = '1s'", "hot_standby = on",
+            ])
         try topology.primary.sql("CREATE TABLE admissions (id int PRIMARY KEY, site text)")
         try topology.primary.sql("INSERT INTO admissions SELECT g, 'before' FROM generate_series(1, 1000) g")
         let beforeFailover = try lsn(topology.primary.sql("SELECT pg_current_wal_lsn()"))!
@@ -46,15 +48,18 @@ struct TimelineTests {
         // It learnt of the switch over its stream (the end of timeline 1, then timeline 2's history), not only
         // through restore_command.
         let receiverLog = topology.receiver?.log ?? ""
-        #expect(receiverLog.contains("standby reached the end of its timeline"),
-                "\(receiverLog.split(separator: "\n").filter { $0.contains("standby") }.suffix(20).joined(separator: "\n"))")
+        #expect(
+            receiverLog.contains("standby reached the end of its timeline"),
+            "\(receiverLog.split(separator: "\n").filter { $0.contains("standby") }.suffix(20).joined(separator: "\n"))")
         #expect(try drStandby.sql("SELECT pg_is_in_recovery()") == "t")
 
         // A copy recovered from the spool alone follows timeline 2 and has every row.
-        let copy = try fixture.startCopy(name: "dr", signal: "recovery.signal", settings: [
-            "restore_command = '\(IT.walshipBinary) restore-wal --spool \(topology.spool) %f %p'",
-            "recovery_target_timeline = 'latest'", "recovery_target_action = 'promote'",
-        ])
+        let copy = try fixture.startCopy(
+            name: "dr", signal: "recovery.signal",
+            settings: [
+                "restore_command = '\(IT.walshipBinary) restore-wal --spool \(topology.spool) %f %p'",
+                "recovery_target_timeline = 'latest'", "recovery_target_action = 'promote'",
+            ])
         try waitUntil("the DR copy to finish recovery", timeout: 120) { (try copy.sql("SELECT pg_is_in_recovery()") == "f", "") }
         #expect(try copy.sql("SELECT count(*), count(*) FILTER (WHERE site = 'after') FROM admissions") == "1500|500")
         #expect(try copy.sql("SELECT timeline_id FROM pg_control_checkpoint()") != "1")
@@ -68,13 +73,18 @@ struct TimelineTests {
     @Test func commitsAcknowledgedFromTheBufferOutliveAFailoverAtThePrimarySite() throws {
         let fixture = try Fixture("timeline-degraded")
         defer { fixture.tearDown() }
-        var topology = try ShipTopology(fixture, primarySettings: ["hot_standby": "on", "synchronous_standby_names": "'walship'",
-                                                                   "wal_sender_timeout": "'5s'"], spoolOwnedByPostgres: true)
+        var topology = try ShipTopology(
+            fixture,
+            primarySettings: [
+                "hot_standby": "on", "synchronous_standby_names": "'walship'",
+                "wal_sender_timeout": "'5s'",
+            ], spoolOwnedByPostgres: true)
         try topology.startReceiver(linkTimeout: 5)
         let (partner, multiHost) = try startLocalPartner(fixture, topology)
         let buffer = fixture.directory + "/buffer"
-        try topology.startSender(extra: ["--sync", "--link-timeout", "5", "--on-receiver-loss", "degrade-after=2s", "--buffer-dir", buffer],
-                                 source: multiHost)
+        try topology.startSender(
+            extra: ["--sync", "--link-timeout", "5", "--on-receiver-loss", "degrade-after=2s", "--buffer-dir", buffer],
+            source: multiHost)
         try topology.primary.sql("CREATE TABLE admissions (id int PRIMARY KEY)")
         try topology.primary.sql("INSERT INTO admissions SELECT generate_series(1, 100)")
         // A fresh segment, which the partner reaches and then stops following.
@@ -85,7 +95,9 @@ struct TimelineTests {
         try waitForPartnerAndDRSite(partner, topology, through: synchronousEnd)
         try partner.sql("ALTER SYSTEM SET primary_conninfo = ''")
         try partner.sql("SELECT pg_reload_conf()")
-        try waitUntil("the partner to stop streaming", timeout: 30) { (try partner.sql("SELECT count(*) FROM pg_stat_wal_receiver") == "0", "") }
+        try waitUntil("the partner to stop streaming", timeout: 30) {
+            (try partner.sql("SELECT count(*) FROM pg_stat_wal_receiver") == "0", "")
+        }
 
         // The DR site goes away; after 2 s commits are acknowledged from the buffer alone.
         topology.receiver!.kill9()
@@ -107,7 +119,10 @@ struct TimelineTests {
         #expect(FileManager.default.fileExists(atPath: buffer + "/" + topology.systemIdentifier + "/system.conf"))
         try waitUntil("the sender to say it no longer acknowledges", timeout: 30) {
             let status = try fetchStatus(port: topology.senderStatusPort)
-            return (status["state"] as? String == "retrying" && (status["sender"] as? [String: Any])?["rpoExposure"] != nil, "\(status)")
+            return (
+                status["state"] as? String == "retrying" && (status["sender"] as? [String: Any])?["rpoExposure"] != nil,
+                "\(status)"
+            )
         }
         try partner.sql("ALTER SYSTEM SET synchronous_standby_names = ''")
         try partner.sql("SELECT pg_reload_conf()")
@@ -124,12 +139,16 @@ struct TimelineTests {
             return (audit.contains(#""event":"set-aside""#), audit)
         }
         #expect(!FileManager.default.fileExists(atPath: buffer + "/" + topology.systemIdentifier + "/system.conf"))
-        let keptName = try #require(try FileManager.default.contentsOfDirectory(atPath: buffer)
-            .first { $0.hasPrefix(topology.systemIdentifier + ".timeline-1.set-aside-") })
-        let segment = String(format: "00000001%08X%08X", UInt32(truncatingIfNeeded: segmentStart >> 32),
-                             UInt32(truncatingIfNeeded: (segmentStart & 0xFFFF_FFFF) / (16 << 20)))
-        let start = String(format: "%X/%X", UInt32(truncatingIfNeeded: segmentStart >> 32), UInt32(truncatingIfNeeded: segmentStart))
-        let end = String(format: "%X/%X", UInt32(truncatingIfNeeded: acknowledgedEnd >> 32), UInt32(truncatingIfNeeded: acknowledgedEnd))
+        let keptName = try #require(
+            try FileManager.default.contentsOfDirectory(atPath: buffer)
+                .first { $0.hasPrefix(topology.systemIdentifier + ".timeline-1.set-aside-") })
+        let segment = String(
+            format: "00000001%08X%08X", UInt32(truncatingIfNeeded: segmentStart >> 32),
+            UInt32(truncatingIfNeeded: (segmentStart & 0xFFFF_FFFF) / (16 << 20)))
+        let start = String(
+            format: "%X/%X", UInt32(truncatingIfNeeded: segmentStart >> 32), UInt32(truncatingIfNeeded: segmentStart))
+        let end = String(
+            format: "%X/%X", UInt32(truncatingIfNeeded: acknowledgedEnd >> 32), UInt32(truncatingIfNeeded: acknowledgedEnd))
         /// The segment's WAL as `walship extract-partial` reads it from `spool`, then `pg_waldump` up to the acknowledged end.
         func dumpThroughAcknowledgedEnd(spool: String, _ name: String) throws -> CommandResult {
             let out = try fixture.postgresDirectory(name)
@@ -137,13 +156,16 @@ struct TimelineTests {
             return try run(topology.primary.bin + "/pg_waldump", ["-p", out, "-t", "1", "-s", start, "-e", end], check: false)
         }
         let keptRoot = try fixture.postgresDirectory("kept-root")
-        try FileManager.default.createSymbolicLink(atPath: keptRoot + "/" + topology.systemIdentifier, withDestinationPath: buffer + "/" + keptName)
+        try FileManager.default.createSymbolicLink(
+            atPath: keptRoot + "/" + topology.systemIdentifier, withDestinationPath: buffer + "/" + keptName)
         let kept = try dumpThroughAcknowledgedEnd(spool: keptRoot, "kept")
         #expect(kept.status == 0, "\(kept.output.suffix(800))\(kept.error)")
         #expect(kept.output.components(separatedBy: "INSERT").count - 1 >= 30, "\(kept.output.suffix(800))")
         // The DR site's timeline 1 ends at the fork.
         let spooled = try dumpThroughAcknowledgedEnd(spool: topology.spool, "spooled")
-        #expect(spooled.status != 0 && spooled.output.contains("desc: INSERT off 101"), "\(spooled.output.suffix(800))\(spooled.error)")
+        #expect(
+            spooled.status != 0 && spooled.output.contains("desc: INSERT off 101"),
+            "\(spooled.output.suffix(800))\(spooled.error)")
     }
 
     /// A failover at the primary site to a partner that lagged several segments: the spool's old timeline reaches
@@ -167,11 +189,15 @@ struct TimelineTests {
         try waitForPartnerAndDRSite(partner, topology, through: partnerEnd)
         try partner.sql("ALTER SYSTEM SET primary_conninfo = ''")
         try partner.sql("SELECT pg_reload_conf()")
-        try waitUntil("the partner to stop streaming", timeout: 30) { (try partner.sql("SELECT count(*) FROM pg_stat_wal_receiver") == "0", "") }
+        try waitUntil("the partner to stop streaming", timeout: 30) {
+            (try partner.sql("SELECT count(*) FROM pg_stat_wal_receiver") == "0", "")
+        }
 
         // The DR site gets four more segments of timeline 1 that the partner never sees.
         for _ in 1...4 {
-            try topology.primary.sql("INSERT INTO admissions SELECT g, 'lost' FROM generate_series((SELECT max(id) + 1 FROM admissions), (SELECT max(id) + 100 FROM admissions)) g")
+            try topology.primary.sql(
+                "INSERT INTO admissions SELECT g, 'lost' FROM generate_series((SELECT max(id) + 1 FROM admissions), (SELECT max(id) + 100 FROM admissions)) g"
+            )
             try topology.primary.sql("SELECT pg_switch_wal()")
         }
         try topology.primary.sql("INSERT INTO admissions VALUES (100000, 'lost')")
@@ -194,17 +220,21 @@ struct TimelineTests {
         let system = (reopened["systems"] as? [[String: Any]])?.first
         #expect(system?["timeline"] as? Int == 2, "\(reopened)")
         #expect((stageLSN(system, "durable") ?? 0) >= afterFailover)
-        let identify = try run(topology.primary.bin + "/psql", [
-            "host=127.0.0.1 port=\(standbyPort) user=postgres replication=true", "-XAtc", "IDENTIFY_SYSTEM",
-        ], asPostgres: true)
+        let identify = try run(
+            topology.primary.bin + "/psql",
+            [
+                "host=127.0.0.1 port=\(standbyPort) user=postgres replication=true", "-XAtc", "IDENTIFY_SYSTEM",
+            ], asPostgres: true)
         #expect(identify.output.split(separator: "|").dropFirst().first == "2", "\(identify.output)\(identify.error)")
 
         // The DR standby starts now, from the spool's endpoint alone, and the sender returns.
-        let drStandby = try fixture.startCopy(name: "drstandby", signal: "standby.signal", settings: [
-            "primary_conninfo = 'host=127.0.0.1 port=\(standbyPort) user=postgres application_name=dr'",
-            "restore_command = '\(IT.walshipBinary) restore-wal --spool \(topology.spool) %f %p'",
-            "recovery_target_timeline = 'latest'", "wal_retrieve_retry_interval = '1s'", "hot_standby = on",
-        ])
+        let drStandby = try fixture.startCopy(
+            name: "drstandby", signal: "standby.signal",
+            settings: [
+                "primary_conninfo = 'host=127.0.0.1 port=\(standbyPort) user=postgres application_name=dr'",
+                "restore_command = '\(IT.walshipBinary) restore-wal --spool \(topology.spool) %f %p'",
+                "recovery_target_timeline = 'latest'", "wal_retrieve_retry_interval = '1s'", "hot_standby = on",
+            ])
         try topology.startSender(source: multiHost)
         try partner.sql("INSERT INTO admissions SELECT g, 'later' FROM generate_series(3001, 3100) g")
         let later = try lsn(partner.sql("SELECT pg_current_wal_lsn()"))!
@@ -217,10 +247,12 @@ struct TimelineTests {
         #expect(expected == "1600|0")
         #expect(try drStandby.sql("SELECT count(*), count(*) FILTER (WHERE site = 'lost') FROM admissions") == expected)
 
-        let copy = try fixture.startCopy(name: "dr", signal: "recovery.signal", settings: [
-            "restore_command = '\(IT.walshipBinary) restore-wal --spool \(topology.spool) %f %p'",
-            "recovery_target_timeline = 'latest'", "recovery_target_action = 'promote'",
-        ])
+        let copy = try fixture.startCopy(
+            name: "dr", signal: "recovery.signal",
+            settings: [
+                "restore_command = '\(IT.walshipBinary) restore-wal --spool \(topology.spool) %f %p'",
+                "recovery_target_timeline = 'latest'", "recovery_target_action = 'promote'",
+            ])
         try waitUntil("the DR copy to finish recovery", timeout: 120) { (try copy.sql("SELECT pg_is_in_recovery()") == "f", "") }
         #expect(try copy.sql("SELECT count(*), count(*) FILTER (WHERE site = 'lost') FROM admissions") == expected)
     }
@@ -228,11 +260,18 @@ struct TimelineTests {
     /// The local HA partner, a native streaming standby of the primary, and a conninfo that finds whichever
     /// of the two accepts writes.
     func startLocalPartner(_ fixture: Fixture, _ topology: ShipTopology) throws -> (Cluster, String) {
-        _ = try run(topology.primary.bin + "/pg_basebackup", ["-h", "127.0.0.1", "-p", "\(topology.primary.port)", "-U", "postgres",
-                                                              "-D", fixture.directory + "/local", "-X", "stream", "-R", "-c", "fast",
-                                                              "--no-sync"], asPostgres: true)
+        _ = try run(
+            topology.primary.bin + "/pg_basebackup",
+            [
+                "-h", "127.0.0.1", "-p", "\(topology.primary.port)", "-U", "postgres",
+                "-D", fixture.directory + "/local", "-X", "stream", "-R", "-c", "fast",
+                "--no-sync",
+            ], asPostgres: true)
         let partner = try fixture.startCopy(name: "local", signal: "standby.signal", settings: ["hot_standby = on"])
-        return (partner, "host=127.0.0.1,127.0.0.1 port=\(topology.primary.port),\(partner.port) user=postgres target_session_attrs=read-write")
+        return (
+            partner,
+            "host=127.0.0.1,127.0.0.1 port=\(topology.primary.port),\(partner.port) user=postgres target_session_attrs=read-write"
+        )
     }
 
     func waitForPartnerAndDRSite(_ partner: Cluster, _ topology: ShipTopology, through end: UInt64) throws {
@@ -249,7 +288,10 @@ struct TimelineTests {
             let system = (status["systems"] as? [[String: Any]])?.first
             let timeline = system?["timeline"] as? Int ?? 0
             let durable = stageLSN(system, "durable") ?? 0
-            return (timeline == 2 && durable >= end, "timeline \(timeline), durable \(String(durable, radix: 16)); sender: \(topology.sender!.log.suffix(1500))")
+            return (
+                timeline == 2 && durable >= end,
+                "timeline \(timeline), durable \(String(durable, radix: 16)); sender: \(topology.sender!.log.suffix(1500))"
+            )
         }
     }
 }

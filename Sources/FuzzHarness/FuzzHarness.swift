@@ -42,8 +42,9 @@ public enum FuzzTarget: String, CaseIterable, Sendable {
         var buffer = ByteBuffer(bytes: bytes)
         var decoder = FrontendMessageDecoder()
         // A fixed verifier and nonce: the exchange is deterministic, as a fuzzer needs.
-        var machine = WalSenderStateMachine(authentication: .scram(SCRAMVerifier(password: "fuzz", salt: [1, 2, 3, 4], iterations: 1)),
-                                            serverNonce: "fuzz")
+        var machine = WalSenderStateMachine(
+            authentication: .scram(SCRAMVerifier(password: "fuzz", salt: [1, 2, 3, 4], iterations: 1)),
+            serverNonce: "fuzz")
         do {
             while let message = try decoder.decode(buffer: &buffer) {
                 switch message {
@@ -65,10 +66,12 @@ public enum FuzzTarget: String, CaseIterable, Sendable {
         var pages = WALPageValidator(systemIdentifier: 7_000_000_000_000_000_001, segmentSize: size, timeline: timeline)
         // The page validator's contract: the whole header is there (40 bytes covers the long header).
         if body.count >= 40 {
-            _ = try? pages.validate(header: UnsafeRawBufferPointer(rebasing: body[0..<40]), pageAddress: size.startLSN(ofSegment: segment))
+            _ = try? pages.validate(
+                header: UnsafeRawBufferPointer(rebasing: body[0..<40]), pageAddress: size.startLSN(ofSegment: segment))
         }
-        var validator = WALSegmentValidator(systemIdentifier: 7_000_000_000_000_000_001, segmentSize: size, timeline: timeline,
-                                            segmentStart: size.startLSN(ofSegment: segment))
+        var validator = WALSegmentValidator(
+            systemIdentifier: 7_000_000_000_000_000_001, segmentSize: size, timeline: timeline,
+            segmentStart: size.startLSN(ofSegment: segment))
         _ = try? validator.validate(segment: body, previousLength: Int(bytes[2]) * 8192 % max(1, body.count + 1))
     }
 }

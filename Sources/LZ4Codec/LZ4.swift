@@ -1,8 +1,9 @@
+import CLZ4
+import NIOCore
+
 #if canImport(Glibc)
 import Glibc
 #endif
-import CLZ4
-import NIOCore
 
 /// How hard a block is compressed: fast LZ4 (`LZ4.compress`), or LZ4HC for fewer bytes at several times the CPU.
 public enum CompressionEffort: String, Sendable, Hashable, CaseIterable {
@@ -51,8 +52,10 @@ public enum LZ4 {
 
     /// Decompresses one block and appends the result to `output`; false (and `output` unchanged) unless it
     /// yields exactly `uncompressedLength` bytes.
-    public static func decompressBlock(_ input: UnsafeRawBufferPointer, uncompressedLength: Int,
-                                       appendingTo output: inout [UInt8]) -> Bool {
+    public static func decompressBlock(
+        _ input: UnsafeRawBufferPointer, uncompressedLength: Int,
+        appendingTo output: inout [UInt8]
+    ) -> Bool {
         guard uncompressedLength > 0 else { return false }
         // Through a scratch block and one copy: growing the array by `repeatElement` zeros first went element by
         // element in debug builds (~270 ms per MiB), and the standby endpoint reads journals on an event loop.
@@ -75,9 +78,11 @@ public enum LZ4 {
     static func compress(_ src: UnsafeRawBufferPointer, into dst: UnsafeMutableRawBufferPointer) -> Int {
         let stream = ThreadCompressionStream.current
         LZ4_resetStream_fast(stream)
-        return Int(LZ4_compress_fast_continue(stream, src.baseAddress?.assumingMemoryBound(to: CChar.self),
-                                              dst.baseAddress!.assumingMemoryBound(to: CChar.self),
-                                              Int32(src.count), Int32(dst.count), 1))
+        return Int(
+            LZ4_compress_fast_continue(
+                stream, src.baseAddress?.assumingMemoryBound(to: CChar.self),
+                dst.baseAddress!.assumingMemoryBound(to: CChar.self),
+                Int32(src.count), Int32(dst.count), 1))
     }
 
     /// LZ4HC at this level: on pgbench WAL in 1 MiB blocks, about 15 % fewer bytes than `LZ4_compress_default`
@@ -87,17 +92,20 @@ public enum LZ4 {
 
     /// `LZ4_compress_HC` of `src` into `dst`: the block's length, 0 if it did not fit.
     static func compressHigh(_ src: UnsafeRawBufferPointer, into dst: UnsafeMutableRawBufferPointer) -> Int {
-        Int(LZ4_compress_HC(src.baseAddress?.assumingMemoryBound(to: CChar.self),
-                            dst.baseAddress!.assumingMemoryBound(to: CChar.self),
-                            Int32(src.count), Int32(dst.count), highCompressionLevel))
+        Int(
+            LZ4_compress_HC(
+                src.baseAddress?.assumingMemoryBound(to: CChar.self),
+                dst.baseAddress!.assumingMemoryBound(to: CChar.self),
+                Int32(src.count), Int32(dst.count), highCompressionLevel))
     }
 
     /// The bounds-checked `LZ4_decompress_safe` of `src` into `dst` (at least `count` bytes); true only if the
     /// block yields exactly `count` bytes.
     static func decompress(_ src: UnsafeRawBufferPointer, into dst: UnsafeMutableRawBufferPointer, count: Int) -> Bool {
-        LZ4_decompress_safe(src.baseAddress?.assumingMemoryBound(to: CChar.self),
-                            dst.baseAddress!.assumingMemoryBound(to: CChar.self),
-                            Int32(src.count), Int32(count)) == Int32(count)
+        LZ4_decompress_safe(
+            src.baseAddress?.assumingMemoryBound(to: CChar.self),
+            dst.baseAddress!.assumingMemoryBound(to: CChar.self),
+            Int32(src.count), Int32(count)) == Int32(count)
     }
 
     /// Compresses `input` into one standard LZ4 frame (64 KiB linked blocks, content size and content
@@ -125,8 +133,9 @@ public enum LZ4 {
         private var buffer: [UInt8] = []
 
         public init() {
-            precondition(LZ4F_isError(LZ4F_createCompressionContext(&context, UInt32(LZ4F_VERSION))) == 0,
-                         "cannot create an LZ4 compression context")
+            precondition(
+                LZ4F_isError(LZ4F_createCompressionContext(&context, UInt32(LZ4F_VERSION))) == 0,
+                "cannot create an LZ4 compression context")
             preferences.frameInfo.blockSizeID = LZ4F_max64KB
             preferences.frameInfo.blockMode = LZ4F_blockLinked
             preferences.frameInfo.contentChecksumFlag = LZ4F_contentChecksumEnabled
@@ -151,7 +160,9 @@ public enum LZ4 {
         public func update<T>(_ input: UnsafeRawBufferPointer, _ body: (UnsafeRawBufferPointer) throws -> T) rethrows -> T {
             let bound = LZ4F_compressBound(input.count, &preferences)
             if buffer.count < bound { buffer = [UInt8](repeating: 0, count: bound) }
-            let n = buffer.withUnsafeMutableBytes { LZ4F_compressUpdate(context, $0.baseAddress, $0.count, input.baseAddress, input.count, nil) }
+            let n = buffer.withUnsafeMutableBytes {
+                LZ4F_compressUpdate(context, $0.baseAddress, $0.count, input.baseAddress, input.count, nil)
+            }
             precondition(LZ4F_isError(n) == 0, "LZ4F_compressUpdate cannot fail with a bound-sized buffer")
             return try buffer.withUnsafeBytes { try body(UnsafeRawBufferPointer(rebasing: $0[0..<n])) }
         }
@@ -214,7 +225,8 @@ public enum LZ4 {
         /// caller already has: stored as is when it is a block worth keeping, else treated like `add(_:)`.
         public func add(_ raw: UnsafeRawBufferPointer, compressedBlock: UnsafeRawBufferPointer) -> [UInt8] {
             guard raw.count >= Self.minStoredBlockBytes, raw.count <= Self.maxBlockBytes,
-                  compressedBlock.count < raw.count else { return add(raw) }
+                compressedBlock.count < raw.count
+            else { return add(raw) }
             output.removeAll(keepingCapacity: true)
             flushPending()
             appendBlock(compressedBlock, compressed: true)
@@ -317,7 +329,9 @@ public enum LZ4 {
             }
             consumed += srcSize
             out.append(contentsOf: chunk[0..<dstSize])
-            guard out.count <= maxOutputBytes else { throw FrameError(description: "LZ4 frame expands past \(maxOutputBytes) bytes") }
+            guard out.count <= maxOutputBytes else {
+                throw FrameError(description: "LZ4 frame expands past \(maxOutputBytes) bytes")
+            }
             if hint == 0 { break }
             if srcSize == 0 && dstSize == 0 {
                 throw FrameError(description: "LZ4 frame is truncated")

@@ -38,7 +38,10 @@ public struct XXH32 {
                 d = XXH32.round(d, UInt32(littleEndian: p.loadUnaligned(fromByteOffset: 12, as: UInt32.self)))
                 index += 16
             }
-            self.a = a; self.b = b; self.c = c; self.d = d
+            self.a = a
+            self.b = b
+            self.c = c
+            self.d = d
             return index
         }
     }
@@ -52,8 +55,9 @@ public struct XXH32 {
     public static func hash(_ bytes: UnsafeRawBufferPointer, seed: UInt32 = 0) -> UInt32 {
         var lanes = Lanes(seed: seed)
         let consumed = lanes.consumeStripes(bytes)
-        return finish(lanes, seed: seed, totalLength: UInt64(bytes.count),
-                      tail: UnsafeRawBufferPointer(rebasing: bytes[consumed...]))
+        return finish(
+            lanes, seed: seed, totalLength: UInt64(bytes.count),
+            tail: UnsafeRawBufferPointer(rebasing: bytes[consumed...]))
     }
 
     public static func hash(_ bytes: [UInt8], seed: UInt32 = 0) -> UInt32 {
@@ -89,7 +93,8 @@ public struct XXH32 {
 
     /// The hash from the lanes after the last whole stripe and the fewer than 16 bytes after it.
     private static func finish(_ lanes: Lanes, seed: UInt32, totalLength: UInt64, tail: UnsafeRawBufferPointer) -> UInt32 {
-        var h: UInt32 = totalLength >= 16
+        var h: UInt32 =
+            totalLength >= 16
             ? rotate(lanes.a, 1) &+ rotate(lanes.b, 7) &+ rotate(lanes.c, 12) &+ rotate(lanes.d, 18)
             : seed &+ prime5
         h = h &+ UInt32(truncatingIfNeeded: totalLength)

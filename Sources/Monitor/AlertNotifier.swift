@@ -51,7 +51,10 @@ public final class AlertNotifier: Sendable {
             "WALSHIP_ALERT_SEVERITY": event.severity.rawValue,
         ]) { $1 }
         let exited = AsyncStream<Int32>.makeStream()
-        process.terminationHandler = { exited.continuation.yield($0.terminationStatus); exited.continuation.finish() }
+        process.terminationHandler = {
+            exited.continuation.yield($0.terminationStatus)
+            exited.continuation.finish()
+        }
         do {
             try process.run()
         } catch {
@@ -66,29 +69,40 @@ public final class AlertNotifier: Sendable {
         }
         let timeout = self.timeout
         let status: Int32? = await withTaskGroup(of: Int32?.self) { group in
-            group.addTask { for await status in exited.stream { return status }; return nil }
-            group.addTask { try? await Task.sleep(for: timeout); return nil }
+            group.addTask {
+                for await status in exited.stream { return status }
+                return nil
+            }
+            group.addTask {
+                try? await Task.sleep(for: timeout)
+                return nil
+            }
             let first = await group.next() ?? nil
             group.cancelAll()
             return first
         }
         if status == nil {
             process.terminate()
-            logger.error("--alert-command did not finish within \(timeout); stopped it", metadata: ["walship.alert": "\(event.condition)"])
+            logger.error(
+                "--alert-command did not finish within \(timeout); stopped it", metadata: ["walship.alert": "\(event.condition)"])
         } else if status != 0 {
-            logger.error("--alert-command failed", metadata: ["walship.exit_status": "\(status!)", "walship.alert": "\(event.condition)"])
+            logger.error(
+                "--alert-command failed", metadata: ["walship.exit_status": "\(status!)", "walship.alert": "\(event.condition)"])
         }
     }
 
     private func post(_ body: Data, to url: URL, event: AlertEvent) async {
         do {
-            let code = try await HTTPRequest.send(.POST, url, body: Array(body), contentType: "application/json",
-                                                  timeout: timeout).status
+            let code = try await HTTPRequest.send(
+                .POST, url, body: Array(body), contentType: "application/json",
+                timeout: timeout
+            ).status
             if !(200..<300).contains(code) {
                 logger.error("--alert-webhook answered HTTP \(code)", metadata: ["walship.alert": "\(event.condition)"])
             }
         } catch {
-            logger.error("--alert-webhook unreachable", metadata: ["walship.error": "\(error)", "walship.alert": "\(event.condition)"])
+            logger.error(
+                "--alert-webhook unreachable", metadata: ["walship.error": "\(error)", "walship.alert": "\(event.condition)"])
         }
     }
 }

@@ -20,8 +20,10 @@ public enum HTTPRequest {
     }
 
     /// Sends one request with `Connection: close` and collects the whole response, all within `timeout`.
-    public static func send(_ method: HTTPMethod, _ url: URL, body: [UInt8] = [], contentType: String? = nil,
-                            timeout: Duration, maxResponseBytes: Int = 16 << 20) async throws -> Response {
+    public static func send(
+        _ method: HTTPMethod, _ url: URL, body: [UInt8] = [], contentType: String? = nil,
+        timeout: Duration, maxResponseBytes: Int = 16 << 20
+    ) async throws -> Response {
         guard let scheme = url.scheme?.lowercased(), scheme == "http" || scheme == "https" else {
             throw Failure(description: "\(url) is not an http:// or https:// URL")
         }
@@ -29,13 +31,15 @@ public enum HTTPRequest {
         let port = url.port ?? (scheme == "https" ? 443 : 80)
         let path = url.path.isEmpty ? "/" : url.path
         let target = url.query.map { "\(path)?\($0)" } ?? path
-        let tls: NIOSSLContext? = scheme == "https"
+        let tls: NIOSSLContext? =
+            scheme == "https"
             ? try NIOSSLContext(configuration: .makeClientConfiguration()) : nil
 
         return try await withThrowingTaskGroup(of: Response.self) { group in
             group.addTask {
-                try await exchange(host: host, port: port, tls: tls, method: method, target: target, body: body,
-                                   contentType: contentType, timeout: timeout, maxResponseBytes: maxResponseBytes)
+                try await exchange(
+                    host: host, port: port, tls: tls, method: method, target: target, body: body,
+                    contentType: contentType, timeout: timeout, maxResponseBytes: maxResponseBytes)
             }
             group.addTask {
                 try await Task.sleep(for: timeout)
@@ -46,11 +50,14 @@ public enum HTTPRequest {
         }
     }
 
-    private static func exchange(host: String, port: Int, tls: NIOSSLContext?, method: HTTPMethod, target: String,
-                                 body: [UInt8], contentType: String?, timeout: Duration,
-                                 maxResponseBytes: Int) async throws -> Response {
-        let connectTimeout = TimeAmount.nanoseconds(Int64(timeout.components.seconds) * 1_000_000_000
-                                                    + timeout.components.attoseconds / 1_000_000_000)
+    private static func exchange(
+        host: String, port: Int, tls: NIOSSLContext?, method: HTTPMethod, target: String,
+        body: [UInt8], contentType: String?, timeout: Duration,
+        maxResponseBytes: Int
+    ) async throws -> Response {
+        let connectTimeout = TimeAmount.nanoseconds(
+            Int64(timeout.components.seconds) * 1_000_000_000
+                + timeout.components.attoseconds / 1_000_000_000)
         let channel: NIOAsyncChannel<HTTPClientResponsePart, HTTPClientRequestPart>
         do {
             channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
@@ -62,7 +69,8 @@ public enum HTTPRequest {
                                 try NIOSSLClientHandler(context: tls, serverHostname: isIPAddress(host) ? nil : host))
                         }
                         try channel.pipeline.syncOperations.addHTTPClientHandlers()
-                        return try NIOAsyncChannel<HTTPClientResponsePart, HTTPClientRequestPart>(wrappingChannelSynchronously: channel)
+                        return try NIOAsyncChannel<HTTPClientResponsePart, HTTPClientRequestPart>(
+                            wrappingChannelSynchronously: channel)
                     }
                 }
         } catch let error as NIOConnectionError {
@@ -70,16 +78,21 @@ public enum HTTPRequest {
             throw Failure(description: "cannot connect to \(host):\(port): \(reason)")
         }
         do {
-            return try await talk(over: channel, host: host, port: port, method: method, target: target, body: body,
-                                  contentType: contentType, maxResponseBytes: maxResponseBytes)
+            return try await talk(
+                over: channel, host: host, port: port, method: method, target: target, body: body,
+                contentType: contentType, maxResponseBytes: maxResponseBytes)
         } catch NIOSSLError.handshakeFailed(let reason) {
-            throw Failure(description: "TLS with \(host):\(port) failed: \(reason) (hint: is its certificate trusted by this host's CA store?)")
+            throw Failure(
+                description:
+                    "TLS with \(host):\(port) failed: \(reason) (hint: is its certificate trusted by this host's CA store?)")
         }
     }
 
-    private static func talk(over channel: NIOAsyncChannel<HTTPClientResponsePart, HTTPClientRequestPart>, host: String,
-                             port: Int, method: HTTPMethod, target: String, body: [UInt8], contentType: String?,
-                             maxResponseBytes: Int) async throws -> Response {
+    private static func talk(
+        over channel: NIOAsyncChannel<HTTPClientResponsePart, HTTPClientRequestPart>, host: String,
+        port: Int, method: HTTPMethod, target: String, body: [UInt8], contentType: String?,
+        maxResponseBytes: Int
+    ) async throws -> Response {
         try await channel.executeThenClose { inbound, outbound in
             var head = HTTPRequestHead(version: .http1_1, method: method, uri: target)
             head.headers.add(name: "Host", value: port == 80 || port == 443 ? host : "\(host):\(port)")

@@ -36,8 +36,9 @@ public final class MetricsPublisher: Sendable {
         if let rss = s.process.residentMemoryBytes { gauge("walship_resident_memory_bytes", ["role": s.role], Double(rss)) }
         gauge("walship_health_status", ["role": s.role], Double(HealthCheck.Code(label: s.health.status).rawValue))
         for certificate in s.certificates ?? [] {
-            gauge("walship_tls_certificate_expiry_timestamp_seconds", ["use": certificate.use, "path": certificate.path],
-                  certificate.notValidAfter.timeIntervalSince1970)
+            gauge(
+                "walship_tls_certificate_expiry_timestamp_seconds", ["use": certificate.use, "path": certificate.path],
+                certificate.notValidAfter.timeIntervalSince1970)
         }
         for alert in s.alerts {
             gauge("walship_alert_active", ["condition": alert.condition, "system": alert.system ?? ""], 1)
@@ -76,7 +77,9 @@ public final class MetricsPublisher: Sendable {
             if let retained = sender.slot.retainedBytes { gauge("walship_slot_retained_bytes", slot, Double(retained)) }
             if let safe = sender.slot.safeWALSizeBytes { gauge("walship_slot_safe_wal_size_bytes", slot, Double(safe)) }
             for state in ["reserved", "extended", "unreserved", "lost"] {
-                gauge("walship_slot_wal_status", ["slot": sender.slot.name, "wal_status": state], sender.slot.walStatus == state ? 1 : 0)
+                gauge(
+                    "walship_slot_wal_status", ["slot": sender.slot.name, "wal_status": state],
+                    sender.slot.walStatus == state ? 1 : 0)
             }
             if let degraded = sender.degraded {
                 gauge("walship_degraded", ["system": id], degraded ? 1 : 0)

@@ -13,14 +13,18 @@ public final class StatusMonitor: Sendable {
     private let machine: Mutex<AlertStateMachine>
     private let histories = Mutex<[String: LagHistory]>([:])
 
-    public init(role: String, thresholds: AlertThresholds, notifier: AlertNotifier, recoverAfterSeconds: Double = 30,
-                interval: Duration = .seconds(1), base: @escaping @Sendable () -> StatusDocument) {
+    public init(
+        role: String, thresholds: AlertThresholds, notifier: AlertNotifier, recoverAfterSeconds: Double = 30,
+        interval: Duration = .seconds(1), base: @escaping @Sendable () -> StatusDocument
+    ) {
         self.thresholds = thresholds
         self.notifier = notifier
         self.interval = interval
         self.base = base
-        self.machine = Mutex(AlertStateMachine(role: role, host: ProcessInfo.processInfo.hostName,
-                                               recoverAfterSeconds: recoverAfterSeconds))
+        self.machine = Mutex(
+            AlertStateMachine(
+                role: role, host: ProcessInfo.processInfo.hostName,
+                recoverAfterSeconds: recoverAfterSeconds))
     }
 
     /// The status with alerts, health and history filled in.
@@ -29,7 +33,9 @@ public final class StatusMonitor: Sendable {
         status.alerts = machine.withLock { $0.active }
         let recorded = histories.withLock { histories in
             for system in status.systems {
-                guard let stage = system.lastStage, let bytes = stage.bytesBehind, let seconds = stage.secondsBehind else { continue }
+                guard let stage = system.lastStage, let bytes = stage.bytesBehind, let seconds = stage.secondsBehind else {
+                    continue
+                }
                 histories[system.systemIdentifier ?? "", default: LagHistory()]
                     .record(.init(at: now, bytes: bytes, seconds: seconds))
             }
@@ -65,11 +71,15 @@ public final class StatusMonitor: Sendable {
     }
 
     /// Sends a one-off notice (a drill or backup succeeded or failed).
-    public static func notice(_ kind: AlertEvent.Kind, condition: String, role: String, system: String?, message: String,
-                              details: [String: String], notifier: AlertNotifier) async {
+    public static func notice(
+        _ kind: AlertEvent.Kind, condition: String, role: String, system: String?, message: String,
+        details: [String: String], notifier: AlertNotifier
+    ) async {
         let now = Date()
-        await notifier.deliver(AlertEvent(event: kind, condition: condition, severity: kind == .failure ? .critical : .info,
-                                          role: role, host: ProcessInfo.processInfo.hostName, system: system,
-                                          message: message, startedAt: now, at: now, details: details))
+        await notifier.deliver(
+            AlertEvent(
+                event: kind, condition: condition, severity: kind == .failure ? .critical : .info,
+                role: role, host: ProcessInfo.processInfo.hostName, system: system,
+                message: message, startedAt: now, at: now, details: details))
     }
 }

@@ -41,16 +41,19 @@ public struct StatusServer: Sendable {
         let metrics = self.metrics
         router.get("status") { _, _ -> Response in
             let data = try StatusDocument.encoder().encode(status())
-            return Response(status: .ok, headers: [.contentType: "application/json", .cacheControl: "no-store"],
-                            body: .init(byteBuffer: ByteBuffer(bytes: data)))
+            return Response(
+                status: .ok, headers: [.contentType: "application/json", .cacheControl: "no-store"],
+                body: .init(byteBuffer: ByteBuffer(bytes: data)))
         }
         router.get("metrics") { _, _ -> Response in
-            Response(status: .ok, headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"],
-                     body: .init(byteBuffer: ByteBuffer(string: metrics.render(status()))))
+            Response(
+                status: .ok, headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"],
+                body: .init(byteBuffer: ByteBuffer(string: metrics.render(status()))))
         }
         router.get("/") { _, _ -> Response in
-            Response(status: .ok, headers: [.contentType: "text/html; charset=utf-8", .cacheControl: "no-store"],
-                     body: .init(byteBuffer: ByteBuffer(string: DashboardPage.html)))
+            Response(
+                status: .ok, headers: [.contentType: "text/html; charset=utf-8", .cacheControl: "no-store"],
+                body: .init(byteBuffer: ByteBuffer(string: DashboardPage.html)))
         }
         var quiet = logger
         quiet.logLevel = .warning
@@ -58,7 +61,8 @@ public struct StatusServer: Sendable {
         do {
             try await app.runService()
         } catch {
-            throw StatusServerError("cannot serve status on \(host):\(port): \(error) (hint: is the port in use? choose another --status-listen)")
+            throw StatusServerError(
+                "cannot serve status on \(host):\(port): \(error) (hint: is the port in use? choose another --status-listen)")
         }
     }
 }

@@ -10,16 +10,21 @@ public struct RestoredDirectory {
 /// Unpacks a stored base backup into a new data directory and configures recovery from the spool:
 /// restore_command runs walship restore-wal (read-only), `settings` are appended to postgresql.auto.conf,
 /// and `signal` (standby.signal or recovery.signal) is created. The directory ends owned by `osUser`.
-public func restoreFromBackup(spool: String, system: UInt64?, backup: String?, pgdata: String, settings: [String], signal: String,
-                       osUser: String, walshipPath: String?) throws -> RestoredDirectory {
+public func restoreFromBackup(
+    spool: String, system: UInt64?, backup: String?, pgdata: String, settings: [String], signal: String,
+    osUser: String, walshipPath: String?
+) throws -> RestoredDirectory {
     let spoolRoot = absolutePath(spool)
     let dataDirectory = absolutePath(pgdata)
     let reader = try SpoolReader(root: spoolRoot, system: system)
     let systemDirectory = reader.systemDirectory
     let backups = try BackupCatalog.list(systemDirectory: systemDirectory)
-    guard let chosen = backup.map({ id in backups.first { $0.id == id } }) ?? backups.last(where: { $0.status == .complete }) else {
-        throw RestoreError(backup.map { "no backup \($0) for system \(reader.systemIdentifier) (hint: walship backups --spool \(spool))" }
-            ?? "no complete base backup for system \(reader.systemIdentifier) in \(spool) (hint: walship backup --source ... --to RECEIVER)")
+    guard let chosen = backup.map({ id in backups.first { $0.id == id } }) ?? backups.last(where: { $0.status == .complete })
+    else {
+        throw RestoreError(
+            backup.map { "no backup \($0) for system \(reader.systemIdentifier) (hint: walship backups --spool \(spool))" }
+                ?? "no complete base backup for system \(reader.systemIdentifier) in \(spool) (hint: walship backup --source ... --to RECEIVER)"
+        )
     }
     guard chosen.status == .complete else {
         throw RestoreError("backup \(chosen.id) is not complete: the spool does not yet hold WAL up to \(chosen.stopLSN)")
@@ -27,7 +32,8 @@ public func restoreFromBackup(spool: String, system: UInt64?, backup: String?, p
     let fm = FileManager.default
     if fm.fileExists(atPath: dataDirectory) {
         guard (try fm.contentsOfDirectory(atPath: dataDirectory)).isEmpty else {
-            throw RestoreError("\(dataDirectory) is not empty; walship never overwrites a data directory (hint: choose a new --pgdata)")
+            throw RestoreError(
+                "\(dataDirectory) is not empty; walship never overwrites a data directory (hint: choose a new --pgdata)")
         }
     }
     let walship = walshipPath ?? ((try? fm.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0])
@@ -36,20 +42,24 @@ public func restoreFromBackup(spool: String, system: UInt64?, backup: String?, p
     do {
         try BackupVerification.verify(chosen, systemDirectory: systemDirectory)
     } catch let error as SpoolError where error.kind == .corrupt {
-        throw RestoreError("\(error.message) (hint: use another backup: walship backups --spool \(spool) lists them, then --backup ID; or take a new one with walship backup)")
+        throw RestoreError(
+            "\(error.message) (hint: use another backup: walship backups --spool \(spool) lists them, then --backup ID; or take a new one with walship backup)"
+        )
     }
 
     try fm.createDirectory(atPath: dataDirectory, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
     let backupDirectory = systemDirectory + "/base/" + chosen.id
-    try shell("lz4 -dc \(quote(backupDirectory + "/base.tar.lz4")) | tar -xf - -C \(quote(dataDirectory))",
-              what: "unpack backup \(chosen.id)")
+    try shell(
+        "lz4 -dc \(quote(backupDirectory + "/base.tar.lz4")) | tar -xf - -C \(quote(dataDirectory))",
+        what: "unpack backup \(chosen.id)")
     try fm.copyItem(atPath: backupDirectory + "/backup_manifest", toPath: dataDirectory + "/backup_manifest")
 
-    let lines = [
-        "# Written by walship from backup \(chosen.id) (start \(chosen.startLSN), stop \(chosen.stopLSN))",
-        "restore_command = '\(escape("\(walship) restore-wal --spool \(spoolRoot) --system \(reader.systemIdentifier) %f %p"))'",
-        "recovery_target_timeline = 'latest'",
-    ] + settings
+    let lines =
+        [
+            "# Written by walship from backup \(chosen.id) (start \(chosen.startLSN), stop \(chosen.stopLSN))",
+            "restore_command = '\(escape("\(walship) restore-wal --spool \(spoolRoot) --system \(reader.systemIdentifier) %f %p"))'",
+            "recovery_target_timeline = 'latest'",
+        ] + settings
     let autoConf = dataDirectory + "/postgresql.auto.conf"
     let existing = (try? String(contentsOfFile: autoConf, encoding: .utf8)) ?? ""
     try (existing + "\n" + lines.joined(separator: "\n") + "\n").write(toFile: autoConf, atomically: true, encoding: .utf8)
@@ -57,7 +67,9 @@ public func restoreFromBackup(spool: String, system: UInt64?, backup: String?, p
     guard fm.createFile(atPath: signalPath, contents: nil) else {
         throw RestoreError("could not create \(signalPath); without it PostgreSQL would start as a primary, not recover")
     }
-    if getuid() == 0 { try shell("chown -R \(quote(osUser)): \(quote(dataDirectory))", what: "give the data directory to \(osUser)") }
+    if getuid() == 0 {
+        try shell("chown -R \(quote(osUser)): \(quote(dataDirectory))", what: "give the data directory to \(osUser)")
+    }
     try fm.setAttributes([.posixPermissions: 0o700], ofItemAtPath: dataDirectory)
     return RestoredDirectory(dataDirectory: dataDirectory, systemIdentifier: reader.systemIdentifier, backup: chosen)
 }
@@ -67,11 +79,17 @@ private func checkOSUser(_ osUser: String, walship: String, walDirectory: String
     guard getuid() == 0, osUser != "root" else { return }
     let canExecute = (try? runQuietly(["/usr/sbin/runuser", "-u", osUser, "--", walship, "--version"])) == 0
     guard canExecute else {
-        throw RestoreError("the PostgreSQL OS user \(osUser) cannot execute \(walship) (hint: make install puts walship in /usr/local/bin with mode 0755, then pass --walship-path /usr/local/bin/walship)")
+        throw RestoreError(
+            "the PostgreSQL OS user \(osUser) cannot execute \(walship) (hint: make install puts walship in /usr/local/bin with mode 0755, then pass --walship-path /usr/local/bin/walship)"
+        )
     }
-    let canRead = (try? runQuietly(["/usr/sbin/runuser", "-u", osUser, "--", "/usr/bin/test", "-r", walDirectory, "-a", "-x", walDirectory])) == 0
+    let canRead =
+        (try? runQuietly(["/usr/sbin/runuser", "-u", osUser, "--", "/usr/bin/test", "-r", walDirectory, "-a", "-x", walDirectory]))
+        == 0
     guard canRead else {
-        throw RestoreError("the PostgreSQL OS user \(osUser) cannot read the spool \(walDirectory) (hint: run walship receive as \(osUser), or give both a common group; the spool is created 0750/0640)")
+        throw RestoreError(
+            "the PostgreSQL OS user \(osUser) cannot read the spool \(walDirectory) (hint: run walship receive as \(osUser), or give both a common group; the spool is created 0750/0640)"
+        )
     }
 }
 

@@ -38,8 +38,10 @@ public enum ReplicationMessage: Hashable, Sendable {
         public var description: String {
             switch self {
             case .empty: "empty replication message"
-            case .tooShort(let t, let l, let m): "replication message '\(Character(Unicode.Scalar(t)))' of \(l) bytes is shorter than \(m)"
-            case .wrongLength(let t, let l, let e): "replication message '\(Character(Unicode.Scalar(t)))' has \(l) bytes, expected \(e)"
+            case .tooShort(let t, let l, let m):
+                "replication message '\(Character(Unicode.Scalar(t)))' of \(l) bytes is shorter than \(m)"
+            case .wrongLength(let t, let l, let e):
+                "replication message '\(Character(Unicode.Scalar(t)))' has \(l) bytes, expected \(e)"
             case .unknownType(let t): "unknown replication message type 0x\(String(t, radix: 16))"
             }
         }
@@ -56,16 +58,20 @@ public enum ReplicationMessage: Hashable, Sendable {
             guard bytes.count >= xLogDataHeaderLength else {
                 throw .tooShort(type: type, length: bytes.count, minimum: xLogDataHeaderLength)
             }
-            return .xLogData(XLogData(dataStart: LSN(bytes.readBE(1)), walEnd: LSN(bytes.readBE(9)),
-                                      sendTime: PostgresTimestamp(rawValue: Int64(bitPattern: bytes.readBE(17))),
-                                      dataOffset: xLogDataHeaderLength, dataLength: bytes.count - xLogDataHeaderLength))
+            return .xLogData(
+                XLogData(
+                    dataStart: LSN(bytes.readBE(1)), walEnd: LSN(bytes.readBE(9)),
+                    sendTime: PostgresTimestamp(rawValue: Int64(bitPattern: bytes.readBE(17))),
+                    dataOffset: xLogDataHeaderLength, dataLength: bytes.count - xLogDataHeaderLength))
         case UInt8(ascii: "k"):
             guard bytes.count == keepaliveLength else {
                 throw .wrongLength(type: type, length: bytes.count, expected: keepaliveLength)
             }
-            return .keepalive(PrimaryKeepalive(walEnd: LSN(bytes.readBE(1)),
-                                               sendTime: PostgresTimestamp(rawValue: Int64(bitPattern: bytes.readBE(9))),
-                                               replyRequested: bytes[17] != 0))
+            return .keepalive(
+                PrimaryKeepalive(
+                    walEnd: LSN(bytes.readBE(1)),
+                    sendTime: PostgresTimestamp(rawValue: Int64(bitPattern: bytes.readBE(9))),
+                    replyRequested: bytes[17] != 0))
         default:
             throw .unknownType(type)
         }
@@ -121,9 +127,10 @@ public struct StandbyStatusUpdate: Hashable, Sendable {
     public static func decode(_ bytes: UnsafeRawBufferPointer) throws(ReplicationMessage.DecodeError) -> StandbyStatusUpdate {
         guard bytes.first == UInt8(ascii: "r") else { throw bytes.isEmpty ? .empty : .unknownType(bytes[0]) }
         guard bytes.count == length else { throw .wrongLength(type: bytes[0], length: bytes.count, expected: length) }
-        return StandbyStatusUpdate(write: LSN(bytes.readBE(1)), flush: LSN(bytes.readBE(9)), apply: LSN(bytes.readBE(17)),
-                                   sendTime: PostgresTimestamp(rawValue: Int64(bitPattern: bytes.readBE(25))),
-                                   replyRequested: bytes[33] != 0)
+        return StandbyStatusUpdate(
+            write: LSN(bytes.readBE(1)), flush: LSN(bytes.readBE(9)), apply: LSN(bytes.readBE(17)),
+            sendTime: PostgresTimestamp(rawValue: Int64(bitPattern: bytes.readBE(25))),
+            replyRequested: bytes[33] != 0)
     }
 }
 

@@ -1,8 +1,9 @@
+import NIOCore
+import WALCore
+
 #if canImport(Glibc)
 import Glibc
 #endif
-import NIOCore
-import WALCore
 
 /// What BASE_BACKUP produces, in order.
 public enum BackupEvent: Sendable {
@@ -31,7 +32,8 @@ extension ReplicationSession {
         try await withTaskCancellationHandler {
             try await owner.run { connection in
                 do {
-                    try Self.runBaseBackup(connection.required(), label: label, gate: gate, source: source, chunkBytes: chunkBytes)
+                    try Self.runBaseBackup(
+                        connection.required(), label: label, gate: gate, source: source, chunkBytes: chunkBytes)
                     source.finish()
                 } catch {
                     source.finish(error)
@@ -43,8 +45,10 @@ extension ReplicationSession {
         }
     }
 
-    private static func runBaseBackup(_ conn: PGConnection, label: String, gate: StreamGate, source: BackupEvents.Source,
-                                      chunkBytes: Int) throws {
+    private static func runBaseBackup(
+        _ conn: PGConnection, label: String, gate: StreamGate, source: BackupEvents.Source,
+        chunkBytes: Int
+    ) throws {
         func emit(_ event: BackupEvent) throws {
             let generation = gate.state.withLock { $0.demandGeneration }
             if case .stopProducing = source.yield(event) {
@@ -64,11 +68,16 @@ extension ReplicationSession {
         let escaped = label.split(separator: "'", omittingEmptySubsequences: false).joined(separator: "''")
         try conn.send("BASE_BACKUP ( LABEL '\(escaped)', PROGRESS, CHECKPOINT 'fast', WAIT false, MANIFEST 'yes' )")
         guard case .rows(let startRows) = try conn.nextResult(), let start = startRows.first,
-            let startLSN = start.first.flatMap({ $0.flatMap { LSN($0) } }), let tli = start.dropFirst().first.flatMap({ $0.flatMap { UInt32($0) } })
+            let startLSN = start.first.flatMap({ $0.flatMap { LSN($0) } }),
+            let tli = start.dropFirst().first.flatMap({ $0.flatMap { UInt32($0) } })
         else { throw BackupError("BASE_BACKUP did not report its start position") }
-        guard case .rows(let tablespaces) = try conn.nextResult() else { throw BackupError("BASE_BACKUP did not list tablespaces") }
+        guard case .rows(let tablespaces) = try conn.nextResult() else {
+            throw BackupError("BASE_BACKUP did not list tablespaces")
+        }
         guard tablespaces.allSatisfy({ $0.first.flatMap { $0 } == nil }) else {
-            throw BackupError("the primary has tablespaces outside the data directory; walship backs up the data directory only (hint: move them into pg_default, or back them up separately)")
+            throw BackupError(
+                "the primary has tablespaces outside the data directory; walship backs up the data directory only (hint: move them into pg_default, or back them up separately)"
+            )
         }
         let estimatedKB = tablespaces.compactMap { $0.count > 2 ? $0[2].flatMap { UInt64($0) } : nil }.reduce(0, +)
         try emit(.started(start: startLSN, timeline: tli, estimatedBytes: estimatedKB * 1024))
@@ -114,7 +123,8 @@ extension ReplicationSession {
             switch try conn.nextResult() {
             case .rows(let rows):
                 if let row = rows.first, let lsn = row.first.flatMap({ $0.flatMap { LSN($0) } }),
-                    let t = row.dropFirst().first.flatMap({ $0.flatMap { UInt32($0) } }) {
+                    let t = row.dropFirst().first.flatMap({ $0.flatMap { UInt32($0) } })
+                {
                     stop = (lsn, t)
                 }
             case .commandOK, .copyOut: continue

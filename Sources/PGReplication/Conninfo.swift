@@ -14,7 +14,10 @@ public struct Conninfo: Sendable, CustomStringConvertible {
         guard let parsed = PQconninfoParse(text, &errorMessage) else {
             let reason = errorMessage.map { String(cString: $0) } ?? "out of memory"
             if let errorMessage { PQfreemem(errorMessage) }
-            throw ParseError(description: "invalid connection string: \(reason.trimmingNewlines()) (hint: use key=value pairs such as \"host=db1 port=5432 user=walship\", or a postgresql:// URI)")
+            throw ParseError(
+                description:
+                    "invalid connection string: \(reason.trimmingNewlines()) (hint: use key=value pairs such as \"host=db1 port=5432 user=walship\", or a postgresql:// URI)"
+            )
         }
         defer { PQconninfoFree(parsed) }
         var options: [(String, String)] = []
@@ -54,7 +57,8 @@ public struct Conninfo: Sendable, CustomStringConvertible {
             let candidatePort = ports.count == hosts.count ? ports[index] : ports[0]
             guard candidatePort == String(port) else { continue }
             if candidate == host || host == "0.0.0.0" || host == "::" || localNames.contains(candidate)
-                || (loopback.contains(host) && loopback.contains(candidate)) {
+                || (loopback.contains(host) && loopback.contains(candidate))
+            {
                 return true
             }
         }

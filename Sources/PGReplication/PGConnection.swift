@@ -1,8 +1,9 @@
+import CLibPQ
+import WALCore
+
 #if canImport(Glibc)
 import Glibc
 #endif
-import CLibPQ
-import WALCore
 
 /// An error from PostgreSQL or libpq, with the server's SQLSTATE when there is one. Never includes a password.
 public struct PostgresError: Error, CustomStringConvertible, Sendable {
@@ -108,8 +109,9 @@ public final class PGConnection {
     static func error(from result: OpaquePointer, conn: OpaquePointer) -> PostgresError {
         let message = String(cString: PQresultErrorMessage(result)).trimmingNewlines()
         let state = PQresultErrorField(result, Int32(UInt8(ascii: "C"))).map { String(cString: $0) }
-        return PostgresError(message.isEmpty ? lastError(conn) : message, sqlState: state,
-                             connectionLost: PQstatus(conn) != CONNECTION_OK)
+        return PostgresError(
+            message.isEmpty ? lastError(conn) : message, sqlState: state,
+            connectionLost: PQstatus(conn) != CONNECTION_OK)
     }
 
     // MARK: - Multi-result commands (BASE_BACKUP)
@@ -156,7 +158,9 @@ public final class PGConnection {
         guard let result = PQexec(conn, command) else { throw PostgresError(errorMessage, connectionLost: !isConnected) }
         defer { PQclear(result) }
         guard PQresultStatus(result) == PGRES_COPY_BOTH else { throw Self.error(from: result, conn: conn) }
-        guard PQsetnonblocking(conn, 1) == 0 else { throw PostgresError("could not make the connection non-blocking: \(errorMessage)") }
+        guard PQsetnonblocking(conn, 1) == 0 else {
+            throw PostgresError("could not make the connection non-blocking: \(errorMessage)")
+        }
     }
 
     public enum CopyRead {
@@ -187,7 +191,9 @@ public final class PGConnection {
 
     /// Queues one CopyData message; returns false when libpq's buffer is full (try again after flushing).
     public func putCopyData(_ bytes: [UInt8]) throws -> Bool {
-        let rc = bytes.withUnsafeBytes { PQputCopyData(conn, $0.baseAddress!.assumingMemoryBound(to: CChar.self), Int32($0.count)) }
+        let rc = bytes.withUnsafeBytes {
+            PQputCopyData(conn, $0.baseAddress!.assumingMemoryBound(to: CChar.self), Int32($0.count))
+        }
         if rc == -1 { throw PostgresError("could not send to the primary: \(errorMessage)", connectionLost: true) }
         return rc == 1
     }

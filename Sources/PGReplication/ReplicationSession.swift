@@ -1,11 +1,12 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 import Logging
 import NIOCore
 import NIOPosix
 import Synchronization
 import WALCore
+
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// What the primary's system looks like (IDENTIFY_SYSTEM plus the segment size).
 public struct SystemIdentity: Sendable, Hashable {
@@ -242,8 +243,9 @@ public final class ReplicationSession: Sendable {
             guard let sizeText = sizeRows.first?.first ?? nil, let size = WALSegmentSize(showValue: sizeText) else {
                 throw PostgresError("could not read wal_segment_size from the primary")
             }
-            return SystemIdentity(systemIdentifier: sysid, timeline: tli, flushLSN: pos, segmentSize: size,
-                                  serverVersion: conn.serverVersion)
+            return SystemIdentity(
+                systemIdentifier: sysid, timeline: tli, flushLSN: pos, segmentSize: size,
+                serverVersion: conn.serverVersion)
         }
     }
 
@@ -284,24 +286,30 @@ public final class ReplicationSession: Sendable {
     /// Streams WAL from `start` into `source` until stopped, the connection fails, or the timeline ends.
     /// Runs the whole loop on the connection's thread; cancellation of the calling task stops it.
     /// `chunkBuffer` provides the buffers WAL is gathered in (by default, freshly allocated ones).
-    public func stream(slot: String?, start: LSN, timeline: TimeLineID, gate: StreamGate,
-                       source: StreamEvents.Source, statusInterval: Duration = .seconds(10),
-                       chunkBuffer: @escaping @Sendable (Int) -> ByteBuffer = { ByteBufferAllocator().buffer(capacity: $0) }) async throws {
-        try await stream(slot: slot, start: start, timeline: timeline, gate: gate, sink: AsyncSequenceSink(source: source),
-                         statusInterval: statusInterval, chunkBuffer: chunkBuffer)
+    public func stream(
+        slot: String?, start: LSN, timeline: TimeLineID, gate: StreamGate,
+        source: StreamEvents.Source, statusInterval: Duration = .seconds(10),
+        chunkBuffer: @escaping @Sendable (Int) -> ByteBuffer = { ByteBufferAllocator().buffer(capacity: $0) }
+    ) async throws {
+        try await stream(
+            slot: slot, start: start, timeline: timeline, gate: gate, sink: AsyncSequenceSink(source: source),
+            statusInterval: statusInterval, chunkBuffer: chunkBuffer)
     }
 
     /// As above, handing each event to `sink` on the connection's thread. Returns when the stream ended
     /// (stopped through the gate, or the timeline ended: the sink saw `.endOfTimeline` then).
-    public func stream(slot: String?, start: LSN, timeline: TimeLineID, gate: StreamGate,
-                       sink: some StreamSink, statusInterval: Duration = .seconds(10),
-                       chunkBuffer: @escaping @Sendable (Int) -> ByteBuffer = { ByteBufferAllocator().buffer(capacity: $0) }) async throws {
+    public func stream(
+        slot: String?, start: LSN, timeline: TimeLineID, gate: StreamGate,
+        sink: some StreamSink, statusInterval: Duration = .seconds(10),
+        chunkBuffer: @escaping @Sendable (Int) -> ByteBuffer = { ByteBufferAllocator().buffer(capacity: $0) }
+    ) async throws {
         try await withTaskCancellationHandler {
             try await owner.run { [logger] connection in
                 do {
                     let conn = try connection.required()
-                    var loop = StreamLoop(connection: conn, gate: gate, sink: sink, logger: logger,
-                                          statusInterval: statusInterval, expectedStart: start, chunkBuffer: chunkBuffer)
+                    var loop = StreamLoop(
+                        connection: conn, gate: gate, sink: sink, logger: logger,
+                        statusInterval: statusInterval, expectedStart: start, chunkBuffer: chunkBuffer)
                     let slotClause = slot.map { "SLOT \(quoteIdentifier($0)) " } ?? ""
                     try conn.startCopyBoth("START_REPLICATION \(slotClause)PHYSICAL \(start) TIMELINE \(timeline)")
                     try loop.run()

@@ -109,8 +109,9 @@ final class StreamingConnection<Connection: CopyBothOutput>: DirectFeedback, @un
     /// replication thread must then send on its next turn.
     @discardableResult
     private func send(_ feedback: StreamFeedback, _ s: inout Shared) throws -> Bool {
-        let update = StandbyStatusUpdate(write: feedback.written, flush: feedback.flushed, apply: feedback.applied,
-                                         sendTime: .now(), replyRequested: false)
+        let update = StandbyStatusUpdate(
+            write: feedback.written, flush: feedback.flushed, apply: feedback.applied,
+            sendTime: .now(), replyRequested: false)
         let queued = try connection.putCopyData(update.encoded())
         if queued {
             s.mustReply = false

@@ -1,10 +1,11 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 import Logging
 import NIOCore
 import PGProtocol
 import WALCore
+
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// The receive loop of one replication connection, run on the connection's thread (receivelog.c's shape):
 /// drain everything libpq has buffered, hand it on in chunks, report status, then poll the socket and the
@@ -32,11 +33,14 @@ struct StreamLoop {
     /// The longest a chunk waits for the rest of a backlog before it goes as it is.
     static let maxChunkHold: Duration = .milliseconds(20)
 
-    init(connection: PGConnection, gate: StreamGate, sink: any StreamSink, logger: Logger,
-         statusInterval: Duration, expectedStart: LSN, maxChunkBytes: Int = 1 << 20,
-         chunkBuffer: @escaping @Sendable (Int) -> ByteBuffer = { ByteBufferAllocator().buffer(capacity: $0) }) {
-        precondition(maxChunkBytes > 0 && maxChunkBytes & (maxChunkBytes - 1) == 0 && maxChunkBytes <= 1 << 20,
-                     "chunks must align to a power of two no larger than the smallest WAL segment")
+    init(
+        connection: PGConnection, gate: StreamGate, sink: any StreamSink, logger: Logger,
+        statusInterval: Duration, expectedStart: LSN, maxChunkBytes: Int = 1 << 20,
+        chunkBuffer: @escaping @Sendable (Int) -> ByteBuffer = { ByteBufferAllocator().buffer(capacity: $0) }
+    ) {
+        precondition(
+            maxChunkBytes > 0 && maxChunkBytes & (maxChunkBytes - 1) == 0 && maxChunkBytes <= 1 << 20,
+            "chunks must align to a power of two no larger than the smallest WAL segment")
         self.link = StreamingConnection(connection, gate: gate, statusInterval: statusInterval)
         self.socket = connection.socket
         self.gate = gate
@@ -80,12 +84,19 @@ struct StreamLoop {
         if events != 0 { fds.append(pollfd(fd: socket, events: events, revents: 0)) }
         var wait = hints.nextStatusDue - ContinuousClock.now
         if let held = chunkHeldSince { wait = min(wait, Self.maxChunkHold - (ContinuousClock.now - held)) }
-        let timeoutMs = max(1, min(1000, Int32(wait.components.seconds * 1000
-            + wait.components.attoseconds / 1_000_000_000_000_000)))
+        let timeoutMs = max(
+            1,
+            min(
+                1000,
+                Int32(
+                    wait.components.seconds * 1000
+                        + wait.components.attoseconds / 1_000_000_000_000_000)))
         let rc = poll(&fds, nfds_t(fds.count), timeoutMs)
         if rc < 0 && errno != EINTR { throw PostgresError("poll failed: \(String(cString: strerror(errno)))") }
         gate.drainWakeups(fds[0].revents)
-        if fds.count > 1 && fds[1].revents & Int16(POLLIN | POLLHUP | POLLERR) != 0 { try link.withConnection { try $0.consumeInput() } }
+        if fds.count > 1 && fds[1].revents & Int16(POLLIN | POLLHUP | POLLERR) != 0 {
+            try link.withConnection { try $0.consumeInput() }
+        }
     }
 
     private mutating func readAvailable() throws {
@@ -166,8 +177,11 @@ struct StreamLoop {
         guard let c = chunk, c.readableBytes > 0 else { return false }
         chunk = nil
         chunkHeldSince = nil
-        return emit(.wal(WALChunk(start: chunkStart, bytes: c, walEnd: max(lastWalEnd, expectedNext),
-                                  sendTime: lastSendTime)))
+        return emit(
+            .wal(
+                WALChunk(
+                    start: chunkStart, bytes: c, walEnd: max(lastWalEnd, expectedNext),
+                    sendTime: lastSendTime)))
     }
 
     private func emit(_ event: StreamEvent) -> Bool {

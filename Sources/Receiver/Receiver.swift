@@ -99,12 +99,15 @@ public final class Receiver: Sendable {
         self.config = configuration
         self.logger = logger
         self.links = Mutex(StreamLinkRegistry(timeout: configuration.linkTimeout))
-        self.spool = try Spool(root: configuration.spoolRoot, quota: configuration.spoolQuota, logger: logger,
-                               fileSystem: configuration.fileSystem)
+        self.spool = try Spool(
+            root: configuration.spoolRoot, quota: configuration.spoolQuota, logger: logger,
+            fileSystem: configuration.fileSystem)
         let start = Date()
-        self.monitor = Mutex(Dictionary(uniqueKeysWithValues: try spool.openExistingSystems().map {
-            ($0.systemIdentifier, SystemMonitor(disconnectedSince: start))
-        }))
+        self.monitor = Mutex(
+            Dictionary(
+                uniqueKeysWithValues: try spool.openExistingSystems().map {
+                    ($0.systemIdentifier, SystemMonitor(disconnectedSince: start))
+                }))
     }
 
     public func run() async throws {
@@ -122,18 +125,24 @@ public final class Receiver: Sendable {
                     }
                 }
         } catch {
-            throw ReceiverStartError("cannot listen on \(config.listenHost):\(config.listenPort): \(error) (hint: is another process using the port? choose another --listen)")
+            throw ReceiverStartError(
+                "cannot listen on \(config.listenHost):\(config.listenPort): \(error) (hint: is another process using the port? choose another --listen)"
+            )
         }
         boundAddress.withLock { $0 = server.channel.localAddress }
         do {
-            try ReceiverRecord(listen: "\(config.listenHost):\(config.listenPort)", standbyListen: config.standbyListen,
-                               pid: ProcessInfo.processInfo.processIdentifier, startedAt: startedAt).save(root: config.spoolRoot)
+            try ReceiverRecord(
+                listen: "\(config.listenHost):\(config.listenPort)", standbyListen: config.standbyListen,
+                pid: ProcessInfo.processInfo.processIdentifier, startedAt: startedAt
+            ).save(root: config.spoolRoot)
         } catch {
             logger.warning("cannot record the receiver's addresses in the spool", metadata: ["walship.error": "\(error)"])
         }
-        logger.notice("receiver listening", metadata: [
-            "walship.listen": "\(server.channel.localAddress.map(describe) ?? "?")", "walship.spool": "\(config.spoolRoot)",
-        ])
+        logger.notice(
+            "receiver listening",
+            metadata: [
+                "walship.listen": "\(server.channel.localAddress.map(describe) ?? "?")", "walship.spool": "\(config.spoolRoot)",
+            ])
         defer {
             for pool in writers.withLock({ Array($0.values) }) + housekeepers.withLock({ Array($0.values) }) {
                 pool.shutdownGracefully { _ in }
@@ -203,22 +212,26 @@ public final class Receiver: Sendable {
     }
 
     private func prune(_ system: SystemSpool) {
-            do {
-                let plan = try Pruner.prune(systemDirectory: system.directory, segmentSize: system.segmentSize,
-                                            retainBackups: config.retainBackups, dryRun: false)
-                for warning in plan.reasons where warning.hasPrefix("WARNING") {
-                    logger.warning("\(warning)", metadata: ["walship.system": "\(system.systemIdentifier)"])
-                }
-                if !plan.removeBackups.isEmpty || !plan.removeSegments.isEmpty {
-                    logger.notice("pruned the spool", metadata: [
+        do {
+            let plan = try Pruner.prune(
+                systemDirectory: system.directory, segmentSize: system.segmentSize,
+                retainBackups: config.retainBackups, dryRun: false)
+            for warning in plan.reasons where warning.hasPrefix("WARNING") {
+                logger.warning("\(warning)", metadata: ["walship.system": "\(system.systemIdentifier)"])
+            }
+            if !plan.removeBackups.isEmpty || !plan.removeSegments.isEmpty {
+                logger.notice(
+                    "pruned the spool",
+                    metadata: [
                         "walship.system": "\(system.systemIdentifier)", "walship.removed_backups": "\(plan.removeBackups)",
                         "walship.removed_segments": "\(plan.removeSegments.count)",
                         "walship.keep_from": "\(plan.keepFrom.map { "\($0)" } ?? "-")",
                     ])
-                }
-            } catch {
-                logger.error("pruning failed", metadata: ["walship.system": "\(system.systemIdentifier)", "walship.error": "\(error)"])
             }
+        } catch {
+            logger.error(
+                "pruning failed", metadata: ["walship.system": "\(system.systemIdentifier)", "walship.error": "\(error)"])
+        }
     }
 
     // MARK: - One link
@@ -237,8 +250,9 @@ public final class Receiver: Sendable {
             try await connection.executeThenClose { inbound, outbound in
                 var iterator = inbound.makeAsyncIterator()
                 guard let first = try await iterator.next() else { return }
-                var machine = ReceiverLinkStateMachine(allowedSources: config.tls == nil ? [:] : config.allowedSources,
-                                                       acceptFenced: config.acceptFenced, receiverName: config.name)
+                var machine = ReceiverLinkStateMachine(
+                    allowedSources: config.tls == nil ? [:] : config.allowedSources,
+                    acceptFenced: config.acceptFenced, receiverName: config.name)
                 guard case .hello(let hello) = first else {
                     // Refused without a refusal frame: a peer that does not begin with a hello may not speak the protocol.
                     if case .closeWithoutAnswer(let refusal) = machine.firstFrameReceived(first, certificateName: nil) {
@@ -250,8 +264,9 @@ public final class Receiver: Sendable {
                 do {
                     let certificateName = try await peerCertificateName(channel: connection.channel, logger: &linkLogger)
                     let action = machine.firstFrameReceived(first, certificateName: certificateName)
-                    try await serve(hello: hello, action, machine: machine, peer: peer, channel: connection.channel,
-                                    iterator: iterator, outbound: outbound, logger: linkLogger)
+                    try await serve(
+                        hello: hello, action, machine: machine, peer: peer, channel: connection.channel,
+                        iterator: iterator, outbound: outbound, logger: linkLogger)
                 } catch let refusal as Refusal {
                     try? await outbound.write(.refusal(refusal))
                     throw refusal
@@ -268,10 +283,12 @@ public final class Receiver: Sendable {
             linkLogger.notice("sender disconnected")
         } catch is CancellationError {
         } catch let error where tlsFailure(error) != nil {
-            linkLogger.error("TLS handshake with a sender failed; link refused", metadata: [
-                "walship.error": "\(tlsFailure(error)!)",
-                "walship.hint": "a sender without TLS (--insecure), or a certificate not signed by this receiver's --tls-ca",
-            ])
+            linkLogger.error(
+                "TLS handshake with a sender failed; link refused",
+                metadata: [
+                    "walship.error": "\(tlsFailure(error)!)",
+                    "walship.hint": "a sender without TLS (--insecure), or a certificate not signed by this receiver's --tls-ca",
+                ])
         } catch {
             linkLogger.warning("link closed", metadata: ["walship.error": "\(error)"])
         }
@@ -299,9 +316,11 @@ public final class Receiver: Sendable {
 
     /// Carries out the handshake the link's state machine asks for (open the spool, read its fence, claim the
     /// system's stream, find the resume point), then serves the link as a stream or as a backup.
-    private func serve(hello: Hello, _ firstAction: ReceiverLinkStateMachine.Action, machine: ReceiverLinkStateMachine,
-                       peer: String, channel: Channel, iterator: NIOAsyncChannelInboundStream<ShipMessage>.AsyncIterator,
-                       outbound: NIOAsyncChannelOutboundWriter<ShipMessage>, logger: Logger) async throws {
+    private func serve(
+        hello: Hello, _ firstAction: ReceiverLinkStateMachine.Action, machine: ReceiverLinkStateMachine,
+        peer: String, channel: Channel, iterator: NIOAsyncChannelInboundStream<ShipMessage>.AsyncIterator,
+        outbound: NIOAsyncChannelOutboundWriter<ShipMessage>, logger: Logger
+    ) async throws {
         var machine = machine
         var action = firstAction
         var opened: SystemSpool?
@@ -361,20 +380,24 @@ public final class Receiver: Sendable {
         guard let system = opened else { preconditionFailure("a welcome before the spool is open") }
         switch hello.role {
         case .backup:
-            try await serveBackup(welcome, machine: machine, system: system, iterator: iterator, outbound: outbound,
-                                  logger: logger)
+            try await serveBackup(
+                welcome, machine: machine, system: system, iterator: iterator, outbound: outbound,
+                logger: logger)
         case .stream:
             guard let linkID = claimed else { preconditionFailure("a stream link welcomed without its claim") }
-            try await serveStream(welcome, machine: machine, hello: hello, system: system, linkID: linkID, channel: channel,
-                                  iterator: iterator, outbound: outbound, logger: logger)
+            try await serveStream(
+                welcome, machine: machine, hello: hello, system: system, linkID: linkID, channel: channel,
+                iterator: iterator, outbound: outbound, logger: logger)
         }
     }
 
     /// A stream link: frames are checked and queued on the event loop, written and synced on the system's spool
     /// thread, and acknowledged once durable.
-    private func serveStream(_ welcome: Welcome, machine: ReceiverLinkStateMachine, hello: Hello, system: SystemSpool,
-                             linkID: Int, channel: Channel, iterator: NIOAsyncChannelInboundStream<ShipMessage>.AsyncIterator,
-                             outbound: NIOAsyncChannelOutboundWriter<ShipMessage>, logger: Logger) async throws {
+    private func serveStream(
+        _ welcome: Welcome, machine: ReceiverLinkStateMachine, hello: Hello, system: SystemSpool,
+        linkID: Int, channel: Channel, iterator: NIOAsyncChannelInboundStream<ShipMessage>.AsyncIterator,
+        outbound: NIOAsyncChannelOutboundWriter<ShipMessage>, logger: Logger
+    ) async throws {
         let writer = writerThread(for: hello.systemIdentifier)
         let rules = SharedLinkStateMachine(machine)
         let queue = BatchQueue<Work>(maxBytes: config.maxQueuedBytes) { ShipChannel.resumeReading(channel) }
@@ -387,59 +410,74 @@ public final class Receiver: Sendable {
         let borrowed = BorrowedWriter(queue: queue)
         occupy(channel.eventLoop, system: hello.systemIdentifier)
         defer { vacate(channel.eventLoop, system: hello.systemIdentifier) }
-        try await ShipChannel.setTap(on: channel, { [self] message in
-            do {
-                guard let (work, bytes) = try interpret(message, rules: rules, system: system, linkID: linkID, acks: acks,
-                                                        buffers: buffers) else {
-                    return .consumed
+        try await ShipChannel.setTap(
+            on: channel,
+            { [self] message in
+                do {
+                    guard
+                        let (work, bytes) = try interpret(
+                            message, rules: rules, system: system, linkID: linkID, acks: acks,
+                            buffers: buffers)
+                    else {
+                        return .consumed
+                    }
+                    // A synchronous link's frame that brings us to the primary's end (a commit waits on it) is written
+                    // here if the spool thread is idle, and so is everything after it in the same socket read. Frames
+                    // of a backlog go through the queue, where decoding goes on while the spool thread writes.
+                    if borrowed.held
+                        || hello.synchronous && loop(channel.eventLoop, isAlone: hello.systemIdentifier)
+                            && borrowed.borrowIfCaughtUp(message, work)
+                    {
+                        try writeInBorrowedRole(work, system: system, buffers: buffers, borrowed: borrowed)
+                        return .consumed
+                    }
+                    return try queue.pushNow(work, bytes: bytes) ? .consumedAndPause : .consumed
+                } catch {
+                    return .fail(error)
                 }
-                // A synchronous link's frame that brings us to the primary's end (a commit waits on it) is written
-                // here if the spool thread is idle, and so is everything after it in the same socket read. Frames
-                // of a backlog go through the queue, where decoding goes on while the spool thread writes.
-                if borrowed.held || hello.synchronous && loop(channel.eventLoop, isAlone: hello.systemIdentifier)
-                    && borrowed.borrowIfCaughtUp(message, work) {
-                    try writeInBorrowedRole(work, system: system, buffers: buffers, borrowed: borrowed)
-                    return .consumed
+            },
+            afterReads: { [self] in
+                // One fsync and one ack for all the read brought: group commit, as the spool thread's batches.
+                guard borrowed.held else { return nil }
+                do {
+                    defer { borrowed.giveBack() }
+                    try system.sync()
+                } catch let error as SpoolError {
+                    return refusal(for: error, system: system)
+                } catch {
+                    return error
                 }
-                return try queue.pushNow(work, bytes: bytes) ? .consumedAndPause : .consumed
-            } catch {
-                return .fail(error)
-            }
-        }, afterReads: { [self] in
-            // One fsync and one ack for all the read brought: group commit, as the spool thread's batches.
-            guard borrowed.held else { return nil }
-            do {
-                defer { borrowed.giveBack() }
-                try system.sync()
-            } catch let error as SpoolError {
-                return refusal(for: error, system: system)
-            } catch {
-                return error
-            }
-            // Also run when the link closes; then there is no one to tell.
-            if channel.isActive { acks.send(ack(for: system, at: system.position)) }
-            return nil
-        })
+                // Also run when the link closes; then there is no one to tell.
+                if channel.isActive { acks.send(ack(for: system, at: system.position)) }
+                return nil
+            })
         try await outbound.write(.welcome(welcome))
-        logger.notice("sender connected", metadata: [
-            "walship.sender": "\(hello.senderName)", "walship.synchronous": "\(hello.synchronous)",
-            "walship.resume_lsn": "\(welcome.resumeLSN)", "walship.timeline": "\(welcome.resumeTimeline)",
-        ])
+        logger.notice(
+            "sender connected",
+            metadata: [
+                "walship.sender": "\(hello.senderName)", "walship.synchronous": "\(hello.synchronous)",
+                "walship.resume_lsn": "\(welcome.resumeLSN)", "walship.timeline": "\(welcome.resumeTimeline)",
+            ])
 
         var iterator = iterator
         try await ShipChannel.runLink(
             channel: channel,
-            workers: [{
-                try await self.writeBatches(queue, system: system, writer: writer, synchronous: hello.synchronous, acks: acks,
-                                            buffers: buffers)
-            }],
+            workers: [
+                {
+                    try await self.writeBatches(
+                        queue, system: system, writer: writer, synchronous: hello.synchronous, acks: acks,
+                        buffers: buffers)
+                }
+            ],
             onEnd: { queue.finish($0) },
             reader: {
                 // The tap takes every frame; this only waits for the link to end (and would take a frame the
                 // tap let through).
                 while let message = try await iterator.next() {
-                    if let (work, bytes) = try self.interpret(message, rules: rules, system: system, linkID: linkID, acks: acks,
-                                                              buffers: buffers) {
+                    if let (work, bytes) = try self.interpret(
+                        message, rules: rules, system: system, linkID: linkID, acks: acks,
+                        buffers: buffers)
+                    {
                         try await queue.push(work, bytes: bytes)
                     }
                 }
@@ -448,9 +486,11 @@ public final class Receiver: Sendable {
 
     /// A backup link: store the archive and manifest as they come, make the backup visible when whole, and
     /// declare it complete once the stream has brought the spool's durable WAL to its stop LSN.
-    private func serveBackup(_ welcome: Welcome, machine: ReceiverLinkStateMachine, system: SystemSpool,
-                             iterator: NIOAsyncChannelInboundStream<ShipMessage>.AsyncIterator,
-                             outbound: NIOAsyncChannelOutboundWriter<ShipMessage>, logger: Logger) async throws {
+    private func serveBackup(
+        _ welcome: Welcome, machine: ReceiverLinkStateMachine, system: SystemSpool,
+        iterator: NIOAsyncChannelInboundStream<ShipMessage>.AsyncIterator,
+        outbound: NIOAsyncChannelOutboundWriter<ShipMessage>, logger: Logger
+    ) async throws {
         try await outbound.write(.welcome(welcome))
         // While the data arrives, and while it is fsynced, this end has nothing to say; a backup takes far longer
         // than the link timeout, so an ack goes back at the keepalive interval to show the sender this end is alive
@@ -469,9 +509,11 @@ public final class Receiver: Sendable {
         }
     }
 
-    private func storeBackup(machine: ReceiverLinkStateMachine, system: SystemSpool,
-                             iterator: NIOAsyncChannelInboundStream<ShipMessage>.AsyncIterator,
-                             outbound: NIOAsyncChannelOutboundWriter<ShipMessage>, logger: Logger) async throws {
+    private func storeBackup(
+        machine: ReceiverLinkStateMachine, system: SystemSpool,
+        iterator: NIOAsyncChannelInboundStream<ShipMessage>.AsyncIterator,
+        outbound: NIOAsyncChannelOutboundWriter<ShipMessage>, logger: Logger
+    ) async throws {
         var machine = machine
         var iterator = iterator
         var writer: BackupWriter?
@@ -483,7 +525,8 @@ public final class Receiver: Sendable {
             switch machine.frameReceived(message) {
             case .beginBackup(let start):
                 writer = try BackupWriter(system: system, label: start.label, startLSN: start.startLSN)
-                logger.notice("backup started", metadata: ["walship.backup": "\(writer!.id)", "walship.start_lsn": "\(start.startLSN)"])
+                logger.notice(
+                    "backup started", metadata: ["walship.backup": "\(writer!.id)", "walship.start_lsn": "\(start.startLSN)"])
             case .storeBackupData(let data):
                 guard let writer else { throw Refusal(code: .protocolViolation, message: "backup data before its start") }
                 let bytes: ByteBuffer
@@ -505,8 +548,12 @@ public final class Receiver: Sendable {
                     try finishing.finish(stopLSN: end.stopLSN, timeline: end.timeline, durable: system.position.durable)
                 }
                 writer = nil
-                logger.notice("backup stored", metadata: ["walship.backup": "\(info.id)", "walship.stop_lsn": "\(info.stopLSN)",
-                                                          "walship.status": "\(info.status.rawValue)"])
+                logger.notice(
+                    "backup stored",
+                    metadata: [
+                        "walship.backup": "\(info.id)", "walship.stop_lsn": "\(info.stopLSN)",
+                        "walship.status": "\(info.status.rawValue)",
+                    ])
                 try await awaitWAL(for: info, stop: end.stopLSN, system: system, outbound: outbound, logger: logger)
                 return
             case .keepalive(_, _, let sendAck):
@@ -520,8 +567,10 @@ public final class Receiver: Sendable {
         throw LinkEnded()
     }
 
-    private func awaitWAL(for info: BackupInfo, stop: LSN, system: SystemSpool,
-                          outbound: NIOAsyncChannelOutboundWriter<ShipMessage>, logger: Logger) async throws {
+    private func awaitWAL(
+        for info: BackupInfo, stop: LSN, system: SystemSpool,
+        outbound: NIOAsyncChannelOutboundWriter<ShipMessage>, logger: Logger
+    ) async throws {
         var durable = system.position.durable
         while durable < stop {
             try await outbound.write(.backupStatus(BackupStatus(backupID: info.id, state: .waitingForWAL, durableLSN: durable)))
@@ -538,8 +587,10 @@ public final class Receiver: Sendable {
 
     /// What one frame on a streaming link asks of the spool thread, if anything; the rest (keepalives,
     /// the link's liveness, the primary's position) is dealt with here. Throws the refusal that ends the link.
-    private func interpret(_ message: ShipMessage, rules: SharedLinkStateMachine, system: SystemSpool, linkID: Int,
-                           acks: AckSender, buffers: BufferPool) throws -> (Work, bytes: Int)? {
+    private func interpret(
+        _ message: ShipMessage, rules: SharedLinkStateMachine, system: SystemSpool, linkID: Int,
+        acks: AckSender, buffers: BufferPool
+    ) throws -> (Work, bytes: Int)? {
         touch(system: system.systemIdentifier, linkID: linkID)
         switch rules.frameReceived(message) {
         case .queueWAL(let data):
@@ -549,8 +600,10 @@ public final class Receiver: Sendable {
             }
             notePrimary(system, lsn: data.primaryEndLSN, sendTime: data.primarySendTime)
             let block = data.compression == .lz4Block ? data.payload : nil
-            return (.wal(timeline: data.timeline, start: data.startLSN, bytes: bytes, block: block),
-                    bytes.readableBytes + (block?.readableBytes ?? 0))
+            return (
+                .wal(timeline: data.timeline, start: data.startLSN, bytes: bytes, block: block),
+                bytes.readableBytes + (block?.readableBytes ?? 0)
+            )
         case .keepalive(let primaryEnd, let sendTime, let sendAck):
             if let primaryEnd { notePrimary(system, lsn: primaryEnd, sendTime: sendTime) }
             if sendAck { acks.send(ack(for: system, at: system.position)) }
@@ -566,8 +619,10 @@ public final class Receiver: Sendable {
 
     /// Applies queued work in batches on the system's spool thread, for the whole link: append everything,
     /// fsync (see `asyncSyncBytes`), then one ack with the written and durable ends, sent from that thread.
-    private func writeBatches(_ queue: BatchQueue<Work>, system: SystemSpool, writer: NIOThreadPool, synchronous: Bool,
-                              acks: AckSender, buffers: BufferPool) async throws {
+    private func writeBatches(
+        _ queue: BatchQueue<Work>, system: SystemSpool, writer: NIOThreadPool, synchronous: Bool,
+        acks: AckSender, buffers: BufferPool
+    ) async throws {
         let syncBytes = UInt64(config.asyncSyncBytes)
         let syncInterval = config.asyncSyncInterval
         do {
@@ -633,18 +688,21 @@ public final class Receiver: Sendable {
 
     /// What the sender is told when the spool refuses or fails.
     private func refusal(for error: SpoolError, system: SystemSpool) -> Refusal {
-        let code: Refusal.Code = switch error.kind {
-        case .invalidWAL: .invalidWAL
-        case .notContiguous: .notContiguous
-        case .mismatch: .timelineMismatch
-        case .io, .fsyncFailed, .diskFull, .corrupt, .locked, .acknowledgedWALMissing: .spoolFailure
-        }
+        let code: Refusal.Code =
+            switch error.kind {
+            case .invalidWAL: .invalidWAL
+            case .notContiguous: .notContiguous
+            case .mismatch: .timelineMismatch
+            case .io, .fsyncFailed, .diskFull, .corrupt, .locked, .acknowledgedWALMissing: .spoolFailure
+            }
         if error.kind == .fsyncFailed && system.stoppedByFsyncFailure {
-            logger.critical("fsync of the journal failed: this system's spool stops acknowledging until walship receive is restarted (hint: check the disk and the kernel log)",
-                            metadata: ["walship.system": "\(system.systemIdentifier)", "walship.error": "\(error)"])
+            logger.critical(
+                "fsync of the journal failed: this system's spool stops acknowledging until walship receive is restarted (hint: check the disk and the kernel log)",
+                metadata: ["walship.system": "\(system.systemIdentifier)", "walship.error": "\(error)"])
         } else if error.kind == .fsyncFailed {
-            logger.error("fsync failed while completing a segment: its journal still holds the WAL, and completion is tried again with the next WAL (hint: check the disk and the kernel log)",
-                         metadata: ["walship.system": "\(system.systemIdentifier)", "walship.error": "\(error)"])
+            logger.error(
+                "fsync failed while completing a segment: its journal still holds the WAL, and completion is tried again with the next WAL (hint: check the disk and the kernel log)",
+                metadata: ["walship.system": "\(system.systemIdentifier)", "walship.error": "\(error)"])
         }
         return Refusal(code: code, message: error.message)
     }
@@ -663,9 +721,10 @@ public final class Receiver: Sendable {
             $0[system.systemIdentifier, default: SystemMonitor()].acknowledged = position.durable
             $0[system.systemIdentifier, default: SystemMonitor()].acknowledgedAt = Date()
         }
-        return Ack(timeline: position.timeline, writtenLSN: position.written, durableLSN: position.durable,
-                   replayedLSN: replay?.replayed ?? .invalid, replayTime: replay?.reportedAt ?? PostgresTimestamp(rawValue: 0),
-                   receiverTime: .now())
+        return Ack(
+            timeline: position.timeline, writtenLSN: position.written, durableLSN: position.durable,
+            replayedLSN: replay?.replayed ?? .invalid, replayTime: replay?.reportedAt ?? PostgresTimestamp(rawValue: 0),
+            receiverTime: .now())
     }
 
     // MARK: - Fencing
@@ -673,22 +732,25 @@ public final class Receiver: Sendable {
     /// The system's FENCED record (left by a promotion at the DR site), as the link's state machine sees it.
     private func fence(of system: SystemSpool) throws -> ReceiverLinkStateMachine.Fence? {
         try FenceRecord.load(systemDirectory: system.directory).map {
-            .init(promotedAt: formatISO8601($0.promotedAt), promotedTimeline: $0.promotedTimeline,
-                  recordPath: FenceRecord.path(system.directory))
+            .init(
+                promotedAt: formatISO8601($0.promotedAt), promotedTimeline: $0.promotedTimeline,
+                recordPath: FenceRecord.path(system.directory))
         }
     }
 
     private func warnAcceptingFenced(_ fence: ReceiverLinkStateMachine.Fence, role: LinkRole, logger: Logger) {
-        logger.warning("accepting \(role == .backup ? "a base backup" : "WAL") for a fenced system because of --force",
-                       metadata: ["walship.promoted_at": "\(fence.promotedAt)"])
+        logger.warning(
+            "accepting \(role == .backup ? "a base backup" : "WAL") for a fenced system because of --force",
+            metadata: ["walship.promoted_at": "\(fence.promotedAt)"])
     }
 
     // MARK: - Link registry
 
     private func claim(hello: Hello, peer: String, channel: Channel, logger: Logger) throws -> Int {
         let id = nextLinkID.wrappingAdd(1, ordering: .relaxed).oldValue
-        let link = StreamLinkRegistry<Channel>.Link(id: id, peer: peer, senderName: hello.senderName,
-                                                     synchronous: hello.synchronous, handle: channel, lastFrame: .now)
+        let link = StreamLinkRegistry<Channel>.Link(
+            id: id, peer: peer, senderName: hello.senderName,
+            synchronous: hello.synchronous, handle: channel, lastFrame: .now)
         switch links.withLock({ $0.claim(system: hello.systemIdentifier, link: link, now: .now) }) {
         case .refused(let refusal):
             throw refusal
@@ -767,12 +829,15 @@ public final class Receiver: Sendable {
                 try fresh.save(systemDirectory: system.directory)
                 monitor.withLock { $0[id]?.savedProgress = fresh }
             } catch {
-                logger.warning("cannot record the primary's progress", metadata: ["walship.system": "\(id)", "walship.error": "\(error)"])
+                logger.warning(
+                    "cannot record the primary's progress", metadata: ["walship.system": "\(id)", "walship.error": "\(error)"])
             }
         }
         if !config.acceptFenced, FenceRecord.exists(systemDirectory: system.directory),
-           let link = links.withLock({ $0.links[id] }) {
-            logger.warning("the system was fenced by a promotion; closing the old primary's link", metadata: ["walship.system": "\(id)"])
+            let link = links.withLock({ $0.links[id] })
+        {
+            logger.warning(
+                "the system was fenced by a promotion; closing the old primary's link", metadata: ["walship.system": "\(id)"])
             link.handle.close(promise: nil)
         }
     }
@@ -803,56 +868,67 @@ public final class Receiver: Sendable {
         let links = self.links.withLock { $0.links }
         let details = self.linkDetails.withLock { $0 }
         let monitors = self.monitor.withLock { $0 }
-        let systems = spool.openSystems.sorted { $0.systemIdentifier < $1.systemIdentifier }.map { system in
-            let id = system.systemIdentifier
-            let p = system.position
-            let link = links[id]
-            let m = monitors[id] ?? SystemMonitor(disconnectedSince: startedAt)
-            let reports = standbys(of: id)
-            let replayed = reports.map(\.replayed).max() ?? .invalid
-            var standbys = reports.map {
-                StatusDocument.Standby(name: $0.name, connected: $0.connected, replayedLSN: $0.replayed.description,
-                                       updatedAt: Date(timeIntervalSince1970: $0.reportedAt.unixSeconds))
+        let systems =
+            spool.openSystems.sorted { $0.systemIdentifier < $1.systemIdentifier }.map { system in
+                let id = system.systemIdentifier
+                let p = system.position
+                let link = links[id]
+                let m = monitors[id] ?? SystemMonitor(disconnectedSince: startedAt)
+                let reports = standbys(of: id)
+                let replayed = reports.map(\.replayed).max() ?? .invalid
+                var standbys = reports.map {
+                    StatusDocument.Standby(
+                        name: $0.name, connected: $0.connected, replayedLSN: $0.replayed.description,
+                        updatedAt: Date(timeIntervalSince1970: $0.reportedAt.unixSeconds))
+                }
+                // Standbys served before this process started, as recorded in the spool.
+                for record in (try? StandbyRegistry.list(systemDirectory: system.directory)) ?? []
+                where !standbys.contains(where: { $0.name == record.name }) {
+                    standbys.append(
+                        .init(name: record.name, connected: false, replayedLSN: record.replayedLSN, updatedAt: record.updatedAt))
+                }
+                var fence: StatusDocument.Fence?
+                if let record = try? FenceRecord.load(systemDirectory: system.directory) {
+                    fence = .init(
+                        promotedAt: record.promotedAt, promotedTimeline: record.promotedTimeline,
+                        replayedLSN: record.replayedLSN, lastRefusedAt: m.fenceRefusedAt)
+                }
+                var status = StatusDocument.SystemStatus(
+                    systemIdentifier: String(id), timeline: p.timeline,
+                    link: .init(
+                        connected: link != nil, peer: link?.peer, senderName: link?.senderName ?? m.senderName,
+                        synchronous: link?.synchronous ?? m.synchronous,
+                        connectedAt: link.flatMap { details[$0.id]?.connectedAt },
+                        disconnectedSince: link == nil ? m.disconnectedSince : nil,
+                        lastMessageAgeSeconds: link.map { roundedSeconds(now - $0.lastFrame) },
+                        lastPrimaryMessageAgeSeconds: m.primaryReportedAt.map { roundedSeconds(now - $0) }),
+                    // The receiver cannot see what the sender has sent: that stage has no position here.
+                    chain: [
+                        (StatusDocument.StageName.primary, m.lag.primaryLSN), (.sent, LSN.invalid), (.received, p.written),
+                        (.durable, p.durable), (.replayed, replayed),
+                    ].map { m.lag.stage($0, at: $1, now: now) },
+                    clockSkewSeconds: m.lag.clockSkewSeconds, fence: fence, standbys: standbys)
+                status.spoolFailure = system.fsyncFailure.map {
+                    "\($0) (hint: check the disk and the kernel log, then restart walship receive: it re-reads the spool from disk)"
+                }
+                return status
             }
-            // Standbys served before this process started, as recorded in the spool.
-            for record in (try? StandbyRegistry.list(systemDirectory: system.directory)) ?? []
-            where !standbys.contains(where: { $0.name == record.name }) {
-                standbys.append(.init(name: record.name, connected: false, replayedLSN: record.replayedLSN, updatedAt: record.updatedAt))
+            + spool.refusedSystems.sorted { $0.key < $1.key }.map { id, error in
+                var status = StatusDocument.SystemStatus(
+                    systemIdentifier: String(id), timeline: nil, link: .init(connected: false, disconnectedSince: startedAt),
+                    chain: [])
+                status.spoolFailure = error.message
+                return status
             }
-            var fence: StatusDocument.Fence?
-            if let record = try? FenceRecord.load(systemDirectory: system.directory) {
-                fence = .init(promotedAt: record.promotedAt, promotedTimeline: record.promotedTimeline,
-                              replayedLSN: record.replayedLSN, lastRefusedAt: m.fenceRefusedAt)
-            }
-            var status = StatusDocument.SystemStatus(
-                systemIdentifier: String(id), timeline: p.timeline,
-                link: .init(connected: link != nil, peer: link?.peer, senderName: link?.senderName ?? m.senderName,
-                            synchronous: link?.synchronous ?? m.synchronous,
-                            connectedAt: link.flatMap { details[$0.id]?.connectedAt },
-                            disconnectedSince: link == nil ? m.disconnectedSince : nil,
-                            lastMessageAgeSeconds: link.map { roundedSeconds(now - $0.lastFrame) },
-                            lastPrimaryMessageAgeSeconds: m.primaryReportedAt.map { roundedSeconds(now - $0) }),
-                // The receiver cannot see what the sender has sent: that stage has no position here.
-                chain: [(StatusDocument.StageName.primary, m.lag.primaryLSN), (.sent, LSN.invalid), (.received, p.written),
-                        (.durable, p.durable), (.replayed, replayed)].map { m.lag.stage($0, at: $1, now: now) },
-                clockSkewSeconds: m.lag.clockSkewSeconds, fence: fence, standbys: standbys)
-            status.spoolFailure = system.fsyncFailure.map {
-                "\($0) (hint: check the disk and the kernel log, then restart walship receive: it re-reads the spool from disk)"
-            }
-            return status
-        } + spool.refusedSystems.sorted { $0.key < $1.key }.map { id, error in
-            var status = StatusDocument.SystemStatus(
-                systemIdentifier: String(id), timeline: nil, link: .init(connected: false, disconnectedSince: startedAt), chain: [])
-            status.spoolFailure = error.message
-            return status
-        }
         return StatusDocument(
             role: "receiver", version: walshipVersion, host: ProcessInfo.processInfo.hostName, generatedAt: wallNow,
-            process: .init(pid: ProcessInfo.processInfo.processIdentifier, startedAt: startedAt,
-                           residentMemoryBytes: residentMemoryBytes()),
+            process: .init(
+                pid: ProcessInfo.processInfo.processIdentifier, startedAt: startedAt,
+                residentMemoryBytes: residentMemoryBytes()),
             state: "listening", stateSince: startedAt, systems: systems,
-            spool: .init(path: config.spoolRoot, totalBytes: capacity?.total, freeBytes: capacity?.free,
-                         usedBytes: diskUsage.withLock { $0 }),
+            spool: .init(
+                path: config.spoolRoot, totalBytes: capacity?.total, freeBytes: capacity?.free,
+                usedBytes: diskUsage.withLock { $0 }),
             receiver: .init(listen: "\(config.listenHost):\(config.listenPort)", standbyListen: config.standbyListen))
     }
 
@@ -907,7 +983,7 @@ private final class BorrowedWriter: @unchecked Sendable {
     /// parked with nothing queued.
     func borrowIfCaughtUp(_ message: ShipMessage, _ work: Receiver.Work) -> Bool {
         guard case .walData(let data) = message, case .wal(_, let start, let wal, _) = work,
-              start.advanced(by: UInt64(wal.readableBytes)) >= data.primaryEndLSN, queue.borrowIdleWriter()
+            start.advanced(by: UInt64(wal.readableBytes)) >= data.primaryEndLSN, queue.borrowIdleWriter()
         else { return false }
         held = true
         return true

@@ -83,14 +83,21 @@ struct ReceiverLinkStateMachine: Sendable {
         guard case .awaitingHello = state else { return refuse(.protocolViolation, "a second hello on one link") }
         guard case .hello(let hello) = message else {
             state = .closed
-            return .closeWithoutAnswer(Refusal(code: .protocolViolation, message: "expected a hello frame first, got \(message.kind)"))
+            return .closeWithoutAnswer(
+                Refusal(code: .protocolViolation, message: "expected a hello frame first, got \(message.kind)"))
         }
         if !allowedSources.isEmpty {
             guard let name = certificateName, let bound = allowedSources[name] else {
-                return refuse(.sourceNotAllowed, "the sender's certificate \"\(certificateName ?? "without a name")\" is not allowed to ship here (hint: add --allow-source \(certificateName ?? "NAME")=\(hello.systemIdentifier) to walship receive)")
+                return refuse(
+                    .sourceNotAllowed,
+                    "the sender's certificate \"\(certificateName ?? "without a name")\" is not allowed to ship here (hint: add --allow-source \(certificateName ?? "NAME")=\(hello.systemIdentifier) to walship receive)"
+                )
             }
             guard bound == hello.systemIdentifier else {
-                return refuse(.sourceNotAllowed, "the sender's certificate \"\(name)\" may ship system \(bound) only, but it offered system \(hello.systemIdentifier) (hint: is this sender pointed at the right primary? else fix --allow-source \(name)=\(hello.systemIdentifier))")
+                return refuse(
+                    .sourceNotAllowed,
+                    "the sender's certificate \"\(name)\" may ship system \(bound) only, but it offered system \(hello.systemIdentifier) (hint: is this sender pointed at the right primary? else fix --allow-source \(name)=\(hello.systemIdentifier))"
+                )
             }
         }
         switch ReceiverHandshake.validate(hello) {
@@ -108,7 +115,10 @@ struct ReceiverLinkStateMachine: Sendable {
     mutating func spoolOpened(fence: Fence?) -> Action {
         guard case .openingSpool(let hello) = state else { return outOfOrder("spool opened") }
         if let fence, !acceptFenced {
-            return refuse(.fenced, "system \(hello.systemIdentifier) was promoted at the DR site at \(fence.promotedAt) (timeline \(fence.promotedTimeline.map(String.init) ?? "?")); \(hello.role == .backup ? "a base backup" : "WAL") from the old primary (sender \(hello.senderName), timeline \(hello.timeline)) is refused. Hint: re-seed the DR site and remove \(fence.recordPath), or restart walship receive with --force to accept it anyway")
+            return refuse(
+                .fenced,
+                "system \(hello.systemIdentifier) was promoted at the DR site at \(fence.promotedAt) (timeline \(fence.promotedTimeline.map(String.init) ?? "?")); \(hello.role == .backup ? "a base backup" : "WAL") from the old primary (sender \(hello.senderName), timeline \(hello.timeline)) is refused. Hint: re-seed the DR site and remove \(fence.recordPath), or restart walship receive with --force to accept it anyway"
+            )
         }
         switch hello.role {
         case .stream:
@@ -149,11 +159,12 @@ struct ReceiverLinkStateMachine: Sendable {
         case .openingSpool(let hello), .claimingStream(let hello), .findingResumePoint(let hello): system = hello.systemIdentifier
         case .awaitingHello, .streaming, .receivingBackup, .backupStored, .closed: return outOfOrder("spool failure")
         }
-        let message = switch step {
-        case .open: "cannot open the spool for system \(system): \(error)"
-        case .readFence: "cannot read the fence of system \(system): \(error)"
-        case .makeDurable: "the spool for system \(system) cannot be written: \(error)"
-        }
+        let message =
+            switch step {
+            case .open: "cannot open the spool for system \(system): \(error)"
+            case .readFence: "cannot read the fence of system \(system): \(error)"
+            case .makeDurable: "the spool for system \(system) cannot be written: \(error)"
+            }
         return refuse(.spoolFailure, message)
     }
 
@@ -178,8 +189,9 @@ struct ReceiverLinkStateMachine: Sendable {
         case .walData(let data):
             return .queueWAL(data)
         case .keepalive(let keepalive):
-            return .keepalive(primaryEnd: keepalive.primaryEndLSN.isValid ? keepalive.primaryEndLSN : nil,
-                              sendTime: keepalive.sendTime, sendAck: keepalive.replyRequested)
+            return .keepalive(
+                primaryEnd: keepalive.primaryEndLSN.isValid ? keepalive.primaryEndLSN : nil,
+                sendTime: keepalive.sendTime, sendAck: keepalive.replyRequested)
         case .history(let history):
             return .queueHistory(history)
         case .refusal(let refusal):

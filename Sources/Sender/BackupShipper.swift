@@ -63,14 +63,16 @@ public struct BackupShipper: Sendable {
     private func ship(_ session: ReplicationSession, progress: @escaping @Sendable (Progress) -> Void) async throws -> Outcome {
         let identity = try await session.connect(applicationName: "walship_backup")
         guard identity.serverVersion / 10000 == 15 else {
-            throw BackupError("the primary runs PostgreSQL \(identity.serverVersion / 10000); this walship supports PostgreSQL 15")
+            throw BackupError(
+                "the primary runs PostgreSQL \(identity.serverVersion / 10000); this walship supports PostgreSQL 15")
         }
         let channel = try await connectToReceiver(host: receiverHost, port: receiverPort, linkTimeout: linkTimeout, tls: tls)
         return try await channel.executeThenClose { inbound, outbound in
             var iterator = inbound.makeAsyncIterator()
-            let hello = Hello(role: .backup, synchronous: false, systemIdentifier: identity.systemIdentifier,
-                              timeline: identity.timeline, walSegmentSize: UInt32(identity.segmentSize.bytes),
-                              senderName: "walship backup")
+            let hello = Hello(
+                role: .backup, synchronous: false, systemIdentifier: identity.systemIdentifier,
+                timeline: identity.timeline, walSegmentSize: UInt32(identity.segmentSize.bytes),
+                senderName: "walship backup")
             switch try await exchangeHello(hello, outbound: outbound, inbound: &iterator) {
             case .welcome: break
             case .refusal(let r): throw BackupError("the receiver refused the backup: \(r.message)")
@@ -78,8 +80,9 @@ public struct BackupShipper: Sendable {
             case nil: throw BackupError("the receiver closed the link during the handshake")
             }
             let gate = StreamGate()
-            let producer = BackupEvents.makeSequence(backPressureStrategy: .init(lowWatermark: 2, highWatermark: 8),
-                                                     finishOnDeinit: false, delegate: gate)
+            let producer = BackupEvents.makeSequence(
+                backPressureStrategy: .init(lowWatermark: 2, highWatermark: 8),
+                finishOnDeinit: false, delegate: gate)
             let source = producer.source
             let events = producer.sequence
             let state = Mutex<(start: LSN, stop: LSN, bytes: UInt64, outcome: Outcome?)>((.invalid, .invalid, 0, nil))
@@ -102,8 +105,11 @@ public struct BackupShipper: Sendable {
                                     estimated = size
                                     state.withLock { $0.start = start }
                                     progress(.started(start: start, estimatedBytes: size))
-                                    try await outbound.write(.backupStart(BackupStart(startLSN: start, timeline: timeline,
-                                                                                      estimatedBytes: size, label: label)))
+                                    try await outbound.write(
+                                        .backupStart(
+                                            BackupStart(
+                                                startLSN: start, timeline: timeline,
+                                                estimatedBytes: size, label: label)))
                                 case .archiveData(let bytes):
                                     state.withLock { $0.bytes += UInt64(bytes.readableBytes) }
                                     try await pieces.send(.archive, bytes)
@@ -121,7 +127,7 @@ public struct BackupShipper: Sendable {
                             try await produced
                             // The receiver now waits for the stream to bring the WAL; the keepalives go on.
                             try await keepalives
-                        },
+                        }
                     ],
                     reader: {
                         while let message = try await iterator.next() {
@@ -136,9 +142,10 @@ public struct BackupShipper: Sendable {
                                     let counts = written.withLock { $0 }
                                     progress(.stored(id: status.backupID, stop: stop))
                                     state.withLock {
-                                        $0.outcome = Outcome(id: status.backupID, start: s.start, stop: stop, archiveBytes: s.bytes,
-                                                             compressedBytes: counts.compressedBytes, pieces: counts.pieces,
-                                                             highCompressionPieces: counts.highCompressionPieces)
+                                        $0.outcome = Outcome(
+                                            id: status.backupID, start: s.start, stop: stop, archiveBytes: s.bytes,
+                                            compressedBytes: counts.compressedBytes, pieces: counts.pieces,
+                                            highCompressionPieces: counts.highCompressionPieces)
                                     }
                                     return
                                 }

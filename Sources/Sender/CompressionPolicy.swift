@@ -1,7 +1,7 @@
 import LZ4Codec
+import ShipProtocol
 import StatusModel
 import Synchronization
-import ShipProtocol
 
 /// Chooses how hard each WAL frame is compressed. Fast LZ4 outruns any network; LZ4HC puts about 15 % fewer
 /// bytes on the wire at about a quarter of the speed. When the link carries fewer bytes per second than the
@@ -58,7 +58,7 @@ public struct CompressionPolicy: Sendable {
         case .high: return .high
         case .auto:
             guard outstanding > 0, let link = linkRate, let at = linkMeasuredAt, now - at <= Self.linkRateLifetime,
-                  let high = highRate ?? fastRate.map({ $0 / Self.assumedHighSlowdown })
+                let high = highRate ?? fastRate.map({ $0 / Self.assumedHighSlowdown })
             else { return .fast }
             return high >= link * Self.margin ? .high : .fast
         }
@@ -118,8 +118,11 @@ public final class SharedCompressionPolicy: Sendable {
     public init(mode: CompressionPolicy.Mode) { policy = Mutex(CompressionPolicy(mode: mode)) }
 
     /// A frame of `walBytes` from `compress` at the effort chosen now; when it was written (for `taken`).
-    public func compress<Frame>(walBytes: Int, _ compress: (CompressionEffort) -> Frame)
-        -> (frame: Frame, effort: CompressionEffort, writtenAt: ContinuousClock.Instant) {
+    public func compress<Frame>(
+        walBytes: Int, _ compress: (CompressionEffort) -> Frame
+    )
+        -> (frame: Frame, effort: CompressionEffort, writtenAt: ContinuousClock.Instant)
+    {
         let started = ContinuousClock.now
         let effort = policy.withLock { $0.effort(now: started) }
         let frame = compress(effort)

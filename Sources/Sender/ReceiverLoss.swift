@@ -19,7 +19,8 @@ public enum ReceiverLossPolicy: Sendable, Equatable, CustomStringConvertible {
         }
         let prefix = "degrade-after="
         guard text.hasPrefix(prefix) else {
-            throw PolicyError("unknown receiver-loss policy \"\(text)\" (hint: use block, or degrade-after=DURATION such as degrade-after=30s)")
+            throw PolicyError(
+                "unknown receiver-loss policy \"\(text)\" (hint: use block, or degrade-after=DURATION such as degrade-after=30s)")
         }
         let amount = text.dropFirst(prefix.count)
         let units: [(Character, Int64)] = [("s", 1), ("m", 60), ("h", 3600)]
@@ -76,7 +77,7 @@ final class LocalBuffer: Sendable {
     /// The WAL the buffer holds on `timeline`, or nil when it holds none there.
     func range(system: UInt64, segmentSize: WALSegmentSize, timeline: TimeLineID) throws -> Range<LSN>? {
         guard let position = try position(system: system, segmentSize: segmentSize), position.timeline == timeline,
-              let oldest = try open(system: system, segmentSize: segmentSize).oldestLSN(), oldest < position.durable
+            let oldest = try open(system: system, segmentSize: segmentSize).oldestLSN(), oldest < position.durable
         else { return nil }
         return oldest..<position.durable
     }
@@ -106,7 +107,8 @@ final class LocalBuffer: Sendable {
         guard let text = try? String(contentsOfFile: auditPath, encoding: .utf8) else { return nil }
         for line in text.split(separator: "\n").reversed() {
             guard let object = try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: String],
-                  object["event"] == "degraded", let lsn = object["offsite_durable_lsn"].flatMap(LSN.init) else { continue }
+                object["event"] == "degraded", let lsn = object["offsite_durable_lsn"].flatMap(LSN.init)
+            else { continue }
             return lsn
         }
         return nil
@@ -147,7 +149,9 @@ enum LeftoverBuffer: Equatable {
         guard held.timeline == primaryTimeline else {
             // Nothing tells from here what the DR site has of the buffer's timeline: keep all of it for the
             // receiver, and let commits wait until it can be asked.
-            return .refuseToDegrade("the local buffer holds WAL of timeline \(held.timeline) up to \(held.durable), acknowledged while the DR site was unreachable, and the primary is now on timeline \(primaryTimeline): the buffer is kept for the receiver, and commits wait until the receiver is back")
+            return .refuseToDegrade(
+                "the local buffer holds WAL of timeline \(held.timeline) up to \(held.durable), acknowledged while the DR site was unreachable, and the primary is now on timeline \(primaryTimeline): the buffer is kept for the receiver, and commits wait until the receiver is back"
+            )
         }
         // The slot moved past the buffer's end: the receiver acknowledged all of it since.
         guard let slotRestart else { return .keep }
@@ -157,8 +161,10 @@ enum LeftoverBuffer: Equatable {
     /// On a link to a receiver whose spool ends at `receiverEnd` and is on, or about to move to,
     /// `receiverTimeline`: `fork` is where the buffer's timeline ends in the primary's history, nil when the
     /// primary's history does not say.
-    static func whenLinked(held: SpoolPosition, receiverEnd: (timeline: TimeLineID, lsn: LSN), receiverTimeline: TimeLineID,
-                           fork: LSN?) -> LeftoverBuffer {
+    static func whenLinked(
+        held: SpoolPosition, receiverEnd: (timeline: TimeLineID, lsn: LSN), receiverTimeline: TimeLineID,
+        fork: LSN?
+    ) -> LeftoverBuffer {
         guard held.timeline != 0 else { return .keep }
         // The spool holds all the buffer holds (shipped before the link that acknowledged it ended).
         if receiverEnd.timeline == held.timeline && receiverEnd.lsn >= held.durable { return .discard }

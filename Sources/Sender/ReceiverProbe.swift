@@ -26,8 +26,10 @@ public struct ReceiverProbeError: Error, CustomStringConvertible {
 /// not claim the system's streaming slot, so a running sender is not disturbed, yet the receiver checks
 /// everything a sender's hello is checked for (TLS both ways, --allow-source, version, segment size, its
 /// spool) and answers with its resume point. A keepalive asking for a reply then gives the receiver's clock.
-public func probeReceiver(host: String, port: Int, tls: ClientTLS?, systemIdentifier: UInt64, timeline: TimeLineID,
-                          walSegmentSize: UInt32, senderName: String, timeout: Duration) async throws -> ReceiverProbe {
+public func probeReceiver(
+    host: String, port: Int, tls: ClientTLS?, systemIdentifier: UInt64, timeline: TimeLineID,
+    walSegmentSize: UInt32, senderName: String, timeout: Duration
+) async throws -> ReceiverProbe {
     let channel: ShipAsyncChannel
     do {
         channel = try await connectToReceiver(host: host, port: port, linkTimeout: timeout, tls: tls)
@@ -37,20 +39,26 @@ public func probeReceiver(host: String, port: Int, tls: ClientTLS?, systemIdenti
     do {
         return try await channel.executeThenClose { inbound, outbound in
             var iterator = inbound.makeAsyncIterator()
-            let hello = Hello(role: .backup, synchronous: false, systemIdentifier: systemIdentifier,
-                              timeline: timeline, walSegmentSize: walSegmentSize, senderName: senderName)
+            let hello = Hello(
+                role: .backup, synchronous: false, systemIdentifier: systemIdentifier,
+                timeline: timeline, walSegmentSize: walSegmentSize, senderName: senderName)
             let welcome: Welcome
             switch try await exchangeHello(hello, outbound: outbound, inbound: &iterator) {
             case .welcome(let w)?: welcome = w
-            case .refusal(let refusal)?: throw ReceiverProbeError(stage: .refused, description: "the receiver refused: \(refusal.message)")
-            case let other?: throw ReceiverProbeError(stage: .handshake, description: "the receiver answered the hello with \(other.kind)")
+            case .refusal(let refusal)?:
+                throw ReceiverProbeError(stage: .refused, description: "the receiver refused: \(refusal.message)")
+            case let other?:
+                throw ReceiverProbeError(stage: .handshake, description: "the receiver answered the hello with \(other.kind)")
             case nil:
-                throw ReceiverProbeError(stage: .handshake, description: tls == nil
-                    ? "the receiver closed the link during the handshake (hint: does it require TLS?)"
-                    : "the receiver closed the link during the handshake (hint: does it trust the CA of --tls-cert?)")
+                throw ReceiverProbeError(
+                    stage: .handshake,
+                    description: tls == nil
+                        ? "the receiver closed the link during the handshake (hint: does it require TLS?)"
+                        : "the receiver closed the link during the handshake (hint: does it trust the CA of --tls-cert?)")
             }
-            var probe = ReceiverProbe(receiverName: welcome.receiverName, resumeLSN: welcome.resumeLSN,
-                                      resumeTimeline: welcome.resumeTimeline)
+            var probe = ReceiverProbe(
+                receiverName: welcome.receiverName, resumeLSN: welcome.resumeLSN,
+                resumeTimeline: welcome.resumeTimeline)
             let sent = PostgresTimestamp.now()
             try await outbound.write(.keepalive(Keepalive(primaryEndLSN: .invalid, sendTime: sent, replyRequested: true)))
             if case .ack(let ack)? = try await iterator.next() {
@@ -64,7 +72,10 @@ public func probeReceiver(host: String, port: Int, tls: ClientTLS?, systemIdenti
     } catch let error as ReceiverProbeError {
         throw error
     } catch ShipProtocolError.peerSpeaksTLS {
-        throw ReceiverProbeError(stage: .tls, description: "the receiver requires TLS, and the configuration says insecure (hint: give tls-cert, tls-key and tls-ca)")
+        throw ReceiverProbeError(
+            stage: .tls,
+            description:
+                "the receiver requires TLS, and the configuration says insecure (hint: give tls-cert, tls-key and tls-ca)")
     } catch let error where tlsFailure(error) != nil {
         throw ReceiverProbeError(stage: .tls, description: "TLS with the receiver failed: \(tlsFailure(error)!)")
     } catch {

@@ -39,8 +39,10 @@ public struct SenderConfiguration: Sendable {
     /// How hard WAL frames are compressed (--compression).
     public var compression: CompressionPolicy.Mode = .auto
 
-    public init(source: Conninfo, receiverHost: String, receiverPort: Int, slot: String, createSlot: Bool,
-                applicationName: String, synchronous: Bool) {
+    public init(
+        source: Conninfo, receiverHost: String, receiverPort: Int, slot: String, createSlot: Bool,
+        applicationName: String, synchronous: Bool
+    ) {
         self.source = source
         self.receiverHost = receiverHost
         self.receiverPort = receiverPort
@@ -76,10 +78,14 @@ public final class Sender: Sendable {
         self.statusBox = Mutex(SenderState(slot: configuration.slot))
         if case .degradeAfter = configuration.receiverLoss {
             guard configuration.synchronous else {
-                throw SenderFatalError("--on-receiver-loss degrade-after only applies to synchronous mode (hint: add --sync, or drop the option: without --sync commits never wait for the DR site)")
+                throw SenderFatalError(
+                    "--on-receiver-loss degrade-after only applies to synchronous mode (hint: add --sync, or drop the option: without --sync commits never wait for the DR site)"
+                )
             }
             guard let directory = configuration.bufferDirectory else {
-                throw SenderFatalError("--on-receiver-loss degrade-after needs --buffer-dir DIR, a directory on durable local storage where WAL acknowledged without the DR site is kept until the receiver has it")
+                throw SenderFatalError(
+                    "--on-receiver-loss degrade-after needs --buffer-dir DIR, a directory on durable local storage where WAL acknowledged without the DR site is kept until the receiver has it"
+                )
             }
             buffer = try LocalBuffer(directory: directory, logger: logger)
         } else {
@@ -93,25 +99,28 @@ public final class Sender: Sendable {
         let s = statusBox.withLock { $0 }
         let system = StatusDocument.SystemStatus(
             systemIdentifier: s.systemIdentifier, timeline: s.timeline,
-            link: .init(connected: s.state == .streaming, peer: "\(config.receiverHost):\(config.receiverPort)",
-                        senderName: config.applicationName, synchronous: config.synchronous, connectedAt: s.connectedSince,
-                        disconnectedSince: s.disconnectedSince,
-                        lastMessageAgeSeconds: s.receiverLastAckAt.map { roundedSeconds(now - $0) },
-                        lastPrimaryMessageAgeSeconds: s.primaryLastMessageAt.map { roundedSeconds(now - $0) }),
+            link: .init(
+                connected: s.state == .streaming, peer: "\(config.receiverHost):\(config.receiverPort)",
+                senderName: config.applicationName, synchronous: config.synchronous, connectedAt: s.connectedSince,
+                disconnectedSince: s.disconnectedSince,
+                lastMessageAgeSeconds: s.receiverLastAckAt.map { roundedSeconds(now - $0) },
+                lastPrimaryMessageAgeSeconds: s.primaryLastMessageAt.map { roundedSeconds(now - $0) }),
             chain: s.chain(now: now), clockSkewSeconds: s.lag.clockSkewSeconds)
         return StatusDocument(
             role: "sender", version: walshipVersion, host: ProcessInfo.processInfo.hostName, generatedAt: Date(),
-            process: .init(pid: ProcessInfo.processInfo.processIdentifier, startedAt: startedAt,
-                           residentMemoryBytes: residentMemoryBytes()),
+            process: .init(
+                pid: ProcessInfo.processInfo.processIdentifier, startedAt: startedAt,
+                residentMemoryBytes: residentMemoryBytes()),
             state: s.state.rawValue, stateSince: s.stateSince, lastError: s.lastError, systems: [system],
-            sender: .init(source: config.source.description, receiver: "\(config.receiverHost):\(config.receiverPort)",
-                          synchronous: config.synchronous, applicationName: config.applicationName,
-                          walBytesSent: s.walBytesSent, walFramesSent: s.walFramesSent, wireBytesSent: s.wireBytesSent,
-                          compression: config.compression.description, walFramesHighCompression: s.walFramesHighCompression,
-                          slot: s.slot,
-                          receiverLossPolicy: config.synchronous ? config.receiverLoss.description : nil,
-                          degraded: buffer == nil ? nil : s.degradedSince != nil, degradedSince: s.degradedSince,
-                          rpoExposure: s.rpoExposure(now: now)))
+            sender: .init(
+                source: config.source.description, receiver: "\(config.receiverHost):\(config.receiverPort)",
+                synchronous: config.synchronous, applicationName: config.applicationName,
+                walBytesSent: s.walBytesSent, walFramesSent: s.walFramesSent, wireBytesSent: s.wireBytesSent,
+                compression: config.compression.description, walFramesHighCompression: s.walFramesHighCompression,
+                slot: s.slot,
+                receiverLossPolicy: config.synchronous ? config.receiverLoss.description : nil,
+                degraded: buffer == nil ? nil : s.degradedSince != nil, degradedSince: s.degradedSince,
+                rpoExposure: s.rpoExposure(now: now)))
     }
 
     /// Runs until cancelled or a fatal condition (invalidated slot, gap, wrong server version...).
@@ -128,7 +137,8 @@ public final class Sender: Sendable {
 
     /// Carries out what `SenderSupervisor` decides, and tells it what happened.
     private func streamWithRetries() async throws {
-        var supervisor = SenderSupervisor(receiverLoss: config.receiverLoss, hasBuffer: buffer != nil, maxBackoff: config.maxBackoff)
+        var supervisor = SenderSupervisor(
+            receiverLoss: config.receiverLoss, hasBuffer: buffer != nil, maxBackoff: config.maxBackoff)
         var action = supervisor.start()
         publish(supervisor.state)
         while true {
@@ -136,18 +146,23 @@ public final class Sender: Sendable {
             switch action {
             case .reconnectNow:
                 do {
-                    try await streamOnce(onConnected: { advance(&supervisor, .connected) },
-                                         onStreaming: { advance(&supervisor, .linked) })
-                    action = advance(&supervisor, .linkLost(setUpMistake: nil, stillExposed: stillExposed, now: .now),
-                                     error: "the session ended")
+                    try await streamOnce(
+                        onConnected: { advance(&supervisor, .connected) },
+                        onStreaming: { advance(&supervisor, .linked) })
+                    action = advance(
+                        &supervisor, .linkLost(setUpMistake: nil, stillExposed: stillExposed, now: .now),
+                        error: "the session ended")
                 } catch let error as SenderFatalError {
                     action = advance(&supervisor, .fatal(reason: error.description), error: error.description)
                 } catch is CancellationError {
                     throw CancellationError()
                 } catch let ended as TimelineEnded {
-                    logger.notice("the primary ended our timeline; switching", metadata: [
-                        "walship.timeline": "\(ended.timeline)", "walship.next_timeline": "\(ended.next)", "walship.at": "\(ended.at)",
-                    ])
+                    logger.notice(
+                        "the primary ended our timeline; switching",
+                        metadata: [
+                            "walship.timeline": "\(ended.timeline)", "walship.next_timeline": "\(ended.next)",
+                            "walship.at": "\(ended.at)",
+                        ])
                     action = advance(&supervisor, .timelineEnded)
                 } catch {
                     if Task.isCancelled { throw CancellationError() }
@@ -160,7 +175,9 @@ public final class Sender: Sendable {
                 action = advance(&supervisor, .timePassed(now: .now))
             case .enterDegraded(let firstProbeAfter):
                 do {
-                    try await runDegraded(firstProbeAfter: firstProbeAfter) { advance(&supervisor, .acknowledgingFromBuffer(now: .now)) }
+                    try await runDegraded(firstProbeAfter: firstProbeAfter) {
+                        advance(&supervisor, .acknowledgingFromBuffer(now: .now))
+                    }
                     action = advance(&supervisor, .receiverBack)
                 } catch let error as SenderFatalError {
                     action = advance(&supervisor, .fatal(reason: error.description), error: error.description)
@@ -190,16 +207,19 @@ public final class Sender: Sendable {
     private func sessionFailure(_ error: any Error) -> SenderSupervisor.Event {
         let now = ContinuousClock.now
         if let error = error as? PostgresError {
-            let mistake = error.connectionLost || Self.isConfigurationError(error)
+            let mistake =
+                error.connectionLost || Self.isConfigurationError(error)
                 ? "\(error.message) (hint: check that PostgreSQL is running and reachable with the --source conninfo, that the role has the REPLICATION attribute, and that pg_hba.conf has a 'replication' line for it)"
                 : nil
             return .primaryLost(setUpMistake: mistake, stillExposed: stillExposed, now: now)
         }
         var mistake: String?
         if case ShipProtocolError.peerSpeaksTLS = error {
-            mistake = "the receiver \(config.receiverHost):\(config.receiverPort) requires TLS, and this sender runs with --insecure (hint: give it --tls-cert, --tls-key and --tls-ca; walship certs init makes them)"
+            mistake =
+                "the receiver \(config.receiverHost):\(config.receiverPort) requires TLS, and this sender runs with --insecure (hint: give it --tls-cert, --tls-key and --tls-ca; walship certs init makes them)"
         } else if let failure = tlsFailure(error) {
-            mistake = "TLS with the receiver \(config.receiverHost):\(config.receiverPort) failed: \(failure) (hint: --tls-ca must be the CA that signed the receiver's certificate, the receiver's certificate must name the host in --to (or pass --tls-server-name), and the receiver must trust the CA of --tls-cert)"
+            mistake =
+                "TLS with the receiver \(config.receiverHost):\(config.receiverPort) failed: \(failure) (hint: --tls-ca must be the CA that signed the receiver's certificate, the receiver's certificate must name the host in --to (or pass --tls-server-name), and the receiver must trust the CA of --tls-cert)"
         }
         return .linkLost(setUpMistake: mistake, stillExposed: stillExposed, now: now)
     }
@@ -207,7 +227,9 @@ public final class Sender: Sendable {
     /// Feeds `event` to the supervisor and shows its new state in the status, with `error` as the last error (a
     /// failure's own reason when it stops).
     @discardableResult
-    private func advance(_ supervisor: inout SenderSupervisor, _ event: SenderSupervisor.Event, error: String? = nil) -> SenderSupervisor.Action {
+    private func advance(
+        _ supervisor: inout SenderSupervisor, _ event: SenderSupervisor.Event, error: String? = nil
+    ) -> SenderSupervisor.Action {
         let action = supervisor.handle(event)
         if case .failed(let reason) = supervisor.state {
             publish(supervisor.state, error: reason)
@@ -237,7 +259,9 @@ public final class Sender: Sendable {
             found = try await session.readSlot(config.slot)
         }
         guard let slot = found else {
-            throw SenderFatalError("replication slot \"\(config.slot)\" disappeared from the primary (hint: pass --create-slot to have it created again)")
+            throw SenderFatalError(
+                "replication slot \"\(config.slot)\" disappeared from the primary (hint: pass --create-slot to have it created again)"
+            )
         }
         let system = identity.systemIdentifier
         var opened = try buffer.open(system: system, segmentSize: identity.segmentSize)
@@ -245,18 +269,24 @@ public final class Sender: Sendable {
         // Only a slot that was already there says how far the primary got confirmation: a new one starts at the
         // primary's current position whatever the DR site has.
         let held = opened.position
-        switch LeftoverBuffer.whenDegrading(held: held, primaryTimeline: identity.timeline, slotRestart: slotIsNew ? nil : slot.restartLSN) {
+        switch LeftoverBuffer.whenDegrading(
+            held: held, primaryTimeline: identity.timeline, slotRestart: slotIsNew ? nil : slot.restartLSN)
+        {
         case .keep:
             break
         case .discard, .setAside:
             // Left from an earlier outage and all shipped since (the slot moved past it): start afresh.
             try buffer.discard(system: system)
-            try buffer.audit(["event": "discarded", "system": "\(system)", "timeline": "\(held.timeline)",
-                              "acknowledged_lsn": "\(held.durable)", "slot_restart_lsn": "\(restart)",
-                              "reason": "the primary's slot moved past the buffer: the DR site acknowledged all of it"])
-            logger.notice("dropped a local buffer the DR site had acknowledged in full", metadata: [
-                "walship.buffer_end": "\(held.durable)", "walship.slot_restart_lsn": "\(restart)",
+            try buffer.audit([
+                "event": "discarded", "system": "\(system)", "timeline": "\(held.timeline)",
+                "acknowledged_lsn": "\(held.durable)", "slot_restart_lsn": "\(restart)",
+                "reason": "the primary's slot moved past the buffer: the DR site acknowledged all of it",
             ])
+            logger.notice(
+                "dropped a local buffer the DR site had acknowledged in full",
+                metadata: [
+                    "walship.buffer_end": "\(held.durable)", "walship.slot_restart_lsn": "\(restart)",
+                ])
             opened = try buffer.open(system: system, segmentSize: identity.segmentSize)
         case .refuseToDegrade(let reason):
             throw BufferKeptForReceiver(description: reason)
@@ -273,12 +303,17 @@ public final class Sender: Sendable {
         }
         if entering {
             let policy = config.receiverLoss.description
-            try buffer.audit(["event": "degraded", "policy": policy, "system": "\(system)",
-                              "receiver": "\(config.receiverHost):\(config.receiverPort)",
-                              "offsite_durable_lsn": "\(known)", "reason": statusBox.withLock { $0.lastError } ?? "receiver unreachable"])
-            logger.critical("the DR site is unreachable: acknowledging commits from the local buffer (RPO is no longer zero); see /status rpo_exposure", metadata: [
-                "walship.policy": "\(policy)", "walship.buffer": "\(buffer.directory)", "walship.offsite_durable_lsn": "\(known)",
+            try buffer.audit([
+                "event": "degraded", "policy": policy, "system": "\(system)",
+                "receiver": "\(config.receiverHost):\(config.receiverPort)",
+                "offsite_durable_lsn": "\(known)", "reason": statusBox.withLock { $0.lastError } ?? "receiver unreachable",
             ])
+            logger.critical(
+                "the DR site is unreachable: acknowledging commits from the local buffer (RPO is no longer zero); see /status rpo_exposure",
+                metadata: [
+                    "walship.policy": "\(policy)", "walship.buffer": "\(buffer.directory)",
+                    "walship.offsite_durable_lsn": "\(known)",
+                ])
         }
         onAcknowledging()
 
@@ -287,8 +322,9 @@ public final class Sender: Sendable {
         let timeline = identity.timeline
         try await withThrowingTaskGroup(of: Void.self) { group in
             group.addTask {
-                try await session.stream(slot: self.config.slot, start: start, timeline: timeline, gate: gate,
-                                         source: source, statusInterval: self.config.statusInterval)
+                try await session.stream(
+                    slot: self.config.slot, start: start, timeline: timeline, gate: gate,
+                    source: source, statusInterval: self.config.statusInterval)
             }
             group.addTask {
                 for try await event in events {
@@ -307,7 +343,8 @@ public final class Sender: Sendable {
                     case .keepalive(let walEnd, let sendTime):
                         self.statusBox.withLock { $0.primaryReported(walEnd, at: sendTime) }
                     case .endOfTimeline:
-                        throw LinkError("the primary ended its timeline while the DR site was unreachable; commits wait for the receiver")
+                        throw LinkError(
+                            "the primary ended its timeline while the DR site was unreachable; commits wait for the receiver")
                     }
                 }
             }
@@ -335,10 +372,13 @@ public final class Sender: Sendable {
     /// A primary this sender may stream from: PostgreSQL 15, and the same system as before. Records it.
     private func checkPrimary(_ identity: SystemIdentity) throws {
         guard identity.serverVersion / 10000 == 15 else {
-            throw SenderFatalError("the primary runs PostgreSQL \(identity.serverVersion / 10000); this walship supports PostgreSQL 15")
+            throw SenderFatalError(
+                "the primary runs PostgreSQL \(identity.serverVersion / 10000); this walship supports PostgreSQL 15")
         }
         if let known = statusBox.withLock({ $0.systemIdentifier }), known != String(identity.systemIdentifier) {
-            throw SenderFatalError("the source is now database system \(identity.systemIdentifier), not \(known) as before; refusing to mix two systems' WAL (hint: restart the sender if the source was deliberately replaced)")
+            throw SenderFatalError(
+                "the source is now database system \(identity.systemIdentifier), not \(known) as before; refusing to mix two systems' WAL (hint: restart the sender if the source was deliberately replaced)"
+            )
         }
         statusBox.withLock {
             $0.systemIdentifier = String(identity.systemIdentifier)
@@ -370,9 +410,11 @@ public final class Sender: Sendable {
         let identity = try await session.connect(applicationName: config.applicationName)
         onConnected()
         try checkPrimary(identity)
-        logger.debug("connected to the primary", metadata: [
-            "walship.system": "\(identity.systemIdentifier)", "walship.timeline": "\(identity.timeline)",
-        ])
+        logger.debug(
+            "connected to the primary",
+            metadata: [
+                "walship.system": "\(identity.systemIdentifier)", "walship.timeline": "\(identity.timeline)",
+            ])
         var slot: SlotInfo?
         do {
             slot = try await session.readSlot(config.slot)
@@ -381,7 +423,9 @@ public final class Sender: Sendable {
         }
         if slot == nil {
             guard config.createSlot else {
-                throw SenderFatalError("replication slot \"\(config.slot)\" does not exist on the primary (hint: pass --create-slot, or run SELECT pg_create_physical_replication_slot('\(config.slot)', true);)")
+                throw SenderFatalError(
+                    "replication slot \"\(config.slot)\" does not exist on the primary (hint: pass --create-slot, or run SELECT pg_create_physical_replication_slot('\(config.slot)', true);)"
+                )
             }
             try await session.createSlot(config.slot)
             logger.notice("created physical replication slot", metadata: ["walship.slot": "\(config.slot)"])
@@ -391,20 +435,25 @@ public final class Sender: Sendable {
         let channel = try await connectReceiver()
         try await channel.executeThenClose { inbound, outbound in
             var iterator = inbound.makeAsyncIterator()
-            let hello = Hello(role: .stream, synchronous: config.synchronous, systemIdentifier: identity.systemIdentifier,
-                              timeline: identity.timeline, walSegmentSize: UInt32(identity.segmentSize.bytes),
-                              senderName: config.applicationName)
+            let hello = Hello(
+                role: .stream, synchronous: config.synchronous, systemIdentifier: identity.systemIdentifier,
+                timeline: identity.timeline, walSegmentSize: UInt32(identity.segmentSize.bytes),
+                senderName: config.applicationName)
             guard let first = try await exchangeHello(hello, outbound: outbound, inbound: &iterator) else {
-                throw LinkError(config.tls == nil
-                    ? "the receiver closed the link during the handshake (hint: if the receiver uses TLS, give this sender --tls-cert, --tls-key and --tls-ca instead of --insecure)"
-                    : "the receiver closed the link during the handshake (hint: does the receiver trust the CA of --tls-cert, and does --allow-source there name this certificate?)")
+                throw LinkError(
+                    config.tls == nil
+                        ? "the receiver closed the link during the handshake (hint: if the receiver uses TLS, give this sender --tls-cert, --tls-key and --tls-ca instead of --insecure)"
+                        : "the receiver closed the link during the handshake (hint: does the receiver trust the CA of --tls-cert, and does --allow-source there name this certificate?)"
+                )
             }
             var machine = SenderLinkStateMachine()
-            let primary = PrimaryIdentity(systemIdentifier: identity.systemIdentifier, timeline: identity.timeline,
-                                          flushLSN: identity.flushLSN, segmentSize: identity.segmentSize)
+            let primary = PrimaryIdentity(
+                systemIdentifier: identity.systemIdentifier, timeline: identity.timeline,
+                flushLSN: identity.flushLSN, segmentSize: identity.segmentSize)
             var history: [TimelineHistoryEntry] = []
             if case .welcome(let w) = first, w.resumeLSN.isValid, w.resumeTimeline < identity.timeline {
-                history = try parseTimelineHistory(String(decoding: try await session.timelineHistory(identity.timeline).content, as: UTF8.self))
+                history = try parseTimelineHistory(
+                    String(decoding: try await session.timelineHistory(identity.timeline).content, as: UTF8.self))
             }
             let start: LSN, timeline: TimeLineID, resume: LSN
             switch machine.firstMessageReceived(first, primary: primary, slotRestartLSN: slot?.restartLSN, history: history) {
@@ -416,13 +465,19 @@ public final class Sender: Sendable {
                     let file = try await session.timelineHistory(tli)
                     try await outbound.write(.history(HistoryFile(timeline: tli, content: ByteBuffer(bytes: file.content))))
                 }
-                logger.notice("following the primary to a new timeline", metadata: [
-                    "walship.from_timeline": "\(w.resumeTimeline)", "walship.timeline": "\(to)", "walship.fork_lsn": "\(fork)",
-                ])
-                if beyondFork > 0 {
-                    logger.critical("the DR site holds WAL beyond the fork that the new primary never had; it is kept aside and not served on the new timeline", metadata: [
-                        "walship.bytes_beyond_fork": "\(beyondFork)", "walship.fork_lsn": "\(fork)", "walship.spool_end": "\(w.resumeLSN)",
+                logger.notice(
+                    "following the primary to a new timeline",
+                    metadata: [
+                        "walship.from_timeline": "\(w.resumeTimeline)", "walship.timeline": "\(to)",
+                        "walship.fork_lsn": "\(fork)",
                     ])
+                if beyondFork > 0 {
+                    logger.critical(
+                        "the DR site holds WAL beyond the fork that the new primary never had; it is kept aside and not served on the new timeline",
+                        metadata: [
+                            "walship.bytes_beyond_fork": "\(beyondFork)", "walship.fork_lsn": "\(fork)",
+                            "walship.spool_end": "\(w.resumeLSN)",
+                        ])
                 }
                 (start, timeline, resume) = (s, to, .invalid)
             case .close(let reason, let fatal): throw fatal ? SenderFatalError(reason) as any Error : LinkError(reason)
@@ -432,9 +487,10 @@ public final class Sender: Sendable {
             // link above, and must not get the buffer moved aside first. The link's timeline counts as the
             // receiver's: a spool moved on to it holds its own timeline up to the fork.
             if let buffer, case .welcome(let w) = first {
-                try await settleLeftoverBuffer(buffer, receiverEnd: (w.resumeTimeline, w.resumeLSN),
-                                               receiverTimeline: max(w.resumeTimeline, timeline), identity: identity,
-                                               history: history, session: session)
+                try await settleLeftoverBuffer(
+                    buffer, receiverEnd: (w.resumeTimeline, w.resumeLSN),
+                    receiverTimeline: max(w.resumeTimeline, timeline), identity: identity,
+                    history: history, session: session)
                 await bufferChoresDone()
             }
             // On a timeline the primary has left, the buffer is shipped up to where that timeline ends: what it holds
@@ -445,25 +501,34 @@ public final class Sender: Sendable {
             if timeline < identity.timeline, let end = timelineEnd(of: timeline, history: history, current: identity.timeline) {
                 timelineEnds = TimelineEnded(timeline: timeline, next: end.next, at: end.switchPoint)
             }
-            let replay = try bufferedWAL(from: start, system: identity.systemIdentifier, segmentSize: identity.segmentSize,
-                                         timeline: timeline, endingAt: timelineEnds?.at)
-            let endsAfterReplay = replay.flatMap { replay in timelineEnds.flatMap { replay.range.upperBound >= $0.at ? $0 : nil } }
-            clearProblem("stream", "streaming from the primary to the receiver", metadata: [
-                "walship.system": "\(identity.systemIdentifier)", "walship.start_lsn": "\(start)",
-                "walship.timeline": "\(timeline)", "walship.receiver_durable_lsn": "\(resume)",
-            ])
+            let replay = try bufferedWAL(
+                from: start, system: identity.systemIdentifier, segmentSize: identity.segmentSize,
+                timeline: timeline, endingAt: timelineEnds?.at)
+            let endsAfterReplay = replay.flatMap { replay in timelineEnds.flatMap { replay.range.upperBound >= $0.at ? $0 : nil }
+            }
+            clearProblem(
+                "stream", "streaming from the primary to the receiver",
+                metadata: [
+                    "walship.system": "\(identity.systemIdentifier)", "walship.start_lsn": "\(start)",
+                    "walship.timeline": "\(timeline)", "walship.receiver_durable_lsn": "\(resume)",
+                ])
             onStreaming()
-            try await stream(session: session, machine: NIOLockedValueBox(machine), start: start, timeline: timeline, resume: resume,
-                             replay: replay, endsAfterReplay: endsAfterReplay, channel: channel.channel, iterator: iterator,
-                             outbound: outbound)
+            try await stream(
+                session: session, machine: NIOLockedValueBox(machine), start: start, timeline: timeline, resume: resume,
+                replay: replay, endsAfterReplay: endsAfterReplay, channel: channel.channel, iterator: iterator,
+                outbound: outbound)
         }
     }
 
     /// WAL the receiver needs from `start` that only the local buffer still has (the primary's slot moved on
     /// when it was acknowledged from there), or nil.
-    private func bufferedWAL(from start: LSN, system: UInt64, segmentSize: WALSegmentSize, timeline: TimeLineID,
-                             endingAt timelineEnd: LSN? = nil) throws -> BufferedWAL? {
-        guard let buffer, let held = try buffer.range(system: system, segmentSize: segmentSize, timeline: timeline) else { return nil }
+    private func bufferedWAL(
+        from start: LSN, system: UInt64, segmentSize: WALSegmentSize, timeline: TimeLineID,
+        endingAt timelineEnd: LSN? = nil
+    ) throws -> BufferedWAL? {
+        guard let buffer, let held = try buffer.range(system: system, segmentSize: segmentSize, timeline: timeline) else {
+            return nil
+        }
         statusBox.withLock { $0.acknowledgedFromBuffer = max($0.acknowledgedFromBuffer, held.upperBound) }
         if held.upperBound <= start {
             leaveDegraded(system: system)
@@ -472,11 +537,15 @@ public final class Sender: Sendable {
         let end = min(held.upperBound, timelineEnd ?? held.upperBound)
         guard end > start else { return nil }
         guard held.lowerBound <= start else {
-            throw SenderFatalError("the receiver's WAL ends at \(start), but the local buffer in \(buffer.directory) only starts at \(held.lowerBound): the WAL between was acknowledged to the primary and is in neither place (hint: the DR site needs a re-seed; see docs/runbook.md)")
+            throw SenderFatalError(
+                "the receiver's WAL ends at \(start), but the local buffer in \(buffer.directory) only starts at \(held.lowerBound): the WAL between was acknowledged to the primary and is in neither place (hint: the DR site needs a re-seed; see docs/runbook.md)"
+            )
         }
-        logger.notice("shipping WAL acknowledged from the local buffer", metadata: [
-            "walship.from": "\(start)", "walship.to": "\(end)", "walship.bytes": "\(end.bytesAfter(start))",
-        ])
+        logger.notice(
+            "shipping WAL acknowledged from the local buffer",
+            metadata: [
+                "walship.from": "\(start)", "walship.to": "\(end)", "walship.bytes": "\(end.bytesAfter(start))",
+            ])
         return BufferedWAL(spool: try buffer.open(system: system, segmentSize: segmentSize), range: start..<end)
     }
 
@@ -485,14 +554,18 @@ public final class Sender: Sendable {
     /// there, else moved aside with what lies beyond the fork (commits acknowledged to the old primary that
     /// neither the new primary nor the DR site has). `history` is the primary's history file when the handshake
     /// read it already; it is read here only if needed and not.
-    private func settleLeftoverBuffer(_ buffer: LocalBuffer, receiverEnd: (timeline: TimeLineID, lsn: LSN), receiverTimeline: TimeLineID,
-                                      identity: SystemIdentity, history: [TimelineHistoryEntry], session: ReplicationSession) async throws {
+    private func settleLeftoverBuffer(
+        _ buffer: LocalBuffer, receiverEnd: (timeline: TimeLineID, lsn: LSN), receiverTimeline: TimeLineID,
+        identity: SystemIdentity, history: [TimelineHistoryEntry], session: ReplicationSession
+    ) async throws {
         let system = identity.systemIdentifier
         guard let held = try buffer.position(system: system, segmentSize: identity.segmentSize) else { return }
         var fork: LSN?
         if held.timeline < receiverTimeline && held.timeline < identity.timeline {
-            let entries = history.isEmpty
-                ? try parseTimelineHistory(String(decoding: try await session.timelineHistory(identity.timeline).content, as: UTF8.self))
+            let entries =
+                history.isEmpty
+                ? try parseTimelineHistory(
+                    String(decoding: try await session.timelineHistory(identity.timeline).content, as: UTF8.self))
                 : history
             fork = timelineEnd(of: held.timeline, history: entries, current: identity.timeline)?.switchPoint
         }
@@ -505,17 +578,22 @@ public final class Sender: Sendable {
         case .setAside(let beyond):
             let path = try buffer.setAside(system: system, timeline: held.timeline)
             let beyondText = beyond.map(String.init) ?? "unknown"
-            try buffer.audit(["event": "set-aside", "system": "\(system)", "timeline": "\(held.timeline)",
-                              "acknowledged_lsn": "\(held.durable)", "fork_lsn": fork.map { "\($0)" } ?? "unknown",
-                              "bytes_beyond_fork": beyondText, "path": path])
+            try buffer.audit([
+                "event": "set-aside", "system": "\(system)", "timeline": "\(held.timeline)",
+                "acknowledged_lsn": "\(held.durable)", "fork_lsn": fork.map { "\($0)" } ?? "unknown",
+                "bytes_beyond_fork": beyondText, "path": path,
+            ])
             statusBox.withLock {
                 $0.degradedSince = nil
                 $0.acknowledgedFromBuffer = .invalid
             }
-            logger.critical("the local buffer held WAL of an older timeline that the DR site can no longer take; it is kept aside, not shipped: commits acknowledged from it beyond the fork are on neither the new primary nor the DR site", metadata: [
-                "walship.path": "\(path)", "walship.timeline": "\(held.timeline)", "walship.acknowledged_lsn": "\(held.durable)",
-                "walship.fork_lsn": "\(fork.map { "\($0)" } ?? "unknown")", "walship.bytes_beyond_fork": "\(beyondText)",
-            ])
+            logger.critical(
+                "the local buffer held WAL of an older timeline that the DR site can no longer take; it is kept aside, not shipped: commits acknowledged from it beyond the fork are on neither the new primary nor the DR site",
+                metadata: [
+                    "walship.path": "\(path)", "walship.timeline": "\(held.timeline)",
+                    "walship.acknowledged_lsn": "\(held.durable)",
+                    "walship.fork_lsn": "\(fork.map { "\($0)" } ?? "unknown")", "walship.bytes_beyond_fork": "\(beyondText)",
+                ])
         }
     }
 
@@ -548,32 +626,42 @@ public final class Sender: Sendable {
     private func dropBuffer(_ buffer: LocalBuffer, system: UInt64, degradedSince since: Date?, acknowledged: LSN) {
         do {
             try buffer.discard(system: system)
-            try buffer.audit(["event": "synchronous", "system": "\(system)", "acknowledged_lsn": "\(acknowledged)",
-                              "degraded_seconds": since.map { String(Int(Date().timeIntervalSince($0).rounded())) } ?? "0"])
+            try buffer.audit([
+                "event": "synchronous", "system": "\(system)", "acknowledged_lsn": "\(acknowledged)",
+                "degraded_seconds": since.map { String(Int(Date().timeIntervalSince($0).rounded())) } ?? "0",
+            ])
         } catch {
             logger.error("cannot tidy the local buffer", metadata: ["walship.error": "\(error)"])
         }
         if since != nil {
-            logger.notice("the DR site holds every acknowledged commit again; back to synchronous acknowledgement", metadata: [
-                "walship.acknowledged_lsn": "\(acknowledged)",
-            ])
+            logger.notice(
+                "the DR site holds every acknowledged commit again; back to synchronous acknowledgement",
+                metadata: [
+                    "walship.acknowledged_lsn": "\(acknowledged)"
+                ])
         }
     }
 
-    private func stream(session: ReplicationSession, machine: NIOLockedValueBox<SenderLinkStateMachine>, start: LSN, timeline: TimeLineID, resume: LSN,
-                        replay: BufferedWAL?, endsAfterReplay: TimelineEnded?, channel: Channel,
-                        iterator: NIOAsyncChannelInboundStream<ShipMessage>.AsyncIterator,
-                        outbound: NIOAsyncChannelOutboundWriter<ShipMessage>) async throws {
+    private func stream(
+        session: ReplicationSession, machine: NIOLockedValueBox<SenderLinkStateMachine>, start: LSN, timeline: TimeLineID,
+        resume: LSN,
+        replay: BufferedWAL?, endsAfterReplay: TimelineEnded?, channel: Channel,
+        iterator: NIOAsyncChannelInboundStream<ShipMessage>.AsyncIterator,
+        outbound: NIOAsyncChannelOutboundWriter<ShipMessage>
+    ) async throws {
         let gate = StreamGate()
         let floor = statusBox.withLock { $0.acknowledgedFromBuffer }
-        if resume.isValid || floor.isValid { gate.report(StreamFeedback(written: max(resume, floor), flushed: max(resume, floor))) }
+        if resume.isValid || floor.isValid {
+            gate.report(StreamFeedback(written: max(resume, floor), flushed: max(resume, floor)))
+        }
         // WAL the buffer holds comes from there; the primary continues where it ends.
         let live = replay?.range.upperBound ?? start
         // Chunk and compressed-payload buffers go round instead of being allocated per frame. Only idle ones
         // count against the pools; during a catch-up most payloads are queued in the channel.
         let buffers = WALBuffers(chunks: BufferPool(maxIdle: 4), payloads: BufferPool(maxIdle: 4))
-        let link = LinkSink(sender: self, channel: channel, timeline: timeline, machine: machine, buffers: buffers,
-                            compression: config.compression)
+        let link = LinkSink(
+            sender: self, channel: channel, timeline: timeline, machine: machine, buffers: buffers,
+            compression: config.compression)
         statusBox.withLock { $0.sent = start }
         try await ShipChannel.setTap(on: channel) { [self] in acknowledgeOnEventLoop($0, machine: machine, gate: gate) }
         try await ShipChannel.whenWritable(channel) { gate.produceMore() }
@@ -585,10 +673,14 @@ public final class Sender: Sendable {
                     // Written through the async writer: its frames enter the channel before any the
                     // replication thread writes after this returns.
                     if let replay { try await self.ship(replay, timeline: timeline, machine: machine, to: outbound) }
-                    if let endsAfterReplay { try await self.awaitDurable(endsAfterReplay.at); throw endsAfterReplay }
-                    try await session.stream(slot: self.config.slot, start: live, timeline: timeline, gate: gate,
-                                             sink: link, statusInterval: self.config.statusInterval,
-                                             chunkBuffer: { buffers.chunks.take(capacity: $0) })
+                    if let endsAfterReplay {
+                        try await self.awaitDurable(endsAfterReplay.at)
+                        throw endsAfterReplay
+                    }
+                    try await session.stream(
+                        slot: self.config.slot, start: live, timeline: timeline, gate: gate,
+                        sink: link, statusInterval: self.config.statusInterval,
+                        chunkBuffer: { buffers.chunks.take(capacity: $0) })
                     if let ended = link.timelineEnded { throw ended }
                     throw LinkError("the replication stream from the primary ended")
                 },
@@ -610,8 +702,10 @@ public final class Sender: Sendable {
         }
     }
 
-    private func ship(_ replay: BufferedWAL, timeline: TimeLineID, machine: NIOLockedValueBox<SenderLinkStateMachine>,
-                      to outbound: NIOAsyncChannelOutboundWriter<ShipMessage>) async throws {
+    private func ship(
+        _ replay: BufferedWAL, timeline: TimeLineID, machine: NIOLockedValueBox<SenderLinkStateMachine>,
+        to outbound: NIOAsyncChannelOutboundWriter<ShipMessage>
+    ) async throws {
         let reader = WALRangeReader(spool: replay.spool)
         var at = replay.range.lowerBound
         while at < replay.range.upperBound {
@@ -626,10 +720,13 @@ public final class Sender: Sendable {
 
     /// The WAL frame for `chunk`, recorded as sent: before it is written, so an ack can never outrun what we
     /// believe we sent.
-    fileprivate func frame(for chunk: WALChunk, timeline: TimeLineID, machine: NIOLockedValueBox<SenderLinkStateMachine>,
-                           pool: BufferPool?, effort: CompressionEffort = .fast) -> WALData {
-        let frame = WALData.make(timeline: timeline, startLSN: chunk.start, primaryEndLSN: chunk.walEnd,
-                                 primarySendTime: chunk.sendTime, wal: chunk.bytes, pool: pool, effort: effort)
+    fileprivate func frame(
+        for chunk: WALChunk, timeline: TimeLineID, machine: NIOLockedValueBox<SenderLinkStateMachine>,
+        pool: BufferPool?, effort: CompressionEffort = .fast
+    ) -> WALData {
+        let frame = WALData.make(
+            timeline: timeline, startLSN: chunk.start, primaryEndLSN: chunk.walEnd,
+            primarySendTime: chunk.sendTime, wal: chunk.bytes, pool: pool, effort: effort)
         machine.withLockedValue { $0.walSent(upTo: chunk.end) }
         statusBox.withLock {
             $0.sent = chunk.end
@@ -658,8 +755,10 @@ public final class Sender: Sendable {
     /// Frames other than acks (the tap takes those), until the link ends. An ack that still gets here arrived
     /// before the tap was set, when no WAL had been sent on this link: it says nothing new, and taken now it could
     /// come after a newer one the tap handled.
-    private func readUntilClosed(_ iterator: inout NIOAsyncChannelInboundStream<ShipMessage>.AsyncIterator,
-                                 machine: NIOLockedValueBox<SenderLinkStateMachine>, gate: StreamGate) async throws {
+    private func readUntilClosed(
+        _ iterator: inout NIOAsyncChannelInboundStream<ShipMessage>.AsyncIterator,
+        machine: NIOLockedValueBox<SenderLinkStateMachine>, gate: StreamGate
+    ) async throws {
         while let message = try await iterator.next() {
             if case .ack = message { continue }
             try received(message, machine: machine, gate: gate)
@@ -698,8 +797,10 @@ public final class Sender: Sendable {
     /// fsync without a hop through a task (a thread switch per synchronous commit), and no ack can overtake an
     /// older one, which would take the feedback backwards or end the link. At the end of a degraded episode the
     /// buffer's tidying goes to a task (`leaveDegraded`).
-    func acknowledgeOnEventLoop(_ message: ShipMessage, machine: NIOLockedValueBox<SenderLinkStateMachine>,
-                                gate: StreamGate) -> TapVerdict {
+    func acknowledgeOnEventLoop(
+        _ message: ShipMessage, machine: NIOLockedValueBox<SenderLinkStateMachine>,
+        gate: StreamGate
+    ) -> TapVerdict {
         guard case .ack = message else { return .forward }
         do {
             try received(message, machine: machine, gate: gate)
@@ -719,7 +820,8 @@ public final class Sender: Sendable {
     }
 
     private func connectReceiver() async throws -> ShipAsyncChannel {
-        try await connectToReceiver(host: config.receiverHost, port: config.receiverPort, linkTimeout: config.linkTimeout, tls: config.tls)
+        try await connectToReceiver(
+            host: config.receiverHost, port: config.receiverPort, linkTimeout: config.linkTimeout, tls: config.tls)
     }
 
     // MARK: - Slot retention
@@ -733,7 +835,8 @@ public final class Sender: Sendable {
         var warnedSync = false
         while true {
             do {
-                let rows = try await sql.query("""
+                let rows = try await sql.query(
+                    """
                     SELECT s.wal_status, s.safe_wal_size::text, s.restart_lsn::text,
                            CASE WHEN pg_is_in_recovery() OR s.restart_lsn IS NULL THEN NULL
                                 ELSE pg_wal_lsn_diff(pg_current_wal_lsn(), s.restart_lsn)::bigint::text END,
@@ -762,15 +865,20 @@ public final class Sender: Sendable {
                         lastWALStatus = walStatus
                     }
                     if walStatus == "lost" {
-                        throw SenderFatalError("replication slot \"\(config.slot)\" was invalidated (max_slot_wal_keep_size): the primary removed WAL the DR site never received. walship cannot continue without a gap: take a new base backup and re-seed the DR site (docs/runbook.md)")
+                        throw SenderFatalError(
+                            "replication slot \"\(config.slot)\" was invalidated (max_slot_wal_keep_size): the primary removed WAL the DR site never received. walship cannot continue without a gap: take a new base backup and re-seed the DR site (docs/runbook.md)"
+                        )
                     }
                     if config.synchronous && !warnedSync, let names = row[5] {
                         warnedSync = true
                         if !SynchronousStandbyNames.includes(names, name: config.applicationName) {
-                            logger.warning("--sync is set but the primary's synchronous_standby_names does not name this sender; commits will not wait for the DR site", metadata: [
-                                "walship.synchronous_standby_names": "\(names)",
-                                "walship.hint": "ALTER SYSTEM SET synchronous_standby_names = '\(config.applicationName)'; SELECT pg_reload_conf();",
-                            ])
+                            logger.warning(
+                                "--sync is set but the primary's synchronous_standby_names does not name this sender; commits will not wait for the DR site",
+                                metadata: [
+                                    "walship.synchronous_standby_names": "\(names)",
+                                    "walship.hint":
+                                        "ALTER SYSTEM SET synchronous_standby_names = '\(config.applicationName)'; SELECT pg_reload_conf();",
+                                ])
                         }
                     }
                 }
@@ -791,7 +899,9 @@ public final class Sender: Sendable {
         switch walStatus {
         case "reserved", nil: logger.info("replication slot retention", metadata: metadata)
         case "lost": logger.critical("replication slot invalidated", metadata: metadata)
-        default: logger.warning("replication slot is retaining more WAL than max_wal_size; the primary's disk is filling", metadata: metadata)
+        default:
+            logger.warning(
+                "replication slot is retaining more WAL than max_wal_size; the primary's disk is filling", metadata: metadata)
         }
     }
 
@@ -822,8 +932,10 @@ public final class Sender: Sendable {
 /// certificate closes the connection right after the TLS handshake, and the hello's write may then fail with
 /// a closed channel before the TLS alert that says why has been read: the alert, or a refusal, is looked for
 /// inbound first, so the user is told the reason and not "I/O on closed channel".
-func exchangeHello(_ hello: Hello, outbound: NIOAsyncChannelOutboundWriter<ShipMessage>,
-                   inbound iterator: inout NIOAsyncChannelInboundStream<ShipMessage>.AsyncIterator) async throws -> ShipMessage? {
+func exchangeHello(
+    _ hello: Hello, outbound: NIOAsyncChannelOutboundWriter<ShipMessage>,
+    inbound iterator: inout NIOAsyncChannelInboundStream<ShipMessage>.AsyncIterator
+) async throws -> ShipMessage? {
     do {
         try await outbound.write(.hello(hello))
     } catch {
@@ -895,8 +1007,10 @@ private final class LinkSink: StreamSink {
     /// Written on the replication thread, taken by the socket on the event loop.
     private let compression: SharedCompressionPolicy
 
-    init(sender: Sender, channel: Channel, timeline: TimeLineID, machine: NIOLockedValueBox<SenderLinkStateMachine>,
-         buffers: Sender.WALBuffers, compression: CompressionPolicy.Mode) {
+    init(
+        sender: Sender, channel: Channel, timeline: TimeLineID, machine: NIOLockedValueBox<SenderLinkStateMachine>,
+        buffers: Sender.WALBuffers, compression: CompressionPolicy.Mode
+    ) {
         self.sender = sender
         self.channel = channel
         self.timeline = timeline
@@ -926,8 +1040,9 @@ private final class LinkSink: StreamSink {
             }
         case .keepalive(let walEnd, let sendTime):
             sender.statusBox.withLock { $0.primaryReported(walEnd, at: sendTime) }
-            channel.writeAndFlush(ShipMessage.keepalive(Keepalive(primaryEndLSN: walEnd, sendTime: sendTime, replyRequested: false)),
-                                  promise: nil)
+            channel.writeAndFlush(
+                ShipMessage.keepalive(Keepalive(primaryEndLSN: walEnd, sendTime: sendTime, replyRequested: false)),
+                promise: nil)
         case .endOfTimeline(let next, let nextStart):
             ended.withLock { $0 = TimelineEnded(timeline: timeline, next: next, at: nextStart) }
             return .stop

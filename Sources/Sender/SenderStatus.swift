@@ -37,8 +37,9 @@ struct SenderState: Sendable {
 
     mutating func primaryReported(_ lsn: LSN, at time: PostgresTimestamp) {
         primaryLastMessageAt = .now
-        lag.primaryReported(lsn: lsn, primaryTime: time.unixSeconds, arrivedAt: .now,
-                            localWallClock: Date().timeIntervalSince1970)
+        lag.primaryReported(
+            lsn: lsn, primaryTime: time.unixSeconds, arrivedAt: .now,
+            localWallClock: Date().timeIntervalSince1970)
     }
 
     /// The primary's clock now, for keepalives to the receiver: its lag arithmetic stays in one clock.
@@ -62,7 +63,8 @@ struct SenderState: Sendable {
 
     func chain(now: ContinuousClock.Instant) -> [StatusDocument.Stage] {
         let stages: [(StatusDocument.StageName, LSN)] = [
-            (.primary, primaryLSN), (.sent, sent), (.received, receiverWritten), (.durable, receiverDurable), (.replayed, replayed),
+            (.primary, primaryLSN), (.sent, sent), (.received, receiverWritten), (.durable, receiverDurable),
+            (.replayed, replayed),
         ]
         return stages.map { lag.stage($0, at: $1, now: now) }
     }
@@ -71,16 +73,20 @@ struct SenderState: Sendable {
     func rpoExposure(now: ContinuousClock.Instant) -> StatusDocument.RPOExposure? {
         guard acknowledgedFromBuffer.isValid, acknowledgedFromBuffer > receiverDurable else { return nil }
         var seconds: Double?
-        if let offsite = lag.secondsBehind(receiverDurable, at: now), let acknowledged = lag.secondsBehind(acknowledgedFromBuffer, at: now) {
+        if let offsite = lag.secondsBehind(receiverDurable, at: now),
+            let acknowledged = lag.secondsBehind(acknowledgedFromBuffer, at: now)
+        {
             seconds = max(0, ((offsite - acknowledged) * 1000).rounded() / 1000)
         }
-        return .init(bytes: acknowledgedFromBuffer.bytesAfter(receiverDurable), seconds: seconds,
-                     acknowledgedLSN: "\(acknowledgedFromBuffer)", offsiteDurableLSN: "\(receiverDurable)")
+        return .init(
+            bytes: acknowledgedFromBuffer.bytesAfter(receiverDurable), seconds: seconds,
+            acknowledgedLSN: "\(acknowledgedFromBuffer)", offsiteDurableLSN: "\(receiverDurable)")
     }
 
     /// Forgets lag points every stage has passed (the slowest stage bounds what is still needed).
     mutating func forgetPassedPoints() {
-        let slowest = [sent, receiverWritten, receiverDurable, replayed, acknowledgedFromBuffer].filter(\.isValid).min() ?? .invalid
+        let slowest =
+            [sent, receiverWritten, receiverDurable, replayed, acknowledgedFromBuffer].filter(\.isValid).min() ?? .invalid
         if slowest.isValid { lag.forget(upTo: slowest) }
     }
 }

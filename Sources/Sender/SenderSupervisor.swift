@@ -179,11 +179,12 @@ struct SenderSupervisor: Sendable {
             if case .degradeAfter(let after) = receiverLoss, let lostAt = receiverLostAt {
                 wait = min(wait, max(after - (now - lostAt), Self.shortestWait))
             }
-            let stillDegraded = switch state {
-            case .degraded: true
-            case .retrying(_, let stillDegraded): stillDegraded
-            default: false
-            }
+            let stillDegraded =
+                switch state {
+                case .degraded: true
+                case .retrying(_, let stillDegraded): stillDegraded
+                default: false
+                }
             grow()
             state = .retrying(backoff: wait, stillDegraded: stillDegraded)
             return .wait(wait)

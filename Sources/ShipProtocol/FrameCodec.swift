@@ -148,7 +148,8 @@ public struct ShipFrameDecoder: NIOSingleStepByteToMessageDecoder, Sendable {
         if seenEOF && buffer.readableBytes > 0 {
             // A TLS record (alert 0x15 or handshake 0x16, version 3.x): the peer speaks TLS and we do not.
             if let type = buffer.getInteger(at: buffer.readerIndex, as: UInt8.self), type == 0x15 || type == 0x16,
-               buffer.getInteger(at: buffer.readerIndex + 1, as: UInt8.self) == 0x03 {
+                buffer.getInteger(at: buffer.readerIndex + 1, as: UInt8.self) == 0x03
+            {
                 throw ShipProtocolError.peerSpeaksTLS
             }
             throw ShipProtocolError.unexpectedEndOfStream(bufferedBytes: buffer.readableBytes)
@@ -177,12 +178,16 @@ public struct ShipFrameDecoder: NIOSingleStepByteToMessageDecoder, Sendable {
                 throw .invalidField(kind: kind, reason: "unknown link role \(rawRole)")
             }
             let flags = try int(UInt8.self)
-            return .hello(Hello(protocolVersion: version, role: role, synchronous: flags & 1 == 1,
-                                systemIdentifier: try int(), timeline: try int(), walSegmentSize: try int(),
-                                senderName: try string()))
+            return .hello(
+                Hello(
+                    protocolVersion: version, role: role, synchronous: flags & 1 == 1,
+                    systemIdentifier: try int(), timeline: try int(), walSegmentSize: try int(),
+                    senderName: try string()))
         case .welcome:
-            return .welcome(Welcome(protocolVersion: try int(), resumeLSN: LSN(try int(UInt64.self)),
-                                    resumeTimeline: try int(), receiverName: try string()))
+            return .welcome(
+                Welcome(
+                    protocolVersion: try int(), resumeLSN: LSN(try int(UInt64.self)),
+                    resumeTimeline: try int(), receiverName: try string()))
         case .refusal:
             return .refusal(Refusal(code: Refusal.Code(rawValue: try int()), message: try string()))
         case .walData:
@@ -196,19 +201,24 @@ public struct ShipFrameDecoder: NIOSingleStepByteToMessageDecoder, Sendable {
             }
             let length: UInt32 = try int()
             guard length > 0, Int(length) <= ShipFrame.maxWALChunkBytes else {
-                throw .invalidField(kind: kind, reason: "WAL chunk of \(length) bytes is outside 1...\(ShipFrame.maxWALChunkBytes)")
+                throw .invalidField(
+                    kind: kind, reason: "WAL chunk of \(length) bytes is outside 1...\(ShipFrame.maxWALChunkBytes)")
             }
             guard start.rawValue <= UInt64.max - UInt64(length) else {
                 throw .invalidField(kind: kind, reason: "WAL range overflows")
             }
             let payload = p.readSlice(length: p.readableBytes)!
-            return .walData(WALData(timeline: timeline, startLSN: start, primaryEndLSN: end, primarySendTime: sendTime,
-                                    compression: compression, uncompressedLength: length, payload: payload))
+            return .walData(
+                WALData(
+                    timeline: timeline, startLSN: start, primaryEndLSN: end, primarySendTime: sendTime,
+                    compression: compression, uncompressedLength: length, payload: payload))
         case .ack:
-            return .ack(Ack(timeline: try int(), writtenLSN: LSN(try int(UInt64.self)),
-                            durableLSN: LSN(try int(UInt64.self)), replayedLSN: LSN(try int(UInt64.self)),
-                            replayTime: PostgresTimestamp(rawValue: try int()),
-                            receiverTime: PostgresTimestamp(rawValue: try int())))
+            return .ack(
+                Ack(
+                    timeline: try int(), writtenLSN: LSN(try int(UInt64.self)),
+                    durableLSN: LSN(try int(UInt64.self)), replayedLSN: LSN(try int(UInt64.self)),
+                    replayTime: PostgresTimestamp(rawValue: try int()),
+                    receiverTime: PostgresTimestamp(rawValue: try int())))
         case .keepalive:
             let end = LSN(try int(UInt64.self))
             let time = PostgresTimestamp(rawValue: try int())
@@ -219,8 +229,10 @@ public struct ShipFrameDecoder: NIOSingleStepByteToMessageDecoder, Sendable {
             let content = p.readSlice(length: p.readableBytes)!
             return .history(HistoryFile(timeline: timeline, content: content))
         case .backupStart:
-            return .backupStart(BackupStart(startLSN: LSN(try int(UInt64.self)), timeline: try int(),
-                                            estimatedBytes: try int(), label: try string()))
+            return .backupStart(
+                BackupStart(
+                    startLSN: LSN(try int(UInt64.self)), timeline: try int(),
+                    estimatedBytes: try int(), label: try string()))
         case .backupData:
             let rawPart = try int(UInt8.self)
             guard let part = BackupData.Part(rawValue: rawPart) else {
@@ -232,10 +244,13 @@ public struct ShipFrameDecoder: NIOSingleStepByteToMessageDecoder, Sendable {
             }
             let length: UInt32 = try int()
             guard length > 0, Int(length) <= ShipFrame.maxWALChunkBytes else {
-                throw .invalidField(kind: kind, reason: "backup chunk of \(length) bytes is outside 1...\(ShipFrame.maxWALChunkBytes)")
+                throw .invalidField(
+                    kind: kind, reason: "backup chunk of \(length) bytes is outside 1...\(ShipFrame.maxWALChunkBytes)")
             }
-            return .backupData(BackupData(part: part, compression: compression, uncompressedLength: length,
-                                          payload: p.readSlice(length: p.readableBytes)!))
+            return .backupData(
+                BackupData(
+                    part: part, compression: compression, uncompressedLength: length,
+                    payload: p.readSlice(length: p.readableBytes)!))
         case .backupEnd:
             return .backupEnd(BackupEnd(stopLSN: LSN(try int(UInt64.self)), timeline: try int()))
         case .backupStatus:

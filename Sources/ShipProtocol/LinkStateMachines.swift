@@ -41,26 +41,35 @@ public struct SenderLinkStateMachine: Sendable {
 
     /// The receiver's first answer. Its durable end wins over the slot, so nothing it lacks is skipped; an empty
     /// spool starts at the start of the segment holding the slot's restart_lsn, so every stored segment is whole.
-    public mutating func firstMessageReceived(_ message: ShipMessage, primary: PrimaryIdentity, slotRestartLSN: LSN?,
-                                              history: [TimelineHistoryEntry] = []) -> Action {
+    public mutating func firstMessageReceived(
+        _ message: ShipMessage, primary: PrimaryIdentity, slotRestartLSN: LSN?,
+        history: [TimelineHistoryEntry] = []
+    ) -> Action {
         guard case .awaitingWelcome = state else { return close("unexpected handshake in state \(state)") }
         switch message {
         case .welcome(let welcome):
             if welcome.protocolVersion != shipProtocolVersion {
-                return close("the receiver speaks ship protocol version \(welcome.protocolVersion), we speak \(shipProtocolVersion)", fatal: true)
+                return close(
+                    "the receiver speaks ship protocol version \(welcome.protocolVersion), we speak \(shipProtocolVersion)",
+                    fatal: true)
             }
             if welcome.resumeLSN.isValid {
                 if welcome.resumeTimeline < primary.timeline {
                     return followTimeline(welcome: welcome, primary: primary, history: history)
                 }
                 guard welcome.resumeTimeline == primary.timeline else {
-                    return close("the spool holds timeline \(welcome.resumeTimeline), newer than the primary's timeline \(primary.timeline); is the source the right server?", fatal: true)
+                    return close(
+                        "the spool holds timeline \(welcome.resumeTimeline), newer than the primary's timeline \(primary.timeline); is the source the right server?",
+                        fatal: true)
                 }
                 guard welcome.resumeLSN <= primary.flushLSN else {
-                    return close("the receiver holds WAL up to \(welcome.resumeLSN) but the primary's WAL ends at \(primary.flushLSN); is the source the same database system as before?")
+                    return close(
+                        "the receiver holds WAL up to \(welcome.resumeLSN) but the primary's WAL ends at \(primary.flushLSN); is the source the same database system as before?"
+                    )
                 }
-                state = .streaming(timeline: welcome.resumeTimeline, sent: welcome.resumeLSN, written: welcome.resumeLSN,
-                                   durable: welcome.resumeLSN)
+                state = .streaming(
+                    timeline: welcome.resumeTimeline, sent: welcome.resumeLSN, written: welcome.resumeLSN,
+                    durable: welcome.resumeLSN)
                 return .startStreaming(start: welcome.resumeLSN, timeline: welcome.resumeTimeline, resume: welcome.resumeLSN)
             }
             let start = primary.segmentSize.segmentStart(of: slotRestartLSN ?? primary.flushLSN)
@@ -80,11 +89,14 @@ public struct SenderLinkStateMachine: Sendable {
     /// the spool keeps it aside, and it is never served on the new timeline.
     private mutating func followTimeline(welcome: Welcome, primary: PrimaryIdentity, history: [TimelineHistoryEntry]) -> Action {
         guard let (fork, child) = timelineEnd(of: welcome.resumeTimeline, history: history, current: primary.timeline) else {
-            return close("the spool's timeline \(welcome.resumeTimeline) is not in the history of the primary's timeline \(primary.timeline); the DR site needs a re-seed from this primary", fatal: true)
+            return close(
+                "the spool's timeline \(welcome.resumeTimeline) is not in the history of the primary's timeline \(primary.timeline); the DR site needs a re-seed from this primary",
+                fatal: true)
         }
         if welcome.resumeLSN < fork {
-            state = .streaming(timeline: welcome.resumeTimeline, sent: welcome.resumeLSN, written: welcome.resumeLSN,
-                               durable: welcome.resumeLSN)
+            state = .streaming(
+                timeline: welcome.resumeTimeline, sent: welcome.resumeLSN, written: welcome.resumeLSN,
+                durable: welcome.resumeLSN)
             return .startStreaming(start: welcome.resumeLSN, timeline: welcome.resumeTimeline, resume: welcome.resumeLSN)
         }
         let start = primary.segmentSize.segmentStart(of: fork)
@@ -141,7 +153,12 @@ public struct SenderLinkStateMachine: Sendable {
 public enum ReceiverHandshake {
     public static func validate(_ hello: Hello) -> Result<WALSegmentSize, Refusal> {
         guard hello.protocolVersion == shipProtocolVersion else {
-            return .failure(Refusal(code: .unsupportedVersion, message: "the receiver speaks ship protocol version \(shipProtocolVersion), the sender \(hello.protocolVersion); run the same walship release at both sites"))
+            return .failure(
+                Refusal(
+                    code: .unsupportedVersion,
+                    message:
+                        "the receiver speaks ship protocol version \(shipProtocolVersion), the sender \(hello.protocolVersion); run the same walship release at both sites"
+                ))
         }
         guard let size = WALSegmentSize(bytes: UInt64(hello.walSegmentSize)) else {
             return .failure(Refusal(code: .wrongSegmentSize, message: "invalid WAL segment size \(hello.walSegmentSize)"))
@@ -165,8 +182,10 @@ public struct StreamLinkRegistry<Handle: Sendable>: Sendable {
         public var handle: Handle
         public var lastFrame: ContinuousClock.Instant
 
-        public init(id: Int, peer: String, senderName: String, synchronous: Bool, handle: Handle,
-                    lastFrame: ContinuousClock.Instant) {
+        public init(
+            id: Int, peer: String, senderName: String, synchronous: Bool, handle: Handle,
+            lastFrame: ContinuousClock.Instant
+        ) {
             self.id = id
             self.peer = peer
             self.senderName = senderName
@@ -190,7 +209,12 @@ public struct StreamLinkRegistry<Handle: Sendable>: Sendable {
         if let existing = links[system] {
             let silence = now - existing.lastFrame
             if silence < timeout {
-                return .refused(Refusal(code: .streamAlreadyActive, message: "system \(system) is already streaming from \(existing.peer) (last frame \(silence.components.seconds) s ago); a new link is accepted once that one has been silent for \(timeout.components.seconds) s"))
+                return .refused(
+                    Refusal(
+                        code: .streamAlreadyActive,
+                        message:
+                            "system \(system) is already streaming from \(existing.peer) (last frame \(silence.components.seconds) s ago); a new link is accepted once that one has been silent for \(timeout.components.seconds) s"
+                    ))
             }
         }
         let replaced = links[system]?.handle

@@ -49,8 +49,10 @@ extension ShipChannel {
     /// `afterReads` runs on the event loop once the messages of one socket read have all been through `body`,
     /// and once more when the channel closes: where a tap that took several messages finishes what they
     /// share (one fsync for all of them). An error it returns ends the link as `.fail` does.
-    public static func setTap(on channel: Channel, _ body: (@Sendable (ShipMessage) -> TapVerdict)?,
-                              afterReads: (@Sendable () -> (any Error)?)? = nil) async throws {
+    public static func setTap(
+        on channel: Channel, _ body: (@Sendable (ShipMessage) -> TapVerdict)?,
+        afterReads: (@Sendable () -> (any Error)?)? = nil
+    ) async throws {
         let box = body.map { TapBox($0, afterReads: afterReads) }
         try await channel.eventLoop.submit {
             try channel.pipeline.syncOperations.handler(type: InboundTapHandler.self).tap = box

@@ -88,8 +88,10 @@ public struct Welcome: Hashable, Sendable {
     public var resumeTimeline: TimeLineID
     public var receiverName: String
 
-    public init(protocolVersion: UInt16 = shipProtocolVersion, resumeLSN: LSN, resumeTimeline: TimeLineID,
-                receiverName: String) {
+    public init(
+        protocolVersion: UInt16 = shipProtocolVersion, resumeLSN: LSN, resumeTimeline: TimeLineID,
+        receiverName: String
+    ) {
         self.protocolVersion = protocolVersion
         self.resumeLSN = resumeLSN
         self.resumeTimeline = resumeTimeline
@@ -146,8 +148,10 @@ public struct WALData: Hashable, Sendable {
     public var uncompressedLength: UInt32
     public var payload: ByteBuffer
 
-    public init(timeline: TimeLineID, startLSN: LSN, primaryEndLSN: LSN, primarySendTime: PostgresTimestamp,
-                compression: WALCompression, uncompressedLength: UInt32, payload: ByteBuffer) {
+    public init(
+        timeline: TimeLineID, startLSN: LSN, primaryEndLSN: LSN, primarySendTime: PostgresTimestamp,
+        compression: WALCompression, uncompressedLength: UInt32, payload: ByteBuffer
+    ) {
         self.timeline = timeline
         self.startLSN = startLSN
         self.primaryEndLSN = primaryEndLSN
@@ -164,29 +168,37 @@ public struct WALData: Hashable, Sendable {
 
     /// Compresses `wal` into a frame when that saves bytes; stores it raw otherwise.
     /// With a `pool`, the compressed payload goes into one of its buffers.
-    public static func make(timeline: TimeLineID, startLSN: LSN, primaryEndLSN: LSN,
-                            primarySendTime: PostgresTimestamp, wal: ByteBuffer,
-                            allocator: ByteBufferAllocator = ByteBufferAllocator(), pool: BufferPool? = nil,
-                            effort: CompressionEffort = .fast) -> WALData {
+    public static func make(
+        timeline: TimeLineID, startLSN: LSN, primaryEndLSN: LSN,
+        primarySendTime: PostgresTimestamp, wal: ByteBuffer,
+        allocator: ByteBufferAllocator = ByteBufferAllocator(), pool: BufferPool? = nil,
+        effort: CompressionEffort = .fast
+    ) -> WALData {
         let packed = FramePayload.pack(wal, allocator: allocator, pool: pool, effort: effort)
-        return WALData(timeline: timeline, startLSN: startLSN, primaryEndLSN: primaryEndLSN,
-                       primarySendTime: primarySendTime, compression: packed.compression,
-                       uncompressedLength: UInt32(wal.readableBytes), payload: packed.payload)
+        return WALData(
+            timeline: timeline, startLSN: startLSN, primaryEndLSN: primaryEndLSN,
+            primarySendTime: primarySendTime, compression: packed.compression,
+            uncompressedLength: UInt32(wal.readableBytes), payload: packed.payload)
     }
 
     /// The WAL bytes, decompressed and checked against the declared length.
     /// With a `pool`, a compressed payload is decompressed into one of its buffers.
-    public func walBytes(allocator: ByteBufferAllocator = ByteBufferAllocator(), pool: BufferPool? = nil) throws(ShipProtocolError) -> ByteBuffer {
-        try FramePayload.unpack(payload, compression: compression, length: uncompressedLength, kind: .walData,
-                                allocator: allocator, pool: pool)
+    public func walBytes(
+        allocator: ByteBufferAllocator = ByteBufferAllocator(), pool: BufferPool? = nil
+    ) throws(ShipProtocolError) -> ByteBuffer {
+        try FramePayload.unpack(
+            payload, compression: compression, length: uncompressedLength, kind: .walData,
+            allocator: allocator, pool: pool)
     }
 }
 
 /// A frame's data as it travels: one LZ4 block when that saves bytes, raw otherwise; unpacked with the
 /// bounds-checked decoder to exactly the declared length.
 enum FramePayload {
-    static func pack(_ bytes: ByteBuffer, allocator: ByteBufferAllocator, pool: BufferPool? = nil,
-                     effort: CompressionEffort = .fast) -> (compression: WALCompression, payload: ByteBuffer) {
+    static func pack(
+        _ bytes: ByteBuffer, allocator: ByteBufferAllocator, pool: BufferPool? = nil,
+        effort: CompressionEffort = .fast
+    ) -> (compression: WALCompression, payload: ByteBuffer) {
         let bound = LZ4.compressBound(bytes.readableBytes)
         var compressed = pool?.take(capacity: bound) ?? allocator.buffer(capacity: bound)
         LZ4.compressBlock(bytes, into: &compressed, effort: effort)
@@ -197,8 +209,10 @@ enum FramePayload {
         return (.lz4Block, compressed)
     }
 
-    static func unpack(_ payload: ByteBuffer, compression: WALCompression, length: UInt32, kind: ShipMessage.Kind,
-                       allocator: ByteBufferAllocator, pool: BufferPool? = nil) throws(ShipProtocolError) -> ByteBuffer {
+    static func unpack(
+        _ payload: ByteBuffer, compression: WALCompression, length: UInt32, kind: ShipMessage.Kind,
+        allocator: ByteBufferAllocator, pool: BufferPool? = nil
+    ) throws(ShipProtocolError) -> ByteBuffer {
         switch compression {
         case .none:
             guard payload.readableBytes == Int(length) else {
@@ -226,8 +240,10 @@ public struct Ack: Hashable, Sendable {
     public var replayTime: PostgresTimestamp
     public var receiverTime: PostgresTimestamp
 
-    public init(timeline: TimeLineID, writtenLSN: LSN, durableLSN: LSN, replayedLSN: LSN = .invalid,
-                replayTime: PostgresTimestamp = PostgresTimestamp(rawValue: 0), receiverTime: PostgresTimestamp) {
+    public init(
+        timeline: TimeLineID, writtenLSN: LSN, durableLSN: LSN, replayedLSN: LSN = .invalid,
+        replayTime: PostgresTimestamp = PostgresTimestamp(rawValue: 0), receiverTime: PostgresTimestamp
+    ) {
         self.timeline = timeline
         self.writtenLSN = writtenLSN
         self.durableLSN = durableLSN
@@ -296,17 +312,23 @@ public struct BackupData: Hashable, Sendable {
         self.payload = payload
     }
 
-    public static func make(part: Part, bytes: ByteBuffer, allocator: ByteBufferAllocator = ByteBufferAllocator(),
-                            effort: CompressionEffort = .fast) -> BackupData {
+    public static func make(
+        part: Part, bytes: ByteBuffer, allocator: ByteBufferAllocator = ByteBufferAllocator(),
+        effort: CompressionEffort = .fast
+    ) -> BackupData {
         let packed = FramePayload.pack(bytes, allocator: allocator, effort: effort)
-        return BackupData(part: part, compression: packed.compression, uncompressedLength: UInt32(bytes.readableBytes),
-                          payload: packed.payload)
+        return BackupData(
+            part: part, compression: packed.compression, uncompressedLength: UInt32(bytes.readableBytes),
+            payload: packed.payload)
     }
 
     /// With a `pool`, a compressed payload is decompressed into one of its buffers.
-    public func bytes(allocator: ByteBufferAllocator = ByteBufferAllocator(), pool: BufferPool? = nil) throws(ShipProtocolError) -> ByteBuffer {
-        try FramePayload.unpack(payload, compression: compression, length: uncompressedLength, kind: .backupData,
-                                allocator: allocator, pool: pool)
+    public func bytes(
+        allocator: ByteBufferAllocator = ByteBufferAllocator(), pool: BufferPool? = nil
+    ) throws(ShipProtocolError) -> ByteBuffer {
+        try FramePayload.unpack(
+            payload, compression: compression, length: uncompressedLength, kind: .backupData,
+            allocator: allocator, pool: pool)
     }
 }
 

@@ -66,22 +66,29 @@ public struct TLSFiles: Sendable, Equatable {
         try Self.context(configuration, keyOption: "--tls-key", certificateOption: "--tls-cert")
     }
 
-    private static func context(_ configuration: TLSConfiguration, keyOption: String, certificateOption: String) throws -> NIOSSLContext {
+    private static func context(
+        _ configuration: TLSConfiguration, keyOption: String, certificateOption: String
+    ) throws -> NIOSSLContext {
         do { return try NIOSSLContext(configuration: configuration) } catch {
-            throw TLSSetupError("the TLS files do not fit together (\(error)) (hint: \(keyOption) must be the key of \(certificateOption); walship certs init makes a matching set)")
+            throw TLSSetupError(
+                "the TLS files do not fit together (\(error)) (hint: \(keyOption) must be the key of \(certificateOption); walship certs init makes a matching set)"
+            )
         }
     }
 
     private static func load<T>(_ option: String, _ path: String, _ body: (String) throws -> T) throws -> T {
         guard FileManager.default.isReadableFile(atPath: path) else {
-            throw TLSSetupError("cannot read \(option) \(path) (hint: check the path and that this user may read it; walship certs init creates the files)")
+            throw TLSSetupError(
+                "cannot read \(option) \(path) (hint: check the path and that this user may read it; walship certs init creates the files)"
+            )
         }
         do {
             let value = try body(path)
             if let list = value as? [Any], list.isEmpty { throw TLSSetupError("no certificate in it") }
             return value
         } catch {
-            throw TLSSetupError("\(option) \(path) is not a PEM \(option.hasSuffix("-key") ? "private key" : "certificate"): \(error)")
+            throw TLSSetupError(
+                "\(option) \(path) is not a PEM \(option.hasSuffix("-key") ? "private key" : "certificate"): \(error)")
         }
     }
 }
@@ -132,7 +139,8 @@ public func tlsFailure(_ error: any Error) -> String? {
 /// error stack with source paths.
 func readableTLSReason(_ text: String) -> String {
     let glosses = [
-        "CERTIFICATE_VERIFY_FAILED": "the other end's certificate is not signed by our --tls-ca, has expired, or does not carry the expected name",
+        "CERTIFICATE_VERIFY_FAILED":
+            "the other end's certificate is not signed by our --tls-ca, has expired, or does not carry the expected name",
         "TLSV1_ALERT_UNKNOWN_CA": "the other end does not trust the CA that signed our certificate",
         "TLSV1_ALERT_CERTIFICATE_EXPIRED": "the other end says our certificate has expired",
         "TLSV1_ALERT_BAD_CERTIFICATE": "the other end rejected our certificate",
@@ -184,12 +192,16 @@ public enum CertificateAuthority {
     /// `receiverNames` go into the receiver certificate's subject alternative names (DNS names or IP
     /// addresses: what senders connect to). The CA outlives the certificates (`caValidDays`), so that they can
     /// be renewed from it (`renew`) one end at a time.
-    public static func create(in directory: String, receiverNames: [String], senderName: String, validDays: Int,
-                              caValidDays: Int? = nil, now: Date = Date()) throws -> Created {
+    public static func create(
+        in directory: String, receiverNames: [String], senderName: String, validDays: Int,
+        caValidDays: Int? = nil, now: Date = Date()
+    ) throws -> Created {
         let fm = FileManager.default
         try fm.createDirectory(atPath: directory, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
         if let existing = (["ca.crt", "ca.key"] + leafFiles).first(where: { fm.fileExists(atPath: directory + "/" + $0) }) {
-            throw TLSSetupError("\(directory)/\(existing) exists; walship certs init never overwrites keys (hint: choose an empty directory; walship certs renew makes new certificates from an existing CA)")
+            throw TLSSetupError(
+                "\(directory)/\(existing) exists; walship certs init never overwrites keys (hint: choose an empty directory; walship certs renew makes new certificates from an existing CA)"
+            )
         }
         let notBefore = now.addingTimeInterval(-300)
         let caKey = P256.Signing.PrivateKey()
@@ -209,12 +221,14 @@ public enum CertificateAuthority {
             issuerPrivateKey: .init(caKey))
         let issuer = Issuer(certificate: ca, key: .init(caKey))
         let notAfter = now.addingTimeInterval(Double(validDays) * 86400)
-        let receiver = try issuer.leaf(subject: try name(receiverNames.first ?? "walship-receiver"), usage: .serverAuth,
-                                       alternativeNames: SubjectAlternativeNames(receiverNames.map(generalName)),
-                                       notBefore: notBefore, notAfter: notAfter)
-        let sender = try issuer.leaf(subject: try name(senderName), usage: .clientAuth,
-                                     alternativeNames: SubjectAlternativeNames([.dnsName(senderName)]),
-                                     notBefore: notBefore, notAfter: notAfter)
+        let receiver = try issuer.leaf(
+            subject: try name(receiverNames.first ?? "walship-receiver"), usage: .serverAuth,
+            alternativeNames: SubjectAlternativeNames(receiverNames.map(generalName)),
+            notBefore: notBefore, notAfter: notAfter)
+        let sender = try issuer.leaf(
+            subject: try name(senderName), usage: .clientAuth,
+            alternativeNames: SubjectAlternativeNames([.dnsName(senderName)]),
+            notBefore: notBefore, notAfter: notAfter)
         var written: [String] = []
         try write(try ca.serializeAsPEM().pemString + "\n", to: directory + "/ca.crt", into: &written)
         try write(caKey.pemRepresentation + "\n", to: directory + "/ca.key", into: &written)
@@ -241,14 +255,18 @@ public enum CertificateAuthority {
         }
         let ca = try certificate("ca.crt")
         let caKey: Certificate.PrivateKey
-        do { caKey = try Certificate.PrivateKey(pemEncoded: try read("ca.key")) } catch let error as TLSSetupError { throw error } catch {
+        do { caKey = try Certificate.PrivateKey(pemEncoded: try read("ca.key")) } catch let error as TLSSetupError {
+            throw error
+        } catch {
             throw TLSSetupError("\(directory)/ca.key is not a PEM private key")
         }
         guard caKey.publicKey == ca.publicKey else {
             throw TLSSetupError("\(directory)/ca.key is not the key of \(directory)/ca.crt")
         }
         guard ca.notValidAfter.timeIntervalSince(now) >= Double(minimumDays) * 86400 else {
-            throw TLSSetupError("the CA in \(directory)/ca.crt \(ca.notValidAfter < now ? "expired" : "expires") at \(ca.notValidAfter); certificates renewed from it would not last (hint: walship certs init makes a new CA; both ends then change over together)")
+            throw TLSSetupError(
+                "the CA in \(directory)/ca.crt \(ca.notValidAfter < now ? "expired" : "expires") at \(ca.notValidAfter); certificates renewed from it would not last (hint: walship certs init makes a new CA; both ends then change over together)"
+            )
         }
         let oldReceiver = try certificate("receiver.crt")
         let oldSender = try certificate("sender.crt")
@@ -260,12 +278,14 @@ public enum CertificateAuthority {
         let notBefore = now.addingTimeInterval(-300)
         let notAfter = min(now.addingTimeInterval(Double(validDays) * 86400), ca.notValidAfter)
         let issuer = Issuer(certificate: ca, key: caKey)
-        let receiver = try issuer.leaf(subject: oldReceiver.subject, usage: .serverAuth,
-                                       alternativeNames: try oldReceiver.extensions.subjectAlternativeNames ?? SubjectAlternativeNames([]),
-                                       notBefore: notBefore, notAfter: notAfter)
-        let sender = try issuer.leaf(subject: oldSender.subject, usage: .clientAuth,
-                                     alternativeNames: try oldSender.extensions.subjectAlternativeNames ?? SubjectAlternativeNames([]),
-                                     notBefore: notBefore, notAfter: notAfter)
+        let receiver = try issuer.leaf(
+            subject: oldReceiver.subject, usage: .serverAuth,
+            alternativeNames: try oldReceiver.extensions.subjectAlternativeNames ?? SubjectAlternativeNames([]),
+            notBefore: notBefore, notAfter: notAfter)
+        let sender = try issuer.leaf(
+            subject: oldSender.subject, usage: .clientAuth,
+            alternativeNames: try oldSender.extensions.subjectAlternativeNames ?? SubjectAlternativeNames([]),
+            notBefore: notBefore, notAfter: notAfter)
 
         let formatter = DateFormatter()
         formatter.locale = Locale(identifier: "en_US_POSIX")
@@ -291,8 +311,10 @@ public enum CertificateAuthority {
         let certificate: Certificate
         let key: Certificate.PrivateKey
 
-        func leaf(subject: DistinguishedName, usage: ExtendedKeyUsage.Usage, alternativeNames: SubjectAlternativeNames,
-                  notBefore: Date, notAfter: Date) throws -> (Certificate, P256.Signing.PrivateKey) {
+        func leaf(
+            subject: DistinguishedName, usage: ExtendedKeyUsage.Usage, alternativeNames: SubjectAlternativeNames,
+            notBefore: Date, notAfter: Date
+        ) throws -> (Certificate, P256.Signing.PrivateKey) {
             let leafKey = P256.Signing.PrivateKey()
             let leaf = try Certificate(
                 version: .v3, serialNumber: .init(), publicKey: .init(leafKey.publicKey), notValidBefore: notBefore,
@@ -316,8 +338,10 @@ public enum CertificateAuthority {
         }
     }
 
-    static func writeLeaves(receiver: (Certificate, P256.Signing.PrivateKey), sender: (Certificate, P256.Signing.PrivateKey),
-                            in directory: String, into written: inout [String]) throws {
+    static func writeLeaves(
+        receiver: (Certificate, P256.Signing.PrivateKey), sender: (Certificate, P256.Signing.PrivateKey),
+        in directory: String, into written: inout [String]
+    ) throws {
         try write(try receiver.0.serializeAsPEM().pemString + "\n", to: directory + "/receiver.crt", into: &written)
         try write(receiver.1.pemRepresentation + "\n", to: directory + "/receiver.key", into: &written)
         try write(try sender.0.serializeAsPEM().pemString + "\n", to: directory + "/sender.crt", into: &written)
@@ -327,7 +351,7 @@ public enum CertificateAuthority {
     /// A new file, 0600; never over an existing one.
     static func write(_ text: String, to path: String, into written: inout [String]) throws {
         guard !FileManager.default.fileExists(atPath: path),
-              FileManager.default.createFile(atPath: path, contents: Data(text.utf8), attributes: [.posixPermissions: 0o600])
+            FileManager.default.createFile(atPath: path, contents: Data(text.utf8), attributes: [.posixPermissions: 0o600])
         else { throw TLSSetupError("cannot write \(path)") }
         written.append(path)
     }

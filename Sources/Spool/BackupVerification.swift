@@ -1,8 +1,9 @@
+import LZ4Codec
+import WALCore
+
 #if canImport(Glibc)
 import Glibc
 #endif
-import LZ4Codec
-import WALCore
 
 /// Checks a stored backup's archive against the size and CRC-32C recorded when it was stored, so a damaged
 /// archive is found before anything is unpacked or started from it.
@@ -16,7 +17,8 @@ public enum BackupVerification {
     public static func verify(_ info: BackupInfo, systemDirectory: String) throws {
         let path = systemDirectory + "/base/" + info.id + "/base.tar.lz4"
         guard let expected = UInt32(info.archiveCRC32C, radix: 16) else {
-            throw SpoolError(.corrupt, "backup \(info.id) is damaged: its record holds no valid CRC-32C (\"\(info.archiveCRC32C)\")")
+            throw SpoolError(
+                .corrupt, "backup \(info.id) is damaged: its record holds no valid CRC-32C (\"\(info.archiveCRC32C)\")")
         }
         let expectation = "expected CRC-32C \(info.archiveCRC32C) over \(info.archiveBytes) bytes"
         let fd = try FileIO.open(path, O_RDONLY)
@@ -37,7 +39,10 @@ public enum BackupVerification {
             if input.isEmpty || stalled {
                 let more = try FileIO.preadAll(fd, count: pieceBytes, at: readBytes, path: path)
                 if more.isEmpty {
-                    throw SpoolError(.corrupt, "backup \(info.id) is damaged: \(path) ends inside its LZ4 frame after \(contentBytes) bytes of content; \(expectation)")
+                    throw SpoolError(
+                        .corrupt,
+                        "backup \(info.id) is damaged: \(path) ends inside its LZ4 frame after \(contentBytes) bytes of content; \(expectation)"
+                    )
                 }
                 readBytes += more.count
                 input += more
@@ -53,7 +58,8 @@ public enum BackupVerification {
                     try reader.read(UnsafeRawBufferPointer(rebasing: $0[0..<offered]), into: &output, maxOutput: pieceBytes)
                 }
             } catch {
-                let found = contentBytes == info.archiveBytes
+                let found =
+                    contentBytes == info.archiveBytes
                     ? "holds an archive with CRC-32C \(String(crc, radix: 16)) over \(contentBytes) bytes, and its LZ4 frame fails its own check (\(error))"
                     : "cannot be decompressed after \(contentBytes) bytes of content (\(error))"
                 throw SpoolError(.corrupt, "backup \(info.id) is damaged: \(path) \(found); \(expectation)")
@@ -66,10 +72,14 @@ public enum BackupVerification {
         }
         let trailing = fileBytes - (readBytes - input.count)
         guard trailing == 0 else {
-            throw SpoolError(.corrupt, "backup \(info.id) is damaged: \(path) has \(trailing) bytes after its LZ4 frame; \(expectation)")
+            throw SpoolError(
+                .corrupt, "backup \(info.id) is damaged: \(path) has \(trailing) bytes after its LZ4 frame; \(expectation)")
         }
         guard crc == expected, contentBytes == info.archiveBytes else {
-            throw SpoolError(.corrupt, "backup \(info.id) is damaged: \(path) holds an archive with CRC-32C \(String(crc, radix: 16)) over \(contentBytes) bytes; \(expectation)")
+            throw SpoolError(
+                .corrupt,
+                "backup \(info.id) is damaged: \(path) holds an archive with CRC-32C \(String(crc, radix: 16)) over \(contentBytes) bytes; \(expectation)"
+            )
         }
     }
 }

@@ -1,9 +1,10 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 import Foundation
 import LZ4Codec
 import WALCore
+
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// One stored base backup: `ROOT/<system>/base/<id>/` with `base.tar.lz4` (the data directory as
 /// BASE_BACKUP sent it, one LZ4 frame), `backup_manifest`, and `backup.json` (this record).
@@ -73,8 +74,9 @@ public final class BackupWriter {
         var t = time_t(date.timeIntervalSince1970)
         var parts = tm()
         gmtime_r(&t, &parts)
-        return String(format: "%04d%02d%02dT%02d%02d%02dZ", parts.tm_year + 1900, parts.tm_mon + 1, parts.tm_mday,
-                      parts.tm_hour, parts.tm_min, parts.tm_sec)
+        return String(
+            format: "%04d%02d%02dT%02d%02d%02dZ", parts.tm_year + 1900, parts.tm_mon + 1, parts.tm_mday,
+            parts.tm_hour, parts.tm_min, parts.tm_sec)
     }
 
     public func appendArchive(_ bytes: UnsafeRawBufferPointer) throws {
@@ -177,10 +179,12 @@ extension JSONDecoder {
         d.dateDecodingStrategy = .custom { decoder in
             let text = try decoder.singleValueContainer().decode(String.self)
             if let date = (try? Date.ISO8601FormatStyle(includingFractionalSeconds: true).parse(text))
-                ?? (try? Date.ISO8601FormatStyle().parse(text)) {
+                ?? (try? Date.ISO8601FormatStyle().parse(text))
+            {
                 return date
             }
-            throw DecodingError.dataCorrupted(.init(codingPath: decoder.codingPath, debugDescription: "not an ISO 8601 date: \(text)"))
+            throw DecodingError.dataCorrupted(
+                .init(codingPath: decoder.codingPath, debugDescription: "not an ISO 8601 date: \(text)"))
         }
         return d
     }

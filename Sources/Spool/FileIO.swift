@@ -1,9 +1,10 @@
+import Synchronization
+
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Darwin)
 import Darwin
 #endif
-import Synchronization
 
 /// A spool operation that failed, with the path and the system's reason. Never contains secrets.
 public struct SpoolError: Error, CustomStringConvertible, Sendable {
@@ -109,8 +110,10 @@ public struct FileIO: Sendable {
 
     /// `head` then `body` at `offset` in one system call (a journal record's header and its data); what a
     /// short write leaves goes the ordinary way.
-    func pwriteAll(_ fd: Int32, _ head: UnsafeRawBufferPointer, _ body: UnsafeRawBufferPointer, at offset: Int,
-                   path: String) throws {
+    func pwriteAll(
+        _ fd: Int32, _ head: UnsafeRawBufferPointer, _ body: UnsafeRawBufferPointer, at offset: Int,
+        path: String
+    ) throws {
         let written: Int
         do { written = try fs.pwrite(fd, head, body, at: offset) } catch { throw SpoolError.errno("write", path, error.code) }
         // Either rest may be empty; pwriteAll then writes nothing (and reports a write of 0 as a full disk).
@@ -181,7 +184,9 @@ public struct FileIO: Sendable {
         var offset = range.lowerBound
         while offset < range.upperBound {
             let n = min(range.upperBound - offset, Self.zeros.count)
-            try Self.zeros.withUnsafeBytes { try pwriteAll(fd, UnsafeRawBufferPointer(rebasing: $0[0..<n]), at: offset, path: path) }
+            try Self.zeros.withUnsafeBytes {
+                try pwriteAll(fd, UnsafeRawBufferPointer(rebasing: $0[0..<n]), at: offset, path: path)
+            }
             offset += n
         }
     }
@@ -197,8 +202,10 @@ public struct FileIO: Sendable {
     }
 
     /// temp file → fsync → rename → fsync directory: after a crash the file is either absent or whole.
-    func writeAtomically(_ bytes: UnsafeRawBufferPointer, to path: String, directory: String, mode: mode_t = 0o640,
-                         retry: SyncRetry = .gatesAcknowledgement) throws {
+    func writeAtomically(
+        _ bytes: UnsafeRawBufferPointer, to path: String, directory: String, mode: mode_t = 0o640,
+        retry: SyncRetry = .gatesAcknowledgement
+    ) throws {
         let tmp = path + ".tmp"
         let fd = try open(tmp, O_WRONLY | O_CREAT | O_TRUNC, mode: mode)
         do {
@@ -218,7 +225,9 @@ public struct FileIO: Sendable {
         let fd = try open(path, O_RDONLY)
         defer { close(fd) }
         let size = try fileSize(fd, path: path)
-        guard size <= maxBytes else { throw SpoolError(.corrupt, "\"\(path)\" is \(size) bytes, more than the \(maxBytes) expected") }
+        guard size <= maxBytes else {
+            throw SpoolError(.corrupt, "\"\(path)\" is \(size) bytes, more than the \(maxBytes) expected")
+        }
         return try preadAll(fd, count: size, at: 0, path: path)
     }
 
@@ -276,13 +285,17 @@ func parentDirectory(of path: String) -> String {
 
 /// The same calls on the real file system, for code that reads a spool without owning it.
 extension FileIO {
-    static func open(_ path: String, _ flags: Int32, mode: mode_t = 0o640) throws -> Int32 { try posix.open(path, flags, mode: mode) }
+    static func open(_ path: String, _ flags: Int32, mode: mode_t = 0o640) throws -> Int32 {
+        try posix.open(path, flags, mode: mode)
+    }
     static func close(_ fd: Int32) { posix.close(fd) }
     static func preadAll(_ fd: Int32, count: Int, at offset: Int, path: String) throws -> [UInt8] {
         try posix.preadAll(fd, count: count, at: offset, path: path)
     }
     static func fileSize(_ fd: Int32, path: String) throws -> Int { try posix.fileSize(fd, path: path) }
-    static func readWholeFile(_ path: String, maxBytes: Int) throws -> [UInt8] { try posix.readWholeFile(path, maxBytes: maxBytes) }
+    static func readWholeFile(_ path: String, maxBytes: Int) throws -> [UInt8] {
+        try posix.readWholeFile(path, maxBytes: maxBytes)
+    }
     static func exists(_ path: String) -> Bool { posix.exists(path) }
     static func isDirectory(_ path: String) -> Bool { posix.isDirectory(path) }
     static func listDirectory(_ path: String) throws -> [String] { try posix.listDirectory(path) }
@@ -290,7 +303,8 @@ extension FileIO {
     static func removeDirectory(_ path: String) throws { try posix.removeDirectory(path) }
     static func makeDirectory(_ path: String, mode: mode_t = 0o750) throws { try posix.makeDirectory(path, mode: mode) }
     static func syncDirectory(_ path: String) throws { try posix.syncDirectory(path) }
-    static func writeAtomically(_ bytes: UnsafeRawBufferPointer, to path: String, directory: String, mode: mode_t = 0o640) throws {
+    static func writeAtomically(_ bytes: UnsafeRawBufferPointer, to path: String, directory: String, mode: mode_t = 0o640) throws
+    {
         try posix.writeAtomically(bytes, to: path, directory: directory, mode: mode)
     }
     /// Free and total bytes of the filesystem holding `path`.

@@ -17,7 +17,9 @@ public protocol FileSystem: Sendable {
     /// Writes at most `bytes.count` bytes at `offset`; returns how many were written (may be fewer).
     func pwrite(_ fd: Int32, _ bytes: UnsafeRawBufferPointer, at offset: Int) throws(SystemCallError) -> Int
     /// `head` then `body` at `offset`, as far as one call goes; returns how many bytes were written.
-    func pwrite(_ fd: Int32, _ head: UnsafeRawBufferPointer, _ body: UnsafeRawBufferPointer, at offset: Int)
+    func pwrite(
+        _ fd: Int32, _ head: UnsafeRawBufferPointer, _ body: UnsafeRawBufferPointer, at offset: Int
+    )
         throws(SystemCallError) -> Int
     /// Reads at most `buffer.count` bytes at `offset`; 0 at the end of the file.
     func pread(_ fd: Int32, into buffer: UnsafeMutableRawBufferPointer, at offset: Int) throws(SystemCallError) -> Int
@@ -67,7 +69,9 @@ public struct PosixFileSystem: FileSystem {
         }
     }
 
-    public func pwrite(_ fd: Int32, _ head: UnsafeRawBufferPointer, _ body: UnsafeRawBufferPointer, at offset: Int)
+    public func pwrite(
+        _ fd: Int32, _ head: UnsafeRawBufferPointer, _ body: UnsafeRawBufferPointer, at offset: Int
+    )
         throws(SystemCallError) -> Int
     {
         var vectors = [

@@ -1,7 +1,8 @@
+import Synchronization
+
 #if canImport(Glibc)
 import Glibc
 #endif
-import Synchronization
 
 /// A file system in memory that remembers what an fsync made durable, for tests and the fault simulation.
 ///
@@ -166,7 +167,9 @@ public final class InMemoryFileSystem: FileSystem {
         try write(fd, [bytes], at: offset)
     }
 
-    public func pwrite(_ fd: Int32, _ head: UnsafeRawBufferPointer, _ body: UnsafeRawBufferPointer, at offset: Int)
+    public func pwrite(
+        _ fd: Int32, _ head: UnsafeRawBufferPointer, _ body: UnsafeRawBufferPointer, at offset: Int
+    )
         throws(SystemCallError) -> Int
     {
         try write(fd, [head, body], at: offset)
@@ -190,7 +193,9 @@ public final class InMemoryFileSystem: FileSystem {
             var at = start, left = total
             for piece in pieces where left > 0 {
                 let n = min(piece.count, left)
-                file.data.withUnsafeMutableBytes { $0.baseAddress!.advanced(by: at).copyMemory(from: piece.baseAddress!, byteCount: n) }
+                file.data.withUnsafeMutableBytes {
+                    $0.baseAddress!.advanced(by: at).copyMemory(from: piece.baseAddress!, byteCount: n)
+                }
                 at += n
                 left -= n
             }
@@ -329,7 +334,9 @@ public final class InMemoryFileSystem: FileSystem {
     public func rmdir(_ path: String) throws(SystemCallError) {
         try state.withLock { s throws(SystemCallError) in
             try Self.fault(.rmdir, path, &s)
-            guard let id = Self.resolve(path, in: s), case .directory(let dir) = s.nodes[id] else { throw SystemCallError(ENOENT) }
+            guard let id = Self.resolve(path, in: s), case .directory(let dir) = s.nodes[id] else {
+                throw SystemCallError(ENOENT)
+            }
             guard dir.entries.isEmpty else { throw SystemCallError(ENOTEMPTY) }
             let (parent, name) = try Self.parent(of: path, in: s)
             Self.updateDirectory(parent, in: &s) { $0.entries.removeValue(forKey: name) }
@@ -339,7 +346,9 @@ public final class InMemoryFileSystem: FileSystem {
     public func list(_ path: String) throws(SystemCallError) -> [String] {
         try state.withLock { s throws(SystemCallError) in
             try Self.fault(.list, path, &s)
-            guard let id = Self.resolve(path, in: s), case .directory(let dir) = s.nodes[id] else { throw SystemCallError(ENOENT) }
+            guard let id = Self.resolve(path, in: s), case .directory(let dir) = s.nodes[id] else {
+                throw SystemCallError(ENOENT)
+            }
             return Array(dir.entries.keys)
         }
     }

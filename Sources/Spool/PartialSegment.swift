@@ -1,8 +1,9 @@
+import LZ4Codec
+import WALCore
+
 #if canImport(Glibc)
 import Glibc
 #endif
-import LZ4Codec
-import WALCore
 
 /// The in-progress segment, `NAME.partial`: an append-only journal so that a crash leaves a tail we can
 /// recognise and cut, never bytes we cannot tell apart from WAL. Layout (little-endian), see docs/architecture.md:
@@ -54,20 +55,25 @@ public enum PartialSegment {
 
     static func decodeHeader(_ bytes: [UInt8], path: String) throws -> Header {
         guard bytes.count >= headerLength, Array(bytes[0..<4]) == headerMagic else {
-            throw SpoolError(.corrupt, "\"\(path)\" is not a walship partial segment (bad header; hint: if it is not walship's, move it out of the spool; if it is, the disk damaged it: keep a copy and check the disk)")
+            throw SpoolError(
+                .corrupt,
+                "\"\(path)\" is not a walship partial segment (bad header; hint: if it is not walship's, move it out of the spool; if it is, the disk damaged it: keep a copy and check the disk)"
+            )
         }
         guard bytes.readLE(40, UInt32.self) == CRC32C.checksum(bytes[0..<40]) else {
             throw SpoolError(.corrupt, "\"\(path)\" has a damaged header (CRC mismatch)")
         }
         let version = bytes.readLE(4, UInt32.self)
         guard (1...Self.version).contains(version) else {
-            throw SpoolError(.corrupt, "\"\(path)\" has unknown partial format version \(version); it was written by a newer walship")
+            throw SpoolError(
+                .corrupt, "\"\(path)\" has unknown partial format version \(version); it was written by a newer walship")
         }
         guard let size = WALSegmentSize(bytes: bytes.readLE(16, UInt64.self)) else {
             throw SpoolError(.corrupt, "\"\(path)\" names an invalid segment size")
         }
-        let segment = SegmentName(timeline: bytes.readLE(24, UInt32.self), number: bytes.readLE(32, UInt64.self),
-                                  segmentSize: size)
+        let segment = SegmentName(
+            timeline: bytes.readLE(24, UInt32.self), number: bytes.readLE(32, UInt64.self),
+            segmentSize: size)
         return Header(systemIdentifier: bytes.readLE(8, UInt64.self), segment: segment, version: version)
     }
 
@@ -115,7 +121,8 @@ public enum PartialSegment {
                 storedLength = walLength
                 crc = bytes.readLE(12, UInt32.self)
             } else if magic == PartialSegment.blockRecordMagic, journalVersion >= 2,
-                      bytes.count >= PartialSegment.blockRecordHeaderLength {
+                bytes.count >= PartialSegment.blockRecordHeaderLength
+            {
                 compressed = true
                 headerLength = PartialSegment.blockRecordHeaderLength
                 walLength = Int(bytes.readLE(8, UInt32.self))
@@ -130,8 +137,10 @@ public enum PartialSegment {
         /// Checks the CRC over the header's fields (`header`, at least `headerLength` bytes) and `stored`, and
         /// appends the record's WAL from segment offset `from` on to `wal`. False if the CRC fails (a torn write).
         /// A block that passes its CRC but does not decompress was damaged before it was written: that throws.
-        func appendWAL(header: UnsafeRawBufferPointer, stored: UnsafeRawBufferPointer, from: Int,
-                       to wal: inout [UInt8], path: String) throws -> Bool {
+        func appendWAL(
+            header: UnsafeRawBufferPointer, stored: UnsafeRawBufferPointer, from: Int,
+            to wal: inout [UInt8], path: String
+        ) throws -> Bool {
             let fieldsCRC = CRC32C.update(0, UnsafeRawBufferPointer(rebasing: header[0..<headerLength - 4]))
             guard stored.count == storedLength, CRC32C.update(fieldsCRC, stored) == crc else { return false }
             let skip = from - offset
@@ -142,7 +151,9 @@ public enum PartialSegment {
             // From inside the record only when a reader resumes mid-record: rare, so the prefix is cut after.
             let before = wal.count
             guard LZ4.decompressBlock(stored, uncompressedLength: walLength, appendingTo: &wal) else {
-                throw SpoolError(.corrupt, "\"\(path)\": the LZ4 block for segment offset \(offset) does not decompress to its \(walLength) bytes")
+                throw SpoolError(
+                    .corrupt,
+                    "\"\(path)\": the LZ4 block for segment offset \(offset) does not decompress to its \(walLength) bytes")
             }
             if skip > 0 { wal.removeSubrange(before..<before + skip) }
             return true
@@ -190,9 +201,11 @@ public enum PartialSegment {
         wal.reserveCapacity(segmentBytes)
         var position = headerLength
         while let found = try recordHeader(fd: fd, at: position, version: header.version, path: path, io: io),
-              found.record.offset == wal.count,
-              try appendRecord(found.record, head: found.head, fd: fd, at: position, segmentBytes: segmentBytes,
-                               from: found.record.offset, to: &wal, path: path, io: io) {
+            found.record.offset == wal.count,
+            try appendRecord(
+                found.record, head: found.head, fd: fd, at: position, segmentBytes: segmentBytes,
+                from: found.record.offset, to: &wal, path: path, io: io)
+        {
             position += found.record.totalLength
         }
         let tail = try io.preadAll(fd, count: 64 * 1024, at: position, path: path)
@@ -200,7 +213,9 @@ public enum PartialSegment {
     }
 
     /// The record header at `offset` of a journal open as `fd`, with its bytes; nil where no record begins.
-    static func recordHeader(fd: Int32, at offset: Int, version: UInt32, path: String, io: FileIO = .posix) throws
+    static func recordHeader(
+        fd: Int32, at offset: Int, version: UInt32, path: String, io: FileIO = .posix
+    ) throws
         -> (record: Record, head: [UInt8])?
     {
         let head = try io.preadAll(fd, count: blockRecordHeaderLength, at: offset, path: path)
@@ -212,10 +227,13 @@ public enum PartialSegment {
     /// false (nothing appended) when they are not all there or fail their CRC. A damaged header's lengths are
     /// not believed, nor allocated for, before the CRC has had its say: the record must fit the segment
     /// (`segmentBytes`) and the file.
-    static func appendRecord(_ record: Record, head: [UInt8], fd: Int32, at offset: Int, segmentBytes: Int, from: Int,
-                             to wal: inout [UInt8], path: String, io: FileIO = .posix) throws -> Bool {
+    static func appendRecord(
+        _ record: Record, head: [UInt8], fd: Int32, at offset: Int, segmentBytes: Int, from: Int,
+        to wal: inout [UInt8], path: String, io: FileIO = .posix
+    ) throws -> Bool {
         guard record.walLength > 0, record.offset + record.walLength <= segmentBytes,
-              offset + record.totalLength <= (try io.fileSize(fd, path: path)) else { return false }
+            offset + record.totalLength <= (try io.fileSize(fd, path: path))
+        else { return false }
         let stored = try io.preadAll(fd, count: record.storedLength, at: offset + record.headerLength, path: path)
         return try head.withUnsafeBytes { header in
             try stored.withUnsafeBytes { try record.appendWAL(header: header, stored: $0, from: from, to: &wal, path: path) }
@@ -319,8 +337,10 @@ final class PartialSegmentWriter {
             preallocated = needed + Int(header.segment.segmentSize.bytes) / 16
             try io.preallocate(fd, bytes: preallocated, path: path)
         }
-        if let zeros = ZeroFill.range(recordStart: journalLength, recordEnd: needed, initializedEnd: initializedEnd,
-                                      reservedEnd: preallocated) {
+        if let zeros = ZeroFill.range(
+            recordStart: journalLength, recordEnd: needed, initializedEnd: initializedEnd,
+            reservedEnd: preallocated)
+        {
             try io.writeZeros(fd, zeros, path: path)
             initializedEnd = zeros.upperBound
         }

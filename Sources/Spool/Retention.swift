@@ -1,8 +1,9 @@
+import Foundation
+import WALCore
+
 #if canImport(Glibc)
 import Glibc
 #endif
-import Foundation
-import WALCore
 
 /// A standby the receiver has served, remembered across restarts: by slot name when it streams with
 /// `primary_slot_name`, by application_name otherwise. Its replayed position holds WAL back from pruning,
@@ -69,19 +70,27 @@ public struct RetentionPlan: Sendable, Equatable {
     /// A standby holding back more than this is reported.
     public static let holdBackWarningBytes: UInt64 = 1 << 30
 
-    public static func compute(backups: [BackupInfo], segments: [SegmentName], standbys: [StandbyRecord], retainBackups: Int,
-                               segmentSize: WALSegmentSize) -> RetentionPlan {
+    public static func compute(
+        backups: [BackupInfo], segments: [SegmentName], standbys: [StandbyRecord], retainBackups: Int,
+        segmentSize: WALSegmentSize
+    ) -> RetentionPlan {
         let complete = backups.filter { $0.status == .complete }.sorted { $0.id < $1.id }
-        guard retainBackups > 0, let oldestKept = complete.suffix(retainBackups).first, let backupStart = LSN(oldestKept.startLSN) else {
-            return RetentionPlan(removeBackups: [], removeSegments: [], keepFrom: nil,
-                                 reasons: ["no complete base backup yet: nothing is pruned"])
+        guard retainBackups > 0, let oldestKept = complete.suffix(retainBackups).first, let backupStart = LSN(oldestKept.startLSN)
+        else {
+            return RetentionPlan(
+                removeBackups: [], removeSegments: [], keepFrom: nil,
+                reasons: ["no complete base backup yet: nothing is pruned"])
         }
         var keepFrom = segmentSize.segmentStart(of: backupStart)
-        var reasons = ["keeping the newest \(retainBackups) complete backup(s); the oldest kept, \(oldestKept.id), starts at \(backupStart)"]
+        var reasons = [
+            "keeping the newest \(retainBackups) complete backup(s); the oldest kept, \(oldestKept.id), starts at \(backupStart)"
+        ]
         for standby in standbys where standby.replayed.isValid && segmentSize.segmentStart(of: standby.replayed) < keepFrom {
             let held = keepFrom.bytesAfter(segmentSize.segmentStart(of: standby.replayed))
             if held > holdBackWarningBytes {
-                reasons.append("WARNING: standby \(standby.name) (last seen \(standby.updatedAt)) holds back \(held >> 20) MiB of WAL; if it is gone for good, remove its file in standbys/")
+                reasons.append(
+                    "WARNING: standby \(standby.name) (last seen \(standby.updatedAt)) holds back \(held >> 20) MiB of WAL; if it is gone for good, remove its file in standbys/"
+                )
             }
             keepFrom = segmentSize.segmentStart(of: standby.replayed)
             reasons.append("standby \(standby.name) has replayed only to \(standby.replayedLSN); its WAL is kept")
@@ -95,14 +104,17 @@ public struct RetentionPlan: Sendable, Equatable {
 public enum Pruner {
     /// Plans (and unless `dryRun`, applies) retention for one system. Only completed segments and whole backups
     /// are removed; the in-progress segment and history files never are.
-    public static func prune(systemDirectory: String, segmentSize: WALSegmentSize, retainBackups: Int, dryRun: Bool) throws -> RetentionPlan {
+    public static func prune(
+        systemDirectory: String, segmentSize: WALSegmentSize, retainBackups: Int, dryRun: Bool
+    ) throws -> RetentionPlan {
         let walDirectory = systemDirectory + "/wal"
         let segments = try FileIO.listDirectory(walDirectory).compactMap { name -> SegmentName? in
             name.hasSuffix(".lz4") ? SegmentName(name.dropLast(4), segmentSize: segmentSize) : nil
         }
-        let plan = RetentionPlan.compute(backups: try BackupCatalog.list(systemDirectory: systemDirectory), segments: segments,
-                                         standbys: try StandbyRegistry.list(systemDirectory: systemDirectory),
-                                         retainBackups: retainBackups, segmentSize: segmentSize)
+        let plan = RetentionPlan.compute(
+            backups: try BackupCatalog.list(systemDirectory: systemDirectory), segments: segments,
+            standbys: try StandbyRegistry.list(systemDirectory: systemDirectory),
+            retainBackups: retainBackups, segmentSize: segmentSize)
         guard !dryRun else { return plan }
         for id in plan.removeBackups {
             try FileIO.removeDirectory(systemDirectory + "/base/" + id)

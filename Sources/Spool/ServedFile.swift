@@ -53,7 +53,8 @@ public struct ServedFile: Sendable, Equatable {
     }
 
     private static func error(_ what: String, _ path: String, code: Int32 = errno) -> SpoolError {
-        SpoolError(code == ENOSPC || code == EDQUOT ? .diskFull : .io,
-                   "could not \(what) \"\(path)\": \(String(cString: strerror(code)))")
+        SpoolError(
+            code == ENOSPC || code == EDQUOT ? .diskFull : .io,
+            "could not \(what) \"\(path)\": \(String(cString: strerror(code)))")
     }
 }

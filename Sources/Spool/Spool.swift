@@ -1,9 +1,10 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 import Logging
 import Synchronization
 import WALCore
+
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// The receiver's spool directory: one subdirectory per source system, and a lock so that only one
 /// `walship receive` writes to it.
@@ -29,19 +30,24 @@ public final class Spool: Sendable {
         if !io.isDirectory(root) {
             do { try io.makeDirectory(root) } catch let error as SpoolError {
                 // FileIO's message already carries a hint for permission problems.
-                throw error.message.contains("(hint:") ? error
+                throw error.message.contains("(hint:")
+                    ? error
                     : SpoolError(.io, "\(error) (hint: create the spool directory, owned by the user walship runs as)")
             }
         }
         guard io.fs.isWritable(root) else {
-            throw SpoolError(.io, "spool directory \"\(root)\" is not writable by this user (hint: chown it to the user running walship receive)")
+            throw SpoolError(
+                .io,
+                "spool directory \"\(root)\" is not writable by this user (hint: chown it to the user running walship receive)")
         }
         let lockPath = root + "/.walship.lock"
         do {
             lockFD = try io.fs.lockExclusively(lockPath)
         } catch {
             guard error.code == EWOULDBLOCK else { throw SpoolError.errno("lock", lockPath, error.code) }
-            throw SpoolError(.locked, "spool \"\(root)\" is in use by another walship receive (hint: stop it, or give this one its own --spool)")
+            throw SpoolError(
+                .locked,
+                "spool \"\(root)\" is in use by another walship receive (hint: stop it, or give this one its own --spool)")
         }
     }
 
@@ -56,14 +62,18 @@ public final class Spool: Sendable {
         return try systems.withLock { systems in
             if let existing = systems[systemIdentifier] {
                 guard existing.segmentSize == segmentSize else {
-                    throw SpoolError(.mismatch, "system \(systemIdentifier) uses \(existing.segmentSize) segments in this spool, the sender says \(segmentSize)")
+                    throw SpoolError(
+                        .mismatch,
+                        "system \(systemIdentifier) uses \(existing.segmentSize) segments in this spool, the sender says \(segmentSize)"
+                    )
                 }
                 return existing
             }
             let opened: SystemSpool
             do {
-                opened = try SystemSpool(root: root, systemIdentifier: systemIdentifier, segmentSize: segmentSize, logger: logger,
-                                         io: io.latched(), reserve: reserve)
+                opened = try SystemSpool(
+                    root: root, systemIdentifier: systemIdentifier, segmentSize: segmentSize, logger: logger,
+                    io: io.latched(), reserve: reserve)
             } catch let error as SpoolError where error.kind == .acknowledgedWALMissing {
                 refusals.withLock { $0[systemIdentifier] = error }
                 throw error
@@ -88,9 +98,11 @@ public final class Spool: Sendable {
             do {
                 return try system(id, segmentSize: SystemConfiguration.read(directory: root + "/\(id)", io: io).segmentSize)
             } catch let error as SpoolError where error.kind == .acknowledgedWALMissing {
-                logger.critical("a system's spool lacks WAL it acknowledged; that system is not started", metadata: [
-                    "walship.system": "\(id)", "walship.error": "\(error)",
-                ])
+                logger.critical(
+                    "a system's spool lacks WAL it acknowledged; that system is not started",
+                    metadata: [
+                        "walship.system": "\(id)", "walship.error": "\(error)",
+                    ])
                 return nil
             }
         }
@@ -164,7 +176,10 @@ public final class Spool: Sendable {
         guard let quota else { return }
         let used = diskUsage()
         guard used + 2 * segmentBytes <= quota else {
-            throw SpoolError(.diskFull, "the spool has reached its quota: \(used) bytes used of --spool-max-bytes \(quota), and a new segment needs \(2 * segmentBytes) (hint: raise --spool-max-bytes, lower --keep-backups or check that the DR standby replays so old WAL can be pruned; walship resumes by itself once there is room)")
+            throw SpoolError(
+                .diskFull,
+                "the spool has reached its quota: \(used) bytes used of --spool-max-bytes \(quota), and a new segment needs \(2 * segmentBytes) (hint: raise --spool-max-bytes, lower --keep-backups or check that the DR standby replays so old WAL can be pruned; walship resumes by itself once there is room)"
+            )
         }
     }
 }

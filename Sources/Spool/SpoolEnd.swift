@@ -29,7 +29,8 @@ public struct SpoolEnd: Equatable, Sendable {
                 continue
             }
             guard name.count == 24 + (inJournal ? 8 : 4),
-                  let segment = SegmentName(name.prefix(24), segmentSize: segmentSize) else { continue }
+                let segment = SegmentName(name.prefix(24), segmentSize: segmentSize)
+            else { continue }
             let candidate = SpoolEnd(segment: segment, inJournal: inJournal)
             if best.map({ candidate.isBeyond($0) }) ?? true { best = candidate }
         }

@@ -1,8 +1,9 @@
+import LZ4Codec
+import WALCore
+
 #if canImport(Glibc)
 import Glibc
 #endif
-import LZ4Codec
-import WALCore
 
 /// Read-only access to a spool, for `walship restore-wal` (run by PostgreSQL as its OS user, possibly while the
 /// receiver writes). It takes no lock and changes nothing.
@@ -17,14 +18,20 @@ public struct SpoolReader: Sendable {
         let chosen: UInt64
         if let system {
             guard candidates.contains(system) else {
-                throw SpoolError(.io, "spool \"\(root)\" holds no WAL of system \(system) (it holds: \(candidates.map(String.init).joined(separator: ", ")))")
+                throw SpoolError(
+                    .io,
+                    "spool \"\(root)\" holds no WAL of system \(system) (it holds: \(candidates.map(String.init).joined(separator: ", ")))"
+                )
             }
             chosen = system
         } else {
             guard candidates.count == 1 else {
-                throw SpoolError(.io, candidates.isEmpty
-                    ? "spool \"\(root)\" holds no WAL yet"
-                    : "spool \"\(root)\" holds several systems (\(candidates.map(String.init).joined(separator: ", "))); name one with --system")
+                throw SpoolError(
+                    .io,
+                    candidates.isEmpty
+                        ? "spool \"\(root)\" holds no WAL yet"
+                        : "spool \"\(root)\" holds several systems (\(candidates.map(String.init).joined(separator: ", "))); name one with --system"
+                )
             }
             chosen = candidates[0]
         }
@@ -59,7 +66,8 @@ public struct SpoolReader: Sendable {
         }
         // Cheapest test first: PostgreSQL asks for many files that do not exist yet.
         guard FileIO.exists(journalPath(segment)), try segment.timeline == newestTimeline(),
-              let wal = try journalWAL(of: segment), !wal.isEmpty else { return nil }
+            let wal = try journalWAL(of: segment), !wal.isEmpty
+        else { return nil }
         return segmentFile(wal)
     }
 

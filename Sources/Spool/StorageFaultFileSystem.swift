@@ -53,9 +53,11 @@ public final class StorageFaultFileSystem: FileSystem {
         let code: Int32? = state.withLock { state in
             message = reloadIfChanged(&state)
             let path = fd.flatMap { state.paths[$0] } ?? ""
-            guard let index = state.faults.firstIndex(where: {
-                $0.call == call && $0.remaining > 0 && ($0.pathSuffix.map { path.hasSuffix($0) } ?? true)
-            }) else { return nil }
+            guard
+                let index = state.faults.firstIndex(where: {
+                    $0.call == call && $0.remaining > 0 && ($0.pathSuffix.map { path.hasSuffix($0) } ?? true)
+                })
+            else { return nil }
             state.faults[index].remaining -= 1
             state.faults[index].injected += 1
             let fault = state.faults[index]
@@ -73,14 +75,18 @@ public final class StorageFaultFileSystem: FileSystem {
     /// Reads the control file again if it changed; returns what it now says, for the report.
     private func reloadIfChanged(_ state: inout State) -> String? {
         var st = stat()
-        let signature = stat(controlFile, &st) == 0
+        let signature =
+            stat(controlFile, &st) == 0
             ? [Int(st.st_ino), Int(st.st_mtim.tv_sec), Int(st.st_mtim.tv_nsec), Int(st.st_size)] : []
         guard signature != state.signature else { return nil }
         state.signature = signature
         state.faults = Self.parse(Self.read(controlFile))
-        return "storage faults from \(controlFile): " + (state.faults.isEmpty ? "none" : state.faults.map {
-            "\($0.call) \($0.code) ×\($0.remaining)\($0.pathSuffix.map { " on *" + $0 } ?? "")"
-        }.joined(separator: ", "))
+        return "storage faults from \(controlFile): "
+            + (state.faults.isEmpty
+                ? "none"
+                : state.faults.map {
+                    "\($0.call) \($0.code) ×\($0.remaining)\($0.pathSuffix.map { " on *" + $0 } ?? "")"
+                }.joined(separator: ", "))
     }
 
     private static func read(_ path: String) -> String {
@@ -119,7 +125,9 @@ public final class StorageFaultFileSystem: FileSystem {
         return try real.pwrite(fd, bytes, at: offset)
     }
 
-    public func pwrite(_ fd: Int32, _ head: UnsafeRawBufferPointer, _ body: UnsafeRawBufferPointer, at offset: Int)
+    public func pwrite(
+        _ fd: Int32, _ head: UnsafeRawBufferPointer, _ body: UnsafeRawBufferPointer, at offset: Int
+    )
         throws(SystemCallError) -> Int
     {
         try inject("write", fd)

@@ -17,8 +17,10 @@ public struct PrimaryProgressRecord: Codable, Sendable, Equatable {
     public var synchronous: Bool?
     public var updatedAt: Date
 
-    public init(primaryLSN: String?, primaryTime: Date?, timeline: UInt32, acknowledgedLSN: String?, acknowledgedAt: Date?,
-                senderName: String?, synchronous: Bool?, updatedAt: Date) {
+    public init(
+        primaryLSN: String?, primaryTime: Date?, timeline: UInt32, acknowledgedLSN: String?, acknowledgedAt: Date?,
+        senderName: String?, synchronous: Bool?, updatedAt: Date
+    ) {
         self.primaryLSN = primaryLSN
         self.primaryTime = primaryTime
         self.timeline = timeline

@@ -1,10 +1,11 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 import LZ4Codec
 import Logging
 import Synchronization
 import WALCore
+
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// Where a system's WAL stands in the spool.
 public struct SpoolPosition: Hashable, Sendable {
@@ -63,8 +64,10 @@ public final class SystemSpool: @unchecked Sendable {
     /// Asked before each new segment (the spool's quota).
     private let reserve: (@Sendable (UInt64) throws -> Void)?
 
-    init(root: String, systemIdentifier: UInt64, segmentSize: WALSegmentSize, logger: Logger, io: FileIO,
-         reserve: (@Sendable (UInt64) throws -> Void)? = nil) throws {
+    init(
+        root: String, systemIdentifier: UInt64, segmentSize: WALSegmentSize, logger: Logger, io: FileIO,
+        reserve: (@Sendable (UInt64) throws -> Void)? = nil
+    ) throws {
         self.io = io
         self.reserve = reserve
         self.systemIdentifier = systemIdentifier
@@ -98,13 +101,16 @@ public final class SystemSpool: @unchecked Sendable {
     /// A brand-new spool must start at a segment boundary, so every stored segment is whole.
     /// `compressedBlock`, when given, is the LZ4 block `bytes` came in (the sender's); if they lie within one
     /// segment it is what the journal records and what the segment's `.lz4` stores, instead of `bytes` again.
-    public func append(timeline tli: TimeLineID, startLSN: LSN, bytes: UnsafeRawBufferPointer,
-                       compressedBlock: UnsafeRawBufferPointer? = nil) throws {
+    public func append(
+        timeline tli: TimeLineID, startLSN: LSN, bytes: UnsafeRawBufferPointer,
+        compressedBlock: UnsafeRawBufferPointer? = nil
+    ) throws {
         try io.latch?.check()
         var pos = position
         if pos.timeline == 0 {
             guard segmentSize.offset(of: startLSN) == 0 else {
-                throw SpoolError(.notContiguous, "the first WAL for an empty spool must start at a segment boundary, got \(startLSN)")
+                throw SpoolError(
+                    .notContiguous, "the first WAL for an empty spool must start at a segment boundary, got \(startLSN)")
             }
             // The first journal exists durably before the position names a timeline (see `switchTimeline`).
             try openSegment(SegmentName(timeline: tli, containing: startLSN, segmentSize: segmentSize))
@@ -155,7 +161,8 @@ public final class SystemSpool: @unchecked Sendable {
     /// fork stays in the old timeline's `.partial`, which is never served under a plain segment name.
     private func switchTimeline(to tli: TimeLineID, startLSN: LSN, from pos: SpoolPosition) throws {
         guard tli > pos.timeline else {
-            throw SpoolError(.mismatch, "WAL for timeline \(tli) arrived while the spool holds the newer timeline \(pos.timeline)")
+            throw SpoolError(
+                .mismatch, "WAL for timeline \(tli) arrived while the spool holds the newer timeline \(pos.timeline)")
         }
         let path = walDirectory + "/" + historyFileName(timeline: tli)
         guard io.exists(path) else {
@@ -166,26 +173,36 @@ public final class SystemSpool: @unchecked Sendable {
             throw SpoolError(.mismatch, "timeline \(tli) does not branch off the spool's timeline \(pos.timeline)")
         }
         guard pos.written >= fork else {
-            throw SpoolError(.notContiguous, "the spool ends at \(pos.written) on timeline \(pos.timeline), before its fork at \(fork); that timeline's WAL up to the fork is needed first")
+            throw SpoolError(
+                .notContiguous,
+                "the spool ends at \(pos.written) on timeline \(pos.timeline), before its fork at \(fork); that timeline's WAL up to the fork is needed first"
+            )
         }
         guard startLSN == segmentSize.segmentStart(of: fork) else {
-            throw SpoolError(.notContiguous, "timeline \(tli) must start at \(segmentSize.segmentStart(of: fork)), the start of the fork's segment, not \(startLSN)")
+            throw SpoolError(
+                .notContiguous,
+                "timeline \(tli) must start at \(segmentSize.segmentStart(of: fork)), the start of the fork's segment, not \(startLSN)"
+            )
         }
         try current?.sync()
         // The new timeline's journal exists durably before the position says so: an acknowledgement on the new
         // timeline must survive a crash. Until then the old journal stays current.
         try openSegment(SegmentName(timeline: tli, containing: startLSN, segmentSize: segmentSize))
         if pos.written > fork {
-            logger.critical("WAL beyond the fork is kept aside in the old timeline's partial segment and never served on the new timeline", metadata: [
-                "walship.timeline": "\(pos.timeline)", "walship.fork_lsn": "\(fork)",
-                "walship.bytes_beyond_fork": "\(pos.written.bytesAfter(fork))",
-            ])
+            logger.critical(
+                "WAL beyond the fork is kept aside in the old timeline's partial segment and never served on the new timeline",
+                metadata: [
+                    "walship.timeline": "\(pos.timeline)", "walship.fork_lsn": "\(fork)",
+                    "walship.bytes_beyond_fork": "\(pos.written.bytesAfter(fork))",
+                ])
         }
         positionBox.withLock { $0 = SpoolPosition(timeline: tli, written: startLSN, durable: startLSN) }
         notifyDurable()  // a standby streaming the old timeline learns that it ends
-        logger.notice("switched to a new timeline", metadata: [
-            "walship.from_timeline": "\(pos.timeline)", "walship.timeline": "\(tli)", "walship.fork_lsn": "\(fork)",
-        ])
+        logger.notice(
+            "switched to a new timeline",
+            metadata: [
+                "walship.from_timeline": "\(pos.timeline)", "walship.timeline": "\(tli)", "walship.fork_lsn": "\(fork)",
+            ])
     }
 
     /// Makes everything written durable and returns the new durable end.
@@ -284,8 +301,9 @@ public final class SystemSpool: @unchecked Sendable {
             creating: path, header: .init(systemIdentifier: systemIdentifier, segment: segment), directory: walDirectory, io: io)
         resetSegmentState()
         startCompressor(segment)
-        validator = WALSegmentValidator(systemIdentifier: systemIdentifier, segmentSize: segmentSize,
-                                        timeline: segment.timeline, segmentStart: segment.startLSN)
+        validator = WALSegmentValidator(
+            systemIdentifier: systemIdentifier, segmentSize: segmentSize,
+            timeline: segment.timeline, segmentStart: segment.startLSN)
     }
 
     /// The segment is full: store it durably as `NAME.lz4`, then drop the journal.
@@ -335,9 +353,11 @@ public final class SystemSpool: @unchecked Sendable {
             compressor = try SegmentCompressor(path: walDirectory + "/\(segment).lz4.tmp", contentSize: segmentSize.bytes, io: io)
         } catch {
             compressor = nil
-            logger.warning("cannot compress the segment as it arrives; it will be compressed at completion", metadata: [
-                "walship.segment": "\(segment)", "walship.error": "\(error)",
-            ])
+            logger.warning(
+                "cannot compress the segment as it arrives; it will be compressed at completion",
+                metadata: [
+                    "walship.segment": "\(segment)", "walship.error": "\(error)",
+                ])
         }
     }
 
@@ -346,8 +366,9 @@ public final class SystemSpool: @unchecked Sendable {
         do { try compressor.add(bytes, block: block) } catch {
             compressor.abandon()
             self.compressor = nil
-            logger.warning("stopped compressing the segment as it arrives; it will be compressed at completion",
-                           metadata: ["walship.error": "\(error)"])
+            logger.warning(
+                "stopped compressing the segment as it arrives; it will be compressed at completion",
+                metadata: ["walship.error": "\(error)"])
         }
     }
 
@@ -364,8 +385,9 @@ public final class SystemSpool: @unchecked Sendable {
             try head.withUnsafeBytes { try validatePages(window: $0, windowStart: pageStart, previousLength: offset) }
         }
         if checked < slice.count {
-            try validatePages(window: UnsafeRawBufferPointer(rebasing: slice[checked...]), windowStart: offset + checked,
-                              previousLength: offset + checked)
+            try validatePages(
+                window: UnsafeRawBufferPointer(rebasing: slice[checked...]), windowStart: offset + checked,
+                previousLength: offset + checked)
         }
     }
 
@@ -375,7 +397,9 @@ public final class SystemSpool: @unchecked Sendable {
             let from = pageStart - offset
             pageHead = Array(UnsafeRawBufferPointer(rebasing: slice[from..<min(slice.count, from + WALPage.longHeaderLength)]))
         } else if pageHead.count < WALPage.longHeaderLength {
-            pageHead.append(contentsOf: UnsafeRawBufferPointer(rebasing: slice[0..<min(slice.count, WALPage.longHeaderLength - pageHead.count)]))
+            pageHead.append(
+                contentsOf: UnsafeRawBufferPointer(
+                    rebasing: slice[0..<min(slice.count, WALPage.longHeaderLength - pageHead.count)]))
         }
     }
 
@@ -399,7 +423,10 @@ public final class SystemSpool: @unchecked Sendable {
         if io.exists(directory + "/system.conf") {
             let found = try SystemConfiguration.read(directory: directory, io: io)
             guard found == expected else {
-                throw SpoolError(.mismatch, "\(directory)/system.conf says system \(found.systemIdentifier) with \(found.segmentSize) segments, expected \(systemIdentifier) with \(segmentSize)")
+                throw SpoolError(
+                    .mismatch,
+                    "\(directory)/system.conf says system \(found.systemIdentifier) with \(found.segmentSize) segments, expected \(systemIdentifier) with \(segmentSize)"
+                )
             }
             return
         }
@@ -431,8 +458,9 @@ public final class SystemSpool: @unchecked Sendable {
         partials.removeAll { completed.contains($0) }
         for seg in partials where try PartialSegment.neverWritten(path: walDirectory + "/\(seg).partial", io: io) {
             try io.remove(walDirectory + "/\(seg).partial")
-            logger.notice("removed a journal whose header was never written (a receiver stopped while creating it; it held no WAL)",
-                          metadata: ["walship.segment": "\(seg)"])
+            logger.notice(
+                "removed a journal whose header was never written (a receiver stopped while creating it; it held no WAL)",
+                metadata: ["walship.segment": "\(seg)"])
         }
         partials.removeAll { !io.exists(walDirectory + "/\($0).partial") }
         try io.syncDirectory(walDirectory)
@@ -451,10 +479,12 @@ public final class SystemSpool: @unchecked Sendable {
             try checkAcknowledgedWALIsPresent()
         }
         let pos = position
-        logger.info("spool opened", metadata: [
-            "walship.timeline": "\(pos.timeline)", "walship.durable_lsn": "\(pos.durable)",
-            "walship.completed_segments": "\(completed.count)",
-        ])
+        logger.info(
+            "spool opened",
+            metadata: [
+                "walship.timeline": "\(pos.timeline)", "walship.durable_lsn": "\(pos.durable)",
+                "walship.completed_segments": "\(completed.count)",
+            ])
     }
 
     /// Refuses a spool that ends below what it is known to have acknowledged: a journal cut short by damage
@@ -464,7 +494,8 @@ public final class SystemSpool: @unchecked Sendable {
     /// acknowledgement, so only the same timeline's are compared.)
     private func checkAcknowledgedWALIsPresent() throws {
         guard let record = try PrimaryProgressRecord.load(systemDirectory: directory, io: io),
-              let acknowledged = record.acknowledgedLSN.flatMap(LSN.init), acknowledged.isValid else { return }
+            let acknowledged = record.acknowledgedLSN.flatMap(LSN.init), acknowledged.isValid
+        else { return }
         let pos = position
         let lost: Bool
         if record.timeline == pos.timeline {
@@ -474,7 +505,10 @@ public final class SystemSpool: @unchecked Sendable {
         }
         guard lost else { return }
         let found = pos.timeline == 0 ? "holds no WAL" : "ends at \(pos.durable) on timeline \(pos.timeline)"
-        throw SpoolError(.acknowledgedWALMissing, "the spool of system \(systemIdentifier) \(found), but it had acknowledged WAL up to \(acknowledged) on timeline \(record.timeline) (primary.json): acknowledged WAL is missing from \(walDirectory), damaged or lost by the disk, and this system is not started (hint: keep a copy of the directory; docs/runbook.md, \"Acknowledged WAL missing\", says how to re-ship it from the primary's slot or re-seed)")
+        throw SpoolError(
+            .acknowledgedWALMissing,
+            "the spool of system \(systemIdentifier) \(found), but it had acknowledged WAL up to \(acknowledged) on timeline \(record.timeline) (primary.json): acknowledged WAL is missing from \(walDirectory), damaged or lost by the disk, and this system is not started (hint: keep a copy of the directory; docs/runbook.md, \"Acknowledged WAL missing\", says how to re-ship it from the primary's slot or re-seed)"
+        )
     }
 
     /// Reads and validates the journal the spool ends in, and takes its end as the spool's position; nothing is
@@ -483,14 +517,18 @@ public final class SystemSpool: @unchecked Sendable {
         let path = walDirectory + "/\(segment).partial"
         let contents = try PartialSegment.read(path: path, io: io)
         guard contents.header.systemIdentifier == systemIdentifier, contents.header.segment == segment else {
-            throw SpoolError(.corrupt, "\(path) belongs to \(contents.header.systemIdentifier)/\(contents.header.segment), not to this file name")
+            throw SpoolError(
+                .corrupt,
+                "\(path) belongs to \(contents.header.systemIdentifier)/\(contents.header.segment), not to this file name")
         }
         if contents.hadTornTail {
-            logger.notice("cut a torn tail from the in-progress segment (it was never acknowledged)",
-                          metadata: ["walship.segment": "\(segment)", "walship.valid_bytes": "\(contents.wal.count)"])
+            logger.notice(
+                "cut a torn tail from the in-progress segment (it was never acknowledged)",
+                metadata: ["walship.segment": "\(segment)", "walship.valid_bytes": "\(contents.wal.count)"])
         }
-        validator = WALSegmentValidator(systemIdentifier: systemIdentifier, segmentSize: segmentSize,
-                                        timeline: segment.timeline, segmentStart: segment.startLSN)
+        validator = WALSegmentValidator(
+            systemIdentifier: systemIdentifier, segmentSize: segmentSize,
+            timeline: segment.timeline, segmentStart: segment.startLSN)
         try contents.wal.withUnsafeBytes { try validatePages(window: $0, windowStart: 0, previousLength: 0) }
         let end = segment.startLSN.advanced(by: UInt64(contents.wal.count))
         positionBox.withLock { $0 = SpoolPosition(timeline: segment.timeline, written: end, durable: end) }

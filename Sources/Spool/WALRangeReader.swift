@@ -1,8 +1,9 @@
+import LZ4Codec
+import WALCore
+
 #if canImport(Glibc)
 import Glibc
 #endif
-import LZ4Codec
-import WALCore
 
 /// Reads WAL by LSN range from a system's spool: completed segments by decompressing their LZ4 frames as
 /// far as needed, the in-progress segment by following its journal as records are appended. Used by the
@@ -154,8 +155,9 @@ final class CompressedSegment {
             let used: Int
             do {
                 used = try input.withUnsafeBytes { raw in
-                    try reader.read(UnsafeRawBufferPointer(rebasing: raw[inputUsed...]), into: &output,
-                                    maxOutput: maxOutput - (output.count - before))
+                    try reader.read(
+                        UnsafeRawBufferPointer(rebasing: raw[inputUsed...]), into: &output,
+                        maxOutput: maxOutput - (output.count - before))
                 }
             } catch {
                 throw SpoolError(.corrupt, "\(path): \(error)")
@@ -194,15 +196,18 @@ final class JournalFollower {
     /// until it reaches `target` (or, without one, all of them). Stops at the first incomplete record.
     func catchUp(into wal: inout [UInt8], base: Int = 0, until target: Int = .max) throws {
         while base + wal.count < target {
-            guard let (record, head) = try PartialSegment.recordHeader(fd: fd, at: offset, version: version, path: path) else { return }
+            guard let (record, head) = try PartialSegment.recordHeader(fd: fd, at: offset, version: version, path: path) else {
+                return
+            }
             // After a reopen the window may start inside a record: skip records wholly before it.
             if record.offset + record.walLength <= base + wal.count {
                 offset += record.totalLength
                 continue
             }
             guard record.offset <= base + wal.count,
-                  try PartialSegment.appendRecord(record, head: head, fd: fd, at: offset, segmentBytes: segmentBytes,
-                                                  from: base + wal.count, to: &wal, path: path)
+                try PartialSegment.appendRecord(
+                    record, head: head, fd: fd, at: offset, segmentBytes: segmentBytes,
+                    from: base + wal.count, to: &wal, path: path)
             else { return }
             offset += record.totalLength
         }

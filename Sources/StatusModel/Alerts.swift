@@ -10,8 +10,10 @@ public struct AlertObservation: Sendable, Equatable {
     public var value: Double?
     public var threshold: Double?
 
-    public init(condition: String, system: String? = nil, firing: Bool, severity: AlertSeverity = .warning,
-                message: String, value: Double? = nil, threshold: Double? = nil) {
+    public init(
+        condition: String, system: String? = nil, firing: Bool, severity: AlertSeverity = .warning,
+        message: String, value: Double? = nil, threshold: Double? = nil
+    ) {
         self.condition = condition
         self.system = system
         self.firing = firing
@@ -26,7 +28,13 @@ public struct AlertObservation: Sendable, Equatable {
 
 public enum AlertSeverity: String, Codable, Sendable, Comparable {
     case info, warning, critical
-    var rank: Int { switch self { case .info: 0; case .warning: 1; case .critical: 2 } }
+    var rank: Int {
+        switch self {
+        case .info: 0
+        case .warning: 1
+        case .critical: 2
+        }
+    }
     public static func < (a: Self, b: Self) -> Bool { a.rank < b.rank }
 }
 
@@ -63,9 +71,11 @@ public struct AlertEvent: Codable, Sendable, Equatable {
     /// For drills and backups: where the evidence report is, its figures.
     public var details: [String: String]?
 
-    public init(event: Kind, condition: String, severity: AlertSeverity, role: String, host: String, system: String?,
-                message: String, value: Double? = nil, threshold: Double? = nil, startedAt: Date, at: Date,
-                durationSeconds: Double? = nil, details: [String: String]? = nil) {
+    public init(
+        event: Kind, condition: String, severity: AlertSeverity, role: String, host: String, system: String?,
+        message: String, value: Double? = nil, threshold: Double? = nil, startedAt: Date, at: Date,
+        durationSeconds: Double? = nil, details: [String: String]? = nil
+    ) {
         self.event = event
         self.condition = condition
         self.severity = severity
@@ -143,14 +153,16 @@ public struct AlertStateMachine: Sendable {
     /// Incidents open now (including those clearing but not yet resolved).
     public var active: [StatusDocument.ActiveAlert] {
         incidents.values.sorted { ($0.startedAt, $0.observation.condition) < ($1.startedAt, $1.observation.condition) }.map {
-            StatusDocument.ActiveAlert(condition: $0.observation.condition, severity: $0.observation.severity.rawValue,
-                                       system: $0.observation.system, since: $0.startedAt, message: $0.observation.message)
+            StatusDocument.ActiveAlert(
+                condition: $0.observation.condition, severity: $0.observation.severity.rawValue,
+                system: $0.observation.system, since: $0.startedAt, message: $0.observation.message)
         }
     }
 
     private func event(_ kind: AlertEvent.Kind, _ o: AlertObservation, startedAt: Date, now: Date) -> AlertEvent {
-        AlertEvent(event: kind, condition: o.condition, severity: o.severity, role: role, host: host, system: o.system,
-                   message: o.message, value: o.value, threshold: o.threshold, startedAt: startedAt, at: now)
+        AlertEvent(
+            event: kind, condition: o.condition, severity: o.severity, role: role, host: host, system: o.system,
+            message: o.message, value: o.value, threshold: o.threshold, startedAt: startedAt, at: now)
     }
 }
 
@@ -165,9 +177,11 @@ public struct AlertThresholds: Sendable, Equatable {
     /// Days before a certificate of this process expires that `certificate_expiry` fires.
     public var certificateDays: Double?
 
-    public init(lagSeconds: Double? = nil, lagBytes: UInt64? = nil, disconnectSeconds: Double? = nil,
-                spoolFreePercent: Double? = nil, memoryMB: Double? = nil, slotRetainedBytes: Int64? = nil,
-                certificateDays: Double? = nil) {
+    public init(
+        lagSeconds: Double? = nil, lagBytes: UInt64? = nil, disconnectSeconds: Double? = nil,
+        spoolFreePercent: Double? = nil, memoryMB: Double? = nil, slotRetainedBytes: Int64? = nil,
+        certificateDays: Double? = nil
+    ) {
         self.lagSeconds = lagSeconds
         self.lagBytes = lagBytes
         self.disconnectSeconds = disconnectSeconds
@@ -182,94 +196,125 @@ public struct AlertThresholds: Sendable, Equatable {
 /// link and the spool; the sender watches the primary's side (slot retention, wal_status, the receiver
 /// being unreachable). Both watch their own memory.
 public enum AlertRules {
-    public static func observe(_ status: StatusDocument, thresholds t: AlertThresholds, now: Date,
-                               extra: [AlertObservation] = []) -> [AlertObservation] {
+    public static func observe(
+        _ status: StatusDocument, thresholds t: AlertThresholds, now: Date,
+        extra: [AlertObservation] = []
+    ) -> [AlertObservation] {
         var out: [AlertObservation] = []
         if let limit = t.memoryMB, let rss = status.process.residentMemoryBytes {
             let mb = Double(rss) / 1_048_576
-            out.append(.init(condition: "memory", firing: mb > limit,
-                             message: "walship \(status.role) uses \(format(mb)) MB of memory (alert above \(format(limit)) MB)",
-                             value: mb, threshold: limit))
+            out.append(
+                .init(
+                    condition: "memory", firing: mb > limit,
+                    message: "walship \(status.role) uses \(format(mb)) MB of memory (alert above \(format(limit)) MB)",
+                    value: mb, threshold: limit))
         }
         // The certificate that expires first: once one has, a link or the standby endpoint stops working.
         if let days = t.certificateDays, let first = status.certificates?.min(by: { $0.notValidAfter < $1.notValidAfter }) {
             let left = first.notValidAfter.timeIntervalSince(now) / 86400
             let expired = left <= 0
-            out.append(.init(condition: "certificate_expiry", firing: left < days, severity: left < 7 ? .critical : .warning,
-                             message: left >= days
-                                ? "the TLS certificates are valid for \(format(left)) more days"
-                                : "the \(first.use) certificate \(first.path) (\(first.subject)) \(expired ? "expired" : "expires") at \(formatISO8601(first.notValidAfter))"
-                                    + (expired ? "" : ", in \(format(left)) days") + " (hint: walship certs renew, then restart each end in turn; docs/security.md)",
-                             value: left, threshold: days))
+            out.append(
+                .init(
+                    condition: "certificate_expiry", firing: left < days, severity: left < 7 ? .critical : .warning,
+                    message: left >= days
+                        ? "the TLS certificates are valid for \(format(left)) more days"
+                        : "the \(first.use) certificate \(first.path) (\(first.subject)) \(expired ? "expired" : "expires") at \(formatISO8601(first.notValidAfter))"
+                            + (expired ? "" : ", in \(format(left)) days")
+                            + " (hint: walship certs renew, then restart each end in turn; docs/security.md)",
+                    value: left, threshold: days))
         }
         switch status.role {
         case "receiver":
             for system in status.systems {
                 let id = system.systemIdentifier
                 if let limit = t.lagSeconds, let stage = system.lastStage, let s = stage.secondsBehind {
-                    out.append(.init(condition: "lag_seconds", system: id, firing: s > limit,
-                                     message: "the DR site's \(stage.name) WAL is \(format(s)) s behind the primary (alert above \(format(limit)) s)",
-                                     value: s, threshold: limit))
+                    out.append(
+                        .init(
+                            condition: "lag_seconds", system: id, firing: s > limit,
+                            message:
+                                "the DR site's \(stage.name) WAL is \(format(s)) s behind the primary (alert above \(format(limit)) s)",
+                            value: s, threshold: limit))
                 }
                 if let limit = t.lagBytes, let stage = system.lastStage, let b = stage.bytesBehind {
-                    out.append(.init(condition: "lag_bytes", system: id, firing: b > limit,
-                                     message: "the DR site's \(stage.name) WAL is \(formatBytes(b)) behind the primary (alert above \(formatBytes(limit)))",
-                                     value: Double(b), threshold: Double(limit)))
+                    out.append(
+                        .init(
+                            condition: "lag_bytes", system: id, firing: b > limit,
+                            message:
+                                "the DR site's \(stage.name) WAL is \(formatBytes(b)) behind the primary (alert above \(formatBytes(limit)))",
+                            value: Double(b), threshold: Double(limit)))
                 }
                 if let fence = system.fence {
                     let refusedRecently = fence.lastRefusedAt.map { now.timeIntervalSince($0) < 120 } ?? false
-                    out.append(.init(condition: "fenced_primary_refused", system: id, firing: refusedRecently, severity: .critical,
-                                     message: refusedRecently
-                                        ? "the old primary tried to ship WAL after the DR replica was promoted; it was refused (fence set \(formatISO8601(fence.promotedAt)))"
-                                        : "the old primary has stopped trying to ship WAL"))
+                    out.append(
+                        .init(
+                            condition: "fenced_primary_refused", system: id, firing: refusedRecently, severity: .critical,
+                            message: refusedRecently
+                                ? "the old primary tried to ship WAL after the DR replica was promoted; it was refused (fence set \(formatISO8601(fence.promotedAt)))"
+                                : "the old primary has stopped trying to ship WAL"))
                 }
                 // Always watched: a spool that acknowledges nothing more blocks every synchronous commit.
-                out.append(.init(condition: "spool_failure", system: id, firing: system.spoolFailure != nil, severity: .critical,
-                                 message: system.spoolFailure.map { "this system's spool takes no WAL: \($0)" }
-                                    ?? "this system's spool takes WAL again"))
+                out.append(
+                    .init(
+                        condition: "spool_failure", system: id, firing: system.spoolFailure != nil, severity: .critical,
+                        message: system.spoolFailure.map { "this system's spool takes no WAL: \($0)" }
+                            ?? "this system's spool takes WAL again"))
                 if let limit = t.disconnectSeconds, system.fence == nil {
                     let down = system.link.connected ? 0 : system.link.disconnectedSince.map { now.timeIntervalSince($0) } ?? 0
-                    out.append(.init(condition: "sender_disconnected", system: id, firing: down > limit, severity: .critical,
-                                     message: system.link.connected
-                                        ? "the sender is connected again"
-                                        : "no sender has been connected for \(format(down)) s (alert after \(format(limit)) s); the DR site is not receiving WAL",
-                                     value: down, threshold: limit))
+                    out.append(
+                        .init(
+                            condition: "sender_disconnected", system: id, firing: down > limit, severity: .critical,
+                            message: system.link.connected
+                                ? "the sender is connected again"
+                                : "no sender has been connected for \(format(down)) s (alert after \(format(limit)) s); the DR site is not receiving WAL",
+                            value: down, threshold: limit))
                 }
             }
             if let limit = t.spoolFreePercent, let free = status.spool?.freePercent {
-                out.append(.init(condition: "spool_free", firing: free < limit, severity: .critical,
-                                 message: "the spool's file system has \(format(free)) % free (alert below \(format(limit)) %)",
-                                 value: free, threshold: limit))
+                out.append(
+                    .init(
+                        condition: "spool_free", firing: free < limit, severity: .critical,
+                        message: "the spool's file system has \(format(free)) % free (alert below \(format(limit)) %)",
+                        value: free, threshold: limit))
             }
         case "sender":
             if let slot = status.sender?.slot {
                 if let limit = t.slotRetainedBytes, let retained = slot.retainedBytes {
-                    out.append(.init(condition: "slot_retained_bytes", firing: retained > limit, severity: .critical,
-                                     message: "the primary holds \(formatBytes(UInt64(max(0, retained)))) of WAL for slot \(slot.name) (alert above \(formatBytes(UInt64(limit)))); a full pg_wal stops the primary",
-                                     value: Double(retained), threshold: Double(limit)))
+                    out.append(
+                        .init(
+                            condition: "slot_retained_bytes", firing: retained > limit, severity: .critical,
+                            message:
+                                "the primary holds \(formatBytes(UInt64(max(0, retained)))) of WAL for slot \(slot.name) (alert above \(formatBytes(UInt64(limit)))); a full pg_wal stops the primary",
+                            value: Double(retained), threshold: Double(limit)))
                 }
                 if let walStatus = slot.walStatus {
                     let bad = ["extended", "unreserved", "lost"].contains(walStatus)
-                    out.append(.init(condition: "slot_wal_status", firing: bad, severity: walStatus == "extended" ? .warning : .critical,
-                                     message: "slot \(slot.name) wal_status is \(walStatus)" + (bad ? " (the primary retains more WAL than max_wal_size for the DR site)" : "")))
+                    out.append(
+                        .init(
+                            condition: "slot_wal_status", firing: bad, severity: walStatus == "extended" ? .warning : .critical,
+                            message: "slot \(slot.name) wal_status is \(walStatus)"
+                                + (bad ? " (the primary retains more WAL than max_wal_size for the DR site)" : "")))
                 }
             }
             if let details = status.sender, details.degraded != nil {
                 // Always watched under degrade-after: acknowledging without the DR site is never routine.
                 let exposure = details.rpoExposure
-                out.append(.init(condition: "rpo_exposure", firing: exposure != nil, severity: .critical,
-                                 message: exposure.map { e in
-                                     "commits are acknowledged without the DR site (\(details.receiverLossPolicy ?? "degrade-after")): \(formatBytes(e.bytes))\(e.seconds.map { " / \(format($0)) s" } ?? "") of acknowledged WAL is not offsite"
-                                 } ?? "every acknowledged commit is at the DR site again; synchronous acknowledgement restored",
-                                 value: exposure.map { Double($0.bytes) }, threshold: 0))
+                out.append(
+                    .init(
+                        condition: "rpo_exposure", firing: exposure != nil, severity: .critical,
+                        message: exposure.map { e in
+                            "commits are acknowledged without the DR site (\(details.receiverLossPolicy ?? "degrade-after")): \(formatBytes(e.bytes))\(e.seconds.map { " / \(format($0)) s" } ?? "") of acknowledged WAL is not offsite"
+                        } ?? "every acknowledged commit is at the DR site again; synchronous acknowledgement restored",
+                        value: exposure.map { Double($0.bytes) }, threshold: 0))
             }
             if let limit = t.disconnectSeconds, let system = status.systems.first {
                 let down = system.link.connected ? 0 : system.link.disconnectedSince.map { now.timeIntervalSince($0) } ?? 0
-                out.append(.init(condition: "receiver_unreachable", firing: down > limit, severity: .critical,
-                                 message: system.link.connected
-                                    ? "the receiver is reachable again"
-                                    : "the receiver has been unreachable for \(format(down)) s (alert after \(format(limit)) s)\(status.lastError.map { ": \($0)" } ?? "")",
-                                 value: down, threshold: limit))
+                out.append(
+                    .init(
+                        condition: "receiver_unreachable", firing: down > limit, severity: .critical,
+                        message: system.link.connected
+                            ? "the receiver is reachable again"
+                            : "the receiver has been unreachable for \(format(down)) s (alert after \(format(limit)) s)\(status.lastError.map { ": \($0)" } ?? "")",
+                        value: down, threshold: limit))
             }
         default:
             break

@@ -7,8 +7,10 @@ public struct StatusThresholds: Sendable, Equatable {
     public var warningLagBytes: UInt64
     public var criticalLagBytes: UInt64
 
-    public init(warningLagSeconds: Double = 60, criticalLagSeconds: Double = 600,
-                warningLagBytes: UInt64 = 64 << 20, criticalLagBytes: UInt64 = 1 << 30) {
+    public init(
+        warningLagSeconds: Double = 60, criticalLagSeconds: Double = 600,
+        warningLagBytes: UInt64 = 64 << 20, criticalLagBytes: UInt64 = 1 << 30
+    ) {
         self.warningLagSeconds = warningLagSeconds
         self.criticalLagSeconds = criticalLagSeconds
         self.warningLagBytes = warningLagBytes
@@ -83,7 +85,12 @@ public enum HealthCheck {
         for system in status.systems {
             let name = status.systems.count > 1 ? "system \(system.systemIdentifier ?? "?"): " : ""
             if let fence = system.fence {
-                findings.append((.warning, name + "the DR replica was promoted at \(formatISO8601(fence.promotedAt)); WAL from the old primary is refused"))
+                findings.append(
+                    (
+                        .warning,
+                        name
+                            + "the DR replica was promoted at \(formatISO8601(fence.promotedAt)); WAL from the old primary is refused"
+                    ))
                 continue
             }
             if status.role == "receiver", !system.link.connected {
@@ -96,16 +103,36 @@ public enum HealthCheck {
             }
             if let s = stage.secondsBehind {
                 if s > thresholds.criticalLagSeconds {
-                    findings.append((.critical, name + "\(stage.name) is \(format(s)) s behind the primary (critical above \(format(thresholds.criticalLagSeconds)) s)"))
+                    findings.append(
+                        (
+                            .critical,
+                            name
+                                + "\(stage.name) is \(format(s)) s behind the primary (critical above \(format(thresholds.criticalLagSeconds)) s)"
+                        ))
                 } else if s > thresholds.warningLagSeconds {
-                    findings.append((.warning, name + "\(stage.name) is \(format(s)) s behind the primary (warning above \(format(thresholds.warningLagSeconds)) s)"))
+                    findings.append(
+                        (
+                            .warning,
+                            name
+                                + "\(stage.name) is \(format(s)) s behind the primary (warning above \(format(thresholds.warningLagSeconds)) s)"
+                        ))
                 }
             }
             if let b = stage.bytesBehind {
                 if b > thresholds.criticalLagBytes {
-                    findings.append((.critical, name + "\(stage.name) is \(formatBytes(b)) behind the primary (critical above \(formatBytes(thresholds.criticalLagBytes)))"))
+                    findings.append(
+                        (
+                            .critical,
+                            name
+                                + "\(stage.name) is \(formatBytes(b)) behind the primary (critical above \(formatBytes(thresholds.criticalLagBytes)))"
+                        ))
                 } else if b > thresholds.warningLagBytes {
-                    findings.append((.warning, name + "\(stage.name) is \(formatBytes(b)) behind the primary (warning above \(formatBytes(thresholds.warningLagBytes)))"))
+                    findings.append(
+                        (
+                            .warning,
+                            name
+                                + "\(stage.name) is \(formatBytes(b)) behind the primary (warning above \(formatBytes(thresholds.warningLagBytes)))"
+                        ))
                 }
             }
         }

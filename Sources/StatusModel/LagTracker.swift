@@ -34,8 +34,10 @@ public struct LagTracker: Sendable {
 
     /// The primary's WAL ended at `lsn` at `primaryTime` (Unix seconds, its clock); it reached us at
     /// `arrivedAt`, when our wall clock read `localWallClock` (used only to report skew).
-    public mutating func primaryReported(lsn: LSN, primaryTime: Double, arrivedAt: ContinuousClock.Instant,
-                                         localWallClock: Double) {
+    public mutating func primaryReported(
+        lsn: LSN, primaryTime: Double, arrivedAt: ContinuousClock.Instant,
+        localWallClock: Double
+    ) {
         guard primaryTime > 0 else { return }
         if let newest, primaryTime < newest.primaryTime {
             // A timestamp going backwards (a restarted primary with a clock step): keep time monotonic.
@@ -100,7 +102,8 @@ public struct LagTracker: Sendable {
         var writtenAt = points[index].primaryTime
         if index > 0 {
             let a = points[index - 1], b = points[index]
-            let fraction = Double(position.rawValue - min(position.rawValue, a.lsn.rawValue)) / Double(b.lsn.rawValue - a.lsn.rawValue)
+            let fraction =
+                Double(position.rawValue - min(position.rawValue, a.lsn.rawValue)) / Double(b.lsn.rawValue - a.lsn.rawValue)
             writtenAt = a.primaryTime + (b.primaryTime - a.primaryTime) * min(1, fraction)
         }
         return max(0, ((primaryNow - writtenAt) * 1000).rounded() / 1000)
@@ -110,8 +113,9 @@ public struct LagTracker: Sendable {
 
     /// One stage of the lag chain at `lsn` (invalid: a stage this process cannot see).
     public func stage(_ name: StatusDocument.StageName, at lsn: LSN, now: ContinuousClock.Instant) -> StatusDocument.Stage {
-        StatusDocument.Stage(name: name.rawValue, lsn: lsn.isValid ? lsn.description : nil,
-                             bytesBehind: bytesBehind(lsn), secondsBehind: secondsBehind(lsn, at: now))
+        StatusDocument.Stage(
+            name: name.rawValue, lsn: lsn.isValid ? lsn.description : nil,
+            bytesBehind: bytesBehind(lsn), secondsBehind: secondsBehind(lsn, at: now))
     }
 }
 

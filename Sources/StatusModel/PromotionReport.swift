@@ -65,8 +65,10 @@ public struct PromotionReport: Codable, Sendable, Equatable {
         public var drStandbyReplayBefore: String?
         public var drStandbyReplayAfter: String?
 
-        public init(backupID: String, port: Int, checkSQL: String?, checkResult: [[String]]?, kept: Bool,
-                    drStandbyReplayBefore: String?, drStandbyReplayAfter: String?) {
+        public init(
+            backupID: String, port: Int, checkSQL: String?, checkResult: [[String]]?, kept: Bool,
+            drStandbyReplayBefore: String?, drStandbyReplayAfter: String?
+        ) {
             self.backupID = backupID
             self.port = port
             self.checkSQL = checkSQL
@@ -101,7 +103,8 @@ public struct PromotionReport: Codable, Sendable, Equatable {
                 bytes: bytes, seconds: (seconds * 1000).rounded() / 1000,
                 basis: bytes == 0
                     ? "replay reached \(acknowledged), the furthest WAL the receiver held or acknowledged: every acknowledged commit is present"
-                    : "replay stopped at \(replayed), \(bytes) bytes short of \(acknowledged) (the furthest WAL the receiver held or acknowledged); seconds from the last replayed commit to the last acknowledgement")
+                    : "replay stopped at \(replayed), \(bytes) bytes short of \(acknowledged) (the furthest WAL the receiver held or acknowledged); seconds from the last replayed commit to the last acknowledgement"
+            )
         }
         if let primary = primaryLastKnownLSN.flatMap({ LSN($0) }) {
             let bytes = primary.bytesAfter(replayed)
@@ -122,7 +125,9 @@ public struct PromotionReport: Codable, Sendable, Equatable {
         lines.append("")
         lines.append("| | |")
         lines.append("|---|---|")
-        func row(_ name: String, _ value: String?) { if let value { lines.append("| \(name) | \(value.replacingOccurrences(of: "|", with: "\\|")) |") } }
+        func row(_ name: String, _ value: String?) {
+            if let value { lines.append("| \(name) | \(value.replacingOccurrences(of: "|", with: "\\|")) |") }
+        }
         row("Host", host)
         row("Started", formatISO8601(startedAt))
         row("Finished", finishedAt.map(formatISO8601))
@@ -135,7 +140,9 @@ public struct PromotionReport: Codable, Sendable, Equatable {
         row("Spool end", spoolEndLSN)
         row("Last acknowledged", lastAcknowledgedLSN.map { "\($0) at \(lastAcknowledgedAt.map(formatISO8601) ?? "?")" })
         row("Primary last known", primaryLastKnownLSN.map { "\($0) at \(primaryLastKnownAt.map(formatISO8601) ?? "?")" })
-        row("**RPO** (acknowledged commits lost)", rpo.map { "\(formatBytes($0.bytes)), \(format($0.seconds)) s" } ?? "not measured")
+        row(
+            "**RPO** (acknowledged commits lost)",
+            rpo.map { "\(formatBytes($0.bytes)), \(format($0.seconds)) s" } ?? "not measured")
         row("Unacknowledged tail", unacknowledgedTail.map { "\(formatBytes($0.bytes)), \(format($0.seconds)) s" } ?? "not known")
         row("**RTO** (start to first accepted write)", rtoSeconds.map { "\(format($0)) s" })
         if let drill {
@@ -144,7 +151,9 @@ public struct PromotionReport: Codable, Sendable, Equatable {
             row("Check query", drill.checkSQL)
             row("Check result", drill.checkResult.map { $0.map { $0.joined(separator: ", ") }.joined(separator: "; ") })
             row("Copy kept", drill.kept ? "yes" : "no (removed)")
-            row("DR standby replay before / after", drill.drStandbyReplayBefore.map { "\($0) / \(drill.drStandbyReplayAfter ?? "?")" })
+            row(
+                "DR standby replay before / after",
+                drill.drStandbyReplayBefore.map { "\($0) / \(drill.drStandbyReplayAfter ?? "?")" })
         }
         if let rpo { lines += ["", "RPO basis: \(rpo.basis)."] }
         lines += ["", "## Checks", ""]

@@ -29,10 +29,12 @@ public struct StatusDocument: Codable, Sendable, Equatable {
     /// The TLS certificates this process uses (read at its start), with their expiry. Absent without TLS.
     public var certificates: [CertificateStatus]?
 
-    public init(role: String, version: String, host: String, generatedAt: Date, process: ProcessStatus, state: String,
-                stateSince: Date, lastError: String? = nil, health: Health = Health(), alerts: [ActiveAlert] = [],
-                systems: [SystemStatus] = [], spool: SpoolUsage? = nil, sender: SenderDetails? = nil,
-                receiver: ReceiverDetails? = nil) {
+    public init(
+        role: String, version: String, host: String, generatedAt: Date, process: ProcessStatus, state: String,
+        stateSince: Date, lastError: String? = nil, health: Health = Health(), alerts: [ActiveAlert] = [],
+        systems: [SystemStatus] = [], spool: SpoolUsage? = nil, sender: SenderDetails? = nil,
+        receiver: ReceiverDetails? = nil
+    ) {
         self.role = role
         self.version = version
         self.host = host
@@ -118,8 +120,10 @@ public struct StatusDocument: Codable, Sendable, Equatable {
         /// WAL it had acknowledged and was not started. What happened, with a hint.
         public var spoolFailure: String?
 
-        public init(systemIdentifier: String?, timeline: UInt32?, link: LinkStatus, chain: [Stage],
-                    clockSkewSeconds: Double? = nil, fence: Fence? = nil, standbys: [Standby] = [], history: [LagPoint] = []) {
+        public init(
+            systemIdentifier: String?, timeline: UInt32?, link: LinkStatus, chain: [Stage],
+            clockSkewSeconds: Double? = nil, fence: Fence? = nil, standbys: [Standby] = [], history: [LagPoint] = []
+        ) {
             self.systemIdentifier = systemIdentifier
             self.timeline = timeline
             self.link = link
@@ -169,9 +173,11 @@ public struct StatusDocument: Codable, Sendable, Equatable {
         /// Seconds since the last frame from the other end (link) and from the primary (WAL or keepalive).
         public var lastMessageAgeSeconds: Double?
         public var lastPrimaryMessageAgeSeconds: Double?
-        public init(connected: Bool, peer: String? = nil, senderName: String? = nil, synchronous: Bool? = nil,
-                    connectedAt: Date? = nil, disconnectedSince: Date? = nil, lastMessageAgeSeconds: Double? = nil,
-                    lastPrimaryMessageAgeSeconds: Double? = nil) {
+        public init(
+            connected: Bool, peer: String? = nil, senderName: String? = nil, synchronous: Bool? = nil,
+            connectedAt: Date? = nil, disconnectedSince: Date? = nil, lastMessageAgeSeconds: Double? = nil,
+            lastPrimaryMessageAgeSeconds: Double? = nil
+        ) {
             self.connected = connected
             self.peer = peer
             self.senderName = senderName
@@ -263,10 +269,12 @@ public struct StatusDocument: Codable, Sendable, Equatable {
         public var degradedSince: Date?
         /// WAL acknowledged to the primary that the DR site does not have on disk yet; nil when there is none.
         public var rpoExposure: RPOExposure?
-        public init(source: String, receiver: String, synchronous: Bool, applicationName: String, walBytesSent: UInt64,
-                    walFramesSent: UInt64? = nil, wireBytesSent: UInt64, compression: String? = nil,
-                    walFramesHighCompression: UInt64? = nil, slot: Slot, receiverLossPolicy: String? = nil, degraded: Bool? = nil,
-                    degradedSince: Date? = nil, rpoExposure: RPOExposure? = nil) {
+        public init(
+            source: String, receiver: String, synchronous: Bool, applicationName: String, walBytesSent: UInt64,
+            walFramesSent: UInt64? = nil, wireBytesSent: UInt64, compression: String? = nil,
+            walFramesHighCompression: UInt64? = nil, slot: Slot, receiverLossPolicy: String? = nil, degraded: Bool? = nil,
+            degradedSince: Date? = nil, rpoExposure: RPOExposure? = nil
+        ) {
             self.compression = compression
             self.walFramesHighCompression = walFramesHighCompression
             self.receiverLossPolicy = receiverLossPolicy
@@ -313,8 +321,10 @@ public struct StatusDocument: Codable, Sendable, Equatable {
         public var safeWALSizeBytes: Int64?
         public var active: Bool?
         public var checkedAt: Date?
-        public init(name: String, walStatus: String? = nil, restartLSN: String? = nil, retainedBytes: Int64? = nil,
-                    safeWALSizeBytes: Int64? = nil, active: Bool? = nil, checkedAt: Date? = nil) {
+        public init(
+            name: String, walStatus: String? = nil, restartLSN: String? = nil, retainedBytes: Int64? = nil,
+            safeWALSizeBytes: Int64? = nil, active: Bool? = nil, checkedAt: Date? = nil
+        ) {
             self.name = name
             self.walStatus = walStatus
             self.restartLSN = restartLSN
@@ -352,7 +362,8 @@ extension StatusDocument {
         decoder.dateDecodingStrategy = .custom { decoder in
             let text = try decoder.singleValueContainer().decode(String.self)
             guard let date = parseISO8601(text) else {
-                throw DecodingError.dataCorrupted(.init(codingPath: decoder.codingPath, debugDescription: "not an ISO 8601 date: \(text)"))
+                throw DecodingError.dataCorrupted(
+                    .init(codingPath: decoder.codingPath, debugDescription: "not an ISO 8601 date: \(text)"))
             }
             return date
         }

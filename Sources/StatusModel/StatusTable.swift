@@ -5,7 +5,9 @@ public enum StatusTable {
     public static func render(_ s: StatusDocument, verdict: HealthCheck.Verdict, now: Date = Date()) -> String {
         var out: [String] = []
         let memory = s.process.residentMemoryBytes.map { ", memory \(formatBytes($0))" } ?? ""
-        out.append("walship \(s.role) on \(s.host) (pid \(s.process.pid), up \(formatDuration(now.timeIntervalSince(s.process.startedAt)))\(memory)): \(s.state) for \(formatDuration(now.timeIntervalSince(s.stateSince)))")
+        out.append(
+            "walship \(s.role) on \(s.host) (pid \(s.process.pid), up \(formatDuration(now.timeIntervalSince(s.process.startedAt)))\(memory)): \(s.state) for \(formatDuration(now.timeIntervalSince(s.stateSince)))"
+        )
         if let error = s.lastError, s.state != "streaming" && s.state != "listening" { out.append("last error: \(error)") }
         if let spool = s.spool {
             var line = "spool \(spool.path):"
@@ -18,7 +20,10 @@ public enum StatusTable {
         }
         if let sender = s.sender {
             var line = "source \(sender.source) → receiver \(sender.receiver)\(sender.synchronous ? " (synchronous)" : "")"
-            if let ratio = sender.compressionRatio { line += ", \(formatBytes(sender.walBytesSent)) WAL sent as \(formatBytes(sender.wireBytesSent)) (\(format(ratio))×)" }
+            if let ratio = sender.compressionRatio {
+                line +=
+                    ", \(formatBytes(sender.walBytesSent)) WAL sent as \(formatBytes(sender.wireBytesSent)) (\(format(ratio))×)"
+            }
             out.append(line)
             var slot = "slot \(sender.slot.name): wal_status \(sender.slot.walStatus ?? "?")"
             if let retained = sender.slot.retainedBytes { slot += ", primary retains \(formatBytes(UInt64(max(0, retained))))" }
@@ -32,7 +37,9 @@ public enum StatusTable {
             let link = system.link
             if link.connected {
                 head += ", link up"
-                if let peer = link.peer { head += " (\(link.senderName.map { "\($0)@" } ?? "")\(peer)\(link.synchronous == true ? ", sync" : ""))" }
+                if let peer = link.peer {
+                    head += " (\(link.senderName.map { "\($0)@" } ?? "")\(peer)\(link.synchronous == true ? ", sync" : ""))"
+                }
                 if let age = link.lastMessageAgeSeconds { head += ", last message \(format(age)) s ago" }
             } else {
                 head += ", LINK DOWN"
@@ -40,17 +47,26 @@ public enum StatusTable {
             }
             out.append(head)
             if let fence = system.fence {
-                out.append("  FENCED: the DR replica was promoted at \(formatISO8601(fence.promotedAt)); the old primary's WAL is refused")
+                out.append(
+                    "  FENCED: the DR replica was promoted at \(formatISO8601(fence.promotedAt)); the old primary's WAL is refused"
+                )
             }
             let rows = system.chain.map { stage in
-                [stage.name, stage.lsn ?? "-", stage.bytesBehind.map(formatBytes) ?? "-", stage.secondsBehind.map { format($0) + " s" } ?? "-"]
+                [
+                    stage.name, stage.lsn ?? "-", stage.bytesBehind.map(formatBytes) ?? "-",
+                    stage.secondsBehind.map { format($0) + " s" } ?? "-",
+                ]
             }
             out.append(contentsOf: table(header: ["STAGE", "LSN", "BEHIND", "BEHIND (TIME)"], rows: rows).map { "  " + $0 })
             if let skew = system.clockSkewSeconds, abs(skew) >= 1 {
-                out.append("  note: the primary's clock is \(format(abs(skew))) s \(skew > 0 ? "ahead of" : "behind") this host's; lag in seconds uses the primary's clock")
+                out.append(
+                    "  note: the primary's clock is \(format(abs(skew))) s \(skew > 0 ? "ahead of" : "behind") this host's; lag in seconds uses the primary's clock"
+                )
             }
             for standby in system.standbys {
-                out.append("  standby \(standby.name): \(standby.connected ? "connected" : "not connected"), replayed \(standby.replayedLSN)")
+                out.append(
+                    "  standby \(standby.name): \(standby.connected ? "connected" : "not connected"), replayed \(standby.replayedLSN)"
+                )
             }
         }
         out.append("")
@@ -59,7 +75,9 @@ public enum StatusTable {
         } else {
             out.append("alerts:")
             for alert in s.alerts {
-                out.append("  \(alert.severity.uppercased()) \(alert.condition)\(alert.system.map { " [\($0)]" } ?? "") since \(formatISO8601(alert.since)): \(alert.message)")
+                out.append(
+                    "  \(alert.severity.uppercased()) \(alert.condition)\(alert.system.map { " [\($0)]" } ?? "") since \(formatISO8601(alert.since)): \(alert.message)"
+                )
             }
         }
         out.append(verdict.summary)

@@ -51,7 +51,9 @@ extension String {
 
 /// Where `timeline` ended and which timeline followed it, according to `history`, the history file of
 /// `current`; nil when `timeline` is not an ancestor of `current`.
-public func timelineEnd(of timeline: TimeLineID, history: [TimelineHistoryEntry], current: TimeLineID)
+public func timelineEnd(
+    of timeline: TimeLineID, history: [TimelineHistoryEntry], current: TimeLineID
+)
     -> (switchPoint: LSN, next: TimeLineID)?
 {
     guard let index = history.firstIndex(where: { $0.parent == timeline }) else { return nil }

@@ -163,8 +163,9 @@ public struct WALSegmentValidator: Sendable {
     public mutating func validate(window: UnsafeRawBufferPointer, windowStart: Int, previousLength: Int) throws(Failure) {
         let page = previousLength / Int(WALPage.size) * Int(WALPage.size)
         let headerEnd = page + WALPage.headerLength(at: segmentStart.advanced(by: UInt64(page)), segmentSize: pages.segmentSize)
-        precondition(windowStart <= (headerEnd > previousLength ? page : previousLength),
-                     "the window must hold the current page's header unless it was accepted before")
+        precondition(
+            windowStart <= (headerEnd > previousLength ? page : previousLength),
+            "the window must hold the current page's header unless it was accepted before")
         var next = self
         try next.check(window, windowStart, previousLength)
         self = next

@@ -57,7 +57,9 @@ public struct FrontendMessageDecoder: NIOSingleStepByteToMessageDecoder, Sendabl
             case 0x0003_0000:
                 var parameters: [String: String] = [:]
                 while let name = packet.readNullTerminatedString(), !name.isEmpty {
-                    guard let value = packet.readNullTerminatedString() else { throw FrontendDecodeError.malformed("startup parameters") }
+                    guard let value = packet.readNullTerminatedString() else {
+                        throw FrontendDecodeError.malformed("startup parameters")
+                    }
                     parameters[name] = value
                 }
                 startupDone = true
@@ -69,13 +71,17 @@ public struct FrontendMessageDecoder: NIOSingleStepByteToMessageDecoder, Sendabl
         guard buffer.readableBytes >= 5 else { return nil }
         let type = buffer.getInteger(at: buffer.readerIndex, as: UInt8.self)!
         let length = Int(buffer.getInteger(at: buffer.readerIndex + 1, as: UInt32.self)!)
-        guard length >= 4, length <= Self.maxMessageLength else { throw FrontendDecodeError.badMessageLength(type: type, length: length) }
+        guard length >= 4, length <= Self.maxMessageLength else {
+            throw FrontendDecodeError.badMessageLength(type: type, length: length)
+        }
         guard buffer.readableBytes >= 1 + length else { return nil }
         buffer.moveReaderIndex(forwardBy: 5)
         var body = buffer.readSlice(length: length - 4)!
         switch type {
         case UInt8(ascii: "Q"):
-            guard let text = body.readNullTerminatedString(), body.readableBytes == 0 else { throw FrontendDecodeError.malformed("query") }
+            guard let text = body.readNullTerminatedString(), body.readableBytes == 0 else {
+                throw FrontendDecodeError.malformed("query")
+            }
             return .query(text)
         case UInt8(ascii: "d"): return .copyData(body)
         case UInt8(ascii: "c"): return .copyDone
@@ -136,7 +142,9 @@ public enum Backend {
     public static func readyForQuery(_ out: inout ByteBuffer) { message("Z", into: &out) { $0.writeInteger(UInt8(ascii: "I")) } }
 
     /// A whole text-format result: RowDescription, DataRows, CommandComplete.
-    public static func result(columns: [(name: String, typeOID: UInt32)], rows: [[[UInt8]?]], tag: String, _ out: inout ByteBuffer) {
+    public static func result(
+        columns: [(name: String, typeOID: UInt32)], rows: [[[UInt8]?]], tag: String, _ out: inout ByteBuffer
+    ) {
         message("T", into: &out) {
             $0.writeInteger(UInt16(columns.count))
             for column in columns {

@@ -37,8 +37,12 @@ public enum ReplicationCommand: Hashable, Sendable {
                 i += 2
             }
             if word(i)?.uppercased() == "PHYSICAL" { i += 1 }
-            if word(i)?.uppercased() == "LOGICAL" { throw ParseError(description: "logical replication is not supported by this server") }
-            guard let lsnText = word(i), let start = LSN(lsnText) else { throw ParseError(description: "syntax error in START_REPLICATION") }
+            if word(i)?.uppercased() == "LOGICAL" {
+                throw ParseError(description: "logical replication is not supported by this server")
+            }
+            guard let lsnText = word(i), let start = LSN(lsnText) else {
+                throw ParseError(description: "syntax error in START_REPLICATION")
+            }
             i += 1
             var timeline: TimeLineID?
             if word(i)?.uppercased() == "TIMELINE", let t = word(i + 1).flatMap({ UInt32($0) }) {

@@ -18,8 +18,8 @@ public struct SCRAMVerifier: Sendable, Hashable {
         guard parts.count == 2 else { return nil }
         let first = parts[0].split(separator: ":"), second = parts[1].split(separator: ":")
         guard first.count == 2, second.count == 2, let iterations = Int(first[0]), iterations >= 1,
-              let salt = Data(base64Encoded: String(first[1])), let stored = Data(base64Encoded: String(second[0])),
-              let server = Data(base64Encoded: String(second[1])), stored.count == 32, server.count == 32, !salt.isEmpty
+            let salt = Data(base64Encoded: String(first[1])), let stored = Data(base64Encoded: String(second[0])),
+            let server = Data(base64Encoded: String(second[1])), stored.count == 32, server.count == 32, !salt.isEmpty
         else { return nil }
         self.iterations = iterations
         self.salt = Array(salt)
@@ -78,7 +78,7 @@ public struct SCRAMServer: Sendable, Hashable {
         gs2Header = "\(fields[0]),,"
         clientFirstBare = String(fields[2])
         guard let clientNonce = Self.attribute("r", in: clientFirstBare), !clientNonce.isEmpty,
-              clientNonce.allSatisfy({ $0.isASCII && $0 != "," && !$0.isWhitespace })
+            clientNonce.allSatisfy({ $0.isASCII && $0 != "," && !$0.isWhitespace })
         else { throw Failure.malformed("missing client nonce") }
         nonce = clientNonce + serverNonce
         serverFirst = "r=\(nonce),s=\(Data(verifier.salt).base64EncodedString()),i=\(verifier.iterations)"
@@ -102,7 +102,8 @@ public struct SCRAMServer: Sendable, Hashable {
         let computed = Array(SHA256.hash(data: clientKey))
         // Constant time: compare every byte.
         guard computed.count == verifier.storedKey.count,
-              zip(computed, verifier.storedKey).reduce(UInt8(0), { $0 | ($1.0 ^ $1.1) }) == 0 else { throw Failure.wrongProof }
+            zip(computed, verifier.storedKey).reduce(UInt8(0), { $0 | ($1.0 ^ $1.1) }) == 0
+        else { throw Failure.wrongProof }
         return "v=" + Data(SCRAM.hmac(verifier.serverKey, authMessage)).base64EncodedString()
     }
 

@@ -41,8 +41,10 @@ final class StandbyStreamer: @unchecked Sendable {
     /// The most one turn on the event loop sends before it lets the loop serve others.
     static let maxBytesPerTurn = 1 << 20
 
-    init(channel: Channel, system: SystemSpool, server: WalSenderServer, applicationName: String, record: StandbyRecord,
-         timeline: TimeLineID, start: LSN, end: WalSenderStateMachine.TimelineEnd?, keepaliveInterval: Duration) {
+    init(
+        channel: Channel, system: SystemSpool, server: WalSenderServer, applicationName: String, record: StandbyRecord,
+        timeline: TimeLineID, start: LSN, end: WalSenderStateMachine.TimelineEnd?, keepaliveInterval: Duration
+    ) {
         self.channel = channel
         self.system = system
         self.server = server
@@ -117,7 +119,9 @@ final class StandbyStreamer: @unchecked Sendable {
                 if end == nil && current.timeline != timeline {
                     // The spool moved to a newer timeline while we streamed this one: finish at its switch point.
                     end = Self.end(of: timeline, system: system, current: current.timeline)
-                    guard end != nil else { throw StandbyEndpointError("timeline \(timeline) is no longer in the spool's history") }
+                    guard end != nil else {
+                        throw StandbyEndpointError("timeline \(timeline) is no longer in the spool's history")
+                    }
                 }
                 if let end, position >= end.switchPoint {
                     // The timeline is fully sent: end COPY as a PostgreSQL walsender does. Marked first: the
@@ -130,11 +134,13 @@ final class StandbyStreamer: @unchecked Sendable {
                 }
                 let available = end?.switchPoint ?? current.durable
                 guard position < available else { return }
-                let bytes = try reader.read(timeline: timeline, from: position, durableEnd: available, maxBytes: Self.maxMessageBytes)
+                let bytes = try reader.read(
+                    timeline: timeline, from: position, durableEnd: available, maxBytes: Self.maxMessageBytes)
                 guard !bytes.isEmpty else { throw StandbyEndpointError("no WAL readable at \(position) on timeline \(timeline)") }
                 var out = channel.allocator.buffer(capacity: bytes.count + 32)
                 Backend.copyData(&out) {
-                    $0.writeBytes(ReplicationMessage.encodeXLogDataHeader(dataStart: position, walEnd: available, sendTime: .now()))
+                    $0.writeBytes(
+                        ReplicationMessage.encodeXLogDataHeader(dataStart: position, walEnd: available, sendTime: .now()))
                     $0.writeBytes(bytes)
                 }
                 position = position.advanced(by: UInt64(bytes.count))
@@ -156,10 +162,13 @@ final class StandbyStreamer: @unchecked Sendable {
     /// towards the primary; anything else (hot-standby feedback) is not used.
     func standbyMessage(_ data: ByteBuffer) {
         guard data.getInteger(at: data.readerIndex, as: UInt8.self) == UInt8(ascii: "r"),
-              let update = data.withUnsafeReadableBytes({ try? StandbyStatusUpdate.decode($0) }) else { return }
-        server.record(system: system.systemIdentifier, StandbyProgress(
-            applicationName: applicationName, written: update.write, flushed: update.flush, applied: update.apply,
-            reportedAt: update.sendTime))
+            let update = data.withUnsafeReadableBytes({ try? StandbyStatusUpdate.decode($0) })
+        else { return }
+        server.record(
+            system: system.systemIdentifier,
+            StandbyProgress(
+                applicationName: applicationName, written: update.write, flushed: update.flush, applied: update.apply,
+                reportedAt: update.sendTime))
         if update.apply.isValid {
             replay.withLock {
                 $0.replayedLSN = update.apply.description
@@ -195,13 +204,18 @@ final class StandbyStreamer: @unchecked Sendable {
     static func keepalive(_ system: SystemSpool, replyRequested: Bool) -> ByteBuffer {
         var out = ByteBuffer()
         Backend.copyData(&out) {
-            $0.writeBytes(ReplicationMessage.encodeKeepalive(.init(walEnd: system.position.durable, sendTime: .now(),
-                                                                   replyRequested: replyRequested)))
+            $0.writeBytes(
+                ReplicationMessage.encodeKeepalive(
+                    .init(
+                        walEnd: system.position.durable, sendTime: .now(),
+                        replyRequested: replyRequested)))
         }
         return out
     }
 
-    private static func end(of timeline: TimeLineID, system: SystemSpool, current: TimeLineID) -> WalSenderStateMachine.TimelineEnd? {
+    private static func end(
+        of timeline: TimeLineID, system: SystemSpool, current: TimeLineID
+    ) -> WalSenderStateMachine.TimelineEnd? {
         let path = system.walDirectory + "/" + historyFileName(timeline: current)
         guard let text = try? String(contentsOfFile: path, encoding: .utf8) else { return nil }
         return .init(of: timeline, history: text, current: current)

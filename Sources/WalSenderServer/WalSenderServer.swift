@@ -41,8 +41,10 @@ public final class WalSenderServer: Sendable {
     let tls: NIOSSLContext?
     private let progress = Mutex<[UInt64: [String: StandbyProgress]]>([:])
 
-    public init(host: String, port: Int, spool: Spool, authentication: StandbyAuthentication, tls: NIOSSLContext? = nil,
-                logger: Logger, keepaliveInterval: Duration = .seconds(10)) {
+    public init(
+        host: String, port: Int, spool: Spool, authentication: StandbyAuthentication, tls: NIOSSLContext? = nil,
+        logger: Logger, keepaliveInterval: Duration = .seconds(10)
+    ) {
         self.tls = tls
         self.host = host
         self.port = port
@@ -78,7 +80,8 @@ public final class WalSenderServer: Sendable {
                     }
                 }
         } catch {
-            throw StandbyEndpointError("cannot listen for standbys on \(host):\(port): \(error) (hint: choose another --standby-listen)")
+            throw StandbyEndpointError(
+                "cannot listen for standbys on \(host):\(port): \(error) (hint: choose another --standby-listen)")
         }
         logger.notice("standby endpoint listening", metadata: ["walship.standby_listen": "\(host):\(port)"])
         try await withThrowingDiscardingTaskGroup { group in
@@ -175,9 +178,10 @@ struct StandbySession {
 
     private func openSystem() throws -> SystemSpool {
         guard let system = server.spool.openSystems.first, server.spool.openSystems.count == 1 else {
-            throw StandbyEndpointError(server.spool.openSystems.isEmpty
-                ? "the spool holds no WAL yet; a standby can connect once a sender has shipped some"
-                : "the spool holds several systems; serving standbys needs one system per receiver in this release")
+            throw StandbyEndpointError(
+                server.spool.openSystems.isEmpty
+                    ? "the spool holds no WAL yet; a standby can connect once a sender has shipped some"
+                    : "the spool holds several systems; serving standbys needs one system per receiver in this release")
         }
         return system
     }
@@ -192,8 +196,9 @@ struct StandbySession {
         }
         let slots = ((try? StandbyRegistry.list(systemDirectory: system.directory)) ?? [])
             .filter(\.viaSlot).reduce(into: [String: LSN]()) { $0[$1.name] = $1.replayed }
-        return SpoolSnapshot(systemIdentifier: system.systemIdentifier, timeline: position.timeline, durable: position.durable,
-                             segmentSize: system.segmentSize, historyFiles: histories, slots: slots)
+        return SpoolSnapshot(
+            systemIdentifier: system.systemIdentifier, timeline: position.timeline, durable: position.durable,
+            segmentSize: system.segmentSize, historyFiles: histories, slots: slots)
     }
 
     /// Writes what an action says to send (streaming is started by `perform`).
@@ -235,8 +240,9 @@ struct StandbySession {
             Backend.error(code: code, message: message, severity: fatal ? "FATAL" : "ERROR", &out)
             if !fatal { Backend.readyForQuery(&out) }
         case .endOfTimeline(let end):
-            Backend.result(columns: [("next_tli", 20), ("next_tli_startpos", 25)],
-                           rows: [[Array(String(end.next).utf8), Array(end.switchPoint.description.utf8)]], tag: "START_STREAMING", &out)
+            Backend.result(
+                columns: [("next_tli", 20), ("next_tli_startpos", 25)],
+                rows: [[Array(String(end.next).utf8), Array(end.switchPoint.description.utf8)]], tag: "START_STREAMING", &out)
             Backend.commandComplete("START_REPLICATION", &out)
             Backend.readyForQuery(&out)
         case .startStreaming, .close:
@@ -245,8 +251,10 @@ struct StandbySession {
         try await outbound.write(out)
     }
 
-    private mutating func perform(_ action: WalSenderStateMachine.Action, system: SystemSpool,
-                                  inbound: inout NIOAsyncChannelInboundStream<FrontendMessage>.AsyncIterator) async throws {
+    private mutating func perform(
+        _ action: WalSenderStateMachine.Action, system: SystemSpool,
+        inbound: inout NIOAsyncChannelInboundStream<FrontendMessage>.AsyncIterator
+    ) async throws {
         switch action {
         case .startStreaming(let slot, let start, let timeline, let end):
             try await startReplication(system: system, slot: slot, start: start, timeline: timeline, end: end, inbound: &inbound)
@@ -263,9 +271,11 @@ struct StandbySession {
         }
     }
 
-    private mutating func startReplication(system: SystemSpool, slot: String?, start: LSN, timeline: TimeLineID,
-                                           end: WalSenderStateMachine.TimelineEnd?,
-                                           inbound: inout NIOAsyncChannelInboundStream<FrontendMessage>.AsyncIterator) async throws {
+    private mutating func startReplication(
+        system: SystemSpool, slot: String?, start: LSN, timeline: TimeLineID,
+        end: WalSenderStateMachine.TimelineEnd?,
+        inbound: inout NIOAsyncChannelInboundStream<FrontendMessage>.AsyncIterator
+    ) async throws {
         let available = end?.switchPoint ?? system.position.durable
         // The start must be in the spool before COPY starts, so the standby gets a plain error. A start at the
         // spool's end (whose segment may not exist yet) just waits for WAL.
@@ -273,23 +283,30 @@ struct StandbySession {
             do {
                 _ = try WALRangeReader(spool: system).read(timeline: timeline, from: start, durableEnd: available, maxBytes: 0)
             } catch {
-                logger.warning("standby asked for WAL the spool does not have", metadata: ["walship.start_lsn": "\(start)", "walship.error": "\(error)"])
+                logger.warning(
+                    "standby asked for WAL the spool does not have",
+                    metadata: ["walship.start_lsn": "\(start)", "walship.error": "\(error)"])
                 machine.streamingRefused()
                 try await send(.error(code: "58P01", message: "\(error)", fatal: false))
                 return
             }
         }
         let name = machine.applicationName
-        logger.notice("standby streaming", metadata: ["walship.application_name": "\(name)",
-                                                      "walship.start_lsn": "\(start)", "walship.timeline": "\(timeline)"])
+        logger.notice(
+            "standby streaming",
+            metadata: [
+                "walship.application_name": "\(name)",
+                "walship.start_lsn": "\(start)", "walship.timeline": "\(timeline)",
+            ])
         // The standby is remembered (by slot, else by application_name) so retention keeps what it still needs,
         // also while it is down. Saved at most every few seconds, and when streaming ends.
         let initial = StandbyRecord(name: slot ?? name, viaSlot: slot != nil, replayedLSN: start, updatedAt: Date())
         await Self.remember(initial, in: system)
         let server = self.server
-        let streamer = StandbyStreamer(channel: channel, system: system, server: server, applicationName: name, record: initial,
-                                       timeline: timeline, start: start, end: end,
-                                       keepaliveInterval: server.keepaliveInterval)
+        let streamer = StandbyStreamer(
+            channel: channel, system: system, server: server, applicationName: name, record: initial,
+            timeline: timeline, start: start, end: end,
+            keepaliveInterval: server.keepaliveInterval)
         defer { server.markDisconnected(system: system.systemIdentifier, name: name) }
         let outcome: Result<Void, any Error>
         do {
@@ -311,8 +328,10 @@ struct StandbySession {
     }
 
     /// Streams until the standby ends the timeline with CopyDone (returns) or anything else ends streaming (throws).
-    private mutating func stream(_ streamer: StandbyStreamer, system: SystemSpool, initial: StandbyRecord, timeline: TimeLineID,
-                                 inbound: inout NIOAsyncChannelInboundStream<FrontendMessage>.AsyncIterator) async throws {
+    private mutating func stream(
+        _ streamer: StandbyStreamer, system: SystemSpool, initial: StandbyRecord, timeline: TimeLineID,
+        inbound: inout NIOAsyncChannelInboundStream<FrontendMessage>.AsyncIterator
+    ) async throws {
         try await withThrowingTaskGroup(of: Void.self) { group in
             group.addTask { try await streamer.run() }
             group.addTask {
@@ -339,10 +358,12 @@ struct StandbySession {
                     guard case .endOfTimeline(let ended) = action else { throw StandbyEndpointError("standby ended streaming") }
                     // End of timeline: tell the standby where its next timeline starts, then take commands again.
                     try await send(action)
-                    logger.notice("standby reached the end of its timeline", metadata: [
-                        "walship.timeline": "\(timeline)", "walship.next_timeline": "\(ended.next)",
-                        "walship.switch_lsn": "\(ended.switchPoint)",
-                    ])
+                    logger.notice(
+                        "standby reached the end of its timeline",
+                        metadata: [
+                            "walship.timeline": "\(timeline)", "walship.next_timeline": "\(ended.next)",
+                            "walship.switch_lsn": "\(ended.switchPoint)",
+                        ])
                     return
                 case .terminate:
                     throw StandbyEndpointError("standby ended streaming")

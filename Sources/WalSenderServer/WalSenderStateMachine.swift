@@ -12,8 +12,10 @@ public struct SpoolSnapshot: Sendable {
     /// Receiver-side slots and the position their standby replayed.
     public var slots: [String: LSN]
 
-    public init(systemIdentifier: UInt64, timeline: TimeLineID, durable: LSN, segmentSize: WALSegmentSize,
-                historyFiles: [TimeLineID: [UInt8]] = [:], slots: [String: LSN] = [:]) {
+    public init(
+        systemIdentifier: UInt64, timeline: TimeLineID, durable: LSN, segmentSize: WALSegmentSize,
+        historyFiles: [TimeLineID: [UInt8]] = [:], slots: [String: LSN] = [:]
+    ) {
         self.systemIdentifier = systemIdentifier
         self.timeline = timeline
         self.durable = durable
@@ -45,7 +47,8 @@ public struct WalSenderStateMachine: Sendable {
         /// Where `timeline` ended and which timeline followed it, from the history file of timeline `current`.
         init?(of timeline: TimeLineID, history: String, current: TimeLineID) {
             guard let entries = try? parseTimelineHistory(history),
-                  let end = timelineEnd(of: timeline, history: entries, current: current) else { return nil }
+                let end = timelineEnd(of: timeline, history: entries, current: current)
+            else { return nil }
             self.init(switchPoint: end.switchPoint, next: end.next)
         }
     }
@@ -117,11 +120,17 @@ public struct WalSenderStateMachine: Sendable {
             return .refuseEncryption
         case (.awaitingStartup, .startup) where requireTLS && !encrypted:
             state = .closed
-            return .error(code: "28000", message: "this walship standby endpoint requires TLS (hint: add sslmode=require, or verify-full with sslrootcert, to the standby's primary_conninfo)", fatal: true)
+            return .error(
+                code: "28000",
+                message:
+                    "this walship standby endpoint requires TLS (hint: add sslmode=require, or verify-full with sslrootcert, to the standby's primary_conninfo)",
+                fatal: true)
         case (.awaitingStartup, .startup(let parameters)):
             guard parameters["replication"].map({ ["true", "on", "yes", "1"].contains($0.lowercased()) }) == true else {
                 state = .closed
-                return .error(code: "08P01", message: "walship serves physical replication connections only (replication=true)", fatal: true)
+                return .error(
+                    code: "08P01", message: "walship serves physical replication connections only (replication=true)", fatal: true
+                )
             }
             applicationName = parameters["application_name"] ?? "walreceiver"
             guard verifier != nil else {
@@ -133,7 +142,8 @@ public struct WalSenderStateMachine: Sendable {
         case (.awaitingSASLInitial(let user), .password(let body)):
             // SASLInitialResponse: mechanism (C string), data length (Int32, -1 for none), data.
             guard let verifier, let nul = body.firstIndex(of: 0), body.count >= nul + 5,
-                  String(decoding: body[..<nul], as: UTF8.self) == "SCRAM-SHA-256" else {
+                String(decoding: body[..<nul], as: UTF8.self) == "SCRAM-SHA-256"
+            else {
                 state = .closed
                 return .error(code: "28000", message: "SCRAM-SHA-256 authentication expected for user \"\(user)\"", fatal: true)
             }
@@ -181,43 +191,65 @@ public struct WalSenderStateMachine: Sendable {
         }
         switch command {
         case .identifySystem:
-            return .result(columns: [.init(name: "systemid", typeOID: 25), .init(name: "timeline", typeOID: 23),
-                                     .init(name: "xlogpos", typeOID: 25), .init(name: "dbname", typeOID: 25)],
-                           rows: [[Array(String(spool.systemIdentifier).utf8), Array(String(spool.timeline).utf8),
-                                   Array(spool.durable.description.utf8), nil]],
-                           tag: "IDENTIFY_SYSTEM")
+            return .result(
+                columns: [
+                    .init(name: "systemid", typeOID: 25), .init(name: "timeline", typeOID: 23),
+                    .init(name: "xlogpos", typeOID: 25), .init(name: "dbname", typeOID: 25),
+                ],
+                rows: [
+                    [
+                        Array(String(spool.systemIdentifier).utf8), Array(String(spool.timeline).utf8),
+                        Array(spool.durable.description.utf8), nil,
+                    ]
+                ],
+                tag: "IDENTIFY_SYSTEM")
         case .timelineHistory(let tli):
             let name = historyFileName(timeline: tli)
             guard let content = spool.historyFiles[tli] else {
-                return .error(code: "58P01", message: "could not open file \"pg_wal/\(name)\": No such file or directory", fatal: false)
+                return .error(
+                    code: "58P01", message: "could not open file \"pg_wal/\(name)\": No such file or directory", fatal: false)
             }
             // Raw bytes as text (OID 25), exactly as PostgreSQL sends them: never bytea-escaped.
-            return .result(columns: [.init(name: "filename", typeOID: 25), .init(name: "content", typeOID: 25)],
-                           rows: [[Array(name.utf8), content]], tag: "TIMELINE_HISTORY")
+            return .result(
+                columns: [.init(name: "filename", typeOID: 25), .init(name: "content", typeOID: 25)],
+                rows: [[Array(name.utf8), content]], tag: "TIMELINE_HISTORY")
         case .show(let name):
             guard name == "wal_segment_size" else {
                 return .error(code: "42704", message: "unrecognized configuration parameter \"\(name)\"", fatal: false)
             }
-            return .result(columns: [.init(name: name, typeOID: 25)], rows: [[Array(spool.segmentSize.description.utf8)]], tag: "SHOW")
+            return .result(
+                columns: [.init(name: name, typeOID: 25)], rows: [[Array(spool.segmentSize.description.utf8)]], tag: "SHOW")
         case .readReplicationSlot(let slot):
-            let row: [[UInt8]?] = spool.slots[slot].map {
-                [Array("physical".utf8), Array($0.description.utf8), Array(String(spool.timeline).utf8)]
-            } ?? [nil, nil, nil]
-            return .result(columns: [.init(name: "slot_type", typeOID: 25), .init(name: "restart_lsn", typeOID: 25),
-                                     .init(name: "restart_tli", typeOID: 20)], rows: [row], tag: "READ_REPLICATION_SLOT")
+            let row: [[UInt8]?] =
+                spool.slots[slot].map {
+                    [Array("physical".utf8), Array($0.description.utf8), Array(String(spool.timeline).utf8)]
+                } ?? [nil, nil, nil]
+            return .result(
+                columns: [
+                    .init(name: "slot_type", typeOID: 25), .init(name: "restart_lsn", typeOID: 25),
+                    .init(name: "restart_tli", typeOID: 20),
+                ], rows: [row], tag: "READ_REPLICATION_SLOT")
         case .startReplication(let slot, let start, let requested):
             let timeline = requested ?? spool.timeline
             var end: TimelineEnd?
             if timeline != spool.timeline {
                 guard let found = spool.end(of: timeline) else {
-                    return .error(code: "58P01", message: "requested timeline \(timeline) is not in this server's history", fatal: false)
+                    return .error(
+                        code: "58P01", message: "requested timeline \(timeline) is not in this server's history", fatal: false)
                 }
                 guard start <= found.switchPoint else {
-                    return .error(code: "58P01", message: "requested starting point \(start) on timeline \(timeline) is not in this server's history", fatal: false)
+                    return .error(
+                        code: "58P01",
+                        message: "requested starting point \(start) on timeline \(timeline) is not in this server's history",
+                        fatal: false)
                 }
                 end = found
             } else if start > spool.durable {
-                return .error(code: "58P01", message: "requested starting point \(start) is ahead of the WAL flush position of this server \(spool.durable)", fatal: false)
+                return .error(
+                    code: "58P01",
+                    message:
+                        "requested starting point \(start) is ahead of the WAL flush position of this server \(spool.durable)",
+                    fatal: false)
             }
             state = .streaming(timeline: timeline, end: end, endReached: false)
             return .startStreaming(slot: slot, start: start, timeline: timeline, end: end)

@@ -58,9 +58,10 @@ public struct ConfigFile: Sendable, Equatable {
     public static func load(path: String) throws -> ConfigFile {
         guard let data = FileManager.default.contents(atPath: path) else {
             let exists = FileManager.default.fileExists(atPath: path)
-            throw ConfigError(exists
-                ? "cannot read the configuration file \(path) (hint: check that this user may read it)"
-                : "the configuration file \(path) does not exist (hint: contrib/walship.toml.example is a starting point)")
+            throw ConfigError(
+                exists
+                    ? "cannot read the configuration file \(path) (hint: check that this user may read it)"
+                    : "the configuration file \(path) does not exist (hint: contrib/walship.toml.example is a starting point)")
         }
         guard let text = String(data: data, encoding: .utf8) else {
             throw ConfigError("the configuration file \(path) is not UTF-8 text")
@@ -73,7 +74,8 @@ public struct ConfigFile: Sendable, Equatable {
         do {
             table = try TOMLTable(string: text)
         } catch let error as TOMLParseError {
-            throw ConfigError("\(path):\(error.source.begin.line):\(error.source.begin.column): not valid TOML: \(error.description)")
+            throw ConfigError(
+                "\(path):\(error.source.begin.line):\(error.source.begin.column): not valid TOML: \(error.description)")
         } catch {
             throw ConfigError("\(path): not valid TOML: \(error)")
         }

@@ -58,18 +58,24 @@ public struct ConfigSchema: Sendable {
         let path = file.path
         for table in file.tables.keys.sorted() where roles[table] == nil {
             let hint = nearest(table, in: Array(roles.keys)).map { "did you mean [\($0)]? " } ?? ""
-            throw ConfigError("\(path): unknown table [\(table)] (hint: \(hint)the tables are \(roles.keys.sorted().map { "[\($0)]" }.joined(separator: ", ")))")
+            throw ConfigError(
+                "\(path): unknown table [\(table)] (hint: \(hint)the tables are \(roles.keys.sorted().map { "[\($0)]" }.joined(separator: ", ")))"
+            )
         }
         let shared = sharedNames
         for key in file.common.keys.sorted() {
             guard shared.contains(key) else {
                 let owners = roles.keys.sorted().filter { spec($0, key) != nil }
                 if !owners.isEmpty {
-                    throw ConfigError("\(path): \(key) is an option of walship \(owners.joined(separator: " and ")) only; put it under [\(owners[0])] (the top level holds options every command shares)")
+                    throw ConfigError(
+                        "\(path): \(key) is an option of walship \(owners.joined(separator: " and ")) only; put it under [\(owners[0])] (the top level holds options every command shares)"
+                    )
                 }
                 let all = Set(roles.values.flatMap { $0.map(\.name) })
                 let hint = nearest(key, in: Array(all)).map { "did you mean \($0)? " } ?? ""
-                throw ConfigError("\(path): unknown key \(key) (hint: \(hint)keys are the long option names of walship \(roles.keys.sorted().joined(separator: "/")) --help)")
+                throw ConfigError(
+                    "\(path): unknown key \(key) (hint: \(hint)keys are the long option names of walship \(roles.keys.sorted().joined(separator: "/")) --help)"
+                )
             }
             // Shared keys have the same kind in every command; check against any.
             let any = roles.keys.sorted().compactMap { spec($0, key) }[0]
@@ -80,7 +86,9 @@ public struct ConfigSchema: Sendable {
             for key in entries.keys.sorted() {
                 guard let spec = spec(table, key) else {
                     let hint = nearest(key, in: names).map { "did you mean \($0)? " } ?? ""
-                    throw ConfigError("\(path): [\(table)] has an unknown key \(key) (hint: \(hint)the keys are the long option names of walship \(table) --help)")
+                    throw ConfigError(
+                        "\(path): [\(table)] has an unknown key \(key) (hint: \(hint)the keys are the long option names of walship \(table) --help)"
+                    )
                 }
                 try checkType(entries[key]!, spec: spec, place: "\(path): [\(table)] \(key)")
             }
@@ -137,8 +145,10 @@ public enum Layering {
     /// line does not give: from `WALSHIP_<NAME>` in `environment`, else from the file's `[role]` table,
     /// else from its top level. Values become `--name=value` (so a value starting with a dash stays a
     /// value), arrays repeat the option, and `true` flags appear as `--name`.
-    public static func expand(arguments: [String], role: String, schema: ConfigSchema, file: ConfigFile?,
-                              environment: [String: String]) throws -> Expansion {
+    public static func expand(
+        arguments: [String], role: String, schema: ConfigSchema, file: ConfigFile?,
+        environment: [String: String]
+    ) throws -> Expansion {
         guard let specs = schema.roles[role] else { throw ConfigError("walship \(role) takes no configuration file") }
         if let file { try schema.validate(file) }
         let commandLine = givenOnCommandLine(arguments, specs: specs)
@@ -219,7 +229,9 @@ public enum Layering {
             switch text.lowercased() {
             case "1", "true", "yes", "on": return ["true"]
             case "0", "false", "no", "off": return ["false"]
-            default: throw ConfigError("\(spec.environmentName) is a flag: set it to true or false (or 1/0, yes/no, on/off), not \"\(text)\"")
+            default:
+                throw ConfigError(
+                    "\(spec.environmentName) is a flag: set it to true or false (or 1/0, yes/no, on/off), not \"\(text)\"")
             }
         case .option:
             return [text]

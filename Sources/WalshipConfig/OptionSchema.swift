@@ -30,7 +30,9 @@ public struct OptionSpec: Sendable, Hashable {
 
 public enum OptionSchema {
     /// Options no configuration gives: they act at once instead of configuring a service.
-    public static let notConfigurable: Set<String> = ["help", "version", "config", "experimental-dump-help", "generate-completion-script"]
+    public static let notConfigurable: Set<String> = [
+        "help", "version", "config", "experimental-dump-help", "generate-completion-script",
+    ]
 
     /// The options of `command`, read from its own ArgumentParser definition, so an option added to the
     /// command is a valid configuration key with no further change.

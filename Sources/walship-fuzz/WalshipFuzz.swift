@@ -1,5 +1,5 @@
-import FuzzHarness
 import Foundation
+import FuzzHarness
 
 // Two builds of one program. `make fuzz` compiles it with -sanitize=fuzzer,address and -D FUZZING: the
 // entry point SwiftPM expects of an executable hands over to libFuzzer's driver, which runs the target
@@ -11,7 +11,8 @@ let fuzzTarget = FuzzTarget(rawValue: ProcessInfo.processInfo.environment["WALSH
 @_silgen_name("LLVMFuzzerRunDriver")
 func LLVMFuzzerRunDriver(
     _ argc: UnsafeMutablePointer<Int32>, _ argv: UnsafeMutablePointer<UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?>,
-    _ callback: @convention(c) (UnsafePointer<UInt8>?, Int) -> Int32) -> Int32
+    _ callback: @convention(c) (UnsafePointer<UInt8>?, Int) -> Int32
+) -> Int32
 
 @_cdecl("walship_fuzz_main")
 public func walshipFuzzMain(_ argc: Int32, _ argv: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?) -> Int32 {
@@ -42,7 +43,8 @@ struct WalshipFuzz {
                 print("ok \(path)")
             }
         } else {
-            FileHandle.standardError.write(Data("usage: walship-fuzz seeds DIR | walship-fuzz frames|frontend|walpage FILE...\n".utf8))
+            FileHandle.standardError.write(
+                Data("usage: walship-fuzz seeds DIR | walship-fuzz frames|frontend|walpage FILE...\n".utf8))
             exit(2)
         }
     }

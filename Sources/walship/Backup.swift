@@ -28,7 +28,10 @@ struct Backup: AsyncParsableCommand {
     @Option(help: "Label recorded in the backup.")
     var label = "walship base backup"
 
-    @Option(help: ArgumentHelp("How hard the data directory is compressed for the link: auto (LZ4HC, about a tenth fewer bytes at several times the CPU, only while pieces queue behind a link slower than this machine compresses; fast LZ4 otherwise), fast or high.", valueName: "auto|fast|high"))
+    @Option(
+        help: ArgumentHelp(
+            "How hard the data directory is compressed for the link: auto (LZ4HC, about a tenth fewer bytes at several times the CPU, only while pieces queue behind a link slower than this machine compresses; fast LZ4 otherwise), fast or high.",
+            valueName: "auto|fast|high"))
     var compression = "auto"
 
     @OptionGroup var link: LinkOptions
@@ -45,22 +48,27 @@ struct Backup: AsyncParsableCommand {
         link.warnIfPlaintext(logger)
         let receiver = try parseEndpoint(to, option: "--to")
         do {
-            var shipper = BackupShipper(source: try Conninfo(source), receiverHost: receiver.host, receiverPort: receiver.port,
-                                        label: label, logger: logger)
+            var shipper = BackupShipper(
+                source: try Conninfo(source), receiverHost: receiver.host, receiverPort: receiver.port,
+                label: label, logger: logger)
             shipper.linkTimeout = .seconds(link.linkTimeout)
             shipper.compression = try compressionMode(compression)
             shipper.tls = try link.tlsFiles.map { ClientTLS(context: try $0.clientContext(), serverName: nil) }
             let display = ProgressDisplay(terminal: isatty(STDOUT_FILENO) == 1)
             let outcome = try await shipper.run { display.show($0) }
             display.finish()
-            let message = "backup \(outcome.id) complete: start \(outcome.start), stop \(outcome.stop), \(formatBytes(outcome.archiveBytes)) of data directory"
+            let message =
+                "backup \(outcome.id) complete: start \(outcome.start), stop \(outcome.stop), \(formatBytes(outcome.archiveBytes)) of data directory"
                 + " sent as \(formatBytes(outcome.compressedBytes)) (\(outcome.highCompressionPieces) of \(outcome.pieces) pieces LZ4HC)"
             print(message)
-            await StatusMonitor.notice(.success, condition: "backup", role: "backup", system: nil, message: message,
-                                       details: ["backup": outcome.id, "stop_lsn": outcome.stop.description], notifier: notice.notifier("walship.backup"))
+            await StatusMonitor.notice(
+                .success, condition: "backup", role: "backup", system: nil, message: message,
+                details: ["backup": outcome.id, "stop_lsn": outcome.stop.description], notifier: notice.notifier("walship.backup")
+            )
         } catch {
-            await StatusMonitor.notice(.failure, condition: "backup", role: "backup", system: nil, message: "backup failed: \(error)",
-                                       details: [:], notifier: notice.notifier("walship.backup"))
+            await StatusMonitor.notice(
+                .failure, condition: "backup", role: "backup", system: nil, message: "backup failed: \(error)",
+                details: [:], notifier: notice.notifier("walship.backup"))
             throw fail("backup", error)
         }
     }
@@ -90,8 +98,9 @@ final class ProgressDisplay: Sendable {
                 let width = 30
                 let filled = Int(fraction * Double(width))
                 let bar = String(repeating: "#", count: filled) + String(repeating: "-", count: width - filled)
-                let line = String(format: "\r[%@] %3.0f%%  %@/s  ETA %d:%02d", bar, fraction * 100, formatBytes(UInt64(rate)),
-                                  Int(eta) / 60, Int(eta) % 60)
+                let line = String(
+                    format: "\r[%@] %3.0f%%  %@/s  ETA %d:%02d", bar, fraction * 100, formatBytes(UInt64(rate)),
+                    Int(eta) / 60, Int(eta) % 60)
                 FileHandle.standardOutput.write(Data(line.utf8))
             } else {
                 let decile = Int(fraction * 10)
@@ -138,12 +147,16 @@ struct Backups: ParsableCommand {
                 print("no base backups in \(spool) (hint: walship backup --source ... --to RECEIVER)")
                 return
             }
-            print("ID                  SYSTEM               TIME                  SIZE       START        STOP         TLI  STATUS")
+            print(
+                "ID                  SYSTEM               TIME                  SIZE       START        STOP         TLI  STATUS")
             let time = ISO8601DateFormatter()
             for b in all {
-                print([b.id.padding(19), b.systemIdentifier.padding(20), time.string(from: b.createdAt).padding(21),
-                       formatBytes(b.archiveBytes).padding(10), b.startLSN.padding(12), b.stopLSN.padding(12),
-                       String(b.timeline).padding(4), b.status.rawValue].joined(separator: " "))
+                print(
+                    [
+                        b.id.padding(19), b.systemIdentifier.padding(20), time.string(from: b.createdAt).padding(21),
+                        formatBytes(b.archiveBytes).padding(10), b.startLSN.padding(12), b.stopLSN.padding(12),
+                        String(b.timeline).padding(4), b.status.rawValue,
+                    ].joined(separator: " "))
             }
         } catch {
             throw fail("backups", error)

@@ -46,10 +46,13 @@ struct CertsInit: ParsableCommand {
     func run() throws {
         let names = receiverName.isEmpty ? ["localhost", "127.0.0.1"] : receiverName
         do {
-            let created = try CertificateAuthority.create(in: directory, receiverNames: names, senderName: senderName, validDays: days,
-                                                       caValidDays: caDays, now: Date().addingTimeInterval(-Double(backdateDays) * 86400))
+            let created = try CertificateAuthority.create(
+                in: directory, receiverNames: names, senderName: senderName, validDays: days,
+                caValidDays: caDays, now: Date().addingTimeInterval(-Double(backdateDays) * 86400))
             for file in created.files { print(file) }
-            print("receiver certificate names: \(names.joined(separator: ", ")); sender certificate name: \(senderName); valid \(days) days, the CA \(caDays)")
+            print(
+                "receiver certificate names: \(names.joined(separator: ", ")); sender certificate name: \(senderName); valid \(days) days, the CA \(caDays)"
+            )
         } catch {
             throw fail("certs init", error)
         }
@@ -82,9 +85,14 @@ struct CertsRenew: ParsableCommand {
             for file in renewed.files { print(file) }
             let until = ISO8601DateFormatter().string(from: renewed.notValidAfter)
             let requested = Date().addingTimeInterval(Double(days) * 86400)
-            print("valid until \(until)" + (renewed.notValidAfter < requested.addingTimeInterval(-86400) ? " (the CA's end; walship certs init makes a new CA before then)" : "")
-                  + "; the replaced files are in \(renewed.replaced ?? directory)")
-            print("next: copy receiver.crt and receiver.key to the DR site and restart walship receive; copy sender.crt and sender.key beside the primary and restart walship send, one end after the other")
+            print(
+                "valid until \(until)"
+                    + (renewed.notValidAfter < requested.addingTimeInterval(-86400)
+                        ? " (the CA's end; walship certs init makes a new CA before then)" : "")
+                    + "; the replaced files are in \(renewed.replaced ?? directory)")
+            print(
+                "next: copy receiver.crt and receiver.key to the DR site and restart walship receive; copy sender.crt and sender.key beside the primary and restart walship send, one end after the other"
+            )
         } catch {
             throw fail("certs renew", error)
         }

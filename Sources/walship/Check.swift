@@ -56,16 +56,21 @@ struct Check: AsyncParsableCommand {
         } else if let file, file.roles.count == 1, let only = file.roles.first {
             chosen = only
         } else if let file, file.roles.count > 1 {
-            report.fail("configuration: \(file.path) configures \(file.roles.joined(separator: " and ")) (hint: pass --role to say which this host runs)")
+            report.fail(
+                "configuration: \(file.path) configures \(file.roles.joined(separator: " and ")) (hint: pass --role to say which this host runs)"
+            )
             throw ExitCode(1)
         } else {
-            report.fail("configuration: nothing says which command to check (hint: pass --config FILE with a [send] or [receive] table, or --role)")
+            report.fail(
+                "configuration: nothing says which command to check (hint: pass --config FILE with a [send] or [receive] table, or --role)"
+            )
             throw ExitCode(1)
         }
         let expansion: Expansion
         do {
-            expansion = try Layering.expand(arguments: [], role: chosen, schema: WalshipConfiguration.schema, file: file,
-                                            environment: environment)
+            expansion = try Layering.expand(
+                arguments: [], role: chosen, schema: WalshipConfiguration.schema, file: file,
+                environment: environment)
         } catch {
             report.fail("configuration: \(error)")
             throw ExitCode(1)
@@ -154,23 +159,31 @@ struct SenderChecks {
             identity = found
             let version = "\(found.serverVersion / 10000).\(found.serverVersion % 10000)"
             if found.serverVersion / 10000 == 15 {
-                report.ok("source: \(conninfo) reachable as a replication connection (PostgreSQL \(version), system \(found.systemIdentifier), timeline \(found.timeline))")
+                report.ok(
+                    "source: \(conninfo) reachable as a replication connection (PostgreSQL \(version), system \(found.systemIdentifier), timeline \(found.timeline))"
+                )
             } else {
                 report.fail("source: \(conninfo) runs PostgreSQL \(version); walship supports PostgreSQL 15")
             }
             do {
                 if let slot = try await session.readSlot(send.slot) {
-                    report.ok("slot: physical slot \"\(send.slot)\" present (restart_lsn \(slot.restartLSN.map { "\($0)" } ?? "not reserved yet"))")
+                    report.ok(
+                        "slot: physical slot \"\(send.slot)\" present (restart_lsn \(slot.restartLSN.map { "\($0)" } ?? "not reserved yet"))"
+                    )
                 } else if send.createSlot {
                     report.ok("slot: \"\(send.slot)\" does not exist yet; walship send creates it (create-slot = true)")
                 } else {
-                    report.fail("slot: \"\(send.slot)\" does not exist on the primary (hint: set create-slot = true, or run SELECT pg_create_physical_replication_slot('\(send.slot)', true);)")
+                    report.fail(
+                        "slot: \"\(send.slot)\" does not exist on the primary (hint: set create-slot = true, or run SELECT pg_create_physical_replication_slot('\(send.slot)', true);)"
+                    )
                 }
             } catch {
                 report.fail("slot: \(error)")
             }
         } catch {
-            report.fail("source: \(conninfo) unreachable: \(error) (hint: check that PostgreSQL runs and is reachable with this conninfo, that the role has REPLICATION, and that pg_hba.conf has a 'replication' line for it)")
+            report.fail(
+                "source: \(conninfo) unreachable: \(error) (hint: check that PostgreSQL runs and is reachable with this conninfo, that the role has REPLICATION, and that pg_hba.conf has a 'replication' line for it)"
+            )
         }
         await session.close()
 
@@ -205,7 +218,9 @@ struct SenderChecks {
             }
             if let row = rows.first, row.count > 1, let names = row[1] { synchronousLine(names, &report) }
         } catch {
-            report.warn("clock: skew to the primary not measured: no SQL connection (\(error)) (hint: the check needs a database the role may connect to: add dbname=… to source, or a pg_hba.conf line for it)")
+            report.warn(
+                "clock: skew to the primary not measured: no SQL connection (\(error)) (hint: the check needs a database the role may connect to: add dbname=… to source, or a pg_hba.conf line for it)"
+            )
         }
     }
 
@@ -215,13 +230,21 @@ struct SenderChecks {
         let shown = names.isEmpty ? "empty" : "'\(names)'"
         switch (send.sync, named) {
         case (true, true):
-            report.ok("synchronous: synchronous_standby_names (\(shown)) names \"\(send.applicationName)\": commits wait until their WAL is fsynced at the DR site")
+            report.ok(
+                "synchronous: synchronous_standby_names (\(shown)) names \"\(send.applicationName)\": commits wait until their WAL is fsynced at the DR site"
+            )
         case (true, false):
-            report.warn("synchronous: sync = true, but synchronous_standby_names (\(shown)) does not name \"\(send.applicationName)\": commits will not wait for the DR site (hint: once walship send streams, ALTER SYSTEM SET synchronous_standby_names = '\(send.applicationName)'; SELECT pg_reload_conf(); — set it before, and commits wait for a standby that is not there yet)")
+            report.warn(
+                "synchronous: sync = true, but synchronous_standby_names (\(shown)) does not name \"\(send.applicationName)\": commits will not wait for the DR site (hint: once walship send streams, ALTER SYSTEM SET synchronous_standby_names = '\(send.applicationName)'; SELECT pg_reload_conf(); — set it before, and commits wait for a standby that is not there yet)"
+            )
         case (false, true):
-            report.warn("synchronous: synchronous_standby_names (\(shown)) names \"\(send.applicationName)\", but sync = false: commits wait for the DR site, while the receiver batches fsyncs as for an asynchronous sender (hint: set sync = true)")
+            report.warn(
+                "synchronous: synchronous_standby_names (\(shown)) names \"\(send.applicationName)\", but sync = false: commits wait for the DR site, while the receiver batches fsyncs as for an asynchronous sender (hint: set sync = true)"
+            )
         case (false, false):
-            report.ok("synchronous: asynchronous shipping; synchronous_standby_names (\(shown)) does not name \"\(send.applicationName)\"")
+            report.ok(
+                "synchronous: asynchronous shipping; synchronous_standby_names (\(shown)) does not name \"\(send.applicationName)\""
+            )
         }
     }
 
@@ -232,8 +255,12 @@ struct SenderChecks {
                 host: endpoint.host, port: endpoint.port, tls: tls, systemIdentifier: identity.systemIdentifier,
                 timeline: identity.timeline, walSegmentSize: UInt32(identity.segmentSize.bytes),
                 senderName: send.applicationName, timeout: .seconds(min(send.link.linkTimeout, 15)))
-            let resume = probe.resumeLSN.isValid ? "resumes at \(probe.resumeLSN) on timeline \(probe.resumeTimeline)" : "holds no WAL of this system yet"
-            report.ok("receiver: \(send.to) answered the handshake\(tls == nil ? " (plaintext)" : " over mutual TLS") (receiver \(probe.receiverName); its spool \(resume))")
+            let resume =
+                probe.resumeLSN.isValid
+                ? "resumes at \(probe.resumeLSN) on timeline \(probe.resumeTimeline)" : "holds no WAL of this system yet"
+            report.ok(
+                "receiver: \(send.to) answered the handshake\(tls == nil ? " (plaintext)" : " over mutual TLS") (receiver \(probe.receiverName); its spool \(resume))"
+            )
             if let offset = probe.clockOffset {
                 clockLine("the receiver", offset: offset, &report, roundTrip: probe.roundTripSeconds)
             }
@@ -241,7 +268,9 @@ struct SenderChecks {
             let hint: String
             switch error.stage {
             case .connect: hint = " (hint: is walship receive running there, and does a firewall let this host reach the port?)"
-            case .tls: hint = " (hint: tls-ca must be the CA that signed the receiver's certificate, which must name the host in to (or set tls-server-name), and the receiver must trust the CA of tls-cert)"
+            case .tls:
+                hint =
+                    " (hint: tls-ca must be the CA that signed the receiver's certificate, which must name the host in to (or set tls-server-name), and the receiver must trust the CA of tls-cert)"
             case .refused, .handshake: hint = ""
             }
             report.fail("receiver: \(send.to): \(error)\(hint)")
@@ -256,7 +285,8 @@ struct SenderChecks {
         if let error = NetworkProbe.connect(host: endpoint.host, port: endpoint.port, timeout: 10) {
             report.fail("receiver: \(send.to) unreachable: \(error)")
         } else {
-            report.warn("receiver: \(send.to) accepts connections; the handshake was not tried without the source's system identifier")
+            report.warn(
+                "receiver: \(send.to) accepts connections; the handshake was not tried without the source's system identifier")
         }
     }
 
@@ -301,11 +331,15 @@ struct ReceiverChecks {
         guard FileManager.default.fileExists(atPath: root, isDirectory: &isDirectory) else {
             // walship receive creates the spool; it can when the nearest existing parent is writable.
             var parent = (root as NSString).deletingLastPathComponent
-            while !FileManager.default.fileExists(atPath: parent), parent != "/" { parent = (parent as NSString).deletingLastPathComponent }
+            while !FileManager.default.fileExists(atPath: parent), parent != "/" {
+                parent = (parent as NSString).deletingLastPathComponent
+            }
             if access(parent, W_OK) == 0 {
                 report.ok("spool: \(root) does not exist yet; walship receive creates it (in \(parent), writable)")
             } else {
-                report.fail("spool: \(root) does not exist and \(parent) is not writable for this user (hint: install -d -o postgres -g postgres -m 0750 \(root))")
+                report.fail(
+                    "spool: \(root) does not exist and \(parent) is not writable for this user (hint: install -d -o postgres -g postgres -m 0750 \(root))"
+                )
             }
             return
         }
@@ -317,7 +351,9 @@ struct ReceiverChecks {
         let probe = root + "/.walship-check-\(getpid())"
         let fd = open(probe, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
         guard fd >= 0 else {
-            report.fail("spool: \(root) is not writable for this user: \(String(cString: strerror(errno))) (hint: the receiver runs as the postgres OS user: chown -R postgres:postgres \(root))")
+            report.fail(
+                "spool: \(root) is not writable for this user: \(String(cString: strerror(errno))) (hint: the receiver runs as the postgres OS user: chown -R postgres:postgres \(root))"
+            )
             return
         }
         let bytes = [UInt8](repeating: 0, count: 8192)
@@ -341,7 +377,9 @@ struct ReceiverChecks {
             free = String(format: ", %.0f%% free", Double(stats.f_bavail) / Double(stats.f_blocks) * 100)
         }
         let systems = (try? Spool.systemIdentifiers(root: root)) ?? []
-        report.ok("spool: \(root) is writable and fsyncs (\(systems.isEmpty ? "no system yet" : "systems \(systems.map(String.init).joined(separator: ", "))")\(free))")
+        report.ok(
+            "spool: \(root) is writable and fsyncs (\(systems.isEmpty ? "no system yet" : "systems \(systems.map(String.init).joined(separator: ", "))")\(free))"
+        )
     }
 
     /// The status document of a receiver already serving this configuration, when its status endpoint answers.
@@ -364,12 +402,18 @@ struct ReceiverChecks {
         case EADDRINUSE?:
             if let running {
                 let pid = " (pid \(running.process.pid))"
-                report.ok("\(option): \(address) is in use by the running walship receive\(pid), whose status endpoint answers at \(receive.link.statusListen ?? "")")
+                report.ok(
+                    "\(option): \(address) is in use by the running walship receive\(pid), whose status endpoint answers at \(receive.link.statusListen ?? "")"
+                )
             } else {
-                report.fail("\(option): \(address) is in use, and no walship receive answers at status-listen to claim it (hint: ss -ltnp 'sport = :\(endpoint.port)' shows which program holds it)")
+                report.fail(
+                    "\(option): \(address) is in use, and no walship receive answers at status-listen to claim it (hint: ss -ltnp 'sport = :\(endpoint.port)' shows which program holds it)"
+                )
             }
         case let code?:
-            report.fail("\(option): cannot bind \(address): \(String(cString: strerror(code)))\(code == EADDRNOTAVAIL ? " (hint: the address is not one of this host's)" : code == EACCES ? " (hint: ports below 1024 need privileges)" : "")")
+            report.fail(
+                "\(option): cannot bind \(address): \(String(cString: strerror(code)))\(code == EADDRNOTAVAIL ? " (hint: the address is not one of this host's)" : code == EACCES ? " (hint: ports below 1024 need privileges)" : "")"
+            )
         }
     }
 
@@ -383,10 +427,15 @@ struct ReceiverChecks {
         do {
             _ = try receive.standbyAuthentication()
             let text = (try? String(contentsOfFile: file, encoding: .utf8)) ?? ""
-            let kind = text.hasPrefix("SCRAM-SHA-256$") ? "a SCRAM-SHA-256 verifier" : "a password (a SCRAM-SHA-256 verifier keeps the password off this host)"
+            let kind =
+                text.hasPrefix("SCRAM-SHA-256$")
+                ? "a SCRAM-SHA-256 verifier" : "a password (a SCRAM-SHA-256 verifier keeps the password off this host)"
             report.ok("standby credential: \(file) holds \(kind)")
-            if let mode = (try? FileManager.default.attributesOfItem(atPath: file))?[.posixPermissions] as? Int, mode & 0o007 != 0 {
-                report.warn("standby credential: \(file) is readable by every user (mode \(String(mode, radix: 8))) (hint: chmod 0600 \(file))")
+            if let mode = (try? FileManager.default.attributesOfItem(atPath: file))?[.posixPermissions] as? Int, mode & 0o007 != 0
+            {
+                report.warn(
+                    "standby credential: \(file) is readable by every user (mode \(String(mode, radix: 8))) (hint: chmod 0600 \(file))"
+                )
             }
         } catch {
             report.fail("standby credential: \(error)")
@@ -410,7 +459,8 @@ enum NetworkProbe {
         while let entry = cursor {
             var copy = entry.pointee
             // The address is copied out: freeaddrinfo releases the list.
-            let address = UnsafeMutablePointer<sockaddr>.allocate(capacity: Int(copy.ai_addrlen) / MemoryLayout<sockaddr>.size + 1)
+            let address = UnsafeMutablePointer<sockaddr>.allocate(
+                capacity: Int(copy.ai_addrlen) / MemoryLayout<sockaddr>.size + 1)
             memcpy(address, copy.ai_addr, Int(copy.ai_addrlen))
             copy.ai_addr = address
             copy.ai_next = nil

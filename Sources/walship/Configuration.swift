@@ -5,9 +5,10 @@ import WalshipConfig
 /// `--config FILE` of `send` and `receive`. The file has been read into the command line before parsing
 /// (see `Walship.main`); the option is declared so that help lists it and parsing accepts it.
 struct ConfigFileOptions: ParsableArguments {
-    @Option(help: ArgumentHelp(
-        "TOML file with the options of this command ([send] or [receive] table; see docs/deployment.md). Precedence: command line, then WALSHIP_<OPTION> environment variables, then the file.",
-        valueName: "file"))
+    @Option(
+        help: ArgumentHelp(
+            "TOML file with the options of this command ([send] or [receive] table; see docs/deployment.md). Precedence: command line, then WALSHIP_<OPTION> environment variables, then the file.",
+            valueName: "file"))
     var config: String?
 }
 
@@ -49,8 +50,9 @@ extension Walship {
         var expansion: Expansion?
         if let role = arguments.first, WalshipConfiguration.schema.roles[role] != nil {
             do {
-                let expanded = try WalshipConfiguration.expand(role: role, arguments: Array(arguments.dropFirst()),
-                                                               environment: ProcessInfo.processInfo.environment)
+                let expanded = try WalshipConfiguration.expand(
+                    role: role, arguments: Array(arguments.dropFirst()),
+                    environment: ProcessInfo.processInfo.environment)
                 arguments = [role] + expanded.arguments
                 expansion = expanded
             } catch {

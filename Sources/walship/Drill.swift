@@ -25,7 +25,8 @@ struct Drill: AsyncParsableCommand {
     @Option(help: "Backup ID to start from (walship backups); the newest complete one by default.")
     var backup: String?
 
-    @Option(help: "SQL to run on the promoted copy as a sanity check (its result goes into the report; an error fails the drill).")
+    @Option(
+        help: "SQL to run on the promoted copy as a sanity check (its result goes into the report; an error fails the drill).")
     var checkSql: String?
 
     @Option(help: "Write the report to FILE.json and FILE.md (default: walship-drill-<time> in the current directory).")
@@ -60,8 +61,10 @@ struct Drill: AsyncParsableCommand {
         let spoolRoot = absolutePath(spool)
         let base = workdir.map(absolutePath) ?? makeTemporaryDirectory()
         let dataDirectory = base + "/pgdata"
-        var evidence = PromotionReport(kind: "drill", host: ProcessInfo.processInfo.hostName, startedAt: Date(), dataDirectory: dataDirectory)
-        let reportBase = report.map(absolutePath) ?? defaultReportBase(kind: "drill", directory: FileManager.default.currentDirectoryPath)
+        var evidence = PromotionReport(
+            kind: "drill", host: ProcessInfo.processInfo.hostName, startedAt: Date(), dataDirectory: dataDirectory)
+        let reportBase =
+            report.map(absolutePath) ?? defaultReportBase(kind: "drill", directory: FileManager.default.currentDirectoryPath)
         let notifier = notice.notifier("walship.drill")
         var server: DrillServer?
         var failure: String?
@@ -80,7 +83,9 @@ struct Drill: AsyncParsableCommand {
         }
         if let server {
             if keep {
-                say("the promoted copy keeps running: psql -h \(base) -p \(server.port) -U \(osUser) postgres   (stop: pg_ctl -D \(dataDirectory) stop -m fast, then rm -rf \(base))")
+                say(
+                    "the promoted copy keeps running: psql -h \(base) -p \(server.port) -U \(osUser) postgres   (stop: pg_ctl -D \(dataDirectory) stop -m fast, then rm -rf \(base))"
+                )
             } else {
                 server.stop()
             }
@@ -91,15 +96,19 @@ struct Drill: AsyncParsableCommand {
         evidence.finishedAt = Date()
         evidence.outcome = failure == nil ? "promoted" : "failed"
         if let failure { evidence.check("completed", false, failure) }
-        let headline = failure.map { "disaster-recovery drill failed: \($0)" }
+        let headline =
+            failure.map { "disaster-recovery drill failed: \($0)" }
             ?? "disaster-recovery drill passed: RPO \(evidence.rpo.map { "\(formatBytes($0.bytes)) / \($0.seconds) s" } ?? "?"), RTO \(evidence.rtoSeconds.map { "\($0) s" } ?? "?")"
-        try await conclude(evidence, command: "drill", base: reportBase, success: failure == nil, failure: failure,
-                           headline: headline, notifier: notifier)
+        try await conclude(
+            evidence, command: "drill", base: reportBase, success: failure == nil, failure: failure,
+            headline: headline, notifier: notifier)
         say("drill passed")
     }
 
-    private func drill(spoolRoot: String, base: String, evidence: inout PromotionReport,
-                       clockStart: ContinuousClock.Instant) async throws -> DrillServer? {
+    private func drill(
+        spoolRoot: String, base: String, evidence: inout PromotionReport,
+        clockStart: ContinuousClock.Instant
+    ) async throws -> DrillServer? {
         let reader = try SpoolReader(root: spoolRoot, system: system)
         evidence.systemIdentifier = String(reader.systemIdentifier)
         let standbyBefore = Self.drStandbyReplay(reader.systemDirectory)
@@ -120,20 +129,26 @@ struct Drill: AsyncParsableCommand {
                 "wal_retrieve_retry_interval = '200ms'", "logging_collector = off",
             ],
             signal: "standby.signal", osUser: osUser, walshipPath: walshipPath)
-        evidence.check("restored", true, "backup \(restored.backup.id) (start \(restored.backup.startLSN)) unpacked; restore_command reads the spool read-only")
-        evidence.drill = .init(backupID: restored.backup.id, port: port, checkSQL: checkSql, checkResult: nil, kept: keep,
-                               drStandbyReplayBefore: standbyBefore, drStandbyReplayAfter: nil)
+        evidence.check(
+            "restored", true,
+            "backup \(restored.backup.id) (start \(restored.backup.startLSN)) unpacked; restore_command reads the spool read-only"
+        )
+        evidence.drill = .init(
+            backupID: restored.backup.id, port: port, checkSQL: checkSql, checkResult: nil, kept: keep,
+            drStandbyReplayBefore: standbyBefore, drStandbyReplayAfter: nil)
         // The copy must answer its owner on its own socket whatever the primary's pg_hba.conf says.
         let hba = restored.dataDirectory + "/pg_hba.conf"
         let oldHBA = (try? String(contentsOfFile: hba, encoding: .utf8)) ?? ""
         try ("local all \(osUser) peer\n" + oldHBA).write(toFile: hba, atomically: true, encoding: .utf8)
         if getuid() == 0 { try shell("chown \(quote(osUser)): \(quote(hba))", what: "give pg_hba.conf to \(osUser)") }
 
-        let server = DrillServer(dataDirectory: restored.dataDirectory, port: port, osUser: osUser, bindir: pgBindir ?? postgresBindir())
+        let server = DrillServer(
+            dataDirectory: restored.dataDirectory, port: port, osUser: osUser, bindir: pgBindir ?? postgresBindir())
         try server.start()
         let cluster = try LocalCluster(dataDirectory: restored.dataDirectory)
-        let session = SQLSession(conninfo: try Conninfo("host='\(base)' port=\(port) dbname=postgres user='\(osUser)'"),
-                                 applicationName: "walship_drill")
+        let session = SQLSession(
+            conninfo: try Conninfo("host='\(base)' port=\(port) dbname=postgres user='\(osUser)'"),
+            applicationName: "walship_drill")
         defer { Task { await session.close() } }
         try await cluster.connect(session)
         evidence.check("connects", true, "the copy accepts connections on port \(port)")
@@ -146,10 +161,15 @@ struct Drill: AsyncParsableCommand {
         let goalNow = try reader.end().lsn
         let (state, goal) = try await steps.waitForReplay(target: { goalNow }, deadline: deadline)
         let reached = state.replayed >= goal
-        evidence.check("replayed the spool", reached, reached ? "replayed \(state.replayed) ≥ spool end \(goal)"
-                       : "replayed only \(state.replayed) of \(goal) within \(timeout) s")
+        evidence.check(
+            "replayed the spool", reached,
+            reached
+                ? "replayed \(state.replayed) ≥ spool end \(goal)"
+                : "replayed only \(state.replayed) of \(goal) within \(timeout) s")
         guard reached else {
-            throw PromoteError("the copy replayed up to \(state.replayed) but the spool holds WAL up to \(goal) (hint: see \(restored.dataDirectory)/log/ or the server log; is WAL missing from the spool?)")
+            throw PromoteError(
+                "the copy replayed up to \(state.replayed) but the spool holds WAL up to \(goal) (hint: see \(restored.dataDirectory)/log/ or the server log; is WAL missing from the spool?)"
+            )
         }
         evidence.lastReplayedLSN = state.replayed.description
         evidence.lastReplayedCommitTime = state.lastCommit
@@ -160,7 +180,9 @@ struct Drill: AsyncParsableCommand {
         evidence.rtoSeconds = roundedSeconds(ContinuousClock.now - clockStart)
         evidence.firstWriteAt = firstWriteAt
         evidence.promotedTimeline = timeline
-        evidence.check("promoted", true, "timeline \(timeline.map(String.init) ?? "?"), first write accepted at \(formatISO8601(firstWriteAt))")
+        evidence.check(
+            "promoted", true,
+            "timeline \(timeline.map(String.init) ?? "?"), first write accepted at \(formatISO8601(firstWriteAt))")
         // RPO against the live stream: what the receiver had acknowledged by the time the copy took over.
         recordPrimaryProgress(into: &evidence, systemDirectory: reader.systemDirectory)
         evidence.measureRecoveryPoint()
@@ -179,7 +201,9 @@ struct Drill: AsyncParsableCommand {
                 let rows = try await session.query(checkSql)
                 let shown = rows.prefix(20).map { $0.map { $0 ?? "NULL" } }
                 evidence.drill?.checkResult = Array(shown)
-                evidence.check("check query", true, "\(rows.count) row(s): \(shown.prefix(3).map { $0.joined(separator: ", ") }.joined(separator: "; "))")
+                evidence.check(
+                    "check query", true,
+                    "\(rows.count) row(s): \(shown.prefix(3).map { $0.joined(separator: ", ") }.joined(separator: "; "))")
             } catch {
                 evidence.check("check query", false, "\(error)")
             }
@@ -189,12 +213,14 @@ struct Drill: AsyncParsableCommand {
 
     /// The furthest replay position any real DR standby reported to the receiver.
     static func drStandbyReplay(_ systemDirectory: String) -> String? {
-        ((try? StandbyRegistry.list(systemDirectory: systemDirectory)) ?? []).compactMap { LSN($0.replayedLSN) }.max()?.description
+        ((try? StandbyRegistry.list(systemDirectory: systemDirectory)) ?? []).compactMap { LSN($0.replayedLSN) }.max()?
+            .description
     }
 
     private func makeTemporaryDirectory() -> String {
         var template = Array("/tmp/walship-drill-XXXXXX".utf8CString)
-        return template.withUnsafeMutableBufferPointer { mkdtemp($0.baseAddress!).map { String(cString: $0) } } ?? "/tmp/walship-drill-\(getpid())"
+        return template.withUnsafeMutableBufferPointer { mkdtemp($0.baseAddress!).map { String(cString: $0) } }
+            ?? "/tmp/walship-drill-\(getpid())"
     }
 }
 
@@ -211,7 +237,8 @@ struct DrillServer {
         // No pipes: the server started by pg_ctl would hold them open after pg_ctl returns.
         let status = try runQuietly(asUser([bindir + "/pg_ctl", "-D", dataDirectory, "-l", log, "-w", "-t", "120", "start"]))
         guard status == 0 else {
-            let tail = ((try? String(contentsOfFile: log, encoding: .utf8)) ?? "").split(separator: "\n").suffix(5).joined(separator: "\n")
+            let tail = ((try? String(contentsOfFile: log, encoding: .utf8)) ?? "").split(separator: "\n").suffix(5).joined(
+                separator: "\n")
             throw PromoteError("the drill copy did not start (pg_ctl exit \(status)); \(log) ends with:\n\(tail)")
         }
     }

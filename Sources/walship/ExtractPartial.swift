@@ -29,10 +29,13 @@ struct ExtractPartial: ParsableCommand {
         let reader = try selection.reader()
         let name = segment.hasSuffix(".partial") ? String(segment.dropLast(8)) : segment
         guard let parsed = SegmentName(name, segmentSize: reader.segmentSize) else {
-            throw ValidationError("\"\(segment)\" is not a WAL segment name for \(reader.segmentSize) segments (hint: ls \(reader.walDirectory)/*.partial)")
+            throw ValidationError(
+                "\"\(segment)\" is not a WAL segment name for \(reader.segmentSize) segments (hint: ls \(reader.walDirectory)/*.partial)"
+            )
         }
         guard let wal = try reader.journalWAL(of: parsed) else {
-            throw ValidationError("the spool has no journal \(parsed).partial (hint: completed segments are NAME.lz4; lz4 -d turns them into WAL)")
+            throw ValidationError(
+                "the spool has no journal \(parsed).partial (hint: completed segments are NAME.lz4; lz4 -d turns them into WAL)")
         }
         guard !FileManager.default.fileExists(atPath: destination) else {
             throw ValidationError("\(destination) exists; choose a new file")
@@ -43,6 +46,8 @@ struct ExtractPartial: ParsableCommand {
             throw ValidationError("cannot write \(destination): \(error)")
         }
         let end = parsed.startLSN.advanced(by: UInt64(wal.count))
-        print("wrote \(destination): WAL of timeline \(parsed.timeline) from \(parsed.startLSN) to \(end) (\(wal.count) bytes), zero-padded to \(reader.segmentSize)")
+        print(
+            "wrote \(destination): WAL of timeline \(parsed.timeline) from \(parsed.startLSN) to \(end) (\(wal.count) bytes), zero-padded to \(reader.segmentSize)"
+        )
     }
 }

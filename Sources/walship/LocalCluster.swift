@@ -25,7 +25,9 @@ struct LocalCluster {
     /// The local socket of the running server, from postmaster.pid (line 4: port, line 5: socket directory).
     func socketConninfo() throws -> String {
         guard let text = try? String(contentsOfFile: dataDirectory + "/postmaster.pid", encoding: .utf8) else {
-            throw PromoteError("the server of \(dataDirectory) is not running (no postmaster.pid) (hint: start it with pg_ctl -D \(dataDirectory) start, or pass --standby CONNINFO)")
+            throw PromoteError(
+                "the server of \(dataDirectory) is not running (no postmaster.pid) (hint: start it with pg_ctl -D \(dataDirectory) start, or pass --standby CONNINFO)"
+            )
         }
         let lines = text.split(separator: "\n", omittingEmptySubsequences: false).map(String.init)
         guard lines.count >= 5, let port = Int(lines[3].trimmingCharacters(in: .whitespaces)) else {

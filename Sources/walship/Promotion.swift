@@ -20,13 +20,15 @@ struct PromotionSteps {
     }
 
     func replayState() async throws -> ReplayState {
-        let row = try await session.query("""
+        let row = try await session.query(
+            """
             SELECT pg_is_in_recovery()::text, pg_last_wal_replay_lsn()::text, pg_last_wal_receive_lsn()::text,
                    (extract(epoch FROM pg_last_xact_replay_timestamp()) * 1000000)::bigint::text
             """)[0]
-        return ReplayState(inRecovery: row[0] == "true", replayed: row[1].flatMap { LSN($0) } ?? .invalid,
-                           received: row[2].flatMap { LSN($0) } ?? .invalid,
-                           lastCommit: row[3].flatMap { Double($0) }.map { Date(timeIntervalSince1970: $0 / 1_000_000) })
+        return ReplayState(
+            inRecovery: row[0] == "true", replayed: row[1].flatMap { LSN($0) } ?? .invalid,
+            received: row[2].flatMap { LSN($0) } ?? .invalid,
+            lastCommit: row[3].flatMap { Double($0) }.map { Date(timeIntervalSince1970: $0 / 1_000_000) })
     }
 
     /// Waits until replay reaches `target()` (re-read each round: the spool may still grow) or `deadline`.
@@ -38,7 +40,9 @@ struct PromotionSteps {
             let state = try await replayState()
             if !state.inRecovery || state.replayed >= goal || ContinuousClock.now >= deadline { return (state, goal) }
             if ContinuousClock.now - lastNote >= .seconds(5) {
-                report("  waiting: replayed \(state.replayed), the spool holds up to \(goal) (\(formatBytes(goal.bytesAfter(state.replayed))) to go)")
+                report(
+                    "  waiting: replayed \(state.replayed), the spool holds up to \(goal) (\(formatBytes(goal.bytesAfter(state.replayed))) to go)"
+                )
                 lastNote = .now
             }
             try await Task.sleep(for: .milliseconds(100))
@@ -48,7 +52,9 @@ struct PromotionSteps {
     /// pg_promote, then retries a real write (an assigned transaction ID, committed) until one is accepted.
     /// A promoted replica has no synchronous standby of its own: synchronous_standby_names inherited from
     /// the old primary would make every commit wait forever, so it is cleared (and recorded).
-    func promote(deadline: ContinuousClock.Instant, evidence: inout PromotionReport) async throws -> (timeline: UInt32?, firstWriteAt: Date) {
+    func promote(
+        deadline: ContinuousClock.Instant, evidence: inout PromotionReport
+    ) async throws -> (timeline: UInt32?, firstWriteAt: Date) {
         // Our own probe never waits for a synchronous standby.
         _ = try await session.query("SET synchronous_commit TO local")
         let seconds = max(1, Int((deadline - .now).components.seconds))
@@ -71,8 +77,10 @@ struct PromotionSteps {
         if !names.isEmpty {
             _ = try await session.query("ALTER SYSTEM SET synchronous_standby_names = ''")
             _ = try await session.query("SELECT pg_reload_conf()")
-            evidence.check("synchronous_standby_names cleared", true,
-                           "was '\(names)', inherited from the old primary; commits would wait forever for a standby that is gone (ALTER SYSTEM; set it again once a new standby runs)")
+            evidence.check(
+                "synchronous_standby_names cleared", true,
+                "was '\(names)', inherited from the old primary; commits would wait forever for a standby that is gone (ALTER SYSTEM; set it again once a new standby runs)"
+            )
             report("  cleared synchronous_standby_names (was '\(names)'): the promoted server has no synchronous standby yet")
         }
         let tli = try await session.query("SELECT substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8)")
@@ -97,8 +105,10 @@ func recordPrimaryProgress(into evidence: inout PromotionReport, systemDirectory
 
 /// Ends `walship promote` or `walship drill`: writes the report (`base`.json and .md), prints the summary
 /// and where the report is, sends the success or failure notice, and exits 1 when `failure` is set.
-func conclude(_ evidence: PromotionReport, command: String, base: String, success: Bool, failure: String?, headline: String,
-              notifier: AlertNotifier) async throws {
+func conclude(
+    _ evidence: PromotionReport, command: String, base: String, success: Bool, failure: String?, headline: String,
+    notifier: AlertNotifier
+) async throws {
     var written: (json: String, markdown: String)?
     do { written = try evidence.write(base: base) } catch {
         FileHandle.standardError.write(Data("walship \(command): warning: cannot write the report to \(base): \(error)\n".utf8))
@@ -106,11 +116,14 @@ func conclude(_ evidence: PromotionReport, command: String, base: String, succes
     say(Promote.summary(evidence))
     if let written { say("report: \(written.json), \(written.markdown)") }
     if notifier.hasDestination {
-        await StatusMonitor.notice(success ? .success : .failure, condition: command, role: command,
-                                   system: evidence.systemIdentifier, message: headline,
-                                   details: ["report": written?.json ?? "", "rpo_bytes": evidence.rpo.map { String($0.bytes) } ?? "",
-                                             "rto_seconds": evidence.rtoSeconds.map { String($0) } ?? ""],
-                                   notifier: notifier)
+        await StatusMonitor.notice(
+            success ? .success : .failure, condition: command, role: command,
+            system: evidence.systemIdentifier, message: headline,
+            details: [
+                "report": written?.json ?? "", "rpo_bytes": evidence.rpo.map { String($0.bytes) } ?? "",
+                "rto_seconds": evidence.rtoSeconds.map { String($0) } ?? "",
+            ],
+            notifier: notifier)
     }
     if let failure {
         FileHandle.standardError.write(Data("walship \(command): error: \(failure)\n".utf8))

@@ -30,8 +30,9 @@ struct Prune: ParsableCommand {
             let systems = try Spool.systemIdentifiers(root: spool).filter { system == nil || $0 == system }
             for id in systems {
                 let directory = spool + "/\(id)"
-                let plan = try Pruner.prune(systemDirectory: directory, segmentSize: try Pruner.segmentSize(systemDirectory: directory),
-                                            retainBackups: retainBackups, dryRun: dryRun)
+                let plan = try Pruner.prune(
+                    systemDirectory: directory, segmentSize: try Pruner.segmentSize(systemDirectory: directory),
+                    retainBackups: retainBackups, dryRun: dryRun)
                 print("system \(id):")
                 for reason in plan.reasons { print("  \(reason)") }
                 let verb = dryRun ? "would remove" : "removed"

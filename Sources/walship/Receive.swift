@@ -5,10 +5,11 @@ import Monitor
 import Receiver
 import ShipTLS
 import StatusModel
+import WalSenderServer
+
 #if DEBUG
 import Spool
 #endif
-import WalSenderServer
 
 struct Receive: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
@@ -26,10 +27,11 @@ struct Receive: AsyncParsableCommand {
     @Option(help: "Spool directory (created if missing; one walship receive per spool).")
     var spool: String
 
-    @Option(help: ArgumentHelp("Most space the spool may take, e.g. 500G or 128M (binary units; plain bytes also work). When a new segment would not fit, the receiver stops acknowledging as on a full disk, alerts (spool_free is then measured against this), and resumes once there is room. Default: the whole filesystem.", valueName: "size"))
+    @Option(
+        help: ArgumentHelp(
+            "Most space the spool may take, e.g. 500G or 128M (binary units; plain bytes also work). When a new segment would not fit, the receiver stops acknowledging as on a full disk, alerts (spool_free is then measured against this), and resumes once there is room. Default: the whole filesystem.",
+            valueName: "size"))
     var spoolMaxBytes: String?
-
-
 
     @Option(help: "Serve WAL to stock PostgreSQL standbys on HOST:PORT (their primary_conninfo points here).")
     var standbyListen: String?
@@ -37,23 +39,35 @@ struct Receive: AsyncParsableCommand {
     @Flag(help: "Let standbys connect without a password. Only allowed when --standby-listen is a loopback address.")
     var standbyTrust = false
 
-    @Option(help: "File holding the standbys' credential, checked with SCRAM-SHA-256: a verifier as in pg_authid (SCRAM-SHA-256$4096:...), or a password (what their primary_conninfo or .pgpass gives).")
+    @Option(
+        help:
+            "File holding the standbys' credential, checked with SCRAM-SHA-256: a verifier as in pg_authid (SCRAM-SHA-256$4096:...), or a password (what their primary_conninfo or .pgpass gives)."
+    )
     var standbyPasswordFile: String?
 
-    @Option(help: "Serve standbys over TLS with this certificate (PEM) and require it: their primary_conninfo then needs sslmode=require, or verify-full with sslrootcert. The receiver's own certificate from walship certs init will do.")
+    @Option(
+        help:
+            "Serve standbys over TLS with this certificate (PEM) and require it: their primary_conninfo then needs sslmode=require, or verify-full with sslrootcert. The receiver's own certificate from walship certs init will do."
+    )
     var standbyTlsCert: String?
 
     @Option(help: "The private key of --standby-tls-cert (PEM).")
     var standbyTlsKey: String?
 
-
-    @Option(help: "Complete base backups to keep; older ones, and WAL neither a kept backup nor a known standby needs, are pruned.")
+    @Option(
+        help: "Complete base backups to keep; older ones, and WAL neither a kept backup nor a known standby needs, are pruned.")
     var retainBackups = 2
 
-    @Option(help: "CERTNAME=SYSTEMID: the sender whose certificate is named CERTNAME may ship database system SYSTEMID only (repeatable; with any given, unlisted certificates are refused).")
+    @Option(
+        help:
+            "CERTNAME=SYSTEMID: the sender whose certificate is named CERTNAME may ship database system SYSTEMID only (repeatable; with any given, unlisted certificates are refused)."
+    )
     var allowSource: [String] = []
 
-    @Flag(help: "Accept WAL for systems fenced by a promotion at the DR site (the old primary would extend the old timeline here). Only after deciding the fence is obsolete.")
+    @Flag(
+        help:
+            "Accept WAL for systems fenced by a promotion at the DR site (the old primary would extend the old timeline here). Only after deciding the fence is obsolete."
+    )
     var force = false
 
     @Option(help: "Alert when the DR site (replayed, else durable WAL) is this many seconds behind the primary.")
@@ -83,18 +97,22 @@ struct Receive: AsyncParsableCommand {
             let endpoint = try parseEndpoint(standbyListen, option: "--standby-listen")
             switch (standbyTrust, standbyPasswordFile) {
             case (false, nil):
-                throw ValidationError("--standby-listen needs --standby-password-file FILE (or --standby-trust on a loopback address)")
+                throw ValidationError(
+                    "--standby-listen needs --standby-password-file FILE (or --standby-trust on a loopback address)")
             case (true, .some):
                 throw ValidationError("--standby-trust and --standby-password-file exclude each other")
             case (true, nil):
                 guard ["127.0.0.1", "localhost", "::1"].contains(endpoint.host) || endpoint.host.hasPrefix("127.") else {
-                    throw ValidationError("--standby-trust is allowed only on a loopback --standby-listen address, not \(endpoint.host); use --standby-password-file")
+                    throw ValidationError(
+                        "--standby-trust is allowed only on a loopback --standby-listen address, not \(endpoint.host); use --standby-password-file"
+                    )
                 }
             case (false, .some):
                 break
             }
         } else if standbyTrust || standbyPasswordFile != nil || standbyTlsCert != nil || standbyTlsKey != nil {
-            throw ValidationError("--standby-trust, --standby-password-file and --standby-tls-cert/--standby-tls-key need --standby-listen")
+            throw ValidationError(
+                "--standby-trust, --standby-password-file and --standby-tls-cert/--standby-tls-key need --standby-listen")
         }
         guard (standbyTlsCert == nil) == (standbyTlsKey == nil) else {
             throw ValidationError("standby TLS needs both --standby-tls-cert and --standby-tls-key")
@@ -106,7 +124,8 @@ struct Receive: AsyncParsableCommand {
         for entry in allowSource {
             let parts = entry.split(separator: "=", maxSplits: 1).map(String.init)
             guard parts.count == 2, !parts[0].isEmpty, let system = UInt64(parts[1]) else {
-                throw ValidationError("--allow-source expects CERTNAME=SYSTEMID (the system identifier from pg_control_system()), got \"\(entry)\"")
+                throw ValidationError(
+                    "--allow-source expects CERTNAME=SYSTEMID (the system identifier from pg_control_system()), got \"\(entry)\"")
             }
             guard bound[parts[0]] == nil else { throw ValidationError("--allow-source names \(parts[0]) twice") }
             bound[parts[0]] = system
@@ -115,7 +134,9 @@ struct Receive: AsyncParsableCommand {
     }
 
     func validateAlerts() throws {
-        if let p = alertSpoolFreePercent, !(0...100).contains(p) { throw ValidationError("--alert-spool-free-percent must be 0...100") }
+        if let p = alertSpoolFreePercent, !(0...100).contains(p) {
+            throw ValidationError("--alert-spool-free-percent must be 0...100")
+        }
         if let s = alertLagSeconds, s <= 0 { throw ValidationError("--alert-lag-seconds must be positive") }
     }
 
@@ -128,13 +149,17 @@ struct Receive: AsyncParsableCommand {
     func standbyAuthentication() throws -> StandbyAuthentication {
         guard let standbyPasswordFile else { return .trust }
         guard let text = try? String(contentsOfFile: standbyPasswordFile, encoding: .utf8) else {
-            throw ValidationError("cannot read --standby-password-file \(standbyPasswordFile) (hint: check that it exists and this user can read it)")
+            throw ValidationError(
+                "cannot read --standby-password-file \(standbyPasswordFile) (hint: check that it exists and this user can read it)"
+            )
         }
         let secret = text.trimmingCharacters(in: .newlines)
         guard !secret.isEmpty else { throw ValidationError("--standby-password-file \(standbyPasswordFile) is empty") }
         if secret.hasPrefix("SCRAM-SHA-256$") {
             guard let verifier = SCRAMVerifier(parsing: secret) else {
-                throw ValidationError("--standby-password-file \(standbyPasswordFile) holds a malformed SCRAM-SHA-256 verifier (expected SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>, as in pg_authid)")
+                throw ValidationError(
+                    "--standby-password-file \(standbyPasswordFile) holds a malformed SCRAM-SHA-256 verifier (expected SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>, as in pg_authid)"
+                )
             }
             return .scram(verifier)
         }
@@ -146,8 +171,9 @@ struct Receive: AsyncParsableCommand {
         let endpoint = try parseEndpoint(listen, option: "--listen")
         let root = spool.hasPrefix("/") ? spool : FileManager.default.currentDirectoryPath + "/" + spool
         link.warnIfPlaintext(logger)
-        var configuration = ReceiverConfiguration(listenHost: endpoint.host, listenPort: endpoint.port, spoolRoot: root,
-                                                  name: ProcessInfo.processInfo.hostName)
+        var configuration = ReceiverConfiguration(
+            listenHost: endpoint.host, listenPort: endpoint.port, spoolRoot: root,
+            name: ProcessInfo.processInfo.hostName)
         configuration.linkTimeout = .seconds(link.linkTimeout)
         configuration.retainBackups = retainBackups
         configuration.spoolQuota = try spoolMaxBytes.map { try parseSize($0, option: "--spool-max-bytes") }
@@ -171,9 +197,12 @@ struct Receive: AsyncParsableCommand {
             receiver = try Receiver(configuration: configuration, logger: logger)
             if let standbyListen {
                 let endpoint = try parseEndpoint(standbyListen, option: "--standby-listen")
-                let tls = try standbyTlsCert.map { try TLSFiles.standbyServerContext(certificate: $0, privateKey: standbyTlsKey ?? "") }
-                standbyServer = WalSenderServer(host: endpoint.host, port: endpoint.port, spool: receiver.spool,
-                                                authentication: try standbyAuthentication(), tls: tls, logger: logger)
+                let tls = try standbyTlsCert.map {
+                    try TLSFiles.standbyServerContext(certificate: $0, privateKey: standbyTlsKey ?? "")
+                }
+                standbyServer = WalSenderServer(
+                    host: endpoint.host, port: endpoint.port, spool: receiver.spool,
+                    authentication: try standbyAuthentication(), tls: tls, logger: logger)
             }
         } catch {
             throw fail("receive", error)
@@ -186,16 +215,19 @@ struct Receive: AsyncParsableCommand {
         }
         let certificates: [StatusDocument.CertificateStatus]?
         do { certificates = try link.certificates(standbyCertificate: standbyTlsCert) } catch { throw fail("receive", error) }
-        let thresholds = AlertThresholds(lagSeconds: alertLagSeconds, lagBytes: alertLagBytes,
-                                         disconnectSeconds: alerts.alertDisconnectSeconds,
-                                         spoolFreePercent: alertSpoolFreePercent, memoryMB: alerts.alertMemoryMb,
-                                         certificateDays: alerts.certificateDays)
-        let monitor = StatusMonitor(role: "receiver", thresholds: thresholds, notifier: alerts.notifier(logger),
-                                    recoverAfterSeconds: alerts.alertRecoverySeconds, base: {
-                                        var status = receiver.status
-                                        status.certificates = certificates
-                                        return status
-                                    })
+        let thresholds = AlertThresholds(
+            lagSeconds: alertLagSeconds, lagBytes: alertLagBytes,
+            disconnectSeconds: alerts.alertDisconnectSeconds,
+            spoolFreePercent: alertSpoolFreePercent, memoryMB: alerts.alertMemoryMb,
+            certificateDays: alerts.certificateDays)
+        let monitor = StatusMonitor(
+            role: "receiver", thresholds: thresholds, notifier: alerts.notifier(logger),
+            recoverAfterSeconds: alerts.alertRecoverySeconds,
+            base: {
+                var status = receiver.status
+                status.certificates = certificates
+                return status
+            })
         try await runService("receive", statusListen: link.statusListen, logger: logger, monitor: monitor) {
             try await withThrowingTaskGroup(of: Void.self) { group in
                 group.addTask { try await receiver.run() }

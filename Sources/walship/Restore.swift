@@ -52,7 +52,9 @@ struct Restore: ParsableCommand {
     func validate() throws {
         let targets = [targetTime, targetLsn, targetName].compactMap { $0 }
         if standby {
-            guard primaryConninfo != nil else { throw ValidationError("--standby needs --primary-conninfo (the receiver's --standby-listen endpoint)") }
+            guard primaryConninfo != nil else {
+                throw ValidationError("--standby needs --primary-conninfo (the receiver's --standby-listen endpoint)")
+            }
             guard targets.isEmpty else { throw ValidationError("a recovery target does not go with --standby") }
         } else if primaryConninfo != nil {
             throw ValidationError("--primary-conninfo goes with --standby")
@@ -84,13 +86,21 @@ struct Restore: ParsableCommand {
             if let targetName { settings.append("recovery_target_name = '\(escape(targetName))'") }
             settings.append("recovery_target_action = '\(targetAction)'")
         }
-        let restored = try restoreFromBackup(spool: spool, system: system, backup: backup, pgdata: pgdata, settings: settings,
-                                             signal: standby ? "standby.signal" : "recovery.signal", osUser: osUser,
-                                             walshipPath: walshipPath)
+        let restored = try restoreFromBackup(
+            spool: spool, system: system, backup: backup, pgdata: pgdata, settings: settings,
+            signal: standby ? "standby.signal" : "recovery.signal", osUser: osUser,
+            walshipPath: walshipPath)
         let chosen = restored.backup
-        print("restored backup \(chosen.id) (system \(restored.systemIdentifier), start \(chosen.startLSN), stop \(chosen.stopLSN)) into \(restored.dataDirectory)")
-        print(standby ? "configured as a streaming standby of \(primaryConninfo!)" :
-              "configured for recovery \([targetTime.map { "to time \($0)" }, targetLsn.map { "to LSN \($0)" }, targetName.map { "to restore point \($0)" }].compactMap { $0 }.first ?? "to the end of the spool's WAL"), then \(targetAction)")
-        print("start it: pg_ctl -D \(restored.dataDirectory) start   (as \(osUser), after setting port and listen_addresses as needed)")
+        print(
+            "restored backup \(chosen.id) (system \(restored.systemIdentifier), start \(chosen.startLSN), stop \(chosen.stopLSN)) into \(restored.dataDirectory)"
+        )
+        print(
+            standby
+                ? "configured as a streaming standby of \(primaryConninfo!)"
+                : "configured for recovery \([targetTime.map { "to time \($0)" }, targetLsn.map { "to LSN \($0)" }, targetName.map { "to restore point \($0)" }].compactMap { $0 }.first ?? "to the end of the spool's WAL"), then \(targetAction)"
+        )
+        print(
+            "start it: pg_ctl -D \(restored.dataDirectory) start   (as \(osUser), after setting port and listen_addresses as needed)"
+        )
     }
 }

@@ -31,11 +31,11 @@ struct Send: AsyncParsableCommand {
     @Option(help: "Name this sender shows in pg_stat_replication; what synchronous_standby_names must name for --sync.")
     var applicationName = "walship"
 
-    @Flag(help: "Synchronous mode: checks that the primary's synchronous_standby_names names --application-name (so commits wait until their WAL is fsynced at the DR site) and warns if not.")
+    @Flag(
+        help:
+            "Synchronous mode: checks that the primary's synchronous_standby_names names --application-name (so commits wait until their WAL is fsynced at the DR site) and warns if not."
+    )
     var sync = false
-
-
-
 
     @Option(help: "Longest wait, in seconds, between reconnection attempts (the wait doubles from 1 s).")
     var retryMaxSeconds = 30
@@ -49,13 +49,22 @@ struct Send: AsyncParsableCommand {
     @Option(help: "The name the receiver's certificate must carry, when it differs from the host in --to.")
     var tlsServerName: String?
 
-    @Option(help: ArgumentHelp("With --sync, what happens while the DR site cannot take WAL: block (commits wait, RPO stays 0) or degrade-after=DURATION (e.g. 30s, 5m: then commits are acknowledged from --buffer-dir so the primary keeps working; RPO exposure is reported and alerted).", valueName: "policy"))
+    @Option(
+        help: ArgumentHelp(
+            "With --sync, what happens while the DR site cannot take WAL: block (commits wait, RPO stays 0) or degrade-after=DURATION (e.g. 30s, 5m: then commits are acknowledged from --buffer-dir so the primary keeps working; RPO exposure is reported and alerted).",
+            valueName: "policy"))
     var onReceiverLoss = "block"
 
-    @Option(help: "Local durable buffer for --on-receiver-loss degrade-after: WAL acknowledged while the DR site is unreachable is kept here until the receiver has it. Put it on durable storage, ideally not the primary's pg_wal disk.")
+    @Option(
+        help:
+            "Local durable buffer for --on-receiver-loss degrade-after: WAL acknowledged while the DR site is unreachable is kept here until the receiver has it. Put it on durable storage, ideally not the primary's pg_wal disk."
+    )
     var bufferDir: String?
 
-    @Option(help: ArgumentHelp("How hard WAL is compressed for the link: auto (LZ4HC, about 15 % fewer bytes at several times the CPU, only while frames queue behind a link slower than the sender; fast LZ4 otherwise), fast (always fast LZ4) or high (always LZ4HC).", valueName: "auto|fast|high"))
+    @Option(
+        help: ArgumentHelp(
+            "How hard WAL is compressed for the link: auto (LZ4HC, about 15 % fewer bytes at several times the CPU, only while frames queue behind a link slower than the sender; fast LZ4 otherwise), fast (always fast LZ4) or high (always LZ4HC).",
+            valueName: "auto|fast|high"))
     var compression = "auto"
 
     @OptionGroup var link: LinkOptions
@@ -65,15 +74,26 @@ struct Send: AsyncParsableCommand {
 
     func validate() throws {
         _ = try parseEndpoint(to, option: "--to")
-        guard !slot.isEmpty, slot.allSatisfy({ $0.isLetter && $0.isLowercase || $0.isNumber || $0 == "_" }), slot.first?.isNumber == false else {
+        guard !slot.isEmpty, slot.allSatisfy({ $0.isLetter && $0.isLowercase || $0.isNumber || $0 == "_" }),
+            slot.first?.isNumber == false
+        else {
             throw ValidationError("--slot \"\(slot)\" is not a valid slot name (lower-case letters, digits and underscores)")
         }
         _ = try compressionMode(compression)
         let policy: ReceiverLossPolicy
-        do { policy = try ReceiverLossPolicy(parsing: onReceiverLoss) } catch { throw ValidationError("--on-receiver-loss: \(error)") }
+        do { policy = try ReceiverLossPolicy(parsing: onReceiverLoss) } catch {
+            throw ValidationError("--on-receiver-loss: \(error)")
+        }
         if case .degradeAfter = policy {
-            guard sync else { throw ValidationError("--on-receiver-loss degrade-after only applies with --sync: without it commits never wait for the DR site") }
-            guard bufferDir != nil else { throw ValidationError("--on-receiver-loss degrade-after needs --buffer-dir DIR, durable local storage for WAL acknowledged while the DR site is unreachable") }
+            guard sync else {
+                throw ValidationError(
+                    "--on-receiver-loss degrade-after only applies with --sync: without it commits never wait for the DR site")
+            }
+            guard bufferDir != nil else {
+                throw ValidationError(
+                    "--on-receiver-loss degrade-after needs --buffer-dir DIR, durable local storage for WAL acknowledged while the DR site is unreachable"
+                )
+            }
         } else if bufferDir != nil {
             throw ValidationError("--buffer-dir is only used with --on-receiver-loss degrade-after=DURATION")
         }
@@ -104,14 +124,17 @@ struct Send: AsyncParsableCommand {
         do { sender = try Sender(configuration: configuration, logger: logger) } catch { throw fail("send", error) }
         let certificates: [StatusDocument.CertificateStatus]?
         do { certificates = try link.certificates() } catch { throw fail("send", error) }
-        let thresholds = AlertThresholds(disconnectSeconds: alerts.alertDisconnectSeconds, memoryMB: alerts.alertMemoryMb,
-                                         slotRetainedBytes: alertSlotRetainedBytes, certificateDays: alerts.certificateDays)
-        let monitor = StatusMonitor(role: "sender", thresholds: thresholds, notifier: alerts.notifier(logger),
-                                    recoverAfterSeconds: alerts.alertRecoverySeconds, base: {
-                                        var status = sender.status
-                                        status.certificates = certificates
-                                        return status
-                                    })
+        let thresholds = AlertThresholds(
+            disconnectSeconds: alerts.alertDisconnectSeconds, memoryMB: alerts.alertMemoryMb,
+            slotRetainedBytes: alertSlotRetainedBytes, certificateDays: alerts.certificateDays)
+        let monitor = StatusMonitor(
+            role: "sender", thresholds: thresholds, notifier: alerts.notifier(logger),
+            recoverAfterSeconds: alerts.alertRecoverySeconds,
+            base: {
+                var status = sender.status
+                status.certificates = certificates
+                return status
+            })
         try await runService("send", statusListen: link.statusListen, logger: logger, monitor: monitor) {
             try await sender.run()
         }

@@ -40,7 +40,10 @@ struct Status: AsyncParsableCommand {
     var criticalLagBytes: UInt64 = 1 << 30
 
     func validate() throws {
-        guard statusURL != nil else { throw ValidationError("--url expects http://HOST:PORT (the --status-listen of walship send or receive), got \"\(url)\"") }
+        guard statusURL != nil else {
+            throw ValidationError(
+                "--url expects http://HOST:PORT (the --status-listen of walship send or receive), got \"\(url)\"")
+        }
         guard interval >= 0.2 else { throw ValidationError("--interval must be at least 0.2 seconds") }
         guard warningLagSeconds <= criticalLagSeconds, warningLagBytes <= criticalLagBytes else {
             throw ValidationError("warning thresholds must not exceed critical ones")
@@ -57,8 +60,9 @@ struct Status: AsyncParsableCommand {
     }
 
     var thresholds: StatusThresholds {
-        StatusThresholds(warningLagSeconds: warningLagSeconds, criticalLagSeconds: criticalLagSeconds,
-                         warningLagBytes: warningLagBytes, criticalLagBytes: criticalLagBytes)
+        StatusThresholds(
+            warningLagSeconds: warningLagSeconds, criticalLagSeconds: criticalLagSeconds,
+            warningLagBytes: warningLagBytes, criticalLagBytes: criticalLagBytes)
     }
 
     func run() async throws {
@@ -73,7 +77,9 @@ struct Status: AsyncParsableCommand {
             let (text, verdict) = await once()
             lastCode = verdict.code
             // Home and clear-to-end keep the screen steady instead of scrolling.
-            print((terminal ? "\u{1B}[H\u{1B}[2J" : "") + text + (terminal ? "\n\n(refreshing every \(interval) s; Ctrl-C to stop)" : ""))
+            print(
+                (terminal ? "\u{1B}[H\u{1B}[2J" : "") + text
+                    + (terminal ? "\n\n(refreshing every \(interval) s; Ctrl-C to stop)" : ""))
             fflush(nil)
             try? await Task.sleep(for: .milliseconds(Int(interval * 1000)))
         }
@@ -87,7 +93,8 @@ struct Status: AsyncParsableCommand {
         do {
             data = try await fetchStatusData(statusURL, timeout: timeout)
         } catch {
-            let verdict = HealthCheck.unreadable("cannot read \(statusURL): \(error) (hint: is walship running with --status-listen at that address?)")
+            let verdict = HealthCheck.unreadable(
+                "cannot read \(statusURL): \(error) (hint: is walship running with --status-listen at that address?)")
             return (json ? #"{"error": "\#(jsonEscape(verdict.reasons[0]))"}"# : verdict.summary, verdict)
         }
         let document: StatusDocument

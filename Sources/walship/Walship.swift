@@ -14,8 +14,10 @@ struct Walship: AsyncParsableCommand {
             The sender runs beside the primary and streams WAL through a replication slot to the receiver at the DR site, which stores it durably in a spool. See docs/runbook.md.
             """,
         version: walshipVersion,
-        subcommands: [Send.self, Receive.self, Status.self, Certs.self, Promote.self, Drill.self, Backup.self, Backups.self, Restore.self,
-                      RestoreWAL.self, ExtractPartial.self, Prune.self, Check.self])
+        subcommands: [
+            Send.self, Receive.self, Status.self, Certs.self, Promote.self, Drill.self, Backup.self, Backups.self, Restore.self,
+            RestoreWAL.self, ExtractPartial.self, Prune.self, Check.self,
+        ])
 }
 
 /// Options every long-running command shares.
@@ -50,7 +52,10 @@ struct LinkOptions: ParsableArguments {
     @Flag(help: "No TLS on the ship link (plaintext). Required on both ends for a plaintext link; use only on a trusted network.")
     var insecure = false
 
-    @Option(help: "Serve the dashboard (GET /), status JSON (GET /status) and Prometheus metrics (GET /metrics) on HOST:PORT. Read-only; bind to loopback unless you need it remote.")
+    @Option(
+        help:
+            "Serve the dashboard (GET /), status JSON (GET /status) and Prometheus metrics (GET /metrics) on HOST:PORT. Read-only; bind to loopback unless you need it remote."
+    )
     var statusListen: String?
 
     @Option(help: "Seconds of silence after which the link is considered dead (and, at the receiver, may be replaced).")
@@ -60,12 +65,15 @@ struct LinkOptions: ParsableArguments {
         if let statusListen { _ = try parseEndpoint(statusListen, option: "--status-listen") }
         let given = [tlsCert, tlsKey, tlsCA].compactMap { $0 }
         if insecure {
-            guard given.isEmpty else { throw ValidationError("--insecure and --tls-cert/--tls-key/--tls-ca exclude each other: choose TLS or plaintext") }
+            guard given.isEmpty else {
+                throw ValidationError("--insecure and --tls-cert/--tls-key/--tls-ca exclude each other: choose TLS or plaintext")
+            }
         } else {
             guard given.count == 3 else {
-                throw ValidationError(given.isEmpty
-                    ? "the ship link uses mutual TLS: pass --tls-cert, --tls-key and --tls-ca (walship certs init DIR makes a set), or --insecure for plaintext on a network you trust"
-                    : "TLS needs all three of --tls-cert, --tls-key and --tls-ca")
+                throw ValidationError(
+                    given.isEmpty
+                        ? "the ship link uses mutual TLS: pass --tls-cert, --tls-key and --tls-ca (walship certs init DIR makes a set), or --insecure for plaintext on a network you trust"
+                        : "TLS needs all three of --tls-cert, --tls-key and --tls-ca")
             }
         }
         guard (5...3600).contains(linkTimeout) else { throw ValidationError("--link-timeout must be 5...3600 seconds") }
@@ -80,7 +88,8 @@ struct LinkOptions: ParsableArguments {
     /// The certificates the process uses (the link's, and the standby endpoint's if given), read once at start
     /// for its status and the certificate_expiry alert; nil when it uses none.
     func certificates(standbyCertificate: String? = nil) throws -> [StatusDocument.CertificateStatus]? {
-        let files = (tlsFiles.map { [("link", $0.certificate), ("link CA", $0.authority)] } ?? [])
+        let files =
+            (tlsFiles.map { [("link", $0.certificate), ("link CA", $0.authority)] } ?? [])
             + (standbyCertificate.map { [("standby endpoint", $0)] } ?? [])
         guard !files.isEmpty else { return nil }
         return try files.map { use, path in
@@ -154,7 +163,8 @@ struct NoticeOptions: ParsableArguments {
 
     func validate() throws {
         if let alertWebhook {
-            guard let url = URL(string: alertWebhook), ["http", "https"].contains(url.scheme?.lowercased() ?? ""), url.host != nil else {
+            guard let url = URL(string: alertWebhook), ["http", "https"].contains(url.scheme?.lowercased() ?? ""), url.host != nil
+            else {
                 throw ValidationError("--alert-webhook expects an http:// or https:// URL")
             }
         }
@@ -169,8 +179,10 @@ struct NoticeOptions: ParsableArguments {
 
 /// Runs a command's main service beside its monitor (alerts), and the status endpoint when
 /// `--status-listen` is given; the first to fail ends all, reported as one clear line.
-func runService(_ command: String, statusListen: String?, logger: Logger, monitor: StatusMonitor,
-                _ service: @escaping @Sendable () async throws -> Void) async throws {
+func runService(
+    _ command: String, statusListen: String?, logger: Logger, monitor: StatusMonitor,
+    _ service: @escaping @Sendable () async throws -> Void
+) async throws {
     do {
         try await withThrowingTaskGroup(of: Void.self) { group in
             group.addTask { try await service() }
@@ -178,7 +190,9 @@ func runService(_ command: String, statusListen: String?, logger: Logger, monito
             if let statusListen {
                 let endpoint = try parseEndpoint(statusListen, option: "--status-listen")
                 group.addTask {
-                    try await StatusServer(host: endpoint.host, port: endpoint.port, logger: logger, status: { monitor.current() }).run()
+                    try await StatusServer(
+                        host: endpoint.host, port: endpoint.port, logger: logger, status: { monitor.current() }
+                    ).run()
                 }
             }
             try await group.next()
@@ -195,4 +209,3 @@ func parseEndpoint(_ text: String, option: String) throws -> (host: String, port
     }
     return endpoint
 }
-

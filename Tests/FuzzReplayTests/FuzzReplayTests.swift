@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+
 @testable import FuzzHarness
 
 /// Replays the fuzzers' seed and crash corpus (Fuzz/corpus, Fuzz/crashes) through the same targets on the

@@ -1,5 +1,6 @@
 import NIOCore
 import Testing
+
 @testable import LZ4Codec
 
 @Suite struct LZ4FrameTests {
@@ -16,9 +17,13 @@ import Testing
         var frame = input.withUnsafeBytes { LZ4.compressFrame($0) }
         #expect(throws: LZ4.FrameError.self) { try frame.withUnsafeBytes { try LZ4.decompressFrame($0, maxOutputBytes: 1000) } }
         frame[frame.count - 2] ^= 0xFF  // content checksum
-        #expect(throws: LZ4.FrameError.self) { try frame.withUnsafeBytes { try LZ4.decompressFrame($0, maxOutputBytes: 1 << 20) } }
+        #expect(throws: LZ4.FrameError.self) {
+            try frame.withUnsafeBytes { try LZ4.decompressFrame($0, maxOutputBytes: 1 << 20) }
+        }
         let truncated = Array(frame.prefix(frame.count / 2))
-        #expect(throws: LZ4.FrameError.self) { try truncated.withUnsafeBytes { try LZ4.decompressFrame($0, maxOutputBytes: 1 << 20) } }
+        #expect(throws: LZ4.FrameError.self) {
+            try truncated.withUnsafeBytes { try LZ4.decompressFrame($0, maxOutputBytes: 1 << 20) }
+        }
     }
 
     @Test func aBlockIsAppendedWholeOrNotAtAll() {
@@ -30,11 +35,14 @@ import Testing
         #expect(block.withUnsafeBytes { LZ4.decompressBlock($0, uncompressedLength: input.count, appendingTo: &output) })
         #expect(output == [7, 8, 9] + input)
         // A length the block does not yield, a cut block, no block: false, and the output as it was.
-        for (bytes, claimed) in [(block, input.count - 1), (block, input.count + 1), (Array(block.prefix(length / 2)), input.count),
-                                 ([], input.count), (block, 0)] {
+        for (bytes, claimed) in [
+            (block, input.count - 1), (block, input.count + 1), (Array(block.prefix(length / 2)), input.count),
+            ([], input.count), (block, 0),
+        ] {
             var kept: [UInt8] = [7, 8, 9]
-            #expect(!bytes.withUnsafeBytes { LZ4.decompressBlock($0, uncompressedLength: claimed, appendingTo: &kept) },
-                    "claimed \(claimed) from \(bytes.count) bytes")
+            #expect(
+                !bytes.withUnsafeBytes { LZ4.decompressBlock($0, uncompressedLength: claimed, appendingTo: &kept) },
+                "claimed \(claimed) from \(bytes.count) bytes")
             #expect(kept == [7, 8, 9])
         }
     }
@@ -47,7 +55,8 @@ import Testing
         #expect(XXH32.hash(Array("a".utf8)) == 0x550D_7456)
         #expect(XXH32.hash(Array("abc".utf8)) == 0x32D1_53FF)
         #expect(XXH32.hash(Array("0123456789abcdef".utf8)) == 0xC2C4_5B69)
-        let long = Array(0...255).map(UInt8.init) + Array(0...255).map(UInt8.init) + Array(0...255).map(UInt8.init)
+        let long =
+            Array(0...255).map(UInt8.init) + Array(0...255).map(UInt8.init) + Array(0...255).map(UInt8.init)
             + Array("xyz".utf8)
         #expect(XXH32.hash(long) == 0xBAA5_4DA9)
         for split in [1, 5, 15, 16, 17, 100, 770] {
@@ -72,8 +81,10 @@ import Testing
     @Test func senderBlocksAndRawPiecesMakeOneStandardFrame() throws {
         // A segment as the receiver sees it: small raw pieces, large pieces with the sender's block, a piece
         // whose block is not worth keeping, and a block that would be larger than its input.
-        let pieces: [(count: Int, withBlock: Bool)] = [(3000, false), (700_000, true), (1 << 20, true), (20_000, true),
-                                                       (500_000, false), (1 << 20, true)]
+        let pieces: [(count: Int, withBlock: Bool)] = [
+            (3000, false), (700_000, true), (1 << 20, true), (20_000, true),
+            (500_000, false), (1 << 20, true),
+        ]
         let total = pieces.reduce(0) { $0 + $1.count }
         let writer = LZ4.BlockFrameWriter(contentSize: UInt64(total))
         var frame = writer.begin()
@@ -93,7 +104,9 @@ import Testing
         #expect(incompressibleBlock.readableBytes >= incompressible.count)
         let writer2 = LZ4.BlockFrameWriter(contentSize: UInt64(incompressible.count))
         var frame2 = writer2.begin()
-        frame2 += incompressible.withUnsafeBytes { r in incompressibleBlock.withUnsafeReadableBytes { writer2.add(r, compressedBlock: $0) } }
+        frame2 += incompressible.withUnsafeBytes { r in
+            incompressibleBlock.withUnsafeReadableBytes { writer2.add(r, compressedBlock: $0) }
+        }
         frame2 += writer2.end()
         #expect(try frame2.withUnsafeBytes { try LZ4.decompressFrame($0, maxOutputBytes: 1 << 20) } == incompressible)
 
@@ -106,16 +119,22 @@ import Testing
         var offset = 0
         while !reader.finished {
             let end = min(frame.count, offset + 10_000)
-            offset += try frame.withUnsafeBytes { try reader.read(UnsafeRawBufferPointer(rebasing: $0[offset..<end]), into: &streamed, maxOutput: 1 << 20) }
+            offset += try frame.withUnsafeBytes {
+                try reader.read(UnsafeRawBufferPointer(rebasing: $0[offset..<end]), into: &streamed, maxOutput: 1 << 20)
+            }
         }
         #expect(streamed == content)
 
         // The content checksum covers stored blocks too: damage inside one is detected.
         var damaged = frame
         damaged[damaged.count / 2] ^= 0x01
-        #expect(throws: LZ4.FrameError.self) { try damaged.withUnsafeBytes { try LZ4.decompressFrame($0, maxOutputBytes: 8 << 20) } }
+        #expect(throws: LZ4.FrameError.self) {
+            try damaged.withUnsafeBytes { try LZ4.decompressFrame($0, maxOutputBytes: 8 << 20) }
+        }
         var badHeader = frame
         badHeader[6] ^= 0x01  // a content-size byte, guarded by the header checksum
-        #expect(throws: LZ4.FrameError.self) { try badHeader.withUnsafeBytes { try LZ4.decompressFrame($0, maxOutputBytes: 8 << 20) } }
+        #expect(throws: LZ4.FrameError.self) {
+            try badHeader.withUnsafeBytes { try LZ4.decompressFrame($0, maxOutputBytes: 8 << 20) }
+        }
     }
 }

@@ -2,6 +2,7 @@ import Foundation
 import StatusModel
 import StatusTestSupport
 import Testing
+
 @testable import Monitor
 
 @Suite struct MetricsTests {
@@ -20,7 +21,8 @@ import Testing
 
     @Test func seriesThatAreNoLongerPublishedDisappear() {
         let metrics = MetricsPublisher()
-        let alert = StatusDocument.ActiveAlert(condition: "lag", severity: "warning", system: "7301", since: Date(), message: "behind")
+        let alert = StatusDocument.ActiveAlert(
+            condition: "lag", severity: "warning", system: "7301", since: Date(), message: "behind")
         let firing = metrics.render(sampleReceiver(durableBehindBytes: 1 << 20, seconds: 1.5, alerts: [alert]))
         #expect(firing.contains(#"walship_alert_active{condition="lag",system="7301"} 1"#), "\(firing)")
         #expect(firing.contains(#"walship_lag_seconds{stage="durable",system="7301"} 1.5"#))
@@ -32,14 +34,17 @@ import Testing
         #expect(cleared.contains(#"walship_lag_seconds{stage="received",system="7301"} 0"#))
         #expect(cleared.contains(#"walship_link_connected{system="7301"} 1"#))
         // And back again.
-        #expect(metrics.render(sampleReceiver(alerts: [alert])).contains(#"walship_alert_active{condition="lag",system="7301"} 1"#))
+        #expect(
+            metrics.render(sampleReceiver(alerts: [alert])).contains(#"walship_alert_active{condition="lag",system="7301"} 1"#))
     }
 
     /// Moved from `certificateExpiryWarnsThenEscalates` (StatusModelTests), with the status it had there.
     @Test func certificateExpiryIsAMetric() {
         let now = Date(timeIntervalSince1970: 1_800_000_000)
         var status = sampleReceiver()
-        status.certificates = [.init(use: "link", path: "/certs/0.crt", subject: "CN=dr", notValidAfter: now.addingTimeInterval(-86400))]
+        status.certificates = [
+            .init(use: "link", path: "/certs/0.crt", subject: "CN=dr", notValidAfter: now.addingTimeInterval(-86400))
+        ]
         let text = MetricsPublisher().render(status)
         #expect(text.contains("walship_tls_certificate_expiry_timestamp_seconds{"), "\(text)")
         #expect(text.contains("use=\"link\""))

@@ -1,5 +1,6 @@
 import Testing
 import WALCore
+
 @testable import PGProtocol
 
 @Suite struct ReplicationMessageTests {
@@ -8,11 +9,15 @@ import WALCore
     }
 
     @Test func decodesXLogData() throws {
-        let header = ReplicationMessage.encodeXLogDataHeader(dataStart: LSN("0/3000000")!, walEnd: LSN("0/3B431C8")!,
-                                                             sendTime: PostgresTimestamp(rawValue: 42))
+        let header = ReplicationMessage.encodeXLogDataHeader(
+            dataStart: LSN("0/3000000")!, walEnd: LSN("0/3B431C8")!,
+            sendTime: PostgresTimestamp(rawValue: 42))
         #expect(header.count == 25)
         let message = try decode(header + [1, 2, 3])
-        guard case .xLogData(let x) = message else { Issue.record("not XLogData"); return }
+        guard case .xLogData(let x) = message else {
+            Issue.record("not XLogData")
+            return
+        }
         #expect(x.dataStart == LSN("0/3000000")!)
         #expect(x.walEnd == LSN("0/3B431C8")!)
         #expect(x.sendTime.rawValue == 42)
@@ -20,10 +25,14 @@ import WALCore
     }
 
     @Test func decodesKeepaliveOfExactlyEighteenBytes() throws {
-        let bytes = ReplicationMessage.encodeKeepalive(.init(walEnd: LSN(0x1234), sendTime: PostgresTimestamp(rawValue: -1),
-                                                             replyRequested: true))
+        let bytes = ReplicationMessage.encodeKeepalive(
+            .init(
+                walEnd: LSN(0x1234), sendTime: PostgresTimestamp(rawValue: -1),
+                replyRequested: true))
         #expect(bytes.count == 18)
-        #expect(try decode(bytes) == .keepalive(.init(walEnd: LSN(0x1234), sendTime: PostgresTimestamp(rawValue: -1), replyRequested: true)))
+        #expect(
+            try decode(bytes)
+                == .keepalive(.init(walEnd: LSN(0x1234), sendTime: PostgresTimestamp(rawValue: -1), replyRequested: true)))
         #expect(throws: ReplicationMessage.DecodeError.wrongLength(type: UInt8(ascii: "k"), length: 19, expected: 18)) {
             try decode(bytes + [0])
         }
@@ -38,8 +47,9 @@ import WALCore
     }
 
     @Test func standbyStatusGoldenBytes() throws {
-        let update = StandbyStatusUpdate(write: LSN(0x0102030405060708), flush: LSN(1), apply: LSN(0),
-                                         sendTime: PostgresTimestamp(rawValue: 2), replyRequested: true)
+        let update = StandbyStatusUpdate(
+            write: LSN(0x0102030405060708), flush: LSN(1), apply: LSN(0),
+            sendTime: PostgresTimestamp(rawValue: 2), replyRequested: true)
         let bytes = update.encoded()
         #expect(bytes.count == 34)
         #expect(Array(bytes[0..<9]) == [0x72, 1, 2, 3, 4, 5, 6, 7, 8])

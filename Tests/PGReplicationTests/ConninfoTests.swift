@@ -1,4 +1,5 @@
 import Testing
+
 @testable import PGReplication
 
 @Suite struct ConninfoTests {

@@ -1,12 +1,14 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 import Foundation
 import PGProtocol
 import Synchronization
 import Testing
 import WALCore
+
 @testable import PGReplication
+
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// Records the status updates a connection would send; `flushCompletes` false plays a socket that is full.
 fileprivate final class RecordingOutput: CopyBothOutput, @unchecked Sendable {
@@ -43,12 +45,17 @@ fileprivate final class RecordingOutput: CopyBothOutput, @unchecked Sendable {
     /// caller's to try.
     func onAnotherThread(_ body: @escaping @Sendable () -> Void) {
         let done = DispatchSemaphore(value: 0)
-        Thread { body(); done.signal() }.start()
+        Thread {
+            body()
+            done.signal()
+        }.start()
         done.wait()
     }
 
     /// A gate with a streaming connection over `output` attached, as the replication thread sets it up.
-    fileprivate func attached(_ output: RecordingOutput = RecordingOutput()) -> (StreamGate, RecordingOutput, StreamingConnection<RecordingOutput>) {
+    fileprivate func attached(
+        _ output: RecordingOutput = RecordingOutput()
+    ) -> (StreamGate, RecordingOutput, StreamingConnection<RecordingOutput>) {
         let gate = StreamGate()
         let link = StreamingConnection(output, gate: gate, statusInterval: .seconds(10))
         gate.attach(link)

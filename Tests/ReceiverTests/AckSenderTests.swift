@@ -4,6 +4,7 @@ import NIOEmbedded
 import ShipProtocol
 import Testing
 import WALCore
+
 @testable import Receiver
 
 @Suite struct AckSenderTests {
@@ -31,7 +32,10 @@ import WALCore
 
         var durable: [LSN] = []
         while let message = try await channel.readOutbound(as: ShipMessage.self) {
-            guard case .ack(let ack) = message else { Issue.record("not an ack: \(message.kind)"); break }
+            guard case .ack(let ack) = message else {
+                Issue.record("not an ack: \(message.kind)")
+                break
+            }
             durable.append(ack.durableLSN)
         }
         #expect(durable == [LSN(0x20), LSN(0x20)], "the late 0/10 goes out merged with the 0/20 before it")

@@ -1,4 +1,5 @@
 import Testing
+
 @testable import Receiver
 
 @Suite struct LoopOccupancyTests {

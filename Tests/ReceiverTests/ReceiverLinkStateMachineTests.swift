@@ -2,6 +2,7 @@ import NIOCore
 import ShipProtocol
 import Testing
 import WALCore
+
 @testable import Receiver
 
 @Suite struct ReceiverLinkStateMachineTests {
@@ -14,13 +15,17 @@ import WALCore
     }
 
     func hello(_ role: LinkRole = .stream, system: UInt64 = 42, version: UInt16 = shipProtocolVersion) -> ShipMessage {
-        .hello(Hello(protocolVersion: version, role: role, synchronous: false, systemIdentifier: system, timeline: 1,
-                     walSegmentSize: UInt32(WALSegmentSize.default.bytes), senderName: "primary-a"))
+        .hello(
+            Hello(
+                protocolVersion: version, role: role, synchronous: false, systemIdentifier: system, timeline: 1,
+                walSegmentSize: UInt32(WALSegmentSize.default.bytes), senderName: "primary-a"))
     }
 
-    let wal = ShipMessage.walData(WALData(timeline: 1, startLSN: LSN("0/3000000")!, primaryEndLSN: LSN("0/3000005")!,
-                                          primarySendTime: PostgresTimestamp(rawValue: 1), compression: .none,
-                                          uncompressedLength: 5, payload: ByteBuffer(bytes: [1, 2, 3, 4, 5])))
+    let wal = ShipMessage.walData(
+        WALData(
+            timeline: 1, startLSN: LSN("0/3000000")!, primaryEndLSN: LSN("0/3000005")!,
+            primarySendTime: PostgresTimestamp(rawValue: 1), compression: .none,
+            uncompressedLength: 5, payload: ByteBuffer(bytes: [1, 2, 3, 4, 5])))
     let backupStart = BackupStart(startLSN: LSN("0/2000028")!, timeline: 1, estimatedBytes: 0, label: "unit")
     let backupData = BackupData(part: .archive, compression: .none, uncompressedLength: 3, payload: ByteBuffer(bytes: [1, 2, 3]))
     let backupEnd = BackupEnd(stopLSN: LSN("0/2000100")!, timeline: 1)
@@ -47,60 +52,92 @@ import WALCore
         #expect(m.firstFrameReceived(hello(), certificateName: nil) == .openSpool(system: 42, segmentSize: .default))
         #expect(m.spoolOpened(fence: nil) == .claimStream(acceptedFence: nil))
         #expect(m.streamClaimed() == .findResumePoint(makeDurableFirst: true, acceptedFence: nil))
-        #expect(m.resumePointFound(durable: LSN("0/3000000")!, timeline: 1)
-            == .welcome(Welcome(resumeLSN: LSN("0/3000000")!, resumeTimeline: 1, receiverName: "dr")))
-        guard case .streaming = m.state else { Issue.record("\(m.state)"); return }
+        #expect(
+            m.resumePointFound(durable: LSN("0/3000000")!, timeline: 1)
+                == .welcome(Welcome(resumeLSN: LSN("0/3000000")!, resumeTimeline: 1, receiverName: "dr")))
+        guard case .streaming = m.state else {
+            Issue.record("\(m.state)")
+            return
+        }
     }
 
     @Test func aBackupHelloClaimsNoStreamAndIsWelcomedAtTheCurrentPosition() {
         var m = machine()
         #expect(m.firstFrameReceived(hello(.backup), certificateName: nil) == .openSpool(system: 42, segmentSize: .default))
         #expect(m.spoolOpened(fence: nil) == .findResumePoint(makeDurableFirst: false, acceptedFence: nil))
-        #expect(m.resumePointFound(durable: LSN("0/3000000")!, timeline: 1)
-            == .welcome(Welcome(resumeLSN: LSN("0/3000000")!, resumeTimeline: 1, receiverName: "dr")))
-        guard case .receivingBackup(_, started: false) = m.state else { Issue.record("\(m.state)"); return }
+        #expect(
+            m.resumePointFound(durable: LSN("0/3000000")!, timeline: 1)
+                == .welcome(Welcome(resumeLSN: LSN("0/3000000")!, resumeTimeline: 1, receiverName: "dr")))
+        guard case .receivingBackup(_, started: false) = m.state else {
+            Issue.record("\(m.state)")
+            return
+        }
     }
 
     @Test func aCertificatePinnedToOneSystemShipsOnlyThatSystem() {
         let pinned = ["site-a": UInt64(42)]
         var right = machine(allowedSources: pinned)
-        #expect(right.firstFrameReceived(hello(system: 42), certificateName: "site-a") == .openSpool(system: 42, segmentSize: .default))
+        #expect(
+            right.firstFrameReceived(hello(system: 42), certificateName: "site-a")
+                == .openSpool(system: 42, segmentSize: .default))
 
         var wrongSystem = machine(allowedSources: pinned)
-        #expect(wrongSystem.firstFrameReceived(hello(system: 43), certificateName: "site-a") == .refuse(Refusal(
-            code: .sourceNotAllowed,
-            message: "the sender's certificate \"site-a\" may ship system 42 only, but it offered system 43 (hint: is this sender pointed at the right primary? else fix --allow-source site-a=43)")))
+        #expect(
+            wrongSystem.firstFrameReceived(hello(system: 43), certificateName: "site-a")
+                == .refuse(
+                    Refusal(
+                        code: .sourceNotAllowed,
+                        message:
+                            "the sender's certificate \"site-a\" may ship system 42 only, but it offered system 43 (hint: is this sender pointed at the right primary? else fix --allow-source site-a=43)"
+                    )))
         #expect(wrongSystem.state == .closed)
 
         var unlisted = machine(allowedSources: pinned)
-        #expect(unlisted.firstFrameReceived(hello(), certificateName: "site-b") == .refuse(Refusal(
-            code: .sourceNotAllowed,
-            message: "the sender's certificate \"site-b\" is not allowed to ship here (hint: add --allow-source site-b=42 to walship receive)")))
+        #expect(
+            unlisted.firstFrameReceived(hello(), certificateName: "site-b")
+                == .refuse(
+                    Refusal(
+                        code: .sourceNotAllowed,
+                        message:
+                            "the sender's certificate \"site-b\" is not allowed to ship here (hint: add --allow-source site-b=42 to walship receive)"
+                    )))
 
         var nameless = machine(allowedSources: pinned)
-        #expect(refusal(nameless.firstFrameReceived(hello(), certificateName: nil))?.message
-            == "the sender's certificate \"without a name\" is not allowed to ship here (hint: add --allow-source NAME=42 to walship receive)")
+        #expect(
+            refusal(nameless.firstFrameReceived(hello(), certificateName: nil))?.message
+                == "the sender's certificate \"without a name\" is not allowed to ship here (hint: add --allow-source NAME=42 to walship receive)"
+        )
 
         // Without --allow-source any certificate the CA signed may ship any system.
         var open = machine()
-        #expect(open.firstFrameReceived(hello(system: 43), certificateName: "site-a") == .openSpool(system: 43, segmentSize: .default))
+        #expect(
+            open.firstFrameReceived(hello(system: 43), certificateName: "site-a") == .openSpool(system: 43, segmentSize: .default)
+        )
     }
 
     @Test func anInvalidHelloIsRefused() {
         var old = machine()
-        #expect(refusal(old.firstFrameReceived(hello(version: shipProtocolVersion + 1), certificateName: nil))?.code == .unsupportedVersion)
+        #expect(
+            refusal(old.firstFrameReceived(hello(version: shipProtocolVersion + 1), certificateName: nil))?.code
+                == .unsupportedVersion)
         var zero = machine()
-        #expect(refusal(zero.firstFrameReceived(hello(system: 0), certificateName: nil))
-            == Refusal(code: .protocolViolation, message: "system identifier 0 is not a PostgreSQL system"))
+        #expect(
+            refusal(zero.firstFrameReceived(hello(system: 0), certificateName: nil))
+                == Refusal(code: .protocolViolation, message: "system identifier 0 is not a PostgreSQL system"))
         #expect(zero.state == .closed)
     }
 
     @Test func aFencedSystemRefusesTheOldPrimarysStream() {
         var m = machine()
         _ = m.firstFrameReceived(hello(), certificateName: nil)
-        #expect(m.spoolOpened(fence: fence) == .refuse(Refusal(
-            code: .fenced,
-            message: "system 42 was promoted at the DR site at 2026-12-01T10:00:00Z (timeline 2); WAL from the old primary (sender primary-a, timeline 1) is refused. Hint: re-seed the DR site and remove /spool/42/FENCED, or restart walship receive with --force to accept it anyway")))
+        #expect(
+            m.spoolOpened(fence: fence)
+                == .refuse(
+                    Refusal(
+                        code: .fenced,
+                        message:
+                            "system 42 was promoted at the DR site at 2026-12-01T10:00:00Z (timeline 2); WAL from the old primary (sender primary-a, timeline 1) is refused. Hint: re-seed the DR site and remove /spool/42/FENCED, or restart walship receive with --force to accept it anyway"
+                    )))
         #expect(m.state == .closed)
     }
 
@@ -109,8 +146,11 @@ import WALCore
         _ = m.firstFrameReceived(hello(.backup), certificateName: nil)
         let answer = refusal(m.spoolOpened(fence: fence))
         #expect(answer?.code == .fenced)
-        #expect(answer?.message.hasPrefix("system 42 was promoted at the DR site at 2026-12-01T10:00:00Z (timeline 2); a base backup from the old primary (sender primary-a, timeline 1) is refused.") == true,
-                "\(answer?.message ?? "no refusal")")
+        #expect(
+            answer?.message.hasPrefix(
+                "system 42 was promoted at the DR site at 2026-12-01T10:00:00Z (timeline 2); a base backup from the old primary (sender primary-a, timeline 1) is refused."
+            ) == true,
+            "\(answer?.message ?? "no refusal")")
         #expect(m.state == .closed)
     }
 
@@ -135,25 +175,35 @@ import WALCore
     @Test func spoolFailuresDuringTheHandshakeAreRefusedWithTheirStep() {
         var open = machine()
         _ = open.firstFrameReceived(hello(), certificateName: nil)
-        #expect(open.spoolFailed(.open, error: "disk gone") == .refuse(Refusal(
-            code: .spoolFailure, message: "cannot open the spool for system 42: disk gone")))
+        #expect(
+            open.spoolFailed(.open, error: "disk gone")
+                == .refuse(
+                    Refusal(
+                        code: .spoolFailure, message: "cannot open the spool for system 42: disk gone")))
         var fenceUnreadable = machine()
         _ = fenceUnreadable.firstFrameReceived(hello(), certificateName: nil)
-        #expect(fenceUnreadable.spoolFailed(.readFence, error: "bad json") == .refuse(Refusal(
-            code: .spoolFailure, message: "cannot read the fence of system 42: bad json")))
+        #expect(
+            fenceUnreadable.spoolFailed(.readFence, error: "bad json")
+                == .refuse(
+                    Refusal(
+                        code: .spoolFailure, message: "cannot read the fence of system 42: bad json")))
         var unsynced = machine()
         _ = unsynced.firstFrameReceived(hello(), certificateName: nil)
         _ = unsynced.spoolOpened(fence: nil)
         _ = unsynced.streamClaimed()
-        #expect(unsynced.spoolFailed(.makeDurable, error: "fsync failed") == .refuse(Refusal(
-            code: .spoolFailure, message: "the spool for system 42 cannot be written: fsync failed")))
+        #expect(
+            unsynced.spoolFailed(.makeDurable, error: "fsync failed")
+                == .refuse(
+                    Refusal(
+                        code: .spoolFailure, message: "the spool for system 42 cannot be written: fsync failed")))
         #expect(unsynced.state == .closed)
     }
 
     @Test func framesBeforeTheHelloCloseTheLinkWithoutAnAnswer() {
         var m = machine()
-        #expect(m.firstFrameReceived(wal, certificateName: nil)
-            == .closeWithoutAnswer(Refusal(code: .protocolViolation, message: "expected a hello frame first, got walData")))
+        #expect(
+            m.firstFrameReceived(wal, certificateName: nil)
+                == .closeWithoutAnswer(Refusal(code: .protocolViolation, message: "expected a hello frame first, got walData")))
         #expect(m.state == .closed)
         // Nothing after that reopens it.
         #expect(m.frameReceived(hello()) == .none)
@@ -162,7 +212,9 @@ import WALCore
     @Test func framesBeforeTheWelcomeAreRefused() {
         var m = machine()
         _ = m.firstFrameReceived(hello(), certificateName: nil)
-        #expect(m.frameReceived(wal) == .refuse(Refusal(code: .protocolViolation, message: "unexpected walData frame before the receiver's welcome")))
+        #expect(
+            m.frameReceived(wal)
+                == .refuse(Refusal(code: .protocolViolation, message: "unexpected walData frame before the receiver's welcome")))
         #expect(m.state == .closed)
     }
 
@@ -185,16 +237,23 @@ import WALCore
         let history = HistoryFile(timeline: 2, content: ByteBuffer(string: "1\t0/5000060\tno recovery target specified\n"))
         #expect(m.frameReceived(.history(history)) == .queueHistory(history))
         let time = PostgresTimestamp(rawValue: 77)
-        #expect(m.frameReceived(.keepalive(Keepalive(primaryEndLSN: LSN("0/3000100")!, sendTime: time, replyRequested: true)))
-            == .keepalive(primaryEnd: LSN("0/3000100")!, sendTime: time, sendAck: true))
-        #expect(m.frameReceived(.keepalive(Keepalive(primaryEndLSN: .invalid, sendTime: time, replyRequested: false)))
-            == .keepalive(primaryEnd: nil, sendTime: time, sendAck: false))
-        guard case .streaming = m.state else { Issue.record("\(m.state)"); return }
+        #expect(
+            m.frameReceived(.keepalive(Keepalive(primaryEndLSN: LSN("0/3000100")!, sendTime: time, replyRequested: true)))
+                == .keepalive(primaryEnd: LSN("0/3000100")!, sendTime: time, sendAck: true))
+        #expect(
+            m.frameReceived(.keepalive(Keepalive(primaryEndLSN: .invalid, sendTime: time, replyRequested: false)))
+                == .keepalive(primaryEnd: nil, sendTime: time, sendAck: false))
+        guard case .streaming = m.state else {
+            Issue.record("\(m.state)")
+            return
+        }
     }
 
     @Test(arguments: [
         ShipMessage.ack(Ack(timeline: 1, writtenLSN: LSN(1), durableLSN: LSN(1), receiverTime: PostgresTimestamp(rawValue: 0))),
-        .hello(Hello(role: .stream, synchronous: false, systemIdentifier: 42, timeline: 1, walSegmentSize: 16 << 20, senderName: "x")),
+        .hello(
+            Hello(role: .stream, synchronous: false, systemIdentifier: 42, timeline: 1, walSegmentSize: 16 << 20, senderName: "x")
+        ),
         .welcome(Welcome(resumeLSN: LSN(0), resumeTimeline: 1, receiverName: "x")),
         .backupStart(BackupStart(startLSN: LSN(0), timeline: 1, estimatedBytes: 0, label: "x")),
         .backupEnd(BackupEnd(stopLSN: LSN(0), timeline: 1)),
@@ -202,16 +261,18 @@ import WALCore
     ])
     func unexpectedFramesEndAStream(_ frame: ShipMessage) {
         var m = welcomed(.stream)
-        #expect(m.frameReceived(frame)
-            == .refuse(Refusal(code: .protocolViolation, message: "unexpected \(frame.kind) frame on a streaming link")))
+        #expect(
+            m.frameReceived(frame)
+                == .refuse(Refusal(code: .protocolViolation, message: "unexpected \(frame.kind) frame on a streaming link")))
         #expect(m.state == .closed)
         #expect(m.frameReceived(wal) == .none, "nothing is queued after the refusal")
     }
 
     @Test func theSenderEndingTheLinkClosesItWithItsReason() {
         var m = welcomed(.stream)
-        #expect(m.frameReceived(.refusal(Refusal(code: .shuttingDown, message: "walship send is stopping")))
-            == .refuse(Refusal(code: .shuttingDown, message: "the sender ended the link: walship send is stopping")))
+        #expect(
+            m.frameReceived(.refusal(Refusal(code: .shuttingDown, message: "walship send is stopping")))
+                == .refuse(Refusal(code: .shuttingDown, message: "the sender ended the link: walship send is stopping")))
         #expect(m.state == .closed)
     }
 
@@ -229,32 +290,42 @@ import WALCore
         #expect(m.frameReceived(.backupStart(backupStart)) == .beginBackup(backupStart))
         #expect(m.frameReceived(.backupData(backupData)) == .storeBackupData(backupData))
         let time = PostgresTimestamp(rawValue: 5)
-        #expect(m.frameReceived(.keepalive(Keepalive(primaryEndLSN: LSN("0/3000100")!, sendTime: time, replyRequested: true)))
-            == .keepalive(primaryEnd: nil, sendTime: time, sendAck: true), "the stream link reports the primary's position")
+        #expect(
+            m.frameReceived(.keepalive(Keepalive(primaryEndLSN: LSN("0/3000100")!, sendTime: time, replyRequested: true)))
+                == .keepalive(primaryEnd: nil, sendTime: time, sendAck: true), "the stream link reports the primary's position")
         #expect(m.frameReceived(.backupEnd(backupEnd)) == .finishBackup(backupEnd))
-        guard case .backupStored = m.state else { Issue.record("\(m.state)"); return }
+        guard case .backupStored = m.state else {
+            Issue.record("\(m.state)")
+            return
+        }
         #expect(m.frameReceived(.backupData(backupData)) == .none, "a stored backup reads no more frames")
     }
 
     @Test func backupFramesOutOfOrderAreRefused() {
         var data = welcomed(.backup)
-        #expect(data.frameReceived(.backupData(backupData))
-            == .refuse(Refusal(code: .protocolViolation, message: "backup data before its start")))
+        #expect(
+            data.frameReceived(.backupData(backupData))
+                == .refuse(Refusal(code: .protocolViolation, message: "backup data before its start")))
         var end = welcomed(.backup)
-        #expect(end.frameReceived(.backupEnd(backupEnd))
-            == .refuse(Refusal(code: .protocolViolation, message: "backup end before its start")))
+        #expect(
+            end.frameReceived(.backupEnd(backupEnd))
+                == .refuse(Refusal(code: .protocolViolation, message: "backup end before its start")))
         var twice = welcomed(.backup)
         _ = twice.frameReceived(.backupStart(backupStart))
-        #expect(twice.frameReceived(.backupStart(backupStart))
-            == .refuse(Refusal(code: .protocolViolation, message: "a second backup start on one link")))
+        #expect(
+            twice.frameReceived(.backupStart(backupStart))
+                == .refuse(Refusal(code: .protocolViolation, message: "a second backup start on one link")))
         #expect(twice.state == .closed)
     }
 
     @Test func walOnABackupLinkIsRefused() {
         var m = welcomed(.backup)
-        #expect(m.frameReceived(wal) == .refuse(Refusal(code: .protocolViolation, message: "unexpected walData frame on a backup link")))
+        #expect(
+            m.frameReceived(wal)
+                == .refuse(Refusal(code: .protocolViolation, message: "unexpected walData frame on a backup link")))
         var refusing = welcomed(.backup)
-        #expect(refusing.frameReceived(.refusal(Refusal(code: .shuttingDown, message: "bye")))
-            == .refuse(Refusal(code: .protocolViolation, message: "unexpected refusal frame on a backup link")))
+        #expect(
+            refusing.frameReceived(.refusal(Refusal(code: .shuttingDown, message: "bye")))
+                == .refuse(Refusal(code: .protocolViolation, message: "unexpected refusal frame on a backup link")))
     }
 }

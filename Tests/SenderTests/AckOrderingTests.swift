@@ -1,10 +1,11 @@
 import Foundation
 import Logging
 import NIOConcurrencyHelpers
-@testable import PGReplication
 import ShipProtocol
 import Testing
 import WALCore
+
+@testable import PGReplication
 @testable import Sender
 
 /// The receiver's acks reach the primary in the order the event loop decoded them, also at the end of a degraded
@@ -19,8 +20,9 @@ import WALCore
     @Test func acksAtTheEndOfADegradedEpisodeNeverGoBackwards() async throws {
         let directory = NSTemporaryDirectory() + "walship-ack-order-test-\(UUID().uuidString)"
         defer { try? FileManager.default.removeItem(atPath: directory) }
-        var configuration = SenderConfiguration(source: try Conninfo("host=localhost"), receiverHost: "localhost", receiverPort: 1,
-                                                slot: "walship", createSlot: false, applicationName: "walship", synchronous: true)
+        var configuration = SenderConfiguration(
+            source: try Conninfo("host=localhost"), receiverHost: "localhost", receiverPort: 1,
+            slot: "walship", createSlot: false, applicationName: "walship", synchronous: true)
         configuration.receiverLoss = .degradeAfter(.seconds(1))
         configuration.bufferDirectory = directory
         let sender = try Sender(configuration: configuration, logger: logger)
@@ -33,10 +35,12 @@ import WALCore
         }
         var link = SenderLinkStateMachine()
         let segmentSize = try #require(WALSegmentSize(bytes: 16 << 20))
-        _ = link.firstMessageReceived(.welcome(Welcome(resumeLSN: LSN(0x100_0000), resumeTimeline: 1, receiverName: "dr")),
-                                      primary: PrimaryIdentity(systemIdentifier: 42, timeline: 1, flushLSN: LSN(0x400_0000),
-                                                               segmentSize: segmentSize),
-                                      slotRestartLSN: nil)
+        _ = link.firstMessageReceived(
+            .welcome(Welcome(resumeLSN: LSN(0x100_0000), resumeTimeline: 1, receiverName: "dr")),
+            primary: PrimaryIdentity(
+                systemIdentifier: 42, timeline: 1, flushLSN: LSN(0x400_0000),
+                segmentSize: segmentSize),
+            slotRestartLSN: nil)
         link.walSent(upTo: LSN(0x400_0000))
         let machine = NIOLockedValueBox(link)
         let gate = StreamGate()

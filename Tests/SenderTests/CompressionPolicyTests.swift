@@ -1,5 +1,6 @@
 import ShipProtocol
 import Testing
+
 @testable import Sender
 
 @Suite struct CompressionPolicyTests {
@@ -17,8 +18,10 @@ import Testing
 
     /// The socket takes `frames` frames of 1 MiB, each written long before, in bursts of `burst` every `every`;
     /// returns when it took the last one.
-    func link(_ policy: inout CompressionPolicy, frames: Int, burst: Int, every: Duration,
-              from: ContinuousClock.Instant? = nil) -> ContinuousClock.Instant {
+    func link(
+        _ policy: inout CompressionPolicy, frames: Int, burst: Int, every: Duration,
+        from: ContinuousClock.Instant? = nil
+    ) -> ContinuousClock.Instant {
         var now = from ?? start
         for i in 0..<frames {
             if i % burst == 0 { now += every }

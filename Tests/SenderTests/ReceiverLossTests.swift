@@ -1,8 +1,9 @@
 import Foundation
 import Logging
-import Testing
 import Spool
+import Testing
 import WALCore
+
 @testable import Sender
 
 @Suite struct ReceiverLossPolicyTests {
@@ -15,8 +16,10 @@ import WALCore
         #expect(try ReceiverLossPolicy(parsing: "degrade-after=5m").description == "degrade-after=300s")
     }
 
-    @Test(arguments: ["", "Block", "degrade", "degrade-after=", "degrade-after=0", "degrade-after=-5s", "degrade-after=5d",
-                      "degrade-after=25h", "degrade-after=1.5s", "degrade-after=s", "degrade-after=99999999999999999999"])
+    @Test(arguments: [
+        "", "Block", "degrade", "degrade-after=", "degrade-after=0", "degrade-after=-5s", "degrade-after=5d",
+        "degrade-after=25h", "degrade-after=1.5s", "degrade-after=s", "degrade-after=99999999999999999999",
+    ])
     func rejectsWithAHint(_ text: String) {
         #expect {
             _ = try ReceiverLossPolicy(parsing: text)
@@ -101,9 +104,13 @@ import WALCore
 
     @Test func degradingOnTheSameTimelineCarriesOnUnlessTheSlotMovedPast() {
         #expect(LeftoverBuffer.whenDegrading(held: .empty, primaryTimeline: 2, slotRestart: LSN("0/5000000")!) == .keep)
-        #expect(LeftoverBuffer.whenDegrading(held: held(2, "0/5000000"), primaryTimeline: 2, slotRestart: LSN("0/5000000")!) == .keep)
-        #expect(LeftoverBuffer.whenDegrading(held: held(2, "0/5000000"), primaryTimeline: 2, slotRestart: LSN("0/4000000")!) == .keep)
-        #expect(LeftoverBuffer.whenDegrading(held: held(2, "0/5000000"), primaryTimeline: 2, slotRestart: LSN("0/6000000")!) == .discard)
+        #expect(
+            LeftoverBuffer.whenDegrading(held: held(2, "0/5000000"), primaryTimeline: 2, slotRestart: LSN("0/5000000")!) == .keep)
+        #expect(
+            LeftoverBuffer.whenDegrading(held: held(2, "0/5000000"), primaryTimeline: 2, slotRestart: LSN("0/4000000")!) == .keep)
+        #expect(
+            LeftoverBuffer.whenDegrading(held: held(2, "0/5000000"), primaryTimeline: 2, slotRestart: LSN("0/6000000")!)
+                == .discard)
         // A slot just created (or without a restart position) is no evidence: the buffer is kept.
         #expect(LeftoverBuffer.whenDegrading(held: held(2, "0/5000000"), primaryTimeline: 2, slotRestart: nil) == .keep)
     }
@@ -122,22 +129,43 @@ import WALCore
     }
 
     @Test func aLinkToAReceiverOnTheSameOrAnOlderTimelineKeepsTheBufferToShipIt() {
-        #expect(LeftoverBuffer.whenLinked(held: held(2, "0/5000000"), receiverEnd: (2, LSN("0/4000000")!), receiverTimeline: 2, fork: nil) == .keep)
-        #expect(LeftoverBuffer.whenLinked(held: held(2, "0/5000000"), receiverEnd: (1, LSN("0/6000000")!), receiverTimeline: 1, fork: nil) == .keep)
-        #expect(LeftoverBuffer.whenLinked(held: .empty, receiverEnd: (3, LSN("0/6000000")!), receiverTimeline: 3, fork: nil) == .keep)
+        #expect(
+            LeftoverBuffer.whenLinked(
+                held: held(2, "0/5000000"), receiverEnd: (2, LSN("0/4000000")!), receiverTimeline: 2, fork: nil) == .keep)
+        #expect(
+            LeftoverBuffer.whenLinked(
+                held: held(2, "0/5000000"), receiverEnd: (1, LSN("0/6000000")!), receiverTimeline: 1, fork: nil) == .keep)
+        #expect(
+            LeftoverBuffer.whenLinked(held: .empty, receiverEnd: (3, LSN("0/6000000")!), receiverTimeline: 3, fork: nil) == .keep)
     }
 
     @Test func aLinkToAReceiverOnALaterTimelineDropsWhatItHasAndSetsAsideTheRest() {
         // The buffer ends at or before the fork: the receiver's spool holds all of it.
-        #expect(LeftoverBuffer.whenLinked(held: held(1, "0/5000000"), receiverEnd: (2, LSN("0/6000000")!), receiverTimeline: 2, fork: LSN("0/5000000")!) == .discard)
-        #expect(LeftoverBuffer.whenLinked(held: held(1, "0/4000000"), receiverEnd: (3, LSN("0/6000000")!), receiverTimeline: 3, fork: LSN("0/5000000")!) == .discard)
+        #expect(
+            LeftoverBuffer.whenLinked(
+                held: held(1, "0/5000000"), receiverEnd: (2, LSN("0/6000000")!), receiverTimeline: 2, fork: LSN("0/5000000")!)
+                == .discard)
+        #expect(
+            LeftoverBuffer.whenLinked(
+                held: held(1, "0/4000000"), receiverEnd: (3, LSN("0/6000000")!), receiverTimeline: 3, fork: LSN("0/5000000")!)
+                == .discard)
         // Beyond the fork: kept aside, with how much.
-        #expect(LeftoverBuffer.whenLinked(held: held(1, "0/5000100"), receiverEnd: (1, LSN("0/5000000")!), receiverTimeline: 2, fork: LSN("0/5000000")!)
+        #expect(
+            LeftoverBuffer.whenLinked(
+                held: held(1, "0/5000100"), receiverEnd: (1, LSN("0/5000000")!), receiverTimeline: 2, fork: LSN("0/5000000")!)
                 == .setAside(bytesBeyondFork: 0x100))
         // The primary's history does not name the buffer's timeline: kept aside, amount unknown.
-        #expect(LeftoverBuffer.whenLinked(held: held(1, "0/5000000"), receiverEnd: (1, LSN("0/4000000")!), receiverTimeline: 2, fork: nil) == .setAside(bytesBeyondFork: nil))
+        #expect(
+            LeftoverBuffer.whenLinked(
+                held: held(1, "0/5000000"), receiverEnd: (1, LSN("0/4000000")!), receiverTimeline: 2, fork: nil)
+                == .setAside(bytesBeyondFork: nil))
         // The spool already holds all of it on the buffer's timeline, beyond the fork included: dropped.
-        #expect(LeftoverBuffer.whenLinked(held: held(1, "0/5000100"), receiverEnd: (1, LSN("0/5000100")!), receiverTimeline: 2, fork: LSN("0/5000000")!) == .discard)
-        #expect(LeftoverBuffer.whenLinked(held: held(2, "0/5000000"), receiverEnd: (2, LSN("0/5000000")!), receiverTimeline: 2, fork: nil) == .discard)
+        #expect(
+            LeftoverBuffer.whenLinked(
+                held: held(1, "0/5000100"), receiverEnd: (1, LSN("0/5000100")!), receiverTimeline: 2, fork: LSN("0/5000000")!)
+                == .discard)
+        #expect(
+            LeftoverBuffer.whenLinked(
+                held: held(2, "0/5000000"), receiverEnd: (2, LSN("0/5000000")!), receiverTimeline: 2, fork: nil) == .discard)
     }
 }

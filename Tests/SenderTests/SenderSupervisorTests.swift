@@ -1,15 +1,20 @@
 import Testing
+
 @testable import Sender
 
 @Suite struct SenderSupervisorTests {
     let t0 = ContinuousClock.now
 
-    func supervisor(_ policy: ReceiverLossPolicy = .block, buffer: Bool = false, maxBackoff: Duration = .seconds(30)) -> SenderSupervisor {
+    func supervisor(
+        _ policy: ReceiverLossPolicy = .block, buffer: Bool = false, maxBackoff: Duration = .seconds(30)
+    ) -> SenderSupervisor {
         SenderSupervisor(receiverLoss: policy, hasBuffer: buffer, maxBackoff: maxBackoff)
     }
 
     /// A supervisor whose first session reached streaming.
-    func linked(_ policy: ReceiverLossPolicy = .block, buffer: Bool = false, maxBackoff: Duration = .seconds(30)) -> SenderSupervisor {
+    func linked(
+        _ policy: ReceiverLossPolicy = .block, buffer: Bool = false, maxBackoff: Duration = .seconds(30)
+    ) -> SenderSupervisor {
         var s = supervisor(policy, buffer: buffer, maxBackoff: maxBackoff)
         _ = s.start()
         _ = s.handle(.connected)
@@ -66,7 +71,9 @@ import Testing
     @Test func setUpMistakesStopBeforeTheFirstConnectionOrLinkOnly() {
         var fresh = supervisor()
         _ = fresh.start()
-        #expect(fresh.handle(.primaryLost(setUpMistake: "login refused", stillExposed: false, now: t0)) == .stop(fatal: "login refused"))
+        #expect(
+            fresh.handle(.primaryLost(setUpMistake: "login refused", stillExposed: false, now: t0))
+                == .stop(fatal: "login refused"))
         #expect(fresh.state == .failed(reason: "login refused"))
         #expect(fresh.state.status.rawValue == "failed")
         #expect(fresh.handle(.timePassed(now: t0)) == .none, "a failed supervisor stays failed")
@@ -75,7 +82,8 @@ import Testing
         var connected = supervisor()
         _ = connected.start()
         _ = connected.handle(.connected)
-        #expect(connected.handle(.primaryLost(setUpMistake: "connection lost", stillExposed: false, now: t0)) == .wait(.seconds(1)))
+        #expect(
+            connected.handle(.primaryLost(setUpMistake: "connection lost", stillExposed: false, now: t0)) == .wait(.seconds(1)))
         _ = connected.handle(.timePassed(now: t0))
         #expect(connected.handle(.linkLost(setUpMistake: "TLS", stillExposed: false, now: t0)) == .stop(fatal: "TLS"))
 
@@ -218,7 +226,8 @@ import Testing
     @Test(arguments: [
         (SenderSupervisor.State.starting, "starting"), (.connecting(.primary), "connecting to primary"),
         (.connecting(.receiver), "connecting to receiver"), (.streaming, "streaming"),
-        (.retrying(backoff: .seconds(1), stillDegraded: false), "retrying"), (.retrying(backoff: .seconds(1), stillDegraded: true), "degraded"),
+        (.retrying(backoff: .seconds(1), stillDegraded: false), "retrying"),
+        (.retrying(backoff: .seconds(1), stillDegraded: true), "degraded"),
         (.degraded(since: .now), "degraded"), (.refusingToDegrade, "retrying"), (.failed(reason: "x"), "failed"),
     ])
     func statusNamesAreTheContract(_ state: SenderSupervisor.State, _ name: String) {

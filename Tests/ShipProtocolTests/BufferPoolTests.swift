@@ -1,5 +1,6 @@
 import NIOCore
 import Testing
+
 @testable import ShipProtocol
 
 @Suite struct BufferPoolTests {
@@ -70,8 +71,9 @@ import Testing
         let pool = BufferPool(maxIdle: 2)
         let wal = ByteBuffer(bytes: (0..<200_000).map { UInt8(truncatingIfNeeded: $0 / 7) })
         for _ in 0..<3 {
-            let frame = WALData.make(timeline: 1, startLSN: .init(0x1000000), primaryEndLSN: .init(0x1000000),
-                                     primarySendTime: .init(rawValue: 0), wal: wal, pool: pool)
+            let frame = WALData.make(
+                timeline: 1, startLSN: .init(0x1000000), primaryEndLSN: .init(0x1000000),
+                primarySendTime: .init(rawValue: 0), wal: wal, pool: pool)
             #expect(frame.compression == .lz4Block)
             let bytes = try frame.walBytes(pool: pool)
             #expect(bytes == wal)
@@ -79,8 +81,9 @@ import Testing
             pool.recycle(bytes)
         }
         // A block that does not decompress to its declared length is refused, and the buffer goes back.
-        var damaged = WALData.make(timeline: 1, startLSN: .init(0x1000000), primaryEndLSN: .init(0x1000000),
-                                   primarySendTime: .init(rawValue: 0), wal: wal, pool: pool)
+        var damaged = WALData.make(
+            timeline: 1, startLSN: .init(0x1000000), primaryEndLSN: .init(0x1000000),
+            primarySendTime: .init(rawValue: 0), wal: wal, pool: pool)
         damaged.uncompressedLength += 1
         #expect(throws: ShipProtocolError.self) { _ = try damaged.walBytes(pool: pool) }
     }

@@ -4,21 +4,30 @@ import NIOCore
 import NIOTestUtils
 import Testing
 import WALCore
+
 @testable import ShipProtocol
 
 @Suite struct FrameCodecTests {
     static let samples: [ShipMessage] = [
-        .hello(Hello(role: .stream, synchronous: true, systemIdentifier: 7_711_355_351_252_201_643, timeline: 3,
-                     walSegmentSize: 16 << 20, senderName: "walship-é")),
+        .hello(
+            Hello(
+                role: .stream, synchronous: true, systemIdentifier: 7_711_355_351_252_201_643, timeline: 3,
+                walSegmentSize: 16 << 20, senderName: "walship-é")),
         .welcome(Welcome(resumeLSN: LSN("1/A0000000")!, resumeTimeline: 3, receiverName: "dr-site")),
         .refusal(Refusal(code: .streamAlreadyActive, message: "busy")),
-        .walData(WALData.make(timeline: 1, startLSN: LSN("0/3000000")!, primaryEndLSN: LSN("0/3002000")!,
-                              primarySendTime: PostgresTimestamp(rawValue: 123_456), wal: ByteBuffer(repeating: 7, count: 8192))),
-        .walData(WALData(timeline: 1, startLSN: LSN("0/3000000")!, primaryEndLSN: LSN("0/3000005")!,
-                         primarySendTime: PostgresTimestamp(rawValue: 1), compression: .none, uncompressedLength: 5,
-                         payload: ByteBuffer(bytes: [1, 2, 3, 4, 5]))),
-        .ack(Ack(timeline: 1, writtenLSN: LSN(200), durableLSN: LSN(100), replayedLSN: LSN(50),
-                 replayTime: PostgresTimestamp(rawValue: 9), receiverTime: PostgresTimestamp(rawValue: 10))),
+        .walData(
+            WALData.make(
+                timeline: 1, startLSN: LSN("0/3000000")!, primaryEndLSN: LSN("0/3002000")!,
+                primarySendTime: PostgresTimestamp(rawValue: 123_456), wal: ByteBuffer(repeating: 7, count: 8192))),
+        .walData(
+            WALData(
+                timeline: 1, startLSN: LSN("0/3000000")!, primaryEndLSN: LSN("0/3000005")!,
+                primarySendTime: PostgresTimestamp(rawValue: 1), compression: .none, uncompressedLength: 5,
+                payload: ByteBuffer(bytes: [1, 2, 3, 4, 5]))),
+        .ack(
+            Ack(
+                timeline: 1, writtenLSN: LSN(200), durableLSN: LSN(100), replayedLSN: LSN(50),
+                replayTime: PostgresTimestamp(rawValue: 9), receiverTime: PostgresTimestamp(rawValue: 10))),
         .keepalive(Keepalive(primaryEndLSN: LSN(77), sendTime: PostgresTimestamp(rawValue: -5), replyRequested: true)),
         .history(HistoryFile(timeline: 2, content: ByteBuffer(string: "1\t0/5000060\tno recovery target specified\n"))),
         .backupStart(BackupStart(startLSN: LSN("0/2000028")!, timeline: 1, estimatedBytes: 123_456_789, label: "walship")),
@@ -86,7 +95,8 @@ import WALCore
                             for _ in 0..<20 {
                                 let block = LZ4.compressBlock(ByteBuffer(bytes: input))
                                 var out = ByteBuffer()
-                                ok = ok && LZ4.decompressBlock(block, uncompressedLength: input.count, into: &out)
+                                ok =
+                                    ok && LZ4.decompressBlock(block, uncompressedLength: input.count, into: &out)
                                     && Array(out.readableBytesView) == input
                             }
                             done.resume(returning: ok)
@@ -104,15 +114,19 @@ import WALCore
         var rows: [UInt8] = []
         while rows.count < 1 << 20 {
             seed = seed &* 6_364_136_223_846_793_005 &+ 1_442_695_040_888_963_407
-            rows += Array("\(rows.count / 97)|\(seed >> 50)|\(Int64(bitPattern: seed) % 5000)|".utf8) + Array(repeating: 0x20, count: 84)
+            rows +=
+                Array("\(rows.count / 97)|\(seed >> 50)|\(Int64(bitPattern: seed) % 5000)|".utf8)
+                + Array(repeating: 0x20, count: 84)
         }
         let wal = ByteBuffer(bytes: rows)
         let fast = WALData.make(timeline: 1, startLSN: LSN(0), primaryEndLSN: LSN(0), primarySendTime: .now(), wal: wal)
-        let high = WALData.make(timeline: 1, startLSN: LSN(0), primaryEndLSN: LSN(0), primarySendTime: .now(), wal: wal,
-                                effort: .high)
+        let high = WALData.make(
+            timeline: 1, startLSN: LSN(0), primaryEndLSN: LSN(0), primarySendTime: .now(), wal: wal,
+            effort: .high)
         #expect(high.compression == .lz4Block)
-        #expect(high.payload.readableBytes < fast.payload.readableBytes,
-                "high \(high.payload.readableBytes) vs fast \(fast.payload.readableBytes) bytes")
+        #expect(
+            high.payload.readableBytes < fast.payload.readableBytes,
+            "high \(high.payload.readableBytes) vs fast \(fast.payload.readableBytes) bytes")
         #expect(try high.walBytes() == wal)
         // Stored as the receiver stores a sender's block, it is part of a standard frame (what lz4 -d reads).
         let writer = LZ4.BlockFrameWriter(contentSize: UInt64(rows.count))
@@ -124,10 +138,11 @@ import WALCore
 
     @Test func incompressibleWALTravelsRaw() throws {
         var seed: UInt32 = 1
-        let noise = ByteBuffer(bytes: (0..<4096).map { _ in
-            seed = seed &* 1_664_525 &+ 1_013_904_223
-            return UInt8(truncatingIfNeeded: seed >> 24)
-        })
+        let noise = ByteBuffer(
+            bytes: (0..<4096).map { _ in
+                seed = seed &* 1_664_525 &+ 1_013_904_223
+                return UInt8(truncatingIfNeeded: seed >> 24)
+            })
         let frame = WALData.make(timeline: 1, startLSN: LSN(0), primaryEndLSN: LSN(0), primarySendTime: .now(), wal: noise)
         #expect(frame.compression == .none)
         #expect(try frame.walBytes() == noise)
@@ -145,7 +160,8 @@ import WALCore
         header.writeInteger(ShipMessage.Kind.walData.rawValue)
         header.writeInteger(UInt8(0))
         header.writeInteger(UInt32(ShipFrame.maxPayloadLength + 1))
-        #expect(throws: ShipProtocolError.frameTooLarge(length: ShipFrame.maxPayloadLength + 1, max: ShipFrame.maxPayloadLength)) {
+        #expect(throws: ShipProtocolError.frameTooLarge(length: ShipFrame.maxPayloadLength + 1, max: ShipFrame.maxPayloadLength))
+        {
             try decodeAll(header)
         }
     }
@@ -164,7 +180,10 @@ import WALCore
         do {
             _ = try decodeAll(buffer)
         } catch let error as ShipProtocolError {
-            guard case .checksumMismatch = error else { Issue.record("expected a checksum error, got \(error)"); return }
+            guard case .checksumMismatch = error else {
+                Issue.record("expected a checksum error, got \(error)")
+                return
+            }
         }
     }
 
@@ -208,7 +227,9 @@ import WALCore
         var payload = ByteBuffer()
         ShipFrameEncoder.writePayload(Self.samples[6], into: &payload)
         let bytes = Array(payload.readableBytesView) + [0xEE]
-        #expect(throws: ShipProtocolError.trailingBytes(kind: .keepalive, count: 1)) { try decodeAll(forged(.keepalive, payload: bytes)) }
+        #expect(throws: ShipProtocolError.trailingBytes(kind: .keepalive, count: 1)) {
+            try decodeAll(forged(.keepalive, payload: bytes))
+        }
     }
 
     @Test func inconsistentFieldsAreRefused() throws {
@@ -238,11 +259,13 @@ import WALCore
     }
 
     @Test func lyingLZ4BlockIsCaught() {
-        let frame = WALData(timeline: 1, startLSN: LSN(0), primaryEndLSN: LSN(0), primarySendTime: .now(),
-                            compression: .lz4Block, uncompressedLength: 1000, payload: ByteBuffer(bytes: [0xFF, 0x00, 0x01]))
+        let frame = WALData(
+            timeline: 1, startLSN: LSN(0), primaryEndLSN: LSN(0), primarySendTime: .now(),
+            compression: .lz4Block, uncompressedLength: 1000, payload: ByteBuffer(bytes: [0xFF, 0x00, 0x01]))
         #expect(throws: ShipProtocolError.self) { try frame.walBytes() }
-        let short = WALData(timeline: 1, startLSN: LSN(0), primaryEndLSN: LSN(0), primarySendTime: .now(),
-                            compression: .none, uncompressedLength: 10, payload: ByteBuffer(bytes: [1]))
+        let short = WALData(
+            timeline: 1, startLSN: LSN(0), primaryEndLSN: LSN(0), primarySendTime: .now(),
+            compression: .none, uncompressedLength: 10, payload: ByteBuffer(bytes: [1]))
         #expect(throws: ShipProtocolError.self) { try short.walBytes() }
     }
 }

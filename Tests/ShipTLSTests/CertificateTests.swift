@@ -2,6 +2,7 @@ import Foundation
 import NIOSSL
 import Testing
 import X509
+
 @testable import ShipTLS
 
 @Suite struct CertificateAuthorityTests {
@@ -12,18 +13,23 @@ import X509
     @Test func createsAMatchingPrivateSet() throws {
         let directory = temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: directory) }
-        let created = try CertificateAuthority.create(in: directory, receiverNames: ["dr.example", "127.0.0.1"],
-                                                      senderName: "primary-sidecar", validDays: 30)
+        let created = try CertificateAuthority.create(
+            in: directory, receiverNames: ["dr.example", "127.0.0.1"],
+            senderName: "primary-sidecar", validDays: 30)
         #expect(created.files.count == 6)
         for path in created.files {
             let mode = (try FileManager.default.attributesOfItem(atPath: path)[.posixPermissions] as? NSNumber)?.intValue
             #expect(mode == 0o600, "\(path)")
         }
         // Both ends' contexts load: each key fits its certificate.
-        _ = try TLSFiles(certificate: directory + "/receiver.crt", privateKey: directory + "/receiver.key",
-                         authority: directory + "/ca.crt").serverContext()
-        _ = try TLSFiles(certificate: directory + "/sender.crt", privateKey: directory + "/sender.key",
-                         authority: directory + "/ca.crt").clientContext()
+        _ = try TLSFiles(
+            certificate: directory + "/receiver.crt", privateKey: directory + "/receiver.key",
+            authority: directory + "/ca.crt"
+        ).serverContext()
+        _ = try TLSFiles(
+            certificate: directory + "/sender.crt", privateKey: directory + "/sender.key",
+            authority: directory + "/ca.crt"
+        ).clientContext()
         let receiver = try NIOSSLCertificate.fromPEMFile(directory + "/receiver.crt")[0]
         let sender = try NIOSSLCertificate.fromPEMFile(directory + "/sender.crt")[0]
         #expect(certificateName(receiver) == "dr.example")
@@ -52,12 +58,14 @@ import X509
         }
         _ = try CertificateAuthority.create(in: one, receiverNames: ["a"], senderName: "b", validDays: 1)
         _ = try CertificateAuthority.create(in: two, receiverNames: ["a"], senderName: "b", validDays: 1)
-        let mismatched = TLSFiles(certificate: one + "/receiver.crt", privateKey: two + "/receiver.key", authority: one + "/ca.crt")
+        let mismatched = TLSFiles(
+            certificate: one + "/receiver.crt", privateKey: two + "/receiver.key", authority: one + "/ca.crt")
         #expect(throws: TLSSetupError.self) { _ = try mismatched.serverContext() }
         let missing = TLSFiles(certificate: one + "/nope.crt", privateKey: one + "/receiver.key", authority: one + "/ca.crt")
         let error = #expect(throws: TLSSetupError.self) { _ = try missing.serverContext() }
         #expect(error?.description.contains("--tls-cert") == true)
-        let notPEM = TLSFiles(certificate: one + "/receiver.crt", privateKey: one + "/receiver.key", authority: one + "/receiver.key")
+        let notPEM = TLSFiles(
+            certificate: one + "/receiver.crt", privateKey: one + "/receiver.key", authority: one + "/receiver.key")
         #expect(throws: TLSSetupError.self) { _ = try notPEM.serverContext() }
     }
 
@@ -66,8 +74,9 @@ import X509
         let directory = temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: directory) }
         let now = Date()
-        let created = try CertificateAuthority.create(in: directory, receiverNames: ["dr.example"], senderName: "pg-main",
-                                                      validDays: 30, caValidDays: 3650, now: now)
+        let created = try CertificateAuthority.create(
+            in: directory, receiverNames: ["dr.example"], senderName: "pg-main",
+            validDays: 30, caValidDays: 3650, now: now)
         let ca = try certificateValidity(use: "link CA", path: directory + "/ca.crt")
         let receiver = try certificateValidity(use: "link", path: directory + "/receiver.crt")
         #expect(abs(ca.notValidAfter.timeIntervalSince(now) - 3650 * 86400) < 60)
@@ -82,12 +91,16 @@ import X509
         let directory = temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: directory) }
         let now = Date()
-        _ = try CertificateAuthority.create(in: directory, receiverNames: ["dr.example", "10.20.0.5"], senderName: "pg-main",
-                                            validDays: 10, caValidDays: 400, now: now)
+        _ = try CertificateAuthority.create(
+            in: directory, receiverNames: ["dr.example", "10.20.0.5"], senderName: "pg-main",
+            validDays: 10, caValidDays: 400, now: now)
         let oldReceiver = try Certificate(pemEncoded: String(contentsOfFile: directory + "/receiver.crt", encoding: .utf8))
         let oldKey = try String(contentsOfFile: directory + "/sender.key", encoding: .utf8)
         let renewed = try CertificateAuthority.renew(in: directory, validDays: 825, now: now)
-        #expect(renewed.files.map { ($0 as NSString).lastPathComponent } == ["receiver.crt", "receiver.key", "sender.crt", "sender.key"])
+        #expect(
+            renewed.files.map { ($0 as NSString).lastPathComponent } == [
+                "receiver.crt", "receiver.key", "sender.crt", "sender.key",
+            ])
         // Never beyond the CA.
         #expect(abs(renewed.notValidAfter.timeIntervalSince(now) - 400 * 86400) < 600)
         let replaced = try #require(renewed.replaced)
@@ -104,15 +117,21 @@ import X509
         // Every mix of old and new pairs checks out against the one CA.
         for end in ["receiver", "sender"] {
             for folder in [directory, replaced] {
-                let findings = TLSFiles(certificate: folder + "/\(end).crt", privateKey: folder + "/\(end).key",
-                                        authority: directory + "/ca.crt").inspect(now: now, warnDays: 5)
+                let findings = TLSFiles(
+                    certificate: folder + "/\(end).crt", privateKey: folder + "/\(end).key",
+                    authority: directory + "/ca.crt"
+                ).inspect(now: now, warnDays: 5)
                 #expect(findings.allSatisfy { $0.level == .ok }, "\(findings)")
             }
         }
-        _ = try TLSFiles(certificate: directory + "/receiver.crt", privateKey: directory + "/receiver.key",
-                         authority: directory + "/ca.crt").serverContext()
-        _ = try TLSFiles(certificate: directory + "/sender.crt", privateKey: directory + "/sender.key",
-                         authority: directory + "/ca.crt").clientContext()
+        _ = try TLSFiles(
+            certificate: directory + "/receiver.crt", privateKey: directory + "/receiver.key",
+            authority: directory + "/ca.crt"
+        ).serverContext()
+        _ = try TLSFiles(
+            certificate: directory + "/sender.crt", privateKey: directory + "/sender.key",
+            authority: directory + "/ca.crt"
+        ).clientContext()
     }
 
     @Test func renewRefusesACAThatIsEndingOrMissing() throws {
@@ -122,18 +141,26 @@ import X509
             try? FileManager.default.removeItem(atPath: other)
         }
         let now = Date()
-        _ = try CertificateAuthority.create(in: directory, receiverNames: ["a"], senderName: "b", validDays: 20, caValidDays: 20, now: now)
-        let ending = #expect(throws: TLSSetupError.self) { _ = try CertificateAuthority.renew(in: directory, validDays: 825, now: now) }
+        _ = try CertificateAuthority.create(
+            in: directory, receiverNames: ["a"], senderName: "b", validDays: 20, caValidDays: 20, now: now)
+        let ending = #expect(throws: TLSSetupError.self) {
+            _ = try CertificateAuthority.renew(in: directory, validDays: 825, now: now)
+        }
         #expect(ending?.description.contains("certs init makes a new CA") == true, "\(String(describing: ending))")
         #expect(FileManager.default.fileExists(atPath: directory + "/receiver.crt"))  // nothing moved
         // Certificates of another CA are not renewed by this one.
-        _ = try CertificateAuthority.create(in: other, receiverNames: ["a"], senderName: "b", validDays: 20, caValidDays: 400, now: now)
+        _ = try CertificateAuthority.create(
+            in: other, receiverNames: ["a"], senderName: "b", validDays: 20, caValidDays: 400, now: now)
         try FileManager.default.removeItem(atPath: other + "/receiver.crt")
         try FileManager.default.copyItem(atPath: directory + "/receiver.crt", toPath: other + "/receiver.crt")
-        let foreign = #expect(throws: TLSSetupError.self) { _ = try CertificateAuthority.renew(in: other, validDays: 825, now: now) }
+        let foreign = #expect(throws: TLSSetupError.self) {
+            _ = try CertificateAuthority.renew(in: other, validDays: 825, now: now)
+        }
         #expect(foreign?.description.contains("was not issued by") == true, "\(String(describing: foreign))")
         try FileManager.default.removeItem(atPath: other + "/ca.key")
-        let missing = #expect(throws: TLSSetupError.self) { _ = try CertificateAuthority.renew(in: other, validDays: 825, now: now) }
+        let missing = #expect(throws: TLSSetupError.self) {
+            _ = try CertificateAuthority.renew(in: other, validDays: 825, now: now)
+        }
         #expect(missing?.description.contains("ca.key") == true, "\(String(describing: missing))")
     }
 
@@ -141,8 +168,10 @@ import X509
         let directory = temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: directory) }
         _ = try CertificateAuthority.create(in: directory, receiverNames: ["a"], senderName: "b", validDays: 1)
-        let context = try TLSFiles(certificate: directory + "/sender.crt", privateKey: directory + "/sender.key",
-                                   authority: directory + "/ca.crt").clientContext()
+        let context = try TLSFiles(
+            certificate: directory + "/sender.crt", privateKey: directory + "/sender.key",
+            authority: directory + "/ca.crt"
+        ).clientContext()
         #expect(ClientTLS(context: context, serverName: nil).serverName(connectingTo: "10.1.2.3") == nil)
         #expect(ClientTLS(context: context, serverName: nil).serverName(connectingTo: "::1") == nil)
         #expect(ClientTLS(context: context, serverName: nil).serverName(connectingTo: "dr.example") == "dr.example")
@@ -152,7 +181,8 @@ import X509
 
 @Suite struct TLSReasonTests {
     @Test func boringSSLStacksBecomeReasons() {
-        let raw = "handshake failed: sslError([Error: 268435581 error:1000007d:SSL routines:OPENSSL_internal:CERTIFICATE_VERIFY_FAILED at /x/handshake.cc:320])"
+        let raw =
+            "handshake failed: sslError([Error: 268435581 error:1000007d:SSL routines:OPENSSL_internal:CERTIFICATE_VERIFY_FAILED at /x/handshake.cc:320])"
         #expect(readableTLSReason(raw).hasPrefix("CERTIFICATE_VERIFY_FAILED: "))
         #expect(readableTLSReason("error:1000:SSL routines:OPENSSL_internal:SOMETHING_NEW at /x").hasPrefix("SOMETHING_NEW"))
         #expect(readableTLSReason("plain words") == "plain words")

@@ -2,13 +2,15 @@ import Foundation
 import LZ4Codec
 import Testing
 import WALCore
+
 @testable import Spool
 
 @Suite struct BackupStoreTests {
     @Test func finishedBackupIsVisibleWithItsRecordAndRestorableArchive() throws {
         let temp = TempSpool()
         let (_, system) = try temp.open()
-        let writer = try BackupWriter(system: system, label: "unit", startLSN: LSN("0/2000028")!, now: Date(timeIntervalSince1970: 1_795_000_000))
+        let writer = try BackupWriter(
+            system: system, label: "unit", startLSN: LSN("0/2000028")!, now: Date(timeIntervalSince1970: 1_795_000_000))
         let archive = (0..<300_000).map { UInt8(truncatingIfNeeded: $0 % 97) }
         try archive.withUnsafeBytes { try writer.appendArchive(UnsafeRawBufferPointer(rebasing: $0[0..<100_000])) }
         try archive.withUnsafeBytes { try writer.appendArchive(UnsafeRawBufferPointer(rebasing: $0[100_000...])) }
@@ -48,8 +50,11 @@ import WALCore
         let temp = TempSpool()
         do {
             let (_, system) = try temp.open()
-            try FileManager.default.createDirectory(atPath: system.directory + "/base/20260101T000000Z.partial", withIntermediateDirectories: true)
-            #expect(FileManager.default.createFile(atPath: system.directory + "/base/20260101T000000Z.partial/base.tar.lz4", contents: Data([1])))
+            try FileManager.default.createDirectory(
+                atPath: system.directory + "/base/20260101T000000Z.partial", withIntermediateDirectories: true)
+            #expect(
+                FileManager.default.createFile(
+                    atPath: system.directory + "/base/20260101T000000Z.partial/base.tar.lz4", contents: Data([1])))
         }
         let (_, system) = try temp.open()
         #expect(try FileManager.default.contentsOfDirectory(atPath: system.directory + "/base").isEmpty)
@@ -59,7 +64,8 @@ import WALCore
         let temp = TempSpool()
         let (_, system) = try temp.open()
         try FileManager.default.createDirectory(atPath: system.directory + "/base/x", withIntermediateDirectories: true)
-        #expect(FileManager.default.createFile(atPath: system.directory + "/base/x/backup.json", contents: Data("{not json".utf8)))
+        #expect(
+            FileManager.default.createFile(atPath: system.directory + "/base/x/backup.json", contents: Data("{not json".utf8)))
         #expect(throws: SpoolError.self) { try BackupCatalog.list(systemDirectory: system.directory) }
     }
 }

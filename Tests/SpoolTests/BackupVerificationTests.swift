@@ -2,6 +2,7 @@ import Foundation
 import LZ4Codec
 import Testing
 import WALCore
+
 @testable import Spool
 
 @Suite struct BackupVerificationTests {
@@ -55,8 +56,11 @@ import WALCore
         let recorded = UInt32(info.archiveCRC32C, radix: 16)!
         info.archiveCRC32C = String(recorded ^ 1, radix: 16)
         let error = try #require(throws: SpoolError.self) { try BackupVerification.verify(info, systemDirectory: directory) }
-        #expect(error.message.contains("holds an archive with CRC-32C \(stored.archiveCRC32C) over 2500000 bytes; expected CRC-32C \(info.archiveCRC32C)"),
-                "\(error.message)")
+        #expect(
+            error.message.contains(
+                "holds an archive with CRC-32C \(stored.archiveCRC32C) over 2500000 bytes; expected CRC-32C \(info.archiveCRC32C)"
+            ),
+            "\(error.message)")
     }
 
     @Test func aTruncatedArchiveIsFound() throws {

@@ -5,10 +5,12 @@ import Synchronization
 import Testing
 import WALCore
 import WALTestSupport
+
+@testable import Spool
+
 #if canImport(Glibc)
 import Glibc
 #endif
-@testable import Spool
 
 /// SplitMix64: small, fast, and the same sequence for the same seed on every machine.
 struct SeededGenerator: RandomNumberGenerator {
@@ -207,7 +209,8 @@ struct FaultSimulation {
             try noteFailure(error, system)
         }
         let after = system.position
-        guard after.timeline >= position.timeline, after.written >= (after.timeline == position.timeline ? position.written : .invalid)
+        guard after.timeline >= position.timeline,
+            after.written >= (after.timeline == position.timeline ? position.written : .invalid)
         else { throw finding("the written end went back: \(position) then \(after)") }
     }
 
@@ -319,8 +322,12 @@ struct FaultSimulation {
                 throw finding("recovered to \(position.durable), but \(last.lsn) was acknowledged on timeline \(last.timeline)")
             }
         }
-        if position.timeline > primary.timeline { throw finding("recovered on timeline \(position.timeline), which does not exist") }
-        if position.written != position.durable { throw finding("recovered with written \(position.written) != durable \(position.durable)") }
+        if position.timeline > primary.timeline {
+            throw finding("recovered on timeline \(position.timeline), which does not exist")
+        }
+        if position.written != position.durable {
+            throw finding("recovered with written \(position.written) != durable \(position.durable)")
+        }
     }
 
     /// Every stored segment of the timeline the spool ends on, and of its ancestors below their children's
@@ -338,7 +345,8 @@ struct FaultSimulation {
                     let segmentEnd = min(size.startLSN(ofSegment: number + 1), upper)
                     let name = SegmentName(timeline: timeline, number: number, segmentSize: size)
                     let stored = try storedWAL(name)
-                    let expected = primary.wal(timeline: timeline, from: segmentStart, count: Int(segmentEnd.bytesAfter(segmentStart)))
+                    let expected = primary.wal(
+                        timeline: timeline, from: segmentStart, count: Int(segmentEnd.bytesAfter(segmentStart)))
                     guard stored.count >= expected.count, stored[0..<expected.count].elementsEqual(expected) else {
                         throw finding("segment \(name) does not hold the primary's WAL up to \(segmentEnd)")
                     }
@@ -386,7 +394,9 @@ struct FaultSimulation {
                 Issue.record("fault simulation, seed \(seed) (repeat: make simulate SEED=\(seed) STEPS=\(steps)): \(error)")
                 return
             }
-            print("fault simulation seed \(seed): \(steps) steps, \(simulation.counts.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)" }.joined(separator: ", "))")
+            print(
+                "fault simulation seed \(seed): \(steps) steps, \(simulation.counts.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)" }.joined(separator: ", "))"
+            )
         }
     }
 }

@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+
 @testable import Spool
 
 @Suite struct FileIOTests {
@@ -11,9 +12,12 @@ import Testing
         defer { FileIO.close(fd) }
         let head: [UInt8] = [1, 2, 3]
         let body = [UInt8](repeating: 7, count: 100_000)
-        try head.withUnsafeBytes { h in try body.withUnsafeBytes { b in try FileIO.posix.pwriteAll(fd, h, b, at: 10, path: path) } }
+        try head.withUnsafeBytes { h in try body.withUnsafeBytes { b in try FileIO.posix.pwriteAll(fd, h, b, at: 10, path: path) }
+        }
         let empty: [UInt8] = []
-        try empty.withUnsafeBytes { h in try head.withUnsafeBytes { b in try FileIO.posix.pwriteAll(fd, h, b, at: 100_013, path: path) } }
+        try empty.withUnsafeBytes { h in
+            try head.withUnsafeBytes { b in try FileIO.posix.pwriteAll(fd, h, b, at: 100_013, path: path) }
+        }
         let back = try FileIO.preadAll(fd, count: 200_000, at: 0, path: path)
         #expect(back.count == 100_016)
         #expect(back[0..<10].allSatisfy { $0 == 0 })
@@ -29,7 +33,9 @@ import Testing
         defer { FileIO.close(fd) }
         let bytes: [UInt8] = [1]
         let error = #expect(throws: SpoolError.self) {
-            try bytes.withUnsafeBytes { h in try bytes.withUnsafeBytes { b in try FileIO.posix.pwriteAll(fd, h, b, at: 0, path: path) } }
+            try bytes.withUnsafeBytes { h in
+                try bytes.withUnsafeBytes { b in try FileIO.posix.pwriteAll(fd, h, b, at: 0, path: path) }
+            }
         }
         #expect(error.map { "\($0)".contains(path) } == true)
     }

@@ -4,6 +4,7 @@ import NIOCore
 import Testing
 import WALCore
 import WALTestSupport
+
 @testable import Spool
 
 /// Journals that record the sender's LZ4 blocks (format version 2), and version 1 journals left by older receivers.
@@ -90,7 +91,8 @@ import WALTestSupport
         let temp = TempSpool()
         try FileManager.default.createDirectory(atPath: temp.walDirectory, withIntermediateDirectories: true)
         let path = temp.walDirectory + "/000000010000000000000006.partial"
-        let header = PartialSegment.Header(systemIdentifier: TestWAL.sysid, segment: SegmentName(timeline: 1, number: 6, segmentSize: size))
+        let header = PartialSegment.Header(
+            systemIdentifier: TestWAL.sysid, segment: SegmentName(timeline: 1, number: 6, segmentSize: size))
         let writer = try PartialSegmentWriter(creating: path, header: header, directory: temp.walDirectory, io: .posix)
         let wal = Self.compressibleSegment(6, count: 8192)
         // Not an LZ4 block of 8192 bytes, yet recorded with a valid CRC (as a bug or bad memory would write it).
@@ -110,8 +112,9 @@ import WALTestSupport
         let start = size.startLSN(ofSegment: 7)
         let path = temp.walDirectory + "/000000010000000000000007.partial"
         try FileManager.default.createDirectory(atPath: temp.walDirectory, withIntermediateDirectories: true)
-        let header = PartialSegment.Header(systemIdentifier: TestWAL.sysid,
-                                           segment: SegmentName(timeline: 1, number: 7, segmentSize: size), version: 1)
+        let header = PartialSegment.Header(
+            systemIdentifier: TestWAL.sysid,
+            segment: SegmentName(timeline: 1, number: 7, segmentSize: size), version: 1)
         do {
             let writer = try PartialSegmentWriter(creating: path, header: header, directory: temp.walDirectory, io: .posix)
             try seg[0..<100_000].withUnsafeBytes { try writer.append(offset: 0, $0) }
@@ -127,16 +130,18 @@ import WALTestSupport
         #expect(journal.wal == Array(seg[0..<500_000]))
         #expect(try Self.fileBytes(path).firstRange(of: Array("WSPZ".utf8)) == nil)
         let reader = WALRangeReader(spool: system)
-        #expect(try reader.read(timeline: 1, from: start.advanced(by: 99_000), durableEnd: system.position.durable, maxBytes: 3000)
-            == Array(seg[99_000..<102_000]))
+        #expect(
+            try reader.read(timeline: 1, from: start.advanced(by: 99_000), durableEnd: system.position.durable, maxBytes: 3000)
+                == Array(seg[99_000..<102_000]))
     }
 
     @Test func aJournalFromANewerWalshipIsRefusedWithAClearMessage() throws {
         let temp = TempSpool()
         try FileManager.default.createDirectory(atPath: temp.walDirectory, withIntermediateDirectories: true)
         let path = temp.walDirectory + "/000000010000000000000008.partial"
-        let header = PartialSegment.Header(systemIdentifier: TestWAL.sysid,
-                                           segment: SegmentName(timeline: 1, number: 8, segmentSize: size), version: 3)
+        let header = PartialSegment.Header(
+            systemIdentifier: TestWAL.sysid,
+            segment: SegmentName(timeline: 1, number: 8, segmentSize: size), version: 3)
         _ = try PartialSegmentWriter(creating: path, header: header, directory: temp.walDirectory, io: .posix)
         #expect {
             _ = try temp.open()
@@ -146,8 +151,11 @@ import WALTestSupport
     }
 
     /// A spool whose journal for `segment` holds `length` bytes of WAL as 100 kB block records, all durable.
-    func blockJournal(segment: UInt64, length: Int) throws
-        -> (temp: TempSpool, system: SystemSpool, seg: [UInt8], start: LSN, durable: LSN) {
+    func blockJournal(
+        segment: UInt64, length: Int
+    ) throws
+        -> (temp: TempSpool, system: SystemSpool, seg: [UInt8], start: LSN, durable: LSN)
+    {
         let temp = TempSpool()
         let (_, system) = try temp.open()
         let seg = Self.compressibleSegment(segment)
@@ -173,8 +181,9 @@ import WALTestSupport
         #expect(read == Array(seg[0..<700_000]))
         // From inside a block record, by a fresh reader (a standby restarting its stream).
         let fresh = WALRangeReader(spool: system)
-        #expect(try fresh.read(timeline: 1, from: start.advanced(by: 333_333), durableEnd: durable, maxBytes: 5000)
-            == Array(seg[333_333..<338_333]))
+        #expect(
+            try fresh.read(timeline: 1, from: start.advanced(by: 333_333), durableEnd: durable, maxBytes: 5000)
+                == Array(seg[333_333..<338_333]))
     }
 
     /// A record header whose stored length was damaged on disk (here: 4 GiB) must not be believed before its CRC
@@ -214,8 +223,11 @@ import WALTestSupport
             ends[PartialSegment.headerLength] = 0
             for (i, piece) in stride(from: 0, to: 400_000, by: 50_000).enumerated() {
                 let bytes = Array(seg[piece..<piece + 50_000])
-                if i % 3 == 0 { try append(system, bytes, at: start.advanced(by: UInt64(piece))) }
-                else { try Self.appendBlock(system, bytes, at: start.advanced(by: UInt64(piece))) }
+                if i % 3 == 0 {
+                    try append(system, bytes, at: start.advanced(by: UInt64(piece)))
+                } else {
+                    try Self.appendBlock(system, bytes, at: start.advanced(by: UInt64(piece)))
+                }
                 try system.sync()
                 ends[try PartialSegment.read(path: path).journalLength] = piece + 50_000
             }

@@ -2,6 +2,7 @@ import Foundation
 import Testing
 import WALCore
 import WALTestSupport
+
 @testable import Spool
 
 @Suite struct SpoolReaderTests {
@@ -35,7 +36,9 @@ import WALTestSupport
         let reader = try SpoolReader(root: temp.root, system: TestWAL.sysid)
         #expect(try reader.newestTimeline() == 2)
         #expect(try reader.contents(of: "000000010000000000000004") == nil)
-        #expect(try reader.contents(of: "00000002.history") == ServedFile(whole: Array("1\t0/430000\tno recovery target specified\n".utf8)))
+        #expect(
+            try reader.contents(of: "00000002.history")
+                == ServedFile(whole: Array("1\t0/430000\tno recovery target specified\n".utf8)))
     }
 
     @Test func damagedSegmentIsAnErrorNotAbsence() throws {

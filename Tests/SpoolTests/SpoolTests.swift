@@ -5,6 +5,7 @@ import NIOCore
 import Testing
 import WALCore
 import WALTestSupport
+
 @testable import Spool
 
 final class TempSpool {
@@ -73,7 +74,9 @@ func append(_ system: SystemSpool, _ bytes: [UInt8], at lsn: LSN, timeline: Time
             let block = LZ4.compressBlock(ByteBuffer(bytes: bytes))
             blocks.append(Array(block.readableBytesView))
             try bytes.withUnsafeBytes { raw in
-                try block.withUnsafeReadableBytes { try system.append(timeline: 1, startLSN: lsn, bytes: raw, compressedBlock: $0) }
+                try block.withUnsafeReadableBytes {
+                    try system.append(timeline: 1, startLSN: lsn, bytes: raw, compressedBlock: $0)
+                }
             }
         }
         let start = size.startLSN(ofSegment: 5)
@@ -149,14 +152,20 @@ func append(_ system: SystemSpool, _ bytes: [UInt8], at lsn: LSN, timeline: Time
         let temp = TempSpool()
         try storeWholeSegment(7, in: temp)
         // Crash after the .lz4 rename but before the journal was removed, plus a temp file of an unfinished write.
-        let header = PartialSegment.Header(systemIdentifier: TestWAL.sysid,
-                                           segment: SegmentName(timeline: 1, number: 7, segmentSize: size))
-        _ = try PartialSegmentWriter(creating: temp.walDirectory + "/000000010000000000000007.partial", header: header,
-                                     directory: temp.walDirectory, io: .posix)
-        #expect(FileManager.default.createFile(atPath: temp.walDirectory + "/000000010000000000000008.lz4.tmp", contents: Data([1, 2, 3])))
+        let header = PartialSegment.Header(
+            systemIdentifier: TestWAL.sysid,
+            segment: SegmentName(timeline: 1, number: 7, segmentSize: size))
+        _ = try PartialSegmentWriter(
+            creating: temp.walDirectory + "/000000010000000000000007.partial", header: header,
+            directory: temp.walDirectory, io: .posix)
+        #expect(
+            FileManager.default.createFile(
+                atPath: temp.walDirectory + "/000000010000000000000008.lz4.tmp", contents: Data([1, 2, 3])))
         // And a journal whose creation was cut short: preallocated, its header not yet written.
-        #expect(FileManager.default.createFile(atPath: temp.walDirectory + "/000000010000000000000008.partial.tmp",
-                                               contents: Data(repeating: 0, count: 4096)))
+        #expect(
+            FileManager.default.createFile(
+                atPath: temp.walDirectory + "/000000010000000000000008.partial.tmp",
+                contents: Data(repeating: 0, count: 4096)))
         let (_, system) = try temp.open()
         #expect(try temp.files() == ["000000010000000000000007.lz4"])
         #expect(system.position.durable == size.startLSN(ofSegment: 8))
@@ -190,10 +199,12 @@ func append(_ system: SystemSpool, _ bytes: [UInt8], at lsn: LSN, timeline: Time
         let temp = TempSpool()
         let seg = TestWAL.segment(9)
         try FileManager.default.createDirectory(atPath: temp.walDirectory, withIntermediateDirectories: true)
-        let header = PartialSegment.Header(systemIdentifier: TestWAL.sysid,
-                                           segment: SegmentName(timeline: 1, number: 9, segmentSize: size))
-        let writer = try PartialSegmentWriter(creating: temp.walDirectory + "/000000010000000000000009.partial",
-                                              header: header, directory: temp.walDirectory, io: .posix)
+        let header = PartialSegment.Header(
+            systemIdentifier: TestWAL.sysid,
+            segment: SegmentName(timeline: 1, number: 9, segmentSize: size))
+        let writer = try PartialSegmentWriter(
+            creating: temp.walDirectory + "/000000010000000000000009.partial",
+            header: header, directory: temp.walDirectory, io: .posix)
         try seg.withUnsafeBytes { try writer.append(offset: 0, $0) }
         try writer.sync()
         let (_, system) = try temp.open()
@@ -254,7 +265,9 @@ func append(_ system: SystemSpool, _ bytes: [UInt8], at lsn: LSN, timeline: Time
         let temp = TempSpool()
         let (_, system) = try temp.open()
         let seg = TestWAL.segment(1, count: 30_000)
-        #expect(throws: SpoolError.self) { try append(system, Array(seg[100...]), at: size.startLSN(ofSegment: 1).advanced(by: 100)) }
+        #expect(throws: SpoolError.self) {
+            try append(system, Array(seg[100...]), at: size.startLSN(ofSegment: 1).advanced(by: 100))
+        }
         try append(system, Array(seg[0..<10_000]), at: size.startLSN(ofSegment: 1))
         do {
             try append(system, Array(seg[12_000...]), at: size.startLSN(ofSegment: 1).advanced(by: 12_000))
@@ -323,11 +336,15 @@ func append(_ system: SystemSpool, _ bytes: [UInt8], at lsn: LSN, timeline: Time
         try system.storeHistory(timeline: 2, content: Array("1\t\(fork)\tno recovery target specified\n".utf8))
         // Not at the fork segment's start: refused.
         #expect(throws: SpoolError.self) {
-            try append(system, Array(newTimelineSegment(3, count: 20_000)[8192...]), at: childStart.advanced(by: 8192), timeline: 2)
+            try append(
+                system, Array(newTimelineSegment(3, count: 20_000)[8192...]), at: childStart.advanced(by: 8192), timeline: 2)
         }
         try append(system, newTimelineSegment(3, count: 400_000), at: childStart, timeline: 2)
         try system.sync()
-        #expect(system.position == SpoolPosition(timeline: 2, written: childStart.advanced(by: 400_000), durable: childStart.advanced(by: 400_000)))
+        #expect(
+            system.position
+                == SpoolPosition(
+                    timeline: 2, written: childStart.advanced(by: 400_000), durable: childStart.advanced(by: 400_000)))
         // The old timeline's tail (with 50 000 bytes beyond the fork) stays aside and is never served.
         #expect(try temp.files() == ["000000010000000000000003.partial", "00000002.history", "000000020000000000000003.partial"])
         let reader = try SpoolReader(root: temp.root, system: nil)
@@ -378,7 +395,9 @@ func append(_ system: SystemSpool, _ bytes: [UInt8], at lsn: LSN, timeline: Time
         let capacity = try #require(spool.capacity)
         #expect(capacity.total == 5 * (1 << 19) && capacity.free < 2 * (1 << 20))
         // Room again (the completed segment pruned): the same append goes through.
-        let completed = temp.walDirectory + "/" + SegmentName(timeline: 1, containing: size.startLSN(ofSegment: 1), segmentSize: size).description + ".lz4"
+        let completed =
+            temp.walDirectory + "/"
+            + SegmentName(timeline: 1, containing: size.startLSN(ofSegment: 1), segmentSize: size).description + ".lz4"
         try FileManager.default.removeItem(atPath: completed)
         try append(system, Array(TestWAL.segment(2)[0..<8192]), at: next)
         #expect(system.position.written == next.advanced(by: 8192))

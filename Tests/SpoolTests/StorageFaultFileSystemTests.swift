@@ -15,7 +15,10 @@ import Glibc
     init() throws { try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true) }
 
     func code(_ call: () throws -> Void) -> Int32? {
-        do { try call(); return nil } catch { return (error as? SystemCallError)?.code ?? -1 }
+        do {
+            try call()
+            return nil
+        } catch { return (error as? SystemCallError)?.code ?? -1 }
     }
 
     @Test func aJournalsFdatasyncFailsAsManyTimesAsAskedAndOnlyForJournals() throws {

@@ -4,10 +4,12 @@ import Synchronization
 import Testing
 import WALCore
 import WALTestSupport
+
+@testable import Spool
+
 #if canImport(Glibc)
 import Glibc
 #endif
-@testable import Spool
 
 /// A spool on the in-memory file system, which can fail calls and lose what was not fsynced.
 final class MemorySpool {
@@ -54,16 +56,19 @@ func childTimelineSegment(_ number: UInt64, count: Int, timeline: UInt8 = 2) -> 
     let size = TestWAL.size
 
     @Test func theNewestTimelineWinsWhateverTheSegmentNumbers() {
-        let names = ["000000010000000000000005.lz4", "000000010000000000000006.lz4", "000000010000000000000007.partial",
-                     "00000002.history", "000000020000000000000003.partial", "000000020000000000000002.lz4"]
+        let names = [
+            "000000010000000000000005.lz4", "000000010000000000000006.lz4", "000000010000000000000007.partial",
+            "00000002.history", "000000020000000000000003.partial", "000000020000000000000002.lz4",
+        ]
         let end = SpoolEnd(fileNames: names, segmentSize: size)
         #expect(end == SpoolEnd(segment: SegmentName(timeline: 2, number: 3, segmentSize: size), inJournal: true))
     }
 
     @Test func aCompletedSegmentWinsOverItsLeftoverJournal() {
         let names = ["000000010000000000000004.partial", "000000010000000000000004.lz4", "000000010000000000000003.lz4"]
-        #expect(SpoolEnd(fileNames: names, segmentSize: size)
-            == SpoolEnd(segment: SegmentName(timeline: 1, number: 4, segmentSize: size), inJournal: false))
+        #expect(
+            SpoolEnd(fileNames: names, segmentSize: size)
+                == SpoolEnd(segment: SegmentName(timeline: 1, number: 4, segmentSize: size), inJournal: false))
     }
 
     @Test func noWALNoEnd() {
@@ -108,7 +113,9 @@ func childTimelineSegment(_ number: UInt64, count: Int, timeline: UInt8 = 2) -> 
 @Suite struct FsyncFailureTests {
     let size = TestWAL.size
 
-    static func failing(_ kind: InMemoryFileSystem.Operation.Kind, pathContaining part: String, times: Int = 1)
+    static func failing(
+        _ kind: InMemoryFileSystem.Operation.Kind, pathContaining part: String, times: Int = 1
+    )
         -> @Sendable (InMemoryFileSystem.Operation) -> InMemoryFileSystem.Fault?
     {
         let left = Mutex(times)
@@ -199,8 +206,9 @@ func childTimelineSegment(_ number: UInt64, count: Int, timeline: UInt8 = 2) -> 
     let size = TestWAL.size
 
     func record(timeline: UInt32, acknowledged: LSN) -> PrimaryProgressRecord {
-        PrimaryProgressRecord(primaryLSN: nil, primaryTime: nil, timeline: timeline, acknowledgedLSN: "\(acknowledged)",
-                              acknowledgedAt: Date(), senderName: nil, synchronous: true, updatedAt: Date())
+        PrimaryProgressRecord(
+            primaryLSN: nil, primaryTime: nil, timeline: timeline, acknowledgedLSN: "\(acknowledged)",
+            acknowledgedAt: Date(), senderName: nil, synchronous: true, updatedAt: Date())
     }
 
     /// A damaged record in the journal ends its valid part like a torn tail would; below an acknowledged
@@ -224,7 +232,9 @@ func childTimelineSegment(_ number: UInt64, count: Int, timeline: UInt8 = 2) -> 
         #expect(try spool.openExistingSystems().isEmpty)
         let refusal = try #require(spool.refusedSystems[TestWAL.sysid])
         #expect(refusal.kind == .acknowledgedWALMissing)
-        #expect(refusal.message.contains("\(start.advanced(by: 100_000))") && refusal.message.contains("\(start.advanced(by: 200_000))"))
+        #expect(
+            refusal.message.contains("\(start.advanced(by: 100_000))")
+                && refusal.message.contains("\(start.advanced(by: 200_000))"))
         // The journal is left as it was, for a person to look at.
         #expect(disk.fs.contents(journal) == bytes)
     }

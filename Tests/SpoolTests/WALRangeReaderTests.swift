@@ -2,6 +2,7 @@ import Foundation
 import Testing
 import WALCore
 import WALTestSupport
+
 @testable import Spool
 
 @Suite struct WALRangeReaderTests {
@@ -41,12 +42,14 @@ import WALTestSupport
         // Backwards (a standby restarting its stream) and from the middle, in a completed and in the
         // in-progress segment.
         let middle3 = size.startLSN(ofSegment: 3).advanced(by: 777_777)
-        #expect(try reader.read(timeline: 1, from: middle3, durableEnd: durable, maxBytes: 1000) == Array(seg3[777_777..<778_777]))
+        #expect(
+            try reader.read(timeline: 1, from: middle3, durableEnd: durable, maxBytes: 1000) == Array(seg3[777_777..<778_777]))
         #expect(reader.bufferedBytes <= 1000)
         let fresh = WALRangeReader(spool: system)
         let middle4 = size.startLSN(ofSegment: 4).advanced(by: 250_001)
         #expect(try fresh.read(timeline: 1, from: middle4, durableEnd: durable, maxBytes: 5000) == Array(seg4[250_001..<255_001]))
-        #expect(try fresh.read(timeline: 1, from: middle4.advanced(by: 5000), durableEnd: durable, maxBytes: 5000)
-            == Array(seg4[255_001..<260_001]))
+        #expect(
+            try fresh.read(timeline: 1, from: middle4.advanced(by: 5000), durableEnd: durable, maxBytes: 5000)
+                == Array(seg4[255_001..<260_001]))
     }
 }

@@ -1,7 +1,8 @@
 import Foundation
 import Testing
-@testable import StatusModel
 import WALCore
+
+@testable import StatusModel
 
 @Suite struct LagTrackerTests {
     let t0 = ContinuousClock.now
@@ -24,8 +25,9 @@ import WALCore
         var tracker = LagTracker(spacingSeconds: 0)
         // The primary writes 100 bytes a second.
         for i in 1...10 {
-            tracker.primaryReported(lsn: LSN(UInt64(i) * 100), primaryTime: 1000 + Double(i),
-                                    arrivedAt: t0 + .seconds(i), localWallClock: 1000 + Double(i))
+            tracker.primaryReported(
+                lsn: LSN(UInt64(i) * 100), primaryTime: 1000 + Double(i),
+                arrivedAt: t0 + .seconds(i), localWallClock: 1000 + Double(i))
         }
         let now = t0 + .seconds(10)
         // A stage at 550 lacks WAL written between t=1005 (lsn 500) and t=1006 (lsn 600): about 4.5 s
@@ -57,7 +59,8 @@ import WALCore
     @Test func boundedMemoryKeepsOldAges() {
         var tracker = LagTracker(capacity: 64, spacingSeconds: 0)
         for i in 1...10_000 {
-            tracker.primaryReported(lsn: LSN(UInt64(i) * 10), primaryTime: Double(i), arrivedAt: t0 + .seconds(i), localWallClock: Double(i))
+            tracker.primaryReported(
+                lsn: LSN(UInt64(i) * 10), primaryTime: Double(i), arrivedAt: t0 + .seconds(i), localWallClock: Double(i))
         }
         #expect(tracker.pointCount <= 65)
         // A stage stuck near the start is still known to be thousands of seconds behind.
@@ -68,7 +71,8 @@ import WALCore
     @Test func forgettingPassedPoints() {
         var tracker = LagTracker(spacingSeconds: 0)
         for i in 1...5 {
-            tracker.primaryReported(lsn: LSN(UInt64(i) * 100), primaryTime: Double(i), arrivedAt: t0 + .seconds(i), localWallClock: Double(i))
+            tracker.primaryReported(
+                lsn: LSN(UInt64(i) * 100), primaryTime: Double(i), arrivedAt: t0 + .seconds(i), localWallClock: Double(i))
         }
         tracker.forget(upTo: LSN(300))
         #expect(tracker.pointCount == 3)
@@ -89,7 +93,8 @@ import WALCore
     let start = Date(timeIntervalSince1970: 1_000_000)
 
     func lag(_ seconds: Double, firing: Bool) -> AlertObservation {
-        AlertObservation(condition: "lag_seconds", system: "1", firing: firing, message: "lag \(seconds)", value: seconds, threshold: 10)
+        AlertObservation(
+            condition: "lag_seconds", system: "1", firing: firing, message: "lag \(seconds)", value: seconds, threshold: 10)
     }
 
     @Test func firesOnceAndRecoversOnce() {
@@ -137,8 +142,9 @@ import WALCore
     }
 
     @Test func eventJSONIsStable() throws {
-        let event = AlertEvent(event: .firing, condition: "memory", severity: .warning, role: "sender", host: "h", system: nil,
-                               message: "m", value: 70, threshold: 64, startedAt: start, at: start)
+        let event = AlertEvent(
+            event: .firing, condition: "memory", severity: .warning, role: "sender", host: "h", system: nil,
+            message: "m", value: 70, threshold: 64, startedAt: start, at: start)
         let json = String(decoding: try StatusDocument.encoder(pretty: false).encode(event), as: UTF8.self)
         #expect(json.contains(#""event":"firing""#))
         #expect(json.contains(#""source":"walship""#))

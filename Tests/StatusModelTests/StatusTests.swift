@@ -1,6 +1,7 @@
 import Foundation
 import StatusTestSupport
 import Testing
+
 @testable import StatusModel
 
 @Suite struct StatusDocumentTests {
@@ -38,7 +39,8 @@ import Testing
 }
 
 @Suite struct HealthCheckTests {
-    let thresholds = StatusThresholds(warningLagSeconds: 10, criticalLagSeconds: 100, warningLagBytes: 1000, criticalLagBytes: 100_000)
+    let thresholds = StatusThresholds(
+        warningLagSeconds: 10, criticalLagSeconds: 100, warningLagBytes: 1000, criticalLagBytes: 100_000)
 
     func code(_ document: StatusDocument) -> HealthCheck.Code {
         HealthCheck.evaluate(document, thresholds: thresholds, now: document.generatedAt).code
@@ -58,7 +60,8 @@ import Testing
         #expect(code(sampleReceiver(seconds: 101)) == .critical)
         #expect(code(sampleReceiver(durableBehindBytes: 200_000)) == .critical)
         #expect(code(sampleReceiver(connected: false)) == .critical)
-        let alert = StatusDocument.ActiveAlert(condition: "spool_free", severity: "critical", system: nil, since: Date(), message: "full")
+        let alert = StatusDocument.ActiveAlert(
+            condition: "spool_free", severity: "critical", system: nil, since: Date(), message: "full")
         #expect(code(sampleReceiver(alerts: [alert])) == .critical)
         var empty = sampleReceiver()
         empty.systems = []
@@ -82,15 +85,21 @@ import Testing
     }
 
     @Test func alertRulesBelongToOneProcess() {
-        let t = AlertThresholds(lagSeconds: 1, lagBytes: 1, disconnectSeconds: 1, spoolFreePercent: 50, memoryMB: 1, slotRetainedBytes: 1)
-        let receiver = AlertRules.observe(sampleReceiver(connected: false, durableBehindBytes: 10, seconds: 5), thresholds: t,
-                                          now: Date(timeIntervalSince1970: 1_800_000_000))
-        #expect(Set(receiver.filter(\.firing).map(\.condition)) == ["memory", "lag_seconds", "lag_bytes", "sender_disconnected", "spool_free"])
+        let t = AlertThresholds(
+            lagSeconds: 1, lagBytes: 1, disconnectSeconds: 1, spoolFreePercent: 50, memoryMB: 1, slotRetainedBytes: 1)
+        let receiver = AlertRules.observe(
+            sampleReceiver(connected: false, durableBehindBytes: 10, seconds: 5), thresholds: t,
+            now: Date(timeIntervalSince1970: 1_800_000_000))
+        #expect(
+            Set(receiver.filter(\.firing).map(\.condition)) == [
+                "memory", "lag_seconds", "lag_bytes", "sender_disconnected", "spool_free",
+            ])
         var sender = sampleReceiver()
         sender.role = "sender"
         sender.spool = nil
-        sender.sender = .init(source: "host=p", receiver: "dr:7000", synchronous: true, applicationName: "walship", walBytesSent: 10,
-                              wireBytesSent: 2, slot: .init(name: "walship", walStatus: "extended", retainedBytes: 10))
+        sender.sender = .init(
+            source: "host=p", receiver: "dr:7000", synchronous: true, applicationName: "walship", walBytesSent: 10,
+            wireBytesSent: 2, slot: .init(name: "walship", walStatus: "extended", retainedBytes: 10))
         let senderConditions = AlertRules.observe(sender, thresholds: t, now: Date()).filter(\.firing).map(\.condition)
         #expect(Set(senderConditions) == ["memory", "slot_retained_bytes", "slot_wal_status"])
     }
@@ -101,8 +110,11 @@ import Testing
         let now = Date(timeIntervalSince1970: 1_800_000_000)
         var status = sampleReceiver()
         func certificates(_ days: Double...) -> [StatusDocument.CertificateStatus] {
-            days.enumerated().map { .init(use: $0.offset == 0 ? "link" : "link CA", path: "/certs/\($0.offset).crt",
-                                          subject: "CN=dr", notValidAfter: now.addingTimeInterval($0.element * 86400)) }
+            days.enumerated().map {
+                .init(
+                    use: $0.offset == 0 ? "link" : "link CA", path: "/certs/\($0.offset).crt",
+                    subject: "CN=dr", notValidAfter: now.addingTimeInterval($0.element * 86400))
+            }
         }
         func observed(_ t: AlertThresholds = AlertThresholds(certificateDays: 30)) -> AlertObservation? {
             AlertRules.observe(status, thresholds: t, now: now).first { $0.condition == "certificate_expiry" }
@@ -114,7 +126,8 @@ import Testing
         status.certificates = certificates(3650, 20)
         let soon = try #require(observed())
         #expect(soon.firing && soon.severity == .warning)
-        #expect(soon.message.contains("link CA certificate /certs/1.crt") && soon.message.contains("in 20.0 days"), "\(soon.message)")
+        #expect(
+            soon.message.contains("link CA certificate /certs/1.crt") && soon.message.contains("in 20.0 days"), "\(soon.message)")
         #expect(soon.message.contains("walship certs renew"))
         status.certificates = certificates(5)
         #expect(observed()?.severity == .critical)
@@ -131,19 +144,23 @@ import Testing
         var sender = sampleReceiver()
         sender.role = "sender"
         sender.spool = nil
-        sender.sender = .init(source: "host=p", receiver: "dr:7000", synchronous: true, applicationName: "walship", walBytesSent: 10,
-                              wireBytesSent: 2, slot: .init(name: "walship"), receiverLossPolicy: "block")
+        sender.sender = .init(
+            source: "host=p", receiver: "dr:7000", synchronous: true, applicationName: "walship", walBytesSent: 10,
+            wireBytesSent: 2, slot: .init(name: "walship"), receiverLossPolicy: "block")
         let none = AlertThresholds()
         #expect(!AlertRules.observe(sender, thresholds: none, now: Date()).contains { $0.condition == "rpo_exposure" })
 
         sender.sender?.receiverLossPolicy = "degrade-after=30s"
         sender.sender?.degraded = false
-        let calm = try #require(AlertRules.observe(sender, thresholds: none, now: Date()).first { $0.condition == "rpo_exposure" })
+        let calm = try #require(
+            AlertRules.observe(sender, thresholds: none, now: Date()).first { $0.condition == "rpo_exposure" })
         #expect(!calm.firing)
 
         sender.sender?.degraded = true
-        sender.sender?.rpoExposure = .init(bytes: 3 * 1_048_576, seconds: 42, acknowledgedLSN: "0/5300000", offsiteDurableLSN: "0/5000000")
-        let exposed = try #require(AlertRules.observe(sender, thresholds: none, now: Date()).first { $0.condition == "rpo_exposure" })
+        sender.sender?.rpoExposure = .init(
+            bytes: 3 * 1_048_576, seconds: 42, acknowledgedLSN: "0/5300000", offsiteDurableLSN: "0/5000000")
+        let exposed = try #require(
+            AlertRules.observe(sender, thresholds: none, now: Date()).first { $0.condition == "rpo_exposure" })
         #expect(exposed.firing && exposed.severity == .critical)
         #expect(exposed.message.contains("3.0 MB") && exposed.message.contains("42.0 s"))
 

@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+
 @testable import WALCore
 
 @Suite struct LSNTests {
@@ -29,7 +30,8 @@ import Testing
         let name = SegmentName(timeline: 1, containing: LSN("0/3B431C8")!, segmentSize: size)
         #expect(name.description == "000000010000000000000003")
         #expect(size.offset(of: LSN("0/3B431C8")!) == 0xB4_31C8)
-        #expect(SegmentName(timeline: 2, containing: LSN("1/A0000000")!, segmentSize: size).description == "0000000200000001000000A0")
+        #expect(
+            SegmentName(timeline: 2, containing: LSN("1/A0000000")!, segmentSize: size).description == "0000000200000001000000A0")
         #expect(SegmentName(timeline: 1, number: 0x100, segmentSize: size).description == "000000010000000100000000")
     }
 
@@ -41,15 +43,19 @@ import Testing
         #expect(name.next().description == "0000000200000001000000A1")
     }
 
-    @Test(arguments: ["00000001000000000000000", "000000010000000000000003.partial", "0000000100000000000001ZZ",
-                      "000000010000000000000100", "000000000000000000000001", "00000001000000000000000a"])
+    @Test(arguments: [
+        "00000001000000000000000", "000000010000000000000003.partial", "0000000100000000000001ZZ",
+        "000000010000000000000100", "000000000000000000000001", "00000001000000000000000a",
+    ])
     func rejectsOtherNames(_ text: String) {
         #expect(SegmentName(text, segmentSize: size) == nil)
     }
 
     @Test func otherSegmentSizes() throws {
         let oneGiB = try #require(WALSegmentSize(bytes: 1 << 30))
-        #expect(SegmentName(timeline: 1, containing: LSN("1/40000000")!, segmentSize: oneGiB).description == "000000010000000100000001")
+        #expect(
+            SegmentName(timeline: 1, containing: LSN("1/40000000")!, segmentSize: oneGiB).description
+                == "000000010000000100000001")
         #expect(WALSegmentSize(bytes: 3 << 20) == nil)
         #expect(WALSegmentSize(bytes: 1 << 19) == nil)
         #expect(WALSegmentSize(showValue: "16MB") == .default)
@@ -73,8 +79,9 @@ import Testing
         let long = (0..<1000).map { UInt8(truncatingIfNeeded: $0 &* 7) }
         // Incremental and one-shot agree across the 8-byte fast path boundary.
         let split = long.withUnsafeBytes { raw in
-            CRC32C.update(CRC32C.update(0, UnsafeRawBufferPointer(rebasing: raw[0..<13])),
-                          UnsafeRawBufferPointer(rebasing: raw[13...]))
+            CRC32C.update(
+                CRC32C.update(0, UnsafeRawBufferPointer(rebasing: raw[0..<13])),
+                UnsafeRawBufferPointer(rebasing: raw[13...]))
         }
         #expect(split == CRC32C.checksum(long))
     }
@@ -116,16 +123,20 @@ import Testing
 
 @Suite struct TimelineHistoryTests {
     @Test func parsesPostgresFormat() throws {
-        let entries = try parseTimelineHistory("1\t0/5000060\tno recovery target specified\n\n# comment\n2\t0/7000000\tbefore 2026-01-01\n")
-        #expect(entries == [
-            TimelineHistoryEntry(parent: 1, switchPoint: LSN("0/5000060")!, reason: "no recovery target specified"),
-            TimelineHistoryEntry(parent: 2, switchPoint: LSN("0/7000000")!, reason: "before 2026-01-01"),
-        ])
+        let entries = try parseTimelineHistory(
+            "1\t0/5000060\tno recovery target specified\n\n# comment\n2\t0/7000000\tbefore 2026-01-01\n")
+        #expect(
+            entries == [
+                TimelineHistoryEntry(parent: 1, switchPoint: LSN("0/5000060")!, reason: "no recovery target specified"),
+                TimelineHistoryEntry(parent: 2, switchPoint: LSN("0/7000000")!, reason: "before 2026-01-01"),
+            ])
     }
 
     @Test func rejectsMalformedAndDescending() {
         #expect(throws: TimelineHistoryError.malformedLine(1, "x\t0/1")) { try parseTimelineHistory("x\t0/1") }
-        #expect(throws: TimelineHistoryError.malformedLine(1, "1\tnot-an-lsn\tr")) { try parseTimelineHistory("1\tnot-an-lsn\tr") }
+        #expect(throws: TimelineHistoryError.malformedLine(1, "1\tnot-an-lsn\tr")) {
+            try parseTimelineHistory("1\tnot-an-lsn\tr")
+        }
         #expect(throws: TimelineHistoryError.notAscending(line: 2)) { try parseTimelineHistory("2\t0/1\ta\n1\t0/2\tb\n") }
     }
 }

@@ -1,10 +1,13 @@
 import Testing
+
 @testable import WALCore
 
 /// Builds WAL pages with valid headers (little-endian, as a PostgreSQL 15 primary on x86-64 writes them).
 enum SyntheticWAL {
-    static func header(at address: LSN, timeline: TimeLineID = 1, systemIdentifier: UInt64 = 7_711_355_351_252_201_643,
-                       segmentSize: WALSegmentSize = .default, magic: UInt16 = WALPage.magic) -> [UInt8] {
+    static func header(
+        at address: LSN, timeline: TimeLineID = 1, systemIdentifier: UInt64 = 7_711_355_351_252_201_643,
+        segmentSize: WALSegmentSize = .default, magic: UInt16 = WALPage.magic
+    ) -> [UInt8] {
         let long = segmentSize.offset(of: address) == 0
         var out: [UInt8] = []
         func le<T: FixedWidthInteger>(_ v: T) { withUnsafeBytes(of: v.littleEndian) { out.append(contentsOf: $0) } }
@@ -23,8 +26,10 @@ enum SyntheticWAL {
     }
 
     /// `count` bytes of a segment: valid page headers, pseudo-random record bytes in between.
-    static func segment(number: UInt64, count: Int, timeline: TimeLineID = 1, systemIdentifier: UInt64 = 7_711_355_351_252_201_643,
-                        segmentSize: WALSegmentSize) -> [UInt8] {
+    static func segment(
+        number: UInt64, count: Int, timeline: TimeLineID = 1, systemIdentifier: UInt64 = 7_711_355_351_252_201_643,
+        segmentSize: WALSegmentSize
+    ) -> [UInt8] {
         var bytes = [UInt8](repeating: 0, count: count)
         var seed = UInt32(truncatingIfNeeded: number &* 2_654_435_761)
         for i in 0..<count {
@@ -33,8 +38,9 @@ enum SyntheticWAL {
         }
         var page = 0
         while page < count {
-            let h = header(at: segmentSize.startLSN(ofSegment: number).advanced(by: UInt64(page)), timeline: timeline,
-                           systemIdentifier: systemIdentifier, segmentSize: segmentSize)
+            let h = header(
+                at: segmentSize.startLSN(ofSegment: number).advanced(by: UInt64(page)), timeline: timeline,
+                systemIdentifier: systemIdentifier, segmentSize: segmentSize)
             for (i, b) in h.enumerated() where page + i < count { bytes[page + i] = b }
             page += 8192
         }
@@ -53,9 +59,11 @@ enum SyntheticWAL {
 
     @Test func acceptsObservedHeader() throws {
         // The first 40 bytes of 000000010000000000000003 as PostgreSQL 15.18 wrote them.
-        let observed: [UInt8] = [0x10, 0xD1, 0x07, 0x00, 0x01, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x03, 0x00, 0x00, 0x00, 0x00,
-                                 0x3F, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0xAB, 0xF0, 0x31, 0xE0, 0xD5, 0x3C, 0x04, 0x6B,
-                                 0x00, 0x00, 0x00, 0x01, 0x00, 0x20, 0x00, 0x00]
+        let observed: [UInt8] = [
+            0x10, 0xD1, 0x07, 0x00, 0x01, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x03, 0x00, 0x00, 0x00, 0x00,
+            0x3F, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0xAB, 0xF0, 0x31, 0xE0, 0xD5, 0x3C, 0x04, 0x6B,
+            0x00, 0x00, 0x00, 0x01, 0x00, 0x20, 0x00, 0x00,
+        ]
         try validate(observed, at: LSN("0/3000000")!)
         let parsed = try #require(observed.withUnsafeBytes { WALPageHeader($0) })
         #expect(parsed.systemIdentifier == sysid)
@@ -111,7 +119,8 @@ enum SyntheticWAL {
         // Feed in awkward pieces: a header is only judged once it is complete.
         for end in [10, 8192 + 5, 8192 + 30, 2 * 8192 + 24, 3 * 8192] {
             let prefix = Array(segment[0..<end])
-            let previous = [0, 10, 8192 + 5, 8192 + 30, 2 * 8192 + 24][[10, 8192 + 5, 8192 + 30, 2 * 8192 + 24, 3 * 8192].firstIndex(of: end)!]
+            let previous = [0, 10, 8192 + 5, 8192 + 30, 2 * 8192 + 24][
+                [10, 8192 + 5, 8192 + 30, 2 * 8192 + 24, 3 * 8192].firstIndex(of: end)!]
             try prefix.withUnsafeBytes { try v.validate(segment: $0, previousLength: previous) }
         }
     }
@@ -135,7 +144,10 @@ enum SyntheticWAL {
         #expect(v.zeroFillStart == 8192)
         var more = segment + [UInt8](repeating: 0, count: 100)
         more[more.count - 1] = 1
-        #expect(throws: WALSegmentValidator.Failure.dataAfterZeroFill(at: size.startLSN(ofSegment: 3).advanced(by: UInt64(more.count - 1)))) {
+        #expect(
+            throws: WALSegmentValidator.Failure.dataAfterZeroFill(
+                at: size.startLSN(ofSegment: 3).advanced(by: UInt64(more.count - 1)))
+        ) {
             try more.withUnsafeBytes { raw in try v.validate(segment: raw, previousLength: segment.count) }
         }
     }

@@ -8,6 +8,7 @@ import Synchronization
 import Testing
 import WALCore
 import WALTestSupport
+
 @testable import WalSenderServer
 
 /// The standby stream on its event loop, against a real spool in a temporary directory and a testing channel.
@@ -52,7 +53,9 @@ import WALTestSupport
         }
 
         /// Streams timeline 1 from the segment's start; returns once the CopyBothResponse went out.
-        func startStreaming(end: WalSenderStateMachine.TimelineEnd? = nil) async throws -> (StandbyStreamer, Task<Void, any Error>) {
+        func startStreaming(
+            end: WalSenderStateMachine.TimelineEnd? = nil
+        ) async throws -> (StandbyStreamer, Task<Void, any Error>) {
             let streamer = StandbyStreamer(
                 channel: channel, system: system, server: server, applicationName: "dr",
                 record: StandbyRecord(name: "dr", viaSlot: false, replayedLSN: start, updatedAt: Date()),

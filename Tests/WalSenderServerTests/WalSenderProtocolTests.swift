@@ -1,6 +1,7 @@
 import NIOCore
 import Testing
 import WALCore
+
 @testable import WalSenderServer
 
 @Suite struct FrontendDecoderTests {
@@ -38,11 +39,12 @@ import WALCore
         Backend.message("d", into: &stream) { $0.writeBytes([0x72, 1, 2]) }
         Backend.message("c", into: &stream) { _ in }
         Backend.message("X", into: &stream) { _ in }
-        #expect(try decodeAll(stream) == [
-            .sslRequest, .gssEncryptionRequest,
-            .startup(parameters: ["user": "postgres", "replication": "true", "application_name": "dr"]),
-            .query("IDENTIFY_SYSTEM"), .copyData(ByteBuffer(bytes: [0x72, 1, 2])), .copyDone, .terminate,
-        ])
+        #expect(
+            try decodeAll(stream) == [
+                .sslRequest, .gssEncryptionRequest,
+                .startup(parameters: ["user": "postgres", "replication": "true", "application_name": "dr"]),
+                .query("IDENTIFY_SYSTEM"), .copyData(ByteBuffer(bytes: [0x72, 1, 2])), .copyDone, .terminate,
+            ])
     }
 
     @Test func partialInputWaits() throws {
@@ -56,7 +58,9 @@ import WALCore
         var huge = ByteBuffer()
         huge.writeInteger(UInt32(1_000_000))
         #expect(throws: FrontendDecodeError.badStartupLength(1_000_000)) { try decodeAll(huge) }
-        #expect(throws: FrontendDecodeError.unsupportedProtocol(0x0002_0000)) { try decodeAll(startupPacket([], code: 0x0002_0000)) }
+        #expect(throws: FrontendDecodeError.unsupportedProtocol(0x0002_0000)) {
+            try decodeAll(startupPacket([], code: 0x0002_0000))
+        }
         var afterStartup = startupPacket([("user", "u")])
         afterStartup.writeInteger(UInt8(ascii: "Q"))
         afterStartup.writeInteger(UInt32(2))
@@ -74,19 +78,24 @@ import WALCore
     @Test func whatAStockStandbySends() throws {
         #expect(try ReplicationCommand.parse("IDENTIFY_SYSTEM") == .identifySystem)
         #expect(try ReplicationCommand.parse("TIMELINE_HISTORY 2") == .timelineHistory(2))
-        #expect(try ReplicationCommand.parse("START_REPLICATION 0/5000000 TIMELINE 1")
-            == .startReplication(slot: nil, start: LSN("0/5000000")!, timeline: 1))
-        #expect(try ReplicationCommand.parse("START_REPLICATION SLOT \"dr_Slot\" 0/5000000 TIMELINE 2")
-            == .startReplication(slot: "dr_Slot", start: LSN("0/5000000")!, timeline: 2))
-        #expect(try ReplicationCommand.parse("start_replication slot dr physical 1/A0000000;")
-            == .startReplication(slot: "dr", start: LSN("1/A0000000")!, timeline: nil))
+        #expect(
+            try ReplicationCommand.parse("START_REPLICATION 0/5000000 TIMELINE 1")
+                == .startReplication(slot: nil, start: LSN("0/5000000")!, timeline: 1))
+        #expect(
+            try ReplicationCommand.parse("START_REPLICATION SLOT \"dr_Slot\" 0/5000000 TIMELINE 2")
+                == .startReplication(slot: "dr_Slot", start: LSN("0/5000000")!, timeline: 2))
+        #expect(
+            try ReplicationCommand.parse("start_replication slot dr physical 1/A0000000;")
+                == .startReplication(slot: "dr", start: LSN("1/A0000000")!, timeline: nil))
         #expect(try ReplicationCommand.parse("SHOW wal_segment_size") == .show("wal_segment_size"))
         #expect(try ReplicationCommand.parse("READ_REPLICATION_SLOT \"x\"") == .readReplicationSlot("x"))
     }
 
-    @Test(arguments: ["", "SELECT 1", "START_REPLICATION", "START_REPLICATION SLOT x LOGICAL 0/0", "START_REPLICATION 0/0 TIMELINE",
-                      "START_REPLICATION 0/0 extra", "TIMELINE_HISTORY 0", "TIMELINE_HISTORY x", "IDENTIFY_SYSTEM now",
-                      "START_REPLICATION SLOT \"unterminated 0/0"])
+    @Test(arguments: [
+        "", "SELECT 1", "START_REPLICATION", "START_REPLICATION SLOT x LOGICAL 0/0", "START_REPLICATION 0/0 TIMELINE",
+        "START_REPLICATION 0/0 extra", "TIMELINE_HISTORY 0", "TIMELINE_HISTORY x", "IDENTIFY_SYSTEM now",
+        "START_REPLICATION SLOT \"unterminated 0/0",
+    ])
     func everythingElseIsASyntaxError(_ text: String) {
         #expect(throws: ReplicationCommand.ParseError.self) { try ReplicationCommand.parse(text) }
     }

@@ -42,15 +42,20 @@ final class ConfigExpansionTests: XCTestCase {
 
     func file(_ text: String) throws -> ConfigFile { try ConfigFile.parse(text, path: "/etc/walship/walship.toml") }
 
-    func expand(_ arguments: [String] = [], _ text: String?, environment: [String: String] = [:], role: String = "send") throws -> Expansion {
-        try Layering.expand(arguments: arguments, role: role, schema: schema, file: text.map { try file($0) }, environment: environment)
+    func expand(
+        _ arguments: [String] = [], _ text: String?, environment: [String: String] = [:], role: String = "send"
+    ) throws -> Expansion {
+        try Layering.expand(
+            arguments: arguments, role: role, schema: schema, file: text.map { try file($0) }, environment: environment)
     }
 
     func send(_ arguments: [String] = [], _ text: String?, environment: [String: String] = [:]) throws -> FakeSend {
         try FakeSend.parse(try expand(arguments, text, environment: environment).arguments)
     }
 
-    func assertConfigError(_ body: @autoclosure () throws -> Any, contains parts: [String], file: StaticString = #filePath, line: UInt = #line) {
+    func assertConfigError(
+        _ body: @autoclosure () throws -> Any, contains parts: [String], file: StaticString = #filePath, line: UInt = #line
+    ) {
         XCTAssertThrowsError(try body(), file: file, line: line) { error in
             let text = "\(error)"
             for part in parts { XCTAssert(text.contains(part), "\"\(text)\" lacks \"\(part)\"", file: file, line: line) }
@@ -121,11 +126,14 @@ final class ConfigExpansionTests: XCTestCase {
         XCTAssertEqual(command.alertCommand, "-starts-with-a-dash")
         XCTAssertEqual(try FakeReceive.parse(try expand([], text, role: "receive").arguments).allowSource, ["a=1", "b=2"])
         // The environment replaces the whole list; a flag can be switched off there.
-        let env = try FakeReceive.parse(try expand([], text, environment: ["WALSHIP_ALLOW_SOURCE": "c=3, d=4"], role: "receive").arguments)
+        let env = try FakeReceive.parse(
+            try expand([], text, environment: ["WALSHIP_ALLOW_SOURCE": "c=3, d=4"], role: "receive").arguments)
         XCTAssertEqual(env.allowSource, ["c=3", "d=4"])
         XCTAssertFalse(try send([], text, environment: ["WALSHIP_SYNC": "no"]).sync)
-        XCTAssertTrue(try send([], text.replacingOccurrences(of: "sync = true", with: ""), environment: ["WALSHIP_SYNC": "1"]).sync)
-        assertConfigError(try send([], text, environment: ["WALSHIP_SYNC": "maybe"]), contains: ["WALSHIP_SYNC is a flag", "true or false"])
+        XCTAssertTrue(
+            try send([], text.replacingOccurrences(of: "sync = true", with: ""), environment: ["WALSHIP_SYNC": "1"]).sync)
+        assertConfigError(
+            try send([], text, environment: ["WALSHIP_SYNC": "maybe"]), contains: ["WALSHIP_SYNC is a flag", "true or false"])
     }
 
     func testOptionsGoBeforeADoubleDash() throws {
@@ -134,25 +142,37 @@ final class ConfigExpansionTests: XCTestCase {
     }
 
     func testUnknownKeysNameTheKeyTheFileAndTheNearestKey() {
-        assertConfigError(try expand([], "[send]\nslott = \"s\""),
-                          contains: ["/etc/walship/walship.toml", "[send]", "unknown key slott", "did you mean slot?"])
-        assertConfigError(try expand([], "[send]\ntls_cert = \"/x\""), contains: ["unknown key tls_cert", "did you mean tls-cert?"])
+        assertConfigError(
+            try expand([], "[send]\nslott = \"s\""),
+            contains: ["/etc/walship/walship.toml", "[send]", "unknown key slott", "did you mean slot?"])
+        assertConfigError(
+            try expand([], "[send]\ntls_cert = \"/x\""), contains: ["unknown key tls_cert", "did you mean tls-cert?"])
         assertConfigError(try expand([], "[sned]\nslot = \"s\""), contains: ["unknown table [sned]", "did you mean [send]?"])
-        assertConfigError(try expand([], "slot = \"s\""), contains: ["slot is an option of walship send only", "put it under [send]"])
+        assertConfigError(
+            try expand([], "slot = \"s\""), contains: ["slot is an option of walship send only", "put it under [send]"])
         assertConfigError(try expand([], "frobnicate = 1"), contains: ["unknown key frobnicate"])
         // A typo in the other command's table is reported too.
-        assertConfigError(try expand([], "[receive]\nlisten = \"x:1\"\nlisen = \"y\"", role: "send"), contains: ["[receive]", "lisen", "did you mean listen?"])
+        assertConfigError(
+            try expand([], "[receive]\nlisten = \"x:1\"\nlisen = \"y\"", role: "send"),
+            contains: ["[receive]", "lisen", "did you mean listen?"])
         // The key that names the file is not an option of the file.
         assertConfigError(try expand([], "[send]\nconfig = \"/other.toml\""), contains: ["unknown key config"])
     }
 
     func testTypeErrorsSayWhatWasExpected() {
-        assertConfigError(try expand([], "[send]\nsync = \"yes\""), contains: ["[send] sync is a flag", "true or false, not a string"])
+        assertConfigError(
+            try expand([], "[send]\nsync = \"yes\""), contains: ["[send] sync is a flag", "true or false, not a string"])
         assertConfigError(try expand([], "[send]\nslot = true"), contains: ["[send] slot takes a value", "not a boolean"])
-        assertConfigError(try expand([], "[send]\nslot = [\"a\", \"b\"]"), contains: ["[send] slot takes one value, not an array"])
-        assertConfigError(try expand([], "[send]\nslot = { name = \"a\" }"), contains: ["[send] slot must be a string or a number, not a table"])
-        assertConfigError(try expand([], "[receive]\nallow-source = [[\"a\"]]", role: "receive"), contains: ["every element must be a string or a number"])
-        assertConfigError(try file("[send]\nslot = \"unterminated\n"), contains: ["/etc/walship/walship.toml:2:", "not valid TOML"])
+        assertConfigError(
+            try expand([], "[send]\nslot = [\"a\", \"b\"]"), contains: ["[send] slot takes one value, not an array"])
+        assertConfigError(
+            try expand([], "[send]\nslot = { name = \"a\" }"), contains: ["[send] slot must be a string or a number, not a table"]
+        )
+        assertConfigError(
+            try expand([], "[receive]\nallow-source = [[\"a\"]]", role: "receive"),
+            contains: ["every element must be a string or a number"])
+        assertConfigError(
+            try file("[send]\nslot = \"unterminated\n"), contains: ["/etc/walship/walship.toml:2:", "not valid TOML"])
     }
 
     func testAValueTheCommandRejectsIsTracedToItsSource() throws {
@@ -193,15 +213,17 @@ final class ConfigExpansionTests: XCTestCase {
         XCTAssertNil(plain.tlsCert)
         XCTAssertEqual(try send([], text).tlsCert, "/etc/walship/sender.crt")
         // And TLS files on the command line override insecure from the environment.
-        let tls = try send(["--tls-cert", "/a", "--tls-key", "/b", "--tls-ca", "/c"], "[send]\nsource = \"x\"\nslot = \"s\"",
-                           environment: ["WALSHIP_INSECURE": "true"])
+        let tls = try send(
+            ["--tls-cert", "/a", "--tls-key", "/b", "--tls-ca", "/c"], "[send]\nsource = \"x\"\nslot = \"s\"",
+            environment: ["WALSHIP_INSECURE": "true"])
         XCTAssertFalse(tls.insecure)
         // Contradictions within one layer are left to the command's own validation.
         XCTAssertThrowsError(try send([], text + "\ninsecure = true"))
     }
 
     func testWithoutAFileTheEnvironmentAloneWorks() throws {
-        let command = try send([], nil, environment: ["WALSHIP_SOURCE": "host=db1", "WALSHIP_SLOT": "s", "WALSHIP_BIN": "/unrelated"])
+        let command = try send(
+            [], nil, environment: ["WALSHIP_SOURCE": "host=db1", "WALSHIP_SLOT": "s", "WALSHIP_BIN": "/unrelated"])
         XCTAssertEqual(command.slot, "s")
     }
 
