@@ -7,24 +7,8 @@ struct TimelineTests {
     @Test func senderFollowsALocalFailoverToTheNewTimeline() throws {
         let fixture = try Fixture("timeline-follow")
         defer { fixture.tearDown() }
-        var topology = try ShipTopology(fixture, primarySettings: ["hot_standby": "on"], spoolOwnedByPostgres: true)
-        let standbyPort = IT.freePort()
-        topology.receiverExtra = ["--standby-listen", "127.0.0.1:\(standbyPort)", "--standby-trust"]
-        try topology.startReceiver()
-
-        let (partner, multiHost) = try startLocalPartner(fixture, topology)
-        try topology.startSender(source: multiHost)
-        // Taken while walship ships (its slot holds the WAL): the DR copy's starting point, restored later from
-        // the spool alone, and a continuously replaying DR standby.
-        try fixture.baseBackup(of: topology.primary, name: "dr")
-        try fixture.baseBackup(of: topology.primary, name: "drstandby")
-        let drStandby = try fixture.startCopy(
-            name: "drstandby", signal: "standby.signal",
-            settings: [
-                "primary_conninfo = 'host=127.0.0.1 port=\(standbyPort) user=postgres application_name=dr'",
-                "restore_command = '\(IT.walshipBinary) restore-wal --spool \(topology.spool) %f %p'",
-                "recovery_target_timeline = 'latest'", "wal_retrieve_retry_interval = '1s'", "hot_standby = on",
-            ])
+        let (topology, partner, multiHost, standbyPort) = try shipWithALocalPartner(fixture)
+        let drStandby = try startDRStandby(fixture, topology, standbyPort: standbyPort)
         try topology.primary.sql("CREATE TABLE admissions (id int PRIMARY KEY, site text)")
         try topology.primary.sql("INSERT INTO admissions SELECT g, 'before' FROM generate_series(1, 1000) g")
         let beforeFailover = try lsn(topology.primary.sql("SELECT pg_current_wal_lsn()"))!
@@ -54,13 +38,7 @@ struct TimelineTests {
         #expect(try drStandby.sql("SELECT pg_is_in_recovery()") == "t")
 
         // A copy recovered from the spool alone follows timeline 2 and has every row.
-        let copy = try fixture.startCopy(
-            name: "dr", signal: "recovery.signal",
-            settings: [
-                "restore_command = '\(IT.walshipBinary) restore-wal --spool \(topology.spool) %f %p'",
-                "recovery_target_timeline = 'latest'", "recovery_target_action = 'promote'",
-            ])
-        try waitUntil("the DR copy to finish recovery", timeout: 120) { (try copy.sql("SELECT pg_is_in_recovery()") == "f", "") }
+        let copy = try recoverTheDRCopyFromTheSpool(fixture, topology)
         #expect(try copy.sql("SELECT count(*), count(*) FILTER (WHERE site = 'after') FROM admissions") == "1500|500")
         #expect(try copy.sql("SELECT timeline_id FROM pg_control_checkpoint()") != "1")
     }
@@ -175,14 +153,8 @@ struct TimelineTests {
     @Test func aReceiverRestartedAfterAFailoverBehindTheSpoolsEndReopensOnTheNewTimeline() throws {
         let fixture = try Fixture("timeline-restart")
         defer { fixture.tearDown() }
-        var topology = try ShipTopology(fixture, primarySettings: ["hot_standby": "on"], spoolOwnedByPostgres: true)
-        let standbyPort = IT.freePort()
-        topology.receiverExtra = ["--standby-listen", "127.0.0.1:\(standbyPort)", "--standby-trust"]
-        try topology.startReceiver()
-        let (partner, multiHost) = try startLocalPartner(fixture, topology)
-        try topology.startSender(source: multiHost)
-        try fixture.baseBackup(of: topology.primary, name: "dr")
-        try fixture.baseBackup(of: topology.primary, name: "drstandby")
+        let (shipping, partner, multiHost, standbyPort) = try shipWithALocalPartner(fixture)
+        var topology = shipping
         try topology.primary.sql("CREATE TABLE admissions (id int PRIMARY KEY, site text)")
         try topology.primary.sql("INSERT INTO admissions SELECT g, 'before' FROM generate_series(1, 1000) g")
         let partnerEnd = try lsn(topology.primary.sql("SELECT pg_current_wal_lsn()"))!
@@ -228,13 +200,7 @@ struct TimelineTests {
         #expect(identify.output.split(separator: "|").dropFirst().first == "2", "\(identify.output)\(identify.error)")
 
         // The DR standby starts now, from the spool's endpoint alone, and the sender returns.
-        let drStandby = try fixture.startCopy(
-            name: "drstandby", signal: "standby.signal",
-            settings: [
-                "primary_conninfo = 'host=127.0.0.1 port=\(standbyPort) user=postgres application_name=dr'",
-                "restore_command = '\(IT.walshipBinary) restore-wal --spool \(topology.spool) %f %p'",
-                "recovery_target_timeline = 'latest'", "wal_retrieve_retry_interval = '1s'", "hot_standby = on",
-            ])
+        let drStandby = try startDRStandby(fixture, topology, standbyPort: standbyPort)
         try topology.startSender(source: multiHost)
         try partner.sql("INSERT INTO admissions SELECT g, 'later' FROM generate_series(3001, 3100) g")
         let later = try lsn(partner.sql("SELECT pg_current_wal_lsn()"))!
@@ -247,6 +213,38 @@ struct TimelineTests {
         #expect(expected == "1600|0")
         #expect(try drStandby.sql("SELECT count(*), count(*) FILTER (WHERE site = 'lost') FROM admissions") == expected)
 
+        let copy = try recoverTheDRCopyFromTheSpool(fixture, topology)
+        #expect(try copy.sql("SELECT count(*), count(*) FILTER (WHERE site = 'lost') FROM admissions") == expected)
+    }
+
+    /// A primary with hot standby, its local HA partner, and walship shipping from whichever of the two accepts
+    /// writes to a receiver that serves standbys; base backups "dr" and "drstandby" taken while it ships (its
+    /// slot holds the WAL they need).
+    func shipWithALocalPartner(_ fixture: Fixture) throws -> (ShipTopology, Cluster, String, Int) {
+        var topology = try ShipTopology(fixture, primarySettings: ["hot_standby": "on"], spoolOwnedByPostgres: true)
+        let standbyPort = IT.freePort()
+        topology.receiverExtra = ["--standby-listen", "127.0.0.1:\(standbyPort)", "--standby-trust"]
+        try topology.startReceiver()
+        let (partner, multiHost) = try startLocalPartner(fixture, topology)
+        try topology.startSender(source: multiHost)
+        try fixture.baseBackup(of: topology.primary, name: "dr")
+        try fixture.baseBackup(of: topology.primary, name: "drstandby")
+        return (topology, partner, multiHost, standbyPort)
+    }
+
+    /// The DR standby, from base backup "drstandby": streams from the receiver's endpoint, restore-wal besides.
+    func startDRStandby(_ fixture: Fixture, _ topology: ShipTopology, standbyPort: Int) throws -> Cluster {
+        try fixture.startCopy(
+            name: "drstandby", signal: "standby.signal",
+            settings: [
+                "primary_conninfo = 'host=127.0.0.1 port=\(standbyPort) user=postgres application_name=dr'",
+                "restore_command = '\(IT.walshipBinary) restore-wal --spool \(topology.spool) %f %p'",
+                "recovery_target_timeline = 'latest'", "wal_retrieve_retry_interval = '1s'", "hot_standby = on",
+            ])
+    }
+
+    /// Base backup "dr" recovered from the spool alone to the end of the newest timeline, then promoted.
+    func recoverTheDRCopyFromTheSpool(_ fixture: Fixture, _ topology: ShipTopology) throws -> Cluster {
         let copy = try fixture.startCopy(
             name: "dr", signal: "recovery.signal",
             settings: [
@@ -254,7 +252,7 @@ struct TimelineTests {
                 "recovery_target_timeline = 'latest'", "recovery_target_action = 'promote'",
             ])
         try waitUntil("the DR copy to finish recovery", timeout: 120) { (try copy.sql("SELECT pg_is_in_recovery()") == "f", "") }
-        #expect(try copy.sql("SELECT count(*), count(*) FILTER (WHERE site = 'lost') FROM admissions") == expected)
+        return copy
     }
 
     /// The local HA partner, a native streaming standby of the primary, and a conninfo that finds whichever
