@@ -307,6 +307,4 @@ extension FileIO {
     {
         try posix.writeAtomically(bytes, to: path, directory: directory, mode: mode)
     }
-    /// Free and total bytes of the filesystem holding `path`.
-    public static func capacity(of path: String) -> (free: UInt64, total: UInt64)? { posix.capacity(of: path) }
 }

@@ -18,23 +18,21 @@ public struct SpoolEnd: Equatable, Sendable {
 
     /// From the names in a system's `wal/` directory; nil when it holds no WAL.
     public init?(fileNames: [String], segmentSize: WALSegmentSize) {
-        var best: SpoolEnd?
-        for name in fileNames {
-            let inJournal: Bool
-            if name.hasSuffix(".partial") {
-                inJournal = true
-            } else if name.hasSuffix(".lz4") {
-                inJournal = false
-            } else {
-                continue
+        func segments(_ suffix: String) -> [SegmentName] {
+            fileNames.compactMap { name in
+                guard name.hasSuffix(suffix), name.count == 24 + suffix.count else { return nil }
+                return SegmentName(name.prefix(24), segmentSize: segmentSize)
             }
-            guard name.count == 24 + (inJournal ? 8 : 4),
-                let segment = SegmentName(name.prefix(24), segmentSize: segmentSize)
-            else { continue }
-            let candidate = SpoolEnd(segment: segment, inJournal: inJournal)
-            if best.map({ candidate.isBeyond($0) }) ?? true { best = candidate }
         }
-        guard let best else { return nil }
+        self.init(completed: segments(".lz4"), journals: segments(".partial"))
+    }
+
+    /// From the completed segments (`NAME.lz4`) and the journals (`NAME.partial`) a spool holds.
+    init?(completed: [SegmentName], journals: [SegmentName]) {
+        let candidates =
+            completed.map { SpoolEnd(segment: $0, inJournal: false) }
+            + journals.map { SpoolEnd(segment: $0, inJournal: true) }
+        guard let best = candidates.max(by: { $1.isBeyond($0) }) else { return nil }
         self = best
     }
 

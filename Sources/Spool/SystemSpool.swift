@@ -57,7 +57,7 @@ public final class SystemSpool: @unchecked Sendable {
     /// Whether a failed fsync stopped this spool: it refuses WAL and acknowledges nothing more until its files
     /// are read again (a restart, or `Spool.reopen`). A failed fsync while completing a segment does not stop
     /// it: the journal, fsynced before, still holds the WAL, and completion is tried again.
-    public var stoppedByFsyncFailure: Bool { io.latch?.error != nil }
+    public var stoppedByFsyncFailure: Bool { fsyncFailure != nil }
 
     /// The failed fsync that stopped this spool, if one did.
     public var fsyncFailure: SpoolError? { io.latch?.error }
@@ -465,19 +465,16 @@ public final class SystemSpool: @unchecked Sendable {
         partials.removeAll { !io.exists(walDirectory + "/\($0).partial") }
         try io.syncDirectory(walDirectory)
 
-        if let end = SpoolEnd(fileNames: try io.listDirectory(walDirectory), segmentSize: segmentSize) {
-            if end.inJournal {
-                let contents = try readJournal(end.segment)
-                try checkAcknowledgedWALIsPresent()
-                try resume(end.segment, contents)
-            } else {
-                let last = end.segment
-                positionBox.withLock { $0 = SpoolPosition(timeline: last.timeline, written: last.endLSN, durable: last.endLSN) }
-                try checkAcknowledgedWALIsPresent()
-            }
-        } else {
-            try checkAcknowledgedWALIsPresent()
+        let end = SpoolEnd(completed: completed, journals: partials)
+        var journal: PartialSegment.Contents?
+        if let end, end.inJournal {
+            journal = try readJournal(end.segment)
+        } else if let last = end?.segment {
+            positionBox.withLock { $0 = SpoolPosition(timeline: last.timeline, written: last.endLSN, durable: last.endLSN) }
         }
+        // Before the journal is written anew: a damaged one stays as it is for a person to look at.
+        try checkAcknowledgedWALIsPresent()
+        if let end, let journal { try resume(end.segment, journal) }
         let pos = position
         logger.info(
             "spool opened",
