@@ -425,8 +425,9 @@ public final class Receiver: Sendable {
                     // here if the spool thread is idle, and so is everything after it in the same socket read. Frames
                     // of a backlog go through the queue, where decoding goes on while the spool thread writes.
                     if borrowed.held
-                        || hello.synchronous && loop(channel.eventLoop, isAlone: hello.systemIdentifier)
-                            && borrowed.borrowIfCaughtUp(message, work)
+                        || hello.synchronous
+                            && borrowed.borrowIfCaughtUp(
+                                message, work, onlyIf: { self.loop(channel.eventLoop, isAlone: hello.systemIdentifier) })
                     {
                         try writeInBorrowedRole(work, system: system, buffers: buffers, borrowed: borrowed)
                         return .consumed
@@ -980,10 +981,10 @@ private final class BorrowedWriter: @unchecked Sendable {
     init(queue: BatchQueue<Receiver.Work>) { self.queue = queue }
 
     /// Borrows the role for a WAL frame that ends at or past the primary's end of WAL, if the spool thread is
-    /// parked with nothing queued.
-    func borrowIfCaughtUp(_ message: ShipMessage, _ work: Receiver.Work) -> Bool {
+    /// parked with nothing queued and `allowed` (asked only for such a frame, so most frames take no lock for it).
+    func borrowIfCaughtUp(_ message: ShipMessage, _ work: Receiver.Work, onlyIf allowed: () -> Bool) -> Bool {
         guard case .walData(let data) = message, case .wal(_, let start, let wal, _) = work,
-            start.advanced(by: UInt64(wal.readableBytes)) >= data.primaryEndLSN, queue.borrowIdleWriter()
+            start.advanced(by: UInt64(wal.readableBytes)) >= data.primaryEndLSN, allowed(), queue.borrowIdleWriter()
         else { return false }
         held = true
         return true
