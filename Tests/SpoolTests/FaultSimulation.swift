@@ -206,7 +206,7 @@ struct FaultSimulation {
             if error.kind == .invalidWAL || error.kind == .notContiguous {
                 throw finding("valid WAL refused at \(timeline)/\(from) (\(bytes.count) bytes): \(error)")
             }
-            try noteFailure(error, system)
+            noteStop(system)
         }
         let after = system.position
         guard after.timeline >= position.timeline,
@@ -235,13 +235,13 @@ struct FaultSimulation {
             }
         } catch let error as SpoolError {
             count("sync failed: \(error.kind)")
-            try noteFailure(error, system)
+            noteStop(system)
         }
     }
 
     /// A failed fsync that gates acknowledgements stops the spool (the latch); whether the spool then kept its
     /// word is what the checks after crashes and restarts find out.
-    private mutating func noteFailure(_ error: SpoolError, _ system: SystemSpool) throws {
+    private mutating func noteStop(_ system: SystemSpool) {
         if system.stoppedByFsyncFailure { stopped = true }
     }
 
