@@ -151,7 +151,7 @@ let package = Package(
         .target(name: "StatusTestSupport", dependencies: ["StatusModel"], path: "Tests/StatusTestSupport"),
         .testTarget(name: "StatusModelTests", dependencies: ["StatusModel", "StatusTestSupport", "WALCore"]),
         .testTarget(name: "MonitorTests", dependencies: ["Monitor", "StatusModel", "StatusTestSupport"]),
-        .testTarget(name: "SenderTests", dependencies: ["Sender", "Spool", "WALCore"]),
+        .testTarget(name: "SenderTests", dependencies: ["Sender", "Spool", "WALCore", "ShipProtocol"]),
         .testTarget(
             name: "ReceiverTests",
             dependencies: [

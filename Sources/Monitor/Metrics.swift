@@ -54,6 +54,14 @@ public final class MetricsPublisher: Sendable {
             if let skew = system.clockSkewSeconds { gauge("walship_clock_skew_seconds", ["system": id], skew) }
             gauge("walship_fenced", ["system": id], system.fence == nil ? 0 : 1)
             gauge("walship_standbys_connected", ["system": id], Double(system.standbys.filter(\.connected).count))
+            // One series per mode, 1 for the current one (as walship_slot_wal_status), and since when it holds.
+            if let mode = system.mode ?? s.sender?.mode {
+                for name in ["sync", "quorum", "potential", "async", "degraded", "unknown"] {
+                    gauge("walship_replication_mode", ["system": id, "mode": name], mode.mode == name ? 1 : 0)
+                }
+                gauge("walship_replication_mode_since_timestamp_seconds", ["system": id], mode.since.timeIntervalSince1970)
+                gauge("walship_sync_not_honoured", ["system": id], mode.notHonouredSince == nil ? 0 : 1)
+            }
             for stage in system.chain {
                 let labels = ["system": id, "stage": stage.name]
                 if let lsn = stage.lsn.flatMap({ LSN($0) }) { gauge("walship_wal_position_bytes", labels, Double(lsn.rawValue)) }

@@ -93,6 +93,8 @@ public final class Receiver: Sendable {
         var synchronous: Bool?
         var fenceRefusedAt: Date?
         var savedProgress: PrimaryProgressRecord?
+        /// The mode history's newest entries, as recorded in the spool.
+        var mode = CurrentMode()
     }
 
     public init(configuration: ReceiverConfiguration, logger: Logger) throws {
@@ -106,7 +108,8 @@ public final class Receiver: Sendable {
         self.monitor = Mutex(
             Dictionary(
                 uniqueKeysWithValues: try spool.openExistingSystems().map {
-                    ($0.systemIdentifier, SystemMonitor(disconnectedSince: start))
+                    let history = (try? ModeHistory.load(systemDirectory: $0.directory)) ?? []
+                    return ($0.systemIdentifier, SystemMonitor(disconnectedSince: start, mode: CurrentMode(history)))
                 }))
     }
 
@@ -240,6 +243,8 @@ public final class Receiver: Sendable {
         /// `block`: the sender's LZ4 block of `bytes`, kept so the spool can store it instead of compressing again.
         case wal(timeline: TimeLineID, start: LSN, bytes: ByteBuffer, block: ByteBuffer?)
         case history(timeline: TimeLineID, content: ByteBuffer)
+        /// An entry for the system's mode history (audit log), made durable when written.
+        case mode(ModeHistoryEntry)
     }
 
     private func handle(_ connection: ShipAsyncChannel) async {
@@ -373,7 +378,7 @@ public final class Receiver: Sendable {
                     monitor.withLock { $0[hello.systemIdentifier, default: SystemMonitor()].fenceRefusedAt = Date() }
                 }
                 throw refusal
-            case .queueWAL, .queueHistory, .keepalive, .beginBackup, .storeBackupData, .finishBackup, .none:
+            case .queueWAL, .queueHistory, .recordMode, .keepalive, .beginBackup, .storeBackupData, .finishBackup, .none:
                 preconditionFailure("\(action) during the handshake")
             }
         }
@@ -452,12 +457,24 @@ public final class Receiver: Sendable {
                 if channel.isActive { acks.send(ack(for: system, at: system.position)) }
                 return nil
             })
+        // The link's start goes into the mode history ahead of anything it brings: what the sender promised, and
+        // for a sender that does not report its mode (protocol version 1), that the mode is unknown from here on.
+        let linkEntry = ModeHistoryEntry(
+            event: .link, mode: welcome.protocolVersion < 2 ? .unknown : nil, at: Date(),
+            timeline: welcome.resumeTimeline, synchronousRequested: hello.synchronous,
+            receiverLoss: hello.receiverLoss?.description, protocolVersion: welcome.protocolVersion,
+            sender: hello.senderName,
+            detail: welcome.protocolVersion < 2
+                ? "the sender speaks ship protocol version \(welcome.protocolVersion) and does not report how the primary treats it"
+                : nil, recordedAt: Date())
+        _ = try queue.pushNow(.mode(linkEntry), bytes: 256)
         try await outbound.write(.welcome(welcome))
         logger.notice(
             "sender connected",
             metadata: [
                 "walship.sender": "\(hello.senderName)", "walship.synchronous": "\(hello.synchronous)",
                 "walship.resume_lsn": "\(welcome.resumeLSN)", "walship.timeline": "\(welcome.resumeTimeline)",
+                "walship.protocol": "\(welcome.protocolVersion)",
             ])
 
         var iterator = iterator
@@ -561,7 +578,7 @@ public final class Receiver: Sendable {
                 if sendAck { try await outbound.write(.ack(ack(for: system, at: system.position))) }
             case .refuse(let refusal), .closeWithoutAnswer(let refusal):
                 throw refusal
-            case .openSpool, .claimStream, .findResumePoint, .welcome, .queueWAL, .queueHistory, .none:
+            case .openSpool, .claimStream, .findResumePoint, .welcome, .queueWAL, .queueHistory, .recordMode, .none:
                 continue
             }
         }
@@ -611,6 +628,15 @@ public final class Receiver: Sendable {
             return nil
         case .queueHistory(let history):
             return (.history(timeline: history.timeline, content: history.content), history.content.readableBytes)
+        case .recordMode(let change):
+            let entry = ModeHistoryEntry(
+                event: .mode, mode: change.mode, at: Date(timeIntervalSince1970: change.observedAt.unixSeconds),
+                lsn: change.lsn.isValid ? "\(change.lsn)" : nil, timeline: system.position.timeline,
+                syncState: change.syncState.isEmpty ? nil : change.syncState,
+                synchronousCommit: change.synchronousCommit.isEmpty ? nil : change.synchronousCommit,
+                exposureBytes: change.mode == .degraded ? change.exposureBytes : nil, detail: change.detail,
+                recordedAt: Date())
+            return (.mode(entry), 256)
         case .refuse(let refusal), .closeWithoutAnswer(let refusal):
             throw refusal
         case .openSpool, .claimStream, .findResumePoint, .welcome, .beginBackup, .storeBackupData, .finishBackup, .none:
@@ -684,6 +710,15 @@ public final class Receiver: Sendable {
             if block != nil { buffers.recycle(bytes) }  // else `bytes` is the frame's payload
         case .history(let timeline, let content):
             try system.storeHistory(timeline: timeline, content: Array(content.readableBytesView))
+        case .mode(let entry):
+            try system.record(entry)
+            monitor.withLock { $0[system.systemIdentifier, default: SystemMonitor()].mode.add(entry) }
+            logger.notice(
+                "replication mode recorded",
+                metadata: [
+                    "walship.system": "\(system.systemIdentifier)", "walship.mode": "\(entry.mode?.rawValue ?? "unknown")",
+                    "walship.lsn": "\(entry.lsn ?? "?")", "walship.detail": "\(entry.detail ?? "")",
+                ])
         }
     }
 
@@ -909,6 +944,14 @@ public final class Receiver: Sendable {
                         (.durable, p.durable), (.replayed, replayed),
                     ].map { m.lag.stage($0, at: $1, now: now) },
                     clockSkewSeconds: m.lag.clockSkewSeconds, fence: fence, standbys: standbys)
+                if let latest = m.mode.latest, let mode = latest.mode, let since = m.mode.since {
+                    let requested = m.mode.link?.synchronousRequested
+                    status.mode = .init(
+                        mode: mode.rawValue, since: since, synchronousRequested: requested, syncState: latest.syncState,
+                        receiverLoss: m.mode.link?.receiverLoss,
+                        notHonouredSince: requested == true && mode != .sync && mode != .degraded ? since : nil,
+                        detail: latest.detail)
+                }
                 status.spoolFailure = system.fsyncFailure.map {
                     "\($0) (hint: check the disk and the kernel log, then restart walship receive: it re-reads the spool from disk)"
                 }

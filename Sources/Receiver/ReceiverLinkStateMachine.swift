@@ -51,6 +51,8 @@ struct ReceiverLinkStateMachine: Sendable {
         case welcome(Welcome)
         case queueWAL(WALData)
         case queueHistory(HistoryFile)
+        /// Keep the change of mode in the system's audit log.
+        case recordMode(ModeChange)
         /// Note the primary's end of WAL (stream links), and answer with an ack if the sender asked.
         case keepalive(primaryEnd: LSN?, sendTime: PostgresTimestamp, sendAck: Bool)
         case beginBackup(BackupStart)
@@ -150,7 +152,10 @@ struct ReceiverLinkStateMachine: Sendable {
         case .stream: state = .streaming(hello)
         case .backup: state = .receivingBackup(hello, started: false)
         }
-        return .welcome(Welcome(resumeLSN: durable, resumeTimeline: timeline, receiverName: receiverName))
+        return .welcome(
+            Welcome(
+                protocolVersion: hello.protocolVersion, resumeLSN: durable, resumeTimeline: timeline,
+                receiverName: receiverName))
     }
 
     mutating func spoolFailed(_ step: SpoolStep, error: String) -> Action {
@@ -194,6 +199,8 @@ struct ReceiverLinkStateMachine: Sendable {
                 sendTime: keepalive.sendTime, sendAck: keepalive.replyRequested)
         case .history(let history):
             return .queueHistory(history)
+        case .mode(let change):
+            return .recordMode(change)
         case .refusal(let refusal):
             return refuse(refusal.code, "the sender ended the link: \(refusal.message)")
         case .hello, .welcome, .ack, .backupStart, .backupData, .backupEnd, .backupStatus:
@@ -217,7 +224,7 @@ struct ReceiverLinkStateMachine: Sendable {
         case .keepalive(let keepalive):
             // The stream link reports the primary's position; a backup link's keepalive only asks for life.
             return .keepalive(primaryEnd: nil, sendTime: keepalive.sendTime, sendAck: keepalive.replyRequested)
-        case .hello, .welcome, .refusal, .walData, .ack, .history, .backupStatus:
+        case .hello, .welcome, .refusal, .walData, .ack, .history, .backupStatus, .mode:
             return refuse(.protocolViolation, "unexpected \(message.kind) frame on a backup link")
         }
     }

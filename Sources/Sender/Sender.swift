@@ -27,6 +27,8 @@ public struct SenderConfiguration: Sendable {
     /// Longest gap between standby status updates to the primary.
     public var statusInterval: Duration = .seconds(10)
     public var slotCheckInterval: Duration = .seconds(10)
+    /// How often the primary's treatment of this sender (`pg_stat_replication.sync_state`) is read.
+    public var modeCheckInterval: Duration = .seconds(2)
     public var maxBackoff: Duration = .seconds(30)
     /// Mutual TLS on the link; nil only for a deliberately plaintext link (--insecure).
     public var tls: ClientTLS?
@@ -75,11 +77,16 @@ public final class Sender: Sendable {
     let buffer: LocalBuffer?
     /// The latest file job on the local buffer handed off by the event loop; each job waits for the one before.
     private let bufferChores = Mutex<Task<Void, Never>?>(nil)
+    /// How the primary treats this sender, and the changes the receiver has yet to be told.
+    let modes: Mutex<ReplicationModeTracker>
 
     public init(configuration: SenderConfiguration, logger: Logger) throws {
         self.config = configuration
         self.logger = logger
         self.statusBox = Mutex(SenderState(slot: configuration.slot))
+        self.modes = Mutex(
+            ReplicationModeTracker(
+                synchronousRequested: configuration.synchronous, applicationName: configuration.applicationName))
         if case .degradeAfter = configuration.receiverLoss {
             guard configuration.synchronous else {
                 throw SenderFatalError(
@@ -124,13 +131,35 @@ public final class Sender: Sendable {
                 slot: s.slot,
                 receiverLossPolicy: config.synchronous ? config.receiverLoss.description : nil,
                 degraded: buffer == nil ? nil : s.degradedSince != nil, degradedSince: s.degradedSince,
-                rpoExposure: s.rpoExposure(now: now)))
+                rpoExposure: s.rpoExposure(now: now), mode: modeStatus))
+    }
+
+    /// The mode as the status shows it; nil until the first reading.
+    var modeStatus: StatusDocument.ModeStatus? {
+        let tracker = modes.withLock { $0 }
+        guard let current = tracker.current, let since = tracker.since else { return nil }
+        return StatusDocument.ModeStatus(
+            mode: current.mode.rawValue, since: Date(timeIntervalSince1970: since.unixSeconds),
+            synchronousRequested: config.synchronous, syncState: current.syncState.isEmpty ? nil : current.syncState,
+            receiverLoss: receiverLossRule.description,
+            notHonouredSince: tracker.notHonouredSince.map { Date(timeIntervalSince1970: $0.unixSeconds) },
+            detail: current.detail)
+    }
+
+    /// The receiver-loss policy as the link's hello states it.
+    var receiverLossRule: ReceiverLossRule {
+        guard config.synchronous else { return .asynchronous }
+        switch config.receiverLoss {
+        case .block: return .block
+        case .degradeAfter(let after): return .degradeAfter(seconds: after / .seconds(1))
+        }
     }
 
     /// Runs until cancelled or a fatal condition (invalidated slot, gap, wrong server version...).
     public func run() async throws {
         try await withThrowingTaskGroup(of: Void.self) { group in
             group.addTask { try await self.watchSlot() }
+            group.addTask { try await self.watchReplicationMode() }
             group.addTask { try await self.streamWithRetries() }
             try await group.next()
             group.cancelAll()
@@ -438,12 +467,12 @@ public final class Sender: Sendable {
             let hello = Hello(
                 role: .stream, synchronous: config.synchronous, systemIdentifier: identity.systemIdentifier,
                 timeline: identity.timeline, walSegmentSize: UInt32(identity.segmentSize.bytes),
-                senderName: config.applicationName)
+                senderName: config.applicationName, receiverLoss: receiverLossRule)
             guard let first = try await exchangeHello(hello, outbound: outbound, inbound: &iterator) else {
                 throw LinkError(
                     config.tls == nil
-                        ? "the receiver closed the link during the handshake (hint: if the receiver uses TLS, give this sender --tls-cert, --tls-key and --tls-ca instead of --insecure)"
-                        : "the receiver closed the link during the handshake (hint: does the receiver trust the CA of --tls-cert, and does --allow-source there name this certificate?)"
+                        ? "the receiver closed the link during the handshake (hint: if the receiver uses TLS, give this sender --tls-cert, --tls-key and --tls-ca instead of --insecure; a receiver of an older walship release closes it too: upgrade the receiver first)"
+                        : "the receiver closed the link during the handshake (hint: does the receiver trust the CA of --tls-cert, and does --allow-source there name this certificate? A receiver of an older walship release closes it too: upgrade the receiver first)"
                 )
             }
             var machine = SenderLinkStateMachine()
@@ -685,6 +714,7 @@ public final class Sender: Sendable {
                     throw LinkError("the replication stream from the primary ended")
                 },
                 { try await self.sendKeepalives(outbound) },
+                { try await self.sendModeChanges(outbound) },
             ],
             onEnd: { _ in gate.requestStop() },
             reader: { try await self.readUntilClosed(&iterator, machine: machine, gate: gate) })
@@ -810,6 +840,17 @@ public final class Sender: Sendable {
         }
     }
 
+    /// Tells the receiver how the primary treats this sender: first what it missed while there was no link, then
+    /// every change as the mode watch sees it.
+    private func sendModeChanges(_ outbound: NIOAsyncChannelOutboundWriter<ShipMessage>) async throws {
+        var changes = modes.withLock { $0.linkStarted() }
+        while true {
+            for change in changes { try await outbound.write(.mode(change)) }
+            try await Task.sleep(for: .milliseconds(200))
+            changes = modes.withLock { $0.takeUnsent() }
+        }
+    }
+
     private func sendKeepalives(_ outbound: NIOAsyncChannelOutboundWriter<ShipMessage>) async throws {
         while true {
             try await Task.sleep(for: config.keepaliveInterval)
@@ -832,7 +873,6 @@ public final class Sender: Sendable {
         let sql = SQLSession(conninfo: config.source, applicationName: config.applicationName + "_monitor")
         defer { Task { await sql.close() } }
         var lastWALStatus: String?
-        var warnedSync = false
         while true {
             do {
                 let rows = try await sql.query(
@@ -869,18 +909,6 @@ public final class Sender: Sendable {
                             "replication slot \"\(config.slot)\" was invalidated (max_slot_wal_keep_size): the primary removed WAL the DR site never received. walship cannot continue without a gap: take a new base backup and re-seed the DR site (docs/runbook.md)"
                         )
                     }
-                    if config.synchronous && !warnedSync, let names = row[5] {
-                        warnedSync = true
-                        if !SynchronousStandbyNames.includes(names, name: config.applicationName) {
-                            logger.warning(
-                                "--sync is set but the primary's synchronous_standby_names does not name this sender; commits will not wait for the DR site",
-                                metadata: [
-                                    "walship.synchronous_standby_names": "\(names)",
-                                    "walship.hint":
-                                        "ALTER SYSTEM SET synchronous_standby_names = '\(config.applicationName)'; SELECT pg_reload_conf();",
-                                ])
-                        }
-                    }
                 }
             } catch let error as SenderFatalError {
                 throw error
@@ -888,6 +916,58 @@ public final class Sender: Sendable {
                 noteProblem("slot", "\(error)", "cannot read the slot's retention from the primary")
             }
             try await Task.sleep(for: config.slotCheckInterval)
+        }
+    }
+
+    /// Reads how the primary treats this sender while it streams: `sync_state` of its row in
+    /// `pg_stat_replication` (NULL without `pg_monitor`: read as unknown, never as sync) and the settings that
+    /// decide it. Each change goes to the receiver's mode history and to the status.
+    private func watchReplicationMode() async throws {
+        let sql = SQLSession(conninfo: config.source, applicationName: config.applicationName + "_monitor")
+        defer { Task { await sql.close() } }
+        while true {
+            try await Task.sleep(for: config.modeCheckInterval)
+            let (streaming, degraded, exposure) = statusBox.withLock { s in
+                (
+                    s.state == .streaming || s.degradedSince != nil, s.degradedSince != nil,
+                    s.rpoExposure(now: .now)?.bytes ?? 0
+                )
+            }
+            // Between sessions there is no row to read; a commit then waits or is acknowledged from the buffer,
+            // and the supervisor's state says which.
+            guard streaming else { continue }
+            do {
+                let rows = try await sql.query(
+                    """
+                    SELECT (SELECT sync_state FROM pg_stat_replication WHERE application_name = $1
+                            ORDER BY state = 'streaming' DESC LIMIT 1),
+                           current_setting('synchronous_commit'), current_setting('synchronous_standby_names'),
+                           CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_current_wal_lsn()::text END,
+                           (extract(epoch FROM clock_timestamp()) * 1000000)::bigint::text
+                    """, [config.applicationName])
+                guard let row = rows.first, row.count >= 5 else { continue }
+                let observation = ReplicationModeTracker.Observation(
+                    syncState: row[0], synchronousCommit: row[1], synchronousStandbyNames: row[2], degraded: degraded,
+                    exposureBytes: exposure, lsn: row[3].flatMap { LSN($0) } ?? .invalid,
+                    at: row[4].flatMap { Int64($0) }.map { PostgresTimestamp(unixMicroseconds: $0) } ?? .now())
+                if let change = modes.withLock({ $0.observed(observation) }) { logModeChange(change) }
+            } catch {
+                noteProblem("mode", "\(error)", "cannot read how the primary treats this sender")
+            }
+        }
+    }
+
+    private func logModeChange(_ change: ModeChange) {
+        let metadata: Logger.Metadata = [
+            "walship.mode": "\(change.mode.rawValue)", "walship.sync_state": "\(change.syncState)",
+            "walship.lsn": "\(change.lsn)",
+        ]
+        if config.synchronous && change.mode != .sync && change.mode != .degraded {
+            logger.warning(
+                "--sync is set but the primary does not treat this sender as synchronous: \(change.detail)",
+                metadata: metadata)
+        } else {
+            logger.notice("replication mode: \(change.detail)", metadata: metadata)
         }
     }
 

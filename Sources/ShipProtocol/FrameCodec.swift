@@ -53,6 +53,22 @@ public struct ShipFrameEncoder: MessageToByteEncoder, Sendable {
             out.writeInteger(h.timeline)
             out.writeInteger(h.walSegmentSize)
             out.writeShortString(h.senderName)
+            if h.protocolVersion >= 2 {
+                switch h.receiverLoss {
+                case nil:
+                    out.writeInteger(UInt8(0xFF))
+                    out.writeInteger(UInt32(0))
+                case .asynchronous:
+                    out.writeInteger(UInt8(0))
+                    out.writeInteger(UInt32(0))
+                case .block:
+                    out.writeInteger(UInt8(1))
+                    out.writeInteger(UInt32(0))
+                case .degradeAfter(let seconds):
+                    out.writeInteger(UInt8(2))
+                    out.writeInteger(UInt32(clamping: Int64((seconds * 1000).rounded())))
+                }
+            }
         case .welcome(let w):
             out.writeInteger(w.protocolVersion)
             out.writeInteger(w.resumeLSN.rawValue)
@@ -103,6 +119,14 @@ public struct ShipFrameEncoder: MessageToByteEncoder, Sendable {
             out.writeShortString(st.backupID)
             out.writeInteger(st.state.rawValue)
             out.writeInteger(st.durableLSN.rawValue)
+        case .mode(let m):
+            out.writeInteger(m.mode.code)
+            out.writeInteger(m.lsn.rawValue)
+            out.writeInteger(m.observedAt.rawValue)
+            out.writeInteger(m.exposureBytes)
+            out.writeShortString(m.syncState)
+            out.writeShortString(m.synchronousCommit)
+            out.writeShortString(m.detail)
         }
     }
 }
@@ -178,11 +202,26 @@ public struct ShipFrameDecoder: NIOSingleStepByteToMessageDecoder, Sendable {
                 throw .invalidField(kind: kind, reason: "unknown link role \(rawRole)")
             }
             let flags = try int(UInt8.self)
-            return .hello(
-                Hello(
-                    protocolVersion: version, role: role, synchronous: flags & 1 == 1,
-                    systemIdentifier: try int(), timeline: try int(), walSegmentSize: try int(),
-                    senderName: try string()))
+            var hello = Hello(
+                protocolVersion: version, role: role, synchronous: flags & 1 == 1,
+                systemIdentifier: try int(), timeline: try int(), walSegmentSize: try int(),
+                senderName: try string())
+            // A version 1 hello ends here; a newer one may carry fields this receiver does not know yet, so only
+            // version 2's are read and the version check refuses the rest.
+            if version == 2 {
+                let rule = try int(UInt8.self)
+                let millis = try int(UInt32.self)
+                switch rule {
+                case 0: hello.receiverLoss = .asynchronous
+                case 1: hello.receiverLoss = .block
+                case 2: hello.receiverLoss = .degradeAfter(seconds: Double(millis) / 1000)
+                case 0xFF: hello.receiverLoss = nil
+                default: throw .invalidField(kind: kind, reason: "unknown receiver-loss rule \(rule)")
+                }
+            } else if version > 2 {
+                _ = p.readSlice(length: p.readableBytes)
+            }
+            return .hello(hello)
         case .welcome:
             return .welcome(
                 Welcome(
@@ -260,6 +299,20 @@ public struct ShipFrameDecoder: NIOSingleStepByteToMessageDecoder, Sendable {
                 throw .invalidField(kind: kind, reason: "unknown backup state \(rawState)")
             }
             return .backupStatus(BackupStatus(backupID: id, state: state, durableLSN: LSN(try int(UInt64.self))))
+        case .mode:
+            let code = try int(UInt8.self)
+            guard let mode = ReplicationMode.allCases.first(where: { $0.code == code }) else {
+                throw .invalidField(kind: kind, reason: "unknown replication mode \(code)")
+            }
+            let lsn = LSN(try int(UInt64.self))
+            let observedAt = PostgresTimestamp(rawValue: try int())
+            let exposure: UInt64 = try int()
+            let syncState = try string()
+            let synchronousCommit = try string()
+            return .mode(
+                ModeChange(
+                    mode: mode, lsn: lsn, observedAt: observedAt, syncState: syncState,
+                    synchronousCommit: synchronousCommit, exposureBytes: exposure, detail: try string()))
         }
     }
 }

@@ -50,8 +50,8 @@ public struct SenderLinkStateMachine: Sendable {
         case .welcome(let welcome):
             if welcome.protocolVersion != shipProtocolVersion {
                 return close(
-                    "the receiver speaks ship protocol version \(welcome.protocolVersion), we speak \(shipProtocolVersion)",
-                    fatal: true)
+                    "the receiver answered in ship protocol version \(welcome.protocolVersion), this sender speaks \(shipProtocolVersion) (hint: upgrade walship at the DR site first, then the senders; docs/runbook.md, \"Upgrading\")"
+                )
             }
             if welcome.resumeLSN.isValid {
                 if welcome.resumeTimeline < primary.timeline {
@@ -76,8 +76,10 @@ public struct SenderLinkStateMachine: Sendable {
             state = .streaming(timeline: primary.timeline, sent: start, written: .invalid, durable: .invalid)
             return .startStreaming(start: start, timeline: primary.timeline, resume: .invalid)
         case .refusal(let refusal):
-            return close("the receiver refused the link: \(refusal.message)", fatal: refusal.code == .unsupportedVersion)
-        case .hello, .walData, .ack, .keepalive, .history, .backupStart, .backupData, .backupEnd, .backupStatus:
+            // A version refusal is not fatal: an upgrade at the DR site mends it, and a synchronous sender that
+            // stopped would leave the primary's commits waiting with no one retrying.
+            return close("the receiver refused the link: \(refusal.message)")
+        case .hello, .walData, .ack, .keepalive, .history, .backupStart, .backupData, .backupEnd, .backupStatus, .mode:
             return close("the receiver answered the handshake with \(message.kind)")
         }
     }
@@ -138,7 +140,7 @@ public struct SenderLinkStateMachine: Sendable {
             return .reportFeedback(written: ack.writtenLSN, durable: ack.durableLSN, replayed: ack.replayedLSN)
         case .refusal(let refusal):
             return close("the receiver ended the link: \(refusal.message)")
-        case .hello, .welcome, .walData, .keepalive, .history, .backupStart, .backupData, .backupEnd, .backupStatus:
+        case .hello, .welcome, .walData, .keepalive, .history, .backupStart, .backupData, .backupEnd, .backupStatus, .mode:
             return close("unexpected \(message.kind) frame from the receiver")
         }
     }
@@ -152,12 +154,12 @@ public struct SenderLinkStateMachine: Sendable {
 /// Checks a sender's hello before anything is opened for it.
 public enum ReceiverHandshake {
     public static func validate(_ hello: Hello) -> Result<WALSegmentSize, Refusal> {
-        guard hello.protocolVersion == shipProtocolVersion else {
+        guard (oldestShipProtocolVersion...shipProtocolVersion).contains(hello.protocolVersion) else {
             return .failure(
                 Refusal(
                     code: .unsupportedVersion,
                     message:
-                        "the receiver speaks ship protocol version \(shipProtocolVersion), the sender \(hello.protocolVersion); run the same walship release at both sites"
+                        "the receiver speaks ship protocol versions \(oldestShipProtocolVersion) to \(shipProtocolVersion), the sender \(hello.protocolVersion) (hint: upgrade walship at the DR site first, then the senders; docs/runbook.md, \"Upgrading\")"
                 ))
         }
         guard let size = WALSegmentSize(bytes: UInt64(hello.walSegmentSize)) else {

@@ -2,8 +2,12 @@ import LZ4Codec
 import NIOCore
 import WALCore
 
-/// Version of the framed protocol between `walship send` and `walship receive` (docs/ship-protocol.md).
-public let shipProtocolVersion: UInt16 = 1
+/// Version of the framed protocol between `walship send` and `walship receive` (docs/ship-protocol.md). Version 2
+/// adds the sender's receiver-loss rule to the hello and the mode frame.
+public let shipProtocolVersion: UInt16 = 2
+
+/// The oldest version a receiver still accepts, so that the receiver can be upgraded before its senders.
+public let oldestShipProtocolVersion: UInt16 = 1
 
 /// Every message of the ship link. One case per frame kind; see docs/ship-protocol.md for the layout.
 public enum ShipMessage: Hashable, Sendable {
@@ -18,6 +22,7 @@ public enum ShipMessage: Hashable, Sendable {
     case backupData(BackupData)
     case backupEnd(BackupEnd)
     case backupStatus(BackupStatus)
+    case mode(ModeChange)
 
     public enum Kind: UInt8, Sendable {
         case hello = 0x01
@@ -27,6 +32,7 @@ public enum ShipMessage: Hashable, Sendable {
         case ack = 0x11
         case keepalive = 0x12
         case history = 0x13
+        case mode = 0x14
         case backupStart = 0x20
         case backupData = 0x21
         case backupEnd = 0x22
@@ -46,6 +52,7 @@ public enum ShipMessage: Hashable, Sendable {
         case .backupData: .backupData
         case .backupEnd: .backupEnd
         case .backupStatus: .backupStatus
+        case .mode: .mode
         }
     }
 }
@@ -66,10 +73,12 @@ public struct Hello: Hashable, Sendable {
     public var timeline: TimeLineID
     public var walSegmentSize: UInt32
     public var senderName: String
+    /// What the sender does when the DR site is away (version 2; nil from a version 1 sender, which does not say).
+    public var receiverLoss: ReceiverLossRule?
 
     public init(
         protocolVersion: UInt16 = shipProtocolVersion, role: LinkRole, synchronous: Bool, systemIdentifier: UInt64,
-        timeline: TimeLineID, walSegmentSize: UInt32, senderName: String
+        timeline: TimeLineID, walSegmentSize: UInt32, senderName: String, receiverLoss: ReceiverLossRule? = nil
     ) {
         self.protocolVersion = protocolVersion
         self.role = role
@@ -78,11 +87,13 @@ public struct Hello: Hashable, Sendable {
         self.timeline = timeline
         self.walSegmentSize = walSegmentSize
         self.senderName = senderName
+        self.receiverLoss = receiverLoss
     }
 }
 
 /// Receiver → sender: accepted; stream from `resumeLSN` on `resumeTimeline` (both 0 when the spool is empty).
 public struct Welcome: Hashable, Sendable {
+    /// The version the link speaks: the sender's, when the receiver knows it.
     public var protocolVersion: UInt16
     public var resumeLSN: LSN
     public var resumeTimeline: TimeLineID
@@ -250,6 +261,38 @@ public struct Ack: Hashable, Sendable {
         self.replayedLSN = replayedLSN
         self.replayTime = replayTime
         self.receiverTime = receiverTime
+    }
+}
+
+/// Sender → receiver (version 2): how the primary treats the DR link changed, or the link is new and this is how
+/// it treats it now. The receiver keeps every one in the system's audit log: the evidence a promotion report
+/// reads. Observations made while the link was down arrive, in order, once it is back.
+public struct ModeChange: Hashable, Sendable {
+    public var mode: ReplicationMode
+    /// The primary's WAL position when the sender observed the change: commits up to here were made before it.
+    public var lsn: LSN
+    /// The primary's clock at that moment.
+    public var observedAt: PostgresTimestamp
+    /// `pg_stat_replication.sync_state` as read ("" when NULL or absent).
+    public var syncState: String
+    /// The primary's default `synchronous_commit` ("" when unknown).
+    public var synchronousCommit: String
+    /// While degraded: bytes of WAL the primary acknowledged that the DR site does not have.
+    public var exposureBytes: UInt64
+    /// In words, for the audit log: why the mode is what it is.
+    public var detail: String
+
+    public init(
+        mode: ReplicationMode, lsn: LSN, observedAt: PostgresTimestamp, syncState: String = "",
+        synchronousCommit: String = "", exposureBytes: UInt64 = 0, detail: String = ""
+    ) {
+        self.mode = mode
+        self.lsn = lsn
+        self.observedAt = observedAt
+        self.syncState = syncState
+        self.synchronousCommit = synchronousCommit
+        self.exposureBytes = exposureBytes
+        self.detail = detail
     }
 }
 

@@ -176,12 +176,15 @@ public struct AlertThresholds: Sendable, Equatable {
     public var slotRetainedBytes: Int64?
     /// Days before a certificate of this process expires that `certificate_expiry` fires.
     public var certificateDays: Double?
+    /// With `--sync`: seconds the primary may treat the sender as not synchronous before `sync_not_honoured`.
+    public var syncNotHonouredSeconds: Double?
 
     public init(
         lagSeconds: Double? = nil, lagBytes: UInt64? = nil, disconnectSeconds: Double? = nil,
         spoolFreePercent: Double? = nil, memoryMB: Double? = nil, slotRetainedBytes: Int64? = nil,
-        certificateDays: Double? = nil
+        certificateDays: Double? = nil, syncNotHonouredSeconds: Double? = nil
     ) {
+        self.syncNotHonouredSeconds = syncNotHonouredSeconds
         self.lagSeconds = lagSeconds
         self.lagBytes = lagBytes
         self.disconnectSeconds = disconnectSeconds
@@ -305,6 +308,16 @@ public enum AlertRules {
                             "commits are acknowledged without the DR site (\(details.receiverLossPolicy ?? "degrade-after")): \(formatBytes(e.bytes))\(e.seconds.map { " / \(format($0)) s" } ?? "") of acknowledged WAL is not offsite"
                         } ?? "every acknowledged commit is at the DR site again; synchronous acknowledgement restored",
                         value: exposure.map { Double($0.bytes) }, threshold: 0))
+            }
+            if let grace = t.syncNotHonouredSeconds, let mode = status.sender?.mode {
+                let seconds = mode.notHonouredSince.map { now.timeIntervalSince($0) } ?? 0
+                out.append(
+                    .init(
+                        condition: "sync_not_honoured", firing: seconds > grace, severity: .critical,
+                        message: mode.notHonouredSince == nil
+                            ? "the primary treats the sender as synchronous again: commits wait for the DR site"
+                            : "--sync is set but for \(format(seconds)) s the primary has not waited for the DR site (sync_state \(mode.syncState ?? "unknown"), mode \(mode.mode)): \(mode.detail ?? "") (alert after \(format(grace)) s)",
+                        value: seconds, threshold: grace))
             }
             if let limit = t.disconnectSeconds, let system = status.systems.first {
                 let down = system.link.connected ? 0 : system.link.disconnectedSince.map { now.timeIntervalSince($0) } ?? 0

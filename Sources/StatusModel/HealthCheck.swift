@@ -75,6 +75,13 @@ public enum HealthCheck {
             if status.sender?.slot.walStatus == "lost" {
                 findings.append((.critical, "the replication slot was invalidated; the DR site must be re-seeded"))
             }
+            if let mode = status.sender?.mode, let since = mode.notHonouredSince {
+                findings.append(
+                    (
+                        .warning,
+                        "--sync is set but the primary has not treated the sender as synchronous since \(formatISO8601(since)) (mode \(mode.mode)): commits do not wait for the DR site"
+                    ))
+            }
         case "receiver":
             if status.systems.isEmpty {
                 findings.append((.unknown, "no source system has shipped to this receiver yet"))
@@ -92,6 +99,14 @@ public enum HealthCheck {
                             + "the DR replica was promoted at \(formatISO8601(fence.promotedAt)); WAL from the old primary is refused"
                     ))
                 continue
+            }
+            if status.role == "receiver", let mode = system.mode, let since = mode.notHonouredSince {
+                findings.append(
+                    (
+                        .warning,
+                        name
+                            + "the sender runs with --sync but reported mode \(mode.mode) since \(formatISO8601(since)): commits do not wait for the DR site"
+                    ))
             }
             if status.role == "receiver", !system.link.connected {
                 let since = system.link.disconnectedSince.map { " for \(format(now.timeIntervalSince($0))) s" } ?? ""

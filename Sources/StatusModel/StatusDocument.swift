@@ -119,6 +119,8 @@ public struct StatusDocument: Codable, Sendable, Equatable {
         /// Set while this system's spool takes and acknowledges no WAL: a failed fsync stopped it, or it lacks
         /// WAL it had acknowledged and was not started. What happened, with a hint.
         public var spoolFailure: String?
+        /// How the primary treats the DR link, from the mode history in the spool.
+        public var mode: ModeStatus?
 
         public init(
             systemIdentifier: String?, timeline: UInt32?, link: LinkStatus, chain: [Stage],
@@ -245,6 +247,34 @@ public struct StatusDocument: Codable, Sendable, Equatable {
         }
     }
 
+    /// The replication mode and since when: whether a commit the primary acknowledged is durable at the DR site.
+    public struct ModeStatus: Codable, Sendable, Equatable {
+        /// sync, quorum, potential, async, degraded or unknown (`ReplicationMode`).
+        public var mode: String
+        public var since: Date
+        /// The sender runs with `--sync`.
+        public var synchronousRequested: Bool?
+        /// `pg_stat_replication.sync_state` as read.
+        public var syncState: String?
+        public var receiverLoss: String?
+        /// Set while `--sync` is asked for and the primary has not treated the link as synchronous: since when.
+        public var notHonouredSince: Date?
+        public var detail: String?
+
+        public init(
+            mode: String, since: Date, synchronousRequested: Bool? = nil, syncState: String? = nil,
+            receiverLoss: String? = nil, notHonouredSince: Date? = nil, detail: String? = nil
+        ) {
+            self.mode = mode
+            self.since = since
+            self.synchronousRequested = synchronousRequested
+            self.syncState = syncState
+            self.receiverLoss = receiverLoss
+            self.notHonouredSince = notHonouredSince
+            self.detail = detail
+        }
+    }
+
     public struct SenderDetails: Codable, Sendable, Equatable {
         /// The primary's conninfo with any password removed.
         public var source: String
@@ -269,12 +299,15 @@ public struct StatusDocument: Codable, Sendable, Equatable {
         public var degradedSince: Date?
         /// WAL acknowledged to the primary that the DR site does not have on disk yet; nil when there is none.
         public var rpoExposure: RPOExposure?
+        /// How the primary treats this sender, as read from `pg_stat_replication`.
+        public var mode: ModeStatus?
         public init(
             source: String, receiver: String, synchronous: Bool, applicationName: String, walBytesSent: UInt64,
             walFramesSent: UInt64? = nil, wireBytesSent: UInt64, compression: String? = nil,
             walFramesHighCompression: UInt64? = nil, slot: Slot, receiverLossPolicy: String? = nil, degraded: Bool? = nil,
-            degradedSince: Date? = nil, rpoExposure: RPOExposure? = nil
+            degradedSince: Date? = nil, rpoExposure: RPOExposure? = nil, mode: ModeStatus? = nil
         ) {
+            self.mode = mode
             self.compression = compression
             self.walFramesHighCompression = walFramesHighCompression
             self.receiverLossPolicy = receiverLossPolicy

@@ -2,6 +2,19 @@ import Foundation
 
 /// The human-readable form of a status document, for `walship status` in a terminal.
 public enum StatusTable {
+    /// `mode sync since … (sync_state sync, receiver loss block)`, and in capitals when --sync is not honoured.
+    static func modeLine(_ mode: StatusDocument.ModeStatus, now: Date) -> String {
+        var line =
+            mode.notHonouredSince != nil
+            ? "mode \(mode.mode.uppercased()) (SYNC REQUESTED, NOT HONOURED)" : "mode \(mode.mode)"
+        line += " since \(formatISO8601(mode.since)) (\(formatDuration(now.timeIntervalSince(mode.since))))"
+        var facts: [String] = []
+        if let state = mode.syncState { facts.append("sync_state \(state)") }
+        if let loss = mode.receiverLoss { facts.append("receiver loss \(loss)") }
+        if !facts.isEmpty { line += ", " + facts.joined(separator: ", ") }
+        return line
+    }
+
     public static func render(_ s: StatusDocument, verdict: HealthCheck.Verdict, now: Date = Date()) -> String {
         var out: [String] = []
         let memory = s.process.residentMemoryBytes.map { ", memory \(formatBytes($0))" } ?? ""
@@ -29,6 +42,7 @@ public enum StatusTable {
             if let retained = sender.slot.retainedBytes { slot += ", primary retains \(formatBytes(UInt64(max(0, retained))))" }
             if let safe = sender.slot.safeWALSizeBytes { slot += ", \(formatBytes(UInt64(max(0, safe)))) until invalidation" }
             out.append(slot)
+            if let mode = sender.mode { out.append(modeLine(mode, now: now)) }
         }
         for system in s.systems {
             out.append("")
@@ -46,6 +60,7 @@ public enum StatusTable {
                 if let since = link.disconnectedSince { head += " for \(formatDuration(now.timeIntervalSince(since)))" }
             }
             out.append(head)
+            if s.sender == nil, let mode = system.mode { out.append("  " + modeLine(mode, now: now)) }
             if let fence = system.fence {
                 out.append(
                     "  FENCED: the DR replica was promoted at \(formatISO8601(fence.promotedAt)); the old primary's WAL is refused"

@@ -46,6 +46,12 @@ struct Send: AsyncParsableCommand {
     @Option(help: "Alert when the primary holds more than this many bytes of WAL for the slot (a full pg_wal stops the primary).")
     var alertSlotRetainedBytes: Int64?
 
+    @Option(
+        help:
+            "With --sync: seconds the primary may treat this sender as not synchronous (pg_stat_replication.sync_state) before the critical sync_not_honoured alert."
+    )
+    var alertSyncGraceSeconds: Double = 30
+
     @Option(help: "The name the receiver's certificate must carry, when it differs from the host in --to.")
     var tlsServerName: String?
 
@@ -126,7 +132,8 @@ struct Send: AsyncParsableCommand {
         do { certificates = try link.certificates() } catch { throw fail("send", error, kind: .setUp) }
         let thresholds = AlertThresholds(
             disconnectSeconds: alerts.alertDisconnectSeconds, memoryMB: alerts.alertMemoryMb,
-            slotRetainedBytes: alertSlotRetainedBytes, certificateDays: alerts.certificateDays)
+            slotRetainedBytes: alertSlotRetainedBytes, certificateDays: alerts.certificateDays,
+            syncNotHonouredSeconds: sync ? alertSyncGraceSeconds : nil)
         let monitor = StatusMonitor(
             role: "sender", thresholds: thresholds, notifier: alerts.notifier(logger),
             recoverAfterSeconds: alerts.alertRecoverySeconds,

@@ -38,6 +38,18 @@ import Testing
             metrics.render(sampleReceiver(alerts: [alert])).contains(#"walship_alert_active{condition="lag",system="7301"} 1"#))
     }
 
+    @Test func theReplicationModeIsOneSeriesPerModeWithTheCurrentOneAtOne() {
+        var status = sampleReceiver()
+        status.systems[0].mode = .init(
+            mode: "async", since: Date(timeIntervalSince1970: 1_800_000_000), synchronousRequested: true,
+            notHonouredSince: Date(timeIntervalSince1970: 1_800_000_000))
+        let text = MetricsPublisher().render(status)
+        #expect(text.contains(#"walship_replication_mode{mode="async",system="7301"} 1"#), "\(text)")
+        #expect(text.contains(#"walship_replication_mode{mode="sync",system="7301"} 0"#))
+        #expect(text.contains(#"walship_replication_mode_since_timestamp_seconds{system="7301"} 1800000000"#))
+        #expect(text.contains(#"walship_sync_not_honoured{system="7301"} 1"#))
+    }
+
     /// Moved from `certificateExpiryWarnsThenEscalates` (StatusModelTests), with the status it had there.
     @Test func certificateExpiryIsAMetric() {
         let now = Date(timeIntervalSince1970: 1_800_000_000)

@@ -61,6 +61,24 @@ import WALCore
         }
     }
 
+    /// The receiver is upgraded first: a sender of the previous version is welcomed in its own version, and mode
+    /// frames on a stream go to the mode history; a backup link has none to send.
+    @Test func aPreviousVersionIsWelcomedInItsOwnVersionAndModeChangesAreRecorded() {
+        var old = machine()
+        _ = old.firstFrameReceived(hello(version: 1), certificateName: nil)
+        _ = old.spoolOpened(fence: nil)
+        _ = old.streamClaimed()
+        #expect(
+            old.resumePointFound(durable: LSN("0/3000000")!, timeline: 1)
+                == .welcome(Welcome(protocolVersion: 1, resumeLSN: LSN("0/3000000")!, resumeTimeline: 1, receiverName: "dr")))
+
+        var m = welcomed(.stream)
+        let change = ModeChange(mode: .async, lsn: LSN("0/3000100")!, observedAt: PostgresTimestamp(rawValue: 5))
+        #expect(m.frameReceived(.mode(change)) == .recordMode(change))
+        var backup = welcomed(.backup)
+        #expect(refusal(backup.frameReceived(.mode(change)))?.code == .protocolViolation)
+    }
+
     @Test func aBackupHelloClaimsNoStreamAndIsWelcomedAtTheCurrentPosition() {
         var m = machine()
         #expect(m.firstFrameReceived(hello(.backup), certificateName: nil) == .openSpool(system: 42, segmentSize: .default))

@@ -35,6 +35,23 @@ import WALCore
         .backupData(BackupData.make(part: .manifest, bytes: ByteBuffer(string: "{\"PostgreSQL-Backup-Manifest-Version\": 1}"))),
         .backupEnd(BackupEnd(stopLSN: LSN("0/2000100")!, timeline: 1)),
         .backupStatus(BackupStatus(backupID: "20261123T190000Z", state: .complete, durableLSN: LSN("0/3000000")!)),
+        .hello(
+            Hello(
+                protocolVersion: 1, role: .stream, synchronous: true, systemIdentifier: 9, timeline: 1,
+                walSegmentSize: 16 << 20, senderName: "old")),
+        .hello(
+            Hello(
+                role: .stream, synchronous: true, systemIdentifier: 9, timeline: 1, walSegmentSize: 16 << 20,
+                senderName: "s", receiverLoss: .degradeAfter(seconds: 2.5))),
+        .hello(
+            Hello(
+                role: .stream, synchronous: false, systemIdentifier: 9, timeline: 1, walSegmentSize: 16 << 20,
+                senderName: "s", receiverLoss: .asynchronous)),
+        .mode(
+            ModeChange(
+                mode: .degraded, lsn: LSN("0/5000000")!, observedAt: PostgresTimestamp(rawValue: 42), syncState: "sync",
+                synchronousCommit: "on", exposureBytes: 8192, detail: "acknowledged from the buffer")),
+        .mode(ModeChange(mode: .unknown, lsn: .invalid, observedAt: PostgresTimestamp(rawValue: 0))),
     ]
 
     func encode(_ message: ShipMessage) throws -> ByteBuffer {
@@ -55,6 +72,43 @@ import WALCore
         let pairs = try Self.samples.map { (try encode($0), [$0]) }
         try ByteToMessageDecoderVerifier.verifyDecoder(
             inputOutputPairs: pairs, decoderFactory: { ShipFrameDecoder() })
+    }
+
+    /// A version 1 sender's hello, as it went on the wire before version 2: the receiver still reads it, and it
+    /// states no receiver-loss rule.
+    @Test func aVersionOneHelloIsStillRead() throws {
+        var payload = ByteBuffer()
+        payload.writeInteger(UInt16(1))
+        payload.writeInteger(LinkRole.stream.rawValue)
+        payload.writeInteger(UInt8(1))
+        payload.writeInteger(UInt64(77))
+        payload.writeInteger(UInt32(2))
+        payload.writeInteger(UInt32(16 << 20))
+        payload.writeShortString("v1-sender")
+        let decoded = try decodeAll(forged(.hello, payload: Array(payload.readableBytesView)))
+        #expect(
+            decoded == [
+                .hello(
+                    Hello(
+                        protocolVersion: 1, role: .stream, synchronous: true, systemIdentifier: 77, timeline: 2,
+                        walSegmentSize: 16 << 20, senderName: "v1-sender"))
+            ])
+    }
+
+    @Test func anUnknownModeOrLossRuleIsRefused() throws {
+        var mode = ByteBuffer()
+        ShipFrameEncoder.writePayload(
+            .mode(ModeChange(mode: .sync, lsn: LSN(1), observedAt: PostgresTimestamp(rawValue: 1))), into: &mode)
+        var modeBytes = Array(mode.readableBytesView)
+        modeBytes[0] = 99
+        #expect(throws: ShipProtocolError.self) { try decodeAll(forged(.mode, payload: modeBytes)) }
+        #expect(throws: ShipProtocolError.truncated(kind: .mode)) { try decodeAll(forged(.mode, payload: [1])) }
+
+        var hello = ByteBuffer()
+        ShipFrameEncoder.writePayload(Self.samples[14], into: &hello)
+        var helloBytes = Array(hello.readableBytesView)
+        helloBytes[helloBytes.count - 5] = 7
+        #expect(throws: ShipProtocolError.self) { try decodeAll(forged(.hello, payload: helloBytes)) }
     }
 
     @Test func walDataDecompressesToItsBytes() throws {

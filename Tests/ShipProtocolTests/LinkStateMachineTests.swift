@@ -62,7 +62,8 @@ import WALCore
         #expect(
             refused.firstMessageReceived(
                 .refusal(Refusal(code: .unsupportedVersion, message: "v9")), primary: primary, slotRestartLSN: nil)
-                == .close(reason: "the receiver refused the link: v9", fatal: true))
+                == .close(reason: "the receiver refused the link: v9", fatal: false),
+            "a version refusal is mended by an upgrade at the DR site: the sender keeps retrying")
         #expect(refused.state == .closed)
         var wrong = SenderLinkStateMachine()
         guard case .close = wrong.firstMessageReceived(ack(written: "0/1", durable: "0/1"), primary: primary, slotRestartLSN: nil)
@@ -182,8 +183,11 @@ import WALCore
     @Test func acceptsAndRefuses() {
         #expect((try? ReceiverHandshake.validate(hello()).get()) == .default)
         #expect((try? ReceiverHandshake.validate(hello(role: .backup)).get()) == .default)
+        // A sender of the previous version still ships: the receiver is upgraded first.
+        #expect((try? ReceiverHandshake.validate(hello(version: 1)).get()) == .default)
         for (bad, code) in [
-            (hello(version: 2), Refusal.Code.unsupportedVersion), (hello(size: 3 << 20), .wrongSegmentSize),
+            (hello(version: shipProtocolVersion + 1), Refusal.Code.unsupportedVersion),
+            (hello(version: 0), .unsupportedVersion), (hello(size: 3 << 20), .wrongSegmentSize),
             (hello(system: 0), .protocolViolation),
         ] {
             guard case .failure(let refusal) = ReceiverHandshake.validate(bad) else {

@@ -140,6 +140,44 @@ import Testing
         #expect(try StatusDocument.decoder().decode(StatusDocument.self, from: data) == status)
     }
 
+    @Test func syncNotHonouredFiresAfterItsGraceAndMakesTheStatusWarn() throws {
+        var sender = sampleReceiver()
+        sender.role = "sender"
+        sender.spool = nil
+        sender.state = "streaming"
+        sender.alerts = []
+        let now = Date()
+        sender.sender = .init(
+            source: "host=p", receiver: "dr:7000", synchronous: true, applicationName: "walship", walBytesSent: 10,
+            wireBytesSent: 2, slot: .init(name: "walship"), receiverLossPolicy: "block",
+            mode: .init(mode: "sync", since: now.addingTimeInterval(-100), synchronousRequested: true, syncState: "sync"))
+        let thresholds = AlertThresholds(syncNotHonouredSeconds: 30)
+        func observed() throws -> AlertObservation {
+            try #require(
+                AlertRules.observe(sender, thresholds: thresholds, now: now).first { $0.condition == "sync_not_honoured" })
+        }
+        #expect(try !observed().firing)
+        #expect(
+            !AlertRules.observe(sender, thresholds: AlertThresholds(), now: now).contains { $0.condition == "sync_not_honoured" })
+
+        sender.sender?.mode = .init(
+            mode: "async", since: now.addingTimeInterval(-10), synchronousRequested: true, syncState: "async",
+            notHonouredSince: now.addingTimeInterval(-10), detail: "synchronous_standby_names = 'other' does not name walship")
+        #expect(try !observed().firing, "within the grace period")
+        #expect(HealthCheck.evaluate(sender, thresholds: .init(), now: now).code == .warning)
+        #expect(
+            StatusTable.render(sender, verdict: HealthCheck.evaluate(sender, thresholds: .init(), now: now)).contains(
+                "NOT HONOURED"))
+
+        sender.sender?.mode?.notHonouredSince = now.addingTimeInterval(-31)
+        let firing = try observed()
+        #expect(firing.firing && firing.severity == .critical)
+        #expect(firing.message.contains("does not name walship"))
+
+        let data = try JSONEncoder().encode(sender)
+        #expect(try JSONDecoder().decode(StatusDocument.self, from: data) == sender)
+    }
+
     @Test func rpoExposureFiresOnlyUnderDegradeAndWhileAcknowledgedWALIsNotOffsite() throws {
         var sender = sampleReceiver()
         sender.role = "sender"
