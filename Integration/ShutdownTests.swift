@@ -185,6 +185,42 @@ struct ShutdownTests {
         )
     }
 
+    /// A receiver with its standby endpoint and a stock standby streaming from it: the endpoint closes first, the
+    /// stop still takes no longer than a plain one, and the standby picks up again from the restarted receiver.
+    @Test func aStoppedReceiverClosesItsStandbyEndpointAndTheStandbyResumes() throws {
+        let fixture = try Fixture("shutdown-standby")
+        defer { fixture.tearDown() }
+        var topology = try ShipTopology(fixture)
+        let standbyPort = IT.freePort()
+        topology.receiverExtra = ["--standby-listen", "127.0.0.1:\(standbyPort)", "--standby-trust"]
+        try topology.startReceiver()
+        try topology.startSender()
+        let standbys = StandbyTests()
+        let standby = try standbys.makeStandby(fixture, topology, standbyPort: standbyPort)
+        try topology.primary.sql("CREATE TABLE visits (id int PRIMARY KEY); INSERT INTO visits SELECT generate_series(1, 1000)")
+        try standbys.waitForReplay(standby, topology.primary, "the first visits")
+        let receiver = topology.receiver!
+
+        let (status, seconds) = stop(receiver, with: SIGTERM)
+        #expect(status == 0, "the receiver exited \(status.map(String.init) ?? "not at all"): \(receiver.log.suffix(1500))")
+        #expect(seconds < 10, "the receiver took \(seconds) s to stop")
+        let stopLog = receiver.log
+        let endpointStopped = stopLog.range(of: "standby endpoint stopped")
+        let receiverStopped = stopLog.range(of: "receiver stopped")
+        #expect(endpointStopped != nil && receiverStopped != nil, "\(stopLog.suffix(1500))")
+        if let endpointStopped, let receiverStopped {
+            #expect(endpointStopped.lowerBound < receiverStopped.lowerBound, "the standby endpoint closed after the receiver")
+        }
+
+        try topology.primary.sql("INSERT INTO visits SELECT generate_series(1001, 2000)")
+        try topology.startReceiver()
+        try standbys.waitForReplay(standby, topology.primary, "the visits written while the receiver was stopped")
+        #expect(try standby.sql("SELECT count(*) FROM visits") == "2000")
+        print(
+            "shutdown: receiver with a standby endpoint: exit \(status ?? -1) after \(twoDecimals(seconds)) s; the standby replayed again after the restart"
+        )
+    }
+
     /// A receiver that answers nothing (frozen) holds the sender's drain to its 5 s: the sender then exits 0 anyway,
     /// says what was not acknowledged, and leaves the slot at what the receiver held durably.
     @Test func aSenderWhoseReceiverDoesNotAnswerStopsAfterTheDrainTimeout() throws {
