@@ -175,7 +175,7 @@ public final class Receiver: Service {
                 } onGracefulShutdown: {
                     server.channel.close(promise: nil)
                 }
-            } catch  where Task.isShuttingDownGracefully {
+            } catch let error where Task.isShuttingDownGracefully {
                 logger.debug("the listening socket closed with an error while stopping", metadata: ["walship.error": "\(error)"])
             }
             guard Task.isShuttingDownGracefully else { return }

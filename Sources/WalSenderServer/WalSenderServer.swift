@@ -98,7 +98,7 @@ public final class WalSenderServer: Service {
                 } onGracefulShutdown: {
                     server.channel.close(promise: nil)
                 }
-            } catch where Task.isShuttingDownGracefully {
+            } catch let error where Task.isShuttingDownGracefully {
                 logger.debug(
                     "the standby endpoint's socket closed with an error while stopping", metadata: ["walship.error": "\(error)"])
             }
