@@ -57,9 +57,13 @@ public struct SenderConfiguration: Sendable {
 }
 
 /// A condition retrying cannot fix; the sender stops with this message.
-public struct SenderFatalError: Error, CustomStringConvertible {
+public struct SenderFatalError: ClassifiedFailure, CustomStringConvertible {
     public let description: String
-    public init(_ description: String) { self.description = description }
+    public let failureKind: FailureKind
+    public init(_ description: String, kind: FailureKind = .runtime) {
+        self.description = description
+        self.failureKind = kind
+    }
 }
 
 /// The sidecar beside the primary: streams WAL from a replication slot to the receiver and reports to the
@@ -83,13 +87,13 @@ public final class Sender: Service {
         if case .degradeAfter = configuration.receiverLoss {
             guard configuration.synchronous else {
                 throw SenderFatalError(
-                    "--on-receiver-loss degrade-after only applies to synchronous mode (hint: add --sync, or drop the option: without --sync commits never wait for the DR site)"
-                )
+                    "--on-receiver-loss degrade-after only applies to synchronous mode (hint: add --sync, or drop the option: without --sync commits never wait for the DR site)",
+                    kind: .setUp)
             }
             guard let directory = configuration.bufferDirectory else {
                 throw SenderFatalError(
-                    "--on-receiver-loss degrade-after needs --buffer-dir DIR, a directory on durable local storage where WAL acknowledged without the DR site is kept until the receiver has it"
-                )
+                    "--on-receiver-loss degrade-after needs --buffer-dir DIR, a directory on durable local storage where WAL acknowledged without the DR site is kept until the receiver has it",
+                    kind: .setUp)
             }
             buffer = try LocalBuffer(directory: directory, logger: logger)
         } else {
@@ -164,7 +168,8 @@ public final class Sender: Service {
                 } catch is SenderStopping {
                     continue
                 } catch let error as SenderFatalError {
-                    action = advance(&supervisor, .fatal(reason: error.description), error: error.description)
+                    action = advance(
+                        &supervisor, .fatal(reason: error.description, kind: error.failureKind), error: error.description)
                 } catch is CancellationError {
                     throw CancellationError()
                 } catch let ended as TimelineEnded {
@@ -199,7 +204,8 @@ public final class Sender: Service {
                     if Task.isShuttingDownGracefully { continue }
                     action = advance(&supervisor, .receiverBack)
                 } catch let error as SenderFatalError {
-                    action = advance(&supervisor, .fatal(reason: error.description), error: error.description)
+                    action = advance(
+                        &supervisor, .fatal(reason: error.description, kind: error.failureKind), error: error.description)
                 } catch is CancellationError {
                     throw CancellationError()
                 } catch let kept as BufferKeptForReceiver {
@@ -209,8 +215,8 @@ public final class Sender: Service {
                     noteProblem("degraded", "\(error)", "cannot acknowledge from the local buffer; commits wait")
                     action = advance(&supervisor, .degradeFailed(now: .now))
                 }
-            case .stop(let reason):
-                throw SenderFatalError(reason)
+            case .stop(let reason, let kind):
+                throw SenderFatalError(reason, kind: kind)
             case .none:
                 preconditionFailure("the supervisor left the sender with nothing to do in state \(supervisor.state)")
             }
@@ -243,7 +249,7 @@ public final class Sender: Service {
         let now = ContinuousClock.now
         if let error = error as? PostgresError {
             let mistake =
-                error.connectionLost || Self.isConfigurationError(error)
+                error.connectionLost || error.isSetUpProblem
                 ? "\(error.message) (hint: check that PostgreSQL is running and reachable with the --source conninfo, that the role has the REPLICATION attribute, and that pg_hba.conf has a 'replication' line for it)"
                 : nil
             return .primaryLost(setUpMistake: mistake, stillExposed: stillExposed, now: now)
@@ -413,7 +419,8 @@ public final class Sender: Service {
     private func checkPrimary(_ identity: SystemIdentity) throws {
         guard identity.serverVersion / 10000 == 15 else {
             throw SenderFatalError(
-                "the primary runs PostgreSQL \(identity.serverVersion / 10000); this walship supports PostgreSQL 15")
+                "the primary runs PostgreSQL \(identity.serverVersion / 10000); this walship supports PostgreSQL 15", kind: .setUp
+            )
         }
         if let known = statusBox.withLock({ $0.systemIdentifier }), known != String(identity.systemIdentifier) {
             throw SenderFatalError(
@@ -424,13 +431,6 @@ public final class Sender: Service {
             $0.systemIdentifier = String(identity.systemIdentifier)
             $0.timeline = identity.timeline
         }
-    }
-
-    static func isConfigurationError(_ error: PostgresError) -> Bool {
-        let m = error.message
-        return m.contains("authentication failed") || m.contains("no pg_hba.conf entry")
-            || (m.contains("role") && m.contains("does not exist")) || m.contains("must be superuser or replication role")
-            || m.contains("permission denied")
     }
 
     /// One session: connect to the primary and the receiver, agree on a start, stream until something fails.
@@ -459,13 +459,13 @@ public final class Sender: Service {
         do {
             slot = try await session.readSlot(config.slot)
         } catch let error as WrongSlotTypeError {
-            throw SenderFatalError(error.description)
+            throw SenderFatalError(error.description, kind: .setUp)
         }
         if slot == nil {
             guard config.createSlot else {
                 throw SenderFatalError(
-                    "replication slot \"\(config.slot)\" does not exist on the primary (hint: pass --create-slot, or run SELECT pg_create_physical_replication_slot('\(config.slot)', true);)"
-                )
+                    "replication slot \"\(config.slot)\" does not exist on the primary (hint: pass --create-slot, or run SELECT pg_create_physical_replication_slot('\(config.slot)', true);)",
+                    kind: .setUp)
             }
             try await session.createSlot(config.slot)
             logger.notice("created physical replication slot", metadata: ["walship.slot": "\(config.slot)"])
