@@ -19,6 +19,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-crypto.git", "3.12.3"..<"5.0.0"),
         .package(url: "https://github.com/apple/swift-asn1.git", from: "1.7.4"),
         .package(url: "https://github.com/LebJe/TOMLKit.git", from: "0.6.0"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
     ],
     targets: [
         .systemLibrary(name: "CLibPQ", pkgConfig: "libpq", providers: [.apt(["libpq-dev"])]),
@@ -63,6 +64,7 @@ let package = Package(
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]
         ),
         .target(name: "StatusModel", dependencies: ["WALCore"]),
@@ -78,6 +80,7 @@ let package = Package(
                 .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]
         ),
         .target(
@@ -89,6 +92,7 @@ let package = Package(
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]
         ),
         .target(
@@ -99,6 +103,7 @@ let package = Package(
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]
         ),
         .target(
@@ -113,8 +118,15 @@ let package = Package(
             dependencies: ["ShipProtocol", "WALCore", "WalSenderServer", .product(name: "NIOCore", package: "swift-nio")]
         ),
         .executableTarget(name: "walship-fuzz", dependencies: ["FuzzHarness"]),
-        // What the commands do, apart from parsing and printing: restore.
-        .target(name: "Operations", dependencies: ["Spool"]),
+        // What the commands do, apart from parsing and printing: restore, and running the long-lived ones until stopped.
+        .target(
+            name: "Operations",
+            dependencies: [
+                "Spool", .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "UnixSignals", package: "swift-service-lifecycle"),
+            ]
+        ),
         .executableTarget(
             name: "walship",
             dependencies: [
@@ -124,6 +136,7 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]
         ),
         .testTarget(name: "WALCoreTests", dependencies: ["WALCore"]),
@@ -158,6 +171,8 @@ let package = Package(
                 "Receiver", "ShipProtocol", "WALCore", .product(name: "NIOEmbedded", package: "swift-nio"),
             ]),
         .testTarget(name: "FuzzReplayTests", dependencies: ["FuzzHarness"]),
+        .testTarget(
+            name: "OperationsTests", dependencies: ["Operations", .product(name: "Logging", package: "swift-log")]),
         .testTarget(
             name: "WalshipConfigTests",
             dependencies: ["WalshipConfig", .product(name: "ArgumentParser", package: "swift-argument-parser")]

@@ -6,6 +6,8 @@ import Testing
 /// contrib/systemd/ uses only subcommands and options `walship … --help` really has.
 @Suite struct DeploymentFilesTests {
     static let root = IT.repositoryRoot
+    /// The longest a stop by signal may take before walship exits by itself (`runUntilStopped`).
+    static let drainLimitSeconds = 10
 
     /// The options `walship SUBCOMMAND… --help` lists.
     func options(_ subcommand: [String]) throws -> Set<String> {
@@ -58,6 +60,16 @@ import Testing
         let services = try #require(compose["services"] as? [String: [String: Any]])
         #expect(Set(services.keys).isSuperset(of: ["primary", "sender", "receiver", "dr-standby", "prometheus", "grafana"]))
         var checked = 0
+        for name in ["sender", "receiver"] {
+            // docker stop sends SIGTERM, then SIGKILL after the grace period: longer than walship's drain may take.
+            let service = try #require(services[name])
+            #expect(service["stop_signal"] as? String == "SIGTERM", "compose service \(name) does not stop with SIGTERM")
+            let grace = (service["stop_grace_period"] as? String)?.firstMatch(of: /^(\d+)s$/).flatMap { Int($0.output.1) }
+            #expect(
+                grace.map { $0 > Self.drainLimitSeconds } == true,
+                "compose service \(name): stop_grace_period \(service["stop_grace_period"] ?? "unset") leaves no time for the drain"
+            )
+        }
         for (name, service) in services {
             // Services built from the walship image run `walship COMMAND…` (their entrypoint).
             if let command = service["command"] as? [String], (service["image"] as? String) == "walship:local" {
@@ -128,6 +140,13 @@ import Testing
                 #expect(
                     text.contains("Restart=always") && text.contains("EnvironmentFile=") && text.contains("NoNewPrivileges=yes"))
                 #expect(text.contains("walship \(command) --config /etc/walship/walship.toml"))
+                // systemctl stop: SIGTERM, and time for walship's own bounded drain before systemd's SIGKILL.
+                #expect(text.contains("KillSignal=SIGTERM"), "\(file) does not stop with SIGTERM")
+                let timeout = text.firstMatch(of: /(?m)^TimeoutStopSec=(\d+)$/).flatMap { Int($0.output.1) }
+                #expect(
+                    timeout.map { $0 > Self.drainLimitSeconds } == true,
+                    "\(file): TimeoutStopSec=\(timeout.map(String.init) ?? "unset") leaves no time for the drain's \(Self.drainLimitSeconds) s"
+                )
                 checked += try checkCommandLines(in: text, source: file)
             } else {
                 // Every WALSHIP_ variable, set or commented out, overrides an option the unit's command has.

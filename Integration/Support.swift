@@ -240,6 +240,13 @@ final class Daemon {
         child.signal(SIGTERM)
         if !child.wait(timeout: 5) { kill9() }
     }
+
+    /// Sends `signal` (SIGTERM, SIGINT) without waiting.
+    func signal(_ signal: Int32) { child.signal(signal) }
+
+    /// Waits up to `timeout` seconds for the process to exit; its exit status (128 + N after signal N), or nil
+    /// while it still runs.
+    func waitForExit(timeout: Double) -> Int32? { child.wait(timeout: timeout) ? child.exitStatus : nil }
 }
 
 /// A PostgreSQL 15 cluster owned by one test.

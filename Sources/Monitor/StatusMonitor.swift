@@ -1,11 +1,12 @@
 import Foundation
 import Logging
+import ServiceLifecycle
 import StatusModel
 import Synchronization
 
 /// Completes a process's status with what the monitor knows (active alerts, health, lag history) and
 /// checks the alert conditions every `interval`.
-public final class StatusMonitor: Sendable {
+public final class StatusMonitor: Service {
     let thresholds: AlertThresholds
     let notifier: AlertNotifier
     let interval: Duration
@@ -63,10 +64,15 @@ public final class StatusMonitor: Sendable {
         return events
     }
 
+    /// Checks once per interval until a graceful shutdown (or cancellation) of the command's services.
     public func run() async throws {
-        while true {
+        while !Task.isShuttingDownGracefully {
             await check()
-            try await Task.sleep(for: interval)
+            do {
+                try await cancelWhenGracefulShutdown { [interval] in try await Task.sleep(for: interval) }
+            } catch is CancellationError where Task.isShuttingDownGracefully {
+                return
+            }
         }
     }
 

@@ -1,6 +1,7 @@
 import Foundation
 import Hummingbird
 import Logging
+import ServiceLifecycle
 import StatusModel
 import WALCore
 
@@ -22,7 +23,8 @@ public func parseHostPort(_ text: String, defaultHost: String = "127.0.0.1") -> 
 
 /// Read-only HTTP endpoint for `--status-listen`: `GET /` the dashboard, `GET /status` JSON,
 /// `GET /metrics` Prometheus text. It never exposes secrets: the status is built from redacted values only.
-public struct StatusServer: Sendable {
+/// A service of the command's group: a graceful shutdown stops it listening and lets requests in flight finish.
+public struct StatusServer: Service {
     public let host: String
     public let port: Int
     let logger: Logger
@@ -60,7 +62,8 @@ public struct StatusServer: Sendable {
         quiet.logLevel = .warning
         let app = Application(router: router, configuration: .init(address: .hostname(host, port: port)), logger: quiet)
         do {
-            try await app.runService()
+            // As a service of the command's group, not a group of its own, which would trap the stop signals itself.
+            try await app.run()
         } catch {
             throw StatusServerError(
                 "cannot serve status on \(host):\(port): \(error) (hint: is the port in use? choose another --status-listen)")

@@ -39,6 +39,16 @@ public struct StreamFeedback: Sendable, Hashable {
     }
 }
 
+/// How a drained stream ended (`StreamGate.requestDrain`).
+public struct StreamDrain: Sendable, Hashable {
+    /// The end of the WAL read from the primary and handed on.
+    public var read: LSN
+    /// The flush position of the last status update sent to the primary.
+    public var reported: LSN
+    /// Whether the flush position covered everything read before the drain's time ran out.
+    public var complete: Bool { reported >= read }
+}
+
 /// One contiguous run of WAL read from the primary.
 public struct WALChunk: Sendable {
     public var start: LSN
@@ -112,6 +122,10 @@ public final class StreamGate: NIOAsyncSequenceProducerDelegate, Sendable {
         /// Counts produceMore() calls, so a pause decided after a yield never misses one that raced with it.
         var demandGeneration = 0
         var stopRequested = false
+        /// Set by `requestDrain`: until then, read nothing more and wait for the acknowledgement of what was read.
+        var drainDeadline: ContinuousClock.Instant?
+        /// How the drain ended, once it has.
+        var drained: StreamDrain?
         /// While WAL streams: how a report can reach the primary without waking the replication thread.
         var direct: (any DirectFeedback)?
     }
@@ -136,12 +150,13 @@ public final class StreamGate: NIOAsyncSequenceProducerDelegate, Sendable {
     /// The receiver's latest acknowledgement, reported to the primary at once: from the calling thread when the
     /// connection is free (`StreamingConnection`), else by the replication thread, woken for it.
     public func report(_ feedback: StreamFeedback) {
-        let direct = state.withLock {
+        let (direct, draining) = state.withLock {
             $0.feedback = feedback
             $0.feedbackChanged = true
-            return $0.direct
+            return ($0.direct, $0.drainDeadline != nil)
         }
-        if let direct, direct.sendIfFree() { return }
+        // A draining stream waits for this acknowledgement: wake it even when the update went out from here.
+        if let direct, direct.sendIfFree(), !draining { return }
         wake()
     }
 
@@ -166,6 +181,20 @@ public final class StreamGate: NIOAsyncSequenceProducerDelegate, Sendable {
         state.withLock { $0.stopRequested = true }
         wake()
     }
+
+    /// Ends the stream gently: nothing more is read from the primary, the WAL already read is handed on, and the
+    /// stream waits (at most `limit`) until the feedback's flush position covers it; then a last status update
+    /// tells the primary that position and the stream returns. `drained` says how it ended.
+    public func requestDrain(within limit: Duration) {
+        state.withLock { $0.drainDeadline = $0.drainDeadline ?? .now + limit }
+        wake()
+    }
+
+    /// Whether a drain was asked for.
+    public var drainRequested: Bool { state.withLock { $0.drainDeadline != nil } }
+
+    /// How the drain ended; nil while none has.
+    public var drained: StreamDrain? { state.withLock { $0.drained } }
 
     public func produceMore() {
         state.withLock {

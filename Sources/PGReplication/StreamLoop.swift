@@ -22,6 +22,8 @@ struct StreamLoop {
     let maxChunkBytes: Int
     /// Where chunk buffers come from (a pool the consumer recycles them to, or plain allocation).
     let chunkBuffer: @Sendable (Int) -> ByteBuffer
+    /// Where the stream started: what was read is what lies from here to `expectedNext`.
+    private let start: LSN
     private var expectedNext: LSN
     private var chunk: ByteBuffer?
     private var chunkStart = LSN.invalid
@@ -46,6 +48,7 @@ struct StreamLoop {
         self.gate = gate
         self.sink = sink
         self.logger = logger
+        self.start = expectedStart
         self.expectedNext = expectedStart
         self.maxChunkBytes = maxChunkBytes
         self.chunkBuffer = chunkBuffer
@@ -60,9 +63,13 @@ struct StreamLoop {
             link.close()
         }
         while true {
-            let (stop, demand) = gate.state.withLock { ($0.stopRequested, $0.demand) }
+            let (stop, demand, drainDeadline) = gate.state.withLock { ($0.stopRequested, $0.demand, $0.drainDeadline) }
             if stop {
                 try? link.reportIfDue(force: true)
+                return
+            }
+            if let drainDeadline {
+                try drain(until: drainDeadline)
                 return
             }
             if demand { try readAvailable() }
@@ -76,7 +83,30 @@ struct StreamLoop {
         }
     }
 
-    private mutating func waitForActivity(reading: Bool, _ hints: StreamingConnection<PGConnection>.PollHints) throws {
+    /// Reads nothing more: hands on the chunk being gathered, waits until the feedback's flush position covers all
+    /// WAL read or `deadline` comes, then sends a last status update with that position and flushes it.
+    private mutating func drain(until deadline: ContinuousClock.Instant) throws {
+        if finished == nil { _ = emitChunk() }
+        let read = expectedNext
+        while true {
+            let flushed = gate.state.withLock { $0.feedback.flushed }
+            if read <= start || flushed >= read || ContinuousClock.now >= deadline { break }
+            try waitForActivity(reading: false, try link.reportIfDue(), until: deadline)
+        }
+        var hints = try link.reportIfDue(force: true)
+        // The last update must leave before the connection closes; a socket that takes nothing by the deadline
+        // (a primary gone) gets no more waiting.
+        while hints.outputPending && ContinuousClock.now < deadline {
+            try waitForActivity(reading: false, hints, until: deadline)
+            hints = try link.reportIfDue()
+        }
+        let reported = gate.state.withLock { $0.feedback.flushed }
+        gate.state.withLock { $0.drained = StreamDrain(read: read <= start ? reported : read, reported: reported) }
+    }
+
+    private mutating func waitForActivity(
+        reading: Bool, _ hints: StreamingConnection<PGConnection>.PollHints, until deadline: ContinuousClock.Instant? = nil
+    ) throws {
         var fds = [pollfd(fd: gate.wakeRead, events: Int16(POLLIN), revents: 0)]
         var events: Int16 = 0
         if reading { events |= Int16(POLLIN) }
@@ -84,6 +114,7 @@ struct StreamLoop {
         if events != 0 { fds.append(pollfd(fd: socket, events: events, revents: 0)) }
         var wait = hints.nextStatusDue - ContinuousClock.now
         if let held = chunkHeldSince { wait = min(wait, Self.maxChunkHold - (ContinuousClock.now - held)) }
+        if let deadline { wait = min(wait, ContinuousClock.now.duration(to: deadline)) }
         let timeoutMs = max(
             1,
             min(

@@ -3,6 +3,7 @@ import Logging
 import NIOCore
 import NIOPosix
 import NIOSSL
+import ServiceLifecycle
 import ShipProtocol
 import ShipTLS
 import Spool
@@ -52,8 +53,8 @@ public struct ReceiverConfiguration: Sendable {
 }
 
 /// The DR-site end of the link: validates WAL, stores it durably in the spool, and acknowledges only
-/// what is on disk.
-public final class Receiver: Sendable {
+/// what is on disk. A service: a graceful shutdown drains it (`drain`).
+public final class Receiver: Service {
     let config: ReceiverConfiguration
     let logger: Logger
     public let spool: Spool
@@ -73,6 +74,8 @@ public final class Receiver: Sendable {
     /// read, so each acknowledgement cost more than the last (the benchmark's synchronous rounds found it).
     private let standbyReports = Mutex<StandbyProvider?>(nil)
     private let monitor: Mutex<[UInt64: SystemMonitor]>
+    /// The stream links a graceful shutdown drains, and whether it has begun.
+    private let stopping = Mutex(StreamLinkStops())
     let startedAt = Date()
     /// The address actually bound (differs from the configuration when port 0 was asked for).
     public let boundAddress = Mutex<SocketAddress?>(nil)
@@ -151,15 +154,79 @@ public final class Receiver: Sendable {
                 pool.shutdownGracefully { _ in }
             }
         }
+        do {
+            try await serveUntilStopped(server)
+        } catch is CancellationError where Task.isShuttingDownGracefully && !Task.isCancelled {
+            // The timers cancelled after the drain end with this: the stop went as planned.
+        }
+    }
+
+    /// Accepts links until the listening socket fails or a graceful shutdown drains them.
+    private func serveUntilStopped(_ server: NIOAsyncChannel<ShipAsyncChannel, Never>) async throws {
         try await withThrowingDiscardingTaskGroup { group in
             group.addTask { try await self.pruneRegularly() }
             group.addTask { try await self.recordProgressRegularly() }
-            try await server.executeThenClose { connections in
-                for try await connection in connections {
-                    group.addTask { await self.handle(connection) }
+            // A graceful shutdown closes the listening socket, which ends the loop once the connections it accepted
+            // before are handed on: no new links.
+            do {
+                try await withGracefulShutdownHandler {
+                    try await server.executeThenClose { connections in
+                        for try await connection in connections {
+                            group.addTask { await self.handle(connection) }
+                        }
+                    }
+                } onGracefulShutdown: {
+                    server.channel.close(promise: nil)
                 }
+            } catch let error where Task.isShuttingDownGracefully {
+                logger.debug("the listening socket closed with an error while stopping", metadata: ["walship.error": "\(error)"])
+            }
+            guard Task.isShuttingDownGracefully else { return }
+            await drain()
+            // Links still in their handshake, backup links, retention and primary.json's timer: ended, not drained.
+            group.cancelAll()
+        }
+    }
+
+    /// A graceful stop: every stream link writes and fsyncs what it already took, acknowledges it (the journal's
+    /// durable end) and closes with a `shuttingDown` refusal; frames read after the stop began are dropped unwritten
+    /// and unacknowledged, for the sender to send again to the next receiver. Then each system's durable end is
+    /// recorded and logged. Durability does not depend on any of this: only fsynced WAL was ever acknowledged.
+    private func drain() async {
+        let links = stopping.withLock { stops in
+            stops.stopping = true
+            return Array(stops.links.values)
+        }
+        await withTaskGroup(of: Void.self) { group in
+            for link in links { group.addTask { await link.drain() } }
+        }
+        for system in spool.openSystems.sorted(by: { $0.systemIdentifier < $1.systemIdentifier }) {
+            await stop(system)
+        }
+    }
+
+    /// Makes durable whatever an earlier link wrote and did not sync, records primary.json, logs where it stopped.
+    private func stop(_ system: SystemSpool) async {
+        let id = system.systemIdentifier
+        var position = system.position
+        if position.written != position.durable {
+            do {
+                position = try await writerThread(for: id).runIfActive {
+                    try system.sync()
+                    return system.position
+                }
+            } catch {
+                logger.error(
+                    "cannot make the spool's last WAL durable while stopping; it was never acknowledged, and the sender sends it again",
+                    metadata: ["walship.system": "\(id)", "walship.error": "\(error)"])
             }
         }
+        _ = try? await onItsThread(system) { self.recordProgress(system) }
+        var metadata: Logger.Metadata = [
+            "walship.system": "\(id)", "walship.durable_lsn": "\(position.durable)", "walship.timeline": "\(position.timeline)",
+        ]
+        if let failure = system.fsyncFailure { metadata["walship.spool_failure"] = "\(failure)" }
+        logger.notice("receiver stopped", metadata: metadata)
     }
 
     /// Event loops for ship links alone. A synchronous link's loop may wait on the spool's fsync (`afterReads`
@@ -277,6 +344,9 @@ public final class Receiver: Sendable {
                     throw refusal
                 }
             }
+        } catch let refusal as Refusal where refusal.code == .shuttingDown {
+            // Either end stopping on purpose: no problem to report.
+            linkLogger.notice("link closed", metadata: ["walship.reason": "\(refusal.message)"])
         } catch let refusal as Refusal {
             // A sender retrying into the same refusal (a full disk, a fence) is logged once a minute, not per try.
             if isNewRefusal(refusal.message) {
@@ -286,6 +356,8 @@ public final class Receiver: Sendable {
             }
         } catch is LinkEnded {
             linkLogger.notice("sender disconnected")
+        } catch is ReceiverStopping {
+            linkLogger.info("link closed: the receiver is stopping")
         } catch is CancellationError {
         } catch let error where tlsFailure(error) != nil {
             linkLogger.error(
@@ -415,9 +487,19 @@ public final class Receiver: Sendable {
         let borrowed = BorrowedWriter(queue: queue)
         occupy(channel.eventLoop, system: hello.systemIdentifier)
         defer { vacate(channel.eventLoop, system: hello.systemIdentifier) }
+        let stop = StreamLinkStop(channel: channel, queue: queue)
+        defer {
+            stopping.withLock { $0.links[linkID] = nil }
+            stop.ended.succeed()
+        }
+        guard stopping.withLock({ $0.register(stop, id: linkID) }) else {
+            throw Refusal(code: .shuttingDown, message: "walship receive is stopping")
+        }
         try await ShipChannel.setTap(
             on: channel,
             { [self] message in
+                // Once the link drains, nothing read is written or acknowledged.
+                if stop.isDraining { return .consumed }
                 do {
                     guard
                         let (work, bytes) = try interpret(
@@ -482,9 +564,15 @@ public final class Receiver: Sendable {
             channel: channel,
             workers: [
                 {
-                    try await self.writeBatches(
-                        queue, system: system, writer: writer, synchronous: hello.synchronous, acks: acks,
-                        buffers: buffers)
+                    do {
+                        try await self.writeBatches(
+                            queue, system: system, writer: writer, synchronous: hello.synchronous, acks: acks,
+                            buffers: buffers)
+                    } catch let stopped as ReceiverStopping {
+                        // What it took is durable and acknowledged: say why the link ends before it closes.
+                        try? await outbound.write(.refusal(Refusal(code: .shuttingDown, message: "walship receive is stopping")))
+                        throw stopped
+                    }
                 }
             ],
             onEnd: { queue.finish($0) },
@@ -658,7 +746,15 @@ public final class Receiver: Sendable {
                 while true {
                     // Taken off the batch one by one, so a stored chunk's buffer is referenced only here when
                     // it goes back to the pool.
-                    var batch = try queue.takeAllBlocking()
+                    var batch: [Work]
+                    do {
+                        batch = try queue.takeAllBlocking()
+                    } catch let stopped as ReceiverStopping {
+                        // The receiver drains: everything taken is written; make it durable and say so.
+                        try system.sync()
+                        acks.send(self.ack(for: system, at: system.position))
+                        throw stopped
+                    }
                     batch.reverse()
                     do {
                         while let work = batch.popLast() { try self.apply(work, to: system, buffers: buffers) }
@@ -783,6 +879,7 @@ public final class Receiver: Sendable {
     // MARK: - Link registry
 
     private func claim(hello: Hello, peer: String, channel: Channel, logger: Logger) throws -> Int {
+        if stopping.withLock({ $0.stopping }) { throw Refusal(code: .shuttingDown, message: "walship receive is stopping") }
         let id = nextLinkID.wrappingAdd(1, ordering: .relaxed).oldValue
         let link = StreamLinkRegistry<Channel>.Link(
             id: id, peer: peer, senderName: hello.senderName,
@@ -1070,5 +1167,48 @@ struct LoopOccupancy {
     /// Whether `loop` carries links of `system` and of no other.
     func carriesOnly(_ system: UInt64, on loop: ObjectIdentifier) -> Bool {
         systems[loop].map { Array($0.keys) == [system] } ?? false
+    }
+}
+
+/// The receiver is draining: the link's queue is finished with this once the event loop stopped taking frames.
+struct ReceiverStopping: Error, CustomStringConvertible {
+    var description: String { "walship receive is stopping" }
+}
+
+/// The stream links to drain when the receiver stops, and whether it has begun stopping (then no link registers).
+private struct StreamLinkStops {
+    var stopping = false
+    var links: [Int: StreamLinkStop] = [:]
+
+    mutating func register(_ link: StreamLinkStop, id: Int) -> Bool {
+        guard !stopping else { return false }
+        links[id] = link
+        return true
+    }
+}
+
+/// How one stream link is drained: its event loop stops taking frames, then its queue is finished, so the spool
+/// thread writes, fsyncs and acknowledges what was taken before it ends the link.
+private final class StreamLinkStop: Sendable {
+    let channel: Channel
+    let queue: BatchQueue<Receiver.Work>
+    /// Succeeded when the link's serving has ended.
+    let ended: EventLoopPromise<Void>
+    /// Set and read on the channel's event loop only (the tap runs there).
+    private let draining = Atomic<Bool>(false)
+
+    init(channel: Channel, queue: BatchQueue<Receiver.Work>) {
+        self.channel = channel
+        self.queue = queue
+        self.ended = channel.eventLoop.makePromise()
+    }
+
+    var isDraining: Bool { draining.load(ordering: .relaxed) }
+
+    func drain() async {
+        // On the event loop, between two socket reads: no frame is half handled and the spool thread's role is not lent.
+        try? await channel.eventLoop.submit { self.draining.store(true, ordering: .relaxed) }.get()
+        queue.finish(ReceiverStopping())
+        try? await ended.futureResult.get()
     }
 }

@@ -6,6 +6,7 @@ import NIOCore
 import NIOPosix
 import NIOSSL
 import PGReplication
+import ServiceLifecycle
 import ShipProtocol
 import ShipTLS
 import Spool
@@ -40,6 +41,8 @@ public struct SenderConfiguration: Sendable {
     public var receiverProbeInterval: Duration = .seconds(2)
     /// How hard WAL frames are compressed (--compression).
     public var compression: CompressionPolicy.Mode = .auto
+    /// On a graceful stop, the longest wait for the receiver to acknowledge the WAL already read.
+    public var drainTimeout: Duration = .seconds(5)
 
     public init(
         source: Conninfo, receiverHost: String, receiverPort: Int, slot: String, createSlot: Bool,
@@ -66,8 +69,9 @@ public struct SenderFatalError: ClassifiedFailure, CustomStringConvertible {
 }
 
 /// The sidecar beside the primary: streams WAL from a replication slot to the receiver and reports to the
-/// primary only what the receiver acknowledged (written, and durable as flush).
-public final class Sender: Sendable {
+/// primary only what the receiver acknowledged (written, and durable as flush). A service: a graceful shutdown
+/// drains the stream (`StreamGate.requestDrain`) and ends `run` normally.
+public final class Sender: Service {
     let config: SenderConfiguration
     let logger: Logger
     let statusBox: Mutex<SenderState>
@@ -155,7 +159,7 @@ public final class Sender: Sendable {
         }
     }
 
-    /// Runs until cancelled or a fatal condition (invalidated slot, gap, wrong server version...).
+    /// Runs until cancelled, a graceful shutdown, or a fatal condition (invalidated slot, gap, wrong server version...).
     public func run() async throws {
         try await withThrowingTaskGroup(of: Void.self) { group in
             group.addTask { try await self.watchSlot() }
@@ -176,6 +180,11 @@ public final class Sender: Sendable {
         publish(supervisor.state)
         while true {
             try Task.checkCancellation()
+            // A graceful shutdown: the session drained (or none ran); a stop is not a failure.
+            if Task.isShuttingDownGracefully {
+                logStopped()
+                return
+            }
             switch action {
             case .reconnectNow:
                 do {
@@ -185,6 +194,8 @@ public final class Sender: Sendable {
                     action = advance(
                         &supervisor, .linkLost(setUpMistake: nil, stillExposed: stillExposed, now: .now),
                         error: "the session ended")
+                } catch is SenderStopping {
+                    continue
                 } catch let error as SenderFatalError {
                     action = advance(
                         &supervisor, .fatal(reason: error.description, kind: error.failureKind), error: error.description)
@@ -200,18 +211,26 @@ public final class Sender: Sendable {
                     action = advance(&supervisor, .timelineEnded)
                 } catch {
                     if Task.isCancelled { throw CancellationError() }
+                    // The session ended while it drained (the receiver closed first, say): still a stop, no retry.
+                    if Task.isShuttingDownGracefully { continue }
                     let text = "\(error)"
                     action = advance(&supervisor, sessionFailure(error), error: text)
                     if case .stop = action {} else { noteProblem("stream", text, "streaming stopped; retrying with backoff") }
                 }
             case .wait(let duration):
-                try await Task.sleep(for: duration)
+                do {
+                    try await cancelWhenGracefulShutdown { try await Task.sleep(for: duration) }
+                } catch is CancellationError where Task.isShuttingDownGracefully {
+                    continue
+                }
                 action = advance(&supervisor, .timePassed(now: .now))
             case .enterDegraded(let firstProbeAfter):
                 do {
                     try await runDegraded(firstProbeAfter: firstProbeAfter) {
                         advance(&supervisor, .acknowledgingFromBuffer(now: .now))
                     }
+                    // Drained by a graceful shutdown: the receiver is not back, the loop's top stops.
+                    if Task.isShuttingDownGracefully { continue }
                     action = advance(&supervisor, .receiverBack)
                 } catch let error as SenderFatalError {
                     action = advance(
@@ -231,6 +250,22 @@ public final class Sender: Sendable {
                 preconditionFailure("the supervisor left the sender with nothing to do in state \(supervisor.state)")
             }
         }
+    }
+
+    /// The one line a graceful stop ends with: how far WAL was read and sent, and how much of it the receiver (or the
+    /// local buffer) holds durably, which is what the primary's slot was last told.
+    private func logStopped() {
+        let (sent, durable, fromBuffer) = statusBox.withLock { ($0.sent, $0.receiverDurable, $0.acknowledgedFromBuffer) }
+        var metadata: Logger.Metadata = [
+            "walship.sent": "\(sent.isValid ? "\(sent)" : "none")",
+            "walship.durable": "\(durable.isValid ? "\(durable)" : "unknown")",
+        ]
+        if fromBuffer.isValid { metadata["walship.acknowledged_from_buffer"] = "\(fromBuffer)" }
+        if config.synchronous {
+            metadata["walship.hint"] =
+                "commits waiting on the primary for synchronous replication keep waiting until a walship send with application_name \(config.applicationName) streams again: PostgreSQL releases them only on a standby's flush"
+        }
+        logger.notice("sender stopped", metadata: metadata)
     }
 
     /// WAL acknowledged to the primary from the local buffer is not offsite yet.
@@ -357,9 +392,14 @@ public final class Sender: Sendable {
         let timeline = identity.timeline
         try await withThrowingTaskGroup(of: Void.self) { group in
             group.addTask {
-                try await session.stream(
-                    slot: self.config.slot, start: start, timeline: timeline, gate: gate,
-                    source: source, statusInterval: self.config.statusInterval)
+                // A graceful stop waits (bounded) for the buffer to fsync what was read, and reports it.
+                try await withGracefulShutdownHandler {
+                    try await session.stream(
+                        slot: self.config.slot, start: start, timeline: timeline, gate: gate,
+                        source: source, statusInterval: self.config.statusInterval)
+                } onGracefulShutdown: { [drainTimeout = self.config.drainTimeout] in
+                    gate.requestDrain(within: drainTimeout)
+                }
             }
             group.addTask {
                 for try await event in events {
@@ -541,6 +581,8 @@ public final class Sender: Sendable {
                     "walship.system": "\(identity.systemIdentifier)", "walship.start_lsn": "\(start)",
                     "walship.timeline": "\(timeline)", "walship.receiver_durable_lsn": "\(resume)",
                 ])
+            // Stopping meanwhile: no stream starts.
+            if Task.isShuttingDownGracefully { throw SenderStopping() }
             onStreaming()
             try await stream(
                 session: session, machine: NIOLockedValueBox(machine), start: start, timeline: timeline, resume: resume,
@@ -706,11 +748,26 @@ public final class Sender: Sendable {
                         try await self.awaitDurable(endsAfterReplay.at)
                         throw endsAfterReplay
                     }
-                    try await session.stream(
-                        slot: self.config.slot, start: live, timeline: timeline, gate: gate,
-                        sink: link, statusInterval: self.config.statusInterval,
-                        chunkBuffer: { buffers.chunks.take(capacity: $0) })
+                    // A graceful stop: read no more, send what was read, wait (bounded) for its acknowledgement, and
+                    // report it to the primary as the last flush position (`StreamGate.requestDrain`).
+                    try await withGracefulShutdownHandler {
+                        try await session.stream(
+                            slot: self.config.slot, start: live, timeline: timeline, gate: gate,
+                            sink: link, statusInterval: self.config.statusInterval,
+                            chunkBuffer: { buffers.chunks.take(capacity: $0) })
+                    } onGracefulShutdown: { [drainTimeout = self.config.drainTimeout] in
+                        gate.requestDrain(within: drainTimeout)
+                    }
                     if let ended = link.timelineEnded { throw ended }
+                    if let drained = gate.drained {
+                        if !drained.complete {
+                            self.logger.warning(
+                                "the receiver did not acknowledge all WAL sent before the stop's time ran out; the primary's slot keeps the rest for the next sender",
+                                metadata: ["walship.sent": "\(drained.read)", "walship.durable": "\(drained.reported)"])
+                        }
+                        try? await outbound.write(.refusal(Refusal(code: .shuttingDown, message: "walship send is stopping")))
+                        throw SenderStopping()
+                    }
                     throw LinkError("the replication stream from the primary ended")
                 },
                 { try await self.sendKeepalives(outbound) },
@@ -1064,6 +1121,11 @@ struct TimelineEnded: Error {
 /// Degrading would mean dropping a buffer of another timeline that the DR site may lack: commits wait instead.
 struct BufferKeptForReceiver: Error, CustomStringConvertible {
     let description: String
+}
+
+/// A graceful stop ended the session (after draining it, when it streamed).
+struct SenderStopping: Error, CustomStringConvertible {
+    var description: String { "walship send is stopping" }
 }
 
 /// The link to the receiver failed; the sender reconnects.

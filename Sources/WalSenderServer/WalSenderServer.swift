@@ -4,6 +4,7 @@ import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
 import NIOSSL
+import ServiceLifecycle
 import Spool
 import Synchronization
 import WALCore
@@ -30,7 +31,7 @@ public struct StandbyProgress: Sendable {
 /// Speaks enough of PostgreSQL's replication protocol that a stock PostgreSQL 15 standby streams from the
 /// spool (`primary_conninfo = 'host=... port=...'`): startup and authentication, IDENTIFY_SYSTEM,
 /// TIMELINE_HISTORY, SHOW, START_REPLICATION with XLogData and keepalives, and standby status updates.
-public final class WalSenderServer: Sendable {
+public final class WalSenderServer: Service {
     let host: String
     let port: Int
     let spool: Spool
@@ -85,10 +86,25 @@ public final class WalSenderServer: Sendable {
         }
         logger.notice("standby endpoint listening", metadata: ["walship.standby_listen": "\(host):\(port)"])
         try await withThrowingDiscardingTaskGroup { group in
-            try await server.executeThenClose { connections in
-                for try await connection in connections {
-                    group.addTask { await self.serve(connection) }
+            // A graceful shutdown closes the listening socket, which ends the loop; then the standbys' connections
+            // close (they reconnect to the next receiver and resume from what they replayed).
+            do {
+                try await withGracefulShutdownHandler {
+                    try await server.executeThenClose { connections in
+                        for try await connection in connections {
+                            group.addTask { await self.serve(connection) }
+                        }
+                    }
+                } onGracefulShutdown: {
+                    server.channel.close(promise: nil)
                 }
+            } catch let error where Task.isShuttingDownGracefully {
+                logger.debug(
+                    "the standby endpoint's socket closed with an error while stopping", metadata: ["walship.error": "\(error)"])
+            }
+            if Task.isShuttingDownGracefully {
+                group.cancelAll()
+                logger.notice("standby endpoint stopped", metadata: ["walship.standby_listen": "\(host):\(port)"])
             }
         }
     }

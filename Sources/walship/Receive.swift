@@ -3,6 +3,7 @@ import Foundation
 import Logging
 import Monitor
 import Receiver
+import ServiceLifecycle
 import ShipTLS
 import StatusModel
 import WalSenderServer
@@ -230,13 +231,9 @@ struct Receive: AsyncParsableCommand {
                 status.certificates = certificates
                 return status
             })
-        try await runService("receive", statusListen: link.statusListen, logger: logger, monitor: monitor) {
-            try await withThrowingTaskGroup(of: Void.self) { group in
-                group.addTask { try await receiver.run() }
-                if let standbys { group.addTask { try await standbys.run() } }
-                try await group.next()
-                group.cancelAll()
-            }
-        }
+        // Stopped in reverse: the standby endpoint closes first, then the receiver drains its links.
+        var services: [any Service] = [receiver]
+        if let standbys { services.append(standbys) }
+        try await runServices("receive", services, statusListen: link.statusListen, logger: logger, monitor: monitor)
     }
 }

@@ -142,9 +142,7 @@ struct Send: AsyncParsableCommand {
                 status.certificates = certificates
                 return status
             })
-        try await runService("send", statusListen: link.statusListen, logger: logger, monitor: monitor) {
-            try await sender.run()
-        }
+        try await runServices("send", [sender], statusListen: link.statusListen, logger: logger, monitor: monitor)
     }
 }
 

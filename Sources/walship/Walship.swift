@@ -2,6 +2,8 @@ import ArgumentParser
 import Foundation
 import Logging
 import Monitor
+import Operations
+import ServiceLifecycle
 import ShipTLS
 import StatusModel
 import WALCore
@@ -199,27 +201,20 @@ struct NoticeOptions: ParsableArguments {
     }
 }
 
-/// Runs a command's main service beside its monitor (alerts), and the status endpoint when
-/// `--status-listen` is given; the first to fail ends all, reported as one clear line.
-func runService(
-    _ command: String, statusListen: String?, logger: Logger, monitor: StatusMonitor,
-    _ service: @escaping @Sendable () async throws -> Void
+/// Runs a command's services beside its monitor (alerts), and the status endpoint when `--status-listen` is given,
+/// until one fails or SIGTERM/SIGINT stops them (`runUntilStopped`): a stop drains `services` first, in reverse
+/// order, then the status endpoint and the monitor. A failure is reported as one clear line.
+func runServices(
+    _ command: String, _ services: [any Service], statusListen: String?, logger: Logger, monitor: StatusMonitor
 ) async throws {
+    var all: [any Service] = [monitor]
+    if let statusListen {
+        let endpoint = try parseEndpoint(statusListen, option: "--status-listen")
+        all.append(
+            StatusServer(host: endpoint.host, port: endpoint.port, logger: logger, status: { monitor.current() }))
+    }
     do {
-        try await withThrowingTaskGroup(of: Void.self) { group in
-            group.addTask { try await service() }
-            group.addTask { try await monitor.run() }
-            if let statusListen {
-                let endpoint = try parseEndpoint(statusListen, option: "--status-listen")
-                group.addTask {
-                    try await StatusServer(
-                        host: endpoint.host, port: endpoint.port, logger: logger, status: { monitor.current() }
-                    ).run()
-                }
-            }
-            try await group.next()
-            group.cancelAll()
-        }
+        try await runUntilStopped(all + services, logger: logger)
     } catch {
         throw fail(command, error)
     }
