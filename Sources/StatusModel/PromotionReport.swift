@@ -32,6 +32,18 @@ public struct PromotionReport: Codable, Sendable, Equatable {
     public var firstWriteAt: Date?
     public var checks: [Check]
     public var drill: DrillDetails?
+    /// How the primary treated the DR link at the last contact: "sync", "async", "degraded" or "unknown".
+    public var modeAtLoss: String?
+    /// The mode history of the last 24 hours before the promotion, oldest first.
+    public var modeHistory: [ModeEpisode]?
+    /// The last time the receiver heard from the primary (WAL or keepalive), and its position then.
+    public var lastContactAt: Date?
+    public var lastContactLSN: String?
+    /// Whether the report may say that every commit the primary acknowledged is present (RPO 0): only when the
+    /// primary waited for the DR site, with nothing acknowledged otherwise, from before replay's end to the loss.
+    public var everyAcknowledgedCommitPresent: Bool?
+    /// What can be proven about commits the primary acknowledged, in words.
+    public var loss: String?
 
     public init(kind: String, host: String, startedAt: Date, dataDirectory: String) {
         self.kind = kind
@@ -47,6 +59,34 @@ public struct PromotionReport: Codable, Sendable, Equatable {
         public var seconds: Double
         /// How the figure was obtained, in words.
         public var basis: String
+    }
+
+    /// One entry of the mode history as the report shows it.
+    public struct ModeEpisode: Codable, Sendable, Equatable {
+        /// sync, quorum, potential, async, degraded or unknown.
+        public var mode: String
+        /// When it began (the primary's clock), and the primary's position then.
+        public var at: Date
+        public var lsn: String?
+        public var syncState: String?
+        /// The sender's rule while it held: block, degrade-after N s, none; nil when the sender did not say.
+        public var receiverLoss: String?
+        /// While degraded: acknowledged WAL the DR site lacked.
+        public var exposureBytes: UInt64?
+        public var detail: String?
+
+        public init(
+            mode: String, at: Date, lsn: String? = nil, syncState: String? = nil, receiverLoss: String? = nil,
+            exposureBytes: UInt64? = nil, detail: String? = nil
+        ) {
+            self.mode = mode
+            self.at = at
+            self.lsn = lsn
+            self.syncState = syncState
+            self.receiverLoss = receiverLoss
+            self.exposureBytes = exposureBytes
+            self.detail = detail
+        }
     }
 
     public struct Check: Codable, Sendable, Equatable {
@@ -102,7 +142,7 @@ public struct PromotionReport: Codable, Sendable, Equatable {
             rpo = RecoveryPoint(
                 bytes: bytes, seconds: (seconds * 1000).rounded() / 1000,
                 basis: bytes == 0
-                    ? "replay reached \(acknowledged), the furthest WAL the receiver held or acknowledged: every acknowledged commit is present"
+                    ? "replay reached \(acknowledged), the furthest WAL the receiver held or acknowledged"
                     : "replay stopped at \(replayed), \(bytes) bytes short of \(acknowledged) (the furthest WAL the receiver held or acknowledged); seconds from the last replayed commit to the last acknowledgement"
             )
         }
@@ -116,6 +156,94 @@ public struct PromotionReport: Codable, Sendable, Equatable {
                 bytes: bytes, seconds: (seconds * 1000).rounded() / 1000,
                 basis: "the primary's last reported end of WAL (\(primary)) minus the replayed position")
         }
+    }
+
+    /// Judges, from the mode history, what the report may say about commits the primary acknowledged; call after
+    /// `measureRecoveryPoint`. `history` holds the mode entries oldest first, each with the receiver-loss rule of the
+    /// link it came on; `promotedAt` is when the promotion (or the drill's cut) happened.
+    public mutating func judgeLoss(history: [ModeEpisode], promotedAt: Date) {
+        modeHistory = history.filter { promotedAt.timeIntervalSince($0.at) <= 86400 }
+        if let last = history.last(where: { promotedAt.timeIntervalSince($0.at) > 86400 }),
+            modeHistory?.first.map({ $0.at > last.at }) ?? true
+        {
+            // The mode in force when the 24 hours began.
+            modeHistory?.insert(last, at: 0)
+        }
+        lastContactAt = [primaryLastKnownAt, lastAcknowledgedAt].compactMap { $0 }.max()
+        lastContactLSN = primaryLastKnownLSN ?? lastAcknowledgedLSN
+        let contact =
+            lastContactAt.map { "the primary was last heard at \(formatISO8601($0))\(lastContactLSN.map { " (position \($0))" } ?? "")" }
+            ?? "when the primary was last heard is not recorded"
+        let unknownAfter = "what the primary acknowledged after that is unknown"
+
+        guard let latest = history.last else {
+            modeAtLoss = "unknown"
+            everyAcknowledgedCommitPresent = false
+            loss =
+                "no mode history is recorded for this system (a sender older than walship's mode reports, or none has connected since): whether the primary waited for the DR site is unknown, so commits it acknowledged may be missing; \(contact), and \(unknownAfter)"
+            return
+        }
+        let silence = lastContactAt.map { promotedAt.timeIntervalSince($0) }
+        switch latest.mode {
+        case "sync":
+            if latest.receiverLoss == "block" {
+                modeAtLoss = "sync"
+            } else if let rule = latest.receiverLoss, rule.hasPrefix("degrade-after"),
+                let seconds = Double(rule.split(separator: " ").dropFirst().first ?? "")
+            {
+                // Past its delay the sender may have acknowledged from its buffer, and nobody could tell us.
+                modeAtLoss = (silence ?? .infinity) > seconds ? "degraded" : "sync"
+            } else {
+                modeAtLoss = "unknown"
+            }
+        case "degraded": modeAtLoss = "degraded"
+        case "quorum", "potential", "async": modeAtLoss = "async"
+        default: modeAtLoss = "unknown"
+        }
+
+        // The run of sync entries the loss ended, and where it began.
+        var runStart = history.count - 1
+        while runStart > 0 && history[runStart - 1].mode == "sync" && history[runStart - 1].receiverLoss != nil {
+            runStart -= 1
+        }
+        let syncSince = history[runStart]
+        let replayed = lastReplayedLSN.flatMap { LSN($0) }
+        let coversReplay =
+            syncSince.lsn.flatMap { LSN($0) }.map { start in replayed.map { start <= $0 } ?? false } ?? false
+        if modeAtLoss == "sync", coversReplay, rpo?.bytes == 0 {
+            everyAcknowledgedCommitPresent = true
+            loss =
+                "every acknowledged commit is present: the primary waited for the DR site (sync_state sync, receiver loss \(latest.receiverLoss ?? "?")) from \(formatISO8601(syncSince.at)) (position \(syncSince.lsn ?? "?")) to the loss, and replay reached all the receiver acknowledged. This holds for commits made with synchronous_commit on or remote_apply; a session that set it to remote_write, local or off was never promised the DR site"
+            return
+        }
+        everyAcknowledgedCommitPresent = false
+        switch modeAtLoss {
+        case "sync":
+            loss =
+                "commits the primary acknowledged may be missing: the primary waited for the DR site only from \(formatISO8601(syncSince.at)) (position \(syncSince.lsn ?? "?")), after replay's end, or replay fell short of what the receiver acknowledged; \(tailBound(contact))"
+        case "degraded":
+            let exposure = history.last { $0.mode == "degraded" }?.exposureBytes
+            let episode =
+                latest.mode == "degraded"
+                ? "the sender was acknowledging commits from its local buffer since \(formatISO8601(latest.at))\(exposure.map { ", with \(formatBytes($0)) of acknowledged WAL not at the DR site when last reported" } ?? "")"
+                : "the link's rule is \(latest.receiverLoss ?? "degrade-after") and it was silent for \(silence.map { format($0) + " s" } ?? "an unknown time") before the promotion, so the sender may have acknowledged commits from its local buffer"
+            loss = "commits the primary acknowledged may be missing: \(episode); \(contact), and \(unknownAfter)"
+        case "async":
+            loss =
+                "commits the primary acknowledged may be missing: the link was \(latest.mode) at the loss (\(latest.detail ?? "sync_state \(latest.syncState ?? "?")")), so commits did not wait for the DR site; \(tailBound(contact))"
+        default:
+            loss =
+                "commits the primary acknowledged may be missing: how the primary treated the DR link at the loss is unknown (\(latest.detail ?? "no readable sync_state")); \(contact), and \(unknownAfter)"
+        }
+    }
+
+    /// The bound the primary's last report gives, and what it cannot cover.
+    private func tailBound(_ contact: String) -> String {
+        guard let tail = unacknowledgedTail else {
+            return "\(contact), and what the primary acknowledged after that is unknown"
+        }
+        return
+            "at most \(formatBytes(tail.bytes)) (\(format(tail.seconds)) s) up to the primary's last report, measured as its last reported end of WAL minus the replayed position; \(contact), and what the primary acknowledged after that is unknown"
     }
 
     public var markdown: String {
@@ -156,8 +284,35 @@ public struct PromotionReport: Codable, Sendable, Equatable {
                 drill.drStandbyReplayBefore.map { "\($0) / \(drill.drStandbyReplayAfter ?? "?")" })
         }
         if let rpo { lines += ["", "RPO basis: \(rpo.basis)."] }
+        if let modeAtLoss {
+            lines += ["", "## Acknowledged commits", ""]
+            lines.append("Mode at the loss: **\(modeAtLoss)**.")
+            if let loss { lines += ["", loss.prefix(1).uppercased() + loss.dropFirst() + "."] }
+            if let history = modeHistory, !history.isEmpty {
+                lines += ["", "Mode history (24 hours before the promotion):", ""]
+                for episode in history {
+                    var line = "- \(formatISO8601(episode.at)): \(episode.mode)"
+                    if let lsn = episode.lsn { line += " at \(lsn)" }
+                    if let rule = episode.receiverLoss { line += ", receiver loss \(rule)" }
+                    if let bytes = episode.exposureBytes { line += ", exposure \(formatBytes(bytes))" }
+                    if let detail = episode.detail { line += " (\(detail))" }
+                    lines.append(line)
+                }
+            } else {
+                lines += ["", "No mode history was recorded in the 24 hours before the promotion."]
+            }
+        }
         lines += ["", "## Checks", ""]
         for check in checks { lines.append("- [\(check.passed ? "x" : " ")] **\(check.name)**: \(check.detail)") }
+        if kind == "promote" && outcome == "promoted" {
+            lines += [
+                "", "## Next steps", "",
+                "1. Keep the old primary down: it must not take writes again (the receiver refuses its WAL; fence it at the network or power too).",
+                "2. Point the applications at the new primary.",
+                "3. Take a base backup of the new primary: the DR site's protection starts again from it.",
+                "4. Check an `archive_command` the new primary inherited from the old one: it may write to the old site's archive.",
+            ]
+        }
         return lines.joined(separator: "\n") + "\n"
     }
 

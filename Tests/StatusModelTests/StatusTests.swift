@@ -235,6 +235,80 @@ import Testing
         #expect(r.unacknowledgedTail == nil)
     }
 
+    func episode(
+        _ mode: String, _ seconds: Double, lsn: String, rule: String? = "block", exposure: UInt64? = nil
+    ) -> PromotionReport.ModeEpisode {
+        .init(
+            mode: mode, at: Date(timeIntervalSince1970: seconds), lsn: lsn, syncState: mode == "degraded" ? "sync" : mode,
+            receiverLoss: rule, exposureBytes: exposure)
+    }
+
+    @Test func onlyASynchronousBlockingLinkCoveringReplayProvesEveryAcknowledgedCommit() {
+        var r = report(replayed: "0/5000100", acknowledged: "0/5000100", spoolEnd: "0/5000100", primary: "0/5000100")
+        r.judgeLoss(history: [episode("sync", 10, lsn: "0/4000000")], promotedAt: Date(timeIntervalSince1970: 200))
+        #expect(r.modeAtLoss == "sync" && r.everyAcknowledgedCommitPresent == true)
+        #expect(r.loss?.contains("synchronous_commit on or remote_apply") == true)
+        #expect(r.markdown.contains("every acknowledged commit is present"))
+
+        // Synchronous only since after replay's end: commits before it may have been acknowledged without the DR site.
+        var late = report(replayed: "0/5000100", acknowledged: "0/5000100", spoolEnd: "0/5000100", primary: "0/5000100")
+        late.judgeLoss(
+            history: [episode("async", 10, lsn: "0/4000000"), episode("sync", 50, lsn: "0/5000200")],
+            promotedAt: Date(timeIntervalSince1970: 200))
+        #expect(late.modeAtLoss == "sync" && late.everyAcknowledgedCommitPresent == false)
+        #expect(!late.markdown.contains("every acknowledged commit is present"))
+    }
+
+    /// The reproduced case: an asynchronous link, the primary killed after commits it never reported. The report
+    /// must not say every acknowledged commit is present, and says the loss after the last contact is unknown.
+    @Test func anAsynchronousLinkNeverClaimsEveryAcknowledgedCommit() {
+        var r = report(replayed: "0/5000100", acknowledged: "0/5000100", spoolEnd: "0/5000100", primary: "0/5000100")
+        r.judgeLoss(history: [episode("async", 10, lsn: "0/4000000", rule: "none")], promotedAt: Date(timeIntervalSince1970: 200))
+        #expect(r.modeAtLoss == "async" && r.everyAcknowledgedCommitPresent == false)
+        #expect(r.loss?.contains("may be missing") == true && r.loss?.contains("after that is unknown") == true)
+        #expect(r.lastContactAt == Date(timeIntervalSince1970: 104) && r.lastContactLSN == "0/5000100")
+        #expect(!r.markdown.contains("every acknowledged commit is present"))
+        for mode in ["quorum", "potential"] {
+            var q = report(replayed: "0/5000100", acknowledged: "0/5000100", spoolEnd: "0/5000100", primary: "0/5000100")
+            q.judgeLoss(history: [episode(mode, 10, lsn: "0/4000000")], promotedAt: Date(timeIntervalSince1970: 200))
+            #expect(q.modeAtLoss == "async", "\(mode) does not promise the DR site")
+        }
+        var none = report(replayed: "0/5000100", acknowledged: "0/5000100", spoolEnd: "0/5000100", primary: nil)
+        none.judgeLoss(history: [], promotedAt: Date(timeIntervalSince1970: 200))
+        #expect(none.modeAtLoss == "unknown" && none.everyAcknowledgedCommitPresent == false)
+        var v1 = report(replayed: "0/5000100", acknowledged: "0/5000100", spoolEnd: "0/5000100", primary: nil)
+        v1.judgeLoss(history: [episode("unknown", 10, lsn: "0/4000000", rule: nil)], promotedAt: Date(timeIntervalSince1970: 200))
+        #expect(v1.modeAtLoss == "unknown")
+    }
+
+    @Test func degradeAfterIsDegradedOnceTheSilenceOutlastsItsDelay() {
+        let history = [episode("sync", 10, lsn: "0/4000000", rule: "degrade-after 30 s")]
+        var quiet = report(replayed: "0/5000100", acknowledged: "0/5000100", spoolEnd: "0/5000100", primary: "0/5000100")
+        quiet.judgeLoss(history: history, promotedAt: Date(timeIntervalSince1970: 104 + 31))
+        #expect(quiet.modeAtLoss == "degraded" && quiet.everyAcknowledgedCommitPresent == false)
+        #expect(quiet.loss?.contains("after that is unknown") == true)
+        var soon = report(replayed: "0/5000100", acknowledged: "0/5000100", spoolEnd: "0/5000100", primary: "0/5000100")
+        soon.judgeLoss(history: history, promotedAt: Date(timeIntervalSince1970: 104 + 5))
+        #expect(soon.modeAtLoss == "sync", "within its delay the sender cannot have acknowledged from its buffer")
+
+        var episodeAtLoss = report(replayed: "0/5000100", acknowledged: "0/5000100", spoolEnd: "0/5000100", primary: "0/5000100")
+        episodeAtLoss.judgeLoss(
+            history: history + [episode("degraded", 60, lsn: "0/5000000", rule: "degrade-after 30 s", exposure: 8192)],
+            promotedAt: Date(timeIntervalSince1970: 300))
+        #expect(episodeAtLoss.modeAtLoss == "degraded")
+        #expect(episodeAtLoss.loss?.contains("8.0 kB") == true, "\(episodeAtLoss.loss ?? "")")
+        #expect(episodeAtLoss.markdown.contains("exposure 8.0 kB"))
+    }
+
+    @Test func theHistoryKeepsTheLastDayAndTheModeInForceWhenItBegan() {
+        var r = report(replayed: "0/5000100", acknowledged: "0/5000100", spoolEnd: "0/5000100", primary: "0/5000100")
+        let day = 86400.0
+        r.judgeLoss(
+            history: [episode("async", 1, lsn: "0/1000000"), episode("sync", 2, lsn: "0/2000000"), episode("sync", day + 50, lsn: "0/3000000")],
+            promotedAt: Date(timeIntervalSince1970: day + 100))
+        #expect(r.modeHistory?.map(\.lsn) == ["0/2000000", "0/3000000"])
+    }
+
     @Test func markdownListsChecks() {
         var r = report(replayed: "0/1", acknowledged: "0/1", spoolEnd: "0/1", primary: "0/1")
         r.check("promoted", true, "timeline 2")
