@@ -113,8 +113,14 @@ let package = Package(
             dependencies: ["ShipProtocol", "WALCore", "WalSenderServer", .product(name: "NIOCore", package: "swift-nio")]
         ),
         .executableTarget(name: "walship-fuzz", dependencies: ["FuzzHarness"]),
-        // What the commands do, apart from parsing and printing: restore.
-        .target(name: "Operations", dependencies: ["Spool"]),
+        // What the commands do, apart from parsing and printing: restore, drill, promote, check.
+        .target(
+            name: "Operations",
+            dependencies: [
+                "Spool", "StatusModel", "PGReplication", "WALCore", "Sender", "ShipTLS", "Monitor",
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
         .executableTarget(
             name: "walship",
             dependencies: [
@@ -176,6 +182,10 @@ let package = Package(
                 .product(name: "NIOCore", package: "swift-nio"), .product(name: "NIOEmbedded", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
             ]
+        ),
+        .testTarget(
+            name: "OperationsTests",
+            dependencies: ["Operations", "StatusModel", "WALCore", "Sender"]
         ),
         .testTarget(
             name: "IntegrationTests",

@@ -93,21 +93,35 @@ private func checkOSUser(_ osUser: String, walship: String, walDirectory: String
     }
 }
 
+/// What `walship restore` appends to postgresql.auto.conf: a streaming standby of `primaryConninfo` (the
+/// receiver's standby endpoint), or else recovery to the target given (or the end of the WAL), then `targetAction`.
+public func recoverySettings(
+    primaryConninfo: String?, targetTime: String?, targetLSN: String?, targetName: String?, targetAction: String
+) -> [String] {
+    if let primaryConninfo { return ["primary_conninfo = '\(escape(primaryConninfo))'"] }
+    var settings: [String] = []
+    if let targetTime { settings.append("recovery_target_time = '\(escape(targetTime))'") }
+    if let targetLSN { settings.append("recovery_target_lsn = '\(escape(targetLSN))'") }
+    if let targetName { settings.append("recovery_target_name = '\(escape(targetName))'") }
+    settings.append("recovery_target_action = '\(targetAction)'")
+    return settings
+}
+
 public struct RestoreError: Error, CustomStringConvertible {
     public let description: String
     public init(_ description: String) { self.description = description }
 }
 
 /// Quotes a value for postgresql.conf.
-public func escape(_ value: String) -> String { value.replacingOccurrences(of: "'", with: "''") }
+func escape(_ value: String) -> String { value.replacingOccurrences(of: "'", with: "''") }
 
 /// Quotes a word for the shell.
-public func quote(_ word: String) -> String { "'" + word.replacingOccurrences(of: "'", with: "'\\''") + "'" }
+func quote(_ word: String) -> String { "'" + word.replacingOccurrences(of: "'", with: "'\\''") + "'" }
 
 /// Runs a program with no input or output and returns its exit status. posix_spawn and waitpid, not
 /// Foundation's Process: that one waits for a descriptor the child inherits, which a daemon the child starts
 /// (pg_ctl start) keeps open forever.
-public func runQuietly(_ arguments: [String]) throws -> Int32 {
+func runQuietly(_ arguments: [String]) throws -> Int32 {
     var actions = posix_spawn_file_actions_t()
     posix_spawn_file_actions_init(&actions)
     defer { posix_spawn_file_actions_destroy(&actions) }
@@ -127,7 +141,7 @@ public func runQuietly(_ arguments: [String]) throws -> Int32 {
     return status & 0x7f == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f)
 }
 
-public func shell(_ command: String, what: String) throws {
+func shell(_ command: String, what: String) throws {
     let process = Process()
     process.executableURL = URL(fileURLWithPath: "/bin/bash")
     process.arguments = ["-o", "pipefail", "-c", command]
@@ -141,6 +155,6 @@ public func shell(_ command: String, what: String) throws {
     }
 }
 
-public func absolutePath(_ path: String) -> String {
+func absolutePath(_ path: String) -> String {
     path.hasPrefix("/") ? path : FileManager.default.currentDirectoryPath + "/" + path
 }

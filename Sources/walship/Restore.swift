@@ -77,15 +77,9 @@ struct Restore: ParsableCommand {
     }
 
     private func restore() throws {
-        var settings: [String] = []
-        if standby {
-            settings.append("primary_conninfo = '\(escape(primaryConninfo!))'")
-        } else {
-            if let targetTime { settings.append("recovery_target_time = '\(escape(targetTime))'") }
-            if let targetLsn { settings.append("recovery_target_lsn = '\(escape(targetLsn))'") }
-            if let targetName { settings.append("recovery_target_name = '\(escape(targetName))'") }
-            settings.append("recovery_target_action = '\(targetAction)'")
-        }
+        let settings = recoverySettings(
+            primaryConninfo: standby ? primaryConninfo : nil, targetTime: targetTime, targetLSN: targetLsn,
+            targetName: targetName, targetAction: targetAction)
         let restored = try restoreFromBackup(
             spool: spool, system: system, backup: backup, pgdata: pgdata, settings: settings,
             signal: standby ? "standby.signal" : "recovery.signal", osUser: osUser,
