@@ -19,11 +19,21 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-crypto.git", "3.12.3"..<"5.0.0"),
         .package(url: "https://github.com/apple/swift-asn1.git", from: "1.7.4"),
         .package(url: "https://github.com/LebJe/TOMLKit.git", from: "0.6.0"),
+        .package(url: "https://github.com/swiftlang/swift-subprocess.git", exact: "1.0.2"),
+        .package(url: "https://github.com/apple/swift-system.git", from: "1.5.0"),
     ],
     targets: [
         .systemLibrary(name: "CLibPQ", pkgConfig: "libpq", providers: [.apt(["libpq-dev"])]),
         .systemLibrary(name: "CLZ4", pkgConfig: "liblz4", providers: [.apt(["liblz4-dev"])]),
         .target(name: "CCRC32C"),
+        // The one way walship starts other programs (pg_ctl, lz4 and tar, chown, --alert-command).
+        .target(
+            name: "ChildProcess",
+            dependencies: [
+                .product(name: "Subprocess", package: "swift-subprocess"),
+                .product(name: "SystemPackage", package: "swift-system"),
+            ]
+        ),
         .target(name: "WALCore", dependencies: ["CCRC32C"]),
         .target(name: "PGProtocol", dependencies: ["WALCore"]),
         .target(
@@ -69,7 +79,7 @@ let package = Package(
         .target(
             name: "Monitor",
             dependencies: [
-                "StatusModel", "WALCore",
+                "StatusModel", "WALCore", "ChildProcess",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
@@ -117,7 +127,7 @@ let package = Package(
         .target(
             name: "Operations",
             dependencies: [
-                "Spool", "StatusModel", "PGReplication", "WALCore", "Sender", "ShipTLS", "Monitor",
+                "Spool", "StatusModel", "PGReplication", "WALCore", "Sender", "ShipTLS", "Monitor", "ChildProcess",
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
@@ -133,6 +143,7 @@ let package = Package(
             ]
         ),
         .testTarget(name: "WALCoreTests", dependencies: ["WALCore"]),
+        .testTarget(name: "ChildProcessTests", dependencies: ["ChildProcess"]),
         .testTarget(name: "LZ4CodecTests", dependencies: ["LZ4Codec", .product(name: "NIOCore", package: "swift-nio")]),
         .testTarget(
             name: "ShipProtocolTests",
