@@ -1,3 +1,4 @@
+import ChildProcess
 import Foundation
 import PGReplication
 import Spool
@@ -69,9 +70,9 @@ public struct DrillPlan: Sendable, Equatable {
         Cleanup(stopServer: serverStarted && !keep, removeWorkDirectory: !keep || !serverStarted)
     }
 
-    /// A pg_ctl command run as the PostgreSQL OS user: root switches to it, anyone else is it already.
-    public static func asOSUser(_ command: [String], osUser: String, runningAsRoot: Bool) -> [String] {
-        runningAsRoot && osUser != "root" ? ["/usr/sbin/runuser", "-u", osUser, "--"] + command : command
+    /// Who runs pg_ctl: root switches to the PostgreSQL OS user; anyone else runs it as itself (nil).
+    public static func pgCtlUser(osUser: String, runningAsRoot: Bool) -> String? {
+        runningAsRoot && osUser != "root" ? osUser : nil
     }
 
     /// pg_ctl's directory when `--pg-bindir` is not given: PG_BINDIR, else PostgreSQL 15's Debian directory.
@@ -122,7 +123,7 @@ public func drill(_ request: DrillRequest, progress: @escaping (String) -> Void)
     let cleanup = DrillPlan.cleanup(keep: request.keep, serverStarted: server != nil)
     if let server {
         if cleanup.stopServer {
-            server.stop()
+            await server.stop()
         } else {
             progress(
                 "the promoted copy keeps running: psql -h \(plan.base) -p \(server.port) -U \(request.osUser) postgres   (stop: pg_ctl -D \(plan.dataDirectory) stop -m fast, then rm -rf \(plan.base))"
@@ -150,10 +151,10 @@ private func rehearse(
     let osUser = request.osUser
     let fm = FileManager.default
     try fm.createDirectory(atPath: base, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
-    if getuid() == 0 { try shell("chown \(quote(osUser)): \(quote(base))", what: "give \(base) to \(osUser)") }
+    if getuid() == 0 { try await giveToOSUser(base, osUser: osUser, what: base) }
 
     progress("== restoring a throwaway copy (\(elapsed(clockStart))) into \(base) (port \(port))")
-    let restored = try restoreFromBackup(
+    let restored = try await restoreFromBackup(
         spool: spoolRoot, system: reader.systemIdentifier, backup: request.backup, pgdata: plan.dataDirectory,
         settings: plan.recoverySettings(port: port), signal: "standby.signal", osUser: osUser,
         walshipPath: request.walshipPath)
@@ -167,12 +168,12 @@ private func rehearse(
     let hba = restored.dataDirectory + "/pg_hba.conf"
     let oldHBA = (try? String(contentsOfFile: hba, encoding: .utf8)) ?? ""
     try ("local all \(osUser) peer\n" + oldHBA).write(toFile: hba, atomically: true, encoding: .utf8)
-    if getuid() == 0 { try shell("chown \(quote(osUser)): \(quote(hba))", what: "give pg_hba.conf to \(osUser)") }
+    if getuid() == 0 { try await giveToOSUser(hba, osUser: osUser, what: "pg_hba.conf") }
 
     let server = DrillServer(
         dataDirectory: restored.dataDirectory, port: port, osUser: osUser,
         bindir: request.pgBindir ?? DrillPlan.postgresBindir(environment: ProcessInfo.processInfo.environment))
-    try server.start()
+    try await server.start()
     let cluster = try LocalCluster(dataDirectory: restored.dataDirectory)
     let session = SQLSession(
         conninfo: try Conninfo("host='\(base)' port=\(port) dbname=postgres user='\(osUser)'"),
@@ -248,22 +249,35 @@ struct DrillServer {
 
     var log: String { dataDirectory + "/drill.log" }
 
-    func start() throws {
-        // No pipes: the server started by pg_ctl would hold them open after pg_ctl returns.
-        let status = try runQuietly(asOSUser([bindir + "/pg_ctl", "-D", dataDirectory, "-l", log, "-w", "-t", "120", "start"]))
-        guard status == 0 else {
+    func start() async throws {
+        let result: ChildProcess.Result
+        do {
+            result = try await pgCtl(["-D", dataDirectory, "-l", log, "-w", "-t", "120", "start"]).run()
+        } catch {
+            var error = error
+            error.hint = error.hint ?? "--pg-bindir names the directory of pg_ctl"
+            throw error
+        }
+        guard result.succeeded else {
             let tail = ((try? String(contentsOfFile: log, encoding: .utf8)) ?? "").split(separator: "\n").suffix(5).joined(
                 separator: "\n")
-            throw PromoteError("the drill copy did not start (pg_ctl exit \(status)); \(log) ends with:\n\(tail)")
+            let said = result.errorTail(lines: 3).replacingOccurrences(of: "\n", with: " ")
+            throw PromoteError(
+                "the drill copy did not start (pg_ctl exit \(result.status)\(said.isEmpty ? "" : ": \(said)")); \(log) ends with:\n\(tail)"
+            )
         }
     }
 
-    func stop() {
-        _ = try? runQuietly(asOSUser([bindir + "/pg_ctl", "-D", dataDirectory, "-m", "fast", "-w", "stop"]))
+    func stop() async {
+        _ = try? await pgCtl(["-D", dataDirectory, "-m", "fast", "-w", "stop"]).run()
     }
 
-    private func asOSUser(_ command: [String]) -> [String] {
-        DrillPlan.asOSUser(command, osUser: osUser, runningAsRoot: getuid() == 0)
+    /// pg_ctl as the PostgreSQL OS user. Its output goes to files, never pipes: the server it starts
+    /// keeps what it inherited open long after pg_ctl returns.
+    private func pgCtl(_ arguments: [String]) -> ChildProcess {
+        ChildProcess(
+            bindir + "/pg_ctl", arguments, user: DrillPlan.pgCtlUser(osUser: osUser, runningAsRoot: getuid() == 0),
+            errorOutput: .captured)
     }
 }
 
