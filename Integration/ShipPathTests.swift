@@ -255,11 +255,11 @@ struct ShipPathTests {
         let base = plain + topology.linkArguments("sender")
 
         let logical = try run(IT.walshipBinary, base + ["--slot", "logical_one", "--create-slot"], timeout: 60, check: false)
-        #expect(logical.status != 0)
+        #expect(logical.status == 78, "set-up failures exit 78")
         #expect(logical.error.contains("logical slot"), "\(logical.error)")
 
         let missing = try run(IT.walshipBinary, base + ["--slot", "not_there"], timeout: 60, check: false)
-        #expect(missing.status != 0)
+        #expect(missing.status == 78)
         #expect(missing.error.contains("does not exist") && missing.error.contains("--create-slot"), "\(missing.error)")
 
         let badConninfo = try run(
@@ -268,7 +268,7 @@ struct ShipPathTests {
                 "send", "--source", "host=127.0.0.1 nonsense", "--to", "127.0.0.1:1",
                 "--slot", "x", "--insecure",
             ], timeout: 30, check: false)
-        #expect(badConninfo.status != 0)
+        #expect(badConninfo.status == 78)
         #expect(
             badConninfo.error.contains("invalid connection string") && badConninfo.error.contains("hint"), "\(badConninfo.error)")
 
@@ -278,12 +278,19 @@ struct ShipPathTests {
                 "send", "--source", "host=127.0.0.1 port=\(IT.freePort()) user=postgres",
                 "--to", "127.0.0.1:1", "--slot", "x", "--insecure",
             ], timeout: 60, check: false)
-        #expect(unreachable.status != 0)
+        #expect(unreachable.status == 78)
         #expect(unreachable.error.contains("could not connect") && unreachable.error.contains("hint"), "\(unreachable.error)")
 
         let plaintext = try run(IT.walshipBinary, plain + ["--slot", "x"], timeout: 30, check: false)
         #expect(plaintext.status != 0)
         #expect(plaintext.error.contains("--insecure"), "\(plaintext.error)")
+
+        // A receiver that cannot listen where it is told to is a set-up failure too.
+        let taken = try run(
+            IT.walshipBinary,
+            ["receive", "--listen", "127.0.0.1:\(topology.receiverPort)", "--spool", fixture.directory + "/spool-taken"]
+                + topology.linkArguments("receiver"), timeout: 30, check: false)
+        #expect(taken.status == 78 && taken.error.contains("cannot listen on"), "\(taken.status) \(taken.error)")
 
         // --create-slot twice reuses the physical slot.
         try topology.startSender()

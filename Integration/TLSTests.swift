@@ -91,9 +91,9 @@ struct TLSTests {
         let base = ["send", "--source", topology.primary.conninfo, "--to", "127.0.0.1:\(topology.receiverPort)", "--create-slot"]
         let wrongCA = try run(
             IT.walshipBinary, base + ["--slot", "foreign"] + tlsArguments(foreign, "sender"), timeout: 60, check: false)
-        #expect(wrongCA.status == 1 && wrongCA.error.contains("CERTIFICATE_VERIFY_FAILED"), "\(wrongCA.error)")
+        #expect(wrongCA.status == 78 && wrongCA.error.contains("CERTIFICATE_VERIFY_FAILED"), "\(wrongCA.error)")
         let plaintext = try run(IT.walshipBinary, base + ["--slot", "plain", "--insecure"], timeout: 60, check: false)
-        #expect(plaintext.status == 1 && plaintext.error.contains("requires TLS"), "\(plaintext.error)")
+        #expect(plaintext.status == 78 && plaintext.error.contains("requires TLS"), "\(plaintext.error)")
         let both = try run(
             IT.walshipBinary, base + ["--slot", "both", "--insecure"] + tlsArguments(good, "sender"), timeout: 30, check: false)
         #expect(both.status != 0 && both.error.contains("exclude each other"), "\(both.error)")
@@ -111,7 +111,7 @@ struct TLSTests {
                 "send", "--source", topology.primary.conninfo, "--to", "127.0.0.1:\(expiredPort)",
                 "--create-slot", "--slot", "stale",
             ] + tlsArguments(expired, "sender"), timeout: 60, check: false)
-        #expect(stale.status == 1 && stale.error.contains("CERTIFICATE_VERIFY_FAILED"), "\(stale.error)")
+        #expect(stale.status == 78 && stale.error.contains("CERTIFICATE_VERIFY_FAILED"), "\(stale.error)")
 
         // A receiver certificate naming another host than the one the sender expects is refused.
         let namedPort = IT.freePort()
@@ -126,7 +126,7 @@ struct TLSTests {
                 "--slot", "misnamed", "--tls-server-name", "dr.elsewhere.example",
             ] + tlsArguments(named, "sender"),
             timeout: 60, check: false)
-        #expect(wrongName.status == 1 && wrongName.error.contains("TLS with the receiver"), "\(wrongName.error)")
+        #expect(wrongName.status == 78 && wrongName.error.contains("TLS with the receiver"), "\(wrongName.error)")
 
         // The right certificate for the wrong system: refused, naming both.
         let other = try fixture.cluster("other")

@@ -2,6 +2,7 @@ import Foundation
 import Hummingbird
 import Logging
 import StatusModel
+import WALCore
 
 /// Parses `HOST:PORT` (or `[v6]:PORT`); a bare `:PORT` or `PORT` means loopback.
 public func parseHostPort(_ text: String, defaultHost: String = "127.0.0.1") -> (host: String, port: Int)? {
@@ -67,7 +68,8 @@ public struct StatusServer: Sendable {
     }
 }
 
-public struct StatusServerError: Error, CustomStringConvertible {
+public struct StatusServerError: ClassifiedFailure, CustomStringConvertible {
     public let description: String
+    public var failureKind: FailureKind { .setUp }
     init(_ description: String) { self.description = description }
 }

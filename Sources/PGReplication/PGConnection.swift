@@ -18,6 +18,28 @@ public struct PostgresError: Error, CustomStringConvertible, Sendable {
     }
 
     public var description: String { message }
+
+    /// The server refused for a reason a retry does not mend: a login or role it does not accept, a missing
+    /// privilege, a database that does not exist. Read from the SQLSTATE, which, unlike the message, does not
+    /// depend on the server's `lc_messages`.
+    public var isSetUpProblem: Bool {
+        guard let sqlState else { return false }
+        return sqlState.hasPrefix(SQLState.invalidAuthorizationClass)
+            || [SQLState.insufficientPrivilege, SQLState.invalidCatalogName].contains(sqlState)
+    }
+}
+
+/// The SQLSTATE codes walship tells apart (PostgreSQL's errcodes.txt).
+public enum SQLState {
+    /// Class 28: invalid authorization specification (no pg_hba.conf entry, password authentication failed,
+    /// role does not exist).
+    public static let invalidAuthorizationClass = "28"
+    /// 42501, e.g. "must be superuser or replication role", "permission denied for function …".
+    public static let insufficientPrivilege = "42501"
+    /// 3D000: the database named in the conninfo does not exist.
+    public static let invalidCatalogName = "3D000"
+    /// 0A000, e.g. READ_REPLICATION_SLOT on a logical slot.
+    public static let featureNotSupported = "0A000"
 }
 
 /// One libpq connection. libpq connections are not thread-safe: an instance is created, used and

@@ -255,7 +255,7 @@ public final class ReplicationSession: Sendable {
             let rows: [[String?]]
             do {
                 rows = try connection.required().query("READ_REPLICATION_SLOT \(quoteIdentifier(name))")
-            } catch let error as PostgresError where error.message.contains("logical") {
+            } catch let error as PostgresError where error.sqlState == SQLState.featureNotSupported {
                 throw WrongSlotTypeError(slot: name, type: "logical")
             }
             guard let row = rows.first, row.count >= 3 else { throw PostgresError("READ_REPLICATION_SLOT returned no row") }

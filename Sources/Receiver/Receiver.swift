@@ -967,7 +967,8 @@ public struct StandbyReport: Sendable {
     }
 }
 
-public struct ReceiverStartError: Error, CustomStringConvertible {
+public struct ReceiverStartError: ClassifiedFailure, CustomStringConvertible {
+    public var failureKind: FailureKind { .setUp }
     public let description: String
     init(_ description: String) { self.description = description }
 }

@@ -65,7 +65,7 @@ final class LocalBuffer: Sendable {
         do {
             spool = try Spool(root: directory, logger: logger)
         } catch {
-            throw SenderFatalError("cannot use --buffer-dir \(directory): \(error)")
+            throw SenderFatalError("cannot use --buffer-dir \(directory): \(error)", kind: .setUp)
         }
         auditPath = directory + "/audit.log"
     }

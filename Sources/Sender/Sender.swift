@@ -54,9 +54,13 @@ public struct SenderConfiguration: Sendable {
 }
 
 /// A condition retrying cannot fix; the sender stops with this message.
-public struct SenderFatalError: Error, CustomStringConvertible {
+public struct SenderFatalError: ClassifiedFailure, CustomStringConvertible {
     public let description: String
-    public init(_ description: String) { self.description = description }
+    public let failureKind: FailureKind
+    public init(_ description: String, kind: FailureKind = .runtime) {
+        self.description = description
+        self.failureKind = kind
+    }
 }
 
 /// The sidecar beside the primary: streams WAL from a replication slot to the receiver and reports to the
@@ -79,13 +83,13 @@ public final class Sender: Sendable {
         if case .degradeAfter = configuration.receiverLoss {
             guard configuration.synchronous else {
                 throw SenderFatalError(
-                    "--on-receiver-loss degrade-after only applies to synchronous mode (hint: add --sync, or drop the option: without --sync commits never wait for the DR site)"
-                )
+                    "--on-receiver-loss degrade-after only applies to synchronous mode (hint: add --sync, or drop the option: without --sync commits never wait for the DR site)",
+                    kind: .setUp)
             }
             guard let directory = configuration.bufferDirectory else {
                 throw SenderFatalError(
-                    "--on-receiver-loss degrade-after needs --buffer-dir DIR, a directory on durable local storage where WAL acknowledged without the DR site is kept until the receiver has it"
-                )
+                    "--on-receiver-loss degrade-after needs --buffer-dir DIR, a directory on durable local storage where WAL acknowledged without the DR site is kept until the receiver has it",
+                    kind: .setUp)
             }
             buffer = try LocalBuffer(directory: directory, logger: logger)
         } else {
@@ -153,7 +157,8 @@ public final class Sender: Sendable {
                         &supervisor, .linkLost(setUpMistake: nil, stillExposed: stillExposed, now: .now),
                         error: "the session ended")
                 } catch let error as SenderFatalError {
-                    action = advance(&supervisor, .fatal(reason: error.description), error: error.description)
+                    action = advance(
+                        &supervisor, .fatal(reason: error.description, kind: error.failureKind), error: error.description)
                 } catch is CancellationError {
                     throw CancellationError()
                 } catch let ended as TimelineEnded {
@@ -180,7 +185,8 @@ public final class Sender: Sendable {
                     }
                     action = advance(&supervisor, .receiverBack)
                 } catch let error as SenderFatalError {
-                    action = advance(&supervisor, .fatal(reason: error.description), error: error.description)
+                    action = advance(
+                        &supervisor, .fatal(reason: error.description, kind: error.failureKind), error: error.description)
                 } catch is CancellationError {
                     throw CancellationError()
                 } catch let kept as BufferKeptForReceiver {
@@ -190,8 +196,8 @@ public final class Sender: Sendable {
                     noteProblem("degraded", "\(error)", "cannot acknowledge from the local buffer; commits wait")
                     action = advance(&supervisor, .degradeFailed(now: .now))
                 }
-            case .stop(let reason):
-                throw SenderFatalError(reason)
+            case .stop(let reason, let kind):
+                throw SenderFatalError(reason, kind: kind)
             case .none:
                 preconditionFailure("the supervisor left the sender with nothing to do in state \(supervisor.state)")
             }
@@ -208,7 +214,7 @@ public final class Sender: Sendable {
         let now = ContinuousClock.now
         if let error = error as? PostgresError {
             let mistake =
-                error.connectionLost || Self.isConfigurationError(error)
+                error.connectionLost || error.isSetUpProblem
                 ? "\(error.message) (hint: check that PostgreSQL is running and reachable with the --source conninfo, that the role has the REPLICATION attribute, and that pg_hba.conf has a 'replication' line for it)"
                 : nil
             return .primaryLost(setUpMistake: mistake, stillExposed: stillExposed, now: now)
@@ -373,7 +379,8 @@ public final class Sender: Sendable {
     private func checkPrimary(_ identity: SystemIdentity) throws {
         guard identity.serverVersion / 10000 == 15 else {
             throw SenderFatalError(
-                "the primary runs PostgreSQL \(identity.serverVersion / 10000); this walship supports PostgreSQL 15")
+                "the primary runs PostgreSQL \(identity.serverVersion / 10000); this walship supports PostgreSQL 15", kind: .setUp
+            )
         }
         if let known = statusBox.withLock({ $0.systemIdentifier }), known != String(identity.systemIdentifier) {
             throw SenderFatalError(
@@ -384,13 +391,6 @@ public final class Sender: Sendable {
             $0.systemIdentifier = String(identity.systemIdentifier)
             $0.timeline = identity.timeline
         }
-    }
-
-    static func isConfigurationError(_ error: PostgresError) -> Bool {
-        let m = error.message
-        return m.contains("authentication failed") || m.contains("no pg_hba.conf entry")
-            || (m.contains("role") && m.contains("does not exist")) || m.contains("must be superuser or replication role")
-            || m.contains("permission denied")
     }
 
     /// One session: connect to the primary and the receiver, agree on a start, stream until something fails.
@@ -419,13 +419,13 @@ public final class Sender: Sendable {
         do {
             slot = try await session.readSlot(config.slot)
         } catch let error as WrongSlotTypeError {
-            throw SenderFatalError(error.description)
+            throw SenderFatalError(error.description, kind: .setUp)
         }
         if slot == nil {
             guard config.createSlot else {
                 throw SenderFatalError(
-                    "replication slot \"\(config.slot)\" does not exist on the primary (hint: pass --create-slot, or run SELECT pg_create_physical_replication_slot('\(config.slot)', true);)"
-                )
+                    "replication slot \"\(config.slot)\" does not exist on the primary (hint: pass --create-slot, or run SELECT pg_create_physical_replication_slot('\(config.slot)', true);)",
+                    kind: .setUp)
             }
             try await session.createSlot(config.slot)
             logger.notice("created physical replication slot", metadata: ["walship.slot": "\(config.slot)"])

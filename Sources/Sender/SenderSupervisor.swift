@@ -1,3 +1,5 @@
+import WALCore
+
 /// Decides what the sender does between and around streaming sessions: when to reconnect, how long to back off,
 /// when a failure is a set-up mistake that ends the process, and when to acknowledge from the local buffer
 /// (`--on-receiver-loss degrade-after`). Pure: events in, actions out; the time comes with the events.
@@ -72,7 +74,8 @@ struct SenderSupervisor: Sendable {
         case degradeRefused
         /// Degraded mode could not start or ended with an error.
         case degradeFailed(now: ContinuousClock.Instant)
-        case fatal(reason: String)
+        /// Something no retry mends; `kind` becomes the exit status.
+        case fatal(reason: String, kind: FailureKind)
         /// A wait asked for by `.wait` is over.
         case timePassed(now: ContinuousClock.Instant)
     }
@@ -86,7 +89,7 @@ struct SenderSupervisor: Sendable {
         /// `.degradeRefused`, `.degradeFailed` or `.fatal`.
         case enterDegraded(firstProbeAfter: Duration)
         /// Stop the sender with this message.
-        case stop(fatal: String)
+        case stop(fatal: String, kind: FailureKind)
         /// Carry on with what is under way.
         case none
     }
@@ -142,10 +145,10 @@ struct SenderSupervisor: Sendable {
             state = .connecting(.primary)
             return .reconnectNow
         case .primaryLost(let setUpMistake, let stillExposed, _):
-            if let setUpMistake, !everConnected { return fail(setUpMistake) }
+            if let setUpMistake, !everConnected { return fail(setUpMistake, .setUp) }
             return backOff(for: backoff, stillExposed: stillExposed)
         case .linkLost(let setUpMistake, let stillExposed, let now):
-            if let setUpMistake, !everLinked { return fail(setUpMistake) }
+            if let setUpMistake, !everLinked { return fail(setUpMistake, .setUp) }
             guard case .degradeAfter(let after) = receiverLoss, hasBuffer else {
                 return backOff(for: backoff, stillExposed: stillExposed)
             }
@@ -188,8 +191,8 @@ struct SenderSupervisor: Sendable {
             grow()
             state = .retrying(backoff: wait, stillDegraded: stillDegraded)
             return .wait(wait)
-        case .fatal(let reason):
-            return fail(reason)
+        case .fatal(let reason, let kind):
+            return fail(reason, kind)
         case .timePassed:
             state = .connecting(.primary)
             return .reconnectNow
@@ -206,8 +209,8 @@ struct SenderSupervisor: Sendable {
         backoff = min(backoff * 2, maxBackoff)
     }
 
-    private mutating func fail(_ reason: String) -> Action {
+    private mutating func fail(_ reason: String, _ kind: FailureKind) -> Action {
         state = .failed(reason: reason)
-        return .stop(fatal: reason)
+        return .stop(fatal: reason, kind: kind)
     }
 }

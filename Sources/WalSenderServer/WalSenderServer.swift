@@ -81,7 +81,7 @@ public final class WalSenderServer: Sendable {
                 }
         } catch {
             throw StandbyEndpointError(
-                "cannot listen for standbys on \(host):\(port): \(error) (hint: choose another --standby-listen)")
+                "cannot listen for standbys on \(host):\(port): \(error) (hint: choose another --standby-listen)", kind: .setUp)
         }
         logger.notice("standby endpoint listening", metadata: ["walship.standby_listen": "\(host):\(port)"])
         try await withThrowingDiscardingTaskGroup { group in
@@ -120,9 +120,13 @@ public final class WalSenderServer: Sendable {
     }
 }
 
-public struct StandbyEndpointError: Error, CustomStringConvertible {
+public struct StandbyEndpointError: ClassifiedFailure, CustomStringConvertible {
     public let description: String
-    public init(_ description: String) { self.description = description }
+    public let failureKind: FailureKind
+    public init(_ description: String, kind: FailureKind = .runtime) {
+        self.description = description
+        self.failureKind = kind
+    }
 }
 
 /// The conversation with one standby: performs what `WalSenderStateMachine` decides and streams the WAL.

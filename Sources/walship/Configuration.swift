@@ -57,7 +57,7 @@ extension Walship {
                 expansion = expanded
             } catch {
                 FileHandle.standardError.write(Data("walship \(role): error: \(error)\n".utf8))
-                Foundation.exit(64)
+                Foundation.exit(WalshipExit.usage.rawValue)
             }
         }
         let command: any ParsableCommand

@@ -189,7 +189,7 @@ struct Receive: AsyncParsableCommand {
         do {
             configuration.tls = try link.tlsFiles?.serverContext()
         } catch {
-            throw fail("receive", error)
+            throw fail("receive", error, kind: .setUp)
         }
         let receiver: Receiver
         var standbyServer: WalSenderServer?
@@ -205,7 +205,7 @@ struct Receive: AsyncParsableCommand {
                     authentication: try standbyAuthentication(), tls: tls, logger: logger)
             }
         } catch {
-            throw fail("receive", error)
+            throw fail("receive", error, kind: .setUp)
         }
         let standbys = standbyServer
         receiver.setStandbyProvider { system in
@@ -214,7 +214,9 @@ struct Receive: AsyncParsableCommand {
             }
         }
         let certificates: [StatusDocument.CertificateStatus]?
-        do { certificates = try link.certificates(standbyCertificate: standbyTlsCert) } catch { throw fail("receive", error) }
+        do { certificates = try link.certificates(standbyCertificate: standbyTlsCert) } catch {
+            throw fail("receive", error, kind: .setUp)
+        }
         let thresholds = AlertThresholds(
             lagSeconds: alertLagSeconds, lagBytes: alertLagBytes,
             disconnectSeconds: alerts.alertDisconnectSeconds,

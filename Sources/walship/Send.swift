@@ -102,7 +102,7 @@ struct Send: AsyncParsableCommand {
     func run() async throws {
         let logger = logging.bootstrap(label: "walship.send")
         let conninfo: Conninfo
-        do { conninfo = try Conninfo(source) } catch { throw fail("send", error) }
+        do { conninfo = try Conninfo(source) } catch { throw fail("send", error, kind: .setUp) }
         let receiver = try parseEndpoint(to, option: "--to")
         link.warnIfPlaintext(logger)
         var configuration = SenderConfiguration(
@@ -118,12 +118,12 @@ struct Send: AsyncParsableCommand {
         do {
             configuration.tls = try link.tlsFiles.map { ClientTLS(context: try $0.clientContext(), serverName: tlsServerName) }
         } catch {
-            throw fail("send", error)
+            throw fail("send", error, kind: .setUp)
         }
         let sender: Sender
         do { sender = try Sender(configuration: configuration, logger: logger) } catch { throw fail("send", error) }
         let certificates: [StatusDocument.CertificateStatus]?
-        do { certificates = try link.certificates() } catch { throw fail("send", error) }
+        do { certificates = try link.certificates() } catch { throw fail("send", error, kind: .setUp) }
         let thresholds = AlertThresholds(
             disconnectSeconds: alerts.alertDisconnectSeconds, memoryMB: alerts.alertMemoryMb,
             slotRetainedBytes: alertSlotRetainedBytes, certificateDays: alerts.certificateDays)

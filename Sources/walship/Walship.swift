@@ -4,6 +4,7 @@ import Logging
 import Monitor
 import ShipTLS
 import StatusModel
+import WALCore
 
 @main
 struct Walship: AsyncParsableCommand {
@@ -103,7 +104,6 @@ struct LinkOptions: ParsableArguments {
     }
 }
 
-/// Prints one clear line for a failure and exits non-zero, instead of a stack of wrapped errors.
 /// `1048576`, `512k`, `128M`, `500G`, `2T` (binary multiples) as bytes.
 func parseSize(_ text: String, option: String) throws -> UInt64 {
     let units: [Character: UInt64] = ["k": 1 << 10, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40]
@@ -119,9 +119,31 @@ func parseSize(_ text: String, option: String) throws -> UInt64 {
     return value * multiplier
 }
 
-func fail(_ command: String, _ error: any Error) -> ExitCode {
+/// Prints one clear line for a failure, instead of a stack of wrapped errors, and gives the exit status for its
+/// kind: `kind` when the caller knows it (a failure before the command's work started is a set-up failure),
+/// else the error's own.
+func fail(_ command: String, _ error: any Error, kind: FailureKind? = nil) -> ExitCode {
     FileHandle.standardError.write(Data("walship \(command): error: \(error)\n".utf8))
-    return ExitCode(1)
+    return WalshipExit.code(for: kind ?? (error as? any ClassifiedFailure)?.failureKind ?? .runtime)
+}
+
+/// The exit statuses every command shares (docs/runbook.md, "Exit statuses"). `walship status` keeps Nagios's
+/// 0–3, `walship check` exits 1 when a check fails, and `walship restore-wal` keeps what restore_command needs.
+enum WalshipExit {
+    /// A runtime failure: what had been set up correctly failed while working.
+    static let runtimeFailure = ExitCode(1)
+    /// A command line (or config file, or WALSHIP_* variable) that cannot be parsed or is contradictory; EX_USAGE.
+    static let usage = ExitCode.validationFailure
+    /// The set-up is wrong (a refused login, a missing privilege, a certificate that does not fit, a port in use,
+    /// an unusable directory): starting again does not help until it is fixed; EX_CONFIG.
+    static let setUp = ExitCode(78)
+
+    static func code(for kind: FailureKind) -> ExitCode {
+        switch kind {
+        case .setUp: setUp
+        case .runtime: runtimeFailure
+        }
+    }
 }
 
 /// Where alerts go and the thresholds both long-running commands share (see docs/monitoring.md).

@@ -1,4 +1,5 @@
 import Testing
+import WALCore
 
 @testable import Sender
 
@@ -73,7 +74,7 @@ import Testing
         _ = fresh.start()
         #expect(
             fresh.handle(.primaryLost(setUpMistake: "login refused", stillExposed: false, now: t0))
-                == .stop(fatal: "login refused"))
+                == .stop(fatal: "login refused", kind: .setUp))
         #expect(fresh.state == .failed(reason: "login refused"))
         #expect(fresh.state.status.rawValue == "failed")
         #expect(fresh.handle(.timePassed(now: t0)) == .none, "a failed supervisor stays failed")
@@ -85,7 +86,8 @@ import Testing
         #expect(
             connected.handle(.primaryLost(setUpMistake: "connection lost", stillExposed: false, now: t0)) == .wait(.seconds(1)))
         _ = connected.handle(.timePassed(now: t0))
-        #expect(connected.handle(.linkLost(setUpMistake: "TLS", stillExposed: false, now: t0)) == .stop(fatal: "TLS"))
+        #expect(
+            connected.handle(.linkLost(setUpMistake: "TLS", stillExposed: false, now: t0)) == .stop(fatal: "TLS", kind: .setUp))
 
         // Once linked, the same failures are retried.
         var s = linked()
@@ -96,7 +98,7 @@ import Testing
 
     @Test func aFatalErrorStops() {
         var s = linked()
-        #expect(s.handle(.fatal(reason: "slot invalidated")) == .stop(fatal: "slot invalidated"))
+        #expect(s.handle(.fatal(reason: "slot invalidated", kind: .runtime)) == .stop(fatal: "slot invalidated", kind: .runtime))
         #expect(s.state == .failed(reason: "slot invalidated"))
     }
 
