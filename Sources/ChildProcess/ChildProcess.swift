@@ -33,7 +33,9 @@ public struct ChildProcess: Sendable {
     /// Variables set (or replaced) on top of walship's own environment.
     public var environment: [String: String]
     public var workingDirectory: String?
-    /// The OS user to run as; nil for walship's own. Switching to another user needs root.
+    /// The OS user to run as; nil for walship's own. Switching to another user needs root and goes through
+    /// runuser: a program that user cannot execute then ends with runuser's failing exit status (and its
+    /// message on standard error) instead of failing to start.
     public var user: String?
     public var input: Input
     public var output: Output
@@ -101,7 +103,7 @@ public struct ChildProcess: Sendable {
     /// Runs the program to its end. Throws only when it cannot be started or overran `timeout`: an exit
     /// status other than 0 is in the result (`runChecked` turns it into an error).
     public func run() async throws(ChildProcessError) -> Result {
-        let account = try resolveUser()
+        let switchTo = try userToSwitchTo()
         var files = StreamFiles()
         defer { files.closeAll() }
         let stdin: FileDescriptor
@@ -118,19 +120,15 @@ public struct ChildProcess: Sendable {
         options.teardownSequence = [.gracefulShutDown(allowedDurationToNextStep: .seconds(5))]
         var variables: [Environment.Key: String?] = [:]
         for (name, value) in environment { variables[Environment.Key(stringLiteral: name)] = value }
-        if let account {
-            options.userID = account.uid
-            options.groupID = account.gid
-            options.supplementaryGroups = account.groups
-            // As runuser and su do: the user's own home and names, the rest of the environment kept.
-            variables["HOME"] = account.home
-            variables["USER"] = account.name
-            variables["LOGNAME"] = account.name
-        }
+        // Another user through runuser, which switches in a process of its own (and sets HOME, USER and
+        // LOGNAME as su does): switching in a child forked from this multi-threaded process can hang in
+        // glibc's setgroups.
+        let executable: Executable =
+            switchTo != nil ? .path(FilePath(Self.runuser)) : program.contains("/") ? .path(FilePath(program)) : .name(program)
         let configuration = Configuration(
-            executable: program.contains("/") ? .path(FilePath(program)) : .name(program),
-            arguments: Arguments(arguments), environment: .inherit.updating(variables),
-            workingDirectory: workingDirectory.map { FilePath($0) }, platformOptions: options)
+            executable: executable, arguments: Arguments(switchTo.map { ["-u", $0, "--", program] + arguments } ?? arguments),
+            environment: .inherit.updating(variables), workingDirectory: workingDirectory.map { FilePath($0) },
+            platformOptions: options)
 
         let termination: Result.Termination
         switch await Self.wait(for: configuration, stdin: stdin, stdout: stdout, stderr: stderr, timeout: timeout) {
@@ -228,16 +226,10 @@ public struct ChildProcess: Sendable {
         return String(decoding: bytes.prefix(count), as: UTF8.self)
     }
 
-    private struct Account {
-        var name: String
-        var uid: Subprocess.uid_t
-        var gid: Subprocess.gid_t
-        var groups: [Subprocess.gid_t]
-        var home: String
-    }
+    static let runuser = "/usr/sbin/runuser"
 
-    /// The account to switch to, or nil when the program runs as walship's own user.
-    private func resolveUser() throws(ChildProcessError) -> Account? {
+    /// The user to switch to, or nil when the program runs as walship's own user.
+    private func userToSwitchTo() throws(ChildProcessError) -> String? {
         guard let user else { return nil }
         var entry = passwd()
         var found: UnsafeMutablePointer<passwd>?
@@ -252,15 +244,7 @@ public struct ChildProcess: Sendable {
                 self, .cannotStart(reason: "only root can run a program as \(user)"),
                 hint: "run walship as root or as \(user)")
         }
-        var count: Int32 = 32
-        var groups = [Subprocess.gid_t](repeating: 0, count: Int(count))
-        while getgrouplist(user, entry.pw_gid, &groups, &count) < 0 {
-            groups = [Subprocess.gid_t](repeating: 0, count: Int(count) * 2)
-            count = Int32(groups.count)
-        }
-        return Account(
-            name: user, uid: entry.pw_uid, gid: entry.pw_gid, groups: Array(groups.prefix(Int(count))),
-            home: String(cString: entry.pw_dir))
+        return user
     }
 }
 

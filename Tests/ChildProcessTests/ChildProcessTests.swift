@@ -139,6 +139,12 @@ import Glibc
         #expect(result.standardOutput == "\(getpwnam("nobody")!.pointee.pw_uid)\nnobody\n")
         let me = try await ChildProcess("/usr/bin/id", ["-u"], user: "root", output: .captured).run()
         #expect(me.standardOutput == "0\n")
+        // The user's own groups, as the spool's permissions need.
+        let groups = try await ChildProcess("/usr/bin/id", ["-G"], user: "nobody", output: .captured).run()
+        #expect(groups.standardOutput == "\(getpwnam("nobody")!.pointee.pw_gid)\n")
+        let missing = try await ChildProcess("/nonexistent/walship-no-such-program", user: "nobody").run()
+        #expect(!missing.succeeded)
+        #expect(missing.standardError.contains("failed to execute /nonexistent/walship-no-such-program"))
     }
 
     @Test func anUnknownUserCannotRunAnything() async throws {
