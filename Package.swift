@@ -205,7 +205,9 @@ let package = Package(
         ),
         .testTarget(
             name: "OperationsTests",
-            dependencies: ["Operations", "StatusModel", "WALCore", "Sender", .product(name: "Logging", package: "swift-log")]
+            dependencies: [
+                "Operations", "StatusModel", "WALCore", "Sender", "Spool", .product(name: "Logging", package: "swift-log"),
+            ]
         ),
         .testTarget(
             name: "IntegrationTests",

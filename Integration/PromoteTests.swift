@@ -109,6 +109,13 @@ struct PromoteTests {
         #expect(rpo?["bytes"] as? Int == 0, "\(json)")
         #expect((rpo?["seconds"] as? NSNumber)?.doubleValue == 0)
         #expect(json["unacknowledgedTail"] != nil)
+        // Synchronous with the block rule since the link began: the report may say every acknowledged commit is present.
+        #expect(json["modeAtLoss"] as? String == "sync", "\(json)")
+        #expect(json["everyAcknowledgedCommitPresent"] as? Bool == true, "\(json["loss"] ?? "")")
+        #expect((json["modeHistory"] as? [[String: Any]])?.last?["mode"] as? String == "sync")
+        #expect(promote.output.contains("(every acknowledged commit is present)"), "\(promote.output)")
+        let markdown = (try? String(contentsOfFile: report + ".md", encoding: .utf8)) ?? ""
+        #expect(markdown.contains("Mode at the loss: **sync**") && markdown.contains("## Next steps"), "\(markdown)")
         #expect(((json["rtoSeconds"] as? NSNumber)?.doubleValue ?? 99) < 60)
         #expect((json["promotedTimeline"] as? Int ?? 0) >= 2)
 
@@ -165,5 +172,111 @@ struct PromoteTests {
         let stored = try FileManager.default.contentsOfDirectory(
             atPath: topology.spool + "/" + topology.systemIdentifier + "/base")
         #expect(stored.count == 1, "only the backup taken before the promotion is stored: \(stored)")
+    }
+
+    /// A drill that fails after its copy's server started (a check query that errors) stops that server, keeps its
+    /// log beside the report and says where: no postmaster of the drill survives.
+    @Test func aFailedDrillLeavesNoServerAndKeepsItsLog() throws {
+        let fixture = try Fixture("drill-fails")
+        defer { fixture.tearDown() }
+        var topology = try ShipTopology(fixture, spoolOwnedByPostgres: true)
+        try topology.startReceiver()
+        try topology.startSender()
+        try topology.primary.sql("CREATE TABLE patients (id int PRIMARY KEY)")
+        let backup = try run(
+            IT.walshipBinary,
+            ["backup", "--source", topology.primary.conninfo, "--to", "127.0.0.1:\(topology.receiverPort)"]
+                + topology.linkArguments("sender"), timeout: 300, check: false)
+        try #require(backup.status == 0, "\(backup.error)")
+        let workDirectory = fixture.directory + "/drill-copy"
+        let report = fixture.logDirectory + "/failed-drill"
+        let drill = try run(
+            IT.walshipBinary,
+            [
+                "drill", "--spool", topology.spool, "--check-sql", "SELECT * FROM no_such_table", "--report", report,
+                "--workdir", workDirectory, "--timeout", "120",
+            ], timeout: 240, check: false)
+        #expect(drill.status == 1, "\(drill.output)\(drill.error)")
+        let serverLog = report + ".server.log"
+        #expect(drill.output.contains(serverLog) || drill.error.contains(serverLog), "\(drill.output)\(drill.error)")
+        let log = (try? String(contentsOfFile: serverLog, encoding: .utf8)) ?? ""
+        #expect(log.contains("no_such_table"), "the copy's server log is kept: \(log.suffix(500))")
+        let json = try #require(
+            try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: report + ".json"))) as? [String: Any])
+        #expect((json["drill"] as? [String: Any])?["serverLog"] as? String == serverLog)
+        // No process runs from the copy's directory any more.
+        let survivors = try FileManager.default.contentsOfDirectory(atPath: "/proc").compactMap { Int32($0) }.filter { pid in
+            let cmdline = (try? Data(contentsOf: URL(fileURLWithPath: "/proc/\(pid)/cmdline"))) ?? Data()
+            return String(decoding: cmdline, as: UTF8.self).contains(workDirectory)
+        }
+        #expect(survivors.isEmpty, "drill processes still running: \(survivors)")
+        #expect(!FileManager.default.fileExists(atPath: workDirectory + "/pgdata/postmaster.pid"))
+    }
+
+    /// The reproduced overstatement: an asynchronous link, the sender frozen while the primary commits 200 rows,
+    /// the primary killed, the DR standby promoted. The rows are missing, and the report must not say every
+    /// acknowledged commit is present: it gives the mode at the loss and says what after the last contact is unknown.
+    @Test func anAsynchronousLossIsNeverReportedAsComplete() throws {
+        let fixture = try Fixture("promote-async")
+        defer { fixture.tearDown() }
+        var topology = try ShipTopology(fixture, spoolOwnedByPostgres: true)
+        let standbyPort = IT.freePort()
+        topology.receiverExtra = ["--standby-listen", "127.0.0.1:\(standbyPort)", "--standby-trust"]
+        try topology.startReceiver()
+        try topology.startSender()
+        try topology.primary.sql("CREATE TABLE rows (id int PRIMARY KEY); INSERT INTO rows SELECT generate_series(1, 100)")
+        let backup = try run(
+            IT.walshipBinary,
+            ["backup", "--source", topology.primary.conninfo, "--to", "127.0.0.1:\(topology.receiverPort)"]
+                + topology.linkArguments("sender"), timeout: 300, check: false)
+        try #require(backup.status == 0, "\(backup.error)")
+        let dr = fixture.directory + "/dr"
+        _ = try run(
+            IT.walshipBinary,
+            [
+                "restore", "--spool", topology.spool, "--pgdata", dr, "--standby",
+                "--primary-conninfo", "host=127.0.0.1 port=\(standbyPort) user=postgres application_name=dr_replica",
+            ])
+        let standby = try fixture.startCopy(
+            name: "dr", signal: "standby.signal", settings: ["hot_standby = on", "wal_retrieve_retry_interval = '1s'"])
+        try waitUntil("the receiver to record the asynchronous mode", timeout: 60) {
+            let system = ((try? fetchStatus(port: topology.receiverStatusPort))?["systems"] as? [[String: Any]])?.first
+            let mode = system?["mode"] as? [String: Any]
+            return (mode?["mode"] as? String == "async", "\(mode ?? [:])")
+        }
+        try waitUntil("the standby to replay the first 100 rows", timeout: 60) {
+            let n = (try? standby.sql("SELECT count(*) FROM rows")) ?? "?"
+            return (n == "100", n)
+        }
+
+        // The sender freezes; the primary goes on committing (nothing waits for the DR site), then dies.
+        topology.sender!.signal(SIGSTOP)
+        try topology.primary.sql("INSERT INTO rows SELECT generate_series(101, 300)")
+        let postmaster = try String(contentsOfFile: topology.primary.dataDirectory + "/postmaster.pid", encoding: .utf8)
+            .split(separator: "\n").first.flatMap { Int32($0) }
+        kill(try #require(postmaster), SIGKILL)
+        topology.sender!.kill9()
+
+        let report = fixture.logDirectory + "/promote-async"
+        let promote = try run(
+            IT.walshipBinary,
+            [
+                "promote", "--pgdata", standby.dataDirectory, "--spool", topology.spool, "--report", report,
+                "--timeout", "60", "--force",
+            ], timeout: 200, check: false)
+        #expect(promote.status == 0, "promote: \(promote.output)\(promote.error)")
+        #expect(try standby.sql("SELECT count(*) FROM rows") == "100", "the 200 rows committed while frozen are missing")
+        let json = try #require(
+            try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: report + ".json"))) as? [String: Any])
+        #expect(json["modeAtLoss"] as? String == "async", "\(json)")
+        #expect(json["everyAcknowledgedCommitPresent"] as? Bool == false)
+        let loss = json["loss"] as? String ?? ""
+        #expect(loss.contains("may be missing") && loss.contains("after that is unknown"), "\(loss)")
+        #expect(!promote.output.contains("every acknowledged commit is present"), "\(promote.output)")
+        #expect(promote.output.contains("mode at the loss:         async"), "\(promote.output)")
+        let markdown = (try? String(contentsOfFile: report + ".md", encoding: .utf8)) ?? ""
+        #expect(
+            !markdown.lowercased().contains("every acknowledged commit is present")
+                && markdown.contains("Mode at the loss: **async**"))
     }
 }

@@ -75,6 +75,9 @@ public struct DrillPlan: Sendable, Equatable {
         runningAsRoot && osUser != "root" ? osUser : nil
     }
 
+    /// Where the copy's server log is kept: beside the report.
+    public static func serverLogPath(reportBase: String) -> String { reportBase + ".server.log" }
+
     /// pg_ctl's directory when `--pg-bindir` is not given: PG_BINDIR, else PostgreSQL 15's Debian directory.
     public static func postgresBindir(environment: [String: String]) -> String {
         if let dir = environment["PG_BINDIR"], !dir.isEmpty { return dir }
@@ -106,11 +109,13 @@ public func drill(_ request: DrillRequest, progress: @escaping (String) -> Void)
         kind: "drill", host: ProcessInfo.processInfo.hostName, startedAt: Date(), dataDirectory: plan.dataDirectory)
     let reportBase =
         request.report.map(absolutePath) ?? defaultReportBase(kind: "drill", directory: FileManager.default.currentDirectoryPath)
+    // Set as soon as the copy's server may be running, so that a drill failing after that still stops it.
     var server: DrillServer?
     var error: String?
     do {
-        server = try await rehearse(
-            request, plan: plan, spoolRoot: spoolRoot, report: &report, clockStart: clockStart, progress: progress)
+        try await rehearse(
+            request, plan: plan, spoolRoot: spoolRoot, report: &report, server: &server, clockStart: clockStart,
+            progress: progress)
     } catch let caught {
         error = "\(caught)"
     }
@@ -124,14 +129,30 @@ public func drill(_ request: DrillRequest, progress: @escaping (String) -> Void)
     if let server {
         if cleanup.stopServer {
             await server.stop()
+            if server.isRunning {
+                progress(
+                    "warning: the drill copy's server (pid \(server.postmasterPID.map(String.init) ?? "?")) did not stop: stop it with pg_ctl -D \(plan.dataDirectory) stop -m immediate"
+                )
+            }
         } else {
             progress(
                 "the promoted copy keeps running: psql -h \(plan.base) -p \(server.port) -U \(request.osUser) postgres   (stop: pg_ctl -D \(plan.dataDirectory) stop -m fast, then rm -rf \(plan.base))"
             )
         }
     }
+    // The copy's server log is evidence, above all of a failed drill: it stays beside the report.
+    if let server, FileManager.default.fileExists(atPath: server.log) {
+        let kept = DrillPlan.serverLogPath(reportBase: reportBase)
+        try? FileManager.default.removeItem(atPath: kept)
+        if (try? FileManager.default.copyItem(atPath: server.log, toPath: kept)) != nil {
+            report.drill?.serverLog = kept
+            progress("the drill copy's server log: \(kept)")
+        }
+    }
     if cleanup.removeWorkDirectory {
         try? FileManager.default.removeItem(atPath: plan.base)
+    } else if server != nil {
+        progress("the drill copy is kept in \(plan.base)")
     }
     report.finishedAt = Date()
     report.outcome = failure == nil ? "promoted" : "failed"
@@ -141,8 +162,8 @@ public func drill(_ request: DrillRequest, progress: @escaping (String) -> Void)
 
 private func rehearse(
     _ request: DrillRequest, plan: DrillPlan, spoolRoot: String, report: inout PromotionReport,
-    clockStart: ContinuousClock.Instant, progress: @escaping (String) -> Void
-) async throws -> DrillServer? {
+    server started: inout DrillServer?, clockStart: ContinuousClock.Instant, progress: @escaping (String) -> Void
+) async throws {
     let reader = try SpoolReader(root: spoolRoot, system: request.system)
     report.systemIdentifier = String(reader.systemIdentifier)
     let standbyBefore = drStandbyReplay(reader.systemDirectory)
@@ -173,6 +194,8 @@ private func rehearse(
     let server = DrillServer(
         dataDirectory: restored.dataDirectory, port: port, osUser: osUser,
         bindir: request.pgBindir ?? DrillPlan.postgresBindir(environment: ProcessInfo.processInfo.environment))
+    // Before the start: pg_ctl may leave a postmaster behind even when it reports a failure.
+    started = server
     try await server.start()
     let cluster = try LocalCluster(dataDirectory: restored.dataDirectory)
     let session = SQLSession(
@@ -185,8 +208,9 @@ private func rehearse(
     progress("== recovering to the end of the spool (\(elapsed(clockStart)))")
     let steps = PromotionSteps(session: session, report: progress)
     let deadline = clockStart + .seconds(request.timeout)
-    // The live stream keeps the spool growing: recover to its end as of now, then promote, and measure
-    // the RPO against what was acknowledged by then.
+    // The live stream keeps the spool growing: recover to its end as of now (the cut), then promote, and measure
+    // the RPO against what was acknowledged at the cut, read before the end so that it cannot lie beyond it.
+    recordPrimaryProgress(into: &report, systemDirectory: reader.systemDirectory)
     let goalNow = try reader.end().lsn
     let (state, goal) = try await steps.waitForReplay(target: { goalNow }, deadline: deadline)
     let reached = state.replayed >= goal
@@ -203,18 +227,21 @@ private func rehearse(
     report.lastReplayedLSN = state.replayed.description
     report.lastReplayedCommitTime = state.lastCommit
     report.spoolEndLSN = goal.description
+    let restoredAt = ContinuousClock.now
+    report.drill?.restoreSeconds = roundedSeconds(restoredAt - clockStart)
 
     progress("== promoting the copy (\(elapsed(clockStart)))")
     let (timeline, firstWriteAt) = try await steps.promote(deadline: deadline + .seconds(30), evidence: &report)
-    report.rtoSeconds = roundedSeconds(ContinuousClock.now - clockStart)
+    // The RTO a real promotion would have: the DR standby is already replaying, so only the promotion counts.
+    report.rtoSeconds = roundedSeconds(ContinuousClock.now - restoredAt)
+    report.drill?.promotionSeconds = report.rtoSeconds
     report.firstWriteAt = firstWriteAt
     report.promotedTimeline = timeline
     report.check(
         "promoted", true,
         "timeline \(timeline.map(String.init) ?? "?"), first write accepted at \(formatISO8601(firstWriteAt))")
-    // RPO against the live stream: what the receiver had acknowledged by the time the copy took over.
-    recordPrimaryProgress(into: &report, systemDirectory: reader.systemDirectory)
     report.measureRecoveryPoint()
+    report.judgeLoss(systemDirectory: reader.systemDirectory, promotedAt: firstWriteAt)
 
     progress("== sanity checks (\(elapsed(clockStart)))")
     do {
@@ -237,7 +264,6 @@ private func rehearse(
             report.check("check query", false, "\(error)")
         }
     }
-    return server
 }
 
 /// The throwaway server of a drill, run with pg_ctl as the PostgreSQL OS user.
@@ -248,6 +274,15 @@ struct DrillServer {
     let bindir: String
 
     var log: String { dataDirectory + "/drill.log" }
+
+    /// The postmaster's pid from its pid file, while the file is there.
+    var postmasterPID: Int32? {
+        (try? String(contentsOfFile: dataDirectory + "/postmaster.pid", encoding: .utf8))?
+            .split(separator: "\n").first.flatMap { Int32($0) }
+    }
+
+    /// Whether the postmaster still runs.
+    var isRunning: Bool { postmasterPID.map { kill($0, 0) == 0 } ?? false }
 
     func start() async throws {
         let result: ChildProcess.Result

@@ -417,6 +417,7 @@ struct Promotion {
             try? fence.save(systemDirectory: systemDirectory)
         }
         report.measureRecoveryPoint()
+        if let systemDirectory { report.judgeLoss(systemDirectory: systemDirectory, promotedAt: firstWriteAt) }
         report.outcome = "promoted"
     }
 

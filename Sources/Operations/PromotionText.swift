@@ -24,7 +24,7 @@ extension PromotionReport {
         }
         if let rpo {
             lines.append(
-                "RPO (acknowledged lost):  \(formatBytes(rpo.bytes)), \(rpo.seconds) s\(rpo.bytes == 0 ? "  (every acknowledged commit is present)" : "")"
+                "RPO (acknowledged lost):  \(formatBytes(rpo.bytes)), \(rpo.seconds) s\(everyAcknowledgedCommitPresent == true ? "  (every acknowledged commit is present)" : rpo.bytes == 0 ? "  (of what the receiver acknowledged)" : "")"
             )
         } else if outcome == "promoted" {
             lines.append("RPO:                      not measured (no spool information)")
@@ -34,6 +34,8 @@ extension PromotionReport {
                 "unacknowledged tail:      \(formatBytes(tail.bytes)), \(tail.seconds) s  (written by the old primary, never confirmed)"
             )
         }
+        if let mode = modeAtLoss { lines.append("mode at the loss:         \(mode)") }
+        if let loss, everyAcknowledgedCommitPresent != true { lines.append("acknowledged commits:     \(loss)") }
         if let rto = rtoSeconds { lines.append("RTO (to first write):     \(rto) s") }
         for check in checks where !check.passed { lines.append("check failed: \(check.name): \(check.detail)") }
         return lines.joined(separator: "\n")

@@ -116,6 +116,12 @@ public struct PromotionReport: Codable, Sendable, Equatable {
         /// The protected DR standby's replay position before and after the drill, when it was observed.
         public var drStandbyReplayBefore: String?
         public var drStandbyReplayAfter: String?
+        /// Seconds from the start to the copy having replayed the spool (unpacking the backup and replay).
+        public var restoreSeconds: Double?
+        /// Seconds from then to the first write accepted: what a real promotion of a replaying standby takes.
+        public var promotionSeconds: Double?
+        /// The copy's server log, kept beside the report.
+        public var serverLog: String?
 
         public init(
             backupID: String, port: Int, checkSQL: String?, checkResult: [[String]]?, kept: Bool,
@@ -184,7 +190,9 @@ public struct PromotionReport: Codable, Sendable, Equatable {
         lastContactAt = [primaryLastKnownAt, lastAcknowledgedAt].compactMap { $0 }.max()
         lastContactLSN = primaryLastKnownLSN ?? lastAcknowledgedLSN
         let contact =
-            lastContactAt.map { "the primary was last heard at \(formatISO8601($0))\(lastContactLSN.map { " (position \($0))" } ?? "")" }
+            lastContactAt.map {
+                "the primary was last heard at \(formatISO8601($0))\(lastContactLSN.map { " (position \($0))" } ?? "")"
+            }
             ?? "when the primary was last heard is not recorded"
         let unknownAfter = "what the primary acknowledged after that is unknown"
 
@@ -284,13 +292,18 @@ public struct PromotionReport: Codable, Sendable, Equatable {
             "**RPO** (acknowledged commits lost)",
             rpo.map { "\(formatBytes($0.bytes)), \(format($0.seconds)) s" } ?? "not measured")
         row("Unacknowledged tail", unacknowledgedTail.map { "\(formatBytes($0.bytes)), \(format($0.seconds)) s" } ?? "not known")
-        row("**RTO** (start to first accepted write)", rtoSeconds.map { "\(format($0)) s" })
+        row(
+            kind == "drill" ? "**RTO** (promotion to first accepted write)" : "**RTO** (start to first accepted write)",
+            rtoSeconds.map { "\(format($0)) s" })
         if let drill {
             row("Backup", drill.backupID)
             row("Throwaway copy port", String(drill.port))
             row("Check query", drill.checkSQL)
             row("Check result", drill.checkResult.map { $0.map { $0.joined(separator: ", ") }.joined(separator: "; ") })
             row("Copy kept", drill.kept ? "yes" : "no (removed)")
+            row("Restore (unpack and replay)", drill.restoreSeconds.map { "\(format($0)) s" })
+            row("Promotion (the RTO of a real promotion)", drill.promotionSeconds.map { "\(format($0)) s" })
+            row("Server log of the copy", drill.serverLog)
             row(
                 "DR standby replay before / after",
                 drill.drStandbyReplayBefore.map { "\($0) / \(drill.drStandbyReplayAfter ?? "?")" })

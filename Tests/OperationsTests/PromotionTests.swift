@@ -175,6 +175,7 @@ import WALCore
         report.rpo = .init(bytes: 0, seconds: 0, basis: "")
         report.rtoSeconds = 4.2
         report.check("spool given", false, "no spool")
+        // Replay reaching all the receiver acknowledged does not prove every commit the primary acknowledged.
         #expect(
             report.summary
                 == """
@@ -182,10 +183,18 @@ import WALCore
                 == promotion promoted
                 promoted timeline:        3
                 last replayed:            0/3000000, last commit none replayed
-                RPO (acknowledged lost):  0 B, 0.0 s  (every acknowledged commit is present)
+                RPO (acknowledged lost):  0 B, 0.0 s  (of what the receiver acknowledged)
                 RTO (to first write):     4.2 s
                 check failed: spool given: no spool
                 """)
+        report.modeAtLoss = "sync"
+        report.everyAcknowledgedCommitPresent = true
+        #expect(report.summary.contains("RPO (acknowledged lost):  0 B, 0.0 s  (every acknowledged commit is present)"))
+        #expect(report.summary.contains("mode at the loss:         sync"))
+        report.everyAcknowledgedCommitPresent = false
+        report.loss = "commits the primary acknowledged may be missing"
+        #expect(!report.summary.contains("every acknowledged commit is present"))
+        #expect(report.summary.contains("acknowledged commits:     commits the primary acknowledged may be missing"))
         #expect(report.headline(failure: nil) == "promoted /pg/dr to timeline 3: RPO 0 B / 0.0 s, RTO 4.2 s")
         report.outcome = "refused"
         #expect(report.headline(failure: "no") == "promotion of /pg/dr refused: no")
