@@ -35,8 +35,10 @@ struct PrimaryWatch: Sendable {
     private(set) var lastProbe: ContinuousClock.Instant?
 
     /// The primary answered: a message on the replication connection, a connection it accepted, an error it sent.
+    /// An answer from before the drop (a message read late) moves the last contact but withdraws nothing.
     mutating func answered(at now: ContinuousClock.Instant) {
         lastHeard = max(lastHeard ?? now, now)
+        if let droppedAt, now < droppedAt { return }
         droppedAt = nil
         lost = false
     }
@@ -82,14 +84,8 @@ struct PrimaryWatch: Sendable {
         func millis(_ instant: ContinuousClock.Instant?) -> UInt64? {
             instant.map { UInt64(max(0, (now - $0) / .milliseconds(1))) }
         }
-        let state: PrimaryVerdict.State =
-            switch verdict {
-            case .alive: .alive
-            case .unanswered: .unanswered
-            case .lost: .lost
-            case .senderStopped: .senderStopped
-            }
         return PrimaryVerdict(
-            state: state, lastHeardAgeMillis: millis(lastHeard), droppedAgeMillis: millis(droppedAt), sentAt: sentAt)
+            state: VerdictDelivery.state(of: verdict), lastHeardAgeMillis: millis(lastHeard), droppedAgeMillis: millis(droppedAt),
+            sentAt: sentAt)
     }
 }

@@ -57,6 +57,15 @@ import WALCore
         }
     }
 
+    @Test func anAnswerFromBeforeTheDropWithdrawsNothing() {
+        var watch = PrimaryWatch()
+        watch.connectionDropped(at: at(1_000))
+        watch.answered(at: at(900))
+        #expect(watch.verdict == .unanswered(droppedAt: at(1_000), lastHeard: at(900)))
+        watch.unanswered(at: at(3_000))
+        #expect(watch.verdict == .lost(since: at(1_000), lastHeard: at(900)))
+    }
+
     @Test func refusalsWithoutADropDecideNothing() {
         var watch = PrimaryWatch()
         watch.answered(at: at(0))
@@ -94,5 +103,42 @@ import WALCore
                     state: .lost, lastHeardAgeMillis: 3_250, droppedAgeMillis: 2_250, sentAt: PostgresTimestamp(rawValue: 42)))
         let never = PrimaryWatch().frame(now: at(0), sentAt: PostgresTimestamp(rawValue: 0))
         #expect(never.state == .alive && never.lastHeardAgeMillis == nil && never.droppedAgeMillis == nil)
+    }
+}
+
+@Suite struct VerdictDeliveryTests {
+    let t0 = ContinuousClock.now
+    let interval = Duration.seconds(5)
+
+    func send(
+        _ delivery: inout VerdictDelivery, _ verdict: PrimaryWatch.Verdict, streaming: Bool, now: ContinuousClock.Instant,
+        interval: Duration
+    ) -> Bool {
+        delivery.shouldSend(verdict, streaming: streaming, now: now, interval: interval)
+    }
+
+    @Test func aChangedVerdictGoesAtOnceTheSameOneAfterTheInterval() {
+        var delivery = VerdictDelivery()
+        let lost = PrimaryWatch.Verdict.lost(since: t0, lastHeard: nil)
+        #expect(!send(&delivery, lost, streaming: true, now: t0, interval: interval), "the stream link carries the news")
+        #expect(send(&delivery, lost, streaming: false, now: t0, interval: interval))
+        #expect(!send(&delivery, lost, streaming: false, now: t0, interval: interval), "one at a time")
+        delivery.finished(lost, delivered: true, at: t0)
+        #expect(!send(&delivery, lost, streaming: false, now: t0 + .seconds(4), interval: interval))
+        #expect(send(&delivery, lost, streaming: false, now: t0 + .seconds(5), interval: interval))
+        delivery.finished(lost, delivered: true, at: t0 + .seconds(5))
+        let alive = PrimaryWatch.Verdict.alive(lastHeard: t0 + .seconds(6))
+        #expect(send(&delivery, alive, streaming: false, now: t0 + .seconds(6), interval: interval))
+    }
+
+    @Test func aFailedDeliveryIsRetriedAfterASecondAndAStopIsNotSentHere() {
+        var delivery = VerdictDelivery()
+        let lost = PrimaryWatch.Verdict.lost(since: t0, lastHeard: nil)
+        #expect(send(&delivery, lost, streaming: false, now: t0, interval: interval))
+        delivery.finished(lost, delivered: false, at: t0)
+        #expect(!send(&delivery, lost, streaming: false, now: t0 + .milliseconds(500), interval: interval))
+        #expect(send(&delivery, lost, streaming: false, now: t0 + .seconds(1), interval: interval))
+        var stopping = VerdictDelivery()
+        #expect(!send(&stopping, .senderStopped(lastHeard: t0), streaming: false, now: t0, interval: interval))
     }
 }
