@@ -20,11 +20,21 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-asn1.git", from: "1.7.4"),
         .package(url: "https://github.com/LebJe/TOMLKit.git", from: "0.6.0"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
+        .package(url: "https://github.com/swiftlang/swift-subprocess.git", exact: "1.0.2"),
+        .package(url: "https://github.com/apple/swift-system.git", from: "1.5.0"),
     ],
     targets: [
         .systemLibrary(name: "CLibPQ", pkgConfig: "libpq", providers: [.apt(["libpq-dev"])]),
         .systemLibrary(name: "CLZ4", pkgConfig: "liblz4", providers: [.apt(["liblz4-dev"])]),
         .target(name: "CCRC32C"),
+        // The one way walship starts other programs (pg_ctl, lz4 and tar, chown, --alert-command).
+        .target(
+            name: "ChildProcess",
+            dependencies: [
+                .product(name: "Subprocess", package: "swift-subprocess"),
+                .product(name: "SystemPackage", package: "swift-system"),
+            ]
+        ),
         .target(name: "WALCore", dependencies: ["CCRC32C"]),
         .target(name: "PGProtocol", dependencies: ["WALCore"]),
         .target(
@@ -71,7 +81,7 @@ let package = Package(
         .target(
             name: "Monitor",
             dependencies: [
-                "StatusModel", "WALCore",
+                "StatusModel", "WALCore", "ChildProcess",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
@@ -118,11 +128,13 @@ let package = Package(
             dependencies: ["ShipProtocol", "WALCore", "WalSenderServer", .product(name: "NIOCore", package: "swift-nio")]
         ),
         .executableTarget(name: "walship-fuzz", dependencies: ["FuzzHarness"]),
-        // What the commands do, apart from parsing and printing: restore, and running the long-lived ones until stopped.
+        // What the commands do, apart from parsing and printing: restore, drill, promote, check, and running the
+        // long-lived ones until stopped.
         .target(
             name: "Operations",
             dependencies: [
-                "Spool", .product(name: "Logging", package: "swift-log"),
+                "Spool", "StatusModel", "PGReplication", "WALCore", "Sender", "ShipTLS", "Monitor", "ChildProcess",
+                .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "UnixSignals", package: "swift-service-lifecycle"),
             ]
@@ -140,6 +152,7 @@ let package = Package(
             ]
         ),
         .testTarget(name: "WALCoreTests", dependencies: ["WALCore"]),
+        .testTarget(name: "ChildProcessTests", dependencies: ["ChildProcess"]),
         .testTarget(name: "LZ4CodecTests", dependencies: ["LZ4Codec", .product(name: "NIOCore", package: "swift-nio")]),
         .testTarget(
             name: "ShipProtocolTests",
@@ -172,8 +185,6 @@ let package = Package(
             ]),
         .testTarget(name: "FuzzReplayTests", dependencies: ["FuzzHarness"]),
         .testTarget(
-            name: "OperationsTests", dependencies: ["Operations", .product(name: "Logging", package: "swift-log")]),
-        .testTarget(
             name: "WalshipConfigTests",
             dependencies: ["WalshipConfig", .product(name: "ArgumentParser", package: "swift-argument-parser")]
         ),
@@ -191,6 +202,10 @@ let package = Package(
                 .product(name: "NIOCore", package: "swift-nio"), .product(name: "NIOEmbedded", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
             ]
+        ),
+        .testTarget(
+            name: "OperationsTests",
+            dependencies: ["Operations", "StatusModel", "WALCore", "Sender", .product(name: "Logging", package: "swift-log")]
         ),
         .testTarget(
             name: "IntegrationTests",

@@ -1,3 +1,4 @@
+import ChildProcess
 import Foundation
 import Logging
 import StatusModel
@@ -41,53 +42,25 @@ public final class AlertNotifier: Sendable {
     }
 
     private func run(_ command: String, stdin body: Data, event: AlertEvent) async {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: "/bin/sh")
-        process.arguments = ["-c", command]
-        let input = Pipe()
-        process.standardInput = input
-        process.environment = ProcessInfo.processInfo.environment.merging([
-            "WALSHIP_ALERT_EVENT": event.event.rawValue, "WALSHIP_ALERT_CONDITION": event.condition,
-            "WALSHIP_ALERT_SEVERITY": event.severity.rawValue,
-        ]) { $1 }
-        let exited = AsyncStream<Int32>.makeStream()
-        process.terminationHandler = {
-            exited.continuation.yield($0.terminationStatus)
-            exited.continuation.finish()
-        }
+        // The event is its standard input, from a file: a command that never reads it cannot block us.
+        let child = ChildProcess(
+            "/bin/sh", ["-c", command],
+            environment: [
+                "WALSHIP_ALERT_EVENT": event.event.rawValue, "WALSHIP_ALERT_CONDITION": event.condition,
+                "WALSHIP_ALERT_SEVERITY": event.severity.rawValue,
+            ], input: .bytes(Array(body)), output: .inherited, errorOutput: .inherited, timeout: timeout)
         do {
-            try process.run()
-        } catch {
-            logger.error("cannot run --alert-command", metadata: ["walship.error": "\(error)"])
-            return
-        }
-        // Write stdin off the async threads: a command that never reads must not block us.
-        let handle = input.fileHandleForWriting
-        DispatchQueue.global().async {
-            try? handle.write(contentsOf: body)
-            try? handle.close()
-        }
-        let timeout = self.timeout
-        let status: Int32? = await withTaskGroup(of: Int32?.self) { group in
-            group.addTask {
-                for await status in exited.stream { return status }
-                return nil
+            let result = try await child.run()
+            if !result.succeeded {
+                logger.error(
+                    "--alert-command failed",
+                    metadata: ["walship.exit_status": "\(result.status)", "walship.alert": "\(event.condition)"])
             }
-            group.addTask {
-                try? await Task.sleep(for: timeout)
-                return nil
-            }
-            let first = await group.next() ?? nil
-            group.cancelAll()
-            return first
-        }
-        if status == nil {
-            process.terminate()
+        } catch  where error.kind == .timedOut(timeout) {
             logger.error(
                 "--alert-command did not finish within \(timeout); stopped it", metadata: ["walship.alert": "\(event.condition)"])
-        } else if status != 0 {
-            logger.error(
-                "--alert-command failed", metadata: ["walship.exit_status": "\(status!)", "walship.alert": "\(event.condition)"])
+        } catch {
+            logger.error("cannot run --alert-command", metadata: ["walship.error": "\(error)"])
         }
     }
 

@@ -130,3 +130,15 @@ public enum HTTPRequest {
         (try? SocketAddress(ipAddress: host, port: 0)) != nil
     }
 }
+
+/// The body of a status endpoint's `GET /status` (HTTP 200 only): what `walship status` and `walship check`
+/// read a running process's status with.
+public func fetchStatusData(_ url: URL, timeout: Double) async throws -> Data {
+    let response = try await HTTPRequest.send(.GET, url, timeout: .milliseconds(Int64(timeout * 1000)))
+    guard response.status == 200 else { throw StatusFetchError(description: "HTTP \(response.status)") }
+    return Data(response.body)
+}
+
+public struct StatusFetchError: Error, CustomStringConvertible {
+    public let description: String
+}

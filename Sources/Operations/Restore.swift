@@ -1,3 +1,4 @@
+import ChildProcess
 import Foundation
 import Spool
 
@@ -13,7 +14,7 @@ public struct RestoredDirectory {
 public func restoreFromBackup(
     spool: String, system: UInt64?, backup: String?, pgdata: String, settings: [String], signal: String,
     osUser: String, walshipPath: String?
-) throws -> RestoredDirectory {
+) async throws -> RestoredDirectory {
     let spoolRoot = absolutePath(spool)
     let dataDirectory = absolutePath(pgdata)
     let reader = try SpoolReader(root: spoolRoot, system: system)
@@ -37,7 +38,7 @@ public func restoreFromBackup(
         }
     }
     let walship = walshipPath ?? ((try? fm.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0])
-    try checkOSUser(osUser, walship: walship, walDirectory: reader.walDirectory)
+    try await checkOSUser(osUser, walship: walship, walDirectory: reader.walDirectory)
     // Checked before the data directory exists: a damaged archive must never become a server that starts.
     do {
         try BackupVerification.verify(chosen, systemDirectory: systemDirectory)
@@ -49,9 +50,12 @@ public func restoreFromBackup(
 
     try fm.createDirectory(atPath: dataDirectory, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
     let backupDirectory = systemDirectory + "/base/" + chosen.id
-    try shell(
-        "lz4 -dc \(quote(backupDirectory + "/base.tar.lz4")) | tar -xf - -C \(quote(dataDirectory))",
-        what: "unpack backup \(chosen.id)")
+    try await ChildProcess(
+        "/bin/bash",
+        ["-o", "pipefail", "-c", "lz4 -dc \(quote(backupDirectory + "/base.tar.lz4")) | tar -xf - -C \(quote(dataDirectory))"]
+    ).runChecked(
+        what: "unpack backup \(chosen.id)",
+        hint: "lz4 and tar must be installed, and \(dataDirectory) needs room for the whole backup")
     try fm.copyItem(atPath: backupDirectory + "/backup_manifest", toPath: dataDirectory + "/backup_manifest")
 
     let lines =
@@ -68,29 +72,49 @@ public func restoreFromBackup(
         throw RestoreError("could not create \(signalPath); without it PostgreSQL would start as a primary, not recover")
     }
     if getuid() == 0 {
-        try shell("chown -R \(quote(osUser)): \(quote(dataDirectory))", what: "give the data directory to \(osUser)")
+        try await giveToOSUser(dataDirectory, osUser: osUser, recursive: true, what: "the data directory")
     }
     try fm.setAttributes([.posixPermissions: 0o700], ofItemAtPath: dataDirectory)
     return RestoredDirectory(dataDirectory: dataDirectory, systemIdentifier: reader.systemIdentifier, backup: chosen)
 }
 
 /// restore_command runs as the PostgreSQL OS user: it must be able to execute walship and read the spool.
-private func checkOSUser(_ osUser: String, walship: String, walDirectory: String) throws {
+private func checkOSUser(_ osUser: String, walship: String, walDirectory: String) async throws {
     guard getuid() == 0, osUser != "root" else { return }
-    let canExecute = (try? runQuietly(["/usr/sbin/runuser", "-u", osUser, "--", walship, "--version"])) == 0
+    let canExecute = (try? await ChildProcess(walship, ["--version"], user: osUser).run())?.succeeded == true
     guard canExecute else {
         throw RestoreError(
             "the PostgreSQL OS user \(osUser) cannot execute \(walship) (hint: make install puts walship in /usr/local/bin with mode 0755, then pass --walship-path /usr/local/bin/walship)"
         )
     }
     let canRead =
-        (try? runQuietly(["/usr/sbin/runuser", "-u", osUser, "--", "/usr/bin/test", "-r", walDirectory, "-a", "-x", walDirectory]))
-        == 0
+        (try? await ChildProcess("/usr/bin/test", ["-r", walDirectory, "-a", "-x", walDirectory], user: osUser).run())?
+        .succeeded == true
     guard canRead else {
         throw RestoreError(
             "the PostgreSQL OS user \(osUser) cannot read the spool \(walDirectory) (hint: run walship receive as \(osUser), or give both a common group; the spool is created 0750/0640)"
         )
     }
+}
+
+/// chown to the PostgreSQL OS user and its group, `what` naming `path` in the error.
+func giveToOSUser(_ path: String, osUser: String, recursive: Bool = false, what: String) async throws {
+    try await ChildProcess("chown", (recursive ? ["-R"] : []) + ["\(osUser):", path]).runChecked(
+        what: "give \(what) to \(osUser)", hint: "--os-user must name the PostgreSQL OS user")
+}
+
+/// What `walship restore` appends to postgresql.auto.conf: a streaming standby of `primaryConninfo` (the
+/// receiver's standby endpoint), or else recovery to the target given (or the end of the WAL), then `targetAction`.
+public func recoverySettings(
+    primaryConninfo: String?, targetTime: String?, targetLSN: String?, targetName: String?, targetAction: String
+) -> [String] {
+    if let primaryConninfo { return ["primary_conninfo = '\(escape(primaryConninfo))'"] }
+    var settings: [String] = []
+    if let targetTime { settings.append("recovery_target_time = '\(escape(targetTime))'") }
+    if let targetLSN { settings.append("recovery_target_lsn = '\(escape(targetLSN))'") }
+    if let targetName { settings.append("recovery_target_name = '\(escape(targetName))'") }
+    settings.append("recovery_target_action = '\(targetAction)'")
+    return settings
 }
 
 public struct RestoreError: Error, CustomStringConvertible {
@@ -99,48 +123,11 @@ public struct RestoreError: Error, CustomStringConvertible {
 }
 
 /// Quotes a value for postgresql.conf.
-public func escape(_ value: String) -> String { value.replacingOccurrences(of: "'", with: "''") }
+func escape(_ value: String) -> String { value.replacingOccurrences(of: "'", with: "''") }
 
 /// Quotes a word for the shell.
-public func quote(_ word: String) -> String { "'" + word.replacingOccurrences(of: "'", with: "'\\''") + "'" }
+func quote(_ word: String) -> String { "'" + word.replacingOccurrences(of: "'", with: "'\\''") + "'" }
 
-/// Runs a program with no input or output and returns its exit status. posix_spawn and waitpid, not
-/// Foundation's Process: that one waits for a descriptor the child inherits, which a daemon the child starts
-/// (pg_ctl start) keeps open forever.
-public func runQuietly(_ arguments: [String]) throws -> Int32 {
-    var actions = posix_spawn_file_actions_t()
-    posix_spawn_file_actions_init(&actions)
-    defer { posix_spawn_file_actions_destroy(&actions) }
-    posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
-    posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0)
-    posix_spawn_file_actions_addopen(&actions, 2, "/dev/null", O_WRONLY, 0)
-    var argv = arguments.map { strdup($0) } + [nil]
-    defer { argv.forEach { free($0) } }
-    var pid: pid_t = 0
-    let spawned = posix_spawn(&pid, arguments[0], &actions, nil, &argv, environ)
-    guard spawned == 0 else {
-        throw RestoreError("cannot run \(arguments[0]): \(String(cString: strerror(spawned)))")
-    }
-    var status: Int32 = 0
-    while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
-    // WIFEXITED / WEXITSTATUS, spelled out (the C macros are not imported).
-    return status & 0x7f == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f)
-}
-
-public func shell(_ command: String, what: String) throws {
-    let process = Process()
-    process.executableURL = URL(fileURLWithPath: "/bin/bash")
-    process.arguments = ["-o", "pipefail", "-c", command]
-    let errors = Pipe()
-    process.standardError = errors
-    try process.run()
-    let message = String(decoding: errors.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-    process.waitUntilExit()
-    guard process.terminationStatus == 0 else {
-        throw RestoreError("could not \(what): \(message.trimmingCharacters(in: .whitespacesAndNewlines))")
-    }
-}
-
-public func absolutePath(_ path: String) -> String {
+func absolutePath(_ path: String) -> String {
     path.hasPrefix("/") ? path : FileManager.default.currentDirectoryPath + "/" + path
 }

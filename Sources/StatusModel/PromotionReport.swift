@@ -47,12 +47,24 @@ public struct PromotionReport: Codable, Sendable, Equatable {
         public var seconds: Double
         /// How the figure was obtained, in words.
         public var basis: String
+
+        public init(bytes: UInt64, seconds: Double, basis: String) {
+            self.bytes = bytes
+            self.seconds = seconds
+            self.basis = basis
+        }
     }
 
     public struct Check: Codable, Sendable, Equatable {
         public var name: String
         public var passed: Bool
         public var detail: String
+
+        public init(name: String, passed: Bool, detail: String) {
+            self.name = name
+            self.passed = passed
+            self.detail = detail
+        }
     }
 
     public struct DrillDetails: Codable, Sendable, Equatable {

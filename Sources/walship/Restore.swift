@@ -4,7 +4,7 @@ import Operations
 import Spool
 import WALCore
 
-struct Restore: ParsableCommand {
+struct Restore: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Build a PostgreSQL data directory from a stored base backup and the spool's WAL.",
         discussion: """
@@ -66,9 +66,9 @@ struct Restore: ParsableCommand {
         }
     }
 
-    func run() throws {
+    func run() async throws {
         do {
-            try restore()
+            try await restore()
         } catch let error as ExitCode {
             throw error
         } catch {
@@ -76,17 +76,11 @@ struct Restore: ParsableCommand {
         }
     }
 
-    private func restore() throws {
-        var settings: [String] = []
-        if standby {
-            settings.append("primary_conninfo = '\(escape(primaryConninfo!))'")
-        } else {
-            if let targetTime { settings.append("recovery_target_time = '\(escape(targetTime))'") }
-            if let targetLsn { settings.append("recovery_target_lsn = '\(escape(targetLsn))'") }
-            if let targetName { settings.append("recovery_target_name = '\(escape(targetName))'") }
-            settings.append("recovery_target_action = '\(targetAction)'")
-        }
-        let restored = try restoreFromBackup(
+    private func restore() async throws {
+        let settings = recoverySettings(
+            primaryConninfo: standby ? primaryConninfo : nil, targetTime: targetTime, targetLSN: targetLsn,
+            targetName: targetName, targetAction: targetAction)
+        let restored = try await restoreFromBackup(
             spool: spool, system: system, backup: backup, pgdata: pgdata, settings: settings,
             signal: standby ? "standby.signal" : "recovery.signal", osUser: osUser,
             walshipPath: walshipPath)

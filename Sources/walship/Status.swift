@@ -111,17 +111,6 @@ struct Status: AsyncParsableCommand {
 
 }
 
-/// The body of a status endpoint's `GET /status` (HTTP 200 only).
-func fetchStatusData(_ url: URL, timeout: Double) async throws -> Data {
-    let response = try await HTTPRequest.send(.GET, url, timeout: .milliseconds(Int64(timeout * 1000)))
-    guard response.status == 200 else { throw StatusFetchError(description: "HTTP \(response.status)") }
-    return Data(response.body)
-}
-
-struct StatusFetchError: Error, CustomStringConvertible {
-    let description: String
-}
-
 func jsonEscape(_ text: String) -> String {
     let data = (try? JSONEncoder().encode(text)) ?? Data("\"\"".utf8)
     return String(decoding: data.dropFirst().dropLast(), as: UTF8.self)

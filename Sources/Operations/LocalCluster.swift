@@ -56,8 +56,3 @@ struct LocalCluster {
         _ = try await session.query("SELECT 1")
     }
 }
-
-struct PromoteError: Error, CustomStringConvertible {
-    let description: String
-    init(_ description: String) { self.description = description }
-}

@@ -1,6 +1,4 @@
-import ArgumentParser
 import Foundation
-import Monitor
 import PGReplication
 import Spool
 import StatusModel
@@ -101,37 +99,4 @@ func recordPrimaryProgress(into evidence: inout PromotionReport, systemDirectory
     evidence.lastAcknowledgedAt = progress.acknowledgedAt
     evidence.primaryLastKnownLSN = progress.primaryLSN
     evidence.primaryLastKnownAt = progress.primaryTime
-}
-
-/// Ends `walship promote` or `walship drill`: writes the report (`base`.json and .md), prints the summary
-/// and where the report is, sends the success or failure notice, and exits 1 when `failure` is set.
-func conclude(
-    _ evidence: PromotionReport, command: String, base: String, success: Bool, failure: String?, headline: String,
-    notifier: AlertNotifier
-) async throws {
-    var written: (json: String, markdown: String)?
-    do { written = try evidence.write(base: base) } catch {
-        FileHandle.standardError.write(Data("walship \(command): warning: cannot write the report to \(base): \(error)\n".utf8))
-    }
-    say(Promote.summary(evidence))
-    if let written { say("report: \(written.json), \(written.markdown)") }
-    if notifier.hasDestination {
-        await StatusMonitor.notice(
-            success ? .success : .failure, condition: command, role: command,
-            system: evidence.systemIdentifier, message: headline,
-            details: [
-                "report": written?.json ?? "", "rpo_bytes": evidence.rpo.map { String($0.bytes) } ?? "",
-                "rto_seconds": evidence.rtoSeconds.map { String($0) } ?? "",
-            ],
-            notifier: notifier)
-    }
-    if let failure {
-        FileHandle.standardError.write(Data("walship \(command): error: \(failure)\n".utf8))
-        throw ExitCode(1)
-    }
-}
-
-/// Prints a line at once, also when stdout is a file or pipe (a long promotion or drill shows progress).
-func say(_ line: String) {
-    FileHandle.standardOutput.write(Data((line + "\n").utf8))
 }

@@ -1,0 +1,311 @@
+import ChildProcess
+import Foundation
+import PGReplication
+import Spool
+import StatusModel
+import WALCore
+
+/// What `walship drill` was asked to do.
+public struct DrillRequest: Sendable {
+    public var spool: String
+    public var system: UInt64?
+    public var backup: String?
+    public var checkSQL: String?
+    /// Base path of the report; `walship-drill-<time>` in the current directory when nil.
+    public var report: String?
+    public var keep: Bool
+    /// Where the throwaway copy goes; a new directory under /tmp when nil.
+    public var workDirectory: String?
+    public var timeout: Int
+    public var osUser: String
+    public var pgBindir: String?
+    public var walshipPath: String?
+
+    public init(
+        spool: String, system: UInt64?, backup: String?, checkSQL: String?, report: String?, keep: Bool,
+        workDirectory: String?, timeout: Int, osUser: String, pgBindir: String?, walshipPath: String?
+    ) {
+        self.spool = spool
+        self.system = system
+        self.backup = backup
+        self.checkSQL = checkSQL
+        self.report = report
+        self.keep = keep
+        self.workDirectory = workDirectory
+        self.timeout = timeout
+        self.osUser = osUser
+        self.pgBindir = pgBindir
+        self.walshipPath = walshipPath
+    }
+}
+
+/// The decisions of a drill that depend on nothing but its inputs: where the copy goes, how it is
+/// configured, how its server is run, and what is left behind.
+public struct DrillPlan: Sendable, Equatable {
+    /// The work directory: the copy's socket directory, holding its data directory.
+    public var base: String
+    public var dataDirectory: String { base + "/pgdata" }
+
+    public init(base: String) { self.base = base }
+
+    /// Recovery through restore_command only, on `port` of loopback: nothing the copy does can write to the
+    /// spool, reach the primary, or wait for a synchronous standby.
+    public func recoverySettings(port: Int) -> [String] {
+        [
+            "primary_conninfo = ''", "primary_slot_name = ''", "archive_mode = off", "archive_command = ''",
+            "synchronous_standby_names = ''", "port = \(port)", "listen_addresses = '127.0.0.1'",
+            "unix_socket_directories = '\(escape(base))'", "cluster_name = 'walship_drill'", "hot_standby = on",
+            // Poll the spool often: the drill follows the live stream's in-progress segment.
+            "wal_retrieve_retry_interval = '200ms'", "logging_collector = off",
+        ]
+    }
+
+    /// What happens to the copy at the end: a kept copy keeps running (and its directory), unless it never started.
+    public struct Cleanup: Sendable, Equatable {
+        public var stopServer: Bool
+        public var removeWorkDirectory: Bool
+    }
+
+    public static func cleanup(keep: Bool, serverStarted: Bool) -> Cleanup {
+        Cleanup(stopServer: serverStarted && !keep, removeWorkDirectory: !keep || !serverStarted)
+    }
+
+    /// Who runs pg_ctl: root switches to the PostgreSQL OS user; anyone else runs it as itself (nil).
+    public static func pgCtlUser(osUser: String, runningAsRoot: Bool) -> String? {
+        runningAsRoot && osUser != "root" ? osUser : nil
+    }
+
+    /// pg_ctl's directory when `--pg-bindir` is not given: PG_BINDIR, else PostgreSQL 15's Debian directory.
+    public static func postgresBindir(environment: [String: String]) -> String {
+        if let dir = environment["PG_BINDIR"], !dir.isEmpty { return dir }
+        return "/usr/lib/postgresql/15/bin"
+    }
+
+    /// Why the drill failed: its error, else a failed sanity check; nil when it passed.
+    public static func failure(error: String?, checks: [PromotionReport.Check]) -> String? {
+        error ?? (checks.contains { !$0.passed } ? "a sanity check failed" : nil)
+    }
+}
+
+/// How a drill ended: the report to write and where, and why it failed (nil when it passed).
+public struct DrillOutcome: Sendable {
+    public var report: PromotionReport
+    public var reportBase: String
+    public var failure: String?
+
+    public var headline: String { report.headline(failure: failure) }
+}
+
+/// Rehearses a disaster on a throwaway copy: restore, recover to the end of the spool, promote, check,
+/// clean up. `progress` gets the lines to print as they happen.
+public func drill(_ request: DrillRequest, progress: @escaping (String) -> Void) async -> DrillOutcome {
+    let clockStart = ContinuousClock.now
+    let spoolRoot = absolutePath(request.spool)
+    let plan = DrillPlan(base: request.workDirectory.map(absolutePath) ?? makeTemporaryDirectory())
+    var report = PromotionReport(
+        kind: "drill", host: ProcessInfo.processInfo.hostName, startedAt: Date(), dataDirectory: plan.dataDirectory)
+    let reportBase =
+        request.report.map(absolutePath) ?? defaultReportBase(kind: "drill", directory: FileManager.default.currentDirectoryPath)
+    var server: DrillServer?
+    var error: String?
+    do {
+        server = try await rehearse(
+            request, plan: plan, spoolRoot: spoolRoot, report: &report, clockStart: clockStart, progress: progress)
+    } catch let caught {
+        error = "\(caught)"
+    }
+    let failure = DrillPlan.failure(error: error, checks: report.checks)
+    // The protected standby kept replaying? Its position as the receiver last recorded it.
+    if let reader = try? SpoolReader(root: spoolRoot, system: request.system), var details = report.drill {
+        details.drStandbyReplayAfter = drStandbyReplay(reader.systemDirectory)
+        report.drill = details
+    }
+    let cleanup = DrillPlan.cleanup(keep: request.keep, serverStarted: server != nil)
+    if let server {
+        if cleanup.stopServer {
+            await server.stop()
+        } else {
+            progress(
+                "the promoted copy keeps running: psql -h \(plan.base) -p \(server.port) -U \(request.osUser) postgres   (stop: pg_ctl -D \(plan.dataDirectory) stop -m fast, then rm -rf \(plan.base))"
+            )
+        }
+    }
+    if cleanup.removeWorkDirectory {
+        try? FileManager.default.removeItem(atPath: plan.base)
+    }
+    report.finishedAt = Date()
+    report.outcome = failure == nil ? "promoted" : "failed"
+    if let failure { report.check("completed", false, failure) }
+    return DrillOutcome(report: report, reportBase: reportBase, failure: failure)
+}
+
+private func rehearse(
+    _ request: DrillRequest, plan: DrillPlan, spoolRoot: String, report: inout PromotionReport,
+    clockStart: ContinuousClock.Instant, progress: @escaping (String) -> Void
+) async throws -> DrillServer? {
+    let reader = try SpoolReader(root: spoolRoot, system: request.system)
+    report.systemIdentifier = String(reader.systemIdentifier)
+    let standbyBefore = drStandbyReplay(reader.systemDirectory)
+    let port = try freeLoopbackPort()
+    let base = plan.base
+    let osUser = request.osUser
+    let fm = FileManager.default
+    try fm.createDirectory(atPath: base, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+    if getuid() == 0 { try await giveToOSUser(base, osUser: osUser, what: base) }
+
+    progress("== restoring a throwaway copy (\(elapsed(clockStart))) into \(base) (port \(port))")
+    let restored = try await restoreFromBackup(
+        spool: spoolRoot, system: reader.systemIdentifier, backup: request.backup, pgdata: plan.dataDirectory,
+        settings: plan.recoverySettings(port: port), signal: "standby.signal", osUser: osUser,
+        walshipPath: request.walshipPath)
+    report.check(
+        "restored", true,
+        "backup \(restored.backup.id) (start \(restored.backup.startLSN)) unpacked; restore_command reads the spool read-only")
+    report.drill = .init(
+        backupID: restored.backup.id, port: port, checkSQL: request.checkSQL, checkResult: nil, kept: request.keep,
+        drStandbyReplayBefore: standbyBefore, drStandbyReplayAfter: nil)
+    // The copy must answer its owner on its own socket whatever the primary's pg_hba.conf says.
+    let hba = restored.dataDirectory + "/pg_hba.conf"
+    let oldHBA = (try? String(contentsOfFile: hba, encoding: .utf8)) ?? ""
+    try ("local all \(osUser) peer\n" + oldHBA).write(toFile: hba, atomically: true, encoding: .utf8)
+    if getuid() == 0 { try await giveToOSUser(hba, osUser: osUser, what: "pg_hba.conf") }
+
+    let server = DrillServer(
+        dataDirectory: restored.dataDirectory, port: port, osUser: osUser,
+        bindir: request.pgBindir ?? DrillPlan.postgresBindir(environment: ProcessInfo.processInfo.environment))
+    try await server.start()
+    let cluster = try LocalCluster(dataDirectory: restored.dataDirectory)
+    let session = SQLSession(
+        conninfo: try Conninfo("host='\(base)' port=\(port) dbname=postgres user='\(osUser)'"),
+        applicationName: "walship_drill")
+    defer { Task { await session.close() } }
+    try await cluster.connect(session)
+    report.check("connects", true, "the copy accepts connections on port \(port)")
+
+    progress("== recovering to the end of the spool (\(elapsed(clockStart)))")
+    let steps = PromotionSteps(session: session, report: progress)
+    let deadline = clockStart + .seconds(request.timeout)
+    // The live stream keeps the spool growing: recover to its end as of now, then promote, and measure
+    // the RPO against what was acknowledged by then.
+    let goalNow = try reader.end().lsn
+    let (state, goal) = try await steps.waitForReplay(target: { goalNow }, deadline: deadline)
+    let reached = state.replayed >= goal
+    report.check(
+        "replayed the spool", reached,
+        reached
+            ? "replayed \(state.replayed) ≥ spool end \(goal)"
+            : "replayed only \(state.replayed) of \(goal) within \(request.timeout) s")
+    guard reached else {
+        throw PromoteError(
+            "the copy replayed up to \(state.replayed) but the spool holds WAL up to \(goal) (hint: see \(restored.dataDirectory)/log/ or the server log; is WAL missing from the spool?)"
+        )
+    }
+    report.lastReplayedLSN = state.replayed.description
+    report.lastReplayedCommitTime = state.lastCommit
+    report.spoolEndLSN = goal.description
+
+    progress("== promoting the copy (\(elapsed(clockStart)))")
+    let (timeline, firstWriteAt) = try await steps.promote(deadline: deadline + .seconds(30), evidence: &report)
+    report.rtoSeconds = roundedSeconds(ContinuousClock.now - clockStart)
+    report.firstWriteAt = firstWriteAt
+    report.promotedTimeline = timeline
+    report.check(
+        "promoted", true,
+        "timeline \(timeline.map(String.init) ?? "?"), first write accepted at \(formatISO8601(firstWriteAt))")
+    // RPO against the live stream: what the receiver had acknowledged by the time the copy took over.
+    recordPrimaryProgress(into: &report, systemDirectory: reader.systemDirectory)
+    report.measureRecoveryPoint()
+
+    progress("== sanity checks (\(elapsed(clockStart)))")
+    do {
+        _ = try await session.query("CREATE TABLE walship_drill_check (checked_at timestamptz DEFAULT now())")
+        _ = try await session.query("INSERT INTO walship_drill_check DEFAULT VALUES")
+        let count = try await session.query("SELECT count(*) FROM walship_drill_check")
+        report.check("writes", count.first?[0] == "1", "created a table, inserted and read back a row")
+    } catch {
+        report.check("writes", false, "\(error)")
+    }
+    if let checkSQL = request.checkSQL {
+        do {
+            let rows = try await session.query(checkSQL)
+            let shown = rows.prefix(20).map { $0.map { $0 ?? "NULL" } }
+            report.drill?.checkResult = Array(shown)
+            report.check(
+                "check query", true,
+                "\(rows.count) row(s): \(shown.prefix(3).map { $0.joined(separator: ", ") }.joined(separator: "; "))")
+        } catch {
+            report.check("check query", false, "\(error)")
+        }
+    }
+    return server
+}
+
+/// The throwaway server of a drill, run with pg_ctl as the PostgreSQL OS user.
+struct DrillServer {
+    let dataDirectory: String
+    let port: Int
+    let osUser: String
+    let bindir: String
+
+    var log: String { dataDirectory + "/drill.log" }
+
+    func start() async throws {
+        let result: ChildProcess.Result
+        do {
+            result = try await pgCtl(["-D", dataDirectory, "-l", log, "-w", "-t", "120", "start"]).run()
+        } catch {
+            var error = error
+            error.hint = error.hint ?? "--pg-bindir names the directory of pg_ctl"
+            throw error
+        }
+        guard result.succeeded else {
+            let tail = ((try? String(contentsOfFile: log, encoding: .utf8)) ?? "").split(separator: "\n").suffix(5).joined(
+                separator: "\n")
+            let said = result.errorTail(lines: 3).replacingOccurrences(of: "\n", with: " ")
+            throw PromoteError(
+                "the drill copy did not start (pg_ctl exit \(result.status)\(said.isEmpty ? "" : ": \(said)")); \(log) ends with:\n\(tail)"
+            )
+        }
+    }
+
+    func stop() async {
+        _ = try? await pgCtl(["-D", dataDirectory, "-m", "fast", "-w", "stop"]).run()
+    }
+
+    /// pg_ctl as the PostgreSQL OS user. Its output goes to files, never pipes: the server it starts
+    /// keeps what it inherited open long after pg_ctl returns.
+    private func pgCtl(_ arguments: [String]) -> ChildProcess {
+        ChildProcess(
+            bindir + "/pg_ctl", arguments, user: DrillPlan.pgCtlUser(osUser: osUser, runningAsRoot: getuid() == 0),
+            errorOutput: .captured)
+    }
+}
+
+/// A TCP port on loopback nobody listens on right now.
+func freeLoopbackPort() throws -> Int {
+    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    guard fd >= 0 else { throw PromoteError("cannot open a socket to find a free port") }
+    defer { close(fd) }
+    var address = sockaddr_in()
+    address.sin_family = sa_family_t(AF_INET)
+    address.sin_addr.s_addr = inet_addr("127.0.0.1")
+    address.sin_port = 0
+    var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+    let bound = withUnsafeMutablePointer(to: &address) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) == 0 && getsockname(fd, $0, &length) == 0 }
+    }
+    guard bound else { throw PromoteError("cannot find a free loopback port") }
+    return Int(UInt16(bigEndian: address.sin_port))
+}
+
+/// The furthest replay position any real DR standby reported to the receiver.
+func drStandbyReplay(_ systemDirectory: String) -> String? {
+    ((try? StandbyRegistry.list(systemDirectory: systemDirectory)) ?? []).compactMap { LSN($0.replayedLSN) }.max()?
+        .description
+}
+
+private func makeTemporaryDirectory() -> String {
+    var template = Array("/tmp/walship-drill-XXXXXX".utf8CString)
+    return template.withUnsafeMutableBufferPointer { mkdtemp($0.baseAddress!).map { String(cString: $0) } }
+        ?? "/tmp/walship-drill-\(getpid())"
+}
