@@ -1,5 +1,7 @@
+import Foundation
 import NIOCore
 import ShipProtocol
+import StatusModel
 import Testing
 import WALCore
 
@@ -386,5 +388,19 @@ import WALCore
         let answer = refusal(m.spoolOpened(fence: fence))
         #expect(answer?.code == .fenced)
         #expect(answer?.message.contains("a verdict on the primary from the old primary") == true)
+    }
+}
+
+@Suite struct ControlSocketTests {
+    @Test func readinessIsAnsweredInOneLineOfJSONAndAnythingElseIsAnError() throws {
+        let now = Date(timeIntervalSince1970: 1_800_000_000)
+        let report = ReadinessReport.assess(
+            systemIdentifier: "7", source: "receiver", now: now, linkConnected: true, linkLastFrameAt: now,
+            linkSilentSince: nil, primaryLastHeardAt: now, linkTimeoutSeconds: 30, receiverLoss: "block",
+            senderProtocolVersion: 2, verdict: nil, mode: "sync", modeSince: now)
+        let answer = ControlSocket.answer("readiness\r", readiness: { report })
+        #expect(!answer.contains("\n"))
+        #expect(try StatusDocument.decoder().decode(ReadinessReport.self, from: Data(answer.utf8)) == report)
+        #expect(ControlSocket.answer("promote", readiness: { report }).contains(#""error""#))
     }
 }
