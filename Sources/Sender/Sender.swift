@@ -252,6 +252,7 @@ public final class Sender: Service {
                     noteProblem("degraded", "\(kept)", "cannot acknowledge from the local buffer; commits wait")
                     action = advance(&supervisor, .degradeRefused, error: kept.description)
                 } catch {
+                    notePrimaryFailure(error)
                     noteProblem("degraded", "\(error)", "cannot acknowledge from the local buffer; commits wait")
                     action = advance(&supervisor, .degradeFailed(now: .now))
                 }
@@ -430,6 +431,8 @@ public final class Sender: Service {
         let session = ReplicationSession(conninfo: config.source, logger: logger)
         defer { Task { await session.close() } }
         let identity = try await session.connect(applicationName: config.applicationName)
+        lastIdentity.withLock { $0 = identity }
+        primaryWatch.withLock { $0.answered(at: .now) }
         try checkPrimary(identity)
         var found = try await session.readSlot(config.slot)
         let slotIsNew = found == nil
