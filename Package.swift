@@ -181,7 +181,7 @@ let package = Package(
         .testTarget(
             name: "ReceiverTests",
             dependencies: [
-                "Receiver", "ShipProtocol", "WALCore", .product(name: "NIOEmbedded", package: "swift-nio"),
+                "Receiver", "ShipProtocol", "StatusModel", "WALCore", .product(name: "NIOEmbedded", package: "swift-nio"),
             ]),
         .testTarget(name: "FuzzReplayTests", dependencies: ["FuzzHarness"]),
         .testTarget(

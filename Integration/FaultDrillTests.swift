@@ -152,8 +152,8 @@ struct FaultDrillTests {
         usleep(300_000)
         writer.kill9()
         let loadSeconds = Date().timeIntervalSince(loadStarted)
-        topology.sender!.kill9()
         let acked = Set(acknowledgedIDs(ackedFile))
+        try waitForPromotionReady(statusPort: topology.receiverStatusPort, timeout: 30)
         let promote = try run(
             IT.walshipBinary,
             [
@@ -348,9 +348,12 @@ struct FaultDrillTests {
         #expect(acknowledgedEnd - offsite == exposedBytes)
         #expect((reported["seconds"] as? Double ?? 0) > 0, "\(reported)")
         kill(try postmasterPID(topology.primary), SIGKILL)
-        topology.sender!.kill9()
 
+        // Under degrade-after only the sender's word can tell a lost primary from a cut link: it stays up and tells
+        // the receiver once that is back.
         try topology.startReceiver(linkTimeout: 5)
+        try waitForPromotionReady(statusPort: topology.receiverStatusPort, timeout: 30)
+        topology.sender!.kill9()
         let promote = try run(
             IT.walshipBinary,
             [

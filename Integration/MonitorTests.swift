@@ -146,6 +146,9 @@ struct MonitorTests {
         try topology.primary.sql("INSERT INTO observations (value) SELECT 'late' FROM generate_series(1, 1000)")
         let late = try lsn(topology.primary.sql("SELECT pg_current_wal_lsn()"))!
         try waitUntil("the spool to hold the late rows", timeout: 30) { (try topology.durable() >= late, "") }
+        // Promotion waits for a lost primary first.
+        kill(try postmasterPID(of: topology.primary), SIGKILL)
+        try waitForPromotionReady(statusPort: topology.receiverStatusPort, timeout: 30)
         let behind = try run(
             IT.walshipBinary,
             [

@@ -89,9 +89,10 @@ struct PromoteTests {
         kill(try #require(postmaster), SIGKILL)
         usleep(300_000)
         writer.kill9()
-        topology.sender!.kill9()
         let acked = acknowledgedIDs(ackedFile)
         let lastAcked = try #require(acked.max())
+        // The sender, still running, finds the primary gone and says so; only then may the DR replica be promoted.
+        try waitForPromotionReady(statusPort: topology.receiverStatusPort, timeout: 30)
 
         let report = fixture.logDirectory + "/promote-report"
         let promote = try run(
@@ -102,6 +103,7 @@ struct PromoteTests {
             ], timeout: 200, check: false)
         #expect(promote.status == 0, "promote: \(promote.output)\(promote.error)")
         #expect(promote.output.contains("RPO"), "\(promote.output)")
+        topology.sender!.kill9()
         let json = try #require(
             try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: report + ".json"))) as? [String: Any])
         #expect(json["outcome"] as? String == "promoted")

@@ -532,3 +532,30 @@ func acknowledgedIDs(_ file: String) -> [Int] { acknowledgedCommits(file).map(\.
 func tlsArguments(_ directory: String, _ end: String) -> [String] {
     ["--tls-cert", "\(directory)/\(end).crt", "--tls-key", "\(directory)/\(end).key", "--tls-ca", "\(directory)/ca.crt"]
 }
+
+/// The postmaster's process ID, from its data directory.
+func postmasterPID(of cluster: Cluster) throws -> Int32 {
+    let text = try String(contentsOfFile: cluster.dataDirectory + "/postmaster.pid", encoding: .utf8)
+    guard let pid = text.split(separator: "\n").first.flatMap({ Int32($0) }) else {
+        throw TestFailure("no postmaster pid in \(cluster.dataDirectory)/postmaster.pid")
+    }
+    return pid
+}
+
+/// The receiver's promotion readiness for its first system, as `/status` shows it (`systems[].promotion`).
+func promotionReadiness(statusPort: Int) throws -> [String: Any]? {
+    ((try fetchStatus(port: statusPort))["systems"] as? [[String: Any]])?.first?["promotion"] as? [String: Any]
+}
+
+/// Waits until `walship status` at the receiver says the old primary is lost (`promotion ready: …`), as an operator
+/// would before `walship promote`; returns that line.
+@discardableResult
+func waitForPromotionReady(statusPort: Int, timeout: Double = 30) throws -> String {
+    var line = ""
+    try waitUntil("walship status to say the primary is lost (promotion ready)", timeout: timeout) {
+        let status = try run(IT.walshipBinary, ["status", "--url", "http://127.0.0.1:\(statusPort)"], check: false)
+        line = status.output.split(separator: "\n").first { $0.contains("promotion ") }.map(String.init) ?? ""
+        return (line.contains("promotion ready:"), status.output.suffix(1500).description)
+    }
+    return line
+}

@@ -131,12 +131,17 @@ step "8. Disaster: the primary is killed (kill -9) in the middle of the writer's
 kill -9 "$(head -1 "$DEMO/primary/postmaster.pid")"
 sleep 0.5
 kill "$WRITER_PID" 2>/dev/null || true; wait "$WRITER_PID" 2>/dev/null || true; WRITER_PID=
-kill "$SENDER_PID" 2>/dev/null || true; SENDER_PID=
 last_acked=$(tail -1 "$DEMO/acknowledged.txt")
 echo "$(wc -l < "$DEMO/acknowledged.txt") observations were acknowledged to the writer; the last one is id $last_acked"
+# The sender keeps running: it finds the primary gone (2 s of refused reconnects) and tells the receiver, and
+# only then is promotion safe. walship status shows the verdict.
+wait_for 30 "walship status to say the primary is lost" \
+    sh -c "'$WALSHIP' status --url 'http://127.0.0.1:$RECEIVER_STATUS' | grep 'promotion ready:'"
+"$WALSHIP" status --url "http://127.0.0.1:$RECEIVER_STATUS" | grep 'promotion ' || true
 
 step "9. walship promote: replay everything the DR site holds, fence the old primary, promote, measure"
 "$WALSHIP" promote --pgdata "$DEMO/dr" --spool "$DEMO/spool" --report "$DEMO/promotion"
+kill "$SENDER_PID" 2>/dev/null || true; SENDER_PID=
 echo
 echo "--- the evidence report ($DEMO/promotion.md) ---"
 cat "$DEMO/promotion.md"

@@ -17,10 +17,14 @@ public struct PromoteRequest: Sendable {
     /// Base path of the report (`.json`, `.md`); chosen from the spool or the current directory when nil.
     public var report: String?
     public var force: Bool
+    /// Perform every check and report what would happen, changing nothing: no fence, no pg_promote.
+    public var dryRun: Bool
 
     public init(
-        dataDirectory: String, standby: String?, spool: String?, system: UInt64?, timeout: Int, report: String?, force: Bool
+        dataDirectory: String, standby: String?, spool: String?, system: UInt64?, timeout: Int, report: String?, force: Bool,
+        dryRun: Bool = false
     ) {
+        self.dryRun = dryRun
         self.dataDirectory = dataDirectory
         self.standby = standby
         self.spool = spool
@@ -68,11 +72,14 @@ public struct PromotionFacts: Sendable, Equatable {
         public var fenceUnreadable: String?
         /// Why the fence could not be written, if so.
         public var fenceUnwritable: String?
+        /// Whether the old primary is lost, as the receiver (or, when it is down, primary.json) tells it.
+        public var readiness: ReadinessReport?
 
         public init(
             systemDirectory: String, standbyListen: String?, fencedAt: Date?, fenceUnreadable: String? = nil,
-            fenceUnwritable: String?
+            fenceUnwritable: String?, readiness: ReadinessReport? = nil
         ) {
+            self.readiness = readiness
             self.systemDirectory = systemDirectory
             self.standbyListen = standbyListen
             self.fencedAt = fencedAt
@@ -210,6 +217,18 @@ extension PromotionPrecondition {
                     "this system's DR replica was already promoted at \(formatISO8601(fencedAt)) (\(FenceRecord.path(spool.systemDirectory))); promoting a second replica would fork the DR site (hint: --force if this is intended)",
                 forcible: true)
         },
+        PromotionPrecondition("primary lost") { facts in
+            guard case .matching(let spool)? = facts.spool, let readiness = spool.readiness else { return .silent }
+            if readiness.ready { return .passed(readiness.verdict) }
+            var ways = ["stop or fence the old primary (then the sender reports it lost within 2 s)"]
+            if let readyAt = readiness.readyAt { ways.append("wait until \(formatISO8601(readyAt))") }
+            ways.append("--force if you are sure it is gone")
+            return .failed(
+                readiness.verdict,
+                refusal:
+                    "the old primary may still be alive: the DR site last heard it at \(readiness.primaryLastHeardAt.map(formatISO8601) ?? "an unknown time") (\(readiness.reason)). Not promoted: a second primary would fork the system (hint: \(ways.joined(separator: ", or "))); walship status shows the readiness",
+                forcible: true)
+        },
         PromotionPrecondition("fence writable") { facts in
             guard case .matching(let spool)? = facts.spool, let problem = spool.fenceUnwritable else { return .silent }
             return .failed(
@@ -306,6 +325,7 @@ public func promote(_ request: PromoteRequest, progress: @escaping (String) -> V
         failure = "\(error)"
     }
     promotion.report.close(failure: failure)
+    if request.dryRun { promotion.report.outcome = failure == nil ? "would promote" : "would refuse" }
     return PromotionOutcome(
         report: promotion.report,
         reportBase: promotion.reportBase
@@ -358,6 +378,7 @@ struct Promotion {
         }
 
         let steps = PromotionSteps(session: session, report: progress)
+        if request.dryRun { return try await rehearse(steps, reader: reader) }
         var state: PromotionSteps.ReplayState?
         var goal = LSN.invalid
         for step in PromotionStep.plan(spoolGiven: reader != nil) {
@@ -378,6 +399,8 @@ struct Promotion {
                     progress: progress)
             case .fence:
                 guard let reader, let replayed = state?.replayed else { continue }
+                // Written durably (fsync, rename, directory fsync) before pg_promote: a returning old primary must
+                // find the DR site closed whatever happens to this process after the promotion.
                 do {
                     try FenceRecord(
                         promotedAt: Date(), promotedTimeline: nil, replayedLSN: replayed.description,
@@ -386,7 +409,12 @@ struct Promotion {
                     report.check("fence written", true, FenceRecord.path(reader.systemDirectory))
                 } catch {
                     report.check("fence written", false, "\(error)")
-                    progress("warning: could not fence the system: \(error)")
+                    guard request.force else {
+                        throw PromoteError(
+                            "cannot write the fence \(FenceRecord.path(reader.systemDirectory)): \(error). Not promoted: the receiver would go on taking the old primary's WAL (hint: fix the spool's permissions or disk; --force promotes without a fence)"
+                        )
+                    }
+                    progress("warning: could not fence the system: \(error) (--force)")
                 }
                 // Anything that landed between the wait and the fence is replayed too.
                 (state, goal) = try await steps.waitForReplay(
@@ -401,6 +429,26 @@ struct Promotion {
                 try await promote(steps, fencedIn: reader?.systemDirectory)
             }
         }
+    }
+
+    /// `--dry-run`: what the promotion would find now, without waiting, fencing or promoting. The replay check and
+    /// the RPO figures use the standby's position at this moment.
+    private mutating func rehearse(_ steps: PromotionSteps, reader: SpoolReader?) async throws {
+        let state = try await steps.replayState()
+        let goal = try reader?.end().lsn ?? state.received
+        let verdict = replayVerdict(replayed: state.replayed, goal: goal, timeoutSeconds: 0, force: request.force)
+        report.checks += verdict.checks
+        report.lastReplayedLSN = state.replayed.description
+        report.lastReplayedCommitTime = state.lastCommit
+        report.spoolEndLSN = reader == nil ? nil : goal.description
+        if let reader { recordPrimaryProgress(into: &report, systemDirectory: reader.systemDirectory) }
+        report.measureRecoveryPoint()
+        if verdict.refusal != nil {
+            progress(
+                "note: the standby has not replayed all the spool holds yet; a promotion would wait up to --timeout (\(request.timeout) s) for it"
+            )
+        }
+        progress("dry run: would promote (nothing was changed)")
     }
 
     /// pg_promote and the first accepted write; the timeline goes into the fence.
@@ -443,10 +491,17 @@ struct Promotion {
         do { fencedAt = try FenceRecord.load(systemDirectory: reader.systemDirectory)?.promotedAt } catch {
             fenceUnreadable = "\(error)"
         }
+        let readiness = ReadinessQuery.ask(systemDirectory: reader.systemDirectory, systemIdentifier: standbySystem)
+        progress("promotion \(readiness.verdict)")
         return .matching(
             .init(
                 systemDirectory: reader.systemDirectory, standbyListen: receiver?.standbyListen, fencedAt: fencedAt,
-                fenceUnreadable: fenceUnreadable, fenceUnwritable: cannotWrite(directory: reader.systemDirectory)))
+                fenceUnreadable: fenceUnreadable,
+                // A dry run changes nothing, not even a probe file: it asks the kernel instead.
+                fenceUnwritable: request.dryRun
+                    ? (access(reader.systemDirectory, W_OK) == 0 ? nil : "no write permission in \(reader.systemDirectory)")
+                    : cannotWrite(directory: reader.systemDirectory),
+                readiness: readiness))
     }
 }
 

@@ -245,3 +245,47 @@ public final class PGConnection {
         return rows
     }
 }
+
+/// What a server answered to `PGConnection.ping` (libpq's `PQpingParams`).
+public enum PingResult: Sendable, Hashable {
+    /// It answered and would accept connections (a refused login is an answer too).
+    case accepting
+    /// It answered that it cannot accept connections now: starting up, shutting down, in crash recovery.
+    case rejecting
+    /// Nothing answered: connection refused, unreachable, or no PostgreSQL message within the connect timeout.
+    case noResponse
+    /// The conninfo could not be used for an attempt.
+    case noAttempt
+
+    /// Any PostgreSQL message came back.
+    public var answered: Bool { self == .accepting || self == .rejecting }
+}
+
+extension PGConnection {
+    /// Asks whether a server answers at `conninfo`, without logging in (blocking, at most about `connectTimeout`
+    /// seconds per host; libpq takes no less than 2).
+    public static func ping(_ conninfo: Conninfo, connectTimeout: Int = 2) -> PingResult {
+        var info = conninfo
+        info["replication"] = nil
+        if info["dbname"] == nil { info["dbname"] = "postgres" }
+        info["connect_timeout"] = String(max(2, connectTimeout))
+        if info["fallback_application_name"] == nil { info["fallback_application_name"] = "walship" }
+        let keys = info.options.map { strdup($0.key) } + [nil]
+        let values = info.options.map { strdup($0.value) } + [nil]
+        defer {
+            keys.forEach { free($0) }
+            values.forEach { free($0) }
+        }
+        let result = keys.map { UnsafePointer($0) }.withUnsafeBufferPointer { k in
+            values.map { UnsafePointer($0) }.withUnsafeBufferPointer { v in
+                PQpingParams(k.baseAddress, v.baseAddress, 0)
+            }
+        }
+        switch result {
+        case PQPING_OK: return .accepting
+        case PQPING_REJECT: return .rejecting
+        case PQPING_NO_RESPONSE: return .noResponse
+        default: return .noAttempt
+        }
+    }
+}

@@ -77,6 +77,8 @@ public final class Receiver: Service {
     /// The stream links a graceful shutdown drains, and whether it has begun.
     private let stopping = Mutex(StreamLinkStops())
     let startedAt = Date()
+    /// Per system, the control socket `walship promote` asks (`ControlSocket`).
+    private let controlSockets = Mutex<[UInt64: Channel]>([:])
     /// The address actually bound (differs from the configuration when port 0 was asked for).
     public let boundAddress = Mutex<SocketAddress?>(nil)
 
@@ -98,6 +100,10 @@ public final class Receiver: Service {
         var savedProgress: PrimaryProgressRecord?
         /// The mode history's newest entries, as recorded in the spool.
         var mode = CurrentMode()
+        /// When anything last showed the primary alive (on this receiver's clock; see `PrimaryContactFacts`).
+        var primaryLastHeardAt: Date?
+        /// The sender's newest verdict on the primary since the last stream link began.
+        var verdict: SenderVerdictRecord?
     }
 
     public init(configuration: ReceiverConfiguration, logger: Logger) throws {
@@ -112,7 +118,12 @@ public final class Receiver: Service {
             Dictionary(
                 uniqueKeysWithValues: try spool.openExistingSystems().map {
                     let history = (try? ModeHistory.load(systemDirectory: $0.directory)) ?? []
-                    return ($0.systemIdentifier, SystemMonitor(disconnectedSince: start, mode: CurrentMode(history)))
+                    // The last contact before this process started still times the silence.
+                    let heard = (try? PrimaryProgressRecord.load(systemDirectory: $0.directory))??.primaryLastHeardAt
+                    return (
+                        $0.systemIdentifier,
+                        SystemMonitor(disconnectedSince: start, mode: CurrentMode(history), primaryLastHeardAt: heard)
+                    )
                 }))
     }
 
@@ -153,6 +164,7 @@ public final class Receiver: Service {
             for pool in writers.withLock({ Array($0.values) }) + housekeepers.withLock({ Array($0.values) }) {
                 pool.shutdownGracefully { _ in }
             }
+            closeControlSockets()
         }
         do {
             try await serveUntilStopped(server)
@@ -450,7 +462,8 @@ public final class Receiver: Service {
                     monitor.withLock { $0[hello.systemIdentifier, default: SystemMonitor()].fenceRefusedAt = Date() }
                 }
                 throw refusal
-            case .queueWAL, .queueHistory, .recordMode, .keepalive, .beginBackup, .storeBackupData, .finishBackup, .none:
+            case .queueWAL, .queueHistory, .recordMode, .recordVerdict, .keepalive, .beginBackup, .storeBackupData,
+                .finishBackup, .none:
                 preconditionFailure("\(action) during the handshake")
             }
         }
@@ -460,6 +473,9 @@ public final class Receiver: Service {
             try await serveBackup(
                 welcome, machine: machine, system: system, iterator: iterator, outbound: outbound,
                 logger: logger)
+        case .verdict:
+            try await serveVerdicts(
+                welcome, machine: machine, system: system, iterator: iterator, outbound: outbound, logger: logger)
         case .stream:
             guard let linkID = claimed else { preconditionFailure("a stream link welcomed without its claim") }
             try await serveStream(
@@ -590,6 +606,61 @@ public final class Receiver: Service {
             })
     }
 
+    /// A verdict link: the sender's word on the primary while its stream link is down. Each verdict is held for the
+    /// system and acknowledged with an ack of the spool's position; the sender closes the link.
+    private func serveVerdicts(
+        _ welcome: Welcome, machine: ReceiverLinkStateMachine, system: SystemSpool,
+        iterator: NIOAsyncChannelInboundStream<ShipMessage>.AsyncIterator,
+        outbound: NIOAsyncChannelOutboundWriter<ShipMessage>, logger: Logger
+    ) async throws {
+        var machine = machine
+        var iterator = iterator
+        try await outbound.write(.welcome(welcome))
+        while let message = try await iterator.next() {
+            switch machine.frameReceived(message) {
+            case .recordVerdict(let verdict):
+                noteVerdict(verdict, system: system.systemIdentifier, logger: logger)
+                try await outbound.write(.ack(ack(for: system, at: system.position)))
+            case .keepalive(_, _, let sendAck):
+                if sendAck { try await outbound.write(.ack(ack(for: system, at: system.position))) }
+            case .refuse(let refusal), .closeWithoutAnswer(let refusal):
+                throw refusal
+            case .openSpool, .claimStream, .findResumePoint, .welcome, .queueWAL, .queueHistory, .recordMode, .beginBackup,
+                .storeBackupData, .finishBackup, .none:
+                continue
+            }
+        }
+    }
+
+    /// Holds the sender's verdict, placed on this receiver's clock, and logs a change of it.
+    private func noteVerdict(_ verdict: PrimaryVerdict, system: UInt64, logger: Logger) {
+        let now = Date()
+        func ago(_ millis: UInt64?) -> Date? { millis.map { now.addingTimeInterval(-Double($0) / 1000) } }
+        let state: SenderVerdictRecord.State =
+            switch verdict.state {
+            case .alive: .alive
+            case .unanswered: .unanswered
+            case .lost: .lost
+            case .senderStopped: .senderStopped
+            }
+        let record = SenderVerdictRecord(
+            state: state, receivedAt: now, primaryLastHeardAt: ago(verdict.lastHeardAgeMillis),
+            droppedAt: ago(verdict.droppedAgeMillis))
+        let previous = monitor.withLock { monitors -> SenderVerdictRecord.State? in
+            var m = monitors[system, default: SystemMonitor()]
+            let previous = m.verdict?.state
+            m.verdict = record
+            if let heard = record.primaryLastHeardAt { m.primaryLastHeardAt = max(m.primaryLastHeardAt ?? heard, heard) }
+            monitors[system] = m
+            return previous
+        }
+        guard previous != state else { return }
+        var metadata: Logger.Metadata = ["walship.verdict": "\(state.rawValue)"]
+        if let heard = record.primaryLastHeardAt { metadata["walship.primary_last_heard"] = "\(formatISO8601(heard))" }
+        if let dropped = record.droppedAt { metadata["walship.dropped_at"] = "\(formatISO8601(dropped))" }
+        logger.notice("the sender's verdict on the primary", metadata: metadata)
+    }
+
     /// A backup link: store the archive and manifest as they come, make the backup visible when whole, and
     /// declare it complete once the stream has brought the spool's durable WAL to its stop LSN.
     private func serveBackup(
@@ -666,7 +737,8 @@ public final class Receiver: Service {
                 if sendAck { try await outbound.write(.ack(ack(for: system, at: system.position))) }
             case .refuse(let refusal), .closeWithoutAnswer(let refusal):
                 throw refusal
-            case .openSpool, .claimStream, .findResumePoint, .welcome, .queueWAL, .queueHistory, .recordMode, .none:
+            case .openSpool, .claimStream, .findResumePoint, .welcome, .queueWAL, .queueHistory, .recordMode, .recordVerdict,
+                .none:
                 continue
             }
         }
@@ -727,7 +799,8 @@ public final class Receiver: Service {
             return (.mode(entry), 256)
         case .refuse(let refusal), .closeWithoutAnswer(let refusal):
             throw refusal
-        case .openSpool, .claimStream, .findResumePoint, .welcome, .beginBackup, .storeBackupData, .finishBackup, .none:
+        case .openSpool, .claimStream, .findResumePoint, .welcome, .beginBackup, .storeBackupData, .finishBackup,
+            .recordVerdict, .none:
             return nil
         }
     }
@@ -894,6 +967,8 @@ public final class Receiver: Service {
                 $0[hello.systemIdentifier, default: SystemMonitor()].senderName = hello.senderName
                 $0[hello.systemIdentifier, default: SystemMonitor()].synchronous = hello.synchronous
             }
+            // A verdict from before this link says nothing about the primary any more.
+            monitor.withLock { $0[hello.systemIdentifier]?.verdict = nil }
             if let stale {
                 logger.warning("replacing a silent link that exceeded the link timeout")
                 stale.close(promise: nil)
@@ -923,6 +998,7 @@ public final class Receiver: Service {
                 .primaryReported(lsn: lsn, primaryTime: sendTime.unixSeconds, arrivedAt: now, localWallClock: wall)
             $0[system.systemIdentifier, default: SystemMonitor()].primaryTime = sendTime
             $0[system.systemIdentifier, default: SystemMonitor()].primaryReportedAt = now
+            $0[system.systemIdentifier, default: SystemMonitor()].primaryLastHeardAt = Date()
         }
     }
 
@@ -934,6 +1010,7 @@ public final class Receiver: Service {
             // The spool's own size, every 15 s: a directory walk, kept off the status request path.
             if round % 15 == 0 { try await offThePool { self.measureDiskUsage() } }
             round += 1
+            await openControlSockets()
             try await Task.sleep(for: .seconds(1))
             // primary.json is written and fsynced: off the concurrency pool, each system on its own thread.
             try await eachSystemOnItsThread { self.recordProgress($0) }
@@ -951,7 +1028,9 @@ public final class Receiver: Service {
                 primaryLSN: m.lag.primaryLSN.isValid ? m.lag.primaryLSN.description : nil,
                 primaryTime: m.primaryTime.map { Date(timeIntervalSince1970: $0.unixSeconds) }, timeline: position.timeline,
                 acknowledgedLSN: m.acknowledged.isValid ? m.acknowledged.description : nil, acknowledgedAt: m.acknowledgedAt,
-                senderName: m.senderName, synchronous: m.synchronous, updatedAt: m.savedProgress?.updatedAt ?? Date())
+                senderName: m.senderName, synchronous: m.synchronous, updatedAt: m.savedProgress?.updatedAt ?? Date(),
+                primaryLastHeardAt: m.primaryLastHeardAt,
+                linkTimeoutSeconds: config.linkTimeout / .seconds(1))
             monitors[id] = m
             return (record, m.savedProgress)
         }
@@ -972,6 +1051,40 @@ public final class Receiver: Service {
             logger.warning(
                 "the system was fenced by a promotion; closing the old primary's link", metadata: ["walship.system": "\(id)"])
             link.handle.close(promise: nil)
+        }
+    }
+
+    /// A control socket for every open system that has none yet (a system is opened by its first link too).
+    private func openControlSockets() async {
+        for system in spool.openSystems {
+            let id = system.systemIdentifier
+            guard controlSockets.withLock({ $0[id] == nil }) else { continue }
+            let path = ControlSocket.path(systemDirectory: system.directory)
+            do {
+                let channel = try await ControlSocket.listen(at: path) { self.readiness(of: id) }
+                controlSockets.withLock { $0[id] = channel }
+            } catch {
+                // Tried again next second; logged once a minute.
+                if isNewRefusal("control socket \(id): \(error)") {
+                    logger.warning(
+                        "cannot open the control socket; walship promote falls back to primary.json",
+                        metadata: ["walship.system": "\(id)", "walship.path": "\(path)", "walship.error": "\(error)"])
+                }
+            }
+        }
+    }
+
+    /// Closes the control sockets and removes their files: a promote asking after this reads primary.json.
+    private func closeControlSockets() {
+        let sockets = controlSockets.withLock { sockets in
+            defer { sockets = [:] }
+            return sockets
+        }
+        for (id, channel) in sockets {
+            channel.close(promise: nil)
+            if let system = spool.openSystems.first(where: { $0.systemIdentifier == id }) {
+                unlink(ControlSocket.path(systemDirectory: system.directory))
+            }
         }
     }
 
@@ -1049,6 +1162,7 @@ public final class Receiver: Service {
                         notHonouredSince: requested == true && mode != .sync && mode != .degraded ? since : nil,
                         detail: latest.detail)
                 }
+                status.promotion = readiness(of: id, monitor: m, link: link, now: now, wallNow: wallNow)
                 status.spoolFailure = system.fsyncFailure.map {
                     "\($0) (hint: check the disk and the kernel log, then restart walship receive: it re-reads the spool from disk)"
                 }
@@ -1071,6 +1185,26 @@ public final class Receiver: Service {
                 path: config.spoolRoot, totalBytes: capacity?.total, freeBytes: capacity?.free,
                 usedBytes: diskUsage.withLock { $0 }),
             receiver: .init(listen: "\(config.listenHost):\(config.listenPort)", standbyListen: config.standbyListen))
+    }
+
+    /// Whether promoting this system's DR replica is safe as far as this receiver knows (`PromotionReadiness`).
+    func readiness(of system: UInt64) -> ReadinessReport {
+        let link = links.withLock { $0.links[system] }
+        let m = monitor.withLock { $0[system] } ?? SystemMonitor(disconnectedSince: startedAt)
+        return readiness(of: system, monitor: m, link: link, now: .now, wallNow: Date())
+    }
+
+    private func readiness(
+        of system: UInt64, monitor m: SystemMonitor, link: StreamLinkRegistry<Channel>.Link?, now: ContinuousClock.Instant,
+        wallNow: Date
+    ) -> ReadinessReport {
+        ReadinessReport.assess(
+            systemIdentifier: String(system), source: "receiver", now: wallNow, linkConnected: link != nil,
+            linkLastFrameAt: link.map { wallNow.addingTimeInterval(-((now - $0.lastFrame) / .seconds(1))) },
+            linkSilentSince: m.disconnectedSince, primaryLastHeardAt: m.primaryLastHeardAt,
+            linkTimeoutSeconds: config.linkTimeout / .seconds(1), receiverLoss: m.mode.link?.receiverLoss,
+            senderProtocolVersion: m.mode.link?.protocolVersion, verdict: m.verdict, mode: m.mode.mode?.rawValue,
+            modeSince: m.mode.since)
     }
 
     func measureDiskUsage() {

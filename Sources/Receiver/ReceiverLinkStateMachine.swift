@@ -8,6 +8,7 @@ import WALCore
 ///     awaitingHello ─hello─▶ openingSpool ─fence passed─▶ claimingStream (stream links) ─▶ findingResumePoint
 ///                                        └──────────────────────────────────────────────▶ (backup links)
 ///     findingResumePoint ─welcome─▶ streaming | receivingBackup ─backup end─▶ backupStored
+///                                 └─welcome─▶ receivingVerdicts (verdict links, version 2)
 ///
 /// Every refusal ends in `closed`.
 struct ReceiverLinkStateMachine: Sendable {
@@ -39,6 +40,8 @@ struct ReceiverLinkStateMachine: Sendable {
         case receivingBackup(Hello, started: Bool)
         /// The backup is stored; the link only waits for the spool to hold its WAL and reads no more frames.
         case backupStored(Hello)
+        /// A verdict link: the sender's verdicts on the primary, each acknowledged.
+        case receivingVerdicts(Hello)
         case closed
     }
 
@@ -53,6 +56,8 @@ struct ReceiverLinkStateMachine: Sendable {
         case queueHistory(HistoryFile)
         /// Keep the change of mode in the system's audit log.
         case recordMode(ModeChange)
+        /// Hold the sender's verdict on the primary for the system, then answer with an ack.
+        case recordVerdict(PrimaryVerdict)
         /// Note the primary's end of WAL (stream links), and answer with an ack if the sender asked.
         case keepalive(primaryEnd: LSN?, sendTime: PostgresTimestamp, sendAck: Bool)
         case beginBackup(BackupStart)
@@ -102,6 +107,10 @@ struct ReceiverLinkStateMachine: Sendable {
                 )
             }
         }
+        if hello.role == .verdict, hello.protocolVersion < 2 {
+            return refuse(
+                .protocolViolation, "a verdict link needs ship protocol version 2, the sender speaks \(hello.protocolVersion)")
+        }
         switch ReceiverHandshake.validate(hello) {
         case .failure(let refusal):
             state = .closed
@@ -119,14 +128,14 @@ struct ReceiverLinkStateMachine: Sendable {
         if let fence, !acceptFenced {
             return refuse(
                 .fenced,
-                "system \(hello.systemIdentifier) was promoted at the DR site at \(fence.promotedAt) (timeline \(fence.promotedTimeline.map(String.init) ?? "?")); \(hello.role == .backup ? "a base backup" : "WAL") from the old primary (sender \(hello.senderName), timeline \(hello.timeline)) is refused. Hint: re-seed the DR site and remove \(fence.recordPath), or restart walship receive with --force to accept it anyway"
+                "system \(hello.systemIdentifier) was promoted at the DR site at \(fence.promotedAt) (timeline \(fence.promotedTimeline.map(String.init) ?? "?")); \(hello.role.refusedThing) from the old primary (sender \(hello.senderName), timeline \(hello.timeline)) is refused. Hint: re-seed the DR site and remove \(fence.recordPath), or restart walship receive with --force to accept it anyway"
             )
         }
         switch hello.role {
         case .stream:
             state = .claimingStream(hello)
             return .claimStream(acceptedFence: fence)
-        case .backup:
+        case .backup, .verdict:
             state = .findingResumePoint(hello)
             return .findResumePoint(makeDurableFirst: false, acceptedFence: fence)
         }
@@ -151,6 +160,7 @@ struct ReceiverLinkStateMachine: Sendable {
         switch hello.role {
         case .stream: state = .streaming(hello)
         case .backup: state = .receivingBackup(hello, started: false)
+        case .verdict: state = .receivingVerdicts(hello)
         }
         return .welcome(
             Welcome(
@@ -162,7 +172,8 @@ struct ReceiverLinkStateMachine: Sendable {
         let system: UInt64
         switch state {
         case .openingSpool(let hello), .claimingStream(let hello), .findingResumePoint(let hello): system = hello.systemIdentifier
-        case .awaitingHello, .streaming, .receivingBackup, .backupStored, .closed: return outOfOrder("spool failure")
+        case .awaitingHello, .streaming, .receivingBackup, .backupStored, .receivingVerdicts, .closed:
+            return outOfOrder("spool failure")
         }
         let message =
             switch step {
@@ -182,6 +193,8 @@ struct ReceiverLinkStateMachine: Sendable {
             return streamFrame(message)
         case .receivingBackup(let hello, let started):
             return backupFrame(message, hello: hello, started: started)
+        case .receivingVerdicts:
+            return verdictFrame(message)
         case .backupStored, .closed:
             return .none
         case .awaitingHello, .openingSpool, .claimingStream, .findingResumePoint:
@@ -203,8 +216,21 @@ struct ReceiverLinkStateMachine: Sendable {
             return .recordMode(change)
         case .refusal(let refusal):
             return refuse(refusal.code, "the sender ended the link: \(refusal.message)")
-        case .hello, .welcome, .ack, .backupStart, .backupData, .backupEnd, .backupStatus:
+        case .hello, .welcome, .ack, .backupStart, .backupData, .backupEnd, .backupStatus, .primaryVerdict:
             return refuse(.protocolViolation, "unexpected \(message.kind) frame on a streaming link")
+        }
+    }
+
+    private mutating func verdictFrame(_ message: ShipMessage) -> Action {
+        switch message {
+        case .primaryVerdict(let verdict):
+            return .recordVerdict(verdict)
+        case .keepalive(let keepalive):
+            return .keepalive(primaryEnd: nil, sendTime: keepalive.sendTime, sendAck: keepalive.replyRequested)
+        case .refusal(let refusal):
+            return refuse(refusal.code, "the sender ended the link: \(refusal.message)")
+        case .hello, .welcome, .walData, .ack, .history, .mode, .backupStart, .backupData, .backupEnd, .backupStatus:
+            return refuse(.protocolViolation, "unexpected \(message.kind) frame on a verdict link")
         }
     }
 
@@ -224,7 +250,7 @@ struct ReceiverLinkStateMachine: Sendable {
         case .keepalive(let keepalive):
             // The stream link reports the primary's position; a backup link's keepalive only asks for life.
             return .keepalive(primaryEnd: nil, sendTime: keepalive.sendTime, sendAck: keepalive.replyRequested)
-        case .hello, .welcome, .refusal, .walData, .ack, .history, .backupStatus, .mode:
+        case .hello, .welcome, .refusal, .walData, .ack, .history, .backupStatus, .mode, .primaryVerdict:
             return refuse(.protocolViolation, "unexpected \(message.kind) frame on a backup link")
         }
     }
@@ -242,5 +268,16 @@ struct ReceiverLinkStateMachine: Sendable {
     private mutating func outOfOrder(_ event: String) -> Action {
         if case .closed = state { return .none }
         return refuse(.protocolViolation, "internal error: \(event) while \(state)")
+    }
+}
+
+extension LinkRole {
+    /// What a fence refuses from a sender of this role, in the refusal's words.
+    var refusedThing: String {
+        switch self {
+        case .stream: "WAL"
+        case .backup: "a base backup"
+        case .verdict: "a verdict on the primary"
+        }
     }
 }

@@ -83,6 +83,11 @@ public final class Sender: Service {
     private let bufferChores = Mutex<Task<Void, Never>?>(nil)
     /// How the primary treats this sender, and the changes the receiver has yet to be told.
     let modes: Mutex<ReplicationModeTracker>
+    /// Whether the primary is lost (`PrimaryWatch`), and what the receiver was last told of it.
+    let primaryWatch = Mutex(PrimaryWatch())
+    private let verdictDelivery = Mutex(VerdictDelivery())
+    /// The primary's identity from the last connection: what a verdict link's hello names.
+    private let lastIdentity = Mutex<SystemIdentity?>(nil)
 
     public init(configuration: SenderConfiguration, logger: Logger) throws {
         self.config = configuration
@@ -164,6 +169,7 @@ public final class Sender: Service {
         try await withThrowingTaskGroup(of: Void.self) { group in
             group.addTask { try await self.watchSlot() }
             group.addTask { try await self.watchReplicationMode() }
+            group.addTask { try await self.watchPrimary() }
             group.addTask { try await self.streamWithRetries() }
             try await group.next()
             group.cancelAll()
@@ -182,6 +188,7 @@ public final class Sender: Service {
             try Task.checkCancellation()
             // A graceful shutdown: the session drained (or none ran); a stop is not a failure.
             if Task.isShuttingDownGracefully {
+                await reportStopping()
                 logStopped()
                 return
             }
@@ -189,7 +196,10 @@ public final class Sender: Service {
             case .reconnectNow:
                 do {
                     try await streamOnce(
-                        onConnected: { advance(&supervisor, .connected) },
+                        onConnected: {
+                            primaryWatch.withLock { $0.answered(at: .now) }
+                            advance(&supervisor, .connected)
+                        },
                         onStreaming: { advance(&supervisor, .linked) })
                     action = advance(
                         &supervisor, .linkLost(setUpMistake: nil, stillExposed: stillExposed, now: .now),
@@ -213,6 +223,7 @@ public final class Sender: Service {
                     if Task.isCancelled { throw CancellationError() }
                     // The session ended while it drained (the receiver closed first, say): still a stop, no retry.
                     if Task.isShuttingDownGracefully { continue }
+                    notePrimaryFailure(error)
                     let text = "\(error)"
                     action = advance(&supervisor, sessionFailure(error), error: text)
                     if case .stop = action {} else { noteProblem("stream", text, "streaming stopped; retrying with backoff") }
@@ -241,6 +252,7 @@ public final class Sender: Service {
                     noteProblem("degraded", "\(kept)", "cannot acknowledge from the local buffer; commits wait")
                     action = advance(&supervisor, .degradeRefused, error: kept.description)
                 } catch {
+                    notePrimaryFailure(error)
                     noteProblem("degraded", "\(error)", "cannot acknowledge from the local buffer; commits wait")
                     action = advance(&supervisor, .degradeFailed(now: .now))
                 }
@@ -309,6 +321,106 @@ public final class Sender: Service {
         return action
     }
 
+    // MARK: - Is the primary lost?
+
+    /// A session failed on PostgreSQL's side: a message from the server is an answer, and a connection that went
+    /// away starts the 2 s in which `watchPrimary` asks whether anything answers.
+    private func notePrimaryFailure(_ error: any Error) {
+        guard let error = error as? PostgresError else { return }
+        let now = ContinuousClock.now
+        primaryWatch.withLock { watch in
+            if error.sqlState != nil { watch.answered(at: now) }
+            if error.connectionLost { watch.connectionDropped(at: now) }
+        }
+    }
+
+    /// Asks the primary whether it answers while its replication connection is down (`PrimaryWatch` says when), and
+    /// tells the receiver the verdict over a verdict link while there is no stream link to carry it.
+    private func watchPrimary() async throws {
+        while true {
+            try await Task.sleep(for: .milliseconds(100))
+            let now = ContinuousClock.now
+            let due = primaryWatch.withLock { watch -> Bool in
+                // The replication connection's messages are contacts too, but never withdraw a drop after them.
+                if let heard = statusBox.withLock({ $0.primaryLastMessageAt }) { watch.answered(at: heard) }
+                guard let next = watch.nextProbe, next <= now else { return false }
+                watch.probing(at: now)
+                return true
+            }
+            if due {
+                let conninfo = config.source
+                let result = try await NIOThreadPool.singleton.runIfActive { PGConnection.ping(conninfo) }
+                primaryWatch.withLock {
+                    if result.answered { $0.answered(at: .now) } else { $0.unanswered(at: .now) }
+                }
+            }
+            deliverVerdictIfNeeded()
+        }
+    }
+
+    /// Sends the verdict on a verdict link when the stream link is down and the receiver has not heard this verdict,
+    /// or not for a keepalive interval. One delivery at a time, off the watch's loop (a receiver that does not answer
+    /// takes the connect timeout).
+    private func deliverVerdictIfNeeded() {
+        let streaming = statusBox.withLock { $0.state == .streaming }
+        let now = ContinuousClock.now
+        let verdict = primaryWatch.withLock { $0.verdict }
+        let start = verdictDelivery.withLock { delivery -> Bool in
+            delivery.shouldSend(verdict, streaming: streaming, now: now, interval: config.keepaliveInterval)
+        }
+        guard start else { return }
+        Task {
+            let delivered = await sendVerdict()
+            verdictDelivery.withLock { $0.finished(verdict, delivered: delivered, at: .now) }
+        }
+    }
+
+    /// A graceful stop: the receiver is told that the sender goes while the primary was alive (or that it was lost),
+    /// so that the stream link's end is not taken for the primary's.
+    private func reportStopping() async {
+        primaryWatch.withLock { $0.senderStopping() }
+        let delivered = await withTaskGroup(of: Bool.self) { group in
+            group.addTask { await self.sendVerdict() }
+            group.addTask {
+                try? await Task.sleep(for: .seconds(2))
+                return false
+            }
+            let first = await group.next() ?? false
+            group.cancelAll()
+            return first
+        }
+        if !delivered {
+            logger.warning(
+                "could not tell the receiver that this sender stops; the DR site sees the link's silence only",
+                metadata: ["walship.receiver": "\(config.receiverHost):\(config.receiverPort)"])
+        }
+    }
+
+    /// One verdict link: hello, welcome, the verdict, its ack. False when the receiver could not be told.
+    private func sendVerdict() async -> Bool {
+        guard let identity = lastIdentity.withLock({ $0 }) else { return false }
+        let frame = primaryWatch.withLock { $0.frame(now: .now, sentAt: .now()) }
+        guard let channel = try? await connectReceiver() else { return false }
+        do {
+            return try await channel.executeThenClose { inbound, outbound in
+                var iterator = inbound.makeAsyncIterator()
+                let hello = Hello(
+                    role: .verdict, synchronous: config.synchronous, systemIdentifier: identity.systemIdentifier,
+                    timeline: identity.timeline, walSegmentSize: UInt32(identity.segmentSize.bytes),
+                    senderName: config.applicationName, receiverLoss: receiverLossRule)
+                guard case .welcome = try await exchangeHello(hello, outbound: outbound, inbound: &iterator) else {
+                    return false
+                }
+                try await outbound.write(.primaryVerdict(frame))
+                guard case .ack = try await iterator.next() else { return false }
+                return true
+            }
+        } catch {
+            logger.debug("verdict link failed", metadata: ["walship.error": "\(error)"])
+            return false
+        }
+    }
+
     // MARK: - Degraded: acknowledging from the local buffer
 
     /// Streams from the primary into the local buffer and acknowledges what is durable there, until the
@@ -319,6 +431,8 @@ public final class Sender: Service {
         let session = ReplicationSession(conninfo: config.source, logger: logger)
         defer { Task { await session.close() } }
         let identity = try await session.connect(applicationName: config.applicationName)
+        lastIdentity.withLock { $0 = identity }
+        primaryWatch.withLock { $0.answered(at: .now) }
         try checkPrimary(identity)
         var found = try await session.readSlot(config.slot)
         let slotIsNew = found == nil
@@ -477,6 +591,7 @@ public final class Sender: Service {
     private func streamSession(_ session: ReplicationSession, onConnected: () -> Void, onStreaming: () -> Void) async throws {
         await bufferChoresDone()
         let identity = try await session.connect(applicationName: config.applicationName)
+        lastIdentity.withLock { $0 = identity }
         onConnected()
         try checkPrimary(identity)
         logger.debug(
@@ -1102,6 +1217,51 @@ func connectToReceiver(host: String, port: Int, linkTimeout: Duration, tls: Clie
             }
     } catch {
         throw LinkError("receiver \(host):\(port) is unreachable: \(error)")
+    }
+}
+
+/// What the receiver was last told of the primary over a verdict link, and whether a delivery is under way.
+struct VerdictDelivery: Sendable {
+    /// A failed delivery is tried again after this, not in a tight loop against an unreachable receiver.
+    static let retryAfterFailure = Duration.seconds(1)
+
+    private(set) var inFlight = false
+    private(set) var delivered: PrimaryVerdict.State?
+    private(set) var deliveredAt: ContinuousClock.Instant?
+    private(set) var failedAt: ContinuousClock.Instant?
+
+    /// Whether to send `verdict` now: not while a stream link carries the primary's messages, never two at once;
+    /// a changed verdict at once, the same one again after `interval` (so the receiver's last contact stays fresh).
+    mutating func shouldSend(
+        _ verdict: PrimaryWatch.Verdict, streaming: Bool, now: ContinuousClock.Instant, interval: Duration
+    ) -> Bool {
+        guard !streaming, !inFlight else { return false }
+        if let failedAt, now - failedAt < Self.retryAfterFailure { return false }
+        let state = Self.state(of: verdict)
+        if state == .senderStopped { return false }
+        if state == delivered, let deliveredAt, now - deliveredAt < interval { return false }
+        inFlight = true
+        return true
+    }
+
+    mutating func finished(_ verdict: PrimaryWatch.Verdict, delivered: Bool, at now: ContinuousClock.Instant) {
+        inFlight = false
+        if delivered {
+            self.delivered = Self.state(of: verdict)
+            deliveredAt = now
+            failedAt = nil
+        } else {
+            failedAt = now
+        }
+    }
+
+    static func state(of verdict: PrimaryWatch.Verdict) -> PrimaryVerdict.State {
+        switch verdict {
+        case .alive: .alive
+        case .unanswered: .unanswered
+        case .lost: .lost
+        case .senderStopped: .senderStopped
+        }
     }
 }
 

@@ -127,6 +127,11 @@ public struct ShipFrameEncoder: MessageToByteEncoder, Sendable {
             out.writeShortString(m.syncState)
             out.writeShortString(m.synchronousCommit)
             out.writeShortString(m.detail)
+        case .primaryVerdict(let v):
+            out.writeInteger(v.state.rawValue)
+            out.writeInteger(v.lastHeardAgeMillis ?? UInt64.max)
+            out.writeInteger(v.droppedAgeMillis ?? UInt64.max)
+            out.writeInteger(v.sentAt.rawValue)
         }
     }
 }
@@ -313,6 +318,17 @@ public struct ShipFrameDecoder: NIOSingleStepByteToMessageDecoder, Sendable {
                 ModeChange(
                     mode: mode, lsn: lsn, observedAt: observedAt, syncState: syncState,
                     synchronousCommit: synchronousCommit, exposureBytes: exposure, detail: try string()))
+        case .primaryVerdict:
+            let rawState = try int(UInt8.self)
+            guard let state = PrimaryVerdict.State(rawValue: rawState) else {
+                throw .invalidField(kind: kind, reason: "unknown primary verdict \(rawState)")
+            }
+            let heard = try int(UInt64.self)
+            let dropped = try int(UInt64.self)
+            return .primaryVerdict(
+                PrimaryVerdict(
+                    state: state, lastHeardAgeMillis: heard == .max ? nil : heard,
+                    droppedAgeMillis: dropped == .max ? nil : dropped, sentAt: PostgresTimestamp(rawValue: try int())))
         }
     }
 }

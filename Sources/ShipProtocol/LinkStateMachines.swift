@@ -79,7 +79,8 @@ public struct SenderLinkStateMachine: Sendable {
             // A version refusal is not fatal: an upgrade at the DR site mends it, and a synchronous sender that
             // stopped would leave the primary's commits waiting with no one retrying.
             return close("the receiver refused the link: \(refusal.message)")
-        case .hello, .walData, .ack, .keepalive, .history, .backupStart, .backupData, .backupEnd, .backupStatus, .mode:
+        case .hello, .walData, .ack, .keepalive, .history, .backupStart, .backupData, .backupEnd, .backupStatus, .mode,
+            .primaryVerdict:
             return close("the receiver answered the handshake with \(message.kind)")
         }
     }
@@ -140,7 +141,8 @@ public struct SenderLinkStateMachine: Sendable {
             return .reportFeedback(written: ack.writtenLSN, durable: ack.durableLSN, replayed: ack.replayedLSN)
         case .refusal(let refusal):
             return close("the receiver ended the link: \(refusal.message)")
-        case .hello, .welcome, .walData, .keepalive, .history, .backupStart, .backupData, .backupEnd, .backupStatus, .mode:
+        case .hello, .welcome, .walData, .keepalive, .history, .backupStart, .backupData, .backupEnd, .backupStatus, .mode,
+            .primaryVerdict:
             return close("unexpected \(message.kind) frame from the receiver")
         }
     }

@@ -3,7 +3,8 @@ import NIOCore
 import WALCore
 
 /// Version of the framed protocol between `walship send` and `walship receive` (docs/ship-protocol.md). Version 2
-/// adds the sender's receiver-loss rule to the hello and the mode frame.
+/// adds the sender's receiver-loss rule to the hello, the mode frame, and the verdict link and frame (whether the
+/// sender can still reach the primary).
 public let shipProtocolVersion: UInt16 = 2
 
 /// The oldest version a receiver still accepts, so that the receiver can be upgraded before its senders.
@@ -23,6 +24,7 @@ public enum ShipMessage: Hashable, Sendable {
     case backupEnd(BackupEnd)
     case backupStatus(BackupStatus)
     case mode(ModeChange)
+    case primaryVerdict(PrimaryVerdict)
 
     public enum Kind: UInt8, Sendable {
         case hello = 0x01
@@ -33,6 +35,7 @@ public enum ShipMessage: Hashable, Sendable {
         case keepalive = 0x12
         case history = 0x13
         case mode = 0x14
+        case primaryVerdict = 0x15
         case backupStart = 0x20
         case backupData = 0x21
         case backupEnd = 0x22
@@ -53,6 +56,7 @@ public enum ShipMessage: Hashable, Sendable {
         case .backupEnd: .backupEnd
         case .backupStatus: .backupStatus
         case .mode: .mode
+        case .primaryVerdict: .primaryVerdict
         }
     }
 }
@@ -61,6 +65,9 @@ public enum ShipMessage: Hashable, Sendable {
 public enum LinkRole: UInt8, Sendable {
     case stream = 1
     case backup = 2
+    /// Version 2: a short link that carries the sender's verdict on the primary (`PrimaryVerdict`), answered with an
+    /// ack. Sent while the stream link is down, which is exactly when the DR site needs to know why.
+    case verdict = 3
 }
 
 /// Sender → receiver, first frame: who is shipping what.
@@ -293,6 +300,36 @@ public struct ModeChange: Hashable, Sendable {
         self.synchronousCommit = synchronousCommit
         self.exposureBytes = exposureBytes
         self.detail = detail
+    }
+}
+
+/// Sender → receiver on a verdict link (version 2): whether the sender can still reach the primary. Ages rather than
+/// times, so that the receiver places them on its own clock (`receivedAt - age`) whatever the two clocks say.
+public struct PrimaryVerdict: Hashable, Sendable {
+    public enum State: UInt8, Sendable, CaseIterable {
+        /// The replication connection is up, or the primary answered the last attempt.
+        case alive = 1
+        /// The replication connection dropped and no attempt since was answered, for less than the confirmation time.
+        case unanswered = 2
+        /// The connection dropped and every attempt for the confirmation time (2 s) was refused or unanswered.
+        case lost = 3
+        /// The sender is stopping (SIGTERM, SIGINT) while the primary was not lost: nobody watches it from now on.
+        case senderStopped = 4
+    }
+
+    public var state: State
+    /// Milliseconds since the primary last answered anything, at the time of sending; nil when never heard.
+    public var lastHeardAgeMillis: UInt64?
+    /// Milliseconds since the replication connection dropped, while `unanswered` or `lost`.
+    public var droppedAgeMillis: UInt64?
+    /// The sender's clock when it sent this (for the log; the receiver's arithmetic uses the ages).
+    public var sentAt: PostgresTimestamp
+
+    public init(state: State, lastHeardAgeMillis: UInt64?, droppedAgeMillis: UInt64?, sentAt: PostgresTimestamp) {
+        self.state = state
+        self.lastHeardAgeMillis = lastHeardAgeMillis
+        self.droppedAgeMillis = droppedAgeMillis
+        self.sentAt = sentAt
     }
 }
 

@@ -16,11 +16,20 @@ public struct PrimaryProgressRecord: Codable, Sendable, Equatable {
     public var senderName: String?
     public var synchronous: Bool?
     public var updatedAt: Date
+    /// The receiver's clock when the primary was last heard: a frame of the stream link, or the sender's own last
+    /// contact as its verdict reported it. What `walship promote` times the link's silence from when the receiver is
+    /// down.
+    public var primaryLastHeardAt: Date?
+    /// The receiver's `--link-timeout`, in seconds: the silence after which a primary counts as lost.
+    public var linkTimeoutSeconds: Double?
 
     public init(
         primaryLSN: String?, primaryTime: Date?, timeline: UInt32, acknowledgedLSN: String?, acknowledgedAt: Date?,
-        senderName: String?, synchronous: Bool?, updatedAt: Date
+        senderName: String?, synchronous: Bool?, updatedAt: Date, primaryLastHeardAt: Date? = nil,
+        linkTimeoutSeconds: Double? = nil
     ) {
+        self.primaryLastHeardAt = primaryLastHeardAt
+        self.linkTimeoutSeconds = linkTimeoutSeconds
         self.primaryLSN = primaryLSN
         self.primaryTime = primaryTime
         self.timeline = timeline

@@ -121,6 +121,9 @@ public struct StatusDocument: Codable, Sendable, Equatable {
         public var spoolFailure: String?
         /// How the primary treats the DR link, from the mode history in the spool.
         public var mode: ModeStatus?
+        /// Receiver only: whether promoting the DR replica is safe as far as the DR site can tell, and why
+        /// (`PromotionReadiness`); what `walship promote` asks through the control socket.
+        public var promotion: ReadinessReport?
 
         public init(
             systemIdentifier: String?, timeline: UInt32?, link: LinkStatus, chain: [Stage],

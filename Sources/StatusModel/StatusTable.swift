@@ -2,6 +2,15 @@ import Foundation
 
 /// The human-readable form of a status document, for `walship status` in a terminal.
 public enum StatusTable {
+    /// `promotion ready: …` or `promotion not ready: …`, and whether the lost link was synchronous.
+    static func promotionLine(_ report: ReadinessReport) -> String {
+        var line = "promotion " + report.verdict
+        if let synchronous = report.linkSynchronousWhenLost {
+            line += synchronous ? " [the link was synchronous when lost]" : " [the link was NOT synchronous when lost]"
+        }
+        return line
+    }
+
     /// `mode sync since … (sync_state sync, receiver loss block)`, and in capitals when --sync is not honoured.
     static func modeLine(_ mode: StatusDocument.ModeStatus, now: Date) -> String {
         var line =
@@ -61,6 +70,7 @@ public enum StatusTable {
             }
             out.append(head)
             if s.sender == nil, let mode = system.mode { out.append("  " + modeLine(mode, now: now)) }
+            if let promotion = system.promotion { out.append("  " + promotionLine(promotion)) }
             if let fence = system.fence {
                 out.append(
                     "  FENCED: the DR replica was promoted at \(formatISO8601(fence.promotedAt)); the old primary's WAL is refused"

@@ -72,4 +72,18 @@ public enum ReceiverLossRule: Hashable, Sendable, CustomStringConvertible {
             "degrade-after \(seconds == seconds.rounded() ? String(Int(seconds)) : String(seconds)) s"
         }
     }
+
+    /// Reads `description` back (the mode history keeps the rule in these words); nil for anything else.
+    public init?(description: String) {
+        switch description {
+        case "none": self = .asynchronous
+        case "block": self = .block
+        default:
+            let words = description.split(separator: " ")
+            guard words.count == 3, words[0] == "degrade-after", words[2] == "s", let seconds = Double(words[1]) else {
+                return nil
+            }
+            self = .degradeAfter(seconds: seconds)
+        }
+    }
 }

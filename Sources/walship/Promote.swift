@@ -8,10 +8,11 @@ struct Promote: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Promote the DR replica after everything the receiver holds is replayed; report RPO and RTO.",
         discussion: """
-            Waits until the standby has replayed all WAL in the spool (including the in-progress segment), fences the system at the receiver so a returning old primary cannot extend the old timeline at the DR site, promotes the standby, waits for its first accepted write, and writes an evidence report (JSON and Markdown).
-            Exit status: 0 promoted; 1 refused or failed (nothing was promoted unless the output says so).
-            Example:
+            Refuses while the old primary may be alive: the receiver (asked on SPOOL/<system>/control.sock, or primary.json when it is down) must know the primary lost (walship status shows the readiness). Then waits until the standby has replayed all WAL in the spool (including the in-progress segment), fences the system at the receiver so a returning old primary cannot extend the old timeline at the DR site, promotes the standby, waits for its first accepted write, and writes an evidence report (JSON and Markdown).
+            Exit status: 0 promoted (with --dry-run: would promote); 1 refused or failed (nothing was promoted unless the output says so).
+            Examples:
               walship promote --pgdata /var/lib/postgresql/15/dr --spool /var/lib/walship
+              walship promote --pgdata /var/lib/postgresql/15/dr --spool /var/lib/walship --dry-run
             """)
 
     @Option(help: "Data directory of the DR standby.")
@@ -37,9 +38,15 @@ struct Promote: AsyncParsableCommand {
 
     @Flag(
         help:
-            "Promote even if the standby does not look like a walship replica, cannot reach all received WAL, or the fence cannot be written."
+            "Promote even if the old primary may be alive, the standby does not look like a walship replica, cannot reach all received WAL, or the fence cannot be written."
     )
     var force = false
+
+    @Flag(
+        help:
+            "Perform every check and print whether it would promote or refuse, with the RPO figures; change nothing (no fence, no pg_promote, no report unless --report names one, no notice)."
+    )
+    var dryRun = false
 
     @OptionGroup var notice: NoticeOptions
 
@@ -51,11 +58,33 @@ struct Promote: AsyncParsableCommand {
         let outcome = await Operations.promote(
             PromoteRequest(
                 dataDirectory: pgdata, standby: standby, spool: spool, system: system, timeout: timeout, report: report,
-                force: force),
+                force: force, dryRun: dryRun),
             progress: say)
+        if dryRun {
+            try concludeDryRun(outcome)
+            return
+        }
         try await conclude(
             outcome.report, command: "promote", base: outcome.reportBase, success: outcome.report.outcome == "promoted",
             failure: outcome.failure, headline: outcome.headline, notifier: notice.notifier("walship.promote"))
+    }
+
+    /// A dry run prints its verdict and figures, writes a report only where --report says, and sends no notice.
+    private func concludeDryRun(_ outcome: PromotionOutcome) throws {
+        say(outcome.report.summary)
+        if report != nil {
+            do {
+                let written = try outcome.report.write(base: outcome.reportBase)
+                say("report: \(written.json), \(written.markdown)")
+            } catch {
+                FileHandle.standardError.write(
+                    Data("walship promote: warning: cannot write the report to \(outcome.reportBase): \(error)\n".utf8))
+            }
+        }
+        if let failure = outcome.failure {
+            say("dry run: would refuse: \(failure)")
+            throw ExitCode(1)
+        }
     }
 }
 

@@ -1,5 +1,7 @@
+import Foundation
 import NIOCore
 import ShipProtocol
+import StatusModel
 import Testing
 import WALCore
 
@@ -345,5 +347,60 @@ import WALCore
         #expect(
             refusing.frameReceived(.refusal(Refusal(code: .shuttingDown, message: "bye")))
                 == .refuse(Refusal(code: .protocolViolation, message: "unexpected refusal frame on a backup link")))
+    }
+
+    @Test func aVerdictLinkIsWelcomedWithoutClaimingTheStreamAndTakesVerdicts() {
+        var m = machine()
+        #expect(m.firstFrameReceived(hello(.verdict), certificateName: nil) == .openSpool(system: 42, segmentSize: .default))
+        #expect(m.spoolOpened(fence: nil) == .findResumePoint(makeDurableFirst: false, acceptedFence: nil))
+        guard case .welcome = m.resumePointFound(durable: LSN(0), timeline: 1) else {
+            Issue.record("no welcome")
+            return
+        }
+        let verdict = PrimaryVerdict(state: .lost, lastHeardAgeMillis: 3_000, droppedAgeMillis: 2_000, sentAt: .now())
+        #expect(m.frameReceived(.primaryVerdict(verdict)) == .recordVerdict(verdict))
+        #expect(m.frameReceived(.primaryVerdict(verdict)) == .recordVerdict(verdict), "several on one link")
+        #expect(
+            m.frameReceived(
+                .keepalive(Keepalive(primaryEndLSN: LSN(5), sendTime: PostgresTimestamp(rawValue: 1), replyRequested: true)))
+                == .keepalive(primaryEnd: nil, sendTime: PostgresTimestamp(rawValue: 1), sendAck: true),
+            "a verdict link's keepalive says nothing of the primary's position")
+        #expect(refusal(m.frameReceived(wal))?.message == "unexpected walData frame on a verdict link")
+        #expect(m.state == .closed)
+    }
+
+    @Test func verdictsOnOtherLinksAndVerdictLinksOfVersion1AreRefused() {
+        let verdict = ShipMessage.primaryVerdict(
+            PrimaryVerdict(state: .alive, lastHeardAgeMillis: 0, droppedAgeMillis: nil, sentAt: .now()))
+        var stream = welcomed(.stream)
+        #expect(refusal(stream.frameReceived(verdict))?.code == .protocolViolation)
+        var backup = welcomed(.backup)
+        #expect(refusal(backup.frameReceived(verdict))?.code == .protocolViolation)
+        var old = machine()
+        #expect(
+            refusal(old.firstFrameReceived(hello(.verdict, version: 1), certificateName: nil))?.message
+                == "a verdict link needs ship protocol version 2, the sender speaks 1")
+    }
+
+    @Test func aFencedSystemRefusesVerdictLinks() {
+        var m = machine()
+        _ = m.firstFrameReceived(hello(.verdict), certificateName: nil)
+        let answer = refusal(m.spoolOpened(fence: fence))
+        #expect(answer?.code == .fenced)
+        #expect(answer?.message.contains("a verdict on the primary from the old primary") == true)
+    }
+}
+
+@Suite struct ControlSocketTests {
+    @Test func readinessIsAnsweredInOneLineOfJSONAndAnythingElseIsAnError() throws {
+        let now = Date(timeIntervalSince1970: 1_800_000_000)
+        let report = ReadinessReport.assess(
+            systemIdentifier: "7", source: "receiver", now: now, linkConnected: true, linkLastFrameAt: now,
+            linkSilentSince: nil, primaryLastHeardAt: now, linkTimeoutSeconds: 30, receiverLoss: "block",
+            senderProtocolVersion: 2, verdict: nil, mode: "sync", modeSince: now)
+        let answer = ControlSocket.answer("readiness\r", readiness: { report })
+        #expect(!answer.contains("\n"))
+        #expect(try StatusDocument.decoder().decode(ReadinessReport.self, from: Data(answer.utf8)) == report)
+        #expect(ControlSocket.answer("promote", readiness: { report }).contains(#""error""#))
     }
 }

@@ -52,6 +52,18 @@ import WALCore
                 mode: .degraded, lsn: LSN("0/5000000")!, observedAt: PostgresTimestamp(rawValue: 42), syncState: "sync",
                 synchronousCommit: "on", exposureBytes: 8192, detail: "acknowledged from the buffer")),
         .mode(ModeChange(mode: .unknown, lsn: .invalid, observedAt: PostgresTimestamp(rawValue: 0))),
+        .hello(
+            Hello(
+                role: .verdict, synchronous: true, systemIdentifier: 9, timeline: 3, walSegmentSize: 16 << 20,
+                senderName: "s", receiverLoss: .block)),
+        .primaryVerdict(
+            PrimaryVerdict(
+                state: .lost, lastHeardAgeMillis: 2_500, droppedAgeMillis: 2_100, sentAt: PostgresTimestamp(rawValue: 7))),
+        .primaryVerdict(
+            PrimaryVerdict(state: .alive, lastHeardAgeMillis: nil, droppedAgeMillis: nil, sentAt: PostgresTimestamp(rawValue: 0))),
+        .primaryVerdict(
+            PrimaryVerdict(
+                state: .senderStopped, lastHeardAgeMillis: 0, droppedAgeMillis: nil, sentAt: PostgresTimestamp(rawValue: -1))),
     ]
 
     func encode(_ message: ShipMessage) throws -> ByteBuffer {
@@ -103,6 +115,19 @@ import WALCore
         modeBytes[0] = 99
         #expect(throws: ShipProtocolError.self) { try decodeAll(forged(.mode, payload: modeBytes)) }
         #expect(throws: ShipProtocolError.truncated(kind: .mode)) { try decodeAll(forged(.mode, payload: [1])) }
+
+        var verdict = ByteBuffer()
+        ShipFrameEncoder.writePayload(
+            .primaryVerdict(
+                PrimaryVerdict(state: .lost, lastHeardAgeMillis: 1, droppedAgeMillis: 1, sentAt: PostgresTimestamp(rawValue: 1))),
+            into: &verdict)
+        let verdictBytes = Array(verdict.readableBytesView)
+        #expect(throws: ShipProtocolError.truncated(kind: .primaryVerdict)) {
+            try decodeAll(forged(.primaryVerdict, payload: Array(verdictBytes.prefix(9))))
+        }
+        #expect(throws: ShipProtocolError.self) {
+            try decodeAll(forged(.primaryVerdict, payload: [0] + verdictBytes.dropFirst()))
+        }
 
         var hello = ByteBuffer()
         ShipFrameEncoder.writePayload(Self.samples[14], into: &hello)
