@@ -85,11 +85,12 @@ struct ConfigCheckTests {
         let syncFile = try write(
             fixture, "send-sync.toml", senderConfig(topology, certs: good, slot: "walship_it", extra: "sync = true"))
         let unnamed = try check(["--config", syncFile])
-        #expect(unnamed.status == 0, "\(unnamed.output)\(unnamed.error)")
+        #expect(unnamed.status != 0, "\(unnamed.output)\(unnamed.error)")
         #expect(
             unnamed.output.contains(
-                "WARN  synchronous: sync = true, but synchronous_standby_names (empty) does not name \"walship\": commits will not wait"
+                "FAIL  synchronous: sync = true, but synchronous_standby_names (empty) does not name \"walship\": commits will not wait"
             ), "\(unnamed.output)")
+        #expect(unnamed.output.contains("ok    pg_monitor: role postgres can read"), "\(unnamed.output)")
         try topology.primary.sql("ALTER SYSTEM SET synchronous_standby_names = 'walship'")
         try topology.primary.sql("SELECT pg_reload_conf()")
         try waitUntil("the primary to name walship as its synchronous standby", timeout: 30) {
@@ -102,6 +103,18 @@ struct ConfigCheckTests {
         #expect(
             named.output.contains("ok    synchronous: synchronous_standby_names ('walship') names \"walship\": commits wait"),
             "\(named.output)")
+        #expect(named.output.contains("(sync_state sync)"), "\(named.output)")
+        // A role that cannot read sync_state: the mode history would prove nothing.
+        try topology.primary.sql("CREATE ROLE walship_plain REPLICATION LOGIN")
+        let plainFile = try write(
+            fixture, "send-plain.toml",
+            senderConfig(topology, certs: good, slot: "walship_it").replacingOccurrences(
+                of: "user=postgres", with: "user=walship_plain"))
+        let plain = try check(["--config", plainFile])
+        #expect(plain.status != 0, "\(plain.output)\(plain.error)")
+        #expect(
+            plain.output.contains("FAIL  pg_monitor: role walship_plain is not a member of pg_monitor")
+                && plain.output.contains("GRANT pg_monitor TO walship_plain;"), "\(plain.output)")
         let asynchronous = try check(["--config", sendFile])
         #expect(
             asynchronous.output.contains(

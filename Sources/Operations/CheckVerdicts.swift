@@ -128,17 +128,38 @@ public enum CheckVerdicts {
     }
 
     /// Whether the primary's commits will wait for this sender, against what `sync` says they should do.
-    public static func synchronous(standbyNames names: String, applicationName: String, sync: Bool) -> CheckResult {
+    /// `syncState` is the running sender's `pg_stat_replication.sync_state` (nil while none streams);
+    /// `synchronousCommit` the primary's default. With sync = true, anything that lets commits return without
+    /// the DR site is a failure: the configuration promises what the primary does not do.
+    public static func synchronous(
+        standbyNames names: String, applicationName: String, sync: Bool, syncState: String? = nil,
+        synchronousCommit: String? = nil
+    ) -> CheckResult {
         let named = SynchronousStandbyNames.includes(names, name: applicationName)
         let shown = names.isEmpty ? "empty" : "'\(names)'"
+        if sync, let commit = synchronousCommit, commit == "local" || commit == "off" {
+            return .fail(
+                "synchronous",
+                "sync = true, but the primary's synchronous_commit is \(commit): commits do not wait for the DR site",
+                hint: "ALTER SYSTEM SET synchronous_commit = on; SELECT pg_reload_conf();")
+        }
         switch (sync, named) {
         case (true, true):
+            if let state = syncState, state != "sync" {
+                return .fail(
+                    "synchronous",
+                    "sync = true and synchronous_standby_names (\(shown)) names \"\(applicationName)\", but the primary treats the running sender as \(state): a commit may return before the DR site has it",
+                    hint:
+                        "name \(applicationName) first in synchronous_standby_names (e.g. '\(applicationName)' or 'FIRST 1 (\(applicationName), …)'); quorum (ANY) and potential do not promise the DR site"
+                )
+            }
             return .ok(
                 "synchronous",
                 "synchronous_standby_names (\(shown)) names \"\(applicationName)\": commits wait until their WAL is fsynced at the DR site"
+                    + (syncState == nil ? "" : " (sync_state sync)")
             )
         case (true, false):
-            return .warn(
+            return .fail(
                 "synchronous",
                 "sync = true, but synchronous_standby_names (\(shown)) does not name \"\(applicationName)\": commits will not wait for the DR site",
                 hint:
@@ -154,6 +175,17 @@ public enum CheckVerdicts {
                 "synchronous",
                 "asynchronous shipping; synchronous_standby_names (\(shown)) does not name \"\(applicationName)\"")
         }
+    }
+
+    /// Whether the sender's role can read `pg_stat_replication.sync_state` (pg_monitor or pg_read_all_stats):
+    /// without it the mode reads as unknown and the mode history proves nothing.
+    public static func monitorRole(user: String, canRead: Bool) -> CheckResult {
+        canRead
+            ? .ok("pg_monitor", "role \(user) can read how the primary treats the sender (pg_stat_replication.sync_state)")
+            : .fail(
+                "pg_monitor",
+                "role \(user) is not a member of pg_monitor or pg_read_all_stats: the sender cannot read pg_stat_replication.sync_state, so the mode history would say unknown and no promotion report could prove RPO 0",
+                hint: "GRANT pg_monitor TO \(user);")
     }
 
     // MARK: Receiver, from the sender's side

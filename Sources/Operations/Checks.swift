@@ -116,7 +116,15 @@ private func checkPrimarySettings(_ conninfo: Conninfo, _ settings: SenderCheckS
         let connection = try PGConnection(sql, replication: false, applicationName: "walship check")
         let before = Date().timeIntervalSince1970
         let rows = try connection.query(
-            "SELECT extract(epoch FROM clock_timestamp())::text, current_setting('synchronous_standby_names')")
+            """
+            SELECT extract(epoch FROM clock_timestamp())::text, current_setting('synchronous_standby_names'),
+                   current_user::text,
+                   (pg_has_role(current_user, 'pg_monitor', 'USAGE')
+                    OR pg_has_role(current_user, 'pg_read_all_stats', 'USAGE'))::text,
+                   current_setting('synchronous_commit'),
+                   (SELECT sync_state FROM pg_stat_replication WHERE application_name = $1
+                    ORDER BY state = 'streaming' DESC LIMIT 1)
+            """, [settings.applicationName])
         let after = Date().timeIntervalSince1970
         if let text = rows.first?.first ?? nil, let primary = Double(text) {
             report.add(
@@ -124,9 +132,12 @@ private func checkPrimarySettings(_ conninfo: Conninfo, _ settings: SenderCheckS
         } else {
             report.add(CheckVerdicts.primaryGaveNoTime)
         }
-        if let row = rows.first, row.count > 1, let names = row[1] {
+        if let row = rows.first, row.count > 5, let names = row[1] {
+            report.add(CheckVerdicts.monitorRole(user: row[2] ?? "?", canRead: row[3] == "true"))
             report.add(
-                CheckVerdicts.synchronous(standbyNames: names, applicationName: settings.applicationName, sync: settings.sync))
+                CheckVerdicts.synchronous(
+                    standbyNames: names, applicationName: settings.applicationName, sync: settings.sync,
+                    syncState: row[5], synchronousCommit: row[4]))
         }
     } catch {
         report.add(CheckVerdicts.clockNotMeasured(error))

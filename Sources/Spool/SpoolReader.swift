@@ -95,12 +95,24 @@ public struct SpoolReader: Sendable {
     }
 }
 
-/// `ROOT/<system>/system.conf`: the facts a spool directory must agree with.
+/// `ROOT/<system>/system.conf`: the facts a spool directory must agree with, and the format its files are in.
 struct SystemConfiguration: Equatable {
     var systemIdentifier: UInt64
     var segmentSize: WALSegmentSize
+    /// 1: journals, segments, backups; 2: also the mode history in audit.log. A file without the key is format 1.
+    var format = SystemConfiguration.currentFormat
 
-    var text: String { "system_identifier = \(systemIdentifier)\nwal_segment_size = \(segmentSize.bytes)\n" }
+    /// The newest format this walship writes and reads.
+    static let currentFormat = 2
+
+    var text: String {
+        "system_identifier = \(systemIdentifier)\nwal_segment_size = \(segmentSize.bytes)\nspool_format = \(format)\n"
+    }
+
+    /// The same system and segment size, whatever the format.
+    func describesSameSystem(as other: SystemConfiguration) -> Bool {
+        systemIdentifier == other.systemIdentifier && segmentSize == other.segmentSize
+    }
 
     static func read(directory: String, io: FileIO = .posix) throws -> SystemConfiguration {
         let path = directory + "/system.conf"
@@ -113,7 +125,14 @@ struct SystemConfiguration: Equatable {
         guard let id = values["system_identifier"].flatMap({ UInt64($0) }),
             let size = values["wal_segment_size"].flatMap({ UInt64($0) }).flatMap({ WALSegmentSize(bytes: $0) })
         else { throw SpoolError(.corrupt, "\(path) is damaged (expected system_identifier and wal_segment_size)") }
-        return SystemConfiguration(systemIdentifier: id, segmentSize: size)
+        let format = values["spool_format"].flatMap { Int($0) } ?? 1
+        guard format <= currentFormat else {
+            throw SpoolError(
+                .mismatch,
+                "\(path) says spool format \(format), written by a newer walship; this walship reads formats up to \(currentFormat) and does not touch it (hint: run the walship release that wrote it, or a newer one)"
+            )
+        }
+        return SystemConfiguration(systemIdentifier: id, segmentSize: size, format: format)
     }
 }
 

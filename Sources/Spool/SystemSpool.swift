@@ -422,13 +422,14 @@ public final class SystemSpool: @unchecked Sendable {
         let expected = SystemConfiguration(systemIdentifier: systemIdentifier, segmentSize: segmentSize)
         if io.exists(directory + "/system.conf") {
             let found = try SystemConfiguration.read(directory: directory, io: io)
-            guard found == expected else {
+            guard found.describesSameSystem(as: expected) else {
                 throw SpoolError(
                     .mismatch,
                     "\(directory)/system.conf says system \(found.systemIdentifier) with \(found.segmentSize) segments, expected \(systemIdentifier) with \(segmentSize)"
                 )
             }
-            return
+            // An older spool is taken up as it is; from now on it holds this format's files too.
+            guard found.format < SystemConfiguration.currentFormat else { return }
         }
         try Array(expected.text.utf8).withUnsafeBytes {
             try io.writeAtomically($0, to: directory + "/system.conf", directory: directory)

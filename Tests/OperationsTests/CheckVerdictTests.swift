@@ -117,8 +117,26 @@ import Glibc
         )
         #expect(
             CheckVerdicts.synchronous(standbyNames: "", applicationName: "walship", sync: true).line
-                == "WARN  synchronous: sync = true, but synchronous_standby_names (empty) does not name \"walship\": commits will not wait for the DR site (hint: once walship send streams, ALTER SYSTEM SET synchronous_standby_names = 'walship'; SELECT pg_reload_conf(); — set it before, and commits wait for a standby that is not there yet)"
+                == "FAIL  synchronous: sync = true, but synchronous_standby_names (empty) does not name \"walship\": commits will not wait for the DR site (hint: once walship send streams, ALTER SYSTEM SET synchronous_standby_names = 'walship'; SELECT pg_reload_conf(); — set it before, and commits wait for a standby that is not there yet)"
         )
+        // What the primary does with a running sender outranks what its settings seem to say.
+        #expect(
+            CheckVerdicts.synchronous(
+                standbyNames: "ANY 1 (walship, other)", applicationName: "walship", sync: true, syncState: "quorum"
+            )
+            .line.hasPrefix(
+                "FAIL  synchronous: sync = true and synchronous_standby_names ('ANY 1 (walship, other)') names \"walship\", but the primary treats the running sender as quorum"
+            ))
+        #expect(
+            CheckVerdicts.synchronous(standbyNames: "walship", applicationName: "walship", sync: true, syncState: "sync").line
+                .hasSuffix("fsynced at the DR site (sync_state sync)"))
+        #expect(
+            CheckVerdicts.synchronous(
+                standbyNames: "walship", applicationName: "walship", sync: true, syncState: "sync", synchronousCommit: "local"
+            ).line.hasPrefix("FAIL  synchronous: sync = true, but the primary's synchronous_commit is local"))
+        #expect(
+            CheckVerdicts.synchronous(standbyNames: "", applicationName: "walship", sync: false, synchronousCommit: "off")
+                .line.hasPrefix("ok    synchronous: asynchronous shipping"))
         #expect(
             CheckVerdicts.synchronous(standbyNames: "FIRST 1 (walship)", applicationName: "walship", sync: false).line
                 == "WARN  synchronous: synchronous_standby_names ('FIRST 1 (walship)') names \"walship\", but sync = false: commits wait for the DR site, while the receiver batches fsyncs as for an asynchronous sender (hint: set sync = true)"
@@ -126,6 +144,15 @@ import Glibc
         #expect(
             CheckVerdicts.synchronous(standbyNames: "other", applicationName: "walship", sync: false).line
                 == "ok    synchronous: asynchronous shipping; synchronous_standby_names ('other') does not name \"walship\"")
+    }
+
+    @Test func theSendersRoleMustReadSyncState() {
+        #expect(
+            CheckVerdicts.monitorRole(user: "walship", canRead: true).line
+                == "ok    pg_monitor: role walship can read how the primary treats the sender (pg_stat_replication.sync_state)")
+        let missing = CheckVerdicts.monitorRole(user: "walship", canRead: false).line
+        #expect(missing.hasPrefix("FAIL  pg_monitor: role walship is not a member of pg_monitor or pg_read_all_stats"))
+        #expect(missing.hasSuffix("(hint: GRANT pg_monitor TO walship;)"))
     }
 
     @Test func receiverLines() {

@@ -62,3 +62,37 @@ import Glibc
         #expect(throws: (any Error).self) { try reopened.record(self.entry(.async, 20)) }
     }
 }
+
+@Suite struct SpoolFormatTests {
+    let logger = Logger(label: "test", factory: { _ in SwiftLogNoOpLogHandler() })
+
+    func spoolWithSystemFile(_ text: String) throws -> (root: String, directory: String) {
+        let root = FileManager.default.temporaryDirectory.appendingPathComponent("spool-format-\(UUID())").path
+        let directory = root + "/7"
+        try FileManager.default.createDirectory(atPath: directory + "/wal", withIntermediateDirectories: true)
+        try text.write(toFile: directory + "/system.conf", atomically: true, encoding: .utf8)
+        return (root, directory)
+    }
+
+    @Test func aSpoolOfANewerFormatIsRefusedAndLeftAlone() throws {
+        let text = "system_identifier = 7\nwal_segment_size = 16777216\nspool_format = 3\n"
+        let (root, directory) = try spoolWithSystemFile(text)
+        defer { try? FileManager.default.removeItem(atPath: root) }
+        let spool = try Spool(root: root, logger: logger)
+        #expect {
+            _ = try spool.system(7, segmentSize: .default)
+        } throws: { error in
+            "\(error)".contains("spool format 3, written by a newer walship") && "\(error)".contains("hint:")
+        }
+        #expect(try String(contentsOfFile: directory + "/system.conf", encoding: .utf8) == text)
+    }
+
+    @Test func aSpoolOfTheFirstFormatIsTakenUpAndRecordsTheCurrentOne() throws {
+        let (root, directory) = try spoolWithSystemFile("system_identifier = 7\nwal_segment_size = 16777216\n")
+        defer { try? FileManager.default.removeItem(atPath: root) }
+        _ = try Spool(root: root, logger: logger).system(7, segmentSize: .default)
+        #expect(
+            try String(contentsOfFile: directory + "/system.conf", encoding: .utf8).contains(
+                "spool_format = \(SystemConfiguration.currentFormat)"))
+    }
+}
