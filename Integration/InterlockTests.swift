@@ -18,20 +18,8 @@ struct InterlockTests {
         try topology.startReceiver(linkTimeout: Int(Self.linkTimeout))
         try topology.startSender(extra: ["--sync"])
         try topology.primary.sql("CREATE TABLE marks (id int PRIMARY KEY)")
-        let backup = try run(
-            IT.walshipBinary,
-            ["backup", "--source", topology.primary.conninfo, "--to", "127.0.0.1:\(topology.receiverPort)"]
-                + topology.linkArguments("sender"), timeout: 300, check: false)
-        try #require(backup.status == 0, "\(backup.error)")
-        let dr = fixture.directory + "/dr"
-        _ = try run(
-            IT.walshipBinary,
-            [
-                "restore", "--spool", topology.spool, "--pgdata", dr, "--standby",
-                "--primary-conninfo", "host=127.0.0.1 port=\(standbyPort) user=postgres application_name=dr_replica",
-            ])
-        let standby = try fixture.startCopy(
-            name: "dr", signal: "standby.signal", settings: ["hot_standby = on", "wal_retrieve_retry_interval = '1s'"])
+        try topology.takeBackup()
+        let standby = try topology.startDRStandby(standbyPort: standbyPort)
         try topology.primary.sql("INSERT INTO marks VALUES (1)")
         try waitUntil("the DR standby to replay the first mark", timeout: 60) {
             let count = (try? standby.sql("SELECT count(*) FROM marks")) ?? ""

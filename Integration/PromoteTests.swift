@@ -24,20 +24,8 @@ struct PromoteTests {
             CREATE TABLE acknowledged (id int PRIMARY KEY, at timestamptz DEFAULT clock_timestamp());
             INSERT INTO patients SELECT g, 'patient ' || g FROM generate_series(1, 500) g
             """)
-        let backup = try run(
-            IT.walshipBinary,
-            ["backup", "--source", topology.primary.conninfo, "--to", "127.0.0.1:\(topology.receiverPort)"]
-                + topology.linkArguments("sender"), timeout: 300, check: false)
-        try #require(backup.status == 0, "\(backup.error)")
-        let dr = fixture.directory + "/dr"
-        _ = try run(
-            IT.walshipBinary,
-            [
-                "restore", "--spool", topology.spool, "--pgdata", dr, "--standby",
-                "--primary-conninfo", "host=127.0.0.1 port=\(standbyPort) user=postgres application_name=dr_replica",
-            ])
-        let standby = try fixture.startCopy(
-            name: "dr", signal: "standby.signal", settings: ["hot_standby = on", "wal_retrieve_retry_interval = '1s'"])
+        try topology.takeBackup()
+        let standby = try topology.startDRStandby(standbyPort: standbyPort)
 
         // A steady writer that records each id only after its commit returned (synchronous: offsite fsynced).
         let ackedFile = fixture.directory + "/acked.txt"
@@ -185,11 +173,7 @@ struct PromoteTests {
         try topology.startReceiver()
         try topology.startSender()
         try topology.primary.sql("CREATE TABLE patients (id int PRIMARY KEY)")
-        let backup = try run(
-            IT.walshipBinary,
-            ["backup", "--source", topology.primary.conninfo, "--to", "127.0.0.1:\(topology.receiverPort)"]
-                + topology.linkArguments("sender"), timeout: 300, check: false)
-        try #require(backup.status == 0, "\(backup.error)")
+        try topology.takeBackup()
         let workDirectory = fixture.directory + "/drill-copy"
         let report = fixture.logDirectory + "/failed-drill"
         let drill = try run(
@@ -227,20 +211,8 @@ struct PromoteTests {
         try topology.startReceiver()
         try topology.startSender()
         try topology.primary.sql("CREATE TABLE rows (id int PRIMARY KEY); INSERT INTO rows SELECT generate_series(1, 100)")
-        let backup = try run(
-            IT.walshipBinary,
-            ["backup", "--source", topology.primary.conninfo, "--to", "127.0.0.1:\(topology.receiverPort)"]
-                + topology.linkArguments("sender"), timeout: 300, check: false)
-        try #require(backup.status == 0, "\(backup.error)")
-        let dr = fixture.directory + "/dr"
-        _ = try run(
-            IT.walshipBinary,
-            [
-                "restore", "--spool", topology.spool, "--pgdata", dr, "--standby",
-                "--primary-conninfo", "host=127.0.0.1 port=\(standbyPort) user=postgres application_name=dr_replica",
-            ])
-        let standby = try fixture.startCopy(
-            name: "dr", signal: "standby.signal", settings: ["hot_standby = on", "wal_retrieve_retry_interval = '1s'"])
+        try topology.takeBackup()
+        let standby = try topology.startDRStandby(standbyPort: standbyPort)
         try waitUntil("the receiver to record the asynchronous mode", timeout: 60) {
             let system = ((try? fetchStatus(port: topology.receiverStatusPort))?["systems"] as? [[String: Any]])?.first
             let mode = system?["mode"] as? [String: Any]

@@ -97,6 +97,28 @@ struct ShipTopology {
 
     var walDirectory: String { spool + "/" + systemIdentifier + "/wal" }
 
+    /// A base backup of the primary through the link into the spool (`walship backup`).
+    func takeBackup() throws {
+        let backup = try run(
+            IT.walshipBinary,
+            ["backup", "--source", primary.conninfo, "--to", "127.0.0.1:\(receiverPort)"] + linkArguments("sender"),
+            timeout: 300, check: false)
+        guard backup.status == 0 else { throw TestFailure("walship backup failed: \(backup.error)") }
+    }
+
+    /// The DR standby: restored from the spool's newest backup, streaming from the receiver's standby endpoint on
+    /// `standbyPort` (which `receiverExtra` must give it) as `dr_replica`.
+    func startDRStandby(standbyPort: Int, name: String = "dr") throws -> Cluster {
+        _ = try run(
+            IT.walshipBinary,
+            [
+                "restore", "--spool", spool, "--pgdata", fixture.directory + "/" + name, "--standby",
+                "--primary-conninfo", "host=127.0.0.1 port=\(standbyPort) user=postgres application_name=dr_replica",
+            ])
+        return try fixture.startCopy(
+            name: name, signal: "standby.signal", settings: ["hot_standby = on", "wal_retrieve_retry_interval = '1s'"])
+    }
+
     /// Switches WAL and waits until the switched segment is completed in the spool; returns its name.
     @discardableResult
     func switchAndWait() throws -> String {
