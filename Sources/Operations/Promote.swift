@@ -462,11 +462,30 @@ struct Promotion {
         report.check("accepts writes", true, "a transaction ID was assigned and committed at \(formatISO8601(firstWriteAt))")
         if let systemDirectory, var fence = try? FenceRecord.load(systemDirectory: systemDirectory) {
             fence.promotedTimeline = timeline
+            if let timeline { await recordLineage(of: timeline, steps, in: &fence) }
             try? fence.save(systemDirectory: systemDirectory)
         }
         report.measureRecoveryPoint()
         if let systemDirectory { report.judgeLoss(systemDirectory: systemDirectory, promotedAt: firstWriteAt) }
         report.outcome = "promoted"
+    }
+
+    /// The promoted timeline's history file into the fence, so that the receiver lets the new primary's WAL
+    /// through (a switchover back) and nothing else. Without it the fence refuses everything: noted, not fatal.
+    private mutating func recordLineage(of timeline: UInt32, _ steps: PromotionSteps, in fence: inout FenceRecord) async {
+        do {
+            let file = try await steps.historyFile(of: timeline, dataDirectory: report.dataDirectory)
+            try fence.recordPromotion(timeline: timeline, historyFile: file)
+            report.check(
+                "fence records the promoted timeline", true,
+                "timeline \(timeline) began at \(fence.switchPoint ?? "?") on timeline \(fence.parentTimeline.map(String.init) ?? "?"): WAL proven to descend from it passes the fence"
+            )
+        } catch {
+            report.check("fence records the promoted timeline", false, "\(error)")
+            progress(
+                "warning: the fence does not record the promoted timeline's history (\(error)); the receiver refuses all WAL of this system, the new primary's too, until the spool is re-seeded"
+            )
+        }
     }
 
     private mutating func standbyFacts(_ session: SQLSession) async throws -> PromotionFacts {

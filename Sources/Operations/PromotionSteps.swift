@@ -86,6 +86,24 @@ struct PromotionSteps {
     }
 }
 
+extension PromotionSteps {
+    /// The history file of `timeline` as the promoted server wrote it: through `pg_read_file` (superuser or
+    /// pg_read_server_files), else from the data directory's `pg_wal` (readable when run as root or its owner).
+    func historyFile(of timeline: UInt32, dataDirectory: String) async throws -> String {
+        let name = historyFileName(timeline: timeline)
+        if let text = try? await session.query("SELECT pg_read_file($1)", ["pg_wal/" + name]).first?[0] {
+            return text
+        }
+        let path = dataDirectory + "/pg_wal/" + name
+        guard let data = FileManager.default.contents(atPath: path) else {
+            throw PromoteError(
+                "cannot read \(name): pg_read_file was refused and \(path) is not readable (hint: run walship promote as root or as the data directory's owner)"
+            )
+        }
+        return String(decoding: data, as: UTF8.self)
+    }
+}
+
 /// Where to write a report when `--report` is not given.
 func defaultReportBase(kind: String, directory: String) -> String {
     let stamp = formatISO8601(Date()).replacingOccurrences(of: ":", with: "").replacingOccurrences(of: "-", with: "")

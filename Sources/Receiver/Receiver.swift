@@ -84,6 +84,9 @@ public final class Receiver: Service {
 
     struct LinkDetails {
         var connectedAt: Date
+        /// The link passed a fence on condition of proving its timeline (`FenceCheck`): its frames are checked,
+        /// so the fence's periodic sweep leaves it open.
+        var passedFence = false
     }
 
     /// Per system: the primary's reported positions (for lag), the link's ups and downs, what was acknowledged.
@@ -321,7 +324,9 @@ public final class Receiver: Service {
     fileprivate enum Work: Sendable {
         /// `block`: the sender's LZ4 block of `bytes`, kept so the spool can store it instead of compressing again.
         case wal(timeline: TimeLineID, start: LSN, bytes: ByteBuffer, block: ByteBuffer?)
-        case history(timeline: TimeLineID, content: ByteBuffer)
+        /// `linkEntry`: the mode history's entry for a link let through a fence, held back until this file proved
+        /// its timeline and written first.
+        case history(timeline: TimeLineID, content: ByteBuffer, linkEntry: ModeHistoryEntry?)
         /// An entry for the system's mode history (audit log), made durable when written.
         case mode(ModeHistoryEntry)
     }
@@ -431,7 +436,8 @@ public final class Receiver: Service {
             case .claimStream(let acceptedFence):
                 if let acceptedFence { warnAcceptingFenced(acceptedFence, role: hello.role, logger: logger) }
                 do {
-                    claimed = try claim(hello: hello, peer: peer, channel: channel, logger: logger)
+                    claimed = try claim(
+                        hello: hello, peer: peer, channel: channel, passedFence: machine.fenceCheck != nil, logger: logger)
                     action = machine.streamClaimed()
                 } catch let refusal as Refusal {
                     action = machine.streamClaimRefused(refusal)
@@ -565,7 +571,15 @@ public final class Receiver: Service {
             detail: welcome.protocolVersion < 2
                 ? "the sender speaks ship protocol version \(welcome.protocolVersion) and does not report how the primary treats it"
                 : nil, recordedAt: Date())
-        _ = try queue.pushNow(.mode(linkEntry), bytes: 256)
+        if machine.fenceCheck != nil {
+            // Let through a fence on condition: the link enters the mode history only once it proved its timeline.
+            rules.deferLinkEntry(linkEntry)
+            logger.notice(
+                "a fenced system's link offers the promoted timeline or a newer one; its history files must prove it descends from the promoted timeline",
+                metadata: ["walship.sender": "\(hello.senderName)", "walship.timeline": "\(hello.timeline)"])
+        } else {
+            _ = try queue.pushNow(.mode(linkEntry), bytes: 256)
+        }
         try await outbound.write(.welcome(welcome))
         logger.notice(
             "sender connected",
@@ -786,8 +800,20 @@ public final class Receiver: Service {
             if let primaryEnd { notePrimary(system, lsn: primaryEnd, sendTime: sendTime) }
             if sendAck { acks.send(ack(for: system, at: system.position)) }
             return nil
-        case .queueHistory(let history):
-            return (.history(timeline: history.timeline, content: history.content), history.content.readableBytes)
+        case .queueHistory(let history, let admitsLink):
+            var linkEntry: ModeHistoryEntry?
+            if admitsLink {
+                linkEntry = rules.takeDeferredLinkEntry()
+                logger.notice(
+                    "a fenced system's link proved its timeline descends from the promoted timeline; its WAL passes the fence",
+                    metadata: [
+                        "walship.system": "\(system.systemIdentifier)", "walship.timeline": "\(history.timeline)",
+                    ])
+            }
+            return (
+                .history(timeline: history.timeline, content: history.content, linkEntry: linkEntry),
+                history.content.readableBytes
+            )
         case .recordMode(let change):
             let entry = ModeHistoryEntry(
                 event: .mode, mode: change.mode, at: Date(timeIntervalSince1970: change.observedAt.unixSeconds),
@@ -798,6 +824,9 @@ public final class Receiver: Service {
                 recordedAt: Date())
             return (.mode(entry), 256)
         case .refuse(let refusal), .closeWithoutAnswer(let refusal):
+            if refusal.code == .fenced {
+                monitor.withLock { $0[system.systemIdentifier, default: SystemMonitor()].fenceRefusedAt = Date() }
+            }
             throw refusal
         case .openSpool, .claimStream, .findResumePoint, .welcome, .beginBackup, .storeBackupData, .finishBackup,
             .recordVerdict, .none:
@@ -877,7 +906,11 @@ public final class Receiver: Service {
                 }
             }
             if block != nil { buffers.recycle(bytes) }  // else `bytes` is the frame's payload
-        case .history(let timeline, let content):
+        case .history(let timeline, let content, let linkEntry):
+            if let linkEntry {
+                try system.record(linkEntry)
+                monitor.withLock { $0[system.systemIdentifier, default: SystemMonitor()].mode.add(linkEntry) }
+            }
             try system.storeHistory(timeline: timeline, content: Array(content.readableBytesView))
         case .mode(let entry):
             try system.record(entry)
@@ -939,7 +972,7 @@ public final class Receiver: Service {
         try FenceRecord.load(systemDirectory: system.directory).map {
             .init(
                 promotedAt: formatISO8601($0.promotedAt), promotedTimeline: $0.promotedTimeline,
-                recordPath: FenceRecord.path(system.directory))
+                recordPath: FenceRecord.path(system.directory), lineage: $0.lineage)
         }
     }
 
@@ -951,17 +984,19 @@ public final class Receiver: Service {
 
     // MARK: - Link registry
 
-    private func claim(hello: Hello, peer: String, channel: Channel, logger: Logger) throws -> Int {
+    private func claim(hello: Hello, peer: String, channel: Channel, passedFence: Bool, logger: Logger) throws -> Int {
         if stopping.withLock({ $0.stopping }) { throw Refusal(code: .shuttingDown, message: "walship receive is stopping") }
         let id = nextLinkID.wrappingAdd(1, ordering: .relaxed).oldValue
         let link = StreamLinkRegistry<Channel>.Link(
             id: id, peer: peer, senderName: hello.senderName,
             synchronous: hello.synchronous, handle: channel, lastFrame: .now)
+        // Before the claim: the fence's sweep must never see this link without knowing it passed the fence.
+        linkDetails.withLock { $0[id] = LinkDetails(connectedAt: Date(), passedFence: passedFence) }
         switch links.withLock({ $0.claim(system: hello.systemIdentifier, link: link, now: .now) }) {
         case .refused(let refusal):
+            linkDetails.withLock { $0[id] = nil }
             throw refusal
         case .accepted(let stale):
-            linkDetails.withLock { $0[id] = LinkDetails(connectedAt: Date()) }
             monitor.withLock {
                 $0[hello.systemIdentifier, default: SystemMonitor()].disconnectedSince = nil
                 $0[hello.systemIdentifier, default: SystemMonitor()].senderName = hello.senderName
@@ -1046,7 +1081,7 @@ public final class Receiver: Service {
             }
         }
         if !config.acceptFenced, FenceRecord.exists(systemDirectory: system.directory),
-            let link = links.withLock({ $0.links[id] })
+            let link = links.withLock({ $0.links[id] }), linkDetails.withLock({ $0[link.id]?.passedFence }) != true
         {
             logger.warning(
                 "the system was fenced by a promotion; closing the old primary's link", metadata: ["walship.system": "\(id)"])
@@ -1275,8 +1310,19 @@ private final class BorrowedWriter: @unchecked Sendable {
 /// A stream link's state machine, shared by the event loop's tap and the link's reader task.
 private final class SharedLinkStateMachine: Sendable {
     private let machine: Mutex<ReceiverLinkStateMachine>
+    private let deferredLinkEntry = Mutex<ModeHistoryEntry?>(nil)
 
     init(_ machine: ReceiverLinkStateMachine) { self.machine = Mutex(machine) }
+
+    /// Holds the link's mode history entry until the link proves its timeline at the fence.
+    func deferLinkEntry(_ entry: ModeHistoryEntry) { deferredLinkEntry.withLock { $0 = entry } }
+
+    func takeDeferredLinkEntry() -> ModeHistoryEntry? {
+        deferredLinkEntry.withLock { entry in
+            defer { entry = nil }
+            return entry
+        }
+    }
 
     func frameReceived(_ message: ShipMessage) -> ReceiverLinkStateMachine.Action {
         machine.withLock { $0.frameReceived(message) }

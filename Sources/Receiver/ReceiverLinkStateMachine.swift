@@ -19,6 +19,18 @@ struct ReceiverLinkStateMachine: Sendable {
         var promotedTimeline: UInt32?
         /// Where the record lies: removing it (after a re-seed) lifts the fence.
         var recordPath: String
+        /// The promoted timeline and its history, once the promotion recorded them: WAL proven to descend from
+        /// it (the new primary's) passes. Nil: everything is refused.
+        var lineage: PromotedLineage? = nil
+    }
+
+    /// A link let through a fence on the strength of its timeline: what its history files have proven so far.
+    /// Until one proves its timeline descends from the promoted one, the link may send history files only; then
+    /// WAL only of proven timelines.
+    struct FenceCheck: Hashable, Sendable {
+        var fence: Fence
+        var lineage: PromotedLineage
+        var proven: Set<TimeLineID>
     }
 
     /// The spool step that failed during the handshake.
@@ -53,7 +65,8 @@ struct ReceiverLinkStateMachine: Sendable {
         case findResumePoint(makeDurableFirst: Bool, acceptedFence: Fence?)
         case welcome(Welcome)
         case queueWAL(WALData)
-        case queueHistory(HistoryFile)
+        /// `admitsLink`: this history file is the first proof that the link's WAL may pass the fence.
+        case queueHistory(HistoryFile, admitsLink: Bool)
         /// Keep the change of mode in the system's audit log.
         case recordMode(ModeChange)
         /// Hold the sender's verdict on the primary for the system, then answer with an ack.
@@ -76,6 +89,8 @@ struct ReceiverLinkStateMachine: Sendable {
     let acceptFenced: Bool
     let receiverName: String
     private(set) var state = State.awaitingHello
+    /// Set when the link passed a fence by its timeline: its frames are checked against the promoted lineage.
+    private(set) var fenceCheck: FenceCheck?
 
     init(allowedSources: [String: UInt64], acceptFenced: Bool, receiverName: String) {
         self.allowedSources = allowedSources
@@ -121,23 +136,95 @@ struct ReceiverLinkStateMachine: Sendable {
         }
     }
 
-    /// The system's spool is open; `fence` is its FENCED record, if any. Every link, backups included, passes
-    /// the fence: after a promotion nothing from the old primary may land in the spool.
+    /// The system's spool is open; `fence` is its FENCED record, if any. Every link, backups included, passes the
+    /// fence: after a promotion nothing from the old primary may land in the spool. Only a stream link offering the
+    /// promoted timeline or a newer one may pass, on condition that the history files it sends prove its
+    /// timeline descends from the promoted one before it sends anything else (`fenceCheck`): the new primary's,
+    /// after a switchover back. Backup and verdict links carry no history file, so nothing proves theirs.
     mutating func spoolOpened(fence: Fence?) -> Action {
         guard case .openingSpool(let hello) = state else { return outOfOrder("spool opened") }
+        var passed: Fence?
         if let fence, !acceptFenced {
-            return refuse(
-                .fenced,
-                "system \(hello.systemIdentifier) was promoted at the DR site at \(fence.promotedAt) (timeline \(fence.promotedTimeline.map(String.init) ?? "?")); \(hello.role.refusedThing) from the old primary (sender \(hello.senderName), timeline \(hello.timeline)) is refused. Hint: re-seed the DR site and remove \(fence.recordPath), or restart walship receive with --force to accept it anyway"
-            )
+            switch FencePassage.judge(lineage: fence.lineage, offered: hello.timeline, history: nil) {
+            case .needsHistory where hello.role == .stream:
+                guard let lineage = fence.lineage else { preconditionFailure("a fence passed without a lineage") }
+                fenceCheck = FenceCheck(fence: fence, lineage: lineage, proven: [])
+                passed = fence
+            case .descends, .needsHistory:
+                return refuseFenced(
+                    fence, hello: hello,
+                    reason:
+                        "only a stream link can prove with history files that its timeline descends from the promoted timeline"
+                )
+            case .refused(let reason):
+                return refuseFenced(fence, hello: hello, reason: fence.lineage == nil ? nil : reason)
+            }
         }
+        // A fence passed by lineage needs no warning: only --force's acceptance is logged as such.
+        let acceptedFence = passed == nil ? fence : nil
         switch hello.role {
         case .stream:
             state = .claimingStream(hello)
-            return .claimStream(acceptedFence: fence)
+            return .claimStream(acceptedFence: acceptedFence)
         case .backup, .verdict:
             state = .findingResumePoint(hello)
-            return .findResumePoint(makeDurableFirst: false, acceptedFence: fence)
+            return .findResumePoint(makeDurableFirst: false, acceptedFence: acceptedFence)
+        }
+    }
+
+    /// Refusal 10. `reason` says why a fence with a lineage did not let the link through; a fence without one
+    /// refuses everything and needs no reason.
+    private mutating func refuseFenced(_ fence: Fence, hello: Hello, reason: String?) -> Action {
+        refuse(
+            .fenced,
+            "system \(hello.systemIdentifier) was promoted at the DR site at \(fence.promotedAt) (timeline \(fence.promotedTimeline.map(String.init) ?? "?")); \(hello.role.refusedThing) from the old primary (sender \(hello.senderName), timeline \(hello.timeline)) is refused\(reason.map { ": " + $0 } ?? ""). Hint: re-seed the DR site and remove \(fence.recordPath), or restart walship receive with --force to accept it anyway"
+        )
+    }
+
+    /// A frame of a stream link let through the fence on condition (`fenceCheck`): the refusal if it breaks the
+    /// condition, the history file's action if it proves a timeline, nil if it may go on as on any link.
+    private mutating func checkedAtFence(_ message: ShipMessage, hello: Hello) -> Action? {
+        guard var check = fenceCheck else { return nil }
+        switch message {
+        case .history(let file):
+            guard let text = String(validating: file.content.readableBytesView, as: UTF8.self),
+                let entries = try? parseTimelineHistory(text)
+            else {
+                return refuseFenced(
+                    check.fence, hello: hello, reason: "the history file of timeline \(file.timeline) cannot be read")
+            }
+            switch FencePassage.judge(lineage: check.lineage, offered: file.timeline, history: entries) {
+            case .descends:
+                let first = check.proven.isEmpty
+                check.proven.insert(file.timeline)
+                fenceCheck = check
+                return .queueHistory(file, admitsLink: first)
+            case .needsHistory:
+                preconditionFailure("a fence judged a history file as missing")
+            case .refused(let reason):
+                return refuseFenced(check.fence, hello: hello, reason: reason)
+            }
+        case .walData(let data):
+            guard check.proven.contains(data.timeline) else {
+                return refuseFenced(
+                    check.fence, hello: hello,
+                    reason:
+                        "WAL of timeline \(data.timeline) came without a history file proving it descends from the promoted timeline \(check.lineage.timeline)"
+                )
+            }
+            return nil
+        case .refusal:
+            return nil
+        case .hello, .welcome, .ack, .keepalive, .mode, .backupStart, .backupData, .backupEnd, .backupStatus,
+            .primaryVerdict:
+            guard !check.proven.isEmpty else {
+                return refuseFenced(
+                    check.fence, hello: hello,
+                    reason:
+                        "it sent \(message.kind) before a history file proving its timeline descends from the promoted timeline \(check.lineage.timeline)"
+                )
+            }
+            return nil
         }
     }
 
@@ -189,7 +276,8 @@ struct ReceiverLinkStateMachine: Sendable {
     /// Any frame after the welcome.
     mutating func frameReceived(_ message: ShipMessage) -> Action {
         switch state {
-        case .streaming:
+        case .streaming(let hello):
+            if let verdict = checkedAtFence(message, hello: hello) { return verdict }
             return streamFrame(message)
         case .receivingBackup(let hello, let started):
             return backupFrame(message, hello: hello, started: started)
@@ -211,7 +299,7 @@ struct ReceiverLinkStateMachine: Sendable {
                 primaryEnd: keepalive.primaryEndLSN.isValid ? keepalive.primaryEndLSN : nil,
                 sendTime: keepalive.sendTime, sendAck: keepalive.replyRequested)
         case .history(let history):
-            return .queueHistory(history)
+            return .queueHistory(history, admitsLink: false)
         case .mode(let change):
             return .recordMode(change)
         case .refusal(let refusal):

@@ -641,7 +641,15 @@ public final class Sender: Service {
             }
             let start: LSN, timeline: TimeLineID, resume: LSN
             switch machine.firstMessageReceived(first, primary: primary, slotRestartLSN: slot?.restartLSN, history: history) {
-            case .startStreaming(let s, let t, let r): (start, timeline, resume) = (s, t, r)
+            case .startStreaming(let s, let t, let r):
+                (start, timeline, resume) = (s, t, r)
+                // The history file of the timeline streamed, ahead of its WAL: a DR site fenced by a promotion takes
+                // WAL only of timelines proven to descend from the promoted one (the spool already holds the file
+                // of its own timeline, so it only compares).
+                if t > 1, r.isValid {
+                    let file = try await session.timelineHistory(t)
+                    try await outbound.write(.history(HistoryFile(timeline: t, content: ByteBuffer(bytes: file.content))))
+                }
             case .switchTimeline(let to, let s, let fork, let beyondFork):
                 guard case .welcome(let w) = first else { throw LinkError("unexpected handshake outcome") }
                 // The spool needs every history file from its timeline to the new one before that timeline's WAL.

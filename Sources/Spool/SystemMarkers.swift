@@ -53,19 +53,57 @@ public struct PrimaryProgressRecord: Codable, Sendable, Equatable {
 
 /// `ROOT/<system>/FENCED`: the DR replica of this system was promoted. The receiver refuses WAL from the
 /// old primary (which must not extend the old timeline at the DR site) until the file is removed after
-/// re-seeding, or `walship receive --force` is given.
+/// re-seeding, or `walship receive --force` is given. Once the promotion is done the record also holds the
+/// promoted timeline's history, and WAL proven to descend from that timeline (the new primary's) passes.
 public struct FenceRecord: Codable, Sendable, Equatable {
     public var promotedAt: Date
     public var promotedTimeline: UInt32?
     public var replayedLSN: String?
     /// Who promoted: "walship promote" and the data directory.
     public var by: String
+    /// The timeline the replica left, and where the promoted timeline begins on it (the promoted timeline's
+    /// history file's last line), for the reader; `timelineHistory` is what the receiver checks.
+    public var parentTimeline: UInt32?
+    public var switchPoint: String?
+    /// The promoted timeline's history file, as PostgreSQL wrote it.
+    public var timelineHistory: String?
 
-    public init(promotedAt: Date, promotedTimeline: UInt32?, replayedLSN: String?, by: String) {
+    public init(
+        promotedAt: Date, promotedTimeline: UInt32?, replayedLSN: String?, by: String, parentTimeline: UInt32? = nil,
+        switchPoint: String? = nil, timelineHistory: String? = nil
+    ) {
         self.promotedAt = promotedAt
         self.promotedTimeline = promotedTimeline
         self.replayedLSN = replayedLSN
         self.by = by
+        self.parentTimeline = parentTimeline
+        self.switchPoint = switchPoint
+        self.timelineHistory = timelineHistory
+    }
+
+    /// The promoted timeline's lineage, when the record holds it whole and consistent; nil (refuse everything)
+    /// for a record written before the promotion finished, or by an older walship.
+    public var lineage: PromotedLineage? {
+        guard let promotedTimeline, let timelineHistory,
+            let entries = try? parseTimelineHistory(timelineHistory),
+            let lineage = PromotedLineage(timeline: promotedTimeline, history: entries)
+        else { return nil }
+        if let parentTimeline, parentTimeline != lineage.fencedTimeline { return nil }
+        if let switchPoint, LSN(switchPoint) != lineage.switchPoint { return nil }
+        return lineage
+    }
+
+    /// Records the promoted timeline and its history file (`TTTTTTTT.history` of `timeline`); the record is
+    /// left as it was when the file is not the history of `timeline`.
+    public mutating func recordPromotion(timeline: UInt32, historyFile: String) throws {
+        let entries = try parseTimelineHistory(historyFile)
+        guard let lineage = PromotedLineage(timeline: timeline, history: entries) else {
+            throw SpoolError(.corrupt, "the history file of timeline \(timeline) names no older timeline")
+        }
+        promotedTimeline = timeline
+        parentTimeline = lineage.fencedTimeline
+        switchPoint = lineage.switchPoint.description
+        timelineHistory = historyFile
     }
 
     public static func path(_ systemDirectory: String) -> String { systemDirectory + "/FENCED" }

@@ -255,7 +255,7 @@ import WALCore
         guard case .walData(let data) = wal else { return }
         #expect(m.frameReceived(wal) == .queueWAL(data))
         let history = HistoryFile(timeline: 2, content: ByteBuffer(string: "1\t0/5000060\tno recovery target specified\n"))
-        #expect(m.frameReceived(.history(history)) == .queueHistory(history))
+        #expect(m.frameReceived(.history(history)) == .queueHistory(history, admitsLink: false))
         let time = PostgresTimestamp(rawValue: 77)
         #expect(
             m.frameReceived(.keepalive(Keepalive(primaryEndLSN: LSN("0/3000100")!, sendTime: time, replyRequested: true)))
@@ -388,6 +388,148 @@ import WALCore
         let answer = refusal(m.spoolOpened(fence: fence))
         #expect(answer?.code == .fenced)
         #expect(answer?.message.contains("a verdict on the primary from the old primary") == true)
+    }
+
+    // MARK: - The fence's lineage: the new primary passes, nothing else
+
+    /// The DR replica left timeline 1 at 0/5000060 for timeline 2.
+    var lineageFence: Machine.Fence {
+        var fence = fence
+        fence.lineage = PromotedLineage(
+            timeline: 2,
+            history: [TimelineHistoryEntry(parent: 1, switchPoint: LSN("0/5000060")!, reason: "no recovery target specified")])
+        return fence
+    }
+
+    func helloOn(_ timeline: UInt32, _ role: LinkRole = .stream) -> ShipMessage {
+        .hello(
+            Hello(
+                role: role, synchronous: true, systemIdentifier: 42, timeline: timeline,
+                walSegmentSize: UInt32(WALSegmentSize.default.bytes), senderName: "new-primary"))
+    }
+
+    func historyFile(_ timeline: UInt32, _ text: String) -> ShipMessage {
+        .history(HistoryFile(timeline: timeline, content: ByteBuffer(string: text)))
+    }
+
+    func walOn(_ timeline: UInt32) -> ShipMessage {
+        .walData(
+            WALData(
+                timeline: timeline, startLSN: LSN("0/5000000")!, primaryEndLSN: LSN("0/5000005")!,
+                primarySendTime: PostgresTimestamp(rawValue: 1), compression: .none, uncompressedLength: 5,
+                payload: ByteBuffer(bytes: [1, 2, 3, 4, 5])))
+    }
+
+    /// A stream link on `timeline` through the lineage fence, welcomed.
+    func throughTheFence(on timeline: UInt32) -> Machine {
+        var m = machine()
+        _ = m.firstFrameReceived(helloOn(timeline), certificateName: nil)
+        #expect(m.spoolOpened(fence: lineageFence) == .claimStream(acceptedFence: nil))
+        #expect(m.fenceCheck?.proven == [])
+        _ = m.streamClaimed()
+        _ = m.resumePointFound(durable: LSN("0/5000060")!, timeline: 1)
+        return m
+    }
+
+    @Test func theNewPrimaryProvesItsTimelineAndItsWALPasses() {
+        var m = throughTheFence(on: 2)
+        guard case .history(let file) = historyFile(2, "1\t0/5000060\tno recovery target specified\n") else { return }
+        #expect(m.frameReceived(.history(file)) == .queueHistory(file, admitsLink: true))
+        guard case .walData(let data) = walOn(2) else { return }
+        #expect(m.frameReceived(.walData(data)) == .queueWAL(data))
+        // Proven once: the same file again is no second admission.
+        #expect(m.frameReceived(.history(file)) == .queueHistory(file, admitsLink: false))
+        let change = ModeChange(mode: .sync, lsn: LSN("0/5000100")!, observedAt: PostgresTimestamp(rawValue: 5))
+        #expect(m.frameReceived(.mode(change)) == .recordMode(change))
+    }
+
+    @Test func aDescendantProvesEachTimelineItShips() {
+        var m = throughTheFence(on: 3)
+        guard case .history(let two) = historyFile(2, "1\t0/5000060\tno recovery target specified\n"),
+            case .history(let three) = historyFile(3, "1\t0/5000060\tx\n2\t0/9000000\ty\n"),
+            case .walData(let onTwo) = walOn(2), case .walData(let onThree) = walOn(3)
+        else { return }
+        #expect(m.frameReceived(.history(two)) == .queueHistory(two, admitsLink: true))
+        #expect(m.frameReceived(.walData(onTwo)) == .queueWAL(onTwo))
+        // Timeline 3's WAL needs timeline 3's history first.
+        #expect(refusal(m.frameReceived(.walData(onThree)))?.code == .fenced)
+
+        var n = throughTheFence(on: 3)
+        _ = n.frameReceived(.history(two))
+        #expect(n.frameReceived(.history(three)) == .queueHistory(three, admitsLink: false))
+        #expect(n.frameReceived(.walData(onThree)) == .queueWAL(onThree))
+    }
+
+    @Test func aForeignTimelineOfTheSameNumberIsRefusedAtItsHistory() {
+        var m = throughTheFence(on: 2)
+        let answer = refusal(m.frameReceived(historyFile(2, "1\t0/4000028\tno recovery target specified\n")))
+        #expect(answer?.code == .fenced)
+        #expect(
+            answer?.message.hasPrefix(
+                "system 42 was promoted at the DR site at 2026-12-01T10:00:00Z (timeline 2); WAL from the old primary (sender new-primary, timeline 2) is refused: timeline 2 does not descend"
+            ) == true, "\(answer?.message ?? "")")
+        #expect(m.state == .closed)
+    }
+
+    @Test func nothingButHistoryPassesBeforeTheProof() {
+        for frame in [
+            walOn(2),
+            .mode(ModeChange(mode: .sync, lsn: LSN("0/5000100")!, observedAt: PostgresTimestamp(rawValue: 5))),
+            .keepalive(
+                Keepalive(primaryEndLSN: LSN("0/5000100")!, sendTime: PostgresTimestamp(rawValue: 1), replyRequested: true)),
+        ] {
+            var m = throughTheFence(on: 2)
+            let answer = refusal(m.frameReceived(frame))
+            #expect(answer?.code == .fenced, "\(frame.kind)")
+            #expect(m.state == .closed)
+        }
+        // WAL of the fenced timeline, even after the proof: the old timeline's WAL never lands again.
+        var m = throughTheFence(on: 2)
+        _ = m.frameReceived(historyFile(2, "1\t0/5000060\tno recovery target specified\n"))
+        #expect(refusal(m.frameReceived(walOn(1)))?.code == .fenced)
+        // A history file that does not parse proves nothing.
+        var garbled = throughTheFence(on: 2)
+        #expect(refusal(garbled.frameReceived(historyFile(2, "not a history")))?.code == .fenced)
+    }
+
+    @Test func theFencedTimelineIsRefusedAtTheHandshakeWithTheReason() {
+        var m = machine()
+        _ = m.firstFrameReceived(helloOn(1), certificateName: nil)
+        let answer = refusal(m.spoolOpened(fence: lineageFence))
+        #expect(answer?.code == .fenced)
+        #expect(
+            answer?.message.contains("is refused: timeline 1 is the fenced timeline. Hint:") == true, "\(answer?.message ?? "")")
+        #expect(m.fenceCheck == nil)
+    }
+
+    @Test func backupAndVerdictLinksOfTheNewPrimaryStayRefused() {
+        for role in [LinkRole.backup, .verdict] {
+            var m = machine()
+            _ = m.firstFrameReceived(helloOn(2, role), certificateName: nil)
+            let answer = refusal(m.spoolOpened(fence: lineageFence))
+            #expect(answer?.code == .fenced)
+            #expect(answer?.message.contains("only a stream link can prove") == true, "\(answer?.message ?? "")")
+        }
+    }
+
+    @Test func aFenceWithoutALineageRefusesTheNewPrimaryToo() {
+        var m = machine()
+        _ = m.firstFrameReceived(helloOn(2), certificateName: nil)
+        #expect(
+            m.spoolOpened(fence: fence)
+                == .refuse(
+                    Refusal(
+                        code: .fenced,
+                        message:
+                            "system 42 was promoted at the DR site at 2026-12-01T10:00:00Z (timeline 2); WAL from the old primary (sender new-primary, timeline 2) is refused. Hint: re-seed the DR site and remove /spool/42/FENCED, or restart walship receive with --force to accept it anyway"
+                    )))
+    }
+
+    @Test func forceStillAcceptsAnythingWithoutChecks() {
+        var m = machine(acceptFenced: true)
+        _ = m.firstFrameReceived(helloOn(1), certificateName: nil)
+        #expect(m.spoolOpened(fence: lineageFence) == .claimStream(acceptedFence: lineageFence))
+        #expect(m.fenceCheck == nil)
     }
 }
 
