@@ -140,7 +140,8 @@ struct ReceiverLinkStateMachine: Sendable {
     /// fence: after a promotion nothing from the old primary may land in the spool. Only a stream link offering the
     /// promoted timeline or a newer one may pass, on condition that the history files it sends prove its
     /// timeline descends from the promoted one before it sends anything else (`fenceCheck`): the new primary's,
-    /// after a switchover back. Backup and verdict links carry no history file, so nothing proves theirs.
+    /// after a switchover back. A backup link carries no history file, so nothing proves its timeline: it stays
+    /// refused. A verdict link of such a timeline is taken: it stores nothing.
     mutating func spoolOpened(fence: Fence?) -> Action {
         guard case .openingSpool(let hello) = state else { return outOfOrder("spool opened") }
         var passed: Fence?
@@ -149,6 +150,10 @@ struct ReceiverLinkStateMachine: Sendable {
             case .needsHistory where hello.role == .stream:
                 guard let lineage = fence.lineage else { preconditionFailure("a fence passed without a lineage") }
                 fenceCheck = FenceCheck(fence: fence, lineage: lineage, proven: [])
+                passed = fence
+            case .needsHistory where hello.role == .verdict:
+                // A verdict lands nothing in the spool; the new primary's sender reports through it while its stream
+                // is down, and a refusal would raise the alert meant for the old primary.
                 passed = fence
             case .descends, .needsHistory:
                 return refuseFenced(

@@ -502,14 +502,19 @@ import WALCore
         #expect(m.fenceCheck == nil)
     }
 
-    @Test func backupAndVerdictLinksOfTheNewPrimaryStayRefused() {
-        for role in [LinkRole.backup, .verdict] {
-            var m = machine()
-            _ = m.firstFrameReceived(helloOn(2, role), certificateName: nil)
-            let answer = refusal(m.spoolOpened(fence: lineageFence))
-            #expect(answer?.code == .fenced)
-            #expect(answer?.message.contains("only a stream link can prove") == true, "\(answer?.message ?? "")")
-        }
+    @Test func backupLinksOfTheNewPrimaryStayRefusedItsVerdictsAreTaken() {
+        var backup = machine()
+        _ = backup.firstFrameReceived(helloOn(2, .backup), certificateName: nil)
+        let answer = refusal(backup.spoolOpened(fence: lineageFence))
+        #expect(answer?.code == .fenced)
+        #expect(answer?.message.contains("only a stream link can prove") == true, "\(answer?.message ?? "")")
+        var verdicts = machine()
+        _ = verdicts.firstFrameReceived(helloOn(2, .verdict), certificateName: nil)
+        #expect(verdicts.spoolOpened(fence: lineageFence) == .findResumePoint(makeDurableFirst: false, acceptedFence: nil))
+        // The old primary's verdicts stay refused.
+        var old = machine()
+        _ = old.firstFrameReceived(helloOn(1, .verdict), certificateName: nil)
+        #expect(refusal(old.spoolOpened(fence: lineageFence))?.code == .fenced)
     }
 
     @Test func aFenceWithoutALineageRefusesTheNewPrimaryToo() {
