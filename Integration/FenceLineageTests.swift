@@ -94,14 +94,31 @@ struct FenceLineageTests {
             let durable = stageLSN(system, "durable") ?? 0
             return (durable >= laterEnd, "durable \(String(durable, radix: 16))")
         }
-        let still = try fetchStatus(port: topology.receiverStatusPort)
+        var still = try fetchStatus(port: topology.receiverStatusPort)
         let link = (still["systems"] as? [[String: Any]])?.first?["link"] as? [String: Any]
         #expect(link?["connected"] as? Bool == true)
         #expect("\(link?["connectedAt"] ?? "")" == "\(connectedAt ?? "-")", "the link was closed and reopened")
         // The link entered the mode history once it had proven its timeline.
         #expect(linkEntries() == linksBefore + 1, "\((try? String(contentsOfFile: auditPath, encoding: .utf8)) ?? "")")
 
+        // A restarted sender finds the spool on timeline 2 already: it proves the timeline again with its history
+        // file (the spool only compares it), and its WAL passes.
+        topology.sender!.kill9()
+        topology.sender = try fixture.walship("sender-restarted", topology.senderArguments)
+        try topology.waitUntilStreaming()
+        try standby.sql("INSERT INTO marks VALUES (5, 'new primary')")
+        let restartedEnd = try #require(lsn(try standby.sql("SELECT pg_current_wal_flush_lsn()")))
+        try waitUntil("the restarted sender's WAL to be durable", timeout: 30) {
+            let system = (try fetchStatus(port: topology.receiverStatusPort)["systems"] as? [[String: Any]])?.first
+            let durable = stageLSN(system, "durable") ?? 0
+            return (durable >= restartedEnd, "durable \(String(durable, radix: 16))")
+        }
+        let proofs = topology.receiver!.log.components(separatedBy: "proved its timeline descends").count - 1
+        #expect(proofs == 2, "\(proofs) proofs logged")
+        #expect(linkEntries() == linksBefore + 2)
+
         // Nothing the new primary's sender did counts as the old primary knocking (its verdict links included).
+        still = try fetchStatus(port: topology.receiverStatusPort)
         let quiet = (still["alerts"] as? [[String: Any]] ?? []).compactMap { $0["condition"] as? String }
         #expect(!quiet.contains("fenced_primary_refused"), "\(quiet)")
         #expect(!topology.receiver!.log.contains("is refused"), "\(topology.receiver!.log.suffix(2000))")
