@@ -15,19 +15,8 @@ struct FenceLineageTests {
         try topology.startReceiver()
         try topology.startSender()
         try topology.primary.sql("CREATE TABLE marks (id int PRIMARY KEY, site text)")
-        let backup = try run(
-            IT.walshipBinary,
-            ["backup", "--source", topology.primary.conninfo, "--to", "127.0.0.1:\(topology.receiverPort)"]
-                + topology.linkArguments("sender"), timeout: 300, check: false)
-        try #require(backup.status == 0, "\(backup.error)")
-        _ = try run(
-            IT.walshipBinary,
-            [
-                "restore", "--spool", topology.spool, "--pgdata", fixture.directory + "/dr", "--standby",
-                "--primary-conninfo", "host=127.0.0.1 port=\(standbyPort) user=postgres application_name=dr_replica",
-            ])
-        let standby = try fixture.startCopy(
-            name: "dr", signal: "standby.signal", settings: ["hot_standby = on", "wal_retrieve_retry_interval = '1s'"])
+        try topology.takeBackup()
+        let standby = try topology.startDRStandby(standbyPort: standbyPort)
         try topology.primary.sql("INSERT INTO marks VALUES (1, 'old primary')")
         try waitUntil("the DR standby to replay the old primary's row", timeout: 60) {
             let count = (try? standby.sql("SELECT count(*) FROM marks")) ?? ""
