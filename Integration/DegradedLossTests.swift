@@ -39,8 +39,14 @@ struct DegradedLossTests {
         site.writer.kill9()
         let acknowledged = timedCommits(site.ackedFile)
 
-        // The receiver comes back for the promotion; no sender will ever link again, so --force.
-        try site.topology.startReceiver(linkTimeout: 5)
+        // The receiver comes back for the promotion; no sender will ever link again, so --force. It runs with another
+        // link timeout, so it writes primary.json afresh before any link: the last contact it found must stay there.
+        try site.topology.startReceiver(linkTimeout: 6)
+        try waitUntil("the restarted receiver to write primary.json", timeout: 30) {
+            let data = FileManager.default.contents(atPath: progress) ?? Data()
+            let record = (try? JSONSerialization.jsonObject(with: data)) as? [String: Any]
+            return (record?["linkTimeoutSeconds"] as? Int == 6, "\(record ?? [:])")
+        }
         let (report, present) = try site.promote(["--force"])
         let missing = acknowledged.filter { !present.contains($0.id) }
         print(

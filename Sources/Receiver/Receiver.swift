@@ -121,11 +121,14 @@ public final class Receiver: Service {
             Dictionary(
                 uniqueKeysWithValues: try spool.openExistingSystems().map {
                     let history = (try? ModeHistory.load(systemDirectory: $0.directory)) ?? []
-                    // The last contact before this process started still times the silence.
-                    let heard = (try? PrimaryProgressRecord.load(systemDirectory: $0.directory))??.primaryLastHeardAt
+                    // The last contact before this process started still times the silence, and the figures found
+                    // stay in primary.json until a link brings newer ones.
+                    let found = (try? PrimaryProgressRecord.load(systemDirectory: $0.directory)) ?? nil
                     return (
                         $0.systemIdentifier,
-                        SystemMonitor(disconnectedSince: start, mode: CurrentMode(history), primaryLastHeardAt: heard)
+                        SystemMonitor(
+                            disconnectedSince: start, savedProgress: found, mode: CurrentMode(history),
+                            primaryLastHeardAt: found?.primaryLastHeardAt)
                     )
                 }))
     }
@@ -1065,7 +1068,8 @@ public final class Receiver: Service {
                 acknowledgedLSN: m.acknowledged.isValid ? m.acknowledged.description : nil, acknowledgedAt: m.acknowledgedAt,
                 senderName: m.senderName, synchronous: m.synchronous, updatedAt: m.savedProgress?.updatedAt ?? Date(),
                 primaryLastHeardAt: m.primaryLastHeardAt,
-                linkTimeoutSeconds: config.linkTimeout / .seconds(1))
+                linkTimeoutSeconds: config.linkTimeout / .seconds(1)
+            ).carryingOver(m.savedProgress)
             monitors[id] = m
             return (record, m.savedProgress)
         }

@@ -42,6 +42,28 @@ public struct PrimaryProgressRecord: Codable, Sendable, Equatable {
 
     static func path(_ systemDirectory: String) -> String { systemDirectory + "/primary.json" }
 
+    /// This record, with what a receiver started afresh has not learnt yet taken from `earlier` (the file it found):
+    /// a restart after the primary was lost must not wipe the last report and acknowledgement that promote and
+    /// drill measure from. Positions are carried only on the same timeline, each with its own time.
+    public func carryingOver(_ earlier: PrimaryProgressRecord?) -> PrimaryProgressRecord {
+        guard let earlier else { return self }
+        var record = self
+        if earlier.timeline == timeline {
+            if primaryLSN == nil && primaryTime == nil {
+                record.primaryLSN = earlier.primaryLSN
+                record.primaryTime = earlier.primaryTime
+            }
+            if acknowledgedLSN == nil && acknowledgedAt == nil {
+                record.acknowledgedLSN = earlier.acknowledgedLSN
+                record.acknowledgedAt = earlier.acknowledgedAt
+            }
+        }
+        record.senderName = senderName ?? earlier.senderName
+        record.synchronous = synchronous ?? earlier.synchronous
+        record.primaryLastHeardAt = primaryLastHeardAt ?? earlier.primaryLastHeardAt
+        return record
+    }
+
     public static func load(systemDirectory: String, io: FileIO = .posix) throws -> PrimaryProgressRecord? {
         try loadJSON(path(systemDirectory), io: io)
     }
