@@ -187,8 +187,10 @@ public struct PromotionReport: Codable, Sendable, Equatable {
             // The mode in force when the 24 hours began.
             modeHistory?.insert(last, at: 0)
         }
-        lastContactAt = [primaryLastKnownAt, lastAcknowledgedAt].compactMap { $0 }.max()
-        lastContactLSN = primaryLastKnownLSN ?? lastAcknowledgedLSN
+        // The primary's own report; an acknowledgement only says the receiver was alive (a sender may go on
+        // linking, and acknowledgements go on, after its primary died). Without one, the older of the two.
+        lastContactAt = primaryLastKnownAt ?? lastAcknowledgedAt
+        lastContactLSN = primaryLastKnownAt != nil ? primaryLastKnownLSN : (primaryLastKnownLSN ?? lastAcknowledgedLSN)
         let contact =
             lastContactAt.map {
                 "the primary was last heard at \(formatISO8601($0))\(lastContactLSN.map { " (position \($0))" } ?? "")"

@@ -300,6 +300,18 @@ import Testing
         #expect(episodeAtLoss.markdown.contains("exposure 8.0 kB"))
     }
 
+    /// An acknowledgement after the primary's last report (a sender still linked, its verdict link) does not move
+    /// the last contact: under degrade-after that would shorten the silence and could turn degraded into sync.
+    @Test func theLastContactIsThePrimarysOwnReport() {
+        var r = report(replayed: "0/5000100", acknowledged: "0/5000100", spoolEnd: "0/5000100", primary: "0/5000100")
+        r.lastAcknowledgedAt = Date(timeIntervalSince1970: 150)
+        r.judgeLoss(
+            history: [episode("sync", 10, lsn: "0/4000000", rule: "degrade-after 30 s")],
+            promotedAt: Date(timeIntervalSince1970: 104 + 40))
+        #expect(r.lastContactAt == Date(timeIntervalSince1970: 104))
+        #expect(r.modeAtLoss == "degraded", "40 s after the primary's last report is past the 30 s delay")
+    }
+
     @Test func theHistoryKeepsTheLastDayAndTheModeInForceWhenItBegan() {
         var r = report(replayed: "0/5000100", acknowledged: "0/5000100", spoolEnd: "0/5000100", primary: "0/5000100")
         let day = 86400.0
