@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+import WALCore
 
 /// A stock PostgreSQL 15 standby streams from the receiver's standby endpoint.
 @Suite(.serialized, .enabled(if: IT.pgBin != nil, "PostgreSQL 15 server binaries are required"))
@@ -75,6 +76,76 @@ struct StandbyTests {
         try waitForReplay(standby, topology.primary, "after the receiver restarted")
         #expect(try standby.sql("SELECT count(*) FROM patients") == "6000")
         #expect(try standby.sql("SELECT pg_is_in_recovery()") == "t")
+    }
+
+    /// The receiver reads the commit time of what the standby replayed from the spool's WAL: it equals the
+    /// standby's own `pg_last_xact_replay_timestamp()`, and its WAL decoding agrees with pg_waldump.
+    @Test func theLastReplayedCommitTimeIsTheStandbysOwn() throws {
+        let fixture = try Fixture("standby-commit-time")
+        defer { fixture.tearDown() }
+        var topology = try ShipTopology(fixture)
+        let standbyPort = IT.freePort()
+        topology.receiverExtra = ["--standby-listen", "127.0.0.1:\(standbyPort)", "--standby-trust"]
+        try topology.startReceiver()
+        try topology.startSender()
+        let standby = try makeStandby(fixture, topology, standbyPort: standbyPort)
+
+        try topology.primary.sql("CREATE TABLE visits (id int PRIMARY KEY, at timestamptz DEFAULT clock_timestamp())")
+        let switched = try topology.primary.sql("SELECT pg_walfile_name(pg_current_wal_lsn())")
+        for id in 1...40 {
+            // Every fifth transaction rolls back: an abort record, which the standby's replay time counts too.
+            try topology.primary.sql(
+                id % 5 == 0 ? "BEGIN; INSERT INTO visits (id) VALUES (\(id)); ROLLBACK" : "INSERT INTO visits (id) VALUES (\(id))"
+            )
+        }
+        try topology.primary.sql("SELECT pg_switch_wal()")
+        try topology.primary.sql("INSERT INTO visits (id) VALUES (1000)")
+        try waitForReplay(standby, topology.primary, "the visits")
+
+        // What the status says is what the standby says, once the standby's reply has reached the receiver.
+        try waitUntil("the receiver's last replayed commit to be the standby's", timeout: 60) {
+            let own = try standby.sql(
+                "SELECT pg_last_wal_replay_lsn(), extract(epoch FROM pg_last_xact_replay_timestamp())")
+            let parts = own.split(separator: "|")
+            let system = (try fetchStatus(port: topology.receiverStatusPort))["systems"] as? [[String: Any]]
+            let reported = system?.first
+            guard parts.count == 2, stageLSN(reported, "replayed") == lsn(String(parts[0])),
+                let text = reported?["lastReplayedCommitTime"] as? String, let at = parseISO8601Date(text),
+                let standbyTime = Double(parts[1])
+            else { return (false, "standby \(own), receiver \(reported ?? [:])") }
+            let committedLSN = (reported?["lastReplayedCommitLSN"] as? String).flatMap(lsn) ?? .max
+            #expect(committedLSN <= lsn(String(parts[0]))!)
+            return (abs(at.timeIntervalSince1970 - standbyTime) < 0.0011, "receiver \(text), standby \(standbyTime)")
+        }
+        let table = try run(
+            IT.walshipBinary, ["status", "--url", "http://127.0.0.1:\(topology.receiverStatusPort)"], check: false)
+        #expect(table.output.contains("last replayed commit: "), "\(table.output)")
+
+        // The decoder finds the transaction ends pg_waldump lists, with the same times, in the switched segment.
+        let compressed = topology.walDirectory + "/" + switched + ".lz4"
+        try waitUntil("segment \(switched) to be completed in the spool") {
+            (FileManager.default.fileExists(atPath: compressed), "")
+        }
+        let plain = fixture.directory + "/dump/" + switched
+        try FileManager.default.createDirectory(atPath: fixture.directory + "/dump", withIntermediateDirectories: true)
+        try run("/usr/bin/lz4", ["-d", "-q", compressed, plain])
+        let dump = try run(
+            topology.primary.bin + "/pg_waldump", ["-r", "Transaction", plain], environment: ["TZ": "UTC"], check: false)
+        let listed = dump.output.split(separator: "\n").compactMap { line -> String? in
+            guard let desc = line.range(of: "desc: ") else { return nil }
+            let words = line[desc.upperBound...].split(separator: " ")
+            guard words.count >= 3, words[0] == "COMMIT" || words[0] == "ABORT" else { return nil }
+            return "\(words[0]) \(words[1]) \(words[2])"
+        }
+        #expect(listed.count >= 40, "pg_waldump: \(dump.output) \(dump.error)")
+        let bytes = [UInt8](try Data(contentsOf: URL(fileURLWithPath: plain)))
+        var scanner = TransactionEndScanner(
+            fromPage: SegmentName(switched, segmentSize: .default)!.startLSN, segmentSize: .default)
+        let found = bytes.withUnsafeBytes { scanner.consume($0) }.map { end in
+            "\(end.committed ? "COMMIT" : "ABORT") \(pgTimestampText(end.time))"
+        }
+        #expect(found == listed)
+        #expect(found.filter { $0.hasPrefix("ABORT") }.count >= 8)
     }
 
     @Test func standbyEndpointAuthenticatesAndAnswersLikeAWalsender() throws {
@@ -210,4 +281,22 @@ struct StandbyTests {
         #expect(try standby.sql("SELECT answer FROM tls_check") == "7")
         #expect(try standby.sql("SELECT status FROM pg_stat_wal_receiver") == "streaming")
     }
+}
+
+/// A PostgreSQL timestamp as pg_waldump prints it with TZ=UTC: `2026-12-07 15:20:01.123456`.
+func pgTimestampText(_ time: PostgresTimestamp) -> String {
+    let micros = time.unixMicroseconds
+    let seconds = micros >= 0 ? micros / 1_000_000 : (micros - 999_999) / 1_000_000
+    let date = Date(timeIntervalSince1970: TimeInterval(seconds))
+    var calendar = Calendar(identifier: .gregorian)
+    calendar.timeZone = TimeZone(identifier: "UTC")!
+    let c = calendar.dateComponents([.year, .month, .day, .hour, .minute, .second], from: date)
+    return String(
+        format: "%04d-%02d-%02d %02d:%02d:%02d.%06d", c.year!, c.month!, c.day!, c.hour!, c.minute!, c.second!,
+        Int(micros - seconds * 1_000_000))
+}
+
+/// ISO 8601 with or without fractional seconds, as status documents write dates.
+func parseISO8601Date(_ text: String) -> Date? {
+    (try? Date.ISO8601FormatStyle(includingFractionalSeconds: true).parse(text)) ?? (try? Date.ISO8601FormatStyle().parse(text))
 }

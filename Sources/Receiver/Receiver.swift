@@ -1144,6 +1144,8 @@ public final class Receiver: Service {
     // MARK: - Status
 
     private let diskUsage = Mutex<UInt64?>(nil)
+    /// Per system: the commit time of what the standbys replayed, read from the spool as they advance.
+    private let replayedTransactions = Mutex<[UInt64: ReplayedTransactions]>([:])
 
     /// The status document (without alerts and health, which the monitor adds).
     public var status: StatusDocument {
@@ -1202,6 +1204,10 @@ public final class Receiver: Service {
                         detail: latest.detail)
                 }
                 status.promotion = readiness(of: id, monitor: m, link: link, now: now, wallNow: wallNow)
+                if let last = lastReplayedTransaction(of: system, replayedUpTo: replayed) {
+                    status.lastReplayedCommitTime = Date(timeIntervalSince1970: last.time.unixSeconds)
+                    status.lastReplayedCommitLSN = last.endLSN.description
+                }
                 status.spoolFailure = system.fsyncFailure.map {
                     "\($0) (hint: check the disk and the kernel log, then restart walship receive: it re-reads the spool from disk)"
                 }
@@ -1224,6 +1230,15 @@ public final class Receiver: Service {
                 path: config.spoolRoot, totalBytes: capacity?.total, freeBytes: capacity?.free,
                 usedBytes: diskUsage.withLock { $0 }),
             receiver: .init(listen: "\(config.listenHost):\(config.listenPort)", standbyListen: config.standbyListen))
+    }
+
+    private func lastReplayedTransaction(of system: SystemSpool, replayedUpTo position: LSN) -> TransactionEnd? {
+        guard position.isValid else { return nil }
+        return replayedTransactions.withLock { trackers in
+            let tracker = trackers[system.systemIdentifier] ?? ReplayedTransactions(spool: system)
+            trackers[system.systemIdentifier] = tracker
+            return tracker.lastTransaction(replayedUpTo: position)
+        }
     }
 
     /// Whether promoting this system's DR replica is safe as far as this receiver knows (`PromotionReadiness`).

@@ -124,6 +124,11 @@ public struct StatusDocument: Codable, Sendable, Equatable {
         /// Receiver only: whether promoting the DR replica is safe as far as the DR site can tell, and why
         /// (`PromotionReadiness`); what `walship promote` asks through the control socket.
         public var promotion: ReadinessReport?
+        /// Receiver only: when the primary ended the last transaction the furthest standby has replayed (its
+        /// commit or abort record's time, in the primary's clock: what `pg_last_xact_replay_timestamp()` shows
+        /// on that standby), and where that record ends. Read from the spool's WAL.
+        public var lastReplayedCommitTime: Date?
+        public var lastReplayedCommitLSN: String?
 
         public init(
             systemIdentifier: String?, timeline: UInt32?, link: LinkStatus, chain: [Stage],

@@ -83,6 +83,13 @@ public enum StatusTable {
                 ]
             }
             out.append(contentsOf: table(header: ["STAGE", "LSN", "BEHIND", "BEHIND (TIME)"], rows: rows).map { "  " + $0 })
+            if let committed = system.lastReplayedCommitTime {
+                out.append(
+                    "  last replayed commit: \(formatISO8601(committed)) (primary's clock)\(system.lastReplayedCommitLSN.map { ", record ending at \($0)" } ?? "")"
+                )
+            } else if s.role == "receiver", system.stage(.replayed)?.lsn != nil {
+                out.append("  last replayed commit: none found in the spool's WAL before the replayed position")
+            }
             if let skew = system.clockSkewSeconds, abs(skew) >= 1 {
                 out.append(
                     "  note: the primary's clock is \(format(abs(skew))) s \(skew > 0 ? "ahead of" : "behind") this host's; lag in seconds uses the primary's clock"
