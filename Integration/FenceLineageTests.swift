@@ -106,6 +106,21 @@ struct FenceLineageTests {
         #expect(proofs == 2, "\(proofs) proofs logged")
         #expect(linkEntries() == linksBefore + 2)
 
+        // A base backup of the new primary lands in the fenced spool too: its history file proves its timeline.
+        let backup = try run(
+            IT.walshipBinary,
+            ["backup", "--source", standby.conninfo, "--to", "127.0.0.1:\(topology.receiverPort)", "--label", "new-primary"]
+                + topology.linkArguments("sender"), timeout: 300, check: false)
+        #expect(backup.status == 0, "\(backup.output)\(backup.error)")
+        func backups() throws -> [[String: Any]] {
+            let listing = try run(IT.walshipBinary, ["backups", "--spool", topology.spool, "--json"])
+            return try #require(try JSONSerialization.jsonObject(with: Data(listing.output.utf8)) as? [[String: Any]])
+        }
+        let listed = try backups()
+        let newBackup = listed.first { $0["label"] as? String == "new-primary" }
+        #expect(newBackup?["timeline"] as? Int == 2, "\(listed)")
+        #expect(newBackup?["status"] as? String == "complete", "\(listed)")
+
         // Nothing the new primary's sender did counts as the old primary knocking (its verdict links included).
         still = try fetchStatus(port: topology.receiverStatusPort)
         let quiet = (still["alerts"] as? [[String: Any]] ?? []).compactMap { $0["condition"] as? String }
@@ -141,5 +156,14 @@ struct FenceLineageTests {
             return (alerts.contains("fenced_primary_refused"), "\(alerts)")
         }
         oldSender.kill9()
+        // The old primary's base backup is refused as its WAL is, and the spool gains no backup.
+        let backupsBefore = try backups().count
+        let oldBackup = try run(
+            IT.walshipBinary,
+            ["backup", "--source", topology.primary.conninfo, "--to", "127.0.0.1:\(topology.receiverPort)"]
+                + topology.linkArguments("sender"), timeout: 120, check: false)
+        #expect(oldBackup.status != 0)
+        #expect(oldBackup.error.contains("promoted at the DR site"), "\(oldBackup.error)")
+        #expect(try backups().count == backupsBefore)
     }
 }

@@ -140,14 +140,14 @@ struct ReceiverLinkStateMachine: Sendable {
     /// fence: after a promotion nothing from the old primary may land in the spool. Only a stream link offering the
     /// promoted timeline or a newer one may pass, on condition that the history files it sends prove its
     /// timeline descends from the promoted one before it sends anything else (`fenceCheck`): the new primary's,
-    /// after a switchover back. A backup link carries no history file, so nothing proves its timeline: it stays
-    /// refused. A verdict link of such a timeline is taken: it stores nothing.
+    /// after a switchover back. A backup link of such a timeline passes the same way: its history file must
+    /// prove its timeline before its backup starts. A verdict link of such a timeline is taken: it stores nothing.
     mutating func spoolOpened(fence: Fence?) -> Action {
         guard case .openingSpool(let hello) = state else { return outOfOrder("spool opened") }
         var passed: Fence?
         if let fence, !acceptFenced {
             switch FencePassage.judge(lineage: fence.lineage, offered: hello.timeline, history: nil) {
-            case .needsHistory where hello.role == .stream:
+            case .needsHistory where hello.role == .stream || hello.role == .backup:
                 guard let lineage = fence.lineage else { preconditionFailure("a fence passed without a lineage") }
                 fenceCheck = FenceCheck(fence: fence, lineage: lineage, proven: [])
                 passed = fence
@@ -159,7 +159,7 @@ struct ReceiverLinkStateMachine: Sendable {
                 return refuseFenced(
                     fence, hello: hello,
                     reason:
-                        "only a stream link can prove with history files that its timeline descends from the promoted timeline"
+                        "only a stream or backup link can prove with history files that its timeline descends from the promoted timeline"
                 )
             case .refused(let reason):
                 return refuseFenced(fence, hello: hello, reason: fence.lineage == nil ? nil : reason)
@@ -329,8 +329,21 @@ struct ReceiverLinkStateMachine: Sendable {
 
     private mutating func backupFrame(_ message: ShipMessage, hello: Hello, started: Bool) -> Action {
         switch message {
+        case .history:
+            guard !started else { return refuse(.protocolViolation, "a history file after the backup started") }
+            // Proof for the fence only: the spool takes history files from the stream, which brings the WAL too.
+            guard fenceCheck != nil, let verdict = checkedAtFence(message, hello: hello) else { return .none }
+            if case .queueHistory = verdict { return .none }
+            return verdict
         case .backupStart(let start):
             guard !started else { return refuse(.protocolViolation, "a second backup start on one link") }
+            if let check = fenceCheck, !check.proven.contains(start.timeline) {
+                return refuseFenced(
+                    check.fence, hello: hello,
+                    reason:
+                        "the backup of timeline \(start.timeline) started without a history file proving it descends from the promoted timeline \(check.lineage.timeline)"
+                )
+            }
             state = .receivingBackup(hello, started: true)
             return .beginBackup(start)
         case .backupData(let data):
@@ -343,7 +356,7 @@ struct ReceiverLinkStateMachine: Sendable {
         case .keepalive(let keepalive):
             // The stream link reports the primary's position; a backup link's keepalive only asks for life.
             return .keepalive(primaryEnd: nil, sendTime: keepalive.sendTime, sendAck: keepalive.replyRequested)
-        case .hello, .welcome, .refusal, .walData, .ack, .history, .backupStatus, .mode, .primaryVerdict:
+        case .hello, .welcome, .refusal, .walData, .ack, .backupStatus, .mode, .primaryVerdict:
             return refuse(.protocolViolation, "unexpected \(message.kind) frame on a backup link")
         }
     }

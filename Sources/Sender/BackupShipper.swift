@@ -79,6 +79,13 @@ public struct BackupShipper: Sendable {
             case let other?: throw BackupError("the receiver answered the backup handshake with \(other.kind)")
             case nil: throw BackupError("the receiver closed the link during the handshake")
             }
+            // A fenced DR site takes a backup of a later timeline only from the promoted lineage: the history file
+            // proves the descent, as on the stream link.
+            if identity.timeline > 1 {
+                let file = try await session.timelineHistory(identity.timeline)
+                try await outbound.write(
+                    .history(HistoryFile(timeline: identity.timeline, content: ByteBuffer(bytes: file.content))))
+            }
             let gate = StreamGate()
             let producer = BackupEvents.makeSequence(
                 backPressureStrategy: .init(lowWatermark: 2, highWatermark: 8),

@@ -502,16 +502,44 @@ import WALCore
         #expect(m.fenceCheck == nil)
     }
 
-    @Test func backupLinksOfTheNewPrimaryStayRefusedItsVerdictsAreTaken() {
-        var backup = machine()
-        _ = backup.firstFrameReceived(helloOn(2, .backup), certificateName: nil)
-        let answer = refusal(backup.spoolOpened(fence: lineageFence))
+    /// A backup of the new primary passes once its history file proved its timeline; without that proof, or with
+    /// a foreign one, its start is refused. The history file is proof only: the stream stores it, not this link.
+    @Test func backupLinksOfTheNewPrimaryPassWithTheirHistoryAndVerdictsAreTaken() {
+        func backupThroughTheFence() -> Machine {
+            var backup = machine()
+            _ = backup.firstFrameReceived(helloOn(2, .backup), certificateName: nil)
+            #expect(backup.spoolOpened(fence: lineageFence) == .findResumePoint(makeDurableFirst: false, acceptedFence: nil))
+            _ = backup.resumePointFound(durable: LSN("0/5000060")!, timeline: 2)
+            return backup
+        }
+        let onTwo = BackupStart(startLSN: LSN("0/6000028")!, timeline: 2, estimatedBytes: 0, label: "unit")
+        var proven = backupThroughTheFence()
+        #expect(proven.frameReceived(historyFile(2, "1\t0/5000060\tno recovery target specified\n")) == .none)
+        #expect(proven.frameReceived(.backupStart(onTwo)) == .beginBackup(onTwo))
+
+        var unproven = backupThroughTheFence()
+        let answer = refusal(unproven.frameReceived(.backupStart(onTwo)))
         #expect(answer?.code == .fenced)
-        #expect(answer?.message.contains("only a stream link can prove") == true, "\(answer?.message ?? "")")
+        #expect(
+            answer?.message.contains("the backup of timeline 2 started without a history file proving it descends") == true,
+            "\(answer?.message ?? "")")
+
+        var foreign = backupThroughTheFence()
+        #expect(refusal(foreign.frameReceived(historyFile(2, "1\t0/4000028\tx\n")))?.code == .fenced)
+
+        // A history file after the start is out of order; on an unfenced system it is taken and ignored.
+        #expect(refusal(proven.frameReceived(historyFile(2, "1\t0/5000060\tx\n")))?.code == .protocolViolation)
+        var unfenced = welcomed(.backup)
+        #expect(unfenced.frameReceived(historyFile(2, "1\t0/5000060\tx\n")) == .none)
+        #expect(unfenced.frameReceived(.backupStart(backupStart)) == .beginBackup(backupStart))
+
         var verdicts = machine()
         _ = verdicts.firstFrameReceived(helloOn(2, .verdict), certificateName: nil)
         #expect(verdicts.spoolOpened(fence: lineageFence) == .findResumePoint(makeDurableFirst: false, acceptedFence: nil))
-        // The old primary's verdicts stay refused.
+        // The old primary's backups and verdicts stay refused.
+        var oldBackup = machine()
+        _ = oldBackup.firstFrameReceived(helloOn(1, .backup), certificateName: nil)
+        #expect(refusal(oldBackup.spoolOpened(fence: lineageFence))?.code == .fenced)
         var old = machine()
         _ = old.firstFrameReceived(helloOn(1, .verdict), certificateName: nil)
         #expect(refusal(old.spoolOpened(fence: lineageFence))?.code == .fenced)
