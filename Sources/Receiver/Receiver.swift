@@ -184,6 +184,7 @@ public final class Receiver: Service {
         try await withThrowingDiscardingTaskGroup { group in
             group.addTask { try await self.pruneRegularly() }
             group.addTask { try await self.recordProgressRegularly() }
+            group.addTask { try await self.findReplayedTransactionsRegularly() }
             // A graceful shutdown closes the listening socket, which ends the loop once the connections it accepted
             // before are handed on: no new links.
             do {
@@ -1144,8 +1145,10 @@ public final class Receiver: Service {
     // MARK: - Status
 
     private let diskUsage = Mutex<UInt64?>(nil)
-    /// Per system: the commit time of what the standbys replayed, read from the spool as they advance.
+    /// Per system: what the standbys replayed up to, and the last transaction end found there (`lastReplayed`),
+    /// read from the spool once a second off the status path (`findReplayedTransactions`).
     private let replayedTransactions = Mutex<[UInt64: ReplayedTransactions]>([:])
+    private let lastReplayed = Mutex<[UInt64: TransactionEnd]>([:])
 
     /// The status document (without alerts and health, which the monitor adds).
     public var status: StatusDocument {
@@ -1204,7 +1207,7 @@ public final class Receiver: Service {
                         detail: latest.detail)
                 }
                 status.promotion = readiness(of: id, monitor: m, link: link, now: now, wallNow: wallNow)
-                if let last = lastReplayedTransaction(of: system, replayedUpTo: replayed) {
+                if let last = lastReplayed.withLock({ $0[id] }), last.endLSN <= replayed {
                     status.lastReplayedCommitTime = Date(timeIntervalSince1970: last.time.unixSeconds)
                     status.lastReplayedCommitLSN = last.endLSN.description
                 }
@@ -1232,12 +1235,26 @@ public final class Receiver: Service {
             receiver: .init(listen: "\(config.listenHost):\(config.listenPort)", standbyListen: config.standbyListen))
     }
 
-    private func lastReplayedTransaction(of system: SystemSpool, replayedUpTo position: LSN) -> TransactionEnd? {
-        guard position.isValid else { return nil }
-        return replayedTransactions.withLock { trackers in
-            let tracker = trackers[system.systemIdentifier] ?? ReplayedTransactions(spool: system)
-            trackers[system.systemIdentifier] = tracker
-            return tracker.lastTransaction(replayedUpTo: position)
+    /// Once a second, on the blocking pool and in a loop of its own: reading WAL never holds up a status request,
+    /// a link, or the primary.json the progress loop writes.
+    private func findReplayedTransactionsRegularly() async throws {
+        while true {
+            try await Task.sleep(for: .seconds(1))
+            try await offThePool { self.findReplayedTransactions() }
+        }
+    }
+
+    /// Reads each system's WAL up to what its standbys replayed, for the commit time of the last transaction there.
+    private func findReplayedTransactions() {
+        for system in spool.openSystems {
+            let id = system.systemIdentifier
+            guard let replayed = standbys(of: id).map(\.replayed).max(), replayed.isValid else { continue }
+            let found = replayedTransactions.withLock { trackers in
+                let tracker = trackers[id] ?? ReplayedTransactions(spool: system)
+                trackers[id] = tracker
+                return tracker.lastTransaction(replayedUpTo: replayed)
+            }
+            lastReplayed.withLock { $0[id] = found }
         }
     }
 

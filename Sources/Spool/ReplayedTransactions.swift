@@ -3,8 +3,8 @@ import WALCore
 /// The last transaction a standby has replayed, and when the primary ended it: found by reading the spool's WAL
 /// up to the position the standby reports. Standbys report positions, not times, so this is how the DR site
 /// learns the commit time `pg_last_xact_replay_timestamp()` would show on the standby. Each call reads only the
-/// WAL after the previous call's position; a standby far ahead of the last scan (or behind it) starts a new
-/// scan a segment before its position. Not thread-safe: the caller serialises calls.
+/// WAL after the previous call's position, at most `readPerCall` of it; a standby far ahead of the last scan (or
+/// behind it) starts a new scan a segment before its position. Not thread-safe: the caller serialises calls.
 public final class ReplayedTransactions {
     private let spool: SystemSpool
     private let reader: WALRangeReader
@@ -15,8 +15,10 @@ public final class ReplayedTransactions {
     private var ahead: [TransactionEnd] = []
     private var history: (timeline: TimeLineID, entries: [TimelineHistoryEntry])?
 
-    /// The most WAL one call reads before it gives up continuity and starts over near the position.
-    static let maximumScan: UInt64 = 64 << 20
+    /// How far behind a position the scan may be before it gives up continuity and starts over near it.
+    static let maximumGap: UInt64 = 256 << 20
+    /// The most WAL one call reads: a standby catching up is followed over several calls.
+    static let readPerCall = 16 << 20
     static let readSize = 1 << 20
 
     public init(spool: SystemSpool) {
@@ -28,11 +30,12 @@ public final class ReplayedTransactions {
     /// was found in the WAL scanned (which starts a segment before the first position asked about).
     public func lastTransaction(replayedUpTo position: LSN) -> TransactionEnd? {
         guard position.isValid else { return nil }
-        if let scanner, scanner.position > position || position.bytesAfter(scanner.position) > Self.maximumScan {
+        if let scanner, scanner.position > position || position.bytesAfter(scanner.position) > Self.maximumGap {
             self.scanner = nil
         }
         if scanner == nil { start(near: position) }
-        while var scanning = scanner, scanning.position < position, scanning.stopped == nil {
+        var read = 0
+        while var scanning = scanner, scanning.position < position, scanning.stopped == nil, read < Self.readPerCall {
             let from = scanning.position
             let piece: [UInt8]
             do {
@@ -42,6 +45,7 @@ public final class ReplayedTransactions {
                 break  // removed by retention, or not readable now: what was found stands
             }
             guard !piece.isEmpty else { break }
+            read += piece.count
             let ends = piece.withUnsafeBytes { scanning.consume($0) }
             scanner = scanning
             ahead.append(contentsOf: ends)

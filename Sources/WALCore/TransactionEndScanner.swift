@@ -210,7 +210,7 @@ public struct TransactionEndScanner: Sendable {
     /// crosses a page: pages are multiples of 8), and what a standby reports once it replayed the record.
     private mutating func finish(_ body: RecordBody, into found: inout [TransactionEnd]) {
         if case .walSwitch = body.kind {
-            phase = .segmentTail
+            phase = segmentSize.offset(of: position) == 0 ? .firstPage : .segmentTail
             return
         }
         if case .transactionEnd(let committed) = body.kind, let time = Self.transactionTime(body.collected) {

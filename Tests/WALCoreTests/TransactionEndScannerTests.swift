@@ -96,6 +96,19 @@ struct TransactionEndScannerTests {
         #expect(found.map(\.endLSN) == [first.end, second.end])
     }
 
+    /// A switch record that ends exactly at the segment's end leaves nothing to skip: the next segment is read.
+    @Test func aWALSwitchEndingAtTheSegmentsEndSkipsNothing() {
+        let lastPage = TestWAL.size.startLSN(ofSegment: 6).rawValue - WALPage.size
+        var wal = TestWALWriter(start: LSN(lastPage))
+        wal.other(bodyLength: Int(WALPage.size) - 24 - 24 - 24)
+        wal.walSwitch()
+        #expect(wal.position == TestWAL.size.startLSN(ofSegment: 6))
+        let commit = wal.transactionEnd(time: PostgresTimestamp(rawValue: 3))
+        let (scanner, found) = Self.scan(wal, pieces: [100])
+        #expect(scanner.stopped == nil)
+        #expect(found.map(\.endLSN) == [commit.end])
+    }
+
     @Test func theEndOfWALStopsTheScanAndSaysWhere() {
         var wal = TestWALWriter(start: LSN(0x20_0000))
         let end = wal.transactionEnd(time: PostgresTimestamp(rawValue: 5)).end
