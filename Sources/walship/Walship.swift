@@ -19,7 +19,7 @@ struct Walship: AsyncParsableCommand {
         version: walshipVersion,
         subcommands: [
             Send.self, Receive.self, Status.self, Certs.self, Promote.self, Drill.self, Backup.self, Backups.self, Restore.self,
-            RestoreWAL.self, ExtractPartial.self, Prune.self, Check.self,
+            RestoreWAL.self, ExtractPartial.self, Prune.self, Check.self, Rejoin.self,
         ])
 }
 

@@ -1,0 +1,152 @@
+import Foundation
+import Testing
+
+/// After an unplanned failover, `walship rejoin` brings the old primary back by difference: the commits the DR site
+/// never got are set aside and counted, pg_rewind copies a fraction of the database, and the old primary replays
+/// the new primary's writes through a receiver at its own site.
+@Suite(.serialized, .enabled(if: IT.pgBin != nil, "PostgreSQL 15 server binaries are required"))
+struct RejoinTests {
+    /// The primary site (async link to the DR site) and a failover to the DR replica with an async tail lost.
+    struct Failover {
+        var topology: ShipTopology
+        let newPrimary: Cluster
+        let lostCommits: Int
+    }
+
+    func failOver(_ fixture: Fixture, primarySettings: [String: String], lostCommits: Int) throws -> Failover {
+        var topology = try ShipTopology(fixture, primarySettings: primarySettings, spoolOwnedByPostgres: true)
+        let standbyPort = IT.freePort()
+        topology.receiverExtra = ["--standby-listen", "127.0.0.1:\(standbyPort)", "--standby-trust"]
+        try topology.startReceiver()
+        try topology.startSender()
+        try topology.primary.pgbench(["-i", "-s", "5", "-q"])
+        try topology.primary.sql("CREATE TABLE visits (id int PRIMARY KEY, site text)")
+        try topology.takeBackup()
+        let dr = try topology.startDRStandby(standbyPort: standbyPort)
+        try topology.primary.sql("INSERT INTO visits SELECT g, 'both sites' FROM generate_series(1, 100) g")
+        try waitUntil("the DR standby to replay the first 100 visits", timeout: 60) {
+            let count = (try? dr.sql("SELECT count(*) FROM visits")) ?? ""
+            return (count == "100", count)
+        }
+        // The async tail: the sender is frozen while the primary commits, then the primary dies.
+        topology.sender!.signal(SIGSTOP)
+        for id in 101..<(101 + lostCommits) {
+            try topology.primary.sql("INSERT INTO visits VALUES (\(id), 'lost')")
+        }
+        kill(try postmasterPID(of: topology.primary), SIGKILL)
+        topology.sender!.kill9()
+        let promote = try run(
+            IT.walshipBinary,
+            [
+                "promote", "--pgdata", dr.dataDirectory, "--spool", topology.spool, "--force", "--report",
+                fixture.logDirectory + "/promotion", "--timeout", "60",
+            ], timeout: 150, check: false)
+        try #require(promote.status == 0, "\(promote.output)\(promote.error)")
+        try dr.sql("INSERT INTO visits SELECT g, 'new primary' FROM generate_series(1001, 1010) g")
+        return Failover(topology: topology, newPrimary: dr, lostCommits: lostCommits)
+    }
+
+    @Test func theOldPrimaryRejoinsByDifferenceAndWhatWasLostIsSetAside() throws {
+        let fixture = try Fixture("rejoin")
+        defer { fixture.tearDown() }
+        let failover = try failOver(fixture, primarySettings: ["wal_log_hints": "on"], lostCommits: 30)
+        let topology = failover.topology
+        let oldPrimary = topology.primary
+        oldPrimary.stopImmediately()
+
+        // The old primary's site: a receiver of its own, fed by a sender beside the new primary.
+        let homeSpool = try fixture.postgresDirectory("home-spool")
+        let homePort = IT.freePort()
+        let homeStandbyPort = IT.freePort()
+        let homeStatusPort = IT.freePort()
+        let receiveArguments =
+            ["receive", "--listen", "127.0.0.1:\(homePort)", "--spool", homeSpool]
+            + topology.linkArguments("receiver") + [
+                "--status-listen", "127.0.0.1:\(homeStatusPort)", "--standby-listen", "127.0.0.1:\(homeStandbyPort)",
+                "--standby-trust",
+            ]
+        _ = try fixture.daemon(
+            "home-receiver", "/usr/bin/setpriv",
+            ["--reuid=postgres", "--regid=postgres", "--init-groups", "--", IT.walshipBinary] + receiveArguments)
+        let newSenderStatus = IT.freePort()
+        let newSender = try fixture.walship(
+            "sender-new-primary",
+            [
+                "send", "--source", failover.newPrimary.conninfo, "--to", "127.0.0.1:\(homePort)", "--slot", "walship_home",
+                "--create-slot", "--status-listen", "127.0.0.1:\(newSenderStatus)", "--link-timeout", "10",
+                "--retry-max-seconds", "2",
+            ] + topology.linkArguments("sender"))
+        try waitUntil("the new primary's sender to stream to the old primary's site", timeout: 60) {
+            let state = (try? fetchStatus(port: newSenderStatus))?["state"] as? String
+            return (state == "streaming", "state=\(state ?? "nil")\n\(newSender.log.suffix(1500))")
+        }
+
+        let rejoin = try run(
+            IT.walshipBinary,
+            [
+                "rejoin", "--pgdata", oldPrimary.dataDirectory, "--source", failover.newPrimary.conninfo,
+                "--primary-conninfo", "host=127.0.0.1 port=\(homeStandbyPort) user=postgres application_name=home",
+                "--spool", homeSpool, "--report", fixture.logDirectory + "/rejoin", "--start",
+                "--keep-copy", fixture.directory + "/old-primary-as-it-was",
+            ], timeout: 300, check: false)
+        #expect(rejoin.status == 0, "\(rejoin.output)\(rejoin.error)")
+        let report = try #require(
+            try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: fixture.logDirectory + "/rejoin.json")))
+                as? [String: Any])
+        let lost = report["lostWAL"] as? [String: Any]
+        #expect(lost?["commits"] as? Int == failover.lostCommits, "\(report)")
+        let copied = try #require(report["bytesCopied"] as? Int, "\(report)")
+        let size = try #require(report["sourceBytes"] as? Int, "\(report)")
+        print("rejoin: pg_rewind copied \(copied) bytes of \(size); set aside \(lost?["commits"] ?? "?") commits")
+        #expect(copied < size / 2, "copied \(copied) of \(size)")
+        // The set-aside WAL holds the lost rows' commits; the kept copy is the old primary as it was.
+        let aside = try #require(report["setAsideDirectory"] as? String)
+        #expect(!(try FileManager.default.contentsOfDirectory(atPath: aside)).isEmpty)
+        #expect(FileManager.default.fileExists(atPath: fixture.directory + "/old-primary-as-it-was/PG_VERSION"))
+
+        // The rejoined old primary replays the new primary's writes through walship, and not the lost ones.
+        try failover.newPrimary.sql("INSERT INTO visits SELECT g, 'after rejoin' FROM generate_series(2001, 2005) g")
+        let target = try #require(lsn(try failover.newPrimary.sql("SELECT pg_current_wal_lsn()")))
+        try waitUntil("the rejoined old primary to replay the new primary's writes", timeout: 120) {
+            let replayed = (try? oldPrimary.sql("SELECT pg_last_wal_replay_lsn()")) ?? ""
+            return ((lsn(replayed) ?? 0) >= target, replayed)
+        }
+        #expect(try oldPrimary.sql("SELECT pg_is_in_recovery()") == "t")
+        let query = "SELECT count(*), sum(id) FROM visits"
+        #expect(try oldPrimary.sql(query) == failover.newPrimary.sql(query))
+        #expect(try oldPrimary.sql("SELECT count(*) FROM visits WHERE site = 'lost'") == "0")
+    }
+
+    @Test func aDirectoryWithoutHintsOrChecksumsIsRefusedUntouched() throws {
+        let fixture = try Fixture("rejoin-refused")
+        defer { fixture.tearDown() }
+        let failover = try failOver(fixture, primarySettings: [:], lostCommits: 3)
+        let oldPrimary = failover.topology.primary
+        oldPrimary.stopImmediately()
+        let before = try run(
+            "/usr/bin/find",
+            [
+                oldPrimary.dataDirectory, "-type", "f", "-newer", oldPrimary.dataDirectory + "/PG_VERSION", "-printf",
+                "%p %s %T@\n",
+            ])
+        let rejoin = try run(
+            IT.walshipBinary,
+            [
+                "rejoin", "--pgdata", oldPrimary.dataDirectory, "--source", failover.newPrimary.conninfo,
+                "--primary-conninfo", "host=127.0.0.1 port=1 user=postgres", "--spool", failover.topology.spool,
+                "--report", fixture.logDirectory + "/rejoin",
+            ], timeout: 120, check: false)
+        #expect(rejoin.status == 1)
+        #expect(rejoin.error.contains("neither wal_log_hints nor data checksums"), "\(rejoin.error)")
+        #expect(rejoin.error.contains("hint: re-seed it instead"), "\(rejoin.error)")
+        let after = try run(
+            "/usr/bin/find",
+            [
+                oldPrimary.dataDirectory, "-type", "f", "-newer", oldPrimary.dataDirectory + "/PG_VERSION", "-printf",
+                "%p %s %T@\n",
+            ])
+        #expect(after.output == before.output, "the data directory changed")
+        let report = try String(contentsOfFile: fixture.logDirectory + "/rejoin.json", encoding: .utf8)
+        #expect(report.contains(#""outcome" : "refused""#), "\(report)")
+    }
+}

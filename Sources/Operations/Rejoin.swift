@@ -1,0 +1,334 @@
+import ChildProcess
+import Foundation
+import PGReplication
+import StatusModel
+import WALCore
+
+/// What `walship rejoin` was asked to do.
+public struct RejoinRequest: Sendable {
+    /// The old primary's data directory; its server must be stopped.
+    public var dataDirectory: String
+    /// libpq conninfo of the new primary (an SQL connection; pg_rewind uses it too).
+    public var source: String
+    /// primary_conninfo of the rejoined standby: this site's `walship receive --standby-listen`.
+    public var primaryConninfo: String
+    /// The spool of this site's receiver: the rejoined standby's restore_command, and pg_rewind's for WAL
+    /// of the old timeline the data directory no longer has.
+    public var spool: String
+    public var keepCopy: String?
+    public var report: String?
+    public var start: Bool
+    public var bindir: String
+    public var walshipPath: String?
+
+    public init(
+        dataDirectory: String, source: String, primaryConninfo: String, spool: String, keepCopy: String?, report: String?,
+        start: Bool, bindir: String, walshipPath: String?
+    ) {
+        self.dataDirectory = dataDirectory
+        self.source = source
+        self.primaryConninfo = primaryConninfo
+        self.spool = spool
+        self.keepCopy = keepCopy
+        self.report = report
+        self.start = start
+        self.bindir = bindir
+        self.walshipPath = walshipPath
+    }
+}
+
+/// The evidence `walship rejoin` leaves (JSON and Markdown): what was set aside, what was copied, how long it took.
+public struct RejoinReport: Codable, Sendable, Equatable {
+    public var kind = "rejoin"
+    /// "rejoined" or "refused" / "failed" with `failure`.
+    public var outcome = "failed"
+    public var failure: String?
+    public var host: String
+    public var startedAt: Date
+    public var finishedAt: Date?
+    public var dataDirectory: String
+    /// The new primary's conninfo with any password removed.
+    public var source: String
+    public var systemIdentifier: String?
+    public var oldTimeline: UInt32?
+    public var newTimeline: UInt32?
+    /// Where the old primary's timeline left the new primary's history.
+    public var forkLSN: String?
+    /// The old primary's WAL past the fork, copied aside before anything changed, and what it holds.
+    public var setAsideDirectory: String?
+    public var lostWAL: RejoinPlan.LostWAL?
+    public var keptCopy: String?
+    /// What pg_rewind copied, against the new primary's data directory.
+    public var bytesCopied: UInt64?
+    public var sourceBytes: UInt64?
+    public var steps: [Step] = []
+    public var nextSteps: [String] = []
+
+    public struct Step: Codable, Sendable, Equatable {
+        public var name: String
+        public var seconds: Double
+        public var detail: String
+    }
+
+    public var markdown: String {
+        var out = ["# walship rejoin: \(outcome)", ""]
+        if let failure { out += ["**\(outcome == "refused" ? "Refused" : "Failed"):** \(failure)", ""] }
+        func row(_ name: String, _ value: String?) { out.append("| \(name) | \(value ?? "-") |") }
+        out += ["| | |", "|---|---|"]
+        row("Host", host)
+        row("Data directory", dataDirectory)
+        row("New primary", source)
+        row("System", systemIdentifier)
+        row("Timelines", oldTimeline.map { old in "\(old) → \(newTimeline.map(String.init) ?? "?")" })
+        row("Fork", forkLSN)
+        row("Set aside", setAsideDirectory)
+        if let lost = lostWAL {
+            row(
+                "Transactions the new timeline never got",
+                "\(lost.commits) committed, \(lost.aborts) rolled back, WAL \(lost.firstLSN ?? "-") … \(lost.lastLSN ?? "-")")
+            row("First / last lost commit", "\(lost.firstCommitAt ?? "-") / \(lost.lastCommitAt ?? "-")")
+        }
+        row("Copy kept", keptCopy)
+        row("Copied by pg_rewind", bytesCopied.map(formatBytes))
+        row("New primary's data directory", sourceBytes.map(formatBytes))
+        row("Started", formatISO8601(startedAt))
+        row("Finished", finishedAt.map(formatISO8601))
+        if !steps.isEmpty {
+            out += ["", "| Step | Seconds | Detail |", "|---|---|---|"]
+            for step in steps { out.append("| \(step.name) | \(String(format: "%.1f", step.seconds)) | \(step.detail) |") }
+        }
+        if !nextSteps.isEmpty { out += ["", "## Next steps", ""] + nextSteps.map { "- " + $0 } }
+        return out.joined(separator: "\n") + "\n"
+    }
+
+    public func write(base: String) throws -> (json: String, markdown: String) {
+        var base = base
+        for suffix in [".json", ".md"] where base.hasSuffix(suffix) { base.removeLast(suffix.count) }
+        let json = base + ".json", md = base + ".md"
+        try StatusDocument.encoder().encode(self).write(to: URL(fileURLWithPath: json))
+        try Data(markdown.utf8).write(to: URL(fileURLWithPath: md))
+        return (json, md)
+    }
+}
+
+public struct RejoinError: Error, CustomStringConvertible {
+    public let description: String
+    /// A precondition that failed before anything changed.
+    public let refused: Bool
+    public init(_ description: String, refused: Bool = false) {
+        self.description = description
+        self.refused = refused
+    }
+}
+
+/// Brings a failed old primary back as a standby of the new primary by difference: sets aside the WAL the new
+/// timeline never got, rewinds with pg_rewind, and configures it to follow the new primary through this site's
+/// walship receive. Nothing is deleted: the set-aside WAL and `--keep-copy` stay.
+public func rejoin(
+    _ request: RejoinRequest, progress: @escaping (String) -> Void
+) async -> (
+    report: RejoinReport, reportBase: String
+) {
+    let dataDirectory = absolutePath(request.dataDirectory)
+    var report = RejoinReport(
+        host: ProcessInfo.processInfo.hostName, startedAt: Date(), dataDirectory: dataDirectory,
+        source: (try? Conninfo(request.source))?.description ?? "(unreadable conninfo)")
+    let reportBase =
+        request.report.map(absolutePath)
+        ?? URL(fileURLWithPath: dataDirectory).deletingLastPathComponent().path + "/walship-rejoin-"
+        + reportStamp(report.startedAt)
+    do {
+        try await rewind(request, dataDirectory: dataDirectory, report: &report, progress: progress)
+        report.outcome = "rejoined"
+    } catch let error as RejoinError {
+        report.outcome = error.refused ? "refused" : "failed"
+        report.failure = error.description
+    } catch {
+        report.failure = "\(error)"
+    }
+    report.finishedAt = Date()
+    return (report, reportBase)
+}
+
+private func rewind(
+    _ request: RejoinRequest, dataDirectory: String, report: inout RejoinReport, progress: (String) -> Void
+) async throws {
+    let cluster: LocalCluster
+    do { cluster = try LocalCluster(dataDirectory: dataDirectory) } catch {
+        throw RejoinError("\(error)", refused: true)
+    }
+    let owner = DrillPlan.pgCtlUser(osUser: cluster.ownerName, runningAsRoot: getuid() == 0)
+    var clock = ContinuousClock.now
+    func step(_ name: String, _ detail: String) {
+        let now = ContinuousClock.now
+        let elapsed = now - clock
+        clock = now
+        report.steps.append(
+            .init(
+                name: name,
+                seconds: Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18,
+                detail: detail))
+        progress("\(name): \(detail)")
+    }
+
+    // 1. The old primary: stopped, and able to be rewound.
+    let status = try await ChildProcess(request.bindir + "/pg_ctl", ["-D", dataDirectory, "status"], user: owner).run()
+    if status.status == 0 {
+        throw RejoinError(
+            "the server of \(dataDirectory) is running; rejoin rewinds a stopped old primary (hint: stop it first: pg_ctl -D \(dataDirectory) stop -m fast)",
+            refused: true)
+    }
+    let control = try await ChildProcess(request.bindir + "/pg_controldata", [dataDirectory], output: .captured).runChecked(
+        what: "read the control file of \(dataDirectory)", hint: "is it a PostgreSQL 15 data directory?")
+    guard let target = RejoinPlan.Target(controlData: RejoinPlan.controlData(control.standardOutput)) else {
+        throw RejoinError("pg_controldata of \(dataDirectory) printed no system identifier or timeline", refused: true)
+    }
+    report.systemIdentifier = String(target.systemIdentifier)
+    report.oldTimeline = target.timeline
+
+    // 2. The new primary: a primary of the same system, on a timeline descending from the old one.
+    let session = SQLSession(conninfo: try Conninfo(request.source), applicationName: "walship_rejoin")
+    defer { Task { await session.close() } }
+    let rows = try await session.query(
+        "SELECT pg_is_in_recovery()::text, system_identifier::text, (SELECT timeline_id FROM pg_control_checkpoint())::text FROM pg_control_system()"
+    )
+    guard let row = rows.first, row.count == 3, let system = row[1].flatMap({ UInt64($0) }),
+        let sourceTimeline = row[2].flatMap({ TimeLineID($0) })
+    else { throw RejoinError("the new primary answered its identity with \(rows)") }
+    guard row[0] == "false" else {
+        throw RejoinError(
+            "the server at --source is in recovery, not a primary (hint: --source must reach the promoted server)",
+            refused: true)
+    }
+    if let why = RejoinPlan.refusal(target: target, sourceSystem: system, dataDirectory: dataDirectory) {
+        throw RejoinError(why, refused: true)
+    }
+    // 3. A checkpoint first: pg_rewind reads the source's timeline from its control file, which a just-promoted
+    // server updates only at its first checkpoint.
+    _ = try await session.query("CHECKPOINT")
+    let historyName = historyFileName(timeline: sourceTimeline)
+    let history = try await session.query("SELECT convert_from(pg_read_binary_file($1), 'UTF8')", ["pg_wal/" + historyName])
+    guard let text = history.first?.first ?? nil,
+        let fork = RejoinPlan.forkPoint(targetTimeline: target.timeline, sourceTimeline: sourceTimeline, sourceHistory: text)
+    else {
+        throw RejoinError(
+            "the new primary's timeline \(sourceTimeline) does not descend from the old primary's timeline \(target.timeline) (hint: is --source the server promoted from this one's standby?)",
+            refused: true)
+    }
+    report.newTimeline = sourceTimeline
+    report.forkLSN = fork.description
+    step(
+        "checks",
+        "old primary on timeline \(target.timeline) (\(target.state)), new primary on \(sourceTimeline), fork at \(fork)")
+
+    // 4. Before anything changes: the old primary's WAL past the fork, and a whole copy if asked for.
+    let stamp = reportStamp(report.startedAt)
+    let aside = dataDirectory + ".lost-" + stamp
+    let walDirectory = dataDirectory + "/pg_wal"
+    let segmentSize =
+        RejoinPlan.controlData(control.standardOutput)["Bytes per WAL segment"].flatMap { UInt64($0) }
+        .flatMap { WALSegmentSize(bytes: $0) } ?? .default
+    let pastFork = RejoinPlan.segmentsPastFork(
+        fileNames: (try? FileManager.default.contentsOfDirectory(atPath: walDirectory)) ?? [], timeline: target.timeline,
+        fork: fork, segmentSize: segmentSize)
+    try FileManager.default.createDirectory(atPath: aside, withIntermediateDirectories: false)
+    for name in pastFork { try FileManager.default.copyItem(atPath: walDirectory + "/" + name, toPath: aside + "/" + name) }
+    report.setAsideDirectory = aside
+    if !pastFork.isEmpty {
+        let dump = try await ChildProcess(
+            request.bindir + "/pg_waldump",
+            ["-p", aside, "-t", String(target.timeline), "-s", fork.description],
+            environment: ["TZ": "UTC"], output: .captured, captureLimit: 64 << 20
+        ).run()
+        report.lostWAL = RejoinPlan.lostWAL(waldump: dump.standardOutput)
+    } else {
+        report.lostWAL = RejoinPlan.LostWAL(commits: 0, aborts: 0)
+    }
+    let lost = report.lostWAL!
+    step(
+        "set aside",
+        "\(pastFork.count) WAL file(s) past the fork copied to \(aside): \(lost.commits) committed transaction(s) the new primary never got"
+    )
+    if let keep = request.keepCopy.map(absolutePath) {
+        guard !FileManager.default.fileExists(atPath: keep) else {
+            throw RejoinError("--keep-copy \(keep) exists; walship never overwrites it (hint: name a new directory)")
+        }
+        try await ChildProcess("cp", ["-a", dataDirectory, keep]).runChecked(
+            what: "copy \(dataDirectory) to \(keep)", hint: "--keep-copy needs room for the whole data directory")
+        report.keptCopy = keep
+        step("copy kept", "\(keep) is a startable copy of the old primary as it was")
+    }
+
+    // 5. pg_rewind, reading old-timeline WAL the directory lacks from the spool.
+    let walship =
+        request.walshipPath
+        ?? ((try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0])
+    let restoreCommand = "\(walship) restore-wal --spool \(absolutePath(request.spool)) --system \(target.systemIdentifier) %f %p"
+    try appendSettings(["restore_command = '\(escape(restoreCommand))'"], to: dataDirectory)
+    // pg_rewind copies the new primary's configuration files over the old primary's: its port, paths and access
+    // rules would come with them. The old primary's own are put back after.
+    var ownConfiguration: [String: String] = [:]
+    for name in RejoinPlan.configurationFiles {
+        if let text = try? String(contentsOfFile: dataDirectory + "/" + name, encoding: .utf8) { ownConfiguration[name] = text }
+    }
+    let rewound = try await ChildProcess(
+        request.bindir + "/pg_rewind",
+        ["--target-pgdata", dataDirectory, "--source-server", request.source, "--restore-target-wal", "--progress"],
+        user: owner, output: .captured, captureLimit: 1 << 20, timeout: .seconds(3600)
+    ).run()
+    let said = rewound.standardOutput + "\n" + rewound.standardError
+    guard rewound.succeeded else {
+        throw RejoinError(
+            "pg_rewind failed (exit \(rewound.status)): \(rewound.errorTail(lines: 8)) (hint: the data directory may be half rewound: \(report.keptCopy.map { "the copy \($0) is intact, " } ?? "")the WAL past the fork is in \(aside); re-seed with walship backup and walship restore)"
+        )
+    }
+    let sizes = RejoinPlan.rewindSizes(said)
+    report.bytesCopied = sizes.copiedBytes
+    report.sourceBytes = sizes.sourceBytes
+    step(
+        "rewind",
+        "pg_rewind copied \(sizes.copiedBytes.map(formatBytes) ?? "?") of the new primary's \(sizes.sourceBytes.map(formatBytes) ?? "?")"
+    )
+
+    // 6. A standby of the new primary through this site's receiver, with its own configuration back.
+    for (name, text) in ownConfiguration {
+        try text.write(toFile: dataDirectory + "/" + name, atomically: false, encoding: .utf8)
+    }
+    try appendSettings(
+        RejoinPlan.standbySettings(primaryConninfo: request.primaryConninfo, restoreCommand: restoreCommand), to: dataDirectory)
+    let signal = dataDirectory + "/standby.signal"
+    guard FileManager.default.createFile(atPath: signal, contents: nil) else {
+        throw RejoinError("could not create \(signal); without it the old primary would start as a second primary")
+    }
+    if getuid() == 0, cluster.owner != 0 { _ = chown(signal, cluster.owner, cluster.group) }
+    step("standby", "standby.signal, primary_conninfo \(request.primaryConninfo), restore_command from \(request.spool)")
+    if request.start {
+        try await ChildProcess(
+            request.bindir + "/pg_ctl",
+            ["-D", dataDirectory, "-l", dataDirectory + "/rejoin-start.log", "-w", "-t", "120", "start"],
+            user: owner, output: .discarded
+        ).runChecked(what: "start the rejoined standby", hint: "see \(dataDirectory)/rejoin-start.log")
+        step("start", "the rejoined standby runs")
+    }
+    report.nextSteps = [
+        request.start
+            ? "check that it replays: SELECT pg_last_wal_replay_lsn() on it, walship status at this site"
+            : "start it: pg_ctl -D \(dataDirectory) start, then check that it replays",
+        "re-enter what was lost, or decide it is not wanted: \(lost.commits) committed transaction(s) are in \(aside) (pg_waldump -p \(aside) -t \(target.timeline) -s \(fork))",
+        "to come home later: walship switchover (docs/switchover.md)",
+    ]
+}
+
+private func appendSettings(_ lines: [String], to dataDirectory: String) throws {
+    let path = dataDirectory + "/postgresql.auto.conf"
+    let existing = (try? String(contentsOfFile: path, encoding: .utf8)) ?? ""
+    try (existing + "\n" + lines.joined(separator: "\n") + "\n").write(toFile: path, atomically: false, encoding: .utf8)
+}
+
+private func reportStamp(_ date: Date) -> String {
+    let formatter = DateFormatter()
+    formatter.locale = Locale(identifier: "en_US_POSIX")
+    formatter.timeZone = TimeZone(identifier: "UTC")
+    formatter.dateFormat = "yyyyMMdd'T'HHmmss'Z'"
+    return formatter.string(from: date)
+}

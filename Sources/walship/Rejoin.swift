@@ -1,0 +1,68 @@
+import ArgumentParser
+import Foundation
+import Operations
+
+struct Rejoin: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Bring a failed old primary back as a standby of the new primary by difference (pg_rewind), through walship.",
+        discussion: """
+            Run at the old primary's site with its server stopped, after the DR replica was promoted. Before changing anything it copies the old primary's WAL past the fork (the commits the new timeline never got) to PGDATA.lost-<time>/ and summarises it with pg_waldump in the report, then issues a CHECKPOINT on the new primary, rewinds the data directory with pg_rewind (old-timeline WAL the directory lacks is read from --spool through restore_command) and configures it as a standby of this site's walship receive (--primary-conninfo, its --standby-listen). Nothing is deleted.
+            The data directory needs wal_log_hints = on or data checksums. The --source role needs a CHECKPOINT right (superuser or pg_checkpoint) and what pg_rewind reads: EXECUTE on pg_ls_dir, pg_stat_file, pg_read_binary_file (docs/runbook.md, "Fail-back after a disaster").
+            Exit status: 0 rejoined; 1 refused (nothing changed) or failed (the report says where); 64 usage.
+            Example:
+              walship rejoin --pgdata /var/lib/postgresql/15/main --source "host=dr.hospital.example user=rewinder sslmode=verify-full" --primary-conninfo "host=127.0.0.1 port=7010 user=replicator" --spool /var/lib/walship --start
+            """)
+
+    @Option(help: "Data directory of the old primary (its server stopped).")
+    var pgdata: String
+
+    @Option(help: "libpq connection string of the new primary (SQL; pg_rewind uses it too).")
+    var source: String
+
+    @Option(help: "primary_conninfo of the rejoined standby: this site's walship receive --standby-listen.")
+    var primaryConninfo: String
+
+    @Option(help: "Spool of this site's walship receive: the standby's restore_command, and pg_rewind's for old-timeline WAL.")
+    var spool: String
+
+    @Option(help: "First copy the old data directory, startable, to DIR (to query what was lost).")
+    var keepCopy: String?
+
+    @Option(help: "Write the report to FILE.json and FILE.md (default: walship-rejoin-<time> beside the data directory).")
+    var report: String?
+
+    @Flag(help: "Start the rejoined standby.")
+    var start = false
+
+    @Option(
+        help:
+            "Directory of pg_rewind, pg_ctl, pg_controldata and pg_waldump (default: PG_BINDIR, else /usr/lib/postgresql/15/bin)."
+    )
+    var pgBindir: String?
+
+    @Option(help: "Path of the walship binary restore_command should run (the running binary by default).")
+    var walshipPath: String?
+
+    func run() async throws {
+        let request = RejoinRequest(
+            dataDirectory: pgdata, source: source, primaryConninfo: primaryConninfo, spool: spool, keepCopy: keepCopy,
+            report: report, start: start,
+            bindir: pgBindir ?? DrillPlan.postgresBindir(environment: ProcessInfo.processInfo.environment),
+            walshipPath: walshipPath)
+        let (evidence, base) = await Operations.rejoin(request, progress: say)
+        var written: (json: String, markdown: String)?
+        do { written = try evidence.write(base: base) } catch {
+            FileHandle.standardError.write(Data("walship rejoin: warning: cannot write the report to \(base): \(error)\n".utf8))
+        }
+        if let lost = evidence.lostWAL, let aside = evidence.setAsideDirectory {
+            say("set aside: \(lost.commits) committed transaction(s) the new primary never got, in \(aside)")
+        }
+        if let written { say("report: \(written.json), \(written.markdown)") }
+        if let failure = evidence.failure {
+            FileHandle.standardError.write(Data("walship rejoin: error: \(failure)\n".utf8))
+            throw ExitCode(1)
+        }
+        say("rejoined: \(evidence.dataDirectory) follows the new primary through this site's walship receive")
+        for next in evidence.nextSteps { say("next: \(next)") }
+    }
+}
