@@ -15,6 +15,8 @@ public struct SystemIdentity: Sendable, Hashable {
     public var flushLSN: LSN
     public var segmentSize: WALSegmentSize
     public var serverVersion: Int
+    /// The server is a hot standby (`in_hot_standby`), not a primary.
+    public var inHotStandby = false
 }
 
 /// A physical replication slot as READ_REPLICATION_SLOT reports it.
@@ -272,9 +274,10 @@ public final class ReplicationSession: Sendable {
             guard let sizeText = sizeRows.first?.first ?? nil, let size = WALSegmentSize(showValue: sizeText) else {
                 throw PostgresError("could not read wal_segment_size from the primary")
             }
+            let standbyRows = try conn.query("SHOW in_hot_standby")
             return SystemIdentity(
                 systemIdentifier: sysid, timeline: tli, flushLSN: pos, segmentSize: size,
-                serverVersion: conn.serverVersion)
+                serverVersion: conn.serverVersion, inHotStandby: standbyRows.first?.first == "on")
         }
     }
 

@@ -43,6 +43,8 @@ public struct SenderConfiguration: Sendable {
     public var compression: CompressionPolicy.Mode = .auto
     /// On a graceful stop, the longest wait for the receiver to acknowledge the WAL already read.
     public var drainTimeout: Duration = .seconds(5)
+    /// Beside a standby, wait until it is promoted instead of streaming from it (a site that runs both ends).
+    public var standbyWait = false
 
     public init(
         source: Conninfo, receiverHost: String, receiverPort: Int, slot: String, createSlot: Bool,
@@ -206,6 +208,14 @@ public final class Sender: Service {
                         error: "the session ended")
                 } catch is SenderStopping {
                     continue
+                } catch is SourceIsStandby {
+                    if case .waitingForPromotion = supervisor.state {
+                    } else {
+                        logger.notice(
+                            "the source is a standby: waiting for its promotion before shipping (--standby-wait)",
+                            metadata: ["walship.source": "\(config.source)"])
+                    }
+                    action = advance(&supervisor, .sourceIsStandby)
                 } catch let error as SenderFatalError {
                     action = advance(
                         &supervisor, .fatal(reason: error.description, kind: error.failureKind), error: error.description)
@@ -362,6 +372,8 @@ public final class Sender: Service {
     /// or not for a keepalive interval. One delivery at a time, off the watch's loop (a receiver that does not answer
     /// takes the connect timeout).
     private func deliverVerdictIfNeeded() {
+        // Beside a standby there is no primary to give a verdict on.
+        guard statusBox.withLock({ $0.state != .waitingForPromotion }) else { return }
         let streaming = statusBox.withLock { $0.state == .streaming }
         let now = ContinuousClock.now
         let verdict = primaryWatch.withLock { $0.verdict }
@@ -378,6 +390,7 @@ public final class Sender: Service {
     /// A graceful stop: the receiver is told that the sender goes while the primary was alive (or that it was lost),
     /// so that the stream link's end is not taken for the primary's.
     private func reportStopping() async {
+        guard statusBox.withLock({ $0.state != .waitingForPromotion }) else { return }
         primaryWatch.withLock { $0.senderStopping() }
         let delivered = await withTaskGroup(of: Bool.self) { group in
             group.addTask { await self.sendVerdict() }
@@ -434,6 +447,7 @@ public final class Sender: Service {
         lastIdentity.withLock { $0 = identity }
         primaryWatch.withLock { $0.answered(at: .now) }
         try checkPrimary(identity)
+        if config.standbyWait, identity.inHotStandby { throw SourceIsStandby() }
         var found = try await session.readSlot(config.slot)
         let slotIsNew = found == nil
         if found == nil && config.createSlot {
@@ -1362,3 +1376,6 @@ private final class LinkSink: StreamSink {
 
     func finish(_ error: (any Error)?) {}
 }
+
+/// `--standby-wait`: the source answered as a standby; the supervisor waits and asks again.
+struct SourceIsStandby: Error {}

@@ -26,6 +26,8 @@ struct SenderSupervisor: Sendable {
         case refusingToDegrade
         /// Stopped: retrying cannot help.
         case failed(reason: String)
+        /// `--standby-wait`: the source is a standby; shipping starts once it is promoted.
+        case waitingForPromotion
 
         /// The status document's `state`; its values are part of the status contract.
         var status: Status {
@@ -38,6 +40,7 @@ struct SenderSupervisor: Sendable {
             case .degraded: .degraded
             case .refusingToDegrade: .retrying
             case .failed: .failed
+            case .waitingForPromotion: .waitingForPromotion
             }
         }
     }
@@ -51,6 +54,7 @@ struct SenderSupervisor: Sendable {
         case retrying
         case degraded
         case failed
+        case waitingForPromotion = "waiting for promotion"
     }
 
     enum Event: Sendable {
@@ -78,6 +82,8 @@ struct SenderSupervisor: Sendable {
         case fatal(reason: String, kind: FailureKind)
         /// A wait asked for by `.wait` is over.
         case timePassed(now: ContinuousClock.Instant)
+        /// `--standby-wait`: the source answered as a standby.
+        case sourceIsStandby
     }
 
     enum Action: Hashable, Sendable {
@@ -99,6 +105,8 @@ struct SenderSupervisor: Sendable {
     static let longestWaitAfterRefusal = Duration.seconds(5)
     /// The shortest wait before the next attempt, however little remains until degrading.
     static let shortestWait = Duration.milliseconds(100)
+    /// How often a sender beside a standby asks whether it was promoted.
+    static let standbyCheckInterval = Duration.seconds(2)
 
     let receiverLoss: ReceiverLossPolicy
     /// Whether a local buffer exists (`--buffer-dir` with degrade-after).
@@ -193,6 +201,12 @@ struct SenderSupervisor: Sendable {
             return .wait(wait)
         case .fatal(let reason, let kind):
             return fail(reason, kind)
+        case .sourceIsStandby:
+            // Not a failure: the source answered, and nothing is owed to a receiver yet.
+            everConnected = true
+            backoff = Self.initialBackoff
+            state = .waitingForPromotion
+            return .wait(Self.standbyCheckInterval)
         case .timePassed:
             state = .connecting(.primary)
             return .reconnectNow

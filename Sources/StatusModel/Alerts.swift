@@ -319,7 +319,8 @@ public enum AlertRules {
                             : "--sync is set but for \(format(seconds)) s the primary has not waited for the DR site (sync_state \(mode.syncState ?? "unknown"), mode \(mode.mode)): \(mode.detail ?? "") (alert after \(format(grace)) s)",
                         value: seconds, threshold: grace))
             }
-            if let limit = t.disconnectSeconds, let system = status.systems.first {
+            // A sender beside a standby (--standby-wait) owes the receiver nothing until it is promoted.
+            if let limit = t.disconnectSeconds, let system = status.systems.first, status.state != "waiting for promotion" {
                 let down = system.link.connected ? 0 : system.link.disconnectedSince.map { now.timeIntervalSince($0) } ?? 0
                 out.append(
                     .init(

@@ -69,7 +69,8 @@ public enum HealthCheck {
         }
         switch status.role {
         case "sender":
-            if status.state != "streaming" {
+            // Beside a standby (--standby-wait) waiting is the sender's normal state.
+            if status.state != "streaming", status.state != "waiting for promotion" {
                 findings.append((.critical, "the sender is \(status.state)" + (status.lastError.map { ": \($0)" } ?? "")))
             }
             if status.sender?.slot.walStatus == "lost" {

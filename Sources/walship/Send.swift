@@ -37,6 +37,12 @@ struct Send: AsyncParsableCommand {
     )
     var sync = false
 
+    @Flag(
+        help:
+            "While the source is a standby, wait (state 'waiting for promotion') and start shipping once it is promoted, instead of streaming from the standby: for a site that runs both ends (docs/switchover.md)."
+    )
+    var standbyWait = false
+
     @Option(help: "Longest wait, in seconds, between reconnection attempts (the wait doubles from 1 s).")
     var retryMaxSeconds = 30
 
@@ -120,6 +126,7 @@ struct Send: AsyncParsableCommand {
         configuration.maxBackoff = .seconds(max(1, retryMaxSeconds))
         configuration.receiverLoss = try ReceiverLossPolicy(parsing: onReceiverLoss)
         configuration.bufferDirectory = bufferDir
+        configuration.standbyWait = standbyWait
         configuration.compression = try compressionMode(compression)
         do {
             configuration.tls = try link.tlsFiles.map { ClientTLS(context: try $0.clientContext(), serverName: tlsServerName) }

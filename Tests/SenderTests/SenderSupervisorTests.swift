@@ -43,6 +43,27 @@ import WALCore
         #expect(s.everConnected && s.everLinked)
     }
 
+    /// `--standby-wait`: a source that answers as a standby is asked again every 2 s, never a failure and never a
+    /// set-up mistake, and its promotion leads to streaming as usual.
+    @Test func aSenderBesideAStandbyWaitsForItsPromotion() {
+        var s = supervisor()
+        _ = s.start()
+        _ = s.handle(.connected)
+        for _ in 0..<3 {
+            #expect(s.handle(.sourceIsStandby) == .wait(.seconds(2)))
+            #expect(s.state == .waitingForPromotion)
+            #expect(s.state.status.rawValue == "waiting for promotion")
+            #expect(s.handle(.timePassed(now: t0)) == .reconnectNow)
+        }
+        // Waiting left no backoff behind, and a later failure is not taken for a set-up mistake.
+        #expect(s.backoff == .seconds(1))
+        #expect(s.handle(.primaryLost(setUpMistake: "refused", stillExposed: false, now: t0)) == .wait(.seconds(1)))
+        _ = s.handle(.timePassed(now: t0))
+        _ = s.handle(.connected)
+        _ = s.handle(.linked)
+        #expect(s.state == .streaming)
+    }
+
     @Test func backoffDoublesUpToTheMaximumAndTheWaitEndsInAReconnect() {
         var s = linked(maxBackoff: .seconds(5))
         var waits: [SenderSupervisor.Action] = []

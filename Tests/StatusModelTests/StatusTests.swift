@@ -140,6 +140,26 @@ import Testing
         #expect(try StatusDocument.decoder().decode(StatusDocument.self, from: data) == status)
     }
 
+    /// A sender beside a standby (--standby-wait) is healthy while it waits, and its link being down is no alert.
+    @Test func aSenderWaitingForPromotionIsHealthyAndRaisesNoLinkAlert() throws {
+        var sender = sampleReceiver()
+        sender.role = "sender"
+        sender.spool = nil
+        sender.alerts = []
+        sender.state = "waiting for promotion"
+        sender.systems[0].link = .init(connected: false, disconnectedSince: Date().addingTimeInterval(-3600))
+        let thresholds = AlertThresholds(disconnectSeconds: 30)
+        #expect(
+            !AlertRules.observe(sender, thresholds: thresholds, now: Date()).contains { $0.condition == "receiver_unreachable" })
+        #expect(HealthCheck.evaluate(sender, thresholds: .init(), now: Date()).code == .ok)
+        sender.state = "retrying"
+        #expect(
+            AlertRules.observe(sender, thresholds: thresholds, now: Date()).contains {
+                $0.condition == "receiver_unreachable" && $0.firing
+            })
+        #expect(HealthCheck.evaluate(sender, thresholds: .init(), now: Date()).code == .critical)
+    }
+
     @Test func syncNotHonouredFiresAfterItsGraceAndMakesTheStatusWarn() throws {
         var sender = sampleReceiver()
         sender.role = "sender"
