@@ -213,8 +213,10 @@ public enum DashboardPage {
             if (sys.fence) {
               var fe = sys.fence;
               add(s, el('div', 'banner fence', 'FENCED: the DR replica was promoted at ' + fmtTime(fe.promotedAt) +
-                (nn(fe.promotedTimeline) ? ' (timeline ' + fe.promotedTimeline + ')' : '') +
-                (fe.replayedLSN ? ', replayed up to ' + fe.replayedLSN : '') + '. WAL from the old primary is refused.'));
+                (nn(fe.promotedTimeline) ? ' (timeline ' + fe.promotedTimeline +
+                  (nn(fe.parentTimeline) && fe.switchPoint ? ', from timeline ' + fe.parentTimeline + ' at ' + fe.switchPoint : '') + ')' : '') +
+                (fe.replayedLSN ? ', replayed up to ' + fe.replayedLSN : '') + '. WAL from the old primary is refused' +
+                (fe.lineageRecorded === false ? ', and the new primary\'s too: the fence records no promoted timeline history.' : '.')));
             }
             add(s, el('h3', null, 'Replication chain'));
             var c = add(s, el('div', 'chain'));

@@ -7,7 +7,9 @@ import WALCore
 
 /// What `walship promote` was asked to do.
 public struct PromoteRequest: Sendable {
-    public var dataDirectory: String
+    /// The standby's data directory on this host; nil for a standby reached only over SQL (`standby`), on this
+    /// host or another.
+    public var dataDirectory: String?
     /// libpq conninfo of the standby; its local socket (as the data directory's owner) when nil.
     public var standby: String?
     public var spool: String?
@@ -21,7 +23,7 @@ public struct PromoteRequest: Sendable {
     public var dryRun: Bool
 
     public init(
-        dataDirectory: String, standby: String?, spool: String?, system: UInt64?, timeout: Int, report: String?, force: Bool,
+        dataDirectory: String?, standby: String?, spool: String?, system: UInt64?, timeout: Int, report: String?, force: Bool,
         dryRun: Bool = false
     ) {
         self.dryRun = dryRun
@@ -52,6 +54,19 @@ public struct PromotionFacts: Sendable, Equatable {
     public var restoreCommand: String
     /// This host's name: a primary_conninfo naming it reaches a receiver listening here.
     public var hostName: String
+    /// Whether the standby runs on this host. A standby elsewhere (reached over SQL with `--standby`) names
+    /// this host's receiver by one of `localNames`; its own loopback is not this host.
+    public var standbyOnThisHost = true
+    /// This host's other names and outward addresses, by which a standby elsewhere may name the receiver.
+    public var localNames: [String] = []
+    /// Settings the connection's role may not read (primary_conninfo is superuser-only without
+    /// pg_read_all_settings): their values above are empty then.
+    public var unreadableSettings: [String] = []
+    /// The role promote connected as, and whether it may run pg_promote.
+    public var role = ""
+    public var mayPromote = true
+    /// The option that named the standby, for hints: "--pgdata", or "--standby" without a data directory.
+    public var standbyOption = "--pgdata"
     /// nil until the standby's own preconditions passed: the spool is read only for a standby worth promoting.
     public var spool: SpoolSide?
 
@@ -163,18 +178,37 @@ extension PromotionPrecondition {
 
     /// What the standby itself must be, decided before the spool is read.
     public static func standby(dataDirectory: String) -> [PromotionPrecondition] {
+        standby(server: "the server of \(dataDirectory)")
+    }
+
+    /// The same for a standby reached only over SQL; `conninfo` without its secrets.
+    public static func standby(conninfo: String) -> [PromotionPrecondition] {
+        standby(server: "the server at \(conninfo)")
+    }
+
+    /// `server` names the standby in refusals.
+    static func standby(server: String) -> [PromotionPrecondition] {
         [
             PromotionPrecondition("standby in recovery") { facts in
                 facts.inRecovery
                     ? .passed("pg_is_in_recovery() is true")
                     : .failed(
                         "the server is not in recovery: it was already promoted (or is a primary)",
-                        refusal:
-                            "the server of \(dataDirectory) is not a standby: it is already promoted (or a primary); nothing to do",
+                        refusal: "\(server) is not a standby: it is already promoted (or a primary); nothing to do",
                         forcible: false)
             },
             PromotionPrecondition("system identifier") { facts in
                 facts.systemIdentifier == nil ? .undecidable("cannot read the standby's system identifier") : .silent
+            },
+            // Checked before anything is fenced: a fence without a promotion would close the DR site for nothing.
+            PromotionPrecondition("may promote") { facts in
+                facts.mayPromote
+                    ? .silent
+                    : .failed(
+                        "the role \(facts.role) may not execute pg_promote",
+                        refusal:
+                            "the role \(facts.role) may not run pg_promote, so \(server) cannot be promoted over this connection; nothing was changed (hint: connect as a superuser, or GRANT EXECUTE ON FUNCTION pg_promote(boolean, integer) TO \(facts.role))",
+                        forcible: false)
             },
         ]
     }
@@ -197,14 +231,23 @@ extension PromotionPrecondition {
         PromotionPrecondition("replicates from walship") { facts in
             guard case .matching(let spool)? = facts.spool else { return .silent }
             let pointsAt = primaryConninfo(
-                facts.primaryConninfo, reaches: spool.standbyListen, localNames: [facts.hostName])
+                facts.primaryConninfo, reaches: spool.standbyListen, localNames: [facts.hostName] + facts.localNames,
+                loopbackIsLocal: facts.standbyOnThisHost)
             if pointsAt || facts.restoreCommand.contains("restore-wal") {
                 return .passed("primary_conninfo or restore_command leads to this spool")
+            }
+            if !facts.unreadableSettings.isEmpty {
+                let settings = facts.unreadableSettings.joined(separator: " and ")
+                return .failed(
+                    "the role \(facts.role) may not read \(settings) (superuser or pg_read_all_settings needed)",
+                    refusal:
+                        "cannot tell whether the standby replicates from this walship receiver: the role \(facts.role) may not read its \(settings) (hint: connect as a superuser, or GRANT pg_read_all_settings TO \(facts.role); --force promotes without this check)",
+                    forcible: true)
             }
             return .failed(
                 "primary_conninfo does not name the receiver's standby endpoint (\(spool.standbyListen ?? "none recorded")) and restore_command does not use walship restore-wal",
                 refusal:
-                    "the standby does not replicate from this walship receiver: its primary_conninfo does not name the standby endpoint \(spool.standbyListen ?? "(none recorded in the spool)") and its restore_command does not run walship restore-wal (hint: check --pgdata and --spool; --force promotes anyway)",
+                    "the standby does not replicate from this walship receiver: its primary_conninfo does not name the standby endpoint \(spool.standbyListen ?? "(none recorded in the spool)") and its restore_command does not run walship restore-wal (hint: check \(facts.standbyOption) and --spool; --force promotes anyway)",
                 forcible: true)
         },
         PromotionPrecondition("not fenced before") { facts in
@@ -246,11 +289,15 @@ extension PromotionPrecondition {
     ]
 }
 
-/// Whether a primary_conninfo names the receiver's standby endpoint (host and port).
-func primaryConninfo(_ primaryConninfo: String, reaches standbyListen: String?, localNames: [String]) -> Bool {
+/// Whether a primary_conninfo names the receiver's standby endpoint (host and port). `loopbackIsLocal` false: the
+/// standby runs on another host, where a loopback name is that host.
+func primaryConninfo(
+    _ primaryConninfo: String, reaches standbyListen: String?, localNames: [String], loopbackIsLocal: Bool = true
+) -> Bool {
     guard let standbyListen, let endpoint = parseHostPort(standbyListen), let conninfo = try? Conninfo(primaryConninfo)
     else { return false }
-    return conninfo.reaches(host: endpoint.host, port: endpoint.port, localNames: localNames)
+    return conninfo.reaches(
+        host: endpoint.host, port: endpoint.port, localNames: localNames, loopbackIsLocal: loopbackIsLocal)
 }
 
 /// The steps of a promotion once its preconditions hold, in order.
@@ -308,11 +355,11 @@ extension PromotionReport {
     }
 }
 
-/// Promotes the DR standby of `request.dataDirectory`: the preconditions, the steps, and the report.
-/// `progress` gets the lines to print as they happen.
+/// Promotes the DR standby of `request.dataDirectory`, or the one `request.standby` reaches when there is no data
+/// directory here: the preconditions, the steps, and the report. `progress` gets the lines to print as they happen.
 public func promote(_ request: PromoteRequest, progress: @escaping (String) -> Void) async -> PromotionOutcome {
     let clockStart = ContinuousClock.now
-    let dataDirectory = absolutePath(request.dataDirectory)
+    let dataDirectory = request.dataDirectory.map(absolutePath)
     var promotion = Promotion(
         request: request, progress: progress, clockStart: clockStart,
         report: PromotionReport(
@@ -344,19 +391,30 @@ struct Promotion {
     var deadline: ContinuousClock.Instant { clockStart + .seconds(request.timeout) }
 
     mutating func run() async throws {
-        let cluster = try LocalCluster(dataDirectory: report.dataDirectory)
-        let conninfo = try Conninfo(try request.standby ?? cluster.socketConninfo())
+        // Without a data directory here, everything goes through the connection: the standby may be on another host.
+        let cluster = try report.dataDirectory.map { try LocalCluster(dataDirectory: $0) }
+        guard let text = try request.standby ?? cluster?.socketConninfo() else {
+            throw PromoteError(PromoteRequest.standbyMissing)
+        }
+        let conninfo = try Conninfo(text)
         report.standby = conninfo.description
         let session = SQLSession(conninfo: conninfo, applicationName: "walship_promote")
         defer { Task { await session.close() } }
-        do { try await cluster.connect(session) } catch {
+        do {
+            if let cluster { try await cluster.connect(session) } else { _ = try await session.query("SELECT 1") }
+        } catch {
             throw PromoteError("cannot connect to the standby (\(conninfo)): \(error)")
         }
         var facts = try await standbyFacts(session)
+        let standbyPreconditions: [PromotionPrecondition]
+        if let dataDirectory = report.dataDirectory {
+            standbyPreconditions = PromotionPrecondition.standby(dataDirectory: dataDirectory)
+        } else {
+            try await locate(&facts, session)
+            standbyPreconditions = PromotionPrecondition.standby(conninfo: conninfo.description)
+        }
         try report.apply(
-            PromotionPrecondition.evaluate(
-                PromotionPrecondition.standby(dataDirectory: report.dataDirectory), facts: facts, force: request.force),
-            progress: progress)
+            PromotionPrecondition.evaluate(standbyPreconditions, facts: facts, force: request.force), progress: progress)
 
         var reader: SpoolReader?
         if let spool = request.spool, let standbySystem = facts.systemIdentifier {
@@ -404,7 +462,8 @@ struct Promotion {
                 do {
                     try FenceRecord(
                         promotedAt: Date(), promotedTimeline: nil, replayedLSN: replayed.description,
-                        by: "walship promote --pgdata \(report.dataDirectory)"
+                        by: report.dataDirectory.map { "walship promote --pgdata \($0)" }
+                            ?? "walship promote --standby \(report.standby ?? "?")"
                     ).save(systemDirectory: reader.systemDirectory)
                     report.check("fence written", true, FenceRecord.path(reader.systemDirectory))
                 } catch {
@@ -474,7 +533,8 @@ struct Promotion {
     /// through (a switchover back) and nothing else. Without it the fence refuses everything: noted, not fatal.
     private mutating func recordLineage(of timeline: UInt32, _ steps: PromotionSteps, in fence: inout FenceRecord) async {
         do {
-            let file = try await steps.historyFile(of: timeline, dataDirectory: report.dataDirectory)
+            let file = try await steps.historyFile(
+                of: timeline, dataDirectory: report.dataDirectory, standby: request.standby)
             try fence.recordPromotion(timeline: timeline, historyFile: file)
             report.check(
                 "fence records the promoted timeline", true,
@@ -488,16 +548,41 @@ struct Promotion {
         }
     }
 
+    /// The standby's facts, all through SQL. pg_settings leaves out a superuser-only setting (primary_conninfo)
+    /// the role may not read, where current_setting would fail the whole query: NULL then, and noted.
     private mutating func standbyFacts(_ session: SQLSession) async throws -> PromotionFacts {
         let row = try await session.query(
             """
             SELECT pg_is_in_recovery()::text, (SELECT system_identifier FROM pg_control_system())::text,
-                   current_setting('primary_conninfo'), current_setting('restore_command')
+                   (SELECT setting FROM pg_settings WHERE name = 'primary_conninfo'),
+                   (SELECT setting FROM pg_settings WHERE name = 'restore_command'),
+                   current_user::text, has_function_privilege('pg_promote(boolean, integer)', 'EXECUTE')::text
             """)[0]
         report.systemIdentifier = row[1]
-        return PromotionFacts(
+        var facts = PromotionFacts(
             inRecovery: row[0] == "true", systemIdentifier: row[1].flatMap { UInt64($0) }, primaryConninfo: row[2] ?? "",
             restoreCommand: row[3] ?? "", hostName: ProcessInfo.processInfo.hostName)
+        facts.unreadableSettings = zip(["primary_conninfo", "restore_command"], [row[2], row[3]]).filter { $0.1 == nil }
+            .map(\.0)
+        facts.role = row[4] ?? "?"
+        facts.mayPromote = row[5] == "true"
+        return facts
+    }
+
+    /// Where a standby reached only over SQL runs: on this host when the server took the connection on a local
+    /// socket, a loopback address or one of this host's addresses. Elsewhere, its primary_conninfo must name
+    /// this host by a name or address it is known by from outside.
+    private func locate(_ facts: inout PromotionFacts, _ session: SQLSession) async throws {
+        // host() leaves out the mask inet's text carries ("127.0.0.1/32"); NULL over a Unix-domain socket.
+        let serverAddress = try await session.query("SELECT host(inet_server_addr())")[0][0]
+        let here = ThisHost.current()
+        facts.standbyOption = "--standby"
+        facts.standbyOnThisHost = here.runs(serverAddress: serverAddress)
+        facts.localNames = here.namesSeenFromElsewhere(resolving: conninfoHosts(facts.primaryConninfo))
+        progress(
+            facts.standbyOnThisHost
+                ? "the standby runs on this host (it answered on \(serverAddress ?? "a local socket"))"
+                : "the standby runs on another host (it answered on \(serverAddress ?? "?")); promoting over SQL")
     }
 
     /// What the spool says about this standby; the receiver's record and the fence are read only for its own system.
@@ -542,6 +627,12 @@ func cannotWrite(directory: String) -> String? {
 /// Seconds since `start`, for progress headings.
 func elapsed(_ start: ContinuousClock.Instant) -> String {
     String(format: "%.1f s", roundedSeconds(ContinuousClock.now - start))
+}
+
+extension PromoteRequest {
+    /// Neither a data directory nor a connection: nothing names the standby.
+    public static let standbyMissing =
+        "no standby given (hint: --pgdata DIR for a standby on this host, or --standby CONNINFO to promote one over SQL alone, on this host or another, e.g. --standby 'host=dr-db port=5432 user=postgres')"
 }
 
 struct PromoteError: Error, CustomStringConvertible {

@@ -1,4 +1,5 @@
 import Foundation
+import Logging
 import PGReplication
 import Spool
 import StatusModel
@@ -73,13 +74,24 @@ struct PromotionSteps {
         }
         let names = try await session.query("SELECT current_setting('synchronous_standby_names')").first?[0] ?? ""
         if !names.isEmpty {
-            _ = try await session.query("ALTER SYSTEM SET synchronous_standby_names = ''")
-            _ = try await session.query("SELECT pg_reload_conf()")
-            evidence.check(
-                "synchronous_standby_names cleared", true,
-                "was '\(names)', inherited from the old primary; commits would wait forever for a standby that is gone (ALTER SYSTEM; set it again once a new standby runs)"
-            )
-            report("  cleared synchronous_standby_names (was '\(names)'): the promoted server has no synchronous standby yet")
+            do {
+                _ = try await session.query("ALTER SYSTEM SET synchronous_standby_names = ''")
+                _ = try await session.query("SELECT pg_reload_conf()")
+                evidence.check(
+                    "synchronous_standby_names cleared", true,
+                    "was '\(names)', inherited from the old primary; commits would wait forever for a standby that is gone (ALTER SYSTEM; set it again once a new standby runs)"
+                )
+                report("  cleared synchronous_standby_names (was '\(names)'): the promoted server has no synchronous standby yet")
+            } catch let error as PostgresError where !error.connectionLost {
+                // Promoted all the same: a role that may run pg_promote need not be allowed ALTER SYSTEM.
+                evidence.check(
+                    "synchronous_standby_names cleared", false,
+                    "is '\(names)', inherited from the old primary, and could not be cleared (\(error)): commits on the promoted server wait forever for a standby that is gone until a superuser runs ALTER SYSTEM SET synchronous_standby_names = ''; SELECT pg_reload_conf()"
+                )
+                report(
+                    "  warning: could not clear synchronous_standby_names ('\(names)'): \(error); commits wait until a superuser runs ALTER SYSTEM SET synchronous_standby_names = ''; SELECT pg_reload_conf()"
+                )
+            }
         }
         let tli = try await session.query("SELECT substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8)")
         return (tli.first?[0].flatMap { UInt32($0, radix: 16) }, firstWriteAt)
@@ -89,10 +101,25 @@ struct PromotionSteps {
 extension PromotionSteps {
     /// The history file of `timeline` as the promoted server wrote it: through `pg_read_file` (superuser or
     /// pg_read_server_files), else from the data directory's `pg_wal` (readable when run as root or its owner).
-    func historyFile(of timeline: UInt32, dataDirectory: String) async throws -> String {
+    /// Without a data directory here, TIMELINE_HISTORY on a replication connection of `standby` stands in for it.
+    func historyFile(of timeline: UInt32, dataDirectory: String?, standby: String?) async throws -> String {
         let name = historyFileName(timeline: timeline)
         if let text = try? await session.query("SELECT pg_read_file($1)", ["pg_wal/" + name]).first?[0] {
             return text
+        }
+        guard let dataDirectory else {
+            do {
+                let replication = ReplicationSession(
+                    conninfo: try Conninfo(standby ?? ""), logger: Logger(label: "walship.promote"))
+                defer { Task { await replication.close() } }
+                _ = try await replication.connect(applicationName: "walship_promote")
+                let file = try await replication.timelineHistory(timeline)
+                return String(decoding: file.content, as: UTF8.self)
+            } catch {
+                throw PromoteError(
+                    "cannot read \(name): pg_read_file was refused and TIMELINE_HISTORY on a replication connection failed (\(error)) (hint: promote as a superuser, or GRANT EXECUTE ON FUNCTION pg_read_file(text) to the role, or give it REPLICATION and a replication line in the standby's pg_hba.conf)"
+                )
+            }
         }
         let path = dataDirectory + "/pg_wal/" + name
         guard let data = FileManager.default.contents(atPath: path) else {

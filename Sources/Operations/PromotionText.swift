@@ -9,10 +9,13 @@ extension PromotionReport {
             return failure.map { "disaster-recovery drill failed: \($0)" }
                 ?? "disaster-recovery drill passed: RPO \(rpo.map { "\(formatBytes($0.bytes)) / \($0.seconds) s" } ?? "?"), RTO \(rtoSeconds.map { "\($0) s" } ?? "?")"
         }
-        if let failure { return "promotion of \(dataDirectory) \(outcome): \(failure)" }
+        if let failure { return "promotion of \(standbyName) \(outcome): \(failure)" }
         return
-            "promoted \(dataDirectory) to timeline \(promotedTimeline.map(String.init) ?? "?"): RPO \(rpo.map { "\(formatBytes($0.bytes)) / \($0.seconds) s" } ?? "not measured"), RTO \(rtoSeconds.map { "\($0) s" } ?? "?")"
+            "promoted \(standbyName) to timeline \(promotedTimeline.map(String.init) ?? "?"): RPO \(rpo.map { "\(formatBytes($0.bytes)) / \($0.seconds) s" } ?? "not measured"), RTO \(rtoSeconds.map { "\($0) s" } ?? "?")"
     }
+
+    /// The standby in a headline: its data directory, or its connection when it has none here.
+    var standbyName: String { dataDirectory ?? standby.map { "the standby at \($0)" } ?? "the standby" }
 
     /// What `walship promote` and `walship drill` print at the end: outcome, figures, failed checks.
     public var summary: String {

@@ -48,7 +48,11 @@ public struct Conninfo: Sendable, CustomStringConvertible {
     /// Whether one of this conninfo's hosts is `host`:`port` (a server listening on `host`). A wildcard
     /// listener (0.0.0.0, ::) matches any host; loopback names match each other; `localNames` are this
     /// machine's names.
-    public func reaches(host: String, port: Int, localNames: [String] = []) -> Bool {
+    ///
+    /// `loopbackIsLocal` false judges the conninfo of a client on another host: its loopback is its own, so a
+    /// loopback name never leads here, and only `host` itself or one of `localNames` does (a wildcard listener
+    /// included).
+    public func reaches(host: String, port: Int, localNames: [String] = [], loopbackIsLocal: Bool = true) -> Bool {
         let ports = (self["port"] ?? "5432").split(separator: ",").map(String.init)
         let hosts = (self["host"] ?? self["hostaddr"] ?? "localhost").split(separator: ",").map(String.init)
         let loopback: Set<String> = ["127.0.0.1", "localhost", "::1"]
@@ -56,6 +60,12 @@ public struct Conninfo: Sendable, CustomStringConvertible {
             // libpq pairs hosts and ports by position; a single port applies to every host.
             let candidatePort = ports.count == hosts.count ? ports[index] : ports[0]
             guard candidatePort == String(port) else { continue }
+            if !loopbackIsLocal {
+                let name = candidate.lowercased()
+                if isLoopbackHost(name) { continue }
+                if name == host.lowercased() || localNames.contains(where: { $0.lowercased() == name }) { return true }
+                continue
+            }
             if candidate == host || host == "0.0.0.0" || host == "::" || localNames.contains(candidate)
                 || (loopback.contains(host) && loopback.contains(candidate))
             {
@@ -64,6 +74,16 @@ public struct Conninfo: Sendable, CustomStringConvertible {
         }
         return false
     }
+}
+
+/// Whether `host` (a name or an address, as a conninfo or a server gives it) is a loopback host: `localhost`,
+/// 127.0.0.0/8, `::1`, or an IPv4-mapped loopback address. A Unix-domain socket directory is not a host.
+public func isLoopbackHost(_ host: String) -> Bool {
+    let name = host.lowercased()
+    if name == "localhost" || name.hasSuffix(".localhost") || name == "::1" { return true }
+    let v4 = name.hasPrefix("::ffff:") ? String(name.dropFirst(7)) : name
+    let octets = v4.split(separator: ".", omittingEmptySubsequences: false)
+    return octets.count == 4 && octets[0] == "127" && octets.allSatisfy { UInt8($0) != nil }
 }
 
 extension String {

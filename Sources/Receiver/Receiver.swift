@@ -1181,7 +1181,9 @@ public final class Receiver: Service {
                 if let record = try? FenceRecord.load(systemDirectory: system.directory) {
                     fence = .init(
                         promotedAt: record.promotedAt, promotedTimeline: record.promotedTimeline,
-                        replayedLSN: record.replayedLSN, lastRefusedAt: m.fenceRefusedAt)
+                        replayedLSN: record.replayedLSN, lastRefusedAt: m.fenceRefusedAt,
+                        parentTimeline: record.parentTimeline, switchPoint: record.switchPoint,
+                        lineageRecorded: record.lineage != nil)
                 }
                 var status = StatusDocument.SystemStatus(
                     systemIdentifier: String(id), timeline: p.timeline,

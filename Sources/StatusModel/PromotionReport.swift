@@ -13,7 +13,9 @@ public struct PromotionReport: Codable, Sendable, Equatable {
     public var startedAt: Date
     public var finishedAt: Date?
     public var systemIdentifier: String?
-    public var dataDirectory: String
+    /// The standby's data directory; nil (the key left out) for a standby promoted over SQL alone (`--standby`
+    /// without `--pgdata`), which has none on this host: `standby` names it then.
+    public var dataDirectory: String?
     /// The standby's conninfo with any password removed.
     public var standby: String?
     public var promotedTimeline: UInt32?
@@ -45,7 +47,7 @@ public struct PromotionReport: Codable, Sendable, Equatable {
     /// What can be proven about commits the primary acknowledged, in words.
     public var loss: String?
 
-    public init(kind: String, host: String, startedAt: Date, dataDirectory: String) {
+    public init(kind: String, host: String, startedAt: Date, dataDirectory: String?) {
         self.kind = kind
         self.outcome = "failed"
         self.host = host

@@ -199,17 +199,52 @@ public struct StatusDocument: Codable, Sendable, Equatable {
         }
     }
 
+    /// The system's FENCED record as the status shows it. The promoted timeline's history text stays in the record:
+    /// it grows by a line per timeline the system ever had, and its last line is what the fields here already say.
     public struct Fence: Codable, Sendable, Equatable {
         public var promotedAt: Date
         public var promotedTimeline: UInt32?
         public var replayedLSN: String?
         /// When the old primary's sender was last turned away.
         public var lastRefusedAt: Date?
-        public init(promotedAt: Date, promotedTimeline: UInt32?, replayedLSN: String?, lastRefusedAt: Date? = nil) {
+        /// The timeline the DR replica left, and where the promoted timeline begins on it.
+        public var parentTimeline: UInt32?
+        public var switchPoint: String?
+        /// Whether the record holds the promoted timeline's history whole, so that WAL and base backups proven to
+        /// descend from it (the new primary's) pass the fence; false: every link of the system is refused, the new
+        /// primary's too.
+        /// Nil from a receiver older than this field.
+        public var lineageRecorded: Bool?
+
+        public init(
+            promotedAt: Date, promotedTimeline: UInt32?, replayedLSN: String?, lastRefusedAt: Date? = nil,
+            parentTimeline: UInt32? = nil, switchPoint: String? = nil, lineageRecorded: Bool? = nil
+        ) {
             self.promotedAt = promotedAt
             self.promotedTimeline = promotedTimeline
             self.replayedLSN = replayedLSN
             self.lastRefusedAt = lastRefusedAt
+            self.parentTimeline = parentTimeline
+            self.switchPoint = switchPoint
+            self.lineageRecorded = lineageRecorded
+        }
+
+        /// The fence in words, after "FENCED: " in `walship status`.
+        public var summary: String {
+            var text = "the DR replica was promoted at \(formatISO8601(promotedAt))"
+            if let promotedTimeline {
+                text += " to timeline \(promotedTimeline)"
+                if let parentTimeline, let switchPoint {
+                    text += " (from timeline \(parentTimeline) at \(switchPoint))"
+                }
+            }
+            text += "; the old primary's WAL is refused"
+            switch lineageRecorded {
+            case true?: text += "; WAL and backups proven to descend from the promoted timeline pass"
+            case false?: text += ", and the new primary's too: the fence records no promoted timeline history"
+            case nil: break
+            }
+            return text
         }
     }
 

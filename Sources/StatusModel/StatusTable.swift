@@ -71,11 +71,7 @@ public enum StatusTable {
             out.append(head)
             if s.sender == nil, let mode = system.mode { out.append("  " + modeLine(mode, now: now)) }
             if let promotion = system.promotion { out.append("  " + promotionLine(promotion)) }
-            if let fence = system.fence {
-                out.append(
-                    "  FENCED: the DR replica was promoted at \(formatISO8601(fence.promotedAt)); the old primary's WAL is refused"
-                )
-            }
+            if let fence = system.fence { out.append("  FENCED: " + fence.summary) }
             let rows = system.chain.map { stage in
                 [
                     stage.name, stage.lsn ?? "-", stage.bytesBehind.map(formatBytes) ?? "-",

@@ -9,16 +9,21 @@ struct Promote: AsyncParsableCommand {
         abstract: "Promote the DR replica after everything the receiver holds is replayed; report RPO and RTO.",
         discussion: """
             Refuses while the old primary may be alive: the receiver (asked on SPOOL/<system>/control.sock, or primary.json when it is down) must know the primary lost (walship status shows the readiness). Then waits until the standby has replayed all WAL in the spool (including the in-progress segment), fences the system at the receiver so a returning old primary cannot extend the old timeline at the DR site, promotes the standby, waits for its first accepted write, and writes an evidence report (JSON and Markdown).
-            Exit status: 0 promoted (with --dry-run: would promote); 1 refused or failed (nothing was promoted unless the output says so).
+            Run it beside the receiver: the spool and the fence are local. The standby is named by --pgdata (on this host), or by --standby CONNINFO alone (on this host or another): then every check and the promotion go through that connection. Its role must be a superuser, or may run pg_promote (GRANT EXECUTE ON FUNCTION pg_promote(boolean, integer)) and read primary_conninfo (pg_read_all_settings); without the latter, only --force promotes a standby that does not use walship restore-wal.
+            Exit status: 0 promoted (with --dry-run: would promote); 1 refused or failed (nothing was promoted unless the output says so); 64 neither --pgdata nor --standby.
             Examples:
               walship promote --pgdata /var/lib/postgresql/15/dr --spool /var/lib/walship
               walship promote --pgdata /var/lib/postgresql/15/dr --spool /var/lib/walship --dry-run
+              walship promote --standby 'host=dr-db.example.org port=5432 user=postgres' --spool /var/lib/walship
             """)
 
-    @Option(help: "Data directory of the DR standby.")
-    var pgdata: String
+    @Option(help: "Data directory of the DR standby, when it runs on this host.")
+    var pgdata: String?
 
-    @Option(help: "libpq connection string of the standby (default: its local socket, as the data directory's owner).")
+    @Option(
+        help:
+            "libpq connection string of the standby (default: its local socket, as the data directory's owner). Without --pgdata, the standby is promoted through this connection alone (a standby on another host)."
+    )
     var standby: String?
 
     @Option(help: "Spool of walship receive: what the standby must replay first, the RPO figures, and the fence.")
@@ -52,6 +57,7 @@ struct Promote: AsyncParsableCommand {
 
     func validate() throws {
         guard timeout >= 1 else { throw ValidationError("--timeout must be at least 1 second") }
+        guard pgdata != nil || standby != nil else { throw ValidationError(PromoteRequest.standbyMissing) }
     }
 
     func run() async throws {

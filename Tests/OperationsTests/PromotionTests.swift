@@ -220,3 +220,136 @@ import WALCore
         #expect(!primaryConninfo("host=127.0.0.1 port=7010", reaches: nil, localNames: []))
     }
 }
+
+/// A standby reached over SQL alone (`--standby` without `--pgdata`), on this host or another.
+@Suite struct RemotePromotionTests {
+    let spool = PromotionFacts.MatchingSpool(
+        systemDirectory: "/spool/7", standbyListen: "0.0.0.0:7010", fencedAt: nil, fenceUnwritable: nil)
+
+    func facts(
+        primaryConninfo: String = "host=dr-receiver port=7010 user=r", restoreCommand: String = "", here: Bool = false,
+        unreadable: [String] = [], mayPromote: Bool = true
+    ) -> PromotionFacts {
+        var facts = PromotionFacts(
+            inRecovery: true, systemIdentifier: 7, primaryConninfo: primaryConninfo, restoreCommand: restoreCommand,
+            hostName: "dr-receiver", spool: .matching(spool))
+        facts.standbyOnThisHost = here
+        facts.localNames = ["dr-receiver.example.org", "10.0.0.5"]
+        facts.unreadableSettings = unreadable
+        facts.role = "operator"
+        facts.mayPromote = mayPromote
+        facts.standbyOption = "--standby"
+        return facts
+    }
+
+    func standby(_ facts: PromotionFacts, force: Bool = false) -> PreconditionOutcome {
+        PromotionPrecondition.evaluate(
+            PromotionPrecondition.standby(conninfo: "host=dr-db port=5432 user=operator"), facts: facts, force: force)
+    }
+
+    func spoolSide(_ facts: PromotionFacts, force: Bool = false) -> PreconditionOutcome {
+        PromotionPrecondition.evaluate(PromotionPrecondition.spool, facts: facts, force: force)
+    }
+
+    @Test func theRefusalNamesTheServerByItsConnection() {
+        var promoted = facts()
+        promoted.inRecovery = false
+        #expect(
+            standby(promoted, force: true).refusal
+                == "the server at host=dr-db port=5432 user=operator is not a standby: it is already promoted (or a primary); nothing to do"
+        )
+        #expect(standby(facts()).refusal == nil)
+        #expect(standby(facts()).checks.map(\.name) == ["standby in recovery"], "a role that may promote adds no line")
+    }
+
+    /// Nothing is fenced for a role that could not promote: the refusal comes first, and --force cannot help.
+    @Test func aRoleThatMayNotRunPgPromoteIsRefusedEvenWithForce() {
+        let outcome = standby(facts(mayPromote: false), force: true)
+        #expect(
+            outcome.refusal
+                == "the role operator may not run pg_promote, so the server at host=dr-db port=5432 user=operator cannot be promoted over this connection; nothing was changed (hint: connect as a superuser, or GRANT EXECUTE ON FUNCTION pg_promote(boolean, integer) TO operator)"
+        )
+        #expect(
+            outcome.checks.last
+                == .init(name: "may promote", passed: false, detail: "the role operator may not execute pg_promote"))
+        // The same check guards a promotion through a data directory.
+        var local = facts(mayPromote: false)
+        local.standbyOption = "--pgdata"
+        let refused = PromotionPrecondition.evaluate(
+            PromotionPrecondition.standby(dataDirectory: "/pg/dr"), facts: local, force: true)
+        #expect(refused.refusal?.contains("so the server of /pg/dr cannot be promoted") == true)
+    }
+
+    @Test func aStandbyElsewhereMustNameThisHostNotItsOwnLoopback() {
+        #expect(spoolSide(facts()).checks.allSatisfy { $0.passed })
+        #expect(spoolSide(facts(primaryConninfo: "host=10.0.0.5 port=7010")).refusal == nil)
+        #expect(spoolSide(facts(primaryConninfo: "host=dr-receiver.example.org port=7010")).refusal == nil)
+        let ownLoopback = spoolSide(facts(primaryConninfo: "host=127.0.0.1 port=7010"))
+        #expect(
+            ownLoopback.refusal?.hasPrefix(
+                "the standby does not replicate from this walship receiver: its primary_conninfo does not name the standby endpoint 0.0.0.0:7010"
+            )
+                == true)
+        #expect(ownLoopback.refusal?.contains("(hint: check --standby and --spool; --force promotes anyway)") == true)
+        #expect(spoolSide(facts(primaryConninfo: "host=primary.example port=7010")).refusal != nil)
+        // On this host, loopback leads to the receiver as it does for --pgdata.
+        #expect(spoolSide(facts(primaryConninfo: "host=127.0.0.1 port=7010", here: true)).refusal == nil)
+    }
+
+    @Test func anUnreadablePrimaryConninfoSaysWhichPrivilegeIsMissing() {
+        let hidden = facts(primaryConninfo: "", unreadable: ["primary_conninfo"])
+        let refused = spoolSide(hidden)
+        #expect(
+            refused.refusal
+                == "cannot tell whether the standby replicates from this walship receiver: the role operator may not read its primary_conninfo (hint: connect as a superuser, or GRANT pg_read_all_settings TO operator; --force promotes without this check)"
+        )
+        #expect(
+            refused.checks.last
+                == .init(
+                    name: "replicates from walship", passed: false,
+                    detail: "the role operator may not read primary_conninfo (superuser or pg_read_all_settings needed)"))
+        let forced = spoolSide(hidden, force: true)
+        #expect(forced.refusal == nil)
+        #expect(forced.checks.map(\.passed) == [true, false])
+        // restore_command is readable by any role: a spool-fed standby proves itself without the privilege.
+        let archiveFed = facts(
+            primaryConninfo: "", restoreCommand: "walship restore-wal --spool /spool %f %p", unreadable: ["primary_conninfo"])
+        #expect(spoolSide(archiveFed).checks.allSatisfy { $0.passed })
+    }
+
+    @Test func whereTheStandbyRuns() {
+        let here = ThisHost(names: ["dr-receiver"], addresses: ["127.0.0.1", "::1", "10.0.0.5", "fe80::1"])
+        #expect(here.runs(serverAddress: nil), "a Unix-domain socket")
+        #expect(here.runs(serverAddress: "127.0.0.1") && here.runs(serverAddress: "::1"))
+        #expect(here.runs(serverAddress: "10.0.0.5") && here.runs(serverAddress: "::ffff:10.0.0.5"))
+        #expect(!here.runs(serverAddress: "10.0.0.7"))
+        let names = here.namesSeenFromElsewhere(
+            resolving: ["db-alias", "elsewhere", "localhost", "/var/run/postgresql"],
+            resolve: { ["db-alias": ["10.0.0.5"], "elsewhere": ["10.0.0.7"], "localhost": ["127.0.0.1"]][$0] ?? [] })
+        #expect(names == ["dr-receiver", "10.0.0.5", "fe80::1", "db-alias"])
+        #expect(conninfoHosts("host=a,b port=1,2") == ["a", "b"])
+        #expect(conninfoHosts("hostaddr=10.0.0.7") == ["10.0.0.7"])
+        #expect(conninfoHosts("port=5432").isEmpty)
+    }
+
+    /// Without a data directory the report leaves the key out (as for every value it does not have) and names the
+    /// standby by its connection.
+    @Test func theReportOfARemoteStandbyHasNoDataDirectory() throws {
+        var report = PromotionReport(
+            kind: "promote", host: "dr-receiver", startedAt: Date(timeIntervalSince1970: 1_800_000_000), dataDirectory: nil)
+        report.standby = "host=dr-db port=5432 user=operator"
+        report.outcome = "promoted"
+        report.promotedTimeline = 2
+        let json = try #require(
+            try JSONSerialization.jsonObject(with: StatusDocument.encoder().encode(report)) as? [String: Any])
+        #expect(json["dataDirectory"] == nil)
+        #expect(json["standby"] as? String == "host=dr-db port=5432 user=operator")
+        #expect(!report.markdown.contains("Data directory"))
+        #expect(report.markdown.contains("| Standby | host=dr-db port=5432 user=operator |"))
+        #expect(
+            report.headline(failure: nil)
+                == "promoted the standby at host=dr-db port=5432 user=operator to timeline 2: RPO not measured, RTO ?")
+        let decoded = try StatusDocument.decoder().decode(PromotionReport.self, from: StatusDocument.encoder().encode(report))
+        #expect(decoded == report)
+    }
+}

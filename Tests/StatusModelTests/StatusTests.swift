@@ -27,6 +27,54 @@ import Testing
         #expect(throws: (any Error).self) { try StatusDocument.decoder().decode(StatusDocument.self, from: Data("<html>".utf8)) }
     }
 
+    /// The fence's lineage fields reach /status and the FENCED line of `walship status`; a document from a receiver
+    /// older than them still decodes, and its line reads as before.
+    @Test func theFenceShowsItsLineage() throws {
+        var document = sampleReceiver()
+        let promotedAt = Date(timeIntervalSince1970: 1_800_000_000)
+        document.systems[0].fence = .init(
+            promotedAt: promotedAt, promotedTimeline: 2, replayedLSN: "0/3000148", parentTimeline: 1,
+            switchPoint: "0/30001C0", lineageRecorded: true)
+        let data = try StatusDocument.encoder().encode(document)
+        let json = try #require(try JSONSerialization.jsonObject(with: data) as? [String: Any])
+        let encoded = try #require(((json["systems"] as? [[String: Any]])?.first?["fence"]) as? [String: Any])
+        #expect(encoded["parentTimeline"] as? Int == 1 && encoded["switchPoint"] as? String == "0/30001C0", "\(encoded)")
+        #expect(encoded["lineageRecorded"] as? Bool == true)
+        #expect(encoded["timelineHistory"] == nil)
+        #expect(try StatusDocument.decoder().decode(StatusDocument.self, from: data) == document)
+
+        func fenceLine(_ document: StatusDocument) -> String? {
+            let verdict = HealthCheck.evaluate(document, thresholds: .init(), now: document.generatedAt)
+            return StatusTable.render(document, verdict: verdict, now: document.generatedAt).split(separator: "\n")
+                .first { $0.contains("FENCED") }.map(String.init)
+        }
+        #expect(
+            fenceLine(document)
+                == "  FENCED: the DR replica was promoted at 2027-01-15T08:00:00.000Z to timeline 2 (from timeline 1 at 0/30001C0); the old primary's WAL is refused; WAL and backups proven to descend from the promoted timeline pass"
+        )
+        document.systems[0].fence?.lineageRecorded = false
+        document.systems[0].fence?.parentTimeline = nil
+        document.systems[0].fence?.switchPoint = nil
+        #expect(
+            fenceLine(document)
+                == "  FENCED: the DR replica was promoted at 2027-01-15T08:00:00.000Z to timeline 2; the old primary's WAL is refused, and the new primary's too: the fence records no promoted timeline history"
+        )
+
+        // An older receiver's document: no lineage fields.
+        var older = json
+        var systems = try #require(older["systems"] as? [[String: Any]])
+        systems[0]["fence"] = ["promotedAt": "2027-01-15T08:00:00Z", "promotedTimeline": 2, "replayedLSN": "0/3000148"]
+        older["systems"] = systems
+        let decoded = try StatusDocument.decoder().decode(
+            StatusDocument.self, from: JSONSerialization.data(withJSONObject: older))
+        let fence = try #require(decoded.systems[0].fence)
+        #expect(fence.parentTimeline == nil && fence.switchPoint == nil && fence.lineageRecorded == nil)
+        #expect(
+            fenceLine(decoded)
+                == "  FENCED: the DR replica was promoted at 2027-01-15T08:00:00.000Z to timeline 2; the old primary's WAL is refused"
+        )
+    }
+
     @Test func tableShowsTheChain() {
         let document = sampleReceiver(durableBehindBytes: 2048, seconds: 1.5)
         let verdict = HealthCheck.evaluate(document, thresholds: .init(), now: document.generatedAt)
