@@ -115,6 +115,45 @@ struct RejoinTests {
         let query = "SELECT count(*), sum(id) FROM visits"
         #expect(try oldPrimary.sql(query) == failover.newPrimary.sql(query))
         #expect(try oldPrimary.sql("SELECT count(*) FROM visits WHERE site = 'lost'") == "0")
+
+        // Coming home by hand: a sender beside the rejoined standby waits (--standby-wait) while it is a standby,
+        // and ships into the DR site's fenced spool once it is promoted on a timeline descending from the fence's.
+        let homeSenderStatus = IT.freePort()
+        let homeSender = try fixture.walship(
+            "sender-home",
+            [
+                "send", "--source", oldPrimary.conninfo, "--to", "127.0.0.1:\(topology.receiverPort)", "--slot", "walship_back",
+                "--create-slot", "--standby-wait", "--status-listen", "127.0.0.1:\(homeSenderStatus)", "--link-timeout", "10",
+                "--retry-max-seconds", "2", "--alert-disconnect-seconds", "1",
+            ] + topology.linkArguments("sender"))
+        try waitUntil("the sender beside the standby to wait for its promotion", timeout: 30) {
+            let state = (try? fetchStatus(port: homeSenderStatus))?["state"] as? String
+            return (state == "waiting for promotion", "state=\(state ?? "nil")\n\(homeSender.log.suffix(1500))")
+        }
+        usleep(2_500_000)
+        let waiting = try fetchStatus(port: homeSenderStatus)
+        #expect(waiting["state"] as? String == "waiting for promotion")
+        #expect((waiting["alerts"] as? [[String: Any]] ?? []).isEmpty, "\(waiting["alerts"] ?? "")")
+        #expect((waiting["health"] as? [String: Any])?["status"] as? String == "ok", "\(waiting["health"] ?? "")")
+        // The new primary stops cleanly; the rejoined standby replays to its end and is promoted.
+        let newEnd = try #require(lsn(try failover.newPrimary.sql("SELECT pg_current_wal_lsn()")))
+        try run(
+            failover.newPrimary.bin + "/pg_ctl", ["-D", failover.newPrimary.dataDirectory, "-m", "fast", "-w", "stop"],
+            asPostgres: true, timeout: 120)
+        try waitUntil("the rejoined standby to replay the new primary's shutdown", timeout: 60) {
+            let replayed = (try? oldPrimary.sql("SELECT pg_last_wal_replay_lsn()")) ?? ""
+            return ((lsn(replayed) ?? 0) > newEnd, replayed)
+        }
+        try oldPrimary.sql("SELECT pg_promote()")
+        try oldPrimary.sql("INSERT INTO visits VALUES (3001, 'home again')")
+        let homeEnd = try #require(lsn(try oldPrimary.sql("SELECT pg_current_wal_flush_lsn()")))
+        try waitUntil("the home site's WAL to be durable at the DR site on timeline 3", timeout: 60) {
+            let system = (try fetchStatus(port: topology.receiverStatusPort)["systems"] as? [[String: Any]])?.first
+            let timeline = system?["timeline"] as? Int
+            let durable = stageLSN(system, "durable") ?? 0
+            return (timeline == 3 && durable >= homeEnd, "timeline \(timeline ?? 0), durable \(String(durable, radix: 16))")
+        }
+        #expect(homeSender.log.contains("waiting for its promotion"))
     }
 
     @Test func aDirectoryWithoutHintsOrChecksumsIsRefusedUntouched() throws {

@@ -186,6 +186,8 @@ public final class Sender: Service {
             receiverLoss: config.receiverLoss, hasBuffer: buffer != nil, maxBackoff: config.maxBackoff)
         var action = supervisor.start()
         publish(supervisor.state)
+        // Said once per wait beside a standby, not at every check.
+        var announcedStandbyWait = false
         while true {
             try Task.checkCancellation()
             // A graceful shutdown: the session drained (or none ran); a stop is not a failure.
@@ -202,15 +204,18 @@ public final class Sender: Service {
                             primaryWatch.withLock { $0.answered(at: .now) }
                             advance(&supervisor, .connected)
                         },
-                        onStreaming: { advance(&supervisor, .linked) })
+                        onStreaming: {
+                            announcedStandbyWait = false
+                            advance(&supervisor, .linked)
+                        })
                     action = advance(
                         &supervisor, .linkLost(setUpMistake: nil, stillExposed: stillExposed, now: .now),
                         error: "the session ended")
                 } catch is SenderStopping {
                     continue
                 } catch is SourceIsStandby {
-                    if case .waitingForPromotion = supervisor.state {
-                    } else {
+                    if !announcedStandbyWait {
+                        announcedStandbyWait = true
                         logger.notice(
                             "the source is a standby: waiting for its promotion before shipping (--standby-wait)",
                             metadata: ["walship.source": "\(config.source)"])
@@ -447,7 +452,6 @@ public final class Sender: Service {
         lastIdentity.withLock { $0 = identity }
         primaryWatch.withLock { $0.answered(at: .now) }
         try checkPrimary(identity)
-        if config.standbyWait, identity.inHotStandby { throw SourceIsStandby() }
         var found = try await session.readSlot(config.slot)
         let slotIsNew = found == nil
         if found == nil && config.createSlot {
@@ -608,6 +612,7 @@ public final class Sender: Service {
         lastIdentity.withLock { $0 = identity }
         onConnected()
         try checkPrimary(identity)
+        if config.standbyWait, identity.inHotStandby { throw SourceIsStandby() }
         logger.debug(
             "connected to the primary",
             metadata: [
