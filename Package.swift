@@ -209,6 +209,8 @@ let package = Package(
                 "Operations", "StatusModel", "WALCore", "Sender", "Spool", .product(name: "Logging", package: "swift-log"),
             ]
         ),
+        // What a release carries beside the program (the licence), read from the checkout.
+        .testTarget(name: "RepositoryFilesTests"),
         .testTarget(
             name: "IntegrationTests",
             dependencies: ["WALCore", "ShipProtocol"],
