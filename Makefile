@@ -4,6 +4,13 @@ SWIFT ?= swift
 PG_BINDIR ?= $(shell pg_config --bindir 2>/dev/null || echo /usr/lib/postgresql/15/bin)
 PREFIX ?= /usr/local
 export PG_BINDIR
+# The build `walship --version` shows: the commit (-dirty with uncommitted changes) and the date, UTC (or
+# SOURCE_DATE_EPOCH's). Package.swift passes it to the CBuildIdentity target; a plain `swift build` says
+# "unknown". Evaluated once; `make release WALSHIP_BUILD="..."` sets it from outside.
+ifeq ($(origin WALSHIP_BUILD),undefined)
+WALSHIP_BUILD := $(shell git describe --always --dirty --abbrev=12 2>/dev/null || echo unknown) $(shell date -u $(if $(SOURCE_DATE_EPOCH),-d @$(SOURCE_DATE_EPOCH)) +%Y-%m-%d)
+endif
+export WALSHIP_BUILD
 
 .PHONY: all deps build release test unit integration demo bench install clean fuzz fuzz-seeds drills simulate lint format
 

@@ -1,6 +1,12 @@
 // swift-tools-version:6.0
 import PackageDescription
 
+/// `walship --version`'s build: the commit and date the Makefile passes in WALSHIP_BUILD, "unknown" from a plain
+/// `swift build`. Only characters that need no escaping in a C string literal are kept.
+let buildIdentity = String(
+    (Context.environment["WALSHIP_BUILD"] ?? "").filter { $0.isASCII && ($0.isLetter || $0.isNumber || " ._:+-/".contains($0)) }
+        .prefix(120))
+
 let package = Package(
     name: "walship",
     platforms: [.macOS(.v14)],
@@ -27,6 +33,9 @@ let package = Package(
         .systemLibrary(name: "CLibPQ", pkgConfig: "libpq", providers: [.apt(["libpq-dev"])]),
         .systemLibrary(name: "CLZ4", pkgConfig: "liblz4", providers: [.apt(["liblz4-dev"])]),
         .target(name: "CCRC32C"),
+        .target(
+            name: "CBuildIdentity",
+            cSettings: [.define("WALSHIP_BUILD", to: "\"\(buildIdentity.isEmpty ? "unknown" : buildIdentity)\"")]),
         // The one way walship starts other programs (pg_ctl, lz4 and tar, chown, --alert-command).
         .target(
             name: "ChildProcess",
@@ -143,7 +152,7 @@ let package = Package(
             name: "walship",
             dependencies: [
                 "Sender", "Receiver", "Spool", "WALCore", "Monitor", "StatusModel", "WalSenderServer", "ShipTLS", "WalshipConfig",
-                "PGReplication", "ShipProtocol", "Operations",
+                "PGReplication", "ShipProtocol", "Operations", "CBuildIdentity",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),

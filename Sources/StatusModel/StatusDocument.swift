@@ -458,3 +458,12 @@ public func parseISO8601(_ text: String) -> Date? {
 
 /// The release, as `walship --version` and every status document report it.
 public let walshipVersion = "0.1.0"
+
+/// What `walship --version` prints: the release, the ship protocol version this walship speaks (what decides
+/// which sender and receiver can talk, docs/runbook.md "Upgrading") and the build it came from: `build` is what
+/// the Makefile passed in WALSHIP_BUILD (commit and date); empty or "unknown" from a plain `swift build`.
+/// The first two words stay `walship VERSION`, for scripts.
+public func versionText(protocolVersion: UInt16, build: String) -> String {
+    let build = build.trimmingCharacters(in: .whitespaces)
+    return "walship \(walshipVersion) (ship protocol \(protocolVersion), built \(build.isEmpty ? "unknown" : build))"
+}

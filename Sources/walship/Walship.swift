@@ -1,9 +1,11 @@
 import ArgumentParser
+import CBuildIdentity
 import Foundation
 import Logging
 import Monitor
 import Operations
 import ServiceLifecycle
+import ShipProtocol
 import ShipTLS
 import StatusModel
 import WALCore
@@ -16,7 +18,7 @@ struct Walship: AsyncParsableCommand {
         discussion: """
             The sender runs beside the primary and streams WAL through a replication slot to the receiver at the DR site, which stores it durably in a spool. See docs/runbook.md.
             """,
-        version: walshipVersion,
+        version: versionText(protocolVersion: shipProtocolVersion, build: String(cString: walship_build_identity())),
         subcommands: [
             Send.self, Receive.self, Status.self, Certs.self, Promote.self, Drill.self, Backup.self, Backups.self, Restore.self,
             RestoreWAL.self, ExtractPartial.self, Prune.self, Check.self, Rejoin.self,
