@@ -175,6 +175,34 @@ public func certificateName(_ certificate: NIOSSLCertificate) -> String? {
     return nil
 }
 
+/// The names `walship certs init` puts in the receiver certificate, and what to tell about them.
+public struct ReceiverNames: Sendable, Equatable {
+    /// What the certificate names when no `--receiver-name` is given: this host's loopback only.
+    public static let loopback = ["localhost", "127.0.0.1"]
+
+    public let names: [String]
+    /// Whether the names are the loopback default: senders on another host then fail the name check.
+    public let loopbackOnly: Bool
+
+    public init(given: [String]) {
+        loopbackOnly = given.isEmpty
+        names = given.isEmpty ? Self.loopback : given
+    }
+
+    /// One line for standard error when the certificate names only the loopback; nil when names were given.
+    public var warning: String? {
+        loopbackOnly
+            ? "no --receiver-name: the receiver certificate names only localhost and 127.0.0.1, so only a sender on the receiver's own host can verify it (hint: pass --receiver-name HOST, as senders write it in --to; repeatable)"
+            : nil
+    }
+
+    /// The names as the summary shows them, with the loopback default marked as such.
+    public var summary: String {
+        names.joined(separator: ", ")
+            + (loopbackOnly ? " (loopback only: for senders on another host, make a new set with --receiver-name HOST)" : "")
+    }
+}
+
 /// `walship certs init`: a small CA and one key pair for each end of the link; `walship certs renew`: new key
 /// pairs for both ends from the same CA, so each end can change over on its own.
 public enum CertificateAuthority {

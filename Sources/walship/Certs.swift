@@ -21,7 +21,10 @@ struct CertsInit: ParsableCommand {
     @Argument(help: "Directory to create the files in (must not hold them already).")
     var directory: String
 
-    @Option(help: "Name senders use to reach the receiver (DNS name or IP address, as in --to); repeatable.")
+    @Option(
+        help:
+            "Name senders use to reach the receiver (DNS name or IP address, as in --to); repeatable. Without it the certificate names only localhost and 127.0.0.1."
+    )
     var receiverName: [String] = []
 
     @Option(help: "Name of the sender's certificate (what --allow-source binds to a system).")
@@ -44,14 +47,17 @@ struct CertsInit: ParsableCommand {
     }
 
     func run() throws {
-        let names = receiverName.isEmpty ? ["localhost", "127.0.0.1"] : receiverName
+        let names = ReceiverNames(given: receiverName)
         do {
             let created = try CertificateAuthority.create(
-                in: directory, receiverNames: names, senderName: senderName, validDays: days,
+                in: directory, receiverNames: names.names, senderName: senderName, validDays: days,
                 caValidDays: caDays, now: Date().addingTimeInterval(-Double(backdateDays) * 86400))
+            if let warning = names.warning {
+                FileHandle.standardError.write(Data("walship certs init: warning: \(warning)\n".utf8))
+            }
             for file in created.files { print(file) }
             print(
-                "receiver certificate names: \(names.joined(separator: ", ")); sender certificate name: \(senderName); valid \(days) days, the CA \(caDays)"
+                "receiver certificate names: \(names.summary); sender certificate name: \(senderName); valid \(days) days, the CA \(caDays)"
             )
         } catch {
             throw fail("certs init", error)

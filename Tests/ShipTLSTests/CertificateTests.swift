@@ -41,6 +41,33 @@ import X509
         #expect(parsed.notValidAfter.timeIntervalSinceNow > 29 * 86400)
     }
 
+    /// Without --receiver-name the certificate names only this host's loopback, and certs init says so, with the fix.
+    @Test func withoutReceiverNamesTheCertificateNamesOnlyTheLoopbackAndSaysSo() throws {
+        let defaulted = ReceiverNames(given: [])
+        #expect(defaulted.names == ["localhost", "127.0.0.1"])
+        let warning = try #require(defaulted.warning)
+        #expect(!warning.contains("\n"), "one line on standard error")
+        for part in ["names only localhost and 127.0.0.1", "hint: pass --receiver-name HOST"] {
+            #expect(warning.contains(part), "\(warning)")
+        }
+        #expect(defaulted.summary.hasPrefix("localhost, 127.0.0.1 (loopback only:"))
+        #expect(defaulted.summary.contains("--receiver-name HOST"))
+
+        // What the warning claims is what the certificate holds: no other name.
+        let directory = temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        _ = try CertificateAuthority.create(in: directory, receiverNames: defaulted.names, senderName: "b", validDays: 1)
+        let receiver = try Certificate(
+            derEncoded: try NIOSSLCertificate.fromPEMFile(directory + "/receiver.crt")[0].toDERBytes())
+        let names = try #require(try receiver.extensions.subjectAlternativeNames)
+        #expect(Array(names) == [.dnsName("localhost"), CertificateAuthority.generalName("127.0.0.1")])
+
+        let given = ReceiverNames(given: ["dr.example", "10.20.0.5"])
+        #expect(given.names == ["dr.example", "10.20.0.5"])
+        #expect(given.warning == nil)
+        #expect(given.summary == "dr.example, 10.20.0.5")
+    }
+
     @Test func neverOverwritesKeys() throws {
         let directory = temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: directory) }
