@@ -78,11 +78,21 @@ public struct DrillPlan: Sendable, Equatable {
     /// Where the copy's server log is kept: beside the report.
     public static func serverLogPath(reportBase: String) -> String { reportBase + ".server.log" }
 
-    /// pg_ctl's directory when `--pg-bindir` is not given: PG_BINDIR, else PostgreSQL 15's Debian directory.
-    public static func postgresBindir(environment: [String: String]) -> String {
+    /// The PostgreSQL programs' directory when `--pg-bindir` is not given: what `pg_config --bindir` printed
+    /// (`pgConfig`; nil when it is not installed or failed, and `walship rejoin` does not ask it), else
+    /// PG_BINDIR, else PostgreSQL 15's Debian directory.
+    public static func postgresBindir(pgConfig: String? = nil, environment: [String: String]) -> String {
+        if let printed = pgConfig?.trimmingCharacters(in: .whitespacesAndNewlines), printed.hasPrefix("/"),
+            !printed.contains("\n")
+        {
+            return printed
+        }
         if let dir = environment["PG_BINDIR"], !dir.isEmpty { return dir }
         return "/usr/lib/postgresql/15/bin"
     }
+
+    /// Where the default PostgreSQL programs' directory comes from, for the hint when pg_ctl cannot be run.
+    public static let postgresBindirDefault = "pg_config --bindir, else PG_BINDIR, else /usr/lib/postgresql/15/bin"
 
     /// Why the drill failed: its error, else a failed sanity check; nil when it passed.
     public static func failure(error: String?, checks: [PromotionReport.Check]) -> String? {
@@ -191,9 +201,13 @@ private func rehearse(
     try ("local all \(osUser) peer\n" + oldHBA).write(toFile: hba, atomically: true, encoding: .utf8)
     if getuid() == 0 { try await giveToOSUser(hba, osUser: osUser, what: "pg_hba.conf") }
 
-    let server = DrillServer(
-        dataDirectory: restored.dataDirectory, port: port, osUser: osUser,
-        bindir: request.pgBindir ?? DrillPlan.postgresBindir(environment: ProcessInfo.processInfo.environment))
+    let bindir: String
+    if let given = request.pgBindir {
+        bindir = given
+    } else {
+        bindir = DrillPlan.postgresBindir(pgConfig: await pgConfigBindir(), environment: ProcessInfo.processInfo.environment)
+    }
+    let server = DrillServer(dataDirectory: restored.dataDirectory, port: port, osUser: osUser, bindir: bindir)
     // Before the start: pg_ctl may leave a postmaster behind even when it reports a failure.
     started = server
     try await server.start()
@@ -290,7 +304,7 @@ struct DrillServer {
             result = try await pgCtl(["-D", dataDirectory, "-l", log, "-w", "-t", "120", "start"]).run()
         } catch {
             var error = error
-            error.hint = error.hint ?? "--pg-bindir names the directory of pg_ctl"
+            error.hint = error.hint ?? "--pg-bindir names the directory of pg_ctl (default: \(DrillPlan.postgresBindirDefault))"
             throw error
         }
         guard result.succeeded else {
@@ -314,6 +328,13 @@ struct DrillServer {
             bindir + "/pg_ctl", arguments, user: DrillPlan.pgCtlUser(osUser: osUser, runningAsRoot: getuid() == 0),
             errorOutput: .captured)
     }
+}
+
+/// What `pg_config --bindir` prints, or nil when pg_config is not installed, fails or hangs.
+func pgConfigBindir() async -> String? {
+    let pgConfig = ChildProcess("pg_config", ["--bindir"], output: .captured, timeout: .seconds(10))
+    guard let result = try? await pgConfig.run(), result.succeeded else { return nil }
+    return result.standardOutput
 }
 
 /// A TCP port on loopback nobody listens on right now.

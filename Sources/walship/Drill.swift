@@ -40,7 +40,7 @@ struct Drill: AsyncParsableCommand {
     @Option(help: "The PostgreSQL OS user that runs the copy and its restore_command.")
     var osUser = "postgres"
 
-    @Option(help: "Directory of pg_ctl (default: pg_config --bindir, then /usr/lib/postgresql/15/bin).")
+    @Option(help: "Directory of pg_ctl (default: \(DrillPlan.postgresBindirDefault)).")
     var pgBindir: String?
 
     @Option(help: "Path of the walship binary restore_command should run (the running binary by default).")

@@ -38,6 +38,36 @@ import Testing
         #expect(DrillPlan.postgresBindir(environment: [:]) == "/usr/lib/postgresql/15/bin")
     }
 
+    /// What `walship drill --help` promises for --pg-bindir: pg_config --bindir first, then PG_BINDIR, then Debian's.
+    @Test func drillBindirFromPgConfigFirst() {
+        let environment = ["PG_BINDIR": "/opt/pg/bin"]
+        #expect(
+            DrillPlan.postgresBindir(pgConfig: "/usr/lib/postgresql/15/bin\n", environment: environment)
+                == "/usr/lib/postgresql/15/bin")
+        // pg_config missing or failed, or printing something that is not one absolute path: the next choice.
+        for printed in [nil, "", "\n", "bin", "/a\n/b"] {
+            #expect(
+                DrillPlan.postgresBindir(pgConfig: printed, environment: environment) == "/opt/pg/bin",
+                "\(String(describing: printed))")
+        }
+        #expect(DrillPlan.postgresBindir(pgConfig: nil, environment: [:]) == "/usr/lib/postgresql/15/bin")
+        #expect(DrillPlan.postgresBindirDefault.hasPrefix("pg_config --bindir, else PG_BINDIR"))
+    }
+
+    /// The program is really run: its answer here, where PostgreSQL's development files may be installed.
+    @Test func pgConfigIsAskedWhereItIsInstalled() async throws {
+        let installed = ProcessInfo.processInfo.environment["PATH", default: "/usr/bin"].split(separator: ":")
+            .contains { FileManager.default.isExecutableFile(atPath: "\($0)/pg_config") }
+        let printed = await pgConfigBindir()
+        if installed {
+            let bindir = try #require(printed).trimmingCharacters(in: .whitespacesAndNewlines)
+            // An absolute path (libpq-dev's pg_config names the server's directory even where no server is installed).
+            #expect(bindir.hasPrefix("/") && DrillPlan.postgresBindir(pgConfig: printed, environment: [:]) == bindir)
+        } else {
+            #expect(printed == nil)
+        }
+    }
+
     @Test func aFailedSanityCheckFailsTheDrill() {
         let passed = [PromotionReport.Check(name: "writes", passed: true, detail: "")]
         let failed = passed + [PromotionReport.Check(name: "check query", passed: false, detail: "syntax error")]
