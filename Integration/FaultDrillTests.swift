@@ -69,16 +69,16 @@ struct FaultDrillTests {
             }
         }
         _ = try resumed(after: .cutLink, more: 10)
-        let steadyCount = acknowledgedIDs(ackedFile).count
+        let steadyCount = acknowledgedCount(ackedFile)
         usleep(5_000_000)
-        let steadyRate = Double(acknowledgedIDs(ackedFile).count - steadyCount) / 5
+        let steadyRate = Double(acknowledgedCount(ackedFile) - steadyCount) / 5
         print(String(format: "fault drills: %.0f acknowledged commits/s from 8 sessions before the faults", steadyRate))
 
         /// Expects no commit to be acknowledged for `seconds` (but those already in flight, one per session).
         func expectCommitsWait(_ seconds: Double, during fault: Fault) {
-            let before = acknowledgedIDs(ackedFile).count
+            let before = acknowledgedCount(ackedFile)
             usleep(UInt32(seconds * 1_000_000))
-            let after = acknowledgedIDs(ackedFile).count
+            let after = acknowledgedCount(ackedFile)
             #expect(after <= before + 8, "\(after - before) commits acknowledged during \(fault.rawValue)")
         }
         func receiverSystem() throws -> [String: Any] {
@@ -242,9 +242,9 @@ struct FaultDrillTests {
             return (text.contains(#""condition":"spool_free""#) && text.contains(#""event":"firing""#), text)
         }
         // Nothing more is acknowledged while the disk is full: synchronous commits wait.
-        let stalled = acknowledgedIDs(ackedFile).count
+        let stalled = acknowledgedCount(ackedFile)
         usleep(3_000_000)
-        #expect(acknowledgedIDs(ackedFile).count <= stalled + 1, "commits were acknowledged with a full spool")
+        #expect(acknowledgedCount(ackedFile) <= stalled + 1, "commits were acknowledged with a full spool")
 
         // Space returns; everything resumes by itself.
         try FileManager.default.removeItem(atPath: filler)
@@ -252,7 +252,7 @@ struct FaultDrillTests {
             (!load.isRunning, load.log.suffix(300).description)
         }
         #expect(load.exitStatus == 0, "\(load.log)")
-        try waitUntil("commits to flow again", timeout: 60) { (acknowledgedIDs(ackedFile).count > stalled + 5, "") }
+        try waitUntil("commits to flow again", timeout: 60) { (acknowledgedCount(ackedFile) > stalled + 5, "") }
         let last = try topology.switchAndWait()
         #expect(try topology.verifySpool(through: last) >= 3)
         try waitUntil("the spool_free alert to recover", timeout: 30) {
@@ -337,9 +337,9 @@ struct FaultDrillTests {
         topology.sender = try fixture.walship("sender", topology.senderArguments)
         try commits(10, "acknowledged from the local buffer after the sender's restart", timeout: 60)
         writer.kill9()
-        let lastWritten = acknowledgedIDs(ackedFile).count
+        let lastWritten = acknowledgedCount(ackedFile)
         try waitUntil("the writer to stop", timeout: 10) { (!writer.isRunning, "") }
-        #expect(acknowledgedIDs(ackedFile).count == lastWritten)
+        #expect(acknowledgedCount(ackedFile) == lastWritten)
         let atDisaster = try sender()
         let reported = try #require(details(atDisaster)["rpoExposure"] as? [String: Any], "\(atDisaster)")
         let exposedBytes = UInt64(reported["bytes"] as? Int ?? 0)

@@ -512,14 +512,53 @@ func acknowledgedCommits(_ file: String) -> [(id: Int, lsn: UInt64)] {
     }
 }
 
+/// How many commits the writer recorded in `file` (its complete lines), reading only what was appended since the
+/// last count. The fault drill's file grows to tens of MB; parsing it whole at every poll made each round slower
+/// than the one before, until the harness, not walship, took most of the host.
+func acknowledgedCount(_ file: String) -> Int { AcknowledgedCounter.shared.count(file) }
+
+final class AcknowledgedCounter: @unchecked Sendable {
+    static let shared = AcknowledgedCounter()
+    private let lock = NSLock()
+    private var counted: [String: (offset: UInt64, lines: Int)] = [:]
+
+    func count(_ file: String) -> Int {
+        lock.lock()
+        defer { lock.unlock() }
+        var (offset, lines) = counted[file] ?? (0, 0)
+        guard let handle = FileHandle(forReadingAtPath: file) else { return lines }
+        defer { try? handle.close() }
+        let size = (try? handle.seekToEnd()) ?? 0
+        if size < offset { (offset, lines) = (0, 0) }  // a new file under the same name
+        guard size > offset else { return lines }
+        try? handle.seek(toOffset: offset)
+        let data = (try? handle.read(upToCount: Int(size - offset))) ?? Data()
+        // Only up to the last newline: a line still being written is counted once it is whole.
+        let whole = data.withUnsafeBytes { raw -> (lines: Int, bytes: Int) in
+            guard let base = raw.baseAddress else { return (0, 0) }
+            var found = 0
+            var end = 0
+            var at = 0
+            while at < raw.count, let hit = memchr(base + at, 0x0A, raw.count - at) {
+                at = base.distance(to: UnsafeRawPointer(hit)) + 1
+                found += 1
+                end = at
+            }
+            return (found, end)
+        }
+        counted[file] = (offset + UInt64(whole.bytes), lines + whole.lines)
+        return lines + whole.lines
+    }
+}
+
 /// Waits until the writer recording to `file` has acknowledged `more` commits beyond those it had; returns
 /// the seconds that took. `log` is shown when the deadline passes.
 @discardableResult
 func waitForMoreCommits(_ more: Int, in file: String, _ what: String, timeout: Double, log: () -> String) throws -> Double {
     let start = Date()
-    let before = acknowledgedIDs(file).count
+    let before = acknowledgedCount(file)
     try waitUntil(what, timeout: timeout) {
-        let now = acknowledgedIDs(file).count
+        let now = acknowledgedCount(file)
         return (now >= before + more, "\(now - before) new commits; \(log())")
     }
     return Date().timeIntervalSince(start)
