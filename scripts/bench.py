@@ -966,6 +966,13 @@ def main():
     for name, port in standbys.items():
         wait_for(f"the {name} standby to replay everything",
                  lambda port=port: parse_lsn(sql(port, "SELECT pg_last_wal_replay_lsn()")) >= target, 60)
+    # walship promote refuses while the old primary may be alive: it dies first, as in a disaster, and both
+    # standbys are promoted once the receiver holds the sender's verdict that it is lost.
+    log("promote: the primary is killed")
+    stop_cluster(primary)
+    wait_for("the receiver to find the primary lost",
+             lambda: ((status(receiver_status) or {}).get("systems") or [{}])[0].get("promotion", {}).get("ready") is True,
+             60)
     log("promote: pg_promote() on the native standby")
     started = time.monotonic()
     try_sql(native_port, "SELECT pg_promote(true, 60)")
