@@ -132,9 +132,13 @@ extension PromotionSteps {
 }
 
 /// Where to write a report when `--report` is not given.
-func defaultReportBase(kind: String, directory: String) -> String {
-    let stamp = formatISO8601(Date()).replacingOccurrences(of: ":", with: "").replacingOccurrences(of: "-", with: "")
-    return directory + "/walship-\(kind)-\(stamp.prefix(15))"
+func defaultReportBase(kind: String, directory: String, at date: Date = Date()) -> String {
+    directory + "/walship-\(kind)-\(compactTimestamp(date))"
+}
+
+/// `20261207T173614`: a UTC time for file names.
+func compactTimestamp(_ date: Date) -> String {
+    String(formatISO8601(date).replacingOccurrences(of: ":", with: "").replacingOccurrences(of: "-", with: "").prefix(15))
 }
 
 /// Fills the report's acknowledgement and primary figures from what the receiver recorded in the spool.

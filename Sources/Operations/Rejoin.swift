@@ -102,12 +102,7 @@ public struct RejoinReport: Codable, Sendable, Equatable {
     }
 
     public func write(base: String) throws -> (json: String, markdown: String) {
-        var base = base
-        for suffix in [".json", ".md"] where base.hasSuffix(suffix) { base.removeLast(suffix.count) }
-        let json = base + ".json", md = base + ".md"
-        try StatusDocument.encoder().encode(self).write(to: URL(fileURLWithPath: json))
-        try Data(markdown.utf8).write(to: URL(fileURLWithPath: md))
-        return (json, md)
+        try writeReport(self, markdown: markdown, base: base)
     }
 }
 
@@ -135,8 +130,9 @@ public func rejoin(
         source: (try? Conninfo(request.source))?.description ?? "(unreadable conninfo)")
     let reportBase =
         request.report.map(absolutePath)
-        ?? URL(fileURLWithPath: dataDirectory).deletingLastPathComponent().path + "/walship-rejoin-"
-        + reportStamp(report.startedAt)
+        ?? defaultReportBase(
+            kind: "rejoin", directory: URL(fileURLWithPath: dataDirectory).deletingLastPathComponent().path,
+            at: report.startedAt)
     do {
         try await rewind(request, dataDirectory: dataDirectory, report: &report, progress: progress)
         report.outcome = "rejoined"
@@ -180,7 +176,8 @@ private func rewind(
     }
     let control = try await ChildProcess(request.bindir + "/pg_controldata", [dataDirectory], output: .captured).runChecked(
         what: "read the control file of \(dataDirectory)", hint: "is it a PostgreSQL 15 data directory?")
-    guard let target = RejoinPlan.Target(controlData: RejoinPlan.controlData(control.standardOutput)) else {
+    let controlFields = RejoinPlan.controlData(control.standardOutput)
+    guard let target = RejoinPlan.Target(controlData: controlFields) else {
         throw RejoinError("pg_controldata of \(dataDirectory) printed no system identifier or timeline", refused: true)
     }
     report.systemIdentifier = String(target.systemIdentifier)
@@ -222,11 +219,10 @@ private func rewind(
         "old primary on timeline \(target.timeline) (\(target.state)), new primary on \(sourceTimeline), fork at \(fork)")
 
     // 4. Before anything changes: the old primary's WAL past the fork, and a whole copy if asked for.
-    let stamp = reportStamp(report.startedAt)
-    let aside = dataDirectory + ".lost-" + stamp
+    let aside = dataDirectory + ".lost-" + compactTimestamp(report.startedAt)
     let walDirectory = dataDirectory + "/pg_wal"
     let segmentSize =
-        RejoinPlan.controlData(control.standardOutput)["Bytes per WAL segment"].flatMap { UInt64($0) }
+        controlFields["Bytes per WAL segment"].flatMap { UInt64($0) }
         .flatMap { WALSegmentSize(bytes: $0) } ?? .default
     let pastFork = RejoinPlan.segmentsPastFork(
         fileNames: (try? FileManager.default.contentsOfDirectory(atPath: walDirectory)) ?? [], timeline: target.timeline,
@@ -260,10 +256,8 @@ private func rewind(
     }
 
     // 5. pg_rewind, reading old-timeline WAL the directory lacks from the spool.
-    let walship =
-        request.walshipPath
-        ?? ((try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0])
-    let restoreCommand = "\(walship) restore-wal --spool \(absolutePath(request.spool)) --system \(target.systemIdentifier) %f %p"
+    let restoreCommand = restoreWALCommand(
+        walship: walshipExecutable(request.walshipPath), spool: absolutePath(request.spool), system: target.systemIdentifier)
     try appendSettings(["restore_command = '\(escape(restoreCommand))'"], to: dataDirectory)
     // pg_rewind copies the new primary's configuration files over the old primary's: its port, paths and access
     // rules would come with them. The old primary's own are put back after.
@@ -315,20 +309,6 @@ private func rewind(
             ? "check that it replays: SELECT pg_last_wal_replay_lsn() on it, walship status at this site"
             : "start it: pg_ctl -D \(dataDirectory) start, then check that it replays",
         "re-enter what was lost, or decide it is not wanted: \(lost.commits) committed transaction(s) are in \(aside) (pg_waldump -p \(aside) -t \(target.timeline) -s \(fork))",
-        "to come home later: walship switchover (docs/switchover.md)",
+        "to come home later: docs/runbook.md, Fail-back after a disaster (walship switchover is designed in docs/switchover.md, not built)",
     ]
-}
-
-private func appendSettings(_ lines: [String], to dataDirectory: String) throws {
-    let path = dataDirectory + "/postgresql.auto.conf"
-    let existing = (try? String(contentsOfFile: path, encoding: .utf8)) ?? ""
-    try (existing + "\n" + lines.joined(separator: "\n") + "\n").write(toFile: path, atomically: false, encoding: .utf8)
-}
-
-private func reportStamp(_ date: Date) -> String {
-    let formatter = DateFormatter()
-    formatter.locale = Locale(identifier: "en_US_POSIX")
-    formatter.timeZone = TimeZone(identifier: "UTC")
-    formatter.dateFormat = "yyyyMMdd'T'HHmmss'Z'"
-    return formatter.string(from: date)
 }

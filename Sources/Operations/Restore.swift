@@ -37,7 +37,7 @@ public func restoreFromBackup(
                 "\(dataDirectory) is not empty; walship never overwrites a data directory (hint: choose a new --pgdata)")
         }
     }
-    let walship = walshipPath ?? ((try? fm.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0])
+    let walship = walshipExecutable(walshipPath)
     try await checkOSUser(osUser, walship: walship, walDirectory: reader.walDirectory)
     // Checked before the data directory exists: a damaged archive must never become a server that starts.
     do {
@@ -61,12 +61,10 @@ public func restoreFromBackup(
     let lines =
         [
             "# Written by walship from backup \(chosen.id) (start \(chosen.startLSN), stop \(chosen.stopLSN))",
-            "restore_command = '\(escape("\(walship) restore-wal --spool \(spoolRoot) --system \(reader.systemIdentifier) %f %p"))'",
+            "restore_command = '\(escape(restoreWALCommand(walship: walship, spool: spoolRoot, system: reader.systemIdentifier)))'",
             "recovery_target_timeline = 'latest'",
         ] + settings
-    let autoConf = dataDirectory + "/postgresql.auto.conf"
-    let existing = (try? String(contentsOfFile: autoConf, encoding: .utf8)) ?? ""
-    try (existing + "\n" + lines.joined(separator: "\n") + "\n").write(toFile: autoConf, atomically: true, encoding: .utf8)
+    try appendSettings(lines, to: dataDirectory, atomically: true)
     let signalPath = dataDirectory + "/" + signal
     guard fm.createFile(atPath: signalPath, contents: nil) else {
         throw RestoreError("could not create \(signalPath); without it PostgreSQL would start as a primary, not recover")
@@ -95,6 +93,24 @@ private func checkOSUser(_ osUser: String, walship: String, walDirectory: String
             "the PostgreSQL OS user \(osUser) cannot read the spool \(walDirectory) (hint: run walship receive as \(osUser), or give both a common group; the spool is created 0750/0640)"
         )
     }
+}
+
+/// The walship binary restore_command runs: `path` when given, else the running one.
+func walshipExecutable(_ path: String?) -> String {
+    path ?? ((try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0])
+}
+
+/// restore_command's program and arguments (before quoting for postgresql.conf): walship restore-wal from `spool`.
+func restoreWALCommand(walship: String, spool: String, system: UInt64) -> String {
+    "\(walship) restore-wal --spool \(spool) --system \(system) %f %p"
+}
+
+/// Appends `lines` to the data directory's postgresql.auto.conf. `atomically: false` writes the file in place,
+/// keeping its owner (rejoin, as root, writes into a directory the PostgreSQL user owns).
+func appendSettings(_ lines: [String], to dataDirectory: String, atomically: Bool = false) throws {
+    let path = dataDirectory + "/postgresql.auto.conf"
+    let existing = (try? String(contentsOfFile: path, encoding: .utf8)) ?? ""
+    try (existing + "\n" + lines.joined(separator: "\n") + "\n").write(toFile: path, atomically: atomically, encoding: .utf8)
 }
 
 /// chown to the PostgreSQL OS user and its group, `what` naming `path` in the error.

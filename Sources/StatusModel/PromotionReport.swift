@@ -347,11 +347,17 @@ public struct PromotionReport: Codable, Sendable, Equatable {
 
     /// Writes `<base>.json` and `<base>.md`; returns both paths.
     public func write(base: String) throws -> (json: String, markdown: String) {
-        var base = base
-        for suffix in [".json", ".md"] where base.hasSuffix(suffix) { base.removeLast(suffix.count) }
-        let json = base + ".json", md = base + ".md"
-        try StatusDocument.encoder().encode(self).write(to: URL(fileURLWithPath: json))
-        try Data(markdown.utf8).write(to: URL(fileURLWithPath: md))
-        return (json, md)
+        try writeReport(self, markdown: markdown, base: base)
     }
+}
+
+/// Writes an evidence report as `base`.json (the status document's encoding) and `base`.md; a `base` given with
+/// either suffix loses it. Returns both paths.
+public func writeReport(_ report: some Encodable, markdown: String, base: String) throws -> (json: String, markdown: String) {
+    var base = base
+    for suffix in [".json", ".md"] where base.hasSuffix(suffix) { base.removeLast(suffix.count) }
+    let json = base + ".json", md = base + ".md"
+    try StatusDocument.encoder().encode(report).write(to: URL(fileURLWithPath: json))
+    try Data(markdown.utf8).write(to: URL(fileURLWithPath: md))
+    return (json, md)
 }
