@@ -40,6 +40,17 @@ public struct SpoolReader: Sendable {
         walDirectory = root + "/\(chosen)/wal"
     }
 
+    /// The reader of `system` (or of the only system), or nil while the spool holds no WAL of it yet: a standby
+    /// set to follow a spool that its site's receiver has not been sent anything for (the old primary after a
+    /// switchover, until the new primary's sender connects) waits instead of failing. A spool directory that does
+    /// not exist, or several systems with none named, are still errors.
+    public static func openIfPresent(root: String, system: UInt64?) throws -> SpoolReader? {
+        let present = try Spool.systemIdentifiers(root: root)
+        if let system, !present.contains(system) { return nil }
+        if system == nil, present.isEmpty { return nil }
+        return try SpoolReader(root: root, system: system)
+    }
+
     /// The file PostgreSQL should get for `name` (a segment or history file name), or nil when the spool does
     /// not have it. A completed segment is decompressed and must be exactly one segment long. The in-progress
     /// segment is served only when it is the newest timeline's tail, its WAL followed by zeros up to the full

@@ -59,3 +59,21 @@ public func timelineEnd(
     guard let index = history.firstIndex(where: { $0.parent == timeline }) else { return nil }
     return (history[index].switchPoint, index + 1 < history.count ? history[index + 1].parent : current)
 }
+
+/// The timeline whose WAL files hold the segment starting at `segmentStart`, by `history` (the history file of
+/// `current`): a child timeline's first file holds its parent's WAL up to the switch point, so only segments
+/// before the switch point's belong to the parent.
+public func timeline(
+    ofSegmentAt segmentStart: LSN, history: [TimelineHistoryEntry], current: TimeLineID, segmentSize: WALSegmentSize
+) -> TimeLineID {
+    let segment = segmentSize.segmentNumber(of: segmentStart)
+    return history.first { segment < segmentSize.segmentNumber(of: $0.switchPoint) }?.parent ?? current
+}
+
+extension WALSegmentSize {
+    /// The start of the first segment of the timeline whose history file is `history`: the segment holding its
+    /// switch point. Nil for timeline 1 (no history).
+    public func timelineBegins(history: [TimelineHistoryEntry]) -> LSN? {
+        history.last.map { segmentStart(of: $0.switchPoint) }
+    }
+}

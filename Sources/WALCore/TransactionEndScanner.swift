@@ -14,6 +14,20 @@ public struct TransactionEnd: Hashable, Sendable {
     }
 }
 
+/// Where a record lies in WAL, and whether it is a shutdown checkpoint (what a cleanly stopped primary wrote last).
+public struct WALRecordMark: Hashable, Sendable {
+    public var start: LSN
+    /// Aligned to 8, as the primary's flush position and a standby's replay position report it.
+    public var end: LSN
+    public var isShutdownCheckpoint: Bool
+
+    public init(start: LSN, end: LSN, isShutdownCheckpoint: Bool) {
+        self.start = start
+        self.end = end
+        self.isShutdownCheckpoint = isShutdownCheckpoint
+    }
+}
+
 /// Finds the commit and abort records in a stream of WAL bytes fed in order, in pieces of any size. It reads
 /// page headers and record headers (PostgreSQL 15's layout: `XLogPageHeaderData`, `XLogRecord`) and skips
 /// record bodies by their length, reading the body only of transaction ends. It stops, and says why, at
@@ -25,6 +39,9 @@ public struct TransactionEndScanner: Sendable {
     public private(set) var position: LSN
     /// Why the scan ended; nil while it goes on.
     public private(set) var stopped: String?
+    /// The last record read whole: a clean shutdown leaves a shutdown checkpoint last, which is how the DR site
+    /// proves it holds everything a stopped primary wrote.
+    public private(set) var lastRecord: WALRecordMark?
 
     private var pageHeader: [UInt8] = []
     private var phase: Phase = .firstPage
@@ -52,8 +69,8 @@ public struct TransactionEndScanner: Sendable {
         var collected: [UInt8] = []
     }
 
-    private enum Kind: Sendable {
-        case other, walSwitch
+    private enum Kind: Sendable, Equatable {
+        case other, walSwitch, shutdownCheckpoint
         case transactionEnd(committed: Bool)
     }
 
@@ -195,8 +212,12 @@ public struct TransactionEndScanner: Sendable {
             case 0x20, 0x40: kind = .transactionEnd(committed: false)
             default: break
             }
-        } else if resourceManager == Self.xlogResourceManager, info & 0xF0 == 0x40 {
-            kind = .walSwitch  // XLOG_SWITCH
+        } else if resourceManager == Self.xlogResourceManager {
+            switch info & 0xF0 {
+            case 0x00: kind = .shutdownCheckpoint  // XLOG_CHECKPOINT_SHUTDOWN
+            case 0x40: kind = .walSwitch  // XLOG_SWITCH
+            default: break
+            }
         }
         let body = RecordBody(start: start, remaining: Int(totalLength) - Self.recordHeaderLength, kind: kind)
         if body.remaining > 0 {
@@ -209,12 +230,13 @@ public struct TransactionEndScanner: Sendable {
     /// After a record's last byte: its end aligned to 8 is where the next record starts (alignment never
     /// crosses a page: pages are multiples of 8), and what a standby reports once it replayed the record.
     private mutating func finish(_ body: RecordBody, into found: inout [TransactionEnd]) {
+        let end = position.advanced(by: UInt64((8 - position.rawValue % 8) % 8))
+        lastRecord = WALRecordMark(start: body.start, end: end, isShutdownCheckpoint: body.kind == .shutdownCheckpoint)
         if case .walSwitch = body.kind {
             phase = segmentSize.offset(of: position) == 0 ? .firstPage : .segmentTail
             return
         }
         if case .transactionEnd(let committed) = body.kind, let time = Self.transactionTime(body.collected) {
-            let end = position.advanced(by: UInt64((8 - position.rawValue % 8) % 8))
             found.append(TransactionEnd(endLSN: end, time: time, committed: committed))
         }
         phase = afterRecord

@@ -9,7 +9,7 @@ struct RestoreWAL: ParsableCommand {
         abstract: "Copy a WAL segment or history file from the spool, for PostgreSQL's restore_command.",
         discussion: """
             restore_command = 'walship restore-wal --spool /var/lib/walship %f %p'
-            Exit status: 0 restored; 1 the spool does not have the file, or nothing more of it than the copy already in the destination's directory (routine, prints nothing); 126 the spool has the file but it is damaged or unreadable (PostgreSQL then stops recovery rather than ending it early as if the WAL had run out).
+            Exit status: 0 restored; 1 the spool does not have the file (or no WAL of the system yet), or nothing more of it than the copy already in the destination's directory (routine, prints nothing); 126 the spool has the file but it is damaged or unreadable (PostgreSQL then stops recovery rather than ending it early as if the WAL had run out).
             """)
 
     @OptionGroup var selection: SpoolSelection
@@ -23,7 +23,17 @@ struct RestoreWAL: ParsableCommand {
     func run() throws {
         let file: ServedFile?
         do {
-            file = try selection.reader().contents(of: fileName)
+            guard let reader = try SpoolReader.openIfPresent(root: selection.spool, system: selection.system) else {
+                // Routine for a standby that follows a spool not yet sent anything: PostgreSQL asks again.
+                FileHandle.standardError.write(
+                    Data(
+                        "walship restore-wal: the spool \(selection.spool) holds no WAL\(selection.system.map { " of system \($0)" } ?? "") yet\n"
+                            .utf8))
+                throw ExitCode(1)
+            }
+            file = try reader.contents(of: fileName)
+        } catch let exit as ExitCode {
+            throw exit
         } catch {
             FileHandle.standardError.write(Data("walship restore-wal: error: \(error)\n".utf8))
             throw ExitCode(126)

@@ -84,6 +84,21 @@ struct TransactionEndScannerTests {
         }
     }
 
+    @Test func theLastRecordSaysWhetherAPrimaryStoppedCleanly() {
+        var wal = Self.sampleWAL().wal
+        let online = wal.checkpoint(online: true)
+        var (scanner, _) = Self.scan(wal)
+        #expect(scanner.lastRecord == WALRecordMark(start: online.start, end: online.end, isShutdownCheckpoint: false))
+        let shutdown = wal.checkpoint()
+        (scanner, _) = Self.scan(wal, pieces: [1, 7, 333])
+        #expect(scanner.lastRecord == WALRecordMark(start: shutdown.start, end: shutdown.end, isShutdownCheckpoint: true))
+        #expect(scanner.position == shutdown.end)
+        // WAL written after the shutdown checkpoint (the primary was started again) leaves a plain record last.
+        wal.other(bodyLength: 40)
+        (scanner, _) = Self.scan(wal)
+        #expect(scanner.lastRecord?.isShutdownCheckpoint == false)
+    }
+
     @Test func aWALSwitchSkipsToTheNextSegment() {
         var wal = TestWALWriter(start: TestWAL.size.startLSN(ofSegment: 5))
         let first = wal.transactionEnd(time: PostgresTimestamp(rawValue: 1))

@@ -81,6 +81,12 @@ public struct TestWALWriter {
         return append(resourceManager: 10, info: 0x00, body: body)
     }
 
+    /// An XLOG_CHECKPOINT_SHUTDOWN record (or, with `online`, XLOG_CHECKPOINT_ONLINE): what a clean stop writes last.
+    @discardableResult
+    public mutating func checkpoint(online: Bool = false) -> (start: LSN, end: LSN) {
+        append(resourceManager: 0, info: online ? 0x10 : 0x00, body: [255, 88] + [UInt8](repeating: 0x11, count: 88))
+    }
+
     /// An XLOG_SWITCH record, then the rest of the segment as PostgreSQL leaves it: page headers and zeros.
     public mutating func walSwitch() {
         append(resourceManager: 0, info: 0x40, body: [])
