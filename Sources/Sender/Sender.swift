@@ -654,7 +654,11 @@ public final class Sender: Service {
                 systemIdentifier: identity.systemIdentifier, timeline: identity.timeline,
                 flushLSN: identity.flushLSN, segmentSize: identity.segmentSize)
             var history: [TimelineHistoryEntry] = []
-            if case .welcome(let w) = first, w.resumeLSN.isValid, w.resumeTimeline < identity.timeline {
+            // Needed to follow the spool from an older timeline, and to start an empty spool from a slot older
+            // than the server's timeline.
+            if case .welcome(let w) = first, identity.timeline > 1,
+                w.resumeLSN.isValid ? w.resumeTimeline < identity.timeline : slot?.restartLSN != nil
+            {
                 history = try parseTimelineHistory(
                     String(decoding: try await session.timelineHistory(identity.timeline).content, as: UTF8.self))
             }
@@ -664,8 +668,9 @@ public final class Sender: Service {
                 (start, timeline, resume) = (s, t, r)
                 // The history file of the timeline streamed, ahead of its WAL: a DR site fenced by a promotion takes
                 // WAL only of timelines proven to descend from the promoted one (the spool already holds the file
-                // of its own timeline, so it only compares).
-                if t > 1, r.isValid {
+                // of its own timeline, so it only compares), and a standby following an empty spool's first
+                // timeline asks for it before anything else (the old primary after a switchover).
+                if t > 1 {
                     let file = try await session.timelineHistory(t)
                     try await outbound.write(.history(HistoryFile(timeline: t, content: ByteBuffer(bytes: file.content))))
                 }

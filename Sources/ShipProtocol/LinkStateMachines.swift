@@ -72,7 +72,18 @@ public struct SenderLinkStateMachine: Sendable {
                     durable: welcome.resumeLSN)
                 return .startStreaming(start: welcome.resumeLSN, timeline: welcome.resumeTimeline, resume: welcome.resumeLSN)
             }
-            let start = primary.segmentSize.segmentStart(of: slotRestartLSN ?? primary.flushLSN)
+            var start = primary.segmentSize.segmentStart(of: slotRestartLSN ?? primary.flushLSN)
+            // A slot reserved before the server's timeline began (on a standby, before its promotion) points into
+            // an ancestor's files, which a standby restored from an archive may never have had. An empty spool
+            // starts with the server's own timeline instead: its first file holds the ancestor's WAL up to the
+            // switch point, and whoever follows this spool was on the ancestor until there.
+            if let begun = primary.segmentSize.timelineBegins(history: history),
+                WALCore.timeline(
+                    ofSegmentAt: start, history: history, current: primary.timeline, segmentSize: primary.segmentSize)
+                    != primary.timeline
+            {
+                start = begun
+            }
             state = .streaming(timeline: primary.timeline, sent: start, written: .invalid, durable: .invalid)
             return .startStreaming(start: start, timeline: primary.timeline, resume: .invalid)
         case .refusal(let refusal):

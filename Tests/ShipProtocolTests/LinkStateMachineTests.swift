@@ -33,6 +33,27 @@ import WALCore
                 == .startStreaming(start: LSN("0/9000000")!, timeline: 1, resume: .invalid))
     }
 
+    /// A sender beside a just-promoted server whose slot was reserved on the standby before the promotion: the
+    /// slot's WAL lies in the parent timeline's files, which the server may lack; an empty spool starts with the
+    /// server's own timeline, at the segment its parent left it in.
+    @Test func emptySpoolStartsNoEarlierThanTheServersOwnTimeline() {
+        let promoted = PrimaryIdentity(systemIdentifier: 42, timeline: 3, flushLSN: LSN("0/9000100")!, segmentSize: .default)
+        let history = [
+            TimelineHistoryEntry(parent: 1, switchPoint: LSN("0/5000200")!, reason: ""),
+            TimelineHistoryEntry(parent: 2, switchPoint: LSN("0/8000100")!, reason: ""),
+        ]
+        for (slot, start) in [
+            ("0/4A31C80", "0/8000000"), ("0/7000010", "0/8000000"), ("0/8000050", "0/8000000"), ("0/9000000", "0/9000000"),
+        ] {
+            var m = SenderLinkStateMachine()
+            #expect(
+                m.firstMessageReceived(
+                    welcome("0/0", timeline: 0), primary: promoted, slotRestartLSN: LSN(slot)!, history: history)
+                    == .startStreaming(start: LSN(start)!, timeline: 3, resume: .invalid),
+                "slot at \(slot)")
+        }
+    }
+
     @Test func receiversDurableEndWinsOverTheSlot() {
         var m = SenderLinkStateMachine()
         #expect(
