@@ -11,6 +11,8 @@ struct RejoinTests {
         var topology: ShipTopology
         let newPrimary: Cluster
         let lostCommits: Int
+        /// The DR receiver's standby endpoint, which the new primary followed before its promotion.
+        let standbyPort: Int
     }
 
     func failOver(_ fixture: Fixture, primarySettings: [String: String], lostCommits: Int) throws -> Failover {
@@ -43,7 +45,7 @@ struct RejoinTests {
             ], timeout: 150, check: false)
         try #require(promote.status == 0, "\(promote.output)\(promote.error)")
         try dr.sql("INSERT INTO visits SELECT g, 'new primary' FROM generate_series(1001, 1010) g")
-        return Failover(topology: topology, newPrimary: dr, lostCommits: lostCommits)
+        return Failover(topology: topology, newPrimary: dr, lostCommits: lostCommits, standbyPort: standbyPort)
     }
 
     @Test func theOldPrimaryRejoinsByDifferenceAndWhatWasLostIsSetAside() throws {
@@ -73,7 +75,7 @@ struct RejoinTests {
             "sender-new-primary",
             [
                 "send", "--source", failover.newPrimary.conninfo, "--to", "127.0.0.1:\(homePort)", "--slot", "walship_home",
-                "--create-slot", "--status-listen", "127.0.0.1:\(newSenderStatus)", "--link-timeout", "10",
+                "--create-slot", "--standby-wait", "--status-listen", "127.0.0.1:\(newSenderStatus)", "--link-timeout", "10",
                 "--retry-max-seconds", "2",
             ] + topology.linkArguments("sender"))
         try waitUntil("the new primary's sender to stream to the old primary's site", timeout: 60) {
@@ -116,8 +118,8 @@ struct RejoinTests {
         #expect(try oldPrimary.sql(query) == failover.newPrimary.sql(query))
         #expect(try oldPrimary.sql("SELECT count(*) FROM visits WHERE site = 'lost'") == "0")
 
-        // Coming home by hand: a sender beside the rejoined standby waits (--standby-wait) while it is a standby,
-        // and ships into the DR site's fenced spool once it is promoted on a timeline descending from the fence's.
+        // Coming home: a sender beside the rejoined standby waits (--standby-wait) while it is a standby; walship
+        // switchover at the new primary's site, then at home, reverses the sites with nothing lost.
         let homeSenderStatus = IT.freePort()
         let homeSender = try fixture.walship(
             "sender-home",
@@ -135,16 +137,28 @@ struct RejoinTests {
         #expect(waiting["state"] as? String == "waiting for promotion")
         #expect((waiting["alerts"] as? [[String: Any]] ?? []).isEmpty, "\(waiting["alerts"] ?? "")")
         #expect((waiting["health"] as? [String: Any])?["status"] as? String == "ok", "\(waiting["health"] ?? "")")
-        // The new primary stops cleanly; the rejoined standby replays to its end and is promoted.
-        let newEnd = try #require(lsn(try failover.newPrimary.sql("SELECT pg_current_wal_lsn()")))
-        try run(
-            failover.newPrimary.bin + "/pg_ctl", ["-D", failover.newPrimary.dataDirectory, "-m", "fast", "-w", "stop"],
-            asPostgres: true, timeout: 120)
-        try waitUntil("the rejoined standby to replay the new primary's shutdown", timeout: 60) {
-            let replayed = (try? oldPrimary.sql("SELECT pg_last_wal_replay_lsn()")) ?? ""
-            return ((lsn(replayed) ?? 0) > newEnd, replayed)
-        }
-        try oldPrimary.sql("SELECT pg_promote()")
+
+        let demote = try run(
+            IT.walshipBinary,
+            [
+                "switchover", "--pgdata", failover.newPrimary.dataDirectory, "--spool", topology.spool, "--primary-conninfo",
+                "host=127.0.0.1 port=\(failover.standbyPort) user=postgres application_name=dr_replica", "--sender-status",
+                "127.0.0.1:\(newSenderStatus)", "--slot", "walship_home", "--allow-async", "--timeout", "60", "--report",
+                fixture.logDirectory + "/switch-back-at-dr",
+            ], timeout: 300, check: false)
+        try #require(demote.status == 0, "\(demote.output)\(demote.error)")
+        let demoted = try #require(
+            try JSONSerialization.jsonObject(
+                with: Data(contentsOf: URL(fileURLWithPath: fixture.logDirectory + "/switch-back-at-dr.json"))) as? [String: Any])
+        let checkpoint = try #require(demoted["shutdownCheckpointLSN"] as? String, "\(demoted)")
+        let promote = try run(
+            IT.walshipBinary,
+            [
+                "switchover", "--pgdata", oldPrimary.dataDirectory, "--spool", homeSpool, "--slot", "walship_back",
+                "--shutdown-checkpoint", checkpoint, "--timeout", "60", "--report", fixture.logDirectory + "/switch-back-at-home",
+            ], timeout: 300, check: false)
+        try #require(promote.status == 0, "\(promote.output)\(promote.error)")
+        #expect(try oldPrimary.sql("SELECT pg_is_in_recovery()") == "f")
         try oldPrimary.sql("INSERT INTO visits VALUES (3001, 'home again')")
         let homeEnd = try #require(lsn(try oldPrimary.sql("SELECT pg_current_wal_flush_lsn()")))
         try waitUntil("the home site's WAL to be durable at the DR site on timeline 3", timeout: 60) {
@@ -153,6 +167,13 @@ struct RejoinTests {
             let durable = stageLSN(system, "durable") ?? 0
             return (timeline == 3 && durable >= homeEnd, "timeline \(timeline ?? 0), durable \(String(durable, radix: 16))")
         }
+        // The DR server, demoted, replays the home site's writes through the DR receiver: both sites agree.
+        try waitUntil("the demoted DR server to replay the home site's writes", timeout: 120) {
+            let replayed = (try? failover.newPrimary.sql("SELECT pg_last_wal_replay_lsn()")) ?? ""
+            return ((lsn(replayed) ?? 0) >= homeEnd, replayed)
+        }
+        #expect(try failover.newPrimary.sql(query) == oldPrimary.sql(query))
+        #expect(try failover.newPrimary.sql("SELECT count(*) FROM visits WHERE site = 'after rejoin'") == "5")
         #expect(homeSender.log.contains("waiting for its promotion"))
     }
 

@@ -21,6 +21,11 @@ public struct PromoteRequest: Sendable {
     public var force: Bool
     /// Perform every check and report what would happen, changing nothing: no fence, no pg_promote.
     public var dryRun: Bool
+    /// The report's kind: "promote", or "switchover" for the promotion half of `walship switchover`.
+    public var kind = "promote"
+    /// Proof that the old primary is stopped, found by the caller (a switchover: the spool ends with its
+    /// shutdown checkpoint). It stands for the receiver's readiness, which waits for the link to time out.
+    public var primaryStoppedProof: String?
 
     public init(
         dataDirectory: String?, standby: String?, spool: String?, system: UInt64?, timeout: Int, report: String?, force: Bool,
@@ -89,6 +94,12 @@ public struct PromotionFacts: Sendable, Equatable {
         public var fenceUnwritable: String?
         /// Whether the old primary is lost, as the receiver (or, when it is down, primary.json) tells it.
         public var readiness: ReadinessReport?
+        /// The timeline an earlier promotion's fence recorded, and the timeline the spool ends on now: a spool
+        /// that has since followed a descendant of the promoted timeline (a switchover back) is open again.
+        public var fencedTimeline: UInt32?
+        public var spoolTimeline: UInt32?
+        /// What the caller proved about the old primary instead of the receiver's readiness.
+        public var primaryStoppedProof: String?
 
         public init(
             systemDirectory: String, standbyListen: String?, fencedAt: Date?, fenceUnreadable: String? = nil,
@@ -254,6 +265,11 @@ extension PromotionPrecondition {
             guard case .matching(let spool)? = facts.spool else { return .silent }
             if let unreadable = spool.fenceUnreadable { return .undecidable(unreadable) }
             guard let fencedAt = spool.fencedAt else { return .silent }
+            if let fenced = spool.fencedTimeline, let now = spool.spoolTimeline, now > fenced {
+                return .passed(
+                    "the fence of the promotion at \(formatISO8601(fencedAt)) (timeline \(fenced)) is behind: the spool has followed timeline \(now) since, which descends from it"
+                )
+            }
             return .failed(
                 "the system was already fenced by a promotion at \(formatISO8601(fencedAt))",
                 refusal:
@@ -261,7 +277,9 @@ extension PromotionPrecondition {
                 forcible: true)
         },
         PromotionPrecondition("primary lost") { facts in
-            guard case .matching(let spool)? = facts.spool, let readiness = spool.readiness else { return .silent }
+            guard case .matching(let spool)? = facts.spool else { return .silent }
+            if let proof = spool.primaryStoppedProof { return .passed(proof) }
+            guard let readiness = spool.readiness else { return .silent }
             if readiness.ready { return .passed(readiness.verdict) }
             var ways = ["stop or fence the old primary (then the sender reports it lost within 2 s)"]
             if let readyAt = readiness.readyAt { ways.append("wait until \(formatISO8601(readyAt))") }
@@ -363,7 +381,7 @@ public func promote(_ request: PromoteRequest, progress: @escaping (String) -> V
     var promotion = Promotion(
         request: request, progress: progress, clockStart: clockStart,
         report: PromotionReport(
-            kind: "promote", host: ProcessInfo.processInfo.hostName, startedAt: Date(), dataDirectory: dataDirectory),
+            kind: request.kind, host: ProcessInfo.processInfo.hostName, startedAt: Date(), dataDirectory: dataDirectory),
         reportBase: request.report.map(absolutePath))
     var failure: String?
     do {
@@ -376,7 +394,7 @@ public func promote(_ request: PromoteRequest, progress: @escaping (String) -> V
     return PromotionOutcome(
         report: promotion.report,
         reportBase: promotion.reportBase
-            ?? defaultReportBase(kind: "promote", directory: FileManager.default.currentDirectoryPath),
+            ?? defaultReportBase(kind: request.kind, directory: FileManager.default.currentDirectoryPath),
         failure: failure)
 }
 
@@ -423,7 +441,7 @@ struct Promotion {
             facts.spool = spoolSide(chosen, root: root, standbySystem: standbySystem)
             if case .matching = facts.spool {
                 reader = chosen
-                if reportBase == nil { reportBase = defaultReportBase(kind: "promote", directory: chosen.systemDirectory) }
+                if reportBase == nil { reportBase = defaultReportBase(kind: request.kind, directory: chosen.systemDirectory) }
             }
         } else {
             facts.spool = .notGiven
@@ -432,7 +450,7 @@ struct Promotion {
             PromotionPrecondition.evaluate(PromotionPrecondition.spool, facts: facts, force: request.force),
             progress: progress)
         if reportBase == nil {
-            reportBase = defaultReportBase(kind: "promote", directory: FileManager.default.currentDirectoryPath)
+            reportBase = defaultReportBase(kind: request.kind, directory: FileManager.default.currentDirectoryPath)
         }
 
         let steps = PromotionSteps(session: session, report: progress)
@@ -462,8 +480,8 @@ struct Promotion {
                 do {
                     try FenceRecord(
                         promotedAt: Date(), promotedTimeline: nil, replayedLSN: replayed.description,
-                        by: report.dataDirectory.map { "walship promote --pgdata \($0)" }
-                            ?? "walship promote --standby \(report.standby ?? "?")"
+                        by: report.dataDirectory.map { "walship \(request.kind) --pgdata \($0)" }
+                            ?? "walship \(request.kind) --standby \(report.standby ?? "?")"
                     ).save(systemDirectory: reader.systemDirectory)
                     report.check("fence written", true, FenceRecord.path(reader.systemDirectory))
                 } catch {
@@ -590,22 +608,25 @@ struct Promotion {
         guard reader.systemIdentifier == standbySystem else { return .otherSystem(reader.systemIdentifier) }
         let receiver = try? ReceiverRecord.load(root: root)
         // An unreadable fence stops the promotion when its precondition comes, after the ones before it.
-        var fencedAt: Date?
+        var fence: FenceRecord?
         var fenceUnreadable: String?
-        do { fencedAt = try FenceRecord.load(systemDirectory: reader.systemDirectory)?.promotedAt } catch {
+        do { fence = try FenceRecord.load(systemDirectory: reader.systemDirectory) } catch {
             fenceUnreadable = "\(error)"
         }
         let readiness = ReadinessQuery.ask(systemDirectory: reader.systemDirectory, systemIdentifier: standbySystem)
-        progress("promotion \(readiness.verdict)")
-        return .matching(
-            .init(
-                systemDirectory: reader.systemDirectory, standbyListen: receiver?.standbyListen, fencedAt: fencedAt,
-                fenceUnreadable: fenceUnreadable,
-                // A dry run changes nothing, not even a probe file: it asks the kernel instead.
-                fenceUnwritable: request.dryRun
-                    ? (access(reader.systemDirectory, W_OK) == 0 ? nil : "no write permission in \(reader.systemDirectory)")
-                    : cannotWrite(directory: reader.systemDirectory),
-                readiness: readiness))
+        if request.primaryStoppedProof == nil { progress("promotion \(readiness.verdict)") }
+        var side = PromotionFacts.MatchingSpool(
+            systemDirectory: reader.systemDirectory, standbyListen: receiver?.standbyListen, fencedAt: fence?.promotedAt,
+            fenceUnreadable: fenceUnreadable,
+            // A dry run changes nothing, not even a probe file: it asks the kernel instead.
+            fenceUnwritable: request.dryRun
+                ? (access(reader.systemDirectory, W_OK) == 0 ? nil : "no write permission in \(reader.systemDirectory)")
+                : cannotWrite(directory: reader.systemDirectory),
+            readiness: readiness)
+        side.fencedTimeline = fence?.promotedTimeline
+        side.spoolTimeline = try? reader.end().timeline
+        side.primaryStoppedProof = request.primaryStoppedProof
+        return .matching(side)
     }
 }
 

@@ -61,14 +61,8 @@ public struct RejoinReport: Codable, Sendable, Equatable {
     /// What pg_rewind copied, against the new primary's data directory.
     public var bytesCopied: UInt64?
     public var sourceBytes: UInt64?
-    public var steps: [Step] = []
+    public var steps: [OperationStep] = []
     public var nextSteps: [String] = []
-
-    public struct Step: Codable, Sendable, Equatable {
-        public var name: String
-        public var seconds: Double
-        public var detail: String
-    }
 
     public var markdown: String {
         var out = ["# walship rejoin: \(outcome)", ""]
@@ -93,11 +87,7 @@ public struct RejoinReport: Codable, Sendable, Equatable {
         row("New primary's data directory", sourceBytes.map(formatBytes))
         row("Started", formatISO8601(startedAt))
         row("Finished", finishedAt.map(formatISO8601))
-        if !steps.isEmpty {
-            out += ["", "| Step | Seconds | Detail |", "|---|---|---|"]
-            for step in steps { out.append("| \(step.name) | \(String(format: "%.1f", step.seconds)) | \(step.detail) |") }
-        }
-        if !nextSteps.isEmpty { out += ["", "## Next steps", ""] + nextSteps.map { "- " + $0 } }
+        out += OperationStep.markdown(steps: steps, nextSteps: nextSteps)
         return out.joined(separator: "\n") + "\n"
     }
 
@@ -154,16 +144,9 @@ private func rewind(
         throw RejoinError("\(error)", refused: true)
     }
     let owner = DrillPlan.pgCtlUser(osUser: cluster.ownerName, runningAsRoot: getuid() == 0)
-    var clock = ContinuousClock.now
+    var clock = StepClock()
     func step(_ name: String, _ detail: String) {
-        let now = ContinuousClock.now
-        let elapsed = now - clock
-        clock = now
-        report.steps.append(
-            .init(
-                name: name,
-                seconds: Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18,
-                detail: detail))
+        report.steps.append(clock.finish(name, detail))
         progress("\(name): \(detail)")
     }
 
@@ -309,6 +292,6 @@ private func rewind(
             ? "check that it replays: SELECT pg_last_wal_replay_lsn() on it, walship status at this site"
             : "start it: pg_ctl -D \(dataDirectory) start, then check that it replays",
         "re-enter what was lost, or decide it is not wanted: \(lost.commits) committed transaction(s) are in \(aside) (pg_waldump -p \(aside) -t \(target.timeline) -s \(fork))",
-        "to come home later: docs/runbook.md, Fail-back after a disaster (walship switchover is designed in docs/switchover.md, not built)",
+        "to come home later: walship switchover, first at the new primary's site, then here (docs/switchover.md)",
     ]
 }

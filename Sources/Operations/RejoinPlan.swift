@@ -134,11 +134,6 @@ public enum RejoinPlan {
 
     /// The settings that make the rewound server a standby of this site's receiver.
     public static func standbySettings(primaryConninfo: String, restoreCommand: String) -> [String] {
-        [
-            "# Written by walship rejoin: a standby of the new primary, through this site's walship receive",
-            "primary_conninfo = '\(escape(primaryConninfo))'",
-            "restore_command = '\(escape(restoreCommand))'",
-            "recovery_target_timeline = 'latest'",
-        ]
+        SwitchoverPlan.standbySettings(primaryConninfo: primaryConninfo, restoreCommand: restoreCommand, by: "walship rejoin")
     }
 }

@@ -24,7 +24,7 @@ public enum ConfigValue: Sendable, Equatable {
     }
 
     /// The text a command line would carry, or nil for a value that is not a single scalar.
-    var argumentText: String? {
+    public var argumentText: String? {
         switch self {
         case .string(let text): text
         case .integer(let value): String(value)

@@ -34,16 +34,23 @@ public struct ConfigSchema: Sendable {
     /// Options whose values may be secret (a conninfo with a password): never printed in errors.
     public var secrets: Set<String>
 
-    public init(roles: [String: [OptionSpec]], exclusions: [[Set<String>]] = [], secrets: Set<String> = []) {
+    public init(
+        roles: [String: [OptionSpec]], exclusions: [[Set<String>]] = [], secrets: Set<String> = [],
+        sharedAcross: Set<String>? = nil
+    ) {
         self.roles = roles
+        self.sharedAcross = sharedAcross
         self.exclusions = exclusions
         self.secrets = secrets
     }
 
-    /// Options every command has: the only keys allowed at the top level of the file.
+    /// The commands whose common options may stand at the top level of the file (the daemons'); nil: all.
+    public var sharedAcross: Set<String>?
+
+    /// Options every command of `sharedAcross` has: the only keys allowed at the top level of the file.
     var sharedNames: Set<String> {
         var shared: Set<String>?
-        for specs in roles.values {
+        for (role, specs) in roles where sharedAcross?.contains(role) ?? true {
             let names = Set(specs.map(\.name))
             shared = shared.map { $0.intersection(names) } ?? names
         }

@@ -15,12 +15,17 @@ struct ConfigFileOptions: ParsableArguments {
 enum WalshipConfiguration {
     /// The commands a configuration file configures, with the options they take.
     static let schema = ConfigSchema(
-        roles: ["send": OptionSchema.options(of: Send.self), "receive": OptionSchema.options(of: Receive.self)],
+        roles: [
+            "send": OptionSchema.options(of: Send.self), "receive": OptionSchema.options(of: Receive.self),
+            "switchover": OptionSchema.options(of: Switchover.self),
+        ],
         exclusions: [
             [["insecure"], ["tls-cert", "tls-key", "tls-ca"]],
             [["standby-trust"], ["standby-password-file"]],
         ],
-        secrets: ["source", "alert-webhook"])
+        secrets: ["source", "alert-webhook", "primary-conninfo"],
+        // The top level holds what both daemons share; walship switchover reads their tables too.
+        sharedAcross: ["send", "receive"])
 
     /// The configuration file named by `--config` in `arguments`, else by WALSHIP_CONFIG.
     static func path(in arguments: [String], environment: [String: String]) -> String? {

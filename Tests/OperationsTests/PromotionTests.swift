@@ -123,6 +123,32 @@ import WALCore
             ])
     }
 
+    /// After a switchover back, the spool follows a timeline descending from the one its fence recorded: the fence
+    /// has been passed by its own lineage, and the next promotion of this site is not a second one of the same kind.
+    @Test func aFenceTheSpoolHasFollowedPastDoesNotRefuse() {
+        var passed = spool
+        passed.fencedAt = Date(timeIntervalSince1970: 1_700_000_000)
+        passed.fencedTimeline = 2
+        passed.spoolTimeline = 3
+        let outcome = spoolSide(facts(spool: .matching(passed)))
+        #expect(outcome.refusal == nil)
+        #expect(outcome.checks.last?.name == "not fenced before")
+        #expect(outcome.checks.last?.passed == true)
+        #expect(outcome.checks.last?.detail.contains("followed timeline 3") == true)
+        // Still on the promoted timeline (or an older one): refused as before.
+        passed.spoolTimeline = 2
+        #expect(spoolSide(facts(spool: .matching(passed))).refusal?.contains("already promoted") == true)
+    }
+
+    /// A switchover's proof that the old primary stopped stands for the receiver's readiness.
+    @Test func aProofThatThePrimaryStoppedStandsForReadiness() {
+        var proven = spool
+        proven.primaryStoppedProof = "the spool ends with its shutdown checkpoint"
+        let outcome = spoolSide(facts(spool: .matching(proven)))
+        #expect(outcome.refusal == nil)
+        #expect(outcome.checks.contains { $0.name == "primary lost" && $0.passed && $0.detail.contains("shutdown checkpoint") })
+    }
+
     @Test func anUnreadableFenceStopsEvenWithForceAfterTheChecksBeforeIt() {
         var unreadable = spool
         unreadable.fenceUnreadable = "FENCED: invalid JSON"

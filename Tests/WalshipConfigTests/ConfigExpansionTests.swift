@@ -34,6 +34,13 @@ struct FakeReceive: ParsableCommand {
     @Option var config: String?
 }
 
+/// A stand-in for `walship switchover`: reads the same file, shares none of the daemons' common options.
+struct FakeSwitchover: ParsableCommand {
+    @Option var pgdata: String
+    @Option var timeout = 120
+    @Option var config: String?
+}
+
 final class ConfigExpansionTests: XCTestCase {
     let schema = ConfigSchema(
         roles: ["send": OptionSchema.options(of: FakeSend.self), "receive": OptionSchema.options(of: FakeReceive.self)],
@@ -60,6 +67,34 @@ final class ConfigExpansionTests: XCTestCase {
             let text = "\(error)"
             for part in parts { XCTAssert(text.contains(part), "\"\(text)\" lacks \"\(part)\"", file: file, line: line) }
         }
+    }
+
+    /// A command that reads the daemons' file without sharing their common options (walship switchover): the top
+    /// level stays what both daemons share, and its own table is checked like theirs.
+    func testACommandBesideTheDaemonsKeepsTheTopLevelTheirs() throws {
+        var roles = schema.roles
+        roles["switchover"] = OptionSchema.options(of: FakeSwitchover.self)
+        let wider = ConfigSchema(
+            roles: roles, exclusions: schema.exclusions, secrets: schema.secrets, sharedAcross: ["send", "receive"])
+        let text = """
+            tls-ca = "/etc/walship/ca.crt"
+            [send]
+            source = "host=db1"
+            slot = "s"
+            [receive]
+            listen = "0.0.0.0:7000"
+            [switchover]
+            pgdata = "/var/lib/postgresql/15/main"
+            timeout = 60
+            """
+        func expanded(_ role: String, _ text: String) throws -> [String] {
+            try Layering.expand(arguments: [], role: role, schema: wider, file: try file(text), environment: [:]).arguments
+        }
+        let parsed = try FakeSwitchover.parse(try expanded("switchover", text))
+        XCTAssertEqual(parsed.pgdata, "/var/lib/postgresql/15/main")
+        XCTAssertEqual(parsed.timeout, 60)
+        XCTAssertEqual(try FakeSend.parse(try expanded("send", text)).tlsCA, "/etc/walship/ca.crt")
+        assertConfigError(try expanded("send", text + "\ntimout = 3\n"), contains: ["[switchover]", "timout", "timeout"])
     }
 
     func testSchemaComesFromTheCommandDefinition() {
