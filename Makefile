@@ -12,7 +12,7 @@ WALSHIP_BUILD := $(shell git describe --always --dirty --abbrev=12 2>/dev/null |
 endif
 export WALSHIP_BUILD
 
-.PHONY: all deps build release test unit integration demo bench install clean fuzz fuzz-seeds drills simulate lint format
+.PHONY: all deps build release test unit integration demo demo-switchover bench install clean fuzz fuzz-seeds drills simulate lint format
 
 all: build
 
@@ -64,6 +64,9 @@ integration: deps
 # The ship path end to end on loopback, with a local primary, in synchronous mode.
 demo: release
 	@WALSHIP_BIN=$(CURDIR)/.build/release/walship scripts/demo.sh
+
+demo-switchover: release
+	@WALSHIP_BIN=$(CURDIR)/.build/release/walship scripts/demo-switchover.sh
 
 # The performance benchmark: walship against pg_receivewal and native streaming/synchronous standbys on
 # its own PostgreSQL 15 clusters, ratios measured in one run; the table is printed and written to

@@ -48,15 +48,16 @@ struct RejoinTests {
         return Failover(topology: topology, newPrimary: dr, lostCommits: lostCommits, standbyPort: standbyPort)
     }
 
-    @Test func theOldPrimaryRejoinsByDifferenceAndWhatWasLostIsSetAside() throws {
-        let fixture = try Fixture("rejoin")
-        defer { fixture.tearDown() }
-        let failover = try failOver(fixture, primarySettings: ["wal_log_hints": "on"], lostCommits: 30)
-        let topology = failover.topology
-        let oldPrimary = topology.primary
-        oldPrimary.stopImmediately()
+    /// The old primary's site: a receiver of its own, fed by a sender beside the new primary.
+    struct HomeSite {
+        let spool: String
+        let port: Int
+        let standbyPort: Int
+        let newSenderStatus: Int
+    }
 
-        // The old primary's site: a receiver of its own, fed by a sender beside the new primary.
+    func homeSite(_ fixture: Fixture, _ failover: Failover) throws -> HomeSite {
+        let topology = failover.topology
         let homeSpool = try fixture.postgresDirectory("home-spool")
         let homePort = IT.freePort()
         let homeStandbyPort = IT.freePort()
@@ -82,6 +83,19 @@ struct RejoinTests {
             let state = (try? fetchStatus(port: newSenderStatus))?["state"] as? String
             return (state == "streaming", "state=\(state ?? "nil")\n\(newSender.log.suffix(1500))")
         }
+        return HomeSite(spool: homeSpool, port: homePort, standbyPort: homeStandbyPort, newSenderStatus: newSenderStatus)
+    }
+
+    @Test func theOldPrimaryRejoinsByDifferenceAndWhatWasLostIsSetAside() throws {
+        let fixture = try Fixture("rejoin")
+        defer { fixture.tearDown() }
+        let failover = try failOver(fixture, primarySettings: ["wal_log_hints": "on"], lostCommits: 30)
+        let topology = failover.topology
+        let oldPrimary = topology.primary
+        oldPrimary.stopImmediately()
+
+        let home = try homeSite(fixture, failover)
+        let (homeSpool, homeStandbyPort, newSenderStatus) = (home.spool, home.standbyPort, home.newSenderStatus)
 
         let rejoin = try run(
             IT.walshipBinary,
@@ -208,5 +222,34 @@ struct RejoinTests {
         #expect(after.output == before.output, "the data directory changed")
         let report = try String(contentsOfFile: fixture.logDirectory + "/rejoin.json", encoding: .utf8)
         #expect(report.contains(#""outcome" : "refused""#), "\(report)")
+
+        // --reseed: the directory goes aside whole, a base backup of the new primary comes through this site's
+        // receiver, and the old server follows the new primary from it.
+        let home = try homeSite(fixture, failover)
+        let reseeded = try run(
+            IT.walshipBinary,
+            [
+                "rejoin", "--pgdata", oldPrimary.dataDirectory, "--source", failover.newPrimary.conninfo,
+                "--primary-conninfo", "host=127.0.0.1 port=\(home.standbyPort) user=postgres application_name=home",
+                "--spool", home.spool, "--report", fixture.logDirectory + "/reseed", "--start", "--reseed", "--reseed-to",
+                "127.0.0.1:\(home.port)",
+            ] + failover.topology.linkArguments("sender"), timeout: 300, check: false)
+        #expect(reseeded.status == 0, "\(reseeded.output)\(reseeded.error)")
+        let evidence = try #require(
+            try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: fixture.logDirectory + "/reseed.json")))
+                as? [String: Any])
+        #expect(evidence["outcome"] as? String == "reseeded", "\(evidence)")
+        let aside = try #require(evidence["keptAside"] as? String)
+        #expect(FileManager.default.fileExists(atPath: aside + "/PG_VERSION"))
+        #expect((evidence["reseedReason"] as? String)?.contains("neither wal_log_hints nor data checksums") == true)
+        try failover.newPrimary.sql("INSERT INTO visits SELECT g, 'after reseed' FROM generate_series(4001, 4005) g")
+        let target = try #require(lsn(try failover.newPrimary.sql("SELECT pg_current_wal_lsn()")))
+        try waitUntil("the re-seeded old primary to replay the new primary's writes", timeout: 120) {
+            let replayed = (try? oldPrimary.sql("SELECT pg_last_wal_replay_lsn()")) ?? ""
+            return ((lsn(replayed) ?? 0) >= target, replayed)
+        }
+        let query = "SELECT count(*), sum(id) FROM visits"
+        #expect(try oldPrimary.sql(query) == failover.newPrimary.sql(query))
+        #expect(try oldPrimary.sql("SELECT count(*) FROM visits WHERE site = 'lost'") == "0")
     }
 }

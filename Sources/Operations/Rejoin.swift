@@ -20,6 +20,21 @@ public struct RejoinRequest: Sendable {
     public var start: Bool
     public var bindir: String
     public var walshipPath: String?
+    /// Where to re-seed from when a rewind is impossible or fails: nil refuses instead (`--reseed`).
+    public var reseed: ReseedTarget?
+
+    /// This site's receiver, to which `walship backup` ships a base backup of the new primary.
+    public struct ReseedTarget: Sendable {
+        /// HOST:PORT of this site's `walship receive --listen`.
+        public var receiver: String
+        /// The link's security options for `walship backup` (`--tls-cert …` or `--insecure`).
+        public var linkArguments: [String]
+
+        public init(receiver: String, linkArguments: [String]) {
+            self.receiver = receiver
+            self.linkArguments = linkArguments
+        }
+    }
 
     public init(
         dataDirectory: String, source: String, primaryConninfo: String, spool: String, keepCopy: String?, report: String?,
@@ -40,7 +55,8 @@ public struct RejoinRequest: Sendable {
 /// The evidence `walship rejoin` leaves (JSON and Markdown): what was set aside, what was copied, how long it took.
 public struct RejoinReport: Codable, Sendable, Equatable {
     public var kind = "rejoin"
-    /// "rejoined" or "refused" / "failed" with `failure`.
+    /// "rejoined", "reseeded" (a rewind was impossible and --reseed took a new copy), or "refused" / "failed" with
+    /// `failure`.
     public var outcome = "failed"
     public var failure: String?
     public var host: String
@@ -58,6 +74,9 @@ public struct RejoinReport: Codable, Sendable, Equatable {
     public var setAsideDirectory: String?
     public var lostWAL: RejoinPlan.LostWAL?
     public var keptCopy: String?
+    /// Where the old data directory was moved, whole, before a re-seed; and why the rewind could not be used.
+    public var keptAside: String?
+    public var reseedReason: String?
     /// What pg_rewind copied, against the new primary's data directory.
     public var bytesCopied: UInt64?
     public var sourceBytes: UInt64?
@@ -83,6 +102,8 @@ public struct RejoinReport: Codable, Sendable, Equatable {
             row("First / last lost commit", "\(lost.firstCommitAt ?? "-") / \(lost.lastCommitAt ?? "-")")
         }
         row("Copy kept", keptCopy)
+        row("Old data directory kept aside (re-seed)", keptAside)
+        row("Why re-seeded", reseedReason)
         row("Copied by pg_rewind", bytesCopied.map(formatBytes))
         row("New primary's data directory", sourceBytes.map(formatBytes))
         row("Started", formatISO8601(startedAt))
@@ -100,9 +121,12 @@ public struct RejoinError: Error, CustomStringConvertible {
     public let description: String
     /// A precondition that failed before anything changed.
     public let refused: Bool
-    public init(_ description: String, refused: Bool = false) {
+    /// A rewind cannot bring this directory back, but a re-seed can (`--reseed`).
+    public let reseedable: Bool
+    public init(_ description: String, refused: Bool = false, reseedable: Bool = false) {
         self.description = description
         self.refused = refused
+        self.reseedable = reseedable
     }
 }
 
@@ -124,8 +148,16 @@ public func rejoin(
             kind: "rejoin", directory: URL(fileURLWithPath: dataDirectory).deletingLastPathComponent().path,
             at: report.startedAt)
     do {
-        try await rewind(request, dataDirectory: dataDirectory, report: &report, progress: progress)
-        report.outcome = "rejoined"
+        do {
+            try await rewind(request, dataDirectory: dataDirectory, report: &report, progress: progress)
+            report.outcome = "rejoined"
+        } catch let error as RejoinError where error.reseedable && request.reseed != nil {
+            progress("cannot rewind: \(error.description)")
+            progress("re-seeding instead (--reseed): the old data directory is moved aside, never deleted")
+            report.reseedReason = error.description
+            try await reseed(request, from: request.reseed!, dataDirectory: dataDirectory, report: &report, progress: progress)
+            report.outcome = "reseeded"
+        }
     } catch let error as RejoinError {
         report.outcome = error.refused ? "refused" : "failed"
         report.failure = error.description
@@ -181,7 +213,7 @@ private func rewind(
             refused: true)
     }
     if let why = RejoinPlan.refusal(target: target, sourceSystem: system, dataDirectory: dataDirectory) {
-        throw RejoinError(why, refused: true)
+        throw RejoinError(why, refused: true, reseedable: target.systemIdentifier == system)
     }
     // 3. A checkpoint first: pg_rewind reads the source's timeline from its control file, which a just-promoted
     // server updates only at its first checkpoint.
@@ -256,8 +288,8 @@ private func rewind(
     let said = rewound.standardOutput + "\n" + rewound.standardError
     guard rewound.succeeded else {
         throw RejoinError(
-            "pg_rewind failed (exit \(rewound.status)): \(rewound.errorTail(lines: 8)) (hint: the data directory may be half rewound: \(report.keptCopy.map { "the copy \($0) is intact, " } ?? "")the WAL past the fork is in \(aside); re-seed with walship backup and walship restore)"
-        )
+            "pg_rewind failed (exit \(rewound.status)): \(rewound.errorTail(lines: 8)) (hint: the data directory may be half rewound: \(report.keptCopy.map { "the copy \($0) is intact, " } ?? "")the WAL past the fork is in \(aside); --reseed re-seeds it with walship backup and walship restore)",
+            reseedable: true)
     }
     let sizes = RejoinPlan.rewindSizes(said)
     report.bytesCopied = sizes.copiedBytes
@@ -280,11 +312,7 @@ private func rewind(
     if getuid() == 0, cluster.owner != 0 { _ = chown(signal, cluster.owner, cluster.group) }
     step("standby", "standby.signal, primary_conninfo \(request.primaryConninfo), restore_command from \(request.spool)")
     if request.start {
-        try await ChildProcess(
-            request.bindir + "/pg_ctl",
-            ["-D", dataDirectory, "-l", dataDirectory + "/rejoin-start.log", "-w", "-t", "120", "start"],
-            user: owner, output: .discarded
-        ).runChecked(what: "start the rejoined standby", hint: "see \(dataDirectory)/rejoin-start.log")
+        try await startRejoined(dataDirectory, owner: owner, bindir: request.bindir)
         step("start", "the rejoined standby runs")
     }
     report.nextSteps = [
@@ -294,4 +322,100 @@ private func rewind(
         "re-enter what was lost, or decide it is not wanted: \(lost.commits) committed transaction(s) are in \(aside) (pg_waldump -p \(aside) -t \(target.timeline) -s \(fork))",
         "to come home later: walship switchover, first at the new primary's site, then here (docs/switchover.md)",
     ]
+}
+
+private func startRejoined(_ dataDirectory: String, owner: String?, bindir: String) async throws {
+    try await ChildProcess(
+        bindir + "/pg_ctl", ["-D", dataDirectory, "-l", dataDirectory + "/rejoin-start.log", "-w", "-t", "120", "start"],
+        user: owner, output: .discarded
+    ).runChecked(what: "start the rejoined standby", hint: "see \(dataDirectory)/rejoin-start.log")
+}
+
+/// A rewind being impossible: moves the old data directory aside whole (never deleted: the lost transactions are in
+/// it), ships a base backup of the new primary to this site's receiver, restores it as a standby of that receiver,
+/// and puts back the old server's own configuration files.
+private func reseed(
+    _ request: RejoinRequest, from target: RejoinRequest.ReseedTarget, dataDirectory: String, report: inout RejoinReport,
+    progress: (String) -> Void
+) async throws {
+    let cluster = try LocalCluster(dataDirectory: dataDirectory)
+    let owner = DrillPlan.pgCtlUser(osUser: cluster.ownerName, runningAsRoot: getuid() == 0)
+    var clock = StepClock()
+    func step(_ name: String, _ detail: String) {
+        report.steps.append(clock.finish(name, detail))
+        progress("\(name): \(detail)")
+    }
+    let status = try await ChildProcess(request.bindir + "/pg_ctl", ["-D", dataDirectory, "status"], user: owner).run()
+    guard status.status != 0 else { throw RejoinError("the server of \(dataDirectory) is running", refused: true) }
+    var ownConfiguration: [String: String] = [:]
+    for name in ["postgresql.conf", "pg_hba.conf", "pg_ident.conf"] {
+        if let text = try? String(contentsOfFile: dataDirectory + "/" + name, encoding: .utf8) { ownConfiguration[name] = text }
+    }
+    let aside = dataDirectory + ".reseed-" + compactTimestamp(report.startedAt)
+    guard rename(dataDirectory, aside) == 0 else {
+        throw RejoinError(
+            "cannot move \(dataDirectory) aside to \(aside): \(String(cString: strerror(errno))); nothing was changed",
+            refused: true)
+    }
+    report.keptAside = aside
+    step("set aside", "\(dataDirectory) moved whole to \(aside): the old primary as it was, its WAL past the fork included")
+
+    let walship = walshipExecutable(request.walshipPath)
+    let backup = try await ChildProcess(
+        walship, ["backup", "--source", request.source, "--to", target.receiver] + target.linkArguments,
+        output: .captured, captureLimit: 1 << 20, timeout: .seconds(6 * 3600)
+    ).run()
+    guard backup.succeeded else {
+        throw RejoinError(
+            "walship backup of the new primary failed (exit \(backup.status)): \(backup.errorTail(lines: 6)) (hint: the old data directory is intact in \(aside); the new primary's role needs REPLICATION and a replication line in its pg_hba.conf; --reseed-to is this site's walship receive --listen)"
+        )
+    }
+    let completed = backup.standardOutput.split(separator: "\n").last { $0.contains("complete") }.map(String.init)
+    step("backup", completed ?? "a base backup of the new primary is in this site's spool")
+
+    var restoreArguments = [
+        "restore", "--spool", absolutePath(request.spool), "--pgdata", dataDirectory, "--standby", "--primary-conninfo",
+        request.primaryConninfo, "--walship-path", walship, "--os-user", cluster.ownerName,
+    ]
+    if let system = report.systemIdentifier { restoreArguments += ["--system", system] }
+    let restored = try await ChildProcess(walship, restoreArguments, output: .captured, captureLimit: 1 << 20).run()
+    guard restored.succeeded else {
+        throw RejoinError(
+            "walship restore failed (exit \(restored.status)): \(restored.errorTail(lines: 6)) (hint: the old data directory is intact in \(aside))"
+        )
+    }
+    // The backup brought the new primary's configuration (its port, paths and access rules): the old server's own
+    // go back, written in place so that they keep the owner restore gave them.
+    for (name, text) in ownConfiguration {
+        try text.write(toFile: dataDirectory + "/" + name, atomically: false, encoding: .utf8)
+    }
+    let copied = directorySize(dataDirectory)
+    report.bytesCopied = copied
+    report.sourceBytes = copied
+    step(
+        "restore",
+        "restored as a standby of \(request.primaryConninfo) (\(formatBytes(copied)) copied: the whole data directory), its own configuration files put back"
+    )
+    if request.start {
+        try await startRejoined(dataDirectory, owner: owner, bindir: request.bindir)
+        step("start", "the re-seeded standby runs")
+    }
+    report.nextSteps = [
+        request.start
+            ? "check that it replays: SELECT pg_last_wal_replay_lsn() on it, walship status at this site"
+            : "start it: pg_ctl -D \(dataDirectory) start, then check that it replays",
+        "the old primary, with the transactions the new primary never got, is in \(aside): query or archive it, then remove it when nobody needs it",
+        "set wal_log_hints = on at both sites, so that the next fail-back can rewind instead of copying everything",
+    ]
+}
+
+/// Bytes the regular files under `path` take.
+private func directorySize(_ path: String) -> UInt64 {
+    var total: UInt64 = 0
+    let enumerator = FileManager.default.enumerator(atPath: path)
+    while let name = enumerator?.nextObject() as? String {
+        let attributes = try? FileManager.default.attributesOfItem(atPath: path + "/" + name)
+        if attributes?[.type] as? FileAttributeType == .typeRegular { total += (attributes?[.size] as? UInt64) ?? 0 }
+    }
+    return total
 }

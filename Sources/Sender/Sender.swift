@@ -426,9 +426,11 @@ public final class Sender: Service {
                     role: .verdict, synchronous: config.synchronous, systemIdentifier: identity.systemIdentifier,
                     timeline: identity.timeline, walSegmentSize: UInt32(identity.segmentSize.bytes),
                     senderName: config.applicationName, receiverLoss: receiverLossRule)
-                guard case .welcome = try await exchangeHello(hello, outbound: outbound, inbound: &iterator) else {
+                guard case .welcome(let welcome) = try await exchangeHello(hello, outbound: outbound, inbound: &iterator)
+                else {
                     return false
                 }
+                noteReceiverEnd(welcome, timeline: identity.timeline)
                 try await outbound.write(.primaryVerdict(frame))
                 guard case .ack = try await iterator.next() else { return false }
                 return true
@@ -436,6 +438,18 @@ public final class Sender: Service {
         } catch {
             logger.debug("verdict link failed", metadata: ["walship.error": "\(error)"])
             return false
+        }
+    }
+
+    /// The receiver's durable end as a verdict link's welcome gives it: after the primary stopped, the stream link
+    /// may have ended before the last ack came (a link that went quiet), and the status must still show what the
+    /// DR site holds (walship switchover waits on it for the shutdown checkpoint).
+    private func noteReceiverEnd(_ welcome: Welcome, timeline: TimeLineID) {
+        guard welcome.resumeLSN.isValid, welcome.resumeTimeline == timeline else { return }
+        statusBox.withLock { status in
+            guard status.timeline.map({ $0 == timeline }) ?? true, welcome.resumeLSN > status.receiverDurable else { return }
+            status.receiverDurable = welcome.resumeLSN
+            status.receiverWritten = max(status.receiverWritten, welcome.resumeLSN)
         }
     }
 
