@@ -113,6 +113,11 @@ switchover() { # switchover FROM TO: the primary's site first, then the standby'
     checkpoint=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['shutdownCheckpointLSN'])" "$DEMO/switchover-$1-to-$2-at-$1.json")
     "$WALSHIP" switchover --pgdata "$DEMO/$2" --spool "$DEMO/spool-$2" --application-name "$2" --slot "walship_$2" \
         --shutdown-checkpoint "$checkpoint" --report "$DEMO/switchover-$1-to-$2-at-$2" | grep -v '^report:'
+    # As a DBA checks before the next switchover: the old primary replays the new one's WAL through its own site.
+    local end; end=$(psql_at "$2" "SELECT pg_current_wal_lsn()")
+    wait_for 60 "the $1 server to replay the new primary's WAL through the $1 receiver" bash -c \
+        "[ \"\$(psql -h 127.0.0.1 -p ${PG[$1]} -U postgres -d hospital -AtX -c \"SELECT pg_last_wal_replay_lsn() >= '$end'\")\" = t ]"
+    echo "the $1 server replays from the $2 site through walship, as a standby"
 }
 sleep 3
 switchover hospital dr
