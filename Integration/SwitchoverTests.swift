@@ -21,6 +21,18 @@ struct SwitchoverTests {
         var topology = try ShipTopology(
             fixture, primarySettings: ["synchronous_standby_names": "'site_a'", "archive_mode": "off"],
             spoolOwnedByPostgres: true)
+        // One certificate per site (certs init --site), each serving its site's receiver and sender.
+        let siteCertificates = fixture.directory + "/site-certs"
+        _ = try run(IT.walshipBinary, ["certs", "init", siteCertificates, "--site", "a=127.0.0.1", "--site", "b=127.0.0.1"])
+        if IT.isRoot { _ = try run("/bin/chown", ["-R", "postgres:postgres", siteCertificates]) }
+        let site = { (name: String) in
+            [
+                "--tls-cert", "\(siteCertificates)/\(name).crt", "--tls-key", "\(siteCertificates)/\(name).key", "--tls-ca",
+                "\(siteCertificates)/ca.crt",
+            ]
+        }
+        // The topology's receiver is site B's, its sender site A's.
+        topology.linkArguments = { role in site(role == "receiver" ? "b" : "a") }
         let endpointB = IT.freePort()
         topology.receiverExtra = ["--standby-listen", "127.0.0.1:\(endpointB)", "--standby-trust"]
         // A debug build's receiver takes seconds to complete the segment a clean stop switches away from (archive_mode
@@ -40,8 +52,7 @@ struct SwitchoverTests {
         _ = try fixture.daemon(
             "receiver-a", "/usr/bin/setpriv",
             ["--reuid=postgres", "--regid=postgres", "--init-groups", "--", IT.walshipBinary]
-                + ["receive", "--listen", "127.0.0.1:\(receiverAPort)", "--spool", spoolA]
-                + topology.linkArguments("receiver") + [
+                + ["receive", "--listen", "127.0.0.1:\(receiverAPort)", "--spool", spoolA] + site("a") + [
                     "--status-listen", "127.0.0.1:\(receiverAStatus)", "--standby-listen", "127.0.0.1:\(endpointA)",
                     "--standby-trust", "--link-timeout", "30",
                 ])
@@ -53,7 +64,7 @@ struct SwitchoverTests {
                 "send", "--source", standbyB.conninfo, "--to", "127.0.0.1:\(receiverAPort)", "--slot", "site_b",
                 "--create-slot", "--standby-wait", "--sync", "--application-name", "site_b", "--status-listen",
                 "127.0.0.1:\(senderBStatus)", "--link-timeout", "30", "--retry-max-seconds", "2",
-            ] + topology.linkArguments("sender"))
+            ] + site("b"))
         try waitUntil("site B's sender to wait for its server's promotion", timeout: 30) {
             let state = (try? fetchStatus(port: senderBStatus))?["state"] as? String
             return (state == "waiting for promotion", "state=\(state ?? "nil")\n\(senderB.log.suffix(1500))")

@@ -37,9 +37,9 @@ done
 peer() { [ "$1" = hospital ] && echo dr || echo hospital; }
 psql_at() { psql -h 127.0.0.1 -p "${PG[$1]}" -U postgres -d hospital -AtX -v ON_ERROR_STOP=1 -c "$2"; }
 
-step "1. The hospital's primary, and certificates for both directions (one CA)"
+step "1. The hospital's primary, and one certificate per site for both of its ends (walship certs init --site)"
 rm -rf "$DEMO"; mkdir -p "$DEMO"
-"$WALSHIP_BIN" certs init "$DEMO/certs" --receiver-name 127.0.0.1 --sender-name walship-site | tail -1
+"$WALSHIP_BIN" certs init "$DEMO/certs" --site hospital=127.0.0.1 --site dr=127.0.0.1 | tail -2 | head -1
 cp "$WALSHIP_BIN" "$DEMO/walship"; chmod 755 "$DEMO/walship"; WALSHIP=$DEMO/walship
 [ "$(id -u)" -eq 0 ] && chown -R postgres:postgres "$DEMO"
 tls() { echo --tls-cert "$DEMO/certs/$1.crt" --tls-key "$DEMO/certs/$1.key" --tls-ca "$DEMO/certs/ca.crt"; }
@@ -66,7 +66,7 @@ for site in hospital dr; do
     mkdir -p "$DEMO/spool-$site"; [ "$(id -u)" -eq 0 ] && chown postgres:postgres "$DEMO/spool-$site"
     # shellcheck disable=SC2046
     run_as_postgres_bg "$DEMO/receive-$site.log" "$WALSHIP" receive --listen "127.0.0.1:${RECV[$site]}" \
-        --spool "$DEMO/spool-$site" $(tls receiver) --standby-listen "127.0.0.1:${STANDBY[$site]}" --standby-trust \
+        --spool "$DEMO/spool-$site" $(tls "$site") --standby-listen "127.0.0.1:${STANDBY[$site]}" --standby-trust \
         --status-listen "127.0.0.1:${RSTATUS[$site]}"
     wait_for 30 "the $site receiver" curl -sf "http://127.0.0.1:${RSTATUS[$site]}/status"
 done
@@ -74,7 +74,7 @@ start_sender() { # start_sender SITE: ships this site's server to the other site
     # shellcheck disable=SC2046
     run_as_postgres_bg "$DEMO/send-$1.log" "$WALSHIP" send --source "host=127.0.0.1 port=${PG[$1]} user=postgres" \
         --to "127.0.0.1:${RECV[$(peer "$1")]}" --slot "walship_$1" --create-slot --sync --standby-wait \
-        --application-name "$1" $(tls sender) --status-listen "127.0.0.1:${SSTATUS[$1]}"
+        --application-name "$1" $(tls "$1") --status-listen "127.0.0.1:${SSTATUS[$1]}"
 }
 start_sender hospital
 wait "$CREATEDB"
@@ -84,7 +84,7 @@ wait_for 60 "the hospital's commits to wait for the DR site" bash -c \
 
 step "3. The DR standby, built through the link (walship backup, walship restore), and the DR site's sender"
 # shellcheck disable=SC2046
-"$WALSHIP" backup --source "host=127.0.0.1 port=${PG[hospital]} user=postgres" --to "127.0.0.1:${RECV[dr]}" $(tls sender) | tail -1
+"$WALSHIP" backup --source "host=127.0.0.1 port=${PG[hospital]} user=postgres" --to "127.0.0.1:${RECV[dr]}" $(tls hospital) | tail -1
 "$WALSHIP" restore --spool "$DEMO/spool-dr" --pgdata "$DEMO/dr" --standby --walship-path "$WALSHIP" \
     --primary-conninfo "host=127.0.0.1 port=${STANDBY[dr]} user=postgres application_name=dr_standby" | head -1
 printf "port = %s\nunix_socket_directories = '%s'\n" "${PG[dr]}" "$DEMO" >> "$DEMO/dr/postgresql.conf"

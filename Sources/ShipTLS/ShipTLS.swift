@@ -214,7 +214,26 @@ public enum CertificateAuthority {
         public var replaced: String?
     }
 
-    static let leafFiles = ["receiver.crt", "receiver.key", "sender.crt", "sender.key"]
+    /// One certificate to issue: `file`.crt and `file`.key, named `commonName` (what --allow-source binds), for
+    /// `usages`, with `names` as its subject alternative names (what a peer connecting to it verifies).
+    public struct Leaf: Sendable, Equatable {
+        public var file: String
+        public var commonName: String
+        public var usages: [ExtendedKeyUsage.Usage]
+        public var names: [String]
+
+        public init(file: String, commonName: String, usages: [ExtendedKeyUsage.Usage], names: [String]) {
+            self.file = file
+            self.commonName = commonName
+            self.usages = usages
+            self.names = names
+        }
+
+        /// A site's certificate for symmetric sites: its receiver's (server) and its sender's (client) in one.
+        public static func site(_ name: String, hosts: [String]) -> Leaf {
+            Leaf(file: name, commonName: name, usages: [.serverAuth, .clientAuth], names: hosts)
+        }
+    }
 
     /// Writes ca.crt, ca.key, receiver.crt, receiver.key, sender.crt, sender.key into `directory`, all 0600.
     /// `receiverNames` go into the receiver certificate's subject alternative names (DNS names or IP
@@ -224,9 +243,28 @@ public enum CertificateAuthority {
         in directory: String, receiverNames: [String], senderName: String, validDays: Int,
         caValidDays: Int? = nil, now: Date = Date()
     ) throws -> Created {
+        try create(
+            in: directory,
+            leaves: [
+                Leaf(
+                    file: "receiver", commonName: receiverNames.first ?? "walship-receiver", usages: [.serverAuth],
+                    names: receiverNames),
+                Leaf(file: "sender", commonName: senderName, usages: [.clientAuth], names: [senderName]),
+            ], validDays: validDays, caValidDays: caValidDays, now: now)
+    }
+
+    /// The same with any set of certificates: `leaves` (`walship certs init --site`: one per site, each for both
+    /// purposes).
+    public static func create(
+        in directory: String, leaves: [Leaf], validDays: Int, caValidDays: Int? = nil, now: Date = Date()
+    ) throws -> Created {
         let fm = FileManager.default
+        let files = ["ca.crt", "ca.key"] + leaves.flatMap { [$0.file + ".crt", $0.file + ".key"] }
+        guard Set(leaves.map(\.file)).count == leaves.count, !leaves.contains(where: { $0.file == "ca" }) else {
+            throw TLSSetupError("certificate names must differ from each other and from ca")
+        }
         try fm.createDirectory(atPath: directory, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
-        if let existing = (["ca.crt", "ca.key"] + leafFiles).first(where: { fm.fileExists(atPath: directory + "/" + $0) }) {
+        if let existing = files.first(where: { fm.fileExists(atPath: directory + "/" + $0) }) {
             throw TLSSetupError(
                 "\(directory)/\(existing) exists; walship certs init never overwrites keys (hint: choose an empty directory; walship certs renew makes new certificates from an existing CA)"
             )
@@ -249,18 +287,19 @@ public enum CertificateAuthority {
             issuerPrivateKey: .init(caKey))
         let issuer = Issuer(certificate: ca, key: .init(caKey))
         let notAfter = now.addingTimeInterval(Double(validDays) * 86400)
-        let receiver = try issuer.leaf(
-            subject: try name(receiverNames.first ?? "walship-receiver"), usage: .serverAuth,
-            alternativeNames: SubjectAlternativeNames(receiverNames.map(generalName)),
-            notBefore: notBefore, notAfter: notAfter)
-        let sender = try issuer.leaf(
-            subject: try name(senderName), usage: .clientAuth,
-            alternativeNames: SubjectAlternativeNames([.dnsName(senderName)]),
-            notBefore: notBefore, notAfter: notAfter)
+        let issued = try leaves.map { leaf in
+            (
+                leaf.file,
+                try issuer.leaf(
+                    subject: try name(leaf.commonName), usages: leaf.usages,
+                    alternativeNames: SubjectAlternativeNames(leaf.names.map(generalName)), notBefore: notBefore,
+                    notAfter: notAfter)
+            )
+        }
         var written: [String] = []
         try write(try ca.serializeAsPEM().pemString + "\n", to: directory + "/ca.crt", into: &written)
         try write(caKey.pemRepresentation + "\n", to: directory + "/ca.key", into: &written)
-        try writeLeaves(receiver: receiver, sender: sender, in: directory, into: &written)
+        try writeLeaves(issued, in: directory, into: &written)
         return Created(files: written, notValidAfter: notAfter, replaced: nil)
     }
 
@@ -296,24 +335,35 @@ public enum CertificateAuthority {
                 "the CA in \(directory)/ca.crt \(ca.notValidAfter < now ? "expired" : "expires") at \(ca.notValidAfter); certificates renewed from it would not last (hint: walship certs init makes a new CA; both ends then change over together)"
             )
         }
-        let oldReceiver = try certificate("receiver.crt")
-        let oldSender = try certificate("sender.crt")
-        for (name, old) in [("receiver.crt", oldReceiver), ("sender.crt", oldSender)] {
+        // Every certificate beside the CA: the receiver's and the sender's, or the sites' (certs init --site).
+        let leafNames =
+            ((try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? [])
+            .filter { $0.hasSuffix(".crt") && $0 != "ca.crt" }.map { String($0.dropLast(4)) }.sorted()
+        guard !leafNames.isEmpty else {
+            throw TLSSetupError(
+                "cannot read \(directory)/receiver.crt (hint: give the directory walship certs init wrote, with ca.key)")
+        }
+        var olds: [(String, Certificate)] = []
+        for file in leafNames {
+            let old = try certificate(file + ".crt")
             guard old.issuer == ca.subject, ca.publicKey.isValidSignature(old.signature, for: old) else {
-                throw TLSSetupError("\(directory)/\(name) was not issued by \(directory)/ca.crt; renew only what this CA signed")
+                throw TLSSetupError(
+                    "\(directory)/\(file).crt was not issued by \(directory)/ca.crt; renew only what this CA signed")
             }
+            olds.append((file, old))
         }
         let notBefore = now.addingTimeInterval(-300)
         let notAfter = min(now.addingTimeInterval(Double(validDays) * 86400), ca.notValidAfter)
         let issuer = Issuer(certificate: ca, key: caKey)
-        let receiver = try issuer.leaf(
-            subject: oldReceiver.subject, usage: .serverAuth,
-            alternativeNames: try oldReceiver.extensions.subjectAlternativeNames ?? SubjectAlternativeNames([]),
-            notBefore: notBefore, notAfter: notAfter)
-        let sender = try issuer.leaf(
-            subject: oldSender.subject, usage: .clientAuth,
-            alternativeNames: try oldSender.extensions.subjectAlternativeNames ?? SubjectAlternativeNames([]),
-            notBefore: notBefore, notAfter: notAfter)
+        let issued = try olds.map { file, old in
+            (
+                file,
+                try issuer.leaf(
+                    subject: old.subject, usages: Array(try old.extensions.extendedKeyUsage ?? ExtendedKeyUsage()),
+                    alternativeNames: try old.extensions.subjectAlternativeNames ?? SubjectAlternativeNames([]),
+                    notBefore: notBefore, notAfter: notAfter)
+            )
+        }
 
         let formatter = DateFormatter()
         formatter.locale = Locale(identifier: "en_US_POSIX")
@@ -323,14 +373,14 @@ public enum CertificateAuthority {
         let fm = FileManager.default
         do {
             try fm.createDirectory(atPath: replaced, withIntermediateDirectories: false, attributes: [.posixPermissions: 0o700])
-            for name in leafFiles where fm.fileExists(atPath: directory + "/" + name) {
+            for name in leafNames.flatMap({ [$0 + ".crt", $0 + ".key"] }) where fm.fileExists(atPath: directory + "/" + name) {
                 try fm.moveItem(atPath: directory + "/" + name, toPath: replaced + "/" + name)
             }
         } catch {
             throw TLSSetupError("cannot move the old certificates to \(replaced): \(error)")
         }
         var written: [String] = []
-        try writeLeaves(receiver: receiver, sender: sender, in: directory, into: &written)
+        try writeLeaves(issued, in: directory, into: &written)
         return Created(files: written, notValidAfter: notAfter, replaced: replaced)
     }
 
@@ -340,7 +390,7 @@ public enum CertificateAuthority {
         let key: Certificate.PrivateKey
 
         func leaf(
-            subject: DistinguishedName, usage: ExtendedKeyUsage.Usage, alternativeNames: SubjectAlternativeNames,
+            subject: DistinguishedName, usages: [ExtendedKeyUsage.Usage], alternativeNames: SubjectAlternativeNames,
             notBefore: Date, notAfter: Date
         ) throws -> (Certificate, P256.Signing.PrivateKey) {
             let leafKey = P256.Signing.PrivateKey()
@@ -350,7 +400,7 @@ public enum CertificateAuthority {
                 extensions: try Certificate.Extensions {
                     Critical(BasicConstraints.notCertificateAuthority)
                     Critical(KeyUsage(digitalSignature: true))
-                    try ExtendedKeyUsage([usage])
+                    try ExtendedKeyUsage(usages)
                     alternativeNames
                     AuthorityKeyIdentifier(keyIdentifier: SubjectKeyIdentifier(hash: certificate.publicKey).keyIdentifier)
                 },
@@ -366,14 +416,14 @@ public enum CertificateAuthority {
         }
     }
 
+    /// Each issued certificate as `file`.crt and its key as `file`.key.
     static func writeLeaves(
-        receiver: (Certificate, P256.Signing.PrivateKey), sender: (Certificate, P256.Signing.PrivateKey),
-        in directory: String, into written: inout [String]
+        _ leaves: [(String, (Certificate, P256.Signing.PrivateKey))], in directory: String, into written: inout [String]
     ) throws {
-        try write(try receiver.0.serializeAsPEM().pemString + "\n", to: directory + "/receiver.crt", into: &written)
-        try write(receiver.1.pemRepresentation + "\n", to: directory + "/receiver.key", into: &written)
-        try write(try sender.0.serializeAsPEM().pemString + "\n", to: directory + "/sender.crt", into: &written)
-        try write(sender.1.pemRepresentation + "\n", to: directory + "/sender.key", into: &written)
+        for (file, (certificate, key)) in leaves {
+            try write(try certificate.serializeAsPEM().pemString + "\n", to: directory + "/\(file).crt", into: &written)
+            try write(key.pemRepresentation + "\n", to: directory + "/\(file).key", into: &written)
+        }
     }
 
     /// A new file, 0600; never over an existing one.

@@ -14,8 +14,10 @@ struct CertsInit: ParsableCommand {
         abstract: "Create a small CA and a key pair for each end of the link (files 0600).",
         discussion: """
             Writes DIR/ca.crt, ca.key, receiver.crt, receiver.key, sender.crt, sender.key. Copy ca.crt, receiver.crt and receiver.key to the DR site, ca.crt, sender.crt and sender.key beside the primary; keep ca.key offline: walship certs renew makes new certificates from it before these expire.
-            Example:
+            For symmetric sites (walship switchover) give --site once per site instead: DIR/NAME.crt and NAME.key, one certificate per site for both its receiver (server) and its sender (client), named NAME (what --allow-source binds at the other site) and valid for the host names after '='.
+            Examples:
               walship certs init /etc/walship/certs --receiver-name dr.hospital.example --sender-name pg-main
+              walship certs init /etc/walship/certs --site hospital=db.hospital.example --site dr=dr.hospital.example
             """)
 
     @Argument(help: "Directory to create the files in (must not hold them already).")
@@ -29,6 +31,12 @@ struct CertsInit: ParsableCommand {
 
     @Option(help: "Name of the sender's certificate (what --allow-source binds to a system).")
     var senderName = "walship-sender"
+
+    @Option(
+        help: ArgumentHelp(
+            "A site of a symmetric pair (repeatable): one certificate for its receiver and its sender, named NAME, valid for HOST (comma-separated; default localhost and 127.0.0.1). Excludes --receiver-name and --sender-name.",
+            valueName: "NAME[=HOST,...]"))
+    var site: [String] = []
 
     @Option(help: "Days the certificates stay valid.")
     var days = 825
@@ -44,9 +52,31 @@ struct CertsInit: ParsableCommand {
         guard (1...3650).contains(days) else { throw ValidationError("--days must be 1...3650") }
         guard (days...7300).contains(caDays) else { throw ValidationError("--ca-days must be --days (\(days)) to 7300") }
         guard !senderName.isEmpty else { throw ValidationError("--sender-name cannot be empty") }
+        if !site.isEmpty {
+            guard receiverName.isEmpty, senderName == "walship-sender" else {
+                throw ValidationError("--site excludes --receiver-name and --sender-name: each site's certificate serves both")
+            }
+            let names = try site.map { try Self.parseSite($0).name }
+            guard Set(names).count == names.count else { throw ValidationError("--site names must differ") }
+        }
+    }
+
+    /// `NAME[=HOST,...]`.
+    static func parseSite(_ text: String) throws -> (name: String, hosts: [String]) {
+        let parts = text.split(separator: "=", maxSplits: 1).map(String.init)
+        let name = parts.first ?? ""
+        guard !name.isEmpty, name != "ca", name.allSatisfy({ $0.isLetter || $0.isNumber || $0 == "-" || $0 == "_" || $0 == "." })
+        else {
+            throw ValidationError(
+                "--site \(text): the name must be letters, digits, '-', '_' or '.', and not ca (e.g. --site dr=dr.hospital.example)"
+            )
+        }
+        let hosts = parts.count > 1 ? parts[1].split(separator: ",").map(String.init).filter { !$0.isEmpty } : []
+        return (name, hosts)
     }
 
     func run() throws {
+        if !site.isEmpty { return try runSites() }
         let names = ReceiverNames(given: receiverName)
         do {
             let created = try CertificateAuthority.create(
@@ -58,6 +88,35 @@ struct CertsInit: ParsableCommand {
             for file in created.files { print(file) }
             print(
                 "receiver certificate names: \(names.summary); sender certificate name: \(senderName); valid \(days) days, the CA \(caDays)"
+            )
+        } catch {
+            throw fail("certs init", error)
+        }
+    }
+}
+
+extension CertsInit {
+    /// One certificate per site, for both of its ends.
+    private func runSites() throws {
+        let sites = try site.map(Self.parseSite)
+        do {
+            let created = try CertificateAuthority.create(
+                in: directory,
+                leaves: sites.map { .site($0.name, hosts: ReceiverNames(given: $0.hosts).names) }, validDays: days,
+                caValidDays: caDays, now: Date().addingTimeInterval(-Double(backdateDays) * 86400))
+            for (name, hosts) in sites where hosts.isEmpty {
+                FileHandle.standardError.write(
+                    Data(
+                        "walship certs init: warning: site \(name) has no host names: its certificate names only localhost and 127.0.0.1 (hint: --site \(name)=HOST, as the other site writes it in --to)\n"
+                            .utf8))
+            }
+            for file in created.files { print(file) }
+            print(
+                "site certificates (receiver and sender in one): "
+                    + sites.map { "\($0.name) for \(ReceiverNames(given: $0.hosts).names.joined(separator: ", "))" }.joined(
+                        separator: "; ") + "; valid \(days) days, the CA \(caDays)")
+            print(
+                "next: copy ca.crt and NAME.crt/NAME.key to each site; there --tls-cert NAME.crt --tls-key NAME.key --tls-ca ca.crt serve walship receive and walship send alike, and --allow-source names the other site"
             )
         } catch {
             throw fail("certs init", error)

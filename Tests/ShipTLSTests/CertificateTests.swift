@@ -114,6 +114,49 @@ import X509
 
     /// Renewed certificates: new keys, the same names and uses, signed by the same CA (so an end with the old
     /// pair and an end with the new one still trust each other), and the old files kept aside.
+    /// Symmetric sites: one certificate per site serves its receiver (server) and its sender (client); renew keeps
+    /// both purposes.
+    @Test func siteCertificatesServeBothEndsAndRenewAsThemselves() throws {
+        let directory = temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let created = try CertificateAuthority.create(
+            in: directory,
+            leaves: [
+                .site("hospital", hosts: ["db.hospital.example", "10.0.0.5"]), .site("dr", hosts: ["dr.hospital.example"]),
+            ], validDays: 30, caValidDays: 400)
+        #expect(
+            created.files.map { ($0 as NSString).lastPathComponent } == [
+                "ca.crt", "ca.key", "hospital.crt", "hospital.key", "dr.crt", "dr.key",
+            ])
+        for site in ["hospital", "dr"] {
+            let files = TLSFiles(
+                certificate: directory + "/\(site).crt", privateKey: directory + "/\(site).key", authority: directory + "/ca.crt")
+            _ = try files.serverContext()
+            _ = try files.clientContext()
+            let certificate = try NIOSSLCertificate.fromPEMFile(directory + "/\(site).crt")[0]
+            #expect(certificateName(certificate) == site)
+            let parsed = try Certificate(derEncoded: try certificate.toDERBytes())
+            let usages = Array(try #require(try parsed.extensions.extendedKeyUsage))
+            #expect(usages.contains(.serverAuth) && usages.contains(.clientAuth))
+        }
+        let hospital = try Certificate(pemEncoded: String(contentsOfFile: directory + "/hospital.crt", encoding: .utf8))
+        #expect(try hospital.extensions.subjectAlternativeNames?.contains(.dnsName("db.hospital.example")) == true)
+
+        let renewed = try CertificateAuthority.renew(in: directory, validDays: 30)
+        #expect(
+            renewed.files.map { ($0 as NSString).lastPathComponent } == ["dr.crt", "dr.key", "hospital.crt", "hospital.key"])
+        let renewedHospital = try Certificate(pemEncoded: String(contentsOfFile: directory + "/hospital.crt", encoding: .utf8))
+        #expect(renewedHospital.subject == hospital.subject)
+        #expect(try renewedHospital.extensions.extendedKeyUsage == hospital.extensions.extendedKeyUsage)
+        #expect(try renewedHospital.extensions.subjectAlternativeNames == hospital.extensions.subjectAlternativeNames)
+        #expect(renewedHospital.publicKey != hospital.publicKey)
+        #expect(FileManager.default.fileExists(atPath: try #require(renewed.replaced) + "/hospital.key"))
+        #expect(throws: (any Error).self) {
+            try CertificateAuthority.create(
+                in: temporaryDirectory(), leaves: [.site("a", hosts: []), .site("a", hosts: [])], validDays: 1)
+        }
+    }
+
     @Test func renewIssuesNewPairsFromTheSameCA() throws {
         let directory = temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: directory) }
