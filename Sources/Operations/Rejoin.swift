@@ -316,12 +316,17 @@ private func rewind(
         step("start", "the rejoined standby runs")
     }
     report.nextSteps = [
-        request.start
-            ? "check that it replays: SELECT pg_last_wal_replay_lsn() on it, walship status at this site"
-            : "start it: pg_ctl -D \(dataDirectory) start, then check that it replays",
+        checkReplayStep(started: request.start, dataDirectory: dataDirectory),
         "re-enter what was lost, or decide it is not wanted: \(lost.commits) committed transaction(s) are in \(aside) (pg_waldump -p \(aside) -t \(target.timeline) -s \(fork))",
         "to come home later: walship switchover, first at the new primary's site, then here (docs/switchover.md)",
     ]
+}
+
+/// The first next step after a rejoin or a re-seed.
+private func checkReplayStep(started: Bool, dataDirectory: String) -> String {
+    started
+        ? "check that it replays: SELECT pg_last_wal_replay_lsn() on it, walship status at this site"
+        : "start it: pg_ctl -D \(dataDirectory) start, then check that it replays"
 }
 
 private func startRejoined(_ dataDirectory: String, owner: String?, bindir: String) async throws {
@@ -345,8 +350,7 @@ private func reseed(
         report.steps.append(clock.finish(name, detail))
         progress("\(name): \(detail)")
     }
-    let status = try await ChildProcess(request.bindir + "/pg_ctl", ["-D", dataDirectory, "status"], user: owner).run()
-    guard status.status != 0 else { throw RejoinError("the server of \(dataDirectory) is running", refused: true) }
+    // The rewind that could not be used checked that the server is stopped.
     var ownConfiguration: [String: String] = [:]
     for name in ["postgresql.conf", "pg_hba.conf", "pg_ident.conf"] {
         if let text = try? String(contentsOfFile: dataDirectory + "/" + name, encoding: .utf8) { ownConfiguration[name] = text }
@@ -401,9 +405,7 @@ private func reseed(
         step("start", "the re-seeded standby runs")
     }
     report.nextSteps = [
-        request.start
-            ? "check that it replays: SELECT pg_last_wal_replay_lsn() on it, walship status at this site"
-            : "start it: pg_ctl -D \(dataDirectory) start, then check that it replays",
+        checkReplayStep(started: request.start, dataDirectory: dataDirectory),
         "the old primary, with the transactions the new primary never got, is in \(aside): query or archive it, then remove it when nobody needs it",
         "set wal_log_hints = on at both sites, so that the next fail-back can rewind instead of copying everything",
     ]
