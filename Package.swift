@@ -126,6 +126,7 @@ let package = Package(
         .target(
             name: "WalshipConfig",
             dependencies: [
+                "WALCore",
                 .product(name: "TOMLKit", package: "TOMLKit"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
@@ -193,7 +194,7 @@ let package = Package(
         .testTarget(name: "FuzzReplayTests", dependencies: ["FuzzHarness"]),
         .testTarget(
             name: "WalshipConfigTests",
-            dependencies: ["WalshipConfig", .product(name: "ArgumentParser", package: "swift-argument-parser")]
+            dependencies: ["WalshipConfig", "WALCore", .product(name: "ArgumentParser", package: "swift-argument-parser")]
         ),
         .testTarget(
             name: "ShipTLSTests",

@@ -11,7 +11,8 @@ public enum ReceiverLossPolicy: Sendable, Equatable, CustomStringConvertible {
     /// buffer so the primary keeps accepting writes; what is acknowledged but not offsite is the RPO exposure.
     case degradeAfter(Duration)
 
-    /// Parses `block` or `degrade-after=DURATION`, DURATION as `90`, `90s`, `5m` or `1h`.
+    /// Parses `block` or `degrade-after=DURATION`, DURATION as `90`, `90s`, `5m` or `1h` (the durations every
+    /// option takes, in whole seconds from 1 s to 24 h).
     public init(parsing text: String) throws {
         if text == "block" {
             self = .block
@@ -22,18 +23,17 @@ public enum ReceiverLossPolicy: Sendable, Equatable, CustomStringConvertible {
             throw PolicyError(
                 "unknown receiver-loss policy \"\(text)\" (hint: use block, or degrade-after=DURATION such as degrade-after=30s)")
         }
-        let amount = text.dropFirst(prefix.count)
-        let units: [(Character, Int64)] = [("s", 1), ("m", 60), ("h", 3600)]
-        var digits = Substring(amount)
-        var multiplier: Int64 = 1
-        if let last = amount.last, let unit = units.first(where: { $0.0 == last }) {
-            digits = amount.dropLast()
-            multiplier = unit.1
+        let amount = String(text.dropFirst(prefix.count))
+        let span: TimeSpan
+        do { span = try TimeSpan(parsing: amount) } catch {
+            throw PolicyError("\"\(amount)\" is not a duration: \(error)")
         }
-        guard let value = Int64(digits), value > 0, value <= 86_400 / multiplier else {
-            throw PolicyError("\"\(amount)\" is not a duration between 1 s and 24 h (hint: degrade-after=30s, degrade-after=5m)")
+        guard span.isWholeSeconds, span.seconds >= 1, span.seconds <= 86_400 else {
+            throw PolicyError(
+                "\"\(amount)\" is not a duration between 1 s and 24 h in whole seconds (hint: degrade-after=30s, degrade-after=5m)"
+            )
         }
-        self = .degradeAfter(.seconds(value * multiplier))
+        self = .degradeAfter(.seconds(Int64(span.seconds)))
     }
 
     public var description: String {

@@ -71,6 +71,7 @@ public struct ConfigSchema: Sendable {
         }
         let shared = sharedNames
         for key in file.common.keys.sorted() {
+            try OptionSchema.refuseCommandLineOnly(key, in: path, remedy: "delete \(key) from the file")
             guard shared.contains(key) else {
                 let owners = roles.keys.sorted().filter { spec($0, key) != nil }
                 if !owners.isEmpty {
@@ -91,6 +92,7 @@ public struct ConfigSchema: Sendable {
         for (table, entries) in file.tables.sorted(by: { $0.key < $1.key }) {
             let names = roles[table]!.map(\.name)
             for key in entries.keys.sorted() {
+                try OptionSchema.refuseCommandLineOnly(key, in: "\(path) [\(table)]", remedy: "delete \(key) from the file")
                 guard let spec = spec(table, key) else {
                     let hint = nearest(key, in: names).map { "did you mean \($0)? " } ?? ""
                     throw ConfigError(
@@ -158,6 +160,13 @@ public enum Layering {
     ) throws -> Expansion {
         guard let specs = schema.roles[role] else { throw ConfigError("walship \(role) takes no configuration file") }
         if let file { try schema.validate(file) }
+        for name in OptionSchema.commandLineOnly.sorted() {
+            let variable = OptionSpec(name: name, kind: .flag).environmentName
+            if environment[variable] != nil {
+                try OptionSchema.refuseCommandLineOnly(
+                    name, in: "the environment variable \(variable)", remedy: "unset \(variable)")
+            }
+        }
         let commandLine = givenOnCommandLine(arguments, specs: specs)
 
         var chosen: [String: (origin: Origin, values: [String])] = [:]

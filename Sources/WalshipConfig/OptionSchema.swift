@@ -34,6 +34,18 @@ public enum OptionSchema {
         "help", "version", "config", "experimental-dump-help", "generate-completion-script",
     ]
 
+    /// Options that override a safety check (`walship receive --force` accepts WAL for a fenced system): a person
+    /// types them for one run, so neither a file nor a WALSHIP_* variable left behind can give them.
+    public static let commandLineOnly: Set<String> = ["force"]
+
+    /// Refuses `key` from `place` when it is a command-line-only option; `remedy` says how to take it away.
+    static func refuseCommandLineOnly(_ key: String, in place: String, remedy: String) throws {
+        guard commandLineOnly.contains(key) else { return }
+        throw ConfigError(
+            "\(place) sets \(key), which walship takes only from the command line: --\(key) overrides a safety check and must be typed for the run that needs it (hint: \(remedy))"
+        )
+    }
+
     /// The options of `command`, read from its own ArgumentParser definition, so an option added to the
     /// command is a valid configuration key with no further change.
     public static func options(of command: any ParsableArguments.Type) -> [OptionSpec] {
@@ -43,7 +55,9 @@ public enum OptionSchema {
         var specs: [OptionSpec] = []
         for argument in info.command.arguments ?? [] where argument.kind != "positional" {
             let names = argument.names ?? []
-            guard let long = names.first(where: { $0.kind == "long" })?.name, !notConfigurable.contains(long) else { continue }
+            guard let long = names.first(where: { $0.kind == "long" })?.name, !notConfigurable.contains(long),
+                !commandLineOnly.contains(long)
+            else { continue }
             let kind: OptionSpec.Kind = argument.kind == "flag" ? .flag : argument.isRepeating ? .repeating : .option
             specs.append(OptionSpec(name: long, kind: kind, shortNames: names.filter { $0.kind == "short" }.map(\.name)))
         }

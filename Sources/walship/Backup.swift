@@ -51,7 +51,7 @@ struct Backup: AsyncParsableCommand {
             var shipper = BackupShipper(
                 source: try Conninfo(source), receiverHost: receiver.host, receiverPort: receiver.port,
                 label: label, logger: logger)
-            shipper.linkTimeout = .seconds(link.linkTimeout)
+            shipper.linkTimeout = .seconds(link.linkTimeoutSeconds)
             shipper.compression = try compressionMode(compression)
             shipper.tls = try link.tlsFiles.map { ClientTLS(context: try $0.clientContext(), serverName: nil) }
             let display = ProgressDisplay(terminal: isatty(STDOUT_FILENO) == 1)

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import Operations
+import WALCore
 import WalshipConfig
 
 struct Check: AsyncParsableCommand {
@@ -18,14 +19,15 @@ struct Check: AsyncParsableCommand {
     @Option(help: ArgumentHelp("The command to check, send or receive (default: the one table the file has).", valueName: "role"))
     var role: String?
 
-    @Option(help: "Clock difference, in seconds, beyond which the clock check warns.")
-    var maxClockSkew: Double = 5
+    @Option(
+        help: ArgumentHelp("Clock difference beyond which the clock check warns: seconds, or 500ms, 5s.", valueName: "duration"))
+    var maxClockSkew = TimeSpan(seconds: 5)
 
     func validate() throws {
         if let role, WalshipConfiguration.schema.roles[role] == nil {
             throw ValidationError("--role must be send or receive, not \"\(role)\"")
         }
-        guard maxClockSkew > 0 else { throw ValidationError("--max-clock-skew must be positive") }
+        guard maxClockSkew.seconds > 0 else { throw ValidationError("--max-clock-skew must be positive") }
     }
 
     func run() async throws {
@@ -66,7 +68,8 @@ struct Check: AsyncParsableCommand {
                     SenderCheckSettings(
                         source: send.source, to: send.to, slot: send.slot, createSlot: send.createSlot,
                         applicationName: send.applicationName, sync: send.sync, tlsFiles: send.link.tlsFiles,
-                        tlsServerName: send.tlsServerName, linkTimeout: send.link.linkTimeout, maxClockSkew: maxClockSkew),
+                        tlsServerName: send.tlsServerName, linkTimeout: send.link.linkTimeoutSeconds,
+                        maxClockSkew: maxClockSkew.seconds),
                     &report)
             } else {
                 let receive = try Receive.parse(expansion.arguments)
@@ -81,7 +84,7 @@ struct Check: AsyncParsableCommand {
                     &report)
             }
         } catch {
-            report.add(CheckVerdicts.configurationInvalid(expansion.annotate(Send.message(for: error))))
+            report.add(CheckVerdicts.configurationInvalid(expansion.annotate(UnitArguments.explain(Send.message(for: error)))))
         }
         if report.failures > 0 { throw ExitCode(1) }
     }

@@ -70,8 +70,10 @@ extension Walship {
             command = try parseAsRoot(arguments)
         } catch {
             let code = exitCode(for: error)
-            guard code != .success, let expansion else { exit(withError: error) }
-            let message = expansion.annotate(fullMessage(for: error))
+            guard code != .success else { exit(withError: error) }
+            // A size or duration that did not parse is explained (why, and the nearest valid form).
+            var message = UnitArguments.explain(fullMessage(for: error))
+            if let expansion { message = expansion.annotate(message) }
             FileHandle.standardError.write(Data((message.hasSuffix("\n") ? message : message + "\n").utf8))
             Foundation.exit(code.rawValue)
         }

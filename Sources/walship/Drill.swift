@@ -1,6 +1,8 @@
 import ArgumentParser
 import Foundation
 import Operations
+import WALCore
+import WalshipConfig
 
 struct Drill: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
@@ -34,8 +36,10 @@ struct Drill: AsyncParsableCommand {
     @Option(help: "Directory for the throwaway copy (default: a new directory under /tmp).")
     var workdir: String?
 
-    @Option(help: "Seconds allowed for recovery to reach the end of the spool.")
-    var timeout: Int = 600
+    @Option(
+        help: ArgumentHelp(
+            "Time allowed for recovery to reach the end of the spool: whole seconds, or 10m, 1h.", valueName: "duration"))
+    var timeout = TimeSpan(seconds: 600)
 
     @Option(help: "The PostgreSQL OS user that runs the copy and its restore_command.")
     var osUser = "postgres"
@@ -49,14 +53,17 @@ struct Drill: AsyncParsableCommand {
     @OptionGroup var notice: NoticeOptions
 
     func validate() throws {
-        guard timeout >= 10 else { throw ValidationError("--timeout must be at least 10 seconds") }
+        guard timeout.isWholeSeconds, timeout.seconds >= 10 else {
+            throw ValidationError("--timeout must be whole seconds, at least 10 (e.g. 600, 10m), not \(timeout)")
+        }
     }
 
     func run() async throws {
         let outcome = await Operations.drill(
             DrillRequest(
                 spool: spool, system: system, backup: backup, checkSQL: checkSql, report: report, keep: keep,
-                workDirectory: workdir, timeout: timeout, osUser: osUser, pgBindir: pgBindir, walshipPath: walshipPath),
+                workDirectory: workdir, timeout: Int(timeout.seconds), osUser: osUser, pgBindir: pgBindir,
+                walshipPath: walshipPath),
             progress: say)
         try await conclude(
             outcome.report, command: "drill", base: outcome.reportBase, success: outcome.failure == nil,

@@ -3,6 +3,8 @@ import Foundation
 import Monitor
 import Operations
 import StatusModel
+import WALCore
+import WalshipConfig
 
 struct Promote: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
@@ -32,8 +34,11 @@ struct Promote: AsyncParsableCommand {
     @Option(help: "System identifier, when the spool holds several (default: the standby's).")
     var system: UInt64?
 
-    @Option(help: "Seconds to wait for replay to reach the end of the spool, and then for the promotion.")
-    var timeout: Int = 120
+    @Option(
+        help: ArgumentHelp(
+            "How long to wait for replay to reach the end of the spool, and then for the promotion: whole seconds, or 2m.",
+            valueName: "duration"))
+    var timeout = TimeSpan(seconds: 120)
 
     @Option(
         help:
@@ -56,14 +61,17 @@ struct Promote: AsyncParsableCommand {
     @OptionGroup var notice: NoticeOptions
 
     func validate() throws {
-        guard timeout >= 1 else { throw ValidationError("--timeout must be at least 1 second") }
+        guard timeout.isWholeSeconds, timeout.seconds >= 1 else {
+            throw ValidationError("--timeout must be whole seconds, at least 1 (e.g. 120, 2m), not \(timeout)")
+        }
         guard pgdata != nil || standby != nil else { throw ValidationError(PromoteRequest.standbyMissing) }
     }
 
     func run() async throws {
         let outcome = await Operations.promote(
             PromoteRequest(
-                dataDirectory: pgdata, standby: standby, spool: spool, system: system, timeout: timeout, report: report,
+                dataDirectory: pgdata, standby: standby, spool: spool, system: system, timeout: Int(timeout.seconds),
+                report: report,
                 force: force, dryRun: dryRun),
             progress: say)
         if dryRun {

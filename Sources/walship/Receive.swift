@@ -6,7 +6,9 @@ import Receiver
 import ServiceLifecycle
 import ShipTLS
 import StatusModel
+import WALCore
 import WalSenderServer
+import WalshipConfig
 
 #if DEBUG
 import Spool
@@ -30,9 +32,9 @@ struct Receive: AsyncParsableCommand {
 
     @Option(
         help: ArgumentHelp(
-            "Most space the spool may take, e.g. 500G or 128M (binary units; plain bytes also work). When a new segment would not fit, the receiver stops acknowledging as on a full disk, alerts (spool_free is then measured against this), and resumes once there is room. Default: the whole filesystem.",
+            "Most space the spool may take, e.g. 500G or 128M (k, M, G, T are powers of 1024; plain bytes also work). When a new segment would not fit, the receiver stops acknowledging as on a full disk, alerts (spool_free is then measured against this), and resumes once there is room. Default: the whole filesystem.",
             valueName: "size"))
-    var spoolMaxBytes: String?
+    var spoolMaxBytes: ByteSize?
 
     @Option(help: "Serve WAL to stock PostgreSQL standbys on HOST:PORT (their primary_conninfo points here).")
     var standbyListen: String?
@@ -71,11 +73,16 @@ struct Receive: AsyncParsableCommand {
     )
     var force = false
 
-    @Option(help: "Alert when the DR site (replayed, else durable WAL) is this many seconds behind the primary.")
-    var alertLagSeconds: Double?
+    @Option(
+        help: ArgumentHelp(
+            "Alert when the DR site (replayed, else durable WAL) is this far behind the primary: seconds, or 30s, 5m.",
+            valueName: "duration"))
+    var alertLagSeconds: TimeSpan?
 
-    @Option(help: "Alert when the DR site is this many bytes of WAL behind the primary.")
-    var alertLagBytes: UInt64?
+    @Option(
+        help: ArgumentHelp(
+            "Alert when the DR site is this much WAL behind the primary: bytes, or 64M, 1G (powers of 1024).", valueName: "size"))
+    var alertLagBytes: ByteSize?
 
     @Option(help: "Alert when the spool's file system has less than this percentage free.")
     var alertSpoolFreePercent: Double?
@@ -87,7 +94,7 @@ struct Receive: AsyncParsableCommand {
 
     func validate() throws {
         _ = try parseEndpoint(listen, option: "--listen")
-        if let spoolMaxBytes { _ = try parseSize(spoolMaxBytes, option: "--spool-max-bytes") }
+        if spoolMaxBytes?.bytes == 0 { throw ValidationError("--spool-max-bytes must be more than 0 (e.g. 500G)") }
         try validateRetention()
         try validateAlerts()
         _ = try allowedSources()
@@ -138,7 +145,7 @@ struct Receive: AsyncParsableCommand {
         if let p = alertSpoolFreePercent, !(0...100).contains(p) {
             throw ValidationError("--alert-spool-free-percent must be 0...100")
         }
-        if let s = alertLagSeconds, s <= 0 { throw ValidationError("--alert-lag-seconds must be positive") }
+        if let s = alertLagSeconds, s.seconds <= 0 { throw ValidationError("--alert-lag-seconds must be positive") }
     }
 
     func validateRetention() throws {
@@ -175,9 +182,9 @@ struct Receive: AsyncParsableCommand {
         var configuration = ReceiverConfiguration(
             listenHost: endpoint.host, listenPort: endpoint.port, spoolRoot: root,
             name: ProcessInfo.processInfo.hostName)
-        configuration.linkTimeout = .seconds(link.linkTimeout)
+        configuration.linkTimeout = .seconds(link.linkTimeoutSeconds)
         configuration.retainBackups = retainBackups
-        configuration.spoolQuota = try spoolMaxBytes.map { try parseSize($0, option: "--spool-max-bytes") }
+        configuration.spoolQuota = spoolMaxBytes?.bytes
         configuration.standbyListen = standbyListen
         configuration.acceptFenced = force
         configuration.allowedSources = try allowedSources()
@@ -219,13 +226,13 @@ struct Receive: AsyncParsableCommand {
             throw fail("receive", error, kind: .setUp)
         }
         let thresholds = AlertThresholds(
-            lagSeconds: alertLagSeconds, lagBytes: alertLagBytes,
-            disconnectSeconds: alerts.alertDisconnectSeconds,
-            spoolFreePercent: alertSpoolFreePercent, memoryMB: alerts.alertMemoryMb,
+            lagSeconds: alertLagSeconds?.seconds, lagBytes: alertLagBytes?.bytes,
+            disconnectSeconds: alerts.disconnectSeconds,
+            spoolFreePercent: alertSpoolFreePercent, memoryMB: alerts.memoryMB,
             certificateDays: alerts.certificateDays)
         let monitor = StatusMonitor(
             role: "receiver", thresholds: thresholds, notifier: alerts.notifier(logger),
-            recoverAfterSeconds: alerts.alertRecoverySeconds,
+            recoverAfterSeconds: alerts.recoverySeconds,
             base: {
                 var status = receiver.status
                 status.certificates = certificates

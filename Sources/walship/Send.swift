@@ -5,6 +5,8 @@ import PGReplication
 import Sender
 import ShipTLS
 import StatusModel
+import WALCore
+import WalshipConfig
 
 struct Send: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
@@ -43,20 +45,28 @@ struct Send: AsyncParsableCommand {
     )
     var standbyWait = false
 
-    @Option(help: "Longest wait, in seconds, between reconnection attempts (the wait doubles from 1 s).")
-    var retryMaxSeconds = 30
-
-    @Option(help: "Seconds between checks of the slot's retained WAL on the primary.")
-    var slotCheckInterval = 10
-
-    @Option(help: "Alert when the primary holds more than this many bytes of WAL for the slot (a full pg_wal stops the primary).")
-    var alertSlotRetainedBytes: Int64?
+    @Option(
+        help: ArgumentHelp(
+            "Longest wait between reconnection attempts (the wait doubles from 1 s): whole seconds, or 30s, 2m.",
+            valueName: "duration"))
+    var retryMaxSeconds = TimeSpan(seconds: 30)
 
     @Option(
-        help:
-            "With --sync: seconds the primary may treat this sender as not synchronous (pg_stat_replication.sync_state) before the critical sync_not_honoured alert."
-    )
-    var alertSyncGraceSeconds: Double = 30
+        help: ArgumentHelp(
+            "Time between checks of the slot's retained WAL on the primary: whole seconds, or 10s, 1m.", valueName: "duration"))
+    var slotCheckInterval = TimeSpan(seconds: 10)
+
+    @Option(
+        help: ArgumentHelp(
+            "Alert when the primary holds more than this much WAL for the slot (a full pg_wal stops the primary): bytes, or 512M, 10G (powers of 1024).",
+            valueName: "size"))
+    var alertSlotRetainedBytes: ByteSize?
+
+    @Option(
+        help: ArgumentHelp(
+            "With --sync: how long the primary may treat this sender as not synchronous (pg_stat_replication.sync_state) before the critical sync_not_honoured alert: seconds, or 30s, 2m.",
+            valueName: "duration"))
+    var alertSyncGraceSeconds = TimeSpan(seconds: 30)
 
     @Option(help: "The name the receiver's certificate must carry, when it differs from the host in --to.")
     var tlsServerName: String?
@@ -92,6 +102,10 @@ struct Send: AsyncParsableCommand {
             throw ValidationError("--slot \"\(slot)\" is not a valid slot name (lower-case letters, digits and underscores)")
         }
         _ = try compressionMode(compression)
+        for (name, span) in [("--retry-max-seconds", retryMaxSeconds), ("--slot-check-interval", slotCheckInterval)]
+        where !span.isWholeSeconds {
+            throw ValidationError("\(name) takes whole seconds (e.g. 30s, 2m), not \(span)")
+        }
         let policy: ReceiverLossPolicy
         do { policy = try ReceiverLossPolicy(parsing: onReceiverLoss) } catch {
             throw ValidationError("--on-receiver-loss: \(error)")
@@ -120,10 +134,10 @@ struct Send: AsyncParsableCommand {
         var configuration = SenderConfiguration(
             source: conninfo, receiverHost: receiver.host, receiverPort: receiver.port, slot: slot,
             createSlot: createSlot, applicationName: applicationName, synchronous: sync)
-        configuration.linkTimeout = .seconds(link.linkTimeout)
-        configuration.keepaliveInterval = .seconds(max(1, link.linkTimeout / 6))
-        configuration.slotCheckInterval = .seconds(max(1, slotCheckInterval))
-        configuration.maxBackoff = .seconds(max(1, retryMaxSeconds))
+        configuration.linkTimeout = .seconds(link.linkTimeoutSeconds)
+        configuration.keepaliveInterval = .seconds(max(1, link.linkTimeoutSeconds / 6))
+        configuration.slotCheckInterval = .seconds(max(1, Int(slotCheckInterval.seconds)))
+        configuration.maxBackoff = .seconds(max(1, Int(retryMaxSeconds.seconds)))
         configuration.receiverLoss = try ReceiverLossPolicy(parsing: onReceiverLoss)
         configuration.bufferDirectory = bufferDir
         configuration.standbyWait = standbyWait
@@ -138,12 +152,12 @@ struct Send: AsyncParsableCommand {
         let certificates: [StatusDocument.CertificateStatus]?
         do { certificates = try link.certificates() } catch { throw fail("send", error, kind: .setUp) }
         let thresholds = AlertThresholds(
-            disconnectSeconds: alerts.alertDisconnectSeconds, memoryMB: alerts.alertMemoryMb,
-            slotRetainedBytes: alertSlotRetainedBytes, certificateDays: alerts.certificateDays,
-            syncNotHonouredSeconds: sync ? alertSyncGraceSeconds : nil)
+            disconnectSeconds: alerts.disconnectSeconds, memoryMB: alerts.memoryMB,
+            slotRetainedBytes: alertSlotRetainedBytes.map { Int64($0.bytes) }, certificateDays: alerts.certificateDays,
+            syncNotHonouredSeconds: sync ? alertSyncGraceSeconds.seconds : nil)
         let monitor = StatusMonitor(
             role: "sender", thresholds: thresholds, notifier: alerts.notifier(logger),
-            recoverAfterSeconds: alerts.alertRecoverySeconds,
+            recoverAfterSeconds: alerts.recoverySeconds,
             base: {
                 var status = sender.status
                 status.certificates = certificates

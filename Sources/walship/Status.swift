@@ -2,6 +2,8 @@ import ArgumentParser
 import Foundation
 import Monitor
 import StatusModel
+import WALCore
+import WalshipConfig
 
 struct Status: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
@@ -21,30 +23,34 @@ struct Status: AsyncParsableCommand {
     @Flag(help: "Print the status JSON as served (the exit code still reflects the verdict).")
     var json = false
 
-    @Flag(help: "Refresh in place every --interval seconds until interrupted.")
+    @Flag(help: "Refresh in place every --interval until interrupted.")
     var watch = false
 
-    @Option(help: "Seconds between refreshes with --watch.")
-    var interval: Double = 2
+    @Option(help: ArgumentHelp("Time between refreshes with --watch: seconds, or 500ms, 10s.", valueName: "duration"))
+    var interval = TimeSpan(seconds: 2)
 
-    @Option(help: "Seconds to wait for the endpoint.")
-    var timeout: Double = 5
+    @Option(help: ArgumentHelp("How long to wait for the endpoint: seconds, or 500ms, 10s.", valueName: "duration"))
+    var timeout = TimeSpan(seconds: 5)
 
-    @Option(help: "WARNING when the DR site is more than this many seconds behind.")
-    var warningLagSeconds: Double = 60
-    @Option(help: "CRITICAL when more than this many seconds behind.")
-    var criticalLagSeconds: Double = 600
-    @Option(help: "WARNING when more than this many bytes behind.")
-    var warningLagBytes: UInt64 = 64 << 20
-    @Option(help: "CRITICAL when more than this many bytes behind.")
-    var criticalLagBytes: UInt64 = 1 << 30
+    @Option(
+        help: ArgumentHelp("WARNING when the DR site is more than this far behind: seconds, or 1m, 2h.", valueName: "duration"))
+    var warningLagSeconds = TimeSpan(seconds: 60)
+    @Option(help: ArgumentHelp("CRITICAL when more than this far behind: seconds, or 10m, 1h.", valueName: "duration"))
+    var criticalLagSeconds = TimeSpan(seconds: 600)
+    @Option(
+        help: ArgumentHelp("WARNING when more than this much WAL behind: bytes, or 64M, 1G (powers of 1024).", valueName: "size"))
+    var warningLagBytes = ByteSize(bytes: 64 << 20)
+    @Option(
+        help: ArgumentHelp("CRITICAL when more than this much WAL behind: bytes, or 64M, 1G (powers of 1024).", valueName: "size")
+    )
+    var criticalLagBytes = ByteSize(bytes: 1 << 30)
 
     func validate() throws {
         guard statusURL != nil else {
             throw ValidationError(
                 "--url expects http://HOST:PORT (the --status-listen of walship send or receive), got \"\(url)\"")
         }
-        guard interval >= 0.2 else { throw ValidationError("--interval must be at least 0.2 seconds") }
+        guard interval.seconds >= 0.2 else { throw ValidationError("--interval must be at least 0.2 seconds") }
         guard warningLagSeconds <= criticalLagSeconds, warningLagBytes <= criticalLagBytes else {
             throw ValidationError("warning thresholds must not exceed critical ones")
         }
@@ -61,8 +67,8 @@ struct Status: AsyncParsableCommand {
 
     var thresholds: StatusThresholds {
         StatusThresholds(
-            warningLagSeconds: warningLagSeconds, criticalLagSeconds: criticalLagSeconds,
-            warningLagBytes: warningLagBytes, criticalLagBytes: criticalLagBytes)
+            warningLagSeconds: warningLagSeconds.seconds, criticalLagSeconds: criticalLagSeconds.seconds,
+            warningLagBytes: warningLagBytes.bytes, criticalLagBytes: criticalLagBytes.bytes)
     }
 
     func run() async throws {
@@ -79,9 +85,9 @@ struct Status: AsyncParsableCommand {
             // Home and clear-to-end keep the screen steady instead of scrolling.
             print(
                 (terminal ? "\u{1B}[H\u{1B}[2J" : "") + text
-                    + (terminal ? "\n\n(refreshing every \(interval) s; Ctrl-C to stop)" : ""))
+                    + (terminal ? "\n\n(refreshing every \(interval); Ctrl-C to stop)" : ""))
             fflush(nil)
-            try? await Task.sleep(for: .milliseconds(Int(interval * 1000)))
+            try? await Task.sleep(for: interval.duration)
         }
         throw ExitCode(lastCode.rawValue)
     }
@@ -91,7 +97,7 @@ struct Status: AsyncParsableCommand {
         guard let statusURL else { return ("", HealthCheck.unreadable("bad --url")) }
         let data: Data
         do {
-            data = try await fetchStatusData(statusURL, timeout: timeout)
+            data = try await fetchStatusData(statusURL, timeout: timeout.seconds)
         } catch {
             let verdict = HealthCheck.unreadable(
                 "cannot read \(statusURL): \(error) (hint: is walship running with --status-listen at that address?)")

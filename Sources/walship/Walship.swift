@@ -9,6 +9,7 @@ import ShipProtocol
 import ShipTLS
 import StatusModel
 import WALCore
+import WalshipConfig
 
 @main
 struct Walship: AsyncParsableCommand {
@@ -63,8 +64,14 @@ struct LinkOptions: ParsableArguments {
     )
     var statusListen: String?
 
-    @Option(help: "Seconds of silence after which the link is considered dead (and, at the receiver, may be replaced).")
-    var linkTimeout = 30
+    @Option(
+        help: ArgumentHelp(
+            "Silence after which the link is considered dead (and, at the receiver, may be replaced): seconds, or 30s, 2m.",
+            valueName: "duration"))
+    var linkTimeout = TimeSpan(seconds: 30)
+
+    /// --link-timeout in whole seconds (validated).
+    var linkTimeoutSeconds: Int { Int(linkTimeout.seconds) }
 
     func validate() throws {
         if let statusListen { _ = try parseEndpoint(statusListen, option: "--status-listen") }
@@ -81,7 +88,9 @@ struct LinkOptions: ParsableArguments {
                         : "TLS needs all three of --tls-cert, --tls-key and --tls-ca")
             }
         }
-        guard (5...3600).contains(linkTimeout) else { throw ValidationError("--link-timeout must be 5...3600 seconds") }
+        guard linkTimeout.isWholeSeconds, (5...3600).contains(linkTimeout.seconds) else {
+            throw ValidationError("--link-timeout must be whole seconds from 5 to 3600 (e.g. 30s, 2m), not \(linkTimeout)")
+        }
     }
 
     /// The TLS files, or nil for a plaintext link.
@@ -108,19 +117,18 @@ struct LinkOptions: ParsableArguments {
     }
 }
 
-/// `1048576`, `512k`, `128M`, `500G`, `2T` (binary multiples) as bytes.
-func parseSize(_ text: String, option: String) throws -> UInt64 {
-    let units: [Character: UInt64] = ["k": 1 << 10, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40]
-    var digits = Substring(text)
-    var multiplier: UInt64 = 1
-    if let last = text.last, let unit = units[last] {
-        digits = text.dropLast()
-        multiplier = unit
+/// A size option whose plain numbers are not bytes (`--alert-memory-mb 512` is 512 MiB; `2G` also works).
+func sizeArgument(plainUnit: UInt64) -> @Sendable (String) throws -> ByteSize {
+    { text in
+        do { return try ByteSize(parsing: text, plainUnit: plainUnit) } catch { throw ValidationError("\(error)") }
     }
-    guard let value = UInt64(digits), value > 0, value <= UInt64.max / multiplier else {
-        throw ValidationError("\(option) expects a size such as 128M, 500G or a number of bytes, got \"\(text)\"")
+}
+
+/// A duration option whose plain numbers are not seconds (`--alert-certificate-days 30` is 30 days; `12h` also works).
+func durationArgument(plainUnit: Double) -> @Sendable (String) throws -> TimeSpan {
+    { text in
+        do { return try TimeSpan(parsing: text, plainUnit: plainUnit) } catch { throw ValidationError("\(error)") }
     }
-    return value * multiplier
 }
 
 /// Prints one clear line for a failure, instead of a stack of wrapped errors, and gives the exit status for its
@@ -154,27 +162,40 @@ enum WalshipExit {
 struct AlertOptions: ParsableArguments {
     @OptionGroup var destinations: NoticeOptions
 
-    @Option(help: "Alert when the link has been down this many seconds.")
-    var alertDisconnectSeconds: Double?
+    @Option(
+        help: ArgumentHelp("Alert when the link has been down this long: seconds, or 30s, 5m.", valueName: "duration"))
+    var alertDisconnectSeconds: TimeSpan?
 
-    @Option(help: "Alert when this process uses more memory (resident) than this, in MB.")
-    var alertMemoryMb: Double?
+    @Option(
+        help: ArgumentHelp(
+            "Alert when this process uses more memory (resident) than this: MB (MiB), or 512M, 2G.", valueName: "size"),
+        transform: sizeArgument(plainUnit: 1 << 20))
+    var alertMemoryMb: ByteSize?
 
-    @Option(help: "Seconds a condition must stay clear before its recovery notice is sent (one incident, not a flood).")
-    var alertRecoverySeconds: Double = 30
+    @Option(
+        help: ArgumentHelp(
+            "How long a condition must stay clear before its recovery notice is sent (one incident, not a flood): seconds, or 30s, 5m.",
+            valueName: "duration"))
+    var alertRecoverySeconds = TimeSpan(seconds: 30)
 
-    @Option(help: "Alert when a TLS certificate this process uses expires within this many days (critical within 7); 0: never.")
-    var alertCertificateDays: Double = 30
+    @Option(
+        help: ArgumentHelp(
+            "Alert when a TLS certificate this process uses expires within this long (critical within 7 days): days, or 12h; 0: never.",
+            valueName: "duration"),
+        transform: durationArgument(plainUnit: 86_400))
+    var alertCertificateDays = TimeSpan(seconds: 30 * 86_400)
 
     func validate() throws {
-        for (name, value) in [("--alert-disconnect-seconds", alertDisconnectSeconds), ("--alert-memory-mb", alertMemoryMb)] {
-            if let value, value <= 0 { throw ValidationError("\(name) must be positive") }
+        if let alertDisconnectSeconds, alertDisconnectSeconds.seconds <= 0 {
+            throw ValidationError("--alert-disconnect-seconds must be positive")
         }
-        guard alertRecoverySeconds >= 0 else { throw ValidationError("--alert-recovery-seconds cannot be negative") }
-        guard alertCertificateDays >= 0 else { throw ValidationError("--alert-certificate-days cannot be negative") }
+        if let alertMemoryMb, alertMemoryMb.bytes == 0 { throw ValidationError("--alert-memory-mb must be positive") }
     }
 
-    var certificateDays: Double? { alertCertificateDays > 0 ? alertCertificateDays : nil }
+    var disconnectSeconds: Double? { alertDisconnectSeconds?.seconds }
+    var memoryMB: Double? { alertMemoryMb.map { Double($0.bytes) / Double(1 << 20) } }
+    var recoverySeconds: Double { alertRecoverySeconds.seconds }
+    var certificateDays: Double? { alertCertificateDays.seconds > 0 ? alertCertificateDays.seconds / 86_400 : nil }
 
     func notifier(_ logger: Logger) -> AlertNotifier { destinations.notifier(logger) }
 }

@@ -1,4 +1,5 @@
 import ArgumentParser
+import WALCore
 import XCTest
 
 @testable import WalshipConfig
@@ -25,6 +26,9 @@ struct FakeSend: ParsableCommand {
 
 struct FakeReceive: ParsableCommand {
     @Option var listen: String
+    @Flag var force = false
+    @Option(help: ArgumentHelp("", valueName: "size")) var spoolMaxBytes: ByteSize?
+    @Option(help: ArgumentHelp("", valueName: "duration")) var alertLagSeconds: TimeSpan?
     @Option var allowSource: [String] = []
     @Flag var insecure = false
     @Option var tlsCert: String?
@@ -260,6 +264,67 @@ final class ConfigExpansionTests: XCTestCase {
         let command = try send(
             [], nil, environment: ["WALSHIP_SOURCE": "host=db1", "WALSHIP_SLOT": "s", "WALSHIP_BIN": "/unrelated"])
         XCTAssertEqual(command.slot, "s")
+    }
+
+    func testForceIsNeverTakenFromTheFileOrTheEnvironment() throws {
+        XCTAssertFalse(OptionSchema.options(of: FakeReceive.self).map(\.name).contains("force"))
+        assertConfigError(
+            try expand([], "[receive]\nlisten = \"0.0.0.0:7000\"\nforce = true", role: "receive"),
+            contains: ["/etc/walship/walship.toml [receive] sets force", "only from the command line", "delete force"])
+        assertConfigError(
+            try expand([], "listen = \"0.0.0.0:7000\"\nforce = true", role: "receive"),
+            contains: ["sets force", "only from the command line"])
+        assertConfigError(
+            try expand(["--listen", "0.0.0.0:7000"], nil, environment: ["WALSHIP_FORCE": "1"], role: "receive"),
+            contains: ["WALSHIP_FORCE sets force", "unset WALSHIP_FORCE"])
+        // On the command line it still works.
+        let typed = try expand(["--listen", "0.0.0.0:7000", "--force"], nil, role: "receive")
+        XCTAssertTrue(try FakeReceive.parse(typed.arguments).force)
+    }
+
+    func receive(_ arguments: [String] = [], _ text: String?, environment: [String: String] = [:]) throws -> FakeReceive {
+        try FakeReceive.parse(try expand(arguments, text, environment: environment, role: "receive").arguments)
+    }
+
+    func testSizesAndDurationsFromTheFileTheEnvironmentAndTheCommandLine() throws {
+        let table = "[receive]\nlisten = \"0.0.0.0:7000\"\n"
+        // A TOML integer keeps its plain meaning (bytes, seconds); a string may carry a unit.
+        XCTAssertEqual(try receive([], table + "spool-max-bytes = 10737418240").spoolMaxBytes, ByteSize(bytes: 10 << 30))
+        XCTAssertEqual(try receive([], table + "spool-max-bytes = \"10G\"").spoolMaxBytes, ByteSize(bytes: 10 << 30))
+        XCTAssertEqual(try receive([], table + "alert-lag-seconds = 90").alertLagSeconds, TimeSpan(seconds: 90))
+        XCTAssertEqual(try receive([], table + "alert-lag-seconds = \"5m\"").alertLagSeconds, TimeSpan(seconds: 300))
+        XCTAssertEqual(try receive([], table + "alert-lag-seconds = 1.5").alertLagSeconds, TimeSpan(seconds: 1.5))
+        // The environment beats the file, the command line beats both.
+        let environment = ["WALSHIP_SPOOL_MAX_BYTES": "512M"]
+        XCTAssertEqual(
+            try receive([], table + "spool-max-bytes = \"10G\"", environment: environment).spoolMaxBytes,
+            ByteSize(bytes: 512 << 20))
+        XCTAssertEqual(
+            try receive(["--spool-max-bytes", "1T"], table + "spool-max-bytes = \"10G\"", environment: environment)
+                .spoolMaxBytes, ByteSize(bytes: 1 << 40))
+    }
+
+    func testABadSizeNamesTheOptionItsSourceAndTheNearestValidForm() throws {
+        let expansion = try expand(
+            [], "[receive]\nlisten = \"0.0.0.0:7000\"\nspool-max-bytes = \"10GB\"", role: "receive")
+        XCTAssertThrowsError(try FakeReceive.parse(expansion.arguments)) { error in
+            let message = expansion.annotate(UnitArguments.explain(FakeReceive.fullMessage(for: error)))
+            XCTAssert(message.contains("'--spool-max-bytes <size>'"), message)
+            XCTAssert(message.contains("did you mean 10G?"), message)
+            XCTAssert(message.contains("powers of 1024"), message)
+            XCTAssert(message.contains("note: --spool-max-bytes came from /etc/walship/walship.toml [receive]"), message)
+        }
+        XCTAssertThrowsError(
+            try FakeReceive.parse(["--listen", "0.0.0.0:7000", "--alert-lag-seconds", "5 minutes"])
+        ) { error in
+            let message = UnitArguments.explain(FakeReceive.fullMessage(for: error))
+            XCTAssert(message.contains("'--alert-lag-seconds <duration>': not a duration"), message)
+            XCTAssert(message.contains("did you mean 5m?"), message)
+        }
+        // Other messages pass unchanged.
+        XCTAssertEqual(
+            UnitArguments.explain("Missing expected argument '--listen <listen>'"),
+            "Missing expected argument '--listen <listen>'")
     }
 
     func testNearestKey() {
