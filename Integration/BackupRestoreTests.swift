@@ -199,6 +199,72 @@ struct BackupRestoreTests {
         #expect(noSpool.status != 0)
     }
 
+    /// Backups you can forget about: the receiver raises backup_age while no backup is complete, `walship backup
+    /// --if-older-than` takes the first and then declines while it is young, and the alert resolves.
+    @Test func scheduledBackupsAreTakenOnlyWhenDueAndTheirAgeIsAlerted() throws {
+        let fixture = try Fixture("backup-schedule")
+        defer { fixture.tearDown() }
+        var topology = try ShipTopology(fixture, spoolOwnedByPostgres: true)
+        // Short enough to fire during the test, long enough to stay clear for a while after the backup.
+        topology.receiverExtra = ["--alert-backup-age", "15s", "--alert-recovery-seconds", "1"]
+        try topology.startReceiver()
+        try topology.startSender()
+        try topology.primary.pgbench(["-i", "-s", "1", "-q"])
+        let statusURL = "http://127.0.0.1:\(topology.receiverStatusPort)"
+        func backupAlert() throws -> [String: Any]? {
+            ((try fetchStatus(port: topology.receiverStatusPort))["alerts"] as? [[String: Any]])?.first {
+                $0["condition"] as? String == "backup_age"
+            }
+        }
+        var firing = ""
+        try waitUntil("backup_age to fire without a backup", timeout: 60) {
+            firing = try backupAlert().map { "\($0["message"] ?? "")" } ?? ""
+            return (!firing.isEmpty, firing)
+        }
+        #expect(firing.contains("no complete base backup of this system in the spool"), "\(firing)")
+
+        let scheduled =
+            [
+                "backup", "--source", topology.primary.conninfo, "--to", "127.0.0.1:\(topology.receiverPort)",
+                "--if-older-than", "1h", "--receiver-status", statusURL,
+            ] + topology.linkArguments("sender")
+        let first = try run(IT.walshipBinary, scheduled, timeout: 300, check: false)
+        #expect(first.status == 0, "\(first.error)")
+        #expect(
+            first.output.contains("the receiver has no complete base backup of system \(topology.systemIdentifier): taking one"))
+        let line = first.output.split(separator: "\n").last { $0.hasPrefix("backup ") && $0.contains(" complete:") } ?? ""
+        let id = String(line.split(separator: " ").dropFirst().first ?? "")
+        #expect(!id.isEmpty, "\(first.output)")
+
+        // The status names it; the alert resolves.
+        let system = ((try fetchStatus(port: topology.receiverStatusPort))["systems"] as? [[String: Any]])?.first
+        #expect((system?["newestBackup"] as? [String: Any])?["id"] as? String == id, "\(system ?? [:])")
+        let table = try run(IT.walshipBinary, ["status", "--url", statusURL], check: false)
+        #expect(table.output.contains("newest backup: \(id), taken"), "\(table.output)")
+        try waitUntil("backup_age to resolve", timeout: 10) { (try backupAlert() == nil, "") }
+
+        // Run again while it is young: one line, exit 0, no second backup.
+        let second = try run(IT.walshipBinary, scheduled, timeout: 120, check: false)
+        #expect(second.status == 0, "\(second.error)")
+        #expect(
+            second.output.contains(
+                "backup not needed: the newest complete base backup of system \(topology.systemIdentifier), \(id), is"),
+            "\(second.output)")
+        #expect(!second.output.contains("complete:"), "\(second.output)")
+        let listing = try run(IT.walshipBinary, ["backups", "--spool", topology.spool, "--json"])
+        let ids = try #require(try JSONSerialization.jsonObject(with: Data(listing.output.utf8)) as? [[String: Any]]).compactMap {
+            $0["id"] as? String
+        }
+        #expect(ids == [id], "\(ids)")
+
+        // --if-older-than without the receiver's status is refused before anything starts.
+        let withoutStatus = scheduled.filter { $0 != "--receiver-status" && $0 != statusURL }
+        let incomplete = try run(IT.walshipBinary, withoutStatus, check: false)
+        #expect(
+            incomplete.status == 64 && incomplete.error.contains("--if-older-than needs --receiver-status"), "\(incomplete.error)"
+        )
+    }
+
     @Test func retentionKeepsWhatRecoveryNeeds() throws {
         let fixture = try Fixture("retention")
         defer { fixture.tearDown() }

@@ -161,6 +161,35 @@ import Testing
         #expect(checked >= 6, "only \(checked) options checked")
     }
 
+    /// Scheduled base backups: a oneshot service the timer starts (neither enabled by installing them), whose command
+    /// is real and takes its settings from backup.env, every variable of which the example sets.
+    @Test func backupTimerRunsARealBackupCommandOnlyWhenOneIsDue() throws {
+        let directory = Self.root + "/contrib/systemd/"
+        let service = try String(contentsOfFile: directory + "walship-backup.service", encoding: .utf8)
+            .replacingOccurrences(of: "\\\n", with: " ")
+        let timer = try String(contentsOfFile: directory + "walship-backup.timer", encoding: .utf8)
+        let environment = try String(contentsOfFile: directory + "backup.env.example", encoding: .utf8)
+        #expect(service.contains("Type=oneshot") && service.contains("User=postgres"))
+        #expect(service.contains("EnvironmentFile=/etc/walship/backup.env") && service.contains("NoNewPrivileges=yes"))
+        #expect(service.contains("--if-older-than ${WALSHIP_IF_OLDER_THAN}"), "the timer would take a backup every run")
+        // Started by the timer only: no [Install] of its own; the default TimeoutStartSec (90 s) would kill a backup.
+        #expect(!service.contains("[Install]"))
+        #expect(service.firstMatch(of: /(?m)^TimeoutStartSec=\d+h$/) != nil)
+        #expect(try checkCommandLines(in: service, source: "walship-backup.service") >= 6)
+        #expect(timer.contains("OnCalendar=") && timer.contains("Persistent=true") && timer.contains("WantedBy=timers.target"))
+        // The variables the command line uses are set in the example, each an option of walship backup.
+        let known = try options(["backup"])
+        let set = Set(environment.matches(of: /(?m)^WALSHIP_([A-Z0-9_]+)=/).map { String($0.output.1) })
+        for used in service.matches(of: /\$\{WALSHIP_([A-Z0-9_]+)\}/).map({ String($0.output.1) }) {
+            #expect(set.contains(used), "backup.env.example does not set WALSHIP_\(used)")
+        }
+        for name in set {
+            let option = "--" + name.lowercased().replacingOccurrences(of: "_", with: "-")
+            #expect(known.contains(option), "backup.env.example: walship backup has no option \(option)")
+        }
+        #expect(set.count >= 4)
+    }
+
     /// The shipped example configuration uses only real keys (each table's keys are options of its command,
     /// top-level keys options of both) and is accepted whole by the commands that read it.
     @Test func exampleConfigurationUsesRealKeys() throws {

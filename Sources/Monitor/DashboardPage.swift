@@ -198,7 +198,7 @@ public enum DashboardPage {
             add(lg, el('span', null, pts.length + ' point' + (pts.length === 1 ? '' : 's')));
           }
 
-          function renderSystem(root, sys) {
+          function renderSystem(root, sys, doc) {
             var s = add(root, el('section', 'card system'));
             add(s, el('h2', null, 'System ' + (sys.systemIdentifier || 'unknown') + (nn(sys.timeline) ? ' \u00b7 timeline ' + sys.timeline : '')));
             var l = sys.link || {}, f = add(s, el('div', 'facts'));
@@ -210,6 +210,8 @@ public enum DashboardPage {
             fact(f, 'Last message', nn(l.lastMessageAgeSeconds) ? fmtSecs(l.lastMessageAgeSeconds) + ' ago' : 'n/a');
             if (nn(l.lastPrimaryMessageAgeSeconds)) fact(f, 'Last from primary', fmtSecs(l.lastPrimaryMessageAgeSeconds) + ' ago');
             if (nn(sys.clockSkewSeconds)) fact(f, 'Clock skew', fmtSecs(sys.clockSkewSeconds));
+            if (sys.newestBackup) fact(f, 'Newest backup', sys.newestBackup.id + ', ' + fmtTime(sys.newestBackup.takenAt));
+            else if (doc.role === 'receiver' && nn(sys.timeline)) fact(f, 'Newest backup', 'none complete', 'bad');
             if (sys.fence) {
               var fe = sys.fence;
               add(s, el('div', 'banner fence', 'FENCED: the DR replica was promoted at ' + fmtTime(fe.promotedAt) +
@@ -285,7 +287,7 @@ public enum DashboardPage {
           function render(doc) {
             renderHeader(doc);
             var root = $('systems'); root.textContent = '';
-            (doc.systems || []).forEach(function (sys) { renderSystem(root, sys); });
+            (doc.systems || []).forEach(function (sys) { renderSystem(root, sys, doc); });
             if (!(doc.systems || []).length) add(add(root, el('section', 'card')), el('p', 'none', 'no systems seen yet'));
             var al = $('alerts'); al.textContent = '';
             table(al, ['Condition', 'Severity', 'System', 'Since', 'Message'], (doc.alerts || []).map(function (a) {

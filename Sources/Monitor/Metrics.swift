@@ -49,6 +49,7 @@ public final class MetricsPublisher: Sendable {
             if let skew = system.clockSkewSeconds { gauge(.clockSkew, ["system": id], skew) }
             gauge(.fenced, ["system": id], system.fence == nil ? 0 : 1)
             gauge(.standbysConnected, ["system": id], Double(system.standbys.filter(\.connected).count))
+            if let backup = system.newestBackup { gauge(.newestBackup, ["system": id], backup.takenAt.timeIntervalSince1970) }
             // One series per mode, 1 for the current one (as walship_slot_wal_status), and since when it holds.
             if let mode = system.mode ?? s.sender?.mode {
                 for name in ["sync", "quorum", "potential", "async", "degraded", "unknown"] {
@@ -153,6 +154,8 @@ struct MetricFamily: Hashable, Sendable {
     static let lagBytes = gauge("walship_lag_bytes", "Bytes of WAL the stage is behind the primary.")
     static let lagSeconds = gauge("walship_lag_seconds", "Seconds the stage is behind the primary, in the primary's clock.")
     // The receiver's spool.
+    static let newestBackup = gauge(
+        "walship_newest_backup_timestamp_seconds", "When the newest complete base backup of the system was taken, Unix time.")
     static let spoolFree = gauge(
         "walship_spool_free_bytes", "Free space for the spool: its file system's, or what --spool-max-bytes leaves.")
     static let spoolSize = gauge("walship_spool_size_bytes", "Size of the spool's file system, or --spool-max-bytes when set.")
@@ -179,7 +182,7 @@ struct MetricFamily: Hashable, Sendable {
     static let all: [MetricFamily] = [
         up, startTime, residentMemory, healthStatus, certificateExpiry, alertActive, linkConnected, linkLastMessageAge,
         primaryLastMessageAge, timeline, clockSkew, fenced, standbysConnected, replicationMode, replicationModeSince,
-        syncNotHonoured, walPosition, lagBytes, lagSeconds, spoolFree, spoolSize, spoolUsed, walSent, wireSent,
+        syncNotHonoured, walPosition, lagBytes, lagSeconds, newestBackup, spoolFree, spoolSize, spoolUsed, walSent, wireSent,
         highCompressionFrames, slotRetained, slotSafeWALSize, slotWALStatus, degraded, rpoExposureBytes, rpoExposureSeconds,
     ]
 }

@@ -1213,6 +1213,12 @@ public final class Receiver: Service {
                     status.lastReplayedCommitTime = Date(timeIntervalSince1970: last.time.unixSeconds)
                     status.lastReplayedCommitLSN = last.endLSN.description
                 }
+                // Backup ids are their UTC start times, so the last complete one is the newest.
+                if let newest = ((try? BackupCatalog.list(systemDirectory: system.directory)) ?? []).last(where: {
+                    $0.status == .complete
+                }) {
+                    status.newestBackup = .init(id: newest.id, takenAt: newest.createdAt, stopLSN: newest.stopLSN)
+                }
                 status.spoolFailure = system.fsyncFailure.map {
                     "\($0) (hint: check the disk and the kernel log, then restart walship receive: it re-reads the spool from disk)"
                 }

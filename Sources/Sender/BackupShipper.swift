@@ -19,6 +19,9 @@ public struct BackupShipper: Sendable {
     public var tls: ClientTLS?
     /// How hard the data directory is compressed; `auto` follows the link as the WAL stream does.
     public var compression: CompressionPolicy.Mode = .auto
+    /// Asked once the primary's system identifier is known, before the receiver is contacted: a reason not to
+    /// take the backup (`--if-older-than`), which `run` throws as `BackupSkipped`, or nil to go on.
+    public var reasonToSkip: (@Sendable (_ systemIdentifier: UInt64) async -> String?)?
     let logger: Logger
 
     public init(source: Conninfo, receiverHost: String, receiverPort: Int, label: String, logger: Logger) {
@@ -66,6 +69,7 @@ public struct BackupShipper: Sendable {
             throw BackupError(
                 "the primary runs PostgreSQL \(identity.serverVersion / 10000); this walship supports PostgreSQL 15")
         }
+        if let reason = await reasonToSkip?(identity.systemIdentifier) { throw BackupSkipped(reason: reason) }
         let channel = try await connectToReceiver(host: receiverHost, port: receiverPort, linkTimeout: linkTimeout, tls: tls)
         return try await channel.executeThenClose { inbound, outbound in
             var iterator = inbound.makeAsyncIterator()
@@ -169,6 +173,12 @@ public struct BackupShipper: Sendable {
             }
         }
     }
+}
+
+/// No backup was taken, on purpose: `reasonToSkip` gave this reason.
+public struct BackupSkipped: Error, CustomStringConvertible {
+    public let reason: String
+    public var description: String { reason }
 }
 
 extension BackupShipper {

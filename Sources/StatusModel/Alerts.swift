@@ -178,13 +178,17 @@ public struct AlertThresholds: Sendable, Equatable {
     public var certificateDays: Double?
     /// With `--sync`: seconds the primary may treat the sender as not synchronous before `sync_not_honoured`.
     public var syncNotHonouredSeconds: Double?
+    /// Receiver: `backup_age` fires when a system's newest complete base backup is older than this many
+    /// seconds, or when it has none this long after the receiver started.
+    public var backupAgeSeconds: Double?
 
     public init(
         lagSeconds: Double? = nil, lagBytes: UInt64? = nil, disconnectSeconds: Double? = nil,
         spoolFreePercent: Double? = nil, memoryMB: Double? = nil, slotRetainedBytes: Int64? = nil,
-        certificateDays: Double? = nil, syncNotHonouredSeconds: Double? = nil
+        certificateDays: Double? = nil, syncNotHonouredSeconds: Double? = nil, backupAgeSeconds: Double? = nil
     ) {
         self.syncNotHonouredSeconds = syncNotHonouredSeconds
+        self.backupAgeSeconds = backupAgeSeconds
         self.lagSeconds = lagSeconds
         self.lagBytes = lagBytes
         self.disconnectSeconds = disconnectSeconds
@@ -261,6 +265,10 @@ public enum AlertRules {
                         condition: "spool_failure", system: id, firing: system.spoolFailure != nil, severity: .critical,
                         message: system.spoolFailure.map { "this system's spool takes no WAL: \($0)" }
                             ?? "this system's spool takes WAL again"))
+                // A fenced system's old primary may not ship backups; a spool that refused to open has nothing to judge.
+                if let limit = t.backupAgeSeconds, system.fence == nil, system.timeline != nil {
+                    out.append(backupAge(system, limit: limit, startedAt: status.process.startedAt, now: now))
+                }
                 if let limit = t.disconnectSeconds, system.fence == nil {
                     let down = system.link.connected ? 0 : system.link.disconnectedSince.map { now.timeIntervalSince($0) } ?? 0
                     out.append(
@@ -334,6 +342,32 @@ public enum AlertRules {
             break
         }
         return out + extra
+    }
+}
+
+extension AlertRules {
+    /// `backup_age`: a restore starts from the newest complete base backup and replays all WAL since, so an old
+    /// one means a long recovery and a spool that keeps every segment since (retention keeps what it needs).
+    static func backupAge(
+        _ system: StatusDocument.SystemStatus, limit: Double, startedAt: Date, now: Date
+    ) -> AlertObservation {
+        let hint = "(hint: walship backup, or enable walship-backup.timer; docs/runbook.md, \"Scheduled base backups\")"
+        guard let newest = system.newestBackup else {
+            let waited = now.timeIntervalSince(startedAt)
+            return AlertObservation(
+                condition: "backup_age", system: system.systemIdentifier, firing: waited > limit,
+                message: waited > limit
+                    ? "no complete base backup of this system in the spool, \(formatDuration(waited)) after the receiver started (alert after \(formatDuration(limit))) \(hint)"
+                    : "no complete base backup of this system yet (alert \(formatDuration(limit)) after the receiver started)",
+                value: nil, threshold: limit)
+        }
+        let age = now.timeIntervalSince(newest.takenAt)
+        return AlertObservation(
+            condition: "backup_age", system: system.systemIdentifier, firing: age > limit,
+            message: age > limit
+                ? "the newest complete base backup, \(newest.id), is \(formatDuration(age)) old (alert above \(formatDuration(limit))) \(hint)"
+                : "the newest complete base backup, \(newest.id), is \(formatDuration(age)) old",
+            value: age, threshold: limit)
     }
 }
 

@@ -129,6 +129,9 @@ public struct StatusDocument: Codable, Sendable, Equatable {
         /// on that standby), and where that record ends. Read from the spool's WAL.
         public var lastReplayedCommitTime: Date?
         public var lastReplayedCommitLSN: String?
+        /// Receiver only: the newest complete base backup in the spool (what a restore would start from), or
+        /// nil when there is none; the `backup_age` alert and `walship backup --if-older-than` judge its age.
+        public var newestBackup: NewestBackup?
 
         public init(
             systemIdentifier: String?, timeline: UInt32?, link: LinkStatus, chain: [Stage],
@@ -245,6 +248,19 @@ public struct StatusDocument: Codable, Sendable, Equatable {
             case nil: break
             }
             return text
+        }
+    }
+
+    public struct NewestBackup: Codable, Sendable, Equatable {
+        public var id: String
+        /// When the backup began (its `backup.json` createdAt).
+        public var takenAt: Date
+        public var stopLSN: String
+
+        public init(id: String, takenAt: Date, stopLSN: String) {
+            self.id = id
+            self.takenAt = takenAt
+            self.stopLSN = stopLSN
         }
     }
 

@@ -86,6 +86,13 @@ public enum StatusTable {
             } else if s.role == "receiver", system.stage(.replayed)?.lsn != nil {
                 out.append("  last replayed commit: none found in the spool's WAL before the replayed position")
             }
+            if let backup = system.newestBackup {
+                out.append(
+                    "  newest backup: \(backup.id), taken \(formatISO8601(backup.takenAt)) (\(formatDuration(now.timeIntervalSince(backup.takenAt))) ago), ends at \(backup.stopLSN)"
+                )
+            } else if s.role == "receiver", system.timeline != nil {
+                out.append("  newest backup: NONE complete (hint: walship backup; a restore needs one)")
+            }
             if let skew = system.clockSkewSeconds, abs(skew) >= 1 {
                 out.append(
                     "  note: the primary's clock is \(format(abs(skew))) s \(skew > 0 ? "ahead of" : "behind") this host's; lag in seconds uses the primary's clock"

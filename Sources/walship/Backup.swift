@@ -34,6 +34,18 @@ struct Backup: AsyncParsableCommand {
             valueName: "auto|fast|high"))
     var compression = "auto"
 
+    @Option(
+        help: ArgumentHelp(
+            "Take the backup only when the receiver's newest complete backup of this system is older than this (for a timer or cron job): seconds, or 24h, 7d. Needs --receiver-status.",
+            valueName: "duration"))
+    var ifOlderThan: TimeSpan?
+
+    @Option(
+        help: ArgumentHelp(
+            "The receiver's status endpoint (its --status-listen), e.g. http://dr.example:7001: where --if-older-than learns the newest backup's age.",
+            valueName: "url"))
+    var receiverStatus: String?
+
     @OptionGroup var link: LinkOptions
     @OptionGroup var notice: NoticeOptions
     @OptionGroup var logging: LoggingOptions
@@ -41,6 +53,42 @@ struct Backup: AsyncParsableCommand {
     func validate() throws {
         _ = try parseEndpoint(to, option: "--to")
         _ = try compressionMode(compression)
+        if let ifOlderThan, ifOlderThan.seconds <= 0 { throw ValidationError("--if-older-than must be positive (e.g. 24h)") }
+        switch (ifOlderThan, receiverStatus) {
+        case (.some, nil):
+            throw ValidationError(
+                "--if-older-than needs --receiver-status URL, the receiver's --status-listen (e.g. http://dr.example:7001), to learn the newest backup's age"
+            )
+        case (nil, .some):
+            throw ValidationError("--receiver-status is only used with --if-older-than")
+        case (_, let url?) where Status.statusURL(url) == nil:
+            throw ValidationError("--receiver-status expects http://HOST:PORT (the receiver's --status-listen), got \"\(url)\"")
+        default:
+            break
+        }
+    }
+
+    /// With --if-older-than: asks the receiver's status endpoint for the system's newest complete backup. A status
+    /// that cannot be read does not stop the backup: one backup too many is harmless, one missing is not.
+    func skipWhenRecent() -> (@Sendable (UInt64) async -> String?)? {
+        guard let maxAge = ifOlderThan?.seconds, let url = receiverStatus.flatMap(Status.statusURL) else { return nil }
+        return { system in
+            let status: StatusDocument
+            do {
+                let data = try await fetchStatusData(url, timeout: 10)
+                status = try StatusDocument.decoder().decode(StatusDocument.self, from: data)
+            } catch {
+                print("cannot read the receiver's status at \(url) (\(error)): taking a backup")
+                return nil
+            }
+            switch BackupSchedule.decide(status: status, system: String(system), maxAge: maxAge, now: Date()) {
+            case .skip(let line):
+                return line
+            case .take(let line):
+                print(line)
+                return nil
+            }
+        }
     }
 
     func run() async throws {
@@ -54,6 +102,7 @@ struct Backup: AsyncParsableCommand {
             shipper.linkTimeout = .seconds(link.linkTimeoutSeconds)
             shipper.compression = try compressionMode(compression)
             shipper.tls = try link.tlsFiles.map { ClientTLS(context: try $0.clientContext(), serverName: nil) }
+            shipper.reasonToSkip = skipWhenRecent()
             let display = ProgressDisplay(terminal: isatty(STDOUT_FILENO) == 1)
             let outcome = try await shipper.run { display.show($0) }
             display.finish()
@@ -65,6 +114,8 @@ struct Backup: AsyncParsableCommand {
                 .success, condition: "backup", role: "backup", system: nil, message: message,
                 details: ["backup": outcome.id, "stop_lsn": outcome.stop.description], notifier: notice.notifier("walship.backup")
             )
+        } catch let skipped as BackupSkipped {
+            print(skipped.reason)
         } catch {
             await StatusMonitor.notice(
                 .failure, condition: "backup", role: "backup", system: nil, message: "backup failed: \(error)",

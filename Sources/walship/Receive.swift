@@ -84,6 +84,12 @@ struct Receive: AsyncParsableCommand {
             "Alert when the DR site is this much WAL behind the primary: bytes, or 64M, 1G (powers of 1024).", valueName: "size"))
     var alertLagBytes: ByteSize?
 
+    @Option(
+        help: ArgumentHelp(
+            "Alert (backup_age) when a system's newest complete base backup is older than this, or none exists this long after the receiver started: seconds, or 26h, 8d.",
+            valueName: "duration"))
+    var alertBackupAge: TimeSpan?
+
     @Option(help: "Alert when the spool's file system has less than this percentage free.")
     var alertSpoolFreePercent: Double?
 
@@ -146,6 +152,7 @@ struct Receive: AsyncParsableCommand {
             throw ValidationError("--alert-spool-free-percent must be 0...100")
         }
         if let s = alertLagSeconds, s.seconds <= 0 { throw ValidationError("--alert-lag-seconds must be positive") }
+        if let age = alertBackupAge, age.seconds <= 0 { throw ValidationError("--alert-backup-age must be positive (e.g. 26h)") }
     }
 
     func validateRetention() throws {
@@ -229,7 +236,7 @@ struct Receive: AsyncParsableCommand {
             lagSeconds: alertLagSeconds?.seconds, lagBytes: alertLagBytes?.bytes,
             disconnectSeconds: alerts.disconnectSeconds,
             spoolFreePercent: alertSpoolFreePercent, memoryMB: alerts.memoryMB,
-            certificateDays: alerts.certificateDays)
+            certificateDays: alerts.certificateDays, backupAgeSeconds: alertBackupAge?.seconds)
         let monitor = StatusMonitor(
             role: "receiver", thresholds: thresholds, notifier: alerts.notifier(logger),
             recoverAfterSeconds: alerts.recoverySeconds,

@@ -56,8 +56,10 @@ struct Status: AsyncParsableCommand {
         }
     }
 
+    var statusURL: URL? { Self.statusURL(url) }
+
     /// Accepts `http://host:port`, `host:port` and a URL already ending in /status.
-    var statusURL: URL? {
+    static func statusURL(_ url: String) -> URL? {
         var text = url.contains("://") ? url : "http://" + url
         while text.hasSuffix("/") { text.removeLast() }
         if !text.hasSuffix("/status") { text += "/status" }

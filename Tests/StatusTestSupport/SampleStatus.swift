@@ -13,18 +13,18 @@ public func sampleReceiver(
         .init(name: "durable", lsn: "0/4F00000", bytesBehind: durableBehindBytes, secondsBehind: seconds),
         .init(name: "replayed", lsn: nil, bytesBehind: nil, secondsBehind: nil),
     ]
+    var system = StatusDocument.SystemStatus(
+        systemIdentifier: "7301", timeline: 1,
+        link: .init(
+            connected: connected, peer: "10.0.0.1:4000", senderName: "walship", synchronous: true,
+            disconnectedSince: connected ? nil : at.addingTimeInterval(-90)),
+        chain: chain)
+    system.newestBackup = .init(id: "20270115T070000Z", takenAt: at.addingTimeInterval(-7200), stopLSN: "0/3000100")
     return StatusDocument(
         role: "receiver", version: walshipVersion, host: "dr", generatedAt: at,
         process: .init(pid: 42, startedAt: at.addingTimeInterval(-3600), residentMemoryBytes: 30 << 20),
         state: "listening", stateSince: at.addingTimeInterval(-3600), alerts: alerts,
-        systems: [
-            .init(
-                systemIdentifier: "7301", timeline: 1,
-                link: .init(
-                    connected: connected, peer: "10.0.0.1:4000", senderName: "walship", synchronous: true,
-                    disconnectedSince: connected ? nil : at.addingTimeInterval(-90)),
-                chain: chain)
-        ],
+        systems: [system],
         spool: .init(path: "/spool", totalBytes: 1000, freeBytes: 250, usedBytes: 100))
 }
 
