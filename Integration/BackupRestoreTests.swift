@@ -199,6 +199,62 @@ struct BackupRestoreTests {
         #expect(noSpool.status != 0)
     }
 
+    /// A point in time between two backups is restored from the older one: the newer ends after the target, and
+    /// recovery cannot stop before a backup's end.
+    @Test func aTargetTimeBeforeTheNewestBackupRestoresFromTheOlderOne() throws {
+        let fixture = try Fixture("pitr-older")
+        defer { fixture.tearDown() }
+        var topology = try ShipTopology(fixture, spoolOwnedByPostgres: true)
+        try topology.startReceiver()
+        try topology.startSender()
+        try topology.primary.pgbench(["-i", "-s", "1", "-q"])
+        func backup() throws -> String {
+            let r = try run(
+                IT.walshipBinary,
+                ["backup", "--source", topology.primary.conninfo, "--to", "127.0.0.1:\(topology.receiverPort)"]
+                    + topology.linkArguments("sender"), timeout: 300)
+            let line = r.output.split(separator: "\n").last { $0.hasPrefix("backup ") && $0.contains(" complete:") } ?? ""
+            return String(line.split(separator: " ").dropFirst().first ?? "")
+        }
+        let older = try backup()
+        try topology.primary.sql("CREATE TABLE marks AS SELECT generate_series(1, 100) AS id")
+        let target = try topology.primary.sql("SELECT now()")
+        // Backups are stored with whole-second times: let the next one end in a later second than the target.
+        let afterTarget = Date().addingTimeInterval(1.5)
+        try waitUntil("the clock to pass the target's second", timeout: 5) { (Date() > afterTarget, "") }
+        try topology.primary.sql("INSERT INTO marks SELECT generate_series(101, 300)")
+        let newer = try backup()
+        #expect(!older.isEmpty && !newer.isEmpty && older != newer)
+        let end = try lsn(topology.primary.sql("SELECT pg_current_wal_lsn()"))!
+        _ = try topology.switchAndWait()
+        try waitUntil("the spool to hold everything", timeout: 60) { (try topology.durable() >= end, "") }
+
+        let data = fixture.directory + "/pitr"
+        let restored = try run(
+            IT.walshipBinary,
+            ["restore", "--spool", topology.spool, "--pgdata", data, "--target-time", target, "--target-action", "promote"],
+            check: false)
+        #expect(restored.status == 0, "\(restored.error)")
+        #expect(restored.output.contains("restored backup \(older) "), "\(restored.output)")
+        let copy = try fixture.startCopy(name: "pitr", signal: "recovery.signal", settings: [])
+        try waitUntil("the point-in-time copy to promote", timeout: 120) {
+            let state = try copy.sql("SELECT pg_is_in_recovery()")
+            return (state == "f", state)
+        }
+        #expect(try copy.sql("SELECT count(*) FROM marks") == "100")
+
+        // Naming the newer backup for that target is refused before anything is written.
+        let named = try run(
+            IT.walshipBinary,
+            [
+                "restore", "--spool", topology.spool, "--pgdata", fixture.directory + "/named", "--backup", newer,
+                "--target-time", target,
+            ],
+            check: false)
+        #expect(named.status != 0 && named.error.contains("after the target time"), "\(named.error)")
+        #expect(!FileManager.default.fileExists(atPath: fixture.directory + "/named/PG_VERSION"))
+    }
+
     /// Backups you can forget about: the receiver raises backup_age while no backup is complete, `walship backup
     /// --if-older-than` takes the first and then declines while it is young, and the alert resolves.
     @Test func scheduledBackupsAreTakenOnlyWhenDueAndTheirAgeIsAlerted() throws {

@@ -13,19 +13,17 @@ public struct RestoredDirectory {
 /// and `signal` (standby.signal or recovery.signal) is created. The directory ends owned by `osUser`.
 public func restoreFromBackup(
     spool: String, system: UInt64?, backup: String?, pgdata: String, settings: [String], signal: String,
-    osUser: String, walshipPath: String?
+    osUser: String, walshipPath: String?, targetTime: Date? = nil
 ) async throws -> RestoredDirectory {
     let spoolRoot = absolutePath(spool)
     let dataDirectory = absolutePath(pgdata)
     let reader = try SpoolReader(root: spoolRoot, system: system)
     let systemDirectory = reader.systemDirectory
     let backups = try BackupCatalog.list(systemDirectory: systemDirectory)
-    guard let chosen = backup.map({ id in backups.first { $0.id == id } }) ?? backups.last(where: { $0.status == .complete })
-    else {
-        throw RestoreError(
-            backup.map { "no backup \($0) for system \(reader.systemIdentifier) (hint: walship backups --spool \(spool))" }
-                ?? "no complete base backup for system \(reader.systemIdentifier) in \(spool) (hint: walship backup --source ... --to RECEIVER)"
-        )
+    let chosen = try BackupChoice.choose(backups, requested: backup, endingBy: targetTime) { problem in
+        "\(problem) for system \(reader.systemIdentifier) in \(spool) (hint: "
+            + (backup == nil ? "walship backup --source ... --to RECEIVER takes one; " : "")
+            + "walship backups --spool \(spool) lists them)"
     }
     guard chosen.status == .complete else {
         throw RestoreError("backup \(chosen.id) is not complete: the spool does not yet hold WAL up to \(chosen.stopLSN)")

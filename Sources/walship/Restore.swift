@@ -31,7 +31,10 @@ struct Restore: AsyncParsableCommand {
     @Option(help: "primary_conninfo for --standby: the receiver's standby endpoint.")
     var primaryConninfo: String?
 
-    @Option(help: "Recover up to this time (PostgreSQL timestamp, e.g. '2026-11-23 10:15:00+00').")
+    @Option(
+        help:
+            "Recover up to this time (PostgreSQL timestamp, e.g. '2026-11-23 10:15:00+00'); the restore starts from the newest complete backup stored by then."
+    )
     var targetTime: String?
 
     @Option(help: "Recover up to this LSN.")
@@ -60,6 +63,11 @@ struct Restore: AsyncParsableCommand {
             throw ValidationError("--primary-conninfo goes with --standby")
         }
         guard targets.count <= 1 else { throw ValidationError("give at most one of --target-time, --target-lsn, --target-name") }
+        if let targetTime, backup == nil, TargetTime.parse(targetTime) == nil {
+            throw ValidationError(
+                "--target-time \"\(targetTime)\" is not a time walship can compare with its backups (hint: write it as 2026-11-23 10:15:00+00, or name the backup to start from with --backup ID)"
+            )
+        }
         if let targetLsn, LSN(targetLsn) == nil { throw ValidationError("--target-lsn expects X/X, got \(targetLsn)") }
         guard ["pause", "promote", "shutdown"].contains(targetAction) else {
             throw ValidationError("--target-action is pause, promote or shutdown")
@@ -77,13 +85,19 @@ struct Restore: AsyncParsableCommand {
     }
 
     private func restore() async throws {
+        let target = targetTime.flatMap(TargetTime.parse)
+        if let target, !target.zoneGiven {
+            print(
+                "note: --target-time has no time zone: taken as this host's (\(TimeZone.current.identifier)) to choose the backup"
+            )
+        }
         let settings = recoverySettings(
             primaryConninfo: standby ? primaryConninfo : nil, targetTime: targetTime, targetLSN: targetLsn,
             targetName: targetName, targetAction: targetAction)
         let restored = try await restoreFromBackup(
             spool: spool, system: system, backup: backup, pgdata: pgdata, settings: settings,
             signal: standby ? "standby.signal" : "recovery.signal", osUser: osUser,
-            walshipPath: walshipPath)
+            walshipPath: walshipPath, targetTime: target?.date)
         let chosen = restored.backup
         print(
             "restored backup \(chosen.id) (system \(restored.systemIdentifier), start \(chosen.startLSN), stop \(chosen.stopLSN)) into \(restored.dataDirectory)"
