@@ -321,6 +321,61 @@ struct BackupRestoreTests {
         )
     }
 
+    /// `--retain-days`: the receiver keeps a backup the count alone would drop while the window needs it; `walship
+    /// prune` reads the receiver's settings from the configuration file and refuses to remove files beside it.
+    @Test func aRecoveryWindowKeepsWhatItNeedsAndPruneTakesTheSpoolsLock() throws {
+        let fixture = try Fixture("retention-window")
+        defer { fixture.tearDown() }
+        var topology = try ShipTopology(fixture, spoolOwnedByPostgres: true)
+        topology.receiverExtra = ["--retain-backups", "1", "--retain-days", "1"]
+        try topology.startReceiver()
+        try topology.startSender()
+        try topology.primary.pgbench(["-i", "-s", "1", "-q"])
+        func backup() throws -> String {
+            let r = try run(
+                IT.walshipBinary,
+                ["backup", "--source", topology.primary.conninfo, "--to", "127.0.0.1:\(topology.receiverPort)"]
+                    + topology.linkArguments("sender"), timeout: 300)
+            let line = r.output.split(separator: "\n").last { $0.hasPrefix("backup ") && $0.contains(" complete:") } ?? ""
+            return String(line.split(separator: " ").dropFirst().first ?? "")
+        }
+        let first = try backup()
+        try topology.primary.pgbench(["-T", "1", "-c", "2"])
+        _ = try topology.switchAndWait()
+        let second = try backup()
+        // No backup is a day old: the window keeps both, where --retain-backups 1 alone would keep the second only.
+        let listing = try run(IT.walshipBinary, ["backups", "--spool", topology.spool, "--json"])
+        let ids = try #require(try JSONSerialization.jsonObject(with: Data(listing.output.utf8)) as? [[String: Any]]).compactMap {
+            $0["id"] as? String
+        }
+        #expect(ids == [first, second], "\(ids)")
+
+        // prune --config takes the spool and the retention from [receive]; a command-line option wins.
+        let config = fixture.directory + "/walship.toml"
+        try """
+        [receive]
+        listen = "127.0.0.1:\(topology.receiverPort)"
+        spool = "\(topology.spool)"
+        retain-backups = 1
+        retain-days = 1
+        """.write(toFile: config, atomically: true, encoding: .utf8)
+        let fromFile = try run(IT.walshipBinary, ["prune", "--config", config, "--dry-run"])
+        #expect(
+            fromFile.output.contains("retention: keep 1 backup(s), and a recovery window of 1d (from \(config) [receive]"),
+            "\(fromFile.output)")
+        #expect(
+            fromFile.output.contains("no backup is that old") && fromFile.output.contains("nothing to remove"),
+            "\(fromFile.output)")
+        let narrower = try run(IT.walshipBinary, ["prune", "--config", config, "--retain-days", "1s", "--dry-run"])
+        #expect(narrower.output.contains("would remove backup \(first)"), "\(narrower.output)")
+
+        // Removing files needs the spool's lock, which the running receiver holds.
+        let beside = try run(IT.walshipBinary, ["prune", "--config", config, "--retain-days", "1s"], check: false)
+        #expect(beside.status != 0 && beside.error.contains("in use by a running walship receive"), "\(beside.error)")
+        let still = try run(IT.walshipBinary, ["backups", "--spool", topology.spool, "--json"])
+        #expect(still.output.contains(first), "\(still.output)")
+    }
+
     @Test func retentionKeepsWhatRecoveryNeeds() throws {
         let fixture = try Fixture("retention")
         defer { fixture.tearDown() }

@@ -31,6 +31,9 @@ public struct ReceiverConfiguration: Sendable {
     public var asyncSyncInterval: Duration = .milliseconds(200)
     /// Complete base backups to keep; older backups and WAL nothing needs are pruned (see `RetentionPlan`).
     public var retainBackups = 2
+    /// Seconds back from now that must stay restorable (`--retain-days`): every backup that needs is kept besides
+    /// the newest `retainBackups`; nil for no window.
+    public var recoveryWindow: Double?
     public var pruneInterval: Duration = .seconds(60)
     /// Where standbys are served (recorded in the spool so `walship promote` can recognise a walship replica).
     public var standbyListen: String?
@@ -304,7 +307,7 @@ public final class Receiver: Service {
         do {
             let plan = try Pruner.prune(
                 systemDirectory: system.directory, segmentSize: system.segmentSize,
-                retainBackups: config.retainBackups, dryRun: false)
+                retainBackups: config.retainBackups, recoveryWindow: config.recoveryWindow, dryRun: false)
             for warning in plan.reasons where warning.hasPrefix("WARNING") {
                 logger.warning("\(warning)", metadata: ["walship.system": "\(system.systemIdentifier)"])
             }

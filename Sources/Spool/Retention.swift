@@ -58,8 +58,9 @@ public enum StandbyRegistry {
 }
 
 /// What may be removed from a system's spool, and why. The rule: keep the newest `retainBackups` complete
-/// backups and all WAL from the oldest kept backup's start onward; never remove WAL a known standby has not
-/// replayed; with no complete backup, remove nothing.
+/// backups and, with a recovery window, every complete backup needed to restore to any time in it (those stored
+/// within it and the newest stored before it began); keep all WAL from the oldest kept backup's start onward;
+/// never remove WAL a known standby has not replayed; with no complete backup, remove nothing.
 public struct RetentionPlan: Sendable, Equatable {
     public var removeBackups: [String]
     public var removeSegments: [SegmentName]
@@ -70,21 +71,37 @@ public struct RetentionPlan: Sendable, Equatable {
     /// A standby holding back more than this is reported.
     public static let holdBackWarningBytes: UInt64 = 1 << 30
 
+    /// `recoveryWindow`: seconds back from `now` that must stay restorable (`--retain-days`); nil for none.
     public static func compute(
         backups: [BackupInfo], segments: [SegmentName], standbys: [StandbyRecord], retainBackups: Int,
-        segmentSize: WALSegmentSize
+        segmentSize: WALSegmentSize, recoveryWindow: Double? = nil, now: Date = Date()
     ) -> RetentionPlan {
         let complete = backups.filter { $0.status == .complete }.sorted { $0.id < $1.id }
-        guard retainBackups > 0, let oldestKept = complete.suffix(retainBackups).first, let backupStart = LSN(oldestKept.startLSN)
-        else {
+        guard retainBackups > 0, var oldestKept = complete.suffix(retainBackups).first else {
             return RetentionPlan(
                 removeBackups: [], removeSegments: [], keepFrom: nil,
                 reasons: ["no complete base backup yet: nothing is pruned"])
         }
+        var reasons = ["keeping the newest \(retainBackups) complete backup(s)"]
+        if let recoveryWindow {
+            // A restore to a time T starts from the newest backup stored by T (recovery cannot stop before a
+            // backup's end), so the window's start needs the newest backup stored by then, and all after it.
+            let windowStart = now.addingTimeInterval(-recoveryWindow)
+            let base = complete.last { $0.createdAt <= windowStart } ?? complete[0]
+            if base.id < oldestKept.id { oldestKept = base }
+            reasons.append(
+                complete.contains { $0.createdAt <= windowStart }
+                    ? "recovery window of \(formatWindow(recoveryWindow)) (from \(windowStart.formatted(.iso8601))): \(base.id), stored \(base.createdAt.formatted(.iso8601)), is the newest backup stored before it began"
+                    : "recovery window of \(formatWindow(recoveryWindow)) (from \(windowStart.formatted(.iso8601))): no backup is that old, so every complete backup is kept"
+            )
+        }
+        guard let backupStart = LSN(oldestKept.startLSN) else {
+            return RetentionPlan(
+                removeBackups: [], removeSegments: [], keepFrom: nil,
+                reasons: ["backup \(oldestKept.id) has an unreadable start LSN \(oldestKept.startLSN): nothing is pruned"])
+        }
         var keepFrom = segmentSize.segmentStart(of: backupStart)
-        var reasons = [
-            "keeping the newest \(retainBackups) complete backup(s); the oldest kept, \(oldestKept.id), starts at \(backupStart)"
-        ]
+        reasons.append("the oldest kept backup, \(oldestKept.id), starts at \(backupStart)")
         for standby in standbys where standby.replayed.isValid && segmentSize.segmentStart(of: standby.replayed) < keepFrom {
             let held = keepFrom.bytesAfter(segmentSize.segmentStart(of: standby.replayed))
             if held > holdBackWarningBytes {
@@ -101,11 +118,49 @@ public struct RetentionPlan: Sendable, Equatable {
     }
 }
 
+/// `7d`, `36h`: the window as `--retain-days` may give it.
+func formatWindow(_ seconds: Double) -> String {
+    seconds.truncatingRemainder(dividingBy: 86_400) == 0 ? "\(Int(seconds / 86_400)) days" : "\(Int(seconds / 3600)) hours"
+}
+
+/// The spool's lock held by `walship prune` while it removes files, so it never runs beside a live receiver (which
+/// prunes by itself, and could be writing a backup or reading WAL a standby needs) and no receiver starts meanwhile.
+public final class SpoolMaintenanceLock: Sendable {
+    private let fd: Int32
+    private let io: FileIO
+
+    public init(root: String, fileSystem: any FileSystem = PosixFileSystem()) throws {
+        io = FileIO(fileSystem)
+        guard io.isDirectory(root) else {
+            throw SpoolError(.io, "spool directory \"\(root)\" does not exist (hint: give the --spool of walship receive)")
+        }
+        let path = Spool.lockPath(root)
+        let created = !io.exists(path)
+        do {
+            fd = try io.fs.lockExclusively(path)
+            // Run as root on a spool no receiver has used yet: the lock file must stay the receiver's to open.
+            if created, fileSystem is PosixFileSystem {
+                var owner = stat()
+                if stat(root, &owner) == 0 { _ = chown(path, owner.st_uid, owner.st_gid) }
+            }
+        } catch {
+            guard error.code == EWOULDBLOCK else { throw SpoolError.errno("lock", path, error.code) }
+            throw SpoolError(
+                .locked,
+                "spool \"\(root)\" is in use by a running walship receive, which prunes it by itself every minute with its own --retain-backups and --retain-days (hint: change those and restart it, or stop it to prune by hand; --dry-run reads without the lock)"
+            )
+        }
+    }
+
+    deinit { io.close(fd) }
+}
+
 public enum Pruner {
     /// Plans (and unless `dryRun`, applies) retention for one system. Only completed segments and whole backups
     /// are removed; the in-progress segment and history files never are.
     public static func prune(
-        systemDirectory: String, segmentSize: WALSegmentSize, retainBackups: Int, dryRun: Bool
+        systemDirectory: String, segmentSize: WALSegmentSize, retainBackups: Int, recoveryWindow: Double? = nil,
+        dryRun: Bool, now: Date = Date()
     ) throws -> RetentionPlan {
         let walDirectory = systemDirectory + "/wal"
         let segments = try FileIO.listDirectory(walDirectory).compactMap { name -> SegmentName? in
@@ -114,7 +169,7 @@ public enum Pruner {
         let plan = RetentionPlan.compute(
             backups: try BackupCatalog.list(systemDirectory: systemDirectory), segments: segments,
             standbys: try StandbyRegistry.list(systemDirectory: systemDirectory),
-            retainBackups: retainBackups, segmentSize: segmentSize)
+            retainBackups: retainBackups, segmentSize: segmentSize, recoveryWindow: recoveryWindow, now: now)
         guard !dryRun else { return plan }
         for id in plan.removeBackups {
             try FileIO.removeDirectory(systemDirectory + "/base/" + id)

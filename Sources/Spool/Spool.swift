@@ -40,7 +40,7 @@ public final class Spool: Sendable {
                 .io,
                 "spool directory \"\(root)\" is not writable by this user (hint: chown it to the user running walship receive)")
         }
-        let lockPath = root + "/.walship.lock"
+        let lockPath = Self.lockPath(root)
         do {
             lockFD = try io.fs.lockExclusively(lockPath)
         } catch {
@@ -52,6 +52,9 @@ public final class Spool: Sendable {
     }
 
     deinit { io.close(lockFD) }
+
+    /// The file whose exclusive lock the receiver holds while it runs (and `walship prune` while it prunes).
+    public static func lockPath(_ root: String) -> String { root + "/.walship.lock" }
 
     /// Opens (recovering) or creates the spool of one source system.
     public func system(_ systemIdentifier: UInt64, segmentSize: WALSegmentSize) throws -> SystemSpool {

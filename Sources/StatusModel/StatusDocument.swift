@@ -253,7 +253,7 @@ public struct StatusDocument: Codable, Sendable, Equatable {
 
     public struct NewestBackup: Codable, Sendable, Equatable {
         public var id: String
-        /// When the backup began (its `backup.json` createdAt).
+        /// When the receiver stored it, after its data ended (its `backup.json` createdAt).
         public var takenAt: Date
         public var stopLSN: String
 

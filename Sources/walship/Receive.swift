@@ -58,8 +58,17 @@ struct Receive: AsyncParsableCommand {
     var standbyTlsKey: String?
 
     @Option(
-        help: "Complete base backups to keep; older ones, and WAL neither a kept backup nor a known standby needs, are pruned.")
+        help:
+            "Complete base backups to keep; older ones, and WAL neither a kept backup nor a known standby needs, are pruned. With --retain-days, the least kept."
+    )
     var retainBackups = 2
+
+    @Option(
+        help: ArgumentHelp(
+            "Recovery window: keep every backup, and the WAL after it, needed to restore to any time in the last N days (e.g. 7, or 36h), besides --retain-backups.",
+            valueName: "days"),
+        transform: durationArgument(plainUnit: 86_400))
+    var retainDays: TimeSpan?
 
     @Option(
         help:
@@ -157,6 +166,7 @@ struct Receive: AsyncParsableCommand {
 
     func validateRetention() throws {
         guard retainBackups >= 1 else { throw ValidationError("--retain-backups must be at least 1") }
+        if let retainDays, retainDays.seconds <= 0 { throw ValidationError("--retain-days must be positive (e.g. 7)") }
     }
 
     /// The standby credential: a file holding a SCRAM-SHA-256 verifier as pg_authid stores it (so no
@@ -191,6 +201,7 @@ struct Receive: AsyncParsableCommand {
             name: ProcessInfo.processInfo.hostName)
         configuration.linkTimeout = .seconds(link.linkTimeoutSeconds)
         configuration.retainBackups = retainBackups
+        configuration.recoveryWindow = retainDays?.seconds
         configuration.spoolQuota = spoolMaxBytes?.bytes
         configuration.standbyListen = standbyListen
         configuration.acceptFenced = force

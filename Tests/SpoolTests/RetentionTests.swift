@@ -1,4 +1,5 @@
 import Foundation
+import Logging
 import Testing
 import WALCore
 import WALTestSupport
@@ -42,6 +43,72 @@ import WALTestSupport
         #expect(plan.reasons.contains { $0.contains("standby dr") })
     }
 
+    let now = Date(timeIntervalSince1970: 1_800_000_000)
+    let day = 86_400.0
+
+    func stored(_ id: String, start: String, daysAgo: Double, status: BackupInfo.Status = .complete) -> BackupInfo {
+        var info = backup(id, start: start, status: status)
+        info.createdAt = now.addingTimeInterval(-daysAgo * day)
+        return info
+    }
+
+    /// Backups stored 10, 6 and 1 days ago, starting in segments 3, 6 and 9.
+    var week: [BackupInfo] {
+        [
+            stored("b1", start: "0/3000028", daysAgo: 10), stored("b2", start: "0/6000028", daysAgo: 6),
+            stored("b3", start: "0/9000028", daysAgo: 1),
+        ]
+    }
+
+    func plan(
+        retainBackups: Int = 1, days: Double?, backups: [BackupInfo]? = nil, standbys: [StandbyRecord] = []
+    ) -> RetentionPlan {
+        RetentionPlan.compute(
+            backups: backups ?? week, segments: segments, standbys: standbys, retainBackups: retainBackups, segmentSize: size,
+            recoveryWindow: days.map { $0 * day }, now: now)
+    }
+
+    /// A window reaching back to a time between two backups keeps the older one: a restore to that time starts there.
+    @Test func aRecoveryWindowKeepsTheNewestBackupStoredBeforeItAndEveryOneAfter() {
+        // Five days back lies between b2 (6 days ago) and b3: a restore to then starts from b2.
+        let five = plan(days: 5)
+        #expect(five.removeBackups == ["b1"])
+        #expect(five.keepFrom == LSN("0/6000000")!)
+        #expect(five.removeSegments.map(\.number) == [1, 2, 3, 4, 5])
+        #expect(five.reasons.contains { $0.contains("recovery window of 5 days") && $0.contains("b2") }, "\(five.reasons)")
+        // Seven days back lies before b2: b1 is needed.
+        #expect(plan(days: 7).removeBackups.isEmpty && plan(days: 7).keepFrom == LSN("0/3000000")!)
+        let eleven = plan(days: 11)
+        #expect(eleven.removeBackups.isEmpty && eleven.keepFrom == LSN("0/3000000")!, "\(eleven.reasons)")
+        #expect(eleven.reasons.contains { $0.contains("no backup is that old") })
+        // Exactly at a backup's time: that backup can be restored to its own end.
+        #expect(plan(days: 6).removeBackups == ["b1"])
+        // A window shorter than the newest backup's age needs only that one.
+        #expect(plan(days: 0.5).removeBackups == ["b1", "b2"])
+        #expect(plan(days: 0.5).keepFrom == LSN("0/9000000")!)
+    }
+
+    @Test func retainBackupsStaysTheFloorUnderAWindow() {
+        #expect(plan(retainBackups: 2, days: 0.5).removeBackups == ["b1"])
+        #expect(plan(retainBackups: 3, days: 0.5).removeBackups.isEmpty)
+        // Without a window the count alone decides, as before.
+        #expect(plan(retainBackups: 1, days: nil).removeBackups == ["b1", "b2"])
+    }
+
+    @Test func aWindowNeverDropsWALAStandbyNeedsNorCountsIncompleteBackups() {
+        let slow = StandbyRecord(name: "dr", viaSlot: true, replayedLSN: LSN("0/4123456")!, updatedAt: now)
+        let held = plan(days: 5, standbys: [slow])
+        #expect(held.removeBackups == ["b1"] && held.keepFrom == LSN("0/4000000")!)
+        // A backup stored before the window but never completed cannot be restored from: the complete one before it is kept.
+        let unfinished = [
+            stored("b1", start: "0/3000028", daysAgo: 10), stored("b2", start: "0/6000028", daysAgo: 8, status: .waitingForWAL),
+            stored("b3", start: "0/9000028", daysAgo: 1),
+        ]
+        let planned = plan(days: 7, backups: unfinished)
+        // (b2, stored 8 days ago, would otherwise be the base for a 7-day window.)
+        #expect(planned.removeBackups.isEmpty && planned.keepFrom == LSN("0/3000000")!, "\(planned.reasons)")
+    }
+
     @Test func prunerRemovesFilesAndStandbyRecordsPersist() throws {
         let temp = TempSpool()
         let (_, system) = try temp.open()
@@ -65,5 +132,36 @@ import WALTestSupport
         #expect(
             try temp.files() == ["000000010000000000000002.lz4", "000000010000000000000003.lz4", "000000010000000000000004.lz4"])
         #expect(try BackupCatalog.list(systemDirectory: system.directory).map(\.id) == ["b2"])
+    }
+}
+
+/// `walship prune` takes the receiver's spool lock, so the two never remove or write files side by side.
+@Suite struct SpoolMaintenanceLockTests {
+    let logger = Logger(label: "test", factory: { _ in SwiftLogNoOpLogHandler() })
+
+    @Test func pruneAndAReceiverExcludeEachOther() throws {
+        let memory = InMemoryFileSystem()
+        try memory.mkdir("/spool", mode: 0o750)
+        var receiver: Spool? = try Spool(root: "/spool", logger: logger, fileSystem: memory)
+        #expect {
+            try SpoolMaintenanceLock(root: "/spool", fileSystem: memory)
+        } throws: { error in
+            let text = "\(error)"
+            return (error as? SpoolError)?.kind == .locked && text.contains("in use by a running walship receive")
+                && text.contains("--dry-run reads without the lock")
+        }
+        receiver = nil
+        _ = receiver
+        var prune: SpoolMaintenanceLock? = try SpoolMaintenanceLock(root: "/spool", fileSystem: memory)
+        #expect(throws: SpoolError.self) { try Spool(root: "/spool", logger: logger, fileSystem: memory) }
+        prune = nil
+        _ = prune
+        _ = try Spool(root: "/spool", logger: logger, fileSystem: memory)
+    }
+
+    @Test func aMissingSpoolIsNamed() {
+        #expect {
+            try SpoolMaintenanceLock(root: "/nowhere", fileSystem: InMemoryFileSystem())
+        } throws: { "\($0)".contains("spool directory \"/nowhere\" does not exist") }
     }
 }
