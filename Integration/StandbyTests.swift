@@ -76,6 +76,34 @@ struct StandbyTests {
         try waitForReplay(standby, topology.primary, "after the receiver restarted")
         #expect(try standby.sql("SELECT count(*) FROM patients") == "6000")
         #expect(try standby.sql("SELECT pg_is_in_recovery()") == "t")
+
+        // walship standby forget refuses while the standby is connected (the receiver says so on its control
+        // socket), and once it is stopped removes the record that pins its WAL.
+        let forget = ["standby", "forget", "dr_replica", "--spool", topology.spool]
+        var refusal = ""
+        try waitUntil("the receiver to report the standby connected", timeout: 30) {
+            let r = try run(IT.walshipBinary, forget + ["--dry-run"], check: false)
+            refusal = r.error
+            return (r.status != 0 && r.error.contains("is connected to the receiver now"), r.output + r.error)
+        }
+        #expect(refusal.contains("application_name dr_replica"), "\(refusal)")
+        let record = topology.spool + "/\(topology.systemIdentifier)/standbys/app-dr_replica.json"
+        #expect(FileManager.default.fileExists(atPath: record))
+        standby.stopImmediately()
+        var dry = ""
+        try waitUntil("the receiver to see the standby gone", timeout: 30) {
+            let r = try run(IT.walshipBinary, forget + ["--dry-run"], check: false)
+            dry = r.output
+            return (r.status == 0, r.output + r.error)
+        }
+        #expect(dry.contains("standby dr_replica (by application_name) replayed up to"), "\(dry)")
+        #expect(dry.contains("would remove the record of standby dr_replica"), "\(dry)")
+        #expect(FileManager.default.fileExists(atPath: record))
+        let forgotten = try run(IT.walshipBinary, forget)
+        #expect(forgotten.output.contains("removed the record of standby dr_replica"), "\(forgotten.output)")
+        #expect(!FileManager.default.fileExists(atPath: record))
+        let unknown = try run(IT.walshipBinary, forget, check: false)
+        #expect(unknown.status != 0 && unknown.error.contains("no standby named dr_replica is recorded"), "\(unknown.error)")
     }
 
     /// The receiver reads the commit time of what the standby replayed from the spool's WAL: it equals the

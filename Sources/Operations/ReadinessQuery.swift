@@ -25,40 +25,7 @@ public enum ReadinessQuery {
 
     /// One request on the control socket, with a 2 s bound on each read and write.
     static func askReceiver(at path: String) throws -> ReadinessReport {
-        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
-        guard fd >= 0 else { throw ReadinessQueryError("socket: \(String(cString: strerror(errno)))") }
-        defer { close(fd) }
-        var address = sockaddr_un()
-        address.sun_family = sa_family_t(AF_UNIX)
-        let bytes = Array(path.utf8)
-        guard bytes.count < MemoryLayout.size(ofValue: address.sun_path) else {
-            throw ReadinessQueryError("the socket path is too long")
-        }
-        withUnsafeMutableBytes(of: &address.sun_path) { raw in
-            raw.copyBytes(from: bytes)
-            raw[bytes.count] = 0
-        }
-        var timeout = timeval(tv_sec: 2, tv_usec: 0)
-        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
-        setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
-        let connected = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size))
-            }
-        }
-        guard connected == 0 else { throw ReadinessQueryError(String(cString: strerror(errno))) }
-        let request = Array("readiness\n".utf8)
-        guard write(fd, request, request.count) == request.count else {
-            throw ReadinessQueryError("write: \(String(cString: strerror(errno)))")
-        }
-        var answer: [UInt8] = []
-        var chunk = [UInt8](repeating: 0, count: 4096)
-        while answer.count < 1 << 20 {
-            let n = read(fd, &chunk, chunk.count)
-            if n < 0 { throw ReadinessQueryError("read: \(String(cString: strerror(errno)))") }
-            if n == 0 { break }
-            answer += chunk[0..<n]
-        }
+        let answer = try ControlSocketClient.ask("readiness", at: path)
         do {
             return try StatusDocument.decoder().decode(ReadinessReport.self, from: Data(answer))
         } catch {
@@ -93,4 +60,57 @@ public enum ReadinessQuery {
 struct ReadinessQueryError: Error, CustomStringConvertible {
     let description: String
     init(_ description: String) { self.description = description }
+}
+
+/// The client side of the receiver's control socket (`SPOOL/<system>/control.sock`): one request line, one answer.
+enum ControlSocketClient {
+    /// Nobody listens at the path: the receiver is not running (or has not opened this system).
+    struct NotRunning: Error, CustomStringConvertible {
+        let description: String
+    }
+
+    /// Sends `request` and reads the answer, with a 2 s bound on each read and write.
+    static func ask(_ request: String, at path: String) throws -> [UInt8] {
+        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+        guard fd >= 0 else { throw ReadinessQueryError("socket: \(String(cString: strerror(errno)))") }
+        defer { close(fd) }
+        var address = sockaddr_un()
+        address.sun_family = sa_family_t(AF_UNIX)
+        let bytes = Array(path.utf8)
+        guard bytes.count < MemoryLayout.size(ofValue: address.sun_path) else {
+            throw ReadinessQueryError("the socket path is too long")
+        }
+        withUnsafeMutableBytes(of: &address.sun_path) { raw in
+            raw.copyBytes(from: bytes)
+            raw[bytes.count] = 0
+        }
+        var timeout = timeval(tv_sec: 2, tv_usec: 0)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+        setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+        let connected = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size))
+            }
+        }
+        guard connected == 0 else {
+            let code = errno
+            let text = String(cString: strerror(code))
+            // No socket file, or one left by a receiver that stopped: nothing runs there.
+            if code == ENOENT || code == ECONNREFUSED { throw NotRunning(description: text) }
+            throw ReadinessQueryError(text)
+        }
+        let line = Array((request + "\n").utf8)
+        guard write(fd, line, line.count) == line.count else {
+            throw ReadinessQueryError("write: \(String(cString: strerror(errno)))")
+        }
+        var answer: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 4096)
+        while answer.count < 1 << 20 {
+            let n = read(fd, &chunk, chunk.count)
+            if n < 0 { throw ReadinessQueryError("read: \(String(cString: strerror(errno)))") }
+            if n == 0 { break }
+            answer += chunk[0..<n]
+        }
+        return answer
+    }
 }

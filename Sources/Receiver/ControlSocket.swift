@@ -5,7 +5,8 @@ import StatusModel
 
 /// `SPOOL/<system>/control.sock`: a Unix domain socket where `walship promote` asks the running receiver whether
 /// the system's primary is lost. A client writes one line (`readiness`) and reads one line of JSON back (a
-/// `ReadinessReport`, or `{"error": …}`); the receiver then closes the connection. The file has mode 0660: the
+/// `ReadinessReport`, or `{"error": …}`); the receiver then closes the connection. `standbys` is answered with
+/// the standbys the endpoint has served since it started (`[StandbyPresence]`), for `walship standby forget`. The file has mode 0660: the
 /// receiver's user and group (the spool's owner, or root) may ask, nobody else.
 enum ControlSocket {
     static let fileName = "control.sock"
@@ -17,21 +18,29 @@ enum ControlSocket {
     static func path(systemDirectory: String) -> String { systemDirectory + "/" + fileName }
 
     /// The answer to one request line.
-    static func answer(_ request: String, readiness: () -> ReadinessReport) -> String {
+    static func answer(
+        _ request: String, readiness: () -> ReadinessReport, standbys: () -> [StandbyPresence] = { [] }
+    ) -> String {
         switch request.trimmingCharacters(in: .whitespacesAndNewlines) {
         case "readiness":
             let data = (try? StatusDocument.encoder(pretty: false).encode(readiness())) ?? Data()
             return String(decoding: data, as: UTF8.self)
+        case "standbys":
+            let data = (try? StatusDocument.encoder(pretty: false).encode(standbys())) ?? Data()
+            return String(decoding: data, as: UTF8.self)
         case let other:
             let data =
-                (try? JSONEncoder().encode(["error": "unknown request \"\(other.prefix(40))\"; ask \"readiness\""])) ?? Data()
+                (try? JSONEncoder().encode(["error": "unknown request \"\(other.prefix(40))\"; ask \"readiness\" or \"standbys\""]
+                ))
+                ?? Data()
             return String(decoding: data, as: UTF8.self)
         }
     }
 
     /// Listens at `path` (replacing a socket file left by an earlier receiver) with mode 0660.
     static func listen(
-        at path: String, readiness: @escaping @Sendable () -> ReadinessReport
+        at path: String, readiness: @escaping @Sendable () -> ReadinessReport,
+        standbys: @escaping @Sendable () -> [StandbyPresence]
     ) async throws -> Channel {
         guard path.utf8.count <= maxPathBytes else {
             throw ControlSocketError(
@@ -41,7 +50,8 @@ enum ControlSocket {
         let channel = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
             .childChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.addHandler(ControlRequestHandler(readiness: readiness))
+                    try channel.pipeline.syncOperations.addHandler(
+                        ControlRequestHandler(readiness: readiness, standbys: standbys))
                 }
             }
             .bind(unixDomainSocketPath: path, cleanupExistingSocketFile: true).get()
@@ -65,11 +75,13 @@ private final class ControlRequestHandler: ChannelInboundHandler {
     typealias OutboundOut = ByteBuffer
 
     private let readiness: @Sendable () -> ReadinessReport
+    private let standbys: @Sendable () -> [StandbyPresence]
     private var request = ""
     private var answered = false
 
-    init(readiness: @escaping @Sendable () -> ReadinessReport) {
+    init(readiness: @escaping @Sendable () -> ReadinessReport, standbys: @escaping @Sendable () -> [StandbyPresence]) {
         self.readiness = readiness
+        self.standbys = standbys
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
@@ -79,7 +91,7 @@ private final class ControlRequestHandler: ChannelInboundHandler {
         guard request.contains("\n") || request.utf8.count > ControlSocket.maxRequestBytes else { return }
         answered = true
         let line = String(request.prefix { $0 != "\n" }.prefix(ControlSocket.maxRequestBytes))
-        let answer = ControlSocket.answer(line, readiness: readiness) + "\n"
+        let answer = ControlSocket.answer(line, readiness: readiness, standbys: standbys) + "\n"
         let written = context.eventLoop.makePromise(of: Void.self)
         context.writeAndFlush(wrapOutboundOut(context.channel.allocator.buffer(string: answer)), promise: written)
         written.futureResult.whenComplete { [channel = context.channel] _ in channel.close(promise: nil) }

@@ -1104,7 +1104,13 @@ public final class Receiver: Service {
             guard controlSockets.withLock({ $0[id] == nil }) else { continue }
             let path = ControlSocket.path(systemDirectory: system.directory)
             do {
-                let channel = try await ControlSocket.listen(at: path) { self.readiness(of: id) }
+                let channel = try await ControlSocket.listen(
+                    at: path, readiness: { self.readiness(of: id) },
+                    standbys: {
+                        self.standbys(of: id).map {
+                            StandbyPresence(name: $0.recordName ?? $0.name, applicationName: $0.name, connected: $0.connected)
+                        }
+                    })
                 controlSockets.withLock { $0[id] = channel }
             } catch {
                 // Tried again next second; logged once a minute.
@@ -1314,12 +1320,15 @@ public struct StandbyReport: Sendable {
     public var replayed: LSN
     /// The standby's clock when it reported.
     public var reportedAt: PostgresTimestamp
+    /// The name its record in the spool is kept under (its slot, else `name`), for `walship standby forget`.
+    public var recordName: String?
 
-    public init(name: String, connected: Bool, replayed: LSN, reportedAt: PostgresTimestamp) {
+    public init(name: String, connected: Bool, replayed: LSN, reportedAt: PostgresTimestamp, recordName: String? = nil) {
         self.name = name
         self.connected = connected
         self.replayed = replayed
         self.reportedAt = reportedAt
+        self.recordName = recordName
     }
 }
 

@@ -106,7 +106,7 @@ public struct RetentionPlan: Sendable, Equatable {
             let held = keepFrom.bytesAfter(segmentSize.segmentStart(of: standby.replayed))
             if held > holdBackWarningBytes {
                 reasons.append(
-                    "WARNING: standby \(standby.name) (last seen \(standby.updatedAt)) holds back \(held >> 20) MiB of WAL; if it is gone for good, remove its file in standbys/"
+                    "WARNING: standby \(standby.name) (last seen \(standby.updatedAt)) holds back \(held >> 20) MiB of WAL; if it is gone for good, walship standby forget \(standby.name)"
                 )
             }
             keepFrom = segmentSize.segmentStart(of: standby.replayed)

@@ -483,3 +483,18 @@ public func versionText(protocolVersion: UInt16, build: String) -> String {
     let build = build.trimmingCharacters(in: .whitespaces)
     return "walship \(walshipVersion) (ship protocol \(protocolVersion), built \(build.isEmpty ? "unknown" : build))"
 }
+
+/// A standby the receiver's endpoint has served since it started, as its control socket tells `walship standby
+/// forget`: the name its spool record is kept under (its slot, else its application_name), and whether it is
+/// connected now.
+public struct StandbyPresence: Codable, Sendable, Equatable {
+    public var name: String
+    public var applicationName: String
+    public var connected: Bool
+
+    public init(name: String, applicationName: String, connected: Bool) {
+        self.name = name
+        self.applicationName = applicationName
+        self.connected = connected
+    }
+}

@@ -16,6 +16,7 @@ final class StandbyStreamer: @unchecked Sendable {
     private let system: SystemSpool
     private let server: WalSenderServer
     private let applicationName: String
+    private let recordName: String
     private let reader: WALRangeReader
     private let timeline: TimeLineID
     private var end: WalSenderStateMachine.TimelineEnd?
@@ -49,6 +50,7 @@ final class StandbyStreamer: @unchecked Sendable {
         self.system = system
         self.server = server
         self.applicationName = applicationName
+        self.recordName = record.name
         self.replay = Mutex(record)
         self.reader = WALRangeReader(spool: system)
         self.timeline = timeline
@@ -168,7 +170,7 @@ final class StandbyStreamer: @unchecked Sendable {
             system: system.systemIdentifier,
             StandbyProgress(
                 applicationName: applicationName, written: update.write, flushed: update.flush, applied: update.apply,
-                reportedAt: update.sendTime))
+                reportedAt: update.sendTime, recordName: recordName))
         if update.apply.isValid {
             replay.withLock {
                 $0.replayedLSN = update.apply.description

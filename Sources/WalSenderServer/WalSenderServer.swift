@@ -26,6 +26,8 @@ public struct StandbyProgress: Sendable {
     public var reportedAt: PostgresTimestamp
     /// False once the standby's connection ended (its last position stays known).
     public var connected = true
+    /// The name its record in the spool is kept under (`StandbyRecord`): its slot, else its application_name.
+    public var recordName: String?
 }
 
 /// Speaks enough of PostgreSQL's replication protocol that a stock PostgreSQL 15 standby streams from the

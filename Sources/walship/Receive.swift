@@ -236,7 +236,9 @@ struct Receive: AsyncParsableCommand {
         let standbys = standbyServer
         receiver.setStandbyProvider { system in
             (standbys?.standbys(system: system) ?? []).map {
-                StandbyReport(name: $0.applicationName, connected: $0.connected, replayed: $0.applied, reportedAt: $0.reportedAt)
+                StandbyReport(
+                    name: $0.applicationName, connected: $0.connected, replayed: $0.applied, reportedAt: $0.reportedAt,
+                    recordName: $0.recordName)
             }
         }
         let certificates: [StatusDocument.CertificateStatus]?

@@ -578,4 +578,17 @@ import WALCore
         #expect(try StatusDocument.decoder().decode(ReadinessReport.self, from: Data(answer.utf8)) == report)
         #expect(ControlSocket.answer("promote", readiness: { report }).contains(#""error""#))
     }
+
+    @Test func standbysAreAnsweredWithTheNamesTheirRecordsAreKeptUnder() throws {
+        let now = Date(timeIntervalSince1970: 1_800_000_000)
+        let report = ReadinessReport.assess(
+            systemIdentifier: "7", source: "receiver", now: now, linkConnected: true, linkLastFrameAt: now,
+            linkSilentSince: nil, primaryLastHeardAt: now, linkTimeoutSeconds: 30, receiverLoss: "block",
+            senderProtocolVersion: 2, verdict: nil, mode: "sync", modeSince: now)
+        let present = [StandbyPresence(name: "dr_slot", applicationName: "dr_replica", connected: true)]
+        let answer = ControlSocket.answer("standbys\n", readiness: { report }, standbys: { present })
+        #expect(!answer.contains("\n"))
+        #expect(try StatusDocument.decoder().decode([StandbyPresence].self, from: Data(answer.utf8)) == present)
+        #expect(ControlSocket.answer("forget", readiness: { report }).contains("ask \\\"readiness\\\" or \\\"standbys\\\""))
+    }
 }
