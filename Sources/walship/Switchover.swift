@@ -49,11 +49,17 @@ struct Switchover: AsyncParsableCommand {
             "At the standby's site: the shutdown checkpoint the primary's site printed; the spool must end with exactly it.")
     var shutdownCheckpoint: String?
 
-    @Option(help: "Bytes the peer may lack before the primary is stopped (default 16 MiB).")
-    var maxLagBytes: UInt64 = 16 << 20
+    @Option(
+        help: ArgumentHelp(
+            "How much WAL the peer may lack before the primary is stopped: bytes, or 16M, 1G (powers of 1024).",
+            valueName: "size"))
+    var maxLagBytes = ByteSize(bytes: 16 << 20)
 
-    @Option(help: "Seconds for each wait: the stop, the peer's confirmation, replay, the promotion, the sender.")
-    var timeout: Int = 120
+    @Option(
+        help: ArgumentHelp(
+            "Time for each wait (the stop, the peer's confirmation, replay, the promotion, the sender): whole seconds, or 2m.",
+            valueName: "duration"))
+    var timeout = TimeSpan(seconds: 120)
 
     @Flag(help: "Switch over although commits do not wait for the peer (the stop still waits for the peer to hold all WAL).")
     var allowAsync = false
@@ -72,7 +78,9 @@ struct Switchover: AsyncParsableCommand {
 
     func validate() throws {
         guard pgdata != nil else { throw ValidationError("--pgdata is required (or pgdata in the [switchover] table)") }
-        guard timeout >= 1 else { throw ValidationError("--timeout must be at least 1 second") }
+        guard timeout.isWholeSeconds, timeout.seconds >= 1 else {
+            throw ValidationError("--timeout must be whole seconds, at least 1 (e.g. 120, 2m), not \(timeout)")
+        }
         if let shutdownCheckpoint, LSN(shutdownCheckpoint) == nil {
             throw ValidationError("--shutdown-checkpoint \(shutdownCheckpoint) is not an LSN (like 0/5000028)")
         }
@@ -91,7 +99,7 @@ struct Switchover: AsyncParsableCommand {
             senderStatus: senderStatus ?? fromFile("send", "status-listen"),
             applicationName: applicationName ?? fromFile("send", "application-name") ?? "walship",
             slot: slot ?? fromFile("send", "slot") ?? "walship", shutdownCheckpoint: shutdownCheckpoint.flatMap { LSN($0) },
-            allowAsync: allowAsync, maxLag: maxLagBytes, timeout: timeout, report: report, dryRun: dryRun,
+            allowAsync: allowAsync, maxLag: maxLagBytes.bytes, timeout: Int(timeout.seconds), report: report, dryRun: dryRun,
             bindir: pgBindir ?? DrillPlan.postgresBindir(environment: environment), walshipPath: walshipPath,
             nextCommandArguments: configPath.map { "--config \($0)" } ?? "(with this site's options)")
         let (evidence, base) = await Operations.switchover(request, progress: say)
