@@ -208,22 +208,14 @@ struct BackupRestoreTests {
         try topology.startReceiver()
         try topology.startSender()
         try topology.primary.pgbench(["-i", "-s", "1", "-q"])
-        func backup() throws -> String {
-            let r = try run(
-                IT.walshipBinary,
-                ["backup", "--source", topology.primary.conninfo, "--to", "127.0.0.1:\(topology.receiverPort)"]
-                    + topology.linkArguments("sender"), timeout: 300)
-            let line = r.output.split(separator: "\n").last { $0.hasPrefix("backup ") && $0.contains(" complete:") } ?? ""
-            return String(line.split(separator: " ").dropFirst().first ?? "")
-        }
-        let older = try backup()
+        let older = try topology.takeBackup()
         try topology.primary.sql("CREATE TABLE marks AS SELECT generate_series(1, 100) AS id")
         let target = try topology.primary.sql("SELECT now()")
         // Backups are stored with whole-second times: let the next one end in a later second than the target.
         let afterTarget = Date().addingTimeInterval(1.5)
         try waitUntil("the clock to pass the target's second", timeout: 5) { (Date() > afterTarget, "") }
         try topology.primary.sql("INSERT INTO marks SELECT generate_series(101, 300)")
-        let newer = try backup()
+        let newer = try topology.takeBackup()
         #expect(!older.isEmpty && !newer.isEmpty && older != newer)
         let end = try lsn(topology.primary.sql("SELECT pg_current_wal_lsn()"))!
         _ = try topology.switchAndWait()
@@ -331,18 +323,10 @@ struct BackupRestoreTests {
         try topology.startReceiver()
         try topology.startSender()
         try topology.primary.pgbench(["-i", "-s", "1", "-q"])
-        func backup() throws -> String {
-            let r = try run(
-                IT.walshipBinary,
-                ["backup", "--source", topology.primary.conninfo, "--to", "127.0.0.1:\(topology.receiverPort)"]
-                    + topology.linkArguments("sender"), timeout: 300)
-            let line = r.output.split(separator: "\n").last { $0.hasPrefix("backup ") && $0.contains(" complete:") } ?? ""
-            return String(line.split(separator: " ").dropFirst().first ?? "")
-        }
-        let first = try backup()
+        let first = try topology.takeBackup()
         try topology.primary.pgbench(["-T", "1", "-c", "2"])
         _ = try topology.switchAndWait()
-        let second = try backup()
+        let second = try topology.takeBackup()
         // No backup is a day old: the window keeps both, where --retain-backups 1 alone would keep the second only.
         let listing = try run(IT.walshipBinary, ["backups", "--spool", topology.spool, "--json"])
         let ids = try #require(try JSONSerialization.jsonObject(with: Data(listing.output.utf8)) as? [[String: Any]]).compactMap {
@@ -384,21 +368,12 @@ struct BackupRestoreTests {
         try topology.startReceiver()
         try topology.startSender()
         try topology.primary.pgbench(["-i", "-s", "1", "-q"])
-        func backup() throws -> String {
-            let r = try run(
-                IT.walshipBinary,
-                ["backup", "--source", topology.primary.conninfo, "--to", "127.0.0.1:\(topology.receiverPort)"]
-                    + topology.linkArguments("sender"), timeout: 300)
-            // The last line reads "backup <id> complete: ...".
-            let line = r.output.split(separator: "\n").last { $0.hasPrefix("backup ") && $0.contains(" complete:") } ?? ""
-            return String(line.split(separator: " ").dropFirst().first ?? "")
-        }
-        let first = try backup()
+        let first = try topology.takeBackup()
         for _ in 0..<3 {
             try topology.primary.pgbench(["-T", "1", "-c", "2"])
             try topology.switchAndWait()
         }
-        let second = try backup()
+        let second = try topology.takeBackup()
         #expect(first != second)
 
         // The receiver pruned after the second backup completed: the first backup and the WAL before the second's start are gone.

@@ -97,13 +97,16 @@ struct ShipTopology {
 
     var walDirectory: String { spool + "/" + systemIdentifier + "/wal" }
 
-    /// A base backup of the primary through the link into the spool (`walship backup`).
-    func takeBackup() throws {
+    /// A base backup of the primary through the link into the spool (`walship backup`); returns its id.
+    @discardableResult
+    func takeBackup() throws -> String {
         let backup = try run(
             IT.walshipBinary,
             ["backup", "--source", primary.conninfo, "--to", "127.0.0.1:\(receiverPort)"] + linkArguments("sender"),
             timeout: 300, check: false)
         guard backup.status == 0 else { throw TestFailure("walship backup failed: \(backup.error)") }
+        let line = backup.output.split(separator: "\n").last { $0.hasPrefix("backup ") && $0.contains(" complete:") } ?? ""
+        return String(line.split(separator: " ").dropFirst().first ?? "")
     }
 
     /// The DR standby: restored from the spool's newest backup, streaming from the receiver's standby endpoint on
