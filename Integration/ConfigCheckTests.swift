@@ -168,6 +168,18 @@ struct ConfigCheckTests {
             "\(ambiguous.output)")
         let chosen = try check(["--role", "send"], environment: ["WALSHIP_CONFIG": both])
         #expect(chosen.status == 0, "\(chosen.output)")
+        // A site's file also holds [switchover], which configures no daemon: check still finds the one daemon table,
+        // and --strict fails exactly when a line warns.
+        let site = try write(
+            fixture, "site.toml",
+            try String(contentsOfFile: receiveFile, encoding: .utf8)
+                + "\n[switchover]\npgdata = \"/var/lib/postgresql/15/main\"\n")
+        let siteCheck = try check(["--config", site])
+        #expect(siteCheck.status == 0, "\(siteCheck.output)")
+        #expect(siteCheck.output.contains("gives walship receive"), "\(siteCheck.output)")
+        let strict = try check(["--config", site, "--strict"])
+        #expect(strict.status == (siteCheck.output.contains("WARN  ") ? 1 : 0), "\(strict.output)")
+        #expect(try check(["--config", site, "--role", "switchover"]).status == 64)
     }
 
     @Test func checkFailsClearlyOnEachMistake() throws {

@@ -59,6 +59,11 @@ public struct CheckReport {
 
     public var failures: Int { results.count { $0.level == .failure } }
 
+    /// Whether the run fails: on a FAIL line, and with `strict` on a WARN line too.
+    public func failed(strict: Bool) -> Bool {
+        results.contains { $0.level == .failure || (strict && $0.level == .warning) }
+    }
+
     public mutating func add(_ result: CheckResult) {
         results.append(result)
         emit(result)

@@ -8,7 +8,7 @@ struct Check: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Validate a configuration file and test what the configured command needs, one line per check.",
         discussion: """
-            The file is read exactly as walship send/receive --config read it (with WALSHIP_* environment overrides). For send: the source is reachable as a replication connection, the slot is present (or will be created), the receiver answers a handshake, the certificates are valid, the clocks of this host, the primary and the receiver agree, and the primary's synchronous_standby_names matches sync. For receive: the spool is writable, the listen addresses are free or held by the running receiver, the certificates and the standby credential are valid. Nothing is left behind, except the empty spool directory of a database system the receiver had not heard of (as its first sender would make it). Exit status 0 when every check passes (warnings allowed), 1 otherwise.
+            The file is read exactly as walship send/receive --config read it (with WALSHIP_* environment overrides). For send: the source is reachable as a replication connection, the slot is present (or will be created), the receiver answers a handshake, the certificates are valid, the clocks of this host, the primary and the receiver agree, and the primary's synchronous_standby_names matches sync. For receive: the spool is writable, the listen addresses are free or held by the running receiver, the certificates and the standby credential are valid. Nothing is left behind, except the empty spool directory of a database system the receiver had not heard of (as its first sender would make it). Exit status 0 when every check passes (warnings allowed; with --strict a warning fails too), 1 otherwise.
             Example:
               walship check --config /etc/walship/walship.toml
             """)
@@ -23,8 +23,14 @@ struct Check: AsyncParsableCommand {
         help: ArgumentHelp("Clock difference beyond which the clock check warns: seconds, or 500ms, 5s.", valueName: "duration"))
     var maxClockSkew = TimeSpan(seconds: 5)
 
+    @Flag(help: "Exit 1 on a warning too (WARN lines), for scripts and monitoring that accept nothing less than ok.")
+    var strict = false
+
+    /// The commands check tests: the daemons. A file's [switchover] table configures no daemon.
+    static let daemons: Set<String> = ["send", "receive"]
+
     func validate() throws {
-        if let role, WalshipConfiguration.schema.roles[role] == nil {
+        if let role, !Self.daemons.contains(role) {
             throw ValidationError("--role must be send or receive, not \"\(role)\"")
         }
         guard maxClockSkew.seconds > 0 else { throw ValidationError("--max-clock-skew must be positive") }
@@ -43,7 +49,9 @@ struct Check: AsyncParsableCommand {
             throw ExitCode(1)
         }
         let chosen: String
-        switch CheckVerdicts.role(explicit: role, filePath: file?.path, fileRoles: file?.roles ?? []) {
+        switch CheckVerdicts.role(
+            explicit: role, filePath: file?.path, fileRoles: (file?.roles ?? []).filter { Self.daemons.contains($0) })
+        {
         case .role(let role): chosen = role
         case .refused(let failure):
             report.add(failure)
@@ -86,6 +94,6 @@ struct Check: AsyncParsableCommand {
         } catch {
             report.add(CheckVerdicts.configurationInvalid(expansion.annotate(UnitArguments.explain(Send.message(for: error)))))
         }
-        if report.failures > 0 { throw ExitCode(1) }
+        if report.failed(strict: strict) { throw ExitCode(1) }
     }
 }

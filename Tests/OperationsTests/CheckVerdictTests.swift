@@ -31,6 +31,16 @@ import Glibc
         #expect(report.failures == 1)
     }
 
+    @Test func strictFailsOnAWarningToo() {
+        var report = CheckReport { _ in }
+        report.add(.ok("a", "1"))
+        report.add(.warn("clock", "off"))
+        #expect(!report.failed(strict: false))
+        #expect(report.failed(strict: true))
+        report.add(.fail("b", "2"))
+        #expect(report.failed(strict: false))
+    }
+
     @Test func roleComesFromTheFlagOrTheOnlyTable() {
         #expect(
             CheckVerdicts.role(explicit: "receive", filePath: "/e/w.toml", fileRoles: ["send", "receive"]) == .role("receive"))
