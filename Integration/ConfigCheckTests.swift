@@ -180,6 +180,16 @@ struct ConfigCheckTests {
         let strict = try check(["--config", site, "--strict"])
         #expect(strict.status == (siteCheck.output.contains("WARN  ") ? 1 : 0), "\(strict.output)")
         #expect(try check(["--config", site, "--role", "switchover"]).status == 64)
+        // The other commands read their own tables of the same file: walship status its [status] url.
+        let withStatus = try write(
+            fixture, "site-status.toml",
+            try String(contentsOfFile: site, encoding: .utf8)
+                + "\n[status]\nurl = \"http://127.0.0.1:\(topology.receiverStatusPort)\"\n")
+        let status = try run(IT.walshipBinary, ["status", "--config", withStatus, "--json"], timeout: 30, check: false)
+        #expect(
+            (try? JSONSerialization.jsonObject(with: Data(status.output.utf8)) as? [String: Any])?["role"] as? String
+                == "receiver", "\(status.output)\(status.error)")
+        #expect(try check(["--config", withStatus]).status == 0)
     }
 
     @Test func checkFailsClearlyOnEachMistake() throws {

@@ -19,6 +19,8 @@ struct Backup: AsyncParsableCommand {
               walship backup --source "host=/var/run/postgresql user=walship" --to dr.example:7000 --tls-cert sender.crt --tls-key sender.key --tls-ca ca.crt
             """)
 
+    @OptionGroup var configFile: ConfigFileOptions
+
     @Option(help: "libpq connection string of the primary.")
     var source: String
 

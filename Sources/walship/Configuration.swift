@@ -2,12 +2,12 @@ import ArgumentParser
 import Foundation
 import WalshipConfig
 
-/// `--config FILE` of `send` and `receive`. The file has been read into the command line before parsing
+/// `--config FILE` of the commands the file configures. The file has been read into the command line before parsing
 /// (see `Walship.main`); the option is declared so that help lists it and parsing accepts it.
 struct ConfigFileOptions: ParsableArguments {
     @Option(
         help: ArgumentHelp(
-            "TOML file with the options of this command ([send] or [receive] table; see docs/deployment.md). Precedence: command line, then WALSHIP_<OPTION> environment variables, then the file.",
+            "TOML file with the options of this command, in its table ([send], [receive], [backup], [promote], [drill], [restore], [status], [switchover]; see docs/deployment.md). Precedence: command line, then WALSHIP_<OPTION> environment variables, then the file.",
             valueName: "file"))
     var config: String?
 }
@@ -17,7 +17,9 @@ enum WalshipConfiguration {
     static let schema = ConfigSchema(
         roles: [
             "send": OptionSchema.options(of: Send.self), "receive": OptionSchema.options(of: Receive.self),
-            "switchover": OptionSchema.options(of: Switchover.self),
+            "switchover": OptionSchema.options(of: Switchover.self), "backup": OptionSchema.options(of: Backup.self),
+            "promote": OptionSchema.options(of: Promote.self), "drill": OptionSchema.options(of: Drill.self),
+            "restore": OptionSchema.options(of: Restore.self), "status": OptionSchema.options(of: Status.self),
         ],
         exclusions: [
             [["insecure"], ["tls-cert", "tls-key", "tls-ca"]],

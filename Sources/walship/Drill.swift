@@ -14,6 +14,8 @@ struct Drill: AsyncParsableCommand {
               walship drill --spool /var/lib/walship --check-sql "SELECT count(*) FROM patients"
             """)
 
+    @OptionGroup var configFile: ConfigFileOptions
+
     @Option(help: "Spool directory of walship receive (read only).")
     var spool: String
 

@@ -19,6 +19,8 @@ struct Promote: AsyncParsableCommand {
               walship promote --standby 'host=dr-db.example.org port=5432 user=postgres' --spool /var/lib/walship
             """)
 
+    @OptionGroup var configFile: ConfigFileOptions
+
     @Option(help: "Data directory of the DR standby, when it runs on this host.")
     var pgdata: String?
 

@@ -13,6 +13,8 @@ struct Restore: AsyncParsableCommand {
               walship restore --spool /var/lib/walship --pgdata /var/lib/postgresql/15/dr --standby --primary-conninfo "host=127.0.0.1 port=7010 user=replicator"
             """)
 
+    @OptionGroup var configFile: ConfigFileOptions
+
     @Option(help: "Spool directory of walship receive.")
     var spool: String
 

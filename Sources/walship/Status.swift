@@ -17,6 +17,8 @@ struct Status: AsyncParsableCommand {
               walship status --url http://127.0.0.1:7001 --watch
             """)
 
+    @OptionGroup var configFile: ConfigFileOptions
+
     @Option(help: "Status endpoint of walship send or receive (its --status-listen), e.g. http://127.0.0.1:7001.")
     var url: String
 
