@@ -12,12 +12,17 @@ WALSHIP_BUILD := $(shell git describe --always --dirty --abbrev=12 2>/dev/null |
 endif
 export WALSHIP_BUILD
 
-.PHONY: all deps build release test unit integration demo demo-switchover bench install clean fuzz fuzz-seeds drills simulate lint format
+.PHONY: all deps deps-build build release test unit integration demo demo-switchover bench install clean fuzz fuzz-seeds drills simulate lint format
 
 all: build
 
+# Everything the tests, demos and benchmark need (PostgreSQL 15, a browser for the dashboard test, ...).
 deps:
 	@scripts/install-deps.sh
+
+# Only what building walship needs (libpq and liblz4 with their headers): what make install pulls in.
+deps-build:
+	@scripts/install-deps.sh --build
 
 build: deps
 	$(SWIFT) build
@@ -28,7 +33,7 @@ build: deps
 # that; nothing loads symbols from walship) and with packed relative relocations (glibc 2.36+): the loader
 # then no longer touches 2.3 MiB of symbol tables and 3 MiB of relocations, ~5.5 MiB less RSS per process.
 RELEASE_LINK_FLAGS = -Xswiftc -use-ld=lld -Xlinker --no-export-dynamic -Xlinker -z -Xlinker pack-relative-relocs
-release: deps
+release: deps-build
 	$(SWIFT) build -c release --static-swift-stdlib $(RELEASE_LINK_FLAGS)
 
 # Unit and integration tests on one debug build. Integration tests start their own PostgreSQL 15
@@ -62,16 +67,16 @@ integration: deps
 	@status=0; $(SWIFT) test --skip-build --filter IntegrationTests || status=$$?; scripts/kill-test-strays.sh; exit $$status
 
 # The ship path end to end on loopback, with a local primary, in synchronous mode.
-demo: release
+demo: deps release
 	@WALSHIP_BIN=$(CURDIR)/.build/release/walship scripts/demo.sh
 
-demo-switchover: release
+demo-switchover: deps release
 	@WALSHIP_BIN=$(CURDIR)/.build/release/walship scripts/demo-switchover.sh
 
 # The performance benchmark: walship against pg_receivewal and native streaming/synchronous standbys on
 # its own PostgreSQL 15 clusters, ratios measured in one run; the table is printed and written to
 # bench/results/. Sizes and durations: BENCH_* variables (docs/performance.md), e.g. BENCH_WAL_MB=1024.
-bench: release
+bench: deps release
 	@WALSHIP_BIN=$(CURDIR)/.build/release/walship scripts/bench.py
 
 # The fault drills, long: ROUNDS rounds of every fault (kill -9 of each process, link cut/stall/slow, failed

@@ -1,10 +1,15 @@
 #!/usr/bin/env bash
 # Installs the system packages walship builds and tests against (chromium: the dashboard test renders the
-# page headless), only when some are missing.
+# page headless), only when some are missing. With --build, only what building and running walship needs
+# (make install): no PostgreSQL server, no test tools.
 # Safe to run repeatedly; needs root (or sudo) only when it has something to install.
 set -euo pipefail
 
-packages=(libpq-dev liblz4-dev lz4 postgresql postgresql-contrib pkg-config curl chromium python3-yaml)
+if [ "${1:-}" = --build ]; then
+    packages=(libpq-dev liblz4-dev lz4 pkg-config)
+else
+    packages=(libpq-dev liblz4-dev lz4 postgresql postgresql-contrib pkg-config curl chromium python3-yaml)
+fi
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -20,8 +25,10 @@ fi
 export DEBIAN_FRONTEND=noninteractive
 "${as_root[@]}" apt-get update -qq
 "${as_root[@]}" apt-get install -y -qq "${missing[@]}" >/dev/null
-# Debian starts a default cluster on install; walship's tests and demo run their own clusters.
-if command -v pg_lsclusters >/dev/null && [ -z "${WALSHIP_KEEP_DEFAULT_CLUSTER:-}" ]; then
+# Debian starts a default cluster when it installs the server; walship's tests and demo run their own. Only
+# a cluster this run's install started is stopped: a host's running clusters are never touched.
+if [[ " ${missing[*]} " == *" postgresql "* ]] && command -v pg_lsclusters >/dev/null \
+    && [ -z "${WALSHIP_KEEP_DEFAULT_CLUSTER:-}" ]; then
     pg_lsclusters -h 2>/dev/null | while read -r version name _; do
         "${as_root[@]}" pg_ctlcluster "$version" "$name" stop 2>/dev/null || true
     done
