@@ -274,12 +274,19 @@ func probeSpool(_ root: String) -> CheckVerdicts.SpoolState {
 
 /// The status document of a receiver already serving this configuration, when its status endpoint answers.
 private func runningReceiver(statusListen: String?) async -> StatusDocument? {
-    guard let statusListen, let endpoint = Monitor.parseHostPort(statusListen) else { return nil }
+    guard let document = await statusDocument(listen: statusListen, timeout: 5), document.role == "receiver" else {
+        return nil
+    }
+    return document
+}
+
+/// The status document a walship process serves on `listen` (its --status-listen: a wildcard address is asked on
+/// loopback), or nil when it does not answer with one.
+func statusDocument(listen: String?, timeout: Double) async -> StatusDocument? {
+    guard let listen, let endpoint = Monitor.parseHostPort(listen) else { return nil }
     let host = ["0.0.0.0", "::"].contains(endpoint.host) ? "127.0.0.1" : endpoint.host
     guard let url = URL(string: "http://\(host.contains(":") ? "[\(host)]" : host):\(endpoint.port)/status"),
-        let data = try? await fetchStatusData(url, timeout: 5),
-        let document = try? StatusDocument.decoder().decode(StatusDocument.self, from: data),
-        document.role == "receiver"
+        let data = try? await fetchStatusData(url, timeout: timeout)
     else { return nil }
-    return document
+    return try? StatusDocument.decoder().decode(StatusDocument.self, from: data)
 }

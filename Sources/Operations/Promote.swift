@@ -613,8 +613,13 @@ struct Promotion {
         do { fence = try FenceRecord.load(systemDirectory: reader.systemDirectory) } catch {
             fenceUnreadable = "\(error)"
         }
-        let readiness = ReadinessQuery.ask(systemDirectory: reader.systemDirectory, systemIdentifier: standbySystem)
-        if request.primaryStoppedProof == nil { progress("promotion \(readiness.verdict)") }
+        // A caller's proof that the primary stopped stands for the readiness: the receiver is not asked twice.
+        var readiness: ReadinessReport?
+        if request.primaryStoppedProof == nil {
+            let asked = ReadinessQuery.ask(systemDirectory: reader.systemDirectory, systemIdentifier: standbySystem)
+            progress("promotion \(asked.verdict)")
+            readiness = asked
+        }
         var side = PromotionFacts.MatchingSpool(
             systemDirectory: reader.systemDirectory, standbyListen: receiver?.standbyListen, fencedAt: fence?.promotedAt,
             fenceUnreadable: fenceUnreadable,

@@ -1,6 +1,5 @@
 import ChildProcess
 import Foundation
-import Monitor
 import PGReplication
 import Spool
 import StatusModel
@@ -344,10 +343,7 @@ private struct SwitchoverRun {
         }
         if getuid() == 0, cluster.owner != 0 { _ = chown(signal, cluster.owner, cluster.group) }
         let log = dataDirectory + "/switchover-start.log"
-        let started = try await ChildProcess(
-            request.bindir + "/pg_ctl", ["-D", dataDirectory, "-l", log, "-w", "-t", String(request.timeout), "start"],
-            user: owner, output: .discarded
-        ).run()
+        let started = try await pgCtlStart(owner: owner, log: log)
         guard started.succeeded else {
             throw SwitchoverError(
                 "could not start the demoted server as a standby (pg_ctl exit \(started.status)): \(logTail(log)) (hint: see \(log); fix what it says and start it with pg_ctl: standby.signal is in place, so it starts as a standby)"
@@ -375,13 +371,17 @@ private struct SwitchoverRun {
         ]
     }
 
-    /// Starts the server again as it was (after a failed stop or an unconfirmed checkpoint); says how it went.
-    private func startServer(owner: String?, log: String) async -> String {
-        let started = try? await ChildProcess(
-            request.bindir + "/pg_ctl",
-            ["-D", dataDirectory, "-l", dataDirectory + "/" + log, "-w", "-t", String(request.timeout), "start"],
+    /// pg_ctl start of this site's server as its owner, waiting up to --timeout, its output in `log`.
+    private func pgCtlStart(owner: String?, log: String) async throws -> ChildProcess.Result {
+        try await ChildProcess(
+            request.bindir + "/pg_ctl", ["-D", dataDirectory, "-l", log, "-w", "-t", String(request.timeout), "start"],
             user: owner, output: .discarded
         ).run()
+    }
+
+    /// Starts the server again as it was (after a failed stop or an unconfirmed checkpoint); says how it went.
+    private func startServer(owner: String?, log: String) async -> String {
+        let started = try? await pgCtlStart(owner: owner, log: dataDirectory + "/" + log)
         return started?.succeeded == true
             ? "the primary was started again"
             : "the primary could not be started again: start it by hand (pg_ctl -D \(dataDirectory) start; see \(dataDirectory)/\(log))"
@@ -397,15 +397,8 @@ private struct SwitchoverRun {
 
     /// The durable position the local sender reports, or nil when its status cannot be read.
     private func senderDurable(_ status: String) async -> LSN? {
-        guard let document = await senderStatus(status) else { return nil }
+        guard let document = await statusDocument(listen: status, timeout: 2) else { return nil }
         return document.systems.first?.chain.first { $0.name == "durable" }?.lsn.flatMap { LSN($0) }
-    }
-
-    private func senderStatus(_ status: String) async -> StatusDocument? {
-        guard let url = URL(string: "http://\(status)/status"), let data = try? await fetchStatusData(url, timeout: 2) else {
-            return nil
-        }
-        return try? StatusDocument.decoder().decode(StatusDocument.self, from: data)
     }
 
     // MARK: the standby's site

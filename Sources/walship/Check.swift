@@ -26,11 +26,8 @@ struct Check: AsyncParsableCommand {
     @Flag(help: "Exit 1 on a warning too (WARN lines), for scripts and monitoring that accept nothing less than ok.")
     var strict = false
 
-    /// The commands check tests: the daemons. A file's [switchover] table configures no daemon.
-    static let daemons: Set<String> = ["send", "receive"]
-
     func validate() throws {
-        if let role, !Self.daemons.contains(role) {
+        if let role, !WalshipConfiguration.daemons.contains(role) {
             throw ValidationError("--role must be send or receive, not \"\(role)\"")
         }
         guard maxClockSkew.seconds > 0 else { throw ValidationError("--max-clock-skew must be positive") }
@@ -50,7 +47,8 @@ struct Check: AsyncParsableCommand {
         }
         let chosen: String
         switch CheckVerdicts.role(
-            explicit: role, filePath: file?.path, fileRoles: (file?.roles ?? []).filter { Self.daemons.contains($0) })
+            explicit: role, filePath: file?.path,
+            fileRoles: (file?.roles ?? []).filter { WalshipConfiguration.daemons.contains($0) })
         {
         case .role(let role): chosen = role
         case .refused(let failure):

@@ -26,8 +26,11 @@ enum WalshipConfiguration {
             [["standby-trust"], ["standby-password-file"]],
         ],
         secrets: ["source", "alert-webhook", "primary-conninfo"],
-        // The top level holds what both daemons share; walship switchover reads their tables too.
-        sharedAcross: ["send", "receive"])
+        // The top level holds what both daemons share; the operator's commands read their tables too.
+        sharedAcross: daemons)
+
+    /// The long-running commands (what `walship check` tests), beside the operator's commands the file also configures.
+    static let daemons: Set<String> = ["send", "receive"]
 
     /// The configuration file named by `--config` in `arguments`, else by WALSHIP_CONFIG.
     static func path(in arguments: [String], environment: [String: String]) -> String? {
