@@ -850,7 +850,7 @@ public final class Receiver: Service {
         let syncBytes = UInt64(config.asyncSyncBytes)
         let syncInterval = config.asyncSyncInterval
         do {
-            try await writer.runIfActive { () throws -> Void in
+            try await writer.runToCompletion { () throws -> Void in
                 var lastSync = ContinuousClock.now
                 while true {
                     // Taken off the batch one by one, so a stored chunk's buffer is referenced only here when
