@@ -59,6 +59,20 @@ struct MonitorTests {
         #expect(ok.output.contains("replayed") && ok.output.contains("OK"), "\(ok.output)")
         let lagFirings = events(alerts, "lag_bytes", "firing")
         #expect(try statusExit(topology.senderStatusPort).status == 0)
+        // A real Prometheus scrapes both processes with the shipped rules loaded; promtool finds nothing to flag
+        // in either exposition.
+        let prometheus = try startPrometheus(fixture, scraping: [topology.receiverStatusPort, topology.senderStatusPort])
+        for port in [topology.receiverStatusPort, topology.senderStatusPort] {
+            let exposition = try run("/usr/bin/curl", ["-sf", "http://127.0.0.1:\(port)/metrics"]).output
+            let file = fixture.directory + "/metrics-\(port).txt"
+            try Data(exposition.utf8).write(to: URL(fileURLWithPath: file))
+            let check = try run("/bin/sh", ["-c", "promtool check metrics < \(file)"], check: false)
+            #expect(check.status == 0 && check.output.isEmpty && check.error.isEmpty, "\(check.output)\(check.error)")
+        }
+        try waitUntil("Prometheus to scrape both processes", timeout: 30) {
+            let up = try prometheusQuery(prometheus, "sum(up{job=\"walship\"})")
+            return (up == "2", "up: \(up ?? "none")")
+        }
 
         // Pause replay and write: lag in bytes and seconds rises, one alert fires.
         try standby.sql("SELECT pg_wal_replay_pause()")
@@ -84,6 +98,10 @@ struct MonitorTests {
         }
         #expect(lagLine.map { (Double($0.split(separator: " ").last ?? "") ?? 0) > 4_000_000 } == true, "\(metrics)")
         #expect(metrics.contains(#"walship_alert_active{condition="lag_bytes""#))
+        try waitUntil("Prometheus to show the lag alert firing", timeout: 60) {
+            let states = try prometheusAlertStates(prometheus, "WalshipDRLagging")
+            return (states == ["firing"], "WalshipDRLagging: \(states)")
+        }
         let warning = try statusExit(topology.receiverStatusPort, ["--warning-lag-bytes", "1000000"])
         #expect(warning.status == 1, "\(warning.output)")
         #expect(warning.output.contains("WARNING"), "\(warning.output)")
@@ -103,6 +121,10 @@ struct MonitorTests {
             )
         }
         #expect(events(alerts, "lag_bytes", "firing") == lagFirings + 1)
+        try waitUntil("the lag alert to resolve in Prometheus", timeout: 30) {
+            let states = try prometheusAlertStates(prometheus, "WalshipDRLagging")
+            return (states.isEmpty, "WalshipDRLagging: \(states)")
+        }
         ok = try statusExit(topology.receiverStatusPort, ["--json"])
         #expect(ok.status == 0, "\(ok.output)")
         #expect((try? JSONSerialization.jsonObject(with: Data(ok.output.utf8))) != nil)
@@ -162,6 +184,60 @@ struct MonitorTests {
     }
 
     func output(_ r: CommandResult) -> String { r.output + r.error }
+
+    /// Prometheus from Debian's package on a free port, scraping `ports` every second as job `walship`, with the
+    /// shipped rules (compose/alert-rules.yml) loaded, their waits and the replay-lag threshold scaled down to
+    /// seconds so a paused standby trips them within a test. Returns its port.
+    func startPrometheus(_ fixture: Fixture, scraping ports: [Int]) throws -> Int {
+        let directory = fixture.directory + "/prometheus"
+        try FileManager.default.createDirectory(atPath: directory + "/data", withIntermediateDirectories: true)
+        let shippedPath = IT.repositoryRoot + "/compose/alert-rules.yml"
+        try run("/usr/bin/promtool", ["check", "rules", shippedPath])
+        let shipped = try String(contentsOfFile: shippedPath, encoding: .utf8)
+        let scaled = shipped.replacing(/for: \d+[smh]/, with: "for: 2s").replacing(
+            #"(walship_lag_seconds{stage="replayed"}) > 60"#, with: #"(walship_lag_seconds{stage="replayed"}) > 1"#)
+        #expect(scaled.contains("> 1\n") && !scaled.contains("for: 1m"), "the shipped rules changed shape: \(shipped)")
+        try Data(scaled.utf8).write(to: URL(fileURLWithPath: directory + "/rules.yml"))
+        let targets = ports.map { "\"127.0.0.1:\($0)\"" }.joined(separator: ", ")
+        let config = """
+            global: { scrape_interval: 1s, evaluation_interval: 1s }
+            rule_files: [\(directory)/rules.yml]
+            scrape_configs:
+              - job_name: walship
+                static_configs: [{ targets: [\(targets)] }]
+            """
+        try Data(config.utf8).write(to: URL(fileURLWithPath: directory + "/prometheus.yml"))
+        let port = IT.freePort()
+        _ = try fixture.daemon(
+            "prometheus", "/usr/bin/prometheus",
+            [
+                "--config.file", directory + "/prometheus.yml", "--storage.tsdb.path", directory + "/data",
+                "--web.listen-address", "127.0.0.1:\(port)",
+            ])
+        try waitUntil("Prometheus to be ready", timeout: 30) {
+            let ready = try run("/usr/bin/curl", ["-sf", "http://127.0.0.1:\(port)/-/ready"], check: false)
+            return (ready.status == 0, ready.output + ready.error)
+        }
+        return port
+    }
+
+    /// The value of an instant query's first sample, or nil when the result is empty.
+    func prometheusQuery(_ port: Int, _ expression: String) throws -> String? {
+        let answer = try run(
+            "/usr/bin/curl",
+            ["-sfG", "http://127.0.0.1:\(port)/api/v1/query", "--data-urlencode", "query=\(expression)"])
+        let document = try JSONSerialization.jsonObject(with: Data(answer.output.utf8)) as? [String: Any]
+        let result = (document?["data"] as? [String: Any])?["result"] as? [[String: Any]]
+        return (result?.first?["value"] as? [Any])?.last as? String
+    }
+
+    /// The states (`pending`, `firing`) of the alerts named `name` that Prometheus has active.
+    func prometheusAlertStates(_ port: Int, _ name: String) throws -> [String] {
+        let answer = try run("/usr/bin/curl", ["-sf", "http://127.0.0.1:\(port)/api/v1/alerts"])
+        let document = try JSONSerialization.jsonObject(with: Data(answer.output.utf8)) as? [String: Any]
+        let alerts = (document?["data"] as? [String: Any])?["alerts"] as? [[String: Any]] ?? []
+        return alerts.filter { ($0["labels"] as? [String: String])?["alertname"] == name }.compactMap { $0["state"] as? String }
+    }
 
     /// Replay resumed at once may cancel the very statement that resumed it: after a long pause the standby's
     /// grace for conflicting queries (max_standby_streaming_delay, counted from the WAL's arrival) is spent.

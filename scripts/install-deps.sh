@@ -9,6 +9,8 @@ if [ "${1:-}" = --build ]; then
     packages=(libpq-dev liblz4-dev lz4 pkg-config)
 else
     packages=(libpq-dev liblz4-dev lz4 postgresql postgresql-contrib pkg-config curl chromium python3-yaml)
+    # A real Prometheus and promtool for the monitoring tests; man for the package test.
+    packages+=(prometheus man-db)
 fi
 missing=()
 for p in "${packages[@]}"; do
@@ -32,4 +34,9 @@ if [[ " ${missing[*]} " == *" postgresql "* ]] && command -v pg_lsclusters >/dev
     pg_lsclusters -h 2>/dev/null | while read -r version name _; do
         "${as_root[@]}" pg_ctlcluster "$version" "$name" stop 2>/dev/null || true
     done
+fi
+# Debian's prometheus package enables and starts a server on :9090 where systemd runs; the tests start their
+# own. Like the PostgreSQL cluster above, only one this run's install started is stopped.
+if [[ " ${missing[*]} " == *" prometheus "* ]] && [ -d /run/systemd/system ]; then
+    "${as_root[@]}" systemctl disable --now prometheus prometheus-node-exporter >/dev/null 2>&1 || true
 fi
