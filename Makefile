@@ -12,7 +12,7 @@ WALSHIP_BUILD := $(shell git describe --always --dirty --abbrev=12 2>/dev/null |
 endif
 export WALSHIP_BUILD
 
-.PHONY: all deps deps-build build release test unit integration demo demo-switchover bench install clean fuzz fuzz-seeds drills simulate lint format
+.PHONY: all deps deps-build build release test unit integration demo demo-switchover bench install package manual clean fuzz fuzz-seeds drills simulate lint format
 
 all: build
 
@@ -43,6 +43,7 @@ release: deps-build
 test: deps lint
 	@scripts/kill-test-strays.sh
 	$(SWIFT) build --build-tests
+	@$(MAKE) --no-print-directory manual
 	@set -o pipefail; status=0; \
 		( $(SWIFT) test --skip-build --skip IntegrationTests; unit=$$?; \
 		  $(SWIFT) test --skip-build --filter IntegrationTests; integration=$$?; \
@@ -120,6 +121,20 @@ fuzz-seeds: build
 install: release
 	install -d $(DESTDIR)$(PREFIX)/bin
 	install -m 0755 .build/release/walship $(DESTDIR)$(PREFIX)/bin/walship
+
+# Man pages for walship and every subcommand (walship.1, walship.send.1, …) from swift-argument-parser's
+# generator, in .build/manual. The generator runs the debug build (the pages are the same for any build).
+MANUAL_DIR = .build/manual
+manual:
+	@$(SWIFT) package plugin generate-manual --configuration debug --multi-page --date $(lastword $(WALSHIP_BUILD)) \
+		--authors "walship contributors" > .build/manual.log 2>&1 || { cat .build/manual.log; exit 1; }
+	@rm -rf $(MANUAL_DIR) && mkdir -p $(MANUAL_DIR)
+	@cp .build/plugins/GenerateManual/outputs/walship/*.1 $(MANUAL_DIR)/
+
+# The Debian package: the release binary at /usr/bin/walship, the systemd units (disabled), example config in
+# /etc/walship, man pages, bash and zsh completions, the docs. Its path is the last line printed.
+package: release manual
+	@scripts/package-deb.sh .build/release/walship $(MANUAL_DIR) .build/package
 
 clean:
 	rm -rf .build .build-fuzz test-output test-output.log
