@@ -160,6 +160,9 @@ let package = Package(
             ]
         ),
         .testTarget(name: "WALCoreTests", dependencies: ["WALCore", "WALTestSupport"]),
+        .testTarget(
+            name: "WalshipCommandTests",
+            dependencies: ["walship", "WalshipConfig", .product(name: "ArgumentParser", package: "swift-argument-parser")]),
         .testTarget(name: "ChildProcessTests", dependencies: ["ChildProcess"]),
         .testTarget(name: "LZ4CodecTests", dependencies: ["LZ4Codec", .product(name: "NIOCore", package: "swift-nio")]),
         .testTarget(

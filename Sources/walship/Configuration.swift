@@ -7,7 +7,7 @@ import WalshipConfig
 struct ConfigFileOptions: ParsableArguments {
     @Option(
         help: ArgumentHelp(
-            "TOML file with the options of this command, in its table ([send], [receive], [backup], [promote], [drill], [restore], [status], [switchover]; see docs/deployment.md). Precedence: command line, then WALSHIP_<OPTION> environment variables, then the file.",
+            "TOML file with the options of this command, in its table ([send], [receive], [backup], [promote], [drill], [restore], [status], [switchover], [prune], [check]; see docs/deployment.md). Precedence: command line, then WALSHIP_<OPTION> environment variables, then the file.",
             valueName: "file"))
     var config: String?
 }
@@ -20,6 +20,7 @@ enum WalshipConfiguration {
             "switchover": OptionSchema.options(of: Switchover.self), "backup": OptionSchema.options(of: Backup.self),
             "promote": OptionSchema.options(of: Promote.self), "drill": OptionSchema.options(of: Drill.self),
             "restore": OptionSchema.options(of: Restore.self), "status": OptionSchema.options(of: Status.self),
+            "prune": OptionSchema.options(of: Prune.self), "check": OptionSchema.options(of: Check.self),
         ],
         exclusions: [
             [["insecure"], ["tls-cert", "tls-key", "tls-ca"]],
