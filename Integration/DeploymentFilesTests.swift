@@ -130,6 +130,21 @@ import Testing
         #expect(hba.contains(/(?m)^host\s+replication\s+all\s+all\s+scram-sha-256$/), "\(hba)")
     }
 
+    /// `make install` pulls in only the build dependencies and leaves a running PostgreSQL cluster running: its
+    /// dependency step runs for real here (installing what is missing), the build and copy only as `make -n`.
+    @Test(.enabled(if: IT.pgBin != nil)) func makeInstallLeavesARunningClusterRunning() throws {
+        let fixture = try Fixture("make-install")
+        defer { fixture.tearDown() }
+        let cluster = try fixture.cluster("running")
+        try cluster.start()
+        let plan = try run("/usr/bin/make", ["-C", Self.root, "-n", "install", "DESTDIR=/nonexistent"]).output
+        #expect(plan.contains("install-deps.sh --build"), "\(plan)")
+        #expect(!plan.contains("install-deps.sh\n") && !plan.contains("kill-test-strays"), "\(plan)")
+        #expect(!plan.contains(/pg_ctl|pg_ctlcluster|systemctl|apt-get install .*postgresql( |$)/), "\(plan)")
+        try run("/usr/bin/make", ["-C", Self.root, "deps-build"], timeout: 600)
+        #expect(try cluster.sql("SELECT 1") == "1", "the cluster stopped answering")
+    }
+
     @Test func systemdUnitsUseRealOptions() throws {
         var checked = 0
         for file in ["walship-receive.service", "walship-send.service", "receive.env.example", "send.env.example"] {
