@@ -143,6 +143,9 @@ let package = Package(
             dependencies: [
                 "Spool", "StatusModel", "PGReplication", "WALCore", "Sender", "ShipTLS", "Monitor", "ChildProcess",
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "UnixSignals", package: "swift-service-lifecycle"),
             ]
@@ -218,6 +221,7 @@ let package = Package(
             name: "OperationsTests",
             dependencies: [
                 "Operations", "StatusModel", "WALCore", "Sender", "Spool", .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOCore", package: "swift-nio"),
             ]
         ),
         // What a release carries beside the program (the licence), read from the checkout.

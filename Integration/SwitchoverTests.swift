@@ -15,9 +15,16 @@ struct SwitchoverTests {
         let endpointB: Int
         let senderBStatus: Int
         let senderB: Daemon
+        /// With `control`: each receiver's --control-listen, each site's configuration file (its [switchover] table)
+        /// and its certificate options.
+        var controlA = 0
+        var controlB = 0
+        var configA = ""
+        var configB = ""
+        var certificates: (String) -> [String] = { _ in [] }
     }
 
-    func twoSites(_ fixture: Fixture) throws -> Sites {
+    func twoSites(_ fixture: Fixture, control: Bool = false) throws -> Sites {
         var topology = try ShipTopology(
             fixture, primarySettings: ["synchronous_standby_names": "'site_a'", "archive_mode": "off"],
             spoolOwnedByPostgres: true)
@@ -35,6 +42,44 @@ struct SwitchoverTests {
         topology.linkArguments = { role in site(role == "receiver" ? "b" : "a") }
         let endpointB = IT.freePort()
         topology.receiverExtra = ["--standby-listen", "127.0.0.1:\(endpointB)", "--standby-trust"]
+        let spoolA = try fixture.postgresDirectory("spool-a")
+        let endpointA = IT.freePort()
+        let senderBStatus = IT.freePort()
+        // Each site's configuration file says where its server is; each receiver takes switchover requests from the
+        // other site's certificate only.
+        let (controlA, controlB) = (IT.freePort(), IT.freePort())
+        let (configA, configB) = (fixture.directory + "/site-a.toml", fixture.directory + "/site-b.toml")
+        if control {
+            let tables = [
+                (
+                    configA, topology.primary.dataDirectory, spoolA,
+                    "host=127.0.0.1 port=\(endpointA) user=postgres application_name=site_a_standby",
+                    topology.senderStatusPort, "site_a", "walship_it"
+                ),
+                (
+                    configB, fixture.directory + "/dr", topology.spool,
+                    "host=127.0.0.1 port=\(endpointB) user=postgres application_name=dr_replica", senderBStatus, "site_b",
+                    "site_b"
+                ),
+            ]
+            for (path, pgdata, spool, conninfo, status, name, slot) in tables {
+                let text = """
+                    [switchover]
+                    pgdata = "\(pgdata)"
+                    spool = "\(spool)"
+                    primary-conninfo = "\(conninfo)"
+                    sender-status = "127.0.0.1:\(status)"
+                    application-name = "\(name)"
+                    slot = "\(slot)"
+                    timeout = "60s"
+
+                    """
+                try Data(text.utf8).write(to: URL(fileURLWithPath: path))
+            }
+            topology.receiverExtra += [
+                "--control-listen", "127.0.0.1:\(controlB)", "--control-allow", "a", "--config", configB,
+            ]
+        }
         // A debug build's receiver takes seconds to complete the segment a clean stop switches away from (archive_mode
         // on); the link must outlast that, or the primary's walsender gives up before the shutdown checkpoint's ack.
         try topology.startReceiver(linkTimeout: 30)
@@ -45,19 +90,17 @@ struct SwitchoverTests {
         let standbyB = try topology.startDRStandby(standbyPort: endpointB)
 
         // Site A's receiver: idle until site B's server is promoted, then the old primary follows through it.
-        let spoolA = try fixture.postgresDirectory("spool-a")
         let receiverAPort = IT.freePort()
         let receiverAStatus = IT.freePort()
-        let endpointA = IT.freePort()
         _ = try fixture.daemon(
             "receiver-a", "/usr/bin/setpriv",
             ["--reuid=postgres", "--regid=postgres", "--init-groups", "--", IT.walshipBinary]
                 + ["receive", "--listen", "127.0.0.1:\(receiverAPort)", "--spool", spoolA] + site("a") + [
                     "--status-listen", "127.0.0.1:\(receiverAStatus)", "--standby-listen", "127.0.0.1:\(endpointA)",
                     "--standby-trust", "--link-timeout", "30",
-                ])
+                ]
+                + (control ? ["--control-listen", "127.0.0.1:\(controlA)", "--control-allow", "b", "--config", configA] : []))
         // Site B's sender waits beside the standby until it is promoted.
-        let senderBStatus = IT.freePort()
         let senderB = try fixture.walship(
             "sender-b",
             [
@@ -71,7 +114,130 @@ struct SwitchoverTests {
         }
         return Sites(
             topology: topology, standbyB: standbyB, spoolA: spoolA, receiverAStatus: receiverAStatus, endpointA: endpointA,
-            endpointB: endpointB, senderBStatus: senderBStatus, senderB: senderB)
+            endpointB: endpointB, senderBStatus: senderBStatus, senderB: senderB, controlA: controlA, controlB: controlB,
+            configA: configA, configB: configB, certificates: site)
+    }
+
+    /// Writes every id it commits to `file`, through a multi-host conninfo that reaches whichever server takes writes.
+    func startWriter(_ fixture: Fixture, _ sites: Sites, file: String) throws -> Daemon {
+        let conninfo =
+            "host=127.0.0.1,127.0.0.1 port=\(sites.topology.primary.port),\(sites.standbyB.port) user=postgres dbname=postgres target_session_attrs=read-write connect_timeout=2"
+        return try fixture.daemon(
+            "writer", "/bin/bash",
+            [
+                "-c",
+                """
+                for i in $(seq 1 10000000); do
+                  psql "\(conninfo)" -qAtX -v ON_ERROR_STOP=1 -c "INSERT INTO acknowledged VALUES ($i)" >/dev/null 2>&1 \\
+                    && echo "$i" >> \(file) || sleep 0.05
+                done
+                """,
+            ])
+    }
+
+    /// The ids the writer saw committed that `cluster` lacks.
+    func lostCommits(_ file: String, _ cluster: Cluster) throws -> (acknowledged: Int, lost: [Int]) {
+        let acknowledged = Set(
+            ((try? String(contentsOfFile: file, encoding: .utf8)) ?? "").split(separator: "\n").compactMap { Int($0) })
+        let present = Set(try cluster.sql("SELECT id FROM acknowledged").split(separator: "\n").compactMap { Int($0) })
+        return (acknowledged.count, acknowledged.subtracting(present).sorted())
+    }
+
+    /// The audit log lines of `path` whose event is `event`.
+    func auditEvents(_ path: String, _ event: String) -> [[String: Any]] {
+        ((try? String(contentsOfFile: path, encoding: .utf8)) ?? "").split(separator: "\n").compactMap {
+            try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any]
+        }.filter { $0["event"] as? String == event }
+    }
+
+    /// `walship switchover` run once at site A does both halves, A → B and then B → A: the peer's half through its
+    /// receiver's control endpoint, which takes requests only from the one certificate it names and writes each
+    /// to its audit log.
+    @Test func oneCommandAtOneSiteSwitchesOverAndBack() throws {
+        let fixture = try Fixture("switchover-one-command")
+        defer { fixture.tearDown() }
+        let sites = try twoSites(fixture, control: true)
+        let primaryA = sites.topology.primary
+        let standbyB = sites.standbyB
+        let ackedFile = fixture.directory + "/acked.txt"
+        let writer = try startWriter(fixture, sites, file: ackedFile)
+        try waitForMoreCommits(30, in: ackedFile, "the writer to commit on site A", timeout: 60) { "" }
+        func oneCommand(_ name: String, certificate: String = "a") throws -> CommandResult {
+            let result = try run(
+                IT.walshipBinary,
+                [
+                    "switchover", "--config", sites.configA, "--report", fixture.logDirectory + "/" + name,
+                    "--peer-control", "127.0.0.1:\(sites.controlB)",
+                ] + sites.certificates(certificate), timeout: 400, check: false)
+            print("walship switchover (\(name)):\n\(result.output)\(result.error)")
+            return result
+        }
+        func peerReport(_ result: CommandResult) throws -> [String: Any] {
+            let path = try #require(
+                result.output.split(separator: "\n").last { $0.hasPrefix("peer report: ") }?.dropFirst("peer report: ".count))
+            return try #require(
+                try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: String(path)))) as? [String: Any])
+        }
+        let auditB = sites.topology.spool + "/\(sites.topology.systemIdentifier)/audit.log"
+        let auditA = sites.spoolA + "/\(sites.topology.systemIdentifier)/audit.log"
+
+        // Site B allows only site A's certificate: site B's own is refused, nothing changes, the refusal is audited.
+        let refused = try oneCommand("refused", certificate: "b")
+        #expect(refused.status == 1 && refused.error.contains("may not request a switchover here"), "\(refused.error)")
+        #expect(try primaryA.sql("SELECT pg_is_in_recovery()") == "f")
+        let refusals = auditEvents(sites.topology.spool + "/audit.log", "switchover-request")
+        #expect(refusals.count == 1 && refusals.first?["certificate"] as? String == "b", "\(refusals)")
+
+        // A → B, run at A: A's half here, B's through its control endpoint.
+        let there = try oneCommand("a-to-b")
+        try #require(there.status == 0, "\(there.output)\(there.error)")
+        #expect(there.output.contains("peer: ") && there.output.contains("switchover complete"), "\(there.output)")
+        let demotedA = try #require(
+            try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: fixture.logDirectory + "/a-to-b.json")))
+                as? [String: Any])
+        #expect(demotedA["outcome"] as? String == "demoted", "\(demotedA)")
+        let promotedB = try peerReport(there)
+        #expect(promotedB["outcome"] as? String == "promoted" && promotedB["timeline"] as? Int == 2, "\(promotedB)")
+        #expect(promotedB["shutdownCheckpointLSN"] as? String == demotedA["shutdownCheckpointLSN"] as? String)
+        #expect(promotedB["modeAtEnd"] as? String == "sync" && promotedB["bytesCopied"] as? Int == 0, "\(promotedB)")
+        try waitForMoreCommits(30, in: ackedFile, "the writer to commit on site B", timeout: 90) {
+            sites.senderB.log.suffix(2000).description
+        }
+
+        // B → A, run at A again: now the standby's site, it asks B to demote first, then promotes here.
+        let endB = try #require(lsn(try standbyB.sql("SELECT pg_current_wal_lsn()")))
+        try waitUntil("the old primary to replay site B's writes through site A's receiver", timeout: 120) {
+            let replayed = (try? primaryA.sql("SELECT pg_last_wal_replay_lsn()")) ?? ""
+            return ((lsn(replayed) ?? 0) >= endB, replayed)
+        }
+        let back = try oneCommand("b-to-a")
+        try #require(back.status == 0, "\(back.output)\(back.error)")
+        let demotedB = try peerReport(back)
+        let steps = (demotedB["steps"] as? [[String: Any]] ?? []).map { "\($0["name"] ?? "?") \($0["seconds"] ?? "?") s" }
+        print("site B's demotion through its control endpoint: \(steps.joined(separator: ", "))")
+        #expect(demotedB["outcome"] as? String == "demoted", "\(demotedB)")
+        let promotedA = try #require(
+            try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: fixture.logDirectory + "/b-to-a.json")))
+                as? [String: Any])
+        #expect(promotedA["outcome"] as? String == "promoted" && promotedA["timeline"] as? Int == 3, "\(promotedA)")
+        #expect(promotedA["modeAtEnd"] as? String == "sync", "\(promotedA)")
+        try waitForMoreCommits(30, in: ackedFile, "the writer to commit on site A again", timeout: 90) { "" }
+        writer.kill9()
+        let (acknowledged, lost) = try lostCommits(ackedFile, primaryA)
+        #expect(lost.isEmpty, "lost: \(lost.prefix(20))")
+
+        // Each request and its answer are in both sites' audit logs.
+        let requestsAtB = auditEvents(auditB, "switchover-request").compactMap { $0["action"] as? String }
+        #expect(requestsAtB == ["promote", "demote"], "\(requestsAtB)")
+        let resultsAtB = auditEvents(auditB, "switchover-result").compactMap { $0["outcome"] as? String }
+        #expect(resultsAtB == ["promoted", "demoted"], "\(resultsAtB)")
+        let sentFromA = auditEvents(auditA, "switchover-peer-result").compactMap { $0["outcome"] as? String }
+        #expect(sentFromA.suffix(1) == ["demoted"], "\(sentFromA)")
+        print(
+            String(
+                format:
+                    "one-command switchover there and back: %d commits acknowledged, 0 lost; write outage A→B %.2f s, B→A %.2f s",
+                acknowledged, promotedB["writeOutageSeconds"] as? Double ?? -1, promotedA["writeOutageSeconds"] as? Double ?? -1))
     }
 
     /// Runs one site's half; returns its report.

@@ -33,11 +33,15 @@ public struct SwitchoverRequest: Sendable {
     public var walshipPath: String?
     /// How the next command should name the configuration, for the printed next step ("--config FILE").
     public var nextCommandArguments: String
+    /// The half the peer asked for (`walship switchover --peer-control`): refused when this site's server would
+    /// take the other one.
+    public var expectedRole: SwitchoverRole?
 
     public init(
         dataDirectory: String, spool: String, primaryConninfo: String?, senderStatus: String?, applicationName: String,
         slot: String, shutdownCheckpoint: LSN?, allowAsync: Bool, maxLag: UInt64, timeout: Int, report: String?,
-        dryRun: Bool, bindir: String, walshipPath: String?, nextCommandArguments: String
+        dryRun: Bool, bindir: String, walshipPath: String?, nextCommandArguments: String,
+        expectedRole: SwitchoverRole? = nil
     ) {
         self.dataDirectory = dataDirectory
         self.spool = spool
@@ -54,6 +58,7 @@ public struct SwitchoverRequest: Sendable {
         self.bindir = bindir
         self.walshipPath = walshipPath
         self.nextCommandArguments = nextCommandArguments
+        self.expectedRole = expectedRole
     }
 }
 
@@ -170,6 +175,25 @@ public func switchover(
     return (run.report, base)
 }
 
+/// Which half of a switchover this site's running server would take, and its system identifier: what a peer
+/// checks before it asks for that half.
+public func switchoverRole(dataDirectory: String) async throws -> (role: SwitchoverRole, system: UInt64) {
+    let dataDirectory = absolutePath(dataDirectory)
+    let cluster = try LocalCluster(dataDirectory: dataDirectory)
+    guard FileManager.default.fileExists(atPath: dataDirectory + "/postmaster.pid") else {
+        throw SwitchoverError("the server of \(dataDirectory) is not running", refused: true)
+    }
+    let session = SQLSession(conninfo: try Conninfo(try cluster.socketConninfo()), applicationName: "walship_switchover")
+    defer { Task { await session.close() } }
+    try await cluster.connect(session)
+    let identity = try await session.query(
+        "SELECT pg_is_in_recovery()::text, system_identifier::text FROM pg_control_system()")[0]
+    guard let system = identity[1].flatMap({ UInt64($0) }) else {
+        throw SwitchoverError("cannot read the system identifier of \(dataDirectory)")
+    }
+    return (SwitchoverPlan.role(inRecovery: identity[0] == "true"), system)
+}
+
 private struct SwitchoverRun {
     let request: SwitchoverRequest
     let dataDirectory: String
@@ -232,6 +256,11 @@ private struct SwitchoverRun {
         report.systemIdentifier = String(system)
         let role = SwitchoverPlan.role(inRecovery: identity[0] == "true")
         report.role = role
+        if let expected = request.expectedRole, expected != role {
+            throw SwitchoverError(
+                "the peer asked this site to \(expected.rawValue), but its server is \(role == .demote ? "a primary" : "a standby"): both sites run the same role, nothing was changed (hint: check both servers with SELECT pg_is_in_recovery())",
+                refused: true)
+        }
         progress(
             role == .demote
                 ? "this site runs the primary: stopping it cleanly and making it a standby of the peer (the peer's walship switchover then promotes its standby)"

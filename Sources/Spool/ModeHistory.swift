@@ -122,3 +122,23 @@ extension SystemSpool {
         try io.appendDurably(try ModeHistory.line(entry), to: ModeHistory.path(systemDirectory: directory))
     }
 }
+
+extension ModeHistory {
+    /// Appends an operator's event (not a mode or link entry: a switchover the peer asked for) to the audit log of
+    /// `system` in the spool at `root`, or to the spool's own audit log when the system is not known, durably. One
+    /// O_APPEND write of a whole line, so it may run beside the receiver's own appends.
+    public static func recordEvent(_ fields: [String: String], system: String?, root: String) throws {
+        var fields = fields
+        fields["recordedAt"] = ISO8601DateFormatter().string(from: Date())
+        let line = try JSONSerialization.data(withJSONObject: fields, options: [.sortedKeys, .withoutEscapingSlashes])
+        let directory = system.map { root + "/" + $0 } ?? root
+        let path = FileIO.posix.exists(directory) ? path(systemDirectory: directory) : root + "/audit.log"
+        let created = !FileIO.posix.exists(path)
+        try FileIO.posix.appendDurably(Array(line) + [UInt8(ascii: "\n")], to: path)
+        // Written by root (an operator's command), a new log still belongs to the spool's owner, who appends next.
+        var owner = stat()
+        if created, geteuid() == 0, stat(parentDirectory(of: path), &owner) == 0 {
+            _ = chown(path, owner.st_uid, owner.st_gid)
+        }
+    }
+}

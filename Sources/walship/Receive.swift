@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import Logging
 import Monitor
+import Operations
 import Receiver
 import ServiceLifecycle
 import ShipTLS
@@ -102,6 +103,18 @@ struct Receive: AsyncParsableCommand {
     @Option(help: "Alert when the spool's file system has less than this percentage free.")
     var alertSpoolFreePercent: Double?
 
+    @Option(
+        help: ArgumentHelp(
+            "Accept switchover requests from the peer site on HOST:PORT (mutual TLS with the link's certificates; needs --control-allow and --config, whose [switchover] table describes this site).",
+            valueName: "host:port"))
+    var controlListen: String?
+
+    @Option(
+        help: ArgumentHelp(
+            "The one certificate name (the peer site's, from walship certs init --site) whose walship switchover may run this site's half.",
+            valueName: "name"))
+    var controlAllow: String?
+
     @OptionGroup var link: LinkOptions
     @OptionGroup var alerts: AlertOptions
     @OptionGroup var logging: LoggingOptions
@@ -140,6 +153,80 @@ struct Receive: AsyncParsableCommand {
         guard (standbyTlsCert == nil) == (standbyTlsKey == nil) else {
             throw ValidationError("standby TLS needs both --standby-tls-cert and --standby-tls-key")
         }
+        try validateControl()
+    }
+
+    func validateControl() throws {
+        guard let controlListen else {
+            if controlAllow != nil { throw ValidationError("--control-allow goes with --control-listen") }
+            return
+        }
+        _ = try parseEndpoint(controlListen, option: "--control-listen")
+        guard let controlAllow, !controlAllow.isEmpty else {
+            throw ValidationError(
+                "--control-listen needs --control-allow NAME: the peer site's certificate name, the only one that may request a switchover"
+            )
+        }
+        if link.insecure || link.tlsCert == nil {
+            throw ValidationError(
+                "--control-listen needs the link's TLS (--tls-cert, --tls-key, --tls-ca): requests are authorised by the peer's certificate name"
+            )
+        }
+        if WalshipConfiguration.path(in: CommandLine.arguments, environment: ProcessInfo.processInfo.environment) == nil {
+            throw ValidationError(
+                "--control-listen needs --config FILE: its [switchover] table says where this site's server is (pgdata, primary-conninfo)"
+            )
+        }
+    }
+
+    /// The peer's switchover requests, answered with this site's half as `walship switchover --config FILE` would run
+    /// it here.
+    func controlServer(root: String, logger: Logger) throws -> SwitchoverControlServer? {
+        guard let controlListen, let controlAllow, let tls = link.tlsFiles else { return nil }
+        let endpoint = try parseEndpoint(controlListen, option: "--control-listen")
+        let environment = ProcessInfo.processInfo.environment
+        guard let configPath = WalshipConfiguration.path(in: CommandLine.arguments, environment: environment) else {
+            return nil
+        }
+        // Read now, so a [switchover] table that cannot work stops the receiver at start, not at the first request.
+        let halfCommand: Switchover
+        do {
+            let expanded = try WalshipConfiguration.expand(
+                role: "switchover", arguments: ["--config", configPath], environment: environment)
+            halfCommand = try Switchover.parse(expanded.arguments)
+            _ = try halfCommand.makeRequest(configPath: configPath, environment: environment)
+        } catch {
+            throw ValidationError(
+                "--control-listen: \(configPath) does not describe this site's switchover half: \(Switchover.message(for: error)) (hint: walship switchover --config \(configPath) --dry-run shows what it reads)"
+            )
+        }
+        let dataDirectory = halfCommand.pgdata!
+        return SwitchoverControlServer(
+            host: endpoint.host, port: endpoint.port, tls: try tls.serverContext(), allowedName: controlAllow, logger: logger,
+            identify: { (try? await switchoverRole(dataDirectory: dataDirectory)).map { String($0.system) } },
+            audit: { system, fields in
+                do { try ModeHistory.recordEvent(fields, system: system, root: root) } catch {
+                    logger.error(
+                        "cannot write a switchover request to the audit log", metadata: ["walship.error": "\(error)"])
+                }
+            },
+            perform: { request, progress in
+                do {
+                    if request.action == .check {
+                        let local = try await switchoverRole(dataDirectory: dataDirectory)
+                        return SwitchoverControlAnswer(role: local.role, systemIdentifier: String(local.system))
+                    }
+                    var half = try halfCommand.makeRequest(configPath: configPath, environment: environment)
+                    half.dryRun = request.dryRun
+                    half.shutdownCheckpoint = request.shutdownCheckpoint.flatMap { LSN($0) }
+                    half.expectedRole = request.action == .demote ? .demote : .promote
+                    let (report, base) = await Operations.switchover(half, progress: progress)
+                    let written = try? report.write(base: base)
+                    return SwitchoverControlAnswer(report: report, reportPath: written?.json)
+                } catch {
+                    return SwitchoverControlAnswer(refused: "\(error)")
+                }
+            })
     }
 
     func allowedSources() throws -> [String: UInt64] {
@@ -258,9 +345,15 @@ struct Receive: AsyncParsableCommand {
                 status.certificates = certificates
                 return status
             })
-        // Stopped in reverse: the standby endpoint closes first, then the receiver drains its links.
+        let control: SwitchoverControlServer?
+        do { control = try controlServer(root: root, logger: logger) } catch {
+            throw fail("receive", error, kind: .setUp)
+        }
+        // Stopped in reverse: the control endpoint and the standby endpoint close first, then the receiver drains its
+        // links.
         var services: [any Service] = [receiver]
         if let standbys { services.append(standbys) }
+        if let control { services.append(control) }
         try await runServices("receive", services, statusListen: link.statusListen, logger: logger, monitor: monitor)
     }
 }
