@@ -66,7 +66,7 @@ extension Walship {
                     environment: ProcessInfo.processInfo.environment)
                 arguments = [role] + expanded.arguments
                 expansion = expanded
-            } catch where role == "check" {
+            } catch  where role == "check" {
                 // A file that does not load is what walship check reports, as its "configuration" line.
             } catch {
                 FileHandle.standardError.write(Data("walship \(role): error: \(error)\n".utf8))
