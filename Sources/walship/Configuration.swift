@@ -66,11 +66,12 @@ extension Walship {
                     environment: ProcessInfo.processInfo.environment)
                 arguments = [role] + expanded.arguments
                 expansion = expanded
-            } catch  where role == "check" {
-                // A file that does not load is what walship check reports, as its "configuration" line.
             } catch {
-                FileHandle.standardError.write(Data("walship \(role): error: \(error)\n".utf8))
-                Foundation.exit(WalshipExit.usage.rawValue)
+                // A file that does not load is what walship check reports, as its "configuration" line.
+                if role != "check" {
+                    FileHandle.standardError.write(Data("walship \(role): error: \(error)\n".utf8))
+                    Foundation.exit(WalshipExit.usage.rawValue)
+                }
             }
         }
         let command: any ParsableCommand
