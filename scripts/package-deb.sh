@@ -21,6 +21,12 @@ trap 'rm -rf "$stage"' EXIT
 tree=$stage/walship_${version}_${arch}
 
 install -D -m 0755 "$binary" "$tree/usr/bin/walship"
+# Debug information is half the release binary; hosts running walship do not need it.
+if command -v strip >/dev/null; then
+    strip --strip-unneeded "$tree/usr/bin/walship"
+else
+    echo "package-deb: strip (binutils) not found: the binary is packaged with its debug information" >&2
+fi
 
 # The units as contrib/systemd has them, with the packaged binary's path; installed disabled.
 for unit in "$root"/contrib/systemd/*.service "$root"/contrib/systemd/*.timer; do
@@ -51,8 +57,8 @@ for doc in "$root"/docs/*.md; do install -m 0644 "$doc" "$tree/usr/share/doc/wal
 install -m 0644 "$root/LICENSE" "$tree/usr/share/doc/walship/copyright"
 
 install -d "$tree/DEBIAN"
-# What the binary links besides glibc (the release build carries the Swift runtime); lz4 for operators
-# inspecting spool files by hand.
+# What the binary links (the release build carries the Swift runtime; ldd shows libstdc++ and libgcc_s from its
+# C++ parts, libpq brings its own); lz4 for operators inspecting spool files by hand.
 cat > "$tree/DEBIAN/control" <<EOF
 Package: walship
 Version: $version
@@ -60,7 +66,7 @@ Architecture: $arch
 Maintainer: walship maintainers <walship@localhost>
 Section: database
 Priority: optional
-Depends: libc6, libpq5, liblz4-1, lz4
+Depends: libc6 (>= 2.36), libstdc++6, libgcc-s1, libpq5, liblz4-1, lz4
 Recommends: postgresql-client
 Description: ships PostgreSQL WAL offsite with RPO 0
  A sender beside the primary streams WAL through a replication slot, compresses it and ships it over
