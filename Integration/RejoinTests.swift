@@ -15,16 +15,27 @@ struct RejoinTests {
         let standbyPort: Int
     }
 
-    func failOver(_ fixture: Fixture, primarySettings: [String: String], lostCommits: Int) throws -> Failover {
+    /// `receiverExtra`: more options for the DR receiver. `checkpointBeforeTheFork`: a checkpoint and a segment switch
+    /// before the last replayed commits, so that the last checkpoint both servers share lies in a segment before the
+    /// fork's; and one more checkpoint on the old primary after its lost commits, as a primary that ran on after the
+    /// fork makes (and then recycles the WAL before it).
+    func failOver(
+        _ fixture: Fixture, primarySettings: [String: String], lostCommits: Int, receiverExtra: [String] = [],
+        checkpointBeforeTheFork: Bool = false
+    ) throws -> Failover {
         var topology = try ShipTopology(fixture, primarySettings: primarySettings, spoolOwnedByPostgres: true)
         let standbyPort = IT.freePort()
-        topology.receiverExtra = ["--standby-listen", "127.0.0.1:\(standbyPort)", "--standby-trust"]
+        topology.receiverExtra = ["--standby-listen", "127.0.0.1:\(standbyPort)", "--standby-trust"] + receiverExtra
         try topology.startReceiver()
         try topology.startSender()
         try topology.primary.pgbench(["-i", "-s", "5", "-q"])
         try topology.primary.sql("CREATE TABLE visits (id int PRIMARY KEY, site text)")
         try topology.takeBackup()
         let dr = try topology.startDRStandby(standbyPort: standbyPort)
+        if checkpointBeforeTheFork {
+            try topology.primary.sql("CHECKPOINT")
+            try topology.primary.sql("SELECT pg_switch_wal()")
+        }
         try topology.primary.sql("INSERT INTO visits SELECT g, 'both sites' FROM generate_series(1, 100) g")
         try waitUntil("the DR standby to replay the first 100 visits", timeout: 60) {
             let count = (try? dr.sql("SELECT count(*) FROM visits")) ?? ""
@@ -35,6 +46,7 @@ struct RejoinTests {
         for id in 101..<(101 + lostCommits) {
             try topology.primary.sql("INSERT INTO visits VALUES (\(id), 'lost')")
         }
+        if checkpointBeforeTheFork { try topology.primary.sql("CHECKPOINT") }
         kill(try postmasterPID(of: topology.primary), SIGKILL)
         topology.sender!.kill9()
         let promote = try run(
@@ -189,6 +201,68 @@ struct RejoinTests {
         #expect(try failover.newPrimary.sql(query) == oldPrimary.sql(query))
         #expect(try failover.newPrimary.sql("SELECT count(*) FROM visits WHERE site = 'after rejoin'") == "5")
         #expect(homeSender.log.contains("waiting for its promotion"))
+    }
+
+    /// The old primary's pg_wal and its site's spool no longer hold the segment of the last checkpoint both servers
+    /// share (recycled): pg_rewind's restore_command fetches it from the DR site's spool through that receiver's
+    /// control endpoint (`--wal-from-peer`), over mutual TLS for the one certificate it allows.
+    @Test func oldTimelineWALComesFromThePeersSpoolWhenNoLongerHere() throws {
+        let fixture = try Fixture("rejoin-peer-wal")
+        defer { fixture.tearDown() }
+        let control = IT.freePort()
+        let failover = try failOver(
+            fixture, primarySettings: ["wal_log_hints": "on"], lostCommits: 5,
+            receiverExtra: ["--control-listen", "127.0.0.1:\(control)", "--control-allow", "walship-sender"],
+            checkpointBeforeTheFork: true)
+        let topology = failover.topology
+        let oldPrimary = topology.primary
+        oldPrimary.stopImmediately()
+        let home = try homeSite(fixture, failover)
+
+        // Its checkpoint after the fork recycled the segments before it, among them the one of the last checkpoint
+        // it shares with the new primary (just before the fork's): pg_wal no longer has it, nor does this site's spool.
+        let controlData = try run(oldPrimary.bin + "/pg_controldata", [oldPrimary.dataDirectory]).output
+        let redoFile = try #require(
+            controlData.firstMatch(of: /Latest checkpoint's REDO WAL file:\s+([0-9A-F]{24})/).map { String($0.output.1) })
+        let number = UInt64(redoFile.suffix(16), radix: 16).map { ($0 >> 32) * 0x100 + ($0 & 0xFF) } ?? 0
+        let shared = String(redoFile.prefix(8)) + String(format: "%08llX%08llX", (number - 1) / 0x100, (number - 1) % 0x100)
+        let walDirectory = oldPrimary.dataDirectory + "/pg_wal"
+        #expect(!FileManager.default.fileExists(atPath: walDirectory + "/" + shared), "\(shared) is still in pg_wal")
+        #expect(!FileManager.default.fileExists(atPath: home.spool + "/\(topology.systemIdentifier)/wal/\(shared).lz4"))
+
+        let certificates = topology.certificates
+        let rejoin = try run(
+            IT.walshipBinary,
+            [
+                "rejoin", "--pgdata", oldPrimary.dataDirectory, "--source", failover.newPrimary.conninfo,
+                "--primary-conninfo", "host=127.0.0.1 port=\(home.standbyPort) user=postgres application_name=home",
+                "--spool", home.spool, "--report", fixture.logDirectory + "/rejoin", "--start", "--wal-from-peer",
+                "127.0.0.1:\(control)", "--tls-cert", certificates + "/sender.crt", "--tls-key", certificates + "/sender.key",
+                "--tls-ca", certificates + "/ca.crt",
+            ], timeout: 300, check: false)
+        #expect(rejoin.status == 0, "\(rejoin.output)\(rejoin.error)")
+        // The DR receiver served it.
+        #expect(topology.receiver!.log.contains("walship.action=wal"), "\(topology.receiver!.log.suffix(2000))")
+        try failover.newPrimary.sql("INSERT INTO visits SELECT g, 'after rejoin' FROM generate_series(2001, 2005) g")
+        let target = try #require(lsn(try failover.newPrimary.sql("SELECT pg_current_wal_lsn()")))
+        try waitUntil("the rejoined old primary to replay the new primary's writes", timeout: 120) {
+            let replayed = (try? oldPrimary.sql("SELECT pg_last_wal_replay_lsn()")) ?? ""
+            return ((lsn(replayed) ?? 0) >= target, replayed)
+        }
+        let query = "SELECT count(*), sum(id) FROM visits"
+        #expect(try oldPrimary.sql(query) == failover.newPrimary.sql(query))
+
+        // A certificate the endpoint does not take (the receiver's, not one for a client) gets nothing; restore-wal
+        // says why and exits 1, as for a file not to be had.
+        let refused = try run(
+            IT.walshipBinary,
+            [
+                "restore-wal", "--spool", home.spool, "--peer-control", "127.0.0.1:\(control)", "--tls-cert",
+                certificates + "/receiver.crt", "--tls-key", certificates + "/receiver.key", "--tls-ca",
+                certificates + "/ca.crt", shared, fixture.directory + "/fetched",
+            ], check: false)
+        #expect(refused.status == 1 && refused.error.contains("the peer did not give it"), "\(refused.error)")
+        #expect(!FileManager.default.fileExists(atPath: fixture.directory + "/fetched"))
     }
 
     @Test func aDirectoryWithoutHintsOrChecksumsIsRefusedUntouched() throws {

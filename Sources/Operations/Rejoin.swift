@@ -22,6 +22,9 @@ public struct RejoinRequest: Sendable {
     public var walshipPath: String?
     /// Where to re-seed from when a rewind is impossible or fails: nil refuses instead (`--reseed`).
     public var reseed: ReseedTarget?
+    /// `restore-wal` options that fetch from the peer site's spool what the local spool lacks (`--wal-from-peer`):
+    /// old-timeline WAL pg_rewind needs when this site's pg_wal recycled it.
+    public var peerWALArguments: [String] = []
 
     /// This site's receiver, to which `walship backup` ships a base backup of the new primary.
     public struct ReseedTarget: Sendable {
@@ -271,8 +274,12 @@ private func rewind(
     }
 
     // 5. pg_rewind, reading old-timeline WAL the directory lacks from the spool.
-    let restoreCommand = restoreWALCommand(
-        walship: walshipExecutable(request.walshipPath), spool: absolutePath(request.spool), system: target.systemIdentifier)
+    let restoreCommand =
+        ([
+            restoreWALCommand(
+                walship: walshipExecutable(request.walshipPath), spool: absolutePath(request.spool),
+                system: target.systemIdentifier)
+        ] + request.peerWALArguments).joined(separator: " ")
     try appendSettings(["restore_command = '\(escape(restoreCommand))'"], to: dataDirectory)
     // pg_rewind copies the new primary's configuration files over the old primary's: its port, paths and access
     // rules would come with them. The old primary's own are put back after.

@@ -142,6 +142,6 @@ func escape(_ value: String) -> String { value.replacingOccurrences(of: "'", wit
 /// Quotes a word for the shell.
 func quote(_ word: String) -> String { "'" + word.replacingOccurrences(of: "'", with: "'\\''") + "'" }
 
-func absolutePath(_ path: String) -> String {
+public func absolutePath(_ path: String) -> String {
     path.hasPrefix("/") ? path : FileManager.default.currentDirectoryPath + "/" + path
 }

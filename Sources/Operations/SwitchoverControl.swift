@@ -7,12 +7,14 @@ import ServiceLifecycle
 import ShipTLS
 import Spool
 import Synchronization
+import WALCore
 
 /// What `walship switchover --peer-control` asks the peer's `walship receive --control-listen` for: to say which
-/// half its server would take (`check`), or to perform that half.
+/// half its server would take (`check`), or to perform that half; or what `walship restore-wal --peer-control`
+/// asks for: a WAL segment or history file from the peer's spool (`wal`, read-only).
 public struct SwitchoverControlRequest: Codable, Sendable, Equatable {
     public enum Action: String, Codable, Sendable {
-        case check, demote, promote
+        case check, demote, promote, wal
     }
 
     public var version = 1
@@ -22,12 +24,20 @@ public struct SwitchoverControlRequest: Codable, Sendable, Equatable {
     public var dryRun: Bool
     /// The requesting host's name, for the audit log; its certificate name is what authorises the request.
     public var requestedBy: String
+    /// `wal`: the file (`%f`), and the system when the spool holds several.
+    public var name: String?
+    public var system: String?
 
-    public init(action: Action, shutdownCheckpoint: String? = nil, dryRun: Bool = false, requestedBy: String) {
+    public init(
+        action: Action, shutdownCheckpoint: String? = nil, dryRun: Bool = false, requestedBy: String, name: String? = nil,
+        system: String? = nil
+    ) {
         self.action = action
         self.shutdownCheckpoint = shutdownCheckpoint
         self.dryRun = dryRun
         self.requestedBy = requestedBy
+        self.name = name
+        self.system = system
     }
 }
 
@@ -42,10 +52,17 @@ public struct SwitchoverControlAnswer: Codable, Sendable, Equatable {
     /// `demote`/`promote`: the peer's report, and where it wrote it.
     public var report: SwitchoverReport?
     public var reportPath: String?
+    /// `wal`: the file's bytes, base64, in lines of up to 1 MiB; then, on the final line, its size and CRC-32C, or
+    /// that the spool does not have it.
+    public var data: String?
+    public var walSize: Int?
+    public var walCRC32C: UInt32?
+    public var missing: Bool?
 
     public init(
         progress: String? = nil, refused: String? = nil, role: SwitchoverRole? = nil, systemIdentifier: String? = nil,
-        report: SwitchoverReport? = nil, reportPath: String? = nil
+        report: SwitchoverReport? = nil, reportPath: String? = nil, data: String? = nil, walSize: Int? = nil,
+        walCRC32C: UInt32? = nil, missing: Bool? = nil
     ) {
         self.progress = progress
         self.refused = refused
@@ -53,10 +70,14 @@ public struct SwitchoverControlAnswer: Codable, Sendable, Equatable {
         self.systemIdentifier = systemIdentifier
         self.report = report
         self.reportPath = reportPath
+        self.data = data
+        self.walSize = walSize
+        self.walCRC32C = walCRC32C
+        self.missing = missing
     }
 
-    /// The last line of an answer: anything but progress.
-    var isFinal: Bool { progress == nil }
+    /// The last line of an answer: neither progress nor a piece of a file.
+    var isFinal: Bool { progress == nil && data == nil }
 }
 
 /// JSON lines, one value per line, on the control connection.
@@ -123,8 +144,9 @@ public enum SwitchoverControlPolicy {
 /// asks for it over mutual TLS, for the one certificate name `--control-allow` names. Every request and its outcome
 /// go into the system's audit log.
 public final class SwitchoverControlServer: Service, Sendable {
+    /// Runs a request; `emit` sends the lines before the final one (progress, pieces of a file) as they come.
     public typealias Perform =
-        @Sendable (SwitchoverControlRequest, _ progress: @escaping @Sendable (String) -> Void) async ->
+        @Sendable (SwitchoverControlRequest, _ emit: @escaping @Sendable (SwitchoverControlAnswer) -> Void) async ->
         SwitchoverControlAnswer
 
     let host: String
@@ -205,7 +227,10 @@ public final class SwitchoverControlServer: Service, Sendable {
                         ControlLines.encode(SwitchoverControlAnswer(refused: "the request is not a walship control request")))
                     return
                 }
+                // Reading WAL or the role changes nothing: only the halves of a switchover run one at a time.
+                let exclusive = request.action == .demote || request.action == .promote
                 let claimed = running.withLock { busy -> Bool in
+                    if !exclusive { return true }
                     if busy { return false }
                     busy = true
                     return true
@@ -213,7 +238,7 @@ public final class SwitchoverControlServer: Service, Sendable {
                 if let refusal = SwitchoverControlPolicy.refusal(
                     certificateName: name, allowed: allowedName, busy: !claimed, request: request)
                 {
-                    if claimed { running.withLock { $0 = false } }
+                    if claimed && exclusive { running.withLock { $0 = false } }
                     logger.warning(
                         "refused a switchover request", metadata: ["walship.peer": "\(address)", "walship.reason": "\(refusal)"])
                     audit(
@@ -225,15 +250,15 @@ public final class SwitchoverControlServer: Service, Sendable {
                     try await outbound.write(ControlLines.encode(SwitchoverControlAnswer(refused: refusal)))
                     return
                 }
-                defer { running.withLock { $0 = false } }
-                logger.notice(
-                    "switchover requested by the peer",
+                defer { if exclusive { running.withLock { $0 = false } } }
+                logger.log(
+                    level: exclusive ? .notice : .info, "request from the peer's walship",
                     metadata: [
                         "walship.action": "\(request.action.rawValue)", "walship.certificate": "\(name ?? "")",
                         "walship.peer": "\(address)",
                     ])
-                let system = request.action == .check ? nil : await identify()
-                if request.action != .check {
+                let system = exclusive ? await identify() : nil
+                if exclusive {
                     audit(
                         system,
                         [
@@ -243,17 +268,16 @@ public final class SwitchoverControlServer: Service, Sendable {
                         ])
                 }
                 // Progress goes out as it happens; the connection stays open until the half is done.
-                let (lines, continuation) = AsyncStream.makeStream(of: String.self)
+                let (lines, continuation) = AsyncStream.makeStream(
+                    of: SwitchoverControlAnswer.self, bufferingPolicy: .unbounded)
                 async let answer = perform(request) { continuation.yield($0) }
                 let forwarder = Task {
-                    for await line in lines {
-                        try await outbound.write(ControlLines.encode(SwitchoverControlAnswer(progress: line)))
-                    }
+                    for await line in lines { try await outbound.write(ControlLines.encode(line)) }
                 }
                 let final = await answer
                 continuation.finish()
                 try? await forwarder.value
-                if request.action != .check {
+                if exclusive {
                     audit(
                         final.report?.systemIdentifier ?? system,
                         [
@@ -277,6 +301,77 @@ public enum SwitchoverControlClient {
     public static func ask(
         host: String, port: Int, tls: TLSFiles, request: SwitchoverControlRequest, timeout: Duration,
         progress: @escaping @Sendable (String) -> Void
+    ) async throws -> SwitchoverControlAnswer {
+        try await exchange(host: host, port: port, tls: tls, request: request, timeout: timeout) { line in
+            if let text = line.progress { progress(text) }
+        }
+    }
+
+    /// Fetches WAL file `name` of `system` from the peer's spool into `path` (written beside it and renamed);
+    /// false when the peer's spool does not have it.
+    public static func fetchWAL(
+        host: String, port: Int, tls: TLSFiles, name: String, system: String?, to path: String, timeout: Duration
+    ) async throws -> Bool {
+        let temporary = path + ".walship-partial"
+        guard let handle = FileHandle(forWritingAtPath: temporary) ?? createFile(temporary) else {
+            throw SwitchoverControlError("cannot write \(temporary)")
+        }
+        let crc = Mutex<(crc: UInt32, size: Int, failure: String?)>((0, 0, nil))
+        let answer: SwitchoverControlAnswer
+        do {
+            defer { try? handle.close() }
+            answer = try await exchange(
+                host: host, port: port, tls: tls,
+                request: SwitchoverControlRequest(
+                    action: .wal, requestedBy: ProcessInfo.processInfo.hostName, name: name, system: system),
+                timeout: timeout
+            ) { line in
+                guard let text = line.data else { return }
+                guard let bytes = Data(base64Encoded: text) else {
+                    crc.withLock { $0.failure = "a piece of \(name) that is not base64" }
+                    return
+                }
+                handle.write(bytes)
+                crc.withLock { state in
+                    state.crc = bytes.withUnsafeBytes { CRC32C.update(state.crc, $0) }
+                    state.size += bytes.count
+                }
+            }
+        } catch {
+            unlink(temporary)
+            throw error
+        }
+        let received = crc.withLock { $0 }
+        if let refused = answer.refused {
+            unlink(temporary)
+            throw SwitchoverControlError("the peer refused: \(refused)")
+        }
+        if answer.missing == true {
+            unlink(temporary)
+            return false
+        }
+        guard received.failure == nil, answer.walSize == received.size, answer.walCRC32C == received.crc else {
+            unlink(temporary)
+            throw SwitchoverControlError(
+                "\(name) from the peer arrived damaged: \(received.failure ?? "\(received.size) bytes with CRC-32C \(received.crc), the peer sent \(answer.walSize.map(String.init) ?? "?") with \(answer.walCRC32C.map(String.init) ?? "?")")"
+            )
+        }
+        guard rename(temporary, path) == 0 else {
+            unlink(temporary)
+            throw SwitchoverControlError("cannot rename \(temporary) to \(path): \(String(cString: strerror(errno)))")
+        }
+        return true
+    }
+
+    private static func createFile(_ path: String) -> FileHandle? {
+        guard FileManager.default.createFile(atPath: path, contents: nil) else { return nil }
+        return FileHandle(forWritingAtPath: path)
+    }
+
+    /// One request; every line before the final one goes to `received`.
+    static func exchange(
+        host: String, port: Int, tls: TLSFiles, request: SwitchoverControlRequest, timeout: Duration,
+        received: @escaping @Sendable (SwitchoverControlAnswer) -> Void
     ) async throws -> SwitchoverControlAnswer {
         let context: NIOSSLContext
         do { context = try tls.clientContext() } catch { throw SwitchoverControlError("\(error)") }
@@ -305,8 +400,8 @@ public enum SwitchoverControlClient {
                     for try await chunk in inbound {
                         for line in try ControlLines.lines(chunk, pending: &pending) {
                             let answer = try ControlLines.decode(SwitchoverControlAnswer.self, line)
-                            if let text = answer.progress { progress(text) }
                             if answer.isFinal { return answer }
+                            received(answer)
                         }
                     }
                     return nil

@@ -105,7 +105,7 @@ struct Receive: AsyncParsableCommand {
 
     @Option(
         help: ArgumentHelp(
-            "Accept switchover requests from the peer site on HOST:PORT (mutual TLS with the link's certificates; needs --control-allow and --config, whose [switchover] table describes this site).",
+            "Accept switchover requests (with --config whose [switchover] table describes this site) and requests for WAL from this spool (walship restore-wal --peer-control, for rejoin) from the peer site on HOST:PORT: mutual TLS with the link's certificates, for the one name --control-allow gives.",
             valueName: "host:port"))
     var controlListen: String?
 
@@ -172,11 +172,6 @@ struct Receive: AsyncParsableCommand {
                 "--control-listen needs the link's TLS (--tls-cert, --tls-key, --tls-ca): requests are authorised by the peer's certificate name"
             )
         }
-        if WalshipConfiguration.path(in: CommandLine.arguments, environment: ProcessInfo.processInfo.environment) == nil {
-            throw ValidationError(
-                "--control-listen needs --config FILE: its [switchover] table says where this site's server is (pgdata, primary-conninfo)"
-            )
-        }
     }
 
     /// The peer's switchover requests, answered with this site's half as `walship switchover --config FILE` would run
@@ -185,33 +180,46 @@ struct Receive: AsyncParsableCommand {
         guard let controlListen, let controlAllow, let tls = link.tlsFiles else { return nil }
         let endpoint = try parseEndpoint(controlListen, option: "--control-listen")
         let environment = ProcessInfo.processInfo.environment
-        guard let configPath = WalshipConfiguration.path(in: CommandLine.arguments, environment: environment) else {
-            return nil
-        }
+        let configPath = WalshipConfiguration.path(in: CommandLine.arguments, environment: environment)
         // Read now, so a [switchover] table that cannot work stops the receiver at start, not at the first request.
-        let halfCommand: Switchover
-        do {
-            let expanded = try WalshipConfiguration.expand(
-                role: "switchover", arguments: ["--config", configPath], environment: environment)
-            halfCommand = try Switchover.parse(expanded.arguments)
-            _ = try halfCommand.makeRequest(configPath: configPath, environment: environment)
-        } catch {
-            throw ValidationError(
-                "--control-listen: \(configPath) does not describe this site's switchover half: \(Switchover.message(for: error)) (hint: walship switchover --config \(configPath) --dry-run shows what it reads)"
-            )
+        // Without one the endpoint serves only WAL from the spool.
+        var halfCommand: Switchover?
+        if let configPath, (try? ConfigFile.load(path: configPath))?.tables["switchover"] != nil {
+            do {
+                let expanded = try WalshipConfiguration.expand(
+                    role: "switchover", arguments: ["--config", configPath], environment: environment)
+                let command = try Switchover.parse(expanded.arguments)
+                _ = try command.makeRequest(configPath: configPath, environment: environment)
+                halfCommand = command
+            } catch {
+                throw ValidationError(
+                    "--control-listen: \(configPath) does not describe this site's switchover half: \(Switchover.message(for: error)) (hint: walship switchover --config \(configPath) --dry-run shows what it reads)"
+                )
+            }
         }
-        let dataDirectory = halfCommand.pgdata!
+        let dataDirectory = halfCommand?.pgdata
+        let configured = halfCommand
         return SwitchoverControlServer(
             host: endpoint.host, port: endpoint.port, tls: try tls.serverContext(), allowedName: controlAllow, logger: logger,
-            identify: { (try? await switchoverRole(dataDirectory: dataDirectory)).map { String($0.system) } },
+            identify: {
+                guard let dataDirectory else { return nil }
+                return (try? await switchoverRole(dataDirectory: dataDirectory)).map { String($0.system) }
+            },
             audit: { system, fields in
                 do { try ModeHistory.recordEvent(fields, system: system, root: root) } catch {
                     logger.error(
                         "cannot write a switchover request to the audit log", metadata: ["walship.error": "\(error)"])
                 }
             },
-            perform: { request, progress in
+            perform: { request, emit in
                 do {
+                    if request.action == .wal { return try serveWAL(request, root: root, emit: emit) }
+                    guard let halfCommand = configured, let dataDirectory, let configPath else {
+                        return SwitchoverControlAnswer(
+                            refused:
+                                "this site's walship receive has no [switchover] table in its --config, so it does not know its server: it serves WAL only (hint: add [switchover] pgdata = … to its configuration file and restart it)"
+                        )
+                    }
                     if request.action == .check {
                         let local = try await switchoverRole(dataDirectory: dataDirectory)
                         return SwitchoverControlAnswer(role: local.role, systemIdentifier: String(local.system))
@@ -220,13 +228,44 @@ struct Receive: AsyncParsableCommand {
                     half.dryRun = request.dryRun
                     half.shutdownCheckpoint = request.shutdownCheckpoint.flatMap { LSN($0) }
                     half.expectedRole = request.action == .demote ? .demote : .promote
-                    let (report, base) = await Operations.switchover(half, progress: progress)
+                    let (report, base) = await Operations.switchover(half) { emit(SwitchoverControlAnswer(progress: $0)) }
                     let written = try? report.write(base: base)
                     return SwitchoverControlAnswer(report: report, reportPath: written?.json)
                 } catch {
                     return SwitchoverControlAnswer(refused: "\(error)")
                 }
             })
+    }
+
+    /// A WAL segment or history file from this site's spool, as restore-wal would write it, in base64 pieces.
+    func serveWAL(
+        _ request: SwitchoverControlRequest, root: String, emit: @Sendable (SwitchoverControlAnswer) -> Void
+    ) throws -> SwitchoverControlAnswer {
+        guard let name = request.name, name.wholeMatch(of: /[0-9A-F]{24}/) != nil || timeline(ofHistoryFileName: name) != nil
+        else {
+            return SwitchoverControlAnswer(refused: "\(request.name ?? "no name") is not a WAL segment or history file name")
+        }
+        let system = try request.system.map {
+            guard let id = UInt64($0) else { throw ValidationError("\($0) is not a system identifier") }
+            return id
+        }
+        guard let reader = try SpoolReader.openIfPresent(root: root, system: system), let file = try reader.contents(of: name)
+        else { return SwitchoverControlAnswer(missing: true) }
+        let temporary = NSTemporaryDirectory() + "walship-control-\(UUID().uuidString)"
+        defer { unlink(temporary) }
+        try file.write(to: temporary, exclusive: true, mode: 0o600)
+        guard let handle = FileHandle(forReadingAtPath: temporary) else {
+            throw ValidationError("cannot read back \(temporary)")
+        }
+        defer { try? handle.close() }
+        var crc: UInt32 = 0
+        var size = 0
+        while let piece = try handle.read(upToCount: 1 << 20), !piece.isEmpty {
+            crc = piece.withUnsafeBytes { CRC32C.update(crc, $0) }
+            size += piece.count
+            emit(SwitchoverControlAnswer(data: piece.base64EncodedString()))
+        }
+        return SwitchoverControlAnswer(walSize: size, walCRC32C: crc)
     }
 
     func allowedSources() throws -> [String: UInt64] {

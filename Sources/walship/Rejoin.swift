@@ -45,13 +45,24 @@ struct Rejoin: AsyncParsableCommand {
             "With --reseed: this site's walship receive --listen (HOST:PORT), where walship backup ships the new primary's copy.")
     var reseedTo: String?
 
-    @Option(help: "With --reseed: the certificate walship backup presents to the receiver (PEM).")
+    @Option(
+        help: ArgumentHelp(
+            "The peer site's walship receive --control-listen: pg_rewind's restore_command fetches from its spool the old-timeline WAL neither this directory nor --spool has (needs --tls-cert, --tls-key, --tls-ca).",
+            valueName: "host:port"))
+    var walFromPeer: String?
+
+    @Option(
+        help:
+            "With --reseed: the certificate walship backup presents to the receiver; with --wal-from-peer: the one the peer's control endpoint allows (PEM)."
+    )
     var tlsCert: String?
 
-    @Option(help: "With --reseed: the private key of --tls-cert (PEM).")
+    @Option(help: "With --reseed or --wal-from-peer: the private key of --tls-cert (PEM).")
     var tlsKey: String?
 
-    @Option(name: .customLong("tls-ca"), help: "With --reseed: the CA (PEM) the receiver's certificate must be signed by.")
+    @Option(
+        name: .customLong("tls-ca"),
+        help: "With --reseed or --wal-from-peer: the CA (PEM) the receiver's certificate must be signed by.")
     var tlsCA: String?
 
     @Flag(help: "With --reseed: a plaintext link to the receiver (trusted network only).")
@@ -67,9 +78,19 @@ struct Rejoin: AsyncParsableCommand {
     var walshipPath: String?
 
     func validate() throws {
+        if let walFromPeer {
+            _ = try parseEndpoint(walFromPeer, option: "--wal-from-peer")
+            guard tlsCert != nil, tlsKey != nil, tlsCA != nil, !insecure else {
+                throw ValidationError(
+                    "--wal-from-peer needs --tls-cert, --tls-key and --tls-ca: this site's certificate, which the peer's --control-allow names"
+                )
+            }
+        }
         guard reseed else {
-            if reseedTo != nil || tlsCert != nil || insecure {
-                throw ValidationError("--reseed-to, --tls-cert, --tls-key, --tls-ca and --insecure apply only with --reseed")
+            if reseedTo != nil || insecure || (tlsCert != nil && walFromPeer == nil) {
+                throw ValidationError(
+                    "--reseed-to and --insecure apply only with --reseed, --tls-cert, --tls-key and --tls-ca with --reseed or --wal-from-peer"
+                )
             }
             return
         }
@@ -91,6 +112,12 @@ struct Rejoin: AsyncParsableCommand {
             report: report, start: start,
             bindir: pgBindir ?? DrillPlan.postgresBindir(environment: ProcessInfo.processInfo.environment),
             walshipPath: walshipPath)
+        if let walFromPeer, let tlsCert, let tlsKey, let tlsCA {
+            request.peerWALArguments = [
+                "--peer-control", walFromPeer, "--tls-cert", absolutePath(tlsCert), "--tls-key", absolutePath(tlsKey),
+                "--tls-ca", absolutePath(tlsCA),
+            ]
+        }
         if reseed, let reseedTo {
             let link =
                 insecure

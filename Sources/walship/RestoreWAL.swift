@@ -1,15 +1,18 @@
 import ArgumentParser
 import Foundation
+import Operations
+import ShipTLS
 import Spool
 import WALCore
 
-struct RestoreWAL: ParsableCommand {
+struct RestoreWAL: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "restore-wal",
         abstract: "Copy a WAL segment or history file from the spool, for PostgreSQL's restore_command.",
         discussion: """
             restore_command = 'walship restore-wal --spool /var/lib/walship %f %p'
-            Exit status: 0 restored; 1 the spool does not have the file (or no WAL of the system yet), or nothing more of it than the copy already in the destination's directory (routine, prints nothing); 126 the spool has the file but it is damaged or unreadable (PostgreSQL then stops recovery rather than ending it early as if the WAL had run out).
+            With --peer-control, a file this spool lacks is fetched from the peer site's spool (its walship receive --control-listen, which must allow this site's certificate): what pg_rewind needs from before a fork when this site's pg_wal and spool no longer have it.
+            Exit status: 0 restored; 1 neither the spool (nor the peer) has the file (or no WAL of the system yet), or nothing more of it than the copy already in the destination's directory, or the peer cannot be reached (routine, PostgreSQL asks again); 126 the spool has the file but it is damaged or unreadable, or the peer's copy arrived damaged (PostgreSQL then stops recovery rather than ending it early as if the WAL had run out).
             """)
 
     @OptionGroup var selection: SpoolSelection
@@ -20,25 +23,55 @@ struct RestoreWAL: ParsableCommand {
     @Argument(help: "Where to write it (%p), relative to the data directory.")
     var destination: String
 
-    func run() throws {
+    @Option(
+        help: ArgumentHelp(
+            "The peer site's walship receive --control-listen: fetch from its spool what this spool lacks.",
+            valueName: "host:port"))
+    var peerControl: String?
+
+    @Option(help: "With --peer-control: this site's certificate (PEM).")
+    var tlsCert: String?
+
+    @Option(help: "With --peer-control: the private key of --tls-cert (PEM).")
+    var tlsKey: String?
+
+    @Option(name: .customLong("tls-ca"), help: "With --peer-control: the CA the peer's certificate must be signed by.")
+    var tlsCA: String?
+
+    func validate() throws {
+        if let peerControl {
+            _ = try parseEndpoint(peerControl, option: "--peer-control")
+            guard tlsCert != nil, tlsKey != nil, tlsCA != nil else {
+                throw ValidationError("--peer-control needs --tls-cert, --tls-key and --tls-ca (this site's link certificate)")
+            }
+        } else if tlsCert != nil || tlsKey != nil || tlsCA != nil {
+            throw ValidationError("--tls-cert, --tls-key and --tls-ca go with --peer-control")
+        }
+    }
+
+    func run() async throws {
         let file: ServedFile?
         do {
-            guard let reader = try SpoolReader.openIfPresent(root: selection.spool, system: selection.system) else {
-                // Routine for a standby that follows a spool not yet sent anything: PostgreSQL asks again.
-                FileHandle.standardError.write(
-                    Data(
-                        "walship restore-wal: the spool \(selection.spool) holds no WAL\(selection.system.map { " of system \($0)" } ?? "") yet\n"
-                            .utf8))
-                throw ExitCode(1)
+            if let reader = try SpoolReader.openIfPresent(root: selection.spool, system: selection.system) {
+                file = try reader.contents(of: fileName)
+            } else {
+                file = nil
+                if peerControl == nil {
+                    // Routine for a standby that follows a spool not yet sent anything: PostgreSQL asks again.
+                    FileHandle.standardError.write(
+                        Data(
+                            "walship restore-wal: the spool \(selection.spool) holds no WAL\(selection.system.map { " of system \($0)" } ?? "") yet\n"
+                                .utf8))
+                }
             }
-            file = try reader.contents(of: fileName)
-        } catch let exit as ExitCode {
-            throw exit
         } catch {
             FileHandle.standardError.write(Data("walship restore-wal: error: \(error)\n".utf8))
             throw ExitCode(126)
         }
-        guard let file else { throw ExitCode(1) }
+        guard let file else {
+            try await fetchFromPeer()
+            return
+        }
         // A standby whose stream is down asks for the in-progress segment again at every retry
         // (wal_retrieve_retry_interval). When pg_wal, where %p lies, already holds the segment with all the WAL
         // the spool has of it (restored at an earlier retry and kept by PostgreSQL, or streamed), there is nothing
@@ -58,6 +91,28 @@ struct RestoreWAL: ParsableCommand {
             unlink(temporary)
             FileHandle.standardError.write(Data("walship restore-wal: error: cannot write \(destination): \(error)\n".utf8))
             throw ExitCode(126)
+        }
+    }
+
+    /// The file from the peer's spool, when --peer-control names it; else exit 1 (this spool does not have it).
+    func fetchFromPeer() async throws {
+        guard let peerControl, let tlsCert, let tlsKey, let tlsCA else { throw ExitCode(1) }
+        let endpoint = try parseEndpoint(peerControl, option: "--peer-control")
+        do {
+            let fetched = try await SwitchoverControlClient.fetchWAL(
+                host: endpoint.host, port: endpoint.port,
+                tls: TLSFiles(certificate: tlsCert, privateKey: tlsKey, authority: tlsCA), name: fileName,
+                system: selection.system.map { String($0) }, to: destination, timeout: .seconds(300))
+            if !fetched { throw ExitCode(1) }
+        } catch let exit as ExitCode {
+            throw exit
+        } catch let error as SwitchoverControlError where error.description.contains("arrived damaged") {
+            FileHandle.standardError.write(Data("walship restore-wal: error: \(error)\n".utf8))
+            throw ExitCode(126)
+        } catch {
+            FileHandle.standardError.write(
+                Data("walship restore-wal: \(fileName) is not in this spool and the peer did not give it: \(error)\n".utf8))
+            throw ExitCode(1)
         }
     }
 }
