@@ -7,24 +7,38 @@ set -euo pipefail
 
 if [ "${1:-}" = --build ]; then
     packages=(libpq-dev liblz4-dev lz4 pkg-config)
+    lean_packages=()
 else
-    packages=(libpq-dev liblz4-dev lz4 postgresql postgresql-contrib pkg-config curl chromium python3-yaml)
+    packages=(libpq-dev liblz4-dev lz4 postgresql postgresql-contrib pkg-config curl chromium python3-yaml openssl)
+    # The S3 store the archive's tests run against (scripts/s3-server.sh): a single-node Ceph RADOS Gateway. Without
+    # recommends: the daemons, their tools and libraries, none of Ceph's dashboards or mgr modules.
+    lean_packages=(ceph-mon ceph-osd radosgw ceph-common)
 fi
 missing=()
+lean_missing=()
+installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
 for p in "${packages[@]}"; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+    installed "$p" || missing+=("$p")
 done
-[ ${#missing[@]} -eq 0 ] && exit 0
+for p in "${lean_packages[@]}"; do
+    installed "$p" || lean_missing+=("$p")
+done
+[ ${#missing[@]} -eq 0 ] && [ ${#lean_missing[@]} -eq 0 ] && exit 0
 
-echo "walship: installing ${missing[*]}"
+echo "walship: installing ${missing[*]} ${lean_missing[*]}"
 as_root=()
 if [ "$(id -u)" -ne 0 ]; then
-    command -v sudo >/dev/null || { echo "walship: need root (or sudo) to install: ${missing[*]}" >&2; exit 1; }
+    command -v sudo >/dev/null || {
+        echo "walship: need root (or sudo) to install: ${missing[*]} ${lean_missing[*]}" >&2
+        exit 1
+    }
     as_root=(sudo)
 fi
 export DEBIAN_FRONTEND=noninteractive
 "${as_root[@]}" apt-get update -qq
-"${as_root[@]}" apt-get install -y -qq "${missing[@]}" >/dev/null
+[ ${#missing[@]} -eq 0 ] || "${as_root[@]}" apt-get install -y -qq "${missing[@]}" >/dev/null
+[ ${#lean_missing[@]} -eq 0 ] \
+    || "${as_root[@]}" apt-get install -y -qq --no-install-recommends "${lean_missing[@]}" >/dev/null
 # Debian starts a default cluster when it installs the server; walship's tests and demo run their own. Only
 # a cluster this run's install started is stopped: a host's running clusters are never touched.
 if [[ " ${missing[*]} " == *" postgresql "* ]] && command -v pg_lsclusters >/dev/null \
