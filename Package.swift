@@ -99,6 +99,18 @@ let package = Package(
             ]
         ),
         .target(name: "StatusModel", dependencies: ["WALCore"]),
+        // The archive tier: what of the spool goes to the object store next (a pure state machine) and the
+        // receiver's uploader that carries it out.
+        .target(
+            name: "Archive",
+            dependencies: [
+                "ObjectStore", "Spool", "WALCore", "StatusModel",
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ]
+        ),
         .target(
             name: "Monitor",
             dependencies: [
@@ -164,7 +176,7 @@ let package = Package(
             name: "walship",
             dependencies: [
                 "Sender", "Receiver", "Spool", "WALCore", "Monitor", "StatusModel", "WalSenderServer", "ShipTLS", "WalshipConfig",
-                "PGReplication", "ShipProtocol", "Operations", "CBuildIdentity",
+                "PGReplication", "ShipProtocol", "Operations", "CBuildIdentity", "Archive", "ObjectStore",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
@@ -179,6 +191,7 @@ let package = Package(
             dependencies: [
                 "ObjectStore", .product(name: "NIOCore", package: "swift-nio"), .product(name: "NIOHTTP1", package: "swift-nio"),
             ]),
+        .testTarget(name: "ArchiveTests", dependencies: ["Archive", "StatusModel"]),
         .testTarget(name: "LZ4CodecTests", dependencies: ["LZ4Codec", .product(name: "NIOCore", package: "swift-nio")]),
         .testTarget(
             name: "ShipProtocolTests",

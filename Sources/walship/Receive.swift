@@ -1,7 +1,9 @@
+import Archive
 import ArgumentParser
 import Foundation
 import Logging
 import Monitor
+import ObjectStore
 import Receiver
 import ServiceLifecycle
 import ShipTLS
@@ -102,6 +104,39 @@ struct Receive: AsyncParsableCommand {
     @Option(help: "Alert when the spool's file system has less than this percentage free.")
     var alertSpoolFreePercent: Double?
 
+    @Option(
+        help: ArgumentHelp(
+            "Copy completed segments and history files to S3-compatible object storage under s3://BUCKET/PREFIX, in the background (docs/archive.md). Needs --archive-endpoint.",
+            valueName: "s3-url"))
+    var archive: String?
+
+    @Option(
+        help: ArgumentHelp(
+            "The object store's address, https://HOST[:PORT] (requests are path-style: on-premises stores addressed by IP work). http:// is accepted with a warning, for tests.",
+            valueName: "url"))
+    var archiveEndpoint: String?
+
+    @Option(help: ArgumentHelp("The region requests are signed for (default: AWS_REGION, else us-east-1).", valueName: "region"))
+    var archiveRegion: String?
+
+    @Option(
+        help: ArgumentHelp(
+            "File with the store's credentials in the AWS credentials format ([default] with aws_access_key_id and aws_secret_access_key), readable by this user only. Default: AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY from the environment. Credentials are never taken from the command line.",
+            valueName: "file"))
+    var archiveCredentials: String?
+
+    @Option(
+        help: ArgumentHelp(
+            "PEM file of the CA that signed the store's TLS certificate (default: the system's trust store). The certificate is always verified.",
+            valueName: "file"))
+    var archiveCa: String?
+
+    @Option(
+        help: ArgumentHelp(
+            "With --archive: alert (archive_lag_seconds) when the oldest segment not yet in the object store was completed longer ago than this: seconds, or 10m, 1h. Default 15m.",
+            valueName: "duration"))
+    var alertArchiveLagSeconds: TimeSpan?
+
     @OptionGroup var link: LinkOptions
     @OptionGroup var alerts: AlertOptions
     @OptionGroup var logging: LoggingOptions
@@ -113,6 +148,7 @@ struct Receive: AsyncParsableCommand {
         try validateRetention()
         try validateAlerts()
         _ = try allowedSources()
+        try validateArchive()
         if !allowSource.isEmpty && link.insecure {
             throw ValidationError("--allow-source needs TLS: certificate names are only known with --tls-cert/--tls-key/--tls-ca")
         }
@@ -154,6 +190,67 @@ struct Receive: AsyncParsableCommand {
             bound[parts[0]] = system
         }
         return bound
+    }
+
+    func validateArchive() throws {
+        guard let archive else {
+            if archiveEndpoint != nil || archiveRegion != nil || archiveCredentials != nil || archiveCa != nil
+                || alertArchiveLagSeconds != nil
+            {
+                throw ValidationError(
+                    "--archive-endpoint, --archive-region, --archive-credentials, --archive-ca and --alert-archive-lag-seconds need --archive s3://BUCKET/PREFIX"
+                )
+            }
+            return
+        }
+        do {
+            _ = try ArchiveConfiguration(url: archive)
+            guard let archiveEndpoint else {
+                throw ValidationError(
+                    "--archive needs --archive-endpoint URL: the object store's address (e.g. https://s3.example.org, or https://s3.eu-central-1.amazonaws.com)"
+                )
+            }
+            _ = try S3Endpoint(parsing: archiveEndpoint)
+        } catch let error as S3ConfigurationError {
+            throw ValidationError(error.description)
+        }
+        if let lag = alertArchiveLagSeconds, lag.seconds <= 0 {
+            throw ValidationError("--alert-archive-lag-seconds must be positive (e.g. 15m)")
+        }
+    }
+
+    /// The archiver, or nil without --archive. Credentials come from --archive-credentials or the environment,
+    /// never from the command line, and are never logged.
+    func makeArchiver(spoolRoot: String, logger: Logger) throws -> Archiver? {
+        guard let archive, let archiveEndpoint else { return nil }
+        let environment = ProcessInfo.processInfo.environment
+        do {
+            let configuration = try ArchiveConfiguration(url: archive)
+            let endpoint = try S3Endpoint(parsing: archiveEndpoint)
+            if !endpoint.isTLS {
+                logger.warning(
+                    "the archive's endpoint is plain http: WAL and credentials' signatures cross the network unencrypted (use https outside tests)",
+                    metadata: ["walship.endpoint": "\(endpoint.description)"])
+            }
+            let credentials: AWSCredentials
+            if let archiveCredentials {
+                credentials = try AWSCredentials.load(file: archiveCredentials)
+            } else if let fromEnvironment = AWSCredentials.fromEnvironment(environment) {
+                credentials = fromEnvironment
+            } else {
+                throw S3ConfigurationError(
+                    "--archive has no credentials",
+                    hint: "give --archive-credentials FILE, or set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY")
+            }
+            let region = archiveRegion ?? environment["AWS_REGION"].flatMap { $0.isEmpty ? nil : $0 } ?? "us-east-1"
+            let client = try S3Client(
+                .init(
+                    endpoint: endpoint, bucket: configuration.bucket, region: region, credentials: credentials,
+                    caFile: archiveCa))
+            return Archiver(configuration: configuration, client: client, spoolRoot: spoolRoot, logger: logger)
+        } catch let error as S3ConfigurationError {
+            throw ValidationError(error.description)
+        }
     }
 
     func validateAlerts() throws {
@@ -233,6 +330,12 @@ struct Receive: AsyncParsableCommand {
         } catch {
             throw fail("receive", error, kind: .setUp)
         }
+        let archiver: Archiver?
+        do {
+            archiver = try makeArchiver(spoolRoot: root, logger: logger)
+        } catch {
+            throw fail("receive", error, kind: .setUp)
+        }
         let standbys = standbyServer
         receiver.setStandbyProvider { system in
             (standbys?.standbys(system: system) ?? []).map {
@@ -249,18 +352,22 @@ struct Receive: AsyncParsableCommand {
             lagSeconds: alertLagSeconds?.seconds, lagBytes: alertLagBytes?.bytes,
             disconnectSeconds: alerts.disconnectSeconds,
             spoolFreePercent: alertSpoolFreePercent, memoryMB: alerts.memoryMB,
-            certificateDays: alerts.certificateDays, backupAgeSeconds: alertBackupAge?.seconds)
+            certificateDays: alerts.certificateDays, backupAgeSeconds: alertBackupAge?.seconds,
+            archiveLagSeconds: archiver == nil ? nil : alertArchiveLagSeconds?.seconds ?? 900)
         let monitor = StatusMonitor(
             role: "receiver", thresholds: thresholds, notifier: alerts.notifier(logger),
             recoverAfterSeconds: alerts.recoverySeconds,
             base: {
                 var status = receiver.status
                 status.certificates = certificates
+                archiver?.annotate(&status)
                 return status
             })
         // Stopped in reverse: the standby endpoint closes first, then the receiver drains its links.
         var services: [any Service] = [receiver]
         if let standbys { services.append(standbys) }
+        // Stopped first: an upload in flight is abandoned and redone at the next start.
+        if let archiver { services.append(archiver) }
         try await runServices("receive", services, statusListen: link.statusListen, logger: logger, monitor: monitor)
     }
 }
