@@ -6,8 +6,8 @@ import Testing
 import Glibc
 #endif
 
-/// `walship receive --archive` against a real Ceph RADOS Gateway: completed segments reach the bucket byte for byte
-/// in the background, and a store that goes away delays no commit, raises the archive alerts, and is caught up on
+/// `walship receive --archive` against a real Ceph RADOS Gateway: completed segments and a base backup reach the
+/// bucket byte for byte in the background, and a store that goes away delays no commit, raises the archive alerts, and is caught up on
 /// by itself when it comes back.
 @Suite(
     .serialized, .enabled(if: IT.pgBin != nil, "PostgreSQL 15 server binaries are required"),
@@ -37,6 +37,8 @@ struct ArchiveShipTests {
         topology.receiverExtra = [
             "--archive", "s3://\(store.bucket)/\(prefix)", "--archive-endpoint", store.endpoint,
             "--alert-archive-lag-seconds", "5", "--alert-recovery-seconds", "1",
+            // The smallest part S3 allows: the base backup's archive goes up in several parts.
+            "--archive-part-size", "5M",
         ]
         topology.receiverEnvironment = store.environment
         try topology.startReceiver()
@@ -72,6 +74,30 @@ struct ArchiveShipTests {
             throw error
         }
         try await client.shutdown()
+
+        // A complete base backup follows: its archive, manifest and record, the record last.
+        let backup = try topology.takeBackup()
+        let backupPrefix = "\(prefix)/\(system)/base/\(backup)/"
+        try waitUntil("base backup \(backup) to be archived", timeout: 180) {
+            let archive = Self.archive(try fetchStatus(port: topology.receiverStatusPort), system: system) ?? [:]
+            return (archive["lastArchived"] as? String == "base/\(backup)/backup.json", "\(archive)")
+        }
+        let backupClient = try store.client()
+        do {
+            let objects = try await backupClient.listAllObjects(prefix: backupPrefix)
+            #expect(objects.map(\.key).sorted() == ["backup.json", "backup_manifest", "base.tar.lz4"].map { backupPrefix + $0 })
+            let archived = objects.first { $0.key.hasSuffix("base.tar.lz4") }
+            #expect(archived?.etag.contains("-") == true, "the backup's archive went up in parts: \(archived?.etag ?? "")")
+            let backupDirectory = topology.spool + "/\(system)/base/\(backup)"
+            for file in ["base.tar.lz4", "backup_manifest", "backup.json"] {
+                let ours = try Data(contentsOf: URL(fileURLWithPath: backupDirectory + "/" + file))
+                #expect(try await backupClient.getObject(key: backupPrefix + file) == ours, "\(file) differs from the spool's")
+            }
+        } catch {
+            try? await backupClient.shutdown()
+            throw error
+        }
+        try await backupClient.shutdown()
 
         // The store goes away: commits go on (synchronous, acknowledged by the spool alone), the lag grows, the
         // alerts fire.

@@ -1,36 +1,50 @@
 import Foundation
 import StatusModel
 
-/// A file of the spool the archive copies: a completed segment (`NAME.lz4`) or a timeline history file.
+/// A file of the spool the archive copies: a completed segment (`wal/NAME.lz4`), a timeline history file
+/// (`wal/NNNNNNNN.history`), or a file of a complete base backup (`base/<id>/base.tar.lz4`, `backup_manifest`,
+/// `backup.json`).
 public struct ArchiveObject: Hashable, Sendable {
     public var system: UInt64
-    /// The file's name in the system's `wal/` directory, which is also the last part of its key in the store.
-    public var name: String
+    /// The file's path below the system's spool directory, which is also its key below `PREFIX/<system id>/`.
+    public var path: String
     public var size: UInt64
     /// When the spool completed it (the file's modification time): the archive lag's age counts from here.
     public var completedAt: Date
 
-    public init(system: UInt64, name: String, size: UInt64, completedAt: Date) {
+    public init(system: UInt64, path: String, size: UInt64, completedAt: Date) {
         self.system = system
-        self.name = name
+        self.path = path
         self.size = size
         self.completedAt = completedAt
     }
 
-    public var isHistoryFile: Bool { name.hasSuffix(".history") }
+    public var isHistoryFile: Bool { path.hasSuffix(".history") }
 
-    var key: ArchiveKey { ArchiveKey(system: system, name: name) }
+    /// For a backup's `backup.json`: the backup's directory (`base/<id>/`), whose other files must be archived first.
+    var recordOfBackup: String? {
+        guard path.hasPrefix("base/"), path.hasSuffix("/backup.json") else { return nil }
+        return String(path.dropLast("backup.json".count))
+    }
 
-    /// Upload order within a system: history files first (a restore that follows a timeline switch needs the history
-    /// before the new timeline's WAL), then segments by name, which is timeline, then position.
+    var key: ArchiveKey { ArchiveKey(system: system, path: path) }
+
+    /// History files first (a restore that follows a timeline switch needs the history before the new timeline's
+    /// WAL), then segments by name (timeline, then position), then backups, each backup's record last.
+    var rank: Int {
+        if isHistoryFile { return 0 }
+        if path.hasPrefix("wal/") { return 1 }
+        return recordOfBackup == nil ? 2 : 3
+    }
+
     static func uploadOrder(_ a: ArchiveObject, _ b: ArchiveObject) -> Bool {
-        (a.system, a.isHistoryFile ? 0 : 1, a.name) < (b.system, b.isHistoryFile ? 0 : 1, b.name)
+        (a.system, a.rank, a.path) < (b.system, b.rank, b.path)
     }
 }
 
 struct ArchiveKey: Hashable, Sendable {
     var system: UInt64
-    var name: String
+    var path: String
 }
 
 /// The archive's rules, without I/O: which objects to upload next, when to retry after a failure, what counts as
@@ -45,6 +59,8 @@ struct ArchiveKey: Hashable, Sendable {
 ///   `initialBackoff` to `maximumBackoff`; any success ends the streak. `failingAfter` failures in a row make the
 ///   archive failing (the `archive_failing` alert).
 /// - An object that leaves the spool before it was archived (pruned by retention) is dropped, and reported.
+/// - A base backup's `backup.json` goes up only once every other file of that backup is archived: in the store, a
+///   backup whose record is there is whole.
 public struct ArchiveStateMachine: Sendable {
     public struct Policy: Sendable, Equatable {
         public var maximumInFlight = 1
@@ -84,7 +100,7 @@ public struct ArchiveStateMachine: Sendable {
     private var archived: Set<ArchiveKey> = []
     private var reconciliation: [UInt64: Reconciliation] = [:]
     private var archivedCount: [UInt64: Int] = [:]
-    private var lastArchived: [UInt64: (name: String, at: Date)] = [:]
+    private var lastArchived: [UInt64: (path: String, at: Date)] = [:]
     private var lastError: (message: String, at: Date)?
     private var failingSince: Date?
     private var consecutiveFailures = 0
@@ -112,11 +128,11 @@ public struct ArchiveStateMachine: Sendable {
         return vanished.sorted { ArchiveObject.uploadOrder($0.object, $1.object) }
     }
 
-    /// The store already holds these objects of `system`, confirmed by size and checksum.
-    public mutating func reconciled(system: UInt64, confirmed names: Set<String>, now: Date) {
+    /// The store already holds these objects (paths) of `system`, confirmed by size and checksum.
+    public mutating func reconciled(system: UInt64, confirmed paths: Set<String>, now: Date) {
         reconciliation[system] = .done
-        for name in names {
-            let key = ArchiveKey(system: system, name: name)
+        for path in paths {
+            let key = ArchiveKey(system: system, path: path)
             guard pending.removeValue(forKey: key) != nil else { continue }
             archived.insert(key)
             archivedCount[system, default: 0] += 1
@@ -134,7 +150,7 @@ public struct ArchiveStateMachine: Sendable {
         guard inFlight.removeValue(forKey: object.key) != nil else { return }
         archived.insert(object.key)
         archivedCount[object.system, default: 0] += 1
-        lastArchived[object.system] = (object.name, now)
+        lastArchived[object.system] = (object.path, now)
         succeeded(now: now)
     }
 
@@ -185,11 +201,20 @@ public struct ArchiveStateMachine: Sendable {
         let ready = pending.values.filter { reconciliation[$0.system] == .done }.sorted(by: ArchiveObject.uploadOrder)
         for object in ready {
             if runningCount >= policy.maximumInFlight { break }
+            if let backup = object.recordOfBackup, waitsFor(backup: backup, system: object.system) { continue }
             pending[object.key] = nil
             inFlight[object.key] = object
             actions.append(.upload(object))
         }
         return actions
+    }
+
+    /// Whether another file of this backup is still pending or in flight.
+    private func waitsFor(backup directory: String, system: UInt64) -> Bool {
+        let unarchived = pending.keys.lazy.map { ($0, false) } + inFlight.keys.lazy.map { ($0, true) }
+        return unarchived.contains { key, _ in
+            key.system == system && key.path.hasPrefix(directory) && !key.path.hasSuffix("/backup.json")
+        }
     }
 
     private var runningCount: Int { inFlight.count + reconciliation.values.filter { $0 == .running }.count }
@@ -208,7 +233,7 @@ public struct ArchiveStateMachine: Sendable {
         return StatusDocument.ArchiveStatus(
             destination: destination, lagSegments: waiting.count, lagBytes: waiting.reduce(0) { $0 + $1.size },
             lagSeconds: oldest.map { max(0, now.timeIntervalSince($0)) }, archivedObjects: archivedCount[system] ?? 0,
-            lastArchived: lastArchived[system]?.name, lastArchivedAt: lastArchived[system]?.at,
+            lastArchived: lastArchived[system]?.path, lastArchivedAt: lastArchived[system]?.at,
             lastError: lastError?.message, lastErrorAt: lastError?.at, failingSince: failingSince,
             consecutiveFailures: consecutiveFailures, failing: consecutiveFailures >= policy.failingAfter,
             retryAt: retryAt)

@@ -13,9 +13,8 @@ public struct ArchiveConfiguration: Sendable {
     public var bucket: String
     /// Without leading or trailing slashes; may be empty (the system directories then sit at the bucket's root).
     public var prefix: String
-    /// Objects above this size go up in parts of `partSize`.
-    public var multipartThreshold = 64 << 20
-    public var partSize = 16 << 20
+    /// Objects larger than this go up in parts of this size (S3's minimum part is 5 MiB).
+    public var partSize = 64 << 20
     /// How often the spool is looked at when nothing waits.
     public var scanInterval: Duration = .seconds(1)
     public var policy = ArchiveStateMachine.Policy()
@@ -45,8 +44,9 @@ public struct ArchiveConfiguration: Sendable {
     /// `PREFIX/<system id>/`.
     public func systemPrefix(_ system: UInt64) -> String { (prefix.isEmpty ? "" : prefix + "/") + "\(system)/" }
 
-    /// `PREFIX/<system id>/wal/<name>`: a segment keeps its spool name with the `.lz4` suffix, a history file its own.
-    public func walKey(system: UInt64, name: String) -> String { systemPrefix(system) + "wal/" + name }
+    /// `PREFIX/<system id>/<path>`: `wal/<name>` (a segment keeps its spool name with the `.lz4` suffix, a history
+    /// file its own), `base/<backup id>/<file>`.
+    public func objectKey(system: UInt64, path: String) -> String { systemPrefix(system) + path }
 
     public func destination(system: UInt64) -> String { "s3://\(bucket)/\(systemPrefix(system))" }
 }
@@ -137,13 +137,16 @@ public final class Archiver: Service, Sendable {
     private func scanSpool() {
         let systems = (try? Spool.systemIdentifiers(root: spoolRoot)) ?? []
         for system in systems {
-            let objects = Self.completedFiles(walDirectory: "\(spoolRoot)/\(system)/wal", system: system)
-            lastScan.withLockedValue { $0[system] = Dictionary(objects.map { ($0.name, $0) }) { a, _ in a } }
+            let systemDirectory = "\(spoolRoot)/\(system)"
+            let objects =
+                Self.completedFiles(walDirectory: systemDirectory + "/wal", system: system)
+                + Self.completeBackupFiles(systemDirectory: systemDirectory, system: system)
+            lastScan.withLockedValue { $0[system] = Dictionary(objects.map { ($0.path, $0) }) { a, _ in a } }
             let vanished = machine.withLockedValue { $0.spoolScanned(system: system, objects: objects) }
             for gone in vanished {
                 logger.warning(
                     "a file left the spool before the object store confirmed it; it is not archived",
-                    metadata: ["walship.system": "\(system)", "walship.file": "\(gone.object.name)"])
+                    metadata: ["walship.system": "\(system)", "walship.file": "\(gone.object.path)"])
             }
         }
     }
@@ -155,32 +158,45 @@ public final class Archiver: Service, Sendable {
         return names.compactMap { name -> ArchiveObject? in
             let isSegment =
                 name.hasSuffix(".lz4") && name.count == 28 && name.prefix(24).allSatisfy { $0.isHexDigit && !$0.isLowercase }
-            guard isSegment || timeline(ofHistoryFileName: name) != nil,
-                let attributes = try? FileManager.default.attributesOfItem(atPath: walDirectory + "/" + name),
-                let size = attributes[.size] as? NSNumber, let modified = attributes[.modificationDate] as? Date
-            else { return nil }
-            return ArchiveObject(system: system, name: name, size: size.uint64Value, completedAt: modified)
+            guard isSegment || timeline(ofHistoryFileName: name) != nil else { return nil }
+            return file(walDirectory + "/" + name, path: "wal/" + name, system: system)
         }
     }
 
-    private func contents(of object: ArchiveObject) -> Data? {
-        FileManager.default.contents(atPath: "\(spoolRoot)/\(object.system)/wal/\(object.name)")
+    /// The files of each complete base backup (`status` complete: the spool holds its WAL), its `backup.json` among
+    /// them; a backup still waiting for its WAL, or one being received (`.partial`), is not archived yet.
+    static func completeBackupFiles(systemDirectory: String, system: UInt64) -> [ArchiveObject] {
+        let backups = (try? BackupCatalog.list(systemDirectory: systemDirectory)) ?? []
+        return backups.filter { $0.status == .complete }.flatMap { backup in
+            ["base.tar.lz4", "backup_manifest", "backup.json"].compactMap {
+                file("\(systemDirectory)/base/\(backup.id)/\($0)", path: "base/\(backup.id)/\($0)", system: system)
+            }
+        }
     }
+
+    static func file(_ fullPath: String, path: String, system: UInt64) -> ArchiveObject? {
+        guard let attributes = try? FileManager.default.attributesOfItem(atPath: fullPath),
+            let size = attributes[.size] as? NSNumber, let modified = attributes[.modificationDate] as? Date
+        else { return nil }
+        return ArchiveObject(system: system, path: path, size: size.uint64Value, completedAt: modified)
+    }
+
+    private func localPath(_ object: ArchiveObject) -> String { "\(spoolRoot)/\(object.system)/\(object.path)" }
 
     // MARK: The store
 
     private func reconcile(_ system: UInt64) async {
-        let prefix = configuration.systemPrefix(system) + "wal/"
+        let prefix = configuration.systemPrefix(system)
         do {
             let listed = try await client.listAllObjects(prefix: prefix)
             let local = lastScan.withLockedValue { $0[system] ?? [:] }
             var confirmed: Set<String> = []
             for object in listed {
-                let name = String(object.key.dropFirst(prefix.count))
-                guard let mine = local[name], UInt64(object.size) == mine.size, let bytes = contents(of: mine) else {
-                    continue
+                let path = String(object.key.dropFirst(prefix.count))
+                guard let mine = local[path], UInt64(object.size) == mine.size else { continue }
+                if try await isConfirmed(key: object.key, listedETag: object.etag, file: localPath(mine)) {
+                    confirmed.insert(path)
                 }
-                if try await isConfirmed(key: object.key, listedETag: object.etag, bytes: bytes) { confirmed.insert(name) }
             }
             logger.info(
                 "the object store already holds \(confirmed.count) of this system's spool files",
@@ -194,36 +210,44 @@ public final class Archiver: Service, Sendable {
 
     /// A listed object counts as the spool's file when its ETag is the file's MD5 (one part), or, for a multipart
     /// object, when the SHA-256 in its metadata is the file's.
-    private func isConfirmed(key: String, listedETag: String, bytes: Data) async throws -> Bool {
-        if !listedETag.contains("-") { return listedETag == S3Client.expectedETag(of: bytes, partSize: nil) }
+    private func isConfirmed(key: String, listedETag: String, file: String) async throws -> Bool {
+        guard let digests = FileDigests(path: file, partSize: configuration.partSize) else { return false }
+        if !listedETag.contains("-") { return listedETag == digests.md5 }
         guard let head = try await client.headObject(key: key) else { return false }
-        return head.metadata[Self.checksumMetadata] == SigV4Signer.payloadHash(bytes)
+        return head.metadata[Self.checksumMetadata] == digests.sha256
     }
 
     private func upload(_ object: ArchiveObject) async {
-        let key = configuration.walKey(system: object.system, name: object.name)
-        guard let bytes = contents(of: object) else {
+        let key = configuration.objectKey(system: object.system, path: object.path)
+        let file = localPath(object)
+        // Read before the upload, for the metadata and the read-back; a file gone meanwhile was pruned.
+        guard let digests = FileDigests(path: file, partSize: configuration.partSize) else {
             machine.withLockedValue { $0.uploadAbandoned(object) }
             return
         }
-        let checksum = SigV4Signer.payloadHash(bytes)
-        let multipart = bytes.count > configuration.multipartThreshold
+        let multipart = digests.size > UInt64(configuration.partSize)
         do {
             if multipart {
-                try await client.putObjectMultipart(
-                    key: key, body: bytes, partSize: configuration.partSize, metadata: [Self.checksumMetadata: checksum])
+                try await uploadInParts(key: key, file: file, sha256: digests.sha256)
             } else {
-                try await client.putObject(key: key, body: bytes, metadata: [Self.checksumMetadata: checksum])
+                guard let bytes = FileManager.default.contents(atPath: file) else {
+                    machine.withLockedValue { $0.uploadAbandoned(object) }
+                    return
+                }
+                guard SigV4Signer.payloadHash(bytes) == digests.sha256 else {
+                    throw ArchiveError("\(file) changed while it was read")
+                }
+                try await client.putObject(key: key, body: bytes, metadata: [Self.checksumMetadata: digests.sha256])
             }
             // Counted only once read back as stored: the size, the ETag the parts give, and the checksum.
             guard let head = try await client.headObject(key: key) else {
                 throw ArchiveError("\(key) is missing right after its upload")
             }
-            let expectedETag = S3Client.expectedETag(of: bytes, partSize: multipart ? configuration.partSize : nil)
-            guard head.size == Int64(bytes.count) else {
-                throw ArchiveError("\(key) reads back with \(head.size) bytes, the spool's file has \(bytes.count)")
+            let expectedETag = multipart ? digests.multipartETag : digests.md5
+            guard head.size == Int64(digests.size) else {
+                throw ArchiveError("\(key) reads back with \(head.size) bytes, the spool's file has \(digests.size)")
             }
-            guard head.etag == expectedETag, head.metadata[Self.checksumMetadata] == checksum else {
+            guard head.etag == expectedETag, head.metadata[Self.checksumMetadata] == digests.sha256 else {
                 throw ArchiveError("\(key) reads back with another checksum (ETag \(head.etag), expected \(expectedETag))")
             }
             let recovered = machine.withLockedValue { machine in
@@ -234,10 +258,29 @@ public final class Archiver: Service, Sendable {
             if recovered {
                 logger.info("the object store takes uploads again", metadata: ["walship.key": "\(key)"])
             }
-            logger.debug("archived", metadata: ["walship.key": "\(key)", "walship.bytes": "\(bytes.count)"])
+            logger.debug("archived", metadata: ["walship.key": "\(key)", "walship.bytes": "\(digests.size)"])
         } catch {
             report(failure: "\(error)", system: object.system)
             machine.withLockedValue { $0.uploadFailed(object, error: "\(error)", now: Date()) }
+        }
+    }
+
+    /// A large file (a base backup) goes up part by part, read from disk one part at a time; any failure aborts
+    /// the upload so no half object stays behind.
+    private func uploadInParts(key: String, file: String, sha256: String) async throws {
+        guard let handle = FileHandle(forReadingAtPath: file) else { throw ArchiveError("cannot open \(file)") }
+        defer { try? handle.close() }
+        let uploadID = try await client.createMultipartUpload(key: key, metadata: [Self.checksumMetadata: sha256])
+        do {
+            var parts: [(number: Int, etag: String)] = []
+            while let part = try handle.read(upToCount: configuration.partSize), !part.isEmpty {
+                let number = parts.count + 1
+                parts.append((number, try await client.uploadPart(key: key, uploadID: uploadID, partNumber: number, body: part)))
+            }
+            try await client.completeMultipartUpload(key: key, uploadID: uploadID, parts: parts)
+        } catch {
+            try? await client.abortMultipartUpload(key: key, uploadID: uploadID)
+            throw error
         }
     }
 
@@ -251,6 +294,42 @@ public final class Archiver: Service, Sendable {
         logger.warning(
             "archiving to the object store failed; retrying with backoff",
             metadata: ["walship.system": "\(system)", "walship.error": "\(failure)"])
+    }
+}
+
+/// A file's size, SHA-256, MD5 and the ETag S3 gives it when uploaded in parts of `partSize`, read in one pass of
+/// `partSize` pieces (a base backup is never held in memory whole).
+struct FileDigests {
+    var size: UInt64 = 0
+    var sha256 = ""
+    var md5 = ""
+    var multipartETag = ""
+
+    init?(path: String, partSize: Int) {
+        guard let handle = FileHandle(forReadingAtPath: path) else { return nil }
+        defer { try? handle.close() }
+        var sha = SHA256()
+        var whole = Insecure.MD5()
+        var partDigests = Data()
+        var parts = 0
+        do {
+            while let piece = try handle.read(upToCount: partSize), !piece.isEmpty {
+                sha.update(data: piece)
+                whole.update(data: piece)
+                partDigests.append(contentsOf: Insecure.MD5.hash(data: piece))
+                parts += 1
+                size += UInt64(piece.count)
+            }
+        } catch {
+            return nil
+        }
+        sha256 = Self.hex(sha.finalize())
+        md5 = Self.hex(whole.finalize())
+        multipartETag = Self.hex(Insecure.MD5.hash(data: partDigests)) + "-\(max(parts, 1))"
+    }
+
+    static func hex<D: Sequence>(_ digest: D) -> String where D.Element == UInt8 {
+        digest.map { ($0 < 16 ? "0" : "") + String($0, radix: 16) }.joined()
     }
 }
 

@@ -133,6 +133,12 @@ struct Receive: AsyncParsableCommand {
 
     @Option(
         help: ArgumentHelp(
+            "With --archive: files larger than this (base backups) go up in parts of this size, each verified by the store: 5M or more, e.g. 16M. Default 64M.",
+            valueName: "size"))
+    var archivePartSize: ByteSize?
+
+    @Option(
+        help: ArgumentHelp(
             "With --archive: alert (archive_lag_seconds) when the oldest segment not yet in the object store was completed longer ago than this: seconds, or 10m, 1h. Default 15m.",
             valueName: "duration"))
     var alertArchiveLagSeconds: TimeSpan?
@@ -195,10 +201,10 @@ struct Receive: AsyncParsableCommand {
     func validateArchive() throws {
         guard let archive else {
             if archiveEndpoint != nil || archiveRegion != nil || archiveCredentials != nil || archiveCa != nil
-                || alertArchiveLagSeconds != nil
+                || alertArchiveLagSeconds != nil || archivePartSize != nil
             {
                 throw ValidationError(
-                    "--archive-endpoint, --archive-region, --archive-credentials, --archive-ca and --alert-archive-lag-seconds need --archive s3://BUCKET/PREFIX"
+                    "--archive-endpoint, --archive-region, --archive-credentials, --archive-ca, --archive-part-size and --alert-archive-lag-seconds need --archive s3://BUCKET/PREFIX"
                 )
             }
             return
@@ -214,6 +220,9 @@ struct Receive: AsyncParsableCommand {
         } catch let error as S3ConfigurationError {
             throw ValidationError(error.description)
         }
+        if let part = archivePartSize, part.bytes < 5 << 20 || part.bytes > 5 << 30 {
+            throw ValidationError("--archive-part-size must be between 5M and 5G (S3's limits for a part)")
+        }
         if let lag = alertArchiveLagSeconds, lag.seconds <= 0 {
             throw ValidationError("--alert-archive-lag-seconds must be positive (e.g. 15m)")
         }
@@ -225,7 +234,8 @@ struct Receive: AsyncParsableCommand {
         guard let archive, let archiveEndpoint else { return nil }
         let environment = ProcessInfo.processInfo.environment
         do {
-            let configuration = try ArchiveConfiguration(url: archive)
+            var configuration = try ArchiveConfiguration(url: archive)
+            if let archivePartSize { configuration.partSize = Int(archivePartSize.bytes) }
             let endpoint = try S3Endpoint(parsing: archiveEndpoint)
             if !endpoint.isTLS {
                 logger.warning(

@@ -1,4 +1,5 @@
 import Foundation
+import ObjectStore
 import StatusModel
 import Testing
 
@@ -8,10 +9,13 @@ import Testing
     static let t0 = Date(timeIntervalSince1970: 1_800_000_000)
     static func segment(_ number: Int, system: UInt64 = 7, size: UInt64 = 100, at: Double = 0) -> ArchiveObject {
         let name = "0000000100000000" + String(format: "%08X", number) + ".lz4"
-        return ArchiveObject(system: system, name: name, size: size, completedAt: t0.addingTimeInterval(at))
+        return ArchiveObject(system: system, path: "wal/" + name, size: size, completedAt: t0.addingTimeInterval(at))
     }
     static func history(_ timeline: Int, system: UInt64 = 7) -> ArchiveObject {
-        ArchiveObject(system: system, name: "0000000\(timeline).history", size: 40, completedAt: t0)
+        ArchiveObject(system: system, path: "wal/0000000\(timeline).history", size: 40, completedAt: t0)
+    }
+    static func backupFile(_ id: String, _ file: String, size: UInt64 = 1000) -> ArchiveObject {
+        ArchiveObject(system: 7, path: "base/\(id)/\(file)", size: size, completedAt: t0)
     }
 
     @Test func nothingIsUploadedBeforeTheStoreWasReconciled() {
@@ -29,7 +33,7 @@ import Testing
         let objects = [Self.segment(1), Self.segment(2), Self.segment(3)]
         _ = machine.spoolScanned(system: 7, objects: objects)
         _ = machine.next(now: Self.t0)
-        machine.reconciled(system: 7, confirmed: [objects[0].name, objects[1].name], now: Self.t0)
+        machine.reconciled(system: 7, confirmed: [objects[0].path, objects[1].path], now: Self.t0)
         #expect(machine.next(now: Self.t0) == [.upload(objects[2])])
         let status = machine.status(system: 7, destination: "s3://b/p/7/", now: Self.t0)
         #expect(status.archivedObjects == 2)
@@ -44,10 +48,10 @@ import Testing
         var order: [String] = []
         while case .upload(let object)? = machine.next(now: Self.t0).first {
             #expect(machine.next(now: Self.t0).isEmpty, "one upload at a time")
-            order.append(object.name)
+            order.append(object.path)
             machine.uploaded(object, now: Self.t0)
         }
-        #expect(order == [Self.history(2).name, Self.segment(2).name, Self.segment(3).name])
+        #expect(order == [Self.history(2).path, Self.segment(2).path, Self.segment(3).path])
         #expect(!machine.hasWork)
     }
 
@@ -69,7 +73,7 @@ import Testing
         #expect(status.lagSegments == 0)
         #expect(status.lagSeconds == nil)
         #expect(status.archivedObjects == 1)
-        #expect(status.lastArchived == one.name)
+        #expect(status.lastArchived == one.path)
         // A later scan still listing it does not make it pending again.
         _ = machine.spoolScanned(system: 7, objects: [one])
         #expect(machine.next(now: Self.t0.addingTimeInterval(2)).isEmpty)
@@ -114,6 +118,25 @@ import Testing
         #expect(status.retryAt == nil)
         #expect(status.lastError == "connection refused", "the last error stays on record")
         #expect(machine.next(now: now) == [.upload(Self.segment(2))])
+    }
+
+    @Test func aBackupsRecordGoesUpOnlyAfterItsOtherFilesAreArchived() {
+        var machine = ArchiveStateMachine(policy: .init(maximumInFlight: 4))
+        let record = Self.backupFile("20261207T210000Z", "backup.json", size: 300)
+        let archive = Self.backupFile("20261207T210000Z", "base.tar.lz4")
+        let manifest = Self.backupFile("20261207T210000Z", "backup_manifest")
+        _ = machine.spoolScanned(system: 7, objects: [record, archive, manifest, Self.segment(9)])
+        _ = machine.next(now: Self.t0)
+        machine.reconciled(system: 7, confirmed: [], now: Self.t0)
+        // WAL first, then the backup's files; its record waits although there is room in flight.
+        #expect(machine.next(now: Self.t0) == [.upload(Self.segment(9)), .upload(manifest), .upload(archive)])
+        machine.uploaded(archive, now: Self.t0)
+        #expect(machine.next(now: Self.t0).isEmpty)
+        machine.uploadFailed(manifest, error: "timeout", now: Self.t0)
+        let retry = machine.nextAttemptAt!
+        #expect(machine.next(now: retry) == [.upload(manifest)], "the record still waits for the manifest")
+        machine.uploaded(manifest, now: retry)
+        #expect(machine.next(now: retry) == [.upload(record)])
     }
 
     @Test func aFailedReconciliationIsRetriedAfterTheBackoff() {
@@ -169,11 +192,14 @@ import Testing
         #expect(configuration.bucket == "dr-archive")
         #expect(configuration.prefix == "walship/site-b")
         #expect(
-            configuration.walKey(system: 7_301_234, name: "000000010000000000000003.lz4")
+            configuration.objectKey(system: 7_301_234, path: "wal/000000010000000000000003.lz4")
                 == "walship/site-b/7301234/wal/000000010000000000000003.lz4")
+        #expect(
+            configuration.objectKey(system: 7, path: "base/20261207T210000Z/base.tar.lz4")
+                == "walship/site-b/7/base/20261207T210000Z/base.tar.lz4")
         #expect(configuration.destination(system: 7) == "s3://dr-archive/walship/site-b/7/")
         let bare = try ArchiveConfiguration(url: "s3://bucket")
-        #expect(bare.walKey(system: 7, name: "00000002.history") == "7/wal/00000002.history")
+        #expect(bare.objectKey(system: 7, path: "wal/00000002.history") == "7/wal/00000002.history")
         #expect(throws: (any Error).self) { try ArchiveConfiguration(url: "https://bucket/x") }
         #expect(throws: (any Error).self) { try ArchiveConfiguration(url: "s3:///prefix") }
     }
@@ -188,8 +214,25 @@ import Testing
         ] {
             FileManager.default.createFile(atPath: directory + "/" + name, contents: Data("x".utf8))
         }
-        let names = Archiver.completedFiles(walDirectory: directory, system: 7).map(\.name).sorted()
-        #expect(names == ["000000010000000000000001.lz4", "000000010000000000000003.lz4", "00000002.history"])
+        let names = Archiver.completedFiles(walDirectory: directory, system: 7).map(\.path).sorted()
+        #expect(names == ["wal/000000010000000000000001.lz4", "wal/000000010000000000000003.lz4", "wal/00000002.history"])
+    }
+}
+
+@Suite struct FileDigestTests {
+    /// The digests the archiver reads a file with, one part at a time, agree with the ETags the store gives.
+    @Test func digestsReadInPartsAgreeWithTheStoresETags() throws {
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent("archive-digest-\(getpid())").path
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        let body = Data((0..<(11 << 20 + 7)).map { UInt8(truncatingIfNeeded: $0 &* 2_654_435_761 >> 13) })
+        FileManager.default.createFile(atPath: path, contents: body)
+        let digests = try #require(FileDigests(path: path, partSize: 5 << 20))
+        #expect(digests.size == UInt64(body.count))
+        #expect(digests.sha256 == SigV4Signer.payloadHash(body))
+        #expect(digests.md5 == S3Client.expectedETag(of: body, partSize: nil))
+        #expect(digests.multipartETag == S3Client.expectedETag(of: body, partSize: 5 << 20))
+        #expect(digests.multipartETag.hasSuffix("-3"))
+        #expect(FileDigests(path: path + ".missing", partSize: 5 << 20) == nil)
     }
 }
 
