@@ -41,6 +41,13 @@ struct ArchiveShipTests {
             "--archive-part-size", "5M",
         ]
         topology.receiverEnvironment = store.environment
+        // What a receiver killed in the middle of a multipart upload leaves: an open upload with a part.
+        let system0 = topology.systemIdentifier
+        try await store.withClient { client in
+            let key = "\(prefix)/\(system0)/base/20260101T000000Z/base.tar.lz4"
+            let id = try await client.createMultipartUpload(key: key)
+            _ = try await client.uploadPart(key: key, uploadID: id, partNumber: 1, body: Data(count: 5 << 20))
+        }
         try topology.startReceiver()
         try topology.startSender(extra: ["--sync"])
         let system = topology.systemIdentifier
@@ -60,8 +67,8 @@ struct ArchiveShipTests {
             let archive = Self.archive(try fetchStatus(port: topology.receiverStatusPort), system: system) ?? [:]
             return (Self.number(archive["archivedObjects"]) >= Double(spoolFiles.count), "\(archive)")
         }
-        let client = try store.client()
-        do {
+        try await store.withClient { client in
+            #expect(try await client.listMultipartUploads(prefix: "\(prefix)/").isEmpty, "the open upload was aborted")
             let listed = try await client.listAllObjects(prefix: "\(prefix)/\(system)/wal/")
             #expect(Set(spoolFiles).isSubset(of: Set(listed.map { String($0.key.split(separator: "/").last!) })))
             for name in spoolFiles {
@@ -69,11 +76,7 @@ struct ArchiveShipTests {
                 let theirs = try await client.getObject(key: "\(prefix)/\(system)/wal/\(name)")
                 #expect(ours == theirs, "\(name) in the bucket differs from the spool's")
             }
-        } catch {
-            try? await client.shutdown()
-            throw error
         }
-        try await client.shutdown()
 
         // A complete base backup follows: its archive, manifest and record, the record last.
         let backup = try topology.takeBackup()
@@ -82,22 +85,18 @@ struct ArchiveShipTests {
             let archive = Self.archive(try fetchStatus(port: topology.receiverStatusPort), system: system) ?? [:]
             return (archive["lastArchived"] as? String == "base/\(backup)/backup.json", "\(archive)")
         }
-        let backupClient = try store.client()
-        do {
-            let objects = try await backupClient.listAllObjects(prefix: backupPrefix)
+        try await store.withClient { client in
+            let objects = try await client.listAllObjects(prefix: backupPrefix)
             #expect(objects.map(\.key).sorted() == ["backup.json", "backup_manifest", "base.tar.lz4"].map { backupPrefix + $0 })
             let archived = objects.first { $0.key.hasSuffix("base.tar.lz4") }
             #expect(archived?.etag.contains("-") == true, "the backup's archive went up in parts: \(archived?.etag ?? "")")
             let backupDirectory = topology.spool + "/\(system)/base/\(backup)"
             for file in ["base.tar.lz4", "backup_manifest", "backup.json"] {
                 let ours = try Data(contentsOf: URL(fileURLWithPath: backupDirectory + "/" + file))
-                #expect(try await backupClient.getObject(key: backupPrefix + file) == ours, "\(file) differs from the spool's")
+                let theirs = try await client.getObject(key: backupPrefix + file)
+                #expect(theirs == ours, "\(file) differs from the spool's")
             }
-        } catch {
-            try? await backupClient.shutdown()
-            throw error
         }
-        try await backupClient.shutdown()
 
         // The store goes away: commits go on (synchronous, acknowledged by the spool alone), the lag grows, the
         // alerts fire.
@@ -137,13 +136,9 @@ struct ArchiveShipTests {
                 "\(archive) \(Self.firing(status))"
             )
         }
-        let client2 = try store.client()
-        do {
-            #expect(try await client2.headObject(key: "\(prefix)/\(system)/wal/\(duringOutage).lz4") != nil)
-        } catch {
-            try? await client2.shutdown()
-            throw error
+        try await store.withClient { client in
+            let head = try await client.headObject(key: "\(prefix)/\(system)/wal/\(duringOutage).lz4")
+            #expect(head != nil, "the segment completed during the outage is archived")
         }
-        try await client2.shutdown()
     }
 }

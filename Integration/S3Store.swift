@@ -55,6 +55,19 @@ final class S3Store {
         ["AWS_ACCESS_KEY_ID": credentials.accessKeyID, "AWS_SECRET_ACCESS_KEY": credentials.secretAccessKey]
     }
 
+    /// Runs `body` with a client that is shut down afterwards, whether `body` throws or not.
+    func withClient<T>(_ body: (S3Client) async throws -> T) async throws -> T {
+        let client = try self.client()
+        do {
+            let result = try await body(client)
+            try await client.shutdown()
+            return result
+        } catch {
+            try? await client.shutdown()
+            throw error
+        }
+    }
+
     func client(tls: Bool = false, caFile: String? = nil, credentials: AWSCredentials? = nil) throws -> S3Client {
         try S3Client(
             .init(

@@ -188,6 +188,13 @@ public final class Archiver: Service, Sendable {
     private func reconcile(_ system: UInt64) async {
         let prefix = configuration.systemPrefix(system)
         do {
+            // One receiver archives a system: an upload still open under its prefix was cut by an earlier stop, and
+            // its parts would stay billed in the store forever. The file is uploaded again below.
+            for upload in try await client.listMultipartUploads(prefix: prefix) {
+                try await client.abortMultipartUpload(key: upload.key, uploadID: upload.uploadID)
+                logger.info(
+                    "aborted a multipart upload an earlier run left unfinished", metadata: ["walship.key": "\(upload.key)"])
+            }
             let listed = try await client.listAllObjects(prefix: prefix)
             let local = lastScan.withLockedValue { $0[system] ?? [:] }
             var confirmed: Set<String> = []
