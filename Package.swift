@@ -81,6 +81,8 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
+        // The archive's client-side encryption: the keyring and the chunked AES-256-GCM object format (pure).
+        .target(name: "ArchiveCrypto", dependencies: [.product(name: "Crypto", package: "swift-crypto")]),
         .target(
             name: "Spool",
             dependencies: ["WALCore", "LZ4Codec", .product(name: "Logging", package: "swift-log")]
@@ -104,7 +106,7 @@ let package = Package(
         .target(
             name: "Archive",
             dependencies: [
-                "ObjectStore", "Spool", "WALCore", "StatusModel",
+                "ObjectStore", "ArchiveCrypto", "Spool", "WALCore", "StatusModel",
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
@@ -176,7 +178,7 @@ let package = Package(
             name: "walship",
             dependencies: [
                 "Sender", "Receiver", "Spool", "WALCore", "Monitor", "StatusModel", "WalSenderServer", "ShipTLS", "WalshipConfig",
-                "PGReplication", "ShipProtocol", "Operations", "CBuildIdentity", "Archive", "ObjectStore",
+                "PGReplication", "ShipProtocol", "Operations", "CBuildIdentity", "Archive", "ArchiveCrypto", "ObjectStore",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
@@ -192,6 +194,7 @@ let package = Package(
                 "ObjectStore", .product(name: "NIOCore", package: "swift-nio"), .product(name: "NIOHTTP1", package: "swift-nio"),
             ]),
         .testTarget(name: "ArchiveTests", dependencies: ["Archive", "ObjectStore", "StatusModel"]),
+        .testTarget(name: "ArchiveCryptoTests", dependencies: ["ArchiveCrypto"]),
         .testTarget(name: "LZ4CodecTests", dependencies: ["LZ4Codec", .product(name: "NIOCore", package: "swift-nio")]),
         .testTarget(
             name: "ShipProtocolTests",
@@ -252,7 +255,7 @@ let package = Package(
         .testTarget(name: "RepositoryFilesTests"),
         .testTarget(
             name: "IntegrationTests",
-            dependencies: ["WALCore", "ShipProtocol", "ObjectStore"],
+            dependencies: ["WALCore", "ShipProtocol", "ObjectStore", "ArchiveCrypto"],
             path: "Integration"
         ),
     ]

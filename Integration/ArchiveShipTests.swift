@@ -1,3 +1,4 @@
+import ArchiveCrypto
 import Foundation
 import ObjectStore
 import Testing
@@ -139,6 +140,116 @@ struct ArchiveShipTests {
         try await store.withClient { client in
             let head = try await client.headObject(key: "\(prefix)/\(system)/wal/\(duringOutage).lz4")
             #expect(head != nil, "the segment completed during the outage is archived")
+        }
+    }
+
+    /// With --encryption-keyring the bucket holds none of the data in the clear, every object decrypts to the
+    /// spool's file, a restarted receiver recognises what it sealed before without sending it again, and after
+    /// `walship keys rotate` new objects use the new key while the old ones still open.
+    @Test func anEncryptedArchiveHoldsNoPlaintextAndDecryptsToTheSpool() async throws {
+        let fixture = try Fixture("archive-encrypted")
+        let store = try S3Store(directory: fixture.directory + "/s3")
+        defer {
+            fixture.tearDown()
+            store.stop()
+            _ = try? run("/bin/rm", ["-rf", fixture.directory], check: false)
+        }
+        let keyringPath = fixture.directory + "/archive-keyring.json"
+        let created = try run(IT.walshipBinary, ["keys", "init", keyringPath])
+        #expect(created.output.contains("Escrow it now"))
+        let refused = try run(IT.walshipBinary, ["keys", "init", keyringPath], check: false)
+        #expect(refused.status != 0 && refused.error.contains("never overwrites"), "\(refused.error)")
+        let firstKey = try Keyring.load(path: keyringPath).currentID
+
+        var topology = try ShipTopology(fixture)
+        let prefix = "enc"
+        topology.receiverExtra = [
+            "--archive", "s3://\(store.bucket)/\(prefix)", "--archive-endpoint", store.endpoint,
+            "--encryption-keyring", keyringPath, "--archive-part-size", "5M",
+        ]
+        topology.receiverEnvironment = store.environment
+        try topology.startReceiver()
+        try topology.startSender()
+        let system = topology.systemIdentifier
+        // Rows whose text LZ4 keeps as literals: each md5 is unique, so the spool's files contain them as they are.
+        try topology.primary.pgbench(["-i", "-s", "3", "-q"])
+        try topology.primary.sql("CREATE TABLE secrets AS SELECT i, md5(i::text) AS token FROM generate_series(1, 30000) i")
+        let backup = try topology.takeBackup()
+        try topology.switchAndWait()
+
+        func spoolFiles() throws -> [String] {
+            let wal = try FileManager.default.contentsOfDirectory(atPath: topology.walDirectory)
+                .filter { $0.hasSuffix(".lz4") || $0.hasSuffix(".history") }.map { "wal/" + $0 }
+            return (wal + ["base.tar.lz4", "backup_manifest", "backup.json"].map { "base/\(backup)/" + $0 }).sorted()
+        }
+        let files = try spoolFiles()
+        try waitUntil("the encrypted archive to catch up with the spool", timeout: 180) {
+            let archive = Self.archive(try fetchStatus(port: topology.receiverStatusPort), system: system) ?? [:]
+            return (Self.number(archive["archivedObjects"]) >= Double(files.count), "\(archive)")
+        }
+        let status = Self.archive(try fetchStatus(port: topology.receiverStatusPort), system: system) ?? [:]
+        #expect(status["encryptionKeyID"] as? String == firstKey)
+
+        let keyring = try Keyring.load(path: keyringPath)
+        let tokens = try topology.primary.sql("SELECT token FROM secrets WHERE i <= 3000 ORDER BY i")
+            .split(separator: "\n").map { Data($0.utf8) }
+        #expect(tokens.count == 3000)
+        let etags = try await store.withClient { client -> [String: String] in
+            var plaintextSeen = 0
+            var etags: [String: String] = [:]
+            for path in files {
+                let ours = try Data(contentsOf: URL(fileURLWithPath: topology.spool + "/\(system)/" + path))
+                let key = "\(prefix)/\(system)/\(path)"
+                let theirs = try await client.getObject(key: key)
+                etags[key] = try await client.headObject(key: key)?.etag
+                #expect(try SealedObject.keyID(of: theirs) == firstKey)
+                let opened = try SealedObject.open(theirs, binding: .init(system: UInt64(system)!, name: path), keyring: keyring)
+                #expect(opened == ours, "\(path) does not decrypt to the spool's file")
+                // The known plaintext the spool's file shows in the clear is nowhere in the object.
+                for token in tokens where ours.range(of: token) != nil {
+                    plaintextSeen += 1
+                    #expect(
+                        theirs.range(of: token) == nil, "\(path) shows \(String(decoding: token, as: UTF8.self)) in the clear")
+                }
+                #expect(theirs.range(of: ours.prefix(64)) == nil || ours.count < 64)
+            }
+            #expect(plaintextSeen > 20, "the check saw the table's text in the spool \(plaintextSeen) times")
+            // The backup's archive went up in parts, sealed as it was read.
+            let archive = etags["\(prefix)/\(system)/base/\(backup)/base.tar.lz4"] ?? ""
+            #expect(archive.contains("-"), "ETag \(archive)")
+            return etags
+        }
+
+        // Rotate, restart: what is in the bucket is recognised (not sent again); new objects use the new key.
+        let rotated = try run(IT.walshipBinary, ["keys", "rotate", keyringPath])
+        #expect(rotated.output.contains("still open what they encrypted"), "\(rotated.output)")
+        let secondKey = try Keyring.load(path: keyringPath).currentID
+        #expect(secondKey != firstKey)
+        topology.receiver?.stop()
+        try topology.startReceiver()
+        try topology.waitUntilStreaming()
+        try topology.primary.sql("INSERT INTO secrets SELECT i, md5(i::text) FROM generate_series(30001, 40000) i")
+        let after = try topology.switchAndWait()
+        try waitUntil("the segment after the rotation to be archived", timeout: 120) {
+            let archive = Self.archive(try fetchStatus(port: topology.receiverStatusPort), system: system) ?? [:]
+            return (archive["lastArchived"] as? String == "wal/\(after).lz4", "\(archive)")
+        }
+        let receiverLog = topology.receiver!.log
+        #expect(
+            receiverLog.contains("the object store already holds \(files.count) of this system's spool files"),
+            "\(receiverLog.suffix(3000))")
+        let rotatedKeyring = try Keyring.load(path: keyringPath)
+        try await store.withClient { client in
+            let newest = try await client.getObject(key: "\(prefix)/\(system)/wal/\(after).lz4")
+            #expect(try SealedObject.keyID(of: newest) == secondKey)
+            for (key, etag) in etags {
+                #expect(try await client.headObject(key: key)?.etag == etag, "\(key) was uploaded again")
+            }
+            let oldKey = etags.keys.sorted().first { $0.contains("/wal/") }!
+            let old = try await client.getObject(key: oldKey)
+            let path = String(oldKey.dropFirst("\(prefix)/\(system)/".count))
+            let opened = try SealedObject.open(old, binding: .init(system: UInt64(system)!, name: path), keyring: rotatedKeyring)
+            #expect(opened == (try Data(contentsOf: URL(fileURLWithPath: topology.spool + "/\(system)/" + path))))
         }
     }
 }

@@ -1,3 +1,4 @@
+import ArchiveCrypto
 import Crypto
 import Foundation
 import Logging
@@ -15,6 +16,9 @@ public struct ArchiveConfiguration: Sendable {
     public var prefix: String
     /// Objects larger than this go up in parts of this size (S3's minimum part is 5 MiB).
     public var partSize = 64 << 20
+    /// With a keyring every object is encrypted client-side (`SealedObject`) with its current key.
+    public var keyring: Keyring?
+    public var chunkSize = SealedObject.defaultChunkSize
     /// How often the spool is looked at when nothing waits.
     public var scanInterval: Duration = .seconds(1)
     public var policy = ArchiveStateMachine.Policy()
@@ -67,6 +71,9 @@ public final class Archiver: Service, Sendable {
     /// Metadata carrying the object's SHA-256, which HEAD returns (the ETag of a multipart object is no checksum of
     /// its bytes, and this store returns none of the newer checksum headers).
     public static let checksumMetadata = "sha256"
+    /// An encrypted object's key id and the keyed MAC of its plaintext (`PlaintextMAC`).
+    public static let keyIDMetadata = "walship-key-id"
+    public static let plaintextMACMetadata = "walship-plain-hmac"
 
     public init(configuration: ArchiveConfiguration, client: S3Client, spoolRoot: String, logger: Logger) {
         self.configuration = configuration
@@ -100,6 +107,7 @@ public final class Archiver: Service, Sendable {
                 guard let system = status.systems[index].systemIdentifier.flatMap({ UInt64($0) }) else { continue }
                 status.systems[index].archive = machine.status(
                     system: system, destination: configuration.destination(system: system), now: now)
+                status.systems[index].archive?.encryptionKeyID = configuration.keyring?.currentID
             }
         }
     }
@@ -200,10 +208,8 @@ public final class Archiver: Service, Sendable {
             var confirmed: Set<String> = []
             for object in listed {
                 let path = String(object.key.dropFirst(prefix.count))
-                guard let mine = local[path], UInt64(object.size) == mine.size else { continue }
-                if try await isConfirmed(key: object.key, listedETag: object.etag, file: localPath(mine)) {
-                    confirmed.insert(path)
-                }
+                guard let mine = local[path] else { continue }
+                if try await isConfirmed(key: object.key, listed: object, local: mine) { confirmed.insert(path) }
             }
             logger.info(
                 "the object store already holds \(confirmed.count) of this system's spool files",
@@ -216,15 +222,43 @@ public final class Archiver: Service, Sendable {
     }
 
     /// A listed object counts as the spool's file when its ETag is the file's MD5 (one part), or, for a multipart
-    /// object, when the SHA-256 in its metadata is the file's.
-    private func isConfirmed(key: String, listedETag: String, file: String) async throws -> Bool {
-        guard let digests = FileDigests(path: file, partSize: configuration.partSize) else { return false }
-        if !listedETag.contains("-") { return listedETag == digests.md5 }
+    /// object, when the SHA-256 in its metadata is the file's. With a keyring, an encrypted object counts when its
+    /// key is in the keyring, its size is the sealed size of the file, and its plaintext MAC is the file's.
+    private func isConfirmed(key: String, listed: ObjectInfo, local: ArchiveObject) async throws -> Bool {
+        let file = localPath(local)
+        if let keyring = configuration.keyring {
+            guard let head = try await client.headObject(key: key), let keyID = head.metadata[Self.keyIDMetadata],
+                let kek = keyring.key(id: keyID),
+                UInt64(head.size)
+                    == SealedObject.sealedSize(plaintextSize: local.size, keyID: keyID, chunkSize: configuration.chunkSize)
+            else { return false }
+            return head.metadata[Self.plaintextMACMetadata] == Self.plaintextMAC(file: file, key: kek)
+        }
+        guard UInt64(listed.size) == local.size,
+            let digests = FileDigests(path: file, partSize: configuration.partSize)
+        else { return false }
+        if !listed.etag.contains("-") { return listed.etag == digests.md5 }
         guard let head = try await client.headObject(key: key) else { return false }
         return head.metadata[Self.checksumMetadata] == digests.sha256
     }
 
+    static func plaintextMAC(file: String, key: Keyring.Key) -> String? {
+        guard let handle = FileHandle(forReadingAtPath: file) else { return nil }
+        defer { try? handle.close() }
+        var mac = PlaintextMAC(key: key)
+        do {
+            while let piece = try handle.read(upToCount: 1 << 20), !piece.isEmpty { mac.update(piece) }
+        } catch {
+            return nil
+        }
+        return mac.finalize()
+    }
+
     private func upload(_ object: ArchiveObject) async {
+        if let keyring = configuration.keyring {
+            await uploadEncrypted(object, keyring: keyring)
+            return
+        }
         let key = configuration.objectKey(system: object.system, path: object.path)
         let file = localPath(object)
         // Read before the upload, for the metadata and the read-back; a file gone meanwhile was pruned.
@@ -257,19 +291,105 @@ public final class Archiver: Service, Sendable {
             guard head.etag == expectedETag, head.metadata[Self.checksumMetadata] == digests.sha256 else {
                 throw ArchiveError("\(key) reads back with another checksum (ETag \(head.etag), expected \(expectedETag))")
             }
-            let recovered = machine.withLockedValue { machine in
-                let wasFailing = machine.status(system: object.system, destination: "", now: Date()).consecutiveFailures > 0
-                machine.uploaded(object, now: Date())
-                return wasFailing
-            }
-            if recovered {
-                logger.info("the object store takes uploads again", metadata: ["walship.key": "\(key)"])
-            }
-            logger.debug("archived", metadata: ["walship.key": "\(key)", "walship.bytes": "\(digests.size)"])
+            confirm(object, key: key, bytes: digests.size)
         } catch {
             report(failure: "\(error)", system: object.system)
             machine.withLockedValue { $0.uploadFailed(object, error: "\(error)", now: Date()) }
         }
+    }
+
+    /// Encrypts the spool's file (`SealedObject`, the keyring's current key, bound to the system and the object's
+    /// path) and uploads the sealed bytes: in one request when they fit in a part, else part by part as they are
+    /// sealed from disk. Counted once read back with the sealed size, the ETag of what was sent, and the metadata.
+    private func uploadEncrypted(_ object: ArchiveObject, keyring: Keyring) async {
+        let key = configuration.objectKey(system: object.system, path: object.path)
+        let file = localPath(object)
+        let kek = keyring.current
+        guard let mac = Self.plaintextMAC(file: file, key: kek), let handle = FileHandle(forReadingAtPath: file) else {
+            machine.withLockedValue { $0.uploadAbandoned(object) }
+            return
+        }
+        defer { try? handle.close() }
+        let binding = SealedObject.Binding(system: object.system, name: object.path)
+        let sealedSize = SealedObject.sealedSize(
+            plaintextSize: object.size, keyID: kek.id, chunkSize: configuration.chunkSize)
+        var metadata = [Self.keyIDMetadata: kek.id, Self.plaintextMACMetadata: mac]
+        do {
+            var sealer = try SealedObject.Sealer(binding: binding, keyring: keyring, chunkSize: configuration.chunkSize)
+            var expectedETag: String
+            var sent: UInt64 = 0
+            if sealedSize <= UInt64(configuration.partSize) {
+                var sealed = sealer.header
+                while let piece = try handle.read(upToCount: configuration.chunkSize), !piece.isEmpty {
+                    sealed += try sealer.update(piece)
+                }
+                sealed += try sealer.finish()
+                metadata[Self.checksumMetadata] = SigV4Signer.payloadHash(sealed)
+                try await client.putObject(key: key, body: sealed, metadata: metadata)
+                expectedETag = S3Client.expectedETag(of: sealed, partSize: nil)
+                sent = UInt64(sealed.count)
+            } else {
+                let uploadID = try await client.createMultipartUpload(key: key, metadata: metadata)
+                do {
+                    var parts: [(number: Int, etag: String)] = []
+                    var partDigests = Data()
+                    var buffer = sealer.header
+                    func send(_ part: Data) async throws {
+                        partDigests.append(contentsOf: Insecure.MD5.hash(data: part))
+                        let number = parts.count + 1
+                        parts.append(
+                            (number, try await client.uploadPart(key: key, uploadID: uploadID, partNumber: number, body: part)))
+                        sent += UInt64(part.count)
+                    }
+                    while let piece = try handle.read(upToCount: configuration.chunkSize), !piece.isEmpty {
+                        buffer += try sealer.update(piece)
+                        while buffer.count >= configuration.partSize {
+                            try await send(buffer.prefix(configuration.partSize))
+                            buffer = Data(buffer.dropFirst(configuration.partSize))
+                        }
+                    }
+                    buffer += try sealer.finish()
+                    while !buffer.isEmpty {
+                        try await send(buffer.prefix(configuration.partSize))
+                        buffer = Data(buffer.dropFirst(configuration.partSize))
+                    }
+                    try await client.completeMultipartUpload(key: key, uploadID: uploadID, parts: parts)
+                    expectedETag = FileDigests.hex(Insecure.MD5.hash(data: partDigests)) + "-\(parts.count)"
+                } catch {
+                    try? await client.abortMultipartUpload(key: key, uploadID: uploadID)
+                    throw error
+                }
+            }
+            guard sent == sealedSize else {
+                throw ArchiveError("\(file) changed while it was encrypted (\(sent) bytes sealed, \(sealedSize) expected)")
+            }
+            guard let head = try await client.headObject(key: key) else {
+                throw ArchiveError("\(key) is missing right after its upload")
+            }
+            guard UInt64(head.size) == sealedSize, head.etag == expectedETag,
+                head.metadata[Self.plaintextMACMetadata] == mac, head.metadata[Self.keyIDMetadata] == kek.id
+            else {
+                throw ArchiveError(
+                    "\(key) reads back with another size or checksum (\(head.size) bytes, ETag \(head.etag); expected \(sealedSize), \(expectedETag))"
+                )
+            }
+            confirm(object, key: key, bytes: sealedSize)
+        } catch {
+            report(failure: "\(error)", system: object.system)
+            machine.withLockedValue { $0.uploadFailed(object, error: "\(error)", now: Date()) }
+        }
+    }
+
+    private func confirm(_ object: ArchiveObject, key: String, bytes: UInt64) {
+        let recovered = machine.withLockedValue { machine in
+            let wasFailing = machine.status(system: object.system, destination: "", now: Date()).consecutiveFailures > 0
+            machine.uploaded(object, now: Date())
+            return wasFailing
+        }
+        if recovered {
+            logger.info("the object store takes uploads again", metadata: ["walship.key": "\(key)"])
+        }
+        logger.debug("archived", metadata: ["walship.key": "\(key)", "walship.bytes": "\(bytes)"])
     }
 
     /// A large file (a base backup) goes up part by part, read from disk one part at a time; any failure aborts

@@ -278,6 +278,8 @@ public struct StatusDocument: Codable, Sendable, Equatable {
         public var failing: Bool
         /// When the next attempt is due after a failure (backoff); nil when not waiting.
         public var retryAt: Date?
+        /// The keyring key new objects are encrypted with (`--encryption-keyring`); nil: not encrypted.
+        public var encryptionKeyID: String?
 
         public init(
             destination: String, lagSegments: Int, lagBytes: UInt64, lagSeconds: Double?, archivedObjects: Int,

@@ -33,6 +33,7 @@ public enum StatusTable {
             : "\(archive.lagSegments) files (\(formatBytes(archive.lagBytes))) behind"
                 + (archive.lagSeconds.map { ", oldest \(formatDuration($0))" } ?? "")
         line += "; \(archive.archivedObjects) archived"
+        line += archive.encryptionKeyID.map { ", encrypted (key \($0))" } ?? ", NOT encrypted"
         if archive.failing {
             line += ", FAILING" + (archive.failingSince.map { " since \(formatISO8601($0))" } ?? "")
             line += ": \(archive.lastError ?? "unknown error")"

@@ -1,4 +1,5 @@
 import Archive
+import ArchiveCrypto
 import ArgumentParser
 import Foundation
 import Logging
@@ -133,6 +134,12 @@ struct Receive: AsyncParsableCommand {
 
     @Option(
         help: ArgumentHelp(
+            "With --archive: encrypt everything archived client-side (AES-256-GCM) with this keyring's current key; walship keys init makes one. The store then sees names, sizes and times, nothing of the content.",
+            valueName: "file"))
+    var encryptionKeyring: String?
+
+    @Option(
+        help: ArgumentHelp(
             "With --archive: files larger than this (base backups) go up in parts of this size, each verified by the store: 5M or more, e.g. 16M. Default 64M.",
             valueName: "size"))
     var archivePartSize: ByteSize?
@@ -201,10 +208,10 @@ struct Receive: AsyncParsableCommand {
     func validateArchive() throws {
         guard let archive else {
             if archiveEndpoint != nil || archiveRegion != nil || archiveCredentials != nil || archiveCa != nil
-                || alertArchiveLagSeconds != nil || archivePartSize != nil
+                || alertArchiveLagSeconds != nil || archivePartSize != nil || encryptionKeyring != nil
             {
                 throw ValidationError(
-                    "--archive-endpoint, --archive-region, --archive-credentials, --archive-ca, --archive-part-size and --alert-archive-lag-seconds need --archive s3://BUCKET/PREFIX"
+                    "--archive-endpoint, --archive-region, --archive-credentials, --archive-ca, --archive-part-size, --encryption-keyring and --alert-archive-lag-seconds need --archive s3://BUCKET/PREFIX"
                 )
             }
             return
@@ -236,6 +243,20 @@ struct Receive: AsyncParsableCommand {
         do {
             var configuration = try ArchiveConfiguration(url: archive)
             if let archivePartSize { configuration.partSize = Int(archivePartSize.bytes) }
+            if let encryptionKeyring {
+                do {
+                    configuration.keyring = try Keyring.load(path: encryptionKeyring)
+                } catch {
+                    throw ValidationError("--encryption-keyring: \(error)")
+                }
+                logger.info(
+                    "the archive is encrypted client-side",
+                    metadata: ["walship.keyring": "\(encryptionKeyring)", "walship.key": "\(configuration.keyring!.currentID)"])
+            } else {
+                logger.warning(
+                    "the archive is not encrypted: the object store can read the WAL and backups (give --encryption-keyring; docs/security.md)"
+                )
+            }
             let endpoint = try S3Endpoint(parsing: archiveEndpoint)
             if !endpoint.isTLS {
                 logger.warning(
