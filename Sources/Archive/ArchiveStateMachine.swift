@@ -239,6 +239,13 @@ public struct ArchiveStateMachine: Sendable {
             retryAt: retryAt)
     }
 
+    /// The paths of `system` not confirmed in the store (pending or in flight); nil until the store's listing was
+    /// read (then nothing is known to be archived).
+    public func unarchived(system: UInt64) -> Set<String>? {
+        guard reconciliation[system] == .done else { return nil }
+        return Set((pending.keys.lazy.map { $0 } + inFlight.keys.lazy.map { $0 }).filter { $0.system == system }.map(\.path))
+    }
+
     /// The systems the machine has seen.
     public var systems: [UInt64] { reconciliation.keys.sorted() }
 }

@@ -345,6 +345,16 @@ struct Receive: AsyncParsableCommand {
         } catch {
             throw fail("receive", error, kind: .setUp)
         }
+        let archiver: Archiver?
+        do {
+            archiver = try makeArchiver(spoolRoot: root, logger: logger)
+        } catch {
+            throw fail("receive", error, kind: .setUp)
+        }
+        if let archiver {
+            // The spool never prunes what the object store has not confirmed.
+            configuration.archiveHold = { archiver.hold(system: $0) }
+        }
         let receiver: Receiver
         var standbyServer: WalSenderServer?
         do {
@@ -358,12 +368,6 @@ struct Receive: AsyncParsableCommand {
                     host: endpoint.host, port: endpoint.port, spool: receiver.spool,
                     authentication: try standbyAuthentication(), tls: tls, logger: logger)
             }
-        } catch {
-            throw fail("receive", error, kind: .setUp)
-        }
-        let archiver: Archiver?
-        do {
-            archiver = try makeArchiver(spoolRoot: root, logger: logger)
         } catch {
             throw fail("receive", error, kind: .setUp)
         }

@@ -139,6 +139,20 @@ import Testing
         #expect(machine.next(now: retry) == [.upload(record)])
     }
 
+    @Test func whatIsUnarchivedIsUnknownUntilTheStoreWasReadThenPendingAndInFlight() {
+        var machine = ArchiveStateMachine()
+        _ = machine.spoolScanned(system: 7, objects: [Self.segment(1), Self.segment(2), Self.segment(3)])
+        #expect(machine.unarchived(system: 7) == nil)
+        _ = machine.next(now: Self.t0)
+        machine.reconciled(system: 7, confirmed: [Self.segment(1).path], now: Self.t0)
+        #expect(machine.unarchived(system: 7) == [Self.segment(2).path, Self.segment(3).path])
+        _ = machine.next(now: Self.t0)  // segment 2 in flight: still unarchived
+        #expect(machine.unarchived(system: 7) == [Self.segment(2).path, Self.segment(3).path])
+        machine.uploaded(Self.segment(2), now: Self.t0)
+        #expect(machine.unarchived(system: 7) == [Self.segment(3).path])
+        #expect(machine.unarchived(system: 9) == nil)
+    }
+
     @Test func aFailedReconciliationIsRetriedAfterTheBackoff() {
         var machine = ArchiveStateMachine()
         _ = machine.spoolScanned(system: 7, objects: [Self.segment(1)])
