@@ -29,8 +29,9 @@ struct ArchiveShipTests {
         let fixture = try Fixture("archive-ship")
         let store = try S3Store(directory: fixture.directory + "/s3")
         defer {
-            fixture.tearDown()
+            // The store first: the fixture's tear-down removes its directory, and with it what stop needs.
             store.stop()
+            fixture.tearDown()
             _ = try? run("/bin/rm", ["-rf", fixture.directory], check: false)
         }
         var topology = try ShipTopology(fixture, primarySettings: ["synchronous_standby_names": "'walship'"])
@@ -150,8 +151,9 @@ struct ArchiveShipTests {
         let fixture = try Fixture("archive-encrypted")
         let store = try S3Store(directory: fixture.directory + "/s3")
         defer {
-            fixture.tearDown()
+            // The store first: the fixture's tear-down removes its directory, and with it what stop needs.
             store.stop()
+            fixture.tearDown()
             _ = try? run("/bin/rm", ["-rf", fixture.directory], check: false)
         }
         let keyringPath = fixture.directory + "/archive-keyring.json"

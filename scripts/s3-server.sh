@@ -229,6 +229,10 @@ stop() {
         done
     done
     rm -f "$dir"/run/*.pid
+    # Daemons whose pid file went missing (a crash mid-start): found by the configuration file they run with.
+    local stray
+    stray=$(pgrep -f -- " -c $dir/ceph\.conf( |\$)" || true)
+    [ -z "$stray" ] || kill -9 $stray 2>/dev/null || true
 }
 
 case $action in
