@@ -254,4 +254,56 @@ struct ArchiveShipTests {
             #expect(opened == (try Data(contentsOf: URL(fileURLWithPath: topology.spool + "/\(system)/" + path))))
         }
     }
+
+    /// `walship check` proves the archive's settings: the store takes, returns and deletes a probe object with the
+    /// configured credentials (nothing stays behind); wrong credentials are a FAIL line with the store's answer.
+    @Test func walshipCheckTriesTheArchive() async throws {
+        let fixture = try Fixture("archive-check")
+        let store = try S3Store(directory: fixture.directory + "/s3")
+        defer {
+            store.stop()
+            fixture.tearDown()
+            _ = try? run("/bin/rm", ["-rf", fixture.directory], check: false)
+        }
+        let credentials = fixture.directory + "/s3-credentials"
+        func configure(secret: String) throws -> String {
+            FileManager.default.createFile(
+                atPath: credentials,
+                contents: Data(
+                    "[default]\naws_access_key_id = \(store.credentials.accessKeyID)\naws_secret_access_key = \(secret)\n".utf8),
+                attributes: [.posixPermissions: 0o600])
+            let path = fixture.directory + "/walship.toml"
+            let toml = """
+                [receive]
+                listen = "127.0.0.1:\(IT.freePort())"
+                spool = "\(fixture.directory)/spool"
+                insecure = true
+                archive = "s3://\(store.bucket)/checked"
+                archive-endpoint = "\(store.endpoint)"
+                archive-credentials = "\(credentials)"
+
+                """
+            FileManager.default.createFile(atPath: path, contents: Data(toml.utf8))
+            return path
+        }
+        let good = try run(
+            IT.walshipBinary, ["check", "--config", try configure(secret: store.credentials.secretAccessKey)], check: false)
+        let archiveLines = good.output.split(separator: "\n").filter { $0.contains("archive") }
+        #expect(good.status == 0, "\(good.output)\(good.error)")
+        #expect(
+            archiveLines.contains {
+                $0.hasPrefix("ok    archive: s3://\(store.bucket)/checked") && $0.contains("takes, returns and deletes")
+            })
+        #expect(archiveLines.contains { $0.hasPrefix("WARN  archive encryption: none") })
+        #expect(!good.output.contains(store.credentials.secretAccessKey), "the secret is never printed")
+        let left = try await store.withClient { try await $0.listAllObjects(prefix: "checked/") }
+        #expect(left.isEmpty, "the probe stayed behind: \(left.map(\.key))")
+
+        let bad = try run(IT.walshipBinary, ["check", "--config", try configure(secret: "wrong-secret")], check: false)
+        #expect(bad.status == 1)
+        #expect(
+            bad.output.split(separator: "\n").contains { $0.hasPrefix("FAIL  archive:") && $0.contains("SignatureDoesNotMatch") },
+            "\(bad.output)")
+        #expect(!bad.output.contains("wrong-secret"))
+    }
 }

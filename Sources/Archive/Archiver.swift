@@ -100,6 +100,32 @@ public final class Archiver: Service, Sendable {
         try? await client.shutdown()
     }
 
+    /// What `walship check` tries: writes a small object under the prefix, reads it back and deletes it, so the
+    /// endpoint, TLS, credentials, region, bucket and the right to write are all proven; nothing stays behind.
+    /// Returns a line for each finding; the client is shut down afterwards.
+    public func probeStore(now: Date = Date()) async -> [(ok: Bool, message: String)] {
+        let key = (configuration.prefix.isEmpty ? "" : configuration.prefix + "/") + ".walship-check-\(getpid())"
+        let target = "s3://\(configuration.bucket)/\(configuration.prefix) at \(client.configuration.endpoint.description)"
+        var findings: [(ok: Bool, message: String)] = []
+        do {
+            let body = Data("walship check \(now)\n".utf8)
+            try await client.putObject(key: key, body: body)
+            guard try await client.getObject(key: key) == body else {
+                throw ArchiveError("\(key) reads back with other bytes")
+            }
+            findings.append((true, "\(target) takes, returns and deletes an object"))
+            do {
+                try await client.deleteObject(key: key)
+            } catch {
+                findings.append((false, "the probe \(key) could not be deleted (object lock?): \(error)"))
+            }
+        } catch {
+            findings.append((false, "\(target): \(error)"))
+        }
+        try? await client.shutdown()
+        return findings
+    }
+
     /// Sets `archive` on each system of a receiver's status document.
     public func annotate(_ status: inout StatusDocument, now: Date = Date()) {
         machine.withLockedValue { machine in
