@@ -3,6 +3,7 @@ import Crypto
 import Foundation
 import Logging
 import NIOConcurrencyHelpers
+import NIOPosix
 import ObjectStore
 import ServiceLifecycle
 import Spool
@@ -160,7 +161,7 @@ public final class Archiver: Service, Sendable {
 
     private func loop() async throws {
         while !Task.isCancelled {
-            scanSpool()
+            try await offThePool { self.scanSpool() }
             let now = Date()
             let actions = machine.withLockedValue { $0.next(now: now) }
             for action in actions {
@@ -266,16 +267,18 @@ public final class Archiver: Service, Sendable {
     /// key is in the keyring, its size is the sealed size of the file, and its plaintext MAC is the file's.
     private func isConfirmed(key: String, listed: ObjectInfo, local: ArchiveObject) async throws -> Bool {
         let file = localPath(local)
+        let partSize = configuration.partSize
         if let keyring = configuration.keyring {
             guard let head = try await client.headObject(key: key), let keyID = head.metadata[Self.keyIDMetadata],
                 let kek = keyring.key(id: keyID),
                 UInt64(head.size)
                     == SealedObject.sealedSize(plaintextSize: local.size, keyID: keyID, chunkSize: configuration.chunkSize)
             else { return false }
-            return head.metadata[Self.plaintextMACMetadata] == Self.plaintextMAC(file: file, key: kek)
+            let mac = try await offThePool { Self.plaintextMAC(file: file, key: kek) }
+            return head.metadata[Self.plaintextMACMetadata] == mac
         }
         guard UInt64(listed.size) == local.size,
-            let digests = FileDigests(path: file, partSize: configuration.partSize)
+            let digests = try await offThePool({ FileDigests(path: file, partSize: partSize) })
         else { return false }
         if !listed.etag.contains("-") { return listed.etag == digests.md5 }
         guard let head = try await client.headObject(key: key) else { return false }
@@ -294,126 +297,92 @@ public final class Archiver: Service, Sendable {
         return mac.finalize()
     }
 
+    /// Uploads one file of the spool, sealed when a keyring is given, and counts it archived only once the store
+    /// reads it back with the size, the ETag of what was sent, and the metadata. Reading, hashing and sealing run
+    /// on NIO's blocking pool, never on the concurrency pool the receiver's links share.
     private func upload(_ object: ArchiveObject) async {
-        if let keyring = configuration.keyring {
-            await uploadEncrypted(object, keyring: keyring)
-            return
-        }
         let key = configuration.objectKey(system: object.system, path: object.path)
         let file = localPath(object)
-        // Read before the upload, for the metadata and the read-back; a file gone meanwhile was pruned.
-        guard let digests = FileDigests(path: file, partSize: configuration.partSize) else {
-            machine.withLockedValue { $0.uploadAbandoned(object) }
-            return
-        }
-        let multipart = digests.size > UInt64(configuration.partSize)
+        let configuration = self.configuration
         do {
-            if multipart {
-                try await uploadInParts(key: key, file: file, sha256: digests.sha256)
-            } else {
-                guard let bytes = FileManager.default.contents(atPath: file) else {
+            // First pass: what the metadata and the read-back need (the plaintext's SHA-256, or its keyed MAC).
+            var metadata: [String: String] = [:]
+            let total: UInt64
+            let kek = configuration.keyring?.current
+            if let kek {
+                guard let mac = try await offThePool({ Self.plaintextMAC(file: file, key: kek) }) else {
                     machine.withLockedValue { $0.uploadAbandoned(object) }
                     return
                 }
-                guard SigV4Signer.payloadHash(bytes) == digests.sha256 else {
-                    throw ArchiveError("\(file) changed while it was read")
+                metadata = [Self.keyIDMetadata: kek.id, Self.plaintextMACMetadata: mac]
+                total = SealedObject.sealedSize(plaintextSize: object.size, keyID: kek.id, chunkSize: configuration.chunkSize)
+            } else {
+                guard let digests = try await offThePool({ FileDigests(path: file, partSize: configuration.partSize) }) else {
+                    machine.withLockedValue { $0.uploadAbandoned(object) }
+                    return
                 }
-                try await client.putObject(key: key, body: bytes, metadata: [Self.checksumMetadata: digests.sha256])
+                metadata = [Self.checksumMetadata: digests.sha256]
+                total = digests.size
             }
-            // Counted only once read back as stored: the size, the ETag the parts give, and the checksum.
-            guard let head = try await client.headObject(key: key) else {
-                throw ArchiveError("\(key) is missing right after its upload")
+            let binding = SealedObject.Binding(system: object.system, name: object.path)
+            guard
+                let source = try PartSource(
+                    path: file, partSize: configuration.partSize, chunkSize: configuration.chunkSize,
+                    sealer: configuration.keyring.map {
+                        try SealedObject.Sealer(binding: binding, keyring: $0, chunkSize: configuration.chunkSize)
+                    })
+            else {
+                machine.withLockedValue { $0.uploadAbandoned(object) }
+                return
             }
-            let expectedETag = multipart ? digests.multipartETag : digests.md5
-            guard head.size == Int64(digests.size) else {
-                throw ArchiveError("\(key) reads back with \(head.size) bytes, the spool's file has \(digests.size)")
-            }
-            guard head.etag == expectedETag, head.metadata[Self.checksumMetadata] == digests.sha256 else {
-                throw ArchiveError("\(key) reads back with another checksum (ETag \(head.etag), expected \(expectedETag))")
-            }
-            confirm(object, key: key, bytes: digests.size)
-        } catch {
-            report(failure: "\(error)", system: object.system)
-            machine.withLockedValue { $0.uploadFailed(object, error: "\(error)", now: Date()) }
-        }
-    }
-
-    /// Encrypts the spool's file (`SealedObject`, the keyring's current key, bound to the system and the object's
-    /// path) and uploads the sealed bytes: in one request when they fit in a part, else part by part as they are
-    /// sealed from disk. Counted once read back with the sealed size, the ETag of what was sent, and the metadata.
-    private func uploadEncrypted(_ object: ArchiveObject, keyring: Keyring) async {
-        let key = configuration.objectKey(system: object.system, path: object.path)
-        let file = localPath(object)
-        let kek = keyring.current
-        guard let mac = Self.plaintextMAC(file: file, key: kek), let handle = FileHandle(forReadingAtPath: file) else {
-            machine.withLockedValue { $0.uploadAbandoned(object) }
-            return
-        }
-        defer { try? handle.close() }
-        let binding = SealedObject.Binding(system: object.system, name: object.path)
-        let sealedSize = SealedObject.sealedSize(
-            plaintextSize: object.size, keyID: kek.id, chunkSize: configuration.chunkSize)
-        var metadata = [Self.keyIDMetadata: kek.id, Self.plaintextMACMetadata: mac]
-        do {
-            var sealer = try SealedObject.Sealer(binding: binding, keyring: keyring, chunkSize: configuration.chunkSize)
-            var expectedETag: String
+            defer { source.close() }
+            let expectedETag: String
             var sent: UInt64 = 0
-            if sealedSize <= UInt64(configuration.partSize) {
-                var sealed = sealer.header
-                while let piece = try handle.read(upToCount: configuration.chunkSize), !piece.isEmpty {
-                    sealed += try sealer.update(piece)
+            if total <= UInt64(configuration.partSize) {
+                let (body, sha256) = try await offThePool {
+                    let body = try source.next()?.bytes ?? Data()
+                    return (body, SigV4Signer.payloadHash(body))
                 }
-                sealed += try sealer.finish()
-                metadata[Self.checksumMetadata] = SigV4Signer.payloadHash(sealed)
-                try await client.putObject(key: key, body: sealed, metadata: metadata)
-                expectedETag = S3Client.expectedETag(of: sealed, partSize: nil)
-                sent = UInt64(sealed.count)
+                if kek != nil { metadata[Self.checksumMetadata] = sha256 }
+                try await client.putObject(key: key, body: body, metadata: metadata)
+                expectedETag = S3Client.expectedETag(of: body, partSize: nil)
+                sent = UInt64(body.count)
             } else {
                 let uploadID = try await client.createMultipartUpload(key: key, metadata: metadata)
                 do {
                     var parts: [(number: Int, etag: String)] = []
-                    var partDigests = Data()
-                    var buffer = sealer.header
-                    func send(_ part: Data) async throws {
-                        partDigests.append(contentsOf: Insecure.MD5.hash(data: part))
+                    var digests = Data()
+                    while let part = try await offThePool({ try source.next() }) {
+                        digests.append(part.md5)
                         let number = parts.count + 1
                         parts.append(
-                            (number, try await client.uploadPart(key: key, uploadID: uploadID, partNumber: number, body: part)))
-                        sent += UInt64(part.count)
-                    }
-                    while let piece = try handle.read(upToCount: configuration.chunkSize), !piece.isEmpty {
-                        buffer += try sealer.update(piece)
-                        while buffer.count >= configuration.partSize {
-                            try await send(buffer.prefix(configuration.partSize))
-                            buffer = Data(buffer.dropFirst(configuration.partSize))
-                        }
-                    }
-                    buffer += try sealer.finish()
-                    while !buffer.isEmpty {
-                        try await send(buffer.prefix(configuration.partSize))
-                        buffer = Data(buffer.dropFirst(configuration.partSize))
+                            (
+                                number,
+                                try await client.uploadPart(key: key, uploadID: uploadID, partNumber: number, body: part.bytes)
+                            ))
+                        sent += UInt64(part.bytes.count)
                     }
                     try await client.completeMultipartUpload(key: key, uploadID: uploadID, parts: parts)
-                    expectedETag = FileDigests.hex(Insecure.MD5.hash(data: partDigests)) + "-\(parts.count)"
+                    expectedETag = FileDigests.hex(Insecure.MD5.hash(data: digests)) + "-\(parts.count)"
                 } catch {
                     try? await client.abortMultipartUpload(key: key, uploadID: uploadID)
                     throw error
                 }
             }
-            guard sent == sealedSize else {
-                throw ArchiveError("\(file) changed while it was encrypted (\(sent) bytes sealed, \(sealedSize) expected)")
+            guard sent == total else {
+                throw ArchiveError("\(file) changed while it was read (\(sent) bytes sent, \(total) expected)")
             }
             guard let head = try await client.headObject(key: key) else {
                 throw ArchiveError("\(key) is missing right after its upload")
             }
-            guard UInt64(head.size) == sealedSize, head.etag == expectedETag,
-                head.metadata[Self.plaintextMACMetadata] == mac, head.metadata[Self.keyIDMetadata] == kek.id
+            guard UInt64(head.size) == total, head.etag == expectedETag,
+                metadata.allSatisfy({ head.metadata[$0.key] == $0.value })
             else {
                 throw ArchiveError(
-                    "\(key) reads back with another size or checksum (\(head.size) bytes, ETag \(head.etag); expected \(sealedSize), \(expectedETag))"
+                    "\(key) reads back with another size or checksum (\(head.size) bytes, ETag \(head.etag); expected \(total), \(expectedETag))"
                 )
             }
-            confirm(object, key: key, bytes: sealedSize)
+            confirm(object, key: key, bytes: total)
         } catch {
             report(failure: "\(error)", system: object.system)
             machine.withLockedValue { $0.uploadFailed(object, error: "\(error)", now: Date()) }
@@ -432,23 +401,10 @@ public final class Archiver: Service, Sendable {
         logger.debug("archived", metadata: ["walship.key": "\(key)", "walship.bytes": "\(bytes)"])
     }
 
-    /// A large file (a base backup) goes up part by part, read from disk one part at a time; any failure aborts
-    /// the upload so no half object stays behind.
-    private func uploadInParts(key: String, file: String, sha256: String) async throws {
-        guard let handle = FileHandle(forReadingAtPath: file) else { throw ArchiveError("cannot open \(file)") }
-        defer { try? handle.close() }
-        let uploadID = try await client.createMultipartUpload(key: key, metadata: [Self.checksumMetadata: sha256])
-        do {
-            var parts: [(number: Int, etag: String)] = []
-            while let part = try handle.read(upToCount: configuration.partSize), !part.isEmpty {
-                let number = parts.count + 1
-                parts.append((number, try await client.uploadPart(key: key, uploadID: uploadID, partNumber: number, body: part)))
-            }
-            try await client.completeMultipartUpload(key: key, uploadID: uploadID, parts: parts)
-        } catch {
-            try? await client.abortMultipartUpload(key: key, uploadID: uploadID)
-            throw error
-        }
+    /// File work (reads, hashes, sealing) on NIO's blocking pool: on the concurrency pool (one thread per core) it
+    /// would hold up every task of the process, the receiver's links among them.
+    private func offThePool<T: Sendable>(_ work: @escaping @Sendable () throws -> T) async throws -> T {
+        try await NIOThreadPool.singleton.runIfActive(work)
     }
 
     /// Logs the first failure of a streak and every tenth after it, so a store that is down for hours does not
@@ -462,6 +418,50 @@ public final class Archiver: Service, Sendable {
             "archiving to the object store failed; retrying with backoff",
             metadata: ["walship.system": "\(system)", "walship.error": "\(failure)"])
     }
+}
+
+/// A spool file read part by part, sealed on the way when a sealer is given (a base backup is never held in memory
+/// whole). Each part comes with its MD5, for the multipart ETag. Used by one task at a time, each call on the
+/// blocking pool.
+final class PartSource: @unchecked Sendable {
+    struct Part: Sendable {
+        var bytes: Data
+        var md5: Data
+    }
+
+    private let handle: FileHandle
+    private let partSize: Int
+    private let chunkSize: Int
+    private var sealer: SealedObject.Sealer?
+    private var buffer: Data
+    private var finished = false
+
+    init?(path: String, partSize: Int, chunkSize: Int, sealer: SealedObject.Sealer?) throws {
+        guard let handle = FileHandle(forReadingAtPath: path) else { return nil }
+        self.handle = handle
+        self.partSize = partSize
+        self.chunkSize = chunkSize
+        self.sealer = sealer
+        buffer = sealer?.header ?? Data()
+    }
+
+    /// The next part (`partSize` bytes, the last one shorter), nil after the last.
+    func next() throws -> Part? {
+        while buffer.count < partSize && !finished {
+            if let piece = try handle.read(upToCount: sealer == nil ? partSize : chunkSize), !piece.isEmpty {
+                if sealer != nil { buffer += try sealer!.update(piece) } else { buffer += piece }
+            } else {
+                finished = true
+                if sealer != nil { buffer += try sealer!.finish() }
+            }
+        }
+        guard !buffer.isEmpty else { return nil }
+        let part = Data(buffer.prefix(partSize))
+        buffer = Data(buffer.dropFirst(part.count))
+        return Part(bytes: part, md5: Data(Insecure.MD5.hash(data: part)))
+    }
+
+    func close() { try? handle.close() }
 }
 
 /// A file's size, SHA-256, MD5 and the ETag S3 gives it when uploaded in parts of `partSize`, read in one pass of

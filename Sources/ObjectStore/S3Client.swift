@@ -3,6 +3,7 @@ import Crypto
 import Foundation
 import NIOCore
 import NIOHTTP1
+import NIOPosix
 import NIOSSL
 
 /// Where the archive lives: an endpoint (scheme, host, port, and a path prefix some gateways sit under), a bucket
@@ -428,13 +429,17 @@ public final class S3Client: Sendable {
         body: Data? = nil, headers extra: [(name: String, value: String)] = []
     ) async throws -> Answer {
         let path = objectPath(key)
-        let payloadHash = body.map { SigV4Signer.payloadHash($0) } ?? SigV4Signer.emptyPayloadHash
-        var headers: [(name: String, value: String)] = [
-            ("host", configuration.endpoint.hostHeader), ("x-amz-content-sha256", payloadHash),
-        ]
+        var payloadHash = SigV4Signer.emptyPayloadHash
+        var headers: [(name: String, value: String)] = [("host", configuration.endpoint.hostHeader)]
         if let body {
-            headers.append(("Content-MD5", Data(Insecure.MD5.hash(data: body)).base64EncodedString()))
+            // Hashing megabytes takes tens of milliseconds: on NIO's blocking pool, not the concurrency pool.
+            let (sha256, md5) = try await NIOThreadPool.singleton.runIfActive {
+                (SigV4Signer.payloadHash(body), Data(Insecure.MD5.hash(data: body)).base64EncodedString())
+            }
+            payloadHash = sha256
+            headers.append(("Content-MD5", md5))
         }
+        headers.append(("x-amz-content-sha256", payloadHash))
         headers += extra
         let signature = signer.sign(
             .init(method: method.rawValue, path: path, query: query, headers: headers, payloadHash: payloadHash),

@@ -107,7 +107,7 @@ struct Receive: AsyncParsableCommand {
 
     @Option(
         help: ArgumentHelp(
-            "Copy completed segments and history files to S3-compatible object storage under s3://BUCKET/PREFIX, in the background (docs/archive.md). Needs --archive-endpoint.",
+            "Copy completed segments, history files and complete base backups to S3-compatible object storage under s3://BUCKET/PREFIX, in the background (docs/archive.md). Needs --archive-endpoint.",
             valueName: "s3-url"))
     var archive: String?
 
