@@ -30,11 +30,12 @@ for tool in ceph-mon ceph-osd radosgw radosgw-admin monmaptool ceph openssl curl
 done
 
 # A TCP port nothing on this host listens on (read from /proc, no tool needed), picked at random so parallel
-# stores rarely try the same one.
+# stores rarely try the same one, below Linux's ephemeral range (32768 on) so that no socket bound to port 0
+# (a test's PostgreSQL, a client) takes it between this check and the daemon's bind.
 free_port() {
     local port hex
     for _ in $(seq 1 200); do
-        port=$(( 20000 + RANDOM % 30000 ))
+        port=$(( 20000 + RANDOM % 12000 ))
         hex=$(printf '%04X' "$port")
         if ! awk -v p=":$hex" '$4 == "0A" && substr($2, length($2) - 4) == p { found = 1 } END { exit !found }' \
             /proc/net/tcp /proc/net/tcp6 2>/dev/null; then
