@@ -27,6 +27,7 @@ let package = Package(
         .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
         .package(url: "https://github.com/swiftlang/swift-subprocess.git", exact: "1.0.2"),
         .package(url: "https://github.com/apple/swift-system.git", from: "1.5.0"),
+        .package(url: "https://github.com/swift-server/async-http-client.git", from: "1.37.0"),
     ],
     targets: [
         .systemLibrary(name: "CLibPQ", pkgConfig: "libpq", providers: [.apt(["libpq-dev"])]),
@@ -68,6 +69,21 @@ let package = Package(
                 .product(name: "SwiftASN1", package: "swift-asn1"),
             ]
         ),
+        // The S3 API: SigV4 signing and the XML it answers with (pure), and the client over async-http-client.
+        .target(
+            name: "ObjectStore",
+            dependencies: [
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        // The archive's client-side encryption: the keyring and the chunked AES-256-GCM object format (pure).
+        .target(name: "ArchiveCrypto", dependencies: [.product(name: "Crypto", package: "swift-crypto")]),
         .target(
             name: "Spool",
             dependencies: ["WALCore", "LZ4Codec", .product(name: "Logging", package: "swift-log")]
@@ -86,6 +102,19 @@ let package = Package(
             ]
         ),
         .target(name: "StatusModel", dependencies: ["WALCore"]),
+        // The archive tier: what of the spool goes to the object store next (a pure state machine) and the
+        // receiver's uploader that carries it out.
+        .target(
+            name: "Archive",
+            dependencies: [
+                "ObjectStore", "ArchiveCrypto", "Spool", "WALCore", "StatusModel",
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ]
+        ),
         .target(
             name: "Monitor",
             dependencies: [
@@ -154,7 +183,7 @@ let package = Package(
             name: "walship",
             dependencies: [
                 "Sender", "Receiver", "Spool", "WALCore", "Monitor", "StatusModel", "WalSenderServer", "ShipTLS", "WalshipConfig",
-                "PGReplication", "ShipProtocol", "Operations", "CBuildIdentity",
+                "PGReplication", "ShipProtocol", "Operations", "CBuildIdentity", "Archive", "ArchiveCrypto", "ObjectStore",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
@@ -167,6 +196,13 @@ let package = Package(
             name: "WalshipCommandTests",
             dependencies: ["walship", "WalshipConfig", .product(name: "ArgumentParser", package: "swift-argument-parser")]),
         .testTarget(name: "ChildProcessTests", dependencies: ["ChildProcess"]),
+        .testTarget(
+            name: "ObjectStoreTests",
+            dependencies: [
+                "ObjectStore", .product(name: "NIOCore", package: "swift-nio"), .product(name: "NIOHTTP1", package: "swift-nio"),
+            ]),
+        .testTarget(name: "ArchiveTests", dependencies: ["Archive", "ObjectStore", "StatusModel"]),
+        .testTarget(name: "ArchiveCryptoTests", dependencies: ["ArchiveCrypto"]),
         .testTarget(name: "LZ4CodecTests", dependencies: ["LZ4Codec", .product(name: "NIOCore", package: "swift-nio")]),
         .testTarget(
             name: "ShipProtocolTests",
@@ -228,7 +264,7 @@ let package = Package(
         .testTarget(name: "RepositoryFilesTests"),
         .testTarget(
             name: "IntegrationTests",
-            dependencies: ["WALCore", "ShipProtocol"],
+            dependencies: ["WALCore", "ShipProtocol", "ObjectStore", "ArchiveCrypto"],
             path: "Integration"
         ),
     ]

@@ -50,6 +50,13 @@ public final class MetricsPublisher: Sendable {
             gauge(.fenced, ["system": id], system.fence == nil ? 0 : 1)
             gauge(.standbysConnected, ["system": id], Double(system.standbys.filter(\.connected).count))
             if let backup = system.newestBackup { gauge(.newestBackup, ["system": id], backup.takenAt.timeIntervalSince1970) }
+            if let archive = system.archive {
+                gauge(.archiveLagSegments, ["system": id], Double(archive.lagSegments))
+                gauge(.archiveLagBytes, ["system": id], Double(archive.lagBytes))
+                gauge(.archiveLagSeconds, ["system": id], archive.lagSeconds ?? 0)
+                gauge(.archiveFailing, ["system": id], archive.failing ? 1 : 0)
+                gauge(.archivedObjects, ["system": id], Double(archive.archivedObjects))
+            }
             // One series per mode, 1 for the current one (as walship_slot_wal_status), and since when it holds.
             if let mode = system.mode ?? s.sender?.mode {
                 for name in ["sync", "quorum", "potential", "async", "degraded", "unknown"] {
@@ -160,6 +167,16 @@ struct MetricFamily: Hashable, Sendable {
         "walship_spool_free_bytes", "Free space for the spool: its file system's, or what --spool-max-bytes leaves.")
     static let spoolSize = gauge("walship_spool_size_bytes", "Size of the spool's file system, or --spool-max-bytes when set.")
     static let spoolUsed = gauge("walship_spool_used_bytes", "Bytes the spool's files take: WAL, base backups, journals.")
+    // The receiver's archive tier (--archive).
+    static let archiveLagSegments = gauge(
+        "walship_archive_lag_segments", "Completed segments and history files the object store has not confirmed yet.")
+    static let archiveLagBytes = gauge("walship_archive_lag_bytes", "Bytes of the spool the object store has not confirmed yet.")
+    static let archiveLagSeconds = gauge(
+        "walship_archive_lag_seconds", "Age of the oldest completed file not yet in the object store; 0 when none waits.")
+    static let archiveFailing = gauge(
+        "walship_archive_failing", "1 while the object store has refused the archiver's last attempts (archive_failing).")
+    static let archivedObjects = gauge(
+        "walship_archived_objects", "Files of the spool confirmed in the object store since the receiver started.")
     // The sender.
     static let walSent = counter("walship_wal_sent_bytes_total", "WAL bytes shipped to the receiver.")
     static let wireSent = counter(
@@ -182,7 +199,8 @@ struct MetricFamily: Hashable, Sendable {
     static let all: [MetricFamily] = [
         up, startTime, residentMemory, healthStatus, certificateExpiry, alertActive, linkConnected, linkLastMessageAge,
         primaryLastMessageAge, timeline, clockSkew, fenced, standbysConnected, replicationMode, replicationModeSince,
-        syncNotHonoured, walPosition, lagBytes, lagSeconds, newestBackup, spoolFree, spoolSize, spoolUsed, walSent, wireSent,
+        syncNotHonoured, walPosition, lagBytes, lagSeconds, newestBackup, spoolFree, spoolSize, spoolUsed,
+        archiveLagSegments, archiveLagBytes, archiveLagSeconds, archiveFailing, archivedObjects, walSent, wireSent,
         highCompressionFrames, slotRetained, slotSafeWALSize, slotWALStatus, degraded, rpoExposureBytes, rpoExposureSeconds,
     ]
 }

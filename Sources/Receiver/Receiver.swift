@@ -35,6 +35,8 @@ public struct ReceiverConfiguration: Sendable {
     /// the newest `retainBackups`; nil for no window.
     public var recoveryWindow: Double?
     public var pruneInterval: Duration = .seconds(60)
+    /// With `--archive`: what of a system the object store has not confirmed, which retention keeps.
+    public var archiveHold: (@Sendable (UInt64) -> ArchiveHold)?
     /// Where standbys are served (recorded in the spool so `walship promote` can recognise a walship replica).
     public var standbyListen: String?
     /// Accept WAL for systems whose DR replica was promoted (fenced). For operators who know the old
@@ -307,7 +309,8 @@ public final class Receiver: Service {
         do {
             let plan = try Pruner.prune(
                 systemDirectory: system.directory, segmentSize: system.segmentSize,
-                retainBackups: config.retainBackups, recoveryWindow: config.recoveryWindow, dryRun: false)
+                retainBackups: config.retainBackups, recoveryWindow: config.recoveryWindow,
+                archiveHold: config.archiveHold?(system.systemIdentifier), dryRun: false)
             for warning in plan.reasons where warning.hasPrefix("WARNING") {
                 logger.warning("\(warning)", metadata: ["walship.system": "\(system.systemIdentifier)"])
             }

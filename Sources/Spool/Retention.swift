@@ -57,6 +57,15 @@ public enum StandbyRegistry {
     }
 }
 
+/// What the archive (`walship receive --archive`) has not confirmed in the object store yet, which retention keeps
+/// (docs/archive.md): the spool may drop what is archived, never what is not.
+public enum ArchiveHold: Sendable, Equatable {
+    /// The archiver has not yet read what the store holds: nothing may be pruned.
+    case everything
+    /// Completed segments (`NAME.lz4`) and base backups (ids) not confirmed in the store.
+    case files(segments: Set<String>, backups: Set<String>)
+}
+
 /// What may be removed from a system's spool, and why. The rule: keep the newest `retainBackups` complete
 /// backups and, with a recovery window, every complete backup needed to restore to any time in it (those stored
 /// within it and the newest stored before it began); keep all WAL from the oldest kept backup's start onward;
@@ -74,8 +83,13 @@ public struct RetentionPlan: Sendable, Equatable {
     /// `recoveryWindow`: seconds back from `now` that must stay restorable (`--retain-days`); nil for none.
     public static func compute(
         backups: [BackupInfo], segments: [SegmentName], standbys: [StandbyRecord], retainBackups: Int,
-        segmentSize: WALSegmentSize, recoveryWindow: Double? = nil, now: Date = Date()
+        segmentSize: WALSegmentSize, recoveryWindow: Double? = nil, archiveHold: ArchiveHold? = nil, now: Date = Date()
     ) -> RetentionPlan {
+        if archiveHold == .everything {
+            return RetentionPlan(
+                removeBackups: [], removeSegments: [], keepFrom: nil,
+                reasons: ["the archive has not yet read what the object store holds: nothing is pruned"])
+        }
         let complete = backups.filter { $0.status == .complete }.sorted { $0.id < $1.id }
         guard retainBackups > 0, var oldestKept = complete.suffix(retainBackups).first else {
             return RetentionPlan(
@@ -112,7 +126,19 @@ public struct RetentionPlan: Sendable, Equatable {
             keepFrom = segmentSize.segmentStart(of: standby.replayed)
             reasons.append("standby \(standby.name) has replayed only to \(standby.replayedLSN); its WAL is kept")
         }
-        let removeBackups = backups.filter { $0.id < oldestKept.id }.map(\.id)
+        var removeBackups = backups.filter { $0.id < oldestKept.id }.map(\.id)
+        if case .files(let heldSegments, let heldBackups) = archiveHold {
+            let oldestHeld = segments.filter { heldSegments.contains("\($0).lz4") }.min()
+            if let oldestHeld, oldestHeld.startLSN < keepFrom {
+                keepFrom = oldestHeld.startLSN
+                reasons.append("segment \(oldestHeld) is not in the object store yet: WAL from it on is kept")
+            }
+            let unarchived = removeBackups.filter { heldBackups.contains($0) }
+            if !unarchived.isEmpty {
+                removeBackups.removeAll { heldBackups.contains($0) }
+                reasons.append("backup(s) \(unarchived.joined(separator: ", ")) not in the object store yet: kept")
+            }
+        }
         let removeSegments = segments.filter { $0.endLSN <= keepFrom }.sorted()
         return RetentionPlan(removeBackups: removeBackups, removeSegments: removeSegments, keepFrom: keepFrom, reasons: reasons)
     }
@@ -160,7 +186,7 @@ public enum Pruner {
     /// are removed; the in-progress segment and history files never are.
     public static func prune(
         systemDirectory: String, segmentSize: WALSegmentSize, retainBackups: Int, recoveryWindow: Double? = nil,
-        dryRun: Bool, now: Date = Date()
+        archiveHold: ArchiveHold? = nil, dryRun: Bool, now: Date = Date()
     ) throws -> RetentionPlan {
         let walDirectory = systemDirectory + "/wal"
         let segments = try FileIO.listDirectory(walDirectory).compactMap { name -> SegmentName? in
@@ -169,7 +195,8 @@ public enum Pruner {
         let plan = RetentionPlan.compute(
             backups: try BackupCatalog.list(systemDirectory: systemDirectory), segments: segments,
             standbys: try StandbyRegistry.list(systemDirectory: systemDirectory),
-            retainBackups: retainBackups, segmentSize: segmentSize, recoveryWindow: recoveryWindow, now: now)
+            retainBackups: retainBackups, segmentSize: segmentSize, recoveryWindow: recoveryWindow, archiveHold: archiveHold,
+            now: now)
         guard !dryRun else { return plan }
         for id in plan.removeBackups {
             try FileIO.removeDirectory(systemDirectory + "/base/" + id)

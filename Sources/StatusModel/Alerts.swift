@@ -181,12 +181,17 @@ public struct AlertThresholds: Sendable, Equatable {
     /// Receiver: `backup_age` fires when a system's newest complete base backup is older than this many
     /// seconds, or when it has none this long after the receiver started.
     public var backupAgeSeconds: Double?
+    /// Receiver with `--archive`: `archive_lag_seconds` fires when the oldest segment not yet in the object store
+    /// was completed longer ago than this.
+    public var archiveLagSeconds: Double?
 
     public init(
         lagSeconds: Double? = nil, lagBytes: UInt64? = nil, disconnectSeconds: Double? = nil,
         spoolFreePercent: Double? = nil, memoryMB: Double? = nil, slotRetainedBytes: Int64? = nil,
-        certificateDays: Double? = nil, syncNotHonouredSeconds: Double? = nil, backupAgeSeconds: Double? = nil
+        certificateDays: Double? = nil, syncNotHonouredSeconds: Double? = nil, backupAgeSeconds: Double? = nil,
+        archiveLagSeconds: Double? = nil
     ) {
+        self.archiveLagSeconds = archiveLagSeconds
         self.syncNotHonouredSeconds = syncNotHonouredSeconds
         self.backupAgeSeconds = backupAgeSeconds
         self.lagSeconds = lagSeconds
@@ -269,6 +274,9 @@ public enum AlertRules {
                 if let limit = t.backupAgeSeconds, system.fence == nil, system.timeline != nil {
                     out.append(backupAge(system, limit: limit, startedAt: status.process.startedAt, now: now))
                 }
+                if let archive = system.archive {
+                    out += archiveObservations(archive, system: id, lagLimit: t.archiveLagSeconds)
+                }
                 if let limit = t.disconnectSeconds, system.fence == nil {
                     let down = system.link.connected ? 0 : system.link.disconnectedSince.map { now.timeIntervalSince($0) } ?? 0
                     out.append(
@@ -346,6 +354,32 @@ public enum AlertRules {
 }
 
 extension AlertRules {
+    /// `archive_failing` (always watched with `--archive`: a store that refuses everything leaves the DR host's disk
+    /// the only copy) and `archive_lag_seconds`.
+    static func archiveObservations(
+        _ archive: StatusDocument.ArchiveStatus, system: String?, lagLimit: Double?
+    ) -> [AlertObservation] {
+        var out = [
+            AlertObservation(
+                condition: "archive_failing", system: system, firing: archive.failing, severity: .critical,
+                message: archive.failing
+                    ? "the object store has refused the last \(archive.consecutiveFailures) attempts\(archive.failingSince.map { " since \(formatISO8601($0))" } ?? ""): \(archive.lastError ?? "unknown error") (hint: check the store, the credentials and the bucket; docs/archive.md)"
+                    : "the object store takes the archive's uploads again",
+                value: Double(archive.consecutiveFailures))
+        ]
+        if let limit = lagLimit {
+            let age = archive.lagSeconds ?? 0
+            out.append(
+                AlertObservation(
+                    condition: "archive_lag_seconds", system: system, firing: age > limit,
+                    message: age > limit
+                        ? "the oldest segment not yet in the object store was completed \(formatDuration(age)) ago (\(archive.lagSegments) objects, \(formatBytes(archive.lagBytes)) waiting; alert above \(formatDuration(limit)))"
+                        : "the archive is \(archive.lagSegments) objects (\(formatBytes(archive.lagBytes))) behind the spool",
+                    value: age, threshold: limit))
+        }
+        return out
+    }
+
     /// `backup_age`: a restore starts from the newest complete base backup and replays all WAL since, so an old
     /// one means a long recovery and a spool that keeps every segment since (retention keeps what it needs).
     static func backupAge(

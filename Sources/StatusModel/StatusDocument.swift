@@ -132,6 +132,9 @@ public struct StatusDocument: Codable, Sendable, Equatable {
         /// Receiver only: the newest complete base backup in the spool (what a restore would start from), or
         /// nil when there is none; the `backup_age` alert and `walship backup --if-older-than` judge its age.
         public var newestBackup: NewestBackup?
+        /// Receiver with `--archive` only: what of this system's spool is not in the object store yet, and the
+        /// archiver's last error.
+        public var archive: ArchiveStatus?
 
         public init(
             systemIdentifier: String?, timeline: UInt32?, link: LinkStatus, chain: [Stage],
@@ -248,6 +251,54 @@ public struct StatusDocument: Codable, Sendable, Equatable {
             case nil: break
             }
             return text
+        }
+    }
+
+    /// The archive tier for one system (docs/archive.md): the lag is what the spool holds and the store has not
+    /// confirmed (size and checksum read back), in objects, bytes and the age of the oldest.
+    public struct ArchiveStatus: Codable, Sendable, Equatable {
+        /// `s3://BUCKET/PREFIX/<system id>/`.
+        public var destination: String
+        /// Completed segments and history files not yet confirmed in the store.
+        public var lagSegments: Int
+        public var lagBytes: UInt64
+        /// Seconds since the oldest of them was completed in the spool; nil when none waits.
+        public var lagSeconds: Double?
+        /// Objects confirmed in the store (found there at start, or uploaded since).
+        public var archivedObjects: Int
+        public var lastArchived: String?
+        public var lastArchivedAt: Date?
+        /// The last failure (upload, read-back, listing), kept after later successes for the record.
+        public var lastError: String?
+        public var lastErrorAt: Date?
+        /// Set while the store has failed every attempt since then (cleared by the next success).
+        public var failingSince: Date?
+        public var consecutiveFailures: Int
+        /// True once `consecutiveFailures` reached the archiver's threshold: `archive_failing` fires.
+        public var failing: Bool
+        /// When the next attempt is due after a failure (backoff); nil when not waiting.
+        public var retryAt: Date?
+        /// The keyring key new objects are encrypted with (`--encryption-keyring`); nil: not encrypted.
+        public var encryptionKeyID: String?
+
+        public init(
+            destination: String, lagSegments: Int, lagBytes: UInt64, lagSeconds: Double?, archivedObjects: Int,
+            lastArchived: String? = nil, lastArchivedAt: Date? = nil, lastError: String? = nil, lastErrorAt: Date? = nil,
+            failingSince: Date? = nil, consecutiveFailures: Int = 0, failing: Bool = false, retryAt: Date? = nil
+        ) {
+            self.destination = destination
+            self.lagSegments = lagSegments
+            self.lagBytes = lagBytes
+            self.lagSeconds = lagSeconds
+            self.archivedObjects = archivedObjects
+            self.lastArchived = lastArchived
+            self.lastArchivedAt = lastArchivedAt
+            self.lastError = lastError
+            self.lastErrorAt = lastErrorAt
+            self.failingSince = failingSince
+            self.consecutiveFailures = consecutiveFailures
+            self.failing = failing
+            self.retryAt = retryAt
         }
     }
 

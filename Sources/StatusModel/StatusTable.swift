@@ -24,6 +24,25 @@ public enum StatusTable {
         return line
     }
 
+    /// `archive s3://b/p/7/: 3 files (48.0 MB) behind, oldest 2m05s; 120 archived, FAILING since …: error`.
+    static func archiveLine(_ archive: StatusDocument.ArchiveStatus, now: Date) -> String {
+        var line = "archive \(archive.destination): "
+        line +=
+            archive.lagSegments == 0
+            ? "up to date"
+            : "\(archive.lagSegments) files (\(formatBytes(archive.lagBytes))) behind"
+                + (archive.lagSeconds.map { ", oldest \(formatDuration($0))" } ?? "")
+        line += "; \(archive.archivedObjects) archived"
+        line += archive.encryptionKeyID.map { ", encrypted (key \($0))" } ?? ", NOT encrypted"
+        if archive.failing {
+            line += ", FAILING" + (archive.failingSince.map { " since \(formatISO8601($0))" } ?? "")
+            line += ": \(archive.lastError ?? "unknown error")"
+        } else if archive.consecutiveFailures > 0, let error = archive.lastError {
+            line += ", retrying after: \(error)"
+        }
+        return line
+    }
+
     public static func render(_ s: StatusDocument, verdict: HealthCheck.Verdict, now: Date = Date()) -> String {
         var out: [String] = []
         let memory = s.process.residentMemoryBytes.map { ", memory \(formatBytes($0))" } ?? ""
@@ -93,6 +112,7 @@ public enum StatusTable {
             } else if s.role == "receiver", system.timeline != nil {
                 out.append("  newest backup: NONE complete (hint: walship backup; a restore needs one)")
             }
+            if let archive = system.archive { out.append("  " + archiveLine(archive, now: now)) }
             if let skew = system.clockSkewSeconds, abs(skew) >= 1 {
                 out.append(
                     "  note: the primary's clock is \(format(abs(skew))) s \(skew > 0 ? "ahead of" : "behind") this host's; lag in seconds uses the primary's clock"

@@ -1,5 +1,7 @@
+import Archive
 import ArgumentParser
 import Foundation
+import Logging
 import Operations
 import WALCore
 import WalshipConfig
@@ -8,7 +10,7 @@ struct Check: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Validate a configuration file and test what the configured command needs, one line per check.",
         discussion: """
-            The file is read exactly as walship send/receive --config read it (with WALSHIP_* environment overrides). For send: the source is reachable as a replication connection, the slot is present (or will be created), the receiver answers a handshake, the certificates are valid, the clocks of this host, the primary and the receiver agree, and the primary's synchronous_standby_names matches sync. For receive: the spool is writable, the listen addresses are free or held by the running receiver, the certificates and the standby credential are valid. Nothing is left behind, except the empty spool directory of a database system the receiver had not heard of (as its first sender would make it). Exit status 0 when every check passes (warnings allowed; with --strict a warning fails too), 1 otherwise.
+            The file is read exactly as walship send/receive --config read it (with WALSHIP_* environment overrides). For send: the source is reachable as a replication connection, the slot is present (or will be created), the receiver answers a handshake, the certificates are valid, the clocks of this host, the primary and the receiver agree, and the primary's synchronous_standby_names matches sync. For receive: the spool is writable, the listen addresses are free or held by the running receiver, the certificates and the standby credential are valid, and with archive set the object store takes, returns and deletes a probe object with the configured credentials. Nothing is left behind, except the empty spool directory of a database system the receiver had not heard of (as its first sender would make it). Exit status 0 when every check passes (warnings allowed; with --strict a warning fails too), 1 otherwise.
             Example:
               walship check --config /etc/walship/walship.toml
             """)
@@ -88,10 +90,44 @@ struct Check: AsyncParsableCommand {
                         standbyTrust: receive.standbyTrust, standbyPasswordFile: receive.standbyPasswordFile,
                         loadStandbyCredential: { _ = try receive.standbyAuthentication() }),
                     &report)
+                await checkArchive(receive, &report)
             }
         } catch {
             report.add(CheckVerdicts.configurationInvalid(expansion.annotate(UnitArguments.explain(Send.message(for: error)))))
         }
         if report.failed(strict: strict) { throw ExitCode(1) }
+    }
+
+    /// With `archive` set: the archive's settings are usable (credentials, CA, keyring), and the store takes, returns
+    /// and deletes a probe object under the prefix.
+    func checkArchive(_ receive: Receive, _ report: inout CheckReport) async {
+        guard receive.archive != nil else { return }
+        let quiet = Logger(label: "walship.check") { _ in SwiftLogNoOpLogHandler() }
+        let archiver: Archiver?
+        do {
+            archiver = try receive.makeArchiver(spoolRoot: receive.spool, logger: quiet)
+        } catch {
+            report.add(.fail("archive", "\(error)"))
+            return
+        }
+        guard let archiver else { return }
+        if let keyring = archiver.configuration.keyring {
+            report.add(
+                .ok(
+                    "archive encryption",
+                    "keyring \(receive.encryptionKeyring ?? "") holds \(keyring.keys.count) key(s), new objects use \(keyring.currentID)",
+                    hint: "keep an escrow copy of the keyring away from this host"))
+        } else {
+            report.add(
+                .warn(
+                    "archive encryption", "none: the object store can read the archived WAL and backups",
+                    hint: "walship keys init FILE, then encryption-keyring = FILE"))
+        }
+        if let endpoint = receive.archiveEndpoint, endpoint.lowercased().hasPrefix("http://") {
+            report.add(.warn("archive endpoint", "\(endpoint) is plain http", hint: "use https outside tests"))
+        }
+        for finding in await archiver.probeStore() {
+            report.add(finding.ok ? .ok("archive", finding.message) : .fail("archive", finding.message))
+        }
     }
 }

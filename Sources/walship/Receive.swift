@@ -1,7 +1,10 @@
+import Archive
+import ArchiveCrypto
 import ArgumentParser
 import Foundation
 import Logging
 import Monitor
+import ObjectStore
 import Operations
 import Receiver
 import ServiceLifecycle
@@ -115,6 +118,51 @@ struct Receive: AsyncParsableCommand {
             valueName: "name"))
     var controlAllow: String?
 
+    @Option(
+        help: ArgumentHelp(
+            "Copy completed segments, history files and complete base backups to S3-compatible object storage under s3://BUCKET/PREFIX, in the background (docs/archive.md). Needs --archive-endpoint.",
+            valueName: "s3-url"))
+    var archive: String?
+
+    @Option(
+        help: ArgumentHelp(
+            "The object store's address, https://HOST[:PORT] (requests are path-style: on-premises stores addressed by IP work). http:// is accepted with a warning, for tests.",
+            valueName: "url"))
+    var archiveEndpoint: String?
+
+    @Option(help: ArgumentHelp("The region requests are signed for (default: AWS_REGION, else us-east-1).", valueName: "region"))
+    var archiveRegion: String?
+
+    @Option(
+        help: ArgumentHelp(
+            "File with the store's credentials in the AWS credentials format ([default] with aws_access_key_id and aws_secret_access_key), readable by this user only. Default: AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY from the environment. Credentials are never taken from the command line.",
+            valueName: "file"))
+    var archiveCredentials: String?
+
+    @Option(
+        help: ArgumentHelp(
+            "PEM file of the CA that signed the store's TLS certificate (default: the system's trust store). The certificate is always verified.",
+            valueName: "file"))
+    var archiveCa: String?
+
+    @Option(
+        help: ArgumentHelp(
+            "With --archive: encrypt everything archived client-side (AES-256-GCM) with this keyring's current key; walship keys init makes one. The store then sees names, sizes and times, nothing of the content.",
+            valueName: "file"))
+    var encryptionKeyring: String?
+
+    @Option(
+        help: ArgumentHelp(
+            "With --archive: files larger than this (base backups) go up in parts of this size, each verified by the store: 5M or more, e.g. 16M. Default 64M.",
+            valueName: "size"))
+    var archivePartSize: ByteSize?
+
+    @Option(
+        help: ArgumentHelp(
+            "With --archive: alert (archive_lag_seconds) when the oldest segment not yet in the object store was completed longer ago than this: seconds, or 10m, 1h. Default 15m.",
+            valueName: "duration"))
+    var alertArchiveLagSeconds: TimeSpan?
+
     @OptionGroup var link: LinkOptions
     @OptionGroup var alerts: AlertOptions
     @OptionGroup var logging: LoggingOptions
@@ -126,6 +174,7 @@ struct Receive: AsyncParsableCommand {
         try validateRetention()
         try validateAlerts()
         _ = try allowedSources()
+        try validateArchive()
         if !allowSource.isEmpty && link.insecure {
             throw ValidationError("--allow-source needs TLS: certificate names are only known with --tls-cert/--tls-key/--tls-ca")
         }
@@ -282,6 +331,85 @@ struct Receive: AsyncParsableCommand {
         return bound
     }
 
+    func validateArchive() throws {
+        guard let archive else {
+            if archiveEndpoint != nil || archiveRegion != nil || archiveCredentials != nil || archiveCa != nil
+                || alertArchiveLagSeconds != nil || archivePartSize != nil || encryptionKeyring != nil
+            {
+                throw ValidationError(
+                    "--archive-endpoint, --archive-region, --archive-credentials, --archive-ca, --archive-part-size, --encryption-keyring and --alert-archive-lag-seconds need --archive s3://BUCKET/PREFIX"
+                )
+            }
+            return
+        }
+        do {
+            _ = try ArchiveConfiguration(url: archive)
+            guard let archiveEndpoint else {
+                throw ValidationError(
+                    "--archive needs --archive-endpoint URL: the object store's address (e.g. https://s3.example.org, or https://s3.eu-central-1.amazonaws.com)"
+                )
+            }
+            _ = try S3Endpoint(parsing: archiveEndpoint)
+        } catch let error as S3ConfigurationError {
+            throw ValidationError(error.description)
+        }
+        if let part = archivePartSize, part.bytes < 5 << 20 || part.bytes > 5 << 30 {
+            throw ValidationError("--archive-part-size must be between 5M and 5G (S3's limits for a part)")
+        }
+        if let lag = alertArchiveLagSeconds, lag.seconds <= 0 {
+            throw ValidationError("--alert-archive-lag-seconds must be positive (e.g. 15m)")
+        }
+    }
+
+    /// The archiver, or nil without --archive. Credentials come from --archive-credentials or the environment,
+    /// never from the command line, and are never logged.
+    func makeArchiver(spoolRoot: String, logger: Logger) throws -> Archiver? {
+        guard let archive, let archiveEndpoint else { return nil }
+        let environment = ProcessInfo.processInfo.environment
+        do {
+            var configuration = try ArchiveConfiguration(url: archive)
+            if let archivePartSize { configuration.partSize = Int(archivePartSize.bytes) }
+            if let encryptionKeyring {
+                do {
+                    configuration.keyring = try Keyring.load(path: encryptionKeyring)
+                } catch {
+                    throw ValidationError("--encryption-keyring: \(error)")
+                }
+                logger.info(
+                    "the archive is encrypted client-side",
+                    metadata: ["walship.keyring": "\(encryptionKeyring)", "walship.key": "\(configuration.keyring!.currentID)"])
+            } else {
+                logger.warning(
+                    "the archive is not encrypted: the object store can read the WAL and backups (give --encryption-keyring; docs/security.md)"
+                )
+            }
+            let endpoint = try S3Endpoint(parsing: archiveEndpoint)
+            if !endpoint.isTLS {
+                logger.warning(
+                    "the archive's endpoint is plain http: WAL and credentials' signatures cross the network unencrypted (use https outside tests)",
+                    metadata: ["walship.endpoint": "\(endpoint.description)"])
+            }
+            let credentials: AWSCredentials
+            if let archiveCredentials {
+                credentials = try AWSCredentials.load(file: archiveCredentials)
+            } else if let fromEnvironment = AWSCredentials.fromEnvironment(environment) {
+                credentials = fromEnvironment
+            } else {
+                throw S3ConfigurationError(
+                    "--archive has no credentials",
+                    hint: "give --archive-credentials FILE, or set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY")
+            }
+            let region = archiveRegion ?? environment["AWS_REGION"].flatMap { $0.isEmpty ? nil : $0 } ?? "us-east-1"
+            let client = try S3Client(
+                .init(
+                    endpoint: endpoint, bucket: configuration.bucket, region: region, credentials: credentials,
+                    caFile: archiveCa))
+            return Archiver(configuration: configuration, client: client, spoolRoot: spoolRoot, logger: logger)
+        } catch let error as S3ConfigurationError {
+            throw ValidationError(error.description)
+        }
+    }
+
     func validateAlerts() throws {
         if let p = alertSpoolFreePercent, !(0...100).contains(p) {
             throw ValidationError("--alert-spool-free-percent must be 0...100")
@@ -343,6 +471,16 @@ struct Receive: AsyncParsableCommand {
         } catch {
             throw fail("receive", error, kind: .setUp)
         }
+        let archiver: Archiver?
+        do {
+            archiver = try makeArchiver(spoolRoot: root, logger: logger)
+        } catch {
+            throw fail("receive", error, kind: .setUp)
+        }
+        if let archiver {
+            // The spool never prunes what the object store has not confirmed.
+            configuration.archiveHold = { archiver.hold(system: $0) }
+        }
         let receiver: Receiver
         var standbyServer: WalSenderServer?
         do {
@@ -375,13 +513,15 @@ struct Receive: AsyncParsableCommand {
             lagSeconds: alertLagSeconds?.seconds, lagBytes: alertLagBytes?.bytes,
             disconnectSeconds: alerts.disconnectSeconds,
             spoolFreePercent: alertSpoolFreePercent, memoryMB: alerts.memoryMB,
-            certificateDays: alerts.certificateDays, backupAgeSeconds: alertBackupAge?.seconds)
+            certificateDays: alerts.certificateDays, backupAgeSeconds: alertBackupAge?.seconds,
+            archiveLagSeconds: archiver == nil ? nil : alertArchiveLagSeconds?.seconds ?? 900)
         let monitor = StatusMonitor(
             role: "receiver", thresholds: thresholds, notifier: alerts.notifier(logger),
             recoverAfterSeconds: alerts.recoverySeconds,
             base: {
                 var status = receiver.status
                 status.certificates = certificates
+                archiver?.annotate(&status)
                 return status
             })
         let control: SwitchoverControlServer?
@@ -393,6 +533,8 @@ struct Receive: AsyncParsableCommand {
         var services: [any Service] = [receiver]
         if let standbys { services.append(standbys) }
         if let control { services.append(control) }
+        // Stopped first: an upload in flight is abandoned and redone at the next start.
+        if let archiver { services.append(archiver) }
         try await runServices("receive", services, statusListen: link.statusListen, logger: logger, monitor: monitor)
     }
 }

@@ -22,7 +22,7 @@ struct Walship: AsyncParsableCommand {
         version: versionText(protocolVersion: shipProtocolVersion, build: String(cString: walship_build_identity())),
         subcommands: [
             Send.self, Receive.self, Status.self, Certs.self, Promote.self, Drill.self, Backup.self, Backups.self, Restore.self,
-            RestoreWAL.self, ExtractPartial.self, Prune.self, Check.self, Rejoin.self, Switchover.self, Standby.self,
+            RestoreWAL.self, ExtractPartial.self, Prune.self, Check.self, Rejoin.self, Switchover.self, Standby.self, Keys.self,
         ])
 }
 

@@ -32,6 +32,28 @@ import WALTestSupport
         #expect(plan.removeSegments.map(\.number) == [1, 2, 3, 4, 5])
     }
 
+    @Test func whatTheArchiveHasNotConfirmedIsKept() {
+        let backups = [backup("b1", start: "0/3000028"), backup("b2", start: "0/6000028"), backup("b3", start: "0/9000028")]
+        // Segment 4 and backup b1 are not in the object store yet: WAL from 4 on and b1 stay.
+        let held = RetentionPlan.compute(
+            backups: backups, segments: segments, standbys: [], retainBackups: 2, segmentSize: size,
+            archiveHold: .files(segments: ["\(segments[3]).lz4", "\(segments[10]).lz4"], backups: ["b1"]))
+        #expect(held.removeBackups.isEmpty)
+        #expect(held.keepFrom == LSN("0/4000000")!)
+        #expect(held.removeSegments.map(\.number) == [1, 2, 3])
+        #expect(held.reasons.contains { $0.contains("not in the object store yet") })
+        // Everything archived: the plan is retention's own.
+        let archived = RetentionPlan.compute(
+            backups: backups, segments: segments, standbys: [], retainBackups: 2, segmentSize: size,
+            archiveHold: .files(segments: [], backups: []))
+        #expect(archived.removeBackups == ["b1"])
+        #expect(archived.removeSegments.map(\.number) == [1, 2, 3, 4, 5])
+        // Before the archiver has read the store: nothing goes.
+        let unknown = RetentionPlan.compute(
+            backups: backups, segments: segments, standbys: [], retainBackups: 2, segmentSize: size, archiveHold: .everything)
+        #expect(unknown.removeBackups.isEmpty && unknown.removeSegments.isEmpty && unknown.keepFrom == nil)
+    }
+
     @Test func aStandbyBehindHoldsItsWAL() {
         let backups = [backup("b1", start: "0/3000028"), backup("b2", start: "0/9000028")]
         let slow = StandbyRecord(name: "dr", viaSlot: true, replayedLSN: LSN("0/4123456")!, updatedAt: Date())

@@ -20,6 +20,9 @@ public func sampleReceiver(
             disconnectedSince: connected ? nil : at.addingTimeInterval(-90)),
         chain: chain)
     system.newestBackup = .init(id: "20270115T070000Z", takenAt: at.addingTimeInterval(-7200), stopLSN: "0/3000100")
+    system.archive = .init(
+        destination: "s3://dr-archive/walship/7301/", lagSegments: 2, lagBytes: 9 << 20, lagSeconds: 12,
+        archivedObjects: 40, lastArchived: "000000010000000000000004.lz4", lastArchivedAt: at.addingTimeInterval(-10))
     return StatusDocument(
         role: "receiver", version: walshipVersion, host: "dr", generatedAt: at,
         process: .init(pid: 42, startedAt: at.addingTimeInterval(-3600), residentMemoryBytes: 30 << 20),
