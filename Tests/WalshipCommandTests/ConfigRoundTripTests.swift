@@ -54,6 +54,28 @@ import WalshipConfig
         "check": [],
     ]
 
+    /// Options that parse only beside others (a group's switch, its partner): given on the command line on both sides.
+    static func partners(_ role: String, _ option: String) -> [String] {
+        guard role == "receive" else { return [] }
+        if option == "archive" { return ["--archive-endpoint", "http://127.0.0.1:9"] }
+        if option.hasPrefix("archive-") || option == "encryption-keyring" || option == "alert-archive-lag-seconds" {
+            return ["--archive", "s3://bucket/prefix"]
+                + (option == "archive-endpoint" ? [] : ["--archive-endpoint", "http://127.0.0.1:9"])
+        }
+        if option == "control-listen" { return ["--control-allow", "hospital"] }
+        if option == "control-allow" { return ["--control-listen", "127.0.0.1:7003"] }
+        if option == "standby-listen" { return ["--standby-trust"] }
+        if option == "standby-trust" { return ["--standby-listen", "127.0.0.1:7010"] }
+        if option == "standby-password-file" { return ["--standby-listen", "127.0.0.1:7010"] }
+        if option == "standby-tls-cert" {
+            return ["--standby-listen", "127.0.0.1:7010", "--standby-trust", "--standby-tls-key", "/k"]
+        }
+        if option == "standby-tls-key" {
+            return ["--standby-listen", "127.0.0.1:7010", "--standby-trust", "--standby-tls-cert", "/c"]
+        }
+        return []
+    }
+
     /// Values to try for an option, its default first: the first the command accepts is the one compared.
     static func candidates(_ argument: Dump.Argument) -> [String] {
         var values: [String] = []
@@ -65,7 +87,7 @@ import WalshipConfig
         }
         return values + [
             "7", "/var/lib/walship-sample", "127.0.0.1:7999", "http://127.0.0.1:7999", "send", "degrade-after=30s",
-            "0/3000060", "2026-11-23 10:15:00+00", "dr=7301",
+            "0/3000060", "2026-11-23 10:15:00+00", "dr=7301", "s3://bucket/prefix", "http://127.0.0.1:9",
         ]
     }
 
@@ -107,6 +129,7 @@ import WalshipConfig
             for name in [long] + excluded {
                 if let index = base.firstIndex(of: "--\(name)") { base.removeSubrange(index...index + 1) }
             }
+            base += Self.partners(role, long)
             let commandLine: [String]
             let toml: String
             switch spec.kind {
