@@ -166,6 +166,62 @@ struct PromoteTests {
 
     /// A drill that fails after its copy's server started (a check query that errors) stops that server, keeps its
     /// log beside the report and says where: no postmaster of the drill survives.
+    /// The operator's commands work as the `postgres` OS user, as the units and a DBA run them, not only as root:
+    /// restore builds a standby's directory, drill rehearses, promote promotes, with the spool owned by postgres.
+    @Test(.enabled(if: IT.isRoot, "needs root to act as the postgres OS user"))
+    func restoreDrillAndPromoteRunAsPostgres() throws {
+        let fixture = try Fixture("promote-as-postgres")
+        defer { fixture.tearDown() }
+        var topology = try ShipTopology(fixture, spoolOwnedByPostgres: true)
+        let standbyPort = IT.freePort()
+        topology.receiverExtra = ["--standby-listen", "127.0.0.1:\(standbyPort)", "--standby-trust"]
+        try topology.startReceiver()
+        try topology.startSender()
+        try topology.primary.sql(
+            "CREATE TABLE patients (id int PRIMARY KEY); INSERT INTO patients SELECT generate_series(1, 300)")
+        try topology.takeBackup()
+
+        // restore, as postgres, into a directory postgres owns: no chown needed, none attempted.
+        let restored = fixture.directory + "/restored"
+        let restore = try run(
+            IT.walshipBinary,
+            [
+                "restore", "--spool", topology.spool, "--pgdata", restored, "--standby", "--primary-conninfo",
+                "host=127.0.0.1 port=\(standbyPort) user=postgres application_name=dr_replica",
+            ], asPostgres: true, check: false)
+        #expect(restore.status == 0, "\(restore.output)\(restore.error)")
+        var owner = stat()
+        #expect(stat(restored + "/PG_VERSION", &owner) == 0 && owner.st_uid == getpwnam("postgres").pointee.pw_uid)
+        let standby = try fixture.startCopy(
+            name: "restored", signal: "standby.signal", settings: ["hot_standby = on", "wal_retrieve_retry_interval = '1s'"])
+        try waitUntil("the restored standby to replay", timeout: 60) {
+            let count = (try? standby.sql("SELECT count(*) FROM patients")) ?? ""
+            return (count == "300", count)
+        }
+
+        // drill, as postgres, in a work directory postgres owns.
+        let drill = try run(
+            IT.walshipBinary,
+            [
+                "drill", "--spool", topology.spool, "--workdir", fixture.directory + "/drill", "--check-sql",
+                "SELECT count(*) FROM patients", "--report", fixture.directory + "/drill-report", "--timeout", "120",
+            ], asPostgres: true, timeout: 240, check: false)
+        #expect(drill.status == 0, "\(drill.output)\(drill.error)")
+
+        // promote, as postgres, once the primary is lost.
+        kill(try postmasterPID(of: topology.primary), SIGKILL)
+        try waitForPromotionReady(statusPort: topology.receiverStatusPort, timeout: 30)
+        let promote = try run(
+            IT.walshipBinary,
+            [
+                "promote", "--pgdata", standby.dataDirectory, "--spool", topology.spool, "--report",
+                fixture.directory + "/promotion", "--timeout", "60",
+            ], asPostgres: true, timeout: 150, check: false)
+        #expect(promote.status == 0, "\(promote.output)\(promote.error)")
+        #expect(try standby.sql("SELECT pg_is_in_recovery()") == "f")
+        #expect(FileManager.default.fileExists(atPath: topology.spool + "/\(topology.systemIdentifier)/FENCED"))
+    }
+
     @Test func aFailedDrillLeavesNoServerAndKeepsItsLog() throws {
         let fixture = try Fixture("drill-fails")
         defer { fixture.tearDown() }
