@@ -184,7 +184,10 @@ struct Backups: ParsableCommand {
     @Flag(help: "JSON for scripts.")
     var json = false
 
+    @OptionGroup var logging: LoggingOptions
+
     func run() throws {
+        logging.apply(command: "backups")
         do {
             let systems = try Spool.systemIdentifiers(root: spool).filter { system == nil || $0 == system }
             var all: [BackupInfo] = []

@@ -75,7 +75,10 @@ struct CertsInit: ParsableCommand {
         return (name, hosts)
     }
 
+    @OptionGroup var logging: LoggingOptions
+
     func run() throws {
+        logging.apply(command: "certs init")
         if !site.isEmpty { return try runSites() }
         let names = ReceiverNames(given: receiverName)
         do {
@@ -83,7 +86,7 @@ struct CertsInit: ParsableCommand {
                 in: directory, receiverNames: names.names, senderName: senderName, validDays: days,
                 caValidDays: caDays, now: Date().addingTimeInterval(-Double(backdateDays) * 86400))
             if let warning = names.warning {
-                FileHandle.standardError.write(Data("walship certs init: warning: \(warning)\n".utf8))
+                writeDiagnostic(Data("walship certs init: warning: \(warning)\n".utf8))
             }
             for file in created.files { print(file) }
             print(
@@ -105,7 +108,7 @@ extension CertsInit {
                 leaves: sites.map { .site($0.name, hosts: ReceiverNames(given: $0.hosts).names) }, validDays: days,
                 caValidDays: caDays, now: Date().addingTimeInterval(-Double(backdateDays) * 86400))
             for (name, hosts) in sites where hosts.isEmpty {
-                FileHandle.standardError.write(
+                writeDiagnostic(
                     Data(
                         "walship certs init: warning: site \(name) has no host names: its certificate names only localhost and 127.0.0.1 (hint: --site \(name)=HOST, as the other site writes it in --to)\n"
                             .utf8))
@@ -144,7 +147,10 @@ struct CertsRenew: ParsableCommand {
         guard (1...3650).contains(days) else { throw ValidationError("--days must be 1...3650") }
     }
 
+    @OptionGroup var logging: LoggingOptions
+
     func run() throws {
+        logging.apply(command: "certs renew")
         do {
             let renewed = try CertificateAuthority.renew(in: directory, validDays: days)
             for file in renewed.files { print(file) }

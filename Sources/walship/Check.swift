@@ -35,7 +35,10 @@ struct Check: AsyncParsableCommand {
         guard maxClockSkew.seconds > 0 else { throw ValidationError("--max-clock-skew must be positive") }
     }
 
+    @OptionGroup var logging: LoggingOptions
+
     func run() async throws {
+        logging.apply(command: "check")
         let environment = ProcessInfo.processInfo.environment
         let path = config ?? environment["WALSHIP_CONFIG"].flatMap { $0.isEmpty ? nil : $0 }
         // Unbuffered, so each line appears as its check completes, even into a pipe.

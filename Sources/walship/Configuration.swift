@@ -69,7 +69,7 @@ extension Walship {
             } catch {
                 // A file that does not load is what walship check reports, as its "configuration" line.
                 if role != "check" {
-                    FileHandle.standardError.write(Data("walship \(role): error: \(error)\n".utf8))
+                    writeDiagnostic(Data("walship \(role): error: \(error)\n".utf8))
                     Foundation.exit(WalshipExit.usage.rawValue)
                 }
             }
@@ -83,7 +83,7 @@ extension Walship {
             // A size or duration that did not parse is explained (why, and the nearest valid form).
             var message = UnitArguments.explain(fullMessage(for: error))
             if let expansion { message = expansion.annotate(message) }
-            FileHandle.standardError.write(Data((message.hasSuffix("\n") ? message : message + "\n").utf8))
+            writeDiagnostic(Data((message.hasSuffix("\n") ? message : message + "\n").utf8))
             Foundation.exit(code.rawValue)
         }
         do {

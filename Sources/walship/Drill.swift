@@ -60,7 +60,10 @@ struct Drill: AsyncParsableCommand {
         }
     }
 
+    @OptionGroup var logging: LoggingOptions
+
     func run() async throws {
+        logging.apply(command: "drill")
         let outcome = await Operations.drill(
             DrillRequest(
                 spool: spool, system: system, backup: backup, checkSQL: checkSql, report: report, keep: keep,

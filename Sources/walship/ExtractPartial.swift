@@ -25,7 +25,10 @@ struct ExtractPartial: ParsableCommand {
     @Argument(help: "File to write; name it after the segment for pg_waldump. Must not exist yet.")
     var destination: String
 
+    @OptionGroup var logging: LoggingOptions
+
     func run() throws {
+        logging.apply(command: "extract-partial")
         let reader = try selection.reader()
         let name = segment.hasSuffix(".partial") ? String(segment.dropLast(8)) : segment
         guard let parsed = SegmentName(name, segmentSize: reader.segmentSize) else {

@@ -21,7 +21,10 @@ struct KeysInit: ParsableCommand {
     @Argument(help: "The keyring file to create.")
     var file: String
 
+    @OptionGroup var logging: LoggingOptions
+
     func run() throws {
+        logging.apply(command: "keys init")
         let keyring = Keyring.generate()
         do {
             try keyring.create(path: file)
@@ -52,7 +55,10 @@ struct KeysRotate: ParsableCommand {
     @Argument(help: "The keyring file to rotate.")
     var file: String
 
+    @OptionGroup var logging: LoggingOptions
+
     func run() throws {
+        logging.apply(command: "keys rotate")
         var keyring: Keyring
         do {
             keyring = try Keyring.load(path: file)

@@ -69,7 +69,10 @@ struct Promote: AsyncParsableCommand {
         guard pgdata != nil || standby != nil else { throw ValidationError(PromoteRequest.standbyMissing) }
     }
 
+    @OptionGroup var logging: LoggingOptions
+
     func run() async throws {
+        logging.apply(command: "promote")
         let outcome = await Operations.promote(
             PromoteRequest(
                 dataDirectory: pgdata, standby: standby, spool: spool, system: system, timeout: Int(timeout.seconds),
@@ -93,7 +96,7 @@ struct Promote: AsyncParsableCommand {
                 let written = try outcome.report.write(base: outcome.reportBase)
                 say("report: \(written.json), \(written.markdown)")
             } catch {
-                FileHandle.standardError.write(
+                writeDiagnostic(
                     Data("walship promote: warning: cannot write the report to \(outcome.reportBase): \(error)\n".utf8))
             }
         }
@@ -112,19 +115,24 @@ func conclude(
 ) async throws {
     var written: (json: String, markdown: String)?
     do { written = try evidence.write(base: base) } catch {
-        FileHandle.standardError.write(Data("walship \(command): warning: cannot write the report to \(base): \(error)\n".utf8))
+        writeDiagnostic(Data("walship \(command): warning: cannot write the report to \(base): \(error)\n".utf8))
     }
     say(evidence.summary)
     if let written { say("report: \(written.json), \(written.markdown)") }
     await sendConclusionNotice(
         evidence, command: command, success: success, headline: headline, reportPath: written?.json, notifier: notifier)
     if let failure {
-        FileHandle.standardError.write(Data("walship \(command): error: \(failure)\n".utf8))
+        writeDiagnostic(Data("walship \(command): error: \(failure)\n".utf8))
         throw ExitCode(1)
     }
 }
 
 /// Prints a line at once, also when stdout is a file or pipe (a long promotion or drill shows progress).
 @Sendable func say(_ line: String) {
-    FileHandle.standardOutput.write(Data((line + "\n").utf8))
+    let output = OperatorOutput.current
+    let text =
+        output.json
+        ? JSONLogHandler.line(date: Date(), level: .info, label: output.label, message: line, metadata: [:], source: "walship")
+        : line
+    FileHandle.standardOutput.write(Data((text + "\n").utf8))
 }

@@ -67,7 +67,10 @@ struct Prune: ParsableCommand {
         return (spool, backups, window, "\(place) and the command line")
     }
 
+    @OptionGroup var logging: LoggingOptions
+
     func run() throws {
+        logging.apply(command: "prune")
         do {
             let (spool, retainBackups, window, source) = try settings()
             // Removing files beside a live receiver could race it; reading them cannot.

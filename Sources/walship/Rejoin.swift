@@ -106,7 +106,10 @@ struct Rejoin: AsyncParsableCommand {
         }
     }
 
+    @OptionGroup var logging: LoggingOptions
+
     func run() async throws {
+        logging.apply(command: "rejoin")
         var request = RejoinRequest(
             dataDirectory: pgdata, source: source, primaryConninfo: primaryConninfo, spool: spool, keepCopy: keepCopy,
             report: report, start: start,
@@ -127,14 +130,14 @@ struct Rejoin: AsyncParsableCommand {
         let (evidence, base) = await Operations.rejoin(request, progress: say)
         var written: (json: String, markdown: String)?
         do { written = try evidence.write(base: base) } catch {
-            FileHandle.standardError.write(Data("walship rejoin: warning: cannot write the report to \(base): \(error)\n".utf8))
+            writeDiagnostic(Data("walship rejoin: warning: cannot write the report to \(base): \(error)\n".utf8))
         }
         if let lost = evidence.lostWAL, let aside = evidence.setAsideDirectory {
             say("set aside: \(lost.commits) committed transaction(s) the new primary never got, in \(aside)")
         }
         if let written { say("report: \(written.json), \(written.markdown)") }
         if let failure = evidence.failure {
-            FileHandle.standardError.write(Data("walship rejoin: error: \(failure)\n".utf8))
+            writeDiagnostic(Data("walship rejoin: error: \(failure)\n".utf8))
             throw ExitCode(1)
         }
         say(

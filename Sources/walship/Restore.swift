@@ -76,7 +76,10 @@ struct Restore: AsyncParsableCommand {
         }
     }
 
+    @OptionGroup var logging: LoggingOptions
+
     func run() async throws {
+        logging.apply(command: "restore")
         do {
             try await restore()
         } catch let error as ExitCode {

@@ -49,7 +49,10 @@ struct RestoreWAL: AsyncParsableCommand {
         }
     }
 
+    @OptionGroup var logging: LoggingOptions
+
     func run() async throws {
+        logging.apply(command: "restore-wal")
         let file: ServedFile?
         do {
             if let reader = try SpoolReader.openIfPresent(root: selection.spool, system: selection.system) {
@@ -58,14 +61,14 @@ struct RestoreWAL: AsyncParsableCommand {
                 file = nil
                 if peerControl == nil {
                     // Routine for a standby that follows a spool not yet sent anything: PostgreSQL asks again.
-                    FileHandle.standardError.write(
+                    writeDiagnostic(
                         Data(
                             "walship restore-wal: the spool \(selection.spool) holds no WAL\(selection.system.map { " of system \($0)" } ?? "") yet\n"
                                 .utf8))
                 }
             }
         } catch {
-            FileHandle.standardError.write(Data("walship restore-wal: error: \(error)\n".utf8))
+            writeDiagnostic(Data("walship restore-wal: error: \(error)\n".utf8))
             throw ExitCode(126)
         }
         guard let file else {
@@ -89,7 +92,7 @@ struct RestoreWAL: AsyncParsableCommand {
             }
         } catch {
             unlink(temporary)
-            FileHandle.standardError.write(Data("walship restore-wal: error: cannot write \(destination): \(error)\n".utf8))
+            writeDiagnostic(Data("walship restore-wal: error: cannot write \(destination): \(error)\n".utf8))
             throw ExitCode(126)
         }
     }
@@ -107,10 +110,10 @@ struct RestoreWAL: AsyncParsableCommand {
         } catch let exit as ExitCode {
             throw exit
         } catch let error as SwitchoverControlError where error.description.contains("arrived damaged") {
-            FileHandle.standardError.write(Data("walship restore-wal: error: \(error)\n".utf8))
+            writeDiagnostic(Data("walship restore-wal: error: \(error)\n".utf8))
             throw ExitCode(126)
         } catch {
-            FileHandle.standardError.write(
+            writeDiagnostic(
                 Data("walship restore-wal: \(fileName) is not in this spool and the peer did not give it: \(error)\n".utf8))
             throw ExitCode(1)
         }

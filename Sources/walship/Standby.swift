@@ -30,7 +30,10 @@ struct StandbyForgetCommand: ParsableCommand {
     @Flag(help: "Say what forgetting it would release, without removing anything.")
     var dryRun = false
 
+    @OptionGroup var logging: LoggingOptions
+
     func run() throws {
+        logging.apply(command: "standby forget")
         do {
             for line in try StandbyForget.run(spool: spool, system: system, name: name, dryRun: dryRun) { print(line) }
         } catch let error as StandbyForgetError {

@@ -75,7 +75,10 @@ struct Status: AsyncParsableCommand {
             warningLagBytes: warningLagBytes.bytes, criticalLagBytes: criticalLagBytes.bytes)
     }
 
+    @OptionGroup var logging: LoggingOptions
+
     func run() async throws {
+        logging.apply(command: "status")
         if !watch {
             let (text, verdict) = await once()
             print(text)

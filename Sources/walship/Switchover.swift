@@ -148,7 +148,10 @@ struct Switchover: AsyncParsableCommand {
         return TLSFiles(certificate: certificate, privateKey: key, authority: authority)
     }
 
+    @OptionGroup var logging: LoggingOptions
+
     func run() async throws {
+        logging.apply(command: "switchover")
         let environment = ProcessInfo.processInfo.environment
         let configPath = WalshipConfiguration.path(in: CommandLine.arguments, environment: environment)
         let request = try makeRequest(configPath: configPath, environment: environment)
@@ -171,7 +174,7 @@ struct Switchover: AsyncParsableCommand {
             let written = try evidence.write(base: base)
             say("report: \(written.json), \(written.markdown)")
         } catch {
-            FileHandle.standardError.write(
+            writeDiagnostic(
                 Data("walship switchover: warning: cannot write the report to \(base): \(error)\n".utf8))
         }
         return evidence
@@ -180,7 +183,7 @@ struct Switchover: AsyncParsableCommand {
     /// Prints how a half ended; a failed or refused half exits 1.
     func finish(_ evidence: SwitchoverReport, printNextSteps: Bool, site: String = "") throws {
         if let failure = evidence.failure {
-            FileHandle.standardError.write(Data("walship switchover: error: \(site)\(failure)\n".utf8))
+            writeDiagnostic(Data("walship switchover: error: \(site)\(failure)\n".utf8))
             throw ExitCode(1)
         }
         if let outage = evidence.writeOutageSeconds { say(String(format: "write outage: %.3f s", outage)) }
@@ -206,7 +209,7 @@ struct Switchover: AsyncParsableCommand {
                 try ModeHistory.recordEvent(
                     fields.merging(["peer": "\(host):\(port)"]) { $1 }, system: system.map { String($0) }, root: spool)
             } catch {
-                FileHandle.standardError.write(
+                writeDiagnostic(
                     Data("walship switchover: warning: cannot write to the audit log in \(spool): \(error)\n".utf8))
             }
         }

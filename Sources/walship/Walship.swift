@@ -8,6 +8,7 @@ import ServiceLifecycle
 import ShipProtocol
 import ShipTLS
 import StatusModel
+import Synchronization
 import WALCore
 import WalshipConfig
 
@@ -41,9 +42,16 @@ struct LoggingOptions: ParsableArguments {
         case text, json
     }
 
+    /// For the operator's commands: their progress lines and diagnostics follow --log-format (JSON lines with the
+    /// command as logger), and what they log through swift-log follows both options.
+    func apply(command: String) {
+        _ = bootstrap(label: "walship." + command.replacingOccurrences(of: " ", with: "."))
+    }
+
     func bootstrap(label: String) -> Logger {
         let level = logLevel
         let format = logFormat
+        OperatorOutput.configure(json: format == .json, label: label)
         LoggingSystem.bootstrap { name in
             switch format {
             case .text:
@@ -149,11 +157,46 @@ func durationArgument(plainUnit: Double) -> @Sendable (String) throws -> TimeSpa
     }
 }
 
+/// Where the operator's commands write progress (`say`) and diagnostics (`writeDiagnostic`): plain lines, or under
+/// `--log-format json` JSON log lines (time, level, logger, message), so a scheduler collecting a command's output
+/// gets one format.
+enum OperatorOutput {
+    private static let state = Mutex((json: false, label: "walship"))
+
+    static func configure(json: Bool, label: String) { state.withLock { $0 = (json, label) } }
+
+    static var current: (json: Bool, label: String) { state.withLock { $0 } }
+
+    /// A diagnostic written as "walship COMMAND: LEVEL: message" becomes a JSON line with that level and message.
+    static func jsonDiagnostic(_ text: String, label: String) -> String {
+        var level = Logger.Level.error
+        var message = text
+        if let match = text.firstMatch(of: /^walship [a-z -]+: (error|warning|note): ((?s).*)$/) {
+            level = match.output.1 == "warning" ? .warning : match.output.1 == "note" ? .notice : .error
+            message = String(match.output.2)
+        } else if let match = text.firstMatch(of: /^walship [a-z -]+: ((?s).*)$/) {
+            message = String(match.output.1)
+        }
+        return JSONLogHandler.line(date: Date(), level: level, label: label, message: message, metadata: [:], source: "walship")
+    }
+}
+
+/// A diagnostic on standard error, in the command's --log-format.
+func writeDiagnostic(_ data: Data) {
+    let output = OperatorOutput.current
+    guard output.json else {
+        FileHandle.standardError.write(data)
+        return
+    }
+    let text = String(decoding: data, as: UTF8.self).trimmingCharacters(in: .newlines)
+    JSONLogHandler.standardError(OperatorOutput.jsonDiagnostic(text, label: output.label))
+}
+
 /// Prints one clear line for a failure, instead of a stack of wrapped errors, and gives the exit status for its
 /// kind: `kind` when the caller knows it (a failure before the command's work started is a set-up failure),
 /// else the error's own.
 func fail(_ command: String, _ error: any Error, kind: FailureKind? = nil) -> ExitCode {
-    FileHandle.standardError.write(Data("walship \(command): error: \(error)\n".utf8))
+    writeDiagnostic(Data("walship \(command): error: \(error)\n".utf8))
     return WalshipExit.code(for: kind ?? (error as? any ClassifiedFailure)?.failureKind ?? .runtime)
 }
 
