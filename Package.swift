@@ -184,6 +184,7 @@ let package = Package(
             dependencies: [
                 "Sender", "Receiver", "Spool", "WALCore", "Monitor", "StatusModel", "WalSenderServer", "ShipTLS", "WalshipConfig",
                 "PGReplication", "ShipProtocol", "Operations", "CBuildIdentity", "Archive", "ArchiveCrypto", "ObjectStore",
+                "LZ4Codec",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),

@@ -222,6 +222,35 @@ struct ArchiveShipTests {
             return etags
         }
 
+        // restore-wal reads from the archive alone (no spool) what PostgreSQL gets from the spool, opened with the
+        // keyring; without it the object is refused as encrypted (126), a file the archive lacks is routine (1).
+        let segment = try #require(files.last { $0.hasPrefix("wal/") && $0.hasSuffix(".lz4") })
+        let name = String(segment.dropFirst("wal/".count).dropLast(".lz4".count))
+        let fromSpool = fixture.directory + "/from-spool"
+        let fromArchive = fixture.directory + "/from-archive"
+        try run(IT.walshipBinary, ["restore-wal", "--spool", topology.spool, name, fromSpool])
+        let archiveOptions = [
+            "--archive", "s3://\(store.bucket)/\(prefix)", "--archive-endpoint", store.endpoint, "--system", system,
+        ]
+        try run(
+            IT.walshipBinary, ["restore-wal"] + archiveOptions + ["--encryption-keyring", keyringPath, name, fromArchive],
+            environment: store.environment)
+        let restoredFromArchive = try Data(contentsOf: URL(fileURLWithPath: fromArchive))
+        #expect(restoredFromArchive.count == 16 << 20)
+        #expect(restoredFromArchive == (try Data(contentsOf: URL(fileURLWithPath: fromSpool))))
+        let noKeyring = try run(
+            IT.walshipBinary, ["restore-wal"] + archiveOptions + [name, fixture.directory + "/no-keyring"],
+            environment: store.environment, check: false)
+        #expect(noKeyring.status == 126 && noKeyring.error.contains("is encrypted"), "\(noKeyring.error)")
+        let absent = try run(
+            IT.walshipBinary,
+            ["restore-wal"] + archiveOptions + [
+                "--encryption-keyring", keyringPath, "0000000100000000000000FE", fixture.directory + "/absent",
+            ],
+            environment: store.environment, check: false)
+        #expect(absent.status == 1, "\(absent.error)")
+        #expect(!FileManager.default.fileExists(atPath: fixture.directory + "/absent"))
+
         // Rotate, restart: what is in the bucket is recognised (not sent again); new objects use the new key.
         let rotated = try run(IT.walshipBinary, ["keys", "rotate", keyringPath])
         #expect(rotated.output.contains("still open what they encrypted"), "\(rotated.output)")

@@ -11,11 +11,18 @@ struct RestoreWAL: AsyncParsableCommand {
         abstract: "Copy a WAL segment or history file from the spool, for PostgreSQL's restore_command.",
         discussion: """
             restore_command = 'walship restore-wal --spool /var/lib/walship %f %p'
+            With --archive, a file neither the spool nor the peer has is read from the object store walship receive --archive fills (opened with --encryption-keyring when encrypted); with --archive and no --spool, from the archive alone.
             With --peer-control, a file this spool lacks is fetched from the peer site's spool (its walship receive --control-listen, which must allow this site's certificate): what pg_rewind needs from before a fork when this site's pg_wal and spool no longer have it.
             Exit status: 0 restored; 1 neither the spool (nor the peer) has the file (or no WAL of the system yet), or nothing more of it than the copy already in the destination's directory, or the peer cannot be reached (routine, PostgreSQL asks again); 126 the spool has the file but it is damaged or unreadable, or the peer's copy arrived damaged (PostgreSQL then stops recovery rather than ending it early as if the WAL had run out).
             """)
 
-    @OptionGroup var selection: SpoolSelection
+    @Option(help: "Spool directory of walship receive (optional with --archive: the archive alone).")
+    var spool: String?
+
+    @Option(help: "System identifier, when the spool holds more than one system (needed with --archive and no spool).")
+    var system: UInt64?
+
+    @OptionGroup var archive: ArchiveReadOptions
 
     @Argument(help: "File name PostgreSQL asks for (%f).")
     var fileName: String
@@ -39,6 +46,12 @@ struct RestoreWAL: AsyncParsableCommand {
     var tlsCA: String?
 
     func validate() throws {
+        if spool == nil {
+            guard archive.archive != nil else { throw ValidationError("give --spool DIR, or --archive s3://BUCKET/PREFIX") }
+            guard system != nil else {
+                throw ValidationError("--archive without --spool needs --system ID: the archive holds each system apart")
+            }
+        }
         if let peerControl {
             _ = try parseEndpoint(peerControl, option: "--peer-control")
             guard tlsCert != nil, tlsKey != nil, tlsCA != nil else {
@@ -53,26 +66,26 @@ struct RestoreWAL: AsyncParsableCommand {
 
     func run() async throws {
         logging.apply(command: "restore-wal")
-        let file: ServedFile?
+        var file: ServedFile?
+        var spoolSystem: UInt64?
         do {
-            if let reader = try SpoolReader.openIfPresent(root: selection.spool, system: selection.system) {
+            if let spool, let reader = try SpoolReader.openIfPresent(root: spool, system: system) {
+                spoolSystem = reader.systemIdentifier
                 file = try reader.contents(of: fileName)
-            } else {
-                file = nil
-                if peerControl == nil {
-                    // Routine for a standby that follows a spool not yet sent anything: PostgreSQL asks again.
-                    writeDiagnostic(
-                        Data(
-                            "walship restore-wal: the spool \(selection.spool) holds no WAL\(selection.system.map { " of system \($0)" } ?? "") yet\n"
-                                .utf8))
-                }
+            } else if let spool, peerControl == nil, archive.archive == nil {
+                // Routine for a standby that follows a spool not yet sent anything: PostgreSQL asks again.
+                writeDiagnostic(
+                    Data(
+                        "walship restore-wal: the spool \(spool) holds no WAL\(system.map { " of system \($0)" } ?? "") yet\n"
+                            .utf8))
             }
         } catch {
             writeDiagnostic(Data("walship restore-wal: error: \(error)\n".utf8))
             throw ExitCode(126)
         }
         guard let file else {
-            try await fetchFromPeer()
+            if try await fetchFromPeer() { return }
+            try await fetchFromArchive(system: system ?? spoolSystem)
             return
         }
         // A standby whose stream is down asks for the in-progress segment again at every retry
@@ -97,16 +110,60 @@ struct RestoreWAL: AsyncParsableCommand {
         }
     }
 
-    /// The file from the peer's spool, when --peer-control names it; else exit 1 (this spool does not have it).
-    func fetchFromPeer() async throws {
-        guard let peerControl, let tlsCert, let tlsKey, let tlsCA else { throw ExitCode(1) }
+    /// The file from the archive, when --archive names one; else exit 1 (not to be had).
+    func fetchFromArchive(system: UInt64?) async throws {
+        guard archive.archive != nil else { throw ExitCode(1) }
+        guard let system else {
+            writeDiagnostic(
+                Data("walship restore-wal: the spool holds no system yet: give --system ID to read the archive\n".utf8))
+            throw ExitCode(1)
+        }
+        let (client, layout, keyring) = try archive.open()
+        let outcome: Result<Data?, any Error>
+        do {
+            outcome = .success(
+                try await ArchivedWAL.fetch(name: fileName, system: system, client: client, layout: layout, keyring: keyring))
+        } catch {
+            outcome = .failure(error)
+        }
+        try? await client.shutdown()
+        switch outcome {
+        case .success(nil):
+            throw ExitCode(1)
+        case .success(let bytes?):
+            // Written beside the destination and renamed, only once whole and verified.
+            let temporary = destination + ".walship-partial"
+            do {
+                try bytes.write(to: URL(fileURLWithPath: temporary))
+                guard rename(temporary, destination) == 0 else {
+                    throw CocoaError(.fileWriteUnknown, userInfo: [NSFilePathErrorKey: destination])
+                }
+            } catch {
+                unlink(temporary)
+                writeDiagnostic(Data("walship restore-wal: error: cannot write \(destination): \(error)\n".utf8))
+                throw ExitCode(126)
+            }
+        case .failure(let error as ArchivedWAL.Damaged):
+            writeDiagnostic(Data("walship restore-wal: error: \(error)\n".utf8))
+            throw ExitCode(126)
+        case .failure(let error):
+            // The store unreachable: routine for restore_command, PostgreSQL asks again.
+            writeDiagnostic(Data("walship restore-wal: \(fileName) could not be read from the archive: \(error)\n".utf8))
+            throw ExitCode(1)
+        }
+    }
+
+    /// The file from the peer's spool, when --peer-control names it: true when written, false when there is no peer
+    /// to ask or it does not give the file (then the archive, if any, is next); exit 126 when its copy arrived damaged.
+    func fetchFromPeer() async throws -> Bool {
+        guard let peerControl, let tlsCert, let tlsKey, let tlsCA else { return false }
         let endpoint = try parseEndpoint(peerControl, option: "--peer-control")
         do {
             let fetched = try await SwitchoverControlClient.fetchWAL(
                 host: endpoint.host, port: endpoint.port,
                 tls: TLSFiles(certificate: tlsCert, privateKey: tlsKey, authority: tlsCA), name: fileName,
-                system: selection.system.map { String($0) }, to: destination, timeout: .seconds(300))
-            if !fetched { throw ExitCode(1) }
+                system: system.map { String($0) }, to: destination, timeout: .seconds(300))
+            return fetched
         } catch let exit as ExitCode {
             throw exit
         } catch let error as SwitchoverControlError where error.description.contains("arrived damaged") {
@@ -115,7 +172,7 @@ struct RestoreWAL: AsyncParsableCommand {
         } catch {
             writeDiagnostic(
                 Data("walship restore-wal: \(fileName) is not in this spool and the peer did not give it: \(error)\n".utf8))
-            throw ExitCode(1)
+            return false
         }
     }
 }

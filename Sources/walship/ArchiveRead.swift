@@ -1,0 +1,129 @@
+import Archive
+import ArchiveCrypto
+import ArgumentParser
+import Foundation
+import LZ4Codec
+import ObjectStore
+import WALCore
+
+/// `--archive s3://BUCKET/PREFIX` and its settings, for a command that reads what `walship receive --archive` wrote.
+/// Credentials come from `--archive-credentials` or the environment, never the command line.
+struct ArchiveReadOptions: ParsableArguments {
+    @Option(
+        help: ArgumentHelp(
+            "Read from the archive walship receive --archive wrote (docs/archive.md) what the spool lacks: s3://BUCKET/PREFIX.",
+            valueName: "s3-url"))
+    var archive: String?
+
+    @Option(help: ArgumentHelp("With --archive: the object store's address, https://HOST[:PORT].", valueName: "url"))
+    var archiveEndpoint: String?
+
+    @Option(help: ArgumentHelp("With --archive: the region (default: AWS_REGION, else us-east-1).", valueName: "region"))
+    var archiveRegion: String?
+
+    @Option(
+        help: ArgumentHelp(
+            "With --archive: the store's credentials in the AWS credentials format (default: AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY).",
+            valueName: "file"))
+    var archiveCredentials: String?
+
+    @Option(help: ArgumentHelp("With --archive: the CA of the store's TLS certificate (PEM).", valueName: "file"))
+    var archiveCa: String?
+
+    @Option(
+        help: ArgumentHelp(
+            "With --archive: the keyring that opens the archive's encrypted objects (walship keys init).", valueName: "file"))
+    var encryptionKeyring: String?
+
+    func validate() throws {
+        guard let archive else {
+            if archiveEndpoint != nil || archiveRegion != nil || archiveCredentials != nil || archiveCa != nil
+                || encryptionKeyring != nil
+            {
+                throw ValidationError(
+                    "--archive-endpoint, --archive-region, --archive-credentials, --archive-ca and --encryption-keyring go with --archive"
+                )
+            }
+            return
+        }
+        do { _ = try ArchiveConfiguration(url: archive) } catch { throw ValidationError(error.description) }
+        guard archiveEndpoint != nil else { throw ValidationError("--archive needs --archive-endpoint URL") }
+    }
+
+    /// The store, the archive's layout and the keyring; the caller shuts the client down.
+    func open() throws -> (client: S3Client, layout: ArchiveConfiguration, keyring: Keyring?) {
+        guard let archive, let archiveEndpoint else { throw ValidationError("no --archive") }
+        let environment = ProcessInfo.processInfo.environment
+        do {
+            let layout = try ArchiveConfiguration(url: archive)
+            let credentials: AWSCredentials
+            if let archiveCredentials {
+                credentials = try AWSCredentials.load(file: archiveCredentials)
+            } else if let fromEnvironment = AWSCredentials.fromEnvironment(environment) {
+                credentials = fromEnvironment
+            } else {
+                throw S3ConfigurationError(
+                    "--archive has no credentials",
+                    hint: "give --archive-credentials FILE, or set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY")
+            }
+            let keyring = try encryptionKeyring.map { path in
+                do { return try Keyring.load(path: path) } catch { throw ValidationError("--encryption-keyring: \(error)") }
+            }
+            let region = archiveRegion ?? environment["AWS_REGION"].flatMap { $0.isEmpty ? nil : $0 } ?? "us-east-1"
+            let client = try S3Client(
+                .init(
+                    endpoint: try S3Endpoint(parsing: archiveEndpoint), bucket: layout.bucket, region: region,
+                    credentials: credentials, caFile: archiveCa))
+            return (client, layout, keyring)
+        } catch let error as S3ConfigurationError {
+            throw ValidationError(error.description)
+        }
+    }
+}
+
+/// A WAL file as PostgreSQL wants it, read from the archive: opened with the keyring when sealed, a segment's LZ4 frame
+/// decompressed. Nil when the archive does not hold it.
+struct ArchivedWAL {
+    struct Damaged: Error, CustomStringConvertible {
+        let description: String
+    }
+
+    static func fetch(
+        name: String, system: UInt64, client: S3Client, layout: ArchiveConfiguration, keyring: Keyring?
+    ) async throws -> Data? {
+        let isHistory = timeline(ofHistoryFileName: name) != nil
+        guard isHistory || name.wholeMatch(of: /[0-9A-F]{24}/) != nil else {
+            throw ValidationError("\(name) is not a WAL segment or history file name")
+        }
+        let path = "wal/" + name + (isHistory ? "" : ".lz4")
+        let key = layout.objectKey(system: system, path: path)
+        guard try await client.headObject(key: key) != nil else { return nil }
+        var bytes = try await client.getObject(key: key)
+        if let keyID = try? SealedObject.keyID(of: bytes) {
+            guard let keyring else {
+                throw Damaged(
+                    description:
+                        "\(key) is encrypted (key \(keyID)) (hint: give --encryption-keyring with the keyring that holds that key)"
+                )
+            }
+            do {
+                bytes = try SealedObject.open(bytes, binding: .init(system: system, name: path), keyring: keyring)
+            } catch {
+                throw Damaged(description: "\(key) cannot be opened: \(error)")
+            }
+        }
+        if isHistory { return bytes }
+        let segment: [UInt8]
+        do {
+            segment = try bytes.withUnsafeBytes { raw throws(LZ4.FrameError) in
+                try LZ4.decompressFrame(raw, maxOutputBytes: 1 << 30)
+            }
+        } catch {
+            throw Damaged(description: "\(key) is not a whole LZ4 frame: \(error)")
+        }
+        guard segment.count >= 1 << 20, segment.count & (segment.count - 1) == 0 else {
+            throw Damaged(description: "\(key) holds \(segment.count) bytes, not a WAL segment")
+        }
+        return Data(segment)
+    }
+}
