@@ -173,6 +173,13 @@ struct ArchiveShipTests {
         try topology.startReceiver()
         try topology.startSender()
         let system = topology.systemIdentifier
+        let listing = [
+            "backups", "--archive", "s3://\(store.bucket)/\(prefix)", "--archive-endpoint", store.endpoint,
+            "--encryption-keyring", keyringPath, "--json",
+        ]
+        // No backup is complete in the archive yet: an empty list.
+        let none = try run(IT.walshipBinary, listing, environment: store.environment)
+        #expect((try JSONSerialization.jsonObject(with: Data(none.output.utf8)) as? [Any])?.isEmpty == true, "\(none.output)")
         // Rows whose text LZ4 keeps as literals: each md5 is unique, so the spool's files contain them as they are.
         try topology.primary.pgbench(["-i", "-s", "3", "-q"])
         try topology.primary.sql("CREATE TABLE secrets AS SELECT i, md5(i::text) AS token FROM generate_series(1, 30000) i")
@@ -221,6 +228,15 @@ struct ArchiveShipTests {
             #expect(archive.contains("-"), "ETag \(archive)")
             return etags
         }
+
+        // The archive lists the complete backup, its record opened with the keyring; without it, refused.
+        let listed = try run(IT.walshipBinary, listing, environment: store.environment)
+        let backups = try #require(try JSONSerialization.jsonObject(with: Data(listed.output.utf8)) as? [[String: Any]])
+        #expect(backups.map { $0["id"] as? String } == [backup], "\(listed.output)")
+        let locked = try run(
+            IT.walshipBinary, listing.filter { $0 != "--encryption-keyring" && $0 != keyringPath },
+            environment: store.environment, check: false)
+        #expect(locked.status != 0 && locked.error.contains("is encrypted"), "\(locked.error)")
 
         // restore-wal reads from the archive alone (no spool) what PostgreSQL gets from the spool, opened with the
         // keyring; without it the object is refused as encrypted (126), a file the archive lacks is routine (1).

@@ -124,6 +124,15 @@ public enum BackupCatalog {
         }.sorted { $0.id < $1.id }
     }
 
+    /// A backup's record (`backup.json`) from elsewhere than the spool: the archive's copy.
+    public static func decodeRecord(_ data: Data, origin: String) throws -> BackupInfo {
+        do {
+            return try JSONDecoder.walship.decode(BackupInfo.self, from: data)
+        } catch {
+            throw SpoolError(.corrupt, "\(origin) is damaged: \(error)")
+        }
+    }
+
     static func read(_ path: String) throws -> BackupInfo {
         let data = Data(try FileIO.readWholeFile(path, maxBytes: 1 << 20))
         do {

@@ -1,3 +1,4 @@
+import ArchiveCrypto
 import ArgumentParser
 import Foundation
 import Logging
@@ -172,11 +173,15 @@ final class ProgressDisplay: Sendable {
     func finish() { if terminal { FileHandle.standardOutput.write(Data("\n".utf8)) } }
 }
 
-struct Backups: ParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "List the base backups stored in a spool.")
+struct Backups: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "List the base backups stored in a spool.",
+        discussion: """
+            With --archive instead of --spool, the complete base backups in the object store walship receive --archive fills (a backup's record is uploaded only once its archive and manifest are confirmed there).
+            """)
 
-    @Option(help: "Spool directory of walship receive.")
-    var spool: String
+    @Option(help: "Spool directory of walship receive (or --archive).")
+    var spool: String?
 
     @Option(help: "Only this system identifier.")
     var system: UInt64?
@@ -184,14 +189,59 @@ struct Backups: ParsableCommand {
     @Flag(help: "JSON for scripts.")
     var json = false
 
+    @OptionGroup var archive: ArchiveReadOptions
+
     @OptionGroup var logging: LoggingOptions
 
-    func run() throws {
+    func validate() throws {
+        guard (spool == nil) != (archive.archive == nil) else {
+            throw ValidationError("give either --spool DIR or --archive s3://BUCKET/PREFIX")
+        }
+    }
+
+    /// The complete backups whose record is in the archive, opened with the keyring when sealed.
+    func archivedBackups() async throws -> [BackupInfo] {
+        let (client, layout, keyring) = try archive.open()
+        let outcome: Result<[BackupInfo], any Error>
+        do {
+            let root = layout.prefix.isEmpty ? "" : layout.prefix + "/"
+            var found: [BackupInfo] = []
+            for object in try await client.listAllObjects(prefix: system.map { layout.systemPrefix($0) } ?? root) {
+                let rest = object.key.dropFirst(root.count)
+                guard let match = rest.wholeMatch(of: /([0-9]+)\/(base\/[^\/]+\/backup\.json)/),
+                    let id = UInt64(match.output.1)
+                else { continue }
+                var bytes = try await client.getObject(key: object.key)
+                if let keyID = try? SealedObject.keyID(of: bytes) {
+                    guard let keyring else {
+                        throw ValidationError(
+                            "\(object.key) is encrypted (key \(keyID)) (hint: give --encryption-keyring with the keyring that holds that key)"
+                        )
+                    }
+                    bytes = try SealedObject.open(
+                        bytes, binding: .init(system: id, name: String(match.output.2)), keyring: keyring)
+                }
+                found.append(try BackupCatalog.decodeRecord(bytes, origin: object.key))
+            }
+            outcome = .success(found.sorted { ($0.systemIdentifier, $0.id) < ($1.systemIdentifier, $1.id) })
+        } catch {
+            outcome = .failure(error)
+        }
+        try? await client.shutdown()
+        return try outcome.get()
+    }
+
+    func run() async throws {
         logging.apply(command: "backups")
         do {
-            let systems = try Spool.systemIdentifiers(root: spool).filter { system == nil || $0 == system }
             var all: [BackupInfo] = []
-            for id in systems { all += try BackupCatalog.list(systemDirectory: spool + "/\(id)") }
+            if let spool {
+                let systems = try Spool.systemIdentifiers(root: spool).filter { system == nil || $0 == system }
+                for id in systems { all += try BackupCatalog.list(systemDirectory: spool + "/\(id)") }
+            } else {
+                all = try await archivedBackups()
+            }
+            let place = spool ?? archive.archive ?? ""
             if json {
                 let encoder = JSONEncoder()
                 encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
@@ -200,7 +250,7 @@ struct Backups: ParsableCommand {
                 return
             }
             if all.isEmpty {
-                print("no base backups in \(spool) (hint: walship backup --source ... --to RECEIVER)")
+                print("no base backups in \(place) (hint: walship backup --source ... --to RECEIVER)")
                 return
             }
             print(
