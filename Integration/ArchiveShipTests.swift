@@ -192,9 +192,14 @@ struct ArchiveShipTests {
             return (wal + ["base.tar.lz4", "backup_manifest", "backup.json"].map { "base/\(backup)/" + $0 }).sorted()
         }
         let files = try spoolFiles()
+        // Caught up: as many objects as the spool's files, and the backup's record, which goes up last, listed.
         try waitUntil("the encrypted archive to catch up with the spool", timeout: 180) {
             let archive = Self.archive(try fetchStatus(port: topology.receiverStatusPort), system: system) ?? [:]
-            return (Self.number(archive["archivedObjects"]) >= Double(files.count), "\(archive)")
+            let listed = try run(IT.walshipBinary, listing, environment: store.environment, check: false).output
+            return (
+                Self.number(archive["archivedObjects"]) >= Double(files.count) && listed.contains(backup),
+                "\(archive) \(listed)"
+            )
         }
         let status = Self.archive(try fetchStatus(port: topology.receiverStatusPort), system: system) ?? [:]
         #expect(status["encryptionKeyID"] as? String == firstKey)
