@@ -252,6 +252,23 @@ struct RejoinTests {
         let query = "SELECT count(*), sum(id) FROM visits"
         #expect(try oldPrimary.sql(query) == failover.newPrimary.sql(query))
 
+        // What an interrupted fetch left behind does not leak into the next: the segment arrives as the DR spool
+        // holds it, not over the longer leftover.
+        let fetched = fixture.directory + "/" + shared
+        try Data(repeating: UInt8(ascii: "x"), count: 17 << 20).write(to: URL(fileURLWithPath: fetched + ".walship-partial"))
+        let emptySpool = try fixture.postgresDirectory("empty-spool")
+        try run(
+            IT.walshipBinary,
+            [
+                "restore-wal", "--spool", emptySpool, "--peer-control", "127.0.0.1:\(control)", "--tls-cert",
+                certificates + "/sender.crt", "--tls-key", certificates + "/sender.key", "--tls-ca", certificates + "/ca.crt",
+                shared, fetched,
+            ])
+        // (Written elsewhere: restore-wal does not copy a file its destination's directory already holds whole.)
+        let reference = try fixture.postgresDirectory("from-dr-spool") + "/" + shared
+        try run(IT.walshipBinary, ["restore-wal", "--spool", topology.spool, shared, reference])
+        #expect(try Data(contentsOf: URL(fileURLWithPath: fetched)) == Data(contentsOf: URL(fileURLWithPath: reference)))
+
         // A certificate the endpoint does not take (the receiver's, not one for a client) gets nothing; restore-wal
         // says why and exits 1, as for a file not to be had.
         let refused = try run(

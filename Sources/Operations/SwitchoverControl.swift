@@ -313,7 +313,10 @@ public enum SwitchoverControlClient {
         host: String, port: Int, tls: TLSFiles, name: String, system: String?, to path: String, timeout: Duration
     ) async throws -> Bool {
         let temporary = path + ".walship-partial"
-        guard let handle = FileHandle(forWritingAtPath: temporary) ?? createFile(temporary) else {
+        // Always a new, empty file: one left by an interrupted fetch would keep its tail past a shorter file.
+        guard FileManager.default.createFile(atPath: temporary, contents: nil),
+            let handle = FileHandle(forWritingAtPath: temporary)
+        else {
             throw SwitchoverControlError("cannot write \(temporary)")
         }
         let crc = Mutex<(crc: UInt32, size: Int, failure: String?)>((0, 0, nil))
@@ -361,11 +364,6 @@ public enum SwitchoverControlClient {
             throw SwitchoverControlError("cannot rename \(temporary) to \(path): \(String(cString: strerror(errno)))")
         }
         return true
-    }
-
-    private static func createFile(_ path: String) -> FileHandle? {
-        guard FileManager.default.createFile(atPath: path, contents: nil) else { return nil }
-        return FileHandle(forWritingAtPath: path)
     }
 
     /// One request; every line before the final one goes to `received`.
