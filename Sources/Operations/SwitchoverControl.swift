@@ -118,7 +118,13 @@ enum ControlLines {
 
 public struct SwitchoverControlError: Error, CustomStringConvertible, Sendable {
     public let description: String
-    public init(_ description: String) { self.description = description }
+    /// A WAL file arrived, but not as the peer sent it (size or CRC-32C differ): not a file to hand PostgreSQL, nor one
+    /// that is merely missing.
+    public let damaged: Bool
+    public init(_ description: String, damaged: Bool = false) {
+        self.description = description
+        self.damaged = damaged
+    }
 }
 
 /// The decisions of the control endpoint, from facts alone: who may ask, and whether now.
@@ -356,8 +362,8 @@ public enum SwitchoverControlClient {
         guard received.failure == nil, answer.walSize == received.size, answer.walCRC32C == received.crc else {
             unlink(temporary)
             throw SwitchoverControlError(
-                "\(name) from the peer arrived damaged: \(received.failure ?? "\(received.size) bytes with CRC-32C \(received.crc), the peer sent \(answer.walSize.map(String.init) ?? "?") with \(answer.walCRC32C.map(String.init) ?? "?")")"
-            )
+                "\(name) from the peer arrived damaged: \(received.failure ?? "\(received.size) bytes with CRC-32C \(received.crc), the peer sent \(answer.walSize.map(String.init) ?? "?") with \(answer.walCRC32C.map(String.init) ?? "?")")",
+                damaged: true)
         }
         guard rename(temporary, path) == 0 else {
             unlink(temporary)

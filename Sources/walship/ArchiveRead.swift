@@ -53,31 +53,62 @@ struct ArchiveReadOptions: ParsableArguments {
     /// The store, the archive's layout and the keyring; the caller shuts the client down.
     func open() throws -> (client: S3Client, layout: ArchiveConfiguration, keyring: Keyring?) {
         guard let archive, let archiveEndpoint else { throw ValidationError("no --archive") }
-        let environment = ProcessInfo.processInfo.environment
-        do {
-            let layout = try ArchiveConfiguration(url: archive)
-            let credentials: AWSCredentials
-            if let archiveCredentials {
-                credentials = try AWSCredentials.load(file: archiveCredentials)
-            } else if let fromEnvironment = AWSCredentials.fromEnvironment(environment) {
-                credentials = fromEnvironment
-            } else {
-                throw S3ConfigurationError(
-                    "--archive has no credentials",
-                    hint: "give --archive-credentials FILE, or set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY")
-            }
-            let keyring = try encryptionKeyring.map { path in
-                do { return try Keyring.load(path: path) } catch { throw ValidationError("--encryption-keyring: \(error)") }
-            }
-            let region = archiveRegion ?? environment["AWS_REGION"].flatMap { $0.isEmpty ? nil : $0 } ?? "us-east-1"
-            let client = try S3Client(
-                .init(
-                    endpoint: try S3Endpoint(parsing: archiveEndpoint), bucket: layout.bucket, region: region,
-                    credentials: credentials, caFile: archiveCa))
-            return (client, layout, keyring)
-        } catch let error as S3ConfigurationError {
-            throw ValidationError(error.description)
+        // The keyring first: a client made is a client to shut down.
+        let keyring = try encryptionKeyring.map(loadKeyring)
+        let (client, layout) = try archiveStore(
+            url: archive, endpoint: archiveEndpoint, region: archiveRegion, credentialsFile: archiveCredentials,
+            caFile: archiveCa)
+        return (client, layout, keyring)
+    }
+}
+
+/// The object store an `--archive s3://BUCKET/PREFIX` and its settings name (`walship receive` writes it, `restore-wal`
+/// and `backups` read it). Credentials come from `credentialsFile`, else the environment, never the command line.
+func archiveStore(
+    url: String, endpoint: String, region: String?, credentialsFile: String?, caFile: String?
+) throws -> (client: S3Client, layout: ArchiveConfiguration) {
+    let environment = ProcessInfo.processInfo.environment
+    do {
+        let layout = try ArchiveConfiguration(url: url)
+        let credentials: AWSCredentials
+        if let credentialsFile {
+            credentials = try AWSCredentials.load(file: credentialsFile)
+        } else if let fromEnvironment = AWSCredentials.fromEnvironment(environment) {
+            credentials = fromEnvironment
+        } else {
+            throw S3ConfigurationError(
+                "--archive has no credentials",
+                hint: "give --archive-credentials FILE, or set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY")
         }
+        let region = region ?? environment["AWS_REGION"].flatMap { $0.isEmpty ? nil : $0 } ?? "us-east-1"
+        let client = try S3Client(
+            .init(
+                endpoint: try S3Endpoint(parsing: endpoint), bucket: layout.bucket, region: region,
+                credentials: credentials, caFile: caFile))
+        return (client, layout)
+    } catch let error as S3ConfigurationError {
+        throw ValidationError(error.description)
+    }
+}
+
+/// `--encryption-keyring FILE`, its problems said as that option's.
+func loadKeyring(_ path: String) throws -> Keyring {
+    do { return try Keyring.load(path: path) } catch { throw ValidationError("--encryption-keyring: \(error)") }
+}
+
+/// An archived object's bytes as the spool held them: opened with `keyring` when sealed (bound to the system and
+/// the object's path under the system), as they are when not.
+func openArchivedObject(_ bytes: Data, key: String, system: UInt64, path: String, keyring: Keyring?) throws -> Data {
+    guard let keyID = try? SealedObject.keyID(of: bytes) else { return bytes }
+    guard let keyring else {
+        throw ArchivedWAL.Damaged(
+            description:
+                "\(key) is encrypted (key \(keyID)) (hint: give --encryption-keyring with the keyring that holds that key)")
+    }
+    do {
+        return try SealedObject.open(bytes, binding: .init(system: system, name: path), keyring: keyring)
+    } catch {
+        throw ArchivedWAL.Damaged(description: "\(key) cannot be opened: \(error)")
     }
 }
 
@@ -98,20 +129,8 @@ struct ArchivedWAL {
         let path = "wal/" + name + (isHistory ? "" : ".lz4")
         let key = layout.objectKey(system: system, path: path)
         guard try await client.headObject(key: key) != nil else { return nil }
-        var bytes = try await client.getObject(key: key)
-        if let keyID = try? SealedObject.keyID(of: bytes) {
-            guard let keyring else {
-                throw Damaged(
-                    description:
-                        "\(key) is encrypted (key \(keyID)) (hint: give --encryption-keyring with the keyring that holds that key)"
-                )
-            }
-            do {
-                bytes = try SealedObject.open(bytes, binding: .init(system: system, name: path), keyring: keyring)
-            } catch {
-                throw Damaged(description: "\(key) cannot be opened: \(error)")
-            }
-        }
+        let bytes = try openArchivedObject(
+            try await client.getObject(key: key), key: key, system: system, path: path, keyring: keyring)
         if isHistory { return bytes }
         let segment: [UInt8]
         do {

@@ -211,16 +211,9 @@ struct Backups: AsyncParsableCommand {
                 guard let match = rest.wholeMatch(of: /([0-9]+)\/(base\/[^\/]+\/backup\.json)/),
                     let id = UInt64(match.output.1)
                 else { continue }
-                var bytes = try await client.getObject(key: object.key)
-                if let keyID = try? SealedObject.keyID(of: bytes) {
-                    guard let keyring else {
-                        throw ValidationError(
-                            "\(object.key) is encrypted (key \(keyID)) (hint: give --encryption-keyring with the keyring that holds that key)"
-                        )
-                    }
-                    bytes = try SealedObject.open(
-                        bytes, binding: .init(system: id, name: String(match.output.2)), keyring: keyring)
-                }
+                let bytes = try openArchivedObject(
+                    try await client.getObject(key: object.key), key: object.key, system: id,
+                    path: String(match.output.2), keyring: keyring)
                 found.append(try BackupCatalog.decodeRecord(bytes, origin: object.key))
             }
             outcome = .success(found.sorted { ($0.systemIdentifier, $0.id) < ($1.systemIdentifier, $1.id) })

@@ -300,21 +300,15 @@ struct Receive: AsyncParsableCommand {
         }
         guard let reader = try SpoolReader.openIfPresent(root: root, system: system), let file = try reader.contents(of: name)
         else { return SwitchoverControlAnswer(missing: true) }
-        let temporary = NSTemporaryDirectory() + "walship-control-\(UUID().uuidString)"
-        defer { unlink(temporary) }
-        try file.write(to: temporary, exclusive: true, mode: 0o600)
-        guard let handle = FileHandle(forReadingAtPath: temporary) else {
-            throw ValidationError("cannot read back \(temporary)")
-        }
-        defer { try? handle.close() }
+        // The file as restore-wal would write it, zeros after an in-progress segment's WAL included.
+        let contents = file.contents
         var crc: UInt32 = 0
-        var size = 0
-        while let piece = try handle.read(upToCount: 1 << 20), !piece.isEmpty {
+        for start in stride(from: 0, to: contents.count, by: 1 << 20) {
+            let piece = contents[start..<min(start + (1 << 20), contents.count)]
             crc = piece.withUnsafeBytes { CRC32C.update(crc, $0) }
-            size += piece.count
-            emit(SwitchoverControlAnswer(data: piece.base64EncodedString()))
+            emit(SwitchoverControlAnswer(data: Data(piece).base64EncodedString()))
         }
-        return SwitchoverControlAnswer(walSize: size, walCRC32C: crc)
+        return SwitchoverControlAnswer(walSize: contents.count, walCRC32C: crc)
     }
 
     func allowedSources() throws -> [String: UInt64] {
@@ -365,49 +359,30 @@ struct Receive: AsyncParsableCommand {
     /// never from the command line, and are never logged.
     func makeArchiver(spoolRoot: String, logger: Logger) throws -> Archiver? {
         guard let archive, let archiveEndpoint else { return nil }
-        let environment = ProcessInfo.processInfo.environment
-        do {
-            var configuration = try ArchiveConfiguration(url: archive)
-            if let archivePartSize { configuration.partSize = Int(archivePartSize.bytes) }
-            if let encryptionKeyring {
-                do {
-                    configuration.keyring = try Keyring.load(path: encryptionKeyring)
-                } catch {
-                    throw ValidationError("--encryption-keyring: \(error)")
-                }
-                logger.info(
-                    "the archive is encrypted client-side",
-                    metadata: ["walship.keyring": "\(encryptionKeyring)", "walship.key": "\(configuration.keyring!.currentID)"])
-            } else {
-                logger.warning(
-                    "the archive is not encrypted: the object store can read the WAL and backups (give --encryption-keyring; docs/security.md)"
-                )
-            }
-            let endpoint = try S3Endpoint(parsing: archiveEndpoint)
-            if !endpoint.isTLS {
-                logger.warning(
-                    "the archive's endpoint is plain http: WAL and credentials' signatures cross the network unencrypted (use https outside tests)",
-                    metadata: ["walship.endpoint": "\(endpoint.description)"])
-            }
-            let credentials: AWSCredentials
-            if let archiveCredentials {
-                credentials = try AWSCredentials.load(file: archiveCredentials)
-            } else if let fromEnvironment = AWSCredentials.fromEnvironment(environment) {
-                credentials = fromEnvironment
-            } else {
-                throw S3ConfigurationError(
-                    "--archive has no credentials",
-                    hint: "give --archive-credentials FILE, or set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY")
-            }
-            let region = archiveRegion ?? environment["AWS_REGION"].flatMap { $0.isEmpty ? nil : $0 } ?? "us-east-1"
-            let client = try S3Client(
-                .init(
-                    endpoint: endpoint, bucket: configuration.bucket, region: region, credentials: credentials,
-                    caFile: archiveCa))
-            return Archiver(configuration: configuration, client: client, spoolRoot: spoolRoot, logger: logger)
-        } catch let error as S3ConfigurationError {
-            throw ValidationError(error.description)
+        // The keyring first: a client made is a client to shut down.
+        let keyring = try encryptionKeyring.map(loadKeyring)
+        let (client, layout) = try archiveStore(
+            url: archive, endpoint: archiveEndpoint, region: archiveRegion, credentialsFile: archiveCredentials,
+            caFile: archiveCa)
+        var configuration = layout
+        if let archivePartSize { configuration.partSize = Int(archivePartSize.bytes) }
+        if let encryptionKeyring, let keyring {
+            configuration.keyring = keyring
+            logger.info(
+                "the archive is encrypted client-side",
+                metadata: ["walship.keyring": "\(encryptionKeyring)", "walship.key": "\(configuration.keyring!.currentID)"])
+        } else {
+            logger.warning(
+                "the archive is not encrypted: the object store can read the WAL and backups (give --encryption-keyring; docs/security.md)"
+            )
         }
+        let endpoint = try S3Endpoint(parsing: archiveEndpoint)
+        if !endpoint.isTLS {
+            logger.warning(
+                "the archive's endpoint is plain http: WAL and credentials' signatures cross the network unencrypted (use https outside tests)",
+                metadata: ["walship.endpoint": "\(endpoint.description)"])
+        }
+        return Archiver(configuration: configuration, client: client, spoolRoot: spoolRoot, logger: logger)
     }
 
     func validateAlerts() throws {

@@ -96,7 +96,11 @@ struct RestoreWAL: AsyncParsableCommand {
         if timeline(ofHistoryFileName: fileName) == nil, file.isHeld(by: held.isEmpty ? fileName : held + "/" + fileName) {
             throw ExitCode(1)
         }
-        // Written beside the destination and renamed, so PostgreSQL never sees a half-written file.
+        try place(file)
+    }
+
+    /// Writes `file` beside the destination and renames it, so PostgreSQL never sees a half-written file.
+    func place(_ file: ServedFile) throws {
         let temporary = destination + ".walship-partial"
         do {
             try file.write(to: temporary)
@@ -131,18 +135,7 @@ struct RestoreWAL: AsyncParsableCommand {
         case .success(nil):
             throw ExitCode(1)
         case .success(let bytes?):
-            // Written beside the destination and renamed, only once whole and verified.
-            let temporary = destination + ".walship-partial"
-            do {
-                try bytes.write(to: URL(fileURLWithPath: temporary))
-                guard rename(temporary, destination) == 0 else {
-                    throw CocoaError(.fileWriteUnknown, userInfo: [NSFilePathErrorKey: destination])
-                }
-            } catch {
-                unlink(temporary)
-                writeDiagnostic(Data("walship restore-wal: error: cannot write \(destination): \(error)\n".utf8))
-                throw ExitCode(126)
-            }
+            try place(ServedFile(whole: [UInt8](bytes)))
         case .failure(let error as ArchivedWAL.Damaged):
             writeDiagnostic(Data("walship restore-wal: error: \(error)\n".utf8))
             throw ExitCode(126)
@@ -166,7 +159,7 @@ struct RestoreWAL: AsyncParsableCommand {
             return fetched
         } catch let exit as ExitCode {
             throw exit
-        } catch let error as SwitchoverControlError where error.description.contains("arrived damaged") {
+        } catch let error as SwitchoverControlError where error.damaged {
             writeDiagnostic(Data("walship restore-wal: error: \(error)\n".utf8))
             throw ExitCode(126)
         } catch {
