@@ -83,7 +83,10 @@ struct SwitchoverTests {
         // A debug build's receiver takes seconds to complete the segment a clean stop switches away from (archive_mode
         // on); the link must outlast that, or the primary's walsender gives up before the shutdown checkpoint's ack.
         try topology.startReceiver(linkTimeout: 30)
-        try topology.startSender(extra: ["--sync", "--application-name", "site_a", "--standby-wait", "--link-timeout", "30"])
+        // Each site's sender reads WAL of timelines its server has left from its site's spool (--site-spool).
+        try topology.startSender(extra: [
+            "--sync", "--application-name", "site_a", "--standby-wait", "--link-timeout", "30", "--site-spool", spoolA,
+        ])
         try topology.primary.sql("CREATE TABLE acknowledged (id int PRIMARY KEY)")
         try topology.primary.pgbench(["-i", "-s", "2", "-q"])
         try topology.takeBackup()
@@ -106,7 +109,8 @@ struct SwitchoverTests {
             [
                 "send", "--source", standbyB.conninfo, "--to", "127.0.0.1:\(receiverAPort)", "--slot", "site_b",
                 "--create-slot", "--standby-wait", "--sync", "--application-name", "site_b", "--status-listen",
-                "127.0.0.1:\(senderBStatus)", "--link-timeout", "30", "--retry-max-seconds", "2",
+                "127.0.0.1:\(senderBStatus)", "--link-timeout", "30", "--retry-max-seconds", "2", "--site-spool",
+                topology.spool,
             ] + site("b"))
         try waitUntil("site B's sender to wait for its server's promotion", timeout: 30) {
             let state = (try? fetchStatus(port: senderBStatus))?["state"] as? String
@@ -309,6 +313,27 @@ struct SwitchoverTests {
         try waitUntil("the old primary to replay site B's writes through site A's receiver", timeout: 120) {
             let replayed = (try? primaryA.sql("SELECT pg_last_wal_replay_lsn()")) ?? ""
             return ((lsn(replayed) ?? 0) >= endB, replayed)
+        }
+
+        // Meanwhile the old primary's restartpoints recycle the start of timeline 2 in its pg_wal: switching back, its
+        // sender must ship timeline 2 to site B from site A's spool, which holds all of it.
+        try standbyB.sql("CREATE TABLE filler AS SELECT g FROM generate_series(1, 1000) g")
+        for _ in 0..<2 {
+            try standbyB.sql("INSERT INTO filler SELECT g FROM generate_series(1, 1000) g")
+            try standbyB.sql("SELECT pg_switch_wal()")
+        }
+        try standbyB.sql("CHECKPOINT")
+        let checkpointedB = try #require(lsn(try standbyB.sql("SELECT pg_current_wal_lsn()")))
+        try waitUntil("the old primary to replay site B's checkpoint", timeout: 120) {
+            let replayed = (try? primaryA.sql("SELECT pg_last_wal_replay_lsn()")) ?? ""
+            return ((lsn(replayed) ?? 0) >= checkpointedB, replayed)
+        }
+        try primaryA.sql("CHECKPOINT")
+        let forkLSN = try #require(lsn(checkpointA))
+        let forkSegment = String(format: "00000002%08X%08X", UInt32(forkLSN >> 32), UInt32((forkLSN & 0xFFFF_FFFF) >> 24))
+        try waitUntil("site A's restartpoint to recycle \(forkSegment)", timeout: 60) {
+            let names = try primaryA.sql("SELECT name FROM pg_ls_waldir() ORDER BY name")
+            return (!names.contains(forkSegment), names)
         }
 
         // B → A: the same two commands the other way round.

@@ -45,6 +45,9 @@ public struct SenderConfiguration: Sendable {
     public var drainTimeout: Duration = .seconds(5)
     /// Beside a standby, wait until it is promoted instead of streaming from it (a site that runs both ends).
     public var standbyWait = false
+    /// The spool of this site's own `walship receive` (read only): WAL of a timeline the primary has left is
+    /// shipped from there, where it is kept whole, rather than from pg_wal, which recycles it.
+    public var siteSpool: String?
 
     public init(
         source: Conninfo, receiverHost: String, receiverPort: Int, slot: String, createSlot: Bool,
@@ -731,9 +734,15 @@ public final class Sender: Service {
             if timeline < identity.timeline, let end = timelineEnd(of: timeline, history: history, current: identity.timeline) {
                 timelineEnds = TimelineEnded(timeline: timeline, next: end.next, at: end.switchPoint)
             }
-            let replay = try bufferedWAL(
-                from: start, system: identity.systemIdentifier, segmentSize: identity.segmentSize,
-                timeline: timeline, endingAt: timelineEnds?.at)
+            let replay =
+                try bufferedWAL(
+                    from: start, system: identity.systemIdentifier, segmentSize: identity.segmentSize,
+                    timeline: timeline, endingAt: timelineEnds?.at)
+                ?? timelineEnds.flatMap { ended in
+                    siteSpoolWAL(
+                        from: start, system: identity.systemIdentifier, segmentSize: identity.segmentSize,
+                        timeline: timeline, endingAt: ended.at)
+                }
             let endsAfterReplay = replay.flatMap { replay in timelineEnds.flatMap { replay.range.upperBound >= $0.at ? $0 : nil }
             }
             clearProblem(
@@ -778,7 +787,38 @@ public final class Sender: Service {
             metadata: [
                 "walship.from": "\(start)", "walship.to": "\(end)", "walship.bytes": "\(end.bytesAfter(start))",
             ])
-        return BufferedWAL(spool: try buffer.open(system: system, segmentSize: segmentSize), range: start..<end)
+        let spool = try buffer.open(system: system, segmentSize: segmentSize)
+        return BufferedWAL(
+            walDirectory: spool.walDirectory, segmentSize: segmentSize, range: start..<end, source: "the local buffer")
+    }
+
+    /// WAL of `timeline`, which the primary left at `timelineEnd`, that this site's spool holds from `start` on
+    /// (`--site-spool`), or nil. A site that ran as the standby's for a while received there everything the other
+    /// site's primary wrote; its own server, a standby meanwhile, recycled that WAL at its restartpoints.
+    private func siteSpoolWAL(
+        from start: LSN, system: UInt64, segmentSize: WALSegmentSize, timeline: TimeLineID, endingAt timelineEnd: LSN
+    ) -> BufferedWAL? {
+        guard let root = config.siteSpool else { return nil }
+        do {
+            guard let reader = try SpoolReader.openIfPresent(root: root, system: system), reader.segmentSize == segmentSize,
+                let range = SiteSpoolCatchUp.range(
+                    from: start, held: try reader.heldWAL(timeline: timeline, from: start), timelineEnd: timelineEnd)
+            else { return nil }
+            logger.notice(
+                "shipping WAL of a finished timeline from this site's spool",
+                metadata: [
+                    "walship.site_spool": "\(root)", "walship.timeline": "\(timeline)", "walship.from": "\(range.lowerBound)",
+                    "walship.to": "\(range.upperBound)", "walship.bytes": "\(range.upperBound.bytesAfter(range.lowerBound))",
+                ])
+            return BufferedWAL(
+                walDirectory: reader.walDirectory, segmentSize: segmentSize, range: range, source: "this site's spool \(root)")
+        } catch {
+            // The primary may still have it: streaming from there is tried, and fails clearly if it does not.
+            logger.warning(
+                "cannot read this site's spool; the primary's pg_wal is asked instead",
+                metadata: ["walship.site_spool": "\(root)", "walship.error": "\(error)"])
+            return nil
+        }
     }
 
     /// A buffer left on an older timeline than the receiver's spool (or the timeline the link moves it to) can
@@ -954,11 +994,11 @@ public final class Sender: Service {
         _ replay: BufferedWAL, timeline: TimeLineID, machine: NIOLockedValueBox<SenderLinkStateMachine>,
         to outbound: NIOAsyncChannelOutboundWriter<ShipMessage>
     ) async throws {
-        let reader = WALRangeReader(spool: replay.spool)
+        let reader = WALRangeReader(walDirectory: replay.walDirectory, segmentSize: replay.segmentSize)
         var at = replay.range.lowerBound
         while at < replay.range.upperBound {
             let bytes = try reader.read(timeline: timeline, from: at, durableEnd: replay.range.upperBound, maxBytes: 128 * 1024)
-            guard !bytes.isEmpty else { throw LinkError("the local buffer has no WAL at \(at)") }
+            guard !bytes.isEmpty else { throw LinkError("\(replay.source) has no WAL at \(at)") }
             let (primaryEnd, primaryNow) = statusBox.withLock { (max($0.primaryLSN, replay.range.upperBound), $0.primaryNow) }
             let chunk = WALChunk(start: at, bytes: ByteBuffer(bytes: bytes), walEnd: primaryEnd, sendTime: primaryNow)
             try await outbound.write(.walData(frame(for: chunk, timeline: timeline, machine: machine, pool: nil)))
@@ -1312,9 +1352,25 @@ struct VerdictDelivery: Sendable {
 }
 
 /// WAL to send from the local buffer before the primary's stream.
+/// WAL the link ships from a spool-shaped directory before the primary's stream continues: the local buffer's, or
+/// this site's spool's.
 struct BufferedWAL {
-    let spool: SystemSpool
+    let walDirectory: String
+    let segmentSize: WALSegmentSize
     let range: Range<LSN>
+    /// Names the directory in errors.
+    let source: String
+}
+
+/// Which WAL of a timeline the primary has left is shipped from this site's spool.
+enum SiteSpoolCatchUp {
+    /// From `start` up to the timeline's end, or as far as the spool holds it without a gap when less (the primary
+    /// streams the rest); nil when the spool does not reach back to `start` or holds nothing after it.
+    static func range(from start: LSN, held: Range<LSN>?, timelineEnd: LSN) -> Range<LSN>? {
+        guard let held, held.lowerBound <= start else { return nil }
+        let end = min(held.upperBound, timelineEnd)
+        return end > start ? start..<end : nil
+    }
 }
 
 /// The primary ended the timeline we streamed (it, or an ancestor, was promoted away from it).

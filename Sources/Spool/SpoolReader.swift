@@ -93,6 +93,25 @@ public struct SpoolReader: Sendable {
 
     private func journalPath(_ segment: SegmentName) -> String { walDirectory + "/\(segment).partial" }
 
+    /// The WAL the spool holds without a gap on `timeline` from the segment containing `lsn` onwards: completed
+    /// segments, then at most one journal, where it ends. Nil when the spool lacks that first segment. Read by a
+    /// sender that ships a finished timeline from its own site's spool.
+    public func heldWAL(timeline: TimeLineID, from lsn: LSN) throws -> Range<LSN>? {
+        let first = SegmentName(timeline: timeline, containing: lsn, segmentSize: segmentSize)
+        var segment = first
+        var end = first.startLSN
+        while true {
+            if FileIO.exists(walDirectory + "/\(segment).lz4") {
+                end = segment.endLSN
+                segment = segment.next()
+                continue
+            }
+            if let wal = try journalWAL(of: segment) { end = LSN(segment.startLSN.rawValue + UInt64(wal.count)) }
+            break
+        }
+        return end > first.startLSN ? first.startLSN..<end : nil
+    }
+
     /// A segment whose WAL ends early: `wal` from its start, zeros after it, which is what PostgreSQL and
     /// pg_waldump read as a segment whose WAL ends there.
     public func segmentFile(_ wal: [UInt8]) -> ServedFile { ServedFile(bytes: wal, size: Int(segmentSize.bytes)) }

@@ -24,9 +24,14 @@ public final class WALRangeReader {
         case journal(JournalFollower)
     }
 
-    public init(spool: SystemSpool) {
-        walDirectory = spool.walDirectory
-        segmentSize = spool.segmentSize
+    public convenience init(spool: SystemSpool) {
+        self.init(walDirectory: spool.walDirectory, segmentSize: spool.segmentSize)
+    }
+
+    /// A reader of the `wal/` directory of a system's spool that this process does not own (it only reads).
+    public init(walDirectory: String, segmentSize: WALSegmentSize) {
+        self.walDirectory = walDirectory
+        self.segmentSize = segmentSize
     }
 
     public struct Missing: Error, CustomStringConvertible {

@@ -47,6 +47,12 @@ struct Send: AsyncParsableCommand {
 
     @Option(
         help: ArgumentHelp(
+            "The spool of this site's own walship receive, read only: WAL of a timeline the primary has left (written by the other site while it was the primary's) is shipped from there, not from pg_wal, which recycles it (docs/switchover.md).",
+            valueName: "dir"))
+    var siteSpool: String?
+
+    @Option(
+        help: ArgumentHelp(
             "Longest wait between reconnection attempts (the wait doubles from 1 s): whole seconds, or 30s, 2m.",
             valueName: "duration"))
     var retryMaxSeconds = TimeSpan(seconds: 30)
@@ -141,6 +147,7 @@ struct Send: AsyncParsableCommand {
         configuration.receiverLoss = try ReceiverLossPolicy(parsing: onReceiverLoss)
         configuration.bufferDirectory = bufferDir
         configuration.standbyWait = standbyWait
+        configuration.siteSpool = siteSpool
         configuration.compression = try compressionMode(compression)
         do {
             configuration.tls = try link.tlsFiles.map { ClientTLS(context: try $0.clientContext(), serverName: tlsServerName) }

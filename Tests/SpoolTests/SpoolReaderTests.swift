@@ -27,6 +27,28 @@ import WALTestSupport
         #expect(try reader.contents(of: "not-a-wal-file") == nil)
     }
 
+    @Test func heldWALRunsWithoutAGapFromTheSegmentAsked() throws {
+        let temp = TempSpool()
+        let (_, system) = try temp.open()
+        try append(
+            system, TestWAL.segment(1) + TestWAL.segment(2) + TestWAL.segment(3, count: 70_000),
+            at: size.startLSN(ofSegment: 1))
+        try system.sync()
+        let reader = try SpoolReader(root: temp.root, system: nil)
+        let inSecond = LSN(size.startLSN(ofSegment: 2).rawValue + 100)
+        let journalEnd = LSN(size.startLSN(ofSegment: 3).rawValue + 70_000)
+        #expect(try reader.heldWAL(timeline: 1, from: inSecond) == size.startLSN(ofSegment: 2)..<journalEnd)
+        #expect(try reader.heldWAL(timeline: 1, from: size.startLSN(ofSegment: 1)) == size.startLSN(ofSegment: 1)..<journalEnd)
+        #expect(try reader.heldWAL(timeline: 1, from: size.startLSN(ofSegment: 4)) == nil)
+        #expect(try reader.heldWAL(timeline: 2, from: inSecond) == nil)
+        // A gap ends the run: what lies after it is not reached without the missing segment.
+        try FileManager.default.removeItem(atPath: temp.walDirectory + "/000000010000000000000002.lz4")
+        #expect(
+            try reader.heldWAL(timeline: 1, from: size.startLSN(ofSegment: 1)) == size.startLSN(
+                ofSegment: 1)..<size.startLSN(ofSegment: 2))
+        #expect(try reader.heldWAL(timeline: 1, from: inSecond) == nil)
+    }
+
     @Test func oldTimelinesTailIsNeverServed() throws {
         let temp = TempSpool()
         let (_, system) = try temp.open()
