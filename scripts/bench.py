@@ -8,6 +8,7 @@ import json
 import os
 import platform
 import pwd
+import resource
 import shutil
 import signal
 import socket
@@ -52,6 +53,11 @@ KEEP = bool(os.environ.get("BENCH_KEEP"))
 # reports written to this directory; no table.
 PERF_DIR = os.environ.get("BENCH_PERF")
 RESULTS_DIR = os.environ.get("BENCH_RESULTS_DIR", os.path.join(REPO, "bench/results"))
+# The archive section (object store, scripts/s3-server.sh): the backlog each tool uploads, how many segments each
+# restores one restore_command call at a time, and whether to run only this section (BENCH_ONLY=archive).
+ARCHIVE_WAL_MB = knob("BENCH_ARCHIVE_WAL_MB", 256)
+ARCHIVE_GET_SEGMENTS = knob("BENCH_ARCHIVE_GET_SEGMENTS", 16)
+ONLY = os.environ.get("BENCH_ONLY", "")
 
 AS_ROOT = os.geteuid() == 0
 # PostgreSQL refuses to run as root; setpriv execs (no fork), so the child's PID is the program's own.
@@ -88,6 +94,7 @@ def cleanup():
     for pgdata in clusters:
         stop_cluster(pgdata)
     clusters.clear()
+    stop_stores()
     if workdir and not KEEP:
         shutil.rmtree(workdir, ignore_errors=True)
 
@@ -348,11 +355,12 @@ class Walship:
         return ["--tls-cert", f"{self.certs}/{end}.crt", "--tls-key", f"{self.certs}/{end}.key",
                 "--tls-ca", f"{self.certs}/ca.crt"]
 
-    def start_receiver(self, spool, port, status_port, insecure=False, standby_port=None, tag="receiver"):
+    def start_receiver(self, spool, port, status_port, insecure=False, standby_port=None, tag="receiver", extra=()):
         argv = AS_POSTGRES + [self.binary, "receive", "--listen", f"127.0.0.1:{port}", "--spool", spool,
                               "--status-listen", f"127.0.0.1:{status_port}"] + self.tls("receiver", insecure)
         if standby_port:
             argv += ["--standby-listen", f"127.0.0.1:{standby_port}", "--standby-trust"]
+        argv += list(extra)
         self.receiver = spawn(argv, tag + ".log")
         self.receiver_status = status_port
         wait_for("the receiver's status endpoint", lambda: status(status_port), 30, alive=[self.receiver])
@@ -829,6 +837,11 @@ def main():
     sql(primary_port, "CREATE TABLE bench_probe (id bigint PRIMARY KEY, at timestamptz DEFAULT clock_timestamp())",
         "bench")
 
+    if ONLY == "archive":
+        results["archive"] = archive_section(walship, binary, primary, primary_port)
+        finish(results, begun)
+        return
+
     # 1. Catch-up, loopback: each contender ships the identical backlog through a slot of its own per round.
     contenders = {
         "walship_tls": ("walship, TLS", lambda slot: catchup_walship(walship, primary_port, slot, start, end, insecure=False)),
@@ -879,6 +892,9 @@ def main():
     log("WAN catch-up: pg_receivewal --compress=lz4 --no-sync")
     results["wan"]["catchup_receivewal"] = catchup_receivewal(primary_port, "receivewal_wan", start, end,
                                                              durable=False, wan=True)
+
+    # 5. The archive tier, here while the primary has no standbys: its own backlog, store and receivers.
+    results["archive"] = archive_section(walship, binary, primary, primary_port)
 
     # 2-4. Streaming: a native standby and a walship chain with its DR standby, side by side.
     standby_port, native_port, dr_port = free_port(), free_port(), free_port()
@@ -998,8 +1014,11 @@ def main():
     results["promote"]["walship_external_first_write_seconds"] = outside.get("seconds")
     usage_plain = walship.stop()
     results["streaming_rss"]["plaintext"] = usage_plain
-    results["total_seconds"] = time.monotonic() - begun
+    finish(results, begun)
 
+
+def finish(results, begun):
+    results["total_seconds"] = time.monotonic() - begun
     rows = verdicts(results)
     results["table"] = rows
     print_table(rows)
@@ -1011,14 +1030,236 @@ def standbys_connected(receiver_status):
     return any(s.get("connected") for system in document.get("systems", []) for s in system.get("standbys", []))
 
 
+# ---------------------------------------------------------------- 5. the archive tier
+
+stores = []            # object store directories started, stopped at exit
+
+
+def start_store():
+    directory = os.path.join(workdir, "s3")
+    output = subprocess.run([os.path.join(REPO, "scripts/s3-server.sh"), "start", directory], capture_output=True,
+                            text=True, check=True).stdout
+    stores.append(directory)
+    return dict(line.split("=", 1) for line in output.splitlines() if "=" in line)
+
+
+def stop_stores():
+    for directory in stores:
+        subprocess.run([os.path.join(REPO, "scripts/s3-server.sh"), "stop", directory], capture_output=True)
+    stores.clear()
+
+
+def children_cpu():
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def segment_names(start, end):
+    """Timeline 1's segments wholly inside [start, end)."""
+    return [f"00000001{n >> 8:08X}{n & 0xFF:08X}" for n in range(start // (16 * MiB), end // (16 * MiB))]
+
+
+def pgbackrest_config(store, primary, primary_port):
+    """A stanza on the store's TLS endpoint, encrypted and LZ4-compressed as walship's archive is."""
+    endpoint = store["S3_TLS_ENDPOINT"].removeprefix("https://")
+    # pgBackRest matches the certificate's DNS names only, not its IP address.
+    host, port = "localhost", endpoint.rsplit(":", 1)[1]
+    path = os.path.join(workdir, "pgbackrest.conf")
+    for directory in ("pgbackrest-log", "pgbackrest-lock", "pgbackrest-spool"):
+        os.makedirs(os.path.join(workdir, directory), exist_ok=True)
+        chown_to_postgres(os.path.join(workdir, directory))
+    with open(path, "w") as f:
+        f.write(f"""[global]
+repo1-type=s3
+repo1-path=/pgbackrest-bench
+repo1-s3-bucket={store["S3_BUCKET"]}
+repo1-s3-endpoint={host}
+repo1-storage-port={port}
+repo1-storage-ca-file={store["S3_CA_FILE"]}
+repo1-s3-uri-style=path
+repo1-s3-region={store["AWS_REGION"]}
+repo1-s3-key={store["AWS_ACCESS_KEY_ID"]}
+repo1-s3-key-secret={store["AWS_SECRET_ACCESS_KEY"]}
+repo1-cipher-type=aes-256-cbc
+repo1-cipher-pass=walship-bench-cipher-passphrase
+compress-type=lz4
+log-path={workdir}/pgbackrest-log
+lock-path={workdir}/pgbackrest-lock
+spool-path={workdir}/pgbackrest-spool
+log-level-console=warn
+log-level-file=off
+start-fast=y
+
+[bench]
+pg1-path={primary}
+pg1-port={primary_port}
+pg1-socket-path={workdir}
+pg1-user=postgres
+""")
+    os.chmod(path, 0o644)
+    return AS_POSTGRES + ["pgbackrest", f"--config={path}", "--stanza=bench"]
+
+
+def timed_commands(commands):
+    """Runs the commands one after another (as PostgreSQL runs archive_command and restore_command): wall seconds
+    and the CPU seconds of the commands and their children."""
+    cpu, started = children_cpu(), time.monotonic()
+    for argv, env in commands:
+        subprocess.run(argv, check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    return time.monotonic() - started, children_cpu() - cpu
+
+
+def archive_section(walship, binary, primary, primary_port):
+    """Uploads the same WAL backlog with walship receive --archive and with pgbackrest archive-push to the same
+    store (over TLS, both encrypting), reads segments back one call at a time with walship restore-wal and
+    pgbackrest archive-get, and compares synchronous commits with the store up and down."""
+    result = {}
+    log("archive: starting the object store (scripts/s3-server.sh)")
+    store = start_store()
+    env = dict(os.environ, AWS_ACCESS_KEY_ID=store["AWS_ACCESS_KEY_ID"],
+               AWS_SECRET_ACCESS_KEY=store["AWS_SECRET_ACCESS_KEY"], AWS_REGION=store["AWS_REGION"])
+    credentials = os.path.join(workdir, "s3-credentials")
+    with open(credentials, "w") as f:
+        f.write(f"[default]\naws_access_key_id = {store['AWS_ACCESS_KEY_ID']}\n"
+                f"aws_secret_access_key = {store['AWS_SECRET_ACCESS_KEY']}\n")
+    os.chmod(credentials, 0o600)
+    chown_to_postgres(credentials)
+    keyring = os.path.join(workdir, "archive-keyring.json")
+    run([binary, "keys", "init", keyring], stdout=subprocess.DEVNULL)
+    chown_to_postgres(keyring)
+    os.chmod(store["S3_CA_FILE"], 0o644)
+    archive = ["--archive", f"s3://{store['S3_BUCKET']}/walship-bench", "--archive-endpoint", store["S3_TLS_ENDPOINT"],
+               "--archive-ca", store["S3_CA_FILE"], "--archive-credentials", credentials, "--encryption-keyring", keyring]
+
+    start, end = generate_backlog(primary_port, ["archive_walship", "archive_pgbackrest"], ARCHIVE_WAL_MB)
+    segments = segment_names(start, end)
+    wal = len(segments) * 16 * MiB
+    result["segments"] = len(segments)
+
+    # walship: the backlog shipped into a spool first (the link compresses it), then a receiver with --archive
+    # started on it uploads every completed segment; timed from its start until the status shows none waiting.
+    spool = os.path.join(workdir, "spool-archive")
+    os.makedirs(spool)
+    chown_to_postgres(spool)
+    receiver_port, receiver_status, sender_status = free_port(), free_port(), free_port()
+    walship.start_receiver(spool, receiver_port, receiver_status, tag="receiver-archive-fill")
+    walship.start_sender(primary_port, receiver_port, "archive_walship", sender_status, tag="sender-archive-fill")
+    wait_for("the archive backlog in the spool", lambda: walship.durable_lsn() >= end, 1800,
+             alive=[walship.sender, walship.receiver])
+    walship.stop()
+    sql(primary_port, "SELECT pg_drop_replication_slot('archive_walship')")
+    log(f"archive: walship receive --archive uploads {len(segments)} segments")
+    started = time.monotonic()
+    walship.start_receiver(spool, receiver_port, receiver_status, tag="receiver-archive", extra=archive)
+
+    def uploaded():
+        systems = (status(receiver_status) or {}).get("systems") or [{}]
+        state = systems[0].get("archive") or {}
+        return state.get("archivedObjects", 0) >= len(segments) and state.get("lagSegments") == 0
+    wait_for("walship's archive to catch up", uploaded, 1800, interval=0.05, alive=[walship.receiver])
+    elapsed = time.monotonic() - started
+    cpu = proc_sample(walship.receiver.pid)["cpu_seconds"]
+    walship.stop()
+    result["walship_push"] = {"seconds": elapsed, "cpu_seconds": cpu, "mb_per_s": wal / MiB / elapsed,
+                              "cpu_seconds_per_gb": cpu / (wal / 1024 ** 3)}
+    log(f"  walship: {result['walship_push']}")
+
+    # pgBackRest: archive-push per segment, as its archive_command does, from the primary's pg_wal.
+    pgbackrest = pgbackrest_config(store, primary, primary_port)
+    run(pgbackrest + ["stanza-create"], stdout=subprocess.DEVNULL)
+    log(f"archive: pgbackrest archive-push of the same {len(segments)} segments")
+    seconds, cpu = timed_commands([(pgbackrest + ["archive-push", os.path.join(primary, "pg_wal", name)], None)
+                                   for name in segments])
+    sql(primary_port, "SELECT pg_drop_replication_slot('archive_pgbackrest')")
+    result["pgbackrest_push"] = {"seconds": seconds, "cpu_seconds": cpu, "mb_per_s": wal / MiB / seconds,
+                                 "cpu_seconds_per_gb": cpu / (wal / 1024 ** 3)}
+    log(f"  pgbackrest: {result['pgbackrest_push']}")
+
+    # Reading back: one restore_command call per segment, from the archive alone.
+    restored = os.path.join(workdir, "restored")
+    os.makedirs(restored)
+    chown_to_postgres(restored)
+    system = sql(primary_port, "SELECT system_identifier FROM pg_control_system()")
+    wanted = segments[:ARCHIVE_GET_SEGMENTS]
+    read_wal = len(wanted) * 16 * MiB
+    log(f"archive: {len(wanted)} segments read back one call at a time")
+    seconds, cpu = timed_commands([(AS_POSTGRES + [binary, "restore-wal", "--system", system] + archive
+                                    + [name, os.path.join(restored, "w-" + name)], None) for name in wanted])
+    result["walship_get"] = {"seconds": seconds, "cpu_seconds": cpu, "mb_per_s": read_wal / MiB / seconds,
+                             "cpu_seconds_per_gb": cpu / (read_wal / 1024 ** 3)}
+    seconds, cpu = timed_commands([(pgbackrest + ["archive-get", name, os.path.join(restored, "p-" + name)], None)
+                                   for name in wanted])
+    result["pgbackrest_get"] = {"seconds": seconds, "cpu_seconds": cpu, "mb_per_s": read_wal / MiB / seconds,
+                                "cpu_seconds_per_gb": cpu / (read_wal / 1024 ** 3)}
+    for name in wanted:
+        with open(os.path.join(restored, "w-" + name), "rb") as a, open(os.path.join(restored, "p-" + name), "rb") as b:
+            if a.read() != b.read():
+                raise RuntimeError(f"{name}: walship restore-wal and pgbackrest archive-get returned different bytes")
+    shutil.rmtree(restored, ignore_errors=True)
+    log(f"  walship restore-wal: {result['walship_get']}; pgbackrest archive-get: {result['pgbackrest_get']}")
+
+    # Synchronous commits with the archiving receiver, the store up and then stopped: uploads never sit on the
+    # commit path, so the store's outage must not slow commits.
+    set_sync_standby(primary_port, "")
+    spool_sync = os.path.join(workdir, "spool-archive-sync")
+    os.makedirs(spool_sync)
+    chown_to_postgres(spool_sync)
+    walship.start_receiver(spool_sync, receiver_port, receiver_status, tag="receiver-archive-sync", extra=archive)
+    walship.start_sender(primary_port, receiver_port, "archive_sync", sender_status, sync=True,
+                         tag="sender-archive-sync")
+    set_sync_standby(primary_port, "walship_bench")
+    sync = {"up": [], "down": []}
+    for phase in ("up", "down"):
+        if phase == "down":
+            stop_stores()
+        for i in range(SYNC_ROUNDS):
+            sync[phase].append(pgbench_tps(primary_port, SYNC_SECONDS, f"archive-{phase}", 1))
+    set_sync_standby(primary_port, "")
+    walship.stop()
+    sql(primary_port, "SELECT pg_drop_replication_slot('archive_sync')")
+    result["sync_tps"] = {phase: {"tps": statistics.median(v), "rounds": v} for phase, v in sync.items()}
+    log(f"  sync TPS with the store up / down: {result['sync_tps']}")
+    for directory in (spool, spool_sync):
+        shutil.rmtree(directory, ignore_errors=True)
+    return result
+
+
 # ---------------------------------------------------------------- the table
 
 def verdicts(r):
-    c, rows = r["catchup"], []
+    rows = []
 
     def row(metric, walship, baseline, ratio, target, met, unit=""):
         rows.append({"metric": metric, "walship": walship, "baseline": baseline, "ratio": ratio,
                      "target": target, "met": met, "unit": unit})
+
+    if r.get("catchup"):
+        streaming_verdicts(r, row)
+    if r.get("archive"):
+        archive_verdicts(r["archive"], row)
+    return rows
+
+
+def archive_verdicts(a, row):
+    w, p = a["walship_push"], a["pgbackrest_push"]
+    ratio = w["mb_per_s"] / p["mb_per_s"]
+    row("archive upload MB/s, encrypted, TLS: walship receive --archive vs pgbackrest archive-push", w["mb_per_s"],
+        p["mb_per_s"], ratio, "≥ 1.0×", ratio >= 1.0)
+    ratio = w["cpu_seconds_per_gb"] / p["cpu_seconds_per_gb"]
+    row("archive upload CPU s/GB (walship: the spool's LZ4 frames, compressed on the link)", w["cpu_seconds_per_gb"],
+        p["cpu_seconds_per_gb"], ratio, "≤ 1.0×", ratio <= 1.0)
+    w, p = a["walship_get"], a["pgbackrest_get"]
+    row("restore_command MB/s, one call per segment: walship restore-wal vs pgbackrest archive-get", w["mb_per_s"],
+        p["mb_per_s"], w["mb_per_s"] / p["mb_per_s"], "(info)", None)
+    row("restore_command CPU s/GB: walship restore-wal vs pgbackrest archive-get", w["cpu_seconds_per_gb"],
+        p["cpu_seconds_per_gb"], w["cpu_seconds_per_gb"] / p["cpu_seconds_per_gb"], "(info)", None)
+    up, down = a["sync_tps"]["up"]["tps"], a["sync_tps"]["down"]["tps"]
+    row("sync TPS, 1 client, archiving receiver: the store stopped vs running", down, up, down / up, "≥ 0.95×",
+        down / up >= 0.95)
+
+
+def streaming_verdicts(r, row):
+    c = r["catchup"]
 
     bar = c["receivewal_nosync"]
     for name, label in (("walship_tls", "TLS"), ("walship_plain", "plaintext")):
@@ -1082,7 +1323,6 @@ def verdicts(r):
         rto / p["native_seconds"], "≤ 3 s", rto <= 3)
     row("  promote, measured outside: start → first accepted write", p["walship_external_first_write_seconds"],
         p["native_seconds"], p["walship_external_first_write_seconds"] / p["native_seconds"], "(info)", None)
-    return rows
 
 
 def print_table(rows):
@@ -1131,7 +1371,9 @@ def knobs():
             "BENCH_WAN_MBIT": WAN_MBIT, "BENCH_SCALE": PGBENCH_SCALE, "BENCH_LAG_SECONDS": LAG_SECONDS,
             "BENCH_LAG_RATE": LAG_RATE, "BENCH_PROBE_INTERVAL_MS": PROBE_INTERVAL * 1000,
             "BENCH_SYNC_SECONDS": SYNC_SECONDS, "BENCH_SYNC_ROUNDS": SYNC_ROUNDS, "BENCH_SYNC_CLIENTS": SYNC_CLIENTS,
-            "BENCH_SYNC_NEIGHBOURS": SYNC_NEIGHBOURS, "BENCH_SYNC_CHECKPOINT": SYNC_CHECKPOINT}
+            "BENCH_SYNC_NEIGHBOURS": SYNC_NEIGHBOURS, "BENCH_SYNC_CHECKPOINT": SYNC_CHECKPOINT,
+            "BENCH_ARCHIVE_WAL_MB": ARCHIVE_WAL_MB, "BENCH_ARCHIVE_GET_SEGMENTS": ARCHIVE_GET_SEGMENTS,
+            "BENCH_ONLY": ONLY}
 
 
 def write_results(results):

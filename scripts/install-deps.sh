@@ -12,8 +12,9 @@ else
     packages=(libpq-dev liblz4-dev lz4 postgresql postgresql-contrib pkg-config curl chromium python3-yaml openssl man-db)
     # The S3 store the archive's tests run against (scripts/s3-server.sh): a single-node Ceph RADOS Gateway; and a
     # real Prometheus with promtool for the monitoring tests. Without recommends: the daemons, their tools and
-    # libraries, none of Ceph's dashboards or mgr modules, no node exporter.
-    lean_packages=(ceph-mon ceph-osd radosgw ceph-common prometheus)
+    # libraries, none of Ceph's dashboards or mgr modules, no node exporter. pgBackRest: the benchmark's archive
+    # rows measure it beside walship on the same store.
+    lean_packages=(ceph-mon ceph-osd radosgw ceph-common prometheus pgbackrest)
 fi
 missing=()
 lean_missing=()
