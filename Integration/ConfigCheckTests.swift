@@ -218,6 +218,33 @@ struct ConfigCheckTests {
         #expect(creatable.status == 0 && creatable.output.contains("walship send creates it"), "\(creatable.output)")
         #expect(try topology.primary.sql("SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'nosuch'") == "0")
 
+        // A sender of a site that runs both ends: without its site's spool, a warning; with one that is not there, a
+        // failure.
+        let noSiteSpool = try check([
+            "--config",
+            try write(
+                fixture, "standby-wait.toml",
+                senderConfig(topology, certs: good, slot: "nosuch", createSlot: true, extra: "standby-wait = true")),
+        ])
+        #expect(
+            noSiteSpool.status == 0
+                && noSiteSpool.output.contains(
+                    "WARN  site spool: none: switching back, this sender asks pg_wal for what the other site wrote meanwhile"),
+            "\(noSiteSpool.output)")
+        let absentSiteSpool = try check([
+            "--config",
+            try write(
+                fixture, "site-spool.toml",
+                senderConfig(
+                    topology, certs: good, slot: "nosuch", createSlot: true,
+                    extra: "standby-wait = true\nsite-spool = \"\(fixture.directory)/no-such-spool\"")),
+        ])
+        #expect(
+            absentSiteSpool.status == 1
+                && lines(absentSiteSpool, "FAIL") == [
+                    "FAIL  site spool: \(fixture.directory)/no-such-spool is not a readable directory (hint: site-spool names this site's walship receive --spool)"
+                ], "\(absentSiteSpool.output)")
+
         // Nothing listens on the receiver port.
         let closedPort = IT.freePort()
         let wrongPort = try check([

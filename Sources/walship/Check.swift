@@ -82,6 +82,7 @@ struct Check: AsyncParsableCommand {
                         tlsServerName: send.tlsServerName, linkTimeout: send.link.linkTimeoutSeconds,
                         maxClockSkew: maxClockSkew.seconds),
                     &report)
+                checkSiteSpool(send, &report)
             } else {
                 let receive = try Receive.parse(expansion.arguments)
                 report.add(
@@ -99,6 +100,32 @@ struct Check: AsyncParsableCommand {
             report.add(CheckVerdicts.configurationInvalid(expansion.annotate(UnitArguments.explain(Send.message(for: error)))))
         }
         if report.failed(strict: strict) { throw ExitCode(1) }
+    }
+
+    /// A sender of a site that runs both ends (`standby-wait`) needs its site's spool to switch back after a long
+    /// reversed period: its server's restartpoints recycle the other site's timeline meanwhile.
+    func checkSiteSpool(_ send: Send, _ report: inout CheckReport) {
+        guard let siteSpool = send.siteSpool else {
+            if send.standbyWait {
+                report.add(
+                    .warn(
+                        "site spool",
+                        "none: switching back, this sender asks pg_wal for what the other site wrote meanwhile, which restartpoints recycle",
+                        hint: "site-spool = this site's walship receive spool (docs/switchover.md)"))
+            }
+            return
+        }
+        var isDirectory: ObjCBool = false
+        if FileManager.default.fileExists(atPath: siteSpool, isDirectory: &isDirectory), isDirectory.boolValue,
+            FileManager.default.isReadableFile(atPath: siteSpool)
+        {
+            report.add(.ok("site spool", "\(siteSpool) is readable"))
+        } else {
+            report.add(
+                .fail(
+                    "site spool", "\(siteSpool) is not a readable directory",
+                    hint: "site-spool names this site's walship receive --spool"))
+        }
     }
 
     /// With `archive` set: the archive's settings are usable (credentials, CA, keyring), and the store takes, returns
