@@ -11,12 +11,9 @@ import ServiceLifecycle
 import ShipTLS
 import StatusModel
 import WALCore
+import Spool
 import WalSenderServer
 import WalshipConfig
-
-#if DEBUG
-import Spool
-#endif
 
 struct Receive: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
