@@ -168,6 +168,27 @@ struct ArchiveRestoreTests {
         }
         #expect(try pitrCopy.sql("SELECT count(*), max(id) FROM known") == "1000|1000")
 
+        // A drill from the bucket alone: restored, replayed to the archive's newest segment, promoted, checked.
+        let drillReport = fixture.logDirectory + "/archive-drill"
+        let drill = try run(
+            IT.walshipBinary,
+            [
+                "drill", "--archive", url, "--archive-endpoint", store.endpoint, "--archive-credentials", credentials,
+                "--encryption-keyring", keyring, "--workdir", fixture.directory + "/drill", "--report", drillReport,
+                "--check-sql", "SELECT count(*) FROM known", "--timeout", "120", "--pg-bindir", IT.pgBin!,
+            ], timeout: 240, check: false)
+        #expect(drill.status == 0, "\(drill.output)\(drill.error)")
+        let drillJSON = try #require(
+            try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: drillReport + ".json")))
+                as? [String: Any])
+        #expect(drillJSON["outcome"] as? String == "promoted", "\(drillJSON)")
+        let checks = drillJSON["checks"] as? [[String: Any]] ?? []
+        #expect(
+            checks.contains { $0["name"] as? String == "replayed the archive \(url)" && $0["passed"] as? Bool == true },
+            "\(checks)")
+        #expect(((drillJSON["drill"] as? [String: Any])?["checkResult"] as? [[String]])?.first == ["2500"], "\(drillJSON)")
+        #expect(!FileManager.default.fileExists(atPath: fixture.directory + "/drill"), "the drill's copy stays")
+
         // One byte flipped in the bucket's copy of the backup: refused before any data directory exists.
         let key = "\(prefix)/\(system)/base/\(backup)/base.tar.lz4"
         try await store.withClient { client in

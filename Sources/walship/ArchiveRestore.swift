@@ -5,6 +5,7 @@ import ObjectStore
 import Operations
 import Spool
 import StatusModel
+import WALCore
 
 /// The complete backups whose record is in the archive (of `system`, else of every system under the prefix), opened
 /// with the keyring when sealed. A record is uploaded only once its backup's archive and manifest are confirmed.
@@ -251,4 +252,26 @@ struct ArchiveRestore {
         if getuid() == 0 { try await giveToOSUser(side.credentials, osUser: osUser, what: side.credentials) }
         return side.credentials
     }
+}
+
+/// Where the archive's WAL of `system` ends for a drill: the start of its newest segment (on the newest timeline).
+/// Replay that reaches into it has read all the archive holds but that segment's tail, which the promotion replays.
+func archivedWALEnd(_ archive: ArchiveReadOptions, system: UInt64, segmentSize: WALSegmentSize) async throws -> LSN {
+    let (client, layout, _) = try archive.open()
+    let outcome: Result<LSN, any Error>
+    do {
+        let objects = try await client.listAllObjects(prefix: layout.objectKey(system: system, path: "wal/"))
+        let newest = objects.compactMap { object -> SegmentName? in
+            guard let name = object.key.split(separator: "/").last, name.hasSuffix(".lz4") else { return nil }
+            return SegmentName(name.dropLast(4), segmentSize: segmentSize)
+        }.max()
+        guard let newest else {
+            throw RestoreError("the archive \(archive.archive ?? "") holds no WAL segment of system \(system)")
+        }
+        outcome = .success(newest.startLSN)
+    } catch {
+        outcome = .failure(error)
+    }
+    try? await client.shutdown()
+    return try outcome.get()
 }
