@@ -26,16 +26,30 @@ struct ArchiveRestoreTests {
             fixture.tearDown()
             _ = try? run("/bin/rm", ["-rf", fixture.directory], check: false)
         }
+        // The receiver runs as postgres (the spool is restore_command's too): keyring and credentials are its.
         let keyring = fixture.directory + "/archive-keyring.json"
         try run(IT.walshipBinary, ["keys", "init", keyring])
         let keyID = try Keyring.load(path: keyring).currentID
+        let credentials = fixture.directory + "/s3-credentials"
+        #expect(
+            FileManager.default.createFile(
+                atPath: credentials,
+                contents: Data(
+                    "[default]\naws_access_key_id = \(store.credentials.accessKeyID)\naws_secret_access_key = \(store.credentials.secretAccessKey)\n"
+                        .utf8), attributes: [.posixPermissions: 0o600]))
+        // Copies only root reads, as a careless operator leaves them.
+        let rootKeyring = fixture.directory + "/root-keyring.json"
+        let rootCredentials = fixture.directory + "/root-s3-credentials"
+        try run("/bin/cp", ["-p", keyring, rootKeyring])
+        try run("/bin/cp", ["-p", credentials, rootCredentials])
+        if IT.isRoot { try run("/bin/chown", ["postgres:postgres", keyring, credentials]) }
         let prefix = "dr"
         let url = "s3://\(store.bucket)/\(prefix)"
-        var topology = try ShipTopology(fixture)
+        var topology = try ShipTopology(fixture, spoolOwnedByPostgres: true)
         topology.receiverExtra = [
-            "--archive", url, "--archive-endpoint", store.endpoint, "--encryption-keyring", keyring, "--archive-part-size", "5M",
+            "--archive", url, "--archive-endpoint", store.endpoint, "--archive-credentials", credentials,
+            "--encryption-keyring", keyring, "--archive-part-size", "5M",
         ]
-        topology.receiverEnvironment = store.environment
         try topology.startReceiver()
         try topology.startSender()
         let system = topology.systemIdentifier
@@ -78,12 +92,12 @@ struct ArchiveRestoreTests {
         let restore = ["restore"] + archive + ["--encryption-keyring", keyring, "--target-action", "promote"]
         if IT.isRoot {
             let unreadable = try run(
-                IT.walshipBinary, restore + ["--pgdata", dr], environment: store.environment, check: false)
+                IT.walshipBinary, ["restore"] + archive + ["--encryption-keyring", rootKeyring, "--pgdata", dr],
+                environment: store.environment, check: false)
             #expect(
-                unreadable.status != 0 && unreadable.error.contains("cannot read --encryption-keyring \(keyring)"),
+                unreadable.status != 0 && unreadable.error.contains("cannot read --encryption-keyring \(rootKeyring)"),
                 "\(unreadable.error)")
             #expect(!FileManager.default.fileExists(atPath: dr))
-            try run("/bin/chown", ["postgres:postgres", keyring])
         }
 
         // No credentials at all: refused, clearly.
@@ -135,16 +149,10 @@ struct ArchiveRestoreTests {
         #expect(!log.contains("could not be read from the archive"), "\(log.suffix(3000))")
         let cached = try FileManager.default.contentsOfDirectory(atPath: dr + ".walship/wal-cache/\(system)")
         #expect(cached.count <= 8, "the cache holds \(cached)")
+        copy.stopImmediately()
 
         // Point in time from the bucket, the credentials from a file the server's user owns: the rows committed
         // before the target time, none after.
-        let credentials = fixture.directory + "/s3-credentials"
-        #expect(
-            FileManager.default.createFile(
-                atPath: credentials,
-                contents: Data(
-                    "[default]\naws_access_key_id = \(store.credentials.accessKeyID)\naws_secret_access_key = \(store.credentials.secretAccessKey)\n"
-                        .utf8), attributes: [.posixPermissions: 0o600]))
         let pitr = fixture.directory + "/pitr"
         let pitrArguments = [
             "restore", "--archive", url, "--archive-endpoint", store.endpoint, "--archive-credentials", credentials,
@@ -152,12 +160,12 @@ struct ArchiveRestoreTests {
             "--system", system,
         ]
         if IT.isRoot {
-            let refused = try run(IT.walshipBinary, pitrArguments, check: false)
+            let refused = try run(
+                IT.walshipBinary, pitrArguments.map { $0 == credentials ? rootCredentials : $0 }, check: false)
             #expect(
-                refused.status != 0 && refused.error.contains("cannot read the credentials file \(credentials)"),
+                refused.status != 0 && refused.error.contains("cannot read the credentials file \(rootCredentials)"),
                 "\(refused.error)")
             #expect(!FileManager.default.fileExists(atPath: pitr))
-            try run("/bin/chown", ["postgres:postgres", credentials])
         }
         let atTime = try run(IT.walshipBinary, pitrArguments, check: false)
         #expect(atTime.status == 0, "\(atTime.error)")
@@ -167,6 +175,29 @@ struct ArchiveRestoreTests {
             return (state == "f", state)
         }
         #expect(try pitrCopy.sql("SELECT count(*), max(id) FROM known") == "1000|1000")
+        pitrCopy.stopImmediately()
+
+        // The spool without the backup (removed by its retention, say): the backup from the bucket, the WAL from
+        // the spool first, then the bucket.
+        let spoolBackup = topology.spool + "/\(system)/base/\(backup)"
+        try run("/bin/mv", [spoolBackup, fixture.directory + "/set-aside-backup"])
+        let mixed = fixture.directory + "/mixed"
+        let fromBoth = try run(
+            IT.walshipBinary, restore + ["--spool", topology.spool, "--pgdata", mixed], environment: store.environment,
+            check: false)
+        #expect(fromBoth.status == 0, "\(fromBoth.error)")
+        #expect(fromBoth.output.contains("restoring backup \(backup) of system \(system) from the archive"), "\(fromBoth.output)")
+        let mixedConf = try String(contentsOfFile: mixed + "/postgresql.auto.conf", encoding: .utf8)
+        #expect(mixedConf.contains("restore-wal --spool \(topology.spool) --system \(system) --archive \(url)"), "\(mixedConf)")
+        let mixedCopy = try fixture.startCopy(name: "mixed", signal: "recovery.signal", settings: [])
+        try waitUntil("the copy from the bucket's backup and the spool's WAL to promote", timeout: 180) {
+            let state = try mixedCopy.sql("SELECT pg_is_in_recovery()")
+            return (state == "f", state)
+        }
+        for (query, value) in zip(queries, expected) {
+            #expect(try mixedCopy.sql(query) == value, "\(query)")
+        }
+        mixedCopy.stopImmediately()
 
         // A drill from the bucket alone: restored, replayed to the archive's newest segment, promoted, checked.
         let drillReport = fixture.logDirectory + "/archive-drill"
