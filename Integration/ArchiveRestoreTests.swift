@@ -55,7 +55,9 @@ struct ArchiveRestoreTests {
         let system = topology.systemIdentifier
         let primary = topology.primary
 
-        // The backup first: the load after it is what replay reads from the bucket, several segments of it.
+        // A backup of some size (read from the bucket in several ranges), then a load after it that replay reads from
+        // the bucket, several segments of it.
+        try primary.pgbench(["-i", "-s", "5", "-q"])
         let backup = try topology.takeBackup()
         try primary.pgbench(["-i", "-s", "6", "-q"])
         try primary.sql("CREATE TABLE known (id int PRIMARY KEY, note text)")
@@ -86,7 +88,12 @@ struct ArchiveRestoreTests {
             try await Task.sleep(for: .milliseconds(500))
         }
 
-        // The keyring as the receiver has it (root's, 0600): the server's user cannot read it, and restore says so
+        let backupObject = try await store.withClient { client in
+            try await client.headObject(key: "\(prefix)/\(system)/base/\(backup)/base.tar.lz4")
+        }
+        #expect((backupObject?.size ?? 0) > 12 << 20, "the backup's object: \(String(describing: backupObject))")
+
+        // A keyring only root reads (0600): the server's user could not, and restore says so
         // before anything is downloaded or created.
         let dr = fixture.directory + "/dr"
         let restore = ["restore"] + archive + ["--encryption-keyring", keyring, "--target-action", "promote"]

@@ -249,6 +249,20 @@ public final class S3Client: Sendable {
         Data(try await send("GetObject", key: key, method: .GET).body.readableBytesView)
     }
 
+    /// GetObject of the bytes in `range` (a large object read piece by piece, never held whole).
+    public func getObject(key: String, range: Range<Int64>) async throws -> Data {
+        guard !range.isEmpty else { return Data() }
+        let answer = try await send(
+            "GetObject", key: key, method: .GET, headers: [("Range", "bytes=\(range.lowerBound)-\(range.upperBound - 1)")])
+        let data = Data(answer.body.readableBytesView)
+        guard data.count == range.count else {
+            throw S3Error(
+                operation: "GetObject", key: key,
+                kind: .unexpectedAnswer("\(data.count) bytes for the range \(range.lowerBound)..<\(range.upperBound)"))
+        }
+        return data
+    }
+
     public func deleteObject(key: String) async throws {
         _ = try await send("DeleteObject", key: key, method: .DELETE)
     }

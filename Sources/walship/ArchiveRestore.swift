@@ -27,6 +27,71 @@ func listArchivedBackups(
     return found.sorted { ($0.systemIdentifier, $0.id) < ($1.systemIdentifier, $1.id) }
 }
 
+/// Downloads an archived object to `file` piece by piece (ranged GETs of 8 MiB; a backup is never held in memory
+/// whole), opening it chunk by chunk with `keyring` when sealed (every chunk authenticated, the last as final).
+/// Returns the bytes written. Throws `ArchivedWAL.Damaged` for an object that does not open.
+func downloadArchivedObject(
+    key: String, system: UInt64, path: String, client: S3Client, keyring: Keyring?, to file: String
+) async throws -> UInt64 {
+    guard let info = try await client.headObject(key: key) else {
+        throw ArchivedWAL.Damaged(description: "\(key) is not in the archive")
+    }
+    let size = Int(info.size)
+    guard FileManager.default.createFile(atPath: file, contents: nil, attributes: [.posixPermissions: 0o600]),
+        let output = FileHandle(forWritingAtPath: file)
+    else { throw RestoreError("cannot create \(file)") }
+    defer { try? output.close() }
+    let piece = 8 << 20
+    var fetched = 0
+    var pending = Data()
+    /// Reads on until `count` bytes are pending (or the object ends).
+    func fill(_ count: Int) async throws {
+        while pending.count < count, fetched < size {
+            let end = min(size, fetched + max(piece, count - pending.count))
+            pending += try await client.getObject(key: key, range: Int64(fetched)..<Int64(end))
+            fetched = end
+        }
+    }
+    var written: UInt64 = 0
+    try await fill(SealedObject.Opener.headerProbeBytes)
+    guard let keyID = try? SealedObject.keyID(of: pending) else {
+        // Not sealed: the spool's file as it is.
+        while true {
+            try output.write(contentsOf: pending)
+            written += UInt64(pending.count)
+            pending = Data()
+            guard fetched < size else { return written }
+            try await fill(piece)
+        }
+    }
+    guard let keyring else {
+        throw ArchivedWAL.Damaged(
+            description:
+                "\(key) is encrypted (key \(keyID)) (hint: give --encryption-keyring with the keyring that holds that key)")
+    }
+    var opener: SealedObject.Opener
+    do {
+        opener = try SealedObject.Opener(
+            start: pending, objectSize: size, binding: .init(system: system, name: path), keyring: keyring)
+    } catch {
+        throw ArchivedWAL.Damaged(description: "\(key) cannot be opened: \(error)")
+    }
+    pending = pending.dropFirst(opener.headerSize)
+    while !opener.finished {
+        let length = opener.nextChunkLength
+        try await fill(length)
+        let chunk = Data(pending.prefix(length))
+        pending = pending.dropFirst(chunk.count)
+        let plain: Data
+        do { plain = try opener.open(chunk) } catch {
+            throw ArchivedWAL.Damaged(description: "\(key) cannot be opened: \(error)")
+        }
+        try output.write(contentsOf: plain)
+        written += UInt64(plain.count)
+    }
+    return written
+}
+
 /// What `walship restore --archive` keeps beside the data directory (`<pgdata>.walship/`, never inside it: a copy
 /// of the data directory must not carry a secret), owned by the server's OS user, mode 0700: the credentials file
 /// restore_command reads when they came from the environment, the prefetch cache, and while it runs the staging
@@ -70,16 +135,15 @@ func stageArchivedBackup(
         let path = "base/\(backup.id)/\(file)"
         let key = layout.objectKey(system: system, path: path)
         let started = Date()
-        let bytes: Data
+        let bytes: UInt64
         do {
-            bytes = try openArchivedObject(
-                try await client.getObject(key: key), key: key, system: system, path: path, keyring: keyring)
+            bytes = try await downloadArchivedObject(
+                key: key, system: system, path: path, client: client, keyring: keyring, to: directory + "/" + file)
         } catch let damaged as ArchivedWAL.Damaged {
             throw RestoreError("backup \(backup.id) cannot be restored from the archive: \(damaged) \(hint)")
         }
-        try bytes.write(to: URL(fileURLWithPath: directory + "/" + file))
         progress(
-            "downloaded \(key) (\(formatBytes(UInt64(bytes.count)))\(keyring == nil ? "" : ", decrypted") in \(String(format: "%.1f", Date().timeIntervalSince(started))) s)"
+            "downloaded \(key) (\(formatBytes(bytes))\(keyring == nil ? "" : ", decrypted") in \(String(format: "%.1f", Date().timeIntervalSince(started))) s)"
         )
     }
     do {
