@@ -269,7 +269,9 @@ struct ArchiveRestore {
             chosen, system: systemID, staging: staging, client: client, layout: layout, keyring: keyring, progress: progress)
         let command = restoreWALCommand(
             walship: walship,
-            arguments: (spool.map { ["--spool", absolutePath($0)] } ?? []) + ["--system", String(systemID)] + archiveArguments)
+            // The spool only when it holds this system: restore-wal stops recovery on a spool it cannot open.
+            arguments: (reader != nil ? ["--spool", absolutePath(spool ?? "")] : []) + ["--system", String(systemID)]
+                + archiveArguments)
         return try await installVerifiedBackup(
             chosen, from: staged, systemIdentifier: systemID, dataDirectory: dataDirectory, restoreCommand: command,
             settings: settings, signal: signal, osUser: osUser)
