@@ -35,7 +35,6 @@ struct WALPrefetchCache {
         after requested: SegmentName, count: Int, history: [TimelineHistoryEntry], system: UInt64, client: S3Client,
         layout: ArchiveConfiguration, keyring: Keyring?
     ) async -> Int {
-        guard prepare() else { return 0 }
         let wanted = ArchivePrefetch.names(after: requested, count: count, history: history)
         let missing = wanted.filter { entry($0.description) == nil }
         await withTaskGroup(of: Void.self) { group in
@@ -98,6 +97,8 @@ struct WALPrefetchCache {
 
     /// Writes a verified segment beside its name and renames it: a file under a segment's name is always whole.
     private func store(_ bytes: Data, as name: String) {
+        // Made only when there is something to keep: a replay at the archive's end leaves no empty directories.
+        guard prepare() else { return }
         let temporary = directory + "/.\(name).\(getpid()).\(UInt32.random(in: 0...UInt32.max))"
         do {
             try bytes.write(to: URL(fileURLWithPath: temporary))
