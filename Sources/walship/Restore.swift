@@ -8,12 +8,13 @@ import WALCore
 
 struct Restore: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Build a PostgreSQL data directory from a stored base backup and the spool's WAL.",
+        abstract: "Build a PostgreSQL data directory from a stored base backup and its WAL (the spool's, or the archive's).",
         discussion: """
             With --standby the result is a streaming standby of the receiver (give --primary-conninfo pointing at walship receive --standby-listen); otherwise it is a recovery target that replays the spool's WAL up to --target-time, --target-lsn or --target-name (or to the end), then does --target-action. restore_command always points at walship restore-wal. Start the server afterwards with pg_ctl.
             With --archive s3://BUCKET/PREFIX the backup comes from the object store walship receive --archive fills when the spool lacks it, or from the archive alone (no --spool: --system, or the only system the archive holds). It is downloaded into PGDATA.walship/ beside the data directory, opened with --encryption-keyring and checked against its record before anything is unpacked. restore_command then reads the archive too, as --os-user and without this shell's environment: it names every archive option, --archive-credentials FILE (which that user must be able to read) or else PGDATA.walship/s3-credentials, written 0600 for that user from AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, and its prefetch cache PGDATA.walship/wal-cache.
-            Example:
+            Examples:
               walship restore --spool /var/lib/walship --pgdata /var/lib/postgresql/15/dr --standby --primary-conninfo "host=127.0.0.1 port=7010 user=replicator"
+              walship restore --archive s3://dr-archive/walship --archive-endpoint https://s3.hospital.example --archive-credentials /etc/walship/s3-credentials --encryption-keyring /etc/walship/archive-keyring.json --system 7301234567890123456 --pgdata /var/lib/postgresql/15/dr --target-action promote
             """)
 
     @OptionGroup var configFile: ConfigFileOptions
