@@ -184,6 +184,15 @@ struct ArchiveRestoreTests {
         #expect(try pitrCopy.sql("SELECT count(*), max(id) FROM known") == "1000|1000")
         pitrCopy.stopImmediately()
 
+        // The spool holds the backup: it comes from there, and the archive is where WAL the spool lacks comes from.
+        let both = fixture.directory + "/both"
+        let fromSpool = try run(
+            IT.walshipBinary, restore + ["--spool", topology.spool, "--pgdata", both], environment: store.environment,
+            check: false)
+        #expect(fromSpool.status == 0 && fromSpool.output.contains("backup \(backup) is in the spool"), "\(fromSpool.error)")
+        let bothConf = try String(contentsOfFile: both + "/postgresql.auto.conf", encoding: .utf8)
+        #expect(bothConf.contains("restore-wal --spool \(topology.spool) --system \(system) --archive \(url)"), "\(bothConf)")
+
         // The spool without the backup (removed by its retention, say): the backup from the bucket, the WAL from
         // the spool first, then the bucket.
         let spoolBackup = topology.spool + "/\(system)/base/\(backup)"
