@@ -197,6 +197,7 @@ struct ArchiveRestoreTests {
         // the spool first, then the bucket.
         let spoolBackup = topology.spool + "/\(system)/base/\(backup)"
         try run("/bin/mv", [spoolBackup, fixture.directory + "/set-aside-backup"])
+        let spoolRecordCopy = fixture.directory + "/set-aside-backup/backup.json"
         let mixed = fixture.directory + "/mixed"
         let fromBoth = try run(
             IT.walshipBinary, restore + ["--spool", topology.spool, "--pgdata", mixed], environment: store.environment,
@@ -251,5 +252,19 @@ struct ArchiveRestoreTests {
                 && refused.error.contains("fails authentication at chunk"), "\(refused.error)")
         #expect(!FileManager.default.fileExists(atPath: tampered), "a data directory was made from a tampered backup")
         #expect(!FileManager.default.fileExists(atPath: tampered + ".walship/staging-\(backup)"))
+
+        // A second system's backup in the same bucket: without --system, restore names both and asks which.
+        let record = try String(contentsOfFile: spoolRecordCopy, encoding: .utf8)
+            .replacingOccurrences(of: "\"\(system)\"", with: "\"123\"")
+        try await store.withClient { client in
+            try await client.putObject(key: "\(prefix)/123/base/\(backup)/backup.json", body: Data(record.utf8))
+        }
+        let ambiguous = try run(
+            IT.walshipBinary, restore + ["--pgdata", fixture.directory + "/ambiguous"], environment: store.environment,
+            check: false)
+        #expect(
+            ambiguous.status != 0
+                && ambiguous.error.contains("holds backups of several systems: 123, \(system) (hint: give --system ID)"),
+            "\(ambiguous.error)")
     }
 }

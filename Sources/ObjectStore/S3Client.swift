@@ -143,6 +143,8 @@ public struct ObjectListing: Sendable, Equatable {
     public var objects: [ObjectInfo]
     /// Set when more keys follow; pass it back as `continuationToken`.
     public var nextContinuationToken: String?
+    /// With a delimiter: the key prefixes up to it, each listed once instead of the keys below it.
+    public var commonPrefixes: [String] = []
 }
 
 /// An S3 client for what the archive needs, over async-http-client: path-style requests signed with SigV4, every
@@ -269,11 +271,12 @@ public final class S3Client: Sendable {
 
     /// One page of ListObjectsV2 under `prefix`.
     public func listObjects(
-        prefix: String, continuationToken: String? = nil, maxKeys: Int? = nil
+        prefix: String, continuationToken: String? = nil, maxKeys: Int? = nil, delimiter: String? = nil
     ) async throws
         -> ObjectListing
     {
         var query: [(name: String, value: String)] = [("list-type", "2"), ("prefix", prefix)]
+        if let delimiter { query.append(("delimiter", delimiter)) }
         if let continuationToken { query.append(("continuation-token", continuationToken)) }
         if let maxKeys { query.append(("max-keys", String(maxKeys))) }
         let answer = try await send("ListObjectsV2", key: "", method: .GET, query: query)
@@ -293,7 +296,22 @@ public final class S3Client: Sendable {
             throw S3Error(
                 operation: "ListObjectsV2", key: prefix, kind: .unexpectedAnswer("truncated without a continuation token"))
         }
-        return ObjectListing(objects: objects, nextContinuationToken: next)
+        return ObjectListing(
+            objects: objects, nextContinuationToken: next,
+            commonPrefixes: root.children("CommonPrefixes").compactMap { $0.value("Prefix") })
+    }
+
+    /// The key prefixes under `prefix` up to the next `delimiter` (the "directories" one level down), following
+    /// continuation tokens.
+    public func listCommonPrefixes(prefix: String, delimiter: String = "/") async throws -> [String] {
+        var all: [String] = []
+        var token: String?
+        repeat {
+            let page = try await listObjects(prefix: prefix, continuationToken: token, delimiter: delimiter)
+            all += page.commonPrefixes
+            token = page.nextContinuationToken
+        } while token != nil
+        return all
     }
 
     /// Every object under `prefix`, following continuation tokens.

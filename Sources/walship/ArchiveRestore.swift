@@ -13,16 +13,25 @@ func listArchivedBackups(
     client: S3Client, layout: ArchiveConfiguration, keyring: Keyring?, system: UInt64?
 ) async throws -> [BackupInfo] {
     let root = layout.prefix.isEmpty ? "" : layout.prefix + "/"
+    // The systems under the prefix one level down, then only their base/: never the WAL objects, which are many.
+    let systems: [UInt64]
+    if let system {
+        systems = [system]
+    } else {
+        systems = try await client.listCommonPrefixes(prefix: root).compactMap {
+            UInt64($0.dropFirst(root.count).dropLast())
+        }
+    }
     var found: [BackupInfo] = []
-    // With a system, only its backups are listed, not its WAL.
-    for object in try await client.listAllObjects(prefix: system.map { layout.systemPrefix($0) + "base/" } ?? root) {
-        let rest = object.key.dropFirst(root.count)
-        guard let match = rest.wholeMatch(of: /([0-9]+)\/(base\/[^\/]+\/backup\.json)/), let id = UInt64(match.output.1)
-        else { continue }
-        let bytes = try openArchivedObject(
-            try await client.getObject(key: object.key), key: object.key, system: id, path: String(match.output.2),
-            keyring: keyring)
-        found.append(try BackupCatalog.decodeRecord(bytes, origin: object.key))
+    for id in systems {
+        for object in try await client.listAllObjects(prefix: layout.systemPrefix(id) + "base/") {
+            let rest = object.key.dropFirst(root.count)
+            guard let match = rest.wholeMatch(of: /([0-9]+)\/(base\/[^\/]+\/backup\.json)/) else { continue }
+            let bytes = try openArchivedObject(
+                try await client.getObject(key: object.key), key: object.key, system: id, path: String(match.output.2),
+                keyring: keyring)
+            found.append(try BackupCatalog.decodeRecord(bytes, origin: object.key))
+        }
     }
     return found.sorted { ($0.systemIdentifier, $0.id) < ($1.systemIdentifier, $1.id) }
 }
