@@ -202,7 +202,7 @@ let package = Package(
             dependencies: [
                 "ObjectStore", .product(name: "NIOCore", package: "swift-nio"), .product(name: "NIOHTTP1", package: "swift-nio"),
             ]),
-        .testTarget(name: "ArchiveTests", dependencies: ["Archive", "ObjectStore", "StatusModel"]),
+        .testTarget(name: "ArchiveTests", dependencies: ["Archive", "ObjectStore", "StatusModel", "WALCore"]),
         .testTarget(name: "ArchiveCryptoTests", dependencies: ["ArchiveCrypto"]),
         .testTarget(name: "LZ4CodecTests", dependencies: ["LZ4Codec", .product(name: "NIOCore", package: "swift-nio")]),
         .testTarget(

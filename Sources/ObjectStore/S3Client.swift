@@ -143,6 +143,8 @@ public struct ObjectListing: Sendable, Equatable {
     public var objects: [ObjectInfo]
     /// Set when more keys follow; pass it back as `continuationToken`.
     public var nextContinuationToken: String?
+    /// With a delimiter: the key prefixes up to it, each listed once instead of the keys below it.
+    public var commonPrefixes: [String] = []
 }
 
 /// An S3 client for what the archive needs, over async-http-client: path-style requests signed with SigV4, every
@@ -249,17 +251,32 @@ public final class S3Client: Sendable {
         Data(try await send("GetObject", key: key, method: .GET).body.readableBytesView)
     }
 
+    /// GetObject of the bytes in `range` (a large object read piece by piece, never held whole).
+    public func getObject(key: String, range: Range<Int64>) async throws -> Data {
+        guard !range.isEmpty else { return Data() }
+        let answer = try await send(
+            "GetObject", key: key, method: .GET, headers: [("Range", "bytes=\(range.lowerBound)-\(range.upperBound - 1)")])
+        let data = Data(answer.body.readableBytesView)
+        guard data.count == range.count else {
+            throw S3Error(
+                operation: "GetObject", key: key,
+                kind: .unexpectedAnswer("\(data.count) bytes for the range \(range.lowerBound)..<\(range.upperBound)"))
+        }
+        return data
+    }
+
     public func deleteObject(key: String) async throws {
         _ = try await send("DeleteObject", key: key, method: .DELETE)
     }
 
     /// One page of ListObjectsV2 under `prefix`.
     public func listObjects(
-        prefix: String, continuationToken: String? = nil, maxKeys: Int? = nil
+        prefix: String, continuationToken: String? = nil, maxKeys: Int? = nil, delimiter: String? = nil
     ) async throws
         -> ObjectListing
     {
         var query: [(name: String, value: String)] = [("list-type", "2"), ("prefix", prefix)]
+        if let delimiter { query.append(("delimiter", delimiter)) }
         if let continuationToken { query.append(("continuation-token", continuationToken)) }
         if let maxKeys { query.append(("max-keys", String(maxKeys))) }
         let answer = try await send("ListObjectsV2", key: "", method: .GET, query: query)
@@ -279,7 +296,22 @@ public final class S3Client: Sendable {
             throw S3Error(
                 operation: "ListObjectsV2", key: prefix, kind: .unexpectedAnswer("truncated without a continuation token"))
         }
-        return ObjectListing(objects: objects, nextContinuationToken: next)
+        return ObjectListing(
+            objects: objects, nextContinuationToken: next,
+            commonPrefixes: root.children("CommonPrefixes").compactMap { $0.value("Prefix") })
+    }
+
+    /// The key prefixes under `prefix` up to the next `delimiter` (the "directories" one level down), following
+    /// continuation tokens.
+    public func listCommonPrefixes(prefix: String, delimiter: String = "/") async throws -> [String] {
+        var all: [String] = []
+        var token: String?
+        repeat {
+            let page = try await listObjects(prefix: prefix, continuationToken: token, delimiter: delimiter)
+            all += page.commonPrefixes
+            token = page.nextContinuationToken
+        } while token != nil
+        return all
     }
 
     /// Every object under `prefix`, following continuation tokens.

@@ -7,7 +7,8 @@ import WALCore
 
 /// What `walship drill` was asked to do.
 public struct DrillRequest: Sendable {
-    public var spool: String
+    /// The spool; nil when the copy comes from the archive alone (`restore` and `walEnd` then say how).
+    public var spool: String?
     public var system: UInt64?
     public var backup: String?
     public var checkSQL: String?
@@ -20,9 +21,18 @@ public struct DrillRequest: Sendable {
     public var osUser: String
     public var pgBindir: String?
     public var walshipPath: String?
+    /// Restores the copy instead of the spool's backup (the archive's: `walship drill --archive`): the data
+    /// directory, the recovery settings and the signal file to write.
+    public var restore:
+        (@Sendable (_ dataDirectory: String, _ settings: [String], _ signal: String) async throws -> RestoredDirectory)?
+    /// Where the WAL the copy can replay ends, without a spool (the archive's newest segment): what the drill waits
+    /// for. Given the system and the cluster's segment size.
+    public var walEnd: (@Sendable (UInt64, WALSegmentSize) async throws -> LSN)?
+    /// What the copy's WAL comes from, for the report: "the spool" by default.
+    public var walSource = "the spool"
 
     public init(
-        spool: String, system: UInt64?, backup: String?, checkSQL: String?, report: String?, keep: Bool,
+        spool: String?, system: UInt64?, backup: String?, checkSQL: String?, report: String?, keep: Bool,
         workDirectory: String?, timeout: Int, osUser: String, pgBindir: String?, walshipPath: String?
     ) {
         self.spool = spool
@@ -113,7 +123,7 @@ public struct DrillOutcome: Sendable {
 /// clean up. `progress` gets the lines to print as they happen.
 public func drill(_ request: DrillRequest, progress: @escaping (String) -> Void) async -> DrillOutcome {
     let clockStart = ContinuousClock.now
-    let spoolRoot = absolutePath(request.spool)
+    let spoolRoot = request.spool.map(absolutePath)
     let plan = DrillPlan(base: request.workDirectory.map(absolutePath) ?? makeTemporaryDirectory())
     var report = PromotionReport(
         kind: "drill", host: ProcessInfo.processInfo.hostName, startedAt: Date(), dataDirectory: plan.dataDirectory)
@@ -131,7 +141,7 @@ public func drill(_ request: DrillRequest, progress: @escaping (String) -> Void)
     }
     let failure = DrillPlan.failure(error: error, checks: report.checks)
     // The protected standby kept replaying? Its position as the receiver last recorded it.
-    if let reader = try? SpoolReader(root: spoolRoot, system: request.system), var details = report.drill {
+    if let spoolRoot, let reader = try? SpoolReader(root: spoolRoot, system: request.system), var details = report.drill {
         details.drStandbyReplayAfter = drStandbyReplay(reader.systemDirectory)
         report.drill = details
     }
@@ -171,12 +181,15 @@ public func drill(_ request: DrillRequest, progress: @escaping (String) -> Void)
 }
 
 private func rehearse(
-    _ request: DrillRequest, plan: DrillPlan, spoolRoot: String, report: inout PromotionReport,
+    _ request: DrillRequest, plan: DrillPlan, spoolRoot: String?, report: inout PromotionReport,
     server started: inout DrillServer?, clockStart: ContinuousClock.Instant, progress: @escaping (String) -> Void
 ) async throws {
-    let reader = try SpoolReader(root: spoolRoot, system: request.system)
-    report.systemIdentifier = String(reader.systemIdentifier)
-    let standbyBefore = drStandbyReplay(reader.systemDirectory)
+    let reader = try spoolRoot.flatMap { try SpoolReader.openIfPresent(root: $0, system: request.system) }
+    if let spoolRoot, reader == nil, request.restore == nil {
+        throw RestoreError("the spool \(spoolRoot) holds no WAL\(request.system.map { " of system \($0)" } ?? "") yet")
+    }
+    report.systemIdentifier = reader.map { String($0.systemIdentifier) }
+    let standbyBefore = reader.flatMap { drStandbyReplay($0.systemDirectory) }
     let port = try freeLoopbackPort()
     let base = plan.base
     let osUser = request.osUser
@@ -185,13 +198,22 @@ private func rehearse(
     if getuid() == 0 { try await giveToOSUser(base, osUser: osUser, what: base) }
 
     progress("== restoring a throwaway copy (\(elapsed(clockStart))) into \(base) (port \(port))")
-    let restored = try await restoreFromBackup(
-        spool: spoolRoot, system: reader.systemIdentifier, backup: request.backup, pgdata: plan.dataDirectory,
-        settings: plan.recoverySettings(port: port), signal: "standby.signal", osUser: osUser,
-        walshipPath: request.walshipPath)
+    let restored: RestoredDirectory
+    if let restore = request.restore {
+        restored = try await restore(plan.dataDirectory, plan.recoverySettings(port: port), "standby.signal")
+    } else if let spoolRoot, let reader {
+        restored = try await restoreFromBackup(
+            spool: spoolRoot, system: reader.systemIdentifier, backup: request.backup, pgdata: plan.dataDirectory,
+            settings: plan.recoverySettings(port: port), signal: "standby.signal", osUser: osUser,
+            walshipPath: request.walshipPath)
+    } else {
+        throw RestoreError("a drill needs a spool or an archive to restore from")
+    }
+    report.systemIdentifier = String(restored.systemIdentifier)
     report.check(
         "restored", true,
-        "backup \(restored.backup.id) (start \(restored.backup.startLSN)) unpacked; restore_command reads the spool read-only")
+        "backup \(restored.backup.id) (start \(restored.backup.startLSN)) unpacked; restore_command reads \(request.walSource) read-only"
+    )
     report.drill = .init(
         backupID: restored.backup.id, port: port, checkSQL: request.checkSQL, checkResult: nil, kept: request.keep,
         drStandbyReplayBefore: standbyBefore, drStandbyReplayAfter: nil)
@@ -219,28 +241,51 @@ private func rehearse(
     try await cluster.connect(session)
     report.check("connects", true, "the copy accepts connections on port \(port)")
 
-    progress("== recovering to the end of the spool (\(elapsed(clockStart)))")
+    progress("== recovering to the end of \(request.walSource) (\(elapsed(clockStart)))")
     let steps = PromotionSteps(session: session, report: progress)
     let deadline = clockStart + .seconds(request.timeout)
     // The live stream keeps the spool growing: recover to its end as of now (the cut), then promote, and measure
     // the RPO against what was acknowledged at the cut, read before the end so that it cannot lie beyond it.
-    recordPrimaryProgress(into: &report, systemDirectory: reader.systemDirectory)
-    let goalNow = try reader.end().lsn
-    let (state, goal) = try await steps.waitForReplay(target: { goalNow }, deadline: deadline)
+    let goalNow: LSN
+    if let reader {
+        recordPrimaryProgress(into: &report, systemDirectory: reader.systemDirectory)
+        goalNow = try reader.end().lsn
+    } else if let walEnd = request.walEnd {
+        let shown: String = (try await session.query("SHOW wal_segment_size").first?[0] ?? nil) ?? ""
+        guard let segmentSize = WALSegmentSize(showValue: shown) else {
+            throw PromoteError("the copy reports wal_segment_size \"\(shown)\", which walship cannot read")
+        }
+        goalNow = try await walEnd(restored.systemIdentifier, segmentSize)
+    } else {
+        throw RestoreError("a drill needs a spool or an archive to recover from")
+    }
+    var (state, goal) = try await steps.waitForReplay(target: { goalNow }, deadline: deadline)
+    if reader == nil, state.replayed >= goal {
+        // The goal is the start of the archive's newest segment: replay settles once it has read the rest of it
+        // (queries of the promotion would otherwise conflict with the replay still running).
+        var settled = 0
+        while settled < 3, ContinuousClock.now < deadline {
+            try await Task.sleep(for: .milliseconds(500))
+            let now = try await steps.replayState()
+            settled = now.replayed == state.replayed ? settled + 1 : 0
+            state = now
+        }
+    }
     let reached = state.replayed >= goal
     report.check(
-        "replayed the spool", reached,
+        "replayed \(request.walSource)", reached,
         reached
-            ? "replayed \(state.replayed) ≥ spool end \(goal)"
+            ? "replayed \(state.replayed) ≥ the end of \(request.walSource) \(goal)"
             : "replayed only \(state.replayed) of \(goal) within \(request.timeout) s")
     guard reached else {
         throw PromoteError(
-            "the copy replayed up to \(state.replayed) but the spool holds WAL up to \(goal) (hint: see \(restored.dataDirectory)/log/ or the server log; is WAL missing from the spool?)"
+            "the copy replayed up to \(state.replayed) but \(request.walSource) holds WAL up to \(goal) (hint: see \(restored.dataDirectory)/log/ or the server log; is WAL missing from \(request.walSource)?)"
         )
     }
     report.lastReplayedLSN = state.replayed.description
     report.lastReplayedCommitTime = state.lastCommit
-    report.spoolEndLSN = goal.description
+    // The RPO is measured against what the receiver held; the archive's end is no such measure.
+    if reader != nil { report.spoolEndLSN = goal.description }
     let restoredAt = ContinuousClock.now
     report.drill?.restoreSeconds = roundedSeconds(restoredAt - clockStart)
 
@@ -255,7 +300,8 @@ private func rehearse(
         "promoted", true,
         "timeline \(timeline.map(String.init) ?? "?"), first write accepted at \(formatISO8601(firstWriteAt))")
     report.measureRecoveryPoint()
-    report.judgeLoss(systemDirectory: reader.systemDirectory, promotedAt: firstWriteAt)
+    // The receiver's record of the primary and its modes is in the spool: without one there is nothing to judge by.
+    if let reader { report.judgeLoss(systemDirectory: reader.systemDirectory, promotedAt: firstWriteAt) }
 
     progress("== sanity checks (\(elapsed(clockStart)))")
     do {

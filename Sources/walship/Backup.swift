@@ -204,19 +204,7 @@ struct Backups: AsyncParsableCommand {
         let (client, layout, keyring) = try archive.open()
         let outcome: Result<[BackupInfo], any Error>
         do {
-            let root = layout.prefix.isEmpty ? "" : layout.prefix + "/"
-            var found: [BackupInfo] = []
-            for object in try await client.listAllObjects(prefix: system.map { layout.systemPrefix($0) } ?? root) {
-                let rest = object.key.dropFirst(root.count)
-                guard let match = rest.wholeMatch(of: /([0-9]+)\/(base\/[^\/]+\/backup\.json)/),
-                    let id = UInt64(match.output.1)
-                else { continue }
-                let bytes = try openArchivedObject(
-                    try await client.getObject(key: object.key), key: object.key, system: id,
-                    path: String(match.output.2), keyring: keyring)
-                found.append(try BackupCatalog.decodeRecord(bytes, origin: object.key))
-            }
-            outcome = .success(found.sorted { ($0.systemIdentifier, $0.id) < ($1.systemIdentifier, $1.id) })
+            outcome = .success(try await listArchivedBackups(client: client, layout: layout, keyring: keyring, system: system))
         } catch {
             outcome = .failure(error)
         }

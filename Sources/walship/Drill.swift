@@ -8,6 +8,7 @@ struct Drill: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Rehearse a disaster: recover a throwaway copy from the spool, promote it, check it, report RPO and RTO.",
         discussion: """
+            With --archive s3://BUCKET/PREFIX the copy comes from the object store walship receive --archive fills when the spool lacks the backup, or from the archive alone (no --spool): restored as walship restore --archive does (downloaded and checked before anything is unpacked), it replays the archive's WAL up to its newest segment; without a spool the report has no RPO against the primary's acknowledgements (the spool records them).
             Restores the newest complete base backup (or --backup) into a temporary directory, recovers it through restore_command alone (walship restore-wal; the spool is only read: no primary_conninfo, archive_mode off), waits until it has replayed all WAL the spool holds, promotes it on a free loopback port, runs sanity checks and --check-sql, writes the evidence report, and removes the copy unless --keep. The primary, the receiver and the real DR standby are not touched.
             Exit status: 0 drill passed; 1 it failed (see the report).
             Example:
@@ -16,8 +17,10 @@ struct Drill: AsyncParsableCommand {
 
     @OptionGroup var configFile: ConfigFileOptions
 
-    @Option(help: "Spool directory of walship receive (read only).")
-    var spool: String
+    @Option(help: "Spool directory of walship receive (read only; optional with --archive: the archive alone).")
+    var spool: String?
+
+    @OptionGroup var archive: ArchiveReadOptions
 
     @Option(help: "System identifier, when the spool holds several.")
     var system: UInt64?
@@ -55,6 +58,9 @@ struct Drill: AsyncParsableCommand {
     @OptionGroup var notice: NoticeOptions
 
     func validate() throws {
+        guard spool != nil || archive.archive != nil else {
+            throw ValidationError("give --spool DIR, or --archive s3://BUCKET/PREFIX (the archive alone)")
+        }
         guard timeout.isWholeSeconds, timeout.seconds >= 10 else {
             throw ValidationError("--timeout must be whole seconds, at least 10 (e.g. 600, 10m), not \(timeout)")
         }
@@ -64,12 +70,28 @@ struct Drill: AsyncParsableCommand {
 
     func run() async throws {
         logging.apply(command: "drill")
-        let outcome = await Operations.drill(
-            DrillRequest(
-                spool: spool, system: system, backup: backup, checkSQL: checkSql, report: report, keep: keep,
-                workDirectory: workdir, timeout: Int(timeout.seconds), osUser: osUser, pgBindir: pgBindir,
-                walshipPath: walshipPath),
-            progress: say)
+        var request = DrillRequest(
+            spool: spool, system: system, backup: backup, checkSQL: checkSql, report: report, keep: keep,
+            workDirectory: workdir, timeout: Int(timeout.seconds), osUser: osUser, pgBindir: pgBindir,
+            walshipPath: walshipPath)
+        if let url = archive.archive {
+            let restore = ArchiveRestore(
+                archive: archive, spool: spool, system: system, backup: backup, pgdata: "", osUser: osUser,
+                walshipPath: walshipPath)
+            request.restore = { dataDirectory, settings, signal in
+                var restore = restore
+                restore.pgdata = dataDirectory
+                return try await restore.restore(settings: settings, signal: signal, targetTime: nil, progress: say)
+            }
+            if spool == nil {
+                request.walSource = "the archive \(url)"
+                let archive = archive
+                request.walEnd = { system, segmentSize in
+                    try await archivedWALEnd(archive, system: system, segmentSize: segmentSize)
+                }
+            }
+        }
+        let outcome = await Operations.drill(request, progress: say)
         try await conclude(
             outcome.report, command: "drill", base: outcome.reportBase, success: outcome.failure == nil,
             failure: outcome.failure, headline: outcome.headline, notifier: notice.notifier("walship.drill"))

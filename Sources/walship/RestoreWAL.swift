@@ -1,3 +1,4 @@
+import Archive
 import ArgumentParser
 import Foundation
 import Operations
@@ -11,7 +12,7 @@ struct RestoreWAL: AsyncParsableCommand {
         abstract: "Copy a WAL segment or history file from the spool, for PostgreSQL's restore_command.",
         discussion: """
             restore_command = 'walship restore-wal --spool /var/lib/walship %f %p'
-            With --archive, a file neither the spool nor the peer has is read from the object store walship receive --archive fills (opened with --encryption-keyring when encrypted); with --archive and no --spool, from the archive alone.
+            With --archive, a file neither the spool nor the peer has is read from the object store walship receive --archive fills (opened with --encryption-keyring when encrypted); with --archive and no --spool, from the archive alone. A segment read from the archive brings the next --archive-prefetch segments of its timeline with it, fetched in parallel, verified whole and kept in --archive-cache DIR/<system>/ until PostgreSQL asks for them (served without asking the store); entries replay has moved past are removed.
             With --peer-control, a file this spool lacks is fetched from the peer site's spool (its walship receive --control-listen, which must allow this site's certificate): what pg_rewind needs from before a fork when this site's pg_wal and spool no longer have it.
             Exit status: 0 restored; 1 neither the spool (nor the peer) has the file (or no WAL of the system yet), or nothing more of it than the copy already in the destination's directory, or the peer cannot be reached (routine, PostgreSQL asks again); 126 the spool has the file but it is damaged or unreadable, or the peer's copy arrived damaged (PostgreSQL then stops recovery rather than ending it early as if the WAL had run out).
             """)
@@ -23,6 +24,18 @@ struct RestoreWAL: AsyncParsableCommand {
     var system: UInt64?
 
     @OptionGroup var archive: ArchiveReadOptions
+
+    @Option(
+        help: ArgumentHelp(
+            "With --archive: how many following segments a segment read from the archive brings along, in parallel (0: none).",
+            valueName: "count"))
+    var archivePrefetch = 8
+
+    @Option(
+        help: ArgumentHelp(
+            "With --archive: where prefetched segments wait, per system (walship restore puts it beside the data directory).",
+            valueName: "dir"))
+    var archiveCache = WALPrefetchCache.defaultRoot
 
     @Argument(help: "File name PostgreSQL asks for (%f).")
     var fileName: String
@@ -46,6 +59,9 @@ struct RestoreWAL: AsyncParsableCommand {
     var tlsCA: String?
 
     func validate() throws {
+        guard (0...64).contains(archivePrefetch) else {
+            throw ValidationError("--archive-prefetch takes 0 (off) to 64 segments, not \(archivePrefetch)")
+        }
         if spool == nil {
             guard archive.archive != nil else { throw ValidationError("give --spool DIR, or --archive s3://BUCKET/PREFIX") }
             guard system != nil else {
@@ -114,7 +130,8 @@ struct RestoreWAL: AsyncParsableCommand {
         }
     }
 
-    /// The file from the archive, when --archive names one; else exit 1 (not to be had).
+    /// The file from the archive, when --archive names one; else exit 1 (not to be had). A segment comes from the
+    /// prefetch cache when an earlier call brought it; one read from the store brings the next ones along.
     func fetchFromArchive(system: UInt64?) async throws {
         guard archive.archive != nil else { throw ExitCode(1) }
         guard let system else {
@@ -122,6 +139,10 @@ struct RestoreWAL: AsyncParsableCommand {
                 Data("walship restore-wal: the spool holds no system yet: give --system ID to read the archive\n".utf8))
             throw ExitCode(1)
         }
+        // Timeline 1 has no history file: PostgreSQL asks for it at a promotion all the same.
+        if fileName == "00000001.history" { throw ExitCode(1) }
+        let cache = archivePrefetch > 0 ? WALPrefetchCache(root: archiveCache, system: system) : nil
+        if let cache, try serveCached(cache) { return }
         let (client, layout, keyring) = try archive.open()
         let outcome: Result<Data?, any Error>
         do {
@@ -130,20 +151,67 @@ struct RestoreWAL: AsyncParsableCommand {
         } catch {
             outcome = .failure(error)
         }
-        try? await client.shutdown()
-        switch outcome {
-        case .success(nil):
-            throw ExitCode(1)
-        case .success(let bytes?):
-            try place(ServedFile(whole: [UInt8](bytes)))
-        case .failure(let error as ArchivedWAL.Damaged):
-            writeDiagnostic(Data("walship restore-wal: error: \(error)\n".utf8))
-            throw ExitCode(126)
-        case .failure(let error):
-            // The store unreachable: routine for restore_command, PostgreSQL asks again.
-            writeDiagnostic(Data("walship restore-wal: \(fileName) could not be read from the archive: \(error)\n".utf8))
-            throw ExitCode(1)
+        do {
+            switch outcome {
+            case .success(nil):
+                throw ExitCode(1)
+            case .success(let bytes?):
+                try place(ServedFile(whole: [UInt8](bytes)))
+                // The segment size comes from the segment itself: the names after it depend on it.
+                guard let cache, let size = WALSegmentSize(bytes: UInt64(bytes.count)),
+                    let requested = SegmentName(fileName, segmentSize: size)
+                else { break }
+                let prefetched = await cache.prefetch(
+                    after: requested, count: archivePrefetch, history: newestHistory(), system: system, client: client,
+                    layout: layout, keyring: keyring)
+                cache.evict(requested: requested, window: archivePrefetch)
+                writeDiagnostic(
+                    Data(
+                        "walship restore-wal: \(fileName) read from the archive; \(prefetched) of the next \(archivePrefetch) segments now wait in \(cache.directory)\n"
+                            .utf8))
+            case .failure(let error as ArchivedWAL.Damaged):
+                writeDiagnostic(Data("walship restore-wal: error: \(error)\n".utf8))
+                throw ExitCode(126)
+            case .failure(let error):
+                // The store unreachable: routine for restore_command, PostgreSQL asks again.
+                writeDiagnostic(
+                    Data("walship restore-wal: \(fileName) could not be read from the archive: \(error)\n".utf8))
+                throw ExitCode(1)
+            }
+        } catch {
+            try? await client.shutdown()
+            throw error
         }
+        try? await client.shutdown()
+    }
+
+    /// Moves the requested segment from the prefetch cache to the destination when an earlier call brought it, then
+    /// drops what replay has moved past. False when the cache does not hold it.
+    func serveCached(_ cache: WALPrefetchCache) throws -> Bool {
+        guard let (path, size) = cache.entry(fileName) else { return false }
+        if rename(path, destination) != 0 {
+            // Another file system: copied, then renamed beside the destination.
+            guard let bytes = FileManager.default.contents(atPath: path) else { return false }
+            try place(ServedFile(whole: [UInt8](bytes)))
+            unlink(path)
+        }
+        if let requested = SegmentName(fileName, segmentSize: size) {
+            cache.evict(requested: requested, window: archivePrefetch)
+        }
+        return true
+    }
+
+    /// The newest timeline history PostgreSQL has restored into the destination's directory (pg_wal): where the
+    /// timelines it follows switch. Empty while there is none.
+    func newestHistory() -> [TimelineHistoryEntry] {
+        let held = (destination as NSString).deletingLastPathComponent
+        let directory = held.isEmpty ? "." : held
+        let newest = ((try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? [])
+            .compactMap { name in timeline(ofHistoryFileName: name).map { ($0, name) } }.max { $0.0 < $1.0 }
+        guard let newest, let text = try? String(contentsOfFile: directory + "/" + newest.1, encoding: .utf8) else {
+            return []
+        }
+        return (try? parseTimelineHistory(text)) ?? []
     }
 
     /// The file from the peer's spool, when --peer-control names it: true when written, false when there is no peer

@@ -224,3 +224,47 @@ import Testing
         #expect { try Keyring.load(path: directory + "/missing") } throws: { "\($0)".contains("cannot read the keyring") }
     }
 }
+
+/// The piecewise opener a large restore uses gives what `open` gives, and refuses what it refuses.
+@Suite struct SealedObjectOpenerTests {
+    static func openPiecewise(_ sealed: Data) throws -> Data {
+        var opener = try SealedObject.Opener(
+            start: sealed.prefix(SealedObject.Opener.headerProbeBytes), objectSize: sealed.count,
+            binding: SealedObjectTests.binding, keyring: SealedObjectTests.keyring)
+        var offset = opener.headerSize
+        var out = Data()
+        while !opener.finished {
+            let length = opener.nextChunkLength
+            out += try opener.open(Data(sealed[offset..<offset + length]))
+            offset += length
+        }
+        #expect(offset == sealed.count)
+        return out
+    }
+
+    @Test(arguments: [0, 1, 4095, 4096, 4097, 3 * 4096, 3 * 4096 + 5])
+    func opensWhatOpenOpens(size: Int) throws {
+        let plain = SealedObjectTests.plaintext(size)
+        #expect(try Self.openPiecewise(try SealedObjectTests.seal(plain)) == plain)
+    }
+
+    @Test func aFlippedByteOrACutAtAChunkBoundaryIsRefused() throws {
+        let sealed = try SealedObjectTests.seal(SealedObjectTests.plaintext(5 * 4096 + 100))
+        let header = SealedObject.headerSize(keyID: SealedObjectTests.keyring.currentID)
+        var flipped = sealed
+        flipped[header + 2 * (4096 + 16) + 7] ^= 1
+        #expect(throws: SealError.tampered(name: SealedObjectTests.binding.name, chunk: 2)) {
+            try Self.openPiecewise(flipped)
+        }
+        for chunks in 1...5 {
+            let cut = sealed.prefix(header + chunks * (4096 + 16))
+            #expect(throws: SealError.truncated(name: SealedObjectTests.binding.name)) { try Self.openPiecewise(Data(cut)) }
+        }
+        let other = Keyring.generate()
+        #expect(throws: SealError.self) {
+            _ = try SealedObject.Opener(
+                start: sealed.prefix(SealedObject.Opener.headerProbeBytes), objectSize: sealed.count,
+                binding: SealedObjectTests.binding, keyring: other)
+        }
+    }
+}

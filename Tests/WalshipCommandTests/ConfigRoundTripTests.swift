@@ -56,6 +56,13 @@ import WalshipConfig
 
     /// Options that parse only beside others (a group's switch, its partner): given on the command line on both sides.
     static func partners(_ role: String, _ option: String) -> [String] {
+        if ["restore", "drill"].contains(role) {
+            if option == "archive" { return ["--archive-endpoint", "http://127.0.0.1:9"] }
+            if option.hasPrefix("archive-") || option == "encryption-keyring" {
+                return ["--archive", "s3://bucket/prefix"]
+                    + (option == "archive-endpoint" ? [] : ["--archive-endpoint", "http://127.0.0.1:9"])
+            }
+        }
         guard role == "receive" else { return [] }
         if option == "archive" { return ["--archive-endpoint", "http://127.0.0.1:9"] }
         if option.hasPrefix("archive-") || option == "encryption-keyring" || option == "alert-archive-lag-seconds" {
