@@ -9,9 +9,9 @@ import Operations
 import Receiver
 import ServiceLifecycle
 import ShipTLS
+import Spool
 import StatusModel
 import WALCore
-import Spool
 import WalSenderServer
 import WalshipConfig
 
