@@ -1060,7 +1060,8 @@ def segment_names(start, end):
 
 
 def pgbackrest_config(store, primary, primary_port):
-    """A stanza on the store's TLS endpoint, encrypted and LZ4-compressed as walship's archive is."""
+    """A stanza on the store's TLS endpoint, encrypted and LZ4-compressed as walship's archive is; two processes
+    (the machine's cores) and bundled small files for backup and restore, as pgBackRest recommends."""
     endpoint = store["S3_TLS_ENDPOINT"].removeprefix("https://")
     # pgBackRest matches the certificate's DNS names only, not its IP address.
     host, port = "localhost", endpoint.rsplit(":", 1)[1]
@@ -1083,6 +1084,9 @@ repo1-s3-key-secret={store["AWS_SECRET_ACCESS_KEY"]}
 repo1-cipher-type=aes-256-cbc
 repo1-cipher-pass=walship-bench-cipher-passphrase
 compress-type=lz4
+process-max=2
+repo1-bundle=y
+repo1-retention-full=2
 log-path={workdir}/pgbackrest-log
 lock-path={workdir}/pgbackrest-lock
 spool-path={workdir}/pgbackrest-spool
@@ -1107,6 +1111,11 @@ def timed_commands(commands):
     for argv, env in commands:
         subprocess.run(argv, check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     return time.monotonic() - started, children_cpu() - cpu
+
+
+def directory_bytes(path):
+    return sum(os.path.getsize(os.path.join(root, name)) for root, _, names in os.walk(path) for name in names
+               if not os.path.islink(os.path.join(root, name)))
 
 
 def archive_section(walship, binary, primary, primary_port):
@@ -1183,8 +1192,9 @@ def archive_section(walship, binary, primary, primary_port):
     wanted = segments[:ARCHIVE_GET_SEGMENTS]
     read_wal = len(wanted) * 16 * MiB
     log(f"archive: {len(wanted)} segments read back one call at a time")
-    seconds, cpu = timed_commands([(AS_POSTGRES + [binary, "restore-wal", "--system", system] + archive
-                                    + [name, os.path.join(restored, "w-" + name)], None) for name in wanted])
+    cache = os.path.join(workdir, "wal-cache")
+    seconds, cpu = timed_commands([(AS_POSTGRES + [binary, "restore-wal", "--system", system, "--archive-cache", cache]
+                                    + archive + [name, os.path.join(restored, "w-" + name)], None) for name in wanted])
     result["walship_get"] = {"seconds": seconds, "cpu_seconds": cpu, "mb_per_s": read_wal / MiB / seconds,
                              "cpu_seconds_per_gb": cpu / (read_wal / 1024 ** 3)}
     seconds, cpu = timed_commands([(pgbackrest + ["archive-get", name, os.path.join(restored, "p-" + name)], None)
@@ -1208,6 +1218,35 @@ def archive_section(walship, binary, primary, primary_port):
     walship.start_sender(primary_port, receiver_port, "archive_sync", sender_status, sync=True,
                          tag="sender-archive-sync")
     set_sync_standby(primary_port, "walship_bench")
+
+    # A base backup of the same database in each tool's repository, then each restored from the bucket alone into a
+    # new directory (the files in place, verified; no replay). pgBackRest's backup skips its WAL archive check: only
+    # the restore of the files is timed.
+    log("archive: walship backup, then walship restore --archive from the bucket alone")
+    backups = [binary, "backups", "--system", system, "--json"] + archive
+    run([binary, "backup", "--source", f"host=127.0.0.1 port={primary_port} user=postgres",
+         "--to", f"127.0.0.1:{receiver_port}"] + walship.tls("sender", False), stdout=subprocess.DEVNULL)
+    wait_for("walship's base backup in the archive",
+             lambda: json.loads(subprocess.run(backups, capture_output=True, text=True).stdout or "[]"), 600, interval=1)
+    target = os.path.join(workdir, "restored-walship")
+    seconds, cpu = timed_commands([([binary, "restore", "--system", system, "--pgdata", target,
+                                     "--walship-path", binary] + archive, None)])
+    size = directory_bytes(target)
+    result["walship_restore"] = {"seconds": seconds, "cpu_seconds": cpu, "bytes": size,
+                                 "mb_per_s": size / MiB / seconds, "cpu_seconds_per_gb": cpu / (size / 1024 ** 3)}
+    log("archive: pgbackrest backup --type=full, then pgbackrest restore")
+    run(pgbackrest + ["backup", "--type=full", "--no-archive-check"], stdout=subprocess.DEVNULL)
+    target = os.path.join(workdir, "restored-pgbackrest")
+    os.makedirs(target, mode=0o700)
+    chown_to_postgres(target)
+    seconds, cpu = timed_commands([(pgbackrest + ["restore", f"--pg1-path={target}"], None)])
+    size = directory_bytes(target)
+    result["pgbackrest_restore"] = {"seconds": seconds, "cpu_seconds": cpu, "bytes": size,
+                                    "mb_per_s": size / MiB / seconds, "cpu_seconds_per_gb": cpu / (size / 1024 ** 3)}
+    log(f"  walship restore: {result['walship_restore']}; pgbackrest restore: {result['pgbackrest_restore']}")
+    for name in ("restored-walship", "restored-pgbackrest"):
+        shutil.rmtree(os.path.join(workdir, name), ignore_errors=True)
+
     sync = {"up": [], "down": []}
     for phase in ("up", "down"):
         if phase == "down":
@@ -1249,10 +1288,19 @@ def archive_verdicts(a, row):
     row("archive upload CPU s/GB (walship: the spool's LZ4 frames, compressed on the link)", w["cpu_seconds_per_gb"],
         p["cpu_seconds_per_gb"], ratio, "≤ 1.0×", ratio <= 1.0)
     w, p = a["walship_get"], a["pgbackrest_get"]
-    row("restore_command MB/s, one call per segment: walship restore-wal vs pgbackrest archive-get", w["mb_per_s"],
+    row("restore_command MB/s, one call per segment: walship restore-wal (prefetch 8) vs pgbackrest archive-get",
+        w["mb_per_s"],
         p["mb_per_s"], w["mb_per_s"] / p["mb_per_s"], "(info)", None)
     row("restore_command CPU s/GB: walship restore-wal vs pgbackrest archive-get", w["cpu_seconds_per_gb"],
         p["cpu_seconds_per_gb"], w["cpu_seconds_per_gb"] / p["cpu_seconds_per_gb"], "(info)", None)
+    if "walship_restore" in a:
+        w, p = a["walship_restore"], a["pgbackrest_restore"]
+        ratio = w["mb_per_s"] / p["mb_per_s"]
+        row("restore of a base backup from the bucket MB/s: walship restore --archive vs pgbackrest restore",
+            w["mb_per_s"], p["mb_per_s"], ratio, "≥ 1.0×", ratio >= 1.0)
+        ratio = w["cpu_seconds_per_gb"] / p["cpu_seconds_per_gb"]
+        row("restore of a base backup from the bucket CPU s/GB", w["cpu_seconds_per_gb"], p["cpu_seconds_per_gb"],
+            ratio, "≤ 1.0×", ratio <= 1.0)
     up, down = a["sync_tps"]["up"]["tps"], a["sync_tps"]["down"]["tps"]
     row("sync TPS, 1 client, archiving receiver: the store stopped vs running", down, up, down / up, "≥ 0.95×",
         down / up >= 0.95)
