@@ -253,8 +253,9 @@ struct BackupRestoreTests {
         let fixture = try Fixture("backup-schedule")
         defer { fixture.tearDown() }
         var topology = try ShipTopology(fixture, spoolOwnedByPostgres: true)
-        // Short enough to fire during the test, long enough to stay clear for a while after the backup.
-        topology.receiverExtra = ["--alert-backup-age", "15s", "--alert-recovery-seconds", "1"]
+        // Short enough to fire during the test, long enough to stay clear for a while after the backup (whose age
+        // counts from its start: under a loaded host the backup alone took 15 s).
+        topology.receiverExtra = ["--alert-backup-age", "30s", "--alert-recovery-seconds", "1"]
         try topology.startReceiver()
         try topology.startSender()
         try topology.primary.pgbench(["-i", "-s", "1", "-q"])
@@ -265,7 +266,7 @@ struct BackupRestoreTests {
             }
         }
         var firing = ""
-        try waitUntil("backup_age to fire without a backup", timeout: 60) {
+        try waitUntil("backup_age to fire without a backup", timeout: 90) {
             firing = try backupAlert().map { "\($0["message"] ?? "")" } ?? ""
             return (!firing.isEmpty, firing)
         }
