@@ -107,7 +107,7 @@ let package = Package(
         .target(
             name: "Archive",
             dependencies: [
-                "ObjectStore", "ArchiveCrypto", "Spool", "WALCore", "StatusModel",
+                "ObjectStore", "ArchiveCrypto", "Spool", "WALCore", "StatusModel", "LZ4Codec",
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
@@ -202,7 +202,11 @@ let package = Package(
             dependencies: [
                 "ObjectStore", .product(name: "NIOCore", package: "swift-nio"), .product(name: "NIOHTTP1", package: "swift-nio"),
             ]),
-        .testTarget(name: "ArchiveTests", dependencies: ["Archive", "ObjectStore", "StatusModel"]),
+        .testTarget(
+            name: "ArchiveTests",
+            dependencies: [
+                "Archive", "ObjectStore", "StatusModel", "ArchiveCrypto", "Spool", "WALCore", "LZ4Codec", "WALTestSupport",
+            ]),
         .testTarget(name: "ArchiveCryptoTests", dependencies: ["ArchiveCrypto"]),
         .testTarget(name: "LZ4CodecTests", dependencies: ["LZ4Codec", .product(name: "NIOCore", package: "swift-nio")]),
         .testTarget(
