@@ -184,7 +184,7 @@ let package = Package(
             dependencies: [
                 "Sender", "Receiver", "Spool", "WALCore", "Monitor", "StatusModel", "WalSenderServer", "ShipTLS", "WalshipConfig",
                 "PGReplication", "ShipProtocol", "Operations", "CBuildIdentity", "Archive", "ArchiveCrypto", "ObjectStore",
-                "LZ4Codec",
+                "LZ4Codec", "ChildProcess",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
@@ -195,7 +195,9 @@ let package = Package(
         .testTarget(name: "WALCoreTests", dependencies: ["WALCore", "WALTestSupport"]),
         .testTarget(
             name: "WalshipCommandTests",
-            dependencies: ["walship", "WalshipConfig", .product(name: "ArgumentParser", package: "swift-argument-parser")]),
+            dependencies: [
+                "walship", "WalshipConfig", "ArchiveCrypto", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]),
         .testTarget(name: "ChildProcessTests", dependencies: ["ChildProcess"]),
         .testTarget(
             name: "ObjectStoreTests",

@@ -79,10 +79,13 @@ struct ArchiveVerifyTests {
         #expect(locked.status == 3, "\(locked.output)")
         #expect(locked.output.contains("--encryption-keyring"))
 
-        // A rotated keyring: new objects under the new key, the old ones still in use.
+        // A rotated keyring: new objects under the new key, the old ones still in use. The receiver now reads the
+        // keyring from a command (as from Vault), which never shows in its log.
         try run(IT.walshipBinary, ["keys", "rotate", keyringPath])
         let secondKey = try Keyring.load(path: keyringPath).currentID
+        let keyCommand = ["--encryption-key-command", "cat '\(keyringPath)'"]
         topology.receiver?.stop()
+        topology.receiverExtra = archive + keyCommand + ["--archive-part-size", "5M"]
         try topology.startReceiver()
         try topology.waitUntilStreaming()
         try topology.primary.pgbench(["-T", "2", "-c", "2"])
@@ -91,6 +94,19 @@ struct ArchiveVerifyTests {
         let rotated = try verify(withKeyring)
         #expect(rotated.status == 0, "\(rotated.output)")
         #expect(rotated.output.contains("\(firstKey) (") && rotated.output.contains("\(secondKey) ("), "\(rotated.output)")
+        let receiverLog = topology.receiver!.log
+        #expect(receiverLog.contains("the archive is encrypted client-side"), "\(receiverLog.suffix(2000))")
+        let material = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: keyringPath)))
+        for key in ((material as? [String: Any])?["keys"] as? [[String: Any]]) ?? [] {
+            #expect(!receiverLog.contains(key["key"] as? String ?? "-"), "key material in the receiver's log")
+        }
+        // verify takes the command too; a failing one is UNKNOWN with its status and first line of standard error.
+        let byCommand = try verify(archive + keyCommand)
+        #expect(byCommand.status == 0, "\(byCommand.output)")
+        #expect(byCommand.output.contains("\(secondKey) ("), "\(byCommand.output)")
+        let sealedVault = try verify(archive + ["--encryption-key-command", "echo 'vault: sealed' >&2; exit 2"])
+        #expect(sealedVault.status == 3, "\(sealedVault.output)")
+        #expect(sealedVault.output.contains("exited with status 2: vault: sealed"), "\(sealedVault.output)")
 
         // One byte flipped in one object in the bucket: CRITICAL, naming that object (and nothing else).
         let walPrefix = "\(prefix)/\(system)/wal/"

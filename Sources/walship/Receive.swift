@@ -153,6 +153,12 @@ struct Receive: AsyncParsableCommand {
 
     @Option(
         help: ArgumentHelp(
+            "With --archive: a command (run with /bin/sh -c) that prints the keyring on standard output, e.g. from Vault or a KMS; instead of --encryption-keyring. Its output is never written to disk or logged.",
+            valueName: "command"))
+    var encryptionKeyCommand: String?
+
+    @Option(
+        help: ArgumentHelp(
             "With --archive: files larger than this (base backups) go up in parts of this size, each verified by the store: 5M or more, e.g. 16M. Default 64M.",
             valueName: "size"))
     var archivePartSize: ByteSize?
@@ -329,13 +335,15 @@ struct Receive: AsyncParsableCommand {
         guard let archive else {
             if archiveEndpoint != nil || archiveRegion != nil || archiveCredentials != nil || archiveCa != nil
                 || alertArchiveLagSeconds != nil || archivePartSize != nil || encryptionKeyring != nil
+                || encryptionKeyCommand != nil
             {
                 throw ValidationError(
-                    "--archive-endpoint, --archive-region, --archive-credentials, --archive-ca, --archive-part-size, --encryption-keyring and --alert-archive-lag-seconds need --archive s3://BUCKET/PREFIX"
+                    "--archive-endpoint, --archive-region, --archive-credentials, --archive-ca, --archive-part-size, --encryption-keyring, --encryption-key-command and --alert-archive-lag-seconds need --archive s3://BUCKET/PREFIX"
                 )
             }
             return
         }
+        try validateKeySource(file: encryptionKeyring, command: encryptionKeyCommand)
         do {
             _ = try ArchiveConfiguration(url: archive)
             guard let archiveEndpoint else {
@@ -357,20 +365,23 @@ struct Receive: AsyncParsableCommand {
 
     /// The archiver, or nil without --archive. Credentials come from --archive-credentials or the environment,
     /// never from the command line, and are never logged.
-    func makeArchiver(spoolRoot: String, logger: Logger) throws -> Archiver? {
+    func makeArchiver(spoolRoot: String, logger: Logger) async throws -> Archiver? {
         guard let archive, let archiveEndpoint else { return nil }
         // The keyring first: a client made is a client to shut down.
-        let keyring = try encryptionKeyring.map(loadKeyring)
+        let keyring = try await resolveKeyring(file: encryptionKeyring, command: encryptionKeyCommand)
         let (client, layout) = try archiveStore(
             url: archive, endpoint: archiveEndpoint, region: archiveRegion, credentialsFile: archiveCredentials,
             caFile: archiveCa)
         var configuration = layout
         if let archivePartSize { configuration.partSize = Int(archivePartSize.bytes) }
-        if let encryptionKeyring, let keyring {
+        if let keyring {
             configuration.keyring = keyring
             logger.info(
                 "the archive is encrypted client-side",
-                metadata: ["walship.keyring": "\(encryptionKeyring)", "walship.key": "\(configuration.keyring!.currentID)"])
+                metadata: [
+                    "walship.keyring": "\(encryptionKeyring ?? "from --encryption-key-command")",
+                    "walship.key": "\(keyring.currentID)",
+                ])
         } else {
             logger.warning(
                 "the archive is not encrypted: the object store can read the WAL and backups (give --encryption-keyring; docs/security.md)"
@@ -448,7 +459,7 @@ struct Receive: AsyncParsableCommand {
         }
         let archiver: Archiver?
         do {
-            archiver = try makeArchiver(spoolRoot: root, logger: logger)
+            archiver = try await makeArchiver(spoolRoot: root, logger: logger)
         } catch {
             throw fail("receive", error, kind: .setUp)
         }

@@ -122,7 +122,7 @@ struct RestoreWAL: AsyncParsableCommand {
                 Data("walship restore-wal: the spool holds no system yet: give --system ID to read the archive\n".utf8))
             throw ExitCode(1)
         }
-        let (client, layout, keyring) = try archive.open()
+        let (client, layout, keyring) = try await archive.open()
         let outcome: Result<Data?, any Error>
         do {
             outcome = .success(

@@ -170,7 +170,7 @@ struct Verify: AsyncParsableCommand {
         let origin = "archive \(archive.archive ?? "")"
         let opened: (client: S3Client, layout: ArchiveConfiguration, keyring: Keyring?)
         do {
-            opened = try archive.open()
+            opened = try await archive.open()
         } catch {
             var ledger = VerifyLedger(origin: origin, keyring: nil)
             ledger.report(VerifyProblem(.unknown, origin, "\(error)", hint: "check the archive's options"))
