@@ -159,6 +159,18 @@ struct Receive: AsyncParsableCommand {
 
     @Option(
         help: ArgumentHelp(
+            "With --archive: keep in the bucket what a recovery to any time in the last N days needs (the backups since, the newest one before, and the WAL from the oldest kept backup's start); older backups and WAL are deleted. Nothing is deleted while no complete backup is archived.",
+            valueName: "days"))
+    var archiveRetainDays: Int?
+
+    @Option(
+        help: ArgumentHelp(
+            "With --archive: keep the newest N complete backups in the bucket and the WAL from the oldest one's start; older backups and WAL are deleted (with --archive-retain-days, what either keeps stays).",
+            valueName: "count"))
+    var archiveRetainBackups: Int?
+
+    @Option(
+        help: ArgumentHelp(
             "With --archive: files larger than this (base backups) go up in parts of this size, each verified by the store: 5M or more, e.g. 16M. Default 64M.",
             valueName: "size"))
     var archivePartSize: ByteSize?
@@ -335,10 +347,10 @@ struct Receive: AsyncParsableCommand {
         guard let archive else {
             if archiveEndpoint != nil || archiveRegion != nil || archiveCredentials != nil || archiveCa != nil
                 || alertArchiveLagSeconds != nil || archivePartSize != nil || encryptionKeyring != nil
-                || encryptionKeyCommand != nil
+                || encryptionKeyCommand != nil || archiveRetainDays != nil || archiveRetainBackups != nil
             {
                 throw ValidationError(
-                    "--archive-endpoint, --archive-region, --archive-credentials, --archive-ca, --archive-part-size, --encryption-keyring, --encryption-key-command and --alert-archive-lag-seconds need --archive s3://BUCKET/PREFIX"
+                    "--archive-endpoint, --archive-region, --archive-credentials, --archive-ca, --archive-part-size, --encryption-keyring, --encryption-key-command, --archive-retain-days, --archive-retain-backups and --alert-archive-lag-seconds need --archive s3://BUCKET/PREFIX"
                 )
             }
             return
@@ -358,6 +370,12 @@ struct Receive: AsyncParsableCommand {
         if let part = archivePartSize, part.bytes < 5 << 20 || part.bytes > 5 << 30 {
             throw ValidationError("--archive-part-size must be between 5M and 5G (S3's limits for a part)")
         }
+        if let days = archiveRetainDays, days < 1 {
+            throw ValidationError("--archive-retain-days must be at least 1 (days of recovery window the bucket keeps)")
+        }
+        if let count = archiveRetainBackups, count < 1 {
+            throw ValidationError("--archive-retain-backups must be at least 1 (the newest backup always stays)")
+        }
         if let lag = alertArchiveLagSeconds, lag.seconds <= 0 {
             throw ValidationError("--alert-archive-lag-seconds must be positive (e.g. 15m)")
         }
@@ -374,6 +392,7 @@ struct Receive: AsyncParsableCommand {
             caFile: archiveCa)
         var configuration = layout
         if let archivePartSize { configuration.partSize = Int(archivePartSize.bytes) }
+        configuration.retention = ArchiveRetentionPolicy(days: archiveRetainDays, backups: archiveRetainBackups)
         if let keyring {
             configuration.keyring = keyring
             logger.info(
