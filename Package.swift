@@ -107,7 +107,7 @@ let package = Package(
         .target(
             name: "Archive",
             dependencies: [
-                "ObjectStore", "ArchiveCrypto", "Spool", "WALCore", "StatusModel",
+                "ObjectStore", "ArchiveCrypto", "Spool", "WALCore", "StatusModel", "LZ4Codec",
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
@@ -184,7 +184,7 @@ let package = Package(
             dependencies: [
                 "Sender", "Receiver", "Spool", "WALCore", "Monitor", "StatusModel", "WalSenderServer", "ShipTLS", "WalshipConfig",
                 "PGReplication", "ShipProtocol", "Operations", "CBuildIdentity", "Archive", "ArchiveCrypto", "ObjectStore",
-                "LZ4Codec",
+                "LZ4Codec", "ChildProcess",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
@@ -195,14 +195,20 @@ let package = Package(
         .testTarget(name: "WALCoreTests", dependencies: ["WALCore", "WALTestSupport"]),
         .testTarget(
             name: "WalshipCommandTests",
-            dependencies: ["walship", "WalshipConfig", .product(name: "ArgumentParser", package: "swift-argument-parser")]),
+            dependencies: [
+                "walship", "WalshipConfig", "ArchiveCrypto", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]),
         .testTarget(name: "ChildProcessTests", dependencies: ["ChildProcess"]),
         .testTarget(
             name: "ObjectStoreTests",
             dependencies: [
                 "ObjectStore", .product(name: "NIOCore", package: "swift-nio"), .product(name: "NIOHTTP1", package: "swift-nio"),
             ]),
-        .testTarget(name: "ArchiveTests", dependencies: ["Archive", "ObjectStore", "StatusModel", "WALCore"]),
+        .testTarget(
+            name: "ArchiveTests",
+            dependencies: [
+                "Archive", "ObjectStore", "StatusModel", "ArchiveCrypto", "Spool", "WALCore", "LZ4Codec", "WALTestSupport",
+            ]),
         .testTarget(name: "ArchiveCryptoTests", dependencies: ["ArchiveCrypto"]),
         .testTarget(name: "LZ4CodecTests", dependencies: ["LZ4Codec", .product(name: "NIOCore", package: "swift-nio")]),
         .testTarget(

@@ -23,6 +23,10 @@ public struct ArchiveConfiguration: Sendable {
     /// How often the spool is looked at when nothing waits.
     public var scanInterval: Duration = .seconds(1)
     public var policy = ArchiveStateMachine.Policy()
+    /// What the bucket keeps (`--archive-retain-days`, `--archive-retain-backups`); nothing is deleted without it.
+    public var retention = ArchiveRetentionPolicy()
+    /// How often retention runs at most; it also runs right after a backup's record was archived.
+    public var retentionInterval: Duration = .seconds(60)
 
     public init(bucket: String, prefix: String) {
         self.bucket = bucket
@@ -68,6 +72,17 @@ public final class Archiver: Service, Sendable {
     private let machine: NIOLockedValueBox<ArchiveStateMachine>
     /// The last scan of each system, for reconciling with the store's listing.
     private let lastScan = NIOLockedValueBox<[UInt64: [String: ArchiveObject]]>([:])
+    private let retentionState = NIOLockedValueBox(RetentionState())
+
+    struct RetentionState {
+        var nextRunAt = Date.distantPast
+        var deleted: [UInt64: Int] = [:]
+        var refused: [UInt64: Int] = [:]
+        var lastRunAt: [UInt64: Date] = [:]
+        var lastError: [UInt64: String] = [:]
+        /// Backup records already read, by object key: a record never changes once archived.
+        var records: [String: BackupInfo] = [:]
+    }
 
     /// Metadata carrying the object's SHA-256, which HEAD returns (the ETag of a multipart object is no checksum of
     /// its bytes, and this store returns none of the newer checksum headers).
@@ -135,8 +150,23 @@ public final class Archiver: Service, Sendable {
                 status.systems[index].archive = machine.status(
                     system: system, destination: configuration.destination(system: system), now: now)
                 status.systems[index].archive?.encryptionKeyID = configuration.keyring?.currentID
+                if let archive = status.systems[index].archive {
+                    status.systems[index].archive = withRetention(archive, system: system)
+                }
             }
         }
+    }
+
+    private func withRetention(_ status: StatusDocument.ArchiveStatus, system: UInt64) -> StatusDocument.ArchiveStatus {
+        guard configuration.retention.isEnabled else { return status }
+        var status = status
+        retentionState.withLockedValue {
+            status.retentionDeletedObjects = $0.deleted[system] ?? 0
+            status.retentionRefusedObjects = $0.refused[system] ?? 0
+            status.retentionLastRunAt = $0.lastRunAt[system]
+            status.retentionLastError = $0.lastError[system]
+        }
+        return status
     }
 
     /// What retention must keep of `system`: everything until the store's listing was read, then the segments and
@@ -154,9 +184,10 @@ public final class Archiver: Service, Sendable {
     }
 
     public func status(system: UInt64, now: Date = Date()) -> StatusDocument.ArchiveStatus {
-        machine.withLockedValue {
-            $0.status(system: system, destination: configuration.destination(system: system), now: now)
-        }
+        withRetention(
+            machine.withLockedValue {
+                $0.status(system: system, destination: configuration.destination(system: system), now: now)
+            }, system: system)
     }
 
     private func loop() async throws {
@@ -171,6 +202,7 @@ public final class Archiver: Service, Sendable {
                 }
             }
             guard actions.isEmpty else { continue }
+            await retainIfDue()
             var wait =
                 Double(configuration.scanInterval.components.seconds)
                 + Double(configuration.scanInterval.components.attoseconds) / 1e18
@@ -398,7 +430,135 @@ public final class Archiver: Service, Sendable {
         if recovered {
             logger.info("the object store takes uploads again", metadata: ["walship.key": "\(key)"])
         }
+        // A new complete backup may let older ones go.
+        if object.path.hasSuffix("/backup.json") { retentionState.withLockedValue { $0.nextRunAt = .distantPast } }
         logger.debug("archived", metadata: ["walship.key": "\(key)", "walship.bytes": "\(bytes)"])
+    }
+
+    // MARK: Retention in the bucket
+
+    /// Runs retention over each system whose listing the archiver has read, at most once per `retentionInterval`.
+    private func retainIfDue() async {
+        guard configuration.retention.isEnabled else { return }
+        let now = Date()
+        let due = retentionState.withLockedValue { state -> Bool in
+            guard now >= state.nextRunAt else { return false }
+            state.nextRunAt = now.addingTimeInterval(
+                Double(configuration.retentionInterval.components.seconds)
+                    + Double(configuration.retentionInterval.components.attoseconds) / 1e18)
+            return true
+        }
+        guard due else { return }
+        for system in machine.withLockedValue({ $0.systems })
+        where machine.withLockedValue({ $0.unarchived(system: system) }) != nil {
+            await retain(system: system)
+        }
+    }
+
+    /// One pass of `ArchiveRetentionPlan` over the system's listing: removed backups (each record first), then the WAL
+    /// older than every kept backup's start. A delete the store refuses is counted and logged, and its backup kept
+    /// with its WAL; any other failure ends the pass, to be tried again at the next one.
+    private func retain(system: UInt64) async {
+        let prefix = configuration.systemPrefix(system)
+        do {
+            let listed = try await client.listAllObjects(prefix: prefix)
+            var walFiles: [String] = []
+            var backupPaths: [String: [String]] = [:]
+            for object in listed {
+                let path = String(object.key.dropFirst(prefix.count))
+                if path.hasPrefix("wal/") {
+                    walFiles.append(String(path.dropFirst("wal/".count)))
+                } else if let match = path.wholeMatch(of: /base\/([^\/]+)\/[^\/]+/) {
+                    backupPaths[String(match.output.1), default: []].append(path)
+                }
+            }
+            var backups: [ArchivedBackup] = []
+            for (id, paths) in backupPaths where paths.contains("base/\(id)/backup.json") {
+                let info = try await backupRecord(key: prefix + "base/\(id)/backup.json", system: system, id: id)
+                guard let start = LSN(info.startLSN), let stop = LSN(info.stopLSN) else {
+                    throw ArchiveError("the record of backup \(id) holds no valid start or stop LSN")
+                }
+                backups.append(ArchivedBackup(id: id, start: start, stop: stop, createdAt: info.createdAt, paths: paths))
+            }
+            let segmentSize = try SpoolReader(root: spoolRoot, system: system).segmentSize
+            let plan = ArchiveRetentionPlan.make(
+                policy: configuration.retention, backups: backups, walFiles: walFiles, segmentSize: segmentSize, now: Date())
+            var held: [ArchivedBackup] = []
+            var deleted = 0
+            for backup in plan.removedBackups {
+                let record = "base/\(backup.id)/backup.json"
+                guard try await delete(system: system, path: record) else {
+                    held.append(backup)
+                    continue
+                }
+                deleted += 1
+                for path in backup.paths.sorted() where path != record {
+                    if try await delete(system: system, path: path) { deleted += 1 }
+                }
+            }
+            let wal = plan.walDeletions(sparing: held, segmentSize: segmentSize)
+            for path in wal {
+                if try await delete(system: system, path: path) { deleted += 1 }
+            }
+            if deleted > 0 {
+                let heldIDs = Set(held.map(\.id))
+                let gone: [String] = plan.removedBackups.map(\.id).filter { !heldIDs.contains($0) }
+                logger.info(
+                    "archive retention deleted \(deleted) objects",
+                    metadata: [
+                        "walship.system": "\(system)",
+                        "walship.backups": "\(gone)",
+                        "walship.kept": "\(plan.keptBackups)", "walship.segments": "\(wal.count)",
+                    ])
+            }
+            retentionState.withLockedValue {
+                $0.lastRunAt[system] = Date()
+                $0.lastError[system] = nil
+            }
+        } catch {
+            retentionState.withLockedValue { $0.lastError[system] = "\(error)" }
+            logger.warning(
+                "archive retention stopped short; it runs again later",
+                metadata: ["walship.system": "\(system)", "walship.error": "\(error)"])
+        }
+    }
+
+    /// A backup's record in the store, opened with the keyring when sealed.
+    private func backupRecord(key: String, system: UInt64, id: String) async throws -> BackupInfo {
+        if let known = retentionState.withLockedValue({ $0.records[key] }) { return known }
+        let stored = try await client.getObject(key: key)
+        var bytes = stored
+        if let keyID = try? SealedObject.keyID(of: stored) {
+            guard let keyring = configuration.keyring else {
+                throw ArchiveError("\(key) is encrypted (key \(keyID)) and the receiver has no keyring: nothing is deleted")
+            }
+            bytes = try SealedObject.open(
+                stored, binding: .init(system: system, name: "base/\(id)/backup.json"), keyring: keyring)
+        }
+        let info = try BackupCatalog.decodeRecord(bytes, origin: key)
+        retentionState.withLockedValue { $0.records[key] = info }
+        return info
+    }
+
+    /// Deletes one object: true when deleted, false when the store refused (object lock, a bucket policy: counted
+    /// and logged, the object stays); throws on any other failure.
+    private func delete(system: UInt64, path: String) async throws -> Bool {
+        let key = configuration.objectKey(system: system, path: path)
+        do {
+            try await client.deleteObject(key: key)
+        } catch let error as S3Error where ArchiveRetentionPlan.isRefusal(code: error.code) {
+            retentionState.withLockedValue { $0.refused[system, default: 0] += 1 }
+            logger.warning(
+                "the object store refuses to delete an object retention no longer needs (object lock or a bucket policy); it stays",
+                metadata: ["walship.key": "\(key)", "walship.error": "\(error)"])
+            return false
+        }
+        retentionState.withLockedValue {
+            $0.deleted[system, default: 0] += 1
+            if path.hasSuffix("/backup.json") { $0.records[key] = nil }
+        }
+        logger.debug("archive retention deleted an object", metadata: ["walship.key": "\(key)"])
+        return true
     }
 
     /// File work (reads, hashes, sealing) on NIO's blocking pool: on the concurrency pool (one thread per core) it

@@ -25,6 +25,10 @@ public struct ChildProcess: Sendable {
         case inherited
         /// Kept, at most `captureLimit` bytes (the last ones), in the result.
         case captured
+        /// Kept like `.captured`, in a file on the memory file system /dev/shm (unlinked at once) instead of the
+        /// temporary directory: for a secret (the archive's keyring) that must never reach a disk. Refused when
+        /// /dev/shm is not tmpfs.
+        case capturedInMemory
     }
 
     /// An absolute path, or a name looked up in `PATH`.
@@ -138,8 +142,8 @@ public struct ChildProcess: Sendable {
         }
         return Result(
             termination: termination,
-            standardOutput: output == .captured ? Self.tail(of: stdout, limit: captureLimit) : "",
-            standardError: errorOutput == .captured ? Self.tail(of: stderr, limit: captureLimit) : "")
+            standardOutput: output.isCaptured ? Self.tail(of: stdout, limit: captureLimit) : "",
+            standardError: errorOutput.isCaptured ? Self.tail(of: stderr, limit: captureLimit) : "")
     }
 
     /// Runs the program and requires exit status 0; otherwise the error says what failed (`what`, such as
@@ -294,6 +298,10 @@ public struct ChildProcessError: Error, CustomStringConvertible, Sendable {
     }
 }
 
+extension ChildProcess.Output {
+    var isCaptured: Bool { self == .captured || self == .capturedInMemory }
+}
+
 /// The files behind a child's standard streams, closed once it has ended.
 private struct StreamFiles {
     private var opened: [FileDescriptor] = []
@@ -314,6 +322,7 @@ private struct StreamFiles {
         case .discarded: return try open("/dev/null", .writeOnly)
         case .inherited: return inherited
         case .captured: return try anonymousFile()
+        case .capturedInMemory: return try anonymousFile(directory: try Self.memoryDirectory())
         }
     }
 
@@ -329,8 +338,24 @@ private struct StreamFiles {
     }
 
     /// A file in the temporary directory with no name left: nothing remains once it is closed.
-    private mutating func anonymousFile() throws -> FileDescriptor {
-        let directory = ProcessInfo.processInfo.environment["TMPDIR"].flatMap { $0.isEmpty ? nil : $0 } ?? "/tmp"
+    /// /dev/shm when the mount table says it is tmpfs.
+    static func memoryDirectory() throws -> String {
+        let mounts = (try? String(contentsOfFile: "/proc/self/mounts", encoding: .utf8)) ?? ""
+        let isMemory = mounts.split(separator: "\n").contains {
+            let fields = $0.split(separator: " ")
+            return fields.count > 2 && fields[1] == "/dev/shm" && fields[2] == "tmpfs"
+        }
+        guard isMemory else { throw NoMemoryFileSystem() }
+        return "/dev/shm"
+    }
+
+    struct NoMemoryFileSystem: Error, CustomStringConvertible {
+        var description: String { "/dev/shm is not a memory file system (tmpfs), and this output must not reach a disk" }
+    }
+
+    private mutating func anonymousFile(directory given: String? = nil) throws -> FileDescriptor {
+        let directory =
+            given ?? ProcessInfo.processInfo.environment["TMPDIR"].flatMap { $0.isEmpty ? nil : $0 } ?? "/tmp"
         var template = Array((directory + "/walship-child-XXXXXX").utf8CString)
         let fd = template.withUnsafeMutableBufferPointer { mkstemp($0.baseAddress!) }
         guard fd >= 0 else { throw Errno(rawValue: errno) }

@@ -56,6 +56,10 @@ public final class MetricsPublisher: Sendable {
                 gauge(.archiveLagSeconds, ["system": id], archive.lagSeconds ?? 0)
                 gauge(.archiveFailing, ["system": id], archive.failing ? 1 : 0)
                 gauge(.archivedObjects, ["system": id], Double(archive.archivedObjects))
+                if let deleted = archive.retentionDeletedObjects {
+                    gauge(.archiveRetentionDeleted, ["system": id], Double(deleted))
+                    gauge(.archiveRetentionRefused, ["system": id], Double(archive.retentionRefusedObjects ?? 0))
+                }
             }
             // One series per mode, 1 for the current one (as walship_slot_wal_status), and since when it holds.
             if let mode = system.mode ?? s.sender?.mode {
@@ -177,6 +181,12 @@ struct MetricFamily: Hashable, Sendable {
         "walship_archive_failing", "1 while the object store has refused the archiver's last attempts (archive_failing).")
     static let archivedObjects = gauge(
         "walship_archived_objects", "Files of the spool confirmed in the object store since the receiver started.")
+    static let archiveRetentionDeleted = gauge(
+        "walship_archive_retention_deleted_objects",
+        "Objects the archive's retention deleted from the object store since the receiver started.")
+    static let archiveRetentionRefused = gauge(
+        "walship_archive_retention_refused_objects",
+        "Deletes of the archive's retention the object store refused (object lock, a bucket policy) since the receiver started.")
     // The sender.
     static let walSent = counter("walship_wal_sent_bytes_total", "WAL bytes shipped to the receiver.")
     static let wireSent = counter(
@@ -200,7 +210,8 @@ struct MetricFamily: Hashable, Sendable {
         up, startTime, residentMemory, healthStatus, certificateExpiry, alertActive, linkConnected, linkLastMessageAge,
         primaryLastMessageAge, timeline, clockSkew, fenced, standbysConnected, replicationMode, replicationModeSince,
         syncNotHonoured, walPosition, lagBytes, lagSeconds, newestBackup, spoolFree, spoolSize, spoolUsed,
-        archiveLagSegments, archiveLagBytes, archiveLagSeconds, archiveFailing, archivedObjects, walSent, wireSent,
+        archiveLagSegments, archiveLagBytes, archiveLagSeconds, archiveFailing, archivedObjects, archiveRetentionDeleted,
+        archiveRetentionRefused, walSent, wireSent,
         highCompressionFrames, slotRetained, slotSafeWALSize, slotWALStatus, degraded, rpoExposureBytes, rpoExposureSeconds,
     ]
 }

@@ -280,6 +280,13 @@ public struct StatusDocument: Codable, Sendable, Equatable {
         public var retryAt: Date?
         /// The keyring key new objects are encrypted with (`--encryption-keyring`); nil: not encrypted.
         public var encryptionKeyID: String?
+        /// With `--archive-retain-days`/`--archive-retain-backups`: objects retention deleted since the receiver
+        /// started, and deletes the store refused (object lock, a bucket policy); nil without retention.
+        public var retentionDeletedObjects: Int?
+        public var retentionRefusedObjects: Int?
+        public var retentionLastRunAt: Date?
+        /// Why the last retention pass stopped short (a listing or a record that could not be read); nil when it ran.
+        public var retentionLastError: String?
 
         public init(
             destination: String, lagSegments: Int, lagBytes: UInt64, lagSeconds: Double?, archivedObjects: Int,

@@ -34,6 +34,10 @@ public enum StatusTable {
                 + (archive.lagSeconds.map { ", oldest \(formatDuration($0))" } ?? "")
         line += "; \(archive.archivedObjects) archived"
         line += archive.encryptionKeyID.map { ", encrypted (key \($0))" } ?? ", NOT encrypted"
+        if let deleted = archive.retentionDeletedObjects {
+            line += "; retention deleted \(deleted)"
+            if let refused = archive.retentionRefusedObjects, refused > 0 { line += ", \(refused) refused (object lock?)" }
+        }
         if archive.failing {
             line += ", FAILING" + (archive.failingSince.map { " since \(formatISO8601($0))" } ?? "")
             line += ": \(archive.lastError ?? "unknown error")"

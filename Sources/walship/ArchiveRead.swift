@@ -1,6 +1,7 @@
 import Archive
 import ArchiveCrypto
 import ArgumentParser
+import ChildProcess
 import Foundation
 import LZ4Codec
 import ObjectStore
@@ -35,26 +36,33 @@ struct ArchiveReadOptions: ParsableArguments {
             "With --archive: the keyring that opens the archive's encrypted objects (walship keys init).", valueName: "file"))
     var encryptionKeyring: String?
 
+    @Option(
+        help: ArgumentHelp(
+            "With --archive: a command (run with /bin/sh -c) that prints the keyring on standard output, e.g. from Vault or a KMS; instead of --encryption-keyring.",
+            valueName: "command"))
+    var encryptionKeyCommand: String?
+
     func validate() throws {
         guard let archive else {
             if archiveEndpoint != nil || archiveRegion != nil || archiveCredentials != nil || archiveCa != nil
-                || encryptionKeyring != nil
+                || encryptionKeyring != nil || encryptionKeyCommand != nil
             {
                 throw ValidationError(
-                    "--archive-endpoint, --archive-region, --archive-credentials, --archive-ca and --encryption-keyring go with --archive"
+                    "--archive-endpoint, --archive-region, --archive-credentials, --archive-ca, --encryption-keyring and --encryption-key-command go with --archive"
                 )
             }
             return
         }
+        try validateKeySource(file: encryptionKeyring, command: encryptionKeyCommand)
         do { _ = try ArchiveConfiguration(url: archive) } catch { throw ValidationError(error.description) }
         guard archiveEndpoint != nil else { throw ValidationError("--archive needs --archive-endpoint URL") }
     }
 
     /// The store, the archive's layout and the keyring; the caller shuts the client down.
-    func open() throws -> (client: S3Client, layout: ArchiveConfiguration, keyring: Keyring?) {
+    func open() async throws -> (client: S3Client, layout: ArchiveConfiguration, keyring: Keyring?) {
         guard let archive, let archiveEndpoint else { throw ValidationError("no --archive") }
         // The keyring first: a client made is a client to shut down.
-        let keyring = try encryptionKeyring.map(loadKeyring)
+        let keyring = try await resolveKeyring(file: encryptionKeyring, command: encryptionKeyCommand)
         let (client, layout) = try archiveStore(
             url: archive, endpoint: archiveEndpoint, region: archiveRegion, credentialsFile: archiveCredentials,
             caFile: archiveCa)
@@ -94,6 +102,59 @@ func archiveStore(
 /// `--encryption-keyring FILE`, its problems said as that option's.
 func loadKeyring(_ path: String) throws -> Keyring {
     do { return try Keyring.load(path: path) } catch { throw ValidationError("--encryption-keyring: \(error)") }
+}
+
+/// `--encryption-keyring` and `--encryption-key-command` name the same thing two ways: one of them at most.
+func validateKeySource(file: String?, command: String?) throws {
+    guard file == nil || command == nil else {
+        throw ValidationError(
+            "--encryption-keyring and --encryption-key-command exclude each other: give the keyring's file or the command that prints it"
+        )
+    }
+    if let command, command.trimmingCharacters(in: .whitespaces).isEmpty {
+        throw ValidationError("--encryption-key-command is empty: give the command that prints the keyring")
+    }
+}
+
+/// The keyring `--encryption-keyring FILE` or `--encryption-key-command CMD` gives; nil with neither.
+func resolveKeyring(file: String?, command: String?) async throws -> Keyring? {
+    if let file { return try loadKeyring(file) }
+    if let command { return try await keyringFromCommand(command) }
+    return nil
+}
+
+/// `--encryption-key-command CMD`: the keyring a command prints on standard output (from Vault or a KMS), in the
+/// keyring file's format. Run with /bin/sh -c; its output is read from memory (/dev/shm), never written to disk,
+/// and neither it nor the command is logged or put in an error.
+func keyringFromCommand(_ command: String) async throws -> Keyring {
+    let hint =
+        "run the command by hand as this user: it must print the keyring walship keys init writes and exit 0"
+    let child = ChildProcess(
+        "/bin/sh", ["-c", command], output: .capturedInMemory, errorOutput: .captured, captureLimit: 1 << 20,
+        timeout: .seconds(120))
+    let result: ChildProcess.Result
+    do {
+        result = try await child.run()
+    } catch {
+        throw ValidationError("--encryption-key-command: \(error) (hint: \(hint))")
+    }
+    guard result.succeeded else {
+        let firstLine = result.standardError.split(whereSeparator: \.isNewline).first.map(String.init)
+        throw ValidationError(
+            "--encryption-key-command exited with status \(result.status)"
+                + (firstLine.map { ": \($0)" } ?? ", with nothing on standard error") + " (hint: \(hint))")
+    }
+    let output = Data(result.standardOutput.utf8)
+    // The decoder's own message may quote the output; a keyring's bytes are never repeated in an error.
+    guard (try? JSONSerialization.jsonObject(with: output)) != nil else {
+        throw ValidationError(
+            "--encryption-key-command printed \(output.count) bytes that are not a walship keyring (hint: \(hint))")
+    }
+    do {
+        return try Keyring.decode(output, origin: "the output of --encryption-key-command")
+    } catch {
+        throw ValidationError("--encryption-key-command: \(error)")
+    }
 }
 
 /// An archived object's bytes as the spool held them: opened with `keyring` when sealed (bound to the system and

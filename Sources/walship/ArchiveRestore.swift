@@ -196,7 +196,7 @@ struct ArchiveRestore {
                 "--archive has no credentials (hint: give --archive-credentials FILE, readable by \(osUser), or set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY: walship then writes them for \(osUser) beside the data directory)"
             )
         }
-        let (client, layout, keyring) = try archive.open()
+        let (client, layout, keyring) = try await archive.open()
         do {
             let restored = try await restore(
                 dataDirectory: dataDirectory, walship: walship, settings: settings, signal: signal, targetTime: targetTime,
@@ -332,7 +332,7 @@ struct ArchiveRestore {
 /// Where the archive's WAL of `system` ends for a drill: the start of its newest segment (on the newest timeline).
 /// Replay that reaches into it has read all the archive holds but that segment's tail, which the promotion replays.
 func archivedWALEnd(_ archive: ArchiveReadOptions, system: UInt64, segmentSize: WALSegmentSize) async throws -> LSN {
-    let (client, layout, _) = try archive.open()
+    let (client, layout, _) = try await archive.open()
     let outcome: Result<LSN, any Error>
     do {
         let objects = try await client.listAllObjects(prefix: layout.objectKey(system: system, path: "wal/"))

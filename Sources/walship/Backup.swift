@@ -201,7 +201,7 @@ struct Backups: AsyncParsableCommand {
 
     /// The complete backups whose record is in the archive, opened with the keyring when sealed.
     func archivedBackups() async throws -> [BackupInfo] {
-        let (client, layout, keyring) = try archive.open()
+        let (client, layout, keyring) = try await archive.open()
         let outcome: Result<[BackupInfo], any Error>
         do {
             outcome = .success(try await listArchivedBackups(client: client, layout: layout, keyring: keyring, system: system))

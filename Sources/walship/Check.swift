@@ -135,7 +135,7 @@ struct Check: AsyncParsableCommand {
         let quiet = Logger(label: "walship.check") { _ in SwiftLogNoOpLogHandler() }
         let archiver: Archiver?
         do {
-            archiver = try receive.makeArchiver(spoolRoot: receive.spool, logger: quiet)
+            archiver = try await receive.makeArchiver(spoolRoot: receive.spool, logger: quiet)
         } catch {
             report.add(.fail("archive", "\(error)"))
             return
@@ -145,7 +145,7 @@ struct Check: AsyncParsableCommand {
             report.add(
                 .ok(
                     "archive encryption",
-                    "keyring \(receive.encryptionKeyring ?? "") holds \(keyring.keys.count) key(s), new objects use \(keyring.currentID)",
+                    "keyring \(receive.encryptionKeyring ?? "from encryption-key-command") holds \(keyring.keys.count) key(s), new objects use \(keyring.currentID)",
                     hint: "keep an escrow copy of the keyring away from this host"))
         } else {
             report.add(

@@ -150,6 +150,24 @@ struct Receive: AsyncParsableCommand {
 
     @Option(
         help: ArgumentHelp(
+            "With --archive: a command (run with /bin/sh -c) that prints the keyring on standard output, e.g. from Vault or a KMS; instead of --encryption-keyring. Its output is never written to disk or logged.",
+            valueName: "command"))
+    var encryptionKeyCommand: String?
+
+    @Option(
+        help: ArgumentHelp(
+            "With --archive: keep in the bucket what a recovery to any time in the last N days needs (the backups since, the newest one before, and the WAL from the oldest kept backup's start); older backups and WAL are deleted. Nothing is deleted while no complete backup is archived.",
+            valueName: "days"))
+    var archiveRetainDays: Int?
+
+    @Option(
+        help: ArgumentHelp(
+            "With --archive: keep the newest N complete backups in the bucket and the WAL from the oldest one's start; older backups and WAL are deleted (with --archive-retain-days, what either keeps stays).",
+            valueName: "count"))
+    var archiveRetainBackups: Int?
+
+    @Option(
+        help: ArgumentHelp(
             "With --archive: files larger than this (base backups) go up in parts of this size, each verified by the store: 5M or more, e.g. 16M. Default 64M.",
             valueName: "size"))
     var archivePartSize: ByteSize?
@@ -326,13 +344,15 @@ struct Receive: AsyncParsableCommand {
         guard let archive else {
             if archiveEndpoint != nil || archiveRegion != nil || archiveCredentials != nil || archiveCa != nil
                 || alertArchiveLagSeconds != nil || archivePartSize != nil || encryptionKeyring != nil
+                || encryptionKeyCommand != nil || archiveRetainDays != nil || archiveRetainBackups != nil
             {
                 throw ValidationError(
-                    "--archive-endpoint, --archive-region, --archive-credentials, --archive-ca, --archive-part-size, --encryption-keyring and --alert-archive-lag-seconds need --archive s3://BUCKET/PREFIX"
+                    "--archive-endpoint, --archive-region, --archive-credentials, --archive-ca, --archive-part-size, --encryption-keyring, --encryption-key-command, --archive-retain-days, --archive-retain-backups and --alert-archive-lag-seconds need --archive s3://BUCKET/PREFIX"
                 )
             }
             return
         }
+        try validateKeySource(file: encryptionKeyring, command: encryptionKeyCommand)
         do {
             _ = try ArchiveConfiguration(url: archive)
             guard let archiveEndpoint else {
@@ -347,6 +367,12 @@ struct Receive: AsyncParsableCommand {
         if let part = archivePartSize, part.bytes < 5 << 20 || part.bytes > 5 << 30 {
             throw ValidationError("--archive-part-size must be between 5M and 5G (S3's limits for a part)")
         }
+        if let days = archiveRetainDays, days < 1 {
+            throw ValidationError("--archive-retain-days must be at least 1 (days of recovery window the bucket keeps)")
+        }
+        if let count = archiveRetainBackups, count < 1 {
+            throw ValidationError("--archive-retain-backups must be at least 1 (the newest backup always stays)")
+        }
         if let lag = alertArchiveLagSeconds, lag.seconds <= 0 {
             throw ValidationError("--alert-archive-lag-seconds must be positive (e.g. 15m)")
         }
@@ -354,20 +380,24 @@ struct Receive: AsyncParsableCommand {
 
     /// The archiver, or nil without --archive. Credentials come from --archive-credentials or the environment,
     /// never from the command line, and are never logged.
-    func makeArchiver(spoolRoot: String, logger: Logger) throws -> Archiver? {
+    func makeArchiver(spoolRoot: String, logger: Logger) async throws -> Archiver? {
         guard let archive, let archiveEndpoint else { return nil }
         // The keyring first: a client made is a client to shut down.
-        let keyring = try encryptionKeyring.map(loadKeyring)
+        let keyring = try await resolveKeyring(file: encryptionKeyring, command: encryptionKeyCommand)
         let (client, layout) = try archiveStore(
             url: archive, endpoint: archiveEndpoint, region: archiveRegion, credentialsFile: archiveCredentials,
             caFile: archiveCa)
         var configuration = layout
         if let archivePartSize { configuration.partSize = Int(archivePartSize.bytes) }
-        if let encryptionKeyring, let keyring {
+        configuration.retention = ArchiveRetentionPolicy(days: archiveRetainDays, backups: archiveRetainBackups)
+        if let keyring {
             configuration.keyring = keyring
             logger.info(
                 "the archive is encrypted client-side",
-                metadata: ["walship.keyring": "\(encryptionKeyring)", "walship.key": "\(configuration.keyring!.currentID)"])
+                metadata: [
+                    "walship.keyring": "\(encryptionKeyring ?? "from --encryption-key-command")",
+                    "walship.key": "\(keyring.currentID)",
+                ])
         } else {
             logger.warning(
                 "the archive is not encrypted: the object store can read the WAL and backups (give --encryption-keyring; docs/security.md)"
@@ -445,7 +475,7 @@ struct Receive: AsyncParsableCommand {
         }
         let archiver: Archiver?
         do {
-            archiver = try makeArchiver(spoolRoot: root, logger: logger)
+            archiver = try await makeArchiver(spoolRoot: root, logger: logger)
         } catch {
             throw fail("receive", error, kind: .setUp)
         }

@@ -143,7 +143,7 @@ struct RestoreWAL: AsyncParsableCommand {
         if fileName == "00000001.history" { throw ExitCode(1) }
         let cache = archivePrefetch > 0 ? WALPrefetchCache(root: archiveCache, system: system) : nil
         if let cache, try serveCached(cache) { return }
-        let (client, layout, keyring) = try archive.open()
+        let (client, layout, keyring) = try await archive.open()
         let outcome: Result<Data?, any Error>
         do {
             outcome = .success(

@@ -24,6 +24,7 @@ struct Walship: AsyncParsableCommand {
         subcommands: [
             Send.self, Receive.self, Status.self, Certs.self, Promote.self, Drill.self, Backup.self, Backups.self, Restore.self,
             RestoreWAL.self, ExtractPartial.self, Prune.self, Check.self, Rejoin.self, Switchover.self, Standby.self, Keys.self,
+            Verify.self,
         ])
 }
 

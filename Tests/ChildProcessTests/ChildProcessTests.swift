@@ -158,3 +158,18 @@ import Glibc
         }
     }
 }
+
+extension ChildProcessTests {
+    /// A secret's output (the archive's keyring) is captured on the memory file system, never in the temporary
+    /// directory on disk.
+    @Test func outputCapturedInMemoryIsReturned() async throws {
+        let result = try await ChildProcess(
+            "/bin/sh", ["-c", "echo keyring; ls -l /proc/$$/fd/1"], output: .capturedInMemory
+        ).run()
+        #expect(result.succeeded)
+        let lines = result.standardOutput.split(separator: "\n")
+        #expect(lines.first == "keyring")
+        // Standard output is an unlinked file under /dev/shm.
+        #expect(lines.last?.contains("/dev/shm/walship-child-") == true, "\(result.standardOutput)")
+    }
+}

@@ -23,6 +23,8 @@ public func sampleReceiver(
     system.archive = .init(
         destination: "s3://dr-archive/walship/7301/", lagSegments: 2, lagBytes: 9 << 20, lagSeconds: 12,
         archivedObjects: 40, lastArchived: "000000010000000000000004.lz4", lastArchivedAt: at.addingTimeInterval(-10))
+    system.archive?.retentionDeletedObjects = 12
+    system.archive?.retentionRefusedObjects = 0
     return StatusDocument(
         role: "receiver", version: walshipVersion, host: "dr", generatedAt: at,
         process: .init(pid: 42, startedAt: at.addingTimeInterval(-3600), residentMemoryBytes: 30 << 20),

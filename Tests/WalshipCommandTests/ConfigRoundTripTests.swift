@@ -65,7 +65,7 @@ import WalshipConfig
         }
         guard role == "receive" else { return [] }
         if option == "archive" { return ["--archive-endpoint", "http://127.0.0.1:9"] }
-        if option.hasPrefix("archive-") || option == "encryption-keyring" || option == "alert-archive-lag-seconds" {
+        if option.hasPrefix("archive-") || option.hasPrefix("encryption-") || option == "alert-archive-lag-seconds" {
             return ["--archive", "s3://bucket/prefix"]
                 + (option == "archive-endpoint" ? [] : ["--archive-endpoint", "http://127.0.0.1:9"])
         }
