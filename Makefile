@@ -42,7 +42,7 @@ release: deps-build
 # they wait on PostgreSQL, and async unit tests running beside them could starve until their time limit. The
 # object-store suites talk to the store from the test process through async-http-client, so they run last, on
 # their own, for the same reason (beside the others their reads timed out waiting for a pool thread).
-ASYNC_SUITES = ArchiveShipTests ArchiveRestoreTests S3ClientTests
+ASYNC_SUITES = ArchiveShipTests ArchiveRestoreTests ArchiveVerifyTests ArchiveBucketRetentionTests ArchiveKilledUploadTests S3ClientTests
 test: deps lint
 	@scripts/kill-test-strays.sh
 	$(SWIFT) build --build-tests

@@ -1,4 +1,5 @@
 import Foundation
+import Spool
 import StatusModel
 
 /// A file of the spool the archive copies: a completed segment (`wal/NAME.lz4`), a timeline history file
@@ -244,6 +245,29 @@ public struct ArchiveStateMachine: Sendable {
     public func unarchived(system: UInt64) -> Set<String>? {
         guard reconciliation[system] == .done else { return nil }
         return Set((pending.keys.lazy.map { $0 } + inFlight.keys.lazy.map { $0 }).filter { $0.system == system }.map(\.path))
+    }
+
+    /// The paths of `system` the store has confirmed and the spool still holds; nil until the store's listing was
+    /// read. A file the machine has not seen yet is not among them.
+    public func archived(system: UInt64) -> Set<String>? {
+        guard reconciliation[system] == .done else { return nil }
+        return Set(archived.filter { $0.system == system }.map(\.path))
+    }
+
+    /// What the spool's retention must keep of `system`: everything until the store's listing was read, then all but
+    /// the segments and backups confirmed there. A file the machine has not seen yet (completed while a large upload
+    /// ran) is kept too: it may be older than the newest backup, and retention would otherwise drop it unarchived.
+    public func retentionHold(system: UInt64) -> ArchiveHold {
+        guard let paths = archived(system: system) else { return .everything }
+        var segments: Set<String> = []
+        var backups: Set<String> = []
+        for path in paths {
+            let parts = path.split(separator: "/")
+            if parts.count == 2, parts[0] == "wal" { segments.insert(String(parts[1])) }
+            // A backup counts once its record, which goes up last, is confirmed.
+            if parts.count == 3, parts[0] == "base", parts[2] == "backup.json" { backups.insert(String(parts[1])) }
+        }
+        return .allBut(archivedSegments: segments, archivedBackups: backups)
     }
 
     /// The systems the machine has seen.

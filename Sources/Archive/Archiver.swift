@@ -169,18 +169,9 @@ public final class Archiver: Service, Sendable {
         return status
     }
 
-    /// What retention must keep of `system`: everything until the store's listing was read, then the segments and
-    /// backups not confirmed there. A file the archiver has not seen yet is newer than any retention removes.
+    /// What the spool's retention must keep of `system` (`ArchiveStateMachine.retentionHold`).
     public func hold(system: UInt64) -> ArchiveHold {
-        guard let paths = machine.withLockedValue({ $0.unarchived(system: system) }) else { return .everything }
-        var segments: Set<String> = []
-        var backups: Set<String> = []
-        for path in paths {
-            let parts = path.split(separator: "/")
-            if parts.first == "wal", parts.count == 2 { segments.insert(String(parts[1])) }
-            if parts.first == "base", parts.count >= 2 { backups.insert(String(parts[1])) }
-        }
-        return .files(segments: segments, backups: backups)
+        machine.withLockedValue { $0.retentionHold(system: system) }
     }
 
     public func status(system: UInt64, now: Date = Date()) -> StatusDocument.ArchiveStatus {

@@ -57,13 +57,14 @@ public enum StandbyRegistry {
     }
 }
 
-/// What the archive (`walship receive --archive`) has not confirmed in the object store yet, which retention keeps
-/// (docs/archive.md): the spool may drop what is archived, never what is not.
+/// What the archive (`walship receive --archive`) has confirmed in the object store, outside which retention keeps
+/// everything (docs/archive.md): the spool may drop what is archived, never what is not, including files the
+/// archiver has not seen yet (they complete while it uploads something large).
 public enum ArchiveHold: Sendable, Equatable {
     /// The archiver has not yet read what the store holds: nothing may be pruned.
     case everything
-    /// Completed segments (`NAME.lz4`) and base backups (ids) not confirmed in the store.
-    case files(segments: Set<String>, backups: Set<String>)
+    /// Only these completed segments (`NAME.lz4`) and base backups (ids) are confirmed in the store.
+    case allBut(archivedSegments: Set<String>, archivedBackups: Set<String>)
 }
 
 /// What may be removed from a system's spool, and why. The rule: keep the newest `retainBackups` complete
@@ -127,15 +128,15 @@ public struct RetentionPlan: Sendable, Equatable {
             reasons.append("standby \(standby.name) has replayed only to \(standby.replayedLSN); its WAL is kept")
         }
         var removeBackups = backups.filter { $0.id < oldestKept.id }.map(\.id)
-        if case .files(let heldSegments, let heldBackups) = archiveHold {
-            let oldestHeld = segments.filter { heldSegments.contains("\($0).lz4") }.min()
+        if case .allBut(let archivedSegments, let archivedBackups) = archiveHold {
+            let oldestHeld = segments.filter { !archivedSegments.contains("\($0).lz4") }.min()
             if let oldestHeld, oldestHeld.startLSN < keepFrom {
                 keepFrom = oldestHeld.startLSN
                 reasons.append("segment \(oldestHeld) is not in the object store yet: WAL from it on is kept")
             }
-            let unarchived = removeBackups.filter { heldBackups.contains($0) }
+            let unarchived = removeBackups.filter { !archivedBackups.contains($0) }
             if !unarchived.isEmpty {
-                removeBackups.removeAll { heldBackups.contains($0) }
+                removeBackups.removeAll { !archivedBackups.contains($0) }
                 reasons.append("backup(s) \(unarchived.joined(separator: ", ")) not in the object store yet: kept")
             }
         }

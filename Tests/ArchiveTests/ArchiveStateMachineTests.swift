@@ -2,8 +2,10 @@ import Foundation
 import ObjectStore
 import StatusModel
 import Testing
+import WALCore
 
 @testable import Archive
+@testable import Spool
 
 @Suite struct ArchiveStateMachineTests {
     static let t0 = Date(timeIntervalSince1970: 1_800_000_000)
@@ -151,6 +153,31 @@ import Testing
         machine.uploaded(Self.segment(2), now: Self.t0)
         #expect(machine.unarchived(system: 7) == [Self.segment(3).path])
         #expect(machine.unarchived(system: 9) == nil)
+        // What retention may drop is what is confirmed: not segment 4, which the machine has not seen yet.
+        #expect(machine.archived(system: 7) == [Self.segment(1).path, Self.segment(2).path])
+        #expect(machine.archived(system: 9) == nil)
+        _ = machine.spoolScanned(system: 7, objects: [Self.segment(2), Self.segment(3), Self.segment(4)])
+        #expect(machine.archived(system: 7) == [Self.segment(2).path], "segment 1 left the spool")
+    }
+
+    /// Seen by the archive: segments 1 and 2, both in the store. Segments 3 to 5 completed while a large upload ran
+    /// and were not scanned yet; a backup starting in segment 6 lets the spool's retention drop 1 to 5. Only what
+    /// the store confirmed may go: 3 to 5 stay until they are archived.
+    @Test func retentionKeepsWhatTheArchiveHasNotSeenYet() {
+        var machine = ArchiveStateMachine()
+        #expect(machine.retentionHold(system: 7) == .everything)
+        _ = machine.spoolScanned(system: 7, objects: [Self.segment(1), Self.segment(2)])
+        _ = machine.next(now: Self.t0)
+        machine.reconciled(system: 7, confirmed: [Self.segment(1).path, Self.segment(2).path], now: Self.t0)
+        let size = WALSegmentSize.default
+        let backup = BackupInfo(
+            id: "b1", label: "", systemIdentifier: "7", createdAt: Self.t0, startLSN: "0/6000028", stopLSN: "0/6000100",
+            timeline: 1, archiveBytes: 0, archiveCRC32C: "0", storedBytes: 0, status: .complete)
+        let plan = RetentionPlan.compute(
+            backups: [backup], segments: (1...7).map { SegmentName(timeline: 1, number: UInt64($0), segmentSize: size) },
+            standbys: [], retainBackups: 1, segmentSize: size, archiveHold: machine.retentionHold(system: 7))
+        #expect(plan.removeSegments.map(\.number) == [1, 2])
+        #expect(plan.keepFrom == size.startLSN(ofSegment: 3))
     }
 
     @Test func aFailedReconciliationIsRetriedAfterTheBackoff() {

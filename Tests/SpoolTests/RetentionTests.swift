@@ -34,10 +34,13 @@ import WALTestSupport
 
     @Test func whatTheArchiveHasNotConfirmedIsKept() {
         let backups = [backup("b1", start: "0/3000028"), backup("b2", start: "0/6000028"), backup("b3", start: "0/9000028")]
+        let all = Set(segments.map { "\($0).lz4" })
         // Segment 4 and backup b1 are not in the object store yet: WAL from 4 on and b1 stay.
         let held = RetentionPlan.compute(
             backups: backups, segments: segments, standbys: [], retainBackups: 2, segmentSize: size,
-            archiveHold: .files(segments: ["\(segments[3]).lz4", "\(segments[10]).lz4"], backups: ["b1"]))
+            archiveHold: .allBut(
+                archivedSegments: all.subtracting(["\(segments[3]).lz4", "\(segments[10]).lz4"]),
+                archivedBackups: ["b2", "b3"]))
         #expect(held.removeBackups.isEmpty)
         #expect(held.keepFrom == LSN("0/4000000")!)
         #expect(held.removeSegments.map(\.number) == [1, 2, 3])
@@ -45,9 +48,16 @@ import WALTestSupport
         // Everything archived: the plan is retention's own.
         let archived = RetentionPlan.compute(
             backups: backups, segments: segments, standbys: [], retainBackups: 2, segmentSize: size,
-            archiveHold: .files(segments: [], backups: []))
+            archiveHold: .allBut(archivedSegments: all, archivedBackups: ["b1", "b2", "b3"]))
         #expect(archived.removeBackups == ["b1"])
         #expect(archived.removeSegments.map(\.number) == [1, 2, 3, 4, 5])
+        // A segment the archiver has not seen yet (it completed during a long upload) is no more archived than one
+        // it lists as waiting: segment 2 and what follows stay.
+        let unseen = RetentionPlan.compute(
+            backups: backups, segments: segments, standbys: [], retainBackups: 2, segmentSize: size,
+            archiveHold: .allBut(archivedSegments: ["\(segments[0]).lz4"], archivedBackups: ["b1", "b2", "b3"]))
+        #expect(unseen.removeSegments.map(\.number) == [1])
+        #expect(unseen.keepFrom == LSN("0/2000000")!)
         // Before the archiver has read the store: nothing goes.
         let unknown = RetentionPlan.compute(
             backups: backups, segments: segments, standbys: [], retainBackups: 2, segmentSize: size, archiveHold: .everything)
