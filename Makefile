@@ -41,7 +41,8 @@ release: deps-build
 # run first, on their own: the integration tests block the concurrency pool's threads (one per core) while
 # they wait on PostgreSQL, and async unit tests running beside them could starve until their time limit. The
 # object-store suites talk to the store from the test process through async-http-client, so they run last, on
-# their own, for the same reason (beside the others their reads timed out waiting for a pool thread).
+# their own and one at a time, for the same reason (beside the others, or each other, their reads timed out
+# waiting for a pool thread, and a poll for an upload in flight missed it).
 ASYNC_SUITES = ArchiveShipTests ArchiveRestoreTests ArchiveVerifyTests ArchiveBucketRetentionTests ArchiveKilledUploadTests S3ClientTests
 test: deps lint
 	@scripts/kill-test-strays.sh
@@ -50,7 +51,7 @@ test: deps lint
 	@set -o pipefail; status=0; \
 		( $(SWIFT) test --skip-build --skip IntegrationTests; unit=$$?; \
 		  $(SWIFT) test --skip-build --filter IntegrationTests $(foreach s,$(ASYNC_SUITES),--skip $(s)); integration=$$?; \
-		  $(SWIFT) test --skip-build $(foreach s,$(ASYNC_SUITES),--filter IntegrationTests.$(s)); store=$$?; \
+		  $(SWIFT) test --skip-build --no-parallel $(foreach s,$(ASYNC_SUITES),--filter IntegrationTests.$(s)); store=$$?; \
 		  [ $$unit -eq 0 ] && [ $$integration -eq 0 ] && [ $$store -eq 0 ] ) 2>&1 | tee test-output.log || status=$$?; \
 		scripts/kill-test-strays.sh; [ $$status -eq 0 ] || scripts/test-failures.sh test-output.log; exit $$status
 
@@ -70,7 +71,7 @@ integration: deps
 	@scripts/kill-test-strays.sh
 	$(SWIFT) build --build-tests
 	@status=0; $(SWIFT) test --skip-build --filter IntegrationTests $(foreach s,$(ASYNC_SUITES),--skip $(s)) || status=$$?; \
-		$(SWIFT) test --skip-build $(foreach s,$(ASYNC_SUITES),--filter IntegrationTests.$(s)) || status=$$?; \
+		$(SWIFT) test --skip-build --no-parallel $(foreach s,$(ASYNC_SUITES),--filter IntegrationTests.$(s)) || status=$$?; \
 		scripts/kill-test-strays.sh; exit $$status
 
 # The ship path end to end on loopback, with a local primary, in synchronous mode.

@@ -11,8 +11,18 @@ import Testing
     .enabled(if: S3Store.available, "Ceph (ceph-mon, ceph-osd, radosgw) is required: make deps"))
 struct ArchiveBucketRetentionTests {
     @Test func oldBackupsAndTheirWALGoTheKeptBackupsWALStays() async throws {
-        let fixture = try Fixture("archive-retention")
-        let store = try S3Store(directory: fixture.directory + "/s3")
+        try await retention(objectLockDays: nil)
+    }
+
+    /// With object lock on the bucket, a delete leaves a delete marker: the objects leave the listing (and restores)
+    /// while their locked versions stay. Nothing fails; the receiver says so once and counts them.
+    @Test func inABucketWithObjectLockDeletedObjectsStayAsLockedVersions() async throws {
+        try await retention(objectLockDays: 1)
+    }
+
+    func retention(objectLockDays: Int?) async throws {
+        let fixture = try Fixture(objectLockDays == nil ? "archive-retention" : "archive-retention-locked")
+        let store = try S3Store(directory: fixture.directory + "/s3", objectLockDays: objectLockDays)
         defer {
             // The store first: the fixture's tear-down removes its directory, and with it what stop needs.
             store.stop()
@@ -88,6 +98,16 @@ struct ArchiveBucketRetentionTests {
         #expect(ArchiveShipTests.number(status["retentionRefusedObjects"]) == 0, "\(status)")
         #expect(status["retentionLastError"] == nil, "\(status)")
         #expect(topology.receiver!.log.contains("archive retention deleted"), "\(topology.receiver!.log.suffix(2000))")
+        let markers = ArchiveShipTests.number(status["retentionDeleteMarkers"])
+        if objectLockDays == nil {
+            #expect(markers == 0, "\(status)")
+        } else {
+            // Every delete left a marker; the first backup's record is still stored, as a locked version.
+            #expect(markers > 3 && markers == ArchiveShipTests.number(status["retentionDeletedObjects"]), "\(status)")
+            #expect(topology.receiver!.log.contains("the bucket keeps versions"), "\(topology.receiver!.log.suffix(2000))")
+            let stored = try store.keysWithStoredVersions(prefix: systemPrefix)
+            #expect(stored.contains(systemPrefix + "base/\(first)/backup.json"), "\(stored.sorted())")
+        }
 
         // What is left is a whole archive: the kept backup and a gapless WAL from its start.
         let verified = try run(

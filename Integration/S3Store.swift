@@ -15,16 +15,21 @@ final class S3Store {
     }
 
     let directory: String
+    /// The bucket made with object lock, new versions kept this many days (governance mode).
+    let objectLockDays: Int?
     private(set) var values: [String: String] = [:]
 
-    init(directory: String) throws {
+    init(directory: String, objectLockDays: Int? = nil) throws {
         self.directory = directory
+        self.objectLockDays = objectLockDays
         try start()
     }
 
     /// Starts the store (again: the data stays) and reads the lines the script prints.
     func start() throws {
-        let result = try run("/bin/bash", [Self.script, "start", directory], timeout: 180, check: false)
+        let result = try run(
+            "/bin/bash", [Self.script, "start", directory], timeout: 180,
+            environment: objectLockDays.map { ["S3_SERVER_OBJECT_LOCK_DAYS": String($0)] } ?? [:], check: false)
         guard result.status == 0 else {
             stop()
             throw TestFailure("scripts/s3-server.sh start failed: \(result.error)\(result.output)")
@@ -53,6 +58,27 @@ final class S3Store {
     /// What a walship process needs in its environment to reach the store.
     var environment: [String: String] {
         ["AWS_ACCESS_KEY_ID": credentials.accessKeyID, "AWS_SECRET_ACCESS_KEY": credentials.secretAccessKey]
+    }
+
+    /// The bucket's object versions and delete markers under `prefix` (ListObjectVersions, through curl's SigV4: the
+    /// archive's client never lists versions): the keys that still have a stored version.
+    func keysWithStoredVersions(prefix: String) throws -> Set<String> {
+        let listing = try run(
+            "/usr/bin/curl",
+            [
+                "-s", "--aws-sigv4", "aws:amz:us-east-1:s3", "--user",
+                "\(credentials.accessKeyID):\(credentials.secretAccessKey)", "-H",
+                "x-amz-content-sha256: e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
+                // The whole bucket: curl signs a query with more than one parameter wrongly.
+                "\(endpoint)/\(bucket)?versions=",
+            ])
+        let versions = listing.output.components(separatedBy: "<Version>").dropFirst()
+        return Set(
+            versions.compactMap { entry -> String? in
+                guard let end = entry.range(of: "</Key>") else { return nil }
+                let key = String(entry[..<end.lowerBound].dropFirst("<Key>".count))
+                return key.hasPrefix(prefix) ? key : nil
+            })
     }
 
     /// Runs `body` with a client that is shut down afterwards, whether `body` throws or not.

@@ -7,6 +7,7 @@
 #                                    S3_CA_FILE, S3_BUCKET, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION
 #   scripts/s3-server.sh stop DIR    stops the three daemons (the data stays: start again to reuse it)
 #   scripts/s3-server.sh env DIR     prints the lines again
+#   S3_SERVER_OBJECT_LOCK_DAYS=N     (with start) the bucket is made with object lock, N days of governance retention
 #
 # Packages: ceph-mon ceph-osd radosgw ceph-common (scripts/install-deps.sh installs them), openssl, curl.
 # The settings that matter and why are in docs/archive.md ("The store in tests").
@@ -181,10 +182,26 @@ osd_up() { timeout 5 ceph -c "$conf" osd stat 2>/dev/null | grep -q '1 up'; }
 gateway_answers() { [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$rgw_port/")" = 200 ]; }
 
 # A SigV4-signed request with curl; curl does not sign x-amz-content-sha256 itself, which the gateway requires.
-signed_curl() { # METHOD PATH
-    curl -s -o /dev/null -w '%{http_code}' -X "$1" --aws-sigv4 "aws:amz:$region:s3" --user "$access_key:$secret_key" \
-        -H "x-amz-content-sha256: e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855" \
-        "http://127.0.0.1:$rgw_port$2"
+signed_curl() { # METHOD PATH [curl options]
+    local method=$1 path=$2
+    shift 2
+    curl -s -o /dev/null -w '%{http_code}' -X "$method" --aws-sigv4 "aws:amz:$region:s3" --user "$access_key:$secret_key" \
+        -H "x-amz-content-sha256: e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855" "$@" \
+        "http://127.0.0.1:$rgw_port$path"
+}
+
+# S3_SERVER_OBJECT_LOCK_DAYS=N: the bucket is made with object lock, every new object version kept N days in
+# governance mode (a plain delete then leaves a delete marker; deleting the version itself is refused).
+lock_bucket() { # DAYS
+    local body code
+    body="<ObjectLockConfiguration xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"><ObjectLockEnabled>Enabled</ObjectLockEnabled><Rule><DefaultRetention><Mode>GOVERNANCE</Mode><Days>$1</Days></DefaultRetention></Rule></ObjectLockConfiguration>"
+    # The empty value after object-lock: curl signs a bare query name wrongly.
+    code=$(curl -s -o /dev/null -w '%{http_code}' -X PUT --aws-sigv4 "aws:amz:$region:s3" \
+        --user "$access_key:$secret_key" \
+        -H "x-amz-content-sha256: $(printf '%s' "$body" | openssl dgst -sha256 -hex | sed 's/.* //')" \
+        -H "Content-MD5: $(printf '%s' "$body" | openssl dgst -md5 -binary | base64)" --data-binary "$body" \
+        "http://127.0.0.1:$rgw_port/$bucket?object-lock=")
+    [ "$code" = 200 ] || die "setting object lock on bucket $bucket answered HTTP $code"
 }
 
 start() {
@@ -205,11 +222,16 @@ start() {
     fi
     wait_for 60 "the gateway on port $rgw_port" gateway_answers
     local code
-    code=$(signed_curl PUT "/$bucket")
+    if [ -n "${S3_SERVER_OBJECT_LOCK_DAYS:-}" ]; then
+        code=$(signed_curl PUT "/$bucket" -H "x-amz-bucket-object-lock-enabled: true")
+    else
+        code=$(signed_curl PUT "/$bucket")
+    fi
     case $code in
     200 | 409) ;; # 409: BucketAlreadyOwnedByYou on a restart
     *) die "creating bucket $bucket answered HTTP $code" ;;
     esac
+    [ -z "${S3_SERVER_OBJECT_LOCK_DAYS:-}" ] || lock_bucket "$S3_SERVER_OBJECT_LOCK_DAYS"
     print_env
 }
 

@@ -78,6 +78,7 @@ public final class Archiver: Service, Sendable {
         var nextRunAt = Date.distantPast
         var deleted: [UInt64: Int] = [:]
         var refused: [UInt64: Int] = [:]
+        var deleteMarkers: [UInt64: Int] = [:]
         var lastRunAt: [UInt64: Date] = [:]
         var lastError: [UInt64: String] = [:]
         /// Backup records already read, by object key: a record never changes once archived.
@@ -163,6 +164,7 @@ public final class Archiver: Service, Sendable {
         retentionState.withLockedValue {
             status.retentionDeletedObjects = $0.deleted[system] ?? 0
             status.retentionRefusedObjects = $0.refused[system] ?? 0
+            status.retentionDeleteMarkers = $0.deleteMarkers[system] ?? 0
             status.retentionLastRunAt = $0.lastRunAt[system]
             status.retentionLastError = $0.lastError[system]
         }
@@ -535,8 +537,9 @@ public final class Archiver: Service, Sendable {
     /// and logged, the object stays); throws on any other failure.
     private func delete(system: UInt64, path: String) async throws -> Bool {
         let key = configuration.objectKey(system: system, path: path)
+        let outcome: S3Client.DeleteOutcome
         do {
-            try await client.deleteObject(key: key)
+            outcome = try await client.deleteObject(key: key)
         } catch let error as S3Error where ArchiveRetentionPlan.isRefusal(code: error.code) {
             retentionState.withLockedValue { $0.refused[system, default: 0] += 1 }
             logger.warning(
@@ -544,9 +547,19 @@ public final class Archiver: Service, Sendable {
                 metadata: ["walship.key": "\(key)", "walship.error": "\(error)"])
             return false
         }
-        retentionState.withLockedValue {
+        let firstMarker = retentionState.withLockedValue {
             $0.deleted[system, default: 0] += 1
             if path.hasSuffix("/backup.json") { $0.records[key] = nil }
+            guard outcome == .deleteMarker else { return false }
+            $0.deleteMarkers[system, default: 0] += 1
+            return $0.deleteMarkers[system] == 1
+        }
+        if firstMarker {
+            // Gone from listings (and from restores), its data kept by the bucket until the bucket's own retention
+            // (object lock) or lifecycle rules end it: said once, counted in the status.
+            logger.notice(
+                "the bucket keeps versions (object lock or versioning): objects retention deletes stay as older versions behind delete markers, until the bucket's own retention ends",
+                metadata: ["walship.key": "\(key)"])
         }
         logger.debug("archive retention deleted an object", metadata: ["walship.key": "\(key)"])
         return true

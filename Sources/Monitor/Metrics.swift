@@ -59,6 +59,7 @@ public final class MetricsPublisher: Sendable {
                 if let deleted = archive.retentionDeletedObjects {
                     gauge(.archiveRetentionDeleted, ["system": id], Double(deleted))
                     gauge(.archiveRetentionRefused, ["system": id], Double(archive.retentionRefusedObjects ?? 0))
+                    gauge(.archiveRetentionDeleteMarkers, ["system": id], Double(archive.retentionDeleteMarkers ?? 0))
                 }
             }
             // One series per mode, 1 for the current one (as walship_slot_wal_status), and since when it holds.
@@ -187,6 +188,10 @@ struct MetricFamily: Hashable, Sendable {
     static let archiveRetentionRefused = gauge(
         "walship_archive_retention_refused_objects",
         "Deletes of the archive's retention the object store refused (object lock, a bucket policy) since the receiver started.")
+    static let archiveRetentionDeleteMarkers = gauge(
+        "walship_archive_retention_delete_marker_objects",
+        "Objects the archive's retention deleted that the bucket keeps as older versions behind a delete marker (versioning, object lock)."
+    )
     // The sender.
     static let walSent = counter("walship_wal_sent_bytes_total", "WAL bytes shipped to the receiver.")
     static let wireSent = counter(
@@ -211,7 +216,7 @@ struct MetricFamily: Hashable, Sendable {
         primaryLastMessageAge, timeline, clockSkew, fenced, standbysConnected, replicationMode, replicationModeSince,
         syncNotHonoured, walPosition, lagBytes, lagSeconds, newestBackup, spoolFree, spoolSize, spoolUsed,
         archiveLagSegments, archiveLagBytes, archiveLagSeconds, archiveFailing, archivedObjects, archiveRetentionDeleted,
-        archiveRetentionRefused, walSent, wireSent,
+        archiveRetentionRefused, archiveRetentionDeleteMarkers, walSent, wireSent,
         highCompressionFrames, slotRetained, slotSafeWALSize, slotWALStatus, degraded, rpoExposureBytes, rpoExposureSeconds,
     ]
 }

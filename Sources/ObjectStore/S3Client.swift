@@ -265,8 +265,17 @@ public final class S3Client: Sendable {
         return data
     }
 
-    public func deleteObject(key: String) async throws {
-        _ = try await send("DeleteObject", key: key, method: .DELETE)
+    /// What a DeleteObject did: removed the object, or, in a bucket that keeps versions (versioning, object lock),
+    /// hid it behind a delete marker while its data stays as an older version.
+    public enum DeleteOutcome: Sendable, Equatable {
+        case deleted
+        case deleteMarker
+    }
+
+    @discardableResult
+    public func deleteObject(key: String) async throws -> DeleteOutcome {
+        let answer = try await send("DeleteObject", key: key, method: .DELETE)
+        return answer.headers.first(name: "x-amz-delete-marker")?.lowercased() == "true" ? .deleteMarker : .deleted
     }
 
     /// One page of ListObjectsV2 under `prefix`.

@@ -284,6 +284,9 @@ public struct StatusDocument: Codable, Sendable, Equatable {
         /// started, and deletes the store refused (object lock, a bucket policy); nil without retention.
         public var retentionDeletedObjects: Int?
         public var retentionRefusedObjects: Int?
+        /// Of the deleted objects, those the bucket kept as older versions behind a delete marker (versioning, object
+        /// lock): gone from listings and restores, their data still stored.
+        public var retentionDeleteMarkers: Int?
         public var retentionLastRunAt: Date?
         /// Why the last retention pass stopped short (a listing or a record that could not be read); nil when it ran.
         public var retentionLastError: String?

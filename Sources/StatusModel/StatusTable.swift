@@ -36,6 +36,9 @@ public enum StatusTable {
         line += archive.encryptionKeyID.map { ", encrypted (key \($0))" } ?? ", NOT encrypted"
         if let deleted = archive.retentionDeletedObjects {
             line += "; retention deleted \(deleted)"
+            if let markers = archive.retentionDeleteMarkers, markers > 0 {
+                line += " (\(markers) kept by the bucket as older versions)"
+            }
             if let refused = archive.retentionRefusedObjects, refused > 0 { line += ", \(refused) refused (object lock?)" }
         }
         if archive.failing {

@@ -84,6 +84,21 @@ import Testing
         #expect(text.contains("1.5 s"))
         #expect(text.hasSuffix(verdict.summary))
     }
+
+    @Test func theArchiveLineSaysWhatRetentionDeletedAndWhatTheBucketKept() {
+        var document = sampleReceiver()
+        let now = document.generatedAt
+        let render = { (document: StatusDocument) in
+            StatusTable.render(document, verdict: HealthCheck.evaluate(document, thresholds: .init(), now: now), now: now)
+        }
+        #expect(render(document).contains("; retention deleted 12"))
+        #expect(!render(document).contains("older versions"))
+        document.systems[0].archive?.retentionDeleteMarkers = 5
+        document.systems[0].archive?.retentionRefusedObjects = 2
+        #expect(
+            render(document).contains("; retention deleted 12 (5 kept by the bucket as older versions), 2 refused (object lock?)")
+        )
+    }
 }
 
 @Suite struct HealthCheckTests {
