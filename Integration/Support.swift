@@ -68,19 +68,47 @@ enum IT {
         }
     }
 
+    /// A loopback port nothing listens on, below Linux's ephemeral range (32768 on), where outgoing connections
+    /// (libpq, HTTP) take their local ports: one of those could take a port handed out from there before the
+    /// server binds it (seen: a receiver's --standby-listen in use). Below the test store's range too
+    /// (scripts/s3-server.sh: 20000-32000), and never the same port twice in one run.
     static func freePort() -> Int {
+        for _ in 0..<2000 {
+            let port = Int.random(in: 10000..<20000)
+            guard portsHandedOut.withLock({ $0.insert(port).inserted }), canBind(port) else { continue }
+            return port
+        }
+        fatalError("no free loopback port between 10000 and 20000")
+    }
+
+    private static let portsHandedOut = LockedValue(Set<Int>())
+
+    private static func canBind(_ port: Int) -> Bool {
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        guard fd >= 0 else { return false }
         defer { close(fd) }
         var addr = sockaddr_in()
         addr.sin_family = sa_family_t(AF_INET)
         addr.sin_addr.s_addr = inet_addr("127.0.0.1")
-        addr.sin_port = 0
-        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-        _ = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) } }
-        _ = withUnsafeMutablePointer(to: &addr) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) }
-        }
-        return Int(UInt16(bigEndian: addr.sin_port))
+        addr.sin_port = UInt16(port).bigEndian
+        let length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        return withUnsafePointer(to: &addr) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) }
+        } == 0
+    }
+}
+
+/// A value behind a lock, for test support shared by tests that run in parallel.
+final class LockedValue<Value>: @unchecked Sendable {
+    private var value: Value
+    private let lock = NSLock()
+
+    init(_ value: Value) { self.value = value }
+
+    func withLock<T>(_ body: (inout Value) throws -> T) rethrows -> T {
+        lock.lock()
+        defer { lock.unlock() }
+        return try body(&value)
     }
 }
 

@@ -162,49 +162,16 @@ public enum SealedObject {
 
     /// Opens a whole object: returns the plaintext only when every chunk authenticated, the last one as final.
     public static func open(_ sealed: Data, binding: Binding, keyring: Keyring) throws(SealError) -> Data {
-        let name = binding.name
-        let header = try parseHeader(sealed, name: name)
-        guard let kek = keyring.key(id: header.keyID) else {
-            throw SealError.unknownKey(name: name, keyID: header.keyID, known: keyring.keys.map(\.id))
-        }
-        let context = binding.context(keyID: header.keyID)
-        guard let keyBytes = try? AES.GCM.open(header.wrapped, using: kek.material, authenticating: context) else {
-            throw SealError.wrongKeyOrPlace(name: name, keyID: header.keyID)
-        }
-        let dataKey = SymmetricKey(data: keyBytes)
-        let aad = context + sealed.prefix(header.size)
+        var opener = try Opener(start: sealed, objectSize: sealed.count, binding: binding, keyring: keyring)
         var out = Data()
-        out.reserveCapacity(max(0, sealed.count - header.size))
-        var offset = sealed.startIndex + header.size
-        var index: UInt64 = 0
-        let stride = header.chunkSize + tagSize
-        while true {
-            let remaining = sealed.endIndex - offset
-            guard remaining >= tagSize else { throw SealError.truncated(name: name) }
-            let final = remaining <= stride
-            let length = final ? remaining : stride
-            let chunk = sealed[offset..<offset + length]
-            guard
-                let box = try? AES.GCM.SealedBox(
-                    nonce: nonce(chunk: index, final: final), ciphertext: chunk.dropLast(tagSize), tag: chunk.suffix(tagSize)),
-                let plain = try? AES.GCM.open(box, using: dataKey, authenticating: aad)
-            else {
-                // A chunk that opens as a middle chunk where the object ends was cut at a chunk boundary.
-                if final, remaining == stride,
-                    let box = try? AES.GCM.SealedBox(
-                        nonce: nonce(chunk: index, final: false), ciphertext: chunk.dropLast(tagSize),
-                        tag: chunk.suffix(tagSize)),
-                    (try? AES.GCM.open(box, using: dataKey, authenticating: aad)) != nil
-                {
-                    throw SealError.truncated(name: name)
-                }
-                throw SealError.tampered(name: name, chunk: index)
-            }
-            out.append(plain)
+        out.reserveCapacity(max(0, sealed.count - opener.headerSize))
+        var offset = sealed.startIndex + opener.headerSize
+        repeat {
+            let length = opener.nextChunkLength
+            out.append(try opener.open(sealed[offset..<offset + length]))
             offset += length
-            index += 1
-            if final { return out }
-        }
+        } while !opener.finished
+        return out
     }
 }
 
