@@ -313,26 +313,26 @@ public final class S3Client: Sendable {
     /// The key prefixes under `prefix` up to the next `delimiter` (the "directories" one level down), following
     /// continuation tokens.
     public func listCommonPrefixes(prefix: String, delimiter: String = "/") async throws -> [String] {
-        var all: [String] = []
-        var token: String?
-        repeat {
-            let page = try await listObjects(prefix: prefix, continuationToken: token, delimiter: delimiter)
-            all += page.commonPrefixes
-            token = page.nextContinuationToken
-        } while token != nil
-        return all
+        try await everyPage { try await listObjects(prefix: prefix, continuationToken: $0, delimiter: delimiter) }
+            .flatMap(\.commonPrefixes)
     }
 
     /// Every object under `prefix`, following continuation tokens.
     public func listAllObjects(prefix: String, pageSize: Int? = nil) async throws -> [ObjectInfo] {
-        var all: [ObjectInfo] = []
+        try await everyPage { try await listObjects(prefix: prefix, continuationToken: $0, maxKeys: pageSize) }
+            .flatMap(\.objects)
+    }
+
+    /// The pages of a listing, each asked with the previous one's continuation token until none is left.
+    private func everyPage(_ page: (String?) async throws -> ObjectListing) async throws -> [ObjectListing] {
+        var pages: [ObjectListing] = []
         var token: String?
         repeat {
-            let page = try await listObjects(prefix: prefix, continuationToken: token, maxKeys: pageSize)
-            all += page.objects
-            token = page.nextContinuationToken
+            let next = try await page(token)
+            pages.append(next)
+            token = next.nextContinuationToken
         } while token != nil
-        return all
+        return pages
     }
 
     // MARK: Multipart
